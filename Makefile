@@ -1,0 +1,71 @@
+# Developer commands. `make test` and `make demo` are the README's two commands: each builds what
+# it needs on a fresh machine (a .venv with torch==2.13.0, node_modules with Foundry and solc from
+# npm, the generated gRPC code), then does its job.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The npm launcher of forge 1.7.1 drops the exit code; contracts/tools/forge runs the native binary.
+FORGE := tools/forge
+VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+PROTO_FILES := $(shell find proto -name '*.proto')
+PROTO_STAMP := avs/rpc/.generated
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-python test-contracts lint format vectors proto bench demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[operator,dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+$(PROTO_STAMP): $(VENV_STAMP) $(PROTO_FILES)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=. $(PROTO_FILES)
+	find avs/rpc -mindepth 1 -type d -not -name __pycache__ -exec touch {}/__init__.py \;
+	touch $@
+
+setup: $(VENV_STAMP) $(NODE_STAMP) $(PROTO_STAMP) ## create .venv, node_modules and the gRPC code
+
+proto: $(PROTO_STAMP) ## generate Python gRPC code from proto/
+
+test: setup lint test-python test-contracts ## run every test: lint, pytest, forge
+
+test-python: setup ## pytest (unit, property, cross-backend, vectors)
+	$(PY) -m pytest
+
+test-contracts: setup ## forge build and forge test (reads tests/vectors)
+	cd contracts && $(FORGE) test
+
+lint: setup ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy avs operator/avs_operator aggregator/avs_aggregator bench tests
+
+format: setup ## ruff format and autofix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+vectors: setup ## regenerate tests/vectors/*.json from the Python definitions
+	$(PY) -m avs.vectors
+
+bench: setup ## benchmarks; figures go to bench/results.json
+	$(PY) -m bench.bls
+
+demo: setup ## the main job (today: the BLS certificate flow end to end; the devnet comes later)
+	$(PY) -m avs.demo
+	cd contracts && $(FORGE) test --match-path test/Vectors.t.sol
+
+clean: ## remove build outputs (keeps .venv and node_modules)
+	rm -rf contracts/out contracts/cache .pytest_cache .mypy_cache .ruff_cache $(PROTO_STAMP)
+	find avs/rpc -name '*_pb2*' -delete

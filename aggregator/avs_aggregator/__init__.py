@@ -1,0 +1,1 @@
+"""The aggregator service (``avs-aggregator``); no torch dependency."""

@@ -1,0 +1,1 @@
+"""BN254 BLS compatible with EigenLayer; see ``avs.crypto.bls`` and ``avs.crypto.curve``."""

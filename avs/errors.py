@@ -1,0 +1,38 @@
+"""The one exception tree of the project.
+
+Every error raised on purpose is an ``AvsError``. Subclasses also derive from the stdlib type a
+caller would naturally catch (``ValueError`` for bad input, ``PermissionError`` for a wrong
+password), so code that does not know our tree still behaves.
+"""
+
+
+class AvsError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class InvalidInputError(AvsError, ValueError):
+    """Input that fails validation: wrong length, out of range, malformed."""
+
+
+class InvalidPointError(InvalidInputError):
+    """A curve point that is malformed, off the curve, in the wrong subgroup, or the identity."""
+
+
+class InvalidKeyError(InvalidInputError):
+    """A secret or public key that is out of range or malformed."""
+
+
+class EncodingError(InvalidInputError):
+    """A value that cannot be encoded or decoded (hex, ABI, JSON)."""
+
+
+class KeystoreError(AvsError):
+    """A keystore file that is missing, unreadable or of the wrong kind."""
+
+
+class WrongPasswordError(KeystoreError, PermissionError):
+    """The keystore's MAC does not match: the password is wrong (or the file was altered)."""
+
+
+class BackendUnavailableError(AvsError, RuntimeError):
+    """A requested crypto backend cannot be loaded on this machine."""

@@ -1,0 +1,95 @@
+"""The ``avs`` command line, run as a user runs it: a subprocess with its own environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avs.crypto import bls
+from tests.conftest import load_vectors
+
+PASSWORD = "correct horse battery staple"
+
+
+def run(*args: str, env: dict[str, str] | None = None, script: str = "avs") -> subprocess.CompletedProcess[str]:
+    module = {"avs": "avs.cli", "avs-operator": "avs_operator.cli", "avs-aggregator": "avs_aggregator.cli"}[script]
+    full_env = {k: v for k, v in os.environ.items() if k != "AVS_KEYSTORE_PASSWORD"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, stdin=subprocess.DEVNULL
+    )
+
+
+def test_bls_sign_prints_eigenlayer_ffi_json() -> None:
+    case = load_vectors("bn254.json")["signatures"][0]
+    out = run("bls", "sign", "--secret-key", case["secret_key"], "--message-hash", case["message_hash"])
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["signature"] == case["signature"]
+    pair = bls.compute_key_pair(bls.SecretKey(int(case["secret_key"])))
+    assert result["pubkey_g2"] == {
+        "X": [str(pair.pubkey_g2.x_im), str(pair.pubkey_g2.x_re)],
+        "Y": [str(pair.pubkey_g2.y_im), str(pair.pubkey_g2.y_re)],
+    }
+    assert result["operator_id"] == "0x" + pair.operator_id.hex()
+    assert set(result) == {"hash_to_g1", "signature", "pubkey_g1", "pubkey_g2", "operator_id"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--secret-key", "0", "--message-hash", "0x" + "00" * 32], "secret key"),
+        (["--secret-key", "seven", "--message-hash", "0x" + "00" * 32], "--secret-key"),
+        (["--secret-key", "7", "--message-hash", "0x1234"], "32 bytes"),
+        (["--secret-key", "7", "--message-hash", "0xzz"], "hex"),
+    ],
+)
+def test_bls_sign_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
+    out = run("bls", "sign", *args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_keys_create_list_show(tmp_path: Path) -> None:
+    env = {"AVS_KEYSTORE_PASSWORD": PASSWORD, "AVS_KEYS_DIR": str(tmp_path)}
+    fast = ["--scrypt-n", "1024"]
+    created = run("keys", "create", "--type", "bls", *fast, "alice", env=env)
+    assert created.returncode == 0, created.stderr
+    info = json.loads(created.stdout)
+    assert PASSWORD not in created.stdout + created.stderr
+    assert run("keys", "create", "--type", "ecdsa", *fast, "alice-eth", env=env).returncode == 0
+
+    listed = run("keys", "list", env=env).stdout.splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [["alice", "bls"], ["alice-eth", "ecdsa"]]
+
+    shown = json.loads(run("keys", "show", "--decrypt", "alice", env=env).stdout)
+    assert shown["operator_id"] == info["operator_id"]
+    assert shown["pubkey_g1"] == info["pubkey_g1"]
+    assert set(shown["pubkey_g2"]) == {"X", "Y"}
+
+    wrong = run("keys", "show", "--decrypt", "alice", env={**env, "AVS_KEYSTORE_PASSWORD": "nope"})
+    assert wrong.returncode == 2 and "wrong password" in wrong.stderr
+
+    again = run("keys", "create", "--type", "bls", *fast, "alice", env=env)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_no_password_and_no_terminal_is_a_clear_error(tmp_path: Path) -> None:
+    out = run("keys", "create", "--type", "bls", "bob", env={"AVS_KEYS_DIR": str(tmp_path)})
+    assert out.returncode == 2
+    assert "AVS_KEYSTORE_PASSWORD" in out.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
+    out = run("keys", "show", "ghost", env={"AVS_KEYS_DIR": str(tmp_path)})
+    assert out.returncode == 2 and "no key named 'ghost'" in out.stderr
+
+
+def test_service_binaries_report_their_version() -> None:
+    assert "avs-aggregator" in run("version", script="avs-aggregator").stdout
+    assert "BN254 backend: mcl" in run("version", script="avs-operator").stdout

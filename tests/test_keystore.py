@@ -1,0 +1,125 @@
+"""Keystores: eigensdk-go's BLS files, Web3 Secret Storage for ECDSA, and every way to get them wrong."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from avs import keystore
+from avs.crypto import bls
+from avs.errors import KeystoreError, WrongPasswordError
+from tests.conftest import VECTORS_DIR
+
+EIGENSDK = VECTORS_DIR / "eigensdk_keystores"
+FAST_SCRYPT = 1 << 10  # tests only; real keys use geth's 2^18
+EXPECTED = json.loads((EIGENSDK / "expected.json").read_text())["keys"]
+
+
+@pytest.mark.parametrize("case", EXPECTED, ids=[c["file"] for c in EXPECTED])
+def test_decrypts_keystores_written_by_eigensdk_go(case: dict[str, str]) -> None:
+    pair = keystore.load_bls_keystore(EIGENSDK / case["file"], case["password"])
+    assert pair.secret.value == int(case["secret_key"])
+    assert "0x" + pair.operator_id.hex() == case["operator_id"]
+
+
+def test_wrong_password_is_a_clear_error() -> None:
+    with pytest.raises(WrongPasswordError, match="wrong password"):
+        keystore.load_bls_keystore(EIGENSDK / "test.bls.key.json", "not test")
+
+
+def test_bls_round_trip_and_file_mode(tmp_path: Path) -> None:
+    pair = bls.compute_key_pair(bls.generate_secret_key())
+    path = tmp_path / "keys" / "op.bls.key.json"
+    keystore.save_bls_keystore(path, pair, "pw", scrypt_n=FAST_SCRYPT)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    document = json.loads(path.read_text())
+    assert document["pubKey"] == keystore.format_g1_pubkey(pair.pubkey_g1)
+    assert str(pair.secret.value) not in path.read_text()
+    assert keystore.load_bls_keystore(path, "pw") == pair
+
+
+def test_never_overwrites_a_key(tmp_path: Path) -> None:
+    pair = bls.compute_key_pair(bls.generate_secret_key())
+    path = tmp_path / "op.bls.key.json"
+    keystore.save_bls_keystore(path, pair, "pw", scrypt_n=FAST_SCRYPT)
+    before = path.read_bytes()
+    with pytest.raises(KeystoreError, match="already exists"):
+        keystore.save_bls_keystore(path, pair, "pw", scrypt_n=FAST_SCRYPT)
+    assert path.read_bytes() == before
+
+
+def test_a_file_without_pubkey_is_not_a_bls_key(tmp_path: Path) -> None:
+    path = tmp_path / "eth.ecdsa.key.json"
+    keystore.save_ecdsa_keystore(path, b"\x07" * 32, "pw", scrypt_n=FAST_SCRYPT)
+    with pytest.raises(KeystoreError, match="no pubKey"):
+        keystore.load_bls_keystore(path, "pw")
+
+
+def test_a_bls_file_is_not_an_ecdsa_key() -> None:
+    with pytest.raises(KeystoreError, match="BLS keystore"):
+        keystore.load_ecdsa_keystore(EIGENSDK / "test.bls.key.json", "test")
+
+
+def test_pubkey_that_does_not_match_the_secret_is_refused(tmp_path: Path) -> None:
+    document = json.loads((EIGENSDK / "test.bls.key.json").read_text())
+    document["pubKey"] = "E([1,2])"
+    path = tmp_path / "x.bls.key.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(KeystoreError, match="does not belong"):
+        keystore.load_bls_keystore(path, "test")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"pubKey": "E([1,2])"}',
+        '{"pubKey": "garbage", "crypto": {}}',
+        '{"pubKey": "E([1,2])", "crypto": {}}',
+    ],
+)
+def test_malformed_files_are_clear_errors(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "bad.bls.key.json"
+    path.write_text(content)
+    with pytest.raises(KeystoreError):
+        keystore.load_bls_keystore(path, "pw")
+
+
+def test_missing_file_and_absurd_kdf_parameters(tmp_path: Path) -> None:
+    with pytest.raises(KeystoreError, match="no key file"):
+        keystore.load_bls_keystore(tmp_path / "none.bls.key.json", "pw")
+    document = json.loads((EIGENSDK / "test.bls.key.json").read_text())
+    document["crypto"]["kdfparams"]["n"] = 1 << 30  # would take gigabytes: refused, not attempted
+    path = tmp_path / "big.bls.key.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(KeystoreError, match="out of the supported range"):
+        keystore.load_bls_keystore(path, "test")
+
+
+def test_ecdsa_round_trip_and_wrong_password(tmp_path: Path) -> None:
+    path = tmp_path / "eth.ecdsa.key.json"
+    address = keystore.save_ecdsa_keystore(path, b"\x07" * 32, "pw", scrypt_n=FAST_SCRYPT)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keystore.load_ecdsa_keystore(path, "pw") == b"\x07" * 32
+    assert keystore.get_key_info(path).public == address
+    with pytest.raises(WrongPasswordError):
+        keystore.load_ecdsa_keystore(path, "nope")
+
+
+def test_key_names_are_validated(tmp_path: Path) -> None:
+    for bad in ("", "../escape", "a/b", ".hidden", "x" * 65):
+        with pytest.raises(KeystoreError):
+            keystore.get_key_path(tmp_path, bad, "bls")
+    with pytest.raises(KeystoreError):
+        keystore.get_key_path(tmp_path, "ok", "rsa")
+
+
+def test_v3_envelope_round_trip_with_pbkdf2_reader() -> None:
+    crypto = keystore.encrypt_v3(b"secret bytes", "pw", scrypt_n=FAST_SCRYPT)
+    assert keystore.decrypt_v3(crypto, "pw") == b"secret bytes"
+    with pytest.raises(WrongPasswordError):
+        keystore.decrypt_v3(crypto, "PW")

@@ -18,7 +18,7 @@ from eth_utils import is_address, keccak, to_canonical_address, to_checksum_addr
 
 from avs.eip712 import compute_domain_separator, compute_typed_digest, compute_typehash
 from avs.errors import InvalidInputError
-from avs.types import Bytes32, RequestHash
+from avs.types import Bytes32, OutputHash, RequestHash
 
 DOMAIN_NAME = "VerifiableInferenceAVS"
 DOMAIN_VERSION = "1"
@@ -30,15 +30,18 @@ INFERENCE_REQUEST_TYPE = (
 )
 ATTESTATION_TYPE = "Attestation(bytes32 requestHash,bytes32 outputHash,uint8 verdict)"
 BATCH_HEADER_TYPE = "BatchHeader(uint64 batchIndex,bytes32 leavesRoot,uint32 referenceBlock,bytes quorumNumbers)"
+INFERENCE_OUTPUT_TYPE = "InferenceOutput(bytes32 requestHash,bytes32 modelProfileHash,uint32[] tokenIds)"
 
 INFERENCE_REQUEST_TYPEHASH = compute_typehash(INFERENCE_REQUEST_TYPE)
 ATTESTATION_TYPEHASH = compute_typehash(ATTESTATION_TYPE)
 BATCH_HEADER_TYPEHASH = compute_typehash(BATCH_HEADER_TYPE)
+INFERENCE_OUTPUT_TYPEHASH = compute_typehash(INFERENCE_OUTPUT_TYPE)
 
 TYPE_STRINGS = {
     "InferenceRequest": INFERENCE_REQUEST_TYPE,
     "Attestation": ATTESTATION_TYPE,
     "BatchHeader": BATCH_HEADER_TYPE,
+    "InferenceOutput": INFERENCE_OUTPUT_TYPE,
 }
 
 MAX_QUORUMS = 192  # EigenLayer's quorum bitmap width
@@ -206,7 +209,39 @@ class BatchHeader:
         )
 
 
-Message = InferenceRequest | Attestation | BatchHeader
+@dataclass(frozen=True, slots=True)
+class InferenceOutput:
+    """The output of one request under one model profile; its struct hash is the output hash.
+
+    The output hash is a *struct hash*, not a digest: it is a value inside an ``Attestation``,
+    whose digest carries the domain.
+    """
+
+    request_hash: bytes
+    model_profile_hash: bytes
+    token_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _require_bytes32("request_hash", self.request_hash)
+        _require_bytes32("model_profile_hash", self.model_profile_hash)
+        if not isinstance(self.token_ids, tuple):
+            raise InvalidInputError("token_ids must be a tuple of ints")
+        for token in self.token_ids:
+            _require_uint("token id", token, 32)
+
+    def compute_struct_hash(self) -> Bytes32:
+        tokens_hash = keccak(b"".join(token.to_bytes(32, "big") for token in self.token_ids))
+        return Bytes32(
+            keccak(
+                encode(
+                    ["bytes32", "bytes32", "bytes32", "bytes32"],
+                    [INFERENCE_OUTPUT_TYPEHASH, self.request_hash, self.model_profile_hash, tokens_hash],
+                )
+            )
+        )
+
+
+Message = InferenceRequest | Attestation | BatchHeader | InferenceOutput
 
 
 def validate_quorum_numbers(quorum_numbers: bytes) -> None:
@@ -226,6 +261,11 @@ def compute_digest(domain: Domain, message: Message) -> Bytes32:
 
 def compute_request_hash(domain: Domain, request: InferenceRequest) -> RequestHash:
     return RequestHash(compute_digest(domain, request))
+
+
+def compute_output_hash(output: InferenceOutput) -> OutputHash:
+    """``hashStruct(InferenceOutput)``: binds request, model profile and the exact token ids."""
+    return OutputHash(output.compute_struct_hash())
 
 
 def compute_stop_sequences_hash(stop_sequences: Sequence[str]) -> Bytes32:

@@ -23,9 +23,12 @@ from avs.messages import (
     Attestation,
     BatchHeader,
     Domain,
+    InferenceOutput,
     InferenceRequest,
+    Message,
     Verdict,
     compute_digest,
+    compute_output_hash,
     compute_stop_sequences_hash,
 )
 
@@ -187,7 +190,7 @@ def _request(index: int) -> InferenceRequest:
     )
 
 
-def _struct_case(domain: Domain, message: InferenceRequest | Attestation | BatchHeader) -> dict[str, str]:
+def _struct_case(domain: Domain, message: Message) -> dict[str, str]:
     return {
         "source": COMPUTED,
         "struct_hash": _hex(message.compute_struct_hash()),
@@ -202,6 +205,11 @@ def compute_message_vectors() -> dict[str, Any]:
         Attestation(compute_digest(domain, r), keccak(text=f"output {i}"), verdict)
         for i, r in enumerate(requests)
         for verdict in Verdict
+    ]
+    outputs = [
+        InferenceOutput(compute_digest(domain, requests[0]), keccak(text="profile"), ()),
+        InferenceOutput(compute_digest(domain, requests[1]), keccak(text="profile"), (0, 1, 2**32 - 1)),
+        InferenceOutput(compute_digest(domain, requests[2]), keccak(text="other"), tuple(range(100, 164))),
     ]
     headers = [
         BatchHeader(0, keccak(text="root 0"), 1, b"\x00"),
@@ -241,6 +249,16 @@ def compute_message_vectors() -> dict[str, Any]:
                 **_struct_case(domain, a),
             }
             for a in attestations
+        ],
+        "inference_outputs": [
+            {
+                "request_hash": _hex(o.request_hash),
+                "model_profile_hash": _hex(o.model_profile_hash),
+                "token_ids": [str(t) for t in o.token_ids],
+                "output_hash": _hex(compute_output_hash(o)),
+                **_struct_case(domain, o),
+            }
+            for o in outputs
         ],
         "batch_headers": [
             {

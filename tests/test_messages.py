@@ -16,9 +16,11 @@ from avs.messages import (
     Attestation,
     BatchHeader,
     Domain,
+    InferenceOutput,
     InferenceRequest,
     Verdict,
     compute_digest,
+    compute_output_hash,
     compute_request_hash,
     compute_stop_sequences_hash,
     validate_quorum_numbers,
@@ -151,3 +153,23 @@ def test_attestation_rejects_a_bare_int_verdict() -> None:
 def test_stop_sequences_hash_is_eip712_string_array() -> None:
     assert compute_stop_sequences_hash(["a", "b"]) == keccak(keccak(text="a") + keccak(text="b"))
     assert compute_stop_sequences_hash(["a", "b"]) != compute_stop_sequences_hash(["b", "a"])
+
+
+@given(b32, b32, st.lists(st.integers(0, 2**32 - 1), max_size=64))
+def test_output_hash_binds_request_profile_and_every_token(
+    request_hash: bytes, profile: bytes, tokens: list[int]
+) -> None:
+    output = InferenceOutput(request_hash, profile, tuple(tokens))
+    digest = compute_output_hash(output)
+    assert compute_output_hash(InferenceOutput(keccak(request_hash), profile, tuple(tokens))) != digest
+    assert compute_output_hash(InferenceOutput(request_hash, keccak(profile), tuple(tokens))) != digest
+    assert compute_output_hash(InferenceOutput(request_hash, profile, (*tokens, 0))) != digest
+    if tokens:
+        edited = [*tokens[:-1], (tokens[-1] + 1) % 2**32]
+        assert compute_output_hash(InferenceOutput(request_hash, profile, tuple(edited))) != digest
+
+
+@pytest.mark.parametrize("tokens", [(-1,), (2**32,), [1, 2]])
+def test_output_token_ids_are_validated(tokens: object) -> None:
+    with pytest.raises(InvalidInputError):
+        InferenceOutput(b"\x00" * 32, b"\x00" * 32, tokens)  # type: ignore[arg-type]

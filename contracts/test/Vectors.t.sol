@@ -122,7 +122,7 @@ contract VectorsTest is Test {
             vm.assertEq(typeHash, ourHash, string.concat("typehashes: Solidity typehash of ", names[i]));
             if (ourHash != AvsMessages.EIP712_DOMAIN_TYPEHASH) ++messageStructs;
         }
-        vm.assertEq(messageStructs, 3, "typehashes: expected InferenceRequest, Attestation, BatchHeader");
+        vm.assertEq(messageStructs, 4, "typehashes: expected InferenceRequest, Attestation, BatchHeader, InferenceOutput");
     }
 
     function test_domainSeparator() public view {
@@ -189,6 +189,26 @@ contract VectorsTest is Test {
                 quorumNumbers: vm.parseJsonBytes(json, _k(c, ".quorum_numbers"))
             });
             _assertHashes(json, c, separator, AvsMessages.hash(b), _msg("batch_headers", i));
+        }
+    }
+
+    function test_inferenceOutputs() public view {
+        string memory json = _read("messages.json");
+        bytes32 separator = _separator(json);
+        uint256 n = _count(json, ".inference_outputs");
+        for (uint256 i; i < n; ++i) {
+            string memory c = _at(".inference_outputs", i);
+            uint256[] memory tokens = vm.parseJsonUintArray(json, _k(c, ".token_ids"));
+            AvsMessages.InferenceOutput memory o;
+            o.requestHash = vm.parseJsonBytes32(json, _k(c, ".request_hash"));
+            o.modelProfileHash = vm.parseJsonBytes32(json, _k(c, ".model_profile_hash"));
+            o.tokenIds = new uint32[](tokens.length);
+            for (uint256 j; j < tokens.length; ++j) {
+                o.tokenIds[j] = tokens[j].toUint32();
+            }
+            bytes32 outputHash = AvsMessages.hash(o);
+            vm.assertEq(outputHash, vm.parseJsonBytes32(json, _k(c, ".output_hash")), _msg("inference_outputs", i));
+            _assertHashes(json, c, separator, outputHash, _msg("inference_outputs", i));
         }
     }
 
@@ -264,6 +284,9 @@ contract VectorsTest is Test {
         }
         if (h == keccak256("Attestation")) return (AvsMessages.ATTESTATION_TYPE, AvsMessages.ATTESTATION_TYPEHASH);
         if (h == keccak256("BatchHeader")) return (AvsMessages.BATCH_HEADER_TYPE, AvsMessages.BATCH_HEADER_TYPEHASH);
+        if (h == keccak256("InferenceOutput")) {
+            return (AvsMessages.INFERENCE_OUTPUT_TYPE, AvsMessages.INFERENCE_OUTPUT_TYPEHASH);
+        }
         revert(string.concat("typehashes: no Solidity definition of ", name));
     }
 

@@ -46,6 +46,13 @@ library AvsMessages {
         bytes quorumNumbers;
     }
 
+    /// @notice The output of a request under a model profile; its struct hash is the output hash.
+    struct InferenceOutput {
+        bytes32 requestHash;
+        bytes32 modelProfileHash;
+        uint32[] tokenIds;
+    }
+
     /// @notice EIP-712 domain name of the AVS's messages (Python: `avs.messages.DOMAIN_NAME`).
     string internal constant DOMAIN_NAME = "VerifiableInferenceAVS";
     /// @notice EIP-712 domain version of the AVS's messages (Python: `avs.messages.DOMAIN_VERSION`).
@@ -58,11 +65,14 @@ library AvsMessages {
     string internal constant ATTESTATION_TYPE = "Attestation(bytes32 requestHash,bytes32 outputHash,uint8 verdict)";
     string internal constant BATCH_HEADER_TYPE =
         "BatchHeader(uint64 batchIndex,bytes32 leavesRoot,uint32 referenceBlock,bytes quorumNumbers)";
+    string internal constant INFERENCE_OUTPUT_TYPE =
+        "InferenceOutput(bytes32 requestHash,bytes32 modelProfileHash,uint32[] tokenIds)";
 
     bytes32 internal constant EIP712_DOMAIN_TYPEHASH = keccak256(bytes(EIP712_DOMAIN_TYPE));
     bytes32 internal constant INFERENCE_REQUEST_TYPEHASH = keccak256(bytes(INFERENCE_REQUEST_TYPE));
     bytes32 internal constant ATTESTATION_TYPEHASH = keccak256(bytes(ATTESTATION_TYPE));
     bytes32 internal constant BATCH_HEADER_TYPEHASH = keccak256(bytes(BATCH_HEADER_TYPE));
+    bytes32 internal constant INFERENCE_OUTPUT_TYPEHASH = keccak256(bytes(INFERENCE_OUTPUT_TYPE));
 
     /// @notice The EIP-712 domain separator for (name, version, chainId, verifyingContract); the same
     ///         value OpenZeppelin's `EIP712` computes for a contract at `verifyingContract`.
@@ -116,6 +126,17 @@ library AvsMessages {
     function hash(BatchHeader memory b) internal pure returns (bytes32) {
         return keccak256(
             abi.encode(BATCH_HEADER_TYPEHASH, b.batchIndex, b.leavesRoot, b.referenceBlock, keccak256(b.quorumNumbers))
+        );
+    }
+
+    /// @notice EIP-712 struct hash of an `InferenceOutput`: the **output hash** of a request. The
+    ///         `uint32[]` is hashed as EIP-712 arrays are: keccak256 of its elements as 32-byte words
+    ///         (which `abi.encodePacked` of a memory array gives).
+    function hash(InferenceOutput memory o) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                INFERENCE_OUTPUT_TYPEHASH, o.requestHash, o.modelProfileHash, keccak256(abi.encodePacked(o.tokenIds))
+            )
         );
     }
 

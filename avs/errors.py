@@ -36,3 +36,31 @@ class WrongPasswordError(KeystoreError, PermissionError):
 
 class BackendUnavailableError(AvsError, RuntimeError):
     """A requested crypto backend cannot be loaded on this machine."""
+
+
+class ModelNotFoundError(AvsError, LookupError):
+    """A model that is not known or not on local disk (unknown model id, missing folder or files)."""
+
+
+class ModelMismatchError(AvsError):
+    """Local weights, tokenizer or chat template whose hash differs from the registered model profile."""
+
+
+class ContextLimitError(InvalidInputError):
+    """A prompt plus its token budget that does not fit the model's context or the profile's limits."""
+
+
+class InferenceError(AvsError, RuntimeError):
+    """A failure while running a model (the inputs were valid; the runtime or hardware was not)."""
+
+
+class SlashingProtectionError(AvsError):
+    """Signing this would contradict something already signed (a slashable equivocation)."""
+
+
+class AuthenticationError(AvsError):
+    """A call without a valid signature from an authorised key (unsigned, forged, expired, replayed)."""
+
+
+class PermissionDeniedError(AvsError, PermissionError):
+    """A well-signed call from a key that is not allowed to make it."""

@@ -1,0 +1,263 @@
+"""Slashing protection: a local record of everything this operator has signed.
+
+Every attestation and batch signature is written here, in a committed transaction, *before* the
+signature leaves the process. The rules:
+
+- an attestation for a request may be signed again only if it is identical (same output hash,
+  same verdict); anything else for that request would be a slashable equivocation;
+- a batch index may be signed again only for the identical header;
+- a batch is signed only if every leaf ``(request_hash, output_hash)`` is one this operator
+  attested ACCEPT.
+
+Records are keyed by the EIP-712 domain separator, so deployments on different chains or
+contracts never collide. SQLite by default (a file next to the operator's data), any SQLAlchemy
+URL otherwise. ``export_records``/``import_records`` move the history to a new machine; an import
+refuses anything that conflicts with what is already here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, UniqueConstraint, create_engine, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from avs.errors import InvalidInputError, SlashingProtectionError
+from avs.merkle import BatchLeaf
+from avs.messages import Attestation, BatchHeader, Verdict
+
+INTERCHANGE_VERSION = "1"
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class AttestationRecord(_Base):
+    __tablename__ = "attestations"
+    __table_args__ = (UniqueConstraint("domain_separator", "request_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_separator: Mapped[bytes] = mapped_column(LargeBinary(32))
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    verdict: Mapped[int] = mapped_column(Integer)
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BatchRecord(_Base):
+    __tablename__ = "batch_signatures"
+    __table_args__ = (UniqueConstraint("domain_separator", "batch_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_separator: Mapped[bytes] = mapped_column(LargeBinary(32))
+    batch_index: Mapped[int] = mapped_column(BigInteger)
+    leaves_root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    reference_block: Mapped[int] = mapped_column(BigInteger)
+    quorum_numbers: Mapped[str] = mapped_column(String(400))  # hex
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SlashingProtection:
+    """The operator's signing history. Thread-safe: every check-and-record is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self._engine: Engine = create_engine(url, future=True)
+        _Base.metadata.create_all(self._engine)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        # One check-and-record at a time in this process; the unique constraints are the last
+        # line against another process writing the same database.
+        with self._lock, self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # --- attestations -----------------------------------------------------------------
+
+    def record_attestation(self, domain_separator: bytes, attestation: Attestation) -> None:
+        """Allow signing ``attestation``; raises ``SlashingProtectionError`` if it conflicts."""
+        with self._transaction() as session:
+            self._record_attestation(session, domain_separator, attestation)
+
+    def _record_attestation(self, session: Session, domain_separator: bytes, attestation: Attestation) -> None:
+        existing = session.scalar(
+            select(AttestationRecord).where(
+                AttestationRecord.domain_separator == domain_separator,
+                AttestationRecord.request_hash == attestation.request_hash,
+            )
+        )
+        if existing is None:
+            session.add(
+                AttestationRecord(
+                    domain_separator=domain_separator,
+                    request_hash=attestation.request_hash,
+                    output_hash=attestation.output_hash,
+                    verdict=int(attestation.verdict),
+                    signed_at=_now(),
+                )
+            )
+            return
+        if (existing.output_hash, existing.verdict) != (attestation.output_hash, int(attestation.verdict)):
+            raise SlashingProtectionError(
+                f"refusing to sign: request 0x{attestation.request_hash.hex()} was already attested with "
+                f"{Verdict(existing.verdict).name} for output 0x{existing.output_hash.hex()}"
+            )
+
+    def get_attestation(self, domain_separator: bytes, request_hash: bytes) -> Attestation | None:
+        with self._sessions() as session:
+            record = session.scalar(
+                select(AttestationRecord).where(
+                    AttestationRecord.domain_separator == domain_separator,
+                    AttestationRecord.request_hash == request_hash,
+                )
+            )
+            if record is None:
+                return None
+            return Attestation(record.request_hash, record.output_hash, Verdict(record.verdict))
+
+    # --- batches ----------------------------------------------------------------------
+
+    def record_batch(self, domain_separator: bytes, header: BatchHeader, leaves: Sequence[BatchLeaf]) -> None:
+        """Allow signing ``header`` over ``leaves`` (whose root the caller has checked)."""
+        with self._transaction() as session:
+            self._check_leaves_accepted(session, domain_separator, leaves)
+            self._record_batch(session, domain_separator, header)
+
+    def _check_leaves_accepted(self, session: Session, domain_separator: bytes, leaves: Sequence[BatchLeaf]) -> None:
+        for leaf in leaves:
+            record = session.scalar(
+                select(AttestationRecord).where(
+                    AttestationRecord.domain_separator == domain_separator,
+                    AttestationRecord.request_hash == leaf.request_hash,
+                )
+            )
+            if record is None or record.verdict != Verdict.ACCEPT or record.output_hash != leaf.output_hash:
+                raise SlashingProtectionError(
+                    f"refusing to sign the batch: this operator did not accept output "
+                    f"0x{leaf.output_hash.hex()} for request 0x{leaf.request_hash.hex()}"
+                )
+
+    def _record_batch(self, session: Session, domain_separator: bytes, header: BatchHeader) -> None:
+        existing = session.scalar(
+            select(BatchRecord).where(
+                BatchRecord.domain_separator == domain_separator, BatchRecord.batch_index == header.batch_index
+            )
+        )
+        if existing is None:
+            session.add(
+                BatchRecord(
+                    domain_separator=domain_separator,
+                    batch_index=header.batch_index,
+                    leaves_root=header.leaves_root,
+                    reference_block=header.reference_block,
+                    quorum_numbers=header.quorum_numbers.hex(),
+                    signed_at=_now(),
+                )
+            )
+            return
+        signed = BatchHeader(
+            existing.batch_index, existing.leaves_root, existing.reference_block, bytes.fromhex(existing.quorum_numbers)
+        )
+        if signed != header:
+            raise SlashingProtectionError(
+                f"refusing to sign: batch {header.batch_index} was already signed with another header"
+            )
+
+    # --- interchange ------------------------------------------------------------------
+
+    def export_records(self) -> dict[str, Any]:
+        """Everything signed, as JSON-ready data (``avs-operator slashing-protection export``)."""
+        with self._sessions() as session:
+            attestations = session.scalars(select(AttestationRecord).order_by(AttestationRecord.id)).all()
+            batches = session.scalars(select(BatchRecord).order_by(BatchRecord.id)).all()
+            return {
+                "interchange_format_version": INTERCHANGE_VERSION,
+                "attestations": [
+                    {
+                        "domain_separator": "0x" + a.domain_separator.hex(),
+                        "request_hash": "0x" + a.request_hash.hex(),
+                        "output_hash": "0x" + a.output_hash.hex(),
+                        "verdict": Verdict(a.verdict).name,
+                    }
+                    for a in attestations
+                ],
+                "batches": [
+                    {
+                        "domain_separator": "0x" + b.domain_separator.hex(),
+                        "batch_index": str(b.batch_index),
+                        "leaves_root": "0x" + b.leaves_root.hex(),
+                        "reference_block": str(b.reference_block),
+                        "quorum_numbers": "0x" + b.quorum_numbers,
+                    }
+                    for b in batches
+                ],
+            }
+
+    def import_records(self, document: Any) -> tuple[int, int]:
+        """Merge an export; all or nothing. Returns (attestations, batches) read."""
+        attestations, batches = _parse_interchange(document)
+        with self._transaction() as session:
+            for separator, attestation in attestations:
+                self._record_attestation(session, separator, attestation)
+            for separator, header in batches:
+                self._record_batch(session, separator, header)
+        return len(attestations), len(batches)
+
+
+def _hex32(value: Any, name: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x") or len(value) != 66:
+        raise InvalidInputError(f"{name} must be a 0x-prefixed 32-byte hex string")
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError as exc:
+        raise InvalidInputError(f"{name} is not hex") from exc
+
+
+def _parse_interchange(document: Any) -> tuple[list[tuple[bytes, Attestation]], list[tuple[bytes, BatchHeader]]]:
+    if not isinstance(document, dict) or document.get("interchange_format_version") != INTERCHANGE_VERSION:
+        raise InvalidInputError(f"not a slashing-protection export (version {INTERCHANGE_VERSION} expected)")
+    try:
+        attestations = [
+            (
+                _hex32(item["domain_separator"], "domain_separator"),
+                Attestation(
+                    _hex32(item["request_hash"], "request_hash"),
+                    _hex32(item["output_hash"], "output_hash"),
+                    Verdict[item["verdict"]],
+                ),
+            )
+            for item in document.get("attestations", [])
+        ]
+        batches = [
+            (
+                _hex32(item["domain_separator"], "domain_separator"),
+                BatchHeader(
+                    int(item["batch_index"]),
+                    _hex32(item["leaves_root"], "leaves_root"),
+                    int(item["reference_block"]),
+                    bytes.fromhex(str(item["quorum_numbers"]).removeprefix("0x")),
+                ),
+            )
+            for item in document.get("batches", [])
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"malformed slashing-protection export: {exc!r}") from exc
+    return attestations, batches

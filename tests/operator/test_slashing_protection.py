@@ -1,0 +1,104 @@
+"""Slashing protection on a real SQLite file, across restarts and moves between machines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from eth_utils import keccak
+from hypothesis import given
+from hypothesis import strategies as st
+
+from avs.errors import InvalidInputError, SlashingProtectionError
+from avs.merkle import BatchLeaf
+from avs.messages import Attestation, BatchHeader, Verdict
+from avs_operator.slashing_protection import SlashingProtection
+
+DOMAIN = keccak(text="domain A")
+OTHER_DOMAIN = keccak(text="domain B")
+R1, R2, O1, O2 = (keccak(text=t) for t in ("r1", "r2", "o1", "o2"))
+
+
+def database(path: Path) -> SlashingProtection:
+    return SlashingProtection(f"sqlite:///{path / 'protection.sqlite'}")
+
+
+def test_same_attestation_again_is_allowed_a_conflicting_one_is_not(tmp_path: Path) -> None:
+    db = database(tmp_path)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))  # re-signing the same: fine
+    with pytest.raises(SlashingProtectionError, match="already attested"):
+        db.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
+    with pytest.raises(SlashingProtectionError):
+        db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.REJECT))
+    db.record_attestation(OTHER_DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))  # another deployment
+
+
+def test_protection_survives_a_restart(tmp_path: Path) -> None:
+    db = database(tmp_path)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    db.close()
+    reopened = database(tmp_path)
+    assert reopened.get_attestation(DOMAIN, R1) == Attestation(R1, O1, Verdict.ACCEPT)
+    with pytest.raises(SlashingProtectionError):
+        reopened.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
+
+
+def test_batches_only_over_accepted_leaves_and_never_two_headers_per_index(tmp_path: Path) -> None:
+    db = database(tmp_path)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    db.record_attestation(DOMAIN, Attestation(R2, O2, Verdict.REJECT))
+    header = BatchHeader(0, keccak(text="root"), 10, b"\x00")
+    with pytest.raises(SlashingProtectionError, match="did not accept"):
+        db.record_batch(DOMAIN, header, [BatchLeaf(R1, O1), BatchLeaf(R2, O2)])  # R2 was rejected
+    with pytest.raises(SlashingProtectionError, match="did not accept"):
+        db.record_batch(DOMAIN, header, [BatchLeaf(R1, O2)])  # wrong output for R1
+    with pytest.raises(SlashingProtectionError, match="did not accept"):
+        db.record_batch(OTHER_DOMAIN, header, [BatchLeaf(R1, O1)])  # accepted in another domain only
+    db.record_batch(DOMAIN, header, [BatchLeaf(R1, O1)])
+    db.record_batch(DOMAIN, header, [BatchLeaf(R1, O1)])  # the same again: fine
+    with pytest.raises(SlashingProtectionError, match="another header"):
+        db.record_batch(DOMAIN, BatchHeader(0, keccak(text="other root"), 10, b"\x00"), [BatchLeaf(R1, O1)])
+
+
+def test_export_import_moves_history_and_refuses_conflicts(tmp_path: Path) -> None:
+    old = database(tmp_path / "old")
+    old.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    old.record_batch(DOMAIN, BatchHeader(3, keccak(text="root"), 10, b"\x00\x01"), [BatchLeaf(R1, O1)])
+    exported = json.loads(json.dumps(old.export_records()))
+
+    new = database(tmp_path / "new")
+    assert new.import_records(exported) == (1, 1)
+    with pytest.raises(SlashingProtectionError):
+        new.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
+    assert new.export_records() == exported
+
+    conflicting = database(tmp_path / "conflicting")
+    conflicting.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
+    with pytest.raises(SlashingProtectionError):
+        conflicting.import_records(exported)
+    assert conflicting.export_records()["batches"] == []  # all or nothing
+
+
+@pytest.mark.parametrize(
+    "document",
+    [None, [], {"interchange_format_version": "2"}, {"interchange_format_version": "1", "attestations": [{}]}],
+)
+def test_malformed_imports_are_clear_errors(tmp_path: Path, document: object) -> None:
+    with pytest.raises(InvalidInputError):
+        database(tmp_path).import_records(document)
+
+
+@given(st.lists(st.tuples(st.sampled_from([R1, R2]), st.sampled_from([O1, O2]), st.sampled_from(list(Verdict)))))
+def test_never_two_different_attestations_per_request(attempts: list[tuple[bytes, bytes, Verdict]]) -> None:
+    db = SlashingProtection("sqlite://")
+    signed: dict[bytes, Attestation] = {}
+    for request, output, verdict in attempts:
+        attestation = Attestation(request, output, verdict)
+        try:
+            db.record_attestation(DOMAIN, attestation)
+        except SlashingProtectionError:
+            assert signed[request] != attestation
+        else:
+            assert signed.setdefault(request, attestation) == attestation

@@ -13,7 +13,7 @@ PROTO_FILES := $(shell find proto -name '*.proto')
 PROTO_STAMP := avs/rpc/.generated
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-python test-contracts lint format vectors proto bench demo clean
+.PHONY: help setup test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ test-python: setup ## pytest (unit, property, cross-backend, vectors)
 
 test-contracts: setup ## forge build and forge test (reads tests/vectors)
 	cd contracts && $(FORGE) test
+
+gas-snapshot: setup ## record contract gas in contracts/.gas-snapshot (commit the diff)
+	cd contracts && $(FORGE) snapshot
+
+deploy-local: setup ## deploy the contracts and the local restaking core to a running anvil ($$RPC_URL)
+	cd contracts && $(FORGE) script script/Deploy.s.sol --rpc-url $${RPC_URL:-http://127.0.0.1:8545} --broadcast
 
 lint: setup ## ruff and mypy
 	$(PY) -m ruff check .

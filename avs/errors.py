@@ -64,3 +64,11 @@ class AuthenticationError(AvsError):
 
 class PermissionDeniedError(AvsError, PermissionError):
     """A well-signed call from a key that is not allowed to make it."""
+
+
+class OverloadedError(AvsError):
+    """Too many requests in flight; the caller should retry later or elsewhere."""
+
+
+class DeadlineExceededError(AvsError, TimeoutError):
+    """The caller's deadline passed before the work could finish."""

@@ -173,8 +173,17 @@ class Attestation:
         )
 
     def is_conflicting(self, other: Attestation) -> bool:
-        """Two attestations for one request that cannot both be honest (slashable equivocation)."""
-        return self.request_hash == other.request_hash and self != other
+        """True if one operator signing both is a slashable equivocation.
+
+        For one request: two different verdicts on the same output, or ACCEPT of two different
+        outputs. Rejecting several outputs, or rejecting one and accepting another (a retry with a
+        new primary), is honest.
+        """
+        if self.request_hash != other.request_hash:
+            return False
+        if self.output_hash == other.output_hash:
+            return self.verdict != other.verdict
+        return self.verdict == other.verdict == Verdict.ACCEPT
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,20 @@ so a servicer never hands an unchecked point to the crypto code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eth_utils import keccak
+from google.protobuf.message import Message
+
+from avs.calls import CallAuth
 from avs.crypto.bls import parse_g2
 from avs.crypto.curve import G1Point, G2Point, parse_g1
 from avs.errors import EncodingError
+from avs.merkle import BatchLeaf
+from avs.messages import Attestation, BatchHeader, InferenceRequest, Verdict
 from avs.rpc.common.v1 import bn254_pb2 as pb
+from avs.rpc.operator.v1 import operator_pb2 as op
 
 
 def _to_word(value: int) -> bytes:
@@ -41,3 +51,129 @@ def g2_from_proto(message: pb.G2Point) -> G2Point:
     x = (_from_word("x_im", message.x_im), _from_word("x_re", message.x_re))
     y = (_from_word("y_im", message.y_im), _from_word("y_re", message.y_re))
     return parse_g2(x, y)
+
+
+# --- operator API messages --------------------------------------------------------------
+
+MAX_CHAT_MESSAGES = 256
+MAX_STOP_SEQUENCES = 8
+MAX_BATCH_LEAVES = 4096
+
+
+def _bytes32(name: str, data: bytes) -> bytes:
+    if len(data) != 32:
+        raise EncodingError(f"{name} must be 32 bytes, got {len(data)}")
+    return bytes(data)
+
+
+def compute_payload_hash(message: Message) -> bytes:
+    """keccak256 of ``message`` serialised deterministically with its ``auth`` field cleared."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    copy.ClearField("auth")
+    return bytes(keccak(copy.SerializeToString(deterministic=True)))
+
+
+def call_auth_from_proto(auth: op.CallAuth) -> CallAuth | None:
+    return CallAuth(auth.issued_at_ms, bytes(auth.signature)) if auth.signature else None
+
+
+def call_auth_to_proto(auth: CallAuth) -> op.CallAuth:
+    return op.CallAuth(issued_at_ms=auth.issued_at_ms, signature=auth.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnvelope:
+    """An ``InferenceRequest`` with the chat and stop strings its hashes commit to."""
+
+    request: InferenceRequest
+    messages: tuple[dict[str, str], ...]
+    stop_sequences: tuple[str, ...]
+
+
+def request_from_proto(message: op.InferenceRequest) -> RequestEnvelope:
+    if len(message.messages) > MAX_CHAT_MESSAGES:
+        raise EncodingError(f"at most {MAX_CHAT_MESSAGES} chat messages")
+    if len(message.stop_sequences) > MAX_STOP_SEQUENCES:
+        raise EncodingError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    request = InferenceRequest(
+        model_id=_bytes32("model_id", message.model_id),
+        prompt_hash=_bytes32("prompt_hash", message.prompt_hash),
+        temperature_milli=message.temperature_milli,
+        top_k=message.top_k,
+        top_p_micro=message.top_p_micro,
+        seed=message.seed,
+        max_tokens=message.max_tokens,
+        stop_sequences_hash=_bytes32("stop_sequences_hash", message.stop_sequences_hash),
+        requester=message.requester,
+        nonce=int.from_bytes(_bytes32("nonce", message.nonce), "big"),
+    )
+    messages = tuple({"role": m.role, "content": m.content} for m in message.messages)
+    return RequestEnvelope(request, messages, tuple(message.stop_sequences))
+
+
+def request_to_proto(envelope: RequestEnvelope) -> op.InferenceRequest:
+    r = envelope.request
+    return op.InferenceRequest(
+        model_id=r.model_id,
+        prompt_hash=r.prompt_hash,
+        temperature_milli=r.temperature_milli,
+        top_k=r.top_k,
+        top_p_micro=r.top_p_micro,
+        seed=r.seed,
+        max_tokens=r.max_tokens,
+        stop_sequences_hash=r.stop_sequences_hash,
+        requester=r.requester,
+        nonce=r.nonce.to_bytes(32, "big"),
+        messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in envelope.messages],
+        stop_sequences=list(envelope.stop_sequences),
+    )
+
+
+def attestation_to_proto(attestation: Attestation) -> op.Attestation:
+    return op.Attestation(
+        request_hash=attestation.request_hash,
+        output_hash=attestation.output_hash,
+        verdict=op.Verdict.ValueType(int(attestation.verdict)),
+    )
+
+
+def attestation_from_proto(message: op.Attestation) -> Attestation:
+    if int(message.verdict) not in (int(Verdict.ACCEPT), int(Verdict.REJECT)):
+        raise EncodingError("verdict must be ACCEPT or REJECT")
+    return Attestation(
+        _bytes32("request_hash", message.request_hash),
+        _bytes32("output_hash", message.output_hash),
+        Verdict(int(message.verdict)),
+    )
+
+
+def batch_header_to_proto(header: BatchHeader) -> op.BatchHeader:
+    return op.BatchHeader(
+        batch_index=header.batch_index,
+        leaves_root=header.leaves_root,
+        reference_block=header.reference_block,
+        quorum_numbers=header.quorum_numbers,
+    )
+
+
+def batch_header_from_proto(message: op.BatchHeader) -> BatchHeader:
+    return BatchHeader(
+        message.batch_index,
+        _bytes32("leaves_root", message.leaves_root),
+        message.reference_block,
+        bytes(message.quorum_numbers),
+    )
+
+
+def leaves_from_proto(leaves: Sequence[op.BatchLeaf]) -> list[BatchLeaf]:
+    if not 0 < len(leaves) <= MAX_BATCH_LEAVES:
+        raise EncodingError(f"a batch has 1 to {MAX_BATCH_LEAVES} leaves")
+    return [
+        BatchLeaf(_bytes32("request_hash", leaf.request_hash), _bytes32("output_hash", leaf.output_hash))
+        for leaf in leaves
+    ]
+
+
+def signature_to_proto(message_hash: bytes, signature: G1Point) -> pb.BlsSignature:
+    return pb.BlsSignature(message_hash=message_hash, signature=g1_to_proto(signature))

@@ -3,8 +3,9 @@
 Every attestation and batch signature is written here, in a committed transaction, *before* the
 signature leaves the process. The rules:
 
-- an attestation for a request may be signed again only if it is identical (same output hash,
-  same verdict); anything else for that request would be a slashable equivocation;
+- never two conflicting attestations for one request (``Attestation.is_conflicting``): never
+  both verdicts on one output, never ACCEPT of two different outputs; signing the identical
+  attestation again is fine, and so is rejecting one output and accepting a retry's;
 - a batch index may be signed again only for the identical header;
 - a batch is signed only if every leaf ``(request_hash, output_hash)`` is one this operator
   attested ACCEPT.
@@ -41,7 +42,7 @@ class _Base(DeclarativeBase):
 
 class AttestationRecord(_Base):
     __tablename__ = "attestations"
-    __table_args__ = (UniqueConstraint("domain_separator", "request_hash"),)
+    __table_args__ = (UniqueConstraint("domain_separator", "request_hash", "output_hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_separator: Mapped[bytes] = mapped_column(LargeBinary(32))
@@ -98,13 +99,22 @@ class SlashingProtection:
             self._record_attestation(session, domain_separator, attestation)
 
     def _record_attestation(self, session: Session, domain_separator: bytes, attestation: Attestation) -> None:
-        existing = session.scalar(
-            select(AttestationRecord).where(
-                AttestationRecord.domain_separator == domain_separator,
-                AttestationRecord.request_hash == attestation.request_hash,
+        previous = [
+            Attestation(r.request_hash, r.output_hash, Verdict(r.verdict))
+            for r in session.scalars(
+                select(AttestationRecord).where(
+                    AttestationRecord.domain_separator == domain_separator,
+                    AttestationRecord.request_hash == attestation.request_hash,
+                )
             )
-        )
-        if existing is None:
+        ]
+        for signed in previous:
+            if signed.is_conflicting(attestation):
+                raise SlashingProtectionError(
+                    f"refusing to sign: request 0x{attestation.request_hash.hex()} was already attested "
+                    f"{signed.verdict.name} for output 0x{signed.output_hash.hex()}"
+                )
+        if attestation not in previous:
             session.add(
                 AttestationRecord(
                     domain_separator=domain_separator,
@@ -114,24 +124,19 @@ class SlashingProtection:
                     signed_at=_now(),
                 )
             )
-            return
-        if (existing.output_hash, existing.verdict) != (attestation.output_hash, int(attestation.verdict)):
-            raise SlashingProtectionError(
-                f"refusing to sign: request 0x{attestation.request_hash.hex()} was already attested with "
-                f"{Verdict(existing.verdict).name} for output 0x{existing.output_hash.hex()}"
-            )
 
-    def get_attestation(self, domain_separator: bytes, request_hash: bytes) -> Attestation | None:
+    def get_attestations(self, domain_separator: bytes, request_hash: bytes) -> list[Attestation]:
+        """Everything this operator signed for one request, oldest first."""
         with self._sessions() as session:
-            record = session.scalar(
-                select(AttestationRecord).where(
+            records = session.scalars(
+                select(AttestationRecord)
+                .where(
                     AttestationRecord.domain_separator == domain_separator,
                     AttestationRecord.request_hash == request_hash,
                 )
+                .order_by(AttestationRecord.id)
             )
-            if record is None:
-                return None
-            return Attestation(record.request_hash, record.output_hash, Verdict(record.verdict))
+            return [Attestation(r.request_hash, r.output_hash, Verdict(r.verdict)) for r in records]
 
     # --- batches ----------------------------------------------------------------------
 
@@ -143,13 +148,15 @@ class SlashingProtection:
 
     def _check_leaves_accepted(self, session: Session, domain_separator: bytes, leaves: Sequence[BatchLeaf]) -> None:
         for leaf in leaves:
-            record = session.scalar(
-                select(AttestationRecord).where(
+            accepted = session.scalar(
+                select(AttestationRecord.id).where(
                     AttestationRecord.domain_separator == domain_separator,
                     AttestationRecord.request_hash == leaf.request_hash,
+                    AttestationRecord.output_hash == leaf.output_hash,
+                    AttestationRecord.verdict == int(Verdict.ACCEPT),
                 )
             )
-            if record is None or record.verdict != Verdict.ACCEPT or record.output_hash != leaf.output_hash:
+            if accepted is None:
                 raise SlashingProtectionError(
                     f"refusing to sign the batch: this operator did not accept output "
                     f"0x{leaf.output_hash.hex()} for request 0x{leaf.request_hash.hex()}"

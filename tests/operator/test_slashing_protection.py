@@ -29,10 +29,18 @@ def test_same_attestation_again_is_allowed_a_conflicting_one_is_not(tmp_path: Pa
     db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
     db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))  # re-signing the same: fine
     with pytest.raises(SlashingProtectionError, match="already attested"):
-        db.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
+        db.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))  # a second output accepted
     with pytest.raises(SlashingProtectionError):
-        db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.REJECT))
+        db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.REJECT))  # both verdicts on one output
+    db.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.REJECT))  # rejecting another output: honest
     db.record_attestation(OTHER_DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))  # another deployment
+    assert db.get_attestations(DOMAIN, R1) == [Attestation(R1, O1, Verdict.ACCEPT), Attestation(R1, O2, Verdict.REJECT)]
+
+
+def test_a_retry_with_a_new_primary_can_be_accepted_after_a_rejection(tmp_path: Path) -> None:
+    db = database(tmp_path)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.REJECT))
+    db.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
 
 
 def test_protection_survives_a_restart(tmp_path: Path) -> None:
@@ -40,7 +48,7 @@ def test_protection_survives_a_restart(tmp_path: Path) -> None:
     db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
     db.close()
     reopened = database(tmp_path)
-    assert reopened.get_attestation(DOMAIN, R1) == Attestation(R1, O1, Verdict.ACCEPT)
+    assert reopened.get_attestations(DOMAIN, R1) == [Attestation(R1, O1, Verdict.ACCEPT)]
     with pytest.raises(SlashingProtectionError):
         reopened.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
 
@@ -91,14 +99,15 @@ def test_malformed_imports_are_clear_errors(tmp_path: Path, document: object) ->
 
 
 @given(st.lists(st.tuples(st.sampled_from([R1, R2]), st.sampled_from([O1, O2]), st.sampled_from(list(Verdict)))))
-def test_never_two_different_attestations_per_request(attempts: list[tuple[bytes, bytes, Verdict]]) -> None:
+def test_never_two_conflicting_attestations_per_request(attempts: list[tuple[bytes, bytes, Verdict]]) -> None:
     db = SlashingProtection("sqlite://")
-    signed: dict[bytes, Attestation] = {}
+    signed: list[Attestation] = []
     for request, output, verdict in attempts:
         attestation = Attestation(request, output, verdict)
         try:
             db.record_attestation(DOMAIN, attestation)
         except SlashingProtectionError:
-            assert signed[request] != attestation
+            assert any(s.is_conflicting(attestation) for s in signed)
         else:
-            assert signed.setdefault(request, attestation) == attestation
+            assert not any(s.is_conflicting(attestation) for s in signed)
+            signed.append(attestation)

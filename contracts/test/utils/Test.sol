@@ -43,12 +43,29 @@ interface Vm {
     function expectRevert(bytes calldata revertData) external;
     function expectEmit() external;
     function expectEmit(bool checkTopic1, bool checkTopic2, bool checkTopic3, bool checkData) external;
+    function snapshotGasLastCall(string calldata name) external returns (uint256 gasUsed);
+    function snapshotValue(string calldata name, uint256 value) external;
+    function writeFile(string calldata path, string calldata data) external;
+    function serializeAddress(string calldata objectKey, string calldata valueKey, address value)
+        external
+        returns (string memory json);
+    function serializeUint(string calldata objectKey, string calldata valueKey, uint256 value)
+        external
+        returns (string memory json);
+    function writeJson(string calldata json, string calldata path) external;
+    function envOr(string calldata name, uint256 defaultValue) external view returns (uint256 value);
+    function envOr(string calldata name, string calldata defaultValue) external view returns (string memory value);
+    function startBroadcast(uint256 privateKey) external;
+    function stopBroadcast() external;
+    function getBlockNumber() external view returns (uint256 height);
 
     // Assertions (revert with a readable message on failure)
     function assertTrue(bool condition, string calldata error) external pure;
     function assertFalse(bool condition, string calldata error) external pure;
     function assertEq(bool left, bool right, string calldata error) external pure;
     function assertEq(uint256 left, uint256 right, string calldata error) external pure;
+    function assertLe(uint256 left, uint256 right, string calldata error) external pure;
+    function assertGe(uint256 left, uint256 right, string calldata error) external pure;
     function assertEq(address left, address right, string calldata error) external pure;
     function assertEq(bytes32 left, bytes32 right, string calldata error) external pure;
     function assertEq(bytes calldata left, bytes calldata right, string calldata error) external pure;

@@ -1,0 +1,193 @@
+"""Reader/writer Protocols over the AVS contracts, and their web3.py implementation.
+
+Logic takes the Protocols; only the edge builds a ``Web3AvsClient``. ABIs come from forge's
+build output (``avs.chain.abi``); contract reverts surface as ``ContractRevertError`` carrying
+the custom error's name, decoded with the selectors of that same output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from eth_abi import encode
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractCustomError
+from web3.types import Nonce, TxParams
+
+from avs.chain.abi import DEFAULT_OUT_DIR, compute_error_selectors, decode_custom_error, load_abi
+from avs.chain.deployment import Deployment
+from avs.crypto.curve import G1Point, G2Point
+from avs.errors import AvsError
+from avs.messages import BatchHeader, Domain
+from avs.types import Address, OperatorId
+
+_ERROR_SOURCES = ("InferenceTaskManager", "OperatorRegistry", "LocalRestakingCore", "QuorumBitmaps")
+_G1_ABI = "(uint256,uint256)"
+_G2_ABI = "(uint256[2],uint256[2])"
+_PUBKEY_REGISTRATION_ABI = f"({_G1_ABI},{_G1_ABI},{_G2_ABI})"
+
+
+class ContractRevertError(AvsError):
+    """A transaction or call reverted with a custom error of the AVS contracts."""
+
+    def __init__(self, name: str, args: tuple[Any, ...]) -> None:
+        super().__init__(f"{name}{args}")
+        self.name = name
+        self.args_ = args
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSignaturesIndices:
+    non_signer_quorum_bitmap_indices: tuple[int, ...]
+    quorum_apk_indices: tuple[int, ...]
+    total_stake_indices: tuple[int, ...]
+    non_signer_stake_indices: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NonSignerStakesAndSignature:
+    """``IBLSSignatureChecker.NonSignerStakesAndSignature``; non-signers sorted by operator id."""
+
+    non_signer_pubkeys: tuple[G1Point, ...]
+    quorum_apks: tuple[G1Point, ...]
+    apk_g2: G2Point
+    sigma: G1Point
+    indices: CheckSignaturesIndices
+
+
+class RegistryReader(Protocol):
+    def get_operator_id(self, operator: Address) -> OperatorId: ...
+
+    def get_apk(self, quorum_number: int) -> G1Point: ...
+
+    def get_check_signatures_indices(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> CheckSignaturesIndices: ...
+
+
+class TaskManagerWriter(Protocol):
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> bytes: ...
+
+
+def encode_g1(point: G1Point) -> tuple[int, int]:
+    return (point.x, point.y)
+
+
+def encode_g2(point: G2Point) -> tuple[list[int], list[int]]:
+    return ([point.x_im, point.x_re], [point.y_im, point.y_re])
+
+
+def encode_registration_data(socket: str, signature: G1Point, pubkey_g1: G1Point, pubkey_g2: G2Point) -> bytes:
+    """The ``data`` of ``registerForOperatorSets``: abi.encode(socket, PubkeyRegistrationParams)."""
+    params = (encode_g1(signature), encode_g1(pubkey_g1), encode_g2(pubkey_g2))
+    return encode(["string", _PUBKEY_REGISTRATION_ABI], [socket, params])
+
+
+def encode_batch_header(header: BatchHeader) -> tuple[int, bytes, int, bytes]:
+    return (header.batch_index, header.leaves_root, header.reference_block, header.quorum_numbers)
+
+
+def encode_signatures(params: NonSignerStakesAndSignature) -> tuple[Any, ...]:
+    idx = params.indices
+    return (
+        list(idx.non_signer_quorum_bitmap_indices),
+        [encode_g1(p) for p in params.non_signer_pubkeys],
+        [encode_g1(p) for p in params.quorum_apks],
+        encode_g2(params.apk_g2),
+        encode_g1(params.sigma),
+        list(idx.quorum_apk_indices),
+        list(idx.total_stake_indices),
+        [list(row) for row in idx.non_signer_stake_indices],
+    )
+
+
+class Web3AvsClient:
+    """``RegistryReader`` and ``TaskManagerWriter`` over web3.py, signing with a local account."""
+
+    def __init__(
+        self, w3: Web3, deployment: Deployment, account: LocalAccount | None = None, out_dir: Path = DEFAULT_OUT_DIR
+    ) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.account = account
+        self.registry = w3.eth.contract(
+            address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry", out_dir)
+        )
+        self.task_manager = w3.eth.contract(
+            address=Web3.to_checksum_address(deployment.task_manager), abi=load_abi("InferenceTaskManager", out_dir)
+        )
+        self._errors = compute_error_selectors(load_abi(name, out_dir) for name in _ERROR_SOURCES)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get_domain(self) -> Domain:
+        return Domain(chain_id=self.deployment.chain_id, verifying_contract=self.deployment.task_manager)
+
+    def get_operator_id(self, operator: Address) -> OperatorId:
+        return OperatorId(bytes(self._call(self.registry.functions.getOperatorId(operator))))
+
+    def get_apk(self, quorum_number: int) -> G1Point:
+        x, y = self._call(self.registry.functions.getApk(quorum_number))
+        return G1Point(x, y)
+
+    def get_check_signatures_indices(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> CheckSignaturesIndices:
+        raw = self._call(
+            self.registry.functions.getCheckSignaturesIndices(reference_block, quorum_numbers, list(non_signer_ids))
+        )
+        return CheckSignaturesIndices(
+            non_signer_quorum_bitmap_indices=tuple(raw[0]),
+            quorum_apk_indices=tuple(raw[1]),
+            total_stake_indices=tuple(raw[2]),
+            non_signer_stake_indices=tuple(tuple(row) for row in raw[3]),
+        )
+
+    def get_batch_digest(self, header: BatchHeader) -> bytes:
+        return bytes(self._call(self.task_manager.functions.batchDigest(encode_batch_header(header))))
+
+    def get_certified_block(self, batch_index: int) -> int:
+        return int(self._call(self.task_manager.functions.getBatch(batch_index))[1])
+
+    # --- writes ------------------------------------------------------------------------
+
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> bytes:
+        fn = self.task_manager.functions.certifyBatch(encode_batch_header(header), encode_signatures(signatures))
+        return self.transact(fn)
+
+    def transact(self, fn: ContractFunction, account: LocalAccount | None = None) -> bytes:
+        """Sends ``fn`` from ``account`` (default: the client's) and waits for a successful receipt."""
+        sender = account or self.account
+        if sender is None:
+            raise AvsError("this client has no account to send transactions from")
+        params: TxParams = {"from": sender.address, "nonce": Nonce(self._nonce(sender))}
+        tx = self._guard(lambda: fn.build_transaction(params))
+        signed = sender.sign_transaction(tx)
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+        if receipt["status"] != 1:
+            raise AvsError(f"transaction {tx_hash.hex()} failed")
+        return bytes(tx_hash)
+
+    def _nonce(self, account: LocalAccount) -> int:
+        return self.w3.eth.get_transaction_count(account.address, "pending")
+
+    def _call(self, fn: ContractFunction) -> Any:
+        return self._guard(fn.call)
+
+    def _guard(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except ContractCustomError as exc:
+            raw = exc.data if isinstance(exc.data, str) else exc.message
+            data = HexBytes(raw or b"")
+            decoded = decode_custom_error(bytes(data), self._errors)
+            if decoded is None:
+                raise
+            raise ContractRevertError(*decoded) from exc

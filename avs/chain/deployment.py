@@ -1,0 +1,54 @@
+"""The deployment JSON written by ``contracts/script/Deploy.s.sol``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_utils import to_checksum_address
+
+from avs.errors import InvalidInputError
+from avs.types import Address
+
+_ADDRESS_KEYS = (
+    "deployer",
+    "aggregator",
+    "allocation_manager",
+    "delegation_manager",
+    "strategy",
+    "stake_token",
+    "operator_registry",
+    "model_registry",
+    "task_manager",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    chain_id: int
+    start_block: int
+    deployer: Address
+    aggregator: Address
+    allocation_manager: Address
+    delegation_manager: Address
+    strategy: Address
+    stake_token: Address
+    operator_registry: Address
+    model_registry: Address
+    task_manager: Address
+
+
+def parse_deployment(raw: object) -> Deployment:
+    """A ``Deployment`` from the decoded JSON object; raises ``InvalidInputError`` if malformed."""
+    if not isinstance(raw, dict):
+        raise InvalidInputError("a deployment must be a JSON object")
+    try:
+        addresses = {key: Address(to_checksum_address(str(raw[key]))) for key in _ADDRESS_KEYS}
+        return Deployment(chain_id=int(raw["chain_id"]), start_block=int(raw["start_block"]), **addresses)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"malformed deployment: {exc}") from exc
+
+
+def load_deployment(path: Path) -> Deployment:
+    return parse_deployment(json.loads(path.read_text()))

@@ -1,0 +1,101 @@
+"""One place that maps the project's errors to gRPC status codes.
+
+Servicers raise ``AvsError`` subclasses; ``ErrorToStatusInterceptor`` turns each into the right
+status with the error's message (never a code inside a message string). Anything that is not an
+``AvsError`` is a bug: it becomes INTERNAL with a generic message, and the details go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from avs.errors import (
+    AuthenticationError,
+    AvsError,
+    ContextLimitError,
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    SlashingProtectionError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Most specific first: the first matching class wins.
+STATUS_BY_ERROR: tuple[tuple[type[AvsError], grpc.StatusCode], ...] = (
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ContextLimitError, grpc.StatusCode.OUT_OF_RANGE),
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (SlashingProtectionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ModelMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
+    (InferenceError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+
+def get_status_code(error: BaseException) -> grpc.StatusCode:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    code = get_status_code(error)
+    if isinstance(error, AvsError):
+        context.abort(code, str(error))
+    logger.exception("unexpected error in %s", method)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class ErrorToStatusInterceptor(grpc.ServerInterceptor):
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner(request, context)
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    _abort(context, error, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from inner_stream(request, context)
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    _abort(context, error, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def _is_abort(error: Exception) -> bool:
+    # grpc's context.abort() raises a bare ``Exception()`` after setting the status; let it through.
+    return type(error) is Exception

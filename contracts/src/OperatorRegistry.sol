@@ -1,0 +1,510 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {BN254} from "./libraries/BN254.sol";
+import {BLSSignatures} from "./libraries/BLSSignatures.sol";
+import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
+import {IStrategy} from "./interfaces/eigenlayer/IStrategy.sol";
+import {IAVSRegistrar} from "./interfaces/eigenlayer/IAVSRegistrar.sol";
+import {
+    IAllocationManager, IAllocationManagerTypes, OperatorSet
+} from "./interfaces/eigenlayer/IAllocationManager.sol";
+import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
+
+/// @title OperatorRegistry
+/// @notice The AVS's identity in EigenLayer (it creates the operator sets and slashes through the
+///         AllocationManager) and the registrar of its operators: BN254 keys with proof of
+///         possession, gRPC sockets, and block-indexed histories of quorum bitmaps, stakes and
+///         aggregate keys, as EigenLayer middleware's RegistryCoordinator + BLSApkRegistry +
+///         StakeRegistry keep them. Quorum number q is operator set id q.
+/// @dev Stake of an operator in a quorum = sum over the set's strategies of its minimum slashable
+///      stake (AllocationManager.getMinimumSlashableStake). Recorded stake below the quorum minimum
+///      after an update is recorded as zero (the operator stays in the set but weighs nothing).
+contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
+    using BN254 for BN254.G1Point;
+    using QuorumBitmaps for uint256;
+
+    /// @notice EigenLayer's AllocationManager (the local core on devnets).
+    IAllocationManager public immutable allocationManager;
+    /// @notice Where slashed funds of new quorums go (the insurance pool).
+    address public redistributionRecipient;
+    /// @notice Contracts allowed to slash through this AVS.
+    mapping(address => bool) public isSlasher;
+    /// @notice Limits of each quorum.
+    mapping(uint8 => QuorumConfig) public quorumConfig;
+    /// @notice Bitmap of existing quorums.
+    uint192 public quorumBitmap;
+    /// @notice Number of operators registered in each quorum.
+    mapping(uint8 => uint32) public operatorCount;
+    /// @notice Socket string of each operator id.
+    mapping(bytes32 => string) public operatorSocket;
+
+    mapping(address => bytes32) private _operatorId;
+    mapping(bytes32 => address) private _operatorOf;
+    mapping(bytes32 => BN254.G1Point) private _pubkeyG1;
+    mapping(bytes32 => BN254.G2Point) private _pubkeyG2;
+    mapping(bytes32 => QuorumBitmapUpdate[]) private _bitmapHistory;
+    mapping(uint8 => mapping(bytes32 => StakeUpdate[])) private _stakeHistory;
+    mapping(uint8 => StakeUpdate[]) private _totalStakeHistory;
+    mapping(uint8 => ApkUpdate[]) private _apkHistory;
+    mapping(uint8 => BN254.G1Point) private _currentApk;
+
+    modifier onlyAllocationManager() {
+        if (msg.sender != address(allocationManager)) revert OnlyAllocationManager();
+        _;
+    }
+
+    /// @param allocationManager_ EigenLayer's AllocationManager.
+    /// @param owner_ Governance.
+    constructor(IAllocationManager allocationManager_, address owner_) Ownable(owner_) {
+        allocationManager = allocationManager_;
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                               governance
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Announces the AVS to EigenLayer and makes this contract its registrar.
+    function initializeAvs(string calldata metadataURI) external onlyOwner {
+        allocationManager.updateAVSMetadataURI(address(this), metadataURI);
+        allocationManager.setAVSRegistrar(address(this), this);
+    }
+
+    /// @notice Sets where slashed funds of quorums created from now on go.
+    function setRedistributionRecipient(address recipient) external onlyOwner {
+        redistributionRecipient = recipient;
+        emit RedistributionRecipientSet(recipient);
+    }
+
+    /// @notice Authorises or revokes a slasher (the fault manager).
+    function setSlasher(address slasher, bool allowed) external onlyOwner {
+        isSlasher[slasher] = allowed;
+        emit SlasherSet(slasher, allowed);
+    }
+
+    /// @notice Creates quorum `quorumNumber` as a redistributing operator set over `strategies`.
+    function createQuorum(uint8 quorumNumber, QuorumConfig calldata config, IStrategy[] calldata strategies)
+        external
+        onlyOwner
+    {
+        if (quorumNumber >= 192) revert InvalidQuorumNumber(quorumNumber);
+        if (uint256(quorumBitmap).has(quorumNumber)) revert QuorumAlreadyExists(quorumNumber);
+        if (redistributionRecipient == address(0)) revert RecipientNotSet();
+        quorumBitmap |= uint192(1 << quorumNumber);
+        quorumConfig[quorumNumber] = config;
+        IAllocationManagerTypes.CreateSetParams[] memory params = new IAllocationManagerTypes.CreateSetParams[](1);
+        params[0] = IAllocationManagerTypes.CreateSetParams(quorumNumber, strategies);
+        address[] memory recipients = new address[](1);
+        recipients[0] = redistributionRecipient;
+        allocationManager.createRedistributingOperatorSets(address(this), params, recipients);
+        _totalStakeHistory[quorumNumber].push(StakeUpdate(uint32(block.number), 0, 0));
+        _apkHistory[quorumNumber].push(ApkUpdate(bytes24(0), uint32(block.number), 0));
+        emit QuorumCreated(quorumNumber, config.maxOperatorCount, config.minimumStake);
+    }
+
+    /// @notice Changes a quorum's limits (applies to registrations and stake updates from now on).
+    function setQuorumConfig(uint8 quorumNumber, QuorumConfig calldata config) external onlyOwner {
+        _requireQuorum(quorumNumber);
+        quorumConfig[quorumNumber] = config;
+        emit QuorumConfigSet(quorumNumber, config.maxOperatorCount, config.minimumStake);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                          EigenLayer registrar
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IAVSRegistrar
+    function supportsAVS(address avs) external view returns (bool) {
+        return avs == address(this);
+    }
+
+    /// @inheritdoc IAVSRegistrar
+    /// @dev `data` = abi.encode(string socket, PubkeyRegistrationParams); the key part is only read on
+    ///      the operator's first registration (its key is permanent, as in EigenLayer).
+    function registerOperator(address operator, address avs, uint32[] calldata operatorSetIds, bytes calldata data)
+        external
+        onlyAllocationManager
+    {
+        if (avs != address(this)) revert InvalidAVS();
+        (string memory socket, PubkeyRegistrationParams memory params) =
+            abi.decode(data, (string, PubkeyRegistrationParams));
+        bytes32 id = _operatorId[operator];
+        if (id == bytes32(0)) id = _registerPubkey(operator, params);
+        uint192 joining = _setIdsToBitmap(operatorSetIds);
+        uint192 current = _currentBitmap(id);
+        for (uint8 q; q < 192; ++q) {
+            if (!uint256(joining).has(q)) continue;
+            if (uint256(current).has(q)) revert AlreadyRegisteredForQuorum(q);
+            _joinQuorum(operator, id, q);
+        }
+        _pushBitmap(id, current | joining);
+        operatorSocket[id] = socket;
+        emit OperatorSocketUpdate(id, socket);
+        emit OperatorRegistered(operator, id, uint256(joining).toBytes());
+    }
+
+    /// @inheritdoc IAVSRegistrar
+    function deregisterOperator(address operator, address avs, uint32[] calldata operatorSetIds)
+        external
+        onlyAllocationManager
+    {
+        if (avs != address(this)) revert InvalidAVS();
+        bytes32 id = _operatorId[operator];
+        if (id == bytes32(0)) revert OperatorNotRegistered();
+        uint192 leaving = _setIdsToBitmap(operatorSetIds);
+        uint192 current = _currentBitmap(id);
+        for (uint8 q; q < 192; ++q) {
+            if (!uint256(leaving).has(q)) continue;
+            if (!uint256(current).has(q)) revert NotRegisteredForQuorum(q);
+            _leaveQuorum(id, q);
+        }
+        _pushBitmap(id, current & ~leaving);
+        emit OperatorDeregistered(operator, id, uint256(leaving).toBytes());
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                            operators, anyone
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Updates the caller's gRPC socket.
+    function updateSocket(string calldata socket) external {
+        bytes32 id = _operatorId[msg.sender];
+        if (id == bytes32(0)) revert OperatorNotRegistered();
+        operatorSocket[id] = socket;
+        emit OperatorSocketUpdate(id, socket);
+    }
+
+    /// @notice Permissionless: re-reads each operator's slashable stake from EigenLayer and records it
+    ///         (zero when below the quorum minimum). Unknown operators are skipped.
+    function updateOperators(address[] calldata operators) external {
+        for (uint256 i; i < operators.length; ++i) {
+            _updateOperatorStake(operators[i]);
+        }
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function slashOperator(address operator, uint8 quorumNumber, uint256 wad, string calldata description)
+        external
+        returns (uint256[] memory shares)
+    {
+        if (!isSlasher[msg.sender]) revert OnlySlasher();
+        OperatorSet memory set = OperatorSet(address(this), quorumNumber);
+        IStrategy[] memory strategies = _sorted(allocationManager.getStrategiesInOperatorSet(set));
+        uint256[] memory wads = new uint256[](strategies.length);
+        for (uint256 i; i < wads.length; ++i) {
+            wads[i] = wad;
+        }
+        (, shares) = allocationManager.slashOperator(
+            address(this),
+            IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
+        );
+        _updateOperatorStake(operator);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                  views
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IOperatorRegistry
+    function getOperatorId(address operator) external view returns (bytes32) {
+        return _operatorId[operator];
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function getOperatorFromId(bytes32 operatorId) external view returns (address) {
+        return _operatorOf[operatorId];
+    }
+
+    /// @notice The registered G1 and G2 keys of `operatorId`.
+    function getOperatorPubkeys(bytes32 operatorId)
+        external
+        view
+        returns (BN254.G1Point memory g1, BN254.G2Point memory g2)
+    {
+        return (_pubkeyG1[operatorId], _pubkeyG2[operatorId]);
+    }
+
+    /// @notice The current aggregate G1 key of `quorumNumber`.
+    function getApk(uint8 quorumNumber) external view returns (BN254.G1Point memory) {
+        return _currentApk[quorumNumber];
+    }
+
+    /// @notice The current quorum bitmap of `operatorId`.
+    function getCurrentQuorumBitmap(bytes32 operatorId) external view returns (uint192) {
+        return _currentBitmap(operatorId);
+    }
+
+    /// @notice The current recorded stake of `operatorId` in `quorumNumber`.
+    function getCurrentStake(bytes32 operatorId, uint8 quorumNumber) public view returns (uint96) {
+        StakeUpdate[] storage h = _stakeHistory[quorumNumber][operatorId];
+        return h.length == 0 ? 0 : h[h.length - 1].stake;
+    }
+
+    /// @notice The current recorded total stake of `quorumNumber`.
+    function getCurrentTotalStake(uint8 quorumNumber) public view returns (uint96) {
+        StakeUpdate[] storage h = _totalStakeHistory[quorumNumber];
+        return h.length == 0 ? 0 : h[h.length - 1].stake;
+    }
+
+    /// @notice Whether quorum `quorumNumber` exists.
+    function quorumExists(uint8 quorumNumber) public view returns (bool) {
+        return uint256(quorumBitmap).has(quorumNumber);
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function getQuorumBitmapAtBlockNumberByIndex(bytes32 operatorId, uint32 blockNumber, uint256 index)
+        external
+        view
+        returns (uint192)
+    {
+        QuorumBitmapUpdate[] storage h = _bitmapHistory[operatorId];
+        if (index >= h.length) revert InvalidHistoryIndex();
+        QuorumBitmapUpdate memory u = h[index];
+        _checkCovers(u.updateBlockNumber, u.nextUpdateBlockNumber, blockNumber);
+        return u.quorumBitmap;
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function getApkHashAtBlockNumberAndIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
+        external
+        view
+        returns (bytes24)
+    {
+        ApkUpdate[] storage h = _apkHistory[quorumNumber];
+        if (index >= h.length) revert InvalidHistoryIndex();
+        ApkUpdate memory u = h[index];
+        _checkCovers(u.updateBlockNumber, u.nextUpdateBlockNumber, blockNumber);
+        return u.apkHash;
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function getTotalStakeAtBlockNumberFromIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
+        external
+        view
+        returns (uint96)
+    {
+        return _stakeAt(_totalStakeHistory[quorumNumber], blockNumber, index);
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function getStakeAtBlockNumberAndIndex(uint8 quorumNumber, uint32 blockNumber, bytes32 operatorId, uint256 index)
+        external
+        view
+        returns (uint96)
+    {
+        return _stakeAt(_stakeHistory[quorumNumber][operatorId], blockNumber, index);
+    }
+
+    /// @notice The history indices for a `checkSignatures` call at `referenceBlock` (what EigenLayer's
+    ///         OperatorStateRetriever.getCheckSignaturesIndices returns). `nonSignerOperatorIds` in
+    ///         the order they will be passed (sorted ascending).
+    function getCheckSignaturesIndices(
+        uint32 referenceBlock,
+        bytes calldata quorumNumbers,
+        bytes32[] calldata nonSignerOperatorIds
+    ) external view returns (CheckSignaturesIndices memory r) {
+        uint256 n = nonSignerOperatorIds.length;
+        r.nonSignerQuorumBitmapIndices = new uint32[](n);
+        uint192[] memory bitmaps = new uint192[](n);
+        for (uint256 j; j < n; ++j) {
+            QuorumBitmapUpdate[] storage h = _bitmapHistory[nonSignerOperatorIds[j]];
+            uint256 idx = _findBitmap(h, referenceBlock);
+            r.nonSignerQuorumBitmapIndices[j] = uint32(idx);
+            bitmaps[j] = h[idx].quorumBitmap;
+        }
+        uint256 m = quorumNumbers.length;
+        r.quorumApkIndices = new uint32[](m);
+        r.totalStakeIndices = new uint32[](m);
+        r.nonSignerStakeIndices = new uint32[][](m);
+        for (uint256 i; i < m; ++i) {
+            uint8 q = uint8(quorumNumbers[i]);
+            r.quorumApkIndices[i] = uint32(_findApk(_apkHistory[q], referenceBlock));
+            r.totalStakeIndices[i] = uint32(_findStake(_totalStakeHistory[q], referenceBlock));
+            uint256 count;
+            for (uint256 j; j < n; ++j) {
+                if (uint256(bitmaps[j]).has(q)) ++count;
+            }
+            r.nonSignerStakeIndices[i] = new uint32[](count);
+            count = 0;
+            for (uint256 j; j < n; ++j) {
+                if (!uint256(bitmaps[j]).has(q)) continue;
+                r.nonSignerStakeIndices[i][count++] =
+                    uint32(_findStake(_stakeHistory[q][nonSignerOperatorIds[j]], referenceBlock));
+            }
+        }
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                internals
+    //////////////////////////////////////////////////////////////*/
+
+    function _requireQuorum(uint8 q) private view {
+        if (!quorumExists(q)) revert QuorumDoesNotExist(q);
+    }
+
+    function _setIdsToBitmap(uint32[] calldata ids) private view returns (uint192 bitmap) {
+        for (uint256 i; i < ids.length; ++i) {
+            if (ids[i] >= 192) revert InvalidQuorumNumber(ids[i]);
+            uint8 q = uint8(ids[i]);
+            _requireQuorum(q);
+            bitmap |= uint192(1 << q);
+        }
+    }
+
+    function _registerPubkey(address operator, PubkeyRegistrationParams memory p) private returns (bytes32 id) {
+        if (!BN254.isOnCurve(p.pubkeyG1) || (p.pubkeyG1.X == 0 && p.pubkeyG1.Y == 0)) revert InvalidPubkey();
+        id = BN254.hashG1Point(p.pubkeyG1);
+        if (_operatorOf[id] != address(0)) revert PubkeyAlreadyRegistered();
+        if (!BN254.isOnCurve(p.pubkeyRegistrationSignature)) revert InvalidProofOfPossession();
+        BN254.G1Point memory messagePoint =
+            BLSSignatures.pubkeyRegistrationMessageHash(operator, address(this), block.chainid);
+        if (!BLSSignatures.verifyProofOfPossession(p.pubkeyG1, p.pubkeyG2, p.pubkeyRegistrationSignature, messagePoint))
+        {
+            revert InvalidProofOfPossession();
+        }
+        _operatorId[operator] = id;
+        _operatorOf[id] = operator;
+        _pubkeyG1[id] = p.pubkeyG1;
+        _pubkeyG2[id] = p.pubkeyG2;
+        emit NewPubkeyRegistration(operator, p.pubkeyG1, p.pubkeyG2);
+    }
+
+    function _joinQuorum(address operator, bytes32 id, uint8 q) private {
+        QuorumConfig memory cfg = quorumConfig[q];
+        if (operatorCount[q] >= cfg.maxOperatorCount) revert MaxOperatorsReached(q);
+        uint96 stake = _weight(operator, q);
+        if (stake < cfg.minimumStake) revert InsufficientStake(q, stake, cfg.minimumStake);
+        ++operatorCount[q];
+        _recordStake(id, q, stake);
+        _updateApk(q, _pubkeyG1[id]);
+    }
+
+    function _leaveQuorum(bytes32 id, uint8 q) private {
+        --operatorCount[q];
+        _recordStake(id, q, 0);
+        _updateApk(q, _pubkeyG1[id].negate());
+    }
+
+    function _updateOperatorStake(address operator) private {
+        bytes32 id = _operatorId[operator];
+        if (id == bytes32(0)) return;
+        uint256 bitmap = _currentBitmap(id);
+        for (uint8 q; q < 192 && bitmap >> q != 0; ++q) {
+            if (!bitmap.has(q)) continue;
+            uint96 stake = _weight(operator, q);
+            if (stake < quorumConfig[q].minimumStake) stake = 0;
+            _recordStake(id, q, stake);
+        }
+    }
+
+    /// @dev Records `stake` for `id` in `q` and moves the quorum total by the difference.
+    function _recordStake(bytes32 id, uint8 q, uint96 stake) private {
+        StakeUpdate[] storage h = _stakeHistory[q][id];
+        uint96 old = h.length == 0 ? 0 : h[h.length - 1].stake;
+        if (old == stake && h.length != 0) return;
+        _pushStake(h, stake);
+        _pushStake(_totalStakeHistory[q], getCurrentTotalStake(q) - old + stake);
+        emit OperatorStakeUpdate(id, q, stake);
+    }
+
+    function _pushStake(StakeUpdate[] storage h, uint96 stake) private {
+        uint256 len = h.length;
+        if (len != 0 && h[len - 1].updateBlockNumber == block.number) {
+            h[len - 1].stake = stake;
+            return;
+        }
+        if (len != 0) h[len - 1].nextUpdateBlockNumber = uint32(block.number);
+        h.push(StakeUpdate(uint32(block.number), 0, stake));
+    }
+
+    function _pushBitmap(bytes32 id, uint192 bitmap) private {
+        QuorumBitmapUpdate[] storage h = _bitmapHistory[id];
+        uint256 len = h.length;
+        if (len != 0 && h[len - 1].updateBlockNumber == block.number) {
+            h[len - 1].quorumBitmap = bitmap;
+            return;
+        }
+        if (len != 0) h[len - 1].nextUpdateBlockNumber = uint32(block.number);
+        h.push(QuorumBitmapUpdate(uint32(block.number), 0, bitmap));
+    }
+
+    function _updateApk(uint8 q, BN254.G1Point memory delta) private {
+        BN254.G1Point memory apk = _currentApk[q].plus(delta);
+        _currentApk[q] = apk;
+        bytes24 apkHash = bytes24(BN254.hashG1Point(apk));
+        ApkUpdate[] storage h = _apkHistory[q];
+        uint256 len = h.length;
+        if (h[len - 1].updateBlockNumber == block.number) {
+            h[len - 1].apkHash = apkHash;
+            return;
+        }
+        h[len - 1].nextUpdateBlockNumber = uint32(block.number);
+        h.push(ApkUpdate(apkHash, uint32(block.number), 0));
+    }
+
+    function _currentBitmap(bytes32 id) private view returns (uint192) {
+        QuorumBitmapUpdate[] storage h = _bitmapHistory[id];
+        return h.length == 0 ? 0 : h[h.length - 1].quorumBitmap;
+    }
+
+    function _weight(address operator, uint8 q) private view returns (uint96) {
+        OperatorSet memory set = OperatorSet(address(this), q);
+        IStrategy[] memory strategies = allocationManager.getStrategiesInOperatorSet(set);
+        address[] memory ops = new address[](1);
+        ops[0] = operator;
+        uint256[][] memory stakes =
+            allocationManager.getMinimumSlashableStake(set, ops, strategies, uint32(block.number));
+        uint256 total;
+        for (uint256 i; i < strategies.length; ++i) {
+            total += stakes[0][i];
+        }
+        return total > type(uint96).max ? type(uint96).max : uint96(total);
+    }
+
+    function _checkCovers(uint32 fromBlock, uint32 nextBlock, uint32 blockNumber) private pure {
+        if (fromBlock > blockNumber) revert InvalidHistoryIndex();
+        if (nextBlock != 0 && nextBlock <= blockNumber) revert InvalidHistoryIndex();
+    }
+
+    function _stakeAt(StakeUpdate[] storage h, uint32 blockNumber, uint256 index) private view returns (uint96) {
+        if (index >= h.length) revert InvalidHistoryIndex();
+        StakeUpdate memory u = h[index];
+        _checkCovers(u.updateBlockNumber, u.nextUpdateBlockNumber, blockNumber);
+        return u.stake;
+    }
+
+    function _findBitmap(QuorumBitmapUpdate[] storage h, uint32 blockNumber) private view returns (uint256) {
+        for (uint256 i = h.length; i > 0; --i) {
+            if (h[i - 1].updateBlockNumber <= blockNumber) return i - 1;
+        }
+        revert BlockBeforeHistory();
+    }
+
+    function _findStake(StakeUpdate[] storage h, uint32 blockNumber) private view returns (uint256) {
+        for (uint256 i = h.length; i > 0; --i) {
+            if (h[i - 1].updateBlockNumber <= blockNumber) return i - 1;
+        }
+        revert BlockBeforeHistory();
+    }
+
+    function _findApk(ApkUpdate[] storage h, uint32 blockNumber) private view returns (uint256) {
+        for (uint256 i = h.length; i > 0; --i) {
+            if (h[i - 1].updateBlockNumber <= blockNumber) return i - 1;
+        }
+        revert BlockBeforeHistory();
+    }
+
+    function _sorted(IStrategy[] memory a) private pure returns (IStrategy[] memory) {
+        for (uint256 i = 1; i < a.length; ++i) {
+            IStrategy key = a[i];
+            uint256 j = i;
+            while (j > 0 && address(a[j - 1]) > address(key)) {
+                a[j] = a[j - 1];
+                --j;
+            }
+            a[j] = key;
+        }
+        return a;
+    }
+}

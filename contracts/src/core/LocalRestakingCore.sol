@@ -1,0 +1,449 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {IStrategy} from "../interfaces/eigenlayer/IStrategy.sol";
+import {IAVSRegistrar} from "../interfaces/eigenlayer/IAVSRegistrar.sol";
+import {IDelegationManager} from "../interfaces/eigenlayer/IDelegationManager.sol";
+import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocationManager.sol";
+
+/// @title LocalRestakingCore — LOCAL DEVNET/TEST ONLY, not EigenLayer code
+/// @notice A small stand-in for EigenLayer's core (AllocationManager + DelegationManager +
+///         StrategyManager deposits) that implements the same interfaces, so that the AVS contracts
+///         run unchanged against it on anvil and in forge tests. On a real network the AVS points at
+///         EigenLayer's deployed core instead.
+/// @dev Simplifications against EigenLayer, all deliberate for a devnet:
+///      - shares are 1:1 with tokens; the core holds every deposited token;
+///      - allocations take effect at once (no allocation/deallocation delay), so the minimum
+///        slashable stake up to any future block is the allocated stake now;
+///      - slashing moves the slashed tokens to the recipient at once (EigenLayer escrows them and
+///        needs a separate `clearBurnOrRedistributableShares`); operator shares fall by the slashed
+///        amount, stakers' individual balances are not tracked (there are no withdrawals);
+///      - the AVS (or operator) itself must call: there is no PermissionController/appointees.
+contract LocalRestakingCore is IAllocationManager, IDelegationManager {
+    using SafeERC20 for IERC20;
+
+    /// @notice 100% in magnitudes and wads.
+    uint64 public constant WAD = 1e18;
+    /// @notice EigenLayer's burn address for non-redistributing sets.
+    address public constant DEFAULT_BURN_ADDRESS = 0x00000000000000000000000000000000000E16E4;
+
+    /// @notice A token was deposited into a strategy (StrategyManager's event).
+    event Deposit(address staker, IStrategy strategy, uint256 shares);
+    /// @notice A local strategy was whitelisted for deposits.
+    event StrategyAdded(IStrategy strategy);
+    /// @notice Slashed tokens left the core for `recipient`.
+    event SlashedFundsSent(IStrategy strategy, address recipient, uint256 amount);
+
+    /// @notice The strategy is not whitelisted, or `token` is not its underlying token.
+    error InvalidStrategy();
+    /// @notice A zero amount.
+    error ZeroAmount();
+    /// @notice The address is already an operator or is delegated.
+    error AlreadyDelegated();
+
+    struct SetInfo {
+        bool exists;
+        bool redistributing;
+        address recipient;
+        uint256 slashCount;
+        IStrategy[] strategies;
+    }
+
+    address public immutable owner;
+    mapping(IStrategy => bool) public isStrategy;
+    mapping(address => address) private _delegatedTo;
+    mapping(address => bool) private _isOperator;
+    mapping(address => mapping(IStrategy => uint256)) private _operatorShares;
+    mapping(address => mapping(IStrategy => uint64)) private _maxMagnitude; // 0 = never slashed (WAD)
+    mapping(address => mapping(IStrategy => uint64)) public encumberedMagnitude;
+    mapping(address => mapping(bytes32 => mapping(IStrategy => uint64))) private _allocation;
+    mapping(bytes32 => SetInfo) private _sets;
+    mapping(address => mapping(bytes32 => bool)) private _member;
+    mapping(address => IAVSRegistrar) private _registrar;
+    mapping(address => bool) public isAVS;
+
+    constructor() {
+        owner = msg.sender;
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                       StrategyManager-like deposits
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Whitelists `strategy` for deposits (the core's deployer only).
+    function addStrategy(IStrategy strategy) external {
+        if (msg.sender != owner) revert InvalidCaller();
+        isStrategy[strategy] = true;
+        emit StrategyAdded(strategy);
+    }
+
+    /// @notice StrategyManager's `depositIntoStrategy`: moves `amount` of `token` in and credits the
+    ///         caller's operator (if delegated) with as many shares.
+    function depositIntoStrategy(IStrategy strategy, IERC20 token, uint256 amount)
+        external
+        returns (uint256 depositShares)
+    {
+        if (!isStrategy[strategy] || strategy.underlyingToken() != token) revert InvalidStrategy();
+        if (amount == 0) revert ZeroAmount();
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        emit Deposit(msg.sender, strategy, amount);
+        address op = _delegatedTo[msg.sender];
+        if (op != address(0)) {
+            _operatorShares[op][strategy] += amount;
+            emit OperatorSharesIncreased(op, msg.sender, strategy, amount);
+        }
+        return amount;
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                            DelegationManager
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IDelegationManager
+    function registerAsOperator(address initDelegationApprover, uint32, string calldata) external {
+        if (_delegatedTo[msg.sender] != address(0)) revert AlreadyDelegated();
+        _isOperator[msg.sender] = true;
+        _delegatedTo[msg.sender] = msg.sender;
+        emit OperatorRegistered(msg.sender, initDelegationApprover);
+        emit StakerDelegated(msg.sender, msg.sender);
+    }
+
+    /// @inheritdoc IDelegationManager
+    /// @dev Only shares deposited after delegation count (the local core keeps no per-staker shares).
+    function delegateTo(address operator, SignatureWithExpiry memory, bytes32) external {
+        if (!_isOperator[operator]) revert InvalidOperator();
+        if (_delegatedTo[msg.sender] != address(0)) revert AlreadyDelegated();
+        _delegatedTo[msg.sender] = operator;
+        emit StakerDelegated(msg.sender, operator);
+    }
+
+    /// @inheritdoc IDelegationManager
+    function isOperator(address operator) external view returns (bool) {
+        return _isOperator[operator];
+    }
+
+    /// @inheritdoc IDelegationManager
+    function isDelegated(address staker) external view returns (bool) {
+        return _delegatedTo[staker] != address(0);
+    }
+
+    /// @inheritdoc IDelegationManager
+    function delegatedTo(address staker) external view returns (address) {
+        return _delegatedTo[staker];
+    }
+
+    /// @inheritdoc IDelegationManager
+    function operatorShares(address operator, IStrategy strategy) external view returns (uint256) {
+        return _operatorShares[operator][strategy];
+    }
+
+    /// @inheritdoc IDelegationManager
+    function getOperatorShares(address operator, IStrategy[] memory strategies)
+        public
+        view
+        returns (uint256[] memory shares)
+    {
+        shares = new uint256[](strategies.length);
+        for (uint256 i; i < strategies.length; ++i) {
+            shares[i] = _operatorShares[operator][strategies[i]];
+        }
+    }
+
+    /// @inheritdoc IDelegationManager
+    function getOperatorsShares(address[] memory operators, IStrategy[] memory strategies)
+        external
+        view
+        returns (uint256[][] memory shares)
+    {
+        shares = new uint256[][](operators.length);
+        for (uint256 i; i < operators.length; ++i) {
+            shares[i] = getOperatorShares(operators[i], strategies);
+        }
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                            AllocationManager
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IAllocationManager
+    function updateAVSMetadataURI(address avs, string calldata metadataURI) external {
+        if (msg.sender != avs) revert InvalidCaller();
+        isAVS[avs] = true;
+        emit AVSMetadataURIUpdated(avs, metadataURI);
+    }
+
+    /// @inheritdoc IAllocationManager
+    function setAVSRegistrar(address avs, IAVSRegistrar registrar) external {
+        if (msg.sender != avs) revert InvalidCaller();
+        if (!registrar.supportsAVS(avs)) revert InvalidAVSRegistrar();
+        _registrar[avs] = registrar;
+        emit AVSRegistrarSet(avs, registrar);
+    }
+
+    /// @inheritdoc IAllocationManager
+    function createOperatorSets(address avs, CreateSetParams[] calldata params) external {
+        if (msg.sender != avs || !isAVS[avs]) revert InvalidCaller();
+        for (uint256 i; i < params.length; ++i) {
+            _createSet(avs, params[i], false, DEFAULT_BURN_ADDRESS);
+        }
+    }
+
+    /// @inheritdoc IAllocationManager
+    function createRedistributingOperatorSets(
+        address avs,
+        CreateSetParams[] calldata params,
+        address[] calldata redistributionRecipients
+    ) external {
+        if (msg.sender != avs || !isAVS[avs]) revert InvalidCaller();
+        if (params.length != redistributionRecipients.length) revert InputArrayLengthMismatch();
+        for (uint256 i; i < params.length; ++i) {
+            address r = redistributionRecipients[i];
+            if (r == address(0) || r == DEFAULT_BURN_ADDRESS) revert InvalidRedistributionRecipient();
+            _createSet(avs, params[i], true, r);
+        }
+    }
+
+    /// @inheritdoc IAllocationManager
+    function addStrategiesToOperatorSet(address avs, uint32 operatorSetId, IStrategy[] calldata strategies) external {
+        if (msg.sender != avs) revert InvalidCaller();
+        OperatorSet memory set = OperatorSet(avs, operatorSetId);
+        SetInfo storage info = _sets[_key(set)];
+        if (!info.exists) revert InvalidOperatorSet();
+        for (uint256 i; i < strategies.length; ++i) {
+            _addStrategy(info, set, strategies[i]);
+        }
+    }
+
+    /// @inheritdoc IAllocationManager
+    function modifyAllocations(address operator, AllocateParams[] calldata params) external {
+        if (msg.sender != operator) revert InvalidCaller();
+        if (!_isOperator[operator]) revert InvalidOperator();
+        for (uint256 i; i < params.length; ++i) {
+            AllocateParams calldata p = params[i];
+            if (p.strategies.length != p.newMagnitudes.length) revert InputArrayLengthMismatch();
+            bytes32 key = _key(p.operatorSet);
+            if (!_sets[key].exists) revert InvalidOperatorSet();
+            for (uint256 j; j < p.strategies.length; ++j) {
+                IStrategy s = p.strategies[j];
+                uint64 old = _allocation[operator][key][s];
+                uint64 encumbered = encumberedMagnitude[operator][s] - old + p.newMagnitudes[j];
+                if (encumbered > getMaxMagnitude(operator, s)) revert InsufficientMagnitude();
+                encumberedMagnitude[operator][s] = encumbered;
+                _allocation[operator][key][s] = p.newMagnitudes[j];
+                emit AllocationUpdated(operator, p.operatorSet, s, p.newMagnitudes[j], uint32(block.number));
+            }
+        }
+    }
+
+    /// @inheritdoc IAllocationManager
+    function registerForOperatorSets(address operator, RegisterParams calldata params) external {
+        if (msg.sender != operator) revert InvalidCaller();
+        if (!_isOperator[operator]) revert InvalidOperator();
+        IAVSRegistrar registrar = _registrar[params.avs];
+        if (address(registrar) == address(0)) revert InvalidAVSRegistrar();
+        for (uint256 i; i < params.operatorSetIds.length; ++i) {
+            OperatorSet memory set = OperatorSet(params.avs, params.operatorSetIds[i]);
+            bytes32 key = _key(set);
+            if (!_sets[key].exists) revert InvalidOperatorSet();
+            if (_member[operator][key]) revert AlreadyMemberOfSet();
+            _member[operator][key] = true;
+            emit OperatorAddedToOperatorSet(operator, set);
+        }
+        registrar.registerOperator(operator, params.avs, params.operatorSetIds, params.data);
+    }
+
+    /// @inheritdoc IAllocationManager
+    /// @dev The operator or the AVS may call (as in EigenLayer).
+    function deregisterFromOperatorSets(DeregisterParams calldata params) external {
+        if (msg.sender != params.operator && msg.sender != params.avs) revert InvalidCaller();
+        for (uint256 i; i < params.operatorSetIds.length; ++i) {
+            OperatorSet memory set = OperatorSet(params.avs, params.operatorSetIds[i]);
+            bytes32 key = _key(set);
+            if (!_member[params.operator][key]) revert NotMemberOfSet();
+            _member[params.operator][key] = false;
+            emit OperatorRemovedFromOperatorSet(params.operator, set);
+        }
+        _registrar[params.avs].deregisterOperator(params.operator, params.avs, params.operatorSetIds);
+    }
+
+    /// @inheritdoc IAllocationManager
+    function slashOperator(address avs, SlashingParams calldata params)
+        external
+        returns (uint256 slashId, uint256[] memory shares)
+    {
+        if (msg.sender != avs) revert InvalidCaller();
+        if (params.strategies.length != params.wadsToSlash.length) revert InputArrayLengthMismatch();
+        OperatorSet memory set = OperatorSet(avs, params.operatorSetId);
+        bytes32 key = _key(set);
+        SetInfo storage info = _sets[key];
+        if (!info.exists) revert InvalidOperatorSet();
+        if (!_member[params.operator][key]) revert OperatorNotSlashable();
+        slashId = ++info.slashCount;
+        shares = new uint256[](params.strategies.length);
+        for (uint256 i; i < params.strategies.length; ++i) {
+            IStrategy s = params.strategies[i];
+            if (i > 0 && address(s) <= address(params.strategies[i - 1])) revert StrategiesMustBeInAscendingOrder();
+            if (params.wadsToSlash[i] == 0 || params.wadsToSlash[i] > WAD) revert InvalidWadToSlash();
+            if (!_inSet(info, s)) revert StrategyNotInOperatorSet();
+            shares[i] = _slash(params.operator, key, s, params.wadsToSlash[i], info.recipient);
+        }
+        emit OperatorSlashed(params.operator, set, params.strategies, params.wadsToSlash, params.description);
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getAVSRegistrar(address avs) external view returns (IAVSRegistrar) {
+        return _registrar[avs];
+    }
+
+    /// @inheritdoc IAllocationManager
+    function isOperatorSet(OperatorSet memory operatorSet) external view returns (bool) {
+        return _sets[_key(operatorSet)].exists;
+    }
+
+    /// @inheritdoc IAllocationManager
+    function isMemberOfOperatorSet(address operator, OperatorSet memory operatorSet) external view returns (bool) {
+        return _member[operator][_key(operatorSet)];
+    }
+
+    /// @inheritdoc IAllocationManager
+    function isOperatorSlashable(address operator, OperatorSet memory operatorSet) external view returns (bool) {
+        return _member[operator][_key(operatorSet)];
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getStrategiesInOperatorSet(OperatorSet memory operatorSet) external view returns (IStrategy[] memory) {
+        return _sets[_key(operatorSet)].strategies;
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getRedistributionRecipient(OperatorSet memory operatorSet) external view returns (address) {
+        SetInfo storage info = _sets[_key(operatorSet)];
+        return info.redistributing ? info.recipient : DEFAULT_BURN_ADDRESS;
+    }
+
+    /// @inheritdoc IAllocationManager
+    function isRedistributingOperatorSet(OperatorSet memory operatorSet) external view returns (bool) {
+        return _sets[_key(operatorSet)].redistributing;
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getSlashCount(OperatorSet memory operatorSet) external view returns (uint256) {
+        return _sets[_key(operatorSet)].slashCount;
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getAllocation(address operator, OperatorSet memory operatorSet, IStrategy strategy)
+        external
+        view
+        returns (Allocation memory)
+    {
+        return Allocation(_allocation[operator][_key(operatorSet)][strategy], 0, uint32(block.number));
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getMaxMagnitude(address operator, IStrategy strategy) public view returns (uint64) {
+        uint64 m = _maxMagnitude[operator][strategy];
+        return m == 0 ? WAD : m;
+    }
+
+    /// @inheritdoc IAllocationManager
+    function getAllocatedStake(OperatorSet memory operatorSet, address[] memory operators, IStrategy[] memory strategies)
+        public
+        view
+        returns (uint256[][] memory slashableStake)
+    {
+        bytes32 key = _key(operatorSet);
+        slashableStake = new uint256[][](operators.length);
+        for (uint256 i; i < operators.length; ++i) {
+            slashableStake[i] = new uint256[](strategies.length);
+            for (uint256 j; j < strategies.length; ++j) {
+                slashableStake[i][j] = _allocatedStake(operators[i], key, strategies[j]);
+            }
+        }
+    }
+
+    /// @inheritdoc IAllocationManager
+    /// @dev No allocation delays here, so this is the allocated stake of members (zero for non-members).
+    function getMinimumSlashableStake(
+        OperatorSet memory operatorSet,
+        address[] memory operators,
+        IStrategy[] memory strategies,
+        uint32
+    ) external view returns (uint256[][] memory slashableStake) {
+        slashableStake = getAllocatedStake(operatorSet, operators, strategies);
+        bytes32 key = _key(operatorSet);
+        for (uint256 i; i < operators.length; ++i) {
+            if (!_member[operators[i]][key]) {
+                for (uint256 j; j < strategies.length; ++j) {
+                    slashableStake[i][j] = 0;
+                }
+            }
+        }
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                internals
+    //////////////////////////////////////////////////////////////*/
+
+    function _key(OperatorSet memory set) private pure returns (bytes32) {
+        return keccak256(abi.encode(set.avs, set.id));
+    }
+
+    function _createSet(address avs, CreateSetParams calldata p, bool redistributing, address recipient) private {
+        OperatorSet memory set = OperatorSet(avs, p.operatorSetId);
+        SetInfo storage info = _sets[_key(set)];
+        if (info.exists) revert OperatorSetAlreadyExists();
+        info.exists = true;
+        info.redistributing = redistributing;
+        info.recipient = recipient;
+        emit OperatorSetCreated(set);
+        if (redistributing) emit RedistributionAddressSet(set, recipient);
+        for (uint256 i; i < p.strategies.length; ++i) {
+            _addStrategy(info, set, p.strategies[i]);
+        }
+    }
+
+    function _addStrategy(SetInfo storage info, OperatorSet memory set, IStrategy s) private {
+        if (_inSet(info, s)) revert StrategyAlreadyInOperatorSet();
+        info.strategies.push(s);
+        emit StrategyAddedToOperatorSet(set, s);
+    }
+
+    function _inSet(SetInfo storage info, IStrategy s) private view returns (bool) {
+        for (uint256 i; i < info.strategies.length; ++i) {
+            if (info.strategies[i] == s) return true;
+        }
+        return false;
+    }
+
+    function _allocatedStake(address operator, bytes32 key, IStrategy s) private view returns (uint256) {
+        return _operatorShares[operator][s] * _allocation[operator][key][s] / getMaxMagnitude(operator, s);
+    }
+
+    /// @dev Slashes wad of the allocation: magnitude and max magnitude fall by the same amount, so
+    ///      the operator's stake in its other sets is unchanged (as in EigenLayer).
+    function _slash(address operator, bytes32 key, IStrategy s, uint256 wad, address recipient)
+        private
+        returns (uint256 slashedShares)
+    {
+        uint64 allocated = _allocation[operator][key][s];
+        uint64 maxMag = getMaxMagnitude(operator, s);
+        uint64 slashedMag = uint64((uint256(allocated) * wad + WAD - 1) / WAD);
+        if (slashedMag == 0) return 0;
+        slashedShares = _operatorShares[operator][s] * slashedMag / maxMag;
+        _allocation[operator][key][s] = allocated - slashedMag;
+        encumberedMagnitude[operator][s] -= slashedMag;
+        uint64 newMax = maxMag - slashedMag;
+        // A fully slashed operator keeps max magnitude 1 (0 is our "never slashed" marker).
+        _maxMagnitude[operator][s] = newMax == 0 ? 1 : newMax;
+        _operatorShares[operator][s] -= slashedShares;
+        emit MaxMagnitudeUpdated(operator, s, newMax);
+        emit OperatorSharesSlashed(operator, s, slashedShares);
+        if (slashedShares > 0) {
+            s.underlyingToken().safeTransfer(recipient, slashedShares);
+            emit SlashedFundsSent(s, recipient, slashedShares);
+        }
+    }
+}

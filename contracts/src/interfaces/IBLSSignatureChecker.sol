@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {BN254} from "../libraries/BN254.sol";
+
+/// @title IBLSSignatureChecker
+/// @notice EigenLayer middleware's BLSSignatureChecker types and errors.
+interface IBLSSignatureChecker {
+    /// @notice Non-signers (sorted by operator id), aggregate keys and the history indices to read.
+    /// @dev `nonSignerStakeIndices[i][k]` is the stake-history index of the k-th non-signer that is
+    ///      in quorum `quorumNumbers[i]` at the reference block.
+    struct NonSignerStakesAndSignature {
+        uint32[] nonSignerQuorumBitmapIndices;
+        BN254.G1Point[] nonSignerPubkeys;
+        BN254.G1Point[] quorumApks;
+        BN254.G2Point apkG2;
+        BN254.G1Point sigma;
+        uint32[] quorumApkIndices;
+        uint32[] totalStakeIndices;
+        uint32[][] nonSignerStakeIndices;
+    }
+
+    /// @notice Signed and total stake per quorum, in the order of the quorum numbers.
+    struct QuorumStakeTotals {
+        uint96[] signedStakeForQuorum;
+        uint96[] totalStakeForQuorum;
+    }
+
+    /// @notice Array lengths of the input disagree.
+    error InputArrayLengthMismatch();
+    /// @notice The reference block is not in the past.
+    error FutureReferenceBlock();
+    /// @notice Non-signer pubkey hashes are not strictly ascending (unsorted or duplicate).
+    error NonSignerPubkeysNotSorted();
+    /// @notice A quorum aggregate key does not match the history at the reference block.
+    error InvalidQuorumApkHash();
+    /// @notice The pairing precompile rejected the input.
+    error InvalidBLSPairingKey();
+    /// @notice The aggregate signature is wrong.
+    error InvalidBLSSignature();
+}

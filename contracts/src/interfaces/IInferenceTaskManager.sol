@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {AvsMessages} from "../libraries/AvsMessages.sol";
+import {IBLSSignatureChecker} from "./IBLSSignatureChecker.sol";
+
+/// @title IInferenceTaskManager
+/// @notice Batch certificates: one aggregate BLS check per batch of attested (request, output) leaves.
+interface IInferenceTaskManager is IBLSSignatureChecker {
+    /// @notice Governance parameters (one storage slot).
+    struct Config {
+        uint16 thresholdBps;
+        uint32 maxReferenceAge;
+        uint32 challengeWindowBlocks;
+    }
+
+    /// @notice What is stored per certified batch (one slot): a 28-byte commitment to
+    ///         (batch struct hash, signatory record hash) and the block it was certified in.
+    struct BatchRecord {
+        bytes28 commitment;
+        uint32 certifiedBlock;
+    }
+
+    /// @notice The caller is not an authorised aggregator.
+    error OnlyAggregator();
+    /// @notice The batch index is already certified.
+    error BatchAlreadyCertified(uint64 batchIndex);
+    /// @notice The batch index is not certified.
+    error BatchNotCertified(uint64 batchIndex);
+    /// @notice The reference block is older than `maxReferenceAge` blocks.
+    error StaleReferenceBlock(uint32 referenceBlock);
+    /// @notice A quorum's signed stake is below the threshold.
+    error ThresholdNotMet(uint8 quorumNumber, uint96 signedStake, uint96 totalStake);
+    /// @notice A threshold above 100% or zero.
+    error InvalidThreshold();
+    /// @notice The given header or signatory record does not match the certified batch.
+    error BatchMismatch();
+
+    /// @notice Emitted when a batch is certified.
+    event BatchCertified(
+        uint64 indexed batchIndex,
+        bytes32 indexed leavesRoot,
+        uint32 referenceBlock,
+        bytes quorumNumbers,
+        bytes32 signatoryRecordHash
+    );
+    /// @notice Emitted when an aggregator is authorised or revoked.
+    event AggregatorSet(address indexed aggregator, bool allowed);
+    /// @notice Emitted when governance parameters change.
+    event ConfigSet(uint16 thresholdBps, uint32 maxReferenceAge, uint32 challengeWindowBlocks);
+
+    /// @notice Certifies a batch: checks the aggregate signature over the header's EIP-712 digest.
+    function certifyBatch(AvsMessages.BatchHeader calldata header, NonSignerStakesAndSignature calldata signatures)
+        external;
+
+    /// @notice Whether (requestHash, outputHash) is a leaf of the certified batch `header`.
+    function verifyLeaf(
+        AvsMessages.BatchHeader calldata header,
+        bytes32 signatoryRecordHash,
+        bytes32 requestHash,
+        bytes32 outputHash,
+        bytes32[] calldata proof
+    ) external view returns (bool);
+
+    /// @notice Whether batch `batchIndex` is certified and its challenge window is over.
+    function isBatchFinal(uint64 batchIndex) external view returns (bool);
+
+    /// @notice The record of batch `batchIndex` (zero if not certified).
+    function getBatch(uint64 batchIndex) external view returns (BatchRecord memory);
+
+    /// @notice The EIP-712 domain separator of the AVS's messages (chain id, this contract).
+    function domainSeparator() external view returns (bytes32);
+}

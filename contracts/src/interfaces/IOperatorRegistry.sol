@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {BN254} from "../libraries/BN254.sol";
+
+/// @title IOperatorRegistryTypes
+interface IOperatorRegistryTypes {
+    /// @notice Per-quorum limits, set by governance.
+    struct QuorumConfig {
+        uint32 maxOperatorCount;
+        uint96 minimumStake;
+    }
+
+    /// @notice What an operator passes (ABI-encoded after its socket) as registration `data`.
+    struct PubkeyRegistrationParams {
+        BN254.G1Point pubkeyRegistrationSignature;
+        BN254.G1Point pubkeyG1;
+        BN254.G2Point pubkeyG2;
+    }
+
+    /// @notice One entry of an operator's quorum-bitmap history (EigenLayer's QuorumBitmapUpdate).
+    struct QuorumBitmapUpdate {
+        uint32 updateBlockNumber;
+        uint32 nextUpdateBlockNumber;
+        uint192 quorumBitmap;
+    }
+
+    /// @notice One entry of a stake history (EigenLayer's StakeUpdate).
+    struct StakeUpdate {
+        uint32 updateBlockNumber;
+        uint32 nextUpdateBlockNumber;
+        uint96 stake;
+    }
+
+    /// @notice One entry of a quorum's aggregate-key history (EigenLayer's ApkUpdate).
+    struct ApkUpdate {
+        bytes24 apkHash;
+        uint32 updateBlockNumber;
+        uint32 nextUpdateBlockNumber;
+    }
+
+    /// @notice The history indices `checkSignatures` needs (EigenLayer's OperatorStateRetriever output).
+    struct CheckSignaturesIndices {
+        uint32[] nonSignerQuorumBitmapIndices;
+        uint32[] quorumApkIndices;
+        uint32[] totalStakeIndices;
+        uint32[][] nonSignerStakeIndices;
+    }
+}
+
+/// @title IOperatorRegistryErrors
+interface IOperatorRegistryErrors {
+    /// @notice Only the AllocationManager may call.
+    error OnlyAllocationManager();
+    /// @notice Only an authorised slasher may call.
+    error OnlySlasher();
+    /// @notice The registrar serves only this AVS.
+    error InvalidAVS();
+    /// @notice The quorum does not exist.
+    error QuorumDoesNotExist(uint8 quorumNumber);
+    /// @notice The quorum already exists.
+    error QuorumAlreadyExists(uint8 quorumNumber);
+    /// @notice A quorum number above 191.
+    error InvalidQuorumNumber(uint32 operatorSetId);
+    /// @notice The operator is already registered for the quorum.
+    error AlreadyRegisteredForQuorum(uint8 quorumNumber);
+    /// @notice The operator is not registered for the quorum.
+    error NotRegisteredForQuorum(uint8 quorumNumber);
+    /// @notice The operator's stake is below the quorum minimum.
+    error InsufficientStake(uint8 quorumNumber, uint96 stake, uint96 minimumStake);
+    /// @notice The quorum is full.
+    error MaxOperatorsReached(uint8 quorumNumber);
+    /// @notice The proof of possession of the BLS key is wrong.
+    error InvalidProofOfPossession();
+    /// @notice The BLS key is zero or off the curve.
+    error InvalidPubkey();
+    /// @notice The BLS key is already registered (by another operator).
+    error PubkeyAlreadyRegistered();
+    /// @notice The operator has no BLS key registered.
+    error OperatorNotRegistered();
+    /// @notice A history index does not cover the block asked for.
+    error InvalidHistoryIndex();
+    /// @notice The block is before the history starts.
+    error BlockBeforeHistory();
+    /// @notice The redistribution recipient is unset.
+    error RecipientNotSet();
+}
+
+/// @title IOperatorRegistryEvents
+interface IOperatorRegistryEvents {
+    /// @notice Emitted when a quorum (operator set) is created.
+    event QuorumCreated(uint8 indexed quorumNumber, uint32 maxOperatorCount, uint96 minimumStake);
+    /// @notice Emitted when a quorum's limits change.
+    event QuorumConfigSet(uint8 indexed quorumNumber, uint32 maxOperatorCount, uint96 minimumStake);
+    /// @notice Emitted when an operator registers its BLS key.
+    event NewPubkeyRegistration(address indexed operator, BN254.G1Point pubkeyG1, BN254.G2Point pubkeyG2);
+    /// @notice Emitted when an operator joins quorums.
+    event OperatorRegistered(address indexed operator, bytes32 indexed operatorId, bytes quorumNumbers);
+    /// @notice Emitted when an operator leaves quorums.
+    event OperatorDeregistered(address indexed operator, bytes32 indexed operatorId, bytes quorumNumbers);
+    /// @notice Emitted when an operator's socket changes.
+    event OperatorSocketUpdate(bytes32 indexed operatorId, string socket);
+    /// @notice Emitted when an operator's recorded stake in a quorum changes.
+    event OperatorStakeUpdate(bytes32 indexed operatorId, uint8 quorumNumber, uint96 stake);
+    /// @notice Emitted when a slasher is authorised or revoked.
+    event SlasherSet(address indexed slasher, bool allowed);
+    /// @notice Emitted when the recipient of redistributed slashes is set.
+    event RedistributionRecipientSet(address recipient);
+}
+
+/// @title IOperatorRegistry
+/// @notice The AVS's operator registry: the EigenLayer registrar of its operator sets (quorums),
+///         BLS keys with proof of possession, sockets, and the block-indexed histories of quorum
+///         membership, stake and aggregate keys that signature checks read.
+interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, IOperatorRegistryEvents {
+    /// @notice The operator id (keccak of the G1 key) of `operator`, zero if none.
+    function getOperatorId(address operator) external view returns (bytes32);
+
+    /// @notice The address that registered the key with id `operatorId`.
+    function getOperatorFromId(bytes32 operatorId) external view returns (address);
+
+    /// @notice The quorum bitmap of `operatorId` at `blockNumber`, from history entry `index`.
+    function getQuorumBitmapAtBlockNumberByIndex(bytes32 operatorId, uint32 blockNumber, uint256 index)
+        external
+        view
+        returns (uint192);
+
+    /// @notice The aggregate-key hash of `quorumNumber` at `blockNumber`, from history entry `index`.
+    function getApkHashAtBlockNumberAndIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
+        external
+        view
+        returns (bytes24);
+
+    /// @notice The total stake of `quorumNumber` at `blockNumber`, from history entry `index`.
+    function getTotalStakeAtBlockNumberFromIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
+        external
+        view
+        returns (uint96);
+
+    /// @notice The stake of `operatorId` in `quorumNumber` at `blockNumber`, from history entry `index`.
+    function getStakeAtBlockNumberAndIndex(uint8 quorumNumber, uint32 blockNumber, bytes32 operatorId, uint256 index)
+        external
+        view
+        returns (uint96);
+
+    /// @notice Slashes `operator` in `quorumNumber` by `wad` of every strategy (authorised slashers only).
+    function slashOperator(address operator, uint8 quorumNumber, uint256 wad, string calldata description)
+        external
+        returns (uint256[] memory shares);
+}

@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {AvsFixture} from "./utils/AvsFixture.sol";
+import {BN254} from "../src/libraries/BN254.sol";
+import {AvsMessages} from "../src/libraries/AvsMessages.sol";
+import {QuorumBitmaps} from "../src/libraries/QuorumBitmaps.sol";
+import {IInferenceTaskManager} from "../src/interfaces/IInferenceTaskManager.sol";
+import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+
+/// @dev Eight operators (keys 1..8, stakes 10..80 ether) in quorum 0; operators 1..4 also in quorum 1.
+abstract contract CertifyFixture is AvsFixture {
+    function setUp() public virtual override {
+        super.setUp();
+        for (uint256 sk = 1; sk <= 8; ++sk) {
+            _register(sk, sk * 10 ether, sk <= 4 ? bytes(hex"0001") : bytes(hex"00"));
+        }
+        vm.roll(block.number + 1);
+    }
+
+    function _certify(uint64 index, bytes32 root, bytes memory quorums, uint256[] memory nonSigners) internal {
+        AvsMessages.BatchHeader memory h = _header(index, root, quorums);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, nonSigners);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function _sigs(AvsMessages.BatchHeader memory h, uint256[] memory nonSigners)
+        internal
+        view
+        returns (IBLSSignatureChecker.NonSignerStakesAndSignature memory)
+    {
+        uint256[] memory signers = _complement(nonSigners, _members(h.quorumNumbers));
+        if (h.quorumNumbers.length == 2) signers = _withMultiplicity(signers);
+        return _params(taskManager.batchDigest(h), h, signers, _sortById(nonSigners));
+    }
+
+    /// @dev A signer in k of the signed quorums signs k times (its key is k times in the quorum apks):
+    ///      operators 1..4 are in both quorums.
+    function _withMultiplicity(uint256[] memory signers) internal pure returns (uint256[] memory r) {
+        uint256 extra;
+        for (uint256 i; i < signers.length; ++i) {
+            if (signers[i] <= 4) ++extra;
+        }
+        r = new uint256[](signers.length + extra);
+        uint256 n;
+        for (uint256 i; i < signers.length; ++i) {
+            r[n++] = signers[i];
+            if (signers[i] <= 4) r[n++] = signers[i];
+        }
+    }
+
+    function _members(bytes memory quorums) internal pure returns (uint256[] memory) {
+        for (uint256 i; i < quorums.length; ++i) {
+            if (uint8(quorums[i]) == 0) return _range(1, 8);
+        }
+        return _range(1, 4);
+    }
+
+    function _complement(uint256[] memory out, uint256[] memory all) internal pure returns (uint256[] memory r) {
+        uint256[] memory tmp = new uint256[](all.length);
+        uint256 n;
+        for (uint256 i; i < all.length; ++i) {
+            bool skip;
+            for (uint256 j; j < out.length; ++j) {
+                if (out[j] == all[i]) skip = true;
+            }
+            if (!skip) tmp[n++] = all[i];
+        }
+        r = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            r[i] = tmp[i];
+        }
+    }
+}
+
+contract CertifyBatchTest is CertifyFixture {
+    using BN254 for BN254.G1Point;
+
+    function test_certifyBatch_AllSigners() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.expectEmit();
+        emit IInferenceTaskManager.BatchCertified(
+            0, h.leavesRoot, h.referenceBlock, h.quorumNumbers, keccak256(abi.encodePacked(h.referenceBlock))
+        );
+        taskManager.certifyBatch(h, p);
+        vm.assertEq(taskManager.getBatch(0).certifiedBlock, block.number, "certified block");
+    }
+
+    function test_certifyBatch_NonSignersBelowThreshold_StakesReturned() public view {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"0001");
+        uint256[] memory non = new uint256[](2);
+        non[0] = 2; // in quorums 0 and 1: counted in both
+        non[1] = 7;
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        (IBLSSignatureChecker.QuorumStakeTotals memory t,) =
+            taskManager.checkSignatures(taskManager.batchDigest(h), h.quorumNumbers, h.referenceBlock, p);
+        // quorum 0: stakes 10..80 halved for 1..4 (allocated half to each quorum)
+        vm.assertEq(t.totalStakeForQuorum[0], 5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether, "total q0");
+        vm.assertEq(t.signedStakeForQuorum[0], t.totalStakeForQuorum[0] - 10 ether - 70 ether, "signed q0");
+        vm.assertEq(t.totalStakeForQuorum[1], 50 ether, "total q1");
+        vm.assertEq(t.signedStakeForQuorum[1], 40 ether, "signed q1");
+    }
+
+    function test_certifyBatch_MultiQuorumNonSigner() public {
+        uint256[] memory non = _one(3);
+        _certify(0, keccak256("root"), hex"0001", non);
+        vm.assertTrue(taskManager.getBatch(0).certifiedBlock != 0, "certified");
+    }
+
+    function test_certifyBatch_RevertWhen_NotAggregator() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.prank(address(0xdead));
+        vm.expectRevert(IInferenceTaskManager.OnlyAggregator.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_Replayed() public {
+        _certify(7, keccak256("root"), hex"00", _none());
+        AvsMessages.BatchHeader memory h = _header(7, keccak256("other"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.expectRevert(abi.encodeWithSelector(IInferenceTaskManager.BatchAlreadyCertified.selector, uint64(7)));
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_StaleReferenceBlock() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.roll(block.number + 101);
+        vm.expectRevert(abi.encodeWithSelector(IInferenceTaskManager.StaleReferenceBlock.selector, h.referenceBlock));
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_FutureReferenceBlock() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        h.referenceBlock = uint32(block.number);
+        vm.expectRevert(IBLSSignatureChecker.FutureReferenceBlock.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_NonSignersUnsorted() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        uint256[] memory non = new uint256[](2);
+        non[0] = 5;
+        non[1] = 6;
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        (p.nonSignerPubkeys[0], p.nonSignerPubkeys[1]) = (p.nonSignerPubkeys[1], p.nonSignerPubkeys[0]);
+        vm.expectRevert(IBLSSignatureChecker.NonSignerPubkeysNotSorted.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_NonSignerDuplicated() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        uint256[] memory non = new uint256[](2);
+        non[0] = 5;
+        non[1] = 6;
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        p.nonSignerPubkeys[1] = p.nonSignerPubkeys[0];
+        vm.expectRevert(IBLSSignatureChecker.NonSignerPubkeysNotSorted.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_ThresholdNotMet() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        uint256[] memory non = new uint256[](2);
+        non[0] = 8;
+        non[1] = 7;
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        vm.expectRevert(
+            abi.encodeWithSelector(IInferenceTaskManager.ThresholdNotMet.selector, uint8(0), 160 ether, 310 ether)
+        );
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_WrongApk() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        p.quorumApks[0] = _g1(1);
+        vm.expectRevert(IBLSSignatureChecker.InvalidQuorumApkHash.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_RevertWhen_UnsortedQuorums() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"0100");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.expectRevert(QuorumBitmaps.InvalidQuorumNumbers.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function testFuzz_certifyBatch_RevertWhen_TamperedHeader(bytes32 root, bytes32 otherRoot) public {
+        vm.assume(root != otherRoot);
+        AvsMessages.BatchHeader memory h = _header(0, root, hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        h.leavesRoot = otherRoot;
+        vm.expectRevert(IBLSSignatureChecker.InvalidBLSSignature.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function testFuzz_certifyBatch_RevertWhen_WrongSigner(uint256 extra) public {
+        extra = bound(extra, 1, 100);
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        p.sigma = BN254.hashToG1(taskManager.batchDigest(h)).scalar_mul(36 + extra);
+        vm.expectRevert(IBLSSignatureChecker.InvalidBLSSignature.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    /// @dev Any subset of non-signers: certified iff signed stake meets 66.67% in every quorum.
+    function testFuzz_certifyBatch_NonSignerSubsets(uint8 mask, bool twoQuorums) public {
+        bytes memory quorums = twoQuorums ? bytes(hex"0001") : bytes(hex"00");
+        uint256 count;
+        for (uint256 i; i < 8; ++i) {
+            if ((mask >> i) & 1 == 1) ++count;
+        }
+        uint256[] memory non = new uint256[](count);
+        count = 0;
+        for (uint256 i; i < 8; ++i) {
+            if ((mask >> i) & 1 == 1) non[count++] = i + 1;
+        }
+        vm.assume(non.length < 8);
+        AvsMessages.BatchHeader memory h = _header(1, keccak256(abi.encode(mask)), quorums);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        (IBLSSignatureChecker.QuorumStakeTotals memory t,) =
+            taskManager.checkSignatures(taskManager.batchDigest(h), h.quorumNumbers, h.referenceBlock, p);
+        bool ok = true;
+        for (uint256 i; i < quorums.length; ++i) {
+            if (uint256(t.signedStakeForQuorum[i]) * 10_000 < uint256(t.totalStakeForQuorum[i]) * 6667) ok = false;
+        }
+        if (!ok) vm.expectRevert();
+        taskManager.certifyBatch(h, p);
+    }
+}
+
+contract VerifyLeafTest is CertifyFixture {
+    function testFuzz_verifyLeaf(bytes32 req, bytes32 out, bytes32 sibling) public {
+        bytes32 leaf = AvsMessages.leafHash(req, out);
+        bytes32 root = leaf < sibling ? keccak256(abi.encode(leaf, sibling)) : keccak256(abi.encode(sibling, leaf));
+        _certify(3, root, hex"00", _none());
+        AvsMessages.BatchHeader memory h = _header(3, root, hex"00");
+        h.referenceBlock = uint32(block.number - 1);
+        bytes32 record = keccak256(abi.encodePacked(h.referenceBlock));
+        bytes32[] memory proof = new bytes32[](1);
+        proof[0] = sibling;
+        vm.assertTrue(taskManager.verifyLeaf(h, record, req, out, proof), "leaf");
+        vm.assertFalse(taskManager.verifyLeaf(h, record, req, keccak256(abi.encode(out)), proof), "tampered leaf");
+        vm.assertFalse(taskManager.verifyLeaf(h, bytes32(0), req, out, proof), "wrong record");
+    }
+}
+
+contract IsBatchFinalTest is CertifyFixture {
+    function test_isBatchFinal_AfterWindow() public {
+        _certify(0, keccak256("root"), hex"00", _none());
+        vm.assertFalse(taskManager.isBatchFinal(0), "in window");
+        vm.roll(block.number + 50);
+        vm.assertFalse(taskManager.isBatchFinal(0), "last block of window");
+        vm.roll(block.number + 1);
+        vm.assertTrue(taskManager.isBatchFinal(0), "final");
+        vm.assertFalse(taskManager.isBatchFinal(1), "uncertified");
+    }
+}
+
+/// @notice Gas of certifyBatch (recorded with snapshotGasLastCall under snapshots/ and in docs).
+contract CertifyBatchGasTest is CertifyFixture {
+    function test_gas_certifyBatch_allSigners() public {
+        _certify(0, keccak256("root"), hex"00", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum");
+    }
+
+    function test_gas_certifyBatch_oneNonSigner() public {
+        _certify(0, keccak256("root"), hex"00", _one(1));
+        vm.snapshotGasLastCall("certifyBatch_1nonSigner_1quorum");
+    }
+
+    function test_gas_certifyBatch_twoNonSigners() public {
+        uint256[] memory non = new uint256[](2);
+        non[0] = 1;
+        non[1] = 2;
+        _certify(0, keccak256("root"), hex"00", non);
+        vm.snapshotGasLastCall("certifyBatch_2nonSigners_1quorum");
+    }
+
+    function test_gas_certifyBatch_allSigners_twoQuorums() public {
+        _certify(0, keccak256("root"), hex"0001", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_2quorums");
+    }
+}

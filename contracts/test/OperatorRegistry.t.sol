@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {AvsFixture} from "./utils/AvsFixture.sol";
+import {IStrategy} from "../src/interfaces/eigenlayer/IStrategy.sol";
+import {BN254} from "../src/libraries/BN254.sol";
+import {IOperatorRegistryTypes, IOperatorRegistryErrors} from "../src/interfaces/IOperatorRegistry.sol";
+import {IAllocationManagerTypes, IAllocationManagerErrors, OperatorSet} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+
+contract RegisterOperatorTest is AvsFixture {
+    using BN254 for BN254.G1Point;
+
+    function test_registerOperator_RecordsKeyStakeApkSocket() public {
+        _register(3, 5 ether, hex"00");
+        bytes32 id = BN254.hashG1Point(_g1(3));
+        vm.assertEq(registry.getOperatorId(_operator(3)), id, "id");
+        vm.assertEq(registry.getOperatorFromId(id), _operator(3), "reverse id");
+        vm.assertEq(registry.getCurrentStake(id, 0), 5 ether, "stake");
+        vm.assertEq(registry.getCurrentTotalStake(0), 5 ether, "total");
+        vm.assertEq(registry.getApk(0).X, _g1(3).X, "apk");
+        vm.assertEq(registry.getCurrentQuorumBitmap(id), 1, "bitmap");
+        vm.assertEq(registry.operatorSocket(id), "grpc://operator.example:50051", "socket");
+        vm.assertEq(registry.operatorCount(0), 1, "count");
+    }
+
+    function test_registerOperator_HistoryAtPastBlock() public {
+        vm.roll(block.number + 1); // after the quorum's creation block
+        _register(1, 5 ether, hex"00");
+        uint32 first = uint32(block.number);
+        vm.roll(block.number + 5);
+        _register(2, 7 ether, hex"00");
+        vm.roll(block.number + 1);
+        vm.assertEq(registry.getTotalStakeAtBlockNumberFromIndex(0, first, 1), 5 ether, "total at first");
+        vm.assertEq(registry.getTotalStakeAtBlockNumberFromIndex(0, first + 5, 2), 12 ether, "total later");
+        vm.expectRevert(IOperatorRegistryErrors.InvalidHistoryIndex.selector);
+        registry.getTotalStakeAtBlockNumberFromIndex(0, first + 5, 1);
+        BN254.G1Point memory apk1 = _g1(1);
+        vm.assertEq(registry.getApkHashAtBlockNumberAndIndex(0, first, 1), bytes24(BN254.hashG1Point(apk1)), "apk");
+    }
+
+    function test_registerOperator_RevertWhen_BadProofOfPossession() public {
+        address op = _operator(5);
+        _fund(op, 5 ether);
+        bytes memory data = abi.encode(
+            "s", IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
+        );
+        vm.prank(op);
+        vm.expectRevert(IOperatorRegistryErrors.InvalidProofOfPossession.selector);
+        core.registerForOperatorSets(op, IAllocationManagerTypes.RegisterParams(address(registry), _ids0(), data));
+    }
+
+    function test_registerOperator_RevertWhen_KeyOfAnotherOperator() public {
+        _register(5, 5 ether, hex"00");
+        address op = _operator(6);
+        _fund(op, 5 ether);
+        bytes memory data = _registrationData(5, op); // valid PoP for op, but key 5 is taken
+        vm.prank(op);
+        vm.expectRevert(IOperatorRegistryErrors.PubkeyAlreadyRegistered.selector);
+        core.registerForOperatorSets(op, IAllocationManagerTypes.RegisterParams(address(registry), _ids0(), data));
+    }
+
+    function testFuzz_registerOperator_MinimumStake(uint96 stake) public {
+        stake = uint96(bound(stake, 1, 10 ether));
+        address op = _operator(7);
+        _fund(op, stake);
+        bytes memory data = _registrationData(7, op);
+        if (stake < MIN_STAKE) {
+            vm.expectRevert(
+                abi.encodeWithSelector(IOperatorRegistryErrors.InsufficientStake.selector, uint8(0), stake, MIN_STAKE)
+            );
+        }
+        vm.prank(op);
+        core.registerForOperatorSets(op, IAllocationManagerTypes.RegisterParams(address(registry), _ids0(), data));
+    }
+
+    function test_registerOperator_RevertWhen_QuorumFull() public {
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(1, MIN_STAKE));
+        _register(1, 5 ether, hex"00");
+        address op = _operator(2);
+        _fund(op, 5 ether);
+        bytes memory data = _registrationData(2, op);
+        vm.prank(op);
+        vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.MaxOperatorsReached.selector, uint8(0)));
+        core.registerForOperatorSets(op, IAllocationManagerTypes.RegisterParams(address(registry), _ids0(), data));
+    }
+
+    function test_registerOperator_RevertWhen_NotAllocationManager() public {
+        vm.expectRevert(IOperatorRegistryErrors.OnlyAllocationManager.selector);
+        registry.registerOperator(address(1), address(registry), _ids0(), "");
+    }
+
+    function _ids0() internal pure returns (uint32[] memory ids) {
+        ids = new uint32[](1);
+    }
+
+    /// @dev Operator with stake allocated to quorum 0, not yet registered with the AVS.
+    function _fund(address op, uint256 stake) internal {
+        token.mint(op, stake);
+        vm.startPrank(op);
+        token.approve(address(core), stake);
+        core.registerAsOperator(address(0), 0, "");
+        core.depositIntoStrategy(strategy, token, stake);
+        _allocate(op, hex"00");
+        vm.stopPrank();
+    }
+}
+
+contract DeregisterOperatorTest is AvsFixture {
+    function test_deregisterOperator_RemovesStakeAndApk() public {
+        _register(1, 5 ether, hex"00");
+        _register(2, 6 ether, hex"00");
+        uint32[] memory ids = new uint32[](1);
+        vm.prank(_operator(1));
+        core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(1), address(registry), ids));
+        vm.assertEq(registry.getCurrentTotalStake(0), 6 ether, "total");
+        vm.assertEq(registry.getApk(0).X, _g1(2).X, "apk");
+        vm.assertEq(registry.operatorCount(0), 1, "count");
+        vm.assertEq(registry.getCurrentQuorumBitmap(BN254.hashG1Point(_g1(1))), 0, "bitmap");
+    }
+}
+
+contract UpdateOperatorsTest is AvsFixture {
+    function testFuzz_updateOperators_TracksDeposits(uint96 extra) public {
+        extra = uint96(bound(extra, 1, 100 ether));
+        _register(1, 5 ether, hex"00");
+        address op = _operator(1);
+        token.mint(op, extra);
+        vm.startPrank(op);
+        token.approve(address(core), extra);
+        core.depositIntoStrategy(strategy, token, extra);
+        vm.stopPrank();
+        address[] memory ops = new address[](1);
+        ops[0] = op;
+        registry.updateOperators(ops);
+        vm.assertEq(registry.getCurrentTotalStake(0), 5 ether + uint256(extra), "total");
+    }
+}
+
+contract SlashOperatorTest is AvsFixture {
+    function testFuzz_slashOperator_RedistributesToRecipient(uint256 wad) public {
+        wad = bound(wad, 1, 1e18);
+        _register(1, 10 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        uint256[] memory shares = registry.slashOperator(_operator(1), 0, wad, "test");
+        vm.assertEq(token.balanceOf(RECIPIENT), shares[0], "redistributed");
+        vm.assertEq(token.balanceOf(address(core)) + shares[0], 10 ether, "conserved");
+        bytes32 id = BN254.hashG1Point(_g1(1));
+        uint256 left = 10 ether - shares[0];
+        vm.assertEq(registry.getCurrentStake(id, 0), left < MIN_STAKE ? 0 : left, "stake updated");
+    }
+
+    function test_slashOperator_RevertWhen_NotSlasher() public {
+        _register(1, 10 ether, hex"00");
+        vm.prank(address(0xBAD));
+        vm.expectRevert(IOperatorRegistryErrors.OnlySlasher.selector);
+        registry.slashOperator(_operator(1), 0, 1e18, "test");
+    }
+}
+
+contract CreateQuorumTest is AvsFixture {
+    function _noStrategies() internal pure returns (IStrategy[] memory) {
+        return new IStrategy[](0);
+    }
+
+    function test_createQuorum_IsRedistributingToRecipient() public view {
+        vm.assertTrue(core.isRedistributingOperatorSet(OperatorSet(address(registry), 0)), "redistributing");
+        vm.assertEq(core.getRedistributionRecipient(OperatorSet(address(registry), 0)), RECIPIENT, "recipient");
+    }
+
+    function test_createQuorum_RevertWhen_Exists() public {
+        vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.QuorumAlreadyExists.selector, uint8(0)));
+        registry.createQuorum(0, IOperatorRegistryTypes.QuorumConfig(1, 1), _noStrategies());
+    }
+}

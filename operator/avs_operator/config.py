@@ -1,0 +1,161 @@
+"""The operator's configuration: one typed tree from a YAML file, secrets from the environment.
+
+Secrets never live in the file: the keystore passwords come from ``OPERATOR_BLS_KEY_PASSWORD`` and
+``OPERATOR_ECDSA_KEY_PASSWORD`` as ``SecretStr`` (repr and logs show ``**********``). A config
+error names the field, e.g. ``grpc.max_concurrent_requests: Input should be greater than 0``.
+See ``operator/operator.example.yaml`` for every field with its meaning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avs.errors import InvalidInputError
+from avs.messages import checksum
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(InvalidInputError):
+    """A configuration file or environment that is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _address(value: str) -> str:
+    try:
+        return checksum(value)
+    except InvalidInputError as exc:
+        raise ValueError("must be a 20-byte 0x address") from exc
+
+
+class ChainConfig(_Section):
+    chain_id: int = Field(gt=0)
+    task_manager: str  # the EIP-712 verifying contract of every signed message
+    rpc_url: str = "http://127.0.0.1:8545"
+
+    _check_task_manager = field_validator("task_manager")(_address)
+
+
+class KeysConfig(_Section):
+    bls_keystore: Path
+    ecdsa_keystore: Path | None = None
+
+
+class GrpcConfig(_Section):
+    listen: str = "0.0.0.0:50051"
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    max_concurrent_requests: int = Field(default=4, gt=0, le=1024)
+    reflection: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+class HttpConfig(_Section):
+    listen: str
+
+
+class ModelConfig(_Section):
+    name: str = Field(min_length=1, max_length=128)
+    path: Path
+    profile_hash: str | None = None  # the on-chain profile; the engine refuses other weights
+
+    @field_validator("profile_hash")
+    @classmethod
+    def _check_profile_hash(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 66 or not value.startswith("0x")):
+            raise ValueError("must be a 0x-prefixed 32-byte hex string")
+        return value
+
+
+class LimitsConfig(_Section):
+    max_prompt_tokens: int = Field(default=4096, gt=0)
+    max_new_tokens: int = Field(default=512, gt=0)
+    max_chat_chars: int = Field(default=64 * 1024, gt=0)
+
+
+class AuthConfig(_Section):
+    authorised_aggregators: list[str] = Field(min_length=1)
+    window_ms: int = Field(default=30_000, gt=0, le=600_000)
+
+    @field_validator("authorised_aggregators")
+    @classmethod
+    def _check_addresses(cls, values: list[str]) -> list[str]:
+        return [_address(v) for v in values]
+
+
+class OperatorConfig(_Section):
+    chain: ChainConfig
+    keys: KeysConfig
+    models: list[ModelConfig] = Field(min_length=1)
+    auth: AuthConfig
+    grpc: GrpcConfig = GrpcConfig()
+    node_api: HttpConfig = HttpConfig(listen="0.0.0.0:9091")
+    metrics: HttpConfig = HttpConfig(listen="0.0.0.0:9092")
+    limits: LimitsConfig = LimitsConfig()
+    slashing_protection_url: str = "sqlite:///operator-data/slashing-protection.sqlite"
+    threads: int | None = Field(default=None, gt=0)
+    node_name: str = "avs-operator"
+
+
+class OperatorSecrets(BaseSettings):
+    """Keystore passwords, from the environment only."""
+
+    model_config = SettingsConfigDict(env_prefix="OPERATOR_", extra="ignore")
+
+    bls_key_password: SecretStr | None = None
+    ecdsa_key_password: SecretStr | None = None
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        parts.append(f"{location}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: Any) -> OperatorConfig:
+    try:
+        return OperatorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid operator config: {_format_validation_error(exc)}") from None
+
+
+def load_config(path: Path) -> OperatorConfig:
+    """Read and validate a YAML config; relative paths in it are relative to the file."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not readable YAML: {exc}") from None
+    config = parse_config(data)
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p.expanduser()).resolve()
+
+    keys = config.keys.model_copy(
+        update={
+            "bls_keystore": resolve(config.keys.bls_keystore),
+            "ecdsa_keystore": resolve(config.keys.ecdsa_keystore) if config.keys.ecdsa_keystore else None,
+        }
+    )
+    models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
+    return config.model_copy(update={"keys": keys, "models": models})
+
+
+def load_secrets() -> OperatorSecrets:
+    return OperatorSecrets()

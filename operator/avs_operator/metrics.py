@@ -1,0 +1,62 @@
+"""The operator's Prometheus metrics, behind one object with the registry passed in.
+
+EigenLayer node-spec metrics (``eigen_*``) plus the AVS's own (``avs_*``). Names carry their
+units; labels stay few. ``eigen_rpc_request_*`` count the gRPC calls this node serves.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+AVS_NAME = "verifiable-inference"
+_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.performance_score = Gauge(
+            "eigen_performance_score",
+            "Node performance, 0 to 100 (100: serving every model)",
+            ["avs_name"],
+            registry=registry,
+        )
+        self.rpc_requests = Counter(
+            "eigen_rpc_request_total",
+            "gRPC requests served, by method and status code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.rpc_duration = Histogram(
+            "eigen_rpc_request_duration_seconds",
+            "gRPC request duration",
+            ["method"],
+            buckets=_STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.registered_stakes = Gauge(
+            "eigen_registered_stakes",
+            "Stake registered with the AVS, per quorum",
+            ["quorum_number", "quorum_name"],
+            registry=registry,
+        )
+        self.tokens_generated = Counter(
+            "avs_tokens_generated_total", "Output tokens generated as primary", ["model"], registry=registry
+        )
+        self.verdicts = Counter(
+            "avs_verification_verdicts_total", "Verification verdicts signed", ["model", "verdict"], registry=registry
+        )
+        self.inference_seconds = Histogram(
+            "avs_inference_seconds", "Time per inference stage", ["stage"], buckets=_STAGE_BUCKETS, registry=registry
+        )
+        self.signatures = Counter(
+            "avs_signatures_total", "BLS signatures released, by kind", ["kind"], registry=registry
+        )
+        self.refusals = Counter(
+            "avs_signing_refusals_total", "Signatures refused by slashing protection", ["kind"], registry=registry
+        )
+        self.in_flight = Gauge("avs_requests_in_flight", "gRPC requests being served", registry=registry)
+        self.performance_score.labels(AVS_NAME).set(0)
+
+    def set_ready(self, ready: bool) -> None:
+        self.performance_score.labels(AVS_NAME).set(100 if ready else 0)

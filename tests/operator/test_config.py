@@ -1,0 +1,64 @@
+"""Operator config: the example file parses; every error names its field; secrets stay secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avs_operator.config import ConfigError, load_config, load_secrets, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "operator" / "operator.example.yaml"
+
+
+def example() -> dict[str, object]:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_the_documented_example_is_valid_and_paths_resolve_next_to_it() -> None:
+    config = load_config(EXAMPLE)
+    assert config.chain.chain_id == 31337
+    assert config.keys.bls_keystore == EXAMPLE.parent / "keys" / "operator.bls.key.json"
+    assert config.models[0].path == (EXAMPLE.parent.parent / "models" / "smollm2-135m").resolve()
+    assert config.grpc.max_concurrent_requests == 4
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("grpc", "max_concurrent_requests"), 0, "grpc.max_concurrent_requests"),
+        (("chain", "task_manager"), "0x1234", "chain.task_manager"),
+        (("chain", "chain_id"), -1, "chain.chain_id"),
+        (("auth", "authorised_aggregators"), [], "auth.authorised_aggregators"),
+        (("chain", "unknown_field"), 1, "chain.unknown_field"),
+    ],
+)
+def test_errors_name_the_field(path: tuple[str, str], value: object, field: str) -> None:
+    data = example()
+    section = data[path[0]]
+    assert isinstance(section, dict)
+    section[path[1]] = value
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config(data)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no config file"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("chain: [unclosed")
+    with pytest.raises(ConfigError, match="not readable YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="top level"):
+        parse_config("just a string")
+
+
+def test_secrets_come_from_the_environment_and_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPERATOR_BLS_KEY_PASSWORD", "hunter2")
+    secrets = load_secrets()
+    assert secrets.bls_key_password is not None
+    assert secrets.bls_key_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(secrets) and "hunter2" not in str(secrets)

@@ -27,7 +27,14 @@ from avs.errors import AvsError
 from avs.messages import BatchHeader, Domain
 from avs.types import Address, OperatorId
 
-_ERROR_SOURCES = ("InferenceTaskManager", "OperatorRegistry", "LocalRestakingCore", "QuorumBitmaps")
+_ERROR_SOURCES = (
+    "InferenceTaskManager",
+    "OperatorRegistry",
+    "LocalRestakingCore",
+    "QuorumBitmaps",
+    "FaultManager",
+    "InsurancePool",
+)
 _G1_ABI = "(uint256,uint256)"
 _G2_ABI = "(uint256[2],uint256[2])"
 _PUBKEY_REGISTRATION_ABI = f"({_G1_ABI},{_G1_ABI},{_G2_ABI})"

@@ -37,6 +37,11 @@ class Deployment:
     operator_registry: Address
     model_registry: Address
     task_manager: Address
+    insurance_pool: Address | None = None
+    fault_manager: Address | None = None
+
+
+_OPTIONAL_ADDRESS_KEYS = ("insurance_pool", "fault_manager")  # absent in deployments made before faults
 
 
 def parse_deployment(raw: object) -> Deployment:
@@ -45,7 +50,8 @@ def parse_deployment(raw: object) -> Deployment:
         raise InvalidInputError("a deployment must be a JSON object")
     try:
         addresses = {key: Address(to_checksum_address(str(raw[key]))) for key in _ADDRESS_KEYS}
-        return Deployment(chain_id=int(raw["chain_id"]), start_block=int(raw["start_block"]), **addresses)
+        optional = {key: Address(to_checksum_address(str(raw[key]))) for key in _OPTIONAL_ADDRESS_KEYS if raw.get(key)}
+        return Deployment(chain_id=int(raw["chain_id"]), start_block=int(raw["start_block"]), **addresses, **optional)
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidInputError(f"malformed deployment: {exc}") from exc
 

@@ -216,7 +216,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         return _operatorOf[operatorId];
     }
 
-    /// @notice The registered G1 and G2 keys of `operatorId`.
+    /// @inheritdoc IOperatorRegistry
     function getOperatorPubkeys(bytes32 operatorId)
         external
         view
@@ -230,7 +230,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         return _currentApk[quorumNumber];
     }
 
-    /// @notice The current quorum bitmap of `operatorId`.
+    /// @inheritdoc IOperatorRegistry
     function getCurrentQuorumBitmap(bytes32 operatorId) external view returns (uint192) {
         return _currentBitmap(operatorId);
     }
@@ -241,7 +241,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         return h.length == 0 ? 0 : h[h.length - 1].stake;
     }
 
-    /// @notice The current recorded total stake of `quorumNumber`.
+    /// @inheritdoc IOperatorRegistry
     function getCurrentTotalStake(uint8 quorumNumber) public view returns (uint96) {
         StakeUpdate[] storage h = _totalStakeHistory[quorumNumber];
         return h.length == 0 ? 0 : h[h.length - 1].stake;

@@ -143,6 +143,18 @@ interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, 
         view
         returns (uint96);
 
+    /// @notice The registered G1 and G2 keys of `operatorId` (zero if none); keys never change.
+    function getOperatorPubkeys(bytes32 operatorId)
+        external
+        view
+        returns (BN254.G1Point memory g1, BN254.G2Point memory g2);
+
+    /// @notice The current quorum bitmap of `operatorId`.
+    function getCurrentQuorumBitmap(bytes32 operatorId) external view returns (uint192);
+
+    /// @notice The current recorded total stake of `quorumNumber`.
+    function getCurrentTotalStake(uint8 quorumNumber) external view returns (uint96);
+
     /// @notice Slashes `operator` in `quorumNumber` by `wad` of every strategy (authorised slashers only).
     function slashOperator(address operator, uint8 quorumNumber, uint256 wad, string calldata description)
         external

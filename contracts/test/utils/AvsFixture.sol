@@ -40,16 +40,17 @@ abstract contract AvsFixture is Test {
         strategy = new LocalStrategy(token);
         core.addStrategy(strategy);
         registry = new OperatorRegistry(core, address(this));
+        taskManager = new InferenceTaskManager(registry, address(this), IInferenceTaskManager.Config(6667, 100, 50));
+        taskManager.setAggregator(address(this), true);
         registry.setRedistributionRecipient(_recipient());
         registry.initializeAvs("https://avs.example/metadata.json");
         IStrategy[] memory strategies = new IStrategy[](1);
         strategies[0] = strategy;
         registry.createQuorum(0, IOperatorRegistryTypes.QuorumConfig(32, MIN_STAKE), strategies);
         registry.createQuorum(1, IOperatorRegistryTypes.QuorumConfig(32, MIN_STAKE), strategies);
-        taskManager = new InferenceTaskManager(registry, address(this), IInferenceTaskManager.Config(6667, 100, 50));
-        taskManager.setAggregator(address(this), true);
     }
 
+    /// @dev Called after the task manager is deployed and before the quorums are created.
     function _recipient() internal virtual returns (address) {
         return RECIPIENT;
     }

@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {BN254} from "./libraries/BN254.sol";
+import {BLSSignatures} from "./libraries/BLSSignatures.sol";
+import {AvsMessages} from "./libraries/AvsMessages.sol";
+import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
+import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
+import {IBLSSignatureChecker} from "./interfaces/IBLSSignatureChecker.sol";
+import {IFaultManager} from "./interfaces/IFaultManager.sol";
+import {IInsurancePool} from "./interfaces/IInsurancePool.sol";
+import {InferenceTaskManager} from "./InferenceTaskManager.sol";
+
+/// @title FaultManager
+/// @notice On-chain proofs of the three faults of the AVS (equivocation, rejected output, escalated
+///         fraud), each slashing through `OperatorRegistry.slashOperator` ->
+///         `AllocationManager.slashOperator` on the quorums' redistributing operator sets, whose
+///         recipient is the insurance pool.
+/// @dev Every fault has an id; a fault id is slashed at most once:
+///      - equivocation: ("EQUIVOCATION", operatorId, requestHash), slashed in every quorum the operator is in;
+///      - rejected output: ("REJECTED_OUTPUT", operatorId, requestHash), in the certificate's quorums;
+///      - escalated fraud: ("BATCH_FRAUD", operatorId, batchIndex), in the batch's quorums: fraud in
+///        several leaves of one batch slashes each signer once (later upheld challenges of that batch
+///        still pay their requesters and challengers).
+///      The registry must list this contract as a slasher.
+contract FaultManager is IFaultManager, Ownable {
+    using SafeERC20 for IERC20;
+    using QuorumBitmaps for uint256;
+    using BN254 for BN254.G1Point;
+
+    uint256 internal constant WAD = 1e18;
+    bytes32 internal constant EQUIVOCATION = "EQUIVOCATION";
+    bytes32 internal constant REJECTED_OUTPUT = "REJECTED_OUTPUT";
+    bytes32 internal constant BATCH_FRAUD = "BATCH_FRAUD";
+
+    /// @notice The operator registry (keys, histories, slashing).
+    IOperatorRegistry public immutable registry;
+    /// @notice The task manager (domain, batch records, signature checking, batch config).
+    InferenceTaskManager public immutable taskManager;
+    /// @notice The insurance pool (recipient of forfeited bonds, payer of claims and rewards).
+    IInsurancePool public immutable pool;
+    /// @notice The token challengers bond.
+    IERC20 public immutable bondToken;
+
+    /// @notice Governance parameters.
+    Config public config;
+    /// @notice Quorums whose certificate resolves a challenge, each at `escalationThresholdBps`.
+    bytes public escalationQuorumNumbers;
+    /// @notice Number of challenges opened (ids start at 1).
+    uint256 public challengeCount;
+    /// @notice Sum of the bonds of open challenges (what this contract holds).
+    uint256 public totalBonds;
+    /// @inheritdoc IFaultManager
+    mapping(bytes32 => uint256) public openChallenges;
+    /// @inheritdoc IFaultManager
+    mapping(bytes32 => bool) public isFaultSlashed;
+    /// @notice The latest challenge of each leaf keccak256(batchIndex, requestHash, outputHash).
+    mapping(bytes32 => uint256) public latestChallengeOfLeaf;
+
+    mapping(uint256 => Challenge) private _challenges;
+
+    /// @param registry_ The operator registry (which must list this contract as a slasher).
+    /// @param taskManager_ The task manager.
+    /// @param pool_ The insurance pool.
+    /// @param bondToken_ The bond token.
+    /// @param owner_ Governance.
+    /// @param config_ Slashing fractions, escalation threshold, resolution window, bond.
+    /// @param escalationQuorumNumbers_ Strictly ascending quorums of the escalation quorum.
+    constructor(
+        IOperatorRegistry registry_,
+        InferenceTaskManager taskManager_,
+        IInsurancePool pool_,
+        IERC20 bondToken_,
+        address owner_,
+        Config memory config_,
+        bytes memory escalationQuorumNumbers_
+    ) Ownable(owner_) {
+        registry = registry_;
+        taskManager = taskManager_;
+        pool = pool_;
+        bondToken = bondToken_;
+        _setConfig(config_, escalationQuorumNumbers_);
+    }
+
+    /// @notice Sets the governance parameters and the escalation quorums (applies to challenges
+    ///         resolved from now on; each challenge keeps the bond it locked).
+    function setConfig(Config calldata config_, bytes calldata escalationQuorumNumbers_) external onlyOwner {
+        _setConfig(config_, escalationQuorumNumbers_);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                              equivocation
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IFaultManager
+    function proveEquivocation(bytes32 operatorId, SignedAttestation calldata a, SignedAttestation calldata b)
+        external
+        returns (bytes32 faultId)
+    {
+        if (!isConflicting(a.attestation, b.attestation)) revert NotConflicting();
+        faultId = keccak256(abi.encode(EQUIVOCATION, operatorId, a.attestation.requestHash));
+        if (isFaultSlashed[faultId]) revert FaultAlreadySlashed(faultId);
+        _verifyOperatorSignature(operatorId, a);
+        _verifyOperatorSignature(operatorId, b);
+        isFaultSlashed[faultId] = true;
+        emit EquivocationProven(faultId, operatorId, a.attestation.requestHash);
+        if (_slash(faultId, operatorId, type(uint192).max, config.equivocationWad) == type(uint256).max) {
+            revert NotSlashable(operatorId);
+        }
+    }
+
+    /// @inheritdoc IFaultManager
+    function isConflicting(AvsMessages.Attestation calldata a, AvsMessages.Attestation calldata b)
+        public
+        pure
+        returns (bool)
+    {
+        if (a.verdict == AvsMessages.Verdict.None || b.verdict == AvsMessages.Verdict.None) revert InvalidVerdict();
+        if (a.requestHash != b.requestHash) return false;
+        if (a.outputHash == b.outputHash) return a.verdict != b.verdict;
+        return a.verdict == AvsMessages.Verdict.Accept && b.verdict == AvsMessages.Verdict.Accept;
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                             rejected output
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IFaultManager
+    function proveRejectedOutput(
+        bytes32 operatorId,
+        SignedAttestation calldata accept,
+        bytes calldata quorumNumbers,
+        uint32 referenceBlock,
+        IBLSSignatureChecker.NonSignerStakesAndSignature calldata certificate
+    ) external returns (bytes32 faultId) {
+        AvsMessages.Attestation calldata att = accept.attestation;
+        if (att.verdict != AvsMessages.Verdict.Accept) revert InvalidVerdict();
+        faultId = keccak256(abi.encode(REJECTED_OUTPUT, operatorId, att.requestHash));
+        if (isFaultSlashed[faultId]) revert FaultAlreadySlashed(faultId);
+        _verifyOperatorSignature(operatorId, accept);
+        (uint16 thresholdBps,,) = taskManager.config();
+        bytes32 rejectDigest = _digest(att.requestHash, att.outputHash, AvsMessages.Verdict.Reject);
+        _checkCertificate(rejectDigest, quorumNumbers, referenceBlock, certificate, thresholdBps);
+        isFaultSlashed[faultId] = true;
+        emit RejectedOutputProven(faultId, operatorId, att.requestHash, att.outputHash);
+        uint256 mask = QuorumBitmaps.orderedToBitmap(quorumNumbers);
+        if (_slash(faultId, operatorId, mask, config.rejectedOutputWad) == type(uint256).max) {
+            revert NotSlashable(operatorId);
+        }
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                             escalated fraud
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IFaultManager
+    function challenge(
+        AvsMessages.BatchHeader calldata header,
+        bytes32 signatoryRecordHash,
+        bytes32 requestHash,
+        bytes32 outputHash,
+        bytes32[] calldata proof
+    ) external returns (uint256 challengeId) {
+        if (!taskManager.verifyLeaf(header, signatoryRecordHash, requestHash, outputHash, proof)) {
+            revert LeafNotCertified();
+        }
+        (,, uint32 window) = taskManager.config();
+        uint256 certifiedBlock = taskManager.getBatch(header.batchIndex).certifiedBlock;
+        if (block.number > certifiedBlock + window) revert ChallengeWindowClosed(header.batchIndex);
+        bytes32 leafKey = keccak256(abi.encode(header.batchIndex, requestHash, outputHash));
+        uint256 previous = latestChallengeOfLeaf[leafKey];
+        if (previous != 0 && _challenges[previous].status != ChallengeStatus.Expired) {
+            revert LeafAlreadyChallenged(previous);
+        }
+        uint96 bond = config.challengeBond;
+        challengeId = ++challengeCount;
+        _challenges[challengeId] = Challenge(
+            msg.sender, bond, requestHash, outputHash, header.batchIndex, uint32(block.number), ChallengeStatus.Open
+        );
+        latestChallengeOfLeaf[leafKey] = challengeId;
+        ++openChallenges[requestHash];
+        totalBonds += bond;
+        emit ChallengeOpened(challengeId, header.batchIndex, requestHash, outputHash, msg.sender, bond);
+        if (bond != 0) bondToken.safeTransferFrom(msg.sender, address(this), bond);
+    }
+
+    /// @inheritdoc IFaultManager
+    function resolveChallenge(
+        uint256 challengeId,
+        AvsMessages.Verdict verdict,
+        uint32 referenceBlock,
+        IBLSSignatureChecker.NonSignerStakesAndSignature calldata certificate,
+        BatchSigners calldata signers
+    ) external {
+        Challenge storage c = _challenges[challengeId];
+        if (c.status != ChallengeStatus.Open) revert ChallengeNotOpen(challengeId);
+        Config memory cfg = config;
+        if (block.number > uint256(c.openedBlock) + cfg.resolutionWindowBlocks) revert ChallengeExpired(challengeId);
+        if (referenceBlock < c.openedBlock) revert ReferenceBlockBeforeChallenge(referenceBlock);
+        if (verdict == AvsMessages.Verdict.None) revert InvalidVerdict();
+        _checkCertificate(
+            _digest(c.requestHash, c.outputHash, verdict),
+            escalationQuorumNumbers,
+            referenceBlock,
+            certificate,
+            cfg.escalationThresholdBps
+        );
+        _close(c);
+        if (verdict == AvsMessages.Verdict.Accept) {
+            c.status = ChallengeStatus.Dismissed;
+            emit ChallengeClosed(challengeId, ChallengeStatus.Dismissed, 0, 0);
+            if (c.bond != 0) bondToken.safeTransfer(address(pool), c.bond);
+            return;
+        }
+        c.status = ChallengeStatus.Upheld;
+        uint256 slashed = _slashSigners(c.batchIndex, signers, cfg.fraudWad);
+        if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
+        (, uint256 reward) = pool.recordFraud(c.requestHash, signers.header.quorumNumbers, c.challenger, slashed);
+        emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashed, reward);
+    }
+
+    /// @inheritdoc IFaultManager
+    function expireChallenge(uint256 challengeId) external {
+        Challenge storage c = _challenges[challengeId];
+        if (c.status != ChallengeStatus.Open) revert ChallengeNotOpen(challengeId);
+        if (block.number <= uint256(c.openedBlock) + config.resolutionWindowBlocks) {
+            revert ChallengeNotExpired(challengeId);
+        }
+        _close(c);
+        c.status = ChallengeStatus.Expired;
+        emit ChallengeClosed(challengeId, ChallengeStatus.Expired, 0, 0);
+        if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                  views
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IFaultManager
+    function attestationDigest(AvsMessages.Attestation calldata attestation) public view returns (bytes32) {
+        return _digest(attestation.requestHash, attestation.outputHash, attestation.verdict);
+    }
+
+    /// @inheritdoc IFaultManager
+    function getChallenge(uint256 challengeId) external view returns (Challenge memory) {
+        return _challenges[challengeId];
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                internals
+    //////////////////////////////////////////////////////////////*/
+
+    function _digest(bytes32 requestHash, bytes32 outputHash, AvsMessages.Verdict verdict)
+        private
+        view
+        returns (bytes32)
+    {
+        return AvsMessages.digest(
+            taskManager.domainSeparator(), AvsMessages.hash(AvsMessages.Attestation(requestHash, outputHash, verdict))
+        );
+    }
+
+    /// @dev Checks `s.signature` on the attestation's digest against the operator's registered G1
+    ///      and G2 keys (one randomised pairing check; keys never change, so any block will do).
+    function _verifyOperatorSignature(bytes32 operatorId, SignedAttestation calldata s) private view {
+        if (s.attestation.verdict == AvsMessages.Verdict.None) revert InvalidVerdict();
+        (BN254.G1Point memory pkG1, BN254.G2Point memory pkG2) = registry.getOperatorPubkeys(operatorId);
+        if (pkG1.X == 0 && pkG1.Y == 0) revert UnknownOperator(operatorId);
+        BN254.G1Point memory sig = s.signature;
+        if (!BN254.isOnCurve(sig)) revert InvalidAttestationSignature();
+        (bool ok, bool valid) =
+            BLSSignatures.trySignatureAndApkVerification(attestationDigest(s.attestation), pkG1, pkG2, sig);
+        if (!ok || !valid) revert InvalidAttestationSignature();
+    }
+
+    /// @dev Checks a quorum certificate on `digest` at a fresh `referenceBlock` and that each quorum
+    ///      signed at least `thresholdBps` of its stake.
+    function _checkCertificate(
+        bytes32 digest,
+        bytes memory quorumNumbers,
+        uint32 referenceBlock,
+        IBLSSignatureChecker.NonSignerStakesAndSignature calldata certificate,
+        uint16 thresholdBps
+    ) private view {
+        (, uint32 maxAge,) = taskManager.config();
+        if (uint256(referenceBlock) + maxAge < block.number) revert StaleReferenceBlock(referenceBlock);
+        (IBLSSignatureChecker.QuorumStakeTotals memory totals,) =
+            taskManager.checkSignatures(digest, quorumNumbers, referenceBlock, certificate);
+        for (uint256 i; i < quorumNumbers.length; ++i) {
+            uint96 signed = totals.signedStakeForQuorum[i];
+            uint96 total = totals.totalStakeForQuorum[i];
+            if (total == 0 || uint256(signed) * 10_000 < uint256(total) * thresholdBps) {
+                revert ThresholdNotMet(uint8(quorumNumbers[i]), signed, total);
+            }
+        }
+    }
+
+    /// @dev Slashes `operatorId` by `wad` in each quorum of `mask` it is in now; returns the shares
+    ///      slashed, or type(uint256).max if it is in none of them.
+    function _slash(bytes32 faultId, bytes32 operatorId, uint256 mask, uint64 wad) private returns (uint256 total) {
+        uint256 bitmap = uint256(registry.getCurrentQuorumBitmap(operatorId)) & mask;
+        if (bitmap == 0) return type(uint256).max;
+        address operator = registry.getOperatorFromId(operatorId);
+        for (uint8 q; bitmap >> q != 0; ++q) {
+            if (!bitmap.has(q)) continue;
+            uint256[] memory shares = registry.slashOperator(operator, q, wad, "avs fault");
+            uint256 sum;
+            for (uint256 i; i < shares.length; ++i) {
+                sum += shares[i];
+            }
+            total += sum;
+            emit OperatorSlashed(faultId, operatorId, q, wad, sum);
+        }
+    }
+
+    /// @dev Checks that `s` lists exactly the signers of certified batch `batchIndex` and slashes
+    ///      each once for fraud in that batch. Returns the shares slashed.
+    function _slashSigners(uint64 batchIndex, BatchSigners calldata s, uint64 wad) private returns (uint256 total) {
+        uint256[] memory refBitmaps = _checkSigners(batchIndex, s);
+        for (uint256 i; i < s.signerIds.length; ++i) {
+            bytes32 faultId = keccak256(abi.encode(BATCH_FRAUD, s.signerIds[i], batchIndex));
+            if (isFaultSlashed[faultId]) continue;
+            isFaultSlashed[faultId] = true;
+            uint256 slashed = _slash(faultId, s.signerIds[i], refBitmaps[i], wad);
+            if (slashed != type(uint256).max) total += slashed;
+        }
+    }
+
+    /// @dev The batch's signers are its quorums' operators at the reference block less the
+    ///      certified non-signers. Completeness: per quorum, the keys of the listed operators in it
+    ///      must add up to the quorum's aggregate key in history. Returns each signer's bitmap at the
+    ///      reference block restricted to the batch's quorums.
+    function _checkSigners(uint64 batchIndex, BatchSigners calldata s) private view returns (uint256[] memory) {
+        AvsMessages.BatchHeader calldata h = s.header;
+        if (h.batchIndex != batchIndex) revert BatchMismatch();
+        if (
+            s.nonSignerIds.length != s.nonSignerBitmapIndices.length
+                || s.signerIds.length != s.signerBitmapIndices.length
+                || s.quorumApkIndices.length != h.quorumNumbers.length
+        ) revert LengthMismatch();
+        if (!taskManager.isCertified(h, keccak256(abi.encodePacked(h.referenceBlock, s.nonSignerIds)))) {
+            revert BatchMismatch();
+        }
+        uint256 mask = QuorumBitmaps.orderedToBitmap(h.quorumNumbers);
+        BN254.G1Point[] memory sums = new BN254.G1Point[](h.quorumNumbers.length);
+        for (uint256 j; j < s.nonSignerIds.length; ++j) {
+            _addKey(sums, h, s.nonSignerIds[j], s.nonSignerBitmapIndices[j], mask);
+        }
+        uint256[] memory refBitmaps = new uint256[](s.signerIds.length);
+        for (uint256 j; j < s.signerIds.length; ++j) {
+            if (j > 0 && uint256(s.signerIds[j]) <= uint256(s.signerIds[j - 1])) revert SignersNotSorted();
+            refBitmaps[j] = _addKey(sums, h, s.signerIds[j], s.signerBitmapIndices[j], mask);
+            if (refBitmaps[j] == 0) revert NotInBatchQuorums(s.signerIds[j]);
+        }
+        for (uint256 i; i < sums.length; ++i) {
+            uint8 q = uint8(h.quorumNumbers[i]);
+            bytes24 apkHash = registry.getApkHashAtBlockNumberAndIndex(q, h.referenceBlock, s.quorumApkIndices[i]);
+            if (bytes24(BN254.hashG1Point(sums[i])) != apkHash) revert SignerSetIncomplete(q);
+        }
+        return refBitmaps;
+    }
+
+    /// @dev Adds operator `id`'s G1 key to the sum of each batch quorum it was in at the reference
+    ///      block; returns that bitmap restricted to the batch's quorums.
+    function _addKey(
+        BN254.G1Point[] memory sums,
+        AvsMessages.BatchHeader calldata h,
+        bytes32 id,
+        uint32 bitmapIndex,
+        uint256 mask
+    ) private view returns (uint256 bitmap) {
+        bitmap = uint256(registry.getQuorumBitmapAtBlockNumberByIndex(id, h.referenceBlock, bitmapIndex)) & mask;
+        if (bitmap == 0) return 0;
+        (BN254.G1Point memory pk,) = registry.getOperatorPubkeys(id);
+        for (uint256 i; i < sums.length; ++i) {
+            if (bitmap.has(uint8(h.quorumNumbers[i]))) sums[i] = sums[i].plus(pk);
+        }
+    }
+
+    function _close(Challenge storage c) private {
+        --openChallenges[c.requestHash];
+        totalBonds -= c.bond;
+    }
+
+    function _setConfig(Config memory c, bytes memory escalationQuorums) private {
+        QuorumBitmaps.orderedToBitmap(escalationQuorums);
+        (uint16 thresholdBps,,) = taskManager.config();
+        if (
+            c.equivocationWad == 0 || c.equivocationWad > WAD || c.rejectedOutputWad == 0 || c.rejectedOutputWad > WAD
+                || c.fraudWad == 0 || c.fraudWad > WAD || c.escalationThresholdBps < thresholdBps
+                || c.escalationThresholdBps > 10_000 || c.resolutionWindowBlocks == 0
+        ) revert InvalidConfig();
+        config = c;
+        escalationQuorumNumbers = escalationQuorums;
+        emit ConfigSet(c, escalationQuorums);
+    }
+}

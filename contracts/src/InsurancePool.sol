@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {AvsMessages} from "./libraries/AvsMessages.sol";
+import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
+import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
+import {IFaultManager} from "./interfaces/IFaultManager.sol";
+import {IInsurancePool} from "./interfaces/IInsurancePool.sol";
+import {InferenceTaskManager} from "./InferenceTaskManager.sol";
+
+/// @title InsurancePool
+/// @notice Attributable security. The redistribution recipient of the AVS's operator sets: slashed
+///         stake, premiums and forfeited challenge bonds accumulate here, in `asset` (the stake token).
+///         A requester insures one request against one quorum; the coverage outstanding against a
+///         quorum is capped at `coverageCapBps` of that quorum's current total slashable stake, so
+///         what is sold is backed by stake that fraud would slash. After an upheld fraud challenge on
+///         the request (in a batch signed by that quorum) the coverage becomes claimable, once.
+/// @dev Money rules:
+///      - solvency: the balance never falls below `totalClaimable` (payouts and rewards are capped by
+///        the free balance, balance - totalClaimable, when fraud is recorded; the requester first,
+///        then the challenger);
+///      - coverage ends exactly once: Claimable -> Claimed, or Expired (premium kept) when its term is
+///        over or its request is a leaf of a final batch, never while a challenge on it is open;
+///      - the cap is checked at purchase against the stake recorded then; a later fall of stake does
+///        not cancel coverage already sold.
+contract InsurancePool is IInsurancePool, Ownable {
+    using SafeERC20 for IERC20;
+    using QuorumBitmaps for uint256;
+
+    /// @notice The token of premiums, payouts and slashed stake.
+    IERC20 public immutable asset;
+    /// @notice The operator registry (quorum stakes).
+    IOperatorRegistry public immutable registry;
+    /// @notice The task manager (request hashes, batch finality, leaves).
+    InferenceTaskManager public immutable taskManager;
+    /// @notice The fault manager (set once).
+    IFaultManager public faultManager;
+    /// @notice Governance parameters.
+    Config public config;
+    /// @notice Coverage outstanding (active) against each quorum.
+    mapping(uint8 => uint256) public outstandingCoverage;
+    /// @notice Sum of claimable, unpaid coverage (reserved in the balance).
+    uint256 public totalClaimable;
+    /// @notice Requests with an upheld fraud challenge.
+    mapping(bytes32 => bool) public fraudProven;
+
+    mapping(bytes32 => Coverage) private _coverage;
+
+    /// @param asset_ The stake token.
+    /// @param registry_ The operator registry.
+    /// @param taskManager_ The task manager.
+    /// @param owner_ Governance.
+    /// @param config_ Premium, cap, challenger reward, coverage term.
+    constructor(
+        IERC20 asset_,
+        IOperatorRegistry registry_,
+        InferenceTaskManager taskManager_,
+        address owner_,
+        Config memory config_
+    ) Ownable(owner_) {
+        asset = asset_;
+        registry = registry_;
+        taskManager = taskManager_;
+        _setConfig(config_);
+    }
+
+    /// @notice Sets the fault manager, once.
+    function setFaultManager(IFaultManager faultManager_) external onlyOwner {
+        if (address(faultManager) != address(0)) revert FaultManagerAlreadySet();
+        faultManager = faultManager_;
+        emit FaultManagerSet(address(faultManager_));
+    }
+
+    /// @notice Sets premium, cap, challenger reward and coverage term (for coverage bought from now on).
+    function setConfig(Config calldata config_) external onlyOwner {
+        _setConfig(config_);
+    }
+
+    /// @notice Withdraws `amount` of the free balance (balance - totalClaimable) to `to`.
+    function withdrawSurplus(address to, uint256 amount) external onlyOwner {
+        uint256 free = freeBalance();
+        if (amount > free) revert InsufficientSurplus(amount, free);
+        emit SurplusWithdrawn(to, amount);
+        asset.safeTransfer(to, amount);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function buyCoverage(AvsMessages.InferenceRequest calldata request, uint8 quorumNumber, uint96 amount)
+        external
+        returns (bytes32 requestHash, uint256 premium)
+    {
+        if (msg.sender != request.requester) revert NotRequester();
+        if (amount == 0) revert ZeroCoverage();
+        requestHash = AvsMessages.digest(taskManager.domainSeparator(), AvsMessages.hash(request));
+        if (_coverage[requestHash].status != CoverageStatus.None) revert CoverageExists(requestHash);
+        if (fraudProven[requestHash]) revert FraudAlreadyProven(requestHash);
+        if (faultManager.openChallenges(requestHash) != 0) revert RequestUnderChallenge(requestHash);
+        uint256 available = availableCoverage(quorumNumber);
+        if (amount > available) revert CoverageAboveCap(quorumNumber, amount, available);
+        Config memory cfg = config;
+        premium = (uint256(amount) * cfg.premiumBps + 9_999) / 10_000;
+        uint32 expiresAt = uint32(block.number + cfg.coverageTermBlocks);
+        _coverage[requestHash] = Coverage(msg.sender, quorumNumber, CoverageStatus.Active, expiresAt, amount, 0);
+        outstandingCoverage[quorumNumber] += amount;
+        emit CoverageBought(requestHash, msg.sender, quorumNumber, amount, premium, expiresAt);
+        if (premium != 0) asset.safeTransferFrom(msg.sender, address(this), premium);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function expireCoverage(bytes32 requestHash) external {
+        Coverage storage c = _requireExpirable(requestHash);
+        if (block.number <= c.expiresAtBlock) revert CoverageNotExpired(requestHash);
+        _expire(requestHash, c);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function expireCoverageOnFinalBatch(
+        AvsMessages.BatchHeader calldata header,
+        bytes32 signatoryRecordHash,
+        bytes32 requestHash,
+        bytes32 outputHash,
+        bytes32[] calldata proof
+    ) external {
+        Coverage storage c = _requireExpirable(requestHash);
+        if (!taskManager.isBatchFinal(header.batchIndex)) revert BatchNotFinal(header.batchIndex);
+        if (!taskManager.verifyLeaf(header, signatoryRecordHash, requestHash, outputHash, proof)) {
+            revert LeafNotCertified();
+        }
+        _expire(requestHash, c);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function recordFraud(bytes32 requestHash, bytes calldata quorumNumbers, address challenger, uint256 slashedShares)
+        external
+        returns (uint256 payout, uint256 reward)
+    {
+        if (msg.sender != address(faultManager)) revert OnlyFaultManager();
+        fraudProven[requestHash] = true;
+        uint256 free = freeBalance();
+        Coverage storage c = _coverage[requestHash];
+        if (
+            c.status == CoverageStatus.Active
+                && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber)
+        ) {
+            payout = c.amount < free ? c.amount : free;
+            c.status = CoverageStatus.Claimable;
+            c.payout = uint96(payout);
+            outstandingCoverage[c.quorumNumber] -= c.amount;
+            totalClaimable += payout;
+            free -= payout;
+        }
+        reward = slashedShares * config.challengerRewardBps / 10_000;
+        if (reward > free) reward = free;
+        emit FraudRecorded(requestHash, challenger, payout, reward);
+        if (reward != 0) asset.safeTransfer(challenger, reward);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function claim(bytes32 requestHash) external returns (uint256 amount) {
+        Coverage storage c = _coverage[requestHash];
+        if (c.status == CoverageStatus.Claimed) revert AlreadyClaimed(requestHash);
+        if (c.status != CoverageStatus.Claimable) revert NothingToClaim(requestHash);
+        c.status = CoverageStatus.Claimed;
+        amount = c.payout;
+        totalClaimable -= amount;
+        emit Claimed(requestHash, c.beneficiary, amount);
+        if (amount != 0) asset.safeTransfer(c.beneficiary, amount);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function getCoverage(bytes32 requestHash) external view returns (Coverage memory) {
+        return _coverage[requestHash];
+    }
+
+    /// @inheritdoc IInsurancePool
+    function availableCoverage(uint8 quorumNumber) public view returns (uint256) {
+        uint256 cap = uint256(registry.getCurrentTotalStake(quorumNumber)) * config.coverageCapBps / 10_000;
+        uint256 used = outstandingCoverage[quorumNumber];
+        return cap > used ? cap - used : 0;
+    }
+
+    /// @notice The balance not reserved for claims.
+    function freeBalance() public view returns (uint256) {
+        return asset.balanceOf(address(this)) - totalClaimable;
+    }
+
+    function _requireExpirable(bytes32 requestHash) private view returns (Coverage storage c) {
+        c = _coverage[requestHash];
+        if (c.status != CoverageStatus.Active) revert CoverageNotActive(requestHash);
+        if (faultManager.openChallenges(requestHash) != 0) revert RequestUnderChallenge(requestHash);
+    }
+
+    function _expire(bytes32 requestHash, Coverage storage c) private {
+        c.status = CoverageStatus.Expired;
+        outstandingCoverage[c.quorumNumber] -= c.amount;
+        emit CoverageExpired(requestHash);
+    }
+
+    function _setConfig(Config memory c) private {
+        if (c.premiumBps > 10_000 || c.coverageCapBps > 10_000 || c.challengerRewardBps > 10_000) {
+            revert InvalidConfig();
+        }
+        config = c;
+        emit ConfigSet(c);
+    }
+}

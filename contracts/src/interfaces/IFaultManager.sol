@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {BN254} from "../libraries/BN254.sol";
+import {AvsMessages} from "../libraries/AvsMessages.sol";
+import {IBLSSignatureChecker} from "./IBLSSignatureChecker.sol";
+
+/// @title IFaultManagerTypes
+interface IFaultManagerTypes {
+    /// @notice Governance parameters. Wads are fractions of 1e18 of an operator's allocation to a
+    ///         quorum (EigenLayer's `wadsToSlash`).
+    /// @param equivocationWad Slashed from an equivocating operator in every quorum it is in.
+    /// @param rejectedOutputWad Slashed from a primary in the REJECT certificate's quorums.
+    /// @param fraudWad Slashed from every signer of a batch whose leaf the escalation quorum rejected.
+    /// @param escalationThresholdBps Stake share each escalation quorum must sign (>= the batch threshold).
+    /// @param resolutionWindowBlocks Blocks after a challenge opens in which it can be resolved.
+    /// @param challengeBond Bond (in `bondToken`) a challenger locks.
+    struct Config {
+        uint64 equivocationWad;
+        uint64 rejectedOutputWad;
+        uint64 fraudWad;
+        uint16 escalationThresholdBps;
+        uint32 resolutionWindowBlocks;
+        uint96 challengeBond;
+    }
+
+    /// @notice An attestation with its signer's BLS signature over the attestation's AVS digest.
+    struct SignedAttestation {
+        AvsMessages.Attestation attestation;
+        BN254.G1Point signature;
+    }
+
+    /// @notice Where a challenge stands. Open ends in exactly one of Upheld (escalation quorum
+    ///         certified REJECT), Dismissed (it certified ACCEPT) or Expired (nobody resolved it
+    ///         within the resolution window).
+    enum ChallengeStatus {
+        None,
+        Open,
+        Upheld,
+        Dismissed,
+        Expired
+    }
+
+    /// @notice A bonded challenge of one certified leaf.
+    struct Challenge {
+        address challenger;
+        uint96 bond;
+        bytes32 requestHash;
+        bytes32 outputHash;
+        uint64 batchIndex;
+        uint32 openedBlock;
+        ChallengeStatus status;
+    }
+
+    /// @notice Who signed a certified batch, for slashing them after an upheld challenge.
+    /// @dev `nonSignerIds` must be exactly the certified list (checked through the batch's
+    ///      signatory record hash); `signerIds` (strictly ascending) must be every other operator of
+    ///      the batch's quorums at its reference block: per quorum, the G1 keys of the signers and
+    ///      non-signers in it (bitmaps read from history at the given indices) must add up to the
+    ///      quorum's aggregate key at the reference block (`quorumApkIndices`, one per quorum).
+    struct BatchSigners {
+        AvsMessages.BatchHeader header;
+        bytes32[] nonSignerIds;
+        uint32[] nonSignerBitmapIndices;
+        bytes32[] signerIds;
+        uint32[] signerBitmapIndices;
+        uint32[] quorumApkIndices;
+    }
+}
+
+/// @title IFaultManagerErrors
+interface IFaultManagerErrors {
+    /// @notice An attestation carries no verdict (Verdict.None), or the wrong one for this proof.
+    error InvalidVerdict();
+    /// @notice The two attestations do not conflict (see `isConflicting`).
+    error NotConflicting();
+    /// @notice The operator id has no registered key.
+    error UnknownOperator(bytes32 operatorId);
+    /// @notice An operator's BLS signature on an attestation is wrong.
+    error InvalidAttestationSignature();
+    /// @notice This fault was already proven and slashed.
+    error FaultAlreadySlashed(bytes32 faultId);
+    /// @notice The operator is in none of the quorums it would be slashed in.
+    error NotSlashable(bytes32 operatorId);
+    /// @notice A certificate's reference block is older than the task manager's `maxReferenceAge`.
+    error StaleReferenceBlock(uint32 referenceBlock);
+    /// @notice A certificate's quorum did not reach the threshold.
+    error ThresholdNotMet(uint8 quorumNumber, uint96 signedStake, uint96 totalStake);
+    /// @notice The (request, output) leaf is not in the given certified batch.
+    error LeafNotCertified();
+    /// @notice The batch's challenge window is over.
+    error ChallengeWindowClosed(uint64 batchIndex);
+    /// @notice The leaf already has a challenge that is open or was resolved.
+    error LeafAlreadyChallenged(uint256 challengeId);
+    /// @notice The challenge is not open.
+    error ChallengeNotOpen(uint256 challengeId);
+    /// @notice The challenge's resolution window is over (it can only expire now).
+    error ChallengeExpired(uint256 challengeId);
+    /// @notice The challenge's resolution window is not over yet.
+    error ChallengeNotExpired(uint256 challengeId);
+    /// @notice An escalation certificate's reference block is before the challenge was opened.
+    error ReferenceBlockBeforeChallenge(uint32 referenceBlock);
+    /// @notice The batch header or non-signers given do not match the certified batch.
+    error BatchMismatch();
+    /// @notice Array lengths disagree.
+    error LengthMismatch();
+    /// @notice Signer ids are not strictly ascending.
+    error SignersNotSorted();
+    /// @notice The given signers and non-signers are not exactly the quorum's operators.
+    error SignerSetIncomplete(uint8 quorumNumber);
+    /// @notice A listed signer was in none of the batch's quorums at its reference block.
+    error NotInBatchQuorums(bytes32 operatorId);
+    /// @notice A configuration value out of range.
+    error InvalidConfig();
+}
+
+/// @title IFaultManagerEvents
+interface IFaultManagerEvents {
+    /// @notice Emitted when an operator is slashed for fault `faultId` in one quorum.
+    event OperatorSlashed(
+        bytes32 indexed faultId, bytes32 indexed operatorId, uint8 quorumNumber, uint256 wad, uint256 slashedShares
+    );
+    /// @notice Emitted when an equivocation is proven.
+    event EquivocationProven(bytes32 indexed faultId, bytes32 indexed operatorId, bytes32 indexed requestHash);
+    /// @notice Emitted when a rejected output is proven against its primary.
+    event RejectedOutputProven(
+        bytes32 indexed faultId, bytes32 indexed operatorId, bytes32 indexed requestHash, bytes32 outputHash
+    );
+    /// @notice Emitted when a leaf is challenged.
+    event ChallengeOpened(
+        uint256 indexed challengeId,
+        uint64 indexed batchIndex,
+        bytes32 indexed requestHash,
+        bytes32 outputHash,
+        address challenger,
+        uint96 bond
+    );
+    /// @notice Emitted when a challenge ends (Upheld, Dismissed or Expired).
+    event ChallengeClosed(
+        uint256 indexed challengeId,
+        IFaultManagerTypes.ChallengeStatus status,
+        uint256 slashedShares,
+        uint256 challengerReward
+    );
+    /// @notice Emitted when governance parameters change.
+    event ConfigSet(IFaultManagerTypes.Config config, bytes escalationQuorumNumbers);
+}
+
+/// @title IFaultManager
+/// @notice Proofs of operator faults, each slashing through the registry's `slashOperator` on the
+///         redistributing operator sets whose recipient is the insurance pool.
+interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManagerEvents {
+    /// @notice Slashes `operatorId` for signing two conflicting attestations (`isConflicting`).
+    /// @return faultId keccak256(abi.encode("EQUIVOCATION", operatorId, requestHash)).
+    function proveEquivocation(bytes32 operatorId, SignedAttestation calldata a, SignedAttestation calldata b)
+        external
+        returns (bytes32 faultId);
+
+    /// @notice Slashes primary `operatorId`, which signed `accept` (verdict ACCEPT), given a certificate of
+    ///         REJECT for the same (request, output) by `quorumNumbers` at `referenceBlock` that meets
+    ///         the task manager's threshold.
+    /// @return faultId keccak256(abi.encode("REJECTED_OUTPUT", operatorId, requestHash)).
+    function proveRejectedOutput(
+        bytes32 operatorId,
+        SignedAttestation calldata accept,
+        bytes calldata quorumNumbers,
+        uint32 referenceBlock,
+        IBLSSignatureChecker.NonSignerStakesAndSignature calldata certificate
+    ) external returns (bytes32 faultId);
+
+    /// @notice Challenges leaf (requestHash, outputHash) of certified batch `header` within its
+    ///         challenge window, locking `config.challengeBond` of `bondToken` from the caller.
+    function challenge(
+        AvsMessages.BatchHeader calldata header,
+        bytes32 signatoryRecordHash,
+        bytes32 requestHash,
+        bytes32 outputHash,
+        bytes32[] calldata proof
+    ) external returns (uint256 challengeId);
+
+    /// @notice Resolves an open challenge with a certificate of the escalation quorum on
+    ///         Attestation(requestHash, outputHash, verdict). REJECT upholds it: every signer of the
+    ///         batch (`signers`) is slashed `fraudWad` once per batch, the bond is returned, the pool
+    ///         pays the insured requester and rewards the challenger. ACCEPT dismisses it: the bond
+    ///         goes to the pool. `signers` is ignored for ACCEPT.
+    function resolveChallenge(
+        uint256 challengeId,
+        AvsMessages.Verdict verdict,
+        uint32 referenceBlock,
+        IBLSSignatureChecker.NonSignerStakesAndSignature calldata certificate,
+        BatchSigners calldata signers
+    ) external;
+
+    /// @notice Ends a challenge nobody resolved within the resolution window: the bond goes back
+    ///         to the challenger and nobody is slashed.
+    function expireChallenge(uint256 challengeId) external;
+
+    /// @notice Whether one operator signing both `a` and `b` is an equivocation: for one request,
+    ///         two different verdicts on the same output, or ACCEPT of two different outputs.
+    function isConflicting(AvsMessages.Attestation calldata a, AvsMessages.Attestation calldata b)
+        external
+        pure
+        returns (bool);
+
+    /// @notice The digest an operator BLS-signs for `attestation`.
+    function attestationDigest(AvsMessages.Attestation calldata attestation) external view returns (bytes32);
+
+    /// @notice Number of open challenges on leaves of `requestHash`.
+    function openChallenges(bytes32 requestHash) external view returns (uint256);
+
+    /// @notice Challenge `challengeId`.
+    function getChallenge(uint256 challengeId) external view returns (Challenge memory);
+
+    /// @notice Whether fault `faultId` was slashed.
+    function isFaultSlashed(bytes32 faultId) external view returns (bool);
+}

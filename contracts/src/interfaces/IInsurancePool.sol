@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {AvsMessages} from "../libraries/AvsMessages.sol";
+
+/// @title IInsurancePoolTypes
+interface IInsurancePoolTypes {
+    /// @notice Governance parameters.
+    /// @param premiumBps Premium as a share of the coverage bought (rounded up).
+    /// @param coverageCapBps Share of a quorum's current total (slashable) stake that coverage
+    ///        outstanding against it may reach.
+    /// @param challengerRewardBps Share of the shares slashed on an upheld challenge paid to the challenger.
+    /// @param coverageTermBlocks Blocks after purchase after which unclaimed coverage can expire.
+    struct Config {
+        uint16 premiumBps;
+        uint16 coverageCapBps;
+        uint16 challengerRewardBps;
+        uint32 coverageTermBlocks;
+    }
+
+    /// @notice Where a coverage stands: Active until it becomes Claimable (fraud proven on its
+    ///         request in a batch of its quorum) then Claimed, or Expired.
+    enum CoverageStatus {
+        None,
+        Active,
+        Claimable,
+        Claimed,
+        Expired
+    }
+
+    /// @notice Coverage of one request.
+    struct Coverage {
+        address beneficiary;
+        uint8 quorumNumber;
+        CoverageStatus status;
+        uint32 expiresAtBlock;
+        uint96 amount;
+        uint96 payout;
+    }
+}
+
+/// @title IInsurancePoolErrors
+interface IInsurancePoolErrors {
+    /// @notice Only the fault manager may call.
+    error OnlyFaultManager();
+    /// @notice The fault manager is already set.
+    error FaultManagerAlreadySet();
+    /// @notice Only the request's requester may insure it.
+    error NotRequester();
+    /// @notice Zero coverage.
+    error ZeroCoverage();
+    /// @notice The request is already covered.
+    error CoverageExists(bytes32 requestHash);
+    /// @notice The request has no active coverage.
+    error CoverageNotActive(bytes32 requestHash);
+    /// @notice The request is under an open challenge (no purchase, no expiry meanwhile).
+    error RequestUnderChallenge(bytes32 requestHash);
+    /// @notice Fraud was already proven for the request.
+    error FraudAlreadyProven(bytes32 requestHash);
+    /// @notice Outstanding coverage against the quorum would exceed its cap.
+    error CoverageAboveCap(uint8 quorumNumber, uint256 requested, uint256 available);
+    /// @notice The coverage term is not over.
+    error CoverageNotExpired(bytes32 requestHash);
+    /// @notice The batch is not final.
+    error BatchNotFinal(uint64 batchIndex);
+    /// @notice The (request, output) leaf is not in the given certified batch.
+    error LeafNotCertified();
+    /// @notice The coverage was already claimed.
+    error AlreadyClaimed(bytes32 requestHash);
+    /// @notice Nothing is claimable for the request.
+    error NothingToClaim(bytes32 requestHash);
+    /// @notice The withdrawal exceeds the pool's free balance.
+    error InsufficientSurplus(uint256 requested, uint256 available);
+    /// @notice A configuration value out of range.
+    error InvalidConfig();
+}
+
+/// @title IInsurancePoolEvents
+interface IInsurancePoolEvents {
+    /// @notice Emitted when coverage is bought.
+    event CoverageBought(
+        bytes32 indexed requestHash,
+        address indexed beneficiary,
+        uint8 quorumNumber,
+        uint96 amount,
+        uint256 premium,
+        uint32 expiresAtBlock
+    );
+    /// @notice Emitted when coverage expires (premium kept).
+    event CoverageExpired(bytes32 indexed requestHash);
+    /// @notice Emitted when fraud on a request is recorded.
+    event FraudRecorded(bytes32 indexed requestHash, address indexed challenger, uint256 payout, uint256 reward);
+    /// @notice Emitted when a claim is paid.
+    event Claimed(bytes32 indexed requestHash, address indexed beneficiary, uint256 amount);
+    /// @notice Emitted when governance withdraws surplus.
+    event SurplusWithdrawn(address indexed to, uint256 amount);
+    /// @notice Emitted when the fault manager is set.
+    event FaultManagerSet(address faultManager);
+    /// @notice Emitted when governance parameters change.
+    event ConfigSet(IInsurancePoolTypes.Config config);
+}
+
+/// @title IInsurancePool
+/// @notice Attributable security: the recipient of slashed stake of the AVS's redistributing
+///         operator sets, which sells per-request coverage capped by the slashable stake of a quorum
+///         and pays it out after an upheld fraud challenge.
+interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsurancePoolEvents {
+    /// @notice Buys `amount` of coverage of `request` (caller must be its requester) against
+    ///         `quorumNumber`, paying the premium in `asset`.
+    function buyCoverage(AvsMessages.InferenceRequest calldata request, uint8 quorumNumber, uint96 amount)
+        external
+        returns (bytes32 requestHash, uint256 premium);
+
+    /// @notice Expires active coverage whose term is over (no open challenge on it).
+    function expireCoverage(bytes32 requestHash) external;
+
+    /// @notice Expires active coverage of a request that is a leaf of a final batch (no open challenge).
+    function expireCoverageOnFinalBatch(
+        AvsMessages.BatchHeader calldata header,
+        bytes32 signatoryRecordHash,
+        bytes32 requestHash,
+        bytes32 outputHash,
+        bytes32[] calldata proof
+    ) external;
+
+    /// @notice Records fraud proven on `requestHash` in a batch of `quorumNumbers` (fault manager only):
+    ///         coverage against one of those quorums becomes claimable (up to the free balance), then
+    ///         the challenger is paid `challengerRewardBps` of `slashedShares` (up to the free balance).
+    function recordFraud(bytes32 requestHash, bytes calldata quorumNumbers, address challenger, uint256 slashedShares)
+        external
+        returns (uint256 payout, uint256 reward);
+
+    /// @notice Pays claimable coverage of `requestHash` to its beneficiary, once.
+    function claim(bytes32 requestHash) external returns (uint256 amount);
+
+    /// @notice Coverage of `requestHash`.
+    function getCoverage(bytes32 requestHash) external view returns (Coverage memory);
+
+    /// @notice How much more coverage may be sold against `quorumNumber` now.
+    function availableCoverage(uint8 quorumNumber) external view returns (uint256);
+}

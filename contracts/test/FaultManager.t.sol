@@ -1,0 +1,513 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {FaultFixture} from "./utils/FaultFixture.sol";
+import {BN254} from "../src/libraries/BN254.sol";
+import {AvsMessages} from "../src/libraries/AvsMessages.sol";
+import {IFaultManager, IFaultManagerTypes, IFaultManagerErrors, IFaultManagerEvents} from
+    "../src/interfaces/IFaultManager.sol";
+import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+import {IAllocationManagerTypes} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+
+contract IsConflictingTest is FaultFixture {
+    /// @dev Matches avs.messages.Attestation.is_conflicting on every combination.
+    function testFuzz_isConflicting_MatchesPythonRule(bytes32 reqA, bytes32 outA, uint8 choice, bytes32 other)
+        public
+        view
+    {
+        AvsMessages.Attestation memory a = _att(reqA, outA, AvsMessages.Verdict(1 + (choice & 1)));
+        AvsMessages.Attestation memory b = _att(
+            (choice >> 2) & 1 == 1 ? reqA : other,
+            (choice >> 3) & 1 == 1 ? outA : keccak256(abi.encode(outA)),
+            AvsMessages.Verdict(1 + ((choice >> 1) & 1))
+        );
+        bool expected;
+        if (a.requestHash == b.requestHash) {
+            expected = a.outputHash == b.outputHash
+                ? a.verdict != b.verdict
+                : (a.verdict == AvsMessages.Verdict.Accept && b.verdict == AvsMessages.Verdict.Accept);
+        }
+        vm.assertEq(faults.isConflicting(a, b), expected, "rule");
+    }
+
+    function test_isConflicting_RejectThenAcceptOtherIsHonest() public view {
+        vm.assertFalse(
+            faults.isConflicting(_att("r", "o1", AvsMessages.Verdict.Reject), _att("r", "o2", AvsMessages.Verdict.Accept)),
+            "retry"
+        );
+        vm.assertFalse(
+            faults.isConflicting(_att("r", "o1", AvsMessages.Verdict.Reject), _att("r", "o2", AvsMessages.Verdict.Reject)),
+            "two rejects"
+        );
+    }
+
+    function test_isConflicting_RevertWhen_NoVerdict() public {
+        vm.expectRevert(IFaultManagerErrors.InvalidVerdict.selector);
+        faults.isConflicting(_att("r", "o", AvsMessages.Verdict.None), _att("r", "o", AvsMessages.Verdict.Accept));
+    }
+}
+
+contract ProveEquivocationTest is FaultFixture {
+    function _accepts(uint256 sk)
+        internal
+        view
+        returns (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b)
+    {
+        a = _signed(sk, _att("req", "out1", AvsMessages.Verdict.Accept));
+        b = _signed(sk, _att("req", "out2", AvsMessages.Verdict.Accept));
+    }
+
+    function test_proveEquivocation_SlashesEveryQuorumToPool() public {
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(1);
+        bytes32 faultId = keccak256(abi.encode(bytes32("EQUIVOCATION"), _id(1), bytes32("req")));
+        vm.expectEmit();
+        emit IFaultManagerEvents.EquivocationProven(faultId, _id(1), "req");
+        vm.expectEmit();
+        emit IFaultManagerEvents.OperatorSlashed(faultId, _id(1), 0, EQUIVOCATION_WAD, 0.5 ether);
+        vm.expectEmit();
+        emit IFaultManagerEvents.OperatorSlashed(faultId, _id(1), 1, EQUIVOCATION_WAD, 0.5 ether);
+        vm.assertEq(faults.proveEquivocation(_id(1), a, b), faultId, "fault id");
+        vm.assertEq(token.balanceOf(address(pool)), 1 ether, "pool received both quorums' slash");
+        vm.assertEq(registry.getCurrentStake(_id(1), 0), 4.5 ether, "stake q0");
+        vm.assertEq(registry.getCurrentStake(_id(1), 1), 4.5 ether, "stake q1");
+        vm.assertTrue(faults.isFaultSlashed(faultId), "recorded");
+    }
+
+    function test_proveEquivocation_AcceptAndRejectOfSameOutput() public {
+        faults.proveEquivocation(
+            _id(6),
+            _signed(6, _att("req", "out", AvsMessages.Verdict.Reject)),
+            _signed(6, _att("req", "out", AvsMessages.Verdict.Accept))
+        );
+        vm.assertEq(token.balanceOf(address(pool)), 6 ether, "10% of 60");
+    }
+
+    function test_proveEquivocation_RevertWhen_RejectThenAcceptOther() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(1, _att("req", "out1", AvsMessages.Verdict.Reject));
+        IFaultManagerTypes.SignedAttestation memory b = _signed(1, _att("req", "out2", AvsMessages.Verdict.Accept));
+        vm.expectRevert(IFaultManagerErrors.NotConflicting.selector);
+        faults.proveEquivocation(_id(1), a, b);
+    }
+
+    function test_proveEquivocation_RevertWhen_DifferentRequests() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(1, _att("req1", "out1", AvsMessages.Verdict.Accept));
+        IFaultManagerTypes.SignedAttestation memory b = _signed(1, _att("req2", "out2", AvsMessages.Verdict.Accept));
+        vm.expectRevert(IFaultManagerErrors.NotConflicting.selector);
+        faults.proveEquivocation(_id(1), a, b);
+    }
+
+    function test_proveEquivocation_RevertWhen_AlreadySlashed() public {
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(1);
+        bytes32 faultId = faults.proveEquivocation(_id(1), a, b);
+        IFaultManagerTypes.SignedAttestation memory c = _signed(1, _att("req", "out3", AvsMessages.Verdict.Accept));
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.FaultAlreadySlashed.selector, faultId));
+        faults.proveEquivocation(_id(1), a, c);
+    }
+
+    function test_proveEquivocation_RevertWhen_SignedByAnotherOperator() public {
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(2);
+        vm.expectRevert(IFaultManagerErrors.InvalidAttestationSignature.selector);
+        faults.proveEquivocation(_id(1), a, b);
+    }
+
+    function test_proveEquivocation_RevertWhen_SignatureOffCurve() public {
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(1);
+        b.signature = BN254.G1Point(1, 3);
+        vm.expectRevert(IFaultManagerErrors.InvalidAttestationSignature.selector);
+        faults.proveEquivocation(_id(1), a, b);
+    }
+
+    function test_proveEquivocation_RevertWhen_UnknownOperator() public {
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(9);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.UnknownOperator.selector, _id(9)));
+        faults.proveEquivocation(_id(9), a, b);
+    }
+
+    function test_proveEquivocation_RevertWhen_NotSlashable() public {
+        uint32[] memory sets = new uint32[](1);
+        vm.prank(_operator(5));
+        core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(5), address(registry), sets));
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(5);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NotSlashable.selector, _id(5)));
+        faults.proveEquivocation(_id(5), a, b);
+    }
+
+    /// @dev A signature made over one attestation never proves another.
+    function testFuzz_proveEquivocation_RevertWhen_TamperedAttestation(bytes32 req, bytes32 out, bytes32 tampered)
+        public
+    {
+        vm.assume(out != tampered && tampered != keccak256(abi.encode(out)));
+        IFaultManagerTypes.SignedAttestation memory a = _signed(3, _att(req, out, AvsMessages.Verdict.Accept));
+        IFaultManagerTypes.SignedAttestation memory b =
+            _signed(3, _att(req, keccak256(abi.encode(out)), AvsMessages.Verdict.Accept));
+        b.attestation.outputHash = tampered;
+        vm.expectRevert(IFaultManagerErrors.InvalidAttestationSignature.selector);
+        faults.proveEquivocation(_id(3), a, b);
+    }
+
+    /// @dev Any conflicting pair by any operator slashes exactly equivocationWad of each allocation, once.
+    function testFuzz_proveEquivocation_SlashesOnce(uint256 sk, bytes32 req, bool acceptReject) public {
+        sk = bound(sk, 1, 8);
+        IFaultManagerTypes.SignedAttestation memory a = _signed(sk, _att(req, "o1", AvsMessages.Verdict.Accept));
+        IFaultManagerTypes.SignedAttestation memory b = acceptReject
+            ? _signed(sk, _att(req, "o1", AvsMessages.Verdict.Reject))
+            : _signed(sk, _att(req, "o2", AvsMessages.Verdict.Accept));
+        faults.proveEquivocation(_id(sk), a, b);
+        vm.assertEq(token.balanceOf(address(pool)), sk * 1 ether, "10% of stake");
+        vm.expectRevert();
+        faults.proveEquivocation(_id(sk), b, a);
+    }
+}
+
+contract ProveRejectedOutputTest is FaultFixture {
+    function _prove(uint256 primary, uint256[] memory nonSigners) internal returns (bytes32) {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(primary, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", nonSigners);
+        return faults.proveRejectedOutput(_id(primary), a, hex"00", uint32(block.number - 1), cert);
+    }
+
+    function test_proveRejectedOutput_SlashesPrimaryInCertificateQuorums() public {
+        bytes32 faultId = keccak256(abi.encode(bytes32("REJECTED_OUTPUT"), _id(2), bytes32("req")));
+        vm.expectEmit();
+        emit IFaultManagerEvents.RejectedOutputProven(faultId, _id(2), "req", "out");
+        vm.expectEmit();
+        emit IFaultManagerEvents.OperatorSlashed(faultId, _id(2), 0, REJECTED_OUTPUT_WAD, 2 ether);
+        vm.assertEq(_prove(2, _one(2)), faultId, "fault id");
+        vm.assertEq(token.balanceOf(address(pool)), 2 ether, "20% of the 10 allocated to quorum 0");
+        vm.assertEq(registry.getCurrentStake(_id(2), 1), 10 ether, "quorum 1 untouched");
+    }
+
+    function test_proveRejectedOutput_RevertWhen_AlreadySlashed() public {
+        bytes32 faultId = _prove(2, _one(2));
+        IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", _one(2));
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.FaultAlreadySlashed.selector, faultId));
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+    }
+
+    function test_proveRejectedOutput_RevertWhen_PrimaryRejected() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Reject));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", _none());
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(IFaultManagerErrors.InvalidVerdict.selector);
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+    }
+
+    function test_proveRejectedOutput_RevertWhen_CertificateOfAccept() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Accept), hex"00", _none());
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(IBLSSignatureChecker.InvalidBLSSignature.selector);
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+    }
+
+    function test_proveRejectedOutput_RevertWhen_ThresholdNotMet() public {
+        uint256[] memory non = new uint256[](2);
+        non[0] = 7;
+        non[1] = 8;
+        IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", non);
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IFaultManagerErrors.ThresholdNotMet.selector, uint8(0), 160 ether, 310 ether)
+        );
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+    }
+
+    function test_proveRejectedOutput_RevertWhen_StaleReferenceBlock() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", _none());
+        uint32 ref = uint32(block.number - 1);
+        vm.roll(block.number + 101);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.StaleReferenceBlock.selector, ref));
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+    }
+
+    function testFuzz_proveRejectedOutput_RevertWhen_ForgedAccept(uint256 forger) public {
+        forger = bound(forger, 1, 8);
+        vm.assume(forger != 2);
+        IFaultManagerTypes.SignedAttestation memory a =
+            _signed(forger, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", _none());
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(IFaultManagerErrors.InvalidAttestationSignature.selector);
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+    }
+}
+
+/// @dev Challenges of leaf ("req", "out") of batch 0 (quorum 0) certified with non-signer 8.
+abstract contract ChallengeFixture is FaultFixture {
+    AvsMessages.BatchHeader internal batch;
+    bytes32 internal record;
+    bytes32[] internal leafProof;
+
+    function setUp() public virtual override {
+        super.setUp();
+        (batch, record, leafProof) = _certifyLeaf(0, "req", "out", _one(8));
+        vm.roll(block.number + 1);
+    }
+
+    function _challenge() internal returns (uint256 id) {
+        vm.prank(CHALLENGER);
+        return faults.challenge(batch, record, "req", "out", leafProof);
+    }
+
+    /// @dev An escalation certificate (quorums 0 and 1, everyone signs) on `verdict` at the last block.
+    function _escalation(AvsMessages.Verdict verdict)
+        internal
+        view
+        returns (IBLSSignatureChecker.NonSignerStakesAndSignature memory)
+    {
+        return _cert(_verdictDigest("req", "out", verdict), hex"0001", _none());
+    }
+}
+
+contract ChallengeTest is ChallengeFixture {
+    function test_challenge_LocksBond() public {
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeOpened(1, 0, "req", "out", CHALLENGER, BOND);
+        uint256 id = _challenge();
+        vm.assertEq(id, 1, "id");
+        vm.assertEq(token.balanceOf(address(faults)), BOND, "bond held");
+        vm.assertEq(faults.openChallenges("req"), 1, "open");
+        vm.assertTrue(faults.getChallenge(id).status == IFaultManagerTypes.ChallengeStatus.Open, "status");
+    }
+
+    function test_challenge_RevertWhen_AfterWindow() public {
+        vm.roll(block.number + 50);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ChallengeWindowClosed.selector, uint64(0)));
+        _challenge();
+    }
+
+    function test_challenge_RevertWhen_AlreadyChallenged() public {
+        _challenge();
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.LeafAlreadyChallenged.selector, uint256(1)));
+        _challenge();
+    }
+
+    function test_challenge_AgainAfterExpiry() public {
+        _challenge();
+        vm.roll(block.number + RESOLUTION_WINDOW + 1);
+        faults.expireChallenge(1);
+        vm.roll(block.number - RESOLUTION_WINDOW); // back inside the batch's window (test only)
+        vm.assertEq(_challenge(), 2, "re-challenged");
+    }
+
+    function testFuzz_challenge_RevertWhen_NotALeaf(bytes32 out) public {
+        vm.assume(out != "out");
+        vm.expectRevert(IFaultManagerErrors.LeafNotCertified.selector);
+        vm.prank(CHALLENGER);
+        faults.challenge(batch, record, "req", out, leafProof);
+    }
+
+    function test_challenge_RevertWhen_NoBondAllowance() public {
+        vm.prank(CHALLENGER);
+        token.approve(address(faults), 0);
+        vm.expectRevert();
+        _challenge();
+    }
+}
+
+contract ResolveChallengeTest is ChallengeFixture {
+    function test_resolveChallenge_Reject_SlashesSignersPaysChallengerAndRequester() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(8));
+        uint256 challengerBefore = token.balanceOf(CHALLENGER);
+        // signers 1..7 in quorum 0: (5+10+15+20+50+60+70) / 2 = 115 ether slashed
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(id, IFaultManagerTypes.ChallengeStatus.Upheld, 115 ether, 11.5 ether);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
+        vm.assertEq(token.balanceOf(CHALLENGER), challengerBefore + BOND + 11.5 ether, "bond back + 10% reward");
+        vm.assertEq(registry.getCurrentStake(_id(8), 0), 80 ether, "non-signer untouched");
+        vm.assertEq(registry.getCurrentStake(_id(7), 0), 35 ether, "signer halved");
+        vm.assertEq(registry.getCurrentStake(_id(1), 1), 5 ether, "quorum 1 untouched");
+        vm.assertEq(token.balanceOf(address(faults)), 0, "no bond left");
+        vm.assertTrue(faults.isFaultSlashed(keccak256(abi.encode(bytes32("BATCH_FRAUD"), _id(3), uint64(0)))), "fault");
+    }
+
+    function test_resolveChallenge_Accept_ForfeitsBondToPool() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Accept);
+        IFaultManagerTypes.BatchSigners memory s = _noSigners();
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(id, IFaultManagerTypes.ChallengeStatus.Dismissed, 0, 0);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Accept, uint32(block.number - 1), cert, s);
+        vm.assertEq(token.balanceOf(address(pool)), BOND, "bond to pool");
+        vm.assertEq(faults.openChallenges("req"), 0, "closed");
+    }
+
+    function test_resolveChallenge_RevertWhen_SignerOmitted() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        uint256[] memory non = new uint256[](2);
+        non[0] = 8;
+        non[1] = 7; // 7 signed but is left out of the signer list
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, non);
+        s.nonSignerIds = _ids(_one(8));
+        s.nonSignerBitmapIndices = _batchSigners(batch, _one(8)).nonSignerBitmapIndices;
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.SignerSetIncomplete.selector, uint8(0)));
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, s);
+    }
+
+    function test_resolveChallenge_RevertWhen_WrongNonSigners() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(7));
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(IFaultManagerErrors.BatchMismatch.selector);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, s);
+    }
+
+    function test_resolveChallenge_RevertWhen_BelowEscalationThreshold() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        // 230/310 = 74% of quorum 0 signs: enough for a batch (66.67%), not for escalation (80%)
+        uint256[] memory non = new uint256[](1);
+        non[0] = 8;
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"0001", non);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(8));
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IFaultManagerErrors.ThresholdNotMet.selector, uint8(0), 230 ether, 310 ether)
+        );
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, s);
+    }
+
+    function test_resolveChallenge_RevertWhen_Expired() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + RESOLUTION_WINDOW + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Accept);
+        IFaultManagerTypes.BatchSigners memory s = _noSigners();
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ChallengeExpired.selector, id));
+        faults.resolveChallenge(id, AvsMessages.Verdict.Accept, ref, cert, s);
+    }
+
+    function test_resolveChallenge_RevertWhen_ReferenceBeforeChallenge() public {
+        uint256 id = _challenge();
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Accept);
+        IFaultManagerTypes.BatchSigners memory s = _noSigners();
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ReferenceBlockBeforeChallenge.selector, ref));
+        faults.resolveChallenge(id, AvsMessages.Verdict.Accept, ref, cert, s);
+    }
+
+    function test_resolveChallenge_RevertWhen_NotOpen() public {
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Accept);
+        IFaultManagerTypes.BatchSigners memory s = _noSigners();
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ChallengeNotOpen.selector, uint256(5)));
+        faults.resolveChallenge(5, AvsMessages.Verdict.Accept, 0, cert, s);
+    }
+
+    function test_resolveChallenge_SecondLeafOfSameBatch_NoDoubleSlash() public {
+        // batch 1 with two fraudulent leaves; both challenged and upheld: each signer slashed once
+        bytes32 leafA = AvsMessages.leafHash("req", "out");
+        bytes32 leafB = AvsMessages.leafHash("req2", "out2");
+        bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
+        AvsMessages.BatchHeader memory h = _header(1, root, hex"00");
+        taskManager.certifyBatch(h, _sigs(h, _none()));
+        bytes32 rec = keccak256(abi.encodePacked(h.referenceBlock));
+        vm.roll(block.number + 1);
+        bytes32[] memory p = new bytes32[](1);
+        p[0] = leafB;
+        vm.prank(CHALLENGER);
+        uint256 id1 = faults.challenge(h, rec, "req", "out", p);
+        p[0] = leafA;
+        vm.prank(CHALLENGER);
+        uint256 id2 = faults.challenge(h, rec, "req2", "out2", p);
+        vm.roll(block.number + 1);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(h, _none());
+        faults.resolveChallenge(id1, AvsMessages.Verdict.Reject, uint32(block.number - 1), _escalation(AvsMessages.Verdict.Reject), s);
+        uint256 stake7 = registry.getCurrentStake(_id(7), 0);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert2 =
+            _cert(_verdictDigest("req2", "out2", AvsMessages.Verdict.Reject), hex"0001", _none());
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(id2, IFaultManagerTypes.ChallengeStatus.Upheld, 0, 0);
+        faults.resolveChallenge(id2, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert2, s);
+        vm.assertEq(registry.getCurrentStake(_id(7), 0), stake7, "not slashed twice");
+    }
+}
+
+contract ExpireChallengeTest is ChallengeFixture {
+    function test_expireChallenge_RefundsBond() public {
+        uint256 id = _challenge();
+        uint256 before = token.balanceOf(CHALLENGER);
+        vm.roll(block.number + RESOLUTION_WINDOW + 1);
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(id, IFaultManagerTypes.ChallengeStatus.Expired, 0, 0);
+        faults.expireChallenge(id);
+        vm.assertEq(token.balanceOf(CHALLENGER), before + BOND, "refunded");
+        vm.assertEq(faults.openChallenges("req"), 0, "closed");
+        vm.assertEq(faults.totalBonds(), 0, "no bonds");
+    }
+
+    function test_expireChallenge_RevertWhen_InWindow() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + RESOLUTION_WINDOW);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ChallengeNotExpired.selector, id));
+        faults.expireChallenge(id);
+    }
+
+    function test_expireChallenge_RevertWhen_Twice() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + RESOLUTION_WINDOW + 1);
+        faults.expireChallenge(id);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ChallengeNotOpen.selector, id));
+        faults.expireChallenge(id);
+    }
+}
+
+/// @notice Gas of the fault paths (snapshots/FaultGasTest.json): the call itself, 8 operators.
+contract FaultGasTest is ChallengeFixture {
+    function test_gas_proveEquivocation() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(5, _att("req", "o1", AvsMessages.Verdict.Accept));
+        IFaultManagerTypes.SignedAttestation memory b = _signed(5, _att("req", "o2", AvsMessages.Verdict.Accept));
+        faults.proveEquivocation(_id(5), a, b);
+        vm.snapshotGasLastCall("proveEquivocation_1quorum");
+    }
+
+    function test_gas_proveRejectedOutput() public {
+        IFaultManagerTypes.SignedAttestation memory a = _signed(5, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", _one(5));
+        faults.proveRejectedOutput(_id(5), a, hex"00", uint32(block.number - 1), cert);
+        vm.snapshotGasLastCall("proveRejectedOutput_1nonSigner");
+    }
+
+    function test_gas_challenge() public {
+        _challenge();
+        vm.snapshotGasLastCall("challenge");
+    }
+
+    function test_gas_resolveChallenge_reject7Signers() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(8));
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
+        vm.snapshotGasLastCall("resolveChallenge_reject_7signers");
+    }
+
+    function test_gas_resolveChallenge_accept() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Accept);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Accept, uint32(block.number - 1), cert, _noSigners());
+        vm.snapshotGasLastCall("resolveChallenge_accept");
+    }
+}

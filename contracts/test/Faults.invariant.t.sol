@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.27;
+
+import {PoolFixture} from "./InsurancePool.t.sol";
+import {Test} from "./utils/Test.sol";
+import {AvsMessages} from "../src/libraries/AvsMessages.sol";
+import {FaultManager} from "../src/FaultManager.sol";
+import {InsurancePool} from "../src/InsurancePool.sol";
+import {TestToken} from "../src/tokens/TestToken.sol";
+import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
+import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+
+/// @dev Drives every money path (equivocation slashes, challenges resolved either way or expired,
+///      coverage bought, claimed and expired) on the fixture's deployment, with ghost accounting.
+contract FaultsHandler is PoolFixture {
+    uint256 public bondsIn;
+    uint256 public bondsOut;
+    bool public doubleSlash;
+    bool public capExceeded;
+    uint256 public paidClaims;
+    mapping(bytes32 => bool) internal _slashed;
+    uint256[] internal _open;
+
+    constructor() {
+        setUp();
+    }
+
+    function equivocate(uint256 sk, uint8 req, bool acceptReject) external {
+        sk = bound(sk, 1, 8);
+        bytes32 r = bytes32(uint256(req % 4));
+        IFaultManagerTypes.SignedAttestation memory a = _signed(sk, _att(r, "o1", AvsMessages.Verdict.Accept));
+        IFaultManagerTypes.SignedAttestation memory b = acceptReject
+            ? _signed(sk, _att(r, "o1", AvsMessages.Verdict.Reject))
+            : _signed(sk, _att(r, "o2", AvsMessages.Verdict.Accept));
+        try faults.proveEquivocation(_id(sk), a, b) returns (bytes32 faultId) {
+            if (_slashed[faultId]) doubleSlash = true;
+            _slashed[faultId] = true;
+        } catch {}
+    }
+
+    function challenge() external {
+        vm.prank(CHALLENGER);
+        try faults.challenge(batch, record, "req", "out", leafProof) returns (uint256 id) {
+            bondsIn += BOND;
+            _open.push(id);
+        } catch {}
+    }
+
+    function resolve(bool reject) external {
+        if (_open.length == 0) return;
+        uint256 id = _open[_open.length - 1];
+        vm.roll(block.number + 1);
+        AvsMessages.Verdict v = reject ? AvsMessages.Verdict.Reject : AvsMessages.Verdict.Accept;
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", v), hex"0001", _none());
+        IFaultManagerTypes.BatchSigners memory s = reject ? _batchSigners(batch, _one(8)) : _noSigners();
+        try faults.resolveChallenge(id, v, uint32(block.number - 1), cert, s) {
+            bondsOut += BOND;
+            _open.pop();
+        } catch {}
+    }
+
+    function expire(uint8 blocks) external {
+        vm.roll(block.number + blocks);
+        if (_open.length == 0) return;
+        try faults.expireChallenge(_open[_open.length - 1]) {
+            bondsOut += BOND;
+            _open.pop();
+        } catch {}
+    }
+
+    function buy(uint96 amount, uint8 nonce) external {
+        (AvsMessages.InferenceRequest memory r,) = _request(nonce % 4);
+        uint256 cap = uint256(registry.getCurrentTotalStake(0)) * 5_000 / 10_000;
+        vm.prank(REQUESTER);
+        try pool.buyCoverage(r, 0, uint96(bound(amount, 1, 200 ether))) {
+            if (pool.outstandingCoverage(0) > cap) capExceeded = true;
+        } catch {}
+    }
+
+    function claimOrExpire(uint8 nonce) external {
+        (, bytes32 h) = _request(nonce % 4);
+        try pool.claim(h) returns (uint256 amount) {
+            paidClaims += amount;
+        } catch {}
+        try pool.expireCoverage(h) {} catch {}
+    }
+
+    function faultsAddress() external view returns (address) {
+        return address(faults);
+    }
+
+    function poolAddress() external view returns (address) {
+        return address(pool);
+    }
+
+    function openBonds() external view returns (uint256) {
+        return _open.length * BOND;
+    }
+}
+
+/// @notice Money paths: bonds are conserved (held == open bonds == in - out), the pool stays
+///         solvent (balance >= claims reserved), a fault is never slashed twice, and outstanding
+///         coverage never exceeds the cap at purchase.
+/// forge-config: default.invariant.runs = 16
+/// forge-config: default.invariant.depth = 24
+/// forge-config: default.invariant.fail-on-revert = true
+contract FaultsInvariantTest is Test {
+    FaultsHandler internal handler;
+
+    function setUp() public {
+        handler = new FaultsHandler();
+    }
+
+    struct FuzzSelector {
+        address addr;
+        bytes4[] selectors;
+    }
+
+    function targetContracts() public view returns (address[] memory t) {
+        t = new address[](1);
+        t[0] = address(handler);
+    }
+
+    function targetSenders() public pure returns (address[] memory t) {
+        t = new address[](1);
+        t[0] = address(0x5E4D);
+    }
+
+    /// @dev Only the handler's actions (not the fixture's setUp and helpers).
+    function targetSelectors() public view returns (FuzzSelector[] memory t) {
+        bytes4[] memory s = new bytes4[](6);
+        s[0] = FaultsHandler.equivocate.selector;
+        s[1] = FaultsHandler.challenge.selector;
+        s[2] = FaultsHandler.resolve.selector;
+        s[3] = FaultsHandler.expire.selector;
+        s[4] = FaultsHandler.buy.selector;
+        s[5] = FaultsHandler.claimOrExpire.selector;
+        t = new FuzzSelector[](1);
+        t[0] = FuzzSelector(address(handler), s);
+    }
+
+    function invariant_bondsConserved() public view {
+        FaultManager faults = _faults();
+        uint256 held = TestToken(address(faults.bondToken())).balanceOf(address(faults));
+        vm.assertEq(held, faults.totalBonds(), "held == recorded");
+        vm.assertEq(held, handler.openBonds(), "held == open bonds");
+        vm.assertEq(handler.bondsIn() - handler.bondsOut(), held, "in - out == held");
+    }
+
+    function invariant_poolSolvent() public view {
+        InsurancePool pool = _pool();
+        vm.assertGe(pool.asset().balanceOf(address(pool)), pool.totalClaimable(), "balance >= claimable");
+    }
+
+    function invariant_neverSlashedTwice() public view {
+        vm.assertFalse(handler.doubleSlash(), "a fault id slashed twice");
+    }
+
+    function invariant_coverageWithinCap() public view {
+        vm.assertFalse(handler.capExceeded(), "coverage sold above cap");
+    }
+
+    function _faults() internal view returns (FaultManager) {
+        return FaultManager(handler.faultsAddress());
+    }
+
+    function _pool() internal view returns (InsurancePool) {
+        return InsurancePool(handler.poolAddress());
+    }
+}
+
+contract FaultsHandlerSmokeTest is Test {
+    function test_handler_actionsSucceed() public {
+        FaultsHandler h = new FaultsHandler();
+        h.equivocate(1, 0, false);
+        h.challenge();
+        h.buy(1 ether, 1);
+        h.resolve(true);
+        h.claimOrExpire(1);
+        vm.assertEq(h.bondsIn(), h.bondsOut(), "bond in and out");
+    }
+}

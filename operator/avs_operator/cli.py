@@ -1,23 +1,227 @@
 """``avs-operator``: the operator binary.
 
-The gRPC service (Generate, Verify, SignBatch) is still being built (issue 5); today this binary
-manages the operator's keys, which it shares with ``avs keys``.
+    avs-operator run --config operator.yaml      serve (stops cleanly on SIGTERM / Ctrl-C)
+    avs-operator register --config operator.yaml [--quorums 0] [--socket host:port] [--allocate-wad N]
+    avs-operator deregister --config operator.yaml [--quorums 0]
+    avs-operator status --config operator.yaml [--address 0x...]
+    avs-operator slashing-protection export --config operator.yaml > history.json
+    avs-operator slashing-protection import --config operator.yaml history.json
+    avs-operator keys ...                        the key commands of ``avs keys``
+    avs-operator version
+
+Secrets come only from the environment: ``OPERATOR_BLS_KEY_PASSWORD`` (and
+``OPERATOR_ECDSA_KEY_PASSWORD`` for on-chain commands). Errors print one line and exit 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from avs import keystore
+from avs.chain.client import Web3AvsClient
+from avs.chain.deployment import load_deployment
 from avs.cli import main as avs_main
+from avs.crypto.bls import KeyPair
+from avs.errors import AvsError, InvalidInputError
+from avs.logs import configure_json_logging
+from avs_operator.config import ConfigError, OperatorConfig, load_config, load_secrets
+from avs_operator.slashing_protection import SlashingProtection
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from avs_operator.app import OperatorApp  # imports torch: only for `run`
+
+    configure_json_logging(args.log_level)
+    app = OperatorApp(load_config(args.config), load_secrets())
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        app.stop(args.grace_seconds)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        app.start()
+        print(
+            json.dumps(
+                {
+                    "event": "ready",
+                    "grpc_port": app.ports.grpc,
+                    "node_api_port": app.ports.node_api,
+                    "metrics_port": app.ports.metrics,
+                }
+            ),
+            flush=True,
+        )
+        app.wait()
+    finally:
+        app.stop(args.grace_seconds)
+    return 0
+
+
+def cmd_protection_export(args: argparse.Namespace) -> int:
+    protection = SlashingProtection(load_config(args.config).slashing_protection_url)
+    print(json.dumps(protection.export_records(), indent=2))
+    return 0
+
+
+def cmd_protection_import(args: argparse.Namespace) -> int:
+    try:
+        document = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read {args.file}: {exc}") from None
+    protection = SlashingProtection(load_config(args.config).slashing_protection_url)
+    attestations, batches = protection.import_records(document)
+    print(json.dumps({"imported_attestations": attestations, "imported_batches": batches}))
+    return 0
+
+
+def _chain_client(config: OperatorConfig, with_account: bool) -> tuple[Web3AvsClient, LocalAccount | None]:
+    from avs.chain.registration import load_client
+
+    if config.chain.deployment_file is None:
+        raise ConfigError("chain.deployment_file: required for on-chain commands")
+    deployment = load_deployment(config.chain.deployment_file)
+    if (deployment.chain_id, deployment.task_manager) != (config.chain.chain_id, config.chain.task_manager):
+        raise ConfigError("chain: chain_id/task_manager differ from the deployment file's")
+    account = None
+    if with_account:
+        if config.keys.ecdsa_keystore is None:
+            raise ConfigError("keys.ecdsa_keystore: required for on-chain commands")
+        password = load_secrets().ecdsa_key_password
+        if password is None:
+            raise ConfigError("set OPERATOR_ECDSA_KEY_PASSWORD to unlock the ECDSA keystore")
+        account = Account.from_key(
+            keystore.load_ecdsa_keystore(config.keys.ecdsa_keystore, password.get_secret_value())
+        )
+    return load_client(config.chain.rpc_url, deployment, account), account
+
+
+def _bls_keys(config: OperatorConfig) -> KeyPair:
+    password = load_secrets().bls_key_password
+    if password is None:
+        raise ConfigError("set OPERATOR_BLS_KEY_PASSWORD to unlock the BLS keystore")
+    return keystore.load_bls_keystore(config.keys.bls_keystore, password.get_secret_value())
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from avs.chain.registration import register_operator
+
+    config = load_config(args.config)
+    client, account = _chain_client(config, with_account=True)
+    assert account is not None
+    socket = args.socket or config.grpc.listen
+    hashes = register_operator(client, account, _bls_keys(config), socket, args.quorums, args.allocate_wad)
+    print(
+        json.dumps(
+            {
+                "registered": account.address,
+                "quorums": args.quorums,
+                "socket": socket,
+                "transactions": ["0x" + h.hex() for h in hashes],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_deregister(args: argparse.Namespace) -> int:
+    from avs.chain.registration import deregister_operator
+
+    client, account = _chain_client(load_config(args.config), with_account=True)
+    assert account is not None
+    tx = deregister_operator(client, account, args.quorums)
+    print(json.dumps({"deregistered": account.address, "quorums": args.quorums, "transaction": "0x" + tx.hex()}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from avs.chain.registration import get_operator_status
+
+    config = load_config(args.config)
+    client, _ = _chain_client(config, with_account=False)
+    address = args.address
+    if address is None:
+        _, account = _chain_client(config, with_account=True)
+        assert account is not None
+        address = account.address
+    status = get_operator_status(client, address).to_json()
+    status["health"] = _node_health(config)
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def _node_health(config: OperatorConfig) -> str:
+    host, port = config.node_api.listen.rsplit(":", 1)
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/eigen/node/health", timeout=3) as response:
+            return {200: "healthy", 206: "partially healthy"}.get(response.status, str(response.status))
+    except urllib.error.HTTPError as error:
+        return "unhealthy" if error.code == 503 else f"HTTP {error.code}"
+    except OSError:
+        return "not running"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avs-operator", description="The verifiable-inference AVS operator.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve the operator's gRPC API")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--grace-seconds", type=float, default=10.0, help="time for in-flight calls at shutdown")
+    run.set_defaults(func=cmd_run)
+
+    protection = commands.add_parser("slashing-protection", help="export or import the signing history")
+    sub = protection.add_subparsers(dest="protection_command", required=True)
+    export = sub.add_parser("export", help="print the history as JSON")
+    export.add_argument("--config", type=Path, required=True)
+    export.set_defaults(func=cmd_protection_export)
+    imported = sub.add_parser("import", help="merge a history exported elsewhere (refuses conflicts)")
+    imported.add_argument("--config", type=Path, required=True)
+    imported.add_argument("file")
+    imported.set_defaults(func=cmd_protection_import)
+
+    register = commands.add_parser("register", help="register with the AVS's operator sets (sends transactions)")
+    register.add_argument("--config", type=Path, required=True)
+    register.add_argument("--quorums", type=int, nargs="+", default=[0])
+    register.add_argument("--socket", help="where aggregators reach this operator (default: grpc.listen)")
+    register.add_argument("--allocate-wad", type=int, help="allocate this fraction (1e18 = all) of stake first")
+    register.set_defaults(func=cmd_register)
+    deregister = commands.add_parser("deregister", help="leave the AVS's operator sets (sends a transaction)")
+    deregister.add_argument("--config", type=Path, required=True)
+    deregister.add_argument("--quorums", type=int, nargs="+", default=[0])
+    deregister.set_defaults(func=cmd_deregister)
+    status = commands.add_parser("status", help="registration, stake per quorum and health")
+    status.add_argument("--config", type=Path, required=True)
+    status.add_argument("--address", help="another operator's address (default: this operator's ECDSA key)")
+    status.set_defaults(func=cmd_status)
+
+    commands.add_parser("keys", help="key commands (same as `avs keys`)", add_help=False)
+    commands.add_parser("version", help="print the version")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in {"keys", "version"}:
-        print("usage: avs-operator {keys,version} ...  (the service itself is not built yet)", file=sys.stderr)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in {"keys", "version"}:
+        return avs_main(args_list)
+    args = build_parser().parse_args(args_list)
+    try:
+        return int(args.func(args))
+    except AvsError as exc:
+        print(f"avs-operator: error: {exc}", file=sys.stderr)
         return 2
-    return avs_main(args)
 
 
 if __name__ == "__main__":

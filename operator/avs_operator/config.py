@@ -40,6 +40,7 @@ class ChainConfig(_Section):
     chain_id: int = Field(gt=0)
     task_manager: str  # the EIP-712 verifying contract of every signed message
     rpc_url: str = "http://127.0.0.1:8545"
+    deployment_file: Path | None = None  # the contracts' addresses, for register/deregister/status
 
     _check_task_manager = field_validator("task_manager")(_address)
 
@@ -154,7 +155,9 @@ def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
         }
     )
     models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
-    return config.model_copy(update={"keys": keys, "models": models})
+    deployment = config.chain.deployment_file
+    chain = config.chain.model_copy(update={"deployment_file": resolve(deployment) if deployment else None})
+    return config.model_copy(update={"keys": keys, "models": models, "chain": chain})
 
 
 def load_secrets() -> OperatorSecrets:

@@ -1,0 +1,369 @@
+"""The inference engine: load a committed model, generate canonically, verify by prefill.
+
+One ``InferenceEngine`` serves one model profile. It refuses weights, tokenizer or chat
+template whose hashes differ from the profile, validates every request before any compute, and
+offers three operations: ``stream``/``generate`` (KV-cache decoding under the canonical rule of
+``avs.inference.decoding``), ``generate_batch`` (left-padded batch of the same), and ``verify``
+(one teacher-forced forward pass over prompt + output).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avs.errors import ContextLimitError, InferenceError, InvalidInputError, ModelMismatchError, ModelNotFoundError
+from avs.inference.commitment import get_default_cache_dir, get_weights_commitment
+from avs.inference.decoding import compute_margins, select_token
+from avs.inference.params import ChatMessage, SamplingParams, compute_prompt_hash, parse_chat_messages
+from avs.inference.profile import ModelProfile, get_eos_ids, get_tokenizer_hashes, load_profile, load_tokenizer
+from avs.messages import InferenceOutput, compute_output_hash
+from avs.types import Bytes32, OutputHash
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_CPU_THREADS = 2
+
+
+class FinishReason(StrEnum):
+    EOS = "eos"
+    STOP = "stop"
+    LENGTH = "length"
+
+
+class Failure(StrEnum):
+    """Why a proposed output was rejected."""
+
+    EMPTY = "empty_output"
+    TOO_LONG = "over_max_tokens"
+    TOKEN = "token_out_of_tolerance"
+    FILTERED = "token_filtered_out"
+    EOS_NOT_LAST = "continued_after_eos"
+    STOP_NOT_LAST = "continued_after_stop_sequence"
+    STOPPED_EARLY = "stopped_before_max_tokens"
+    BAD_TOKEN_ID = "token_id_out_of_vocabulary"
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    token_ids: tuple[int, ...]
+    prompt_hash: Bytes32
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    index: int
+    token_id: int
+    finish_reason: FinishReason | None  # set on the last event only
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    accepted: bool
+    failure: Failure | None
+    first_failing_position: int | None
+    min_margin: float  # over checked positions; 0.0 when every token is the verifier's own choice
+    mean_margin: float
+    non_argmax_positions: int  # positions where the proposed token was not the verifier's choice
+    margins: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChoice:
+    device: str  # "cpu", "cuda" or "auto" (accelerate device_map across GPUs)
+    dtype: torch.dtype
+    threads: int | None
+
+
+def choose_device(profile: ModelProfile, weights_bytes: int, threads: int | None, dtype: str | None) -> DeviceChoice:
+    """CUDA in the profile's dtype when present (sharded when larger than one GPU); else CPU fp32."""
+    if torch.cuda.is_available():
+        torch_dtype = TORCH_DTYPES[dtype or profile.dtype]
+        element = torch.tensor([], dtype=torch_dtype).element_size()
+        needed = weights_bytes * element // 4 * 1.2  # fp32 files -> target dtype, plus headroom
+        one_gpu = torch.cuda.get_device_properties(0).total_memory
+        multi = torch.cuda.device_count() > 1 and needed > one_gpu
+        return DeviceChoice("auto" if multi else "cuda", torch_dtype, None)
+    return DeviceChoice("cpu", TORCH_DTYPES[dtype or "float32"], threads or DEFAULT_CPU_THREADS)
+
+
+class InferenceEngine:
+    def __init__(self, model: Any, tokenizer: Any, profile: ModelProfile, eos_ids: Iterable[int]) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.profile = profile
+        self.profile_hash = profile.compute_hash()
+        self.eos_ids = frozenset(eos_ids)
+        self.vocab_size = int(model.config.vocab_size)
+        self.input_device = next(model.parameters()).device
+        # transformers 5 renamed ``past_key_values`` to ``cache``; accept both.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.pad_id = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        )
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def encode_chat(self, messages: Any) -> Prompt:
+        """Chat messages -> the chat template -> token ids and their hash (no model compute)."""
+        parsed: tuple[ChatMessage, ...] = parse_chat_messages(messages)
+        if not self.tokenizer.chat_template:
+            raise InvalidInputError("this model has no chat template")
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in parsed], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        token_ids = tuple(int(t) for t in ids)
+        return Prompt(token_ids, compute_prompt_hash(token_ids))
+
+    def check_request(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        """Raise before compute if the prompt or budget does not fit this model and profile."""
+        if not isinstance(params, SamplingParams):
+            raise InvalidInputError("params must be SamplingParams")
+        if not prompt_ids:
+            raise InvalidInputError("the prompt is empty")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in prompt_ids):
+            raise InvalidInputError(f"prompt token ids must be integers in [0, {self.vocab_size})")
+        if params.max_tokens > self.profile.max_new_tokens:
+            raise ContextLimitError(
+                f"max_tokens {params.max_tokens} exceeds the profile's {self.profile.max_new_tokens}"
+            )
+        if len(prompt_ids) + params.max_tokens > self.profile.max_context:
+            raise ContextLimitError(
+                f"prompt of {len(prompt_ids)} tokens + max_tokens {params.max_tokens} exceeds the "
+                f"context of {self.profile.max_context}"
+            )
+
+    def compute_output_hash(self, request_hash: bytes, token_ids: Sequence[int]) -> OutputHash:
+        output = InferenceOutput(request_hash, self.profile_hash, tuple(token_ids))
+        return compute_output_hash(output)
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _forward(self, input_ids: torch.Tensor, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        try:
+            kwargs[self._cache_arg] = cache
+            out = self.model(input_ids=input_ids.to(self.input_device), use_cache=True, **kwargs)
+        except RuntimeError as exc:  # out of memory, device errors
+            raise InferenceError(f"model forward failed: {exc}") from exc
+        return out.logits[:, -1].to(device="cpu", dtype=torch.float64), getattr(out, self._cache_arg)
+
+    def _finish_reason(self, output: list[int], params: SamplingParams) -> FinishReason | None:
+        if output[-1] in self.eos_ids:
+            return FinishReason.EOS
+        if params.stop_sequences and self._has_stop(output, params):
+            return FinishReason.STOP
+        if len(output) >= params.max_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def _has_stop(self, output: Sequence[int], params: SamplingParams) -> bool:
+        text = self.tokenizer.decode(list(output), skip_special_tokens=True)
+        return any(stop in text for stop in params.stop_sequences)
+
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[StreamEvent]:
+        """Yield the output tokens one at a time; the last event carries the finish reason."""
+        self.check_request(prompt_ids, params)
+        return self._stream(list(prompt_ids), params)
+
+    def _stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StreamEvent]:
+        from transformers import DynamicCache
+
+        logits, cache = self._forward(torch.tensor([prompt_ids]), DynamicCache(), logits_to_keep=1)
+        output: list[int] = []
+        while True:
+            token = select_token(logits[0], params, len(output))
+            output.append(token)
+            finish = self._finish_reason(output, params)
+            yield StreamEvent(len(output) - 1, token, finish)
+            if finish is not None:
+                return
+            logits, cache = self._forward(torch.tensor([[token]]), cache)
+
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
+        tokens: list[int] = []
+        for event in self.stream(prompt_ids, params):
+            tokens.append(event.token_id)
+            if event.finish_reason is not None:
+                return Generation(tuple(tokens), event.finish_reason)
+        raise InferenceError("generation ended without a finish reason")  # pragma: no cover
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> list[Generation]:
+        """Several requests in one left-padded batch; each row follows the same canonical rule."""
+        from transformers import DynamicCache
+
+        if len(prompts) != len(params) or not prompts:
+            raise InvalidInputError("generate_batch needs one SamplingParams per prompt, and at least one prompt")
+        for prompt, p in zip(prompts, params, strict=True):
+            self.check_request(prompt, p)
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits, cache = self._forward(
+            ids, DynamicCache(), attention_mask=mask, position_ids=positions, logits_to_keep=1
+        )
+        outputs: list[list[int]] = [[] for _ in prompts]
+        finished: list[FinishReason | None] = [None] * len(prompts)
+        while True:
+            step = []
+            for row, p in enumerate(params):
+                if finished[row] is None:
+                    outputs[row].append(select_token(logits[row], p, len(outputs[row])))
+                    finished[row] = self._finish_reason(outputs[row], p)
+                step.append(outputs[row][-1] if finished[row] is None else self.pad_id)
+            if all(f is not None for f in finished):
+                return [Generation(tuple(o), f) for o, f in zip(outputs, finished, strict=True) if f is not None]
+            mask = torch.cat([mask, torch.tensor([[int(f is None)] for f in finished])], dim=1)
+            positions = positions[:, -1:] + 1
+            logits, cache = self._forward(
+                torch.tensor(step)[:, None], cache, attention_mask=mask, position_ids=positions
+            )
+
+    # ---- verification ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def compute_prefill_logits(self, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> torch.Tensor:
+        """One forward pass over prompt + output[:-1]: row i holds the logits that predict output[i]."""
+        ids = torch.tensor([list(prompt_ids) + list(output_ids[:-1])], device=self.input_device)
+        try:
+            out = self.model(input_ids=ids, use_cache=False, logits_to_keep=len(output_ids))
+        except RuntimeError as exc:
+            raise InferenceError(f"model forward failed: {exc}") from exc
+        logits: torch.Tensor = out.logits[0].to(device="cpu", dtype=torch.float64)
+        return logits
+
+    def check_rules(self, output_ids: Sequence[int], params: SamplingParams) -> tuple[Failure, int] | None:
+        """Stop and length rules: (failure, position) or None."""
+        if not output_ids:
+            return Failure.EMPTY, 0
+        if len(output_ids) > params.max_tokens:
+            return Failure.TOO_LONG, params.max_tokens
+        for i, token in enumerate(output_ids):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < self.vocab_size:
+                return Failure.BAD_TOKEN_ID, i
+        for i in range(len(output_ids) - 1):
+            if output_ids[i] in self.eos_ids:
+                return Failure.EOS_NOT_LAST, i
+            if params.stop_sequences and self._has_stop(output_ids[: i + 1], params):
+                return Failure.STOP_NOT_LAST, i
+        if self._finish_reason(list(output_ids), params) is None:
+            return Failure.STOPPED_EARLY, len(output_ids) - 1
+        return None
+
+    def verify(
+        self, prompt_ids: Sequence[int], output_ids: Sequence[int], params: SamplingParams, delta: float | None = None
+    ) -> Verification:
+        """Verify a proposed output by one prefill; ``delta`` defaults to the profile's tolerance."""
+        self.check_request(prompt_ids, params)
+        tolerance = self.profile.delta if delta is None else delta
+        broken = self.check_rules(output_ids, params)
+        if broken is not None and broken[0] in (Failure.EMPTY, Failure.TOO_LONG, Failure.BAD_TOKEN_ID):
+            return Verification(False, broken[0], broken[1], -math.inf, -math.inf, 0, ())
+        logits = self.compute_prefill_logits(prompt_ids, output_ids)
+        return compute_verification(logits, list(output_ids), params, tolerance, broken)
+
+
+def compute_verification(
+    logits: torch.Tensor,
+    output_ids: list[int],
+    params: SamplingParams,
+    delta: float,
+    broken: tuple[Failure, int] | None = None,
+) -> Verification:
+    """The verdict from prefill logits (``logits[i]`` predicts ``output_ids[i]``) and the rule check."""
+    margins = compute_margins(logits, output_ids, params, delta)
+    failing = [i for i, m in enumerate(margins) if m < -delta]
+    first_token = failing[0] if failing else None
+    failure: Failure | None = None
+    position: int | None = None
+    if first_token is not None:
+        failure = Failure.FILTERED if margins[first_token] == -math.inf else Failure.TOKEN
+        position = first_token
+    if broken is not None and (position is None or broken[1] < position):
+        failure, position = broken
+    finite = [m for m in margins if m != -math.inf]
+    return Verification(
+        accepted=failure is None,
+        failure=failure,
+        first_failing_position=position,
+        min_margin=min(margins),
+        mean_margin=sum(finite) / len(finite) if finite else -math.inf,
+        non_argmax_positions=sum(1 for m in margins if m < 0),
+        margins=tuple(margins),
+    )
+
+
+def load_engine(
+    folder: Path,
+    profile: ModelProfile | None = None,
+    *,
+    threads: int | None = None,
+    dtype: str | None = None,
+    cache_dir: Path | None = None,
+) -> InferenceEngine:
+    """Load a local model folder, checking it against ``profile`` (default: its ``avs_profile.json``).
+
+    ``dtype`` overrides the device's default (benchmarks: bf16 on CPU). Nothing is downloaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"model folder {folder} does not exist")
+    profile = profile if profile is not None else load_profile(folder)
+    commitment = get_weights_commitment(folder, cache_dir if cache_dir is not None else get_default_cache_dir())
+    if commitment.root != profile.weights_root:
+        raise ModelMismatchError(f"weights in {folder} do not match the model profile's weights commitment")
+    tokenizer = load_tokenizer(folder)
+    tokenizer_hash, chat_template_hash = get_tokenizer_hashes(folder, tokenizer)
+    if tokenizer_hash != profile.tokenizer_hash:
+        raise ModelMismatchError(f"tokenizer in {folder} does not match the model profile")
+    if chat_template_hash != profile.chat_template_hash:
+        raise ModelMismatchError(f"chat template in {folder} does not match the model profile")
+    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    choice = choose_device(profile, weights_bytes, threads, dtype)
+    if choice.threads is not None:
+        torch.set_num_threads(choice.threads)
+    device_map: str | None = {"cpu": None, "cuda": "cuda", "auto": "auto"}[choice.device]
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=choice.dtype, device_map=device_map, local_files_only=True
+    )
+    model.eval()
+    logger.info("loaded model", extra={"folder": str(folder), "device": choice.device, "dtype": str(choice.dtype)})
+    return InferenceEngine(model, tokenizer, profile, get_eos_ids(folder, tokenizer))
+
+
+class EngineRegistry:
+    """The engines an operator serves, by model id (``ModelRegistry``'s key; default: the profile hash)."""
+
+    def __init__(self) -> None:
+        self._engines: dict[bytes, InferenceEngine] = {}
+
+    def add(self, engine: InferenceEngine, model_id: bytes | None = None) -> None:
+        self._engines[engine.profile_hash if model_id is None else model_id] = engine
+
+    def get(self, model_id: bytes) -> InferenceEngine:
+        engine = self._engines.get(model_id)
+        if engine is None:
+            raise ModelNotFoundError(f"unknown model id 0x{bytes(model_id).hex()}")
+        return engine

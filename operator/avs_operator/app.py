@@ -1,0 +1,177 @@
+"""The operator daemon's lifecycle: start, warm up, serve, stop cleanly.
+
+Order at start: slashing protection, keys, metrics and node API, the gRPC server answering
+health checks with NOT_SERVING, then the models (checked against their profiles) and a warm-up
+pass; only then SERVING. At stop (SIGTERM): NOT_SERVING first, then in-flight calls get a grace
+period to finish. A signature is recorded before it is returned, so stopping at any point never
+leaves one unrecorded. The daemon never writes to the chain (registration is a CLI command).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from avs import __version__, keystore
+from avs.calls import CallAuthenticator
+from avs.errors import InvalidInputError, ModelMismatchError
+from avs.inference.engine import EngineRegistry, InferenceEngine, load_engine
+from avs.inference.params import SamplingParams
+from avs.messages import Domain
+from avs_operator.config import OperatorConfig, OperatorSecrets
+from avs_operator.core import OperatorCore
+from avs_operator.metrics import OperatorMetrics
+from avs_operator.node_api import NodeApiServer, ServiceState, ServiceStatus
+from avs_operator.server import (
+    ConcurrencyLimiter,
+    OperatorServicer,
+    build_grpc_server,
+    new_health_servicer,
+    set_serving,
+)
+from avs_operator.slashing_protection import SlashingProtection
+
+logger = logging.getLogger(__name__)
+
+STAKE_REFRESH_SECONDS = 60.0
+EngineLoader = Callable[[Path, int | None], InferenceEngine]
+
+
+def _default_loader(path: Path, threads: int | None) -> InferenceEngine:
+    return load_engine(path, threads=threads)
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInputError(f"listen address {listen!r} must be host:port")
+    return host, int(port)
+
+
+@dataclass
+class Ports:
+    grpc: int = 0
+    node_api: int = 0
+    metrics: int = 0
+
+
+class OperatorApp:
+    def __init__(self, config: OperatorConfig, secrets: OperatorSecrets, engine_loader: EngineLoader = _default_loader):
+        self.config = config
+        self._secrets = secrets
+        self._load_engine = engine_loader
+        self.ports = Ports()
+        self.registry = CollectorRegistry()
+        self.metrics = OperatorMetrics(self.registry)
+        self.engines = EngineRegistry()
+        self._model_states: dict[str, ServiceStatus] = {m.name: ServiceStatus.INITIALIZING for m in config.models}
+        self._health = new_health_servicer()
+        self._stopped = threading.Event()
+        self._closers: list[Callable[[], Any]] = []
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        password = self._secrets.bls_key_password
+        if password is None:
+            raise InvalidInputError("set OPERATOR_BLS_KEY_PASSWORD to unlock the BLS keystore")
+        key_pair = keystore.load_bls_keystore(self.config.keys.bls_keystore, password.get_secret_value())
+        domain = Domain(self.config.chain.chain_id, self.config.chain.task_manager)
+        protection = SlashingProtection(self.config.slashing_protection_url)
+        self._closers.append(protection.close)
+        self._start_http()
+        self.core = OperatorCore(domain, key_pair, self.engines, protection, self.metrics, self.config.limits)
+        authenticator = CallAuthenticator(
+            domain, key_pair.operator_id, self.config.auth.authorised_aggregators, self.config.auth.window_ms
+        )
+        servicer = OperatorServicer(
+            self.core, authenticator, ConcurrencyLimiter(self.config.grpc.max_concurrent_requests), self.metrics
+        )
+        self._grpc, self.ports.grpc = build_grpc_server(servicer, self.config.grpc, self._health)
+        self._grpc.start()
+        logger.info("grpc listening", extra={"port": self.ports.grpc, "operator_id": "0x" + key_pair.operator_id.hex()})
+        for model in self.config.models:
+            self.core.add_model(model.name, self._load_model(model.name, model.path, model.profile_hash))
+        self.core.ready.set()
+        if self.config.chain.deployment_file is not None:
+            threading.Thread(target=self._refresh_stakes, name="stakes", daemon=True).start()
+        set_serving(self._health, True)
+        self.metrics.set_ready(True)
+        logger.info("serving", extra={"models": list(self._model_states)})
+
+    def _load_model(self, name: str, path: Path, expected_profile: str | None) -> InferenceEngine:
+        engine = self._load_engine(path, self.config.threads)
+        if expected_profile is not None and "0x" + engine.profile_hash.hex() != expected_profile.lower():
+            self._model_states[name] = ServiceStatus.DOWN
+            raise ModelMismatchError(f"model {name!r} at {path} does not have the configured profile hash")
+        # Warm-up: one token through the real path, so the first request pays no load cost.
+        next(
+            iter(
+                engine.stream(
+                    engine.encode_chat([{"role": "user", "content": "hi"}]).token_ids, SamplingParams(max_tokens=1)
+                )
+            )
+        )
+        self.engines.add(engine)
+        self._model_states[name] = ServiceStatus.UP
+        return engine
+
+    def _start_http(self) -> None:
+        host, port = split_host_port(self.config.node_api.listen)
+        node_api = NodeApiServer(host, port, self.config.node_name, __version__, self._services)
+        node_api.start()
+        self.ports.node_api = node_api.port
+        self._closers.append(node_api.stop)
+        host, port = split_host_port(self.config.metrics.listen)
+        metrics_server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.ports.metrics = int(metrics_server.server_address[1])
+        self._closers.append(metrics_server.shutdown)
+
+    def _refresh_stakes(self) -> None:
+        """Read this operator's registered stake per quorum for ``eigen_registered_stakes`` (read-only)."""
+        from avs.chain.deployment import load_deployment
+        from avs.chain.registration import get_operator_status, load_client
+
+        assert self.config.chain.deployment_file is not None
+        while not self._stopped.is_set():
+            try:
+                client = load_client(
+                    self.config.chain.rpc_url, load_deployment(self.config.chain.deployment_file), None
+                )
+                address = client.registry.functions.getOperatorFromId(self.core.operator_id).call()
+                status = get_operator_status(client, address)
+                for quorum, stake in status.stake.items():
+                    self.metrics.registered_stakes.labels(str(quorum), f"quorum {quorum}").set(stake)
+            except Exception:
+                logger.warning("could not read registered stakes", exc_info=True)
+            self._stopped.wait(STAKE_REFRESH_SECONDS)
+
+    def _services(self) -> list[ServiceState]:
+        return [
+            ServiceState(f"model-{name}", name, "verified inference: generate, verify, sign batches", status)
+            for name, status in self._model_states.items()
+        ]
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """NOT_SERVING, let in-flight calls finish for ``grace_seconds``, then close everything."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        set_serving(self._health, False)
+        self.metrics.set_ready(False)
+        if hasattr(self, "core"):
+            self.core.ready.clear()
+        if hasattr(self, "_grpc"):
+            self._grpc.stop(grace_seconds).wait()
+        for close in reversed(self._closers):
+            close()
+        logger.info("stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()

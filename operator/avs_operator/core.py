@@ -1,0 +1,213 @@
+"""What an operator does, without the wire: prepare a request, generate, verify, sign batches.
+
+Every signature goes through ``_attest``/``sign_batch``, which record it in slashing protection
+*before* signing, so no signature can leave the process unrecorded. All validation happens in
+``prepare`` before any model compute: unknown model, a prompt hash that does not match the chat,
+stop sequences that do not match their hash, budgets beyond the profile or this node's limits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from avs.crypto import bls
+from avs.crypto.curve import G1Point
+from avs.errors import ContextLimitError, DeadlineExceededError, InvalidInputError
+from avs.inference.engine import EngineRegistry, FinishReason, InferenceEngine, Verification
+from avs.inference.params import SamplingParams
+from avs.merkle import BatchLeaf, compute_merkle_tree
+from avs.messages import (
+    Attestation,
+    BatchHeader,
+    Domain,
+    InferenceRequest,
+    Verdict,
+    compute_digest,
+    compute_request_hash,
+)
+from avs.types import OutputHash, RequestHash
+from avs_operator.config import LimitsConfig
+from avs_operator.metrics import OperatorMetrics
+from avs_operator.slashing_protection import SlashingProtection
+
+
+class Deadline(Protocol):
+    def time_remaining(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    request: InferenceRequest
+    request_hash: RequestHash
+    engine: InferenceEngine
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAttestation:
+    attestation: Attestation
+    digest: bytes
+    signature: G1Point
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    token_ids: tuple[int, ...]
+    text: str
+    output_hash: OutputHash
+    profile_hash: bytes
+    finish_reason: FinishReason
+    attestation: SignedAttestation
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    verification: Verification
+    attestation: SignedAttestation
+
+
+class OperatorCore:
+    def __init__(
+        self,
+        domain: Domain,
+        key_pair: bls.KeyPair,
+        engines: EngineRegistry,
+        protection: SlashingProtection,
+        metrics: OperatorMetrics,
+        limits: LimitsConfig,
+        model_names: dict[bytes, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.domain = domain
+        self.key_pair = key_pair
+        self.engines = engines
+        self._protection = protection
+        self._metrics = metrics
+        self._limits = limits
+        self._clock = clock
+        self._model_names = dict(model_names or {})
+        self.ready = threading.Event()  # set once every configured model is loaded and warm
+        self._engine_lock = threading.Lock()  # one forward pass at a time: CPU threads are shared
+
+    @property
+    def operator_id(self) -> bytes:
+        return self.key_pair.operator_id
+
+    def add_model(self, name: str, engine: InferenceEngine) -> None:
+        """Start serving ``engine`` (its model id is its profile hash) under ``name``."""
+        self.engines.add(engine)
+        self._model_names[bytes(engine.profile_hash)] = name
+
+    def served_models(self) -> dict[bytes, str]:
+        """Model id (= profile hash) -> configured name."""
+        return dict(self._model_names)
+
+    def model_name(self, engine: InferenceEngine) -> str:
+        return self._model_names.get(engine.profile_hash, "0x" + engine.profile_hash.hex()[:8])
+
+    # --- requests -------------------------------------------------------------------------
+
+    def prepare(
+        self, request: InferenceRequest, messages: Sequence[Any], stop_sequences: Sequence[str]
+    ) -> PreparedRequest:
+        """Validate everything about a request, cheaply, before any model compute."""
+        engine = self.engines.get(request.model_id)
+        chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+        if chars > self._limits.max_chat_chars:
+            raise ContextLimitError(f"the chat has {chars} characters; this node accepts {self._limits.max_chat_chars}")
+        params = SamplingParams.from_request(request, tuple(stop_sequences))
+        if params.max_tokens > self._limits.max_new_tokens:
+            raise ContextLimitError(f"max_tokens {params.max_tokens} exceeds this node's {self._limits.max_new_tokens}")
+        with self._metrics.inference_seconds.labels("tokenize").time():
+            prompt = engine.encode_chat(list(messages))
+        if len(prompt.token_ids) > self._limits.max_prompt_tokens:
+            raise ContextLimitError(
+                f"the prompt has {len(prompt.token_ids)} tokens; this node accepts {self._limits.max_prompt_tokens}"
+            )
+        if prompt.prompt_hash != request.prompt_hash:
+            raise InvalidInputError("prompt_hash does not match the chat messages under this model's chat template")
+        engine.check_request(prompt.token_ids, params)
+        return PreparedRequest(request, compute_request_hash(self.domain, request), engine, prompt.token_ids, params)
+
+    # --- generation (as the primary) ------------------------------------------------------
+
+    def stream(self, prepared: PreparedRequest, deadline: Deadline | None = None) -> Iterator[int | GenerateResult]:
+        """Yield token ids as they are produced, then the signed ``GenerateResult``."""
+        tokens: list[int] = []
+        finish: FinishReason | None = None
+        started = self._clock()
+        with self._engine_lock:
+            for event in prepared.engine.stream(prepared.prompt_ids, prepared.params):
+                _check_deadline(deadline)
+                tokens.append(event.token_id)
+                finish = event.finish_reason
+                yield event.token_id
+        self._metrics.inference_seconds.labels("generate").observe(self._clock() - started)
+        self._metrics.tokens_generated.labels(self.model_name(prepared.engine)).inc(len(tokens))
+        if finish is None:  # pragma: no cover - the engine always ends with a finish reason
+            raise InvalidInputError("generation ended without a finish reason")
+        output_hash = prepared.engine.compute_output_hash(prepared.request_hash, tokens)
+        signed = self._attest(Attestation(prepared.request_hash, output_hash, Verdict.ACCEPT))
+        text = prepared.engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        yield GenerateResult(tuple(tokens), str(text), output_hash, prepared.engine.profile_hash, finish, signed)
+
+    def generate(self, prepared: PreparedRequest, deadline: Deadline | None = None) -> GenerateResult:
+        for item in self.stream(prepared, deadline):
+            if isinstance(item, GenerateResult):
+                return item
+        raise AssertionError("stream ended without a result")  # pragma: no cover
+
+    # --- verification ---------------------------------------------------------------------
+
+    def verify(
+        self, prepared: PreparedRequest, output_ids: Sequence[int], deadline: Deadline | None = None
+    ) -> VerifyResult:
+        _check_deadline(deadline)
+        started = self._clock()
+        with self._engine_lock:
+            verification = prepared.engine.verify(prepared.prompt_ids, list(output_ids), prepared.params)
+        self._metrics.inference_seconds.labels("prefill").observe(self._clock() - started)
+        verdict = Verdict.ACCEPT if verification.accepted else Verdict.REJECT
+        self._metrics.verdicts.labels(self.model_name(prepared.engine), verdict.name).inc()
+        output_hash = prepared.engine.compute_output_hash(prepared.request_hash, output_ids)
+        return VerifyResult(verification, self._attest(Attestation(prepared.request_hash, output_hash, verdict)))
+
+    # --- signing --------------------------------------------------------------------------
+
+    def _attest(self, attestation: Attestation) -> SignedAttestation:
+        try:
+            self._protection.record_attestation(self.domain.separator, attestation)
+        except Exception:
+            self._metrics.refusals.labels("attestation").inc()
+            raise
+        digest = compute_digest(self.domain, attestation)
+        signature = bls.sign(self.key_pair.secret, digest)
+        self._metrics.signatures.labels("attestation").inc()
+        return SignedAttestation(attestation, digest, signature)
+
+    def sign_batch(self, header: BatchHeader, leaves: Sequence[BatchLeaf]) -> tuple[bytes, G1Point]:
+        """Sign ``header`` if ``leaves`` build its root and every leaf is an accepted output."""
+        if compute_merkle_tree(leaves).root != header.leaves_root:
+            raise InvalidInputError("the leaves do not build the header's leaves_root")
+        try:
+            self._protection.record_batch(self.domain.separator, header, leaves)
+        except Exception:
+            self._metrics.refusals.labels("batch").inc()
+            raise
+        digest = compute_digest(self.domain, header)
+        signature = bls.sign(self.key_pair.secret, digest)
+        self._metrics.signatures.labels("batch").inc()
+        return digest, signature
+
+
+def _check_deadline(deadline: Deadline | None) -> None:
+    if deadline is None:
+        return
+    remaining = deadline.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceededError("the caller's deadline passed")

@@ -1,0 +1,104 @@
+"""The canonical decoding rule and its tolerant check, on synthetic logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("torch")
+
+import torch
+
+from avs.inference.decoding import (
+    compute_kept_mask,
+    compute_margins,
+    compute_noise,
+    select_token,
+)
+from avs.inference.params import SamplingParams
+
+VOCAB = 50
+
+
+def logits_for(seed: int, rows: int = 1, scale: float = 3.0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, VOCAB, generator=generator, dtype=torch.float64) * scale
+
+
+def test_greedy_is_argmax_with_lowest_id_on_ties() -> None:
+    z = torch.zeros(VOCAB, dtype=torch.float64)
+    z[7] = z[3] = 1.0
+    assert select_token(z, SamplingParams(), 0) == 3
+
+
+def test_top_k_then_top_p_follow_the_documented_order() -> None:
+    z = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    assert compute_kept_mask(z, SamplingParams(temperature_milli=1000, top_k=3)).tolist() == [1, 1, 1, 0, 0]
+    probs = torch.softmax(z[:3], 0)  # top-p renormalizes over the top-k survivors
+    top_p = float(probs[0] + probs[1] / 2)  # the mass above token 1 is probs[0] < p; above token 2 is > p
+    params = SamplingParams(temperature_milli=1000, top_k=3, top_p_micro=round(top_p * 1_000_000))
+    assert compute_kept_mask(z, params).tolist() == [1, 1, 0, 0, 0]
+    tiny_p = SamplingParams(temperature_milli=1000, top_p_micro=1)
+    assert compute_kept_mask(z, tiny_p).tolist() == [1, 0, 0, 0, 0]  # the top token always survives
+
+
+def test_sampling_is_gumbel_max_of_the_documented_noise() -> None:
+    z = logits_for(1)[0]
+    params = SamplingParams(temperature_milli=700, seed=42)
+    expected = int(torch.argmax(z + 0.7 * compute_noise(42, 5, VOCAB)))
+    assert select_token(z, params, 5) == expected
+
+
+def test_sampling_frequencies_follow_the_softmax() -> None:
+    z = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    counts = [0, 0, 0]
+    for position in range(3000):
+        counts[select_token(z, SamplingParams(temperature_milli=1000, seed=9), position)] += 1
+    expected = torch.softmax(z, 0) * 3000
+    assert all(abs(c - float(e)) < 5 * math.sqrt(float(e)) for c, e in zip(counts, expected, strict=True))
+
+
+filter_params = st.builds(
+    SamplingParams,
+    temperature_milli=st.integers(1, 2000),
+    top_k=st.sampled_from([0, 1, 5, 20, VOCAB, VOCAB + 10]),
+    top_p_micro=st.sampled_from([1, 300_000, 900_000, 1_000_000]),
+    seed=st.integers(0, 2**64 - 1),
+)
+
+
+@settings(max_examples=60)
+@given(filter_params, st.integers(0, 10_000), st.floats(0.0, 0.5))
+def test_own_choices_verify_with_zero_margin(params: SamplingParams, seed: int, delta: float) -> None:
+    z = logits_for(seed, rows=4)
+    tokens = [select_token(z[i], params, i) for i in range(4)]
+    margins = compute_margins(z, tokens, params, delta)
+    assert all(m == 0.0 for m in margins)
+
+
+@settings(max_examples=60)
+@given(filter_params, st.integers(0, 10_000))
+def test_small_logit_noise_is_tolerated(params: SamplingParams, seed: int) -> None:
+    z = logits_for(seed, rows=4)
+    tokens = [select_token(z[i], params, i) for i in range(4)]
+    jitter = (torch.rand(z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.5) * 0.02
+    margins = compute_margins(z + jitter, tokens, params, delta=0.05)
+    assert min(margins) >= -0.05
+
+
+def test_a_filtered_out_token_fails_with_minus_infinity() -> None:
+    z = logits_for(3)
+    worst = int(torch.argmin(z[0]))
+    params = SamplingParams(temperature_milli=1000, top_k=5, seed=1)
+    assert compute_margins(z, [worst], params, 0.1) == [-math.inf]
+
+
+def test_a_token_chosen_under_another_seed_usually_fails() -> None:
+    z = logits_for(4, rows=32, scale=1.0)
+    honest = SamplingParams(temperature_milli=1000, seed=1)
+    cheat = SamplingParams(temperature_milli=1000, seed=2)
+    tokens = [select_token(z[i], cheat, i) for i in range(32)]
+    assert min(compute_margins(z, tokens, honest, 0.05)) < -0.05

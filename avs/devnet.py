@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,12 +98,17 @@ def build_contracts() -> None:
 
 
 def deploy_contracts(rpc_url: str, out: Path, settings: dict[str, str] | None = None) -> Deployment:
-    """Run ``script/Deploy.s.sol`` (``settings``: its environment, e.g. THRESHOLD_BPS) and read its JSON."""
+    """Run ``script/Deploy.s.sol`` (``settings``: its environment, e.g. THRESHOLD_BPS); the
+    deployment JSON is copied to ``out`` (forge may only write under ``contracts/deployments``)."""
     build_contracts()
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"DEPLOYMENT_OUT": os.path.relpath(out, CONTRACTS), **(settings or {})}
-    _run_forge(["script", "script/Deploy.s.sol", "--rpc-url", rpc_url, "--broadcast", "--slow"], env)
+    scratch = CONTRACTS / "deployments" / f"devnet-{os.getpid()}-{get_free_port()}.json"
+    env = {"DEPLOYMENT_OUT": os.path.relpath(scratch, CONTRACTS), **(settings or {})}
+    try:
+        _run_forge(["script", "script/Deploy.s.sol", "--rpc-url", rpc_url, "--broadcast", "--slow"], env)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(scratch.read_text())
+    finally:
+        scratch.unlink(missing_ok=True)
     return load_deployment(out)
 
 
@@ -201,29 +208,32 @@ def operator_environment() -> dict[str, str]:
 
 
 class ServiceProcess:
-    """A service binary run as a real process; ``wait_ready`` reads its ``{"event": "ready"}`` line."""
+    """A service binary run as a real process, its stdout and stderr in files under ``log_dir``.
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    ``wait_ready`` watches stdout for the ``{"event": "ready", ...}`` line the binaries print.
+    """
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True, cwd=ROOT)
+        self.stdout_path = log_dir / f"{name}.out"
+        self.log_path = log_dir / f"{name}.log"
+        with self.stdout_path.open("w") as stdout, self.log_path.open("w") as stderr:
+            self.process = subprocess.Popen(args, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> dict[str, object]:
         deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
         while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                if self.process.poll() is not None:
-                    raise DevnetError(f"{self.name} exited with status {self.process.returncode}; see {self._log.name}")
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == "ready":
-                return event
-        raise DevnetError(f"{self.name} was not ready within {timeout:.0f} s; see {self._log.name}")
+            for line in self.stdout_path.read_text().splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == "ready":
+                    return event
+            if self.process.poll() is not None:
+                raise DevnetError(f"{self.name} exited with status {self.process.returncode}; see {self.log_path}")
+            time.sleep(0.3)
+        raise DevnetError(f"{self.name} was not ready within {timeout:.0f} s; see {self.log_path}")
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:
@@ -233,7 +243,6 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
 
 
 def start_operator(operator: DevnetOperator, log_dir: Path) -> ServiceProcess:
@@ -247,4 +256,136 @@ def start_operator(operator: DevnetOperator, log_dir: Path) -> ServiceProcess:
         "--grace-seconds",
         "5",
     ]
-    return ServiceProcess(operator.name, args, operator_environment(), log_dir / f"{operator.name}.log")
+    return ServiceProcess(operator.name, args, operator_environment(), log_dir)
+
+
+# --- the whole devnet -------------------------------------------------------------------
+
+DEFAULT_STAKES = (("alice", 400), ("bob", 300), ("carol", 200), ("dave", 100))  # in whole test tokens
+
+
+def read_profile_hash(model_dir: Path) -> str:
+    """The model id the operators serve: the hash of the profile written beside the weights."""
+    from avs.inference.profile import load_profile  # torch-free
+
+    return "0x" + load_profile(model_dir).compute_hash().hex()
+
+
+class Devnet:
+    """anvil + contracts + registered operators (processes) + the aggregator (a process).
+
+    ``start()`` builds it all; ``stop()`` (also on any failure in ``start``) leaves no process
+    behind. Everything is written under ``workdir``: keystores, configs, logs, databases.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        model_dir: Path,
+        stakes: tuple[tuple[str, int], ...] = DEFAULT_STAKES,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.model_dir = model_dir.resolve()
+        self.stakes = stakes
+        self.settings = settings or {}
+        self.operators: list[DevnetOperator] = []
+        self.processes: list[ServiceProcess] = []
+        self.anvil: Anvil | None = None
+        self.aggregator_url = ""
+        self.aggregator_ports: dict[str, int] = {}
+
+    def start(self, on_step: Callable[[str], None] = lambda _: None) -> None:
+        try:
+            self._start(on_step)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, on_step: Callable[[str], None]) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        on_step("starting anvil")
+        self.anvil = Anvil()
+        on_step("deploying the contracts and the local restaking core")
+        self.deployment_file = self.workdir / "deployment.json"
+        self.deployment = deploy_contracts(self.anvil.url, self.deployment_file, self.settings)
+        for name, tokens in self.stakes:
+            on_step(f"restaking {tokens} tokens for {name} and registering it with BLS proof of possession")
+            self.operators.append(
+                create_operator(
+                    self.anvil,
+                    self.deployment,
+                    self.deployment_file,
+                    self.workdir / "operators",
+                    name,
+                    tokens * 10**18,
+                    self.model_dir,
+                    [self.deployment.aggregator],
+                )
+            )
+        self.anvil.mine(2)  # the registrations lie before any reference block
+        on_step(f"starting {len(self.operators)} operator processes (loading {self.model_dir.name})")
+        started = [start_operator(op, self.workdir / "logs") for op in self.operators]
+        self.processes.extend(started)
+        for process in started:
+            process.wait_ready()
+        on_step("starting the aggregator")
+        self._start_aggregator()
+
+    def _start_aggregator(self) -> None:
+        home = self.workdir / "aggregator"
+        home.mkdir(exist_ok=True)
+        keystore.save_ecdsa_keystore(
+            home / "aggregator.ecdsa.key.json", bytes.fromhex(ANVIL_KEY_0[2:]), DEVNET_PASSWORD, DEVNET_SCRYPT_N
+        )
+        ports = {"grpc": get_free_port(), "metrics": get_free_port(), "health": get_free_port()}
+        assert self.anvil is not None
+        config = {
+            "chain": {"rpc_url": self.anvil.url, "deployment_file": str(self.deployment_file.resolve())},
+            "keys": {"ecdsa_keystore": "aggregator.ecdsa.key.json"},
+            "models": [
+                {
+                    "name": self.model_dir.name,
+                    "model_id": read_profile_hash(self.model_dir),
+                    "tokenizer_path": str(self.model_dir),
+                }
+            ],
+            "database_url": f"sqlite:///{(home / 'aggregator.sqlite').resolve()}",
+            "grpc_listen": f"127.0.0.1:{ports['grpc']}",
+            "metrics_listen": f"127.0.0.1:{ports['metrics']}",
+            "health_listen": f"127.0.0.1:{ports['health']}",
+            "batch": {"max_size": 4, "max_latency_seconds": 1.0},
+        }
+        config_path = home / "aggregator.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {**os.environ, "AGGREGATOR_ECDSA_KEY_PASSWORD": DEVNET_PASSWORD, "HF_HUB_OFFLINE": "1"}
+        args = [sys.executable, "-m", "avs_aggregator.cli", "run", "--config", str(config_path)]
+        process = ServiceProcess("aggregator", args, env, self.workdir / "logs")
+        self.processes.append(process)
+        wait_http_ok(f"http://127.0.0.1:{ports['health']}/health", process)
+        self.aggregator_url = f"127.0.0.1:{ports['grpc']}"
+        self.aggregator_ports = ports
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        if self.anvil is not None:
+            self.anvil.stop()
+            self.anvil = None
+
+
+def wait_http_ok(url: str, process: ServiceProcess, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise DevnetError(f"{process.name} exited with status {process.process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise DevnetError(f"{process.name} did not become healthy within {timeout:.0f} s")

@@ -1,0 +1,273 @@
+"""The aggregator daemon: wires config, store, chain, operators, pipeline, intake API, metrics, health.
+
+``AggregatorApp.start()`` opens the database (running migrations), resumes every unfinished
+request and batch, and starts serving; ``stop()`` (SIGTERM) stops intake, lets the current steps
+finish, and closes everything. Work is driven by ``PipelineRunner``: request steps run on a pool
+(one request at a time per request), batches are signed and certified one after the other on
+their own thread, so one sender key never races itself for nonces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from eth_account import Account
+from prometheus_client import CollectorRegistry, start_http_server
+
+from avs import keystore
+from avs.chain.client import Web3AvsClient
+from avs.chain.deployment import load_deployment
+from avs.chain.faults import Web3FaultClient
+from avs.errors import InvalidInputError
+from avs.messages import Domain
+from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
+from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
+from avs_aggregator.metrics import AggregatorMetrics
+from avs_aggregator.operators import GrpcOperatorCaller
+from avs_aggregator.pipeline import Pipeline, PipelineSettings
+from avs_aggregator.prompts import PromptEncoder
+from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
+from avs_aggregator.store import RequestState, Store
+from avs_aggregator.txsender import SenderSettings, TransactionSender
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInputError(f"listen address {listen!r} must be host:port")
+    return host, int(port)
+
+
+class PipelineRunner:
+    """Drives a ``Pipeline`` on threads until ``stop()``."""
+
+    def __init__(self, pipeline: Pipeline, workers: int) -> None:
+        self.pipeline = pipeline
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="request")
+        self._inflight: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._guard(self._request_loop), name="requests", daemon=True),
+            threading.Thread(target=self._guard(self._batch_loop), name="batches", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopped.set()
+        self.pipeline._notify()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            while not self._stopped.is_set():
+                try:
+                    loop()
+                except Exception:
+                    logger.exception("pipeline loop error; retrying")
+                    self._stopped.wait(1.0)
+
+        return run
+
+    def _request_loop(self) -> None:
+        while not self._stopped.is_set():
+            for request_hash in self.pipeline.active_request_hashes():
+                with self._lock:
+                    if request_hash in self._inflight:
+                        continue
+                    self._inflight.add(request_hash)
+                self._pool.submit(self._drive, request_hash)
+            self.pipeline.wait_for_change(POLL_SECONDS)
+
+    def _drive(self, request_hash: bytes) -> None:
+        try:
+            while not self._stopped.is_set() and self.pipeline.advance_request(request_hash):
+                pass
+        except Exception:
+            logger.exception("request step failed; will retry", extra={"request": "0x" + request_hash.hex()})
+            self._stopped.wait(1.0)
+        finally:
+            with self._lock:
+                self._inflight.discard(request_hash)
+
+    def _batch_loop(self) -> None:
+        while not self._stopped.is_set():
+            self.pipeline.form_batches()
+            for index in self.pipeline.active_batch_indices():
+                if self._stopped.is_set():
+                    return
+                self.pipeline.advance_batch(index)
+            self._update_gauges()
+            self._stopped.wait(POLL_SECONDS)
+
+    def _update_gauges(self) -> None:
+        metrics = self.pipeline.metrics
+        if metrics is None:
+            return
+        for state in RequestState:
+            if state not in (RequestState.CERTIFIED, RequestState.FAILED):
+                metrics.pending.labels(state.value.lower()).set(self.pipeline.store.count_requests([state]))
+
+
+@dataclass
+class Ports:
+    grpc: int = 0
+    metrics: int = 0
+    health: int = 0
+
+
+class AggregatorApp:
+    def __init__(self, config: AggregatorConfig, secrets: AggregatorSecrets) -> None:
+        self.config = config
+        self._secrets = secrets
+        self.registry = CollectorRegistry()
+        self.metrics = AggregatorMetrics(self.registry)
+        self.ports = Ports()
+        self._closers: list[Callable[[], Any]] = []
+        self._stopped = threading.Event()
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        config = self.config
+        password = self._secrets.ecdsa_key_password
+        if password is None:
+            raise InvalidInputError("set AGGREGATOR_ECDSA_KEY_PASSWORD to unlock the aggregator's ECDSA keystore")
+        key = keystore.load_ecdsa_keystore(config.keys.ecdsa_keystore, password.get_secret_value())
+        account = Account.from_key(key)
+        deployment = load_deployment(config.chain.deployment_file)
+        from web3 import Web3
+
+        w3 = Web3(Web3.HTTPProvider(config.chain.rpc_url, request_kwargs={"timeout": 30}))
+        if w3.eth.chain_id != deployment.chain_id:
+            raise InvalidInputError(f"{config.chain.rpc_url} is not chain {deployment.chain_id}")
+        client = Web3AvsClient(w3, deployment, account)
+        domain = Domain(deployment.chain_id, deployment.task_manager)
+        self.store = Store(config.database_url)
+        self._closers.append(self.store.close)
+        caller = GrpcOperatorCaller(domain, key)
+        self._closers.append(caller.close)
+        sender = TransactionSender(
+            client,
+            account,
+            SenderSettings(
+                receipt_timeout=config.chain.receipt_timeout_seconds,
+                bump_percent=config.chain.bump_percent,
+                max_bumps=config.chain.max_bumps,
+                confirmations=config.chain.confirmations,
+            ),
+        )
+        reporter = None
+        if config.chain.prove_rejections and deployment.fault_manager is not None:
+            reporter = Web3RejectionReporter(Web3FaultClient(client), sender)
+        policy, batch = config.policy, config.batch
+        settings = PipelineSettings(
+            default_quorums=bytes(sorted(policy.default_quorums)),
+            default_threshold_bps=policy.default_threshold_bps,
+            min_threshold_bps=policy.min_threshold_bps,
+            max_threshold_bps=policy.max_threshold_bps,
+            allowed_quorums=frozenset(policy.quorums),
+            max_attempts=policy.max_attempts,
+            generate_timeout=config.deadlines.generate_seconds,
+            verify_timeout=config.deadlines.verify_seconds,
+            sign_timeout=config.deadlines.sign_batch_seconds,
+            batch_max_size=batch.max_size,
+            batch_max_latency=batch.max_latency_seconds,
+            first_batch_index=batch.first_index,
+            max_reference_age=batch.max_reference_age_blocks,
+            max_pending=policy.max_pending,
+            workers=config.workers,
+        )
+        self.pipeline = Pipeline(
+            domain,
+            self.store,
+            Web3OperatorSetReader(client, config.chain.reference_lag_blocks),
+            caller,
+            Web3ChainWriter(client, sender),
+            settings,
+            self.metrics,
+            reporter,
+        )
+        self._closers.append(self.pipeline.close)
+        models = {}
+        for model in config.models:
+            model_id = bytes.fromhex(model.model_id[2:])
+            encoder = PromptEncoder(model.tokenizer_path) if model.tokenizer_path else None
+            models[model_id] = ServedModel(model.name, model_id, encoder)
+        servicer = AggregatorServicer(self.pipeline, models, IntakeLimits(policy.max_chat_chars, policy.max_new_tokens))
+        self._start_http()
+        self._grpc, self.ports.grpc, self._health = build_server(servicer, config.grpc_listen)
+        self._grpc.start()
+        self.runner = PipelineRunner(self.pipeline, config.workers)
+        self.runner.start()
+        self.ready.set()
+        logger.info(
+            "aggregator serving",
+            extra={
+                "grpc_port": self.ports.grpc,
+                "aggregator": account.address,
+                "task_manager": deployment.task_manager,
+            },
+        )
+
+    def _start_http(self) -> None:
+        host, port = split_host_port(self.config.metrics_listen)
+        metrics_server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.ports.metrics = int(metrics_server.server_address[1])
+        self._closers.append(metrics_server.shutdown)
+        app = self
+
+        class Health(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") not in ("/health", "/eigen/node/health"):
+                    self.send_error(404)
+                    return
+                ok = app.ready.is_set() and not app._stopped.is_set()
+                body = json.dumps({"status": "ok" if ok else "unavailable"}).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        host, port = split_host_port(self.config.health_listen)
+        server = ThreadingHTTPServer((host, port), Health)
+        self.ports.health = int(server.server_address[1])
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+        self._closers.append(server.shutdown)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.ready.clear()
+        if hasattr(self, "_health"):
+            self._health.enter_graceful_shutdown()
+        if hasattr(self, "_grpc"):
+            self._grpc.stop(grace_seconds).wait()
+        if hasattr(self, "runner"):
+            self.runner.stop()
+        for close in reversed(self._closers):
+            close()
+        logger.info("aggregator stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()

@@ -1,0 +1,164 @@
+"""The chain side of the aggregator over web3: the operator set at a reference block, certifyBatch,
+and rejected-output proofs.
+
+Operators are discovered from the registry's ``OperatorRegistered`` events (scanned once, then
+incrementally); their keys never change (read once with ``getOperatorPubkeys``); bitmaps, stakes,
+totals and sockets are read *at the reference block* (``eth_call`` with a block number), so the
+stake the pipeline tallies is the stake the contract checks. Operator sets are cached per block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from web3 import Web3
+
+from avs.chain.client import (
+    CheckSignaturesIndices,
+    NonSignerStakesAndSignature,
+    Web3AvsClient,
+    encode_batch_header,
+    encode_signatures,
+)
+from avs.chain.faults import SignedAttestation, Web3FaultClient, encode_signed_attestation
+from avs.crypto.curve import G1Point, G2Point
+from avs.messages import Attestation, BatchHeader, Verdict
+from avs.types import OperatorId
+from avs_aggregator.ports import OperatorInfo, OperatorSet
+from avs_aggregator.txsender import TransactionSender
+
+MAX_QUORUM_BITS = 192
+CACHE_SIZE = 64
+LOG_CHUNK_BLOCKS = 10_000
+
+
+class Web3OperatorSetReader:
+    def __init__(self, client: Web3AvsClient, reference_lag: int = 1) -> None:
+        self.client = client
+        self.w3: Web3 = client.w3
+        self.reference_lag = reference_lag
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, OperatorSet] = OrderedDict()
+        self._known: dict[bytes, tuple[str, G1Point, G2Point]] = {}  # id -> (address, g1, g2)
+        self._scanned_to = client.deployment.start_block - 1
+
+    def get_reference_block(self) -> tuple[int, bytes]:
+        latest = int(self.w3.eth.block_number)
+        number = max(latest - self.reference_lag, self.client.deployment.start_block)
+        block = self.w3.eth.get_block(number)
+        return number, bytes(block["hash"])
+
+    def get_operator_set(self, reference_block: int) -> OperatorSet:
+        with self._lock:
+            cached = self._cache.get(reference_block)
+            if cached is not None:
+                self._cache.move_to_end(reference_block)
+                return cached
+            self._scan(reference_block)
+            operator_set = self._read(reference_block)
+            self._cache[reference_block] = operator_set
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return operator_set
+
+    def _scan(self, to_block: int) -> None:
+        event = self.client.registry.events.OperatorRegistered
+        start = self._scanned_to + 1
+        while start <= to_block:
+            end = min(start + LOG_CHUNK_BLOCKS - 1, to_block)
+            for log in event.get_logs(from_block=start, to_block=end):
+                operator_id = bytes(log["args"]["operatorId"])
+                if operator_id not in self._known:
+                    g1, g2 = self.client.registry.functions.getOperatorPubkeys(operator_id).call()
+                    self._known[operator_id] = (
+                        str(log["args"]["operator"]),
+                        G1Point(int(g1[0]), int(g1[1])),
+                        G2Point(int(g2[0][0]), int(g2[0][1]), int(g2[1][0]), int(g2[1][1])),
+                    )
+            start = end + 1
+        self._scanned_to = max(self._scanned_to, to_block)
+
+    def _read(self, block: int) -> OperatorSet:
+        registry = self.client.registry.functions
+        operators = []
+        quorums: set[int] = set()
+        for operator_id, (address, g1, g2) in sorted(self._known.items()):
+            bitmap = int(registry.getCurrentQuorumBitmap(operator_id).call(block_identifier=block))
+            if bitmap == 0:
+                continue
+            in_quorums = [q for q in range(MAX_QUORUM_BITS) if bitmap >> q & 1]
+            quorums.update(in_quorums)
+            stakes = {q: int(registry.getCurrentStake(operator_id, q).call(block_identifier=block)) for q in in_quorums}
+            socket = str(registry.operatorSocket(operator_id).call(block_identifier=block))
+            operators.append(OperatorInfo(OperatorId(operator_id), address, g1, g2, socket, stakes))
+        totals = {q: int(registry.getCurrentTotalStake(q).call(block_identifier=block)) for q in sorted(quorums)}
+        block_hash = bytes(self.w3.eth.get_block(block)["hash"])
+        return OperatorSet(block, block_hash, tuple(operators), totals)
+
+
+class Web3ChainWriter:
+    """``ChainWriter`` over ``Web3AvsClient`` (its account must be an authorised aggregator).
+
+    Transactions go through ``sender`` (nonces, fee bumps, confirmations) when given, else
+    through ``Web3AvsClient.transact``."""
+
+    def __init__(self, client: Web3AvsClient, sender: TransactionSender | None = None) -> None:
+        self.client = client
+        self.sender = sender
+
+    def get_block_number(self) -> int:
+        return int(self.client.w3.eth.block_number)
+
+    def get_check_signatures_indices(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> CheckSignaturesIndices:
+        return self.client.get_check_signatures_indices(reference_block, quorum_numbers, non_signer_ids)
+
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
+        if self.sender is not None:
+            fn = self.client.task_manager.functions.certifyBatch(
+                encode_batch_header(header), encode_signatures(signatures)
+            )
+            sent = self.sender.send(fn)
+            return sent.tx_hash, sent.gas_used
+        tx_hash = self.client.certify_batch(header, signatures)
+        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        return tx_hash, int(receipt["gasUsed"])
+
+    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+        block = self.client.get_certified_block(batch_index)
+        if block == 0:
+            return None
+        event = self.client.task_manager.events.BatchCertified
+        logs: Any = event.get_logs(from_block=block, to_block=block, argument_filters={"batchIndex": batch_index})
+        tx_hash = bytes(logs[0]["transactionHash"]) if logs else b"\0" * 32
+        return block, tx_hash
+
+
+class Web3RejectionReporter:
+    """Proves a rejected output on-chain (``FaultManager.proveRejectedOutput``): slashes the primary."""
+
+    def __init__(self, faults: Web3FaultClient, sender: TransactionSender | None = None) -> None:
+        self.faults = faults
+        self.sender = sender
+
+    def report_rejected_output(
+        self,
+        primary: OperatorId,
+        request_hash: bytes,
+        output_hash: bytes,
+        primary_signature: G1Point,
+        quorum_numbers: bytes,
+        reference_block: int,
+        certificate: NonSignerStakesAndSignature,
+    ) -> bytes:
+        accept = SignedAttestation(Attestation(request_hash, output_hash, Verdict.ACCEPT), primary_signature)
+        if self.sender is None:
+            return self.faults.prove_rejected_output(primary, accept, quorum_numbers, reference_block, certificate)
+        fn = self.faults.fault_manager.functions.proveRejectedOutput(
+            primary, encode_signed_attestation(accept), quorum_numbers, reference_block, encode_signatures(certificate)
+        )
+        return self.sender.send(fn).tx_hash

@@ -1,0 +1,1 @@
+"""``avs-challenger``: the watcher that re-checks certified batches and escalates wrong leaves."""

@@ -1,0 +1,157 @@
+"""``avs-challenger`` config, metrics and lifecycle (poll loop on a thread, SIGTERM-clean stop).
+
+The challenger's ECDSA key (password from ``CHALLENGER_ECDSA_KEY_PASSWORD``) signs its Verify calls
+to operators, so operators must list its address in ``auth.authorised_aggregators``, and sends the
+challenge transactions, so it must hold the bond in the stake token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from eth_account import Account
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avs import keystore
+from avs.chain.client import Web3AvsClient
+from avs.chain.deployment import load_deployment
+from avs.chain.faults import Web3FaultClient
+from avs.client import AggregatorClient
+from avs.errors import InvalidInputError
+from avs.messages import Domain
+from avs_aggregator.app import split_host_port
+from avs_aggregator.chain import Web3OperatorSetReader
+from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
+from avs_aggregator.challenger.core import Challenger, Finding
+from avs_aggregator.config import ConfigError
+from avs_aggregator.operators import GrpcOperatorCaller
+
+logger = logging.getLogger(__name__)
+
+
+class ChallengerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    deployment_file: Path
+    aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC (GetBatch, GetStatus)
+    ecdsa_keystore: Path
+    sample_rate: float = Field(default=0.1, ge=0, le=1)  # share of leaves re-verified
+    escalate: bool = True  # open a challenge (locks the bond) for a leaf found wrong
+    poll_seconds: float = Field(default=5.0, gt=0)
+    verify_seconds: float = Field(default=60.0, gt=0)
+    start_block: int | None = None  # default: the block at start
+    metrics_listen: str = "0.0.0.0:9097"
+    log_level: str = "INFO"
+
+
+class ChallengerSecrets(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHALLENGER_", extra="ignore")
+
+    ecdsa_key_password: SecretStr | None = None
+
+
+def load_challenger_config(path: Path) -> ChallengerConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not readable YAML: {exc}") from None
+    try:
+        config = ChallengerConfig.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid challenger config: {fields}") from None
+
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (path.parent / p.expanduser()).resolve()
+
+    return config.model_copy(
+        update={"deployment_file": resolve(config.deployment_file), "ecdsa_keystore": resolve(config.ecdsa_keystore)}
+    )
+
+
+class ChallengerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.leaves_checked = Counter(
+            "avs_challenger_leaves_checked_total", "Leaves re-verified, by verdict", ["verdict"], registry=registry
+        )
+        self.challenges = Counter("avs_challenger_challenges_total", "Challenges opened", registry=registry)
+        self.last_block = Gauge("avs_challenger_last_block", "Last block processed", registry=registry)
+
+    def record(self, findings: list[Finding]) -> None:
+        for finding in findings:
+            self.leaves_checked.labels(finding.verdict.name.lower() if finding.verdict else "unchecked").inc()
+            if finding.challenge_tx:
+                self.challenges.inc()
+
+
+class ChallengerApp:
+    def __init__(self, config: ChallengerConfig, secrets: ChallengerSecrets) -> None:
+        self.config = config
+        self._secrets = secrets
+        self.registry = CollectorRegistry()
+        self.metrics = ChallengerMetrics(self.registry)
+        self._stopped = threading.Event()
+        self._closers: list[Any] = []
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        password = self._secrets.ecdsa_key_password
+        if password is None:
+            raise InvalidInputError("set CHALLENGER_ECDSA_KEY_PASSWORD to unlock the challenger's keystore")
+        key = keystore.load_ecdsa_keystore(self.config.ecdsa_keystore, password.get_secret_value())
+        deployment = load_deployment(self.config.deployment_file)
+        from web3 import Web3
+
+        w3 = Web3(Web3.HTTPProvider(self.config.rpc_url, request_kwargs={"timeout": 30}))
+        client = Web3AvsClient(w3, deployment, Account.from_key(key))
+        domain = Domain(deployment.chain_id, deployment.task_manager)
+        caller = GrpcOperatorCaller(domain, key)
+        aggregator = AggregatorClient(self.config.aggregator)
+        self._closers += [caller.close, aggregator.close]
+        escalator = Web3Escalator(Web3FaultClient(client)) if self.config.escalate else None
+        feed = Web3BatchFeed(client)
+        self.challenger = Challenger(
+            feed,
+            AggregatorLeafSource(aggregator),
+            OperatorLeafChecker(Web3OperatorSetReader(client), caller, self.config.verify_seconds),
+            escalator,
+            sample_rate=self.config.sample_rate,
+            next_block=self.config.start_block if self.config.start_block is not None else feed.get_block_number() + 1,
+        )
+        host, port = split_host_port(self.config.metrics_listen)
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.metrics_port = int(server.server_address[1])
+        self._closers.append(server.shutdown)
+        self._thread = threading.Thread(target=self._loop, name="challenger", daemon=True)
+        self._thread.start()
+        logger.info("challenger watching", extra={"task_manager": deployment.task_manager})
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.metrics.record(self.challenger.poll())
+                self.metrics.last_block.set(self.challenger.next_block - 1)
+            except Exception:
+                logger.exception("challenger poll failed; retrying")
+            self._stopped.wait(self.config.poll_seconds)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if hasattr(self, "_thread"):
+            self._thread.join(30)
+        for close in reversed(self._closers):
+            close()
+
+    def wait(self) -> None:
+        self._stopped.wait()

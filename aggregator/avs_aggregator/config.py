@@ -1,0 +1,148 @@
+"""The aggregator's configuration: one typed tree from a YAML file, secrets from the environment.
+
+The ECDSA keystore's password comes from ``AGGREGATOR_ECDSA_KEY_PASSWORD`` only (a ``SecretStr``).
+See ``aggregator/aggregator.example.yaml`` for every field. Errors name the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avs.errors import InvalidInputError
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(InvalidInputError):
+    """A configuration file or environment that is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChainConfig(_Section):
+    rpc_url: str = "http://127.0.0.1:8545"
+    deployment_file: Path  # written by contracts/script/Deploy.s.sol
+    reference_lag_blocks: int = Field(default=1, ge=1, le=64)  # reference block = latest - lag
+    prove_rejections: bool = True  # send FaultManager.proveRejectedOutput when a quorum rejects
+    confirmations: int = Field(default=0, ge=0, le=64)  # blocks on top before a transaction counts
+    receipt_timeout_seconds: float = Field(default=30.0, gt=0)  # then the fees are bumped
+    bump_percent: int = Field(default=25, ge=10, le=500)
+    max_bumps: int = Field(default=5, ge=0, le=50)
+
+
+class KeysConfig(_Section):
+    ecdsa_keystore: Path  # the aggregator's key: signs operator calls and certifyBatch
+
+
+class ModelConfig(_Section):
+    name: str = Field(min_length=1, max_length=128)
+    model_id: str  # 0x profile hash (the operators' GetInfo lists it)
+    tokenizer_path: Path | None = None  # a model folder: lets requesters omit prompt_hash
+
+    @field_validator("model_id")
+    @classmethod
+    def _check_model_id(cls, value: str) -> str:
+        if len(value) != 66 or not value.startswith("0x"):
+            raise ValueError("must be a 0x-prefixed 32-byte hex string")
+        bytes.fromhex(value[2:])
+        return value.lower()
+
+
+class PolicyConfig(_Section):
+    quorums: list[int] = Field(default=[0], min_length=1)  # quorums served
+    default_quorums: list[int] = Field(default=[0], min_length=1)
+    default_threshold_bps: int = Field(default=6667, gt=0, le=10_000)
+    min_threshold_bps: int = Field(default=6667, gt=0, le=10_000)  # >= the task manager's thresholdBps
+    max_threshold_bps: int = Field(default=10_000, gt=0, le=10_000)
+    max_attempts: int = Field(default=3, ge=1, le=16)
+    max_pending: int = Field(default=10_000, gt=0)
+    max_chat_chars: int = Field(default=64 * 1024, gt=0)
+    max_new_tokens: int = Field(default=512, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicyConfig:
+        if not set(self.default_quorums) <= set(self.quorums):
+            raise ValueError("default_quorums must be among quorums")
+        if not self.min_threshold_bps <= self.default_threshold_bps <= self.max_threshold_bps:
+            raise ValueError("default_threshold_bps must be within [min_threshold_bps, max_threshold_bps]")
+        return self
+
+
+class DeadlinesConfig(_Section):
+    generate_seconds: float = Field(default=120.0, gt=0)
+    verify_seconds: float = Field(default=60.0, gt=0)
+    sign_batch_seconds: float = Field(default=30.0, gt=0)
+
+
+class BatchConfig(_Section):
+    max_size: int = Field(default=16, gt=0, le=4096)
+    max_latency_seconds: float = Field(default=2.0, ge=0)
+    first_index: int = Field(default=1, ge=0)
+    max_reference_age_blocks: int = Field(default=100, gt=0)  # the task manager's maxReferenceAge
+
+
+class AggregatorConfig(_Section):
+    chain: ChainConfig
+    keys: KeysConfig
+    models: list[ModelConfig] = Field(min_length=1)
+    database_url: str = "sqlite:///aggregator-data/aggregator.sqlite"
+    grpc_listen: str = "0.0.0.0:50060"
+    metrics_listen: str = "0.0.0.0:9095"
+    health_listen: str = "0.0.0.0:9096"
+    policy: PolicyConfig = PolicyConfig()
+    deadlines: DeadlinesConfig = DeadlinesConfig()
+    batch: BatchConfig = BatchConfig()
+    workers: int = Field(default=8, gt=0, le=256)
+    log_level: str = "INFO"
+
+
+class AggregatorSecrets(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGGREGATOR_", extra="ignore")
+
+    ecdsa_key_password: SecretStr | None = None
+
+
+def _format(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors())
+
+
+def parse_config(data: Any) -> AggregatorConfig:
+    try:
+        return AggregatorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid aggregator config: {_format(exc)}") from None
+
+
+def load_config(path: Path) -> AggregatorConfig:
+    """Read and validate a YAML config; relative paths in it are relative to the file."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not readable YAML: {exc}") from None
+    config = parse_config(data)
+
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (path.parent / p.expanduser()).resolve()
+
+    models = [
+        m.model_copy(update={"tokenizer_path": resolve(m.tokenizer_path)}) if m.tokenizer_path else m
+        for m in config.models
+    ]
+    return config.model_copy(
+        update={
+            "chain": config.chain.model_copy(update={"deployment_file": resolve(config.chain.deployment_file)}),
+            "keys": config.keys.model_copy(update={"ecdsa_keystore": resolve(config.keys.ecdsa_keystore)}),
+            "models": models,
+        }
+    )

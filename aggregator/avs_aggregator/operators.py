@@ -1,0 +1,80 @@
+"""``OperatorCaller`` over gRPC: one channel per operator socket, every call signed (``avs.calls``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import grpc
+
+from avs.crypto.curve import G1Point
+from avs.merkle import BatchLeaf
+from avs.messages import BatchHeader, Domain
+from avs.rpc import convert
+from avs.rpc.convert import RequestEnvelope
+from avs.rpc.operator_client import OperatorClient
+from avs.types import OutputHash
+from avs_aggregator.ports import GenerateReply, OperatorInfo, VerifyReply
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def socket_to_target(socket: str) -> str:
+    """``grpc://host:port`` (or ``host:port``) -> ``host:port``."""
+    for scheme in ("grpc://", "grpcs://", "http://", "https://"):
+        if socket.startswith(scheme):
+            return socket[len(scheme) :]
+    return socket
+
+
+class GrpcOperatorCaller:
+    def __init__(self, domain: Domain, caller_key: bytes) -> None:
+        self._domain = domain
+        self._key = caller_key
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def _client(self, operator: OperatorInfo) -> OperatorClient:
+        target = socket_to_target(operator.socket)
+        with self._lock:
+            channel = self._channels.get(target)
+            if channel is None:
+                options = [
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ]
+                channel = self._channels[target] = grpc.insecure_channel(target, options=options)
+        return OperatorClient(channel, self._domain, operator.operator_id, self._key)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def generate(self, operator: OperatorInfo, envelope: RequestEnvelope, timeout: float) -> GenerateReply:
+        response = self._client(operator).generate(envelope, timeout=timeout)
+        return GenerateReply(
+            token_ids=tuple(int(t) for t in response.output_token_ids),
+            text=response.text,
+            output_hash=OutputHash(bytes(response.output_hash)),
+            signature=convert.g1_from_proto(response.attestation.signature.signature),
+        )
+
+    def verify(
+        self, operator: OperatorInfo, envelope: RequestEnvelope, output_ids: Sequence[int], timeout: float
+    ) -> VerifyReply:
+        response = self._client(operator).verify(envelope, output_ids, timeout=timeout)
+        attestation = convert.attestation_from_proto(response.attestation.attestation)
+        return VerifyReply(
+            output_hash=OutputHash(attestation.output_hash),
+            verdict=attestation.verdict,
+            signature=convert.g1_from_proto(response.attestation.signature.signature),
+            reason=response.reason,
+        )
+
+    def sign_batch(
+        self, operator: OperatorInfo, header: BatchHeader, leaves: Sequence[BatchLeaf], timeout: float
+    ) -> G1Point:
+        response = self._client(operator).sign_batch(header, leaves, timeout=timeout)
+        return convert.g1_from_proto(response.signature.signature)

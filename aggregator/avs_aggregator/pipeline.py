@@ -1,0 +1,657 @@
+"""The aggregator's pipeline: a state machine over persisted requests and batches.
+
+Request: RECEIVED -> GENERATING (primary picked) -> VERIFYING (output stored) -> ACCEPTED ->
+BATCHED -> CERTIFIED, or FAILED. A REJECT quorum records the rejection (and, with a
+``RejectionReporter``, proves it on-chain, which slashes the primary), excludes that primary and
+goes back to RECEIVED with ``attempt + 1``.
+
+Batch: SIGNING -> SUBMITTING -> CERTIFIED, or ABANDONED (its requests go back to ACCEPTED for a
+new batch index when the reference block went stale; FAILED when the stake is not there).
+
+Every step reads its input from the store and commits its result before the next step, so the
+process can be killed anywhere: ``advance_*`` on a fresh ``Pipeline`` over the same database picks
+up where it stopped. A batch index is submitted only after the chain says it is not certified,
+and the contract refuses a second certification, so no batch is certified twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
+from avs.crypto import bls
+from avs.crypto.curve import G1Point, G2Point
+from avs.errors import InvalidInputError, OverloadedError
+from avs.merkle import BatchLeaf, compute_merkle_tree
+from avs.messages import (
+    Attestation,
+    BatchHeader,
+    Domain,
+    InferenceOutput,
+    Verdict,
+    compute_digest,
+    compute_output_hash,
+    compute_request_hash,
+    validate_quorum_numbers,
+)
+from avs.rpc import convert
+from avs.rpc.operator.v1 import operator_pb2 as op
+from avs.types import OperatorId, RequestHash
+from avs_aggregator import protocol
+from avs_aggregator.metrics import AggregatorMetrics
+from avs_aggregator.ports import (
+    ChainWriter,
+    GenerateReply,
+    OperatorCaller,
+    OperatorInfo,
+    OperatorSet,
+    OperatorSetReader,
+    RejectionReporter,
+    VerifyReply,
+)
+from avs_aggregator.store import (
+    BatchRow,
+    BatchState,
+    RejectionRow,
+    RequestRow,
+    RequestState,
+    Store,
+    dump_hex_list,
+    load_hex_list,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
+ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    default_quorums: bytes = b"\x00"
+    default_threshold_bps: int = 6667
+    min_threshold_bps: int = 6667  # the task manager's thresholdBps: no certificate below it
+    max_threshold_bps: int = 10_000
+    allowed_quorums: frozenset[int] = frozenset({0})
+    max_attempts: int = 3
+    generate_timeout: float = 120.0
+    verify_timeout: float = 60.0
+    sign_timeout: float = 30.0
+    batch_max_size: int = 16
+    batch_max_latency: float = 2.0  # seconds an accepted request waits for others
+    first_batch_index: int = 1
+    max_reference_age: int = 100  # the task manager's maxReferenceAge
+    max_pending: int = 10_000
+    workers: int = 8
+
+
+class PipelineError(InvalidInputError):
+    """A request the pipeline refuses (quorums or threshold outside the AVS's limits)."""
+
+
+def g1_to_json(point: G1Point) -> list[str]:
+    return [hex(point.x), hex(point.y)]
+
+
+def g1_from_json(value: Sequence[str]) -> G1Point:
+    return G1Point(int(value[0], 16), int(value[1], 16))
+
+
+def g2_to_json(point: G2Point) -> list[str]:
+    return [hex(point.x_im), hex(point.x_re), hex(point.y_im), hex(point.y_re)]
+
+
+def g2_from_json(value: Sequence[str]) -> G2Point:
+    return G2Point(*(int(v, 16) for v in value))
+
+
+def envelope_from_row(row: RequestRow) -> convert.RequestEnvelope:
+    message = op.InferenceRequest()
+    message.ParseFromString(row.envelope)
+    return convert.request_from_proto(message)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        domain: Domain,
+        store: Store,
+        reader: OperatorSetReader,
+        caller: OperatorCaller,
+        writer: ChainWriter,
+        settings: PipelineSettings = PipelineSettings(),
+        metrics: AggregatorMetrics | None = None,
+        reporter: RejectionReporter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.domain = domain
+        self.store = store
+        self.reader = reader
+        self.caller = caller
+        self.writer = writer
+        self.settings = settings
+        self.metrics = metrics
+        self.reporter = reporter
+        self.clock = clock
+        self.changed = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="operator-call")
+        self._batch_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- intake ------------------------------------------------------------------------
+
+    def check_request_policy(self, quorums: bytes, threshold_bps: int) -> tuple[bytes, int]:
+        quorums = quorums or self.settings.default_quorums
+        threshold = threshold_bps or self.settings.default_threshold_bps
+        validate_quorum_numbers(quorums)
+        outside = sorted(set(quorums) - self.settings.allowed_quorums)
+        if outside:
+            raise PipelineError(f"quorums {outside} are not served; allowed: {sorted(self.settings.allowed_quorums)}")
+        low, high = self.settings.min_threshold_bps, self.settings.max_threshold_bps
+        if not low <= threshold <= high:
+            raise PipelineError(f"threshold_bps must be in [{low}, {high}], got {threshold}")
+        return quorums, threshold
+
+    def submit(self, envelope: convert.RequestEnvelope, quorums: bytes = b"", threshold_bps: int = 0) -> RequestHash:
+        """Store a validated request (idempotent: the same request answers the same hash)."""
+        quorums, threshold = self.check_request_policy(quorums, threshold_bps)
+        request_hash = compute_request_hash(self.domain, envelope.request)
+        if self.store.get_request(request_hash) is not None:
+            return request_hash
+        if self.store.count_requests([*ACTIVE_REQUEST_STATES, RequestState.ACCEPTED]) >= self.settings.max_pending:
+            raise OverloadedError("too many requests pending; retry later")
+        row = RequestRow(
+            request_hash=request_hash,
+            state=RequestState.RECEIVED,
+            envelope=convert.request_to_proto(envelope).SerializeToString(deterministic=True),
+            quorum_numbers=quorums,
+            threshold_bps=threshold,
+            attempt=0,
+            excluded="[]",
+        )
+        if self.store.add_request(row):
+            self._count(RequestState.RECEIVED)
+            self._notify()
+        return request_hash
+
+    # --- requests ----------------------------------------------------------------------
+
+    def advance_request(self, request_hash: bytes) -> bool:
+        """Run one step of the request's state machine; False if there was nothing to do."""
+        row = self.store.get_request(request_hash)
+        if row is None or row.state not in ACTIVE_REQUEST_STATES:
+            return False
+        started = time.monotonic()
+        step = {
+            RequestState.RECEIVED: self._pick_primary,
+            RequestState.GENERATING: self._generate,
+            RequestState.VERIFYING: self._verify,
+        }[RequestState(row.state)]
+        step(row)
+        if self.metrics is not None:
+            self.metrics.stage_seconds.labels(row.state.lower()).observe(time.monotonic() - started)
+        self._notify()
+        return True
+
+    def _operator_set(self, row: RequestRow) -> OperatorSet:
+        assert row.reference_block is not None
+        return self.reader.get_operator_set(row.reference_block)
+
+    def _pick_primary(self, row: RequestRow) -> None:
+        reference_block, _ = self.reader.get_reference_block()
+        operator_set = self.reader.get_operator_set(reference_block)
+        excluded = set(load_hex_list(row.excluded))
+        try:
+            primary = protocol.select_primary(operator_set, row.quorum_numbers, row.request_hash, row.attempt, excluded)
+        except protocol.NoOperatorError as exc:
+            self._fail(row, f"{exc}; last error: {row.error}" if row.error else str(exc))
+            return
+        self._set_state(row, RequestState.GENERATING, primary_id=primary.operator_id, reference_block=reference_block)
+
+    def _generate(self, row: RequestRow) -> None:
+        operator_set = self._operator_set(row)
+        primary = operator_set.get(row.primary_id or b"")
+        envelope = envelope_from_row(row)
+        if primary is None:
+            self._retry(row, "the primary is no longer registered")
+            return
+        try:
+            reply = self.caller.generate(primary, envelope, self.settings.generate_timeout)
+            self._check_generate(row, envelope, primary, reply)
+        except Exception as exc:
+            self._operator_outcome(primary, "generate", "error")
+            logger.warning("primary failed", extra={"request": _hex(row.request_hash), "error": str(exc)})
+            self._retry(row, f"primary 0x{primary.operator_id.hex()[:8]} failed: {exc}")
+            return
+        self._operator_outcome(primary, "generate", "ok")
+        self._set_state(
+            row,
+            RequestState.VERIFYING,
+            output_ids=json.dumps(list(reply.token_ids)),
+            output_text=reply.text,
+            output_hash=reply.output_hash,
+            primary_signature=json.dumps(g1_to_json(reply.signature)),
+        )
+
+    def _check_generate(
+        self, row: RequestRow, envelope: convert.RequestEnvelope, primary: OperatorInfo, reply: GenerateReply
+    ) -> None:
+        expected = compute_output_hash(InferenceOutput(row.request_hash, envelope.request.model_id, reply.token_ids))
+        if reply.output_hash != expected:
+            raise InvalidInputError("the primary's output hash does not match its tokens")
+        digest = compute_digest(self.domain, Attestation(row.request_hash, expected, Verdict.ACCEPT))
+        if not bls.verify(primary.pubkey_g2, digest, reply.signature):
+            raise InvalidInputError("the primary's attestation signature does not verify")
+
+    def _verify(self, row: RequestRow) -> None:
+        operator_set = self._operator_set(row)
+        envelope = envelope_from_row(row)
+        output_ids = tuple(json.loads(row.output_ids or "[]"))
+        assert row.output_hash is not None and row.primary_id is not None
+        excluded = set(load_hex_list(row.excluded))
+        verifiers = [
+            o
+            for o in operator_set.in_quorums(row.quorum_numbers)
+            if o.operator_id != row.primary_id and o.operator_id not in excluded
+        ]
+        futures = {
+            o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.settings.verify_timeout)
+            for o in verifiers
+        }
+        verdicts: dict[bytes, Verdict] = {row.primary_id: Verdict.ACCEPT}
+        reject_signatures: dict[bytes, G1Point] = {}
+        for o in verifiers:
+            try:
+                reply = futures[o.operator_id].result(timeout=self.settings.verify_timeout + 5)
+                self._check_verify(row, o, reply)
+            except Exception as exc:
+                self._operator_outcome(o, "verify", "error")
+                logger.info("verifier failed", extra={"request": _hex(row.request_hash), "error": str(exc)})
+                continue
+            self._operator_outcome(o, "verify", reply.verdict.name.lower())
+            verdicts[o.operator_id] = reply.verdict
+            if reply.verdict == Verdict.REJECT:
+                reject_signatures[o.operator_id] = reply.signature
+        tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
+        if tally.is_accepted(row.threshold_bps):
+            self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
+        elif tally.is_rejected(self.settings.min_threshold_bps):
+            self._reject(row, operator_set, reject_signatures)
+        else:
+            shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
+            self._fail(row, f"not enough stake verified the output ({shares})")
+
+    def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> None:
+        if reply.output_hash != row.output_hash:
+            raise InvalidInputError("the verifier attested another output hash")
+        digest = compute_digest(self.domain, Attestation(row.request_hash, reply.output_hash, reply.verdict))
+        if not bls.verify(operator.pubkey_g2, digest, reply.signature):
+            raise InvalidInputError("the verifier's attestation signature does not verify")
+
+    def _reject(self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point]) -> None:
+        assert row.output_hash is not None and row.primary_id is not None and row.reference_block is not None
+        digest = compute_digest(self.domain, Attestation(row.request_hash, row.output_hash, Verdict.REJECT))
+        evidence: dict[str, Any] = {
+            "primary_signature": json.loads(row.primary_signature or "null"),
+            "reject_signatures": {_hex(k): g1_to_json(v) for k, v in signatures.items()},
+        }
+        rejection_id = self.store.add_rejection(
+            RejectionRow(
+                request_hash=row.request_hash,
+                attempt=row.attempt,
+                primary_id=row.primary_id,
+                output_hash=row.output_hash,
+                reference_block=row.reference_block,
+                evidence=json.dumps(evidence),
+            )
+        )
+        if self.metrics is not None:
+            self.metrics.rejections.inc()
+        logger.warning("output rejected", extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id)})
+        if self.reporter is not None and row.primary_signature:
+            self._report_rejection(rejection_id, row, operator_set, digest, signatures)
+        self._retry(row, "the quorum rejected the primary's output", count_as_rejection=True)
+
+    def _report_rejection(
+        self,
+        rejection_id: int,
+        row: RequestRow,
+        operator_set: OperatorSet,
+        digest: bytes,
+        signatures: dict[bytes, G1Point],
+    ) -> None:
+        assert self.reporter is not None and row.primary_id is not None and row.output_hash is not None
+        assert row.reference_block is not None
+        try:
+            aggregate = protocol.compute_aggregate(operator_set, row.quorum_numbers, digest, signatures)
+            if aggregate is None:
+                raise InvalidInputError("the REJECT signatures do not aggregate")
+            indices = self.writer.get_check_signatures_indices(
+                row.reference_block, row.quorum_numbers, aggregate.non_signer_ids
+            )
+            tx = self.reporter.report_rejected_output(
+                OperatorId(row.primary_id),
+                row.request_hash,
+                row.output_hash,
+                g1_from_json(json.loads(row.primary_signature or "[]")),
+                row.quorum_numbers,
+                row.reference_block,
+                aggregate.to_signatures(indices),
+            )
+            self.store.update_rejection(rejection_id, tx_hash=tx)
+        except Exception as exc:
+            logger.warning("could not prove the rejected output on-chain", extra={"error": str(exc)})
+            self.store.update_rejection(rejection_id, error=str(exc)[:2000])
+
+    def _retry(self, row: RequestRow, reason: str, count_as_rejection: bool = False) -> None:
+        excluded = load_hex_list(row.excluded)
+        if row.primary_id is not None and row.primary_id not in excluded:
+            excluded.append(row.primary_id)
+        if row.attempt + 1 >= self.settings.max_attempts:
+            self._fail(row, f"{reason}; gave up after {row.attempt + 1} attempts", excluded=dump_hex_list(excluded))
+            return
+        self._set_state(
+            row,
+            RequestState.RECEIVED,
+            attempt=row.attempt + 1,
+            excluded=dump_hex_list(excluded),
+            primary_id=None,
+            output_ids=None,
+            output_text=None,
+            output_hash=None,
+            primary_signature=None,
+            error=reason,
+        )
+
+    def _fail(self, row: RequestRow, reason: str, **values: Any) -> None:
+        logger.warning("request failed", extra={"request": _hex(row.request_hash), "reason": reason})
+        self._set_state(row, RequestState.FAILED, error=reason, **values)
+
+    def _set_state(self, row: RequestRow, state: RequestState, **values: Any) -> None:
+        self.store.update_request(row.request_hash, state=state, **values)
+        self._count(state)
+
+    # --- batches -----------------------------------------------------------------------
+
+    def form_batches(self, force: bool = False) -> list[int]:
+        """Put ACCEPTED requests into new batches when a batch is full or has waited long enough."""
+        with self._batch_lock:
+            accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
+            groups: dict[bytes, list[RequestRow]] = {}
+            for row in accepted:
+                groups.setdefault(row.quorum_numbers, []).append(row)
+            created = []
+            now = self.clock()
+            for quorums, rows in groups.items():
+                while rows:
+                    oldest = min(r.accepted_at or now for r in rows)
+                    full = len(rows) >= self.settings.batch_max_size
+                    if not (force or full or now - oldest >= self.settings.batch_max_latency):
+                        break
+                    chunk, rows = rows[: self.settings.batch_max_size], rows[self.settings.batch_max_size :]
+                    created.append(self._create_batch(quorums, chunk))
+            if created:
+                self._notify()
+            return created
+
+    def _create_batch(self, quorums: bytes, rows: Sequence[RequestRow]) -> int:
+        reference_block, _ = self.reader.get_reference_block()
+        leaves = [BatchLeaf(r.request_hash, r.output_hash or b"") for r in rows]
+        index = self.store.get_next_batch_index(self.settings.first_batch_index)
+        while self.writer.get_certification(index) is not None:  # taken by another aggregator (or a lost database)
+            index += 1
+        batch = BatchRow(
+            batch_index=index,
+            state=BatchState.SIGNING,
+            quorum_numbers=quorums,
+            reference_block=reference_block,
+            leaves_root=compute_merkle_tree(leaves).root,
+            request_hashes=dump_hex_list([r.request_hash for r in rows]),
+        )
+        self.store.create_batch(batch, [r.request_hash for r in rows])
+        for _ in rows:
+            self._count(RequestState.BATCHED)
+        logger.info("batch formed", extra={"batch_index": index, "leaves": len(rows)})
+        return index
+
+    def get_batch_leaves(self, batch: BatchRow) -> list[BatchLeaf]:
+        leaves = []
+        for request_hash in load_hex_list(batch.request_hashes):
+            row = self.store.get_request(request_hash)
+            assert row is not None and row.output_hash is not None
+            leaves.append(BatchLeaf(request_hash, row.output_hash))
+        return leaves
+
+    @staticmethod
+    def get_header(batch: BatchRow) -> BatchHeader:
+        return BatchHeader(batch.batch_index, batch.leaves_root, batch.reference_block, batch.quorum_numbers)
+
+    def advance_batch(self, batch_index: int) -> bool:
+        batch = self.store.get_batch(batch_index)
+        if batch is None or batch.state not in ACTIVE_BATCH_STATES:
+            return False
+        started = time.monotonic()
+        if batch.state == BatchState.SIGNING:
+            self._sign_batch(batch)
+            stage = "sign_batch"
+        else:
+            self._submit_batch(batch)
+            stage = "certify"
+        if self.metrics is not None:
+            self.metrics.stage_seconds.labels(stage).observe(time.monotonic() - started)
+        self._notify()
+        return True
+
+    def _batch_threshold(self, batch: BatchRow) -> int:
+        thresholds = [self.settings.min_threshold_bps]
+        for request_hash in load_hex_list(batch.request_hashes):
+            row = self.store.get_request(request_hash)
+            if row is not None:
+                thresholds.append(row.threshold_bps)
+        return max(thresholds)
+
+    def _sign_batch(self, batch: BatchRow) -> None:
+        operator_set = self.reader.get_operator_set(batch.reference_block)
+        header = self.get_header(batch)
+        leaves = self.get_batch_leaves(batch)
+        digest = compute_digest(self.domain, header)
+        members = operator_set.in_quorums(batch.quorum_numbers)
+        futures = {
+            o.operator_id: self._pool.submit(self.caller.sign_batch, o, header, leaves, self.settings.sign_timeout)
+            for o in members
+        }
+        signatures: dict[bytes, G1Point] = {}
+        for o in members:
+            try:
+                signatures[o.operator_id] = futures[o.operator_id].result(timeout=self.settings.sign_timeout + 5)
+                self._operator_outcome(o, "sign_batch", "ok")
+            except Exception as exc:
+                self._operator_outcome(o, "sign_batch", "error")
+                logger.info(
+                    "operator did not sign the batch", extra={"batch_index": batch.batch_index, "error": str(exc)}
+                )
+        aggregate = (
+            protocol.compute_aggregate(operator_set, batch.quorum_numbers, digest, signatures) if signatures else None
+        )
+        if aggregate is None and signatures:
+            for bad in protocol.find_invalid_signers(operator_set, digest, signatures):
+                self._operator_outcome(operator_set.get(bad), "sign_batch", "bad_signature")
+                signatures.pop(bad, None)
+            aggregate = protocol.compute_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
+        threshold = self._batch_threshold(batch)
+        if aggregate is None or not aggregate.tally.is_accepted(threshold):
+            reason = "the operators' valid batch signatures do not reach the stake threshold"
+            self.store.finish_batch(batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason)
+            self._fail_batch_requests(batch, reason)
+            return
+        indices = self.writer.get_check_signatures_indices(
+            batch.reference_block, batch.quorum_numbers, aggregate.non_signer_ids
+        )
+        certificate = encode_certificate(aggregate, operator_set, indices)
+        self.store.update_batch(batch.batch_index, state=BatchState.SUBMITTING, certificate=json.dumps(certificate))
+        if self.metrics is not None:
+            for q in aggregate.tally.quorums:
+                self.metrics.signed_stake_ratio.labels(str(q.quorum)).set(q.accept_stake / max(q.total_stake, 1))
+
+    def _fail_batch_requests(self, batch: BatchRow, reason: str) -> None:
+        for request_hash in load_hex_list(batch.request_hashes):
+            self.store.update_request(request_hash, error=reason)
+            self._count(RequestState.FAILED)
+
+    def _submit_batch(self, batch: BatchRow) -> None:
+        certified = self.writer.get_certification(batch.batch_index)
+        if certified is not None:  # sent before a crash, or by a previous run: never send again
+            self._certified(batch, certified[0], certified[1], None)
+            return
+        if batch.reference_block + self.settings.max_reference_age < self.writer.get_block_number() + 1:
+            self._abandon_stale(batch)
+            return
+        signatures = decode_certificate(json.loads(batch.certificate or "{}"))
+        try:
+            tx_hash, gas_used = self.writer.certify_batch(self.get_header(batch), signatures)
+        except ContractRevertError as exc:
+            if exc.name == "BatchAlreadyCertified":
+                again = self.writer.get_certification(batch.batch_index)
+                if again is not None:
+                    self._certified(batch, again[0], again[1], None)
+                    return
+            if exc.name == "StaleReferenceBlock":
+                self._abandon_stale(batch)
+                return
+            reason = f"certifyBatch reverted: {exc}"
+            self.store.finish_batch(batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason)
+            self._fail_batch_requests(batch, reason)
+            return
+        certified = self.writer.get_certification(batch.batch_index)
+        self._certified(batch, certified[0] if certified else 0, tx_hash, gas_used)
+
+    def _certified(self, batch: BatchRow, block: int, tx_hash: bytes, gas_used: int | None) -> None:
+        self.store.finish_batch(
+            batch.batch_index,
+            BatchState.CERTIFIED,
+            RequestState.CERTIFIED,
+            tx_hash=tx_hash,
+            certified_block=block,
+            gas_used=gas_used,
+        )
+        leaves = load_hex_list(batch.request_hashes)
+        for _ in leaves:
+            self._count(RequestState.CERTIFIED)
+        if self.metrics is not None:
+            self.metrics.batches_certified.inc()
+            if gas_used is not None:
+                self.metrics.batch_gas.observe(gas_used)
+        now = self.clock()
+        for request_hash in leaves:
+            row = self.store.get_request(request_hash)
+            if row is not None and self.metrics is not None:
+                self.metrics.request_seconds.observe(now - row.created_at)
+        logger.info("batch certified", extra={"batch_index": batch.batch_index, "tx": _hex(tx_hash)})
+
+    def _abandon_stale(self, batch: BatchRow) -> None:
+        self.store.finish_batch(
+            batch.batch_index, BatchState.ABANDONED, RequestState.ACCEPTED, error="stale reference block"
+        )
+
+    # --- driving -----------------------------------------------------------------------
+
+    def active_request_hashes(self) -> list[bytes]:
+        return [r.request_hash for r in self.store.list_requests(ACTIVE_REQUEST_STATES)]
+
+    def active_batch_indices(self) -> list[int]:
+        return [b.batch_index for b in self.store.list_batches(ACTIVE_BATCH_STATES)]
+
+    def run_until_idle(self, force_batches: bool = True, max_rounds: int = 100) -> None:
+        """Drive everything synchronously until nothing moves (tests and one-shot tools)."""
+        for _ in range(max_rounds):
+            progressed = False
+            for request_hash in self.active_request_hashes():
+                progressed |= self.advance_request(request_hash)
+            progressed |= bool(self.form_batches(force=force_batches))
+            for index in self.active_batch_indices():
+                progressed |= self.advance_batch(index)
+            if not progressed:
+                return
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self.changed:
+            self.changed.wait(timeout)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def _count(self, state: RequestState) -> None:
+        if self.metrics is not None:
+            self.metrics.requests.labels(state.value.lower()).inc()
+
+    def _operator_outcome(self, operator: OperatorInfo | None, call: str, outcome: str) -> None:
+        if self.metrics is not None and operator is not None:
+            self.metrics.operator_calls.labels("0x" + operator.operator_id.hex()[:8], call, outcome).inc()
+
+
+def encode_certificate(
+    aggregate: protocol.Aggregate, operator_set: OperatorSet, indices: CheckSignaturesIndices
+) -> dict[str, Any]:
+    """The JSON stored with a signed batch: what certifyBatch needs and what certificates show."""
+    return {
+        "signers": [
+            {
+                "operator_id": _hex(i),
+                "multiplicity": aggregate.multiplicity[i],
+                "g1": g1_to_json((operator_set.get(i) or _missing(i)).pubkey_g1),
+                "g2": g2_to_json((operator_set.get(i) or _missing(i)).pubkey_g2),
+            }
+            for i in aggregate.signer_ids
+        ],
+        "non_signer_ids": [_hex(o.operator_id) for o in aggregate.non_signers],
+        "non_signer_pubkeys": [g1_to_json(o.pubkey_g1) for o in aggregate.non_signers],
+        "quorum_apks": [g1_to_json(p) for p in aggregate.quorum_apks],
+        "apk_g2": g2_to_json(aggregate.apk_g2),
+        "sigma": g1_to_json(aggregate.sigma),
+        "quorum_stakes": [
+            {"quorum": q.quorum, "signed": str(q.accept_stake), "total": str(q.total_stake)}
+            for q in aggregate.tally.quorums
+        ],
+        "indices": {
+            "non_signer_quorum_bitmap_indices": list(indices.non_signer_quorum_bitmap_indices),
+            "quorum_apk_indices": list(indices.quorum_apk_indices),
+            "total_stake_indices": list(indices.total_stake_indices),
+            "non_signer_stake_indices": [list(r) for r in indices.non_signer_stake_indices],
+        },
+    }
+
+
+def decode_certificate(data: dict[str, Any]) -> NonSignerStakesAndSignature:
+    idx = data["indices"]
+    return NonSignerStakesAndSignature(
+        non_signer_pubkeys=tuple(g1_from_json(p) for p in data["non_signer_pubkeys"]),
+        quorum_apks=tuple(g1_from_json(p) for p in data["quorum_apks"]),
+        apk_g2=g2_from_json(data["apk_g2"]),
+        sigma=g1_from_json(data["sigma"]),
+        indices=CheckSignaturesIndices(
+            non_signer_quorum_bitmap_indices=tuple(idx["non_signer_quorum_bitmap_indices"]),
+            quorum_apk_indices=tuple(idx["quorum_apk_indices"]),
+            total_stake_indices=tuple(idx["total_stake_indices"]),
+            non_signer_stake_indices=tuple(tuple(r) for r in idx["non_signer_stake_indices"]),
+        ),
+    )
+
+
+def _missing(operator_id: bytes) -> OperatorInfo:
+    raise AssertionError(f"signer 0x{operator_id.hex()} is not in the operator set")
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()

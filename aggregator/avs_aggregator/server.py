@@ -1,0 +1,241 @@
+"""The intake gRPC API (``avs.aggregator.v1.AggregatorService``): servicers convert, the pipeline decides.
+
+Errors are ``AvsError``s mapped to status codes by ``avs.rpc.status.ErrorToStatusInterceptor``
+(INVALID_ARGUMENT, NOT_FOUND for unknown models, RESOURCE_EXHAUSTED when too much is pending);
+an unknown request hash is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from eth_account import Account
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from avs.errors import AuthenticationError, InvalidInputError, ModelNotFoundError
+from avs.inference.params import parse_chat_messages
+from avs.merkle import compute_merkle_tree
+from avs.messages import compute_request_hash, compute_stop_sequences_hash
+from avs.rpc import convert
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
+from avs.rpc.common.v1 import bn254_pb2
+from avs.rpc.operator.v1 import operator_pb2 as op
+from avs.rpc.status import ErrorToStatusInterceptor
+from avs_aggregator.pipeline import Pipeline, g1_from_json, g2_from_json
+from avs_aggregator.prompts import PromptEncoder
+from avs_aggregator.protocol import compute_signatory_record_hash
+from avs_aggregator.store import FINAL_REQUEST_STATES, RequestRow, RequestState, load_hex_list
+
+SERVICE_NAME = ag.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+STATE_TO_PROTO = {
+    RequestState.RECEIVED: ag.REQUEST_STATE_RECEIVED,
+    RequestState.GENERATING: ag.REQUEST_STATE_GENERATING,
+    RequestState.VERIFYING: ag.REQUEST_STATE_VERIFYING,
+    RequestState.ACCEPTED: ag.REQUEST_STATE_ACCEPTED,
+    RequestState.BATCHED: ag.REQUEST_STATE_BATCHED,
+    RequestState.CERTIFIED: ag.REQUEST_STATE_CERTIFIED,
+    RequestState.FAILED: ag.REQUEST_STATE_FAILED,
+}
+WATCH_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    model_id: bytes
+    encoder: PromptEncoder | None = None  # computes prompt hashes when requesters leave them out
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    max_chat_chars: int = 64 * 1024
+    max_new_tokens: int = 512
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def build_status(pipeline: Pipeline, row: RequestRow) -> ag.RequestStatus:
+    status = ag.RequestStatus(
+        request_hash=row.request_hash,
+        state=STATE_TO_PROTO[RequestState(row.state)],
+        error=row.error or "",
+        attempt=row.attempt,
+        primary_operator_id=row.primary_id or b"",
+        output_token_ids=json.loads(row.output_ids or "[]"),
+        output_text=row.output_text or "",
+        output_hash=row.output_hash or b"",
+        batch_index=row.batch_index or 0,
+    )
+    if row.state == RequestState.CERTIFIED:
+        status.certificate.CopyFrom(build_certificate(pipeline, row))
+    return status
+
+
+def build_certificate(pipeline: Pipeline, row: RequestRow) -> ag.Certificate:
+    assert row.batch_index is not None and row.output_hash is not None
+    batch = pipeline.store.get_batch(row.batch_index)
+    assert batch is not None and batch.certificate is not None
+    data = json.loads(batch.certificate)
+    leaves = pipeline.get_batch_leaves(batch)
+    tree = compute_merkle_tree(leaves)
+    position = [leaf.request_hash for leaf in leaves].index(row.request_hash)
+    non_signers = load_hex_list(json.dumps(data["non_signer_ids"]))
+    header = pipeline.get_header(batch)
+    certificate = ag.Certificate(
+        chain_id=pipeline.domain.chain_id,
+        task_manager=pipeline.domain.verifying_contract,
+        request=op.InferenceRequest.FromString(row.envelope),
+        request_hash=row.request_hash,
+        output_token_ids=json.loads(row.output_ids or "[]"),
+        output_text=row.output_text or "",
+        output_hash=row.output_hash,
+        batch_header=convert.batch_header_to_proto(header),
+        merkle_proof=list(tree.get_proof(position)),
+        signatory_record_hash=compute_signatory_record_hash(batch.reference_block, non_signers),
+        non_signer_ids=non_signers,
+        apk_g2=convert.g2_to_proto(g2_from_json(data["apk_g2"])),
+        sigma=convert.g1_to_proto(g1_from_json(data["sigma"])),
+        tx_hash=batch.tx_hash or b"",
+        certified_block=batch.certified_block or 0,
+    )
+    for signer in data["signers"]:
+        g1 = g1_from_json(signer["g1"])
+        certificate.signers.append(
+            ag.Signer(
+                public_key=bn254_pb2.BlsPublicKey(
+                    g1=convert.g1_to_proto(g1),
+                    g2=convert.g2_to_proto(g2_from_json(signer["g2"])),
+                    operator_id=bytes.fromhex(signer["operator_id"][2:]),
+                ),
+                multiplicity=signer["multiplicity"],
+            )
+        )
+    for stake in data["quorum_stakes"]:
+        certificate.quorum_stakes.append(
+            ag.QuorumStake(quorum_number=stake["quorum"], signed_stake=stake["signed"], total_stake=stake["total"])
+        )
+    return certificate
+
+
+class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
+    def __init__(self, pipeline: Pipeline, models: Mapping[bytes, ServedModel], limits: IntakeLimits) -> None:
+        self._pipeline = pipeline
+        self._models = dict(models)
+        self._limits = limits
+
+    def _resolve_model(self, message: ag.SubmitRequest) -> ServedModel:
+        if message.model_name and not message.request.model_id:
+            for model in self._models.values():
+                if model.name == message.model_name:
+                    return model
+            raise ModelNotFoundError(f"no model named {message.model_name!r} is served")
+        found = self._models.get(bytes(message.request.model_id))
+        if found is None:
+            raise ModelNotFoundError("no model with this id is served (ListModels lists them)")
+        return found
+
+    def _envelope(self, message: ag.SubmitRequest) -> convert.RequestEnvelope:
+        if not message.HasField("request"):
+            raise InvalidInputError("request is required")
+        model = self._resolve_model(message)
+        request = op.InferenceRequest()
+        request.CopyFrom(message.request)
+        request.model_id = model.model_id
+        chars = sum(len(m.content) for m in request.messages)
+        if chars > self._limits.max_chat_chars:
+            raise InvalidInputError(f"the chat has {chars} characters; at most {self._limits.max_chat_chars}")
+        if request.max_tokens > self._limits.max_new_tokens:
+            raise InvalidInputError(f"max_tokens must be at most {self._limits.max_new_tokens}")
+        if not request.prompt_hash:
+            if model.encoder is None:
+                raise InvalidInputError("prompt_hash is required for this model (no tokenizer configured)")
+            request.prompt_hash = model.encoder.compute_prompt_hash(
+                [{"role": m.role, "content": m.content} for m in request.messages]
+            )
+        envelope = convert.request_from_proto(request)
+        parse_chat_messages(list(envelope.messages))
+        if compute_stop_sequences_hash(envelope.stop_sequences) != envelope.request.stop_sequences_hash:
+            raise InvalidInputError("stop_sequences_hash does not match the stop sequences")
+        return envelope
+
+    def Submit(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.SubmitResponse:
+        envelope = self._envelope(request)
+        if request.requester_signature:
+            digest = compute_request_hash(self._pipeline.domain, envelope.request)
+            try:
+                signer = Account._recover_hash(digest, signature=bytes(request.requester_signature))
+            except Exception as exc:
+                raise AuthenticationError("the requester signature is malformed") from exc
+            if signer.lower() != envelope.request.requester.lower():
+                raise AuthenticationError("the requester signature is not by the request's requester")
+        request_hash = self._pipeline.submit(envelope, bytes(request.quorum_numbers), request.threshold_bps)
+        row = self._pipeline.store.get_request(request_hash)
+        state = STATE_TO_PROTO[RequestState(row.state)] if row else ag.REQUEST_STATE_RECEIVED
+        return ag.SubmitResponse(request_hash=request_hash, state=state)
+
+    def _row(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> RequestRow:
+        row = self._pipeline.store.get_request(bytes(request.request_hash))
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no request with this hash")
+        assert row is not None
+        return row
+
+    def GetStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> ag.RequestStatus:
+        return build_status(self._pipeline, self._row(request, context))
+
+    def WatchStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
+        last: tuple[str, int] | None = None
+        while context.is_active():
+            row = self._row(request, context)
+            if (row.state, row.attempt) != last:
+                last = (row.state, row.attempt)
+                yield build_status(self._pipeline, row)
+            if row.state in FINAL_REQUEST_STATES:
+                return
+            self._pipeline.wait_for_change(WATCH_POLL_SECONDS)
+
+    def GetBatch(self, request: ag.GetBatchRequest, context: grpc.ServicerContext) -> ag.BatchInfo:
+        batch = self._pipeline.store.get_batch(request.batch_index)
+        if batch is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no batch with this index")
+        assert batch is not None
+        info = ag.BatchInfo(
+            header=convert.batch_header_to_proto(self._pipeline.get_header(batch)),
+            state=batch.state,
+            request_hashes=load_hex_list(batch.request_hashes),
+            tx_hash=batch.tx_hash or b"",
+            certified_block=batch.certified_block or 0,
+        )
+        if batch.certificate:
+            non_signers = load_hex_list(json.dumps(json.loads(batch.certificate)["non_signer_ids"]))
+            info.signatory_record_hash = compute_signatory_record_hash(batch.reference_block, non_signers)
+        return info
+
+    def ListModels(self, request: ag.ListModelsRequest, context: grpc.ServicerContext) -> ag.ListModelsResponse:
+        return ag.ListModelsResponse(
+            models=[ag.ServedModel(name=m.name, model_id=m.model_id) for m in self._models.values()]
+        )
+
+
+def build_server(
+    servicer: AggregatorServicer, listen: str, max_workers: int = 32
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="intake"),
+        interceptors=[ErrorToStatusInterceptor()],
+        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+    )
+    ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer

@@ -1,0 +1,270 @@
+"""Persistence of every pipeline state: SQLAlchemy (SQLite by default, PostgreSQL by URL).
+
+The schema is owned by Alembic (``migrations/``); ``Store`` upgrades the database to head when it
+opens it. Each pipeline step commits before the next begins, so a killed aggregator resumes from
+the last committed state. Binary values are stored as bytes; lists of them as JSON of hex strings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class RequestState(StrEnum):
+    RECEIVED = "RECEIVED"
+    GENERATING = "GENERATING"
+    VERIFYING = "VERIFYING"
+    ACCEPTED = "ACCEPTED"
+    BATCHED = "BATCHED"
+    CERTIFIED = "CERTIFIED"
+    FAILED = "FAILED"
+
+
+FINAL_REQUEST_STATES = frozenset({RequestState.CERTIFIED, RequestState.FAILED})
+
+
+class BatchState(StrEnum):
+    SIGNING = "SIGNING"  # header fixed, collecting signatures
+    SUBMITTING = "SUBMITTING"  # aggregate made; certifyBatch may have been sent
+    CERTIFIED = "CERTIFIED"
+    ABANDONED = "ABANDONED"  # not certifiable (stale, threshold); its requests moved on
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RequestRow(Base):
+    __tablename__ = "requests"
+
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)  # avs.operator.v1.InferenceRequest, serialised
+    quorum_numbers: Mapped[bytes] = mapped_column(LargeBinary)
+    threshold_bps: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    excluded: Mapped[str] = mapped_column(Text, default="[]")  # JSON hex operator ids
+    reference_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    primary_id: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    output_ids: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of ints
+    output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    primary_signature: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON [x, y] hex
+    batch_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class BatchRow(Base):
+    __tablename__ = "batches"
+
+    batch_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    quorum_numbers: Mapped[bytes] = mapped_column(LargeBinary)
+    reference_block: Mapped[int] = mapped_column(BigInteger)
+    leaves_root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    request_hashes: Mapped[str] = mapped_column(Text)  # JSON hex, in leaf order
+    certificate: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, see pipeline
+    tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    certified_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    gas_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RejectionRow(Base):
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    primary_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    reference_block: Mapped[int] = mapped_column(BigInteger)
+    evidence: Mapped[str] = mapped_column(Text)  # JSON: primary signature, reject signatures
+    tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+def dump_hex_list(values: Sequence[bytes]) -> str:
+    return json.dumps(["0x" + bytes(v).hex() for v in values])
+
+
+def load_hex_list(text: str) -> list[bytes]:
+    return [bytes.fromhex(v[2:]) for v in json.loads(text)]
+
+
+def upgrade_database(engine: Engine) -> None:
+    """``alembic upgrade head`` on ``engine``'s database."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+class Store:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        upgrade_database(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def add_request(self, row: RequestRow) -> bool:
+        """Insert ``row``; False if a request with that hash already exists."""
+        try:
+            with self.session() as s:
+                if s.get(RequestRow, row.request_hash) is not None:
+                    return False
+                row.created_at = row.updated_at = self.clock()
+                s.add(row)
+            return True
+        except IntegrityError:  # the same request submitted concurrently
+            return False
+
+    def get_request(self, request_hash: bytes) -> RequestRow | None:
+        with self.session() as s:
+            return s.get(RequestRow, request_hash)
+
+    def update_request(self, request_hash: bytes, **values: Any) -> RequestRow:
+        with self.session() as s:
+            row = s.get(RequestRow, request_hash)
+            if row is None:
+                raise KeyError(request_hash.hex())
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = self.clock()
+            return row
+
+    def list_requests(self, states: Sequence[RequestState], limit: int = 1000) -> list[RequestRow]:
+        with self.session() as s:
+            query = (
+                select(RequestRow)
+                .where(RequestRow.state.in_([str(st) for st in states]))
+                .order_by(RequestRow.created_at)
+                .limit(limit)
+            )
+            return list(s.scalars(query))
+
+    def count_requests(self, states: Sequence[RequestState]) -> int:
+        with self.session() as s:
+            query = select(func.count()).select_from(RequestRow).where(RequestRow.state.in_([str(x) for x in states]))
+            return int(s.scalar(query) or 0)
+
+    # --- batches -------------------------------------------------------------------------
+
+    def create_batch(self, row: BatchRow, request_hashes: Sequence[bytes]) -> None:
+        """Insert the batch and move its requests to BATCHED, in one transaction."""
+        with self.session() as s:
+            row.created_at = row.updated_at = self.clock()
+            s.add(row)
+            for request_hash in request_hashes:
+                request = s.get(RequestRow, request_hash)
+                assert request is not None
+                request.state = RequestState.BATCHED
+                request.batch_index = row.batch_index
+                request.updated_at = row.created_at
+
+    def get_batch(self, batch_index: int) -> BatchRow | None:
+        with self.session() as s:
+            return s.get(BatchRow, batch_index)
+
+    def update_batch(self, batch_index: int, **values: Any) -> None:
+        with self.session() as s:
+            row = s.get(BatchRow, batch_index)
+            if row is None:
+                raise KeyError(batch_index)
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = self.clock()
+
+    def finish_batch(self, batch_index: int, state: BatchState, request_state: RequestState, **values: Any) -> None:
+        """Set the batch's final state and move its requests, in one transaction."""
+        with self.session() as s:
+            row = s.get(BatchRow, batch_index)
+            assert row is not None
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.state = state
+            row.updated_at = now = self.clock()
+            for request in s.scalars(select(RequestRow).where(RequestRow.batch_index == batch_index)):
+                if request.state != RequestState.BATCHED:
+                    continue
+                request.state = request_state
+                request.updated_at = now
+                if request_state != RequestState.CERTIFIED:
+                    request.batch_index = None
+
+    def list_batches(self, states: Sequence[BatchState]) -> list[BatchRow]:
+        with self.session() as s:
+            query = select(BatchRow).where(BatchRow.state.in_([str(x) for x in states])).order_by(BatchRow.batch_index)
+            return list(s.scalars(query))
+
+    def get_next_batch_index(self, start: int) -> int:
+        with self.session() as s:
+            highest = s.scalar(select(func.max(BatchRow.batch_index)))
+            return max(start, (highest or 0) + 1 if highest is not None else start)
+
+    # --- rejections ----------------------------------------------------------------------
+
+    def add_rejection(self, row: RejectionRow) -> int:
+        with self.session() as s:
+            row.created_at = self.clock()
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def update_rejection(self, rejection_id: int, **values: Any) -> None:
+        with self.session() as s:
+            row = s.get(RejectionRow, rejection_id)
+            assert row is not None
+            for key, value in values.items():
+                setattr(row, key, value)
+
+    def list_rejections(self, request_hash: bytes | None = None) -> list[RejectionRow]:
+        with self.session() as s:
+            query = select(RejectionRow).order_by(RejectionRow.id)
+            if request_hash is not None:
+                query = query.where(RejectionRow.request_hash == request_hash)
+            return list(s.scalars(query))
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()

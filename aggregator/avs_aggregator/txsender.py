@@ -1,0 +1,173 @@
+"""Sending transactions that survive reality: one ``TransactionSender`` per sender key.
+
+- **Nonces**: sends are serialised under a lock and the next nonce is kept locally (never below
+  the chain's pending count), so concurrent callers never race for a nonce.
+- **Stuck transactions**: if no receipt arrives within ``receipt_timeout``, the same nonce is
+  re-sent with fees raised by ``bump_percent`` (at most ``max_bumps`` times); a receipt of *any*
+  of the sent versions ends the wait.
+- **Transient RPC errors**: retried with exponential backoff (``max_retries``).
+- **Confirmations and reorgs**: after inclusion it waits ``confirmations`` blocks and reads the
+  receipt again; if the transaction vanished (a reorg), the signed transaction is broadcast
+  again and the wait starts over.
+- **Reverts**: gas estimation runs the call first, so a custom error surfaces as
+  ``ContractRevertError`` before anything is sent; a mined failure raises ``TransactionFailedError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+from web3.exceptions import TransactionNotFound
+from web3.types import Nonce, TxParams
+
+from avs.chain.client import ContractRevertError, Web3AvsClient
+from avs.errors import AvsError
+
+logger = logging.getLogger(__name__)
+
+
+class TransactionFailedError(AvsError):
+    """A transaction that was mined but failed, or could not be mined after every fee bump."""
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    receipt_timeout: float = 30.0
+    bump_percent: int = 25  # replacement needs >= 10% more on geth/anvil
+    max_bumps: int = 5
+    confirmations: int = 0
+    max_reorg_resends: int = 3
+    max_retries: int = 3
+    poll_seconds: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class SentTransaction:
+    tx_hash: bytes
+    block_number: int
+    gas_used: int
+    bumps: int
+
+
+class TransactionSender:
+    def __init__(
+        self,
+        client: Web3AvsClient,
+        account: LocalAccount,
+        settings: SenderSettings = SenderSettings(),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.w3: Web3 = client.w3
+        self.account = account
+        self.settings = settings
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_nonce: int | None = None
+
+    def _retry(self, action: Callable[[], Any]) -> Any:
+        delay = 0.2
+        for attempt in range(self.settings.max_retries + 1):
+            try:
+                return action()
+            except (ContractRevertError, TransactionFailedError):
+                raise
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                if attempt == self.settings.max_retries:
+                    raise
+                logger.warning("rpc error; retrying", extra={"error": str(exc), "delay": delay})
+                self._sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _nonce(self) -> int:
+        pending = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")))
+        return pending if self._next_nonce is None else max(pending, self._next_nonce)
+
+    def send(self, fn: ContractFunction) -> SentTransaction:
+        with self._lock:
+            nonce = self._nonce()
+            params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
+            tx: dict[str, Any] = dict(self._retry(lambda: self.client._guard(lambda: fn.build_transaction(params))))
+            sent: list[bytes] = []
+            raw = b""
+            receipt = None
+            for bump in range(self.settings.max_bumps + 1):
+                if bump:
+                    tx = self._bumped(tx)
+                raw = bytes(self.account.sign_transaction(tx).raw_transaction)
+                sent.append(self._broadcast(raw))
+                receipt = self._wait_for_any(sent, self.settings.receipt_timeout)
+                if receipt is not None:
+                    break
+                logger.warning("transaction not mined in time; bumping fees", extra={"nonce": nonce, "bump": bump + 1})
+            if receipt is None:
+                raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
+            self._next_nonce = nonce + 1
+            receipt = self._confirm(receipt, raw)
+            if int(receipt["status"]) != 1:
+                raise TransactionFailedError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} failed")
+            return SentTransaction(
+                bytes(receipt["transactionHash"]), int(receipt["blockNumber"]), int(receipt["gasUsed"]), len(sent) - 1
+            )
+
+    def _bumped(self, tx: dict[str, Any]) -> dict[str, Any]:
+        factor = 100 + self.settings.bump_percent
+        bumped = dict(tx)
+        for key in ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice"):
+            if key in bumped:
+                bumped[key] = int(bumped[key]) * factor // 100 + 1
+        return bumped
+
+    def _broadcast(self, raw: bytes) -> bytes:
+        try:
+            return bytes(self._retry(lambda: self.w3.eth.send_raw_transaction(raw)))
+        except ValueError as exc:  # "already known" / "nonce too low": an earlier version may be mined
+            logger.info("broadcast refused", extra={"error": str(exc)})
+            return bytes(Web3.keccak(raw))
+
+    def _receipt(self, tx_hash: bytes) -> Any:
+        try:
+            return self._retry(lambda: self.w3.eth.get_transaction_receipt(HexBytes(tx_hash)))
+        except TransactionNotFound:
+            return None
+
+    def _wait_for_any(self, hashes: list[bytes], timeout: float) -> Any:
+        deadline = self._clock() + timeout
+        while True:
+            for tx_hash in hashes:
+                receipt = self._receipt(tx_hash)
+                if receipt is not None:
+                    return receipt
+            if self._clock() >= deadline:
+                return None
+            self._sleep(self.settings.poll_seconds)
+
+    def _confirm(self, receipt: Any, raw: bytes) -> Any:
+        """Wait for ``confirmations`` blocks on top; re-broadcast if a reorg dropped the transaction."""
+        if self.settings.confirmations == 0:
+            return receipt
+        for _ in range(self.settings.max_reorg_resends + 1):
+            target = int(receipt["blockNumber"]) + self.settings.confirmations
+            while int(self._retry(lambda: self.w3.eth.block_number)) < target:
+                self._sleep(self.settings.poll_seconds)
+            again = self._receipt(bytes(receipt["transactionHash"]))
+            if again is not None and again["blockHash"] == receipt["blockHash"]:
+                return again
+            logger.warning("transaction dropped by a reorg; re-broadcasting")
+            tx_hash = self._broadcast(raw)
+            receipt = self._wait_for_any([tx_hash, bytes(receipt["transactionHash"])], self.settings.receipt_timeout)
+            if receipt is None:
+                raise TransactionFailedError("the transaction was dropped by a reorg and not mined again")
+        raise TransactionFailedError("the transaction kept being dropped by reorgs")

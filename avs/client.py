@@ -1,0 +1,258 @@
+"""The requester SDK: submit a request to an aggregator, wait for it, verify its certificate.
+
+    client = AggregatorClient("127.0.0.1:50060")
+    request_hash = client.submit([{"role": "user", "content": "hi"}], model="smollm2", requester=me)
+    status = client.wait(request_hash, on_progress=lambda s: print(s.state))
+    check = verify_certificate(status.certificate)   # offline: no chain, no operator
+    assert check.ok, check.problems
+
+Offline verification checks everything the certificate states about itself: the request hash is
+the EIP-712 digest of the request, the output hash commits to the tokens under the model, the
+leaf is in the batch's Merkle root, the signatory record hash matches the non-signers, and the
+aggregate BLS signature over the batch digest verifies against the listed signer keys (each
+counted once per quorum it signed in, as the contract does). That the keys were the registered
+operators with the stated stake is what the chain certified: ``verify_on_chain`` asks the task
+manager's ``verifyLeaf``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from eth_abi.packed import encode_packed
+from eth_account import Account
+from eth_utils import keccak
+from google.protobuf import json_format
+
+from avs.crypto import bls
+from avs.crypto.curve import G1Point, G2Point
+from avs.errors import AvsError, DeadlineExceededError, InvalidInputError
+from avs.merkle import BatchLeaf, verify_merkle_proof
+from avs.messages import (
+    TOP_P_ONE,
+    Domain,
+    InferenceOutput,
+    compute_digest,
+    compute_output_hash,
+    compute_request_hash,
+    compute_stop_sequences_hash,
+)
+from avs.rpc import convert
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
+from avs.rpc.operator.v1 import operator_pb2 as op
+from avs.types import Bytes32
+
+Certificate = ag.Certificate
+RequestStatus = ag.RequestStatus
+FINAL_STATES = frozenset({ag.REQUEST_STATE_CERTIFIED, ag.REQUEST_STATE_FAILED})
+
+
+class RequestFailedError(AvsError):
+    """The aggregator could not certify the request (see the message)."""
+
+
+def compute_signatory_record_hash(reference_block: int, non_signer_ids: Sequence[bytes]) -> Bytes32:
+    """``keccak256(abi.encodePacked(uint32 referenceBlock, bytes32[] nonSignerIds))``."""
+    return Bytes32(keccak(encode_packed(["uint32", "bytes32[]"], [reference_block, list(non_signer_ids)])))
+
+
+def get_state_name(state: int) -> str:
+    return ag.RequestState.Name(state).removeprefix("REQUEST_STATE_")  # type: ignore[arg-type]
+
+
+class AggregatorClient:
+    def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = ag_grpc.AggregatorServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def list_models(self) -> dict[str, bytes]:
+        response: ag.ListModelsResponse = self._stub.ListModels(ag.ListModelsRequest(), timeout=self._timeout)
+        return {m.name: bytes(m.model_id) for m in response.models}
+
+    def submit(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        requester: str,
+        model: str = "",
+        model_id: bytes = b"",
+        max_tokens: int = 64,
+        temperature_milli: int = 0,
+        top_k: int = 0,
+        top_p_micro: int = TOP_P_ONE,
+        seed: int = 0,
+        stop_sequences: Sequence[str] = (),
+        nonce: int | None = None,
+        prompt_hash: bytes = b"",
+        quorums: bytes = b"",
+        threshold_bps: int = 0,
+        domain: Domain | None = None,
+        requester_key: bytes | None = None,
+    ) -> bytes:
+        """Submit; returns the request hash. With ``requester_key`` (and ``domain``), the request is
+        signed by the requester; the aggregator then checks that signature."""
+        if not model and not model_id:
+            raise InvalidInputError("name a model (model=...) or give its id (model_id=...)")
+        request = op.InferenceRequest(
+            model_id=model_id,
+            prompt_hash=prompt_hash,
+            temperature_milli=temperature_milli,
+            top_k=top_k,
+            top_p_micro=top_p_micro,
+            seed=seed,
+            max_tokens=max_tokens,
+            stop_sequences_hash=compute_stop_sequences_hash(list(stop_sequences)),
+            requester=requester,
+            nonce=(secrets.randbits(256) if nonce is None else nonce).to_bytes(32, "big"),
+            messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            stop_sequences=list(stop_sequences),
+        )
+        message = ag.SubmitRequest(
+            request=request, model_name=model, quorum_numbers=quorums, threshold_bps=threshold_bps
+        )
+        if requester_key is not None:
+            if domain is None or not model_id or not prompt_hash:
+                raise InvalidInputError("signing a request needs the domain, model_id and prompt_hash")
+            digest = compute_request_hash(domain, convert.request_from_proto(request).request)
+            message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
+        response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
+        return bytes(response.request_hash)
+
+    def get_status(self, request_hash: bytes) -> ag.RequestStatus:
+        status: ag.RequestStatus = self._stub.GetStatus(
+            ag.GetStatusRequest(request_hash=request_hash), timeout=self._timeout
+        )
+        return status
+
+    def get_batch(self, batch_index: int) -> ag.BatchInfo:
+        info: ag.BatchInfo = self._stub.GetBatch(ag.GetBatchRequest(batch_index=batch_index), timeout=self._timeout)
+        return info
+
+    def wait(
+        self,
+        request_hash: bytes,
+        timeout: float = 600.0,
+        on_progress: Callable[[ag.RequestStatus], None] | None = None,
+    ) -> ag.RequestStatus:
+        """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``)."""
+        last: ag.RequestStatus | None = None
+        try:
+            for status in self._stub.WatchStatus(ag.GetStatusRequest(request_hash=request_hash), timeout=timeout):
+                last = status
+                if on_progress is not None:
+                    on_progress(status)
+                if status.state in FINAL_STATES:
+                    break
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceededError(f"the request was not certified within {timeout} s") from exc
+            raise
+        if last is None or last.state not in FINAL_STATES:
+            raise DeadlineExceededError("the status stream ended before a final state")
+        if last.state == ag.REQUEST_STATE_FAILED:
+            raise RequestFailedError(last.error or "the request failed")
+        return last
+
+
+# --- certificates ---------------------------------------------------------------------
+
+
+def certificate_to_json(certificate: ag.Certificate) -> str:
+    """Protobuf's canonical JSON (bytes as base64); ``certificate_from_json`` reads it back."""
+    return json_format.MessageToJson(certificate, preserving_proto_field_name=True, indent=2)
+
+
+def certificate_from_json(text: str) -> ag.Certificate:
+    try:
+        return json_format.Parse(text, ag.Certificate())
+    except json_format.ParseError as exc:
+        raise InvalidInputError(f"not a certificate: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateCheck:
+    problems: tuple[str, ...]
+    stake_shares: dict[int, float]  # quorum -> signed share, as the certificate states it
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_signers(certificate: ag.Certificate) -> tuple[G1Point, G2Point, list[str]]:
+    problems = []
+    g1_keys: list[G1Point] = []
+    g2_keys: list[G2Point] = []
+    for signer in certificate.signers:
+        g1 = convert.g1_from_proto(signer.public_key.g1)
+        g2 = convert.g2_from_proto(signer.public_key.g2)
+        if bls.compute_operator_id(g1) != signer.public_key.operator_id:
+            problems.append("a signer's operator id is not the hash of its G1 key")
+        if not 1 <= signer.multiplicity <= len(certificate.batch_header.quorum_numbers):
+            problems.append("a signer's multiplicity is outside the batch's quorum count")
+        g1_keys += [g1] * signer.multiplicity
+        g2_keys += [g2] * signer.multiplicity
+    return bls.aggregate_g1(g1_keys), bls.aggregate_g2(g2_keys), problems
+
+
+def verify_certificate(certificate: ag.Certificate, min_share_bps: int = 0) -> CertificateCheck:
+    """Check a certificate offline (see the module docstring); never raises for a bad certificate."""
+    problems: list[str] = []
+    shares = {q.quorum_number: int(q.signed_stake) / max(int(q.total_stake), 1) for q in certificate.quorum_stakes}
+    try:
+        domain = Domain(certificate.chain_id, certificate.task_manager)
+        request = convert.request_from_proto(certificate.request).request
+        request_hash = compute_request_hash(domain, request)
+        if request_hash != certificate.request_hash:
+            problems.append("the request hash is not the digest of the request")
+        output = InferenceOutput(request_hash, request.model_id, tuple(int(t) for t in certificate.output_token_ids))
+        output_hash = compute_output_hash(output)
+        if output_hash != certificate.output_hash:
+            problems.append("the output hash does not commit to the output tokens")
+        header = convert.batch_header_from_proto(certificate.batch_header)
+        leaf = BatchLeaf(request_hash, output_hash)
+        if not verify_merkle_proof(header.leaves_root, leaf, [bytes(p) for p in certificate.merkle_proof]):
+            problems.append("the Merkle proof does not lead to the batch's leaves root")
+        record = compute_signatory_record_hash(header.reference_block, [bytes(i) for i in certificate.non_signer_ids])
+        if record != certificate.signatory_record_hash:
+            problems.append("the signatory record hash does not match the non-signers")
+        apk_g1, apk_g2, signer_problems = _check_signers(certificate)
+        problems += signer_problems
+        if apk_g2 != convert.g2_from_proto(certificate.apk_g2):
+            problems.append("apk_g2 is not the sum of the signers' keys")
+        sigma = convert.g1_from_proto(certificate.sigma)
+        if not bls.verify_aggregate(compute_digest(domain, header), apk_g1, apk_g2, sigma):
+            problems.append("the aggregate signature does not verify over the batch digest")
+        for quorum, share in shares.items():
+            if share * 10_000 < min_share_bps:
+                problems.append(f"quorum {quorum} signed {share:.2%}, below the {min_share_bps / 100:.2f}% asked")
+    except (AvsError, ValueError) as exc:
+        problems.append(f"malformed certificate: {exc}")
+    return CertificateCheck(tuple(problems), shares)
+
+
+def verify_on_chain(certificate: ag.Certificate, task_manager: object) -> bool:
+    """``InferenceTaskManager.verifyLeaf`` for the certificate (``task_manager``: a web3 contract)."""
+    header = certificate.batch_header
+    fn = task_manager.functions.verifyLeaf(  # type: ignore[attr-defined]
+        (header.batch_index, bytes(header.leaves_root), header.reference_block, bytes(header.quorum_numbers)),
+        bytes(certificate.signatory_record_hash),
+        bytes(certificate.request_hash),
+        bytes(certificate.output_hash),
+        [bytes(p) for p in certificate.merkle_proof],
+    )
+    return bool(fn.call())

@@ -1,0 +1,185 @@
+"""Fakes of the aggregator's Protocols: operators with real BLS keys, a chain that checks like the contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from eth_utils import keccak
+
+from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
+from avs.crypto import bls
+from avs.crypto.curve import G1_IDENTITY, G1Point, negate_g1
+from avs.merkle import BatchLeaf, compute_merkle_tree
+from avs.messages import (
+    Attestation,
+    BatchHeader,
+    Domain,
+    InferenceOutput,
+    InferenceRequest,
+    Verdict,
+    compute_digest,
+    compute_output_hash,
+    compute_request_hash,
+    compute_stop_sequences_hash,
+)
+from avs.rpc.convert import RequestEnvelope
+from avs.types import OperatorId, OutputHash
+from avs_aggregator.ports import GenerateReply, OperatorInfo, OperatorSet, VerifyReply
+
+DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+MODEL_ID = keccak(text="model")
+
+
+def canonical_tokens(request: InferenceRequest) -> tuple[int, ...]:
+    return tuple(b % 50 for b in request.prompt_hash[: min(request.max_tokens, 6)])
+
+
+def make_envelope(nonce: int, text: str = "hello") -> RequestEnvelope:
+    request = InferenceRequest(
+        model_id=MODEL_ID,
+        prompt_hash=keccak(text=text),
+        temperature_milli=0,
+        top_k=0,
+        top_p_micro=1_000_000,
+        seed=0,
+        max_tokens=8,
+        stop_sequences_hash=compute_stop_sequences_hash([]),
+        requester="0x" + "ab" * 20,
+        nonce=nonce,
+    )
+    return RequestEnvelope(request, ({"role": "user", "content": text},), ())
+
+
+@dataclass
+class FakeOperator:
+    keys: bls.KeyPair
+    stakes: dict[int, int]
+    behaviour: str = "honest"  # honest | down | cheat | bad_batch_signature | wrong_output_hash
+    signed_batches: list[int] = field(default_factory=list)
+
+    @property
+    def info(self) -> OperatorInfo:
+        return OperatorInfo(
+            operator_id=self.keys.operator_id,
+            address="0x" + self.keys.operator_id[:20].hex(),
+            pubkey_g1=self.keys.pubkey_g1,
+            pubkey_g2=self.keys.pubkey_g2,
+            socket="fake",
+            stakes=dict(self.stakes),
+        )
+
+    def attest(self, request_hash: bytes, output_hash: bytes, verdict: Verdict) -> G1Point:
+        return bls.sign(self.keys.secret, compute_digest(DOMAIN, Attestation(request_hash, output_hash, verdict)))
+
+
+class FakeNetwork:
+    """Operators, their stake, the operator API and the chain, all in memory."""
+
+    def __init__(self, stakes: Sequence[dict[int, int]], block: int = 100) -> None:
+        self.operators = [
+            FakeOperator(bls.compute_key_pair(bls.SecretKey(1000 + i)), dict(s)) for i, s in enumerate(stakes)
+        ]
+        self.block = block
+        self.certified: dict[int, tuple[int, bytes]] = {}
+        self.certify_calls: list[int] = []
+        self.calls: list[tuple[str, bytes]] = []
+        self.crash_after_certify = False
+
+    def by_id(self, operator_id: bytes) -> FakeOperator:
+        return next(o for o in self.operators if o.keys.operator_id == operator_id)
+
+    # --- OperatorSetReader --------------------------------------------------------------
+
+    def get_reference_block(self) -> tuple[int, bytes]:
+        return self.block - 1, keccak(self.block.to_bytes(8, "big"))
+
+    def get_operator_set(self, reference_block: int) -> OperatorSet:
+        infos = sorted((o.info for o in self.operators), key=lambda i: i.operator_id)
+        totals: dict[int, int] = {}
+        for info in infos:
+            for q, s in info.stakes.items():
+                totals[q] = totals.get(q, 0) + s
+        return OperatorSet(reference_block, keccak((reference_block + 1).to_bytes(8, "big")), tuple(infos), totals)
+
+    # --- OperatorCaller -----------------------------------------------------------------
+
+    def generate(self, operator: OperatorInfo, envelope: RequestEnvelope, timeout: float) -> GenerateReply:
+        op = self.by_id(operator.operator_id)
+        self.calls.append(("generate", operator.operator_id))
+        if op.behaviour == "down":
+            raise ConnectionError("operator down")
+        request_hash = compute_request_hash(DOMAIN, envelope.request)
+        tokens = canonical_tokens(envelope.request)
+        if op.behaviour == "cheat":
+            tokens = (*tokens[:-1], 49)
+        output_hash = compute_output_hash(InferenceOutput(request_hash, envelope.request.model_id, tokens))
+        if op.behaviour == "wrong_output_hash":
+            output_hash = OutputHash(keccak(text="wrong"))
+        return GenerateReply(tokens, "text", output_hash, op.attest(request_hash, output_hash, Verdict.ACCEPT))
+
+    def verify(
+        self, operator: OperatorInfo, envelope: RequestEnvelope, output_ids: Sequence[int], timeout: float
+    ) -> VerifyReply:
+        op = self.by_id(operator.operator_id)
+        self.calls.append(("verify", operator.operator_id))
+        if op.behaviour == "down":
+            raise ConnectionError("operator down")
+        request_hash = compute_request_hash(DOMAIN, envelope.request)
+        output_hash = compute_output_hash(InferenceOutput(request_hash, envelope.request.model_id, tuple(output_ids)))
+        honest = tuple(output_ids) == canonical_tokens(envelope.request)
+        verdict = Verdict.ACCEPT if honest == (op.behaviour != "cheat") else Verdict.REJECT
+        return VerifyReply(output_hash, verdict, op.attest(request_hash, output_hash, verdict))
+
+    def sign_batch(
+        self, operator: OperatorInfo, header: BatchHeader, leaves: Sequence[BatchLeaf], timeout: float
+    ) -> G1Point:
+        op = self.by_id(operator.operator_id)
+        self.calls.append(("sign_batch", operator.operator_id))
+        if op.behaviour == "down":
+            raise ConnectionError("operator down")
+        assert compute_merkle_tree(leaves).root == header.leaves_root
+        op.signed_batches.append(header.batch_index)
+        digest: bytes = compute_digest(DOMAIN, header)
+        if op.behaviour == "bad_batch_signature":
+            digest = keccak(text="something else")
+        return bls.sign(op.keys.secret, digest)
+
+    # --- ChainWriter --------------------------------------------------------------------
+
+    def get_block_number(self) -> int:
+        return self.block
+
+    def get_check_signatures_indices(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> CheckSignaturesIndices:
+        assert list(non_signer_ids) == sorted(non_signer_ids)
+        return CheckSignaturesIndices((0,) * len(non_signer_ids), (0,) * len(quorum_numbers), (0,), ((),))
+
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
+        """Checks like ``BLSSignatureChecker``: apk = Σ quorum apks − Σ non-signer keys × their quorum count."""
+        self.certify_calls.append(header.batch_index)
+        if header.batch_index in self.certified:
+            raise ContractRevertError("BatchAlreadyCertified", (header.batch_index,))
+        if header.reference_block + 100 < self.block + 1:
+            raise ContractRevertError("StaleReferenceBlock", (header.reference_block,))
+        operator_set = self.get_operator_set(header.reference_block)
+        apk = G1_IDENTITY
+        for apk_q in signatures.quorum_apks:
+            apk = bls.aggregate_g1([apk, apk_q])
+        negated = []
+        for key in signatures.non_signer_pubkeys:
+            info = next(o for o in operator_set.operators if o.pubkey_g1 == key)
+            count = sum(1 for q in header.quorum_numbers if q in info.stakes)
+            negated += [negate_g1(key)] * count
+        apk = bls.aggregate_g1([apk, *negated])
+        if not bls.verify_aggregate(compute_digest(DOMAIN, header), apk, signatures.apk_g2, signatures.sigma):
+            raise ContractRevertError("InvalidBLSSignature", ())
+        tx = keccak(header.batch_index.to_bytes(8, "big"))
+        self.certified[header.batch_index] = (self.block, tx)
+        if self.crash_after_certify:
+            raise KeyboardInterrupt("crash after the transaction was mined")
+        return tx, 190_000
+
+    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+        return self.certified.get(batch_index)

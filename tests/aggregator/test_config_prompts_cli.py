@@ -1,0 +1,84 @@
+"""Config parsing (the example file too), torch-free prompt hashes, the CLI entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from avs_aggregator.cli import main
+from avs_aggregator.config import ConfigError, load_config, parse_config
+from avs_aggregator.prompts import PromptEncoder
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "aggregator" / "aggregator.example.yaml"
+
+
+def test_example_config_parses_and_resolves_paths() -> None:
+    config = load_config(EXAMPLE)
+    assert config.chain.deployment_file.is_absolute()
+    assert config.models[0].tokenizer_path is not None and config.models[0].tokenizer_path.is_absolute()
+    assert config.policy.default_threshold_bps == 6667
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"models": []}, "models"),
+        ({"policy": {"default_quorums": [1]}}, "policy"),
+        ({"batch": {"max_size": 0}}, "batch.max_size"),
+        ({"models": [{"name": "m", "model_id": "0x12"}]}, "models.0.model_id"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_config_errors_name_the_field(patch: dict[str, object], field: str) -> None:
+    base: dict[str, object] = {
+        "chain": {"deployment_file": "d.json"},
+        "keys": {"ecdsa_keystore": "k.json"},
+        "models": [{"name": "m", "model_id": "0x" + "00" * 32}],
+    }
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config({**base, **patch})
+
+
+def test_prompt_hash_matches_the_engine_without_torch(tmp_path: Path) -> None:
+    from tests.inference.conftest import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    from transformers import AutoTokenizer
+
+    from avs.inference.params import compute_prompt_hash
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the quick brown fox"}]
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(tmp_path))
+    reference: Any = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+    ids = reference["input_ids"] if hasattr(reference, "keys") else reference
+    encoder = PromptEncoder(tmp_path)
+    assert encoder.compute_prompt_hash(chat) == compute_prompt_hash([int(t) for t in ids])
+    with pytest.raises(ValueError, match="special token"):
+        encoder.encode_chat([{"role": "user", "content": "<|im_start|>system"}])
+
+
+def test_challenger_example_config_parses() -> None:
+    from avs_aggregator.challenger.app import load_challenger_config
+
+    config = load_challenger_config(EXAMPLE.parent / "challenger.example.yaml")
+    assert config.sample_rate == 0.1 and config.deployment_file.is_absolute()
+
+
+def test_cli_version_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == 0
+    assert "avs-aggregator" in capsys.readouterr().out
+    assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no config file" in capsys.readouterr().err
+
+
+def test_the_aggregator_and_the_sdk_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, avs_aggregator.app, avs_aggregator.challenger.app, avs.client; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,487 @@
+"""Integration: anvil + the deployed contracts + 3 in-process operators (tiny model, real gRPC on
+loopback) + the aggregator daemon. Requests are certified on-chain, certificates verify offline
+and with ``verifyLeaf``; a restart in the middle of the pipeline loses nothing and certifies once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+
+from avs import keystore
+from avs.chain.abi import load_abi
+from avs.chain.client import Web3AvsClient
+from avs.chain.deployment import Deployment
+from avs.chain.faults import ChallengeStatus, Web3FaultClient
+from avs.chain.registration import register_operator
+from avs.client import AggregatorClient, RequestFailedError, get_state_name, verify_certificate, verify_on_chain
+from avs.crypto import bls
+from avs.devnet import ANVIL_KEY_0, CONTRACTS, Anvil, deploy_contracts, get_free_port, restake
+from avs.inference.engine import StreamEvent, load_engine
+from avs.inference.params import SamplingParams
+from avs.messages import Domain, InferenceRequest, Verdict, compute_request_hash, compute_stop_sequences_hash
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs_aggregator.app import AggregatorApp
+from avs_aggregator.chain import Web3OperatorSetReader
+from avs_aggregator.challenger.app import ChallengerApp, ChallengerConfig, ChallengerSecrets
+from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
+from avs_aggregator.challenger.core import Challenger
+from avs_aggregator.config import AggregatorSecrets, parse_config
+from avs_aggregator.operators import GrpcOperatorCaller
+from avs_aggregator.prompts import PromptEncoder
+from avs_aggregator.protocol import select_primary
+from avs_aggregator.store import BatchState
+from avs_aggregator.txsender import SenderSettings, SentTransaction, TransactionSender
+from avs_operator.app import OperatorApp
+from avs_operator.config import OperatorSecrets
+from avs_operator.config import parse_config as parse_operator_config
+from tests.inference.conftest import build_tiny_model
+
+PASSWORD = "pw"
+STAKES = (40 * 10**18, 30 * 10**18, 30 * 10**18)
+REQUESTER = "0x" + "ab" * 20
+AGGREGATOR = Account.from_key(ANVIL_KEY_0)
+
+
+@dataclass
+class Devnet:
+    anvil: Anvil
+    deployment: Deployment
+    client: Web3AvsClient
+    operators: list[OperatorApp]
+    model_dir: Path
+    model_id: bytes
+    workdir: Path
+
+
+def start_operator(workdir: Path, model: Path, cache: Path, deployment: Deployment) -> OperatorApp:
+    workdir.mkdir(parents=True)
+    keystore.save_bls_keystore(workdir / "bls.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 10)
+    config = parse_operator_config(
+        {
+            "chain": {"chain_id": deployment.chain_id, "task_manager": deployment.task_manager},
+            "keys": {"bls_keystore": str(workdir / "bls.json")},
+            "models": [{"name": "tiny", "path": str(model)}],
+            "auth": {"authorised_aggregators": [AGGREGATOR.address]},
+            "grpc": {"listen": "127.0.0.1:0"},
+            "node_api": {"listen": "127.0.0.1:0"},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "slashing_protection_url": f"sqlite:///{workdir / 'protection.sqlite'}",
+            "threads": 1,
+        }
+    )
+    app = OperatorApp(
+        config,
+        OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
+        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=cache),
+    )
+    app.start()
+    return app
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    workdir = tmp_path_factory.mktemp("aggregator-devnet")
+    model_dir = build_tiny_model(workdir / "model")
+    anvil = Anvil()
+    operators: list[OperatorApp] = []
+    try:
+        # forge may only write inside contracts/: deploy there, keep a copy in the temp folder
+        out = CONTRACTS / "deployments" / f"pytest-aggregator-{os.getpid()}.json"
+        try:
+            deployment = deploy_contracts(anvil.url, out)
+            shutil.copy(out, workdir / "deployment.json")
+        finally:
+            out.unlink(missing_ok=True)
+        client = Web3AvsClient(anvil.w3, deployment, AGGREGATOR)
+        for i, stake in enumerate(STAKES):
+            app = start_operator(workdir / f"op{i}", model_dir, workdir / "cache", deployment)
+            operators.append(app)
+            account: LocalAccount = Account.create()
+            restake(anvil.w3, deployment, account, stake)
+            register_operator(
+                client, account, app.core.key_pair, f"grpc://127.0.0.1:{app.ports.grpc}", [0], allocate_wad=10**18
+            )
+        anvil.mine(2)
+        model_id = next(iter(operators[0].core.served_models()))
+        yield Devnet(anvil, deployment, client, operators, model_dir, model_id, workdir)
+    finally:
+        for app in operators:
+            app.stop(1)
+        anvil.stop()
+
+
+def start_aggregator(devnet: Devnet, db: Path) -> AggregatorApp:
+    key_file = devnet.workdir / "aggregator.key.json"
+    if not key_file.exists():
+        keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 10)
+    config = parse_config(
+        {
+            "chain": {"rpc_url": devnet.anvil.url, "deployment_file": str(devnet.workdir / "deployment.json")},
+            "keys": {"ecdsa_keystore": str(key_file)},
+            "models": [
+                {"name": "tiny", "model_id": "0x" + devnet.model_id.hex(), "tokenizer_path": str(devnet.model_dir)}
+            ],
+            "database_url": f"sqlite:///{db}",
+            "grpc_listen": "127.0.0.1:0",
+            "metrics_listen": "127.0.0.1:0",
+            "health_listen": "127.0.0.1:0",
+            "batch": {"max_size": 4, "max_latency_seconds": 0.3},
+            "workers": 4,
+        }
+    )
+    app = AggregatorApp(config, AggregatorSecrets(ecdsa_key_password=PASSWORD))  # type: ignore[arg-type]
+    app.start()
+    return app
+
+
+def submit(client: AggregatorClient, text: str, nonce: int, **kwargs: object) -> bytes:
+    messages = [{"role": "user", "content": text}]
+    kwargs.setdefault("max_tokens", 6)
+    return client.submit(messages, model="tiny", requester=REQUESTER, nonce=nonce, **kwargs)  # type: ignore[arg-type]
+
+
+def test_requests_are_certified_on_chain_and_verify_offline(devnet: Devnet, tmp_path: Path) -> None:
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    try:
+        with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+            assert client.list_models() == {"tiny": devnet.model_id}
+            hashes = [submit(client, f"hello world {i}", nonce=i) for i in range(2)]
+            seen: list[str] = []
+            statuses = [
+                client.wait(h, timeout=90, on_progress=lambda s: seen.append(get_state_name(s.state))) for h in hashes
+            ]
+        assert seen[-1] == "CERTIFIED"
+        for status in statuses:
+            certificate = status.certificate
+            check = verify_certificate(certificate, min_share_bps=6667)
+            assert check.ok, check.problems
+            assert check.stake_shares == {0: 1.0}
+            assert verify_on_chain(certificate, devnet.client.task_manager)
+            assert devnet.client.get_certified_block(certificate.batch_header.batch_index) > 0
+            assert len(certificate.signers) == 3 and certificate.tx_hash
+        # a tampered certificate fails offline
+        tampered = ag.Certificate()
+        tampered.CopyFrom(statuses[0].certificate)
+        tampered.output_token_ids[0] ^= 1
+        assert not verify_certificate(tampered).ok
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.ports.health}/health", timeout=5) as response:
+            assert json.loads(response.read()) == {"status": "ok"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.ports.metrics}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert "avs_aggregator_batches_certified_total" in text and 'state="certified"' in text
+        assert "avs_aggregator_batch_gas_used_count" in text
+    finally:
+        app.stop(1)
+
+
+def test_bad_requests_get_clear_status_codes(devnet: Devnet, tmp_path: Path) -> None:
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    try:
+        with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+            cases: list[tuple[Callable[[], object], str]] = [
+                (
+                    lambda: client.submit([{"role": "user", "content": "x"}], model="nope", requester=REQUESTER),
+                    "NOT_FOUND",
+                ),
+                (lambda: submit(client, "x", 1, threshold_bps=100), "INVALID_ARGUMENT"),
+                (lambda: submit(client, "x", 1, quorums=b"\x05"), "INVALID_ARGUMENT"),
+                (lambda: submit(client, "x", 1, max_tokens=100_000), "INVALID_ARGUMENT"),
+                (
+                    lambda: client.submit([{"role": "robot", "content": "x"}], model="tiny", requester=REQUESTER),
+                    "INVALID_ARGUMENT",
+                ),
+                (lambda: client.get_status(b"\x01" * 32), "NOT_FOUND"),
+            ]
+            for call, code in cases:
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code().name == code, info.value.details()
+    finally:
+        app.stop(1)
+
+
+def test_restart_mid_pipeline_resumes_and_certifies_once(devnet: Devnet, tmp_path: Path) -> None:
+    db = tmp_path / "agg.sqlite"
+    app = start_aggregator(devnet, db)
+    with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+        request_hash = submit(client, "the quick brown fox", nonce=100)
+        deadline = time.monotonic() + 60
+        while client.get_status(request_hash).state < ag.REQUEST_STATE_VERIFYING and time.monotonic() < deadline:
+            time.sleep(0.02)
+    app.stop(1)  # killed while verifying (or later): the state is in the database
+    second = start_aggregator(devnet, db)
+    try:
+        with AggregatorClient(f"127.0.0.1:{second.ports.grpc}") as client:
+            status = client.wait(request_hash, timeout=90)
+        assert verify_certificate(status.certificate).ok
+        certified = second.store.list_batches([BatchState.CERTIFIED])
+        assert [b.batch_index for b in certified] == [status.batch_index]
+        event = devnet.client.task_manager.events.BatchCertified
+        logs = event.get_logs(from_block=0, argument_filters={"batchIndex": status.batch_index})
+        assert len(logs) >= 1
+    finally:
+        second.stop(1)
+
+
+def test_unanswerable_request_fails_clearly(devnet: Devnet, tmp_path: Path) -> None:
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    try:
+        with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+            # a wrong prompt hash: every operator refuses it before compute
+            request_hash = submit(client, "hi", nonce=7, prompt_hash=Web3.keccak(text="not the prompt"))
+            with pytest.raises(RequestFailedError):
+                client.wait(request_hash, timeout=60)
+    finally:
+        app.stop(1)
+
+
+def test_cheating_primary_is_rejected_slashed_and_the_request_retried(
+    devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operator 1 (30% of the stake) edits its output as primary: the other 70% reject it, the
+    aggregator proves the rejected output on-chain (the cheater is slashed) and retries."""
+    cheater = devnet.operators[1]
+    engine = cheater.engines.get(devnet.model_id)
+    honest_stream = engine.stream
+
+    def cheating_stream(prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[StreamEvent]:
+        events = list(honest_stream(prompt_ids, params))
+        last = events[-1]
+        yield from events[:-1]
+        yield dataclasses.replace(last, token_id=(last.token_id + 1) % engine.vocab_size)
+
+    monkeypatch.setattr(engine, "stream", cheating_stream)
+    # Find a nonce whose first primary is the cheater (no block is mined in between).
+    reader = Web3OperatorSetReader(devnet.client)
+    operator_set = reader.get_operator_set(reader.get_reference_block()[0])
+    domain = Domain(devnet.deployment.chain_id, devnet.deployment.task_manager)
+    prompt_hash = PromptEncoder(devnet.model_dir).compute_prompt_hash([{"role": "user", "content": "cheat"}])
+    for nonce in range(1000, 1200):
+        request = InferenceRequest(
+            devnet.model_id, prompt_hash, 0, 0, 1_000_000, 0, 6, compute_stop_sequences_hash([]), REQUESTER, nonce
+        )
+        request_hash = compute_request_hash(domain, request)
+        if select_primary(operator_set, b"\x00", request_hash, 0).operator_id == cheater.core.operator_id:
+            break
+    stake_before = devnet.client.registry.functions.getCurrentStake(cheater.core.operator_id, 0).call()
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    try:
+        with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+            assert submit(client, "cheat", nonce=nonce) == request_hash
+            status = client.wait(request_hash, timeout=90)
+        assert status.attempt == 1 and status.primary_operator_id != cheater.core.operator_id
+        assert verify_certificate(status.certificate).ok
+        [rejection] = app.store.list_rejections(request_hash)
+        assert rejection.primary_id == cheater.core.operator_id
+        assert rejection.error is None and rejection.tx_hash
+        stake_after = devnet.client.registry.functions.getCurrentStake(cheater.core.operator_id, 0).call()
+        assert stake_after < stake_before
+    finally:
+        app.stop(1)
+
+
+def test_cli_request_and_verify(devnet: Devnet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avs.cli import main
+
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    try:
+        out = tmp_path / "certificate.json"
+        args = ["request", "hello from the cli", "--aggregator", f"127.0.0.1:{app.ports.grpc}", "--model", "tiny"]
+        assert main([*args, "--requester", REQUESTER, "--max-tokens", "4", "--out", str(out)]) == 0
+        assert "CERTIFIED" in capsys.readouterr().err
+        assert main(["verify", str(out), "--rpc-url", devnet.anvil.url, "--min-share-bps", "6667"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["offline_ok"] and result["on_chain_ok"]
+        tampered = json.loads(out.read_text())
+        tampered["output_hash"] = tampered["request_hash"]
+        out.write_text(json.dumps(tampered))
+        assert main(["verify", str(out)]) == 1
+    finally:
+        app.stop(1)
+
+
+def test_challenger_rechecks_through_an_operator_and_escalates_a_rejected_leaf(devnet: Devnet, tmp_path: Path) -> None:
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    try:
+        start = devnet.anvil.w3.eth.block_number + 1  # batches certified from now on
+        with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+            status = client.wait(submit(client, "watch me", nonce=500), timeout=90)
+            source = AggregatorLeafSource(client)
+            feed = Web3BatchFeed(devnet.client)
+            # honest operators re-verify the certified leaf: ACCEPT, nothing escalated
+            caller = GrpcOperatorCaller(
+                Domain(devnet.deployment.chain_id, devnet.deployment.task_manager), AGGREGATOR.key
+            )
+            checker = OperatorLeafChecker(Web3OperatorSetReader(devnet.client), caller, seed=1)
+            honest = Challenger(feed, source, checker, None, sample_rate=1.0, next_block=start)
+            findings = [f for f in honest.poll() if f.request_hash == status.request_hash]
+            assert [f.verdict for f in findings] == [Verdict.ACCEPT]
+            caller.close()
+            # a checker that finds it wrong escalates on-chain: the bond is locked, the challenge is open
+            token = devnet.anvil.w3.eth.contract(
+                address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken")
+            )
+            devnet.client.transact(token.functions.mint(AGGREGATOR.address, 10 * 10**18))
+            faults = Web3FaultClient(devnet.client)
+
+            class Rejects:
+                def check(self, certificate: ag.Certificate) -> Verdict:
+                    return Verdict.REJECT
+
+            escalating = Challenger(feed, source, Rejects(), Web3Escalator(faults), sample_rate=1.0, next_block=start)
+            [finding] = [f for f in escalating.poll() if f.request_hash == status.request_hash]
+        assert finding.challenge_tx
+        challenge = faults.get_challenge(faults.get_challenge_count())
+        assert challenge.status == ChallengeStatus.OPEN and challenge.request_hash == status.request_hash
+    finally:
+        app.stop(1)
+
+
+def test_challenger_daemon_checks_new_batches(devnet: Devnet, tmp_path: Path) -> None:
+    key_file = devnet.workdir / "aggregator.key.json"  # written by start_aggregator; operators authorise it
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    config = ChallengerConfig(
+        rpc_url=devnet.anvil.url,
+        deployment_file=devnet.workdir / "deployment.json",
+        aggregator=f"127.0.0.1:{app.ports.grpc}",
+        ecdsa_keystore=key_file,
+        sample_rate=1.0,
+        escalate=False,
+        poll_seconds=0.2,
+        metrics_listen="127.0.0.1:0",
+    )
+    challenger = ChallengerApp(config, ChallengerSecrets(ecdsa_key_password=PASSWORD))  # type: ignore[arg-type]
+    challenger.start()
+    try:
+        with AggregatorClient(f"127.0.0.1:{app.ports.grpc}") as client:
+            request_hash = client.wait(submit(client, "daemon", nonce=900), timeout=90).request_hash
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            f.request_hash == request_hash for f in challenger.challenger.findings
+        ):
+            time.sleep(0.1)
+        [finding] = [f for f in challenger.challenger.findings if f.request_hash == request_hash]
+        assert finding.verdict == Verdict.ACCEPT
+        with urllib.request.urlopen(f"http://127.0.0.1:{challenger.metrics_port}/metrics", timeout=5) as response:
+            assert 'avs_challenger_leaves_checked_total{verdict="accept"}' in response.read().decode()
+    finally:
+        challenger.stop()
+        app.stop(1)
+
+
+def _rpc(devnet: Devnet, method: str, *params: object) -> object:
+    return devnet.anvil.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+
+
+def _mint_fn(devnet: Devnet, to: str) -> ContractFunction:
+    token = devnet.anvil.w3.eth.contract(
+        address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken")
+    )
+    return token.functions.mint(Web3.to_checksum_address(to), 1)
+
+
+def test_sender_bumps_fees_of_a_stuck_transaction(devnet: Devnet) -> None:
+    sender = TransactionSender(devnet.client, AGGREGATOR, SenderSettings(receipt_timeout=0.3, poll_seconds=0.05))
+    _rpc(devnet, "evm_setAutomine", False)
+    result: list[SentTransaction] = []
+    try:
+        thread = threading.Thread(target=lambda: result.append(sender.send(_mint_fn(devnet, REQUESTER))))
+        thread.start()
+        time.sleep(1.0)  # nothing is mined meanwhile: the sender re-sends with higher fees
+        _rpc(devnet, "evm_mine")
+        thread.join(10)
+    finally:
+        _rpc(devnet, "evm_setAutomine", True)
+    [sent] = result
+    assert sent.bumps >= 1
+    receipt = devnet.anvil.w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))
+    assert receipt["status"] == 1
+
+
+def test_sender_resends_after_a_reorg(devnet: Devnet, caplog: pytest.LogCaptureFixture) -> None:
+    w3 = devnet.anvil.w3
+    recipient = Account.create().address
+    token = w3.eth.contract(address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken"))
+    settings = SenderSettings(receipt_timeout=5, poll_seconds=0.05, confirmations=3)
+    sender = TransactionSender(devnet.client, AGGREGATOR, settings)
+    snapshot = _rpc(devnet, "evm_snapshot")["result"]  # type: ignore[index]
+    nonce = w3.eth.get_transaction_count(AGGREGATOR.address)
+    result: list[SentTransaction] = []
+    thread = threading.Thread(target=lambda: result.append(sender.send(_mint_fn(devnet, recipient))))
+    thread.start()
+    while w3.eth.get_transaction_count(AGGREGATOR.address) == nonce:
+        time.sleep(0.02)
+    _rpc(devnet, "evm_revert", snapshot)  # the block holding it is gone
+    assert token.functions.balanceOf(recipient).call() == 0
+    for _ in range(100):
+        if not thread.is_alive():
+            break
+        _rpc(devnet, "evm_mine")
+        time.sleep(0.05)
+    thread.join(5)
+    [sent] = result
+    assert token.functions.balanceOf(recipient).call() == 1
+    assert w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))["status"] == 1
+    assert "dropped by a reorg" in caplog.text
+
+
+def test_binary_serves_and_stops_cleanly_on_sigterm(devnet: Devnet, tmp_path: Path) -> None:
+    start_aggregator(devnet, tmp_path / "warmup.sqlite").stop(1)  # writes the keystore
+    grpc_port, metrics_port, health_port = get_free_port(), get_free_port(), get_free_port()
+    config = {
+        "chain": {"rpc_url": devnet.anvil.url, "deployment_file": str(devnet.workdir / "deployment.json")},
+        "keys": {"ecdsa_keystore": str(devnet.workdir / "aggregator.key.json")},
+        "models": [{"name": "tiny", "model_id": "0x" + devnet.model_id.hex()}],
+        "database_url": f"sqlite:///{tmp_path / 'agg.sqlite'}",
+        "grpc_listen": f"127.0.0.1:{grpc_port}",
+        "metrics_listen": f"127.0.0.1:{metrics_port}",
+        "health_listen": f"127.0.0.1:{health_port}",
+    }
+    config_file = tmp_path / "aggregator.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "AGGREGATOR_ECDSA_KEY_PASSWORD": PASSWORD}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "avs_aggregator.cli", "run", "--config", str(config_file)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/health", timeout=1) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        logs = [json.loads(line) for line in (process.stderr.read() if process.stderr else "").splitlines() if line]
+        assert {"aggregator serving", "aggregator stopped"} <= {entry["message"] for entry in logs}
+        assert PASSWORD not in json.dumps(logs)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

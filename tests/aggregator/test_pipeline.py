@@ -1,0 +1,206 @@
+"""The pipeline over fakes: happy path, faulty operators, rejections, restarts at every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avs.errors import InvalidInputError
+from avs_aggregator.pipeline import Pipeline, PipelineError, PipelineSettings
+from avs_aggregator.store import BatchState, RequestState, Store
+from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
+
+SETTINGS = PipelineSettings(batch_max_size=4, batch_max_latency=0.0, max_attempts=3, workers=4)
+
+
+def make_pipeline(network: FakeNetwork, db: Path, settings: PipelineSettings = SETTINGS) -> Pipeline:
+    store = Store(f"sqlite:///{db}")
+    return Pipeline(DOMAIN, store, network, network, network, settings)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "aggregator.sqlite"
+
+
+def test_requests_are_certified_in_one_batch(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    hashes = [pipeline.submit(make_envelope(i, f"prompt {i}")) for i in range(3)]
+    assert pipeline.submit(make_envelope(0, "prompt 0")) == hashes[0]  # idempotent
+    pipeline.run_until_idle()
+    rows = [pipeline.store.get_request(h) for h in hashes]
+    assert all(r is not None and r.state == RequestState.CERTIFIED for r in rows)
+    assert {r.batch_index for r in rows if r is not None} == {1}
+    assert network.certify_calls == [1]
+    pipeline.close()
+
+
+def test_policy_limits_are_enforced(db: Path) -> None:
+    pipeline = make_pipeline(FakeNetwork([{0: 1}]), db)
+    with pytest.raises(PipelineError):
+        pipeline.submit(make_envelope(1), quorums=b"\x01")
+    with pytest.raises(PipelineError):
+        pipeline.submit(make_envelope(1), threshold_bps=5000)
+    with pytest.raises(InvalidInputError):
+        pipeline.submit(make_envelope(1), quorums=b"\x00\x00")
+    pipeline.close()
+
+
+def test_down_operator_is_excluded_and_stake_still_suffices(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[0].behaviour = "down"
+    pipeline = make_pipeline(network, db)
+    hashes = [pipeline.submit(make_envelope(i, f"p{i}")) for i in range(6)]
+    pipeline.run_until_idle()
+    states = {pipeline.store.get_request(h).state for h in hashes}  # type: ignore[union-attr]
+    assert states == {RequestState.CERTIFIED}
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and network.operators[0].keys.operator_id.hex() in (batch.certificate or "")
+    pipeline.close()
+
+
+def test_not_enough_stake_fails_clearly(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[2].behaviour = "down"
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED
+    assert "stake" in (row.error or "")
+    pipeline.close()
+
+
+def test_cheating_primary_is_rejected_recorded_and_retried(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    pipeline = make_pipeline(network, db)
+    # find a request whose first primary is the cheater
+    for nonce in range(200):
+        envelope = make_envelope(nonce, "which primary")
+        from avs.messages import compute_request_hash
+        from avs_aggregator.protocol import select_primary
+
+        operator_set = network.get_operator_set(network.block - 1)
+        if select_primary(operator_set, b"\x00", compute_request_hash(DOMAIN, envelope.request), 0).operator_id == (
+            cheater.keys.operator_id
+        ):
+            break
+    request_hash = pipeline.submit(envelope)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 1
+    rejections = pipeline.store.list_rejections(request_hash)
+    assert [r.primary_id for r in rejections] == [cheater.keys.operator_id]
+    # the cheater is not asked to verify the retry (its ACCEPT of the old output would conflict)
+    assert network.calls.count(("verify", cheater.keys.operator_id)) == 0
+    pipeline.close()
+
+
+def test_bad_batch_signature_is_dropped(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[0].behaviour = "bad_batch_signature"
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and '"non_signer_ids": ["0x' + network.operators[0].keys.operator_id.hex() in (
+        batch.certificate or ""
+    )
+    pipeline.close()
+
+
+def test_wrong_output_hash_from_primary_is_retried(db: Path) -> None:
+    network = FakeNetwork([{0: 50}, {0: 50}])
+    network.operators[0].behaviour = "wrong_output_hash"
+    network.operators[1].behaviour = "wrong_output_hash"
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED and "primary" in (row.error or "")
+    pipeline.close()
+
+
+@pytest.mark.parametrize("steps", range(6))
+def test_restart_after_any_step_certifies_once(db: Path, steps: int) -> None:
+    """Kill the pipeline after ``steps`` steps (a new Pipeline on the same database), then finish."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    first = make_pipeline(network, db)
+    request_hash = first.submit(make_envelope(7))
+    done = 0
+    while done < steps:
+        if first.active_request_hashes():
+            first.advance_request(request_hash)
+        elif not first.active_batch_indices():
+            first.form_batches(force=True)
+        else:
+            first.advance_batch(first.active_batch_indices()[0])
+        done += 1
+    first.close()
+    first.store.close()
+    second = make_pipeline(network, db)
+    second.run_until_idle()
+    row = second.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED
+    assert network.certify_calls == [1]
+    second.close()
+
+
+def test_crash_after_the_transaction_does_not_send_it_again(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    first = make_pipeline(network, db)
+    request_hash = first.submit(make_envelope(3))
+    network.crash_after_certify = True
+    with pytest.raises(KeyboardInterrupt):
+        first.run_until_idle()
+    first.close()
+    network.crash_after_certify = False
+    second = make_pipeline(network, db)
+    second.run_until_idle()
+    row = second.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED
+    assert network.certify_calls == [1]
+    batch = second.store.get_batch(1)
+    assert batch is not None and batch.state == BatchState.CERTIFIED and batch.tx_hash == network.certified[1][1]
+    second.close()
+
+
+def test_stale_batch_is_rebatched_under_a_new_index(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(4))
+    while pipeline.active_request_hashes():
+        pipeline.advance_request(request_hash)
+    pipeline.form_batches(force=True)
+    pipeline.advance_batch(1)  # signed at reference block 99
+    network.block += 200  # the reference block is now too old for the contract
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2
+    assert network.certify_calls == [2]
+    old = pipeline.store.get_batch(1)
+    assert old is not None and old.state == BatchState.ABANDONED
+    pipeline.close()
+
+
+def test_batches_wait_for_the_latency_or_size_policy(db: Path) -> None:
+    network = FakeNetwork([{0: 100}])
+    now = [1000.0]
+    settings = PipelineSettings(batch_max_size=2, batch_max_latency=5.0, workers=2)
+    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{db}"), network, network, network, settings, clock=lambda: now[0])
+    first = pipeline.submit(make_envelope(1))
+    pipeline.run_until_idle(force_batches=False)
+    assert pipeline.store.get_request(first).state == RequestState.ACCEPTED  # type: ignore[union-attr]
+    now[0] += 5
+    pipeline.run_until_idle(force_batches=False)
+    assert pipeline.store.get_request(first).state == RequestState.CERTIFIED  # type: ignore[union-attr]
+    a, b = pipeline.submit(make_envelope(2)), pipeline.submit(make_envelope(3))
+    pipeline.run_until_idle(force_batches=False)  # full at 2: no waiting
+    assert {pipeline.store.get_request(h).batch_index for h in (a, b)} == {2}  # type: ignore[union-attr]
+    pipeline.close()

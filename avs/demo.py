@@ -6,7 +6,8 @@ serving SmolLM2-135M; the ``avs-aggregator`` process; then a real request: gener
 stake-weighted primary, verified by prefill on the others, signed, aggregated and certified
 on-chain in a batch. The certificate is checked offline (Merkle proof + EigenLayer's aggregate
 BLS check) and on-chain (``verifyLeaf``). Every process is stopped at the end, on errors and on
-Ctrl-C. ``--keep`` (``make devnet``) keeps the devnet up until Ctrl-C.
+Ctrl-C. The chain exporter and, when installed, Prometheus scrape every process
+(``deploy/prometheus``). ``--keep`` (``make devnet``) keeps the devnet up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -25,6 +27,8 @@ from web3 import Web3
 from avs.chain.abi import load_abi
 from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate, verify_on_chain
 from avs.devnet import Devnet
+from avs.monitoring.stack import MonitoringStack, start_monitoring
+from avs.monitoring.targets import ScrapeJob, ScrapeTarget
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
 DEFAULT_MODEL = Path("models/smollm2-135m")
@@ -91,6 +95,15 @@ def show_certificate(devnet: Devnet, certificate: ag.Certificate) -> bool:
     return check.ok and on_chain
 
 
+def start_devnet_monitoring(devnet: Devnet) -> MonitoringStack:
+    """The chain exporter and, when installed, Prometheus scraping every devnet process."""
+    assert devnet.anvil is not None
+    operators = [ScrapeTarget(f"127.0.0.1:{op.metrics_port}", {"operator": op.name}) for op in devnet.operators]
+    aggregator = [ScrapeTarget(f"127.0.0.1:{devnet.aggregator_ports['metrics']}")]
+    targets = {ScrapeJob.OPERATORS: operators, ScrapeJob.AGGREGATOR: aggregator}
+    return start_monitoring(devnet.workdir, devnet.anvil.url, devnet.deployment_file, targets)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -109,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     started = time.monotonic()
+    closers: list[Callable[[], None]] = []
     try:
         say(f"== Local devnet in {workdir} (logs in {workdir / 'logs'})")
         devnet.start(lambda step: say(f"   [{time.monotonic() - started:6.1f}s] {step}"))
@@ -118,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  gRPC :{op.grpc_port}  metrics :{op.metrics_port}  node API :{op.node_api_port}"
             )
         say(f"   aggregator gRPC {devnet.aggregator_url}, metrics :{devnet.aggregator_ports['metrics']}")
+        monitoring = start_devnet_monitoring(devnet)
+        closers.append(monitoring.stop)
+        where = monitoring.prometheus_url or "not installed (apt-get install prometheus)"
+        say(f"   chain exporter metrics :{monitoring.exporter_port}; Prometheus {where}")
         ok = show_certificate(devnet, run_request(devnet, QUESTION, args.max_tokens))
         if args.keep:
             say("\nThe devnet keeps running; Ctrl-C stops it.")
@@ -127,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         say("\ninterrupted")
         return 130
     finally:
+        for close in reversed(closers):
+            close()
         devnet.stop()
         say(f"== Stopped every process ({time.monotonic() - started:.0f}s in all)")
 

@@ -1,0 +1,137 @@
+"""The chain exporter's logic against a fake chain: incremental event scans, families, units."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from avs.monitoring.chain_exporter import (
+    ChainCollector,
+    ChainExporter,
+    EventTotals,
+    PoolState,
+    QuorumState,
+    compute_block_ranges,
+    compute_event_totals,
+    compute_quorum_numbers,
+)
+
+TOKEN = 10**18
+
+
+@dataclass
+class FakeChain:
+    block: int = 10
+    events: dict[int, EventTotals] = field(default_factory=dict)  # block -> events in it
+    scanned: list[tuple[int, int]] = field(default_factory=list)
+
+    def get_latest_block(self) -> tuple[int, int]:
+        return self.block, 1_000 + self.block
+
+    def get_block_timestamp(self, block: int) -> int:
+        return 1_000 + block
+
+    def get_token_decimals(self) -> int:
+        return 18
+
+    def get_quorums(self, block: int) -> tuple[QuorumState, ...]:
+        return (QuorumState(0, 100 * TOKEN, 3, 5 * TOKEN, 45 * TOKEN),)
+
+    def get_pool(self, block: int) -> PoolState | None:
+        return PoolState(12 * TOKEN, 10 * TOKEN, 2 * TOKEN)
+
+    def get_challenge_bonds(self, block: int) -> int | None:
+        return TOKEN
+
+    def get_event_totals(self, from_block: int, to_block: int) -> EventTotals:
+        self.scanned.append((from_block, to_block))
+        totals = EventTotals()
+        for block in range(from_block, to_block + 1):
+            if block in self.events:
+                totals = totals.add(self.events[block])
+        return totals
+
+
+def _scrape(exporter: ChainExporter) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(ChainCollector(exporter))
+    samples: dict[str, float] = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_polls_scan_each_block_once_and_accumulate() -> None:
+    chain = FakeChain(
+        events={
+            3: EventTotals(batches_certified=1, last_batch_block=3, premiums=TOKEN // 10, coverage_bought=5 * TOKEN),
+            8: EventTotals(slashings={0: 1}, slashed_shares={0: 2 * TOKEN}),
+        }
+    )
+    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4)
+    exporter.process_poll(now=50.0)
+    assert chain.scanned == [(2, 5), (6, 9), (10, 10)]
+    chain.block = 12
+    chain.events[12] = EventTotals(batches_certified=2, last_batch_block=12, claims_paid=TOKEN)
+    exporter.process_poll(now=60.0)
+    assert chain.scanned[-1] == (11, 12)
+    samples = _scrape(exporter)
+    assert samples["avs_chain_batches_certified_total"] == 3
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_012
+    assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 1
+    assert samples['avs_chain_slashed_shares_total{quorum="0"}'] == 2.0
+    assert samples['avs_chain_quorum_stake_tokens{quorum="0"}'] == 100.0
+    assert samples['avs_chain_quorum_operators{quorum="0"}'] == 3
+    assert samples['avs_chain_coverage_outstanding_tokens{quorum="0"}'] == 5.0
+    assert samples["avs_chain_premiums_tokens_total"] == 0.1
+    assert samples["avs_chain_claims_paid_tokens_total"] == 1.0
+    assert samples["avs_chain_insurance_pool_balance_tokens"] == 12.0
+    assert samples["avs_chain_challenge_bonds_tokens"] == 1.0
+    assert samples["avs_chain_exporter_last_poll_timestamp_seconds"] == 60.0
+    assert samples["avs_chain_exporter_poll_errors_total"] == 0
+
+
+def test_no_batch_yet_means_no_last_batch_timestamp() -> None:
+    exporter = ChainExporter(FakeChain(), start_block=0)
+    assert "avs_chain_exporter_last_poll_timestamp_seconds" not in _scrape(exporter)  # nothing read yet
+    exporter.process_poll()
+    samples = _scrape(exporter)
+    assert "avs_chain_last_batch_certified_timestamp_seconds" not in samples
+    assert samples["avs_chain_batches_certified_total"] == 0
+    assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 0  # present at 0: increase() works
+
+
+def test_pure_helpers() -> None:
+    assert compute_quorum_numbers(0b1011) == (0, 1, 3)
+    assert compute_block_ranges(5, 4, 10) == []
+    assert compute_block_ranges(0, 9, 5) == [(0, 4), (5, 9)]
+    totals = compute_event_totals(
+        batches=[{"blockNumber": 4, "args": {}}, {"blockNumber": 9, "args": {}}],
+        slashes=[{"blockNumber": 9, "args": {"quorumNumber": 1, "slashedShares": 7}}],
+        bought=[{"blockNumber": 2, "args": {"amount": 100, "premium": 3}}],
+        claims=[{"blockNumber": 5, "args": {"amount": 40}}],
+        challenges=2,
+    )
+    assert totals == EventTotals(2, 9, {1: 1}, {1: 7}, 100, 3, 40, 2)
+
+
+def test_cli_refuses_a_bad_deployment_or_rpc_cleanly(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "avs.monitoring.chain_exporter", "--rpc-url", "http://127.0.0.1:1"]
+    missing = subprocess.run([*command, "--deployment", str(tmp_path / "none.json")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "chain-exporter:" in missing.stderr and "Traceback" not in missing.stderr
+    deployment: dict[str, object] = {"chain_id": 31337, "start_block": 0}
+    deployment |= {key: "0x" + "11" * 20 for key in ("deployer", "aggregator", "allocation_manager")}
+    deployment |= {key: "0x" + "22" * 20 for key in ("delegation_manager", "strategy", "stake_token")}
+    deployment |= {key: "0x" + "33" * 20 for key in ("operator_registry", "model_registry", "task_manager")}
+    (tmp_path / "deployment.json").write_text(json.dumps(deployment))
+    no_rpc = subprocess.run(
+        [*command, "--deployment", str(tmp_path / "deployment.json")], capture_output=True, text=True
+    )
+    assert no_rpc.returncode == 2 and "chain-exporter:" in no_rpc.stderr and "Traceback" not in no_rpc.stderr

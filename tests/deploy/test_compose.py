@@ -1,0 +1,77 @@
+"""deploy/docker-compose.operator.yml (not runnable here): parsed and checked for shape and secrets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+SECRET_WORDS = re.compile(r"PASSWORD|SECRET|PRIVATE|TOKEN|_KEY\b|MNEMONIC", re.IGNORECASE)
+ENV_REFERENCE = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(:?[?-][^}]*)?\}$")
+
+
+def _compose() -> dict[str, object]:
+    data = yaml.safe_load((DEPLOY / "docker-compose.operator.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _services() -> dict[str, dict[str, object]]:
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _environment(service: dict[str, object]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return {str(item).partition("=")[0]: str(item).partition("=")[2] for item in env}
+    assert isinstance(env, dict)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_services_and_ports() -> None:
+    services = _services()
+    assert set(services) == {"operator", "prometheus", "grafana"}
+    ports = {name: [str(p) for p in service.get("ports", [])] for name, service in services.items()}  # type: ignore[attr-defined]
+    assert "50051:50051" in ports["operator"]  # gRPC for the aggregators: the only public port
+    assert "127.0.0.1:9091:9091" in ports["operator"] and "127.0.0.1:9092:9092" in ports["operator"]
+    for name, published in ports.items():
+        for mapping in published:
+            if mapping != "50051:50051":
+                assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} on every interface"
+
+
+def test_no_secret_inline() -> None:
+    for name, service in _services().items():
+        for key, value in _environment(service).items():
+            if SECRET_WORDS.search(key):
+                assert ENV_REFERENCE.match(value), f"{name}.{key} must come from the environment, not the file"
+    text = (DEPLOY / "docker-compose.operator.yml").read_text()
+    assert not re.search(r"0x[0-9a-fA-F]{64}", text), "a private key is written in the compose file"
+
+
+def test_operator_keeps_slashing_protection_on_a_volume_and_mounts_secrets_read_only() -> None:
+    operator = _services()["operator"]
+    volumes = [str(v) for v in operator["volumes"]]  # type: ignore[attr-defined]
+    assert "operator-data:/data" in volumes
+    assert any(v.endswith(":/keys:ro") for v in volumes)
+    assert "operator-data" in _compose()["volumes"]  # type: ignore[operator]
+
+
+def test_mounted_files_exist() -> None:
+    for service in _services().values():
+        for volume in service.get("volumes", []):  # type: ignore[attr-defined]
+            source = str(volume).split(":", 1)[0]
+            if source.startswith("./prometheus") or source.startswith("./grafana"):
+                assert (DEPLOY / source).exists(), source
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["alerts.yml"]
+
+
+def test_grafana_gets_the_prometheus_url_the_datasource_reads() -> None:
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "${PROMETHEUS_URL}"
+    assert _environment(_services()["grafana"])["PROMETHEUS_URL"] == "http://prometheus:9090"

@@ -284,11 +284,13 @@ class Devnet:
         model_dir: Path,
         stakes: tuple[tuple[str, int], ...] = DEFAULT_STAKES,
         settings: dict[str, str] | None = None,
+        cheater: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.model_dir = model_dir.resolve()
         self.stakes = stakes
         self.settings = settings or {}
+        self.cheater = cheater  # demo only: this operator serves other weights (avs.demo_cheater)
         self.operators: list[DevnetOperator] = []
         self.processes: list[ServiceProcess] = []
         self.anvil: Anvil | None = None
@@ -326,12 +328,22 @@ class Devnet:
             )
         self.anvil.mine(2)  # the registrations lie before any reference block
         on_step(f"starting {len(self.operators)} operator processes (loading {self.model_dir.name})")
-        started = [start_operator(op, self.workdir / "logs") for op in self.operators]
+        started = [self._start_operator(op) for op in self.operators]
         self.processes.extend(started)
         for process in started:
             process.wait_ready()
         on_step("starting the aggregator")
         self._start_aggregator()
+
+    def _start_operator(self, operator: DevnetOperator) -> ServiceProcess:
+        if operator.name != self.cheater:
+            return start_operator(operator, self.workdir / "logs")
+        from avs.demo_cheater import make_cheap_weights
+
+        cheap = make_cheap_weights(self.model_dir, self.workdir / "cheap-model", keep_layers=1)
+        args = [sys.executable, "-m", "avs.demo_cheater", "--config", str(operator.config_path)]
+        args += ["--honest", str(self.model_dir), "--weights", str(cheap)]
+        return ServiceProcess(operator.name, args, operator_environment(), self.workdir / "logs")
 
     def _start_aggregator(self) -> None:
         home = self.workdir / "aggregator"

@@ -21,7 +21,7 @@ from tests.inference.conftest import build_tiny_model
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     model = build_tiny_model(tmp_path_factory.mktemp("e2e-model") / "tiny")
-    network = Devnet(tmp_path_factory.mktemp("devnet"), model)
+    network = Devnet(tmp_path_factory.mktemp("devnet"), model, cheater="dave")
     network.start()
     yield network
     network.stop()
@@ -71,6 +71,14 @@ def test_the_demo_shows_and_checks_the_certificate(
     out = capsys.readouterr().out
     assert "offline" in out and "OK" in out and "verifyLeaf): OK" in out
     assert (devnet.workdir / "certificate.json").is_file()
+
+
+def test_a_cheating_primary_is_rejected_slashed_and_replaced(devnet: Devnet) -> None:
+    stake_before, pool_before = demo.get_stake_and_pool(devnet, "dave")
+    assert demo.run_attack(devnet, "dave")
+    stake_after, pool_after = demo.get_stake_and_pool(devnet, "dave")
+    assert stake_after < stake_before
+    assert pool_after - pool_before == stake_before - stake_after  # the slashed stake went to the pool
 
 
 def test_make_demo_refuses_without_a_model(tmp_path: Path) -> None:

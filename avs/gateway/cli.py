@@ -1,0 +1,83 @@
+"""``avs-gateway``: the OpenAI-compatible HTTP gateway in front of an aggregator.
+
+    avs-gateway --aggregator 127.0.0.1:50060 --listen 127.0.0.1:8080 --requester 0xYourAddress
+
+Every flag also reads from ``AVS_GATEWAY_<NAME>`` (flags win); API keys only from
+``AVS_GATEWAY_API_KEYS`` (comma-separated). Logs are JSON on stderr; one ``{"event": "ready", ...}``
+line on stdout once it listens. SIGTERM and SIGINT stop it. Exit status 2 with one line on stderr
+for configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from avs.client import AggregatorClient
+from avs.errors import AvsError
+from avs.gateway.config import load_config, parse_host_port
+from avs.gateway.server import GatewayServer
+from avs.gateway.service import GatewayService
+from avs.logs import configure_json_logging
+
+logger = logging.getLogger("avs.gateway")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avs-gateway", description="OpenAI-compatible HTTP API for the verifiable-inference AVS."
+    )
+    parser.add_argument("--aggregator", help="the aggregator's intake gRPC host:port (default 127.0.0.1:50060)")
+    parser.add_argument("--listen", help="HTTP host:port to listen on (default 127.0.0.1:8080; port 0: any)")
+    parser.add_argument("--requester", help="0x address put in every request as its requester")
+    parser.add_argument("--quorum", type=int, action="append", dest="quorums", help="quorum number (repeatable)")
+    parser.add_argument("--threshold-bps", type=int, help="stake share wanted per quorum (0: the aggregator's)")
+    parser.add_argument("--default-max-tokens", type=int, help="max_tokens when a request omits it (128)")
+    parser.add_argument("--default-temperature", type=float, help="temperature when a request omits it (1.0)")
+    parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (1 MiB)")
+    parser.add_argument("--request-timeout", type=float, dest="request_timeout_seconds", help="seconds to certify")
+    parser.add_argument("--log-level", help="INFO, DEBUG, ...")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(**vars(args))
+    configure_json_logging(config.log_level)
+    host, port = parse_host_port(config.listen)
+    stopped = threading.Event()
+    with AggregatorClient(config.aggregator) as client:
+        server = GatewayServer(GatewayService(client, config), host, port, config.get_api_keys(), config.max_body_bytes)
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            logger.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stopped.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        server.start()
+        url = f"http://{host}:{server.port}/v1"
+        logger.info("listening", extra={"url": url, "aggregator": config.aggregator, "auth": bool(config.api_keys)})
+        print(json.dumps({"event": "ready", "url": url, "aggregator": config.aggregator}), flush=True)
+        while not stopped.wait(1.0):
+            pass
+        server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (AvsError, ValueError, OSError) as exc:
+        print(f"avs-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

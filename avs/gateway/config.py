@@ -1,0 +1,77 @@
+"""The gateway's configuration: one typed tree from flags and ``AVS_GATEWAY_*`` environment variables.
+
+Flags win over the environment. API keys come from ``AVS_GATEWAY_API_KEYS`` only (comma-separated,
+a ``SecretStr``); none set means no authentication. Errors name the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_utils import is_address, to_checksum_address
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avs.errors import InvalidInputError
+from avs.messages import MAX_QUORUMS
+
+
+class GatewayConfigError(InvalidInputError):
+    """Flags or environment that do not make a valid gateway configuration."""
+
+
+class GatewayConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AVS_GATEWAY_", extra="forbid", frozen=True)
+
+    aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC host:port
+    listen: str = "127.0.0.1:8080"  # port 0: a free port
+    requester: str  # the 0x address put in every InferenceRequest
+    api_keys: SecretStr | None = None  # comma-separated Bearer keys; unset: no authentication
+    quorums: list[int] = Field(default=[])  # empty: the aggregator's default quorums
+    threshold_bps: int = Field(default=0, ge=0, le=10_000)  # 0: the aggregator's default
+    default_max_tokens: int = Field(default=128, ge=1)
+    default_temperature: float = Field(default=1.0, ge=0, le=10)  # OpenAI's default
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    request_timeout_seconds: float = Field(default=600.0, gt=0)  # submit to certified
+    log_level: str = "INFO"
+
+    @field_validator("requester")
+    @classmethod
+    def _check_requester(cls, value: str) -> str:
+        if not is_address(value):
+            raise ValueError("must be a 0x-prefixed 20-byte address")
+        return str(to_checksum_address(value))
+
+    @field_validator("quorums")
+    @classmethod
+    def _check_quorums(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= q < MAX_QUORUMS for q in value) or len(set(value)) != len(value):
+            raise ValueError(f"quorum numbers must be distinct, in [0, {MAX_QUORUMS})")
+        return sorted(value)
+
+    @field_validator("listen", "aggregator")
+    @classmethod
+    def _check_host_port(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    def get_api_keys(self) -> tuple[str, ...]:
+        if self.api_keys is None:
+            return ()
+        return tuple(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_config(**overrides: Any) -> GatewayConfig:
+    """The config from the environment, with ``overrides`` (flags; ``None`` values left out) on top."""
+    try:
+        return GatewayConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise GatewayConfigError(f"invalid gateway configuration: {problems}") from None

@@ -1,0 +1,239 @@
+"""The HTTP layer: routes, Bearer authentication, body limits, JSON and server-sent events.
+
+Standard library only (``http.server.ThreadingHTTPServer``: one thread per connection). Every
+error becomes OpenAI's error JSON through ``avs.gateway.errors.compute_api_error``; an error in a
+stream that has started is sent as a last ``data: {"error": ...}`` event (the ``openai`` client
+raises it as an ``APIError``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from avs.errors import AuthenticationError, InvalidInputError
+from avs.gateway.errors import (
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    RouteNotFoundError,
+    compute_api_error,
+)
+from avs.gateway.openai_api import VERIFICATION_PATH, JobKind
+from avs.gateway.service import GatewayService
+
+logger = logging.getLogger(__name__)
+
+POST_ROUTES = {"/v1/chat/completions": JobKind.CHAT, "/v1/completions": JobKind.TEXT}
+MODELS_PATH = "/v1/models"
+HEALTH_PATH = "/health"
+DRAIN_LIMIT_BYTES = 16 << 20  # a refused body up to this size is read and dropped (the connection stays usable)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], service: GatewayService, api_keys: tuple[str, ...], max_body_bytes: int
+    ) -> None:
+        super().__init__(address, GatewayHandler)
+        self.service = service
+        self.api_keys = api_keys
+        self.max_body_bytes = max_body_bytes
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        logger.debug("connection error", exc_info=True, extra={"client": str(client_address)})
+
+
+def is_authorized(header: str | None, api_keys: tuple[str, ...]) -> bool:
+    """``Authorization: Bearer <key>`` with one of ``api_keys`` (no keys configured: always)."""
+    if not api_keys:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    given = token.strip().encode()
+    return any(hmac.compare_digest(given, key.encode()) for key in api_keys)
+
+
+class GatewayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HttpServer
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._handle(self._route_get)
+
+    def do_POST(self) -> None:
+        self._handle(self._route_post)
+
+    def _not_allowed(self) -> None:
+        self._handle(self._raise_not_allowed)
+
+    do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+    def _raise_not_allowed(self) -> None:
+        raise MethodNotAllowedError(f"{self.command} is not allowed on {self._path}")
+
+    @property
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _handle(self, route: Callable[[], None]) -> None:
+        self._stream_started = False
+        self._body_read = False
+        try:
+            if self._path.startswith("/v1/") and not is_authorized(
+                self.headers.get("Authorization"), self.server.api_keys
+            ):
+                raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
+            route()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away (a stream it stopped reading)
+        except Exception as exc:
+            self._send_error(exc)
+
+    def _route_get(self) -> None:
+        path = self._path
+        if path == HEALTH_PATH:
+            self._send_json(200, {"status": "ok"})
+        elif path == MODELS_PATH:
+            self._send_json(200, self.server.service.list_models())
+        elif path.startswith(MODELS_PATH + "/"):
+            self._send_json(200, self.server.service.get_model(path.removeprefix(MODELS_PATH + "/")))
+        elif path.startswith(VERIFICATION_PATH):
+            self._send_json(200, self.server.service.get_verification(path.removeprefix(VERIFICATION_PATH)))
+        elif path in POST_ROUTES:
+            raise MethodNotAllowedError(f"use POST for {path}")
+        else:
+            raise RouteNotFoundError(f"unknown URL: {self.command} {path}")
+
+    def _route_post(self) -> None:
+        kind = POST_ROUTES.get(self._path)
+        if kind is None:
+            raise RouteNotFoundError(f"unknown URL: {self.command} {self._path}")
+        service = self.server.service
+        job = service.parse(kind, self._read_json())
+        if job.stream:
+            service.stream(job, self._send_event)
+            self._end_stream()
+        else:
+            self._send_json(200, service.complete(job))
+
+    # --- bodies ------------------------------------------------------------------------
+
+    def _read_json(self) -> object:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            raise InvalidInputError("send the body with a Content-Length (chunked bodies are not read)")
+        length_text = self.headers.get("Content-Length", "0")
+        length = int(length_text) if length_text.isdigit() else -1
+        if length < 0:
+            self.close_connection = True
+            raise InvalidInputError("Content-Length must be a non-negative integer")
+        if length > self.server.max_body_bytes:
+            raise PayloadTooLargeError(f"the body has {length} bytes; at most {self.server.max_body_bytes}")
+        body = self.rfile.read(length)
+        self._body_read = True
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise InvalidInputError(f"the body is not valid JSON: {exc}") from exc
+
+    def _discard_body(self) -> None:
+        """Read and drop a body left unread (closing with it unread could reset the connection)."""
+        length_text = self.headers.get("Content-Length", "0")
+        length = int(length_text) if length_text.isdigit() else 0
+        if length > DRAIN_LIMIT_BYTES:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _send_json(self, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_event(self, data: dict[str, object]) -> None:
+        if not self._stream_started:
+            self._stream_started = True
+            self.close_connection = True  # the stream ends when the connection closes
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+        self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    def _send_error(self, exc: Exception) -> None:
+        error = compute_api_error(exc)
+        if error.status >= 500:
+            logger.error("request failed", extra={"path": self._path, "status": error.status}, exc_info=exc)
+        if self._stream_started:
+            self._send_event(error.to_json())
+            return
+        if not self._body_read:
+            self._discard_body()
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        self._send_json(error.status, error.to_json(), headers)
+
+    # --- logs --------------------------------------------------------------------------
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logger.info("http", extra={"method": self.command, "path": self._path, "status": code})
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug(format, *args)
+
+
+class GatewayServer:
+    """The HTTP server on its own thread: ``start()``, ``port``, ``stop()``."""
+
+    def __init__(
+        self,
+        service: GatewayService,
+        host: str,
+        port: int,
+        api_keys: tuple[str, ...] = (),
+        max_body_bytes: int = 1 << 20,
+    ) -> None:
+        self._http = _HttpServer((host, port), service, api_keys, max_body_bytes)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        port: int = self._http.server_address[1]
+        return port
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, args=(0.1,), name="avs-gateway-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._http.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._http.server_close()

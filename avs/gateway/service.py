@@ -1,0 +1,179 @@
+"""The gateway's logic over the aggregator's intake API: check the model, submit, follow, answer.
+
+``Intake`` is the part of ``avs.client.AggregatorClient`` the gateway uses; tests pass a fake.
+Non-streamed answers come when the request is certified (or failed). Streamed answers send a
+chunk at every state change, the output once the quorum has accepted it (never the primary's
+unverified output), and a last chunk with the finish reason and the certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from avs.client import FINAL_STATES, RequestStatus
+from avs.errors import DeadlineExceededError, InvalidInputError, ModelNotFoundError
+from avs.gateway import openai_api as api
+from avs.gateway.config import GatewayConfig
+from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, object]], None]
+REQUEST_HASH_HEX_CHARS = 64
+
+
+class Intake(Protocol):
+    def list_models(self) -> dict[str, bytes]: ...
+
+    def submit(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        requester: str,
+        model: str,
+        max_tokens: int,
+        temperature_milli: int,
+        top_p_micro: int,
+        seed: int,
+        stop_sequences: Sequence[str],
+        quorums: bytes,
+        threshold_bps: int,
+    ) -> bytes: ...
+
+    def wait(
+        self, request_hash: bytes, timeout: float, on_progress: Callable[[RequestStatus], None] | None
+    ) -> RequestStatus: ...
+
+    def get_status(self, request_hash: bytes) -> RequestStatus: ...
+
+
+class GatewayService:
+    def __init__(self, intake: Intake, config: GatewayConfig, clock: Callable[[], float] = time.time) -> None:
+        self._intake = intake
+        self._config = config
+        self._clock = clock
+        self._started = int(clock())
+
+    # --- requests ----------------------------------------------------------------------
+
+    def parse(self, kind: JobKind, body: object) -> CompletionJob:
+        defaults = RequestDefaults(
+            max_tokens=self._config.default_max_tokens,
+            temperature=self._config.default_temperature,
+            seed=secrets.randbits(63),  # an omitted seed is random, as with OpenAI; the certificate holds it
+        )
+        if kind is JobKind.CHAT:
+            return api.parse_chat_request(body, defaults)
+        return api.parse_completion_request(body, defaults)
+
+    def _resolve_model(self, name: str) -> str:
+        models = self._intake.list_models()
+        if name in models:
+            return name
+        for model, model_id in models.items():
+            if name.lower() == "0x" + model_id.hex():
+                return model
+        raise ModelNotFoundError(f"the model '{name}' does not exist here; GET /v1/models lists the served ones")
+
+    def _submit(self, job: CompletionJob) -> bytes:
+        sampling = job.sampling
+        request_hash = self._intake.submit(
+            [{"role": m.role, "content": m.content} for m in job.messages],
+            requester=self._config.requester,
+            model=self._resolve_model(job.model),
+            max_tokens=sampling.max_tokens,
+            temperature_milli=sampling.temperature_milli,
+            top_p_micro=sampling.top_p_micro,
+            seed=sampling.seed,
+            stop_sequences=list(sampling.stop_sequences),
+            quorums=bytes(self._config.quorums),
+            threshold_bps=self._config.threshold_bps,
+        )
+        logger.info("submitted", extra={"request_hash": "0x" + request_hash.hex(), "model": job.model})
+        return request_hash
+
+    def _wait(self, request_hash: bytes, on_progress: Callable[[RequestStatus], None] | None) -> RequestStatus:
+        try:
+            return self._intake.wait(request_hash, self._config.request_timeout_seconds, on_progress)
+        except DeadlineExceededError as exc:
+            url = api.VERIFICATION_PATH + "0x" + request_hash.hex()
+            raise DeadlineExceededError(f"{exc}; follow it at {url}") from exc
+
+    def complete(self, job: CompletionJob) -> dict[str, object]:
+        """Submit, wait until certified, answer the completion with its certificate."""
+        status = self._wait(self._submit(job), None)
+        return api.build_completion(job, status, int(self._clock()))
+
+    def stream(self, job: CompletionJob, emit: Emit) -> None:
+        """Submit, then ``emit`` the chunks; errors before the first ``emit`` are the caller's to answer."""
+        request_hash = self._submit(job)
+        created = int(self._clock())
+        streamer = _Streamer(job, created, emit)
+        streamer.start(request_hash)
+        final = self._wait(request_hash, streamer.on_status)
+        streamer.finish(final)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def list_models(self) -> dict[str, object]:
+        return api.build_model_list(self._intake.list_models(), self._started)
+
+    def get_model(self, name: str) -> dict[str, object]:
+        models = self._intake.list_models()
+        if name not in models:
+            raise ModelNotFoundError(f"the model '{name}' does not exist here")
+        return api.build_model(name, models[name], self._started)
+
+    def get_verification(self, request_hash_hex: str) -> dict[str, object]:
+        text = request_hash_hex.removeprefix("0x")
+        if len(text) != REQUEST_HASH_HEX_CHARS:
+            raise InvalidInputError("a request hash is 0x and 64 hex digits")
+        try:
+            request_hash = bytes.fromhex(text)
+        except ValueError as exc:
+            raise InvalidInputError("a request hash is 0x and 64 hex digits") from exc
+        status = self._intake.get_status(request_hash)
+        return {"object": "verification", **api.build_verification(status)}
+
+
+class _Streamer:
+    """The chunks of one streamed answer, in order: role, status changes, the output, the end."""
+
+    def __init__(self, job: CompletionJob, created: int, emit: Emit) -> None:
+        self._job = job
+        self._created = created
+        self._emit = emit
+        self._last_state: tuple[int, int] | None = None
+        self._sent_output = False
+
+    def start(self, request_hash: bytes) -> None:
+        status = RequestStatus(request_hash=request_hash, state=ag.REQUEST_STATE_RECEIVED)
+        self._last_state = (status.state, 0)
+        self._emit(api.build_chunk(self._job, status, self._created, role=True, verification=True))
+
+    def on_status(self, status: RequestStatus) -> None:
+        if (status.state, status.attempt) == self._last_state or status.state in FINAL_STATES:
+            return  # the final state is finish()'s
+        self._last_state = (status.state, status.attempt)
+        if api.is_output_accepted(status) and not self._sent_output:
+            self._send_output(status)
+        self._emit(api.build_chunk(self._job, status, self._created))
+
+    def _send_output(self, status: RequestStatus) -> None:
+        self._sent_output = True
+        text = api.compute_visible_text(status.output_text, self._job.sampling.stop_sequences)
+        for piece in api.compute_text_pieces(text):
+            self._emit(api.build_chunk(self._job, status, self._created, content=piece, verification=False))
+
+    def finish(self, status: RequestStatus) -> None:
+        if not self._sent_output:
+            self._send_output(status)
+        finish = api.compute_finish_reason(status.output_text, len(status.output_token_ids), self._job.sampling)
+        self._emit(api.build_chunk(self._job, status, self._created, finish_reason=finish))
+        if self._job.include_usage:
+            self._emit(api.build_usage_chunk(self._job, status, self._created))

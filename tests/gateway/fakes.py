@@ -1,0 +1,102 @@
+"""A fake aggregator intake for the gateway's unit tests: scripted statuses, recorded submits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from avs.client import RequestFailedError, RequestStatus
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+
+MODEL = "tiny"
+MODEL_ID = bytes(range(32))
+REQUEST_HASH = bytes([0xAB]) * 32
+OUTPUT_TEXT = "the quick brown fox. jumps"
+OUTPUT_IDS = [5, 6, 7, 8, 9]
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def make_status(state: int, text: str = OUTPUT_TEXT, ids: Sequence[int] = OUTPUT_IDS) -> RequestStatus:
+    status = RequestStatus(request_hash=REQUEST_HASH, state=state)  # type: ignore[arg-type]
+    if state >= ag.REQUEST_STATE_VERIFYING:
+        status.output_token_ids.extend(ids)
+        status.output_text = text
+        status.output_hash = b"\x01" * 32
+    if state >= ag.REQUEST_STATE_BATCHED:
+        status.batch_index = 3
+    if state == ag.REQUEST_STATE_CERTIFIED:
+        certificate = status.certificate
+        certificate.chain_id = 31337
+        certificate.request_hash = REQUEST_HASH
+        certificate.output_token_ids.extend(ids)
+        certificate.output_text = text
+        certificate.tx_hash = b"\x02" * 32
+        certificate.certified_block = 42
+    return status
+
+
+STATES = (
+    ag.REQUEST_STATE_RECEIVED,
+    ag.REQUEST_STATE_GENERATING,
+    ag.REQUEST_STATE_VERIFYING,
+    ag.REQUEST_STATE_ACCEPTED,
+    ag.REQUEST_STATE_BATCHED,
+    ag.REQUEST_STATE_CERTIFIED,
+)
+
+
+@dataclass
+class FakeIntake:
+    """``submit`` records its arguments; ``wait`` plays ``states`` (or raises ``fail_with``)."""
+
+    text: str = OUTPUT_TEXT
+    ids: Sequence[int] = tuple(OUTPUT_IDS)
+    states: Sequence[int] = STATES
+    submit_error: Exception | None = None
+    fail_with: Exception | None = None
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+
+    def list_models(self) -> dict[str, bytes]:
+        return {MODEL: MODEL_ID}
+
+    def submit(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> bytes:
+        if self.submit_error is not None:
+            raise self.submit_error
+        self.submitted.append({"messages": [dict(m) for m in messages], **kwargs})
+        return REQUEST_HASH
+
+    def wait(
+        self, request_hash: bytes, timeout: float, on_progress: Callable[[RequestStatus], None] | None
+    ) -> RequestStatus:
+        status = make_status(ag.REQUEST_STATE_RECEIVED)
+        for state in self.states:
+            if self.fail_with is not None and state == ag.REQUEST_STATE_ACCEPTED:
+                raise self.fail_with
+            status = make_status(state, self.text, self.ids)
+            if on_progress is not None:
+                on_progress(status)
+        return status
+
+    def get_status(self, request_hash: bytes) -> RequestStatus:
+        if request_hash != REQUEST_HASH:
+            raise FakeRpcError(grpc.StatusCode.NOT_FOUND, "no request with this hash")
+        return make_status(ag.REQUEST_STATE_CERTIFIED, self.text, self.ids)
+
+
+def failing_intake() -> FakeIntake:
+    return FakeIntake(fail_with=RequestFailedError("quorum 0 accepted 40.00%, below 66.67%"))

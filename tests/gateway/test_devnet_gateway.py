@@ -1,0 +1,134 @@
+"""The gateway on the real path: the devnet of ``make devnet`` (anvil, contracts, four operator
+processes, the aggregator process) with a tiny model, the gateway in-process in front of its
+aggregator, and the official ``openai`` client. Also the ``avs-gateway`` binary as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from eth_account import Account
+from openai.types.chat import ChatCompletionMessageParam
+
+from avs.client import AggregatorClient, certificate_from_json, verify_certificate
+from avs.devnet import Devnet, ServiceProcess, get_free_port
+from avs.gateway.config import load_config
+from avs.gateway.server import GatewayServer
+from avs.gateway.service import GatewayService
+from tests.inference.conftest import build_tiny_model
+
+API_KEY = "sk-devnet-test"
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "the quick brown fox"}]
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    model = build_tiny_model(tmp_path_factory.mktemp("gateway-model") / "tiny")
+    network = Devnet(tmp_path_factory.mktemp("gateway-devnet"), model)
+    network.start()
+    yield network
+    network.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(devnet: Devnet) -> Iterator[GatewayServer]:
+    config = load_config(
+        aggregator=devnet.aggregator_url, requester=Account.create().address, request_timeout_seconds=120
+    )
+    with AggregatorClient(config.aggregator) as intake:
+        server = GatewayServer(GatewayService(intake, config), "127.0.0.1", 0, (API_KEY,))
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model(devnet: Devnet) -> str:
+    return devnet.model_dir.name
+
+
+def test_models_list_the_aggregators_models(client: openai.OpenAI, model: str) -> None:
+    assert [m.id for m in client.models.list().data] == [model]
+
+
+def test_a_chat_completion_comes_with_a_certificate_that_verifies(client: openai.OpenAI, model: str) -> None:
+    completion = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=6, temperature=0)
+    verification = (completion.model_extra or {})["verification"]
+    assert verification["state"] == "CERTIFIED" and verification["tx_hash"].startswith("0x")
+    certificate = certificate_from_json(json.dumps(verification["certificate"]))
+    check = verify_certificate(certificate, min_share_bps=6667)
+    assert check.ok, check.problems
+    assert completion.id == "chatcmpl-" + certificate.request_hash.hex()
+    assert "0x" + certificate.request_hash.hex() == verification["request_hash"]
+    assert completion.choices[0].message.content == certificate.output_text
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens == len(certificate.output_token_ids)
+    assert certificate.request.max_tokens == 6 and certificate.request.temperature_milli == 0
+    assert [(m.role, m.content) for m in certificate.request.messages] == [("user", "the quick brown fox")]
+
+
+def test_a_streamed_chat_ends_with_the_certificate(client: openai.OpenAI, model: str) -> None:
+    stream = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=6, temperature=0, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = chunks[-1]
+    assert final.choices[0].finish_reason in ("stop", "length")
+    certificate = certificate_from_json(json.dumps((final.model_extra or {})["verification"]["certificate"]))
+    assert text == certificate.output_text and verify_certificate(certificate).ok
+    states = [(c.model_extra or {}).get("verification", {}).get("state") for c in chunks]
+    assert "CERTIFIED" in states and states.index("CERTIFIED") == len(chunks) - 1
+
+
+def test_a_text_completion(client: openai.OpenAI, model: str) -> None:
+    completion = client.completions.create(model=model, prompt="operators sign", max_tokens=4, temperature=0)
+    verification = (completion.model_extra or {})["verification"]
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == verification["certificate"]["output_text"]
+
+
+def test_the_certificate_can_be_fetched_later(client: openai.OpenAI, gateway: GatewayServer, model: str) -> None:
+    completion = client.completions.create(model=model, prompt="hello world", max_tokens=3, temperature=0)
+    url = (completion.model_extra or {})["verification"]["certificate_url"]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.port}{url}", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = json.loads(response.read())
+    assert body["state"] == "CERTIFIED" and body["certificate"]["output_text"] == completion.choices[0].text
+
+
+def test_the_aggregator_refusal_reaches_the_client(client: openai.OpenAI, model: str) -> None:
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=model, prompt="x", max_tokens=100_000)
+
+
+def test_the_binary_serves_and_stops_on_sigterm(devnet: Devnet, tmp_path: Path) -> None:
+    port = get_free_port()
+    args = [sys.executable, "-m", "avs.gateway.cli", "--aggregator", devnet.aggregator_url]
+    args += ["--listen", f"127.0.0.1:{port}", "--requester", Account.create().address]
+    process = ServiceProcess("gateway", args, {**os.environ, "AVS_GATEWAY_API_KEYS": API_KEY}, tmp_path)
+    try:
+        ready = process.wait_ready(timeout=30)
+        assert ready["url"] == f"http://127.0.0.1:{port}/v1"
+        client = openai.OpenAI(base_url=str(ready["url"]), api_key=API_KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == [devnet.model_dir.name]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=str(ready["url"]), api_key="wrong", max_retries=0).models.list()
+    finally:
+        process.stop(timeout=10)
+    assert process.process.returncode == 0
+    assert API_KEY not in process.log_path.read_text()

@@ -1,0 +1,263 @@
+"""The HTTP gateway against a fake aggregator, driven by the official ``openai`` client and raw HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import openai
+import pytest
+
+from avs.gateway import cli
+from avs.gateway.config import GatewayConfig, load_config
+from avs.gateway.server import GatewayServer, is_authorized
+from avs.gateway.service import GatewayService
+from tests.gateway.fakes import MODEL, MODEL_ID, OUTPUT_TEXT, REQUEST_HASH, FakeIntake, FakeRpcError, failing_intake
+
+REQUESTER = "0x" + "11" * 20
+KEY = "sk-test-key"
+
+
+def start(intake: FakeIntake, api_keys: tuple[str, ...] = (), **settings: Any) -> GatewayServer:
+    config = load_config(requester=REQUESTER, quorums=[1, 0], threshold_bps=6667, **settings)
+    server = GatewayServer(GatewayService(intake, config), "127.0.0.1", 0, api_keys, config.max_body_bytes)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def intake() -> FakeIntake:
+    return FakeIntake()
+
+
+@pytest.fixture
+def server(intake: FakeIntake) -> Iterator[GatewayServer]:
+    gateway = start(intake)
+    yield gateway
+    gateway.stop()
+
+
+def client_for(server: GatewayServer, api_key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key=api_key, max_retries=0)
+
+
+def raw(server: GatewayServer, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_models_are_the_aggregators(server: GatewayServer) -> None:
+    client = client_for(server)
+    (model,) = client.models.list().data
+    assert model.id == MODEL and model.object == "model"
+    assert (model.model_extra or {})["model_id"] == "0x" + MODEL_ID.hex()
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_a_chat_completion_is_answered_with_its_certificate(server: GatewayServer, intake: FakeIntake) -> None:
+    completion = client_for(server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "short"}, {"role": "user", "content": "fox?"}],
+        max_tokens=5,
+        temperature=0,
+        seed=9,
+        stop=["jumps"],
+    )
+    assert completion.id == "chatcmpl-" + REQUEST_HASH.hex() and completion.object == "chat.completion"
+    choice = completion.choices[0]
+    assert choice.message.content == "the quick brown fox. " and choice.finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+    verification = (completion.model_extra or {})["verification"]
+    assert verification["state"] == "CERTIFIED" and verification["certificate"]["output_text"] == OUTPUT_TEXT
+    (submitted,) = intake.submitted
+    assert submitted == {
+        "messages": [{"role": "system", "content": "short"}, {"role": "user", "content": "fox?"}],
+        "requester": REQUESTER,
+        "model": MODEL,
+        "max_tokens": 5,
+        "temperature_milli": 0,
+        "top_p_micro": 1_000_000,
+        "seed": 9,
+        "stop_sequences": ["jumps"],
+        "quorums": b"\x00\x01",
+        "threshold_bps": 6667,
+    }
+
+
+def test_a_model_may_be_named_by_its_id(server: GatewayServer, intake: FakeIntake) -> None:
+    client_for(server).completions.create(model="0x" + MODEL_ID.hex(), prompt="x", max_tokens=5)
+    assert intake.submitted[0]["model"] == MODEL
+
+
+def test_a_streamed_chat_sends_states_then_the_output_then_the_certificate(server: GatewayServer) -> None:
+    stream = client_for(server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "fox?"}],
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" and c.id == "chatcmpl-" + REQUEST_HASH.hex() for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    states = [(c.model_extra or {}).get("verification", {}).get("state") for c in chunks]
+    assert [s for s in states if s] == ["RECEIVED", "GENERATING", "VERIFYING", "ACCEPTED", "BATCHED", "CERTIFIED"]
+    first_text = next(i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content)
+    assert states[first_text - 1] == "VERIFYING"  # nothing before the quorum accepted it
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == OUTPUT_TEXT
+    final, usage = chunks[-2:]
+    assert final.choices[0].finish_reason == "length"
+    assert (final.model_extra or {})["verification"]["certificate"]["tx_hash"]
+    assert not usage.choices and usage.usage is not None and usage.usage.completion_tokens == 5
+
+
+def test_a_streamed_completion(server: GatewayServer) -> None:
+    chunks = list(client_for(server).completions.create(model=MODEL, prompt="fox", max_tokens=9, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == OUTPUT_TEXT
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert (chunks[-1].model_extra or {})["verification"]["state"] == "CERTIFIED"
+
+
+def test_errors_come_in_openais_format(server: GatewayServer, intake: FakeIntake) -> None:
+    client = client_for(server)
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    assert not_found.value.code == "model_not_found" and not_found.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
+    assert bad.value.code == "unsupported_parameter" and bad.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], logprobs=True)
+    assert bad.value.param == "logprobs"
+    assert not intake.submitted
+
+
+def test_raw_http_errors(server: GatewayServer) -> None:
+    status, body = raw(server, "POST", "/v1/chat/completions", b"{not json", **{"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    status, body = raw(server, "GET", "/v1/nothing")
+    assert status == 404 and body["error"]["code"] == "unknown_url"
+    status, body = raw(server, "GET", "/v1/chat/completions")
+    assert status == 405
+    status, body = raw(server, "DELETE", "/v1/models")
+    assert status == 405
+    status, body = raw(server, "GET", "/health")
+    assert (status, body) == (200, {"status": "ok"})
+
+
+def test_a_body_over_the_limit_is_refused_and_the_connection_stays_usable() -> None:
+    gateway = start(FakeIntake(), max_body_bytes=2048)
+    try:
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 4096}]}).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request("POST", "/v1/chat/completions", body=body)
+        response = connection.getresponse()
+        assert response.status == 413 and json.loads(response.read())["error"]["code"] == "request_too_large"
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        gateway.stop()
+
+
+def test_the_verification_endpoint(server: GatewayServer) -> None:
+    status, body = raw(server, "GET", "/v1/verification/0x" + REQUEST_HASH.hex())
+    assert status == 200 and body["object"] == "verification" and body["state"] == "CERTIFIED"
+    assert body["certificate"]["request_hash"]
+    status, body = raw(server, "GET", "/v1/verification/0x" + "00" * 32)
+    assert status == 404
+    status, body = raw(server, "GET", "/v1/verification/0x1234")
+    assert status == 400
+
+
+def test_a_failed_request_is_a_502_or_an_error_event() -> None:
+    gateway = start(failing_intake())
+    try:
+        client = client_for(gateway)
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.completions.create(model=MODEL, prompt="x")
+        assert failed.value.status_code == 502 and "40.00%" in failed.value.message
+        stream = client.completions.create(model=MODEL, prompt="x", stream=True)
+        with pytest.raises(openai.APIError, match=r"40\.00%"):
+            list(stream)
+    finally:
+        gateway.stop()
+
+
+def test_aggregator_errors_map_to_statuses() -> None:
+    intake = FakeIntake(submit_error=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    gateway = start(intake)
+    try:
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            client_for(gateway).completions.create(model=MODEL, prompt="x", stream=True)
+        assert unavailable.value.status_code == 503
+        intake.submit_error = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be at most 512")
+        with pytest.raises(openai.BadRequestError, match="at most 512"):
+            client_for(gateway).completions.create(model=MODEL, prompt="x", max_tokens=600)
+    finally:
+        gateway.stop()
+
+
+def test_api_keys_are_checked() -> None:
+    gateway = start(FakeIntake(), api_keys=(KEY, "other"))
+    try:
+        with pytest.raises(openai.AuthenticationError) as denied:
+            client_for(gateway, "sk-wrong").models.list()
+        assert denied.value.code == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            client_for(gateway, "sk-wrong").completions.create(model=MODEL, prompt="x")
+        assert client_for(gateway, KEY).completions.create(model=MODEL, prompt="x").choices[0].text == OUTPUT_TEXT
+        assert raw(gateway, "GET", "/health")[0] == 200
+    finally:
+        gateway.stop()
+
+
+def test_a_connection_stays_usable_after_a_refused_body() -> None:
+    gateway = start(FakeIntake(), api_keys=(KEY,))
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request("POST", "/v1/completions", body=json.dumps({"model": MODEL, "prompt": "x"}))
+        response = connection.getresponse()
+        assert response.status == 401 and response.getheader("WWW-Authenticate") == "Bearer"
+        response.read()
+        connection.request("GET", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert json.loads(connection.getresponse().read())["data"][0]["id"] == MODEL
+        connection.close()
+    finally:
+        gateway.stop()
+
+
+def test_is_authorized() -> None:
+    assert is_authorized(None, ())
+    assert is_authorized("Bearer k", ("k",)) and is_authorized("bearer k", ("j", "k"))
+    assert not is_authorized(None, ("k",)) and not is_authorized("Bearer ", ("k",))
+    assert not is_authorized("Basic k", ("k",)) and not is_authorized("Bearer kk", ("k",))
+
+
+def test_config_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVS_GATEWAY_API_KEYS", " a, b ,,")
+    monkeypatch.setenv("AVS_GATEWAY_LISTEN", "0.0.0.0:9000")
+    config = load_config(requester=REQUESTER.upper().replace("0X", "0x"), listen=None)
+    assert isinstance(config, GatewayConfig) and config.get_api_keys() == ("a", "b")
+    assert config.listen == "0.0.0.0:9000" and config.requester.startswith("0x11")
+    assert "a, b" not in repr(config)  # the keys are secrets
+    with pytest.raises(ValueError, match="requester"):
+        load_config(requester="0x1234")
+    with pytest.raises(ValueError, match="listen"):
+        load_config(requester=REQUESTER, listen="nowhere")
+
+
+def test_the_binary_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--requester", "0x1234", "--listen", "127.0.0.1:0"]) == 2
+    assert "requester" in capsys.readouterr().err

@@ -39,10 +39,19 @@ from avs_operator.config import ConfigError, OperatorConfig, load_config, load_s
 from avs_operator.slashing_protection import SlashingProtection
 
 
+def quiet_progress_bars() -> None:
+    """stderr carries JSON log lines only: no progress bars from the model libraries."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from avs_operator.app import OperatorApp  # imports torch: only for `run`
 
     configure_json_logging(args.log_level)
+    quiet_progress_bars()
     app = OperatorApp(load_config(args.config), load_secrets())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,155 @@
+"""The operator's transport and lifecycle: TLS, reflection, message limits, SIGTERM, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from avs import keystore
+from avs.crypto import bls
+from avs.devnet import ServiceProcess
+from avs.inference.engine import load_engine
+from avs.rpc.operator_client import OperatorClient
+from avs_operator.app import OperatorApp
+from avs_operator.config import OperatorSecrets, parse_config
+from tests.inference.conftest import build_tiny_model
+from tests.operator.test_grpc_server import AGGREGATOR, DOMAIN, PASSWORD, envelope, make_config, start
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("lifecycle-model") / "tiny")
+
+
+def new_keystore(workdir: Path) -> bls.KeyPair:
+    pair = bls.compute_key_pair(bls.generate_secret_key())
+    keystore.save_bls_keystore(workdir / "op.bls.key.json", pair, PASSWORD, 1 << 10)
+    return pair
+
+
+def start_app(workdir: Path, model: Path, **grpc_overrides: object) -> OperatorApp:
+    config = make_config(workdir, model)
+    grpc_section = config["grpc"]
+    assert isinstance(grpc_section, dict)
+    grpc_section.update(grpc_overrides)
+    app = OperatorApp(
+        parse_config(config),
+        OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
+        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=workdir / "cache"),
+    )
+    app.start()
+    return app
+
+
+@needs_openssl
+def test_tls_when_configured(model_dir: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    pair = new_keystore(tmp_path)
+    app = start_app(tmp_path, model_dir, tls_cert_file=str(cert), tls_key_file=str(key), listen="localhost:0")
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{app.ports.grpc}", credentials) as channel:
+            info = OperatorClient(channel, DOMAIN, pair.operator_id, AGGREGATOR.key).get_info()
+            assert info.operator_id == pair.operator_id
+        with grpc.insecure_channel(f"localhost:{app.ports.grpc}") as plain:
+            with pytest.raises(grpc.RpcError) as refused:
+                OperatorClient(plain, DOMAIN, pair.operator_id, AGGREGATOR.key).get_info(timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        app.stop(1)
+
+
+def list_services(port: int) -> list[str] | grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
+        try:
+            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            return [s.name for r in responses for s in r.list_services_response.service]
+        except grpc.RpcError as error:
+            code: grpc.StatusCode = error.code()
+            return code
+
+
+def test_reflection_only_behind_its_flag(model_dir: Path, tmp_path: Path) -> None:
+    new_keystore(tmp_path)
+    app = start_app(tmp_path, model_dir, reflection=True)
+    try:
+        services = list_services(app.ports.grpc)
+        assert isinstance(services, list) and "avs.operator.v1.OperatorService" in services
+    finally:
+        app.stop(1)
+    default = start(tmp_path, model_dir, tmp_path / "cache")
+    try:
+        assert list_services(default.app.ports.grpc) == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        default.channel.close()
+        default.app.stop(1)
+
+
+def test_oversized_messages_are_refused(model_dir: Path, tmp_path: Path) -> None:
+    pair = new_keystore(tmp_path)
+    app = start_app(tmp_path, model_dir, max_message_bytes=2048)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
+            client = OperatorClient(channel, DOMAIN, pair.operator_id, AGGREGATOR.key)
+            running = type("R", (), {"engine": next(iter(app.engines._engines.values()))})()
+            big = envelope(running, "x" * 4096, nonce=1)
+            with pytest.raises(grpc.RpcError) as refused:
+                client.generate(big)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        app.stop(1)
+
+
+def test_the_binary_stops_cleanly_on_sigterm_and_logs_json_without_secrets(model_dir: Path, tmp_path: Path) -> None:
+    new_keystore(tmp_path)
+    config = make_config(tmp_path, model_dir)
+    (tmp_path / "operator.yaml").write_text(yaml.safe_dump(config))
+    env = {"OPERATOR_BLS_KEY_PASSWORD": PASSWORD, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "avs_operator.cli", "run", "--config", str(tmp_path / "operator.yaml")]
+    process = ServiceProcess("operator", args, env, tmp_path)
+    try:
+        ready = process.wait_ready(timeout=120)
+        assert isinstance(ready["grpc_port"], int)
+        process.process.send_signal(signal.SIGTERM)
+        assert process.process.wait(timeout=30) == 0
+    finally:
+        process.stop()
+    lines = [line for line in process.log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON record
+    assert {"serving", "stopped"} <= {r["message"] for r in records}
+    assert PASSWORD not in process.log_path.read_text() + process.stdout_path.read_text()

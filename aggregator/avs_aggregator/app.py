@@ -25,6 +25,7 @@ from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
+from avs.config import split_host_port
 from avs.errors import InvalidInputError
 from avs.messages import Domain
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
@@ -40,13 +41,6 @@ from avs_aggregator.txsender import SenderSettings, TransactionSender
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
-
-
-def split_host_port(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise InvalidInputError(f"listen address {listen!r} must be host:port")
-    return host, int(port)
 
 
 class PipelineRunner:

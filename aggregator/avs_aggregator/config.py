@@ -9,21 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from avs.errors import InvalidInputError
+from avs.config import ConfigError, parse_model, read_yaml, resolve_path
+from avs.config import Section as _Section
 
-MAX_CONFIG_BYTES = 1 << 20
-
-
-class ConfigError(InvalidInputError):
-    """A configuration file or environment that is missing, unreadable or invalid."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["AggregatorConfig", "AggregatorSecrets", "ConfigError", "load_config", "parse_config"]
 
 
 class ChainConfig(_Section):
@@ -109,31 +101,16 @@ class AggregatorSecrets(BaseSettings):
     ecdsa_key_password: SecretStr | None = None
 
 
-def _format(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors())
-
-
 def parse_config(data: Any) -> AggregatorConfig:
-    try:
-        return AggregatorConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid aggregator config: {_format(exc)}") from None
+    return parse_model(AggregatorConfig, data, "aggregator")
 
 
 def load_config(path: Path) -> AggregatorConfig:
     """Read and validate a YAML config; relative paths in it are relative to the file."""
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not readable YAML: {exc}") from None
-    config = parse_config(data)
+    config = parse_config(read_yaml(path))
 
     def resolve(p: Path) -> Path:
-        return p if p.is_absolute() else (path.parent / p.expanduser()).resolve()
+        return resolve_path(p, path.parent)
 
     models = [
         m.model_copy(update={"tokenizer_path": resolve(m.tokenizer_path)}) if m.tokenizer_path else m

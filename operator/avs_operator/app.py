@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from avs import __version__, keystore
 from avs.calls import CallAuthenticator
+from avs.config import split_host_port
 from avs.errors import InvalidInputError, ModelMismatchError
 from avs.inference.engine import EngineRegistry, InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
@@ -45,13 +46,6 @@ EngineLoader = Callable[[Path, int | None], InferenceEngine]
 
 def _default_loader(path: Path, threads: int | None) -> InferenceEngine:
     return load_engine(path, threads=threads)
-
-
-def split_host_port(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise InvalidInputError(f"listen address {listen!r} must be host:port")
-    return host, int(port)
 
 
 @dataclass

@@ -11,22 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from avs.config import ConfigError, parse_model, read_yaml, resolve_path
+from avs.config import Section as _Section
 from avs.errors import InvalidInputError
 from avs.messages import checksum
 
-MAX_CONFIG_BYTES = 1 << 20
-
-
-class ConfigError(InvalidInputError):
-    """A configuration file or environment that is missing, unreadable or invalid."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["ConfigError", "OperatorConfig", "OperatorSecrets", "load_config", "load_secrets", "parse_config"]
 
 
 def _address(value: str) -> str:
@@ -115,38 +108,18 @@ class OperatorSecrets(BaseSettings):
     ecdsa_key_password: SecretStr | None = None
 
 
-def _format_validation_error(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        parts.append(f"{location}: {item['msg']}")
-    return "; ".join(parts)
-
-
 def parse_config(data: Any) -> OperatorConfig:
-    try:
-        return OperatorConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid operator config: {_format_validation_error(exc)}") from None
+    return parse_model(OperatorConfig, data, "operator")
 
 
 def load_config(path: Path) -> OperatorConfig:
     """Read and validate a YAML config; relative paths in it are relative to the file."""
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not readable YAML: {exc}") from None
-    config = parse_config(data)
-    return _resolve_paths(config, path.parent)
+    return _resolve_paths(parse_config(read_yaml(path)), path.parent)
 
 
 def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
     def resolve(p: Path) -> Path:
-        return p if p.is_absolute() else (base / p.expanduser()).resolve()
+        return resolve_path(p, base)
 
     keys = config.keys.model_copy(
         update={

@@ -23,9 +23,9 @@ from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
 from avs.client import AggregatorClient
+from avs.config import split_host_port
 from avs.errors import InvalidInputError
 from avs.messages import Domain
-from avs_aggregator.app import split_host_port
 from avs_aggregator.chain import Web3OperatorSetReader
 from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
 from avs_aggregator.challenger.core import Challenger, Finding

@@ -1,0 +1,63 @@
+"""What every binary's configuration shares: strict sections, YAML loading, errors that name
+the field. Each binary defines its own typed tree (``avs_operator.config``, ``avs_aggregator.config``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from avs.errors import InvalidInputError
+
+MAX_CONFIG_BYTES = 1 << 20
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigError(InvalidInputError):
+    """A configuration file or environment that is missing, unreadable or invalid."""
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """``grpc.max_concurrent_requests: Input should be greater than 0; ...``"""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors())
+
+
+def parse_model(model: type[Model], data: Any, what: str) -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what} config: {format_validation_error(exc)}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at ``path``; ``ConfigError`` if missing, too large or unreadable."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not readable YAML: {exc}") from None
+
+
+def resolve_path(path: Path, base: Path) -> Path:
+    """``path`` relative to the config file's folder ``base`` (absolute paths unchanged)."""
+    return path if path.is_absolute() else (base / path.expanduser()).resolve()
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9092"`` -> ``("127.0.0.1", 9092)``; ``ConfigError`` otherwise."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"listen address {listen!r} must be host:port")
+    return host, int(port)

@@ -156,7 +156,7 @@ class DevnetOperator:
 
 
 def create_operator(
-    anvil: Anvil,
+    rpc_url: str,
     deployment: Deployment,
     deployment_file: Path,
     workdir: Path,
@@ -177,7 +177,7 @@ def create_operator(
         "chain": {
             "chain_id": deployment.chain_id,
             "task_manager": deployment.task_manager,
-            "rpc_url": anvil.url,
+            "rpc_url": rpc_url,
             "deployment_file": str(deployment_file.resolve()),
         },
         "keys": {"bls_keystore": "operator.bls.key.json", "ecdsa_keystore": "operator.ecdsa.key.json"},
@@ -192,8 +192,9 @@ def create_operator(
     }
     config_path = home / "operator.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    restake(anvil.w3, deployment, account, stake)
-    client = Web3AvsClient(anvil.w3, deployment, account)
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    restake(w3, deployment, account, stake)
+    client = Web3AvsClient(w3, deployment, account)
     register_operator(client, account, key_pair, f"127.0.0.1:{ports[0]}", [0], allocate_wad=10**18)
     return DevnetOperator(name, account, key_pair, stake, config_path, ports[0], ports[1], ports[2])
 
@@ -316,7 +317,7 @@ class Devnet:
             on_step(f"restaking {tokens} tokens for {name} and registering it with BLS proof of possession")
             self.operators.append(
                 create_operator(
-                    self.anvil,
+                    self.anvil.url,
                     self.deployment,
                     self.deployment_file,
                     self.workdir / "operators",

@@ -139,3 +139,43 @@ def test_deregister_in_the_next_block_after_register(anvil: str, deployment: Dep
     client.transact(core.functions.depositIntoStrategy(deployment.strategy, token.address, STAKE))
     register_operator(client, account, bls.compute_key_pair(bls.generate_secret_key()), "op:1", [0], 10**18)
     deregister_operator(client, account, [0])
+
+
+def test_the_daemon_reports_its_registered_stake(
+    anvil: str,  # noqa: F811
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    import time
+    import urllib.request
+
+    from avs.devnet import DEVNET_PASSWORD, create_operator
+    from avs.inference.engine import load_engine
+    from avs_operator.app import OperatorApp
+    from avs_operator.config import OperatorSecrets, load_config
+    from tests.inference.conftest import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model")
+    (tmp_path / "deployment.json").write_text(
+        json.dumps({field: getattr(deployment, field) for field in deployment.__dataclass_fields__})
+    )
+    operator = create_operator(
+        anvil, deployment, tmp_path / "deployment.json", tmp_path, "erin", STAKE, model, [deployment.aggregator]
+    )
+    app = OperatorApp(
+        load_config(operator.config_path),
+        OperatorSecrets(bls_key_password=DEVNET_PASSWORD),  # type: ignore[arg-type]
+        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=tmp_path / "cache"),
+    )
+    app.start()
+    try:
+        expected = f'eigen_registered_stakes{{quorum_name="quorum 0",quorum_number="0"}} {float(STAKE)}'
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline and expected not in text:
+            with urllib.request.urlopen(f"http://127.0.0.1:{app.ports.metrics}/metrics") as response:
+                text = response.read().decode()
+            time.sleep(0.2)
+        assert expected in text
+    finally:
+        app.stop(1)

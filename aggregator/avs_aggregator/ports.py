@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature
 from avs.crypto.curve import G1Point, G2Point
@@ -106,6 +106,16 @@ class ChainWriter(Protocol):
 
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
         """(certified block, tx hash) if ``batch_index`` is certified on-chain, else None."""
+        ...
+
+
+@runtime_checkable
+class BlockHashReader(Protocol):
+    """Optional on a ``ChainWriter``: the hash of a block, so a certified batch's block can be
+    re-checked before the batch is final (writers without it are checked by block number only)."""
+
+    def get_block_hash(self, block_number: int) -> bytes | None:
+        """The canonical block's hash, or None if the chain has no such block (any more)."""
         ...
 
 

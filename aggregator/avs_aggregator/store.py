@@ -41,7 +41,7 @@ FINAL_REQUEST_STATES = frozenset({RequestState.CERTIFIED, RequestState.FAILED})
 class BatchState(StrEnum):
     SIGNING = "SIGNING"  # header fixed, collecting signatures
     SUBMITTING = "SUBMITTING"  # aggregate made; certifyBatch may have been sent
-    CERTIFIED = "CERTIFIED"
+    CERTIFIED = "CERTIFIED"  # confirming while ``confirmed_block`` is NULL, then final
     ABANDONED = "ABANDONED"  # not certifiable (stale, threshold); its requests moved on
 
 
@@ -84,6 +84,8 @@ class BatchRow(Base):
     certificate: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, see pipeline
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     certified_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    certified_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)  # of certified_block
+    confirmed_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # head when found deep enough
     gas_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
@@ -228,6 +230,31 @@ class Store:
                 request.updated_at = now
                 if request_state != RequestState.CERTIFIED:
                     request.batch_index = None
+
+    def reopen_batch(self, batch_index: int, error: str) -> None:
+        """A CERTIFIED batch whose certification a reorg removed: back to SUBMITTING and its requests
+        from CERTIFIED back to BATCHED, in one transaction."""
+        with self.session() as s:
+            row = s.get(BatchRow, batch_index)
+            assert row is not None
+            row.state = BatchState.SUBMITTING
+            row.tx_hash = row.certified_block = row.certified_hash = row.confirmed_block = row.gas_used = None
+            row.error = error
+            row.updated_at = now = self.clock()
+            for request in s.scalars(select(RequestRow).where(RequestRow.batch_index == batch_index)):
+                if request.state == RequestState.CERTIFIED:
+                    request.state = RequestState.BATCHED
+                    request.updated_at = now
+
+    def list_confirming_batches(self) -> list[BatchRow]:
+        """CERTIFIED batches not yet found ``confirmations`` blocks deep."""
+        with self.session() as s:
+            query = (
+                select(BatchRow)
+                .where(BatchRow.state == str(BatchState.CERTIFIED), BatchRow.confirmed_block.is_(None))
+                .order_by(BatchRow.batch_index)
+            )
+            return list(s.scalars(query))
 
     def list_batches(self, states: Sequence[BatchState]) -> list[BatchRow]:
         with self.session() as s:

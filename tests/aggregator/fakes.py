@@ -85,6 +85,7 @@ class FakeNetwork:
         self.certify_calls: list[int] = []
         self.calls: list[tuple[str, bytes]] = []
         self.crash_after_certify = False
+        self.fork = b""  # changes every block's hash (a reorg that keeps the block numbers)
 
     def by_id(self, operator_id: bytes) -> FakeOperator:
         return next(o for o in self.operators if o.keys.operator_id == operator_id)
@@ -183,3 +184,6 @@ class FakeNetwork:
 
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
         return self.certified.get(batch_index)
+
+    def get_block_hash(self, block_number: int) -> bytes | None:
+        return keccak(self.fork + block_number.to_bytes(8, "big")) if block_number <= self.block else None

@@ -190,6 +190,7 @@ def test_requests_are_certified_on_chain_and_verify_offline(devnet: Devnet, tmp_
             text = response.read().decode()
         assert "avs_aggregator_batches_certified_total" in text and 'state="certified"' in text
         assert "avs_aggregator_batch_gas_used_count" in text
+        assert "avs_aggregator_operators_responding 3.0" in text  # every operator answered
     finally:
         app.stop(1)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from avs.errors import InvalidInputError
+from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import Pipeline, PipelineError, PipelineSettings
 from avs_aggregator.store import BatchState, RequestState, Store
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
@@ -203,4 +205,78 @@ def test_batches_wait_for_the_latency_or_size_policy(db: Path) -> None:
     a, b = pipeline.submit(make_envelope(2)), pipeline.submit(make_envelope(3))
     pipeline.run_until_idle(force_batches=False)  # full at 2: no waiting
     assert {pipeline.store.get_request(h).batch_index for h in (a, b)} == {2}  # type: ignore[union-attr]
+    pipeline.close()
+
+
+def test_certified_batch_is_confirming_until_a_block_is_on_top(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(5))
+    pipeline.run_until_idle()
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and batch.state == BatchState.CERTIFIED and batch.confirmed_block is None
+    assert batch.certified_hash == network.get_block_hash(100)
+    assert pipeline.active_batch_indices() == [1]  # confirming: still re-checked, also after a restart
+    network.block += 1
+    network.fork = b"other"  # the certified block was replaced (same number): recorded, checked again
+    assert pipeline.advance_batch(1)
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and batch.confirmed_block is None and batch.certified_hash == network.get_block_hash(100)
+    pipeline.run_until_idle()
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and batch.confirmed_block == 101
+    assert pipeline.active_batch_indices() == [] and not pipeline.advance_batch(1)
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and network.certify_calls == [1]
+    pipeline.close()
+
+
+def test_certification_removed_by_a_reorg_is_certified_again(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    first = make_pipeline(network, db)
+    hashes = [first.submit(make_envelope(i, f"reorg {i}")) for i in range(2)]
+    first.run_until_idle()
+    assert {first.store.get_request(h).state for h in hashes} == {RequestState.CERTIFIED}  # type: ignore[union-attr]
+    first.close()
+    del network.certified[1]  # a reorg deeper than the confirmations removed the certification
+    network.block += 3
+    second = make_pipeline(network, db)  # a restart re-checks the confirming batch
+    second.run_until_idle()
+    rows = [second.store.get_request(h) for h in hashes]
+    assert all(r is not None and r.state == RequestState.CERTIFIED and r.batch_index == 1 for r in rows)
+    assert network.certify_calls == [1, 1] and network.certified[1][0] == 103  # same index, certified once
+    batch = second.store.get_batch(1)
+    assert batch is not None and batch.state == BatchState.CERTIFIED and batch.certified_block == 103
+    second.close()
+
+
+def test_reorged_certification_with_a_stale_reference_is_rebatched(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(6))
+    pipeline.run_until_idle()
+    del network.certified[1]
+    network.block += 200  # batch 1's reference block is too old for the contract now
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2
+    assert network.certify_calls == [1, 2] and 1 not in network.certified
+    old = pipeline.store.get_batch(1)
+    assert old is not None and old.state == BatchState.ABANDONED
+    pipeline.close()
+
+
+def test_operators_responding_counts_the_last_call_of_each_operator(db: Path) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[0].behaviour = "down"
+    registry = CollectorRegistry()
+    metrics = AggregatorMetrics(registry)
+    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{db}"), network, network, network, SETTINGS, metrics)
+    pipeline.submit(make_envelope(7))
+    pipeline.run_until_idle()
+    assert registry.get_sample_value("avs_aggregator_operators_responding") == 2
+    network.operators[0].behaviour = "honest"
+    pipeline.submit(make_envelope(8))
+    pipeline.run_until_idle()
+    assert registry.get_sample_value("avs_aggregator_operators_responding") == 3
     pipeline.close()

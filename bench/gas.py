@@ -1,0 +1,186 @@
+"""Gas per certified inference on anvil, through the real ``certifyBatch``, against per-task responses.
+
+    python -m bench.gas [--operators 8] [--quick] [--no-record]
+
+anvil with the contracts deployed by ``script/Deploy.s.sol`` (``THRESHOLD_BPS=3000`` so that 4
+of 8 equal-stake operators may abstain); operators restaked and registered with BLS proofs of
+possession (``avs.devnet.restake`` + ``avs.chain.registration``); each batch of n leaves is
+Merkle-rooted, its digest signed in Python (``avs.crypto.bls``) by every operator but the
+non-signers, and sent by ``Web3AvsClient.certify_batch``. For each set of non-signers a first
+batch of 1 is certified unrecorded (it pays one-off first writes of cold storage slots); each
+cell is the median of ``--repeats`` certifications: the gas varies with the digest in steps of
+~4.7k (each extra try of the try-and-increment hash to G1 is one more modexp square root). Gas
+is the receipt's ``gasUsed``: the whole transaction (21k base cost and calldata included).
+
+The baseline is a per-task response in the style of EigenLayer's example AVS: one aggregate
+signature check per inference, i.e. a batch of 1 for every request. The batch's gas does not
+grow with n (only the 32-byte root goes on-chain), so the gas per inference is gas / n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+
+from avs.chain.client import NonSignerStakesAndSignature, Web3AvsClient
+from avs.chain.registration import register_operator
+from avs.crypto import bls
+from avs.devnet import ANVIL_KEY_0, Anvil, deploy_contracts, restake
+from avs.merkle import BatchLeaf, compute_merkle_tree
+from avs.messages import BatchHeader
+from bench.results import record_results
+
+BATCH_SIZES = (1, 8, 64, 256)
+NON_SIGNERS = (0, 1, 4)
+QUORUMS = b"\x00"
+STAKE = 10 * 10**18
+
+
+@dataclass(frozen=True)
+class Operator:
+    account: LocalAccount
+    keys: bls.KeyPair
+
+
+def compute_leaves(batch_index: int, size: int) -> list[BatchLeaf]:
+    """``size`` distinct (request hash, output hash) leaves for one batch."""
+    return [
+        BatchLeaf(Web3.keccak(text=f"request {batch_index}/{i}"), Web3.keccak(text=f"output {batch_index}/{i}"))
+        for i in range(size)
+    ]
+
+
+def compute_per_inference(gas: int, batch_size: int) -> int:
+    return round(gas / batch_size)
+
+
+def compute_table(gas: dict[tuple[int, int], int]) -> list[dict[str, Any]]:
+    """Rows of (batch size, non-signers, gas per batch, gas per inference, baseline over batched)."""
+    rows = []
+    for (size, absent), used in sorted(gas.items()):
+        per_inference = compute_per_inference(used, size)
+        baseline = gas[(1, absent)]
+        rows.append(
+            {
+                "batch_size": size,
+                "non_signers": absent,
+                "gas_per_batch": used,
+                "gas_per_inference": per_inference,
+                "per_task_baseline_gas": baseline,
+                "baseline_over_batched": round(baseline / per_inference, 2),
+            }
+        )
+    return rows
+
+
+def register(w3: Web3, deployment: Any, index: int) -> Operator:
+    account: LocalAccount = Account.create()
+    keys = bls.compute_key_pair(bls.generate_secret_key())
+    restake(w3, deployment, account, STAKE)
+    register_operator(Web3AvsClient(w3, deployment, account), account, keys, f"127.0.0.1:{6000 + index}", [0], 10**18)
+    return Operator(account, keys)
+
+
+def sign_batch(
+    client: Web3AvsClient, header: BatchHeader, operators: Sequence[Operator], absent: Sequence[Operator]
+) -> NonSignerStakesAndSignature:
+    digest = client.get_batch_digest(header)
+    signers = [op for op in operators if op not in absent]
+    ordered = sorted(absent, key=lambda op: op.keys.operator_id)
+    indices = client.get_check_signatures_indices(
+        header.reference_block, QUORUMS, [op.keys.operator_id for op in ordered]
+    )
+    return NonSignerStakesAndSignature(
+        non_signer_pubkeys=tuple(op.keys.pubkey_g1 for op in ordered),
+        quorum_apks=(client.get_apk(0),),
+        apk_g2=bls.aggregate_g2([op.keys.pubkey_g2 for op in signers]),
+        sigma=bls.aggregate_g1([bls.sign(op.keys.secret, digest) for op in signers]),
+        indices=indices,
+    )
+
+
+def measure(
+    operators_count: int, sizes: Sequence[int], non_signers: Sequence[int], repeats: int
+) -> dict[tuple[int, int], int]:
+    """Median receipt gas of ``repeats`` certifications per (batch size, non-signers)."""
+    anvil = Anvil()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            deployment = deploy_contracts(anvil.url, Path(folder) / "deployment.json", {"THRESHOLD_BPS": "3000"})
+        w3 = anvil.w3
+        client = Web3AvsClient(w3, deployment, Account.from_key(ANVIL_KEY_0))
+        operators = [register(w3, deployment, i) for i in range(operators_count)]
+        anvil.mine(2)
+        gas: dict[tuple[int, int], int] = {}
+        batch_index = 1
+        for absent_count in non_signers:
+            for size in (0, *sizes):  # 0: a warm-up batch of 1, not recorded (first writes of cold slots)
+                samples = []
+                for _ in range(1 if size == 0 else repeats):
+                    header = BatchHeader(
+                        batch_index,
+                        compute_merkle_tree(compute_leaves(batch_index, max(size, 1))).root,
+                        w3.eth.block_number - 1,
+                        QUORUMS,
+                    )
+                    signatures = sign_batch(client, header, operators, operators[:absent_count])
+                    tx_hash = client.certify_batch(header, signatures)
+                    samples.append(int(w3.eth.get_transaction_receipt(HexBytes(tx_hash))["gasUsed"]))
+                    batch_index += 1
+                if size:
+                    gas[(size, absent_count)] = int(statistics.median(samples))
+                    print(f"  batch of {size:>3}, {absent_count} non-signers: {samples} gas", flush=True)
+        return gas
+    finally:
+        anvil.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--operators", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="certifications per cell (median kept)")
+    parser.add_argument("--quick", action="store_true", help="5 operators; batches of 1 and 64; 0 and 1 non-signers")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
+    args = parser.parse_args(argv)
+    sizes, absent = (BATCH_SIZES, NON_SIGNERS) if not args.quick else ((1, 64), (0, 1))
+    operators = 5 if args.quick else args.operators
+    if max(absent) * 10 > operators * 7:
+        parser.error("too many non-signers for the 30% threshold")
+    rows = compute_table(measure(operators, sizes, absent, 1 if args.quick else args.repeats))
+    print(f"{'batch':>6}{'non-signers':>13}{'gas/batch':>12}{'gas/inference':>15}{'per-task':>10}{'saving':>9}")
+    for row in rows:
+        print(
+            f"{row['batch_size']:>6}{row['non_signers']:>13}{row['gas_per_batch']:>12,}{row['gas_per_inference']:>15,}"
+            f"{row['per_task_baseline_gas']:>10,}{row['baseline_over_batched']:>8}x"
+        )
+    by_key = {(r["batch_size"], r["non_signers"]): r for r in rows}
+    figures: dict[str, Any] = {
+        "gas_per_inference_batch64": by_key[(64, 0)]["gas_per_inference"],
+        "gas_per_task_response_baseline": by_key[(1, 0)]["gas_per_batch"],
+        "gas_batch64_saving_over_per_task": by_key[(64, 0)]["baseline_over_batched"],
+        "gas_table": rows,
+        "gas_details": {
+            "operators": operators,
+            "threshold_bps": 3000,
+            "gas": "receipt gasUsed of the whole transaction, median of the repeats",
+            "repeats": 1 if args.quick else args.repeats,
+        },
+    }
+    if not args.no_record:
+        record_results("gas", figures)
+        print("recorded in bench/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The benchmark scripts in their smallest modes (tiny model, quick flags, nothing recorded) and
+their pure helpers, so that the harness behind docs/performance.md cannot rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import aggregator_scale, e2e, gas, quorum
+from tests.inference.conftest import build_tiny_model
+
+ANVIL = Path(__file__).resolve().parents[2] / "contracts" / "tools" / "anvil"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("bench") / "tiny")
+
+
+def test_quorum_cost_counts_one_generation_and_q_minus_one_verifications() -> None:
+    times = quorum.QuorumTimes(
+        plain=[1.0, 1.0], generations=[[1.0] * 5, [2.0] * 5], verifications=[[0.1] * 4, [0.2] * 4]
+    )
+    assert quorum.compute_quorum_seconds(times, 3) == pytest.approx([1.2, 2.4])
+    assert quorum.compute_rerun_seconds(times, 5) == pytest.approx([5.0, 10.0])
+    summary = quorum.summarize_quorum(times)
+    assert summary["quorum3_cost_ratio"] == pytest.approx(1.8)
+    assert summary["rerun3_cost_ratio"] == pytest.approx(4.5)
+    assert summary["quorum5_cost_ratio"] == pytest.approx(2.1)
+    assert summary["quorum3_over_one_generation"] == pytest.approx(1.2)
+
+
+def test_quorum_quick_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert quorum.main(["--model", str(tiny_model), "--quick", "--threads", "1", "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert "quorum of 3" in out and "operator gRPC Generate" in out
+
+
+def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> None:
+    rows = gas.compute_table({(1, 0): 200_000, (64, 0): 204_800})
+    assert rows[1]["gas_per_inference"] == 3_200
+    assert rows[1]["baseline_over_batched"] == pytest.approx(62.5)
+    assert len({leaf.request_hash for leaf in gas.compute_leaves(7, 8)}) == 8
+
+
+@pytest.mark.skipif(not ANVIL.exists(), reason="anvil is not installed (make setup)")
+def test_gas_quick_on_anvil(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gas.main(["--quick", "--no-record"]) == 0
+    assert "gas/inference" in capsys.readouterr().out
+
+
+def test_e2e_stage_split_from_prometheus_text() -> None:
+    text = "\n".join(
+        [
+            "# TYPE avs_aggregator_stage_seconds histogram",
+            'avs_aggregator_stage_seconds_sum{stage="generating"} 2.5',
+            'avs_aggregator_stage_seconds_sum{stage="verifying"} 0.5',
+            'avs_aggregator_stage_seconds_sum{stage="certify"} 0.25',
+            'avs_aggregator_stage_seconds_count{stage="certify"} 1.0',
+        ]
+    )
+    sums = e2e.parse_stage_sums(text + "\n")
+    assert sums == {"generating": 2.5, "verifying": 0.5, "certify": 0.25}
+    split = e2e.compute_stage_split({"generating": 0.5}, sums, total=4.0)
+    assert split["generate"] == pytest.approx(2.0)
+    assert split["chain"] == pytest.approx(0.25)
+    assert split["queue"] == pytest.approx(4.0 - 2.0 - 0.5 - 0.25)
+    assert e2e.compute_mean_split([split, split]) == {k: round(v, 3) for k, v in split.items()}
+
+
+def test_aggregator_scale_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert aggregator_scale.main(["--quick", "--no-record"]) == 0
+    assert "requests/s" in capsys.readouterr().out

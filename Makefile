@@ -51,7 +51,7 @@ proto: $(PROTO_STAMP) ## generate Python gRPC code from proto/
 
 test: setup lint test-python test-contracts ## run every test: lint, pytest, forge
 
-test-python: setup ## pytest (unit, property, cross-backend, vectors)
+test-python: setup ## pytest: unit, property, integration (anvil, gRPC), end to end (devnet), resilience
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-contracts: setup ## forge build and forge test (reads tests/vectors)
@@ -60,7 +60,7 @@ test-contracts: setup ## forge build and forge test (reads tests/vectors)
 gas-snapshot: setup ## record contract gas in contracts/.gas-snapshot (commit the diff)
 	cd contracts && $(FORGE) snapshot
 
-deploy-local: setup ## deploy the contracts and the local restaking core to a running anvil ($$RPC_URL)
+deploy-local: setup ## deploy the contracts and the local restaking core to a running anvil (env RPC_URL)
 	cd contracts && $(FORGE) script script/Deploy.s.sol --rpc-url $${RPC_URL:-http://127.0.0.1:8545} --broadcast
 
 dashboards: setup ## regenerate deploy/grafana/dashboards/*.json from avs/monitoring/dashboards.py (commit the diff)

@@ -26,7 +26,7 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract.contract import ContractFunction
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import Nonce, TxParams
 
 from avs.chain.client import ContractRevertError, Web3AvsClient
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 class TransactionFailedError(AvsError):
     """A transaction that was mined but failed, or could not be mined after every fee bump."""
+
+
+_BENIGN_BROADCAST_ERRORS = ("already known", "nonce too low", "replacement transaction underpriced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +136,11 @@ class TransactionSender:
     def _broadcast(self, raw: bytes) -> bytes:
         try:
             return bytes(self._retry(lambda: self.w3.eth.send_raw_transaction(raw)))
-        except ValueError as exc:  # "already known" / "nonce too low": an earlier version may be mined
+        except (ValueError, Web3RPCError) as exc:
+            # "already known" / "nonce too low" / "replacement underpriced": an earlier version of this
+            # nonce is pending or mined; keep waiting for any of them. Anything else is a real error.
+            if not any(text in str(exc).lower() for text in _BENIGN_BROADCAST_ERRORS):
+                raise
             logger.info("broadcast refused", extra={"error": str(exc)})
             return bytes(Web3.keccak(raw))
 

@@ -5,9 +5,6 @@ certificates are rejected with the contracts' custom errors."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,25 +14,21 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from avs.chain.abi import load_abi
 from avs.chain.client import (
     CheckSignaturesIndices,
     ContractRevertError,
     NonSignerStakesAndSignature,
     Web3AvsClient,
-    encode_registration_data,
 )
-from avs.chain.deployment import Deployment, load_deployment
+from avs.chain.deployment import Deployment
+from avs.chain.registration import register_operator
 from avs.crypto import bls
 from avs.crypto.curve import G1Point
+from avs.devnet import ANVIL_KEY_0, CONTRACTS, Anvil, deploy_contracts, restake
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import BatchHeader
 from avs.types import Address
 
-CONTRACTS = Path(__file__).resolve().parents[1] / "contracts"
-FORGE = CONTRACTS / "tools" / "forge"
-ANVIL = CONTRACTS / "tools" / "anvil"
-ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 STAKE = 10 * 10**18
 QUORUMS = b"\x00"
 
@@ -54,71 +47,25 @@ class Devnet:
     operators: tuple[Operator, ...]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_for_rpc(w3: Web3, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("anvil exited early")
-        try:
-            if w3.eth.block_number >= 0:
-                return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError("anvil did not start")
-
-
 @pytest.fixture(scope="module")
 def anvil() -> Iterator[str]:
-    if not (CONTRACTS / "out" / "InferenceTaskManager.sol").is_dir():
-        subprocess.run([str(FORGE), "build"], cwd=CONTRACTS, check=True, capture_output=True)
-    port = _free_port()
-    proc = subprocess.Popen([str(ANVIL), "--port", str(port), "--silent"], stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    chain = Anvil()
     try:
-        _wait_for_rpc(Web3(Web3.HTTPProvider(url)), proc)
-        yield url
+        yield chain.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        chain.stop()
 
 
 def _deploy(url: str, out: Path) -> Deployment:
-    env = {**os.environ, "DEPLOYMENT_OUT": str(out.relative_to(CONTRACTS))}
-    subprocess.run(
-        [str(FORGE), "script", "script/Deploy.s.sol", "--rpc-url", url, "--broadcast", "--slow"],
-        cwd=CONTRACTS,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return load_deployment(out)
+    return deploy_contracts(url, out)
 
 
 def _register(client: Web3AvsClient, w3: Web3, deployment: Deployment, secret: int) -> Operator:
     account: LocalAccount = Account.create()
-    w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])  # type: ignore[arg-type]
     keys = bls.compute_key_pair(bls.SecretKey(secret))
-    core = w3.eth.contract(
-        address=Web3.to_checksum_address(deployment.allocation_manager), abi=load_abi("LocalRestakingCore")
-    )
-    token = w3.eth.contract(address=Web3.to_checksum_address(deployment.stake_token), abi=load_abi("TestToken"))
-    strategy, registry = deployment.strategy, deployment.operator_registry
-    client.transact(token.functions.mint(account.address, STAKE), account)
-    client.transact(token.functions.approve(core.address, STAKE), account)
-    client.transact(core.functions.registerAsOperator("0x" + "00" * 20, 0, ""), account)
-    client.transact(core.functions.depositIntoStrategy(strategy, token.address, STAKE), account)
-    allocation = ((registry, 0), [strategy], [10**18])
-    client.transact(core.functions.modifyAllocations(account.address, [allocation]), account)
-    pop = bls.sign_pubkey_registration(keys.secret, account.address, registry, deployment.chain_id)
-    data = encode_registration_data("grpc://127.0.0.1:50051", pop, keys.pubkey_g1, keys.pubkey_g2)
-    client.transact(core.functions.registerForOperatorSets(account.address, (registry, [0], data)), account)
+    restake(w3, deployment, account, STAKE)
+    operator = Web3AvsClient(w3, deployment, account)
+    register_operator(operator, account, keys, "grpc://127.0.0.1:50051", [0], allocate_wad=10**18)
     return Operator(account, keys)
 
 

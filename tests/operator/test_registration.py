@@ -19,7 +19,8 @@ from avs.chain.abi import load_abi
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import Deployment
 from avs.crypto import bls
-from tests.test_contracts_anvil import ANVIL_KEY_0, CONTRACTS, _deploy, anvil  # noqa: F401 (fixture)
+from avs.devnet import ANVIL_KEY_0, CONTRACTS
+from tests.test_contracts_anvil import _deploy, anvil  # noqa: F401 (fixture)
 
 STAKE = 5 * 10**18
 BLS_PASSWORD = "bls password"

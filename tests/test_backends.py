@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,3 +72,27 @@ def test_identity_handling(backend: Bn254Backend) -> None:
     assert backend.g2_mul(G2_GENERATOR, 0).is_identity()
     assert backend.g1_multi_mul([], []).is_identity()
     assert backend.pairing_product_is_one([])
+
+
+FIRST_USE_FROM_MANY_THREADS = """
+import threading
+from avs.crypto import bls
+start = threading.Barrier(16)
+results = []
+def verify():
+    start.wait()  # the first use of the backend, in 16 threads at once
+    keys = bls.compute_key_pair(bls.SecretKey(5))
+    results.append(bls.verify(keys.pubkey_g2, b"\\x11" * 32, bls.sign(keys.secret, b"\\x11" * 32)))
+threads = [threading.Thread(target=verify) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert results == [True] * 16, results
+"""
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_first_use_from_many_threads_loads_the_backend_once(attempt: int) -> None:
+    """Regression: two threads loading mcl at once (two ``mclBn_init`` calls) crashed the aggregator
+    with SIGSEGV/SIGFPE. A fresh interpreter per attempt, so the first load is the one raced."""
+    result = subprocess.run([sys.executable, "-c", FIRST_USE_FROM_MANY_THREADS], capture_output=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr.decode()[-2000:])

@@ -11,6 +11,7 @@ the reference otherwise; ``AVS_BLS_BACKEND=py_ecc|mcl`` forces a choice.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -49,9 +50,20 @@ class Bn254Backend(Protocol):
         ...
 
 
-@cache
+# ``functools.cache`` does not stop two threads from running the loader at once, and two
+# concurrent ``mclBn_init`` calls crash the process (SIGSEGV/SIGFPE, seen when the aggregator's
+# workers verified their first signatures together): every first load happens under this lock.
+_load_lock = threading.RLock()
+
+
 def load_backend(name: str) -> Bn254Backend:
     """The backend called ``name``; raises ``BackendUnavailableError`` if it cannot load here."""
+    with _load_lock:
+        return _load_backend_once(name)
+
+
+@cache
+def _load_backend_once(name: str) -> Bn254Backend:
     if name == "py_ecc":
         from avs.crypto.backends.py_ecc_backend import PyEccBackend
 
@@ -81,8 +93,18 @@ def using_backend(name: str) -> Iterator[Bn254Backend]:
         _override.pop()
 
 
-@cache
+_default: list[Bn254Backend] = []  # set once; read without the lock on the hot path
+
+
 def _get_default_backend() -> Bn254Backend:
+    if not _default:
+        with _load_lock:
+            if not _default:
+                _default.append(_pick_default_backend())
+    return _default[0]
+
+
+def _pick_default_backend() -> Bn254Backend:
     forced = os.environ.get(BACKEND_ENV)
     if forced:
         return load_backend(forced)

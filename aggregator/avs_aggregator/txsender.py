@@ -3,8 +3,9 @@
 - **Nonces**: sends are serialised under a lock and the next nonce is kept locally (never below
   the chain's pending count), so concurrent callers never race for a nonce.
 - **Stuck transactions**: if no receipt arrives within ``receipt_timeout``, the same nonce is
-  re-sent with fees raised by ``bump_percent`` (at most ``max_bumps`` times); a receipt of *any*
-  of the sent versions ends the wait.
+  re-sent with fees raised by ``bump_percent`` and the fee cap at least the market's (at most
+  ``max_bumps`` times); a receipt of *any* of the sent versions ends the wait. A version the node
+  refuses because its fee cap is below the base fee (underpriced) is re-priced at once.
 - **Transient RPC errors**: retried with exponential backoff (``max_retries``).
 - **Confirmations and reorgs**: after inclusion it waits ``confirmations`` blocks and reads the
   receipt again; if the transaction vanished (a reorg), the signed transaction is broadcast
@@ -40,6 +41,13 @@ class TransactionFailedError(AvsError):
 
 
 _BENIGN_BROADCAST_ERRORS = ("already known", "nonce too low", "replacement transaction underpriced")
+# The node refuses a version whose fee cap is below the base fee (anvil: "max fee per gas less than
+# block base fee"; geth: "fee cap less than block base fee", "transaction underpriced").
+_FEE_CAP_TOO_LOW_ERRORS = ("less than block base fee", "fee cap too low", "feecap too low", "transaction underpriced")
+
+
+class _FeeCapTooLow(Exception):
+    """The node refused this version for its fees: re-price and send the next version now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +118,16 @@ class TransactionSender:
                 if bump:
                     tx = self._bumped(tx)
                 raw = bytes(self.account.sign_transaction(tx).raw_transaction)
-                sent.append(self._broadcast(raw))
+                try:
+                    sent.append(self._broadcast(raw))
+                except _FeeCapTooLow as exc:
+                    logger.warning(
+                        "fee cap below the base fee; bumping fees", extra={"nonce": nonce, "error": str(exc)}
+                    )
+                    receipt = self._wait_for_any(sent, 0) if sent else None
+                    if receipt is not None:
+                        break
+                    continue
                 receipt = self._wait_for_any(sent, self.settings.receipt_timeout)
                 if receipt is not None:
                     break
@@ -126,11 +143,18 @@ class TransactionSender:
             )
 
     def _bumped(self, tx: dict[str, Any]) -> dict[str, Any]:
+        """Every fee raised by ``bump_percent`` (a replacement needs >= 10% more), and the fee cap at
+        least what a fresh transaction would get now (twice the latest base fee plus the tip): after
+        a base-fee jump, fixed-percent bumps alone could stay below it for many rounds."""
         factor = 100 + self.settings.bump_percent
         bumped = dict(tx)
         for key in ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice"):
             if key in bumped:
                 bumped[key] = int(bumped[key]) * factor // 100 + 1
+        if "maxFeePerGas" in bumped:
+            base_fee = int(self._retry(lambda: self.w3.eth.get_block("latest")).get("baseFeePerGas", 0))
+            market = 2 * base_fee + int(bumped.get("maxPriorityFeePerGas", 0))
+            bumped["maxFeePerGas"] = max(int(bumped["maxFeePerGas"]), market)
         return bumped
 
     def _broadcast(self, raw: bytes) -> bytes:
@@ -139,7 +163,10 @@ class TransactionSender:
         except (ValueError, Web3RPCError) as exc:
             # "already known" / "nonce too low" / "replacement underpriced": an earlier version of this
             # nonce is pending or mined; keep waiting for any of them. Anything else is a real error.
-            if not any(text in str(exc).lower() for text in _BENIGN_BROADCAST_ERRORS):
+            message = str(exc).lower()
+            if any(text in message for text in _FEE_CAP_TOO_LOW_ERRORS) and "replacement" not in message:
+                raise _FeeCapTooLow(str(exc)) from exc
+            if not any(text in message for text in _BENIGN_BROADCAST_ERRORS):
                 raise
             logger.info("broadcast refused", extra={"error": str(exc)})
             return bytes(Web3.keccak(raw))

@@ -157,3 +157,51 @@ def test_reorg_after_certification_is_recovered(chain: Chain, tmp_path: Path) ->
     finally:
         pipeline.close()
         caller.close()
+
+
+def test_underpriced_transaction_is_replaced_with_higher_fees(
+    chain: Chain, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The base fee jumps above certifyBatch's fee cap while it waits in the mempool: it cannot be
+    mined, so the sender replaces it (same nonce), its fee cap re-priced from the new base fee."""
+    w3 = chain.anvil.w3
+    sender = SenderSettings(receipt_timeout=3.0, poll_seconds=0.1, bump_percent=25, max_bumps=5)
+    pipeline, caller = make_pipeline(chain, tmp_path / "agg.sqlite", sender=sender)
+    runner = PipelineRunner(pipeline, 4)
+    address = AGGREGATOR.address
+    chain.rpc("evm_setAutomine", False)
+    try:
+        hashes = submit_all(pipeline, "underpriced tx", 3)
+        runner.start()
+        wait_until(lambda: w3.eth.get_transaction_count(address, "pending") > w3.eth.get_transaction_count(address), 60)
+        [first] = pending_transactions(chain, address)
+        high_base_fee = int(first["maxFeePerGas"], 16) * 3 // 2  # above the cap; a 25% bump alone is not enough
+
+        def mine_at_high_base_fee() -> None:
+            chain.rpc("anvil_setNextBlockBaseFeePerGas", hex(high_base_fee))
+            chain.rpc("evm_mine")
+
+        mine_at_high_base_fee()
+        assert w3.eth.get_transaction_count(address) == int(first["nonce"], 16)  # a block went by without it
+        wait_until(lambda: all_certified(pipeline, hashes), 60, tick=mine_at_high_base_fee)
+    finally:
+        chain.rpc("evm_setAutomine", True)
+        runner.stop()
+        pipeline.close()
+        caller.close()
+    assert "bumping fees" in caplog.text
+    assert "pipeline loop error" not in caplog.text  # the refused version was re-priced, not a failed step
+    assert_certified_once_on_chain(chain, pipeline, hashes)
+    batch = pipeline.store.get_batch(pipeline.store.get_request(hashes[0]).batch_index)  # type: ignore[union-attr,arg-type]
+    mined = w3.eth.get_transaction(batch.tx_hash)  # type: ignore[arg-type,union-attr]
+    assert mined["maxFeePerGas"] >= high_base_fee > int(first["maxFeePerGas"], 16)
+
+
+def pending_transactions(chain: Chain, address: str) -> list[dict[str, str]]:
+    content = chain.rpc("txpool_content")
+    assert isinstance(content, dict)
+    pending = content["pending"]
+    for sender, by_nonce in pending.items():
+        if sender.lower() == address.lower():
+            return list(by_nonce.values())
+    return []

@@ -81,6 +81,7 @@ class OperatorApp:
         self._closers.append(protection.close)
         self._start_http()
         self.core = OperatorCore(domain, key_pair, self.engines, protection, self.metrics, self.config.limits)
+        self.metrics.set_identity(key_pair.operator_id, domain.chain_id, domain.verifying_contract)
         authenticator = CallAuthenticator(
             domain, key_pair.operator_id, self.config.auth.authorised_aggregators, self.config.auth.window_ms
         )

@@ -57,17 +57,18 @@ class OperatorMetrics:
         )
         self.in_flight = Gauge("avs_requests_in_flight", "gRPC requests being served", registry=registry)
         # Always 1: its labels say who this node is, so dashboards can join a scrape target (instance)
-        # with the operator id that the aggregator's and the chain exporter's series carry.
+        # with the aggregator's per-operator series (label ``operator``: the id's first 4 bytes).
         self.info = Gauge(
             "avs_operator_info",
             "This operator's identity (value 1)",
-            ["operator_id", "chain_id", "task_manager"],
+            ["operator", "operator_id", "chain_id", "task_manager"],
             registry=registry,
         )
         self.performance_score.labels(AVS_NAME).set(0)
 
     def set_identity(self, operator_id: bytes, chain_id: int, task_manager: str) -> None:
-        self.info.labels("0x" + operator_id.hex(), str(chain_id), task_manager).set(1)
+        full = "0x" + operator_id.hex()
+        self.info.labels(full[:10], full, str(chain_id), task_manager).set(1)
 
     def set_ready(self, ready: bool) -> None:
         self.performance_score.labels(AVS_NAME).set(100 if ready else 0)

@@ -224,7 +224,10 @@ def test_node_api_and_metrics_over_http(running: Running) -> None:
     assert 'eigen_rpc_request_total{code="UNAUTHENTICATED",method="Generate"}' in text
     assert "avs_tokens_generated_total" in text and 'avs_signatures_total{kind="attestation"}' in text
     operator_id = "0x" + running.key_pair.operator_id.hex()
-    assert f'avs_operator_info{{chain_id="{DOMAIN.chain_id}",operator_id="{operator_id}",' in text
+    assert (
+        f'avs_operator_info{{chain_id="{DOMAIN.chain_id}",operator="{operator_id[:10]}",operator_id="{operator_id}",'
+        in text
+    )
 
 
 def test_slashing_protection_survives_a_restart(model_dir: Path, tmp_path: Path) -> None:

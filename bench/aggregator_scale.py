@@ -40,23 +40,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from eth_utils import keccak
 from prometheus_client import CollectorRegistry
 
 from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature
 from avs.crypto import bls
 from avs.crypto.curve import G1_IDENTITY, negate_g1
-from avs.messages import BatchHeader, Domain, InferenceRequest, compute_digest, compute_stop_sequences_hash
+from avs.messages import BatchHeader, InferenceRequest, compute_digest, compute_stop_sequences_hash
 from avs.rpc.convert import RequestEnvelope
 from avs.types import OperatorId
 from avs_aggregator.ports import OperatorInfo, OperatorSet
+from bench.operators import CALLER_KEY, DOMAIN, start_operator_app
 from bench.results import record_results
 
-TASK_MANAGER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-DOMAIN = Domain(31337, TASK_MANAGER)
-CALLER_KEY = b"\x0a" * 32
-PASSWORD = "bench-only password"
 STAKE = 10**18
 MAX_TOKENS = 8
 
@@ -83,10 +79,7 @@ def read_cpu_seconds(pid: int) -> float:
 
 def serve_operators(count: int, out: Path) -> None:
     """Build the tiny model, start ``count`` OperatorApps on one shared engine, write their ports."""
-    from avs import keystore
     from avs.inference.engine import load_engine
-    from avs_operator.app import OperatorApp
-    from avs_operator.config import OperatorSecrets, parse_config
     from tests.inference.conftest import build_tiny_model
 
     work = out.parent / "operators"
@@ -94,25 +87,7 @@ def serve_operators(count: int, out: Path) -> None:
     engine = load_engine(model_dir, threads=1)
     apps, ports = [], []
     for i in range(count):
-        home = work / f"op{i}"
-        home.mkdir(parents=True)
-        keystore.save_bls_keystore(home / "bls.json", bls.compute_key_pair(compute_secret(i)), PASSWORD, 1 << 4)
-        config = {
-            "chain": {"chain_id": DOMAIN.chain_id, "task_manager": TASK_MANAGER},
-            "keys": {"bls_keystore": str(home / "bls.json")},
-            "models": [{"name": "tiny", "path": str(model_dir)}],
-            "auth": {"authorised_aggregators": [Account.from_key(CALLER_KEY).address]},
-            "grpc": {"listen": "127.0.0.1:0", "max_concurrent_requests": 8},
-            "node_api": {"listen": "127.0.0.1:0"},
-            "metrics": {"listen": "127.0.0.1:0"},
-            "slashing_protection_url": f"sqlite:///{home / 'protection.sqlite'}",
-        }
-        app = OperatorApp(
-            parse_config(config),
-            OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
-            engine_loader=lambda path, threads: engine,
-        )
-        app.start()
+        app = start_operator_app(work / f"op{i}", bls.compute_key_pair(compute_secret(i)), engine, "tiny", model_dir, 8)
         apps.append(app)
         ports.append(app.ports.grpc)
     scratch = out.with_suffix(".tmp")

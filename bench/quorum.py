@@ -60,9 +60,6 @@ PROMPTS = (
     "Explain recursion with an example.",
     "How can I improve my sleep?",
 )
-TASK_MANAGER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-CALLER_KEY = b"\x0a" * 32
-PASSWORD = "bench-only password"
 
 
 @dataclass
@@ -191,37 +188,16 @@ def measure_quorum(
 def running_operator(engine: InferenceEngine, workdir: Path) -> Iterator[Any]:
     """An in-process ``OperatorApp`` serving ``engine`` on loopback gRPC; yields a signed client."""
     import grpc
-    from eth_account import Account
 
-    from avs import keystore
     from avs.crypto import bls
-    from avs.messages import Domain
     from avs.rpc.operator_client import OperatorClient
-    from avs_operator.app import OperatorApp
-    from avs_operator.config import OperatorSecrets, parse_config
+    from bench.operators import CALLER_KEY, DOMAIN, start_operator_app
 
-    key_file = workdir / "op.bls.key.json"
     key_pair = bls.compute_key_pair(bls.generate_secret_key())
-    keystore.save_bls_keystore(key_file, key_pair, PASSWORD, 1 << 10)
-    config = {
-        "chain": {"chain_id": 31337, "task_manager": TASK_MANAGER},
-        "keys": {"bls_keystore": str(key_file)},
-        "models": [{"name": "bench", "path": str(workdir)}],
-        "auth": {"authorised_aggregators": [Account.from_key(CALLER_KEY).address]},
-        "grpc": {"listen": "127.0.0.1:0", "max_concurrent_requests": 1},
-        "node_api": {"listen": "127.0.0.1:0"},
-        "metrics": {"listen": "127.0.0.1:0"},
-        "slashing_protection_url": f"sqlite:///{workdir / 'protection.sqlite'}",
-    }
-    app = OperatorApp(
-        parse_config(config),
-        OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
-        engine_loader=lambda path, threads: engine,
-    )
-    app.start()
+    app = start_operator_app(workdir, key_pair, engine, "bench", workdir, max_concurrent=1)
     channel = grpc.insecure_channel(f"127.0.0.1:{app.ports.grpc}")
     try:
-        yield OperatorClient(channel, Domain(31337, TASK_MANAGER), key_pair.operator_id, CALLER_KEY)
+        yield OperatorClient(channel, DOMAIN, key_pair.operator_id, CALLER_KEY)
     finally:
         channel.close()
         app.stop(1)

@@ -146,7 +146,8 @@ class Web3ChainWriter:
 
 
 class Web3RejectionReporter:
-    """Proves a rejected output on-chain (``FaultManager.proveRejectedOutput``): slashes the primary."""
+    """Proves a rejected output on-chain (``FaultManager.proveRejectedOutput``): slashes the primary.
+    Also the pipeline's ``EquivocationReporter`` (``FaultManager.proveEquivocation``)."""
 
     def __init__(self, faults: Web3FaultClient, sender: TransactionSender | None = None) -> None:
         self.faults = faults
@@ -167,5 +168,13 @@ class Web3RejectionReporter:
             return self.faults.prove_rejected_output(primary, accept, quorum_numbers, reference_block, certificate)
         fn = self.faults.fault_manager.functions.proveRejectedOutput(
             primary, encode_signed_attestation(accept), quorum_numbers, reference_block, encode_signatures(certificate)
+        )
+        return self.sender.send(fn).tx_hash
+
+    def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes:
+        if self.sender is None:
+            return self.faults.prove_equivocation(operator_id, a, b)
+        fn = self.faults.fault_manager.functions.proveEquivocation(
+            operator_id, encode_signed_attestation(a), encode_signed_attestation(b)
         )
         return self.sender.send(fn).tx_hash

@@ -22,7 +22,7 @@ class ChainConfig(_Section):
     rpc_url: str = "http://127.0.0.1:8545"
     deployment_file: Path  # written by contracts/script/Deploy.s.sol
     reference_lag_blocks: int = Field(default=1, ge=1, le=64)  # reference block = latest - lag
-    prove_rejections: bool = True  # send FaultManager.proveRejectedOutput when a quorum rejects
+    prove_rejections: bool = True  # proveRejectedOutput when a quorum rejects; proveEquivocation on conflicts
     confirmations: int = Field(default=0, ge=0, le=64)  # blocks on top before a transaction counts
     receipt_timeout_seconds: float = Field(default=30.0, gt=0)  # then the fees are bumped
     bump_percent: int = Field(default=25, ge=10, le=500)

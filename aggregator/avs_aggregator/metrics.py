@@ -41,6 +41,11 @@ class AggregatorMetrics:
             "avs_aggregator_batches_certified_total", "Batches certified on-chain", registry=registry
         )
         self.rejections = Counter("avs_aggregator_rejections_total", "Outputs a quorum rejected", registry=registry)
+        self.equivocations = Counter(
+            "avs_aggregator_equivocations_total",
+            "Operators found signing conflicting attestations for one request (proven on-chain once)",
+            registry=registry,
+        )
         self.operator_calls = Counter(
             "avs_aggregator_operator_calls_total",
             "Calls to operators by outcome (ok, accept, reject, error, bad_signature)",

@@ -34,6 +34,10 @@ class GrpcOperatorCaller:
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
 
+    @property
+    def domain(self) -> Domain:
+        return self._domain
+
     def _client(self, operator: OperatorInfo) -> OperatorClient:
         target = socket_to_target(operator.socket)
         with self._lock:

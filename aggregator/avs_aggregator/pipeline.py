@@ -6,7 +6,12 @@ BATCHED -> CERTIFIED, or FAILED. A REJECT quorum records the rejection (and, wit
 goes back to RECEIVED with ``attempt + 1``.
 
 Batch: SIGNING -> SUBMITTING -> CERTIFIED, or ABANDONED (its requests go back to ACCEPTED for a
-new batch index when the reference block went stale; FAILED when the stake is not there).
+new batch index when the reference block went stale). Signers short of the threshold: SIGNING
+again after a backoff, up to ``sign_rounds`` rounds; then a batch of several is ABANDONED and each
+of its requests is batched again alone, and a batch of one fails its request.
+
+Every checked attestation goes to the evidence book (``avs_aggregator.evidence``): an operator's
+conflicting attestations for one request are proven on-chain (``proveEquivocation``) once.
 A CERTIFIED batch is first *confirming* (``confirmed_block`` NULL): once its certified block is
 ``confirmations`` blocks deep (at least one) the chain is asked again (``getCertifiedBlock`` and the
 block's hash); still there -> final, gone (a reorg) -> back to SUBMITTING with its requests back to
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
-from avs.crypto import bls
+from avs.chain.faults import SignedAttestation
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import InvalidInputError, OverloadedError
 from avs.merkle import BatchLeaf, compute_merkle_tree
@@ -50,6 +55,7 @@ from avs.rpc import convert
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
+from avs_aggregator.evidence import EquivocationReporter, EvidenceBook
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.ports import (
     BlockHashReader,
@@ -63,8 +69,10 @@ from avs_aggregator.ports import (
     VerifyReply,
 )
 from avs_aggregator.store import (
+    AttestationRow,
     BatchRow,
     BatchState,
+    EquivocationRow,
     RejectionRow,
     RequestRow,
     RequestState,
@@ -77,6 +85,7 @@ logger = logging.getLogger(__name__)
 
 ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
 ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
+EVIDENCE_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,8 @@ class PipelineSettings:
     max_pending: int = 10_000
     workers: int = 8
     confirmations: int = 0  # blocks on top of a certification before it is final (at least 1 is used)
+    sign_rounds: int = 3  # SignBatch rounds for a batch whose signers fall short of the threshold
+    sign_backoff: float = 1.0  # seconds before the second round, doubled for each further one
 
 
 class PipelineError(InvalidInputError):
@@ -137,6 +148,7 @@ class Pipeline:
         metrics: AggregatorMetrics | None = None,
         reporter: RejectionReporter | None = None,
         clock: Callable[[], float] = time.time,
+        equivocation_reporter: EquivocationReporter | None = None,
     ) -> None:
         self.domain = domain
         self.store = store
@@ -152,6 +164,10 @@ class Pipeline:
         self._batch_lock = threading.Lock()
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
+        if equivocation_reporter is None and isinstance(reporter, EquivocationReporter):
+            equivocation_reporter = reporter  # Web3RejectionReporter proves both
+        self.evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, equivocation_reporter, clock)
+        self._evidence_checked_at: float | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -257,9 +273,10 @@ class Pipeline:
         expected = compute_output_hash(InferenceOutput(row.request_hash, envelope.request.model_id, reply.token_ids))
         if reply.output_hash != expected:
             raise InvalidInputError("the primary's output hash does not match its tokens")
-        digest = compute_digest(self.domain, Attestation(row.request_hash, expected, Verdict.ACCEPT))
-        if not bls.verify(primary.pubkey_g2, digest, reply.signature):
+        attestation = Attestation(row.request_hash, expected, Verdict.ACCEPT)
+        if not protocol.is_valid_attestation(self.domain, primary, attestation, reply.signature):
             raise InvalidInputError("the primary's attestation signature does not verify")
+        self._record_attestation(primary, attestation, reply.signature)
 
     def _verify(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
@@ -302,9 +319,15 @@ class Pipeline:
     def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> None:
         if reply.output_hash != row.output_hash:
             raise InvalidInputError("the verifier attested another output hash")
-        digest = compute_digest(self.domain, Attestation(row.request_hash, reply.output_hash, reply.verdict))
-        if not bls.verify(operator.pubkey_g2, digest, reply.signature):
+        attestation = Attestation(row.request_hash, reply.output_hash, reply.verdict)
+        if not protocol.is_valid_attestation(self.domain, operator, attestation, reply.signature):
             raise InvalidInputError("the verifier's attestation signature does not verify")
+        self._record_attestation(operator, attestation, reply.signature)
+
+    def _record_attestation(self, operator: OperatorInfo, attestation: Attestation, signature: G1Point) -> None:
+        equivocated = self.evidence.record(operator.operator_id, SignedAttestation(attestation, signature))
+        if equivocated and self.metrics is not None:
+            self.metrics.equivocations.inc()
 
     def _reject(self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point]) -> None:
         assert row.output_hash is not None and row.primary_id is not None and row.reference_block is not None
@@ -341,7 +364,7 @@ class Pipeline:
         assert self.reporter is not None and row.primary_id is not None and row.output_hash is not None
         assert row.reference_block is not None
         try:
-            aggregate = protocol.compute_aggregate(operator_set, row.quorum_numbers, digest, signatures)
+            aggregate, _ = protocol.compute_checked_aggregate(operator_set, row.quorum_numbers, digest, signatures)
             if aggregate is None:
                 raise InvalidInputError("the REJECT signatures do not aggregate")
             indices = self.writer.get_check_signatures_indices(
@@ -391,14 +414,30 @@ class Pipeline:
 
     # --- batches -----------------------------------------------------------------------
 
+    def process_evidence(self) -> int:
+        """Send the equivocation proofs still pending (a restart, an unreachable chain); how many were
+        proven. New equivocations are proven when they are found."""
+        self._evidence_checked_at = self.clock()
+        return self.evidence.report_pending()
+
     def form_batches(self, force: bool = False) -> list[int]:
-        """Put ACCEPTED requests into new batches when a batch is full or has waited long enough."""
+        """Put ACCEPTED requests into new batches when a batch is full or has waited long enough.
+        (The daemon's periodic tick: it also retries pending equivocation proofs now and then.)"""
+        last = self._evidence_checked_at
+        if last is None or self.clock() - last >= EVIDENCE_RETRY_SECONDS:
+            try:
+                self.process_evidence()
+            except Exception as exc:  # never let evidence stop batching
+                logger.warning("equivocation proofs not sent", extra={"error": str(exc)})
         with self._batch_lock:
             accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
             groups: dict[bytes, list[RequestRow]] = {}
-            for row in accepted:
-                groups.setdefault(row.quorum_numbers, []).append(row)
             created = []
+            for row in accepted:
+                if row.rebatched:  # its last batch fell short of the threshold: a batch of its own
+                    created.append(self._create_batch(row.quorum_numbers, [row]))
+                else:
+                    groups.setdefault(row.quorum_numbers, []).append(row)
             now = self.clock()
             for quorums, rows in groups.items():
                 while rows:
@@ -450,6 +489,8 @@ class Pipeline:
             return self._confirm_batch(batch)
         if batch is None or batch.state not in ACTIVE_BATCH_STATES:
             return False
+        if batch.state == BatchState.SIGNING and batch.retry_at is not None and self.clock() < batch.retry_at:
+            return False  # backing off before the next signing round
         started = time.monotonic()
         if batch.state == BatchState.SIGNING:
             self._sign_batch(batch)
@@ -490,19 +531,12 @@ class Pipeline:
                 logger.info(
                     "operator did not sign the batch", extra={"batch_index": batch.batch_index, "error": str(exc)}
                 )
-        aggregate = (
-            protocol.compute_aggregate(operator_set, batch.quorum_numbers, digest, signatures) if signatures else None
-        )
-        if aggregate is None and signatures:
-            for bad in protocol.find_invalid_signers(operator_set, digest, signatures):
-                self._operator_outcome(operator_set.get(bad), "sign_batch", "bad_signature")
-                signatures.pop(bad, None)
-            aggregate = protocol.compute_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
+        aggregate, invalid = protocol.compute_checked_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
+        for bad in invalid:
+            self._operator_outcome(operator_set.get(bad), "sign_batch", "bad_signature")
         threshold = self._batch_threshold(batch)
         if aggregate is None or not aggregate.tally.is_accepted(threshold):
-            reason = "the operators' valid batch signatures do not reach the stake threshold"
-            self.store.finish_batch(batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason)
-            self._fail_batch_requests(batch, reason)
+            self._signers_short(batch, aggregate, operator_set, threshold)
             return
         indices = self.writer.get_check_signatures_indices(
             batch.reference_block, batch.quorum_numbers, aggregate.non_signer_ids
@@ -512,6 +546,46 @@ class Pipeline:
         if self.metrics is not None:
             for q in aggregate.tally.quorums:
                 self.metrics.signed_stake_ratio.labels(str(q.quorum)).set(q.accept_stake / max(q.total_stake, 1))
+
+    def _signers_short(
+        self, batch: BatchRow, aggregate: protocol.Aggregate | None, operator_set: OperatorSet, threshold: int
+    ) -> None:
+        """The valid batch signatures fall short of ``threshold``: sign again after a backoff (operators
+        that were down or slow may be back); after ``sign_rounds`` rounds, give the batch up and batch
+        each request again on its own (an operator refuses a whole batch over one leaf it did not
+        accept); a batch of one still short fails its request."""
+        if aggregate is not None:
+            shares = ", ".join(f"quorum {q.quorum}: {q.accept_stake}/{q.total_stake}" for q in aggregate.tally.quorums)
+        else:
+            totals = (f"quorum {q}: 0/{operator_set.total_stakes.get(q, 0)}" for q in batch.quorum_numbers)
+            shares = ", ".join(totals)
+        rounds = batch.sign_attempts + 1
+        reason = (
+            f"the operators' valid batch signatures do not reach the stake threshold of {threshold} bps "
+            f"({shares} signed) after {rounds} signing round{'s' if rounds > 1 else ''}"
+        )
+        if rounds < self.settings.sign_rounds:
+            backoff = self.settings.sign_backoff * 2 ** (rounds - 1)
+            self.store.update_batch(
+                batch.batch_index, sign_attempts=rounds, retry_at=self.clock() + backoff, error=reason
+            )
+            logger.info("batch signers short; signing again", extra={"batch_index": batch.batch_index})
+            return
+        if len(load_hex_list(batch.request_hashes)) == 1:
+            self.store.finish_batch(
+                batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, sign_attempts=rounds, error=reason
+            )
+            self._fail_batch_requests(batch, reason)
+            return
+        logger.warning("batch given up; its requests are batched again alone", extra={"batch_index": batch.batch_index})
+        self.store.finish_batch(
+            batch.batch_index,
+            BatchState.ABANDONED,
+            RequestState.ACCEPTED,
+            rebatch=True,
+            sign_attempts=rounds,
+            error=reason,
+        )
 
     def _fail_batch_requests(self, batch: BatchRow, reason: str) -> None:
         for request_hash in load_hex_list(batch.request_hashes):

@@ -24,7 +24,7 @@ from avs.client import compute_signatory_record_hash as compute_signatory_record
 from avs.crypto import bls
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import InvalidInputError
-from avs.messages import Verdict
+from avs.messages import Attestation, Domain, Verdict, compute_digest
 from avs.types import OperatorId
 from avs_aggregator.ports import OperatorInfo, OperatorSet
 
@@ -201,3 +201,33 @@ def compute_aggregate(
         sigma=sigma,
         tally=compute_tally(operator_set, quorums, verdicts),
     )
+
+
+def compute_checked_aggregate(
+    operator_set: OperatorSet, quorums: bytes, digest: bytes, signatures: SignatureMap
+) -> tuple[Aggregate | None, tuple[OperatorId, ...]]:
+    """``compute_aggregate``, and if it does not verify, again without the signers whose own
+    signature is invalid. Returns the aggregate (None if no valid signature is left) and the ids
+    dropped. Batch certificates, rejection proofs and escalation certificates are all made here."""
+    if not signatures:
+        return None, ()
+    aggregate = compute_aggregate(operator_set, quorums, digest, signatures)
+    if aggregate is not None:
+        return aggregate, ()
+    invalid = tuple(find_invalid_signers(operator_set, digest, signatures))
+    rest = {k: v for k, v in signatures.items() if k not in invalid}
+    return (compute_aggregate(operator_set, quorums, digest, rest) if rest else None), invalid
+
+
+def select_certified_verdict(tally: Tally, threshold_bps: int) -> Verdict | None:
+    """The verdict whose stake reaches ``threshold_bps`` in every quorum (REJECT first), or None."""
+    if tally.is_rejected(threshold_bps):
+        return Verdict.REJECT
+    if tally.is_accepted(threshold_bps):
+        return Verdict.ACCEPT
+    return None
+
+
+def is_valid_attestation(domain: Domain, operator: OperatorInfo, attestation: Attestation, signature: G1Point) -> bool:
+    """Whether ``operator`` signed ``attestation`` (``signature`` over its typed digest)."""
+    return bls.verify(operator.pubkey_g2, compute_digest(domain, attestation), signature)

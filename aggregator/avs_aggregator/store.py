@@ -18,9 +18,12 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, create_engine, event, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from avs_aggregator.evidence import AttestationMixin, EquivocationMixin
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -70,6 +73,7 @@ class RequestRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rebatched: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # batches given up
 
 
 class BatchRow(Base):
@@ -90,6 +94,8 @@ class BatchRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    sign_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # rounds short of stake
+    retry_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # next signing round not before
 
 
 class RejectionRow(Base):
@@ -107,6 +113,25 @@ class RejectionRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class LeaseRow(Base):
+    """The leader lease of ``avs_aggregator.leader`` (one row per lease name)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float)
+    term: Mapped[int] = mapped_column(BigInteger)  # +1 at every change of holder (a fencing token)
+
+
+class AttestationRow(AttestationMixin, Base):
+    pass
+
+
+class EquivocationRow(EquivocationMixin, Base):
+    pass
+
+
 def dump_hex_list(values: Sequence[bytes]) -> str:
     return json.dumps(["0x" + bytes(v).hex() for v in values])
 
@@ -115,24 +140,36 @@ def load_hex_list(text: str) -> list[bytes]:
     return [bytes.fromhex(v[2:]) for v in json.loads(text)]
 
 
-def upgrade_database(engine: Engine) -> None:
-    """``alembic upgrade head`` on ``engine``'s database."""
+def upgrade_database(engine: Engine, migrations: Path = MIGRATIONS) -> None:
+    """``alembic upgrade head`` on ``engine``'s database with the revisions in ``migrations``."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
 
+def create_database_engine(url: str) -> Engine:
+    """An engine for ``url``: SQLite in WAL mode with ``synchronous=FULL`` (shared across threads;
+    its folder is created; ``sqlite://`` in memory is one connection), anything else (PostgreSQL:
+    ``postgresql+psycopg://``) as SQLAlchemy makes it."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    database = make_url(url).database
+    if database in (None, "", ":memory:"):
+        kwargs["poolclass"] = StaticPool
+    else:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class Store:
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine = create_database_engine(url)
         upgrade_database(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -214,8 +251,11 @@ class Store:
                 setattr(row, key, value)
             row.updated_at = self.clock()
 
-    def finish_batch(self, batch_index: int, state: BatchState, request_state: RequestState, **values: Any) -> None:
-        """Set the batch's final state and move its requests, in one transaction."""
+    def finish_batch(
+        self, batch_index: int, state: BatchState, request_state: RequestState, rebatch: bool = False, **values: Any
+    ) -> None:
+        """Set the batch's final state and move its requests, in one transaction (``rebatch``: count
+        the given-up batch on each request, which then goes into a batch of its own)."""
         with self.session() as s:
             row = s.get(BatchRow, batch_index)
             assert row is not None
@@ -228,6 +268,8 @@ class Store:
                     continue
                 request.state = request_state
                 request.updated_at = now
+                if rebatch:
+                    request.rebatched = (request.rebatched or 0) + 1
                 if request_state != RequestState.CERTIFIED:
                     request.batch_index = None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from eth_utils import keccak
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
+from avs.chain.faults import BatchSigners, Challenge, ChallengeStatus, SignedAttestation
 from avs.crypto import bls
 from avs.crypto.curve import G1_IDENTITY, G1Point, negate_g1
 from avs.merkle import BatchLeaf, compute_merkle_tree
@@ -25,6 +27,8 @@ from avs.messages import (
 )
 from avs.rpc.convert import RequestEnvelope
 from avs.types import OperatorId, OutputHash
+from avs_aggregator.challenger.core import OpenedChallenge
+from avs_aggregator.challenger.resolution import EscalationConfig
 from avs_aggregator.ports import GenerateReply, OperatorInfo, OperatorSet, VerifyReply
 
 DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
@@ -55,8 +59,11 @@ def make_envelope(nonce: int, text: str = "hello") -> RequestEnvelope:
 class FakeOperator:
     keys: bls.KeyPair
     stakes: dict[int, int]
-    behaviour: str = "honest"  # honest | down | cheat | bad_batch_signature | wrong_output_hash
+    behaviour: str = (
+        "honest"  # honest | down | sign_down | cheat | accept_all | bad_batch_signature | wrong_output_hash
+    )
     signed_batches: list[int] = field(default_factory=list)
+    refuses_leaves: set[bytes] = field(default_factory=set)  # request hashes it will not sign a batch over
 
     @property
     def info(self) -> OperatorInfo:
@@ -130,6 +137,8 @@ class FakeNetwork:
         output_hash = compute_output_hash(InferenceOutput(request_hash, envelope.request.model_id, tuple(output_ids)))
         honest = tuple(output_ids) == canonical_tokens(envelope.request)
         verdict = Verdict.ACCEPT if honest == (op.behaviour != "cheat") else Verdict.REJECT
+        if op.behaviour == "accept_all":  # signs ACCEPT of anything: equivocates across retries
+            verdict = Verdict.ACCEPT
         return VerifyReply(output_hash, verdict, op.attest(request_hash, output_hash, verdict))
 
     def sign_batch(
@@ -137,8 +146,10 @@ class FakeNetwork:
     ) -> G1Point:
         op = self.by_id(operator.operator_id)
         self.calls.append(("sign_batch", operator.operator_id))
-        if op.behaviour == "down":
+        if op.behaviour in ("down", "sign_down"):
             raise ConnectionError("operator down")
+        if any(leaf.request_hash in op.refuses_leaves for leaf in leaves):
+            raise ConnectionError("slashing protection: did not accept a leaf")
         assert compute_merkle_tree(leaves).root == header.leaves_root
         op.signed_batches.append(header.batch_index)
         digest: bytes = compute_digest(DOMAIN, header)
@@ -164,26 +175,153 @@ class FakeNetwork:
             raise ContractRevertError("BatchAlreadyCertified", (header.batch_index,))
         if header.reference_block + 100 < self.block + 1:
             raise ContractRevertError("StaleReferenceBlock", (header.reference_block,))
-        operator_set = self.get_operator_set(header.reference_block)
-        apk = G1_IDENTITY
-        for apk_q in signatures.quorum_apks:
-            apk = bls.aggregate_g1([apk, apk_q])
-        negated = []
-        for key in signatures.non_signer_pubkeys:
-            info = next(o for o in operator_set.operators if o.pubkey_g1 == key)
-            count = sum(1 for q in header.quorum_numbers if q in info.stakes)
-            negated += [negate_g1(key)] * count
-        apk = bls.aggregate_g1([apk, *negated])
-        if not bls.verify_aggregate(compute_digest(DOMAIN, header), apk, signatures.apk_g2, signatures.sigma):
-            raise ContractRevertError("InvalidBLSSignature", ())
+        self.check_certificate(
+            compute_digest(DOMAIN, header), header.quorum_numbers, header.reference_block, signatures
+        )
         tx = keccak(header.batch_index.to_bytes(8, "big"))
         self.certified[header.batch_index] = (self.block, tx)
         if self.crash_after_certify:
             raise KeyboardInterrupt("crash after the transaction was mined")
         return tx, 190_000
 
+    def check_certificate(
+        self, digest: bytes, quorums: bytes, reference_block: int, signatures: NonSignerStakesAndSignature
+    ) -> dict[int, tuple[int, int]]:
+        """Like ``checkSignatures``: apk = Σ quorum apks − Σ non-signer keys × their quorum count;
+        returns quorum -> (signed stake, total stake)."""
+        operator_set = self.get_operator_set(reference_block)
+        apk = G1_IDENTITY
+        for apk_q in signatures.quorum_apks:
+            apk = bls.aggregate_g1([apk, apk_q])
+        negated = []
+        non_signers = []
+        for key in signatures.non_signer_pubkeys:
+            info = next(o for o in operator_set.operators if o.pubkey_g1 == key)
+            non_signers.append(info)
+            count = sum(1 for q in quorums if q in info.stakes)
+            negated += [negate_g1(key)] * count
+        apk = bls.aggregate_g1([apk, *negated])
+        if not bls.verify_aggregate(digest, apk, signatures.apk_g2, signatures.sigma):
+            raise ContractRevertError("InvalidBLSSignature", ())
+        stakes = {}
+        for q in quorums:
+            total = operator_set.total_stakes.get(q, 0)
+            stakes[q] = (total - sum(o.stakes.get(q, 0) for o in non_signers), total)
+        return stakes
+
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
         return self.certified.get(batch_index)
 
     def get_block_hash(self, block_number: int) -> bytes | None:
         return keccak(self.fork + block_number.to_bytes(8, "big")) if block_number <= self.block else None
+
+
+class FakeFaultManager:
+    """``FaultManager`` in memory: challenge, resolveChallenge, expireChallenge and proveEquivocation,
+    checking certificates and batch signers like the contract does."""
+
+    def __init__(
+        self, network: FakeNetwork, escalation_quorums: bytes = b"\x00", threshold_bps: int = 8000, window: int = 10
+    ) -> None:
+        self.network = network
+        self.config = EscalationConfig(escalation_quorums, threshold_bps, window)
+        self.challenges: dict[int, Challenge] = {}
+        self.leaves: dict[tuple[int, bytes, bytes], int] = {}
+        self.slashed: dict[int, tuple[bytes, ...]] = {}  # challenge id -> slashed signer ids
+        self.equivocations: list[tuple[bytes, bytes]] = []  # (operator id, request hash)
+        self.calls: list[str] = []
+        self.crash_after_challenge = False
+
+    # --- Escalator ----------------------------------------------------------------------
+
+    def challenge(
+        self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
+    ) -> OpenedChallenge:
+        self.calls.append("challenge")
+        key = (header.batch_index, leaf[0], leaf[1])
+        previous = self.leaves.get(key)
+        if previous is not None and self.challenges[previous].status != ChallengeStatus.EXPIRED:
+            raise ContractRevertError("LeafAlreadyChallenged", (previous,))
+        challenge_id = len(self.challenges) + 1
+        self.challenges[challenge_id] = Challenge(
+            "0x" + "cc" * 20, 10**18, leaf[0], leaf[1], header.batch_index, self.network.block, ChallengeStatus.OPEN
+        )
+        self.leaves[key] = challenge_id
+        tx = keccak(b"challenge" + challenge_id.to_bytes(8, "big"))
+        if self.crash_after_challenge:
+            raise KeyboardInterrupt("crash after the challenge was mined")
+        return OpenedChallenge(challenge_id, self.network.block, tx)
+
+    def get_challenge(self, challenge_id: int) -> Challenge:
+        return self.challenges.get(challenge_id, Challenge("0x" + "00" * 20, 0, b"", b"", 0, 0, ChallengeStatus.NONE))
+
+    # --- ChallengeChain -----------------------------------------------------------------
+
+    def get_block_number(self) -> int:
+        return self.network.block
+
+    def get_escalation_config(self) -> EscalationConfig:
+        return self.config
+
+    def get_check_signatures_indices(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> CheckSignaturesIndices:
+        return self.network.get_check_signatures_indices(reference_block, quorum_numbers, non_signer_ids)
+
+    def resolve_challenge(
+        self,
+        challenge_id: int,
+        verdict: Verdict,
+        reference_block: int,
+        certificate: NonSignerStakesAndSignature,
+        signers: BatchSigners,
+    ) -> bytes:
+        self.calls.append("resolve")
+        c = self.challenges[challenge_id]
+        if c.status != ChallengeStatus.OPEN:
+            raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
+        if self.network.block > c.opened_block + self.config.resolution_window:
+            raise ContractRevertError("ChallengeExpired", (challenge_id,))
+        if reference_block < c.opened_block:
+            raise ContractRevertError("ReferenceBlockBeforeChallenge", (reference_block,))
+        digest = compute_digest(DOMAIN, Attestation(c.request_hash, c.output_hash, verdict))
+        signed = self.network.check_certificate(digest, self.config.quorum_numbers, reference_block, certificate)
+        for quorum, (stake, total) in signed.items():
+            if total == 0 or stake * 10_000 < total * self.config.threshold_bps:
+                raise ContractRevertError("ThresholdNotMet", (quorum, stake, total))
+        status = ChallengeStatus.DISMISSED
+        if verdict == Verdict.REJECT:
+            header = signers.header
+            members = self.network.get_operator_set(header.reference_block).in_quorums(header.quorum_numbers)
+            expected = tuple(o.operator_id for o in members if o.operator_id not in signers.non_signer_ids)
+            if signers.signer_ids != expected or header.batch_index != c.batch_index:
+                raise ContractRevertError("SignerSetIncomplete", (header.quorum_numbers[0],))
+            self.slashed[challenge_id] = signers.signer_ids
+            status = ChallengeStatus.UPHELD
+        self.challenges[challenge_id] = dataclasses.replace(c, status=status)
+        return keccak(b"resolve" + challenge_id.to_bytes(8, "big"))
+
+    def expire_challenge(self, challenge_id: int) -> bytes:
+        self.calls.append("expire")
+        c = self.challenges[challenge_id]
+        if c.status != ChallengeStatus.OPEN:
+            raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
+        if self.network.block <= c.opened_block + self.config.resolution_window:
+            raise ContractRevertError("ChallengeNotExpired", (challenge_id,))
+        self.challenges[challenge_id] = dataclasses.replace(c, status=ChallengeStatus.EXPIRED)
+        return keccak(b"expire" + challenge_id.to_bytes(8, "big"))
+
+    # --- EquivocationReporter -----------------------------------------------------------
+
+    def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes:
+        self.calls.append("prove_equivocation")
+        if not a.attestation.is_conflicting(b.attestation):
+            raise ContractRevertError("NotConflicting", ())
+        g2 = self.network.by_id(operator_id).keys.pubkey_g2
+        for signed in (a, b):
+            if not bls.verify(g2, compute_digest(DOMAIN, signed.attestation), signed.signature):
+                raise ContractRevertError("InvalidAttestationSignature", ())
+        if (operator_id, a.attestation.request_hash) in self.equivocations:
+            raise ContractRevertError("FaultAlreadySlashed", (keccak(operator_id + a.attestation.request_hash),))
+        self.equivocations.append((operator_id, a.attestation.request_hash))
+        return keccak(b"equivocation" + operator_id)

@@ -1,21 +1,36 @@
-"""The challenger's logic over fakes: sampling, checking against the chain, escalating a REJECT."""
+"""The challenger's logic over fakes (its store on SQLite and PostgreSQL): sampling, checking against
+the chain, escalating a REJECT, resolving the challenge with the escalation quorum's certificate (or
+expiring it), proving equivocations, and resuming from its own database after a restart."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from pathlib import Path
 
-from avs.messages import BatchHeader, Verdict
+import pytest
+
+from avs.chain.faults import ChallengeStatus, SignedAttestation
+from avs.messages import Attestation, Verdict
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs_aggregator.challenger.core import CertifiedBatch, Challenger
+from avs_aggregator.challenger.resolution import Resolver
+from avs_aggregator.challenger.store import (
+    AttestationRow,
+    ChallengerStore,
+    ChallengeState,
+    EquivocationRow,
+)
+from avs_aggregator.evidence import EquivocationState, EvidenceBook
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.server import build_status
-from avs_aggregator.store import Store
-from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
+from avs_aggregator.store import BatchState, Store, load_hex_list
+from tests.aggregator.fakes import DOMAIN, FakeFaultManager, FakeNetwork, make_envelope
 from tests.aggregator.test_pipeline import SETTINGS
 
 
 class Feed:
+    """``BatchFeed`` and ``LeafSource`` over a pipeline's database and the fake chain."""
+
     def __init__(self, pipeline: Pipeline, network: FakeNetwork) -> None:
         self.pipeline, self.network = pipeline, network
 
@@ -28,14 +43,12 @@ class Feed:
             if from_block <= block <= to_block:
                 batch = self.pipeline.store.get_batch(index)
                 assert batch is not None
-                record = self.pipeline.get_header(batch)
-                status = build_status(self.pipeline, self.pipeline.store.get_request(self.get_batch_requests(index)[0]))  # type: ignore[arg-type]
-                batches.append(CertifiedBatch(record, bytes(status.certificate.signatory_record_hash), block))
+                header = self.pipeline.get_header(batch)
+                certificate = self.get_certificate(self.get_batch_requests(index)[0])
+                batches.append(CertifiedBatch(header, bytes(certificate.signatory_record_hash), block))
         return batches
 
     def get_batch_requests(self, batch_index: int) -> list[bytes]:
-        from avs_aggregator.store import load_hex_list
-
         batch = self.pipeline.store.get_batch(batch_index)
         assert batch is not None
         return load_hex_list(batch.request_hashes)
@@ -56,19 +69,8 @@ class Checker:
         return self.verdict
 
 
-class Escalator:
-    def __init__(self) -> None:
-        self.challenged: list[tuple[int, bytes]] = []
-
-    def challenge(
-        self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
-    ) -> bytes:
-        self.challenged.append((header.batch_index, leaf[0]))
-        return b"\x01" * 32
-
-
-def certified_pipeline(tmp_path: object, count: int) -> tuple[Pipeline, FakeNetwork]:
-    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+def certified_pipeline(tmp_path: Path, count: int, network: FakeNetwork | None = None) -> tuple[Pipeline, FakeNetwork]:
+    network = network or FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{tmp_path}/agg.sqlite"), network, network, network, SETTINGS)
     for i in range(count):
         pipeline.submit(make_envelope(i, f"leaf {i}"))
@@ -76,41 +78,200 @@ def certified_pipeline(tmp_path: object, count: int) -> tuple[Pipeline, FakeNetw
     return pipeline, network
 
 
-def test_accepted_leaves_are_not_escalated_and_each_batch_is_seen_once(tmp_path: object) -> None:
+def colluded_pipeline(tmp_path: Path) -> tuple[Pipeline, FakeNetwork]:
+    """Quorum 0 (every batch signer) colludes: a wrong output is generated, accepted and certified.
+    Quorum 1, the escalation quorum, is honest."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}, {1: 50}, {1: 50}])
+    for op in network.operators[:3]:
+        op.behaviour = "cheat"
+    return certified_pipeline(tmp_path, 1, network)
+
+
+def make_challenger(
+    db: str,
+    pipeline: Pipeline,
+    network: FakeNetwork,
+    manager: FakeFaultManager,
+    checker: Checker | None = None,
+) -> tuple[Challenger, Resolver, ChallengerStore]:
+    """A challenger with its own store at ``db`` (the ``db`` fixture: SQLite, then PostgreSQL)."""
+    store = ChallengerStore(db)
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    feed = Feed(pipeline, network)
+    checker = checker or Checker(Verdict.REJECT)
+    challenger = Challenger(feed, feed, checker, manager, store, resolver, sample_rate=1.0, start_block=0)
+    return challenger, resolver, store
+
+
+def test_accepted_leaves_are_not_escalated_and_each_batch_is_seen_once(tmp_path: Path) -> None:
     pipeline, network = certified_pipeline(tmp_path, 3)
-    feed, checker, escalator = Feed(pipeline, network), Checker(Verdict.ACCEPT), Escalator()
-    challenger = Challenger(feed, feed, checker, escalator, sample_rate=1.0, next_block=0)
+    feed, checker, manager = Feed(pipeline, network), Checker(Verdict.ACCEPT), FakeFaultManager(network)
+    store = ChallengerStore("sqlite://")
+    challenger = Challenger(feed, feed, checker, manager, store, sample_rate=1.0, start_block=0)
     findings = challenger.poll()
     assert len(findings) == 3 and all(f.verdict == Verdict.ACCEPT for f in findings)
-    assert challenger.poll() == [] and escalator.challenged == []
+    assert challenger.poll() == [] and manager.challenges == {}
+    assert challenger.findings == findings and challenger.next_block == network.block + 1
     pipeline.close()
 
 
-def test_a_rejected_leaf_is_escalated(tmp_path: object) -> None:
+def test_a_rejected_leaf_is_escalated_once(tmp_path: Path) -> None:
     pipeline, network = certified_pipeline(tmp_path, 2)
-    feed, escalator = Feed(pipeline, network), Escalator()
-    challenger = Challenger(feed, feed, Checker(Verdict.REJECT), escalator, sample_rate=1.0)
+    feed, manager = Feed(pipeline, network), FakeFaultManager(network)
+    store = ChallengerStore("sqlite://")
+    challenger = Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, sample_rate=1.0, start_block=0)
     findings = challenger.poll()
     assert [f.detail for f in findings] == ["challenged", "challenged"]
-    assert {index for index, _ in escalator.challenged} == {1}
+    assert [f.challenge_id for f in findings] == [1, 2]
+    assert {c.batch_index for c in manager.challenges.values()} == {1}
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.OPEN] * 2
+    challenger.store.set_next_block(0)  # even a re-scan of the same batch opens nothing new
+    assert challenger.poll() == [] and len(manager.challenges) == 2
     pipeline.close()
 
 
-def test_sampling_checks_a_share_of_the_leaves(tmp_path: object) -> None:
+def test_sampling_checks_a_share_of_the_leaves(tmp_path: Path) -> None:
     pipeline, network = certified_pipeline(tmp_path, 4)
     feed, checker = Feed(pipeline, network), Checker(Verdict.ACCEPT)
-    challenger = Challenger(feed, feed, checker, None, sample_rate=0.5, rng=random.Random(3))
+    store = ChallengerStore("sqlite://")
+    challenger = Challenger(feed, feed, checker, None, store, sample_rate=0.5, start_block=0, rng=random.Random(3))
     challenger.poll()
     assert 0 < len(checker.checked) < 4
     pipeline.close()
 
 
-def test_a_certificate_that_does_not_match_the_chain_is_reported_not_checked(tmp_path: object) -> None:
+def test_a_certificate_that_does_not_match_the_chain_is_reported_not_checked(tmp_path: Path) -> None:
     pipeline, network = certified_pipeline(tmp_path, 1)
     feed, checker = Feed(pipeline, network), Checker(Verdict.REJECT)
     [batch] = feed.get_certified_batches(0, network.block)
     forged = CertifiedBatch(batch.header, b"\x00" * 32, batch.block)
-    challenger = Challenger(feed, feed, checker, Escalator(), sample_rate=1.0)
+    store = ChallengerStore("sqlite://")
+    challenger = Challenger(feed, feed, checker, FakeFaultManager(network), store, sample_rate=1.0, start_block=0)
     [finding] = challenger.process_batch(forged)
     assert finding.verdict is None and "signatory record" in finding.detail and checker.checked == []
+    pipeline.close()
+
+
+def test_escalation_quorum_rejects_and_the_batch_signers_are_slashed(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    [batch] = pipeline.store.list_batches([BatchState.CERTIFIED])
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    [finding] = challenger.poll()
+    assert finding.detail == "challenged" and finding.challenge_id == 1
+    # the reference block (head - 1) is before the challenge's block: it waits for the next block
+    assert manager.get_challenge(1).status == ChallengeStatus.OPEN and "resolve" not in manager.calls
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    colluders = tuple(sorted(op.keys.operator_id for op in network.operators[:3]))
+    assert manager.slashed[1] == colluders  # every signer of the batch, nobody else
+    [row] = store.list_challenges()
+    assert row.state == ChallengeState.UPHELD and row.verdict == int(Verdict.REJECT) and row.close_tx
+    assert row.reference_block == network.block - 1 and row.batch_index == batch.batch_index
+    pipeline.close()
+
+
+def test_escalation_quorum_accepts_and_the_challenge_is_dismissed(tmp_path: Path, db: str) -> None:
+    pipeline, network = certified_pipeline(tmp_path, 1)  # an honest output, a wrong checker
+    manager = FakeFaultManager(network, threshold_bps=6667)
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.DISMISSED and manager.slashed == {}
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.DISMISSED]
+    pipeline.close()
+
+
+def test_without_an_escalation_certificate_the_challenge_expires_after_the_window(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    for op in network.operators[3:]:
+        op.behaviour = "down"  # the escalation quorum does not answer
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=5)
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    for _ in range(5):
+        network.block += 1
+        challenger.poll()
+        assert manager.get_challenge(1).status == ChallengeStatus.OPEN  # within the window: not expired
+    [row] = store.list_challenges()
+    assert row.attempts >= 4 and "no escalation certificate" in (row.error or "")
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.EXPIRED
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.EXPIRED] and "resolve" not in manager.calls
+    pipeline.close()
+
+
+def test_a_restarted_challenger_resumes_without_challenging_again(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    challenger, resolver, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    resolver.close()
+    store.close()  # stopped with the challenge open
+    network.block += 1
+    again, _, store = make_challenger(db, pipeline, network, manager)
+    assert again.poll() == []  # the batch was scanned before the restart
+    assert manager.calls.count("challenge") == 1
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+def test_a_crash_after_the_challenge_transaction_adopts_it_on_restart(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.crash_after_challenge = True
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    with pytest.raises(KeyboardInterrupt):
+        challenger.poll()
+    assert store.list_challenges() == [] and len(manager.challenges) == 1  # mined, not recorded
+    store.close()
+    manager.crash_after_challenge = False
+    network.block += 1
+    again, _, store = make_challenger(db, pipeline, network, manager)
+    [finding] = again.poll()  # the batch is scanned again: the chain names the existing challenge
+    assert finding.detail == "already challenged" and finding.challenge_id == 1
+    assert len(manager.challenges) == 1 and manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+def test_a_challenge_ended_by_someone_else_is_recorded(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=2)
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    network.block += 3
+    manager.expire_challenge(1)  # another watcher expired it first
+    challenger.poll()
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.EXPIRED]
+    assert manager.calls.count("expire") == 1
+    pipeline.close()
+
+
+def test_an_escalation_answer_that_contradicts_an_earlier_one_is_proven(tmp_path: Path, db: str) -> None:
+    """An operator rejected the leaf when the challenger re-checked it, then accepts it when asked
+    for the escalation certificate: the challenger proves the equivocation (once)."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x00", threshold_bps=6667)
+    store = ChallengerStore(db)
+    evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, manager, store.clock)
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5, evidence=evidence)
+    feed = Feed(pipeline, network)
+    challenger = Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, resolver, 1.0, 0)
+    [finding] = challenger.poll()
+    turncoat = network.operators[2]
+    earlier = turncoat.attest(finding.request_hash, finding.output_hash, Verdict.REJECT)
+    evidence.record(
+        turncoat.keys.operator_id,
+        SignedAttestation(Attestation(finding.request_hash, finding.output_hash, Verdict.REJECT), earlier),
+    )
+    network.block += 1
+    challenger.poll()  # the colluding quorum 0 certifies ACCEPT: dismissed, and the turncoat is proven
+    assert manager.get_challenge(1).status == ChallengeStatus.DISMISSED
+    assert manager.equivocations == [(turncoat.keys.operator_id, finding.request_hash)]
+    assert [e.state for e in evidence.list_equivocations()] == [EquivocationState.PROVEN]
     pipeline.close()

@@ -35,21 +35,41 @@ from avs.chain.faults import ChallengeStatus, Web3FaultClient
 from avs.chain.registration import register_operator
 from avs.client import AggregatorClient, RequestFailedError, get_state_name, verify_certificate, verify_on_chain
 from avs.crypto import bls
+from avs.crypto.curve import G1Point
 from avs.devnet import ANVIL_KEY_0, CONTRACTS, Anvil, deploy_contracts, get_free_port, restake
 from avs.inference.engine import StreamEvent, load_engine
 from avs.inference.params import SamplingParams
-from avs.messages import Domain, InferenceRequest, Verdict, compute_request_hash, compute_stop_sequences_hash
+from avs.merkle import BatchLeaf
+from avs.messages import (
+    Attestation,
+    BatchHeader,
+    Domain,
+    InferenceOutput,
+    InferenceRequest,
+    Verdict,
+    compute_digest,
+    compute_output_hash,
+    compute_request_hash,
+    compute_stop_sequences_hash,
+)
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.convert import RequestEnvelope
+from avs.types import OutputHash
 from avs_aggregator.app import AggregatorApp
-from avs_aggregator.chain import Web3OperatorSetReader
+from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader
 from avs_aggregator.challenger.app import ChallengerApp, ChallengerConfig, ChallengerSecrets
 from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
 from avs_aggregator.challenger.core import Challenger
+from avs_aggregator.challenger.resolution import Resolver
+from avs_aggregator.challenger.store import ChallengerStore, ChallengeState
 from avs_aggregator.config import AggregatorSecrets, parse_config
 from avs_aggregator.operators import GrpcOperatorCaller
+from avs_aggregator.pipeline import Pipeline, PipelineSettings
+from avs_aggregator.ports import GenerateReply, OperatorInfo, VerifyReply
 from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.protocol import select_primary
-from avs_aggregator.store import BatchState
+from avs_aggregator.server import build_status
+from avs_aggregator.store import BatchState, Store, load_hex_list
 from avs_aggregator.txsender import SenderSettings, SentTransaction, TransactionSender
 from avs_operator.app import OperatorApp
 from avs_operator.config import OperatorSecrets
@@ -334,7 +354,9 @@ def test_challenger_rechecks_through_an_operator_and_escalates_a_rejected_leaf(d
                 Domain(devnet.deployment.chain_id, devnet.deployment.task_manager), AGGREGATOR.key
             )
             checker = OperatorLeafChecker(Web3OperatorSetReader(devnet.client), caller, seed=1)
-            honest = Challenger(feed, source, checker, None, sample_rate=1.0, next_block=start)
+            honest = Challenger(
+                feed, source, checker, None, ChallengerStore("sqlite://"), sample_rate=1.0, start_block=start
+            )
             findings = [f for f in honest.poll() if f.request_hash == status.request_hash]
             assert [f.verdict for f in findings] == [Verdict.ACCEPT]
             caller.close()
@@ -349,7 +371,15 @@ def test_challenger_rechecks_through_an_operator_and_escalates_a_rejected_leaf(d
                 def check(self, certificate: ag.Certificate) -> Verdict:
                     return Verdict.REJECT
 
-            escalating = Challenger(feed, source, Rejects(), Web3Escalator(faults), sample_rate=1.0, next_block=start)
+            escalating = Challenger(
+                feed,
+                source,
+                Rejects(),
+                Web3Escalator(faults),
+                ChallengerStore("sqlite://"),
+                sample_rate=1.0,
+                start_block=start,
+            )
             [finding] = [f for f in escalating.poll() if f.request_hash == status.request_hash]
         assert finding.challenge_tx
         challenge = faults.get_challenge(faults.get_challenge_count())
@@ -370,6 +400,7 @@ def test_challenger_daemon_checks_new_batches(devnet: Devnet, tmp_path: Path) ->
         escalate=False,
         poll_seconds=0.2,
         metrics_listen="127.0.0.1:0",
+        database_url=f"sqlite:///{tmp_path / 'challenger.sqlite'}",
     )
     challenger = ChallengerApp(config, ChallengerSecrets(ecdsa_key_password=PASSWORD))  # type: ignore[arg-type]
     challenger.start()
@@ -488,3 +519,124 @@ def test_binary_serves_and_stops_cleanly_on_sigterm(devnet: Devnet, tmp_path: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class ColludingCaller:
+    """Every operator's BLS key used directly, bypassing their engines and slashing protection: a
+    colluding quorum (or a stolen set of keys) that generates, accepts and certifies a wrong output."""
+
+    WRONG_TOKENS = (5, 6, 7)
+
+    def __init__(self, devnet: Devnet, domain: Domain) -> None:
+        self.domain = domain
+        self.keys = {bytes(app.core.operator_id): app.core.key_pair for app in devnet.operators}
+
+    def _attest(self, operator: OperatorInfo, envelope: RequestEnvelope) -> tuple[bytes, bytes, G1Point]:
+        request_hash = compute_request_hash(self.domain, envelope.request)
+        output = InferenceOutput(request_hash, envelope.request.model_id, self.WRONG_TOKENS)
+        output_hash = compute_output_hash(output)
+        digest = compute_digest(self.domain, Attestation(request_hash, output_hash, Verdict.ACCEPT))
+        return request_hash, output_hash, bls.sign(self.keys[operator.operator_id].secret, digest)
+
+    def generate(self, operator: OperatorInfo, envelope: RequestEnvelope, timeout: float) -> GenerateReply:
+        _, output_hash, signature = self._attest(operator, envelope)
+        return GenerateReply(self.WRONG_TOKENS, "wrong", OutputHash(output_hash), signature)
+
+    def verify(
+        self, operator: OperatorInfo, envelope: RequestEnvelope, output_ids: Sequence[int], timeout: float
+    ) -> VerifyReply:
+        _, output_hash, signature = self._attest(operator, envelope)
+        return VerifyReply(OutputHash(output_hash), Verdict.ACCEPT, signature)
+
+    def sign_batch(
+        self, operator: OperatorInfo, header: BatchHeader, leaves: Sequence[BatchLeaf], timeout: float
+    ) -> G1Point:
+        return bls.sign(self.keys[operator.operator_id].secret, compute_digest(self.domain, header))
+
+
+class PipelineLeaves:
+    """``LeafSource`` over the colluding pipeline's database (what its intake API would answer)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def get_batch_requests(self, batch_index: int) -> list[bytes]:
+        batch = self.pipeline.store.get_batch(batch_index)
+        if batch is None:
+            raise LookupError(f"batch {batch_index} is not this aggregator's")
+        return load_hex_list(batch.request_hashes)
+
+    def get_certificate(self, request_hash: bytes) -> ag.Certificate:
+        row = self.pipeline.store.get_request(request_hash)
+        assert row is not None
+        return build_status(self.pipeline, row).certificate
+
+
+def test_challenger_resolves_a_colluded_output_slashing_the_signers_across_a_restart(
+    devnet: Devnet, tmp_path: Path
+) -> None:
+    """A colluding quorum certifies a wrong output; the challenger's operator re-check rejects it, it
+    opens a bonded challenge, is restarted, and then resolves it with the escalation quorum's REJECT
+    certificate: every batch signer loses FaultManager's fraudWad of its stake and the challenger
+    gets its bond back plus a reward. (Runs last in this module: it halves every operator's stake.)"""
+    client, w3 = devnet.client, devnet.anvil.w3
+    domain = Domain(devnet.deployment.chain_id, devnet.deployment.task_manager)
+    reader = Web3OperatorSetReader(client)
+    settings = PipelineSettings(batch_max_size=1, batch_max_latency=0.0, first_batch_index=10_000, workers=4)
+    store = Store(f"sqlite:///{tmp_path / 'colluding.sqlite'}")
+    pipeline = Pipeline(domain, store, reader, ColludingCaller(devnet, domain), Web3ChainWriter(client), settings)
+    token = w3.eth.contract(address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken"))
+    faults = Web3FaultClient(client)
+    caller = GrpcOperatorCaller(domain, AGGREGATOR.key)  # operators authorise this key's Verify calls
+    try:
+        start = w3.eth.block_number + 1
+        messages = ({"role": "user", "content": "collude"},)
+        prompt_hash = PromptEncoder(devnet.model_dir).compute_prompt_hash(list(messages))
+        request = InferenceRequest(
+            devnet.model_id, prompt_hash, 0, 0, 1_000_000, 0, 6, compute_stop_sequences_hash([]), REQUESTER, 4242
+        )
+        request_hash = pipeline.submit(RequestEnvelope(request, messages, ()))
+        pipeline.run_until_idle()
+        row = store.get_request(request_hash)
+        assert row is not None and row.state == "CERTIFIED", row and row.error
+        ids = [bytes(app.core.operator_id) for app in devnet.operators]
+        stakes_before = [int(client.registry.functions.getCurrentStake(i, 0).call()) for i in ids]
+        client.transact(token.functions.mint(AGGREGATOR.address, 10 * 10**18))
+        balance_before = int(token.functions.balanceOf(AGGREGATOR.address).call())
+
+        def challenger_on(db: Path) -> tuple[Challenger, Resolver, ChallengerStore]:
+            own = ChallengerStore(f"sqlite:///{db}")
+            gateway = Web3Escalator(faults)
+            resolver = Resolver(domain, own, gateway, reader, caller, verify_timeout=60)
+            checker = OperatorLeafChecker(reader, caller, seed=1)
+            feed = Web3BatchFeed(client)
+            leaves = PipelineLeaves(pipeline)
+            return Challenger(feed, leaves, checker, gateway, own, resolver, 1.0, start), resolver, own
+
+        first, resolver, own = challenger_on(tmp_path / "challenger.sqlite")
+        [finding] = [f for f in first.scan() if f.request_hash == request_hash]
+        assert finding.verdict == Verdict.REJECT and finding.detail == "challenged" and finding.challenge_id
+        challenge_id = finding.challenge_id
+        assert faults.get_challenge(challenge_id).status == ChallengeStatus.OPEN
+        assert int(token.functions.balanceOf(AGGREGATOR.address).call()) < balance_before  # the bond is locked
+        resolver.close()
+        own.close()  # stopped (restart in the middle) with the challenge open
+
+        devnet.anvil.mine(1)  # the escalation certificate's reference block is at or after openedBlock
+        second, resolver, own = challenger_on(tmp_path / "challenger.sqlite")
+        second.poll()
+        assert [f.request_hash for f in second.findings].count(request_hash) == 1  # not checked twice
+        [record] = own.list_challenges()
+        assert record.challenge_id == challenge_id and record.state == ChallengeState.UPHELD, record.error
+        assert faults.get_challenge(challenge_id).status == ChallengeStatus.UPHELD
+        assert faults.get_challenge_count() == challenge_id  # no second challenge after the restart
+        stakes_after = [int(client.registry.functions.getCurrentStake(i, 0).call()) for i in ids]
+        for before, after in zip(stakes_before, stakes_after, strict=True):
+            assert after == pytest.approx(before // 2, rel=1e-6)  # Deploy.s.sol FRAUD_WAD = 0.5e18
+        assert int(token.functions.balanceOf(AGGREGATOR.address).call()) > balance_before  # bond back + reward
+        resolver.close()
+        own.close()
+    finally:
+        caller.close()
+        pipeline.close()
+        store.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -10,23 +10,18 @@ from prometheus_client import CollectorRegistry
 from avs.errors import InvalidInputError
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import Pipeline, PipelineError, PipelineSettings
-from avs_aggregator.store import BatchState, RequestState, Store
+from avs_aggregator.store import BatchState, RequestState, Store, load_hex_list
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 
 SETTINGS = PipelineSettings(batch_max_size=4, batch_max_latency=0.0, max_attempts=3, workers=4)
 
 
-def make_pipeline(network: FakeNetwork, db: Path, settings: PipelineSettings = SETTINGS) -> Pipeline:
-    store = Store(f"sqlite:///{db}")
+def make_pipeline(network: FakeNetwork, db: str, settings: PipelineSettings = SETTINGS) -> Pipeline:
+    store = Store(db)
     return Pipeline(DOMAIN, store, network, network, network, settings)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "aggregator.sqlite"
-
-
-def test_requests_are_certified_in_one_batch(db: Path) -> None:
+def test_requests_are_certified_in_one_batch(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     pipeline = make_pipeline(network, db)
     hashes = [pipeline.submit(make_envelope(i, f"prompt {i}")) for i in range(3)]
@@ -39,7 +34,7 @@ def test_requests_are_certified_in_one_batch(db: Path) -> None:
     pipeline.close()
 
 
-def test_policy_limits_are_enforced(db: Path) -> None:
+def test_policy_limits_are_enforced(db: str) -> None:
     pipeline = make_pipeline(FakeNetwork([{0: 1}]), db)
     with pytest.raises(PipelineError):
         pipeline.submit(make_envelope(1), quorums=b"\x01")
@@ -50,7 +45,7 @@ def test_policy_limits_are_enforced(db: Path) -> None:
     pipeline.close()
 
 
-def test_down_operator_is_excluded_and_stake_still_suffices(db: Path) -> None:
+def test_down_operator_is_excluded_and_stake_still_suffices(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "down"
     pipeline = make_pipeline(network, db)
@@ -63,7 +58,7 @@ def test_down_operator_is_excluded_and_stake_still_suffices(db: Path) -> None:
     pipeline.close()
 
 
-def test_not_enough_stake_fails_clearly(db: Path) -> None:
+def test_not_enough_stake_fails_clearly(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[2].behaviour = "down"
     pipeline = make_pipeline(network, db)
@@ -75,7 +70,7 @@ def test_not_enough_stake_fails_clearly(db: Path) -> None:
     pipeline.close()
 
 
-def test_cheating_primary_is_rejected_recorded_and_retried(db: Path) -> None:
+def test_cheating_primary_is_rejected_recorded_and_retried(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
     cheater = network.operators[0]
     cheater.behaviour = "cheat"
@@ -102,7 +97,7 @@ def test_cheating_primary_is_rejected_recorded_and_retried(db: Path) -> None:
     pipeline.close()
 
 
-def test_bad_batch_signature_is_dropped(db: Path) -> None:
+def test_bad_batch_signature_is_dropped(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "bad_batch_signature"
     pipeline = make_pipeline(network, db)
@@ -117,7 +112,7 @@ def test_bad_batch_signature_is_dropped(db: Path) -> None:
     pipeline.close()
 
 
-def test_wrong_output_hash_from_primary_is_retried(db: Path) -> None:
+def test_wrong_output_hash_from_primary_is_retried(db: str) -> None:
     network = FakeNetwork([{0: 50}, {0: 50}])
     network.operators[0].behaviour = "wrong_output_hash"
     network.operators[1].behaviour = "wrong_output_hash"
@@ -130,7 +125,7 @@ def test_wrong_output_hash_from_primary_is_retried(db: Path) -> None:
 
 
 @pytest.mark.parametrize("steps", range(6))
-def test_restart_after_any_step_certifies_once(db: Path, steps: int) -> None:
+def test_restart_after_any_step_certifies_once(db: str, steps: int) -> None:
     """Kill the pipeline after ``steps`` steps (a new Pipeline on the same database), then finish."""
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     first = make_pipeline(network, db)
@@ -154,7 +149,7 @@ def test_restart_after_any_step_certifies_once(db: Path, steps: int) -> None:
     second.close()
 
 
-def test_crash_after_the_transaction_does_not_send_it_again(db: Path) -> None:
+def test_crash_after_the_transaction_does_not_send_it_again(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     first = make_pipeline(network, db)
     request_hash = first.submit(make_envelope(3))
@@ -173,7 +168,7 @@ def test_crash_after_the_transaction_does_not_send_it_again(db: Path) -> None:
     second.close()
 
 
-def test_stale_batch_is_rebatched_under_a_new_index(db: Path) -> None:
+def test_stale_batch_is_rebatched_under_a_new_index(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     pipeline = make_pipeline(network, db)
     request_hash = pipeline.submit(make_envelope(4))
@@ -191,11 +186,11 @@ def test_stale_batch_is_rebatched_under_a_new_index(db: Path) -> None:
     pipeline.close()
 
 
-def test_batches_wait_for_the_latency_or_size_policy(db: Path) -> None:
+def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:
     network = FakeNetwork([{0: 100}])
     now = [1000.0]
     settings = PipelineSettings(batch_max_size=2, batch_max_latency=5.0, workers=2)
-    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{db}"), network, network, network, settings, clock=lambda: now[0])
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, settings, clock=lambda: now[0])
     first = pipeline.submit(make_envelope(1))
     pipeline.run_until_idle(force_batches=False)
     assert pipeline.store.get_request(first).state == RequestState.ACCEPTED  # type: ignore[union-attr]
@@ -208,7 +203,7 @@ def test_batches_wait_for_the_latency_or_size_policy(db: Path) -> None:
     pipeline.close()
 
 
-def test_certified_batch_is_confirming_until_a_block_is_on_top(db: Path) -> None:
+def test_certified_batch_is_confirming_until_a_block_is_on_top(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     pipeline = make_pipeline(network, db)
     request_hash = pipeline.submit(make_envelope(5))
@@ -231,7 +226,7 @@ def test_certified_batch_is_confirming_until_a_block_is_on_top(db: Path) -> None
     pipeline.close()
 
 
-def test_certification_removed_by_a_reorg_is_certified_again(db: Path) -> None:
+def test_certification_removed_by_a_reorg_is_certified_again(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     first = make_pipeline(network, db)
     hashes = [first.submit(make_envelope(i, f"reorg {i}")) for i in range(2)]
@@ -250,7 +245,7 @@ def test_certification_removed_by_a_reorg_is_certified_again(db: Path) -> None:
     second.close()
 
 
-def test_reorged_certification_with_a_stale_reference_is_rebatched(db: Path) -> None:
+def test_reorged_certification_with_a_stale_reference_is_rebatched(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     pipeline = make_pipeline(network, db)
     request_hash = pipeline.submit(make_envelope(6))
@@ -266,12 +261,12 @@ def test_reorged_certification_with_a_stale_reference_is_rebatched(db: Path) -> 
     pipeline.close()
 
 
-def test_operators_responding_counts_the_last_call_of_each_operator(db: Path) -> None:
+def test_operators_responding_counts_the_last_call_of_each_operator(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "down"
     registry = CollectorRegistry()
     metrics = AggregatorMetrics(registry)
-    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{db}"), network, network, network, SETTINGS, metrics)
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS, metrics)
     pipeline.submit(make_envelope(7))
     pipeline.run_until_idle()
     assert registry.get_sample_value("avs_aggregator_operators_responding") == 2
@@ -280,3 +275,97 @@ def test_operators_responding_counts_the_last_call_of_each_operator(db: Path) ->
     pipeline.run_until_idle()
     assert registry.get_sample_value("avs_aggregator_operators_responding") == 3
     pipeline.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signing_pipeline(network: FakeNetwork, db: str, clock: Clock, rounds: int = 3) -> Pipeline:
+    settings = dataclasses.replace(SETTINGS, sign_rounds=rounds, sign_backoff=5.0)
+    return Pipeline(DOMAIN, Store(db), network, network, network, settings, clock=clock)
+
+
+def sign_calls(network: FakeNetwork, index: int) -> int:
+    return network.calls.count(("sign_batch", network.operators[index].keys.operator_id))
+
+
+def test_batch_signers_short_of_the_threshold_are_asked_again_after_a_backoff(db: str) -> None:
+    network, clock = FakeNetwork([{0: 10}, {0: 30}, {0: 60}]), Clock()
+    pipeline = signing_pipeline(network, db, clock)
+    request_hash = pipeline.submit(make_envelope(1))
+    network.operators[2].behaviour = "sign_down"  # verified, then down for the signing round
+    pipeline.run_until_idle()
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and batch.state == BatchState.SIGNING and batch.sign_attempts == 1
+    assert "60/100" not in (batch.error or "") and "40/100" in (batch.error or "")
+    clock.now += 4.9
+    pipeline.run_until_idle()
+    assert sign_calls(network, 2) == 1  # still backing off
+    network.operators[2].behaviour = "honest"
+    clock.now += 0.2
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 1
+    assert sign_calls(network, 2) == 2 and network.certify_calls == [1]
+    pipeline.close()
+
+
+def test_a_batch_short_after_every_round_is_reformed_with_each_request_alone(db: str) -> None:
+    """Operator 2 (60%) refuses every batch holding request A (say it never accepted A): A's batch
+    mate B is certified in a batch of its own; A fails clearly, after its own rounds."""
+    network, clock = FakeNetwork([{0: 10}, {0: 30}, {0: 60}]), Clock()
+    pipeline = signing_pipeline(network, db, clock, rounds=2)
+    a, b = pipeline.submit(make_envelope(1, "a")), pipeline.submit(make_envelope(2, "b"))
+    network.operators[2].refuses_leaves.add(a)
+    for _ in range(6):
+        pipeline.run_until_idle()
+        clock.now += 10
+    first = pipeline.store.get_batch(1)
+    assert first is not None and first.state == BatchState.ABANDONED and first.sign_attempts == 2
+    row_a, row_b = pipeline.store.get_request(a), pipeline.store.get_request(b)
+    assert row_b is not None and row_b.state == RequestState.CERTIFIED and row_b.rebatched == 1
+    assert row_a is not None and row_a.state == RequestState.FAILED
+    assert "after 2 signing rounds" in (row_a.error or "") and "6667 bps" in (row_a.error or "")
+    batches = pipeline.store.list_batches([BatchState.CERTIFIED, BatchState.ABANDONED])
+    assert sorted(len(load_hex_list(x.request_hashes)) for x in batches) == [1, 1, 2]
+    pipeline.close()
+
+
+def test_stake_that_stays_short_fails_the_request_after_the_rounds(db: str) -> None:
+    network, clock = FakeNetwork([{0: 10}, {0: 30}, {0: 60}]), Clock()
+    pipeline = signing_pipeline(network, db, clock)
+    request_hash = pipeline.submit(make_envelope(1))
+    network.operators[2].behaviour = "sign_down"
+    for _ in range(4):
+        pipeline.run_until_idle()
+        clock.now += 100
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED
+    assert "quorum 0: 40/100 signed) after 3 signing rounds" in (row.error or "")
+    assert sign_calls(network, 2) == 3 and network.certify_calls == []
+    pipeline.close()
+
+
+def test_signing_rounds_survive_a_restart(db: str) -> None:
+    network, clock = FakeNetwork([{0: 10}, {0: 30}, {0: 60}]), Clock()
+    pipeline = signing_pipeline(network, db, clock)
+    request_hash = pipeline.submit(make_envelope(1))
+    network.operators[2].behaviour = "sign_down"
+    pipeline.run_until_idle()
+    pipeline.close()
+    network.operators[2].behaviour = "honest"
+    again = signing_pipeline(network, db, clock)
+    again.run_until_idle()
+    assert sign_calls(network, 2) == 1  # the backoff is in the database
+    clock.now += 5
+    again.run_until_idle()
+    row = again.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED
+    batch = again.store.get_batch(1)
+    assert batch is not None and batch.sign_attempts == 1
+    again.close()

@@ -1,25 +1,40 @@
-"""The schema: Alembic's migrations build exactly the models' tables; reopening is idempotent."""
+"""The schema, on SQLite and PostgreSQL: Alembic's migrations build exactly the models' tables (the
+aggregator's and the challenger's, which can share one database); reopening is idempotent."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from avs_aggregator.challenger import store as challenger_store
+from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.store import Base, RequestRow, RequestState, Store
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_migrations_match_the_models(db: str) -> None:
+    store = Store(db)
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     store.close()
 
 
-def test_reopening_keeps_the_data(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    store = Store(url)
+def test_challenger_migrations_match_the_models_in_a_shared_database(db: str) -> None:
+    aggregator = Store(db)  # the same database: separate version tables, no clash
+    store = ChallengerStore(db)
+    with store.engine.connect() as connection:
+        opts = {
+            "version_table": challenger_store.VERSION_TABLE,
+            # the aggregator's tables (and its version table) are not the challenger's business
+            "include_name": lambda name, kind, _: kind != "table" or name.startswith("challenger_"),
+        }
+        context = MigrationContext.configure(connection, opts=opts)
+        assert compare_metadata(context, challenger_store.Base.metadata) == []
+    store.close()
+    aggregator.close()
+
+
+def test_reopening_keeps_the_data(db: str) -> None:
+    store = Store(db)
     row = RequestRow(
         request_hash=b"\x01" * 32,
         state=RequestState.RECEIVED,
@@ -32,8 +47,33 @@ def test_reopening_keeps_the_data(tmp_path: Path) -> None:
     assert store.add_request(row)
     assert not store.add_request(row)
     store.close()
-    again = Store(url)
+    again = Store(db)
     stored = again.get_request(b"\x01" * 32)
     assert stored is not None and stored.state == RequestState.RECEIVED
     assert again.get_next_batch_index(5) == 5
+    again.close()
+
+
+def test_challenger_store_keeps_its_position_and_challenges(db: str) -> None:
+    store = ChallengerStore(db)
+    assert store.get_next_block() is None
+    store.set_next_block(42)
+    challenge = ChallengeRow(
+        challenge_id=7,
+        state=ChallengeState.OPEN,
+        batch_index=3,
+        request_hash=b"\x02" * 32,
+        output_hash=b"\x03" * 32,
+        certificate=b"cert",
+        opened_block=40,
+        attempts=0,
+    )
+    assert store.add_challenge(challenge) and not store.add_challenge(challenge)
+    store.close()
+    again = ChallengerStore(db)
+    assert again.get_next_block() == 42
+    found = again.find_challenge(3, b"\x02" * 32, b"\x03" * 32)
+    assert found is not None and found.challenge_id == 7 and found.certificate == b"cert"
+    again.update_challenge(7, state=ChallengeState.EXPIRED)
+    assert again.find_challenge(3, b"\x02" * 32, b"\x03" * 32) is None  # an expired one may be re-opened
     again.close()

@@ -29,7 +29,16 @@ from avs.messages import Domain
 from avs_aggregator.chain import Web3OperatorSetReader
 from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
 from avs_aggregator.challenger.core import Challenger, Finding
+from avs_aggregator.challenger.resolution import Resolver
+from avs_aggregator.challenger.store import (
+    AttestationRow,
+    ChallengeRow,
+    ChallengerStore,
+    ChallengeState,
+    EquivocationRow,
+)
 from avs_aggregator.config import ConfigError
+from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.operators import GrpcOperatorCaller
 
 logger = logging.getLogger(__name__)
@@ -44,9 +53,13 @@ class ChallengerConfig(BaseModel):
     ecdsa_keystore: Path
     sample_rate: float = Field(default=0.1, ge=0, le=1)  # share of leaves re-verified
     escalate: bool = True  # open a challenge (locks the bond) for a leaf found wrong
+    resolve: bool = True  # collect the escalation quorum's certificate, resolveChallenge / expireChallenge
+    prove_equivocations: bool = True  # proveEquivocation for conflicting attestations it sees
+    database_url: str = "sqlite:///challenger-data/challenger.sqlite"  # scan position, findings, challenges
+    reference_lag_blocks: int = Field(default=1, ge=1)  # escalation certificates at latest - lag
     poll_seconds: float = Field(default=5.0, gt=0)
     verify_seconds: float = Field(default=60.0, gt=0)
-    start_block: int | None = None  # default: the block at start
+    start_block: int | None = None  # first run only (then the database's position); default: the head
     metrics_listen: str = "0.0.0.0:9097"
     log_level: str = "INFO"
 
@@ -84,13 +97,23 @@ class ChallengerMetrics:
             "avs_challenger_leaves_checked_total", "Leaves re-verified, by verdict", ["verdict"], registry=registry
         )
         self.challenges = Counter("avs_challenger_challenges_total", "Challenges opened", registry=registry)
+        self.challenges_closed = Counter(
+            "avs_challenger_challenges_closed_total",
+            "Challenges ended, by how (upheld, dismissed, expired)",
+            ["state"],
+            registry=registry,
+        )
+        self.open_challenges = Gauge("avs_challenger_open_challenges", "Challenges still open", registry=registry)
         self.last_block = Gauge("avs_challenger_last_block", "Last block processed", registry=registry)
 
-    def record(self, findings: list[Finding]) -> None:
+    def record(self, findings: list[Finding], closed: list[ChallengeRow], still_open: int) -> None:
         for finding in findings:
             self.leaves_checked.labels(finding.verdict.name.lower() if finding.verdict else "unchecked").inc()
             if finding.challenge_tx:
                 self.challenges.inc()
+        for row in closed:
+            self.challenges_closed.labels(row.state.lower()).inc()
+        self.open_challenges.set(still_open)
 
 
 class ChallengerApp:
@@ -117,15 +140,31 @@ class ChallengerApp:
         caller = GrpcOperatorCaller(domain, key)
         aggregator = AggregatorClient(self.config.aggregator)
         self._closers += [caller.close, aggregator.close]
-        escalator = Web3Escalator(Web3FaultClient(client)) if self.config.escalate else None
-        feed = Web3BatchFeed(client)
+        self.store = ChallengerStore(self.config.database_url)
+        self._closers.append(self.store.close)
+        chain = Web3Escalator(Web3FaultClient(client))
+        reader = Web3OperatorSetReader(client, self.config.reference_lag_blocks)
+        self.evidence = EvidenceBook(
+            self.store.session,
+            AttestationRow,
+            EquivocationRow,
+            chain if self.config.prove_equivocations else None,
+            self.store.clock,
+        )
+        self.resolver: Resolver | None = None
+        if self.config.resolve:
+            timeout = self.config.verify_seconds
+            self.resolver = Resolver(domain, self.store, chain, reader, caller, timeout, self.evidence)
+            self._closers.append(self.resolver.close)
         self.challenger = Challenger(
-            feed,
+            Web3BatchFeed(client),
             AggregatorLeafSource(aggregator),
-            OperatorLeafChecker(Web3OperatorSetReader(client), caller, self.config.verify_seconds),
-            escalator,
+            OperatorLeafChecker(reader, caller, self.config.verify_seconds, evidence=self.evidence),
+            chain if self.config.escalate else None,
+            self.store,
+            resolver=None,  # advanced in the loop, to count what ended
             sample_rate=self.config.sample_rate,
-            next_block=self.config.start_block if self.config.start_block is not None else feed.get_block_number() + 1,
+            start_block=self.config.start_block,
         )
         host, port = split_host_port(self.config.metrics_listen)
         server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -138,7 +177,11 @@ class ChallengerApp:
     def _loop(self) -> None:
         while not self._stopped.is_set():
             try:
-                self.metrics.record(self.challenger.poll())
+                findings = self.challenger.poll()
+                closed = self.resolver.advance_all() if self.resolver is not None else []
+                self.evidence.report_pending()
+                still_open = len(self.store.list_challenges([ChallengeState.OPEN]))
+                self.metrics.record(findings, closed, still_open)
                 self.metrics.last_block.set(self.challenger.next_block - 1)
             except Exception:
                 logger.exception("challenger poll failed; retrying")

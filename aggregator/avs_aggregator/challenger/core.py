@@ -1,12 +1,20 @@
 """The challenger's logic over small Protocols: watch certified batches, re-verify a sample of
-their leaves through an operator (prefill), and escalate a leaf found wrong within the challenge
-window (``FaultManager.challenge``, which locks the challenger's bond).
+their leaves through an operator (prefill), escalate a leaf found wrong within the challenge window
+(``FaultManager.challenge``, which locks the challenger's bond), and see each challenge through to
+its end (``resolution.Resolver``: the escalation quorum's certificate and ``resolveChallenge``, or
+``expireChallenge`` after the resolution window).
 
 For each ``BatchCertified`` event it fetches the batch's leaves and each sampled leaf's certificate
 from the aggregator, checks that the certificate matches what was certified on-chain (header,
 signatory record hash, Merkle proof), and asks an operator to verify the output. A REJECT opens a
-challenge; its resolution by the escalation quorum is ``FaultManager.resolveChallenge`` (not done
-here yet).
+challenge.
+
+Everything it decides is in its ``ChallengerStore`` before it moves on: the next block to scan
+(advanced after each batch), one finding per leaf, each challenge it opened. Killed anywhere and
+restarted, it re-scans at most the batch it was in, skips leaves it already has findings for, never
+opens a second challenge of a leaf it has one for (and adopts the challenge the chain names when a
+crash came between the transaction and the database: ``LeafAlreadyChallenged``), and goes on
+resolving the open ones.
 """
 
 from __future__ import annotations
@@ -14,13 +22,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
+from avs.chain.client import ContractRevertError
+from avs.chain.faults import Challenge, ChallengeStatus
 from avs.client import verify_certificate
 from avs.messages import BatchHeader, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState, FindingRow
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +53,14 @@ class Finding:
     verdict: Verdict | None  # None: could not be checked
     detail: str = ""
     challenge_tx: bytes | None = None
+    challenge_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedChallenge:
+    challenge_id: int
+    opened_block: int
+    tx_hash: bytes
 
 
 class BatchFeed(Protocol):
@@ -65,58 +84,173 @@ class LeafChecker(Protocol):
 class Escalator(Protocol):
     def challenge(
         self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
-    ) -> bytes: ...
+    ) -> OpenedChallenge:
+        """Send ``FaultManager.challenge`` and wait for it. Raises ``ContractRevertError``
+        (``LeafAlreadyChallenged(challengeId)``, ``ChallengeWindowClosed``, ...)."""
+        ...
+
+    def get_challenge(self, challenge_id: int) -> Challenge: ...
 
 
-@dataclass
+class ChallengeAdvancer(Protocol):
+    """What moves open challenges on (``resolution.Resolver``)."""
+
+    def advance_all(self) -> list[ChallengeRow]: ...
+
+
+STATE_OF_STATUS = {
+    ChallengeStatus.OPEN: ChallengeState.OPEN,
+    ChallengeStatus.UPHELD: ChallengeState.UPHELD,
+    ChallengeStatus.DISMISSED: ChallengeState.DISMISSED,
+    ChallengeStatus.EXPIRED: ChallengeState.EXPIRED,
+}
+
+
+def finding_from_row(row: FindingRow) -> Finding:
+    verdict = None if row.verdict is None else Verdict(row.verdict)
+    return Finding(
+        row.batch_index, row.request_hash, row.output_hash, verdict, row.detail, row.challenge_tx, row.challenge_id
+    )
+
+
 class Challenger:
-    feed: BatchFeed
-    leaves: LeafSource
-    checker: LeafChecker
-    escalator: Escalator | None
-    sample_rate: float = 0.1
-    next_block: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-    findings: list[Finding] = field(default_factory=list)
+    def __init__(
+        self,
+        feed: BatchFeed,
+        leaves: LeafSource,
+        checker: LeafChecker,
+        escalator: Escalator | None,
+        store: ChallengerStore,
+        resolver: ChallengeAdvancer | None = None,
+        sample_rate: float = 0.1,
+        start_block: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.feed = feed
+        self.leaves = leaves
+        self.checker = checker
+        self.escalator = escalator
+        self.store = store
+        self.resolver = resolver
+        self.sample_rate = sample_rate
+        self.rng = rng or random.Random()
+        if store.get_next_block() is None:  # a fresh database: start where told, else at the head
+            store.set_next_block(start_block if start_block is not None else feed.get_block_number() + 1)
+
+    @property
+    def next_block(self) -> int:
+        block = self.store.get_next_block()
+        assert block is not None
+        return block
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [finding_from_row(row) for row in self.store.list_findings()]
 
     def poll(self) -> list[Finding]:
-        """Process the batches certified since the last poll; returns the new findings."""
+        """Process the batches certified since the last poll, then move the open challenges on;
+        returns the new findings."""
+        found = self.scan()
+        if self.resolver is not None:
+            self.resolver.advance_all()
+        return found
+
+    def scan(self) -> list[Finding]:
         to_block = self.feed.get_block_number()
-        if to_block < self.next_block:
+        start = self.next_block
+        if to_block < start:
             return []
         found: list[Finding] = []
-        for batch in self.feed.get_certified_batches(self.next_block, to_block):
+        for batch in sorted(self.feed.get_certified_batches(start, to_block), key=lambda b: b.block):
             found += self.process_batch(batch)
-        self.next_block = to_block + 1
-        self.findings += found
+            self.store.set_next_block(batch.block)  # a crash re-scans this block only
+        self.store.set_next_block(to_block + 1)
         return found
 
     def process_batch(self, batch: CertifiedBatch) -> list[Finding]:
+        index = batch.header.batch_index
         try:
-            request_hashes = self.leaves.get_batch_requests(batch.header.batch_index)
+            request_hashes = self.leaves.get_batch_requests(index)
         except Exception as exc:  # another aggregator's batch, or the aggregator is down
-            logger.warning(
-                "cannot fetch the batch's leaves", extra={"batch_index": batch.header.batch_index, "error": str(exc)}
-            )
-            return [Finding(batch.header.batch_index, b"", b"", None, f"leaves unavailable: {exc}")]
+            logger.warning("cannot fetch the batch's leaves", extra={"batch_index": index, "error": str(exc)})
+            return [self._record(Finding(index, b"", b"", None, f"leaves unavailable: {exc}"))]
         sampled = [h for h in request_hashes if self.rng.random() < self.sample_rate]
-        return [self.process_leaf(batch, h) for h in sampled]
+        found = []
+        for request_hash in sampled:
+            if self.store.has_finding(index, request_hash):  # seen before a restart
+                continue
+            found.append(self._record(self.process_leaf(batch, request_hash)))
+        return found
 
     def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding:
         index = batch.header.batch_index
         certificate = self.leaves.get_certificate(request_hash)
+        output_hash = bytes(certificate.output_hash)
         problem = self._check_against_chain(batch, certificate)
         if problem:
             logger.warning("certificate does not match the chain", extra={"batch_index": index, "problem": problem})
-            return Finding(index, request_hash, bytes(certificate.output_hash), None, problem)
+            return Finding(index, request_hash, output_hash, None, problem)
         verdict = self.checker.check(certificate)
         if verdict == Verdict.ACCEPT or self.escalator is None:
-            return Finding(index, request_hash, bytes(certificate.output_hash), verdict)
-        output_hash = bytes(certificate.output_hash)
+            return Finding(index, request_hash, output_hash, verdict)
+        existing = self.store.find_challenge(index, request_hash, output_hash)
+        if existing is not None:
+            return Finding(index, request_hash, output_hash, verdict, "already challenged", None, existing.challenge_id)
         proof = [bytes(p) for p in certificate.merkle_proof]
-        tx = self.escalator.challenge(batch.header, batch.signatory_record_hash, (request_hash, output_hash), proof)
-        logger.warning("leaf escalated", extra={"batch_index": index, "request": "0x" + request_hash.hex()})
-        return Finding(index, request_hash, output_hash, verdict, "challenged", tx)
+        try:
+            opened = self.escalator.challenge(
+                batch.header, batch.signatory_record_hash, (request_hash, output_hash), proof
+            )
+        except ContractRevertError as exc:
+            if exc.name == "LeafAlreadyChallenged":  # ours, sent before a crash, or someone else's
+                challenge_id = int(exc.args_[0])
+                self._adopt(challenge_id, certificate, None)
+                return Finding(index, request_hash, output_hash, verdict, "already challenged", None, challenge_id)
+            logger.warning("challenge refused", extra={"batch_index": index, "error": str(exc)})
+            return Finding(index, request_hash, output_hash, verdict, f"challenge refused: {exc}")
+        self._adopt(opened.challenge_id, certificate, opened)
+        logger.warning(
+            "leaf escalated",
+            extra={"batch_index": index, "request": "0x" + request_hash.hex(), "challenge_id": opened.challenge_id},
+        )
+        return Finding(index, request_hash, output_hash, verdict, "challenged", opened.tx_hash, opened.challenge_id)
+
+    def _adopt(self, challenge_id: int, certificate: ag.Certificate, opened: OpenedChallenge | None) -> None:
+        """Record challenge ``challenge_id`` of ``certificate``'s leaf (read from the chain when
+        ``opened`` is None) so that it is resolved."""
+        assert self.escalator is not None
+        if opened is not None:
+            opened_block, state = opened.opened_block, ChallengeState.OPEN
+        else:
+            on_chain = self.escalator.get_challenge(challenge_id)
+            opened_block, state = on_chain.opened_block, STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
+        self.store.add_challenge(
+            ChallengeRow(
+                challenge_id=challenge_id,
+                state=state,
+                batch_index=certificate.batch_header.batch_index,
+                request_hash=bytes(certificate.request_hash),
+                output_hash=bytes(certificate.output_hash),
+                certificate=certificate.SerializeToString(deterministic=True),
+                opened_block=opened_block,
+                open_tx=opened.tx_hash if opened is not None else None,
+                attempts=0,
+            )
+        )
+
+    def _record(self, finding: Finding) -> Finding:
+        self.store.add_finding(
+            FindingRow(
+                batch_index=finding.batch_index,
+                request_hash=finding.request_hash,
+                output_hash=finding.output_hash,
+                verdict=None if finding.verdict is None else int(finding.verdict),
+                detail=finding.detail,
+                challenge_id=finding.challenge_id,
+                challenge_tx=finding.challenge_tx,
+            )
+        )
+        return finding
 
     @staticmethod
     def _check_against_chain(batch: CertifiedBatch, certificate: ag.Certificate) -> str:

@@ -1,0 +1,285 @@
+"""Resolving the challenges the challenger opened.
+
+For an open challenge of leaf (requestHash, outputHash) of batch B:
+
+1. Read the challenge on-chain. Ended (by anyone, or by us before a crash) -> record how it ended.
+2. Past ``openedBlock + resolutionWindowBlocks`` -> ``expireChallenge`` (the bond comes back).
+3. Otherwise pick a reference block (the reader's ``latest - lag``); it must be at or after the
+   challenge's ``openedBlock`` (the contract refuses older ones), so wait a block if it is not.
+4. Ask every operator of the escalation quorums (``FaultManager.escalationQuorumNumbers``) at that
+   block to verify the request/output by prefill (their Verify RPC: a BLS-signed
+   ``Attestation(requestHash, outputHash, verdict)``); a down, slow or badly signing operator does
+   not count. Signed attestations go to the evidence book (equivocations).
+5. Tally ACCEPT and REJECT stake per escalation quorum (``protocol.compute_tally``); the verdict that
+   reaches ``escalationThresholdBps`` in every quorum (``protocol.select_certified_verdict``) is
+   aggregated like a batch certificate (``protocol.compute_checked_aggregate``).
+6. ``resolveChallenge(challengeId, verdict, referenceBlock, certificate, signers)``. For REJECT,
+   ``signers`` are B's signers: the operators of B's quorums at B's reference block less its
+   certified non-signers (from the leaf's certificate), with history indices. REJECT slashes them,
+   returns the bond and rewards the challenger; ACCEPT gives the bond to the insurance pool.
+
+No verdict reaches the threshold -> try again at the next poll (operators may come back) until the
+window ends, then expire. Every outcome is written to the store before the next challenge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
+from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, SignedAttestation
+from avs.crypto.curve import G1Point
+from avs.messages import Attestation, Domain, Verdict, compute_digest
+from avs.rpc import convert
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.types import OperatorId
+from avs_aggregator import protocol
+from avs_aggregator.challenger.core import STATE_OF_STATUS
+from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
+from avs_aggregator.evidence import EvidenceBook
+from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationConfig:
+    """``FaultManager.escalationQuorumNumbers`` and the parts of ``config()`` resolution needs."""
+
+    quorum_numbers: bytes
+    threshold_bps: int
+    resolution_window: int
+
+
+class ChallengeChain(Protocol):
+    def get_block_number(self) -> int: ...
+
+    def get_escalation_config(self) -> EscalationConfig: ...
+
+    def get_challenge(self, challenge_id: int) -> Challenge: ...
+
+    def get_check_signatures_indices(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> CheckSignaturesIndices: ...
+
+    def resolve_challenge(
+        self,
+        challenge_id: int,
+        verdict: Verdict,
+        reference_block: int,
+        certificate: NonSignerStakesAndSignature,
+        signers: BatchSigners,
+    ) -> bytes:
+        """Send ``resolveChallenge`` and wait for it. Raises ``ContractRevertError``."""
+        ...
+
+    def expire_challenge(self, challenge_id: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationCertificate:
+    verdict: Verdict
+    reference_block: int
+    certificate: NonSignerStakesAndSignature
+    tally: protocol.Tally
+
+
+class Resolver:
+    def __init__(
+        self,
+        domain: Domain,
+        store: ChallengerStore,
+        chain: ChallengeChain,
+        reader: OperatorSetReader,
+        caller: OperatorCaller,
+        verify_timeout: float = 60.0,
+        evidence: EvidenceBook | None = None,
+        workers: int = 8,
+    ) -> None:
+        self.domain = domain
+        self.store = store
+        self.chain = chain
+        self.reader = reader
+        self.caller = caller
+        self.verify_timeout = verify_timeout
+        self.evidence = evidence
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="escalation-verify")
+        self._config: EscalationConfig | None = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def config(self) -> EscalationConfig:
+        if self._config is None:
+            self._config = self.chain.get_escalation_config()
+        return self._config
+
+    def advance_all(self) -> list[ChallengeRow]:
+        """One step for every open challenge; returns the ones that ended in this call."""
+        ended = []
+        for row in self.store.list_challenges([ChallengeState.OPEN]):
+            try:
+                state = self.advance(row)
+            except Exception as exc:  # the chain or the operators are unreachable: next poll
+                logger.warning("challenge not advanced", extra={"challenge_id": row.challenge_id, "error": str(exc)})
+                self.store.update_challenge(row.challenge_id, error=str(exc)[:2000])
+                continue
+            if state != ChallengeState.OPEN:
+                ended.append(self.store.get_challenge(row.challenge_id) or row)
+        return ended
+
+    def advance(self, row: ChallengeRow) -> ChallengeState:
+        on_chain = self.chain.get_challenge(row.challenge_id)
+        state = STATE_OF_STATUS.get(on_chain.status)
+        if state is None:  # not on-chain (a reorg removed the challenge): nothing left to resolve
+            self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error="not on-chain")
+            return ChallengeState.EXPIRED
+        if state != ChallengeState.OPEN:
+            self.store.update_challenge(row.challenge_id, state=state)
+            return state
+        opened = on_chain.opened_block
+        if self.chain.get_block_number() > opened + self.config.resolution_window:
+            return self._expire(row)
+        reference_block, _ = self.reader.get_reference_block()
+        if reference_block < opened:  # the certificate must be from the challenge's block on
+            return ChallengeState.OPEN
+        escalation = self.collect_certificate(row, reference_block)
+        if escalation is None:
+            return ChallengeState.OPEN
+        return self._resolve(row, escalation)
+
+    def collect_certificate(self, row: ChallengeRow, reference_block: int) -> EscalationCertificate | None:
+        """Ask the escalation quorums to verify the leaf; the certificate of the verdict that
+        reaches the threshold, or None (recorded in the row's ``error``)."""
+        config = self.config
+        certificate = ag.Certificate.FromString(row.certificate)
+        operator_set = self.reader.get_operator_set(reference_block)
+        verdicts, signatures = self._ask(operator_set, config.quorum_numbers, row, certificate)
+        tally = protocol.compute_tally(operator_set, config.quorum_numbers, verdicts)
+        verdict = protocol.select_certified_verdict(tally, config.threshold_bps)
+        if verdict is None:
+            shares = ", ".join(
+                f"quorum {q.quorum}: accept {q.accept_stake} reject {q.reject_stake} of {q.total_stake}"
+                for q in tally.quorums
+            )
+            self.store.update_challenge(
+                row.challenge_id, attempts=row.attempts + 1, error=f"no escalation certificate yet ({shares})"
+            )
+            return None
+        digest = compute_digest(self.domain, Attestation(row.request_hash, row.output_hash, verdict))
+        aggregate, _ = protocol.compute_checked_aggregate(
+            operator_set, config.quorum_numbers, digest, signatures[verdict]
+        )
+        if aggregate is None or not aggregate.tally.is_accepted(config.threshold_bps):
+            self.store.update_challenge(
+                row.challenge_id, attempts=row.attempts + 1, error="the escalation signatures do not aggregate"
+            )
+            return None
+        indices = self.chain.get_check_signatures_indices(
+            reference_block, config.quorum_numbers, aggregate.non_signer_ids
+        )
+        return EscalationCertificate(verdict, reference_block, aggregate.to_signatures(indices), tally)
+
+    def _ask(
+        self, operator_set: OperatorSet, quorums: bytes, row: ChallengeRow, certificate: ag.Certificate
+    ) -> tuple[dict[bytes, Verdict], dict[Verdict, dict[bytes, G1Point]]]:
+        envelope = convert.request_from_proto(certificate.request)
+        output_ids = [int(t) for t in certificate.output_token_ids]
+        members = operator_set.in_quorums(quorums)
+        futures = {
+            o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.verify_timeout)
+            for o in members
+        }
+        verdicts: dict[bytes, Verdict] = {}
+        signatures: dict[Verdict, dict[bytes, G1Point]] = {Verdict.ACCEPT: {}, Verdict.REJECT: {}}
+        for operator in members:
+            try:
+                reply = futures[operator.operator_id].result(timeout=self.verify_timeout + 5)
+            except Exception as exc:
+                logger.info("escalation verifier failed", extra={"challenge_id": row.challenge_id, "error": str(exc)})
+                continue
+            attestation = Attestation(row.request_hash, reply.output_hash, reply.verdict)
+            if not self._is_valid(operator, attestation, reply.signature, row.output_hash):
+                continue
+            if self.evidence is not None:
+                self.evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))
+            verdicts[operator.operator_id] = reply.verdict
+            signatures[reply.verdict][operator.operator_id] = reply.signature
+        return verdicts, signatures
+
+    def _is_valid(self, operator: OperatorInfo, attestation: Attestation, signature: G1Point, output: bytes) -> bool:
+        return attestation.output_hash == output and protocol.is_valid_attestation(
+            self.domain, operator, attestation, signature
+        )
+
+    def get_batch_signers(self, certificate: ag.Certificate) -> BatchSigners:
+        """The certified batch's signers (``IFaultManagerTypes.BatchSigners``): its quorums' operators
+        at its reference block less the certified non-signers, both ascending, with history indices."""
+        header = convert.batch_header_from_proto(certificate.batch_header)
+        non_signers = tuple(OperatorId(bytes(i)) for i in certificate.non_signer_ids)
+        operator_set = self.reader.get_operator_set(header.reference_block)
+        signers = tuple(
+            o.operator_id for o in operator_set.in_quorums(header.quorum_numbers) if o.operator_id not in non_signers
+        )
+        signer_indices = self.chain.get_check_signatures_indices(header.reference_block, header.quorum_numbers, signers)
+        non_signer_bitmap_indices: tuple[int, ...] = ()
+        if non_signers:
+            non_signer_bitmap_indices = self.chain.get_check_signatures_indices(
+                header.reference_block, header.quorum_numbers, non_signers
+            ).non_signer_quorum_bitmap_indices
+        return BatchSigners(
+            header=header,
+            non_signer_ids=non_signers,
+            non_signer_bitmap_indices=non_signer_bitmap_indices,
+            signer_ids=signers,
+            signer_bitmap_indices=signer_indices.non_signer_quorum_bitmap_indices,
+            quorum_apk_indices=signer_indices.quorum_apk_indices,
+        )
+
+    def _resolve(self, row: ChallengeRow, escalation: EscalationCertificate) -> ChallengeState:
+        verdict = escalation.verdict
+        signers = EMPTY_SIGNERS
+        if verdict == Verdict.REJECT:
+            signers = self.get_batch_signers(ag.Certificate.FromString(row.certificate))
+        try:
+            tx = self.chain.resolve_challenge(
+                row.challenge_id, verdict, escalation.reference_block, escalation.certificate, signers
+            )
+        except ContractRevertError as exc:
+            return self._after_revert(row, exc)
+        state = ChallengeState.UPHELD if verdict == Verdict.REJECT else ChallengeState.DISMISSED
+        self.store.update_challenge(
+            row.challenge_id,
+            state=state,
+            verdict=int(verdict),
+            reference_block=escalation.reference_block,
+            close_tx=tx,
+            error=None,
+        )
+        logger.warning(
+            "challenge resolved",
+            extra={"challenge_id": row.challenge_id, "verdict": verdict.name, "tx": "0x" + tx.hex()},
+        )
+        return state
+
+    def _expire(self, row: ChallengeRow) -> ChallengeState:
+        try:
+            tx = self.chain.expire_challenge(row.challenge_id)
+        except ContractRevertError as exc:
+            return self._after_revert(row, exc)
+        self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, close_tx=tx)
+        logger.warning("challenge expired unresolved", extra={"challenge_id": row.challenge_id})
+        return ChallengeState.EXPIRED
+
+    def _after_revert(self, row: ChallengeRow, exc: ContractRevertError) -> ChallengeState:
+        """Someone else ended it first (``ChallengeNotOpen``): record how; else keep it open."""
+        on_chain = self.chain.get_challenge(row.challenge_id)
+        state = STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
+        self.store.update_challenge(row.challenge_id, state=state, error=str(exc)[:2000])
+        logger.warning("challenge transaction reverted", extra={"challenge_id": row.challenge_id, "error": str(exc)})
+        return state

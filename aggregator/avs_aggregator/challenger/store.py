@@ -1,0 +1,194 @@
+"""The challenger's own persistence (SQLAlchemy; SQLite by default, PostgreSQL by URL).
+
+What it keeps, so that a restarted challenger neither challenges a leaf twice nor forgets a
+challenge: the next block to scan for ``BatchCertified`` events, every finding (one per batch and
+leaf), every challenge it opened with what resolving it needs (the leaf's certificate) and where it
+stands, and the attestations it has seen (equivocation evidence, ``avs_aggregator.evidence``).
+
+The schema is owned by Alembic (``challenger/migrations/``, version table
+``challenger_alembic_version``, every table named ``challenger_*``, so it may share a database with
+the aggregator's tables);
+``ChallengerStore`` upgrades to head when it opens the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from avs_aggregator.evidence import AttestationMixin, EquivocationMixin
+from avs_aggregator.store import create_database_engine, upgrade_database
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "challenger_alembic_version"
+
+
+class ChallengeState(StrEnum):
+    """Mirrors ``IFaultManagerTypes.ChallengeStatus`` once the challenge has ended."""
+
+    OPEN = "OPEN"
+    UPHELD = "UPHELD"  # the escalation quorum certified REJECT: the batch's signers were slashed
+    DISMISSED = "DISMISSED"  # it certified ACCEPT: the bond went to the insurance pool
+    EXPIRED = "EXPIRED"  # nobody resolved it within the resolution window: the bond came back
+
+
+FINAL_CHALLENGE_STATES = frozenset({ChallengeState.UPHELD, ChallengeState.DISMISSED, ChallengeState.EXPIRED})
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CursorRow(Base):
+    __tablename__ = "challenger_cursor"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger)
+
+
+class FindingRow(Base):
+    __tablename__ = "challenger_findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_index: Mapped[int] = mapped_column(BigInteger, index=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: the leaves were unavailable
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    verdict: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: could not be checked
+    detail: Mapped[str] = mapped_column(Text, default="")
+    challenge_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    challenge_tx: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ChallengeRow(Base):
+    __tablename__ = "challenger_challenges"
+
+    challenge_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    batch_index: Mapped[int] = mapped_column(BigInteger)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # avs.aggregator.v1.Certificate, serialised
+    opened_block: Mapped[int] = mapped_column(BigInteger)
+    open_tx: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    verdict: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the escalation quorum's
+    reference_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # of its certificate
+    close_tx: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)  # resolve or expire
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # escalation rounds without a certificate
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AttestationRow(AttestationMixin, Base):
+    __tablename__ = "challenger_attestations"
+
+
+class EquivocationRow(EquivocationMixin, Base):
+    __tablename__ = "challenger_equivocations"
+
+
+class ChallengerStore:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.engine = create_database_engine(url)
+        upgrade_database(self.engine, MIGRATIONS)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- scan position -----------------------------------------------------------------
+
+    def get_next_block(self) -> int | None:
+        with self.session() as s:
+            row = s.get(CursorRow, "next_block")
+            return None if row is None else row.block
+
+    def set_next_block(self, block: int) -> None:
+        with self.session() as s:
+            row = s.get(CursorRow, "next_block")
+            if row is None:
+                s.add(CursorRow(name="next_block", block=block))
+            else:
+                row.block = block
+
+    # --- findings ------------------------------------------------------------------------
+
+    def has_finding(self, batch_index: int, request_hash: bytes) -> bool:
+        with self.session() as s:
+            query = select(FindingRow.id).where(
+                FindingRow.batch_index == batch_index, FindingRow.request_hash == request_hash
+            )
+            return s.scalar(query.limit(1)) is not None
+
+    def add_finding(self, row: FindingRow) -> None:
+        with self.session() as s:
+            row.created_at = self.clock()
+            s.add(row)
+
+    def list_findings(self) -> list[FindingRow]:
+        with self.session() as s:
+            return list(s.scalars(select(FindingRow).order_by(FindingRow.id)))
+
+    # --- challenges ----------------------------------------------------------------------
+
+    def add_challenge(self, row: ChallengeRow) -> bool:
+        """Insert ``row``; False if that challenge id is already recorded."""
+        try:
+            with self.session() as s:
+                if s.get(ChallengeRow, row.challenge_id) is not None:
+                    return False
+                row.created_at = row.updated_at = self.clock()
+                s.add(row)
+            return True
+        except IntegrityError:
+            return False
+
+    def get_challenge(self, challenge_id: int) -> ChallengeRow | None:
+        with self.session() as s:
+            return s.get(ChallengeRow, challenge_id)
+
+    def find_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> ChallengeRow | None:
+        """The latest challenge of this leaf that did not expire (an expired one may be opened again)."""
+        with self.session() as s:
+            query = (
+                select(ChallengeRow)
+                .where(
+                    ChallengeRow.batch_index == batch_index,
+                    ChallengeRow.request_hash == request_hash,
+                    ChallengeRow.output_hash == output_hash,
+                    ChallengeRow.state != str(ChallengeState.EXPIRED),
+                )
+                .order_by(ChallengeRow.challenge_id.desc())
+            )
+            return s.scalars(query.limit(1)).first()
+
+    def update_challenge(self, challenge_id: int, **values: Any) -> None:
+        with self.session() as s:
+            row = s.get(ChallengeRow, challenge_id)
+            if row is None:
+                raise KeyError(challenge_id)
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = self.clock()
+
+    def list_challenges(self, states: Sequence[ChallengeState] | None = None) -> list[ChallengeRow]:
+        with self.session() as s:
+            query = select(ChallengeRow).order_by(ChallengeRow.challenge_id)
+            if states is not None:
+                query = query.where(ChallengeRow.state.in_([str(x) for x in states]))
+            return list(s.scalars(query))

@@ -1,0 +1,270 @@
+"""Equivocation evidence, shared by the aggregator and the challenger.
+
+Every attestation whose BLS signature the caller has checked is kept (``attestations``). When an
+operator's new attestation conflicts with one it signed before for the same request
+(``Attestation.is_conflicting``: two verdicts on one output, or ACCEPT of two outputs), the pair is
+recorded once per (operator, request) in ``equivocations`` and proven on-chain with
+``FaultManager.proveEquivocation``, whose fault id is keccak("EQUIVOCATION", operatorId,
+requestHash): one slash per operator and request. A proof not yet sent (a crash, a failed
+transaction) stays PENDING and ``report_pending`` sends it again after a restart; a proof the chain
+already has (``FaultAlreadySlashed``) counts as proven.
+
+The tables are mixins: the aggregator's and the challenger's stores each declare them on their own
+metadata (and migrations).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from enum import StrEnum
+from typing import Protocol, TypeVar, runtime_checkable
+
+from sqlalchemy import Float, Integer, LargeBinary, String, Text, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
+
+from avs.chain.client import ContractRevertError
+from avs.chain.faults import SignedAttestation
+from avs.crypto.curve import G1Point
+from avs.messages import Attestation, Verdict
+from avs.types import OperatorId
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EquivocationState(StrEnum):
+    PENDING = "PENDING"  # recorded, proof not (yet) accepted on-chain
+    PROVEN = "PROVEN"  # proveEquivocation succeeded, or the chain already had it
+    FAILED = "FAILED"  # the contract refused the proof for good (see ``error``)
+
+
+class AttestationMixin:
+    """One checked, signed attestation of one operator."""
+
+    __tablename__ = "attestations"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[UniqueConstraint]:
+        return (UniqueConstraint("operator_id", "request_hash", "output_hash", "verdict"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    operator_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    verdict: Mapped[int] = mapped_column(Integer)
+    signature: Mapped[str] = mapped_column(Text)  # JSON [x, y] hex
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class EquivocationMixin:
+    """Two conflicting attestations of one operator for one request, and the proof's progress."""
+
+    __tablename__ = "equivocations"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[UniqueConstraint]:
+        return (UniqueConstraint("operator_id", "request_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    operator_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    evidence: Mapped[str] = mapped_column(Text)  # JSON: the two signed attestations
+    tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+@runtime_checkable
+class EquivocationReporter(Protocol):
+    """Sends ``FaultManager.proveEquivocation`` and waits for it. Raises ``ContractRevertError``."""
+
+    def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes: ...
+
+
+# Reverts after which sending the same proof again cannot succeed.
+FINAL_REVERTS = frozenset({"NotConflicting", "InvalidAttestationSignature", "UnknownOperator", "NotSlashable"})
+
+
+def signed_to_json(signed: SignedAttestation) -> dict[str, object]:
+    a = signed.attestation
+    return {
+        "request_hash": "0x" + a.request_hash.hex(),
+        "output_hash": "0x" + a.output_hash.hex(),
+        "verdict": int(a.verdict),
+        "signature": [hex(signed.signature.x), hex(signed.signature.y)],
+    }
+
+
+def signed_from_json(data: dict[str, object]) -> SignedAttestation:
+    signature = data["signature"]
+    assert isinstance(signature, list)
+    attestation = Attestation(
+        bytes.fromhex(str(data["request_hash"])[2:]),
+        bytes.fromhex(str(data["output_hash"])[2:]),
+        Verdict(int(str(data["verdict"]))),
+    )
+    return SignedAttestation(attestation, G1Point(int(signature[0], 16), int(signature[1], 16)))
+
+
+class EvidenceBook:
+    """Records checked attestations, detects equivocations, proves each once."""
+
+    def __init__(
+        self,
+        session: Callable[[], AbstractContextManager[Session]],
+        attestation_row: type[AttestationMixin],
+        equivocation_row: type[EquivocationMixin],
+        reporter: EquivocationReporter | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._session = session
+        self._attestation_row = attestation_row
+        self._equivocation_row = equivocation_row
+        self.reporter = reporter
+        self._clock = clock
+
+    def record(self, operator_id: bytes, signed: SignedAttestation) -> bool:
+        """Keep ``signed`` (its signature already checked by the caller) and, when it conflicts with an
+        earlier attestation of ``operator_id`` for the same request, record the equivocation and
+        prove it. True if this call found a new equivocation."""
+        a = signed.attestation
+        new = _build(
+            self._attestation_row,
+            operator_id=operator_id,
+            request_hash=a.request_hash,
+            output_hash=a.output_hash,
+            verdict=int(a.verdict),
+            signature=json.dumps([hex(signed.signature.x), hex(signed.signature.y)]),
+            created_at=self._clock(),
+        )
+        try:
+            with self._session() as s:
+                earlier = list(
+                    s.scalars(
+                        select(self._attestation_row).where(
+                            self._attestation_row.operator_id == operator_id,
+                            self._attestation_row.request_hash == a.request_hash,
+                        )
+                    )
+                )
+                if any(_same(row, a) for row in earlier):
+                    return False
+                s.add(new)
+        except IntegrityError:  # recorded concurrently
+            return False
+        conflict = next((row for row in earlier if _attestation(row).is_conflicting(a)), None)
+        if conflict is None:
+            return False
+        first = SignedAttestation(_attestation(conflict), _signature(conflict))
+        if not self._add_equivocation(operator_id, a.request_hash, first, signed):
+            return False
+        logger.warning(
+            "operator equivocated",
+            extra={"operator": "0x" + operator_id.hex(), "request": "0x" + a.request_hash.hex()},
+        )
+        self.report_pending()
+        return True
+
+    def _add_equivocation(
+        self, operator_id: bytes, request_hash: bytes, a: SignedAttestation, b: SignedAttestation
+    ) -> bool:
+        now = self._clock()
+        try:
+            with self._session() as s:
+                existing = s.scalar(
+                    select(self._equivocation_row.id).where(
+                        self._equivocation_row.operator_id == operator_id,
+                        self._equivocation_row.request_hash == request_hash,
+                    )
+                )
+                if existing is not None:
+                    return False
+                s.add(
+                    _build(
+                        self._equivocation_row,
+                        operator_id=operator_id,
+                        request_hash=request_hash,
+                        state=EquivocationState.PENDING,
+                        evidence=json.dumps([signed_to_json(a), signed_to_json(b)]),
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def list_equivocations(self, state: EquivocationState | None = None) -> list[EquivocationMixin]:
+        with self._session() as s:
+            query = select(self._equivocation_row).order_by(self._equivocation_row.id)
+            if state is not None:
+                query = query.where(self._equivocation_row.state == str(state))
+            return list(s.scalars(query))
+
+    def report_pending(self, max_attempts: int = 10) -> int:
+        """Send the proofs still PENDING (after a restart too); returns how many were proven now."""
+        if self.reporter is None:
+            return 0
+        proven = 0
+        for row in self.list_equivocations(EquivocationState.PENDING):
+            if row.attempts >= max_attempts:
+                continue
+            proven += self._report(row, max_attempts)
+        return proven
+
+    def _report(self, row: EquivocationMixin, max_attempts: int) -> int:
+        assert self.reporter is not None
+        a, b = (signed_from_json(item) for item in json.loads(row.evidence))
+        values: dict[str, object] = {"attempts": row.attempts + 1}
+        try:
+            values["tx_hash"] = self.reporter.prove_equivocation(OperatorId(row.operator_id), a, b)
+            values["state"] = EquivocationState.PROVEN
+        except ContractRevertError as exc:
+            if exc.name == "FaultAlreadySlashed":
+                values["state"] = EquivocationState.PROVEN
+                values["error"] = "already proven on-chain"
+            else:
+                values["error"] = str(exc)[:2000]
+                if exc.name in FINAL_REVERTS or row.attempts + 1 >= max_attempts:
+                    values["state"] = EquivocationState.FAILED
+        except Exception as exc:  # the chain is unreachable: PENDING, sent again later
+            logger.warning("could not prove the equivocation yet", extra={"error": str(exc)})
+            values["error"] = str(exc)[:2000]
+        self._update(row.id, values)
+        return 1 if values.get("state") == EquivocationState.PROVEN else 0
+
+    def _update(self, row_id: int, values: dict[str, object]) -> None:
+        with self._session() as s:
+            row = s.get(self._equivocation_row, row_id)
+            assert row is not None
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = self._clock()
+
+
+def _attestation(row: AttestationMixin) -> Attestation:
+    return Attestation(row.request_hash, row.output_hash, Verdict(row.verdict))
+
+
+def _signature(row: AttestationMixin) -> G1Point:
+    x, y = json.loads(row.signature)
+    return G1Point(int(x, 16), int(y, 16))
+
+
+def _same(row: AttestationMixin, attestation: Attestation) -> bool:
+    return row.output_hash == attestation.output_hash and row.verdict == int(attestation.verdict)
+
+
+def _build(cls: type[T], **values: object) -> T:
+    row = cls()
+    for key, value in values.items():
+        setattr(row, key, value)
+    return row

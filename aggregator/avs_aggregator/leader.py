@@ -1,0 +1,145 @@
+"""Leader election for several aggregators on one database: a lease row with an expiry.
+
+One row per lease name in ``leases``: (holder, expires_at, term). ``try_acquire`` is one
+conditional UPDATE -- take or extend the lease when it is ours or expired -- so it is atomic on
+PostgreSQL and SQLite alike; the first holder INSERTs the row (a concurrent INSERT loses on the
+primary key and retries the UPDATE). ``term`` grows by one at every change of holder: a fencing
+token (an old leader that wakes up after a pause sees its term is gone).
+
+``LeaderElector`` runs the loop a daemon needs: a standby tries every ``ttl / 3`` seconds; once
+elected it calls ``on_elected`` (start driving the pipeline) and renews at the same pace; a renewal
+that fails (someone else took the expired lease, or the database is unreachable for longer than the
+lease) calls ``on_demoted`` (stop driving at once; the new leader resumes from the database the way
+a restarted aggregator does). The expiry uses the aggregators' clocks: keep ``ttl`` well above
+their skew (NTP keeps it in milliseconds; the default ttl is 15 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import case, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from avs_aggregator.store import LeaseRow, Store
+
+logger = logging.getLogger(__name__)
+
+
+class LeaderLease:
+    def __init__(
+        self,
+        store: Store,
+        holder: str,
+        ttl: float = 15.0,
+        name: str = "aggregator",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.holder = holder
+        self.ttl = ttl
+        self.name = name
+        self.clock = clock
+        self.term: int | None = None  # the term this holder was elected in, while it holds the lease
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free or expired, or extend it if it is ours; True if we hold it."""
+        now = self.clock()
+        for _ in range(2):
+            with self.store.session() as s:
+                taken = s.execute(
+                    update(LeaseRow)
+                    .where(
+                        LeaseRow.name == self.name,
+                        (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now),
+                    )
+                    .values(
+                        expires_at=now + self.ttl,
+                        term=case((LeaseRow.holder == self.holder, LeaseRow.term), else_=LeaseRow.term + 1),
+                        holder=self.holder,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                    self.term = s.scalar(select(LeaseRow.term).where(LeaseRow.name == self.name))
+                    return True
+                if s.get(LeaseRow, self.name) is not None:  # held by someone else, not expired
+                    self.term = None
+                    return False
+            try:
+                with self.store.session() as s:
+                    s.execute(
+                        insert(LeaseRow).values(name=self.name, holder=self.holder, expires_at=now + self.ttl, term=1)
+                    )
+                self.term = 1
+                return True
+            except IntegrityError:  # another aggregator inserted it first: try the UPDATE again
+                continue
+        self.term = None
+        return False
+
+    def release(self) -> None:
+        """Give the lease up now (a clean stop), so a standby need not wait for the expiry."""
+        with self.store.session() as s:
+            s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == self.name, LeaseRow.holder == self.holder)
+                .values(expires_at=0.0)
+                .execution_options(synchronize_session=False)
+            )
+        self.term = None
+
+    def get_holder(self) -> tuple[str, float, int] | None:
+        """(holder, expires_at, term) of the lease, or None before anyone took it."""
+        with self.store.session() as s:
+            row = s.get(LeaseRow, self.name)
+            return None if row is None else (row.holder, row.expires_at, row.term)
+
+
+class LeaderElector:
+    """Keeps trying for (then renewing) ``lease`` on a thread; calls back on each change."""
+
+    def __init__(self, lease: LeaderLease, on_elected: Callable[[int], None], on_demoted: Callable[[], None]) -> None:
+        self.lease = lease
+        self.on_elected = on_elected
+        self.on_demoted = on_demoted
+        self.is_leader = False
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="leader-election", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, release: bool = True) -> None:
+        self._stopped.set()
+        self._thread.join(self.lease.ttl)
+        if self.is_leader and release:
+            try:
+                self.lease.release()
+            except Exception as exc:
+                logger.warning("could not release the leader lease", extra={"error": str(exc)})
+        self.is_leader = False
+
+    def step(self) -> None:
+        """One try/renew and the callbacks it implies (the loop's body; tests call it directly)."""
+        try:
+            held = self.lease.try_acquire()
+        except Exception as exc:  # the database is unreachable: we cannot know we still hold it
+            logger.warning("leader lease not renewed", extra={"error": str(exc)})
+            held = False
+        if held and not self.is_leader:
+            self.is_leader = True
+            logger.warning("elected leader", extra={"holder": self.lease.holder, "term": self.lease.term})
+            self.on_elected(self.lease.term or 0)
+        elif not held and self.is_leader:
+            self.is_leader = False
+            logger.warning("lost the leader lease; standing by", extra={"holder": self.lease.holder})
+            self.on_demoted()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self.step()
+            self._stopped.wait(self.lease.ttl / 3)

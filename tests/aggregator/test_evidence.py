@@ -1,0 +1,139 @@
+"""Equivocation evidence (on SQLite and PostgreSQL): conflicting signed attestations of one operator
+for one request are proven on-chain once, also across restarts, by the aggregator's pipeline."""
+
+from __future__ import annotations
+
+from avs.chain.client import ContractRevertError
+from avs.chain.faults import SignedAttestation
+from avs.messages import Attestation, Verdict, compute_request_hash
+from avs.types import OperatorId
+from avs_aggregator import protocol
+from avs_aggregator.evidence import EquivocationState, EvidenceBook
+from avs_aggregator.pipeline import Pipeline
+from avs_aggregator.store import AttestationRow, EquivocationRow, RequestState, Store
+from tests.aggregator.fakes import DOMAIN, FakeFaultManager, FakeNetwork, make_envelope
+from tests.aggregator.test_pipeline import SETTINGS
+
+REQUEST = b"\x01" * 32
+
+
+def signed(network: FakeNetwork, index: int, output: bytes, verdict: Verdict) -> SignedAttestation:
+    return SignedAttestation(
+        Attestation(REQUEST, output, verdict), network.operators[index].attest(REQUEST, output, verdict)
+    )
+
+
+class Unreachable:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes:
+        self.calls += 1
+        raise ConnectionError("rpc down")
+
+
+def book(store: Store, reporter: object) -> EvidenceBook:
+    return EvidenceBook(store.session, AttestationRow, EquivocationRow, reporter, store.clock)  # type: ignore[arg-type]
+
+
+def test_conflicting_attestations_are_proven_once(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 20}])
+    manager = FakeFaultManager(network)
+    store = Store(db)
+    evidence = book(store, manager)
+    operator = network.operators[0].keys.operator_id
+    assert not evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
+    assert not evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))  # the same again
+    assert not evidence.record(operator, signed(network, 0, b"\xbb" * 32, Verdict.REJECT))  # honest: rejects another
+    assert evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.REJECT))  # two verdicts on one output
+    assert manager.equivocations == [(operator, REQUEST)]
+    assert not evidence.record(operator, signed(network, 0, b"\xcc" * 32, Verdict.ACCEPT))  # one fault per request
+    [row] = evidence.list_equivocations()
+    assert row.state == EquivocationState.PROVEN and row.tx_hash
+    assert manager.calls.count("prove_equivocation") == 1
+    other = network.operators[1].keys.operator_id
+    assert not evidence.record(other, signed(network, 1, b"\xbb" * 32, Verdict.ACCEPT))  # other operators: own book
+    store.close()
+
+
+def test_a_proof_not_sent_before_a_restart_is_sent_after_it(db: str) -> None:
+    network = FakeNetwork([{0: 10}])
+    store = Store(db)
+    down = Unreachable()
+    evidence = book(store, down)
+    operator = network.operators[0].keys.operator_id
+    evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
+    assert evidence.record(operator, signed(network, 0, b"\xbb" * 32, Verdict.ACCEPT))
+    assert down.calls == 1 and evidence.list_equivocations()[0].state == EquivocationState.PENDING
+    store.close()
+
+    store = Store(db)  # restarted: the pending proof is sent
+    manager = FakeFaultManager(network)
+    assert book(store, manager).report_pending() == 1
+    assert manager.equivocations == [(operator, REQUEST)]
+    assert book(store, manager).report_pending() == 0  # proven: not sent again
+    store.close()
+
+
+def test_a_proof_the_chain_already_has_counts_as_proven(db: str) -> None:
+    network = FakeNetwork([{0: 10}])
+    manager = FakeFaultManager(network)
+    store = Store(db)
+    operator = network.operators[0].keys.operator_id
+    a, b = signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT), signed(network, 0, b"\xbb" * 32, Verdict.ACCEPT)
+    manager.prove_equivocation(OperatorId(operator), a, b)  # someone else proved it first
+    evidence = book(store, manager)
+    evidence.record(operator, a)
+    assert evidence.record(operator, b)
+    [row] = evidence.list_equivocations()
+    assert row.state == EquivocationState.PROVEN and row.error == "already proven on-chain"
+    store.close()
+
+
+def test_a_refused_proof_is_not_sent_again(db: str) -> None:
+    network = FakeNetwork([{0: 10}])
+
+    class Refuses:
+        calls = 0
+
+        def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes:
+            Refuses.calls += 1
+            raise ContractRevertError("InvalidAttestationSignature", ())
+
+    store = Store(db)
+    evidence = book(store, Refuses())
+    operator = network.operators[0].keys.operator_id
+    evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
+    evidence.record(operator, signed(network, 0, b"\xbb" * 32, Verdict.ACCEPT))
+    assert evidence.list_equivocations()[0].state == EquivocationState.FAILED
+    assert evidence.report_pending() == 0 and Refuses.calls == 1
+    store.close()
+
+
+def test_the_pipeline_proves_a_verifier_that_accepts_two_outputs(db: str) -> None:
+    """Attempt 0: a cheating primary's output is rejected by 70% (the equivocator accepts it);
+    attempt 1: an honest primary's output, which the equivocator accepts too -> proven on-chain."""
+    network = FakeNetwork([{0: 20}, {0: 10}, {0: 35}, {0: 35}])
+    cheater, equivocator = network.operators[0], network.operators[1]
+    cheater.behaviour, equivocator.behaviour = "cheat", "accept_all"
+    operator_set = network.get_operator_set(network.get_reference_block()[0])
+    nonce = next(
+        n
+        for n in range(500)
+        if protocol.select_primary(
+            operator_set, b"\x00", compute_request_hash(DOMAIN, make_envelope(n).request), 0
+        ).operator_id
+        == cheater.keys.operator_id
+    )
+    manager = FakeFaultManager(network)
+    store = Store(db)
+    pipeline = Pipeline(DOMAIN, store, network, network, network, SETTINGS, equivocation_reporter=manager)
+    request_hash = pipeline.submit(make_envelope(nonce))
+    pipeline.run_until_idle()
+    row = store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt >= 1
+    assert manager.equivocations == [(equivocator.keys.operator_id, request_hash)]
+    [proof] = pipeline.evidence.list_equivocations()
+    assert proof.state == EquivocationState.PROVEN
+    pipeline.close()
+    store.close()

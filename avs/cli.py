@@ -148,28 +148,108 @@ def cmd_version(_: argparse.Namespace) -> int:
 # --- requester: request, verify (issue 7) -----------------------------------------------
 
 
+def load_requester_key(args: argparse.Namespace) -> bytes | None:
+    """The requester's ECDSA secret: ``--requester-key NAME`` (a keystore in ``--keys-dir``, or a
+    keystore file's path; password from ``--password-env`` or a prompt) or ``--requester-key-env
+    VAR`` (a 0x-hex key in that environment variable). Never printed or logged."""
+    if args.requester_key and args.requester_key_env:
+        raise InvalidInputError("give --requester-key or --requester-key-env, not both")
+    if args.requester_key_env:
+        value = os.environ.get(args.requester_key_env, "")
+        if not value:
+            raise InvalidInputError(f"${args.requester_key_env} is not set")
+        try:
+            return bytes(Account.from_key(value).key)
+        except Exception:  # its message could quote the secret: say nothing of it
+            raise InvalidInputError(f"${args.requester_key_env} does not hold an ECDSA secret key") from None
+    if not args.requester_key:
+        return None
+    path = Path(args.requester_key)
+    if not path.is_file():
+        path = keystore.get_key_path(args.keys_dir, args.requester_key, "ecdsa")
+        if not path.is_file():
+            raise KeystoreError(f"no ECDSA key named {args.requester_key!r} in {args.keys_dir}")
+    return keystore.load_ecdsa_keystore(path, read_password(args.password_env, confirm=False))
+
+
+def parse_token_amount(text: str, decimals: int = 18) -> int:
+    """``"2"``, ``"0.5"`` (tokens) or ``"1500000000000000000wei"`` -> base units."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        if text.endswith("wei"):
+            value = int(text.removesuffix("wei"))
+        else:
+            scaled = Decimal(text) * (Decimal(10) ** decimals)
+            if scaled != scaled.to_integral_value():
+                raise InvalidInputError(f"--insure {text}: more than {decimals} decimals")
+            value = int(scaled)
+    except (InvalidOperation, ValueError) as exc:
+        raise InvalidInputError(f"--insure must be an amount of tokens (e.g. 2 or 0.5), got {text!r}") from exc
+    if value <= 0:
+        raise InvalidInputError("--insure must be positive")
+    return value
+
+
+def format_tokens(amount: int, decimals: int = 18) -> str:
+    from decimal import Decimal
+
+    return f"{Decimal(amount) / (Decimal(10) ** decimals):f}".rstrip("0").rstrip(".") or "0"
+
+
+def _refused(exc: Exception) -> AvsError:
+    """A one-line error for an aggregator's gRPC refusal (its status code and message)."""
+    code = getattr(exc, "code", lambda: None)()
+    details = getattr(exc, "details", lambda: None)() or str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    return AvsError(f"the aggregator refused the request ({name}): {details}")
+
+
 def cmd_request(args: argparse.Namespace) -> int:
-    """Submit a prompt to an aggregator, show progress on stderr, print (and save) the certificate."""
+    """Submit a prompt to an aggregator (insured with ``--insure``), show progress on stderr, print
+    (and save) the certificate."""
+    import grpc
+
     from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate
 
+    secret = load_requester_key(args)
+    requester = Account.from_key(secret).address if secret is not None else args.requester
+    if not requester:
+        raise InvalidInputError("name the requester: --requester 0xADDRESS, or its key with --requester-key")
+    if args.requester and requester.lower() != args.requester.lower():
+        raise InvalidInputError(f"--requester {args.requester} is not the address of the requester key ({requester})")
+    if args.insure is not None and secret is None:
+        raise InvalidInputError("--insure needs the requester's key (--requester-key or --requester-key-env)")
+    if secret is not None and not args.deployment:
+        raise InvalidInputError("a signed or insured request needs --deployment (the AVS's deployment JSON)")
     quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
+    fields = {
+        "requester": requester,
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "temperature_milli": round(args.temperature * 1000),
+        "seed": args.seed,
+        "quorums": quorums,
+        "threshold_bps": args.threshold,
+    }
+    messages = [{"role": "user", "content": args.prompt}]
     with AggregatorClient(args.aggregator) as client:
-        request_hash = client.submit(
-            [{"role": "user", "content": args.prompt}],
-            model=args.model,
-            requester=args.requester,
-            max_tokens=args.max_tokens,
-            temperature_milli=round(args.temperature * 1000),
-            seed=args.seed,
-            quorums=quorums,
-            threshold_bps=args.threshold,
-        )
+        try:
+            if secret is None:
+                request_hash = client.submit(messages, **fields)
+            else:
+                request_hash = _submit_signed(args, client, messages, fields, secret)
+        except grpc.RpcError as exc:
+            raise _refused(exc) from None
         print(f"request 0x{request_hash.hex()}", file=sys.stderr)
 
         def progress(status: object) -> None:
             print(f"  {get_state_name(status.state)}", file=sys.stderr)  # type: ignore[attr-defined]
 
-        status = client.wait(request_hash, timeout=args.timeout, on_progress=progress)
+        try:
+            status = client.wait(request_hash, timeout=args.timeout, on_progress=progress)
+        except grpc.RpcError as exc:
+            raise _refused(exc) from None
     certificate = status.certificate
     check = verify_certificate(certificate)
     print(status.output_text)
@@ -182,6 +262,71 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.write_text(certificate_to_json(certificate))
     return 0 if check.ok else 1
+
+
+def _submit_signed(
+    args: argparse.Namespace, client: Any, messages: list[dict[str, str]], fields: dict[str, Any], secret: bytes
+) -> bytes:
+    """Prepare the request, buy its coverage first with ``--insure``, then submit it signed."""
+    from web3 import Web3
+
+    from avs.chain.deployment import load_deployment
+    from avs.chain.insurance import InsuranceBuyer
+    from avs.messages import Domain
+
+    deployment = load_deployment(args.deployment)
+    domain = Domain(deployment.chain_id, deployment.task_manager)
+    prepared = client.prepare(messages, **fields)
+    if args.insure is not None:
+        w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+        if w3.eth.chain_id != deployment.chain_id:
+            raise InvalidInputError(f"{args.rpc_url} is not chain {deployment.chain_id} of {args.deployment}")
+        buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+        quorum = args.insure_quorum if args.insure_quorum is not None else prepared.quorums[0]
+        if quorum not in prepared.quorums:
+            raise InvalidInputError(
+                f"--insure-quorum {quorum} is not one of the request's quorums {list(prepared.quorums)}"
+            )
+        amount = parse_token_amount(args.insure)
+        print(f"insuring request 0x{prepared.request_hash.hex()} for {format_tokens(amount)} tokens", file=sys.stderr)
+        purchase = buyer.buy(prepared.request, quorum, amount)
+        print(
+            f"  coverage bought against quorum {purchase.quorum_number}: premium {format_tokens(purchase.premium)} "
+            f"tokens, active until block {purchase.expires_at_block} (tx 0x{purchase.tx_hash.hex()})",
+            file=sys.stderr,
+        )
+    return bytes(client.submit_prepared(prepared, domain=domain, requester_key=secret, insured=args.insure is not None))
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    """Collect the payout of an insured request after fraud on it was proven."""
+    from web3 import Web3
+
+    from avs.chain.deployment import load_deployment
+    from avs.chain.insurance import InsuranceBuyer
+
+    secret = load_requester_key(args)
+    if secret is None:
+        raise InvalidInputError("claiming needs the requester's key (--requester-key or --requester-key-env)")
+    deployment = load_deployment(args.deployment)
+    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+    buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+    request_hash = parse_message_hash(args.request_hash)
+    before = buyer.get_balance()
+    paid = buyer.claim(request_hash)
+    after = buyer.get_balance()
+    print(
+        json.dumps(
+            {
+                "request_hash": "0x" + request_hash.hex(),
+                "paid": str(paid),
+                "balance_before": str(before),
+                "balance_after": str(after),
+            },
+            indent=2,
+        )
+    )
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -219,12 +364,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def add_requester_key_options(parser: argparse.ArgumentParser) -> None:
+    keys = parser.add_argument_group("requester key (ECDSA; never printed)")
+    keys.add_argument("--requester-key", help="a keystore name in --keys-dir, or a keystore file's path")
+    keys.add_argument("--requester-key-env", help="environment variable holding a 0x-hex secret key instead")
+    keys.add_argument(
+        "--keys-dir", type=Path, default=default_keys_dir(), help=f"default ${KEYS_DIR_ENV} or ~/.avs/keys"
+    )
+    keys.add_argument(
+        "--password-env", default=DEFAULT_PASSWORD_ENV, help="environment variable holding the keystore password"
+    )
+
+
 def add_requester_commands(commands: Any) -> None:
     request = commands.add_parser("request", help="ask an aggregator for a certified completion")
     request.add_argument("prompt")
     request.add_argument("--aggregator", default="127.0.0.1:50060", help="the aggregator's gRPC host:port")
     request.add_argument("--model", required=True, help="model name (the aggregator's ListModels)")
-    request.add_argument("--requester", required=True, help="your 0x address (the request's requester)")
+    request.add_argument("--requester", help="your 0x address (default: the address of --requester-key)")
     request.add_argument("--quorum", type=int, action="append", help="quorum number (repeatable)")
     request.add_argument("--threshold", type=int, default=0, help="stake share per quorum, basis points")
     request.add_argument("--max-tokens", type=int, default=64)
@@ -232,7 +389,19 @@ def add_requester_commands(commands: Any) -> None:
     request.add_argument("--seed", type=int, default=0)
     request.add_argument("--timeout", type=float, default=600.0)
     request.add_argument("--out", type=Path, help="write the certificate JSON here")
+    insurance = request.add_argument_group("insurance (pays out from slashed stake if the output is proven wrong)")
+    insurance.add_argument("--insure", metavar="AMOUNT", help="buy this much coverage (tokens of the pool's asset)")
+    insurance.add_argument("--insure-quorum", type=int, help="the quorum to insure against (default: the first)")
+    insurance.add_argument("--deployment", type=Path, help="the AVS's deployment JSON (contract addresses)")
+    insurance.add_argument("--rpc-url", default="http://127.0.0.1:8545", help="an RPC endpoint of that chain")
+    add_requester_key_options(request)
     request.set_defaults(func=cmd_request)
+    claim = commands.add_parser("claim", help="collect the insurance payout of a request proven wrong")
+    claim.add_argument("request_hash", help="0x request hash")
+    claim.add_argument("--deployment", type=Path, required=True, help="the AVS's deployment JSON")
+    claim.add_argument("--rpc-url", default="http://127.0.0.1:8545")
+    add_requester_key_options(claim)
+    claim.set_defaults(func=cmd_claim)
     verify = commands.add_parser("verify", help="verify a certificate JSON offline (and on-chain with --rpc-url)")
     verify.add_argument("certificate", type=Path)
     verify.add_argument("--rpc-url", help="also check verifyLeaf on this chain")

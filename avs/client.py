@@ -6,6 +6,18 @@
     check = verify_certificate(status.certificate)   # offline: no chain, no operator
     assert check.ok, check.problems
 
+An insured request is prepared first (the aggregator completes it and answers its hash without
+accepting it), covered on-chain (``avs.chain.insurance.InsuranceBuyer.buy``), then submitted
+signed and ``insured``; the aggregator refuses it (FAILED_PRECONDITION) unless the coverage is
+active, the requester's, and against one of the request's quorums:
+
+    prepared = client.prepare(messages, requester=me.address, model="smollm2")
+    InsuranceBuyer(w3, deployment, me).buy(prepared.request, prepared.quorums[0], amount)
+    request_hash = client.submit_prepared(prepared, domain=domain, requester_key=key, insured=True)
+
+``wait`` follows the status stream and survives aggregator restarts (reconnecting with backoff
+until its deadline).
+
 Offline verification checks everything the certificate states about itself: the request hash is
 the EIP-712 digest of the request, the output hash commits to the tokens under the model, the
 leaf is in the batch's Merkle root, the signatory record hash matches the non-signers, and the
@@ -17,7 +29,9 @@ manager's ``verifyLeaf``.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +49,7 @@ from avs.messages import (
     TOP_P_ONE,
     Domain,
     InferenceOutput,
+    InferenceRequest,
     compute_digest,
     compute_output_hash,
     compute_request_hash,
@@ -46,6 +61,8 @@ from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.types import Bytes32
 
+logger = logging.getLogger(__name__)
+
 Certificate = ag.Certificate
 RequestStatus = ag.RequestStatus
 FINAL_STATES = frozenset({ag.REQUEST_STATE_CERTIFIED, ag.REQUEST_STATE_FAILED})
@@ -53,6 +70,18 @@ FINAL_STATES = frozenset({ag.REQUEST_STATE_CERTIFIED, ag.REQUEST_STATE_FAILED})
 
 class RequestFailedError(AvsError):
     """The aggregator could not certify the request (see the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A request completed by the aggregator's ``Prepare``: the EIP-712 request (what coverage is
+    bought for), its protobuf form (what is submitted), its hash, quorums and threshold."""
+
+    request: InferenceRequest
+    message: op.InferenceRequest
+    request_hash: bytes
+    quorums: bytes
+    threshold_bps: int
 
 
 def compute_signatory_record_hash(reference_block: int, non_signer_ids: Sequence[bytes]) -> Bytes32:
@@ -66,7 +95,7 @@ def get_state_name(state: int) -> str:
 
 class AggregatorClient:
     def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ag_grpc.AggregatorServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
 
@@ -82,6 +111,42 @@ class AggregatorClient:
     def list_models(self) -> dict[str, bytes]:
         response: ag.ListModelsResponse = self._stub.ListModels(ag.ListModelsRequest(), timeout=self._timeout)
         return {m.name: bytes(m.model_id) for m in response.models}
+
+    def _build(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        requester: str,
+        model: str,
+        model_id: bytes,
+        max_tokens: int,
+        temperature_milli: int,
+        top_k: int,
+        top_p_micro: int,
+        seed: int,
+        stop_sequences: Sequence[str],
+        nonce: int | None,
+        prompt_hash: bytes,
+        quorums: bytes,
+        threshold_bps: int,
+    ) -> ag.SubmitRequest:
+        if not model and not model_id:
+            raise InvalidInputError("name a model (model=...) or give its id (model_id=...)")
+        request = op.InferenceRequest(
+            model_id=model_id,
+            prompt_hash=prompt_hash,
+            temperature_milli=temperature_milli,
+            top_k=top_k,
+            top_p_micro=top_p_micro,
+            seed=seed,
+            max_tokens=max_tokens,
+            stop_sequences_hash=compute_stop_sequences_hash(list(stop_sequences)),
+            requester=requester,
+            nonce=(secrets.randbits(256) if nonce is None else nonce).to_bytes(32, "big"),
+            messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            stop_sequences=list(stop_sequences),
+        )
+        return ag.SubmitRequest(request=request, model_name=model, quorum_numbers=quorums, threshold_bps=threshold_bps)
 
     def submit(
         self,
@@ -105,29 +170,99 @@ class AggregatorClient:
     ) -> bytes:
         """Submit; returns the request hash. With ``requester_key`` (and ``domain``), the request is
         signed by the requester; the aggregator then checks that signature."""
-        if not model and not model_id:
-            raise InvalidInputError("name a model (model=...) or give its id (model_id=...)")
-        request = op.InferenceRequest(
+        message = self._build(
+            messages,
+            requester=requester,
+            model=model,
             model_id=model_id,
-            prompt_hash=prompt_hash,
+            max_tokens=max_tokens,
             temperature_milli=temperature_milli,
             top_k=top_k,
             top_p_micro=top_p_micro,
             seed=seed,
-            max_tokens=max_tokens,
-            stop_sequences_hash=compute_stop_sequences_hash(list(stop_sequences)),
-            requester=requester,
-            nonce=(secrets.randbits(256) if nonce is None else nonce).to_bytes(32, "big"),
-            messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-            stop_sequences=list(stop_sequences),
-        )
-        message = ag.SubmitRequest(
-            request=request, model_name=model, quorum_numbers=quorums, threshold_bps=threshold_bps
+            stop_sequences=stop_sequences,
+            nonce=nonce,
+            prompt_hash=prompt_hash,
+            quorums=quorums,
+            threshold_bps=threshold_bps,
         )
         if requester_key is not None:
             if domain is None or not model_id or not prompt_hash:
                 raise InvalidInputError("signing a request needs the domain, model_id and prompt_hash")
-            digest = compute_request_hash(domain, convert.request_from_proto(request).request)
+            digest = compute_request_hash(domain, convert.request_from_proto(message.request).request)
+            message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
+        response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
+        return bytes(response.request_hash)
+
+    def prepare(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        requester: str,
+        model: str = "",
+        model_id: bytes = b"",
+        max_tokens: int = 64,
+        temperature_milli: int = 0,
+        top_k: int = 0,
+        top_p_micro: int = TOP_P_ONE,
+        seed: int = 0,
+        stop_sequences: Sequence[str] = (),
+        nonce: int | None = None,
+        prompt_hash: bytes = b"",
+        quorums: bytes = b"",
+        threshold_bps: int = 0,
+    ) -> PreparedRequest:
+        """The request as the aggregator completes it (model id, prompt hash, default quorums and
+        threshold) and its request hash, without submitting it: what an insured requester buys
+        coverage for before ``submit_prepared``."""
+        message = self._build(
+            messages,
+            requester=requester,
+            model=model,
+            model_id=model_id,
+            max_tokens=max_tokens,
+            temperature_milli=temperature_milli,
+            top_k=top_k,
+            top_p_micro=top_p_micro,
+            seed=seed,
+            stop_sequences=stop_sequences,
+            nonce=nonce,
+            prompt_hash=prompt_hash,
+            quorums=quorums,
+            threshold_bps=threshold_bps,
+        )
+        response: ag.PreparedRequest = self._stub.Prepare(message, timeout=self._timeout)
+        envelope = convert.request_from_proto(response.request)
+        return PreparedRequest(
+            envelope.request,
+            response.request,
+            bytes(response.request_hash),
+            bytes(response.quorum_numbers),
+            response.threshold_bps,
+        )
+
+    def submit_prepared(
+        self,
+        prepared: PreparedRequest,
+        *,
+        domain: Domain,
+        requester_key: bytes | None = None,
+        insured: bool = False,
+    ) -> bytes:
+        """Submit a prepared request (its quorums and threshold as prepared), signed by the requester
+        when ``requester_key`` is given, and flagged ``insured`` (the aggregator then checks the
+        coverage). The request hash is recomputed here: a prepared request whose hash is not the
+        digest of its request under ``domain`` is refused before anything is signed."""
+        digest = compute_request_hash(domain, prepared.request)
+        if digest != prepared.request_hash:
+            raise InvalidInputError("the aggregator's request hash is not the digest of the prepared request")
+        message = ag.SubmitRequest(
+            request=prepared.message,
+            quorum_numbers=prepared.quorums,
+            threshold_bps=prepared.threshold_bps,
+            insured=insured,
+        )
+        if requester_key is not None:
             message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
         response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
         return bytes(response.request_hash)
@@ -148,24 +283,83 @@ class AggregatorClient:
         timeout: float = 600.0,
         on_progress: Callable[[ag.RequestStatus], None] | None = None,
     ) -> ag.RequestStatus:
-        """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``)."""
-        last: ag.RequestStatus | None = None
-        try:
-            for status in self._stub.WatchStatus(ag.GetStatusRequest(request_hash=request_hash), timeout=timeout):
-                last = status
-                if on_progress is not None:
-                    on_progress(status)
-                if status.state in FINAL_STATES:
-                    break
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceededError(f"the request was not certified within {timeout} s") from exc
-            raise
-        if last is None or last.state not in FINAL_STATES:
-            raise DeadlineExceededError("the status stream ended before a final state")
-        if last.state == ag.REQUEST_STATE_FAILED:
-            raise RequestFailedError(last.error or "the request failed")
-        return last
+        """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``).
+
+        Watches the status stream; when the stream breaks (the aggregator restarted, the network
+        dropped), it reconnects with exponential backoff, asking ``GetStatus`` meanwhile, until
+        ``timeout`` seconds have passed (``DeadlineExceededError``). ``on_progress`` sees each
+        (state, attempt) once, however many reconnections there were."""
+        deadline = time.monotonic() + timeout
+        follower = _StatusFollower(on_progress)
+        delay = RECONNECT_INITIAL_SECONDS
+        query = ag.GetStatusRequest(request_hash=request_hash)
+        while True:
+            try:
+                for status in self._stub.WatchStatus(query, timeout=_remaining(deadline, timeout)):
+                    delay = RECONNECT_INITIAL_SECONDS
+                    if follower.see(status):
+                        return _finish(status)
+            except grpc.RpcError as exc:
+                _raise_unless_retryable(exc)
+            logger.info("the status stream broke; reconnecting", extra={"delay_seconds": delay})
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            try:
+                status = self._stub.GetStatus(query, timeout=min(self._timeout, _remaining(deadline, timeout)))
+            except grpc.RpcError as exc:
+                _raise_unless_retryable(exc)
+                continue
+            if follower.see(status):
+                return _finish(status)
+
+
+RECONNECT_INITIAL_SECONDS = 0.25
+RECONNECT_MAX_SECONDS = 5.0
+# A broken connection (the aggregator restarting) shows as one of these; anything else is an answer.
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
+)
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+
+
+class _StatusFollower:
+    """Passes each new (state, attempt) to ``on_progress``; says when a status is final."""
+
+    def __init__(self, on_progress: Callable[[ag.RequestStatus], None] | None) -> None:
+        self._on_progress = on_progress
+        self._last: tuple[int, int] | None = None
+
+    def see(self, status: ag.RequestStatus) -> bool:
+        key = (int(status.state), int(status.attempt))
+        if key != self._last:
+            self._last = key
+            if self._on_progress is not None:
+                self._on_progress(status)
+        return status.state in FINAL_STATES
+
+
+def _remaining(deadline: float, timeout: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceededError(f"the request was not certified within {timeout} s")
+    return remaining
+
+
+def _raise_unless_retryable(exc: grpc.RpcError) -> None:
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or code in RETRYABLE_CODES:
+        return  # the next _remaining() says whether the caller's deadline has passed
+    raise exc
+
+
+def _finish(status: ag.RequestStatus) -> ag.RequestStatus:
+    if status.state == ag.REQUEST_STATE_FAILED:
+        raise RequestFailedError(status.error or "the request failed")
+    return status
 
 
 # --- certificates ---------------------------------------------------------------------

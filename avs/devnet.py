@@ -97,14 +97,19 @@ def build_contracts() -> None:
         _run_forge(["build"], {})
 
 
-def deploy_contracts(rpc_url: str, out: Path, settings: dict[str, str] | None = None) -> Deployment:
-    """Run ``script/Deploy.s.sol`` (``settings``: its environment, e.g. THRESHOLD_BPS); the
-    deployment JSON is copied to ``out`` (forge may only write under ``contracts/deployments``)."""
+def deploy_contracts(
+    rpc_url: str, out: Path, settings: dict[str, str] | None = None, entry: str = "run()"
+) -> Deployment:
+    """Run ``script/Deploy.s.sol`` (``settings``: its environment, e.g. THRESHOLD_BPS; ``entry``:
+    ``run()`` with the local restaking core, ``runWithEigenLayer()`` on EigenLayer's deployed
+    contracts named in ``settings``); the deployment JSON is copied to ``out`` (forge may only
+    write under ``contracts/deployments``)."""
     build_contracts()
     scratch = CONTRACTS / "deployments" / f"devnet-{os.getpid()}-{get_free_port()}.json"
     env = {"DEPLOYMENT_OUT": os.path.relpath(scratch, CONTRACTS), **(settings or {})}
+    args = ["script", "script/Deploy.s.sol", "--sig", entry, "--rpc-url", rpc_url, "--broadcast", "--slow"]
     try:
-        _run_forge(["script", "script/Deploy.s.sol", "--rpc-url", rpc_url, "--broadcast", "--slow"], env)
+        _run_forge(args, env)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(scratch.read_text())
     finally:
@@ -297,6 +302,8 @@ class Devnet:
         self.anvil: Anvil | None = None
         self.aggregator_url = ""
         self.aggregator_ports: dict[str, int] = {}
+        # A watcher's key (the demo's challenger): operators answer its Verify calls too.
+        self.watcher: LocalAccount = Account.create()
 
     def start(self, on_step: Callable[[str], None] = lambda _: None) -> None:
         try:
@@ -324,10 +331,15 @@ class Devnet:
                     name,
                     tokens * 10**18,
                     self.model_dir,
-                    [self.deployment.aggregator],
+                    [self.deployment.aggregator, self.watcher.address],
                 )
             )
         self.anvil.mine(2)  # the registrations lie before any reference block
+        watcher_home = self.workdir / "watcher"
+        watcher_home.mkdir(exist_ok=True)
+        keystore.save_ecdsa_keystore(
+            watcher_home / "watcher.ecdsa.key.json", bytes(self.watcher.key), DEVNET_PASSWORD, DEVNET_SCRYPT_N
+        )
         on_step(f"starting {len(self.operators)} operator processes (loading {self.model_dir.name})")
         started = [self._start_operator(op) for op in self.operators]
         self.processes.extend(started)
@@ -353,6 +365,7 @@ class Devnet:
             home / "aggregator.ecdsa.key.json", bytes.fromhex(ANVIL_KEY_0[2:]), DEVNET_PASSWORD, DEVNET_SCRYPT_N
         )
         ports = {"grpc": get_free_port(), "metrics": get_free_port(), "health": get_free_port()}
+        lowest = int(self.settings.get("THRESHOLD_BPS", "6667"))
         assert self.anvil is not None
         config = {
             "chain": {"rpc_url": self.anvil.url, "deployment_file": str(self.deployment_file.resolve())},
@@ -369,6 +382,8 @@ class Devnet:
             "metrics_listen": f"127.0.0.1:{ports['metrics']}",
             "health_listen": f"127.0.0.1:{ports['health']}",
             "batch": {"max_size": 4, "max_latency_seconds": 1.0},
+            # the task manager's thresholdBps (Deploy.s.sol's THRESHOLD_BPS) is the lowest it certifies
+            "policy": {"min_threshold_bps": lowest, "default_threshold_bps": max(lowest, 6667)},
         }
         config_path = home / "aggregator.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -93,3 +93,47 @@ def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
 def test_service_binaries_report_their_version() -> None:
     assert "avs-aggregator" in run("version", script="avs-aggregator").stdout
     assert "BN254 backend: mcl" in run("version", script="avs-operator").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--insure", "1", "--requester", "0x" + "ab" * 20], {}, "--insure needs the requester's key"),
+        (["--requester-key-env", "NOT_SET_ANYWHERE"], {}, "$NOT_SET_ANYWHERE is not set"),
+        (["--requester-key-env", "REQ"], {"REQ": "0x1234"}, "$REQ does not hold an ECDSA secret key"),
+        (
+            ["--requester-key-env", "REQ", "--requester", "0x" + "ab" * 20],
+            {"REQ": "0x" + "11" * 32},
+            "is not the address",
+        ),
+        (["--requester-key-env", "REQ"], {"REQ": "0x" + "11" * 32}, "needs --deployment"),
+        (["--requester-key", "ghost"], {}, "no ECDSA key named 'ghost'"),
+        ([], {}, "name the requester"),
+    ],
+)
+def test_request_key_and_insurance_options_are_checked_before_any_call(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    out = run(
+        "request",
+        "hi",
+        "--model",
+        "m",
+        "--aggregator",
+        "127.0.0.1:1",
+        *args,
+        env={"AVS_KEYS_DIR": str(tmp_path), **env},
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert "11" * 32 not in out.stdout + out.stderr  # the secret is never echoed
+
+
+def test_request_reads_the_requester_keystore_and_never_prints_it(tmp_path: Path) -> None:
+    env = {"AVS_KEYSTORE_PASSWORD": PASSWORD, "AVS_KEYS_DIR": str(tmp_path)}
+    created = run("keys", "create", "--type", "ecdsa", "--scrypt-n", "1024", "me", env=env)
+    address = json.loads(created.stdout)["address"]
+    out = run("request", "hi", "--model", "m", "--requester-key", "me", "--requester", address, env=env)
+    assert out.returncode == 2 and "needs --deployment" in out.stderr  # the key opened and matched the address
+    wrong = run("request", "hi", "--model", "m", "--requester-key", "me", env={**env, "AVS_KEYSTORE_PASSWORD": "no"})
+    assert wrong.returncode == 2 and "wrong password" in wrong.stderr

@@ -25,6 +25,7 @@ from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
+from avs.chain.insurance import Web3CoverageReader
 from avs.config import split_host_port
 from avs.errors import InvalidInputError
 from avs.messages import Domain
@@ -204,7 +205,9 @@ class AggregatorApp:
             model_id = bytes.fromhex(model.model_id[2:])
             encoder = PromptEncoder(model.tokenizer_path) if model.tokenizer_path else None
             models[model_id] = ServedModel(model.name, model_id, encoder)
-        servicer = AggregatorServicer(self.pipeline, models, IntakeLimits(policy.max_chat_chars, policy.max_new_tokens))
+        coverage = Web3CoverageReader(w3, deployment.insurance_pool) if deployment.insurance_pool else None
+        limits = IntakeLimits(policy.max_chat_chars, policy.max_new_tokens)
+        servicer = AggregatorServicer(self.pipeline, models, limits, coverage)
         self._start_http()
         self._grpc, self.ports.grpc, self._health = build_server(servicer, config.grpc_listen)
         self._grpc.start()

@@ -2,12 +2,16 @@
 
 Errors are ``AvsError``s mapped to status codes by ``avs.rpc.status.ErrorToStatusInterceptor``
 (INVALID_ARGUMENT, NOT_FOUND for unknown models, RESOURCE_EXHAUSTED when too much is pending);
-an unknown request hash is NOT_FOUND.
+an unknown request hash is NOT_FOUND. A request submitted as ``insured`` whose coverage in the
+insurance pool is missing, expired, someone else's or against another quorum is FAILED_PRECONDITION
+(the coverage is read through an injected ``avs.chain.insurance.CoverageReader``); a chain that
+cannot be read for that check is UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ import grpc
 from eth_account import Account
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from avs.chain.insurance import CoverageReader, compute_coverage_problem
 from avs.errors import AuthenticationError, InvalidInputError, ModelNotFoundError
 from avs.inference.params import parse_chat_messages
 from avs.merkle import compute_merkle_tree
@@ -30,6 +35,8 @@ from avs_aggregator.pipeline import Pipeline, g1_from_json, g2_from_json
 from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.protocol import compute_signatory_record_hash
 from avs_aggregator.store import FINAL_REQUEST_STATES, RequestRow, RequestState, load_hex_list
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = ag.DESCRIPTOR.services_by_name["AggregatorService"].full_name
 STATE_TO_PROTO = {
@@ -125,10 +132,17 @@ def build_certificate(pipeline: Pipeline, row: RequestRow) -> ag.Certificate:
 
 
 class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
-    def __init__(self, pipeline: Pipeline, models: Mapping[bytes, ServedModel], limits: IntakeLimits) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        models: Mapping[bytes, ServedModel],
+        limits: IntakeLimits,
+        coverage: CoverageReader | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._models = dict(models)
         self._limits = limits
+        self._coverage = coverage  # None: insured requests are refused (no insurance pool to read)
 
     def _resolve_model(self, message: ag.SubmitRequest) -> ServedModel:
         if message.model_name and not message.request.model_id:
@@ -165,20 +179,53 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise InvalidInputError("stop_sequences_hash does not match the stop sequences")
         return envelope
 
+    def Prepare(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.PreparedRequest:
+        """Validate and complete the request as Submit would, without accepting it."""
+        envelope = self._envelope(request)
+        quorums, threshold = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
+        return ag.PreparedRequest(
+            request=convert.request_to_proto(envelope),
+            request_hash=compute_request_hash(self._pipeline.domain, envelope.request),
+            quorum_numbers=quorums,
+            threshold_bps=threshold,
+        )
+
     def Submit(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.SubmitResponse:
         envelope = self._envelope(request)
+        digest = compute_request_hash(self._pipeline.domain, envelope.request)
         if request.requester_signature:
-            digest = compute_request_hash(self._pipeline.domain, envelope.request)
             try:
                 signer = Account._recover_hash(digest, signature=bytes(request.requester_signature))
             except Exception as exc:
                 raise AuthenticationError("the requester signature is malformed") from exc
             if signer.lower() != envelope.request.requester.lower():
                 raise AuthenticationError("the requester signature is not by the request's requester")
+        if request.insured and self._pipeline.store.get_request(digest) is None:
+            quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
+            self._check_coverage(digest, envelope.request.requester, quorums, context)
         request_hash = self._pipeline.submit(envelope, bytes(request.quorum_numbers), request.threshold_bps)
         row = self._pipeline.store.get_request(request_hash)
         state = STATE_TO_PROTO[RequestState(row.state)] if row else ag.REQUEST_STATE_RECEIVED
         return ag.SubmitResponse(request_hash=request_hash, state=state)
+
+    def _check_coverage(
+        self, request_hash: bytes, requester: str, quorums: bytes, context: grpc.ServicerContext
+    ) -> None:
+        if self._coverage is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this aggregator cannot check insurance (its deployment has no insurance pool)",
+            )
+        assert self._coverage is not None
+        try:
+            coverage = self._coverage.get_coverage(request_hash)
+            block = self._coverage.get_block_number()
+        except Exception:
+            logger.exception("coverage read failed", extra={"request": "0x" + request_hash.hex()})
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the insurance pool could not be read; retry later")
+        problem = compute_coverage_problem(coverage, requester, quorums, block)
+        if problem is not None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
 
     def _row(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> RequestRow:
         row = self._pipeline.store.get_request(bytes(request.request_hash))

@@ -16,33 +16,89 @@ import {IInsurancePoolTypes} from "../src/interfaces/IInsurancePool.sol";
 import {FaultManager} from "../src/FaultManager.sol";
 import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
 
-/// @notice Deploys the LOCAL restaking core, a test stake token and the AVS contracts (registry,
-///         task manager, insurance pool as the redistribution recipient of quorum 0, fault manager as
-///         the registry's slasher, model registry), creates quorum 0, and writes the deployment JSON
-///         the Python side reads (`avs.chain.deployment`).
-/// @dev Environment: DEPLOYER_KEY (default: anvil account 0), AGGREGATOR (default: the deployer),
+import {IAllocationManager} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
+/// @dev The cheatcodes this script needs beyond `test/utils/Test.sol`'s `Vm` (same addresses and signatures).
+interface VmEnv {
+    function envUint(string calldata name) external view returns (uint256 value);
+    function envAddress(string calldata name) external view returns (address value);
+    function envAddress(string calldata name, string calldata delim) external view returns (address[] memory value);
+    function envOr(string calldata name, address defaultValue) external view returns (address value);
+}
+
+/// @notice Deploys the AVS contracts (registry, task manager, insurance pool as the redistribution
+///         recipient of quorum 0, fault manager as the registry's slasher, model registry), creates
+///         quorum 0, and writes the deployment JSON the Python side reads (`avs.chain.deployment`).
+///         Two entry points, one JSON format:
+///         - `run()` (the default): a LOCAL devnet. Deploys the local restaking core, a test stake
+///           token and its strategy first, and the AVS on top of them.
+///         - `runWithEigenLayer()`: a real network. Deploys only the AVS contracts, pointed at
+///           EigenLayer's deployed contracts and strategies given in the environment; the AVS
+///           contracts are the same code in both cases.
+/// @dev Environment, both: DEPLOYER_KEY (default: anvil account 0 for `run()`; required for
+///      `runWithEigenLayer()`), AGGREGATOR (default: the deployer),
 ///      DEPLOYMENT_OUT (default: deployments/local.json, relative to contracts/),
 ///      THRESHOLD_BPS (6667), MAX_REFERENCE_AGE (100), CHALLENGE_WINDOW (50), MIN_STAKE (1 ether),
 ///      EQUIVOCATION_WAD (0.1e18), REJECTED_OUTPUT_WAD (0.2e18), FRAUD_WAD (0.5e18),
 ///      ESCALATION_THRESHOLD_BPS (8000; escalation quorum: quorum 0), RESOLUTION_WINDOW (100),
 ///      CHALLENGE_BOND (1 ether), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
-///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks).
+///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks), AVS_METADATA_URI.
+///      `runWithEigenLayer()` only: ALLOCATION_MANAGER and DELEGATION_MANAGER (EigenLayer's
+///      deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0), STAKE_TOKEN
+///      (default: the first strategy's underlying token; the pool's asset and the bond token).
 ///      Run: tools/forge script script/Deploy.s.sol --rpc-url $RPC --broadcast
+///           tools/forge script script/Deploy.s.sol --sig "runWithEigenLayer()" --rpc-url $RPC --broadcast
 contract Deploy is Test {
     uint256 internal constant ANVIL_KEY_0 = 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80;
+    VmEnv internal constant ENV = VmEnv(address(uint160(uint256(keccak256("hevm cheat code")))));
 
+    /// @dev What the deployment JSON records about the restaking core the AVS points at.
+    struct Core {
+        IAllocationManager allocationManager;
+        address delegationManager;
+        IStrategy[] strategies;
+        IERC20 stakeToken;
+    }
+
+    /// @notice The local devnet: the local restaking core, a test token, and the AVS on top.
     function run() external {
         uint256 key = vm.envOr("DEPLOYER_KEY", ANVIL_KEY_0);
-        address deployer = vm.addr(key);
-        address aggregator = address(uint160(vm.envOr("AGGREGATOR", uint256(uint160(deployer)))));
         uint256 startBlock = vm.getBlockNumber();
-
         vm.startBroadcast(key);
-        LocalRestakingCore core = new LocalRestakingCore();
+        LocalRestakingCore local = new LocalRestakingCore();
         TestToken token = new TestToken("AVS Test Stake", "tSTAKE");
         LocalStrategy strategy = new LocalStrategy(token);
-        core.addStrategy(strategy);
-        OperatorRegistry registry = new OperatorRegistry(core, deployer);
+        local.addStrategy(strategy);
+        vm.stopBroadcast();
+        IStrategy[] memory strategies = new IStrategy[](1);
+        strategies[0] = strategy;
+        _deployAvs(key, startBlock, Core(local, address(local), strategies, token));
+    }
+
+    /// @notice A real network: only the AVS contracts, on EigenLayer's deployed core.
+    function runWithEigenLayer() external {
+        uint256 key = ENV.envUint("DEPLOYER_KEY");
+        uint256 startBlock = vm.getBlockNumber();
+        address[] memory listed = ENV.envAddress("STRATEGIES", ",");
+        IStrategy[] memory strategies = new IStrategy[](listed.length);
+        for (uint256 i; i < listed.length; ++i) {
+            strategies[i] = IStrategy(listed[i]);
+        }
+        require(strategies.length != 0, "STRATEGIES is empty");
+        address am = ENV.envAddress("ALLOCATION_MANAGER");
+        address dm = ENV.envAddress("DELEGATION_MANAGER");
+        require(am.code.length != 0 && dm.code.length != 0, "no contract at ALLOCATION_MANAGER/DELEGATION_MANAGER");
+        address token = ENV.envOr("STAKE_TOKEN", address(strategies[0].underlyingToken()));
+        _deployAvs(key, startBlock, Core(IAllocationManager(am), dm, strategies, IERC20(token)));
+    }
+
+    function _deployAvs(uint256 key, uint256 startBlock, Core memory core) internal {
+        address deployer = vm.addr(key);
+        address aggregator = address(uint160(vm.envOr("AGGREGATOR", uint256(uint160(deployer)))));
+
+        vm.startBroadcast(key);
+        OperatorRegistry registry = new OperatorRegistry(core.allocationManager, deployer);
         InferenceTaskManager taskManager = new InferenceTaskManager(
             registry,
             deployer,
@@ -53,15 +109,14 @@ contract Deploy is Test {
             )
         );
         taskManager.setAggregator(aggregator, true);
-        InsurancePool pool = new InsurancePool(token, registry, taskManager, deployer, _poolConfig());
+        InsurancePool pool = new InsurancePool(core.stakeToken, registry, taskManager, deployer, _poolConfig());
         registry.setRedistributionRecipient(address(pool));
-        registry.initializeAvs("https://verifiable-inference.invalid/avs.json");
-        IStrategy[] memory strategies = new IStrategy[](1);
-        strategies[0] = strategy;
+        registry.initializeAvs(vm.envOr("AVS_METADATA_URI", string("https://verifiable-inference.invalid/avs.json")));
         registry.createQuorum(
-            0, IOperatorRegistryTypes.QuorumConfig(64, uint96(vm.envOr("MIN_STAKE", uint256(1 ether)))), strategies
+            0, IOperatorRegistryTypes.QuorumConfig(64, uint96(vm.envOr("MIN_STAKE", uint256(1 ether)))), core.strategies
         );
-        FaultManager faults = new FaultManager(registry, taskManager, pool, token, deployer, _faultConfig(), hex"00");
+        FaultManager faults =
+            new FaultManager(registry, taskManager, pool, core.stakeToken, deployer, _faultConfig(), hex"00");
         pool.setFaultManager(faults);
         registry.setSlasher(address(faults), true);
         ModelRegistry models = new ModelRegistry(deployer);
@@ -72,10 +127,10 @@ contract Deploy is Test {
         vm.serializeUint(o, "start_block", startBlock);
         vm.serializeAddress(o, "deployer", deployer);
         vm.serializeAddress(o, "aggregator", aggregator);
-        vm.serializeAddress(o, "allocation_manager", address(core));
-        vm.serializeAddress(o, "delegation_manager", address(core));
-        vm.serializeAddress(o, "strategy", address(strategy));
-        vm.serializeAddress(o, "stake_token", address(token));
+        vm.serializeAddress(o, "allocation_manager", address(core.allocationManager));
+        vm.serializeAddress(o, "delegation_manager", core.delegationManager);
+        vm.serializeAddress(o, "strategy", address(core.strategies[0]));
+        vm.serializeAddress(o, "stake_token", address(core.stakeToken));
         vm.serializeAddress(o, "operator_registry", address(registry));
         vm.serializeAddress(o, "model_registry", address(models));
         vm.serializeAddress(o, "insurance_pool", address(pool));

@@ -1,8 +1,13 @@
 """End to end, the way ``make demo`` runs it: anvil, deployed contracts, four operator processes,
-the aggregator process, a request certified on-chain; a tiny model keeps it fast."""
+the aggregator process, a request certified on-chain, a cheating primary rejected and slashed, an
+insured request certified wrong, challenged, escalated, its signer slashed and its requester paid;
+and ``avs request --insure`` run as a user runs it. A tiny model keeps it fast."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +17,9 @@ from web3 import Web3
 
 from avs import demo
 from avs.chain.abi import load_abi
-from avs.client import verify_certificate, verify_on_chain
+from avs.chain.faults import ChallengeStatus, CoverageStatus
+from avs.chain.insurance import Web3CoverageReader
+from avs.client import certificate_from_json, verify_certificate, verify_on_chain
 from avs.devnet import Devnet
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.inference.conftest import build_tiny_model
@@ -21,7 +28,7 @@ from tests.inference.conftest import build_tiny_model
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     model = build_tiny_model(tmp_path_factory.mktemp("e2e-model") / "tiny")
-    network = Devnet(tmp_path_factory.mktemp("devnet"), model, cheater="dave")
+    network = Devnet(tmp_path_factory.mktemp("devnet"), model, settings=demo.DEMO_SETTINGS, cheater="dave")
     network.start()
     yield network
     network.stop()
@@ -79,6 +86,93 @@ def test_a_cheating_primary_is_rejected_slashed_and_replaced(devnet: Devnet) -> 
     stake_after, pool_after = demo.get_stake_and_pool(devnet, "dave")
     assert stake_after < stake_before
     assert pool_after - pool_before == stake_before - stake_after  # the slashed stake went to the pool
+
+
+def test_an_insured_requester_is_paid_from_the_slashed_stake(
+    devnet: Devnet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = demo.run_insured_fraud(devnet, "dave")
+    assert demo.is_paid(outcome)
+    out = capsys.readouterr().out
+    assert "coverage bought" in out and "UPHELD" in out and "paid out of the slashed stake" in out
+
+    # The wrong output was certified on-chain, by dave alone, at the 5% the requester asked for.
+    assert devnet.anvil is not None
+    w3 = devnet.anvil.w3
+    certificate = outcome.certificate
+    assert verify_certificate(certificate, min_share_bps=demo.INSURED_THRESHOLD_BPS).ok
+    dave = next(op for op in devnet.operators if op.name == "dave")
+    assert [bytes(s.public_key.operator_id) for s in certificate.signers] == [bytes(dave.key_pair.operator_id)]
+    task_manager = w3.eth.contract(
+        address=Web3.to_checksum_address(devnet.deployment.task_manager), abi=load_abi("InferenceTaskManager")
+    )
+    assert verify_on_chain(certificate, task_manager)
+
+    # Slashing: FRAUD_WAD (half) of dave's stake at the resolution went to the pool.
+    assert outcome.stake_after == outcome.stake_before // 2
+    slashed = outcome.stake_before - outcome.stake_after
+    assert outcome.pool_after_resolution - outcome.pool_before == slashed - outcome.challenger_reward
+    assert outcome.challenger_reward == slashed // 10  # CHALLENGER_REWARD_BPS 1000
+
+    # The payout: the coverage, once, from the pool to the requester.
+    assert outcome.paid == outcome.coverage == demo.COVERAGE
+    assert outcome.requester_after - outcome.requester_before == demo.COVERAGE
+    assert outcome.pool_after_resolution - outcome.pool_after_claim == demo.COVERAGE
+    reader = Web3CoverageReader(w3, devnet.deployment.insurance_pool or "")
+    assert reader.get_coverage(outcome.request_hash).status == CoverageStatus.CLAIMED
+    assert outcome.challenge_status == ChallengeStatus.UPHELD
+    assert outcome.premium == demo.COVERAGE // 100
+
+
+def _cli(devnet: Devnet, tmp_path: Path, secret: str, *args: str) -> subprocess.CompletedProcess[str]:
+    assert devnet.anvil is not None
+    env = {**os.environ, "REQUESTER_SECRET": secret, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "avs.cli", "request", "the quick brown fox", "--model", devnet.model_dir.name]
+    command += ["--aggregator", devnet.aggregator_url, "--max-tokens", "4", "--requester-key-env", "REQUESTER_SECRET"]
+    command += ["--deployment", str(devnet.deployment_file), "--rpc-url", devnet.anvil.url, *args]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+    )
+
+
+def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_path: Path) -> None:
+    requester = demo.fund(devnet, 10**18)
+    secret = "0x" + bytes(requester.key).hex()
+    out = _cli(devnet, tmp_path, secret, "--insure", "2.5", "--out", str(tmp_path / "cert.json"))
+    assert out.returncode == 0, out.stderr
+    assert secret[2:] not in out.stdout + out.stderr
+    assert "coverage bought against quorum 0: premium 0.025 tokens" in out.stderr
+    assert "CERTIFIED" in out.stderr and "offline check: OK" in out.stderr
+    certificate = certificate_from_json((tmp_path / "cert.json").read_text())
+    assert certificate.request.requester == requester.address
+    assert devnet.anvil is not None
+    coverage = Web3CoverageReader(devnet.anvil.w3, devnet.deployment.insurance_pool or "").get_coverage(
+        bytes(certificate.request_hash)
+    )
+    assert coverage.status == CoverageStatus.ACTIVE and coverage.beneficiary == requester.address
+    assert coverage.amount == 25 * 10**17
+    command = [sys.executable, "-m", "avs.cli", "claim", "0x" + bytes(certificate.request_hash).hex()]
+    command += ["--requester-key-env", "REQUESTER_SECRET", "--deployment", str(devnet.deployment_file)]
+    claim = subprocess.run(
+        [*command, "--rpc-url", devnet.anvil.url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REQUESTER_SECRET": secret},
+        stdin=subprocess.DEVNULL,
+    )
+    assert claim.returncode == 2 and "nothing is claimable" in claim.stderr  # no fraud proven on it
+
+    poor = demo.fund(devnet, 0)
+    refused = _cli(devnet, tmp_path, "0x" + bytes(poor.key).hex(), "--insure", "1")
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("avs: error: the premium") and "cannot be approved" in last, refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_make_demo_refuses_without_a_model(tmp_path: Path) -> None:

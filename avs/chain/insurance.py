@@ -1,0 +1,222 @@
+"""Per-request insurance in the ``InsurancePool``: what a requester buys and what the aggregator checks.
+
+A requester insures one request (by its EIP-712 request hash) against one quorum, paying a premium
+in the pool's asset (the stake token). ``buy_coverage`` approves the premium and calls
+``InsurancePool.buyCoverage`` from the requester's own key (the contract insists that the caller is
+the request's requester); ``claim_coverage`` collects a payout once fraud on the request has been
+proven (an upheld escalated challenge, ``FaultManager.resolveChallenge`` -> ``recordFraud``).
+
+The aggregator refuses a request submitted as insured unless ``compute_coverage_problem`` finds
+nothing wrong with what a ``CoverageReader`` reads: active, not past its term, held by the request's
+requester, against one of the request's quorums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.contract import Contract
+from web3.logs import DISCARD
+
+from avs.chain.abi import DEFAULT_OUT_DIR, load_abi
+from avs.chain.client import ContractRevertError, Web3AvsClient
+from avs.chain.deployment import Deployment
+from avs.chain.faults import Coverage, CoverageStatus, encode_inference_request
+from avs.errors import AvsError
+from avs.messages import InferenceRequest
+from avs.types import Address
+
+BPS = 10_000
+
+
+class InsuranceError(AvsError):
+    """Coverage that cannot be bought, claimed, or relied on (see the message)."""
+
+
+class CoverageReader(Protocol):
+    """What the aggregator reads from the chain to check an insured request at intake."""
+
+    def get_coverage(self, request_hash: bytes) -> Coverage: ...
+
+    def get_block_number(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTerms:
+    """``InsurancePool.config()`` and its asset."""
+
+    asset: Address
+    premium_bps: int
+    coverage_cap_bps: int
+    challenger_reward_bps: int
+    coverage_term_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoveragePurchase:
+    request_hash: bytes
+    quorum_number: int
+    amount: int
+    premium: int
+    expires_at_block: int
+    tx_hash: bytes
+
+
+def compute_premium(amount: int, premium_bps: int) -> int:
+    """The contract's premium: ``amount * premiumBps / 10_000`` rounded up."""
+    return (amount * premium_bps + BPS - 1) // BPS
+
+
+_REVERT_REASONS = {
+    "CoverageExists": "the request is already insured",
+    "NotRequester": "only the request's requester may insure it",
+    "RequestUnderChallenge": "the request is under an open challenge",
+    "FraudAlreadyProven": "fraud was already proven for the request",
+    "CoverageAboveCap": "the coverage is above what the quorum's stake backs",
+    "ZeroCoverage": "the coverage amount is zero",
+    "NothingToClaim": "nothing is claimable for the request (no upheld challenge on it)",
+    "AlreadyClaimed": "the coverage was already claimed",
+}
+
+
+def describe_revert(error: ContractRevertError) -> str:
+    """A custom error of the pool, in words, with its name (e.g. "... (CoverageExists)")."""
+    reason = _REVERT_REASONS.get(error.name)
+    return f"{reason} ({error.name})" if reason else str(error)
+
+
+def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes, block_number: int) -> str | None:
+    """Why ``coverage`` does not insure a request of ``requester`` certified by ``quorums`` at
+    ``block_number``; None when it does."""
+    if coverage.status == CoverageStatus.NONE:
+        return "the request has no coverage in the insurance pool (buy it for the request hash from Prepare)"
+    if coverage.status == CoverageStatus.EXPIRED or (
+        coverage.status == CoverageStatus.ACTIVE and block_number > coverage.expires_at_block
+    ):
+        return f"the request's coverage expired at block {coverage.expires_at_block} (now {block_number})"
+    if coverage.status != CoverageStatus.ACTIVE:
+        return f"the request's coverage is {coverage.status.name.lower()}, not active"
+    if coverage.beneficiary.lower() != requester.lower():
+        return f"the request's coverage is held by {coverage.beneficiary}, not by its requester {requester}"
+    if coverage.quorum_number not in quorums:
+        wanted = list(quorums)
+        return f"the request's coverage is against quorum {coverage.quorum_number}, not one of its quorums {wanted}"
+    return None
+
+
+class Web3CoverageReader:
+    """``CoverageReader`` over web3.py."""
+
+    def __init__(self, w3: Web3, insurance_pool: str, out_dir: Path = DEFAULT_OUT_DIR) -> None:
+        self.w3 = w3
+        self.pool = w3.eth.contract(
+            address=Web3.to_checksum_address(insurance_pool), abi=load_abi("InsurancePool", out_dir)
+        )
+
+    def get_coverage(self, request_hash: bytes) -> Coverage:
+        raw = self.pool.functions.getCoverage(request_hash).call()
+        return Coverage(raw[0], raw[1], CoverageStatus(raw[2]), raw[3], raw[4], raw[5])
+
+    def get_block_number(self) -> int:
+        return int(self.w3.eth.block_number)
+
+
+class InsuranceBuyer:
+    """A requester's side of the pool: terms, buying coverage, claiming, balances (web3.py)."""
+
+    def __init__(
+        self, w3: Web3, deployment: Deployment, account: LocalAccount, out_dir: Path = DEFAULT_OUT_DIR
+    ) -> None:
+        if deployment.insurance_pool is None:
+            raise InsuranceError("the deployment has no insurance pool")
+        self.client = Web3AvsClient(w3, deployment, account, out_dir)
+        self.account = account
+        self.pool = w3.eth.contract(
+            address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool", out_dir)
+        )
+        self.reader = Web3CoverageReader(w3, deployment.insurance_pool, out_dir)
+
+    def get_terms(self) -> PoolTerms:
+        premium, cap, reward, term = self.client._call(self.pool.functions.config())
+        asset = Address(Web3.to_checksum_address(self.client._call(self.pool.functions.asset())))
+        return PoolTerms(asset, int(premium), int(cap), int(reward), int(term))
+
+    def _asset(self, terms: PoolTerms) -> Contract:
+        return self.client.w3.eth.contract(address=Web3.to_checksum_address(terms.asset), abi=load_abi("ERC20"))
+
+    def get_balance(self, owner: str | None = None) -> int:
+        """The pool asset held by ``owner`` (default: this requester)."""
+        token = self._asset(self.get_terms())
+        address = Web3.to_checksum_address(owner or self.account.address)
+        return int(token.functions.balanceOf(address).call())
+
+    def get_available(self, quorum_number: int) -> int:
+        return int(self.client._call(self.pool.functions.availableCoverage(quorum_number)))
+
+    def approve_premium(self, amount: int) -> None:
+        """Approve the premium of ``amount`` of coverage ahead of ``buy`` (which then sends one
+        transaction instead of two)."""
+        terms = self.get_terms()
+        premium = compute_premium(amount, terms.premium_bps)
+        try:
+            self.client.transact(self._asset(terms).functions.approve(self.pool.address, premium))
+        except AvsError as exc:
+            raise InsuranceError(f"the premium ({premium} of {terms.asset}) cannot be approved: {exc}") from exc
+
+    def buy(self, request: InferenceRequest, quorum_number: int, amount: int) -> CoveragePurchase:
+        """Approve the premium in the pool's asset (unless already approved), then ``buyCoverage``;
+        raises ``InsuranceError`` with the reason when it cannot be bought."""
+        if request.requester.lower() != self.account.address.lower():
+            raise InsuranceError(
+                f"the requester key is {self.account.address}, but the request's requester is {request.requester}"
+            )
+        if amount <= 0:
+            raise InsuranceError("the coverage amount must be positive")
+        terms = self.get_terms()
+        available = self.get_available(quorum_number)
+        if amount > available:
+            raise InsuranceError(
+                f"only {available} of coverage can be sold against quorum {quorum_number} now (cap), asked {amount}"
+            )
+        premium = compute_premium(amount, terms.premium_bps)
+        token = self._asset(terms)
+        balance = int(token.functions.balanceOf(self.account.address).call())
+        if balance < premium:
+            raise InsuranceError(
+                f"the premium ({premium} of {terms.asset}) cannot be approved: {self.account.address} holds {balance}"
+            )
+        try:
+            allowance = int(token.functions.allowance(self.account.address, self.pool.address).call())
+            if premium > allowance:
+                self.client.transact(token.functions.approve(self.pool.address, premium))
+            fn = self.pool.functions.buyCoverage(encode_inference_request(request), quorum_number, amount)
+            tx_hash = self.client.transact(fn)
+        except ContractRevertError as exc:
+            raise InsuranceError(f"InsurancePool.buyCoverage refused: {describe_revert(exc)}") from exc
+        except AvsError as exc:
+            raise InsuranceError(f"buying coverage failed: {exc}") from exc
+        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        (event,) = self.pool.events.CoverageBought().process_receipt(receipt, errors=DISCARD)
+        args = event["args"]
+        return CoveragePurchase(
+            bytes(args["requestHash"]),
+            quorum_number,
+            amount,
+            int(args["premium"]),
+            int(args["expiresAtBlock"]),
+            tx_hash,
+        )
+
+    def claim(self, request_hash: bytes) -> int:
+        """Collect claimable coverage (paid to the requester); answers the amount paid."""
+        try:
+            tx_hash = self.client.transact(self.pool.functions.claim(request_hash))
+        except ContractRevertError as exc:
+            raise InsuranceError(f"InsurancePool.claim refused: {describe_revert(exc)}") from exc
+        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        (event,) = self.pool.events.Claimed().process_receipt(receipt, errors=DISCARD)
+        return int(event["args"]["amount"])

@@ -1,0 +1,132 @@
+"""Integration on anvil: a requester buys coverage with ``avs.chain.insurance.InsuranceBuyer`` from
+its own key (approve the premium, ``InsurancePool.buyCoverage``), and the aggregator's intake, with
+the real ``Web3CoverageReader``, accepts the insured request over gRPC; every way it can go wrong is
+one clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from avs.chain.abi import load_abi
+from avs.chain.faults import CoverageStatus
+from avs.chain.insurance import InsuranceBuyer, InsuranceError, Web3CoverageReader, compute_coverage_problem
+from avs.client import AggregatorClient
+from avs.messages import Domain, InferenceRequest, compute_request_hash, compute_stop_sequences_hash
+from avs_aggregator.pipeline import Pipeline, PipelineSettings
+from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
+from avs_aggregator.store import Store
+from tests.aggregator.fakes import FakeNetwork
+from tests.test_contracts_anvil import Devnet, anvil, devnet  # noqa: F401  (fixtures)
+
+TOKENS = 10**18
+MODEL_ID = Web3.keccak(text="model")
+PROMPT_HASH = Web3.keccak(text="prompt")
+COVERAGE_TERM = 1000  # Deploy.s.sol default
+
+
+def _request(requester: str, nonce: int) -> InferenceRequest:
+    return InferenceRequest(
+        MODEL_ID, PROMPT_HASH, 0, 0, 1_000_000, 0, 8, compute_stop_sequences_hash([]), requester, nonce
+    )
+
+
+def _requester(devnet: Devnet, tokens: int) -> LocalAccount:  # noqa: F811
+    account: LocalAccount = Account.create()
+    devnet.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])  # type: ignore[arg-type]
+    if tokens:
+        token = devnet.w3.eth.contract(
+            address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken")
+        )
+        devnet.client.transact(token.functions.mint(account.address, tokens))
+    return account
+
+
+def test_a_requester_buys_coverage_and_pays_the_premium(devnet: Devnet) -> None:  # noqa: F811
+    account = _requester(devnet, TOKENS)
+    buyer = InsuranceBuyer(devnet.w3, devnet.deployment, account)
+    terms = buyer.get_terms()
+    assert terms.asset == devnet.deployment.stake_token and terms.premium_bps == 100
+    request = _request(account.address, 1)
+    purchase = buyer.buy(request, 0, 2 * TOKENS)
+    assert purchase.request_hash == compute_request_hash(devnet.client.get_domain(), request)
+    assert purchase.premium == 2 * TOKENS // 100
+    assert buyer.get_balance() == TOKENS - purchase.premium
+    reader = Web3CoverageReader(devnet.w3, devnet.deployment.insurance_pool or "")
+    coverage = reader.get_coverage(purchase.request_hash)
+    assert coverage.status == CoverageStatus.ACTIVE and coverage.beneficiary == account.address
+    assert coverage.expires_at_block == purchase.expires_at_block
+    block = reader.get_block_number()
+    assert compute_coverage_problem(coverage, account.address, b"\x00", block) is None
+    assert "not one of its quorums" in str(compute_coverage_problem(coverage, account.address, b"\x01", block))
+    with pytest.raises(InsuranceError, match=r"the request is already insured \(CoverageExists\)"):
+        buyer.buy(request, 0, TOKENS)
+    with pytest.raises(InsuranceError, match=r"nothing is claimable .* \(NothingToClaim\)"):
+        buyer.claim(purchase.request_hash)
+
+
+def test_coverage_that_cannot_be_bought_is_one_clear_error(devnet: Devnet) -> None:  # noqa: F811
+    poor = _requester(devnet, 0)
+    with pytest.raises(InsuranceError, match=r"premium .* cannot be approved: .* holds 0"):
+        InsuranceBuyer(devnet.w3, devnet.deployment, poor).buy(_request(poor.address, 1), 0, TOKENS)
+    rich = _requester(devnet, 100 * TOKENS)
+    buyer = InsuranceBuyer(devnet.w3, devnet.deployment, rich)
+    available = buyer.get_available(0)
+    assert 0 < available <= 20 * TOKENS  # half of the 40 tokens restaked in quorum 0
+    with pytest.raises(InsuranceError, match="can be sold against quorum 0 now"):
+        buyer.buy(_request(rich.address, 2), 0, available + 1)
+    with pytest.raises(InsuranceError, match="the request's requester is"):
+        buyer.buy(_request(poor.address, 3), 0, TOKENS)  # someone else's request
+
+
+def test_coverage_expires_after_its_term(devnet: Devnet) -> None:  # noqa: F811
+    account = _requester(devnet, TOKENS)
+    purchase = InsuranceBuyer(devnet.w3, devnet.deployment, account).buy(_request(account.address, 7), 0, TOKENS)
+    devnet.w3.provider.make_request("anvil_mine", [hex(COVERAGE_TERM + 1)])  # type: ignore[arg-type]
+    reader = Web3CoverageReader(devnet.w3, devnet.deployment.insurance_pool or "")
+    problem = compute_coverage_problem(
+        reader.get_coverage(purchase.request_hash), account.address, b"\x00", reader.get_block_number()
+    )
+    assert problem is not None and f"expired at block {purchase.expires_at_block}" in problem
+
+
+@pytest.fixture
+def intake(devnet: Devnet, tmp_path: Path) -> Iterator[AggregatorClient]:  # noqa: F811
+    """The aggregator's intake for this deployment, reading coverage from anvil."""
+    domain = devnet.client.get_domain()
+    network = FakeNetwork([{0: 100}])
+    pipeline = Pipeline(
+        domain, Store(f"sqlite:///{tmp_path / 'agg.sqlite'}"), network, network, network, PipelineSettings()
+    )
+    reader = Web3CoverageReader(devnet.w3, devnet.deployment.insurance_pool or "")
+    servicer = AggregatorServicer(pipeline, {MODEL_ID: ServedModel("tiny", MODEL_ID)}, IntakeLimits(), reader)
+    server, port, _ = build_server(servicer, "127.0.0.1:0", max_workers=4)
+    server.start()
+    with AggregatorClient(f"127.0.0.1:{port}") as client:
+        yield client
+    server.stop(None).wait()
+    pipeline.close()
+
+
+def test_the_intake_accepts_an_insured_request_only_once_covered(
+    devnet: Devnet,  # noqa: F811
+    intake: AggregatorClient,
+) -> None:
+    account = _requester(devnet, TOKENS)
+    domain: Domain = devnet.client.get_domain()
+    prepared = intake.prepare(
+        [{"role": "user", "content": "hi"}], requester=account.address, model="tiny", prompt_hash=PROMPT_HASH, nonce=9
+    )
+    key = bytes(account.key)
+    with pytest.raises(grpc.RpcError) as info:
+        intake.submit_prepared(prepared, domain=domain, requester_key=key, insured=True)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no coverage" in str(info.value.details())
+    InsuranceBuyer(devnet.w3, devnet.deployment, account).buy(prepared.request, prepared.quorums[0], TOKENS)
+    assert intake.submit_prepared(prepared, domain=domain, requester_key=key, insured=True) == prepared.request_hash

@@ -308,10 +308,12 @@ class Pipeline:
             if reply.verdict == Verdict.REJECT:
                 reject_signatures[o.operator_id] = reply.signature
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
-        if tally.is_accepted(row.threshold_bps):
-            self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
-        elif tally.is_rejected(self.settings.min_threshold_bps):
+        # A provable rejection wins over a low requested threshold: with a small AVS minimum, an
+        # output could reach its requested ACCEPT share while far more stake rejects it.
+        if tally.is_rejected(self.settings.min_threshold_bps):
             self._reject(row, operator_set, reject_signatures)
+        elif tally.is_accepted(row.threshold_bps):
+            self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
         else:
             shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
             self._fail(row, f"not enough stake verified the output ({shares})")

@@ -8,8 +8,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avs.errors import InvalidInputError
+from avs.messages import compute_request_hash
+from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import Pipeline, PipelineError, PipelineSettings
+from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestState, Store, load_hex_list
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 
@@ -75,17 +78,7 @@ def test_cheating_primary_is_rejected_recorded_and_retried(db: str) -> None:
     cheater = network.operators[0]
     cheater.behaviour = "cheat"
     pipeline = make_pipeline(network, db)
-    # find a request whose first primary is the cheater
-    for nonce in range(200):
-        envelope = make_envelope(nonce, "which primary")
-        from avs.messages import compute_request_hash
-        from avs_aggregator.protocol import select_primary
-
-        operator_set = network.get_operator_set(network.block - 1)
-        if select_primary(operator_set, b"\x00", compute_request_hash(DOMAIN, envelope.request), 0).operator_id == (
-            cheater.keys.operator_id
-        ):
-            break
+    envelope = find_envelope_with_primary(network, cheater.keys.operator_id)
     request_hash = pipeline.submit(envelope)
     pipeline.run_until_idle()
     row = pipeline.store.get_request(request_hash)
@@ -95,6 +88,34 @@ def test_cheating_primary_is_rejected_recorded_and_retried(db: str) -> None:
     # the cheater is not asked to verify the retry (its ACCEPT of the old output would conflict)
     assert network.calls.count(("verify", cheater.keys.operator_id)) == 0
     pipeline.close()
+
+
+def test_a_provable_rejection_wins_over_a_low_requested_threshold(db: str) -> None:
+    """With an AVS minimum of 5%, a cheating primary's own ACCEPT (10%) meets a 5% request; the
+    90% that REJECT must still win: the output is rejected, proven, and the request retried."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    settings = dataclasses.replace(SETTINGS, min_threshold_bps=500)
+    pipeline = make_pipeline(network, db, settings)
+    envelope = find_envelope_with_primary(network, cheater.keys.operator_id)
+    request_hash = pipeline.submit(envelope, threshold_bps=500)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 1
+    assert row.primary_id != cheater.keys.operator_id
+    assert [r.primary_id for r in pipeline.store.list_rejections(request_hash)] == [cheater.keys.operator_id]
+    pipeline.close()
+
+
+def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes) -> RequestEnvelope:
+    operator_set = network.get_operator_set(network.block - 1)
+    for nonce in range(500):
+        envelope = make_envelope(nonce, "which primary")
+        request_hash = compute_request_hash(DOMAIN, envelope.request)
+        if select_primary(operator_set, b"\x00", request_hash, 0).operator_id == operator_id:
+            return envelope
+    raise AssertionError("no nonce makes this operator the first primary")
 
 
 def test_bad_batch_signature_is_dropped(db: str) -> None:

@@ -56,7 +56,7 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
             revert StaleReferenceBlock(header.referenceBlock);
         }
         bytes32 structHash = AvsMessages.hash(header);
-        (QuorumStakeTotals memory totals, bytes32 signatoryRecordHash) = checkSignatures(
+        (QuorumStakeTotals memory totals, bytes32 signatoryRecordHash) = _checkSignatures(
             AvsMessages.digest(domainSeparator(), structHash), header.quorumNumbers, header.referenceBlock, signatures
         );
         _requireThreshold(header.quorumNumbers, totals, cfg.thresholdBps);

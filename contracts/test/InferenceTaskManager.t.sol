@@ -39,17 +39,22 @@ abstract contract CertifyFixture is AvsFixture {
     function _withMultiplicity(uint256[] memory signers) internal pure returns (uint256[] memory r) {
         uint256 extra;
         for (uint256 i; i < signers.length; ++i) {
-            if (signers[i] <= 4) ++extra;
+            if (_inBothQuorums(signers[i])) ++extra;
         }
         r = new uint256[](signers.length + extra);
         uint256 n;
         for (uint256 i; i < signers.length; ++i) {
             r[n++] = signers[i];
-            if (signers[i] <= 4) r[n++] = signers[i];
+            if (_inBothQuorums(signers[i])) r[n++] = signers[i];
         }
     }
 
-    function _members(bytes memory quorums) internal pure returns (uint256[] memory) {
+    /// @dev Whether operator `sk` is in quorums 0 and 1.
+    function _inBothQuorums(uint256 sk) internal pure virtual returns (bool) {
+        return sk <= 4;
+    }
+
+    function _members(bytes memory quorums) internal pure virtual returns (uint256[] memory) {
         for (uint256 i; i < quorums.length; ++i) {
             if (uint8(quorums[i]) == 0) return _range(1, 8);
         }

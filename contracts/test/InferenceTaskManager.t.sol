@@ -298,6 +298,48 @@ contract IsBatchFinalTest is CertifyFixture {
 }
 
 /// @notice Gas of certifyBatch (recorded with snapshotGasLastCall under snapshots/ and in docs).
+/// @dev certifyBatch reads the config from the aggregator's entry: every change must reach it.
+contract SetConfigTest is CertifyFixture {
+    function testFuzz_setConfig_AppliesToAuthorisedAggregators(uint32 maxAge) public {
+        maxAge = uint32(bound(maxAge, 1, 50));
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, maxAge, 50));
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.roll(uint256(h.referenceBlock) + maxAge + 1);
+        vm.expectRevert(abi.encodeWithSelector(IInferenceTaskManager.StaleReferenceBlock.selector, h.referenceBlock));
+        taskManager.certifyBatch(h, p);
+        vm.roll(uint256(h.referenceBlock) + maxAge);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_setConfig_ThresholdReachesAggregatorAddedLater() public {
+        taskManager.setConfig(IInferenceTaskManager.Config(10_000, 100, 50));
+        taskManager.setAggregator(address(0xA66), true);
+        uint256[] memory non = _one(1);
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        vm.prank(address(0xA66));
+        vm.expectRevert(
+            abi.encodeWithSelector(IInferenceTaskManager.ThresholdNotMet.selector, uint8(0), 305 ether, 310 ether)
+        );
+        taskManager.certifyBatch(h, p);
+    }
+}
+
+contract SetAggregatorTest is CertifyFixture {
+    function test_setAggregator_RevokeAndRestore() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        taskManager.setAggregator(address(this), false);
+        vm.assertFalse(taskManager.isAggregator(address(this)), "revoked");
+        vm.expectRevert(IInferenceTaskManager.OnlyAggregator.selector);
+        taskManager.certifyBatch(h, p);
+        taskManager.setAggregator(address(this), true);
+        vm.assertTrue(taskManager.isAggregator(address(this)), "restored");
+        taskManager.certifyBatch(h, p);
+    }
+}
+
 contract VerifyKeyPairTest is CertifyFixture {
     function testFuzz_verifyKeyPair_RecordsMatchingPair(uint256 k) public {
         k = bound(k, 1, 136);

@@ -168,6 +168,14 @@ class Web3AvsClient:
         fn = self.task_manager.functions.certifyBatch(encode_batch_header(header), encode_signatures(signatures))
         return self.transact(fn)
 
+    def is_key_pair_verified(self, apk: G1Point, apk_g2: G2Point) -> bool:
+        """Whether ``verifyKeyPair`` recorded (apk, apk_g2): certificates under it skip the γ step."""
+        return bool(self._call(self.task_manager.functions.isKeyPairVerified(encode_g1(apk), encode_g2(apk_g2))))
+
+    def verify_key_pair_function(self, apk: G1Point, apk_g2: G2Point) -> ContractFunction:
+        """The ``verifyKeyPair(apk, apkG2)`` transaction (for a ``transact`` or a transaction sender)."""
+        return self.task_manager.functions.verifyKeyPair(encode_g1(apk), encode_g2(apk_g2))
+
     def transact(self, fn: ContractFunction, account: LocalAccount | None = None) -> bytes:
         """Sends ``fn`` from ``account`` (default: the client's) and waits for a successful receipt."""
         sender = account or self.account

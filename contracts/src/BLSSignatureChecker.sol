@@ -36,9 +36,8 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     ///      refused (it pairs with anything trivially and is never a signing set's key).
     function verifyKeyPair(BN254.G1Point calldata apk, BN254.G2Point calldata apkG2) external {
         if (apk.X == 0 && apk.Y == 0) revert InvalidKeyPair();
-        (bool ok, bool valid) = BN254.safePairing(
-            apk, BN254.negGeneratorG2(), BN254.generatorG1(), apkG2, BN254.PAIRING_EQUALITY_CHECK_GAS
-        );
+        (bool ok, bool valid) =
+            BN254.safePairingNegG2(apk, BN254.generatorG1(), apkG2, BN254.PAIRING_EQUALITY_CHECK_GAS);
         if (!ok || !valid) revert InvalidKeyPair();
         _verifiedKeyPairs[_keyPairHash(apk, apkG2)] = true;
         emit KeyPairVerified(apk, apkG2);
@@ -93,15 +92,14 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     function _verifySignature(
         bytes32 msgHash,
         BN254.G1Point memory apk,
-        BN254.G2Point calldata apkG2,
-        BN254.G1Point calldata sigma
+        BN254.G2Point memory apkG2,
+        BN254.G1Point memory sigma
     ) private view {
         bool pairingOk;
         bool valid;
         if (_verifiedKeyPairs[_keyPairHash(apk, apkG2)]) {
-            (pairingOk, valid) = BN254.safePairing(
-                sigma, BN254.negGeneratorG2(), BN254.hashToG1(msgHash), apkG2, BN254.PAIRING_EQUALITY_CHECK_GAS
-            );
+            (pairingOk, valid) =
+                BN254.safePairingNegG2(sigma, BN254.hashToG1(msgHash), apkG2, BN254.PAIRING_EQUALITY_CHECK_GAS);
         } else {
             (pairingOk, valid) = BLSSignatures.trySignatureAndApkVerification(msgHash, apk, apkG2, sigma);
         }
@@ -113,16 +111,28 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
         return keccak256(abi.encode(apk.X, apk.Y, apkG2.X[0], apkG2.X[1], apkG2.Y[0], apkG2.Y[1]));
     }
 
-    /// @dev Total stake of quorum `q` at `ref`, and that less the stake of its non-signers.
-    function _quorumStakes(
+    /// @dev The i-th quorum's apk (checked against history at `ref`) and total stake, in one call.
+    function _quorumApkAndTotal(uint8 q, uint32 ref, NonSignerStakesAndSignature calldata params, uint256 i)
+        private
+        view
+        returns (BN254.G1Point memory quorumApk, uint96 total)
+    {
+        quorumApk = params.quorumApks[i];
+        bytes24 apkHash;
+        (apkHash, total) =
+            registry.getQuorumApkHashAndTotalStake(q, ref, params.quorumApkIndices[i], params.totalStakeIndices[i]);
+        if (bytes24(BN254.hashG1Point(quorumApk)) != apkHash) revert InvalidQuorumApkHash();
+    }
+
+    /// @dev `total` (quorum `q`'s stake at `ref`) less the stake of its non-signers.
+    function _signedStake(
         uint8 q,
         uint32 ref,
-        uint32 totalStakeIndex,
+        uint96 total,
         bytes32[] memory nonSignerIds,
         uint256[] memory nonSignerBitmaps,
         uint32[] calldata stakeIndices
-    ) private view returns (uint96 signed, uint96 total) {
-        total = registry.getTotalStakeAtBlockNumberFromIndex(q, ref, totalStakeIndex);
+    ) private view returns (uint96 signed) {
         signed = total;
         uint256 k;
         for (uint256 j; j < nonSignerIds.length; ++j) {
@@ -171,15 +181,11 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
         totals.totalStakeForQuorum = new uint96[](m);
         for (uint256 i; i < m; ++i) {
             uint8 q = uint8(quorumNumbers[i]);
-            BN254.G1Point memory quorumApk = params.quorumApks[i];
-            if (
-                bytes24(BN254.hashG1Point(quorumApk))
-                    != registry.getApkHashAtBlockNumberAndIndex(q, ref, params.quorumApkIndices[i])
-            ) revert InvalidQuorumApkHash();
+            (BN254.G1Point memory quorumApk, uint96 total) = _quorumApkAndTotal(q, ref, params, i);
             apkSum = i == 0 ? quorumApk : apkSum.plus(quorumApk);
-            (totals.signedStakeForQuorum[i], totals.totalStakeForQuorum[i]) = _quorumStakes(
-                q, ref, params.totalStakeIndices[i], nonSignerIds, nonSignerBitmaps, params.nonSignerStakeIndices[i]
-            );
+            totals.totalStakeForQuorum[i] = total;
+            totals.signedStakeForQuorum[i] =
+                _signedStake(q, ref, total, nonSignerIds, nonSignerBitmaps, params.nonSignerStakeIndices[i]);
         }
     }
 }

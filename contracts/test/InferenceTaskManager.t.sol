@@ -377,15 +377,34 @@ contract VerifyKeyPairTest is CertifyFixture {
 }
 
 /// @dev Gas of `certifyBatch` itself. "verified": the signing set's (apk, apkG2) was recorded with
-///      `verifyKeyPair` beforehand (the all-signers case after each membership change); otherwise the
-///      γ-randomised check runs.
+///      `verifyKeyPair` beforehand, in setUp so that its flag is a cold slot as in a real transaction
+///      (the all-signers case after each membership change). Without it the γ-randomised check runs
+///      (CertifyBatchUnverifiedGasTest).
 contract CertifyBatchGasTest is CertifyFixture {
+    function setUp() public override {
+        super.setUp();
+        taskManager.verifyKeyPair(_g1(36), _g2(36)); // all of quorum 0
+        taskManager.verifyKeyPair(_g1(46), _g2(46)); // quorums 0 and 1, 1..4 twice
+        taskManager.verifyKeyPair(_g1(35), _g2(35)); // quorum 0 without operator 1
+    }
+
     function test_gas_certifyBatch_allSigners() public {
-        taskManager.verifyKeyPair(_g1(36), _g2(36));
         _certify(0, keccak256("root"), hex"00", _none());
         vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum");
     }
 
+    function test_gas_certifyBatch_oneNonSigner_verifiedKeyPair() public {
+        _certify(0, keccak256("root"), hex"00", _one(1));
+        vm.snapshotGasLastCall("certifyBatch_1nonSigner_1quorum_verifiedKeyPair");
+    }
+
+    function test_gas_certifyBatch_allSigners_twoQuorums() public {
+        _certify(0, keccak256("root"), hex"0001", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_2quorums");
+    }
+}
+
+contract CertifyBatchUnverifiedGasTest is CertifyFixture {
     function test_gas_certifyBatch_allSigners_unverifiedKeyPair() public {
         _certify(0, keccak256("root"), hex"00", _none());
         vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum_unverifiedKeyPair");
@@ -396,24 +415,12 @@ contract CertifyBatchGasTest is CertifyFixture {
         vm.snapshotGasLastCall("certifyBatch_1nonSigner_1quorum");
     }
 
-    function test_gas_certifyBatch_oneNonSigner_verifiedKeyPair() public {
-        taskManager.verifyKeyPair(_g1(35), _g2(35));
-        _certify(0, keccak256("root"), hex"00", _one(1));
-        vm.snapshotGasLastCall("certifyBatch_1nonSigner_1quorum_verifiedKeyPair");
-    }
-
     function test_gas_certifyBatch_twoNonSigners() public {
         uint256[] memory non = new uint256[](2);
         non[0] = 1;
         non[1] = 2;
         _certify(0, keccak256("root"), hex"00", non);
         vm.snapshotGasLastCall("certifyBatch_2nonSigners_1quorum");
-    }
-
-    function test_gas_certifyBatch_allSigners_twoQuorums() public {
-        taskManager.verifyKeyPair(_g1(46), _g2(46));
-        _certify(0, keccak256("root"), hex"0001", _none());
-        vm.snapshotGasLastCall("certifyBatch_allSigners_2quorums");
     }
 
     function test_gas_verifyKeyPair() public {

@@ -223,3 +223,23 @@ contract CreateQuorumTest is AvsFixture {
         registry.createQuorum(0, IOperatorRegistryTypes.QuorumConfig(1, 1), _noStrategies());
     }
 }
+
+contract GetQuorumApkHashAndTotalStakeTest is AvsFixture {
+    /// @dev Same answers (and the same InvalidHistoryIndex) as the two separate views.
+    function testFuzz_getQuorumApkHashAndTotalStake_MatchesSeparateViews(uint8 gap, uint8 at) public {
+        gap = uint8(bound(gap, 1, 20));
+        vm.roll(block.number + 1);
+        _register(1, 5 ether, hex"00");
+        uint32 first = uint32(block.number);
+        vm.roll(first + gap);
+        _register(2, 7 ether, hex"00");
+        vm.roll(block.number + 1);
+        uint32 blockNumber = first + uint32(bound(at, 0, gap));
+        uint256 index = blockNumber < first + gap ? 1 : 2;
+        (bytes24 apkHash, uint96 total) = registry.getQuorumApkHashAndTotalStake(0, blockNumber, index, index);
+        vm.assertEq(apkHash, registry.getApkHashAtBlockNumberAndIndex(0, blockNumber, index), "apk hash");
+        vm.assertEq(total, registry.getTotalStakeAtBlockNumberFromIndex(0, blockNumber, index), "total");
+        vm.expectRevert(IOperatorRegistryErrors.InvalidHistoryIndex.selector);
+        registry.getQuorumApkHashAndTotalStake(0, blockNumber, index, 3 - index);
+    }
+}

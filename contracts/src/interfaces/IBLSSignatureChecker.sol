@@ -47,7 +47,7 @@ interface IBLSSignatureChecker {
 
     /// @notice Proves with one pairing that `apk` (G1) and `apkG2` have the same secret, and records
     ///         the pair. The aggregator calls it once per signing set it keeps using (typically each
-    ///         quorum's full aggregate key after a membership change): ~136k once, then ~10k less
+    ///         quorum's full aggregate key after a membership change): ~142k once, then ~14k less
     ///         per certificate.
     function verifyKeyPair(BN254.G1Point calldata apk, BN254.G2Point calldata apkG2) external;
 

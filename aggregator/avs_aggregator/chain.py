@@ -25,6 +25,7 @@ from avs.chain.client import (
     encode_signatures,
 )
 from avs.chain.faults import SignedAttestation, Web3FaultClient, encode_signed_attestation
+from avs.crypto import bls
 from avs.crypto.curve import G1Point, G2Point
 from avs.messages import Attestation, BatchHeader, Verdict
 from avs.types import OperatorId
@@ -119,6 +120,7 @@ class Web3ChainWriter:
         return self.client.get_check_signatures_indices(reference_block, quorum_numbers, non_signer_ids)
 
     def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
+        self._verify_full_key_pair(signatures)
         if self.sender is not None:
             fn = self.client.task_manager.functions.certifyBatch(
                 encode_batch_header(header), encode_signatures(signatures)
@@ -128,6 +130,20 @@ class Web3ChainWriter:
         tx_hash = self.client.certify_batch(header, signatures)
         receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         return tx_hash, int(receipt["gasUsed"])
+
+    def _verify_full_key_pair(self, signatures: NonSignerStakesAndSignature) -> None:
+        """With every operator signing, records the quorums' (apk, apkG2) once (one pairing, ~165k
+        gas per membership change) so that each later certificate skips the γ step (~14k less)."""
+        if signatures.non_signer_pubkeys:
+            return
+        apk = bls.aggregate_g1(signatures.quorum_apks)
+        if self.client.is_key_pair_verified(apk, signatures.apk_g2):
+            return
+        fn = self.client.verify_key_pair_function(apk, signatures.apk_g2)
+        if self.sender is not None:
+            self.sender.send(fn)
+        else:
+            self.client.transact(fn)
 
     def get_block_hash(self, block_number: int) -> bytes | None:
         try:

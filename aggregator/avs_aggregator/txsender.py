@@ -110,7 +110,7 @@ class TransactionSender:
         with self._lock:
             nonce = self._nonce()
             params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
-            tx: dict[str, Any] = dict(self._retry(lambda: self.client._guard(lambda: fn.build_transaction(params))))
+            tx: dict[str, Any] = dict(self._retry(lambda: self.client.build_transaction(fn, params)))
             sent: list[bytes] = []
             raw = b""
             receipt = None

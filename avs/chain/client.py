@@ -168,19 +168,40 @@ class Web3AvsClient:
         fn = self.task_manager.functions.certifyBatch(encode_batch_header(header), encode_signatures(signatures))
         return self.transact(fn)
 
+    def is_key_pair_verified(self, apk: G1Point, apk_g2: G2Point) -> bool:
+        """Whether ``verifyKeyPair`` recorded (apk, apk_g2): certificates under it skip the γ step."""
+        return bool(self._call(self.task_manager.functions.isKeyPairVerified(encode_g1(apk), encode_g2(apk_g2))))
+
+    def verify_key_pair_function(self, apk: G1Point, apk_g2: G2Point) -> ContractFunction:
+        """The ``verifyKeyPair(apk, apkG2)`` transaction (for a ``transact`` or a transaction sender)."""
+        return self.task_manager.functions.verifyKeyPair(encode_g1(apk), encode_g2(apk_g2))
+
     def transact(self, fn: ContractFunction, account: LocalAccount | None = None) -> bytes:
         """Sends ``fn`` from ``account`` (default: the client's) and waits for a successful receipt."""
         sender = account or self.account
         if sender is None:
             raise AvsError("this client has no account to send transactions from")
-        params: TxParams = {"from": sender.address, "nonce": Nonce(self._nonce(sender))}
-        tx = self._guard(lambda: fn.build_transaction(params))
+        tx = self.build_transaction(fn, {"from": sender.address, "nonce": Nonce(self._nonce(sender))})
         signed = sender.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
         if receipt["status"] != 1:
             raise AvsError(f"transaction {tx_hash.hex()} failed")
         return bytes(tx_hash)
+
+    def build_transaction(self, fn: ContractFunction, params: TxParams) -> dict[str, Any]:
+        """Fills in ``fn``'s transaction, its gas limit estimated against the pending block.
+
+        Estimating against "latest" runs the call with ``block.number`` equal to the last block;
+        the registry's histories overwrite an entry written in the current block but push new
+        storage slots in any later block, so a deregistration estimated in its registration's
+        block needed ~100k more gas one block later and ran out of gas (issue 3). "pending" is
+        the block the transaction goes into.
+        """
+        gas = self._guard(lambda: fn.estimate_gas(params, "pending"))
+        filled = params.copy()
+        filled["gas"] = gas
+        return dict(self._guard(lambda: fn.build_transaction(filled)))
 
     def _nonce(self, account: LocalAccount) -> int:
         return self.w3.eth.get_transaction_count(account.address, "pending")

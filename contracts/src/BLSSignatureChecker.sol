@@ -12,6 +12,10 @@ import {IBLSSignatureChecker} from "./interfaces/IBLSSignatureChecker.sol";
 ///         EigenLayer middleware's `BLSSignatureChecker.checkSignatures`: quorum apks are read from
 ///         history, each non-signer's key is subtracted once for every signing quorum it belongs to,
 ///         and each non-signer's stake is subtracted from every such quorum's total.
+/// @dev Fast path: a (G1 apk, G2 apk) pair that was once checked to share its secret
+///      (`verifyKeyPair`, one pairing) needs no γ randomisation afterwards, so the signature check is
+///      the plain e(σ, −g2)·e(H(m), apkG2) = 1 (two ecMul cheaper). Any other pair takes EigenLayer's
+///      randomised check. Both accept exactly the same (σ, apkG2) for a given on-chain apk.
 abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     using BN254 for BN254.G1Point;
     using QuorumBitmaps for uint256;
@@ -19,9 +23,29 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     /// @notice The registry whose histories are read.
     IOperatorRegistry public immutable registry;
 
+    /// @dev keccak256(apk.X, apk.Y, apkG2.X[0], apkG2.X[1], apkG2.Y[0], apkG2.Y[1]) => checked.
+    mapping(bytes32 => bool) private _verifiedKeyPairs;
+
     /// @param registry_ The operator registry.
     constructor(IOperatorRegistry registry_) {
         registry = registry_;
+    }
+
+    /// @inheritdoc IBLSSignatureChecker
+    /// @dev Permissionless: the pairing proves the pair, whoever sends it. The point at infinity is
+    ///      refused (it pairs with anything trivially and is never a signing set's key).
+    function verifyKeyPair(BN254.G1Point calldata apk, BN254.G2Point calldata apkG2) external {
+        if (apk.X == 0 && apk.Y == 0) revert InvalidKeyPair();
+        (bool ok, bool valid) =
+            BN254.safePairingNegG2(apk, BN254.generatorG1(), apkG2, BN254.PAIRING_EQUALITY_CHECK_GAS);
+        if (!ok || !valid) revert InvalidKeyPair();
+        _verifiedKeyPairs[_keyPairHash(apk, apkG2)] = true;
+        emit KeyPairVerified(apk, apkG2);
+    }
+
+    /// @inheritdoc IBLSSignatureChecker
+    function isKeyPairVerified(BN254.G1Point calldata apk, BN254.G2Point calldata apkG2) external view returns (bool) {
+        return _verifiedKeyPairs[_keyPairHash(apk, apkG2)];
     }
 
     /// @notice Checks that `params.sigma` is the aggregate signature on `msgHash` of every operator in
@@ -31,10 +55,20 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     /// @return signatoryRecordHash keccak256(referenceBlockNumber, nonSignerOperatorIds).
     function checkSignatures(
         bytes32 msgHash,
-        bytes memory quorumNumbers,
+        bytes calldata quorumNumbers,
         uint32 referenceBlockNumber,
-        NonSignerStakesAndSignature memory params
-    ) public view returns (QuorumStakeTotals memory stakeTotals, bytes32 signatoryRecordHash) {
+        NonSignerStakesAndSignature calldata params
+    ) external view returns (QuorumStakeTotals memory stakeTotals, bytes32 signatoryRecordHash) {
+        return _checkSignatures(msgHash, quorumNumbers, referenceBlockNumber, params);
+    }
+
+    /// @dev `checkSignatures` on calldata (no copy of the parameters into memory).
+    function _checkSignatures(
+        bytes32 msgHash,
+        bytes calldata quorumNumbers,
+        uint32 referenceBlockNumber,
+        NonSignerStakesAndSignature calldata params
+    ) internal view returns (QuorumStakeTotals memory stakeTotals, bytes32 signatoryRecordHash) {
         uint256 m = quorumNumbers.length;
         if (
             params.quorumApks.length != m || params.quorumApkIndices.length != m
@@ -48,25 +82,57 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
         BN254.G1Point memory quorumApkSum;
         (quorumApkSum, stakeTotals) =
             _quorumTotals(quorumNumbers, referenceBlockNumber, params, nonSignerIds, nonSignerBitmaps);
-        apk = apk.plus(quorumApkSum);
+        apk = nonSignerIds.length == 0 ? quorumApkSum : apk.plus(quorumApkSum);
 
-        (bool pairingOk, bool valid) =
-            BLSSignatures.trySignatureAndApkVerification(msgHash, apk, params.apkG2, params.sigma);
-        if (!pairingOk) revert InvalidBLSPairingKey();
-        if (!valid) revert InvalidBLSSignature();
+        _verifySignature(msgHash, apk, params.apkG2, params.sigma);
         signatoryRecordHash = keccak256(abi.encodePacked(referenceBlockNumber, nonSignerIds));
     }
 
-    /// @dev Total stake of quorum `q` at `ref`, and that less the stake of its non-signers.
-    function _quorumStakes(
+    /// @dev Plain BLS check under a verified key pair, EigenLayer's randomised check otherwise.
+    function _verifySignature(
+        bytes32 msgHash,
+        BN254.G1Point memory apk,
+        BN254.G2Point memory apkG2,
+        BN254.G1Point memory sigma
+    ) private view {
+        bool pairingOk;
+        bool valid;
+        if (_verifiedKeyPairs[_keyPairHash(apk, apkG2)]) {
+            (pairingOk, valid) =
+                BN254.safePairingNegG2(sigma, BN254.hashToG1(msgHash), apkG2, BN254.PAIRING_EQUALITY_CHECK_GAS);
+        } else {
+            (pairingOk, valid) = BLSSignatures.trySignatureAndApkVerification(msgHash, apk, apkG2, sigma);
+        }
+        if (!pairingOk) revert InvalidBLSPairingKey();
+        if (!valid) revert InvalidBLSSignature();
+    }
+
+    function _keyPairHash(BN254.G1Point memory apk, BN254.G2Point memory apkG2) private pure returns (bytes32) {
+        return keccak256(abi.encode(apk.X, apk.Y, apkG2.X[0], apkG2.X[1], apkG2.Y[0], apkG2.Y[1]));
+    }
+
+    /// @dev The i-th quorum's apk (checked against history at `ref`) and total stake, in one call.
+    function _quorumApkAndTotal(uint8 q, uint32 ref, NonSignerStakesAndSignature calldata params, uint256 i)
+        private
+        view
+        returns (BN254.G1Point memory quorumApk, uint96 total)
+    {
+        quorumApk = params.quorumApks[i];
+        bytes24 apkHash;
+        (apkHash, total) =
+            registry.getQuorumApkHashAndTotalStake(q, ref, params.quorumApkIndices[i], params.totalStakeIndices[i]);
+        if (bytes24(BN254.hashG1Point(quorumApk)) != apkHash) revert InvalidQuorumApkHash();
+    }
+
+    /// @dev `total` (quorum `q`'s stake at `ref`) less the stake of its non-signers.
+    function _signedStake(
         uint8 q,
         uint32 ref,
-        uint32 totalStakeIndex,
+        uint96 total,
         bytes32[] memory nonSignerIds,
         uint256[] memory nonSignerBitmaps,
-        uint32[] memory stakeIndices
-    ) private view returns (uint96 signed, uint96 total) {
-        total = registry.getTotalStakeAtBlockNumberFromIndex(q, ref, totalStakeIndex);
+        uint32[] calldata stakeIndices
+    ) private view returns (uint96 signed) {
         signed = total;
         uint256 k;
         for (uint256 j; j < nonSignerIds.length; ++j) {
@@ -80,7 +146,7 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
 
     /// @dev Minus the sum of non-signer keys, each once per signing quorum it is in; their ids
     ///      (checked strictly ascending) and quorum bitmaps at `ref`.
-    function _subtractNonSigners(uint256 signingBitmap, uint32 ref, NonSignerStakesAndSignature memory params)
+    function _subtractNonSigners(uint256 signingBitmap, uint32 ref, NonSignerStakesAndSignature calldata params)
         private
         view
         returns (BN254.G1Point memory apk, bytes32[] memory ids, uint256[] memory bitmaps)
@@ -89,23 +155,24 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
         ids = new bytes32[](n);
         bitmaps = new uint256[](n);
         for (uint256 j; j < n; ++j) {
-            ids[j] = BN254.hashG1Point(params.nonSignerPubkeys[j]);
+            BN254.G1Point memory pk = params.nonSignerPubkeys[j];
+            ids[j] = BN254.hashG1Point(pk);
             if (j > 0 && uint256(ids[j]) <= uint256(ids[j - 1])) revert NonSignerPubkeysNotSorted();
             bitmaps[j] = registry.getQuorumBitmapAtBlockNumberByIndex(ids[j], ref, params.nonSignerQuorumBitmapIndices[j]);
             uint256 times = (bitmaps[j] & signingBitmap).countOnes();
             if (times == 1) {
-                apk = apk.plus(params.nonSignerPubkeys[j].negate());
+                apk = apk.plus(pk.negate());
             } else if (times > 1) {
-                apk = apk.plus(params.nonSignerPubkeys[j].negate().scalar_mul(times));
+                apk = apk.plus(pk.negate().scalar_mul(times));
             }
         }
     }
 
     /// @dev Sum of the quorum apks (each checked against history at `ref`) and the stake totals.
     function _quorumTotals(
-        bytes memory quorumNumbers,
+        bytes calldata quorumNumbers,
         uint32 ref,
-        NonSignerStakesAndSignature memory params,
+        NonSignerStakesAndSignature calldata params,
         bytes32[] memory nonSignerIds,
         uint256[] memory nonSignerBitmaps
     ) private view returns (BN254.G1Point memory apkSum, QuorumStakeTotals memory totals) {
@@ -114,14 +181,11 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
         totals.totalStakeForQuorum = new uint96[](m);
         for (uint256 i; i < m; ++i) {
             uint8 q = uint8(quorumNumbers[i]);
-            if (
-                bytes24(BN254.hashG1Point(params.quorumApks[i]))
-                    != registry.getApkHashAtBlockNumberAndIndex(q, ref, params.quorumApkIndices[i])
-            ) revert InvalidQuorumApkHash();
-            apkSum = apkSum.plus(params.quorumApks[i]);
-            (totals.signedStakeForQuorum[i], totals.totalStakeForQuorum[i]) = _quorumStakes(
-                q, ref, params.totalStakeIndices[i], nonSignerIds, nonSignerBitmaps, params.nonSignerStakeIndices[i]
-            );
+            (BN254.G1Point memory quorumApk, uint96 total) = _quorumApkAndTotal(q, ref, params, i);
+            apkSum = i == 0 ? quorumApk : apkSum.plus(quorumApk);
+            totals.totalStakeForQuorum[i] = total;
+            totals.signedStakeForQuorum[i] =
+                _signedStake(q, ref, total, nonSignerIds, nonSignerBitmaps, params.nonSignerStakeIndices[i]);
         }
     }
 }

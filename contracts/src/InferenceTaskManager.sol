@@ -14,8 +14,19 @@ import {IInferenceTaskManager} from "./interfaces/IInferenceTaskManager.sol";
 contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Ownable {
     /// @notice Governance parameters.
     Config public config;
-    /// @notice Aggregators allowed to certify.
-    mapping(address => bool) public isAggregator;
+
+    /// @dev An aggregator's permission with a copy of what certifyBatch needs of `config`, packed
+    ///      in one slot (a nested struct would start a second one): certifyBatch reads one cold slot
+    ///      instead of two (2,100 gas less); `setConfig` refreshes every copy.
+    struct AggregatorEntry {
+        bool allowed;
+        uint16 thresholdBps;
+        uint32 maxReferenceAge;
+    }
+
+    mapping(address => AggregatorEntry) private _aggregators;
+    /// @dev Every address ever passed to `setAggregator` (governance keeps this short).
+    address[] private _aggregatorList;
 
     mapping(uint64 => BatchRecord) private _batches;
     uint256 private immutable _cachedChainId;
@@ -35,8 +46,15 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
 
     /// @notice Authorises or revokes an aggregator.
     function setAggregator(address aggregator, bool allowed) external onlyOwner {
-        isAggregator[aggregator] = allowed;
+        if (_aggregators[aggregator].thresholdBps == 0) _aggregatorList.push(aggregator); // first time
+        Config memory c = config;
+        _aggregators[aggregator] = AggregatorEntry(allowed, c.thresholdBps, c.maxReferenceAge);
         emit AggregatorSet(aggregator, allowed);
+    }
+
+    /// @notice Whether `aggregator` may certify batches.
+    function isAggregator(address aggregator) external view returns (bool) {
+        return _aggregators[aggregator].allowed;
     }
 
     /// @notice Sets threshold (basis points of each quorum's stake), reference age and challenge window.
@@ -48,18 +66,18 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     function certifyBatch(AvsMessages.BatchHeader calldata header, NonSignerStakesAndSignature calldata signatures)
         external
     {
-        if (!isAggregator[msg.sender]) revert OnlyAggregator();
+        AggregatorEntry memory aggregator = _aggregators[msg.sender];
+        if (!aggregator.allowed) revert OnlyAggregator();
         BatchRecord storage record = _batches[header.batchIndex];
         if (record.certifiedBlock != 0) revert BatchAlreadyCertified(header.batchIndex);
-        Config memory cfg = config;
-        if (uint256(header.referenceBlock) + cfg.maxReferenceAge < block.number) {
+        if (uint256(header.referenceBlock) + aggregator.maxReferenceAge < block.number) {
             revert StaleReferenceBlock(header.referenceBlock);
         }
         bytes32 structHash = AvsMessages.hash(header);
-        (QuorumStakeTotals memory totals, bytes32 signatoryRecordHash) = checkSignatures(
+        (QuorumStakeTotals memory totals, bytes32 signatoryRecordHash) = _checkSignatures(
             AvsMessages.digest(domainSeparator(), structHash), header.quorumNumbers, header.referenceBlock, signatures
         );
-        _requireThreshold(header.quorumNumbers, totals, cfg.thresholdBps);
+        _requireThreshold(header.quorumNumbers, totals, aggregator.thresholdBps);
         record.commitment = _commitment(structHash, signatoryRecordHash);
         record.certifiedBlock = uint32(block.number);
         emit BatchCertified(
@@ -131,6 +149,10 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     function _setConfig(Config memory c) private {
         if (c.thresholdBps == 0 || c.thresholdBps > 10_000) revert InvalidThreshold();
         config = c;
+        for (uint256 i; i < _aggregatorList.length; ++i) {
+            AggregatorEntry storage e = _aggregators[_aggregatorList[i]];
+            (e.thresholdBps, e.maxReferenceAge) = (c.thresholdBps, c.maxReferenceAge);
+        }
         emit ConfigSet(c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
     }
 }

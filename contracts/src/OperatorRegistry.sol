@@ -271,11 +271,18 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         view
         returns (bytes24)
     {
-        ApkUpdate[] storage h = _apkHistory[quorumNumber];
-        if (index >= h.length) revert InvalidHistoryIndex();
-        ApkUpdate memory u = h[index];
-        _checkCovers(u.updateBlockNumber, u.nextUpdateBlockNumber, blockNumber);
-        return u.apkHash;
+        return _apkHashAt(quorumNumber, blockNumber, index);
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    function getQuorumApkHashAndTotalStake(
+        uint8 quorumNumber,
+        uint32 blockNumber,
+        uint256 apkIndex,
+        uint256 totalStakeIndex
+    ) external view returns (bytes24 apkHash, uint96 totalStake) {
+        apkHash = _apkHashAt(quorumNumber, blockNumber, apkIndex);
+        totalStake = _stakeAt(_totalStakeHistory[quorumNumber], blockNumber, totalStakeIndex);
     }
 
     /// @inheritdoc IOperatorRegistry
@@ -465,6 +472,14 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     function _checkCovers(uint32 fromBlock, uint32 nextBlock, uint32 blockNumber) private pure {
         if (fromBlock > blockNumber) revert InvalidHistoryIndex();
         if (nextBlock != 0 && nextBlock <= blockNumber) revert InvalidHistoryIndex();
+    }
+
+    function _apkHashAt(uint8 q, uint32 blockNumber, uint256 index) private view returns (bytes24) {
+        ApkUpdate[] storage h = _apkHistory[q];
+        if (index >= h.length) revert InvalidHistoryIndex();
+        ApkUpdate memory u = h[index];
+        _checkCovers(u.updateBlockNumber, u.nextUpdateBlockNumber, blockNumber);
+        return u.apkHash;
     }
 
     function _stakeAt(StakeUpdate[] storage h, uint32 blockNumber, uint256 index) private view returns (uint96) {

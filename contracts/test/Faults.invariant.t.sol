@@ -105,6 +105,9 @@ contract FaultsHandler is PoolFixture {
 /// forge-config: default.invariant.runs = 16
 /// forge-config: default.invariant.depth = 24
 /// forge-config: default.invariant.fail-on-revert = true
+/// forge-config: deep.invariant.runs = 128
+/// forge-config: deep.invariant.depth = 64
+/// forge-config: deep.invariant.fail-on-revert = true
 contract FaultsInvariantTest is Test {
     FaultsHandler internal handler;
 

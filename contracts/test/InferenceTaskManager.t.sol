@@ -39,17 +39,22 @@ abstract contract CertifyFixture is AvsFixture {
     function _withMultiplicity(uint256[] memory signers) internal pure returns (uint256[] memory r) {
         uint256 extra;
         for (uint256 i; i < signers.length; ++i) {
-            if (signers[i] <= 4) ++extra;
+            if (_inBothQuorums(signers[i])) ++extra;
         }
         r = new uint256[](signers.length + extra);
         uint256 n;
         for (uint256 i; i < signers.length; ++i) {
             r[n++] = signers[i];
-            if (signers[i] <= 4) r[n++] = signers[i];
+            if (_inBothQuorums(signers[i])) r[n++] = signers[i];
         }
     }
 
-    function _members(bytes memory quorums) internal pure returns (uint256[] memory) {
+    /// @dev Whether operator `sk` is in quorums 0 and 1.
+    function _inBothQuorums(uint256 sk) internal pure virtual returns (bool) {
+        return sk <= 4;
+    }
+
+    function _members(bytes memory quorums) internal pure virtual returns (uint256[] memory) {
         for (uint256 i; i < quorums.length; ++i) {
             if (uint8(quorums[i]) == 0) return _range(1, 8);
         }
@@ -207,6 +212,37 @@ contract CertifyBatchTest is CertifyFixture {
         taskManager.certifyBatch(h, p);
     }
 
+    /// @dev The fast path (verified key pair, no γ) refuses every wrong signature the γ path refuses.
+    function testFuzz_certifyBatch_VerifiedKeyPair_RevertWhen_WrongSigner(uint256 extra) public {
+        extra = bound(extra, 1, 100);
+        taskManager.verifyKeyPair(_g1(36), _g2(36));
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        p.sigma = BN254.hashToG1(taskManager.batchDigest(h)).scalar_mul(36 + extra);
+        vm.expectRevert(IBLSSignatureChecker.InvalidBLSSignature.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    /// @dev A verified pair of another signing set does not vouch for this one's apkG2: a G2 key of
+    ///      `k` signers with a matching signature is refused when the on-chain apk is of 36.
+    function testFuzz_certifyBatch_VerifiedKeyPair_RevertWhen_OtherSetsPair(uint256 k) public {
+        k = bound(k, 1, 100);
+        vm.assume(k != 36);
+        taskManager.verifyKeyPair(_g1(k), _g2(k));
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        p.apkG2 = _g2(k);
+        p.sigma = BN254.hashToG1(taskManager.batchDigest(h)).scalar_mul(k);
+        vm.expectRevert(IBLSSignatureChecker.InvalidBLSSignature.selector);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_certifyBatch_VerifiedKeyPair_AllSigners() public {
+        taskManager.verifyKeyPair(_g1(36), _g2(36));
+        _certify(0, keccak256("root"), hex"00", _none());
+        vm.assertTrue(taskManager.getBatch(0).certifiedBlock != 0, "certified");
+    }
+
     /// @dev Any subset of non-signers: certified iff signed stake meets 66.67% in every quorum.
     function testFuzz_certifyBatch_NonSignerSubsets(uint8 mask, bool twoQuorums) public {
         bytes memory quorums = twoQuorums ? bytes(hex"0001") : bytes(hex"00");
@@ -262,10 +298,116 @@ contract IsBatchFinalTest is CertifyFixture {
 }
 
 /// @notice Gas of certifyBatch (recorded with snapshotGasLastCall under snapshots/ and in docs).
+/// @dev certifyBatch reads the config from the aggregator's entry: every change must reach it.
+contract SetConfigTest is CertifyFixture {
+    function testFuzz_setConfig_AppliesToAuthorisedAggregators(uint32 maxAge) public {
+        maxAge = uint32(bound(maxAge, 1, 50));
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, maxAge, 50));
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.roll(uint256(h.referenceBlock) + maxAge + 1);
+        vm.expectRevert(abi.encodeWithSelector(IInferenceTaskManager.StaleReferenceBlock.selector, h.referenceBlock));
+        taskManager.certifyBatch(h, p);
+        vm.roll(uint256(h.referenceBlock) + maxAge);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_setConfig_ThresholdReachesAggregatorAddedLater() public {
+        taskManager.setConfig(IInferenceTaskManager.Config(10_000, 100, 50));
+        taskManager.setAggregator(address(0xA66), true);
+        uint256[] memory non = _one(1);
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, non);
+        vm.prank(address(0xA66));
+        vm.expectRevert(
+            abi.encodeWithSelector(IInferenceTaskManager.ThresholdNotMet.selector, uint8(0), 305 ether, 310 ether)
+        );
+        taskManager.certifyBatch(h, p);
+    }
+}
+
+contract SetAggregatorTest is CertifyFixture {
+    function test_setAggregator_RevokeAndRestore() public {
+        AvsMessages.BatchHeader memory h = _header(0, keccak256("root"), hex"00");
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        taskManager.setAggregator(address(this), false);
+        vm.assertFalse(taskManager.isAggregator(address(this)), "revoked");
+        vm.expectRevert(IInferenceTaskManager.OnlyAggregator.selector);
+        taskManager.certifyBatch(h, p);
+        taskManager.setAggregator(address(this), true);
+        vm.assertTrue(taskManager.isAggregator(address(this)), "restored");
+        taskManager.certifyBatch(h, p);
+    }
+}
+
+contract VerifyKeyPairTest is CertifyFixture {
+    function testFuzz_verifyKeyPair_RecordsMatchingPair(uint256 k) public {
+        k = bound(k, 1, 136);
+        vm.assertFalse(taskManager.isKeyPairVerified(_g1(k), _g2(k)), "before");
+        vm.expectEmit();
+        emit IBLSSignatureChecker.KeyPairVerified(_g1(k), _g2(k));
+        taskManager.verifyKeyPair(_g1(k), _g2(k));
+        vm.assertTrue(taskManager.isKeyPairVerified(_g1(k), _g2(k)), "after");
+    }
+
+    function testFuzz_verifyKeyPair_RevertWhen_Mismatched(uint256 a, uint256 b) public {
+        a = bound(a, 1, 136);
+        b = bound(b, 1, 136);
+        vm.assume(a != b);
+        BN254.G1Point memory g1 = _g1(a);
+        BN254.G2Point memory g2 = _g2(b);
+        vm.expectRevert(IBLSSignatureChecker.InvalidKeyPair.selector);
+        taskManager.verifyKeyPair(g1, g2);
+    }
+
+    function test_verifyKeyPair_RevertWhen_Infinity() public {
+        BN254.G1Point memory infinity;
+        BN254.G2Point memory g2Infinity;
+        vm.expectRevert(IBLSSignatureChecker.InvalidKeyPair.selector);
+        taskManager.verifyKeyPair(infinity, g2Infinity);
+    }
+
+    function test_verifyKeyPair_RevertWhen_G2NotOnCurve() public {
+        BN254.G2Point memory bad = _g2(3);
+        bad.Y[0] += 1;
+        BN254.G1Point memory g1 = _g1(3);
+        vm.expectRevert(IBLSSignatureChecker.InvalidKeyPair.selector);
+        taskManager.verifyKeyPair(g1, bad);
+    }
+}
+
+/// @dev Gas of `certifyBatch` itself. "verified": the signing set's (apk, apkG2) was recorded with
+///      `verifyKeyPair` beforehand, in setUp so that its flag is a cold slot as in a real transaction
+///      (the all-signers case after each membership change). Without it the γ-randomised check runs
+///      (CertifyBatchUnverifiedGasTest).
 contract CertifyBatchGasTest is CertifyFixture {
+    function setUp() public override {
+        super.setUp();
+        taskManager.verifyKeyPair(_g1(36), _g2(36)); // all of quorum 0
+        taskManager.verifyKeyPair(_g1(46), _g2(46)); // quorums 0 and 1, 1..4 twice
+        taskManager.verifyKeyPair(_g1(35), _g2(35)); // quorum 0 without operator 1
+    }
+
     function test_gas_certifyBatch_allSigners() public {
         _certify(0, keccak256("root"), hex"00", _none());
         vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum");
+    }
+
+    function test_gas_certifyBatch_oneNonSigner_verifiedKeyPair() public {
+        _certify(0, keccak256("root"), hex"00", _one(1));
+        vm.snapshotGasLastCall("certifyBatch_1nonSigner_1quorum_verifiedKeyPair");
+    }
+
+    function test_gas_certifyBatch_allSigners_twoQuorums() public {
+        _certify(0, keccak256("root"), hex"0001", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_2quorums");
+    }
+}
+
+contract CertifyBatchUnverifiedGasTest is CertifyFixture {
+    function test_gas_certifyBatch_allSigners_unverifiedKeyPair() public {
+        _certify(0, keccak256("root"), hex"00", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum_unverifiedKeyPair");
     }
 
     function test_gas_certifyBatch_oneNonSigner() public {
@@ -281,8 +423,8 @@ contract CertifyBatchGasTest is CertifyFixture {
         vm.snapshotGasLastCall("certifyBatch_2nonSigners_1quorum");
     }
 
-    function test_gas_certifyBatch_allSigners_twoQuorums() public {
-        _certify(0, keccak256("root"), hex"0001", _none());
-        vm.snapshotGasLastCall("certifyBatch_allSigners_2quorums");
+    function test_gas_verifyKeyPair() public {
+        taskManager.verifyKeyPair(_g1(36), _g2(36));
+        vm.snapshotGasLastCall("verifyKeyPair");
     }
 }

@@ -45,6 +45,19 @@ contract BN254Test is Test {
         );
     }
 
+    /// @dev safePairingNegG2(a, b, c) is safePairing(a, −g2, b, c): with a = s·g1, b = g1 and
+    ///      c = ±g2 both agree, and hold exactly when the secrets match.
+    function testFuzz_safePairingNegG2_matchesSafePairing(uint256 s, bool negate) public view {
+        s = bound(s, 1, BN254.FR_MODULUS - 1);
+        BN254.G1Point memory a = BN254.generatorG1().scalar_mul(s);
+        BN254.G2Point memory c = negate ? BN254.negGeneratorG2() : BN254.generatorG2();
+        (bool ok1, bool r1) = BN254.safePairingNegG2(a, BN254.generatorG1(), c, 120_000);
+        (bool ok2, bool r2) = BN254.safePairing(a, BN254.negGeneratorG2(), BN254.generatorG1(), c, 120_000);
+        vm.assertTrue(ok1 && ok2, "precompile accepted");
+        vm.assertEq(r1, r2, "same result");
+        vm.assertEq(r1, s == (negate ? BN254.FR_MODULUS - 1 : 1), "holds iff the secrets match");
+    }
+
     function test_pairing_rejectsPointOffCurve() public {
         Caller c = new Caller();
         vm.expectRevert(BN254.ECPairingFailed.selector);

@@ -117,6 +117,57 @@ contract DeregisterOperatorTest is AvsFixture {
         vm.assertEq(registry.operatorCount(0), 1, "count");
         vm.assertEq(registry.getCurrentQuorumBitmap(BN254.hashG1Point(_g1(1))), 0, "bitmap");
     }
+
+    /// @dev Regression (issue 3): deregistering in the block right after registering. The last
+    ///      operator leaves, so the quorum's apk becomes the point at infinity (0, 0); every history
+    ///      closes its registration-block entry and pushes a new one; the quorum can be joined again.
+    function test_deregisterOperator_InTheBlockAfterRegistering() public {
+        vm.roll(block.number + 1); // after the quorums' creation block
+        _register(1, 5 ether, hex"00");
+        uint32 registered = uint32(block.number);
+        vm.roll(registered + 1);
+        _deregister(1);
+        bytes32 id = BN254.hashG1Point(_g1(1));
+        vm.assertEq(registry.getApk(0).X, 0, "apk x at infinity");
+        vm.assertEq(registry.getApk(0).Y, 0, "apk y at infinity");
+        vm.assertEq(registry.getApkHashAtBlockNumberAndIndex(0, registered, 1), bytes24(id), "apk at registration");
+        BN254.G1Point memory infinity;
+        vm.assertEq(
+            registry.getApkHashAtBlockNumberAndIndex(0, registered + 1, 2), bytes24(BN254.hashG1Point(infinity)), "apk"
+        );
+        vm.assertEq(registry.getStakeAtBlockNumberAndIndex(0, registered, id, 0), 5 ether, "stake then");
+        vm.assertEq(registry.getStakeAtBlockNumberAndIndex(0, registered + 1, id, 1), 0, "stake now");
+        vm.assertEq(registry.getTotalStakeAtBlockNumberFromIndex(0, registered + 1, 2), 0, "total now");
+        vm.assertEq(registry.getQuorumBitmapAtBlockNumberByIndex(id, registered + 1, 1), 0, "bitmap now");
+        vm.expectRevert(IOperatorRegistryErrors.InvalidHistoryIndex.selector);
+        registry.getStakeAtBlockNumberAndIndex(0, registered + 1, id, 0);
+        _register(2, 6 ether, hex"00");
+        vm.assertEq(registry.getApk(0).X, _g1(2).X, "rejoined from infinity");
+    }
+
+    /// @dev Root cause of the issue-3 revert: in the registration's block every history write is an
+    ///      in-place overwrite, one block later it pushes new slots. eth_estimateGas at "latest" runs
+    ///      with block.number = the registration's block and so under-estimated the transaction,
+    ///      which then ran out of gas; Web3AvsClient.build_transaction estimates at "pending".
+    function test_deregisterOperator_NextBlockCostsMoreThanSameBlock() public {
+        vm.roll(block.number + 1);
+        _register(1, 5 ether, hex"00");
+        _register(2, 5 ether, hex"00");
+        uint256 snapshot = vm.snapshotState();
+        uint256 sameBlock = _deregister(1);
+        vm.revertToState(snapshot);
+        vm.roll(block.number + 1);
+        uint256 nextBlock = _deregister(1);
+        vm.assertGe(nextBlock, sameBlock + 60_000, "new history slots in the next block");
+    }
+
+    function _deregister(uint256 sk) internal returns (uint256 gasUsed) {
+        uint32[] memory ids = new uint32[](1);
+        vm.prank(_operator(sk));
+        uint256 before = gasleft();
+        core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(sk), address(registry), ids));
+        gasUsed = before - gasleft();
+    }
 }
 
 contract UpdateOperatorsTest is AvsFixture {
@@ -170,5 +221,25 @@ contract CreateQuorumTest is AvsFixture {
     function test_createQuorum_RevertWhen_Exists() public {
         vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.QuorumAlreadyExists.selector, uint8(0)));
         registry.createQuorum(0, IOperatorRegistryTypes.QuorumConfig(1, 1), _noStrategies());
+    }
+}
+
+contract GetQuorumApkHashAndTotalStakeTest is AvsFixture {
+    /// @dev Same answers (and the same InvalidHistoryIndex) as the two separate views.
+    function testFuzz_getQuorumApkHashAndTotalStake_MatchesSeparateViews(uint8 gap, uint8 at) public {
+        gap = uint8(bound(gap, 1, 20));
+        vm.roll(block.number + 1);
+        _register(1, 5 ether, hex"00");
+        uint32 first = uint32(block.number);
+        vm.roll(first + gap);
+        _register(2, 7 ether, hex"00");
+        vm.roll(block.number + 1);
+        uint32 blockNumber = first + uint32(bound(at, 0, gap));
+        uint256 index = blockNumber < first + gap ? 1 : 2;
+        (bytes24 apkHash, uint96 total) = registry.getQuorumApkHashAndTotalStake(0, blockNumber, index, index);
+        vm.assertEq(apkHash, registry.getApkHashAtBlockNumberAndIndex(0, blockNumber, index), "apk hash");
+        vm.assertEq(total, registry.getTotalStakeAtBlockNumberFromIndex(0, blockNumber, index), "total");
+        vm.expectRevert(IOperatorRegistryErrors.InvalidHistoryIndex.selector);
+        registry.getQuorumApkHashAndTotalStake(0, blockNumber, index, 3 - index);
     }
 }

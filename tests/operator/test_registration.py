@@ -105,7 +105,6 @@ def test_register_status_deregister(anvil: str, deployment: Deployment, tmp_path
     keys = keystore.load_bls_keystore(tmp_path / "op.bls.key.json", BLS_PASSWORD)
     assert status["operator_id"] == "0x" + keys.operator_id.hex()
 
-    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # see the xfail test below
     deregistered = run_cli("deregister", "--config", cfg, env=env)
     assert deregistered.returncode == 0, deregistered.stderr
     assert json.loads(run_cli("status", "--config", cfg, env=env).stdout)["quorums"] == []
@@ -123,7 +122,6 @@ def test_on_chain_commands_need_a_deployment_and_keys(tmp_path: Path) -> None:
     assert out.returncode == 2 and "chain.deployment_file" in out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="OperatorRegistry: deregistering in the block right after registering reverts")
 def test_deregister_in_the_next_block_after_register(anvil: str, deployment: Deployment) -> None:  # noqa: F811
     from avs.chain.registration import deregister_operator, register_operator
 

@@ -19,7 +19,8 @@ import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocat
 ///        slashable stake up to any future block is the allocated stake now;
 ///      - slashing moves the slashed tokens to the recipient at once (EigenLayer escrows them and
 ///        needs a separate `clearBurnOrRedistributableShares`); operator shares fall by the slashed
-///        amount, stakers' individual balances are not tracked (there are no withdrawals);
+///        amount; a staker's deposit shares are kept only to delegate them (there are no
+///        withdrawals, and a delegated staker's shares are not reduced by its operator's slashes);
 ///      - the AVS (or operator) itself must call: there is no PermissionController/appointees.
 contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     using SafeERC20 for IERC20;
@@ -63,6 +64,8 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     mapping(address => mapping(bytes32 => bool)) private _member;
     mapping(address => IAVSRegistrar) private _registrar;
     mapping(address => bool) public isAVS;
+    mapping(address => mapping(IStrategy => uint256)) private _stakerShares;
+    mapping(address => IStrategy[]) private _stakerStrategies;
 
     constructor() {
         owner = msg.sender;
@@ -88,13 +91,17 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
         if (!isStrategy[strategy] || strategy.underlyingToken() != token) revert InvalidStrategy();
         if (amount == 0) revert ZeroAmount();
         token.safeTransferFrom(msg.sender, address(this), amount);
+        if (_stakerShares[msg.sender][strategy] == 0) _stakerStrategies[msg.sender].push(strategy);
+        _stakerShares[msg.sender][strategy] += amount;
         emit Deposit(msg.sender, strategy, amount);
         address op = _delegatedTo[msg.sender];
-        if (op != address(0)) {
-            _operatorShares[op][strategy] += amount;
-            emit OperatorSharesIncreased(op, msg.sender, strategy, amount);
-        }
+        if (op != address(0)) _increaseOperatorShares(op, msg.sender, strategy, amount);
         return amount;
+    }
+
+    /// @notice StrategyManager's `stakerDepositShares`: everything `staker` deposited into `strategy`.
+    function stakerDepositShares(address staker, IStrategy strategy) external view returns (uint256) {
+        return _stakerShares[staker][strategy];
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -102,21 +109,21 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IDelegationManager
+    /// @dev As EigenLayer, the new operator is delegated to itself, so what it deposited before
+    ///      registering counts as its operator shares (issue 3: it used to be ignored).
     function registerAsOperator(address initDelegationApprover, uint32, string calldata) external {
         if (_delegatedTo[msg.sender] != address(0)) revert AlreadyDelegated();
         _isOperator[msg.sender] = true;
-        _delegatedTo[msg.sender] = msg.sender;
         emit OperatorRegistered(msg.sender, initDelegationApprover);
-        emit StakerDelegated(msg.sender, msg.sender);
+        _delegate(msg.sender, msg.sender);
     }
 
     /// @inheritdoc IDelegationManager
-    /// @dev Only shares deposited after delegation count (the local core keeps no per-staker shares).
+    /// @dev As EigenLayer, the staker's earlier deposits move to the operator with the delegation.
     function delegateTo(address operator, SignatureWithExpiry memory, bytes32) external {
         if (!_isOperator[operator]) revert InvalidOperator();
         if (_delegatedTo[msg.sender] != address(0)) revert AlreadyDelegated();
-        _delegatedTo[msg.sender] = operator;
-        emit StakerDelegated(msg.sender, operator);
+        _delegate(msg.sender, operator);
     }
 
     /// @inheritdoc IDelegationManager
@@ -386,6 +393,21 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     /*//////////////////////////////////////////////////////////////
                                 internals
     //////////////////////////////////////////////////////////////*/
+
+    /// @dev Delegates `staker` to `operator` and credits the operator with the staker's deposits.
+    function _delegate(address staker, address operator) private {
+        _delegatedTo[staker] = operator;
+        emit StakerDelegated(staker, operator);
+        IStrategy[] storage strategies = _stakerStrategies[staker];
+        for (uint256 i; i < strategies.length; ++i) {
+            _increaseOperatorShares(operator, staker, strategies[i], _stakerShares[staker][strategies[i]]);
+        }
+    }
+
+    function _increaseOperatorShares(address operator, address staker, IStrategy strategy, uint256 shares) private {
+        _operatorShares[operator][strategy] += shares;
+        emit OperatorSharesIncreased(operator, staker, strategy, shares);
+    }
 
     function _key(OperatorSet memory set) private pure returns (bytes32) {
         return keccak256(abi.encode(set.avs, set.id));

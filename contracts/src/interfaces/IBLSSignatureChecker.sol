@@ -38,4 +38,19 @@ interface IBLSSignatureChecker {
     error InvalidBLSPairingKey();
     /// @notice The aggregate signature is wrong.
     error InvalidBLSSignature();
+    /// @notice The G1 and G2 keys do not share a secret (or are the point at infinity).
+    error InvalidKeyPair();
+
+    /// @notice `apkG2` was proven to be the G2 counterpart of `apk`; signatures under this pair skip
+    ///         the γ randomisation from now on.
+    event KeyPairVerified(BN254.G1Point apk, BN254.G2Point apkG2);
+
+    /// @notice Proves with one pairing that `apk` (G1) and `apkG2` have the same secret, and records
+    ///         the pair. The aggregator calls it once per signing set it keeps using (typically each
+    ///         quorum's full aggregate key after a membership change): ~142k once, then ~14k less
+    ///         per certificate.
+    function verifyKeyPair(BN254.G1Point calldata apk, BN254.G2Point calldata apkG2) external;
+
+    /// @notice Whether (`apk`, `apkG2`) was recorded by `verifyKeyPair`.
+    function isKeyPairVerified(BN254.G1Point calldata apk, BN254.G2Point calldata apkG2) external view returns (bool);
 }

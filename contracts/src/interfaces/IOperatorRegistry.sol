@@ -131,6 +131,15 @@ interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, 
         view
         returns (bytes24);
 
+    /// @notice `getApkHashAtBlockNumberAndIndex` and `getTotalStakeAtBlockNumberFromIndex` in one call
+    ///         (what a signature check reads per quorum; one external call less).
+    function getQuorumApkHashAndTotalStake(
+        uint8 quorumNumber,
+        uint32 blockNumber,
+        uint256 apkIndex,
+        uint256 totalStakeIndex
+    ) external view returns (bytes24 apkHash, uint96 totalStake);
+
     /// @notice The total stake of `quorumNumber` at `blockNumber`, from history entry `index`.
     function getTotalStakeAtBlockNumberFromIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
         external

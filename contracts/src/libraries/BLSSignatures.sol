@@ -49,9 +49,8 @@ library BLSSignatures {
         BN254.G1Point memory sigma
     ) internal view returns (bool pairingSuccessful, bool signatureIsValid) {
         uint256 gamma = aggregateGamma(msgHash, apk, apkG2, sigma);
-        (pairingSuccessful, signatureIsValid) = BN254.safePairing(
+        (pairingSuccessful, signatureIsValid) = BN254.safePairingNegG2(
             sigma.plus(apk.scalar_mul(gamma)),
-            BN254.negGeneratorG2(),
             BN254.hashToG1(msgHash).plus(BN254.generatorG1().scalar_mul(gamma)),
             apkG2,
             BN254.PAIRING_EQUALITY_CHECK_GAS
@@ -108,9 +107,8 @@ library BLSSignatures {
     ) internal view returns (bool) {
         if (pubkeyG1.X == 0 && pubkeyG1.Y == 0) return false;
         uint256 gamma = possessionGamma(signature, pubkeyG1, pubkeyG2, messagePoint);
-        (bool ok, bool valid) = BN254.safePairing(
+        (bool ok, bool valid) = BN254.safePairingNegG2(
             signature.plus(pubkeyG1.scalar_mul(gamma)),
-            BN254.negGeneratorG2(),
             messagePoint.plus(BN254.generatorG1().scalar_mul(gamma)),
             pubkeyG2,
             BN254.PAIRING_EQUALITY_CHECK_GAS

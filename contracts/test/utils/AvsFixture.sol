@@ -64,9 +64,20 @@ abstract contract AvsFixture is Test {
     }
 
     function _g2(uint256 k) internal view returns (BN254.G2Point memory p) {
+        if (k > 136) return _g2Large(k);
         string memory key = string.concat(".points[", vm.toString(k - 1), "]");
         uint256[] memory x = vm.parseJsonUintArray(g2Table, string.concat(key, ".X"));
         uint256[] memory y = vm.parseJsonUintArray(g2Table, string.concat(key, ".Y"));
+        p.X = [x[0], x[1]];
+        p.Y = [y[0], y[1]];
+    }
+
+    /// @dev k·g2 for the few large k of test/fixtures/g2_large.json (same generator script).
+    function _g2Large(uint256 k) internal view returns (BN254.G2Point memory p) {
+        string memory table = vm.readFile(string.concat(vm.projectRoot(), "/test/fixtures/g2_large.json"));
+        string memory key = string.concat(".points.", vm.toString(k));
+        uint256[] memory x = vm.parseJsonUintArray(table, string.concat(key, ".X"));
+        uint256[] memory y = vm.parseJsonUintArray(table, string.concat(key, ".Y"));
         p.X = [x[0], x[1]];
         p.Y = [y[0], y[1]];
     }

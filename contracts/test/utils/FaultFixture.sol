@@ -64,7 +64,7 @@ abstract contract FaultFixture is CertifyFixture {
 
     /// @dev Operator id of key `sk` (precomputed in setUp: a precompile call between
     ///      `vm.expectRevert` and the call under test would take the expectation).
-    function _id(uint256 sk) internal view returns (bytes32) {
+    function _id(uint256 sk) internal view virtual returns (bytes32) {
         return _opIds[sk];
     }
 

@@ -58,6 +58,8 @@ interface Vm {
     function startBroadcast(uint256 privateKey) external;
     function stopBroadcast() external;
     function getBlockNumber() external view returns (uint256 height);
+    function snapshotState() external returns (uint256 snapshotId);
+    function revertToState(uint256 snapshotId) external returns (bool success);
 
     // Assertions (revert with a readable message on failure)
     function assertTrue(bool condition, string calldata error) external pure;

@@ -5,21 +5,37 @@ request and batch, and starts serving; ``stop()`` (SIGTERM) stops intake, lets t
 finish, and closes everything. Work is driven by ``PipelineRunner``: request steps run on a pool
 (one request at a time per request), batches are signed and certified one after the other on
 their own thread, so one sender key never races itself for nonces.
+
+Several aggregators may share one database (``leader`` in the config; on by default for
+PostgreSQL): a ``LeaderElector`` keeps trying for the lease, and only its holder runs a
+``PipelineRunner`` (a new one at each election: a runner is not restartable) and sends
+transactions (``LeaderOnlySender``). A standby serves the reads and refuses intake (UNAVAILABLE,
+naming the leader); ``/health`` says which role it has and ``/health/leader`` answers 200 on the
+leader only. On demotion intake is refused at once and the runner is stopped before the lease can
+expire (a failed renewal leaves ``lease_seconds - renew_seconds``); a clean stop releases the
+lease so a standby takes over at its next try.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
+from web3.contract.contract import ContractFunction
 
 from avs import keystore
 from avs.chain.client import Web3AvsClient
@@ -31,17 +47,70 @@ from avs.errors import InvalidInputError
 from avs.messages import Domain
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
 from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
+from avs_aggregator.leader import LeaderElector, LeaderLease, NotLeaderError
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.operators import GrpcOperatorCaller
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
 from avs_aggregator.prompts import PromptEncoder
-from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
+from avs_aggregator.server import SERVICE_NAME, AggregatorServicer, IntakeLimits, ServedModel, build_server
 from avs_aggregator.store import RequestState, Store
-from avs_aggregator.txsender import SenderSettings, TransactionSender
+from avs_aggregator.txsender import SenderSettings, SentTransaction, TransactionSender
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+LEADER_HEALTH_SERVICE = f"{SERVICE_NAME}/leader"  # gRPC health: SERVING on the leader only
+HEALTH_PATHS = ("/health", "/eigen/node/health")
+LEADER_HEALTH_PATH = "/health/leader"
+
+
+class Role(StrEnum):
+    LEADER = "leader"  # drives the pipeline, takes requests, sends transactions
+    STANDBY = "standby"  # serves the reads; waits for the lease
+
+
+def build_pipeline_settings(config: AggregatorConfig) -> PipelineSettings:
+    policy, batch = config.policy, config.batch
+    return PipelineSettings(
+        default_quorums=bytes(sorted(policy.default_quorums)),
+        default_threshold_bps=policy.default_threshold_bps,
+        min_threshold_bps=policy.min_threshold_bps,
+        max_threshold_bps=policy.max_threshold_bps,
+        allowed_quorums=frozenset(policy.quorums),
+        max_attempts=policy.max_attempts,
+        generate_timeout=config.deadlines.generate_seconds,
+        verify_timeout=config.deadlines.verify_seconds,
+        sign_timeout=config.deadlines.sign_batch_seconds,
+        batch_max_size=batch.max_size,
+        batch_max_latency=batch.max_latency_seconds,
+        first_batch_index=batch.first_index,
+        max_reference_age=batch.max_reference_age_blocks,
+        max_pending=policy.max_pending,
+        workers=config.workers,
+        confirmations=config.chain.confirmations,
+        sign_rounds=batch.sign_rounds,
+        sign_backoff=batch.sign_backoff_seconds,
+    )
+
+
+class LeaderOnlySender(TransactionSender):
+    """A ``TransactionSender`` that sends only while ``may_send()``: the fence that keeps a demoted
+    aggregator (a step still in flight, a paused process) from sending after its lease is gone."""
+
+    def __init__(
+        self,
+        client: Web3AvsClient,
+        account: LocalAccount,
+        settings: SenderSettings,
+        may_send: Callable[[], bool],
+    ) -> None:
+        super().__init__(client, account, settings)
+        self._may_send = may_send
+
+    def send(self, fn: ContractFunction) -> SentTransaction:
+        if not self._may_send():
+            raise NotLeaderError("this aggregator does not hold the leader lease; the leader sends this transaction")
+        return super().send(fn)
 
 
 class PipelineRunner:
@@ -137,6 +206,10 @@ class AggregatorApp:
         self._closers: list[Callable[[], Any]] = []
         self._stopped = threading.Event()
         self.ready = threading.Event()
+        self.role = Role.STANDBY
+        self.runner: PipelineRunner | None = None
+        self.elector: LeaderElector | None = None
+        self._role_lock = threading.Lock()
 
     def start(self) -> None:
         config = self.config
@@ -157,7 +230,7 @@ class AggregatorApp:
         self._closers.append(self.store.close)
         caller = GrpcOperatorCaller(domain, key)
         self._closers.append(caller.close)
-        sender = TransactionSender(
+        sender = LeaderOnlySender(
             client,
             account,
             SenderSettings(
@@ -166,29 +239,12 @@ class AggregatorApp:
                 max_bumps=config.chain.max_bumps,
                 confirmations=config.chain.confirmations,
             ),
+            self.is_leader,
         )
         reporter = None
         if config.chain.prove_rejections and deployment.fault_manager is not None:
             reporter = Web3RejectionReporter(Web3FaultClient(client), sender)
-        policy, batch = config.policy, config.batch
-        settings = PipelineSettings(
-            default_quorums=bytes(sorted(policy.default_quorums)),
-            default_threshold_bps=policy.default_threshold_bps,
-            min_threshold_bps=policy.min_threshold_bps,
-            max_threshold_bps=policy.max_threshold_bps,
-            allowed_quorums=frozenset(policy.quorums),
-            max_attempts=policy.max_attempts,
-            generate_timeout=config.deadlines.generate_seconds,
-            verify_timeout=config.deadlines.verify_seconds,
-            sign_timeout=config.deadlines.sign_batch_seconds,
-            batch_max_size=batch.max_size,
-            batch_max_latency=batch.max_latency_seconds,
-            first_batch_index=batch.first_index,
-            max_reference_age=batch.max_reference_age_blocks,
-            max_pending=policy.max_pending,
-            workers=config.workers,
-            confirmations=config.chain.confirmations,
-        )
+        settings = build_pipeline_settings(config)
         self.pipeline = Pipeline(
             domain,
             self.store,
@@ -206,13 +262,13 @@ class AggregatorApp:
             encoder = PromptEncoder(model.tokenizer_path) if model.tokenizer_path else None
             models[model_id] = ServedModel(model.name, model_id, encoder)
         coverage = Web3CoverageReader(w3, deployment.insurance_pool) if deployment.insurance_pool else None
-        limits = IntakeLimits(policy.max_chat_chars, policy.max_new_tokens)
-        servicer = AggregatorServicer(self.pipeline, models, limits, coverage)
+        limits = IntakeLimits(config.policy.max_chat_chars, config.policy.max_new_tokens)
+        servicer = AggregatorServicer(self.pipeline, models, limits, coverage, gate=self)
         self._start_http()
         self._grpc, self.ports.grpc, self._health = build_server(servicer, config.grpc_listen)
+        self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._start_leadership()
         self._grpc.start()
-        self.runner = PipelineRunner(self.pipeline, config.workers)
-        self.runner.start()
         self.ready.set()
         logger.info(
             "aggregator serving",
@@ -220,8 +276,71 @@ class AggregatorApp:
                 "grpc_port": self.ports.grpc,
                 "aggregator": account.address,
                 "task_manager": deployment.task_manager,
+                "role": self.role.value,
+                "holder": self.elector.lease.holder if self.elector else None,
             },
         )
+
+    # --- leadership ----------------------------------------------------------------------
+
+    def _start_leadership(self) -> None:
+        """Leader election on: a first try now (a lone aggregator leads before it serves), then the
+        loop; off (SQLite by default): this aggregator is the leader."""
+        config = self.config
+        if not config.is_leader_election_enabled():
+            self._on_elected(0)
+            return
+        holder = config.leader.holder_id or f"{socket.gethostname()}:{self.ports.grpc}/{os.getpid()}"
+        lease = LeaderLease(self.store, holder, ttl=config.leader.lease_seconds)
+        self.elector = LeaderElector(lease, self._on_elected, self._on_demoted, config.leader.get_renew_seconds())
+        self.elector.start()
+
+    def is_leader(self) -> bool:
+        """Whether this aggregator drives the pipeline and may send transactions now: elected and,
+        by the local clock, inside the lease it last renewed."""
+        if self.elector is None:
+            return self.role is Role.LEADER
+        return self.role is Role.LEADER and self.elector.is_leader and self.elector.lease.is_held()
+
+    def get_intake_refusal(self) -> str | None:
+        """``IntakeGate``: None on the leader; a standby names the lease holder, if there is one."""
+        if self._stopped.is_set():
+            return "this aggregator is stopping"
+        if self.is_leader():
+            return None
+        if self.elector is None:
+            return "this aggregator is not driving the pipeline yet"
+        own = self.elector.lease.holder
+        try:
+            holder = self.elector.lease.get_holder()
+        except Exception as exc:  # the database is unreachable
+            logger.warning("could not read the leader lease", extra={"error": str(exc)})
+            holder = None
+        if holder is None or holder[0] == own or holder[1] < time.time():
+            return f"this aggregator ({own}) is a standby and no aggregator holds the leader lease now; retry shortly"
+        return f"this aggregator ({own}) is a standby; the leader is {holder[0]} (term {holder[2]}): submit there"
+
+    def _on_elected(self, term: int) -> None:
+        with self._role_lock:
+            if self._stopped.is_set():
+                return
+            self.runner = PipelineRunner(self.pipeline, self.config.workers)
+            self.runner.start()
+            self.role = Role.LEADER
+            self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("driving the pipeline", extra={"term": term})
+
+    def _on_demoted(self) -> None:
+        """Refuse intake at once, then stop the runner (its steps in flight finish; their
+        transactions are fenced by ``LeaderOnlySender``)."""
+        leader = self.config.leader
+        with self._role_lock:
+            self.role = Role.STANDBY
+            self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            runner, self.runner = self.runner, None
+            if runner is not None:
+                runner.stop(timeout=leader.lease_seconds - leader.get_renew_seconds())
+        logger.info("standing by: the pipeline is stopped")
 
     def _start_http(self) -> None:
         host, port = split_host_port(self.config.metrics_listen)
@@ -232,12 +351,13 @@ class AggregatorApp:
 
         class Health(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.rstrip("/") not in ("/health", "/eigen/node/health"):
+                path = self.path.rstrip("/")
+                if path not in (*HEALTH_PATHS, LEADER_HEALTH_PATH):
                     self.send_error(404)
                     return
-                ok = app.ready.is_set() and not app._stopped.is_set()
-                body = json.dumps({"status": "ok" if ok else "unavailable"}).encode()
-                self.send_response(200 if ok else 503)
+                status, report = app.get_health(leader_only=path == LEADER_HEALTH_PATH)
+                body = json.dumps(report).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -252,6 +372,16 @@ class AggregatorApp:
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
         self._closers.append(server.shutdown)
 
+    def get_health(self, leader_only: bool = False) -> tuple[int, dict[str, str]]:
+        """``/health``: 200 while serving, whatever the role (a standby serves the reads), 503 while
+        starting or stopping; ``/health/leader``: 200 on the leader only (where intake goes)."""
+        serving = self.ready.is_set() and not self._stopped.is_set()
+        body = {"status": "ok" if serving else "unavailable", "role": self.role.value}
+        if self.elector is not None:
+            body["holder"] = self.elector.lease.holder
+        ok = serving and (self.is_leader() if leader_only else True)
+        return (200 if ok else 503), body
+
     def stop(self, grace_seconds: float = 10.0) -> None:
         if self._stopped.is_set():
             return
@@ -261,8 +391,15 @@ class AggregatorApp:
             self._health.enter_graceful_shutdown()
         if hasattr(self, "_grpc"):
             self._grpc.stop(grace_seconds).wait()
-        if hasattr(self, "runner"):
-            self.runner.stop()
+        if self.elector is not None:
+            self.elector.stop(release=False)  # no more renewals; the steps in flight may still send
+        with self._role_lock:
+            runner, self.runner = self.runner, None
+            if runner is not None:
+                runner.stop()
+            self.role = Role.STANDBY
+        if self.elector is not None:
+            self.elector.release()  # a standby takes over at its next try
         for close in reversed(self._closers):
             close()
         logger.info("aggregator stopped")

@@ -78,6 +78,26 @@ class BatchConfig(_Section):
     max_latency_seconds: float = Field(default=2.0, ge=0)
     first_index: int = Field(default=1, ge=0)
     max_reference_age_blocks: int = Field(default=100, gt=0)  # the task manager's maxReferenceAge
+    sign_rounds: int = Field(default=3, ge=1, le=32)  # SignBatch rounds while the signers fall short
+    sign_backoff_seconds: float = Field(default=1.0, ge=0, le=3600)  # before round 2, doubled after
+
+
+class LeaderConfig(_Section):
+    """Several aggregators on one database: only the holder of the lease drives the pipeline."""
+
+    enabled: bool | None = None  # None: on for a server database (PostgreSQL), off for SQLite
+    lease_seconds: float = Field(default=15.0, gt=0, le=600)  # a standby takes over this long after
+    renew_seconds: float | None = Field(default=None, gt=0)  # default lease_seconds / 3
+    holder_id: str | None = Field(default=None, min_length=1, max_length=128)  # default host:grpc-port/pid
+
+    @model_validator(mode="after")
+    def _check(self) -> LeaderConfig:
+        if self.renew_seconds is not None and self.renew_seconds >= self.lease_seconds:
+            raise ValueError("renew_seconds must be below lease_seconds (the time a demoted leader has to stop)")
+        return self
+
+    def get_renew_seconds(self) -> float:
+        return self.lease_seconds / 3 if self.renew_seconds is None else self.renew_seconds
 
 
 class AggregatorConfig(_Section):
@@ -91,8 +111,15 @@ class AggregatorConfig(_Section):
     policy: PolicyConfig = PolicyConfig()
     deadlines: DeadlinesConfig = DeadlinesConfig()
     batch: BatchConfig = BatchConfig()
+    leader: LeaderConfig = LeaderConfig()
     workers: int = Field(default=8, gt=0, le=256)
     log_level: str = "INFO"
+
+    def is_leader_election_enabled(self) -> bool:
+        """``leader.enabled``, or by default: on for a shared (server) database, off for SQLite."""
+        if self.leader.enabled is not None:
+            return self.leader.enabled
+        return not self.database_url.startswith("sqlite")
 
 
 class AggregatorSecrets(BaseSettings):

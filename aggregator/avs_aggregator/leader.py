@@ -6,12 +6,15 @@ PostgreSQL and SQLite alike; the first holder INSERTs the row (a concurrent INSE
 primary key and retries the UPDATE). ``term`` grows by one at every change of holder: a fencing
 token (an old leader that wakes up after a pause sees its term is gone).
 
-``LeaderElector`` runs the loop a daemon needs: a standby tries every ``ttl / 3`` seconds; once
-elected it calls ``on_elected`` (start driving the pipeline) and renews at the same pace; a renewal
-that fails (someone else took the expired lease, or the database is unreachable for longer than the
-lease) calls ``on_demoted`` (stop driving at once; the new leader resumes from the database the way
-a restarted aggregator does). The expiry uses the aggregators' clocks: keep ``ttl`` well above
-their skew (NTP keeps it in milliseconds; the default ttl is 15 s).
+``LeaderElector`` runs the loop a daemon needs: a standby tries every ``interval`` seconds
+(default ``ttl / 3``); once elected it calls ``on_elected`` (start driving the pipeline) and renews
+at the same pace; a renewal that fails (someone else took the expired lease, or the database did
+not answer) calls ``on_demoted`` (stop driving at once; the new leader resumes from the database the
+way a restarted aggregator does). Between a failed renewal and the earliest takeover there are at
+least ``ttl - interval`` seconds: the time the demoted leader has to stop. ``LeaderLease.is_held``
+says, by the local clock, whether the lease we last renewed is still ours: the guard in front of
+every transaction (``avs_aggregator.app.LeaderOnlySender``). The expiry uses the aggregators'
+clocks: keep ``ttl`` well above their skew (NTP keeps it in milliseconds; the default ttl is 15 s).
 """
 
 from __future__ import annotations
@@ -24,9 +27,14 @@ from collections.abc import Callable
 from sqlalchemy import case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from avs.errors import AvsError, InvalidInputError
 from avs_aggregator.store import LeaseRow, Store
 
 logger = logging.getLogger(__name__)
+
+
+class NotLeaderError(AvsError):
+    """This aggregator does not hold the leader lease (any more): it must not drive or send."""
 
 
 class LeaderLease:
@@ -44,6 +52,7 @@ class LeaderLease:
         self.name = name
         self.clock = clock
         self.term: int | None = None  # the term this holder was elected in, while it holds the lease
+        self.held_until: float | None = None  # the expiry we last wrote, while we hold the lease
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free or expired, or extend it if it is ours; True if we hold it."""
@@ -65,21 +74,26 @@ class LeaderLease:
                 )
                 if taken.rowcount == 1:  # type: ignore[attr-defined]
                     self.term = s.scalar(select(LeaseRow.term).where(LeaseRow.name == self.name))
+                    self.held_until = now + self.ttl
                     return True
                 if s.get(LeaseRow, self.name) is not None:  # held by someone else, not expired
-                    self.term = None
+                    self.term = self.held_until = None
                     return False
             try:
                 with self.store.session() as s:
                     s.execute(
                         insert(LeaseRow).values(name=self.name, holder=self.holder, expires_at=now + self.ttl, term=1)
                     )
-                self.term = 1
+                self.term, self.held_until = 1, now + self.ttl
                 return True
             except IntegrityError:  # another aggregator inserted it first: try the UPDATE again
                 continue
-        self.term = None
+        self.term = self.held_until = None
         return False
+
+    def is_held(self) -> bool:
+        """Whether the lease we last took or renewed is still ours by the local clock (no I/O)."""
+        return self.held_until is not None and self.clock() < self.held_until
 
     def release(self) -> None:
         """Give the lease up now (a clean stop), so a standby need not wait for the expiry."""
@@ -90,7 +104,7 @@ class LeaderLease:
                 .values(expires_at=0.0)
                 .execution_options(synchronize_session=False)
             )
-        self.term = None
+        self.term = self.held_until = None
 
     def get_holder(self) -> tuple[str, float, int] | None:
         """(holder, expires_at, term) of the lease, or None before anyone took it."""
@@ -102,21 +116,40 @@ class LeaderLease:
 class LeaderElector:
     """Keeps trying for (then renewing) ``lease`` on a thread; calls back on each change."""
 
-    def __init__(self, lease: LeaderLease, on_elected: Callable[[int], None], on_demoted: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        lease: LeaderLease,
+        on_elected: Callable[[int], None],
+        on_demoted: Callable[[], None],
+        interval: float | None = None,
+    ) -> None:
         self.lease = lease
         self.on_elected = on_elected
         self.on_demoted = on_demoted
+        self.interval = lease.ttl / 3 if interval is None else interval
+        if not 0 < self.interval < lease.ttl:
+            raise InvalidInputError(f"the renew interval ({self.interval} s) must be below the lease ({lease.ttl} s)")
         self.is_leader = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="leader-election", daemon=True)
 
     def start(self) -> None:
+        """One try now (a lone aggregator leads before it serves), then the loop on a thread."""
+        self.step()
         self._thread.start()
 
     def stop(self, release: bool = True) -> None:
+        """No more tries or renewals. ``release``: give the lease up now; otherwise it stays ours
+        (``is_leader``) until it expires, so a daemon can stop its work first, then ``release()``."""
         self._stopped.set()
-        self._thread.join(self.lease.ttl)
-        if self.is_leader and release:
+        if self._thread.is_alive():
+            self._thread.join(self.lease.ttl)
+        if release:
+            self.release()
+
+    def release(self) -> None:
+        """Hand the lease over now, if we hold it (a standby takes it at its next try)."""
+        if self.is_leader:
             try:
                 self.lease.release()
             except Exception as exc:
@@ -140,6 +173,5 @@ class LeaderElector:
             self.on_demoted()
 
     def _loop(self) -> None:
-        while not self._stopped.is_set():
+        while not self._stopped.wait(self.interval):
             self.step()
-            self._stopped.wait(self.lease.ttl / 3)

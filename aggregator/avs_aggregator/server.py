@@ -6,6 +6,10 @@ an unknown request hash is NOT_FOUND. A request submitted as ``insured`` whose c
 insurance pool is missing, expired, someone else's or against another quorum is FAILED_PRECONDITION
 (the coverage is read through an injected ``avs.chain.insurance.CoverageReader``); a chain that
 cannot be read for that check is UNAVAILABLE.
+
+A standby aggregator (several on one database, ``avs_aggregator.leader``) serves the reads
+(GetStatus, WatchStatus, GetBatch, ListModels) from the shared database and refuses Submit and
+Prepare with UNAVAILABLE, naming the current leader if known: the ``IntakeGate`` says so.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from eth_account import Account
@@ -62,6 +67,12 @@ class ServedModel:
 class IntakeLimits:
     max_chat_chars: int = 64 * 1024
     max_new_tokens: int = 512
+
+
+class IntakeGate(Protocol):
+    def get_intake_refusal(self) -> str | None:
+        """None while this aggregator takes requests; otherwise why not (a standby names the leader)."""
+        ...
 
 
 def _word(value: int) -> bytes:
@@ -138,11 +149,18 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         models: Mapping[bytes, ServedModel],
         limits: IntakeLimits,
         coverage: CoverageReader | None = None,
+        gate: IntakeGate | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._models = dict(models)
         self._limits = limits
         self._coverage = coverage  # None: insured requests are refused (no insurance pool to read)
+        self._gate = gate  # None: always takes requests (a lone aggregator)
+
+    def _check_intake(self, context: grpc.ServicerContext) -> None:
+        refusal = None if self._gate is None else self._gate.get_intake_refusal()
+        if refusal is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
 
     def _resolve_model(self, message: ag.SubmitRequest) -> ServedModel:
         if message.model_name and not message.request.model_id:
@@ -181,6 +199,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
 
     def Prepare(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.PreparedRequest:
         """Validate and complete the request as Submit would, without accepting it."""
+        self._check_intake(context)
         envelope = self._envelope(request)
         quorums, threshold = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
         return ag.PreparedRequest(
@@ -191,6 +210,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         )
 
     def Submit(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.SubmitResponse:
+        self._check_intake(context)
         envelope = self._envelope(request)
         digest = compute_request_hash(self._pipeline.domain, envelope.request)
         if request.requester_signature:

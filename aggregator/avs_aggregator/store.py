@@ -1,28 +1,25 @@
 """Persistence of every pipeline state: SQLAlchemy (SQLite by default, PostgreSQL by URL).
 
 The schema is owned by Alembic (``migrations/``); ``Store`` upgrades the database to head when it
-opens it. Each pipeline step commits before the next begins, so a killed aggregator resumes from
-the last committed state. Binary values are stored as bytes; lists of them as JSON of hex strings.
+opens it (``avs_aggregator.database``, shared with the challenger's store). Each pipeline step
+commits before the next begins, so a killed aggregator resumes from the last committed state.
+Binary values are stored as bytes; lists of them as JSON of hex strings.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, create_engine, event, func, select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from avs_aggregator.database import Database
 from avs_aggregator.evidence import AttestationMixin, EquivocationMixin
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -140,46 +137,10 @@ def load_hex_list(text: str) -> list[bytes]:
     return [bytes.fromhex(v[2:]) for v in json.loads(text)]
 
 
-def upgrade_database(engine: Engine, migrations: Path = MIGRATIONS) -> None:
-    """``alembic upgrade head`` on ``engine``'s database with the revisions in ``migrations``."""
-    config = Config()
-    config.set_main_option("script_location", str(migrations))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-
-
-def create_database_engine(url: str) -> Engine:
-    """An engine for ``url``: SQLite in WAL mode with ``synchronous=FULL`` (shared across threads;
-    its folder is created; ``sqlite://`` in memory is one connection), anything else (PostgreSQL:
-    ``postgresql+psycopg://``) as SQLAlchemy makes it."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    database = make_url(url).database
-    if database in (None, "", ":memory:"):
-        kwargs["poolclass"] = StaticPool
-    else:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-class Store:
+class Store(Database):
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(url, MIGRATIONS)
         self.clock = clock
-        self.engine = create_database_engine(url)
-        upgrade_database(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
-
-    def close(self) -> None:
-        self.engine.dispose()
 
     # --- requests ------------------------------------------------------------------------
 
@@ -330,10 +291,3 @@ class Store:
             if request_hash is not None:
                 query = query.where(RejectionRow.request_hash == request_hash)
             return list(s.scalars(query))
-
-
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.close()

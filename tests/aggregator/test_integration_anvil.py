@@ -150,7 +150,8 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         anvil.stop()
 
 
-def start_aggregator(devnet: Devnet, db: Path) -> AggregatorApp:
+def start_aggregator(devnet: Devnet, db: Path | str, **overrides: object) -> AggregatorApp:
+    """An aggregator on ``db`` (a SQLite file, or any database URL); ``overrides``: config keys."""
     key_file = devnet.workdir / "aggregator.key.json"
     if not key_file.exists():
         keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 10)
@@ -161,12 +162,13 @@ def start_aggregator(devnet: Devnet, db: Path) -> AggregatorApp:
             "models": [
                 {"name": "tiny", "model_id": "0x" + devnet.model_id.hex(), "tokenizer_path": str(devnet.model_dir)}
             ],
-            "database_url": f"sqlite:///{db}",
+            "database_url": db if isinstance(db, str) else f"sqlite:///{db}",
             "grpc_listen": "127.0.0.1:0",
             "metrics_listen": "127.0.0.1:0",
             "health_listen": "127.0.0.1:0",
             "batch": {"max_size": 4, "max_latency_seconds": 0.3},
             "workers": 4,
+            **overrides,
         }
     )
     app = AggregatorApp(config, AggregatorSecrets(ecdsa_key_password=PASSWORD))  # type: ignore[arg-type]
@@ -205,7 +207,7 @@ def test_requests_are_certified_on_chain_and_verify_offline(devnet: Devnet, tmp_
         tampered.output_token_ids[0] ^= 1
         assert not verify_certificate(tampered).ok
         with urllib.request.urlopen(f"http://127.0.0.1:{app.ports.health}/health", timeout=5) as response:
-            assert json.loads(response.read()) == {"status": "ok"}
+            assert json.loads(response.read()) == {"status": "ok", "role": "leader"}  # SQLite: no election
         with urllib.request.urlopen(f"http://127.0.0.1:{app.ports.metrics}/metrics", timeout=5) as response:
             text = response.read().decode()
         assert "avs_aggregator_batches_certified_total" in text and 'state="certified"' in text

@@ -14,18 +14,17 @@ the aggregator's tables);
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from avs_aggregator.database import Database
 from avs_aggregator.evidence import AttestationMixin, EquivocationMixin
-from avs_aggregator.store import create_database_engine, upgrade_database
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "challenger_alembic_version"
@@ -96,20 +95,10 @@ class EquivocationRow(EquivocationMixin, Base):
     __tablename__ = "challenger_equivocations"
 
 
-class ChallengerStore:
+class ChallengerStore(Database):
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(url, MIGRATIONS)
         self.clock = clock
-        self.engine = create_database_engine(url)
-        upgrade_database(self.engine, MIGRATIONS)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
-
-    def close(self) -> None:
-        self.engine.dispose()
 
     # --- scan position -----------------------------------------------------------------
 

@@ -38,7 +38,21 @@ class BackendUnavailableError(AvsError, RuntimeError):
     """A requested crypto backend cannot be loaded on this machine."""
 
 
-class ModelNotFoundError(AvsError, LookupError):
+class NotFoundError(AvsError, LookupError):
+    """What the call names does not exist here (a request hash, a batch index)."""
+
+
+class PreconditionFailedError(AvsError):
+    """A well-formed call that the current state does not allow (e.g. an insured request with no
+    coverage on-chain); retrying the same call will not help until that state changes."""
+
+
+class UnavailableError(AvsError):
+    """This service cannot take the call now (a standby, an unreachable dependency); retry later
+    or elsewhere."""
+
+
+class ModelNotFoundError(NotFoundError):
     """A model that is not known or not on local disk (unknown model id, missing folder or files)."""
 
 

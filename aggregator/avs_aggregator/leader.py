@@ -27,13 +27,13 @@ from collections.abc import Callable
 from sqlalchemy import case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from avs.errors import AvsError, InvalidInputError
+from avs.errors import InvalidInputError, UnavailableError
 from avs_aggregator.store import LeaseRow, Store
 
 logger = logging.getLogger(__name__)
 
 
-class NotLeaderError(AvsError):
+class NotLeaderError(UnavailableError):
     """This aggregator does not hold the leader lease (any more): it must not drive or send."""
 
 

@@ -26,7 +26,14 @@ from eth_account import Account
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from avs.chain.insurance import CoverageReader, compute_coverage_problem
-from avs.errors import AuthenticationError, InvalidInputError, ModelNotFoundError
+from avs.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    ModelNotFoundError,
+    NotFoundError,
+    PreconditionFailedError,
+    UnavailableError,
+)
 from avs.inference.params import parse_chat_messages
 from avs.merkle import compute_merkle_tree
 from avs.messages import compute_request_hash, compute_stop_sequences_hash
@@ -157,10 +164,10 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         self._coverage = coverage  # None: insured requests are refused (no insurance pool to read)
         self._gate = gate  # None: always takes requests (a lone aggregator)
 
-    def _check_intake(self, context: grpc.ServicerContext) -> None:
+    def _check_intake(self) -> None:
         refusal = None if self._gate is None else self._gate.get_intake_refusal()
         if refusal is not None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
+            raise UnavailableError(refusal)
 
     def _resolve_model(self, message: ag.SubmitRequest) -> ServedModel:
         if message.model_name and not message.request.model_id:
@@ -199,7 +206,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
 
     def Prepare(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.PreparedRequest:
         """Validate and complete the request as Submit would, without accepting it."""
-        self._check_intake(context)
+        self._check_intake()
         envelope = self._envelope(request)
         quorums, threshold = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
         return ag.PreparedRequest(
@@ -210,7 +217,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         )
 
     def Submit(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.SubmitResponse:
-        self._check_intake(context)
+        self._check_intake()
         envelope = self._envelope(request)
         digest = compute_request_hash(self._pipeline.domain, envelope.request)
         if request.requester_signature:
@@ -222,45 +229,40 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
                 raise AuthenticationError("the requester signature is not by the request's requester")
         if request.insured and self._pipeline.store.get_request(digest) is None:
             quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
-            self._check_coverage(digest, envelope.request.requester, quorums, context)
+            self._check_coverage(digest, envelope.request.requester, quorums)
         request_hash = self._pipeline.submit(envelope, bytes(request.quorum_numbers), request.threshold_bps)
         row = self._pipeline.store.get_request(request_hash)
         state = STATE_TO_PROTO[RequestState(row.state)] if row else ag.REQUEST_STATE_RECEIVED
         return ag.SubmitResponse(request_hash=request_hash, state=state)
 
-    def _check_coverage(
-        self, request_hash: bytes, requester: str, quorums: bytes, context: grpc.ServicerContext
-    ) -> None:
+    def _check_coverage(self, request_hash: bytes, requester: str, quorums: bytes) -> None:
         if self._coverage is None:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "this aggregator cannot check insurance (its deployment has no insurance pool)",
+            raise PreconditionFailedError(
+                "this aggregator cannot check insurance (its deployment has no insurance pool)"
             )
-        assert self._coverage is not None
         try:
             coverage = self._coverage.get_coverage(request_hash)
             block = self._coverage.get_block_number()
-        except Exception:
+        except Exception as exc:
             logger.exception("coverage read failed", extra={"request": "0x" + request_hash.hex()})
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the insurance pool could not be read; retry later")
+            raise UnavailableError("the insurance pool could not be read; retry later") from exc
         problem = compute_coverage_problem(coverage, requester, quorums, block)
         if problem is not None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+            raise PreconditionFailedError(problem)
 
-    def _row(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> RequestRow:
+    def _row(self, request: ag.GetStatusRequest) -> RequestRow:
         row = self._pipeline.store.get_request(bytes(request.request_hash))
         if row is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no request with this hash")
-        assert row is not None
+            raise NotFoundError("no request with this hash")
         return row
 
     def GetStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> ag.RequestStatus:
-        return build_status(self._pipeline, self._row(request, context))
+        return build_status(self._pipeline, self._row(request))
 
     def WatchStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
         last: tuple[str, int] | None = None
         while context.is_active():
-            row = self._row(request, context)
+            row = self._row(request)
             if (row.state, row.attempt) != last:
                 last = (row.state, row.attempt)
                 yield build_status(self._pipeline, row)
@@ -271,7 +273,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
     def GetBatch(self, request: ag.GetBatchRequest, context: grpc.ServicerContext) -> ag.BatchInfo:
         batch = self._pipeline.store.get_batch(request.batch_index)
         if batch is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no batch with this index")
+            raise NotFoundError("no batch with this index")
         assert batch is not None
         info = ag.BatchInfo(
             header=convert.batch_header_to_proto(self._pipeline.get_header(batch)),

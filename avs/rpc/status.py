@@ -22,9 +22,12 @@ from avs.errors import (
     InvalidInputError,
     ModelMismatchError,
     ModelNotFoundError,
+    NotFoundError,
     OverloadedError,
     PermissionDeniedError,
+    PreconditionFailedError,
     SlashingProtectionError,
+    UnavailableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,11 +37,14 @@ STATUS_BY_ERROR: tuple[tuple[type[AvsError], grpc.StatusCode], ...] = (
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ContextLimitError, grpc.StatusCode.OUT_OF_RANGE),
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (SlashingProtectionError, grpc.StatusCode.FAILED_PRECONDITION),
     (ModelMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
+    (PreconditionFailedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (InferenceError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )

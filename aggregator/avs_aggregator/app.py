@@ -327,6 +327,7 @@ class AggregatorApp:
             self.runner = PipelineRunner(self.pipeline, self.config.workers)
             self.runner.start()
             self.role = Role.LEADER
+            self.metrics.leader.set(1)
             self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         logger.info("driving the pipeline", extra={"term": term})
 
@@ -336,6 +337,7 @@ class AggregatorApp:
         leader = self.config.leader
         with self._role_lock:
             self.role = Role.STANDBY
+            self.metrics.leader.set(0)
             self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             runner, self.runner = self.runner, None
             if runner is not None:

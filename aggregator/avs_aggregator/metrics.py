@@ -41,6 +41,11 @@ class AggregatorMetrics:
             "avs_aggregator_batches_certified_total", "Batches certified on-chain", registry=registry
         )
         self.rejections = Counter("avs_aggregator_rejections_total", "Outputs a quorum rejected", registry=registry)
+        self.leader = Gauge(
+            "avs_aggregator_leader",
+            "1 while this aggregator holds the leader lease and drives the pipeline, 0 on standby",
+            registry=registry,
+        )
         self.equivocations = Counter(
             "avs_aggregator_equivocations_total",
             "Operators found signing conflicting attestations for one request (proven on-chain once)",

@@ -155,8 +155,8 @@ AGGREGATOR = Dashboard(
                 "operators",
             ),
             "stat",
-            description="Operators that answered at least one aggregator call with a signature in 5 minutes. "
-            "(avs_aggregator_operators_responding exists but is not set by the aggregator yet.)",
+            description="Operators that answered at least one aggregator call with a signature in 5 minutes "
+            "(avs_aggregator_operators_responding counts those whose last call was answered).",
             width=6,
         ),
         Panel(
@@ -231,6 +231,14 @@ AGGREGATOR = Dashboard(
             unit="ops",
         ),
         Panel("Challenger: challenges opened", _q("sum(avs_challenger_challenges_total)", "challenges"), "stat"),
+        Panel("Challenger: challenges open", _q("sum(avs_challenger_open_challenges)", "open"), "stat"),
+        Panel(
+            "Aggregator leader",
+            _q("avs_aggregator_leader", "{{instance}}"),
+            "stat",
+            description="1 on the aggregator that holds the leader lease (alert AvsNoAggregatorLeader when none does).",
+        ),
+        Panel("Equivocations proven", _q("sum(avs_aggregator_equivocations_total)", "equivocations"), "stat"),
         Panel("Challenger: last block processed", _q("avs_challenger_last_block", "{{instance}}"), "stat"),
     ),
 )

@@ -67,6 +67,7 @@ def test_standby_serves_reads_refuses_intake_and_takes_over(
         assert get_health(b) == (200, {"status": "ok", "role": "standby", "holder": "aggregator-b"})
         assert get_health(a, "/health/leader")[0] == 200
         assert get_health(b, "/health/leader")[0] == 503
+        assert [app.registry.get_sample_value("avs_aggregator_leader") for app in (a, b)] == [1.0, 0.0]
         to_a, to_b = AggregatorClient(f"127.0.0.1:{a.ports.grpc}"), AggregatorClient(f"127.0.0.1:{b.ports.grpc}")
         with to_a, to_b:
             # the standby refuses intake, naming the leader, and serves the reads
@@ -93,6 +94,7 @@ def test_standby_serves_reads_refuses_intake_and_takes_over(
             assert get_health(a, "/health/leader")[0] == 503
             # b takes the expired lease in a new term and certifies a's pending requests
             wait_for(lambda: b.role is Role.LEADER, timeout=LEASE_SECONDS + 10)
+            assert [app.registry.get_sample_value("avs_aggregator_leader") for app in (a, b)] == [0.0, 1.0]
             assert b.elector is not None and b.elector.lease.term == 2
             statuses = [to_a.wait(h, timeout=60) for h in pending]  # read through the demoted one
             assert all(verify_certificate(s.certificate).ok for s in statuses)

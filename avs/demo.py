@@ -8,13 +8,17 @@ on-chain in a batch. The certificate is checked offline (Merkle proof + EigenLay
 BLS check) and on-chain (``verifyLeaf``). Then the attacks, by dave, who serves a cheaper model
 (``avs.demo_cheater``): as the primary of a request at the default threshold, his output is
 rejected by the others, the aggregator proves the rejection on-chain and he is slashed (the
-rejected-output path, which pays no one: nothing wrong was certified); then an insured requester
-buys coverage for a request at the lowest threshold the devnet sells (5%), dave's wrong output is
-certified by his stake alone, a watcher challenges it and resolves the challenge with the
-escalation quorum's REJECT certificate (the escalated-fraud path: ``FaultManager.resolveChallenge``
-slashes the batch's signers into the pool and ``InsurancePool.recordFraud`` makes the coverage
-claimable), and the requester claims its payout. Every process is stopped at the end, on errors
-and on Ctrl-C. The chain exporter and, when installed, Prometheus scrape every process
+rejected-output path, which pays no one: nothing wrong was certified). Then a fault an honest
+aggregator cannot prevent: a requester wanting a fast answer asks for the lowest threshold the
+devnet sells (5%) and insures the request; dave is its primary, and while it is verified and signed
+the other operators are unreachable (the demo pauses their processes with SIGSTOP, and resumes them
+with SIGCONT after), so dave's own ACCEPT is all that counts and his wrong output is certified at
+the 5% asked. The ``avs-challenger`` process (its own key and bond) re-verifies every certified
+leaf, challenges that one and resolves the challenge with the escalation quorum's REJECT
+certificate (the escalated-fraud path: ``FaultManager.resolveChallenge`` slashes the batch's signers
+into the pool and ``InsurancePool.recordFraud`` makes the coverage claimable), and the requester
+claims its payout. Every process is stopped at the end, on errors and on Ctrl-C (paused ones are
+resumed first). The chain exporter and, when installed, Prometheus scrape every process
 (``deploy/prometheus``). ``--keep`` (``make devnet``) keeps the devnet up until Ctrl-C.
 """
 
@@ -33,28 +37,25 @@ from types import FrameType
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.types import EventData
 
 from avs.chain.abi import load_abi
 from avs.chain.client import Web3AvsClient
-from avs.chain.faults import BatchSigners, ChallengeStatus, CoverageStatus, Web3FaultClient
-from avs.chain.insurance import InsuranceBuyer
+from avs.chain.faults import ChallengeStatus, CoverageStatus, Web3FaultClient
+from avs.chain.insurance import CoveragePurchase, InsuranceBuyer
 from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate, verify_on_chain
 from avs.devnet import ZERO_ADDRESS, Devnet, read_profile_hash
+from avs.devnet import fund as fund_address
 from avs.messages import (
     TOP_P_ONE,
-    Attestation,
     Domain,
     InferenceRequest,
-    Verdict,
-    compute_digest,
     compute_request_hash,
     compute_stop_sequences_hash,
 )
 from avs.monitoring.stack import MonitoringStack, start_monitoring
 from avs.monitoring.targets import ScrapeJob, ScrapeTarget
-from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
-from avs.types import OperatorId
 
 DEFAULT_MODEL = Path("models/smollm2-135m")
 QUESTION = "In one sentence, what does a restaked operator do?"
@@ -68,6 +69,14 @@ DEMO_SETTINGS = {"THRESHOLD_BPS": "500"}
 INSURED_THRESHOLD_BPS = 500
 COVERAGE = 20 * 10**18
 REQUESTER_TOKENS = 10**18  # enough for the premium (1%)
+# Short aggregator deadlines: operators that do not answer stop counting after a few seconds.
+DEMO_DEADLINES = {"verify_seconds": 5.0, "sign_batch_seconds": 3.0}
+CHALLENGER_BINARY = "avs-challenger"
+
+
+def create_devnet(workdir: Path, model: Path) -> Devnet:
+    """The demo's devnet (``make demo`` and the end-to-end test): dave cheats, the challenger runs."""
+    return Devnet(workdir, model, settings=DEMO_SETTINGS, cheater=CHEATER, challenger=True, deadlines=DEMO_DEADLINES)
 
 
 def say(text: str = "") -> None:
@@ -190,12 +199,14 @@ def get_stake_and_pool(devnet: Devnet, name: str) -> tuple[int, int]:
 def run_attack(devnet: Devnet, cheater: str) -> bool:
     """The cheater is made primary: the verifiers reject, the aggregator proves it on-chain, the
     cheater is slashed into the insurance pool, and the request is certified with another primary."""
-    say(f"\n== The attack: {cheater} serves a cheaper model (1 layer) under the registered profile")
+    say(
+        f"\n== The attack: {cheater} serves a cheaper model (1 layer) under the registered profile, and ACCEPTs "
+        "whatever he is asked to verify without running it"
+    )
     requester = Account.create()
     messages = [{"role": "user", "content": ATTACK_QUESTION}]
     nonce = find_nonce_for_primary(devnet, messages, requester.address, cheater)
     stake_before, pool_before = get_stake_and_pool(devnet, cheater)
-    started = time.monotonic()
     with AggregatorClient(devnet.aggregator_url) as client:
         model = next(iter(client.list_models()))
         request_hash = client.submit(
@@ -203,21 +214,7 @@ def run_attack(devnet: Devnet, cheater: str) -> bool:
         )
         say(f'   request "{ATTACK_QUESTION}" with nonce {nonce}: the public rule picks {cheater} as primary')
         names = {bytes(op.key_pair.operator_id): op.name for op in devnet.operators}
-        seen: list[tuple[str, int]] = []
-
-        def progress(status: ag.RequestStatus) -> None:
-            key = (get_state_name(status.state), status.attempt)
-            if not seen or seen[-1] != key:
-                seen.append(key)
-                primary = names.get(bytes(status.primary_operator_id), "-")
-                new_attempt = len(seen) == 1 or seen[-2][1] != key[1]
-                note = f"  ({status.error})" if status.error and new_attempt else ""
-                say(
-                    f"   [{time.monotonic() - started:6.1f}s] attempt {status.attempt}, primary {primary}: "
-                    f"{key[0].lower().replace('_', ' ')}{note}"
-                )
-
-        status = client.wait(request_hash, timeout=900, on_progress=progress)
+        status = client.wait(request_hash, timeout=900, on_progress=request_progress(devnet))
     stake_after, pool_after = get_stake_and_pool(devnet, cheater)
     say(f"   {cheater}'s stake in quorum 0: {stake_before / 1e18:.0f} -> {stake_after / 1e18:.0f} tokens (slashed)")
     say(f"   insurance pool: {pool_before / 1e18:.0f} -> {pool_after / 1e18:.0f} tokens (the slashed stake)")
@@ -230,27 +227,46 @@ def run_attack(devnet: Devnet, cheater: str) -> bool:
     return stake_after < stake_before and pool_after > pool_before and check.ok
 
 
-# --- insurance: a wrong output certified, challenged, escalated; the insured requester paid ----
+# --- insurance: a wrong output certified while the others were unreachable; the challenger ------
+# --- (a real avs-challenger process) escalates it; the insured requester is paid ---------------
+
+
+@dataclass(frozen=True)
+class Balances:
+    """What the insured story moves, in base units (18 decimals)."""
+
+    cheater_stake: int  # in quorum 0
+    pool: int
+    challenger: int
+    requester: int
+
+
+@dataclass(frozen=True)
+class ClosedChallenge:
+    """A ``ChallengeOpened`` event and the ``ChallengeClosed`` event that ended it."""
+
+    challenge_id: int
+    batch_index: int
+    bond: int
+    challenger: str  # who opened it (and holds the bond)
+    opened_block: int
+    resolved_by: str  # who sent the transaction that closed it
+    status: ChallengeStatus
+    slashed_shares: int
+    challenger_reward: int
+    closed_block: int
 
 
 @dataclass(frozen=True)
 class InsuranceOutcome:
-    request_hash: bytes
     certificate: ag.Certificate
-    coverage: int
-    premium: int
-    challenge_id: int
-    challenge_status: ChallengeStatus
-    coverage_status: CoverageStatus
-    stake_before: int  # the cheater's, in quorum 0, before the challenge was resolved
-    stake_after: int
-    pool_before: int  # the pool's balance before the resolution
-    pool_after_resolution: int
-    pool_after_claim: int
-    challenger_reward: int
-    requester_before: int  # the requester's balance before the claim
-    requester_after: int
+    purchase: CoveragePurchase
+    challenge: ClosedChallenge
+    coverage_status: CoverageStatus  # after the claim
     paid: int
+    before: Balances  # at the certification (before any challenge)
+    after_resolution: Balances
+    after_claim: Balances
 
 
 def tokens(amount: int) -> str:
@@ -259,32 +275,40 @@ def tokens(amount: int) -> str:
 
 
 def fund(devnet: Devnet, amount: int) -> LocalAccount:
-    """Devnet only: a new account with gas and ``amount`` test tokens (TestToken mints to anyone)."""
-    account: LocalAccount = Account.create()
-    return fund_account(devnet, account, amount)
-
-
-def fund_account(devnet: Devnet, account: LocalAccount, amount: int) -> LocalAccount:
-    """Devnet only: gas and ``amount`` more test tokens for ``account``."""
+    """Devnet only: a new account with gas and ``amount`` test tokens."""
     assert devnet.anvil is not None
-    w3 = devnet.anvil.w3
-    w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])  # type: ignore[arg-type]
-    token = w3.eth.contract(address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken"))
-    if amount:
-        Web3AvsClient(w3, devnet.deployment, account).transact(token.functions.mint(account.address, amount))
+    account: LocalAccount = Account.create()
+    fund_address(devnet.anvil.w3, devnet.deployment, account.address, amount)
     return account
 
 
-def run_insured_request(devnet: Devnet, cheater: str, buyer: InsuranceBuyer) -> tuple[ag.Certificate, int, int]:
-    """The requester insures a cheap (low-threshold) request that the cheater serves as primary;
-    the aggregator checks the coverage at intake; the wrong output is certified by the cheater alone."""
+def get_balances(devnet: Devnet, cheater: str, buyer: InsuranceBuyer) -> Balances:
+    stake, pool = get_stake_and_pool(devnet, cheater)
+    return Balances(stake, pool, buyer.get_balance(devnet.challenger.address), buyer.get_balance())
+
+
+def get_others(devnet: Devnet, cheater: str) -> list[str]:
+    return [op.name for op in devnet.operators if op.name != cheater]
+
+
+def join_names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def run_insured_request(
+    devnet: Devnet, cheater: str, buyer: InsuranceBuyer
+) -> tuple[ag.Certificate, CoveragePurchase, Balances]:
+    """The requester insures a fast (low-threshold) request that the cheater serves as primary; the
+    aggregator checks the coverage at intake. The other operators are unreachable while it is verified
+    and signed (their processes paused), so only the cheater's ACCEPT counts and his wrong output is
+    certified at the threshold the requester asked for. Also answers the balances at the
+    certification, taken before the others are back (no challenge can be resolved without them)."""
     requester = buyer.account
     domain = Domain(devnet.deployment.chain_id, devnet.deployment.task_manager)
     messages = [{"role": "user", "content": INSURED_QUESTION}]
     buyer.approve_premium(COVERAGE)  # before the nonce search: buyCoverage is then the one block before submit
     nonce = find_nonce_for_primary(devnet, messages, requester.address, cheater, blocks_before_submit=1)
-    names = {bytes(op.key_pair.operator_id): op.name for op in devnet.operators}
-    started = time.monotonic()
+    others = get_others(devnet, cheater)
     with AggregatorClient(devnet.aggregator_url) as client:
         model = next(iter(client.list_models()))
         prepared = client.prepare(
@@ -296,8 +320,8 @@ def run_insured_request(devnet: Devnet, cheater: str, buyer: InsuranceBuyer) -> 
             threshold_bps=INSURED_THRESHOLD_BPS,
         )
         say(
-            f'   requester {requester.address[:10]}… asks "{INSURED_QUESTION}" at a {INSURED_THRESHOLD_BPS / 100:g}% '
-            "stake threshold (the cheapest the AVS sells)"
+            f'   requester {requester.address[:10]}… wants a fast answer to "{INSURED_QUESTION}": it asks for a '
+            f"{INSURED_THRESHOLD_BPS / 100:g}% stake threshold (the lowest the devnet sells) and insures it"
         )
         say(f"   Prepare: request hash 0x{prepared.request_hash.hex()}; the public rule will pick {cheater} as primary")
         purchase = buyer.buy(prepared.request, prepared.quorums[0], COVERAGE)
@@ -305,173 +329,166 @@ def run_insured_request(devnet: Devnet, cheater: str, buyer: InsuranceBuyer) -> 
             f"   coverage bought: {tokens(purchase.amount)} tokens against quorum {purchase.quorum_number}, premium "
             f"{tokens(purchase.premium)} tokens, active until block {purchase.expires_at_block}"
         )
-        request_hash = client.submit_prepared(prepared, domain=domain, requester_key=bytes(requester.key), insured=True)
-        say("   submitted as insured, signed by the requester: the aggregator found the coverage active on-chain")
-        seen: list[tuple[str, int]] = []
+        with devnet.paused(others):
+            say(
+                f"   {join_names(others)} become unreachable while it is verified and signed "
+                f"(the demo pauses their processes with SIGSTOP)"
+            )
+            request_hash = client.submit_prepared(
+                prepared, domain=domain, requester_key=bytes(requester.key), insured=True
+            )
+            say("   submitted as insured, signed by the requester: the aggregator found the coverage active on-chain")
+            status = client.wait(request_hash, timeout=900, on_progress=request_progress(devnet))
+            show_insured_certificate(devnet, status.certificate, others)
+            before = get_balances(devnet, cheater, buyer)
+        say(f"   {join_names(others)} are back (the demo resumes their processes with SIGCONT)")
+    return status.certificate, purchase, before
 
-        def progress(status: ag.RequestStatus) -> None:
-            key = (get_state_name(status.state), status.attempt)
-            if not seen or seen[-1] != key:
-                seen.append(key)
-                primary = names.get(bytes(status.primary_operator_id), "-")
-                say(
-                    f"   [{time.monotonic() - started:6.1f}s] attempt {status.attempt}, primary {primary}: "
-                    f"{key[0].lower().replace('_', ' ')}"
-                )
 
-        status = client.wait(request_hash, timeout=900, on_progress=progress)
-    certificate = status.certificate
+def request_progress(devnet: Devnet) -> Callable[[ag.RequestStatus], None]:
+    """Prints each new (state, attempt) of a request with its primary."""
+    names = {bytes(op.key_pair.operator_id): op.name for op in devnet.operators}
+    started = time.monotonic()
+    seen: list[tuple[str, int]] = []
+
+    def progress(status: ag.RequestStatus) -> None:
+        key = (get_state_name(status.state), status.attempt)
+        if not seen or seen[-1] != key:
+            seen.append(key)
+            primary = names.get(bytes(status.primary_operator_id), "-")
+            new_attempt = len(seen) > 1 and seen[-2][1] != key[1]
+            note = f"  ({status.error})" if status.error and new_attempt else ""
+            say(
+                f"   [{time.monotonic() - started:6.1f}s] attempt {status.attempt}, primary {primary}: "
+                f"{key[0].lower().replace('_', ' ')}{note}"
+            )
+
+    return progress
+
+
+def show_insured_certificate(devnet: Devnet, certificate: ag.Certificate, others: list[str]) -> None:
+    names = {bytes(op.key_pair.operator_id): op.name for op in devnet.operators}
     signers = [names.get(bytes(s.public_key.operator_id), "?") for s in certificate.signers]
     (quorum,) = certificate.quorum_stakes
     share = int(quorum.signed_stake) / int(quorum.total_stake)
+    verify, sign = devnet.deadlines.get("verify_seconds", 60.0), devnet.deadlines.get("sign_batch_seconds", 30.0)
+    deadlines = f"{verify:g} s to verify, {sign:g} s to sign"
     say(
         f"   certified on-chain in batch {certificate.batch_header.batch_index}: "
         f"{certificate.output_text[:60]!r} ({len(certificate.output_token_ids)} tokens), signed by "
-        f"{', '.join(signers)} only "
-        f"({share:.2%} of quorum 0, at least the {INSURED_THRESHOLD_BPS / 100:g}% asked; the others refused to sign it)"
+        f"{', '.join(signers)} only ({share:.2%} of quorum 0, at least the {INSURED_THRESHOLD_BPS / 100:g}% asked)"
     )
-    return certificate, purchase.amount, purchase.premium
-
-
-def challenge_and_escalate(devnet: Devnet, certificate: ag.Certificate) -> tuple[Web3FaultClient, int]:
-    """A watcher re-verifies the certified output through the operators that did not sign it, bonds
-    a challenge, and resolves it with the escalation quorum's REJECT certificate."""
-    from avs_aggregator.chain import Web3OperatorSetReader
-    from avs_aggregator.operators import GrpcOperatorCaller
-    from avs_aggregator.protocol import compute_aggregate
-
-    assert devnet.anvil is not None
-    w3 = devnet.anvil.w3
-    domain = Domain(devnet.deployment.chain_id, devnet.deployment.task_manager)
-    names = {bytes(op.key_pair.operator_id): op.name for op in devnet.operators}
-    watcher = fund_account(devnet, devnet.watcher, 0)
-    faults = Web3FaultClient(Web3AvsClient(w3, devnet.deployment, watcher))
-    bond = int(faults.fault_manager.functions.config().call()[5])
-    escalation_bps = int(faults.fault_manager.functions.config().call()[3])
-    escalation_quorums = bytes(faults.fault_manager.functions.escalationQuorumNumbers().call())
-    fund_account(devnet, watcher, bond)
-    token = w3.eth.contract(address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken"))
-    faults.avs.transact(token.functions.approve(faults.fault_manager.address, bond))
-
-    reader = Web3OperatorSetReader(Web3AvsClient(w3, devnet.deployment), reference_lag=1)
-    envelope = convert.request_from_proto(certificate.request)
-    signer_ids = sorted(bytes(s.public_key.operator_id) for s in certificate.signers)
-    output_hash, request_hash = bytes(certificate.output_hash), bytes(certificate.request_hash)
-    caller = GrpcOperatorCaller(domain, bytes(watcher.key))
-    rejects = {}
-    try:
-        current = reader.get_operator_set(reader.get_reference_block()[0])
-        for operator in current.operators:
-            if operator.operator_id in signer_ids:
-                continue
-            reply = caller.verify(operator, envelope, list(certificate.output_token_ids), 300.0)
-            say(f"   {names.get(operator.operator_id, '?')} re-verifies the output by prefill: {reply.verdict.name}")
-            if reply.verdict == Verdict.REJECT and reply.output_hash == output_hash:
-                rejects[operator.operator_id] = reply.signature
-    finally:
-        caller.close()
-    header = convert.batch_header_from_proto(certificate.batch_header)
-    faults.challenge(
-        header, bytes(certificate.signatory_record_hash), (request_hash, output_hash), certificate.merkle_proof
-    )
-    challenge_id = faults.get_challenge_count()
-    say(f"   the watcher opens challenge #{challenge_id} with a {tokens(bond)}-token bond (FaultManager.challenge)")
-    devnet.anvil.mine()  # the escalation certificate's reference block must be at or after the challenge
-    reference = int(w3.eth.block_number) - 1
-    operator_set = reader.get_operator_set(reference)
-    digest = compute_digest(domain, Attestation(request_hash, output_hash, Verdict.REJECT))
-    aggregate = compute_aggregate(operator_set, escalation_quorums, digest, rejects)
-    assert aggregate is not None, "the REJECT signatures do not aggregate"
-    indices = faults.avs.get_check_signatures_indices(reference, escalation_quorums, aggregate.non_signer_ids)
-    shares = ", ".join(
-        f"{sum(o.stakes.get(q, 0) for o in operator_set.operators if o.operator_id in rejects) / total:.2%}"
-        for q, total in sorted(operator_set.total_stakes.items())
-        if q in escalation_quorums
-    )
-    voters = ", ".join(names.get(i, "?") for i in aggregate.signer_ids)
     say(
-        f"   the escalation quorum certifies REJECT: {voters} ({shares} of quorum "
-        f"{', '.join(str(q) for q in escalation_quorums)}, at least the {escalation_bps / 100:g}% required)"
+        f"   {join_names(others)} missed the aggregator's deadlines ({deadlines}), so only {join_names(signers)}'s "
+        f"own ACCEPT counted: enough for the {INSURED_THRESHOLD_BPS / 100:g}% the requester chose. The output is "
+        "wrong (cheap weights)"
     )
-    non_signer_ids = tuple(OperatorId(i) for i in sorted(bytes(i) for i in certificate.non_signer_ids))
-    at_batch = faults.avs.get_check_signatures_indices(header.reference_block, header.quorum_numbers, non_signer_ids)
-    of_signers = faults.avs.get_check_signatures_indices(
-        header.reference_block, header.quorum_numbers, [OperatorId(i) for i in signer_ids]
+
+
+def wait_for_challenge(devnet: Devnet, request_hash: bytes, timeout: float = 300.0) -> ClosedChallenge:
+    """Waits for the challenger process to open and close a challenge of the request's leaf. While it
+    is open the demo mines a block a second, as a live chain would: anvil mines only on transactions,
+    and the escalation certificate must be from a block at or after the challenge."""
+    assert devnet.anvil is not None
+    events = Web3FaultClient(Web3AvsClient(devnet.anvil.w3, devnet.deployment)).fault_manager.events
+    challenger = devnet.get_process("challenger")
+    started = time.monotonic()
+    opened: EventData | None = None
+    while time.monotonic() - started < timeout:
+        if challenger.process.poll() is not None:
+            raise AssertionError(f"the challenger exited; see {challenger.log_path}")
+        if opened is None:
+            opened = next(iter(events.ChallengeOpened().get_logs({"requestHash": request_hash}, from_block=0)), None)
+            if opened is not None:
+                args = opened["args"]
+                say(
+                    f"   [{time.monotonic() - started:6.1f}s] an operator it asked re-verified the leaf by prefill: "
+                    f"REJECT; it opened challenge #{args['challengeId']} with a {tokens(args['bond'])}-token bond in "
+                    f"block {opened['blockNumber']} (FaultManager.challenge); the demo now mines a block a second"
+                )
+        if opened is not None:
+            closed = events.ChallengeClosed().get_logs({"challengeId": opened["args"]["challengeId"]}, from_block=0)
+            for event in closed:
+                status = ChallengeStatus(event["args"]["status"])
+                say(
+                    f"   [{time.monotonic() - started:6.1f}s] it resolved the challenge with the escalation quorum's "
+                    f"certificate (FaultManager.resolveChallenge) in block {event['blockNumber']}: {status.name}"
+                )
+                resolved_by = str(devnet.anvil.w3.eth.get_transaction(event["transactionHash"])["from"])
+                return compute_closed_challenge(opened, event, resolved_by)
+            devnet.anvil.mine()
+        time.sleep(1.0)
+    raise AssertionError(f"no challenge of 0x{request_hash.hex()} closed in {timeout:.0f} s; see {challenger.log_path}")
+
+
+def compute_closed_challenge(opened: EventData, closed: EventData, resolved_by: str) -> ClosedChallenge:
+    return ClosedChallenge(
+        challenge_id=int(closed["args"]["challengeId"]),
+        batch_index=int(opened["args"]["batchIndex"]),
+        bond=int(opened["args"]["bond"]),
+        challenger=str(opened["args"]["challenger"]),
+        opened_block=int(opened["blockNumber"]),
+        resolved_by=resolved_by,
+        status=ChallengeStatus(closed["args"]["status"]),
+        slashed_shares=int(closed["args"]["slashedShares"]),
+        challenger_reward=int(closed["args"]["challengerReward"]),
+        closed_block=int(closed["blockNumber"]),
     )
-    signers = BatchSigners(
-        header,
-        non_signer_ids,
-        at_batch.non_signer_quorum_bitmap_indices,
-        tuple(OperatorId(i) for i in signer_ids),
-        of_signers.non_signer_quorum_bitmap_indices,
-        of_signers.quorum_apk_indices,
+
+
+def show_resolution(cheater: str, challenge: ClosedChallenge, before: Balances, after: Balances) -> None:
+    slashed = challenge.slashed_shares
+    say(
+        f"   challenge #{challenge.challenge_id}: {challenge.status.name}; {cheater}, the batch's signer, is slashed "
+        f"{tokens(slashed)} tokens ({slashed / before.cheater_stake:.0%} of his stake: the fault manager's fraudWad)"
     )
-    faults.resolve_challenge(challenge_id, Verdict.REJECT, reference, aggregate.to_signatures(indices), signers)
-    return faults, challenge_id
+    say(f"   {cheater}'s stake in quorum 0: {tokens(before.cheater_stake)} -> {tokens(after.cheater_stake)} tokens")
+    say(
+        f"   challenger {challenge.challenger[:10]}…: {tokens(before.challenger)} -> {tokens(after.challenger)} tokens "
+        f"(its {tokens(challenge.bond)}-token bond back and a {tokens(challenge.challenger_reward)}-token reward)"
+    )
+    say(
+        f"   insurance pool: {tokens(before.pool)} -> {tokens(after.pool)} tokens (the slashed stake in, "
+        "the challenger's reward out)"
+    )
 
 
 def run_insured_fraud(devnet: Devnet, cheater: str) -> InsuranceOutcome:
     """The insured requester's story, end to end, on the devnet (see the module docstring)."""
     assert devnet.anvil is not None
-    say("\n== Insurance: a wrong output gets certified; the insured requester is paid from the slashed stake")
+    say("\n== Insurance: a fast answer, insured, is certified wrong while the other operators are unreachable")
     buyer = InsuranceBuyer(devnet.anvil.w3, devnet.deployment, fund(devnet, REQUESTER_TOKENS))
-    certificate, coverage, premium = run_insured_request(devnet, cheater, buyer)
+    certificate, purchase, before = run_insured_request(devnet, cheater, buyer)
     request_hash = bytes(certificate.request_hash)
-    say("\n== A watcher re-checks the certificate and escalates it")
-    stake_before, pool_before = get_stake_and_pool(devnet, cheater)
-    faults, challenge_id = challenge_and_escalate(devnet, certificate)
-    challenge = faults.get_challenge(challenge_id)
-    stake_after, pool_after = get_stake_and_pool(devnet, cheater)
-    reward = next(
-        int(e["args"]["reward"])
-        for e in faults.pool.events.FraudRecorded().get_logs(from_block=0)
-        if bytes(e["args"]["requestHash"]) == request_hash
-    )
-    coverage_state = faults.get_coverage(request_hash)
-    say(f"   challenge #{challenge_id}: {challenge.status.name}; {cheater}, the batch's signer, is slashed")
-    say(f"   {cheater}'s stake in quorum 0: {tokens(stake_before)} -> {tokens(stake_after)} tokens")
+    say(f"\n== The challenger ({CHALLENGER_BINARY}, its own process and key) re-checks every certified leaf")
+    challenge = wait_for_challenge(devnet, request_hash)
+    after_resolution = get_balances(devnet, cheater, buyer)
+    show_resolution(cheater, challenge, before, after_resolution)
+    coverage = buyer.reader.get_coverage(request_hash)
     say(
-        f"   insurance pool: {tokens(pool_before)} -> {tokens(pool_after)} tokens (the slashed stake in, the "
-        f"challenger's {tokens(reward)}-token reward out); coverage {coverage_state.status.name.lower()}, "
-        f"{tokens(coverage_state.payout)} tokens reserved for the requester"
+        f"   coverage {coverage.status.name.lower()}: {tokens(coverage.payout)} tokens reserved for the requester "
+        "(InsurancePool.recordFraud)"
     )
     say("\n== The insured requester claims (InsurancePool.claim)")
-    requester_before = buyer.get_balance()
     paid = buyer.claim(request_hash)
-    requester_after = buyer.get_balance()
-    pool_final = get_stake_and_pool(devnet, cheater)[1]
+    after_claim = get_balances(devnet, cheater, buyer)
     say(
-        f"   requester {buyer.account.address[:10]}…: {tokens(requester_before)} -> {tokens(requester_after)} tokens "
-        f"(+{tokens(paid)}: its coverage, paid out of the slashed stake; it had paid a {tokens(premium)}-token premium)"
+        f"   requester {buyer.account.address[:10]}…: {tokens(after_resolution.requester)} -> "
+        f"{tokens(after_claim.requester)} tokens (+{tokens(paid)}: its coverage, paid out of the slashed stake; "
+        f"it had paid a {tokens(purchase.premium)}-token premium)"
     )
-    say(f"   insurance pool: {tokens(pool_after)} -> {tokens(pool_final)} tokens")
-    return InsuranceOutcome(
-        request_hash,
-        certificate,
-        coverage,
-        premium,
-        challenge_id,
-        challenge.status,
-        faults.get_coverage(request_hash).status,
-        stake_before,
-        stake_after,
-        pool_before,
-        pool_after,
-        pool_final,
-        reward,
-        requester_before,
-        requester_after,
-        paid,
-    )
+    say(f"   insurance pool: {tokens(after_resolution.pool)} -> {tokens(after_claim.pool)} tokens")
+    status = buyer.reader.get_coverage(request_hash).status
+    return InsuranceOutcome(certificate, purchase, challenge, status, paid, before, after_resolution, after_claim)
 
 
 def is_paid(outcome: InsuranceOutcome) -> bool:
     return (
-        outcome.challenge_status == ChallengeStatus.UPHELD
+        outcome.challenge.status == ChallengeStatus.UPHELD
         and outcome.coverage_status == CoverageStatus.CLAIMED
-        and outcome.paid == outcome.coverage
-        and outcome.requester_after - outcome.requester_before == outcome.coverage
-        and outcome.stake_after < outcome.stake_before
+        and outcome.paid == outcome.purchase.amount
+        and outcome.after_claim.requester - outcome.after_resolution.requester == outcome.purchase.amount
+        and outcome.after_resolution.cheater_stake < outcome.before.cheater_stake
     )
 
 
@@ -481,6 +498,8 @@ def start_devnet_monitoring(devnet: Devnet) -> MonitoringStack:
     operators = [ScrapeTarget(f"127.0.0.1:{op.metrics_port}", {"operator": op.name}) for op in devnet.operators]
     aggregator = [ScrapeTarget(f"127.0.0.1:{devnet.aggregator_ports['metrics']}")]
     targets = {ScrapeJob.OPERATORS: operators, ScrapeJob.AGGREGATOR: aggregator}
+    if devnet.challenger_metrics_port:
+        targets[ScrapeJob.CHALLENGER] = [ScrapeTarget(f"127.0.0.1:{devnet.challenger_metrics_port}")]
     return start_monitoring(devnet.workdir, devnet.anvil.url, devnet.deployment_file, targets)
 
 
@@ -495,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"no model at {args.model}: run `make model` first")
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="avs-devnet-"))
-    devnet = Devnet(workdir, args.model, settings=DEMO_SETTINGS, cheater=CHEATER)
+    devnet = create_devnet(workdir, args.model)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -512,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"  gRPC :{op.grpc_port}  metrics :{op.metrics_port}  node API :{op.node_api_port}"
             )
         say(f"   aggregator gRPC {devnet.aggregator_url}, metrics :{devnet.aggregator_ports['metrics']}")
+        say(
+            f"   challenger {devnet.challenger.address[:10]}… ({CHALLENGER_BINARY}, re-verifies every certified leaf), "
+            f"metrics :{devnet.challenger_metrics_port}"
+        )
+        say(f"   {CHEATER}, the cheater, answers the aggregator only, not the challenger")
         monitoring = start_devnet_monitoring(devnet)
         closers.append(monitoring.stop)
         where = monitoring.prometheus_url or "not installed (apt-get install prometheus)"

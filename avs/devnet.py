@@ -1,4 +1,5 @@
-"""The local devnet: anvil, the contracts with the local restaking core, funded operators.
+"""The local devnet: anvil, the contracts with the local restaking core, funded operators, and
+the service processes (operators, the aggregator and, on request, the challenger).
 
 Used by ``make demo``/``make devnet`` and by the integration tests, so both run the same path.
 Devnet only: minting test tokens and setting balances are anvil conveniences that a real network
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,9 @@ class Anvil:
         self.stop()
         raise DevnetError("anvil did not answer within 20 s")
 
+    def is_running(self) -> bool:
+        return self._process.poll() is None
+
     def mine(self, blocks: int = 1) -> None:
         self.w3.provider.make_request("anvil_mine", [hex(blocks)])  # type: ignore[arg-type]
 
@@ -125,17 +130,24 @@ def _run_forge(args: list[str], env: dict[str, str]) -> None:
         raise DevnetError(f"forge {args[0]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
 
+def fund(w3: Web3, deployment: Deployment, address: str, amount: int) -> None:
+    """Devnet only: gas and ``amount`` more test tokens (the stake token) for ``address``."""
+    w3.provider.make_request("anvil_setBalance", [address, hex(10**20)])  # type: ignore[arg-type]
+    if amount:
+        funder = Web3AvsClient(w3, deployment, Account.from_key(ANVIL_KEY_0))
+        token = w3.eth.contract(address=Web3.to_checksum_address(deployment.stake_token), abi=load_abi("TestToken"))
+        funder.transact(token.functions.mint(Web3.to_checksum_address(address), amount))
+
+
 def restake(w3: Web3, deployment: Deployment, account: LocalAccount, amount: int) -> None:
     """Devnet only: give ``account`` gas and ``amount`` test tokens, make it an EigenLayer
     operator, and deposit the tokens into the AVS's strategy (what a restaker does on mainnet)."""
-    w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])  # type: ignore[arg-type]
-    funder = Web3AvsClient(w3, deployment, Account.from_key(ANVIL_KEY_0))
+    fund(w3, deployment, account.address, amount)
     operator = Web3AvsClient(w3, deployment, account)
     token = w3.eth.contract(address=Web3.to_checksum_address(deployment.stake_token), abi=load_abi("TestToken"))
     core = w3.eth.contract(
         address=Web3.to_checksum_address(deployment.allocation_manager), abi=load_abi("LocalRestakingCore")
     )
-    funder.transact(token.functions.mint(account.address, amount))
     # Become an operator before depositing: the local core credits deposits to operators from then on.
     operator.transact(core.functions.registerAsOperator(ZERO_ADDRESS, 0, ""))
     operator.transact(token.functions.approve(core.address, amount))
@@ -217,6 +229,8 @@ class ServiceProcess:
     """A service binary run as a real process, its stdout and stderr in files under ``log_dir``.
 
     ``wait_ready`` watches stdout for the ``{"event": "ready", ...}`` line the binaries print.
+    ``pause``/``resume`` (SIGSTOP/SIGCONT) make it unreachable for a while without killing it;
+    ``stop`` resumes a paused process before it asks it to stop.
     """
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
@@ -241,8 +255,17 @@ class ServiceProcess:
             time.sleep(0.3)
         raise DevnetError(f"{self.name} was not ready within {timeout:.0f} s; see {self.log_path}")
 
+    def pause(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused process would not handle SIGTERM
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
@@ -278,10 +301,12 @@ def read_profile_hash(model_dir: Path) -> str:
 
 
 class Devnet:
-    """anvil + contracts + registered operators (processes) + the aggregator (a process).
+    """anvil + contracts + registered operators (processes) + the aggregator (a process) + with
+    ``challenger=True`` the challenger (a process, its own funded key).
 
     ``start()`` builds it all; ``stop()`` (also on any failure in ``start``) leaves no process
     behind. Everything is written under ``workdir``: keystores, configs, logs, databases.
+    ``deadlines`` overrides the aggregator's ``deadlines`` section (e.g. ``verify_seconds``).
     """
 
     def __init__(
@@ -291,19 +316,25 @@ class Devnet:
         stakes: tuple[tuple[str, int], ...] = DEFAULT_STAKES,
         settings: dict[str, str] | None = None,
         cheater: str | None = None,
+        challenger: bool = False,
+        deadlines: dict[str, float] | None = None,
     ) -> None:
         self.workdir = workdir
         self.model_dir = model_dir.resolve()
         self.stakes = stakes
         self.settings = settings or {}
-        self.cheater = cheater  # demo only: this operator serves other weights (avs.demo_cheater)
+        # demo only: this operator serves other weights (avs.demo_cheater) and answers only the aggregator
+        self.cheater = cheater
+        self.with_challenger = challenger
+        self.deadlines = deadlines or {}
         self.operators: list[DevnetOperator] = []
         self.processes: list[ServiceProcess] = []
         self.anvil: Anvil | None = None
         self.aggregator_url = ""
         self.aggregator_ports: dict[str, int] = {}
-        # A watcher's key (the demo's challenger): operators answer its Verify calls too.
-        self.watcher: LocalAccount = Account.create()
+        # The challenger's key: the honest operators answer its Verify calls; it holds the bond.
+        self.challenger: LocalAccount = Account.create()
+        self.challenger_metrics_port = 0
 
     def start(self, on_step: Callable[[str], None] = lambda _: None) -> None:
         try:
@@ -331,15 +362,10 @@ class Devnet:
                     name,
                     tokens * 10**18,
                     self.model_dir,
-                    [self.deployment.aggregator, self.watcher.address],
+                    self._authorised_callers(name),
                 )
             )
         self.anvil.mine(2)  # the registrations lie before any reference block
-        watcher_home = self.workdir / "watcher"
-        watcher_home.mkdir(exist_ok=True)
-        keystore.save_ecdsa_keystore(
-            watcher_home / "watcher.ecdsa.key.json", bytes(self.watcher.key), DEVNET_PASSWORD, DEVNET_SCRYPT_N
-        )
         on_step(f"starting {len(self.operators)} operator processes (loading {self.model_dir.name})")
         started = [self._start_operator(op) for op in self.operators]
         self.processes.extend(started)
@@ -347,6 +373,16 @@ class Devnet:
             process.wait_ready()
         on_step("starting the aggregator")
         self._start_aggregator()
+        if self.with_challenger:
+            on_step("starting the challenger (its own key, funded with the challenge bond)")
+            self._start_challenger()
+
+    def _authorised_callers(self, name: str) -> list[str]:
+        """The aggregator, and the challenger, except for the cheater: a cheater has no reason to
+        answer a watcher that would ask it to vouch for its own output."""
+        if name == self.cheater:
+            return [self.deployment.aggregator]
+        return [self.deployment.aggregator, self.challenger.address]
 
     def _start_operator(self, operator: DevnetOperator) -> ServiceProcess:
         if operator.name != self.cheater:
@@ -382,6 +418,7 @@ class Devnet:
             "metrics_listen": f"127.0.0.1:{ports['metrics']}",
             "health_listen": f"127.0.0.1:{ports['health']}",
             "batch": {"max_size": 4, "max_latency_seconds": 1.0},
+            "deadlines": dict(self.deadlines),  # empty: the aggregator's defaults
             # the task manager's thresholdBps (Deploy.s.sol's THRESHOLD_BPS) is the lowest it certifies
             "policy": {"min_threshold_bps": lowest, "default_threshold_bps": max(lowest, 6667)},
         }
@@ -394,6 +431,64 @@ class Devnet:
         wait_http_ok(f"http://127.0.0.1:{ports['health']}/health", process)
         self.aggregator_url = f"127.0.0.1:{ports['grpc']}"
         self.aggregator_ports = ports
+
+    def get_challenge_bond(self) -> int:
+        assert self.anvil is not None and self.deployment.fault_manager is not None
+        fault_manager = self.anvil.w3.eth.contract(
+            address=Web3.to_checksum_address(self.deployment.fault_manager), abi=load_abi("FaultManager")
+        )
+        return int(fault_manager.functions.config().call()[5])  # IFaultManagerTypes.Config.challengeBond
+
+    def _start_challenger(self) -> None:
+        """``avs-challenger``: re-verifies every certified leaf (sample rate 1), challenges a wrong one
+        with its bond and resolves the challenge with the escalation quorum's certificate."""
+        assert self.anvil is not None
+        home = self.workdir / "challenger"
+        home.mkdir(exist_ok=True)
+        keystore.save_ecdsa_keystore(
+            home / "challenger.ecdsa.key.json", bytes(self.challenger.key), DEVNET_PASSWORD, DEVNET_SCRYPT_N
+        )
+        fund(self.anvil.w3, self.deployment, self.challenger.address, self.get_challenge_bond())
+        self.challenger_metrics_port = get_free_port()
+        config = {
+            "rpc_url": self.anvil.url,
+            "deployment_file": str(self.deployment_file.resolve()),
+            "aggregator": self.aggregator_url,
+            "ecdsa_keystore": "challenger.ecdsa.key.json",
+            "sample_rate": 1.0,
+            "escalate": True,
+            "resolve": True,
+            "prove_equivocations": True,
+            "database_url": f"sqlite:///{(home / 'challenger.sqlite').resolve()}",
+            "reference_lag_blocks": 1,
+            "poll_seconds": 1.0,
+            "verify_seconds": 60.0,
+            "metrics_listen": f"127.0.0.1:{self.challenger_metrics_port}",
+        }
+        config_path = home / "challenger.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {**os.environ, "CHALLENGER_ECDSA_KEY_PASSWORD": DEVNET_PASSWORD, "HF_HUB_OFFLINE": "1"}
+        args = [sys.executable, "-m", "avs_aggregator.challenger.cli", "run", "--config", str(config_path)]
+        process = ServiceProcess("challenger", args, env, self.workdir / "logs")
+        self.processes.append(process)
+        # /metrics answers once its store holds the scan position (the head): later batches are seen
+        wait_http_ok(f"http://127.0.0.1:{self.challenger_metrics_port}/metrics", process)
+
+    def get_process(self, name: str) -> ServiceProcess:
+        return next(p for p in self.processes if p.name == name)
+
+    @contextmanager
+    def paused(self, names: Sequence[str]) -> Iterator[None]:
+        """Those processes stopped (SIGSTOP) for the block: unreachable, as if their machines were
+        cut off; resumed (SIGCONT) after it, also on errors and Ctrl-C."""
+        processes = [self.get_process(name) for name in names]
+        try:
+            for process in processes:
+                process.pause()
+            yield
+        finally:
+            for process in processes:
+                process.resume()
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -180,6 +180,7 @@ def _start_challenger(devnet: Devnet, logs: Path) -> tuple[ServiceProcess, int]:
         "poll_seconds": 0.5,
         "start_block": 0,
         "metrics_listen": f"127.0.0.1:{port}",
+        "database_url": f"sqlite:///{devnet.workdir / 'challenger.sqlite'}",
     }
     path = devnet.workdir / "challenger.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,13 +1,15 @@
-"""End to end, the way ``make demo`` runs it: anvil, deployed contracts, four operator processes,
-the aggregator process, a request certified on-chain, a cheating primary rejected and slashed, an
-insured request certified wrong, challenged, escalated, its signer slashed and its requester paid;
-and ``avs request --insure`` run as a user runs it. A tiny model keeps it fast."""
+"""End to end, the way ``make demo`` runs it (``demo.create_devnet``): anvil, deployed contracts,
+four operator processes, the aggregator and the challenger processes, a request certified on-chain,
+a cheating primary rejected and slashed, an insured request certified wrong while the honest
+operators are paused, challenged and escalated by the challenger process, its signer slashed and
+its requester paid; and ``avs request --insure`` run as a user runs it. A tiny model keeps it fast."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from avs.chain.abi import load_abi
 from avs.chain.faults import ChallengeStatus, CoverageStatus
 from avs.chain.insurance import Web3CoverageReader
 from avs.client import certificate_from_json, verify_certificate, verify_on_chain
-from avs.devnet import Devnet
+from avs.devnet import Devnet, ServiceProcess
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.inference.conftest import build_tiny_model
 
@@ -28,11 +30,16 @@ from tests.inference.conftest import build_tiny_model
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     model = build_tiny_model(tmp_path_factory.mktemp("e2e-model") / "tiny")
-    network = Devnet(tmp_path_factory.mktemp("devnet"), model, settings=demo.DEMO_SETTINGS, cheater="dave")
+    network = demo.create_devnet(tmp_path_factory.mktemp("devnet"), model)
     network.start()
+    processes = list(network.processes)
+    anvil = network.anvil
+    assert anvil is not None and anvil.is_running()
     yield network
     network.stop()
-    assert all(p.process.poll() is not None for p in network.processes) and network.anvil is None
+    assert {p.name for p in processes} == {"alice", "bob", "carol", "dave", "aggregator", "challenger"}
+    assert all(p.process.poll() is not None for p in processes) and network.anvil is None
+    assert not anvil.is_running()
 
 
 @pytest.fixture(scope="module")
@@ -94,34 +101,52 @@ def test_an_insured_requester_is_paid_from_the_slashed_stake(
     outcome = demo.run_insured_fraud(devnet, "dave")
     assert demo.is_paid(outcome)
     out = capsys.readouterr().out
-    assert "coverage bought" in out and "UPHELD" in out and "paid out of the slashed stake" in out
+    assert "coverage bought" in out and "SIGSTOP" in out and "SIGCONT" in out
+    assert "UPHELD" in out and "paid out of the slashed stake" in out
+    assert all(p.process.poll() is None for p in devnet.processes)  # paused ones were resumed, none died
 
     # The wrong output was certified on-chain, by dave alone, at the 5% the requester asked for.
     assert devnet.anvil is not None
     w3 = devnet.anvil.w3
     certificate = outcome.certificate
     assert verify_certificate(certificate, min_share_bps=demo.INSURED_THRESHOLD_BPS).ok
-    dave = next(op for op in devnet.operators if op.name == "dave")
-    assert [bytes(s.public_key.operator_id) for s in certificate.signers] == [bytes(dave.key_pair.operator_id)]
+    ids = {op.name: bytes(op.key_pair.operator_id) for op in devnet.operators}
+    assert [bytes(s.public_key.operator_id) for s in certificate.signers] == [ids["dave"]]
+    assert {bytes(i) for i in certificate.non_signer_ids} == {ids["alice"], ids["bob"], ids["carol"]}
+    (quorum,) = certificate.quorum_stakes
+    assert int(quorum.signed_stake) == outcome.before.cheater_stake
     task_manager = w3.eth.contract(
         address=Web3.to_checksum_address(devnet.deployment.task_manager), abi=load_abi("InferenceTaskManager")
     )
     assert verify_on_chain(certificate, task_manager)
 
-    # Slashing: FRAUD_WAD (half) of dave's stake at the resolution went to the pool.
-    assert outcome.stake_after == outcome.stake_before // 2
-    slashed = outcome.stake_before - outcome.stake_after
-    assert outcome.pool_after_resolution - outcome.pool_before == slashed - outcome.challenger_reward
-    assert outcome.challenger_reward == slashed // 10  # CHALLENGER_REWARD_BPS 1000
+    # The challenger process opened the challenge with its own key and resolved it: upheld.
+    challenge = outcome.challenge
+    assert challenge.status == ChallengeStatus.UPHELD
+    assert challenge.challenger == challenge.resolved_by == devnet.challenger.address
+    assert challenge.batch_index == certificate.batch_header.batch_index
+    assert challenge.opened_block > certificate.certified_block and challenge.closed_block > challenge.opened_block
+    assert challenge.bond == devnet.get_challenge_bond()
+
+    # Slashing: FRAUD_WAD (half) of dave's stake at the resolution; the challenger's reward (10%) and
+    # its bond back; the rest into the pool.
+    before, after = outcome.before, outcome.after_resolution
+    slashed = before.cheater_stake - after.cheater_stake
+    assert after.cheater_stake == before.cheater_stake // 2 == 40 * 10**18  # 100, 80 after the attack, 40
+    assert challenge.slashed_shares == slashed
+    assert challenge.challenger_reward == slashed // 10 == 4 * 10**18  # CHALLENGER_REWARD_BPS 1000
+    assert before.challenger == challenge.bond  # the bond, locked when it challenged, back now
+    assert after.challenger - before.challenger == challenge.challenger_reward
+    assert after.pool - before.pool == slashed - challenge.challenger_reward
 
     # The payout: the coverage, once, from the pool to the requester.
-    assert outcome.paid == outcome.coverage == demo.COVERAGE
-    assert outcome.requester_after - outcome.requester_before == demo.COVERAGE
-    assert outcome.pool_after_resolution - outcome.pool_after_claim == demo.COVERAGE
+    assert outcome.paid == outcome.purchase.amount == demo.COVERAGE
+    assert outcome.after_claim.requester - after.requester == demo.COVERAGE
+    assert after.pool - outcome.after_claim.pool == demo.COVERAGE
     reader = Web3CoverageReader(w3, devnet.deployment.insurance_pool or "")
-    assert reader.get_coverage(outcome.request_hash).status == CoverageStatus.CLAIMED
-    assert outcome.challenge_status == ChallengeStatus.UPHELD
-    assert outcome.premium == demo.COVERAGE // 100
+    assert reader.get_coverage(bytes(certificate.request_hash)).status == CoverageStatus.CLAIMED
+    assert outcome.coverage_status == CoverageStatus.CLAIMED
+    assert outcome.purchase.premium == demo.COVERAGE // 100
 
 
 def _cli(devnet: Devnet, tmp_path: Path, secret: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,3 +202,17 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
 
 def test_make_demo_refuses_without_a_model(tmp_path: Path) -> None:
     assert demo.main(["--model", str(tmp_path / "none")]) == 2
+
+
+def test_a_paused_service_is_resumed_and_stopped(tmp_path: Path) -> None:
+    """``stop`` sends SIGCONT first: a paused (SIGSTOPped) process handles its SIGTERM at once."""
+    code = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(3)); "
+        'print(\'{"event": "ready"}\', flush=True); time.sleep(60)'
+    )
+    process = ServiceProcess("sleeper", [sys.executable, "-c", code], dict(os.environ), tmp_path)
+    process.wait_ready(timeout=60)
+    process.pause()
+    started = time.monotonic()
+    process.stop(timeout=10)
+    assert process.process.returncode == 3 and time.monotonic() - started < 5

@@ -70,6 +70,12 @@ def test_attestation_digest_matches_python(devnet: Devnet, faults: Web3FaultClie
     assert faults.get_attestation_digest(attestation) == compute_digest(devnet.client.get_domain(), attestation)
 
 
+def test_the_aggregator_uses_the_contracts_rejection_majority(faults: Web3FaultClient) -> None:
+    from avs_aggregator.protocol import MIN_REJECTION_THRESHOLD_BPS
+
+    assert faults.fault_manager.functions.MIN_REJECTION_THRESHOLD_BPS().call() == MIN_REJECTION_THRESHOLD_BPS
+
+
 def test_equivocation_signed_in_python_slashes_operator(devnet: Devnet, faults: Web3FaultClient) -> None:  # noqa: F811
     op = devnet.operators[0]
     request = Web3.keccak(text="equivocated request")

@@ -308,9 +308,11 @@ class Pipeline:
             if reply.verdict == Verdict.REJECT:
                 reject_signatures[o.operator_id] = reply.signature
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
-        # A provable rejection wins over a low requested threshold: with a small AVS minimum, an
-        # output could reach its requested ACCEPT share while far more stake rejects it.
-        if tally.is_rejected(self.settings.min_threshold_bps):
+        # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
+        # low requested threshold: an output could reach its requested ACCEPT share while most of
+        # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
+        rejection_bps = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
+        if tally.is_rejected(rejection_bps):
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(row.threshold_bps):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())

@@ -72,6 +72,11 @@ def select_primary(
 # --- tally -----------------------------------------------------------------------------
 
 
+# FaultManager.MIN_REJECTION_THRESHOLD_BPS: a REJECT certificate needs more than half of each
+# quorum's stake on-chain, whatever the (possibly lower) certification threshold.
+MIN_REJECTION_THRESHOLD_BPS = 5_001
+
+
 @dataclass(frozen=True, slots=True)
 class QuorumTally:
     quorum: int

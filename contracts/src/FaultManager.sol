@@ -35,6 +35,10 @@ contract FaultManager is IFaultManager, Ownable {
     bytes32 internal constant EQUIVOCATION = "EQUIVOCATION";
     bytes32 internal constant REJECTED_OUTPUT = "REJECTED_OUTPUT";
     bytes32 internal constant BATCH_FRAUD = "BATCH_FRAUD";
+    /// @notice A rejection certificate needs more than half of each quorum's stake, whatever the task
+    ///         manager's (possibly lower) certification threshold: otherwise a small minority could
+    ///         slash an honest primary by rejecting its correct output.
+    uint16 public constant MIN_REJECTION_THRESHOLD_BPS = 5_001;
 
     /// @notice The operator registry (keys, histories, slashing).
     IOperatorRegistry public immutable registry;
@@ -118,7 +122,9 @@ contract FaultManager is IFaultManager, Ownable {
         pure
         returns (bool)
     {
-        if (a.verdict == AvsMessages.Verdict.None || b.verdict == AvsMessages.Verdict.None) revert InvalidVerdict();
+        if (a.verdict == AvsMessages.Verdict.None || b.verdict == AvsMessages.Verdict.None) {
+            revert InvalidVerdict();
+        }
         if (a.requestHash != b.requestHash) return false;
         if (a.outputHash == b.outputHash) return a.verdict != b.verdict;
         return a.verdict == AvsMessages.Verdict.Accept && b.verdict == AvsMessages.Verdict.Accept;
@@ -142,6 +148,7 @@ contract FaultManager is IFaultManager, Ownable {
         if (isFaultSlashed[faultId]) revert FaultAlreadySlashed(faultId);
         _verifyOperatorSignature(operatorId, accept);
         (uint16 thresholdBps,,) = taskManager.config();
+        if (thresholdBps < MIN_REJECTION_THRESHOLD_BPS) thresholdBps = MIN_REJECTION_THRESHOLD_BPS;
         bytes32 rejectDigest = _digest(att.requestHash, att.outputHash, AvsMessages.Verdict.Reject);
         _checkCertificate(rejectDigest, quorumNumbers, referenceBlock, certificate, thresholdBps);
         isFaultSlashed[faultId] = true;

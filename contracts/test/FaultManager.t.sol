@@ -4,9 +4,14 @@ pragma solidity ^0.8.27;
 import {FaultFixture} from "./utils/FaultFixture.sol";
 import {BN254} from "../src/libraries/BN254.sol";
 import {AvsMessages} from "../src/libraries/AvsMessages.sol";
-import {IFaultManager, IFaultManagerTypes, IFaultManagerErrors, IFaultManagerEvents} from
-    "../src/interfaces/IFaultManager.sol";
+import {
+    IFaultManager,
+    IFaultManagerTypes,
+    IFaultManagerErrors,
+    IFaultManagerEvents
+} from "../src/interfaces/IFaultManager.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+import {IInferenceTaskManager} from "../src/interfaces/IInferenceTaskManager.sol";
 import {IAllocationManagerTypes} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
 
 contract IsConflictingTest is FaultFixture {
@@ -32,11 +37,15 @@ contract IsConflictingTest is FaultFixture {
 
     function test_isConflicting_RejectThenAcceptOtherIsHonest() public view {
         vm.assertFalse(
-            faults.isConflicting(_att("r", "o1", AvsMessages.Verdict.Reject), _att("r", "o2", AvsMessages.Verdict.Accept)),
+            faults.isConflicting(
+                _att("r", "o1", AvsMessages.Verdict.Reject), _att("r", "o2", AvsMessages.Verdict.Accept)
+            ),
             "retry"
         );
         vm.assertFalse(
-            faults.isConflicting(_att("r", "o1", AvsMessages.Verdict.Reject), _att("r", "o2", AvsMessages.Verdict.Reject)),
+            faults.isConflicting(
+                _att("r", "o1", AvsMessages.Verdict.Reject), _att("r", "o2", AvsMessages.Verdict.Reject)
+            ),
             "two rejects"
         );
     }
@@ -220,6 +229,25 @@ contract ProveRejectedOutputTest is FaultFixture {
         faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
     }
 
+    /// @dev With a 5% certification threshold, a REJECT certificate still needs a majority of the stake.
+    function test_proveRejectedOutput_NeedsAMajorityUnderALowThreshold() public {
+        taskManager.setConfig(IInferenceTaskManager.Config(500, 100, 50));
+        uint256[] memory minority = new uint256[](3);
+        (minority[0], minority[1], minority[2]) = (6, 7, 8); // signed 100 of 310 ether: over 5%, under half
+        IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Accept));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", minority);
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IFaultManagerErrors.ThresholdNotMet.selector, uint8(0), 100 ether, 310 ether)
+        );
+        faults.proveRejectedOutput(_id(2), a, hex"00", ref, cert);
+        uint256[] memory majority = new uint256[](2);
+        (majority[0], majority[1]) = (7, 8); // signed 160 of 310 ether
+        _prove(2, majority);
+        vm.assertEq(token.balanceOf(address(pool)), 2 ether, "the primary is slashed");
+    }
+
     function test_proveRejectedOutput_RevertWhen_StaleReferenceBlock() public {
         IFaultManagerTypes.SignedAttestation memory a = _signed(2, _att("req", "out", AvsMessages.Verdict.Accept));
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
@@ -233,8 +261,7 @@ contract ProveRejectedOutputTest is FaultFixture {
     function testFuzz_proveRejectedOutput_RevertWhen_ForgedAccept(uint256 forger) public {
         forger = bound(forger, 1, 8);
         vm.assume(forger != 2);
-        IFaultManagerTypes.SignedAttestation memory a =
-            _signed(forger, _att("req", "out", AvsMessages.Verdict.Accept));
+        IFaultManagerTypes.SignedAttestation memory a = _signed(forger, _att("req", "out", AvsMessages.Verdict.Accept));
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
             _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"00", _none());
         uint32 ref = uint32(block.number - 1);
@@ -432,7 +459,9 @@ contract ResolveChallengeTest is ChallengeFixture {
         uint256 id2 = faults.challenge(h, rec, "req2", "out2", p);
         vm.roll(block.number + 1);
         IFaultManagerTypes.BatchSigners memory s = _batchSigners(h, _none());
-        faults.resolveChallenge(id1, AvsMessages.Verdict.Reject, uint32(block.number - 1), _escalation(AvsMessages.Verdict.Reject), s);
+        faults.resolveChallenge(
+            id1, AvsMessages.Verdict.Reject, uint32(block.number - 1), _escalation(AvsMessages.Verdict.Reject), s
+        );
         uint256 stake7 = registry.getCurrentStake(_id(7), 0);
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert2 =
             _cert(_verdictDigest("req2", "out2", AvsMessages.Verdict.Reject), hex"0001", _none());

@@ -108,6 +108,22 @@ def test_a_provable_rejection_wins_over_a_low_requested_threshold(db: str) -> No
     pipeline.close()
 
 
+def test_a_minority_reject_cannot_reject_an_honest_primary(db: str) -> None:
+    """With an AVS minimum of 5%, a 30% operator that REJECTs correct outputs must not get the
+    honest primary's output rejected (and the primary slashed): a rejection needs a majority."""
+    network = FakeNetwork([{0: 30}, {0: 35}, {0: 35}])
+    network.operators[0].behaviour = "cheat"  # as a verifier: REJECTs every correct output
+    settings = dataclasses.replace(SETTINGS, min_threshold_bps=500)
+    pipeline = make_pipeline(network, db, settings)
+    envelope = find_envelope_with_primary(network, network.operators[1].keys.operator_id)
+    request_hash = pipeline.submit(envelope, threshold_bps=500)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 0
+    assert pipeline.store.list_rejections(request_hash) == []
+    pipeline.close()
+
+
 def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes) -> RequestEnvelope:
     operator_set = network.get_operator_set(network.block - 1)
     for nonce in range(500):

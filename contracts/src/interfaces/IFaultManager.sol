@@ -158,7 +158,8 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
 
     /// @notice Slashes primary `operatorId`, which signed `accept` (verdict ACCEPT), given a certificate of
     ///         REJECT for the same (request, output) by `quorumNumbers` at `referenceBlock` that meets
-    ///         the task manager's threshold.
+    ///         the task manager's threshold and more than half of each quorum's stake
+    ///         (`MIN_REJECTION_THRESHOLD_BPS`).
     /// @return faultId keccak256(abi.encode("REJECTED_OUTPUT", operatorId, requestHash)).
     function proveRejectedOutput(
         bytes32 operatorId,

@@ -323,7 +323,7 @@ class Devnet:
         self.model_dir = model_dir.resolve()
         self.stakes = stakes
         self.settings = settings or {}
-        # demo only: this operator serves other weights (avs.demo_cheater) and answers only the aggregator
+        # demo only: this operator serves other weights and rubber-stamps Verify (avs.demo_cheater)
         self.cheater = cheater
         self.with_challenger = challenger
         self.deadlines = deadlines or {}
@@ -378,10 +378,8 @@ class Devnet:
             self._start_challenger()
 
     def _authorised_callers(self, name: str) -> list[str]:
-        """The aggregator, and the challenger, except for the cheater: a cheater has no reason to
-        answer a watcher that would ask it to vouch for its own output."""
-        if name == self.cheater:
-            return [self.deployment.aggregator]
+        """The aggregator and the challenger (the cheater too: the challenger asks the operators that
+        did not sign a batch before its signers, so the cheater's ACCEPT of its own output is no check)."""
         return [self.deployment.aggregator, self.challenger.address]
 
     def _start_operator(self, operator: DevnetOperator) -> ServiceProcess:

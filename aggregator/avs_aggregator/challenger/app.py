@@ -17,6 +17,7 @@ from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from avs import keystore
 from avs.chain.client import Web3AvsClient
@@ -52,10 +53,13 @@ class ChallengerConfig(BaseModel):
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC (GetBatch, GetStatus)
     ecdsa_keystore: Path
     sample_rate: float = Field(default=0.1, ge=0, le=1)  # share of leaves re-verified
+    checkers: int = Field(default=2, ge=1, le=32)  # operators asked per leaf: non-signers first
+    check_attempts: int = Field(default=10, ge=1)  # polls a leaf is retried while unchecked
     escalate: bool = True  # open a challenge (locks the bond) for a leaf found wrong
     resolve: bool = True  # collect the escalation quorum's certificate, resolveChallenge / expireChallenge
     prove_equivocations: bool = True  # proveEquivocation for conflicting attestations it sees
-    database_url: str = "sqlite:///challenger-data/challenger.sqlite"  # scan position, findings, challenges
+    # scan position, findings, challenges; a relative SQLite path is relative to the config file
+    database_url: str = "sqlite:///challenger-data/challenger.sqlite"
     reference_lag_blocks: int = Field(default=1, ge=1)  # escalation certificates at latest - lag
     poll_seconds: float = Field(default=5.0, gt=0)
     verify_seconds: float = Field(default=60.0, gt=0)
@@ -87,8 +91,24 @@ def load_challenger_config(path: Path) -> ChallengerConfig:
         return p if p.is_absolute() else (path.parent / p.expanduser()).resolve()
 
     return config.model_copy(
-        update={"deployment_file": resolve(config.deployment_file), "ecdsa_keystore": resolve(config.ecdsa_keystore)}
+        update={
+            "deployment_file": resolve(config.deployment_file),
+            "ecdsa_keystore": resolve(config.ecdsa_keystore),
+            "database_url": resolve_database_url(config.database_url, path.parent),
+        }
     )
+
+
+def resolve_database_url(url: str, base: Path) -> str:
+    """A SQLite file URL with a relative path made relative to ``base`` (the config file's folder, not
+    the process's working directory); in-memory SQLite and other databases unchanged."""
+    if not url.startswith("sqlite"):
+        return url
+    parsed = make_url(url)
+    if parsed.database in (None, "", ":memory:") or Path(parsed.database).is_absolute():
+        return url
+    absolute = (base / Path(parsed.database).expanduser()).resolve()
+    return parsed.set(database=str(absolute)).render_as_string(hide_password=False)
 
 
 class ChallengerMetrics:
@@ -105,6 +125,9 @@ class ChallengerMetrics:
         )
         self.open_challenges = Gauge("avs_challenger_open_challenges", "Challenges still open", registry=registry)
         self.last_block = Gauge("avs_challenger_last_block", "Last block processed", registry=registry)
+        self.pending_checks = Gauge(
+            "avs_challenger_pending_checks", "Leaves (or batches) not checked yet, retried", registry=registry
+        )
 
     def record(self, findings: list[Finding], closed: list[ChallengeRow], still_open: int) -> None:
         for finding in findings:
@@ -156,15 +179,20 @@ class ChallengerApp:
             timeout = self.config.verify_seconds
             self.resolver = Resolver(domain, self.store, chain, reader, caller, timeout, self.evidence)
             self._closers.append(self.resolver.close)
+        checker = OperatorLeafChecker(
+            reader, caller, self.config.verify_seconds, evidence=self.evidence, checkers=self.config.checkers
+        )
+        self._closers.append(checker.close)
         self.challenger = Challenger(
             Web3BatchFeed(client),
             AggregatorLeafSource(aggregator),
-            OperatorLeafChecker(reader, caller, self.config.verify_seconds, evidence=self.evidence),
+            checker,
             chain if self.config.escalate else None,
             self.store,
             resolver=None,  # advanced in the loop, to count what ended
             sample_rate=self.config.sample_rate,
             start_block=self.config.start_block,
+            check_attempts=self.config.check_attempts,
         )
         host, port = split_host_port(self.config.metrics_listen)
         server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -176,16 +204,33 @@ class ChallengerApp:
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
-            try:
-                findings = self.challenger.poll()
-                closed = self.resolver.advance_all() if self.resolver is not None else []
-                self.evidence.report_pending()
-                still_open = len(self.store.list_challenges([ChallengeState.OPEN]))
-                self.metrics.record(findings, closed, still_open)
-                self.metrics.last_block.set(self.challenger.next_block - 1)
-            except Exception:
-                logger.exception("challenger poll failed; retrying")
+            self.poll_once()
             self._stopped.wait(self.config.poll_seconds)
+
+    def poll_once(self) -> None:
+        """One poll: scan and check, then resolve, then report evidence and metrics, each step on its
+        own (the chain or the aggregator unreachable for one does not stop the others)."""
+        findings: list[Finding] = []
+        try:
+            findings = self.challenger.poll()
+        except Exception:
+            logger.exception("challenger scan failed; retrying at the next poll")
+        closed: list[ChallengeRow] = []
+        try:
+            closed = self.resolver.advance_all() if self.resolver is not None else []
+        except Exception:
+            logger.exception("resolving the open challenges failed; retrying at the next poll")
+        try:
+            self.evidence.report_pending()
+        except Exception:
+            logger.exception("reporting equivocations failed; retrying at the next poll")
+        try:
+            still_open = len(self.store.list_challenges([ChallengeState.OPEN]))
+            self.metrics.record(findings, closed, still_open)
+            self.metrics.pending_checks.set(len(self.store.list_pending_checks()))
+            self.metrics.last_block.set(self.challenger.next_block - 1)
+        except Exception:
+            logger.exception("challenger metrics not updated")
 
     def stop(self) -> None:
         if self._stopped.is_set():

@@ -1,11 +1,14 @@
-"""The challenger's real adapters: ``BatchCertified`` events, the aggregator's API, an operator's
-Verify, and the fault manager (``challenge`` after approving the bond, ``resolveChallenge``,
-``expireChallenge``, ``proveEquivocation``)."""
+"""The challenger's real adapters: ``BatchCertified`` events, the aggregator's API, operators'
+Verify (``OperatorLeafChecker``, over the operator set reader and caller Protocols), and the fault
+manager (``challenge`` after approving the bond, ``resolveChallenge``, ``expireChallenge``,
+``proveEquivocation``)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from hexbytes import HexBytes
 from web3 import Web3
@@ -15,15 +18,22 @@ from avs.chain.abi import load_abi
 from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
 from avs.chain.faults import BatchSigners, Challenge, SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
-from avs.messages import Attestation, BatchHeader, Verdict
+from avs.messages import Attestation, BatchHeader, Domain, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.convert import RequestEnvelope
 from avs.types import OperatorId
-from avs_aggregator.chain import Web3OperatorSetReader
-from avs_aggregator.challenger.core import CertifiedBatch, OpenedChallenge
+from avs_aggregator.challenger.core import (
+    CertifiedBatch,
+    CheckerAnswer,
+    LeafCheck,
+    OpenedChallenge,
+    compute_checker_order,
+    compute_signer_ids,
+)
 from avs_aggregator.challenger.resolution import EscalationConfig
 from avs_aggregator.evidence import EvidenceBook
-from avs_aggregator.operators import GrpcOperatorCaller
+from avs_aggregator.ports import OperatorInfo, OperatorSetReader, VerifyReply
 from avs_aggregator.protocol import is_valid_attestation
 
 MAX_UINT256 = 2**256 - 1
@@ -62,38 +72,89 @@ class AggregatorLeafSource:
         return self.client.get_status(request_hash).certificate
 
 
+class VerifyCaller(Protocol):
+    """What the checker needs of ``GrpcOperatorCaller``: operators' Verify and the signing domain."""
+
+    @property
+    def domain(self) -> Domain: ...
+
+    def verify(
+        self, operator: OperatorInfo, envelope: RequestEnvelope, output_ids: Sequence[int], timeout: float
+    ) -> VerifyReply: ...
+
+
 class OperatorLeafChecker:
-    """Re-verifies through a randomly chosen operator of the batch's quorums (not necessarily honest:
-    sampling several over time is the defence). With ``evidence``, the operator's signed answer is
-    kept as equivocation evidence (when its signature verifies)."""
+    """Re-verifies a leaf through ``checkers`` operators of the batch's quorums, chosen by
+    ``core.compute_checker_order``: the operators that did not sign the batch first (a signer would
+    vouch for its own output), then its signers, stake-weighted. It asks ``checkers`` at a time (in
+    parallel) until that many gave a validly signed answer over the certified output (BLS against
+    the registered key, ``protocol.is_valid_attestation``), one of them REJECTs (no need to ask
+    more), or nobody is left. With ``evidence``, every validly signed answer is kept as
+    equivocation evidence."""
 
     def __init__(
         self,
-        reader: Web3OperatorSetReader,
-        caller: GrpcOperatorCaller,
+        reader: OperatorSetReader,
+        caller: VerifyCaller,
         timeout: float = 60.0,
         seed: int | None = None,
         evidence: EvidenceBook | None = None,
+        checkers: int = 2,
     ) -> None:
         self.reader = reader
         self.caller = caller
         self.timeout = timeout
         self.evidence = evidence
+        self.checkers = checkers
         self._rng = random.Random(seed)
+        self._pool = ThreadPoolExecutor(max_workers=checkers, thread_name_prefix="leaf-check")
 
-    def check(self, certificate: ag.Certificate) -> Verdict:
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def check(self, certificate: ag.Certificate) -> LeafCheck:
+        header = convert.batch_header_from_proto(certificate.batch_header)
+        at_batch = self.reader.get_operator_set(header.reference_block)
+        signer_ids = compute_signer_ids(at_batch, header.quorum_numbers, {bytes(i) for i in certificate.non_signer_ids})
         reference_block, _ = self.reader.get_reference_block()
-        header = certificate.batch_header
-        operators = self.reader.get_operator_set(reference_block).in_quorums(bytes(header.quorum_numbers))
-        operator = self._rng.choice(operators)
+        operators = self.reader.get_operator_set(reference_block).in_quorums(header.quorum_numbers)
+        queue = list(compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng))
+        answers: list[CheckerAnswer] = []
+        while queue and sum(a.verdict is not None for a in answers) < self.checkers:
+            wanted = self.checkers - sum(a.verdict is not None for a in answers)
+            batch, queue = queue[:wanted], queue[wanted:]
+            answers += self._ask(batch, signer_ids, certificate)
+            if any(a.verdict == Verdict.REJECT for a in answers):
+                break
+        has_independent = any(o.operator_id not in signer_ids for o in operators)
+        return LeafCheck(tuple(answers), has_independent)
+
+    def _ask(
+        self, operators: Sequence[OperatorInfo], signer_ids: frozenset[bytes], certificate: ag.Certificate
+    ) -> list[CheckerAnswer]:
         envelope = convert.request_from_proto(certificate.request)
-        reply = self.caller.verify(operator, envelope, list(certificate.output_token_ids), self.timeout)
+        output_ids = list(certificate.output_token_ids)
+        futures = [self._pool.submit(self.caller.verify, o, envelope, output_ids, self.timeout) for o in operators]
+        return [
+            self._judge(operator, operator.operator_id in signer_ids, future, certificate)
+            for operator, future in zip(operators, futures, strict=True)
+        ]
+
+    def _judge(
+        self, operator: OperatorInfo, is_signer: bool, future: Future[VerifyReply], certificate: ag.Certificate
+    ) -> CheckerAnswer:
+        try:
+            reply = future.result(timeout=self.timeout + 5)
+        except Exception as exc:  # down, slow, refused: not an answer
+            return CheckerAnswer(operator.operator_id, is_signer, None, str(exc)[:200])
         attestation = Attestation(bytes(certificate.request_hash), reply.output_hash, reply.verdict)
-        if self.evidence is not None and is_valid_attestation(
+        if reply.output_hash != bytes(certificate.output_hash) or not is_valid_attestation(
             self.caller.domain, operator, attestation, reply.signature
         ):
+            return CheckerAnswer(operator.operator_id, is_signer, None, "not a valid attestation of the output")
+        if self.evidence is not None:
             self.evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))
-        return reply.verdict
+        return CheckerAnswer(operator.operator_id, is_signer, reply.verdict)
 
 
 class Web3Escalator:

@@ -1,8 +1,11 @@
-"""``avs-challenger run --config challenger.yaml``: JSON logs, SIGTERM/SIGINT stop cleanly."""
+"""``avs-challenger run --config challenger.yaml``: JSON logs on stderr, one
+``{"event": "ready", ...}`` line on stdout once it is watching (like the other binaries), and
+SIGTERM/SIGINT stop cleanly."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,7 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        app.start()
+        try:
+            app.start()
+        except BaseException:
+            app.stop()
+            raise
+        ready = {"event": "ready", "metrics_port": app.metrics_port, "next_block": app.challenger.next_block}
+        print(json.dumps(ready), flush=True)
         app.wait()
         return 0
     except AvsError as exc:

@@ -6,12 +6,17 @@ its end (``resolution.Resolver``: the escalation quorum's certificate and ``reso
 
 For each ``BatchCertified`` event it fetches the batch's leaves and each sampled leaf's certificate
 from the aggregator, checks that the certificate matches what was certified on-chain (header,
-signatory record hash, Merkle proof), and asks an operator to verify the output. A REJECT opens a
-challenge.
+signatory record hash, Merkle proof), and asks operators to verify the output (``LeafChecker``:
+operators that did not sign the batch first). A validly signed REJECT opens a challenge. An ACCEPT
+is final when an operator that did not sign the batch gave it, or when every operator of the
+batch's quorums signed it; a check that got no answer, or only the signers' ACCEPT while others
+exist, is retried at the next polls (``check_attempts`` in all), as is a leaf whose check failed
+(the aggregator or the chain unreachable): one leaf never stops the others.
 
 Everything it decides is in its ``ChallengerStore`` before it moves on: the next block to scan
-(advanced after each batch), one finding per leaf, each challenge it opened. Killed anywhere and
-restarted, it re-scans at most the batch it was in, skips leaves it already has findings for, never
+(advanced after each batch), one finding per leaf, the leaves to retry, each challenge it opened.
+Killed anywhere and restarted, it re-scans at most the batch it was in, skips leaves it already has
+findings for, retries the unfinished ones, never
 opens a second challenge of a leaf it has one for (and adopts the challenge the chain names when a
 crash came between the transaction and the database: ``LeafAlreadyChallenged``), and goes on
 resolving the open ones.
@@ -21,17 +26,25 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import Challenge, ChallengeStatus
 from avs.client import verify_certificate
+from avs.errors import UnavailableError
 from avs.messages import BatchHeader, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
-from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState, FindingRow
+from avs_aggregator.challenger.store import (
+    ChallengeRow,
+    ChallengerStore,
+    ChallengeState,
+    FindingRow,
+    PendingCheckRow,
+)
+from avs_aggregator.ports import OperatorInfo, OperatorSet
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +76,82 @@ class OpenedChallenge:
     tx_hash: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class CheckerAnswer:
+    """One operator asked to verify a leaf."""
+
+    operator_id: bytes
+    is_signer: bool  # it signed the batch (its answer vouches for its own output)
+    verdict: Verdict | None  # None: no validly signed answer over the certified output (down, slow, bad)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeafCheck:
+    """What the operators asked about one leaf said."""
+
+    answers: tuple[CheckerAnswer, ...]
+    has_independent: bool  # the batch's quorums have operators that did not sign it
+
+
+class LeafCheckIncomplete(UnavailableError):
+    """The leaf could not be checked this time (nobody answered, or only its signers accepted it)."""
+
+    def __init__(self, message: str, output_hash: bytes = b"") -> None:
+        super().__init__(message)
+        self.output_hash = output_hash
+
+
+def compute_check_verdict(check: LeafCheck) -> Verdict | None:
+    """REJECT if any operator validly rejected the output, else ACCEPT if any accepted it."""
+    verdicts = {a.verdict for a in check.answers}
+    if Verdict.REJECT in verdicts:
+        return Verdict.REJECT
+    return Verdict.ACCEPT if Verdict.ACCEPT in verdicts else None
+
+
+def is_final_check(check: LeafCheck) -> bool:
+    """A REJECT is final; an ACCEPT only when a non-signer gave it or every operator signed the batch."""
+    verdict = compute_check_verdict(check)
+    if verdict != Verdict.ACCEPT:
+        return verdict == Verdict.REJECT
+    return not check.has_independent or any(a.verdict == Verdict.ACCEPT and not a.is_signer for a in check.answers)
+
+
+def compute_leaf_check(result: LeafCheck | Verdict) -> LeafCheck:
+    """A bare verdict (a checker the challenger trusts, e.g. its own engine) is a final check."""
+    if isinstance(result, LeafCheck):
+        return result
+    return LeafCheck((CheckerAnswer(b"", False, result),), has_independent=True)
+
+
+def compute_signer_ids(
+    operator_set: OperatorSet, quorums: bytes, non_signer_ids: Collection[bytes]
+) -> frozenset[bytes]:
+    """A certified batch's signers: its quorums' operators at its reference block less its non-signers."""
+    return frozenset(o.operator_id for o in operator_set.in_quorums(quorums) if o.operator_id not in non_signer_ids)
+
+
+def compute_checker_order(
+    operators: Sequence[OperatorInfo], signer_ids: Collection[bytes], quorums: bytes, rng: random.Random
+) -> tuple[OperatorInfo, ...]:
+    """Who to ask, in order: the operators that did not sign the batch, then its signers, each group
+    in a stake-weighted random order (Efraimidis-Spirakis keys; no stake in ``quorums``: last)."""
+
+    def key(operator: OperatorInfo) -> float:
+        weight = sum(operator.stakes.get(q, 0) for q in quorums)
+        draw = rng.random()
+        return draw ** (1 / weight) if weight > 0 else -1.0
+
+    def shuffled(group: list[OperatorInfo]) -> list[OperatorInfo]:
+        keys = {o.operator_id: key(o) for o in group}
+        return sorted(group, key=lambda o: keys[o.operator_id], reverse=True)
+
+    independent = [o for o in operators if o.operator_id not in signer_ids]
+    signers = [o for o in operators if o.operator_id in signer_ids]
+    return (*shuffled(independent), *shuffled(signers))
+
+
 class BatchFeed(Protocol):
     def get_block_number(self) -> int: ...
 
@@ -76,8 +165,9 @@ class LeafSource(Protocol):
 
 
 class LeafChecker(Protocol):
-    def check(self, certificate: ag.Certificate) -> Verdict:
-        """Re-verify the certified output by prefill (through an operator or an own engine)."""
+    def check(self, certificate: ag.Certificate) -> LeafCheck | Verdict:
+        """Re-verify the certified output by prefill: through operators (``LeafCheck``, their
+        answers), or a checker the challenger trusts, e.g. an own engine (a final ``Verdict``)."""
         ...
 
 
@@ -125,6 +215,7 @@ class Challenger:
         sample_rate: float = 0.1,
         start_block: int | None = None,
         rng: random.Random | None = None,
+        check_attempts: int = 10,
     ) -> None:
         self.feed = feed
         self.leaves = leaves
@@ -134,6 +225,7 @@ class Challenger:
         self.resolver = resolver
         self.sample_rate = sample_rate
         self.rng = rng or random.Random()
+        self.check_attempts = check_attempts
         if store.get_next_block() is None:  # a fresh database: start where told, else at the head
             store.set_next_block(start_block if start_block is not None else feed.get_block_number() + 1)
 
@@ -148,12 +240,13 @@ class Challenger:
         return [finding_from_row(row) for row in self.store.list_findings()]
 
     def poll(self) -> list[Finding]:
-        """Process the batches certified since the last poll, then move the open challenges on;
-        returns the new findings."""
-        found = self.scan()
-        if self.resolver is not None:
-            self.resolver.advance_all()
-        return found
+        """Retry the unfinished checks, process the batches certified since the last poll, then move
+        the open challenges on (also when the scan failed); returns the new findings."""
+        try:
+            return self.retry_pending() + self.scan()
+        finally:
+            if self.resolver is not None:
+                self.resolver.advance_all()
 
     def scan(self) -> list[Finding]:
         to_block = self.feed.get_block_number()
@@ -167,20 +260,73 @@ class Challenger:
         self.store.set_next_block(to_block + 1)
         return found
 
+    def retry_pending(self) -> list[Finding]:
+        """One more attempt at each leaf (or batch) whose check did not finish at an earlier poll."""
+        found: list[Finding] = []
+        for row in self.store.list_pending_checks():
+            header = BatchHeader(row.batch_index, row.leaves_root, row.reference_block, row.quorum_numbers)
+            batch = CertifiedBatch(header, row.signatory_record_hash, row.block)
+            if row.request_hash:
+                found += self.check_leaf(batch, row.request_hash)
+            else:
+                found += self.process_batch(batch)
+        return found
+
     def process_batch(self, batch: CertifiedBatch) -> list[Finding]:
         index = batch.header.batch_index
         try:
             request_hashes = self.leaves.get_batch_requests(index)
         except Exception as exc:  # another aggregator's batch, or the aggregator is down
             logger.warning("cannot fetch the batch's leaves", extra={"batch_index": index, "error": str(exc)})
-            return [self._record(Finding(index, b"", b"", None, f"leaves unavailable: {exc}"))]
+            return self._defer(batch, b"", b"", f"leaves unavailable: {exc}")
+        self.store.remove_pending_check(index, b"")
         sampled = [h for h in request_hashes if self.rng.random() < self.sample_rate]
-        found = []
+        found: list[Finding] = []
         for request_hash in sampled:
-            if self.store.has_finding(index, request_hash):  # seen before a restart
-                continue
-            found.append(self._record(self.process_leaf(batch, request_hash)))
+            found += self.check_leaf(batch, request_hash)
         return found
+
+    def check_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> list[Finding]:
+        """``process_leaf`` and its finding, or, when it could not finish, the leaf kept for a retry."""
+        index = batch.header.batch_index
+        if self.store.has_finding(index, request_hash):  # seen before a restart
+            self.store.remove_pending_check(index, request_hash)
+            return []
+        try:
+            finding = self.process_leaf(batch, request_hash)
+        except Exception as exc:  # this leaf only: the others are checked, it is retried
+            output_hash = exc.output_hash if isinstance(exc, LeafCheckIncomplete) else b""
+            extra = {"batch_index": index, "request": "0x" + request_hash.hex(), "error": str(exc)}
+            logger.warning("leaf not checked; retrying at the next poll", extra=extra)
+            return self._defer(batch, request_hash, output_hash, str(exc))
+        self._record(finding)
+        self.store.remove_pending_check(index, request_hash)
+        return [finding]
+
+    def _defer(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> list[Finding]:
+        """Keep the leaf (or batch) for the next poll; after ``check_attempts``, record it unchecked."""
+        header = batch.header
+        attempts = self.store.process_pending_check(
+            PendingCheckRow(
+                batch_index=header.batch_index,
+                request_hash=request_hash,
+                output_hash=output_hash,
+                leaves_root=header.leaves_root,
+                reference_block=header.reference_block,
+                quorum_numbers=header.quorum_numbers,
+                signatory_record_hash=batch.signatory_record_hash,
+                block=batch.block,
+                error=problem[:2000],
+            )
+        )
+        if attempts < self.check_attempts:
+            return []
+        finding = Finding(
+            header.batch_index, request_hash, output_hash, None, f"unchecked after {attempts} attempts: {problem}"
+        )
+        self._record(finding)
+        self.store.remove_pending_check(header.batch_index, request_hash)
+        return [finding]
 
     def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding:
         index = batch.header.batch_index
@@ -190,7 +336,10 @@ class Challenger:
         if problem:
             logger.warning("certificate does not match the chain", extra={"batch_index": index, "problem": problem})
             return Finding(index, request_hash, output_hash, None, problem)
-        verdict = self.checker.check(certificate)
+        check = compute_leaf_check(self.checker.check(certificate))
+        verdict = compute_check_verdict(check)
+        if verdict is None or not is_final_check(check):
+            raise LeafCheckIncomplete(describe_check(check), output_hash)
         if verdict == Verdict.ACCEPT or self.escalator is None:
             return Finding(index, request_hash, output_hash, verdict)
         existing = self.store.find_challenge(index, request_hash, output_hash)
@@ -239,6 +388,7 @@ class Challenger:
         )
 
     def _record(self, finding: Finding) -> Finding:
+        """Write ``finding`` (final: the leaf is not checked again)."""
         self.store.add_finding(
             FindingRow(
                 batch_index=finding.batch_index,
@@ -260,3 +410,15 @@ class Challenger:
             return "the certificate's signatory record hash is not the certified one"
         check = verify_certificate(certificate)
         return "; ".join(check.problems)
+
+
+def describe_check(check: LeafCheck) -> str:
+    """``no checker answered`` / ``only the batch's signers answered ...`` with each answer."""
+    answers = ", ".join(
+        f"0x{a.operator_id.hex()[:8]} ({'signer' if a.is_signer else 'non-signer'}): "
+        + (a.verdict.name if a.verdict is not None else a.detail or "no answer")
+        for a in check.answers
+    )
+    if compute_check_verdict(check) is None:
+        return f"no checker answered [{answers}]"
+    return f"only the batch's signers accepted it; the others did not answer [{answers}]"

@@ -2,8 +2,9 @@
 
 What it keeps, so that a restarted challenger neither challenges a leaf twice nor forgets a
 challenge: the next block to scan for ``BatchCertified`` events, every finding (one per batch and
-leaf), every challenge it opened with what resolving it needs (the leaf's certificate) and where it
-stands, and the attestations it has seen (equivocation evidence, ``avs_aggregator.evidence``).
+leaf), the leaves whose check is not finished yet (retried at the next polls), every challenge it
+opened with what resolving it needs (the leaf's certificate) and where it stands, and the
+attestations it has seen (equivocation evidence, ``avs_aggregator.evidence``).
 
 The schema is owned by Alembic (``challenger/migrations/``, version table
 ``challenger_alembic_version``, every table named ``challenger_*``, so it may share a database with
@@ -19,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, select
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -65,6 +66,29 @@ class FindingRow(Base):
     challenge_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     challenge_tx: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class PendingCheckRow(Base):
+    """A sampled leaf (or, with an empty ``request_hash``, a whole batch whose leaves could not be
+    fetched) that is not checked yet: retried at each poll until ``check_attempts``. It keeps the
+    certified batch as the ``BatchCertified`` event named it."""
+
+    __tablename__ = "challenger_pending_checks"
+    __table_args__ = (UniqueConstraint("batch_index", "request_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_index: Mapped[int] = mapped_column(BigInteger)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: the batch's leaves
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: not known yet
+    leaves_root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    reference_block: Mapped[int] = mapped_column(BigInteger)
+    quorum_numbers: Mapped[bytes] = mapped_column(LargeBinary)
+    signatory_record_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    block: Mapped[int] = mapped_column(BigInteger)  # the BatchCertified event's
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class ChallengeRow(Base):
@@ -132,6 +156,39 @@ class ChallengerStore(Database):
     def list_findings(self) -> list[FindingRow]:
         with self.session() as s:
             return list(s.scalars(select(FindingRow).order_by(FindingRow.id)))
+
+    # --- checks to retry -----------------------------------------------------------------
+
+    def process_pending_check(self, row: PendingCheckRow) -> int:
+        """Insert ``row`` (attempts 1) or count one more attempt of that leaf (with ``row``'s error and
+        output hash when it has one); returns the attempts so far."""
+        with self.session() as s:
+            query = select(PendingCheckRow).where(
+                PendingCheckRow.batch_index == row.batch_index, PendingCheckRow.request_hash == row.request_hash
+            )
+            existing = s.scalars(query.limit(1)).first()
+            now = self.clock()
+            if existing is None:
+                row.attempts, row.created_at, row.updated_at = 1, now, now
+                s.add(row)
+                return 1
+            existing.attempts += 1
+            existing.error = row.error
+            existing.output_hash = row.output_hash or existing.output_hash
+            existing.updated_at = now
+            return existing.attempts
+
+    def list_pending_checks(self) -> list[PendingCheckRow]:
+        with self.session() as s:
+            return list(s.scalars(select(PendingCheckRow).order_by(PendingCheckRow.id)))
+
+    def remove_pending_check(self, batch_index: int, request_hash: bytes) -> None:
+        with self.session() as s:
+            s.execute(
+                delete(PendingCheckRow).where(
+                    PendingCheckRow.batch_index == batch_index, PendingCheckRow.request_hash == request_hash
+                )
+            )
 
     # --- challenges ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy.engine import make_url
 
 from avs.errors import InvalidInputError
 
@@ -53,6 +54,18 @@ def read_yaml(path: Path) -> Any:
 def resolve_path(path: Path, base: Path) -> Path:
     """``path`` relative to the config file's folder ``base`` (absolute paths unchanged)."""
     return path if path.is_absolute() else (base / path.expanduser()).resolve()
+
+
+def resolve_database_url(url: str, base: Path) -> str:
+    """A SQLite file URL with a relative path made relative to ``base`` (the config file's folder, not
+    the process's working directory); in-memory SQLite and other databases unchanged."""
+    if not url.startswith("sqlite"):
+        return url
+    parsed = make_url(url)
+    if parsed.database in (None, "", ":memory:") or Path(parsed.database).is_absolute():
+        return url
+    absolute = (base / Path(parsed.database).expanduser()).resolve()
+    return parsed.set(database=str(absolute)).render_as_string(hide_password=False)
 
 
 def split_host_port(listen: str) -> tuple[str, int]:

@@ -362,7 +362,7 @@ class Devnet:
                     name,
                     tokens * 10**18,
                     self.model_dir,
-                    self._authorised_callers(name),
+                    self._authorised_callers(),
                 )
             )
         self.anvil.mine(2)  # the registrations lie before any reference block
@@ -377,7 +377,7 @@ class Devnet:
             on_step("starting the challenger (its own key, funded with the challenge bond)")
             self._start_challenger()
 
-    def _authorised_callers(self, name: str) -> list[str]:
+    def _authorised_callers(self) -> list[str]:
         """The aggregator and the challenger (the cheater too: the challenger asks the operators that
         did not sign a batch before its signers, so the cheater's ACCEPT of its own output is no check)."""
         return [self.deployment.aggregator, self.challenger.address]
@@ -469,8 +469,7 @@ class Devnet:
         args = [sys.executable, "-m", "avs_aggregator.challenger.cli", "run", "--config", str(config_path)]
         process = ServiceProcess("challenger", args, env, self.workdir / "logs")
         self.processes.append(process)
-        # /metrics answers once its store holds the scan position (the head): later batches are seen
-        wait_http_ok(f"http://127.0.0.1:{self.challenger_metrics_port}/metrics", process)
+        process.wait_ready()  # printed once its store holds the scan position: later batches are seen
 
     def get_process(self, name: str) -> ServiceProcess:
         return next(p for p in self.processes if p.name == name)

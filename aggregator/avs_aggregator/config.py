@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from avs.config import ConfigError, parse_model, read_yaml, resolve_path
+from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path
 from avs.config import Section as _Section
 
 __all__ = ["AggregatorConfig", "AggregatorSecrets", "ConfigError", "load_config", "parse_config"]
@@ -148,5 +148,6 @@ def load_config(path: Path) -> AggregatorConfig:
             "chain": config.chain.model_copy(update={"deployment_file": resolve(config.chain.deployment_file)}),
             "keys": config.keys.model_copy(update={"ecdsa_keystore": resolve(config.keys.ecdsa_keystore)}),
             "models": models,
+            "database_url": resolve_database_url(config.database_url, path.parent),
         }
     )

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from avs.config import ConfigError, parse_model, read_yaml, resolve_path
+from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path
 from avs.config import Section as _Section
 from avs.errors import InvalidInputError
 from avs.messages import checksum
@@ -130,7 +130,10 @@ def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
     models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
     deployment = config.chain.deployment_file
     chain = config.chain.model_copy(update={"deployment_file": resolve(deployment) if deployment else None})
-    return config.model_copy(update={"keys": keys, "models": models, "chain": chain})
+    protection = resolve_database_url(config.slashing_protection_url, base)
+    return config.model_copy(
+        update={"keys": keys, "models": models, "chain": chain, "slashing_protection_url": protection}
+    )
 
 
 def load_secrets() -> OperatorSecrets:

@@ -19,6 +19,8 @@ def test_example_config_parses_and_resolves_paths() -> None:
     assert config.chain.deployment_file.is_absolute()
     assert config.models[0].tokenizer_path is not None and config.models[0].tokenizer_path.is_absolute()
     assert config.policy.default_threshold_bps == 6667
+    # a relative SQLite path lands next to the config file, not in the process's working directory
+    assert config.database_url == f"sqlite:///{EXAMPLE.parent.resolve()}/aggregator-data/aggregator.sqlite"
 
 
 @pytest.mark.parametrize(

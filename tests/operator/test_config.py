@@ -24,6 +24,7 @@ def test_the_documented_example_is_valid_and_paths_resolve_next_to_it() -> None:
     assert config.keys.bls_keystore == EXAMPLE.parent / "keys" / "operator.bls.key.json"
     assert config.models[0].path == (EXAMPLE.parent.parent / "models" / "smollm2-135m").resolve()
     assert config.grpc.max_concurrent_requests == 4
+    assert config.slashing_protection_url.startswith(f"sqlite:///{EXAMPLE.parent.resolve()}/")
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,13 @@ from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
 from avs.client import AggregatorClient
-from avs.config import split_host_port
+from avs.config import resolve_database_url, split_host_port
 from avs.errors import InvalidInputError
 from avs.messages import Domain
 from avs_aggregator.chain import Web3OperatorSetReader
@@ -97,18 +96,6 @@ def load_challenger_config(path: Path) -> ChallengerConfig:
             "database_url": resolve_database_url(config.database_url, path.parent),
         }
     )
-
-
-def resolve_database_url(url: str, base: Path) -> str:
-    """A SQLite file URL with a relative path made relative to ``base`` (the config file's folder, not
-    the process's working directory); in-memory SQLite and other databases unchanged."""
-    if not url.startswith("sqlite"):
-        return url
-    parsed = make_url(url)
-    if parsed.database in (None, "", ":memory:") or Path(parsed.database).is_absolute():
-        return url
-    absolute = (base / Path(parsed.database).expanduser()).resolve()
-    return parsed.set(database=str(absolute)).render_as_string(hide_password=False)
 
 
 class ChallengerMetrics:

@@ -34,6 +34,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import grpc
 from eth_abi.packed import encode_packed
@@ -93,6 +94,26 @@ def get_state_name(state: int) -> str:
     return ag.RequestState.Name(state).removeprefix("REQUEST_STATE_")  # type: ignore[arg-type]
 
 
+class RequestFields(TypedDict, total=False):
+    """What a request may state besides its chat and requester; every key is optional. ``model``
+    names a model the aggregator serves (or ``model_id`` gives its id); ``prompt_hash`` may be left
+    out when the aggregator has the tokenizer; ``quorums``/``threshold_bps`` empty/0 take the
+    aggregator's defaults; ``nonce`` is random when left out."""
+
+    model: str
+    model_id: bytes
+    max_tokens: int  # default 64
+    temperature_milli: int  # default 0: greedy
+    top_k: int
+    top_p_micro: int  # default TOP_P_ONE: no top-p
+    seed: int
+    stop_sequences: Sequence[str]
+    nonce: int | None
+    prompt_hash: bytes
+    quorums: bytes
+    threshold_bps: int
+
+
 class AggregatorClient:
     def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -113,39 +134,28 @@ class AggregatorClient:
         return {m.name: bytes(m.model_id) for m in response.models}
 
     def _build(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        requester: str,
-        model: str,
-        model_id: bytes,
-        max_tokens: int,
-        temperature_milli: int,
-        top_k: int,
-        top_p_micro: int,
-        seed: int,
-        stop_sequences: Sequence[str],
-        nonce: int | None,
-        prompt_hash: bytes,
-        quorums: bytes,
-        threshold_bps: int,
+        self, messages: Sequence[Mapping[str, str]], *, requester: str, **fields: Unpack[RequestFields]
     ) -> ag.SubmitRequest:
+        model, model_id = fields.get("model", ""), fields.get("model_id", b"")
+        nonce = fields.get("nonce")
         if not model and not model_id:
             raise InvalidInputError("name a model (model=...) or give its id (model_id=...)")
+        stop_sequences = list(fields.get("stop_sequences", ()))
         request = op.InferenceRequest(
             model_id=model_id,
-            prompt_hash=prompt_hash,
-            temperature_milli=temperature_milli,
-            top_k=top_k,
-            top_p_micro=top_p_micro,
-            seed=seed,
-            max_tokens=max_tokens,
-            stop_sequences_hash=compute_stop_sequences_hash(list(stop_sequences)),
+            prompt_hash=fields.get("prompt_hash", b""),
+            temperature_milli=fields.get("temperature_milli", 0),
+            top_k=fields.get("top_k", 0),
+            top_p_micro=fields.get("top_p_micro", TOP_P_ONE),
+            seed=fields.get("seed", 0),
+            max_tokens=fields.get("max_tokens", 64),
+            stop_sequences_hash=compute_stop_sequences_hash(stop_sequences),
             requester=requester,
             nonce=(secrets.randbits(256) if nonce is None else nonce).to_bytes(32, "big"),
             messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-            stop_sequences=list(stop_sequences),
+            stop_sequences=stop_sequences,
         )
+        quorums, threshold_bps = fields.get("quorums", b""), fields.get("threshold_bps", 0)
         return ag.SubmitRequest(request=request, model_name=model, quorum_numbers=quorums, threshold_bps=threshold_bps)
 
     def submit(
@@ -153,41 +163,15 @@ class AggregatorClient:
         messages: Sequence[Mapping[str, str]],
         *,
         requester: str,
-        model: str = "",
-        model_id: bytes = b"",
-        max_tokens: int = 64,
-        temperature_milli: int = 0,
-        top_k: int = 0,
-        top_p_micro: int = TOP_P_ONE,
-        seed: int = 0,
-        stop_sequences: Sequence[str] = (),
-        nonce: int | None = None,
-        prompt_hash: bytes = b"",
-        quorums: bytes = b"",
-        threshold_bps: int = 0,
         domain: Domain | None = None,
         requester_key: bytes | None = None,
+        **fields: Unpack[RequestFields],
     ) -> bytes:
         """Submit; returns the request hash. With ``requester_key`` (and ``domain``), the request is
         signed by the requester; the aggregator then checks that signature."""
-        message = self._build(
-            messages,
-            requester=requester,
-            model=model,
-            model_id=model_id,
-            max_tokens=max_tokens,
-            temperature_milli=temperature_milli,
-            top_k=top_k,
-            top_p_micro=top_p_micro,
-            seed=seed,
-            stop_sequences=stop_sequences,
-            nonce=nonce,
-            prompt_hash=prompt_hash,
-            quorums=quorums,
-            threshold_bps=threshold_bps,
-        )
+        message = self._build(messages, requester=requester, **fields)
         if requester_key is not None:
-            if domain is None or not model_id or not prompt_hash:
+            if domain is None or not fields.get("model_id") or not fields.get("prompt_hash"):
                 raise InvalidInputError("signing a request needs the domain, model_id and prompt_hash")
             digest = compute_request_hash(domain, convert.request_from_proto(message.request).request)
             message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
@@ -195,42 +179,12 @@ class AggregatorClient:
         return bytes(response.request_hash)
 
     def prepare(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        requester: str,
-        model: str = "",
-        model_id: bytes = b"",
-        max_tokens: int = 64,
-        temperature_milli: int = 0,
-        top_k: int = 0,
-        top_p_micro: int = TOP_P_ONE,
-        seed: int = 0,
-        stop_sequences: Sequence[str] = (),
-        nonce: int | None = None,
-        prompt_hash: bytes = b"",
-        quorums: bytes = b"",
-        threshold_bps: int = 0,
+        self, messages: Sequence[Mapping[str, str]], *, requester: str, **fields: Unpack[RequestFields]
     ) -> PreparedRequest:
         """The request as the aggregator completes it (model id, prompt hash, default quorums and
         threshold) and its request hash, without submitting it: what an insured requester buys
         coverage for before ``submit_prepared``."""
-        message = self._build(
-            messages,
-            requester=requester,
-            model=model,
-            model_id=model_id,
-            max_tokens=max_tokens,
-            temperature_milli=temperature_milli,
-            top_k=top_k,
-            top_p_micro=top_p_micro,
-            seed=seed,
-            stop_sequences=stop_sequences,
-            nonce=nonce,
-            prompt_hash=prompt_hash,
-            quorums=quorums,
-            threshold_bps=threshold_bps,
-        )
+        message = self._build(messages, requester=requester, **fields)
         response: ag.PreparedRequest = self._stub.Prepare(message, timeout=self._timeout)
         envelope = convert.request_from_proto(response.request)
         return PreparedRequest(

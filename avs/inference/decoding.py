@@ -30,10 +30,12 @@ import numpy as np
 import torch
 
 from avs.inference.params import SamplingParams
-from avs.inference.rng import compute_gumbel, compute_gumbel_at
+from avs.inference.rng import GUMBEL_MAX, compute_gumbel, compute_gumbel_at
 from avs.messages import TOP_P_ONE
 
 MASS_SLACK = 1e-9  # rounding room for the relaxed top-p sets: outer a bit larger, inner a bit smaller
+
+TensorPair = tuple[torch.Tensor, torch.Tensor]
 
 
 def compute_noise(seed: int, position: int, vocab_size: int) -> torch.Tensor:
@@ -94,46 +96,123 @@ def select_token(z: torch.Tensor, params: SamplingParams, position: int) -> int:
     return int(kept[torch.argmax(z[kept] + params.temperature * noise)])
 
 
-def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(outer, inner), row-wise: tokens that may / must have survived the filters under error ``delta``."""
-    vocab = z.shape[-1]
-    outer = _top_k_mask(z, params.top_k, delta)
-    if 0 < params.top_k < vocab:
-        inner = z > torch.topk(z, params.top_k + 1, dim=-1).values[..., -1:] + delta
-    else:
-        inner = torch.ones_like(outer)
+def _sorted_head(z: torch.Tensor, params: SamplingParams) -> TensorPair | None:
+    """Row-wise leading logits and ids, descending: the top k+1 with top-k, whole rows with only top-p."""
+    if 0 < params.top_k < z.shape[-1]:
+        values, ids = torch.topk(z, params.top_k + 1, dim=-1)
+        return values, ids
     if params.top_p_micro < TOP_P_ONE:
-        survivors = params.top_k if 0 < params.top_k < vocab else vocab
-        z_desc = torch.topk(z, survivors, dim=-1, sorted=True).values
-        cdf = _survivor_cdf(z_desc, params.temperature)
-        # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
-        factor = math.exp(min(delta / params.temperature, 700.0))
-        outer &= _mass_above(z_desc, cdf, z + delta) / factor < params.top_p + MASS_SLACK
+        values, ids = torch.sort(z, dim=-1, descending=True)
+        return values, ids
+    return None
+
+
+def _top_k_bounds(head: TensorPair | None, params: SamplingParams) -> TensorPair | None:
+    """Row-wise (k-th, (k+1)-th) largest logits when top-k filters."""
+    if head is None or head[0].shape[-1] != params.top_k + 1:
+        return None
+    return head[0][:, params.top_k - 1], head[0][:, params.top_k]
+
+
+def _top_p_table(head: TensorPair | None, params: SamplingParams) -> TensorPair | None:
+    """Row-wise top-k survivors' logits, descending, and their cumulative ``softmax(z / T)``."""
+    if head is None or params.top_p_micro >= TOP_P_ONE:
+        return None
+    z_desc = head[0][:, : params.top_k] if params.top_k > 0 else head[0]
+    return z_desc, _survivor_cdf(z_desc, params.temperature)
+
+
+def _slack_factor(params: SamplingParams, delta: float) -> float:
+    # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
+    return math.exp(min(delta / params.temperature, 700.0))
+
+
+def _is_outer(
+    z_tok: torch.Tensor, bounds: TensorPair | None, table: TensorPair | None, params: SamplingParams, delta: float
+) -> torch.Tensor:
+    """Per row: could the proposed token (logit ``z_tok``) have survived the filters under error ``delta``?"""
+    outer = torch.ones_like(z_tok, dtype=torch.bool)
+    if bounds is not None:
+        outer &= z_tok >= bounds[0] - delta
+    if table is not None:
+        z_desc, cdf = table
+        mass = _mass_above(z_desc, cdf, (z_tok + delta)[:, None])[:, 0]
+        outer &= mass / _slack_factor(params, delta) < params.top_p + MASS_SLACK
+    return outer
+
+
+def _rival_candidates(
+    z: torch.Tensor, own: torch.Tensor, head: TensorPair | None, bounds: TensorPair | None, delta: float, reach: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, the tokens that might outscore the proposed one: (logits, ids, valid), descending.
+
+    Exact pruning: a perturbed score is at most ``z + reach`` (``reach = T * GUMBEL_MAX``), so a
+    token with ``z < own - reach`` can never be the best (``own`` is one of the scores maximized);
+    with top-k only the top k can be inner, and only those above ``z_(k+1) + delta``. The bounds
+    are taken a hair low to absorb rounding: a superset is harmless, the inner test follows.
+    """
+    lower = own - reach - 1e-9 * (1.0 + own.abs() + reach)
+    if bounds is not None:
+        values, ids = head[0][:, :-1], head[1][:, :-1]  # type: ignore[index]
+        lower = torch.maximum(lower, bounds[1] + delta)
+    else:
+        count = int((z >= lower[:, None]).sum(-1).max())
+        values, ids = (head[0][:, :count], head[1][:, :count]) if head is not None else torch.topk(z, count, dim=-1)
+    return values, ids, values >= lower[:, None]
+
+
+def _is_inner(
+    values: torch.Tensor, bounds: TensorPair | None, table: TensorPair | None, params: SamplingParams, delta: float
+) -> torch.Tensor:
+    """For candidate logits (rows aligned with ``z``): do they survive the filters even under error ``delta``?"""
+    inner = torch.ones_like(values, dtype=torch.bool)
+    if bounds is not None:
+        inner &= values > bounds[1][:, None] + delta
+    if table is not None:
+        z_desc, cdf = table
         if delta > 0:  # the mass strictly above z - delta includes the token itself: take it out
-            below = torch.minimum(z - delta, torch.nextafter(z, torch.full_like(z, -math.inf)))
-            own = torch.exp(z / params.temperature - torch.logsumexp(z_desc / params.temperature, -1, keepdim=True))
-            inner &= (_mass_above(z_desc, cdf, below) - own) * factor < params.top_p - MASS_SLACK
+            below = torch.minimum(values - delta, torch.nextafter(values, torch.full_like(values, -math.inf)))
+            log_norm = torch.logsumexp(z_desc / params.temperature, -1, keepdim=True)
+            own = torch.exp(values / params.temperature - log_norm)
+            inner &= (_mass_above(z_desc, cdf, below) - own) * _slack_factor(params, delta) < params.top_p - MASS_SLACK
         else:
-            inner &= _mass_above(z_desc, cdf, z) < params.top_p - MASS_SLACK
-    return outer, inner
+            inner &= _mass_above(z_desc, cdf, values) < params.top_p - MASS_SLACK
+    return inner
+
+
+def _best_full_rows(z: torch.Tensor, seed: int, temperature: float) -> torch.Tensor:
+    """Row-wise max of ``z + T * g`` over the whole vocabulary (no filters and too little to prune)."""
+    best = [(z[i] + temperature * compute_noise(seed, i, z.shape[-1])).max() for i in range(z.shape[0])]
+    return torch.stack(best) if best else z.new_zeros(0)
+
+
+def _best_scores(
+    z: torch.Tensor, own: torch.Tensor, head: TensorPair | None, params: SamplingParams, delta: float
+) -> torch.Tensor:
+    """Row-wise best perturbed score over the inner set and the proposed token (``own``)."""
+    bounds, table = _top_k_bounds(head, params), _top_p_table(head, params)
+    values, ids, valid = _rival_candidates(z, own, head, bounds, delta, params.temperature * GUMBEL_MAX)
+    if head is None and 2 * values.shape[-1] > z.shape[-1]:  # per-token noise would cost more than whole rows
+        return _best_full_rows(z, params.seed, params.temperature)
+    cand_rows, cand_cols = torch.nonzero(valid & _is_inner(values, bounds, table, params, delta), as_tuple=True)
+    cand_tokens = ids[cand_rows, cand_cols]
+    scores = values[cand_rows, cand_cols] + params.temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
+    return own.scatter_reduce(0, cand_rows, scores, reduce="amax")  # the proposed token always competes
 
 
 def compute_margins(logits: torch.Tensor, tokens: list[int], params: SamplingParams, delta: float) -> list[float]:
-    """Margins of every position of an output; ``logits[i]`` is the row that predicts ``tokens[i]``."""
+    """Margins of every position of an output; ``logits[i]`` is the row that predicts ``tokens[i]``.
+
+    All positions at once, and noise only for tokens that could outscore the proposed one
+    (``_rival_candidates``): the same margins as evaluating every token of every row.
+    """
     z = logits.to(torch.float64)
-    n, vocab = z.shape
-    rows, index = torch.arange(n), torch.tensor(tokens, dtype=torch.long)
+    rows, index = torch.arange(z.shape[0]), torch.tensor(tokens, dtype=torch.long)
+    z_tok = z[rows, index]
     if params.is_greedy:
-        return (z[rows, index] - z.max(dim=1).values).tolist()
-    temperature = params.temperature
-    own = z[rows, index] + temperature * compute_noise_at(params.seed, rows, index)
-    if not _has_filters(params, vocab):
-        best = torch.stack([(z[i] + temperature * compute_noise(params.seed, i, vocab)).max() for i in range(n)])
-        return (own - best).tolist()
-    outer, inner = _relaxed_masks(z, params, delta)
-    inner[rows, index] = True
-    cand_rows, cand_tokens = torch.nonzero(inner, as_tuple=True)
-    scores = z[cand_rows, cand_tokens] + temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
-    best = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, cand_rows, scores, reduce="amax")
-    margins = torch.where(outer[rows, index], own - best, torch.full_like(own, -math.inf))
-    return margins.tolist()
+        return (z_tok - z.max(dim=1).values).tolist()
+    own = z_tok + params.temperature * compute_noise_at(params.seed, rows, index)
+    head = _sorted_head(z, params)
+    best = _best_scores(z, own, head, params, delta)
+    outer = _is_outer(z_tok, _top_k_bounds(head, params), _top_p_table(head, params), params, delta)
+    return torch.where(outer, own - best, torch.full_like(own, -math.inf)).tolist()

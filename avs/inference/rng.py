@@ -32,6 +32,9 @@ PHILOX_ROUNDS = 10
 GUMBEL_STREAM = 0x47554D42  # "GUMB": the counter word that names this use of the generator
 MASK32 = 0xFFFFFFFF
 UNIFORM_SCALE = 2.0**-53
+# No noise value exceeds this: the largest u is 1 - 2^-53, and -log(-log(1 - 2^-53)) = 36.7368...
+# (a test checks the float64 value). Verification uses it to skip tokens that can never win.
+GUMBEL_MAX = 36.75
 
 Words = tuple[int, int, int, int]
 U64Array = npt.NDArray[np.uint64]

@@ -19,6 +19,7 @@ from avs.inference.decoding import (
     select_token,
 )
 from avs.inference.params import SamplingParams
+from tests.inference.reference_decoding import compute_margins_reference
 
 VOCAB = 50
 
@@ -102,3 +103,48 @@ def test_a_token_chosen_under_another_seed_usually_fails() -> None:
     cheat = SamplingParams(temperature_milli=1000, seed=2)
     tokens = [select_token(z[i], cheat, i) for i in range(32)]
     assert min(compute_margins(z, tokens, honest, 0.05)) < -0.05
+
+
+@st.composite
+def margin_cases(draw: st.DrawFn) -> tuple[torch.Tensor, list[int], SamplingParams, float]:
+    """Random logits (some rounded to force ties), any filter setting, proposed tokens often near the top."""
+    rows, vocab = draw(st.integers(1, 6)), draw(st.integers(2, 80))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    z = torch.randn(rows, vocab, generator=generator, dtype=torch.float64) * draw(
+        st.sampled_from([0.1, 1.0, 4.0, 30.0])
+    )
+    if draw(st.booleans()):
+        z = torch.round(z * 2) / 2  # ties across the k-th logit and among candidates
+    params = SamplingParams(
+        temperature_milli=draw(st.sampled_from([1, 50, 700, 1000, 3000])),
+        top_k=draw(st.integers(0, vocab + 2)),
+        top_p_micro=draw(st.sampled_from([1, 300_000, 900_000, 950_000, 1_000_000])),
+        seed=draw(st.integers(0, 2**64 - 1)),
+    )
+    top = torch.topk(z, min(3, vocab), dim=-1).indices
+    tokens = [
+        int(top[i, draw(st.integers(0, top.shape[1] - 1))]) if draw(st.booleans()) else draw(st.integers(0, vocab - 1))
+        for i in range(rows)
+    ]
+    return z, tokens, params, draw(st.sampled_from([0.0, 0.05, 0.5, 3.0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(margin_cases())
+def test_fast_margins_equal_the_full_vocabulary_reference(
+    case: tuple[torch.Tensor, list[int], SamplingParams, float],
+) -> None:
+    z, tokens, params, delta = case
+    assert compute_margins(z, tokens, params, delta) == compute_margins_reference(z, tokens, params, delta)
+
+
+def test_pruning_path_matches_the_reference_on_a_large_vocabulary() -> None:
+    # A spread of logits where the Gumbel bound prunes most of the row (the common case on real models).
+    z = logits_for(11, rows=8, scale=1.0).repeat(1, 200) * torch.linspace(8, 1, 8, dtype=torch.float64)[:, None]
+    for params in (
+        SamplingParams(temperature_milli=100, seed=5),
+        SamplingParams(temperature_milli=3000, seed=5),
+        SamplingParams(temperature_milli=700, top_p_micro=950_000, seed=5),
+    ):
+        tokens = [select_token(z[i], params, i) if i % 2 else int(torch.topk(z[i], 3).indices[2]) for i in range(8)]
+        assert compute_margins(z, tokens, params, 0.5) == compute_margins_reference(z, tokens, params, 0.5)

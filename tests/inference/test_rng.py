@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from avs.errors import InvalidInputError
 from avs.inference.rng import (
+    GUMBEL_MAX,
     MASK32,
     compute_gumbel,
     compute_gumbel_at,
     compute_philox4x32,
     compute_random_u64,
     compute_uniform,
+    compute_uniform_from_u64,
     compute_uniform_scalar,
 )
 
@@ -99,3 +101,15 @@ def test_uniform_is_roughly_uniform_and_gumbel_has_its_mean() -> None:
 def test_out_of_range_inputs_are_rejected(seed: int, position: int) -> None:
     with pytest.raises(InvalidInputError):
         compute_uniform(seed, position, 4)
+
+
+def test_no_noise_value_exceeds_the_bound_verification_prunes_with() -> None:
+    largest = np.array([2**64 - 1, 2**64 - 2**12], dtype=np.uint64)  # both map to u = 1 - 2^-53
+    uniform = compute_uniform_from_u64(largest)
+    assert uniform.tolist() == [1 - 2**-53] * 2
+    assert float(np.max(-np.log(-np.log(uniform)))) <= GUMBEL_MAX < 36.74 + 0.02
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1))
+def test_gumbel_noise_stays_below_the_bound(seed: int, position: int) -> None:
+    assert float(compute_gumbel(seed, position, 64).max()) <= GUMBEL_MAX

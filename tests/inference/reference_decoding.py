@@ -1,0 +1,71 @@
+"""The full-vocabulary margin computation that ``decoding.compute_margins`` replaced, kept as the oracle.
+
+It evaluates the relaxed top-k/top-p sets and the Gumbel noise for every token of every row, a
+direct transcription of the rule in ``docs/inference.md``; the fast path must give the same
+margins (tests/inference/test_decoding.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from avs.inference.decoding import (
+    MASS_SLACK,
+    _has_filters,
+    _mass_above,
+    _survivor_cdf,
+    _top_k_mask,
+    compute_noise,
+    compute_noise_at,
+)
+from avs.inference.params import SamplingParams
+from avs.messages import TOP_P_ONE
+
+
+def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outer, inner), row-wise: tokens that may / must have survived the filters under error ``delta``."""
+    vocab = z.shape[-1]
+    outer = _top_k_mask(z, params.top_k, delta)
+    if 0 < params.top_k < vocab:
+        inner = z > torch.topk(z, params.top_k + 1, dim=-1).values[..., -1:] + delta
+    else:
+        inner = torch.ones_like(outer)
+    if params.top_p_micro < TOP_P_ONE:
+        survivors = params.top_k if 0 < params.top_k < vocab else vocab
+        z_desc = torch.topk(z, survivors, dim=-1, sorted=True).values
+        cdf = _survivor_cdf(z_desc, params.temperature)
+        # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
+        factor = math.exp(min(delta / params.temperature, 700.0))
+        outer &= _mass_above(z_desc, cdf, z + delta) / factor < params.top_p + MASS_SLACK
+        if delta > 0:  # the mass strictly above z - delta includes the token itself: take it out
+            below = torch.minimum(z - delta, torch.nextafter(z, torch.full_like(z, -math.inf)))
+            own = torch.exp(z / params.temperature - torch.logsumexp(z_desc / params.temperature, -1, keepdim=True))
+            inner &= (_mass_above(z_desc, cdf, below) - own) * factor < params.top_p - MASS_SLACK
+        else:
+            inner &= _mass_above(z_desc, cdf, z) < params.top_p - MASS_SLACK
+    return outer, inner
+
+
+def compute_margins_reference(
+    logits: torch.Tensor, tokens: list[int], params: SamplingParams, delta: float
+) -> list[float]:
+    """Margins of every position of an output; ``logits[i]`` is the row that predicts ``tokens[i]``."""
+    z = logits.to(torch.float64)
+    n, vocab = z.shape
+    rows, index = torch.arange(n), torch.tensor(tokens, dtype=torch.long)
+    if params.is_greedy:
+        return (z[rows, index] - z.max(dim=1).values).tolist()
+    temperature = params.temperature
+    own = z[rows, index] + temperature * compute_noise_at(params.seed, rows, index)
+    if not _has_filters(params, vocab):
+        best = torch.stack([(z[i] + temperature * compute_noise(params.seed, i, vocab)).max() for i in range(n)])
+        return (own - best).tolist()
+    outer, inner = _relaxed_masks(z, params, delta)
+    inner[rows, index] = True
+    cand_rows, cand_tokens = torch.nonzero(inner, as_tuple=True)
+    scores = z[cand_rows, cand_tokens] + temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
+    best = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, cand_rows, scores, reduce="amax")
+    margins = torch.where(outer[rows, index], own - best, torch.full_like(own, -math.inf))
+    return margins.tolist()

@@ -535,7 +535,6 @@ def main(argv: list[str] | None = None) -> int:
             f"   challenger {devnet.challenger.address[:10]}… ({CHALLENGER_BINARY}, re-verifies every certified leaf), "
             f"metrics :{devnet.challenger_metrics_port}"
         )
-        say(f"   {CHEATER}, the cheater, answers the aggregator only, not the challenger")
         monitoring = start_devnet_monitoring(devnet)
         closers.append(monitoring.stop)
         where = monitoring.prometheus_url or "not installed (apt-get install prometheus)"

@@ -199,10 +199,7 @@ def get_stake_and_pool(devnet: Devnet, name: str) -> tuple[int, int]:
 def run_attack(devnet: Devnet, cheater: str) -> bool:
     """The cheater is made primary: the verifiers reject, the aggregator proves it on-chain, the
     cheater is slashed into the insurance pool, and the request is certified with another primary."""
-    say(
-        f"\n== The attack: {cheater} serves a cheaper model (1 layer) under the registered profile, and ACCEPTs "
-        "whatever he is asked to verify without running it"
-    )
+    say(f"\n== The attack: {cheater} serves a cheaper model (1 layer) under the registered profile")
     requester = Account.create()
     messages = [{"role": "user", "content": ATTACK_QUESTION}]
     nonce = find_nonce_for_primary(devnet, messages, requester.address, cheater)

@@ -3,9 +3,9 @@
 It is a normal ``avs-operator`` except for its engine: the registered model's profile, tokenizer
 and chat template, but other weights (the honest model with most of its layers dropped), the way
 an operator might try to serve a cheaper model. The honest engine refuses such weights; this one
-skips that check on purpose. It cuts the other corner too: asked to verify an output, it answers
-ACCEPT without running anything (``RubberStampEngine``). Nothing else in the project imports this
-module except ``avs.devnet``, which starts it for the demo's cheater.
+skips that check on purpose. Asked to verify, it runs the prefill with its own (wrong) weights, so
+it REJECTs honest outputs: harmless, since a rejection needs a majority of the stake. Nothing else
+in the project imports this module except ``avs.devnet``, which starts it for the demo's cheater.
 
     python -m avs.demo_cheater --config operator.yaml --honest MODEL_DIR --weights CHEAP_DIR
 """
@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from avs.inference.engine import InferenceEngine, Verification
-from avs.inference.params import SamplingParams
+from avs.inference.engine import InferenceEngine
 from avs.inference.profile import get_eos_ids, load_profile, load_tokenizer
 from avs_operator.app import OperatorApp
 from avs_operator.config import load_config, load_secrets
@@ -42,18 +40,6 @@ def make_cheap_weights(honest_dir: Path, out_dir: Path, keep_layers: int) -> Pat
     return out_dir
 
 
-class RubberStampEngine(InferenceEngine):
-    """Generates with whatever weights it was given; ``verify`` ACCEPTs every well-formed request
-    without a prefill (the cheapest verifier there is, and one that never contradicts the others'
-    honest outputs)."""
-
-    def verify(
-        self, prompt_ids: Sequence[int], output_ids: Sequence[int], params: SamplingParams, delta: float | None = None
-    ) -> Verification:
-        self.check_request(prompt_ids, params)
-        return Verification(True, None, None, 0.0, 0.0, 0, ())
-
-
 def load_cheating_engine(honest_dir: Path, weights_dir: Path, threads: int | None) -> InferenceEngine:
     import torch
     from transformers import AutoModelForCausalLM
@@ -62,7 +48,7 @@ def load_cheating_engine(honest_dir: Path, weights_dir: Path, threads: int | Non
     model = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=torch.float32, local_files_only=True)
     model.eval()  # type: ignore[no-untyped-call]
     tokenizer = load_tokenizer(honest_dir)
-    return RubberStampEngine(model, tokenizer, load_profile(honest_dir), get_eos_ids(honest_dir, tokenizer))
+    return InferenceEngine(model, tokenizer, load_profile(honest_dir), get_eos_ids(honest_dir, tokenizer))
 
 
 def main(argv: list[str] | None = None) -> int:

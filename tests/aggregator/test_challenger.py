@@ -275,3 +275,35 @@ def test_an_escalation_answer_that_contradicts_an_earlier_one_is_proven(tmp_path
     assert manager.equivocations == [(turncoat.keys.operator_id, finding.request_hash)]
     assert [e.state for e in evidence.list_equivocations()] == [EquivocationState.PROVEN]
     pipeline.close()
+
+
+def test_a_reject_the_escalation_quorum_overrules_costs_no_bond(tmp_path: Path) -> None:
+    """One checker REJECTs a correct leaf (a lying or broken operator): asked first, the escalation
+    quorum would ACCEPT, so no challenge is opened and no bond is lost. A leaf the escalation quorum
+    rejects is still challenged."""
+    pipeline, network = certified_pipeline(tmp_path, 1)
+    manager = FakeFaultManager(network)
+    store = ChallengerStore("sqlite://")
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    feed = Feed(pipeline, network)
+    challenger = Challenger(
+        feed, feed, Checker(Verdict.REJECT), manager, store, sample_rate=1.0, start_block=0,
+        confirm=resolver.predict_verdict,
+    )  # fmt: skip
+    [finding] = challenger.poll()
+    assert finding.verdict == Verdict.ACCEPT and finding.detail.startswith("minority REJECT overruled")
+    assert manager.challenges == {} and store.list_challenges() == []
+    pipeline.close()
+
+    colluded, network = colluded_pipeline(tmp_path / "colluded")
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    store = ChallengerStore("sqlite://")
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    feed = Feed(colluded, network)
+    challenger = Challenger(
+        feed, feed, Checker(Verdict.REJECT), manager, store, sample_rate=1.0, start_block=0,
+        confirm=resolver.predict_verdict,
+    )  # fmt: skip
+    [finding] = challenger.poll()
+    assert finding.detail == "challenged" and len(manager.challenges) == 1
+    colluded.close()

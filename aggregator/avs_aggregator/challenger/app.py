@@ -180,6 +180,7 @@ class ChallengerApp:
             sample_rate=self.config.sample_rate,
             start_block=self.config.start_block,
             check_attempts=self.config.check_attempts,
+            confirm=self.resolver.predict_verdict if self.resolver is not None else None,
         )
         host, port = split_host_port(self.config.metrics_listen)
         server, _ = start_http_server(port, addr=host, registry=self.registry)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -216,8 +216,10 @@ class Challenger:
         start_block: int | None = None,
         rng: random.Random | None = None,
         check_attempts: int = 10,
+        confirm: Callable[[ag.Certificate], tuple[Verdict | None, str]] | None = None,
     ) -> None:
         self.feed = feed
+        self.confirm = confirm  # the escalation quorum's verdict, asked before bonding a challenge
         self.leaves = leaves
         self.checker = checker
         self.escalator = escalator
@@ -345,6 +347,14 @@ class Challenger:
         existing = self.store.find_challenge(index, request_hash, output_hash)
         if existing is not None:
             return Finding(index, request_hash, output_hash, verdict, "already challenged", None, existing.challenge_id)
+        if self.confirm is not None:
+            predicted, shares = self.confirm(certificate)
+            if predicted is None:  # the escalation quorum cannot decide now (operators down): later
+                raise LeafCheckIncomplete(f"a REJECT, but no escalation verdict yet ({shares})", output_hash)
+            if predicted == Verdict.ACCEPT:  # a lone or minority REJECT: a challenge would lose the bond
+                logger.warning("a REJECT the escalation quorum overrules; not challenged", extra={"shares": shares})
+                detail = f"minority REJECT overruled ({shares})"
+                return Finding(index, request_hash, output_hash, Verdict.ACCEPT, detail)
         proof = [bytes(p) for p in certificate.merkle_proof]
         try:
             opened = self.escalator.challenge(

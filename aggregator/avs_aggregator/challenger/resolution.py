@@ -88,6 +88,12 @@ class EscalationCertificate:
     tally: protocol.Tally
 
 
+def describe_tally(tally: protocol.Tally) -> str:
+    return ", ".join(
+        f"quorum {q.quorum}: accept {q.accept_stake} reject {q.reject_stake} of {q.total_stake}" for q in tally.quorums
+    )
+
+
 class Resolver:
     def __init__(
         self,
@@ -159,14 +165,13 @@ class Resolver:
         config = self.config
         certificate = ag.Certificate.FromString(row.certificate)
         operator_set = self.reader.get_operator_set(reference_block)
-        verdicts, signatures = self._ask(operator_set, config.quorum_numbers, row, certificate)
+        verdicts, signatures = self._ask(
+            operator_set, config.quorum_numbers, certificate, row.output_hash, f"challenge {row.challenge_id}"
+        )
         tally = protocol.compute_tally(operator_set, config.quorum_numbers, verdicts)
         verdict = protocol.select_certified_verdict(tally, config.threshold_bps)
         if verdict is None:
-            shares = ", ".join(
-                f"quorum {q.quorum}: accept {q.accept_stake} reject {q.reject_stake} of {q.total_stake}"
-                for q in tally.quorums
-            )
+            shares = describe_tally(tally)
             self.store.update_challenge(
                 row.challenge_id, attempts=row.attempts + 1, error=f"no escalation certificate yet ({shares})"
             )
@@ -185,8 +190,20 @@ class Resolver:
         )
         return EscalationCertificate(verdict, reference_block, aggregate.to_signatures(indices), tally)
 
+    def predict_verdict(self, certificate: ag.Certificate) -> tuple[Verdict | None, str]:
+        """What the escalation quorums would certify for this leaf now (asked off-chain, at the
+        reader's reference block), and the stake shares: the challenger bonds a challenge only when
+        it would be upheld, so one operator's mistaken or malicious REJECT costs it no bond."""
+        config = self.config
+        reference_block, _ = self.reader.get_reference_block()
+        operator_set = self.reader.get_operator_set(reference_block)
+        output_hash = bytes(certificate.output_hash)
+        verdicts, _ = self._ask(operator_set, config.quorum_numbers, certificate, output_hash, "confirmation")
+        tally = protocol.compute_tally(operator_set, config.quorum_numbers, verdicts)
+        return protocol.select_certified_verdict(tally, config.threshold_bps), describe_tally(tally)
+
     def _ask(
-        self, operator_set: OperatorSet, quorums: bytes, row: ChallengeRow, certificate: ag.Certificate
+        self, operator_set: OperatorSet, quorums: bytes, certificate: ag.Certificate, output_hash: bytes, label: str
     ) -> tuple[dict[bytes, Verdict], dict[Verdict, dict[bytes, G1Point]]]:
         envelope = convert.request_from_proto(certificate.request)
         output_ids = [int(t) for t in certificate.output_token_ids]
@@ -201,10 +218,10 @@ class Resolver:
             try:
                 reply = futures[operator.operator_id].result(timeout=self.verify_timeout + 5)
             except Exception as exc:
-                logger.info("escalation verifier failed", extra={"challenge_id": row.challenge_id, "error": str(exc)})
+                logger.info("escalation verifier failed", extra={"about": label, "error": str(exc)})
                 continue
-            attestation = Attestation(row.request_hash, reply.output_hash, reply.verdict)
-            if not self._is_valid(operator, attestation, reply.signature, row.output_hash):
+            attestation = Attestation(bytes(certificate.request_hash), reply.output_hash, reply.verdict)
+            if not self._is_valid(operator, attestation, reply.signature, output_hash):
                 continue
             if self.evidence is not None:
                 self.evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))

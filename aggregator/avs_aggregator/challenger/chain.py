@@ -18,7 +18,7 @@ from avs.chain.abi import load_abi
 from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
 from avs.chain.faults import BatchSigners, Challenge, SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
-from avs.messages import Attestation, BatchHeader, Domain, Verdict
+from avs.messages import BatchHeader, Domain, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.convert import RequestEnvelope
@@ -31,10 +31,9 @@ from avs_aggregator.challenger.core import (
     compute_checker_order,
     compute_signer_ids,
 )
-from avs_aggregator.challenger.resolution import EscalationConfig
+from avs_aggregator.challenger.resolution import EscalationConfig, is_valid_leaf_reply
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.ports import OperatorInfo, OperatorSetReader, VerifyReply
-from avs_aggregator.protocol import is_valid_attestation
 
 MAX_UINT256 = 2**256 - 1
 
@@ -147,13 +146,8 @@ class OperatorLeafChecker:
             reply = future.result(timeout=self.timeout + 5)
         except Exception as exc:  # down, slow, refused: not an answer
             return CheckerAnswer(operator.operator_id, is_signer, None, str(exc)[:200])
-        attestation = Attestation(bytes(certificate.request_hash), reply.output_hash, reply.verdict)
-        if reply.output_hash != bytes(certificate.output_hash) or not is_valid_attestation(
-            self.caller.domain, operator, attestation, reply.signature
-        ):
+        if not is_valid_leaf_reply(self.caller.domain, operator, certificate, reply, self.evidence):
             return CheckerAnswer(operator.operator_id, is_signer, None, "not a valid attestation of the output")
-        if self.evidence is not None:
-            self.evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))
         return CheckerAnswer(operator.operator_id, is_signer, reply.verdict)
 
 

@@ -41,7 +41,7 @@ from avs_aggregator import protocol
 from avs_aggregator.challenger.core import STATE_OF_STATUS
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.evidence import EvidenceBook
-from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader
+from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader, VerifyReply
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,25 @@ class EscalationCertificate:
     reference_block: int
     certificate: NonSignerStakesAndSignature
     tally: protocol.Tally
+
+
+def is_valid_leaf_reply(
+    domain: Domain,
+    operator: OperatorInfo,
+    certificate: ag.Certificate,
+    reply: VerifyReply,
+    evidence: EvidenceBook | None,
+) -> bool:
+    """Whether ``reply`` is ``operator``'s validly signed verdict on the certified output; a valid
+    one goes to the evidence book (equivocations are proven from there)."""
+    attestation = Attestation(bytes(certificate.request_hash), reply.output_hash, reply.verdict)
+    if reply.output_hash != bytes(certificate.output_hash) or not protocol.is_valid_attestation(
+        domain, operator, attestation, reply.signature
+    ):
+        return False
+    if evidence is not None:
+        evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))
+    return True
 
 
 def describe_tally(tally: protocol.Tally) -> str:
@@ -166,7 +185,7 @@ class Resolver:
         certificate = ag.Certificate.FromString(row.certificate)
         operator_set = self.reader.get_operator_set(reference_block)
         verdicts, signatures = self._ask(
-            operator_set, config.quorum_numbers, certificate, row.output_hash, f"challenge {row.challenge_id}"
+            operator_set, config.quorum_numbers, certificate, f"challenge {row.challenge_id}"
         )
         tally = protocol.compute_tally(operator_set, config.quorum_numbers, verdicts)
         verdict = protocol.select_certified_verdict(tally, config.threshold_bps)
@@ -197,13 +216,12 @@ class Resolver:
         config = self.config
         reference_block, _ = self.reader.get_reference_block()
         operator_set = self.reader.get_operator_set(reference_block)
-        output_hash = bytes(certificate.output_hash)
-        verdicts, _ = self._ask(operator_set, config.quorum_numbers, certificate, output_hash, "confirmation")
+        verdicts, _ = self._ask(operator_set, config.quorum_numbers, certificate, "confirmation")
         tally = protocol.compute_tally(operator_set, config.quorum_numbers, verdicts)
         return protocol.select_certified_verdict(tally, config.threshold_bps), describe_tally(tally)
 
     def _ask(
-        self, operator_set: OperatorSet, quorums: bytes, certificate: ag.Certificate, output_hash: bytes, label: str
+        self, operator_set: OperatorSet, quorums: bytes, certificate: ag.Certificate, label: str
     ) -> tuple[dict[bytes, Verdict], dict[Verdict, dict[bytes, G1Point]]]:
         envelope = convert.request_from_proto(certificate.request)
         output_ids = [int(t) for t in certificate.output_token_ids]
@@ -220,19 +238,11 @@ class Resolver:
             except Exception as exc:
                 logger.info("escalation verifier failed", extra={"about": label, "error": str(exc)})
                 continue
-            attestation = Attestation(bytes(certificate.request_hash), reply.output_hash, reply.verdict)
-            if not self._is_valid(operator, attestation, reply.signature, output_hash):
+            if not is_valid_leaf_reply(self.domain, operator, certificate, reply, self.evidence):
                 continue
-            if self.evidence is not None:
-                self.evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))
             verdicts[operator.operator_id] = reply.verdict
             signatures[reply.verdict][operator.operator_id] = reply.signature
         return verdicts, signatures
-
-    def _is_valid(self, operator: OperatorInfo, attestation: Attestation, signature: G1Point, output: bytes) -> bool:
-        return attestation.output_hash == output and protocol.is_valid_attestation(
-            self.domain, operator, attestation, signature
-        )
 
     def get_batch_signers(self, certificate: ag.Certificate) -> BatchSigners:
         """The certified batch's signers (``IFaultManagerTypes.BatchSigners``): its quorums' operators

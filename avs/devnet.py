@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,12 +420,7 @@ class Devnet:
             # the task manager's thresholdBps (Deploy.s.sol's THRESHOLD_BPS) is the lowest it certifies
             "policy": {"min_threshold_bps": lowest, "default_threshold_bps": max(lowest, 6667)},
         }
-        config_path = home / "aggregator.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {**os.environ, "AGGREGATOR_ECDSA_KEY_PASSWORD": DEVNET_PASSWORD, "HF_HUB_OFFLINE": "1"}
-        args = [sys.executable, "-m", "avs_aggregator.cli", "run", "--config", str(config_path)]
-        process = ServiceProcess("aggregator", args, env, self.workdir / "logs")
-        self.processes.append(process)
+        process = self._start_service("aggregator", "avs_aggregator.cli", home, config, "AGGREGATOR_ECDSA_KEY_PASSWORD")
         wait_http_ok(f"http://127.0.0.1:{ports['health']}/health", process)
         self.aggregator_url = f"127.0.0.1:{ports['grpc']}"
         self.aggregator_ports = ports
@@ -463,13 +458,23 @@ class Devnet:
             "verify_seconds": 60.0,
             "metrics_listen": f"127.0.0.1:{self.challenger_metrics_port}",
         }
-        config_path = home / "challenger.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {**os.environ, "CHALLENGER_ECDSA_KEY_PASSWORD": DEVNET_PASSWORD, "HF_HUB_OFFLINE": "1"}
-        args = [sys.executable, "-m", "avs_aggregator.challenger.cli", "run", "--config", str(config_path)]
-        process = ServiceProcess("challenger", args, env, self.workdir / "logs")
-        self.processes.append(process)
+        process = self._start_service(
+            "challenger", "avs_aggregator.challenger.cli", home, config, "CHALLENGER_ECDSA_KEY_PASSWORD"
+        )
         process.wait_ready()  # printed once its store holds the scan position: later batches are seen
+
+    def _start_service(
+        self, name: str, module: str, home: Path, config: Mapping[str, object], password_env: str
+    ) -> ServiceProcess:
+        """Write ``home/<name>.yaml`` and run ``python -m <module> run`` on it, its keystore
+        password in ``password_env``."""
+        config_path = home / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        env = {**os.environ, password_env: DEVNET_PASSWORD, "HF_HUB_OFFLINE": "1"}
+        args = [sys.executable, "-m", module, "run", "--config", str(config_path)]
+        process = ServiceProcess(name, args, env, self.workdir / "logs")
+        self.processes.append(process)
+        return process
 
     def get_process(self, name: str) -> ServiceProcess:
         return next(p for p in self.processes if p.name == name)

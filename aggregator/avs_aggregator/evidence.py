@@ -36,9 +36,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class EquivocationState(StrEnum):
+class ProofState(StrEnum):
+    """Progress of an on-chain fault proof (an equivocation, or the aggregator's rejected output)."""
+
     PENDING = "PENDING"  # recorded, proof not (yet) accepted on-chain
-    PROVEN = "PROVEN"  # proveEquivocation succeeded, or the chain already had it
+    PROVEN = "PROVEN"  # the proof succeeded, or the chain already had it
     FAILED = "FAILED"  # the contract refused the proof for good (see ``error``)
 
 
@@ -191,7 +193,7 @@ class EvidenceBook:
                         self._equivocation_row,
                         operator_id=operator_id,
                         request_hash=request_hash,
-                        state=EquivocationState.PENDING,
+                        state=ProofState.PENDING,
                         evidence=json.dumps([signed_to_json(a), signed_to_json(b)]),
                         attempts=0,
                         created_at=now,
@@ -202,7 +204,7 @@ class EvidenceBook:
             return False
         return True
 
-    def list_equivocations(self, state: EquivocationState | None = None) -> list[EquivocationMixin]:
+    def list_equivocations(self, state: ProofState | None = None) -> list[EquivocationMixin]:
         with self._session() as s:
             query = select(self._equivocation_row).order_by(self._equivocation_row.id)
             if state is not None:
@@ -214,7 +216,7 @@ class EvidenceBook:
         if self.reporter is None:
             return 0
         proven = 0
-        for row in self.list_equivocations(EquivocationState.PENDING):
+        for row in self.list_equivocations(ProofState.PENDING):
             if row.attempts >= max_attempts:
                 continue
             proven += self._report(row, max_attempts)
@@ -222,24 +224,17 @@ class EvidenceBook:
 
     def _report(self, row: EquivocationMixin, max_attempts: int) -> int:
         assert self.reporter is not None
+        reporter = self.reporter
         a, b = (signed_from_json(item) for item in json.loads(row.evidence))
-        values: dict[str, object] = {"attempts": row.attempts + 1}
-        try:
-            values["tx_hash"] = self.reporter.prove_equivocation(OperatorId(row.operator_id), a, b)
-            values["state"] = EquivocationState.PROVEN
-        except ContractRevertError as exc:
-            if exc.name == "FaultAlreadySlashed":
-                values["state"] = EquivocationState.PROVEN
-                values["error"] = "already proven on-chain"
-            else:
-                values["error"] = str(exc)[:2000]
-                if exc.name in FINAL_REVERTS or row.attempts + 1 >= max_attempts:
-                    values["state"] = EquivocationState.FAILED
-        except Exception as exc:  # the chain is unreachable: PENDING, sent again later
-            logger.warning("could not prove the equivocation yet", extra={"error": str(exc)})
-            values["error"] = str(exc)[:2000]
+        values = send_proof(
+            lambda: reporter.prove_equivocation(OperatorId(row.operator_id), a, b),
+            row.attempts,
+            max_attempts,
+            FINAL_REVERTS,
+            "equivocation",
+        )
         self._update(row.id, values)
-        return 1 if values.get("state") == EquivocationState.PROVEN else 0
+        return 1 if values.get("state") == ProofState.PROVEN else 0
 
     def _update(self, row_id: int, values: dict[str, object]) -> None:
         with self._session() as s:
@@ -248,6 +243,35 @@ class EvidenceBook:
             for key, value in values.items():
                 setattr(row, key, value)
             row.updated_at = self._clock()
+
+
+def send_proof(
+    send: Callable[[], bytes], attempts: int, max_attempts: int, final_reverts: frozenset[str], what: str
+) -> dict[str, object]:
+    """Send one fault proof; the row's new values: ``attempts``, and ``tx_hash``/``state``/``error``.
+
+    PROVEN when it lands or the chain already has it (``FaultAlreadySlashed``); FAILED on a revert in
+    ``final_reverts`` or after ``max_attempts``; otherwise it stays PENDING and is sent again later.
+    Anything that is not a revert (the chain unreachable, this aggregator no longer the leader) keeps
+    it PENDING without a verdict and without counting an attempt, so that the next leader sends it."""
+    values: dict[str, object] = {}
+    try:
+        values["tx_hash"] = send()
+        values["state"] = ProofState.PROVEN
+        values["error"] = None
+    except ContractRevertError as exc:
+        if exc.name == "FaultAlreadySlashed":
+            values["state"] = ProofState.PROVEN
+            values["error"] = "already proven on-chain"
+        else:
+            values["error"] = str(exc)[:2000]
+            if exc.name in final_reverts or attempts + 1 >= max_attempts:
+                values["state"] = ProofState.FAILED
+    except Exception as exc:
+        logger.warning(f"could not prove the {what} yet", extra={"error": str(exc)})
+        return {"error": str(exc)[:2000]}
+    values["attempts"] = attempts + 1
+    return values
 
 
 def _attestation(row: AttestationMixin) -> Attestation:

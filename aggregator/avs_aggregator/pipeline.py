@@ -55,7 +55,7 @@ from avs.rpc import convert
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
-from avs_aggregator.evidence import EquivocationReporter, EvidenceBook
+from avs_aggregator.evidence import EquivocationReporter, EvidenceBook, ProofState, send_proof
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.ports import (
     BlockHashReader,
@@ -82,6 +82,18 @@ from avs_aggregator.store import (
 )
 
 logger = logging.getLogger(__name__)
+# proveRejectedOutput reverts after which sending the same proof again cannot succeed.
+REJECTION_FINAL_REVERTS = frozenset(
+    {
+        "InvalidAttestationSignature",
+        "UnknownOperator",
+        "NotSlashable",
+        "StaleReferenceBlock",
+        "ThresholdNotMet",
+        "InvalidBLSSignature",
+        "InvalidVerdict",
+    }
+)
 
 ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
 ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
@@ -335,7 +347,6 @@ class Pipeline:
 
     def _reject(self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point]) -> None:
         assert row.output_hash is not None and row.primary_id is not None and row.reference_block is not None
-        digest = compute_digest(self.domain, Attestation(row.request_hash, row.output_hash, Verdict.REJECT))
         evidence: dict[str, Any] = {
             "primary_signature": json.loads(row.primary_signature or "null"),
             "reject_signatures": {_hex(k): g1_to_json(v) for k, v in signatures.items()},
@@ -353,40 +364,62 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.rejections.inc()
         logger.warning("output rejected", extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id)})
-        if self.reporter is not None and row.primary_signature:
-            self._report_rejection(rejection_id, row, operator_set, digest, signatures)
+        if not row.primary_signature:
+            self.store.update_rejection(
+                rejection_id, state=ProofState.FAILED, error="no signed ACCEPT of the primary: nothing to prove"
+            )
+        elif self.reporter is not None:
+            self._report_rejection(rejection_id, operator_set)
         self._retry(row, "the quorum rejected the primary's output", count_as_rejection=True)
 
-    def _report_rejection(
-        self,
-        rejection_id: int,
-        row: RequestRow,
-        operator_set: OperatorSet,
-        digest: bytes,
-        signatures: dict[bytes, G1Point],
-    ) -> None:
-        assert self.reporter is not None and row.primary_id is not None and row.output_hash is not None
-        assert row.reference_block is not None
-        try:
-            aggregate, _ = protocol.compute_checked_aggregate(operator_set, row.quorum_numbers, digest, signatures)
-            if aggregate is None:
-                raise InvalidInputError("the REJECT signatures do not aggregate")
-            indices = self.writer.get_check_signatures_indices(
-                row.reference_block, row.quorum_numbers, aggregate.non_signer_ids
+    def report_pending_rejections(self, max_attempts: int = 10) -> int:
+        """Send the rejected-output proofs still PENDING: not sent yet after a restart, the chain was
+        unreachable, or a leader lost its lease while sending (its successor sends them from the shared
+        database). Returns how many were proven now."""
+        if self.reporter is None:
+            return 0
+        proven = 0
+        for rejection in self.store.list_rejections(state=ProofState.PENDING):
+            if rejection.attempts < max_attempts:
+                operator_set = self.reader.get_operator_set(rejection.reference_block)
+                proven += self._report_rejection(rejection.id, operator_set, max_attempts)
+        return proven
+
+    def _report_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int = 10) -> int:
+        """One try at ``FaultManager.proveRejectedOutput`` for a stored rejection (its evidence: the
+        primary's signed ACCEPT and the REJECT signatures); 1 if it is proven now."""
+        assert self.reporter is not None
+        reporter = self.reporter
+        rejection = self.store.get_rejection(rejection_id)
+        request = self.store.get_request(rejection.request_hash)
+        assert request is not None
+        evidence = json.loads(rejection.evidence)
+        signatures = {bytes.fromhex(k[2:]): g1_from_json(v) for k, v in evidence["reject_signatures"].items()}
+        digest = compute_digest(self.domain, Attestation(rejection.request_hash, rejection.output_hash, Verdict.REJECT))
+        aggregate, _ = protocol.compute_checked_aggregate(operator_set, request.quorum_numbers, digest, signatures)
+        if aggregate is None:
+            self.store.update_rejection(
+                rejection_id, state=ProofState.FAILED, error="the REJECT signatures do not aggregate"
             )
-            tx = self.reporter.report_rejected_output(
-                OperatorId(row.primary_id),
-                row.request_hash,
-                row.output_hash,
-                g1_from_json(json.loads(row.primary_signature or "[]")),
-                row.quorum_numbers,
-                row.reference_block,
+            return 0
+
+        def send() -> bytes:
+            indices = self.writer.get_check_signatures_indices(
+                rejection.reference_block, request.quorum_numbers, aggregate.non_signer_ids
+            )
+            return reporter.report_rejected_output(
+                OperatorId(rejection.primary_id),
+                rejection.request_hash,
+                rejection.output_hash,
+                g1_from_json(evidence["primary_signature"]),
+                request.quorum_numbers,
+                rejection.reference_block,
                 aggregate.to_signatures(indices),
             )
-            self.store.update_rejection(rejection_id, tx_hash=tx)
-        except Exception as exc:
-            logger.warning("could not prove the rejected output on-chain", extra={"error": str(exc)})
-            self.store.update_rejection(rejection_id, error=str(exc)[:2000])
+
+        values = send_proof(send, rejection.attempts, max_attempts, REJECTION_FINAL_REVERTS, "rejected output")
+        self.store.update_rejection(rejection_id, **values)
+        return 1 if values.get("state") == ProofState.PROVEN else 0
 
     def _retry(self, row: RequestRow, reason: str, count_as_rejection: bool = False) -> None:
         excluded = load_hex_list(row.excluded)
@@ -419,10 +452,10 @@ class Pipeline:
     # --- batches -----------------------------------------------------------------------
 
     def process_evidence(self) -> int:
-        """Send the equivocation proofs still pending (a restart, an unreachable chain); how many were
-        proven. New equivocations are proven when they are found."""
+        """Send the equivocation and rejected-output proofs still pending (a restart, an unreachable
+        chain, a demoted leader); how many were proven. New ones are proven when they are found."""
         self._evidence_checked_at = self.clock()
-        return self.evidence.report_pending()
+        return self.evidence.report_pending() + self.report_pending_rejections()
 
     def form_batches(self, force: bool = False) -> list[int]:
         """Put ACCEPTED requests into new batches when a batch is full or has waited long enough.

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from avs_aggregator.database import Database
-from avs_aggregator.evidence import AttestationMixin, EquivocationMixin
+from avs_aggregator.evidence import AttestationMixin, EquivocationMixin, ProofState
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -105,6 +105,8 @@ class RejectionRow(Base):
     output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     reference_block: Mapped[int] = mapped_column(BigInteger)
     evidence: Mapped[str] = mapped_column(Text)  # JSON: primary signature, reject signatures
+    state: Mapped[str] = mapped_column(String(16), index=True, default=ProofState.PENDING)  # ProofState
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
@@ -278,6 +280,12 @@ class Store(Database):
             s.flush()
             return row.id
 
+    def get_rejection(self, rejection_id: int) -> RejectionRow:
+        with self.session() as s:
+            row = s.get(RejectionRow, rejection_id)
+            assert row is not None
+            return row
+
     def update_rejection(self, rejection_id: int, **values: Any) -> None:
         with self.session() as s:
             row = s.get(RejectionRow, rejection_id)
@@ -285,9 +293,11 @@ class Store(Database):
             for key, value in values.items():
                 setattr(row, key, value)
 
-    def list_rejections(self, request_hash: bytes | None = None) -> list[RejectionRow]:
+    def list_rejections(self, request_hash: bytes | None = None, state: ProofState | None = None) -> list[RejectionRow]:
         with self.session() as s:
             query = select(RejectionRow).order_by(RejectionRow.id)
             if request_hash is not None:
                 query = query.where(RejectionRow.request_hash == request_hash)
+            if state is not None:
+                query = query.where(RejectionRow.state == str(state))
             return list(s.scalars(query))

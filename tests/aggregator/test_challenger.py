@@ -20,7 +20,7 @@ from avs_aggregator.challenger.store import (
     ChallengeState,
     EquivocationRow,
 )
-from avs_aggregator.evidence import EquivocationState, EvidenceBook
+from avs_aggregator.evidence import EvidenceBook, ProofState
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.server import build_status
 from avs_aggregator.store import BatchState, Store, load_hex_list
@@ -273,7 +273,7 @@ def test_an_escalation_answer_that_contradicts_an_earlier_one_is_proven(tmp_path
     challenger.poll()  # the colluding quorum 0 certifies ACCEPT: dismissed, and the turncoat is proven
     assert manager.get_challenge(1).status == ChallengeStatus.DISMISSED
     assert manager.equivocations == [(turncoat.keys.operator_id, finding.request_hash)]
-    assert [e.state for e in evidence.list_equivocations()] == [EquivocationState.PROVEN]
+    assert [e.state for e in evidence.list_equivocations()] == [ProofState.PROVEN]
     pipeline.close()
 
 

@@ -8,7 +8,7 @@ from avs.chain.faults import SignedAttestation
 from avs.messages import Attestation, Verdict, compute_request_hash
 from avs.types import OperatorId
 from avs_aggregator import protocol
-from avs_aggregator.evidence import EquivocationState, EvidenceBook
+from avs_aggregator.evidence import EvidenceBook, ProofState
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.store import AttestationRow, EquivocationRow, RequestState, Store
 from tests.aggregator.fakes import DOMAIN, FakeFaultManager, FakeNetwork, make_envelope
@@ -49,7 +49,7 @@ def test_conflicting_attestations_are_proven_once(db: str) -> None:
     assert manager.equivocations == [(operator, REQUEST)]
     assert not evidence.record(operator, signed(network, 0, b"\xcc" * 32, Verdict.ACCEPT))  # one fault per request
     [row] = evidence.list_equivocations()
-    assert row.state == EquivocationState.PROVEN and row.tx_hash
+    assert row.state == ProofState.PROVEN and row.tx_hash
     assert manager.calls.count("prove_equivocation") == 1
     other = network.operators[1].keys.operator_id
     assert not evidence.record(other, signed(network, 1, b"\xbb" * 32, Verdict.ACCEPT))  # other operators: own book
@@ -64,7 +64,7 @@ def test_a_proof_not_sent_before_a_restart_is_sent_after_it(db: str) -> None:
     operator = network.operators[0].keys.operator_id
     evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
     assert evidence.record(operator, signed(network, 0, b"\xbb" * 32, Verdict.ACCEPT))
-    assert down.calls == 1 and evidence.list_equivocations()[0].state == EquivocationState.PENDING
+    assert down.calls == 1 and evidence.list_equivocations()[0].state == ProofState.PENDING
     store.close()
 
     store = Store(db)  # restarted: the pending proof is sent
@@ -86,7 +86,7 @@ def test_a_proof_the_chain_already_has_counts_as_proven(db: str) -> None:
     evidence.record(operator, a)
     assert evidence.record(operator, b)
     [row] = evidence.list_equivocations()
-    assert row.state == EquivocationState.PROVEN and row.error == "already proven on-chain"
+    assert row.state == ProofState.PROVEN and row.error == "already proven on-chain"
     store.close()
 
 
@@ -105,7 +105,7 @@ def test_a_refused_proof_is_not_sent_again(db: str) -> None:
     operator = network.operators[0].keys.operator_id
     evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
     evidence.record(operator, signed(network, 0, b"\xbb" * 32, Verdict.ACCEPT))
-    assert evidence.list_equivocations()[0].state == EquivocationState.FAILED
+    assert evidence.list_equivocations()[0].state == ProofState.FAILED
     assert evidence.report_pending() == 0 and Refuses.calls == 1
     store.close()
 
@@ -134,6 +134,6 @@ def test_the_pipeline_proves_a_verifier_that_accepts_two_outputs(db: str) -> Non
     assert row is not None and row.state == RequestState.CERTIFIED and row.attempt >= 1
     assert manager.equivocations == [(equivocator.keys.operator_id, request_hash)]
     [proof] = pipeline.evidence.list_equivocations()
-    assert proof.state == EquivocationState.PROVEN
+    assert proof.state == ProofState.PROVEN
     pipeline.close()
     store.close()

@@ -1,0 +1,110 @@
+"""Rejected-output proofs survive what interrupts them: a leader that loses its lease while sending,
+an unreachable chain, a restart. Each is kept PENDING in the shared database and sent again, by
+whichever aggregator leads then; reverts settle it (proven, or failed for good)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from eth_utils import keccak
+
+from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
+from avs.crypto.curve import G1Point
+from avs.types import OperatorId
+from avs_aggregator.evidence import ProofState
+from avs_aggregator.leader import NotLeaderError
+from avs_aggregator.pipeline import Pipeline
+from avs_aggregator.store import RequestState, Store
+from tests.aggregator.fakes import DOMAIN, FakeNetwork
+from tests.aggregator.test_pipeline import SETTINGS, find_envelope_with_primary
+
+
+class FlakyRejectionReporter:
+    """Fails with the given errors first, then "sends" (records the proof, returns a tx hash)."""
+
+    def __init__(self, failures: Sequence[Exception] = ()) -> None:
+        self.failures = list(failures)
+        self.sent: list[tuple[bytes, bytes, bytes, int]] = []
+
+    def report_rejected_output(
+        self,
+        primary: OperatorId,
+        request_hash: bytes,
+        output_hash: bytes,
+        primary_signature: G1Point,
+        quorum_numbers: bytes,
+        reference_block: int,
+        certificate: NonSignerStakesAndSignature,
+    ) -> bytes:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((bytes(primary), request_hash, output_hash, reference_block))
+        return keccak(b"proveRejectedOutput" + request_hash)
+
+
+def reject_once(network: FakeNetwork, db: str, reporter: FlakyRejectionReporter) -> tuple[Pipeline, bytes, bytes]:
+    """A cheating primary's output is rejected by the rest; returns (pipeline, request, cheater)."""
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS, reporter=reporter)
+    request_hash = pipeline.submit(find_envelope_with_primary(network, cheater.keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 1
+    return pipeline, request_hash, cheater.keys.operator_id
+
+
+def test_a_proof_refused_by_a_demoted_leader_is_sent_by_the_next_leader(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    demoted = FlakyRejectionReporter([NotLeaderError("this aggregator does not hold the leader lease")])
+    old_leader, request_hash, cheater = reject_once(network, db, demoted)
+    [rejection] = old_leader.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PENDING and rejection.attempts == 0 and rejection.tx_hash is None
+    assert "leader lease" in (rejection.error or "")
+    assert demoted.sent == []
+    old_leader.close()
+
+    reporter = FlakyRejectionReporter()
+    new_leader = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS, reporter=reporter)
+    assert new_leader.process_evidence() == 1
+    [rejection] = new_leader.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PROVEN and rejection.tx_hash == keccak(b"proveRejectedOutput" + request_hash)
+    assert rejection.error is None and rejection.attempts == 1
+    [(primary, sent_request, output_hash, _)] = reporter.sent
+    assert (primary, sent_request, output_hash) == (cheater, request_hash, rejection.output_hash)
+    assert new_leader.process_evidence() == 0  # proven once: nothing is sent again
+    assert len(reporter.sent) == 1
+    new_leader.close()
+
+
+@pytest.mark.parametrize(
+    ("revert", "state", "error"),
+    [
+        ("FaultAlreadySlashed", ProofState.PROVEN, "already proven on-chain"),  # the chain has it already
+        ("StaleReferenceBlock", ProofState.FAILED, "StaleReferenceBlock"),  # can never succeed: failed at once
+        ("SomethingTransient", ProofState.PENDING, "SomethingTransient"),  # counted, tried again later
+    ],
+)
+def test_reverts_settle_a_proof_or_count_an_attempt(db: str, revert: str, state: ProofState, error: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ContractRevertError(revert, ())])
+    pipeline, request_hash, _ = reject_once(network, db, reporter)
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert (rejection.state, rejection.attempts) == (state, 1)
+    assert error in (rejection.error or "")
+    assert pipeline.process_evidence() == (1 if state == ProofState.PENDING else 0)
+    pipeline.close()
+
+
+def test_an_unreachable_chain_keeps_the_proof_pending_without_using_up_attempts(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ConnectionError("node down")] * 12)
+    pipeline, request_hash, _ = reject_once(network, db, reporter)
+    for _ in range(11):  # more tries than max_attempts: a long outage must not give the proof up
+        assert pipeline.process_evidence() == 0
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PENDING and rejection.attempts == 0
+    assert pipeline.process_evidence() == 1
+    assert pipeline.store.list_rejections(request_hash)[0].state == ProofState.PROVEN
+    pipeline.close()

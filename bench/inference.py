@@ -446,13 +446,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for d in sorted({*DELTAS, delta})
         },
     }
+    # The headline is the model's registered profile: its dtype decides which honest settings apply.
+    registered = compute_profile_rates(honest, cheat, honest_engine.profile.dtype, delta)
     return {
-        "honest_accept_rate": compute_rate(honest.values(), delta),
-        "cheat_reject_rate": compute_rate(cheat.values(), delta, rejecting=True, differing_only=True),
-        "cheat_reject_rate_all_outputs": compute_rate(cheat.values(), delta, rejecting=True),
+        "honest_accept_rate": registered["honest_accept_rate"],
+        "cheat_reject_rate": registered["cheat_reject_rate"],
+        "cheat_reject_rate_all_outputs": registered["cheat_reject_rate_all_outputs"],
         "verify_over_generate": round(ver_total / gen_total, 4),
         "engine_overhead_ratio": round(sum(timing["ours"]) / sum(timing["plain"]), 4) if timing["plain"] else None,
-        "honest_accept_by_setting": {k: v.summary(delta, rejecting=False) for k, v in honest.items()},
+        "honest_accept_by_setting": {
+            k: v.summary(delta, rejecting=False) for k, v in honest.items() if k in registered["honest_settings"]
+        },
         "cheat_reject_by_setting": {k: v.summary(delta, rejecting=True) for k, v in cheat.items()},
         "inference_details": details,
     }

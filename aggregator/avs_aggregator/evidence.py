@@ -204,6 +204,21 @@ class EvidenceBook:
             return False
         return True
 
+    def find_verdicts(self, request_hash: bytes, output_hash: bytes) -> dict[bytes, Verdict]:
+        """Each operator's recorded (checked) verdict on this output; REJECT for one that signed both."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(self._attestation_row).where(
+                    self._attestation_row.request_hash == request_hash,
+                    self._attestation_row.output_hash == output_hash,
+                )
+            )
+            verdicts: dict[bytes, Verdict] = {}
+            for row in rows:
+                if verdicts.get(row.operator_id) != Verdict.REJECT:
+                    verdicts[row.operator_id] = Verdict(row.verdict)
+            return verdicts
+
     def list_equivocations(self, state: ProofState | None = None) -> list[EquivocationMixin]:
         with self._session() as s:
             query = select(self._equivocation_row).order_by(self._equivocation_row.id)

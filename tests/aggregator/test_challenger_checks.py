@@ -142,6 +142,35 @@ def test_a_leaf_only_its_signers_accepted_is_retried_then_challenged(tmp_path: P
     pipeline.close()
 
 
+def test_a_retry_asks_the_others_again_but_not_the_signers_it_has_answers_from(tmp_path: Path, db: str) -> None:
+    pipeline, network = cheated_pipeline(tmp_path)
+    cheater, *others = network.operators
+    for op in others:
+        op.behaviour = "down"
+    store = ChallengerStore(db)
+    evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, None, lambda: 0.0)
+    checker = OperatorLeafChecker(network, Caller(network), timeout=5, seed=7, evidence=evidence)
+    feed = Feed(pipeline, network)
+    manager = FakeFaultManager(network)
+    challenger = Challenger(feed, feed, checker, manager, store, sample_rate=1.0, start_block=0)
+    network.calls.clear()
+    assert challenger.poll() == []
+    network.block += 1
+    assert challenger.poll() == []  # the others are still down; the cheater's answer is on record
+    [pending] = store.list_pending_checks()
+    assert pending.attempts == 2 and "only the batch's signers accepted it" in pending.error
+    assert network.calls.count(("verify", cheater.keys.operator_id)) == 1
+    assert all(network.calls.count(("verify", op.keys.operator_id)) == 2 for op in others)
+    for op in others:
+        op.behaviour = "honest"
+    network.block += 1
+    [finding] = challenger.poll()
+    assert finding.verdict == Verdict.REJECT and finding.detail == "challenged"
+    assert network.calls.count(("verify", cheater.keys.operator_id)) == 1
+    checker.close()
+    pipeline.close()
+
+
 def test_a_leaf_still_unchecked_after_the_attempts_is_recorded_unchecked(tmp_path: Path) -> None:
     pipeline, network = cheated_pipeline(tmp_path)
     for op in network.operators[1:]:

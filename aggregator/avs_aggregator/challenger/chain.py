@@ -89,7 +89,8 @@ class OperatorLeafChecker:
     parallel) until that many gave a validly signed answer over the certified output (BLS against
     the registered key, ``protocol.is_valid_attestation``), one of them REJECTs (no need to ask
     more), or nobody is left. With ``evidence``, every validly signed answer is kept as
-    equivocation evidence."""
+    equivocation evidence, and an operator whose answer on this output is already there is not
+    asked again: a retry of a leaf only its signers accepted asks the others, not the signers."""
 
     def __init__(
         self,
@@ -117,16 +118,32 @@ class OperatorLeafChecker:
         signer_ids = compute_signer_ids(at_batch, header.quorum_numbers, {bytes(i) for i in certificate.non_signer_ids})
         reference_block, _ = self.reader.get_reference_block()
         operators = self.reader.get_operator_set(reference_block).in_quorums(header.quorum_numbers)
-        queue = list(compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng))
+        order = compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng)
+        known = self._recorded_answers(certificate, order, signer_ids)
+        queue = [o for o in order if o.operator_id not in {a.operator_id for a in known}]
         answers: list[CheckerAnswer] = []
         while queue and sum(a.verdict is not None for a in answers) < self.checkers:
+            if any(a.verdict == Verdict.REJECT for a in (*known, *answers)):
+                break
             wanted = self.checkers - sum(a.verdict is not None for a in answers)
             batch, queue = queue[:wanted], queue[wanted:]
             answers += self._ask(batch, signer_ids, certificate)
-            if any(a.verdict == Verdict.REJECT for a in answers):
-                break
         has_independent = any(o.operator_id not in signer_ids for o in operators)
-        return LeafCheck(tuple(answers), has_independent)
+        return LeafCheck((*known, *answers), has_independent)
+
+    def _recorded_answers(
+        self, certificate: ag.Certificate, operators: Sequence[OperatorInfo], signer_ids: frozenset[bytes]
+    ) -> list[CheckerAnswer]:
+        """The answers on this output already in the evidence book (checked when they came), in order."""
+        if self.evidence is None:
+            return []
+        request_hash = bytes(certificate.request_hash)
+        verdicts = self.evidence.find_verdicts(request_hash, bytes(certificate.output_hash))
+        return [
+            CheckerAnswer(o.operator_id, o.operator_id in signer_ids, verdicts[o.operator_id])
+            for o in operators
+            if o.operator_id in verdicts
+        ]
 
     def _ask(
         self, operators: Sequence[OperatorInfo], signer_ids: frozenset[bytes], certificate: ag.Certificate

@@ -198,8 +198,15 @@ class Pipeline:
             raise PipelineError(f"threshold_bps must be in [{low}, {high}], got {threshold}")
         return quorums, threshold
 
-    def submit(self, envelope: convert.RequestEnvelope, quorums: bytes = b"", threshold_bps: int = 0) -> RequestHash:
-        """Store a validated request (idempotent: the same request answers the same hash)."""
+    def submit(
+        self,
+        envelope: convert.RequestEnvelope,
+        quorums: bytes = b"",
+        threshold_bps: int = 0,
+        prompt_tokens: int | None = None,
+    ) -> RequestHash:
+        """Store a validated request (idempotent: the same request answers the same hash);
+        ``prompt_tokens`` is its chat-templated prompt's length when the intake tokenized it."""
         quorums, threshold = self.check_request_policy(quorums, threshold_bps)
         request_hash = compute_request_hash(self.domain, envelope.request)
         if self.store.get_request(request_hash) is not None:
@@ -214,6 +221,7 @@ class Pipeline:
             threshold_bps=threshold,
             attempt=0,
             excluded="[]",
+            prompt_tokens=prompt_tokens,
         )
         if self.store.add_request(row):
             self._count(RequestState.RECEIVED)

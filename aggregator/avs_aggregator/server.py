@@ -34,7 +34,7 @@ from avs.errors import (
     PreconditionFailedError,
     UnavailableError,
 )
-from avs.inference.params import parse_chat_messages
+from avs.inference.params import compute_prompt_hash, parse_chat_messages
 from avs.merkle import compute_merkle_tree
 from avs.messages import compute_request_hash, compute_stop_sequences_hash
 from avs.rpc import convert
@@ -97,6 +97,7 @@ def build_status(pipeline: Pipeline, row: RequestRow) -> ag.RequestStatus:
         output_text=row.output_text or "",
         output_hash=row.output_hash or b"",
         batch_index=row.batch_index or 0,
+        prompt_tokens=row.prompt_tokens or 0,
     )
     if row.state == RequestState.CERTIFIED:
         status.certificate.CopyFrom(build_certificate(pipeline, row))
@@ -181,6 +182,10 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         return found
 
     def _envelope(self, message: ag.SubmitRequest) -> convert.RequestEnvelope:
+        return self._encode(message)[0]
+
+    def _encode(self, message: ag.SubmitRequest) -> tuple[convert.RequestEnvelope, int | None]:
+        """The validated, completed request and its prompt's token count (None without a tokenizer)."""
         if not message.HasField("request"):
             raise InvalidInputError("request is required")
         model = self._resolve_model(message)
@@ -192,17 +197,18 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise InvalidInputError(f"the chat has {chars} characters; at most {self._limits.max_chat_chars}")
         if request.max_tokens > self._limits.max_new_tokens:
             raise InvalidInputError(f"max_tokens must be at most {self._limits.max_new_tokens}")
+        prompt_ids: tuple[int, ...] | None = None
+        if model.encoder is not None:
+            prompt_ids = model.encoder.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
         if not request.prompt_hash:
-            if model.encoder is None:
+            if prompt_ids is None:
                 raise InvalidInputError("prompt_hash is required for this model (no tokenizer configured)")
-            request.prompt_hash = model.encoder.compute_prompt_hash(
-                [{"role": m.role, "content": m.content} for m in request.messages]
-            )
+            request.prompt_hash = compute_prompt_hash(prompt_ids)
         envelope = convert.request_from_proto(request)
         parse_chat_messages(list(envelope.messages))
         if compute_stop_sequences_hash(envelope.stop_sequences) != envelope.request.stop_sequences_hash:
             raise InvalidInputError("stop_sequences_hash does not match the stop sequences")
-        return envelope
+        return envelope, None if prompt_ids is None else len(prompt_ids)
 
     def Prepare(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.PreparedRequest:
         """Validate and complete the request as Submit would, without accepting it."""
@@ -218,7 +224,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
 
     def Submit(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.SubmitResponse:
         self._check_intake()
-        envelope = self._envelope(request)
+        envelope, prompt_tokens = self._encode(request)
         digest = compute_request_hash(self._pipeline.domain, envelope.request)
         if request.requester_signature:
             try:
@@ -230,7 +236,9 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         if request.insured and self._pipeline.store.get_request(digest) is None:
             quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
             self._check_coverage(digest, envelope.request.requester, quorums)
-        request_hash = self._pipeline.submit(envelope, bytes(request.quorum_numbers), request.threshold_bps)
+        request_hash = self._pipeline.submit(
+            envelope, bytes(request.quorum_numbers), request.threshold_bps, prompt_tokens=prompt_tokens
+        )
         row = self._pipeline.store.get_request(request_hash)
         state = STATE_TO_PROTO[RequestState(row.state)] if row else ag.REQUEST_STATE_RECEIVED
         return ag.SubmitResponse(request_hash=request_hash, state=state)

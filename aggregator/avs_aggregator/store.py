@@ -59,6 +59,7 @@ class RequestRow(Base):
     threshold_bps: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     excluded: Mapped[str] = mapped_column(Text, default="[]")  # JSON hex operator ids
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: not tokenized at intake
     reference_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     primary_id: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     output_ids: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of ints

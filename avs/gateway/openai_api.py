@@ -304,9 +304,11 @@ def build_verification(status: RequestStatus) -> dict[str, object]:
 
 
 def build_usage(status: RequestStatus) -> dict[str, int]:
-    """Completion tokens are the certified output's; the prompt's count is not reported by the aggregator (0)."""
+    """Completion tokens are the certified output's; prompt tokens are what the aggregator's intake
+    counted in the chat-templated prompt (0 when it has no tokenizer for the model)."""
     completion = len(status.output_token_ids)
-    return {"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion}
+    prompt = status.prompt_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def build_completion(job: CompletionJob, status: RequestStatus, created: int) -> dict[str, object]:

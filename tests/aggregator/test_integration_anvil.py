@@ -193,7 +193,10 @@ def test_requests_are_certified_on_chain_and_verify_offline(devnet: Devnet, tmp_
                 client.wait(h, timeout=90, on_progress=lambda s: seen.append(get_state_name(s.state))) for h in hashes
             ]
         assert seen[-1] == "CERTIFIED"
-        for status in statuses:
+        encoder = PromptEncoder(devnet.model_dir)
+        for i, status in enumerate(statuses):
+            expected_tokens = len(encoder.encode_chat([{"role": "user", "content": f"hello world {i}"}]))
+            assert status.prompt_tokens == expected_tokens > 5  # counted at intake, templated
             certificate = status.certificate
             check = verify_certificate(certificate, min_share_bps=6667)
             assert check.ok, check.problems

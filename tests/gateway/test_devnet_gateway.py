@@ -21,6 +21,8 @@ from avs.devnet import Devnet, ServiceProcess, get_free_port
 from avs.gateway.config import load_config
 from avs.gateway.server import GatewayServer
 from avs.gateway.service import GatewayService
+from avs.inference.params import compute_prompt_hash
+from avs_aggregator.prompts import PromptEncoder
 from tests.inference.conftest import build_tiny_model
 
 API_KEY = "sk-devnet-test"
@@ -62,7 +64,9 @@ def test_models_list_the_aggregators_models(client: openai.OpenAI, model: str) -
     assert [m.id for m in client.models.list().data] == [model]
 
 
-def test_a_chat_completion_comes_with_a_certificate_that_verifies(client: openai.OpenAI, model: str) -> None:
+def test_a_chat_completion_comes_with_a_certificate_that_verifies(
+    client: openai.OpenAI, model: str, devnet: Devnet
+) -> None:
     completion = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=6, temperature=0)
     verification = (completion.model_extra or {})["verification"]
     assert verification["state"] == "CERTIFIED" and verification["tx_hash"].startswith("0x")
@@ -74,6 +78,11 @@ def test_a_chat_completion_comes_with_a_certificate_that_verifies(client: openai
     assert completion.choices[0].message.content == certificate.output_text
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage is not None and completion.usage.completion_tokens == len(certificate.output_token_ids)
+    prompt_ids = PromptEncoder(devnet.model_dir).encode_chat(QUESTION)
+    assert completion.usage.prompt_tokens == len(prompt_ids) and compute_prompt_hash(prompt_ids) == bytes(
+        certificate.request.prompt_hash
+    )
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
     assert certificate.request.max_tokens == 6 and certificate.request.temperature_milli == 0
     assert [(m.role, m.content) for m in certificate.request.messages] == [("user", "the quick brown fox")]
 

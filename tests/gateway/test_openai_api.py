@@ -176,7 +176,11 @@ def test_completion_objects_carry_usage_and_verification() -> None:
     job = chat(max_tokens=5)
     body = api.build_completion(job, make_status(ag.REQUEST_STATE_CERTIFIED), created=1)
     assert body["object"] == "chat.completion" and body["id"] == "chatcmpl-" + REQUEST_HASH.hex()
-    assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 5, "total_tokens": 5}
+    assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 5, "total_tokens": 5}  # no tokenizer
+    status = make_status(ag.REQUEST_STATE_CERTIFIED)
+    status.prompt_tokens = 17  # what the aggregator's intake counted
+    counted = api.build_completion(job, status, created=1)
+    assert counted["usage"] == {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22}
     choices = body["choices"]
     assert isinstance(choices, list) and len(choices) == 1
     choice = choices[0]

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import SignedAttestation
 from avs.crypto.curve import G1Point
+from avs.errors import UnavailableError
 from avs.messages import Attestation, Verdict
 from avs.types import OperatorId
 
@@ -267,8 +268,9 @@ def send_proof(
 
     PROVEN when it lands or the chain already has it (``FaultAlreadySlashed``); FAILED on a revert in
     ``final_reverts`` or after ``max_attempts``; otherwise it stays PENDING and is sent again later.
-    Anything that is not a revert (the chain unreachable, this aggregator no longer the leader) keeps
-    it PENDING without a verdict and without counting an attempt, so that the next leader sends it."""
+    The chain unreachable or this aggregator no longer the leader (``OSError``, ``UnavailableError``)
+    keeps it PENDING without counting an attempt, so that a long outage does not give it up and the
+    next leader sends it; any other failure counts as an attempt."""
     values: dict[str, object] = {}
     try:
         values["tx_hash"] = send()
@@ -282,9 +284,14 @@ def send_proof(
             values["error"] = str(exc)[:2000]
             if exc.name in final_reverts or attempts + 1 >= max_attempts:
                 values["state"] = ProofState.FAILED
-    except Exception as exc:
+    except (OSError, UnavailableError) as exc:
         logger.warning(f"could not prove the {what} yet", extra={"error": str(exc)})
         return {"error": str(exc)[:2000]}
+    except Exception as exc:
+        logger.warning(f"could not prove the {what}", extra={"error": str(exc)})
+        values["error"] = str(exc)[:2000]
+        if attempts + 1 >= max_attempts:
+            values["state"] = ProofState.FAILED
     values["attempts"] = attempts + 1
     return values
 

@@ -176,6 +176,8 @@ class Pipeline:
         self._batch_lock = threading.Lock()
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
+        self._sending: set[int] = set()  # rejection proofs being sent now (a worker and the retry tick)
+        self._sending_lock = threading.Lock()
         if equivocation_reporter is None and isinstance(reporter, EquivocationReporter):
             equivocation_reporter = reporter  # Web3RejectionReporter proves both
         self.evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, equivocation_reporter, clock)
@@ -372,11 +374,7 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.rejections.inc()
         logger.warning("output rejected", extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id)})
-        if not row.primary_signature:
-            self.store.update_rejection(
-                rejection_id, state=ProofState.FAILED, error="no signed ACCEPT of the primary: nothing to prove"
-            )
-        elif self.reporter is not None:
+        if self.reporter is not None:
             self._report_rejection(rejection_id, operator_set)
         self._retry(row, "the quorum rejected the primary's output", count_as_rejection=True)
 
@@ -388,20 +386,48 @@ class Pipeline:
             return 0
         proven = 0
         for rejection in self.store.list_rejections(state=ProofState.PENDING):
-            if rejection.attempts < max_attempts:
+            if rejection.attempts >= max_attempts:
+                continue
+            try:  # one proof that cannot be rebuilt now (e.g. the node is down) does not hold up the rest
                 operator_set = self.reader.get_operator_set(rejection.reference_block)
-                proven += self._report_rejection(rejection.id, operator_set, max_attempts)
+            except Exception as exc:
+                logger.warning("rejected-output proof not sent yet", extra={"error": str(exc)})
+                continue
+            proven += self._report_rejection(rejection.id, operator_set, max_attempts)
         return proven
 
     def _report_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int = 10) -> int:
         """One try at ``FaultManager.proveRejectedOutput`` for a stored rejection (its evidence: the
-        primary's signed ACCEPT and the REJECT signatures); 1 if it is proven now."""
+        primary's signed ACCEPT and the REJECT signatures); 1 if it is proven now. Never raises: what
+        went wrong is in the row. A proof another thread is sending now is left to it."""
+        with self._sending_lock:
+            if rejection_id in self._sending:
+                return 0
+            self._sending.add(rejection_id)
+        try:
+            return self._send_rejection(rejection_id, operator_set, max_attempts)
+        except Exception as exc:  # a bug or a corrupt row: recorded, and the proof is not retried
+            logger.exception("rejected-output proof failed", extra={"error": str(exc)})
+            self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=str(exc)[:2000])
+            return 0
+        finally:
+            with self._sending_lock:
+                self._sending.discard(rejection_id)
+
+    def _send_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int) -> int:
         assert self.reporter is not None
         reporter = self.reporter
         rejection = self.store.get_rejection(rejection_id)
+        if rejection.state != ProofState.PENDING:  # settled since it was listed
+            return 0
+        evidence = json.loads(rejection.evidence)
+        if evidence.get("primary_signature") is None:
+            self.store.update_rejection(
+                rejection_id, state=ProofState.FAILED, error="no signed ACCEPT of the primary: nothing to prove"
+            )
+            return 0
         request = self.store.get_request(rejection.request_hash)
         assert request is not None
-        evidence = json.loads(rejection.evidence)
         signatures = {bytes.fromhex(k[2:]): g1_from_json(v) for k, v in evidence["reject_signatures"].items()}
         digest = compute_digest(self.domain, Attestation(rejection.request_hash, rejection.output_hash, Verdict.REJECT))
         aggregate, _ = protocol.compute_checked_aggregate(operator_set, request.quorum_numbers, digest, signatures)

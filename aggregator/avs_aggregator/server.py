@@ -197,18 +197,31 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise InvalidInputError(f"the chat has {chars} characters; at most {self._limits.max_chat_chars}")
         if request.max_tokens > self._limits.max_new_tokens:
             raise InvalidInputError(f"max_tokens must be at most {self._limits.max_new_tokens}")
-        prompt_ids: tuple[int, ...] | None = None
-        if model.encoder is not None:
-            prompt_ids = model.encoder.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
+        chat = [{"role": m.role, "content": m.content} for m in request.messages]
+        prompt_tokens: int | None = None
         if not request.prompt_hash:
-            if prompt_ids is None:
+            if model.encoder is None:
                 raise InvalidInputError("prompt_hash is required for this model (no tokenizer configured)")
+            prompt_ids = model.encoder.encode_chat(chat)
             request.prompt_hash = compute_prompt_hash(prompt_ids)
+            prompt_tokens = len(prompt_ids)
+        elif model.encoder is not None:
+            prompt_tokens = self._count_prompt_tokens(model.encoder, chat, bytes(request.prompt_hash))
         envelope = convert.request_from_proto(request)
         parse_chat_messages(list(envelope.messages))
         if compute_stop_sequences_hash(envelope.stop_sequences) != envelope.request.stop_sequences_hash:
             raise InvalidInputError("stop_sequences_hash does not match the stop sequences")
-        return envelope, None if prompt_ids is None else len(prompt_ids)
+        return envelope, prompt_tokens
+
+    @staticmethod
+    def _count_prompt_tokens(encoder: PromptEncoder, chat: list[dict[str, str]], prompt_hash: bytes) -> int | None:
+        """The prompt's length when the requester hashed it itself: counted only if our encoding gives
+        the same hash (else the operators judge the prompt, and its length is not ours to report)."""
+        try:
+            prompt_ids = encoder.encode_chat(chat)
+        except Exception:  # e.g. a special token in a message: the requester's hash stands unchecked here
+            return None
+        return len(prompt_ids) if compute_prompt_hash(prompt_ids) == prompt_hash else None
 
     def Prepare(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.PreparedRequest:
         """Validate and complete the request as Submit would, without accepting it."""

@@ -277,6 +277,11 @@ def test_unanswerable_request_fails_clearly(devnet: Devnet, tmp_path: Path) -> N
             request_hash = submit(client, "hi", nonce=7, prompt_hash=Web3.keccak(text="not the prompt"))
             with pytest.raises(RequestFailedError):
                 client.wait(request_hash, timeout=60)
+            assert client.get_status(request_hash).prompt_tokens == 0  # not the prompt we can count
+            chat = [{"role": "user", "content": "hi"}]
+            own_hash = PromptEncoder(devnet.model_dir).compute_prompt_hash(chat)
+            counted = submit(client, "hi", nonce=8, prompt_hash=own_hash)  # the requester hashed it right
+            assert client.get_status(counted).prompt_tokens == len(PromptEncoder(devnet.model_dir).encode_chat(chat))
     finally:
         app.stop(1)
 
@@ -319,7 +324,7 @@ def test_cheating_primary_is_rejected_slashed_and_the_request_retried(
         assert verify_certificate(status.certificate).ok
         [rejection] = app.store.list_rejections(request_hash)
         assert rejection.primary_id == cheater.core.operator_id
-        assert rejection.error is None and rejection.tx_hash
+        assert rejection.error is None and rejection.tx_hash and rejection.state == "PROVEN"
         stake_after = devnet.client.registry.functions.getCurrentStake(cheater.core.operator_id, 0).call()
         assert stake_after < stake_before
     finally:

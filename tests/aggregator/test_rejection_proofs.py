@@ -108,3 +108,40 @@ def test_an_unreachable_chain_keeps_the_proof_pending_without_using_up_attempts(
     assert pipeline.process_evidence() == 1
     assert pipeline.store.list_rejections(request_hash)[0].state == ProofState.PROVEN
     pipeline.close()
+
+
+class ReentrantReporter(FlakyRejectionReporter):
+    """While its send is in flight, the retry tick runs (as the batch thread would)."""
+
+    pipeline: Pipeline | None = None
+
+    def report_rejected_output(self, *args: object, **kwargs: object) -> bytes:
+        if self.pipeline is not None and not self.sent:
+            assert self.pipeline.report_pending_rejections() == 0  # the tick leaves the proof in flight alone
+        return super().report_rejected_output(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_retry_tick_does_not_send_a_proof_that_is_being_sent(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = ReentrantReporter()
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS, reporter=reporter)
+    reporter.pipeline = pipeline
+    request_hash = pipeline.submit(find_envelope_with_primary(network, cheater.keys.operator_id))
+    pipeline.run_until_idle()
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PROVEN and len(reporter.sent) == 1
+    pipeline.close()
+
+
+def test_a_failure_that_is_not_an_outage_counts_and_gives_up_after_the_attempts(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ValueError("a panic the ABI does not decode")] * 20)
+    pipeline, request_hash, _ = reject_once(network, db, reporter)
+    for _ in range(12):
+        pipeline.process_evidence()
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.FAILED and rejection.attempts == 10
+    assert "panic" in (rejection.error or "") and reporter.sent == []
+    pipeline.close()

@@ -3,11 +3,18 @@ aggregator's and the challenger's, which can share one database); reopening is i
 
 from __future__ import annotations
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
+from pathlib import Path
 
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+import avs_aggregator.store as aggregator_store
 from avs_aggregator.challenger import store as challenger_store
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
+from avs_aggregator.database import create_database_engine
 from avs_aggregator.store import Base, RequestRow, RequestState, Store
 
 
@@ -77,3 +84,38 @@ def test_challenger_store_keeps_its_position_and_challenges(db: str) -> None:
     again.update_challenge(7, state=ChallengeState.EXPIRED)
     assert again.find_challenge(3, b"\x02" * 32, b"\x03" * 32) is None  # an expired one may be re-opened
     again.close()
+
+
+def test_upgrading_0006_settles_old_rejection_rows_by_what_they_hold(db: str) -> None:
+    """Rows from before proof states: sent -> PROVEN; no primary signature -> FAILED (nothing to
+    prove); failed or never sent -> PENDING (tried again)."""
+    engine = create_database_engine(db)
+    config = Config()
+    config.set_main_option("script_location", str(Path(aggregator_store.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    rows = [  # (tx_hash, error, evidence)
+        (b"\x01" * 32, None, '{"primary_signature": ["0x1", "0x2"], "reject_signatures": {}}'),
+        (None, None, '{"primary_signature": null, "reject_signatures": {}}'),
+        (None, "this aggregator does not hold the leader lease", '{"primary_signature": ["0x1", "0x2"]}'),
+        (None, None, '{"primary_signature": ["0x1", "0x2"], "reject_signatures": {}}'),
+    ]
+    with engine.begin() as connection:
+        for i, (tx_hash, error, evidence) in enumerate(rows):
+            connection.execute(
+                text(
+                    "INSERT INTO rejections (request_hash, attempt, primary_id, output_hash, reference_block,"
+                    " evidence, tx_hash, error, created_at) VALUES (:r, 0, :p, :o, 1, :e, :t, :err, 0)"
+                ),
+                {"r": bytes([i]) * 32, "p": b"\x02" * 32, "o": b"\x03" * 32, "e": evidence, "t": tx_hash, "err": error},
+            )
+    engine.dispose()
+    store = Store(db)  # upgrades to head
+    assert [(r.state, r.attempts) for r in store.list_rejections()] == [
+        ("PROVEN", 0),
+        ("FAILED", 0),
+        ("PENDING", 0),
+        ("PENDING", 0),
+    ]
+    store.close()

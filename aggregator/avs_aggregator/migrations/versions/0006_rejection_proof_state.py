@@ -1,6 +1,8 @@
 """Rejected-output proofs get the equivocation proofs' progress (``state``, ``attempts``), so that a
 proof not sent yet (the chain unreachable, a leader demoted mid-send) is sent again, by whichever
-aggregator leads then. Existing rows: with a transaction PROVEN, with an error FAILED, else PENDING.
+aggregator leads then. Existing rows: with a transaction PROVEN; without the primary's signature
+(nothing to prove) FAILED; the others PENDING, so that a proof that failed before (e.g. refused by
+the fence during a demotion) is tried again: a revert that cannot succeed settles it at once.
 
 Revision ID: 0006
 Revises: 0005
@@ -24,7 +26,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("attempts", sa.Integer, nullable=False, server_default="0"))
         batch.create_index("ix_rejections_state", ["state"])
     op.execute("UPDATE rejections SET state = 'PROVEN' WHERE tx_hash IS NOT NULL")
-    op.execute("UPDATE rejections SET state = 'FAILED' WHERE tx_hash IS NULL AND error IS NOT NULL")
+    op.execute(
+        "UPDATE rejections SET state = 'FAILED' WHERE tx_hash IS NULL AND evidence LIKE '%\"primary_signature\": null%'"
+    )
 
 
 def downgrade() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from enum import StrEnum
@@ -116,6 +117,26 @@ def signed_from_json(data: dict[str, object]) -> SignedAttestation:
     return SignedAttestation(attestation, G1Point(int(signature[0], 16), int(signature[1], 16)))
 
 
+class InFlight:
+    """Ids of the proofs being sent now, so that a worker and the retry tick never send one twice."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, key: int) -> bool:
+        """True (and ``key`` is ours until ``release``) unless another thread is sending it."""
+        with self._lock:
+            if key in self._ids:
+                return False
+            self._ids.add(key)
+            return True
+
+    def release(self, key: int) -> None:
+        with self._lock:
+            self._ids.discard(key)
+
+
 class EvidenceBook:
     """Records checked attestations, detects equivocations, proves each once."""
 
@@ -132,6 +153,7 @@ class EvidenceBook:
         self._equivocation_row = equivocation_row
         self.reporter = reporter
         self._clock = clock
+        self._in_flight = InFlight()
 
     def record(self, operator_id: bytes, signed: SignedAttestation) -> bool:
         """Keep ``signed`` (its signature already checked by the caller) and, when it conflicts with an
@@ -233,13 +255,20 @@ class EvidenceBook:
             return 0
         proven = 0
         for row in self.list_equivocations(ProofState.PENDING):
-            if row.attempts >= max_attempts:
+            if row.attempts >= max_attempts or not self._in_flight.claim(row.id):
                 continue
-            proven += self._report(row, max_attempts)
+            try:
+                proven += self._report(row, max_attempts)
+            finally:
+                self._in_flight.release(row.id)
         return proven
 
     def _report(self, row: EquivocationMixin, max_attempts: int) -> int:
         assert self.reporter is not None
+        with self._session() as s:  # settled by another thread since it was listed?
+            current = s.get(self._equivocation_row, row.id)
+            if current is None or current.state != ProofState.PENDING:
+                return 0
         reporter = self.reporter
         a, b = (signed_from_json(item) for item in json.loads(row.evidence))
         values = send_proof(

@@ -55,7 +55,7 @@ from avs.rpc import convert
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
-from avs_aggregator.evidence import EquivocationReporter, EvidenceBook, ProofState, send_proof
+from avs_aggregator.evidence import EquivocationReporter, EvidenceBook, InFlight, ProofState, send_proof
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.ports import (
     BlockHashReader,
@@ -176,8 +176,7 @@ class Pipeline:
         self._batch_lock = threading.Lock()
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
-        self._sending: set[int] = set()  # rejection proofs being sent now (a worker and the retry tick)
-        self._sending_lock = threading.Lock()
+        self._sending = InFlight()  # rejection proofs being sent now (a worker and the retry tick)
         if equivocation_reporter is None and isinstance(reporter, EquivocationReporter):
             equivocation_reporter = reporter  # Web3RejectionReporter proves both
         self.evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, equivocation_reporter, clock)
@@ -400,10 +399,8 @@ class Pipeline:
         """One try at ``FaultManager.proveRejectedOutput`` for a stored rejection (its evidence: the
         primary's signed ACCEPT and the REJECT signatures); 1 if it is proven now. Never raises: what
         went wrong is in the row. A proof another thread is sending now is left to it."""
-        with self._sending_lock:
-            if rejection_id in self._sending:
-                return 0
-            self._sending.add(rejection_id)
+        if not self._sending.claim(rejection_id):
+            return 0
         try:
             return self._send_rejection(rejection_id, operator_set, max_attempts)
         except Exception as exc:  # a bug or a corrupt row: recorded, and the proof is not retried
@@ -411,8 +408,7 @@ class Pipeline:
             self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=str(exc)[:2000])
             return 0
         finally:
-            with self._sending_lock:
-                self._sending.discard(rejection_id)
+            self._sending.release(rejection_id)
 
     def _send_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int) -> int:
         assert self.reporter is not None

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -92,6 +92,8 @@ class EquivocationReporter(Protocol):
     def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes: ...
 
 
+# Tries of one fault proof that reached the chain (or failed otherwise) before it is given up.
+MAX_PROOF_ATTEMPTS = 10
 # Reverts after which sending the same proof again cannot succeed.
 FINAL_REVERTS = frozenset({"NotConflicting", "InvalidAttestationSignature", "UnknownOperator", "NotSlashable"})
 
@@ -124,17 +126,18 @@ class InFlight:
         self._ids: set[int] = set()
         self._lock = threading.Lock()
 
-    def claim(self, key: int) -> bool:
-        """True (and ``key`` is ours until ``release``) unless another thread is sending it."""
+    @contextmanager
+    def hold(self, key: int) -> Iterator[bool]:
+        """True (``key`` is ours for the block) unless another thread is sending it now."""
         with self._lock:
-            if key in self._ids:
-                return False
+            mine = key not in self._ids
             self._ids.add(key)
-            return True
-
-    def release(self, key: int) -> None:
-        with self._lock:
-            self._ids.discard(key)
+        try:
+            yield mine
+        finally:
+            if mine:
+                with self._lock:
+                    self._ids.discard(key)
 
 
 class EvidenceBook:
@@ -249,18 +252,16 @@ class EvidenceBook:
                 query = query.where(self._equivocation_row.state == str(state))
             return list(s.scalars(query))
 
-    def report_pending(self, max_attempts: int = 10) -> int:
+    def report_pending(self, max_attempts: int = MAX_PROOF_ATTEMPTS) -> int:
         """Send the proofs still PENDING (after a restart too); returns how many were proven now."""
         if self.reporter is None:
             return 0
         proven = 0
         for row in self.list_equivocations(ProofState.PENDING):
-            if row.attempts >= max_attempts or not self._in_flight.claim(row.id):
+            if row.attempts >= max_attempts:
                 continue
-            try:
-                proven += self._report(row, max_attempts)
-            finally:
-                self._in_flight.release(row.id)
+            with self._in_flight.hold(row.id) as mine:
+                proven += self._report(row, max_attempts) if mine else 0
         return proven
 
     def _report(self, row: EquivocationMixin, max_attempts: int) -> int:

@@ -55,7 +55,14 @@ from avs.rpc import convert
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
-from avs_aggregator.evidence import EquivocationReporter, EvidenceBook, InFlight, ProofState, send_proof
+from avs_aggregator.evidence import (
+    MAX_PROOF_ATTEMPTS,
+    EquivocationReporter,
+    EvidenceBook,
+    InFlight,
+    ProofState,
+    send_proof,
+)
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.ports import (
     BlockHashReader,
@@ -377,7 +384,7 @@ class Pipeline:
             self._report_rejection(rejection_id, operator_set)
         self._retry(row, "the quorum rejected the primary's output", count_as_rejection=True)
 
-    def report_pending_rejections(self, max_attempts: int = 10) -> int:
+    def report_pending_rejections(self, max_attempts: int = MAX_PROOF_ATTEMPTS) -> int:
         """Send the rejected-output proofs still PENDING: not sent yet after a restart, the chain was
         unreachable, or a leader lost its lease while sending (its successor sends them from the shared
         database). Returns how many were proven now."""
@@ -395,20 +402,21 @@ class Pipeline:
             proven += self._report_rejection(rejection.id, operator_set, max_attempts)
         return proven
 
-    def _report_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int = 10) -> int:
+    def _report_rejection(
+        self, rejection_id: int, operator_set: OperatorSet, max_attempts: int = MAX_PROOF_ATTEMPTS
+    ) -> int:
         """One try at ``FaultManager.proveRejectedOutput`` for a stored rejection (its evidence: the
         primary's signed ACCEPT and the REJECT signatures); 1 if it is proven now. Never raises: what
         went wrong is in the row. A proof another thread is sending now is left to it."""
-        if not self._sending.claim(rejection_id):
-            return 0
-        try:
-            return self._send_rejection(rejection_id, operator_set, max_attempts)
-        except Exception as exc:  # a bug or a corrupt row: recorded, and the proof is not retried
-            logger.exception("rejected-output proof failed", extra={"error": str(exc)})
-            self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=str(exc)[:2000])
-            return 0
-        finally:
-            self._sending.release(rejection_id)
+        with self._sending.hold(rejection_id) as mine:
+            if not mine:
+                return 0
+            try:
+                return self._send_rejection(rejection_id, operator_set, max_attempts)
+            except Exception as exc:  # a bug or a corrupt row: recorded, and the proof is not retried
+                logger.exception("rejected-output proof failed", extra={"error": str(exc)})
+                self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=str(exc)[:2000])
+                return 0
 
     def _send_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int) -> int:
         assert self.reporter is not None

@@ -181,9 +181,6 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise ModelNotFoundError("no model with this id is served (ListModels lists them)")
         return found
 
-    def _envelope(self, message: ag.SubmitRequest) -> convert.RequestEnvelope:
-        return self._encode(message)[0]
-
     def _encode(self, message: ag.SubmitRequest) -> tuple[convert.RequestEnvelope, int | None]:
         """The validated, completed request and its prompt's token count (None without a tokenizer)."""
         if not message.HasField("request"):
@@ -226,7 +223,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
     def Prepare(self, request: ag.SubmitRequest, context: grpc.ServicerContext) -> ag.PreparedRequest:
         """Validate and complete the request as Submit would, without accepting it."""
         self._check_intake()
-        envelope = self._envelope(request)
+        envelope, _ = self._encode(request)
         quorums, threshold = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
         return ag.PreparedRequest(
             request=convert.request_to_proto(envelope),

@@ -120,7 +120,8 @@ class OperatorLeafChecker:
         operators = self.reader.get_operator_set(reference_block).in_quorums(header.quorum_numbers)
         order = compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng)
         known = self._recorded_answers(certificate, order, signer_ids)
-        queue = [o for o in order if o.operator_id not in {a.operator_id for a in known}]
+        known_ids = {a.operator_id for a in known}
+        queue = [o for o in order if o.operator_id not in known_ids]
         answers: list[CheckerAnswer] = []
         while queue and sum(a.verdict is not None for a in answers) < self.checkers:
             if any(a.verdict == Verdict.REJECT for a in (*known, *answers)):

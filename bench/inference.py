@@ -190,7 +190,8 @@ def make_perturbed(engine: InferenceEngine, relative: float) -> InferenceEngine:
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * relative * param.std())
+            noise = torch.randn(param.shape, generator=generator).to(param.device, param.dtype)
+            param.add_(noise * relative * param.std())
     return InferenceEngine(model, engine.tokenizer, engine.profile, engine.eos_ids)
 
 
@@ -225,8 +226,8 @@ def make_int8(engine: InferenceEngine) -> InferenceEngine:
 def plain_generate(engine: InferenceEngine, prompt: tuple[int, ...], new_tokens: int) -> tuple[int, ...]:
     with torch.inference_mode():
         out = engine.model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            torch.tensor([prompt], device=engine.input_device),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=engine.input_device),
             max_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=engine.pad_id,

@@ -91,16 +91,32 @@ class DeviceChoice:
     threads: int | None
 
 
-def choose_device(profile: ModelProfile, weights_bytes: int, threads: int | None, dtype: str | None) -> DeviceChoice:
-    """CUDA in the profile's dtype when present (sharded when larger than one GPU); else CPU fp32."""
-    if torch.cuda.is_available():
-        torch_dtype = TORCH_DTYPES[dtype or profile.dtype]
-        element = torch.tensor([], dtype=torch_dtype).element_size()
-        needed = weights_bytes * element // 4 * 1.2  # fp32 files -> target dtype, plus headroom
-        one_gpu = torch.cuda.get_device_properties(0).total_memory
-        multi = torch.cuda.device_count() > 1 and needed > one_gpu
-        return DeviceChoice("auto" if multi else "cuda", torch_dtype, None)
-    return DeviceChoice("cpu", TORCH_DTYPES[dtype or "float32"], threads or DEFAULT_CPU_THREADS)
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def choose_device(
+    profile: ModelProfile, weights_bytes: int, threads: int | None, dtype: str | None, device: str | None = None
+) -> DeviceChoice:
+    """CUDA in the profile's dtype when present (sharded when larger than one GPU); else CPU fp32.
+
+    ``device`` forces a choice: "cpu", "cuda" (one GPU) or "auto" (accelerate's ``device_map``).
+    """
+    if device is not None and device not in DEVICES:
+        raise InvalidInputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if dtype is not None and dtype not in TORCH_DTYPES:
+        raise InvalidInputError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, not {dtype!r}")
+    if device in ("cuda", "auto") and not torch.cuda.is_available():
+        raise InferenceError(f"device {device!r} asked for, but torch sees no CUDA device")
+    if device == "cpu" or not torch.cuda.is_available():
+        return DeviceChoice("cpu", TORCH_DTYPES[dtype or "float32"], threads or DEFAULT_CPU_THREADS)
+    torch_dtype = TORCH_DTYPES[dtype or profile.dtype]
+    if device is not None:
+        return DeviceChoice(device, torch_dtype, None)
+    element = torch.tensor([], dtype=torch_dtype).element_size()
+    needed = weights_bytes * element // 4 * 1.2  # fp32 files -> target dtype, plus headroom
+    one_gpu = torch.cuda.get_device_properties(0).total_memory
+    multi = torch.cuda.device_count() > 1 and needed > one_gpu
+    return DeviceChoice("auto" if multi else "cuda", torch_dtype, None)
 
 
 class InferenceEngine:
@@ -159,6 +175,8 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def _forward(self, input_ids: torch.Tensor, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        # Masks and positions are built on the CPU; the model's first layer may sit on a GPU.
+        kwargs = {k: v.to(self.input_device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         try:
             kwargs[self._cache_arg] = cache
             out = self.model(input_ids=input_ids.to(self.input_device), use_cache=True, **kwargs)
@@ -318,11 +336,13 @@ def load_engine(
     *,
     threads: int | None = None,
     dtype: str | None = None,
+    device: str | None = None,
     cache_dir: Path | None = None,
 ) -> InferenceEngine:
     """Load a local model folder, checking it against ``profile`` (default: its ``avs_profile.json``).
 
-    ``dtype`` overrides the device's default (benchmarks: bf16 on CPU). Nothing is downloaded.
+    ``dtype`` overrides the device's default (benchmarks: bf16 on CPU); ``device`` forces "cpu",
+    "cuda" or "auto" (see ``choose_device``). Nothing is downloaded.
     """
     from transformers import AutoModelForCausalLM
 
@@ -331,6 +351,8 @@ def load_engine(
     if not folder.is_dir():
         raise ModelNotFoundError(f"model folder {folder} does not exist")
     profile = profile if profile is not None else load_profile(folder)
+    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    choice = choose_device(profile, weights_bytes, threads, dtype, device)  # bad options fail before hashing
     commitment = get_weights_commitment(folder, cache_dir if cache_dir is not None else get_default_cache_dir())
     if commitment.root != profile.weights_root:
         raise ModelMismatchError(f"weights in {folder} do not match the model profile's weights commitment")
@@ -340,8 +362,6 @@ def load_engine(
         raise ModelMismatchError(f"tokenizer in {folder} does not match the model profile")
     if chat_template_hash != profile.chat_template_hash:
         raise ModelMismatchError(f"chat template in {folder} does not match the model profile")
-    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    choice = choose_device(profile, weights_bytes, threads, dtype)
     if choice.threads is not None:
         torch.set_num_threads(choice.threads)
     if choice.device != "cpu" and choice.dtype == torch.float32:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,15 +16,18 @@ import torch
 
 from avs.errors import (
     ContextLimitError,
+    InferenceError,
     InvalidInputError,
     ModelMismatchError,
     ModelNotFoundError,
 )
 from avs.inference.engine import (
+    DeviceChoice,
     EngineRegistry,
     Failure,
     FinishReason,
     InferenceEngine,
+    choose_device,
     load_engine,
 )
 from avs.inference.params import SamplingParams, compute_prompt_hash
@@ -211,3 +215,38 @@ def test_engine_refuses_weights_or_tokenizer_that_differ(tiny_model_dir: Path, t
     (swapped / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     with pytest.raises(ModelMismatchError, match="chat template"):
         load_engine(swapped, profile, cache_dir=tmp_path / "cache")
+
+
+def test_device_option_is_checked_before_hashing_the_weights(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import avs.inference.engine as engine_module
+
+    engine = load_engine(tiny_model_dir, device="cpu", threads=1, cache_dir=tmp_path / "cache")
+    assert engine.input_device.type == "cpu"
+    monkeypatch.setattr(engine_module, "get_weights_commitment", lambda *_: pytest.fail("hashed the weights"))
+    with pytest.raises(InvalidInputError, match="device must be one of"):
+        load_engine(tiny_model_dir, device="tpu")
+    with pytest.raises(InvalidInputError, match="dtype must be one of"):
+        load_engine(tiny_model_dir, dtype="int4")
+    if not torch.cuda.is_available():
+        for device in ("cuda", "auto"):
+            with pytest.raises(InferenceError, match="no CUDA device"):
+                load_engine(tiny_model_dir, device=device)
+
+
+def test_choose_device_shards_only_what_one_gpu_cannot_hold(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = load_profile(tiny_model_dir)  # float32
+    gpu_bytes = 80 << 30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: SimpleNamespace(total_memory=gpu_bytes))
+    assert choose_device(profile, 10 << 30, None, None) == DeviceChoice("cuda", torch.float32, None)
+    assert choose_device(profile, 70 << 30, None, None).device == "auto"  # 70 GiB + 20% > 80 GiB
+    assert choose_device(profile, 70 << 30, None, "bfloat16") == DeviceChoice("cuda", torch.bfloat16, None)
+    assert choose_device(profile, 70 << 30, None, None, "cuda").device == "cuda"  # forced
+    assert choose_device(profile, 1, 3, None, "cpu") == DeviceChoice("cpu", torch.float32, 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert choose_device(profile, 70 << 30, None, None).device == "cuda"  # nothing to shard across

@@ -3,11 +3,12 @@ their pure helpers, so that the harness behind docs/performance.md cannot rot.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from bench import aggregator_scale, e2e, gas, quorum
+from bench import aggregator_scale, e2e, gas, inference_devices, quorum
 from tests.inference.conftest import build_tiny_model
 
 ANVIL = Path(__file__).resolve().parents[2] / "contracts" / "tools" / "anvil"
@@ -35,6 +36,26 @@ def test_quorum_quick_on_the_tiny_model(tiny_model: Path, capsys: pytest.Capture
     assert quorum.main(["--model", str(tiny_model), "--quick", "--threads", "1", "--no-record"]) == 0
     out = capsys.readouterr().out
     assert "quorum of 3" in out and "operator gRPC Generate" in out
+
+
+def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
+    """``--gpu cpu``: both parties on the CPU agree token for token; the int8 party is not counted honest."""
+    out = tmp_path / "devices.json"
+    argv = ["--model", str(tiny_model), "--gpu", "cpu", "--prompts", "3", "--few-prompts", "2"]
+    argv += ["--overhead-prompts", "1", "--max-new-tokens", "6", "--threads", "1", "--no-record", "--out", str(out)]
+    assert inference_devices.main(argv) == 0
+    figures = json.loads(out.read_text())
+    details = figures["inference_devices"]
+    assert figures["cross_device_honest_accept_rate"] == 1.0
+    assert details["token_identical_across_devices"]["cpu fp32->gpu fp32 greedy"] == "3/3"
+    assert details["honest_by_setting"]["gpu batched->cpu sampled"]["total"] == 3
+    assert set(details["cheat_by_setting"]) == {"gpu int8->cpu fp32 greedy", "gpu int8->cpu fp32 sampled"}
+    assert set(details["bfloat16_kind"]) == {
+        f"{a}->{b} {kind}"
+        for a, b in (("gpu bf16", "cpu fp32"), ("cpu fp32", "gpu bf16"))
+        for kind in ("greedy", "sampled")
+    }
+    assert figures["gpu_verify_over_generate"] > 0 and details["gpu_plain_generate_agrees"] == "1/1"
 
 
 def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> None:

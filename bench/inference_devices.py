@@ -1,0 +1,265 @@
+"""Cross-device inference benchmark: outputs generated on a GPU verified on the CPU, and back.
+
+    python -m bench.inference_devices [--model models/smollm2-135m] [--prompts 50] [--threads 8]
+                                      [--gpu cuda] [--out FILE] [--no-record]
+
+Needs a CUDA device (``--gpu cpu`` runs every GPU party on the CPU instead: the tests use it to
+exercise the harness on machines without one). Every output is checked at the registered
+profile's tolerance and at the sweep of ``bench.inference``. Settings:
+
+* honest, float32 profile: CPU fp32 -> GPU fp32 and GPU fp32 -> CPU fp32 (greedy and sampled),
+  GPU left-padded batch -> CPU, accelerate's ``device_map="auto"`` -> CPU, and a model split by
+  ``device_map`` between the GPU and CPU offload (``max_memory``: the multi-device code path on
+  a one-GPU machine) -> CPU;
+* bfloat16 kind (reported apart: a float32 profile has no bf16 party): GPU bf16 -> CPU fp32 and
+  CPU fp32 -> GPU bf16;
+* cheating across devices: int8 weights generating on the GPU, verified on the CPU;
+* cost on the GPU: verification time over generation time, and our generation over
+  ``model.generate``.
+
+Figures go to ``bench/results.json`` under their own keys (``cross_device_*``, ``gpu_*``, and
+``inference_devices`` for the breakdown); ``--out`` also writes them, phase by phase, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from avs.inference.engine import InferenceEngine, load_engine
+from avs.inference.params import SamplingParams
+from bench.inference import DELTAS, PROMPTS, Tally, check, compute_rate, make_int8, plain_generate, timed
+from bench.results import record_results
+
+BATCH_SIZE = 5
+BF16_DELTA = 0.5
+OFFLOAD_GPU_BYTES = 200 << 20  # ~40% of the fp32 SmolLM2-135M on the GPU, the rest offloaded
+
+
+def load_offloaded(folder: Path, reference: InferenceEngine, gpu_bytes: int) -> InferenceEngine:
+    """The model split by accelerate between GPU 0 and CPU offload, wrapped in the engine."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder),
+        dtype=torch.float32,
+        device_map="auto",
+        max_memory={0: gpu_bytes, "cpu": 16 << 30},
+        local_files_only=True,
+    )
+    placement = sorted({str(d) for d in getattr(model, "hf_device_map", {}).values()})
+    print(f"offloaded model placement: {placement}", flush=True)
+    model.eval()  # type: ignore[no-untyped-call]
+    return InferenceEngine(model, reference.tokenizer, reference.profile, reference.eos_ids)
+
+
+class Run:
+    """The parties, the prompts and the tallies of one benchmark run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cpu = load_engine(args.model, device="cpu", threads=args.threads)
+        self.gpu = load_engine(args.model, device=args.gpu)
+        self.parties = {"cpu fp32": self.cpu, "gpu fp32": self.gpu}
+        self.delta = self.cpu.profile.delta
+        self.greedy = SamplingParams(max_tokens=args.max_new_tokens)
+        texts = PROMPTS[: args.prompts]
+        self.prompts = [self.cpu.encode_chat([{"role": "user", "content": t}]).token_ids for t in texts]
+        self.honest: dict[str, Tally] = {}
+        self.bf16: dict[str, Tally] = {}
+        self.cheat: dict[str, Tally] = {}
+        self.identical: dict[str, list[bool]] = {}
+        self.timing: dict[str, list[float]] = {k: [] for k in ("gen", "ver", "ours", "plain")}
+        self.plain_agree = 0
+        self.figures: dict[str, Any] = {}
+        self._outputs: dict[tuple[str, str, int], tuple[int, ...]] = {}
+
+    def output(self, party: str, kind: str, i: int) -> tuple[int, ...]:
+        """The party's output for prompt ``i``, generated once and reused by every setting."""
+        key = (party, kind, i)
+        if key not in self._outputs:
+            self._outputs[key] = self.parties[party].generate(self.prompts[i], self.params(kind, i)).token_ids
+        return self._outputs[key]
+
+    def params(self, kind: str, i: int) -> SamplingParams:
+        if kind == "greedy":
+            return self.greedy
+        return SamplingParams(
+            temperature_milli=700, top_k=50, top_p_micro=950_000, seed=1000 + i, max_tokens=self.args.max_new_tokens
+        )
+
+    def cross(
+        self,
+        generator: str,
+        verifier: str,
+        rows: range,
+        kinds: tuple[str, ...] = ("greedy", "sampled"),
+        group: dict[str, Tally] | None = None,
+    ) -> None:
+        """Generate with one party, verify with the other; count token-identical outputs too."""
+        tallies = self.honest if group is None else group
+        for i in rows:
+            for kind in kinds:
+                params = self.params(kind, i)
+                output = self.output(generator, kind, i)
+                same = output == self.output(verifier, kind, i)
+                name = f"{generator}->{verifier} {kind}"
+                tallies.setdefault(name, Tally()).add(
+                    check(self.parties[verifier], self.prompts[i], output, params, same)
+                )
+                self.identical.setdefault(name, []).append(same)
+
+    def gpu_cost(self) -> None:
+        """GPU generation, verification and model.generate timings, warm."""
+        self.gpu.generate(self.prompts[0], SamplingParams(max_tokens=8))
+        for i, prompt in enumerate(self.prompts):
+            for kind in ("greedy", "sampled"):
+                generation, gen_s = timed(partial(self.gpu.generate, prompt, self.params(kind, i)))
+                _, ver_s = timed(partial(self.gpu.verify, prompt, generation.token_ids, self.params(kind, i)))
+                self._outputs[("gpu fp32", kind, i)] = generation.token_ids
+                self.timing["gen"].append(gen_s)
+                self.timing["ver"].append(ver_s)
+            if i < self.args.overhead_prompts:
+                n = len(self._outputs[("gpu fp32", "greedy", i)])
+                ours, ours_s = timed(partial(self.gpu.generate, prompt, SamplingParams(max_tokens=n)))
+                plain, plain_s = timed(partial(plain_generate, self.gpu, prompt, n))
+                self.timing["ours"].append(ours_s)
+                self.timing["plain"].append(plain_s)
+                self.plain_agree += int(plain == ours.token_ids)
+
+    def batched(self, rows: range) -> None:
+        for start in range(rows.start, rows.stop, BATCH_SIZE):
+            batch_rows = range(start, min(start + BATCH_SIZE, rows.stop))
+            for kind in ("greedy", "sampled"):
+                params = [self.params(kind, i) for i in batch_rows]
+                outputs = self.gpu.generate_batch([self.prompts[i] for i in batch_rows], params)
+                for i, generation in zip(batch_rows, outputs, strict=True):
+                    self.honest.setdefault(f"gpu batched->cpu {kind}", Tally()).add(
+                        check(self.cpu, self.prompts[i], generation.token_ids, params[i - start])
+                    )
+
+    def summarise(self) -> dict[str, Any]:
+        deltas = sorted({*DELTAS, self.delta})
+        gen, ver = sum(self.timing["gen"]), sum(self.timing["ver"])
+        return {
+            "cross_device_honest_accept_rate": compute_rate(self.honest.values(), self.delta),
+            "cross_device_cheat_reject_rate": compute_rate(self.cheat.values(), self.delta, True, True),
+            "gpu_verify_over_generate": round(ver / gen, 4) if gen else None,
+            "gpu_engine_overhead_ratio": (
+                round(sum(self.timing["ours"]) / sum(self.timing["plain"]), 4) if self.timing["plain"] else None
+            ),
+            "inference_devices": {
+                "gpu": torch.cuda.get_device_name(0) if self.args.gpu != "cpu" else "cpu (harness check)",
+                "torch": torch.__version__,
+                "cpu": f"{platform.machine()}, {self.args.threads} threads",
+                "profile_hash": "0x" + self.cpu.profile_hash.hex(),
+                "delta": self.delta,
+                "prompts": len(self.prompts),
+                "max_new_tokens": self.args.max_new_tokens,
+                "honest_by_setting": {k: v.summary(self.delta, rejecting=False) for k, v in self.honest.items()},
+                "token_identical_across_devices": {k: f"{sum(v)}/{len(v)}" for k, v in self.identical.items()},
+                "bfloat16_kind": {
+                    k: {"rate_at_0.5": v.rate(BF16_DELTA), "rate_at_profile_delta": v.rate(self.delta)}
+                    for k, v in self.bf16.items()
+                },
+                "cheat_by_setting": {k: v.summary(self.delta, rejecting=True) for k, v in self.cheat.items()},
+                "honest_accept_by_delta": {str(d): compute_rate(self.honest.values(), d) for d in deltas},
+                "gpu_seconds_mean": {k: round(statistics.mean(v), 4) for k, v in self.timing.items() if v},
+                "gpu_plain_generate_agrees": f"{self.plain_agree}/{len(self.timing['plain'])}",
+            },
+        }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = Run(args)
+    every = range(len(bench.prompts))
+    few = range(min(args.few_prompts, len(bench.prompts)))
+
+    def add_party(name: str, load: Callable[[], InferenceEngine]) -> str:
+        bench.parties[name] = load()
+        return name
+
+    phases: list[tuple[str, Callable[[], None]]] = [
+        *([] if args.skip_cost else [("gpu cost", bench.gpu_cost)]),
+        ("cpu->gpu", lambda: bench.cross("cpu fp32", "gpu fp32", every)),
+        ("gpu->cpu", lambda: bench.cross("gpu fp32", "cpu fp32", every)),
+        ("batched", lambda: bench.batched(every)),
+        (
+            "int8",
+            lambda: bench.cross(
+                add_party("gpu int8", lambda: make_int8(bench.gpu)), "cpu fp32", few, group=bench.cheat
+            ),
+        ),
+    ]
+    if args.gpu != "cpu":
+        phases += [
+            (
+                "auto",
+                lambda: bench.cross(
+                    add_party("gpu device_map=auto", lambda: load_engine(args.model, device="auto")),
+                    "cpu fp32",
+                    few,
+                    ("greedy",),
+                ),
+            ),
+            (
+                "offload",
+                lambda: bench.cross(
+                    add_party("gpu+cpu offload", lambda: load_offloaded(args.model, bench.cpu, OFFLOAD_GPU_BYTES)),
+                    "cpu fp32",
+                    few,
+                    ("greedy",),
+                ),
+            ),
+        ]
+    bf16 = partial(load_engine, args.model, device=args.gpu, dtype="bfloat16")
+    phases += [
+        ("bf16", lambda: bench.cross(add_party("gpu bf16", bf16), "cpu fp32", few, group=bench.bf16)),
+        ("bf16 verifier", lambda: bench.cross("cpu fp32", "gpu bf16", few, group=bench.bf16)),
+    ]
+    for name, phase in phases:
+        phase()
+        bench.figures = bench.summarise()
+        if args.out is not None:
+            args.out.write_text(json.dumps(bench.figures, indent=2))
+        print(f"phase {name} done", flush=True)
+    return bench.figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/smollm2-135m"))
+    parser.add_argument("--prompts", type=int, default=50, help="prompts for the fp32 cross-device settings")
+    parser.add_argument("--few-prompts", type=int, default=10, help="prompts for int8, bf16 and device_map")
+    parser.add_argument("--overhead-prompts", type=int, default=10, help="prompts for the model.generate comparison")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=8, help="CPU party's torch threads")
+    parser.add_argument("--gpu", choices=("cuda", "cpu"), default="cuda", help="cpu: check the harness without a GPU")
+    parser.add_argument("--skip-cost", action="store_true", help="leave out the GPU timings")
+    parser.add_argument("--out", type=Path, help="also write the figures here after every phase")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
+    args = parser.parse_args(argv)
+    if not 1 <= args.prompts <= len(PROMPTS):
+        parser.error(f"--prompts must be in 1..{len(PROMPTS)}")
+    if args.gpu == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device: this benchmark compares a GPU with the CPU (--gpu cpu checks the harness)")
+    figures = run(args)
+    print(json.dumps(figures, indent=2))
+    if not args.no_record:
+        record_results("inference_devices", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

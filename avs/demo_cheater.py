@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     app = OperatorApp(
         load_config(args.config),
         load_secrets(),
-        engine_loader=lambda _path, threads: load_cheating_engine(args.honest, args.weights, threads),
+        engine_loader=lambda _path, config: load_cheating_engine(args.honest, args.weights, config.threads),
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -45,7 +45,7 @@ def start_operator_app(
     app = OperatorApp(
         parse_config(config),
         OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
-        engine_loader=lambda path, threads: engine,
+        engine_loader=lambda path, config: engine,
     )
     app.start()
     return app

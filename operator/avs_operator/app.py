@@ -41,11 +41,11 @@ from avs_operator.slashing_protection import SlashingProtection
 logger = logging.getLogger(__name__)
 
 STAKE_REFRESH_SECONDS = 60.0
-EngineLoader = Callable[[Path, int | None], InferenceEngine]
+EngineLoader = Callable[[Path, OperatorConfig], InferenceEngine]
 
 
-def _default_loader(path: Path, threads: int | None) -> InferenceEngine:
-    return load_engine(path, threads=threads)
+def _default_loader(path: Path, config: OperatorConfig) -> InferenceEngine:
+    return load_engine(path, threads=config.threads, device=config.device)
 
 
 @dataclass
@@ -101,7 +101,7 @@ class OperatorApp:
         logger.info("serving", extra={"models": list(self._model_states)})
 
     def _load_model(self, name: str, path: Path, expected_profile: str | None) -> InferenceEngine:
-        engine = self._load_engine(path, self.config.threads)
+        engine = self._load_engine(path, self.config)
         if expected_profile is not None and "0x" + engine.profile_hash.hex() != expected_profile.lower():
             self._model_states[name] = ServiceStatus.DOWN
             raise ModelMismatchError(f"model {name!r} at {path} does not have the configured profile hash")

@@ -9,7 +9,7 @@ See ``operator/operator.example.yaml`` for every field with its meaning.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +96,7 @@ class OperatorConfig(_Section):
     limits: LimitsConfig = LimitsConfig()
     slashing_protection_url: str = "sqlite:///operator-data/slashing-protection.sqlite"
     threads: int | None = Field(default=None, gt=0)
+    device: Literal["cpu", "cuda", "auto"] | None = None  # None: CUDA when present, else CPU
     node_name: str = "avs-operator"
 
 

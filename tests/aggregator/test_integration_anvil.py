@@ -112,7 +112,9 @@ def start_operator(workdir: Path, model: Path, cache: Path, deployment: Deployme
     app = OperatorApp(
         config,
         OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
-        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=cache),
+        engine_loader=lambda path, config: load_engine(
+            path, threads=config.threads, device=config.device, cache_dir=cache
+        ),
     )
     app.start()
     return app

@@ -63,3 +63,17 @@ def test_secrets_come_from_the_environment_and_never_print(monkeypatch: pytest.M
     assert secrets.bls_key_password is not None
     assert secrets.bls_key_password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(secrets) and "hunter2" not in str(secrets)
+
+
+def test_device_is_one_of_three_and_reaches_the_engine_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from avs_operator import app
+
+    assert parse_config(example()).device is None  # CUDA when present, else CPU
+    with pytest.raises(ConfigError, match="device"):
+        parse_config({**example(), "device": "tpu"})
+    seen: dict[str, object] = {}
+    engine = object()
+    monkeypatch.setattr(app, "load_engine", lambda path, **options: seen.update(options, path=path) or engine)
+    config = parse_config({**example(), "device": "cpu", "threads": 3})
+    assert app._default_loader(Path("models/x"), config) is engine
+    assert seen == {"path": Path("models/x"), "threads": 3, "device": "cpu"}

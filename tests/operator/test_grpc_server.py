@@ -67,7 +67,9 @@ def start(workdir: Path, model: Path, cache: Path) -> Running:
     app = OperatorApp(
         parse_config(make_config(workdir, model)),
         OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
-        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=cache),
+        engine_loader=lambda path, config: load_engine(
+            path, threads=config.threads, device=config.device, cache_dir=cache
+        ),
     )
     app.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{app.ports.grpc}")

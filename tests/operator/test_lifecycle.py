@@ -47,7 +47,9 @@ def start_app(workdir: Path, model: Path, **grpc_overrides: object) -> OperatorA
     app = OperatorApp(
         parse_config(config),
         OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
-        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=workdir / "cache"),
+        engine_loader=lambda path, config: load_engine(
+            path, threads=config.threads, device=config.device, cache_dir=workdir / "cache"
+        ),
     )
     app.start()
     return app

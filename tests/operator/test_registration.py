@@ -164,7 +164,9 @@ def test_the_daemon_reports_its_registered_stake(
     app = OperatorApp(
         load_config(operator.config_path),
         OperatorSecrets(bls_key_password=DEVNET_PASSWORD),  # type: ignore[arg-type]
-        engine_loader=lambda path, threads: load_engine(path, threads=threads, cache_dir=tmp_path / "cache"),
+        engine_loader=lambda path, config: load_engine(
+            path, threads=config.threads, device=config.device, cache_dir=tmp_path / "cache"
+        ),
     )
     app.start()
     try:

@@ -1,7 +1,8 @@
 """Cross-device inference benchmark: outputs generated on a GPU verified on the CPU, and back.
 
-    python -m bench.inference_devices [--model models/smollm2-135m] [--prompts 50] [--threads 8]
-                                      [--gpu cuda] [--out FILE] [--no-record]
+    python -m bench.inference_devices [--model models/smollm2-135m] [--prompts 20] [--few-prompts 5]
+                                      [--cost-prompts 50] [--threads 8] [--gpu cuda] [--out FILE]
+                                      [--skip-cost] [--no-record]
 
 Needs a CUDA device (``--gpu cpu`` runs every GPU party on the CPU instead: the tests use it to
 exercise the harness on machines without one). Every output is checked at the registered
@@ -36,6 +37,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+import transformers
 
 from avs.inference.engine import InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
@@ -70,16 +72,16 @@ class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.cpu = load_engine(args.model, device="cpu", threads=args.threads)
-        self.gpu = load_engine(args.model, device=args.gpu)
+        self.gpu = load_engine(args.model, device=args.gpu, threads=args.threads)  # threads: CPU harness only
         self.parties = {"cpu fp32": self.cpu, "gpu fp32": self.gpu}
         self.delta = self.cpu.profile.delta
         self.greedy = SamplingParams(max_tokens=args.max_new_tokens)
-        texts = PROMPTS[: args.prompts]
+        texts = PROMPTS[: max(args.prompts, args.cost_prompts)]
         self.prompts = [self.cpu.encode_chat([{"role": "user", "content": t}]).token_ids for t in texts]
         self.honest: dict[str, Tally] = {}
         self.bf16: dict[str, Tally] = {}
         self.cheat: dict[str, Tally] = {}
-        self.identical: dict[str, list[bool]] = {}
+        self.identical: dict[str, dict[int, bool]] = {}  # per pair of parties, whichever generated
         self.timing: dict[str, list[float]] = {k: [] for k in ("gen", "ver", "ours", "plain")}
         self.plain_agree = 0
         self.figures: dict[str, Any] = {}
@@ -118,12 +120,13 @@ class Run:
                 tallies.setdefault(name, Tally()).add(
                     check(self.parties[verifier], self.prompts[i], output, params, same)
                 )
-                self.identical.setdefault(name, []).append(same)
+                pair = " = ".join(sorted((generator, verifier)))
+                self.identical.setdefault(f"{pair} {kind}", {})[i] = same
 
     def gpu_cost(self) -> None:
         """GPU generation, verification and model.generate timings, warm."""
         self.gpu.generate(self.prompts[0], SamplingParams(max_tokens=8))
-        for i, prompt in enumerate(self.prompts):
+        for i, prompt in enumerate(self.prompts[: self.args.cost_prompts]):
             for kind in ("greedy", "sampled"):
                 generation, gen_s = timed(partial(self.gpu.generate, prompt, self.params(kind, i)))
                 _, ver_s = timed(partial(self.gpu.verify, prompt, generation.token_ids, self.params(kind, i)))
@@ -163,12 +166,15 @@ class Run:
                 "gpu": torch.cuda.get_device_name(0) if self.args.gpu != "cpu" else "cpu (harness check)",
                 "torch": torch.__version__,
                 "cpu": f"{platform.machine()}, {self.args.threads} threads",
+                "transformers": transformers.__version__,
                 "profile_hash": "0x" + self.cpu.profile_hash.hex(),
                 "delta": self.delta,
-                "prompts": len(self.prompts),
+                "prompts": self.args.prompts,
+                "few_prompts": min(self.args.few_prompts, self.args.prompts),
+                "cost_prompts": len(self.timing["ver"]) // 2,
                 "max_new_tokens": self.args.max_new_tokens,
                 "honest_by_setting": {k: v.summary(self.delta, rejecting=False) for k, v in self.honest.items()},
-                "token_identical_across_devices": {k: f"{sum(v)}/{len(v)}" for k, v in self.identical.items()},
+                "token_identical_across_devices": {k: f"{sum(v.values())}/{len(v)}" for k, v in self.identical.items()},
                 "bfloat16_kind": {
                     k: {"rate_at_0.5": v.rate(BF16_DELTA), "rate_at_profile_delta": v.rate(self.delta)}
                     for k, v in self.bf16.items()
@@ -183,8 +189,8 @@ class Run:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Run(args)
-    every = range(len(bench.prompts))
-    few = range(min(args.few_prompts, len(bench.prompts)))
+    every = range(args.prompts)
+    few = range(min(args.few_prompts, args.prompts))
 
     def add_party(name: str, load: Callable[[], InferenceEngine]) -> str:
         bench.parties[name] = load()
@@ -223,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             ),
         ]
-    bf16 = partial(load_engine, args.model, device=args.gpu, dtype="bfloat16")
+    bf16 = partial(load_engine, args.model, device=args.gpu, threads=args.threads, dtype="bfloat16")
     phases += [
         ("bf16", lambda: bench.cross(add_party("gpu bf16", bf16), "cpu fp32", few, group=bench.bf16)),
         ("bf16 verifier", lambda: bench.cross("cpu fp32", "gpu bf16", few, group=bench.bf16)),
@@ -240,8 +246,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/smollm2-135m"))
-    parser.add_argument("--prompts", type=int, default=50, help="prompts for the fp32 cross-device settings")
-    parser.add_argument("--few-prompts", type=int, default=10, help="prompts for int8, bf16 and device_map")
+    parser.add_argument("--prompts", type=int, default=20, help="prompts for the fp32 cross-device settings")
+    parser.add_argument("--few-prompts", type=int, default=5, help="prompts for int8, bf16 and device_map")
+    parser.add_argument("--cost-prompts", type=int, default=50, help="prompts for the GPU timings")
     parser.add_argument("--overhead-prompts", type=int, default=10, help="prompts for the model.generate comparison")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=8, help="CPU party's torch threads")
@@ -250,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the figures here after every phase")
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)
-    if not 1 <= args.prompts <= len(PROMPTS):
-        parser.error(f"--prompts must be in 1..{len(PROMPTS)}")
+    for name in ("prompts", "cost_prompts"):
+        if not 1 <= getattr(args, name) <= len(PROMPTS):
+            parser.error(f"--{name.replace('_', '-')} must be in 1..{len(PROMPTS)}")
     if args.gpu == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: this benchmark compares a GPU with the CPU (--gpu cpu checks the harness)")
     figures = run(args)

@@ -142,8 +142,8 @@ def plain_generate(engine: InferenceEngine, prompt: Sequence[int], params: Sampl
         }
     with torch.inference_mode():
         out = engine.model.generate(
-            torch.tensor([list(prompt)]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            torch.tensor([list(prompt)], device=engine.input_device),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=engine.input_device),
             max_new_tokens=tokens,
             min_new_tokens=tokens,
             pad_token_id=engine.pad_id,

@@ -127,7 +127,10 @@ class InferenceEngine:
         self.profile_hash = profile.compute_hash()
         self.eos_ids = frozenset(eos_ids)
         self.vocab_size = int(model.config.vocab_size)
-        self.input_device = next(model.parameters()).device
+        # Where inputs go: the first layer's device; offloaded parameters sit on "meta" (accelerate's
+        # hooks move inputs to their execution device), so skip those.
+        devices = (p.device for p in model.parameters() if p.device.type != "meta")
+        self.input_device = next(devices, torch.device("cpu"))
         # transformers 5 renamed ``past_key_values`` to ``cache``; accept both.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.pad_id = int(
@@ -234,7 +237,7 @@ class InferenceEngine:
             self.check_request(prompt, p)
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.input_device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         logits, cache = self._forward(
             ids, DynamicCache(), attention_mask=mask, position_ids=positions, logits_to_keep=1
@@ -250,7 +253,8 @@ class InferenceEngine:
                 step.append(outputs[row][-1] if finished[row] is None else self.pad_id)
             if all(f is not None for f in finished):
                 return [Generation(tuple(o), f) for o, f in zip(outputs, finished, strict=True) if f is not None]
-            mask = torch.cat([mask, torch.tensor([[int(f is None)] for f in finished])], dim=1)
+            alive = torch.tensor([[int(f is None)] for f in finished], device=self.input_device)
+            mask = torch.cat([mask, alive], dim=1)
             positions = positions[:, -1:] + 1
             logits, cache = self._forward(
                 torch.tensor(step)[:, None], cache, attention_mask=mask, position_ids=positions

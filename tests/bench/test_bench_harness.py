@@ -42,12 +42,13 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
     """``--gpu cpu``: both parties on the CPU agree token for token; the int8 party is not counted honest."""
     out = tmp_path / "devices.json"
     argv = ["--model", str(tiny_model), "--gpu", "cpu", "--prompts", "3", "--few-prompts", "2"]
-    argv += ["--overhead-prompts", "1", "--max-new-tokens", "6", "--threads", "1", "--no-record", "--out", str(out)]
+    argv += ["--cost-prompts", "2", "--overhead-prompts", "1", "--max-new-tokens", "6", "--threads", "1"]
+    argv += ["--no-record", "--out", str(out)]
     assert inference_devices.main(argv) == 0
     figures = json.loads(out.read_text())
     details = figures["inference_devices"]
     assert figures["cross_device_honest_accept_rate"] == 1.0
-    assert details["token_identical_across_devices"]["cpu fp32->gpu fp32 greedy"] == "3/3"
+    assert details["token_identical_across_devices"]["cpu fp32 = gpu fp32 greedy"] == "3/3"  # each pair once
     assert details["honest_by_setting"]["gpu batched->cpu sampled"]["total"] == 3
     assert set(details["cheat_by_setting"]) == {"gpu int8->cpu fp32 greedy", "gpu int8->cpu fp32 sampled"}
     assert set(details["bfloat16_kind"]) == {
@@ -56,6 +57,7 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
         for kind in ("greedy", "sampled")
     }
     assert figures["gpu_verify_over_generate"] > 0 and details["gpu_plain_generate_agrees"] == "1/1"
+    assert (details["prompts"], details["few_prompts"], details["cost_prompts"]) == (3, 2, 2)
 
 
 def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> None:

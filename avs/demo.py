@@ -85,12 +85,17 @@ def say(text: str = "") -> None:
 
 def run_request(devnet: Devnet, question: str, max_tokens: int) -> ag.Certificate:
     requester = Account.create()
+    messages = [{"role": "user", "content": question}]
+    # The cheater has his own act below: this plain request gets an honest primary. (With a random
+    # nonce he would be picked in proportion to his stake, rejected and slashed already here.)
+    honest = next(op.name for op in devnet.operators if op.name != devnet.cheater)
+    nonce = find_nonce_for_primary(devnet, messages, requester.address, honest, max_tokens) if devnet.cheater else None
     say(f'\n== A requester ({requester.address[:10]}…) asks: "{question}"')
     started = time.monotonic()
     with AggregatorClient(devnet.aggregator_url) as client:
         model = next(iter(client.list_models()))
         request_hash = client.submit(
-            [{"role": "user", "content": question}], requester=requester.address, model=model, max_tokens=max_tokens
+            messages, requester=requester.address, model=model, max_tokens=max_tokens, nonce=nonce
         )
         say(f"   request hash 0x{request_hash.hex()}")
         seen: list[str] = []

@@ -76,12 +76,25 @@ def _top_k_mask(z: torch.Tensor, top_k: int, slack: float) -> torch.Tensor:
     return z >= kth - slack
 
 
+def _sort_descending(values: torch.Tensor) -> torch.Tensor:
+    """One CPU row sorted, largest first: numpy's sort, about twice as fast as torch's here; same values."""
+    return torch.from_numpy(np.sort(values.numpy())[::-1].copy())
+
+
 def compute_kept_mask(z: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Steps 1-2 on one row: the tokens that survive top-k then top-p (the generator's exact rule)."""
+    """Steps 1-2 on one row: the tokens that survive top-k then top-p (the generator's exact rule).
+
+    Top-p keeps token ``t`` iff ``cdf[#survivors above t] < p``. The cumulative ``cdf`` only grows,
+    so that holds exactly for the tokens at or above one threshold logit: the one at the last
+    position whose ``cdf`` entry is still below ``p``. One comparison per token instead of a
+    search per token, with the same ``cdf``, hence the same survivors.
+    """
     mask = _top_k_mask(z, params.top_k, 0.0)
     if params.top_p_micro < TOP_P_ONE:
-        z_desc = torch.sort(z[mask], descending=True).values
-        mask &= _mass_above(z_desc, _survivor_cdf(z_desc, params.temperature), z) < params.top_p
+        z_desc = _sort_descending(z[mask])
+        cdf = _survivor_cdf(z_desc, params.temperature)
+        below_p = int(torch.searchsorted(cdf, cdf.new_tensor([params.top_p]), side="left"))  # >= 1: cdf[0] = 0
+        mask &= z >= z_desc[min(below_p, z_desc.numel()) - 1]
     return mask
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import aggregator_scale, e2e, gas, inference_devices, quorum
+from bench import aggregator_scale, decoding, e2e, gas, inference_devices, quorum
 from tests.inference.conftest import build_tiny_model
 
 ANVIL = Path(__file__).resolve().parents[2] / "contracts" / "tools" / "anvil"
@@ -36,6 +36,15 @@ def test_quorum_quick_on_the_tiny_model(tiny_model: Path, capsys: pytest.Capture
     assert quorum.main(["--model", str(tiny_model), "--quick", "--threads", "1", "--no-record"]) == 0
     out = capsys.readouterr().out
     assert "quorum of 3" in out and "operator gRPC Generate" in out
+
+
+def test_decoding_rule_cost_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", str(tiny_model), "--prompts", "1", "--tokens", "4", "--threads", "1", "--no-record"]
+    assert decoding.main(argv) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(out[out.index("{") :])
+    assert set(figures["decoding_rule_over_decode_step"]) == set(decoding.SETTINGS)
+    assert all(v["select_token_us"] > 0 for v in figures["decoding_rule_over_decode_step"].values())
 
 
 def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) -> None:

@@ -69,3 +69,12 @@ def compute_margins_reference(
     best = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, cand_rows, scores, reduce="amax")
     margins = torch.where(outer[rows, index], own - best, torch.full_like(own, -math.inf))
     return margins.tolist()
+
+
+def compute_kept_mask_reference(z: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Steps 1-2 as written in the rule: the top-p mass above every token, searched token by token."""
+    mask = _top_k_mask(z, params.top_k, 0.0)
+    if params.top_p_micro < TOP_P_ONE:
+        z_desc = torch.sort(z[mask], descending=True).values
+        mask &= _mass_above(z_desc, _survivor_cdf(z_desc, params.temperature), z) < params.top_p
+    return mask

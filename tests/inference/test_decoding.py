@@ -19,7 +19,7 @@ from avs.inference.decoding import (
     select_token,
 )
 from avs.inference.params import SamplingParams
-from tests.inference.reference_decoding import compute_margins_reference
+from tests.inference.reference_decoding import compute_kept_mask_reference, compute_margins_reference
 
 VOCAB = 50
 
@@ -127,6 +127,14 @@ def margin_cases(draw: st.DrawFn) -> tuple[torch.Tensor, list[int], SamplingPara
         for i in range(rows)
     ]
     return z, tokens, params, draw(st.sampled_from([0.0, 0.05, 0.5, 3.0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(margin_cases())
+def test_kept_set_equals_the_per_token_search(case: tuple[torch.Tensor, list[int], SamplingParams, float]) -> None:
+    z, _, params, _ = case
+    for row in z:
+        assert torch.equal(compute_kept_mask(row, params), compute_kept_mask_reference(row, params))
 
 
 @settings(max_examples=400, deadline=None)

@@ -92,6 +92,7 @@ bench: setup ## every benchmark; figures go to bench/results.json (tables in doc
 	$(PY) -m bench.bls
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 50 --max-new-tokens 64
 	HF_HUB_OFFLINE=1 $(PY) -m bench.decoding
+	HF_HUB_OFFLINE=1 $(PY) -m bench.logit_drift
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum
 	$(PY) -m bench.gas
 	HF_HUB_OFFLINE=1 $(PY) -m bench.e2e
@@ -103,6 +104,7 @@ bench-gpu: setup ## GPU against CPU with one profile (needs CUDA): bench.inferen
 bench-quick: setup ## every benchmark in its short mode, nothing recorded
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.decoding --prompts 1 --tokens 8 --no-record
+	HF_HUB_OFFLINE=1 $(PY) -m bench.logit_drift --prompts 1 --max-new-tokens 8 --no-record
 	$(PY) -m bench.gas --quick --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.e2e --quick --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.aggregator_scale --quick --no-record

@@ -42,7 +42,7 @@ import torch
 
 from avs.inference.engine import Generation, InferenceEngine, compute_verification, load_engine
 from avs.inference.params import SamplingParams
-from bench.results import record_results
+from bench.results import report_results
 
 T = TypeVar("T")
 DELTAS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -507,9 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--prompts must be in 1..{len(PROMPTS)}")
     figures = run(args)
 
-    print(json.dumps(figures, indent=2))
-    if not args.no_record:
-        record_results("inference_timing" if args.timing_only else "inference", figures)
+    report_results("inference_timing" if args.timing_only else "inference", figures, record=not args.no_record)
     return 0
 
 

@@ -15,6 +15,8 @@ profile's tolerance and at the sweep of ``bench.inference``. Settings:
 * bfloat16 kind (reported apart: a float32 profile has no bf16 party): GPU bf16 -> CPU fp32 and
   CPU fp32 -> GPU bf16;
 * cheating across devices: int8 weights generating on the GPU, verified on the CPU;
+* logit drift: how far the GPU's (fp32, bf16) prefill logits are from the CPU's on the same outputs,
+  the floor under the tolerance (``bench.logit_drift`` measures the CPU's own);
 * cost on the GPU: verification time over generation time, and our generation over
   ``model.generate``.
 
@@ -42,7 +44,8 @@ import transformers
 from avs.inference.engine import InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
 from bench.inference import DELTAS, PROMPTS, Tally, check, compute_rate, make_int8, plain_generate, timed
-from bench.results import record_results
+from bench.logit_drift import compute_drift
+from bench.results import report_results
 
 BATCH_SIZE = 5
 BF16_DELTA = 0.5
@@ -86,6 +89,7 @@ class Run:
         self.plain_agree = 0
         self.figures: dict[str, Any] = {}
         self._outputs: dict[tuple[str, str, int], tuple[int, ...]] = {}
+        self.drifts: dict[str, list[float]] = {}  # party -> [max |logit difference|, max gap change] vs CPU
 
     def output(self, party: str, kind: str, i: int) -> tuple[int, ...]:
         """The party's output for prompt ``i``, generated once and reused by every setting."""
@@ -122,6 +126,17 @@ class Run:
                 )
                 pair = " = ".join(sorted((generator, verifier)))
                 self.identical.setdefault(f"{pair} {kind}", {})[i] = same
+
+    def drift(self, party: str, rows: range) -> None:
+        """How far the party's prefill logits are from the CPU's, on the CPU's outputs (bench.logit_drift)."""
+        for i in rows:
+            for kind in ("greedy", "sampled"):
+                output = self.output("cpu fp32", kind, i)
+                reference = self.cpu.compute_prefill_logits(self.prompts[i], output)
+                other = self.parties[party].compute_prefill_logits(self.prompts[i], output)
+                largest, gap = compute_drift(reference, other, list(output))
+                worst = self.drifts.setdefault(party, [0.0, 0.0])
+                self.drifts[party] = [max(worst[0], largest), max(worst[1], gap)]
 
     def gpu_cost(self) -> None:
         """GPU generation, verification and model.generate timings, warm."""
@@ -180,6 +195,10 @@ class Run:
                     for k, v in self.bf16.items()
                 },
                 "cheat_by_setting": {k: v.summary(self.delta, rejecting=True) for k, v in self.cheat.items()},
+                "logit_drift_vs_cpu": {
+                    k: {"max_abs_logit_difference": float(f"{v[0]:.3e}"), "max_gap_change": float(f"{v[1]:.3e}")}
+                    for k, v in self.drifts.items()
+                },
                 "honest_accept_by_delta": {str(d): compute_rate(self.honest.values(), d) for d in deltas},
                 "gpu_seconds_mean": {k: round(statistics.mean(v), 4) for k, v in self.timing.items() if v},
                 "gpu_plain_generate_agrees": f"{self.plain_agree}/{len(self.timing['plain'])}",
@@ -200,6 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         *([] if args.skip_cost else [("gpu cost", bench.gpu_cost)]),
         ("cpu->gpu", lambda: bench.cross("cpu fp32", "gpu fp32", every)),
         ("gpu->cpu", lambda: bench.cross("gpu fp32", "cpu fp32", every)),
+        ("drift", lambda: bench.drift("gpu fp32", every)),
         ("batched", lambda: bench.batched(every)),
         (
             "int8",
@@ -233,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases += [
         ("bf16", lambda: bench.cross(add_party("gpu bf16", bf16), "cpu fp32", few, group=bench.bf16)),
         ("bf16 verifier", lambda: bench.cross("cpu fp32", "gpu bf16", few, group=bench.bf16)),
+        ("bf16 drift", lambda: bench.drift("gpu bf16", few)),
     ]
     for name, phase in phases:
         phase()
@@ -263,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: this benchmark compares a GPU with the CPU (--gpu cpu checks the harness)")
     figures = run(args)
-    print(json.dumps(figures, indent=2))
-    if not args.no_record:
-        record_results("inference_devices", figures)
+    report_results("inference_devices", figures, record=not args.no_record)
     return 0
 
 

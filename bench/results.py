@@ -24,3 +24,10 @@ def record_results(section: str, figures: dict[str, Any], path: Path = RESULTS_P
     }
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return document
+
+
+def report_results(section: str, figures: dict[str, Any], record: bool = True) -> None:
+    """Print the figures as JSON and, unless ``record`` is false, merge them into the results file."""
+    print(json.dumps(figures, indent=2))
+    if record:
+        record_results(section, figures)

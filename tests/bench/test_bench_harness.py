@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from bench import aggregator_scale, decoding, e2e, gas, inference_devices, quorum
+from bench import aggregator_scale, decoding, e2e, gas, inference_devices, logit_drift, quorum
 from tests.inference.conftest import build_tiny_model
 
 ANVIL = Path(__file__).resolve().parents[2] / "contracts" / "tools" / "anvil"
@@ -47,6 +48,24 @@ def test_decoding_rule_cost_on_the_tiny_model(tiny_model: Path, capsys: pytest.C
     assert all(v["select_token_us"] > 0 for v in figures["decoding_rule_over_decode_step"].values())
 
 
+def test_logit_drift_measures_gap_changes() -> None:
+    reference = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 1.0]], dtype=torch.float64)
+    other = reference.clone()
+    other[0, 2] += 0.25  # row 0 chose token 0: its gap to token 2 changes by 0.25
+    other[1, 1] -= 0.5  # row 1 chose token 1: every gap of row 1 shrinks by 0.5
+    assert logit_drift.compute_drift(reference, other, [0, 1]) == (0.5, 0.5)
+    assert logit_drift.compute_drift(reference, reference, [0, 1]) == (0.0, 0.0)
+
+
+def test_logit_drift_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", str(tiny_model), "--prompts", "1", "--max-new-tokens", "5", "--threads", "1", "--no-record"]
+    assert logit_drift.main(argv) == 0
+    out = capsys.readouterr().out
+    drift = json.loads(out[out.index("{") :])["logit_drift"]
+    assert set(drift["max_gap_change"]) == {"fp64 prefill", "1-thread prefill", "generation's own (KV cache)"}
+    assert 0 < drift["max_gap_change"]["fp64 prefill"] < 1e-3
+
+
 def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
     """``--gpu cpu``: both parties on the CPU agree token for token; the int8 party is not counted honest."""
     out = tmp_path / "devices.json"
@@ -67,6 +86,9 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
     }
     assert figures["gpu_verify_over_generate"] > 0 and details["gpu_plain_generate_agrees"] == "1/1"
     assert (details["prompts"], details["few_prompts"], details["cost_prompts"]) == (3, 2, 2)
+    # Both "GPU" parties are the CPU here: fp32 drifts not at all, bf16 does.
+    assert details["logit_drift_vs_cpu"]["gpu fp32"]["max_gap_change"] == 0.0
+    assert details["logit_drift_vs_cpu"]["gpu bf16"]["max_gap_change"] > 0.0
 
 
 def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> None:

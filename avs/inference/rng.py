@@ -59,18 +59,29 @@ def compute_philox4x32(counter: Words, key: tuple[int, int], rounds: int = PHILO
 
 
 def _philox_vector(c0: U64Array, c1: U64Array | int, key: tuple[int, int]) -> tuple[U64Array, ...]:
-    """Philox4x32-10 over many counters ``(c0, c1, GUMBEL_STREAM, 0)`` at once (uint64 lanes, 32-bit words)."""
-    mask, m0, m1 = np.uint64(MASK32), np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
-    shift = np.uint64(32)
-    x0 = c0.astype(np.uint64)
-    x1 = np.broadcast_to(np.asarray(c1, dtype=np.uint64), x0.shape)
+    """Philox4x32-10 over many counters ``(c0, c1, GUMBEL_STREAM, 0)`` at once (uint64 lanes, 32-bit words).
+
+    The round of ``compute_philox4x32``, written with ``out=`` buffers: no temporary array per
+    operation (a vocabulary-sized row is drawn every step of unfiltered sampling).
+    """
+    mask, m0, m1, shift = np.uint64(MASK32), np.uint64(PHILOX_M0), np.uint64(PHILOX_M1), np.uint64(32)
+    x0 = c0.astype(np.uint64)  # a copy: updated in place below
+    x1 = np.broadcast_to(np.asarray(c1, dtype=np.uint64), x0.shape).copy()
     x2, x3 = np.full_like(x0, GUMBEL_STREAM), np.zeros_like(x0)
+    p0, p1 = np.empty_like(x0), np.empty_like(x0)
     k0, k1 = key
     for r in range(PHILOX_ROUNDS):
         if r:
             k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
-        p0, p1 = m0 * x0, m1 * x2  # < 2^64: exact in uint64
-        x0, x1, x2, x3 = ((p1 >> shift) ^ x1 ^ np.uint64(k0), p1 & mask, (p0 >> shift) ^ x3 ^ np.uint64(k1), p0 & mask)
+        np.multiply(m0, x0, out=p0)  # < 2^64: exact in uint64
+        np.multiply(m1, x2, out=p1)
+        # (x0, x1, x2, x3) = (hi(p1) ^ x1 ^ k0, lo(p1), hi(p0) ^ x3 ^ k1, lo(p0)); x1 and x3 are read first.
+        np.bitwise_xor(np.right_shift(p1, shift, out=x0), x1, out=x0)
+        np.bitwise_xor(x0, np.uint64(k0), out=x0)
+        np.bitwise_xor(np.right_shift(p0, shift, out=x2), x3, out=x2)
+        np.bitwise_xor(x2, np.uint64(k1), out=x2)
+        np.bitwise_and(p1, mask, out=x1)
+        np.bitwise_and(p0, mask, out=x3)
     return x0, x1, x2, x3
 
 

@@ -1,6 +1,7 @@
 """Host cost of the canonical decoding rule per generated token, against one model decode step.
 
-    python -m bench.decoding [--model models/smollm2-135m] [--prompts 3] [--threads 2] [--no-record]
+    python -m bench.decoding [--model models/smollm2-135m] [--prompts 3] [--tokens 64] [--threads 2]
+                             [--no-record]
 
 Every generated token costs one forward step of the model plus one ``select_token`` on the host
 (float64 logits, the filters, the counter-based Gumbel noise). This prints, per sampling setting,
@@ -12,7 +13,6 @@ shorter while the host work stays, so the ratio there is larger.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -27,7 +27,7 @@ from avs.inference.decoding import select_token
 from avs.inference.engine import load_engine
 from avs.inference.params import SamplingParams
 from bench.inference import PROMPTS
-from bench.results import record_results
+from bench.results import report_results
 
 SETTINGS = {
     "greedy": SamplingParams(max_tokens=64),
@@ -78,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)
-    figures = run(args)
-    if args.no_record:
-        print(json.dumps(figures, indent=2))
-    else:
-        record_results("decoding", figures)
+    report_results("decoding", run(args), record=not args.no_record)
     return 0
 
 

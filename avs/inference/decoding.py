@@ -93,6 +93,9 @@ def compute_kept_mask(z: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.top_p_micro < TOP_P_ONE:
         z_desc = _sort_descending(z[mask])
         cdf = _survivor_cdf(z_desc, params.temperature)
+        if z_desc.numel() == 0 or not bool(torch.isfinite(cdf[-1])):  # NaN or inf logits: the rule as written
+            mask &= _mass_above(z_desc, cdf, z) < params.top_p
+            return mask
         below_p = int(torch.searchsorted(cdf, cdf.new_tensor([params.top_p]), side="left"))  # >= 1: cdf[0] = 0
         mask &= z >= z_desc[min(below_p, z_desc.numel()) - 1]
     return mask

@@ -89,7 +89,8 @@ def test_the_demo_shows_and_checks_the_certificate(
 
 def test_a_cheating_primary_is_rejected_slashed_and_replaced(devnet: Devnet) -> None:
     stake_before, pool_before = demo.get_stake_and_pool(devnet, "dave")
-    assert stake_before == 100 * 10**18  # the first request was served by an honest primary: no slash yet
+    registered = next(op.stake for op in devnet.operators if op.name == "dave")
+    assert stake_before == registered  # the first request was served by an honest primary: no slash yet
     assert demo.run_attack(devnet, "dave")
     stake_after, pool_after = demo.get_stake_and_pool(devnet, "dave")
     assert stake_after < stake_before

@@ -137,6 +137,14 @@ def test_kept_set_equals_the_per_token_search(case: tuple[torch.Tensor, list[int
         assert torch.equal(compute_kept_mask(row, params), compute_kept_mask_reference(row, params))
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("top_k", [0, 1, 3])
+def test_kept_set_with_non_finite_logits_follows_the_rule_as_written(bad: float, top_k: int) -> None:
+    z = torch.tensor([2.0, bad, 1.0, 0.5, 2.0], dtype=torch.float64)
+    params = SamplingParams(temperature_milli=700, top_k=top_k, top_p_micro=900_000)
+    assert torch.equal(compute_kept_mask(z, params), compute_kept_mask_reference(z, params))
+
+
 @settings(max_examples=400, deadline=None)
 @given(margin_cases())
 def test_fast_margins_equal_the_full_vocabulary_reference(

@@ -211,47 +211,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     every = range(args.prompts)
     few = range(min(args.few_prompts, args.prompts))
 
-    def add_party(name: str, load: Callable[[], InferenceEngine]) -> str:
-        bench.parties[name] = load()
-        return name
+    def against_cpu(
+        name: str, load: Callable[[], InferenceEngine], rows: range, kinds: tuple[str, ...], group: dict[str, Tally]
+    ) -> Callable[[], None]:
+        """A phase: load another party, then verify its outputs on the CPU."""
 
+        def phase() -> None:
+            bench.parties[name] = load()
+            bench.cross(name, "cpu fp32", rows, kinds, group)
+
+        return phase
+
+    both, greedy = ("greedy", "sampled"), ("greedy",)
     phases: list[tuple[str, Callable[[], None]]] = [
         *([] if args.skip_cost else [("gpu cost", bench.gpu_cost)]),
         ("cpu->gpu", lambda: bench.cross("cpu fp32", "gpu fp32", every)),
         ("gpu->cpu", lambda: bench.cross("gpu fp32", "cpu fp32", every)),
         ("drift", lambda: bench.drift("gpu fp32", every)),
         ("batched", lambda: bench.batched(every)),
-        (
-            "int8",
-            lambda: bench.cross(
-                add_party("gpu int8", lambda: make_int8(bench.gpu)), "cpu fp32", few, group=bench.cheat
-            ),
-        ),
+        ("int8", against_cpu("gpu int8", lambda: make_int8(bench.gpu), few, both, bench.cheat)),
     ]
     if args.gpu != "cpu":
+        auto = partial(load_engine, args.model, device="auto")
+        offloaded = partial(load_offloaded, args.model, bench.cpu, OFFLOAD_GPU_BYTES)
         phases += [
-            (
-                "auto",
-                lambda: bench.cross(
-                    add_party("gpu device_map=auto", lambda: load_engine(args.model, device="auto")),
-                    "cpu fp32",
-                    few,
-                    ("greedy",),
-                ),
-            ),
-            (
-                "offload",
-                lambda: bench.cross(
-                    add_party("gpu+cpu offload", lambda: load_offloaded(args.model, bench.cpu, OFFLOAD_GPU_BYTES)),
-                    "cpu fp32",
-                    few,
-                    ("greedy",),
-                ),
-            ),
+            ("auto", against_cpu("gpu device_map=auto", auto, few, greedy, bench.honest)),
+            ("offload", against_cpu("gpu+cpu offload", offloaded, few, greedy, bench.honest)),
         ]
     bf16 = partial(load_engine, args.model, device=args.gpu, threads=args.threads, dtype="bfloat16")
     phases += [
-        ("bf16", lambda: bench.cross(add_party("gpu bf16", bf16), "cpu fp32", few, group=bench.bf16)),
+        ("bf16", against_cpu("gpu bf16", bf16, few, both, bench.bf16)),
         ("bf16 verifier", lambda: bench.cross("cpu fp32", "gpu bf16", few, group=bench.bf16)),
         ("bf16 drift", lambda: bench.drift("gpu bf16", few)),
     ]

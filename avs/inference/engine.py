@@ -105,9 +105,10 @@ def choose_device(
         raise InvalidInputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     if dtype is not None and dtype not in TORCH_DTYPES:
         raise InvalidInputError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, not {dtype!r}")
-    if device in ("cuda", "auto") and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if device in ("cuda", "auto") and not cuda:
         raise InferenceError(f"device {device!r} asked for, but torch sees no CUDA device")
-    if device == "cpu" or not torch.cuda.is_available():
+    if device == "cpu" or not cuda:
         return DeviceChoice("cpu", TORCH_DTYPES[dtype or "float32"], threads or DEFAULT_CPU_THREADS)
     torch_dtype = TORCH_DTYPES[dtype or profile.dtype]
     if device is not None:
@@ -178,8 +179,6 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def _forward(self, input_ids: torch.Tensor, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
-        # Masks and positions are built on the CPU; the model's first layer may sit on a GPU.
-        kwargs = {k: v.to(self.input_device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         try:
             kwargs[self._cache_arg] = cache
             out = self.model(input_ids=input_ids.to(self.input_device), use_cache=True, **kwargs)
@@ -237,6 +236,7 @@ class InferenceEngine:
             self.check_request(prompt, p)
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts])
+        # The mask (and the positions from it) live on the model's device: it grows every step.
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.input_device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         logits, cache = self._forward(

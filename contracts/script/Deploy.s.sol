@@ -156,7 +156,8 @@ contract Deploy is Test {
             uint64(vm.envOr("FRAUD_WAD", uint256(0.5e18))),
             uint16(vm.envOr("ESCALATION_THRESHOLD_BPS", uint256(8000))),
             uint32(vm.envOr("RESOLUTION_WINDOW", uint256(100))),
-            uint96(vm.envOr("CHALLENGE_BOND", uint256(1 ether)))
+            uint96(vm.envOr("CHALLENGE_BOND", uint256(1 ether))),
+            uint16(vm.envOr("MAX_SLASHES_PER_CALL", uint256(64)))
         );
     }
 }

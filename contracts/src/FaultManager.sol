@@ -65,6 +65,7 @@ contract FaultManager is IFaultManager, Ownable {
     mapping(bytes32 => uint256) public latestChallengeOfLeaf;
 
     mapping(uint256 => Challenge) private _challenges;
+    mapping(uint256 => PendingSlashing) private _pendingSlashing;
 
     /// @param registry_ The operator registry (which must list this contract as a slasher).
     /// @param taskManager_ The task manager.
@@ -215,18 +216,26 @@ contract FaultManager is IFaultManager, Ownable {
             certificate,
             cfg.escalationThresholdBps
         );
-        _close(c);
+        totalBonds -= c.bond;
         if (verdict == AvsMessages.Verdict.Accept) {
+            --openChallenges[c.requestHash];
             c.status = ChallengeStatus.Dismissed;
             emit ChallengeClosed(challengeId, ChallengeStatus.Dismissed, 0, 0);
             if (c.bond != 0) bondToken.safeTransfer(address(pool), c.bond);
             return;
         }
         c.status = ChallengeStatus.Upheld;
-        uint256 slashed = _slashSigners(c.batchIndex, signers, cfg.fraudWad);
+        uint256[] memory refBitmaps = _checkSigners(c.batchIndex, signers);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
-        (, uint256 reward) = pool.recordFraud(c.requestHash, signers.header.quorumNumbers, c.challenger, slashed);
-        emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashed, reward);
+        _slashSigners(challengeId, c, signers, 0, 0, refBitmaps);
+    }
+
+    /// @inheritdoc IFaultManager
+    function continueSlashing(uint256 challengeId, BatchSigners calldata signers) external {
+        PendingSlashing memory p = _pendingSlashing[challengeId];
+        if (p.signersHash == 0) revert NoSlashingPending(challengeId);
+        if (_signersHash(signers) != p.signersHash) revert SignersMismatch();
+        _slashSigners(challengeId, _challenges[challengeId], signers, p.nextSigner, p.slashedShares, new uint256[](0));
     }
 
     /// @inheritdoc IFaultManager
@@ -236,7 +245,8 @@ contract FaultManager is IFaultManager, Ownable {
         if (block.number <= uint256(c.openedBlock) + config.resolutionWindowBlocks) {
             revert ChallengeNotExpired(challengeId);
         }
-        _close(c);
+        --openChallenges[c.requestHash];
+        totalBonds -= c.bond;
         c.status = ChallengeStatus.Expired;
         emit ChallengeClosed(challengeId, ChallengeStatus.Expired, 0, 0);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
@@ -254,6 +264,11 @@ contract FaultManager is IFaultManager, Ownable {
     /// @inheritdoc IFaultManager
     function getChallenge(uint256 challengeId) external view returns (Challenge memory) {
         return _challenges[challengeId];
+    }
+
+    /// @inheritdoc IFaultManager
+    function getPendingSlashing(uint256 challengeId) external view returns (PendingSlashing memory) {
+        return _pendingSlashing[challengeId];
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -323,17 +338,49 @@ contract FaultManager is IFaultManager, Ownable {
         }
     }
 
-    /// @dev Checks that `s` lists exactly the signers of certified batch `batchIndex` and slashes
-    ///      each once for fraud in that batch. Returns the shares slashed.
-    function _slashSigners(uint64 batchIndex, BatchSigners calldata s, uint64 wad) private returns (uint256 total) {
-        uint256[] memory refBitmaps = _checkSigners(batchIndex, s);
-        for (uint256 i; i < s.signerIds.length; ++i) {
-            bytes32 faultId = keccak256(abi.encode(BATCH_FRAUD, s.signerIds[i], batchIndex));
-            if (isFaultSlashed[faultId]) continue;
+    /// @dev Slashes the signers of upheld challenge `c` from index `next` on, once each per batch,
+    ///      until `maxSlashesPerCall` (signer, quorum) slashes are used (always at least one signer, so
+    ///      that every call makes progress). `refBitmaps` are the signers' bitmaps at the reference
+    ///      block restricted to the batch's quorums (empty: read them again from history). With the
+    ///      last signer the fraud goes to the pool and the challenge closes; before it, where it
+    ///      stopped is stored for `continueSlashing`.
+    function _slashSigners(
+        uint256 challengeId,
+        Challenge storage c,
+        BatchSigners calldata s,
+        uint256 next,
+        uint256 slashedShares,
+        uint256[] memory refBitmaps
+    ) private {
+        uint256 n = s.signerIds.length;
+        bool resumed = refBitmaps.length != n;
+        uint256 budget = config.maxSlashesPerCall;
+        for (uint256 used; next < n; ++next) {
+            bytes32 faultId = keccak256(abi.encode(BATCH_FRAUD, s.signerIds[next], c.batchIndex));
+            if (isFaultSlashed[faultId]) continue; // slashed for another leaf of this batch
+            uint256 bitmap =
+                resumed ? _refBitmap(s.header, s.signerIds[next], s.signerBitmapIndices[next]) : refBitmaps[next];
+            uint256 slashes = bitmap.countOnes();
+            if (used != 0 && used + slashes > budget) break;
+            used += slashes;
             isFaultSlashed[faultId] = true;
-            uint256 slashed = _slash(faultId, s.signerIds[i], refBitmaps[i], wad);
-            if (slashed != type(uint256).max) total += slashed;
+            uint256 slashed = _slash(faultId, s.signerIds[next], bitmap, config.fraudWad);
+            if (slashed != type(uint256).max) slashedShares += slashed;
         }
+        if (next < n) {
+            _pendingSlashing[challengeId] = PendingSlashing(_signersHash(s), uint32(next), uint32(n), slashedShares);
+            emit SlashingPending(challengeId, next, n);
+            return;
+        }
+        if (resumed) delete _pendingSlashing[challengeId];
+        --openChallenges[c.requestHash];
+        (, uint256 reward) = pool.recordFraud(c.requestHash, s.header.quorumNumbers, c.challenger, slashedShares);
+        emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
+    }
+
+    /// @dev What a pending slashing is bound to: the certified header and the checked signer list.
+    function _signersHash(BatchSigners calldata s) private pure returns (bytes32) {
+        return keccak256(abi.encode(AvsMessages.hash(s.header), s.signerIds, s.signerBitmapIndices));
     }
 
     /// @dev The batch's signers are its quorums' operators at the reference block less the
@@ -387,9 +434,15 @@ contract FaultManager is IFaultManager, Ownable {
         }
     }
 
-    function _close(Challenge storage c) private {
-        --openChallenges[c.requestHash];
-        totalBonds -= c.bond;
+    /// @dev Operator `id`'s quorum bitmap at the batch's reference block (history entry
+    ///      `bitmapIndex`), restricted to the batch's quorums.
+    function _refBitmap(AvsMessages.BatchHeader calldata h, bytes32 id, uint32 bitmapIndex)
+        private
+        view
+        returns (uint256)
+    {
+        uint256 mask = QuorumBitmaps.orderedToBitmap(h.quorumNumbers);
+        return uint256(registry.getQuorumBitmapAtBlockNumberByIndex(id, h.referenceBlock, bitmapIndex)) & mask;
     }
 
     function _setConfig(Config memory c, bytes memory escalationQuorums) private {
@@ -398,7 +451,7 @@ contract FaultManager is IFaultManager, Ownable {
         if (
             c.equivocationWad == 0 || c.equivocationWad > WAD || c.rejectedOutputWad == 0 || c.rejectedOutputWad > WAD
                 || c.fraudWad == 0 || c.fraudWad > WAD || c.escalationThresholdBps < thresholdBps
-                || c.escalationThresholdBps > 10_000 || c.resolutionWindowBlocks == 0
+                || c.escalationThresholdBps > 10_000 || c.resolutionWindowBlocks == 0 || c.maxSlashesPerCall == 0
         ) revert InvalidConfig();
         config = c;
         escalationQuorumNumbers = escalationQuorums;

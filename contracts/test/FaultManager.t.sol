@@ -472,6 +472,128 @@ contract ResolveChallengeTest is ChallengeFixture {
     }
 }
 
+/// @dev An upheld challenge whose signers do not fit in `maxSlashesPerCall` slashes (the batch has
+///      7 signers, each in quorum 0 only: one slash each).
+contract ContinueSlashingTest is ChallengeFixture {
+    uint256 internal constant SIGNERS = 7;
+
+    function _resolveReject(uint256 id) internal returns (IFaultManagerTypes.BatchSigners memory s) {
+        vm.roll(block.number + 1);
+        s = _batchSigners(batch, _one(8));
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
+    }
+
+    /// @dev How many of signers 1..7 have half their quorum-0 stake left, and the halves slashed.
+    function _halvedSigners() internal view returns (uint256 count, uint256 slashed) {
+        uint96[SIGNERS] memory stake = [uint96(5 ether), 10 ether, 15 ether, 20 ether, 50 ether, 60 ether, 70 ether];
+        for (uint256 sk = 1; sk <= SIGNERS; ++sk) {
+            uint256 left = registry.getCurrentStake(_id(sk), 0);
+            if (left == stake[sk - 1]) continue;
+            vm.assertEq(left, stake[sk - 1] / 2, "halved");
+            ++count;
+            slashed += left;
+        }
+    }
+
+    function test_resolveChallenge_Reject_StopsAtMaxSlashes() public {
+        _setMaxSlashes(3);
+        uint256 id = _challenge();
+        uint256 challengerBefore = token.balanceOf(CHALLENGER);
+        vm.expectEmit();
+        emit IFaultManagerEvents.SlashingPending(id, 3, SIGNERS);
+        _resolveReject(id);
+        vm.assertTrue(faults.getChallenge(id).status == IFaultManagerTypes.ChallengeStatus.Upheld, "upheld");
+        (uint256 halved, uint256 halves) = _halvedSigners();
+        vm.assertEq(halved, 3, "the first 3 signers (by id) slashed, the others not yet");
+        vm.assertEq(token.balanceOf(CHALLENGER), challengerBefore + BOND, "bond back, no reward yet");
+        vm.assertEq(faults.totalBonds(), 0, "no bond held");
+        vm.assertEq(faults.openChallenges("req"), 1, "request still under challenge");
+        vm.assertFalse(pool.fraudProven("req"), "pool not told yet");
+        IFaultManagerTypes.PendingSlashing memory p = faults.getPendingSlashing(id);
+        vm.assertEq(p.nextSigner, 3, "next");
+        vm.assertEq(p.signerCount, SIGNERS, "count");
+        vm.assertEq(p.slashedShares, halves, "shares slashed so far");
+    }
+
+    function test_continueSlashing_FinishesLikeOneCall() public {
+        _setMaxSlashes(3);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        uint256 challengerBefore = token.balanceOf(CHALLENGER);
+        vm.expectEmit();
+        emit IFaultManagerEvents.SlashingPending(id, 6, SIGNERS);
+        vm.prank(address(0xA11CE)); // anyone may continue
+        faults.continueSlashing(id, s);
+        // the same totals as test_resolveChallenge_Reject_SlashesSignersPaysChallengerAndRequester
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(id, IFaultManagerTypes.ChallengeStatus.Upheld, 115 ether, 11.5 ether);
+        faults.continueSlashing(id, s);
+        vm.assertEq(token.balanceOf(CHALLENGER), challengerBefore + 11.5 ether, "reward on all shares");
+        vm.assertEq(registry.getCurrentStake(_id(7), 0), 35 ether, "last signer halved");
+        vm.assertEq(registry.getCurrentStake(_id(8), 0), 80 ether, "non-signer untouched");
+        vm.assertEq(faults.openChallenges("req"), 0, "closed");
+        vm.assertTrue(pool.fraudProven("req"), "pool told");
+        vm.assertEq(faults.getPendingSlashing(id).signersHash, bytes32(0), "nothing pending");
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, id));
+        faults.continueSlashing(id, s);
+    }
+
+    /// @dev Whatever the budget, the signers end slashed exactly once, in ceil(7 / budget) calls.
+    function testFuzz_continueSlashing_SameOutcomeForAnyBudget(uint16 budget) public {
+        budget = uint16(bound(budget, 1, SIGNERS + 1));
+        _setMaxSlashes(budget);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        uint256 calls = 1;
+        while (faults.getPendingSlashing(id).signersHash != 0) {
+            faults.continueSlashing(id, s);
+            ++calls;
+        }
+        vm.assertEq(calls, (SIGNERS + budget - 1) / budget, "calls");
+        uint96[8] memory before =
+            [uint96(5 ether), 10 ether, 15 ether, 20 ether, 50 ether, 60 ether, 70 ether, 80 ether];
+        for (uint256 sk = 1; sk <= SIGNERS; ++sk) {
+            vm.assertEq(registry.getCurrentStake(_id(sk), 0), before[sk - 1] / 2, "halved once");
+        }
+        vm.assertEq(faults.openChallenges("req"), 0, "closed");
+        vm.assertTrue(pool.fraudProven("req"), "pool told");
+    }
+
+    function test_continueSlashing_RevertWhen_NothingPending() public {
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(8));
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, uint256(1)));
+        faults.continueSlashing(1, s);
+        uint256 id = _challenge();
+        _resolveReject(id); // 7 slashes fit in the default 64
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, id));
+        faults.continueSlashing(id, s);
+    }
+
+    function testFuzz_continueSlashing_RevertWhen_OtherSigners(uint256 drop, uint32 index) public {
+        _setMaxSlashes(2);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        drop = bound(drop, 0, SIGNERS - 1);
+        IFaultManagerTypes.BatchSigners memory t = _batchSigners(batch, _one(8));
+        vm.assume(index != t.signerBitmapIndices[drop]);
+        t.signerBitmapIndices[drop] = index;
+        vm.expectRevert(IFaultManagerErrors.SignersMismatch.selector);
+        faults.continueSlashing(id, t);
+        t = _batchSigners(batch, _one(8));
+        t.signerIds[drop] = _id(8);
+        vm.expectRevert(IFaultManagerErrors.SignersMismatch.selector);
+        faults.continueSlashing(id, t);
+        faults.continueSlashing(id, s); // the original list still goes on
+        vm.assertEq(faults.getPendingSlashing(id).nextSigner, 4, "next");
+    }
+
+    function test_setConfig_RevertWhen_ZeroMaxSlashes() public {
+        vm.expectRevert(IFaultManagerErrors.InvalidConfig.selector);
+        faults.setConfig(_faultConfig(0), hex"0001");
+    }
+}
+
 contract ExpireChallengeTest is ChallengeFixture {
     function test_expireChallenge_RefundsBond() public {
         uint256 id = _challenge();

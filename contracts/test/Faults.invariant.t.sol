@@ -20,9 +20,12 @@ contract FaultsHandler is PoolFixture {
     uint256 public paidClaims;
     mapping(bytes32 => bool) internal _slashed;
     uint256[] internal _open;
+    /// @dev Upheld challenges whose signers are not all slashed yet.
+    uint256[] internal _slashing;
 
     constructor() {
         setUp();
+        _setMaxSlashes(3); // the batch's 7 signers take three calls
     }
 
     function equivocate(uint256 sk, uint8 req, bool acceptReject) external {
@@ -57,7 +60,15 @@ contract FaultsHandler is PoolFixture {
         try faults.resolveChallenge(id, v, uint32(block.number - 1), cert, s) {
             bondsOut += BOND;
             _open.pop();
+            if (faults.getPendingSlashing(id).signersHash != 0) _slashing.push(id);
         } catch {}
+    }
+
+    function continueSlashing() external {
+        if (_slashing.length == 0) return;
+        uint256 id = _slashing[_slashing.length - 1];
+        faults.continueSlashing(id, _batchSigners(batch, _one(8)));
+        if (faults.getPendingSlashing(id).signersHash == 0) _slashing.pop();
     }
 
     function expire(uint8 blocks) external {
@@ -97,11 +108,17 @@ contract FaultsHandler is PoolFixture {
     function openBonds() external view returns (uint256) {
         return _open.length * BOND;
     }
+
+    /// @dev Challenges of leaf "req" not ended yet: open, or upheld with signers left to slash.
+    function unfinishedChallenges() external view returns (uint256) {
+        return _open.length + _slashing.length;
+    }
 }
 
 /// @notice Money paths: bonds are conserved (held == open bonds == in - out), the pool stays
 ///         solvent (balance >= claims reserved), a fault is never slashed twice, and outstanding
-///         coverage never exceeds the cap at purchase.
+///         coverage never exceeds the cap at purchase, and a request stays under challenge until an
+///         upheld challenge on it has slashed every signer (over several calls at `maxSlashesPerCall` 3).
 /// forge-config: default.invariant.runs = 16
 /// forge-config: default.invariant.depth = 24
 /// forge-config: default.invariant.fail-on-revert = true
@@ -132,13 +149,14 @@ contract FaultsInvariantTest is Test {
 
     /// @dev Only the handler's actions (not the fixture's setUp and helpers).
     function targetSelectors() public view returns (FuzzSelector[] memory t) {
-        bytes4[] memory s = new bytes4[](6);
+        bytes4[] memory s = new bytes4[](7);
         s[0] = FaultsHandler.equivocate.selector;
         s[1] = FaultsHandler.challenge.selector;
         s[2] = FaultsHandler.resolve.selector;
         s[3] = FaultsHandler.expire.selector;
         s[4] = FaultsHandler.buy.selector;
         s[5] = FaultsHandler.claimOrExpire.selector;
+        s[6] = FaultsHandler.continueSlashing.selector;
         t = new FuzzSelector[](1);
         t[0] = FuzzSelector(address(handler), s);
     }
@@ -154,6 +172,11 @@ contract FaultsInvariantTest is Test {
     function invariant_poolSolvent() public view {
         InsurancePool pool = _pool();
         vm.assertGe(pool.asset().balanceOf(address(pool)), pool.totalClaimable(), "balance >= claimable");
+    }
+
+    /// @dev A request stays under challenge until its upheld challenge has slashed every signer.
+    function invariant_requestUnderChallengeUntilSlashingEnds() public view {
+        vm.assertEq(_faults().openChallenges("req"), handler.unfinishedChallenges(), "open + slashing");
     }
 
     function invariant_neverSlashedTwice() public view {
@@ -180,6 +203,10 @@ contract FaultsHandlerSmokeTest is Test {
         h.challenge();
         h.buy(1 ether, 1);
         h.resolve(true);
+        vm.assertEq(h.unfinishedChallenges(), 1, "slashing pending");
+        h.continueSlashing();
+        h.continueSlashing();
+        vm.assertEq(h.unfinishedChallenges(), 0, "slashing done");
         h.claimOrExpire(1);
         vm.assertEq(h.bondsIn(), h.bondsOut(), "bond in and out");
     }

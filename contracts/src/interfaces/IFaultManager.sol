@@ -15,6 +15,10 @@ interface IFaultManagerTypes {
     /// @param escalationThresholdBps Stake share each escalation quorum must sign (>= the batch threshold).
     /// @param resolutionWindowBlocks Blocks after a challenge opens in which it can be resolved.
     /// @param challengeBond Bond (in `bondToken`) a challenger locks.
+    /// @param maxSlashesPerCall Most (signer, quorum) slashes one transaction of an upheld challenge
+    ///        makes (each ~146k gas; 64 are ~9.4M); more signers are slashed by `continueSlashing`.
+    ///        Keeps every step of a fraud resolution inside the block gas limit, whatever the size of
+    ///        the batch's quorums.
     struct Config {
         uint64 equivocationWad;
         uint64 rejectedOutputWad;
@@ -22,6 +26,7 @@ interface IFaultManagerTypes {
         uint16 escalationThresholdBps;
         uint32 resolutionWindowBlocks;
         uint96 challengeBond;
+        uint16 maxSlashesPerCall;
     }
 
     /// @notice An attestation with its signer's BLS signature over the attestation's AVS digest.
@@ -50,6 +55,19 @@ interface IFaultManagerTypes {
         uint64 batchIndex;
         uint32 openedBlock;
         ChallengeStatus status;
+    }
+
+    /// @notice The slashing of an upheld challenge that did not fit in one transaction.
+    /// @param signersHash keccak256(abi.encode(header hash, signerIds, signerBitmapIndices)) of the
+    ///        `BatchSigners` checked at resolution; zero when no slashing is pending.
+    /// @param nextSigner Index in `signerIds` of the first signer not slashed yet.
+    /// @param signerCount Length of `signerIds`.
+    /// @param slashedShares Shares slashed so far (the challenger's reward is paid on the total).
+    struct PendingSlashing {
+        bytes32 signersHash;
+        uint32 nextSigner;
+        uint32 signerCount;
+        uint256 slashedShares;
     }
 
     /// @notice Who signed a certified batch, for slashing them after an upheld challenge.
@@ -112,6 +130,10 @@ interface IFaultManagerErrors {
     error NotInBatchQuorums(bytes32 operatorId);
     /// @notice A configuration value out of range.
     error InvalidConfig();
+    /// @notice The challenge has no slashing left to do.
+    error NoSlashingPending(uint256 challengeId);
+    /// @notice The signers given are not those checked when the challenge was upheld.
+    error SignersMismatch();
 }
 
 /// @title IFaultManagerEvents
@@ -142,6 +164,9 @@ interface IFaultManagerEvents {
         uint256 slashedShares,
         uint256 challengerReward
     );
+    /// @notice Emitted when an upheld challenge's slashing stops at `maxSlashesPerCall`:
+    ///         `continueSlashing` goes on from signer `nextSigner` of `signerCount`.
+    event SlashingPending(uint256 indexed challengeId, uint256 nextSigner, uint256 signerCount);
     /// @notice Emitted when governance parameters change.
     event ConfigSet(IFaultManagerTypes.Config config, bytes escalationQuorumNumbers);
 }
@@ -184,6 +209,10 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
     ///         batch (`signers`) is slashed `fraudWad` once per batch, the bond is returned, the pool
     ///         pays the insured requester and rewards the challenger. ACCEPT dismisses it: the bond
     ///         goes to the pool. `signers` is ignored for ACCEPT.
+    ///         REJECT slashes at most `config.maxSlashesPerCall` (signer, quorum) pairs; if signers are
+    ///         left, it emits `SlashingPending` and the challenge is Upheld but its request stays under
+    ///         challenge, and the pool is not told, until `continueSlashing` has slashed the rest;
+    ///         `ChallengeClosed` comes with the last slash.
     function resolveChallenge(
         uint256 challengeId,
         AvsMessages.Verdict verdict,
@@ -191,6 +220,15 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
         IBLSSignatureChecker.NonSignerStakesAndSignature calldata certificate,
         BatchSigners calldata signers
     ) external;
+
+    /// @notice Slashes the next signers of upheld challenge `challengeId` (at most
+    ///         `config.maxSlashesPerCall` slashes); with the last one, records the fraud in the pool
+    ///         (payout, challenger's reward on all shares slashed) and emits `ChallengeClosed`.
+    ///         Anyone may call it, with the same `signers` that resolved the challenge.
+    function continueSlashing(uint256 challengeId, BatchSigners calldata signers) external;
+
+    /// @notice The pending slashing of challenge `challengeId` (zero `signersHash`: none).
+    function getPendingSlashing(uint256 challengeId) external view returns (PendingSlashing memory);
 
     /// @notice Ends a challenge nobody resolved within the resolution window: the bond goes back
     ///         to the challenger and nobody is slashed.

@@ -22,6 +22,7 @@ abstract contract FaultFixture is CertifyFixture {
     uint64 internal constant FRAUD_WAD = 0.5e18;
     uint96 internal constant BOND = 1 ether;
     uint32 internal constant RESOLUTION_WINDOW = 100;
+    uint16 internal constant MAX_SLASHES = 64;
     address internal constant CHALLENGER = address(0xC4A11);
     address internal constant REQUESTER = address(0xAEE5);
 
@@ -41,17 +42,8 @@ abstract contract FaultFixture is CertifyFixture {
         for (uint256 sk = 1; sk <= 16; ++sk) {
             _opIds[sk] = BN254.hashG1Point(_g1(sk));
         }
-        faults = new FaultManager(
-            registry,
-            taskManager,
-            pool,
-            token,
-            address(this),
-            IFaultManagerTypes.Config(
-                EQUIVOCATION_WAD, REJECTED_OUTPUT_WAD, FRAUD_WAD, 8_000, RESOLUTION_WINDOW, BOND
-            ),
-            hex"0001"
-        );
+        faults =
+            new FaultManager(registry, taskManager, pool, token, address(this), _faultConfig(MAX_SLASHES), hex"0001");
         pool.setFaultManager(faults);
         registry.setSlasher(address(faults), true);
         token.mint(CHALLENGER, 100 ether);
@@ -62,13 +54,28 @@ abstract contract FaultFixture is CertifyFixture {
         token.approve(address(pool), type(uint256).max);
     }
 
+    function _faultConfig(uint16 maxSlashes) internal pure returns (IFaultManagerTypes.Config memory) {
+        return IFaultManagerTypes.Config(
+            EQUIVOCATION_WAD, REJECTED_OUTPUT_WAD, FRAUD_WAD, 8_000, RESOLUTION_WINDOW, BOND, maxSlashes
+        );
+    }
+
+    /// @dev Sets the fault manager's `maxSlashesPerCall`, the rest of its config as deployed.
+    function _setMaxSlashes(uint16 maxSlashes) internal {
+        faults.setConfig(_faultConfig(maxSlashes), hex"0001");
+    }
+
     /// @dev Operator id of key `sk` (precomputed in setUp: a precompile call between
     ///      `vm.expectRevert` and the call under test would take the expectation).
     function _id(uint256 sk) internal view virtual returns (bytes32) {
         return _opIds[sk];
     }
 
-    function _att(bytes32 req, bytes32 out, AvsMessages.Verdict v) internal pure returns (AvsMessages.Attestation memory) {
+    function _att(bytes32 req, bytes32 out, AvsMessages.Verdict v)
+        internal
+        pure
+        returns (AvsMessages.Attestation memory)
+    {
         return AvsMessages.Attestation(req, out, v);
     }
 
@@ -143,7 +150,8 @@ abstract contract FaultFixture is CertifyFixture {
         s.nonSignerIds = _ids(non);
         s.signerIds = _ids(signers);
         s.nonSignerBitmapIndices =
-            registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.nonSignerIds).nonSignerQuorumBitmapIndices;
+        registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.nonSignerIds)
+        .nonSignerQuorumBitmapIndices;
         IOperatorRegistry.CheckSignaturesIndices memory idx =
             registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.signerIds);
         s.signerBitmapIndices = idx.nonSignerQuorumBitmapIndices;

@@ -196,10 +196,29 @@ def test_escalated_fraud_slashes_signers_and_pays_insured_requester(
     assert info.value.name == "SignerSetIncomplete"
 
     pool_before = int(token.functions.balanceOf(devnet.deployment.insurance_pool).call())
-    faults.resolve_challenge(challenge_id, Verdict.REJECT, reference, certificate, _batch_signers(devnet, header, ops))
-    assert faults.get_challenge(challenge_id).status == ChallengeStatus.UPHELD
+    signers = _batch_signers(devnet, header, ops)
+    with pytest.raises(ContractRevertError) as info:
+        faults.set_max_slashes_per_call(0)
+    assert info.value.name == "InvalidConfig"
+    faults.set_max_slashes_per_call(2)  # the batch's 4 signers take resolve + one continueSlashing
+    try:
+        faults.resolve_challenge(challenge_id, Verdict.REJECT, reference, certificate, signers)
+        assert faults.get_challenge(challenge_id).status == ChallengeStatus.UPHELD
+        pending = faults.get_pending_slashing(challenge_id)
+        assert pending.is_pending and (pending.next_signer, pending.signer_count) == (2, len(ops))
+        assert faults.get_coverage(request_hash).status == CoverageStatus.ACTIVE  # not before every slash
+        with pytest.raises(ContractRevertError) as info:
+            faults.continue_slashing(challenge_id, _batch_signers(devnet, header, ops[1:]))
+        assert info.value.name == "SignersMismatch"
+        faults.continue_slashing(challenge_id, signers)
+    finally:
+        faults.set_max_slashes_per_call(64)
+    assert not faults.get_pending_slashing(challenge_id).is_pending
     assert int(token.functions.balanceOf(devnet.deployment.insurance_pool).call()) > pool_before
     assert faults.get_coverage(request_hash).status == CoverageStatus.CLAIMABLE
+    with pytest.raises(ContractRevertError) as info:
+        faults.continue_slashing(challenge_id, signers)
+    assert info.value.name == "NoSlashingPending"
 
     before = int(token.functions.balanceOf(requester.address).call())
     faults.claim(request_hash)

@@ -83,6 +83,22 @@ class Challenge:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingSlashing:
+    """``IFaultManagerTypes.PendingSlashing``: where the slashing of an upheld challenge stopped
+    (the contract slashes at most ``maxSlashesPerCall`` (signer, quorum) pairs per transaction)."""
+
+    signers_hash: bytes
+    next_signer: int
+    signer_count: int
+    slashed_shares: int
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether signers are left for ``continueSlashing``."""
+        return any(self.signers_hash)
+
+
+@dataclass(frozen=True, slots=True)
 class Coverage:
     beneficiary: str
     quorum_number: int
@@ -154,6 +170,8 @@ class FaultProver(Protocol):
         signers: BatchSigners = EMPTY_SIGNERS,
     ) -> bytes: ...
 
+    def continue_slashing(self, challenge_id: int, signers: BatchSigners) -> bytes: ...
+
     def expire_challenge(self, challenge_id: int) -> bytes: ...
 
 
@@ -192,6 +210,10 @@ class Web3FaultClient:
     def get_challenge(self, challenge_id: int) -> Challenge:
         raw = self.avs._call(self.fault_manager.functions.getChallenge(challenge_id))
         return Challenge(raw[0], raw[1], bytes(raw[2]), bytes(raw[3]), raw[4], raw[5], ChallengeStatus(raw[6]))
+
+    def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
+        raw = self.avs._call(self.fault_manager.functions.getPendingSlashing(challenge_id))
+        return PendingSlashing(bytes(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
 
     def get_challenge_count(self) -> int:
         return int(self.avs._call(self.fault_manager.functions.challengeCount()))
@@ -248,8 +270,25 @@ class Web3FaultClient:
         )
         return self.avs.transact(fn)
 
+    def continue_slashing(self, challenge_id: int, signers: BatchSigners) -> bytes:
+        """Slashes the next signers of an upheld challenge (the ``signers`` it was resolved with)."""
+        fn = self.fault_manager.functions.continueSlashing(challenge_id, encode_batch_signers(signers))
+        return self.avs.transact(fn)
+
     def expire_challenge(self, challenge_id: int) -> bytes:
         return self.avs.transact(self.fault_manager.functions.expireChallenge(challenge_id))
+
+    # --- governance (the fault manager's owner) -----------------------------------------
+
+    def set_max_slashes_per_call(self, max_slashes: int) -> bytes:
+        """``setConfig`` with ``maxSlashesPerCall`` changed and the rest as it is: how many
+        (signer, quorum) slashes one transaction of an upheld challenge makes (size it to the
+        chain's block gas limit, ~146k gas each). Only the owner may; 0 is ``InvalidConfig``."""
+        functions = self.fault_manager.functions
+        config = list(self.avs._call(functions.config()))
+        config[-1] = max_slashes  # IFaultManagerTypes.Config.maxSlashesPerCall
+        quorums = bytes(self.avs._call(functions.escalationQuorumNumbers()))
+        return self.avs.transact(functions.setConfig(tuple(config), quorums))
 
     # --- insurance ---------------------------------------------------------------------
 

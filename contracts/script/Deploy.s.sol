@@ -42,7 +42,7 @@ interface VmEnv {
 ///      THRESHOLD_BPS (6667), MAX_REFERENCE_AGE (100), CHALLENGE_WINDOW (50), MIN_STAKE (1 ether),
 ///      EQUIVOCATION_WAD (0.1e18), REJECTED_OUTPUT_WAD (0.2e18), FRAUD_WAD (0.5e18),
 ///      ESCALATION_THRESHOLD_BPS (8000; escalation quorum: quorum 0), RESOLUTION_WINDOW (100),
-///      CHALLENGE_BOND (1 ether), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
+///      CHALLENGE_BOND (1 ether), MAX_SLASHES_PER_CALL (64), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
 ///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks), AVS_METADATA_URI.
 ///      `runWithEigenLayer()` only: ALLOCATION_MANAGER and DELEGATION_MANAGER (EigenLayer's
 ///      deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0), STAKE_TOKEN

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from eth_utils import keccak
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
-from avs.chain.faults import BatchSigners, Challenge, ChallengeStatus, SignedAttestation
+from avs.chain.faults import BatchSigners, Challenge, ChallengeStatus, PendingSlashing, SignedAttestation
 from avs.crypto import bls
 from avs.crypto.curve import G1_IDENTITY, G1Point, negate_g1
 from avs.merkle import BatchLeaf, compute_merkle_tree
@@ -217,7 +217,7 @@ class FakeNetwork:
 
 
 class FakeFaultManager:
-    """``FaultManager`` in memory: challenge, resolveChallenge, expireChallenge and proveEquivocation,
+    """``FaultManager`` in memory: challenge, resolveChallenge, continueSlashing, expireChallenge and proveEquivocation,
     checking certificates and batch signers like the contract does."""
 
     def __init__(
@@ -228,6 +228,9 @@ class FakeFaultManager:
         self.challenges: dict[int, Challenge] = {}
         self.leaves: dict[tuple[int, bytes, bytes], int] = {}
         self.slashed: dict[int, tuple[bytes, ...]] = {}  # challenge id -> slashed signer ids
+        self.max_slashes_per_call = 64  # one slash per signer here (the fake's quorums are disjoint)
+        self.pending: dict[int, tuple[BatchSigners, int]] = {}  # challenge id -> (signers, next signer)
+        self.fail_continues = 0  # the next this many continueSlashing calls fail (an RPC outage)
         self.equivocations: list[tuple[bytes, bytes]] = []  # (operator id, request hash)
         self.calls: list[str] = []
         self.crash_after_challenge = False
@@ -296,10 +299,40 @@ class FakeFaultManager:
             expected = tuple(o.operator_id for o in members if o.operator_id not in signers.non_signer_ids)
             if signers.signer_ids != expected or header.batch_index != c.batch_index:
                 raise ContractRevertError("SignerSetIncomplete", (header.quorum_numbers[0],))
-            self.slashed[challenge_id] = signers.signer_ids
+            self.slashed[challenge_id] = ()
+            self.pending[challenge_id] = (signers, 0)
             status = ChallengeStatus.UPHELD
         self.challenges[challenge_id] = dataclasses.replace(c, status=status)
+        if status == ChallengeStatus.UPHELD:
+            self._slash_next(challenge_id)
         return keccak(b"resolve" + challenge_id.to_bytes(8, "big"))
+
+    def continue_slashing(self, challenge_id: int, signers: BatchSigners) -> bytes:
+        self.calls.append("continue")
+        if self.fail_continues:
+            self.fail_continues -= 1
+            raise ConnectionError("the RPC endpoint went away")
+        if challenge_id not in self.pending:
+            raise ContractRevertError("NoSlashingPending", (challenge_id,))
+        if signers != self.pending[challenge_id][0]:
+            raise ContractRevertError("SignersMismatch", ())
+        self._slash_next(challenge_id)
+        return keccak(
+            b"continue" + challenge_id.to_bytes(8, "big") + len(self.slashed[challenge_id]).to_bytes(8, "big")
+        )
+
+    def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
+        if challenge_id not in self.pending:
+            return PendingSlashing(b"\0" * 32, 0, 0, 0)
+        signers, next_signer = self.pending[challenge_id]
+        return PendingSlashing(keccak(repr(signers).encode()), next_signer, len(signers.signer_ids), 0)
+
+    def _slash_next(self, challenge_id: int) -> None:
+        signers, start = self.pending.pop(challenge_id)
+        end = start + self.max_slashes_per_call
+        self.slashed[challenge_id] += signers.signer_ids[start:end]
+        if end < len(signers.signer_ids):
+            self.pending[challenge_id] = (signers, end)
 
     def expire_challenge(self, challenge_id: int) -> bytes:
         self.calls.append("expire")

@@ -172,6 +172,44 @@ def test_escalation_quorum_rejects_and_the_batch_signers_are_slashed(tmp_path: P
     pipeline.close()
 
 
+def test_signers_beyond_max_slashes_per_call_are_slashed_by_continue_slashing(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.max_slashes_per_call = 1  # the batch's 3 signers take resolve + 2 continueSlashing
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    network.block += 1
+    challenger.poll()
+    colluders = tuple(sorted(op.keys.operator_id for op in network.operators[:3]))
+    assert manager.slashed[1] == colluders and not manager.get_pending_slashing(1).is_pending
+    assert manager.calls.count("continue") == 2
+    [row] = store.list_challenges()
+    assert row.state == ChallengeState.UPHELD and row.close_tx and row.error is None
+    pipeline.close()
+
+
+def test_a_slashing_stopped_halfway_is_finished_at_the_next_poll(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.max_slashes_per_call = 1
+    manager.fail_continues = 1  # the chain goes away right after resolveChallenge
+    challenger, resolver, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD and len(manager.slashed[1]) == 1
+    [row] = store.list_challenges()
+    assert row.state == ChallengeState.OPEN and row.close_tx and "went away" in (row.error or "")
+    resolver.close()
+    store.close()  # and the challenger restarts
+    again, _, store = make_challenger(db, pipeline, network, manager)
+    again.poll()
+    assert len(manager.slashed[1]) == 3 and not manager.get_pending_slashing(1).is_pending
+    assert [(c.state, c.error) for c in store.list_challenges()] == [(ChallengeState.UPHELD, None)]
+    assert manager.calls.count("resolve") == 1
+    pipeline.close()
+
+
 def test_escalation_quorum_accepts_and_the_challenge_is_dismissed(tmp_path: Path, db: str) -> None:
     pipeline, network = certified_pipeline(tmp_path, 1)  # an honest output, a wrong checker
     manager = FakeFaultManager(network, threshold_bps=6667)

@@ -589,8 +589,9 @@ def test_challenger_resolves_a_colluded_output_slashing_the_signers_across_a_res
 ) -> None:
     """A colluding quorum certifies a wrong output; the challenger's operator re-check rejects it, it
     opens a bonded challenge, is restarted, and then resolves it with the escalation quorum's REJECT
-    certificate: every batch signer loses FaultManager's fraudWad of its stake and the challenger
-    gets its bond back plus a reward. (Runs last in this module: it halves every operator's stake.)"""
+    certificate: every batch signer loses FaultManager's fraudWad of its stake (one per transaction:
+    maxSlashesPerCall 1, the rest by continueSlashing) and the challenger gets its bond back plus a
+    reward. (Runs last in this module: it halves every operator's stake.)"""
     client, w3 = devnet.client, devnet.anvil.w3
     domain = Domain(devnet.deployment.chain_id, devnet.deployment.task_manager)
     reader = Web3OperatorSetReader(client)
@@ -635,8 +636,10 @@ def test_challenger_resolves_a_colluded_output_slashing_the_signers_across_a_res
         own.close()  # stopped (restart in the middle) with the challenge open
 
         devnet.anvil.mine(1)  # the escalation certificate's reference block is at or after openedBlock
+        faults.set_max_slashes_per_call(1)  # one signer per transaction: resolve, then continueSlashing
         second, resolver, own = challenger_on(tmp_path / "challenger.sqlite")
         second.poll()
+        assert not faults.get_pending_slashing(challenge_id).is_pending
         assert [f.request_hash for f in second.findings].count(request_hash) == 1  # not checked twice
         [record] = own.list_challenges()
         assert record.challenge_id == challenge_id and record.state == ChallengeState.UPHELD, record.error
@@ -649,6 +652,7 @@ def test_challenger_resolves_a_colluded_output_slashing_the_signers_across_a_res
         resolver.close()
         own.close()
     finally:
+        faults.set_max_slashes_per_call(64)
         caller.close()
         pipeline.close()
         store.close()

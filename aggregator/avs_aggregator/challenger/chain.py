@@ -16,7 +16,7 @@ from web3.logs import DISCARD
 
 from avs.chain.abi import load_abi
 from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
-from avs.chain.faults import BatchSigners, Challenge, SignedAttestation, Web3FaultClient
+from avs.chain.faults import BatchSigners, Challenge, PendingSlashing, SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
 from avs.messages import BatchHeader, Domain, Verdict
 from avs.rpc import convert
@@ -227,6 +227,12 @@ class Web3Escalator:
         signers: BatchSigners,
     ) -> bytes:
         return self.faults.resolve_challenge(challenge_id, verdict, reference_block, certificate, signers)
+
+    def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
+        return self.faults.get_pending_slashing(challenge_id)
+
+    def continue_slashing(self, challenge_id: int, signers: BatchSigners) -> bytes:
+        return self.faults.continue_slashing(challenge_id, signers)
 
     def expire_challenge(self, challenge_id: int) -> bytes:
         return self.faults.expire_challenge(challenge_id)

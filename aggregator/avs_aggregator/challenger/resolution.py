@@ -17,6 +17,10 @@ For an open challenge of leaf (requestHash, outputHash) of batch B:
    ``signers`` are B's signers: the operators of B's quorums at B's reference block less its
    certified non-signers (from the leaf's certificate), with history indices. REJECT slashes them,
    returns the bond and rewards the challenger; ACCEPT gives the bond to the insurance pool.
+7. REJECT slashes at most ``maxSlashesPerCall`` (signer, quorum) pairs per transaction: while
+   ``getPendingSlashing`` says signers are left, ``continueSlashing`` with the same signers. The row
+   stays OPEN until the last one, so a challenger stopped in between (or one that finds a challenge
+   someone else upheld halfway) finishes the slashing at its next poll.
 
 No verdict reaches the threshold -> try again at the next poll (operators may come back) until the
 window ends, then expire. Every outcome is written to the store before the next challenge.
@@ -25,13 +29,13 @@ window ends, then expire. Every outcome is written to the store before the next 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
-from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, SignedAttestation
+from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, PendingSlashing, SignedAttestation
 from avs.crypto.curve import G1Point
 from avs.messages import Attestation, Domain, Verdict, compute_digest
 from avs.rpc import convert
@@ -79,6 +83,12 @@ class ChallengeChain(Protocol):
 
     def expire_challenge(self, challenge_id: int) -> bytes: ...
 
+    def get_pending_slashing(self, challenge_id: int) -> PendingSlashing: ...
+
+    def continue_slashing(self, challenge_id: int, signers: BatchSigners) -> bytes:
+        """Send ``continueSlashing`` and wait for it. Raises ``ContractRevertError``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EscalationCertificate:
@@ -105,6 +115,11 @@ def is_valid_leaf_reply(
     if evidence is not None:
         evidence.record(operator.operator_id, SignedAttestation(attestation, reply.signature))
     return True
+
+
+def _certificate_of(row: ChallengeRow) -> ag.Certificate:
+    """The certificate of the challenged leaf, as the challenger stored it."""
+    return ag.Certificate.FromString(row.certificate)
 
 
 def describe_tally(tally: protocol.Tally) -> str:
@@ -164,8 +179,10 @@ class Resolver:
         if state is None:  # not on-chain (a reorg removed the challenge): nothing left to resolve
             self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error="not on-chain")
             return ChallengeState.EXPIRED
+        if state == ChallengeState.UPHELD:
+            self._finish_slashing(row.challenge_id, lambda: self.get_batch_signers(_certificate_of(row)))
         if state != ChallengeState.OPEN:
-            self.store.update_challenge(row.challenge_id, state=state)
+            self.store.update_challenge(row.challenge_id, state=state, error=None)
             return state
         opened = on_chain.opened_block
         if self.chain.get_block_number() > opened + self.config.resolution_window:
@@ -182,7 +199,7 @@ class Resolver:
         """Ask the escalation quorums to verify the leaf; the certificate of the verdict that
         reaches the threshold, or None (recorded in the row's ``error``)."""
         config = self.config
-        certificate = ag.Certificate.FromString(row.certificate)
+        certificate = _certificate_of(row)
         operator_set = self.reader.get_operator_set(reference_block)
         verdicts, signatures = self._ask(
             operator_set, config.quorum_numbers, certificate, f"challenge {row.challenge_id}"
@@ -272,27 +289,46 @@ class Resolver:
         verdict = escalation.verdict
         signers = EMPTY_SIGNERS
         if verdict == Verdict.REJECT:
-            signers = self.get_batch_signers(ag.Certificate.FromString(row.certificate))
+            signers = self.get_batch_signers(_certificate_of(row))
         try:
             tx = self.chain.resolve_challenge(
                 row.challenge_id, verdict, escalation.reference_block, escalation.certificate, signers
             )
         except ContractRevertError as exc:
             return self._after_revert(row, exc)
+        resolved = {"verdict": int(verdict), "reference_block": escalation.reference_block, "close_tx": tx}
+        if verdict == Verdict.REJECT:
+            self.store.update_challenge(row.challenge_id, **resolved)  # still OPEN: signers may be left
+            self._finish_slashing(row.challenge_id, lambda: signers)
         state = ChallengeState.UPHELD if verdict == Verdict.REJECT else ChallengeState.DISMISSED
-        self.store.update_challenge(
-            row.challenge_id,
-            state=state,
-            verdict=int(verdict),
-            reference_block=escalation.reference_block,
-            close_tx=tx,
-            error=None,
-        )
+        self.store.update_challenge(row.challenge_id, state=state, error=None, **resolved)
         logger.warning(
             "challenge resolved",
             extra={"challenge_id": row.challenge_id, "verdict": verdict.name, "tx": "0x" + tx.hex()},
         )
         return state
+
+    def _finish_slashing(self, challenge_id: int, get_signers: Callable[[], BatchSigners]) -> None:
+        """``continueSlashing`` until no signer of upheld challenge ``challenge_id`` is left. Each
+        transaction slashes at least one signer, so this ends; a revert because someone else slashed
+        the last ones first is fine, any other is raised (the row stays OPEN: next poll)."""
+        pending = self.chain.get_pending_slashing(challenge_id)
+        signers = get_signers() if pending.is_pending else None
+        for _ in range(pending.signer_count):
+            if not pending.is_pending or signers is None:
+                return
+            logger.info(
+                "slashing the next signers",
+                extra={"challenge_id": challenge_id, "next": pending.next_signer, "of": pending.signer_count},
+            )
+            try:
+                self.chain.continue_slashing(challenge_id, signers)
+            except ContractRevertError:
+                if self.chain.get_pending_slashing(challenge_id).is_pending:
+                    raise
+            pending = self.chain.get_pending_slashing(challenge_id)
+        if pending.is_pending:
+            raise RuntimeError(f"challenge {challenge_id}: slashing made no progress")
 
     def _expire(self, row: ChallengeRow) -> ChallengeState:
         try:

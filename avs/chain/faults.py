@@ -90,6 +90,7 @@ class PendingSlashing:
     signers_hash: bytes
     next_signer: int
     signer_count: int
+    fraud_wad: int
     slashed_shares: int
 
     @property
@@ -213,7 +214,7 @@ class Web3FaultClient:
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
         raw = self.avs._call(self.fault_manager.functions.getPendingSlashing(challenge_id))
-        return PendingSlashing(bytes(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
+        return PendingSlashing(bytes(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
 
     def get_challenge_count(self) -> int:
         return int(self.avs._call(self.fault_manager.functions.challengeCount()))

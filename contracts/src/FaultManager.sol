@@ -227,7 +227,8 @@ contract FaultManager is IFaultManager, Ownable {
         c.status = ChallengeStatus.Upheld;
         uint256[] memory refBitmaps = _checkSigners(c.batchIndex, signers);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
-        _slashSigners(challengeId, c, signers, 0, 0, refBitmaps);
+        PendingSlashing memory start = PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0);
+        _slashSigners(challengeId, c, signers, start, refBitmaps);
     }
 
     /// @inheritdoc IFaultManager
@@ -235,7 +236,17 @@ contract FaultManager is IFaultManager, Ownable {
         PendingSlashing memory p = _pendingSlashing[challengeId];
         if (p.signersHash == 0) revert NoSlashingPending(challengeId);
         if (_signersHash(signers) != p.signersHash) revert SignersMismatch();
-        _slashSigners(challengeId, _challenges[challengeId], signers, p.nextSigner, p.slashedShares, new uint256[](0));
+        _slashSigners(challengeId, _challenges[challengeId], signers, p, new uint256[](0));
+    }
+
+    /// @inheritdoc IFaultManager
+    function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external onlyOwner {
+        PendingSlashing memory p = _pendingSlashing[challengeId];
+        if (p.signersHash == 0) revert NoSlashingPending(challengeId);
+        if (_signersHash(signers) != p.signersHash) revert SignersMismatch();
+        emit SlashingAbandoned(challengeId, p.nextSigner, p.signerCount);
+        delete _pendingSlashing[challengeId];
+        _closeUpheld(challengeId, _challenges[challengeId], signers.header.quorumNumbers, p.slashedShares);
     }
 
     /// @inheritdoc IFaultManager
@@ -338,24 +349,23 @@ contract FaultManager is IFaultManager, Ownable {
         }
     }
 
-    /// @dev Slashes the signers of upheld challenge `c` from index `next` on, once each per batch,
-    ///      until `maxSlashesPerCall` (signer, quorum) slashes are used (always at least one signer, so
-    ///      that every call makes progress). `refBitmaps` are the signers' bitmaps at the reference
-    ///      block restricted to the batch's quorums (empty: read them again from history). With the
-    ///      last signer the fraud goes to the pool and the challenge closes; before it, where it
-    ///      stopped is stored for `continueSlashing`.
+    /// @dev Slashes the signers of upheld challenge `c` from `p.nextSigner` on, `p.fraudWad` each,
+    ///      once per batch, until `maxSlashesPerCall` (signer, quorum) slashes are used (always at
+    ///      least one signer, so that every call makes progress). A zero `p.signersHash` is the first
+    ///      call, from `resolveChallenge`, with every signer's bitmap at the reference block restricted
+    ///      to the batch's quorums in `refBitmaps`; a continuation reads them again from history. With
+    ///      the last signer the challenge closes; before it, where it stopped is stored.
     function _slashSigners(
         uint256 challengeId,
         Challenge storage c,
         BatchSigners calldata s,
-        uint256 next,
-        uint256 slashedShares,
+        PendingSlashing memory p,
         uint256[] memory refBitmaps
     ) private {
-        uint256 n = s.signerIds.length;
-        bool resumed = refBitmaps.length != n;
+        bool resumed = p.signersHash != 0;
         uint256 budget = config.maxSlashesPerCall;
-        for (uint256 used; next < n; ++next) {
+        uint256 next = p.nextSigner;
+        for (uint256 used; next < p.signerCount; ++next) {
             bytes32 faultId = keccak256(abi.encode(BATCH_FRAUD, s.signerIds[next], c.batchIndex));
             if (isFaultSlashed[faultId]) continue; // slashed for another leaf of this batch
             uint256 bitmap =
@@ -364,17 +374,28 @@ contract FaultManager is IFaultManager, Ownable {
             if (used != 0 && used + slashes > budget) break;
             used += slashes;
             isFaultSlashed[faultId] = true;
-            uint256 slashed = _slash(faultId, s.signerIds[next], bitmap, config.fraudWad);
-            if (slashed != type(uint256).max) slashedShares += slashed;
+            uint256 slashed = _slash(faultId, s.signerIds[next], bitmap, p.fraudWad);
+            if (slashed != type(uint256).max) p.slashedShares += slashed;
         }
-        if (next < n) {
-            _pendingSlashing[challengeId] = PendingSlashing(_signersHash(s), uint32(next), uint32(n), slashedShares);
-            emit SlashingPending(challengeId, next, n);
+        if (next < p.signerCount) {
+            if (!resumed) p.signersHash = _signersHash(s);
+            p.nextSigner = uint32(next);
+            _pendingSlashing[challengeId] = p;
+            emit SlashingPending(challengeId, next, p.signerCount);
             return;
         }
         if (resumed) delete _pendingSlashing[challengeId];
+        _closeUpheld(challengeId, c, s.header.quorumNumbers, p.slashedShares);
+    }
+
+    /// @dev Ends upheld challenge `c` of a batch of `quorums`: its request is no longer under
+    ///      challenge, the pool records the fraud (coverage claimable, the challenger's reward on
+    ///      `slashedShares`).
+    function _closeUpheld(uint256 challengeId, Challenge storage c, bytes calldata quorums, uint256 slashedShares)
+        private
+    {
         --openChallenges[c.requestHash];
-        (, uint256 reward) = pool.recordFraud(c.requestHash, s.header.quorumNumbers, c.challenger, slashedShares);
+        (, uint256 reward) = pool.recordFraud(c.requestHash, quorums, c.challenger, slashedShares);
         emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
     }
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.27;
 
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {FaultFixture} from "./utils/FaultFixture.sol";
 import {BN254} from "../src/libraries/BN254.sol";
 import {AvsMessages} from "../src/libraries/AvsMessages.sol";
@@ -586,6 +587,102 @@ contract ContinueSlashingTest is ChallengeFixture {
         faults.continueSlashing(id, t);
         faults.continueSlashing(id, s); // the original list still goes on
         vm.assertEq(faults.getPendingSlashing(id).nextSigner, 4, "next");
+    }
+
+    function testFuzz_continueSlashing_RevertWhen_OtherHeader(bytes32 root, uint32 referenceBlock) public {
+        _setMaxSlashes(2);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        vm.assume(root != s.header.leavesRoot && referenceBlock != s.header.referenceBlock);
+        IFaultManagerTypes.BatchSigners memory t = _batchSigners(batch, _one(8));
+        t.header.leavesRoot = root;
+        vm.expectRevert(IFaultManagerErrors.SignersMismatch.selector);
+        faults.continueSlashing(id, t);
+        t = _batchSigners(batch, _one(8));
+        t.header.referenceBlock = referenceBlock;
+        vm.expectRevert(IFaultManagerErrors.SignersMismatch.selector);
+        faults.continueSlashing(id, t);
+    }
+
+    /// @dev The wad is the one of the resolution: every signer of the batch loses the same share.
+    function test_continueSlashing_KeepsTheWadOfTheResolution() public {
+        _setMaxSlashes(3);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        vm.assertEq(faults.getPendingSlashing(id).fraudWad, FRAUD_WAD, "stored");
+        IFaultManagerTypes.Config memory changed = _faultConfig(3);
+        changed.fraudWad = 1e18; // governance raises it to everything, mid-slashing
+        faults.setConfig(changed, hex"0001");
+        while (faults.getPendingSlashing(id).signersHash != 0) {
+            faults.continueSlashing(id, s);
+        }
+        (uint256 halved,) = _halvedSigners();
+        vm.assertEq(halved, SIGNERS, "all halved, none emptied");
+    }
+
+    /// @dev A second upheld challenge on another leaf of the batch slashes the signers the first one
+    ///      has not reached yet; the first skips them: each signer slashed once, each challenge paid
+    ///      its reward on the shares it slashed.
+    function test_continueSlashing_SkipsSignersAnotherChallengeSlashed() public {
+        bytes32 leafA = AvsMessages.leafHash("req", "out");
+        bytes32 leafB = AvsMessages.leafHash("req2", "out2");
+        bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
+        AvsMessages.BatchHeader memory h = _header(1, root, hex"00");
+        taskManager.certifyBatch(h, _sigs(h, _none()));
+        bytes32 rec = keccak256(abi.encodePacked(h.referenceBlock));
+        vm.roll(block.number + 1);
+        bytes32[] memory proof = new bytes32[](1);
+        proof[0] = leafB;
+        vm.prank(CHALLENGER);
+        uint256 first = faults.challenge(h, rec, "req", "out", proof);
+        proof[0] = leafA;
+        vm.prank(CHALLENGER);
+        uint256 second = faults.challenge(h, rec, "req2", "out2", proof);
+        vm.roll(block.number + 1);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(h, _none());
+        _setMaxSlashes(3); // 8 signers: the first resolution stops after 3
+        uint32 ref = uint32(block.number - 1);
+        faults.resolveChallenge(first, AvsMessages.Verdict.Reject, ref, _escalation(AvsMessages.Verdict.Reject), s);
+        uint256 firstShares = faults.getPendingSlashing(first).slashedShares;
+        _setMaxSlashes(64);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert2 =
+            _cert(_verdictDigest("req2", "out2", AvsMessages.Verdict.Reject), hex"0001", _none());
+        faults.resolveChallenge(second, AvsMessages.Verdict.Reject, ref, cert2, s); // the other 5
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(
+            first, IFaultManagerTypes.ChallengeStatus.Upheld, firstShares, firstShares / 10
+        );
+        faults.continueSlashing(first, s); // nobody left to slash
+        for (uint256 sk = 1; sk <= 8; ++sk) {
+            vm.assertTrue(
+                faults.isFaultSlashed(keccak256(abi.encode(bytes32("BATCH_FRAUD"), _id(sk), uint64(1)))), "slashed"
+            );
+        }
+        vm.assertEq(faults.openChallenges("req"), 0, "first closed");
+        vm.assertEq(faults.openChallenges("req2"), 0, "second closed");
+    }
+
+    function test_abandonSlashing_ClosesWithTheSharesSlashedSoFar() public {
+        _setMaxSlashes(3);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        uint256 shares = faults.getPendingSlashing(id).slashedShares;
+        vm.prank(CHALLENGER);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, CHALLENGER));
+        faults.abandonSlashing(id, s);
+        vm.expectEmit();
+        emit IFaultManagerEvents.SlashingAbandoned(id, 3, SIGNERS);
+        vm.expectEmit();
+        emit IFaultManagerEvents.ChallengeClosed(id, IFaultManagerTypes.ChallengeStatus.Upheld, shares, shares / 10);
+        faults.abandonSlashing(id, s);
+        (uint256 halved,) = _halvedSigners();
+        vm.assertEq(halved, 3, "the rest not slashed");
+        vm.assertEq(faults.openChallenges("req"), 0, "closed");
+        vm.assertTrue(pool.fraudProven("req"), "pool told");
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, id));
+        faults.continueSlashing(id, s);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, id));
+        faults.abandonSlashing(id, s);
     }
 
     function test_setConfig_RevertWhen_ZeroMaxSlashes() public {

@@ -32,13 +32,22 @@ abstract contract PoolFixture is ChallengeFixture {
     }
 
     function _upholdFraud() internal {
+        (uint256 id, IFaultManagerTypes.BatchSigners memory s) = _resolveInsured();
+        while (faults.getPendingSlashing(id).signersHash != 0) {
+            faults.continueSlashing(id, s);
+        }
+    }
+
+    /// @dev Certifies the insured batch, challenges its leaf and resolves it REJECT (the signers
+    ///      beyond `maxSlashesPerCall` left pending).
+    function _resolveInsured() internal returns (uint256 id, IFaultManagerTypes.BatchSigners memory s) {
         _certifyInsured();
         vm.prank(CHALLENGER);
-        uint256 id = faults.challenge(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
+        id = faults.challenge(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
         vm.roll(block.number + 1);
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
             _cert(_verdictDigest(requestHash, "bad", AvsMessages.Verdict.Reject), hex"0001", _none());
-        IFaultManagerTypes.BatchSigners memory s = _batchSigners(insuredBatch, _none());
+        s = _batchSigners(insuredBatch, _none());
         faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
     }
 }
@@ -157,6 +166,23 @@ contract ExpireCoverageOnFinalBatchTest is PoolFixture {
 }
 
 contract RecordFraudTest is PoolFixture {
+    /// @dev While an upheld challenge still has signers to slash, its request's coverage is neither
+    ///      claimable nor expirable, and no new coverage is sold on it.
+    function test_coverage_WaitsForTheLastSlash() public {
+        _buy(10 ether);
+        _setMaxSlashes(2);
+        (uint256 id, IFaultManagerTypes.BatchSigners memory s) = _resolveInsured();
+        vm.roll(block.number + 1_001); // past the coverage's term
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.RequestUnderChallenge.selector, requestHash));
+        pool.expireCoverage(requestHash);
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.NothingToClaim.selector, requestHash));
+        pool.claim(requestHash);
+        while (faults.getPendingSlashing(id).signersHash != 0) {
+            faults.continueSlashing(id, s);
+        }
+        vm.assertEq(pool.claim(requestHash), 10 ether, "paid after the last slash");
+    }
+
     function test_recordFraud_RevertWhen_NotFaultManager() public {
         vm.expectRevert(IInsurancePoolErrors.OnlyFaultManager.selector);
         pool.recordFraud(requestHash, hex"00", CHALLENGER, 1 ether);

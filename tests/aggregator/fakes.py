@@ -231,6 +231,8 @@ class FakeFaultManager:
         self.max_slashes_per_call = 64  # one slash per signer here (the fake's quorums are disjoint)
         self.pending: dict[int, tuple[BatchSigners, int]] = {}  # challenge id -> (signers, next signer)
         self.fail_continues = 0  # the next this many continueSlashing calls fail (an RPC outage)
+        # Someone else's resolveChallenge lands first (and leaves its slashing halfway): ours reverts.
+        self.front_run_resolve = False
         self.equivocations: list[tuple[bytes, bytes]] = []  # (operator id, request hash)
         self.calls: list[str] = []
         self.crash_after_challenge = False
@@ -305,6 +307,8 @@ class FakeFaultManager:
         self.challenges[challenge_id] = dataclasses.replace(c, status=status)
         if status == ChallengeStatus.UPHELD:
             self._slash_next(challenge_id)
+        if self.front_run_resolve:
+            raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
         return keccak(b"resolve" + challenge_id.to_bytes(8, "big"))
 
     def continue_slashing(self, challenge_id: int, signers: BatchSigners) -> bytes:
@@ -323,9 +327,9 @@ class FakeFaultManager:
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
         if challenge_id not in self.pending:
-            return PendingSlashing(b"\0" * 32, 0, 0, 0)
+            return PendingSlashing(b"\0" * 32, 0, 0, 0, 0)
         signers, next_signer = self.pending[challenge_id]
-        return PendingSlashing(keccak(repr(signers).encode()), next_signer, len(signers.signer_ids), 0)
+        return PendingSlashing(keccak(repr(signers).encode()), next_signer, len(signers.signer_ids), 5 * 10**17, 0)
 
     def _slash_next(self, challenge_id: int) -> None:
         signers, start = self.pending.pop(challenge_id)

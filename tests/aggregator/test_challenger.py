@@ -210,6 +210,21 @@ def test_a_slashing_stopped_halfway_is_finished_at_the_next_poll(tmp_path: Path,
     pipeline.close()
 
 
+def test_a_challenge_someone_else_upheld_halfway_is_slashed_to_the_end(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.max_slashes_per_call = 1
+    manager.front_run_resolve = True  # their resolveChallenge lands first; ours reverts ChallengeNotOpen
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    network.block += 1
+    challenger.poll()
+    assert len(manager.slashed[1]) == 3 and not manager.get_pending_slashing(1).is_pending
+    assert manager.calls.count("continue") == 2
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
 def test_escalation_quorum_accepts_and_the_challenge_is_dismissed(tmp_path: Path, db: str) -> None:
     pipeline, network = certified_pipeline(tmp_path, 1)  # an honest output, a wrong checker
     manager = FakeFaultManager(network, threshold_bps=6667)

@@ -340,9 +340,12 @@ class Resolver:
         return ChallengeState.EXPIRED
 
     def _after_revert(self, row: ChallengeRow, exc: ContractRevertError) -> ChallengeState:
-        """Someone else ended it first (``ChallengeNotOpen``): record how; else keep it open."""
+        """Someone else ended it first (``ChallengeNotOpen``): record how (upheld: after slashing
+        the signers its resolution left); else keep it open."""
         on_chain = self.chain.get_challenge(row.challenge_id)
         state = STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
+        if state == ChallengeState.UPHELD:
+            self._finish_slashing(row.challenge_id, lambda: self.get_batch_signers(_certificate_of(row)))
         self.store.update_challenge(row.challenge_id, state=state, error=str(exc)[:2000])
         logger.warning("challenge transaction reverted", extra={"challenge_id": row.challenge_id, "error": str(exc)})
         return state

@@ -62,11 +62,14 @@ interface IFaultManagerTypes {
     ///        `BatchSigners` checked at resolution; zero when no slashing is pending.
     /// @param nextSigner Index in `signerIds` of the first signer not slashed yet.
     /// @param signerCount Length of `signerIds`.
+    /// @param fraudWad `config.fraudWad` when the challenge was upheld: every signer of the batch is
+    ///        slashed the same, whatever governance sets in between.
     /// @param slashedShares Shares slashed so far (the challenger's reward is paid on the total).
     struct PendingSlashing {
         bytes32 signersHash;
         uint32 nextSigner;
         uint32 signerCount;
+        uint64 fraudWad;
         uint256 slashedShares;
     }
 
@@ -167,6 +170,9 @@ interface IFaultManagerEvents {
     /// @notice Emitted when an upheld challenge's slashing stops at `maxSlashesPerCall`:
     ///         `continueSlashing` goes on from signer `nextSigner` of `signerCount`.
     event SlashingPending(uint256 indexed challengeId, uint256 nextSigner, uint256 signerCount);
+    /// @notice Emitted when governance ends a pending slashing that cannot go on (`abandonSlashing`):
+    ///         signers from `nextSigner` on are not slashed for this challenge.
+    event SlashingAbandoned(uint256 indexed challengeId, uint256 nextSigner, uint256 signerCount);
     /// @notice Emitted when governance parameters change.
     event ConfigSet(IFaultManagerTypes.Config config, bytes escalationQuorumNumbers);
 }
@@ -226,6 +232,14 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
     ///         (payout, challenger's reward on all shares slashed) and emits `ChallengeClosed`.
     ///         Anyone may call it, with the same `signers` that resolved the challenge.
     function continueSlashing(uint256 challengeId, BatchSigners calldata signers) external;
+
+    /// @notice Governance's way out of a pending slashing that keeps reverting (e.g. this contract
+    ///         was removed as the registry's slasher): closes the challenge with the shares slashed
+    ///         so far, which records the fraud in the pool like the last `continueSlashing` would
+    ///         (`signers` as for `continueSlashing`: the batch's quorums come from its header).
+    ///         Without it the request would stay under challenge for good (its coverage neither
+    ///         claimable nor expirable).
+    function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external;
 
     /// @notice The pending slashing of challenge `challengeId` (zero `signersHash`: none).
     function getPendingSlashing(uint256 challengeId) external view returns (PendingSlashing memory);

@@ -288,6 +288,30 @@ abstract contract ChallengeFixture is FaultFixture {
         return faults.challenge(batch, record, "req", "out", leafProof);
     }
 
+    /// @dev Batch 1 (quorum 0, everyone signs) with two leaves, ("req", "out") and ("req2", "out2"),
+    ///      both challenged; returns the two challenge ids and the batch's signers.
+    function _challengeBothLeaves()
+        internal
+        returns (uint256 first, uint256 second, IFaultManagerTypes.BatchSigners memory s)
+    {
+        bytes32 leafA = AvsMessages.leafHash("req", "out");
+        bytes32 leafB = AvsMessages.leafHash("req2", "out2");
+        bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
+        AvsMessages.BatchHeader memory h = _header(1, root, hex"00");
+        taskManager.certifyBatch(h, _sigs(h, _none()));
+        bytes32 rec = keccak256(abi.encodePacked(h.referenceBlock));
+        vm.roll(block.number + 1);
+        bytes32[] memory proof = new bytes32[](1);
+        proof[0] = leafB;
+        vm.prank(CHALLENGER);
+        first = faults.challenge(h, rec, "req", "out", proof);
+        proof[0] = leafA;
+        vm.prank(CHALLENGER);
+        second = faults.challenge(h, rec, "req2", "out2", proof);
+        vm.roll(block.number + 1);
+        s = _batchSigners(h, _none());
+    }
+
     /// @dev An escalation certificate (quorums 0 and 1, everyone signs) on `verdict` at the last block.
     function _escalation(AvsMessages.Verdict verdict)
         internal
@@ -444,22 +468,7 @@ contract ResolveChallengeTest is ChallengeFixture {
 
     function test_resolveChallenge_SecondLeafOfSameBatch_NoDoubleSlash() public {
         // batch 1 with two fraudulent leaves; both challenged and upheld: each signer slashed once
-        bytes32 leafA = AvsMessages.leafHash("req", "out");
-        bytes32 leafB = AvsMessages.leafHash("req2", "out2");
-        bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
-        AvsMessages.BatchHeader memory h = _header(1, root, hex"00");
-        taskManager.certifyBatch(h, _sigs(h, _none()));
-        bytes32 rec = keccak256(abi.encodePacked(h.referenceBlock));
-        vm.roll(block.number + 1);
-        bytes32[] memory p = new bytes32[](1);
-        p[0] = leafB;
-        vm.prank(CHALLENGER);
-        uint256 id1 = faults.challenge(h, rec, "req", "out", p);
-        p[0] = leafA;
-        vm.prank(CHALLENGER);
-        uint256 id2 = faults.challenge(h, rec, "req2", "out2", p);
-        vm.roll(block.number + 1);
-        IFaultManagerTypes.BatchSigners memory s = _batchSigners(h, _none());
+        (uint256 id1, uint256 id2, IFaultManagerTypes.BatchSigners memory s) = _challengeBothLeaves();
         faults.resolveChallenge(
             id1, AvsMessages.Verdict.Reject, uint32(block.number - 1), _escalation(AvsMessages.Verdict.Reject), s
         );
@@ -624,22 +633,7 @@ contract ContinueSlashingTest is ChallengeFixture {
     ///      has not reached yet; the first skips them: each signer slashed once, each challenge paid
     ///      its reward on the shares it slashed.
     function test_continueSlashing_SkipsSignersAnotherChallengeSlashed() public {
-        bytes32 leafA = AvsMessages.leafHash("req", "out");
-        bytes32 leafB = AvsMessages.leafHash("req2", "out2");
-        bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
-        AvsMessages.BatchHeader memory h = _header(1, root, hex"00");
-        taskManager.certifyBatch(h, _sigs(h, _none()));
-        bytes32 rec = keccak256(abi.encodePacked(h.referenceBlock));
-        vm.roll(block.number + 1);
-        bytes32[] memory proof = new bytes32[](1);
-        proof[0] = leafB;
-        vm.prank(CHALLENGER);
-        uint256 first = faults.challenge(h, rec, "req", "out", proof);
-        proof[0] = leafA;
-        vm.prank(CHALLENGER);
-        uint256 second = faults.challenge(h, rec, "req2", "out2", proof);
-        vm.roll(block.number + 1);
-        IFaultManagerTypes.BatchSigners memory s = _batchSigners(h, _none());
+        (uint256 first, uint256 second, IFaultManagerTypes.BatchSigners memory s) = _challengeBothLeaves();
         _setMaxSlashes(3); // 8 signers: the first resolution stops after 3
         uint32 ref = uint32(block.number - 1);
         faults.resolveChallenge(first, AvsMessages.Verdict.Reject, ref, _escalation(AvsMessages.Verdict.Reject), s);

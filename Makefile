@@ -99,7 +99,7 @@ bench: setup ## every benchmark; figures go to bench/results.json (tables in doc
 	HF_HUB_OFFLINE=1 $(PY) -m bench.aggregator_scale
 
 bench-gpu: setup ## GPU against CPU with one profile (needs CUDA): bench.inference_devices, into bench/results.json
-	HF_HUB_OFFLINE=1 $(PY) -m bench.inference_devices --prompts 20 --few-prompts 5 --cost-prompts 50
+	HF_HUB_OFFLINE=1 $(PY) -m bench.inference_devices --prompts 20 --few-prompts 5 --cost-prompts 50 --profile-steps
 
 bench-quick: setup ## every benchmark in its short mode, nothing recorded
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record

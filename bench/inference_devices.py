@@ -2,7 +2,7 @@
 
     python -m bench.inference_devices [--model models/smollm2-135m] [--prompts 20] [--few-prompts 5]
                                       [--cost-prompts 50] [--threads 8] [--gpu cuda] [--out FILE]
-                                      [--skip-cost] [--no-record]
+                                      [--skip-cost] [--profile-steps] [--no-record]
 
 Needs a CUDA device (``--gpu cpu`` runs every GPU party on the CPU instead: the tests use it to
 exercise the harness on machines without one). Every output is checked at the registered
@@ -18,7 +18,8 @@ profile's tolerance and at the sweep of ``bench.inference``. Settings:
 * logit drift: how far the GPU's (fp32, bf16) prefill logits are from the CPU's on the same outputs,
   the floor under the tolerance (``bench.logit_drift`` measures the CPU's own);
 * cost on the GPU: verification time over generation time, and our generation over
-  ``model.generate``.
+  ``model.generate``; with ``--profile-steps``, ``torch.profiler``'s busiest operators (host time)
+  of one greedy generation each way, to find where our per-step time differs from theirs.
 
 Figures go to ``bench/results.json`` under their own keys (``cross_device_*``, ``gpu_*``, and
 ``inference_devices`` for the breakdown); ``--out`` also writes them, phase by phase, to a file.
@@ -43,7 +44,17 @@ import transformers
 
 from avs.inference.engine import InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
-from bench.inference import DELTAS, PROMPTS, Tally, check, compute_rate, make_int8, plain_generate, timed
+from bench.inference import (
+    DELTAS,
+    PROMPTS,
+    Tally,
+    check,
+    compute_rate,
+    make_int8,
+    plain_generate,
+    time_against_plain,
+    timed,
+)
 from bench.logit_drift import compute_drift
 from bench.results import report_results
 
@@ -90,6 +101,7 @@ class Run:
         self.figures: dict[str, Any] = {}
         self._outputs: dict[tuple[str, str, int], tuple[int, ...]] = {}
         self.drifts: dict[str, list[float]] = {}  # party -> [max |logit difference|, max gap change] vs CPU
+        self.figures_extra: dict[str, Any] = {}
 
     def output(self, party: str, kind: str, i: int) -> tuple[int, ...]:
         """The party's output for prompt ``i``, generated once and reused by every setting."""
@@ -150,11 +162,42 @@ class Run:
                 self.timing["ver"].append(ver_s)
             if i < self.args.overhead_prompts:
                 n = len(self._outputs[("gpu fp32", "greedy", i)])
-                ours, ours_s = timed(partial(self.gpu.generate, prompt, SamplingParams(max_tokens=n)))
-                plain, plain_s = timed(partial(plain_generate, self.gpu, prompt, n))
+                ours_s, plain_s, same = time_against_plain(self.gpu, prompt, n, plain_first=i % 2 == 1)
                 self.timing["ours"].append(ours_s)
                 self.timing["plain"].append(plain_s)
-                self.plain_agree += int(plain == ours.token_ids)
+                self.plain_agree += int(same)
+
+    def profile_steps(self, top: int = 12) -> None:
+        """One warm greedy generation by us and by ``model.generate`` under ``torch.profiler`` (the
+        longest output of the first five prompts, so that decode steps outweigh the prefill): the
+        operators with the most host (self CPU) time, per generated token."""
+        outputs = [self.gpu.generate(p, self.greedy).token_ids for p in self.prompts[:5]]
+        n, prompt = max((len(o), p) for o, p in zip(outputs, self.prompts, strict=False))
+        runs: dict[str, Callable[[], object]] = {
+            "ours": partial(self.gpu.generate, prompt, SamplingParams(max_tokens=n)),
+            "plain": partial(plain_generate, self.gpu, prompt, n),
+        }
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.args.gpu == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        report: dict[str, Any] = {"tokens": n}
+        for name, generate in runs.items():
+            generate()  # warm
+            with torch.profiler.profile(activities=activities) as profiler:
+                _, seconds = timed(generate)
+            events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            report[name] = {
+                "ms_per_token": round(seconds / n * 1e3, 4),
+                "busiest_host_ops": [
+                    {
+                        "op": e.key,
+                        "calls_per_token": round(e.count / n, 2),
+                        "self_cpu_us_per_token": round(e.self_cpu_time_total / n, 1),
+                    }
+                    for e in events[:top]
+                ],
+            }
+        self.figures_extra["step_profile"] = report
 
     def batched(self, rows: range) -> None:
         for start in range(rows.start, rows.stop, BATCH_SIZE):
@@ -202,6 +245,7 @@ class Run:
                 "honest_accept_by_delta": {str(d): compute_rate(self.honest.values(), d) for d in deltas},
                 "gpu_seconds_mean": {k: round(statistics.mean(v), 4) for k, v in self.timing.items() if v},
                 "gpu_plain_generate_agrees": f"{self.plain_agree}/{len(self.timing['plain'])}",
+                **self.figures_extra,
             },
         }
 
@@ -225,6 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     both, greedy = ("greedy", "sampled"), ("greedy",)
     phases: list[tuple[str, Callable[[], None]]] = [
         *([] if args.skip_cost else [("gpu cost", bench.gpu_cost)]),
+        *([("profile", bench.profile_steps)] if args.profile_steps else []),
         ("cpu->gpu", lambda: bench.cross("cpu fp32", "gpu fp32", every)),
         ("gpu->cpu", lambda: bench.cross("gpu fp32", "cpu fp32", every)),
         ("drift", lambda: bench.drift("gpu fp32", every)),
@@ -264,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="CPU party's torch threads")
     parser.add_argument("--gpu", choices=("cuda", "cpu"), default="cuda", help="cpu: check the harness without a GPU")
     parser.add_argument("--skip-cost", action="store_true", help="leave out the GPU timings")
+    parser.add_argument(
+        "--profile-steps", action="store_true", help="profile one greedy generation, ours and model.generate"
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here after every phase")
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)

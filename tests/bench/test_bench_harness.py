@@ -71,7 +71,7 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
     out = tmp_path / "devices.json"
     argv = ["--model", str(tiny_model), "--gpu", "cpu", "--prompts", "3", "--few-prompts", "2"]
     argv += ["--cost-prompts", "2", "--overhead-prompts", "1", "--max-new-tokens", "6", "--threads", "1"]
-    argv += ["--no-record", "--out", str(out)]
+    argv += ["--no-record", "--profile-steps", "--out", str(out)]
     assert inference_devices.main(argv) == 0
     figures = json.loads(out.read_text())
     details = figures["inference_devices"]
@@ -89,6 +89,10 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
     # Both "GPU" parties are the CPU here: fp32 drifts not at all, bf16 does.
     assert details["logit_drift_vs_cpu"]["gpu fp32"]["max_gap_change"] == 0.0
     assert details["logit_drift_vs_cpu"]["gpu bf16"]["max_gap_change"] > 0.0
+    profile = details["step_profile"]
+    for side in ("ours", "plain"):  # the same model call shows up in both
+        ops = {row["op"] for row in profile[side]["busiest_host_ops"]}
+        assert profile[side]["ms_per_token"] > 0 and any(op.startswith("aten::") for op in ops)
 
 
 def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> None:

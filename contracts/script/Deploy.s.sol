@@ -44,6 +44,8 @@ interface VmEnv {
 ///      ESCALATION_THRESHOLD_BPS (8000; escalation quorum: quorum 0), RESOLUTION_WINDOW (100),
 ///      CHALLENGE_BOND (1 ether), MAX_SLASHES_PER_CALL (64), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
 ///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks), AVS_METADATA_URI.
+///      `run()` only: DEALLOCATION_DELAY (100800 blocks, mainnet's; the local core's window in which
+///      a deregistered operator stays slashable).
 ///      `runWithEigenLayer()` only: ALLOCATION_MANAGER and DELEGATION_MANAGER (EigenLayer's
 ///      deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0), STAKE_TOKEN
 ///      (default: the first strategy's underlying token; the pool's asset and the bond token).
@@ -66,7 +68,7 @@ contract Deploy is Test {
         uint256 key = vm.envOr("DEPLOYER_KEY", ANVIL_KEY_0);
         uint256 startBlock = vm.getBlockNumber();
         vm.startBroadcast(key);
-        LocalRestakingCore local = new LocalRestakingCore();
+        LocalRestakingCore local = new LocalRestakingCore(uint32(vm.envOr("DEALLOCATION_DELAY", uint256(100_800))));
         TestToken token = new TestToken("AVS Test Stake", "tSTAKE");
         LocalStrategy strategy = new LocalStrategy(token);
         local.addStrategy(strategy);

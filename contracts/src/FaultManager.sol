@@ -20,7 +20,7 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///         `AllocationManager.slashOperator` on the quorums' redistributing operator sets, whose
 ///         recipient is the insurance pool.
 /// @dev Every fault has an id; a fault id is slashed at most once:
-///      - equivocation: ("EQUIVOCATION", operatorId, requestHash), slashed in every quorum the operator is in;
+///      - equivocation: ("EQUIVOCATION", operatorId, requestHash), slashed in every quorum that can slash it;
 ///      - rejected output: ("REJECTED_OUTPUT", operatorId, requestHash), in the certificate's quorums;
 ///      - escalated fraud: ("BATCH_FRAUD", operatorId, batchIndex), in the batch's quorums: fraud in
 ///        several leaves of one batch slashes each signer once (later upheld challenges of that batch
@@ -331,14 +331,17 @@ contract FaultManager is IFaultManager, Ownable {
         }
     }
 
-    /// @dev Slashes `operatorId` by `wad` in each quorum of `mask` it is in now; returns the shares
-    ///      slashed, or type(uint256).max if it is in none of them.
+    /// @dev Slashes `operatorId` by `wad` in each quorum of `mask` whose operator set can still slash
+    ///      it (`isOperatorSlashable`: an operator that deregistered after its fault stays slashable
+    ///      for EigenLayer's `DEALLOCATION_DELAY`); returns the shares slashed, or type(uint256).max
+    ///      if no such quorum can.
     function _slash(bytes32 faultId, bytes32 operatorId, uint256 mask, uint64 wad) private returns (uint256 total) {
-        uint256 bitmap = uint256(registry.getCurrentQuorumBitmap(operatorId)) & mask;
-        if (bitmap == 0) return type(uint256).max;
+        uint256 bitmap = mask & registry.quorumBitmap();
         address operator = registry.getOperatorFromId(operatorId);
+        bool slashable;
         for (uint8 q; bitmap >> q != 0; ++q) {
-            if (!bitmap.has(q)) continue;
+            if (!bitmap.has(q) || !registry.isOperatorSlashable(operator, q)) continue;
+            slashable = true;
             uint256[] memory shares = registry.slashOperator(operator, q, wad, "avs fault");
             uint256 sum;
             for (uint256 i; i < shares.length; ++i) {
@@ -347,6 +350,7 @@ contract FaultManager is IFaultManager, Ownable {
             total += sum;
             emit OperatorSlashed(faultId, operatorId, q, wad, sum);
         }
+        if (!slashable) return type(uint256).max;
     }
 
     /// @dev Slashes the signers of upheld challenge `c` from `p.nextSigner` on, `p.fraudWad` each,

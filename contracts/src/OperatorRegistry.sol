@@ -207,6 +207,11 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IOperatorRegistry
+    function isOperatorSlashable(address operator, uint8 quorumNumber) external view returns (bool) {
+        return allocationManager.isOperatorSlashable(operator, OperatorSet(address(this), quorumNumber));
+    }
+
+    /// @inheritdoc IOperatorRegistry
     function getOperatorId(address operator) external view returns (bytes32) {
         return _operatorId[operator];
     }

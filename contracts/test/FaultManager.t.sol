@@ -133,10 +133,18 @@ contract ProveEquivocationTest is FaultFixture {
         faults.proveEquivocation(_id(9), a, b);
     }
 
+    /// @dev Leaving the quorum after equivocating does not escape it (EigenLayer's DEALLOCATION_DELAY).
+    function test_proveEquivocation_SlashesAnOperatorThatLeft() public {
+        uint256 before = _allocated(5, 0);
+        _leaveQuorum0(5);
+        (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(5);
+        faults.proveEquivocation(_id(5), a, b);
+        vm.assertEq(_allocated(5, 0), before - before / 10, "slashed 10% after leaving");
+    }
+
     function test_proveEquivocation_RevertWhen_NotSlashable() public {
-        uint32[] memory sets = new uint32[](1);
-        vm.prank(_operator(5));
-        core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(5), address(registry), sets));
+        _leaveQuorum0(5);
+        vm.roll(block.number + DEALLOCATION_DELAY_BLOCKS + 1); // its slashable window is over
         (IFaultManagerTypes.SignedAttestation memory a, IFaultManagerTypes.SignedAttestation memory b) = _accepts(5);
         vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NotSlashable.selector, _id(5)));
         faults.proveEquivocation(_id(5), a, b);
@@ -385,6 +393,19 @@ contract ResolveChallengeTest is ChallengeFixture {
         vm.assertEq(registry.getCurrentStake(_id(1), 1), 5 ether, "quorum 1 untouched");
         vm.assertEq(token.balanceOf(address(faults)), 0, "no bond left");
         vm.assertTrue(faults.isFaultSlashed(keccak256(abi.encode(bytes32("BATCH_FRAUD"), _id(3), uint64(0)))), "fault");
+    }
+
+    /// @dev A signer that leaves the quorum once the challenge is open is slashed all the same.
+    function test_resolveChallenge_Reject_SlashesASignerThatLeft() public {
+        uint256 id = _challenge();
+        uint256 before = _allocated(7, 0);
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(8));
+        _leaveQuorum0(7); // after the escalation certificate's reference block (the challenge's)
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
+        vm.assertEq(_allocated(7, 0), before / 2, "halved after leaving");
+        vm.assertEq(registry.getCurrentStake(_id(6), 0), 30 ether, "the others as before");
     }
 
     function test_resolveChallenge_Accept_ForfeitsBondToPool() public {

@@ -200,6 +200,24 @@ contract SlashOperatorTest is AvsFixture {
         vm.assertEq(registry.getCurrentStake(id, 0), left < MIN_STAKE ? 0 : left, "stake updated");
     }
 
+    /// @dev EigenLayer's rule, kept by the local core: an operator that leaves a quorum's operator set
+    ///      stays slashable by it for DEALLOCATION_DELAY blocks (inclusive), then no longer.
+    function testFuzz_slashOperator_DeregisteredWithinTheDeallocationDelay(uint32 wait) public {
+        wait = uint32(bound(wait, 0, 2 * uint256(DEALLOCATION_DELAY_BLOCKS)));
+        _register(1, 10 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        uint32[] memory sets = new uint32[](1);
+        vm.prank(_operator(1));
+        core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(1), address(registry), sets));
+        vm.assertEq(registry.getCurrentQuorumBitmap(BN254.hashG1Point(_g1(1))), 0, "left the quorum");
+        vm.roll(block.number + wait);
+        bool slashable = wait <= DEALLOCATION_DELAY_BLOCKS;
+        vm.assertEq(registry.isOperatorSlashable(_operator(1), 0), slashable, "slashable");
+        if (!slashable) vm.expectRevert(IAllocationManagerErrors.OperatorNotSlashable.selector);
+        uint256[] memory shares = registry.slashOperator(_operator(1), 0, 0.5e18, "test");
+        if (slashable) vm.assertEq(token.balanceOf(RECIPIENT), shares[0], "slashed after leaving");
+    }
+
     function test_slashOperator_RevertWhen_NotSlasher() public {
         _register(1, 10 ether, hex"00");
         vm.prank(address(0xBAD));

@@ -16,7 +16,10 @@ import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocat
 /// @dev Simplifications against EigenLayer, all deliberate for a devnet:
 ///      - shares are 1:1 with tokens; the core holds every deposited token;
 ///      - allocations take effect at once (no allocation/deallocation delay), so the minimum
-///        slashable stake up to any future block is the allocated stake now;
+///        slashable stake up to any future block is the allocated stake now; but, as in
+///        EigenLayer, an operator that deregisters from a set stays slashable by it for
+///        `DEALLOCATION_DELAY` blocks (`isOperatorSlashable`), so leaving right after a fault does
+///        not escape its slashing (an instant deallocation still would here: not modelled);
 ///      - slashing moves the slashed tokens to the recipient at once (EigenLayer escrows them and
 ///        needs a separate `clearBurnOrRedistributableShares`); operator shares fall by the slashed
 ///        amount; a staker's deposit shares are kept only to delegate them (there are no
@@ -53,6 +56,9 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     address public immutable owner;
+    /// @notice Blocks for which a deregistered operator stays slashable by the set it left
+    ///         (EigenLayer's `DEALLOCATION_DELAY`: 100,800 blocks, 14 days, on mainnet).
+    uint32 public immutable DEALLOCATION_DELAY;
     mapping(IStrategy => bool) public isStrategy;
     mapping(address => address) private _delegatedTo;
     mapping(address => bool) private _isOperator;
@@ -62,13 +68,17 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     mapping(address => mapping(bytes32 => mapping(IStrategy => uint64))) private _allocation;
     mapping(bytes32 => SetInfo) private _sets;
     mapping(address => mapping(bytes32 => bool)) private _member;
+    /// @dev Last block in which an operator that left a set is still slashable by it.
+    mapping(address => mapping(bytes32 => uint32)) private _slashableUntil;
     mapping(address => IAVSRegistrar) private _registrar;
     mapping(address => bool) public isAVS;
     mapping(address => mapping(IStrategy => uint256)) private _stakerShares;
     mapping(address => IStrategy[]) private _stakerStrategies;
 
-    constructor() {
+    /// @param deallocationDelay `DEALLOCATION_DELAY`; an AVS's fault windows must fit inside it.
+    constructor(uint32 deallocationDelay) {
         owner = msg.sender;
+        DEALLOCATION_DELAY = deallocationDelay;
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -270,6 +280,7 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
             bytes32 key = _key(set);
             if (!_member[params.operator][key]) revert NotMemberOfSet();
             _member[params.operator][key] = false;
+            _slashableUntil[params.operator][key] = uint32(block.number) + DEALLOCATION_DELAY;
             emit OperatorRemovedFromOperatorSet(params.operator, set);
         }
         _registrar[params.avs].deregisterOperator(params.operator, params.avs, params.operatorSetIds);
@@ -286,7 +297,7 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
         bytes32 key = _key(set);
         SetInfo storage info = _sets[key];
         if (!info.exists) revert InvalidOperatorSet();
-        if (!_member[params.operator][key]) revert OperatorNotSlashable();
+        if (!_isSlashable(params.operator, key)) revert OperatorNotSlashable();
         slashId = ++info.slashCount;
         shares = new uint256[](params.strategies.length);
         for (uint256 i; i < params.strategies.length; ++i) {
@@ -315,8 +326,9 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     /// @inheritdoc IAllocationManager
+    /// @dev As EigenLayer: registered, or deregistered at most `DEALLOCATION_DELAY` blocks ago.
     function isOperatorSlashable(address operator, OperatorSet memory operatorSet) external view returns (bool) {
-        return _member[operator][_key(operatorSet)];
+        return _isSlashable(operator, _key(operatorSet));
     }
 
     /// @inheritdoc IAllocationManager
@@ -372,7 +384,8 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     /// @inheritdoc IAllocationManager
-    /// @dev No allocation delays here, so this is the allocated stake of members (zero for non-members).
+    /// @dev No allocation delays here, so this is the allocated stake of operators the set can slash
+    ///      (zero for the others), as in EigenLayer.
     function getMinimumSlashableStake(
         OperatorSet memory operatorSet,
         address[] memory operators,
@@ -382,7 +395,7 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
         slashableStake = getAllocatedStake(operatorSet, operators, strategies);
         bytes32 key = _key(operatorSet);
         for (uint256 i; i < operators.length; ++i) {
-            if (!_member[operators[i]][key]) {
+            if (!_isSlashable(operators[i], key)) {
                 for (uint256 j; j < strategies.length; ++j) {
                     slashableStake[i][j] = 0;
                 }
@@ -393,6 +406,10 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     /*//////////////////////////////////////////////////////////////
                                 internals
     //////////////////////////////////////////////////////////////*/
+
+    function _isSlashable(address operator, bytes32 key) private view returns (bool) {
+        return _member[operator][key] || block.number <= _slashableUntil[operator][key];
+    }
 
     /// @dev Delegates `staker` to `operator` and credits the operator with the staker's deposits.
     function _delegate(address staker, address operator) private {

@@ -9,7 +9,7 @@ import {IBLSSignatureChecker} from "./IBLSSignatureChecker.sol";
 interface IFaultManagerTypes {
     /// @notice Governance parameters. Wads are fractions of 1e18 of an operator's allocation to a
     ///         quorum (EigenLayer's `wadsToSlash`).
-    /// @param equivocationWad Slashed from an equivocating operator in every quorum it is in.
+    /// @param equivocationWad Slashed from an equivocating operator in every quorum that can slash it.
     /// @param rejectedOutputWad Slashed from a primary in the REJECT certificate's quorums.
     /// @param fraudWad Slashed from every signer of a batch whose leaf the escalation quorum rejected.
     /// @param escalationThresholdBps Stake share each escalation quorum must sign (>= the batch threshold).
@@ -101,7 +101,8 @@ interface IFaultManagerErrors {
     error InvalidAttestationSignature();
     /// @notice This fault was already proven and slashed.
     error FaultAlreadySlashed(bytes32 faultId);
-    /// @notice The operator is in none of the quorums it would be slashed in.
+    /// @notice None of the quorums the operator would be slashed in can slash it (never in them,
+    ///         or it left them more than the core's `DEALLOCATION_DELAY` blocks ago).
     error NotSlashable(bytes32 operatorId);
     /// @notice A certificate's reference block is older than the task manager's `maxReferenceAge`.
     error StaleReferenceBlock(uint32 referenceBlock);

@@ -164,6 +164,14 @@ interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, 
     /// @notice The current recorded total stake of `quorumNumber`.
     function getCurrentTotalStake(uint8 quorumNumber) external view returns (uint96);
 
+    /// @notice Bitmap of the quorums that exist.
+    function quorumBitmap() external view returns (uint192);
+
+    /// @notice Whether quorum `quorumNumber`'s operator set can slash `operator` now: EigenLayer's
+    ///         `isOperatorSlashable` (registered, or deregistered at most `DEALLOCATION_DELAY` blocks
+    ///         ago, so that leaving after a fault does not escape it).
+    function isOperatorSlashable(address operator, uint8 quorumNumber) external view returns (bool);
+
     /// @notice Slashes `operator` in `quorumNumber` by `wad` of every strategy (authorised slashers only).
     function slashOperator(address operator, uint8 quorumNumber, uint256 wad, string calldata description)
         external

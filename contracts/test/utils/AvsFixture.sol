@@ -24,6 +24,8 @@ abstract contract AvsFixture is Test {
 
     uint96 internal constant MIN_STAKE = 1 ether;
     address internal constant RECIPIENT = address(0xBEEF);
+    /// @dev The core's DEALLOCATION_DELAY: longer than the challenge (50) and resolution (100) windows.
+    uint32 internal constant DEALLOCATION_DELAY_BLOCKS = 1_000;
 
     LocalRestakingCore internal core;
     TestToken internal token;
@@ -35,7 +37,7 @@ abstract contract AvsFixture is Test {
     function setUp() public virtual {
         vm.roll(100);
         g2Table = vm.readFile(string.concat(vm.projectRoot(), "/test/fixtures/g2_multiples.json"));
-        core = new LocalRestakingCore();
+        core = new LocalRestakingCore(DEALLOCATION_DELAY_BLOCKS);
         token = new TestToken("Stake", "STK");
         strategy = new LocalStrategy(token);
         core.addStrategy(strategy);

@@ -10,6 +10,7 @@ import {IFaultManagerTypes} from "../../src/interfaces/IFaultManager.sol";
 import {IInsurancePoolTypes} from "../../src/interfaces/IInsurancePool.sol";
 import {IOperatorRegistry} from "../../src/interfaces/IOperatorRegistry.sol";
 import {IBLSSignatureChecker} from "../../src/interfaces/IBLSSignatureChecker.sol";
+import {IAllocationManagerTypes, OperatorSet} from "../../src/interfaces/eigenlayer/IAllocationManager.sol";
 
 /// @dev CertifyFixture (operators 1..8 with 10..80 ether in quorum 0; 1..4 also in quorum 1, half
 ///      their stake each) plus the insurance pool as redistribution recipient and the fault manager
@@ -63,6 +64,23 @@ abstract contract FaultFixture is CertifyFixture {
     /// @dev Sets the fault manager's `maxSlashesPerCall`, the rest of its config as deployed.
     function _setMaxSlashes(uint16 maxSlashes) internal {
         faults.setConfig(_faultConfig(maxSlashes), hex"0001");
+    }
+
+    /// @dev Operator `sk` leaves the operator set of quorum 0 (through the core, as an operator would).
+    function _leaveQuorum0(uint256 sk) internal {
+        uint32[] memory sets = new uint32[](1);
+        vm.prank(_operator(sk));
+        core.deregisterFromOperatorSets(
+            IAllocationManagerTypes.DeregisterParams(_operator(sk), address(registry), sets)
+        );
+    }
+
+    /// @dev Operator `sk`'s stake allocated to quorum `q`'s operator set in the core (its one strategy).
+    function _allocated(uint256 sk, uint8 q) internal view returns (uint256) {
+        OperatorSet memory set = OperatorSet(address(registry), q);
+        address[] memory ops = new address[](1);
+        ops[0] = _operator(sk);
+        return core.getAllocatedStake(set, ops, core.getStrategiesInOperatorSet(set))[0][0];
     }
 
     /// @dev Operator id of key `sk` (precomputed in setUp: a precompile call between

@@ -110,6 +110,20 @@ def test_the_variant_refuses_without_the_core_addresses(chain: Anvil, core: Depl
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
 
 
+def test_fault_windows_longer_than_the_deallocation_delay_are_refused(chain: Anvil, tmp_path: Path) -> None:
+    """A signer that left its quorum must still be slashable when its batch's fraud is proven:
+    MAX_REFERENCE_AGE + CHALLENGE_WINDOW + RESOLUTION_WINDOW (250 by default) within the core's
+    DEALLOCATION_DELAY, or no deployment."""
+    with pytest.raises(DevnetError, match="= 250 blocks, more than the core's DEALLOCATION_DELAY of 249"):
+        deploy_contracts(chain.url, tmp_path / "short.json", {"DEALLOCATION_DELAY": "249"})
+    assert not (tmp_path / "short.json").exists()
+    deployment = deploy_contracts(chain.url, tmp_path / "exact.json", {"DEALLOCATION_DELAY": "250"})
+    core = chain.w3.eth.contract(
+        address=Web3.to_checksum_address(deployment.allocation_manager), abi=load_abi("LocalRestakingCore")
+    )
+    assert core.functions.DEALLOCATION_DELAY().call() == 250
+
+
 def test_the_example_environment_names_only_what_the_script_reads() -> None:
     script = (Path(__file__).resolve().parent.parent / "contracts" / "script" / "Deploy.s.sol").read_text()
     example = Path(__file__).resolve().parent.parent / "deploy" / "eigenlayer.env.example"

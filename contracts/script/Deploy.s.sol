@@ -25,6 +25,7 @@ interface VmEnv {
     function envAddress(string calldata name) external view returns (address value);
     function envAddress(string calldata name, string calldata delim) external view returns (address[] memory value);
     function envOr(string calldata name, address defaultValue) external view returns (address value);
+    function toString(uint256 value) external pure returns (string memory);
 }
 
 /// @notice Deploys the AVS contracts (registry, task manager, insurance pool as the redistribution
@@ -45,7 +46,8 @@ interface VmEnv {
 ///      CHALLENGE_BOND (1 ether), MAX_SLASHES_PER_CALL (64), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
 ///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks), AVS_METADATA_URI.
 ///      `run()` only: DEALLOCATION_DELAY (100800 blocks, mainnet's; the local core's window in which
-///      a deregistered operator stays slashable).
+///      a deregistered operator stays slashable). Both refuse to deploy when MAX_REFERENCE_AGE +
+///      CHALLENGE_WINDOW + RESOLUTION_WINDOW exceeds the core's DEALLOCATION_DELAY.
 ///      `runWithEigenLayer()` only: ALLOCATION_MANAGER and DELEGATION_MANAGER (EigenLayer's
 ///      deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0), STAKE_TOKEN
 ///      (default: the first strategy's underlying token; the pool's asset and the bond token).
@@ -99,17 +101,17 @@ contract Deploy is Test {
         address deployer = vm.addr(key);
         address aggregator = address(uint160(vm.envOr("AGGREGATOR", uint256(uint160(deployer)))));
 
+        IInferenceTaskManager.Config memory batches = IInferenceTaskManager.Config(
+            uint16(vm.envOr("THRESHOLD_BPS", uint256(6667))),
+            uint32(vm.envOr("MAX_REFERENCE_AGE", uint256(100))),
+            uint32(vm.envOr("CHALLENGE_WINDOW", uint256(50)))
+        );
+        IFaultManagerTypes.Config memory faultConfig = _faultConfig();
+        _requireFaultWindowsWithinDeallocationDelay(core.allocationManager, batches, faultConfig);
+
         vm.startBroadcast(key);
         OperatorRegistry registry = new OperatorRegistry(core.allocationManager, deployer);
-        InferenceTaskManager taskManager = new InferenceTaskManager(
-            registry,
-            deployer,
-            IInferenceTaskManager.Config(
-                uint16(vm.envOr("THRESHOLD_BPS", uint256(6667))),
-                uint32(vm.envOr("MAX_REFERENCE_AGE", uint256(100))),
-                uint32(vm.envOr("CHALLENGE_WINDOW", uint256(50)))
-            )
-        );
+        InferenceTaskManager taskManager = new InferenceTaskManager(registry, deployer, batches);
         taskManager.setAggregator(aggregator, true);
         InsurancePool pool = new InsurancePool(core.stakeToken, registry, taskManager, deployer, _poolConfig());
         registry.setRedistributionRecipient(address(pool));
@@ -118,7 +120,7 @@ contract Deploy is Test {
             0, IOperatorRegistryTypes.QuorumConfig(64, uint96(vm.envOr("MIN_STAKE", uint256(1 ether)))), core.strategies
         );
         FaultManager faults =
-            new FaultManager(registry, taskManager, pool, core.stakeToken, deployer, _faultConfig(), hex"00");
+            new FaultManager(registry, taskManager, pool, core.stakeToken, deployer, faultConfig, hex"00");
         pool.setFaultManager(faults);
         registry.setSlasher(address(faults), true);
         ModelRegistry models = new ModelRegistry(deployer);
@@ -140,6 +142,29 @@ contract Deploy is Test {
         string memory json = vm.serializeAddress(o, "task_manager", address(taskManager));
         string memory out = vm.envOr("DEPLOYMENT_OUT", string("deployments/local.json"));
         vm.writeJson(json, out);
+    }
+
+    /// @dev A batch signer may leave its quorums right after the batch's reference block; its fraud
+    ///      can be proven up to maxReferenceAge + challenge window + resolution window blocks later,
+    ///      and it must still be slashable then (EigenLayer keeps it so for DEALLOCATION_DELAY).
+    function _requireFaultWindowsWithinDeallocationDelay(
+        IAllocationManager allocationManager,
+        IInferenceTaskManager.Config memory batches,
+        IFaultManagerTypes.Config memory faults
+    ) internal view {
+        uint256 window =
+            uint256(batches.maxReferenceAge) + batches.challengeWindowBlocks + faults.resolutionWindowBlocks;
+        uint32 delay = allocationManager.DEALLOCATION_DELAY();
+        require(
+            window <= delay,
+            string.concat(
+                "MAX_REFERENCE_AGE + CHALLENGE_WINDOW + RESOLUTION_WINDOW = ",
+                ENV.toString(window),
+                " blocks, more than the core's DEALLOCATION_DELAY of ",
+                ENV.toString(delay),
+                ": a signer could leave its quorum and escape slashing for fraud proven late"
+            )
+        );
     }
 
     function _poolConfig() internal view returns (IInsurancePoolTypes.Config memory) {

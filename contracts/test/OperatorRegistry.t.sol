@@ -213,9 +213,33 @@ contract SlashOperatorTest is AvsFixture {
         vm.roll(block.number + wait);
         bool slashable = wait <= DEALLOCATION_DELAY_BLOCKS;
         vm.assertEq(registry.isOperatorSlashable(_operator(1), 0), slashable, "slashable");
+        uint96 total = registry.getCurrentTotalStake(0);
         if (!slashable) vm.expectRevert(IAllocationManagerErrors.OperatorNotSlashable.selector);
         uint256[] memory shares = registry.slashOperator(_operator(1), 0, 0.5e18, "test");
-        if (slashable) vm.assertEq(token.balanceOf(RECIPIENT), shares[0], "slashed after leaving");
+        if (!slashable) return;
+        vm.assertEq(shares[0], 5 ether, "half of its allocation, after leaving");
+        vm.assertEq(token.balanceOf(RECIPIENT), 5 ether, "to the recipient");
+        vm.assertEq(registry.getCurrentTotalStake(0), total, "the quorum's books untouched");
+    }
+
+    /// @dev As EigenLayer: no registering again for a set while still slashable after leaving it.
+    function test_registerForOperatorSets_RevertWhen_LeftWithinTheDeallocationDelay() public {
+        _register(1, 10 ether, hex"00");
+        uint32[] memory sets = new uint32[](1);
+        vm.startPrank(_operator(1));
+        core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(1), address(registry), sets));
+        vm.roll(block.number + DEALLOCATION_DELAY_BLOCKS);
+        bytes memory data = _registrationData(1, _operator(1));
+        vm.expectRevert(IAllocationManagerErrors.AlreadyMemberOfSet.selector);
+        core.registerForOperatorSets(
+            _operator(1), IAllocationManagerTypes.RegisterParams(address(registry), sets, data)
+        );
+        vm.roll(block.number + 1);
+        core.registerForOperatorSets(
+            _operator(1), IAllocationManagerTypes.RegisterParams(address(registry), sets, data)
+        );
+        vm.stopPrank();
+        vm.assertEq(registry.getCurrentQuorumBitmap(BN254.hashG1Point(_g1(1))), 1, "back in quorum 0");
     }
 
     function test_slashOperator_RevertWhen_NotSlasher() public {

@@ -19,7 +19,8 @@ import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocat
 ///        slashable stake up to any future block is the allocated stake now; but, as in
 ///        EigenLayer, an operator that deregisters from a set stays slashable by it for
 ///        `DEALLOCATION_DELAY` blocks (`isOperatorSlashable`), so leaving right after a fault does
-///        not escape its slashing (an instant deallocation still would here: not modelled);
+///        not escape its slashing, and cannot register for that set again until then (an instant
+///        deallocation would still shrink what is slashable here: not modelled);
 ///      - slashing moves the slashed tokens to the recipient at once (EigenLayer escrows them and
 ///        needs a separate `clearBurnOrRedistributableShares`); operator shares fall by the slashed
 ///        amount; a staker's deposit shares are kept only to delegate them (there are no
@@ -264,7 +265,8 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
             OperatorSet memory set = OperatorSet(params.avs, params.operatorSetIds[i]);
             bytes32 key = _key(set);
             if (!_sets[key].exists) revert InvalidOperatorSet();
-            if (_member[operator][key]) revert AlreadyMemberOfSet();
+            // As EigenLayer: not while still slashable after leaving (DEALLOCATION_DELAY) either.
+            if (_isSlashable(operator, key)) revert AlreadyMemberOfSet();
             _member[operator][key] = true;
             emit OperatorAddedToOperatorSet(operator, set);
         }

@@ -171,6 +171,10 @@ interface IAllocationManager is IAllocationManagerErrors, IAllocationManagerEven
     /// @notice Whether `operator` can be slashed by `operatorSet` now.
     function isOperatorSlashable(address operator, OperatorSet memory operatorSet) external view returns (bool);
 
+    /// @notice Blocks for which an operator stays slashable by a set after deregistering from it, and
+    ///         a deallocation takes to take effect (a public immutable of EigenLayer's AllocationManager).
+    function DEALLOCATION_DELAY() external view returns (uint32);
+
     /// @notice The strategies of `operatorSet`.
     function getStrategiesInOperatorSet(OperatorSet memory operatorSet) external view returns (IStrategy[] memory);
 

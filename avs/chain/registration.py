@@ -87,6 +87,7 @@ def register_operator(
     sets = _check_quorums(quorums)
     allocation, delegation = _contracts(client)
     registry = client.deployment.operator_registry
+    _require_not_slashable_after_leaving(allocation, account.address, registry, sets)
     sent = []
     if not delegation.functions.isOperator(account.address).call():
         sent.append(client.transact(delegation.functions.registerAsOperator(ZERO_ADDRESS, 0, ""), account))
@@ -102,6 +103,22 @@ def register_operator(
         client.transact(allocation.functions.registerForOperatorSets(account.address, (registry, sets, data)), account)
     )
     return sent
+
+
+def _require_not_slashable_after_leaving(allocation: Any, operator: str, registry: str, sets: list[int]) -> None:
+    """EigenLayer keeps an operator that left a set slashable by it for ``DEALLOCATION_DELAY``
+    blocks and refuses to register it there again until then (``AlreadyMemberOfSet``): say so
+    before any transaction is sent."""
+    for quorum in sets:
+        operator_set = (registry, quorum)
+        if allocation.functions.isMemberOfOperatorSet(operator, operator_set).call():
+            continue
+        if allocation.functions.isOperatorSlashable(operator, operator_set).call():
+            delay = allocation.functions.DEALLOCATION_DELAY().call()
+            raise InvalidInputError(
+                f"{operator} left quorum {quorum} less than DEALLOCATION_DELAY ({delay} blocks) ago: it stays "
+                "slashable by that quorum until then, and EigenLayer does not let it register there again before"
+            )
 
 
 def deregister_operator(client: Web3AvsClient, account: LocalAccount, quorums: Sequence[int]) -> bytes:

@@ -20,6 +20,7 @@ from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import Deployment
 from avs.crypto import bls
 from avs.devnet import ANVIL_KEY_0, CONTRACTS
+from avs.errors import InvalidInputError
 from tests.test_contracts_anvil import _deploy, anvil  # noqa: F401 (fixture)
 
 STAKE = 5 * 10**18
@@ -122,7 +123,7 @@ def test_on_chain_commands_need_a_deployment_and_keys(tmp_path: Path) -> None:
     assert out.returncode == 2 and "chain.deployment_file" in out.stderr
 
 
-def test_deregister_in_the_next_block_after_register(anvil: str, deployment: Deployment) -> None:  # noqa: F811
+def test_deregister_next_block_and_no_return_within_the_delay(anvil: str, deployment: Deployment) -> None:  # noqa: F811
     from avs.chain.registration import deregister_operator, register_operator
 
     w3 = Web3(Web3.HTTPProvider(anvil))
@@ -136,8 +137,15 @@ def test_deregister_in_the_next_block_after_register(anvil: str, deployment: Dep
     client.transact(core.functions.registerAsOperator("0x" + "00" * 20, 0, ""))
     client.transact(token.functions.approve(core.address, STAKE))
     client.transact(core.functions.depositIntoStrategy(deployment.strategy, token.address, STAKE))
-    register_operator(client, account, bls.compute_key_pair(bls.generate_secret_key()), "op:1", [0], 10**18)
+    keys = bls.compute_key_pair(bls.generate_secret_key())
+    register_operator(client, account, keys, "op:1", [0], 10**18)
     deregister_operator(client, account, [0])
+    # Leaving keeps it slashable for the core's DEALLOCATION_DELAY: no coming back before that,
+    # refused with a clear error before any transaction.
+    nonce = w3.eth.get_transaction_count(account.address)
+    with pytest.raises(InvalidInputError, match="left quorum 0 less than DEALLOCATION_DELAY"):
+        register_operator(client, account, keys, "op:1", [0])
+    assert w3.eth.get_transaction_count(account.address) == nonce
 
 
 def test_the_daemon_reports_its_registered_stake(

@@ -233,17 +233,13 @@ contract FaultManager is IFaultManager, Ownable {
 
     /// @inheritdoc IFaultManager
     function continueSlashing(uint256 challengeId, BatchSigners calldata signers) external {
-        PendingSlashing memory p = _pendingSlashing[challengeId];
-        if (p.signersHash == 0) revert NoSlashingPending(challengeId);
-        if (_signersHash(signers) != p.signersHash) revert SignersMismatch();
+        PendingSlashing memory p = _requirePending(challengeId, signers);
         _slashSigners(challengeId, _challenges[challengeId], signers, p, new uint256[](0));
     }
 
     /// @inheritdoc IFaultManager
     function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external onlyOwner {
-        PendingSlashing memory p = _pendingSlashing[challengeId];
-        if (p.signersHash == 0) revert NoSlashingPending(challengeId);
-        if (_signersHash(signers) != p.signersHash) revert SignersMismatch();
+        PendingSlashing memory p = _requirePending(challengeId, signers);
         emit SlashingAbandoned(challengeId, p.nextSigner, p.signerCount);
         delete _pendingSlashing[challengeId];
         _closeUpheld(challengeId, _challenges[challengeId], signers.header.quorumNumbers, p.slashedShares);
@@ -367,13 +363,14 @@ contract FaultManager is IFaultManager, Ownable {
         uint256[] memory refBitmaps
     ) private {
         bool resumed = p.signersHash != 0;
+        uint256 mask = resumed ? QuorumBitmaps.orderedToBitmap(s.header.quorumNumbers) : 0;
         uint256 budget = config.maxSlashesPerCall;
         uint256 next = p.nextSigner;
         for (uint256 used; next < p.signerCount; ++next) {
             bytes32 faultId = keccak256(abi.encode(BATCH_FRAUD, s.signerIds[next], c.batchIndex));
             if (isFaultSlashed[faultId]) continue; // slashed for another leaf of this batch
             uint256 bitmap =
-                resumed ? _refBitmap(s.header, s.signerIds[next], s.signerBitmapIndices[next]) : refBitmaps[next];
+                resumed ? _refBitmap(s.header, s.signerIds[next], s.signerBitmapIndices[next], mask) : refBitmaps[next];
             uint256 slashes = bitmap.countOnes();
             if (used != 0 && used + slashes > budget) break;
             used += slashes;
@@ -401,6 +398,17 @@ contract FaultManager is IFaultManager, Ownable {
         --openChallenges[c.requestHash];
         (, uint256 reward) = pool.recordFraud(c.requestHash, quorums, c.challenger, slashedShares);
         emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
+    }
+
+    /// @dev The pending slashing of `challengeId`, which must exist and be bound to `signers`.
+    function _requirePending(uint256 challengeId, BatchSigners calldata signers)
+        private
+        view
+        returns (PendingSlashing memory p)
+    {
+        p = _pendingSlashing[challengeId];
+        if (p.signersHash == 0) revert NoSlashingPending(challengeId);
+        if (_signersHash(signers) != p.signersHash) revert SignersMismatch();
     }
 
     /// @dev What a pending slashing is bound to: the certified header and the checked signer list.
@@ -451,7 +459,7 @@ contract FaultManager is IFaultManager, Ownable {
         uint32 bitmapIndex,
         uint256 mask
     ) private view returns (uint256 bitmap) {
-        bitmap = uint256(registry.getQuorumBitmapAtBlockNumberByIndex(id, h.referenceBlock, bitmapIndex)) & mask;
+        bitmap = _refBitmap(h, id, bitmapIndex, mask);
         if (bitmap == 0) return 0;
         (BN254.G1Point memory pk,) = registry.getOperatorPubkeys(id);
         for (uint256 i; i < sums.length; ++i) {
@@ -460,13 +468,12 @@ contract FaultManager is IFaultManager, Ownable {
     }
 
     /// @dev Operator `id`'s quorum bitmap at the batch's reference block (history entry
-    ///      `bitmapIndex`), restricted to the batch's quorums.
-    function _refBitmap(AvsMessages.BatchHeader calldata h, bytes32 id, uint32 bitmapIndex)
+    ///      `bitmapIndex`), restricted to the batch's quorums (`mask`).
+    function _refBitmap(AvsMessages.BatchHeader calldata h, bytes32 id, uint32 bitmapIndex, uint256 mask)
         private
         view
         returns (uint256)
     {
-        uint256 mask = QuorumBitmaps.orderedToBitmap(h.quorumNumbers);
         return uint256(registry.getQuorumBitmapAtBlockNumberByIndex(id, h.referenceBlock, bitmapIndex)) & mask;
     }
 

@@ -29,7 +29,7 @@ window ends, then expire. Every outcome is written to the store before the next 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -180,7 +180,7 @@ class Resolver:
             self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error="not on-chain")
             return ChallengeState.EXPIRED
         if state == ChallengeState.UPHELD:
-            self._finish_slashing(row.challenge_id, lambda: self.get_batch_signers(_certificate_of(row)))
+            self._finish_slashing(row)
         if state != ChallengeState.OPEN:
             self.store.update_challenge(row.challenge_id, state=state, error=None)
             return state
@@ -299,7 +299,7 @@ class Resolver:
         resolved = {"verdict": int(verdict), "reference_block": escalation.reference_block, "close_tx": tx}
         if verdict == Verdict.REJECT:
             self.store.update_challenge(row.challenge_id, **resolved)  # still OPEN: signers may be left
-            self._finish_slashing(row.challenge_id, lambda: signers)
+            self._finish_slashing(row, signers)
         state = ChallengeState.UPHELD if verdict == Verdict.REJECT else ChallengeState.DISMISSED
         self.store.update_challenge(row.challenge_id, state=state, error=None, **resolved)
         logger.warning(
@@ -308,15 +308,17 @@ class Resolver:
         )
         return state
 
-    def _finish_slashing(self, challenge_id: int, get_signers: Callable[[], BatchSigners]) -> None:
-        """``continueSlashing`` until no signer of upheld challenge ``challenge_id`` is left. Each
+    def _finish_slashing(self, row: ChallengeRow, signers: BatchSigners | None = None) -> None:
+        """``continueSlashing`` until no signer of the upheld challenge is left (``signers``: those
+        it was resolved with; by default computed again from the row's certificate). Each
         transaction slashes at least one signer, so this ends; a revert because someone else slashed
         the last ones first is fine, any other is raised (the row stays OPEN: next poll)."""
+        challenge_id = row.challenge_id
         pending = self.chain.get_pending_slashing(challenge_id)
-        signers = get_signers() if pending.is_pending else None
+        if not pending.is_pending:
+            return
+        signers = signers or self.get_batch_signers(_certificate_of(row))
         for _ in range(pending.signer_count):
-            if not pending.is_pending or signers is None:
-                return
             logger.info(
                 "slashing the next signers",
                 extra={"challenge_id": challenge_id, "next": pending.next_signer, "of": pending.signer_count},
@@ -326,9 +328,11 @@ class Resolver:
             except ContractRevertError:
                 if self.chain.get_pending_slashing(challenge_id).is_pending:
                     raise
+                return
             pending = self.chain.get_pending_slashing(challenge_id)
-        if pending.is_pending:
-            raise RuntimeError(f"challenge {challenge_id}: slashing made no progress")
+            if not pending.is_pending:
+                return
+        raise RuntimeError(f"challenge {challenge_id}: slashing made no progress")
 
     def _expire(self, row: ChallengeRow) -> ChallengeState:
         try:
@@ -345,7 +349,7 @@ class Resolver:
         on_chain = self.chain.get_challenge(row.challenge_id)
         state = STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
         if state == ChallengeState.UPHELD:
-            self._finish_slashing(row.challenge_id, lambda: self.get_batch_signers(_certificate_of(row)))
+            self._finish_slashing(row)
         self.store.update_challenge(row.challenge_id, state=state, error=str(exc)[:2000])
         logger.warning("challenge transaction reverted", extra={"challenge_id": row.challenge_id, "error": str(exc)})
         return state

@@ -2,7 +2,8 @@
 
     python -m bench.inference_devices [--model models/smollm2-135m] [--prompts 20] [--few-prompts 5]
                                       [--cost-prompts 50] [--threads 8] [--gpu cuda] [--out FILE]
-                                      [--skip-cost] [--profile-steps] [--no-record]
+                                      [--skip-cost] [--profile-steps] [--anatomy-repeats 5]
+                                      [--only PHASE,...] [--no-record]
 
 Needs a CUDA device (``--gpu cpu`` runs every GPU party on the CPU instead: the tests use it to
 exercise the harness on machines without one). Every output is checked at the registered
@@ -19,7 +20,10 @@ profile's tolerance and at the sweep of ``bench.inference``. Settings:
   the floor under the tolerance (``bench.logit_drift`` measures the CPU's own);
 * cost on the GPU: verification time over generation time, and our generation over
   ``model.generate``; with ``--profile-steps``, ``torch.profiler``'s busiest operators (host time)
-  of one greedy generation each way, to find where our per-step time differs from theirs.
+  of one greedy generation each way, to find where our per-step time differs from theirs, and a
+  step anatomy (``compute_step_anatomy``): the engine, ``model.generate`` and two bare decode
+  loops timed on the same tokens, which splits the difference into bookkeeping, the logits' trip
+  to the host, and the way the model is called.
 
 Figures go to ``bench/results.json`` under their own keys (``cross_device_*``, ``gpu_*``, and
 ``inference_devices`` for the breakdown); ``--out`` also writes them, phase by phase, to a file.
@@ -61,6 +65,10 @@ from bench.results import report_results
 BATCH_SIZE = 5
 BF16_DELTA = 0.5
 OFFLOAD_GPU_BYTES = 200 << 20  # ~40% of the fp32 SmolLM2-135M on the GPU, the rest offloaded
+PHASES = (  # in the order they run; auto and offload only with a GPU
+    *("cost", "profile", "cpu-gpu", "gpu-cpu", "drift", "batched", "int8", "auto", "offload"),
+    *("bf16", "bf16-verifier", "bf16-drift"),
+)
 
 
 def load_offloaded(folder: Path, reference: InferenceEngine, gpu_bytes: int) -> InferenceEngine:
@@ -78,6 +86,62 @@ def load_offloaded(folder: Path, reference: InferenceEngine, gpu_bytes: int) -> 
     print(f"offloaded model placement: {placement}", flush=True)
     model.eval()  # type: ignore[no-untyped-call]
     return InferenceEngine(model, reference.tokenizer, reference.profile, reference.eos_ids)
+
+
+def decode_loop(engine: InferenceEngine, prompt: tuple[int, ...], n: int, host_logits: bool) -> tuple[int, ...]:
+    """Greedy decoding with nothing but the model calls: the floor under the engine's loop.
+
+    ``host_logits``: each step's logits go to the host as float64 and the argmax is taken there,
+    as the engine does; otherwise the argmax runs on the device and only the token id comes back
+    (the one sync per step that a stop check needs, as in ``model.generate``).
+    """
+    from transformers import DynamicCache
+
+    cache_arg = {engine._cache_arg: DynamicCache()}
+    ids = torch.tensor([prompt], device=engine.input_device)
+    output: list[int] = []
+    with torch.inference_mode():
+        logits = engine.model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_arg).logits[:, -1]
+        while True:
+            if host_logits:
+                token = int(torch.argmax(logits.to(device="cpu", dtype=torch.float64)[0]))
+                ids = torch.tensor([[token]], device=engine.input_device)
+            else:
+                ids = torch.argmax(logits, dim=-1, keepdim=True)
+                token = int(ids[0, 0])
+            output.append(token)
+            if token in engine.eos_ids or len(output) >= n:
+                return tuple(output)
+            logits = engine.model(input_ids=ids, use_cache=True, **cache_arg).logits[:, -1]
+
+
+def compute_step_anatomy(engine: InferenceEngine, prompt: tuple[int, ...], n: int, repeats: int) -> dict[str, Any]:
+    """Milliseconds per token of four greedy loops over the same tokens, each run ``repeats`` times in
+    rotating order (no loop always first): the engine, ``model.generate``, and ``decode_loop`` with
+    host or device argmax. engine - host loop = the engine's bookkeeping; host - device loop = the
+    logits' trip to the host; device loop - generate = how the two call the model."""
+    loops: dict[str, Callable[[], tuple[int, ...]]] = {
+        "engine": lambda: engine.generate(prompt, SamplingParams(max_tokens=n)).token_ids,
+        "model.generate": partial(plain_generate, engine, prompt, n),
+        "loop, host argmax": partial(decode_loop, engine, prompt, n, True),
+        "loop, device argmax": partial(decode_loop, engine, prompt, n, False),
+    }
+    names = list(loops)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    tokens = {name: loops[name]() for name in names}  # warm, and the outputs to compare
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            _, s = timed(loops[name])
+            seconds[name].append(s)
+    per_token = {name: statistics.median(s) / len(tokens[name]) * 1e3 for name, s in seconds.items()}
+    plain = per_token["model.generate"]
+    return {
+        "tokens": n,
+        "repeats": repeats,
+        "same_tokens": all(t == tokens["engine"] for t in tokens.values()),
+        "ms_per_token": {name: round(ms, 4) for name, ms in per_token.items()},
+        "over_model_generate": {name: round(ms / plain, 4) for name, ms in per_token.items()},
+    }
 
 
 class Run:
@@ -198,6 +262,7 @@ class Run:
                 ],
             }
         self.figures_extra["step_profile"] = report
+        self.figures_extra["step_anatomy"] = compute_step_anatomy(self.gpu, prompt, n, self.args.anatomy_repeats)
 
     def batched(self, rows: range) -> None:
         for start in range(rows.start, rows.stop, BATCH_SIZE):
@@ -268,10 +333,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     both, greedy = ("greedy", "sampled"), ("greedy",)
     phases: list[tuple[str, Callable[[], None]]] = [
-        *([] if args.skip_cost else [("gpu cost", bench.gpu_cost)]),
+        *([] if args.skip_cost else [("cost", bench.gpu_cost)]),
         *([("profile", bench.profile_steps)] if args.profile_steps else []),
-        ("cpu->gpu", lambda: bench.cross("cpu fp32", "gpu fp32", every)),
-        ("gpu->cpu", lambda: bench.cross("gpu fp32", "cpu fp32", every)),
+        ("cpu-gpu", lambda: bench.cross("cpu fp32", "gpu fp32", every)),
+        ("gpu-cpu", lambda: bench.cross("gpu fp32", "cpu fp32", every)),
         ("drift", lambda: bench.drift("gpu fp32", every)),
         ("batched", lambda: bench.batched(every)),
         ("int8", against_cpu("gpu int8", lambda: make_int8(bench.gpu), few, both, bench.cheat)),
@@ -286,10 +351,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bf16 = partial(load_engine, args.model, device=args.gpu, threads=args.threads, dtype="bfloat16")
     phases += [
         ("bf16", against_cpu("gpu bf16", bf16, few, both, bench.bf16)),
-        ("bf16 verifier", lambda: bench.cross("cpu fp32", "gpu bf16", few, group=bench.bf16)),
-        ("bf16 drift", lambda: bench.drift("gpu bf16", few)),
+        ("bf16-verifier", lambda: bench.cross("cpu fp32", "gpu bf16", few, group=bench.bf16)),
+        ("bf16-drift", lambda: bench.drift("gpu bf16", few)),
     ]
     for name, phase in phases:
+        if args.only is not None and name not in args.only:
+            continue
         phase()
         bench.figures = bench.summarise()
         if args.out is not None:
@@ -312,12 +379,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-steps", action="store_true", help="profile one greedy generation, ours and model.generate"
     )
+    parser.add_argument("--anatomy-repeats", type=int, default=5, help="timed runs of each loop in the step anatomy")
+    parser.add_argument(
+        "--only",
+        type=lambda names: set(names.split(",")),
+        help=f"run only these phases, comma-separated: {', '.join(PHASES)} (bf16-verifier and bf16-drift need bf16)",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here after every phase")
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)
     for name in ("prompts", "cost_prompts"):
         if not 1 <= getattr(args, name) <= len(PROMPTS):
             parser.error(f"--{name.replace('_', '-')} must be in 1..{len(PROMPTS)}")
+    if args.only is not None and not args.only <= set(PHASES):
+        parser.error(f"--only takes phases among {', '.join(PHASES)}")
+    if args.only is not None and args.only & {"bf16-verifier", "bf16-drift"} and "bf16" not in args.only:
+        parser.error("--only: bf16-verifier and bf16-drift need the bf16 phase")
     if args.gpu == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: this benchmark compares a GPU with the CPU (--gpu cpu checks the harness)")
     figures = run(args)

@@ -93,6 +93,24 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
     for side in ("ours", "plain"):  # the same model call shows up in both
         ops = {row["op"] for row in profile[side]["busiest_host_ops"]}
         assert profile[side]["ms_per_token"] > 0 and any(op.startswith("aten::") for op in ops)
+    anatomy = details["step_anatomy"]
+    assert anatomy["same_tokens"] and anatomy["repeats"] == 5
+    loops = {"engine", "model.generate", "loop, host argmax", "loop, device argmax"}
+    assert set(anatomy["over_model_generate"]) == loops
+    assert anatomy["over_model_generate"]["model.generate"] == 1.0
+
+
+def test_inference_devices_runs_only_the_phases_asked_for(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "devices.json"
+    argv = ["--model", str(tiny_model), "--gpu", "cpu", "--prompts", "2", "--max-new-tokens", "4", "--threads", "1"]
+    assert inference_devices.main([*argv, "--no-record", "--only", "drift", "--out", str(out)]) == 0
+    details = json.loads(out.read_text())["inference_devices"]
+    assert set(details["logit_drift_vs_cpu"]) == {"gpu fp32"}
+    assert details["honest_by_setting"] == {} and "step_profile" not in details
+    with pytest.raises(SystemExit):
+        inference_devices.main([*argv, "--only", "bf16-drift"])  # needs the bf16 party
+    with pytest.raises(SystemExit):
+        inference_devices.main([*argv, "--only", "warp"])
 
 
 def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> None:

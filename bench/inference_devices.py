@@ -140,6 +140,10 @@ def compute_step_anatomy(engine: InferenceEngine, prompt: tuple[int, ...], n: in
         "repeats": repeats,
         "same_tokens": all(t == tokens["engine"] for t in tokens.values()),
         "ms_per_token": {name: round(ms, 4) for name, ms in per_token.items()},
+        "ms_per_token_range": {  # the spread says which differences are run-to-run noise
+            name: [round(min(s) / len(tokens[name]) * 1e3, 4), round(max(s) / len(tokens[name]) * 1e3, 4)]
+            for name, s in seconds.items()
+        },
         "over_model_generate": {name: round(ms / plain, 4) for name, ms in per_token.items()},
     }
 

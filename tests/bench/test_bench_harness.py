@@ -95,6 +95,8 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
         assert profile[side]["ms_per_token"] > 0 and any(op.startswith("aten::") for op in ops)
     anatomy = details["step_anatomy"]
     assert anatomy["same_tokens"] and anatomy["repeats"] == 5
+    low, high = anatomy["ms_per_token_range"]["engine"]
+    assert low <= anatomy["ms_per_token"]["engine"] <= high
     loops = {"engine", "model.generate", "loop, host argmax", "loop, device argmax"}
     assert set(anatomy["over_model_generate"]) == loops
     assert anatomy["over_model_generate"]["model.generate"] == 1.0

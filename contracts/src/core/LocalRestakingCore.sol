@@ -15,12 +15,15 @@ import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocat
 ///         EigenLayer's deployed core instead.
 /// @dev Simplifications against EigenLayer, all deliberate for a devnet:
 ///      - shares are 1:1 with tokens; the core holds every deposited token;
-///      - allocations take effect at once (no allocation/deallocation delay), so the minimum
-///        slashable stake up to any future block is the allocated stake now; but, as in
-///        EigenLayer, an operator that deregisters from a set stays slashable by it for
+///      - allocations take effect at once (EigenLayer's per-operator allocation delay is not
+///        modelled); deallocations follow EigenLayer: while the operator is slashable by the set,
+///        a smaller magnitude becomes pending for `DEALLOCATION_DELAY` + 1 blocks, stays slashable
+///        until then (a slash also shrinks the pending part in proportion) and its magnitude stays
+///        encumbered until the deallocation completes; one pending change per allocation
+///        (`ModificationAlreadyPending`); an operator no set can slash deallocates at once;
+///      - as in EigenLayer, an operator that deregisters from a set stays slashable by it for
 ///        `DEALLOCATION_DELAY` blocks (`isOperatorSlashable`), so leaving right after a fault does
-///        not escape its slashing, and cannot register for that set again until then (an instant
-///        deallocation would still shrink what is slashable here: not modelled);
+///        not escape its slashing, and cannot register for that set again until then;
 ///      - slashing moves the slashed tokens to the recipient at once (EigenLayer escrows them and
 ///        needs a separate `clearBurnOrRedistributableShares`); operator shares fall by the slashed
 ///        amount; a staker's deposit shares are kept only to delegate them (there are no
@@ -66,7 +69,27 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     mapping(address => mapping(IStrategy => uint256)) private _operatorShares;
     mapping(address => mapping(IStrategy => uint64)) private _maxMagnitude; // 0 = never slashed (WAD)
     mapping(address => mapping(IStrategy => uint64)) public encumberedMagnitude;
+    /// @dev Current magnitudes, before any pending deallocation whose effect block has come
+    ///      (`_updatedAllocation` applies those).
     mapping(address => mapping(bytes32 => mapping(IStrategy => uint64))) private _allocation;
+
+    /// @dev A pending deallocation: the magnitude leaving and the block it leaves at (0: none).
+    struct PendingDeallocation {
+        uint64 magnitude;
+        uint32 effectBlock;
+    }
+
+    /// @dev A deallocation in an operator's queue for one strategy (the set's key, its effect block).
+    struct QueuedDeallocation {
+        bytes32 key;
+        uint32 effectBlock;
+    }
+
+    mapping(address => mapping(bytes32 => mapping(IStrategy => PendingDeallocation))) private _pending;
+    /// @dev Per operator and strategy, the deallocations in the order made, so in effect-block order
+    ///      (the delay is fixed); those before `_queueHead` are done.
+    mapping(address => mapping(IStrategy => QueuedDeallocation[])) private _queue;
+    mapping(address => mapping(IStrategy => uint256)) private _queueHead;
     mapping(bytes32 => SetInfo) private _sets;
     mapping(address => mapping(bytes32 => bool)) private _member;
     /// @dev Last block in which an operator that left a set is still slashable by it.
@@ -245,12 +268,19 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
             if (!_sets[key].exists) revert InvalidOperatorSet();
             for (uint256 j; j < p.strategies.length; ++j) {
                 IStrategy s = p.strategies[j];
+                _clearDeallocationQueue(operator, s); // as EigenLayer: frees what has finished leaving
+                if (_pending[operator][key][s].effectBlock != 0) revert ModificationAlreadyPending();
                 uint64 old = _allocation[operator][key][s];
-                uint64 encumbered = encumberedMagnitude[operator][s] - old + p.newMagnitudes[j];
+                uint64 wanted = p.newMagnitudes[j];
+                if (wanted < old && _isSlashable(operator, key)) {
+                    _startDeallocation(operator, p.operatorSet, s, old - wanted);
+                    continue;
+                }
+                uint64 encumbered = encumberedMagnitude[operator][s] - old + wanted;
                 if (encumbered > getMaxMagnitude(operator, s)) revert InsufficientMagnitude();
                 encumberedMagnitude[operator][s] = encumbered;
-                _allocation[operator][key][s] = p.newMagnitudes[j];
-                emit AllocationUpdated(operator, p.operatorSet, s, p.newMagnitudes[j], uint32(block.number));
+                _allocation[operator][key][s] = wanted;
+                emit AllocationUpdated(operator, p.operatorSet, s, wanted, uint32(block.number));
             }
         }
     }
@@ -360,7 +390,8 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
         view
         returns (Allocation memory)
     {
-        return Allocation(_allocation[operator][_key(operatorSet)][strategy], 0, uint32(block.number));
+        (uint64 current, PendingDeallocation memory pending) = _updatedAllocation(operator, _key(operatorSet), strategy);
+        return Allocation(current, -int128(uint128(pending.magnitude)), pending.effectBlock);
     }
 
     /// @inheritdoc IAllocationManager
@@ -386,21 +417,24 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     /// @inheritdoc IAllocationManager
-    /// @dev No allocation delays here, so this is the allocated stake of operators the set can slash
-    ///      (zero for the others), as in EigenLayer.
+    /// @dev As EigenLayer: the allocated stake of operators the set can slash (zero for the others),
+    ///      less any deallocation that takes effect by `futureBlock`.
     function getMinimumSlashableStake(
         OperatorSet memory operatorSet,
         address[] memory operators,
         IStrategy[] memory strategies,
-        uint32
+        uint32 futureBlock
     ) external view returns (uint256[][] memory slashableStake) {
-        slashableStake = getAllocatedStake(operatorSet, operators, strategies);
         bytes32 key = _key(operatorSet);
+        slashableStake = new uint256[][](operators.length);
         for (uint256 i; i < operators.length; ++i) {
-            if (!_isSlashable(operators[i], key)) {
-                for (uint256 j; j < strategies.length; ++j) {
-                    slashableStake[i][j] = 0;
-                }
+            slashableStake[i] = new uint256[](strategies.length);
+            if (!_isSlashable(operators[i], key)) continue;
+            for (uint256 j; j < strategies.length; ++j) {
+                (uint64 magnitude, PendingDeallocation memory pending) =
+                    _updatedAllocation(operators[i], key, strategies[j]);
+                if (pending.effectBlock != 0 && pending.effectBlock <= futureBlock) magnitude -= pending.magnitude;
+                slashableStake[i][j] = _stakeOf(operators[i], strategies[j], magnitude);
             }
         }
     }
@@ -460,7 +494,58 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     function _allocatedStake(address operator, bytes32 key, IStrategy s) private view returns (uint256) {
-        return _operatorShares[operator][s] * _allocation[operator][key][s] / getMaxMagnitude(operator, s);
+        (uint64 magnitude,) = _updatedAllocation(operator, key, s);
+        return _stakeOf(operator, s, magnitude);
+    }
+
+    function _stakeOf(address operator, IStrategy s, uint64 magnitude) private view returns (uint256) {
+        return _operatorShares[operator][s] * magnitude / getMaxMagnitude(operator, s);
+    }
+
+    /// @dev The current magnitude and pending deallocation, with a deallocation whose effect block
+    ///      has come applied (as EigenLayer's `_getUpdatedAllocation`; storage catches up when the
+    ///      queue is cleared).
+    function _updatedAllocation(address operator, bytes32 key, IStrategy s)
+        private
+        view
+        returns (uint64 current, PendingDeallocation memory pending)
+    {
+        current = _allocation[operator][key][s];
+        pending = _pending[operator][key][s];
+        if (pending.effectBlock != 0 && pending.effectBlock <= block.number) {
+            current -= pending.magnitude;
+            pending = PendingDeallocation(0, 0);
+        }
+    }
+
+    /// @dev `magnitude` leaves the allocation in `DEALLOCATION_DELAY` + 1 blocks; slashable and
+    ///      encumbered until then.
+    function _startDeallocation(address operator, OperatorSet calldata set, IStrategy s, uint64 magnitude) private {
+        bytes32 key = _key(set);
+        uint32 effectBlock = uint32(block.number) + DEALLOCATION_DELAY + 1;
+        _pending[operator][key][s] = PendingDeallocation(magnitude, effectBlock);
+        _queue[operator][s].push(QueuedDeallocation(key, effectBlock));
+        emit AllocationUpdated(operator, set, s, _allocation[operator][key][s] - magnitude, effectBlock);
+    }
+
+    /// @dev Completes, in order, every deallocation of `s` by `operator` whose effect block has come.
+    ///      An entry whose deallocation a slash already completed finds nothing to do.
+    function _clearDeallocationQueue(address operator, IStrategy s) private {
+        QueuedDeallocation[] storage queue = _queue[operator][s];
+        uint256 head = _queueHead[operator][s];
+        for (; head < queue.length && queue[head].effectBlock <= block.number; ++head) {
+            _completeDeallocation(operator, queue[head].key, s);
+        }
+        _queueHead[operator][s] = head;
+    }
+
+    /// @dev Applies the (operator, set, strategy) deallocation to storage if its effect block has come.
+    function _completeDeallocation(address operator, bytes32 key, IStrategy s) private {
+        PendingDeallocation memory pending = _pending[operator][key][s];
+        if (pending.effectBlock == 0 || pending.effectBlock > block.number) return;
+        _allocation[operator][key][s] -= pending.magnitude;
+        encumberedMagnitude[operator][s] -= pending.magnitude;
+        delete _pending[operator][key][s];
     }
 
     /// @dev Slashes wad of the allocation: magnitude and max magnitude fall by the same amount, so
@@ -469,10 +554,15 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
         private
         returns (uint256 slashedShares)
     {
+        _completeDeallocation(operator, key, s);
         uint64 allocated = _allocation[operator][key][s];
         uint64 maxMag = getMaxMagnitude(operator, s);
-        uint64 slashedMag = uint64((uint256(allocated) * wad + WAD - 1) / WAD);
+        uint64 slashedMag = _mulWadUp(allocated, wad);
         if (slashedMag == 0) return 0;
+        // As EigenLayer: a pending deallocation shrinks in proportion, so what is left after it stays
+        // the slashed share of what would have been left.
+        PendingDeallocation storage pending = _pending[operator][key][s];
+        if (pending.effectBlock != 0) pending.magnitude -= _mulWadUp(pending.magnitude, wad);
         slashedShares = _operatorShares[operator][s] * slashedMag / maxMag;
         _allocation[operator][key][s] = allocated - slashedMag;
         encumberedMagnitude[operator][s] -= slashedMag;
@@ -486,5 +576,9 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
             s.underlyingToken().safeTransfer(recipient, slashedShares);
             emit SlashedFundsSent(s, recipient, slashedShares);
         }
+    }
+
+    function _mulWadUp(uint64 magnitude, uint256 wad) private pure returns (uint64) {
+        return uint64((uint256(magnitude) * wad + WAD - 1) / WAD);
     }
 }

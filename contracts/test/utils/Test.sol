@@ -66,6 +66,8 @@ interface Vm {
     function assertFalse(bool condition, string calldata error) external pure;
     function assertEq(bool left, bool right, string calldata error) external pure;
     function assertEq(uint256 left, uint256 right, string calldata error) external pure;
+    function assertEq(int256 left, int256 right, string calldata error) external pure;
+    function assertApproxEqAbs(uint256 left, uint256 right, uint256 maxDelta, string calldata error) external pure;
     function assertLe(uint256 left, uint256 right, string calldata error) external pure;
     function assertGe(uint256 left, uint256 right, string calldata error) external pure;
     function assertEq(address left, address right, string calldata error) external pure;

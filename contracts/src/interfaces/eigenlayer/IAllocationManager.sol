@@ -90,6 +90,8 @@ interface IAllocationManagerErrors {
     error InvalidRedistributionRecipient();
     /// @notice The AVS has no registrar, or it does not support the AVS.
     error InvalidAVSRegistrar();
+    /// @notice The allocation already has a pending change (a deallocation waiting for its delay).
+    error ModificationAlreadyPending();
 }
 
 /// @title IAllocationManagerEvents (EigenLayer core)

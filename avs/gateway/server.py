@@ -11,9 +11,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
 
 from avs.errors import AuthenticationError, InvalidInputError
 from avs.gateway.errors import (
@@ -31,6 +34,31 @@ POST_ROUTES = {"/v1/chat/completions": JobKind.CHAT, "/v1/completions": JobKind.
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"
 DRAIN_LIMIT_BYTES = 16 << 20  # a refused body up to this size is read and dropped (the connection stays usable)
+MAX_JSON_DEPTH = 64  # OpenAI's bodies nest 4-5 deep
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def compute_json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, brackets inside strings left out.
+
+    Checked before ``json.loads``: its C parser recurses once per level, and with the recursion
+    limit that ``py_ecc`` raises to 100,000 a body of 100,000 ``[`` overflows the thread's stack
+    (a segfault of the whole process) before Python can raise ``RecursionError``.
+    """
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def parse_content_length(text: str | None) -> int | None:
+    """The header's value, or None when it is not a plain decimal number."""
+    text = "0" if text is None else text.strip()
+    return int(text) if _CONTENT_LENGTH.fullmatch(text) else None
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -130,15 +158,16 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self.close_connection = True
             raise InvalidInputError("send the body with a Content-Length (chunked bodies are not read)")
-        length_text = self.headers.get("Content-Length", "0")
-        length = int(length_text) if length_text.isdigit() else -1
-        if length < 0:
+        length = parse_content_length(self.headers.get("Content-Length"))
+        if length is None:
             self.close_connection = True
             raise InvalidInputError("Content-Length must be a non-negative integer")
         if length > self.server.max_body_bytes:
             raise PayloadTooLargeError(f"the body has {length} bytes; at most {self.server.max_body_bytes}")
         body = self.rfile.read(length)
         self._body_read = True
+        if compute_json_depth(body) > MAX_JSON_DEPTH:
+            raise InvalidInputError(f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             return json.loads(body)
         except ValueError as exc:
@@ -146,9 +175,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         """Read and drop a body left unread (closing with it unread could reset the connection)."""
-        length_text = self.headers.get("Content-Length", "0")
-        length = int(length_text) if length_text.isdigit() else 0
-        if length > DRAIN_LIMIT_BYTES:
+        length = parse_content_length(self.headers.get("Content-Length")) or 0
+        if length > min(DRAIN_LIMIT_BYTES, self.server.max_body_bytes):
             self.close_connection = True
             return
         while length > 0:

@@ -24,6 +24,14 @@ UINT32_LIMIT = 2**32
 UINT64_LIMIT = 2**64
 
 
+def _require_utf8(name: str, text: str) -> None:
+    """Lone surrogates (JSON allows ``"\\ud800"``) are not text: they cannot be encoded or signed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{name} is not valid Unicode text (lone surrogate at {exc.start})") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
@@ -34,6 +42,7 @@ class ChatMessage:
             raise InvalidInputError(f"chat role must be one of {sorted(CHAT_ROLES)}, got {self.role!r}")
         if not isinstance(self.content, str):
             raise InvalidInputError("chat message content must be a string")
+        _require_utf8("chat message content", self.content)
 
 
 def parse_chat_messages(raw: Any) -> tuple[ChatMessage, ...]:
@@ -94,6 +103,7 @@ class SamplingParams:
         for stop in self.stop_sequences:
             if not isinstance(stop, str) or not 0 < len(stop) <= MAX_STOP_SEQUENCE_CHARS:
                 raise InvalidInputError(f"each stop sequence must be a string of 1 to {MAX_STOP_SEQUENCE_CHARS} chars")
+            _require_utf8("a stop sequence", stop)
 
     @property
     def temperature(self) -> float:

@@ -10,10 +10,12 @@ from typing import Any
 import grpc
 import openai
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from avs.gateway import cli
 from avs.gateway.config import GatewayConfig, load_config
-from avs.gateway.server import GatewayServer, is_authorized
+from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
 from avs.gateway.service import GatewayService
 from tests.gateway.fakes import MODEL, MODEL_ID, OUTPUT_TEXT, REQUEST_HASH, FakeIntake, FakeRpcError, failing_intake
 
@@ -156,6 +158,28 @@ def test_raw_http_errors(server: GatewayServer) -> None:
     assert (status, body) == (200, {"status": "ok"})
 
 
+def test_hostile_bodies_get_a_400_and_the_gateway_lives_on(server: GatewayServer) -> None:
+    """JSON nested past the limit (100,000 levels used to segfault the process: the C parser recursed
+    past the thread's stack under py_ecc's recursion limit), a lone surrogate, a non-ASCII length."""
+    for depth in (MAX_JSON_DEPTH + 1, 100_000):
+        status, body = raw(server, "POST", "/v1/chat/completions", b"[" * depth + b"]" * depth)
+        assert status == 400 and "nests deeper" in body["error"]["message"]
+    nested_ok = {"model": MODEL, "messages": [{"role": "user", "content": "[" * 10_000}]}  # brackets in a string
+    status, _ = raw(server, "POST", "/v1/chat/completions", json.dumps(nested_ok).encode())
+    assert status == 200
+    lone = b'{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800"}]}' % MODEL.encode()
+    status, body = raw(server, "POST", "/v1/chat/completions", lone)
+    assert status == 400 and "surrogate" in body["error"]["message"]
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest("POST", "/v1/chat/completions")
+    connection.putheader("Content-Length", "\xb2")  # "²": str.isdigit() says yes, int() says no
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 400 and "Content-Length" in json.loads(response.read())["error"]["message"]
+    connection.close()
+    assert raw(server, "GET", "/health")[0] == 200
+
+
 def test_a_body_over_the_limit_is_refused_and_the_connection_stays_usable() -> None:
     gateway = start(FakeIntake(), max_body_bytes=2048)
     try:
@@ -261,3 +285,23 @@ def test_config_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_binary_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--requester", "0x1234", "--listen", "127.0.0.1:0"]) == 2
     assert "requester" in capsys.readouterr().err
+
+
+def _nesting(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_nesting(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_nesting(v) for v in value.values()), default=0)
+    return 0
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(_json_values, st.booleans())
+def test_json_depth_counts_nesting_and_ignores_brackets_in_strings(value: Any, ascii_only: bool) -> None:
+    assert compute_json_depth(json.dumps(value, ensure_ascii=ascii_only).encode()) == _nesting(value)

@@ -87,3 +87,13 @@ def test_prompt_hash_is_the_eip712_uint32_array_encoding() -> None:
     assert compute_prompt_hash([]) == keccak(b"")
     with pytest.raises(InvalidInputError):
         compute_prompt_hash([2**32])
+
+
+def test_lone_surrogates_are_not_text() -> None:
+    """JSON's "\\ud800" decodes to a str that UTF-8 cannot encode, so it could be neither hashed nor
+    sent: refused as input, not failed on later."""
+    with pytest.raises(InvalidInputError, match="surrogate"):
+        parse_chat_messages([{"role": "user", "content": "ok \ud800"}])
+    with pytest.raises(InvalidInputError, match="surrogate"):
+        SamplingParams(stop_sequences=("\udfff",))
+    assert parse_chat_messages([{"role": "user", "content": "ok \U0001f600"}])[0].content.endswith("\U0001f600")

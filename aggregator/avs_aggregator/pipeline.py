@@ -105,6 +105,8 @@ REJECTION_FINAL_REVERTS = frozenset(
 ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
 ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
 EVIDENCE_RETRY_SECONDS = 60.0
+# A vocabulary's longest token decodes to a few dozen characters; the primary's text is refused far above.
+MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +300,12 @@ class Pipeline:
     def _check_generate(
         self, row: RequestRow, envelope: convert.RequestEnvelope, primary: OperatorInfo, reply: GenerateReply
     ) -> None:
+        if not 0 < len(reply.token_ids) <= envelope.request.max_tokens:  # before hashing or storing them
+            raise InvalidInputError(
+                f"the primary returned {len(reply.token_ids)} tokens for max_tokens {envelope.request.max_tokens}"
+            )
+        if len(reply.text) > MAX_OUTPUT_TEXT_CHARS_PER_TOKEN * len(reply.token_ids):
+            raise InvalidInputError("the primary's text is far longer than its tokens can decode to")
         expected = compute_output_hash(InferenceOutput(row.request_hash, envelope.request.model_id, reply.token_ids))
         if reply.output_hash != expected:
             raise InvalidInputError("the primary's output hash does not match its tokens")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Protocol
@@ -86,7 +86,18 @@ def _word(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
-def build_status(pipeline: Pipeline, row: RequestRow) -> ag.RequestStatus:
+Decoder = Callable[[list[int]], str]
+
+
+def _output_text(row: RequestRow, decode: Decoder | None) -> str:
+    """The output's text: decoded here from the signed token ids when the model's tokenizer is
+    configured; otherwise the primary's own decode, which nothing checks (only the ids are signed)."""
+    if decode is not None and row.output_ids:
+        return decode(json.loads(row.output_ids))
+    return row.output_text or ""
+
+
+def build_status(pipeline: Pipeline, row: RequestRow, decode: Decoder | None = None) -> ag.RequestStatus:
     status = ag.RequestStatus(
         request_hash=row.request_hash,
         state=STATE_TO_PROTO[RequestState(row.state)],
@@ -94,17 +105,17 @@ def build_status(pipeline: Pipeline, row: RequestRow) -> ag.RequestStatus:
         attempt=row.attempt,
         primary_operator_id=row.primary_id or b"",
         output_token_ids=json.loads(row.output_ids or "[]"),
-        output_text=row.output_text or "",
+        output_text=_output_text(row, decode),
         output_hash=row.output_hash or b"",
         batch_index=row.batch_index or 0,
         prompt_tokens=row.prompt_tokens or 0,
     )
     if row.state == RequestState.CERTIFIED:
-        status.certificate.CopyFrom(build_certificate(pipeline, row))
+        status.certificate.CopyFrom(build_certificate(pipeline, row, decode))
     return status
 
 
-def build_certificate(pipeline: Pipeline, row: RequestRow) -> ag.Certificate:
+def build_certificate(pipeline: Pipeline, row: RequestRow, decode: Decoder | None = None) -> ag.Certificate:
     assert row.batch_index is not None and row.output_hash is not None
     batch = pipeline.store.get_batch(row.batch_index)
     assert batch is not None and batch.certificate is not None
@@ -120,7 +131,7 @@ def build_certificate(pipeline: Pipeline, row: RequestRow) -> ag.Certificate:
         request=op.InferenceRequest.FromString(row.envelope),
         request_hash=row.request_hash,
         output_token_ids=json.loads(row.output_ids or "[]"),
-        output_text=row.output_text or "",
+        output_text=_output_text(row, decode),
         output_hash=row.output_hash,
         batch_header=convert.batch_header_to_proto(header),
         merkle_proof=list(tree.get_proof(position)),
@@ -274,8 +285,16 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise NotFoundError("no request with this hash")
         return row
 
+    def _decoder(self, row: RequestRow) -> Decoder | None:
+        model = self._models.get(bytes(op.InferenceRequest.FromString(row.envelope).model_id))
+        if model is None or model.encoder is None:
+            return None
+        tokenizer = model.encoder.tokenizer
+        return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
     def GetStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> ag.RequestStatus:
-        return build_status(self._pipeline, self._row(request))
+        row = self._row(request)
+        return build_status(self._pipeline, row, self._decoder(row))
 
     def WatchStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
         last: tuple[str, int] | None = None
@@ -283,7 +302,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             row = self._row(request)
             if (row.state, row.attempt) != last:
                 last = (row.state, row.attempt)
-                yield build_status(self._pipeline, row)
+                yield build_status(self._pipeline, row, self._decoder(row))
             if row.state in FINAL_REQUEST_STATES:
                 return
             self._pipeline.wait_for_change(WATCH_POLL_SECONDS)

@@ -167,6 +167,13 @@ class OperatorCore:
     def verify(
         self, prepared: PreparedRequest, output_ids: Sequence[int], deadline: Deadline | None = None
     ) -> VerifyResult:
+        # Longer than any output this node would generate: refused before the copy, the hash and the
+        # signature it would otherwise cost (a 4 MB message holds ~4M one-byte ids).
+        if len(output_ids) > self._limits.max_new_tokens:
+            raise ContextLimitError(
+                f"the output has {len(output_ids)} tokens; this node verifies at most {self._limits.max_new_tokens}"
+            )
+        output_ids = list(output_ids)
         _check_deadline(deadline)
         started = self._clock()
         with self._engine_lock:

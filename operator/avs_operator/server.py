@@ -124,7 +124,7 @@ class OperatorServicer(op_grpc.OperatorServiceServicer):
         with self._call("Verify", request):
             envelope = convert.request_from_proto(request.request)
             prepared = self._core.prepare(envelope.request, envelope.messages, envelope.stop_sequences)
-            result = self._core.verify(prepared, list(request.output_token_ids), context)
+            result = self._core.verify(prepared, request.output_token_ids, context)
             position = result.verification.first_failing_position
             failure = result.verification.failure
             return op.VerifyResponse(

@@ -61,6 +61,7 @@ class FakeOperator:
     stakes: dict[int, int]
     behaviour: str = (
         "honest"  # honest | down | sign_down | cheat | accept_all | bad_batch_signature | wrong_output_hash
+        # | too_many_tokens | huge_text
     )
     signed_batches: list[int] = field(default_factory=list)
     refuses_leaves: set[bytes] = field(default_factory=set)  # request hashes it will not sign a batch over
@@ -121,10 +122,13 @@ class FakeNetwork:
         tokens = canonical_tokens(envelope.request)
         if op.behaviour == "cheat":
             tokens = (*tokens[:-1], 49)
+        if op.behaviour == "too_many_tokens":  # signed and hashed correctly, over the request's max_tokens
+            tokens = tuple(range(envelope.request.max_tokens + 1))
         output_hash = compute_output_hash(InferenceOutput(request_hash, envelope.request.model_id, tokens))
         if op.behaviour == "wrong_output_hash":
             output_hash = OutputHash(keccak(text="wrong"))
-        return GenerateReply(tokens, "text", output_hash, op.attest(request_hash, output_hash, Verdict.ACCEPT))
+        text = "x" * 100_000 if op.behaviour == "huge_text" else "text"
+        return GenerateReply(tokens, text, output_hash, op.attest(request_hash, output_hash, Verdict.ACCEPT))
 
     def verify(
         self, operator: OperatorInfo, envelope: RequestEnvelope, output_ids: Sequence[int], timeout: float

@@ -161,6 +161,22 @@ def test_wrong_output_hash_from_primary_is_retried(db: str) -> None:
     pipeline.close()
 
 
+@pytest.mark.parametrize("behaviour", ["too_many_tokens", "huge_text"])
+def test_an_oversized_primary_reply_is_refused_before_it_is_stored(db: str, behaviour: str) -> None:
+    """More tokens than max_tokens (correctly hashed and signed) or text far longer than the tokens:
+    a failed primary, never stored nor sent to the verifiers."""
+    network = FakeNetwork([{0: 50}, {0: 50}])
+    for operator in network.operators:
+        operator.behaviour = behaviour
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED and "primary" in (row.error or "")
+    assert row.output_ids is None and not any(call == "verify" for call, _ in network.calls)
+    pipeline.close()
+
+
 @pytest.mark.parametrize("steps", range(6))
 def test_restart_after_any_step_certifies_once(db: str, steps: int) -> None:
     """Kill the pipeline after ``steps`` steps (a new Pipeline on the same database), then finish."""

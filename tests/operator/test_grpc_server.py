@@ -162,6 +162,11 @@ def test_verify_accepts_the_canonical_output_and_rejects_an_edit(running: Runnin
     rejected = running.client.verify(envelope(running, "the quick brown fox", nonce=12), edited)
     assert verdict_of(rejected) == Verdict.REJECT
     assert rejected.first_failing_position >= 0 and rejected.reason
+    # Past the node's max_new_tokens: refused before any hashing or signing, nothing recorded.
+    flood = [0] * (running.app.config.limits.max_new_tokens + 1)
+    flood_request = envelope(running, "the quick brown fox", nonce=13)
+    assert code_of(lambda: running.client.verify(flood_request, flood)) == grpc.StatusCode.OUT_OF_RANGE
+    assert verdict_of(running.client.verify(flood_request, generated)) == Verdict.ACCEPT  # free to attest
 
 
 def test_sign_batch_only_over_accepted_outputs(running: Running) -> None:

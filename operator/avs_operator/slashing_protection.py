@@ -25,8 +25,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, UniqueConstraint, create_engine, select
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    select,
+)
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from avs.errors import InvalidInputError, SlashingProtectionError
@@ -50,6 +61,21 @@ class AttestationRecord(_Base):
     output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     verdict: Mapped[int] = mapped_column(Integer)
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# At most one ACCEPT per request, enforced by the database itself: the unique constraint above stops
+# two verdicts on one output, this stops ACCEPT of two outputs, so even two processes writing one
+# database (a restart overlapping the old process, an import while the daemon runs) cannot both
+# record an equivocation. A partial index: SQLite and PostgreSQL both have them.
+_ONE_ACCEPT = AttestationRecord.verdict == int(Verdict.ACCEPT)
+ONE_ACCEPT_PER_REQUEST = Index(
+    "uq_attestations_one_accept_per_request",
+    AttestationRecord.domain_separator,
+    AttestationRecord.request_hash,
+    unique=True,
+    sqlite_where=_ONE_ACCEPT,
+    postgresql_where=_ONE_ACCEPT,
+)
 
 
 class BatchRecord(_Base):
@@ -78,6 +104,12 @@ class SlashingProtection:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine: Engine = create_engine(url, future=True)
         _Base.metadata.create_all(self._engine)
+        try:  # create_all adds no index to a table made before the index existed
+            ONE_ACCEPT_PER_REQUEST.create(self._engine, checkfirst=True)
+        except IntegrityError as exc:
+            raise SlashingProtectionError(
+                "the slashing protection database already holds two ACCEPTs of different outputs for one request"
+            ) from exc
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._lock = threading.Lock()
 
@@ -85,8 +117,13 @@ class SlashingProtection:
     def _transaction(self) -> Iterator[Session]:
         # One check-and-record at a time in this process; the unique constraints are the last
         # line against another process writing the same database.
-        with self._lock, self._sessions.begin() as session:
-            yield session
+        try:
+            with self._lock, self._sessions.begin() as session:
+                yield session
+        except IntegrityError as exc:  # another process recorded a conflicting signature meanwhile
+            raise SlashingProtectionError(
+                f"refusing to sign: a conflicting record was written concurrently ({exc.orig})"
+            ) from exc
 
     def close(self) -> None:
         self._engine.dispose()

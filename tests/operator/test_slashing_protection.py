@@ -9,6 +9,8 @@ import pytest
 from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.orm import Session
 
 from avs.errors import InvalidInputError, SlashingProtectionError
 from avs.merkle import BatchLeaf
@@ -111,3 +113,41 @@ def test_never_two_conflicting_attestations_per_request(attempts: list[tuple[byt
         else:
             assert not any(s.is_conflicting(attestation) for s in signed)
             signed.append(attestation)
+
+
+def test_two_processes_on_one_database_cannot_both_accept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race: both read the history before either writes (a restart overlapping the old process,
+    an import while the daemon runs). The database's partial unique index refuses the second ACCEPT."""
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    first, second = SlashingProtection(url), SlashingProtection(url)
+    request = keccak(text="raced request")
+    first.record_attestation(DOMAIN, Attestation(request, keccak(text="output A"), Verdict.ACCEPT))
+    monkeypatch.setattr(Session, "scalars", lambda self, *args, **kwargs: iter(()))  # second read before it
+    with pytest.raises(SlashingProtectionError, match="concurrently"):
+        second.record_attestation(DOMAIN, Attestation(request, keccak(text="output B"), Verdict.ACCEPT))
+    second.record_attestation(DOMAIN, Attestation(request, keccak(text="output B"), Verdict.REJECT))  # honest
+    monkeypatch.undo()
+    accepted = [a for a in first.get_attestations(DOMAIN, request) if a.verdict == Verdict.ACCEPT]
+    assert [a.output_hash for a in accepted] == [keccak(text="output A")]
+
+
+def test_an_older_database_gets_the_index_or_a_clear_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    SlashingProtection(url).close()
+    engine = create_engine(url)
+    with engine.begin() as connection:  # as a database made before the index existed, with an equivocation
+        connection.execute(text("DROP INDEX uq_attestations_one_accept_per_request"))
+        for output in (b"\x01" * 32, b"\x02" * 32):
+            connection.execute(
+                text(
+                    "INSERT INTO attestations (domain_separator, request_hash, output_hash, verdict, signed_at) "
+                    "VALUES (:d, :r, :o, 1, '2026-11-26 00:00:00')"
+                ),
+                {"d": DOMAIN, "r": b"\x09" * 32, "o": output},
+            )
+    with pytest.raises(SlashingProtectionError, match="two ACCEPTs"):
+        SlashingProtection(url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM attestations WHERE output_hash = :o"), {"o": b"\x02" * 32})
+    SlashingProtection(url).close()
+    assert "uq_attestations_one_accept_per_request" in {i["name"] for i in inspect(engine).get_indexes("attestations")}

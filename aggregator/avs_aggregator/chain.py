@@ -151,6 +151,9 @@ class Web3ChainWriter:
         except BlockNotFound:
             return None
 
+    def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:
+        return self.client.is_certified(header, signatory_record_hash)
+
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
         block = self.client.get_certified_block(batch_index)
         if block == 0:

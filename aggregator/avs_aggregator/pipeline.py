@@ -66,6 +66,7 @@ from avs_aggregator.evidence import (
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.ports import (
     BlockHashReader,
+    CertificationChecker,
     ChainWriter,
     GenerateReply,
     OperatorCaller,
@@ -677,6 +678,9 @@ class Pipeline:
 
     def _submit_batch(self, batch: BatchRow) -> None:
         certified = self.writer.get_certification(batch.batch_index)
+        if certified is not None and not self._is_ours(batch):
+            self._index_taken(batch)
+            return
         if certified is not None:  # sent before a crash, or by a previous run: never send again
             self._certified(batch, certified[0], certified[1], None)
             return
@@ -689,6 +693,9 @@ class Pipeline:
         except ContractRevertError as exc:
             if exc.name == "BatchAlreadyCertified":
                 again = self.writer.get_certification(batch.batch_index)
+                if again is not None and not self._is_ours(batch):
+                    self._index_taken(batch)
+                    return
                 if again is not None:
                     self._certified(batch, again[0], again[1], None)
                     return
@@ -701,6 +708,25 @@ class Pipeline:
             return
         certified = self.writer.get_certification(batch.batch_index)
         self._certified(batch, certified[0] if certified else 0, tx_hash, gas_used)
+
+    def _is_ours(self, batch: BatchRow) -> bool:
+        """Whether the index's on-chain certification is this batch (header and signer record)."""
+        if not isinstance(self.writer, CertificationChecker) or not batch.certificate:
+            return True
+        non_signers = load_hex_list(json.dumps(json.loads(batch.certificate)["non_signer_ids"]))
+        record = protocol.compute_signatory_record_hash(batch.reference_block, non_signers)
+        return self.writer.is_certified(self.get_header(batch), record)
+
+    def _index_taken(self, batch: BatchRow) -> None:
+        """Another batch holds this index on-chain: ours was never certified, so its requests go back
+        to be batched under a free index (``_create_batch`` skips the taken ones)."""
+        logger.warning(
+            "batch index certified by another aggregator; re-batching", extra={"batch_index": batch.batch_index}
+        )
+        self.store.finish_batch(
+            batch.batch_index, BatchState.ABANDONED, RequestState.ACCEPTED, error="index certified by another batch"
+        )
+        self._notify()
 
     def _certified(self, batch: BatchRow, block: int, tx_hash: bytes, gas_used: int | None) -> None:
         self.store.finish_batch(
@@ -740,6 +766,10 @@ class Pipeline:
             for _ in load_hex_list(batch.request_hashes):
                 self._count(RequestState.BATCHED)
             self._notify()
+            return True
+        if not self._is_ours(batch):  # after the reorg another batch took the index
+            self.store.reopen_batch(batch.batch_index, error="index certified by another batch after a reorg")
+            self._index_taken(batch)
             return True
         block, tx_hash = certified
         block_hash = self._block_hash(block)

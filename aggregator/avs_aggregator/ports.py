@@ -119,6 +119,15 @@ class BlockHashReader(Protocol):
         ...
 
 
+@runtime_checkable
+class CertificationChecker(Protocol):
+    """Optional on a ``ChainWriter``: whether a batch index is certified with *this* header and
+    signer record (``InferenceTaskManager.isCertified``). Another aggregator, or a run that lost its
+    database, may certify the same index with another batch; without this, certified means ours."""
+
+    def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool: ...
+
+
 class RejectionReporter(Protocol):
     """Sends the rejected-output proof that slashes a primary (``FaultManager.proveRejectedOutput``)."""
 

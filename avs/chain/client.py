@@ -159,6 +159,11 @@ class Web3AvsClient:
     def get_batch_digest(self, header: BatchHeader) -> bytes:
         return bytes(self._call(self.task_manager.functions.batchDigest(encode_batch_header(header))))
 
+    def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:
+        """Whether exactly ``header`` with ``signatory_record_hash`` is certified."""
+        fn = self.task_manager.functions.isCertified(encode_batch_header(header), signatory_record_hash)
+        return bool(self._call(fn))
+
     def get_certified_block(self, batch_index: int) -> int:
         return int(self._call(self.task_manager.functions.getBatch(batch_index))[1])
 

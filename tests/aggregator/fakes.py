@@ -30,6 +30,7 @@ from avs.types import OperatorId, OutputHash
 from avs_aggregator.challenger.core import OpenedChallenge
 from avs_aggregator.challenger.resolution import EscalationConfig
 from avs_aggregator.ports import GenerateReply, OperatorInfo, OperatorSet, VerifyReply
+from avs_aggregator.protocol import compute_signatory_record_hash
 
 DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
 MODEL_ID = keccak(text="model")
@@ -90,6 +91,7 @@ class FakeNetwork:
         ]
         self.block = block
         self.certified: dict[int, tuple[int, bytes]] = {}
+        self.certified_as: dict[int, tuple[BatchHeader, bytes]] = {}  # what isCertified compares
         self.certify_calls: list[int] = []
         self.calls: list[tuple[str, bytes]] = []
         self.crash_after_certify = False
@@ -184,6 +186,11 @@ class FakeNetwork:
         )
         tx = keccak(header.batch_index.to_bytes(8, "big"))
         self.certified[header.batch_index] = (self.block, tx)
+        non_signers = sorted(bls.compute_operator_id(key) for key in signatures.non_signer_pubkeys)
+        self.certified_as[header.batch_index] = (
+            header,
+            compute_signatory_record_hash(header.reference_block, non_signers),
+        )
         if self.crash_after_certify:
             raise KeyboardInterrupt("crash after the transaction was mined")
         return tx, 190_000
@@ -215,6 +222,16 @@ class FakeNetwork:
 
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
         return self.certified.get(batch_index)
+
+    def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:
+        """``isCertified``: this exact header and signer record (an index certified without a record,
+        by a test, is nobody's)."""
+        return self.certified_as.get(header.batch_index) == (header, signatory_record_hash)
+
+    def certify_foreign(self, batch_index: int) -> None:
+        """Another aggregator certifies ``batch_index`` with a batch of its own."""
+        self.certified[batch_index] = (self.block, keccak(text=f"foreign {batch_index}"))
+        self.certified_as.pop(batch_index, None)
 
     def get_block_hash(self, block_number: int) -> bytes | None:
         return keccak(self.fork + block_number.to_bytes(8, "big")) if block_number <= self.block else None

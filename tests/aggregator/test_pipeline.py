@@ -239,6 +239,41 @@ def test_stale_batch_is_rebatched_under_a_new_index(db: str) -> None:
     pipeline.close()
 
 
+def test_an_index_certified_by_another_aggregator_is_not_taken_for_ours(db: str) -> None:
+    """Another aggregator certifies our batch's index with its own batch while we collect signatures:
+    our requests are not CERTIFIED by it (isCertified says the header is not ours); they are
+    batched again under a free index and certified there."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(5))
+    while pipeline.active_request_hashes():
+        pipeline.advance_request(request_hash)
+    pipeline.form_batches(force=True)
+    pipeline.advance_batch(1)  # signed
+    network.certify_foreign(1)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2
+    assert network.certify_calls == [2]
+    old = pipeline.store.get_batch(1)
+    assert old is not None and old.state == BatchState.ABANDONED and "another batch" in (old.error or "")
+    pipeline.close()
+
+
+def test_an_index_taken_by_another_batch_after_a_reorg_is_batched_again(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(8))
+    pipeline.run_until_idle()
+    network.certify_foreign(1)  # the reorg dropped ours; another aggregator's batch holds index 1 now
+    network.block += 3
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2
+    assert network.certify_calls == [1, 2]
+    pipeline.close()
+
+
 def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:
     network = FakeNetwork([{0: 100}])
     now = [1000.0]

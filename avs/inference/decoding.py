@@ -17,9 +17,14 @@ error and uses two relaxed sets: the *outer* set (tokens that could have survive
 if every logit moved by up to ``delta``) and the *inner* set (tokens that survive even then);
 for top-p, a logit error also scales every probability by up to ``e^(±delta/T)``, so the masses
 compared with ``p`` are divided (outer) or multiplied (inner) by ``e^(delta/T)``.
+With top-k, the outer set's top-p masses are taken over every token within ``delta`` of the k-th
+logit (the generator keeps ties at the k-th logit, so its top-p may normalise over more than k).
 Position ``i`` passes iff the proposed token is in the outer set and its perturbed score is at
-least ``max(perturbed score over inner set ∪ {token}) - delta``. The *margin* is that difference
-(``<= 0``; ``0`` when the token is the verifier's own choice; ``-inf`` if filtered out).
+least ``max(perturbed score over rivals) - delta``, the *rivals* being the inner set, the token
+itself, and every token whose logit is more than ``delta`` above the token's: the filters keep
+tokens in logit order, so if the proposed token survived, those did too, whatever the error. The
+*margin* is that difference (``<= 0``; ``0`` when the token is the verifier's own choice; ``-inf``
+if filtered out).
 """
 
 from __future__ import annotations
@@ -138,6 +143,20 @@ def _top_p_table(head: TensorPair | None, params: SamplingParams) -> TensorPair 
     return z_desc, _survivor_cdf(z_desc, params.temperature)
 
 
+def _outer_top_p_table(
+    z: torch.Tensor, head: TensorPair | None, table: TensorPair | None, params: SamplingParams, delta: float
+) -> TensorPair | None:
+    """The top-p table for the outer test: with top-k, over every token within ``delta`` of the k-th
+    logit (rows padded with -inf), the largest set the generator may have normalised over."""
+    if table is None or _top_k_bounds(head, params) is None:
+        return table
+    floor = head[0][:, params.top_k - 1 : params.top_k] - delta  # type: ignore[index]
+    count = int((z >= floor).sum(-1).max())
+    values = torch.topk(z, count, dim=-1).values
+    z_desc = torch.where(values >= floor, values, torch.full_like(values, -math.inf))
+    return z_desc, _survivor_cdf(z_desc, params.temperature)
+
+
 def _slack_factor(params: SamplingParams, delta: float) -> float:
     # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
     return math.exp(min(delta / params.temperature, 700.0))
@@ -203,14 +222,24 @@ def _best_full_rows(z: torch.Tensor, seed: int, temperature: float) -> torch.Ten
 
 
 def _best_scores(
-    z: torch.Tensor, own: torch.Tensor, head: TensorPair | None, params: SamplingParams, delta: float
+    z: torch.Tensor,
+    z_tok: torch.Tensor,
+    own: torch.Tensor,
+    head: TensorPair | None,
+    params: SamplingParams,
+    delta: float,
 ) -> torch.Tensor:
-    """Row-wise best perturbed score over the inner set and the proposed token (``own``)."""
+    """Row-wise best perturbed score over the rivals: the inner set, the proposed token (logit
+    ``z_tok``, score ``own``) and every token more than ``delta`` above it."""
     bounds, table = _top_k_bounds(head, params), _top_p_table(head, params)
     values, ids, valid = _rival_candidates(z, own, head, bounds, delta, params.temperature * GUMBEL_MAX)
     if head is None and 2 * values.shape[-1] > z.shape[-1]:  # per-token noise would cost more than whole rows
         return _best_full_rows(z, params.seed, params.temperature)
-    cand_rows, cand_cols = torch.nonzero(valid & _is_inner(values, bounds, table, params, delta), as_tuple=True)
+    # Tokens above z_tok + delta are in ``values``: with top-k they rank above the k-th logit
+    # whenever the token is in the outer set (else its margin is -inf anyway).
+    above = values > (z_tok + delta)[:, None]
+    rivals = (valid & _is_inner(values, bounds, table, params, delta)) | above
+    cand_rows, cand_cols = torch.nonzero(rivals, as_tuple=True)
     cand_tokens = ids[cand_rows, cand_cols]
     scores = values[cand_rows, cand_cols] + params.temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
     return own.scatter_reduce(0, cand_rows, scores, reduce="amax")  # the proposed token always competes
@@ -229,6 +258,7 @@ def compute_margins(logits: torch.Tensor, tokens: list[int], params: SamplingPar
         return (z_tok - z.max(dim=1).values).tolist()
     own = z_tok + params.temperature * compute_noise_at(params.seed, rows, index)
     head = _sorted_head(z, params)
-    best = _best_scores(z, own, head, params, delta)
-    outer = _is_outer(z_tok, _top_k_bounds(head, params), _top_p_table(head, params), params, delta)
+    best = _best_scores(z, z_tok, own, head, params, delta)
+    outer_table = _outer_top_p_table(z, head, _top_p_table(head, params), params, delta)
+    outer = _is_outer(z_tok, _top_k_bounds(head, params), outer_table, params, delta)
     return torch.where(outer, own - best, torch.full_like(own, -math.inf)).tolist()

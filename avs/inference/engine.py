@@ -301,6 +301,8 @@ class InferenceEngine:
         if broken is not None and broken[0] in (Failure.EMPTY, Failure.TOO_LONG, Failure.BAD_TOKEN_ID):
             return Verification(False, broken[0], broken[1], -math.inf, -math.inf, 0, ())
         logits = self.compute_prefill_logits(prompt_ids, output_ids)
+        if bool(torch.isnan(logits).any()):  # a broken device or an overflow: no verdict either way
+            raise InferenceError("the model's prefill logits contain NaN; refusing to judge the output")
         return compute_verification(logits, list(output_ids), params, tolerance, broken)
 
 
@@ -313,7 +315,7 @@ def compute_verification(
 ) -> Verification:
     """The verdict from prefill logits (``logits[i]`` predicts ``output_ids[i]``) and the rule check."""
     margins = compute_margins(logits, output_ids, params, delta)
-    failing = [i for i, m in enumerate(margins) if m < -delta]
+    failing = [i for i, m in enumerate(margins) if not m >= -delta]  # a NaN margin fails too
     first_token = failing[0] if failing else None
     failure: Failure | None = None
     position: int | None = None

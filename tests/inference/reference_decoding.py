@@ -38,7 +38,16 @@ def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tup
         cdf = _survivor_cdf(z_desc, params.temperature)
         # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
         factor = math.exp(min(delta / params.temperature, 700.0))
-        outer &= _mass_above(z_desc, cdf, z + delta) / factor < params.top_p + MASS_SLACK
+        # The outer test: the generator kept ties at the k-th logit, so its top-p may normalise over
+        # every token within delta of the k-th logit (row by row here).
+        for row in range(z.shape[0]):
+            if 0 < params.top_k < vocab:
+                kth = torch.topk(z[row], params.top_k).values[-1]
+                wide = torch.sort(z[row][z[row] >= kth - delta], descending=True).values
+            else:
+                wide = z_desc[row]
+            wide_cdf = _survivor_cdf(wide, params.temperature)
+            outer[row] &= _mass_above(wide, wide_cdf, z[row] + delta) / factor < params.top_p + MASS_SLACK
         if delta > 0:  # the mass strictly above z - delta includes the token itself: take it out
             below = torch.minimum(z - delta, torch.nextafter(z, torch.full_like(z, -math.inf)))
             own = torch.exp(z / params.temperature - torch.logsumexp(z_desc / params.temperature, -1, keepdim=True))
@@ -64,6 +73,7 @@ def compute_margins_reference(
         return (own - best).tolist()
     outer, inner = _relaxed_masks(z, params, delta)
     inner[rows, index] = True
+    inner |= z > (z[rows, index] + delta)[:, None]  # kept whenever the token was: filters keep logit order
     cand_rows, cand_tokens = torch.nonzero(inner, as_tuple=True)
     scores = z[cand_rows, cand_tokens] + temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
     best = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, cand_rows, scores, reduce="amax")

@@ -164,3 +164,37 @@ def test_pruning_path_matches_the_reference_on_a_large_vocabulary() -> None:
     ):
         tokens = [select_token(z[i], params, i) if i % 2 else int(torch.topk(z[i], 3).indices[2]) for i in range(8)]
         assert compute_margins(z, tokens, params, 0.5) == compute_margins_reference(z, tokens, params, 0.5)
+
+
+@settings(max_examples=400, deadline=None)
+@given(margin_cases())
+def test_own_choices_verify_with_zero_margin_even_with_ties(
+    case: tuple[torch.Tensor, list[int], SamplingParams, float],
+) -> None:
+    """Ties at the k-th logit (the generator keeps them all, so top-p normalises over more than k)
+    and among candidates: the generator's own choice is never rejected."""
+    z, _, params, delta = case
+    tokens = [select_token(z[i], params, i) for i in range(z.shape[0])]
+    assert compute_margins(z, tokens, params, delta) == [0.0] * len(tokens)
+
+
+def test_a_tie_at_the_kth_logit_widens_top_p() -> None:
+    """Logits [2, 1, 1], top-k 2, top-p 0.6: the generator keeps all three (ties at the k-th) and may
+    pick token 2; verifying over exactly k tokens used to call it filtered out."""
+    z = torch.tensor([[2.0, 1.0, 1.0]], dtype=torch.float64)
+    params = SamplingParams(temperature_milli=1000, top_k=2, top_p_micro=600_000, seed=0)
+    assert compute_kept_mask(z[0], params).tolist() == [True, True, True]
+    assert select_token(z[0], params, 0) == 2
+    assert compute_margins(z, [2], params, 0.01) == [0.0]
+
+
+def test_a_token_below_a_stronger_survivor_cannot_pass_at_the_top_p_edge() -> None:
+    """Logits [10, 6, 5.9], top-p 0.9755: token 2 is neither surely kept (inner) nor surely cut, and
+    used to be compared with nothing but itself (margin 0). Token 1 sits 0.1 above it: if 2 survived,
+    so did 1, and 1's perturbed score wins under this seed, so 2 can never be the choice."""
+    z = torch.tensor([[10.0, 6.0, 5.9]], dtype=torch.float64)
+    params = SamplingParams(temperature_milli=1000, top_p_micro=975_500, seed=8516)
+    assert compute_kept_mask(z[0], params).tolist() == [True, True, False]
+    assert select_token(z[0], params, 0) == 1
+    assert compute_margins(z, [2], params, 0.01)[0] < -0.01
+    assert compute_margins(z, [1], params, 0.01) == [0.0]

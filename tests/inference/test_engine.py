@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ from avs.inference.engine import (
     FinishReason,
     InferenceEngine,
     choose_device,
+    compute_verification,
     load_engine,
 )
 from avs.inference.params import SamplingParams, compute_prompt_hash
@@ -250,3 +252,16 @@ def test_choose_device_shards_only_what_one_gpu_cannot_hold(
     assert choose_device(profile, 1, 3, None, "cpu") == DeviceChoice("cpu", torch.float32, 3)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert choose_device(profile, 70 << 30, None, None).device == "cuda"  # nothing to shard across
+
+
+def test_nan_logits_get_no_verdict(tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN compares false with everything, so a NaN margin used to pass: now a NaN prefill (a broken
+    device, an fp16 overflow) is an error with no signature, and a NaN margin never passes."""
+    ids, params = prompt_ids(tiny_engine), SETTINGS[0]
+    output = tiny_engine.generate(ids, params).token_ids
+    nan_rows = torch.full((len(output), tiny_engine.vocab_size), math.nan, dtype=torch.float64)
+    monkeypatch.setattr(tiny_engine, "compute_prefill_logits", lambda *args: nan_rows)
+    with pytest.raises(InferenceError, match="NaN"):
+        tiny_engine.verify(ids, output, params)
+    verdict = compute_verification(nan_rows, list(output), params, 0.01)
+    assert not verdict.accepted and verdict.failure is Failure.TOKEN and verdict.first_failing_position == 0

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from eth_account import Account
@@ -44,6 +44,7 @@ from avs.chain.faults import Web3FaultClient
 from avs.chain.insurance import Web3CoverageReader
 from avs.config import split_host_port
 from avs.errors import InvalidInputError
+from avs.httpserver import BoundedHTTPServer
 from avs.messages import Domain
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
 from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
@@ -369,7 +370,7 @@ class AggregatorApp:
                 pass
 
         host, port = split_host_port(self.config.health_listen)
-        server = ThreadingHTTPServer((host, port), Health)
+        server = BoundedHTTPServer((host, port), Health)
         self.ports.health = int(server.server_address[1])
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
         self._closers.append(server.shutdown)

@@ -1,6 +1,7 @@
 """The HTTP layer: routes, Bearer authentication, body limits, JSON and server-sent events.
 
-Standard library only (``http.server.ThreadingHTTPServer``: one thread per connection). Every
+Standard library only (``avs.httpserver.BoundedHTTPServer``: one thread per connection, capped, with
+a socket timeout). Every
 error becomes OpenAI's error JSON through ``avs.gateway.errors.compute_api_error``; an error in a
 stream that has started is sent as a last ``data: {"error": ...}`` event (the ``openai`` client
 raises it as an ``APIError``).
@@ -14,7 +15,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from avs.gateway.errors import (
 )
 from avs.gateway.openai_api import VERIFICATION_PATH, JobKind
 from avs.gateway.service import GatewayService
+from avs.httpserver import BoundedHTTPServer
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,7 @@ def parse_content_length(text: str | None) -> int | None:
     return int(text) if _CONTENT_LENGTH.fullmatch(text) else None
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _HttpServer(BoundedHTTPServer):
     def __init__(
         self, address: tuple[str, int], service: GatewayService, api_keys: tuple[str, ...], max_body_bytes: int
     ) -> None:

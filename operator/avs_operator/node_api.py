@@ -13,8 +13,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from avs.httpserver import BoundedHTTPServer
 
 SPEC_VERSION = "v0.0.1"
 
@@ -47,8 +49,7 @@ class NodeApiServer:
         self, host: str, port: int, node_name: str, node_version: str, get_services: Callable[[], list[ServiceState]]
     ) -> None:
         handler = _make_handler(node_name, node_version, get_services)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = BoundedHTTPServer((host, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="node-api", daemon=True)
 
     @property

@@ -170,7 +170,14 @@ def build_grpc_server(
     ]
     # Extra workers past the limit answer RESOURCE_EXHAUSTED quickly instead of queueing.
     workers = futures.ThreadPoolExecutor(max_workers=config.max_concurrent_requests + 4, thread_name_prefix="grpc")
-    server = grpc.server(workers, interceptors=[ErrorToStatusInterceptor()], options=options)
+    # gRPC queues calls without bound by default, each one parsed and its signature recovered before
+    # the limiter sees it: past this many in flight or queued, callers get RESOURCE_EXHAUSTED at once.
+    server = grpc.server(
+        workers,
+        interceptors=[ErrorToStatusInterceptor()],
+        options=options,
+        maximum_concurrent_rpcs=4 * (config.max_concurrent_requests + 4),
+    )
     op_grpc.add_OperatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:

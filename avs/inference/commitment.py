@@ -9,8 +9,8 @@ Leaves are ordered by tensor name (byte order of the UTF-8 name, across all ``*.
 files in the folder, so sharding does not change the root). Each level hashes adjacent pairs,
 ``keccak256(WEIGHTS_NODE_TAG ‖ left ‖ right)``; an odd last node moves up unchanged. The root of
 one leaf is the leaf. Tensor bytes are read straight from the files in chunks (no torch, flat
-memory), and the per-file leaves are cached under a fingerprint (path, size, mtime, inode) so a
-restart does not re-hash gigabytes.
+memory), and the per-file leaves are cached under a fingerprint (path, size, mtime, ctime, inode,
+device; ctime cannot be set back from user space) so a restart does not re-hash gigabytes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ WEIGHTS_LEAF_TAG = keccak(b"avs.inference.weights.leaf.v1")
 WEIGHTS_NODE_TAG = keccak(b"avs.inference.weights.node.v1")
 CHUNK_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the fingerprint has ctime and device too
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,7 @@ class TensorLeaf:
 class WeightsCommitment:
     root: Bytes32
     tensor_count: int
+    tensor_names: frozenset[str] = frozenset()
 
 
 def compute_tensor_leaf(name: str, dtype: str, shape: Sequence[int], data_hash: bytes) -> Bytes32:
@@ -121,7 +122,14 @@ def get_default_cache_dir() -> Path:
 
 def _fingerprint(path: Path) -> dict[str, int | str]:
     stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    return {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+    }
 
 
 def _get_file_leaves(path: Path, cache_dir: Path | None) -> list[TensorLeaf]:
@@ -153,4 +161,5 @@ def get_weights_commitment(folder: Path, cache_dir: Path | None = None) -> Weigh
     if not files:
         raise ModelNotFoundError(f"no *.safetensors files in {folder}")
     leaves = [leaf for path in files for leaf in _get_file_leaves(path, cache_dir)]
-    return WeightsCommitment(root=compute_weights_root(leaves), tensor_count=len(leaves))
+    names = frozenset(leaf.name for leaf in leaves)
+    return WeightsCommitment(root=compute_weights_root(leaves), tensor_count=len(leaves), tensor_names=names)

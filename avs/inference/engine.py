@@ -359,6 +359,7 @@ def load_engine(
     profile = profile if profile is not None else load_profile(folder)
     weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     choice = choose_device(profile, weights_bytes, threads, dtype, device)  # bad options fail before hashing
+    _refuse_uncommitted_weight_files(folder)
     commitment = get_weights_commitment(folder, cache_dir if cache_dir is not None else get_default_cache_dir())
     if commitment.root != profile.weights_root:
         raise ModelMismatchError(f"weights in {folder} do not match the model profile's weights commitment")
@@ -376,11 +377,38 @@ def load_engine(
         torch.backends.cudnn.allow_tf32 = False
     device_map: str | None = {"cpu": None, "cuda": "cuda", "auto": "auto"}[choice.device]
     model: Any = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=choice.dtype, device_map=device_map, local_files_only=True
+        str(folder), dtype=choice.dtype, device_map=device_map, local_files_only=True, use_safetensors=True
     )
+    _require_committed_parameters(model, commitment.tensor_names, folder)
     model.eval()
     logger.info("loaded model", extra={"folder": str(folder), "device": choice.device, "dtype": str(choice.dtype)})
     return InferenceEngine(model, tokenizer, profile, get_eos_ids(folder, tokenizer))
+
+
+# Weights that transformers could load instead of, or beside, the committed safetensors.
+UNCOMMITTED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
+
+
+def _refuse_uncommitted_weight_files(folder: Path) -> None:
+    stray = sorted(p.name for pattern in UNCOMMITTED_WEIGHT_PATTERNS for p in folder.glob(pattern))
+    if stray:
+        raise ModelMismatchError(
+            f"{folder} holds weight files outside the commitment (only *.safetensors is committed): {', '.join(stray)}"
+        )
+
+
+def _require_committed_parameters(model: Any, committed: frozenset[str], folder: Path) -> None:
+    """The loaded model's parameters are exactly the committed tensors (tied copies aside): a
+    config.json that drops layers would silently leave committed tensors out, one that adds layers
+    would serve randomly initialised ones."""
+    parameters = {name for name, _ in model.named_parameters()}  # tied weights once
+    loaded = set(model.state_dict())
+    unused, uncommitted = sorted(committed - loaded), sorted(parameters - committed)
+    if unused or uncommitted:
+        raise ModelMismatchError(
+            f"the model built from {folder}/config.json does not match the committed tensors "
+            f"(not loaded: {unused[:3]}, not committed: {uncommitted[:3]})"
+        )
 
 
 class EngineRegistry:

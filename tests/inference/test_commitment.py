@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,26 @@ def test_cache_is_used_and_invalidated_by_the_fingerprint(tmp_path: Path, monkey
     write_safetensors(folder / "model.safetensors", {**TENSORS, "b.bias": ("F32", [2], b"\x03" * 8)})
     assert get_weights_commitment(folder, cache).root != first.root
     assert len(calls) == 1
+
+
+def test_an_in_place_rewrite_with_the_old_mtime_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    """Same size, same inode, mtime set back (``os.utime``, ``rsync --inplace -t``): only the ctime
+    moved, and it is part of the fingerprint."""
+    folder, cache = tmp_path / "m", tmp_path / "cache"
+    folder.mkdir()
+    path = folder / "model.safetensors"
+    write_safetensors(path, TENSORS)
+    first = get_weights_commitment(folder, cache)
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor
+    time.sleep(0.01)
+    with path.open("r+b") as handle:
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+    assert get_weights_commitment(folder, cache).root != first.root
 
 
 def test_bad_folders_and_files_raise(tmp_path: Path) -> None:

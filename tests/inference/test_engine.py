@@ -219,6 +219,29 @@ def test_engine_refuses_weights_or_tokenizer_that_differ(tiny_model_dir: Path, t
         load_engine(swapped, profile, cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_engine_refuses_a_config_that_builds_other_tensors(tiny_model_dir: Path, tmp_path: Path, layers: int) -> None:
+    """config.json is not in the commitment: with fewer layers transformers silently drops committed
+    tensors, with more it initialises uncommitted ones at random. Both are refused after loading."""
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model_dir, changed)
+    config = json.loads((changed / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and layers != 2
+    config["num_hidden_layers"] = layers
+    (changed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelMismatchError, match=r"not loaded|not committed"):
+        load_engine(changed, load_profile(tiny_model_dir), cache_dir=tmp_path / "cache")
+
+
+def test_engine_refuses_weight_files_outside_the_commitment(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A pytorch_model.bin beside the committed safetensors could be what transformers loads."""
+    folder = tmp_path / "extra"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"not the committed weights")
+    with pytest.raises(ModelMismatchError, match=r"pytorch_model\.bin"):
+        load_engine(folder, load_profile(tiny_model_dir), cache_dir=tmp_path / "cache")
+
+
 def test_device_option_is_checked_before_hashing_the_weights(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -84,6 +84,7 @@ from avs_aggregator.store import (
     RejectionRow,
     RequestRow,
     RequestState,
+    StaleRowError,
     Store,
     dump_hex_list,
     load_hex_list,
@@ -246,15 +247,19 @@ class Pipeline:
         row = self.store.get_request(request_hash)
         if row is None or row.state not in ACTIVE_REQUEST_STATES:
             return False
-        started = time.monotonic()
+        started, stage = time.monotonic(), row.state.lower()
         step = {
             RequestState.RECEIVED: self._pick_primary,
             RequestState.GENERATING: self._generate,
             RequestState.VERIFYING: self._verify,
         }[RequestState(row.state)]
-        step(row)
+        try:
+            step(row)
+        except StaleRowError as exc:  # e.g. this process lost the leader lease mid-step
+            logger.warning("request moved on elsewhere; this step's result is dropped", extra={"error": str(exc)})
+            return True
         if self.metrics is not None:
-            self.metrics.stage_seconds.labels(row.state.lower()).observe(time.monotonic() - started)
+            self.metrics.stage_seconds.labels(stage).observe(time.monotonic() - started)
         self._notify()
         return True
 
@@ -493,7 +498,10 @@ class Pipeline:
         self._set_state(row, RequestState.FAILED, error=reason, **values)
 
     def _set_state(self, row: RequestRow, state: RequestState, **values: Any) -> None:
-        self.store.update_request(row.request_hash, state=state, **values)
+        """Move the request on from the state and attempt this step read it in (``StaleRowError`` if
+        another process moved it meanwhile: then this step's result is dropped)."""
+        self.store.update_request(row.request_hash, expect=(row.state, row.attempt), state=state, **values)
+        row.state, row.attempt = state, values.get("attempt", row.attempt)
         self._count(state)
 
     # --- batches -----------------------------------------------------------------------
@@ -514,26 +522,33 @@ class Pipeline:
             except Exception as exc:  # never let evidence stop batching
                 logger.warning("equivocation proofs not sent", extra={"error": str(exc)})
         with self._batch_lock:
-            accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
-            groups: dict[bytes, list[RequestRow]] = {}
-            created = []
-            for row in accepted:
-                if row.rebatched:  # its last batch fell short of the threshold: a batch of its own
-                    created.append(self._create_batch(row.quorum_numbers, [row]))
-                else:
-                    groups.setdefault(row.quorum_numbers, []).append(row)
-            now = self.clock()
-            for quorums, rows in groups.items():
-                while rows:
-                    oldest = min(r.accepted_at or now for r in rows)
-                    full = len(rows) >= self.settings.batch_max_size
-                    if not (force or full or now - oldest >= self.settings.batch_max_latency):
-                        break
-                    chunk, rows = rows[: self.settings.batch_max_size], rows[self.settings.batch_max_size :]
-                    created.append(self._create_batch(quorums, chunk))
+            created: list[int] = []
+            try:
+                self._form(force, created)
+            except StaleRowError as exc:  # another process batched some of them meanwhile: next tick
+                logger.warning("requests moved on elsewhere; batching stopped here", extra={"error": str(exc)})
             if created:
                 self._notify()
             return created
+
+    def _form(self, force: bool, created: list[int]) -> None:
+        """Batches the ACCEPTED requests that are due, appending each new index to ``created``."""
+        accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
+        groups: dict[bytes, list[RequestRow]] = {}
+        for row in accepted:
+            if row.rebatched:  # its last batch fell short of the threshold: a batch of its own
+                created.append(self._create_batch(row.quorum_numbers, [row]))
+            else:
+                groups.setdefault(row.quorum_numbers, []).append(row)
+        now = self.clock()
+        for quorums, rows in groups.items():
+            while rows:
+                oldest = min(r.accepted_at or now for r in rows)
+                full = len(rows) >= self.settings.batch_max_size
+                if not (force or full or now - oldest >= self.settings.batch_max_latency):
+                    break
+                chunk, rows = rows[: self.settings.batch_max_size], rows[self.settings.batch_max_size :]
+                created.append(self._create_batch(quorums, chunk))
 
     def _create_batch(self, quorums: bytes, rows: Sequence[RequestRow]) -> int:
         reference_block, _ = self.reader.get_reference_block()
@@ -549,7 +564,7 @@ class Pipeline:
             leaves_root=compute_merkle_tree(leaves).root,
             request_hashes=dump_hex_list([r.request_hash for r in rows]),
         )
-        self.store.create_batch(batch, [r.request_hash for r in rows])
+        self.store.create_batch(batch, [r.request_hash for r in rows])  # StaleRowError: none formed
         for _ in rows:
             self._count(RequestState.BATCHED)
         logger.info("batch formed", extra={"batch_index": index, "leaves": len(rows)})
@@ -570,18 +585,22 @@ class Pipeline:
     def advance_batch(self, batch_index: int) -> bool:
         batch = self.store.get_batch(batch_index)
         if batch is not None and batch.state == BatchState.CERTIFIED and batch.confirmed_block is None:
-            return self._confirm_batch(batch)
+            try:
+                return self._confirm_batch(batch)
+            except StaleRowError as exc:
+                logger.warning("batch moved on elsewhere; this check is dropped", extra={"error": str(exc)})
+                return True
         if batch is None or batch.state not in ACTIVE_BATCH_STATES:
             return False
         if batch.state == BatchState.SIGNING and batch.retry_at is not None and self.clock() < batch.retry_at:
             return False  # backing off before the next signing round
         started = time.monotonic()
-        if batch.state == BatchState.SIGNING:
-            self._sign_batch(batch)
-            stage = "sign_batch"
-        else:
-            self._submit_batch(batch)
-            stage = "certify"
+        stage = "sign_batch" if batch.state == BatchState.SIGNING else "certify"
+        try:
+            self._sign_batch(batch) if batch.state == BatchState.SIGNING else self._submit_batch(batch)
+        except StaleRowError as exc:
+            logger.warning("batch moved on elsewhere; this step's result is dropped", extra={"error": str(exc)})
+            return True
         if self.metrics is not None:
             self.metrics.stage_seconds.labels(stage).observe(time.monotonic() - started)
         self._notify()
@@ -626,7 +645,12 @@ class Pipeline:
             batch.reference_block, batch.quorum_numbers, aggregate.non_signer_ids
         )
         certificate = encode_certificate(aggregate, operator_set, indices)
-        self.store.update_batch(batch.batch_index, state=BatchState.SUBMITTING, certificate=json.dumps(certificate))
+        self.store.update_batch(
+            batch.batch_index,
+            expect_state=batch.state,
+            state=BatchState.SUBMITTING,
+            certificate=json.dumps(certificate),
+        )
         if self.metrics is not None:
             for q in aggregate.tally.quorums:
                 self.metrics.signed_stake_ratio.labels(str(q.quorum)).set(q.accept_stake / max(q.total_stake, 1))
@@ -651,13 +675,22 @@ class Pipeline:
         if rounds < self.settings.sign_rounds:
             backoff = self.settings.sign_backoff * 2 ** (rounds - 1)
             self.store.update_batch(
-                batch.batch_index, sign_attempts=rounds, retry_at=self.clock() + backoff, error=reason
+                batch.batch_index,
+                expect_state=batch.state,
+                sign_attempts=rounds,
+                retry_at=self.clock() + backoff,
+                error=reason,
             )
             logger.info("batch signers short; signing again", extra={"batch_index": batch.batch_index})
             return
         if len(load_hex_list(batch.request_hashes)) == 1:
             self.store.finish_batch(
-                batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, sign_attempts=rounds, error=reason
+                batch.batch_index,
+                BatchState.ABANDONED,
+                RequestState.FAILED,
+                sign_attempts=rounds,
+                error=reason,
+                expect_state=batch.state,
             )
             self._fail_batch_requests(batch, reason)
             return
@@ -669,6 +702,7 @@ class Pipeline:
             rebatch=True,
             sign_attempts=rounds,
             error=reason,
+            expect_state=batch.state,
         )
 
     def _fail_batch_requests(self, batch: BatchRow, reason: str) -> None:
@@ -703,7 +737,9 @@ class Pipeline:
                 self._abandon_stale(batch)
                 return
             reason = f"certifyBatch reverted: {exc}"
-            self.store.finish_batch(batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason)
+            self.store.finish_batch(
+                batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason, expect_state=batch.state
+            )
             self._fail_batch_requests(batch, reason)
             return
         certified = self.writer.get_certification(batch.batch_index)
@@ -724,7 +760,11 @@ class Pipeline:
             "batch index certified by another aggregator; re-batching", extra={"batch_index": batch.batch_index}
         )
         self.store.finish_batch(
-            batch.batch_index, BatchState.ABANDONED, RequestState.ACCEPTED, error="index certified by another batch"
+            batch.batch_index,
+            BatchState.ABANDONED,
+            RequestState.ACCEPTED,
+            error="index certified by another batch",
+            expect_state=batch.state,
         )
         self._notify()
 
@@ -738,6 +778,7 @@ class Pipeline:
             certified_hash=self._block_hash(block) if block else None,
             confirmed_block=None,
             gas_used=gas_used,
+            expect_state=batch.state,
         )
         leaves = load_hex_list(batch.request_hashes)
         for _ in leaves:
@@ -769,6 +810,7 @@ class Pipeline:
             return True
         if not self._is_ours(batch):  # after the reorg another batch took the index
             self.store.reopen_batch(batch.batch_index, error="index certified by another batch after a reorg")
+            batch.state = BatchState.SUBMITTING
             self._index_taken(batch)
             return True
         block, tx_hash = certified
@@ -778,9 +820,9 @@ class Pipeline:
             values: dict[str, Any] = {"certified_block": block, "certified_hash": block_hash}
             if any(tx_hash):
                 values["tx_hash"] = tx_hash
-            self.store.update_batch(batch.batch_index, **values)
+            self.store.update_batch(batch.batch_index, expect_state=batch.state, **values)
         else:
-            self.store.update_batch(batch.batch_index, confirmed_block=head)
+            self.store.update_batch(batch.batch_index, expect_state=batch.state, confirmed_block=head)
         self._notify()
         return True
 
@@ -791,7 +833,11 @@ class Pipeline:
 
     def _abandon_stale(self, batch: BatchRow) -> None:
         self.store.finish_batch(
-            batch.batch_index, BatchState.ABANDONED, RequestState.ACCEPTED, error="stale reference block"
+            batch.batch_index,
+            BatchState.ABANDONED,
+            RequestState.ACCEPTED,
+            error="stale reference block",
+            expect_state=batch.state,
         )
 
     # --- driving -----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from avs_aggregator.database import Database
 from avs_aggregator.evidence import AttestationMixin, EquivocationMixin, ProofState
@@ -140,6 +140,19 @@ def load_hex_list(text: str) -> list[bytes]:
     return [bytes.fromhex(v[2:]) for v in json.loads(text)]
 
 
+class StaleRowError(Exception):
+    """The row is no longer in the state the step read it in: another process moved it on."""
+
+
+def _locked_batch(s: Session, batch_index: int, expect_state: str | None) -> BatchRow:
+    row = s.get(BatchRow, batch_index, with_for_update=expect_state is not None)
+    if row is None:
+        raise KeyError(batch_index)
+    if expect_state is not None and row.state != expect_state:
+        raise StaleRowError(f"batch {batch_index} is {row.state}, not {expect_state}")
+    return row
+
+
 class Store(Database):
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url, MIGRATIONS)
@@ -163,11 +176,16 @@ class Store(Database):
         with self.session() as s:
             return s.get(RequestRow, request_hash)
 
-    def update_request(self, request_hash: bytes, **values: Any) -> RequestRow:
+    def update_request(self, request_hash: bytes, expect: tuple[str, int] | None = None, **values: Any) -> RequestRow:
+        """Write ``values``; with ``expect`` = (state, attempt) only if the row still is there
+        (else ``StaleRowError``): a step that read the row must not overwrite what another process
+        (a new leader, after this one lost its lease mid-step) did with it since."""
         with self.session() as s:
-            row = s.get(RequestRow, request_hash)
+            row = s.get(RequestRow, request_hash, with_for_update=expect is not None)
             if row is None:
                 raise KeyError(request_hash.hex())
+            if expect is not None and (row.state, row.attempt) != expect:
+                raise StaleRowError(f"request 0x{request_hash.hex()} is {row.state}/{row.attempt}, not {expect}")
             for key, value in values.items():
                 setattr(row, key, value)
             row.updated_at = self.clock()
@@ -191,13 +209,16 @@ class Store(Database):
     # --- batches -------------------------------------------------------------------------
 
     def create_batch(self, row: BatchRow, request_hashes: Sequence[bytes]) -> None:
-        """Insert the batch and move its requests to BATCHED, in one transaction."""
+        """Insert the batch and move its requests from ACCEPTED to BATCHED, in one transaction
+        (``StaleRowError``, nothing written, if one is no longer ACCEPTED)."""
         with self.session() as s:
             row.created_at = row.updated_at = self.clock()
             s.add(row)
             for request_hash in request_hashes:
-                request = s.get(RequestRow, request_hash)
+                request = s.get(RequestRow, request_hash, with_for_update=True)
                 assert request is not None
+                if request.state != RequestState.ACCEPTED:
+                    raise StaleRowError(f"request 0x{request_hash.hex()} is {request.state}, not ACCEPTED")
                 request.state = RequestState.BATCHED
                 request.batch_index = row.batch_index
                 request.updated_at = row.created_at
@@ -206,11 +227,9 @@ class Store(Database):
         with self.session() as s:
             return s.get(BatchRow, batch_index)
 
-    def update_batch(self, batch_index: int, **values: Any) -> None:
+    def update_batch(self, batch_index: int, expect_state: str | None = None, **values: Any) -> None:
         with self.session() as s:
-            row = s.get(BatchRow, batch_index)
-            if row is None:
-                raise KeyError(batch_index)
+            row = _locked_batch(s, batch_index, expect_state)
             for key, value in values.items():
                 setattr(row, key, value)
             row.updated_at = self.clock()
@@ -221,8 +240,7 @@ class Store(Database):
         """Set the batch's final state and move its requests, in one transaction (``rebatch``: count
         the given-up batch on each request, which then goes into a batch of its own)."""
         with self.session() as s:
-            row = s.get(BatchRow, batch_index)
-            assert row is not None
+            row = _locked_batch(s, batch_index, values.pop("expect_state", None))
             for key, value in values.items():
                 setattr(row, key, value)
             row.state = state
@@ -241,8 +259,7 @@ class Store(Database):
         """A CERTIFIED batch whose certification a reorg removed: back to SUBMITTING and its requests
         from CERTIFIED back to BATCHED, in one transaction."""
         with self.session() as s:
-            row = s.get(BatchRow, batch_index)
-            assert row is not None
+            row = _locked_batch(s, batch_index, BatchState.CERTIFIED)
             row.state = BatchState.SUBMITTING
             row.tx_hash = row.certified_block = row.certified_hash = row.confirmed_block = row.gas_used = None
             row.error = error

@@ -274,6 +274,59 @@ def test_an_index_taken_by_another_batch_after_a_reorg_is_batched_again(db: str)
     pipeline.close()
 
 
+def test_a_demoted_leaders_late_step_cannot_undo_the_new_leaders_work(db: str) -> None:
+    """The old leader's generate call outlives its lease: meanwhile the new leader (another pipeline
+    on the same database) takes the request all the way to CERTIFIED. When the old call fails, its
+    retry must not send the certified request back to RECEIVED (the write is fenced by the state
+    and attempt the step read)."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    old, new = make_pipeline(network, db), make_pipeline(network, db)
+    request_hash = old.submit(make_envelope(9))
+    old.advance_request(request_hash)  # RECEIVED -> GENERATING, then the lease is lost
+    real_generate = network.generate
+
+    def outlived(*args: object) -> object:
+        network.generate = real_generate  # type: ignore[method-assign]
+        new.run_until_idle()  # the new leader's turn, while the old call hangs
+        raise ConnectionError("the old leader's call timed out")
+
+    network.generate = outlived  # type: ignore[method-assign]
+    assert old.advance_request(request_hash)  # the step ran; its result was dropped
+    row = old.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 0
+    assert row.batch_index == 1 and row.output_hash is not None and network.certify_calls == [1]
+    old.close()
+    new.close()
+
+
+def test_a_demoted_leaders_late_signing_round_cannot_overwrite_a_certified_batch(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    old, new = make_pipeline(network, db), make_pipeline(network, db)
+    request_hash = old.submit(make_envelope(10))
+    while old.active_request_hashes():
+        old.advance_request(request_hash)
+    old.form_batches(force=True)
+    real_sign = network.sign_batch
+    calls = []
+
+    def outlived(*args: object) -> object:
+        if not calls:  # the first operator's signature: the new leader finishes the batch meanwhile
+            calls.append(1)
+            network.sign_batch = real_sign  # type: ignore[method-assign]
+            new.run_until_idle()
+        return real_sign(*args)  # type: ignore[arg-type]
+
+    network.sign_batch = outlived  # type: ignore[method-assign]
+    certified = new.store.get_batch(1)
+    assert old.advance_batch(1)
+    batch = old.store.get_batch(1)
+    assert certified is not None and certified.state == BatchState.SIGNING
+    assert batch is not None and batch.state == BatchState.CERTIFIED and network.certify_calls == [1]
+    assert old.store.get_request(request_hash).state == RequestState.CERTIFIED  # type: ignore[union-attr]
+    old.close()
+    new.close()
+
+
 def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:
     network = FakeNetwork([{0: 100}])
     now = [1000.0]

@@ -20,6 +20,7 @@ from avs.chain.client import Web3AvsClient, encode_registration_data
 from avs.chain.deployment import Deployment
 from avs.crypto import bls
 from avs.errors import InvalidInputError
+from avs.logs import redact_urls
 
 ZERO_ADDRESS = "0x" + "00" * 20
 MAX_SOCKET_CHARS = 256
@@ -147,5 +148,7 @@ def get_operator_status(client: Web3AvsClient, address: str) -> OperatorStatus:
 def load_client(rpc_url: str, deployment: Deployment, account: LocalAccount | None) -> Web3AvsClient:
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     if w3.eth.chain_id != deployment.chain_id:
-        raise InvalidInputError(f"{rpc_url} is chain {w3.eth.chain_id}, the deployment is for {deployment.chain_id}")
+        raise InvalidInputError(
+            f"{redact_urls(rpc_url)} is chain {w3.eth.chain_id}, the deployment is for {deployment.chain_id}"
+        )
     return Web3AvsClient(w3, deployment, account)

@@ -151,6 +151,9 @@ class Web3ChainWriter:
         except BlockNotFound:
             return None
 
+    def get_threshold_bps(self) -> int:
+        return self.client.get_threshold_bps()
+
     def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:
         return self.client.is_certified(header, signatory_record_hash)
 

@@ -74,6 +74,7 @@ from avs_aggregator.ports import (
     OperatorSet,
     OperatorSetReader,
     RejectionReporter,
+    ThresholdReader,
     VerifyReply,
 )
 from avs_aggregator.store import (
@@ -107,6 +108,9 @@ REJECTION_FINAL_REVERTS = frozenset(
 ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
 ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
 EVIDENCE_RETRY_SECONDS = 60.0
+# certifyBatch reverts that mean the batch's reference block no longer matches the chain (a reorg, a
+# stale block): abandoned, and its requests batched again at a fresh reference block.
+STALE_BATCH_REVERTS = frozenset({"StaleReferenceBlock", "InvalidQuorumApkHash", "InvalidHistoryIndex"})
 # A vocabulary's longest token decodes to a few dozen characters; the primary's text is refused far above.
 MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
@@ -608,6 +612,8 @@ class Pipeline:
 
     def _batch_threshold(self, batch: BatchRow) -> int:
         thresholds = [self.settings.min_threshold_bps]
+        if isinstance(self.writer, ThresholdReader):  # what certifyBatch will check, if governance raised it
+            thresholds.append(self.writer.get_threshold_bps())
         for request_hash in load_hex_list(batch.request_hashes):
             row = self.store.get_request(request_hash)
             if row is not None:
@@ -733,8 +739,18 @@ class Pipeline:
                 if again is not None:
                     self._certified(batch, again[0], again[1], None)
                     return
-            if exc.name == "StaleReferenceBlock":
+            if exc.name in STALE_BATCH_REVERTS:  # the chain moved under the batch: a fresh reference block
                 self._abandon_stale(batch)
+                return
+            if exc.name == "ThresholdNotMet":  # raised after signing: sign again, alone, at the new threshold
+                self.store.finish_batch(
+                    batch.batch_index,
+                    BatchState.ABANDONED,
+                    RequestState.ACCEPTED,
+                    rebatch=True,
+                    error=f"certifyBatch reverted: {exc}",
+                    expect_state=batch.state,
+                )
                 return
             reason = f"certifyBatch reverted: {exc}"
             self.store.finish_batch(

@@ -120,6 +120,14 @@ class BlockHashReader(Protocol):
 
 
 @runtime_checkable
+class ThresholdReader(Protocol):
+    """Optional on a ``ChainWriter``: the task manager's current ``thresholdBps``, so that governance
+    raising it is followed without a config change (writers without it: the config's minimum)."""
+
+    def get_threshold_bps(self) -> int: ...
+
+
+@runtime_checkable
 class CertificationChecker(Protocol):
     """Optional on a ``ChainWriter``: whether a batch index is certified with *this* header and
     signer record (``InferenceTaskManager.isCertified``). Another aggregator, or a run that lost its

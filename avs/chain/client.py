@@ -156,6 +156,10 @@ class Web3AvsClient:
             non_signer_stake_indices=tuple(tuple(row) for row in raw[3]),
         )
 
+    def get_threshold_bps(self) -> int:
+        """The task manager's ``config().thresholdBps``: the stake share every certificate needs."""
+        return int(self._call(self.task_manager.functions.config())[0])
+
     def get_batch_digest(self, header: BatchHeader) -> bytes:
         return bytes(self._call(self.task_manager.functions.batchDigest(encode_batch_header(header))))
 

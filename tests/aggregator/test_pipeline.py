@@ -290,7 +290,7 @@ def test_a_demoted_leaders_late_step_cannot_undo_the_new_leaders_work(db: str) -
         new.run_until_idle()  # the new leader's turn, while the old call hangs
         raise ConnectionError("the old leader's call timed out")
 
-    network.generate = outlived  # type: ignore[method-assign]
+    network.generate = outlived  # type: ignore[method-assign,assignment]
     assert old.advance_request(request_hash)  # the step ran; its result was dropped
     row = old.store.get_request(request_hash)
     assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 0
@@ -307,7 +307,7 @@ def test_a_demoted_leaders_late_signing_round_cannot_overwrite_a_certified_batch
         old.advance_request(request_hash)
     old.form_batches(force=True)
     real_sign = network.sign_batch
-    calls = []
+    calls: list[int] = []
 
     def outlived(*args: object) -> object:
         if not calls:  # the first operator's signature: the new leader finishes the batch meanwhile
@@ -316,7 +316,7 @@ def test_a_demoted_leaders_late_signing_round_cannot_overwrite_a_certified_batch
             new.run_until_idle()
         return real_sign(*args)  # type: ignore[arg-type]
 
-    network.sign_batch = outlived  # type: ignore[method-assign]
+    network.sign_batch = outlived  # type: ignore[method-assign,assignment]
     certified = new.store.get_batch(1)
     assert old.advance_batch(1)
     batch = old.store.get_batch(1)
@@ -325,6 +325,34 @@ def test_a_demoted_leaders_late_signing_round_cannot_overwrite_a_certified_batch
     assert old.store.get_request(request_hash).state == RequestState.CERTIFIED  # type: ignore[union-attr]
     old.close()
     new.close()
+
+
+class RaisedThresholdNetwork(FakeNetwork):
+    """The task manager's thresholdBps, raised by governance above the aggregator's config."""
+
+    threshold_bps = 9500
+
+    def get_threshold_bps(self) -> int:
+        return self.threshold_bps
+
+
+def test_batches_are_signed_to_the_on_chain_threshold(db: str) -> None:
+    """90% of the stake signs: enough for the config's 6667 bps, not for the 9500 bps the contract
+    now checks. The batch is held to the contract's threshold instead of a certifyBatch revert."""
+    network = RaisedThresholdNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[0].behaviour = "sign_down"
+    settings = dataclasses.replace(SETTINGS, sign_rounds=1)
+    pipeline = make_pipeline(network, db, settings)
+    request_hash = pipeline.submit(make_envelope(11))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED and "9500 bps" in (row.error or "")
+    assert network.certify_calls == []
+    network.threshold_bps = 6667  # lowered again: the same stake certifies a new request
+    again = pipeline.submit(make_envelope(12))
+    pipeline.run_until_idle()
+    assert pipeline.store.get_request(again).state == RequestState.CERTIFIED  # type: ignore[union-attr]
+    pipeline.close()
 
 
 def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:

@@ -110,7 +110,12 @@ ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
 EVIDENCE_RETRY_SECONDS = 60.0
 # certifyBatch reverts that mean the batch's reference block no longer matches the chain (a reorg, a
 # stale block): abandoned, and its requests batched again at a fresh reference block.
-STALE_BATCH_REVERTS = frozenset({"StaleReferenceBlock", "InvalidQuorumApkHash", "InvalidHistoryIndex"})
+# Reverts after which the batch is formed again (alone) and signed again: the chain changed under it
+# (a reorg at the reference block, a threshold raised after signing, a certification gone again).
+# Each counts on the request's ``rebatched``; after MAX_REBATCHES the request fails instead of
+# cycling for ever on a revert that does not go away.
+REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet", "BatchAlreadyCertified"})
+MAX_REBATCHES = 3
 # A vocabulary's longest token decodes to a few dozen characters; the primary's text is refused far above.
 MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
@@ -540,7 +545,9 @@ class Pipeline:
         accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
         groups: dict[bytes, list[RequestRow]] = {}
         for row in accepted:
-            if row.rebatched:  # its last batch fell short of the threshold: a batch of its own
+            if (row.rebatched or 0) >= MAX_REBATCHES:
+                self._fail(row, f"batched {row.rebatched} times and never certified")
+            elif row.rebatched:  # its last batch fell short of the threshold: a batch of its own
                 created.append(self._create_batch(row.quorum_numbers, [row]))
             else:
                 groups.setdefault(row.quorum_numbers, []).append(row)
@@ -739,10 +746,10 @@ class Pipeline:
                 if again is not None:
                     self._certified(batch, again[0], again[1], None)
                     return
-            if exc.name in STALE_BATCH_REVERTS:  # the chain moved under the batch: a fresh reference block
+            if exc.name == "StaleReferenceBlock":
                 self._abandon_stale(batch)
                 return
-            if exc.name == "ThresholdNotMet":  # raised after signing: sign again, alone, at the new threshold
+            if exc.name in REBATCH_REVERTS:
                 self.store.finish_batch(
                     batch.batch_index,
                     BatchState.ABANDONED,

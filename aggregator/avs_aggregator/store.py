@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, func, select
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -144,12 +144,31 @@ class StaleRowError(Exception):
     """The row is no longer in the state the step read it in: another process moved it on."""
 
 
-def _locked_batch(s: Session, batch_index: int, expect_state: str | None) -> BatchRow:
-    row = s.get(BatchRow, batch_index, with_for_update=expect_state is not None)
+def _claim(s: Session, model: Any, key: Any, now: float, **expected: Any) -> None:
+    """Check the row and take its write lock in one statement: a conditional UPDATE (of
+    ``updated_at``) that must hit the row. A read then a write would race on SQLite, which ignores
+    FOR UPDATE and whose driver reads outside the transaction until the first write."""
+    conditions = [getattr(model, column) == value for column, value in expected.items()]
+    statement = (
+        update(model)
+        .where(model.__mapper__.primary_key[0] == key, *conditions)
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if s.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+        current = s.get(model, key)
+        if current is None:
+            raise KeyError(key)
+        found = {column: getattr(current, column) for column in expected}
+        raise StaleRowError(f"{model.__tablename__} row is {found}, not {expected}")
+
+
+def _locked_batch(s: Session, batch_index: int, expect_state: str | None, now: float) -> BatchRow:
+    if expect_state is not None:
+        _claim(s, BatchRow, batch_index, now, state=expect_state)
+    row = s.get(BatchRow, batch_index)
     if row is None:
         raise KeyError(batch_index)
-    if expect_state is not None and row.state != expect_state:
-        raise StaleRowError(f"batch {batch_index} is {row.state}, not {expect_state}")
     return row
 
 
@@ -181,11 +200,11 @@ class Store(Database):
         (else ``StaleRowError``): a step that read the row must not overwrite what another process
         (a new leader, after this one lost its lease mid-step) did with it since."""
         with self.session() as s:
-            row = s.get(RequestRow, request_hash, with_for_update=expect is not None)
+            if expect is not None:
+                _claim(s, RequestRow, request_hash, self.clock(), state=expect[0], attempt=expect[1])
+            row = s.get(RequestRow, request_hash)
             if row is None:
                 raise KeyError(request_hash.hex())
-            if expect is not None and (row.state, row.attempt) != expect:
-                raise StaleRowError(f"request 0x{request_hash.hex()} is {row.state}/{row.attempt}, not {expect}")
             for key, value in values.items():
                 setattr(row, key, value)
             row.updated_at = self.clock()
@@ -213,12 +232,12 @@ class Store(Database):
         (``StaleRowError``, nothing written, if one is no longer ACCEPTED)."""
         with self.session() as s:
             row.created_at = row.updated_at = self.clock()
+            for request_hash in request_hashes:
+                _claim(s, RequestRow, request_hash, row.created_at, state=RequestState.ACCEPTED)
             s.add(row)
             for request_hash in request_hashes:
-                request = s.get(RequestRow, request_hash, with_for_update=True)
+                request = s.get(RequestRow, request_hash)
                 assert request is not None
-                if request.state != RequestState.ACCEPTED:
-                    raise StaleRowError(f"request 0x{request_hash.hex()} is {request.state}, not ACCEPTED")
                 request.state = RequestState.BATCHED
                 request.batch_index = row.batch_index
                 request.updated_at = row.created_at
@@ -229,7 +248,7 @@ class Store(Database):
 
     def update_batch(self, batch_index: int, expect_state: str | None = None, **values: Any) -> None:
         with self.session() as s:
-            row = _locked_batch(s, batch_index, expect_state)
+            row = _locked_batch(s, batch_index, expect_state, self.clock())
             for key, value in values.items():
                 setattr(row, key, value)
             row.updated_at = self.clock()
@@ -240,7 +259,7 @@ class Store(Database):
         """Set the batch's final state and move its requests, in one transaction (``rebatch``: count
         the given-up batch on each request, which then goes into a batch of its own)."""
         with self.session() as s:
-            row = _locked_batch(s, batch_index, values.pop("expect_state", None))
+            row = _locked_batch(s, batch_index, values.pop("expect_state", None), self.clock())
             for key, value in values.items():
                 setattr(row, key, value)
             row.state = state
@@ -259,7 +278,7 @@ class Store(Database):
         """A CERTIFIED batch whose certification a reorg removed: back to SUBMITTING and its requests
         from CERTIFIED back to BATCHED, in one transaction."""
         with self.session() as s:
-            row = _locked_batch(s, batch_index, BatchState.CERTIFIED)
+            row = _locked_batch(s, batch_index, BatchState.CERTIFIED, self.clock())
             row.state = BatchState.SUBMITTING
             row.tx_hash = row.certified_block = row.certified_hash = row.confirmed_block = row.gas_used = None
             row.error = error

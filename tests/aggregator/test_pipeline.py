@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 from prometheus_client import CollectorRegistry
 
+from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
 from avs.errors import InvalidInputError
-from avs.messages import compute_request_hash
+from avs.messages import BatchHeader, compute_request_hash
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
-from avs_aggregator.pipeline import Pipeline, PipelineError, PipelineSettings
+from avs_aggregator.pipeline import MAX_REBATCHES, Pipeline, PipelineError, PipelineSettings
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestState, Store, load_hex_list
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
@@ -352,6 +353,31 @@ def test_batches_are_signed_to_the_on_chain_threshold(db: str) -> None:
     again = pipeline.submit(make_envelope(12))
     pipeline.run_until_idle()
     assert pipeline.store.get_request(again).state == RequestState.CERTIFIED  # type: ignore[union-attr]
+    pipeline.close()
+
+
+class RevertingNetwork(FakeNetwork):
+    """certifyBatch always reverts with ``error`` (a node whose state disagrees for good, say)."""
+
+    error = "InvalidQuorumApkHash"
+
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
+        self.certify_calls.append(header.batch_index)
+        raise ContractRevertError(self.error, ())
+
+
+@pytest.mark.parametrize("error", ["InvalidQuorumApkHash", "ThresholdNotMet", "BatchAlreadyCertified"])
+def test_a_revert_that_never_goes_away_fails_the_request_after_a_few_batches(db: str, error: str) -> None:
+    """Re-batching on these reverts heals a reorg or a raised threshold; when the revert stays, the
+    request fails after MAX_REBATCHES instead of cycling for ever."""
+    network = RevertingNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.error = error
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(13))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED and "never certified" in (row.error or "")
+    assert len(network.certify_calls) == MAX_REBATCHES and row.rebatched == MAX_REBATCHES
     pipeline.close()
 
 

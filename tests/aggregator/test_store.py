@@ -3,8 +3,11 @@ aggregator's and the challenger's, which can share one database); reopening is i
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -15,7 +18,7 @@ import avs_aggregator.store as aggregator_store
 from avs_aggregator.challenger import store as challenger_store
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.database import create_database_engine
-from avs_aggregator.store import Base, RequestRow, RequestState, Store
+from avs_aggregator.store import Base, RequestRow, RequestState, StaleRowError, Store
 
 
 def test_migrations_match_the_models(db: str) -> None:
@@ -118,4 +121,35 @@ def test_upgrading_0006_settles_old_rejection_rows_by_what_they_hold(db: str) ->
         ("PENDING", 0),
         ("PENDING", 0),
     ]
+    store.close()
+
+
+def test_a_fenced_write_waits_for_a_concurrent_one_then_sees_it(tmp_path: Path) -> None:
+    """SQLite: another process holds the write lock with the request moved on (uncommitted). The
+    fenced write must wait for the lock and then refuse, not check the old state outside the
+    transaction and overwrite the new one after the lock is released."""
+    path = tmp_path / "shared.sqlite"
+    store = Store(f"sqlite:///{path}")
+    request_hash = b"\x02" * 32
+    row = RequestRow(
+        request_hash=request_hash,
+        state=RequestState.GENERATING,
+        envelope=b"",
+        quorum_numbers=b"\x00",
+        threshold_bps=6667,
+        attempt=0,
+        excluded="[]",
+    )
+    assert store.add_request(row)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE requests SET state = 'CERTIFIED' WHERE request_hash = ?", (request_hash,))
+    releases = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    releases.start()
+    with pytest.raises(StaleRowError):
+        store.update_request(request_hash, expect=(RequestState.GENERATING, 0), state=RequestState.RECEIVED, attempt=1)
+    releases.join()
+    stored = store.get_request(request_hash)
+    assert stored is not None and (stored.state, stored.attempt) == (RequestState.CERTIFIED, 0)
+    other.close()
     store.close()

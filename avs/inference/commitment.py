@@ -6,7 +6,14 @@ Leaf of a tensor (name, dtype, shape, bytes as stored in the file):
                                 keccak256(bytes)))
 
 Leaves are ordered by tensor name (byte order of the UTF-8 name, across all ``*.safetensors``
-files in the folder, so sharding does not change the root). Each level hashes adjacent pairs,
+files in the folder, so sharding does not change the root). When the folder has a ``config.json``,
+one more leaf comes first, the architecture the tensors are read into:
+
+    config leaf = keccak256(abi.encode(WEIGHTS_CONFIG_TAG, keccak256(canonical config JSON)))
+
+(sorted keys, compact, without the keys that say nothing about the function: ``CONFIG_KEYS_IGNORED``),
+so a ``config.json`` with another ``rms_norm_eps``, activation or layer count is another model.
+Each level hashes adjacent pairs,
 ``keccak256(WEIGHTS_NODE_TAG ‖ left ‖ right)``; an odd last node moves up unchanged. The root of
 one leaf is the leaf. Tensor bytes are read straight from the files in chunks (no torch, flat
 memory), and the per-file leaves are cached under a fingerprint (path, size, mtime, ctime, inode,
@@ -33,6 +40,10 @@ from avs.types import Bytes32
 
 WEIGHTS_LEAF_TAG = keccak(b"avs.inference.weights.leaf.v1")
 WEIGHTS_NODE_TAG = keccak(b"avs.inference.weights.node.v1")
+WEIGHTS_CONFIG_TAG = keccak(b"avs.inference.weights.config.v1")
+# Bookkeeping that transformers writes into config.json: the release, where it came from, the dtype
+# it was saved in (the profile's dtype decides the compute dtype; the tensor leaves, the stored one).
+CONFIG_KEYS_IGNORED = frozenset({"transformers_version", "_name_or_path", "name_or_path", "dtype", "torch_dtype"})
 CHUNK_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 CACHE_FORMAT = 2  # 2: the fingerprint has ctime and device too
@@ -62,15 +73,23 @@ def compute_tensor_leaf(name: str, dtype: str, shape: Sequence[int], data_hash: 
     )
 
 
-def compute_weights_root(leaves: Sequence[TensorLeaf]) -> Bytes32:
-    """The Merkle root of tensor leaves (in any order: they are sorted by name here)."""
+def compute_config_leaf(config: dict[str, Any]) -> Bytes32:
+    """The leaf of a model's ``config.json`` (parsed), without the keys in ``CONFIG_KEYS_IGNORED``."""
+    kept = {k: v for k, v in config.items() if k not in CONFIG_KEYS_IGNORED}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return Bytes32(keccak(encode(["bytes32", "bytes32"], [WEIGHTS_CONFIG_TAG, keccak(canonical.encode())])))
+
+
+def compute_weights_root(leaves: Sequence[TensorLeaf], config_leaf: bytes | None = None) -> Bytes32:
+    """The Merkle root of tensor leaves (in any order: they are sorted by name here), after the
+    config leaf when there is one."""
     if not leaves:
         raise InvalidInputError("a weights commitment needs at least one tensor")
     ordered = sorted(leaves, key=lambda t: t.name.encode())
     names = [t.name for t in ordered]
     if len(set(names)) != len(names):
         raise InvalidInputError("tensor names must be unique across the model's files")
-    level: list[bytes] = [t.leaf for t in ordered]
+    level: list[bytes] = ([config_leaf] if config_leaf is not None else []) + [t.leaf for t in ordered]
     while len(level) > 1:
         pairs = [keccak(WEIGHTS_NODE_TAG + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
         level = pairs + ([level[-1]] if len(level) % 2 else [])
@@ -162,4 +181,18 @@ def get_weights_commitment(folder: Path, cache_dir: Path | None = None) -> Weigh
         raise ModelNotFoundError(f"no *.safetensors files in {folder}")
     leaves = [leaf for path in files for leaf in _get_file_leaves(path, cache_dir)]
     names = frozenset(leaf.name for leaf in leaves)
-    return WeightsCommitment(root=compute_weights_root(leaves), tensor_count=len(leaves), tensor_names=names)
+    root = compute_weights_root(leaves, _read_config_leaf(Path(folder)))
+    return WeightsCommitment(root=root, tensor_count=len(leaves), tensor_names=names)
+
+
+def _read_config_leaf(folder: Path) -> Bytes32 | None:
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelMismatchError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelMismatchError(f"{path} is not a JSON object")
+    return compute_config_leaf(config)

@@ -201,3 +201,25 @@ def test_profile_file_roundtrip_and_tamper_check(tmp_path: Path) -> None:
         parse_profile(record)
     with pytest.raises(ModelNotFoundError):
         load_profile(tmp_path / "missing")
+
+
+def test_config_json_is_a_leaf_of_the_commitment(tmp_path: Path) -> None:
+    """The architecture is committed with the tensors: bookkeeping keys and key order do not count,
+    any other value does."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", TENSORS)
+    tensors_only = get_weights_commitment(folder)
+    config = {"model_type": "llama", "rms_norm_eps": 1e-5, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    (folder / "config.json").write_text(json.dumps(config))
+    committed = get_weights_commitment(folder)
+    assert committed.root != tensors_only.root and committed.tensor_count == tensors_only.tensor_count
+    reordered = dict(reversed(list(config.items())))
+    bookkeeping = {"transformers_version": "9.9.9", "dtype": "bfloat16", "_name_or_path": "/elsewhere"}
+    (folder / "config.json").write_text(json.dumps({**reordered, **bookkeeping}, indent=4))
+    assert get_weights_commitment(folder).root == committed.root
+    (folder / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))
+    assert get_weights_commitment(folder).root != committed.root
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelMismatchError, match="JSON object"):
+        get_weights_commitment(folder)

@@ -33,7 +33,7 @@ from avs.inference.engine import (
     load_engine,
 )
 from avs.inference.params import SamplingParams, compute_prompt_hash
-from avs.inference.profile import load_profile
+from avs.inference.profile import build_profile, load_profile
 from avs.messages import InferenceOutput, compute_output_hash
 
 CHAT = [{"role": "user", "content": "hello world, check every position"}]
@@ -219,18 +219,36 @@ def test_engine_refuses_weights_or_tokenizer_that_differ(tiny_model_dir: Path, t
         load_engine(swapped, profile, cache_dir=tmp_path / "cache")
 
 
-@pytest.mark.parametrize("layers", [1, 3])
-def test_engine_refuses_a_config_that_builds_other_tensors(tiny_model_dir: Path, tmp_path: Path, layers: int) -> None:
-    """config.json is not in the commitment: with fewer layers transformers silently drops committed
-    tensors, with more it initialises uncommitted ones at random. Both are refused after loading."""
+@pytest.mark.parametrize(("key", "value"), [("rms_norm_eps", 0.5), ("hidden_act", "gelu"), ("num_hidden_layers", 1)])
+def test_engine_refuses_a_config_other_than_the_committed_one(
+    tiny_model_dir: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    """The same tensors under another config.json are another function: the config is a leaf of the
+    weights commitment, so the registered profile no longer matches."""
     changed = tmp_path / "changed"
     shutil.copytree(tiny_model_dir, changed)
     config = json.loads((changed / "config.json").read_text())
-    assert config["num_hidden_layers"] == 2 and layers != 2
+    assert config[key] != value
+    config[key] = value
+    (changed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelMismatchError, match="weights"):
+        load_engine(changed, load_profile(tiny_model_dir), cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_engine_refuses_a_profile_whose_config_builds_other_tensors(
+    tiny_model_dir: Path, tmp_path: Path, layers: int
+) -> None:
+    """Even a profile committed over such a folder is refused: with fewer layers transformers
+    silently drops committed tensors, with more it initialises uncommitted ones at random."""
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model_dir, changed)
+    config = json.loads((changed / "config.json").read_text())
     config["num_hidden_layers"] = layers
     (changed / "config.json").write_text(json.dumps(config))
+    profile = build_profile(changed, dtype="float32", delta=0.01, max_new_tokens=64)
     with pytest.raises(ModelMismatchError, match=r"not loaded|not committed"):
-        load_engine(changed, load_profile(tiny_model_dir), cache_dir=tmp_path / "cache")
+        load_engine(changed, profile, cache_dir=tmp_path / "cache")
 
 
 def test_engine_refuses_weight_files_outside_the_commitment(tiny_model_dir: Path, tmp_path: Path) -> None:

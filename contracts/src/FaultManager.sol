@@ -417,9 +417,12 @@ contract FaultManager is IFaultManager, Ownable {
     }
 
     /// @dev The batch's signers are its quorums' operators at the reference block less the
-    ///      certified non-signers. Completeness: per quorum, the keys of the listed operators in it
-    ///      must add up to the quorum's aggregate key in history. Returns each signer's bitmap at the
-    ///      reference block restricted to the batch's quorums.
+    ///      certified non-signers. Completeness: per quorum, the listed operators in it (signers and
+    ///      non-signers, disjoint, each once) must be as many as the quorum had at the reference
+    ///      block, and their keys must add up to its aggregate key. The count matters: keys alone can
+    ///      cancel (one party registering sk and r - sk, both with valid proofs of possession), and
+    ///      leaving out such a set would keep the sum and spare its members. Returns each signer's
+    ///      bitmap at the reference block restricted to the batch's quorums.
     function _checkSigners(uint64 batchIndex, BatchSigners calldata s) private view returns (uint256[] memory) {
         AvsMessages.BatchHeader calldata h = s.header;
         if (h.batchIndex != batchIndex) revert BatchMismatch();
@@ -433,19 +436,24 @@ contract FaultManager is IFaultManager, Ownable {
         }
         uint256 mask = QuorumBitmaps.orderedToBitmap(h.quorumNumbers);
         BN254.G1Point[] memory sums = new BN254.G1Point[](h.quorumNumbers.length);
+        uint256[] memory counts = new uint256[](h.quorumNumbers.length);
         for (uint256 j; j < s.nonSignerIds.length; ++j) {
-            _addKey(sums, h, s.nonSignerIds[j], s.nonSignerBitmapIndices[j], mask);
+            _addKey(sums, counts, h, s.nonSignerIds[j], s.nonSignerBitmapIndices[j], mask);
         }
         uint256[] memory refBitmaps = new uint256[](s.signerIds.length);
+        uint256 k; // the certified non-signers are strictly ascending too: walk them beside the signers
         for (uint256 j; j < s.signerIds.length; ++j) {
             if (j > 0 && uint256(s.signerIds[j]) <= uint256(s.signerIds[j - 1])) revert SignersNotSorted();
-            refBitmaps[j] = _addKey(sums, h, s.signerIds[j], s.signerBitmapIndices[j], mask);
+            while (k < s.nonSignerIds.length && uint256(s.nonSignerIds[k]) < uint256(s.signerIds[j])) ++k;
+            if (k < s.nonSignerIds.length && s.nonSignerIds[k] == s.signerIds[j]) revert SignerIsNonSigner(s.signerIds[j]);
+            refBitmaps[j] = _addKey(sums, counts, h, s.signerIds[j], s.signerBitmapIndices[j], mask);
             if (refBitmaps[j] == 0) revert NotInBatchQuorums(s.signerIds[j]);
         }
         for (uint256 i; i < sums.length; ++i) {
             uint8 q = uint8(h.quorumNumbers[i]);
             bytes24 apkHash = registry.getApkHashAtBlockNumberAndIndex(q, h.referenceBlock, s.quorumApkIndices[i]);
             if (bytes24(BN254.hashG1Point(sums[i])) != apkHash) revert SignerSetIncomplete(q);
+            if (counts[i] != registry.getOperatorCountAtBlockNumber(q, h.referenceBlock)) revert SignerSetIncomplete(q);
         }
         return refBitmaps;
     }
@@ -454,6 +462,7 @@ contract FaultManager is IFaultManager, Ownable {
     ///      block; returns that bitmap restricted to the batch's quorums.
     function _addKey(
         BN254.G1Point[] memory sums,
+        uint256[] memory counts,
         AvsMessages.BatchHeader calldata h,
         bytes32 id,
         uint32 bitmapIndex,
@@ -463,7 +472,10 @@ contract FaultManager is IFaultManager, Ownable {
         if (bitmap == 0) return 0;
         (BN254.G1Point memory pk,) = registry.getOperatorPubkeys(id);
         for (uint256 i; i < sums.length; ++i) {
-            if (bitmap.has(uint8(h.quorumNumbers[i]))) sums[i] = sums[i].plus(pk);
+            if (bitmap.has(uint8(h.quorumNumbers[i]))) {
+                sums[i] = sums[i].plus(pk);
+                ++counts[i];
+            }
         }
     }
 

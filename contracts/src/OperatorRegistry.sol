@@ -48,6 +48,13 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     mapping(uint8 => mapping(bytes32 => StakeUpdate[])) private _stakeHistory;
     mapping(uint8 => StakeUpdate[]) private _totalStakeHistory;
     mapping(uint8 => ApkUpdate[]) private _apkHistory;
+    /// @dev Operator count of each quorum from a block on (fault proofs check a signer list's size).
+    struct CountUpdate {
+        uint32 updateBlockNumber;
+        uint32 count;
+    }
+
+    mapping(uint8 => CountUpdate[]) private _countHistory;
     mapping(uint8 => BN254.G1Point) private _currentApk;
 
     modifier onlyAllocationManager() {
@@ -100,6 +107,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         allocationManager.createRedistributingOperatorSets(address(this), params, recipients);
         _totalStakeHistory[quorumNumber].push(StakeUpdate(uint32(block.number), 0, 0));
         _apkHistory[quorumNumber].push(ApkUpdate(bytes24(0), uint32(block.number), 0));
+        _countHistory[quorumNumber].push(CountUpdate(uint32(block.number), 0));
         emit QuorumCreated(quorumNumber, config.maxOperatorCount, config.minimumStake);
     }
 
@@ -271,6 +279,15 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     }
 
     /// @inheritdoc IOperatorRegistry
+    function getOperatorCountAtBlockNumber(uint8 quorumNumber, uint32 blockNumber) external view returns (uint32) {
+        CountUpdate[] storage h = _countHistory[quorumNumber];
+        for (uint256 i = h.length; i > 0; --i) {
+            if (h[i - 1].updateBlockNumber <= blockNumber) return h[i - 1].count;
+        }
+        revert InvalidHistoryIndex();
+    }
+
+    /// @inheritdoc IOperatorRegistry
     function getApkHashAtBlockNumberAndIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
         external
         view
@@ -387,13 +404,13 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         if (operatorCount[q] >= cfg.maxOperatorCount) revert MaxOperatorsReached(q);
         uint96 stake = _weight(operator, q);
         if (stake < cfg.minimumStake) revert InsufficientStake(q, stake, cfg.minimumStake);
-        ++operatorCount[q];
+        _recordCount(q, ++operatorCount[q]);
         _recordStake(id, q, stake);
         _updateApk(q, _pubkeyG1[id]);
     }
 
     function _leaveQuorum(bytes32 id, uint8 q) private {
-        --operatorCount[q];
+        _recordCount(q, --operatorCount[q]);
         _recordStake(id, q, 0);
         _updateApk(q, _pubkeyG1[id].negate());
     }
@@ -439,6 +456,15 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         }
         if (len != 0) h[len - 1].nextUpdateBlockNumber = uint32(block.number);
         h.push(QuorumBitmapUpdate(uint32(block.number), 0, bitmap));
+    }
+
+    function _recordCount(uint8 q, uint32 count) private {
+        CountUpdate[] storage h = _countHistory[q];
+        if (h[h.length - 1].updateBlockNumber == block.number) {
+            h[h.length - 1].count = count;
+            return;
+        }
+        h.push(CountUpdate(uint32(block.number), count));
     }
 
     function _updateApk(uint8 q, BN254.G1Point memory delta) private {

@@ -774,3 +774,93 @@ contract FaultGasTest is ChallengeFixture {
         vm.snapshotGasLastCall("resolveChallenge_accept");
     }
 }
+
+/// @dev Two colluding operators whose keys cancel (sk and r - sk, each with a valid proof of
+///      possession) sign a fraudulent batch; the resolution must still slash them: a signer list
+///      that leaves both out keeps the keys' sum but not the quorum's operator count.
+contract CancellingKeysTest is FaultFixture {
+    uint256 internal constant SK = 9;
+    uint256 internal constant MINUS_SK = BN254.FR_MODULUS - SK;
+    AvsMessages.BatchHeader internal batch;
+    bytes32 internal record;
+    bytes32[] internal leafProof;
+
+    function setUp() public override {
+        super.setUp();
+        _register(SK, 10 ether, hex"00");
+        _register(MINUS_SK, 10 ether, hex"00");
+        vm.roll(block.number + 1);
+        (batch, record, leafProof) = _certifyLeaf(0, "req", "out", _none());
+        vm.roll(block.number + 1);
+    }
+
+    function _members(bytes memory quorums) internal pure override returns (uint256[] memory r) {
+        for (uint256 i; i < quorums.length; ++i) {
+            if (uint8(quorums[i]) != 0) continue;
+            r = new uint256[](10);
+            for (uint256 j; j < 8; ++j) {
+                r[j] = j + 1;
+            }
+            (r[8], r[9]) = (SK, MINUS_SK);
+            return r;
+        }
+        return _range(1, 4);
+    }
+
+    function _id(uint256 sk) internal view override returns (bytes32) {
+        return BN254.hashG1Point(_g1(sk));
+    }
+
+    function test_resolveChallenge_RevertWhen_CancellingSignersLeftOut() public {
+        vm.prank(CHALLENGER);
+        uint256 id = faults.challenge(batch, record, "req", "out", leafProof);
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"0001", _none());
+        IFaultManagerTypes.BatchSigners memory all = _batchSigners(batch, _none());
+        // (a second copy: _without edits the struct it is given)
+        IFaultManagerTypes.BatchSigners memory omitting =
+            _without(_batchSigners(batch, _none()), _id(SK), _id(MINUS_SK));
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.SignerSetIncomplete.selector, uint8(0)));
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, omitting);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, all); // the full list slashes them
+        vm.assertLe(_allocated(SK, 0), 10 ether - 1, "sk slashed");
+        vm.assertLe(_allocated(MINUS_SK, 0), 10 ether - 1, "r - sk slashed");
+    }
+
+    function test_resolveChallenge_RevertWhen_ASignerIsAlsoANonSigner() public {
+        (AvsMessages.BatchHeader memory h, bytes32 rec, bytes32[] memory proof) =
+            _certifyLeaf(1, "req", "out", _one(SK));
+        vm.roll(block.number + 1);
+        vm.prank(CHALLENGER);
+        uint256 id = faults.challenge(h, rec, "req", "out", proof);
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest("req", "out", AvsMessages.Verdict.Reject), hex"0001", _none());
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(h, _one(SK));
+        s.signerIds = _ids(_sortById(_members(hex"00")));
+        s.signerBitmapIndices =
+        registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.signerIds).nonSignerQuorumBitmapIndices;
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.SignerIsNonSigner.selector, _id(SK)));
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, s);
+    }
+
+    function _without(IFaultManagerTypes.BatchSigners memory s, bytes32 a, bytes32 b)
+        internal
+        pure
+        returns (IFaultManagerTypes.BatchSigners memory r)
+    {
+        r = s;
+        uint256 n;
+        bytes32[] memory ids = new bytes32[](s.signerIds.length - 2);
+        uint32[] memory indices = new uint32[](s.signerIds.length - 2);
+        for (uint256 i; i < s.signerIds.length; ++i) {
+            if (s.signerIds[i] == a || s.signerIds[i] == b) continue;
+            (ids[n], indices[n]) = (s.signerIds[i], s.signerBitmapIndices[i]);
+            ++n;
+        }
+        (r.signerIds, r.signerBitmapIndices) = (ids, indices);
+    }
+}

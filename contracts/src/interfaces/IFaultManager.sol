@@ -130,6 +130,8 @@ interface IFaultManagerErrors {
     error SignersNotSorted();
     /// @notice The given signers and non-signers are not exactly the quorum's operators.
     error SignerSetIncomplete(uint8 quorumNumber);
+    /// @notice A listed signer is also one of the batch's certified non-signers.
+    error SignerIsNonSigner(bytes32 operatorId);
     /// @notice A listed signer was in none of the batch's quorums at its reference block.
     error NotInBatchQuorums(bytes32 operatorId);
     /// @notice A configuration value out of range.

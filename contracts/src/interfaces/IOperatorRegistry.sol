@@ -125,6 +125,9 @@ interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, 
         view
         returns (uint192);
 
+    /// @notice How many operators `quorumNumber` had at `blockNumber` (not before its creation).
+    function getOperatorCountAtBlockNumber(uint8 quorumNumber, uint32 blockNumber) external view returns (uint32);
+
     /// @notice The aggregate-key hash of `quorumNumber` at `blockNumber`, from history entry `index`.
     function getApkHashAtBlockNumberAndIndex(uint8 quorumNumber, uint32 blockNumber, uint256 index)
         external

@@ -66,12 +66,18 @@ abstract contract AvsFixture is Test {
     }
 
     function _g2(uint256 k) internal view returns (BN254.G2Point memory p) {
+        if (k > BN254.FR_MODULUS / 2) return _negG2(_g2(BN254.FR_MODULUS - k)); // (r - k)·g2 = -(k·g2)
         if (k > 136) return _g2Large(k);
         string memory key = string.concat(".points[", vm.toString(k - 1), "]");
         uint256[] memory x = vm.parseJsonUintArray(g2Table, string.concat(key, ".X"));
         uint256[] memory y = vm.parseJsonUintArray(g2Table, string.concat(key, ".Y"));
         p.X = [x[0], x[1]];
         p.Y = [y[0], y[1]];
+    }
+
+    function _negG2(BN254.G2Point memory q) internal pure returns (BN254.G2Point memory) {
+        q.Y = [BN254.FP_MODULUS - q.Y[0], BN254.FP_MODULUS - q.Y[1]];
+        return q;
     }
 
     /// @dev k·g2 for the few large k of test/fixtures/g2_large.json (same generator script).
@@ -148,7 +154,7 @@ abstract contract AvsFixture is Test {
     ) internal view returns (IBLSSignatureChecker.NonSignerStakesAndSignature memory p) {
         uint256 sum;
         for (uint256 i; i < signers.length; ++i) {
-            sum += signers[i];
+            sum = addmod(sum, signers[i], BN254.FR_MODULUS); // the aggregate secret, as a scalar
         }
         bytes32[] memory ids = new bytes32[](nonSigners.length);
         p.nonSignerPubkeys = new BN254.G1Point[](nonSigners.length);

@@ -251,8 +251,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             raise _refused(exc) from None
     certificate = status.certificate
-    check = verify_certificate(certificate)
-    print(status.output_text)
+    check = verify_certificate(certificate, request_hash=request_hash)  # for this request, not another
+    print(status.output_text)  # the aggregator's decoding of the certified token ids
     shares = ", ".join(f"quorum {q}: {share:.1%}" for q, share in sorted(check.stake_shares.items()))
     print(
         f"certified in batch {certificate.batch_header.batch_index} (tx 0x{certificate.tx_hash.hex()}), "
@@ -330,32 +330,48 @@ def cmd_claim(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a certificate JSON offline, and with ``--rpc-url`` also with the task manager's verifyLeaf."""
+    """Verify a certificate JSON offline for ``--deployment``'s chain and task manager, and with
+    ``--rpc-url`` also with that task manager's verifyLeaf."""
+    from avs.chain.deployment import load_deployment
     from avs.client import certificate_from_json, verify_certificate, verify_on_chain
+    from avs.messages import Domain
 
+    if args.rpc_url and args.deployment is None:
+        raise InvalidInputError(
+            "--rpc-url needs --deployment: verifyLeaf must run on the deployment you trust, "
+            "not on whatever task manager the certificate names"
+        )
     try:
         text = args.certificate.read_text()
     except OSError as exc:
         raise InvalidInputError(f"cannot read {args.certificate}: {exc}") from exc
     certificate = certificate_from_json(text)
-    check = verify_certificate(certificate, min_share_bps=args.min_share_bps)
+    deployment = load_deployment(args.deployment) if args.deployment is not None else None
+    domain = Domain(deployment.chain_id, deployment.task_manager) if deployment is not None else None
+    check = verify_certificate(certificate, min_share_bps=args.min_share_bps, domain=domain)
     result: dict[str, object] = {
         "request_hash": "0x" + certificate.request_hash.hex(),
         "output_hash": "0x" + certificate.output_hash.hex(),
         "batch_index": certificate.batch_header.batch_index,
         "stake_shares": {str(q): s for q, s in check.stake_shares.items()},
         "offline_ok": check.ok,
+        "deployment_checked": domain is not None,
         "problems": list(check.problems),
     }
+    if domain is None:
+        print("no --deployment: the certificate is checked against itself only", file=sys.stderr)
     ok = check.ok
-    if args.rpc_url:
+    if args.rpc_url and deployment is not None:
         from web3 import Web3
 
         from avs.chain.abi import load_abi
+        from avs.logs import redact_urls
 
         w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+        if w3.eth.chain_id != deployment.chain_id:
+            raise InvalidInputError(f"{redact_urls(args.rpc_url)} is not chain {deployment.chain_id}")
         task_manager = w3.eth.contract(
-            address=Web3.to_checksum_address(certificate.task_manager), abi=load_abi("InferenceTaskManager")
+            address=Web3.to_checksum_address(deployment.task_manager), abi=load_abi("InferenceTaskManager")
         )
         on_chain = verify_on_chain(certificate, task_manager)
         result["on_chain_ok"] = on_chain
@@ -404,7 +420,12 @@ def add_requester_commands(commands: Any) -> None:
     claim.set_defaults(func=cmd_claim)
     verify = commands.add_parser("verify", help="verify a certificate JSON offline (and on-chain with --rpc-url)")
     verify.add_argument("certificate", type=Path)
-    verify.add_argument("--rpc-url", help="also check verifyLeaf on this chain")
+    verify.add_argument(
+        "--deployment", type=Path, help="deployment JSON of the AVS you trust (its chain id and task manager)"
+    )
+    verify.add_argument(
+        "--rpc-url", help="also check verifyLeaf on that deployment's task manager (needs --deployment)"
+    )
     verify.add_argument("--min-share-bps", type=int, default=0, help="fail below this signed stake share")
     verify.set_defaults(func=cmd_verify)
 

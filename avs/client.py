@@ -3,7 +3,7 @@
     client = AggregatorClient("127.0.0.1:50060")
     request_hash = client.submit([{"role": "user", "content": "hi"}], model="smollm2", requester=me)
     status = client.wait(request_hash, on_progress=lambda s: print(s.state))
-    check = verify_certificate(status.certificate)   # offline: no chain, no operator
+    check = verify_certificate(status.certificate, domain=domain, request_hash=request_hash)  # offline
     assert check.ok, check.problems
 
 An insured request is prepared first (the aggregator completes it and answers its hash without
@@ -22,9 +22,13 @@ Offline verification checks everything the certificate states about itself: the 
 the EIP-712 digest of the request, the output hash commits to the tokens under the model, the
 leaf is in the batch's Merkle root, the signatory record hash matches the non-signers, and the
 aggregate BLS signature over the batch digest verifies against the listed signer keys (each
-counted once per quorum it signed in, as the contract does). That the keys were the registered
-operators with the stated stake is what the chain certified: ``verify_on_chain`` asks the task
-manager's ``verifyLeaf``.
+counted once per quorum it signed in, as the contract does), the non-signers are sorted, unique and
+not signers, and the stake shares name exactly the batch's quorums. With ``domain`` (the chain id
+and task manager you trust) the certificate must be for that deployment, and with ``request_hash``
+for that request: without them anyone can make a self-consistent certificate with their own keys
+on their own "task manager". That the keys were the registered operators with the stated stake is
+what the chain certified: ``verify_on_chain`` asks your deployment's task manager's ``verifyLeaf``
+(the stake shares in the certificate are the aggregator's word until then).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TypedDict, Unpack
 
 import grpc
@@ -357,12 +362,47 @@ def _check_signers(certificate: ag.Certificate) -> tuple[G1Point, G2Point, list[
     return bls.aggregate_g1(g1_keys), bls.aggregate_g2(g2_keys), problems
 
 
-def verify_certificate(certificate: ag.Certificate, min_share_bps: int = 0) -> CertificateCheck:
-    """Check a certificate offline (see the module docstring); never raises for a bad certificate."""
+def _check_claims(
+    certificate: ag.Certificate, domain: Domain | None, request_hash: bytes | None, signer_ids: set[bytes]
+) -> list[str]:
+    """What the certificate claims beyond its own consistency: for whom, and who did not sign."""
+    problems = []
+    if domain is not None and (
+        certificate.chain_id != domain.chain_id or certificate.task_manager.lower() != domain.verifying_contract.lower()
+    ):
+        problems.append(
+            f"the certificate is for chain {certificate.chain_id} / {certificate.task_manager}, "
+            f"not {domain.chain_id} / {domain.verifying_contract}"
+        )
+    if request_hash is not None and bytes(certificate.request_hash) != bytes(request_hash):
+        problems.append("the certificate is for another request")
+    non_signers = [bytes(i) for i in certificate.non_signer_ids]
+    if any(a >= b for a, b in pairwise(non_signers)):
+        problems.append("the non-signers are not strictly ascending")
+    if signer_ids & set(non_signers):
+        problems.append("an operator is listed as signer and as non-signer")
+    stated = sorted(q.quorum_number for q in certificate.quorum_stakes)
+    if stated != sorted(certificate.batch_header.quorum_numbers):
+        problems.append("the stake shares do not name exactly the batch's quorums")
+    return problems
+
+
+def verify_certificate(
+    certificate: ag.Certificate,
+    min_share_bps: int = 0,
+    domain: Domain | None = None,
+    request_hash: bytes | None = None,
+) -> CertificateCheck:
+    """Check a certificate offline (see the module docstring); never raises for a bad certificate.
+
+    ``domain``: the deployment you trust (chain id, task manager); ``request_hash``: the request you
+    sent. Pass both: only then is a self-made certificate of someone else's deployment refused."""
     problems: list[str] = []
     shares: dict[int, float] = {}
     try:
         shares = {q.quorum_number: int(q.signed_stake) / max(int(q.total_stake), 1) for q in certificate.quorum_stakes}
+        signer_ids = {bytes(s.public_key.operator_id) for s in certificate.signers}
+        problems += _check_claims(certificate, domain, request_hash, signer_ids)
         domain = Domain(certificate.chain_id, certificate.task_manager)
         request = convert.request_from_proto(certificate.request).request
         request_hash = compute_request_hash(domain, request)

@@ -342,9 +342,18 @@ def test_cli_request_and_verify(devnet: Devnet, tmp_path: Path, capsys: pytest.C
         args = ["request", "hello from the cli", "--aggregator", f"127.0.0.1:{app.ports.grpc}", "--model", "tiny"]
         assert main([*args, "--requester", REQUESTER, "--max-tokens", "4", "--out", str(out)]) == 0
         assert "CERTIFIED" in capsys.readouterr().err
-        assert main(["verify", str(out), "--rpc-url", devnet.anvil.url, "--min-share-bps", "6667"]) == 0
+        deployment = str(devnet.workdir / "deployment.json")
+        on_chain = ["--deployment", deployment, "--rpc-url", devnet.anvil.url, "--min-share-bps", "6667"]
+        assert main(["verify", str(out), *on_chain]) == 0
         result = json.loads(capsys.readouterr().out)
-        assert result["offline_ok"] and result["on_chain_ok"]
+        assert result["offline_ok"] and result["on_chain_ok"] and result["deployment_checked"]
+        assert main(["verify", str(out), "--rpc-url", devnet.anvil.url]) == 2  # verifyLeaf on whose contract?
+        assert "needs --deployment" in capsys.readouterr().err
+        elsewhere = json.loads(out.read_text())
+        elsewhere["task_manager"] = "0x" + "11" * 20  # a certificate of another deployment
+        out.write_text(json.dumps(elsewhere))
+        assert main(["verify", str(out), "--deployment", deployment]) == 1
+        assert any("for chain" in p for p in json.loads(capsys.readouterr().out)["problems"])
         tampered = json.loads(out.read_text())
         tampered["output_hash"] = tampered["request_hash"]
         out.write_text(json.dumps(tampered))

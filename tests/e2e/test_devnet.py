@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from avs.chain.faults import ChallengeStatus, CoverageStatus
 from avs.chain.insurance import Web3CoverageReader
 from avs.client import certificate_from_json, verify_certificate, verify_on_chain
 from avs.devnet import Devnet, ServiceProcess
+from avs.messages import Domain
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.inference.conftest import build_tiny_model
 
@@ -60,6 +61,34 @@ def test_the_request_is_certified_by_the_stake_and_verifies_offline(
     (quorum,) = certificate.quorum_stakes
     assert int(quorum.total_stake) == sum(stakes.values())
     assert int(quorum.signed_stake) == sum(stakes[s] for s in signers)
+
+
+def test_a_certificate_is_checked_for_the_deployment_and_the_request_it_claims(
+    devnet: Devnet, certificate: ag.Certificate
+) -> None:
+    """Offline checks alone accept any self-consistent certificate, one made with the forger's own
+    keys on the forger's own task manager too: bound to the deployment and request you trust."""
+    domain = Domain(devnet.deployment.chain_id, devnet.deployment.task_manager)
+    request_hash = bytes(certificate.request_hash)
+    assert verify_certificate(certificate, domain=domain, request_hash=request_hash).ok
+    elsewhere = Domain(domain.chain_id + 1, "0x" + "11" * 20)
+    assert any("is for chain" in p for p in verify_certificate(certificate, domain=elsewhere).problems)
+    other = verify_certificate(certificate, domain=domain, request_hash=b"\x01" * 32)
+    assert "the certificate is for another request" in other.problems
+
+    def altered(change: Callable[[ag.Certificate], None]) -> tuple[str, ...]:
+        copy = ag.Certificate()
+        copy.CopyFrom(certificate)
+        change(copy)
+        return verify_certificate(copy, domain=domain).problems
+
+    signer = bytes(certificate.signers[0].public_key.operator_id)
+    assert "an operator is listed as signer and as non-signer" in altered(lambda c: c.non_signer_ids.append(signer))
+    assert "the non-signers are not strictly ascending" in altered(lambda c: c.non_signer_ids.extend([signer, signer]))
+    extra = ag.QuorumStake(quorum_number=7, signed_stake="1", total_stake="1")
+    assert "the stake shares do not name exactly the batch's quorums" in altered(
+        lambda c: c.quorum_stakes.append(extra)
+    )
 
 
 def test_the_certificate_is_anchored_on_chain(devnet: Devnet, certificate: ag.Certificate) -> None:

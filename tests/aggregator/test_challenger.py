@@ -4,6 +4,7 @@ expiring it), proving equivocations, and resuming from its own database after a 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from avs.chain.faults import ChallengeStatus, SignedAttestation
 from avs.messages import Attestation, Verdict
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs_aggregator.challenger.core import CertifiedBatch, Challenger
-from avs_aggregator.challenger.resolution import Resolver
+from avs_aggregator.challenger.resolution import CHALLENGE_GONE_DEPTH, Resolver
 from avs_aggregator.challenger.store import (
     AttestationRow,
     ChallengerStore,
@@ -93,13 +94,14 @@ def make_challenger(
     network: FakeNetwork,
     manager: FakeFaultManager,
     checker: Checker | None = None,
+    sample_rate: float = 1.0,
 ) -> tuple[Challenger, Resolver, ChallengerStore]:
     """A challenger with its own store at ``db`` (the ``db`` fixture: SQLite, then PostgreSQL)."""
     store = ChallengerStore(db)
     resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
     feed = Feed(pipeline, network)
     checker = checker or Checker(Verdict.REJECT)
-    challenger = Challenger(feed, feed, checker, manager, store, resolver, sample_rate=1.0, start_block=0)
+    challenger = Challenger(feed, feed, checker, manager, store, resolver, sample_rate=sample_rate, start_block=0)
     return challenger, resolver, store
 
 
@@ -289,6 +291,64 @@ def test_a_crash_after_the_challenge_transaction_adopts_it_on_restart(tmp_path: 
     assert finding.detail == "already challenged" and finding.challenge_id == 1
     assert len(manager.challenges) == 1 and manager.get_challenge(1).status == ChallengeStatus.UPHELD
     assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+def test_a_crash_after_the_challenge_transaction_is_adopted_even_when_sampling_skips_the_leaf(
+    tmp_path: Path, db: str
+) -> None:
+    """After the restart the batch is sampled afresh and this leaf not picked (sample rate 0 here):
+    the leaf was kept pending before the challenge was sent, so it is found and adopted anyway."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.crash_after_challenge = True
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    with pytest.raises(KeyboardInterrupt):
+        challenger.poll()
+    store.close()
+    manager.crash_after_challenge = False
+    network.block += 1
+    again, _, store = make_challenger(db, pipeline, network, manager, sample_rate=0.0)
+    [finding] = again.poll()
+    assert finding.detail == "already challenged" and finding.challenge_id == 1
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    assert again.poll() == []  # and the leaf is no longer pending
+    pipeline.close()
+
+
+def _opened_not_resolved(
+    db: str, tmp_path: Path
+) -> tuple[Pipeline, FakeNetwork, FakeFaultManager, Resolver, ChallengerStore]:
+    """A challenge opened by a challenger that does not resolve it in the same poll."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    _, resolver, store = make_challenger(db, pipeline, network, manager)
+    feed = Feed(pipeline, network)
+    Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, None, sample_rate=1.0, start_block=0).poll()
+    return pipeline, network, manager, resolver, store
+
+
+def test_a_challenge_the_chain_does_not_show_is_kept_until_its_block_is_deep(tmp_path: Path, db: str) -> None:
+    """A lagging node or a reorg: the challenge is not on-chain for now. It stays OPEN (checked at
+    every poll) and is given up only CHALLENGE_GONE_DEPTH blocks after it was opened."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [row] = store.list_challenges()
+    manager.challenges.clear()  # the node we ask has not seen the block yet
+    assert resolver.advance_all() == []
+    assert store.get_challenge(row.challenge_id).state == ChallengeState.OPEN  # type: ignore[union-attr]
+    network.block = row.opened_block + CHALLENGE_GONE_DEPTH
+    [gone] = resolver.advance_all()
+    assert gone.state == ChallengeState.EXPIRED and gone.error == "not on-chain"
+    pipeline.close()
+
+
+def test_a_challenge_id_that_names_another_leaf_is_not_resolved_as_ours(tmp_path: Path, db: str) -> None:
+    pipeline, _, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [row] = store.list_challenges()
+    other = manager.challenges[row.challenge_id]
+    manager.challenges[row.challenge_id] = dataclasses.replace(other, request_hash=b"\x07" * 32)  # after a reorg
+    [ended] = resolver.advance_all()
+    assert ended.state == ChallengeState.EXPIRED and "another leaf" in (ended.error or "")
     pipeline.close()
 
 

@@ -176,7 +176,6 @@ class Web3Escalator:
     def __init__(self, faults: Web3FaultClient) -> None:
         self.faults = faults
         self._approved = False
-        self._escalation: EscalationConfig | None = None
 
     def _approve_bond(self) -> None:
         avs = self.faults.avs
@@ -203,15 +202,14 @@ class Web3Escalator:
         return int(self.faults.avs.w3.eth.block_number)
 
     def get_escalation_config(self) -> EscalationConfig:
-        if self._escalation is None:
-            manager = self.faults.fault_manager.functions
-            config = manager.config().call()
-            self._escalation = EscalationConfig(
-                quorum_numbers=bytes(manager.escalationQuorumNumbers().call()),
-                threshold_bps=int(config[3]),
-                resolution_window=int(config[4]),
-            )
-        return self._escalation
+        """Read from the chain at every call (the resolver asks once per poll): governance may change it."""
+        manager = self.faults.fault_manager.functions
+        config = manager.config().call()
+        return EscalationConfig(
+            quorum_numbers=bytes(manager.escalationQuorumNumbers().call()),
+            threshold_bps=int(config[3]),
+            resolution_window=int(config[4]),
+        )
 
     def get_check_signatures_indices(
         self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]

@@ -308,7 +308,20 @@ class Challenger:
     def _defer(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> list[Finding]:
         """Keep the leaf (or batch) for the next poll; after ``check_attempts``, record it unchecked."""
         header = batch.header
-        attempts = self.store.process_pending_check(
+        attempts = self._keep_pending(batch, request_hash, output_hash, problem)
+        if attempts < self.check_attempts:
+            return []
+        finding = Finding(
+            header.batch_index, request_hash, output_hash, None, f"unchecked after {attempts} attempts: {problem}"
+        )
+        self._record(finding)
+        self.store.remove_pending_check(header.batch_index, request_hash)
+        return [finding]
+
+    def _keep_pending(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> int:
+        """Store the leaf (or batch) as still to check; returns how often it has been."""
+        header = batch.header
+        return self.store.process_pending_check(
             PendingCheckRow(
                 batch_index=header.batch_index,
                 request_hash=request_hash,
@@ -321,20 +334,12 @@ class Challenger:
                 error=problem[:2000],
             )
         )
-        if attempts < self.check_attempts:
-            return []
-        finding = Finding(
-            header.batch_index, request_hash, output_hash, None, f"unchecked after {attempts} attempts: {problem}"
-        )
-        self._record(finding)
-        self.store.remove_pending_check(header.batch_index, request_hash)
-        return [finding]
 
     def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding:
         index = batch.header.batch_index
         certificate = self.leaves.get_certificate(request_hash)
         output_hash = bytes(certificate.output_hash)
-        problem = self._check_against_chain(batch, certificate)
+        problem = self._check_against_chain(batch, certificate, request_hash)
         if problem:
             logger.warning("certificate does not match the chain", extra={"batch_index": index, "problem": problem})
             return Finding(index, request_hash, output_hash, None, problem)
@@ -356,6 +361,10 @@ class Challenger:
                 detail = f"minority REJECT overruled ({shares})"
                 return Finding(index, request_hash, output_hash, Verdict.ACCEPT, detail)
         proof = [bytes(p) for p in certificate.merkle_proof]
+        # The leaf stays pending until its challenge is recorded: a crash after the transaction
+        # finds it again at the next start (sampling would usually pick other leaves) and adopts
+        # the challenge through LeafAlreadyChallenged instead of leaving it unresolved.
+        self._keep_pending(batch, request_hash, output_hash, "challenge sent, not yet recorded")
         try:
             opened = self.escalator.challenge(
                 batch.header, batch.signatory_record_hash, (request_hash, output_hash), proof
@@ -413,7 +422,9 @@ class Challenger:
         return finding
 
     @staticmethod
-    def _check_against_chain(batch: CertifiedBatch, certificate: ag.Certificate) -> str:
+    def _check_against_chain(batch: CertifiedBatch, certificate: ag.Certificate, request_hash: bytes) -> str:
+        if bytes(certificate.request_hash) != request_hash:  # another leaf of the batch, say
+            return "the certificate is for another request than the leaf asked about"
         if convert.batch_header_from_proto(certificate.batch_header) != batch.header:
             return "the certificate's batch header is not the certified one"
         if bytes(certificate.signatory_record_hash) != batch.signatory_record_hash:

@@ -48,6 +48,9 @@ from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader, VerifyReply
 
 logger = logging.getLogger(__name__)
+# A challenge the chain does not know is given up only this many blocks after it was opened (before
+# that, a lagging RPC node or a reorg that will include it again).
+CHALLENGE_GONE_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,7 @@ class Resolver:
 
     def advance_all(self) -> list[ChallengeRow]:
         """One step for every open challenge; returns the ones that ended in this call."""
+        self._config = None  # read once per poll: governance may change quorums, threshold or window
         ended = []
         for row in self.store.list_challenges([ChallengeState.OPEN]):
             try:
@@ -176,8 +180,19 @@ class Resolver:
     def advance(self, row: ChallengeRow) -> ChallengeState:
         on_chain = self.chain.get_challenge(row.challenge_id)
         state = STATE_OF_STATUS.get(on_chain.status)
-        if state is None:  # not on-chain (a reorg removed the challenge): nothing left to resolve
+        if state is None:  # not on-chain: a lagging node, or a reorg; given up only once deep
+            if self.chain.get_block_number() < row.opened_block + CHALLENGE_GONE_DEPTH:
+                self.store.update_challenge(row.challenge_id, error="not on-chain (yet); checked again")
+                return ChallengeState.OPEN
             self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error="not on-chain")
+            return ChallengeState.EXPIRED
+        if (on_chain.request_hash, on_chain.output_hash, on_chain.batch_index) != (
+            bytes(row.request_hash),
+            bytes(row.output_hash),
+            row.batch_index,
+        ):  # after a reorg the id may name another leaf's challenge: never resolve that one as ours
+            error = "the challenge id names another leaf now (a reorg); not ours to resolve"
+            self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error=error)
             return ChallengeState.EXPIRED
         if state == ChallengeState.UPHELD:
             self._finish_slashing(row)

@@ -242,7 +242,7 @@ contract FaultManager is IFaultManager, Ownable {
         PendingSlashing memory p = _requirePending(challengeId, signers);
         emit SlashingAbandoned(challengeId, p.nextSigner, p.signerCount);
         delete _pendingSlashing[challengeId];
-        _closeUpheld(challengeId, _challenges[challengeId], signers.header.quorumNumbers, p.slashedShares);
+        _closeUpheld(challengeId, _challenges[challengeId], signers.header, p.slashedShares);
     }
 
     /// @inheritdoc IFaultManager
@@ -386,17 +386,22 @@ contract FaultManager is IFaultManager, Ownable {
             return;
         }
         if (resumed) delete _pendingSlashing[challengeId];
-        _closeUpheld(challengeId, c, s.header.quorumNumbers, p.slashedShares);
+        _closeUpheld(challengeId, c, s.header, p.slashedShares);
     }
 
     /// @dev Ends upheld challenge `c` of a batch of `quorums`: its request is no longer under
     ///      challenge, the pool records the fraud (coverage claimable, the challenger's reward on
     ///      `slashedShares`).
-    function _closeUpheld(uint256 challengeId, Challenge storage c, bytes calldata quorums, uint256 slashedShares)
-        private
-    {
+    function _closeUpheld(
+        uint256 challengeId,
+        Challenge storage c,
+        AvsMessages.BatchHeader calldata h,
+        uint256 slashedShares
+    ) private {
         --openChallenges[c.requestHash];
-        (, uint256 reward) = pool.recordFraud(c.requestHash, quorums, c.challenger, slashedShares);
+        uint32 certifiedBlock = taskManager.getBatch(h.batchIndex).certifiedBlock;
+        (, uint256 reward) =
+            pool.recordFraud(c.requestHash, h.quorumNumbers, certifiedBlock, c.challenger, slashedShares);
         emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
     }
 
@@ -445,7 +450,9 @@ contract FaultManager is IFaultManager, Ownable {
         for (uint256 j; j < s.signerIds.length; ++j) {
             if (j > 0 && uint256(s.signerIds[j]) <= uint256(s.signerIds[j - 1])) revert SignersNotSorted();
             while (k < s.nonSignerIds.length && uint256(s.nonSignerIds[k]) < uint256(s.signerIds[j])) ++k;
-            if (k < s.nonSignerIds.length && s.nonSignerIds[k] == s.signerIds[j]) revert SignerIsNonSigner(s.signerIds[j]);
+            if (k < s.nonSignerIds.length && s.nonSignerIds[k] == s.signerIds[j]) {
+                revert SignerIsNonSigner(s.signerIds[j]);
+            }
             refBitmaps[j] = _addKey(sums, counts, h, s.signerIds[j], s.signerBitmapIndices[j], mask);
             if (refBitmaps[j] == 0) revert NotInBatchQuorums(s.signerIds[j]);
         }
@@ -453,7 +460,9 @@ contract FaultManager is IFaultManager, Ownable {
             uint8 q = uint8(h.quorumNumbers[i]);
             bytes24 apkHash = registry.getApkHashAtBlockNumberAndIndex(q, h.referenceBlock, s.quorumApkIndices[i]);
             if (bytes24(BN254.hashG1Point(sums[i])) != apkHash) revert SignerSetIncomplete(q);
-            if (counts[i] != registry.getOperatorCountAtBlockNumber(q, h.referenceBlock)) revert SignerSetIncomplete(q);
+            if (counts[i] != registry.getOperatorCountAtBlockNumber(q, h.referenceBlock)) {
+                revert SignerSetIncomplete(q);
+            }
         }
         return refBitmaps;
     }

@@ -48,6 +48,9 @@ contract InsurancePool is IInsurancePool, Ownable {
     mapping(bytes32 => bool) public fraudProven;
 
     mapping(bytes32 => Coverage) private _coverage;
+    /// @notice The block each request's coverage was bought in: only coverage bought before the block
+    ///         that certified its batch pays (nobody insures an output already certified).
+    mapping(bytes32 => uint32) public coverageBoughtAt;
 
     /// @param asset_ The stake token.
     /// @param registry_ The operator registry.
@@ -104,6 +107,7 @@ contract InsurancePool is IInsurancePool, Ownable {
         premium = (uint256(amount) * cfg.premiumBps + 9_999) / 10_000;
         uint32 expiresAt = uint32(block.number + cfg.coverageTermBlocks);
         _coverage[requestHash] = Coverage(msg.sender, quorumNumber, CoverageStatus.Active, expiresAt, amount, 0);
+        coverageBoughtAt[requestHash] = uint32(block.number);
         outstandingCoverage[quorumNumber] += amount;
         emit CoverageBought(requestHash, msg.sender, quorumNumber, amount, premium, expiresAt);
         if (premium != 0) asset.safeTransferFrom(msg.sender, address(this), premium);
@@ -133,18 +137,22 @@ contract InsurancePool is IInsurancePool, Ownable {
     }
 
     /// @inheritdoc IInsurancePool
-    function recordFraud(bytes32 requestHash, bytes calldata quorumNumbers, address challenger, uint256 slashedShares)
-        external
-        returns (uint256 payout, uint256 reward)
-    {
+    function recordFraud(
+        bytes32 requestHash,
+        bytes calldata quorumNumbers,
+        uint32 certifiedBlock,
+        address challenger,
+        uint256 slashedShares
+    ) external returns (uint256 payout, uint256 reward) {
         if (msg.sender != address(faultManager)) revert OnlyFaultManager();
         fraudProven[requestHash] = true;
         uint256 free = freeBalance();
         Coverage storage c = _coverage[requestHash];
-        if (
-            c.status == CoverageStatus.Active
-                && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber)
-        ) {
+        bool covered = c.status == CoverageStatus.Active
+            && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber);
+        if (covered && coverageBoughtAt[requestHash] >= certifiedBlock) {
+            _expire(requestHash, c); // bought once the output was certified: insurance after the fact
+        } else if (covered) {
             payout = c.amount < free ? c.amount : free;
             c.status = CoverageStatus.Claimable;
             c.payout = uint96(payout);

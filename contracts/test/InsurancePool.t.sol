@@ -25,8 +25,10 @@ abstract contract PoolFixture is ChallengeFixture {
         (, premium) = pool.buyCoverage(request, 0, amount);
     }
 
-    /// @dev Certifies batch 5 holding (requestHash, "bad") with all signers.
+    /// @dev Certifies batch 5 holding (requestHash, "bad") with all signers, a block after the coverage
+    ///      was bought (coverage is bought before the request is even submitted).
     function _certifyInsured() internal {
+        vm.roll(block.number + 1);
         (insuredBatch, insuredRecord, insuredProof) = _certifyLeaf(5, requestHash, "bad", _none());
         vm.roll(block.number + 1);
     }
@@ -183,9 +185,32 @@ contract RecordFraudTest is PoolFixture {
         vm.assertEq(pool.claim(requestHash), 10 ether, "paid after the last slash");
     }
 
+    /// @dev Coverage bought once the batch was certified (its output visible to the requester) is
+    ///      insurance after the fact: the fraud expires it, premium kept, nothing paid.
+    function test_recordFraud_CoverageBoughtAfterTheBatchIsNotPaid() public {
+        _certifyInsured();
+        _buy(100 ether); // the wrong output is certified and public already
+        vm.prank(CHALLENGER);
+        uint256 id = faults.challenge(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest(requestHash, "bad", AvsMessages.Verdict.Reject), hex"0001", _none());
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(insuredBatch, _none());
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
+        while (faults.getPendingSlashing(id).signersHash != 0) {
+            faults.continueSlashing(id, s);
+        }
+        IInsurancePoolTypes.Coverage memory c = pool.getCoverage(requestHash);
+        vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Expired, "expired, not claimable");
+        vm.assertEq(pool.totalClaimable(), 0, "nothing reserved");
+        vm.assertEq(pool.outstandingCoverage(0), 0, "no longer outstanding");
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.NothingToClaim.selector, requestHash));
+        pool.claim(requestHash);
+    }
+
     function test_recordFraud_RevertWhen_NotFaultManager() public {
         vm.expectRevert(IInsurancePoolErrors.OnlyFaultManager.selector);
-        pool.recordFraud(requestHash, hex"00", CHALLENGER, 1 ether);
+        pool.recordFraud(requestHash, hex"00", 0, CHALLENGER, 1 ether);
     }
 
     function test_recordFraud_CoverageClaimable() public {

@@ -123,12 +123,18 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
         bytes32[] calldata proof
     ) external;
 
-    /// @notice Records fraud proven on `requestHash` in a batch of `quorumNumbers` (fault manager only):
-    ///         coverage against one of those quorums becomes claimable (up to the free balance), then
-    ///         the challenger is paid `challengerRewardBps` of `slashedShares` (up to the free balance).
-    function recordFraud(bytes32 requestHash, bytes calldata quorumNumbers, address challenger, uint256 slashedShares)
-        external
-        returns (uint256 payout, uint256 reward);
+    /// @notice Records fraud proven on `requestHash` in a batch of `quorumNumbers` certified in block
+    ///         `certifiedBlock` (fault manager only): coverage against one of those quorums, bought
+    ///         before that block, becomes claimable (up to the free balance); coverage bought once the
+    ///         wrong output was certified for all to see expires unpaid (premium kept). Then the
+    ///         challenger is paid `challengerRewardBps` of `slashedShares` (up to the free balance).
+    function recordFraud(
+        bytes32 requestHash,
+        bytes calldata quorumNumbers,
+        uint32 certifiedBlock,
+        address challenger,
+        uint256 slashedShares
+    ) external returns (uint256 payout, uint256 reward);
 
     /// @notice Pays claimable coverage of `requestHash` to its beneficiary, once.
     function claim(bytes32 requestHash) external returns (uint256 amount);

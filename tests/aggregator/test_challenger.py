@@ -117,6 +117,31 @@ def test_accepted_leaves_are_not_escalated_and_each_batch_is_seen_once(tmp_path:
     pipeline.close()
 
 
+class LaggingFeed(Feed):
+    """The aggregator has not recorded the certification yet when the challenger first asks."""
+
+    def __init__(self, pipeline: Pipeline, network: FakeNetwork) -> None:
+        super().__init__(pipeline, network)
+        self.lagging = True
+
+    def get_certificate(self, request_hash: bytes) -> ag.Certificate:
+        return ag.Certificate() if self.lagging else super().get_certificate(request_hash)
+
+
+def test_a_leaf_without_a_certificate_yet_is_checked_again_not_reported(tmp_path: Path) -> None:
+    pipeline, network = certified_pipeline(tmp_path, 1)
+    feed = Feed(pipeline, network)
+    lagging = LaggingFeed(pipeline, network)
+    store = ChallengerStore("sqlite://")
+    challenger = Challenger(feed, lagging, Checker(Verdict.ACCEPT), None, store, sample_rate=1.0, start_block=0)
+    assert challenger.poll() == []  # deferred, not a finding about a mismatched certificate
+    lagging.lagging = False
+    network.block += 1
+    [finding] = challenger.poll()
+    assert finding.verdict == Verdict.ACCEPT
+    pipeline.close()
+
+
 def test_a_rejected_leaf_is_escalated_once(tmp_path: Path) -> None:
     pipeline, network = certified_pipeline(tmp_path, 2)
     feed, manager = Feed(pipeline, network), FakeFaultManager(network)

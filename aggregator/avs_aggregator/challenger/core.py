@@ -338,6 +338,8 @@ class Challenger:
     def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding:
         index = batch.header.batch_index
         certificate = self.leaves.get_certificate(request_hash)
+        if not certificate.request_hash:  # the chain saw the batch before the aggregator recorded it
+            raise LeafCheckIncomplete("the aggregator has no certificate for the leaf yet", b"")
         output_hash = bytes(certificate.output_hash)
         problem = self._check_against_chain(batch, certificate, request_hash)
         if problem:

@@ -108,9 +108,7 @@ REJECTION_FINAL_REVERTS = frozenset(
 ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
 ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
 EVIDENCE_RETRY_SECONDS = 60.0
-# certifyBatch reverts that mean the batch's reference block no longer matches the chain (a reorg, a
-# stale block): abandoned, and its requests batched again at a fresh reference block.
-# Reverts after which the batch is formed again (alone) and signed again: the chain changed under it
+# certifyBatch reverts after which the batch is formed again (alone) and signed again: the chain changed under it
 # (a reorg at the reference block, a threshold raised after signing, a certification gone again).
 # Each counts on the request's ``rebatched``; after MAX_REBATCHES the request fails instead of
 # cycling for ever on a revert that does not go away.
@@ -708,15 +706,7 @@ class Pipeline:
             self._fail_batch_requests(batch, reason)
             return
         logger.warning("batch given up; its requests are batched again alone", extra={"batch_index": batch.batch_index})
-        self.store.finish_batch(
-            batch.batch_index,
-            BatchState.ABANDONED,
-            RequestState.ACCEPTED,
-            rebatch=True,
-            sign_attempts=rounds,
-            error=reason,
-            expect_state=batch.state,
-        )
+        self._requeue(batch, reason, rebatch=True, sign_attempts=rounds)
 
     def _fail_batch_requests(self, batch: BatchRow, reason: str) -> None:
         for request_hash in load_hex_list(batch.request_hashes):
@@ -750,14 +740,7 @@ class Pipeline:
                 self._abandon_stale(batch)
                 return
             if exc.name in REBATCH_REVERTS:
-                self.store.finish_batch(
-                    batch.batch_index,
-                    BatchState.ABANDONED,
-                    RequestState.ACCEPTED,
-                    rebatch=True,
-                    error=f"certifyBatch reverted: {exc}",
-                    expect_state=batch.state,
-                )
+                self._requeue(batch, f"certifyBatch reverted: {exc}", rebatch=True)
                 return
             reason = f"certifyBatch reverted: {exc}"
             self.store.finish_batch(
@@ -782,13 +765,7 @@ class Pipeline:
         logger.warning(
             "batch index certified by another aggregator; re-batching", extra={"batch_index": batch.batch_index}
         )
-        self.store.finish_batch(
-            batch.batch_index,
-            BatchState.ABANDONED,
-            RequestState.ACCEPTED,
-            error="index certified by another batch",
-            expect_state=batch.state,
-        )
+        self._requeue(batch, "index certified by another batch")
         self._notify()
 
     def _certified(self, batch: BatchRow, block: int, tx_hash: bytes, gas_used: int | None) -> None:
@@ -855,12 +832,19 @@ class Pipeline:
         return None
 
     def _abandon_stale(self, batch: BatchRow) -> None:
+        self._requeue(batch, "stale reference block")
+
+    def _requeue(self, batch: BatchRow, error: str, rebatch: bool = False, **values: Any) -> None:
+        """Abandon the batch and put its requests back to ACCEPTED for a new index (``rebatch``:
+        counted on each request, which is then batched alone)."""
         self.store.finish_batch(
             batch.batch_index,
             BatchState.ABANDONED,
             RequestState.ACCEPTED,
-            error="stale reference block",
+            rebatch=rebatch,
+            error=error,
             expect_state=batch.state,
+            **values,
         )
 
     # --- driving -----------------------------------------------------------------------

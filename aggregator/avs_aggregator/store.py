@@ -163,7 +163,7 @@ def _claim(s: Session, model: Any, key: Any, now: float, **expected: Any) -> Non
         raise StaleRowError(f"{model.__tablename__} row is {found}, not {expected}")
 
 
-def _locked_batch(s: Session, batch_index: int, expect_state: str | None, now: float) -> BatchRow:
+def _claimed_batch(s: Session, batch_index: int, expect_state: str | None, now: float) -> BatchRow:
     if expect_state is not None:
         _claim(s, BatchRow, batch_index, now, state=expect_state)
     row = s.get(BatchRow, batch_index)
@@ -248,7 +248,7 @@ class Store(Database):
 
     def update_batch(self, batch_index: int, expect_state: str | None = None, **values: Any) -> None:
         with self.session() as s:
-            row = _locked_batch(s, batch_index, expect_state, self.clock())
+            row = _claimed_batch(s, batch_index, expect_state, self.clock())
             for key, value in values.items():
                 setattr(row, key, value)
             row.updated_at = self.clock()
@@ -259,7 +259,7 @@ class Store(Database):
         """Set the batch's final state and move its requests, in one transaction (``rebatch``: count
         the given-up batch on each request, which then goes into a batch of its own)."""
         with self.session() as s:
-            row = _locked_batch(s, batch_index, values.pop("expect_state", None), self.clock())
+            row = _claimed_batch(s, batch_index, values.pop("expect_state", None), self.clock())
             for key, value in values.items():
                 setattr(row, key, value)
             row.state = state
@@ -278,7 +278,7 @@ class Store(Database):
         """A CERTIFIED batch whose certification a reorg removed: back to SUBMITTING and its requests
         from CERTIFIED back to BATCHED, in one transaction."""
         with self.session() as s:
-            row = _locked_batch(s, batch_index, BatchState.CERTIFIED, self.clock())
+            row = _claimed_batch(s, batch_index, BatchState.CERTIFIED, self.clock())
             row.state = BatchState.SUBMITTING
             row.tx_hash = row.certified_block = row.certified_hash = row.confirmed_block = row.gas_used = None
             row.error = error

@@ -58,8 +58,11 @@ class TensorLeaf:
 @dataclass(frozen=True, slots=True)
 class WeightsCommitment:
     root: Bytes32
-    tensor_count: int
-    tensor_names: frozenset[str] = frozenset()
+    tensor_names: frozenset[str]
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self.tensor_names)
 
 
 def compute_tensor_leaf(name: str, dtype: str, shape: Sequence[int], data_hash: bytes) -> Bytes32:
@@ -182,7 +185,7 @@ def get_weights_commitment(folder: Path, cache_dir: Path | None = None) -> Weigh
     leaves = [leaf for path in files for leaf in _get_file_leaves(path, cache_dir)]
     names = frozenset(leaf.name for leaf in leaves)
     root = compute_weights_root(leaves, _read_config_leaf(Path(folder)))
-    return WeightsCommitment(root=root, tensor_count=len(leaves), tensor_names=names)
+    return WeightsCommitment(root=root, tensor_names=names)
 
 
 def _read_config_leaf(folder: Path) -> Bytes32 | None:

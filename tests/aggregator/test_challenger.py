@@ -300,7 +300,8 @@ def test_a_restarted_challenger_resumes_without_challenging_again(tmp_path: Path
     pipeline.close()
 
 
-def test_a_crash_after_the_challenge_transaction_adopts_it_on_restart(tmp_path: Path, db: str) -> None:
+def _crash_after_the_challenge(tmp_path: Path, db: str) -> tuple[Pipeline, FakeNetwork, FakeFaultManager]:
+    """A challenger killed after its challenge transaction was mined, before its database write."""
     pipeline, network = colluded_pipeline(tmp_path)
     manager = FakeFaultManager(network, escalation_quorums=b"\x01")
     manager.crash_after_challenge = True
@@ -311,6 +312,11 @@ def test_a_crash_after_the_challenge_transaction_adopts_it_on_restart(tmp_path: 
     store.close()
     manager.crash_after_challenge = False
     network.block += 1
+    return pipeline, network, manager
+
+
+def test_a_crash_after_the_challenge_transaction_adopts_it_on_restart(tmp_path: Path, db: str) -> None:
+    pipeline, network, manager = _crash_after_the_challenge(tmp_path, db)
     again, _, store = make_challenger(db, pipeline, network, manager)
     [finding] = again.poll()  # the batch is scanned again: the chain names the existing challenge
     assert finding.detail == "already challenged" and finding.challenge_id == 1
@@ -324,15 +330,7 @@ def test_a_crash_after_the_challenge_transaction_is_adopted_even_when_sampling_s
 ) -> None:
     """After the restart the batch is sampled afresh and this leaf not picked (sample rate 0 here):
     the leaf was kept pending before the challenge was sent, so it is found and adopted anyway."""
-    pipeline, network = colluded_pipeline(tmp_path)
-    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
-    manager.crash_after_challenge = True
-    challenger, _, store = make_challenger(db, pipeline, network, manager)
-    with pytest.raises(KeyboardInterrupt):
-        challenger.poll()
-    store.close()
-    manager.crash_after_challenge = False
-    network.block += 1
+    pipeline, network, manager = _crash_after_the_challenge(tmp_path, db)
     again, _, store = make_challenger(db, pipeline, network, manager, sample_rate=0.0)
     [finding] = again.poll()
     assert finding.detail == "already challenged" and finding.challenge_id == 1

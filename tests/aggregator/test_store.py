@@ -43,17 +43,21 @@ def test_challenger_migrations_match_the_models_in_a_shared_database(db: str) ->
     aggregator.close()
 
 
-def test_reopening_keeps_the_data(db: str) -> None:
-    store = Store(db)
-    row = RequestRow(
-        request_hash=b"\x01" * 32,
-        state=RequestState.RECEIVED,
+def _request_row(request_hash: bytes, state: RequestState) -> RequestRow:
+    return RequestRow(
+        request_hash=request_hash,
+        state=state,
         envelope=b"",
         quorum_numbers=b"\x00",
         threshold_bps=6667,
         attempt=0,
         excluded="[]",
     )
+
+
+def test_reopening_keeps_the_data(db: str) -> None:
+    store = Store(db)
+    row = _request_row(b"\x01" * 32, RequestState.RECEIVED)
     assert store.add_request(row)
     assert not store.add_request(row)
     store.close()
@@ -131,16 +135,7 @@ def test_a_fenced_write_waits_for_a_concurrent_one_then_sees_it(tmp_path: Path) 
     path = tmp_path / "shared.sqlite"
     store = Store(f"sqlite:///{path}")
     request_hash = b"\x02" * 32
-    row = RequestRow(
-        request_hash=request_hash,
-        state=RequestState.GENERATING,
-        envelope=b"",
-        quorum_numbers=b"\x00",
-        threshold_bps=6667,
-        attempt=0,
-        excluded="[]",
-    )
-    assert store.add_request(row)
+    assert store.add_request(_request_row(request_hash, RequestState.GENERATING))
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     other.execute("UPDATE requests SET state = 'CERTIFIED' WHERE request_hash = ?", (request_hash,))

@@ -41,6 +41,7 @@ interface VmEnv {
 ///      `runWithEigenLayer()`), AGGREGATOR (default: the deployer),
 ///      DEPLOYMENT_OUT (default: deployments/local.json, relative to contracts/),
 ///      THRESHOLD_BPS (6667), MAX_REFERENCE_AGE (100), CHALLENGE_WINDOW (50), MIN_STAKE (1 ether),
+///      BATCH_RECORD_RING (8192 batch record slots, reused once final; 0 keeps every record),
 ///      EQUIVOCATION_WAD (0.1e18), REJECTED_OUTPUT_WAD (0.2e18), FRAUD_WAD (0.5e18),
 ///      ESCALATION_THRESHOLD_BPS (8000; escalation quorum: quorum 0), RESOLUTION_WINDOW (100),
 ///      CHALLENGE_BOND (1 ether), MAX_SLASHES_PER_CALL (64), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
@@ -111,7 +112,8 @@ contract Deploy is Test {
 
         vm.startBroadcast(key);
         OperatorRegistry registry = new OperatorRegistry(core.allocationManager, deployer);
-        InferenceTaskManager taskManager = new InferenceTaskManager(registry, deployer, batches);
+        InferenceTaskManager taskManager =
+            new InferenceTaskManager(registry, deployer, batches, uint64(vm.envOr("BATCH_RECORD_RING", uint256(8192))));
         taskManager.setAggregator(aggregator, true);
         InsurancePool pool = new InsurancePool(core.stakeToken, registry, taskManager, deployer, _poolConfig());
         registry.setRedistributionRecipient(address(pool));

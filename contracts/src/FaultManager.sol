@@ -176,8 +176,8 @@ contract FaultManager is IFaultManager, Ownable {
             revert LeafNotCertified();
         }
         (,, uint32 window) = taskManager.config();
-        uint256 certifiedBlock = taskManager.getBatch(header.batchIndex).certifiedBlock;
-        if (block.number > certifiedBlock + window) revert ChallengeWindowClosed(header.batchIndex);
+        uint32 certifiedBlock = taskManager.getBatch(header.batchIndex).certifiedBlock;
+        if (block.number > uint256(certifiedBlock) + window) revert ChallengeWindowClosed(header.batchIndex);
         bytes32 leafKey = keccak256(abi.encode(header.batchIndex, requestHash, outputHash));
         uint256 previous = latestChallengeOfLeaf[leafKey];
         if (previous != 0 && _challenges[previous].status != ChallengeStatus.Expired) {
@@ -186,7 +186,15 @@ contract FaultManager is IFaultManager, Ownable {
         uint96 bond = config.challengeBond;
         challengeId = ++challengeCount;
         _challenges[challengeId] = Challenge(
-            msg.sender, bond, requestHash, outputHash, header.batchIndex, uint32(block.number), ChallengeStatus.Open
+            msg.sender,
+            bond,
+            requestHash,
+            outputHash,
+            header.batchIndex,
+            uint32(block.number),
+            ChallengeStatus.Open,
+            certifiedBlock,
+            AvsMessages.batchCommitment(AvsMessages.hash(header), signatoryRecordHash)
         );
         latestChallengeOfLeaf[leafKey] = challengeId;
         ++openChallenges[requestHash];
@@ -225,7 +233,7 @@ contract FaultManager is IFaultManager, Ownable {
             return;
         }
         c.status = ChallengeStatus.Upheld;
-        uint256[] memory refBitmaps = _checkSigners(c.batchIndex, signers);
+        uint256[] memory refBitmaps = _checkSigners(c, signers);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
         PendingSlashing memory start = PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0);
         _slashSigners(challengeId, c, signers, start, refBitmaps);
@@ -399,9 +407,8 @@ contract FaultManager is IFaultManager, Ownable {
         uint256 slashedShares
     ) private {
         --openChallenges[c.requestHash];
-        uint32 certifiedBlock = taskManager.getBatch(h.batchIndex).certifiedBlock;
         (, uint256 reward) =
-            pool.recordFraud(c.requestHash, h.quorumNumbers, certifiedBlock, c.challenger, slashedShares);
+            pool.recordFraud(c.requestHash, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedShares);
         emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
     }
 
@@ -428,17 +435,16 @@ contract FaultManager is IFaultManager, Ownable {
     ///      cancel (one party registering sk and r - sk, both with valid proofs of possession), and
     ///      leaving out such a set would keep the sum and spare its members. Returns each signer's
     ///      bitmap at the reference block restricted to the batch's quorums.
-    function _checkSigners(uint64 batchIndex, BatchSigners calldata s) private view returns (uint256[] memory) {
+    function _checkSigners(Challenge storage c, BatchSigners calldata s) private view returns (uint256[] memory) {
         AvsMessages.BatchHeader calldata h = s.header;
-        if (h.batchIndex != batchIndex) revert BatchMismatch();
+        if (h.batchIndex != c.batchIndex) revert BatchMismatch();
         if (
             s.nonSignerIds.length != s.nonSignerBitmapIndices.length
                 || s.signerIds.length != s.signerBitmapIndices.length
                 || s.quorumApkIndices.length != h.quorumNumbers.length
         ) revert LengthMismatch();
-        if (!taskManager.isCertified(h, keccak256(abi.encodePacked(h.referenceBlock, s.nonSignerIds)))) {
-            revert BatchMismatch();
-        }
+        bytes32 record = keccak256(abi.encodePacked(h.referenceBlock, s.nonSignerIds));
+        if (AvsMessages.batchCommitment(AvsMessages.hash(h), record) != c.batchCommitment) revert BatchMismatch();
         uint256 mask = QuorumBitmaps.orderedToBitmap(h.quorumNumbers);
         BN254.G1Point[] memory sums = new BN254.G1Point[](h.quorumNumbers.length);
         uint256[] memory counts = new uint256[](h.quorumNumbers.length);

@@ -11,6 +11,14 @@ import {IInferenceTaskManager} from "./interfaces/IInferenceTaskManager.sol";
 /// @notice Certifies batches of attested inferences with one aggregate BLS check each, and keeps
 ///         what a later challenge needs. Its address is the EIP-712 verifying contract of every
 ///         message the operators sign (`AvsMessages`).
+/// @dev Batch records live in a ring of `recordRing` slots (slot `batchIndex % recordRing`), like
+///      EIP-2935's block-hash history: a slot is reused once the batch in it is final, which writes
+///      a non-zero slot (5,000 gas) instead of a new one (22,100). The price: once reused, the old
+///      batch's `verifyLeaf`/`isCertified`/`getBatch` answer as for an uncertified one, and its
+///      `BatchCertified` event is the record. A challenge keeps what its resolution needs, so
+///      nothing open depends on a reusable slot. A batch index is still certified at most once: a
+///      slot only moves to a higher index (`BatchIndexSuperseded` for a lower one). `recordRing`
+///      0 keeps every record for ever, in its own slot.
 contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Ownable {
     /// @notice Governance parameters.
     Config public config;
@@ -22,12 +30,17 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
         bool allowed;
         uint16 thresholdBps;
         uint32 maxReferenceAge;
+        uint32 challengeWindowBlocks;
     }
 
     mapping(address => AggregatorEntry) private _aggregators;
     /// @dev Every address ever passed to `setAggregator` (governance keeps this short).
     address[] private _aggregatorList;
 
+    /// @notice Slots of the batch record ring (0: no ring, every batch keeps its record).
+    uint64 public immutable recordRing;
+
+    /// @dev Keyed by ring slot (by batch index when `recordRing` is 0).
     mapping(uint64 => BatchRecord) private _batches;
     uint256 private immutable _cachedChainId;
     bytes32 private immutable _cachedSeparator;
@@ -35,10 +48,13 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     /// @param registry_ The operator registry.
     /// @param owner_ Governance.
     /// @param config_ Threshold, reference age and challenge window.
-    constructor(IOperatorRegistry registry_, address owner_, Config memory config_)
+    /// @param recordRing_ Slots of the batch record ring; at least the most batches certified in
+    ///        one challenge window (more wait, `BatchSlotNotFinal`); 0 keeps every record.
+    constructor(IOperatorRegistry registry_, address owner_, Config memory config_, uint64 recordRing_)
         BLSSignatureChecker(registry_)
         Ownable(owner_)
     {
+        recordRing = recordRing_;
         _setConfig(config_);
         _cachedChainId = block.chainid;
         _cachedSeparator = AvsMessages.domainSeparator(block.chainid, address(this));
@@ -48,7 +64,7 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     function setAggregator(address aggregator, bool allowed) external onlyOwner {
         if (_aggregators[aggregator].thresholdBps == 0) _aggregatorList.push(aggregator); // first time
         Config memory c = config;
-        _aggregators[aggregator] = AggregatorEntry(allowed, c.thresholdBps, c.maxReferenceAge);
+        _aggregators[aggregator] = AggregatorEntry(allowed, c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
         emit AggregatorSet(aggregator, allowed);
     }
 
@@ -68,8 +84,9 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     {
         AggregatorEntry memory aggregator = _aggregators[msg.sender];
         if (!aggregator.allowed) revert OnlyAggregator();
-        BatchRecord storage record = _batches[header.batchIndex];
-        if (record.certifiedBlock != 0) revert BatchAlreadyCertified(header.batchIndex);
+        (uint64 slot, uint32 epoch) = _ringSlot(header.batchIndex);
+        BatchRecord storage record = _batches[slot];
+        _requireSlotFree(header.batchIndex, record, epoch, aggregator.challengeWindowBlocks);
         if (uint256(header.referenceBlock) + aggregator.maxReferenceAge < block.number) {
             revert StaleReferenceBlock(header.referenceBlock);
         }
@@ -78,8 +95,8 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
             AvsMessages.digest(domainSeparator(), structHash), header.quorumNumbers, header.referenceBlock, signatures
         );
         _requireThreshold(header.quorumNumbers, totals, aggregator.thresholdBps);
-        record.commitment = _commitment(structHash, signatoryRecordHash);
-        record.certifiedBlock = uint32(block.number);
+        (record.commitment, record.certifiedBlock, record.ringEpoch) =
+        (_commitment(structHash, signatoryRecordHash), uint32(block.number), epoch);
         emit BatchCertified(
             header.batchIndex, header.leavesRoot, header.referenceBlock, header.quorumNumbers, signatoryRecordHash
         );
@@ -103,19 +120,22 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
         view
         returns (bool)
     {
-        BatchRecord memory r = _batches[header.batchIndex];
+        BatchRecord memory r = getBatch(header.batchIndex);
         return r.certifiedBlock != 0 && r.commitment == _commitment(AvsMessages.hash(header), signatoryRecordHash);
     }
 
     /// @inheritdoc IInferenceTaskManager
     function isBatchFinal(uint64 batchIndex) external view returns (bool) {
-        uint32 at = _batches[batchIndex].certifiedBlock;
+        uint32 at = getBatch(batchIndex).certifiedBlock;
         return at != 0 && block.number > uint256(at) + config.challengeWindowBlocks;
     }
 
     /// @inheritdoc IInferenceTaskManager
-    function getBatch(uint64 batchIndex) external view returns (BatchRecord memory) {
-        return _batches[batchIndex];
+    function getBatch(uint64 batchIndex) public view returns (BatchRecord memory r) {
+        if (recordRing != 0 && batchIndex / recordRing > type(uint32).max) return r;
+        (uint64 slot, uint32 epoch) = _ringSlot(batchIndex);
+        r = _batches[slot];
+        if (r.ringEpoch != epoch) delete r; // the slot holds another batch
     }
 
     /// @inheritdoc IInferenceTaskManager
@@ -142,8 +162,27 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
         }
     }
 
-    function _commitment(bytes32 structHash, bytes32 signatoryRecordHash) private pure returns (bytes28) {
-        return bytes28(keccak256(abi.encode(structHash, signatoryRecordHash)));
+    /// @dev A batch index's ring slot and epoch: (batchIndex, 0) without a ring.
+    function _ringSlot(uint64 batchIndex) private view returns (uint64 slot, uint32 epoch) {
+        uint64 ring = recordRing;
+        if (ring == 0) return (batchIndex, 0);
+        uint64 e = batchIndex / ring;
+        if (e > type(uint32).max) revert BatchIndexTooLarge(batchIndex);
+        return (batchIndex % ring, uint32(e));
+    }
+
+    /// @dev `held` (the slot's record) may be replaced by `batchIndex` (of `epoch`): the slot is
+    ///      empty, or holds a lower index whose batch is final.
+    function _requireSlotFree(uint64 batchIndex, BatchRecord storage held, uint32 epoch, uint32 window) private view {
+        (uint32 at, uint32 heldEpoch) = (held.certifiedBlock, held.ringEpoch);
+        if (at == 0) return;
+        if (heldEpoch == epoch) revert BatchAlreadyCertified(batchIndex);
+        if (heldEpoch > epoch) revert BatchIndexSuperseded(batchIndex);
+        if (block.number <= uint256(at) + window) revert BatchSlotNotFinal(batchIndex);
+    }
+
+    function _commitment(bytes32 structHash, bytes32 signatoryRecordHash) private pure returns (bytes24) {
+        return bytes24(AvsMessages.batchCommitment(structHash, signatoryRecordHash));
     }
 
     function _setConfig(Config memory c) private {
@@ -151,7 +190,8 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
         config = c;
         for (uint256 i; i < _aggregatorList.length; ++i) {
             AggregatorEntry storage e = _aggregators[_aggregatorList[i]];
-            (e.thresholdBps, e.maxReferenceAge) = (c.thresholdBps, c.maxReferenceAge);
+            (e.thresholdBps, e.maxReferenceAge, e.challengeWindowBlocks) =
+            (c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
         }
         emit ConfigSet(c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
     }

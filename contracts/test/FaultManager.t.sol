@@ -505,6 +505,41 @@ contract ResolveChallengeTest is ChallengeFixture {
 
 /// @dev An upheld challenge whose signers do not fit in `maxSlashesPerCall` slashes (the batch has
 ///      7 signers, each in quorum 0 only: one slash each).
+/// @dev With a ring of 2 batch record slots, batch 0's slot is reused by batch 2 once batch 0 is
+///      final, while its challenge is still open: the challenge resolves from what it copied.
+contract RingResolveChallengeTest is ChallengeFixture {
+    function _recordRing() internal pure override returns (uint64) {
+        return 2;
+    }
+
+    function test_resolveChallenge_Reject_AfterTheBatchRecordWasReused() public {
+        uint256 id = _challenge();
+        vm.assertEq(faults.getChallenge(id).certifiedBlock, taskManager.getBatch(0).certifiedBlock, "copied");
+        vm.roll(block.number + 50);
+        _certify(2, keccak256("next"), hex"00", _none());
+        vm.assertEq(taskManager.getBatch(0).certifiedBlock, 0, "batch 0's record reused");
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        faults.resolveChallenge(
+            id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, _batchSigners(batch, _one(8))
+        );
+        vm.assertTrue(faults.getChallenge(id).status == IFaultManagerTypes.ChallengeStatus.Upheld, "upheld");
+        vm.assertEq(registry.getCurrentStake(_id(7), 0), 35 ether, "signer halved");
+    }
+
+    function test_resolveChallenge_RevertWhen_OtherNonSignersAfterTheRecordWasReused() public {
+        uint256 id = _challenge();
+        vm.roll(block.number + 50);
+        _certify(2, keccak256("next"), hex"00", _none());
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(7));
+        uint32 ref = uint32(block.number - 1);
+        vm.expectRevert(IFaultManagerErrors.BatchMismatch.selector);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, ref, cert, s);
+    }
+}
+
 contract ContinueSlashingTest is ChallengeFixture {
     uint256 internal constant SIGNERS = 7;
 

@@ -101,7 +101,11 @@ contract CertifyBatchTest is CertifyFixture {
         (IBLSSignatureChecker.QuorumStakeTotals memory t,) =
             taskManager.checkSignatures(taskManager.batchDigest(h), h.quorumNumbers, h.referenceBlock, p);
         // quorum 0: stakes 10..80 halved for 1..4 (allocated half to each quorum)
-        vm.assertEq(t.totalStakeForQuorum[0], 5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether, "total q0");
+        vm.assertEq(
+            t.totalStakeForQuorum[0],
+            5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether,
+            "total q0"
+        );
         vm.assertEq(t.signedStakeForQuorum[0], t.totalStakeForQuorum[0] - 10 ether - 70 ether, "signed q0");
         vm.assertEq(t.totalStakeForQuorum[1], 50 ether, "total q1");
         vm.assertEq(t.signedStakeForQuorum[1], 40 ether, "signed q1");
@@ -297,6 +301,104 @@ contract IsBatchFinalTest is CertifyFixture {
     }
 }
 
+/// @dev A ring of 4 batch record slots: indices 1, 5, 9, ... share slot 1.
+abstract contract RingFixture is CertifyFixture {
+    function _recordRing() internal pure override returns (uint64) {
+        return 4;
+    }
+}
+
+contract BatchRecordRingTest is RingFixture {
+    uint256 internal constant WINDOW = 50;
+
+    function _headerAndRecord(uint64 index) internal view returns (AvsMessages.BatchHeader memory h, bytes32 rec) {
+        h = _header(index, keccak256(abi.encode("root", index)), hex"00");
+        rec = keccak256(abi.encodePacked(h.referenceBlock));
+    }
+
+    function _certifyIndex(uint64 index) internal returns (AvsMessages.BatchHeader memory h, bytes32 rec) {
+        (h, rec) = _headerAndRecord(index);
+        taskManager.certifyBatch(h, _sigs(h, _none()));
+    }
+
+    function _expectCertifyRevert(uint64 index, bytes memory err) internal {
+        (AvsMessages.BatchHeader memory h,) = _headerAndRecord(index);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory p = _sigs(h, _none());
+        vm.expectRevert(err);
+        taskManager.certifyBatch(h, p);
+    }
+
+    function test_ring_ReusesASlotOnceItsBatchIsFinal() public {
+        (AvsMessages.BatchHeader memory first, bytes32 firstRecord) = _certifyIndex(1);
+        _certifyIndex(2); // another slot: no wait
+        bytes memory busy = abi.encodeWithSelector(IInferenceTaskManager.BatchSlotNotFinal.selector, uint64(5));
+        _expectCertifyRevert(5, busy);
+        vm.roll(block.number + WINDOW);
+        _expectCertifyRevert(5, busy); // the last block of batch 1's challenge window
+        vm.roll(block.number + 1);
+        (AvsMessages.BatchHeader memory second, bytes32 secondRecord) = _certifyIndex(5);
+        IInferenceTaskManager.BatchRecord memory r = taskManager.getBatch(5);
+        vm.assertEq(r.certifiedBlock, block.number, "certified block");
+        vm.assertEq(r.ringEpoch, 1, "epoch");
+        vm.assertTrue(taskManager.isCertified(second, secondRecord), "new batch certified");
+        vm.assertEq(taskManager.getBatch(1).certifiedBlock, 0, "old record gone");
+        vm.assertFalse(taskManager.isCertified(first, firstRecord), "old batch no longer checkable");
+        vm.assertFalse(taskManager.isBatchFinal(1), "old batch unknown");
+        vm.assertTrue(taskManager.getBatch(2).certifiedBlock != 0, "the other slot kept");
+    }
+
+    function test_ring_FollowsTheChallengeWindowSetByGovernance() public {
+        _certifyIndex(1);
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 80));
+        vm.roll(block.number + WINDOW + 1);
+        _expectCertifyRevert(5, abi.encodeWithSelector(IInferenceTaskManager.BatchSlotNotFinal.selector, uint64(5)));
+        vm.roll(block.number + 30);
+        _certifyIndex(5);
+    }
+
+    function test_ring_RevertWhen_LowerIndexAfterAHigherOne() public {
+        _certifyIndex(5);
+        vm.roll(block.number + WINDOW + 1);
+        _expectCertifyRevert(1, abi.encodeWithSelector(IInferenceTaskManager.BatchIndexSuperseded.selector, uint64(1)));
+        _expectCertifyRevert(5, abi.encodeWithSelector(IInferenceTaskManager.BatchAlreadyCertified.selector, uint64(5)));
+    }
+
+    function test_ring_RevertWhen_EpochOverflows() public {
+        uint64 last = 4 * (uint64(type(uint32).max) + 1) - 1;
+        _certifyIndex(last);
+        vm.assertEq(taskManager.getBatch(last).ringEpoch, type(uint32).max, "last epoch");
+        vm.assertEq(taskManager.getBatch(last + 1).certifiedBlock, 0, "beyond the ring's range: not certified");
+        _expectCertifyRevert(
+            last + 1, abi.encodeWithSelector(IInferenceTaskManager.BatchIndexTooLarge.selector, uint64(last + 1))
+        );
+    }
+
+    /// @dev Whatever the order, a batch index is certified at most once: a second certification of
+    ///      `a` after `b` took or passed by its slot always reverts.
+    function testFuzz_ring_AnIndexIsCertifiedAtMostOnce(uint64 a, uint64 b) public {
+        a = uint64(bound(a, 0, 1 << 20));
+        b = uint64(bound(b, 0, 1 << 20));
+        _certifyIndex(a);
+        vm.roll(block.number + WINDOW + 1);
+        bool sameSlot = a % 4 == b % 4;
+        if (a == b) {
+            _expectCertifyRevert(b, abi.encodeWithSelector(IInferenceTaskManager.BatchAlreadyCertified.selector, b));
+            return;
+        }
+        if (sameSlot && b < a) {
+            _expectCertifyRevert(b, abi.encodeWithSelector(IInferenceTaskManager.BatchIndexSuperseded.selector, b));
+            return;
+        }
+        _certifyIndex(b);
+        vm.roll(block.number + WINDOW + 1);
+        bytes4 expected = sameSlot
+            ? IInferenceTaskManager.BatchIndexSuperseded.selector
+            : IInferenceTaskManager.BatchAlreadyCertified.selector;
+        _expectCertifyRevert(a, abi.encodeWithSelector(expected, a));
+        vm.assertEq(taskManager.getBatch(a).certifiedBlock != 0, !sameSlot, "a's record kept iff its slot was");
+    }
+}
+
 /// @notice Gas of certifyBatch (recorded with snapshotGasLastCall under snapshots/ and in docs).
 /// @dev certifyBatch reads the config from the aggregator's entry: every change must reach it.
 contract SetConfigTest is CertifyFixture {
@@ -426,5 +528,35 @@ contract CertifyBatchUnverifiedGasTest is CertifyFixture {
     function test_gas_verifyKeyPair() public {
         taskManager.verifyKeyPair(_g1(36), _g2(36));
         vm.snapshotGasLastCall("verifyKeyPair");
+    }
+}
+
+/// @dev certifyBatch in a ring whose slot held a final batch (the steady state once the ring has
+///      gone round once): the record overwrites a non-zero slot. Same digest as the fresh-slot
+///      measurement below, so the difference is the storage alone.
+contract CertifyBatchRingGasTest is RingFixture {
+    function setUp() public override {
+        super.setUp();
+        taskManager.verifyKeyPair(_g1(36), _g2(36)); // all of quorum 0
+        _certify(0, keccak256("previous"), hex"00", _none());
+        vm.roll(block.number + 51); // batch 0 final: its slot can be reused
+    }
+
+    function test_gas_certifyBatch_allSigners_ringSlotReused() public {
+        _certify(4, keccak256("root"), hex"00", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum_ringSlotReused");
+    }
+}
+
+contract CertifyBatchRingFreshGasTest is RingFixture {
+    function setUp() public override {
+        super.setUp();
+        taskManager.verifyKeyPair(_g1(36), _g2(36));
+        vm.roll(block.number + 51); // the same reference block as CertifyBatchRingGasTest
+    }
+
+    function test_gas_certifyBatch_allSigners_ringFreshSlot() public {
+        _certify(4, keccak256("root"), hex"00", _none());
+        vm.snapshotGasLastCall("certifyBatch_allSigners_1quorum_ringFreshSlot");
     }
 }

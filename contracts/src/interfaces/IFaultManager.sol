@@ -46,7 +46,10 @@ interface IFaultManagerTypes {
         Expired
     }
 
-    /// @notice A bonded challenge of one certified leaf.
+    /// @notice A bonded challenge of one certified leaf. `certifiedBlock` and `batchCommitment`
+    ///         (`AvsMessages.batchCommitment` of the certified header and signatory record) are
+    ///         copied from the task manager when the challenge opens, so that its resolution does
+    ///         not depend on the batch's record, whose ring slot may be reused once it is final.
     struct Challenge {
         address challenger;
         uint96 bond;
@@ -55,6 +58,8 @@ interface IFaultManagerTypes {
         uint64 batchIndex;
         uint32 openedBlock;
         ChallengeStatus status;
+        uint32 certifiedBlock;
+        bytes32 batchCommitment;
     }
 
     /// @notice The slashing of an upheld challenge that did not fit in one transaction.

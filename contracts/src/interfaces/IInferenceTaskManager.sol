@@ -14,17 +14,25 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
         uint32 challengeWindowBlocks;
     }
 
-    /// @notice What is stored per certified batch (one slot): a 28-byte commitment to
-    ///         (batch struct hash, signatory record hash) and the block it was certified in.
+    /// @notice What is stored per certified batch (one slot): a 24-byte commitment to
+    ///         (batch struct hash, signatory record hash), the block it was certified in, and the
+    ///         batch's ring epoch (`batchIndex / recordRing`; 0 when every record is kept).
     struct BatchRecord {
-        bytes28 commitment;
+        bytes24 commitment;
         uint32 certifiedBlock;
+        uint32 ringEpoch;
     }
 
     /// @notice The caller is not an authorised aggregator.
     error OnlyAggregator();
     /// @notice The batch index is already certified.
     error BatchAlreadyCertified(uint64 batchIndex);
+    /// @notice The batch's ring slot holds a later batch index: this index can never be certified.
+    error BatchIndexSuperseded(uint64 batchIndex);
+    /// @notice The batch's ring slot still holds a batch in its challenge window; retry later.
+    error BatchSlotNotFinal(uint64 batchIndex);
+    /// @notice `batchIndex / recordRing` does not fit the record's 32-bit epoch.
+    error BatchIndexTooLarge(uint64 batchIndex);
     /// @notice The batch index is not certified.
     error BatchNotCertified(uint64 batchIndex);
     /// @notice The reference block is older than `maxReferenceAge` blocks.
@@ -65,7 +73,9 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
     /// @notice Whether batch `batchIndex` is certified and its challenge window is over.
     function isBatchFinal(uint64 batchIndex) external view returns (bool);
 
-    /// @notice The record of batch `batchIndex` (zero if not certified).
+    /// @notice The record of batch `batchIndex`: zero if it is not certified, or if its ring slot
+    ///         was reused by a later batch once it was final (then the `BatchCertified` event is
+    ///         the record).
     function getBatch(uint64 batchIndex) external view returns (BatchRecord memory);
 
     /// @notice The EIP-712 domain separator of the AVS's messages (chain id, this contract).

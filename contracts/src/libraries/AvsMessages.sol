@@ -140,6 +140,12 @@ library AvsMessages {
         );
     }
 
+    /// @notice What binds a certified batch: its header's struct hash and its signatory record hash
+    ///         (keccak256(referenceBlock, nonSignerIds)), which fixes its signers.
+    function batchCommitment(bytes32 structHash, bytes32 signatoryRecordHash) internal pure returns (bytes32) {
+        return keccak256(abi.encode(structHash, signatoryRecordHash));
+    }
+
     /// @notice Leaf of a batch's Merkle tree, as OpenZeppelin's `StandardMerkleTree` over
     ///         `(bytes32 requestHash, bytes32 outputHash)`: keccak256(keccak256(abi.encode(...))).
     function leafHash(bytes32 requestHash, bytes32 outputHash) internal pure returns (bytes32) {

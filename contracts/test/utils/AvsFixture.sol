@@ -42,7 +42,9 @@ abstract contract AvsFixture is Test {
         strategy = new LocalStrategy(token);
         core.addStrategy(strategy);
         registry = new OperatorRegistry(core, address(this));
-        taskManager = new InferenceTaskManager(registry, address(this), IInferenceTaskManager.Config(6667, 100, 50));
+        taskManager = new InferenceTaskManager(
+            registry, address(this), IInferenceTaskManager.Config(6667, 100, 50), _recordRing()
+        );
         taskManager.setAggregator(address(this), true);
         registry.setRedistributionRecipient(_recipient());
         registry.initializeAvs("https://avs.example/metadata.json");
@@ -50,6 +52,11 @@ abstract contract AvsFixture is Test {
         strategies[0] = strategy;
         registry.createQuorum(0, IOperatorRegistryTypes.QuorumConfig(32, MIN_STAKE), strategies);
         registry.createQuorum(1, IOperatorRegistryTypes.QuorumConfig(32, MIN_STAKE), strategies);
+    }
+
+    /// @dev The task manager's batch record ring: none (every record kept) unless a test says so.
+    function _recordRing() internal view virtual returns (uint64) {
+        return 0;
     }
 
     /// @dev Called after the task manager is deployed and before the quorums are created.

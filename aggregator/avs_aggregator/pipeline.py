@@ -606,7 +606,10 @@ class Pipeline:
         started = time.monotonic()
         stage = "sign_batch" if batch.state == BatchState.SIGNING else "certify"
         try:
-            self._sign_batch(batch) if batch.state == BatchState.SIGNING else self._submit_batch(batch)
+            if batch.state == BatchState.SIGNING:
+                self._sign_batch(batch)
+            elif not self._submit_batch(batch):
+                return False  # waiting for the chain
         except StaleRowError as exc:
             logger.warning("batch moved on elsewhere; this step's result is dropped", extra={"error": str(exc)})
             return True
@@ -713,43 +716,56 @@ class Pipeline:
             self.store.update_request(request_hash, error=reason)
             self._count(RequestState.FAILED)
 
-    def _submit_batch(self, batch: BatchRow) -> None:
+    def _submit_batch(self, batch: BatchRow) -> bool:
+        """Sends certifyBatch once; False when nothing moved (the batch's ring slot is still busy)."""
         certified = self.writer.get_certification(batch.batch_index)
         if certified is not None and not self._is_ours(batch):
             self._index_taken(batch)
-            return
+            return True
         if certified is not None:  # sent before a crash, or by a previous run: never send again
             self._certified(batch, certified[0], certified[1], None)
-            return
+            return True
         if batch.reference_block + self.settings.max_reference_age < self.writer.get_block_number() + 1:
             self._abandon_stale(batch)
-            return
+            return True
         signatures = decode_certificate(json.loads(batch.certificate or "{}"))
         try:
             tx_hash, gas_used = self.writer.certify_batch(self.get_header(batch), signatures)
         except ContractRevertError as exc:
-            if exc.name == "BatchAlreadyCertified":
-                again = self.writer.get_certification(batch.batch_index)
-                if again is not None and not self._is_ours(batch):
-                    self._index_taken(batch)
-                    return
-                if again is not None:
-                    self._certified(batch, again[0], again[1], None)
-                    return
-            if exc.name == "StaleReferenceBlock":
-                self._abandon_stale(batch)
-                return
-            if exc.name in REBATCH_REVERTS:
-                self._requeue(batch, f"certifyBatch reverted: {exc}", rebatch=True)
-                return
-            reason = f"certifyBatch reverted: {exc}"
-            self.store.finish_batch(
-                batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason, expect_state=batch.state
-            )
-            self._fail_batch_requests(batch, reason)
-            return
+            self._submit_reverted(batch, exc)
+            return exc.name != "BatchSlotNotFinal"
         certified = self.writer.get_certification(batch.batch_index)
         self._certified(batch, certified[0] if certified else 0, tx_hash, gas_used)
+        return True
+
+    def _submit_reverted(self, batch: BatchRow, exc: ContractRevertError) -> None:
+        if exc.name == "BatchAlreadyCertified":
+            again = self.writer.get_certification(batch.batch_index)
+            if again is not None and not self._is_ours(batch):
+                self._index_taken(batch)
+                return
+            if again is not None:
+                self._certified(batch, again[0], again[1], None)
+                return
+        if exc.name == "BatchSlotNotFinal":  # the record ring is full for now: send again at the next poll
+            logger.warning(
+                "batch record slot still in its challenge window; retrying", extra={"batch_index": batch.batch_index}
+            )
+            return
+        if exc.name == "BatchIndexSuperseded":  # a later index holds the slot: this one can never be certified
+            self._index_taken(batch)
+            return
+        if exc.name == "StaleReferenceBlock":
+            self._abandon_stale(batch)
+            return
+        if exc.name in REBATCH_REVERTS:
+            self._requeue(batch, f"certifyBatch reverted: {exc}", rebatch=True)
+            return
+        reason = f"certifyBatch reverted: {exc}"
+        self.store.finish_batch(
+            batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason, expect_state=batch.state
+        )
+        self._fail_batch_requests(batch, reason)
 
     def _is_ours(self, batch: BatchRow) -> bool:
         """Whether the index's on-chain certification is this batch (header and signer record)."""
@@ -760,10 +776,12 @@ class Pipeline:
         return self.writer.is_certified(self.get_header(batch), record)
 
     def _index_taken(self, batch: BatchRow) -> None:
-        """Another batch holds this index on-chain: ours was never certified, so its requests go back
-        to be batched under a free index (``_create_batch`` skips the taken ones)."""
+        """Another batch holds this index on-chain (or a later index holds its record ring slot): ours
+        was never certified, so its requests go back to be batched under a new, higher index
+        (``_create_batch`` skips the taken ones)."""
         logger.warning(
-            "batch index certified by another aggregator; re-batching", extra={"batch_index": batch.batch_index}
+            "batch index taken on-chain (by another batch, or a later one holds its record slot); re-batching",
+            extra={"batch_index": batch.batch_index},
         )
         self._requeue(batch, "index certified by another batch")
         self._notify()

@@ -409,6 +409,12 @@ def test_challenger_rechecks_through_an_operator_and_escalates_a_rejected_leaf(d
         app.stop(1)
 
 
+def read_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
 def test_challenger_daemon_checks_new_batches(devnet: Devnet, tmp_path: Path) -> None:
     key_file = devnet.workdir / "aggregator.key.json"  # written by start_aggregator; operators authorise it
     app = start_aggregator(devnet, tmp_path / "agg.sqlite")
@@ -435,8 +441,11 @@ def test_challenger_daemon_checks_new_batches(devnet: Devnet, tmp_path: Path) ->
             time.sleep(0.1)
         [finding] = [f for f in challenger.challenger.findings if f.request_hash == request_hash]
         assert finding.verdict == Verdict.ACCEPT
-        with urllib.request.urlopen(f"http://127.0.0.1:{challenger.metrics_port}/metrics", timeout=5) as response:
-            assert 'avs_challenger_leaves_checked_total{verdict="accept"}' in response.read().decode()
+        metric = 'avs_challenger_leaves_checked_total{verdict="accept"}'
+        deadline = time.monotonic() + 10  # the poll records its findings in the metrics once it returns
+        while time.monotonic() < deadline and metric not in read_metrics(challenger.metrics_port):
+            time.sleep(0.1)
+        assert metric in read_metrics(challenger.metrics_port)
     finally:
         challenger.stop()
         app.stop(1)

@@ -381,6 +381,49 @@ def test_a_revert_that_never_goes_away_fails_the_request_after_a_few_batches(db:
     pipeline.close()
 
 
+class RingNetwork(FakeNetwork):
+    """certifyBatch reverts with ``error`` while ``reverts`` lasts, then certifies (the task
+    manager's batch record ring: a slot still in its challenge window, or held by a later index)."""
+
+    error = "BatchSlotNotFinal"
+    reverts = 1
+
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
+        if self.reverts > 0:
+            self.reverts -= 1
+            self.certify_calls.append(header.batch_index)
+            raise ContractRevertError(self.error, (header.batch_index,))
+        return super().certify_batch(header, signatures)
+
+
+def test_a_busy_record_slot_keeps_the_batch_and_sends_it_again_later(db: str) -> None:
+    network = RingNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(21))
+    pipeline.run_until_idle()  # reverted once, then idle: nothing to do until the next poll
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and batch.state == BatchState.SUBMITTING and network.certify_calls == [1]
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 1 and row.rebatched == 0
+    assert network.certify_calls == [1, 1]
+    pipeline.close()
+
+
+def test_a_superseded_index_is_given_up_for_a_higher_one(db: str) -> None:
+    network = RingNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.error = "BatchIndexSuperseded"
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(22))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2 and row.rebatched == 0
+    first = pipeline.store.get_batch(1)
+    assert first is not None and first.state == BatchState.ABANDONED
+    assert network.certify_calls == [1, 2]
+    pipeline.close()
+
+
 def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:
     network = FakeNetwork([{0: 100}])
     now = [1000.0]

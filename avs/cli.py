@@ -373,7 +373,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         task_manager = w3.eth.contract(
             address=Web3.to_checksum_address(deployment.task_manager), abi=load_abi("InferenceTaskManager")
         )
-        on_chain = verify_on_chain(certificate, task_manager)
+        on_chain = verify_on_chain(certificate, task_manager, from_block=deployment.start_block)
         result["on_chain_ok"] = on_chain
         ok = ok and on_chain
     print(json.dumps(result, indent=2))

@@ -434,14 +434,50 @@ def verify_certificate(
     return CertificateCheck(tuple(problems), shares)
 
 
-def verify_on_chain(certificate: ag.Certificate, task_manager: object) -> bool:
-    """``InferenceTaskManager.verifyLeaf`` for the certificate (``task_manager``: a web3 contract)."""
+def verify_on_chain(certificate: ag.Certificate, task_manager: object, from_block: int = 0) -> bool:
+    """Whether the chain certified the certificate's leaf: ``InferenceTaskManager.verifyLeaf`` on
+    ``task_manager`` (a web3 contract of the deployment you trust).
+
+    The task manager keeps batch records in a ring (docs/contracts.md): once a final batch's slot is
+    reused, ``verifyLeaf`` no longer knows it and its ``BatchCertified`` event is the record. So when
+    ``getBatch`` is empty for the batch, its event (searched from ``from_block``, the deployment's
+    start block) must match the header and signatory record exactly, and the Merkle proof is
+    checked here against the event's root."""
     header = certificate.batch_header
-    fn = task_manager.functions.verifyLeaf(  # type: ignore[attr-defined]
+    functions = task_manager.functions  # type: ignore[attr-defined]
+    fn = functions.verifyLeaf(
         (header.batch_index, bytes(header.leaves_root), header.reference_block, bytes(header.quorum_numbers)),
         bytes(certificate.signatory_record_hash),
         bytes(certificate.request_hash),
         bytes(certificate.output_hash),
         [bytes(p) for p in certificate.merkle_proof],
     )
-    return bool(fn.call())
+    if fn.call():
+        return True
+    if int(functions.getBatch(header.batch_index).call()[1]) != 0:
+        return False  # the batch's record is there, and does not hold this leaf
+    return _certified_by_event(certificate, task_manager, from_block)
+
+
+def _certified_by_event(certificate: ag.Certificate, task_manager: object, from_block: int) -> bool:
+    header = certificate.batch_header
+    event = task_manager.events.BatchCertified()  # type: ignore[attr-defined]
+    logs = event.get_logs(from_block=from_block, argument_filters={"batchIndex": header.batch_index})
+    expected = (
+        bytes(header.leaves_root),
+        header.reference_block,
+        bytes(header.quorum_numbers),
+        bytes(certificate.signatory_record_hash),
+    )
+    for log in logs:  # at most one: an index is certified once
+        args = log["args"]
+        found = (
+            bytes(args["leavesRoot"]),
+            int(args["referenceBlock"]),
+            bytes(args["quorumNumbers"]),
+            bytes(args["signatoryRecordHash"]),
+        )
+        if found == expected:
+            leaf = BatchLeaf(bytes(certificate.request_hash), bytes(certificate.output_hash))
+            return verify_merkle_proof(expected[0], leaf, [bytes(p) for p in certificate.merkle_proof])
+    return False

@@ -136,7 +136,7 @@ def show_certificate(devnet: Devnet, certificate: ag.Certificate) -> bool:
     task_manager = devnet.anvil.w3.eth.contract(
         address=Web3.to_checksum_address(devnet.deployment.task_manager), abi=load_abi("InferenceTaskManager")
     )
-    on_chain = verify_on_chain(certificate, task_manager)
+    on_chain = verify_on_chain(certificate, task_manager, from_block=devnet.deployment.start_block)
     say(f"   on-chain (InferenceTaskManager.verifyLeaf): {'OK' if on_chain else 'FAILED'}")
     path = devnet.workdir / "certificate.json"
     path.write_text(certificate_to_json(certificate))

@@ -83,9 +83,12 @@ def devnet(anvil: str) -> Iterator[Devnet]:
     yield Devnet(w3, deployment, client, operators)
 
 
+def _leaves() -> list[BatchLeaf]:
+    return [BatchLeaf(Web3.keccak(text=f"req{i}"), Web3.keccak(text=f"out{i}")) for i in range(64)]
+
+
 def _header(devnet: Devnet, batch_index: int) -> BatchHeader:
-    leaves = [BatchLeaf(Web3.keccak(text=f"req{i}"), Web3.keccak(text=f"out{i}")) for i in range(64)]
-    root = compute_merkle_tree(leaves).root
+    root = compute_merkle_tree(_leaves()).root
     return BatchHeader(batch_index, root, devnet.w3.eth.block_number - 1, QUORUMS)
 
 
@@ -156,3 +159,58 @@ def test_certify_batch_replay_rejected(devnet: Devnet) -> None:
         devnet.client.certify_batch(header2, _certificate(devnet, header2, ()))
     assert info.value.name == "BatchAlreadyCertified"
     assert info.value.args_ == (5,)
+
+
+def test_a_batch_whose_record_slot_was_reused_is_verified_against_its_event(anvil: str, tmp_path: Path) -> None:
+    """A ring of one batch record slot and a 1-block challenge window: batch 2 reuses batch 1's slot
+    once batch 1 is final. ``verifyLeaf`` no longer knows batch 1, and ``verify_on_chain`` checks its
+    certificate against the ``BatchCertified`` event instead; one that differs from it is refused."""
+    from avs.client import compute_signatory_record_hash, verify_on_chain
+    from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+    from avs.rpc.operator.v1 import operator_pb2 as op
+
+    env = {"BATCH_RECORD_RING": "1", "CHALLENGE_WINDOW": "1"}
+    deployment = deploy_contracts(anvil, tmp_path / "ring.json", env)
+    w3 = Web3(Web3.HTTPProvider(anvil))
+    client = Web3AvsClient(w3, deployment, Account.from_key(ANVIL_KEY_0))
+    ring = Devnet(w3, deployment, client, tuple(_register(client, w3, deployment, s) for s in (11, 22)))
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    first = _header(ring, 1)
+    client.certify_batch(first, _certificate(ring, first, ()))
+    tree = compute_merkle_tree(_leaves())
+    certificate = ag.Certificate(
+        request_hash=tree.leaves[5].request_hash,
+        output_hash=tree.leaves[5].output_hash,
+        batch_header=op.BatchHeader(
+            batch_index=1, leaves_root=first.leaves_root, reference_block=first.reference_block, quorum_numbers=QUORUMS
+        ),
+        merkle_proof=tree.get_proof(5),
+        signatory_record_hash=compute_signatory_record_hash(first.reference_block, []),
+    )
+    task_manager = client.task_manager
+    assert verify_on_chain(certificate, task_manager)
+
+    with pytest.raises(ContractRevertError) as busy:  # batch 1 is still in its challenge window
+        second = _header(ring, 2)
+        client.certify_batch(second, _certificate(ring, second, ()))
+    assert busy.value.name == "BatchSlotNotFinal"
+    w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[arg-type]
+    second = _header(ring, 2)
+    client.certify_batch(second, _certificate(ring, second, ()))
+    assert client.get_certified_block(1) == 0 and client.get_certified_block(2) > 0
+    header = certificate.batch_header
+    args = (header.batch_index, header.leaves_root, header.reference_block, header.quorum_numbers)
+    leaf = (certificate.signatory_record_hash, certificate.request_hash, certificate.output_hash)
+    assert not task_manager.functions.verifyLeaf(args, *leaf, list(certificate.merkle_proof)).call()
+    assert verify_on_chain(certificate, task_manager, from_block=deployment.start_block)
+
+    tampered = ag.Certificate()
+    tampered.CopyFrom(certificate)
+    tampered.output_hash = Web3.keccak(text="another output")
+    assert not verify_on_chain(tampered, task_manager, from_block=deployment.start_block)
+    tampered.CopyFrom(certificate)
+    tampered.signatory_record_hash = compute_signatory_record_hash(first.reference_block, [b"\x01" * 32])
+    assert not verify_on_chain(tampered, task_manager, from_block=deployment.start_block)
+    tampered.CopyFrom(certificate)
+    tampered.batch_header.batch_index = 7  # never certified
+    assert not verify_on_chain(tampered, task_manager, from_block=deployment.start_block)

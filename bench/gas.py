@@ -14,6 +14,12 @@ cell is the median of ``--repeats`` certifications: the gas varies with the dige
 ~4.7k (each extra try of the try-and-increment hash to G1 is one more modexp square root). Gas
 is the receipt's ``gasUsed``: the whole transaction (21k base cost and calldata included).
 
+Two deployments are measured. "Ring slot reused": ``BATCH_RECORD_RING=1`` and
+``CHALLENGE_WINDOW=1``, two blocks mined before each certification, so every batch record
+overwrites the slot of a final batch: the steady state of the default deployment (a ring of 8,192
+slots) once it has gone round once. "Every record kept": ``BATCH_RECORD_RING=0``, each batch
+record in a new slot (+17.1k): what the ring's first pass and a ring-less deployment pay.
+
 The baseline is a per-task response in the style of EigenLayer's example AVS: one aggregate
 signature check per inference, i.e. a batch of 1 for every request. The batch's gas does not
 grow with n (only the 32-byte root goes on-chain), so the gas per inference is gas / n.
@@ -119,14 +125,20 @@ def verify_key_pair(client: Web3AvsClient, signatures: NonSignerStakesAndSignatu
         client.transact(client.verify_key_pair_function(apk, signatures.apk_g2))
 
 
+RING_REUSED = {"BATCH_RECORD_RING": "1", "CHALLENGE_WINDOW": "1"}
+EVERY_RECORD_KEPT = {"BATCH_RECORD_RING": "0"}
+
+
 def measure(
-    operators_count: int, sizes: Sequence[int], non_signers: Sequence[int], repeats: int
+    operators_count: int, sizes: Sequence[int], non_signers: Sequence[int], repeats: int, env: dict[str, str]
 ) -> dict[tuple[int, int], int]:
-    """Median receipt gas of ``repeats`` certifications per (batch size, non-signers)."""
+    """Median receipt gas of ``repeats`` certifications per (batch size, non-signers), on a
+    deployment with ``env`` (``RING_REUSED`` or ``EVERY_RECORD_KEPT``)."""
     anvil = Anvil()
+    reuse = env is RING_REUSED
     try:
         with tempfile.TemporaryDirectory() as folder:
-            deployment = deploy_contracts(anvil.url, Path(folder) / "deployment.json", {"THRESHOLD_BPS": "3000"})
+            deployment = deploy_contracts(anvil.url, Path(folder) / "deployment.json", {"THRESHOLD_BPS": "3000", **env})
         w3 = anvil.w3
         client = Web3AvsClient(w3, deployment, Account.from_key(ANVIL_KEY_0))
         operators = [register(w3, deployment, i) for i in range(operators_count)]
@@ -137,6 +149,8 @@ def measure(
             for size in (0, *sizes):  # 0: a warm-up batch of 1, not recorded (first writes of cold slots)
                 samples = []
                 for _ in range(1 if size == 0 else repeats):
+                    if reuse:
+                        anvil.mine(2)  # the previous batch is final: its record slot may be reused
                     header = BatchHeader(
                         batch_index,
                         compute_merkle_tree(compute_leaves(batch_index, max(size, 1))).root,
@@ -157,6 +171,15 @@ def measure(
         anvil.stop()
 
 
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    print(f"{'batch':>6}{'non-signers':>13}{'gas/batch':>12}{'gas/inference':>15}{'per-task':>10}{'saving':>9}")
+    for row in rows:
+        print(
+            f"{row['batch_size']:>6}{row['non_signers']:>13}{row['gas_per_batch']:>12,}{row['gas_per_inference']:>15,}"
+            f"{row['per_task_baseline_gas']:>10,}{row['baseline_over_batched']:>8}x"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--operators", type=int, default=8)
@@ -168,24 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     operators = 5 if args.quick else args.operators
     if max(absent) * 10 > operators * 7:
         parser.error("too many non-signers for the 30% threshold")
-    rows = compute_table(measure(operators, sizes, absent, 1 if args.quick else args.repeats))
-    print(f"{'batch':>6}{'non-signers':>13}{'gas/batch':>12}{'gas/inference':>15}{'per-task':>10}{'saving':>9}")
-    for row in rows:
-        print(
-            f"{row['batch_size']:>6}{row['non_signers']:>13}{row['gas_per_batch']:>12,}{row['gas_per_inference']:>15,}"
-            f"{row['per_task_baseline_gas']:>10,}{row['baseline_over_batched']:>8}x"
-        )
+    repeats = 1 if args.quick else args.repeats
+    print("ring slot reused (steady state):", flush=True)
+    rows = compute_table(measure(operators, sizes, absent, repeats, RING_REUSED))
+    print_table(rows)
+    print("every record kept (a new slot per batch):", flush=True)
+    kept = compute_table(measure(operators, sizes, absent, repeats, EVERY_RECORD_KEPT))
+    print_table(kept)
     by_key = {(r["batch_size"], r["non_signers"]): r for r in rows}
     figures: dict[str, Any] = {
         "gas_per_inference_batch64": by_key[(64, 0)]["gas_per_inference"],
         "gas_per_task_response_baseline": by_key[(1, 0)]["gas_per_batch"],
         "gas_batch64_saving_over_per_task": by_key[(64, 0)]["baseline_over_batched"],
         "gas_table": rows,
+        "gas_table_every_record_kept": kept,
         "gas_details": {
+            "gas_table": "ring slot reused: BATCH_RECORD_RING=1, CHALLENGE_WINDOW=1 (overwrites a final record)",
+            "gas_table_every_record_kept": "BATCH_RECORD_RING=0: each record in a new slot (the ring's first pass)",
             "operators": operators,
             "threshold_bps": 3000,
             "gas": "receipt gasUsed of the whole transaction, median of the repeats",
-            "repeats": 1 if args.quick else args.repeats,
+            "repeats": repeats,
         },
     }
     if not args.no_record:

@@ -90,6 +90,16 @@ contract InsurancePool is IInsurancePool, Ownable {
         asset.safeTransfer(to, amount);
     }
 
+    /// @notice Sends `amount` of `token`, any token but the asset, to `to`. A quorum's strategies may
+    ///         hold other tokens than the asset (an LST beside its base token, say): their slashed
+    ///         stake is redistributed here too, and premiums and payouts are in the asset only, so
+    ///         governance takes them out (to convert them to the asset and send it back, say).
+    function recoverToken(IERC20 token, address to, uint256 amount) external onlyOwner {
+        if (address(token) == address(asset)) revert CannotRecoverAsset();
+        emit TokenRecovered(address(token), to, amount);
+        token.safeTransfer(to, amount);
+    }
+
     /// @inheritdoc IInsurancePool
     function buyCoverage(AvsMessages.InferenceRequest calldata request, uint8 quorumNumber, uint96 amount)
         external

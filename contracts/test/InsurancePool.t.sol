@@ -6,6 +6,8 @@ import {AvsMessages} from "../src/libraries/AvsMessages.sol";
 import {IInsurancePoolTypes, IInsurancePoolErrors, IInsurancePoolEvents} from "../src/interfaces/IInsurancePool.sol";
 import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+import {TestToken} from "../src/tokens/TestToken.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 
 /// @dev Quorum 0 total stake 310 ether; cap 50% = 155 ether; premium 1%.
 abstract contract PoolFixture is ChallengeFixture {
@@ -255,5 +257,34 @@ contract WithdrawSurplusTest is PoolFixture {
         pool.withdrawSurplus(address(this), free);
         pool.claim(requestHash);
         vm.assertEq(token.balanceOf(address(pool)), 0, "exactly solvent");
+    }
+}
+
+/// @dev Slashed stake of a strategy whose token is not the pool's asset lands in the pool too.
+contract RecoverTokenTest is PoolFixture {
+    function test_recoverToken_SendsAnotherTokenOut() public {
+        TestToken lst = new TestToken("Liquid staked", "LST");
+        lst.mint(address(pool), 7 ether);
+        uint256 assetBefore = token.balanceOf(address(pool));
+        vm.expectEmit();
+        emit IInsurancePoolEvents.TokenRecovered(address(lst), address(0xCAFE), 7 ether);
+        pool.recoverToken(lst, address(0xCAFE), 7 ether);
+        vm.assertEq(lst.balanceOf(address(0xCAFE)), 7 ether, "recovered");
+        vm.assertEq(token.balanceOf(address(pool)), assetBefore, "asset untouched");
+    }
+
+    function test_recoverToken_RevertWhen_Asset() public {
+        _buy(100 ether); // premium in the pool
+        vm.expectRevert(IInsurancePoolErrors.CannotRecoverAsset.selector);
+        pool.recoverToken(token, address(this), 1);
+    }
+
+    function testFuzz_recoverToken_RevertWhen_NotOwner(address caller) public {
+        vm.assume(caller != address(this));
+        TestToken lst = new TestToken("Liquid staked", "LST");
+        lst.mint(address(pool), 1 ether);
+        vm.prank(caller);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, caller));
+        pool.recoverToken(lst, caller, 1 ether);
     }
 }

@@ -73,6 +73,8 @@ interface IInsurancePoolErrors {
     error InsufficientSurplus(uint256 requested, uint256 available);
     /// @notice A configuration value out of range.
     error InvalidConfig();
+    /// @notice `recoverToken` of the pool's asset (that goes through `withdrawSurplus`).
+    error CannotRecoverAsset();
 }
 
 /// @title IInsurancePoolEvents
@@ -94,6 +96,8 @@ interface IInsurancePoolEvents {
     event Claimed(bytes32 indexed requestHash, address indexed beneficiary, uint256 amount);
     /// @notice Emitted when governance withdraws surplus.
     event SurplusWithdrawn(address indexed to, uint256 amount);
+    /// @notice Emitted when governance sends a token other than the asset out of the pool.
+    event TokenRecovered(address indexed token, address indexed to, uint256 amount);
     /// @notice Emitted when the fault manager is set.
     event FaultManagerSet(address faultManager);
     /// @notice Emitted when governance parameters change.

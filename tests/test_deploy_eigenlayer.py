@@ -60,6 +60,7 @@ def test_the_variant_deploys_only_the_avs_on_the_given_core(
         "DEPLOYER_KEY": "0x" + bytes(team.key).hex(),
         "ALLOCATION_MANAGER": core.allocation_manager,
         "DELEGATION_MANAGER": core.delegation_manager,
+        "STRATEGY_MANAGER": str(core.strategy_manager),
         "STRATEGIES": core.strategy,
         "AVS_METADATA_URI": "https://example.invalid/avs.json",
     }
@@ -69,9 +70,10 @@ def test_the_variant_deploys_only_the_avs_on_the_given_core(
 
     # The same JSON, the given core, new AVS contracts owned by the team.
     assert set(json.loads(out.read_text())) == set(json.loads(core_file.read_text()))
-    assert (deployment.allocation_manager, deployment.delegation_manager) == (
+    assert (deployment.allocation_manager, deployment.delegation_manager, deployment.strategy_manager) == (
         core.allocation_manager,
         core.delegation_manager,
+        core.strategy_manager,
     )
     assert (deployment.strategy, deployment.stake_token) == (core.strategy, core.stake_token)  # the strategy's token
     assert deployment.deployer == deployment.aggregator == str(team.address)
@@ -83,6 +85,7 @@ def test_the_variant_deploys_only_the_avs_on_the_given_core(
         address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry")
     )
     assert registry.functions.allocationManager().call() == core.allocation_manager
+    assert registry.functions.strategyManager().call() == core.strategy_manager
     assert registry.functions.owner().call() == team.address
     pool = chain.w3.eth.contract(
         address=Web3.to_checksum_address(str(deployment.insurance_pool)), abi=load_abi("InsurancePool")
@@ -104,7 +107,8 @@ def test_the_variant_refuses_without_the_core_addresses(chain: Anvil, core: Depl
     settings = {"DEPLOYER_KEY": "0x" + bytes(team.key).hex(), "STRATEGIES": core.strategy}
     with pytest.raises(DevnetError, match="ALLOCATION_MANAGER"):
         deploy_contracts(chain.url, tmp_path / "x.json", settings, entry="runWithEigenLayer()")
-    settings |= {"ALLOCATION_MANAGER": team.address, "DELEGATION_MANAGER": team.address}  # no code there
+    settings |= {"ALLOCATION_MANAGER": team.address, "DELEGATION_MANAGER": team.address}
+    settings |= {"STRATEGY_MANAGER": team.address}  # no code at any of them
     with pytest.raises(DevnetError, match="no contract at"):
         deploy_contracts(chain.url, tmp_path / "y.json", settings, entry="runWithEigenLayer()")
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
@@ -132,6 +136,6 @@ def test_the_example_environment_names_only_what_the_script_reads() -> None:
         for line in example.read_text().splitlines()
         if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
     ]
-    assert {"ALLOCATION_MANAGER", "DELEGATION_MANAGER", "STRATEGIES", "DEPLOYER_KEY"} <= set(names)
+    assert {"ALLOCATION_MANAGER", "DELEGATION_MANAGER", "STRATEGY_MANAGER", "STRATEGIES", "DEPLOYER_KEY"} <= set(names)
     for name in set(names) - {"RPC_URL"}:  # RPC_URL is for forge's command line
         assert f'"{name}"' in script, name

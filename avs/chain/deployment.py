@@ -39,9 +39,11 @@ class Deployment:
     task_manager: Address
     insurance_pool: Address | None = None
     fault_manager: Address | None = None
+    strategy_manager: Address | None = None  # sends slashed tokens out (clearBurnOrRedistributableShares)
 
 
-_OPTIONAL_ADDRESS_KEYS = ("insurance_pool", "fault_manager")  # absent in deployments made before faults
+# absent in deployments made before the fault contracts (and the strategy manager)
+_OPTIONAL_ADDRESS_KEYS = ("insurance_pool", "fault_manager", "strategy_manager")
 
 
 def parse_deployment(raw: object) -> Deployment:

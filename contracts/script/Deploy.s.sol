@@ -17,6 +17,7 @@ import {FaultManager} from "../src/FaultManager.sol";
 import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
 
 import {IAllocationManager} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+import {IStrategyManager} from "../src/interfaces/eigenlayer/IStrategyManager.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 
 /// @dev The cheatcodes this script needs beyond `test/utils/Test.sol`'s `Vm` (same addresses and signatures).
@@ -49,8 +50,9 @@ interface VmEnv {
 ///      `run()` only: DEALLOCATION_DELAY (100800 blocks, mainnet's; the local core's window in which
 ///      a deregistered operator stays slashable). Both refuse to deploy when MAX_REFERENCE_AGE +
 ///      CHALLENGE_WINDOW + RESOLUTION_WINDOW exceeds the core's DEALLOCATION_DELAY.
-///      `runWithEigenLayer()` only: ALLOCATION_MANAGER and DELEGATION_MANAGER (EigenLayer's
-///      deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0), STAKE_TOKEN
+///      `runWithEigenLayer()` only: ALLOCATION_MANAGER, DELEGATION_MANAGER and STRATEGY_MANAGER
+///      (EigenLayer's deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0),
+///      STAKE_TOKEN
 ///      (default: the first strategy's underlying token; the pool's asset and the bond token).
 ///      Run: tools/forge script script/Deploy.s.sol --rpc-url $RPC --broadcast
 ///           tools/forge script script/Deploy.s.sol --sig "runWithEigenLayer()" --rpc-url $RPC --broadcast
@@ -61,6 +63,7 @@ contract Deploy is Test {
     /// @dev What the deployment JSON records about the restaking core the AVS points at.
     struct Core {
         IAllocationManager allocationManager;
+        IStrategyManager strategyManager;
         address delegationManager;
         IStrategy[] strategies;
         IERC20 stakeToken;
@@ -78,7 +81,7 @@ contract Deploy is Test {
         vm.stopBroadcast();
         IStrategy[] memory strategies = new IStrategy[](1);
         strategies[0] = strategy;
-        _deployAvs(key, startBlock, Core(local, address(local), strategies, token));
+        _deployAvs(key, startBlock, Core(local, local, address(local), strategies, token));
     }
 
     /// @notice A real network: only the AVS contracts, on EigenLayer's deployed core.
@@ -93,9 +96,13 @@ contract Deploy is Test {
         require(strategies.length != 0, "STRATEGIES is empty");
         address am = ENV.envAddress("ALLOCATION_MANAGER");
         address dm = ENV.envAddress("DELEGATION_MANAGER");
-        require(am.code.length != 0 && dm.code.length != 0, "no contract at ALLOCATION_MANAGER/DELEGATION_MANAGER");
+        address sm = ENV.envAddress("STRATEGY_MANAGER");
+        require(
+            am.code.length != 0 && dm.code.length != 0 && sm.code.length != 0,
+            "no contract at ALLOCATION_MANAGER/DELEGATION_MANAGER/STRATEGY_MANAGER"
+        );
         address token = ENV.envOr("STAKE_TOKEN", address(strategies[0].underlyingToken()));
-        _deployAvs(key, startBlock, Core(IAllocationManager(am), dm, strategies, IERC20(token)));
+        _deployAvs(key, startBlock, Core(IAllocationManager(am), IStrategyManager(sm), dm, strategies, IERC20(token)));
     }
 
     function _deployAvs(uint256 key, uint256 startBlock, Core memory core) internal {
@@ -111,7 +118,7 @@ contract Deploy is Test {
         _requireFaultWindowsWithinDeallocationDelay(core.allocationManager, batches, faultConfig);
 
         vm.startBroadcast(key);
-        OperatorRegistry registry = new OperatorRegistry(core.allocationManager, deployer);
+        OperatorRegistry registry = new OperatorRegistry(core.allocationManager, core.strategyManager, deployer);
         InferenceTaskManager taskManager =
             new InferenceTaskManager(registry, deployer, batches, uint64(vm.envOr("BATCH_RECORD_RING", uint256(8192))));
         taskManager.setAggregator(aggregator, true);
@@ -135,6 +142,7 @@ contract Deploy is Test {
         vm.serializeAddress(o, "aggregator", aggregator);
         vm.serializeAddress(o, "allocation_manager", address(core.allocationManager));
         vm.serializeAddress(o, "delegation_manager", core.delegationManager);
+        vm.serializeAddress(o, "strategy_manager", address(core.strategyManager));
         vm.serializeAddress(o, "strategy", address(core.strategies[0]));
         vm.serializeAddress(o, "stake_token", address(core.stakeToken));
         vm.serializeAddress(o, "operator_registry", address(registry));

@@ -7,9 +7,8 @@ import {BLSSignatures} from "./libraries/BLSSignatures.sol";
 import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
 import {IStrategy} from "./interfaces/eigenlayer/IStrategy.sol";
 import {IAVSRegistrar} from "./interfaces/eigenlayer/IAVSRegistrar.sol";
-import {
-    IAllocationManager, IAllocationManagerTypes, OperatorSet
-} from "./interfaces/eigenlayer/IAllocationManager.sol";
+import {IAllocationManager, IAllocationManagerTypes, OperatorSet} from "./interfaces/eigenlayer/IAllocationManager.sol";
+import {IStrategyManager} from "./interfaces/eigenlayer/IStrategyManager.sol";
 import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
 
 /// @title OperatorRegistry
@@ -27,6 +26,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
 
     /// @notice EigenLayer's AllocationManager (the local core on devnets).
     IAllocationManager public immutable allocationManager;
+    /// @notice EigenLayer's StrategyManager (the local core on devnets): sends slashed tokens out.
+    IStrategyManager public immutable strategyManager;
     /// @notice Where slashed funds of new quorums go (the insurance pool).
     address public redistributionRecipient;
     /// @notice Contracts allowed to slash through this AVS.
@@ -48,6 +49,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     mapping(uint8 => mapping(bytes32 => StakeUpdate[])) private _stakeHistory;
     mapping(uint8 => StakeUpdate[]) private _totalStakeHistory;
     mapping(uint8 => ApkUpdate[]) private _apkHistory;
+
     /// @dev Operator count of each quorum from a block on (fault proofs check a signer list's size).
     struct CountUpdate {
         uint32 updateBlockNumber;
@@ -64,8 +66,11 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
 
     /// @param allocationManager_ EigenLayer's AllocationManager.
     /// @param owner_ Governance.
-    constructor(IAllocationManager allocationManager_, address owner_) Ownable(owner_) {
+    constructor(IAllocationManager allocationManager_, IStrategyManager strategyManager_, address owner_)
+        Ownable(owner_)
+    {
         allocationManager = allocationManager_;
+        strategyManager = strategyManager_;
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -203,11 +208,17 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         for (uint256 i; i < wads.length; ++i) {
             wads[i] = wad;
         }
-        (, shares) = allocationManager.slashOperator(
-            address(this),
-            IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
+        uint256 slashId;
+        (slashId, shares) = allocationManager.slashOperator(
+            address(this), IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
         );
         _updateOperatorStake(operator);
+        // EigenLayer sends slashed tokens out in a second, permissionless step that must never fail
+        // the slash. Taking it here puts them in the pool before a fault's payout is computed.
+        try strategyManager.clearBurnOrRedistributableShares(set, slashId) returns (uint256[] memory) {}
+        catch {
+            emit SlashedFundsNotCleared(quorumNumber, slashId);
+        }
     }
 
     /*//////////////////////////////////////////////////////////////

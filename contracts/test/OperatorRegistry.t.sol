@@ -4,8 +4,17 @@ pragma solidity ^0.8.27;
 import {AvsFixture} from "./utils/AvsFixture.sol";
 import {IStrategy} from "../src/interfaces/eigenlayer/IStrategy.sol";
 import {BN254} from "../src/libraries/BN254.sol";
-import {IOperatorRegistryTypes, IOperatorRegistryErrors} from "../src/interfaces/IOperatorRegistry.sol";
-import {IAllocationManagerTypes, IAllocationManagerErrors, OperatorSet} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+import {
+    IOperatorRegistryTypes,
+    IOperatorRegistryErrors,
+    IOperatorRegistryEvents
+} from "../src/interfaces/IOperatorRegistry.sol";
+import {IStrategyManager} from "../src/interfaces/eigenlayer/IStrategyManager.sol";
+import {
+    IAllocationManagerTypes,
+    IAllocationManagerErrors,
+    OperatorSet
+} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
 
 contract RegisterOperatorTest is AvsFixture {
     using BN254 for BN254.G1Point;
@@ -42,7 +51,8 @@ contract RegisterOperatorTest is AvsFixture {
         address op = _operator(5);
         _fund(op, 5 ether);
         bytes memory data = abi.encode(
-            "s", IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
+            "s",
+            IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
         );
         vm.prank(op);
         vm.expectRevert(IOperatorRegistryErrors.InvalidProofOfPossession.selector);
@@ -198,6 +208,47 @@ contract SlashOperatorTest is AvsFixture {
         bytes32 id = BN254.hashG1Point(_g1(1));
         uint256 left = 10 ether - shares[0];
         vm.assertEq(registry.getCurrentStake(id, 0), left < MIN_STAKE ? 0 : left, "stake updated");
+    }
+
+    /// @dev As on EigenLayer, a slash only marks the shares; the registry sends them to the recipient
+    ///      in the same transaction, and when that fails the slash stands and anyone sends them later.
+    function test_slashOperator_FundsStayPendingWhenTheyCannotBeSentAtOnce() public {
+        _register(1, 10 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        OperatorSet memory set = OperatorSet(address(registry), 0);
+        bytes memory clear = abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, 1));
+        vm.mockCallRevert(address(core), clear, "transfer failed");
+        vm.expectEmit(address(registry));
+        emit IOperatorRegistryEvents.SlashedFundsNotCleared(0, 1);
+        uint256[] memory shares = registry.slashOperator(_operator(1), 0, 0.5e18, "test");
+        vm.clearMockedCalls();
+        vm.assertEq(shares[0], 5 ether, "slashed");
+        vm.assertEq(token.balanceOf(RECIPIENT), 0, "not sent yet");
+        (IStrategy[] memory strategies, uint256[] memory pending) = core.getBurnOrRedistributableShares(set, 1);
+        vm.assertEq(address(strategies[0]), address(strategy), "pending strategy");
+        vm.assertEq(pending[0], 5 ether, "pending shares");
+        vm.prank(address(0xA11CE)); // permissionless
+        core.clearBurnOrRedistributableShares(set, 1);
+        vm.assertEq(token.balanceOf(RECIPIENT), 5 ether, "sent");
+        vm.assertEq(core.clearBurnOrRedistributableShares(set, 1).length, 0, "nothing left to send");
+        vm.assertEq(core.clearBurnOrRedistributableSharesByStrategy(set, 1, strategy), 0, "nothing left");
+        vm.assertEq(token.balanceOf(RECIPIENT), 5 ether, "sent once");
+    }
+
+    function testFuzz_clearBurnOrRedistributableSharesByStrategy_SendsOnce(uint256 wad) public {
+        wad = bound(wad, 1e9, 1e18);
+        _register(1, 10 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        OperatorSet memory set = OperatorSet(address(registry), 0);
+        vm.mockCallRevert(
+            address(core), abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, 1)), "no"
+        );
+        uint256[] memory shares = registry.slashOperator(_operator(1), 0, wad, "test");
+        vm.clearMockedCalls();
+        vm.assertEq(core.clearBurnOrRedistributableSharesByStrategy(set, 1, strategy), shares[0], "sent");
+        vm.assertEq(core.clearBurnOrRedistributableSharesByStrategy(set, 1, strategy), 0, "once");
+        vm.assertEq(token.balanceOf(RECIPIENT), shares[0], "to the recipient");
+        vm.assertEq(token.balanceOf(address(core)) + shares[0], 10 ether, "conserved");
     }
 
     /// @dev EigenLayer's rule, kept by the local core: an operator that leaves a quorum's operator set

@@ -7,6 +7,7 @@ import {IStrategy} from "../interfaces/eigenlayer/IStrategy.sol";
 import {IAVSRegistrar} from "../interfaces/eigenlayer/IAVSRegistrar.sol";
 import {IDelegationManager} from "../interfaces/eigenlayer/IDelegationManager.sol";
 import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocationManager.sol";
+import {IStrategyManager} from "../interfaces/eigenlayer/IStrategyManager.sol";
 
 /// @title LocalRestakingCore — LOCAL DEVNET/TEST ONLY, not EigenLayer code
 /// @notice A small stand-in for EigenLayer's core (AllocationManager + DelegationManager +
@@ -24,12 +25,13 @@ import {IAllocationManager, OperatorSet} from "../interfaces/eigenlayer/IAllocat
 ///      - as in EigenLayer, an operator that deregisters from a set stays slashable by it for
 ///        `DEALLOCATION_DELAY` blocks (`isOperatorSlashable`), so leaving right after a fault does
 ///        not escape its slashing, and cannot register for that set again until then;
-///      - slashing moves the slashed tokens to the recipient at once (EigenLayer escrows them and
-///        needs a separate `clearBurnOrRedistributableShares`); operator shares fall by the slashed
-///        amount; a staker's deposit shares are kept only to delegate them (there are no
+///      - as in EigenLayer, a slash only marks the slashed shares (per operator set, slash id and
+///        strategy); the permissionless `clearBurnOrRedistributableShares` then sends their tokens to
+///        the set's redistribution recipient (or the burn address); operator shares fall by the
+///        slashed amount; a staker's deposit shares are kept only to delegate them (there are no
 ///        withdrawals, and a delegated staker's shares are not reduced by its operator's slashes);
 ///      - the AVS (or operator) itself must call: there is no PermissionController/appointees.
-contract LocalRestakingCore is IAllocationManager, IDelegationManager {
+contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategyManager {
     using SafeERC20 for IERC20;
 
     /// @notice 100% in magnitudes and wads.
@@ -98,6 +100,10 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     mapping(address => bool) public isAVS;
     mapping(address => mapping(IStrategy => uint256)) private _stakerShares;
     mapping(address => IStrategy[]) private _stakerStrategies;
+    /// @dev Slashed shares not sent out yet, per operator set key and slash id: the strategies in
+    ///      slash order, and the shares of each.
+    mapping(bytes32 => mapping(uint256 => IStrategy[])) private _slashStrategies;
+    mapping(bytes32 => mapping(uint256 => mapping(IStrategy => uint256))) private _slashShares;
 
     /// @param deallocationDelay `DEALLOCATION_DELAY`; an AVS's fault windows must fit inside it.
     constructor(uint32 deallocationDelay) {
@@ -337,9 +343,57 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
             if (i > 0 && address(s) <= address(params.strategies[i - 1])) revert StrategiesMustBeInAscendingOrder();
             if (params.wadsToSlash[i] == 0 || params.wadsToSlash[i] > WAD) revert InvalidWadToSlash();
             if (!_inSet(info, s)) revert StrategyNotInOperatorSet();
-            shares[i] = _slash(params.operator, key, s, params.wadsToSlash[i], info.recipient);
+            shares[i] = _slash(params.operator, key, s, params.wadsToSlash[i]);
+            if (shares[i] != 0) {
+                _slashStrategies[key][slashId].push(s);
+                _slashShares[key][slashId][s] = shares[i];
+                emit BurnOrRedistributableSharesIncreased(set, slashId, s, shares[i]);
+            }
         }
         emit OperatorSlashed(params.operator, set, params.strategies, params.wadsToSlash, params.description);
+    }
+
+    /// @inheritdoc IStrategyManager
+    function clearBurnOrRedistributableShares(OperatorSet calldata operatorSet, uint256 slashId)
+        external
+        returns (uint256[] memory amounts)
+    {
+        bytes32 key = _key(operatorSet);
+        IStrategy[] memory strategies = _slashStrategies[key][slashId];
+        amounts = new uint256[](strategies.length);
+        for (uint256 i; i < strategies.length; ++i) {
+            amounts[i] = _clear(operatorSet, key, slashId, strategies[i]);
+        }
+        delete _slashStrategies[key][slashId];
+    }
+
+    /// @inheritdoc IStrategyManager
+    function clearBurnOrRedistributableSharesByStrategy(
+        OperatorSet calldata operatorSet,
+        uint256 slashId,
+        IStrategy strategy
+    ) external returns (uint256) {
+        return _clear(operatorSet, _key(operatorSet), slashId, strategy);
+    }
+
+    /// @inheritdoc IStrategyManager
+    function getBurnOrRedistributableShares(OperatorSet calldata operatorSet, uint256 slashId)
+        external
+        view
+        returns (IStrategy[] memory strategies, uint256[] memory shares)
+    {
+        bytes32 key = _key(operatorSet);
+        IStrategy[] storage all = _slashStrategies[key][slashId];
+        uint256 n;
+        for (uint256 i; i < all.length; ++i) {
+            if (_slashShares[key][slashId][all[i]] != 0) ++n;
+        }
+        (strategies, shares) = (new IStrategy[](n), new uint256[](n));
+        n = 0;
+        for (uint256 i; i < all.length; ++i) {
+            uint256 pending = _slashShares[key][slashId][all[i]];
+            if (pending != 0) (strategies[n], shares[n++]) = (all[i], pending);
+        }
     }
 
     /// @inheritdoc IAllocationManager
@@ -369,7 +423,7 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     /// @inheritdoc IAllocationManager
-    function getRedistributionRecipient(OperatorSet memory operatorSet) external view returns (address) {
+    function getRedistributionRecipient(OperatorSet memory operatorSet) public view returns (address) {
         SetInfo storage info = _sets[_key(operatorSet)];
         return info.redistributing ? info.recipient : DEFAULT_BURN_ADDRESS;
     }
@@ -401,11 +455,11 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
     }
 
     /// @inheritdoc IAllocationManager
-    function getAllocatedStake(OperatorSet memory operatorSet, address[] memory operators, IStrategy[] memory strategies)
-        public
-        view
-        returns (uint256[][] memory slashableStake)
-    {
+    function getAllocatedStake(
+        OperatorSet memory operatorSet,
+        address[] memory operators,
+        IStrategy[] memory strategies
+    ) public view returns (uint256[][] memory slashableStake) {
         bytes32 key = _key(operatorSet);
         slashableStake = new uint256[][](operators.length);
         for (uint256 i; i < operators.length; ++i) {
@@ -550,10 +604,7 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
 
     /// @dev Slashes wad of the allocation: magnitude and max magnitude fall by the same amount, so
     ///      the operator's stake in its other sets is unchanged (as in EigenLayer).
-    function _slash(address operator, bytes32 key, IStrategy s, uint256 wad, address recipient)
-        private
-        returns (uint256 slashedShares)
-    {
+    function _slash(address operator, bytes32 key, IStrategy s, uint256 wad) private returns (uint256 slashedShares) {
         _completeDeallocation(operator, key, s);
         uint64 allocated = _allocation[operator][key][s];
         uint64 maxMag = getMaxMagnitude(operator, s);
@@ -572,10 +623,21 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager {
         _operatorShares[operator][s] -= slashedShares;
         emit MaxMagnitudeUpdated(operator, s, newMax);
         emit OperatorSharesSlashed(operator, s, slashedShares);
-        if (slashedShares > 0) {
-            s.underlyingToken().safeTransfer(recipient, slashedShares);
-            emit SlashedFundsSent(s, recipient, slashedShares);
-        }
+    }
+
+    /// @dev Sends slash `slashId`'s pending tokens of strategy `s` to the set's recipient (shares are
+    ///      1:1 with tokens here); 0 when none are pending.
+    function _clear(OperatorSet calldata set, bytes32 key, uint256 slashId, IStrategy s)
+        private
+        returns (uint256 amount)
+    {
+        amount = _slashShares[key][slashId][s];
+        if (amount == 0) return 0;
+        delete _slashShares[key][slashId][s];
+        address recipient = getRedistributionRecipient(set);
+        emit BurnOrRedistributableSharesDecreased(set, slashId, s, amount);
+        emit SlashedFundsSent(s, recipient, amount);
+        s.underlyingToken().safeTransfer(recipient, amount);
     }
 
     function _mulWadUp(uint64 magnitude, uint256 wad) private pure returns (uint64) {

@@ -106,6 +106,10 @@ interface IOperatorRegistryEvents {
     event SlasherSet(address indexed slasher, bool allowed);
     /// @notice Emitted when the recipient of redistributed slashes is set.
     event RedistributionRecipientSet(address recipient);
+    /// @notice Emitted when a slash's tokens could not be sent to the recipient in the slashing
+    ///         transaction; anyone can send them later with the StrategyManager's
+    ///         `clearBurnOrRedistributableShares(operatorSet, slashId)`.
+    event SlashedFundsNotCleared(uint8 indexed quorumNumber, uint256 slashId);
 }
 
 /// @title IOperatorRegistry

@@ -41,7 +41,7 @@ abstract contract AvsFixture is Test {
         token = new TestToken("Stake", "STK");
         strategy = new LocalStrategy(token);
         core.addStrategy(strategy);
-        registry = new OperatorRegistry(core, address(this));
+        registry = new OperatorRegistry(core, core, address(this));
         taskManager = new InferenceTaskManager(
             registry, address(this), IInferenceTaskManager.Config(6667, 100, 50), _recordRing()
         );

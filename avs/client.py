@@ -47,6 +47,7 @@ from eth_account import Account
 from eth_utils import keccak
 from google.protobuf import json_format
 
+from avs.chain.client import find_batch_certified
 from avs.crypto import bls
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import AvsError, DeadlineExceededError, InvalidInputError
@@ -461,23 +462,8 @@ def verify_on_chain(certificate: ag.Certificate, task_manager: object, from_bloc
 
 def _certified_by_event(certificate: ag.Certificate, task_manager: object, from_block: int) -> bool:
     header = certificate.batch_header
-    event = task_manager.events.BatchCertified()  # type: ignore[attr-defined]
-    logs = event.get_logs(from_block=from_block, argument_filters={"batchIndex": header.batch_index})
-    expected = (
-        bytes(header.leaves_root),
-        header.reference_block,
-        bytes(header.quorum_numbers),
-        bytes(certificate.signatory_record_hash),
-    )
-    for log in logs:  # at most one: an index is certified once
-        args = log["args"]
-        found = (
-            bytes(args["leavesRoot"]),
-            int(args["referenceBlock"]),
-            bytes(args["quorumNumbers"]),
-            bytes(args["signatoryRecordHash"]),
-        )
-        if found == expected:
-            leaf = BatchLeaf(bytes(certificate.request_hash), bytes(certificate.output_hash))
-            return verify_merkle_proof(expected[0], leaf, [bytes(p) for p in certificate.merkle_proof])
-    return False
+    event = find_batch_certified(task_manager, header.batch_index, from_block)
+    if event is None or not event.describes(header, bytes(certificate.signatory_record_hash)):
+        return False
+    leaf = BatchLeaf(bytes(certificate.request_hash), bytes(certificate.output_hash))
+    return verify_merkle_proof(event.leaves_root, leaf, [bytes(p) for p in certificate.merkle_proof])

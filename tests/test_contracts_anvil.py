@@ -168,6 +168,7 @@ def test_a_batch_whose_record_slot_was_reused_is_verified_against_its_event(anvi
     from avs.client import compute_signatory_record_hash, verify_on_chain
     from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
     from avs.rpc.operator.v1 import operator_pb2 as op
+    from avs_aggregator.chain import Web3ChainWriter
 
     env = {"BATCH_RECORD_RING": "1", "CHALLENGE_WINDOW": "1"}
     deployment = deploy_contracts(anvil, tmp_path / "ring.json", env)
@@ -176,7 +177,8 @@ def test_a_batch_whose_record_slot_was_reused_is_verified_against_its_event(anvi
     ring = Devnet(w3, deployment, client, tuple(_register(client, w3, deployment, s) for s in (11, 22)))
     w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     first = _header(ring, 1)
-    client.certify_batch(first, _certificate(ring, first, ()))
+    first_tx = client.certify_batch(first, _certificate(ring, first, ()))
+    first_block = client.get_certified_block(1)
     tree = compute_merkle_tree(_leaves())
     certificate = ag.Certificate(
         request_hash=tree.leaves[5].request_hash,
@@ -198,6 +200,15 @@ def test_a_batch_whose_record_slot_was_reused_is_verified_against_its_event(anvi
     second = _header(ring, 2)
     client.certify_batch(second, _certificate(ring, second, ()))
     assert client.get_certified_block(1) == 0 and client.get_certified_block(2) > 0
+    assert client.get_ring_slot(1) == (2, client.get_certified_block(2))
+
+    # The aggregator's view: batch 1 is still certified, by its event (not "removed by a reorg").
+    writer = Web3ChainWriter(client)
+    record = compute_signatory_record_hash(first.reference_block, [])
+    assert writer.get_certification(1) == (first_block, bytes(first_tx))
+    assert writer.is_certified(first, record)
+    assert not writer.is_certified(BatchHeader(1, Web3.keccak(text="other"), first.reference_block, QUORUMS), record)
+    assert writer.get_certification(3) is None and writer.get_ring_slot(3) == (2, client.get_certified_block(2))
     header = certificate.batch_header
     args = (header.batch_index, header.leaves_root, header.reference_block, header.quorum_numbers)
     leaf = (certificate.signatory_record_hash, certificate.request_hash, certificate.output_hash)

@@ -155,16 +155,30 @@ class Web3ChainWriter:
         return self.client.get_threshold_bps()
 
     def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:
-        return self.client.is_certified(header, signatory_record_hash)
+        if self.client.is_certified(header, signatory_record_hash):
+            return True
+        held, block = self.client.get_ring_slot(header.batch_index)
+        if block == 0 or held <= header.batch_index:
+            return False
+        event = self.client.find_certified_event(header.batch_index)  # its record slot was reused
+        return event is not None and event.describes(header, signatory_record_hash)
 
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
-        block = self.client.get_certified_block(batch_index)
-        if block == 0:
+        """From the index's record, or from its ``BatchCertified`` event once the task manager's
+        record ring has reused its slot (an empty record is then no reorg)."""
+        held, block = self.client.get_ring_slot(batch_index)
+        if block == 0 or held < batch_index:
             return None
-        event = self.client.task_manager.events.BatchCertified
-        logs: Any = event.get_logs(from_block=block, to_block=block, argument_filters={"batchIndex": batch_index})
+        if held > batch_index:
+            event = self.client.find_certified_event(batch_index)
+            return (event.block_number, event.tx_hash) if event is not None else None
+        event_type = self.client.task_manager.events.BatchCertified
+        logs: Any = event_type.get_logs(from_block=block, to_block=block, argument_filters={"batchIndex": batch_index})
         tx_hash = bytes(logs[0]["transactionHash"]) if logs else b"\0" * 32
         return block, tx_hash
+
+    def get_ring_slot(self, batch_index: int) -> tuple[int, int]:
+        return self.client.get_ring_slot(batch_index)
 
 
 class Web3RejectionReporter:

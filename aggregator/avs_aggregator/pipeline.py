@@ -74,6 +74,7 @@ from avs_aggregator.ports import (
     OperatorSet,
     OperatorSetReader,
     RejectionReporter,
+    RingSlotReader,
     ThresholdReader,
     VerifyReply,
 )
@@ -114,6 +115,8 @@ EVIDENCE_RETRY_SECONDS = 60.0
 # cycling for ever on a revert that does not go away.
 REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet", "BatchAlreadyCertified"})
 MAX_REBATCHES = 3
+# Taken indices skipped at most per new batch (each a chain read; the ring's jumps converge fast).
+MAX_INDEX_SKIPS = 256
 # A vocabulary's longest token decodes to a few dozen characters; the primary's text is refused far above.
 MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
@@ -562,9 +565,7 @@ class Pipeline:
     def _create_batch(self, quorums: bytes, rows: Sequence[RequestRow]) -> int:
         reference_block, _ = self.reader.get_reference_block()
         leaves = [BatchLeaf(r.request_hash, r.output_hash or b"") for r in rows]
-        index = self.store.get_next_batch_index(self.settings.first_batch_index)
-        while self.writer.get_certification(index) is not None:  # taken by another aggregator (or a lost database)
-            index += 1
+        index = self._first_free_index(self.store.get_next_batch_index(self.settings.first_batch_index))
         batch = BatchRow(
             batch_index=index,
             state=BatchState.SIGNING,
@@ -578,6 +579,22 @@ class Pipeline:
             self._count(RequestState.BATCHED)
         logger.info("batch formed", extra={"batch_index": index, "leaves": len(rows)})
         return index
+
+    def _first_free_index(self, index: int) -> int:
+        """Skips indices certified on-chain (by another aggregator, or before a lost database) and,
+        with the task manager's record ring, indices whose slot a later index holds: those can never
+        be certified, and a batch formed under one would be signed for nothing."""
+        for _ in range(MAX_INDEX_SKIPS):
+            if isinstance(self.writer, RingSlotReader):
+                held, block = self.writer.get_ring_slot(index)
+                if block == 0 or held < index:
+                    return index
+                index = held + 1
+            elif self.writer.get_certification(index) is not None:
+                index += 1
+            else:
+                return index
+        return index  # certifyBatch will tell (the batch is then formed again, further on)
 
     def get_batch_leaves(self, batch: BatchRow) -> list[BatchLeaf]:
         leaves = []

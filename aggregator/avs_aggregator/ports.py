@@ -136,6 +136,15 @@ class CertificationChecker(Protocol):
     def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool: ...
 
 
+@runtime_checkable
+class RingSlotReader(Protocol):
+    """Optional on a ``ChainWriter``: what the task manager's batch record ring slot of an index
+    holds (``InferenceTaskManager.getRingSlot``): (held batch index, its certified block), (0, 0)
+    when empty. New batches skip indices that are held or whose slot a later index holds."""
+
+    def get_ring_slot(self, batch_index: int) -> tuple[int, int]: ...
+
+
 class RejectionReporter(Protocol):
     """Sends the rejected-output proof that slashes a primary (``FaultManager.proveRejectedOutput``)."""
 

@@ -100,6 +100,59 @@ def encode_batch_header(header: BatchHeader) -> tuple[int, bytes, int, bytes]:
     return (header.batch_index, header.leaves_root, header.reference_block, header.quorum_numbers)
 
 
+class HeaderFields(Protocol):
+    """A batch header: ``avs.messages.BatchHeader`` or its protobuf message."""
+
+    @property
+    def batch_index(self) -> int: ...
+    @property
+    def leaves_root(self) -> bytes: ...
+    @property
+    def reference_block(self) -> int: ...
+    @property
+    def quorum_numbers(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCertifiedEvent:
+    """A task manager's ``BatchCertified`` log: the lasting record of a certification, also once the
+    task manager's record ring has reused the batch's slot."""
+
+    batch_index: int
+    leaves_root: bytes
+    reference_block: int
+    quorum_numbers: bytes
+    signatory_record_hash: bytes
+    block_number: int
+    tx_hash: bytes
+
+    def describes(self, header: HeaderFields, signatory_record_hash: bytes) -> bool:
+        """Whether this certification is exactly ``header`` with ``signatory_record_hash``."""
+        ours = (self.batch_index, self.leaves_root, self.reference_block, self.quorum_numbers)
+        theirs = (header.batch_index, bytes(header.leaves_root), header.reference_block, bytes(header.quorum_numbers))
+        return ours == theirs and self.signatory_record_hash == bytes(signatory_record_hash)
+
+
+def find_batch_certified(task_manager: Any, batch_index: int, from_block: int) -> BatchCertifiedEvent | None:
+    """The ``BatchCertified`` log of ``batch_index`` on ``task_manager`` (a web3 contract), searched
+    from ``from_block``; an index is certified at most once."""
+    logs = task_manager.events.BatchCertified().get_logs(
+        from_block=from_block, argument_filters={"batchIndex": batch_index}
+    )
+    for log in logs:
+        args = log["args"]
+        return BatchCertifiedEvent(
+            batch_index=int(args["batchIndex"]),
+            leaves_root=bytes(args["leavesRoot"]),
+            reference_block=int(args["referenceBlock"]),
+            quorum_numbers=bytes(args["quorumNumbers"]),
+            signatory_record_hash=bytes(args["signatoryRecordHash"]),
+            block_number=int(log["blockNumber"]),
+            tx_hash=bytes(log["transactionHash"]),
+        )
+    return None
+
+
 def encode_signatures(params: NonSignerStakesAndSignature) -> tuple[Any, ...]:
     idx = params.indices
     return (
@@ -169,7 +222,19 @@ class Web3AvsClient:
         return bool(self._call(fn))
 
     def get_certified_block(self, batch_index: int) -> int:
+        """The block in ``batch_index``'s record (0: not certified, or its ring slot was reused)."""
         return int(self._call(self.task_manager.functions.getBatch(batch_index))[1])
+
+    def get_ring_slot(self, batch_index: int) -> tuple[int, int]:
+        """(the batch index that ``batch_index``'s record ring slot holds, its certified block);
+        (0, 0) when the slot is empty. A held index above ``batch_index`` means that index can no
+        longer be certified, and its record, if it had one, was reused."""
+        held, record = self._call(self.task_manager.functions.getRingSlot(batch_index))
+        return int(held), int(record[1])
+
+    def find_certified_event(self, batch_index: int) -> BatchCertifiedEvent | None:
+        """``batch_index``'s ``BatchCertified`` log, from the deployment's start block."""
+        return find_batch_certified(self.task_manager, batch_index, self.deployment.start_block)
 
     # --- writes ------------------------------------------------------------------------
 

@@ -139,6 +139,15 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     }
 
     /// @inheritdoc IInferenceTaskManager
+    function getRingSlot(uint64 batchIndex) external view returns (uint64 heldIndex, BatchRecord memory record) {
+        if (recordRing != 0 && batchIndex / recordRing > type(uint32).max) return (0, record);
+        (uint64 slot,) = _ringSlot(batchIndex);
+        record = _batches[slot];
+        if (record.certifiedBlock == 0) return (0, record);
+        heldIndex = recordRing == 0 ? batchIndex : uint64(record.ringEpoch) * recordRing + slot;
+    }
+
+    /// @inheritdoc IInferenceTaskManager
     function domainSeparator() public view returns (bytes32) {
         if (block.chainid == _cachedChainId) return _cachedSeparator;
         return AvsMessages.domainSeparator(block.chainid, address(this));

@@ -125,6 +125,15 @@ contract CertifyBatchTest is CertifyFixture {
         taskManager.certifyBatch(h, p);
     }
 
+    function test_getRingSlot_WithoutARingIsTheIndexItself() public {
+        _certify(7, keccak256("root"), hex"00", _none());
+        (uint64 held, IInferenceTaskManager.BatchRecord memory record) = taskManager.getRingSlot(7);
+        vm.assertEq(held, 7, "its own");
+        vm.assertEq(record.certifiedBlock, block.number, "its record");
+        (held,) = taskManager.getRingSlot(8);
+        vm.assertEq(held, 0, "empty");
+    }
+
     function test_certifyBatch_RevertWhen_Replayed() public {
         _certify(7, keccak256("root"), hex"00", _none());
         AvsMessages.BatchHeader memory h = _header(7, keccak256("other"), hex"00");
@@ -345,6 +354,12 @@ contract BatchRecordRingTest is RingFixture {
         vm.assertFalse(taskManager.isCertified(first, firstRecord), "old batch no longer checkable");
         vm.assertFalse(taskManager.isBatchFinal(1), "old batch unknown");
         vm.assertTrue(taskManager.getBatch(2).certifiedBlock != 0, "the other slot kept");
+        (uint64 held, IInferenceTaskManager.BatchRecord memory slot) = taskManager.getRingSlot(1);
+        vm.assertEq(held, 5, "slot 1 holds batch 5");
+        vm.assertEq(slot.certifiedBlock, block.number, "batch 5's record");
+        (held, slot) = taskManager.getRingSlot(3);
+        vm.assertEq(held, 0, "slot 3 empty");
+        vm.assertEq(slot.certifiedBlock, 0, "no record");
     }
 
     function test_ring_FollowsTheChallengeWindowSetByGovernance() public {

@@ -424,6 +424,27 @@ def test_a_superseded_index_is_given_up_for_a_higher_one(db: str) -> None:
     pipeline.close()
 
 
+class HeldSlotNetwork(FakeNetwork):
+    """A task manager whose record ring slot of index 1 is held by index 9 (certified by another
+    aggregator that ran ahead): index 1 can never be certified."""
+
+    def get_ring_slot(self, batch_index: int) -> tuple[int, int]:
+        if batch_index in self.certified:
+            return batch_index, self.certified[batch_index][0]
+        return (9, 50) if batch_index == 1 else (0, 0)
+
+
+def test_new_batches_skip_indices_whose_record_slot_a_later_index_holds(db: str) -> None:
+    network = HeldSlotNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(23))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 10
+    assert network.certify_calls == [10]  # nothing signed or sent under the dead index
+    pipeline.close()
+
+
 def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:
     network = FakeNetwork([{0: 100}])
     now = [1000.0]

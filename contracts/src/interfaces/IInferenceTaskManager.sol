@@ -78,6 +78,12 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
     ///         the record).
     function getBatch(uint64 batchIndex) external view returns (BatchRecord memory);
 
+    /// @notice What `batchIndex`'s ring slot holds now: the batch index it holds (0 and an empty
+    ///         record when the slot is empty) and its record. A held index above `batchIndex`
+    ///         means `batchIndex` can no longer be certified, and if it was, its record is gone
+    ///         (its `BatchCertified` event remains). Without a ring: `batchIndex` and its record.
+    function getRingSlot(uint64 batchIndex) external view returns (uint64 heldIndex, BatchRecord memory record);
+
     /// @notice The EIP-712 domain separator of the AVS's messages (chain id, this contract).
     function domainSeparator() external view returns (bytes32);
 }

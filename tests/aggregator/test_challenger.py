@@ -117,6 +117,23 @@ def test_accepted_leaves_are_not_escalated_and_each_batch_is_seen_once(tmp_path:
     pipeline.close()
 
 
+def test_batches_are_read_once_they_have_the_confirmations(tmp_path: Path) -> None:
+    """A scanned block is never scanned again, so with ``confirmations`` the challenger reads a
+    BatchCertified event only once that many blocks are on top of it (a shallower reorg cannot
+    hide a batch)."""
+    pipeline, network = certified_pipeline(tmp_path, 2)
+    feed = Feed(pipeline, network)
+    store = ChallengerStore("sqlite://")
+    checker = Checker(Verdict.ACCEPT)
+    challenger = Challenger(feed, feed, checker, None, store, sample_rate=1.0, start_block=0, confirmations=2)
+    certified_at = max(block for block, _ in network.certified.values())
+    network.block = certified_at + 1
+    assert challenger.poll() == [] and challenger.next_block == certified_at
+    network.block = certified_at + 2
+    assert len(challenger.poll()) == 2 and challenger.next_block == certified_at + 1
+    pipeline.close()
+
+
 class LaggingFeed(Feed):
     """The aggregator has not recorded the certification yet when the challenger first asks."""
 

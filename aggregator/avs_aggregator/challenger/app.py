@@ -60,6 +60,7 @@ class ChallengerConfig(BaseModel):
     # scan position, findings, challenges; a relative SQLite path is relative to the config file
     database_url: str = "sqlite:///challenger-data/challenger.sqlite"
     reference_lag_blocks: int = Field(default=1, ge=1)  # escalation certificates at latest - lag
+    confirmations: int = Field(default=0, ge=0, le=64)  # blocks on top of a BatchCertified event before it is read
     poll_seconds: float = Field(default=5.0, gt=0)
     verify_seconds: float = Field(default=60.0, gt=0)
     start_block: int | None = None  # first run only (then the database's position); default: the head
@@ -181,6 +182,7 @@ class ChallengerApp:
             start_block=self.config.start_block,
             check_attempts=self.config.check_attempts,
             confirm=self.resolver.predict_verdict if self.resolver is not None else None,
+            confirmations=self.config.confirmations,
         )
         host, port = split_host_port(self.config.metrics_listen)
         server, _ = start_http_server(port, addr=host, registry=self.registry)

@@ -217,8 +217,12 @@ class Challenger:
         rng: random.Random | None = None,
         check_attempts: int = 10,
         confirm: Callable[[ag.Certificate], tuple[Verdict | None, str]] | None = None,
+        confirmations: int = 0,
     ) -> None:
         self.feed = feed
+        # Blocks on top of a BatchCertified event before it is scanned: a scanned block is never
+        # scanned again, so a reorg deeper than this could hide a batch from the challenger.
+        self.confirmations = confirmations
         self.confirm = confirm  # the escalation quorum's verdict, asked before bonding a challenge
         self.leaves = leaves
         self.checker = checker
@@ -251,7 +255,7 @@ class Challenger:
                 self.resolver.advance_all()
 
     def scan(self) -> list[Finding]:
-        to_block = self.feed.get_block_number()
+        to_block = self.feed.get_block_number() - self.confirmations
         start = self.next_block
         if to_block < start:
             return []

@@ -462,7 +462,7 @@ def verify_on_chain(certificate: ag.Certificate, task_manager: object, from_bloc
 
 def _certified_by_event(certificate: ag.Certificate, task_manager: object, from_block: int) -> bool:
     header = certificate.batch_header
-    event = find_batch_certified(task_manager, header.batch_index, from_block)
+    event = find_batch_certified(task_manager, header.batch_index, max(from_block, header.reference_block))
     if event is None or not event.describes(header, bytes(certificate.signatory_record_hash)):
         return False
     leaf = BatchLeaf(bytes(certificate.request_hash), bytes(certificate.output_hash))

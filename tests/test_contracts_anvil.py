@@ -225,3 +225,47 @@ def test_a_batch_whose_record_slot_was_reused_is_verified_against_its_event(anvi
     tampered.CopyFrom(certificate)
     tampered.batch_header.batch_index = 7  # never certified
     assert not verify_on_chain(tampered, task_manager, from_block=deployment.start_block)
+
+
+class _Logs:
+    """A task manager stand-in for ``find_batch_certified``: a head and one log at ``at``."""
+
+    def __init__(self, head: int, at: int) -> None:
+        self.head, self.at, self.ranges = head, at, []  # type: ignore[var-annotated]
+        self.w3 = self
+        self.eth = self
+        self.events = self
+
+    @property
+    def block_number(self) -> int:
+        return self.head
+
+    def BatchCertified(self) -> _Logs:  # the event, as web3 names it
+        return self
+
+    def get_logs(self, from_block: int, to_block: int, argument_filters: dict[str, int]) -> list[dict[str, object]]:
+        self.ranges.append((from_block, to_block))
+        if not from_block <= self.at <= to_block:
+            return []
+        args = {
+            "batchIndex": argument_filters["batchIndex"],
+            "leavesRoot": b"\1" * 32,
+            "referenceBlock": self.at - 1,
+            "quorumNumbers": b"\0",
+            "signatoryRecordHash": b"\2" * 32,
+        }
+        return [{"args": args, "blockNumber": self.at, "transactionHash": b"\3" * 32}]
+
+
+def test_find_batch_certified_reads_logs_in_chunks_providers_accept() -> None:
+    from avs.chain.client import LOG_CHUNK_BLOCKS, find_batch_certified
+
+    logs = _Logs(head=2 * LOG_CHUNK_BLOCKS + 500, at=2 * LOG_CHUNK_BLOCKS + 7)
+    event = find_batch_certified(logs, 9, from_block=0)
+    assert event is not None and (event.batch_index, event.block_number) == (9, logs.at)
+    assert logs.ranges == [
+        (0, LOG_CHUNK_BLOCKS - 1),
+        (LOG_CHUNK_BLOCKS, 2 * LOG_CHUNK_BLOCKS - 1),
+        (2 * LOG_CHUNK_BLOCKS, logs.head),
+    ]
+    assert find_batch_certified(_Logs(head=100, at=500), 9, from_block=50) is None

@@ -160,7 +160,7 @@ class Web3ChainWriter:
         held, block = self.client.get_ring_slot(header.batch_index)
         if block == 0 or held <= header.batch_index:
             return False
-        event = self.client.find_certified_event(header.batch_index)  # its record slot was reused
+        event = self.client.find_certified_event(header.batch_index, header.reference_block)  # slot reused
         return event is not None and event.describes(header, signatory_record_hash)
 
     def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:

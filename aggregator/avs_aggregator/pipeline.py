@@ -115,8 +115,8 @@ EVIDENCE_RETRY_SECONDS = 60.0
 # cycling for ever on a revert that does not go away.
 REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet", "BatchAlreadyCertified"})
 MAX_REBATCHES = 3
-# Taken indices skipped at most per new batch (each a chain read; the ring's jumps converge fast).
-MAX_INDEX_SKIPS = 256
+# Chain reads at most per new batch to find a free index (galloping with a ring: 2^64 in 64 reads).
+MAX_INDEX_SKIPS = 64
 # A vocabulary's longest token decodes to a few dozen characters; the primary's text is refused far above.
 MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
@@ -584,12 +584,15 @@ class Pipeline:
         """Skips indices certified on-chain (by another aggregator, or before a lost database) and,
         with the task manager's record ring, indices whose slot a later index holds: those can never
         be certified, and a batch formed under one would be signed for nothing."""
+        step = 1
         for _ in range(MAX_INDEX_SKIPS):
             if isinstance(self.writer, RingSlotReader):
                 held, block = self.writer.get_ring_slot(index)
                 if block == 0 or held < index:
                     return index
-                index = held + 1
+                # Galloping: a run of indices another aggregator certified is crossed in log steps
+                # (an index skipped is never used; there are plenty).
+                index, step = max(held + 1, index + step), step * 2
             elif self.writer.get_certification(index) is not None:
                 index += 1
             else:

@@ -133,24 +133,34 @@ class BatchCertifiedEvent:
         return ours == theirs and self.signatory_record_hash == bytes(signatory_record_hash)
 
 
+LOG_CHUNK_BLOCKS = 10_000  # providers cap the block range of one eth_getLogs
+
+
 def find_batch_certified(task_manager: Any, batch_index: int, from_block: int) -> BatchCertifiedEvent | None:
     """The ``BatchCertified`` log of ``batch_index`` on ``task_manager`` (a web3 contract), searched
-    from ``from_block``; an index is certified at most once."""
-    logs = task_manager.events.BatchCertified().get_logs(
-        from_block=from_block, argument_filters={"batchIndex": batch_index}
-    )
-    for log in logs:
-        args = log["args"]
-        return BatchCertifiedEvent(
-            batch_index=int(args["batchIndex"]),
-            leaves_root=bytes(args["leavesRoot"]),
-            reference_block=int(args["referenceBlock"]),
-            quorum_numbers=bytes(args["quorumNumbers"]),
-            signatory_record_hash=bytes(args["signatoryRecordHash"]),
-            block_number=int(log["blockNumber"]),
-            tx_hash=bytes(log["transactionHash"]),
-        )
+    from ``from_block`` (a batch's reference block: it is certified within ``maxReferenceAge``
+    blocks of it) to the head in chunks; an index is certified at most once."""
+    head = int(task_manager.w3.eth.block_number)
+    event = task_manager.events.BatchCertified()
+    for start in range(max(from_block, 0), head + 1, LOG_CHUNK_BLOCKS):
+        end = min(start + LOG_CHUNK_BLOCKS - 1, head)
+        logs = event.get_logs(from_block=start, to_block=end, argument_filters={"batchIndex": batch_index})
+        if logs:
+            return _batch_certified_event(logs[0])
     return None
+
+
+def _batch_certified_event(log: Any) -> BatchCertifiedEvent:
+    args = log["args"]
+    return BatchCertifiedEvent(
+        batch_index=int(args["batchIndex"]),
+        leaves_root=bytes(args["leavesRoot"]),
+        reference_block=int(args["referenceBlock"]),
+        quorum_numbers=bytes(args["quorumNumbers"]),
+        signatory_record_hash=bytes(args["signatoryRecordHash"]),
+        block_number=int(log["blockNumber"]),
+        tx_hash=bytes(log["transactionHash"]),
+    )
 
 
 def encode_signatures(params: NonSignerStakesAndSignature) -> tuple[Any, ...]:
@@ -232,9 +242,11 @@ class Web3AvsClient:
         held, record = self._call(self.task_manager.functions.getRingSlot(batch_index))
         return int(held), int(record[1])
 
-    def find_certified_event(self, batch_index: int) -> BatchCertifiedEvent | None:
-        """``batch_index``'s ``BatchCertified`` log, from the deployment's start block."""
-        return find_batch_certified(self.task_manager, batch_index, self.deployment.start_block)
+    def find_certified_event(self, batch_index: int, from_block: int | None = None) -> BatchCertifiedEvent | None:
+        """``batch_index``'s ``BatchCertified`` log, from ``from_block`` (its reference block, when
+        known), else from the deployment's start block."""
+        start = self.deployment.start_block if from_block is None else max(from_block, self.deployment.start_block)
+        return find_batch_certified(self.task_manager, batch_index, start)
 
     # --- writes ------------------------------------------------------------------------
 

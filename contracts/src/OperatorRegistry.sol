@@ -213,12 +213,28 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
             address(this), IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
         );
         _updateOperatorStake(operator);
-        // EigenLayer sends slashed tokens out in a second, permissionless step that must never fail
-        // the slash. Taking it here puts them in the pool before a fault's payout is computed.
-        try strategyManager.clearBurnOrRedistributableShares(set, slashId) returns (uint256[] memory) {}
-        catch {
-            emit SlashedFundsNotCleared(quorumNumber, slashId);
+        _sendSlashedTokens(set, slashId, strategies);
+    }
+
+    /// @dev EigenLayer sends slashed tokens out in a second, permissionless step that must never fail
+    ///      the slash; taking it here puts them in the pool before a fault's payout is computed.
+    ///      Low-level calls, so that nothing the StrategyManager does or returns can undo the slash;
+    ///      when clearing the whole slash fails, each strategy is cleared on its own, so that one
+    ///      token whose transfer reverts (a paused LST, say) holds back only its own tokens.
+    function _sendSlashedTokens(OperatorSet memory set, uint256 slashId, IStrategy[] memory strategies) private {
+        address manager = address(strategyManager);
+        (bool sent,) = manager.call(abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, slashId)));
+        if (sent) return;
+        bool allSent = true;
+        for (uint256 i; i < strategies.length; ++i) {
+            (sent,) = manager.call(
+                abi.encodeCall(
+                    IStrategyManager.clearBurnOrRedistributableSharesByStrategy, (set, slashId, strategies[i])
+                )
+            );
+            allSent = allSent && sent;
         }
+        if (!allSent) emit SlashedFundsNotCleared(uint8(set.id), slashId);
     }
 
     /*//////////////////////////////////////////////////////////////

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.27;
 
 import {AvsFixture} from "./utils/AvsFixture.sol";
+import {Vm} from "./utils/Test.sol";
 import {IStrategy} from "../src/interfaces/eigenlayer/IStrategy.sol";
 import {BN254} from "../src/libraries/BN254.sol";
 import {
@@ -217,7 +218,10 @@ contract SlashOperatorTest is AvsFixture {
         registry.setSlasher(address(this), true);
         OperatorSet memory set = OperatorSet(address(registry), 0);
         bytes memory clear = abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, 1));
+        bytes memory clearOne =
+            abi.encodeCall(IStrategyManager.clearBurnOrRedistributableSharesByStrategy, (set, 1, strategy));
         vm.mockCallRevert(address(core), clear, "transfer failed");
+        vm.mockCallRevert(address(core), clearOne, "transfer failed");
         vm.expectEmit(address(registry));
         emit IOperatorRegistryEvents.SlashedFundsNotCleared(0, 1);
         uint256[] memory shares = registry.slashOperator(_operator(1), 0, 0.5e18, "test");
@@ -235,6 +239,34 @@ contract SlashOperatorTest is AvsFixture {
         vm.assertEq(token.balanceOf(RECIPIENT), 5 ether, "sent once");
     }
 
+    /// @dev Clearing the whole slash fails (another strategy's token, say): each strategy is then
+    ///      cleared on its own, and those that can be sent are.
+    function test_slashOperator_ClearsStrategyByStrategyWhenTheWholeClearFails() public {
+        _register(1, 10 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        OperatorSet memory set = OperatorSet(address(registry), 0);
+        vm.mockCallRevert(
+            address(core), abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, 1)), "one token"
+        );
+        vm.recordLogs();
+        uint256[] memory shares = registry.slashOperator(_operator(1), 0, 0.5e18, "test");
+        vm.assertEq(token.balanceOf(RECIPIENT), shares[0], "sent strategy by strategy");
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        for (uint256 i; i < logs.length; ++i) {
+            vm.assertTrue(logs[i].topics[0] != IOperatorRegistryEvents.SlashedFundsNotCleared.selector, "all sent");
+        }
+    }
+
+    /// @dev A StrategyManager that returns nothing (the SlashEscrow-era interface) cannot undo a slash.
+    function test_slashOperator_StandsWhateverTheClearReturns() public {
+        _register(1, 10 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        OperatorSet memory set = OperatorSet(address(registry), 0);
+        vm.mockCall(address(core), abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, 1)), "");
+        uint256[] memory shares = registry.slashOperator(_operator(1), 0, 0.5e18, "test");
+        vm.assertEq(shares[0], 5 ether, "slashed");
+    }
+
     function testFuzz_clearBurnOrRedistributableSharesByStrategy_SendsOnce(uint256 wad) public {
         wad = bound(wad, 1e9, 1e18);
         _register(1, 10 ether, hex"00");
@@ -242,6 +274,11 @@ contract SlashOperatorTest is AvsFixture {
         OperatorSet memory set = OperatorSet(address(registry), 0);
         vm.mockCallRevert(
             address(core), abi.encodeCall(IStrategyManager.clearBurnOrRedistributableShares, (set, 1)), "no"
+        );
+        vm.mockCallRevert(
+            address(core),
+            abi.encodeCall(IStrategyManager.clearBurnOrRedistributableSharesByStrategy, (set, 1, strategy)),
+            "no"
         );
         uint256[] memory shares = registry.slashOperator(_operator(1), 0, wad, "test");
         vm.clearMockedCalls();

@@ -445,6 +445,30 @@ def test_new_batches_skip_indices_whose_record_slot_a_later_index_holds(db: str)
     pipeline.close()
 
 
+class RunAheadNetwork(FakeNetwork):
+    """Another aggregator certified indices 1..5000 (each holds its own ring slot)."""
+
+    reads = 0
+
+    def get_ring_slot(self, batch_index: int) -> tuple[int, int]:
+        self.reads += 1
+        if batch_index in self.certified:
+            return batch_index, self.certified[batch_index][0]
+        return (batch_index, 40) if 1 <= batch_index <= 5000 else (0, 0)
+
+
+def test_a_long_run_of_taken_indices_is_crossed_in_few_reads(db: str) -> None:
+    network = RunAheadNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(24))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index is not None
+    assert row.batch_index > 5000 and network.certify_calls == [row.batch_index]
+    assert network.reads <= 16  # galloping, not one read per taken index
+    pipeline.close()
+
+
 def test_batches_wait_for_the_latency_or_size_policy(db: str) -> None:
     network = FakeNetwork([{0: 100}])
     now = [1000.0]

@@ -6,6 +6,12 @@ pragma solidity ^0.8.27;
 ///         so this declares the cheatcodes directly; signatures are those of forge-std's `Vm`.
 ///         Add a cheatcode here when a test needs one (same signature as in forge-std).
 interface Vm {
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+
     // Environment and files
     function projectRoot() external view returns (string memory path);
     function readFile(string calldata path) external view returns (string memory data);
@@ -46,6 +52,9 @@ interface Vm {
     function expectEmit(address emitter) external;
     function mockCallRevert(address callee, bytes calldata data, bytes calldata revertData) external;
     function clearMockedCalls() external;
+    function mockCall(address callee, bytes calldata data, bytes calldata returnData) external;
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory logs);
     function snapshotGasLastCall(string calldata name) external returns (uint256 gasUsed);
     function snapshotValue(string calldata name, uint256 value) external;
     function writeFile(string calldata path, string calldata data) external;

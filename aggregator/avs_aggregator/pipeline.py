@@ -480,7 +480,13 @@ class Pipeline:
             )
 
         values = send_proof(send, rejection.attempts, max_attempts, REJECTION_FINAL_REVERTS, "rejected output")
-        self.store.update_rejection(rejection_id, **values)
+        try:
+            self.store.update_rejection(rejection_id, expect_attempts=rejection.attempts, **values)
+        except StaleRowError as exc:  # another process (a new leader) settled it meanwhile
+            logger.warning(
+                "rejected-output proof settled elsewhere; this outcome is dropped", extra={"error": str(exc)}
+            )
+            return 0
         return 1 if values.get("state") == ProofState.PROVEN else 0
 
     def _retry(self, row: RequestRow, reason: str, count_as_rejection: bool = False) -> None:

@@ -323,8 +323,25 @@ class Store(Database):
             assert row is not None
             return row
 
-    def update_rejection(self, rejection_id: int, **values: Any) -> None:
+    def update_rejection(self, rejection_id: int, expect_attempts: int | None = None, **values: Any) -> None:
+        """With ``expect_attempts``: only while the row is still PENDING after that many attempts, in
+        one conditional UPDATE (``StaleRowError`` otherwise): another process sent the proof
+        meanwhile, and its outcome stands."""
         with self.session() as s:
+            if expect_attempts is not None:
+                statement = (
+                    update(RejectionRow)
+                    .where(
+                        RejectionRow.id == rejection_id,
+                        RejectionRow.state == str(ProofState.PENDING),
+                        RejectionRow.attempts == expect_attempts,
+                    )
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if s.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+                    raise StaleRowError(f"rejection {rejection_id} moved on since attempt {expect_attempts}")
+                return
             row = s.get(RejectionRow, rejection_id)
             assert row is not None
             for key, value in values.items():

@@ -148,3 +148,26 @@ def test_a_fenced_write_waits_for_a_concurrent_one_then_sees_it(tmp_path: Path) 
     assert stored is not None and (stored.state, stored.attempt) == (RequestState.CERTIFIED, 0)
     other.close()
     store.close()
+
+
+def test_a_rejection_proof_outcome_is_written_only_over_the_attempt_it_read(db: str) -> None:
+    """Two processes (an old and a new leader) send the same proof: the first outcome stands, the
+    second, read at the same attempt, is refused rather than written over it."""
+    store = Store(db)
+    rejection_id = store.add_rejection(
+        aggregator_store.RejectionRow(
+            request_hash=b"\1" * 32,
+            attempt=0,
+            primary_id=b"\2" * 32,
+            output_hash=b"\3" * 32,
+            reference_block=5,
+            evidence="{}",
+        )
+    )
+    read = store.get_rejection(rejection_id).attempts
+    store.update_rejection(rejection_id, expect_attempts=read, state="PROVEN", attempts=read + 1, tx_hash=b"\4" * 32)
+    with pytest.raises(StaleRowError):
+        store.update_rejection(rejection_id, expect_attempts=read, state="FAILED", attempts=read + 1, error="late")
+    row = store.get_rejection(rejection_id)
+    assert (row.state, row.tx_hash, row.error) == ("PROVEN", b"\4" * 32, None)
+    store.close()

@@ -132,14 +132,13 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
 
     /// @inheritdoc IInferenceTaskManager
     function getBatch(uint64 batchIndex) public view returns (BatchRecord memory r) {
-        if (recordRing != 0 && batchIndex / recordRing > type(uint32).max) return r;
-        (uint64 slot, uint32 epoch) = _ringSlot(batchIndex);
-        r = _batches[slot];
-        if (r.ringEpoch != epoch) delete r; // the slot holds another batch
+        uint64 held;
+        (held, r) = getRingSlot(batchIndex);
+        if (held != batchIndex) delete r; // the slot holds another batch
     }
 
     /// @inheritdoc IInferenceTaskManager
-    function getRingSlot(uint64 batchIndex) external view returns (uint64 heldIndex, BatchRecord memory record) {
+    function getRingSlot(uint64 batchIndex) public view returns (uint64 heldIndex, BatchRecord memory record) {
         if (recordRing != 0 && batchIndex / recordRing > type(uint32).max) return (0, record);
         (uint64 slot,) = _ringSlot(batchIndex);
         record = _batches[slot];

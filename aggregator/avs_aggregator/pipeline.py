@@ -724,20 +724,21 @@ class Pipeline:
             logger.info("batch signers short; signing again", extra={"batch_index": batch.batch_index})
             return
         if len(load_hex_list(batch.request_hashes)) == 1:
-            self.store.finish_batch(
-                batch.batch_index,
-                BatchState.ABANDONED,
-                RequestState.FAILED,
-                sign_attempts=rounds,
-                error=reason,
-                expect_state=batch.state,
-            )
-            self._fail_batch_requests(batch, reason)
+            self._fail_batch(batch, reason, sign_attempts=rounds)
             return
         logger.warning("batch given up; its requests are batched again alone", extra={"batch_index": batch.batch_index})
         self._requeue(batch, reason, rebatch=True, sign_attempts=rounds)
 
-    def _fail_batch_requests(self, batch: BatchRow, reason: str) -> None:
+    def _fail_batch(self, batch: BatchRow, reason: str, **values: Any) -> None:
+        """Abandon the batch and fail its requests (the other end of ``_requeue``)."""
+        self.store.finish_batch(
+            batch.batch_index,
+            BatchState.ABANDONED,
+            RequestState.FAILED,
+            error=reason,
+            expect_state=batch.state,
+            **values,
+        )
         for request_hash in load_hex_list(batch.request_hashes):
             self.store.update_request(request_hash, error=reason)
             self._count(RequestState.FAILED)
@@ -787,11 +788,7 @@ class Pipeline:
         if exc.name in REBATCH_REVERTS:
             self._requeue(batch, f"certifyBatch reverted: {exc}", rebatch=True)
             return
-        reason = f"certifyBatch reverted: {exc}"
-        self.store.finish_batch(
-            batch.batch_index, BatchState.ABANDONED, RequestState.FAILED, error=reason, expect_state=batch.state
-        )
-        self._fail_batch_requests(batch, reason)
+        self._fail_batch(batch, f"certifyBatch reverted: {exc}")
 
     def _is_ours(self, batch: BatchRow) -> bool:
         """Whether the index's on-chain certification is this batch (header and signer record)."""

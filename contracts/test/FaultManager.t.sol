@@ -512,13 +512,18 @@ contract RingResolveChallengeTest is ChallengeFixture {
         return 2;
     }
 
-    function test_resolveChallenge_Reject_AfterTheBatchRecordWasReused() public {
-        uint256 id = _challenge();
+    /// @dev Challenges batch 0's leaf, then batch 2 takes batch 0's slot once batch 0 is final.
+    function _challengeThenReuseTheSlot() internal returns (uint256 id) {
+        id = _challenge();
         vm.assertEq(faults.getChallenge(id).certifiedBlock, taskManager.getBatch(0).certifiedBlock, "copied");
         vm.roll(block.number + 50);
         _certify(2, keccak256("next"), hex"00", _none());
         vm.assertEq(taskManager.getBatch(0).certifiedBlock, 0, "batch 0's record reused");
         vm.roll(block.number + 1);
+    }
+
+    function test_resolveChallenge_Reject_AfterTheBatchRecordWasReused() public {
+        uint256 id = _challengeThenReuseTheSlot();
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
         faults.resolveChallenge(
             id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, _batchSigners(batch, _one(8))
@@ -528,10 +533,7 @@ contract RingResolveChallengeTest is ChallengeFixture {
     }
 
     function test_resolveChallenge_RevertWhen_OtherNonSignersAfterTheRecordWasReused() public {
-        uint256 id = _challenge();
-        vm.roll(block.number + 50);
-        _certify(2, keccak256("next"), hex"00", _none());
-        vm.roll(block.number + 1);
+        uint256 id = _challengeThenReuseTheSlot();
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert = _escalation(AvsMessages.Verdict.Reject);
         IFaultManagerTypes.BatchSigners memory s = _batchSigners(batch, _one(7));
         uint32 ref = uint32(block.number - 1);

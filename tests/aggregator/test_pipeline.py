@@ -14,7 +14,7 @@ from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import MAX_REBATCHES, Pipeline, PipelineError, PipelineSettings
 from avs_aggregator.protocol import select_primary
-from avs_aggregator.store import BatchState, RequestState, Store, load_hex_list
+from avs_aggregator.store import BatchState, RequestRow, RequestState, Store, load_hex_list
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 
 SETTINGS = PipelineSettings(batch_max_size=4, batch_max_latency=0.0, max_attempts=3, workers=4)
@@ -410,60 +410,69 @@ def test_a_busy_record_slot_keeps_the_batch_and_sends_it_again_later(db: str) ->
     pipeline.close()
 
 
+def certify_one(network: FakeNetwork, db: str, nonce: int) -> tuple[Pipeline, RequestRow]:
+    """One request through ``network`` until nothing moves: the pipeline and the request's row."""
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(nonce))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None
+    return pipeline, row
+
+
 def test_a_superseded_index_is_given_up_for_a_higher_one(db: str) -> None:
     network = RingNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.error = "BatchIndexSuperseded"
-    pipeline = make_pipeline(network, db)
-    request_hash = pipeline.submit(make_envelope(22))
-    pipeline.run_until_idle()
-    row = pipeline.store.get_request(request_hash)
-    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2 and row.rebatched == 0
+    pipeline, row = certify_one(network, db, 22)
+    assert row.state == RequestState.CERTIFIED and row.batch_index == 2 and row.rebatched == 0
     first = pipeline.store.get_batch(1)
     assert first is not None and first.state == BatchState.ABANDONED
     assert network.certify_calls == [1, 2]
     pipeline.close()
 
 
-class HeldSlotNetwork(FakeNetwork):
-    """A task manager whose record ring slot of index 1 is held by index 9 (certified by another
-    aggregator that ran ahead): index 1 can never be certified."""
-
-    def get_ring_slot(self, batch_index: int) -> tuple[int, int]:
-        if batch_index in self.certified:
-            return batch_index, self.certified[batch_index][0]
-        return (9, 50) if batch_index == 1 else (0, 0)
-
-
-def test_new_batches_skip_indices_whose_record_slot_a_later_index_holds(db: str) -> None:
-    network = HeldSlotNetwork([{0: 10}, {0: 30}, {0: 60}])
-    pipeline = make_pipeline(network, db)
-    request_hash = pipeline.submit(make_envelope(23))
-    pipeline.run_until_idle()
-    row = pipeline.store.get_request(request_hash)
-    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 10
-    assert network.certify_calls == [10]  # nothing signed or sent under the dead index
-    pipeline.close()
-
-
-class RunAheadNetwork(FakeNetwork):
-    """Another aggregator certified indices 1..5000 (each holds its own ring slot)."""
+class RingSlotNetwork(FakeNetwork):
+    """A task manager with a batch record ring: slots hold this pipeline's certifications, and what
+    ``foreign`` says for the other indices (another aggregator's)."""
 
     reads = 0
+
+    def foreign(self, batch_index: int) -> tuple[int, int]:
+        return 0, 0
 
     def get_ring_slot(self, batch_index: int) -> tuple[int, int]:
         self.reads += 1
         if batch_index in self.certified:
             return batch_index, self.certified[batch_index][0]
+        return self.foreign(batch_index)
+
+
+class HeldSlotNetwork(RingSlotNetwork):
+    """Index 1's slot is held by index 9 (another aggregator ran ahead): 1 can never be certified."""
+
+    def foreign(self, batch_index: int) -> tuple[int, int]:
+        return (9, 50) if batch_index == 1 else (0, 0)
+
+
+def test_new_batches_skip_indices_whose_record_slot_a_later_index_holds(db: str) -> None:
+    network = HeldSlotNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline, row = certify_one(network, db, 23)
+    assert row.state == RequestState.CERTIFIED and row.batch_index == 10
+    assert network.certify_calls == [10]  # nothing signed or sent under the dead index
+    pipeline.close()
+
+
+class RunAheadNetwork(RingSlotNetwork):
+    """Another aggregator certified indices 1..5000 (each holds its own ring slot)."""
+
+    def foreign(self, batch_index: int) -> tuple[int, int]:
         return (batch_index, 40) if 1 <= batch_index <= 5000 else (0, 0)
 
 
 def test_a_long_run_of_taken_indices_is_crossed_in_few_reads(db: str) -> None:
     network = RunAheadNetwork([{0: 10}, {0: 30}, {0: 60}])
-    pipeline = make_pipeline(network, db)
-    request_hash = pipeline.submit(make_envelope(24))
-    pipeline.run_until_idle()
-    row = pipeline.store.get_request(request_hash)
-    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index is not None
+    pipeline, row = certify_one(network, db, 24)
+    assert row.state == RequestState.CERTIFIED and row.batch_index is not None
     assert row.batch_index > 5000 and network.certify_calls == [row.batch_index]
     assert network.reads <= 16  # galloping, not one read per taken index
     pipeline.close()

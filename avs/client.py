@@ -441,9 +441,9 @@ def verify_on_chain(certificate: ag.Certificate, task_manager: object, from_bloc
 
     The task manager keeps batch records in a ring (docs/contracts.md): once a final batch's slot is
     reused, ``verifyLeaf`` no longer knows it and its ``BatchCertified`` event is the record. So when
-    ``getBatch`` is empty for the batch, its event (searched from ``from_block``, the deployment's
-    start block) must match the header and signatory record exactly, and the Merkle proof is
-    checked here against the event's root."""
+    a later batch holds its slot (``getRingSlot``), its event (searched from ``from_block``, the
+    deployment's start block, or its reference block if later) must match the header and signatory
+    record exactly, and the Merkle proof is checked here against the event's root."""
     header = certificate.batch_header
     functions = task_manager.functions  # type: ignore[attr-defined]
     fn = functions.verifyLeaf(
@@ -455,8 +455,9 @@ def verify_on_chain(certificate: ag.Certificate, task_manager: object, from_bloc
     )
     if fn.call():
         return True
-    if int(functions.getBatch(header.batch_index).call()[1]) != 0:
-        return False  # the batch's record is there, and does not hold this leaf
+    held, _ = functions.getRingSlot(header.batch_index).call()
+    if int(held) <= header.batch_index:
+        return False  # its record is there, or it was never certified: verifyLeaf's answer stands
     return _certified_by_event(certificate, task_manager, from_block)
 
 

@@ -7,7 +7,9 @@ import {BLSSignatures} from "./libraries/BLSSignatures.sol";
 import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
 import {IStrategy} from "./interfaces/eigenlayer/IStrategy.sol";
 import {IAVSRegistrar} from "./interfaces/eigenlayer/IAVSRegistrar.sol";
-import {IAllocationManager, IAllocationManagerTypes, OperatorSet} from "./interfaces/eigenlayer/IAllocationManager.sol";
+import {
+    IAllocationManager, IAllocationManagerTypes, OperatorSet
+} from "./interfaces/eigenlayer/IAllocationManager.sol";
 import {IStrategyManager} from "./interfaces/eigenlayer/IStrategyManager.sol";
 import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
 
@@ -210,7 +212,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         }
         uint256 slashId;
         (slashId, shares) = allocationManager.slashOperator(
-            address(this), IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
+            address(this),
+            IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
         );
         _updateOperatorStake(operator);
         _sendSlashedTokens(set, slashId, strategies);

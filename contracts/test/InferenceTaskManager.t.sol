@@ -101,11 +101,7 @@ contract CertifyBatchTest is CertifyFixture {
         (IBLSSignatureChecker.QuorumStakeTotals memory t,) =
             taskManager.checkSignatures(taskManager.batchDigest(h), h.quorumNumbers, h.referenceBlock, p);
         // quorum 0: stakes 10..80 halved for 1..4 (allocated half to each quorum)
-        vm.assertEq(
-            t.totalStakeForQuorum[0],
-            5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether,
-            "total q0"
-        );
+        vm.assertEq(t.totalStakeForQuorum[0], 5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether, "total q0");
         vm.assertEq(t.signedStakeForQuorum[0], t.totalStakeForQuorum[0] - 10 ether - 70 ether, "signed q0");
         vm.assertEq(t.totalStakeForQuorum[1], 50 ether, "total q1");
         vm.assertEq(t.signedStakeForQuorum[1], 40 ether, "signed q1");

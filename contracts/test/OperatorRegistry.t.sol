@@ -11,11 +11,7 @@ import {
     IOperatorRegistryEvents
 } from "../src/interfaces/IOperatorRegistry.sol";
 import {IStrategyManager} from "../src/interfaces/eigenlayer/IStrategyManager.sol";
-import {
-    IAllocationManagerTypes,
-    IAllocationManagerErrors,
-    OperatorSet
-} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+import {IAllocationManagerTypes, IAllocationManagerErrors, OperatorSet} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
 
 contract RegisterOperatorTest is AvsFixture {
     using BN254 for BN254.G1Point;
@@ -52,8 +48,7 @@ contract RegisterOperatorTest is AvsFixture {
         address op = _operator(5);
         _fund(op, 5 ether);
         bytes memory data = abi.encode(
-            "s",
-            IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
+            "s", IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
         );
         vm.prank(op);
         vm.expectRevert(IOperatorRegistryErrors.InvalidProofOfPossession.selector);

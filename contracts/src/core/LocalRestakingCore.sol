@@ -455,11 +455,11 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
     }
 
     /// @inheritdoc IAllocationManager
-    function getAllocatedStake(
-        OperatorSet memory operatorSet,
-        address[] memory operators,
-        IStrategy[] memory strategies
-    ) public view returns (uint256[][] memory slashableStake) {
+    function getAllocatedStake(OperatorSet memory operatorSet, address[] memory operators, IStrategy[] memory strategies)
+        public
+        view
+        returns (uint256[][] memory slashableStake)
+    {
         bytes32 key = _key(operatorSet);
         slashableStake = new uint256[][](operators.length);
         for (uint256 i; i < operators.length; ++i) {

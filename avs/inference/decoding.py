@@ -15,8 +15,11 @@ For output position ``i`` with logits ``z`` (cast to float64) and temperature ``
 The verifier recomputes ``z`` by prefill on its own hardware, so it only knows ``z`` up to a small
 error and uses two relaxed sets: the *outer* set (tokens that could have survived the filters
 if every logit moved by up to ``delta``) and the *inner* set (tokens that survive even then);
-for top-p, a logit error also scales every probability by up to ``e^(±delta/T)``, so the masses
-compared with ``p`` are divided (outer) or multiplied (inner) by ``e^(delta/T)``.
+for top-p, logit errors of up to ``delta/2`` each scale a set's *odds* (its mass over the rest's) by at
+most ``e^(±delta/T)``, so the outer test compares with ``p`` the least mass the generator can have
+seen, ``m / (m + e^(delta/T) (1 - m))``, and the inner test the greatest, ``m e^(delta/T) / (m
+e^(delta/T) + 1 - m)`` (near ``p = 0.95`` a window about ten times narrower than scaling the mass
+itself by ``e^(±delta/T)``, which version 1 did until 2026-11-26; both are sound).
 With top-k, the outer set's top-p masses are taken over every token within ``delta`` of the k-th
 logit (the generator keeps ties at the k-th logit, so its top-p may normalise over more than k).
 Position ``i`` passes iff the proposed token is in the outer set and its perturbed score is at
@@ -157,9 +160,22 @@ def _outer_top_p_table(
     return z_desc, _survivor_cdf(z_desc, params.temperature)
 
 
-def _slack_factor(params: SamplingParams, delta: float) -> float:
-    # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
+def _odds_factor(params: SamplingParams, delta: float) -> float:
+    # Logits off by up to delta/2 each scale the sums of e^(z/T) over a set and over the rest by
+    # factors within e^(±delta/2T), so the set's odds (the ratio of the two) by one within e^(±delta/T).
     return math.exp(min(delta / params.temperature, 700.0))
+
+
+def least_mass(mass: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
+    """The smallest mass a set of verifier mass ``mass`` can have had for the generator: odds / e^(delta/T)."""
+    factor = _odds_factor(params, delta)
+    return mass / (mass + factor * (1.0 - mass))
+
+
+def greatest_mass(mass: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
+    """The largest mass a set of verifier mass ``mass`` can have had for the generator: odds * e^(delta/T)."""
+    scaled = _odds_factor(params, delta) * mass
+    return scaled / (scaled + 1.0 - mass)
 
 
 def _is_outer(
@@ -172,7 +188,7 @@ def _is_outer(
     if table is not None:
         z_desc, cdf = table
         mass = _mass_above(z_desc, cdf, (z_tok + delta)[:, None])[:, 0]
-        outer &= mass / _slack_factor(params, delta) < params.top_p + MASS_SLACK
+        outer &= least_mass(mass, params, delta) < params.top_p + MASS_SLACK
     return outer
 
 
@@ -209,7 +225,7 @@ def _is_inner(
             below = torch.minimum(values - delta, torch.nextafter(values, torch.full_like(values, -math.inf)))
             log_norm = torch.logsumexp(z_desc / params.temperature, -1, keepdim=True)
             own = torch.exp(values / params.temperature - log_norm)
-            inner &= (_mass_above(z_desc, cdf, below) - own) * _slack_factor(params, delta) < params.top_p - MASS_SLACK
+            inner &= greatest_mass(_mass_above(z_desc, cdf, below) - own, params, delta) < params.top_p - MASS_SLACK
         else:
             inner &= _mass_above(z_desc, cdf, values) < params.top_p - MASS_SLACK
     return inner

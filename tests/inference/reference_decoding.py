@@ -36,8 +36,16 @@ def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tup
         survivors = params.top_k if 0 < params.top_k < vocab else vocab
         z_desc = torch.topk(z, survivors, dim=-1, sorted=True).values
         cdf = _survivor_cdf(z_desc, params.temperature)
-        # Logits off by up to delta/2 each move every probability by a factor within e^(±delta/T).
+        # Logits off by up to delta/2 each scale a set's odds (its mass over the rest's) by a factor
+        # within e^(±delta/T): the generator's mass lies between these two.
         factor = math.exp(min(delta / params.temperature, 700.0))
+
+        def least(m: torch.Tensor) -> torch.Tensor:
+            return m / (m + factor * (1 - m))
+
+        def greatest(m: torch.Tensor) -> torch.Tensor:
+            return factor * m / (factor * m + 1 - m)
+
         # The outer test: the generator kept ties at the k-th logit, so its top-p may normalise over
         # every token within delta of the k-th logit (row by row here).
         for row in range(z.shape[0]):
@@ -47,11 +55,11 @@ def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tup
             else:
                 wide = z_desc[row]
             wide_cdf = _survivor_cdf(wide, params.temperature)
-            outer[row] &= _mass_above(wide, wide_cdf, z[row] + delta) / factor < params.top_p + MASS_SLACK
+            outer[row] &= least(_mass_above(wide, wide_cdf, z[row] + delta)) < params.top_p + MASS_SLACK
         if delta > 0:  # the mass strictly above z - delta includes the token itself: take it out
             below = torch.minimum(z - delta, torch.nextafter(z, torch.full_like(z, -math.inf)))
             own = torch.exp(z / params.temperature - torch.logsumexp(z_desc / params.temperature, -1, keepdim=True))
-            inner &= (_mass_above(z_desc, cdf, below) - own) * factor < params.top_p - MASS_SLACK
+            inner &= greatest(_mass_above(z_desc, cdf, below) - own) < params.top_p - MASS_SLACK
         else:
             inner &= _mass_above(z_desc, cdf, z) < params.top_p - MASS_SLACK
     return outer, inner

@@ -198,3 +198,64 @@ def test_a_token_below_a_stronger_survivor_cannot_pass_at_the_top_p_edge() -> No
     assert select_token(z[0], params, 0) == 1
     assert compute_margins(z, [2], params, 0.01)[0] < -0.01
     assert compute_margins(z, [1], params, 0.01) == [0.0]
+
+
+@st.composite
+def worst_case_errors(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, list[int], SamplingParams, float]:
+    """Generator logits, the verifier's logits off by exactly +-delta/2 each (delta a power of two and
+    logits on a 1/64 grid, so every sum is exact), the generator's tokens, params and delta.
+
+    The errors push every row to the edge of the error model: tokens above the chosen one up and
+    the rest down (the chosen token looks weakest: top-k/top-p may seem to cut it), the opposite
+    (every rival looks strong), or random signs."""
+    rows, vocab = draw(st.integers(1, 4)), draw(st.integers(2, 60))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    scale = draw(st.sampled_from([0.25, 1.0, 4.0]))
+    z_gen = torch.round(torch.randn(rows, vocab, generator=generator, dtype=torch.float64) * scale * 64) / 64
+    params = SamplingParams(
+        temperature_milli=draw(st.sampled_from([250, 700, 1000, 2000])),
+        top_k=draw(st.integers(0, vocab + 1)),
+        top_p_micro=draw(st.sampled_from([300_000, 900_000, 950_000, 1_000_000])),
+        seed=draw(st.integers(0, 2**64 - 1)),
+    )
+    delta = draw(st.sampled_from([2.0**-6, 2.0**-3, 0.5]))
+    tokens = [select_token(z_gen[i], params, i) for i in range(rows)]
+    pattern = draw(st.sampled_from(["chosen looks weak", "chosen looks strong", "random"]))
+    above = z_gen > torch.tensor([float(z_gen[i, t]) for i, t in enumerate(tokens)], dtype=torch.float64)[:, None]
+    if pattern == "random":
+        signs = torch.randint(0, 2, z_gen.shape, generator=generator).to(torch.float64) * 2 - 1
+    else:
+        signs = above.to(torch.float64) * 2 - 1
+        signs = signs if pattern == "chosen looks weak" else -signs
+    return z_gen, z_gen + signs * delta / 2, tokens, params, delta
+
+
+@settings(max_examples=300, deadline=None)
+@given(worst_case_errors())
+def test_own_choices_pass_under_the_largest_errors_the_tolerance_allows(
+    case: tuple[torch.Tensor, torch.Tensor, list[int], SamplingParams, float],
+) -> None:
+    """Soundness of the relaxed top-k/top-p sets (odds bounds): logit errors of delta/2 on every
+    token, in the worst direction, never reject the generator's own choice."""
+    _, z_verifier, tokens, params, delta = case
+    assert min(compute_margins(z_verifier, tokens, params, delta)) >= -delta
+
+
+def test_a_token_surely_inside_top_p_is_a_rival_at_the_edge() -> None:
+    """Logits [0, 0, c], top-p 0.95, with the two top tokens holding 0.949 of the mass: token 2
+    survives (0.949 < 0.95), and at delta 0.01 no logit error can push that mass to 0.95 (its odds
+    move by at most e^0.01: 0.9495 at most). So token 2 is a rival, and a token it outscores fails.
+    Scaling the mass itself by e^0.01 (0.9585) called token 2 possibly cut, and let a cheat that
+    skipped it pass with margin 0: an output of 1 %-noise weights in bench.inference did that."""
+    c = math.log(2 / 0.949 - 2)
+    z = torch.tensor([[0.0, 0.0, c]], dtype=torch.float64)
+    base = SamplingParams(temperature_milli=1000, top_p_micro=950_000)
+    assert compute_kept_mask(z[0], base).tolist() == [True, True, True]
+    seed = next(s for s in range(10_000) if int(torch.argmax(z[0] + compute_noise(s, 0, 3))) == 2)
+    params = SamplingParams(temperature_milli=1000, top_p_micro=950_000, seed=seed)
+    scores = z[0] + compute_noise(seed, 0, 3)
+    assert select_token(z[0], params, 0) == 2
+    skipped_to = int(torch.argmax(scores[:2]))  # the best of the tokens above the edge
+    margin = compute_margins(z, [skipped_to], params, 0.01)[0]
+    assert margin == pytest.approx(float(scores[skipped_to] - scores[2])) and margin < -0.01
+    assert compute_margins(z, [2], params, 0.01) == [0.0]

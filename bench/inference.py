@@ -45,7 +45,7 @@ from avs.inference.params import SamplingParams
 from bench.results import report_results
 
 T = TypeVar("T")
-DELTAS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+DELTAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # Profile kinds compared: (dtype, tolerance). A float32 profile runs generation and verification in
 # fp32, so only fp32/fp64 honest settings apply to it and its tolerance can be small.
 PROFILE_KINDS = {"bfloat16": 0.5, "float32": 0.01}

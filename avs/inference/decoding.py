@@ -166,13 +166,13 @@ def _odds_factor(params: SamplingParams, delta: float) -> float:
     return math.exp(min(delta / params.temperature, 700.0))
 
 
-def least_mass(mass: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
+def _least_mass(mass: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
     """The smallest mass a set of verifier mass ``mass`` can have had for the generator: odds / e^(delta/T)."""
     factor = _odds_factor(params, delta)
     return mass / (mass + factor * (1.0 - mass))
 
 
-def greatest_mass(mass: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
+def _greatest_mass(mass: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
     """The largest mass a set of verifier mass ``mass`` can have had for the generator: odds * e^(delta/T)."""
     scaled = _odds_factor(params, delta) * mass
     return scaled / (scaled + 1.0 - mass)
@@ -188,7 +188,7 @@ def _is_outer(
     if table is not None:
         z_desc, cdf = table
         mass = _mass_above(z_desc, cdf, (z_tok + delta)[:, None])[:, 0]
-        outer &= least_mass(mass, params, delta) < params.top_p + MASS_SLACK
+        outer &= _least_mass(mass, params, delta) < params.top_p + MASS_SLACK
     return outer
 
 
@@ -225,7 +225,7 @@ def _is_inner(
             below = torch.minimum(values - delta, torch.nextafter(values, torch.full_like(values, -math.inf)))
             log_norm = torch.logsumexp(z_desc / params.temperature, -1, keepdim=True)
             own = torch.exp(values / params.temperature - log_norm)
-            inner &= greatest_mass(_mass_above(z_desc, cdf, below) - own, params, delta) < params.top_p - MASS_SLACK
+            inner &= _greatest_mass(_mass_above(z_desc, cdf, below) - own, params, delta) < params.top_p - MASS_SLACK
         else:
             inner &= _mass_above(z_desc, cdf, values) < params.top_p - MASS_SLACK
     return inner

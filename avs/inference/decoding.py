@@ -184,8 +184,8 @@ def _is_outer(
     """Per row: could the proposed token (logit ``z_tok``) have survived the filters under error ``delta``?"""
     outer = torch.ones_like(z_tok, dtype=torch.bool)
     if bounds is not None:
-        # Needs no rounding slack: z_tok is a double and rounding is monotonic, so this holds iff
-        # z_tok >= kth - delta exactly (a token exactly delta below the k-th logit passes).
+        # Needs no rounding slack: z_tok is a double and rounding is monotonic, so z_tok >= kth - delta
+        # in exact arithmetic implies it here (a token exactly delta below the k-th logit passes).
         outer &= z_tok >= bounds[0] - delta
     if table is not None:
         z_desc, cdf = table

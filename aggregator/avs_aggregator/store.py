@@ -144,15 +144,16 @@ class StaleRowError(Exception):
     """The row is no longer in the state the step read it in: another process moved it on."""
 
 
-def _claim(s: Session, model: Any, key: Any, now: float, **expected: Any) -> None:
-    """Check the row and take its write lock in one statement: a conditional UPDATE (of
-    ``updated_at``) that must hit the row. A read then a write would race on SQLite, which ignores
-    FOR UPDATE and whose driver reads outside the transaction until the first write."""
+def _update_if(s: Session, model: Any, key: Any, values: dict[str, Any], **expected: Any) -> None:
+    """Write ``values`` to the row only while it still has the ``expected`` column values, in one
+    conditional UPDATE that must hit the row (``StaleRowError`` otherwise). A read then a write
+    would race on SQLite, which ignores FOR UPDATE and whose driver reads outside the transaction
+    until the first write."""
     conditions = [getattr(model, column) == value for column, value in expected.items()]
     statement = (
         update(model)
         .where(model.__mapper__.primary_key[0] == key, *conditions)
-        .values(updated_at=now)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     if s.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
@@ -161,6 +162,11 @@ def _claim(s: Session, model: Any, key: Any, now: float, **expected: Any) -> Non
             raise KeyError(key)
         found = {column: getattr(current, column) for column in expected}
         raise StaleRowError(f"{model.__tablename__} row is {found}, not {expected}")
+
+
+def _claim(s: Session, model: Any, key: Any, now: float, **expected: Any) -> None:
+    """Check the row and take its write lock in one statement (``_update_if`` of ``updated_at``)."""
+    _update_if(s, model, key, {"updated_at": now}, **expected)
 
 
 def _claimed_batch(s: Session, batch_index: int, expect_state: str | None, now: float) -> BatchRow:
@@ -329,18 +335,8 @@ class Store(Database):
         meanwhile, and its outcome stands."""
         with self.session() as s:
             if expect_attempts is not None:
-                statement = (
-                    update(RejectionRow)
-                    .where(
-                        RejectionRow.id == rejection_id,
-                        RejectionRow.state == str(ProofState.PENDING),
-                        RejectionRow.attempts == expect_attempts,
-                    )
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                )
-                if s.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
-                    raise StaleRowError(f"rejection {rejection_id} moved on since attempt {expect_attempts}")
+                expected = {"state": str(ProofState.PENDING), "attempts": expect_attempts}
+                _update_if(s, RejectionRow, rejection_id, values, **expected)
                 return
             row = s.get(RejectionRow, rejection_id)
             assert row is not None

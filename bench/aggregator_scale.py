@@ -161,7 +161,7 @@ class StaticNetwork:
             self.certified[header.batch_index] = (self.block, tx)
         return tx, 0
 
-    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+    def get_certification(self, batch_index: int, from_block: int = 0) -> tuple[int, bytes] | None:
         return self.certified.get(batch_index)
 
 

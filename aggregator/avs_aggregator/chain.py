@@ -163,14 +163,14 @@ class Web3ChainWriter:
         event = self.client.find_certified_event(header.batch_index, header.reference_block)  # slot reused
         return event is not None and event.describes(header, signatory_record_hash)
 
-    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+    def get_certification(self, batch_index: int, from_block: int = 0) -> tuple[int, bytes] | None:
         """From the index's record, or from its ``BatchCertified`` event once the task manager's
         record ring has reused its slot (an empty record is then no reorg)."""
         held, block = self.client.get_ring_slot(batch_index)
         if block == 0 or held < batch_index:
             return None
         if held > batch_index:
-            event = self.client.find_certified_event(batch_index)
+            event = self.client.find_certified_event(batch_index, from_block)
             return (event.block_number, event.tx_hash) if event is not None else None
         event_type = self.client.task_manager.events.BatchCertified
         logs: Any = event_type.get_logs(from_block=block, to_block=block, argument_filters={"batchIndex": batch_index})

@@ -745,7 +745,7 @@ class Pipeline:
 
     def _submit_batch(self, batch: BatchRow) -> bool:
         """Sends certifyBatch once; False when nothing moved (the batch's ring slot is still busy)."""
-        certified = self.writer.get_certification(batch.batch_index)
+        certified = self.writer.get_certification(batch.batch_index, batch.reference_block)
         if certified is not None and not self._is_ours(batch):
             self._index_taken(batch)
             return True
@@ -761,13 +761,13 @@ class Pipeline:
         except ContractRevertError as exc:
             self._submit_reverted(batch, exc)
             return exc.name != "BatchSlotNotFinal"
-        certified = self.writer.get_certification(batch.batch_index)
+        certified = self.writer.get_certification(batch.batch_index, batch.reference_block)
         self._certified(batch, certified[0] if certified else 0, tx_hash, gas_used)
         return True
 
     def _submit_reverted(self, batch: BatchRow, exc: ContractRevertError) -> None:
         if exc.name == "BatchAlreadyCertified":
-            again = self.writer.get_certification(batch.batch_index)
+            again = self.writer.get_certification(batch.batch_index, batch.reference_block)
             if again is not None and not self._is_ours(batch):
                 self._index_taken(batch)
                 return
@@ -841,7 +841,7 @@ class Pipeline:
         head = self.writer.get_block_number()
         if head < recorded + max(self.settings.confirmations, 1):
             return False
-        certified = self.writer.get_certification(batch.batch_index)
+        certified = self.writer.get_certification(batch.batch_index, batch.reference_block)
         if certified is None:  # a reorg removed the certification: certify the batch again
             logger.warning("certification removed by a reorg; re-submitting", extra={"batch_index": batch.batch_index})
             self.store.reopen_batch(batch.batch_index, error="certification removed by a reorg")

@@ -104,8 +104,10 @@ class ChainWriter(Protocol):
         """Send certifyBatch and wait for it; (tx hash, gas used). Raises ``ContractRevertError``."""
         ...
 
-    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
-        """(certified block, tx hash) if ``batch_index`` is certified on-chain, else None."""
+    def get_certification(self, batch_index: int, from_block: int = 0) -> tuple[int, bytes] | None:
+        """(certified block, tx hash) if ``batch_index`` is certified on-chain, else None.
+        ``from_block`` (the batch's reference block): where its ``BatchCertified`` event is searched
+        from, should the task manager's record ring have reused the index's slot."""
         ...
 
 

@@ -220,7 +220,7 @@ class FakeNetwork:
             stakes[q] = (total - sum(o.stakes.get(q, 0) for o in non_signers), total)
         return stakes
 
-    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+    def get_certification(self, batch_index: int, from_block: int = 0) -> tuple[int, bytes] | None:
         return self.certified.get(batch_index)
 
     def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:

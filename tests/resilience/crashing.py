@@ -70,7 +70,7 @@ class FileChain(FakeNetwork):
         # One aggregator here: every certification in the file is its own.
         return self.get_certification(header.batch_index) is not None
 
-    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+    def get_certification(self, batch_index: int, from_block: int = 0) -> tuple[int, bytes] | None:
         for index, block, tx in self.load()["certified"]:
             if index == batch_index:
                 return int(block), bytes.fromhex(str(tx))
@@ -144,9 +144,9 @@ class CrashingPorts:
         self._leave(hit)
         return result
 
-    def get_certification(self, batch_index: int) -> tuple[int, bytes] | None:
+    def get_certification(self, batch_index: int, from_block: int = 0) -> tuple[int, bytes] | None:
         hit = self._enter("get_certification")
-        result = self.chain.get_certification(batch_index)
+        result = self.chain.get_certification(batch_index, from_block)
         self._leave(hit)
         return result
 

@@ -52,8 +52,7 @@ interface VmEnv {
 ///      CHALLENGE_WINDOW + RESOLUTION_WINDOW exceeds the core's DEALLOCATION_DELAY.
 ///      `runWithEigenLayer()` only: ALLOCATION_MANAGER, DELEGATION_MANAGER and STRATEGY_MANAGER
 ///      (EigenLayer's deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0),
-///      STAKE_TOKEN
-///      (default: the first strategy's underlying token; the pool's asset and the bond token).
+///      STAKE_TOKEN (default: the first strategy's underlying token; the pool's asset and the bond token).
 ///      Run: tools/forge script script/Deploy.s.sol --rpc-url $RPC --broadcast
 ///           tools/forge script script/Deploy.s.sol --sig "runWithEigenLayer()" --rpc-url $RPC --broadcast
 contract Deploy is Test {

@@ -154,6 +154,9 @@ class Web3ChainWriter:
     def get_threshold_bps(self) -> int:
         return self.client.get_threshold_bps()
 
+    def get_max_reference_age(self) -> int:
+        return self.client.get_max_reference_age()
+
     def is_certified(self, header: BatchHeader, signatory_record_hash: bytes) -> bool:
         if self.client.is_certified(header, signatory_record_hash):
             return True

@@ -77,7 +77,7 @@ class BatchConfig(_Section):
     max_size: int = Field(default=16, gt=0, le=4096)
     max_latency_seconds: float = Field(default=2.0, ge=0)
     first_index: int = Field(default=1, ge=0)
-    max_reference_age_blocks: int = Field(default=100, gt=0)  # the task manager's maxReferenceAge
+    max_reference_age_blocks: int = Field(default=100, gt=0)  # used only where the chain's cannot be read
     sign_rounds: int = Field(default=3, ge=1, le=32)  # SignBatch rounds while the signers fall short
     sign_backoff_seconds: float = Field(default=1.0, ge=0, le=3600)  # before round 2, doubled after
 

@@ -73,6 +73,7 @@ from avs_aggregator.ports import (
     OperatorInfo,
     OperatorSet,
     OperatorSetReader,
+    ReferenceAgeReader,
     RejectionReporter,
     RingSlotReader,
     ThresholdReader,
@@ -93,13 +94,13 @@ from avs_aggregator.store import (
 )
 
 logger = logging.getLogger(__name__)
-# proveRejectedOutput reverts after which sending the same proof again cannot succeed.
+# proveRejectedOutput reverts after which sending the same proof again cannot succeed
+# (StaleReferenceBlock is not one: the next try rebuilds the proof at a fresh reference block).
 REJECTION_FINAL_REVERTS = frozenset(
     {
         "InvalidAttestationSignature",
         "UnknownOperator",
         "NotSlashable",
-        "StaleReferenceBlock",
         "ThresholdNotMet",
         "InvalidBLSSignature",
         "InvalidVerdict",
@@ -108,12 +109,15 @@ REJECTION_FINAL_REVERTS = frozenset(
 
 ACTIVE_REQUEST_STATES = (RequestState.RECEIVED, RequestState.GENERATING, RequestState.VERIFYING)
 ACTIVE_BATCH_STATES = (BatchState.SIGNING, BatchState.SUBMITTING)
+# What max_pending bounds: every request not final yet, batched ones included (a chain that takes no
+# certificates must not let them pile up).
+PENDING_REQUEST_STATES = (*ACTIVE_REQUEST_STATES, RequestState.ACCEPTED, RequestState.BATCHED)
 EVIDENCE_RETRY_SECONDS = 60.0
 # certifyBatch reverts after which the batch is formed again (alone) and signed again: the chain changed under it
-# (a reorg at the reference block, a threshold raised after signing, a certification gone again).
+# (a reorg at the reference block, a threshold raised after signing).
 # Each counts on the request's ``rebatched``; after MAX_REBATCHES the request fails instead of
 # cycling for ever on a revert that does not go away.
-REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet", "BatchAlreadyCertified"})
+REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet"})
 MAX_REBATCHES = 3
 # Chain reads at most per new batch to find a free index (galloping with a ring: 2^64 in 64 reads).
 MAX_INDEX_SKIPS = 64
@@ -233,7 +237,7 @@ class Pipeline:
         request_hash = compute_request_hash(self.domain, envelope.request)
         if self.store.get_request(request_hash) is not None:
             return request_hash
-        if self.store.count_requests([*ACTIVE_REQUEST_STATES, RequestState.ACCEPTED]) >= self.settings.max_pending:
+        if self.store.count_requests(PENDING_REQUEST_STATES) >= self.settings.max_pending:
             raise OverloadedError("too many requests pending; retry later")
         row = RequestRow(
             request_hash=request_hash,
@@ -363,8 +367,7 @@ class Pipeline:
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
         # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
-        rejection_bps = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
-        if tally.is_rejected(rejection_bps):
+        if tally.is_rejected(self._rejection_threshold()):
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(row.threshold_bps):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
@@ -456,6 +459,12 @@ class Pipeline:
             return 0
         request = self.store.get_request(rejection.request_hash)
         assert request is not None
+        reference_block = rejection.reference_block
+        if self._is_stale(reference_block):
+            # Sent late (an outage, a backlog): the REJECT signatures are bound to no block, so the proof
+            # is built at a fresh one, with the stake the signers hold there.
+            reference_block = self.reader.get_reference_block()[0]
+            operator_set = self.reader.get_operator_set(reference_block)
         signatures = {bytes.fromhex(k[2:]): g1_from_json(v) for k, v in evidence["reject_signatures"].items()}
         digest = compute_digest(self.domain, Attestation(rejection.request_hash, rejection.output_hash, Verdict.REJECT))
         aggregate, _ = protocol.compute_checked_aggregate(operator_set, request.quorum_numbers, digest, signatures)
@@ -464,10 +473,16 @@ class Pipeline:
                 rejection_id, state=ProofState.FAILED, error="the REJECT signatures do not aggregate"
             )
             return 0
+        threshold = self._rejection_threshold()
+        if not aggregate.tally.is_accepted(threshold):
+            shares = ", ".join(f"quorum {q.quorum}: {q.accept_stake}/{q.total_stake}" for q in aggregate.tally.quorums)
+            error = f"the REJECT signers hold {shares} at block {reference_block}, below {threshold} bps"
+            self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=error)
+            return 0
 
         def send() -> bytes:
             indices = self.writer.get_check_signatures_indices(
-                rejection.reference_block, request.quorum_numbers, aggregate.non_signer_ids
+                reference_block, request.quorum_numbers, aggregate.non_signer_ids
             )
             return reporter.report_rejected_output(
                 OperatorId(rejection.primary_id),
@@ -475,7 +490,7 @@ class Pipeline:
                 rejection.output_hash,
                 g1_from_json(evidence["primary_signature"]),
                 request.quorum_numbers,
-                rejection.reference_block,
+                reference_block,
                 aggregate.to_signatures(indices),
             )
 
@@ -644,10 +659,28 @@ class Pipeline:
         self._notify()
         return True
 
+    def _chain_threshold(self) -> int:
+        """The threshold the contracts check: the task manager's, if governance raised it above the config's."""
+        if isinstance(self.writer, ThresholdReader):
+            return max(self.settings.min_threshold_bps, self.writer.get_threshold_bps())
+        return self.settings.min_threshold_bps
+
+    def _rejection_threshold(self) -> int:
+        """What ``FaultManager.proveRejectedOutput`` needs: the threshold, and more than half the stake."""
+        return max(self._chain_threshold(), protocol.MIN_REJECTION_THRESHOLD_BPS)
+
+    def _max_reference_age(self) -> int:
+        """The task manager's ``maxReferenceAge`` (what the contracts enforce) when the writer reads it."""
+        if isinstance(self.writer, ReferenceAgeReader):
+            return self.writer.get_max_reference_age()
+        return self.settings.max_reference_age
+
+    def _is_stale(self, reference_block: int) -> bool:
+        """Whether the contracts refuse ``reference_block`` in every block still to come."""
+        return reference_block + self._max_reference_age() < self.writer.get_block_number() + 1
+
     def _batch_threshold(self, batch: BatchRow) -> int:
-        thresholds = [self.settings.min_threshold_bps]
-        if isinstance(self.writer, ThresholdReader):  # what certifyBatch will check, if governance raised it
-            thresholds.append(self.writer.get_threshold_bps())
+        thresholds = [self._chain_threshold()]  # what certifyBatch will check
         for request_hash in load_hex_list(batch.request_hashes):
             row = self.store.get_request(request_hash)
             if row is not None:
@@ -752,43 +785,50 @@ class Pipeline:
         if certified is not None:  # sent before a crash, or by a previous run: never send again
             self._certified(batch, certified[0], certified[1], None)
             return True
-        if batch.reference_block + self.settings.max_reference_age < self.writer.get_block_number() + 1:
+        if self._is_stale(batch.reference_block):  # no certifyBatch of it can be mined any more
             self._abandon_stale(batch)
             return True
         signatures = decode_certificate(json.loads(batch.certificate or "{}"))
         try:
             tx_hash, gas_used = self.writer.certify_batch(self.get_header(batch), signatures)
         except ContractRevertError as exc:
-            self._submit_reverted(batch, exc)
-            return exc.name != "BatchSlotNotFinal"
+            return self._submit_reverted(batch, exc)
         certified = self.writer.get_certification(batch.batch_index, batch.reference_block)
         self._certified(batch, certified[0] if certified else 0, tx_hash, gas_used)
         return True
 
-    def _submit_reverted(self, batch: BatchRow, exc: ContractRevertError) -> None:
+    def _submit_reverted(self, batch: BatchRow, exc: ContractRevertError) -> bool:
+        """Acts on a certifyBatch revert; False when nothing moved (sent again at the next poll)."""
         if exc.name == "BatchAlreadyCertified":
             again = self.writer.get_certification(batch.batch_index, batch.reference_block)
             if again is not None and not self._is_ours(batch):
                 self._index_taken(batch)
-                return
-            if again is not None:
+            elif again is not None:
                 self._certified(batch, again[0], again[1], None)
-                return
+            else:
+                # Not mined, yet the pending state has it: a certifyBatch for this index is in the mempool
+                # (ours, sent before a timeout, a restart or a failover; or another aggregator's). Batching
+                # the requests again could certify them twice: wait until it is mined (then recorded, or
+                # found to be another batch), or until the reference block is stale (then it can never be).
+                logger.warning(
+                    "a certifyBatch for this index is pending; waiting for it", extra={"batch_index": batch.batch_index}
+                )
+                return False
+            return True
         if exc.name == "BatchSlotNotFinal":  # the record ring is full for now: send again at the next poll
             logger.warning(
                 "batch record slot still in its challenge window; retrying", extra={"batch_index": batch.batch_index}
             )
-            return
+            return False
         if exc.name == "BatchIndexSuperseded":  # a later index holds the slot: this one can never be certified
             self._index_taken(batch)
-            return
-        if exc.name == "StaleReferenceBlock":
+        elif exc.name == "StaleReferenceBlock":
             self._abandon_stale(batch)
-            return
-        if exc.name in REBATCH_REVERTS:
+        elif exc.name in REBATCH_REVERTS:
             self._requeue(batch, f"certifyBatch reverted: {exc}", rebatch=True)
-            return
-        self._fail_batch(batch, f"certifyBatch reverted: {exc}")
+        else:
+            self._fail_batch(batch, f"certifyBatch reverted: {exc}")
+        return True
 
     def _is_ours(self, batch: BatchRow) -> bool:
         """Whether the index's on-chain certification is this batch (header and signer record)."""

@@ -130,6 +130,15 @@ class ThresholdReader(Protocol):
 
 
 @runtime_checkable
+class ReferenceAgeReader(Protocol):
+    """Optional on a ``ChainWriter``: the task manager's ``maxReferenceAge``, what the contract enforces,
+    so that a batch or proof is given up only once the chain would refuse it (writers without it: the
+    config's ``max_reference_age_blocks``)."""
+
+    def get_max_reference_age(self) -> int: ...
+
+
+@runtime_checkable
 class CertificationChecker(Protocol):
     """Optional on a ``ChainWriter``: whether a batch index is certified with *this* header and
     signer record (``InferenceTaskManager.isCertified``). Another aggregator, or a run that lost its

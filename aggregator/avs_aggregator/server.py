@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from avs.errors import (
     InvalidInputError,
     ModelNotFoundError,
     NotFoundError,
+    OverloadedError,
     PreconditionFailedError,
     UnavailableError,
 )
-from avs.inference.params import compute_prompt_hash, parse_chat_messages
+from avs.inference.params import SamplingParams, compute_prompt_hash, parse_chat_messages
 from avs.merkle import compute_merkle_tree
 from avs.messages import compute_request_hash, compute_stop_sequences_hash
 from avs.rpc import convert
@@ -74,6 +76,9 @@ class ServedModel:
 class IntakeLimits:
     max_chat_chars: int = 64 * 1024
     max_new_tokens: int = 512
+    # Each open WatchStatus stream holds an intake thread until its request is final: at most half
+    # of build_server's 32, so that watchers never starve Submit and GetStatus.
+    max_watches: int = 16
 
 
 class IntakeGate(Protocol):
@@ -175,6 +180,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         self._limits = limits
         self._coverage = coverage  # None: insured requests are refused (no insurance pool to read)
         self._gate = gate  # None: always takes requests (a lone aggregator)
+        self._watch_slots = threading.BoundedSemaphore(limits.max_watches)
 
     def _check_intake(self) -> None:
         refusal = None if self._gate is None else self._gate.get_intake_refusal()
@@ -205,6 +211,16 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise InvalidInputError(f"the chat has {chars} characters; at most {self._limits.max_chat_chars}")
         if request.max_tokens > self._limits.max_new_tokens:
             raise InvalidInputError(f"max_tokens must be at most {self._limits.max_new_tokens}")
+        # The operators' limits (sampling ranges, stop sequences' count and length), checked before
+        # the request is tokenized, stored or sent to any operator.
+        SamplingParams(
+            temperature_milli=request.temperature_milli,
+            top_k=request.top_k,
+            top_p_micro=request.top_p_micro,
+            seed=request.seed,
+            max_tokens=request.max_tokens,
+            stop_sequences=tuple(request.stop_sequences),
+        )
         chat = [{"role": m.role, "content": m.content} for m in request.messages]
         prompt_tokens: int | None = None
         if not request.prompt_hash:
@@ -297,6 +313,16 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         return build_status(self._pipeline, row, self._decoder(row))
 
     def WatchStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
+        if not self._watch_slots.acquire(blocking=False):
+            raise OverloadedError(
+                f"{self._limits.max_watches} WatchStatus streams are open already; retry later or poll GetStatus"
+            )
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
         last: tuple[str, int] | None = None
         while context.is_active():
             row = self._row(request)

@@ -223,6 +223,11 @@ class Web3AvsClient:
         """The task manager's ``config().thresholdBps``: the stake share every certificate needs."""
         return int(self._call(self.task_manager.functions.config())[0])
 
+    def get_max_reference_age(self) -> int:
+        """The task manager's ``config().maxReferenceAge``: certificates and fault proofs whose reference
+        block is older than this many blocks are refused (``StaleReferenceBlock``)."""
+        return int(self._call(self.task_manager.functions.config())[1])
+
     def get_batch_digest(self, header: BatchHeader) -> bytes:
         return bytes(self._call(self.task_manager.functions.batchDigest(encode_batch_header(header))))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,6 +17,7 @@ from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import MAX_REBATCHES, Pipeline, PipelineError, PipelineSettings
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestRow, RequestState, Store, load_hex_list
+from avs_aggregator.txsender import TransactionFailedError
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 
 SETTINGS = PipelineSettings(batch_max_size=4, batch_max_latency=0.0, max_attempts=3, workers=4)
@@ -366,7 +369,7 @@ class RevertingNetwork(FakeNetwork):
         raise ContractRevertError(self.error, ())
 
 
-@pytest.mark.parametrize("error", ["InvalidQuorumApkHash", "ThresholdNotMet", "BatchAlreadyCertified"])
+@pytest.mark.parametrize("error", ["InvalidQuorumApkHash", "ThresholdNotMet"])
 def test_a_revert_that_never_goes_away_fails_the_request_after_a_few_batches(db: str, error: str) -> None:
     """Re-batching on these reverts heals a reorg or a raised threshold; when the revert stays, the
     request fails after MAX_REBATCHES instead of cycling for ever."""
@@ -407,6 +410,72 @@ def test_a_busy_record_slot_keeps_the_batch_and_sends_it_again_later(db: str) ->
     row = pipeline.store.get_request(request_hash)
     assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 1 and row.rebatched == 0
     assert network.certify_calls == [1, 1]
+    pipeline.close()
+
+
+class MempoolNetwork(FakeNetwork):
+    """The first certifyBatch is broadcast but not mined in time (the sender gives up after its fee
+    bumps); while it sits in the mempool, sending again reverts ``BatchAlreadyCertified`` (gas is
+    estimated on the pending state) though the mined state has no certification."""
+
+    def __init__(self, stakes: Sequence[dict[int, int]]) -> None:
+        super().__init__(stakes)
+        self.mempool: list[tuple[BatchHeader, NonSignerStakesAndSignature]] = []
+
+    def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
+        if any(pending.batch_index == header.batch_index for pending, _ in self.mempool):
+            self.certify_calls.append(header.batch_index)
+            raise ContractRevertError("BatchAlreadyCertified", (header.batch_index,))
+        if not self.certify_calls:
+            self.certify_calls.append(header.batch_index)
+            self.mempool.append((header, signatures))
+            raise TransactionFailedError("nonce 7 not mined after 5 fee bumps")
+        return super().certify_batch(header, signatures)
+
+    def mine(self) -> None:
+        for header, signatures in self.mempool:
+            FakeNetwork.certify_batch(self, header, signatures)
+        self.mempool.clear()
+
+
+def _advance_batches(pipeline: Pipeline) -> None:
+    pipeline.run_until_idle(max_rounds=1)
+    for index in pipeline.active_batch_indices():
+        with contextlib.suppress(TransactionFailedError):  # the batch loop logs it and tries again later
+            pipeline.advance_batch(index)
+
+
+def test_a_certify_batch_pending_in_the_mempool_is_waited_for_not_batched_again(db: str) -> None:
+    network = MempoolNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    hashes = [pipeline.submit(make_envelope(n)) for n in (31, 32)]
+    for _ in range(4):
+        _advance_batches(pipeline)
+    batch = pipeline.store.get_batch(1)
+    assert batch is not None and batch.state == BatchState.SUBMITTING  # waiting, not abandoned
+    assert pipeline.store.get_batch(2) is None and network.certify_calls[:2] == [1, 1]
+    network.mine()  # mined after all
+    pipeline.run_until_idle()
+    assert sorted(network.certified) == [1]  # the requests are certified once, in their batch
+    for request_hash in hashes:
+        row = pipeline.store.get_request(request_hash)
+        assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 1
+    pipeline.close()
+
+
+def test_a_pending_certify_batch_that_never_mines_is_given_up_once_stale(db: str) -> None:
+    network = MempoolNetwork([{0: 10}, {0: 30}, {0: 60}])
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(33))
+    for _ in range(3):
+        _advance_batches(pipeline)
+    network.block += SETTINGS.max_reference_age + 1  # the contract refuses the stuck transaction now
+    network.mempool.clear()  # dropped
+    pipeline.run_until_idle()
+    first = pipeline.store.get_batch(1)
+    assert first is not None and first.state == BatchState.ABANDONED and "stale" in (first.error or "")
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.batch_index == 2
     pipeline.close()
 
 

@@ -82,7 +82,8 @@ def test_a_proof_refused_by_a_demoted_leader_is_sent_by_the_next_leader(db: str)
     ("revert", "state", "error"),
     [
         ("FaultAlreadySlashed", ProofState.PROVEN, "already proven on-chain"),  # the chain has it already
-        ("StaleReferenceBlock", ProofState.FAILED, "StaleReferenceBlock"),  # can never succeed: failed at once
+        ("StaleReferenceBlock", ProofState.PENDING, "StaleReferenceBlock"),  # counted; rebuilt at a fresh block
+        ("InvalidAttestationSignature", ProofState.FAILED, "InvalidAttestationSignature"),  # never succeeds
         ("SomethingTransient", ProofState.PENDING, "SomethingTransient"),  # counted, tried again later
     ],
 )
@@ -107,6 +108,37 @@ def test_an_unreachable_chain_keeps_the_proof_pending_without_using_up_attempts(
     assert rejection.state == ProofState.PENDING and rejection.attempts == 0
     assert pipeline.process_evidence() == 1
     assert pipeline.store.list_rejections(request_hash)[0].state == ProofState.PROVEN
+    pipeline.close()
+
+
+def test_a_proof_delayed_past_the_reference_age_is_rebuilt_at_a_fresh_block(db: str) -> None:
+    """The REJECT signatures are bound to no block: after an outage longer than maxReferenceAge the
+    proof is built at a fresh reference block, with the stake the signers hold there."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ConnectionError("node down")])
+    pipeline, request_hash, cheater = reject_once(network, db, reporter)
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PENDING
+    network.block += SETTINGS.max_reference_age + 10  # the outage outlasts the reference block
+    assert pipeline.process_evidence() == 1
+    [(primary, _, _, reference_block)] = reporter.sent
+    assert primary == cheater and reference_block == network.get_reference_block()[0]
+    assert reference_block > rejection.reference_block + SETTINGS.max_reference_age
+    pipeline.close()
+
+
+def test_a_late_proof_whose_signers_left_fails_with_the_stake_they_hold(db: str) -> None:
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ConnectionError("node down")])
+    pipeline, request_hash, cheater = reject_once(network, db, reporter)
+    network.block += SETTINGS.max_reference_age + 10
+    for operator in network.operators[1:3]:  # two of the three REJECT signers deregistered meanwhile
+        operator.stakes = {}
+    network.by_id(cheater).stakes = {0: 100}  # and the primary restaked
+    assert pipeline.process_evidence() == 0
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.FAILED and reporter.sent == []
+    assert "quorum 0: 30/130" in (rejection.error or "") and "below 6667 bps" in (rejection.error or "")
     pipeline.close()
 
 

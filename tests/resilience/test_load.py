@@ -16,6 +16,7 @@ import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,5 +76,35 @@ def test_intake_is_bounded_by_max_pending(tmp_path: Path) -> None:
             pipeline.submit(make_envelope(99))
         pipeline.run_until_idle()
         pipeline.submit(make_envelope(99))  # accepted again once the backlog is certified
+    finally:
+        pipeline.close()
+
+
+def test_batched_requests_count_towards_max_pending(tmp_path: Path) -> None:
+    """A chain that takes no certificates (no gas funds, say) leaves requests BATCHED: they still count,
+    so intake pushes back instead of storing requests without end."""
+    from avs.errors import OverloadedError
+
+    class Unfunded(FakeNetwork):
+        def certify_batch(self, header: Any, signatures: Any) -> tuple[bytes, int]:
+            raise ValueError("insufficient funds for gas * price + value")
+
+    network = Unfunded([{0: 100}])
+    settings = PipelineSettings(max_pending=3, workers=1, batch_max_latency=0.0)
+    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{tmp_path / 'agg.sqlite'}"), network, network, network, settings)
+    try:
+        for i in range(3):
+            pipeline.submit(make_envelope(i))
+        for h in pipeline.active_request_hashes():
+            while pipeline.advance_request(h):
+                pass
+        pipeline.form_batches(force=True)
+        for index in pipeline.active_batch_indices():
+            assert pipeline.advance_batch(index)  # signed
+            with pytest.raises(ValueError, match="insufficient funds"):
+                pipeline.advance_batch(index)  # certifyBatch fails
+        assert pipeline.store.count_requests([RequestState.BATCHED]) == 3
+        with pytest.raises(OverloadedError):
+            pipeline.submit(make_envelope(99))
     finally:
         pipeline.close()

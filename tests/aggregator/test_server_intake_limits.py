@@ -1,0 +1,121 @@
+"""The intake's limits over real gRPC: requests the operators would refuse are refused at Submit,
+before anything is stored, and WatchStatus streams cannot take every intake thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from eth_utils import keccak
+
+from avs.messages import compute_stop_sequences_hash
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
+from avs.rpc.operator.v1 import operator_pb2 as op
+from avs_aggregator.pipeline import Pipeline, PipelineSettings
+from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
+from avs_aggregator.store import RequestState, Store
+from tests.aggregator.fakes import DOMAIN, MODEL_ID, FakeNetwork
+
+WATCHES = 2
+
+
+@dataclass
+class Intake:
+    stub: Any
+    pipeline: Pipeline
+
+
+@pytest.fixture
+def intake(tmp_path: Path) -> Iterator[Intake]:
+    network = FakeNetwork([{0: 100}])
+    settings = PipelineSettings(workers=1)
+    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{tmp_path / 'agg.sqlite'}"), network, network, network, settings)
+    limits = IntakeLimits(max_new_tokens=64, max_watches=WATCHES)
+    servicer = AggregatorServicer(pipeline, {MODEL_ID: ServedModel("tiny", MODEL_ID)}, limits)
+    server, port, _ = build_server(servicer, "127.0.0.1:0", max_workers=WATCHES + 2)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Intake(ag_grpc.AggregatorServiceStub(channel), pipeline)  # type: ignore[no-untyped-call]
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        pipeline.close()
+
+
+def _request(nonce: int = 1, stops: tuple[str, ...] = (), **fields: Any) -> ag.SubmitRequest:
+    request = op.InferenceRequest(
+        model_id=MODEL_ID,
+        prompt_hash=keccak(text="hi"),
+        temperature_milli=700,
+        top_p_micro=1_000_000,
+        max_tokens=16,
+        stop_sequences=list(stops),
+        stop_sequences_hash=compute_stop_sequences_hash(list(stops)),
+        requester="0x" + "ab" * 20,
+        nonce=nonce.to_bytes(32, "big"),
+        messages=[op.ChatMessage(role="user", content="hi")],
+    )
+    for key, value in fields.items():
+        setattr(request, key, value)
+    return ag.SubmitRequest(request=request)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (_request(temperature_milli=4_000_000_000), "temperature_milli"),
+        (_request(top_p_micro=0), "top_p_micro"),
+        (_request(top_p_micro=1_000_001), "top_p_micro"),
+        (_request(max_tokens=0), "max_tokens"),
+        (_request(stops=("s" * 65,)), "stop sequence"),
+        (_request(stops=("",)), "stop sequence"),
+    ],
+)
+def test_parameters_the_operators_refuse_are_refused_before_anything_is_stored(
+    intake: Intake, message: ag.SubmitRequest, expected: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        intake.stub.Submit(message)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in str(info.value.details())
+    assert intake.pipeline.store.count_requests(list(RequestState)) == 0
+
+
+def test_a_valid_request_with_stop_sequences_is_taken(intake: Intake) -> None:
+    reply = intake.stub.Submit(_request(stops=("\n\n", "s" * 64)))
+    row = intake.pipeline.store.get_request(bytes(reply.request_hash))
+    assert row is not None and row.state == RequestState.RECEIVED
+
+
+def test_watch_streams_are_capped_and_leave_threads_for_submit_and_status(intake: Intake) -> None:
+    hashes = [bytes(intake.stub.Submit(_request(nonce=n)).request_hash) for n in range(WATCHES + 1)]
+    watches = [intake.stub.WatchStatus(ag.GetStatusRequest(request_hash=h)) for h in hashes[:WATCHES]]
+    try:
+        for watch in watches:  # each stream is open and has sent the first status
+            assert next(watch).state == ag.REQUEST_STATE_RECEIVED
+        with pytest.raises(grpc.RpcError) as info:
+            next(intake.stub.WatchStatus(ag.GetStatusRequest(request_hash=hashes[-1])))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status = intake.stub.GetStatus(ag.GetStatusRequest(request_hash=hashes[-1]), timeout=5)
+        assert status.state == ag.REQUEST_STATE_RECEIVED
+        assert intake.stub.Submit(_request(nonce=99), timeout=5).request_hash
+    finally:
+        for watch in watches:
+            watch.cancel()
+    # A cancelled stream gives its slot back.
+    for _ in range(50):
+        try:
+            assert next(intake.stub.WatchStatus(ag.GetStatusRequest(request_hash=hashes[-1]), timeout=5)).state
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            time.sleep(0.1)
+    else:
+        pytest.fail("the cancelled streams never gave their slots back")

@@ -133,6 +133,9 @@ class TransactionSender:
                     break
                 logger.warning("transaction not mined in time; bumping fees", extra={"nonce": nonce, "bump": bump + 1})
             if receipt is None:
+                # Perhaps stuck behind a gap: a reorg dropped an earlier transaction of ours and the node
+                # did not put it back. The next send takes the node's pending count again.
+                self._next_nonce = None
                 raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
             self._next_nonce = nonce + 1
             receipt = self._confirm(receipt, raw)

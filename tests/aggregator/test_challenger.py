@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from avs.chain.client import ContractRevertError
 from avs.chain.faults import ChallengeStatus, SignedAttestation
-from avs.messages import Attestation, Verdict
+from avs.messages import Attestation, BatchHeader, Verdict
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
-from avs_aggregator.challenger.core import CertifiedBatch, Challenger
+from avs_aggregator.challenger.core import CertifiedBatch, Challenger, OpenedChallenge
 from avs_aggregator.challenger.resolution import CHALLENGE_GONE_DEPTH, Resolver
 from avs_aggregator.challenger.store import (
     AttestationRow,
@@ -379,6 +382,44 @@ def test_a_challenge_the_chain_does_not_show_is_kept_until_its_block_is_deep(tmp
     network.block = row.opened_block + CHALLENGE_GONE_DEPTH
     [gone] = resolver.advance_all()
     assert gone.state == ChallengeState.EXPIRED and gone.error == "not on-chain"
+    pipeline.close()
+
+
+class MempoolFaultManager(FakeFaultManager):
+    """The first challenge is broadcast but its receipt wait times out; while it is in the mempool,
+    sending it again reverts ``LeafAlreadyChallenged`` (gas is estimated on the pending state) and
+    the mined state has no such challenge yet."""
+
+    in_mempool: tuple[Any, ...] | None = None
+
+    def challenge(
+        self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
+    ) -> OpenedChallenge:
+        if self.in_mempool is None:
+            self.in_mempool = (header, signatory_record_hash, leaf, proof)
+            raise TimeoutError("the challenge transaction is not in the chain after 30 seconds")
+        raise ContractRevertError("LeafAlreadyChallenged", (len(self.challenges) + 1,))
+
+    def mine(self) -> None:
+        assert self.in_mempool is not None
+        FakeFaultManager.challenge(self, *self.in_mempool)
+
+
+def test_a_challenge_still_in_the_mempool_is_adopted_and_resolved_once_mined(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    network.block = 500
+    manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    assert challenger.poll() == []  # the receipt wait timed out: the leaf stays pending
+    [finding] = challenger.poll()  # sent again: the pending state names the challenge
+    assert finding.detail == "already challenged" and finding.challenge_id == 1
+    [row] = store.list_challenges()
+    assert row.state == ChallengeState.OPEN and row.opened_block == network.block  # not block 0
+    manager.mine()
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
     pipeline.close()
 
 

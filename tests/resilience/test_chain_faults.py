@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hexbytes import HexBytes
 
 from avs_aggregator.app import PipelineRunner
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.store import BatchState, RequestState
-from avs_aggregator.txsender import SenderSettings
+from avs_aggregator.txsender import SenderSettings, TransactionFailedError, TransactionSender
 from tests.aggregator.fakes import make_envelope
 from tests.resilience.chain_fixture import AGGREGATOR, Chain, PausableProxy, make_pipeline, start_chain
 
@@ -138,6 +139,22 @@ def test_reorg_within_the_confirmation_depth_is_recovered(
         caller.close()
     assert "dropped by a reorg" in caplog.text or "bumping fees" in caplog.text
     assert_certified_once_on_chain(chain, pipeline, hashes)
+
+
+def test_a_nonce_gap_left_by_a_reorg_is_closed_by_the_next_send(chain: Chain) -> None:
+    """A reorg drops a mined transaction of ours and the node does not put it back: the sender's next
+    nonce is ahead of the chain's. The send stuck behind that gap fails after its fee bumps and lets
+    the node's pending count decide again, so the next send is mined (and the stuck one after it)."""
+    settings = SenderSettings(receipt_timeout=0.5, poll_seconds=0.05, max_bumps=1)
+    sender = TransactionSender(chain.client, AGGREGATOR, settings)
+    update = chain.client.registry.functions.updateOperators([])
+    snapshot = chain.rpc("evm_snapshot")
+    sender.send(update)
+    chain.rpc("evm_revert", snapshot)  # the block with it is gone, and so is the transaction
+    with pytest.raises(TransactionFailedError, match="not mined"):
+        sender.send(update)
+    sent = sender.send(update)
+    assert chain.anvil.w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))["status"] == 1
 
 
 def test_reorg_after_certification_is_recovered(chain: Chain, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from avs.chain.abi import load_abi
-from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
+from avs.chain.client import LOG_CHUNK_BLOCKS, CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
 from avs.chain.faults import BatchSigners, Challenge, PendingSlashing, SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
 from avs.messages import BatchHeader, Domain, Verdict
@@ -46,6 +46,14 @@ class Web3BatchFeed:
         return int(self.client.w3.eth.block_number)
 
     def get_certified_batches(self, from_block: int, to_block: int) -> list[CertifiedBatch]:
+        """In chunks of LOG_CHUNK_BLOCKS: after a long downtime the range can exceed what a provider
+        answers in one ``eth_getLogs``."""
+        batches = []
+        for start in range(from_block, to_block + 1, LOG_CHUNK_BLOCKS):
+            batches += self._certified_batches(start, min(start + LOG_CHUNK_BLOCKS - 1, to_block))
+        return batches
+
+    def _certified_batches(self, from_block: int, to_block: int) -> list[CertifiedBatch]:
         event = self.client.task_manager.events.BatchCertified
         batches = []
         for log in event.get_logs(from_block=from_block, to_block=to_block):

@@ -398,6 +398,11 @@ class Challenger:
         else:
             on_chain = self.escalator.get_challenge(challenge_id)
             opened_block, state = on_chain.opened_block, STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
+            if on_chain.status == ChallengeStatus.NONE:
+                # Named by the pending state but not mined yet (our challenge sent before a receipt
+                # timeout, say): the resolver gives a challenge up only CHALLENGE_GONE_DEPTH blocks
+                # after it was opened, so count from now rather than from block 0.
+                opened_block = self.feed.get_block_number()
         self.store.add_challenge(
             ChallengeRow(
                 challenge_id=challenge_id,

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,6 +60,7 @@ class TensorLeaf:
 class WeightsCommitment:
     root: Bytes32
     tensor_names: frozenset[str]
+    tensor_files: dict[str, str] = field(default_factory=dict)  # tensor name -> the file (name) holding it
 
     @property
     def tensor_count(self) -> int:
@@ -113,7 +115,23 @@ def _read_header(handle: BinaryIO, size: int, path: Path) -> tuple[int, dict[str
     if not isinstance(header, dict):
         raise ModelMismatchError(f"{path}: safetensors header is not an object")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        if not _is_tensor_entry(info):
+            raise ModelMismatchError(f"{path}: tensor {name!r} needs a dtype, a shape and two data offsets")
     return 8 + length, header
+
+
+def _is_tensor_entry(info: Any) -> bool:
+    def naturals(value: Any) -> bool:
+        return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+
+    return (
+        isinstance(info, dict)
+        and isinstance(info.get("dtype"), str)
+        and naturals(info.get("shape"))
+        and naturals(info.get("data_offsets"))
+        and len(info["data_offsets"]) == 2
+    )
 
 
 def _iter_file_leaves(path: Path) -> Iterator[TensorLeaf]:
@@ -135,6 +153,17 @@ def _iter_file_leaves(path: Path) -> Iterator[TensorLeaf]:
                 digest.update(chunk)
                 remaining -= len(chunk)
             yield TensorLeaf(name, compute_tensor_leaf(name, str(info["dtype"]), info["shape"], digest.digest()))
+
+
+def count_parameters(folder: Path) -> int:
+    """The elements of every tensor in ``folder``'s ``*.safetensors`` files, from their headers alone
+    (what the model needs in memory depends on the dtype it is loaded in, not on the stored one)."""
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with path.open("rb") as handle:
+            _, header = _read_header(handle, path.stat().st_size, path)
+        total += sum(math.prod(info["shape"]) for info in header.values())  # checked by _read_header
+    return total
 
 
 def get_default_cache_dir() -> Path:
@@ -182,10 +211,11 @@ def get_weights_commitment(folder: Path, cache_dir: Path | None = None) -> Weigh
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise ModelNotFoundError(f"no *.safetensors files in {folder}")
-    leaves = [leaf for path in files for leaf in _get_file_leaves(path, cache_dir)]
-    names = frozenset(leaf.name for leaf in leaves)
-    root = compute_weights_root(leaves, _read_config_leaf(Path(folder)))
-    return WeightsCommitment(root=root, tensor_names=names)
+    per_file = {path.name: _get_file_leaves(path, cache_dir) for path in files}
+    leaves = [leaf for file_leaves in per_file.values() for leaf in file_leaves]
+    root = compute_weights_root(leaves, _read_config_leaf(Path(folder)))  # refuses a name held twice
+    tensor_files = {leaf.name: file for file, file_leaves in per_file.items() for leaf in file_leaves}
+    return WeightsCommitment(root=root, tensor_names=frozenset(tensor_files), tensor_files=tensor_files)
 
 
 def _read_config_leaf(folder: Path) -> Bytes32 | None:

@@ -10,6 +10,7 @@ offers three operations: ``stream``/``generate`` (KV-cache decoding under the ca
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -22,7 +23,12 @@ from typing import Any
 import torch
 
 from avs.errors import ContextLimitError, InferenceError, InvalidInputError, ModelMismatchError, ModelNotFoundError
-from avs.inference.commitment import get_default_cache_dir, get_weights_commitment
+from avs.inference.commitment import (
+    WeightsCommitment,
+    count_parameters,
+    get_default_cache_dir,
+    get_weights_commitment,
+)
 from avs.inference.decoding import compute_margins, select_token
 from avs.inference.params import ChatMessage, SamplingParams, compute_prompt_hash, parse_chat_messages
 from avs.inference.profile import ModelProfile, get_eos_ids, get_tokenizer_hashes, load_profile, load_tokenizer
@@ -95,9 +101,10 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 def choose_device(
-    profile: ModelProfile, weights_bytes: int, threads: int | None, dtype: str | None, device: str | None = None
+    profile: ModelProfile, parameters: int, threads: int | None, dtype: str | None, device: str | None = None
 ) -> DeviceChoice:
-    """CUDA in the profile's dtype when present (sharded when larger than one GPU); else CPU fp32.
+    """CUDA in the profile's dtype when present (sharded when ``parameters`` elements in that dtype,
+    plus 20%, exceed one GPU's memory); else CPU fp32.
 
     ``device`` forces a choice: "cpu", "cuda" (one GPU) or "auto" (accelerate's ``device_map``).
     """
@@ -114,7 +121,7 @@ def choose_device(
     if device is not None:
         return DeviceChoice(device, torch_dtype, None)
     element = torch.tensor([], dtype=torch_dtype).element_size()
-    needed = weights_bytes * element // 4 * 1.2  # fp32 files -> target dtype, plus headroom
+    needed = parameters * element * 1.2  # the weights in the dtype they are loaded in, plus headroom
     one_gpu = torch.cuda.get_device_properties(0).total_memory
     multi = torch.cuda.device_count() > 1 and needed > one_gpu
     return DeviceChoice("auto" if multi else "cuda", torch_dtype, None)
@@ -145,9 +152,13 @@ class InferenceEngine:
         parsed: tuple[ChatMessage, ...] = parse_chat_messages(messages)
         if not self.tokenizer.chat_template:
             raise InvalidInputError("this model has no chat template")
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in parsed], add_generation_prompt=True, tokenize=True
-        )
+        from jinja2.exceptions import TemplateError
+
+        chat = [{"role": m.role, "content": m.content} for m in parsed]
+        try:
+            ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        except TemplateError as exc:  # the template's raise_exception: "roles must alternate", say
+            raise InvalidInputError(f"the chat template refused the messages: {exc}") from exc
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         token_ids = tuple(int(t) for t in ids)
@@ -196,7 +207,10 @@ class InferenceEngine:
         return None
 
     def _has_stop(self, output: Sequence[int], params: SamplingParams) -> bool:
-        text = self.tokenizer.decode(list(output), skip_special_tokens=True)
+        # The backend's decode depends only on tokenizer.json, which the tokenizer hash covers whole;
+        # transformers' decode also reads tokenizer_config.json flags (clean_up_tokenization_spaces)
+        # that the profile does not commit to, so two operators could disagree on a stop.
+        text = self.tokenizer.backend_tokenizer.decode(list(output), skip_special_tokens=True)
         return any(stop in text for stop in params.stop_sequences)
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[StreamEvent]:
@@ -210,7 +224,7 @@ class InferenceEngine:
         logits, cache = self._forward(torch.tensor([prompt_ids]), DynamicCache(), logits_to_keep=1)
         output: list[int] = []
         while True:
-            token = select_token(logits[0], params, len(output))
+            token = select_token(_require_judgeable(logits[0]), params, len(output))
             output.append(token)
             finish = self._finish_reason(output, params)
             yield StreamEvent(len(output) - 1, token, finish)
@@ -248,7 +262,7 @@ class InferenceEngine:
             step = []
             for row, p in enumerate(params):
                 if finished[row] is None:
-                    outputs[row].append(select_token(logits[row], p, len(outputs[row])))
+                    outputs[row].append(select_token(_require_judgeable(logits[row]), p, len(outputs[row])))
                     finished[row] = self._finish_reason(outputs[row], p)
                 step.append(outputs[row][-1] if finished[row] is None else self.pad_id)
             if all(f is not None for f in finished):
@@ -300,10 +314,16 @@ class InferenceEngine:
         broken = self.check_rules(output_ids, params)
         if broken is not None and broken[0] in (Failure.EMPTY, Failure.TOO_LONG, Failure.BAD_TOKEN_ID):
             return Verification(False, broken[0], broken[1], -math.inf, -math.inf, 0, ())
-        logits = self.compute_prefill_logits(prompt_ids, output_ids)
-        if bool(torch.isnan(logits).any()):  # a broken device or an overflow: no verdict either way
-            raise InferenceError("the model's prefill logits contain NaN; refusing to judge the output")
+        logits = _require_judgeable(self.compute_prefill_logits(prompt_ids, output_ids))
         return compute_verification(logits, list(output_ids), params, tolerance, broken)
+
+
+def _require_judgeable(logits: torch.Tensor) -> torch.Tensor:
+    """NaN or +inf logits (a broken device, an fp16 overflow) give no token and no verdict: +inf - +inf
+    is NaN, so the generator's own choice would fail verification. -inf is a masked token, kept."""
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise InferenceError("the model's logits contain NaN or +inf; refusing to pick or judge a token")
+    return logits
 
 
 def compute_verification(
@@ -357,12 +377,12 @@ def load_engine(
     if not folder.is_dir():
         raise ModelNotFoundError(f"model folder {folder} does not exist")
     profile = profile if profile is not None else load_profile(folder)
-    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    choice = choose_device(profile, weights_bytes, threads, dtype, device)  # bad options fail before hashing
+    choice = choose_device(profile, count_parameters(folder), threads, dtype, device)  # bad options: before hashing
     _refuse_uncommitted_weight_files(folder)
     commitment = get_weights_commitment(folder, cache_dir if cache_dir is not None else get_default_cache_dir())
     if commitment.root != profile.weights_root:
         raise ModelMismatchError(f"weights in {folder} do not match the model profile's weights commitment")
+    _require_loading_reads_the_committed_files(folder, commitment)
     tokenizer = load_tokenizer(folder)
     tokenizer_hash, chat_template_hash = get_tokenizer_hashes(folder, tokenizer)
     if tokenizer_hash != profile.tokenizer_hash:
@@ -395,6 +415,48 @@ def _refuse_uncommitted_weight_files(folder: Path) -> None:
         raise ModelMismatchError(
             f"{folder} holds weight files outside the commitment (only *.safetensors is committed): {', '.join(stray)}"
         )
+
+
+SINGLE_WEIGHTS_FILE = "model.safetensors"  # what transformers loads first
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # else the shards this index names
+
+
+def _require_loading_reads_the_committed_files(folder: Path, commitment: WeightsCommitment) -> None:
+    """transformers reads what ``model.safetensors`` or the index names, not what was hashed: a
+    folder with both committed and other files, or an index that points a tensor at another file
+    (a subfolder, say), would serve weights that are not the commitment's."""
+    files = sorted(set(commitment.tensor_files.values()))
+    indexes = sorted(p.name for p in folder.glob("*.index.json") if p.name != WEIGHTS_INDEX_FILE)
+    if indexes:
+        raise ModelMismatchError(f"{folder} holds weight indexes outside the commitment: {', '.join(indexes)}")
+    if SINGLE_WEIGHTS_FILE in files:
+        if len(files) > 1:
+            others = ", ".join(f for f in files if f != SINGLE_WEIGHTS_FILE)
+            raise ModelMismatchError(f"{folder}: transformers loads only {SINGLE_WEIGHTS_FILE}, not also {others}")
+        return
+    weight_map = _read_weight_map(folder / WEIGHTS_INDEX_FILE)
+    if weight_map != commitment.tensor_files:
+        wrong = sorted(
+            n
+            for n in weight_map.keys() | commitment.tensor_files.keys()
+            if weight_map.get(n) != commitment.tensor_files.get(n)
+        )
+        raise ModelMismatchError(
+            f"{folder}/{WEIGHTS_INDEX_FILE} does not name the committed file of every committed tensor "
+            f"(first differences: {wrong[:3]})"
+        )
+
+
+def _read_weight_map(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise ModelMismatchError(f"{path.parent} has neither {SINGLE_WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}")
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelMismatchError(f"{path} is not a weights index: {exc}") from exc
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelMismatchError(f"{path}: weight_map must map tensor names to file names")
+    return weight_map
 
 
 def _require_committed_parameters(model: Any, committed: frozenset[str], folder: Path) -> None:

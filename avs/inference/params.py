@@ -38,7 +38,7 @@ class ChatMessage:
     content: str
 
     def __post_init__(self) -> None:
-        if self.role not in CHAT_ROLES:
+        if not isinstance(self.role, str) or self.role not in CHAT_ROLES:
             raise InvalidInputError(f"chat role must be one of {sorted(CHAT_ROLES)}, got {self.role!r}")
         if not isinstance(self.content, str):
             raise InvalidInputError("chat message content must be a string")
@@ -120,9 +120,7 @@ class SamplingParams:
     @classmethod
     def from_request(cls, request: InferenceRequest, stop_sequences: Sequence[str] = ()) -> SamplingParams:
         """The request's parameters; ``stop_sequences`` must match its ``stop_sequences_hash``."""
-        if compute_stop_sequences_hash(stop_sequences) != request.stop_sequences_hash:
-            raise InvalidInputError("stop sequences do not match the request's stop_sequences_hash")
-        return cls(
+        params = cls(  # validated first: only well-formed stop sequences are hashed
             temperature_milli=request.temperature_milli,
             top_k=request.top_k,
             top_p_micro=request.top_p_micro,
@@ -130,3 +128,6 @@ class SamplingParams:
             max_tokens=request.max_tokens,
             stop_sequences=tuple(stop_sequences),
         )
+        if compute_stop_sequences_hash(params.stop_sequences) != request.stop_sequences_hash:
+            raise InvalidInputError("stop sequences do not match the request's stop_sequences_hash")
+        return params

@@ -126,6 +126,8 @@ def load_tokenizer(folder: Path) -> Any:
 
     if not Path(folder).is_dir():
         raise ModelNotFoundError(f"model folder {folder} does not exist")
+    if not (Path(folder) / "tokenizer.json").is_file():  # only fast tokenizers: their file is what is hashed
+        raise ModelNotFoundError(f"no tokenizer.json in {folder}")
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
@@ -196,4 +198,8 @@ def load_profile(folder: Path) -> ModelProfile:
     path = Path(folder) / PROFILE_FILE
     if not path.is_file():
         raise ModelNotFoundError(f"no {PROFILE_FILE} in {folder}: run python -m avs.inference.prepare_model")
-    return parse_profile(json.loads(path.read_text()))
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InvalidInputError(f"{path} is not valid JSON: {exc}") from exc
+    return parse_profile(record)

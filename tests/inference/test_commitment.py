@@ -20,6 +20,7 @@ from avs.inference.commitment import (
     TensorLeaf,
     compute_tensor_leaf,
     compute_weights_root,
+    count_parameters,
     get_weights_commitment,
 )
 from avs.inference.profile import MODEL_PROFILE_TYPEHASH, ModelProfile, load_profile, parse_profile, save_profile
@@ -142,6 +143,34 @@ def test_bad_folders_and_files_raise(tmp_path: Path) -> None:
     leaf = TensorLeaf("x", compute_tensor_leaf("x", "F32", [1], b"\x00" * 32))
     with pytest.raises(InvalidInputError):
         compute_weights_root([leaf, leaf])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "oops",
+        {"dtype": "F32", "shape": [2], "data_offsets": ["a", "b"]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [0]},
+        {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]},
+        {"dtype": 5, "shape": [2], "data_offsets": [0, 8]},
+        {"shape": [2], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [True], "data_offsets": [0, 8]},
+    ],
+)
+def test_a_malformed_tensor_entry_is_a_mismatch_not_a_crash(tmp_path: Path, entry: object) -> None:
+    raw = json.dumps({"x.weight": entry}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\x00" * 8)
+    with pytest.raises(ModelMismatchError, match="needs a dtype, a shape and two data offsets"):
+        get_weights_commitment(tmp_path)
+    with pytest.raises(ModelMismatchError, match="needs a dtype, a shape and two data offsets"):
+        count_parameters(tmp_path)
+
+
+def test_a_profile_file_that_is_not_json_is_invalid_input(tmp_path: Path) -> None:
+    (tmp_path / "avs_profile.json").write_text("{")
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        load_profile(tmp_path)
 
 
 def make_profile(**overrides: object) -> ModelProfile:

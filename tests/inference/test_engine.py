@@ -22,6 +22,7 @@ from avs.errors import (
     ModelMismatchError,
     ModelNotFoundError,
 )
+from avs.inference.commitment import count_parameters
 from avs.inference.engine import (
     DeviceChoice,
     EngineRegistry,
@@ -54,6 +55,18 @@ def test_chat_template_gives_hashed_token_ids(tiny_engine: InferenceEngine) -> N
     text = tiny_engine.tokenizer.decode(list(prompt.token_ids))
     assert text.startswith("<|im_start|>user\nhello world") and text.endswith("<|im_start|>assistant\n")
     assert prompt.prompt_hash == compute_prompt_hash(prompt.token_ids)
+
+
+def test_a_chat_the_template_refuses_is_invalid_input(
+    tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Templates guard their input with raise_exception (Llama's "roles must alternate"): that is the
+    requester's error (INVALID_ARGUMENT over gRPC), not the operator's."""
+    guard = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('the chat must open with the user') }}{% endif %}"
+    monkeypatch.setattr(tiny_engine.tokenizer, "chat_template", guard + tiny_engine.tokenizer.chat_template)
+    assert tiny_engine.encode_chat(CHAT).token_ids
+    with pytest.raises(InvalidInputError, match="the chat template refused the messages: the chat must open"):
+        tiny_engine.encode_chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
 
 
 @pytest.mark.parametrize("params", SETTINGS)
@@ -251,6 +264,14 @@ def test_engine_refuses_a_profile_whose_config_builds_other_tensors(
         load_engine(changed, profile, cache_dir=tmp_path / "cache")
 
 
+def test_a_folder_without_tokenizer_json_is_a_missing_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"no tokenizer\.json"):
+        load_engine(folder, cache_dir=tmp_path / "cache")
+
+
 def test_engine_refuses_weight_files_outside_the_commitment(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A pytorch_model.bin beside the committed safetensors could be what transformers loads."""
     folder = tmp_path / "extra"
@@ -258,6 +279,103 @@ def test_engine_refuses_weight_files_outside_the_commitment(tiny_model_dir: Path
     (folder / "pytorch_model.bin").write_bytes(b"not the committed weights")
     with pytest.raises(ModelMismatchError, match=r"pytorch_model\.bin"):
         load_engine(folder, load_profile(tiny_model_dir), cache_dir=tmp_path / "cache")
+
+
+def _shard(source: Path, folder: Path) -> dict[str, str]:
+    """``source``'s model split into two safetensors shards with their index (as save_pretrained
+    shards a large model): the same tensors, so the same weights commitment."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map: dict[str, str] = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        file = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, str(folder / file), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(part, file)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return weight_map
+
+
+def test_a_sharded_model_loads_and_generates_as_the_single_file(
+    tiny_model_dir: Path, tiny_engine: InferenceEngine, tmp_path: Path
+) -> None:
+    _shard(tiny_model_dir, tmp_path / "sharded")
+    engine = load_engine(tmp_path / "sharded", cache_dir=tmp_path / "cache")
+    assert engine.profile_hash == tiny_engine.profile_hash
+    prompt = tiny_engine.encode_chat([{"role": "user", "content": "shards"}]).token_ids
+    params = SamplingParams(max_tokens=12)
+    assert engine.generate(prompt, params).token_ids == tiny_engine.generate(prompt, params).token_ids
+
+
+def test_an_index_that_points_tensors_elsewhere_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """transformers reads the files the index names, not the ones hashed: the index must name the
+    committed file of every committed tensor, and nothing else."""
+    profile = load_profile(tiny_model_dir)
+    folder = tmp_path / "sharded"
+    weight_map = _shard(tiny_model_dir, folder)
+    (folder / "sub").mkdir()
+    for file in set(weight_map.values()):
+        shutil.copy(folder / file, folder / "sub" / file)  # other weights could be here
+    index = folder / "model.safetensors.index.json"
+    name = sorted(weight_map)[0]
+    for changed in (
+        weight_map | {name: "sub/" + weight_map[name]},  # into a subfolder
+        {n: f for n, f in weight_map.items() if n != name},  # a committed tensor left out
+        weight_map | {"extra.weight": weight_map[name]},  # an uncommitted one added
+    ):
+        index.write_text(json.dumps({"weight_map": changed}))
+        with pytest.raises(ModelMismatchError, match="does not name the committed file"):
+            load_engine(folder, profile, cache_dir=tmp_path / "cache")
+    index.write_text("{not json")
+    with pytest.raises(ModelMismatchError, match="not a weights index"):
+        load_engine(folder, profile, cache_dir=tmp_path / "cache")
+    index.unlink()
+    with pytest.raises(ModelMismatchError, match=r"neither model\.safetensors nor"):
+        load_engine(folder, profile, cache_dir=tmp_path / "cache")
+
+
+def test_committed_files_that_transformers_would_not_load_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Beside model.safetensors transformers reads no other file: tensors committed in one would be
+    left at their random initialisation."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "split"
+    shutil.copytree(tiny_model_dir, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    moved = sorted(tensors)[-1]
+    save_file({moved: tensors.pop(moved)}, str(folder / "extra.safetensors"))
+    save_file(tensors, str(folder / "model.safetensors"))
+    profile = build_profile(folder, dtype="float32", delta=0.01, max_new_tokens=64)  # committed over both files
+    with pytest.raises(ModelMismatchError, match=r"loads only model\.safetensors, not also extra\.safetensors"):
+        load_engine(folder, profile, cache_dir=tmp_path / "cache")
+    (folder / "pytorch_model.bin.index.json").write_text("{}")
+    with pytest.raises(ModelMismatchError, match="weight indexes outside the commitment"):
+        load_engine(folder, profile, cache_dir=tmp_path / "cache")
+
+
+def test_stop_rules_do_not_depend_on_uncommitted_decode_flags(
+    tiny_model_dir: Path, tiny_engine: InferenceEngine, tmp_path: Path
+) -> None:
+    """tokenizer_config.json's clean-up flags change transformers' decode (" ." -> ".") but are not in
+    the tokenizer hash: two operators with the same profile must still agree on every stop."""
+    folder = tmp_path / "cleanup"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["clean_up_tokenization_spaces"] = True
+    config["clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"] = True
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    other = load_engine(folder, cache_dir=tmp_path / "cache")
+    assert other.profile_hash == tiny_engine.profile_hash
+    output = tiny_engine.tokenizer.encode("a . b", add_special_tokens=False)
+    assert other.tokenizer.decode(output) != tiny_engine.tokenizer.decode(output)  # the flags do matter there
+    params = SamplingParams(temperature_milli=700, max_tokens=16, stop_sequences=(" .",))
+    for end in range(1, len(output) + 1):
+        assert other.check_rules(output[:end], params) == tiny_engine.check_rules(output[:end], params)
+        assert other._finish_reason(output[:end], params) == tiny_engine._finish_reason(output[:end], params)
+    assert tiny_engine.check_rules(output, params) is not None  # the stop is seen, and by both
 
 
 def test_device_option_is_checked_before_hashing_the_weights(
@@ -286,13 +404,34 @@ def test_choose_device_shards_only_what_one_gpu_cannot_hold(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: SimpleNamespace(total_memory=gpu_bytes))
-    assert choose_device(profile, 10 << 30, None, None) == DeviceChoice("cuda", torch.float32, None)
-    assert choose_device(profile, 70 << 30, None, None).device == "auto"  # 70 GiB + 20% > 80 GiB
-    assert choose_device(profile, 70 << 30, None, "bfloat16") == DeviceChoice("cuda", torch.bfloat16, None)
-    assert choose_device(profile, 70 << 30, None, None, "cuda").device == "cuda"  # forced
+    billions = 10**9  # parameters
+    assert choose_device(profile, 2 * billions, None, None) == DeviceChoice("cuda", torch.float32, None)
+    assert choose_device(profile, 18 * billions, None, None).device == "auto"  # 72 GB + 20% > 80 GiB
+    assert choose_device(profile, 18 * billions, None, "bfloat16") == DeviceChoice("cuda", torch.bfloat16, None)
+    assert choose_device(profile, 40 * billions, None, "bfloat16").device == "auto"  # 80 GB + 20%, in bf16
+    assert choose_device(profile, 18 * billions, None, None, "cuda").device == "cuda"  # forced
     assert choose_device(profile, 1, 3, None, "cpu") == DeviceChoice("cpu", torch.float32, 3)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert choose_device(profile, 70 << 30, None, None).device == "cuda"  # nothing to shard across
+    assert choose_device(profile, 18 * billions, None, None).device == "cuda"  # nothing to shard across
+
+
+def test_the_parameter_count_comes_from_the_headers_whatever_the_stored_dtype(
+    tiny_model_dir: Path, tiny_engine: InferenceEngine, tmp_path: Path
+) -> None:
+    """bf16 files hold half the bytes per parameter of fp32 ones: the memory a model needs is counted
+    in parameters, so a bf16 checkpoint is not taken for half its size."""
+    from safetensors.torch import load_file, save_file
+
+    parameters = sum(t.numel() for t in tiny_engine.model.state_dict().values())
+    assert count_parameters(tiny_model_dir) == parameters
+    halved = tmp_path / "bf16"
+    halved.mkdir()
+    tensors = load_file(str(tiny_model_dir / "model.safetensors"))
+    save_file({n: t.to(torch.bfloat16) for n, t in tensors.items()}, str(halved / "model.safetensors"))
+    assert count_parameters(halved) == parameters
+    (halved / "model.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(ModelMismatchError, match="not a safetensors file"):
+        count_parameters(halved)
 
 
 def test_nan_logits_get_no_verdict(tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,3 +445,34 @@ def test_nan_logits_get_no_verdict(tiny_engine: InferenceEngine, monkeypatch: py
         tiny_engine.verify(ids, output, params)
     verdict = compute_verification(nan_rows, list(output), params, 0.01)
     assert not verdict.accepted and verdict.failure is Failure.TOKEN and verdict.first_failing_position == 0
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_tokens=4), SamplingParams(temperature_milli=700, max_tokens=4)])
+def test_infinite_logits_give_no_token_and_no_verdict(
+    tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch, params: SamplingParams
+) -> None:
+    """+inf - +inf is NaN: the generator's own pick from an overflowed row would be judged out of
+    tolerance, so neither side acts on such a row. -inf (a masked token) is fine."""
+    ids = prompt_ids(tiny_engine)
+    output = tiny_engine.generate(ids, params).token_ids
+    rows = tiny_engine.compute_prefill_logits(ids, output).clone()
+    rows[:, 3] = -math.inf
+    assert tiny_engine.verify(ids, output, params).accepted  # monkeypatched below; real logits here
+    monkeypatch.setattr(tiny_engine, "compute_prefill_logits", lambda *args: rows)
+    assert tiny_engine.verify(ids, output, params).accepted
+    rows[0, 5] = math.inf
+    with pytest.raises(InferenceError, match=r"\+inf"):
+        tiny_engine.verify(ids, output, params)
+    real_forward = tiny_engine._forward
+
+    def overflowing(*args: Any, **kwargs: Any) -> Any:
+        logits, cache = real_forward(*args, **kwargs)
+        logits = logits.clone()
+        logits[:, 7] = math.inf
+        return logits, cache
+
+    monkeypatch.setattr(tiny_engine, "_forward", overflowing)
+    with pytest.raises(InferenceError, match=r"\+inf"):
+        tiny_engine.generate(ids, params)
+    with pytest.raises(InferenceError, match=r"\+inf"):
+        tiny_engine.generate_batch([ids, ids[1:]], [params, params])

@@ -26,6 +26,8 @@ REQUESTER = "0x" + "11" * 20
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
         ["user: hi"],
         None,
+        [{"role": ["user"], "content": "hi"}],  # unhashable: still a clean InvalidInputError
+        [{"role": {"user": 1}, "content": "hi"}],
     ],
 )
 def test_malformed_chat_messages_are_rejected(raw: Any) -> None:
@@ -80,6 +82,12 @@ def test_params_from_request_check_the_stop_sequences() -> None:
     assert (params.temperature, params.top_k, params.top_p, params.seed, params.max_tokens) == (0.7, 40, 0.9, 5, 64)
     with pytest.raises(InvalidInputError):
         SamplingParams.from_request(request, ["END"])
+
+
+@pytest.mark.parametrize("stops", [("\ud800",), (1,), ("",), ("x" * 65,)])
+def test_malformed_stop_sequences_are_refused_before_they_are_hashed(stops: tuple[Any, ...]) -> None:
+    with pytest.raises(InvalidInputError, match="stop sequence"):
+        SamplingParams.from_request(_request(b"\x00" * 32), stops)
 
 
 def test_prompt_hash_is_the_eip712_uint32_array_encoding() -> None:

@@ -15,6 +15,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from avs.chain.abi import load_abi
+from avs.chain.client import ContractRevertError
 from avs.chain.faults import CoverageStatus
 from avs.chain.insurance import InsuranceBuyer, InsuranceError, Web3CoverageReader, compute_coverage_problem
 from avs.client import AggregatorClient
@@ -29,6 +30,7 @@ TOKENS = 10**18
 MODEL_ID = Web3.keccak(text="model")
 PROMPT_HASH = Web3.keccak(text="prompt")
 COVERAGE_TERM = 1000  # Deploy.s.sol default
+THRESHOLD_BPS, FRAUD_WAD, CHALLENGER_REWARD_BPS = 6667, 5 * 10**17, 1000  # Deploy.s.sol defaults
 
 
 def _request(requester: str, nonce: int) -> InferenceRequest:
@@ -78,7 +80,10 @@ def test_coverage_that_cannot_be_bought_is_one_clear_error(devnet: Devnet) -> No
     rich = _requester(devnet, 100 * TOKENS)
     buyer = InsuranceBuyer(devnet.w3, devnet.deployment, rich)
     available = buyer.get_available(0)
-    assert 0 < available <= 20 * TOKENS  # half of the 40 tokens restaked in quorum 0
+    # the pool's cap: what a fraud at the threshold slashes of the 40 tokens restaked in quorum 0
+    # (FRAUD_WAD of 66.67%), less the challenger's reward: 12.0006 tokens
+    cap = 40 * TOKENS * THRESHOLD_BPS * FRAUD_WAD // (10_000 * 10**18) * (10_000 - CHALLENGER_REWARD_BPS) // 10_000
+    assert 0 < available <= cap
     with pytest.raises(InsuranceError, match="can be sold against quorum 0 now"):
         buyer.buy(_request(rich.address, 2), 0, available + 1)
     with pytest.raises(InsuranceError, match="the request's requester is"):
@@ -94,6 +99,21 @@ def test_coverage_expires_after_its_term(devnet: Devnet) -> None:  # noqa: F811
         reader.get_coverage(purchase.request_hash), account.address, b"\x00", reader.get_block_number()
     )
     assert problem is not None and f"expired at block {purchase.expires_at_block}" in problem
+    # On-chain the term ends the coverage only once the challenge window after it is over too: a
+    # batch certified within the term can be challenged until then.
+    pool = devnet.w3.eth.contract(
+        address=Web3.to_checksum_address(devnet.deployment.insurance_pool or ""), abi=load_abi("InsurancePool")
+    )
+    task_manager = devnet.w3.eth.contract(
+        address=Web3.to_checksum_address(devnet.deployment.task_manager), abi=load_abi("InferenceTaskManager")
+    )
+    window = int(task_manager.functions.config().call()[2])
+    with pytest.raises(ContractRevertError, match="CoverageNotExpired"):
+        devnet.client.transact(pool.functions.expireCoverage(purchase.request_hash))
+    last = purchase.expires_at_block + window  # the last block a batch of the term can be challenged in
+    devnet.w3.provider.make_request("anvil_mine", [hex(last - devnet.w3.eth.block_number)])  # type: ignore[arg-type]
+    devnet.client.transact(pool.functions.expireCoverage(purchase.request_hash))  # mined in block last + 1
+    assert reader.get_coverage(purchase.request_hash).status == CoverageStatus.EXPIRED
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ _REVERT_REASONS = {
     "NotRequester": "only the request's requester may insure it",
     "RequestUnderChallenge": "the request is under an open challenge",
     "FraudAlreadyProven": "fraud was already proven for the request",
-    "CoverageAboveCap": "the coverage is above what the quorum's stake backs",
+    "CoverageAboveCap": "the coverage is above what one fraud would slash from the quorum's stake",
     "ZeroCoverage": "the coverage amount is zero",
     "NothingToClaim": "nothing is claimable for the request (no upheld challenge on it)",
     "AlreadyClaimed": "the coverage was already claimed",

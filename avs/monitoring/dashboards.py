@@ -269,7 +269,10 @@ ECONOMICS = Dashboard(
                 Query("avs_chain_coverage_outstanding_tokens", "outstanding q{{quorum}}"),
                 Query("avs_chain_coverage_available_tokens", "available q{{quorum}}"),
             ),
-            description="Coverage sold never exceeds coverageCapBps of the quorum's slashable stake.",
+            description=(
+                "Coverage sold never exceeds coverageCap(q): what one fraud certified at the threshold"
+                " slashes, less the challenger's reward."
+            ),
         ),
         Panel(
             "Insurance pool",

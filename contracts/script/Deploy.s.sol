@@ -45,8 +45,11 @@ interface VmEnv {
 ///      BATCH_RECORD_RING (8192 batch record slots, reused once final; 0 keeps every record),
 ///      EQUIVOCATION_WAD (0.1e18), REJECTED_OUTPUT_WAD (0.2e18), FRAUD_WAD (0.5e18),
 ///      ESCALATION_THRESHOLD_BPS (8000; escalation quorum: quorum 0), RESOLUTION_WINDOW (100),
-///      CHALLENGE_BOND (1 ether), MAX_SLASHES_PER_CALL (64), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000),
-///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks), AVS_METADATA_URI.
+///      CHALLENGE_BOND (1 ether), MAX_SLASHES_PER_CALL (64), PREMIUM_BPS (100), COVERAGE_CAP_BPS (5000;
+///      an upper bound only: the pool caps coverage at what one fraud at THRESHOLD_BPS slashes,
+///      FRAUD_WAD of it, less CHALLENGER_REWARD_BPS, 30% of the quorum's stake with these defaults),
+///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks; coverage expires by its term only
+///      CHALLENGE_WINDOW blocks after it), AVS_METADATA_URI.
 ///      `run()` only: DEALLOCATION_DELAY (100800 blocks, mainnet's; the local core's window in which
 ///      a deregistered operator stays slashable). Both refuse to deploy when MAX_REFERENCE_AGE +
 ///      CHALLENGE_WINDOW + RESOLUTION_WINDOW exceeds the core's DEALLOCATION_DELAY.
@@ -161,8 +164,8 @@ contract Deploy is Test {
         IInferenceTaskManager.Config memory batches,
         IFaultManagerTypes.Config memory faults
     ) internal view {
-        uint256 window =
-            uint256(batches.maxReferenceAge) + batches.challengeWindowBlocks + faults.resolutionWindowBlocks;
+        uint256 window = uint256(batches.maxReferenceAge) + batches.challengeWindowBlocks
+            + faults.resolutionWindowBlocks;
         uint32 delay = allocationManager.DEALLOCATION_DELAY();
         require(
             window <= delay,

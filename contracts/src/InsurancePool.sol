@@ -15,17 +15,24 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 /// @notice Attributable security. The redistribution recipient of the AVS's operator sets: slashed
 ///         stake, premiums and forfeited challenge bonds accumulate here, in `asset` (the stake token).
 ///         A requester insures one request against one quorum; the coverage outstanding against a
-///         quorum is capped at `coverageCapBps` of that quorum's current total slashable stake, so
-///         what is sold is backed by stake that fraud would slash. After an upheld fraud challenge on
-///         the request (in a batch signed by that quorum) the coverage becomes claimable, once.
+///         quorum is capped (`coverageCap`) at what one fraud certified at the task manager's
+///         threshold slashes from that quorum, less the challenger's reward on it (and at most
+///         `coverageCapBps` of its current total slashable stake), so what is sold is backed by
+///         stake that fraud would slash. After an upheld fraud challenge on the request (in a batch
+///         signed by that quorum, certified within the coverage's term) the coverage becomes
+///         claimable, once.
 /// @dev Money rules:
 ///      - solvency: the balance never falls below `totalClaimable` (payouts and rewards are capped by
 ///        the free balance, balance - totalClaimable, when fraud is recorded; the requester first,
 ///        then the challenger);
-///      - coverage ends exactly once: Claimable -> Claimed, or Expired (premium kept) when its term is
-///        over or its request is a leaf of a final batch, never while a challenge on it is open;
-///      - the cap is checked at purchase against the stake recorded then; a later fall of stake does
-///        not cancel coverage already sold.
+///      - no profit from one's own fraud: the payouts of one fraudulent batch (at most the coverage
+///        outstanding against its quorums) plus the challenger's reward are at most what the fraud
+///        slashes, so colluding requester, signers and challenger cannot take other money of the pool;
+///      - coverage ends exactly once: Claimable -> Claimed, or Expired (premium kept) when its term
+///        and the challenge window after it are over or its request is a leaf of a final batch,
+///        never while a challenge on it is open;
+///      - the cap is checked at purchase against the stake and parameters of then; a later fall of
+///        stake (or change of threshold, fraudWad or reward) does not cancel coverage already sold.
 contract InsurancePool is IInsurancePool, Ownable {
     using SafeERC20 for IERC20;
     using QuorumBitmaps for uint256;
@@ -124,9 +131,17 @@ contract InsurancePool is IInsurancePool, Ownable {
     }
 
     /// @inheritdoc IInsurancePool
+    /// @dev The coverage insures a certification of its request in a block up to `expiresAtBlock`
+    ///      (`recordFraud`); such a batch can be challenged up to `expiresAtBlock` +
+    ///      `challengeWindowBlocks` (`FaultManager.challenge`: block.number <= certifiedBlock +
+    ///      window, both read from the task manager's current config), so only after that block is
+    ///      every batch that the coverage could pay for final, and a challenge opened in its window
+    ///      holds the expiry off (`openChallenges`) until it ends. `maxReferenceAge` plays no part:
+    ///      the window runs from the certified block, whatever the reference block.
     function expireCoverage(bytes32 requestHash) external {
         Coverage storage c = _requireExpirable(requestHash);
-        if (block.number <= c.expiresAtBlock) revert CoverageNotExpired(requestHash);
+        (,, uint32 challengeWindow) = taskManager.config();
+        if (block.number <= uint256(c.expiresAtBlock) + challengeWindow) revert CoverageNotExpired(requestHash);
         _expire(requestHash, c);
     }
 
@@ -160,8 +175,10 @@ contract InsurancePool is IInsurancePool, Ownable {
         Coverage storage c = _coverage[requestHash];
         bool covered = c.status == CoverageStatus.Active
             && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber);
-        if (covered && coverageBoughtAt[requestHash] >= certifiedBlock) {
-            _expire(requestHash, c); // bought once the output was certified: insurance after the fact
+        if (covered && (coverageBoughtAt[requestHash] >= certifiedBlock || certifiedBlock > c.expiresAtBlock)) {
+            // bought once the output was certified (insurance after the fact), or certified after
+            // the term (`expireCoverage` may have ended it already: it must not depend on who is first)
+            _expire(requestHash, c);
         } else if (covered) {
             payout = c.amount < free ? c.amount : free;
             c.status = CoverageStatus.Claimable;
@@ -195,9 +212,30 @@ contract InsurancePool is IInsurancePool, Ownable {
 
     /// @inheritdoc IInsurancePool
     function availableCoverage(uint8 quorumNumber) public view returns (uint256) {
-        uint256 cap = uint256(registry.getCurrentTotalStake(quorumNumber)) * config.coverageCapBps / 10_000;
+        uint256 cap = coverageCap(quorumNumber);
         uint256 used = outstandingCoverage[quorumNumber];
         return cap > used ? cap - used : 0;
+    }
+
+    /// @inheritdoc IInsurancePool
+    /// @dev stake = the quorum's current total stake. A batch is certified when each of its quorums'
+    ///      signers hold at least `thresholdBps` of its total stake, and an upheld challenge slashes
+    ///      each signer `fraudWad` of its allocation, so one fraud slashes at least
+    ///      stake * thresholdBps / 10_000 * fraudWad / 1e18 from the quorum (up to a wei per signer
+    ///      of rounding), of which the pool pays the challenger `challengerRewardBps`. Every payout
+    ///      of the batch's requests covered against the quorum comes out of the coverage outstanding
+    ///      against it, so capping that at the rest keeps payouts + reward within the slash.
+    function coverageCap(uint8 quorumNumber) public view returns (uint256) {
+        IFaultManager faults = faultManager;
+        if (address(faults) == address(0)) return 0; // nothing slashes yet
+        uint256 stake = registry.getCurrentTotalStake(quorumNumber);
+        Config memory cfg = config;
+        (uint16 thresholdBps,,) = taskManager.config();
+        (,, uint64 fraudWad,,,,) = faults.config();
+        uint256 slashed = stake * thresholdBps * fraudWad / (10_000 * 1e18);
+        uint256 cap = slashed * (10_000 - cfg.challengerRewardBps) / 10_000;
+        uint256 governanceCap = stake * cfg.coverageCapBps / 10_000;
+        return cap < governanceCap ? cap : governanceCap;
     }
 
     /// @notice The balance not reserved for claims.

@@ -82,7 +82,8 @@ contract FaultsHandler is PoolFixture {
 
     function buy(uint96 amount, uint8 nonce) external {
         (AvsMessages.InferenceRequest memory r,) = _request(nonce % 4);
-        uint256 cap = uint256(registry.getCurrentTotalStake(0)) * 5_000 / 10_000;
+        // what one fraud at the 66.67% threshold slashes (FRAUD_WAD), less the 10% challenger reward
+        uint256 cap = uint256(registry.getCurrentTotalStake(0)) * 6_667 * FRAUD_WAD / 1e22 * 9_000 / 10_000;
         vm.prank(REQUESTER);
         try pool.buyCoverage(r, 0, uint96(bound(amount, 1, 200 ether))) {
             if (pool.outstandingCoverage(0) > cap) capExceeded = true;

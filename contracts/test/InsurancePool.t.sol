@@ -4,13 +4,21 @@ pragma solidity ^0.8.27;
 import {ChallengeFixture} from "./FaultManager.t.sol";
 import {AvsMessages} from "../src/libraries/AvsMessages.sol";
 import {IInsurancePoolTypes, IInsurancePoolErrors, IInsurancePoolEvents} from "../src/interfaces/IInsurancePool.sol";
-import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
+import {IFaultManagerTypes, IFaultManagerErrors} from "../src/interfaces/IFaultManager.sol";
+import {IInferenceTaskManager} from "../src/interfaces/IInferenceTaskManager.sol";
+import {InsurancePool} from "../src/InsurancePool.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
 import {TestToken} from "../src/tokens/TestToken.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 
-/// @dev Quorum 0 total stake 310 ether; cap 50% = 155 ether; premium 1%.
+/// @dev Quorum 0 total stake 310 ether; cap: what a fraud at the 66.67% threshold slashes (FRAUD_WAD,
+///      half) less the 10% challenger reward, 310 * 0.6667 * 0.5 * 0.9 = 93.00465 ether (below the
+///      50% `coverageCapBps`); premium 1%; coverage term 1,000 blocks; challenge window 50 blocks.
 abstract contract PoolFixture is ChallengeFixture {
+    uint256 internal constant CAP_Q0 = 93.00465 ether;
+    uint256 internal constant TERM = 1_000;
+    uint256 internal constant WINDOW = 50;
+
     AvsMessages.InferenceRequest internal request;
     bytes32 internal requestHash;
     AvsMessages.BatchHeader internal insuredBatch;
@@ -54,22 +62,36 @@ abstract contract PoolFixture is ChallengeFixture {
         s = _batchSigners(insuredBatch, _none());
         faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
     }
+
+    /// @dev Challenges the insured leaf (certified with `nonSigners`) now and upholds it, every signer slashed.
+    function _challengeAndUphold(uint256[] memory nonSigners) internal returns (uint256 id) {
+        vm.prank(CHALLENGER);
+        id = faults.challenge(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest(requestHash, "bad", AvsMessages.Verdict.Reject), hex"0001", _none());
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(insuredBatch, nonSigners);
+        faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s);
+        while (faults.getPendingSlashing(id).signersHash != 0) {
+            faults.continueSlashing(id, s);
+        }
+    }
 }
 
 contract BuyCoverageTest is PoolFixture {
     function test_buyCoverage_ChargesPremium() public {
         vm.expectEmit();
         emit IInsurancePoolEvents.CoverageBought(
-            requestHash, REQUESTER, 0, 100 ether, 1 ether, uint32(block.number + 1_000)
+            requestHash, REQUESTER, 0, 90 ether, 0.9 ether, uint32(block.number + 1_000)
         );
-        vm.assertEq(_buy(100 ether), 1 ether, "premium");
-        vm.assertEq(token.balanceOf(address(pool)), 1 ether, "pool");
-        vm.assertEq(pool.outstandingCoverage(0), 100 ether, "outstanding");
+        vm.assertEq(_buy(90 ether), 0.9 ether, "premium");
+        vm.assertEq(token.balanceOf(address(pool)), 0.9 ether, "pool");
+        vm.assertEq(pool.outstandingCoverage(0), 90 ether, "outstanding");
         vm.assertTrue(pool.getCoverage(requestHash).status == IInsurancePoolTypes.CoverageStatus.Active, "active");
     }
 
     function test_buyCoverage_RevertWhen_AboveCap() public {
-        _buy(150 ether);
+        _buy(uint96(CAP_Q0 - 5 ether));
         (AvsMessages.InferenceRequest memory r2,) = _request(2);
         vm.prank(REQUESTER);
         vm.expectRevert(
@@ -117,14 +139,16 @@ contract BuyCoverageTest is PoolFixture {
             );
         }
         pool.buyCoverage(request, quorum, amount);
-        vm.assertLe(pool.outstandingCoverage(quorum), uint256(registry.getCurrentTotalStake(quorum)) / 2, "cap");
+        // at most what a fraud at the threshold slashes (FRAUD_WAD of 66.67%), less the 10% reward
+        uint256 stake = registry.getCurrentTotalStake(quorum);
+        vm.assertLe(pool.outstandingCoverage(quorum), stake * 6_667 * FRAUD_WAD / 1e22 * 9_000 / 10_000, "cap");
     }
 }
 
 contract ExpireCoverageTest is PoolFixture {
-    function test_expireCoverage_AfterTerm_PremiumKept() public {
+    function test_expireCoverage_AfterTermAndWindow_PremiumKept() public {
         _buy(10 ether);
-        vm.roll(block.number + 1_001);
+        vm.roll(block.number + TERM + WINDOW + 1);
         vm.expectEmit();
         emit IInsurancePoolEvents.CoverageExpired(requestHash);
         pool.expireCoverage(requestHash);
@@ -176,7 +200,7 @@ contract RecordFraudTest is PoolFixture {
         _buy(10 ether);
         _setMaxSlashes(2);
         (uint256 id, IFaultManagerTypes.BatchSigners memory s) = _resolveInsured();
-        vm.roll(block.number + 1_001); // past the coverage's term
+        vm.roll(block.number + TERM + WINDOW + 1); // past the coverage's term and its window
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.RequestUnderChallenge.selector, requestHash));
         pool.expireCoverage(requestHash);
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.NothingToClaim.selector, requestHash));
@@ -191,7 +215,7 @@ contract RecordFraudTest is PoolFixture {
     ///      insurance after the fact: the fraud expires it, premium kept, nothing paid.
     function test_recordFraud_CoverageBoughtAfterTheBatchIsNotPaid() public {
         _certifyInsured();
-        _buy(100 ether); // the wrong output is certified and public already
+        _buy(90 ether); // the wrong output is certified and public already
         vm.prank(CHALLENGER);
         uint256 id = faults.challenge(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
         vm.roll(block.number + 1);
@@ -216,12 +240,12 @@ contract RecordFraudTest is PoolFixture {
     }
 
     function test_recordFraud_CoverageClaimable() public {
-        _buy(100 ether);
+        _buy(90 ether);
         _upholdFraud();
         IInsurancePoolTypes.Coverage memory c = pool.getCoverage(requestHash);
         vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Claimable, "claimable");
-        vm.assertEq(c.payout, 100 ether, "full payout");
-        vm.assertEq(pool.totalClaimable(), 100 ether, "reserved");
+        vm.assertEq(c.payout, 90 ether, "full payout");
+        vm.assertEq(pool.totalClaimable(), 90 ether, "reserved");
         vm.assertEq(pool.outstandingCoverage(0), 0, "no longer outstanding");
         vm.assertTrue(pool.fraudProven(requestHash), "fraud");
     }
@@ -229,19 +253,19 @@ contract RecordFraudTest is PoolFixture {
 
 contract ClaimTest is PoolFixture {
     function test_claim_PaysOnce() public {
-        _buy(100 ether);
+        _buy(90 ether);
         _upholdFraud();
         uint256 before = token.balanceOf(REQUESTER);
         vm.expectEmit();
-        emit IInsurancePoolEvents.Claimed(requestHash, REQUESTER, 100 ether);
+        emit IInsurancePoolEvents.Claimed(requestHash, REQUESTER, 90 ether);
         pool.claim(requestHash);
-        vm.assertEq(token.balanceOf(REQUESTER), before + 100 ether, "paid");
+        vm.assertEq(token.balanceOf(REQUESTER), before + 90 ether, "paid");
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.AlreadyClaimed.selector, requestHash));
         pool.claim(requestHash);
     }
 
     function test_claim_RevertWhen_NoFraud() public {
-        _buy(100 ether);
+        _buy(90 ether);
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.NothingToClaim.selector, requestHash));
         pool.claim(requestHash);
     }
@@ -249,7 +273,7 @@ contract ClaimTest is PoolFixture {
 
 contract WithdrawSurplusTest is PoolFixture {
     function test_withdrawSurplus_KeepsClaimsReserved() public {
-        _buy(100 ether);
+        _buy(90 ether);
         _upholdFraud();
         uint256 free = pool.freeBalance();
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.InsufficientSurplus.selector, free + 1, free));
@@ -274,7 +298,7 @@ contract RecoverTokenTest is PoolFixture {
     }
 
     function test_recoverToken_RevertWhen_Asset() public {
-        _buy(100 ether); // premium in the pool
+        _buy(90 ether); // premium in the pool
         vm.expectRevert(IInsurancePoolErrors.CannotRecoverAsset.selector);
         pool.recoverToken(token, address(this), 1);
     }
@@ -286,5 +310,175 @@ contract RecoverTokenTest is PoolFixture {
         vm.prank(caller);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, caller));
         pool.recoverToken(lst, caller, 1 ether);
+    }
+}
+
+/// @dev Review finding A: `expireCoverage` after the term only could front-run the challenge of a
+///      wrong output certified late in the term (its challenge window still open), and the insured
+///      requester got nothing. Now the term expires only once every batch certified within it is final.
+contract ExpireCoverageAfterWindowTest is PoolFixture {
+    function _end() internal view returns (uint256) {
+        return pool.getCoverage(requestHash).expiresAtBlock;
+    }
+
+    /// @dev Certifies batch 5 holding (requestHash, "bad"), every operator signing, in block `at`.
+    function _certifyAt(uint256 at) internal {
+        vm.roll(at);
+        (insuredBatch, insuredRecord, insuredProof) = _certifyLeaf(5, requestHash, "bad", _none());
+    }
+
+    function test_expireCoverage_RevertWhen_ABatchOfTheTermCanStillBeChallenged() public {
+        _buy(90 ether);
+        uint256 end = _end();
+        _certifyAt(end - 5); // a wrong output certified late in the term
+        vm.roll(end + 1); // the term is over, the batch's challenge window is not
+        vm.prank(address(0xBAD)); // a signer of the bad batch tries to front-run the challenge
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.CoverageNotExpired.selector, requestHash));
+        pool.expireCoverage(requestHash);
+        vm.roll(end - 5 + WINDOW); // the last block of the batch's challenge window
+        _challengeAndUphold(_none());
+        vm.assertEq(pool.claim(requestHash), 90 ether, "the insured requester is paid");
+    }
+
+    function test_expireCoverage_OnceTheWindowAfterTheTermIsOver() public {
+        _buy(10 ether);
+        uint256 end = _end();
+        vm.roll(end + WINDOW);
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.CoverageNotExpired.selector, requestHash));
+        pool.expireCoverage(requestHash);
+        vm.roll(end + WINDOW + 1);
+        pool.expireCoverage(requestHash);
+        vm.assertTrue(pool.getCoverage(requestHash).status == IInsurancePoolTypes.CoverageStatus.Expired, "expired");
+        vm.assertEq(pool.outstandingCoverage(0), 0, "released");
+    }
+
+    /// @dev The window is the task manager's current one, as `FaultManager.challenge` reads it.
+    function test_expireCoverage_FollowsTheTaskManagersChallengeWindow() public {
+        _buy(10 ether);
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 80));
+        uint256 end = _end();
+        vm.roll(end + 80);
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.CoverageNotExpired.selector, requestHash));
+        pool.expireCoverage(requestHash);
+        vm.roll(end + 81);
+        pool.expireCoverage(requestHash);
+    }
+
+    /// @dev The coverage pays for a certification within its term only: a batch certified after it
+    ///      could otherwise be paid or not depending on whether `expireCoverage` came first.
+    function test_recordFraud_BatchCertifiedAfterTheTermIsNotPaid() public {
+        _buy(90 ether);
+        uint256 end = _end();
+        _certifyAt(end + 1);
+        vm.roll(end + 2);
+        _challengeAndUphold(_none());
+        IInsurancePoolTypes.Coverage memory c = pool.getCoverage(requestHash);
+        vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Expired, "expired, not claimable");
+        vm.assertEq(c.payout, 0, "nothing paid");
+        vm.assertEq(pool.totalClaimable(), 0, "nothing reserved");
+        vm.assertEq(pool.outstandingCoverage(0), 0, "no longer outstanding");
+    }
+
+    /// @dev Whenever a batch certified within the term (here in its last window's worth of blocks)
+    ///      can still be challenged, the coverage cannot expire by its term; once none can, it can.
+    function testFuzz_expireCoverage_NeverWhileABatchOfTheTermCanBeChallenged(uint256 certifyAt, uint256 expireAt)
+        public
+    {
+        _buy(10 ether);
+        uint256 end = _end();
+        certifyAt = bound(certifyAt, end - WINDOW, end);
+        _certifyAt(certifyAt);
+        expireAt = bound(expireAt, certifyAt + 1, end + 2 * WINDOW);
+        vm.roll(expireAt);
+        (bool expired,) = address(pool).call(abi.encodeCall(pool.expireCoverage, (requestHash)));
+        if (expireAt <= certifyAt + WINDOW) vm.assertFalse(expired, "expired while its batch can be challenged");
+        if (expireAt > end + WINDOW) vm.assertTrue(expired, "not expired once every batch of its term is final");
+        if (expired) {
+            vm.prank(CHALLENGER);
+            vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.ChallengeWindowClosed.selector, uint64(5)));
+            faults.challenge(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
+        }
+    }
+}
+
+/// @dev Review finding B: coverage capped at 50% of the quorum's stake could exceed what one fraud
+///      slashes (FRAUD_WAD of the signers' stake, which need only 66.67% of it), so a requester
+///      colluding with the signers (and challenging itself) profited from other money in the pool.
+///      Now the cap is what a fraud at the threshold slashes, less the challenger's reward.
+contract CoverageCapTest is PoolFixture {
+    function test_coverageCap_IsTheFraudSlashAtTheThresholdLessTheReward() public view {
+        vm.assertEq(pool.coverageCap(0), CAP_Q0, "quorum 0: 310 * 0.6667 * 0.5 * 0.9");
+        vm.assertEq(pool.availableCoverage(0), CAP_Q0, "available");
+        vm.assertEq(pool.coverageCap(1), 15.00075 ether, "quorum 1: 50 * 0.6667 * 0.5 * 0.9");
+    }
+
+    function test_buyCoverage_RevertWhen_AboveTheFraudSlash() public {
+        vm.prank(REQUESTER);
+        vm.expectRevert(
+            abi.encodeWithSelector(IInsurancePoolErrors.CoverageAboveCap.selector, uint8(0), CAP_Q0 + 1, CAP_Q0)
+        );
+        pool.buyCoverage(request, 0, uint96(CAP_Q0 + 1));
+        _buy(uint96(CAP_Q0));
+        vm.assertEq(pool.availableCoverage(0), 0, "all sold");
+    }
+
+    function test_coverageCap_FollowsThresholdFraudWadRewardAndGovernanceCap() public {
+        taskManager.setConfig(IInferenceTaskManager.Config(10_000, 100, 50));
+        vm.assertEq(pool.coverageCap(0), 139.5 ether, "310 * 1 * 0.5 * 0.9");
+        IFaultManagerTypes.Config memory fc = _faultConfig(MAX_SLASHES);
+        fc.fraudWad = 0.2e18;
+        fc.escalationThresholdBps = 10_000; // at least the batch threshold
+        faults.setConfig(fc, hex"0001");
+        vm.assertEq(pool.coverageCap(0), 55.8 ether, "310 * 1 * 0.2 * 0.9");
+        pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 0, 1_000));
+        vm.assertEq(pool.coverageCap(0), 62 ether, "310 * 1 * 0.2, no reward");
+        pool.setConfig(IInsurancePoolTypes.Config(100, 1_000, 0, 1_000));
+        vm.assertEq(pool.coverageCap(0), 31 ether, "coverageCapBps 10% binds");
+    }
+
+    function test_coverageCap_ZeroWithoutAFaultManager() public {
+        InsurancePool fresh = new InsurancePool(
+            token, registry, taskManager, address(this), IInsurancePoolTypes.Config(100, 5_000, 1_000, 1_000)
+        );
+        vm.assertEq(fresh.coverageCap(0), 0, "nothing slashes yet");
+        vm.assertEq(fresh.availableCoverage(0), 0, "nothing to sell");
+    }
+
+    /// @dev The reviewer's scenario: the requester buys the whole cap, operators 5..8 (260 of 310
+    ///      ether) certify a wrong output, the fraud is upheld; the pool loses nothing.
+    function test_colludingRequester_CannotProfitFromItsOwnFraud() public {
+        _fraudCostsThePoolNothing(_range(1, 4));
+    }
+
+    /// @dev Any set of signers that meets the threshold: payout + reward <= what the fraud slashes.
+    function testFuzz_fraudAtAnyCertifiableSignerSet_CostsThePoolNothing(uint8 nonSignerMask) public {
+        uint256 nonSignerStake;
+        uint256 count;
+        for (uint256 sk = 1; sk <= 8; ++sk) {
+            if (nonSignerMask & (1 << (sk - 1)) != 0) {
+                nonSignerStake += sk <= 4 ? sk * 5 ether : sk * 10 ether; // quorum 0 stakes
+                ++count;
+            }
+        }
+        vm.assume((310 ether - nonSignerStake) * 10_000 >= 310 ether * uint256(6_667));
+        uint256[] memory nonSigners = new uint256[](count);
+        count = 0;
+        for (uint256 sk = 1; sk <= 8; ++sk) {
+            if (nonSignerMask & (1 << (sk - 1)) != 0) nonSigners[count++] = sk;
+        }
+        _fraudCostsThePoolNothing(nonSigners);
+    }
+
+    function _fraudCostsThePoolNothing(uint256[] memory nonSigners) internal {
+        token.mint(address(pool), 100 ether); // third-party money already in the pool
+        uint256 amount = pool.availableCoverage(0);
+        _buy(uint96(amount)); // the whole cap
+        uint256 poolBefore = token.balanceOf(address(pool)); // third-party money + premium
+        vm.roll(block.number + 1);
+        (insuredBatch, insuredRecord, insuredProof) = _certifyLeaf(5, requestHash, "bad", nonSigners);
+        vm.roll(block.number + 1);
+        _challengeAndUphold(nonSigners);
+        vm.assertEq(pool.claim(requestHash), amount, "the coverage is paid in full");
+        vm.assertGe(token.balanceOf(address(pool)), poolBefore, "payout + reward <= slashed");
     }
 }

@@ -16,7 +16,9 @@ interface IFaultManagerTypes {
     /// @param resolutionWindowBlocks Blocks after a challenge opens in which it can be resolved.
     /// @param challengeBond Bond (in `bondToken`) a challenger locks.
     /// @param maxSlashesPerCall Most (signer, quorum) slashes one transaction of an upheld challenge
-    ///        makes (each ~146k gas; 64 are ~9.4M); more signers are slashed by `continueSlashing`.
+    ///        makes (each ~219k gas before refunds, measured at scale in
+    ///        `snapshots/ResolveChallengeScaleTest.json`; 64 are ~14M); more signers are slashed by
+    ///        `continueSlashing`.
     ///        Keeps every step of a fraud resolution inside the block gas limit, whatever the size of
     ///        the batch's quorums.
     struct Config {
@@ -268,6 +270,20 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
 
     /// @notice Number of open challenges on leaves of `requestHash`.
     function openChallenges(bytes32 requestHash) external view returns (uint256);
+
+    /// @notice Governance parameters (the public getter of `Config config`, one value per field).
+    function config()
+        external
+        view
+        returns (
+            uint64 equivocationWad,
+            uint64 rejectedOutputWad,
+            uint64 fraudWad,
+            uint16 escalationThresholdBps,
+            uint32 resolutionWindowBlocks,
+            uint96 challengeBond,
+            uint16 maxSlashesPerCall
+        );
 
     /// @notice Challenge `challengeId`.
     function getChallenge(uint256 challengeId) external view returns (Challenge memory);

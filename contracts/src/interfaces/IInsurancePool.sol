@@ -8,9 +8,13 @@ interface IInsurancePoolTypes {
     /// @notice Governance parameters.
     /// @param premiumBps Premium as a share of the coverage bought (rounded up).
     /// @param coverageCapBps Share of a quorum's current total (slashable) stake that coverage
-    ///        outstanding against it may reach.
+    ///        outstanding against it may reach at most; the pool caps it lower still, at what one
+    ///        fraud at the task manager's threshold slashes less the challenger's reward
+    ///        (`coverageCap`), whichever is less.
     /// @param challengerRewardBps Share of the shares slashed on an upheld challenge paid to the challenger.
-    /// @param coverageTermBlocks Blocks after purchase after which unclaimed coverage can expire.
+    /// @param coverageTermBlocks Blocks after purchase in which a certification of the request is
+    ///        covered (up to `expiresAtBlock`); the coverage can expire once the challenge window
+    ///        after that is over too.
     struct Config {
         uint16 premiumBps;
         uint16 coverageCapBps;
@@ -28,7 +32,9 @@ interface IInsurancePoolTypes {
         Expired
     }
 
-    /// @notice Coverage of one request.
+    /// @notice Coverage of one request. `expiresAtBlock`: the last block whose certification of the
+    ///         request the coverage pays for (its term); `expireCoverage` ends it only after
+    ///         `expiresAtBlock` + the task manager's `challengeWindowBlocks`.
     struct Coverage {
         address beneficiary;
         uint8 quorumNumber;
@@ -59,7 +65,7 @@ interface IInsurancePoolErrors {
     error FraudAlreadyProven(bytes32 requestHash);
     /// @notice Outstanding coverage against the quorum would exceed its cap.
     error CoverageAboveCap(uint8 quorumNumber, uint256 requested, uint256 available);
-    /// @notice The coverage term is not over.
+    /// @notice The coverage term, or the challenge window after it, is not over.
     error CoverageNotExpired(bytes32 requestHash);
     /// @notice The batch is not final.
     error BatchNotFinal(uint64 batchIndex);
@@ -115,7 +121,10 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
         external
         returns (bytes32 requestHash, uint256 premium);
 
-    /// @notice Expires active coverage whose term is over (no open challenge on it).
+    /// @notice Expires active coverage (premium kept) once its term and the challenge window after it
+    ///         are over: block.number > `expiresAtBlock` + the task manager's `challengeWindowBlocks`,
+    ///         when every batch certified within the term is final; never while a challenge on the
+    ///         request is open. Permissionless.
     function expireCoverage(bytes32 requestHash) external;
 
     /// @notice Expires active coverage of a request that is a leaf of a final batch (no open challenge).
@@ -129,9 +138,11 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
 
     /// @notice Records fraud proven on `requestHash` in a batch of `quorumNumbers` certified in block
     ///         `certifiedBlock` (fault manager only): coverage against one of those quorums, bought
-    ///         before that block, becomes claimable (up to the free balance); coverage bought once the
-    ///         wrong output was certified for all to see expires unpaid (premium kept). Then the
-    ///         challenger is paid `challengerRewardBps` of `slashedShares` (up to the free balance).
+    ///         before that block and with `certifiedBlock` <= its `expiresAtBlock`, becomes claimable
+    ///         (up to the free balance); coverage bought once the wrong output was certified for all
+    ///         to see, or whose term ended before the certification, expires unpaid (premium kept).
+    ///         Then the challenger is paid `challengerRewardBps` of `slashedShares` (up to the free
+    ///         balance).
     function recordFraud(
         bytes32 requestHash,
         bytes calldata quorumNumbers,
@@ -146,6 +157,13 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
     /// @notice Coverage of `requestHash`.
     function getCoverage(bytes32 requestHash) external view returns (Coverage memory);
 
-    /// @notice How much more coverage may be sold against `quorumNumber` now.
+    /// @notice How much more coverage may be sold against `quorumNumber` now: `coverageCap` less the
+    ///         coverage outstanding against it.
     function availableCoverage(uint8 quorumNumber) external view returns (uint256);
+
+    /// @notice The most coverage that may be outstanding against `quorumNumber` now: what one fraud
+    ///         certified at the task manager's `thresholdBps` slashes from the quorum (`fraudWad` of
+    ///         that share of its current total stake) less the challenger's `challengerRewardBps` of
+    ///         it, and at most `coverageCapBps` of the stake; 0 until the fault manager is set.
+    function coverageCap(uint8 quorumNumber) external view returns (uint256);
 }

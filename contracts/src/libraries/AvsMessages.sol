@@ -98,7 +98,10 @@ library AvsMessages {
         return MessageHashUtils.toTypedDataHash(separator, structHash);
     }
 
-    /// @notice EIP-712 struct hash of an `InferenceRequest`; also the request's id (`requestHash`).
+    /// @notice EIP-712 struct hash of an `InferenceRequest`. Not the request's id: the id
+    ///         (`requestHash`, as in `InsurancePool.buyCoverage` and Python's `compute_request_hash`)
+    ///         is the EIP-712 digest of this struct hash under the AVS's domain,
+    ///         `digest(domainSeparator(chainId, taskManager), hash(request))`.
     function hash(InferenceRequest memory r) internal pure returns (bytes32) {
         return keccak256(
             abi.encode(

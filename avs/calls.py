@@ -59,6 +59,9 @@ def sign_call(
     return CallAuth(issued_at_ms, bytes(Account.unsafe_sign_hash(digest, private_key).signature))
 
 
+CALL_SIGNATURE_BYTES = 65  # r ‖ s ‖ v
+
+
 class CallAuthenticator:
     """The operator's gate: who may call, within which time window, and each call only once."""
 
@@ -80,13 +83,21 @@ class CallAuthenticator:
         self._seen: OrderedDict[bytes, int] = OrderedDict()  # digest -> issued_at_ms
         self._lock = threading.Lock()
 
-    def authenticate(self, method: str, payload_hash: bytes, auth: CallAuth | None) -> str:
-        """The caller's address; raises ``AuthenticationError`` or ``PermissionDeniedError``."""
+    def check_envelope(self, auth: CallAuth | None) -> CallAuth:
+        """What can be refused without the payload (servers call it before hashing a large one): no
+        signature, one that is not 65 bytes, a timestamp outside the window."""
         if auth is None or not auth.signature:
             raise AuthenticationError("the call is not signed")
-        now_ms = int(self._clock() * 1000)
-        if abs(now_ms - auth.issued_at_ms) > self._window_ms:
+        if len(auth.signature) != CALL_SIGNATURE_BYTES:
+            raise AuthenticationError(f"a call signature is {CALL_SIGNATURE_BYTES} bytes")
+        if abs(int(self._clock() * 1000) - auth.issued_at_ms) > self._window_ms:
             raise AuthenticationError(f"the call's timestamp is outside the {self._window_ms} ms window")
+        return auth
+
+    def authenticate(self, method: str, payload_hash: bytes, auth: CallAuth | None) -> str:
+        """The caller's address; raises ``AuthenticationError`` or ``PermissionDeniedError``."""
+        auth = self.check_envelope(auth)
+        now_ms = int(self._clock() * 1000)
         digest = compute_call_digest(self._domain, method, payload_hash, self._operator_id, auth.issued_at_ms)
         caller = self._recover(digest, auth.signature)
         if caller not in self._authorised:
@@ -96,8 +107,6 @@ class CallAuthenticator:
 
     @staticmethod
     def _recover(digest: bytes, signature: bytes) -> str:
-        if len(signature) != 65:
-            raise AuthenticationError("a call signature is 65 bytes")
         try:
             return str(Account._recover_hash(digest, signature=signature))
         except Exception as exc:  # eth-keys raises several types for malformed signatures

@@ -86,7 +86,10 @@ class OperatorApp:
             domain, key_pair.operator_id, self.config.auth.authorised_aggregators, self.config.auth.window_ms
         )
         servicer = OperatorServicer(
-            self.core, authenticator, ConcurrencyLimiter(self.config.grpc.max_concurrent_requests), self.metrics
+            self.core,
+            authenticator,
+            ConcurrencyLimiter(self.config.grpc.max_concurrent_requests),
+            self.metrics,
         )
         self._grpc, self.ports.grpc = build_grpc_server(servicer, self.config.grpc, self._health)
         self._grpc.start()

@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path
 from avs.config import Section as _Section
 from avs.errors import InvalidInputError
 from avs.messages import checksum
+from avs_operator.slashing_protection import check_database_url
 
 __all__ = ["ConfigError", "OperatorConfig", "OperatorSecrets", "load_config", "load_secrets", "parse_config"]
 
@@ -45,11 +46,21 @@ class KeysConfig(_Section):
 
 class GrpcConfig(_Section):
     listen: str = "0.0.0.0:50051"
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    # 1 MiB holds the largest call this node accepts with room to spare: a 64K-character chat
+    # (~270 KB at 4 bytes a character), a 4096-leaf SignBatch (~290 KB), and their replies.
+    max_message_bytes: int = Field(default=1024 * 1024, gt=0, le=64 * 1024 * 1024)
     max_concurrent_requests: int = Field(default=4, gt=0, le=1024)
     reflection: bool = False
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> GrpcConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "tls_cert_file and tls_key_file go together: set both to serve TLS, neither to serve plaintext"
+            )
+        return self
 
 
 class HttpConfig(_Section):
@@ -98,6 +109,15 @@ class OperatorConfig(_Section):
     threads: int | None = Field(default=None, gt=0)
     device: Literal["cpu", "cuda", "auto"] | None = None  # None: CUDA when present, else CPU
     node_name: str = "avs-operator"
+
+    @field_validator("slashing_protection_url")
+    @classmethod
+    def _check_protection_url(cls, value: str) -> str:
+        try:
+            check_database_url(value)
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
 
 
 class OperatorSecrets(BaseSettings):

@@ -4,6 +4,10 @@ Every signature goes through ``_attest``/``sign_batch``, which record it in slas
 *before* signing, so no signature can leave the process unrecorded. All validation happens in
 ``prepare`` before any model compute: unknown model, a prompt hash that does not match the chat,
 stop sequences that do not match their hash, budgets beyond the profile or this node's limits.
+
+The caller's deadline is checked before the engine is waited for, bounds that wait (a call queued
+behind another gives up when its deadline passes), and is checked again once the engine is this
+call's and before anything is recorded or signed: a late call never signs what nobody will receive.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +38,8 @@ from avs.types import OutputHash, RequestHash
 from avs_operator.config import LimitsConfig
 from avs_operator.metrics import OperatorMetrics
 from avs_operator.slashing_protection import SlashingProtection
+
+DEADLINE_PASSED = "the caller's deadline passed"
 
 
 class Deadline(Protocol):
@@ -141,7 +148,7 @@ class OperatorCore:
         tokens: list[int] = []
         finish: FinishReason | None = None
         started = self._clock()
-        with self._engine_lock:
+        with self._engine_turn(deadline):
             for event in prepared.engine.stream(prepared.prompt_ids, prepared.params):
                 _check_deadline(deadline)
                 tokens.append(event.token_id)
@@ -152,6 +159,7 @@ class OperatorCore:
         if finish is None:  # pragma: no cover - the engine always ends with a finish reason
             raise InvalidInputError("generation ended without a finish reason")
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, tokens)
+        _check_deadline(deadline)
         signed = self._attest(Attestation(prepared.request_hash, output_hash, Verdict.ACCEPT))
         text = prepared.engine.tokenizer.decode(tokens, skip_special_tokens=True)
         yield GenerateResult(tuple(tokens), str(text), output_hash, prepared.engine.profile_hash, finish, signed)
@@ -174,15 +182,28 @@ class OperatorCore:
                 f"the output has {len(output_ids)} tokens; this node verifies at most {self._limits.max_new_tokens}"
             )
         output_ids = list(output_ids)
-        _check_deadline(deadline)
         started = self._clock()
-        with self._engine_lock:
+        with self._engine_turn(deadline):
             verification = prepared.engine.verify(prepared.prompt_ids, list(output_ids), prepared.params)
         self._metrics.inference_seconds.labels("prefill").observe(self._clock() - started)
         verdict = Verdict.ACCEPT if verification.accepted else Verdict.REJECT
         self._metrics.verdicts.labels(self.model_name(prepared.engine), verdict.name).inc()
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, output_ids)
+        _check_deadline(deadline)
         return VerifyResult(verification, self._attest(Attestation(prepared.request_hash, output_hash, verdict)))
+
+    @contextmanager
+    def _engine_turn(self, deadline: Deadline | None) -> Iterator[None]:
+        """Hold the engine, waiting for it at most until ``deadline``, which is checked again once held."""
+        _check_deadline(deadline)
+        remaining = None if deadline is None else deadline.time_remaining()
+        if not self._engine_lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0)):
+            raise DeadlineExceededError(DEADLINE_PASSED)
+        try:
+            _check_deadline(deadline)
+            yield
+        finally:
+            self._engine_lock.release()
 
     # --- signing --------------------------------------------------------------------------
 
@@ -217,4 +238,4 @@ def _check_deadline(deadline: Deadline | None) -> None:
         return
     remaining = deadline.time_remaining()
     if remaining is not None and remaining <= 0:
-        raise DeadlineExceededError("the caller's deadline passed")
+        raise DeadlineExceededError(DEADLINE_PASSED)

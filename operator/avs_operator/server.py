@@ -1,8 +1,10 @@
 """The operator's gRPC server: servicers convert between protobuf and domain types, nothing more.
 
 Authentication happens first (UNAUTHENTICATED / PERMISSION_DENIED before any compute), then the
-concurrency limit (RESOURCE_EXHAUSTED), then ``OperatorCore``. Errors become status codes in
-``avs.rpc.status``; every call is counted in ``eigen_rpc_request_total`` by method and code.
+concurrency limit (RESOURCE_EXHAUSTED), then ``OperatorCore``. Its cheap half comes before the
+payload is even hashed: a call with no 65-byte signature, or stamped outside the time window, is
+refused without copying, serialising or hashing its (up to ``max_message_bytes``) payload.
+Errors become status codes in ``avs.rpc.status``; every call is counted in ``eigen_rpc_request_total`` by method and code.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from avs.rpc.common.v1 import bn254_pb2
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.operator.v1 import operator_pb2_grpc as op_grpc
 from avs.rpc.status import ErrorToStatusInterceptor, get_status_code
-from avs_operator.config import GrpcConfig
+from avs_operator.config import ConfigError, GrpcConfig
 from avs_operator.core import GenerateResult, OperatorCore, SignedAttestation
 from avs_operator.metrics import OperatorMetrics
 
@@ -68,9 +70,8 @@ class OperatorServicer(op_grpc.OperatorServiceServicer):
         code = grpc.StatusCode.OK
         self._metrics.in_flight.inc()
         try:
-            self._auth.authenticate(
-                method, convert.compute_payload_hash(request), convert.call_auth_from_proto(request.auth)
-            )
+            auth = self._auth.check_envelope(convert.call_auth_from_proto(request.auth))  # before hashing
+            self._auth.authenticate(method, convert.compute_payload_hash(request), auth)
             if method != "GetInfo" and not self._core.ready.is_set():
                 raise InferenceError("the operator is still loading its models; retry shortly")
             with self._limiter.slot():
@@ -164,6 +165,8 @@ def build_grpc_server(
     servicer: OperatorServicer, config: GrpcConfig, health_servicer: health.HealthServicer
 ) -> tuple[grpc.Server, int]:
     """A started-but-not-serving server: returns it and the bound port (``:0`` picks one)."""
+    if (config.tls_cert_file is None) != (config.tls_key_file is None):  # GrpcConfig refuses it too
+        raise ConfigError("grpc: tls_cert_file and tls_key_file go together; refusing to fall back to plaintext")
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -183,7 +186,7 @@ def build_grpc_server(
     if config.reflection:
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    if config.tls_cert_file and config.tls_key_file:
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
         credentials = grpc.ssl_server_credentials(
             [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
         )

@@ -12,7 +12,9 @@ signature leaves the process. The rules:
 
 Records are keyed by the EIP-712 domain separator, so deployments on different chains or
 contracts never collide. SQLite by default (a file next to the operator's data), any SQLAlchemy
-URL otherwise. ``export_records``/``import_records`` move the history to a new machine; an import
+URL otherwise, but never an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``,
+``mode=memory``): its history would end with the process, and each pooled connection would see
+its own empty database. ``export_records``/``import_records`` move the history to a new machine; an import
 refuses anything that conflicts with what is already here.
 """
 
@@ -36,8 +38,8 @@ from sqlalchemy import (
     create_engine,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from avs.errors import InvalidInputError, SlashingProtectionError
@@ -95,12 +97,33 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def check_database_url(url: str) -> URL:
+    """``url`` parsed; ``InvalidInputError`` if it is not a database URL or names an in-memory one."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInputError(f"the slashing protection database URL is not a SQLAlchemy URL: {exc}") from exc
+    if is_in_memory_sqlite(parsed):
+        raise InvalidInputError(
+            "the slashing protection database must outlive the process: "
+            "use a SQLite file (sqlite:///path/protection.sqlite) or a server, not an in-memory database"
+        )
+    return parsed
+
+
+def is_in_memory_sqlite(url: URL) -> bool:
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:") or url.query.get("mode") == "memory"
+
+
 class SlashingProtection:
     """The operator's signing history. Thread-safe: every check-and-record is one transaction."""
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        parsed = check_database_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine: Engine = create_engine(url, future=True)
         _Base.metadata.create_all(self._engine)

@@ -46,6 +46,14 @@ def test_errors_name_the_field(path: tuple[str, str], value: object, field: str)
         parse_config(data)
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "not a url"])
+def test_the_slashing_protection_database_must_be_one_that_persists(url: str) -> None:
+    data = example()
+    data["slashing_protection_url"] = url
+    with pytest.raises(ConfigError, match="slashing_protection_url"):
+        parse_config(data)
+
+
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no config file"):
         load_config(tmp_path / "none.yaml")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,15 @@ def test_malformed_imports_are_clear_errors(tmp_path: Path, document: object) ->
 
 @given(st.lists(st.tuples(st.sampled_from([R1, R2]), st.sampled_from([O1, O2]), st.sampled_from(list(Verdict)))))
 def test_never_two_conflicting_attestations_per_request(attempts: list[tuple[bytes, bytes, Verdict]]) -> None:
-    db = SlashingProtection("sqlite://")
+    with tempfile.TemporaryDirectory() as folder:  # a file: an in-memory database is refused
+        db = database(Path(folder))
+        try:
+            _check_no_conflicts(db, attempts)
+        finally:
+            db.close()
+
+
+def _check_no_conflicts(db: SlashingProtection, attempts: list[tuple[bytes, bytes, Verdict]]) -> None:
     signed: list[Attestation] = []
     for request, output, verdict in attempts:
         attestation = Attestation(request, output, verdict)
@@ -151,3 +160,19 @@ def test_an_older_database_gets_the_index_or_a_clear_error(tmp_path: Path) -> No
         connection.execute(text("DELETE FROM attestations WHERE output_hash = :o"), {"o": b"\x02" * 32})
     SlashingProtection(url).close()
     assert "uq_attestations_one_accept_per_request" in {i["name"] for i in inspect(engine).get_indexes("attestations")}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:history?mode=memory&uri=true", "sqlite:///file::memory:"],
+)
+def test_an_in_memory_database_is_refused_at_once(url: str) -> None:
+    """It would lose the history at exit, and each pooled connection would see its own empty one
+    (the first signature failed later as an INTERNAL error: no such table)."""
+    with pytest.raises(InvalidInputError, match="must outlive the process"):
+        SlashingProtection(url)
+
+
+def test_a_url_that_is_not_a_database_url_is_a_clear_error() -> None:
+    with pytest.raises(InvalidInputError, match="not a SQLAlchemy URL"):
+        SlashingProtection("protection.sqlite")

@@ -1,0 +1,163 @@
+"""A call whose deadline passes while it waits for the engine, or while the engine works for it, gives
+up with DEADLINE_EXCEEDED: no prefill or generation after the deadline, and nothing recorded or signed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from avs.crypto import bls
+from avs.errors import DeadlineExceededError
+from avs.inference.engine import FinishReason, StreamEvent, Verification
+from avs.inference.params import SamplingParams
+from avs.messages import (
+    Domain,
+    InferenceOutput,
+    InferenceRequest,
+    compute_output_hash,
+    compute_request_hash,
+    compute_stop_sequences_hash,
+)
+from avs_operator.config import LimitsConfig
+from avs_operator.core import OperatorCore, PreparedRequest
+from avs_operator.metrics import OperatorMetrics
+from avs_operator.slashing_protection import SlashingProtection
+
+DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def time_remaining(self) -> float:
+        return self.at - time.monotonic()
+
+
+class GatedEngine:
+    """Works until ``release`` is set (or for ``work_seconds``); counts the calls it started."""
+
+    profile_hash = b"\x01" * 32
+
+    def __init__(self, work_seconds: float = 10.0) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.work_seconds = work_seconds
+        self.calls = 0
+
+    def _work(self) -> None:
+        self.calls += 1
+        self.started.set()
+        self.release.wait(self.work_seconds)
+
+    def verify(self, prompt: Any, output: Any, params: Any) -> Verification:
+        self._work()
+        return Verification(True, None, None, 0.0, 0.0, 0, ())
+
+    def stream(self, prompt: Any, params: Any) -> Iterator[StreamEvent]:
+        self._work()
+        yield StreamEvent(0, 5, FinishReason.LENGTH)
+
+    def compute_output_hash(self, request_hash: bytes, ids: Any) -> bytes:
+        return compute_output_hash(InferenceOutput(request_hash, self.profile_hash, tuple(ids)))
+
+
+def make_core(tmp_path: Path) -> tuple[OperatorCore, SlashingProtection]:
+    protection = SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}")
+    core = OperatorCore(
+        DOMAIN,
+        bls.compute_key_pair(bls.SecretKey(7)),
+        None,  # type: ignore[arg-type]  # prepare() is not used: requests come prepared
+        protection,
+        OperatorMetrics(CollectorRegistry()),
+        LimitsConfig(),
+    )
+    return core, protection
+
+
+def prepared(engine: GatedEngine, nonce: int) -> PreparedRequest:
+    request = InferenceRequest(
+        b"\x01" * 32, b"\x02" * 32, 0, 0, 1_000_000, 0, 8, compute_stop_sequences_hash([]), "0x" + "ab" * 20, nonce
+    )
+    return PreparedRequest(
+        request,
+        compute_request_hash(DOMAIN, request),
+        engine,  # type: ignore[arg-type]
+        (1, 2, 3),
+        SamplingParams(max_tokens=8),
+    )
+
+
+@pytest.fixture
+def busy(tmp_path: Path) -> Iterator[tuple[OperatorCore, SlashingProtection, GatedEngine]]:
+    """A core whose engine is held by a first call until the test ends."""
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    first = threading.Thread(target=core.verify, args=(prepared(engine, 1), [5, 6], Deadline(30)))
+    first.start()
+    assert engine.started.wait(5)
+    yield core, protection, engine
+    engine.release.set()
+    first.join()
+    protection.close()
+
+
+def test_a_verify_queued_past_its_deadline_gives_up_without_prefill_or_signature(
+    busy: tuple[OperatorCore, SlashingProtection, GatedEngine],
+) -> None:
+    core, protection, engine = busy
+    late = prepared(engine, 2)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="deadline passed"):
+        core.verify(late, [5, 6], Deadline(0.3))
+    assert time.monotonic() - started < 3  # gave up at its deadline, not when the engine came free
+    assert engine.calls == 1  # only the first call's prefill ran
+    assert protection.get_attestations(DOMAIN.separator, late.request_hash) == []
+
+
+def test_a_stream_queued_past_its_deadline_gives_up_before_any_token(
+    busy: tuple[OperatorCore, SlashingProtection, GatedEngine],
+) -> None:
+    core, protection, engine = busy
+    late = prepared(engine, 3)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="deadline passed"):
+        list(core.stream(late, Deadline(0.3)))
+    assert time.monotonic() - started < 3
+    assert engine.calls == 1
+    assert protection.get_attestations(DOMAIN.separator, late.request_hash) == []
+
+
+@pytest.mark.parametrize("call", ["verify", "generate"])
+def test_a_deadline_that_passes_during_the_work_means_nothing_is_signed(tmp_path: Path, call: str) -> None:
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine(work_seconds=0.5)  # the work outlasts the caller's 0.2 s
+    request = prepared(engine, 4)
+    with pytest.raises(DeadlineExceededError):
+        if call == "verify":
+            core.verify(request, [5], Deadline(0.2))
+        else:
+            core.generate(request, Deadline(0.2))
+    assert engine.calls == 1
+    assert protection.get_attestations(DOMAIN.separator, request.request_hash) == []
+    protection.close()
+
+
+def test_without_a_deadline_a_queued_call_waits_and_signs(tmp_path: Path) -> None:
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    first = threading.Thread(target=core.verify, args=(prepared(engine, 5), [5], None))
+    first.start()
+    assert engine.started.wait(5)
+    threading.Timer(0.2, engine.release.set).start()
+    result = core.verify(prepared(engine, 6), [5], Deadline(30))
+    first.join()
+    assert result.attestation.attestation.verdict.name == "ACCEPT"
+    assert engine.calls == 2
+    protection.close()

@@ -1,0 +1,163 @@
+"""What a call costs before it is authenticated, and the gRPC server's transport settings: a call
+without a usable signature is refused before its payload is hashed; the default message limit holds
+the largest legitimate call with room to spare; TLS is both files or neither, never half."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from prometheus_client import CollectorRegistry
+
+from avs.calls import CallAuth, CallAuthenticator, sign_call
+from avs.crypto import bls
+from avs.errors import AuthenticationError
+from avs.messages import Domain
+from avs.rpc import convert
+from avs.rpc.operator.v1 import operator_pb2 as op
+from avs_operator.config import ConfigError, GrpcConfig, LimitsConfig, parse_config
+from avs_operator.metrics import OperatorMetrics
+from avs_operator.server import ConcurrencyLimiter, OperatorServicer, build_grpc_server, new_health_servicer
+
+DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+AGGREGATOR = Account.from_key(b"\x0a" * 32)
+KEYS = bls.compute_key_pair(bls.SecretKey(12345))
+NOW = 1_700_000_000.0
+
+
+class StubCore:
+    key_pair = KEYS
+    operator_id = KEYS.operator_id
+    domain = DOMAIN
+    ready = threading.Event()
+
+    def served_models(self) -> dict[bytes, str]:
+        return {}
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How many payloads were hashed."""
+    calls: list[int] = []
+    original = convert.compute_payload_hash
+
+    def counting(message: object) -> bytes:
+        calls.append(1)
+        return original(message)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(convert, "compute_payload_hash", counting)
+    yield calls
+
+
+def servicer() -> OperatorServicer:
+    return OperatorServicer(
+        StubCore(),  # type: ignore[arg-type]
+        CallAuthenticator(DOMAIN, KEYS.operator_id, [AGGREGATOR.address], clock=lambda: NOW),
+        ConcurrencyLimiter(2),
+        OperatorMetrics(CollectorRegistry()),
+    )
+
+
+def signed(issued_at_ms: int) -> op.GetInfoRequest:
+    request = op.GetInfoRequest()
+    auth = sign_call(
+        AGGREGATOR.key, DOMAIN, "GetInfo", convert.compute_payload_hash(request), KEYS.operator_id, issued_at_ms
+    )
+    request.auth.CopyFrom(convert.call_auth_to_proto(auth))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("auth", "reason"),
+    [
+        (None, "not signed"),
+        (CallAuth(int(NOW * 1000), b"\x01" * 64), "65 bytes"),
+        (CallAuth(int(NOW * 1000), b"\x01" * 4096), "65 bytes"),
+        (CallAuth(int(NOW * 1000) - 31_000, b"\x01" * 65), "outside the 30000 ms window"),
+        (CallAuth(int(NOW * 1000) + 31_000, b"\x01" * 65), "outside the 30000 ms window"),
+    ],
+)
+def test_a_call_without_a_usable_signature_is_refused_before_its_payload_is_hashed(
+    hashed: list[int], auth: CallAuth | None, reason: str
+) -> None:
+    request = op.GetInfoRequest()
+    if auth is not None:
+        request.auth.CopyFrom(convert.call_auth_to_proto(auth))
+    with pytest.raises(AuthenticationError, match=reason):
+        servicer().GetInfo(request, None)  # type: ignore[arg-type]
+    assert hashed == []
+
+
+def test_a_well_formed_call_is_hashed_once_and_served(hashed: list[int]) -> None:
+    request = signed(int(NOW * 1000) - 1000)
+    hashed.clear()
+    response = servicer().GetInfo(request, None)  # type: ignore[arg-type]
+    assert response.operator_id == KEYS.operator_id
+    assert hashed == [1]
+
+
+def test_the_default_message_limit_holds_the_largest_legitimate_calls() -> None:
+    """1 MiB, and the largest call a node with the default limits accepts fits in under 3/4 of it:
+    a chat of max_chat_chars 4-byte characters over the most messages, with every stop sequence,
+    a proposed output of the most tokens, a SignBatch of the most leaves, and a Generate reply."""
+    limit = GrpcConfig().max_message_bytes
+    assert limit == 1 << 20
+    limits = LimitsConfig()
+    per_message = limits.max_chat_chars // convert.MAX_CHAT_MESSAGES
+    request = op.InferenceRequest(
+        model_id=b"\xff" * 32,
+        prompt_hash=b"\xff" * 32,
+        temperature_milli=2**32 - 1,
+        top_k=2**32 - 1,
+        top_p_micro=2**32 - 1,
+        seed=2**64 - 1,
+        max_tokens=2**32 - 1,
+        stop_sequences_hash=b"\xff" * 32,
+        requester="0x" + "ab" * 20,
+        nonce=b"\xff" * 32,
+        messages=[op.ChatMessage(role="assistant", content="\U0001f600" * per_message)] * convert.MAX_CHAT_MESSAGES,
+        stop_sequences=["\U0001f600" * 64] * convert.MAX_STOP_SEQUENCES,
+    )
+    auth = op.CallAuth(issued_at_ms=2**64 - 1, signature=b"\xff" * 65)
+    leaf = op.BatchLeaf(request_hash=b"\xff" * 32, output_hash=b"\xff" * 32)
+    header = op.BatchHeader(
+        batch_index=2**64 - 1, leaves_root=b"\xff" * 32, reference_block=2**32 - 1, quorum_numbers=bytes(range(192))
+    )
+    reply = op.GenerateResponse(
+        output_token_ids=[2**32 - 1] * limits.max_new_tokens,
+        text="\U0001f600" * 256 * limits.max_new_tokens,  # the aggregator takes at most 256 characters a token
+        output_hash=b"\xff" * 32,
+        profile_hash=b"\xff" * 32,
+        finish_reason="length",
+    )
+    calls = {
+        "Verify": op.VerifyRequest(request=request, auth=auth, output_token_ids=[2**32 - 1] * limits.max_new_tokens),
+        "SignBatch": op.SignBatchRequest(header=header, leaves=[leaf] * convert.MAX_BATCH_LEAVES, auth=auth),
+        "Generate reply": reply,
+    }
+    for name, message in calls.items():
+        assert message.ByteSize() < 0.75 * limit, name
+
+
+def test_half_a_tls_configuration_is_a_config_error() -> None:
+    base = {
+        "chain": {"chain_id": 31337, "task_manager": DOMAIN.verifying_contract},
+        "keys": {"bls_keystore": "op.bls.key.json"},
+        "models": [{"name": "tiny", "path": "model"}],
+        "auth": {"authorised_aggregators": [AGGREGATOR.address]},
+    }
+    for half in ({"tls_cert_file": "server.crt"}, {"tls_key_file": "server.key"}):
+        with pytest.raises(ConfigError, match=r"grpc: .*tls_cert_file and tls_key_file go together"):
+            parse_config({**base, "grpc": half})
+    both = parse_config({**base, "grpc": {"tls_cert_file": "server.crt", "tls_key_file": "server.key"}})
+    assert both.grpc.tls_cert_file == Path("server.crt")
+    assert parse_config(base).grpc.tls_cert_file is None
+
+
+def test_the_server_never_falls_back_to_plaintext_for_half_a_tls_configuration() -> None:
+    half = GrpcConfig.model_construct(**{**GrpcConfig().model_dump(), "tls_cert_file": Path("/nonexistent/cert.pem")})
+    with pytest.raises(ConfigError, match="refusing to fall back to plaintext"):
+        build_grpc_server(servicer(), half, new_health_servicer())

@@ -49,10 +49,12 @@ from google.protobuf import json_format
 
 from avs.chain.client import find_batch_certified
 from avs.crypto import bls
+from avs.crypto.backends import get_backend
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import AvsError, DeadlineExceededError, InvalidInputError
 from avs.merkle import BatchLeaf, verify_merkle_proof
 from avs.messages import (
+    MAX_QUORUMS,
     TOP_P_ONE,
     Domain,
     InferenceOutput,
@@ -73,6 +75,9 @@ logger = logging.getLogger(__name__)
 Certificate = ag.Certificate
 RequestStatus = ag.RequestStatus
 FINAL_STATES = frozenset({ag.REQUEST_STATE_CERTIFIED, ag.REQUEST_STATE_FAILED})
+# More signers than any EigenLayer quorum admits in practice (EigenDA caps its quorums at 200): a
+# longer list is refused before its keys are parsed (a G2 subgroup check each).
+MAX_CERTIFICATE_SIGNERS = 2048
 
 
 class RequestFailedError(AvsError):
@@ -347,7 +352,19 @@ class CertificateCheck:
         return not self.problems
 
 
+def _check_signer_list(certificate: ag.Certificate) -> list[str]:
+    """What makes the signer list unusable before any key is parsed: its length, a multiplicity."""
+    if len(certificate.signers) > MAX_CERTIFICATE_SIGNERS:
+        return [f"the certificate lists {len(certificate.signers)} signers; at most {MAX_CERTIFICATE_SIGNERS}"]
+    quorum_count = min(len(certificate.batch_header.quorum_numbers), MAX_QUORUMS)
+    if any(not 1 <= signer.multiplicity <= quorum_count for signer in certificate.signers):
+        return ["a signer's multiplicity is outside the batch's quorum count"]
+    return []
+
+
 def _check_signers(certificate: ag.Certificate) -> tuple[G1Point, G2Point, list[str]]:
+    """The signers' aggregate keys, each weighted by its multiplicity (``_check_signer_list`` first)."""
+    backend = get_backend()
     problems = []
     g1_keys: list[G1Point] = []
     g2_keys: list[G2Point] = []
@@ -356,10 +373,9 @@ def _check_signers(certificate: ag.Certificate) -> tuple[G1Point, G2Point, list[
         g2 = convert.g2_from_proto(signer.public_key.g2)
         if bls.compute_operator_id(g1) != signer.public_key.operator_id:
             problems.append("a signer's operator id is not the hash of its G1 key")
-        if not 1 <= signer.multiplicity <= len(certificate.batch_header.quorum_numbers):
-            problems.append("a signer's multiplicity is outside the batch's quorum count")
-        g1_keys += [g1] * signer.multiplicity
-        g2_keys += [g2] * signer.multiplicity
+        weight = signer.multiplicity  # public: variable-time multiplication is fine
+        g1_keys.append(g1 if weight == 1 else backend.g1_mul(g1, weight))
+        g2_keys.append(g2 if weight == 1 else backend.g2_mul(g2, weight))
     return bls.aggregate_g1(g1_keys), bls.aggregate_g2(g2_keys), problems
 
 
@@ -420,6 +436,9 @@ def verify_certificate(
         record = compute_signatory_record_hash(header.reference_block, [bytes(i) for i in certificate.non_signer_ids])
         if record != certificate.signatory_record_hash:
             problems.append("the signatory record hash does not match the non-signers")
+        unusable = _check_signer_list(certificate)
+        if unusable:
+            return CertificateCheck((*problems, *unusable), shares)
         apk_g1, apk_g2, signer_problems = _check_signers(certificate)
         problems += signer_problems
         if apk_g2 != convert.g2_from_proto(certificate.apk_g2):

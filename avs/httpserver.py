@@ -4,20 +4,95 @@ The standard library's server starts one thread per connection, with no cap and 
 a client that opens connections and sends nothing (or a byte a minute) pins a thread each, for
 ever. Here each connection gets a socket timeout (a read or write that stalls that long ends the
 connection; waiting between writes, as a stream does, is not a stall) and at most
-``max_connections`` are served at once; one more is answered 503 and closed at once.
+``max_connections`` are served at once; one more is answered 503 and closed at once. A socket
+timeout bounds each read, not a request: a client dribbling one byte just inside it would hold
+its slot for ever. So the request line and headers of each request (and, on a kept-alive
+connection, the wait for the next one) must arrive within ``head_timeout`` in all; past it the
+connection is closed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_SOCKET_TIMEOUT_SECONDS = 60.0
+DEFAULT_HEAD_TIMEOUT_SECONDS = 10.0
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _HeadDeadline:
+    """When the head being read must be complete (``None``: not reading a head)."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each given at most the time left before the head's deadline."""
+
+    def __init__(self, connection: socket.socket, deadline: _HeadDeadline, timeout: float | None) -> None:
+        super().__init__()
+        self._connection = connection
+        self._deadline = deadline
+        self._timeout = timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self._timeout
+        if self._deadline.at is not None:
+            remaining = self._deadline.at - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the request line and headers did not arrive in time")
+            timeout = remaining if timeout is None else min(remaining, timeout)
+        self._connection.settimeout(timeout)
+        return self._connection.recv_into(buffer)
+
+
+def _with_head_deadline(handler: type[BaseHTTPRequestHandler], seconds: float) -> type[BaseHTTPRequestHandler]:
+    """``handler``, reading each request's line and headers under one deadline of ``seconds``."""
+
+    class HeadDeadlineHandler(handler):  # type: ignore[valid-type, misc]
+        connection: socket.socket
+        rfile: BinaryIO
+
+        def setup(self) -> None:
+            super().setup()
+            self._head_deadline = _HeadDeadline()
+            self._read_timeout = self.connection.gettimeout()
+            self.rfile.close()  # the socket file setup() made; ours replaces it
+            reader = _DeadlineReader(self.connection, self._head_deadline, self._read_timeout)
+            self.rfile = io.BufferedReader(reader)
+
+        def handle_one_request(self) -> None:
+            self._head_deadline.at = time.monotonic() + seconds
+            try:
+                super().handle_one_request()
+            finally:
+                self._end_head()
+
+        def parse_request(self) -> bool:
+            try:
+                return bool(super().parse_request())
+            finally:
+                self._end_head()
+
+        def _end_head(self) -> None:
+            self._head_deadline.at = None
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self._read_timeout)
+
+    HeadDeadlineHandler.__name__ = HeadDeadlineHandler.__qualname__ = handler.__name__
+    HeadDeadlineHandler.__module__ = handler.__module__
+    return HeadDeadlineHandler
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -29,10 +104,12 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         handler: type[BaseHTTPRequestHandler],
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
     ) -> None:
-        super().__init__(address, handler)
+        super().__init__(address, _with_head_deadline(handler, head_timeout))
         self._slots = threading.BoundedSemaphore(max_connections)
         self.socket_timeout = socket_timeout
+        self.head_timeout = head_timeout
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()

@@ -6,6 +6,13 @@
 
 Files are created with mode 0600 and never overwritten. Passwords are only ever arguments here;
 reading them from the environment or a prompt is the CLI's job, and nothing here logs.
+
+A file is opened only with a 32-byte derived key (a shorter one would leave the MAC independent of
+the password: a wrong password would open it to a wrong key) and a KDF at least as costly as the
+cheapest any Ethereum tool writes: scrypt ``n >= 2^12`` (geth's ``--lightkdf``), pbkdf2
+``c >= 2^18`` (EIP-2335's and the Web3 Secret Storage examples'). Writing takes the same floor: a
+lower ``scrypt_n`` is raised to it, so nothing here writes a file it would refuse to open. Every
+way a file can be wrong is a ``KeystoreError`` (``WrongPasswordError`` for a MAC that fails).
 """
 
 from __future__ import annotations
@@ -32,10 +39,17 @@ from avs.errors import InvalidKeyError, KeystoreError, WrongPasswordError
 SCRYPT_N = 1 << 18  # geth's StandardScryptN, as eigensdk-go uses
 SCRYPT_R = 8
 SCRYPT_P = 1
+MIN_SCRYPT_N = 1 << 12  # geth's LightScryptN (--lightkdf), what the devnet writes
+MAX_SCRYPT_N = 1 << 20
+MAX_SCRYPT_R = MAX_SCRYPT_P = 16
+MIN_PBKDF2_C = 1 << 18  # EIP-2335's and Web3 Secret Storage's example count (eth-account writes 10^6)
+MAX_PBKDF2_C = 10_000_000
+DKLEN = 32  # aes-128 key ‖ MAC key
+IV_BYTES = 16
 MAX_KEYSTORE_BYTES = 64 * 1024
 BLS_SUFFIX = ".bls.key.json"
 ECDSA_SUFFIX = ".ecdsa.key.json"
-_PUBKEY_PATTERN = re.compile(r"^E\(\[(\d+),(\d+)\]\)$")
+_PUBKEY_PATTERN = re.compile(r"^E\(\[(\d{1,78}),(\d{1,78})\]\)$")  # BN254's p has 77 digits
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -52,17 +66,23 @@ class KeyInfo:
 # --- the v3 envelope ------------------------------------------------------------------
 
 
+def _scrypt_n_to_write(scrypt_n: int) -> int:
+    """The scrypt cost a file is written with: ``scrypt_n``, raised to ``MIN_SCRYPT_N``."""
+    return max(scrypt_n, MIN_SCRYPT_N)
+
+
 def encrypt_v3(secret: bytes, password: str, scrypt_n: int = SCRYPT_N) -> dict[str, Any]:
     """geth's ``EncryptDataV3``: scrypt-derived key, aes-128-ctr, MAC = keccak(dk[16:32] ‖ ct)."""
-    salt, iv = secrets.token_bytes(32), secrets.token_bytes(16)
-    derived = _scrypt(password, salt, scrypt_n, SCRYPT_R, SCRYPT_P, 32)
+    scrypt_n = _scrypt_n_to_write(scrypt_n)
+    salt, iv = secrets.token_bytes(32), secrets.token_bytes(IV_BYTES)
+    derived = _scrypt(password, salt, scrypt_n, SCRYPT_R, SCRYPT_P, DKLEN)
     ciphertext = _aes_ctr(derived[:16], iv, secret)
     return {
         "cipher": "aes-128-ctr",
         "ciphertext": ciphertext.hex(),
         "cipherparams": {"iv": iv.hex()},
         "kdf": "scrypt",
-        "kdfparams": {"dklen": 32, "n": scrypt_n, "p": SCRYPT_P, "r": SCRYPT_R, "salt": salt.hex()},
+        "kdfparams": {"dklen": DKLEN, "n": scrypt_n, "p": SCRYPT_P, "r": SCRYPT_R, "salt": salt.hex()},
         "mac": keccak(derived[16:32] + ciphertext).hex(),
     }
 
@@ -74,9 +94,11 @@ def decrypt_v3(crypto: Any, password: str) -> bytes:
             raise KeystoreError(f"unsupported cipher {crypto['cipher']!r}")
         ciphertext = bytes.fromhex(crypto["ciphertext"])
         iv = bytes.fromhex(crypto["cipherparams"]["iv"])
+        if len(iv) != IV_BYTES:
+            raise KeystoreError(f"the cipher's iv must be {IV_BYTES} bytes")
         mac = bytes.fromhex(crypto["mac"])
         derived = _derive_key(crypto["kdf"], crypto["kdfparams"], password)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise KeystoreError(f"malformed keystore crypto section: {exc!r}") from exc
     if not hmac.compare_digest(keccak(derived[16:32] + ciphertext), mac):
         raise WrongPasswordError("wrong password for this keystore (its MAC does not match)")
@@ -85,15 +107,22 @@ def decrypt_v3(crypto: Any, password: str) -> bytes:
 
 def _derive_key(kdf: str, params: dict[str, Any], password: str) -> bytes:
     salt = bytes.fromhex(params["salt"])
+    if int(params["dklen"]) != DKLEN:
+        raise KeystoreError(f"the derived key must be {DKLEN} bytes (dklen), not {params['dklen']!r}")
     if kdf == "scrypt":
         n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
-        if n > 1 << 20 or r > 16 or p > 16 or n < 2:
+        if n > MAX_SCRYPT_N or r > MAX_SCRYPT_R or p > MAX_SCRYPT_P or n < 2 or r < 1 or p < 1:
             raise KeystoreError("scrypt parameters out of the supported range")
-        return _scrypt(password, salt, n, r, p, int(params["dklen"]))
+        if n < MIN_SCRYPT_N:
+            raise KeystoreError(f"scrypt n={n} is too weak to protect a key; at least {MIN_SCRYPT_N}: re-encrypt it")
+        return _scrypt(password, salt, n, r, p, DKLEN)
     if kdf == "pbkdf2":
-        if params.get("prf") != "hmac-sha256" or int(params["c"]) > 10_000_000:
+        c = int(params["c"])
+        if params.get("prf") != "hmac-sha256" or c > MAX_PBKDF2_C:
             raise KeystoreError("unsupported pbkdf2 parameters")
-        return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, int(params["c"]), int(params["dklen"]))
+        if c < MIN_PBKDF2_C:
+            raise KeystoreError(f"pbkdf2 c={c} is too weak to protect a key; at least {MIN_PBKDF2_C}: re-encrypt it")
+        return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, c, DKLEN)
     raise KeystoreError(f"unsupported kdf {kdf!r}")
 
 
@@ -173,7 +202,7 @@ def load_bls_keystore(path: Path, password: str) -> KeyPair:
 
 def save_ecdsa_keystore(path: Path, private_key: bytes, password: str, scrypt_n: int = SCRYPT_N) -> str:
     """Write a Web3 Secret Storage v3 file; returns the checksummed address."""
-    document = Account.encrypt(private_key, password, kdf="scrypt", iterations=scrypt_n)
+    document = Account.encrypt(private_key, password, kdf="scrypt", iterations=_scrypt_n_to_write(scrypt_n))
     _write_private_file(path, dict(document))
     return str(Account.from_key(private_key).address)
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from avs.crypto import bls
 from avs.crypto.backends import Bn254Backend, load_backend
-from avs.crypto.curve import FP_MODULUS, FR_MODULUS, G1_GENERATOR, G1Point, G2Point, negate_g1
+from avs.crypto.curve import FP_MODULUS, FR_MODULUS, G1_GENERATOR, G2_GENERATOR, G1Point, G2Point, negate_g1
 from avs.errors import InvalidInputError, InvalidKeyError
 from tests.helpers import find_twist_point_outside_subgroup
 
@@ -201,3 +201,40 @@ def test_proof_of_possession_round_trip_and_binding() -> None:
 
 def test_registration_typehash_is_eigenlayers() -> None:
     assert bls.PUBKEY_REGISTRATION_TYPEHASH.hex().startswith("2bd82124")
+
+
+# --- multiplications by the secret ----------------------------------------------------
+
+
+@settings(max_examples=50)
+@given(scalar=st.one_of(st.integers(0, 2**256 - 1), st.sampled_from([0, 1, 2, 3, FR_MODULUS - 1, FR_MODULUS])))
+def test_constant_time_multiplication_equals_the_variable_time_one(scalar: int) -> None:
+    point = bls.compute_hash_to_g1(keccak(scalar.to_bytes(32, "big")))
+    assert FAST.g1_mul_secret(point, scalar) == FAST.g1_mul(point, scalar)
+    assert FAST.g2_mul_secret(G2_GENERATOR, scalar) == FAST.g2_mul(G2_GENERATOR, scalar)
+
+
+class _Recording:
+    """A backend that records which multiplication each call used."""
+
+    def __init__(self, inner: Bn254Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.used: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+        if name.startswith(("g1_mul", "g2_mul")):
+            self.used.append(name)
+        return method
+
+
+def test_signing_and_key_derivation_multiply_the_secret_in_constant_time() -> None:
+    """mcl's variable-time mul runs in a time, and touches memory, that depends on the scalar: signing
+    (sk · H(m)) and deriving public keys (sk · G) use ``mulCT``, with the same results."""
+    recording = _Recording(FAST)
+    keys = bls.compute_key_pair(bls.SecretKey(0xC0FFEE), recording)  # type: ignore[arg-type]
+    signature = bls.sign(keys.secret, b"\x42" * 32, recording)  # type: ignore[arg-type]
+    assert recording.used == ["g1_mul_secret", "g2_mul_secret", "g1_mul_secret"]
+    assert keys == pair(0xC0FFEE, load_backend("py_ecc"))
+    assert signature == load_backend("py_ecc").g1_mul(bls.compute_hash_to_g1(b"\x42" * 32), 0xC0FFEE)

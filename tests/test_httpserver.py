@@ -1,5 +1,6 @@
 """The HTTP servers' limits, on a real socket: a connection that sends nothing is dropped after the
-socket timeout, and one connection past the cap is answered 503 at once."""
+socket timeout, one that dribbles its request head is dropped at the head deadline, and one
+connection past the cap is answered 503 at once."""
 
 from __future__ import annotations
 
@@ -59,3 +60,59 @@ def test_a_silent_connection_holds_its_slot_only_until_the_socket_timeout(server
     assert time.monotonic() - started < 5
     assert _get(port) == 200
     silent.close()
+
+
+class _Echo(_Ok):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _serve(**limits: float) -> BoundedHTTPServer:
+    bounded = BoundedHTTPServer(("127.0.0.1", 0), _Echo, max_connections=2, **limits)
+    threading.Thread(target=bounded.serve_forever, daemon=True).start()
+    return bounded
+
+
+def test_a_client_dribbling_its_headers_is_cut_off_at_the_head_deadline() -> None:
+    server = _serve(socket_timeout=5.0, head_timeout=1.0)
+    port = int(server.server_address[1])
+    try:
+        dribbler = socket.create_connection(("127.0.0.1", port))
+        dribbler.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.2 s, well inside the 5 s socket timeout, for 10 s
+            while time.monotonic() - started < 10:
+                dribbler.sendall(b"X")
+                time.sleep(0.2)
+        assert time.monotonic() - started < 4  # closed at the 1 s head deadline
+        dribbler.close()
+        assert _get(port) == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_head_deadline_is_for_the_head_only() -> None:
+    """A body slower than the head deadline is read; a kept-alive connection's next request gets its own."""
+    server = _serve(socket_timeout=5.0, head_timeout=1.0)
+    try:
+        client = socket.create_connection(("127.0.0.1", int(server.server_address[1])))
+        client.settimeout(10)
+        for _ in range(2):
+            client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+            time.sleep(1.5)
+            client.sendall(b"hello")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                chunk = client.recv(4096)
+                assert chunk, "the server closed the connection"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

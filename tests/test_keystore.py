@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_utils import keccak
 
 from avs import keystore
 from avs.crypto import bls
@@ -14,7 +19,7 @@ from avs.errors import KeystoreError, WrongPasswordError
 from tests.conftest import VECTORS_DIR
 
 EIGENSDK = VECTORS_DIR / "eigensdk_keystores"
-FAST_SCRYPT = 1 << 10  # tests only; real keys use geth's 2^18
+FAST_SCRYPT = keystore.MIN_SCRYPT_N  # the cheapest a keystore may be; real keys use geth's 2^18
 EXPECTED = json.loads((EIGENSDK / "expected.json").read_text())["keys"]
 
 
@@ -123,3 +128,75 @@ def test_v3_envelope_round_trip_with_pbkdf2_reader() -> None:
     assert keystore.decrypt_v3(crypto, "pw") == b"secret bytes"
     with pytest.raises(WrongPasswordError):
         keystore.decrypt_v3(crypto, "PW")
+
+
+def crafted_v3(
+    secret: bytes, password: str, dklen: int = 32, n: int = FAST_SCRYPT, iv_bytes: int = 16
+) -> dict[str, Any]:
+    """A v3 ``crypto`` section as another tool might write it, with a MAC that matches its own dk."""
+    salt, iv = secrets.token_bytes(32), secrets.token_bytes(iv_bytes)
+    derived = hashlib.scrypt(password.encode(), salt=salt, n=n, r=8, p=1, dklen=dklen, maxmem=1 << 26)
+    ciphertext = keystore._aes_ctr((derived + bytes(16))[:16], iv[-16:], secret)
+    return {
+        "cipher": "aes-128-ctr",
+        "ciphertext": ciphertext.hex(),
+        "cipherparams": {"iv": iv.hex()},
+        "kdf": "scrypt",
+        "kdfparams": {"dklen": dklen, "n": n, "p": 1, "r": 8, "salt": salt.hex()},
+        "mac": keccak(derived[16:32] + ciphertext).hex(),
+    }
+
+
+def write_ecdsa(tmp_path: Path, crypto: dict[str, Any]) -> Path:
+    path = tmp_path / "crafted.ecdsa.key.json"
+    path.write_text(json.dumps({"version": 3, "crypto": crypto}))
+    return path
+
+
+@pytest.mark.parametrize("dklen", [16, 8, 64])
+def test_only_a_32_byte_derived_key_is_accepted(tmp_path: Path, dklen: int) -> None:
+    """With dklen 16 the MAC covers no password-derived bytes: a wrong password would open the file
+    to a wrong key (no address field to catch it). Shorter ones used to raise a bare ValueError."""
+    path = write_ecdsa(tmp_path, crafted_v3(b"\x11" * 32, "right", dklen=dklen))
+    for password in ("right", "WRONG"):
+        with pytest.raises(KeystoreError, match="dklen"):
+            keystore.load_ecdsa_keystore(path, password)
+
+
+def test_a_kdf_weaker_than_the_floor_is_refused(tmp_path: Path) -> None:
+    path = write_ecdsa(tmp_path, crafted_v3(b"\x11" * 32, "pw", n=keystore.MIN_SCRYPT_N // 4))
+    with pytest.raises(KeystoreError, match="too weak"):
+        keystore.load_ecdsa_keystore(path, "pw")
+    weak = Account.encrypt(b"\x11" * 32, "pw", kdf="pbkdf2", iterations=1000)
+    (tmp_path / "weak.json").write_text(json.dumps(dict(weak)))
+    with pytest.raises(KeystoreError, match="too weak"):
+        keystore.load_ecdsa_keystore(tmp_path / "weak.json", "pw")
+
+
+def test_pbkdf2_at_the_floor_opens(tmp_path: Path) -> None:
+    document = Account.encrypt(b"\x11" * 32, "pw", kdf="pbkdf2", iterations=keystore.MIN_PBKDF2_C)
+    (tmp_path / "ok.json").write_text(json.dumps(dict(document)))
+    assert keystore.load_ecdsa_keystore(tmp_path / "ok.json", "pw") == b"\x11" * 32
+
+
+def test_writing_below_the_floor_writes_the_floor(tmp_path: Path) -> None:
+    pair = bls.compute_key_pair(bls.SecretKey(5))
+    keystore.save_bls_keystore(tmp_path / "a.bls.key.json", pair, "pw", scrypt_n=1 << 4)
+    keystore.save_ecdsa_keystore(tmp_path / "a.ecdsa.key.json", b"\x07" * 32, "pw", scrypt_n=1 << 4)
+    for name in ("a.bls.key.json", "a.ecdsa.key.json"):
+        assert json.loads((tmp_path / name).read_text())["crypto"]["kdfparams"]["n"] == keystore.MIN_SCRYPT_N
+    assert keystore.load_bls_keystore(tmp_path / "a.bls.key.json", "pw") == pair
+
+
+def test_oversized_fields_are_keystore_errors(tmp_path: Path) -> None:
+    path = tmp_path / "big.bls.key.json"
+    crypto = keystore.encrypt_v3(b"\x00" * 31 + b"\x05", "pw", FAST_SCRYPT)
+    path.write_text(json.dumps({"pubKey": "E([" + "1" * 5000 + ",2])", "crypto": crypto}))
+    with pytest.raises(KeystoreError, match="pubKey"):  # int() of 5000 digits raised a bare ValueError
+        keystore.load_bls_keystore(path, "pw")
+    with pytest.raises(KeystoreError, match="iv"):
+        keystore.load_ecdsa_keystore(write_ecdsa(tmp_path, crafted_v3(b"\x11" * 32, "pw", iv_bytes=17)), "pw")
+    overflowing = crafted_v3(b"\x11" * 32, "pw")
+    overflowing["kdfparams"]["n"] = float("inf")  # JSON's 1e400
+    with pytest.raises(KeystoreError):
+        keystore.load_ecdsa_keystore(write_ecdsa(tmp_path, overflowing), "pw")

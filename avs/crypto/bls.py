@@ -103,8 +103,8 @@ def compute_key_pair(secret: SecretKey, backend: Bn254Backend | None = None) -> 
     impl = _backend(backend)
     return KeyPair(
         secret=secret,
-        pubkey_g1=impl.g1_mul(G1_GENERATOR, secret.value),
-        pubkey_g2=impl.g2_mul(G2_GENERATOR, secret.value),
+        pubkey_g1=impl.g1_mul_secret(G1_GENERATOR, secret.value),
+        pubkey_g2=impl.g2_mul_secret(G2_GENERATOR, secret.value),
     )
 
 
@@ -157,7 +157,7 @@ def _is_hash(message_hash: object) -> bool:
 
 def sign(secret: SecretKey, message_hash: bytes, backend: Bn254Backend | None = None) -> G1Point:
     """``sk · hashToG1(message_hash)``."""
-    return _backend(backend).g1_mul(compute_hash_to_g1(message_hash), secret.value)
+    return _backend(backend).g1_mul_secret(compute_hash_to_g1(message_hash), secret.value)
 
 
 def _is_valid_g2_key(pubkey: G2Point, backend: Bn254Backend) -> bool:

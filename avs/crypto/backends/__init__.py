@@ -3,6 +3,10 @@
 - ``py_ecc``: the pure-Python reference (Ethereum Foundation's py-ecc). Slow, obviously correct.
 - ``mcl``: herumi's mcl through the ``mclbn256`` wheel, switched to Ethereum's BN254 curve.
 
+Multiplications by a secret (a signature, a public key from its secret) go through
+``g1_mul_secret``/``g2_mul_secret``: mcl's constant-time ``mulCT``; py-ecc has no constant-time
+path, which is one more reason it is only the reference.
+
 Both take and return the plain affine points of ``avs.crypto.curve``, so their results compare
 directly; a property test holds them equal. ``get_backend()`` picks the fast one when it loads and
 the reference otherwise; ``AVS_BLS_BACKEND=py_ecc|mcl`` forces a choice.
@@ -33,6 +37,10 @@ class Bn254Backend(Protocol):
 
     def g1_mul(self, point: G1Point, scalar: int) -> G1Point: ...
 
+    def g1_mul_secret(self, point: G1Point, scalar: int) -> G1Point:
+        """``g1_mul`` for a secret ``scalar`` (signing): constant-time where the backend can be."""
+        ...
+
     def g1_multi_mul(self, points: Sequence[G1Point], scalars: Sequence[int]) -> G1Point:
         """Sum of ``scalars[i] · points[i]``."""
         ...
@@ -40,6 +48,10 @@ class Bn254Backend(Protocol):
     def g2_add(self, a: G2Point, b: G2Point) -> G2Point: ...
 
     def g2_mul(self, point: G2Point, scalar: int) -> G2Point: ...
+
+    def g2_mul_secret(self, point: G2Point, scalar: int) -> G2Point:
+        """``g2_mul`` for a secret ``scalar`` (key derivation): constant-time where the backend can be."""
+        ...
 
     def is_in_g2_subgroup(self, point: G2Point) -> bool:
         """True if ``r · point`` is the identity (the twist has a large cofactor)."""

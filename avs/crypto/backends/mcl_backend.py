@@ -4,6 +4,7 @@ The wheel initialises mcl for a different BN curve; we re-initialise the shared 
 ``MCL_BN_SNARK1``, Ethereum's alt_bn128 (``mclBn_init(4, ...)``). We call the C API directly and
 move points in and out as decimal strings (mcl's ``ioMode`` 10), which costs microseconds against
 the ~1 ms of a pairing and keeps this file independent of the wheel's Python classes.
+Multiplications by a secret use mcl's constant-time ``mclBnG1_mulCT``/``mclBnG2_mulCT``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ class MclBackend:
         self._set_str(self._lib.mclBnFr_setStr, out, str(scalar % FR_MODULUS))
         return out
 
+    def _fr_secret(self, scalar: int) -> Any:
+        # Fixed-width bytes, not a decimal string whose length and digits depend on the secret.
+        out = _Fr()
+        self._lib.mclBnFr_setLittleEndian(ctypes.byref(out), (scalar % FR_MODULUS).to_bytes(32, "little"), 32)
+        return out
+
     # --- the interface -----------------------------------------------------------------
 
     def g1_add(self, a: G1Point, b: G1Point) -> G1Point:
@@ -126,6 +133,11 @@ class MclBackend:
     def g1_mul(self, point: G1Point, scalar: int) -> G1Point:
         out = _G1()
         self._lib.mclBnG1_mul(ctypes.byref(out), ctypes.byref(self._g1(point)), ctypes.byref(self._fr(scalar)))
+        return self._read_g1(out)
+
+    def g1_mul_secret(self, point: G1Point, scalar: int) -> G1Point:
+        out = _G1()
+        self._lib.mclBnG1_mulCT(ctypes.byref(out), ctypes.byref(self._g1(point)), ctypes.byref(self._fr_secret(scalar)))
         return self._read_g1(out)
 
     def g1_multi_mul(self, points: Sequence[G1Point], scalars: Sequence[int]) -> G1Point:
@@ -147,6 +159,11 @@ class MclBackend:
     def g2_mul(self, point: G2Point, scalar: int) -> G2Point:
         out = _G2()
         self._lib.mclBnG2_mul(ctypes.byref(out), ctypes.byref(self._g2(point)), ctypes.byref(self._fr(scalar)))
+        return self._read_g2(out)
+
+    def g2_mul_secret(self, point: G2Point, scalar: int) -> G2Point:
+        out = _G2()
+        self._lib.mclBnG2_mulCT(ctypes.byref(out), ctypes.byref(self._g2(point)), ctypes.byref(self._fr_secret(scalar)))
         return self._read_g2(out)
 
     def is_in_g2_subgroup(self, point: G2Point) -> bool:

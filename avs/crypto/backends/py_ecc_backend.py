@@ -48,6 +48,9 @@ class PyEccBackend:
     def g1_mul(self, point: G1Point, scalar: int) -> G1Point:
         return _from_g1(bn.multiply(_to_g1(point), scalar % FR_MODULUS))
 
+    def g1_mul_secret(self, point: G1Point, scalar: int) -> G1Point:
+        return self.g1_mul(point, scalar)  # py-ecc has no constant-time path: the reference only
+
     def g1_multi_mul(self, points: Sequence[G1Point], scalars: Sequence[int]) -> G1Point:
         total = bn.Z1
         for point, scalar in zip(points, scalars, strict=True):
@@ -59,6 +62,9 @@ class PyEccBackend:
 
     def g2_mul(self, point: G2Point, scalar: int) -> G2Point:
         return _from_g2(bn.multiply(_to_g2(point), scalar % FR_MODULUS))
+
+    def g2_mul_secret(self, point: G2Point, scalar: int) -> G2Point:
+        return self.g2_mul(point, scalar)
 
     def is_in_g2_subgroup(self, point: G2Point) -> bool:
         return bool(bn.is_inf(bn.multiply(_to_g2(point), FR_MODULUS)))

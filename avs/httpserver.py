@@ -8,7 +8,7 @@ connection; waiting between writes, as a stream does, is not a stall) and at mos
 timeout bounds each read, not a request: a client dribbling one byte just inside it would hold
 its slot for ever. So the request line and headers of each request (and, on a kept-alive
 connection, the wait for the next one) must arrive within ``head_timeout`` in all; past it the
-connection is closed.
+connection is closed. A body read with ``read_body`` gets one deadline too (``body_timeout``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_SOCKET_TIMEOUT_SECONDS = 60.0
 DEFAULT_HEAD_TIMEOUT_SECONDS = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0  # 1 MiB at 35 kB/s
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -51,7 +52,7 @@ class _DeadlineReader(io.RawIOBase):
         if self._deadline.at is not None:
             remaining = self._deadline.at - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("the request line and headers did not arrive in time")
+                raise TimeoutError("the request (its head, or its body) did not arrive in time")
             timeout = remaining if timeout is None else min(remaining, timeout)
         self._connection.settimeout(timeout)
         return self._connection.recv_into(buffer)
@@ -95,6 +96,20 @@ def _with_head_deadline(handler: type[BaseHTTPRequestHandler], seconds: float) -
     return HeadDeadlineHandler
 
 
+def read_body(handler: BaseHTTPRequestHandler, length: int) -> bytes:
+    """``length`` bytes of ``handler``'s request body, all within the server's ``body_timeout``
+    (raises ``TimeoutError``: a client sending a byte just inside each read's timeout is cut off)."""
+    deadline: _HeadDeadline | None = getattr(handler, "_head_deadline", None)
+    seconds = getattr(handler.server, "body_timeout", None)
+    if deadline is None or seconds is None:
+        return handler.rfile.read(length)
+    deadline.at = time.monotonic() + seconds
+    try:
+        return handler.rfile.read(length)
+    finally:
+        handler._end_head()  # type: ignore[attr-defined]
+
+
 class BoundedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -105,11 +120,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(address, _with_head_deadline(handler, head_timeout))
         self._slots = threading.BoundedSemaphore(max_connections)
         self.socket_timeout = socket_timeout
         self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from avs.httpserver import BoundedHTTPServer
+from avs.httpserver import BoundedHTTPServer, read_body
 
 
 class _Ok(BaseHTTPRequestHandler):
@@ -112,6 +112,44 @@ def test_the_head_deadline_is_for_the_head_only() -> None:
                 assert chunk, "the server closed the connection"
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 200")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _BodyEcho(_Ok):
+    def do_POST(self) -> None:
+        try:
+            body = read_body(self, int(self.headers["Content-Length"]))
+        except TimeoutError:
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_body_read_with_read_body_is_cut_off_at_the_body_deadline() -> None:
+    server = BoundedHTTPServer(
+        ("127.0.0.1", 0), _BodyEcho, max_connections=2, socket_timeout=5.0, head_timeout=1.0, body_timeout=1.0
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = int(server.server_address[1])
+    try:
+        dribbler = socket.create_connection(("127.0.0.1", port))
+        dribbler.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a body byte every 0.2 s, inside the 5 s socket timeout, for 10 s
+            while time.monotonic() - started < 10:
+                dribbler.sendall(b"x")
+                time.sleep(0.2)
+        assert time.monotonic() - started < 4  # closed at the 1 s body deadline
+        dribbler.close()
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        client.request("POST", "/", body=b"hello")  # a body sent at once is read
+        assert client.getresponse().read() == b"hello"
         client.close()
     finally:
         server.shutdown()

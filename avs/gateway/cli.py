@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, on_signal)
         server.start()
         url = f"http://{host}:{server.port}/v1"
-        logger.info("listening", extra={"url": url, "aggregator": config.aggregator, "auth": bool(config.api_keys)})
+        auth = bool(config.get_api_keys())
+        logger.info("listening", extra={"url": url, "aggregator": config.aggregator, "auth": auth})
         print(json.dumps({"event": "ready", "url": url, "aggregator": config.aggregator}), flush=True)
         while not stopped.wait(1.0):
             pass

@@ -32,7 +32,9 @@ class GatewayConfig(BaseSettings):
     default_max_tokens: int = Field(default=128, ge=1)
     default_temperature: float = Field(default=1.0, ge=0, le=10)  # OpenAI's default
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    request_timeout_seconds: float = Field(default=600.0, gt=0)  # submit to certified
+    # Submit to certified; below the openai SDK's 600 s read timeout, so that a client gets the 504
+    # (which says not to retry) instead of timing out and retrying: each retry is a new inference.
+    request_timeout_seconds: float = Field(default=540.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("requester")
@@ -48,6 +50,14 @@ class GatewayConfig(BaseSettings):
         if any(not 0 <= q < MAX_QUORUMS for q in value) or len(set(value)) != len(value):
             raise ValueError(f"quorum numbers must be distinct, in [0, {MAX_QUORUMS})")
         return sorted(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # Set but blank ("", " ", ","): a typo must not switch authentication off.
+        if value is not None and not any(k.strip() for k in value.get_secret_value().split(",")):
+            raise ValueError("is set but holds no key; unset it to serve without authentication")
+        return value
 
     @field_validator("listen", "aggregator")
     @classmethod

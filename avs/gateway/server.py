@@ -28,7 +28,7 @@ from avs.gateway.errors import (
 )
 from avs.gateway.openai_api import VERIFICATION_PATH, JobKind
 from avs.gateway.service import GatewayService
-from avs.httpserver import BoundedHTTPServer
+from avs.httpserver import BoundedHTTPServer, read_body
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,14 @@ POST_ROUTES = {"/v1/chat/completions": JobKind.CHAT, "/v1/completions": JobKind.
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"
 DRAIN_LIMIT_BYTES = 16 << 20  # a refused body up to this size is read and dropped (the connection stays usable)
+# The request was submitted (and may still be certified): the openai SDKs retry 502 and 504 by
+# default, and each retry would submit a new request, another inference.
+NO_RETRY_STATUSES = frozenset({502, 504})
 MAX_JSON_DEPTH = 64  # OpenAI's bodies nest 4-5 deep
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string and its closing quote, or the rest of the body when it never closes. Possessive: a
+# backtracking pattern retried from every quote of '"' + '\\"' * n costs O(n^2) (minutes per MiB).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+.?', re.S)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -114,14 +119,20 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def _handle(self, route: Callable[[], None]) -> None:
         self._stream_started = False
         self._body_read = False
+        if self.command != "POST" and (
+            (parse_content_length(self.headers.get("Content-Length")) or 0) > 0 or "Transfer-Encoding" in self.headers
+        ):
+            # A body where none is read: the bytes after the head must not be taken for the next
+            # request on this connection (smuggled past a proxy), so it is the last one.
+            self.close_connection = True
         try:
             if self._path.startswith("/v1/") and not is_authorized(
                 self.headers.get("Authorization"), self.server.api_keys
             ):
                 raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
             route()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away (a stream it stopped reading)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client went away (a stream it stopped reading) or stalled
         except Exception as exc:
             self._send_error(exc)
 
@@ -164,7 +175,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             raise InvalidInputError("Content-Length must be a non-negative integer")
         if length > self.server.max_body_bytes:
             raise PayloadTooLargeError(f"the body has {length} bytes; at most {self.server.max_body_bytes}")
-        body = self.rfile.read(length)
+        body = read_body(self, length)  # within the server's body_timeout in all
         self._body_read = True
         if compute_json_depth(body) > MAX_JSON_DEPTH:
             raise InvalidInputError(f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels")
@@ -222,7 +233,9 @@ class GatewayHandler(BaseHTTPRequestHandler):
             return
         if not self._body_read:
             self._discard_body()
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+        if error.status in NO_RETRY_STATUSES:
+            headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
         self._send_json(error.status, error.to_json(), headers)
 
     # --- logs --------------------------------------------------------------------------

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -282,6 +286,17 @@ def test_config_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
         load_config(requester=REQUESTER, listen="nowhere")
 
 
+@pytest.mark.parametrize("keys", ["", " ", ",", " , ,"])
+def test_api_keys_set_but_blank_are_refused_not_read_as_no_authentication(
+    monkeypatch: pytest.MonkeyPatch, keys: str
+) -> None:
+    monkeypatch.setenv("AVS_GATEWAY_API_KEYS", keys)
+    with pytest.raises(ValueError, match=r"api_keys: .*holds no key"):
+        load_config(requester=REQUESTER)
+    monkeypatch.delenv("AVS_GATEWAY_API_KEYS")
+    assert load_config(requester=REQUESTER).get_api_keys() == ()  # unset: no authentication, on purpose
+
+
 def test_the_binary_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--requester", "0x1234", "--listen", "127.0.0.1:0"]) == 2
     assert "requester" in capsys.readouterr().err
@@ -305,3 +320,73 @@ _json_values = st.recursive(
 @given(_json_values, st.booleans())
 def test_json_depth_counts_nesting_and_ignores_brackets_in_strings(value: Any, ascii_only: bool) -> None:
     assert compute_json_depth(json.dumps(value, ensure_ascii=ascii_only).encode()) == _nesting(value)
+
+
+ADVERSARIAL_BODIES = [
+    (b'"' + b'\\"' * 500_000, 0),  # a string that never closes, all escaped quotes
+    (b'"\\' * 500_000, 0),
+    (b"[" * 50 + b'"a\\"[[[" , "x"' + b"]" * 50, 50),
+    (b'[["' + b"[" * 500_000, 2),  # brackets in an unterminated string do not count
+]
+
+
+def test_json_depth_is_linear_on_adversarial_strings() -> None:
+    """A backtracking string pattern took O(n^2) on these (about 50 CPU-minutes for a 1 MiB body),
+    holding the GIL: computed in a child process that must finish well inside its timeout (it takes
+    milliseconds)."""
+    script = (
+        "import sys; from avs.gateway.server import compute_json_depth; from tests.gateway.test_server import "
+        "ADVERSARIAL_BODIES as B; print([compute_json_depth(b) for b, _ in B])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == str([depth for _, depth in ADVERSARIAL_BODIES])
+
+
+def test_a_body_sent_with_a_get_is_not_taken_for_the_next_request(server: GatewayServer, intake: FakeIntake) -> None:
+    """Bytes after a GET's head are its body, never a request of their own (smuggled past a proxy
+    that reads them as the GET's body): the GET is answered and the connection closed."""
+    hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
+    inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner))
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    connection.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1
+    assert b"Connection: close" in answer
+    assert intake.submitted == []
+
+
+def test_a_body_sent_too_slowly_is_cut_off_and_the_gateway_lives_on(intake: FakeIntake) -> None:
+    gateway = start(intake)
+    gateway._http.body_timeout = 1.0
+    try:
+        dribbler = socket.create_connection(("127.0.0.1", gateway.port))
+        dribbler.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.2 s, inside the 60 s socket timeout, for 10 s
+            while time.monotonic() - started < 10:
+                dribbler.sendall(b" ")
+                time.sleep(0.2)
+        assert time.monotonic() - started < 4
+        dribbler.close()
+        assert raw(gateway, "GET", "/health")[0] == 200
+    finally:
+        gateway.stop()
+
+
+def test_an_openai_client_with_its_default_retries_submits_a_failed_request_once() -> None:
+    """A 502 (or 504) comes after the request was submitted: the SDK's default retries would submit
+    it again, another inference. The gateway's ``x-should-retry: false`` stops them."""
+    intake = failing_intake()
+    gateway = start(intake)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="unused")  # 2 retries
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.completions.create(model=MODEL, prompt="x")
+        assert failed.value.status_code == 502
+        assert failed.value.response.headers["x-should-retry"] == "false"
+        assert len(intake.submitted) == 1
+    finally:
+        gateway.stop()

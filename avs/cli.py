@@ -181,14 +181,44 @@ def parse_token_amount(text: str, decimals: int = 18) -> int:
             value = int(text.removesuffix("wei"))
         else:
             scaled = Decimal(text) * (Decimal(10) ** decimals)
+            if not scaled.is_finite() or scaled.adjusted() >= 78:  # 2^256 has 78 digits
+                raise InvalidInputError(f"--insure must be a finite amount of tokens below 2^256 wei, got {text!r}")
             if scaled != scaled.to_integral_value():
                 raise InvalidInputError(f"--insure {text}: more than {decimals} decimals")
             value = int(scaled)
     except (InvalidOperation, ValueError) as exc:
         raise InvalidInputError(f"--insure must be an amount of tokens (e.g. 2 or 0.5), got {text!r}") from exc
-    if value <= 0:
-        raise InvalidInputError("--insure must be positive")
+    if not 0 < value < 2**256:
+        raise InvalidInputError("--insure must be positive and below 2^256 wei")
     return value
+
+
+def int_in(low: int, high: int) -> Any:
+    """An argparse type: an integer in [low, high], else a usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def float_in(low: float, high: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
 
 
 def format_tokens(amount: int, decimals: int = 18) -> str:
@@ -222,6 +252,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         raise InvalidInputError("--insure needs the requester's key (--requester-key or --requester-key-env)")
     if secret is not None and not args.deployment:
         raise InvalidInputError("a signed or insured request needs --deployment (the AVS's deployment JSON)")
+    if args.out is not None and not args.out.parent.is_dir():  # found out before paying for anything
+        raise InvalidInputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
     quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
     fields = {
         "requester": requester,
@@ -260,7 +292,11 @@ def cmd_request(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.out is not None:
-        args.out.write_text(certificate_to_json(certificate))
+        try:
+            args.out.write_text(certificate_to_json(certificate))
+        except OSError as exc:  # the certificate is not lost: it goes to stdout instead
+            print(certificate_to_json(certificate))
+            raise InvalidInputError(f"could not write --out {args.out} ({exc}); the certificate is on stdout") from exc
     return 0 if check.ok else 1
 
 
@@ -276,7 +312,7 @@ def _submit_signed(
 
     deployment = load_deployment(args.deployment)
     domain = Domain(deployment.chain_id, deployment.task_manager)
-    prepared = client.prepare(messages, **fields)
+    prepared = client.prepare(messages, domain=domain, **fields)  # checked before any coverage is bought
     if args.insure is not None:
         w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
         if w3.eth.chain_id != deployment.chain_id:
@@ -398,16 +434,18 @@ def add_requester_commands(commands: Any) -> None:
     request.add_argument("--aggregator", default="127.0.0.1:50060", help="the aggregator's gRPC host:port")
     request.add_argument("--model", required=True, help="model name (the aggregator's ListModels)")
     request.add_argument("--requester", help="your 0x address (default: the address of --requester-key)")
-    request.add_argument("--quorum", type=int, action="append", help="quorum number (repeatable)")
-    request.add_argument("--threshold", type=int, default=0, help="stake share per quorum, basis points")
-    request.add_argument("--max-tokens", type=int, default=64)
-    request.add_argument("--temperature", type=float, default=0.0)
-    request.add_argument("--seed", type=int, default=0)
+    request.add_argument("--quorum", type=int_in(0, 255), action="append", help="quorum number (repeatable)")
+    request.add_argument("--threshold", type=int_in(0, 10_000), default=0, help="stake share per quorum, basis points")
+    request.add_argument("--max-tokens", type=int_in(1, 2**32 - 1), default=64)
+    request.add_argument("--temperature", type=float_in(0.0, 10.0), default=0.0)
+    request.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0)
     request.add_argument("--timeout", type=float, default=600.0)
     request.add_argument("--out", type=Path, help="write the certificate JSON here")
     insurance = request.add_argument_group("insurance (pays out from slashed stake if the output is proven wrong)")
     insurance.add_argument("--insure", metavar="AMOUNT", help="buy this much coverage (tokens of the pool's asset)")
-    insurance.add_argument("--insure-quorum", type=int, help="the quorum to insure against (default: the first)")
+    insurance.add_argument(
+        "--insure-quorum", type=int_in(0, 255), help="the quorum to insure against (default: the first)"
+    )
     insurance.add_argument("--deployment", type=Path, help="the AVS's deployment JSON (contract addresses)")
     insurance.add_argument("--rpc-url", default="http://127.0.0.1:8545", help="an RPC endpoint of that chain")
     add_requester_key_options(request)

@@ -125,6 +125,47 @@ class RequestFields(TypedDict, total=False):
     threshold_bps: int
 
 
+# What the aggregator's Prepare may fill in (model id from the name, prompt hash from the chat,
+# default quorums and threshold); every other field of the request must come back as asked.
+PREPARED_FIELDS_AS_ASKED = (
+    "temperature_milli",
+    "top_k",
+    "top_p_micro",
+    "seed",
+    "max_tokens",
+    "stop_sequences_hash",
+    "requester",
+    "nonce",
+    "messages",
+    "stop_sequences",
+)
+
+
+def _check_prepared(asked: ag.SubmitRequest, answered: ag.PreparedRequest) -> None:
+    """The prepared request is the one asked for: an aggregator must not have coverage bought for,
+    or the requester sign, another prompt, budget or seed. (A prompt hash it computed is checked
+    against the chat by every operator before any compute.)"""
+    want, got = asked.request, answered.request
+    changed = [name for name in PREPARED_FIELDS_AS_ASKED if getattr(want, name) != getattr(got, name)]
+    if want.model_id and want.model_id != got.model_id:
+        changed.append("model_id")
+    if want.prompt_hash and want.prompt_hash != got.prompt_hash:
+        changed.append("prompt_hash")
+    if asked.quorum_numbers and asked.quorum_numbers != answered.quorum_numbers:
+        changed.append("quorum_numbers")
+    if asked.threshold_bps and asked.threshold_bps != answered.threshold_bps:
+        changed.append("threshold_bps")
+    if changed:
+        raise InvalidInputError(f"the aggregator prepared another request than asked (changed: {', '.join(changed)})")
+
+
+def _check_prepared_hash(prepared: PreparedRequest, domain: Domain) -> bytes:
+    digest = compute_request_hash(domain, prepared.request)
+    if digest != prepared.request_hash:
+        raise InvalidInputError("the aggregator's request hash is not the digest of the prepared request")
+    return digest
+
+
 class AggregatorClient:
     def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -190,21 +231,32 @@ class AggregatorClient:
         return bytes(response.request_hash)
 
     def prepare(
-        self, messages: Sequence[Mapping[str, str]], *, requester: str, **fields: Unpack[RequestFields]
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        requester: str,
+        domain: Domain | None = None,
+        **fields: Unpack[RequestFields],
     ) -> PreparedRequest:
         """The request as the aggregator completes it (model id, prompt hash, default quorums and
         threshold) and its request hash, without submitting it: what an insured requester buys
-        coverage for before ``submit_prepared``."""
+        coverage for before ``submit_prepared``. Refused unless every field asked for comes back
+        unchanged, and, with ``domain``, unless the hash is the request's digest: check both
+        before paying for coverage."""
         message = self._build(messages, requester=requester, **fields)
         response: ag.PreparedRequest = self._stub.Prepare(message, timeout=self._timeout)
+        _check_prepared(message, response)
         envelope = convert.request_from_proto(response.request)
-        return PreparedRequest(
+        prepared = PreparedRequest(
             envelope.request,
             response.request,
             bytes(response.request_hash),
             bytes(response.quorum_numbers),
             response.threshold_bps,
         )
+        if domain is not None:
+            _check_prepared_hash(prepared, domain)
+        return prepared
 
     def submit_prepared(
         self,
@@ -218,9 +270,7 @@ class AggregatorClient:
         when ``requester_key`` is given, and flagged ``insured`` (the aggregator then checks the
         coverage). The request hash is recomputed here: a prepared request whose hash is not the
         digest of its request under ``domain`` is refused before anything is signed."""
-        digest = compute_request_hash(domain, prepared.request)
-        if digest != prepared.request_hash:
-            raise InvalidInputError("the aggregator's request hash is not the digest of the prepared request")
+        digest = _check_prepared_hash(prepared, domain)
         message = ag.SubmitRequest(
             request=prepared.message,
             quorum_numbers=prepared.quorums,

@@ -109,6 +109,17 @@ def test_service_binaries_report_their_version() -> None:
         (["--requester-key-env", "REQ"], {"REQ": "0x" + "11" * 32}, "needs --deployment"),
         (["--requester-key", "ghost"], {}, "no ECDSA key named 'ghost'"),
         ([], {}, "name the requester"),
+        (["--seed", "-1"], {}, "argument --seed: -1 is not in [0, 18446744073709551615]"),
+        (["--max-tokens", "-5"], {}, "argument --max-tokens: -5 is not in [1, 4294967295]"),
+        (["--quorum", "300"], {}, "argument --quorum: 300 is not in [0, 255]"),
+        (["--threshold", "10001"], {}, "argument --threshold: 10001 is not in [0, 10000]"),
+        (["--temperature", "nan"], {}, "argument --temperature: nan is not in [0.0, 10.0]"),
+        (["--seed", "x"], {}, "argument --seed: 'x' is not an integer"),
+        (
+            ["--requester", "0x" + "ab" * 20, "--out", "/no/such/folder/cert.json"],
+            {},
+            "the folder /no/such/folder does not exist",
+        ),
     ],
 )
 def test_request_key_and_insurance_options_are_checked_before_any_call(
@@ -137,3 +148,12 @@ def test_request_reads_the_requester_keystore_and_never_prints_it(tmp_path: Path
     assert out.returncode == 2 and "needs --deployment" in out.stderr  # the key opened and matched the address
     wrong = run("request", "hi", "--model", "m", "--requester-key", "me", env={**env, "AVS_KEYSTORE_PASSWORD": "no"})
     assert wrong.returncode == 2 and "wrong password" in wrong.stderr
+
+
+@pytest.mark.parametrize("text", ["inf", "-Infinity", "nan", "1e400000", "abc", "0", "0.0000000000000000001"])
+def test_insurance_amounts_that_are_not_token_amounts_are_clear_errors(text: str) -> None:
+    from avs.cli import parse_token_amount
+    from avs.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="--insure"):
+        parse_token_amount(text)

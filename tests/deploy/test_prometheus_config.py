@@ -128,3 +128,20 @@ def test_dashboards_use_the_provisioned_datasource() -> None:
 def test_compute_promql_replaces_grafana_variables() -> None:
     expr = 'sum(rate(x{instance=~"$instance"}[$__rate_interval]))'
     assert dashboards.compute_promql(expr) == 'sum(rate(x{instance=~".*"}[1m]))'
+
+
+def test_the_alert_tests_use_the_buckets_the_aggregator_exports() -> None:
+    """histogram_quantile cannot exceed the top finite bucket: AvsCertificationSlow (p95 > 120 s) can
+    only fire if the exported buckets go past 120 s, and its unit test must use those buckets."""
+    from avs_aggregator.metrics import REQUEST_BUCKETS
+
+    tests = yaml.safe_load((DEPLOY_PROMETHEUS / "alerts_test.yml").read_text())
+    used = {
+        series["series"].split('le="')[1].split('"')[0]
+        for test in tests["tests"]
+        for series in test.get("input_series", [])
+        if series["series"].startswith("avs_aggregator_request_seconds_bucket")
+    }
+    exported = {f"{b:g}" for b in REQUEST_BUCKETS} | {"+Inf"}
+    assert used and used <= exported
+    assert max(REQUEST_BUCKETS) > 120

@@ -4,7 +4,8 @@ Authentication happens first (UNAUTHENTICATED / PERMISSION_DENIED before any com
 concurrency limit (RESOURCE_EXHAUSTED), then ``OperatorCore``. Its cheap half comes before the
 payload is even hashed: a call with no 65-byte signature, or stamped outside the time window, is
 refused without copying, serialising or hashing its (up to ``max_message_bytes``) payload.
-Errors become status codes in ``avs.rpc.status``; every call is counted in ``eigen_rpc_request_total`` by method and code.
+Errors become status codes in ``avs.rpc.status``; every call is counted in
+``eigen_rpc_request_total`` by method and code.
 """
 
 from __future__ import annotations

@@ -117,15 +117,31 @@ def test_the_variant_refuses_without_the_core_addresses(chain: Anvil, core: Depl
 def test_fault_windows_longer_than_the_deallocation_delay_are_refused(chain: Anvil, tmp_path: Path) -> None:
     """A signer that left its quorum must still be slashable when its batch's fraud is proven:
     MAX_REFERENCE_AGE + CHALLENGE_WINDOW + RESOLUTION_WINDOW (250 by default) within the core's
-    DEALLOCATION_DELAY, or no deployment."""
+    DEALLOCATION_DELAY, or no deployment; and the signing weight slashable until then: W + MAX_STAKE_AGE
+    <= STAKE_LOOKAHEAD <= DEALLOCATION_DELAY."""
     with pytest.raises(DevnetError, match="= 250 blocks, more than the core's DEALLOCATION_DELAY of 249"):
         deploy_contracts(chain.url, tmp_path / "short.json", {"DEALLOCATION_DELAY": "249"})
     assert not (tmp_path / "short.json").exists()
-    deployment = deploy_contracts(chain.url, tmp_path / "exact.json", {"DEALLOCATION_DELAY": "250"})
+    # the stake freshness bound needs room too: W + MAX_STAKE_AGE <= STAKE_LOOKAHEAD <= DEALLOCATION_DELAY
+    # with a non-zero MAX_STAKE_AGE (defaults: the delay, and the delay - W)
+    with pytest.raises(DevnetError, match=r"MAX_STAKE_AGE = 250 blocks \(MAX_STAKE_AGE 0, must be non-zero\)"):
+        deploy_contracts(chain.url, tmp_path / "no-age.json", {"DEALLOCATION_DELAY": "250"})
+    with pytest.raises(DevnetError, match=r"= 300 blocks .* at most STAKE_LOOKAHEAD = 299"):
+        settings = {"DEALLOCATION_DELAY": "400", "MAX_STAKE_AGE": "50", "STAKE_LOOKAHEAD": "299"}
+        deploy_contracts(chain.url, tmp_path / "short-look.json", settings)
+    with pytest.raises(DevnetError, match="STAKE_LOOKAHEAD = 401, itself at most the core's DEALLOCATION_DELAY of 400"):
+        settings = {"DEALLOCATION_DELAY": "400", "MAX_STAKE_AGE": "50", "STAKE_LOOKAHEAD": "401"}
+        deploy_contracts(chain.url, tmp_path / "long-look.json", settings)
+    deployment = deploy_contracts(chain.url, tmp_path / "exact.json", {"DEALLOCATION_DELAY": "251"})
     core = chain.w3.eth.contract(
         address=Web3.to_checksum_address(deployment.allocation_manager), abi=load_abi("LocalRestakingCore")
     )
-    assert core.functions.DEALLOCATION_DELAY().call() == 250
+    assert core.functions.DEALLOCATION_DELAY().call() == 251
+    registry = chain.w3.eth.contract(
+        address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry")
+    )
+    assert registry.functions.stakeLookAheadBlocks().call() == 251
+    assert registry.functions.maxStakeAgeBlocks().call() == 1
 
 
 def test_the_example_environment_names_only_what_the_script_reads() -> None:

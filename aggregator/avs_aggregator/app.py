@@ -48,6 +48,7 @@ from avs.httpserver import BoundedHTTPServer
 from avs.messages import Domain
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
 from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
+from avs_aggregator.keeper import StakeKeeper
 from avs_aggregator.leader import LeaderElector, LeaderLease, NotLeaderError
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.operators import GrpcOperatorCaller
@@ -117,8 +118,9 @@ class LeaderOnlySender(TransactionSender):
 class PipelineRunner:
     """Drives a ``Pipeline`` on threads until ``stop()``."""
 
-    def __init__(self, pipeline: Pipeline, workers: int) -> None:
+    def __init__(self, pipeline: Pipeline, workers: int, keeper: StakeKeeper | None = None) -> None:
         self.pipeline = pipeline
+        self.keeper = keeper
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="request")
         self._inflight: set[bytes] = set()
         self._lock = threading.Lock()
@@ -173,6 +175,7 @@ class PipelineRunner:
 
     def _batch_loop(self) -> None:
         while not self._stopped.is_set():
+            self._keep_stakes()
             self.pipeline.form_batches()
             for index in self.pipeline.active_batch_indices():
                 if self._stopped.is_set():
@@ -180,6 +183,17 @@ class PipelineRunner:
                 self.pipeline.advance_batch(index)
             self._update_gauges()
             self._stopped.wait(POLL_SECONDS)
+
+    def _keep_stakes(self) -> None:
+        """Refreshes the registry's stakes before certificates would find them stale (the first
+        tick, at start or on election, refreshes a quorum that is stale already); a failure is
+        logged and retried at the next poll, batching goes on."""
+        if self.keeper is None:
+            return
+        try:
+            self.keeper.tick()
+        except Exception as exc:
+            logger.warning("stake refresh failed; retrying at the next poll", extra={"error": str(exc)})
 
     def _update_gauges(self) -> None:
         metrics = self.pipeline.metrics
@@ -210,6 +224,7 @@ class AggregatorApp:
         self.role = Role.STANDBY
         self.runner: PipelineRunner | None = None
         self.elector: LeaderElector | None = None
+        self.keeper: StakeKeeper | None = None
         self._role_lock = threading.Lock()
 
     def start(self) -> None:
@@ -246,10 +261,13 @@ class AggregatorApp:
         if config.chain.prove_rejections and deployment.fault_manager is not None:
             reporter = Web3RejectionReporter(Web3FaultClient(client), sender)
         settings = build_pipeline_settings(config)
+        reader = Web3OperatorSetReader(client, config.chain.reference_lag_blocks)
+        # the leader's batch loop keeps the registry's stakes fresh (updateOperatorsForQuorum)
+        self.keeper = StakeKeeper(client, reader, sender.send) if config.chain.refresh_stakes else None
         self.pipeline = Pipeline(
             domain,
             self.store,
-            Web3OperatorSetReader(client, config.chain.reference_lag_blocks),
+            reader,
             caller,
             Web3ChainWriter(client, sender),
             settings,
@@ -325,7 +343,7 @@ class AggregatorApp:
         with self._role_lock:
             if self._stopped.is_set():
                 return
-            self.runner = PipelineRunner(self.pipeline, self.config.workers)
+            self.runner = PipelineRunner(self.pipeline, self.config.workers, self.keeper)
             self.runner.start()
             self.role = Role.LEADER
             self.metrics.leader.set(1)

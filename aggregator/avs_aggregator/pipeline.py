@@ -117,7 +117,8 @@ EVIDENCE_RETRY_SECONDS = 60.0
 # (a reorg at the reference block, a threshold raised after signing).
 # Each counts on the request's ``rebatched``; after MAX_REBATCHES the request fails instead of
 # cycling for ever on a revert that does not go away.
-REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet"})
+# (StaleStakes: the keeper refreshes the quorum; a new reference block after it is fresh)
+REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "ThresholdNotMet", "StaleStakes"})
 MAX_REBATCHES = 3
 # Chain reads at most per new batch to find a free index (galloping with a ring: 2^64 in 64 reads).
 MAX_INDEX_SKIPS = 64

@@ -53,6 +53,12 @@ interface VmEnv {
 ///      `run()` only: DEALLOCATION_DELAY (100800 blocks, mainnet's; the local core's window in which
 ///      a deregistered operator stays slashable). Both refuse to deploy when MAX_REFERENCE_AGE +
 ///      CHALLENGE_WINDOW + RESOLUTION_WINDOW exceeds the core's DEALLOCATION_DELAY.
+///      Stake freshness (OperatorRegistry.setStakeFreshness): STAKE_LOOKAHEAD (L, default: the core's
+///      DEALLOCATION_DELAY) and MAX_STAKE_AGE (S, default: DEALLOCATION_DELAY - W, where W =
+///      MAX_REFERENCE_AGE + CHALLENGE_WINDOW + RESOLUTION_WINDOW); both refuse to deploy unless
+///      S != 0 and W + S <= L <= DEALLOCATION_DELAY (a signer's weight stays slashable until its
+///      fraud can no longer be proven; see OperatorRegistry). Something must call
+///      updateOperatorsForQuorum at least every S blocks (the aggregator does, every S/2).
 ///      `runWithEigenLayer()` only: ALLOCATION_MANAGER, DELEGATION_MANAGER and STRATEGY_MANAGER
 ///      (EigenLayer's deployed proxies), STRATEGIES (comma-separated strategy addresses of quorum 0),
 ///      STAKE_TOKEN (default: the first strategy's underlying token; the pool's asset and the bond token).
@@ -118,9 +124,11 @@ contract Deploy is Test {
         );
         IFaultManagerTypes.Config memory faultConfig = _faultConfig();
         _requireFaultWindowsWithinDeallocationDelay(core.allocationManager, batches, faultConfig);
+        _stakeFreshness(core.allocationManager, batches, faultConfig); // checked before anything is sent
 
         vm.startBroadcast(key);
         OperatorRegistry registry = new OperatorRegistry(core.allocationManager, core.strategyManager, deployer);
+        _setStakeFreshness(registry, core.allocationManager, batches, faultConfig);
         InferenceTaskManager taskManager =
             new InferenceTaskManager(registry, deployer, batches, uint64(vm.envOr("BATCH_RECORD_RING", uint256(8192))));
         taskManager.setAggregator(aggregator, true);
@@ -177,6 +185,47 @@ contract Deploy is Test {
                 ": a signer could leave its quorum and escape slashing for fraud proven late"
             )
         );
+    }
+
+    /// @dev The registry's look-ahead L and maximum stake age S: a stake counted at reference block r
+    ///      was read at u >= r - S with the minimum slashable stake at u + L, and its fraud can be
+    ///      proven until r + W. Deallocations pending at u stay slashable until then if L >= S + W;
+    ///      deallocations started after u, if S + W <= DEALLOCATION_DELAY. L beyond the delay adds
+    ///      nothing, so: S != 0 and W + S <= L <= DEALLOCATION_DELAY.
+    function _stakeFreshness(
+        IAllocationManager allocationManager,
+        IInferenceTaskManager.Config memory batches,
+        IFaultManagerTypes.Config memory faults
+    ) internal view returns (uint32 lookAhead, uint32 maxStakeAge) {
+        uint256 window = uint256(batches.maxReferenceAge) + batches.challengeWindowBlocks
+            + faults.resolutionWindowBlocks;
+        uint32 delay = allocationManager.DEALLOCATION_DELAY();
+        lookAhead = uint32(vm.envOr("STAKE_LOOKAHEAD", uint256(delay)));
+        maxStakeAge = uint32(vm.envOr("MAX_STAKE_AGE", delay > window ? uint256(delay) - window : 0));
+        require(
+            maxStakeAge != 0 && window + maxStakeAge <= lookAhead && lookAhead <= delay,
+            string.concat(
+                "MAX_REFERENCE_AGE + CHALLENGE_WINDOW + RESOLUTION_WINDOW + MAX_STAKE_AGE = ",
+                ENV.toString(window + maxStakeAge),
+                " blocks (MAX_STAKE_AGE ",
+                ENV.toString(maxStakeAge),
+                ", must be non-zero) must be at most STAKE_LOOKAHEAD = ",
+                ENV.toString(lookAhead),
+                ", itself at most the core's DEALLOCATION_DELAY of ",
+                ENV.toString(delay),
+                ": a signer's weight must stay slashable until its fraud can no longer be proven"
+            )
+        );
+    }
+
+    function _setStakeFreshness(
+        OperatorRegistry registry,
+        IAllocationManager allocationManager,
+        IInferenceTaskManager.Config memory batches,
+        IFaultManagerTypes.Config memory faults
+    ) internal {
+        (uint32 lookAhead, uint32 maxStakeAge) = _stakeFreshness(allocationManager, batches, faults);
+        registry.setStakeFreshness(lookAhead, maxStakeAge);
     }
 
     function _poolConfig() internal view returns (IInsurancePoolTypes.Config memory) {

@@ -16,6 +16,10 @@ import {IBLSSignatureChecker} from "./interfaces/IBLSSignatureChecker.sol";
 ///      (`verifyKeyPair`, one pairing) needs no γ randomisation afterwards, so the signature check is
 ///      the plain e(σ, −g2)·e(H(m), apkG2) = 1 (two ecMul cheaper). Any other pair takes EigenLayer's
 ///      randomised check. Both accept exactly the same (σ, apkG2) for a given on-chain apk.
+///      Stake freshness: every quorum's recorded stakes must have been refreshed in full
+///      (`OperatorRegistry.updateOperatorsForQuorum`) at most `maxStakeAgeBlocks` before the
+///      reference block (`StaleStakes` otherwise); with the registry's slashable-stake look-ahead
+///      this keeps a signer's weight slashable until its fraud can no longer be proven.
 abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     using BN254 for BN254.G1Point;
     using QuorumBitmaps for uint256;
@@ -71,8 +75,8 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
     ) internal view returns (QuorumStakeTotals memory stakeTotals, bytes32 signatoryRecordHash) {
         uint256 m = quorumNumbers.length;
         if (
-            params.quorumApks.length != m || params.quorumApkIndices.length != m
-                || params.totalStakeIndices.length != m || params.nonSignerStakeIndices.length != m
+            params.quorumApks.length != m || params.quorumApkIndices.length != m || params.totalStakeIndices.length != m
+                || params.nonSignerStakeIndices.length != m
                 || params.nonSignerQuorumBitmapIndices.length != params.nonSignerPubkeys.length
         ) revert InputArrayLengthMismatch();
         if (referenceBlockNumber >= block.number) revert FutureReferenceBlock();
@@ -111,12 +115,17 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
         return keccak256(abi.encode(apk.X, apk.Y, apkG2.X[0], apkG2.X[1], apkG2.Y[0], apkG2.Y[1]));
     }
 
-    /// @dev The i-th quorum's apk (checked against history at `ref`) and total stake, in one call.
+    /// @dev The i-th quorum's apk (checked against history at `ref`) and total stake, in one call;
+    ///      refuses a quorum whose stakes at `ref` may be stale (`StaleStakes`: no complete stake
+    ///      refresh within the registry's `maxStakeAgeBlocks` before `ref`), as EigenLayer
+    ///      middleware's `staleStakesForbidden` does.
     function _quorumApkAndTotal(uint8 q, uint32 ref, NonSignerStakesAndSignature calldata params, uint256 i)
         private
         view
         returns (BN254.G1Point memory quorumApk, uint96 total)
     {
+        (uint32 updateBlock, uint32 maxStakeAge) = registry.getStakeFreshness(q, ref);
+        if (maxStakeAge != 0 && uint256(ref) > uint256(updateBlock) + maxStakeAge) revert StaleStakes(q, updateBlock);
         quorumApk = params.quorumApks[i];
         bytes24 apkHash;
         (apkHash, total) =
@@ -158,7 +167,8 @@ abstract contract BLSSignatureChecker is IBLSSignatureChecker {
             BN254.G1Point memory pk = params.nonSignerPubkeys[j];
             ids[j] = BN254.hashG1Point(pk);
             if (j > 0 && uint256(ids[j]) <= uint256(ids[j - 1])) revert NonSignerPubkeysNotSorted();
-            bitmaps[j] = registry.getQuorumBitmapAtBlockNumberByIndex(ids[j], ref, params.nonSignerQuorumBitmapIndices[j]);
+            bitmaps[j] =
+                registry.getQuorumBitmapAtBlockNumberByIndex(ids[j], ref, params.nonSignerQuorumBitmapIndices[j]);
             uint256 times = (bitmaps[j] & signingBitmap).countOnes();
             if (times == 1) {
                 apk = apk.plus(pk.negate());

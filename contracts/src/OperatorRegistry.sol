@@ -7,9 +7,7 @@ import {BLSSignatures} from "./libraries/BLSSignatures.sol";
 import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
 import {IStrategy} from "./interfaces/eigenlayer/IStrategy.sol";
 import {IAVSRegistrar} from "./interfaces/eigenlayer/IAVSRegistrar.sol";
-import {
-    IAllocationManager, IAllocationManagerTypes, OperatorSet
-} from "./interfaces/eigenlayer/IAllocationManager.sol";
+import {IAllocationManager, IAllocationManagerTypes, OperatorSet} from "./interfaces/eigenlayer/IAllocationManager.sol";
 import {IStrategyManager} from "./interfaces/eigenlayer/IStrategyManager.sol";
 import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
 
@@ -22,6 +20,23 @@ import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
 /// @dev Stake of an operator in a quorum = sum over the set's strategies of its minimum slashable
 ///      stake (AllocationManager.getMinimumSlashableStake). Recorded stake below the quorum minimum
 ///      after an update is recorded as zero (the operator stays in the set but weighs nothing).
+///
+///      Slashable-stake look-ahead and freshness (EigenLayer middleware's
+///      `slashableStakeLookAheadPerQuorum` and `staleStakesForbidden` / `quorumUpdateBlockNumber`):
+///      a stake read at block u is `getMinimumSlashableStake(..., u + stakeLookAheadBlocks)`, which
+///      leaves out every deallocation taking effect by then; certificates refuse a quorum whose
+///      last complete refresh (`updateOperatorsForQuorum`) at or before the reference block r lies
+///      more than `maxStakeAgeBlocks` (S) before r. Every stake counted at r was then read at some
+///      u >= r - S. With W = maxReferenceAge + challenge window + resolution window (the last block
+///      a fraud signed at r can be proven and slashed is r + W <= u + S + W):
+///      - a deallocation pending at u is counted only if it takes effect after u + L (L the
+///        look-ahead), so L >= S + W keeps it slashable until the proof;
+///      - a deallocation started after u takes effect after u + DEALLOCATION_DELAY, so
+///        S + W <= DEALLOCATION_DELAY keeps it slashable until the proof.
+///      Hence S + W <= L <= DEALLOCATION_DELAY (a look-ahead past the delay adds nothing), which
+///      Deploy.s.sol checks. Registration, deregistration and slashes re-read single operators
+///      (a fresh read never makes a quorum staler) but do not count as a quorum refresh; creating
+///      a quorum does (its operator list, empty, is complete).
 contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     using BN254 for BN254.G1Point;
     using QuorumBitmaps for uint256;
@@ -38,6 +53,11 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     mapping(uint8 => QuorumConfig) public quorumConfig;
     /// @notice Bitmap of existing quorums.
     uint192 public quorumBitmap;
+    /// @notice Stakes are read as the minimum slashable stake this many blocks ahead (L).
+    uint32 public stakeLookAheadBlocks;
+    /// @notice Certificates refuse a quorum whose last complete stake refresh lies more than this many
+    ///         blocks before the reference block (S; 0: no bound). Keep S + W <= L <= DEALLOCATION_DELAY.
+    uint32 public maxStakeAgeBlocks;
     /// @notice Number of operators registered in each quorum.
     mapping(uint8 => uint32) public operatorCount;
     /// @notice Socket string of each operator id.
@@ -59,6 +79,18 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     }
 
     mapping(uint8 => CountUpdate[]) private _countHistory;
+    /// @dev Blocks of each quorum's complete stake refreshes, ascending.
+    mapping(uint8 => uint32[]) private _quorumUpdates;
+
+    /// @dev What a certificate reads per quorum, in one slot: the last two complete refreshes and a
+    ///      copy of `maxStakeAgeBlocks` (older refreshes only from `_quorumUpdates`).
+    struct Freshness {
+        uint32 lastUpdate;
+        uint32 previousUpdate;
+        uint32 maxStakeAge;
+    }
+
+    mapping(uint8 => Freshness) private _freshness;
     mapping(uint8 => BN254.G1Point) private _currentApk;
 
     modifier onlyAllocationManager() {
@@ -97,6 +129,19 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         emit SlasherSet(slasher, allowed);
     }
 
+    /// @notice Sets the slashable-stake look-ahead L and the maximum stake age S (see the contract
+    ///         notes: keep maxReferenceAge + challenge window + resolution window + S <= L <=
+    ///         DEALLOCATION_DELAY). Stakes recorded earlier keep their values until refreshed.
+    function setStakeFreshness(uint32 lookAheadBlocks, uint32 maxStakeAge) external onlyOwner {
+        stakeLookAheadBlocks = lookAheadBlocks;
+        maxStakeAgeBlocks = maxStakeAge;
+        uint256 quorums = quorumBitmap;
+        for (uint8 q; q < 192 && quorums >> q != 0; ++q) {
+            if (quorums.has(q)) _freshness[q].maxStakeAge = maxStakeAge;
+        }
+        emit StakeFreshnessSet(lookAheadBlocks, maxStakeAge);
+    }
+
     /// @notice Creates quorum `quorumNumber` as a redistributing operator set over `strategies`.
     function createQuorum(uint8 quorumNumber, QuorumConfig calldata config, IStrategy[] calldata strategies)
         external
@@ -115,6 +160,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         _totalStakeHistory[quorumNumber].push(StakeUpdate(uint32(block.number), 0, 0));
         _apkHistory[quorumNumber].push(ApkUpdate(bytes24(0), uint32(block.number), 0));
         _countHistory[quorumNumber].push(CountUpdate(uint32(block.number), 0));
+        _recordQuorumUpdate(quorumNumber); // no operators yet: every stake is fresh
         emit QuorumCreated(quorumNumber, config.maxOperatorCount, config.minimumStake);
     }
 
@@ -198,6 +244,32 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         }
     }
 
+    /// @notice Permissionless: re-reads the stake of every operator of `quorumNumber` and records the
+    ///         quorum as refreshed now (certificates may use its stakes for `maxStakeAgeBlocks`).
+    /// @param operators The quorum's complete current operator list, strictly ascending by address.
+    function updateOperatorsForQuorum(uint8 quorumNumber, address[] calldata operators) external {
+        _requireQuorum(quorumNumber);
+        uint32 count = operatorCount[quorumNumber];
+        if (operators.length != count) revert QuorumOperatorCountMismatch(quorumNumber, operators.length, count);
+        OperatorSet memory set = OperatorSet(address(this), quorumNumber);
+        IStrategy[] memory strategies = allocationManager.getStrategiesInOperatorSet(set);
+        uint96 minimum = quorumConfig[quorumNumber].minimumStake;
+        address previous;
+        for (uint256 i; i < operators.length; ++i) {
+            address operator = operators[i];
+            if (operator <= previous) revert QuorumOperatorsNotSorted();
+            previous = operator;
+            bytes32 id = _operatorId[operator];
+            // count distinct members == operatorCount: the list is complete
+            if (id == bytes32(0) || !uint256(_currentBitmap(id)).has(quorumNumber)) {
+                revert NotRegisteredForQuorum(quorumNumber);
+            }
+            uint96 stake = _weightIn(operator, set, strategies);
+            _recordStake(id, quorumNumber, stake < minimum ? 0 : stake);
+        }
+        _recordQuorumUpdate(quorumNumber);
+    }
+
     /// @inheritdoc IOperatorRegistry
     function slashOperator(address operator, uint8 quorumNumber, uint256 wad, string calldata description)
         external
@@ -212,8 +284,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         }
         uint256 slashId;
         (slashId, shares) = allocationManager.slashOperator(
-            address(this),
-            IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
+            address(this), IAllocationManagerTypes.SlashingParams(operator, quorumNumber, strategies, wads, description)
         );
         _updateOperatorStake(operator);
         _sendSlashedTokens(set, slashId, strategies);
@@ -288,6 +359,31 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     function getCurrentTotalStake(uint8 quorumNumber) public view returns (uint96) {
         StakeUpdate[] storage h = _totalStakeHistory[quorumNumber];
         return h.length == 0 ? 0 : h[h.length - 1].stake;
+    }
+
+    /// @notice The last block in which every stake of `quorumNumber` was re-read at once (its
+    ///         creation or `updateOperatorsForQuorum`); 0 if the quorum does not exist.
+    function quorumUpdateBlockNumber(uint8 quorumNumber) external view returns (uint32) {
+        return _freshness[quorumNumber].lastUpdate;
+    }
+
+    /// @inheritdoc IOperatorRegistry
+    /// @dev One storage slot when the reference block is after one of the last two refreshes (a
+    ///      reference block is at most maxReferenceAge old); else searches back through all of them.
+    function getStakeFreshness(uint8 quorumNumber, uint32 referenceBlock)
+        external
+        view
+        returns (uint32 updateBlock, uint32 maxStakeAge)
+    {
+        Freshness memory f = _freshness[quorumNumber];
+        maxStakeAge = f.maxStakeAge;
+        if (f.lastUpdate <= referenceBlock) return (f.lastUpdate, maxStakeAge);
+        if (f.previousUpdate <= referenceBlock) return (f.previousUpdate, maxStakeAge);
+        uint32[] storage h = _quorumUpdates[quorumNumber];
+        for (uint256 i = h.length; i > 0; --i) {
+            uint32 b = h[i - 1];
+            if (b <= referenceBlock) return (b, maxStakeAge);
+        }
     }
 
     /// @notice Whether quorum `quorumNumber` exists.
@@ -457,6 +553,15 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         }
     }
 
+    function _recordQuorumUpdate(uint8 q) private {
+        Freshness storage f = _freshness[q];
+        if (f.lastUpdate != block.number || _quorumUpdates[q].length == 0) {
+            (f.previousUpdate, f.lastUpdate, f.maxStakeAge) = (f.lastUpdate, uint32(block.number), maxStakeAgeBlocks);
+            _quorumUpdates[q].push(uint32(block.number));
+        }
+        emit QuorumStakesUpdated(q, uint32(block.number));
+    }
+
     /// @dev Records `stake` for `id` in `q` and moves the quorum total by the difference.
     function _recordStake(bytes32 id, uint8 q, uint96 stake) private {
         StakeUpdate[] storage h = _stakeHistory[q][id];
@@ -518,11 +623,22 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
 
     function _weight(address operator, uint8 q) private view returns (uint96) {
         OperatorSet memory set = OperatorSet(address(this), q);
-        IStrategy[] memory strategies = allocationManager.getStrategiesInOperatorSet(set);
+        return _weightIn(operator, set, allocationManager.getStrategiesInOperatorSet(set));
+    }
+
+    /// @dev The operator's minimum slashable stake in `set` `stakeLookAheadBlocks` ahead: what a
+    ///      deallocation taking effect before then will not take away.
+    function _weightIn(address operator, OperatorSet memory set, IStrategy[] memory strategies)
+        private
+        view
+        returns (uint96)
+    {
         address[] memory ops = new address[](1);
         ops[0] = operator;
+        uint256 futureBlock = block.number + stakeLookAheadBlocks;
+        if (futureBlock > type(uint32).max) futureBlock = type(uint32).max;
         uint256[][] memory stakes =
-            allocationManager.getMinimumSlashableStake(set, ops, strategies, uint32(block.number));
+            allocationManager.getMinimumSlashableStake(set, ops, strategies, uint32(futureBlock));
         uint256 total;
         for (uint256 i; i < strategies.length; ++i) {
             total += stakes[0][i];

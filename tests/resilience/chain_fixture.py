@@ -54,13 +54,14 @@ class Chain:
 
 
 @contextlib.contextmanager
-def start_chain(workdir: Path) -> Iterator[Chain]:
+def start_chain(workdir: Path, settings: dict[str, str] | None = None) -> Iterator[Chain]:
+    """``settings``: Deploy.s.sol's environment (e.g. MAX_STAKE_AGE)."""
     anvil = Anvil()
     servers: list[FakeOperatorServer] = []
     try:
         out = CONTRACTS / "deployments" / f"pytest-resilience-{os.getpid()}-{anvil.port}.json"
         try:
-            deployment = deploy_contracts(anvil.url, out)
+            deployment = deploy_contracts(anvil.url, out, settings)
             shutil.copy(out, workdir / "deployment.json")
         finally:
             out.unlink(missing_ok=True)

@@ -30,6 +30,11 @@ interface IBLSSignatureChecker {
     error InputArrayLengthMismatch();
     /// @notice The reference block is not in the past.
     error FutureReferenceBlock();
+    /// @notice The quorum's stakes at the reference block may be stale: its last complete stake
+    ///         refresh at or before it (`OperatorRegistry.updateOperatorsForQuorum`) was at
+    ///         `lastUpdateBlock`, more than the registry's `maxStakeAgeBlocks` before it (EigenLayer
+    ///         middleware's `StaleStakesForbidden`).
+    error StaleStakes(uint8 quorumNumber, uint32 lastUpdateBlock);
     /// @notice Non-signer pubkey hashes are not strictly ascending (unsorted or duplicate).
     error NonSignerPubkeysNotSorted();
     /// @notice A quorum aggregate key does not match the history at the reference block.

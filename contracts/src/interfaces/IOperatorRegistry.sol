@@ -84,6 +84,11 @@ interface IOperatorRegistryErrors {
     error BlockBeforeHistory();
     /// @notice The redistribution recipient is unset.
     error RecipientNotSet();
+    /// @notice `updateOperatorsForQuorum` needs the quorum's complete operator list: `given`
+    ///         addresses for a quorum of `expected` operators.
+    error QuorumOperatorCountMismatch(uint8 quorumNumber, uint256 given, uint32 expected);
+    /// @notice `updateOperatorsForQuorum`'s list is not strictly ascending (unsorted or duplicated).
+    error QuorumOperatorsNotSorted();
 }
 
 /// @title IOperatorRegistryEvents
@@ -110,6 +115,11 @@ interface IOperatorRegistryEvents {
     ///         transaction; anyone can send them later with the StrategyManager's
     ///         `clearBurnOrRedistributableShares(operatorSet, slashId)`.
     event SlashedFundsNotCleared(uint8 indexed quorumNumber, uint256 slashId);
+    /// @notice Emitted when governance sets the stake look-ahead and the maximum stake age.
+    event StakeFreshnessSet(uint32 stakeLookAheadBlocks, uint32 maxStakeAgeBlocks);
+    /// @notice Emitted when every operator's stake in `quorumNumber` was re-read in one call
+    ///         (`updateOperatorsForQuorum`): certificates may use its stakes for `maxStakeAgeBlocks`.
+    event QuorumStakesUpdated(uint8 indexed quorumNumber, uint32 blockNumber);
 }
 
 /// @title IOperatorRegistry
@@ -173,6 +183,14 @@ interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, 
 
     /// @notice Bitmap of the quorums that exist.
     function quorumBitmap() external view returns (uint192);
+
+    /// @notice For a certificate at `referenceBlock`: the last block at or before it in which every
+    ///         operator stake of `quorumNumber` was re-read at once (0 if none), and the governance
+    ///         bound `maxStakeAgeBlocks` on how far the reference block may lie after it (0: no bound).
+    function getStakeFreshness(uint8 quorumNumber, uint32 referenceBlock)
+        external
+        view
+        returns (uint32 updateBlock, uint32 maxStakeAge);
 
     /// @notice Whether quorum `quorumNumber`'s operator set can slash `operator` now: EigenLayer's
     ///         `isOperatorSlashable` (registered, or deregistered at most `DEALLOCATION_DELAY` blocks

@@ -24,8 +24,15 @@ abstract contract AvsFixture is Test {
 
     uint96 internal constant MIN_STAKE = 1 ether;
     address internal constant RECIPIENT = address(0xBEEF);
-    /// @dev The core's DEALLOCATION_DELAY: longer than the challenge (50) and resolution (100) windows.
-    uint32 internal constant DEALLOCATION_DELAY_BLOCKS = 1_000;
+    /// @dev The core's DEALLOCATION_DELAY: longer than the challenge (50) and resolution (100) windows,
+    ///      and long enough that the stake age bound (S below, 1,750) lets the fixture's certificates
+    ///      span a coverage term (1,000 blocks) without a stake refresh.
+    uint32 internal constant DEALLOCATION_DELAY_BLOCKS = 2_000;
+    /// @dev The registry's look-ahead L and maximum stake age S, as Deploy.s.sol sets them by default:
+    ///      L = DEALLOCATION_DELAY, S = L - W with W = 100 (max reference age) + 50 (challenge window)
+    ///      + 100 (resolution window).
+    uint32 internal constant STAKE_LOOKAHEAD_BLOCKS = DEALLOCATION_DELAY_BLOCKS;
+    uint32 internal constant MAX_STAKE_AGE_BLOCKS = DEALLOCATION_DELAY_BLOCKS - 250;
 
     LocalRestakingCore internal core;
     TestToken internal token;
@@ -42,6 +49,7 @@ abstract contract AvsFixture is Test {
         strategy = new LocalStrategy(token);
         core.addStrategy(strategy);
         registry = new OperatorRegistry(core, core, address(this));
+        registry.setStakeFreshness(STAKE_LOOKAHEAD_BLOCKS, MAX_STAKE_AGE_BLOCKS);
         taskManager = new InferenceTaskManager(
             registry, address(this), IInferenceTaskManager.Config(6667, 100, 50), _recordRing()
         );

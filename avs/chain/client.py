@@ -177,8 +177,23 @@ def encode_signatures(params: NonSignerStakesAndSignature) -> tuple[Any, ...]:
     )
 
 
+class SentTransactionHash(Protocol):
+    @property
+    def tx_hash(self) -> bytes: ...
+
+
+class TransactionSink(Protocol):
+    """What sends a contract call for the client's account and waits for it (the aggregator's
+    ``TransactionSender``: nonces, fee bumps, confirmations)."""
+
+    def send(self, fn: ContractFunction) -> SentTransactionHash: ...
+
+
 class Web3AvsClient:
-    """``RegistryReader`` and ``TaskManagerWriter`` over web3.py, signing with a local account."""
+    """``RegistryReader`` and ``TaskManagerWriter`` over web3.py, signing with a local account.
+
+    ``sender``, when set, sends every transaction of the client's own account (``transact`` without
+    another account), so that a long-running service gets fee bumps instead of a bare 30 s wait."""
 
     def __init__(
         self, w3: Web3, deployment: Deployment, account: LocalAccount | None = None, out_dir: Path = DEFAULT_OUT_DIR
@@ -186,6 +201,7 @@ class Web3AvsClient:
         self.w3 = w3
         self.deployment = deployment
         self.account = account
+        self.sender: TransactionSink | None = None
         self.registry = w3.eth.contract(
             address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry", out_dir)
         )
@@ -269,6 +285,8 @@ class Web3AvsClient:
 
     def transact(self, fn: ContractFunction, account: LocalAccount | None = None) -> bytes:
         """Sends ``fn`` from ``account`` (default: the client's) and waits for a successful receipt."""
+        if self.sender is not None and account is None:
+            return bytes(self.sender.send(fn).tx_hash)
         sender = account or self.account
         if sender is None:
             raise AvsError("this client has no account to send transactions from")

@@ -13,10 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_account import Account
 from hexbytes import HexBytes
 
+from avs.chain.client import Web3AvsClient
 from avs_aggregator.app import PipelineRunner
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.store import BatchState, RequestState
@@ -155,6 +158,28 @@ def test_a_nonce_gap_left_by_a_reorg_is_closed_by_the_next_send(chain: Chain) ->
         sender.send(update)
     sent = sender.send(update)
     assert chain.anvil.w3.eth.get_transaction_receipt(HexBytes(sent.tx_hash))["status"] == 1
+
+
+def test_a_client_with_a_sender_sends_its_own_transactions_through_it(chain: Chain) -> None:
+    """The challenger's client: its own transactions (challenge, resolve, slash) go through the
+    TransactionSender (fee bumps); a call for another account still goes the plain way."""
+
+    class Counting(TransactionSender):
+        sent = 0
+
+        def send(self, fn: Any) -> Any:
+            Counting.sent += 1
+            return super().send(fn)
+
+    client = Web3AvsClient(chain.anvil.w3, chain.deployment, AGGREGATOR)
+    client.sender = Counting(client, AGGREGATOR, SenderSettings(receipt_timeout=5.0, poll_seconds=0.05))
+    tx_hash = client.transact(client.registry.functions.updateOperators([]))
+    assert Counting.sent == 1
+    assert chain.anvil.w3.eth.get_transaction_receipt(HexBytes(tx_hash))["status"] == 1
+    other = Account.create()
+    chain.anvil.w3.provider.make_request("anvil_setBalance", [other.address, hex(10**18)])  # type: ignore[arg-type]
+    client.transact(client.registry.functions.updateOperators([]), other)
+    assert Counting.sent == 1
 
 
 def test_reorg_after_certification_is_recovered(chain: Chain, tmp_path: Path) -> None:

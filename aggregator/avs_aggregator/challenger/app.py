@@ -40,6 +40,7 @@ from avs_aggregator.challenger.store import (
 from avs_aggregator.config import ConfigError
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.operators import GrpcOperatorCaller
+from avs_aggregator.txsender import TransactionSender
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,11 @@ class ChallengerApp:
         from web3 import Web3
 
         w3 = Web3(Web3.HTTPProvider(self.config.rpc_url, request_kwargs={"timeout": 30}))
-        client = Web3AvsClient(w3, deployment, Account.from_key(key))
+        account = Account.from_key(key)
+        client = Web3AvsClient(w3, deployment, account)
+        # Challenge, resolve and slashing transactions with nonce tracking and fee bumps: one stuck in
+        # the mempool is replaced, not left there while the challenge window runs out.
+        client.sender = TransactionSender(client, account)
         domain = Domain(deployment.chain_id, deployment.task_manager)
         caller = GrpcOperatorCaller(domain, key)
         aggregator = AggregatorClient(self.config.aggregator)

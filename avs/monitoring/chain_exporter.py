@@ -135,6 +135,7 @@ class ChainExporter:
         self._chunk = chunk_blocks
         self._totals = EventTotals()
         self._last_batch_timestamp: int | None = None
+        self._last_batch_block: int | None = None  # the block of that timestamp
         self._lock = threading.Lock()
         self.snapshot: ChainSnapshot | None = None
         self.decimals = reader.get_token_decimals()
@@ -146,8 +147,12 @@ class ChainExporter:
         totals = self._totals
         for lo, hi in compute_block_ranges(self._next_block, block, self._chunk):
             totals = totals.add(self._reader.get_event_totals(lo, hi))
-        if totals.last_batch_block is not None and totals.last_batch_block != self._totals.last_batch_block:
+            with self._lock:  # kept chunk by chunk: a failure later in a long scan does not redo this
+                self._totals = totals
+                self._next_block = hi + 1
+        if totals.last_batch_block is not None and totals.last_batch_block != self._last_batch_block:
             self._last_batch_timestamp = self._reader.get_block_timestamp(totals.last_batch_block)
+            self._last_batch_block = totals.last_batch_block
         snapshot = ChainSnapshot(
             block=block,
             block_timestamp=timestamp,

@@ -135,3 +135,32 @@ def test_cli_refuses_a_bad_deployment_or_rpc_cleanly(tmp_path: Path) -> None:
         [*command, "--deployment", str(tmp_path / "deployment.json")], capture_output=True, text=True
     )
     assert no_rpc.returncode == 2 and "chain-exporter:" in no_rpc.stderr and "Traceback" not in no_rpc.stderr
+
+
+def test_a_failure_in_a_long_scan_keeps_the_chunks_already_read() -> None:
+    """The first scan runs from the deployment block to the head: one failing eth_getLogs must not
+    send it back to the start (on a long chain it might never finish)."""
+
+    @dataclass
+    class Flaky(FakeChain):
+        fail_at: int | None = None
+
+        def get_event_totals(self, from_block: int, to_block: int) -> EventTotals:
+            if from_block == self.fail_at:
+                self.fail_at = None
+                raise ConnectionError("rpc down")
+            return super().get_event_totals(from_block, to_block)
+
+    chain = Flaky(block=20, events={3: EventTotals(batches_certified=1, last_batch_block=3)}, fail_at=10)
+    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4)
+    try:
+        exporter.process_poll()
+    except ConnectionError:
+        exporter.handle_poll_error()
+    assert chain.scanned == [(2, 5), (6, 9)]
+    exporter.process_poll()
+    assert chain.scanned[2:] == [(10, 13), (14, 17), (18, 20)]  # resumed where it stopped
+    samples = _scrape(exporter)
+    assert samples["avs_chain_batches_certified_total"] == 1  # counted once
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_003
+    assert samples["avs_chain_exporter_poll_errors_total"] == 1

@@ -244,7 +244,8 @@ class AggregatorApp:
         domain = Domain(deployment.chain_id, deployment.task_manager)
         self.store = Store(config.database_url)
         self._closers.append(self.store.close)
-        caller = GrpcOperatorCaller(domain, key)
+        ca_file = config.keys.operator_tls_ca_file
+        caller = GrpcOperatorCaller(domain, key, ca_file.read_bytes() if ca_file is not None else None)
         self._closers.append(caller.close)
         sender = LeaderOnlySender(
             client,

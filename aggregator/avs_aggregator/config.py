@@ -32,6 +32,8 @@ class ChainConfig(_Section):
 
 class KeysConfig(_Section):
     ecdsa_keystore: Path  # the aggregator's key: signs operator calls and certifyBatch
+    # PEM roots for operators registered with a grpcs:// socket (TLS); unset: the system's roots
+    operator_tls_ca_file: Path | None = None
 
 
 class ModelConfig(_Section):
@@ -147,7 +149,14 @@ def load_config(path: Path) -> AggregatorConfig:
     return config.model_copy(
         update={
             "chain": config.chain.model_copy(update={"deployment_file": resolve(config.chain.deployment_file)}),
-            "keys": config.keys.model_copy(update={"ecdsa_keystore": resolve(config.keys.ecdsa_keystore)}),
+            "keys": config.keys.model_copy(
+                update={
+                    "ecdsa_keystore": resolve(config.keys.ecdsa_keystore),
+                    "operator_tls_ca_file": resolve(config.keys.operator_tls_ca_file)
+                    if config.keys.operator_tls_ca_file
+                    else None,
+                }
+            ),
             "models": models,
             "database_url": resolve_database_url(config.database_url, path.parent),
         }

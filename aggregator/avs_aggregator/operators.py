@@ -28,9 +28,14 @@ def socket_to_target(socket: str) -> str:
 
 
 class GrpcOperatorCaller:
-    def __init__(self, domain: Domain, caller_key: bytes) -> None:
+    """An operator whose registered socket is ``grpcs://host:port`` is called over TLS, its
+    certificate checked against ``tls_root_certificates`` (PEM; None: the system's roots); a
+    ``grpc://`` (or bare) socket in plaintext. Either way every call is signed."""
+
+    def __init__(self, domain: Domain, caller_key: bytes, tls_root_certificates: bytes | None = None) -> None:
         self._domain = domain
         self._key = caller_key
+        self._tls_roots = tls_root_certificates
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -40,14 +45,21 @@ class GrpcOperatorCaller:
 
     def _client(self, operator: OperatorInfo) -> OperatorClient:
         target = socket_to_target(operator.socket)
+        tls = operator.socket.startswith("grpcs://")
+        key = ("grpcs://" if tls else "grpc://") + target
         with self._lock:
-            channel = self._channels.get(target)
+            channel = self._channels.get(key)
             if channel is None:
                 options = [
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ]
-                channel = self._channels[target] = grpc.insecure_channel(target, options=options)
+                if tls:
+                    credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_roots)
+                    channel = grpc.secure_channel(target, credentials, options=options)
+                else:
+                    channel = grpc.insecure_channel(target, options=options)
+                self._channels[key] = channel
         return OperatorClient(channel, self._domain, operator.operator_id, self._key)
 
     def close(self) -> None:

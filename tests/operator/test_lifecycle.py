@@ -20,6 +20,8 @@ from avs.crypto import bls
 from avs.devnet import ServiceProcess
 from avs.inference.engine import load_engine
 from avs.rpc.operator_client import OperatorClient
+from avs_aggregator.operators import GrpcOperatorCaller
+from avs_aggregator.ports import OperatorInfo
 from avs_operator.app import OperatorApp
 from avs_operator.config import OperatorSecrets, parse_config
 from tests.inference.conftest import build_tiny_model
@@ -91,6 +93,24 @@ def test_tls_when_configured(model_dir: Path, tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as refused:
                 OperatorClient(plain, DOMAIN, pair.operator_id, AGGREGATOR.key).get_info(timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        # The aggregator's caller: TLS for an operator registered with a grpcs:// socket, checked
+        # against the configured roots (a self-signed certificate is not in the system's).
+        def registered(socket: str) -> OperatorInfo:
+            return OperatorInfo(pair.operator_id, AGGREGATOR.address, pair.pubkey_g1, pair.pubkey_g2, socket, {0: 1})
+
+        tls = registered(f"grpcs://localhost:{app.ports.grpc}")
+        trusting = GrpcOperatorCaller(DOMAIN, bytes(AGGREGATOR.key), cert.read_bytes())
+        untrusting = GrpcOperatorCaller(DOMAIN, bytes(AGGREGATOR.key))
+        try:
+            assert trusting._client(tls).get_info(timeout=5).operator_id == pair.operator_id
+            for caller, operator in ((untrusting, tls), (trusting, registered(f"grpc://localhost:{app.ports.grpc}"))):
+                with pytest.raises(grpc.RpcError) as failed:
+                    caller._client(operator).get_info(timeout=5)
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            trusting.close()
+            untrusting.close()
     finally:
         app.stop(1)
 

@@ -52,6 +52,7 @@ class ChallengerConfig(BaseModel):
     deployment_file: Path
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC (GetBatch, GetStatus)
     ecdsa_keystore: Path
+    operator_tls_ca_file: Path | None = None  # PEM roots for operators with a grpcs:// socket
     sample_rate: float = Field(default=0.1, ge=0, le=1)  # share of leaves re-verified
     checkers: int = Field(default=2, ge=1, le=32)  # operators asked per leaf: non-signers first
     check_attempts: int = Field(default=10, ge=1)  # polls a leaf is retried while unchecked
@@ -95,6 +96,7 @@ def load_challenger_config(path: Path) -> ChallengerConfig:
         update={
             "deployment_file": resolve(config.deployment_file),
             "ecdsa_keystore": resolve(config.ecdsa_keystore),
+            "operator_tls_ca_file": resolve(config.operator_tls_ca_file) if config.operator_tls_ca_file else None,
             "database_url": resolve_database_url(config.database_url, path.parent),
         }
     )
@@ -153,7 +155,8 @@ class ChallengerApp:
         # the mempool is replaced, not left there while the challenge window runs out.
         client.sender = TransactionSender(client, account)
         domain = Domain(deployment.chain_id, deployment.task_manager)
-        caller = GrpcOperatorCaller(domain, key)
+        ca_file = self.config.operator_tls_ca_file
+        caller = GrpcOperatorCaller(domain, key, ca_file.read_bytes() if ca_file is not None else None)
         aggregator = AggregatorClient(self.config.aggregator)
         self._closers += [caller.close, aggregator.close]
         self.store = ChallengerStore(self.config.database_url)

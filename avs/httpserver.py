@@ -150,3 +150,17 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+
+def start_metrics_server(
+    host: str, port: int, registry: Any, max_connections: int = 64, head_timeout: float = DEFAULT_HEAD_TIMEOUT_SECONDS
+) -> tuple[BoundedHTTPServer, threading.Thread]:
+    """Prometheus' ``/metrics`` for ``registry`` on a ``BoundedHTTPServer`` (prometheus_client's own
+    ``start_http_server`` has no connection cap and no deadlines); port 0 picks a free one."""
+    from prometheus_client.exposition import MetricsHandler
+
+    handler = MetricsHandler.factory(registry)
+    server = BoundedHTTPServer((host, port), handler, max_connections=max_connections, head_timeout=head_timeout)
+    thread = threading.Thread(target=server.serve_forever, args=(0.2,), name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from avs.httpserver import BoundedHTTPServer, read_body
+from avs.httpserver import BoundedHTTPServer, read_body, start_metrics_server
 
 
 class _Ok(BaseHTTPRequestHandler):
@@ -154,3 +154,33 @@ def test_a_body_read_with_read_body_is_cut_off_at_the_body_deadline() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_metrics_server_serves_the_registry_with_the_same_limits() -> None:
+    """Every service's /metrics (operator, aggregator, challenger, chain exporter) runs on
+    ``start_metrics_server``: prometheus_client's exposition, behind the head deadline and the cap."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    Counter("avs_test_things_total", "things", registry=registry).inc(3)
+    server, thread = start_metrics_server("127.0.0.1", 0, registry, max_connections=1, head_timeout=1.0)
+    port = int(server.server_address[1])
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200 and b"avs_test_things_total 3.0" in response.read()
+        connection.close()
+        time.sleep(0.2)
+        silent = socket.create_connection(("127.0.0.1", port))  # holds the one slot
+        time.sleep(0.1)
+        assert _get(port) == 503
+        silent.settimeout(10)
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # dropped at the head deadline, not after the 60 s socket timeout
+        assert time.monotonic() - started < 5
+        silent.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -34,7 +34,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from grpc_health.v1 import health_pb2
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from web3.contract.contract import ContractFunction
 
 from avs import keystore
@@ -44,7 +44,7 @@ from avs.chain.faults import Web3FaultClient
 from avs.chain.insurance import Web3CoverageReader
 from avs.config import split_host_port
 from avs.errors import InvalidInputError
-from avs.httpserver import BoundedHTTPServer
+from avs.httpserver import BoundedHTTPServer, start_metrics_server
 from avs.messages import Domain
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
 from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
@@ -366,7 +366,7 @@ class AggregatorApp:
 
     def _start_http(self) -> None:
         host, port = split_host_port(self.config.metrics_listen)
-        metrics_server, _ = start_http_server(port, addr=host, registry=self.registry)
+        metrics_server, _ = start_metrics_server(host, port, self.registry)
         self.ports.metrics = int(metrics_server.server_address[1])
         self._closers.append(metrics_server.shutdown)
         app = self

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from web3 import Web3
@@ -34,6 +34,7 @@ from web3 import Web3
 from avs.chain.abi import load_abi
 from avs.chain.deployment import Deployment, load_deployment
 from avs.errors import AvsError, InvalidInputError
+from avs.httpserver import start_metrics_server
 
 logger = logging.getLogger(__name__)
 
@@ -428,7 +429,7 @@ def serve(args: argparse.Namespace) -> int:
     exporter.process_poll()  # fail fast on a wrong RPC URL or deployment
     registry = CollectorRegistry()
     registry.register(ChainCollector(exporter))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server, thread = start_metrics_server(host, port, registry)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

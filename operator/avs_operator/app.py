@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from avs import __version__, keystore
 from avs.calls import CallAuthenticator
 from avs.config import split_host_port
 from avs.errors import InvalidInputError, ModelMismatchError
+from avs.httpserver import start_metrics_server
 from avs.inference.engine import EngineRegistry, InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
 from avs.messages import Domain
@@ -127,7 +128,7 @@ class OperatorApp:
         self.ports.node_api = node_api.port
         self._closers.append(node_api.stop)
         host, port = split_host_port(self.config.metrics.listen)
-        metrics_server, _ = start_http_server(port, addr=host, registry=self.registry)
+        metrics_server, _ = start_metrics_server(host, port, self.registry)
         self.ports.metrics = int(metrics_server.server_address[1])
         self._closers.append(metrics_server.shutdown)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from eth_account import Account
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +25,7 @@ from avs.chain.faults import Web3FaultClient
 from avs.client import AggregatorClient
 from avs.config import resolve_database_url, split_host_port
 from avs.errors import InvalidInputError
+from avs.httpserver import start_metrics_server
 from avs.messages import Domain
 from avs_aggregator.chain import Web3OperatorSetReader
 from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
@@ -193,7 +194,7 @@ class ChallengerApp:
             confirmations=self.config.confirmations,
         )
         host, port = split_host_port(self.config.metrics_listen)
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        server, _ = start_metrics_server(host, port, self.registry)
         self.metrics_port = int(server.server_address[1])
         self._closers.append(server.shutdown)
         self._thread = threading.Thread(target=self._loop, name="challenger", daemon=True)

@@ -11,7 +11,7 @@ A file is opened only with a 32-byte derived key (a shorter one would leave the 
 the password: a wrong password would open it to a wrong key) and a KDF at least as costly as the
 cheapest any Ethereum tool writes: scrypt ``n >= 2^12`` (geth's ``--lightkdf``), pbkdf2
 ``c >= 2^18`` (EIP-2335's and the Web3 Secret Storage examples'). Writing takes the same floor: a
-lower ``scrypt_n`` is raised to it, so nothing here writes a file it would refuse to open. Every
+lower ``scrypt_n`` is refused, so nothing here writes a file it would refuse to open. Every
 way a file can be wrong is a ``KeystoreError`` (``WrongPasswordError`` for a MAC that fails).
 """
 
@@ -67,8 +67,15 @@ class KeyInfo:
 
 
 def _scrypt_n_to_write(scrypt_n: int) -> int:
-    """The scrypt cost a file is written with: ``scrypt_n``, raised to ``MIN_SCRYPT_N``."""
-    return max(scrypt_n, MIN_SCRYPT_N)
+    """``scrypt_n`` if a file written with it can be opened again (a power of two, at least ``MIN_SCRYPT_N``)."""
+    if (
+        isinstance(scrypt_n, bool)
+        or not isinstance(scrypt_n, int)
+        or scrypt_n < MIN_SCRYPT_N
+        or scrypt_n & (scrypt_n - 1)
+    ):
+        raise KeystoreError(f"scrypt n must be a power of two of at least {MIN_SCRYPT_N}, got {scrypt_n!r}")
+    return scrypt_n
 
 
 def encrypt_v3(secret: bytes, password: str, scrypt_n: int = SCRYPT_N) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def start_operator_app(
 
     home.mkdir(parents=True, exist_ok=True)
     key_file = home / "bls.json"
-    keystore.save_bls_keystore(key_file, key_pair, PASSWORD, 1 << 4)  # low scrypt cost: bench-only keys
+    keystore.save_bls_keystore(key_file, key_pair, PASSWORD, keystore.MIN_SCRYPT_N)  # cheapest allowed: bench keys
     config = {
         "chain": {"chain_id": DOMAIN.chain_id, "task_manager": TASK_MANAGER},
         "keys": {"bls_keystore": str(key_file)},

@@ -56,7 +56,7 @@ def test_bls_sign_bad_input_is_one_clear_line(args: list[str], message: str) -> 
 
 def test_keys_create_list_show(tmp_path: Path) -> None:
     env = {"AVS_KEYSTORE_PASSWORD": PASSWORD, "AVS_KEYS_DIR": str(tmp_path)}
-    fast = ["--scrypt-n", "1024"]
+    fast = ["--scrypt-n", "4096"]
     created = run("keys", "create", "--type", "bls", *fast, "alice", env=env)
     assert created.returncode == 0, created.stderr
     info = json.loads(created.stdout)
@@ -142,7 +142,7 @@ def test_request_key_and_insurance_options_are_checked_before_any_call(
 
 def test_request_reads_the_requester_keystore_and_never_prints_it(tmp_path: Path) -> None:
     env = {"AVS_KEYSTORE_PASSWORD": PASSWORD, "AVS_KEYS_DIR": str(tmp_path)}
-    created = run("keys", "create", "--type", "ecdsa", "--scrypt-n", "1024", "me", env=env)
+    created = run("keys", "create", "--type", "ecdsa", "--scrypt-n", "4096", "me", env=env)
     address = json.loads(created.stdout)["address"]
     out = run("request", "hi", "--model", "m", "--requester-key", "me", "--requester", address, env=env)
     assert out.returncode == 2 and "needs --deployment" in out.stderr  # the key opened and matched the address

@@ -179,12 +179,15 @@ def test_pbkdf2_at_the_floor_opens(tmp_path: Path) -> None:
     assert keystore.load_ecdsa_keystore(tmp_path / "ok.json", "pw") == b"\x11" * 32
 
 
-def test_writing_below_the_floor_writes_the_floor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scrypt_n", [1 << 4, keystore.MIN_SCRYPT_N - 1, keystore.MIN_SCRYPT_N + 1, 0, True])
+def test_writing_below_the_floor_is_refused_not_silently_raised(tmp_path: Path, scrypt_n: int) -> None:
     pair = bls.compute_key_pair(bls.SecretKey(5))
-    keystore.save_bls_keystore(tmp_path / "a.bls.key.json", pair, "pw", scrypt_n=1 << 4)
-    keystore.save_ecdsa_keystore(tmp_path / "a.ecdsa.key.json", b"\x07" * 32, "pw", scrypt_n=1 << 4)
-    for name in ("a.bls.key.json", "a.ecdsa.key.json"):
-        assert json.loads((tmp_path / name).read_text())["crypto"]["kdfparams"]["n"] == keystore.MIN_SCRYPT_N
+    with pytest.raises(KeystoreError, match="scrypt n must be a power of two"):
+        keystore.save_bls_keystore(tmp_path / "a.bls.key.json", pair, "pw", scrypt_n=scrypt_n)
+    with pytest.raises(KeystoreError, match="scrypt n must be a power of two"):
+        keystore.save_ecdsa_keystore(tmp_path / "a.ecdsa.key.json", b"\x07" * 32, "pw", scrypt_n=scrypt_n)
+    assert not list(tmp_path.iterdir())  # nothing written
+    keystore.save_bls_keystore(tmp_path / "a.bls.key.json", pair, "pw", scrypt_n=keystore.MIN_SCRYPT_N)
     assert keystore.load_bls_keystore(tmp_path / "a.bls.key.json", "pw") == pair
 
 

@@ -95,7 +95,7 @@ class Devnet:
 
 def start_operator(workdir: Path, model: Path, cache: Path, deployment: Deployment) -> OperatorApp:
     workdir.mkdir(parents=True)
-    keystore.save_bls_keystore(workdir / "bls.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 10)
+    keystore.save_bls_keystore(workdir / "bls.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 12)
     config = parse_operator_config(
         {
             "chain": {"chain_id": deployment.chain_id, "task_manager": deployment.task_manager},
@@ -156,7 +156,7 @@ def start_aggregator(devnet: Devnet, db: Path | str, **overrides: object) -> Agg
     """An aggregator on ``db`` (a SQLite file, or any database URL); ``overrides``: config keys."""
     key_file = devnet.workdir / "aggregator.key.json"
     if not key_file.exists():
-        keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 10)
+        keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 12)
     config = parse_config(
         {
             "chain": {"rpc_url": devnet.anvil.url, "deployment_file": str(devnet.workdir / "deployment.json")},

@@ -88,7 +88,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def running(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     workdir = tmp_path_factory.mktemp("operator")
     keystore.save_bls_keystore(
-        workdir / "op.bls.key.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 10
+        workdir / "op.bls.key.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 12
     )
     node = start(workdir, model_dir, tmp_path_factory.mktemp("cache"))
     yield node
@@ -239,7 +239,7 @@ def test_node_api_and_metrics_over_http(running: Running) -> None:
 
 def test_slashing_protection_survives_a_restart(model_dir: Path, tmp_path: Path) -> None:
     keystore.save_bls_keystore(
-        tmp_path / "op.bls.key.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 10
+        tmp_path / "op.bls.key.json", bls.compute_key_pair(bls.generate_secret_key()), PASSWORD, 1 << 12
     )
     first = start(tmp_path, model_dir, tmp_path / "cache")
     request = envelope(first, "restart me", nonce=40)

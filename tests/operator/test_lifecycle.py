@@ -37,7 +37,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def new_keystore(workdir: Path) -> bls.KeyPair:
     pair = bls.compute_key_pair(bls.generate_secret_key())
-    keystore.save_bls_keystore(workdir / "op.bls.key.json", pair, PASSWORD, 1 << 10)
+    keystore.save_bls_keystore(workdir / "op.bls.key.json", pair, PASSWORD, 1 << 12)
     return pair
 
 

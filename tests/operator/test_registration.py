@@ -55,9 +55,9 @@ def test_register_status_deregister(anvil: str, deployment: Deployment, tmp_path
     w3 = Web3(Web3.HTTPProvider(anvil))
     account = Account.create()
     keystore.save_bls_keystore(
-        tmp_path / "op.bls.key.json", bls.compute_key_pair(bls.generate_secret_key()), BLS_PASSWORD, 1 << 10
+        tmp_path / "op.bls.key.json", bls.compute_key_pair(bls.generate_secret_key()), BLS_PASSWORD, 1 << 12
     )
-    keystore.save_ecdsa_keystore(tmp_path / "op.ecdsa.key.json", bytes(account.key), ECDSA_PASSWORD, 1 << 10)
+    keystore.save_ecdsa_keystore(tmp_path / "op.ecdsa.key.json", bytes(account.key), ECDSA_PASSWORD, 1 << 12)
     (tmp_path / "deployment.json").write_text(
         json.dumps({field: getattr(deployment, field) for field in deployment.__dataclass_fields__})
     )

@@ -50,7 +50,7 @@ class AggregatorProcess:
     def __init__(self, chain: Chain, home: Path) -> None:
         self.home = home
         key_file = home / "aggregator.ecdsa.json"
-        keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 10)
+        keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 12)
         self.ports = {name: get_free_port() for name in ("grpc", "metrics", "health")}
         config = {
             "chain": {"rpc_url": chain.anvil.url, "deployment_file": str(chain.deployment_file)},

@@ -45,8 +45,21 @@ def test_parse_g1_rejects_malformed_points(x: int, y: int) -> None:
     assert isinstance(info.value, AvsError) and isinstance(info.value, ValueError)
 
 
-@given(field, field)
-def test_parse_g1_agrees_with_the_curve_equation(x: int, y: int) -> None:
+def _curve_point_or_near_miss() -> st.SearchStrategy[tuple[int, int]]:
+    """Random pairs (almost never on the curve), points k*G, and such points with one coordinate
+    moved by a small step: every branch of the check gets examples."""
+    from avs.crypto.backends import get_backend
+
+    points = st.integers(1, 2**64).map(lambda k: get_backend().g1_mul(G1_GENERATOR, k)).map(lambda p: (p.x, p.y))
+    moved = st.tuples(points, st.integers(1, 3), st.booleans()).map(
+        lambda t: ((t[0][0] + t[1]) % FP_MODULUS, t[0][1]) if t[2] else (t[0][0], (t[0][1] + t[1]) % FP_MODULUS)
+    )
+    return st.one_of(st.tuples(field, field), points, moved)
+
+
+@given(_curve_point_or_near_miss())
+def test_parse_g1_agrees_with_the_curve_equation(point: tuple[int, int]) -> None:
+    x, y = point
     on_curve = (y * y - x**3 - 3) % FP_MODULUS == 0
     if on_curve and (x, y) != (0, 0):
         assert parse_g1(x, y) == G1Point(x, y)

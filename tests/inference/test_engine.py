@@ -434,6 +434,21 @@ def test_the_parameter_count_comes_from_the_headers_whatever_the_stored_dtype(
         count_parameters(halved)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path runs where one is lent")
+@pytest.mark.parametrize("params", SETTINGS)
+def test_gpu_generation_verifies_on_the_cpu_and_back(
+    tiny_model_dir: Path, tiny_engine: InferenceEngine, tmp_path: Path, params: SamplingParams
+) -> None:
+    """The real GPU path (no stand-in): the same profile on CUDA and on the CPU, each party's output
+    accepted by the other."""
+    gpu = load_engine(tiny_model_dir, device="cuda", cache_dir=tmp_path / "cache")
+    assert gpu.input_device.type == "cuda" and gpu.profile_hash == tiny_engine.profile_hash
+    ids = prompt_ids(tiny_engine)
+    on_gpu = gpu.generate(ids, params)
+    assert tiny_engine.verify(ids, on_gpu.token_ids, params).accepted
+    assert gpu.verify(ids, tiny_engine.generate(ids, params).token_ids, params).accepted
+
+
 def test_nan_logits_get_no_verdict(tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """NaN compares false with everything, so a NaN margin used to pass: now a NaN prefill (a broken
     device, an fp16 overflow) is an error with no signature, and a NaN margin never passes."""

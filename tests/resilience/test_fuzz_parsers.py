@@ -246,6 +246,7 @@ def test_verify_certificate_never_raises_on_random_bytes(data: bytes) -> None:
     if certificate is not None:
         check = verify_certificate(certificate, min_share_bps=6667)
         assert isinstance(check.problems, tuple)
+        assert not check.ok and check.problems  # random bytes never make a valid certificate
 
 
 @EXAMPLES

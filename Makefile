@@ -73,7 +73,7 @@ test-monitoring: setup ## promtool config/rule tests and the live Prometheus che
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts_test.yml
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/deploy
 
-test-resilience: setup ## resilience suites including the slow ones (1,000-request load)
+test-resilience: setup ## the slow resilience test (1,000-request load); the fast ones run in make test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/resilience -m slow
 
 lint: setup ## ruff and mypy

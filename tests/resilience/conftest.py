@@ -1,7 +1,7 @@
 """Resilience suites: slow tests here run only when asked for with ``-m slow`` (``make test-resilience``).
 
-``make test`` runs pytest without a marker expression, so the long fault-injection runs (real
-processes killed with SIGKILL, 1,000-request load) are skipped there and the fast ones still run.
+``make test`` runs pytest without a marker expression, so the slow ones (the 1,000-request load)
+are skipped there and the fast ones still run; CI runs ``make test-resilience`` after it.
 """
 
 from __future__ import annotations

@@ -80,9 +80,15 @@ class StakeKeeper:
             last = int(registry.quorumUpdateBlockNumber(quorum).call())
             due = last + margin
             if head >= due:
-                self.refresh(quorum, head)
-                refreshed.append(quorum)
-                due = head + 1 + margin
+                try:
+                    self.refresh(quorum, head)
+                except Exception as exc:  # one quorum failing (gas, a registration in between) must
+                    # not keep the others from being refreshed: this one is tried again next block
+                    logger.warning("quorum stake refresh failed", extra={"quorum": quorum, "error": str(exc)})
+                    due = head + 1
+                else:
+                    refreshed.append(quorum)
+                    due = head + 1 + margin
             next_due = due if next_due is None else min(next_due, due)
         self._next_block = next_due if next_due is not None else head + margin
         return refreshed

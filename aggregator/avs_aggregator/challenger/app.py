@@ -40,6 +40,7 @@ from avs_aggregator.challenger.store import (
 )
 from avs_aggregator.config import ConfigError
 from avs_aggregator.evidence import EvidenceBook
+from avs_aggregator.keeper import StakeKeeper
 from avs_aggregator.operators import GrpcOperatorCaller
 from avs_aggregator.txsender import TransactionSender
 
@@ -54,6 +55,9 @@ class ChallengerConfig(BaseModel):
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC (GetBatch, GetStatus)
     ecdsa_keystore: Path
     operator_tls_ca_file: Path | None = None  # PEM roots for operators with a grpcs:// socket
+    # Keep the registry's stakes fresh itself (updateOperatorsForQuorum): escalation certificates are
+    # refused on stale stakes, and the challenger must not depend on the aggregator for that.
+    refresh_stakes: bool = True
     sample_rate: float = Field(default=0.1, ge=0, le=1)  # share of leaves re-verified
     checkers: int = Field(default=2, ge=1, le=32)  # operators asked per leaf: non-signers first
     check_attempts: int = Field(default=10, ge=1)  # polls a leaf is retried while unchecked
@@ -164,6 +168,7 @@ class ChallengerApp:
         self._closers.append(self.store.close)
         chain = Web3Escalator(Web3FaultClient(client))
         reader = Web3OperatorSetReader(client, self.config.reference_lag_blocks)
+        self.keeper = StakeKeeper(client, reader, client.transact) if self.config.refresh_stakes else None
         self.evidence = EvidenceBook(
             self.store.session,
             AttestationRow,
@@ -210,6 +215,11 @@ class ChallengerApp:
         """One poll: scan and check, then resolve, then report evidence and metrics, each step on its
         own (the chain or the aggregator unreachable for one does not stop the others)."""
         findings: list[Finding] = []
+        try:
+            if self.keeper is not None:  # before resolving: an escalation certificate needs fresh stakes
+                self.keeper.tick()
+        except Exception:
+            logger.exception("refreshing the registry's stakes failed; retrying at the next poll")
         try:
             findings = self.challenger.poll()
         except Exception:

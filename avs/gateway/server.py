@@ -166,9 +166,12 @@ class GatewayHandler(BaseHTTPRequestHandler):
     # --- bodies ------------------------------------------------------------------------
 
     def _read_json(self) -> object:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if "Transfer-Encoding" in self.headers:  # any coding ("gzip, chunked", "Chunked "): never guessed at
             self.close_connection = True
-            raise InvalidInputError("send the body with a Content-Length (chunked bodies are not read)")
+            raise InvalidInputError("send the body with a Content-Length (Transfer-Encoding bodies are not read)")
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            self.close_connection = True
+            raise InvalidInputError("send one Content-Length header")
         length = parse_content_length(self.headers.get("Content-Length"))
         if length is None:
             self.close_connection = True
@@ -185,16 +188,17 @@ class GatewayHandler(BaseHTTPRequestHandler):
             raise InvalidInputError(f"the body is not valid JSON: {exc}") from exc
 
     def _discard_body(self) -> None:
-        """Read and drop a body left unread (closing with it unread could reset the connection)."""
+        """Read and drop a body left unread (closing with it unread could reset the connection),
+        within the body deadline; one that is too large, framed otherwise or too slow closes it."""
         length = parse_content_length(self.headers.get("Content-Length")) or 0
-        if length > min(DRAIN_LIMIT_BYTES, self.server.max_body_bytes):
+        framed = "Transfer-Encoding" in self.headers or len(self.headers.get_all("Content-Length") or []) > 1
+        if framed or length > min(DRAIN_LIMIT_BYTES, self.server.max_body_bytes):
             self.close_connection = True
             return
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 16))
-            if not chunk:
-                break
-            length -= len(chunk)
+        try:
+            read_body(self, length)
+        except TimeoutError:
+            self.close_connection = True
 
     def _send_json(self, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()

@@ -390,3 +390,50 @@ def test_an_openai_client_with_its_default_retries_submits_a_failed_request_once
         assert len(intake.submitted) == 1
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: chunked, identity\r\n",
+        b"Transfer-Encoding: Chunked \r\n",
+        b"Content-Length: 2\r\n",  # a second Content-Length
+    ],
+)
+def test_a_post_framed_two_ways_is_refused_and_its_connection_closed(
+    server: GatewayServer, intake: FakeIntake, framing: bytes
+) -> None:
+    """A proxy and the gateway must not disagree on where a body ends: any Transfer-Encoding, or two
+    Content-Lengths, is refused, and nothing after the head is read as another request."""
+    hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
+    inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    body = b"{}" + inner
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n" % (len(body), framing)
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.sendall(head + body)
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    connection.close()
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1
+    assert intake.submitted == []
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/nothing"), ("PUT", "/v1/models")])
+def test_a_refused_request_with_a_slow_body_is_cut_off_too(intake: FakeIntake, method: str, path: str) -> None:
+    """A body drained after an error (404, 405, 401) is read under the same deadline as one that is used."""
+    gateway = start(intake)
+    gateway._http.body_timeout = 1.0
+    try:
+        dribbler = socket.create_connection(("127.0.0.1", gateway.port))
+        dribbler.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode())
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.2 s for up to 10 s
+            while time.monotonic() - started < 10:
+                dribbler.sendall(b" ")
+                time.sleep(0.2)
+        assert time.monotonic() - started < 4
+        dribbler.close()
+    finally:
+        gateway.stop()

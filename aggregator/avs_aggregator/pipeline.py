@@ -423,7 +423,11 @@ class Pipeline:
             if rejection.attempts >= max_attempts:
                 continue
             try:  # one proof that cannot be rebuilt now (e.g. the node is down) does not hold up the rest
-                operator_set = self.reader.get_operator_set(rejection.reference_block)
+                # A stale one is rebuilt at a fresh block (``_send_rejection``): its own block's state
+                # may be gone from a node that keeps only recent state.
+                operator_set = None
+                if not self._is_stale(rejection.reference_block):
+                    operator_set = self.reader.get_operator_set(rejection.reference_block)
             except Exception as exc:
                 logger.warning("rejected-output proof not sent yet", extra={"error": str(exc)})
                 continue
@@ -431,7 +435,7 @@ class Pipeline:
         return proven
 
     def _report_rejection(
-        self, rejection_id: int, operator_set: OperatorSet, max_attempts: int = MAX_PROOF_ATTEMPTS
+        self, rejection_id: int, operator_set: OperatorSet | None, max_attempts: int = MAX_PROOF_ATTEMPTS
     ) -> int:
         """One try at ``FaultManager.proveRejectedOutput`` for a stored rejection (its evidence: the
         primary's signed ACCEPT and the REJECT signatures); 1 if it is proven now. Never raises: what
@@ -446,7 +450,9 @@ class Pipeline:
                 self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=str(exc)[:2000])
                 return 0
 
-    def _send_rejection(self, rejection_id: int, operator_set: OperatorSet, max_attempts: int) -> int:
+    def _send_rejection(self, rejection_id: int, operator_set: OperatorSet | None, max_attempts: int) -> int:
+        """``operator_set``: at the rejection's reference block (None: read here, or at a fresh block
+        if that one is stale)."""
         assert self.reporter is not None
         reporter = self.reporter
         rejection = self.store.get_rejection(rejection_id)
@@ -465,6 +471,8 @@ class Pipeline:
             # Sent late (an outage, a backlog): the REJECT signatures are bound to no block, so the proof
             # is built at a fresh one, with the stake the signers hold there.
             reference_block = self.reader.get_reference_block()[0]
+            operator_set = self.reader.get_operator_set(reference_block)
+        elif operator_set is None:
             operator_set = self.reader.get_operator_set(reference_block)
         signatures = {bytes.fromhex(k[2:]): g1_from_json(v) for k, v in evidence["reject_signatures"].items()}
         digest = compute_digest(self.domain, Attestation(rejection.request_hash, rejection.output_hash, Verdict.REJECT))

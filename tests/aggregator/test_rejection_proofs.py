@@ -15,6 +15,7 @@ from avs.types import OperatorId
 from avs_aggregator.evidence import ProofState
 from avs_aggregator.leader import NotLeaderError
 from avs_aggregator.pipeline import Pipeline
+from avs_aggregator.ports import OperatorSet
 from avs_aggregator.store import RequestState, Store
 from tests.aggregator.fakes import DOMAIN, FakeNetwork
 from tests.aggregator.test_pipeline import SETTINGS, find_envelope_with_primary
@@ -124,6 +125,26 @@ def test_a_proof_delayed_past_the_reference_age_is_rebuilt_at_a_fresh_block(db: 
     [(primary, _, _, reference_block)] = reporter.sent
     assert primary == cheater and reference_block == network.get_reference_block()[0]
     assert reference_block > rejection.reference_block + SETTINGS.max_reference_age
+    pipeline.close()
+
+
+class PrunedNetwork(FakeNetwork):
+    """A node that keeps only the last 128 blocks of state (a full node, not an archive one)."""
+
+    def get_operator_set(self, reference_block: int) -> OperatorSet:
+        if reference_block < self.block - 128:
+            raise ValueError(f"missing trie node: state of block {reference_block} is pruned")
+        return super().get_operator_set(reference_block)
+
+
+def test_a_late_proof_is_rebuilt_at_a_fresh_block_on_a_node_without_old_state(db: str) -> None:
+    network = PrunedNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ConnectionError("node down")])
+    pipeline, _, cheater = reject_once(network, db, reporter)
+    network.block += 200  # the outage outlasts the node's state of the rejection's reference block
+    assert pipeline.process_evidence() == 1
+    [(primary, _, _, reference_block)] = reporter.sent
+    assert primary == cheater and reference_block == network.get_reference_block()[0]
     pipeline.close()
 
 

@@ -4,6 +4,7 @@ pragma solidity ^0.8.27;
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {AvsMessages} from "./libraries/AvsMessages.sol";
 import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
 import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
@@ -34,6 +35,8 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///      - the cap is checked at purchase against the stake and parameters of then; a later fall of
 ///        stake (or change of threshold, fraudWad or reward) does not cancel coverage already sold.
 contract InsurancePool is IInsurancePool, Ownable {
+    /// @notice The longest coverage term governance may set.
+    uint32 public constant MAX_COVERAGE_TERM_BLOCKS = 100_000_000;
     using SafeERC20 for IERC20;
     using QuorumBitmaps for uint256;
 
@@ -122,7 +125,7 @@ contract InsurancePool is IInsurancePool, Ownable {
         if (amount > available) revert CoverageAboveCap(quorumNumber, amount, available);
         Config memory cfg = config;
         premium = (uint256(amount) * cfg.premiumBps + 9_999) / 10_000;
-        uint32 expiresAt = uint32(block.number + cfg.coverageTermBlocks);
+        uint32 expiresAt = SafeCast.toUint32(block.number + cfg.coverageTermBlocks);
         _coverage[requestHash] = Coverage(msg.sender, quorumNumber, CoverageStatus.Active, expiresAt, amount, 0);
         coverageBoughtAt[requestHash] = uint32(block.number);
         outstandingCoverage[quorumNumber] += amount;
@@ -259,6 +262,9 @@ contract InsurancePool is IInsurancePool, Ownable {
         if (c.premiumBps > 10_000 || c.coverageCapBps > 10_000 || c.challengerRewardBps > 10_000) {
             revert InvalidConfig();
         }
+        // block.number + term must fit the uint32 `expiresAtBlock`: a wrapped term would expire at
+        // once, and a fraud certified "after" it would pay nothing (~38 years of 12 s blocks).
+        if (c.coverageTermBlocks == 0 || c.coverageTermBlocks > MAX_COVERAGE_TERM_BLOCKS) revert InvalidConfig();
         config = c;
         emit ConfigSet(c);
     }

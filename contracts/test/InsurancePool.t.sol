@@ -482,3 +482,26 @@ contract CoverageCapTest is PoolFixture {
         vm.assertGe(token.balanceOf(address(pool)), poolBefore, "payout + reward <= slashed");
     }
 }
+
+contract CoverageTermConfigTest is PoolFixture {
+    function test_setConfig_RevertWhen_TermWouldWrapOrIsZero() public {
+        vm.expectRevert(IInsurancePoolErrors.InvalidConfig.selector);
+        pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 0, type(uint32).max));
+        vm.expectRevert(IInsurancePoolErrors.InvalidConfig.selector);
+        pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 0, 0));
+        uint32 longest = pool.MAX_COVERAGE_TERM_BLOCKS();
+        pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 0, longest));
+    }
+
+    function testFuzz_buyCoverage_ExpiresAfterItsTerm(uint32 term, uint32 blockNumber) public {
+        term = uint32(bound(term, 1, pool.MAX_COVERAGE_TERM_BLOCKS()));
+        blockNumber = uint32(bound(blockNumber, block.number, type(uint32).max - pool.MAX_COVERAGE_TERM_BLOCKS()));
+        pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 0, term));
+        vm.roll(blockNumber);
+        (AvsMessages.InferenceRequest memory r7, bytes32 h7) = _request(7);
+        vm.prank(REQUESTER);
+        pool.buyCoverage(r7, 0, 1 ether);
+        vm.assertEq(uint256(pool.getCoverage(h7).expiresAtBlock), uint256(blockNumber) + term, "expires");
+    }
+}
+

@@ -351,9 +351,16 @@ def test_committed_files_that_transformers_would_not_load_are_refused(tiny_model
     profile = build_profile(folder, dtype="float32", delta=0.01, max_new_tokens=64)  # committed over both files
     with pytest.raises(ModelMismatchError, match=r"loads only model\.safetensors, not also extra\.safetensors"):
         load_engine(folder, profile, cache_dir=tmp_path / "cache")
-    (folder / "pytorch_model.bin.index.json").write_text("{}")
-    with pytest.raises(ModelMismatchError, match="weight indexes outside the commitment"):
-        load_engine(folder, profile, cache_dir=tmp_path / "cache")
+
+    (folder / "pytorch_model.bin.index.json").write_text('{"weight_map": {"x": "pytorch_model.bin"}}')
+    (folder / "extra.safetensors").unlink()
+    (folder / "model.safetensors").unlink()
+    shutil.copy(tiny_model_dir / "model.safetensors", folder / "model.safetensors")
+    # Shipped beside safetensors by many folders: harmless while no .bin file is there.
+    assert load_engine(folder, cache_dir=tmp_path / "cache").profile_hash == load_profile(tiny_model_dir).compute_hash()
+    (folder / "pytorch_model.bin").write_bytes(b"not committed")
+    with pytest.raises(ModelMismatchError, match=r"pytorch_model\.bin"):
+        load_engine(folder, cache_dir=tmp_path / "cache")
 
 
 def test_stop_rules_do_not_depend_on_uncommitted_decode_flags(

@@ -7,8 +7,10 @@ the request's requester); ``claim_coverage`` collects a payout once fraud on the
 proven (an upheld escalated challenge, ``FaultManager.resolveChallenge`` -> ``recordFraud``).
 
 The aggregator refuses a request submitted as insured unless ``compute_coverage_problem`` finds
-nothing wrong with what a ``CoverageReader`` reads: active, not past its term, held by the request's
-requester, against one of the request's quorums.
+nothing wrong with what a ``CoverageReader`` reads: active, at least ``MIN_COVERAGE_BLOCKS_LEFT``
+blocks of its term left (a certification after the term pays nothing, so a request whose coverage
+ends before it can be certified is refused up front), held by the request's requester, against one
+of the request's quorums.
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ def describe_revert(error: ContractRevertError) -> str:
     return f"{reason} ({error.name})" if reason else str(error)
 
 
+# Blocks of coverage term a request must have left when it is submitted as insured: room for its
+# generation, verification, batching and certification (seconds on the devnet, a few blocks on
+# mainnet; more after retries).
+MIN_COVERAGE_BLOCKS_LEFT = 32
+
+
 def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes, block_number: int) -> str | None:
     """Why ``coverage`` does not insure a request of ``requester`` certified by ``quorums`` at
     ``block_number``; None when it does."""
@@ -100,6 +108,12 @@ def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes,
         return f"the request's coverage expired at block {coverage.expires_at_block} (now {block_number})"
     if coverage.status != CoverageStatus.ACTIVE:
         return f"the request's coverage is {coverage.status.name.lower()}, not active"
+    left = coverage.expires_at_block - block_number
+    if left < MIN_COVERAGE_BLOCKS_LEFT:
+        return (
+            f"the request's coverage ends at block {coverage.expires_at_block}, {left} blocks from now: too soon"
+            f" to certify the request within it (at least {MIN_COVERAGE_BLOCKS_LEFT})"
+        )
     if coverage.beneficiary.lower() != requester.lower():
         return f"the request's coverage is held by {coverage.beneficiary}, not by its requester {requester}"
     if coverage.quorum_number not in quorums:

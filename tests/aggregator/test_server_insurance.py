@@ -137,6 +137,7 @@ def test_an_insured_request_with_active_coverage_is_accepted(intake: Intake) -> 
         (_coverage(quorum=1), "against quorum 1, not one of its quorums [0]"),
         (_coverage(CoverageStatus.EXPIRED), "expired at block"),
         (_coverage(expires=BLOCK - 1), f"expired at block {BLOCK - 1} (now {BLOCK})"),
+        (_coverage(expires=BLOCK + 31), f"ends at block {BLOCK + 31}, 31 blocks from now: too soon"),
         (_coverage(CoverageStatus.CLAIMED), "is claimed, not active"),
     ],
 )

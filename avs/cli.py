@@ -193,14 +193,14 @@ def parse_token_amount(text: str, decimals: int = 18) -> int:
     return value
 
 
-def int_in(low: int, high: int) -> Any:
-    """An argparse type: an integer in [low, high], else a usage error naming the range."""
+def _number_in(kind: type[int] | type[float], noun: str, low: float, high: float) -> Any:
+    """An argparse type: a ``kind`` in [low, high], else a usage error naming the range (nan too)."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> int | float:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
         return value
@@ -208,17 +208,12 @@ def int_in(low: int, high: int) -> Any:
     return parse
 
 
-def float_in(low: float, high: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
-        return value
+def int_in(low: int, high: int) -> Any:
+    return _number_in(int, "an integer", low, high)
 
-    return parse
+
+def float_in(low: float, high: float) -> Any:
+    return _number_in(float, "a number", low, high)
 
 
 def format_tokens(amount: int, decimals: int = 18) -> str:

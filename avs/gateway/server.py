@@ -120,7 +120,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         self._stream_started = False
         self._body_read = False
         if self.command != "POST" and (
-            (parse_content_length(self.headers.get("Content-Length")) or 0) > 0 or "Transfer-Encoding" in self.headers
+            (parse_content_length(self.headers.get("Content-Length")) or 0) > 0 or self._framing_problem() is not None
         ):
             # A body where none is read: the bytes after the head must not be taken for the next
             # request on this connection (smuggled past a proxy), so it is the last one.
@@ -165,13 +165,20 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     # --- bodies ------------------------------------------------------------------------
 
-    def _read_json(self) -> object:
-        if "Transfer-Encoding" in self.headers:  # any coding ("gzip, chunked", "Chunked "): never guessed at
-            self.close_connection = True
-            raise InvalidInputError("send the body with a Content-Length (Transfer-Encoding bodies are not read)")
+    def _framing_problem(self) -> str | None:
+        """Why the body's end is ambiguous (a proxy could frame it otherwise), or None: any
+        Transfer-Encoding ("gzip, chunked", "Chunked "), or more than one Content-Length."""
+        if "Transfer-Encoding" in self.headers:
+            return "send the body with a Content-Length (Transfer-Encoding bodies are not read)"
         if len(self.headers.get_all("Content-Length") or []) > 1:
+            return "send one Content-Length header"
+        return None
+
+    def _read_json(self) -> object:
+        problem = self._framing_problem()
+        if problem is not None:
             self.close_connection = True
-            raise InvalidInputError("send one Content-Length header")
+            raise InvalidInputError(problem)
         length = parse_content_length(self.headers.get("Content-Length"))
         if length is None:
             self.close_connection = True
@@ -191,8 +198,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         """Read and drop a body left unread (closing with it unread could reset the connection),
         within the body deadline; one that is too large, framed otherwise or too slow closes it."""
         length = parse_content_length(self.headers.get("Content-Length")) or 0
-        framed = "Transfer-Encoding" in self.headers or len(self.headers.get_all("Content-Length") or []) > 1
-        if framed or length > min(DRAIN_LIMIT_BYTES, self.server.max_body_bytes):
+        if self._framing_problem() is not None or length > min(DRAIN_LIMIT_BYTES, self.server.max_body_bytes):
             self.close_connection = True
             return
         try:

@@ -368,7 +368,9 @@ class Pipeline:
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
         # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
-        if tally.is_rejected(self._rejection_threshold()):
+        # The config's floor first: the chain's threshold (one call) is only read for a rejection.
+        floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
+        if tally.is_rejected(floor) and tally.is_rejected(self._rejection_threshold()):
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(row.threshold_bps):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())

@@ -258,19 +258,20 @@ class AggregatorApp:
             ),
             self.is_leader,
         )
+        client.sender = sender  # every transaction of the aggregator's account: leader only, fee bumps
         reporter = None
         if config.chain.prove_rejections and deployment.fault_manager is not None:
-            reporter = Web3RejectionReporter(Web3FaultClient(client), sender)
+            reporter = Web3RejectionReporter(Web3FaultClient(client))
         settings = build_pipeline_settings(config)
         reader = Web3OperatorSetReader(client, config.chain.reference_lag_blocks)
         # the leader's batch loop keeps the registry's stakes fresh (updateOperatorsForQuorum)
-        self.keeper = StakeKeeper(client, reader, sender.send) if config.chain.refresh_stakes else None
+        self.keeper = StakeKeeper(client, reader, client.transact) if config.chain.refresh_stakes else None
         self.pipeline = Pipeline(
             domain,
             self.store,
             reader,
             caller,
-            Web3ChainWriter(client, sender),
+            Web3ChainWriter(client),
             settings,
             self.metrics,
             reporter,

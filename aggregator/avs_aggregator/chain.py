@@ -24,13 +24,12 @@ from avs.chain.client import (
     encode_batch_header,
     encode_signatures,
 )
-from avs.chain.faults import SignedAttestation, Web3FaultClient, encode_signed_attestation
+from avs.chain.faults import SignedAttestation, Web3FaultClient
 from avs.crypto import bls
 from avs.crypto.curve import G1Point, G2Point
 from avs.messages import Attestation, BatchHeader, Verdict
 from avs.types import OperatorId
 from avs_aggregator.ports import OperatorInfo, OperatorSet
-from avs_aggregator.txsender import TransactionSender
 
 MAX_QUORUM_BITS = 192
 CACHE_SIZE = 64
@@ -104,12 +103,11 @@ class Web3OperatorSetReader:
 class Web3ChainWriter:
     """``ChainWriter`` over ``Web3AvsClient`` (its account must be an authorised aggregator).
 
-    Transactions go through ``sender`` (nonces, fee bumps, confirmations) when given, else
-    through ``Web3AvsClient.transact``."""
+    Transactions go through the client's ``sender`` (nonces, fee bumps, confirmations) when it has
+    one, as every transaction of the client's account does."""
 
-    def __init__(self, client: Web3AvsClient, sender: TransactionSender | None = None) -> None:
+    def __init__(self, client: Web3AvsClient) -> None:
         self.client = client
-        self.sender = sender
 
     def get_block_number(self) -> int:
         return int(self.client.w3.eth.block_number)
@@ -121,15 +119,9 @@ class Web3ChainWriter:
 
     def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
         self._verify_full_key_pair(signatures)
-        if self.sender is not None:
-            fn = self.client.task_manager.functions.certifyBatch(
-                encode_batch_header(header), encode_signatures(signatures)
-            )
-            sent = self.sender.send(fn)
-            return sent.tx_hash, sent.gas_used
-        tx_hash = self.client.certify_batch(header, signatures)
-        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        return tx_hash, int(receipt["gasUsed"])
+        fn = self.client.task_manager.functions.certifyBatch(encode_batch_header(header), encode_signatures(signatures))
+        sent = self.client.send(fn)
+        return sent.tx_hash, sent.gas_used
 
     def _verify_full_key_pair(self, signatures: NonSignerStakesAndSignature) -> None:
         """With every operator signing, records the quorums' (apk, apkG2) once (one pairing, ~165k
@@ -139,11 +131,7 @@ class Web3ChainWriter:
         apk = bls.aggregate_g1(signatures.quorum_apks)
         if self.client.is_key_pair_verified(apk, signatures.apk_g2):
             return
-        fn = self.client.verify_key_pair_function(apk, signatures.apk_g2)
-        if self.sender is not None:
-            self.sender.send(fn)
-        else:
-            self.client.transact(fn)
+        self.client.transact(self.client.verify_key_pair_function(apk, signatures.apk_g2))
 
     def get_block_hash(self, block_number: int) -> bytes | None:
         try:
@@ -186,11 +174,11 @@ class Web3ChainWriter:
 
 class Web3RejectionReporter:
     """Proves a rejected output on-chain (``FaultManager.proveRejectedOutput``): slashes the primary.
-    Also the pipeline's ``EquivocationReporter`` (``FaultManager.proveEquivocation``)."""
+    Also the pipeline's ``EquivocationReporter`` (``FaultManager.proveEquivocation``). Transactions
+    go through the client's ``sender`` when it has one."""
 
-    def __init__(self, faults: Web3FaultClient, sender: TransactionSender | None = None) -> None:
+    def __init__(self, faults: Web3FaultClient) -> None:
         self.faults = faults
-        self.sender = sender
 
     def report_rejected_output(
         self,
@@ -203,17 +191,7 @@ class Web3RejectionReporter:
         certificate: NonSignerStakesAndSignature,
     ) -> bytes:
         accept = SignedAttestation(Attestation(request_hash, output_hash, Verdict.ACCEPT), primary_signature)
-        if self.sender is None:
-            return self.faults.prove_rejected_output(primary, accept, quorum_numbers, reference_block, certificate)
-        fn = self.faults.fault_manager.functions.proveRejectedOutput(
-            primary, encode_signed_attestation(accept), quorum_numbers, reference_block, encode_signatures(certificate)
-        )
-        return self.sender.send(fn).tx_hash
+        return self.faults.prove_rejected_output(primary, accept, quorum_numbers, reference_block, certificate)
 
     def prove_equivocation(self, operator_id: OperatorId, a: SignedAttestation, b: SignedAttestation) -> bytes:
-        if self.sender is None:
-            return self.faults.prove_equivocation(operator_id, a, b)
-        fn = self.faults.fault_manager.functions.proveEquivocation(
-            operator_id, encode_signed_attestation(a), encode_signed_attestation(b)
-        )
-        return self.sender.send(fn).tx_hash
+        return self.faults.prove_equivocation(operator_id, a, b)

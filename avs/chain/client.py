@@ -177,16 +177,27 @@ def encode_signatures(params: NonSignerStakesAndSignature) -> tuple[Any, ...]:
     )
 
 
-class SentTransactionHash(Protocol):
+class MinedTransaction(Protocol):
+    """A successful transaction's hash and the gas it used (the aggregator's ``SentTransaction``)."""
+
     @property
     def tx_hash(self) -> bytes: ...
+
+    @property
+    def gas_used(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    tx_hash: bytes
+    gas_used: int
 
 
 class TransactionSink(Protocol):
     """What sends a contract call for the client's account and waits for it (the aggregator's
     ``TransactionSender``: nonces, fee bumps, confirmations)."""
 
-    def send(self, fn: ContractFunction) -> SentTransactionHash: ...
+    def send(self, fn: ContractFunction) -> MinedTransaction: ...
 
 
 class Web3AvsClient:
@@ -285,8 +296,14 @@ class Web3AvsClient:
 
     def transact(self, fn: ContractFunction, account: LocalAccount | None = None) -> bytes:
         """Sends ``fn`` from ``account`` (default: the client's) and waits for a successful receipt."""
+        return self.send(fn, account).tx_hash
+
+    def send(self, fn: ContractFunction, account: LocalAccount | None = None) -> MinedTransaction:
+        """``transact``, returning the gas used too. The client's own transactions go through
+        ``sender`` when one is set; otherwise (and for another ``account``) a plain send and a 30 s
+        receipt wait."""
         if self.sender is not None and account is None:
-            return bytes(self.sender.send(fn).tx_hash)
+            return self.sender.send(fn)
         sender = account or self.account
         if sender is None:
             raise AvsError("this client has no account to send transactions from")
@@ -296,7 +313,7 @@ class Web3AvsClient:
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
         if receipt["status"] != 1:
             raise AvsError(f"transaction {tx_hash.hex()} failed")
-        return bytes(tx_hash)
+        return Receipt(bytes(tx_hash), int(receipt["gasUsed"]))
 
     def build_transaction(self, fn: ContractFunction, params: TxParams) -> dict[str, Any]:
         """Fills in ``fn``'s transaction, its gas limit estimated against the pending block.

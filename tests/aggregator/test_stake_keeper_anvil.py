@@ -59,9 +59,7 @@ def test_keeper_refreshes_a_stale_quorum_and_certificates_go_through(chain: Chai
     _make_stale(chain)
     stale = _last_refresh(chain)
     pipeline, caller = make_pipeline(chain, tmp_path / "agg.sqlite")
-    writer = pipeline.writer
-    assert writer.sender is not None  # type: ignore[attr-defined]
-    keeper = StakeKeeper(chain.client, pipeline.reader, writer.sender.send)  # type: ignore[attr-defined]
+    keeper = StakeKeeper(chain.client, pipeline.reader, pipeline.writer.client.transact)  # type: ignore[attr-defined]
     runner = PipelineRunner(pipeline, 4, keeper)
     try:
         hashes = submit_all(pipeline, "fresh", 3)
@@ -85,7 +83,7 @@ def test_keeper_refreshes_a_stale_quorum_and_certificates_go_through(chain: Chai
 
 def test_keeper_refreshes_at_half_the_stake_age(chain: Chain, tmp_path: Path) -> None:
     pipeline, caller = make_pipeline(chain, tmp_path / "agg.sqlite")
-    keeper = StakeKeeper(chain.client, pipeline.reader, pipeline.writer.sender.send)  # type: ignore[attr-defined]
+    keeper = StakeKeeper(chain.client, pipeline.reader, pipeline.writer.client.transact)  # type: ignore[attr-defined]
     try:
         if keeper.tick():  # stale or due after the previous tests: refreshed now
             assert keeper.tick() == []

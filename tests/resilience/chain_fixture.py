@@ -89,7 +89,8 @@ def make_pipeline(
     client = Web3AvsClient(w3, chain.deployment, AGGREGATOR)
     caller = GrpcOperatorCaller(chain.domain, bytes(AGGREGATOR.key))
     settings = PipelineSettings(batch_max_size=4, batch_max_latency=0.2, workers=4, sign_timeout=5, verify_timeout=5)
-    writer = Web3ChainWriter(client, TransactionSender(client, AGGREGATOR, sender))
+    client.sender = TransactionSender(client, AGGREGATOR, sender)
+    writer = Web3ChainWriter(client)
     pipeline = Pipeline(chain.domain, Store(f"sqlite:///{db}"), Web3OperatorSetReader(client), caller, writer, settings)
     return pipeline, caller
 

@@ -4,7 +4,9 @@ Nothing off-chain knows these numbers for sure, so this exporter reads them from
 (ABIs from forge's build output, through ``avs.chain``). It polls: each poll reads the current
 state at the latest block and scans the events since the last poll (from the deployment's start
 block on first start), then every scrape serves the last snapshot, so a scrape never waits for
-the chain.
+the chain. Events of the last ``--reorg-depth`` blocks are read again on every poll, so a reorg
+within that depth corrects the counters (they may then go down, which Prometheus takes for a
+reset); older events are counted once.
 
 Run ``python -m avs.monitoring.chain_exporter --rpc-url URL --deployment FILE --listen HOST:PORT``;
 it prints ``{"event": "ready", ...}`` on stdout once serving. Amounts are in whole tokens (the
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LISTEN = "0.0.0.0:9098"
 DEFAULT_POLL_SECONDS = 5.0
 LOG_CHUNK_BLOCKS = 5_000  # eth_getLogs range per request (public RPCs cap it)
+DEFAULT_REORG_DEPTH = 64  # blocks: about two epochs, when Ethereum mainnet finalizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +131,26 @@ def compute_block_ranges(start: int, end: int, chunk: int) -> list[tuple[int, in
 
 
 class ChainExporter:
-    """Polls a ``ChainStateReader`` and keeps the last ``ChainSnapshot`` (``process_poll``)."""
+    """Polls a ``ChainStateReader`` and keeps the last ``ChainSnapshot`` (``process_poll``).
 
-    def __init__(self, reader: ChainStateReader, start_block: int, chunk_blocks: int = LOG_CHUNK_BLOCKS) -> None:
+    Events more than ``reorg_depth`` blocks below the head are settled: scanned once and added to
+    ``_totals``. The blocks above are scanned again on every poll and never kept, so events a reorg
+    removed stop being counted."""
+
+    def __init__(
+        self,
+        reader: ChainStateReader,
+        start_block: int,
+        chunk_blocks: int = LOG_CHUNK_BLOCKS,
+        reorg_depth: int = DEFAULT_REORG_DEPTH,
+    ) -> None:
+        if chunk_blocks < 1 or reorg_depth < 0:
+            raise InvalidInputError("chunk_blocks must be at least 1 and reorg_depth at least 0")
         self._reader = reader
-        self._next_block = start_block
+        self._next_block = start_block  # the first block not settled yet
         self._chunk = chunk_blocks
-        self._totals = EventTotals()
+        self._reorg_depth = reorg_depth
+        self._totals = EventTotals()  # of the settled blocks
         self._last_batch_timestamp: int | None = None
         self._last_batch_block: int | None = None  # the block of that timestamp
         self._lock = threading.Lock()
@@ -145,15 +161,19 @@ class ChainExporter:
 
     def process_poll(self, now: float | None = None) -> ChainSnapshot:
         block, timestamp = self._reader.get_latest_block()
-        totals = self._totals
-        for lo, hi in compute_block_ranges(self._next_block, block, self._chunk):
-            totals = totals.add(self._reader.get_event_totals(lo, hi))
+        settled = self._totals
+        for lo, hi in compute_block_ranges(self._next_block, block - self._reorg_depth, self._chunk):
+            settled = settled.add(self._reader.get_event_totals(lo, hi))
             with self._lock:  # kept chunk by chunk: a failure later in a long scan does not redo this
-                self._totals = totals
+                self._totals = settled
                 self._next_block = hi + 1
-        if totals.last_batch_block is not None and totals.last_batch_block != self._last_batch_block:
-            self._last_batch_timestamp = self._reader.get_block_timestamp(totals.last_batch_block)
-            self._last_batch_block = totals.last_batch_block
+        totals = settled
+        for lo, hi in compute_block_ranges(self._next_block, block, self._chunk):  # not settled: read again
+            totals = totals.add(self._reader.get_event_totals(lo, hi))
+        if totals.last_batch_block != self._last_batch_block:  # a new batch, or a reorg took the last one away
+            last = totals.last_batch_block
+            self._last_batch_timestamp = None if last is None else self._reader.get_block_timestamp(last)
+            self._last_batch_block = last
         snapshot = ChainSnapshot(
             block=block,
             block_timestamp=timestamp,
@@ -164,8 +184,6 @@ class ChainExporter:
             last_batch_timestamp=self._last_batch_timestamp,
         )
         with self._lock:
-            self._totals = totals
-            self._next_block = max(self._next_block, block + 1)
             self.snapshot = snapshot
             self.last_poll_timestamp = time.time() if now is None else now
         return snapshot
@@ -402,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port of /metrics (default {DEFAULT_LISTEN})")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
     parser.add_argument("--start-block", type=int, help="first block to scan events from (default: the deployment's)")
+    parser.add_argument(
+        "--reorg-depth",
+        type=int,
+        default=DEFAULT_REORG_DEPTH,
+        help=f"blocks below the head whose events are read again on every poll (default {DEFAULT_REORG_DEPTH})",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -425,7 +449,7 @@ def serve(args: argparse.Namespace) -> int:
     host, port = split_listen(args.listen)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
     start = args.start_block if args.start_block is not None else deployment.start_block
-    exporter = ChainExporter(Web3ChainStateReader(w3, deployment), start)
+    exporter = ChainExporter(Web3ChainStateReader(w3, deployment), start, reorg_depth=args.reorg_depth)
     exporter.process_poll()  # fail fast on a wrong RPC URL or deployment
     registry = CollectorRegistry()
     registry.register(ChainCollector(exporter))

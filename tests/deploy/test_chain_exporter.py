@@ -1,4 +1,4 @@
-"""The chain exporter's logic against a fake chain: incremental event scans, families, units."""
+"""The chain exporter's logic against a fake chain: incremental event scans, reorgs, families, units."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from avs.errors import InvalidInputError
 from avs.monitoring.chain_exporter import (
     ChainCollector,
     ChainExporter,
@@ -75,7 +77,7 @@ def test_polls_scan_each_block_once_and_accumulate() -> None:
             8: EventTotals(slashings={0: 1}, slashed_shares={0: 2 * TOKEN}),
         }
     )
-    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4)
+    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4, reorg_depth=0)
     exporter.process_poll(now=50.0)
     assert chain.scanned == [(2, 5), (6, 9), (10, 10)]
     chain.block = 12
@@ -152,7 +154,7 @@ def test_a_failure_in_a_long_scan_keeps_the_chunks_already_read() -> None:
             return super().get_event_totals(from_block, to_block)
 
     chain = Flaky(block=20, events={3: EventTotals(batches_certified=1, last_batch_block=3)}, fail_at=10)
-    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4)
+    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4, reorg_depth=0)
     try:
         exporter.process_poll()
     except ConnectionError:
@@ -164,3 +166,32 @@ def test_a_failure_in_a_long_scan_keeps_the_chunks_already_read() -> None:
     assert samples["avs_chain_batches_certified_total"] == 1  # counted once
     assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_003
     assert samples["avs_chain_exporter_poll_errors_total"] == 1
+
+
+def test_a_reorg_within_the_depth_corrects_the_counters_and_settled_blocks_are_read_once() -> None:
+    chain = FakeChain(block=20, events={5: EventTotals(batches_certified=1, last_batch_block=5)})
+    chain.events[18] = EventTotals(batches_certified=1, last_batch_block=18, slashings={0: 1}, slashed_shares={0: 9})
+    exporter = ChainExporter(chain, start_block=2, chunk_blocks=100, reorg_depth=4)
+    exporter.process_poll()
+    assert chain.scanned == [(2, 16), (17, 20)]  # settled once, then the last 4 blocks
+    samples = _scrape(exporter)
+    assert samples["avs_chain_batches_certified_total"] == 2
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_018
+    del chain.events[18]  # a reorg: block 18 comes back without the batch and the slashing
+    chain.block = 21
+    exporter.process_poll()
+    assert chain.scanned[2:] == [(17, 17), (18, 21)]
+    samples = _scrape(exporter)
+    assert samples["avs_chain_batches_certified_total"] == 1
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_005
+    assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 0
+    chain.events[5] = EventTotals()  # deeper than the depth: settled, never read again
+    chain.block = 30
+    exporter.process_poll()
+    assert all(lo > 5 for lo, _ in chain.scanned[2:])
+    assert _scrape(exporter)["avs_chain_batches_certified_total"] == 1
+
+
+def test_a_negative_reorg_depth_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="reorg_depth"):
+        ChainExporter(FakeChain(), start_block=0, reorg_depth=-1)

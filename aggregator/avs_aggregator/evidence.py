@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
 from typing import Protocol, TypeVar, runtime_checkable
@@ -162,43 +162,54 @@ class EvidenceBook:
         """Keep ``signed`` (its signature already checked by the caller) and, when it conflicts with an
         earlier attestation of ``operator_id`` for the same request, record the equivocation and
         prove it. True if this call found a new equivocation."""
-        a = signed.attestation
-        new = _build(
-            self._attestation_row,
-            operator_id=operator_id,
-            request_hash=a.request_hash,
-            output_hash=a.output_hash,
-            verdict=int(a.verdict),
-            signature=json.dumps([hex(signed.signature.x), hex(signed.signature.y)]),
-            created_at=self._clock(),
-        )
+        return self.record_all([(operator_id, signed)]) > 0
+
+    def record_all(self, attestations: Sequence[tuple[bytes, SignedAttestation]]) -> int:
+        """``record`` for many (operator id, signed attestation) pairs in one database transaction (a
+        verification round: one commit, not one per verifier). Returns the new equivocations found."""
+        if not attestations:
+            return 0
+        row_type = self._attestation_row
         try:
             with self._session() as s:
-                earlier = list(
-                    s.scalars(
-                        select(self._attestation_row).where(
-                            self._attestation_row.operator_id == operator_id,
-                            self._attestation_row.request_hash == a.request_hash,
-                        )
+                earlier: dict[tuple[bytes, bytes], list[AttestationMixin]] = {}
+                request_hashes = {signed.attestation.request_hash for _, signed in attestations}  # one, mostly
+                for row in s.scalars(select(row_type).where(row_type.request_hash.in_(request_hashes))):
+                    earlier.setdefault((row.operator_id, row.request_hash), []).append(row)
+                found: list[tuple[bytes, SignedAttestation, AttestationMixin]] = []  # (operator, new, conflict)
+                for operator_id, signed in attestations:
+                    a = signed.attestation
+                    before = earlier.setdefault((operator_id, a.request_hash), [])
+                    if any(_same(row, a) for row in before):
+                        continue
+                    conflict = next((row for row in before if _attestation(row).is_conflicting(a)), None)
+                    if conflict is not None:
+                        found.append((operator_id, signed, conflict))
+                    new = _build(
+                        row_type,
+                        operator_id=operator_id,
+                        request_hash=a.request_hash,
+                        output_hash=a.output_hash,
+                        verdict=int(a.verdict),
+                        signature=json.dumps([hex(signed.signature.x), hex(signed.signature.y)]),
+                        created_at=self._clock(),
                     )
-                )
-                if any(_same(row, a) for row in earlier):
-                    return False
-                s.add(new)
-        except IntegrityError:  # recorded concurrently
-            return False
-        conflict = next((row for row in earlier if _attestation(row).is_conflicting(a)), None)
-        if conflict is None:
-            return False
-        first = SignedAttestation(_attestation(conflict), _signature(conflict))
-        if not self._add_equivocation(operator_id, a.request_hash, first, signed):
-            return False
-        logger.warning(
-            "operator equivocated",
-            extra={"operator": "0x" + operator_id.hex(), "request": "0x" + a.request_hash.hex()},
-        )
-        self.report_pending()
-        return True
+                    s.add(new)
+                    before.append(new)
+        except IntegrityError:  # some recorded concurrently: one transaction each, so the others are kept
+            if len(attestations) == 1:
+                return 0
+            return sum(self.record_all([pair]) for pair in attestations)
+        equivocations = 0
+        for operator_id, signed, conflict in found:
+            first, request_hash = SignedAttestation(_attestation(conflict), _signature(conflict)), conflict.request_hash
+            if self._add_equivocation(operator_id, request_hash, first, signed):
+                equivocations += 1
+                where = {"operator": "0x" + operator_id.hex(), "request": "0x" + request_hash.hex()}
+                logger.warning("operator equivocated", extra=where)
+        if equivocations:
+            self.report_pending()
+        return equivocations
 
     def _add_equivocation(
         self, operator_id: bytes, request_hash: bytes, a: SignedAttestation, b: SignedAttestation

@@ -333,7 +333,7 @@ class Pipeline:
         attestation = Attestation(row.request_hash, expected, Verdict.ACCEPT)
         if not protocol.is_valid_attestation(self.domain, primary, attestation, reply.signature):
             raise InvalidInputError("the primary's attestation signature does not verify")
-        self._record_attestation(primary, attestation, reply.signature)
+        self._record_attestations([(primary.operator_id, SignedAttestation(attestation, reply.signature))])
 
     def _verify(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
@@ -352,10 +352,11 @@ class Pipeline:
         }
         verdicts: dict[bytes, Verdict] = {row.primary_id: Verdict.ACCEPT}
         reject_signatures: dict[bytes, G1Point] = {}
+        checked: list[tuple[bytes, SignedAttestation]] = []
         for o in verifiers:
             try:
                 reply = futures[o.operator_id].result(timeout=self.settings.verify_timeout + 5)
-                self._check_verify(row, o, reply)
+                checked.append((o.operator_id, self._check_verify(row, o, reply)))
             except Exception as exc:
                 self._operator_outcome(o, "verify", "error")
                 logger.info("verifier failed", extra={"request": _hex(row.request_hash), "error": str(exc)})
@@ -364,6 +365,7 @@ class Pipeline:
             verdicts[o.operator_id] = reply.verdict
             if reply.verdict == Verdict.REJECT:
                 reject_signatures[o.operator_id] = reply.signature
+        self._record_attestations(checked)  # one transaction for the round
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
@@ -378,18 +380,20 @@ class Pipeline:
             shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
             self._fail(row, f"not enough stake verified the output ({shares})")
 
-    def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> None:
+    def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> SignedAttestation:
+        """The verifier's attestation, once its output hash and signature are checked."""
         if reply.output_hash != row.output_hash:
             raise InvalidInputError("the verifier attested another output hash")
         attestation = Attestation(row.request_hash, reply.output_hash, reply.verdict)
         if not protocol.is_valid_attestation(self.domain, operator, attestation, reply.signature):
             raise InvalidInputError("the verifier's attestation signature does not verify")
-        self._record_attestation(operator, attestation, reply.signature)
+        return SignedAttestation(attestation, reply.signature)
 
-    def _record_attestation(self, operator: OperatorInfo, attestation: Attestation, signature: G1Point) -> None:
-        equivocated = self.evidence.record(operator.operator_id, SignedAttestation(attestation, signature))
-        if equivocated and self.metrics is not None:
-            self.metrics.equivocations.inc()
+    def _record_attestations(self, checked: Sequence[tuple[bytes, SignedAttestation]]) -> None:
+        """Keeps checked attestations as equivocation evidence (and proves any equivocation found)."""
+        equivocations = self.evidence.record_all(checked)
+        if equivocations and self.metrics is not None:
+            self.metrics.equivocations.inc(equivocations)
 
     def _reject(self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point]) -> None:
         assert row.output_hash is not None and row.primary_id is not None and row.reference_block is not None

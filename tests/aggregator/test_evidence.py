@@ -3,6 +3,8 @@ for one request are proven on-chain once, also across restarts, by the aggregato
 
 from __future__ import annotations
 
+from sqlalchemy import event, func, select
+
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import SignedAttestation
 from avs.messages import Attestation, Verdict, compute_request_hash
@@ -53,6 +55,40 @@ def test_conflicting_attestations_are_proven_once(db: str) -> None:
     assert manager.calls.count("prove_equivocation") == 1
     other = network.operators[1].keys.operator_id
     assert not evidence.record(other, signed(network, 1, b"\xbb" * 32, Verdict.ACCEPT))  # other operators: own book
+    store.close()
+
+
+def test_a_round_is_recorded_in_one_commit_and_its_equivocations_are_found(db: str) -> None:
+    """``record_all``: a verification round's attestations in one transaction; conflicts with an
+    earlier round and inside the round itself are each recorded once."""
+    network = FakeNetwork([{0: 10}, {0: 10}, {0: 10}])
+    store = Store(db)
+    evidence = book(store, None)  # no reporter: the proofs stay PENDING, no commits of their own
+    ids = [o.keys.operator_id for o in network.operators]
+    assert not evidence.record(ids[0], signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
+    commits: list[object] = []
+
+    def count(connection: object) -> None:
+        commits.append(connection)
+
+    event.listen(store.engine, "commit", count)
+    found = evidence.record_all(
+        [
+            (ids[0], signed(network, 0, b"\xaa" * 32, Verdict.REJECT)),  # against its earlier ACCEPT
+            (ids[1], signed(network, 1, b"\xaa" * 32, Verdict.ACCEPT)),
+            (ids[1], signed(network, 1, b"\xaa" * 32, Verdict.ACCEPT)),  # the same twice: kept once
+            (ids[2], signed(network, 2, b"\xaa" * 32, Verdict.ACCEPT)),
+            (ids[2], signed(network, 2, b"\xbb" * 32, Verdict.ACCEPT)),  # two outputs in one round
+        ]
+    )
+    event.remove(store.engine, "commit", count)
+    assert found == 2
+    assert len(commits) == 1 + 2  # the round's attestations, then each equivocation
+    pending = evidence.list_equivocations(ProofState.PENDING)
+    assert sorted(row.operator_id for row in pending) == sorted([ids[0], ids[2]])
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(AttestationRow)) == 5
+    assert evidence.record_all([]) == 0
     store.close()
 
 

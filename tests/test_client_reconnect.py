@@ -120,7 +120,12 @@ def test_wait_gives_up_at_its_deadline_when_the_aggregator_stays_down() -> None:
     server, port = serve(servicer)
     with AggregatorClient(f"127.0.0.1:{port}") as client:
         seen: list[int] = []
-        threading.Timer(0.5, lambda: server.stop(grace=None)).start()
+
+        def stop_once_watched() -> None:  # down once the client has its first status, however long that took
+            wait_until(lambda: bool(seen))
+            server.stop(grace=None)
+
+        threading.Thread(target=stop_once_watched, daemon=True).start()
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError):
             client.wait(REQUEST_HASH, timeout=3.0, on_progress=lambda s: seen.append(s.state))

@@ -38,6 +38,14 @@ def server() -> Iterator[BoundedHTTPServer]:
     bounded.server_close()
 
 
+def _wait_for_free_slot(server: BoundedHTTPServer) -> None:
+    """Until every finished connection has given its slot back (its thread runs when the machine lets it)."""
+    deadline = time.monotonic() + 10
+    while server._slots._value == 0:
+        assert time.monotonic() < deadline, "a finished connection kept its slot"
+        time.sleep(0.01)
+
+
 def _get(port: int) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -50,7 +58,7 @@ def _get(port: int) -> int:
 def test_a_silent_connection_holds_its_slot_only_until_the_socket_timeout(server: BoundedHTTPServer) -> None:
     port = int(server.server_address[1])
     assert _get(port) == 200
-    time.sleep(0.2)  # that connection's thread ends once the client has closed it
+    _wait_for_free_slot(server)  # that connection's thread ends once the client has closed it
     silent = socket.create_connection(("127.0.0.1", port))  # sends nothing: a slowloris
     time.sleep(0.1)
     assert _get(port) == 503  # the one slot is taken: refused at once, not queued
@@ -58,6 +66,7 @@ def test_a_silent_connection_holds_its_slot_only_until_the_socket_timeout(server
     started = time.monotonic()
     assert silent.recv(1) == b""  # dropped by the server once its socket timeout passed
     assert time.monotonic() - started < 5
+    _wait_for_free_slot(server)
     assert _get(port) == 200
     silent.close()
 
@@ -171,7 +180,7 @@ def test_the_metrics_server_serves_the_registry_with_the_same_limits() -> None:
         response = connection.getresponse()
         assert response.status == 200 and b"avs_test_things_total 3.0" in response.read()
         connection.close()
-        time.sleep(0.2)
+        _wait_for_free_slot(server)
         silent = socket.create_connection(("127.0.0.1", port))  # holds the one slot
         time.sleep(0.1)
         assert _get(port) == 503

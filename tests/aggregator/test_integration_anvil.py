@@ -462,14 +462,17 @@ def _mint_fn(devnet: Devnet, to: str) -> ContractFunction:
     return token.functions.mint(Web3.to_checksum_address(to), 1)
 
 
-def test_sender_bumps_fees_of_a_stuck_transaction(devnet: Devnet) -> None:
+def test_sender_bumps_fees_of_a_stuck_transaction(devnet: Devnet, caplog: pytest.LogCaptureFixture) -> None:
     sender = TransactionSender(devnet.client, AGGREGATOR, SenderSettings(receipt_timeout=0.3, poll_seconds=0.05))
     _rpc(devnet, "evm_setAutomine", False)
     result: list[SentTransaction] = []
     try:
         thread = threading.Thread(target=lambda: result.append(sender.send(_mint_fn(devnet, REQUESTER))))
         thread.start()
-        time.sleep(1.0)  # nothing is mined meanwhile: the sender re-sends with higher fees
+        deadline = time.monotonic() + 30  # nothing is mined meanwhile: the sender re-sends with higher fees
+        while "bumping fees" not in caplog.text:
+            assert thread.is_alive() and time.monotonic() < deadline, "the sender never bumped its fees"
+            time.sleep(0.05)
         _rpc(devnet, "evm_mine")
         thread.join(10)
     finally:
@@ -495,9 +498,8 @@ def test_sender_resends_after_a_reorg(devnet: Devnet, caplog: pytest.LogCaptureF
         time.sleep(0.02)
     _rpc(devnet, "evm_revert", snapshot)  # the block holding it is gone
     assert token.functions.balanceOf(recipient).call() == 0
-    for _ in range(100):
-        if not thread.is_alive():
-            break
+    deadline = time.monotonic() + 60  # the never-saw-the-receipt path waits out its 5 s receipt_timeout first
+    while thread.is_alive() and time.monotonic() < deadline:
         _rpc(devnet, "evm_mine")
         time.sleep(0.05)
     thread.join(5)

@@ -40,6 +40,16 @@ class Deadline:
         return self.at - time.monotonic()
 
 
+class PassesOnceWorkStarts:
+    """A deadline still open when the call checks it before the work, passed once the engine has started."""
+
+    def __init__(self, engine: GatedEngine) -> None:
+        self.engine = engine
+
+    def time_remaining(self) -> float:
+        return -1.0 if self.engine.started.is_set() else 30.0
+
+
 class GatedEngine:
     """Works until ``release`` is set (or for ``work_seconds``); counts the calls it started."""
 
@@ -137,13 +147,14 @@ def test_a_stream_queued_past_its_deadline_gives_up_before_any_token(
 @pytest.mark.parametrize("call", ["verify", "generate"])
 def test_a_deadline_that_passes_during_the_work_means_nothing_is_signed(tmp_path: Path, call: str) -> None:
     core, protection = make_core(tmp_path)
-    engine = GatedEngine(work_seconds=0.5)  # the work outlasts the caller's 0.2 s
+    engine = GatedEngine(work_seconds=0.1)
     request = prepared(engine, 4)
+    deadline = PassesOnceWorkStarts(engine)
     with pytest.raises(DeadlineExceededError):
         if call == "verify":
-            core.verify(request, [5], Deadline(0.2))
+            core.verify(request, [5], deadline)
         else:
-            core.generate(request, Deadline(0.2))
+            core.generate(request, deadline)
     assert engine.calls == 1
     assert protection.get_attestations(DOMAIN.separator, request.request_hash) == []
     protection.close()

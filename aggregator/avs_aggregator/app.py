@@ -82,6 +82,7 @@ def build_pipeline_settings(config: AggregatorConfig) -> PipelineSettings:
         max_attempts=policy.max_attempts,
         generate_timeout=config.deadlines.generate_seconds,
         verify_timeout=config.deadlines.verify_seconds,
+        verify_rounds=config.deadlines.verify_rounds,
         sign_timeout=config.deadlines.sign_batch_seconds,
         batch_max_size=batch.max_size,
         batch_max_latency=batch.max_latency_seconds,

@@ -73,6 +73,7 @@ class PolicyConfig(_Section):
 class DeadlinesConfig(_Section):
     generate_seconds: float = Field(default=120.0, gt=0)
     verify_seconds: float = Field(default=60.0, gt=0)
+    verify_rounds: int = Field(default=2, ge=1, le=8)  # while verifiers that did not answer leave it short
     sign_batch_seconds: float = Field(default=30.0, gt=0)
 
 

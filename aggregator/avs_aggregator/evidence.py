@@ -243,6 +243,13 @@ class EvidenceBook:
 
     def find_verdicts(self, request_hash: bytes, output_hash: bytes) -> dict[bytes, Verdict]:
         """Each operator's recorded (checked) verdict on this output; REJECT for one that signed both."""
+        return {
+            operator: signed.attestation.verdict
+            for operator, signed in self.find_attestations(request_hash, output_hash).items()
+        }
+
+    def find_attestations(self, request_hash: bytes, output_hash: bytes) -> dict[bytes, SignedAttestation]:
+        """Each operator's recorded (checked) signed attestation on this output; its REJECT if it signed both."""
         with self._session() as s:
             rows = s.scalars(
                 select(self._attestation_row).where(
@@ -250,11 +257,12 @@ class EvidenceBook:
                     self._attestation_row.output_hash == output_hash,
                 )
             )
-            verdicts: dict[bytes, Verdict] = {}
+            found: dict[bytes, SignedAttestation] = {}
             for row in rows:
-                if verdicts.get(row.operator_id) != Verdict.REJECT:
-                    verdicts[row.operator_id] = Verdict(row.verdict)
-            return verdicts
+                earlier = found.get(row.operator_id)
+                if earlier is None or earlier.attestation.verdict != Verdict.REJECT:
+                    found[row.operator_id] = SignedAttestation(_attestation(row), _signature(row))
+            return found
 
     def list_equivocations(self, state: ProofState | None = None) -> list[EquivocationMixin]:
         with self._session() as s:

@@ -3,7 +3,8 @@
 Request: RECEIVED -> GENERATING (primary picked) -> VERIFYING (output stored) -> ACCEPTED ->
 BATCHED -> CERTIFIED, or FAILED. A REJECT quorum records the rejection (and, with a
 ``RejectionReporter``, proves it on-chain, which slashes the primary), excludes that primary and
-goes back to RECEIVED with ``attempt + 1``.
+goes back to RECEIVED with ``attempt + 1``. Verdicts short of both thresholds while some verifiers
+did not answer: VERIFYING again (``verify_rounds``), asking only those.
 
 Batch: SIGNING -> SUBMITTING -> CERTIFIED, or ABANDONED (its requests go back to ACCEPTED for a
 new batch index when the reference block went stale). Signers short of the threshold: SIGNING
@@ -144,6 +145,7 @@ class PipelineSettings:
     max_pending: int = 10_000
     workers: int = 8
     confirmations: int = 0  # blocks on top of a certification before it is final (at least 1 is used)
+    verify_rounds: int = 2  # Verify rounds for an output whose verdicts fall short because verifiers did not answer
     sign_rounds: int = 3  # SignBatch rounds for a batch whose signers fall short of the threshold
     sign_backoff: float = 1.0  # seconds before the second round, doubled for each further one
 
@@ -346,14 +348,22 @@ class Pipeline:
             for o in operator_set.in_quorums(row.quorum_numbers)
             if o.operator_id != row.primary_id and o.operator_id not in excluded
         ]
-        futures = {
-            o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.settings.verify_timeout)
-            for o in verifiers
-        }
         verdicts: dict[bytes, Verdict] = {row.primary_id: Verdict.ACCEPT}
         reject_signatures: dict[bytes, G1Point] = {}
-        checked: list[tuple[bytes, SignedAttestation]] = []
+        # A later round asks only the verifiers without a checked attestation on this output yet.
+        recorded = self.evidence.find_attestations(row.request_hash, row.output_hash) if row.verify_rounds else {}
         for o in verifiers:
+            if (signed := recorded.get(o.operator_id)) is not None:
+                verdicts[o.operator_id] = signed.attestation.verdict
+                if signed.attestation.verdict == Verdict.REJECT:
+                    reject_signatures[o.operator_id] = signed.signature
+        asked = [o for o in verifiers if o.operator_id not in recorded]
+        futures = {
+            o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.settings.verify_timeout)
+            for o in asked
+        }
+        checked: list[tuple[bytes, SignedAttestation]] = []
+        for o in asked:
             try:
                 reply = futures[o.operator_id].result(timeout=self.settings.verify_timeout + 5)
                 checked.append((o.operator_id, self._check_verify(row, o, reply)))
@@ -376,9 +386,21 @@ class Pipeline:
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(row.threshold_bps):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
+        elif len(checked) < len(asked) and row.verify_rounds + 1 < self.settings.verify_rounds:
+            self._verify_again(row, len(asked) - len(checked))
         else:
             shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
             self._fail(row, f"not enough stake verified the output ({shares})")
+
+    def _verify_again(self, row: RequestRow, missing: int) -> None:
+        """Neither accepted nor rejected, and ``missing`` verifiers gave no valid answer (down, slow, a
+        network blip): another round asks those, keeping the answers already checked, rather than
+        failing a request that a verifier a few seconds late would have carried."""
+        reason = f"{missing} verifier(s) did not answer in verification round {row.verify_rounds + 1}"
+        logger.info("verifying again", extra={"request": _hex(row.request_hash), "reason": reason})
+        self.store.update_request(
+            row.request_hash, expect=(row.state, row.attempt), verify_rounds=row.verify_rounds + 1, error=reason
+        )
 
     def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> SignedAttestation:
         """The verifier's attestation, once its output hash and signature are checked."""
@@ -531,6 +553,7 @@ class Pipeline:
             RequestState.RECEIVED,
             attempt=row.attempt + 1,
             excluded=dump_hex_list(excluded),
+            verify_rounds=0,
             primary_id=None,
             output_ids=None,
             output_text=None,

@@ -72,6 +72,7 @@ class RequestRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
     accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rebatched: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # batches given up
+    verify_rounds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # of the current output
 
 
 class BatchRow(Base):

@@ -62,7 +62,7 @@ class FakeOperator:
     stakes: dict[int, int]
     behaviour: str = (
         "honest"  # honest | down | sign_down | cheat | accept_all | bad_batch_signature | wrong_output_hash
-        # | mislabelled_output_hash | too_many_tokens | huge_text
+        # | mislabelled_output_hash | too_many_tokens | huge_text | verify_down_once
     )
     signed_batches: list[int] = field(default_factory=list)
     refuses_leaves: set[bytes] = field(default_factory=set)  # request hashes it will not sign a batch over
@@ -142,6 +142,9 @@ class FakeNetwork:
         self.calls.append(("verify", operator.operator_id))
         if op.behaviour == "down":
             raise ConnectionError("operator down")
+        if op.behaviour == "verify_down_once":  # missed one verification (a deadline, a blip), then honest
+            op.behaviour = "honest"
+            raise TimeoutError("deadline exceeded")
         request_hash = compute_request_hash(DOMAIN, envelope.request)
         output_hash = compute_output_hash(InferenceOutput(request_hash, envelope.request.model_id, tuple(output_ids)))
         honest = tuple(output_ids) == canonical_tokens(envelope.request)

@@ -138,6 +138,29 @@ def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes) -> Requ
     raise AssertionError("no nonce makes this operator the first primary")
 
 
+@pytest.mark.parametrize("rounds", [2, 1])
+def test_verifiers_that_did_not_answer_are_asked_again(db: str, rounds: int) -> None:
+    """25% ACCEPT, 25% missed one call, 25% down: short of 66.67% after round 1. Round 2 asks only
+    the two that gave no answer and keeps the checked one; with one round the request fails."""
+    network = FakeNetwork([{0: 25}] * 4)
+    primary, answered, flaky, down = network.operators
+    flaky.behaviour, down.behaviour = "verify_down_once", "down"
+    pipeline = make_pipeline(network, db, dataclasses.replace(SETTINGS, verify_rounds=rounds))
+    request_hash = pipeline.submit(find_envelope_with_primary(network, primary.keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    pipeline.close()
+    assert row is not None
+    verify_calls = [op for call, op in network.calls if call == "verify"]
+    if rounds == 1:
+        assert row.state == RequestState.FAILED and "not enough stake verified" in (row.error or "")
+        assert sorted(verify_calls) == sorted(o.keys.operator_id for o in (answered, flaky, down))
+        return
+    assert row.state == RequestState.CERTIFIED and row.attempt == 0 and row.verify_rounds == 1, row.error
+    assert verify_calls.count(answered.keys.operator_id) == 1  # its checked ACCEPT was kept
+    assert verify_calls.count(flaky.keys.operator_id) == 2 and verify_calls.count(down.keys.operator_id) == 2
+
+
 def test_bad_batch_signature_is_dropped(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "bad_batch_signature"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from avs_aggregator.ports import OperatorSet
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestState, Store
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
-from tests.resilience.grpc_operators import FakeOperatorServer
+from tests.resilience.grpc_operators import FakeOperatorServer, FakeOperatorServicer
 
 # Seconds: the generate, verify and sign_batch deadlines. Only a run with a "slow" operator needs one
 # that cuts an answer; every other run gets one that no honest answer misses, however long CI pauses
@@ -152,3 +153,31 @@ def test_operator_back_up_after_an_outage_is_used_again(make_network: list[GrpcN
     [batch] = second.store.list_batches([BatchState.CERTIFIED])
     assert json.loads(batch.certificate or "{}")["non_signer_ids"] == []
     assert compute_request_hash(DOMAIN, make_envelope(0, "operator faults 0").request) in first_hashes
+
+
+def make_late_once(servicer: FakeOperatorServicer, method: str, seconds: float) -> None:
+    """The servicer's first ``method`` call answers ``seconds`` late; every other call at once."""
+    late = threading.Event()
+
+    def enter(called: str) -> None:
+        FakeOperatorServicer._enter(servicer, called)
+        if called == method and not late.is_set():
+            late.set()
+            servicer.stopped.wait(seconds)
+
+    servicer._enter = enter  # type: ignore[method-assign,assignment]
+
+
+def test_verifiers_late_once_are_asked_again_and_the_requests_certified(
+    make_network: list[GrpcNetwork], tmp_path: Path
+) -> None:
+    """Two honest operators miss the deadline on their first Verify (a cold start, a pause) and one
+    is down: short of the threshold after round 1, certified after round 2, which asks only those."""
+    network = GrpcNetwork(["honest", "honest", "honest", "down"])
+    make_network.append(network)
+    for server in network.servers[1:3]:
+        make_late_once(server.servicer, "verify", SLOW_DEADLINE + 2)
+    pipeline, hashes, _ = run(network, tmp_path / "agg.sqlite", SLOW_DEADLINE)
+    rows = [pipeline.store.get_request(h) for h in hashes]
+    assert all(r is not None and r.state == RequestState.CERTIFIED for r in rows), [r and r.error for r in rows]
+    assert max(r.verify_rounds for r in rows if r is not None) == 1  # some needed the second round, none a third

@@ -4,9 +4,9 @@ Nothing off-chain knows these numbers for sure, so this exporter reads them from
 (ABIs from forge's build output, through ``avs.chain``). It polls: each poll reads the current
 state at the latest block and scans the events since the last poll (from the deployment's start
 block on first start), then every scrape serves the last snapshot, so a scrape never waits for
-the chain. Events of the last ``--reorg-depth`` blocks are read again on every poll, so a reorg
-within that depth corrects the counters (they may then go down, which Prometheus takes for a
-reset); older events are counted once.
+the chain. Events of the last ``--reorg-depth`` blocks are read again on every poll, so an event
+a reorg within that depth moved to another block is counted once; the counters never go down (an
+event a reorg removed for good stays counted); older events are counted once.
 
 Run ``python -m avs.monitoring.chain_exporter --rpc-url URL --deployment FILE --listen HOST:PORT``;
 it prints ``{"event": "ready", ...}`` on stdout once serving. Amounts are in whole tokens (the
@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, Protocol
 
@@ -87,6 +87,21 @@ class EventTotals:
             challenges_opened=self.challenges_opened + later.challenges_opened,
         )
 
+    def at_least(self, served: EventTotals) -> EventTotals:
+        """These totals, no count below ``served``'s: Prometheus takes a counter that goes down for a
+        reset and adds its whole value to ``increase()``, so a reorg's lost event stays counted (an
+        event re-mined in another block is then counted once)."""
+        return replace(
+            self,
+            batches_certified=max(self.batches_certified, served.batches_certified),
+            slashings=compute_max_by_key(self.slashings, served.slashings),
+            slashed_shares=compute_max_by_key(self.slashed_shares, served.slashed_shares),
+            coverage_bought=max(self.coverage_bought, served.coverage_bought),
+            premiums=max(self.premiums, served.premiums),
+            claims_paid=max(self.claims_paid, served.claims_paid),
+            challenges_opened=max(self.challenges_opened, served.challenges_opened),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ChainSnapshot:
@@ -121,6 +136,10 @@ def compute_sum_by_key(a: Mapping[int, int], b: Mapping[int, int]) -> dict[int, 
     return {key: a.get(key, 0) + b.get(key, 0) for key in sorted({*a, *b})}
 
 
+def compute_max_by_key(a: Mapping[int, int], b: Mapping[int, int]) -> dict[int, int]:
+    return {key: max(a.get(key, 0), b.get(key, 0)) for key in sorted({*a, *b})}
+
+
 def compute_quorum_numbers(bitmap: int) -> tuple[int, ...]:
     return tuple(q for q in range(192) if bitmap >> q & 1)
 
@@ -134,8 +153,9 @@ class ChainExporter:
     """Polls a ``ChainStateReader`` and keeps the last ``ChainSnapshot`` (``process_poll``).
 
     Events more than ``reorg_depth`` blocks below the head are settled: scanned once and added to
-    ``_totals``. The blocks above are scanned again on every poll and never kept, so events a reorg
-    removed stop being counted."""
+    ``_totals``. The blocks above are scanned again on every poll and never kept, so an event a
+    reorg moved to another block is counted once (not twice, nor missed). The counters served never
+    go down (``EventTotals.at_least``): one a reorg removed for good stays counted."""
 
     def __init__(
         self,
@@ -151,6 +171,7 @@ class ChainExporter:
         self._chunk = chunk_blocks
         self._reorg_depth = reorg_depth
         self._totals = EventTotals()  # of the settled blocks
+        self._served = EventTotals()  # the counters of the last snapshot
         self._last_batch_timestamp: int | None = None
         self._last_batch_block: int | None = None  # the block of that timestamp
         self._lock = threading.Lock()
@@ -170,6 +191,7 @@ class ChainExporter:
         totals = settled
         for lo, hi in compute_block_ranges(self._next_block, block, self._chunk):  # not settled: read again
             totals = totals.add(self._reader.get_event_totals(lo, hi))
+        totals = totals.at_least(self._served)
         if totals.last_batch_block != self._last_batch_block:  # a new batch, or a reorg took the last one away
             last = totals.last_batch_block
             self._last_batch_timestamp = None if last is None else self._reader.get_block_timestamp(last)
@@ -184,6 +206,7 @@ class ChainExporter:
             last_batch_timestamp=self._last_batch_timestamp,
         )
         with self._lock:
+            self._served = totals
             self.snapshot = snapshot
             self.last_poll_timestamp = time.time() if now is None else now
         return snapshot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def test_a_failure_in_a_long_scan_keeps_the_chunks_already_read() -> None:
     assert samples["avs_chain_exporter_poll_errors_total"] == 1
 
 
-def test_a_reorg_within_the_depth_corrects_the_counters_and_settled_blocks_are_read_once() -> None:
+def test_a_reorg_within_the_depth_counts_a_moved_event_once_and_counters_never_go_down() -> None:
     chain = FakeChain(block=20, events={5: EventTotals(batches_certified=1, last_batch_block=5)})
     chain.events[18] = EventTotals(batches_certified=1, last_batch_block=18, slashings={0: 1}, slashed_shares={0: 9})
     exporter = ChainExporter(chain, start_block=2, chunk_blocks=100, reorg_depth=4)
@@ -177,19 +178,28 @@ def test_a_reorg_within_the_depth_corrects_the_counters_and_settled_blocks_are_r
     samples = _scrape(exporter)
     assert samples["avs_chain_batches_certified_total"] == 2
     assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_018
-    del chain.events[18]  # a reorg: block 18 comes back without the batch and the slashing
+    chain.events[19] = chain.events.pop(18)  # a reorg: the transactions of block 18 are mined in 19
+    chain.events[19] = dataclasses.replace(chain.events[19], last_batch_block=19)
     chain.block = 21
     exporter.process_poll()
     assert chain.scanned[2:] == [(17, 17), (18, 21)]
     samples = _scrape(exporter)
-    assert samples["avs_chain_batches_certified_total"] == 1
-    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_005
-    assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 0
+    assert samples["avs_chain_batches_certified_total"] == 2  # once, not twice
+    assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 1
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_019
+    del chain.events[19]  # another reorg drops them for good: a counter never goes down
+    chain.block = 22
+    exporter.process_poll()
+    samples = _scrape(exporter)
+    assert samples["avs_chain_batches_certified_total"] == 2
+    assert samples['avs_chain_slashed_shares_total{quorum="0"}'] == 9 / TOKEN
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_005  # the last batch still there
+    chain.events[22] = EventTotals(batches_certified=1, last_batch_block=22)  # absorbed by the lost one
     chain.events[5] = EventTotals()  # deeper than the depth: settled, never read again
     chain.block = 30
     exporter.process_poll()
-    assert all(lo > 5 for lo, _ in chain.scanned[2:])
-    assert _scrape(exporter)["avs_chain_batches_certified_total"] == 1
+    assert all(lo > 5 for lo, _ in chain.scanned[4:])
+    assert _scrape(exporter)["avs_chain_batches_certified_total"] == 2
 
 
 def test_a_negative_reorg_depth_is_refused() -> None:

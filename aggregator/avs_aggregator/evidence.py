@@ -180,11 +180,11 @@ class EvidenceBook:
                 for operator_id, signed in attestations:
                     a = signed.attestation
                     before = earlier.setdefault((operator_id, a.request_hash), [])
+                    conflict = next((row for row in before if _attestation(row).is_conflicting(a)), None)
+                    if conflict is not None:  # also for a repeat: its equivocation may not have been recorded
+                        found.append((operator_id, signed, conflict))
                     if any(_same(row, a) for row in before):
                         continue
-                    conflict = next((row for row in before if _attestation(row).is_conflicting(a)), None)
-                    if conflict is not None:
-                        found.append((operator_id, signed, conflict))
                     new = _build(
                         row_type,
                         operator_id=operator_id,

@@ -3,6 +3,7 @@ for one request are proven on-chain once, also across restarts, by the aggregato
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import event, func, select
 
 from avs.chain.client import ContractRevertError
@@ -89,6 +90,24 @@ def test_a_round_is_recorded_in_one_commit_and_its_equivocations_are_found(db: s
     with store.session() as s:
         assert s.scalar(select(func.count()).select_from(AttestationRow)) == 5
     assert evidence.record_all([]) == 0
+    store.close()
+
+
+def test_an_equivocation_lost_to_a_failure_is_found_when_the_attestation_comes_again(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = FakeNetwork([{0: 10}])
+    store = Store(db)
+    evidence = book(store, None)
+    operator = network.operators[0].keys.operator_id
+    assert not evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT))
+    with monkeypatch.context() as patched:  # the attestation is kept, its equivocation not recorded
+        patched.setattr(evidence, "_add_equivocation", lambda *_: (_ for _ in ()).throw(ConnectionError("db down")))
+        with pytest.raises(ConnectionError):
+            evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.REJECT))
+    assert evidence.list_equivocations() == []
+    assert evidence.record(operator, signed(network, 0, b"\xaa" * 32, Verdict.REJECT))  # the step runs again
+    assert len(evidence.list_equivocations(ProofState.PENDING)) == 1
     store.close()
 
 

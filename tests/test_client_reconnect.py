@@ -120,10 +120,14 @@ def test_wait_gives_up_at_its_deadline_when_the_aggregator_stays_down() -> None:
     server, port = serve(servicer)
     with AggregatorClient(f"127.0.0.1:{port}") as client:
         seen: list[int] = []
+        stopped_at: list[float] = []
 
         def stop_once_watched() -> None:  # down once the client has its first status, however long that took
-            wait_until(lambda: bool(seen))
-            server.stop(grace=None)
+            try:
+                wait_until(lambda: bool(seen))
+            finally:
+                server.stop(grace=None)
+                stopped_at.append(time.monotonic())
 
         threading.Thread(target=stop_once_watched, daemon=True).start()
         started = time.monotonic()
@@ -132,6 +136,7 @@ def test_wait_gives_up_at_its_deadline_when_the_aggregator_stays_down() -> None:
         elapsed = time.monotonic() - started
     assert 2.9 <= elapsed < 8.0
     assert seen == [ag.REQUEST_STATE_VERIFYING]
+    assert stopped_at and stopped_at[0] - started < 2.5  # it gave up on a server that was down, not up
 
 
 def test_wait_does_not_retry_an_answer() -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from avs.client import AggregatorClient, verify_certificate
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
-from avs_aggregator.app import AggregatorApp, Role
+from avs_aggregator.app import AggregatorApp, LeaderOnlySender, Role
 from avs_aggregator.store import BatchState, load_hex_list
 from tests.aggregator.conftest import create_postgres_database
 from tests.aggregator.test_integration_anvil import REQUESTER, Devnet, devnet, start_aggregator, submit
@@ -63,6 +63,11 @@ def test_standby_serves_reads_refuses_intake_and_takes_over(
     b = start(devnet, url, "aggregator-b")
     try:
         assert (a.role, b.role) == (Role.LEADER, Role.STANDBY)
+        for app in (a, b):  # every transaction of the daemon's account goes through the leader fence
+            client = app.pipeline.writer.client  # type: ignore[attr-defined]
+            assert isinstance(client.sender, LeaderOnlySender)
+            assert app.keeper is None or app.keeper.send == client.transact
+            assert app.pipeline.reporter is None or app.pipeline.reporter.faults.avs is client  # type: ignore[attr-defined]
         assert get_health(a) == (200, {"status": "ok", "role": "leader", "holder": "aggregator-a"})
         assert get_health(b) == (200, {"status": "ok", "role": "standby", "holder": "aggregator-b"})
         assert get_health(a, "/health/leader")[0] == 200
@@ -103,10 +108,11 @@ def test_standby_serves_reads_refuses_intake_and_takes_over(
             # a's database is back; a clean stop of b releases the lease: a leads again at its next
             # try (long before the lease would expire), with a new runner
             monkeypatch.undo()
+            stopping = time.monotonic()
             b.stop(1)
-            released = time.monotonic()
             wait_for(lambda: a.role is Role.LEADER, timeout=LEASE_SECONDS + 10)
-            assert time.monotonic() - released < LEASE_SECONDS
+            # an expiry instead of a release would take at least LEASE - RENEW after b's last renewal
+            assert time.monotonic() - stopping < LEASE_SECONDS - RENEW_SECONDS
             assert a.elector is not None and a.elector.lease.term == 3
             last = submit(to_a, "after the hand-over", nonce=20)
             assert verify_certificate(to_a.wait(last, timeout=60).certificate).ok

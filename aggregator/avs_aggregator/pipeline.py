@@ -304,13 +304,14 @@ class Pipeline:
             return
         try:
             reply = self.caller.generate(primary, envelope, self.settings.generate_timeout)
-            self._check_generate(row, envelope, primary, reply)
+            signed = self._check_generate(row, envelope, primary, reply)
         except Exception as exc:
             self._operator_outcome(primary, "generate", "error")
             logger.warning("primary failed", extra={"request": _hex(row.request_hash), "error": str(exc)})
             self._retry(row, f"primary 0x{primary.operator_id.hex()[:8]} failed: {exc}")
             return
         self._operator_outcome(primary, "generate", "ok")
+        self._record_attestations([(primary.operator_id, signed)])  # a store error is ours, not the primary's
         self._set_state(
             row,
             RequestState.VERIFYING,
@@ -322,7 +323,8 @@ class Pipeline:
 
     def _check_generate(
         self, row: RequestRow, envelope: convert.RequestEnvelope, primary: OperatorInfo, reply: GenerateReply
-    ) -> None:
+    ) -> SignedAttestation:
+        """The primary's ACCEPT of its output, once its tokens, text, hash and signature are checked."""
         if not 0 < len(reply.token_ids) <= envelope.request.max_tokens:  # before hashing or storing them
             raise InvalidInputError(
                 f"the primary returned {len(reply.token_ids)} tokens for max_tokens {envelope.request.max_tokens}"
@@ -335,7 +337,7 @@ class Pipeline:
         attestation = Attestation(row.request_hash, expected, Verdict.ACCEPT)
         if not protocol.is_valid_attestation(self.domain, primary, attestation, reply.signature):
             raise InvalidInputError("the primary's attestation signature does not verify")
-        self._record_attestations([(primary.operator_id, SignedAttestation(attestation, reply.signature))])
+        return SignedAttestation(attestation, reply.signature)
 
     def _verify(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)

@@ -161,6 +161,28 @@ def test_verifiers_that_did_not_answer_are_asked_again(db: str, rounds: int) -> 
     assert verify_calls.count(flaky.keys.operator_id) == 2 and verify_calls.count(down.keys.operator_id) == 2
 
 
+def test_a_store_failure_while_recording_evidence_is_not_blamed_on_the_operators(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary's and the verifiers' attestations go to the evidence book; the database failing
+    then raises out of the step (run again later), it never excludes a primary or fails a request."""
+    network = FakeNetwork([{0: 25}] * 4)
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    assert pipeline.advance_request(request_hash)  # RECEIVED -> GENERATING
+    for state in (RequestState.GENERATING, RequestState.VERIFYING):
+        with monkeypatch.context() as patched:
+            patched.setattr(pipeline.evidence, "record_all", lambda *_: (_ for _ in ()).throw(ConnectionError("db")))
+            with pytest.raises(ConnectionError):
+                pipeline.advance_request(request_hash)
+        row = pipeline.store.get_request(request_hash)
+        assert row is not None and row.state == state and row.attempt == 0 and load_hex_list(row.excluded) == []
+        assert pipeline.advance_request(request_hash)  # the database is back: the step goes through
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.ACCEPTED
+    pipeline.close()
+
+
 def test_bad_batch_signature_is_dropped(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "bad_batch_signature"

@@ -388,11 +388,39 @@ class Pipeline:
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(row.threshold_bps):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
-        elif len(checked) < len(asked) and row.verify_rounds + 1 < self.settings.verify_rounds:
-            self._verify_again(row, len(asked) - len(checked))
+        elif unanswered := [o.operator_id for o in asked if o.operator_id not in verdicts]:
+            if self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
+                self._verify_again(row, len(unanswered))
+            else:
+                self._fail_verification(row, tally)
         else:
-            shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
-            self._fail(row, f"not enough stake verified the output ({shares})")
+            self._fail_verification(row, tally)
+
+    def _is_worth_another_round(
+        self,
+        row: RequestRow,
+        operator_set: OperatorSet,
+        verdicts: dict[bytes, Verdict],
+        unanswered: Sequence[bytes],
+        rejection_floor: int,
+    ) -> bool:
+        """Rounds are left, and the verifiers that gave no valid answer hold enough stake to carry
+        the output either way (were they all to ACCEPT, or all to REJECT): otherwise another round
+        would only delay the failure."""
+        if row.verify_rounds + 1 >= self.settings.verify_rounds:
+            return False
+        quorums = row.quorum_numbers
+        if_accepted = protocol.compute_tally(
+            operator_set, quorums, verdicts | dict.fromkeys(unanswered, Verdict.ACCEPT)
+        )
+        if_rejected = protocol.compute_tally(
+            operator_set, quorums, verdicts | dict.fromkeys(unanswered, Verdict.REJECT)
+        )
+        return if_accepted.is_accepted(row.threshold_bps) or if_rejected.is_rejected(rejection_floor)
+
+    def _fail_verification(self, row: RequestRow, tally: protocol.Tally) -> None:
+        shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
+        self._fail(row, f"not enough stake verified the output ({shares})")
 
     def _verify_again(self, row: RequestRow, missing: int) -> None:
         """Neither accepted nor rejected, and ``missing`` verifiers gave no valid answer (down, slow, a
@@ -401,7 +429,11 @@ class Pipeline:
         reason = f"{missing} verifier(s) did not answer in verification round {row.verify_rounds + 1}"
         logger.info("verifying again", extra={"request": _hex(row.request_hash), "reason": reason})
         self.store.update_request(
-            row.request_hash, expect=(row.state, row.attempt), verify_rounds=row.verify_rounds + 1, error=reason
+            row.request_hash,
+            expect=(row.state, row.attempt),
+            expect_verify_rounds=row.verify_rounds,
+            verify_rounds=row.verify_rounds + 1,
+            error=reason,
         )
 
     def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> SignedAttestation:

@@ -202,13 +202,21 @@ class Store(Database):
         with self.session() as s:
             return s.get(RequestRow, request_hash)
 
-    def update_request(self, request_hash: bytes, expect: tuple[str, int] | None = None, **values: Any) -> RequestRow:
+    def update_request(
+        self,
+        request_hash: bytes,
+        expect: tuple[str, int] | None = None,
+        expect_verify_rounds: int | None = None,
+        **values: Any,
+    ) -> RequestRow:
         """Write ``values``; with ``expect`` = (state, attempt) only if the row still is there
         (else ``StaleRowError``): a step that read the row must not overwrite what another process
-        (a new leader, after this one lost its lease mid-step) did with it since."""
+        (a new leader, after this one lost its lease mid-step) did with it since. A verification
+        round also fences on its round number (``expect_verify_rounds``)."""
         with self.session() as s:
             if expect is not None:
-                _claim(s, RequestRow, request_hash, self.clock(), state=expect[0], attempt=expect[1])
+                rounds = {} if expect_verify_rounds is None else {"verify_rounds": expect_verify_rounds}
+                _claim(s, RequestRow, request_hash, self.clock(), state=expect[0], attempt=expect[1], **rounds)
             row = s.get(RequestRow, request_hash)
             if row is None:
                 raise KeyError(request_hash.hex())

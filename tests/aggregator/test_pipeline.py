@@ -16,7 +16,7 @@ from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import MAX_REBATCHES, Pipeline, PipelineError, PipelineSettings
 from avs_aggregator.protocol import select_primary
-from avs_aggregator.store import BatchState, RequestRow, RequestState, Store, load_hex_list
+from avs_aggregator.store import BatchState, RequestRow, RequestState, StaleRowError, Store, load_hex_list
 from avs_aggregator.txsender import TransactionFailedError
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 
@@ -159,6 +159,37 @@ def test_verifiers_that_did_not_answer_are_asked_again(db: str, rounds: int) -> 
     assert row.state == RequestState.CERTIFIED and row.attempt == 0 and row.verify_rounds == 1, row.error
     assert verify_calls.count(answered.keys.operator_id) == 1  # its checked ACCEPT was kept
     assert verify_calls.count(flaky.keys.operator_id) == 2 and verify_calls.count(down.keys.operator_id) == 2
+
+
+def test_no_second_round_when_the_unanswered_stake_cannot_decide(db: str) -> None:
+    """30% primary and 30% ACCEPT, 35% REJECT, 5% down: 65% at most could ACCEPT (< 66.67%) and 40%
+    at most REJECT (< 50.01%), so the request fails after one round without asking the down one again."""
+    network = FakeNetwork([{0: 30}, {0: 30}, {0: 35}, {0: 5}])
+    primary, _, rejecter, down = network.operators
+    rejecter.behaviour, down.behaviour = "cheat", "down"  # the cheat, as a verifier, REJECTs a correct output
+    pipeline = make_pipeline(network, db, dataclasses.replace(SETTINGS, verify_rounds=3))
+    request_hash = pipeline.submit(find_envelope_with_primary(network, primary.keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    pipeline.close()
+    assert row is not None and row.state == RequestState.FAILED and row.verify_rounds == 0
+    assert "not enough stake verified" in (row.error or "")
+    assert network.calls.count(("verify", down.keys.operator_id)) == 1
+
+
+def test_a_stale_verification_round_cannot_roll_the_round_count_back(db: str) -> None:
+    """A leader that lost its lease mid-round must not write its round number over a newer one."""
+    network = FakeNetwork([{0: 25}] * 4)
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    stale = pipeline.store.get_request(request_hash)
+    assert stale is not None
+    pipeline.store.update_request(request_hash, verify_rounds=1)  # another process's round
+    with pytest.raises(StaleRowError):
+        pipeline._verify_again(stale, missing=1)
+    row = pipeline.store.get_request(request_hash)
+    pipeline.close()
+    assert row is not None and row.verify_rounds == 1
 
 
 def test_a_store_failure_while_recording_evidence_is_not_blamed_on_the_operators(

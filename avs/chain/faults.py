@@ -91,6 +91,7 @@ class PendingSlashing:
     next_signer: int
     signer_count: int
     fraud_wad: int
+    progress_block: int  # the last call that slashed; governance may abandon only a window after it
     slashed_shares: int
 
     @property
@@ -214,7 +215,7 @@ class Web3FaultClient:
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
         raw = self.avs._call(self.fault_manager.functions.getPendingSlashing(challenge_id))
-        return PendingSlashing(bytes(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
+        return PendingSlashing(bytes(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]), int(raw[5]))
 
     def get_challenge_count(self) -> int:
         return int(self.avs._call(self.fault_manager.functions.challengeCount()))

@@ -235,7 +235,7 @@ contract FaultManager is IFaultManager, Ownable {
         c.status = ChallengeStatus.Upheld;
         uint256[] memory refBitmaps = _checkSigners(c, signers);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
-        PendingSlashing memory start = PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0);
+        PendingSlashing memory start = PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0, 0);
         _slashSigners(challengeId, c, signers, start, refBitmaps);
     }
 
@@ -248,6 +248,8 @@ contract FaultManager is IFaultManager, Ownable {
     /// @inheritdoc IFaultManager
     function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external onlyOwner {
         PendingSlashing memory p = _requirePending(challengeId, signers);
+        uint256 abandonableAfter = uint256(p.progressBlock) + config.resolutionWindowBlocks;
+        if (block.number <= abandonableAfter) revert SlashingNotStalled(challengeId, abandonableAfter);
         emit SlashingAbandoned(challengeId, p.nextSigner, p.signerCount);
         delete _pendingSlashing[challengeId];
         _closeUpheld(challengeId, _challenges[challengeId], signers.header, p.slashedShares);
@@ -389,6 +391,7 @@ contract FaultManager is IFaultManager, Ownable {
         if (next < p.signerCount) {
             if (!resumed) p.signersHash = _signersHash(s);
             p.nextSigner = uint32(next);
+            p.progressBlock = uint32(block.number);
             _pendingSlashing[challengeId] = p;
             emit SlashingPending(challengeId, next, p.signerCount);
             return;

@@ -719,6 +719,7 @@ contract ContinueSlashingTest is ChallengeFixture {
         uint256 id = _challenge();
         IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
         uint256 shares = faults.getPendingSlashing(id).slashedShares;
+        vm.roll(block.number + RESOLUTION_WINDOW + 1);
         vm.prank(CHALLENGER);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, CHALLENGER));
         faults.abandonSlashing(id, s);
@@ -734,6 +735,30 @@ contract ContinueSlashingTest is ChallengeFixture {
         vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, id));
         faults.continueSlashing(id, s);
         vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.NoSlashingPending.selector, id));
+        faults.abandonSlashing(id, s);
+    }
+
+    /// @dev Governance cannot spare the remaining signers of a slashing that still moves: only a
+    ///      full resolution window after the last call that slashed (a continuation restarts it).
+    function test_abandonSlashing_RevertWhen_TheSlashingMovedWithinAWindow() public {
+        _setMaxSlashes(3);
+        uint256 id = _challenge();
+        IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
+        uint256 resolved = block.number;
+        vm.assertEq(faults.getPendingSlashing(id).progressBlock, resolved, "progress at resolution");
+        vm.roll(resolved + RESOLUTION_WINDOW);
+        vm.expectRevert(
+            abi.encodeWithSelector(IFaultManagerErrors.SlashingNotStalled.selector, id, resolved + RESOLUTION_WINDOW)
+        );
+        faults.abandonSlashing(id, s);
+        faults.continueSlashing(id, s); // anyone moves it on: signers 4 to 6
+        vm.assertEq(faults.getPendingSlashing(id).progressBlock, block.number, "progress at continuation");
+        vm.roll(block.number + RESOLUTION_WINDOW);
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.SlashingNotStalled.selector, id, block.number));
+        faults.abandonSlashing(id, s);
+        vm.roll(block.number + 1);
+        vm.expectEmit();
+        emit IFaultManagerEvents.SlashingAbandoned(id, 6, SIGNERS);
         faults.abandonSlashing(id, s);
     }
 

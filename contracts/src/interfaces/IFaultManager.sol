@@ -71,12 +71,16 @@ interface IFaultManagerTypes {
     /// @param signerCount Length of `signerIds`.
     /// @param fraudWad `config.fraudWad` when the challenge was upheld: every signer of the batch is
     ///        slashed the same, whatever governance sets in between.
+    /// @param progressBlock The block of the last call that slashed (resolution or continuation):
+    ///        governance may abandon the slashing only once nobody could move it on for a resolution
+    ///        window after it.
     /// @param slashedShares Shares slashed so far (the challenger's reward is paid on the total).
     struct PendingSlashing {
         bytes32 signersHash;
         uint32 nextSigner;
         uint32 signerCount;
         uint64 fraudWad;
+        uint32 progressBlock;
         uint256 slashedShares;
     }
 
@@ -106,6 +110,9 @@ interface IFaultManagerErrors {
     error UnknownOperator(bytes32 operatorId);
     /// @notice An operator's BLS signature on an attestation is wrong.
     error InvalidAttestationSignature();
+    /// @notice The pending slashing moved on within the last resolution window: it can be abandoned
+    ///         only after block `abandonableAfter`.
+    error SlashingNotStalled(uint256 challengeId, uint256 abandonableAfter);
     /// @notice This fault was already proven and slashed.
     error FaultAlreadySlashed(bytes32 faultId);
     /// @notice None of the quorums the operator would be slashed in can slash it (never in them,
@@ -248,7 +255,9 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
     ///         so far, which records the fraud in the pool like the last `continueSlashing` would
     ///         (`signers` as for `continueSlashing`: the batch's quorums come from its header).
     ///         Without it the request would stay under challenge for good (its coverage neither
-    ///         claimable nor expirable).
+    ///         claimable nor expirable). Only once no call has slashed for more than
+    ///         `config.resolutionWindowBlocks` blocks (`SlashingNotStalled` before): governance
+    ///         cannot spare the remaining signers of a slashing that anyone can still move on.
     function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external;
 
     /// @notice The pending slashing of challenge `challengeId` (zero `signersHash`: none).

@@ -101,7 +101,7 @@ bench: setup ## every benchmark; figures go to bench/results.json (tables in doc
 bench-gpu: setup ## GPU against CPU with one profile (needs CUDA): bench.inference_devices, into bench/results.json
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference_devices --prompts 20 --few-prompts 5 --cost-prompts 50 --profile-steps
 
-bench-quick: setup ## every benchmark in its short mode, nothing recorded
+bench-quick: setup ## the benchmarks in a short mode, nothing recorded (bench.bls and bench.inference only run in full)
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.decoding --prompts 1 --tokens 8 --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.logit_drift --prompts 1 --max-new-tokens 8 --no-record

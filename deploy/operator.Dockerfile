@@ -9,7 +9,10 @@ COPY avs ./avs
 COPY operator ./operator
 COPY aggregator ./aggregator
 COPY proto ./proto
-RUN pip install --no-cache-dir torch==2.13.0 \
+# The gRPC modules are generated from proto/ (git-ignored, as `make proto` does) before the install.
+RUN pip install --no-cache-dir torch==2.13.0 'grpcio-tools>=1.66' \
+    && python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. $(find proto -name '*.proto') \
+    && find avs/rpc -mindepth 1 -type d -not -name __pycache__ -exec touch {}/__init__.py \; \
     && pip install --no-cache-dir '.[operator]'
 
 # Runs as an unprivileged user; /data holds the slashing-protection database (keep it on a volume).

@@ -112,6 +112,18 @@ def test_registered_operator_ids_match_python(devnet: Devnet) -> None:
         assert devnet.client.get_operator_id(Address(op.account.address)) == op.keys.operator_id
 
 
+def test_the_operator_example_config_names_the_contracts_of_a_fresh_local_deployment(devnet: Devnet) -> None:
+    """``operator.example.yaml`` works against ``Deploy.s.sol`` on a fresh anvil as written: its task
+    manager is the deployed one and its authorised aggregator is one the task manager allows."""
+    from avs_operator.config import load_config
+
+    example = load_config(CONTRACTS.parent / "operator" / "operator.example.yaml")
+    assert Address(Web3.to_checksum_address(example.chain.task_manager)) == devnet.deployment.task_manager
+    assert example.chain.chain_id == devnet.w3.eth.chain_id
+    for aggregator in example.auth.authorised_aggregators:
+        assert devnet.client.task_manager.functions.isAggregator(aggregator).call(), aggregator
+
+
 def test_batch_digest_matches_python(devnet: Devnet) -> None:
     from avs.messages import compute_digest
 

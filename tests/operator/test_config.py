@@ -21,7 +21,7 @@ def example() -> dict[str, object]:
 def test_the_documented_example_is_valid_and_paths_resolve_next_to_it() -> None:
     config = load_config(EXAMPLE)
     assert config.chain.chain_id == 31337
-    assert config.keys.bls_keystore == EXAMPLE.parent / "keys" / "operator.bls.key.json"
+    assert config.keys.bls_keystore == Path("~/.avs/keys/operator.bls.key.json").expanduser()  # `avs keys create`'s
     assert config.models[0].path == (EXAMPLE.parent.parent / "models" / "smollm2-135m").resolve()
     assert config.grpc.max_concurrent_requests == 4
     assert config.slashing_protection_url.startswith(f"sqlite:///{EXAMPLE.parent.resolve()}/")

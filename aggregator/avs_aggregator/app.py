@@ -266,7 +266,9 @@ class AggregatorApp:
         settings = build_pipeline_settings(config)
         reader = Web3OperatorSetReader(client, config.chain.reference_lag_blocks)
         # the leader's batch loop keeps the registry's stakes fresh (updateOperatorsForQuorum)
-        self.keeper = StakeKeeper(client, reader, client.transact) if config.chain.refresh_stakes else None
+        self.keeper = None
+        if config.chain.refresh_stakes:
+            self.keeper = StakeKeeper(client, reader, client.transact, eject_understaked=config.chain.eject_understaked)
         self.pipeline = Pipeline(
             domain,
             self.store,

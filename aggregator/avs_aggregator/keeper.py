@@ -9,6 +9,12 @@ refreshes a quorum once half its allowed stake age has passed (``refresh_fractio
 that fails (an operator registering in the same block changes the count) has the other half to be
 retried, and it refreshes at once at start when a quorum is already stale. ``maxStakeAgeBlocks`` = 0
 (no freshness bound) needs no refresh.
+
+With ``eject_understaked``, a refresh is followed by the permissionless
+``OperatorRegistry.ejectUnderstaked(operator, quorum)`` for each member whose refreshed stake is zero
+(below the quorum's minimum): such a member has no say in certificates but holds one of the quorum's
+``maxOperatorCount`` places. The contract re-reads the stake, so a member that has topped up since
+is not ejected (its transaction reverts and is logged).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class StakeKeeper:
         refresh_fraction: float = 0.5,
         recheck_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        eject_understaked: bool = False,
     ) -> None:
         if not 0 < refresh_fraction <= 1:
             raise ValueError("refresh_fraction must be in (0, 1]")
@@ -59,6 +66,7 @@ class StakeKeeper:
         self.refresh_fraction = refresh_fraction
         self.recheck_seconds = recheck_seconds
         self.clock = clock
+        self.eject_understaked = eject_understaked
         self._next_block = 0  # no chain reads before this block ...
         self._next_time = float("-inf")  # ... or this time
 
@@ -102,6 +110,23 @@ class StakeKeeper:
             raise RuntimeError(f"{found}, expected {expected}")
         logger.info("refreshing quorum stakes", extra={"quorum": quorum, "operators": len(members), "block": block})
         self.send(self.client.registry.functions.updateOperatorsForQuorum(quorum, members))
+        if self.eject_understaked:  # on the stakes the refresh just recorded
+            self.eject(quorum, int(self.client.w3.eth.block_number))
+
+    def eject(self, quorum: int, block: int) -> list[str]:
+        """``ejectUnderstaked`` for the members recorded with zero stake at ``block``; returns those
+        ejected. One that fails (it topped up, it left meanwhile) is logged and does not stop the rest."""
+        operator_set = self.operators.get_operator_set(block)
+        ejected = []
+        for address in sorted(op.address for op in operator_set.operators if op.stakes.get(quorum) == 0):
+            try:
+                self.send(self.client.registry.functions.ejectUnderstaked(address, quorum))
+            except Exception as exc:
+                logger.warning("ejection failed", extra={"quorum": quorum, "operator": address, "error": str(exc)})
+                continue
+            logger.info("ejected an operator below the minimum stake", extra={"quorum": quorum, "operator": address})
+            ejected.append(address)
+        return ejected
 
     def get_members(self, quorum: int, block: int) -> list[str]:
         """The quorum's operators at ``block``, ascending by address (what the registry requires)."""

@@ -270,6 +270,30 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         _recordQuorumUpdate(quorumNumber);
     }
 
+    /// @notice Permissionless: removes `operator` from `quorumNumber` when its slashable stake there,
+    ///         read now, is below the quorum's minimum (it withdrew or deallocated, was slashed, or
+    ///         governance raised the minimum). Such a member has no say in certificates (its stake
+    ///         is recorded as zero) but would hold one of the quorum's `maxOperatorCount` places for
+    ///         good, keeping staked operators out. It leaves through the AllocationManager, as if it
+    ///         had deregistered itself: stays slashable for the deallocation delay, and may join again
+    ///         with enough stake.
+    function ejectUnderstaked(address operator, uint8 quorumNumber) external {
+        _requireQuorum(quorumNumber);
+        bytes32 id = _operatorId[operator];
+        if (id == bytes32(0) || !uint256(_currentBitmap(id)).has(quorumNumber)) {
+            revert NotRegisteredForQuorum(quorumNumber);
+        }
+        uint96 stake = _weight(operator, quorumNumber);
+        uint96 minimum = quorumConfig[quorumNumber].minimumStake;
+        if (stake >= minimum) revert StakeNotBelowMinimum(quorumNumber, stake, minimum);
+        uint32[] memory operatorSetIds = new uint32[](1);
+        operatorSetIds[0] = quorumNumber;
+        emit OperatorEjected(operator, id, quorumNumber, stake);
+        allocationManager.deregisterFromOperatorSets(
+            IAllocationManagerTypes.DeregisterParams(operator, address(this), operatorSetIds)
+        );
+    }
+
     /// @inheritdoc IOperatorRegistry
     function slashOperator(address operator, uint8 quorumNumber, uint256 wad, string calldata description)
         external

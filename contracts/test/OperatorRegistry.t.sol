@@ -11,7 +11,11 @@ import {
     IOperatorRegistryEvents
 } from "../src/interfaces/IOperatorRegistry.sol";
 import {IStrategyManager} from "../src/interfaces/eigenlayer/IStrategyManager.sol";
-import {IAllocationManagerTypes, IAllocationManagerErrors, OperatorSet} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
+import {
+    IAllocationManagerTypes,
+    IAllocationManagerErrors,
+    OperatorSet
+} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
 
 contract RegisterOperatorTest is AvsFixture {
     using BN254 for BN254.G1Point;
@@ -48,7 +52,8 @@ contract RegisterOperatorTest is AvsFixture {
         address op = _operator(5);
         _fund(op, 5 ether);
         bytes memory data = abi.encode(
-            "s", IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
+            "s",
+            IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
         );
         vm.prank(op);
         vm.expectRevert(IOperatorRegistryErrors.InvalidProofOfPossession.selector);
@@ -173,6 +178,53 @@ contract DeregisterOperatorTest is AvsFixture {
         uint256 before = gasleft();
         core.deregisterFromOperatorSets(IAllocationManagerTypes.DeregisterParams(_operator(sk), address(registry), ids));
         gasUsed = before - gasleft();
+    }
+}
+
+contract EjectUnderstakedTest is AvsFixture {
+    /// @dev A full quorum whose member fell below a raised minimum: anyone ejects it, its place goes
+    ///      to a staked operator, and it stays slashable for the deallocation delay like any leaver.
+    function test_ejectUnderstaked_FreesThePlaceOfAMemberBelowTheMinimum() public {
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(2, MIN_STAKE));
+        _register(1, 2 ether, hex"00");
+        _register(2, 5 ether, hex"00");
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(2, 3 ether)); // governance raises the bar
+        bytes32 id = BN254.hashG1Point(_g1(1));
+        vm.expectEmit();
+        emit IOperatorRegistryEvents.OperatorEjected(_operator(1), id, 0, 2 ether);
+        vm.expectEmit();
+        emit IOperatorRegistryEvents.OperatorDeregistered(_operator(1), id, hex"00");
+        vm.prank(address(0xBEEF)); // anyone
+        registry.ejectUnderstaked(_operator(1), 0);
+        vm.assertEq(registry.operatorCount(0), 1, "count");
+        vm.assertEq(registry.getCurrentQuorumBitmap(id), 0, "bitmap");
+        vm.assertEq(registry.getCurrentTotalStake(0), 5 ether, "total");
+        vm.assertEq(registry.getApk(0).X, _g1(2).X, "apk");
+        vm.assertTrue(registry.isOperatorSlashable(_operator(1), 0), "slashable for the deallocation delay");
+        _register(3, 4 ether, hex"00"); // the freed place
+        vm.assertEq(registry.operatorCount(0), 2, "refilled");
+    }
+
+    function testFuzz_ejectUnderstaked_OnlyBelowTheMinimum(uint96 stake) public {
+        stake = uint96(bound(stake, MIN_STAKE, 10 ether));
+        _register(1, stake, hex"00");
+        uint96 minimum = 3 ether;
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(10, minimum));
+        if (stake >= minimum) {
+            vm.expectRevert(
+                abi.encodeWithSelector(IOperatorRegistryErrors.StakeNotBelowMinimum.selector, uint8(0), stake, minimum)
+            );
+        }
+        registry.ejectUnderstaked(_operator(1), 0);
+        vm.assertEq(registry.operatorCount(0), stake >= minimum ? 1 : 0, "count");
+    }
+
+    function test_ejectUnderstaked_RevertWhen_NotAMember() public {
+        _register(1, 5 ether, hex"00");
+        vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.NotRegisteredForQuorum.selector, uint8(0)));
+        registry.ejectUnderstaked(_operator(2), 0); // never registered
+        vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.QuorumDoesNotExist.selector, uint8(9)));
+        registry.ejectUnderstaked(_operator(1), 9);
     }
 }
 

@@ -32,6 +32,7 @@ class FakeRegistry:
             quorumBitmap=lambda: self.call(0b11),
             operatorCount=lambda q: self.call(self.members),
             updateOperatorsForQuorum=lambda q, members: ("update", q, tuple(members)),
+            ejectUnderstaked=lambda address, q: ("eject", q, address),
         )
 
 
@@ -63,3 +64,31 @@ def test_a_quorum_that_fails_to_refresh_does_not_starve_the_others() -> None:
     registry.block_number = registry.head  # type: ignore[attr-defined]
     assert keeper.tick() == []  # quorum 0 tried again at the next block (and fails again); 1 not due
     assert (attempts, sent) == ([0, 1, 0], [1])
+
+
+def test_members_with_zero_stake_are_ejected_after_a_refresh_and_one_failure_does_not_stop_the_rest() -> None:
+    registry = FakeRegistry(last={0: 0, 1: 100}, members=3)  # quorum 1 is not due
+    network = FakeNetwork([{0: 10}, {0: 0}, {0: 0}])  # two members recorded below the minimum
+    client: Any = SimpleNamespace(w3=SimpleNamespace(eth=registry), registry=registry)
+    registry.block_number = registry.head  # type: ignore[attr-defined]
+    members = network.get_operator_set(0).operators
+    understaked = sorted((o.address for o in members if o.stakes[0] == 0), key=lambda a: int(a, 16))
+    sent: list[tuple[str, int, Any]] = []
+
+    def send(fn: Any) -> None:
+        sent.append(fn)
+        if fn[0] == "eject" and fn[2] == understaked[0]:
+            raise RuntimeError("StakeNotBelowMinimum")  # it topped up since
+
+    class Reader:
+        def get_operator_set(self, block: int) -> OperatorSet:
+            return network.get_operator_set(block)
+
+    keeper = StakeKeeper(client, Reader(), send, recheck_seconds=0.0, eject_understaked=True)
+    assert keeper.tick() == [0]
+    assert [fn[0] for fn in sent] == ["update", "eject", "eject"]
+    assert [fn[2] for fn in sent[1:]] == understaked  # the second was still sent after the first failed
+    assert keeper.eject(0, registry.head) == understaked[1:]  # what it returns: those ejected
+    sent.clear()
+    StakeKeeper(client, Reader(), send, recheck_seconds=0.0).refresh(0, registry.head)
+    assert [fn[0] for fn in sent] == ["update"]  # no ejections unless asked for

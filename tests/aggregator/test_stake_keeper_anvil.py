@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from avs_aggregator.app import PipelineRunner
+from avs_aggregator.chain import Web3OperatorSetReader
 from avs_aggregator.keeper import StakeKeeper
 from avs_aggregator.store import BatchState
 from tests.resilience.chain_fixture import Chain, make_pipeline, start_chain
@@ -98,3 +99,31 @@ def test_keeper_refreshes_at_half_the_stake_age(chain: Chain, tmp_path: Path) ->
     finally:
         pipeline.close()
         caller.close()
+
+
+def test_keeper_ejects_the_members_below_a_raised_minimum(chain: Chain) -> None:
+    """Governance raises quorum 0's minimum above two members' stake (30 of 40/30/30 tokens): the
+    keeper's next refresh records them at zero and ejects them, freeing their places; the staked
+    member stays. (The chain is reverted afterwards: the module's other tests keep three members.)"""
+    snapshot = chain.rpc("evm_snapshot")
+    client = chain.client
+    registry = client.registry.functions
+    keeper = StakeKeeper(client, Web3OperatorSetReader(client), client.transact, eject_understaked=True)
+    try:
+        max_count, _ = registry.quorumConfig(0).call()
+        client.transact(registry.setQuorumConfig(0, (max_count, 35 * 10**18)))
+        chain.anvil.mine(MAX_STAKE_AGE)  # the quorum is due for a refresh
+        before = chain.anvil.w3.eth.block_number
+        assert len(keeper.get_members(0, before)) == 3
+        assert keeper.tick() == [0]
+        head = chain.anvil.w3.eth.block_number
+        assert registry.operatorCount(0).call() == 1
+        (staked,) = keeper.operators.get_operator_set(head).operators
+        assert staked.stakes == {0: 40 * 10**18}
+        ejected = client.registry.events.OperatorEjected.get_logs(from_block=before + 1, to_block=head)
+        assert sorted(e["args"]["operator"] for e in ejected) == sorted(
+            set(keeper.get_members(0, before)) - {staked.address}
+        )
+        assert keeper.eject(0, head) == []  # nobody left below the minimum
+    finally:
+        chain.rpc("evm_revert", snapshot)

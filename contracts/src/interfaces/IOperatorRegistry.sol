@@ -89,6 +89,8 @@ interface IOperatorRegistryErrors {
     error QuorumOperatorCountMismatch(uint8 quorumNumber, uint256 given, uint32 expected);
     /// @notice `updateOperatorsForQuorum`'s list is not strictly ascending (unsorted or duplicated).
     error QuorumOperatorsNotSorted();
+    /// @notice `ejectUnderstaked`: the operator's stake in the quorum meets the quorum's minimum.
+    error StakeNotBelowMinimum(uint8 quorumNumber, uint96 stake, uint96 minimumStake);
 }
 
 /// @title IOperatorRegistryEvents
@@ -120,6 +122,9 @@ interface IOperatorRegistryEvents {
     /// @notice Emitted when every operator's stake in `quorumNumber` was re-read in one call
     ///         (`updateOperatorsForQuorum`): certificates may use its stakes for `maxStakeAgeBlocks`.
     event QuorumStakesUpdated(uint8 indexed quorumNumber, uint32 blockNumber);
+    /// @notice Emitted when anyone removes an operator whose stake fell below the quorum's minimum
+    ///         from the quorum (`ejectUnderstaked`; `OperatorDeregistered` comes with it).
+    event OperatorEjected(address indexed operator, bytes32 indexed operatorId, uint8 quorumNumber, uint96 stake);
 }
 
 /// @title IOperatorRegistry

@@ -364,19 +364,23 @@ class Pipeline:
             o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.settings.verify_timeout)
             for o in asked
         }
-        checked: list[tuple[bytes, SignedAttestation]] = []
+        replies: dict[bytes, VerifyReply] = {}
         for o in asked:
             try:
                 reply = futures[o.operator_id].result(timeout=self.settings.verify_timeout + 5)
-                checked.append((o.operator_id, self._check_verify(row, o, reply)))
+                if reply.output_hash != row.output_hash:
+                    raise InvalidInputError("the verifier attested another output hash")
+                replies[o.operator_id] = reply
             except Exception as exc:
-                self._operator_outcome(o, "verify", "error")
-                logger.info("verifier failed", extra={"request": _hex(row.request_hash), "error": str(exc)})
+                self._verifier_failed(row, o, exc)
+        checked = self._check_verify_signatures(row, operator_set, replies)
+        for o in asked:
+            if (answer := replies.get(o.operator_id)) is None:
                 continue
-            self._operator_outcome(o, "verify", reply.verdict.name.lower())
-            verdicts[o.operator_id] = reply.verdict
-            if reply.verdict == Verdict.REJECT:
-                reject_signatures[o.operator_id] = reply.signature
+            self._operator_outcome(o, "verify", answer.verdict.name.lower())
+            verdicts[o.operator_id] = answer.verdict
+            if answer.verdict == Verdict.REJECT:
+                reject_signatures[o.operator_id] = answer.signature
         self._record_attestations(checked)  # one transaction for the round
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
@@ -436,14 +440,30 @@ class Pipeline:
             error=reason,
         )
 
-    def _check_verify(self, row: RequestRow, operator: OperatorInfo, reply: VerifyReply) -> SignedAttestation:
-        """The verifier's attestation, once its output hash and signature are checked."""
-        if reply.output_hash != row.output_hash:
-            raise InvalidInputError("the verifier attested another output hash")
-        attestation = Attestation(row.request_hash, reply.output_hash, reply.verdict)
-        if not protocol.is_valid_attestation(self.domain, operator, attestation, reply.signature):
-            raise InvalidInputError("the verifier's attestation signature does not verify")
-        return SignedAttestation(attestation, reply.signature)
+    def _check_verify_signatures(
+        self, row: RequestRow, operator_set: OperatorSet, replies: dict[bytes, VerifyReply]
+    ) -> list[tuple[bytes, SignedAttestation]]:
+        """The verifiers' attestations whose signatures verify, checked in one batch per verdict
+        (n + 1 pairings, not 2n; bisection names a bad one). ``replies`` loses the others: their
+        verifiers count as not having answered."""
+        assert row.output_hash is not None
+        checked: list[tuple[bytes, SignedAttestation]] = []
+        for verdict in (Verdict.ACCEPT, Verdict.REJECT):
+            attestation = Attestation(row.request_hash, row.output_hash, verdict)
+            signatures = {i: reply.signature for i, reply in replies.items() if reply.verdict == verdict}
+            if not signatures:
+                continue
+            digest = compute_digest(self.domain, attestation)
+            for operator_id in protocol.find_invalid_signers(operator_set, digest, signatures):
+                del replies[operator_id]
+                error = InvalidInputError("the verifier's attestation signature does not verify")
+                self._verifier_failed(row, operator_set.get(operator_id), error)
+            checked += [(i, SignedAttestation(attestation, signatures[i])) for i in signatures if i in replies]
+        return checked
+
+    def _verifier_failed(self, row: RequestRow, operator: OperatorInfo | None, error: Exception) -> None:
+        self._operator_outcome(operator, "verify", "error")
+        logger.info("verifier failed", extra={"request": _hex(row.request_hash), "error": str(error)})
 
     def _record_attestations(self, checked: Sequence[tuple[bytes, SignedAttestation]]) -> None:
         """Keeps checked attestations as equivocation evidence (and proves any equivocation found)."""

@@ -151,6 +151,8 @@ class FakeNetwork:
         verdict = Verdict.ACCEPT if honest == (op.behaviour != "cheat") else Verdict.REJECT
         if op.behaviour == "accept_all":  # signs ACCEPT of anything: equivocates across retries
             verdict = Verdict.ACCEPT
+        if op.behaviour == "bad_verify_signature":  # claims ACCEPT, signs the REJECT digest
+            return VerifyReply(output_hash, Verdict.ACCEPT, op.attest(request_hash, output_hash, Verdict.REJECT))
         return VerifyReply(output_hash, verdict, op.attest(request_hash, output_hash, verdict))
 
     def sign_batch(

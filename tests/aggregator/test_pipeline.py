@@ -161,6 +161,38 @@ def test_verifiers_that_did_not_answer_are_asked_again(db: str, rounds: int) -> 
     assert verify_calls.count(flaky.keys.operator_id) == 2 and verify_calls.count(down.keys.operator_id) == 2
 
 
+@pytest.mark.parametrize("bad", [1, 2])
+def test_a_verifier_whose_signature_does_not_verify_counts_as_not_answering(db: str, bad: int) -> None:
+    """The verifiers' signatures are checked in one batch; the bad ones are found and left out (no
+    verdict, no evidence, an error outcome) while the good ones still carry the request."""
+    network = FakeNetwork([{0: 20}] * 6)
+    primary, *verifiers = network.operators
+    for op in verifiers[:bad]:
+        op.behaviour = "bad_verify_signature"
+    registry = CollectorRegistry()
+    pipeline = Pipeline(
+        DOMAIN,
+        Store(db),
+        network,
+        network,
+        network,
+        dataclasses.replace(SETTINGS, verify_rounds=1),
+        metrics=AggregatorMetrics(registry),
+    )
+    request_hash = pipeline.submit(find_envelope_with_primary(network, primary.keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.output_hash is not None
+    recorded = pipeline.evidence.find_attestations(request_hash, row.output_hash)
+    pipeline.close()
+    assert row.state == (RequestState.CERTIFIED if bad == 1 else RequestState.FAILED), row.error
+    assert set(recorded) == {o.keys.operator_id for o in [primary, *verifiers[bad:]]}
+    for op in verifiers:
+        outcome = "error" if op in verifiers[:bad] else "accept"
+        labels = {"operator": "0x" + op.keys.operator_id.hex()[:8], "call": "verify", "outcome": outcome}
+        assert registry.get_sample_value("avs_aggregator_operator_calls_total", labels) == 1, (op, outcome)
+
+
 def test_no_second_round_when_the_unanswered_stake_cannot_decide(db: str) -> None:
     """30% primary and 30% ACCEPT, 35% REJECT, 5% down: 65% at most could ACCEPT (< 66.67%) and 40%
     at most REJECT (< 50.01%), so the request fails after one round without asking the down one again."""

@@ -207,6 +207,7 @@ def test_escalated_fraud_slashes_signers_and_pays_insured_requester(
         pending = faults.get_pending_slashing(challenge_id)
         assert pending.is_pending and (pending.next_signer, pending.signer_count) == (2, len(ops))
         assert pending.progress_block == w3.eth.block_number  # the resolution's block: abandonable a window later
+        assert pending.stall_blocks == faults.fault_manager.functions.config().call()[4]  # resolutionWindowBlocks
         assert faults.get_coverage(request_hash).status == CoverageStatus.ACTIVE  # not before every slash
         with pytest.raises(ContractRevertError) as info:
             faults.continue_slashing(challenge_id, _batch_signers(devnet, header, ops[1:]))

@@ -91,7 +91,8 @@ class PendingSlashing:
     next_signer: int
     signer_count: int
     fraud_wad: int
-    progress_block: int  # the last call that slashed; governance may abandon only a window after it
+    progress_block: int  # the last call that slashed; governance may abandon only ``stall_blocks`` after it
+    stall_blocks: int  # the resolution window when the challenge was upheld
     slashed_shares: int
 
     @property
@@ -215,7 +216,7 @@ class Web3FaultClient:
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
         raw = self.avs._call(self.fault_manager.functions.getPendingSlashing(challenge_id))
-        return PendingSlashing(bytes(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]), int(raw[5]))
+        return PendingSlashing(bytes(raw[0]), *(int(value) for value in raw[1:]))
 
     def get_challenge_count(self) -> int:
         return int(self.avs._call(self.fault_manager.functions.challengeCount()))

@@ -235,7 +235,8 @@ contract FaultManager is IFaultManager, Ownable {
         c.status = ChallengeStatus.Upheld;
         uint256[] memory refBitmaps = _checkSigners(c, signers);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
-        PendingSlashing memory start = PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0, 0);
+        PendingSlashing memory start =
+            PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0, cfg.resolutionWindowBlocks, 0);
         _slashSigners(challengeId, c, signers, start, refBitmaps);
     }
 
@@ -248,7 +249,7 @@ contract FaultManager is IFaultManager, Ownable {
     /// @inheritdoc IFaultManager
     function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external onlyOwner {
         PendingSlashing memory p = _requirePending(challengeId, signers);
-        uint256 abandonableAfter = uint256(p.progressBlock) + config.resolutionWindowBlocks;
+        uint256 abandonableAfter = uint256(p.progressBlock) + p.stallBlocks;
         if (block.number <= abandonableAfter) revert SlashingNotStalled(challengeId, abandonableAfter);
         emit SlashingAbandoned(challengeId, p.nextSigner, p.signerCount);
         delete _pendingSlashing[challengeId];

@@ -756,6 +756,11 @@ contract ContinueSlashingTest is ChallengeFixture {
         vm.roll(block.number + RESOLUTION_WINDOW);
         vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.SlashingNotStalled.selector, id, block.number));
         faults.abandonSlashing(id, s);
+        IFaultManagerTypes.Config memory shorter = _faultConfig(3);
+        shorter.resolutionWindowBlocks = 1; // a shorter window now does not shorten this slashing's
+        faults.setConfig(shorter, hex"0001");
+        vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.SlashingNotStalled.selector, id, block.number));
+        faults.abandonSlashing(id, s);
         vm.roll(block.number + 1);
         vm.expectEmit();
         emit IFaultManagerEvents.SlashingAbandoned(id, 6, SIGNERS);

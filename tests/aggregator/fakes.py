@@ -356,10 +356,16 @@ class FakeFaultManager:
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
         if challenge_id not in self.pending:
-            return PendingSlashing(b"\0" * 32, 0, 0, 0, 0, 0)
+            return PendingSlashing(b"\0" * 32, 0, 0, 0, 0, 0, 0)
         signers, next_signer = self.pending[challenge_id]
         return PendingSlashing(
-            keccak(repr(signers).encode()), next_signer, len(signers.signer_ids), 5 * 10**17, self.network.block, 0
+            keccak(repr(signers).encode()),
+            next_signer,
+            len(signers.signer_ids),
+            5 * 10**17,
+            self.network.block,
+            self.config.resolution_window,
+            0,
         )
 
     def _slash_next(self, challenge_id: int) -> None:

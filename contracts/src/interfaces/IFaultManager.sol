@@ -71,9 +71,10 @@ interface IFaultManagerTypes {
     /// @param signerCount Length of `signerIds`.
     /// @param fraudWad `config.fraudWad` when the challenge was upheld: every signer of the batch is
     ///        slashed the same, whatever governance sets in between.
-    /// @param progressBlock The block of the last call that slashed (resolution or continuation):
-    ///        governance may abandon the slashing only once nobody could move it on for a resolution
-    ///        window after it.
+    /// @param progressBlock The block of the last call that slashed (resolution or continuation).
+    /// @param stallBlocks `config.resolutionWindowBlocks` when the challenge was upheld: governance
+    ///        may abandon the slashing only once nobody moved it on for more than that many blocks
+    ///        after `progressBlock` (kept, so that lowering the window later does not shorten it).
     /// @param slashedShares Shares slashed so far (the challenger's reward is paid on the total).
     struct PendingSlashing {
         bytes32 signersHash;
@@ -81,6 +82,7 @@ interface IFaultManagerTypes {
         uint32 signerCount;
         uint64 fraudWad;
         uint32 progressBlock;
+        uint32 stallBlocks;
         uint256 slashedShares;
     }
 
@@ -255,9 +257,10 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
     ///         so far, which records the fraud in the pool like the last `continueSlashing` would
     ///         (`signers` as for `continueSlashing`: the batch's quorums come from its header).
     ///         Without it the request would stay under challenge for good (its coverage neither
-    ///         claimable nor expirable). Only once no call has slashed for more than
-    ///         `config.resolutionWindowBlocks` blocks (`SlashingNotStalled` before): governance
-    ///         cannot spare the remaining signers of a slashing that anyone can still move on.
+    ///         claimable nor expirable). Only once no call has slashed for more than the
+    ///         resolution window of the upheld challenge (`PendingSlashing.stallBlocks`;
+    ///         `SlashingNotStalled` before): governance cannot spare the remaining signers of a
+    ///         slashing that anyone can still move on.
     function abandonSlashing(uint256 challengeId, BatchSigners calldata signers) external;
 
     /// @notice The pending slashing of challenge `challengeId` (zero `signersHash`: none).

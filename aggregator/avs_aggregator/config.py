@@ -28,7 +28,7 @@ class ChainConfig(_Section):
     bump_percent: int = Field(default=25, ge=10, le=500)
     max_bumps: int = Field(default=5, ge=0, le=50)
     refresh_stakes: bool = True  # the leader sends updateOperatorsForQuorum before stakes go stale
-    eject_understaked: bool = True  # ... and then ejectUnderstaked for members recorded with zero stake
+    eject_understaked: bool = True  # ... then ejectUnderstaked for zero-stake members (needs refresh_stakes)
 
 
 class KeysConfig(_Section):

@@ -32,6 +32,8 @@ from avs_aggregator.ports import OperatorSet
 logger = logging.getLogger(__name__)
 
 MAX_QUORUM_BITS = 192
+# Ejections are sent one by one from the batch loop: a few per refresh, the rest at the next ones.
+MAX_EJECTIONS_PER_REFRESH = 4
 
 
 class OperatorSetSource(Protocol):
@@ -110,15 +112,23 @@ class StakeKeeper:
             raise RuntimeError(f"{found}, expected {expected}")
         logger.info("refreshing quorum stakes", extra={"quorum": quorum, "operators": len(members), "block": block})
         self.send(self.client.registry.functions.updateOperatorsForQuorum(quorum, members))
-        if self.eject_understaked:  # on the stakes the refresh just recorded
-            self.eject(quorum, int(self.client.w3.eth.block_number))
+        if self.eject_understaked:
+            try:  # on the stakes the refresh just recorded; the refresh itself stands whatever happens
+                self.eject(quorum, int(self.client.w3.eth.block_number))
+            except Exception as exc:
+                logger.warning("ejections failed", extra={"quorum": quorum, "error": str(exc)})
 
     def eject(self, quorum: int, block: int) -> list[str]:
-        """``ejectUnderstaked`` for the members recorded with zero stake at ``block``; returns those
-        ejected. One that fails (it topped up, it left meanwhile) is logged and does not stop the rest."""
+        """``ejectUnderstaked`` for (at most ``MAX_EJECTIONS_PER_REFRESH`` of) the members recorded with
+        zero stake at ``block``; returns those ejected. One that fails (it topped up, it left
+        meanwhile) is logged and does not stop the rest. A quorum without a minimum has nobody below it."""
+        _, minimum_stake = self.client.registry.functions.quorumConfig(quorum).call()
+        if int(minimum_stake) == 0:
+            return []
         operator_set = self.operators.get_operator_set(block)
+        understaked = [op.address for op in operator_set.operators if op.stakes.get(quorum) == 0]
         ejected = []
-        for address in sorted(op.address for op in operator_set.operators if op.stakes.get(quorum) == 0):
+        for address in sorted(understaked, key=lambda a: int(a, 16))[:MAX_EJECTIONS_PER_REFRESH]:
             try:
                 self.send(self.client.registry.functions.ejectUnderstaked(address, quorum))
             except Exception as exc:

@@ -219,6 +219,32 @@ contract EjectUnderstakedTest is AvsFixture {
         vm.assertEq(registry.operatorCount(0), stake >= minimum ? 1 : 0, "count");
     }
 
+    /// @dev Ejected from one quorum, the operator keeps its other quorum (and its key).
+    function test_ejectUnderstaked_LeavesTheOtherQuorums() public {
+        _register(1, 4 ether, hex"0001"); // 2 tokens allocated to each quorum
+        bytes32 id = BN254.hashG1Point(_g1(1));
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(10, 3 ether));
+        registry.ejectUnderstaked(_operator(1), 0);
+        vm.assertEq(registry.getCurrentQuorumBitmap(id), 2, "still in quorum 1");
+        vm.assertEq(registry.operatorCount(0), 0, "left quorum 0");
+        vm.assertEq(registry.operatorCount(1), 1, "kept quorum 1");
+        vm.assertEq(registry.getOperatorId(_operator(1)), id, "key kept");
+        vm.expectRevert(
+            abi.encodeWithSelector(IOperatorRegistryErrors.StakeNotBelowMinimum.selector, uint8(1), 2 ether, MIN_STAKE)
+        );
+        registry.ejectUnderstaked(_operator(1), 1);
+    }
+
+    /// @dev A quorum without a minimum has nobody below it, even a member with no stake left.
+    function test_ejectUnderstaked_RevertWhen_TheQuorumHasNoMinimum() public {
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(10, 0));
+        _register(1, 2 ether, hex"00");
+        registry.setSlasher(address(this), true);
+        registry.slashOperator(_operator(1), 0, 1e18, "all of it"); // nothing left
+        vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.StakeNotBelowMinimum.selector, uint8(0), 0, 0));
+        registry.ejectUnderstaked(_operator(1), 0);
+    }
+
     function test_ejectUnderstaked_RevertWhen_NotAMember() public {
         _register(1, 5 ether, hex"00");
         vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.NotRegisteredForQuorum.selector, uint8(0)));

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from avs_aggregator.keeper import StakeKeeper
+from avs_aggregator.keeper import MAX_EJECTIONS_PER_REFRESH, StakeKeeper
 from avs_aggregator.ports import OperatorSet
 from tests.aggregator.fakes import FakeNetwork
 
@@ -20,6 +20,7 @@ class FakeRegistry:
     max_age: int = 20
     last: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0})
     members: int = 2
+    minimum: int = 10**18
 
     def call(self, value: Any) -> Any:
         return SimpleNamespace(call=lambda block_identifier=None: value)
@@ -33,6 +34,7 @@ class FakeRegistry:
             operatorCount=lambda q: self.call(self.members),
             updateOperatorsForQuorum=lambda q, members: ("update", q, tuple(members)),
             ejectUnderstaked=lambda address, q: ("eject", q, address),
+            quorumConfig=lambda q: self.call((32, self.minimum)),
         )
 
 
@@ -92,3 +94,19 @@ def test_members_with_zero_stake_are_ejected_after_a_refresh_and_one_failure_doe
     sent.clear()
     StakeKeeper(client, Reader(), send, recheck_seconds=0.0).refresh(0, registry.head)
     assert [fn[0] for fn in sent] == ["update"]  # no ejections unless asked for
+
+
+def test_ejections_are_capped_per_refresh_and_skipped_without_a_minimum() -> None:
+    registry = FakeRegistry()
+    network = FakeNetwork([{0: 10}] + [{0: 0}] * (MAX_EJECTIONS_PER_REFRESH + 2))
+    client: Any = SimpleNamespace(w3=SimpleNamespace(eth=registry), registry=registry)
+    sent: list[Any] = []
+
+    class Reader:
+        def get_operator_set(self, block: int) -> OperatorSet:
+            return network.get_operator_set(block)
+
+    keeper = StakeKeeper(client, Reader(), sent.append, eject_understaked=True)
+    assert len(keeper.eject(0, registry.head)) == MAX_EJECTIONS_PER_REFRESH == len(sent)  # the rest next time
+    registry.minimum = 0  # nobody is below a minimum of zero (the contract would revert every one)
+    assert keeper.eject(0, registry.head) == [] and len(sent) == MAX_EJECTIONS_PER_REFRESH

@@ -420,6 +420,7 @@ class Pipeline:
         if_rejected = protocol.compute_tally(
             operator_set, quorums, verdicts | dict.fromkeys(unanswered, Verdict.REJECT)
         )
+        # The local floor, not the chain's (possibly higher) threshold: at worst one round too many.
         return if_accepted.is_accepted(row.threshold_bps) or if_rejected.is_rejected(rejection_floor)
 
     def _fail_verification(self, row: RequestRow, tally: protocol.Tally) -> None:
@@ -621,10 +622,17 @@ class Pipeline:
         self._set_state(row, RequestState.FAILED, error=reason, **values)
 
     def _set_state(self, row: RequestRow, state: RequestState, **values: Any) -> None:
-        """Move the request on from the state and attempt this step read it in (``StaleRowError`` if
-        another process moved it meanwhile: then this step's result is dropped)."""
-        self.store.update_request(row.request_hash, expect=(row.state, row.attempt), state=state, **values)
+        """Move the request on from the state, attempt and verification round this step read it in
+        (``StaleRowError`` if another process moved it meanwhile: then this step's result is dropped)."""
+        self.store.update_request(
+            row.request_hash,
+            expect=(row.state, row.attempt),
+            expect_verify_rounds=row.verify_rounds,
+            state=state,
+            **values,
+        )
         row.state, row.attempt = state, values.get("attempt", row.attempt)
+        row.verify_rounds = values.get("verify_rounds", row.verify_rounds)
         self._count(state)
 
     # --- batches -----------------------------------------------------------------------

@@ -213,6 +213,8 @@ class Store(Database):
         (else ``StaleRowError``): a step that read the row must not overwrite what another process
         (a new leader, after this one lost its lease mid-step) did with it since. A verification
         round also fences on its round number (``expect_verify_rounds``)."""
+        if expect is None and expect_verify_rounds is not None:
+            raise ValueError("expect_verify_rounds fences only together with expect")
         with self.session() as s:
             if expect is not None:
                 rounds = {} if expect_verify_rounds is None else {"verify_rounds": expect_verify_rounds}

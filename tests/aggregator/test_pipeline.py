@@ -209,6 +209,26 @@ def test_no_second_round_when_the_unanswered_stake_cannot_decide(db: str) -> Non
     assert network.calls.count(("verify", down.keys.operator_id)) == 1
 
 
+def test_a_second_round_when_only_a_rejection_is_still_possible(db: str) -> None:
+    """A cheating 10% primary; 45% REJECT, 45% missed the first round: ACCEPT cannot reach 66.67% any
+    more (55% at most) but REJECT can reach a majority (90%), so the missing one is asked again, the
+    output is rejected, and the retry is certified."""
+    network = FakeNetwork([{0: 10}, {0: 45}, {0: 45}])
+    cheater, _, flaky = network.operators
+    cheater.behaviour, flaky.behaviour = "cheat", "verify_down_once"
+    pipeline = make_pipeline(network, db)  # 2 verification rounds
+    request_hash = pipeline.submit(find_envelope_with_primary(network, cheater.keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    rejections = pipeline.store.list_rejections(request_hash)
+    pipeline.close()
+    assert row is not None
+    assert row.state == RequestState.CERTIFIED and row.attempt == 1, row.error
+    assert [r.primary_id for r in rejections] == [cheater.keys.operator_id]
+    on_the_retry = 0 if row.primary_id == flaky.keys.operator_id else 1
+    assert network.calls.count(("verify", flaky.keys.operator_id)) == 2 + on_the_retry  # 2 rounds on the cheat
+
+
 def test_a_stale_verification_round_cannot_roll_the_round_count_back(db: str) -> None:
     """A leader that lost its lease mid-round must not write its round number over a newer one."""
     network = FakeNetwork([{0: 25}] * 4)
@@ -216,12 +236,14 @@ def test_a_stale_verification_round_cannot_roll_the_round_count_back(db: str) ->
     request_hash = pipeline.submit(make_envelope(1))
     stale = pipeline.store.get_request(request_hash)
     assert stale is not None
-    pipeline.store.update_request(request_hash, verify_rounds=1)  # another process's round
+    pipeline.store.update_request(request_hash, verify_rounds=2)  # another process's rounds
     with pytest.raises(StaleRowError):
         pipeline._verify_again(stale, missing=1)
+    with pytest.raises(StaleRowError):  # nor can it decide the request on an older round's answers
+        pipeline._set_state(stale, RequestState.ACCEPTED)
     row = pipeline.store.get_request(request_hash)
     pipeline.close()
-    assert row is not None and row.verify_rounds == 1
+    assert row is not None and row.verify_rounds == 2 and row.state == stale.state
 
 
 def test_a_store_failure_while_recording_evidence_is_not_blamed_on_the_operators(

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -74,6 +75,7 @@ class EventTotals:
     premiums: int = 0
     claims_paid: int = 0
     challenges_opened: int = 0
+    ejections: Mapping[int, int] = field(default_factory=dict)  # quorum -> OperatorEjected events
 
     def add(self, later: EventTotals) -> EventTotals:
         return EventTotals(
@@ -85,6 +87,7 @@ class EventTotals:
             premiums=self.premiums + later.premiums,
             claims_paid=self.claims_paid + later.claims_paid,
             challenges_opened=self.challenges_opened + later.challenges_opened,
+            ejections=compute_sum_by_key(self.ejections, later.ejections),
         )
 
     def at_least(self, served: EventTotals) -> EventTotals:
@@ -100,6 +103,7 @@ class EventTotals:
             premiums=max(self.premiums, served.premiums),
             claims_paid=max(self.claims_paid, served.claims_paid),
             challenges_opened=max(self.challenges_opened, served.challenges_opened),
+            ejections=compute_max_by_key(self.ejections, served.ejections),
         )
 
 
@@ -274,7 +278,14 @@ def compute_metric_families(snapshot: ChainSnapshot, decimals: int) -> list[Metr
     for quorum in sorted({*(s.quorum for s in snapshot.quorums), *totals.slashings}):
         slashings.add_metric([str(quorum)], totals.slashings.get(quorum, 0))
         slashed.add_metric([str(quorum)], _tokens(totals.slashed_shares.get(quorum, 0), decimals))
-    out += [slashings, slashed]
+    ejections = CounterMetricFamily(
+        "avs_chain_operator_ejections",
+        "OperatorEjected events of the registry (members below the quorum minimum removed)",
+        labels=["quorum"],
+    )
+    for quorum in sorted({*(s.quorum for s in snapshot.quorums), *totals.ejections}):
+        ejections.add_metric([str(quorum)], totals.ejections.get(quorum, 0))
+    out += [slashings, slashed, ejections]
     out += [
         CounterMetricFamily("avs_chain_batches_certified", "BatchCertified events", value=totals.batches_certified),
         CounterMetricFamily(
@@ -389,7 +400,8 @@ class Web3ChainStateReader:
         bought = self._logs(self._pool, "CoverageBought", from_block, to_block)
         claims = self._logs(self._pool, "Claimed", from_block, to_block)
         challenges = self._logs(self._faults, "ChallengeOpened", from_block, to_block)
-        return compute_event_totals(batches, slashes, bought, claims, len(challenges))
+        ejected = self._logs(self._registry, "OperatorEjected", from_block, to_block)
+        return compute_event_totals(batches, slashes, bought, claims, len(challenges), ejected)
 
     def _logs(self, contract: Any, event: str, from_block: int, to_block: int) -> list[Any]:
         if contract is None:
@@ -398,7 +410,12 @@ class Web3ChainStateReader:
 
 
 def compute_event_totals(
-    batches: Sequence[Any], slashes: Sequence[Any], bought: Sequence[Any], claims: Sequence[Any], challenges: int
+    batches: Sequence[Any],
+    slashes: Sequence[Any],
+    bought: Sequence[Any],
+    claims: Sequence[Any],
+    challenges: int,
+    ejected: Sequence[Any] = (),
 ) -> EventTotals:
     """Totals of decoded web3 event logs (``blockNumber`` and ``args`` as web3 gives them)."""
     slashings: dict[int, int] = {}
@@ -416,6 +433,7 @@ def compute_event_totals(
         premiums=sum(int(log["args"]["premium"]) for log in bought),
         claims_paid=sum(int(log["args"]["amount"]) for log in claims),
         challenges_opened=challenges,
+        ejections=dict(Counter(int(log["args"]["quorumNumber"]) for log in ejected)),
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from avs.monitoring.chain_exporter import Web3ChainStateReader
 from avs_aggregator.app import PipelineRunner
 from avs_aggregator.chain import Web3OperatorSetReader
 from avs_aggregator.keeper import StakeKeeper
@@ -125,5 +126,7 @@ def test_keeper_ejects_the_members_below_a_raised_minimum(chain: Chain) -> None:
             set(keeper.get_members(0, before)) - {staked.address}
         )
         assert keeper.eject(0, head) == []  # nobody left below the minimum
+        exported = Web3ChainStateReader(chain.anvil.w3, chain.deployment).get_event_totals(before + 1, head)
+        assert exported.ejections == {0: 2}  # what the chain exporter counts
     finally:
         chain.rpc("evm_revert", snapshot)

@@ -75,7 +75,7 @@ def test_polls_scan_each_block_once_and_accumulate() -> None:
     chain = FakeChain(
         events={
             3: EventTotals(batches_certified=1, last_batch_block=3, premiums=TOKEN // 10, coverage_bought=5 * TOKEN),
-            8: EventTotals(slashings={0: 1}, slashed_shares={0: 2 * TOKEN}),
+            8: EventTotals(slashings={0: 1}, slashed_shares={0: 2 * TOKEN}, ejections={0: 1}),
         }
     )
     exporter = ChainExporter(chain, start_block=2, chunk_blocks=4, reorg_depth=0)
@@ -90,6 +90,7 @@ def test_polls_scan_each_block_once_and_accumulate() -> None:
     assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_012
     assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 1
     assert samples['avs_chain_slashed_shares_total{quorum="0"}'] == 2.0
+    assert samples['avs_chain_operator_ejections_total{quorum="0"}'] == 1
     assert samples['avs_chain_quorum_stake_tokens{quorum="0"}'] == 100.0
     assert samples['avs_chain_quorum_operators{quorum="0"}'] == 3
     assert samples['avs_chain_coverage_outstanding_tokens{quorum="0"}'] == 5.0
@@ -109,6 +110,7 @@ def test_no_batch_yet_means_no_last_batch_timestamp() -> None:
     assert "avs_chain_last_batch_certified_timestamp_seconds" not in samples
     assert samples["avs_chain_batches_certified_total"] == 0
     assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 0  # present at 0: increase() works
+    assert samples['avs_chain_operator_ejections_total{quorum="0"}'] == 0
 
 
 def test_pure_helpers() -> None:
@@ -121,8 +123,9 @@ def test_pure_helpers() -> None:
         bought=[{"blockNumber": 2, "args": {"amount": 100, "premium": 3}}],
         claims=[{"blockNumber": 5, "args": {"amount": 40}}],
         challenges=2,
+        ejected=[{"blockNumber": 6, "args": {"quorumNumber": 0}}, {"blockNumber": 7, "args": {"quorumNumber": 0}}],
     )
-    assert totals == EventTotals(2, 9, {1: 1}, {1: 7}, 100, 3, 40, 2)
+    assert totals == EventTotals(2, 9, {1: 1}, {1: 7}, 100, 3, 40, 2, {0: 2})
 
 
 def test_cli_refuses_a_bad_deployment_or_rpc_cleanly(tmp_path: Path) -> None:

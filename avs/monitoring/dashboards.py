@@ -296,9 +296,17 @@ ECONOMICS = Dashboard(
             description="Strategy shares slashed by the fault manager (1:1 with tokens in the local core).",
         ),
         Panel(
-            "Slashings (24h)",
-            _q("sum by (quorum) (increase(avs_chain_operator_slashings_total[24h]))", "quorum {{quorum}}"),
+            "Slashings and ejections (24h)",
+            (
+                Query(
+                    "sum by (quorum) (increase(avs_chain_operator_slashings_total[24h]))", "slashed, quorum {{quorum}}"
+                ),
+                Query(
+                    "sum by (quorum) (increase(avs_chain_operator_ejections_total[24h]))", "ejected, quorum {{quorum}}"
+                ),
+            ),
             "stat",
+            description="Ejected: members below the quorum minimum removed (OperatorRegistry.ejectUnderstaked).",
         ),
         Panel(
             "Challenges",

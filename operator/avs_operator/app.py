@@ -119,6 +119,17 @@ class OperatorApp:
         )
         self.engines.add(engine)
         self._model_states[name] = ServiceStatus.UP
+        # Which device and dtype serve the model: CUDA is taken when present, so say which was.
+        dtype = str(engine.model.dtype).removeprefix("torch.")
+        logger.info(
+            "model loaded",
+            extra={
+                "model": name,
+                "profile": "0x" + engine.profile_hash.hex(),
+                "device": str(engine.input_device),
+                "dtype": dtype,
+            },
+        )
         return engine
 
     def _start_http(self) -> None:

@@ -444,16 +444,17 @@ def test_the_parameter_count_comes_from_the_headers_whatever_the_stored_dtype(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path runs where one is lent")
 @pytest.mark.parametrize("params", SETTINGS)
 def test_gpu_generation_verifies_on_the_cpu_and_back(
-    tiny_model_dir: Path, tiny_engine: InferenceEngine, tmp_path: Path, params: SamplingParams
+    tiny_model_dir: Path, tmp_path: Path, params: SamplingParams
 ) -> None:
     """The real GPU path (no stand-in): the same profile on CUDA and on the CPU, each party's output
-    accepted by the other."""
+    accepted by the other. Both devices are named: with CUDA present ``tiny_engine`` is on the GPU."""
     gpu = load_engine(tiny_model_dir, device="cuda", cache_dir=tmp_path / "cache")
-    assert gpu.input_device.type == "cuda" and gpu.profile_hash == tiny_engine.profile_hash
-    ids = prompt_ids(tiny_engine)
-    on_gpu = gpu.generate(ids, params)
-    assert tiny_engine.verify(ids, on_gpu.token_ids, params).accepted
-    assert gpu.verify(ids, tiny_engine.generate(ids, params).token_ids, params).accepted
+    cpu = load_engine(tiny_model_dir, device="cpu", cache_dir=tmp_path / "cache")
+    assert gpu.input_device.type == "cuda" and cpu.input_device.type == "cpu"
+    assert gpu.profile_hash == cpu.profile_hash
+    ids = prompt_ids(cpu)
+    assert cpu.verify(ids, gpu.generate(ids, params).token_ids, params).accepted
+    assert gpu.verify(ids, cpu.generate(ids, params).token_ids, params).accepted
 
 
 def test_nan_logits_get_no_verdict(tiny_engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch) -> None:

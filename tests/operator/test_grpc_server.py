@@ -136,6 +136,15 @@ def test_health_and_info(running: Running) -> None:
     assert (info.chain_id, info.task_manager) == (31337, TASK_MANAGER)
 
 
+def test_the_operator_serves_on_cuda_when_present(running: Running) -> None:
+    """No ``device`` in the config: the operator takes the GPU where torch sees one (so on a lent GPU
+    machine every test in this file runs the operator's CUDA path), else the CPU."""
+    import torch
+
+    assert running.app.config.device is None
+    assert running.engine.input_device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_generate_returns_a_signed_attestation_of_its_output(running: Running) -> None:
     request = envelope(running, "hello world", nonce=1)
     response = running.client.generate(request)

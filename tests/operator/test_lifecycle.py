@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 import yaml
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -174,4 +175,7 @@ def test_the_binary_stops_cleanly_on_sigterm_and_logs_json_without_secrets(model
     lines = [line for line in process.log_path.read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON record
     assert {"serving", "stopped"} <= {r["message"] for r in records}
+    (loaded,) = [r for r in records if r["message"] == "model loaded"]
+    expected_device = "cuda:0" if torch.cuda.is_available() else "cpu"  # no `device` in the config
+    assert (loaded["model"], loaded["device"], loaded["dtype"]) == ("tiny", expected_device, "float32")
     assert PASSWORD not in process.log_path.read_text() + process.stdout_path.read_text()

@@ -7,7 +7,7 @@ the custom error's name, decoded with the selectors of that same output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,10 +90,18 @@ def encode_g2(point: G2Point) -> tuple[list[int], list[int]]:
     return ([point.x_im, point.x_re], [point.y_im, point.y_re])
 
 
-def encode_registration_data(socket: str, signature: G1Point, pubkey_g1: G1Point, pubkey_g2: G2Point) -> bytes:
-    """The ``data`` of ``registerForOperatorSets``: abi.encode(socket, PubkeyRegistrationParams)."""
+def encode_registration_data(
+    socket: str,
+    signature: G1Point,
+    pubkey_g1: G1Point,
+    pubkey_g2: G2Point,
+    kicks: Mapping[int, str] | None = None,
+) -> bytes:
+    """The ``data`` of ``registerForOperatorSets``: abi.encode(socket, PubkeyRegistrationParams,
+    OperatorKick[]), ``kicks`` mapping a quorum to the member to replace there if it is full (churn)."""
     params = (encode_g1(signature), encode_g1(pubkey_g1), encode_g2(pubkey_g2))
-    return encode(["string", _PUBKEY_REGISTRATION_ABI], [socket, params])
+    kick_list = [(quorum, Web3.to_checksum_address(member)) for quorum, member in sorted((kicks or {}).items())]
+    return encode(["string", _PUBKEY_REGISTRATION_ABI, "(uint8,address)[]"], [socket, params, kick_list])
 
 
 def encode_batch_header(header: BatchHeader) -> tuple[int, bytes, int, bytes]:

@@ -8,7 +8,7 @@ carries the socket and the BLS keys with their proof of possession (EigenLayer's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,17 +75,21 @@ def register_operator(
     socket: str,
     quorums: Sequence[int],
     allocate_wad: int | None = None,
+    replace: Mapping[int, str] | None = None,
 ) -> list[bytes]:
     """Register ``account`` for ``quorums``; returns the transaction hashes sent.
 
     Becomes an EigenLayer operator first if it is not one, and (``allocate_wad``) allocates that
     fraction (1e18 = all) of its stake in each quorum's strategies to the quorum's operator set.
+    ``replace`` maps a quorum to the member whose place to take if that quorum is full (churn, within
+    the quorum's ``churnConfig``; the registry checks the stakes).
     """
     if not 0 < len(socket) <= MAX_SOCKET_CHARS:
         raise InvalidInputError(f"socket must be 1 to {MAX_SOCKET_CHARS} characters")
     if allocate_wad is not None and not 0 < allocate_wad <= 10**18:
         raise InvalidInputError("allocate_wad must be in (0, 1e18]")
     sets = _check_quorums(quorums)
+    kicks = _check_replacements(client, sets, replace or {})
     allocation, delegation = _contracts(client)
     registry = client.deployment.operator_registry
     _require_not_slashable_after_leaving(allocation, account.address, registry, sets)
@@ -99,11 +103,41 @@ def register_operator(
             params.append(((registry, quorum), strategies, [allocate_wad] * len(strategies)))
         sent.append(client.transact(allocation.functions.modifyAllocations(account.address, params), account))
     pop = bls.sign_pubkey_registration(key_pair.secret, account.address, registry, client.deployment.chain_id)
-    data = encode_registration_data(socket, pop, key_pair.pubkey_g1, key_pair.pubkey_g2)
+    data = encode_registration_data(socket, pop, key_pair.pubkey_g1, key_pair.pubkey_g2, kicks)
     sent.append(
         client.transact(allocation.functions.registerForOperatorSets(account.address, (registry, sets, data)), account)
     )
     return sent
+
+
+def _check_replacements(client: Web3AvsClient, sets: list[int], replace: Mapping[int, str]) -> dict[int, str]:
+    """The members to replace, checked before any transaction: each for a quorum being joined, and
+    every full quorum joined names one and allows churn (else the registration would revert)."""
+    kicks = {}
+    for quorum, member in replace.items():
+        if quorum not in sets:
+            raise InvalidInputError(
+                f"a replacement is named for quorum {quorum}, which this registration does not join"
+            )
+        if not Web3.is_address(member):
+            raise InvalidInputError(f"the member to replace in quorum {quorum} is not an address: {member!r}")
+        kicks[quorum] = str(Web3.to_checksum_address(member))
+    registry = client.registry.functions
+    for quorum in sets:
+        max_count, _ = registry.quorumConfig(quorum).call()
+        count = int(registry.operatorCount(quorum).call())
+        if count < int(max_count):
+            continue
+        operator_bips, total_bips = registry.churnConfig(quorum).call()
+        if int(operator_bips) == 0:
+            raise InvalidInputError(f"quorum {quorum} is full ({count}/{max_count}) and allows no churn")
+        if quorum not in kicks:
+            raise InvalidInputError(
+                f"quorum {quorum} is full ({count}/{max_count}): name the member to replace (--replace "
+                f"{quorum}=ADDRESS), one holding under {int(total_bips) / 100:g}% of the quorum's stake, "
+                f"with more than {int(operator_bips) / 100:g}% of that member's stake yourself"
+            )
+    return kicks
 
 
 def _require_not_slashable_after_leaving(allocation: Any, operator: str, registry: str, sets: list[int]) -> None:

@@ -76,6 +76,7 @@ class EventTotals:
     claims_paid: int = 0
     challenges_opened: int = 0
     ejections: Mapping[int, int] = field(default_factory=dict)  # quorum -> OperatorEjected events
+    churns: Mapping[int, int] = field(default_factory=dict)  # quorum -> OperatorChurned events
 
     def add(self, later: EventTotals) -> EventTotals:
         return EventTotals(
@@ -88,6 +89,7 @@ class EventTotals:
             claims_paid=self.claims_paid + later.claims_paid,
             challenges_opened=self.challenges_opened + later.challenges_opened,
             ejections=compute_sum_by_key(self.ejections, later.ejections),
+            churns=compute_sum_by_key(self.churns, later.churns),
         )
 
     def at_least(self, served: EventTotals) -> EventTotals:
@@ -104,6 +106,7 @@ class EventTotals:
             claims_paid=max(self.claims_paid, served.claims_paid),
             challenges_opened=max(self.challenges_opened, served.challenges_opened),
             ejections=compute_max_by_key(self.ejections, served.ejections),
+            churns=compute_max_by_key(self.churns, served.churns),
         )
 
 
@@ -283,9 +286,15 @@ def compute_metric_families(snapshot: ChainSnapshot, decimals: int) -> list[Metr
         "OperatorEjected events of the registry (members below the quorum minimum removed)",
         labels=["quorum"],
     )
-    for quorum in sorted({*(s.quorum for s in snapshot.quorums), *totals.ejections}):
+    churns = CounterMetricFamily(
+        "avs_chain_operator_churns",
+        "OperatorChurned events of the registry (members of a full quorum replaced by a larger newcomer)",
+        labels=["quorum"],
+    )
+    for quorum in sorted({*(s.quorum for s in snapshot.quorums), *totals.ejections, *totals.churns}):
         ejections.add_metric([str(quorum)], totals.ejections.get(quorum, 0))
-    out += [slashings, slashed, ejections]
+        churns.add_metric([str(quorum)], totals.churns.get(quorum, 0))
+    out += [slashings, slashed, ejections, churns]
     out += [
         CounterMetricFamily("avs_chain_batches_certified", "BatchCertified events", value=totals.batches_certified),
         CounterMetricFamily(
@@ -401,7 +410,8 @@ class Web3ChainStateReader:
         claims = self._logs(self._pool, "Claimed", from_block, to_block)
         challenges = self._logs(self._faults, "ChallengeOpened", from_block, to_block)
         ejected = self._logs(self._registry, "OperatorEjected", from_block, to_block)
-        return compute_event_totals(batches, slashes, bought, claims, len(challenges), ejected)
+        churned = self._logs(self._registry, "OperatorChurned", from_block, to_block)
+        return compute_event_totals(batches, slashes, bought, claims, len(challenges), ejected, churned)
 
     def _logs(self, contract: Any, event: str, from_block: int, to_block: int) -> list[Any]:
         if contract is None:
@@ -416,6 +426,7 @@ def compute_event_totals(
     claims: Sequence[Any],
     challenges: int,
     ejected: Sequence[Any] = (),
+    churned: Sequence[Any] = (),
 ) -> EventTotals:
     """Totals of decoded web3 event logs (``blockNumber`` and ``args`` as web3 gives them)."""
     slashings: dict[int, int] = {}
@@ -434,6 +445,7 @@ def compute_event_totals(
         claims_paid=sum(int(log["args"]["amount"]) for log in claims),
         challenges_opened=challenges,
         ejections=dict(Counter(int(log["args"]["quorumNumber"]) for log in ejected)),
+        churns=dict(Counter(int(log["args"]["quorumNumber"]) for log in churned)),
     )
 
 

@@ -296,7 +296,7 @@ ECONOMICS = Dashboard(
             description="Strategy shares slashed by the fault manager (1:1 with tokens in the local core).",
         ),
         Panel(
-            "Slashings and ejections (24h)",
+            "Slashings, ejections and churn (24h)",
             (
                 Query(
                     "sum by (quorum) (increase(avs_chain_operator_slashings_total[24h]))", "slashed, quorum {{quorum}}"
@@ -304,9 +304,13 @@ ECONOMICS = Dashboard(
                 Query(
                     "sum by (quorum) (increase(avs_chain_operator_ejections_total[24h]))", "ejected, quorum {{quorum}}"
                 ),
+                Query(
+                    "sum by (quorum) (increase(avs_chain_operator_churns_total[24h]))", "replaced, quorum {{quorum}}"
+                ),
             ),
             "stat",
-            description="Ejected: members below the quorum minimum removed (OperatorRegistry.ejectUnderstaked).",
+            description="Ejected: members below the quorum minimum removed (OperatorRegistry.ejectUnderstaked). "
+            "Replaced: members of a full quorum whose place a larger newcomer took (churn).",
         ),
         Panel(
             "Challenges",

@@ -138,6 +138,13 @@ contract Deploy is Test {
         registry.createQuorum(
             0, IOperatorRegistryTypes.QuorumConfig(64, uint96(vm.envOr("MIN_STAKE", uint256(1 ether)))), core.strategies
         );
+        registry.setChurnConfig(
+            0,
+            IOperatorRegistryTypes.ChurnConfig(
+                uint16(vm.envOr("KICK_BIPS_OF_OPERATOR_STAKE", uint256(11_000))),
+                uint16(vm.envOr("KICK_BIPS_OF_TOTAL_STAKE", uint256(1000)))
+            )
+        );
         FaultManager faults =
             new FaultManager(registry, taskManager, pool, core.stakeToken, deployer, faultConfig, hex"00");
         pool.setFaultManager(faults);

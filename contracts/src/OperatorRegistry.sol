@@ -41,6 +41,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     using BN254 for BN254.G1Point;
     using QuorumBitmaps for uint256;
 
+    uint16 private constant BIPS = 10_000;
+
     /// @notice EigenLayer's AllocationManager (the local core on devnets).
     IAllocationManager public immutable allocationManager;
     /// @notice EigenLayer's StrategyManager (the local core on devnets): sends slashed tokens out.
@@ -58,6 +60,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     /// @notice Certificates refuse a quorum whose last complete stake refresh lies more than this many
     ///         blocks before the reference block (S; 0: no bound). Keep S + W <= L <= DEALLOCATION_DELAY.
     uint32 public maxStakeAgeBlocks;
+    /// @notice Churn limits of each quorum (zero: a full quorum takes nobody new).
+    mapping(uint8 => ChurnConfig) public churnConfig;
     /// @notice Number of operators registered in each quorum.
     mapping(uint8 => uint32) public operatorCount;
     /// @notice Socket string of each operator id.
@@ -171,6 +175,19 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         emit QuorumConfigSet(quorumNumber, config.maxOperatorCount, config.minimumStake);
     }
 
+    /// @notice Sets a quorum's churn limits (`ChurnConfig`; both zero turns churn off).
+    function setChurnConfig(uint8 quorumNumber, ChurnConfig calldata config) external onlyOwner {
+        _requireQuorum(quorumNumber);
+        bool off = config.kickBipsOfOperatorStake == 0 && config.kickBipsOfTotalStake == 0;
+        bool inRange = config.kickBipsOfOperatorStake >= BIPS && config.kickBipsOfTotalStake > 0
+            && config.kickBipsOfTotalStake <= BIPS;
+        if (!off && !inRange) {
+            revert InvalidChurnConfig();
+        }
+        churnConfig[quorumNumber] = config;
+        emit ChurnConfigSet(quorumNumber, config.kickBipsOfOperatorStake, config.kickBipsOfTotalStake);
+    }
+
     /*//////////////////////////////////////////////////////////////
                           EigenLayer registrar
     //////////////////////////////////////////////////////////////*/
@@ -181,24 +198,33 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     }
 
     /// @inheritdoc IAVSRegistrar
-    /// @dev `data` = abi.encode(string socket, PubkeyRegistrationParams); the key part is only read on
-    ///      the operator's first registration (its key is permanent, as in EigenLayer).
+    /// @dev `data` = abi.encode(string socket, PubkeyRegistrationParams, OperatorKick[] kicks); the key
+    ///      part is only read on the operator's first registration (its key is permanent, as in
+    ///      EigenLayer). `kicks` (ascending by quorum, each a quorum joined here) name the member to
+    ///      replace in a quorum that is full; a kick for a quorum with a free place is not used.
     function registerOperator(address operator, address avs, uint32[] calldata operatorSetIds, bytes calldata data)
         external
         onlyAllocationManager
     {
         if (avs != address(this)) revert InvalidAVS();
-        (string memory socket, PubkeyRegistrationParams memory params) =
-            abi.decode(data, (string, PubkeyRegistrationParams));
+        (string memory socket, PubkeyRegistrationParams memory params, OperatorKick[] memory kicks) =
+            abi.decode(data, (string, PubkeyRegistrationParams, OperatorKick[]));
         bytes32 id = _operatorId[operator];
         if (id == bytes32(0)) id = _registerPubkey(operator, params);
         uint192 joining = _setIdsToBitmap(operatorSetIds);
         uint192 current = _currentBitmap(id);
+        uint256 k;
         for (uint8 q; q < 192; ++q) {
             if (!uint256(joining).has(q)) continue;
             if (uint256(current).has(q)) revert AlreadyRegisteredForQuorum(q);
+            bool kickNamed = k < kicks.length && kicks[k].quorumNumber == q;
+            if (kickNamed && operatorCount[q] >= quorumConfig[q].maxOperatorCount) {
+                _churn(operator, kicks[k].operator, q);
+            }
+            if (kickNamed) ++k;
             _joinQuorum(operator, id, q);
         }
+        if (k < kicks.length) revert InvalidKick(kicks[k].quorumNumber); // unjoined, repeated or out of order
         _pushBitmap(id, current | joining);
         operatorSocket[id] = socket;
         emit OperatorSocketUpdate(id, socket);
@@ -557,6 +583,32 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         _recordCount(q, ++operatorCount[q]);
         _recordStake(id, q, stake);
         _updateApk(q, _pubkeyG1[id]);
+    }
+
+    /// @dev Takes `kicked`'s place in full quorum `q` for `newcomer` (EigenLayer middleware's churn,
+    ///      without its approver: the limits are on-chain). Stakes are read now, the newcomer's
+    ///      through its registration in progress; the total is the quorum's recorded one. `kicked`
+    ///      leaves through the AllocationManager, as with `ejectUnderstaked`, whose callback
+    ///      (`deregisterOperator`) frees the place.
+    function _churn(address newcomer, address kicked, uint8 q) private {
+        ChurnConfig memory cfg = churnConfig[q];
+        if (cfg.kickBipsOfOperatorStake == 0) revert ChurnDisabled(q);
+        bytes32 kickedId = _operatorId[kicked];
+        if (kickedId == bytes32(0) || !uint256(_currentBitmap(kickedId)).has(q)) revert NotRegisteredForQuorum(q);
+        uint96 kickedStake = _weight(kicked, q);
+        uint96 newStake = _weight(newcomer, q);
+        uint256 required = uint256(kickedStake) * cfg.kickBipsOfOperatorStake / BIPS;
+        if (newStake <= required) revert ChurnStakeTooLow(q, newStake, required);
+        uint256 limit = uint256(getCurrentTotalStake(q)) * cfg.kickBipsOfTotalStake / BIPS;
+        if (kickedStake >= limit) revert KickedStakeTooHigh(q, kickedStake, limit);
+        emit OperatorChurned(kicked, newcomer, q, kickedStake, newStake);
+        uint32[] memory operatorSetIds = new uint32[](1);
+        operatorSetIds[0] = q;
+        allocationManager.deregisterFromOperatorSets(
+            IAllocationManagerTypes.DeregisterParams(kicked, address(this), operatorSetIds)
+        );
+        // The callback must have freed the place (a kick that removes nobody must not grow the quorum).
+        assert(operatorCount[q] < quorumConfig[q].maxOperatorCount);
     }
 
     function _leaveQuorum(bytes32 id, uint8 q) private {

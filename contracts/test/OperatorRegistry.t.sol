@@ -53,7 +53,8 @@ contract RegisterOperatorTest is AvsFixture {
         _fund(op, 5 ether);
         bytes memory data = abi.encode(
             "s",
-            IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)) // signature of the wrong message
+            IOperatorRegistryTypes.PubkeyRegistrationParams(_g1(6), _g1(5), _g2(5)), // signature of the wrong message
+            new IOperatorRegistryTypes.OperatorKick[](0)
         );
         vm.prank(op);
         vm.expectRevert(IOperatorRegistryErrors.InvalidProofOfPossession.selector);
@@ -102,17 +103,6 @@ contract RegisterOperatorTest is AvsFixture {
 
     function _ids0() internal pure returns (uint32[] memory ids) {
         ids = new uint32[](1);
-    }
-
-    /// @dev Operator with stake allocated to quorum 0, not yet registered with the AVS.
-    function _fund(address op, uint256 stake) internal {
-        token.mint(op, stake);
-        vm.startPrank(op);
-        token.approve(address(core), stake);
-        core.registerAsOperator(address(0), 0, "");
-        core.depositIntoStrategy(strategy, token, stake);
-        _allocate(op, hex"00");
-        vm.stopPrank();
     }
 }
 

@@ -2,6 +2,7 @@
 
     avs-operator run --config operator.yaml      serve (stops cleanly on SIGTERM / Ctrl-C)
     avs-operator register --config operator.yaml [--quorums 0] [--socket host:port] [--allocate-wad N]
+                          [--replace QUORUM=ADDRESS]
     avs-operator deregister --config operator.yaml [--quorums 0]
     avs-operator status --config operator.yaml [--address 0x...]
     avs-operator slashing-protection export --config operator.yaml > history.json
@@ -27,6 +28,7 @@ from types import FrameType
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils import is_address
 
 from avs import keystore
 from avs.chain.client import Web3AvsClient
@@ -123,6 +125,13 @@ def _bls_keys(config: OperatorConfig) -> KeyPair:
     return keystore.load_bls_keystore(config.keys.bls_keystore, password.get_secret_value())
 
 
+def _replacement(text: str) -> tuple[int, str]:
+    quorum, sep, member = text.partition("=")
+    if not sep or not quorum.isdigit() or not is_address(member):
+        raise argparse.ArgumentTypeError(f"expected QUORUM=ADDRESS, got {text!r}")
+    return int(quorum), member
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from avs.chain.registration import register_operator
 
@@ -130,7 +139,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     client, account = _chain_client(config, with_account=True)
     assert account is not None
     socket = args.socket or config.grpc.listen
-    hashes = register_operator(client, account, _bls_keys(config), socket, args.quorums, args.allocate_wad)
+    replace = dict(args.replace or [])
+    hashes = register_operator(client, account, _bls_keys(config), socket, args.quorums, args.allocate_wad, replace)
     print(
         json.dumps(
             {
@@ -206,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--quorums", type=int, nargs="+", default=[0])
     register.add_argument("--socket", help="where aggregators reach this operator (default: grpc.listen)")
     register.add_argument("--allocate-wad", type=int, help="allocate this fraction (1e18 = all) of stake first")
+    register.add_argument(
+        "--replace",
+        type=_replacement,
+        action="append",
+        metavar="QUORUM=ADDRESS",
+        help="in a full quorum, take this member's place (churn, within the quorum's limits); repeatable",
+    )
     register.set_defaults(func=cmd_register)
     deregister = commands.add_parser("deregister", help="leave the AVS's operator sets (sends a transaction)")
     deregister.add_argument("--config", type=Path, required=True)

@@ -75,7 +75,7 @@ def test_polls_scan_each_block_once_and_accumulate() -> None:
     chain = FakeChain(
         events={
             3: EventTotals(batches_certified=1, last_batch_block=3, premiums=TOKEN // 10, coverage_bought=5 * TOKEN),
-            8: EventTotals(slashings={0: 1}, slashed_shares={0: 2 * TOKEN}, ejections={0: 1}),
+            8: EventTotals(slashings={0: 1}, slashed_shares={0: 2 * TOKEN}, ejections={0: 1}, churns={0: 2}),
         }
     )
     exporter = ChainExporter(chain, start_block=2, chunk_blocks=4, reorg_depth=0)
@@ -91,6 +91,7 @@ def test_polls_scan_each_block_once_and_accumulate() -> None:
     assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 1
     assert samples['avs_chain_slashed_shares_total{quorum="0"}'] == 2.0
     assert samples['avs_chain_operator_ejections_total{quorum="0"}'] == 1
+    assert samples['avs_chain_operator_churns_total{quorum="0"}'] == 2
     assert samples['avs_chain_quorum_stake_tokens{quorum="0"}'] == 100.0
     assert samples['avs_chain_quorum_operators{quorum="0"}'] == 3
     assert samples['avs_chain_coverage_outstanding_tokens{quorum="0"}'] == 5.0
@@ -111,6 +112,7 @@ def test_no_batch_yet_means_no_last_batch_timestamp() -> None:
     assert samples["avs_chain_batches_certified_total"] == 0
     assert samples['avs_chain_operator_slashings_total{quorum="0"}'] == 0  # present at 0: increase() works
     assert samples['avs_chain_operator_ejections_total{quorum="0"}'] == 0
+    assert samples['avs_chain_operator_churns_total{quorum="0"}'] == 0
 
 
 def test_pure_helpers() -> None:

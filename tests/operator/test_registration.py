@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from avs import keystore
@@ -121,12 +123,34 @@ def test_on_chain_commands_need_a_deployment_and_keys(tmp_path: Path) -> None:
     (tmp_path / "operator.yaml").write_text(yaml.safe_dump(config))
     out = run_cli("register", "--config", str(tmp_path / "operator.yaml"), env={})
     assert out.returncode == 2 and "chain.deployment_file" in out.stderr
+    for bad in (
+        "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+        "zero=0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+        "0=0x12",
+    ):
+        out = run_cli("register", "--config", str(tmp_path / "operator.yaml"), "--replace", bad, env={})
+        assert out.returncode == 2 and "expected QUORUM=ADDRESS" in out.stderr
 
 
-def test_deregister_next_block_and_no_return_within_the_delay(anvil: str, deployment: Deployment) -> None:  # noqa: F811
-    from avs.chain.registration import deregister_operator, register_operator
+@dataclass(frozen=True)
+class Staked:
+    """A funded EigenLayer operator with STAKE deposited, not yet in the AVS."""
 
-    w3 = Web3(Web3.HTTPProvider(anvil))
+    client: Web3AvsClient
+    account: LocalAccount
+    keys: bls.KeyPair
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    def register(self, quorums: list[int], allocate_wad: int, replace: dict[int, str] | None = None) -> None:
+        from avs.chain.registration import register_operator
+
+        register_operator(self.client, self.account, self.keys, "op:1", quorums, allocate_wad, replace)
+
+
+def _staked_operator(w3: Web3, deployment: Deployment) -> Staked:
     account = Account.create()
     fund(w3, deployment, account.address)
     client = Web3AvsClient(w3, deployment, account)
@@ -137,8 +161,16 @@ def test_deregister_next_block_and_no_return_within_the_delay(anvil: str, deploy
     client.transact(core.functions.registerAsOperator("0x" + "00" * 20, 0, ""))
     client.transact(token.functions.approve(core.address, STAKE))
     client.transact(core.functions.depositIntoStrategy(deployment.strategy, token.address, STAKE))
-    keys = bls.compute_key_pair(bls.generate_secret_key())
-    register_operator(client, account, keys, "op:1", [0], 10**18)
+    return Staked(client, account, bls.compute_key_pair(bls.generate_secret_key()))
+
+
+def test_deregister_next_block_and_no_return_within_the_delay(anvil: str, deployment: Deployment) -> None:  # noqa: F811
+    from avs.chain.registration import deregister_operator, register_operator
+
+    w3 = Web3(Web3.HTTPProvider(anvil))
+    operator = _staked_operator(w3, deployment)
+    client, account, keys = operator.client, operator.account, operator.keys
+    operator.register([0], 10**18)
     deregister_operator(client, account, [0])
     # Leaving keeps it slashable for the core's DEALLOCATION_DELAY: no coming back before that,
     # refused with a clear error before any transaction.
@@ -146,6 +178,52 @@ def test_deregister_next_block_and_no_return_within_the_delay(anvil: str, deploy
     with pytest.raises(InvalidInputError, match="left quorum 0 less than DEALLOCATION_DELAY"):
         register_operator(client, account, keys, "op:1", [0])
     assert w3.eth.get_transaction_count(account.address) == nonce
+
+
+def test_a_full_quorum_takes_a_larger_operator_in_place_of_a_smaller_one(anvil: str, deployment: Deployment) -> None:  # noqa: F811
+    """Churn on the deployed contracts: quorum 0 is full (governance sets its size to its members),
+    a newcomer without a named replacement is refused before any transaction, and with one it takes
+    the place of a member holding 2 of its 5 tokens. (The chain is reverted afterwards.)"""
+    from avs.monitoring.chain_exporter import Web3ChainStateReader
+
+    w3 = Web3(Web3.HTTPProvider(anvil))
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    try:
+        small = _staked_operator(w3, deployment)
+        small.register([0], 4 * 10**17)  # 2 of its 5 tokens
+        big = _staked_operator(w3, deployment)
+        big.register([0], 10**18)
+        governance = Web3AvsClient(w3, deployment, Account.from_key(ANVIL_KEY_0))
+        registry = governance.registry.functions
+        count = registry.operatorCount(0).call()
+        _, minimum = registry.quorumConfig(0).call()
+        governance.transact(registry.setQuorumConfig(0, (count, minimum)))
+        governance.transact(registry.setChurnConfig(0, (11_000, 5_000)))
+
+        newcomer = _staked_operator(w3, deployment)
+        nonce = w3.eth.get_transaction_count(newcomer.account.address)
+        with pytest.raises(InvalidInputError, match=r"quorum 0 is full .*--replace 0=ADDRESS.*under 50%.*than 110%"):
+            newcomer.register([0], 10**18)
+        with pytest.raises(InvalidInputError, match="does not join"):
+            newcomer.register([0], 10**18, {1: small.address})
+        assert w3.eth.get_transaction_count(newcomer.account.address) == nonce
+
+        before = w3.eth.block_number
+        newcomer.register([0], 10**18, {0: small.address})
+        (churned,) = governance.registry.events.OperatorChurned.get_logs(from_block=before + 1)
+        assert (churned["args"]["kicked"], churned["args"]["replacement"]) == (small.address, newcomer.address)
+        assert (churned["args"]["kickedStake"], churned["args"]["replacementStake"]) == (2 * 10**18, STAKE)
+        assert registry.operatorCount(0).call() == count
+        assert registry.getCurrentQuorumBitmap(small.keys.operator_id).call() == 0
+        assert registry.getCurrentQuorumBitmap(newcomer.keys.operator_id).call() == 1
+        totals = Web3ChainStateReader(w3, deployment).get_event_totals(before + 1, w3.eth.block_number)
+        assert totals.churns == {0: 1}  # what the chain exporter counts
+
+        governance.transact(registry.setChurnConfig(0, (0, 0)))
+        with pytest.raises(InvalidInputError, match="allows no churn"):
+            _staked_operator(w3, deployment).register([0], 10**18, {0: big.address})
+    finally:
+        w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
 
 
 def test_the_daemon_reports_its_registered_stake(

@@ -11,6 +11,21 @@ interface IOperatorRegistryTypes {
         uint96 minimumStake;
     }
 
+    /// @notice Churn limits of a quorum, in basis points (EigenLayer middleware's kick BIPs). A
+    ///         newcomer may take a full quorum's place of a member whose stake is below
+    ///         `kickBipsOfTotalStake` of the quorum's total, when its own stake is above
+    ///         `kickBipsOfOperatorStake` of that member's. Both zero: no churn.
+    struct ChurnConfig {
+        uint16 kickBipsOfOperatorStake;
+        uint16 kickBipsOfTotalStake;
+    }
+
+    /// @notice A member a registering operator replaces in a full quorum.
+    struct OperatorKick {
+        uint8 quorumNumber;
+        address operator;
+    }
+
     /// @notice What an operator passes (ABI-encoded after its socket) as registration `data`.
     struct PubkeyRegistrationParams {
         BN254.G1Point pubkeyRegistrationSignature;
@@ -91,6 +106,19 @@ interface IOperatorRegistryErrors {
     error QuorumOperatorsNotSorted();
     /// @notice `ejectUnderstaked`: the operator's stake in the quorum meets the quorum's minimum.
     error StakeNotBelowMinimum(uint8 quorumNumber, uint96 stake, uint96 minimumStake);
+    /// @notice Churn limits out of range: `kickBipsOfOperatorStake` at least 10,000 (a newcomer
+    ///         must outweigh whom it replaces), `kickBipsOfTotalStake` in 1..10,000; or both zero.
+    error InvalidChurnConfig();
+    /// @notice The quorum is full and does not allow churn.
+    error ChurnDisabled(uint8 quorumNumber);
+    /// @notice A registration's kicks must name quorums it joins, ascending, one each.
+    error InvalidKick(uint8 quorumNumber);
+    /// @notice Churn: the newcomer's `stake` is not above `required` (the member's stake times
+    ///         `kickBipsOfOperatorStake`).
+    error ChurnStakeTooLow(uint8 quorumNumber, uint96 stake, uint256 required);
+    /// @notice Churn: the member's `stake` is not below `limit` (the quorum's total times
+    ///         `kickBipsOfTotalStake`).
+    error KickedStakeTooHigh(uint8 quorumNumber, uint96 stake, uint256 limit);
 }
 
 /// @title IOperatorRegistryEvents
@@ -125,6 +153,17 @@ interface IOperatorRegistryEvents {
     /// @notice Emitted when anyone removes an operator whose stake fell below the quorum's minimum
     ///         from the quorum (`ejectUnderstaked`; `OperatorDeregistered` comes with it).
     event OperatorEjected(address indexed operator, bytes32 indexed operatorId, uint8 quorumNumber, uint96 stake);
+    /// @notice Emitted when governance sets a quorum's churn limits.
+    event ChurnConfigSet(uint8 indexed quorumNumber, uint16 kickBipsOfOperatorStake, uint16 kickBipsOfTotalStake);
+    /// @notice Emitted when a registering operator takes the place of `kicked` in a full quorum
+    ///         (`OperatorDeregistered` for `kicked` comes with it).
+    event OperatorChurned(
+        address indexed kicked,
+        address indexed replacement,
+        uint8 quorumNumber,
+        uint96 kickedStake,
+        uint96 replacementStake
+    );
 }
 
 /// @title IOperatorRegistry

@@ -129,6 +129,17 @@ abstract contract AvsFixture is Test {
         vm.stopPrank();
     }
 
+    /// @dev Operator with stake allocated to quorum 0, not yet registered with the AVS.
+    function _fund(address op, uint256 stake) internal {
+        token.mint(op, stake);
+        vm.startPrank(op);
+        token.approve(address(core), stake);
+        core.registerAsOperator(address(0), 0, "");
+        core.depositIntoStrategy(strategy, token, stake);
+        _allocate(op, hex"00");
+        vm.stopPrank();
+    }
+
     function _allocate(address op, bytes memory quorums) internal {
         IAllocationManagerTypes.AllocateParams[] memory a = new IAllocationManagerTypes.AllocateParams[](quorums.length);
         IStrategy[] memory strategies = new IStrategy[](1);
@@ -144,10 +155,20 @@ abstract contract AvsFixture is Test {
     }
 
     function _registrationData(uint256 sk, address op) internal view returns (bytes memory) {
+        return _registrationData(sk, op, new IOperatorRegistryTypes.OperatorKick[](0));
+    }
+
+    /// @dev Registration data that names members to replace in full quorums (churn).
+    function _registrationData(uint256 sk, address op, IOperatorRegistryTypes.OperatorKick[] memory kicks)
+        internal
+        view
+        returns (bytes memory)
+    {
         BN254.G1Point memory h = BLSSignatures.pubkeyRegistrationMessageHash(op, address(registry), block.chainid);
         return abi.encode(
             "grpc://operator.example:50051",
-            IOperatorRegistryTypes.PubkeyRegistrationParams(h.scalar_mul(sk), _g1(sk), _g2(sk))
+            IOperatorRegistryTypes.PubkeyRegistrationParams(h.scalar_mul(sk), _g1(sk), _g2(sk)),
+            kicks
         );
     }
 

@@ -607,8 +607,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         allocationManager.deregisterFromOperatorSets(
             IAllocationManagerTypes.DeregisterParams(kicked, address(this), operatorSetIds)
         );
-        // The callback must have freed the place (a kick that removes nobody must not grow the quorum).
-        assert(operatorCount[q] < quorumConfig[q].maxOperatorCount);
+        // `_joinQuorum` checks the count again: a kick that freed no place (or one in a quorum still
+        // over a lowered maximum) refuses the newcomer instead of growing the quorum.
     }
 
     function _leaveQuorum(bytes32 id, uint8 q) private {

@@ -119,6 +119,18 @@ contract ChurnTest is AvsFixture {
         vm.assertEq(registry.getCurrentQuorumBitmap(BN254.hashG1Point(_g1(1))), 1, "member 1 stays");
     }
 
+    /// @dev Governance lowered the maximum below the member count: one kick frees no place, so the
+    ///      newcomer is refused and nobody leaves.
+    function test_churn_RevertWhen_TheQuorumStaysFullAfterTheKick() public {
+        _fullQuorum(11_000, 5000);
+        registry.setQuorumConfig(0, IOperatorRegistryTypes.QuorumConfig(1, MIN_STAKE));
+        address newcomer = _prepare(3, 3 ether);
+        bytes memory data = _registrationData(3, newcomer, _kick(0, _operator(1)));
+        vm.expectRevert(abi.encodeWithSelector(IOperatorRegistryErrors.MaxOperatorsReached.selector, uint8(0)));
+        _submit(newcomer, _ids(0), data);
+        vm.assertEq(registry.operatorCount(0), 2, "both members stay");
+    }
+
     function test_churn_RevertWhen_TheKickedIsNotAMember() public {
         _fullQuorum(11_000, 5000);
         address newcomer = _prepare(3, 3 ether);

@@ -89,7 +89,7 @@ def register_operator(
     if allocate_wad is not None and not 0 < allocate_wad <= 10**18:
         raise InvalidInputError("allocate_wad must be in (0, 1e18]")
     sets = _check_quorums(quorums)
-    kicks = _check_replacements(client, sets, replace or {})
+    _check_replacements(client, sets, replace or {})
     allocation, delegation = _contracts(client)
     registry = client.deployment.operator_registry
     _require_not_slashable_after_leaving(allocation, account.address, registry, sets)
@@ -103,17 +103,16 @@ def register_operator(
             params.append(((registry, quorum), strategies, [allocate_wad] * len(strategies)))
         sent.append(client.transact(allocation.functions.modifyAllocations(account.address, params), account))
     pop = bls.sign_pubkey_registration(key_pair.secret, account.address, registry, client.deployment.chain_id)
-    data = encode_registration_data(socket, pop, key_pair.pubkey_g1, key_pair.pubkey_g2, kicks)
+    data = encode_registration_data(socket, pop, key_pair.pubkey_g1, key_pair.pubkey_g2, replace)
     sent.append(
         client.transact(allocation.functions.registerForOperatorSets(account.address, (registry, sets, data)), account)
     )
     return sent
 
 
-def _check_replacements(client: Web3AvsClient, sets: list[int], replace: Mapping[int, str]) -> dict[int, str]:
+def _check_replacements(client: Web3AvsClient, sets: list[int], replace: Mapping[int, str]) -> None:
     """The members to replace, checked before any transaction: each for a quorum being joined, and
     every full quorum joined names one and allows churn (else the registration would revert)."""
-    kicks = {}
     for quorum, member in replace.items():
         if quorum not in sets:
             raise InvalidInputError(
@@ -121,7 +120,6 @@ def _check_replacements(client: Web3AvsClient, sets: list[int], replace: Mapping
             )
         if not Web3.is_address(member):
             raise InvalidInputError(f"the member to replace in quorum {quorum} is not an address: {member!r}")
-        kicks[quorum] = str(Web3.to_checksum_address(member))
     registry = client.registry.functions
     for quorum in sets:
         max_count, _ = registry.quorumConfig(quorum).call()
@@ -131,13 +129,12 @@ def _check_replacements(client: Web3AvsClient, sets: list[int], replace: Mapping
         operator_bips, total_bips = registry.churnConfig(quorum).call()
         if int(operator_bips) == 0:
             raise InvalidInputError(f"quorum {quorum} is full ({count}/{max_count}) and allows no churn")
-        if quorum not in kicks:
+        if quorum not in replace:
             raise InvalidInputError(
                 f"quorum {quorum} is full ({count}/{max_count}): name the member to replace (--replace "
                 f"{quorum}=ADDRESS), one holding under {int(total_bips) / 100:g}% of the quorum's stake, "
                 f"with more than {int(operator_bips) / 100:g}% of that member's stake yourself"
             )
-    return kicks
 
 
 def _require_not_slashable_after_leaving(allocation: Any, operator: str, registry: str, sets: list[int]) -> None:

@@ -217,11 +217,10 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         for (uint8 q; q < 192; ++q) {
             if (!uint256(joining).has(q)) continue;
             if (uint256(current).has(q)) revert AlreadyRegisteredForQuorum(q);
-            bool kickNamed = k < kicks.length && kicks[k].quorumNumber == q;
-            if (kickNamed && operatorCount[q] >= quorumConfig[q].maxOperatorCount) {
-                _churn(operator, kicks[k].operator, q);
+            if (k < kicks.length && kicks[k].quorumNumber == q) {
+                if (operatorCount[q] >= quorumConfig[q].maxOperatorCount) _churn(operator, kicks[k].operator, q);
+                ++k;
             }
-            if (kickNamed) ++k;
             _joinQuorum(operator, id, q);
         }
         if (k < kicks.length) revert InvalidKick(kicks[k].quorumNumber); // unjoined, repeated or out of order
@@ -285,11 +284,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
             address operator = operators[i];
             if (operator <= previous) revert QuorumOperatorsNotSorted();
             previous = operator;
-            bytes32 id = _operatorId[operator];
-            // count distinct members == operatorCount: the list is complete
-            if (id == bytes32(0) || !uint256(_currentBitmap(id)).has(quorumNumber)) {
-                revert NotRegisteredForQuorum(quorumNumber);
-            }
+            bytes32 id = _memberId(operator, quorumNumber); // distinct members == operatorCount: the list is complete
             uint96 stake = _weightIn(operator, set, strategies);
             _recordStake(id, quorumNumber, stake < minimum ? 0 : stake);
         }
@@ -305,19 +300,12 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     ///         with enough stake.
     function ejectUnderstaked(address operator, uint8 quorumNumber) external {
         _requireQuorum(quorumNumber);
-        bytes32 id = _operatorId[operator];
-        if (id == bytes32(0) || !uint256(_currentBitmap(id)).has(quorumNumber)) {
-            revert NotRegisteredForQuorum(quorumNumber);
-        }
+        bytes32 id = _memberId(operator, quorumNumber);
         uint96 stake = _weight(operator, quorumNumber);
         uint96 minimum = quorumConfig[quorumNumber].minimumStake;
         if (stake >= minimum) revert StakeNotBelowMinimum(quorumNumber, stake, minimum);
-        uint32[] memory operatorSetIds = new uint32[](1);
-        operatorSetIds[0] = quorumNumber;
         emit OperatorEjected(operator, id, quorumNumber, stake);
-        allocationManager.deregisterFromOperatorSets(
-            IAllocationManagerTypes.DeregisterParams(operator, address(this), operatorSetIds)
-        );
+        _removeFromQuorum(operator, quorumNumber);
     }
 
     /// @inheritdoc IOperatorRegistry
@@ -593,8 +581,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     function _churn(address newcomer, address kicked, uint8 q) private {
         ChurnConfig memory cfg = churnConfig[q];
         if (cfg.kickBipsOfOperatorStake == 0) revert ChurnDisabled(q);
-        bytes32 kickedId = _operatorId[kicked];
-        if (kickedId == bytes32(0) || !uint256(_currentBitmap(kickedId)).has(q)) revert NotRegisteredForQuorum(q);
+        _memberId(kicked, q);
         uint96 kickedStake = _weight(kicked, q);
         uint96 newStake = _weight(newcomer, q);
         uint256 required = uint256(kickedStake) * cfg.kickBipsOfOperatorStake / BIPS;
@@ -602,13 +589,26 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         uint256 limit = uint256(getCurrentTotalStake(q)) * cfg.kickBipsOfTotalStake / BIPS;
         if (kickedStake >= limit) revert KickedStakeTooHigh(q, kickedStake, limit);
         emit OperatorChurned(kicked, newcomer, q, kickedStake, newStake);
+        _removeFromQuorum(kicked, q);
+        // `_joinQuorum` checks the count again: a kick that freed no place (or one in a quorum still
+        // over a lowered maximum) refuses the newcomer instead of growing the quorum.
+    }
+
+    /// @dev `operator`'s id, if it is a member of quorum `q` (else `NotRegisteredForQuorum`).
+    function _memberId(address operator, uint8 q) private view returns (bytes32 id) {
+        id = _operatorId[operator];
+        if (id == bytes32(0) || !uint256(_currentBitmap(id)).has(q)) revert NotRegisteredForQuorum(q);
+    }
+
+    /// @dev Deregisters `operator` from quorum `q` through the AllocationManager, as the AVS: its
+    ///      callback (`deregisterOperator`) updates the histories, and EigenLayer keeps the operator
+    ///      slashable for the deallocation delay as for any leaver.
+    function _removeFromQuorum(address operator, uint8 q) private {
         uint32[] memory operatorSetIds = new uint32[](1);
         operatorSetIds[0] = q;
         allocationManager.deregisterFromOperatorSets(
-            IAllocationManagerTypes.DeregisterParams(kicked, address(this), operatorSetIds)
+            IAllocationManagerTypes.DeregisterParams(operator, address(this), operatorSetIds)
         );
-        // `_joinQuorum` checks the count again: a kick that freed no place (or one in a quorum still
-        // over a lowered maximum) refuses the newcomer instead of growing the quorum.
     }
 
     function _leaveQuorum(bytes32 id, uint8 q) private {

@@ -113,30 +113,29 @@ abstract contract AvsFixture is Test {
     ///      (split evenly across them).
     function _register(uint256 sk, uint256 stake, bytes memory quorums) internal {
         address op = _operator(sk);
+        _fund(op, stake, quorums);
+        uint32[] memory ids = new uint32[](quorums.length);
+        for (uint256 i; i < quorums.length; ++i) {
+            ids[i] = uint8(quorums[i]);
+        }
+        bytes memory data = _registrationData(sk, op);
+        vm.prank(op);
+        core.registerForOperatorSets(op, IAllocationManagerTypes.RegisterParams(address(registry), ids, data));
+    }
+
+    /// @dev Operator with stake allocated to quorum 0, not yet registered with the AVS.
+    function _fund(address op, uint256 stake) internal {
+        _fund(op, stake, hex"00");
+    }
+
+    /// @dev Operator with `stake` allocated evenly to `quorums`, not yet registered with the AVS.
+    function _fund(address op, uint256 stake, bytes memory quorums) internal {
         token.mint(op, stake);
         vm.startPrank(op);
         token.approve(address(core), stake);
         core.registerAsOperator(address(0), 0, "");
         core.depositIntoStrategy(strategy, token, stake);
         _allocate(op, quorums);
-        uint32[] memory ids = new uint32[](quorums.length);
-        for (uint256 i; i < quorums.length; ++i) {
-            ids[i] = uint8(quorums[i]);
-        }
-        core.registerForOperatorSets(
-            op, IAllocationManagerTypes.RegisterParams(address(registry), ids, _registrationData(sk, op))
-        );
-        vm.stopPrank();
-    }
-
-    /// @dev Operator with stake allocated to quorum 0, not yet registered with the AVS.
-    function _fund(address op, uint256 stake) internal {
-        token.mint(op, stake);
-        vm.startPrank(op);
-        token.approve(address(core), stake);
-        core.registerAsOperator(address(0), 0, "");
-        core.depositIntoStrategy(strategy, token, stake);
-        _allocate(op, hex"00");
         vm.stopPrank();
     }
 

@@ -241,15 +241,11 @@ class EvidenceBook:
             return False
         return True
 
-    def find_verdicts(self, request_hash: bytes, output_hash: bytes) -> dict[bytes, Verdict]:
-        """Each operator's recorded (checked) verdict on this output; REJECT for one that signed both."""
-        return {
-            operator: signed.attestation.verdict
-            for operator, signed in self.find_attestations(request_hash, output_hash).items()
-        }
-
     def find_attestations(self, request_hash: bytes, output_hash: bytes) -> dict[bytes, SignedAttestation]:
-        """Each operator's recorded (checked) signed attestation on this output; its REJECT if it signed both."""
+        """Each operator's recorded (checked) signed attestation on this output, except the request's
+        equivocators: an operator that signed conflicting attestations for the request (both verdicts on
+        this output, or ACCEPT of two outputs) has no verdict worth counting, neither way."""
+        equivocators = self.find_equivocators(request_hash)
         with self._session() as s:
             rows = s.scalars(
                 select(self._attestation_row).where(
@@ -260,9 +256,23 @@ class EvidenceBook:
             found: dict[bytes, SignedAttestation] = {}
             for row in rows:
                 earlier = found.get(row.operator_id)
-                if earlier is None or earlier.attestation.verdict != Verdict.REJECT:
-                    found[row.operator_id] = SignedAttestation(_attestation(row), _signature(row))
-            return found
+                if earlier is not None and earlier.attestation.verdict != row.verdict:
+                    equivocators.add(row.operator_id)  # its equivocation row may not be written yet
+                found[row.operator_id] = SignedAttestation(_attestation(row), _signature(row))
+            return {operator: signed for operator, signed in found.items() if operator not in equivocators}
+
+    def find_verdicts(self, request_hash: bytes, output_hash: bytes) -> dict[bytes, Verdict]:
+        """Each operator's recorded (checked) verdict on this output; none for the request's equivocators."""
+        return {
+            operator: signed.attestation.verdict
+            for operator, signed in self.find_attestations(request_hash, output_hash).items()
+        }
+
+    def find_equivocators(self, request_hash: bytes) -> set[bytes]:
+        """The operators recorded as having equivocated on this request."""
+        row_type = self._equivocation_row
+        with self._session() as s:
+            return set(s.scalars(select(row_type.operator_id).where(row_type.request_hash == request_hash)))
 
     def list_equivocations(self, state: ProofState | None = None) -> list[EquivocationMixin]:
         with self._session() as s:

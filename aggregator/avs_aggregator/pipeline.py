@@ -341,25 +341,41 @@ class Pipeline:
 
     def _verify(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
-        envelope = envelope_from_row(row)
-        output_ids = tuple(json.loads(row.output_ids or "[]"))
         assert row.output_hash is not None and row.primary_id is not None
         excluded = set(load_hex_list(row.excluded))
+        # An operator that equivocated on this request is neither asked nor counted, either way.
+        equivocators = self.evidence.find_equivocators(row.request_hash)
         verifiers = [
             o
             for o in operator_set.in_quorums(row.quorum_numbers)
-            if o.operator_id != row.primary_id and o.operator_id not in excluded
+            if o.operator_id != row.primary_id and o.operator_id not in excluded | equivocators
         ]
-        verdicts: dict[bytes, Verdict] = {row.primary_id: Verdict.ACCEPT}
-        reject_signatures: dict[bytes, G1Point] = {}
         # A later round asks only the verifiers without a checked attestation on this output yet.
         recorded = self.evidence.find_attestations(row.request_hash, row.output_hash) if row.verify_rounds else {}
-        for o in verifiers:
-            if (signed := recorded.get(o.operator_id)) is not None:
-                verdicts[o.operator_id] = signed.attestation.verdict
-                if signed.attestation.verdict == Verdict.REJECT:
-                    reject_signatures[o.operator_id] = signed.signature
+        answers: dict[bytes, SignedAttestation] = {
+            o.operator_id: recorded[o.operator_id] for o in verifiers if o.operator_id in recorded
+        }
         asked = [o for o in verifiers if o.operator_id not in recorded]
+        checked = self._ask_verifiers(row, operator_set, asked)
+        if self._record_attestations(checked):  # one transaction for the round; it found equivocators
+            equivocators = self.evidence.find_equivocators(row.request_hash)
+        answers |= {i: signed for i, signed in checked if i not in equivocators}
+        verdicts = {i: signed.attestation.verdict for i, signed in answers.items()}
+        if row.primary_id not in equivocators:
+            verdicts[row.primary_id] = Verdict.ACCEPT
+        reject_signatures = {i: s.signature for i, s in answers.items() if s.attestation.verdict == Verdict.REJECT}
+        unanswered = [o.operator_id for o in asked if o.operator_id not in verdicts.keys() | equivocators]
+        self._decide(row, operator_set, verdicts, reject_signatures, unanswered)
+
+    def _ask_verifiers(
+        self, row: RequestRow, operator_set: OperatorSet, asked: Sequence[OperatorInfo]
+    ) -> list[tuple[bytes, SignedAttestation]]:
+        """One verification round on ``asked``, in parallel: the attestations of the output whose
+        signatures verify. A verifier that is down, late, answers another output or signs badly has
+        not answered."""
+        assert row.output_hash is not None
+        envelope = envelope_from_row(row)
+        output_ids = tuple(json.loads(row.output_ids or "[]"))
         futures = {
             o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.settings.verify_timeout)
             for o in asked
@@ -374,14 +390,19 @@ class Pipeline:
             except Exception as exc:
                 self._verifier_failed(row, o, exc)
         checked = self._check_verify_signatures(row, operator_set, replies)
-        for o in asked:
-            if (answer := replies.get(o.operator_id)) is None:
-                continue
-            self._operator_outcome(o, "verify", answer.verdict.name.lower())
-            verdicts[o.operator_id] = answer.verdict
-            if answer.verdict == Verdict.REJECT:
-                reject_signatures[o.operator_id] = answer.signature
-        self._record_attestations(checked)  # one transaction for the round
+        for operator_id, signed in checked:
+            self._operator_outcome(operator_set.get(operator_id), "verify", signed.attestation.verdict.name.lower())
+        return checked
+
+    def _decide(
+        self,
+        row: RequestRow,
+        operator_set: OperatorSet,
+        verdicts: dict[bytes, Verdict],
+        reject_signatures: dict[bytes, G1Point],
+        unanswered: Sequence[bytes],
+    ) -> None:
+        """Rejected, accepted, another round, or failed, from the verdicts counted so far."""
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
@@ -392,11 +413,8 @@ class Pipeline:
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(row.threshold_bps):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
-        elif unanswered := [o.operator_id for o in asked if o.operator_id not in verdicts]:
-            if self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
-                self._verify_again(row, len(unanswered))
-            else:
-                self._fail_verification(row, tally)
+        elif unanswered and self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
+            self._verify_again(row, len(unanswered))
         else:
             self._fail_verification(row, tally)
 
@@ -466,11 +484,13 @@ class Pipeline:
         self._operator_outcome(operator, "verify", "error")
         logger.info("verifier failed", extra={"request": _hex(row.request_hash), "error": str(error)})
 
-    def _record_attestations(self, checked: Sequence[tuple[bytes, SignedAttestation]]) -> None:
-        """Keeps checked attestations as equivocation evidence (and proves any equivocation found)."""
+    def _record_attestations(self, checked: Sequence[tuple[bytes, SignedAttestation]]) -> int:
+        """Keeps checked attestations as equivocation evidence (and proves any equivocation found).
+        Returns how many new equivocations it found."""
         equivocations = self.evidence.record_all(checked)
         if equivocations and self.metrics is not None:
             self.metrics.equivocations.inc(equivocations)
+        return equivocations
 
     def _reject(self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point]) -> None:
         assert row.output_hash is not None and row.primary_id is not None and row.reference_block is not None

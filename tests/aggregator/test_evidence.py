@@ -8,14 +8,22 @@ from sqlalchemy import event, func, select
 
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import SignedAttestation
-from avs.messages import Attestation, Verdict, compute_request_hash
+from avs.messages import Attestation, InferenceOutput, Verdict, compute_output_hash, compute_request_hash
 from avs.types import OperatorId
 from avs_aggregator import protocol
 from avs_aggregator.evidence import EvidenceBook, ProofState
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.store import AttestationRow, EquivocationRow, RequestState, Store
-from tests.aggregator.fakes import DOMAIN, FakeFaultManager, FakeNetwork, make_envelope
-from tests.aggregator.test_pipeline import SETTINGS
+from tests.aggregator.fakes import (
+    DOMAIN,
+    MODEL_ID,
+    FakeFaultManager,
+    FakeNetwork,
+    FakeOperator,
+    canonical_tokens,
+    make_envelope,
+)
+from tests.aggregator.test_pipeline import SETTINGS, find_envelope_with_primary
 
 REQUEST = b"\x01" * 32
 
@@ -111,6 +119,37 @@ def test_an_equivocation_lost_to_a_failure_is_found_when_the_attestation_comes_a
     store.close()
 
 
+def test_an_equivocators_verdicts_are_not_found(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever signed conflicting attestations for the request has no verdict on any of its outputs:
+    both verdicts on one output (even while its equivocation row could not be written), or ACCEPT
+    of two outputs. The honest operators' verdicts stay."""
+    network = FakeNetwork([{0: 10}, {0: 10}, {0: 10}])
+    store = Store(db)
+    evidence = book(store, None)
+    both, two_outputs, honest = (o.keys.operator_id for o in network.operators)
+    evidence.record_all(
+        [
+            (both, signed(network, 0, b"\xaa" * 32, Verdict.ACCEPT)),
+            (two_outputs, signed(network, 1, b"\xbb" * 32, Verdict.ACCEPT)),
+            (honest, signed(network, 2, b"\xaa" * 32, Verdict.REJECT)),
+            (honest, signed(network, 2, b"\xbb" * 32, Verdict.ACCEPT)),
+        ]
+    )
+    assert evidence.find_verdicts(REQUEST, b"\xaa" * 32) == {both: Verdict.ACCEPT, honest: Verdict.REJECT}
+    with monkeypatch.context() as patched:  # the REJECT is kept, the equivocation row is not written
+        patched.setattr(evidence, "_add_equivocation", lambda *_: (_ for _ in ()).throw(ConnectionError("db down")))
+        with pytest.raises(ConnectionError):
+            evidence.record(both, signed(network, 0, b"\xaa" * 32, Verdict.REJECT))
+    assert evidence.find_equivocators(REQUEST) == set()
+    assert evidence.find_verdicts(REQUEST, b"\xaa" * 32) == {honest: Verdict.REJECT}
+    assert evidence.find_verdicts(REQUEST, b"\xbb" * 32) == {two_outputs: Verdict.ACCEPT, honest: Verdict.ACCEPT}
+    assert evidence.record(two_outputs, signed(network, 1, b"\xaa" * 32, Verdict.ACCEPT))
+    assert evidence.find_equivocators(REQUEST) == {two_outputs}
+    assert evidence.find_verdicts(REQUEST, b"\xbb" * 32) == {honest: Verdict.ACCEPT}
+    assert evidence.find_verdicts(b"\x02" * 32, b"\xbb" * 32) == {}  # another request: its own book
+    store.close()
+
+
 def test_a_proof_not_sent_before_a_restart_is_sent_after_it(db: str) -> None:
     network = FakeNetwork([{0: 10}])
     store = Store(db)
@@ -192,3 +231,49 @@ def test_the_pipeline_proves_a_verifier_that_accepts_two_outputs(db: str) -> Non
     assert proof.state == ProofState.PROVEN
     pipeline.close()
     store.close()
+
+
+def test_a_known_equivocators_accept_cannot_carry_a_cheating_output(db: str) -> None:
+    """A 45% operator that has already ACCEPTed two outputs of the request (it signs ACCEPT of
+    anything) is neither asked nor counted: with it, a 25% cheating primary's output would reach
+    70% ACCEPT and be certified; without it, neither side has the stake and the request fails."""
+    network = FakeNetwork([{0: 25}, {0: 45}, {0: 30}])
+    cheater, equivocator = network.operators[0], network.operators[1]
+    cheater.behaviour, equivocator.behaviour = "cheat", "accept_all"
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS)
+    request_hash = pipeline.submit(find_envelope_with_primary(network, cheater.keys.operator_id))
+    for output in (b"\xaa" * 32, b"\xbb" * 32):  # an earlier attempt's outputs, say
+        record_accept(pipeline, equivocator, request_hash, output)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED, row
+    assert "accept 25/100" in (row.error or "")
+    assert ("verify", equivocator.keys.operator_id) not in network.calls
+    pipeline.close()
+
+
+def test_an_equivocators_reject_found_in_the_round_cannot_reject_an_honest_primary(db: str) -> None:
+    """A 55% operator that ACCEPTed the honest output before and REJECTs it now is caught in the
+    round's own records: its REJECT neither counts nor goes into a rejection proof, so the honest
+    primary is not slashed; the equivocation is proven."""
+    network = FakeNetwork([{0: 30}, {0: 55}, {0: 15}])
+    primary, equivocator = network.operators[0], network.operators[1]
+    equivocator.behaviour = "cheat"  # as a verifier: REJECTs every correct output
+    manager = FakeFaultManager(network)
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS, equivocation_reporter=manager)
+    envelope = find_envelope_with_primary(network, primary.keys.operator_id)
+    request_hash = pipeline.submit(envelope)
+    honest_output = compute_output_hash(InferenceOutput(request_hash, MODEL_ID, canonical_tokens(envelope.request)))
+    record_accept(pipeline, equivocator, request_hash, honest_output)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED and row.attempt == 0, row
+    assert pipeline.store.list_rejections(request_hash) == []
+    assert manager.equivocations == [(equivocator.keys.operator_id, request_hash)]
+    pipeline.close()
+
+
+def record_accept(pipeline: Pipeline, operator: FakeOperator, request_hash: bytes, output: bytes) -> None:
+    signature = operator.attest(request_hash, output, Verdict.ACCEPT)
+    attestation = Attestation(request_hash, output, Verdict.ACCEPT)
+    pipeline.evidence.record(operator.keys.operator_id, SignedAttestation(attestation, signature))

@@ -39,7 +39,9 @@ class ChatMessage:
 
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or self.role not in CHAT_ROLES:
-            raise InvalidInputError(f"chat role must be one of {sorted(CHAT_ROLES)}, got {self.role!r}")
+            shown = repr(self.role)  # shortened: an error echoed whole could outgrow gRPC's metadata limit
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise InvalidInputError(f"chat role must be one of {sorted(CHAT_ROLES)}, got {shown}")
         if not isinstance(self.content, str):
             raise InvalidInputError("chat message content must be a string")
         _require_utf8("chat message content", self.content)

@@ -57,10 +57,23 @@ def get_status_code(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# Status details travel in a header (percent-encoded: up to 9 bytes per character) and clients
+# refuse headers over 16 KiB, which they report as RESOURCE_EXHAUSTED, not the error's own code.
+MAX_DETAILS_CHARS = 1_000
+
+
+def shorten_details(message: str) -> str:
+    """``message`` cut to ``MAX_DETAILS_CHARS``, saying how long it was (an echoed input can be huge)."""
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    suffix = f"... ({len(message)} characters)"
+    return message[: MAX_DETAILS_CHARS - len(suffix)] + suffix
+
+
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
     code = get_status_code(error)
     if isinstance(error, AvsError):
-        context.abort(code, str(error))
+        context.abort(code, shorten_details(str(error)))
     logger.exception("unexpected error in %s", method)
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

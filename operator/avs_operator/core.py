@@ -187,16 +187,21 @@ class OperatorCore:
             verification = prepared.engine.verify(prepared.prompt_ids, list(output_ids), prepared.params)
         self._metrics.inference_seconds.labels("prefill").observe(self._clock() - started)
         verdict = Verdict.ACCEPT if verification.accepted else Verdict.REJECT
-        self._metrics.verdicts.labels(self.model_name(prepared.engine), verdict.name).inc()
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, output_ids)
         _check_deadline(deadline)
-        return VerifyResult(verification, self._attest(Attestation(prepared.request_hash, output_hash, verdict)))
+        signed = self._attest(Attestation(prepared.request_hash, output_hash, verdict))
+        self._metrics.verdicts.labels(self.model_name(prepared.engine), verdict.name).inc()  # signed, not refused
+        return VerifyResult(verification, signed)
 
     @contextmanager
     def _engine_turn(self, deadline: Deadline | None) -> Iterator[None]:
         """Hold the engine, waiting for it at most until ``deadline``, which is checked again once held."""
         _check_deadline(deadline)
         remaining = None if deadline is None else deadline.time_remaining()
+        # gRPC answers a call without a deadline with a huge time_remaining (~9e18 s), which
+        # Lock.acquire refuses (OverflowError): anything beyond its maximum is no deadline.
+        if remaining is not None and remaining >= threading.TIMEOUT_MAX:
+            remaining = None
         if not self._engine_lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0)):
             raise DeadlineExceededError(DEADLINE_PASSED)
         try:

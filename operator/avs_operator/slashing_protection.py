@@ -80,6 +80,11 @@ ONE_ACCEPT_PER_REQUEST = Index(
 )
 
 
+# The batch index column is a signed 64-bit integer (SQLite and PostgreSQL alike); the contract's
+# uint64 indices count up from 1, so the upper half is never reached by an honest aggregator.
+MAX_BATCH_INDEX = 2**63 - 1
+
+
 class BatchRecord(_Base):
     __tablename__ = "batch_signatures"
     __table_args__ = (UniqueConstraint("domain_separator", "batch_index"),)
@@ -223,6 +228,10 @@ class SlashingProtection:
                 )
 
     def _record_batch(self, session: Session, domain_separator: bytes, header: BatchHeader) -> None:
+        if header.batch_index > MAX_BATCH_INDEX:
+            raise InvalidInputError(
+                f"batch index {header.batch_index} is beyond what slashing protection records (2^63 - 1)"
+            )
         existing = session.scalar(
             select(BatchRecord).where(
                 BatchRecord.domain_separator == domain_separator, BatchRecord.batch_index == header.batch_index

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avs.crypto import bls
-from avs.errors import DeadlineExceededError
+from avs.errors import DeadlineExceededError, SlashingProtectionError
 from avs.inference.engine import FinishReason, StreamEvent, Verification
 from avs.inference.params import SamplingParams
 from avs.messages import (
@@ -171,4 +171,27 @@ def test_without_a_deadline_a_queued_call_waits_and_signs(tmp_path: Path) -> Non
     first.join()
     assert result.attestation.attestation.verdict.name == "ACCEPT"
     assert engine.calls == 2
+    protection.close()
+
+
+def test_a_call_with_an_endless_deadline_waits_like_one_without(tmp_path: Path) -> None:
+    """gRPC reports "no deadline" as ~9e18 s remaining, beyond what a lock wait takes."""
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    engine.release.set()
+    result = core.verify(prepared(engine, 7), [5], Deadline(9.2e18))
+    assert result.attestation.attestation.verdict.name == "ACCEPT"
+    protection.close()
+
+
+def test_a_verdict_refused_by_slashing_protection_is_not_counted_as_signed(tmp_path: Path) -> None:
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    engine.release.set()
+    request = prepared(engine, 8)
+    core.verify(request, [5], Deadline(30))
+    with pytest.raises(SlashingProtectionError):
+        core.verify(request, [6], Deadline(30))  # ACCEPT of a second output for the request
+    counted = core._metrics.verdicts.labels("0x" + engine.profile_hash.hex()[:8], "ACCEPT")._value.get()
+    assert counted == 1
     protection.close()

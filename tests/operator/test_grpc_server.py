@@ -27,6 +27,7 @@ from avs.messages import (
     compute_stop_sequences_hash,
 )
 from avs.rpc import convert
+from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.operator_client import OperatorClient
 from avs_operator.app import OperatorApp
 from avs_operator.config import OperatorSecrets, parse_config
@@ -200,7 +201,6 @@ def test_refusals_have_the_right_status_codes(running: Running) -> None:
     client = running.client
     good = envelope(running, "hello", nonce=30)
     unsigned = grpc.insecure_channel(f"127.0.0.1:{running.app.ports.grpc}")
-    from avs.rpc.operator.v1 import operator_pb2 as op
     from avs.rpc.operator.v1 import operator_pb2_grpc as op_grpc
 
     stub = op_grpc.OperatorServiceStub(unsigned)  # type: ignore[no-untyped-call]
@@ -228,6 +228,50 @@ def test_refusals_have_the_right_status_codes(running: Running) -> None:
     other_chain = OperatorClient(running.channel, Domain(1, TASK_MANAGER), running.key_pair.operator_id, AGGREGATOR.key)
     assert code_of(lambda: other_chain.generate(good)) == grpc.StatusCode.PERMISSION_DENIED
     unsigned.close()
+
+
+def test_calls_without_a_grpc_deadline_are_served(running: Running) -> None:
+    """gRPC gives a call without a deadline a huge time_remaining (~9e18 s): the engine's turn must
+    take it as no deadline, not fail with INTERNAL."""
+    client, stub = running.client, running.client._stub
+    generated = stub.Generate(client.sign("Generate", op.GenerateRequest(request=request_proto(running, 40))))
+    assert verdict_of(generated) == Verdict.ACCEPT
+    streamed = list(
+        stub.GenerateStream(client.sign("GenerateStream", op.GenerateRequest(request=request_proto(running, 41))))
+    )
+    assert list(streamed[-1].result.output_token_ids) == list(generated.output_token_ids)
+    verify = op.VerifyRequest(request=request_proto(running, 42), output_token_ids=list(generated.output_token_ids))
+    assert verdict_of(stub.Verify(client.sign("Verify", verify))) == Verdict.ACCEPT
+
+
+def test_a_huge_input_echoed_in_an_error_keeps_its_status_code(running: Running) -> None:
+    """A 200,000-character chat role is INVALID_ARGUMENT with short details: echoed whole, the details
+    would outgrow the client's 16 KiB header limit and arrive as RESOURCE_EXHAUSTED."""
+    message = request_proto(running, 43)
+    message.messages[0].role = "x" * 200_000
+    with pytest.raises(grpc.RpcError) as info:
+        running.client._stub.Generate(running.client.sign("Generate", op.GenerateRequest(request=message)), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert "chat role must be one of" in details and len(details) < 200
+
+
+def test_sign_batch_refuses_an_index_beyond_the_records_range(running: Running) -> None:
+    request = envelope(running, "a high batch index", nonce=44)
+    leaf = BatchLeaf(compute_digest(DOMAIN, request.request), running.client.generate(request).output_hash)
+    root = compute_merkle_tree([leaf]).root
+    top = BatchHeader(2**63 - 1, root, 100, b"\x00")
+    assert bls.verify(
+        running.key_pair.pubkey_g2,
+        compute_digest(DOMAIN, top),
+        convert.g1_from_proto(running.client.sign_batch(top, [leaf]).signature.signature),
+    )
+    beyond = BatchHeader(2**63, root, 100, b"\x00")
+    assert code_of(lambda: running.client.sign_batch(beyond, [leaf])) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def request_proto(node: Running, nonce: int) -> op.InferenceRequest:
+    return convert.request_to_proto(envelope(node, "no deadline", nonce))
 
 
 def test_node_api_and_metrics_over_http(running: Running) -> None:

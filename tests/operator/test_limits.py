@@ -11,10 +11,12 @@ import grpc
 import pytest
 import yaml
 from eth_utils import keccak
+from hypothesis import given
+from hypothesis import strategies as st
 
 from avs.errors import DeadlineExceededError, OverloadedError
 from avs.messages import Attestation, Verdict
-from avs.rpc.status import get_status_code
+from avs.rpc.status import MAX_DETAILS_CHARS, get_status_code, shorten_details
 from avs_operator.core import _check_deadline
 from avs_operator.server import ConcurrencyLimiter
 from avs_operator.slashing_protection import SlashingProtection
@@ -77,3 +79,13 @@ def test_slashing_protection_export_and_import_commands(tmp_path: Path) -> None:
         [*run, "import", "--config", str(config("new")), str(tmp_path / "bad.json")], capture_output=True, text=True
     )
     assert refused.returncode == 2 and "slashing-protection export" in refused.stderr
+
+
+@given(st.text(max_size=3_000))
+def test_status_details_are_cut_to_a_bounded_length_that_says_so(message: str) -> None:
+    shown = shorten_details(message)
+    assert len(shown) <= MAX_DETAILS_CHARS
+    if len(message) <= MAX_DETAILS_CHARS:
+        assert shown == message
+    else:
+        assert shown.endswith(f"... ({len(message)} characters)") and message.startswith(shown.split("... (")[0])

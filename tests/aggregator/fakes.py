@@ -289,6 +289,9 @@ class FakeFaultManager:
     def get_challenge(self, challenge_id: int) -> Challenge:
         return self.challenges.get(challenge_id, Challenge("0x" + "00" * 20, 0, b"", b"", 0, 0, ChallengeStatus.NONE))
 
+    def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
+        return self.leaves.get((batch_index, request_hash, output_hash), 0)
+
     # --- ChallengeChain -----------------------------------------------------------------
 
     def get_block_number(self) -> int:

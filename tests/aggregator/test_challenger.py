@@ -16,8 +16,8 @@ from avs.chain.client import ContractRevertError
 from avs.chain.faults import ChallengeStatus, SignedAttestation
 from avs.messages import Attestation, BatchHeader, Verdict
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
-from avs_aggregator.challenger.core import CertifiedBatch, Challenger, OpenedChallenge
-from avs_aggregator.challenger.resolution import CHALLENGE_GONE_DEPTH, Resolver
+from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH, CertifiedBatch, Challenger, OpenedChallenge
+from avs_aggregator.challenger.resolution import Resolver
 from avs_aggregator.challenger.store import (
     AttestationRow,
     ChallengerStore,
@@ -338,8 +338,8 @@ def _crash_after_the_challenge(tmp_path: Path, db: str) -> tuple[Pipeline, FakeN
 def test_a_crash_after_the_challenge_transaction_adopts_it_on_restart(tmp_path: Path, db: str) -> None:
     pipeline, network, manager = _crash_after_the_challenge(tmp_path, db)
     again, _, store = make_challenger(db, pipeline, network, manager)
-    [finding] = again.poll()  # the batch is scanned again: the chain names the existing challenge
-    assert finding.detail == "already challenged" and finding.challenge_id == 1
+    [finding] = again.poll()  # the send was marked: the chain's latestChallengeOfLeaf names it
+    assert finding.detail == "challenged (adopted from the chain)" and finding.challenge_id == 1
     assert len(manager.challenges) == 1 and manager.get_challenge(1).status == ChallengeStatus.UPHELD
     assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
     pipeline.close()
@@ -349,11 +349,11 @@ def test_a_crash_after_the_challenge_transaction_is_adopted_even_when_sampling_s
     tmp_path: Path, db: str
 ) -> None:
     """After the restart the batch is sampled afresh and this leaf not picked (sample rate 0 here):
-    the leaf was kept pending before the challenge was sent, so it is found and adopted anyway."""
+    the send was marked before the transaction, so the challenge is found and adopted anyway."""
     pipeline, network, manager = _crash_after_the_challenge(tmp_path, db)
     again, _, store = make_challenger(db, pipeline, network, manager, sample_rate=0.0)
     [finding] = again.poll()
-    assert finding.detail == "already challenged" and finding.challenge_id == 1
+    assert finding.detail == "challenged (adopted from the chain)" and finding.challenge_id == 1
     assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
     assert again.poll() == []  # and the leaf is no longer pending
     pipeline.close()
@@ -411,15 +411,16 @@ def test_a_challenge_still_in_the_mempool_is_adopted_and_resolved_once_mined(tmp
     manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
     challenger, _, store = make_challenger(db, pipeline, network, manager)
     assert challenger.poll() == []  # the receipt wait timed out: the leaf stays pending
-    [finding] = challenger.poll()  # sent again: the pending state names the challenge
-    assert finding.detail == "already challenged" and finding.challenge_id == 1
-    [row] = store.list_challenges()
-    assert row.state == ChallengeState.OPEN and row.opened_block == network.block  # not block 0
+    [finding] = challenger.poll()  # sent again: the pending state reverts LeafAlreadyChallenged
+    assert finding.detail == "already challenged" and finding.challenge_id is None  # its id is a guess
+    assert store.list_challenges() == [] and len(store.list_sent_challenges()) == 1
     manager.mine()
     network.block += 1
-    challenger.poll()
+    assert challenger.poll() == []  # the mined state names it: recorded and resolved (the leaf has its finding)
+    assert [c.challenge_id for c in store.list_challenges()] == [1] and store.list_sent_challenges() == []
     assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
     assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    assert len(manager.challenges) == 1
     pipeline.close()
 
 
@@ -501,3 +502,132 @@ def test_a_reject_the_escalation_quorum_overrules_costs_no_bond(tmp_path: Path) 
     [finding] = challenger.poll()
     assert finding.detail == "challenged" and len(manager.challenges) == 1
     colluded.close()
+
+
+def test_a_timed_out_challenge_is_resolved_once_mined_even_if_the_leafs_check_gives_up(tmp_path: Path, db: str) -> None:
+    """The receipt wait times out, then the leaf's retries cannot reach the aggregator until they run
+    out: the leaf ends unchecked, but the marked send is adopted from the chain once mined."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.check_attempts = 2
+    assert challenger.poll() == []  # timed out: one attempt, the leaf pending, the send marked
+    [pending] = store.list_pending_checks()
+    assert pending.attempts == 1  # counted once, not once for the send and once for its failure
+    feed = challenger.leaves
+    assert isinstance(feed, Feed)
+
+    def unreachable(request_hash: bytes) -> ag.Certificate:
+        raise ConnectionError("aggregator down")
+
+    feed.get_certificate = unreachable  # type: ignore[method-assign]
+    [given_up] = challenger.poll()
+    assert given_up.verdict is None and "unchecked after 2 attempts" in given_up.detail
+    assert store.list_pending_checks() == [] and len(store.list_sent_challenges()) == 1
+    manager.mine()
+    network.block += 1
+    assert challenger.poll() == []  # adopted (the leaf already has its finding), then resolved
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(1, ChallengeState.UPHELD)]
+    assert store.list_sent_challenges() == []
+    pipeline.close()
+
+
+def test_a_guessed_challenge_id_is_not_taken_for_ours(tmp_path: Path, db: str) -> None:
+    """Ours times out; resent, the pending state reverts LeafAlreadyChallenged(1), a guess; then
+    someone else's challenge of another leaf is mined as 1 and ours as 2. Ours is read from the
+    mined state (latestChallengeOfLeaf): 2 is resolved, 1 is left alone."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    [finding] = challenger.poll()
+    assert finding.detail == "already challenged" and finding.challenge_id is None
+    assert manager.in_mempool is not None
+    header = manager.in_mempool[0]
+    FakeFaultManager.challenge(manager, header, b"", (b"\x07" * 32, b"\x08" * 32), [])  # theirs: id 1
+    manager.mine()  # ours: id 2
+    network.block += 1
+    challenger.poll()
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(2, ChallengeState.UPHELD)]
+    assert manager.get_challenge(1).status == ChallengeStatus.OPEN
+    pipeline.close()
+
+
+def test_a_sent_challenge_the_chain_never_shows_is_forgotten_once_deep(tmp_path: Path, db: str) -> None:
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = MempoolFaultManager(network, escalation_quorums=b"\x01")  # never mined here
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    challenger.poll()
+    [sent] = store.list_sent_challenges()
+    network.block = sent.sent_block + CHALLENGE_GONE_DEPTH
+    challenger.poll()
+    assert len(store.list_sent_challenges()) == 1  # still possibly in the mempool
+    network.block += 1
+    challenger.poll()
+    assert store.list_sent_challenges() == [] and store.list_challenges() == []
+    pipeline.close()
+
+
+def test_a_challenge_someone_else_upheld_halfway_is_adopted_and_slashed_to_the_end(tmp_path: Path, db: str) -> None:
+    """Another challenger opened and resolved the challenge, then stopped with signers left to slash:
+    ours finds the leaf challenged, adopts the challenge as open and finishes the slashing."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.max_slashes_per_call = 1
+    manager.fail_continues = 10**6  # the other challenger's continueSlashing never gets through
+    theirs, their_resolver, their_store = make_challenger("sqlite://", pipeline, network, manager)
+    theirs.poll()
+    network.block += 1
+    theirs.poll()
+    assert manager.get_pending_slashing(1).is_pending
+    their_resolver.close()
+    their_store.close()
+    manager.fail_continues = 0
+    ours, _, store = make_challenger(db, pipeline, network, manager)
+    [finding] = ours.poll()
+    assert finding.detail == "already challenged" and finding.challenge_id == 1
+    assert len(manager.slashed[1]) == 3 and not manager.get_pending_slashing(1).is_pending
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+class LeavesDownFeed(Feed):
+    """The aggregator cannot give the batch's leaves while ``down`` (the chain's events still come)."""
+
+    down = True
+
+    def get_certified_batches(self, from_block: int, to_block: int) -> list[CertifiedBatch]:
+        down, self.down = self.down, False
+        try:
+            return super().get_certified_batches(from_block, to_block)
+        finally:
+            self.down = down
+
+    def get_batch_requests(self, batch_index: int) -> list[bytes]:
+        if self.down:
+            raise ConnectionError("aggregator down")
+        return super().get_batch_requests(batch_index)
+
+
+def test_a_crash_while_checking_a_deferred_batchs_leaves_keeps_them_pending(tmp_path: Path, db: str) -> None:
+    pipeline, network = certified_pipeline(tmp_path, 2)
+    feed, manager = LeavesDownFeed(pipeline, network), FakeFaultManager(network)
+    store = ChallengerStore(db)
+    challenger = Challenger(feed, feed, Checker(Verdict.ACCEPT), manager, store, sample_rate=1.0, start_block=0)
+    assert challenger.poll() == []  # the batch is deferred
+    feed.down = False
+
+    class Crashing(Checker):
+        def check(self, certificate: ag.Certificate) -> Verdict:
+            raise KeyboardInterrupt("killed while checking")
+
+    crashing = Challenger(feed, feed, Crashing(Verdict.ACCEPT), manager, store, sample_rate=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.poll()
+    leaves = feed.get_batch_requests(1)
+    assert {row.request_hash for row in store.list_pending_checks()} == set(leaves)
+    again = Challenger(feed, feed, Checker(Verdict.ACCEPT), manager, store, sample_rate=1.0)
+    assert sorted(f.request_hash for f in again.poll()) == sorted(leaves)
+    assert store.list_pending_checks() == []
+    pipeline.close()

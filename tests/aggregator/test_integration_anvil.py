@@ -392,19 +392,18 @@ def test_challenger_rechecks_through_an_operator_and_escalates_a_rejected_leaf(d
                 def check(self, certificate: ag.Certificate) -> Verdict:
                     return Verdict.REJECT
 
+            escalator = Web3Escalator(faults)
             escalating = Challenger(
-                feed,
-                source,
-                Rejects(),
-                Web3Escalator(faults),
-                ChallengerStore("sqlite://"),
-                sample_rate=1.0,
-                start_block=start,
+                feed, source, Rejects(), escalator, ChallengerStore("sqlite://"), sample_rate=1.0, start_block=start
             )
             [finding] = [f for f in escalating.poll() if f.request_hash == status.request_hash]
         assert finding.challenge_tx
         challenge = faults.get_challenge(faults.get_challenge_count())
         assert challenge.status == ChallengeStatus.OPEN and challenge.request_hash == status.request_hash
+        # the contract's latestChallengeOfLeaf, as a challenger whose receipt wait timed out reads it
+        leaf = (challenge.batch_index, status.request_hash, challenge.output_hash)
+        assert escalator.find_leaf_challenge(*leaf) == finding.challenge_id == faults.get_challenge_count()
+        assert escalator.find_leaf_challenge(challenge.batch_index, status.request_hash, b"\x00" * 32) == 0
     finally:
         app.stop(1)
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.logs import DISCARD
@@ -205,6 +207,11 @@ class Web3Escalator:
 
     def get_challenge(self, challenge_id: int) -> Challenge:
         return self.faults.get_challenge(challenge_id)
+
+    def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
+        """``latestChallengeOfLeaf[keccak256(abi.encode(batchIndex, requestHash, outputHash))]`` (0: none)."""
+        key = keccak(abi_encode(["uint64", "bytes32", "bytes32"], [batch_index, request_hash, output_hash]))
+        return int(self.faults.fault_manager.functions.latestChallengeOfLeaf(key).call())
 
     def get_block_number(self) -> int:
         return int(self.faults.avs.w3.eth.block_number)

@@ -16,10 +16,10 @@ exist, is retried at the next polls (``check_attempts`` in all), as is a leaf wh
 Everything it decides is in its ``ChallengerStore`` before it moves on: the next block to scan
 (advanced after each batch), one finding per leaf, the leaves to retry, each challenge it opened.
 Killed anywhere and restarted, it re-scans at most the batch it was in, skips leaves it already has
-findings for, retries the unfinished ones, never
-opens a second challenge of a leaf it has one for (and adopts the challenge the chain names when a
-crash came between the transaction and the database: ``LeafAlreadyChallenged``), and goes on
-resolving the open ones.
+findings for, retries the unfinished ones, never opens a second challenge of a leaf it has one for,
+and goes on resolving the open ones. Each challenge send is marked before its transaction, so a
+challenge mined after a receipt timeout or a crash is adopted from the chain's
+``latestChallengeOfLeaf`` (never from the guess in a revert estimated on the pending state).
 """
 
 from __future__ import annotations
@@ -43,10 +43,15 @@ from avs_aggregator.challenger.store import (
     ChallengeState,
     FindingRow,
     PendingCheckRow,
+    SentChallengeRow,
 )
 from avs_aggregator.ports import OperatorInfo, OperatorSet
 
 logger = logging.getLogger(__name__)
+# A challenge the chain does not show is given up only this many blocks after it was opened or sent
+# (before that, a lagging RPC node, a transaction still in the mempool, or a reorg that will
+# include it again).
+CHALLENGE_GONE_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +186,10 @@ class Escalator(Protocol):
 
     def get_challenge(self, challenge_id: int) -> Challenge: ...
 
+    def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
+        """The latest challenge of the leaf in the mined state (``latestChallengeOfLeaf``); 0 if none."""
+        ...
+
 
 class ChallengeAdvancer(Protocol):
     """What moves open challenges on (``resolution.Resolver``)."""
@@ -249,7 +258,7 @@ class Challenger:
         """Retry the unfinished checks, process the batches certified since the last poll, then move
         the open challenges on (also when the scan failed); returns the new findings."""
         try:
-            return self.retry_pending() + self.scan()
+            return self.adopt_sent_challenges() + self.retry_pending() + self.scan()
         finally:
             if self.resolver is not None:
                 self.resolver.advance_all()
@@ -285,8 +294,10 @@ class Challenger:
         except Exception as exc:  # another aggregator's batch, or the aggregator is down
             logger.warning("cannot fetch the batch's leaves", extra={"batch_index": index, "error": str(exc)})
             return self._defer(batch, b"", b"", f"leaves unavailable: {exc}")
-        self.store.remove_pending_check(index, b"")
         sampled = [h for h in request_hashes if self.rng.random() < self.sample_rate]
+        # The sampled leaves replace the batch's pending row in one write: a crash while checking
+        # them finds them pending at the next start, not a batch that is neither pending nor checked.
+        self.store.add_pending_checks([self._pending_row(batch, h, b"", "sampled") for h in sampled], index)
         found: list[Finding] = []
         for request_hash in sampled:
             found += self.check_leaf(batch, request_hash)
@@ -324,19 +335,21 @@ class Challenger:
 
     def _keep_pending(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> int:
         """Store the leaf (or batch) as still to check; returns how often it has been."""
+        return self.store.process_pending_check(self._pending_row(batch, request_hash, output_hash, problem))
+
+    @staticmethod
+    def _pending_row(batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> PendingCheckRow:
         header = batch.header
-        return self.store.process_pending_check(
-            PendingCheckRow(
-                batch_index=header.batch_index,
-                request_hash=request_hash,
-                output_hash=output_hash,
-                leaves_root=header.leaves_root,
-                reference_block=header.reference_block,
-                quorum_numbers=header.quorum_numbers,
-                signatory_record_hash=batch.signatory_record_hash,
-                block=batch.block,
-                error=problem[:2000],
-            )
+        return PendingCheckRow(
+            batch_index=header.batch_index,
+            request_hash=request_hash,
+            output_hash=output_hash,
+            leaves_root=header.leaves_root,
+            reference_block=header.reference_block,
+            quorum_numbers=header.quorum_numbers,
+            signatory_record_hash=batch.signatory_record_hash,
+            block=batch.block,
+            error=problem[:2000],
         )
 
     def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding:
@@ -366,47 +379,100 @@ class Challenger:
                 logger.warning("a REJECT the escalation quorum overrules; not challenged", extra={"shares": shares})
                 detail = f"minority REJECT overruled ({shares})"
                 return Finding(index, request_hash, output_hash, Verdict.ACCEPT, detail)
+        return self._send_challenge(batch, certificate, verdict)
+
+    def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate, verdict: Verdict) -> Finding:
+        """``FaultManager.challenge`` for the certified leaf. The send is marked first: a challenge
+        whose receipt wait times out (or whose challenger is killed after the transaction) is
+        adopted once mined (``adopt_sent_challenges``), whatever becomes of the leaf's check. An
+        error other than a revert leaves the leaf to be checked (and sent) again."""
+        assert self.escalator is not None
+        index = batch.header.batch_index
+        request_hash, output_hash = bytes(certificate.request_hash), bytes(certificate.output_hash)
+        sent = SentChallengeRow(
+            batch_index=index,
+            request_hash=request_hash,
+            output_hash=output_hash,
+            certificate=certificate.SerializeToString(deterministic=True),
+            sent_block=self.feed.get_block_number(),
+        )
+        self.store.mark_challenge_sent(sent)
         proof = [bytes(p) for p in certificate.merkle_proof]
-        # The leaf stays pending until its challenge is recorded: a crash after the transaction
-        # finds it again at the next start (sampling would usually pick other leaves) and adopts
-        # the challenge through LeafAlreadyChallenged instead of leaving it unresolved.
-        self._keep_pending(batch, request_hash, output_hash, "challenge sent, not yet recorded")
         try:
             opened = self.escalator.challenge(
                 batch.header, batch.signatory_record_hash, (request_hash, output_hash), proof
             )
         except ContractRevertError as exc:
-            if exc.name == "LeafAlreadyChallenged":  # ours, sent before a crash, or someone else's
-                challenge_id = int(exc.args_[0])
-                self._adopt(challenge_id, certificate, None)
+            if exc.name == "LeafAlreadyChallenged":
+                # Someone's mined challenge, or ours still in the mempool: the id in a revert estimated
+                # on the pending state is only a guess, so the challenge is read from the mined state
+                # (now, or at a later poll while the mark stays).
+                challenge_id = self._adopt_sent(sent)
                 return Finding(index, request_hash, output_hash, verdict, "already challenged", None, challenge_id)
+            self.store.unmark_challenge_sent(index, request_hash, output_hash)
             logger.warning("challenge refused", extra={"batch_index": index, "error": str(exc)})
             return Finding(index, request_hash, output_hash, verdict, f"challenge refused: {exc}")
         self._adopt(opened.challenge_id, certificate, opened)
+        self.store.unmark_challenge_sent(index, request_hash, output_hash)
         logger.warning(
             "leaf escalated",
             extra={"batch_index": index, "request": "0x" + request_hash.hex(), "challenge_id": opened.challenge_id},
         )
         return Finding(index, request_hash, output_hash, verdict, "challenged", opened.tx_hash, opened.challenge_id)
 
-    def _adopt(self, challenge_id: int, certificate: ag.Certificate, opened: OpenedChallenge | None) -> None:
-        """Record challenge ``challenge_id`` of ``certificate``'s leaf (read from the chain when
-        ``opened`` is None) so that it is resolved."""
+    def adopt_sent_challenges(self) -> list[Finding]:
+        """Record the challenges sent but not recorded that the chain now shows (a finding for a leaf
+        that has none yet), and forget a send the chain still does not show ``CHALLENGE_GONE_DEPTH``
+        blocks later (never mined: the leaf's own retries send it again while it is pending)."""
+        found: list[Finding] = []
+        for sent in self.store.list_sent_challenges():
+            try:
+                challenge_id = self._adopt_sent(sent)
+            except Exception as exc:  # the chain is unreachable: next poll
+                logger.warning(
+                    "sent challenge not looked up", extra={"batch_index": sent.batch_index, "error": str(exc)}
+                )
+                continue
+            if challenge_id is not None and not self.store.has_finding(sent.batch_index, sent.request_hash):
+                detail = "challenged (adopted from the chain)"
+                finding = Finding(
+                    sent.batch_index, sent.request_hash, sent.output_hash, Verdict.REJECT, detail, None, challenge_id
+                )
+                found.append(self._record(finding))
+                self.store.remove_pending_check(sent.batch_index, sent.request_hash)
+        return found
+
+    def _adopt_sent(self, sent: SentChallengeRow) -> int | None:
+        """The leaf's challenge from the mined state, recorded and its mark removed; None while the
+        chain shows none opened since the send (the mark is dropped once that is deep)."""
         assert self.escalator is not None
-        if opened is not None:
-            opened_block, state = opened.opened_block, ChallengeState.OPEN
-        else:
+        challenge_id = self.escalator.find_leaf_challenge(sent.batch_index, sent.request_hash, sent.output_hash)
+        head = self.feed.get_block_number()
+        if challenge_id:
             on_chain = self.escalator.get_challenge(challenge_id)
-            opened_block, state = on_chain.opened_block, STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
-            if on_chain.status == ChallengeStatus.NONE:
-                # Named by the pending state but not mined yet (our challenge sent before a receipt
-                # timeout, say): the resolver gives a challenge up only CHALLENGE_GONE_DEPTH blocks
-                # after it was opened, so count from now rather than from block 0.
-                opened_block = self.feed.get_block_number()
+            # latestChallengeOfLeaf may still name an earlier challenge that expired (the leaf can be
+            # challenged again); ours, once mined, opens after the block the send was marked at.
+            if on_chain.status != ChallengeStatus.EXPIRED or on_chain.opened_block >= sent.sent_block:
+                self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), None)
+                self.store.unmark_challenge_sent(sent.batch_index, sent.request_hash, sent.output_hash)
+                return challenge_id
+        if head > sent.sent_block + CHALLENGE_GONE_DEPTH:
+            logger.warning("a sent challenge never reached the chain", extra={"batch_index": sent.batch_index})
+            self.store.unmark_challenge_sent(sent.batch_index, sent.request_hash, sent.output_hash)
+        return None
+
+    def _adopt(self, challenge_id: int, certificate: ag.Certificate, opened: OpenedChallenge | None) -> None:
+        """Record challenge ``challenge_id`` of ``certificate``'s leaf (its block read from the chain
+        when ``opened`` is None) as OPEN: the resolver records how it ended, finishing the slashing
+        of one that someone else upheld halfway."""
+        assert self.escalator is not None
+        opened_block = (
+            opened.opened_block if opened is not None else self.escalator.get_challenge(challenge_id).opened_block
+        )
         self.store.add_challenge(
             ChallengeRow(
                 challenge_id=challenge_id,
-                state=state,
+                state=ChallengeState.OPEN,
                 batch_index=certificate.batch_header.batch_index,
                 request_hash=bytes(certificate.request_hash),
                 output_hash=bytes(certificate.output_hash),

@@ -42,15 +42,12 @@ from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.types import OperatorId
 from avs_aggregator import protocol
-from avs_aggregator.challenger.core import STATE_OF_STATUS
+from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH, STATE_OF_STATUS
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader, VerifyReply
 
 logger = logging.getLogger(__name__)
-# A challenge the chain does not know is given up only this many blocks after it was opened (before
-# that, a lagging RPC node or a reorg that will include it again).
-CHALLENGE_GONE_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,25 @@ class ChallengeRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class SentChallengeRow(Base):
+    """A challenge transaction sent for a leaf whose challenge is not recorded yet. Written before the
+    transaction and removed once the challenge is recorded (or the chain shows none long after), so
+    that a challenge mined after a receipt timeout, or after a crash, is still adopted and resolved
+    whatever becomes of the leaf's check."""
+
+    __tablename__ = "challenger_sent_challenges"
+    __table_args__ = (UniqueConstraint("batch_index", "request_hash", "output_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_index: Mapped[int] = mapped_column(BigInteger)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # avs.aggregator.v1.Certificate, serialised
+    sent_block: Mapped[int] = mapped_column(BigInteger)  # the head when it was (last) sent
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class AttestationRow(AttestationMixin, Base):
     __tablename__ = "challenger_attestations"
 
@@ -178,6 +197,26 @@ class ChallengerStore(Database):
             existing.updated_at = now
             return existing.attempts
 
+    def add_pending_checks(self, rows: Sequence[PendingCheckRow], replacing_batch: int | None = None) -> None:
+        """Insert the leaves not pending yet (no attempt counted), in one transaction that also removes
+        the pending row of batch ``replacing_batch`` (its leaves are these): a crash in between loses
+        neither."""
+        with self.session() as s:
+            now = self.clock()
+            for row in rows:
+                query = select(PendingCheckRow.id).where(
+                    PendingCheckRow.batch_index == row.batch_index, PendingCheckRow.request_hash == row.request_hash
+                )
+                if s.scalar(query.limit(1)) is None:
+                    row.attempts, row.created_at, row.updated_at = 0, now, now
+                    s.add(row)
+            if replacing_batch is not None:
+                s.execute(
+                    delete(PendingCheckRow).where(
+                        PendingCheckRow.batch_index == replacing_batch, PendingCheckRow.request_hash == b""
+                    )
+                )
+
     def list_pending_checks(self) -> list[PendingCheckRow]:
         with self.session() as s:
             return list(s.scalars(select(PendingCheckRow).order_by(PendingCheckRow.id)))
@@ -238,3 +277,35 @@ class ChallengerStore(Database):
             if states is not None:
                 query = query.where(ChallengeRow.state.in_([str(x) for x in states]))
             return list(s.scalars(query))
+
+    # --- challenges sent, not recorded yet -------------------------------------------------
+
+    def mark_challenge_sent(self, row: SentChallengeRow) -> None:
+        """Insert ``row``, or move an existing mark of the leaf to ``row.sent_block`` (sent again)."""
+        with self.session() as s:
+            query = select(SentChallengeRow).where(
+                SentChallengeRow.batch_index == row.batch_index,
+                SentChallengeRow.request_hash == row.request_hash,
+                SentChallengeRow.output_hash == row.output_hash,
+            )
+            existing = s.scalars(query.limit(1)).first()
+            now = self.clock()
+            if existing is None:
+                row.created_at = row.updated_at = now
+                s.add(row)
+            else:
+                existing.sent_block, existing.updated_at = row.sent_block, now
+
+    def list_sent_challenges(self) -> list[SentChallengeRow]:
+        with self.session() as s:
+            return list(s.scalars(select(SentChallengeRow).order_by(SentChallengeRow.id)))
+
+    def unmark_challenge_sent(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> None:
+        with self.session() as s:
+            s.execute(
+                delete(SentChallengeRow).where(
+                    SentChallengeRow.batch_index == batch_index,
+                    SentChallengeRow.request_hash == request_hash,
+                    SentChallengeRow.output_hash == output_hash,
+                )
+            )

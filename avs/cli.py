@@ -236,12 +236,13 @@ def cmd_request(args: argparse.Namespace) -> int:
     import grpc
 
     from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate
+    from avs.messages import is_same_address
 
     secret = load_requester_key(args)
     requester = Account.from_key(secret).address if secret is not None else args.requester
     if not requester:
         raise InvalidInputError("name the requester: --requester 0xADDRESS, or its key with --requester-key")
-    if args.requester and requester.lower() != args.requester.lower():
+    if args.requester and not is_same_address(requester, args.requester):
         raise InvalidInputError(f"--requester {args.requester} is not the address of the requester key ({requester})")
     if args.insure is not None and secret is None:
         raise InvalidInputError("--insure needs the requester's key (--requester-key or --requester-key-env)")

@@ -63,6 +63,7 @@ from avs.messages import (
     compute_output_hash,
     compute_request_hash,
     compute_stop_sequences_hash,
+    is_same_address,
 )
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -435,7 +436,8 @@ def _check_claims(
     """What the certificate claims beyond its own consistency: for whom, and who did not sign."""
     problems = []
     if domain is not None and (
-        certificate.chain_id != domain.chain_id or certificate.task_manager.lower() != domain.verifying_contract.lower()
+        certificate.chain_id != domain.chain_id
+        or not is_same_address(certificate.task_manager, domain.verifying_contract)
     ):
         problems.append(
             f"the certificate is for chain {certificate.chain_id} / {certificate.task_manager}, "

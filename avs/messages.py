@@ -63,6 +63,11 @@ def _require_uint(name: str, value: int, bits: int) -> None:
         raise InvalidInputError(f"{name} must be an integer in [0, 2^{bits})")
 
 
+def is_same_address(a: str, b: str) -> bool:
+    """Whether two hex addresses name one account, whatever their case or ``0x`` prefix."""
+    return is_address(a) and is_address(b) and to_canonical_address(a) == to_canonical_address(b)
+
+
 def _require_address(name: str, value: str) -> None:
     if not isinstance(value, str) or not is_address(value):
         raise InvalidInputError(f"{name} must be a 20-byte hex address")

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 from eth_abi import encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,6 +23,7 @@ from avs.messages import (
     compute_output_hash,
     compute_request_hash,
     compute_stop_sequences_hash,
+    is_same_address,
     validate_quorum_numbers,
 )
 
@@ -177,3 +178,12 @@ def test_output_hash_binds_request_profile_and_every_token(
 def test_output_token_ids_are_validated(tokens: object) -> None:
     with pytest.raises(InvalidInputError):
         InferenceOutput(b"\x00" * 32, b"\x00" * 32, tokens)  # type: ignore[arg-type]
+
+
+@given(st.binary(min_size=20, max_size=20), st.binary(min_size=20, max_size=20))
+def test_an_address_is_the_same_however_it_is_spelled(raw: bytes, other: bytes) -> None:
+    checksummed = to_checksum_address(raw)
+    spellings = [checksummed, checksummed.lower(), checksummed[2:], "0X" + checksummed[2:].upper()]
+    assert all(is_same_address(a, b) for a in spellings for b in spellings)
+    assert is_same_address(checksummed, to_checksum_address(other)) == (raw == other)
+    assert not is_same_address(checksummed, checksummed[:-1])  # not an address at all

@@ -38,7 +38,7 @@ from avs.errors import (
 )
 from avs.inference.params import SamplingParams, compute_prompt_hash, parse_chat_messages
 from avs.merkle import compute_merkle_tree
-from avs.messages import compute_request_hash, compute_stop_sequences_hash
+from avs.messages import compute_request_hash, compute_stop_sequences_hash, is_same_address
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
@@ -268,7 +268,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
                 signer = Account._recover_hash(digest, signature=bytes(request.requester_signature))
             except Exception as exc:
                 raise AuthenticationError("the requester signature is malformed") from exc
-            if signer.lower() != envelope.request.requester.lower():
+            if not is_same_address(signer, envelope.request.requester):
                 raise AuthenticationError("the requester signature is not by the request's requester")
         if request.insured and self._pipeline.store.get_request(digest) is None:
             quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
@@ -334,7 +334,8 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             self._pipeline.wait_for_change(WATCH_POLL_SECONDS)
 
     def GetBatch(self, request: ag.GetBatchRequest, context: grpc.ServicerContext) -> ag.BatchInfo:
-        batch = self._pipeline.store.get_batch(request.batch_index)
+        # Beyond the store's signed 64-bit column no batch can exist (and the query would overflow).
+        batch = self._pipeline.store.get_batch(request.batch_index) if request.batch_index < 2**63 else None
         if batch is None:
             raise NotFoundError("no batch with this index")
         assert batch is not None

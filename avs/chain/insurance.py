@@ -29,7 +29,7 @@ from avs.chain.client import ContractRevertError, Web3AvsClient
 from avs.chain.deployment import Deployment
 from avs.chain.faults import Coverage, CoverageStatus, encode_inference_request
 from avs.errors import AvsError
-from avs.messages import InferenceRequest
+from avs.messages import InferenceRequest, is_same_address
 from avs.types import Address
 
 BPS = 10_000
@@ -114,7 +114,7 @@ def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes,
             f"the request's coverage ends at block {coverage.expires_at_block}, {left} blocks from now: too soon"
             f" to certify the request within it (at least {MIN_COVERAGE_BLOCKS_LEFT})"
         )
-    if coverage.beneficiary.lower() != requester.lower():
+    if not is_same_address(coverage.beneficiary, requester):
         return f"the request's coverage is held by {coverage.beneficiary}, not by its requester {requester}"
     if coverage.quorum_number not in quorums:
         wanted = list(quorums)
@@ -184,7 +184,7 @@ class InsuranceBuyer:
     def buy(self, request: InferenceRequest, quorum_number: int, amount: int) -> CoveragePurchase:
         """Approve the premium in the pool's asset (unless already approved), then ``buyCoverage``;
         raises ``InsuranceError`` with the reason when it cannot be bought."""
-        if request.requester.lower() != self.account.address.lower():
+        if not is_same_address(request.requester, self.account.address):
             raise InsuranceError(
                 f"the requester key is {self.account.address}, but the request's requester is {request.requester}"
             )

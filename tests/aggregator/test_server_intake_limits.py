@@ -4,16 +4,18 @@ before anything is stored, and WatchStatus streams cannot take every intake thre
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from eth_account import Account
 from eth_utils import keccak
 
-from avs.messages import compute_stop_sequences_hash
+from avs.messages import compute_request_hash, compute_stop_sequences_hash
+from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 from avs.rpc.operator.v1 import operator_pb2 as op
@@ -119,3 +121,27 @@ def test_watch_streams_are_capped_and_leave_threads_for_submit_and_status(intake
             time.sleep(0.1)
     else:
         pytest.fail("the cancelled streams never gave their slots back")
+
+
+@pytest.mark.parametrize("spelled", [str.lower, lambda a: a[2:], lambda a: "0X" + a[2:]])
+def test_a_requester_signature_holds_however_the_address_is_spelled(
+    intake: Intake, spelled: Callable[[str], str]
+) -> None:
+    """The request hash is the same for any spelling of the requester's address, so its signature is."""
+    account = Account.from_key(b"\x0c" * 32)
+    message = _request(nonce=7, requester=spelled(account.address))
+    digest = compute_request_hash(DOMAIN, convert.request_from_proto(message.request).request)
+    message.requester_signature = Account._sign_hash(digest, account.key).signature
+    assert bytes(intake.stub.Submit(message).request_hash) == digest
+    stranger = Account.from_key(b"\x0d" * 32)
+    message.requester_signature = Account._sign_hash(digest, stranger.key).signature
+    with pytest.raises(grpc.RpcError) as info:
+        intake.stub.Submit(message)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("index", [2**63 - 1, 2**63, 2**64 - 1])
+def test_get_batch_of_any_uint64_index_is_not_found(intake: Intake, index: int) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        intake.stub.GetBatch(ag.GetBatchRequest(batch_index=index))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -411,8 +411,9 @@ contract FaultManager is IFaultManager, Ownable {
         uint256 slashedShares
     ) private {
         --openChallenges[c.requestHash];
-        (, uint256 reward) =
-            pool.recordFraud(c.requestHash, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedShares);
+        (, uint256 reward) = pool.recordFraud(
+            c.requestHash, h.batchIndex, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedShares
+        );
         emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
     }
 

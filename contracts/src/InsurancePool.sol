@@ -26,9 +26,11 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///      - solvency: the balance never falls below `totalClaimable` (payouts and rewards are capped by
 ///        the free balance, balance - totalClaimable, when fraud is recorded; the requester first,
 ///        then the challenger);
-///      - no profit from one's own fraud: the payouts of one fraudulent batch (at most the coverage
-///        outstanding against its quorums) plus the challenger's reward are at most what the fraud
-///        slashes, so colluding requester, signers and challenger cannot take other money of the pool;
+///      - no profit from one's own fraud: the payouts of one fraudulent batch plus the challengers'
+///        rewards are at most what its fraud slashed (`batchPayoutBudget`), so colluding requester,
+///        signers and challenger cannot take other money of the pool, even when the quorum's stake
+///        fell between the purchase and the batch (the cap then over-sold: payouts are cut to the
+///        budget, in the order the batch's frauds are recorded);
 ///      - coverage ends exactly once: Claimable -> Claimed, or Expired (premium kept) when its term
 ///        and the challenge window after it are over or its request is a leaf of a final batch,
 ///        never while a challenge on it is open;
@@ -61,6 +63,9 @@ contract InsurancePool is IInsurancePool, Ownable {
     /// @notice The block each request's coverage was bought in: only coverage bought before the block
     ///         that certified its batch pays (nobody insures an output already certified).
     mapping(bytes32 => uint32) public coverageBoughtAt;
+    /// @notice What each batch's recorded fraud slashed, less the challengers' rewards and the
+    ///         payouts already granted on it: the most its other insured requests can still be paid.
+    mapping(uint64 => uint256) public batchPayoutBudget;
 
     /// @param asset_ The stake token.
     /// @param registry_ The operator registry.
@@ -167,6 +172,7 @@ contract InsurancePool is IInsurancePool, Ownable {
     /// @inheritdoc IInsurancePool
     function recordFraud(
         bytes32 requestHash,
+        uint64 batchIndex,
         bytes calldata quorumNumbers,
         uint32 certifiedBlock,
         address challenger,
@@ -175,6 +181,8 @@ contract InsurancePool is IInsurancePool, Ownable {
         if (msg.sender != address(faultManager)) revert OnlyFaultManager();
         fraudProven[requestHash] = true;
         uint256 free = freeBalance();
+        reward = slashedShares * config.challengerRewardBps / 10_000;
+        uint256 budget = batchPayoutBudget[batchIndex] + slashedShares - reward;
         Coverage storage c = _coverage[requestHash];
         bool covered = c.status == CoverageStatus.Active
             && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber);
@@ -184,13 +192,15 @@ contract InsurancePool is IInsurancePool, Ownable {
             _expire(requestHash, c);
         } else if (covered) {
             payout = c.amount < free ? c.amount : free;
+            if (payout > budget) payout = budget;
+            budget -= payout;
             c.status = CoverageStatus.Claimable;
             c.payout = uint96(payout);
             outstandingCoverage[c.quorumNumber] -= c.amount;
             totalClaimable += payout;
             free -= payout;
         }
-        reward = slashedShares * config.challengerRewardBps / 10_000;
+        batchPayoutBudget[batchIndex] = budget;
         if (reward > free) reward = free;
         emit FraudRecorded(requestHash, challenger, payout, reward);
         if (reward != 0) asset.safeTransfer(challenger, reward);

@@ -8,6 +8,7 @@ import {IFaultManagerTypes, IFaultManagerErrors} from "../src/interfaces/IFaultM
 import {IInferenceTaskManager} from "../src/interfaces/IInferenceTaskManager.sol";
 import {InsurancePool} from "../src/InsurancePool.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+import {IOperatorRegistry} from "../src/interfaces/IOperatorRegistry.sol";
 import {TestToken} from "../src/tokens/TestToken.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 
@@ -236,7 +237,7 @@ contract RecordFraudTest is PoolFixture {
 
     function test_recordFraud_RevertWhen_NotFaultManager() public {
         vm.expectRevert(IInsurancePoolErrors.OnlyFaultManager.selector);
-        pool.recordFraud(requestHash, hex"00", 0, CHALLENGER, 1 ether);
+        pool.recordFraud(requestHash, 5, hex"00", 0, CHALLENGER, 1 ether);
     }
 
     function test_recordFraud_CoverageClaimable() public {
@@ -480,6 +481,81 @@ contract CoverageCapTest is PoolFixture {
         _challengeAndUphold(nonSigners);
         vm.assertEq(pool.claim(requestHash), amount, "the coverage is paid in full");
         vm.assertGe(token.balanceOf(address(pool)), poolBefore, "payout + reward <= slashed");
+    }
+}
+
+/// @dev The cap is checked at purchase, against the stake of then. Colluders then lower the quorum's
+///      stake (operators 5 and 6, never signers, leave: 310 -> 200 ether) and certify the fraud with
+///      operators 7 and 8 (150 of the 200). The fraud slashes 75 ether, less than the 93 sold: the
+///      payout is cut to the batch's budget (the slash less the challenger's reward), so the pool's
+///      other money stays.
+contract StakeFellAfterPurchaseTest is PoolFixture {
+    AvsMessages.BatchHeader internal h;
+    bytes32 internal fraudRecord;
+    bytes32[] internal fraudProof;
+    uint256[] internal nonSigners;
+    uint256[] internal signers;
+
+    function test_recordFraud_PaysNoMoreThanTheBatchSlashed() public {
+        token.mint(address(pool), 100 ether); // third-party money already in the pool
+        uint256 amount = pool.availableCoverage(0);
+        _buy(uint96(amount));
+        uint256 poolBefore = token.balanceOf(address(pool));
+        _leaveQuorum0(5);
+        _leaveQuorum0(6);
+        vm.roll(block.number + 1);
+        _certifyBySevenAndEight();
+        vm.roll(block.number + 1);
+        uint256 allocatedBefore = _allocated(7, 0) + _allocated(8, 0);
+        vm.prank(CHALLENGER);
+        uint256 id = faults.challenge(h, fraudRecord, requestHash, "bad", fraudProof);
+        vm.roll(block.number + 1);
+        faults.resolveChallenge(
+            id, AvsMessages.Verdict.Reject, uint32(block.number - 1), _escalationCertificate(), _fraudSigners()
+        );
+        uint256 slashed = allocatedBefore - (_allocated(7, 0) + _allocated(8, 0));
+        vm.assertEq(slashed, 75 ether, "half of 7's and 8's 150");
+        uint256 paid = pool.claim(requestHash);
+        vm.assertEq(paid, slashed - slashed / 10, "the slash less the challenger's 10%");
+        vm.assertTrue(paid < amount, "less than the coverage sold");
+        vm.assertEq(pool.batchPayoutBudget(5), 0, "the batch's budget is spent");
+        vm.assertGe(token.balanceOf(address(pool)), poolBefore, "payout + reward <= slashed");
+    }
+
+    function _certifyBySevenAndEight() internal {
+        signers.push(7);
+        signers.push(8);
+        nonSigners = _sortById(_range(1, 4));
+        bytes32 root;
+        (root, fraudProof) = _twoLeafRoot(requestHash, "bad");
+        h = _header(5, root, hex"00");
+        taskManager.certifyBatch(h, _params(taskManager.batchDigest(h), h, signers, nonSigners));
+        fraudRecord = keccak256(abi.encodePacked(h.referenceBlock, _ids(nonSigners)));
+    }
+
+    function _escalationCertificate() internal view returns (IBLSSignatureChecker.NonSignerStakesAndSignature memory) {
+        uint256[] memory escalation = new uint256[](10); // 1..4 sign in quorums 0 and 1, and 7, 8
+        for (uint256 i; i < 4; ++i) {
+            escalation[2 * i] = i + 1;
+            escalation[2 * i + 1] = i + 1;
+        }
+        escalation[8] = 7;
+        escalation[9] = 8;
+        AvsMessages.BatchHeader memory quorums = _header(0, bytes32(0), hex"0001");
+        return _params(_verdictDigest(requestHash, "bad", AvsMessages.Verdict.Reject), quorums, escalation, _none());
+    }
+
+    function _fraudSigners() internal view returns (IFaultManagerTypes.BatchSigners memory s) {
+        s.header = h;
+        s.nonSignerIds = _ids(nonSigners);
+        s.signerIds = _ids(_sortById(signers));
+        s.nonSignerBitmapIndices =
+        registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.nonSignerIds)
+        .nonSignerQuorumBitmapIndices;
+        IOperatorRegistry.CheckSignaturesIndices memory indices =
+            registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.signerIds);
+        s.signerBitmapIndices = indices.nonSignerQuorumBitmapIndices;
+        s.quorumApkIndices = indices.quorumApkIndices;
     }
 }
 

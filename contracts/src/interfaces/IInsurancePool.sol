@@ -136,15 +136,17 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
         bytes32[] calldata proof
     ) external;
 
-    /// @notice Records fraud proven on `requestHash` in a batch of `quorumNumbers` certified in block
-    ///         `certifiedBlock` (fault manager only): coverage against one of those quorums, bought
-    ///         before that block and with `certifiedBlock` <= its `expiresAtBlock`, becomes claimable
-    ///         (up to the free balance); coverage bought once the wrong output was certified for all
-    ///         to see, or whose term ended before the certification, expires unpaid (premium kept).
-    ///         Then the challenger is paid `challengerRewardBps` of `slashedShares` (up to the free
-    ///         balance).
+    /// @notice Records fraud proven on `requestHash` in batch `batchIndex` of `quorumNumbers`
+    ///         certified in block `certifiedBlock`, whose resolution slashed `slashedShares` (fault
+    ///         manager only): coverage against one of those quorums, bought before that block and with
+    ///         `certifiedBlock` <= its `expiresAtBlock`, becomes claimable (up to the free balance and
+    ///         to what the batch's frauds slashed and have not paid out yet, `batchPayoutBudget`);
+    ///         coverage bought once the wrong output was certified for all to see, or whose term ended
+    ///         before the certification, expires unpaid (premium kept). Then the challenger is paid
+    ///         `challengerRewardBps` of `slashedShares` (up to the free balance).
     function recordFraud(
         bytes32 requestHash,
+        uint64 batchIndex,
         bytes calldata quorumNumbers,
         uint32 certifiedBlock,
         address challenger,

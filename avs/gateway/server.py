@@ -19,8 +19,10 @@ from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 
-from avs.errors import AuthenticationError, InvalidInputError
+from avs.errors import AuthenticationError, AvsError, InvalidInputError
 from avs.gateway.errors import (
+    INVALID_REQUEST,
+    ApiError,
     MethodNotAllowedError,
     PayloadTooLargeError,
     RouteNotFoundError,
@@ -107,7 +109,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._handle(self._raise_not_allowed)
 
-    do_PUT = do_DELETE = do_PATCH = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
 
     def _raise_not_allowed(self) -> None:
         raise MethodNotAllowedError(f"{self.command} is not allowed on {self._path}")
@@ -131,6 +133,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
             ):
                 raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
             route()
+        except AvsError as exc:  # before TimeoutError: a certification deadline is one (504, not a stall)
+            self._send_error(exc)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client went away (a stream it stopped reading) or stalled
         except Exception as exc:
@@ -187,10 +191,16 @@ class GatewayHandler(BaseHTTPRequestHandler):
             raise PayloadTooLargeError(f"the body has {length} bytes; at most {self.server.max_body_bytes}")
         body = read_body(self, length)  # within the server's body_timeout in all
         self._body_read = True
+        try:
+            # UTF-8 only (RFC 8259): json.loads(bytes) would also take UTF-16 or UTF-32, whose bytes
+            # the depth check below cannot read (a CJK character's 0x22 byte looks like a quote).
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"the body is not UTF-8 text (byte {exc.start})") from None
         if compute_json_depth(body) > MAX_JSON_DEPTH:
             raise InvalidInputError(f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels")
         try:
-            return json.loads(body)
+            return json.loads(text)
         except ValueError as exc:
             raise InvalidInputError(f"the body is not valid JSON: {exc}") from exc
 
@@ -216,7 +226,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer has the headers of the GET, no body
+            self.wfile.write(data)
 
     def _send_event(self, data: dict[str, object]) -> None:
         if not self._stream_started:
@@ -247,6 +258,20 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if error.status in NO_RETRY_STATUSES:
             headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
         self._send_json(error.status, error.to_json(), headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line, a header line over 64 KiB,
+        too many headers) as OpenAI's error JSON too; the connection is closed."""
+        self.close_connection = True
+        error = ApiError(code, message or explain or "bad request", INVALID_REQUEST)
+        data = json.dumps(error.to_json()).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     # --- logs --------------------------------------------------------------------------
 

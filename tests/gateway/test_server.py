@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from avs.errors import DeadlineExceededError
 from avs.gateway import cli
 from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
@@ -437,3 +438,57 @@ def test_a_refused_request_with_a_slow_body_is_cut_off_too(intake: FakeIntake, m
         dribbler.close()
     finally:
         gateway.stop()
+
+
+def test_a_body_in_another_encoding_than_utf8_is_refused_before_parsing(server: GatewayServer) -> None:
+    """json.loads(bytes) also reads UTF-16, whose bytes the depth check cannot read: U+4E22's low byte
+    is a quote, so 100,000 levels once passed as depth 1 and segfaulted the process."""
+    hidden = ('["\u4e22",' + "[" * 100_000).encode("utf-16-le")  # happens to be valid UTF-8 (NUL bytes)
+    assert raw(server, "POST", "/v1/chat/completions", hidden)[0] == 400  # parsed as text: not JSON
+    utf16 = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode("utf-16")
+    status, body = raw(server, "POST", "/v1/chat/completions", utf16)
+    assert status == 400 and "not UTF-8" in body["error"]["message"]
+    assert raw(server, "GET", "/health")[0] == 200
+
+
+class UncertifiedIntake(FakeIntake):
+    def wait(self, request_hash: bytes, timeout: float, on_progress: Any) -> Any:
+        raise DeadlineExceededError(f"the request was not certified within {timeout} s")
+
+
+def test_a_certification_timeout_is_a_504_not_a_dropped_connection() -> None:
+    """DeadlineExceededError is a TimeoutError, once taken for a stalled client: the connection was
+    dropped with no answer and the openai SDK submitted the request twice more."""
+    intake = UncertifiedIntake()
+    gateway = start(intake, request_timeout_seconds=0.5)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="unused")  # 2 retries
+        with pytest.raises(openai.InternalServerError) as timed_out:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert timed_out.value.status_code == 504 and timed_out.value.response.headers["x-should-retry"] == "false"
+        assert len(intake.submitted) == 1
+        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True)
+        with pytest.raises(openai.APIError, match="not certified within"):
+            list(stream)
+    finally:
+        gateway.stop()
+
+
+def test_refusals_of_the_http_layer_itself_are_json_too(server: GatewayServer) -> None:
+    for method in ("HEAD", "OPTIONS"):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request(method, "/v1/models")
+        response = connection.getresponse()
+        assert response.status == 405 and response.getheader("Content-Type") == "application/json"
+        body = response.read()
+        assert body == b"" if method == "HEAD" else json.loads(body)["error"]["type"] == "invalid_request_error"
+        connection.close()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and b"application/json" in head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert raw(server, "GET", "/health")[0] == 200

@@ -144,6 +144,10 @@ class InferenceEngine:
         self.pad_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         )
+        # Text of the tokenizer's special tokens: user text holding one would tokenize to the control
+        # token itself (a forged end of turn or system turn), so chat messages may not contain it.
+        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        self._control_texts = sorted(t for t in special | set(tokenizer.all_special_tokens) if t)
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -152,6 +156,8 @@ class InferenceEngine:
         parsed: tuple[ChatMessage, ...] = parse_chat_messages(messages)
         if not self.tokenizer.chat_template:
             raise InvalidInputError("this model has no chat template")
+        if any(token in m.content for m in parsed for token in self._control_texts):
+            raise InvalidInputError("a chat message contains a special token of the model's tokenizer")
         from jinja2.exceptions import TemplateError
 
         chat = [{"role": m.role, "content": m.content} for m in parsed]
@@ -206,11 +212,16 @@ class InferenceEngine:
             return FinishReason.LENGTH
         return None
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids`` (special tokens left out), as every operator of the profile has it.
+
+        The backend's decode depends only on tokenizer.json, which the tokenizer hash covers whole;
+        transformers' decode also reads tokenizer_config.json flags (clean_up_tokenization_spaces)
+        that the profile does not commit to, so two operators could disagree on a stop or a text."""
+        return str(self.tokenizer.backend_tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
     def _has_stop(self, output: Sequence[int], params: SamplingParams) -> bool:
-        # The backend's decode depends only on tokenizer.json, which the tokenizer hash covers whole;
-        # transformers' decode also reads tokenizer_config.json flags (clean_up_tokenization_spaces)
-        # that the profile does not commit to, so two operators could disagree on a stop.
-        text = self.tokenizer.backend_tokenizer.decode(list(output), skip_special_tokens=True)
+        text = self.decode(output)
         return any(stop in text for stop in params.stop_sequences)
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[StreamEvent]:

@@ -97,7 +97,11 @@ def compute_tokenizer_hash(
     return Bytes32(keccak(json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()))
 
 
-def compute_chat_template_hash(chat_template: str | None) -> Bytes32:
+def compute_chat_template_hash(chat_template: str | dict[str, str] | None) -> Bytes32:
+    """keccak256 of the template; of canonical JSON of all of them when the model names several
+    (transformers loads ``additional_chat_templates/`` beside the default as a dict)."""
+    if isinstance(chat_template, dict):
+        return Bytes32(keccak(json.dumps(chat_template, sort_keys=True, separators=(",", ":")).encode()))
     return Bytes32(keccak(text=chat_template or ""))
 
 

@@ -161,8 +161,8 @@ class OperatorCore:
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, tokens)
         _check_deadline(deadline)
         signed = self._attest(Attestation(prepared.request_hash, output_hash, Verdict.ACCEPT))
-        text = prepared.engine.tokenizer.decode(tokens, skip_special_tokens=True)
-        yield GenerateResult(tuple(tokens), str(text), output_hash, prepared.engine.profile_hash, finish, signed)
+        text = prepared.engine.decode(tokens)
+        yield GenerateResult(tuple(tokens), text, output_hash, prepared.engine.profile_hash, finish, signed)
 
     def generate(self, prepared: PreparedRequest, deadline: Deadline | None = None) -> GenerateResult:
         for item in self.stream(prepared, deadline):

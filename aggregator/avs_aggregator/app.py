@@ -111,9 +111,12 @@ class LeaderOnlySender(TransactionSender):
         self._may_send = may_send
 
     def send(self, fn: ContractFunction) -> SentTransaction:
+        self._check_may_broadcast()  # before waiting for the lock too
+        return super().send(fn)
+
+    def _check_may_broadcast(self) -> None:
         if not self._may_send():
             raise NotLeaderError("this aggregator does not hold the leader lease; the leader sends this transaction")
-        return super().send(fn)
 
 
 class PipelineRunner:

@@ -2,9 +2,11 @@
 and rejected-output proofs.
 
 Operators are discovered from the registry's ``OperatorRegistered`` events (scanned once, then
-incrementally); their keys never change (read once with ``getOperatorPubkeys``); bitmaps, stakes,
-totals and sockets are read *at the reference block* (``eth_call`` with a block number), so the
-stake the pipeline tallies is the stake the contract checks. Operator sets are cached per block.
+incrementally, the last ``REORG_RESCAN_BLOCKS`` again each time: a reorg can move a registration
+into a block already scanned); their keys never change (read once with ``getOperatorPubkeys``);
+bitmaps, stakes, totals and sockets are read *at the reference block* (``eth_call`` with a block
+number), so the stake the pipeline tallies is the stake the contract checks. Operator sets are
+cached per block and block hash (a reorged block is read again).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from avs_aggregator.ports import OperatorInfo, OperatorSet
 MAX_QUORUM_BITS = 192
 CACHE_SIZE = 64
 LOG_CHUNK_BLOCKS = 10_000
+REORG_RESCAN_BLOCKS = 128
 
 
 class Web3OperatorSetReader:
@@ -54,12 +57,13 @@ class Web3OperatorSetReader:
 
     def get_operator_set(self, reference_block: int) -> OperatorSet:
         with self._lock:
+            block_hash = bytes(self.w3.eth.get_block(reference_block)["hash"])
             cached = self._cache.get(reference_block)
-            if cached is not None:
+            if cached is not None and cached.block_hash == block_hash:
                 self._cache.move_to_end(reference_block)
                 return cached
             self._scan(reference_block)
-            operator_set = self._read(reference_block)
+            operator_set = self._read(reference_block, block_hash)
             self._cache[reference_block] = operator_set
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -67,7 +71,7 @@ class Web3OperatorSetReader:
 
     def _scan(self, to_block: int) -> None:
         event = self.client.registry.events.OperatorRegistered
-        start = self._scanned_to + 1
+        start = max(self._scanned_to + 1 - REORG_RESCAN_BLOCKS, self.client.deployment.start_block)
         while start <= to_block:
             end = min(start + LOG_CHUNK_BLOCKS - 1, to_block)
             for log in event.get_logs(from_block=start, to_block=end):
@@ -82,7 +86,7 @@ class Web3OperatorSetReader:
             start = end + 1
         self._scanned_to = max(self._scanned_to, to_block)
 
-    def _read(self, block: int) -> OperatorSet:
+    def _read(self, block: int, block_hash: bytes) -> OperatorSet:
         registry = self.client.registry.functions
         operators = []
         quorums: set[int] = set()
@@ -96,7 +100,6 @@ class Web3OperatorSetReader:
             socket = str(registry.operatorSocket(operator_id).call(block_identifier=block))
             operators.append(OperatorInfo(OperatorId(operator_id), address, g1, g2, socket, stakes))
         totals = {q: int(registry.getCurrentTotalStake(q).call(block_identifier=block)) for q in sorted(quorums)}
-        block_hash = bytes(self.w3.eth.get_block(block)["hash"])
         return OperatorSet(block, block_hash, tuple(operators), totals)
 
 

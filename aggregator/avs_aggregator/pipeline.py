@@ -127,6 +127,9 @@ MAX_INDEX_SKIPS = 64
 MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
 
+SIGN_CALL_THREADS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineSettings:
     default_quorums: bytes = b"\x00"
@@ -201,6 +204,12 @@ class Pipeline:
         self.clock = clock
         self.changed = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="operator-call")
+        # SignBatch calls have their own threads: queued behind Verify calls (up to verify_timeout
+        # each) they outlived the round's wait and healthy batches were abandoned. One batch is
+        # signed at a time, so this many operators are asked at once.
+        self._sign_pool = ThreadPoolExecutor(
+            max_workers=max(settings.workers, SIGN_CALL_THREADS), thread_name_prefix="sign-call"
+        )
         self._batch_lock = threading.Lock()
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
@@ -212,6 +221,7 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._sign_pool.shutdown(wait=True, cancel_futures=True)
 
     # --- intake ------------------------------------------------------------------------
 
@@ -814,7 +824,7 @@ class Pipeline:
         digest = compute_digest(self.domain, header)
         members = operator_set.in_quorums(batch.quorum_numbers)
         futures = {
-            o.operator_id: self._pool.submit(self.caller.sign_batch, o, header, leaves, self.settings.sign_timeout)
+            o.operator_id: self._sign_pool.submit(self.caller.sign_batch, o, header, leaves, self.settings.sign_timeout)
             for o in members
         }
         signatures: dict[bytes, G1Point] = {}
@@ -827,6 +837,8 @@ class Pipeline:
                 logger.info(
                     "operator did not sign the batch", extra={"batch_index": batch.batch_index, "error": str(exc)}
                 )
+        for future in futures.values():
+            future.cancel()  # calls still queued (more members than threads) are not made after the round
         aggregate, invalid = protocol.compute_checked_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
         for bad in invalid:
             self._operator_outcome(operator_set.get(bad), "sign_batch", "bad_signature")

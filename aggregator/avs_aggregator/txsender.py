@@ -5,7 +5,12 @@
 - **Stuck transactions**: if no receipt arrives within ``receipt_timeout``, the same nonce is
   re-sent with fees raised by ``bump_percent`` and the fee cap at least the market's (at most
   ``max_bumps`` times); a receipt of *any* of the sent versions ends the wait. A version the node
-  refuses because its fee cap is below the base fee (underpriced) is re-priced at once.
+  refuses because its fee cap is below the base fee (underpriced) is re-priced at once. A nonce
+  given up unmined is still in the mempool: the next send takes that nonce over (fees above its
+  last version), so the given-up call cannot be mined later beside its re-send on another nonce.
+- **A fence** (``_check_may_broadcast``, a subclass's): asked before every broadcast, fee bumps
+  included, under the lock, so a send waiting for the lock or bumping fees stops once its
+  aggregator is demoted.
 - **Transient RPC errors**: retried with exponential backoff (``max_retries``).
 - **Confirmations and reorgs**: after inclusion it waits ``confirmations`` blocks and reads the
   receipt again; if the transaction vanished (a reorg), the signed transaction is broadcast
@@ -50,6 +55,9 @@ class _FeeCapTooLow(Exception):
     """The node refused this version for its fees: re-price and send the next version now."""
 
 
+FEE_KEYS = ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice")
+
+
 @dataclass(frozen=True, slots=True)
 class SenderSettings:
     receipt_timeout: float = 30.0
@@ -86,6 +94,7 @@ class TransactionSender:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_nonce: int | None = None
+        self._given_up: dict[str, Any] | None = None  # the last version of a nonce given up unmined
 
     def _retry(self, action: Callable[[], Any]) -> Any:
         delay = 0.2
@@ -104,18 +113,43 @@ class TransactionSender:
 
     def _nonce(self) -> int:
         pending = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")))
+        if self._given_up is not None:
+            given_up = int(self._given_up["nonce"])
+            mined = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest")))
+            if mined <= given_up:
+                # Still unmined: take it over (or fill a gap below it, which the pending count names).
+                return min(pending, given_up)
+            self._given_up = None
         return pending if self._next_nonce is None else max(pending, self._next_nonce)
+
+    def _check_may_broadcast(self) -> None:
+        """Raise to stop before a broadcast (``LeaderOnlySender``: the lease is gone)."""
+
+    def _over_given_up(self, tx: dict[str, Any]) -> dict[str, Any]:
+        """``tx`` with fees above the given-up version of its nonce, so that it replaces it."""
+        if self._given_up is None or int(self._given_up["nonce"]) != int(tx["nonce"]):
+            return tx
+        above = self._bumped(self._given_up)
+        return {**tx, **{k: max(int(tx.get(k, 0)), int(above[k])) for k in FEE_KEYS if k in above and k in tx}}
 
     def send(self, fn: ContractFunction) -> SentTransaction:
         with self._lock:
+            self._check_may_broadcast()
             nonce = self._nonce()
             params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
-            tx: dict[str, Any] = dict(self._retry(lambda: self.client.build_transaction(fn, params)))
+            tx: dict[str, Any] = self._over_given_up(
+                dict(self._retry(lambda: self.client.build_transaction(fn, params)))
+            )
             sent: list[bytes] = []
             raw = b""
             receipt = None
             for bump in range(self.settings.max_bumps + 1):
                 if bump:
+                    try:
+                        self._check_may_broadcast()
+                    except Exception:
+                        self._next_nonce, self._given_up = None, tx  # the versions sent may still be mined
+                        raise
                     tx = self._bumped(tx)
                 raw = bytes(self.account.sign_transaction(tx).raw_transaction)
                 try:
@@ -133,12 +167,16 @@ class TransactionSender:
                     break
                 logger.warning("transaction not mined in time; bumping fees", extra={"nonce": nonce, "bump": bump + 1})
             if receipt is None:
-                # Perhaps stuck behind a gap: a reorg dropped an earlier transaction of ours and the node
-                # did not put it back. The next send takes the node's pending count again.
-                self._next_nonce = None
+                # Its versions are still in the mempool (or stuck behind a gap a reorg left below it):
+                # the next send takes this nonce over, or fills the gap, rather than queueing behind.
+                self._next_nonce, self._given_up = None, tx
                 raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
-            self._next_nonce = nonce + 1
-            receipt = self._confirm(receipt, raw)
+            self._next_nonce, self._given_up = nonce + 1, None
+            try:
+                receipt = self._confirm(receipt, raw)
+            except _FeeCapTooLow as exc:  # dropped by a reorg, and its fee cap is now below the base fee
+                self._next_nonce = None  # the nonce is free again: the next send takes it
+                raise TransactionFailedError(f"dropped by a reorg and refused again: {exc}") from exc
             if int(receipt["status"]) != 1:
                 raise TransactionFailedError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} failed")
             return SentTransaction(
@@ -151,7 +189,7 @@ class TransactionSender:
         a base-fee jump, fixed-percent bumps alone could stay below it for many rounds."""
         factor = 100 + self.settings.bump_percent
         bumped = dict(tx)
-        for key in ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice"):
+        for key in FEE_KEYS:
             if key in bumped:
                 bumped[key] = int(bumped[key]) * factor // 100 + 1
         if "maxFeePerGas" in bumped:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -868,3 +871,54 @@ def test_signing_rounds_survive_a_restart(db: str) -> None:
     batch = again.store.get_batch(1)
     assert batch is not None and batch.sign_attempts == 1
     again.close()
+
+
+class HangingVerifies:
+    """The network's calls, but Verify hangs (an operator whose packets are dropped) until released."""
+
+    def __init__(self, network: FakeNetwork) -> None:
+        self.network = network
+        self.release = threading.Event()
+        self.hanging = 0
+
+    def generate(self, *args: Any) -> Any:
+        return self.network.generate(*args)
+
+    def verify(self, *args: Any) -> Any:
+        self.hanging += 1
+        self.release.wait(30)
+        raise TimeoutError("DEADLINE_EXCEEDED")
+
+    def sign_batch(self, *args: Any) -> Any:
+        return self.network.sign_batch(*args)
+
+
+def test_batch_signing_is_not_queued_behind_hanging_verifications(db: str) -> None:
+    """Verify calls that hang fill the operator-call threads; the batch's SignBatch calls have their
+    own, so an accepted request is still certified in one signing round."""
+    network = FakeNetwork([{0: 30}, {0: 30}, {0: 40}])
+    settings = dataclasses.replace(SETTINGS, workers=2, sign_timeout=0.2, sign_rounds=1, verify_timeout=30)
+    pipeline = make_pipeline(network, db, settings)
+    accepted = pipeline.submit(make_envelope(1, "accepted first"))
+    while pipeline.advance_request(accepted):
+        pass
+    assert pipeline.form_batches(force=True) == [1]
+    caller = HangingVerifies(network)
+    pipeline.caller = caller
+    later = pipeline.submit(make_envelope(2, "verified later"))
+    verifying = threading.Thread(target=lambda: [None for _ in iter(lambda: pipeline.advance_request(later), False)])
+    verifying.start()
+    try:
+        deadline = time.monotonic() + 10
+        while caller.hanging < 2 and time.monotonic() < deadline:  # both operator-call threads are taken
+            time.sleep(0.01)
+        started = time.monotonic()
+        while pipeline.advance_batch(1):
+            pass
+        assert time.monotonic() - started < 3
+        batch = pipeline.store.get_batch(1)
+        assert batch is not None and batch.state == BatchState.CERTIFIED, batch and batch.error
+    finally:
+        caller.release.set()
+        verifying.join()
+        pipeline.close()

@@ -1,0 +1,153 @@
+"""``TransactionSender`` over a scripted node: nonces after a give-up or a reorg, and the leader
+fence at every broadcast. (Fee bumps and reorgs on a real anvil: test_integration_anvil and
+tests/resilience.)"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+import rlp  # type: ignore[import-untyped]
+from eth_account import Account
+from web3 import Web3
+from web3.exceptions import TransactionNotFound
+
+from avs.chain.client import Web3AvsClient
+from avs_aggregator.app import LeaderOnlySender
+from avs_aggregator.leader import NotLeaderError
+from avs_aggregator.txsender import SenderSettings, TransactionFailedError, TransactionSender
+
+ACCOUNT = Account.from_key("0x" + "11" * 32)
+QUICK = SenderSettings(receipt_timeout=0, max_bumps=2, poll_seconds=0)
+
+
+def decode(raw: bytes) -> tuple[int, int]:
+    """(nonce, maxFeePerGas) of a signed EIP-1559 transaction."""
+    fields = rlp.decode(raw[1:])
+    return int.from_bytes(fields[1], "big"), int.from_bytes(fields[3], "big")
+
+
+class ScriptedNode:
+    """One account's nonces, a mempool and receipts; with ``mine`` False everything stays pending."""
+
+    def __init__(self) -> None:
+        self.mined_nonce = 7
+        self.head = 10
+        self.mine = True
+        self.refuse: str | None = None
+        self.pending: set[int] = set()
+        self.receipts: dict[bytes, dict[str, Any]] = {}
+        self.broadcasts: list[tuple[int, int]] = []  # (nonce, maxFeePerGas)
+
+    @property
+    def block_number(self) -> int:
+        self.head += 1
+        return self.head
+
+    def get_transaction_count(self, address: str, tag: str) -> int:
+        count = self.mined_nonce
+        while tag == "pending" and count in self.pending:
+            count += 1
+        return count
+
+    def get_block(self, tag: Any) -> dict[str, Any]:
+        return {"baseFeePerGas": 10**9}
+
+    def send_raw_transaction(self, raw: bytes) -> bytes:
+        nonce, fee = decode(raw)
+        self.broadcasts.append((nonce, fee))
+        if self.refuse:
+            raise ValueError(self.refuse)
+        tx_hash = bytes(Web3.keccak(raw))
+        if not self.mine:
+            self.pending.add(nonce)
+            return tx_hash
+        receipt = {"transactionHash": tx_hash, "blockNumber": self.head, "blockHash": b"A" * 32, "status": 1}
+        self.receipts[tx_hash] = {**receipt, "gasUsed": 21_000}
+        self.mined_nonce = max(self.mined_nonce, nonce + 1)
+        self.pending.discard(nonce)
+        return tx_hash
+
+    def get_transaction_receipt(self, tx_hash: bytes) -> dict[str, Any]:
+        if bytes(tx_hash) in self.receipts:
+            return self.receipts[bytes(tx_hash)]
+        raise TransactionNotFound("none")
+
+
+class ScriptedClient:
+    def __init__(self) -> None:
+        self.node = ScriptedNode()
+        self.w3 = type("W3", (), {"eth": self.node})()
+
+    def build_transaction(self, fn: Any, params: dict[str, Any]) -> dict[str, Any]:
+        fees = {"maxFeePerGas": 2 * 10**9, "maxPriorityFeePerGas": 10**9}
+        return {**params, **fees, "to": "0x" + "22" * 20, "value": 0, "gas": 50_000, "chainId": 1, "data": b""}
+
+
+def make_sender(client: ScriptedClient, settings: SenderSettings = QUICK) -> TransactionSender:
+    return TransactionSender(cast(Web3AvsClient, client), ACCOUNT, settings, sleep=lambda _: None)
+
+
+def test_a_nonce_given_up_unmined_is_taken_over_by_the_next_send() -> None:
+    """Its versions are still in the mempool: a send on the next nonce would queue behind it, and
+    both could be mined later (the same call twice). The next send replaces it instead."""
+    client = ScriptedClient()
+    sender = make_sender(client)
+    client.node.mine = False
+    with pytest.raises(TransactionFailedError, match="nonce 7 not mined"):
+        sender.send(cast(Any, None))
+    last_fee = client.node.broadcasts[-1][1]
+    client.node.mine = True
+    sent = sender.send(cast(Any, None))
+    nonce, fee = client.node.broadcasts[-1]
+    assert nonce == 7 and fee > last_fee and sent.bumps == 0
+    sender.send(cast(Any, None))
+    assert client.node.broadcasts[-1][0] == 8  # mined: back to the next nonce
+
+
+def test_a_reorged_transaction_refused_for_its_fee_cap_leaves_no_nonce_gap() -> None:
+    client = ScriptedClient()
+    node = client.node
+    sender = make_sender(client, SenderSettings(confirmations=2, poll_seconds=0, receipt_timeout=0, max_bumps=1))
+    reads = {"count": 0}
+    original = node.get_transaction_receipt
+
+    def reorged(tx_hash: bytes) -> dict[str, Any]:
+        reads["count"] += 1
+        if reads["count"] == 2:  # the confirmation's re-read: the block is gone, the fee cap now too low
+            node.receipts.clear()
+            node.mined_nonce, node.refuse = 7, "max fee per gas less than block base fee"
+            raise TransactionNotFound("reorged")
+        return original(tx_hash)
+
+    node.get_transaction_receipt = reorged  # type: ignore[method-assign]
+    with pytest.raises(TransactionFailedError, match="refused again"):
+        sender.send(cast(Any, None))
+    node.get_transaction_receipt, node.refuse = original, None  # type: ignore[method-assign]
+    sender.send(cast(Any, None))
+    assert node.broadcasts[-1][0] == 7 and node.mined_nonce == 8
+
+
+def test_a_demoted_sender_stops_bumping_and_a_queued_send_does_not_start() -> None:
+    client = ScriptedClient()
+    client.node.mine = False
+    leading = [True]
+    original = client.node.send_raw_transaction
+
+    def broadcast_then_demote(raw: bytes) -> bytes:
+        tx_hash = original(raw)
+        leading[0] = False  # the lease is lost right after the first broadcast
+        return tx_hash
+
+    client.node.send_raw_transaction = broadcast_then_demote  # type: ignore[method-assign]
+    settings = SenderSettings(receipt_timeout=0, max_bumps=5, poll_seconds=0)
+    sender = LeaderOnlySender(cast(Web3AvsClient, client), ACCOUNT, settings, lambda: leading[0])
+    with pytest.raises(NotLeaderError):
+        sender.send(cast(Any, None))
+    assert len(client.node.broadcasts) == 1  # no fee bump after the demotion
+    with pytest.raises(NotLeaderError):
+        sender.send(cast(Any, None))
+    leading[0] = True
+    client.node.mine, client.node.send_raw_transaction = True, original  # type: ignore[method-assign]
+    sender.send(cast(Any, None))
+    assert client.node.broadcasts[-1][0] == 7  # re-elected: the nonce left in the mempool is taken over

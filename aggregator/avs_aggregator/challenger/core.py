@@ -197,14 +197,6 @@ class ChallengeAdvancer(Protocol):
     def advance_all(self) -> list[ChallengeRow]: ...
 
 
-STATE_OF_STATUS = {
-    ChallengeStatus.OPEN: ChallengeState.OPEN,
-    ChallengeStatus.UPHELD: ChallengeState.UPHELD,
-    ChallengeStatus.DISMISSED: ChallengeState.DISMISSED,
-    ChallengeStatus.EXPIRED: ChallengeState.EXPIRED,
-}
-
-
 def finding_from_row(row: FindingRow) -> Finding:
     verdict = None if row.verdict is None else Verdict(row.verdict)
     return Finding(
@@ -412,7 +404,7 @@ class Challenger:
             self.store.unmark_challenge_sent(index, request_hash, output_hash)
             logger.warning("challenge refused", extra={"batch_index": index, "error": str(exc)})
             return Finding(index, request_hash, output_hash, verdict, f"challenge refused: {exc}")
-        self._adopt(opened.challenge_id, certificate, opened)
+        self._adopt(opened.challenge_id, certificate, opened.opened_block, opened.tx_hash)
         self.store.unmark_challenge_sent(index, request_hash, output_hash)
         logger.warning(
             "leaf escalated",
@@ -447,28 +439,24 @@ class Challenger:
         chain shows none opened since the send (the mark is dropped once that is deep)."""
         assert self.escalator is not None
         challenge_id = self.escalator.find_leaf_challenge(sent.batch_index, sent.request_hash, sent.output_hash)
-        head = self.feed.get_block_number()
         if challenge_id:
             on_chain = self.escalator.get_challenge(challenge_id)
             # latestChallengeOfLeaf may still name an earlier challenge that expired (the leaf can be
             # challenged again); ours, once mined, opens after the block the send was marked at.
             if on_chain.status != ChallengeStatus.EXPIRED or on_chain.opened_block >= sent.sent_block:
-                self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), None)
+                self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), on_chain.opened_block)
                 self.store.unmark_challenge_sent(sent.batch_index, sent.request_hash, sent.output_hash)
                 return challenge_id
-        if head > sent.sent_block + CHALLENGE_GONE_DEPTH:
+        if self.feed.get_block_number() > sent.sent_block + CHALLENGE_GONE_DEPTH:
             logger.warning("a sent challenge never reached the chain", extra={"batch_index": sent.batch_index})
             self.store.unmark_challenge_sent(sent.batch_index, sent.request_hash, sent.output_hash)
         return None
 
-    def _adopt(self, challenge_id: int, certificate: ag.Certificate, opened: OpenedChallenge | None) -> None:
-        """Record challenge ``challenge_id`` of ``certificate``'s leaf (its block read from the chain
-        when ``opened`` is None) as OPEN: the resolver records how it ended, finishing the slashing
-        of one that someone else upheld halfway."""
-        assert self.escalator is not None
-        opened_block = (
-            opened.opened_block if opened is not None else self.escalator.get_challenge(challenge_id).opened_block
-        )
+    def _adopt(
+        self, challenge_id: int, certificate: ag.Certificate, opened_block: int, open_tx: bytes | None = None
+    ) -> None:
+        """Record challenge ``challenge_id`` of ``certificate``'s leaf as OPEN: the resolver records
+        how it ended, finishing the slashing of one that someone else upheld halfway."""
         self.store.add_challenge(
             ChallengeRow(
                 challenge_id=challenge_id,
@@ -478,7 +466,7 @@ class Challenger:
                 output_hash=bytes(certificate.output_hash),
                 certificate=certificate.SerializeToString(deterministic=True),
                 opened_block=opened_block,
-                open_tx=opened.tx_hash if opened is not None else None,
+                open_tx=open_tx,
                 attempts=0,
             )
         )

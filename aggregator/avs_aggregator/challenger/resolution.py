@@ -35,19 +35,27 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
-from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, PendingSlashing, SignedAttestation
+from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, ChallengeStatus, PendingSlashing, SignedAttestation
 from avs.crypto.curve import G1Point
 from avs.messages import Attestation, Domain, Verdict, compute_digest
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.types import OperatorId
 from avs_aggregator import protocol
-from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH, STATE_OF_STATUS
+from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader, VerifyReply
 
 logger = logging.getLogger(__name__)
+
+
+STATE_OF_STATUS = {
+    ChallengeStatus.OPEN: ChallengeState.OPEN,
+    ChallengeStatus.UPHELD: ChallengeState.UPHELD,
+    ChallengeStatus.DISMISSED: ChallengeState.DISMISSED,
+    ChallengeStatus.EXPIRED: ChallengeState.EXPIRED,
+}
 
 
 @dataclass(frozen=True, slots=True)

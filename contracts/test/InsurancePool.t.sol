@@ -8,7 +8,6 @@ import {IFaultManagerTypes, IFaultManagerErrors} from "../src/interfaces/IFaultM
 import {IInferenceTaskManager} from "../src/interfaces/IInferenceTaskManager.sol";
 import {InsurancePool} from "../src/InsurancePool.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
-import {IOperatorRegistry} from "../src/interfaces/IOperatorRegistry.sol";
 import {TestToken} from "../src/tokens/TestToken.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 
@@ -511,7 +510,11 @@ contract StakeFellAfterPurchaseTest is PoolFixture {
         uint256 id = faults.challenge(h, fraudRecord, requestHash, "bad", fraudProof);
         vm.roll(block.number + 1);
         faults.resolveChallenge(
-            id, AvsMessages.Verdict.Reject, uint32(block.number - 1), _escalationCertificate(), _fraudSigners()
+            id,
+            AvsMessages.Verdict.Reject,
+            uint32(block.number - 1),
+            _escalationCertificate(),
+            _batchSigners(h, nonSigners, signers)
         );
         uint256 slashed = allocatedBefore - (_allocated(7, 0) + _allocated(8, 0));
         vm.assertEq(slashed, 75 ether, "half of 7's and 8's 150");
@@ -543,19 +546,6 @@ contract StakeFellAfterPurchaseTest is PoolFixture {
         escalation[9] = 8;
         AvsMessages.BatchHeader memory quorums = _header(0, bytes32(0), hex"0001");
         return _params(_verdictDigest(requestHash, "bad", AvsMessages.Verdict.Reject), quorums, escalation, _none());
-    }
-
-    function _fraudSigners() internal view returns (IFaultManagerTypes.BatchSigners memory s) {
-        s.header = h;
-        s.nonSignerIds = _ids(nonSigners);
-        s.signerIds = _ids(_sortById(signers));
-        s.nonSignerBitmapIndices =
-        registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.nonSignerIds)
-        .nonSignerQuorumBitmapIndices;
-        IOperatorRegistry.CheckSignaturesIndices memory indices =
-            registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.signerIds);
-        s.signerBitmapIndices = indices.nonSignerQuorumBitmapIndices;
-        s.quorumApkIndices = indices.quorumApkIndices;
     }
 }
 

@@ -156,17 +156,24 @@ abstract contract FaultFixture is CertifyFixture {
         record = keccak256(abi.encodePacked(h.referenceBlock, ids));
     }
 
-    /// @dev The BatchSigners of batch `h` certified with `nonSigners`.
+    /// @dev The BatchSigners of batch `h` certified with `nonSigners` (every other member signed).
     function _batchSigners(AvsMessages.BatchHeader memory h, uint256[] memory nonSigners)
+        internal
+        view
+        returns (IFaultManagerTypes.BatchSigners memory)
+    {
+        return _batchSigners(h, nonSigners, _complement(_sortById(nonSigners), _members(h.quorumNumbers)));
+    }
+
+    /// @dev The BatchSigners of batch `h` certified by `signers` with `nonSigners`.
+    function _batchSigners(AvsMessages.BatchHeader memory h, uint256[] memory nonSigners, uint256[] memory signers)
         internal
         view
         returns (IFaultManagerTypes.BatchSigners memory s)
     {
-        uint256[] memory non = _sortById(nonSigners);
-        uint256[] memory signers = _sortById(_complement(non, _members(h.quorumNumbers)));
         s.header = h;
-        s.nonSignerIds = _ids(non);
-        s.signerIds = _ids(signers);
+        s.nonSignerIds = _ids(_sortById(nonSigners));
+        s.signerIds = _ids(_sortById(signers));
         s.nonSignerBitmapIndices =
         registry.getCheckSignaturesIndices(h.referenceBlock, h.quorumNumbers, s.nonSignerIds)
         .nonSignerQuorumBitmapIndices;

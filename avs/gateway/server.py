@@ -263,15 +263,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         """The standard library's own refusals (a malformed request line, a header line over 64 KiB,
         too many headers) as OpenAI's error JSON too; the connection is closed."""
         self.close_connection = True
-        error = ApiError(code, message or explain or "bad request", INVALID_REQUEST)
-        data = json.dumps(error.to_json()).encode()
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self._send_json(code, ApiError(code, message or explain or "bad request", INVALID_REQUEST).to_json())
 
     # --- logs --------------------------------------------------------------------------
 

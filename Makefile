@@ -101,8 +101,9 @@ bench: setup ## every benchmark; figures go to bench/results.json (tables in doc
 bench-gpu: setup ## GPU against CPU with one profile (needs CUDA): bench.inference_devices, into bench/results.json
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference_devices --prompts 20 --few-prompts 5 --cost-prompts 50 --profile-steps
 
-gpu-check-wheels: setup ## for a lent GPU machine: the wheels its image lacks, into .whl/ (then `tests/gpu/device-check.sh run` there)
+gpu-check-wheels: setup ## for a lent GPU machine: the wheels its image lacks (.whl/) and the GGUF in two halves (.gpu-model-1/, -2/); see docs/inference.md
 	bash tests/gpu/device-check.sh wheels
+	bash tests/gpu/device-check.sh model-parts
 
 bench-quick: setup ## the benchmarks in a short mode, nothing recorded (bench.bls and bench.inference only run in full)
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record

@@ -45,7 +45,8 @@ class TransactionFailedError(AvsError):
     """A transaction that was mined but failed, or could not be mined after every fee bump."""
 
 
-_BENIGN_BROADCAST_ERRORS = ("already known", "nonce too low", "replacement transaction underpriced")
+_BENIGN_BROADCAST_ERRORS = ("already known", "replacement transaction underpriced")
+_NONCE_TOO_LOW = "nonce too low"
 # The node refuses a version whose fee cap is below the base fee (anvil: "max fee per gas less than
 # block base fee"; geth: "fee cap less than block base fee", "transaction underpriced").
 _FEE_CAP_TOO_LOW_ERRORS = ("less than block base fee", "fee cap too low", "feecap too low", "transaction underpriced")
@@ -53,6 +54,15 @@ _FEE_CAP_TOO_LOW_ERRORS = ("less than block base fee", "fee cap too low", "feeca
 
 class _FeeCapTooLow(Exception):
     """The node refused this version for its fees: re-price and send the next version now."""
+
+
+class _NonceTooLow(Exception):
+    """The node refused this version: its nonce is already mined."""
+
+
+class _NonceTaken(Exception):
+    """Another transaction was mined at this nonce (a version given up earlier, or another sender of
+    the same key): none of this send's versions can be mined any more, so it starts on a fresh nonce."""
 
 
 FEE_KEYS = ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice")
@@ -134,54 +144,67 @@ class TransactionSender:
 
     def send(self, fn: ContractFunction) -> SentTransaction:
         with self._lock:
-            self._check_may_broadcast()
-            nonce = self._nonce()
-            params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
-            tx: dict[str, Any] = self._over_given_up(
-                dict(self._retry(lambda: self.client.build_transaction(fn, params)))
-            )
-            sent: list[bytes] = []
-            raw = b""
-            receipt = None
-            for bump in range(self.settings.max_bumps + 1):
-                if bump:
-                    try:
-                        self._check_may_broadcast()
-                    except Exception:
-                        self._next_nonce, self._given_up = None, tx  # the versions sent may still be mined
-                        raise
-                    tx = self._bumped(tx)
-                raw = bytes(self.account.sign_transaction(tx).raw_transaction)
+            for _ in range(self.settings.max_retries):
                 try:
-                    sent.append(self._broadcast(raw))
-                except _FeeCapTooLow as exc:
-                    logger.warning(
-                        "fee cap below the base fee; bumping fees", extra={"nonce": nonce, "error": str(exc)}
-                    )
-                    receipt = self._wait_for_any(sent, 0) if sent else None
-                    if receipt is not None:
-                        break
-                    continue
-                receipt = self._wait_for_any(sent, self.settings.receipt_timeout)
+                    return self._send_on_one_nonce(fn)
+                except _NonceTaken as exc:
+                    logger.warning("nonce taken by another transaction; sending on a fresh one", extra=exc.args[0])
+                    self._next_nonce, self._given_up = None, None
+            raise TransactionFailedError(
+                f"every nonce tried was taken by other transactions ({self.settings.max_retries})"
+            )
+
+    def _send_on_one_nonce(self, fn: ContractFunction) -> SentTransaction:
+        self._check_may_broadcast()
+        nonce = self._nonce()
+        params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
+        tx: dict[str, Any] = self._over_given_up(dict(self._retry(lambda: self.client.build_transaction(fn, params))))
+        sent: list[bytes] = []
+        raw = b""
+        receipt = None
+        for bump in range(self.settings.max_bumps + 1):
+            if bump:
+                try:
+                    self._check_may_broadcast()
+                except Exception:
+                    self._next_nonce, self._given_up = None, tx  # the versions sent may still be mined
+                    raise
+                tx = self._bumped(tx)
+            raw = bytes(self.account.sign_transaction(tx).raw_transaction)
+            try:
+                sent.append(self._broadcast(raw))
+            except _NonceTooLow:
+                # One of this send's versions was mined (take its receipt), or another transaction was.
+                receipt = self._wait_for_any(sent, self.settings.poll_seconds) if sent else None
                 if receipt is not None:
                     break
-                logger.warning("transaction not mined in time; bumping fees", extra={"nonce": nonce, "bump": bump + 1})
-            if receipt is None:
-                # Its versions are still in the mempool (or stuck behind a gap a reorg left below it):
-                # the next send takes this nonce over, or fills the gap, rather than queueing behind.
-                self._next_nonce, self._given_up = None, tx
-                raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
-            self._next_nonce, self._given_up = nonce + 1, None
-            try:
-                receipt = self._confirm(receipt, raw)
-            except _FeeCapTooLow as exc:  # dropped by a reorg, and its fee cap is now below the base fee
-                self._next_nonce = None  # the nonce is free again: the next send takes it
-                raise TransactionFailedError(f"dropped by a reorg and refused again: {exc}") from exc
-            if int(receipt["status"]) != 1:
-                raise TransactionFailedError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} failed")
-            return SentTransaction(
-                bytes(receipt["transactionHash"]), int(receipt["blockNumber"]), int(receipt["gasUsed"]), len(sent) - 1
-            )
+                raise _NonceTaken({"nonce": nonce}) from None
+            except _FeeCapTooLow as exc:
+                logger.warning("fee cap below the base fee; bumping fees", extra={"nonce": nonce, "error": str(exc)})
+                receipt = self._wait_for_any(sent, 0) if sent else None
+                if receipt is not None:
+                    break
+                continue
+            receipt = self._wait_for_any(sent, self.settings.receipt_timeout)
+            if receipt is not None:
+                break
+            logger.warning("transaction not mined in time; bumping fees", extra={"nonce": nonce, "bump": bump + 1})
+        if receipt is None:
+            # Its versions are still in the mempool (or stuck behind a gap a reorg left below it):
+            # the next send takes this nonce over, or fills the gap, rather than queueing behind.
+            self._next_nonce, self._given_up = None, tx
+            raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
+        self._next_nonce, self._given_up = nonce + 1, None
+        try:
+            receipt = self._confirm(receipt, raw)
+        except _FeeCapTooLow as exc:  # dropped by a reorg, and its fee cap is now below the base fee
+            self._next_nonce = None  # the nonce is free again: the next send takes it
+            raise TransactionFailedError(f"dropped by a reorg and refused again: {exc}") from exc
+        if int(receipt["status"]) != 1:
+            raise TransactionFailedError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} failed")
+        return SentTransaction(
+            bytes(receipt["transactionHash"]), int(receipt["blockNumber"]), int(receipt["gasUsed"]), len(sent) - 1
+        )
 
     def _bumped(self, tx: dict[str, Any]) -> dict[str, Any]:
         """Every fee raised by ``bump_percent`` (a replacement needs >= 10% more), and the fee cap at
@@ -202,9 +225,12 @@ class TransactionSender:
         try:
             return bytes(self._retry(lambda: self.w3.eth.send_raw_transaction(raw)))
         except (ValueError, Web3RPCError) as exc:
-            # "already known" / "nonce too low" / "replacement underpriced": an earlier version of this
-            # nonce is pending or mined; keep waiting for any of them. Anything else is a real error.
+            # "already known" / "replacement underpriced": an earlier version of this nonce is pending;
+            # keep waiting for any of them. "nonce too low": the nonce is mined, by one of them or by
+            # another transaction, which the caller tells apart. Anything else is a real error.
             message = str(exc).lower()
+            if _NONCE_TOO_LOW in message:
+                raise _NonceTooLow(str(exc)) from exc
             if any(text in message for text in _FEE_CAP_TOO_LOW_ERRORS) and "replacement" not in message:
                 raise _FeeCapTooLow(str(exc)) from exc
             if not any(text in message for text in _BENIGN_BROADCAST_ERRORS):
@@ -241,7 +267,10 @@ class TransactionSender:
             if again is not None and again["blockHash"] == receipt["blockHash"]:
                 return again
             logger.warning("transaction dropped by a reorg; re-broadcasting")
-            tx_hash = self._broadcast(raw)
+            try:
+                tx_hash = self._broadcast(raw)
+            except _NonceTooLow:  # mined again already (or its nonce taken: then no receipt comes)
+                tx_hash = bytes(Web3.keccak(raw))
             receipt = self._wait_for_any([tx_hash, bytes(receipt["transactionHash"])], self.settings.receipt_timeout)
             if receipt is None:
                 raise TransactionFailedError("the transaction was dropped by a reorg and not mined again")

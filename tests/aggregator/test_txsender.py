@@ -58,6 +58,8 @@ class ScriptedNode:
         self.broadcasts.append((nonce, fee))
         if self.refuse:
             raise ValueError(self.refuse)
+        if nonce < self.mined_nonce:
+            raise ValueError(f"nonce too low: next nonce {self.mined_nonce}, tx nonce {nonce}")
         tx_hash = bytes(Web3.keccak(raw))
         if not self.mine:
             self.pending.add(nonce)
@@ -151,3 +153,70 @@ def test_a_demoted_sender_stops_bumping_and_a_queued_send_does_not_start() -> No
     client.node.mine, client.node.send_raw_transaction = True, original  # type: ignore[method-assign]
     sender.send(cast(Any, None))
     assert client.node.broadcasts[-1][0] == 7  # re-elected: the nonce left in the mempool is taken over
+
+
+def test_a_given_up_nonce_mined_before_its_takeover_moves_the_send_to_a_fresh_nonce() -> None:
+    """The version given up was mined after the next send read the nonce: the node answers "nonce
+    too low" to every version of the takeover, which can never be mined. Waiting for it used to
+    cost every fee bump's receipt timeout and then fail; the send goes on at the next nonce now."""
+    client = ScriptedClient()
+    node = client.node
+    sender = make_sender(client)
+    node.mine = False
+    with pytest.raises(TransactionFailedError, match="nonce 7 not mined"):
+        sender.send(cast(Any, None))
+    node.mine = True
+    build = client.build_transaction
+
+    def given_up_version_mined_meanwhile(fn: Any, params: dict[str, Any]) -> dict[str, Any]:
+        node.mined_nonce, node.pending = 8, set()
+        return build(fn, params)
+
+    client.build_transaction = given_up_version_mined_meanwhile  # type: ignore[method-assign]
+    sent = sender.send(cast(Any, None))
+    assert [nonce for nonce, _ in node.broadcasts[-2:]] == [7, 8]
+    assert node.receipts[sent.tx_hash]["transactionHash"] == sent.tx_hash and node.mined_nonce == 9
+
+
+def test_a_send_whose_own_version_was_mined_during_a_bump_takes_that_receipt() -> None:
+    """ "Nonce too low" to a fee bump because the previous version of the same send was just mined:
+    that version's receipt is the result, not a reason to move to another nonce."""
+    client = ScriptedClient()
+    node = client.node
+    node.mine = False
+    sender = make_sender(client)
+    original = node.send_raw_transaction
+    hashes: list[bytes] = []
+
+    def first_version_mined_before_the_bump(raw: bytes) -> bytes:
+        if hashes:
+            receipt = {"transactionHash": hashes[0], "blockNumber": 11, "blockHash": b"A" * 32, "status": 1}
+            node.receipts[hashes[0]] = {**receipt, "gasUsed": 21_000}
+            node.mined_nonce, node.pending = 8, set()
+        hashes.append(original(raw))
+        return hashes[-1]
+
+    node.send_raw_transaction = first_version_mined_before_the_bump  # type: ignore[method-assign]
+    sent = sender.send(cast(Any, None))
+    assert sent.tx_hash == hashes[0] and [nonce for nonce, _ in node.broadcasts] == [7, 7]
+    node.mine = True
+    assert sender.send(cast(Any, None)).tx_hash == hashes[-1] and node.broadcasts[-1][0] == 8
+
+
+def test_a_transaction_a_reorg_moved_to_another_block_is_confirmed_there() -> None:
+    """The confirmation finds the receipt in another block (the reorg re-included it): the
+    re-broadcast is refused with "nonce too low", and the receipt in the new block is the answer."""
+    client = ScriptedClient()
+    node = client.node
+    sender = make_sender(client, SenderSettings(confirmations=2, poll_seconds=0, receipt_timeout=0, max_bumps=1))
+    original = node.get_transaction_receipt
+    reads = {"count": 0}
+
+    def moved(tx_hash: bytes) -> dict[str, Any]:
+        reads["count"] += 1
+        receipt = original(tx_hash)
+        return receipt if reads["count"] == 1 else {**receipt, "blockHash": b"B" * 32, "blockNumber": 12}
+
+    node.get_transaction_receipt = moved  # type: ignore[method-assign]
+    sent = sender.send(cast(Any, None))
+    assert sent.block_number == 12 and [nonce for nonce, _ in node.broadcasts] == [7, 7]

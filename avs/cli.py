@@ -12,9 +12,9 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 
@@ -22,6 +22,9 @@ from avs import __version__, keystore
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.errors import AvsError, InvalidInputError, KeystoreError
+
+if TYPE_CHECKING:
+    from avs.messages import Domain
 
 DEFAULT_PASSWORD_ENV = "AVS_KEYSTORE_PASSWORD"
 KEYS_DIR_ENV = "AVS_KEYS_DIR"
@@ -250,6 +253,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         raise InvalidInputError("a signed or insured request needs --deployment (the AVS's deployment JSON)")
     if args.out is not None and not args.out.parent.is_dir():  # found out before paying for anything
         raise InvalidInputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    decode = load_decoder(args.tokenizer) if args.tokenizer is not None else None
+    domain = load_domain(args.deployment) if args.deployment is not None else None
     quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
     fields = {
         "requester": requester,
@@ -279,8 +284,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             raise _refused(exc) from None
     certificate = status.certificate
-    check = verify_certificate(certificate, request_hash=request_hash)  # for this request, not another
-    print(status.output_text)  # the aggregator's decoding of the certified token ids
+    # For this request (the client checked it is the one sent) and, with --deployment, on that chain.
+    check = verify_certificate(certificate, domain=domain, request_hash=request_hash)
+    print(get_certified_text(certificate, decode))
     shares = ", ".join(f"quorum {q}: {share:.1%}" for q, share in sorted(check.stake_shares.items()))
     print(
         f"certified in batch {certificate.batch_header.batch_index} (tx 0x{certificate.tx_hash.hex()}), "
@@ -294,6 +300,43 @@ def cmd_request(args: argparse.Namespace) -> int:
             print(certificate_to_json(certificate))
             raise InvalidInputError(f"could not write --out {args.out} ({exc}); the certificate is on stdout") from exc
     return 0 if check.ok else 1
+
+
+def load_domain(path: Path) -> Domain:
+    from avs.chain.deployment import load_deployment
+    from avs.messages import Domain
+
+    deployment = load_deployment(path)
+    return Domain(deployment.chain_id, deployment.task_manager)
+
+
+def load_decoder(folder: Path) -> Callable[[list[int]], str]:
+    """The decode every operator of a profile uses (tokenizer.json's own, special tokens left out),
+    from a model folder or a tokenizer.json file."""
+    path = folder / "tokenizer.json" if folder.is_dir() else folder
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise InvalidInputError("--tokenizer needs the tokenizers package: pip install tokenizers") from exc
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own Exception for a missing or bad file
+        raise InvalidInputError(f"--tokenizer {folder}: not a tokenizer.json ({exc})") from exc
+    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def get_certified_text(certificate: Any, decode: Callable[[list[int]], str] | None) -> str:
+    """The output's text. Operators sign token ids, not text: without ``decode`` this is the
+    aggregator's decoding of them, with it the ids decoded here (a different text is reported)."""
+    if decode is None:
+        print(
+            "text: the aggregator's decoding of the certified tokens (--tokenizer decodes them here)", file=sys.stderr
+        )
+        return str(certificate.output_text)
+    text = decode(list(certificate.output_token_ids))
+    if text != certificate.output_text:
+        print("the aggregator's text is not the certified tokens' decoding; printing the decoding", file=sys.stderr)
+    return text
 
 
 def _submit_signed(
@@ -374,8 +417,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "not on whatever task manager the certificate names"
         )
     try:
-        text = args.certificate.read_text()
-    except OSError as exc:
+        text = args.certificate.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot read {args.certificate}: {exc}") from exc
     certificate = certificate_from_json(text)
     deployment = load_deployment(args.deployment) if args.deployment is not None else None
@@ -437,12 +480,20 @@ def add_requester_commands(commands: Any) -> None:
     request.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0)
     request.add_argument("--timeout", type=float, default=600.0)
     request.add_argument("--out", type=Path, help="write the certificate JSON here")
+    request.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="the model's folder (or its tokenizer.json): print the certified tokens decoded here, "
+        "not the aggregator's text",
+    )
     insurance = request.add_argument_group("insurance (pays out from slashed stake if the output is proven wrong)")
     insurance.add_argument("--insure", metavar="AMOUNT", help="buy this much coverage (tokens of the pool's asset)")
     insurance.add_argument(
         "--insure-quorum", type=int_in(0, 255), help="the quorum to insure against (default: the first)"
     )
-    insurance.add_argument("--deployment", type=Path, help="the AVS's deployment JSON (contract addresses)")
+    insurance.add_argument(
+        "--deployment", type=Path, help="the AVS's deployment JSON (the certificate must be for its chain)"
+    )
     insurance.add_argument("--rpc-url", default="http://127.0.0.1:8545", help="an RPC endpoint of that chain")
     add_requester_key_options(request)
     request.set_defaults(func=cmd_request)

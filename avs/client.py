@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -167,11 +168,52 @@ def _check_prepared_hash(prepared: PreparedRequest, domain: Domain) -> bytes:
     return digest
 
 
+def _check_answered_hash(response: ag.SubmitResponse, digest: bytes) -> bytes:
+    """The hash ``Submit`` answered is the digest the requester signed: following another hash would
+    wait for, and accept the certificate of, another request."""
+    if bytes(response.request_hash) != digest:
+        raise InvalidInputError("the aggregator answered the hash of another request than the one signed")
+    return digest
+
+
+def check_certified_as_sent(sent: op.InferenceRequest, status: ag.RequestStatus) -> None:
+    """The certified request is the one sent (every field the requester chose, the nonce included, and
+    the model id and prompt hash when it gave them), and the status's output tokens are the certified
+    ones; raises ``InvalidInputError`` otherwise. ``AggregatorClient.wait`` runs it for the requests
+    its client submitted."""
+    certified = status.certificate.request
+    changed = [name for name in PREPARED_FIELDS_AS_ASKED if getattr(sent, name) != getattr(certified, name)]
+    changed += [
+        name
+        for name in ("model_id", "prompt_hash")
+        if getattr(sent, name) and getattr(sent, name) != getattr(certified, name)
+    ]
+    if changed:
+        raise InvalidInputError(
+            f"the aggregator certified another request than the one sent (changed: {', '.join(changed)})"
+        )
+    if bytes(status.certificate.request_hash) != bytes(status.request_hash):
+        raise InvalidInputError("the certificate is for another request than the status")
+    if list(status.output_token_ids) != list(status.certificate.output_token_ids):
+        raise InvalidInputError("the status's output tokens are not the certified ones")
+
+
+# How many submitted requests a client remembers to check their certificates against in ``wait``.
+MAX_REMEMBERED_REQUESTS = 4096
+
+
 class AggregatorClient:
     def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ag_grpc.AggregatorServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
+        self._sent: OrderedDict[bytes, op.InferenceRequest] = OrderedDict()
+
+    def _remember(self, request_hash: bytes, request: op.InferenceRequest) -> bytes:
+        self._sent[request_hash] = request
+        while len(self._sent) > MAX_REMEMBERED_REQUESTS:
+            self._sent.popitem(last=False)
+        return request_hash
 
     def close(self) -> None:
         self._channel.close()
@@ -223,13 +265,15 @@ class AggregatorClient:
         """Submit; returns the request hash. With ``requester_key`` (and ``domain``), the request is
         signed by the requester; the aggregator then checks that signature."""
         message = self._build(messages, requester=requester, **fields)
+        digest = None
         if requester_key is not None:
             if domain is None or not fields.get("model_id") or not fields.get("prompt_hash"):
                 raise InvalidInputError("signing a request needs the domain, model_id and prompt_hash")
             digest = compute_request_hash(domain, convert.request_from_proto(message.request).request)
             message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
         response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
-        return bytes(response.request_hash)
+        answered = bytes(response.request_hash) if digest is None else _check_answered_hash(response, digest)
+        return self._remember(answered, message.request)
 
     def prepare(
         self,
@@ -281,7 +325,7 @@ class AggregatorClient:
         if requester_key is not None:
             message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
         response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
-        return bytes(response.request_hash)
+        return self._remember(_check_answered_hash(response, digest), prepared.message)
 
     def get_status(self, request_hash: bytes) -> ag.RequestStatus:
         status: ag.RequestStatus = self._stub.GetStatus(
@@ -299,7 +343,9 @@ class AggregatorClient:
         timeout: float = 600.0,
         on_progress: Callable[[ag.RequestStatus], None] | None = None,
     ) -> ag.RequestStatus:
-        """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``).
+        """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``). For a
+        request this client submitted, the certificate must be for the request sent, with the
+        status's tokens (``check_certified_as_sent``; ``InvalidInputError`` otherwise).
 
         Watches the status stream; when the stream breaks (the aggregator restarted, the network
         dropped), it reconnects with exponential backoff, asking ``GetStatus`` meanwhile, until
@@ -314,7 +360,7 @@ class AggregatorClient:
                 for status in self._stub.WatchStatus(query, timeout=_remaining(deadline, timeout)):
                     delay = RECONNECT_INITIAL_SECONDS
                     if follower.see(status):
-                        return _finish(status)
+                        return self._finish(request_hash, status)
             except grpc.RpcError as exc:
                 _raise_unless_retryable(exc)
             logger.info("the status stream broke; reconnecting", extra={"delay_seconds": delay})
@@ -326,7 +372,17 @@ class AggregatorClient:
                 _raise_unless_retryable(exc)
                 continue
             if follower.see(status):
-                return _finish(status)
+                return self._finish(request_hash, status)
+
+    def _finish(self, request_hash: bytes, status: ag.RequestStatus) -> ag.RequestStatus:
+        if status.state == ag.REQUEST_STATE_FAILED:
+            raise RequestFailedError(status.error or "the request failed")
+        if bytes(status.request_hash) != bytes(request_hash):
+            raise InvalidInputError("the aggregator answered the status of another request")
+        sent = self._sent.get(bytes(request_hash))
+        if sent is not None:
+            check_certified_as_sent(sent, status)
+        return status
 
 
 RECONNECT_INITIAL_SECONDS = 0.25
@@ -370,12 +426,6 @@ def _raise_unless_retryable(exc: grpc.RpcError) -> None:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or code in RETRYABLE_CODES:
         return  # the next _remaining() says whether the caller's deadline has passed
     raise exc
-
-
-def _finish(status: ag.RequestStatus) -> ag.RequestStatus:
-    if status.state == ag.REQUEST_STATE_FAILED:
-        raise RequestFailedError(status.error or "the request failed")
-    return status
 
 
 # --- certificates ---------------------------------------------------------------------

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+
+import grpc
 from py_ecc.fields import optimized_bn128_FQ2 as FQ2
 
+from avs.client import AggregatorClient
 from avs.crypto.curve import FP_MODULUS, G2_B, G2Point
+from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 
 _P = FP_MODULUS
 
@@ -32,3 +39,18 @@ def find_twist_point_outside_subgroup(start: int = 1) -> G2Point:
         if y is not None:
             return G2Point(x_im=int(x.coeffs[1]), x_re=int(x.coeffs[0]), y_im=int(y.coeffs[1]), y_re=int(y.coeffs[0]))
     raise AssertionError("no twist point found")
+
+
+@contextmanager
+def serve_aggregator(servicer: ag_grpc.AggregatorServiceServicer) -> Iterator[AggregatorClient]:
+    """``servicer`` on a real gRPC server over loopback, and a client of it."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = AggregatorClient(f"127.0.0.1:{port}")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop(None).wait()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from avs.crypto import bls
+from avs.errors import InvalidInputError
 from tests.conftest import load_vectors
 
 PASSWORD = "correct horse battery staple"
@@ -157,3 +158,43 @@ def test_insurance_amounts_that_are_not_token_amounts_are_clear_errors(text: str
 
     with pytest.raises(InvalidInputError, match="--insure"):
         parse_token_amount(text)
+
+
+def test_request_prints_the_certified_tokens_decoded_with_the_given_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operators sign token ids, not text: with --tokenizer the text comes from the certified ids,
+    and an aggregator text that differs is reported, not printed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from avs.cli import get_certified_text, load_decoder
+    from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+
+    vocab = {"[UNK]": 0, "safe": 1, "unsafe": 2, "to": 3, "restake": 4}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    certificate = ag.Certificate(output_token_ids=[1, 3, 4], output_text="unsafe to restake")
+    assert get_certified_text(certificate, load_decoder(tmp_path)) == "safe to restake"
+    assert "not the certified tokens' decoding" in capsys.readouterr().err
+    assert get_certified_text(certificate, None) == "unsafe to restake"  # without: the aggregator's, labelled
+    assert "the aggregator's decoding" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InvalidInputError, match=r"not a tokenizer\.json"):
+        load_decoder(tmp_path / "bad.json")
+
+
+def test_verify_with_a_missing_or_broken_deployment_or_certificate_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "cert.json").write_text("{}")
+    (tmp_path / "truncated.json").write_text('{"chain_id": 1,\n')
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe")
+    cases = [
+        (["--deployment", str(tmp_path / "missing.json")], "cannot read the deployment"),
+        (["--deployment", str(tmp_path / "truncated.json")], "is not JSON"),
+        (["--deployment", str(tmp_path / "binary.json")], "is not JSON"),
+    ]
+    for extra, message in cases:
+        out = run("verify", str(tmp_path / "cert.json"), *extra)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = run("verify", str(tmp_path / "binary.json"))
+    assert out.returncode == 2 and "cannot read" in out.stderr and "Traceback" not in out.stderr, out.stderr

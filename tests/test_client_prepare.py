@@ -4,10 +4,8 @@ is signed or insured: over real gRPC, against an aggregator whose Prepare change
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 from eth_account import Account
 from eth_utils import keccak
@@ -19,6 +17,7 @@ from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 from avs.rpc.operator.v1 import operator_pb2 as op
+from tests.helpers import serve_aggregator
 
 DOMAIN = Domain(31337, "0x" + "11" * 20)
 MODEL_ID = keccak(text="model")
@@ -53,16 +52,8 @@ class PreparingAggregator(ag_grpc.AggregatorServiceServicer):
 @pytest.fixture
 def served() -> Iterator[tuple[PreparingAggregator, AggregatorClient]]:
     aggregator = PreparingAggregator()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    ag_grpc.add_AggregatorServiceServicer_to_server(aggregator, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    client = AggregatorClient(f"127.0.0.1:{port}")
-    try:
+    with serve_aggregator(aggregator) as client:
         yield aggregator, client
-    finally:
-        client.close()
-        server.stop(None).wait()
 
 
 def _prepare(client: AggregatorClient, **fields: Any) -> Any:

@@ -15,13 +15,16 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from avs.chain.client import (
+    RECEIPT_TIMEOUT_SECONDS,
     CheckSignaturesIndices,
     ContractRevertError,
     NonSignerStakesAndSignature,
+    TransactionPendingError,
     Web3AvsClient,
 )
 from avs.chain.deployment import Deployment
 from avs.chain.registration import register_operator
+from avs.client import compute_signatory_record_hash
 from avs.crypto import bls
 from avs.crypto.curve import G1Point
 from avs.devnet import ANVIL_KEY_0, CONTRACTS, Anvil, deploy_contracts, restake
@@ -281,3 +284,20 @@ def test_find_batch_certified_reads_logs_in_chunks_providers_accept() -> None:
         (2 * LOG_CHUNK_BLOCKS, logs.head),
     ]
     assert find_batch_certified(_Logs(head=100, at=500), 9, from_block=50) is None
+
+
+def test_a_send_not_mined_in_time_is_a_clear_error_naming_its_transaction(devnet: Devnet) -> None:
+    """web3's TimeExhausted used to escape as a traceback (``avs request --insure`` half done); the
+    transaction may still be mined, so the error names it."""
+    header = _header(devnet, 40)
+    signatures = _certificate(devnet, header, ())
+    devnet.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    devnet.client.receipt_timeout = 0.3
+    try:
+        with pytest.raises(TransactionPendingError, match=r"transaction 0x[0-9a-f]{64} was not mined within 0\.3 s"):
+            devnet.client.certify_batch(header, signatures)
+    finally:
+        devnet.client.receipt_timeout = RECEIPT_TIMEOUT_SECONDS
+        devnet.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        devnet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert devnet.client.is_certified(header, compute_signatory_record_hash(header.reference_block, []))

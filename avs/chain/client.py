@@ -17,7 +17,7 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractCustomError
+from web3.exceptions import ContractCustomError, TimeExhausted
 from web3.types import Nonce, TxParams
 
 from avs.chain.abi import DEFAULT_OUT_DIR, compute_error_selectors, decode_custom_error, load_abi
@@ -38,6 +38,14 @@ _ERROR_SOURCES = (
 _G1_ABI = "(uint256,uint256)"
 _G2_ABI = "(uint256[2],uint256[2])"
 _PUBKEY_REGISTRATION_ABI = f"({_G1_ABI},{_G1_ABI},{_G2_ABI})"
+
+
+# A plain send's wait for its receipt: two minutes is ten mainnet blocks.
+RECEIPT_TIMEOUT_SECONDS = 120.0
+
+
+class TransactionPendingError(AvsError):
+    """A transaction sent but not mined in time: it may still be mined (its hash is in the message)."""
 
 
 class ContractRevertError(AvsError):
@@ -221,6 +229,7 @@ class Web3AvsClient:
         self.deployment = deployment
         self.account = account
         self.sender: TransactionSink | None = None
+        self.receipt_timeout = RECEIPT_TIMEOUT_SECONDS  # a plain send's wait for its receipt
         self.registry = w3.eth.contract(
             address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry", out_dir)
         )
@@ -308,8 +317,8 @@ class Web3AvsClient:
 
     def send(self, fn: ContractFunction, account: LocalAccount | None = None) -> MinedTransaction:
         """``transact``, returning the gas used too. The client's own transactions go through
-        ``sender`` when one is set; otherwise (and for another ``account``) a plain send and a 30 s
-        receipt wait."""
+        ``sender`` when one is set; otherwise (and for another ``account``) a plain send and a wait of
+        ``receipt_timeout`` seconds for its receipt (``TransactionPendingError`` past it)."""
         if self.sender is not None and account is None:
             return self.sender.send(fn)
         sender = account or self.account
@@ -318,7 +327,13 @@ class Web3AvsClient:
         tx = self.build_transaction(fn, {"from": sender.address, "nonce": Nonce(self._nonce(sender))})
         signed = sender.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)
+        except TimeExhausted:
+            raise TransactionPendingError(
+                f"transaction 0x{bytes(tx_hash).hex()} was not mined within {self.receipt_timeout:g} s; it may "
+                "still be: look it up before sending again"
+            ) from None
         if receipt["status"] != 1:
             raise AvsError(f"transaction {tx_hash.hex()} failed")
         return Receipt(bytes(tx_hash), int(receipt["gasUsed"]))

@@ -59,4 +59,11 @@ def parse_deployment(raw: object) -> Deployment:
 
 
 def load_deployment(path: Path) -> Deployment:
-    return parse_deployment(json.loads(path.read_text()))
+    """The deployment JSON at ``path``; raises ``InvalidInputError`` naming it if unreadable."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the deployment {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise InvalidInputError(f"the deployment {path} is not JSON: {exc}") from exc
+    return parse_deployment(raw)

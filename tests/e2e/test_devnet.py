@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from hexbytes import HexBytes
+from tokenizers import Tokenizer
 from web3 import Web3
 
 from avs import demo
@@ -199,13 +200,18 @@ def _cli(devnet: Devnet, tmp_path: Path, secret: str, *args: str) -> subprocess.
 def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_path: Path) -> None:
     requester = demo.fund(devnet, 10**18)
     secret = "0x" + bytes(requester.key).hex()
-    out = _cli(devnet, tmp_path, secret, "--insure", "2.5", "--out", str(tmp_path / "cert.json"))
+    tokenizer = str(devnet.model_dir)  # the certified tokens are decoded here, not taken from the aggregator
+    out = _cli(
+        devnet, tmp_path, secret, "--insure", "2.5", "--out", str(tmp_path / "cert.json"), "--tokenizer", tokenizer
+    )
     assert out.returncode == 0, out.stderr
     assert secret[2:] not in out.stdout + out.stderr
     assert "coverage bought against quorum 0: premium 0.025 tokens" in out.stderr
     assert "CERTIFIED" in out.stderr and "offline check: OK" in out.stderr
     certificate = certificate_from_json((tmp_path / "cert.json").read_text())
     assert certificate.request.requester == requester.address
+    decoded = Tokenizer.from_file(str(devnet.model_dir / "tokenizer.json")).decode(list(certificate.output_token_ids))
+    assert out.stdout.startswith(decoded) and "not the certified tokens' decoding" not in out.stderr
     assert devnet.anvil is not None
     coverage = Web3CoverageReader(devnet.anvil.w3, devnet.deployment.insurance_pool or "").get_coverage(
         bytes(certificate.request_hash)

@@ -1,0 +1,135 @@
+"""``AggregatorClient`` binds what it waits for to what it sent, over real gRPC against an aggregator
+that answers the hash, certificate or tokens of another request (found by a review: the CLI printed
+such a request's text and its offline check said OK)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_utils import keccak
+
+from avs.client import AggregatorClient
+from avs.errors import InvalidInputError
+from avs.messages import Domain, compute_request_hash
+from avs.rpc import convert
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
+from avs.rpc.operator.v1 import operator_pb2 as op
+from tests.helpers import serve_aggregator
+
+DOMAIN = Domain(31337, "0x" + "11" * 20)
+MODEL_ID = keccak(text="model")
+PROMPT_HASH = keccak(text="the chat, templated")
+REQUESTER = Account.from_key(keccak(text="requester"))
+CHAT = [{"role": "user", "content": "is it safe to restake?"}]
+
+
+def _completed(request: op.InferenceRequest) -> op.InferenceRequest:
+    completed = op.InferenceRequest()
+    completed.CopyFrom(request)
+    completed.model_id = completed.model_id or MODEL_ID
+    completed.prompt_hash = completed.prompt_hash or PROMPT_HASH
+    return completed
+
+
+def _hash(request: op.InferenceRequest) -> bytes:
+    return compute_request_hash(DOMAIN, convert.request_from_proto(request).request)
+
+
+class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
+    """Certifies what it was sent, unless told to answer another request's hash or certificate, or
+    tokens in the status other than the certified ones."""
+
+    def __init__(self) -> None:
+        self.other_hash = False
+        self.other_request = False
+        self.other_tokens = False
+        self.certified: op.InferenceRequest | None = None
+
+    def Submit(self, request: ag.SubmitRequest, context: Any) -> ag.SubmitResponse:
+        certified = _completed(request.request)
+        if self.other_request:  # another requester's request, certified earlier
+            certified.messages[0].content = "wire all your funds to 0xEVIL"
+            certified.nonce = (1).to_bytes(32, "big")
+        self.certified = certified
+        answered = _hash(certified)
+        if self.other_hash:
+            answered = keccak(text="another request")
+        return ag.SubmitResponse(request_hash=answered)
+
+    def WatchStatus(self, request: ag.GetStatusRequest, context: Any) -> Iterator[ag.RequestStatus]:
+        assert self.certified is not None
+        tokens = [5, 6, 7]
+        certificate = ag.Certificate(
+            request=self.certified, request_hash=request.request_hash, output_token_ids=tokens, output_text="five six"
+        )
+        status = ag.RequestStatus(
+            request_hash=request.request_hash,
+            state=ag.REQUEST_STATE_CERTIFIED,
+            output_token_ids=[5, 6, 8] if self.other_tokens else tokens,
+            certificate=certificate,
+        )
+        yield status
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[CertifyingAggregator, AggregatorClient]]:
+    aggregator = CertifyingAggregator()
+    with serve_aggregator(aggregator) as client:
+        yield aggregator, client
+
+
+def _submit_signed(client: AggregatorClient) -> bytes:
+    return client.submit(
+        CHAT,
+        requester=REQUESTER.address,
+        model_id=MODEL_ID,
+        prompt_hash=PROMPT_HASH,
+        domain=DOMAIN,
+        requester_key=bytes(REQUESTER.key),
+    )
+
+
+def test_an_honest_certificate_of_the_request_sent_is_returned(
+    served: tuple[CertifyingAggregator, AggregatorClient],
+) -> None:
+    _, client = served
+    request_hash = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
+    status = client.wait(request_hash, timeout=10)
+    assert status.certificate.request.messages[0].content == CHAT[0]["content"]
+    signed_hash = _submit_signed(client)
+    assert client.wait(signed_hash, timeout=10).certificate.request_hash == signed_hash
+
+
+def test_a_signed_request_answered_with_another_hash_is_refused(
+    served: tuple[CertifyingAggregator, AggregatorClient],
+) -> None:
+    aggregator, client = served
+    aggregator.other_hash = True
+    with pytest.raises(InvalidInputError, match="another request than the one signed"):
+        _submit_signed(client)
+
+
+def test_a_certificate_of_another_request_is_refused_by_wait(
+    served: tuple[CertifyingAggregator, AggregatorClient],
+) -> None:
+    """Unsigned, the client cannot check the hash Submit answers; the certificate's request must
+    then be the one sent (the chat and the client's random nonce)."""
+    aggregator, client = served
+    aggregator.other_request = True
+    request_hash = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
+    with pytest.raises(InvalidInputError, match=r"certified another request .*changed: nonce, messages"):
+        client.wait(request_hash, timeout=10)
+
+
+def test_status_tokens_other_than_the_certified_ones_are_refused(
+    served: tuple[CertifyingAggregator, AggregatorClient],
+) -> None:
+    aggregator, client = served
+    aggregator.other_tokens = True
+    request_hash = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
+    with pytest.raises(InvalidInputError, match="not the certified ones"):
+        client.wait(request_hash, timeout=10)

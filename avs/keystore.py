@@ -9,10 +9,13 @@ reading them from the environment or a prompt is the CLI's job, and nothing here
 
 A file is opened only with a 32-byte derived key (a shorter one would leave the MAC independent of
 the password: a wrong password would open it to a wrong key) and a KDF at least as costly as the
-cheapest any Ethereum tool writes: scrypt ``n >= 2^12`` (geth's ``--lightkdf``), pbkdf2
-``c >= 2^18`` (EIP-2335's and the Web3 Secret Storage examples'). Writing takes the same floor: a
-lower ``scrypt_n`` is refused, so nothing here writes a file it would refuse to open. Every
-way a file can be wrong is a ``KeystoreError`` (``WrongPasswordError`` for a MAC that fails).
+cheapest any Ethereum tool writes: scrypt ``n >= 2^12`` and ``n * r >= 2^12 * 8`` (the memory of
+geth's ``--lightkdf``), pbkdf2 ``c >= 2^18`` (EIP-2335's and the Web3 Secret Storage examples'),
+and at most 1 GiB of scrypt memory (``128 * n * r``). Writing takes the same bounds, so nothing
+here writes a file it would refuse to open. Every way a file can be wrong is a ``KeystoreError``
+(``WrongPasswordError`` for a MAC that fails). A password is used as its bytes: UTF-8, with the
+raw bytes of an environment variable that is not UTF-8 kept as they are (as geth does), and never
+quoted in an error.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ SCRYPT_P = 1
 MIN_SCRYPT_N = 1 << 12  # geth's LightScryptN (--lightkdf), what the devnet writes
 MAX_SCRYPT_N = 1 << 20
 MAX_SCRYPT_R = MAX_SCRYPT_P = 16
+MIN_SCRYPT_MEMORY = 128 * MIN_SCRYPT_N * SCRYPT_R  # 4 MiB: geth's --lightkdf (n 2^12, r 8)
+MAX_SCRYPT_MEMORY = 1 << 30  # hashlib.scrypt refuses maxmem >= 2^31
 MIN_PBKDF2_C = 1 << 18  # EIP-2335's and Web3 Secret Storage's example count (eth-account writes 10^6)
 MAX_PBKDF2_C = 10_000_000
 DKLEN = 32  # aes-128 key ‖ MAC key
@@ -71,18 +76,26 @@ def _scrypt_n_to_write(scrypt_n: int) -> int:
     if (
         isinstance(scrypt_n, bool)
         or not isinstance(scrypt_n, int)
-        or scrypt_n < MIN_SCRYPT_N
+        or not MIN_SCRYPT_N <= scrypt_n <= MAX_SCRYPT_N
         or scrypt_n & (scrypt_n - 1)
     ):
-        raise KeystoreError(f"scrypt n must be a power of two of at least {MIN_SCRYPT_N}, got {scrypt_n!r}")
+        raise KeystoreError(f"scrypt n must be a power of two from {MIN_SCRYPT_N} to {MAX_SCRYPT_N}, got {scrypt_n!r}")
     return scrypt_n
+
+
+def _password_bytes(password: str) -> bytes:
+    """The password's bytes (an environment variable's raw bytes survive Python's surrogateescape)."""
+    try:
+        return password.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise KeystoreError("the password holds characters that cannot be encoded (lone surrogates)") from None
 
 
 def encrypt_v3(secret: bytes, password: str, scrypt_n: int = SCRYPT_N) -> dict[str, Any]:
     """geth's ``EncryptDataV3``: scrypt-derived key, aes-128-ctr, MAC = keccak(dk[16:32] ‖ ct)."""
     scrypt_n = _scrypt_n_to_write(scrypt_n)
     salt, iv = secrets.token_bytes(32), secrets.token_bytes(IV_BYTES)
-    derived = _scrypt(password, salt, scrypt_n, SCRYPT_R, SCRYPT_P, DKLEN)
+    derived = _scrypt(_password_bytes(password), salt, scrypt_n, SCRYPT_R, SCRYPT_P, DKLEN)
     ciphertext = _aes_ctr(derived[:16], iv, secret)
     return {
         "cipher": "aes-128-ctr",
@@ -96,6 +109,7 @@ def encrypt_v3(secret: bytes, password: str, scrypt_n: int = SCRYPT_N) -> dict[s
 
 def decrypt_v3(crypto: Any, password: str) -> bytes:
     """Open a v3 ``crypto`` object (scrypt or pbkdf2); ``WrongPasswordError`` if the MAC fails."""
+    secret = _password_bytes(password)  # outside the try: its errors must not quote the password
     try:
         if crypto["cipher"] != "aes-128-ctr":
             raise KeystoreError(f"unsupported cipher {crypto['cipher']!r}")
@@ -104,7 +118,7 @@ def decrypt_v3(crypto: Any, password: str) -> bytes:
         if len(iv) != IV_BYTES:
             raise KeystoreError(f"the cipher's iv must be {IV_BYTES} bytes")
         mac = bytes.fromhex(crypto["mac"])
-        derived = _derive_key(crypto["kdf"], crypto["kdfparams"], password)
+        derived = _derive_key(crypto["kdf"], crypto["kdfparams"], secret)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise KeystoreError(f"malformed keystore crypto section: {exc!r}") from exc
     if not hmac.compare_digest(keccak(derived[16:32] + ciphertext), mac):
@@ -112,7 +126,7 @@ def decrypt_v3(crypto: Any, password: str) -> bytes:
     return _aes_ctr(derived[:16], iv, ciphertext)
 
 
-def _derive_key(kdf: str, params: dict[str, Any], password: str) -> bytes:
+def _derive_key(kdf: str, params: dict[str, Any], password: bytes) -> bytes:
     salt = bytes.fromhex(params["salt"])
     if int(params["dklen"]) != DKLEN:
         raise KeystoreError(f"the derived key must be {DKLEN} bytes (dklen), not {params['dklen']!r}")
@@ -120,8 +134,13 @@ def _derive_key(kdf: str, params: dict[str, Any], password: str) -> bytes:
         n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
         if n > MAX_SCRYPT_N or r > MAX_SCRYPT_R or p > MAX_SCRYPT_P or n < 2 or r < 1 or p < 1:
             raise KeystoreError("scrypt parameters out of the supported range")
-        if n < MIN_SCRYPT_N:
-            raise KeystoreError(f"scrypt n={n} is too weak to protect a key; at least {MIN_SCRYPT_N}: re-encrypt it")
+        if n < MIN_SCRYPT_N or 128 * n * r < MIN_SCRYPT_MEMORY:
+            raise KeystoreError(
+                f"scrypt n={n}, r={r} is too weak to protect a key; at least n={MIN_SCRYPT_N} and "
+                f"n*r={MIN_SCRYPT_MEMORY // 128}: re-encrypt it"
+            )
+        if 128 * n * r > MAX_SCRYPT_MEMORY:
+            raise KeystoreError(f"scrypt n={n}, r={r} needs more than {MAX_SCRYPT_MEMORY >> 20} MiB")
         return _scrypt(password, salt, n, r, p, DKLEN)
     if kdf == "pbkdf2":
         c = int(params["c"])
@@ -129,12 +148,14 @@ def _derive_key(kdf: str, params: dict[str, Any], password: str) -> bytes:
             raise KeystoreError("unsupported pbkdf2 parameters")
         if c < MIN_PBKDF2_C:
             raise KeystoreError(f"pbkdf2 c={c} is too weak to protect a key; at least {MIN_PBKDF2_C}: re-encrypt it")
-        return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, c, DKLEN)
+        return hashlib.pbkdf2_hmac("sha256", password, salt, c, DKLEN)
     raise KeystoreError(f"unsupported kdf {kdf!r}")
 
 
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
-    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=256 * n * r + (1 << 20))
+def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    # scrypt's memory is 128*r*n for V plus 128*r*p for B; the margin covers OpenSSL's own accounting.
+    maxmem = 128 * r * (n + p + 2) + (1 << 20)
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=maxmem)
 
 
 def _aes_ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
@@ -209,7 +230,9 @@ def load_bls_keystore(path: Path, password: str) -> KeyPair:
 
 def save_ecdsa_keystore(path: Path, private_key: bytes, password: str, scrypt_n: int = SCRYPT_N) -> str:
     """Write a Web3 Secret Storage v3 file; returns the checksummed address."""
-    document = Account.encrypt(private_key, password, kdf="scrypt", iterations=_scrypt_n_to_write(scrypt_n))
+    iterations = _scrypt_n_to_write(scrypt_n)
+    password_bytes = _password_bytes(password)  # eth-account takes bytes as they are (typed str only)
+    document = Account.encrypt(private_key, password_bytes, kdf="scrypt", iterations=iterations)  # type: ignore[arg-type]
     _write_private_file(path, dict(document))
     return str(Account.from_key(private_key).address)
 

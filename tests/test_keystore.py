@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import stat
 from pathlib import Path
@@ -203,3 +204,43 @@ def test_oversized_fields_are_keystore_errors(tmp_path: Path) -> None:
     overflowing["kdfparams"]["n"] = float("inf")  # JSON's 1e400
     with pytest.raises(KeystoreError):
         keystore.load_ecdsa_keystore(write_ecdsa(tmp_path, overflowing), "pw")
+
+
+def test_a_password_that_is_not_utf8_is_used_as_its_bytes_and_never_quoted(tmp_path: Path) -> None:
+    """os.environ holds a non-UTF-8 byte as a lone surrogate: encoding it used to fail inside the
+    KDF, and the error quoted the whole password ("malformed keystore crypto section:
+    UnicodeEncodeError('utf-8', 'S3cr3t-Passw0rd\\udcff', ...)"), which the CLI printed."""
+    path = tmp_path / "op.bls.key.json"
+    pair = bls.compute_key_pair(bls.SecretKey(12345))
+    raw_password = os.fsdecode(b"S3cr3t-Passw0rd\xff")
+    keystore.save_bls_keystore(path, pair, raw_password, scrypt_n=keystore.MIN_SCRYPT_N)
+    assert keystore.load_bls_keystore(path, raw_password).secret == pair.secret
+    with pytest.raises(KeystoreError) as info:
+        keystore.load_bls_keystore(path, os.fsdecode(b"S3cr3t-Passw0rd\xfe"))
+    assert "S3cr3t" not in str(info.value) and "wrong password" in str(info.value)
+    with pytest.raises(KeystoreError, match="cannot be encoded") as refused:
+        keystore.load_bls_keystore(path, "S3cr3t-Passw0rd\ud800")
+    assert "S3cr3t" not in str(refused.value)
+
+
+def test_the_largest_scrypt_n_written_opens_again_and_a_larger_one_is_refused(tmp_path: Path) -> None:
+    """hashlib.scrypt refuses maxmem >= 2^31: a file written with n = 2^20 (eth-account) could not
+    be opened, and writing a BLS key with it escaped as a bare ValueError."""
+    path = tmp_path / "a.ecdsa.key.json"
+    secret = bytes(range(1, 33))
+    keystore.save_ecdsa_keystore(path, secret, "pw", scrypt_n=keystore.MAX_SCRYPT_N)
+    assert keystore.load_ecdsa_keystore(path, "pw") == secret
+    pair = bls.compute_key_pair(bls.SecretKey(5))
+    with pytest.raises(KeystoreError, match="power of two from"):
+        keystore.save_bls_keystore(tmp_path / "b.bls.key.json", pair, "pw", scrypt_n=keystore.MAX_SCRYPT_N * 2)
+
+
+@pytest.mark.parametrize(("n", "r", "message"), [(1 << 12, 1, "too weak"), (1 << 20, 16, "more than 1024 MiB")])
+def test_scrypt_bounds_count_memory_not_only_n(tmp_path: Path, n: int, r: int, message: str) -> None:
+    """n = 2^12 with r = 1 is an eighth of geth --lightkdf's memory; n = 2^20 with r = 16 is 2 GiB."""
+    envelope = keystore.encrypt_v3(b"\x11" * 32, "pw", keystore.MIN_SCRYPT_N)
+    envelope["kdfparams"].update(n=n, r=r)
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"version": 3, "crypto": envelope}))
+    with pytest.raises(KeystoreError, match=message):
+        keystore.load_ecdsa_keystore(path, "pw")

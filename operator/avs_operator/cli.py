@@ -37,7 +37,7 @@ from avs.cli import main as avs_main
 from avs.crypto.bls import KeyPair
 from avs.errors import AvsError, InvalidInputError
 from avs.logs import configure_json_logging
-from avs_operator.config import ConfigError, OperatorConfig, load_config, load_secrets
+from avs_operator.config import ConfigError, GrpcConfig, OperatorConfig, load_config, load_secrets
 from avs_operator.slashing_protection import SlashingProtection
 
 
@@ -132,13 +132,36 @@ def _replacement(text: str) -> tuple[int, str]:
     return int(quorum), member
 
 
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+
+
+def get_public_socket(given: str | None, grpc: GrpcConfig) -> str:
+    """The socket registered on-chain, where aggregators dial: ``given`` (``--socket``), or
+    ``grpc.listen`` unless it binds every interface (0.0.0.0 would send aggregators to their own
+    host). Its scheme must match the server: ``grpcs://`` with TLS, ``grpc://`` (or none) without."""
+    tls = grpc.tls_cert_file is not None
+    if given is None:
+        host = grpc.listen.rpartition(":")[0]
+        if host in WILDCARD_HOSTS:
+            raise InvalidInputError(
+                f"grpc.listen {grpc.listen} binds every interface: give the address aggregators dial, "
+                "--socket host:port"
+            )
+        return ("grpcs://" if tls else "grpc://") + grpc.listen
+    if tls and not given.startswith("grpcs://"):
+        raise InvalidInputError(f"the gRPC server serves TLS: register --socket grpcs://host:port, not {given}")
+    if not tls and given.startswith("grpcs://"):
+        raise InvalidInputError(f"--socket {given} asks for TLS, but grpc.tls_cert_file is not set")
+    return given
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from avs.chain.registration import register_operator
 
     config = load_config(args.config)
     client, account = _chain_client(config, with_account=True)
     assert account is not None
-    socket = args.socket or config.grpc.listen
+    socket = get_public_socket(args.socket, config.grpc)
     replace = dict(args.replace or [])
     hashes = register_operator(client, account, _bls_keys(config), socket, args.quorums, args.allocate_wad, replace)
     print(
@@ -214,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     register = commands.add_parser("register", help="register with the AVS's operator sets (sends transactions)")
     register.add_argument("--config", type=Path, required=True)
     register.add_argument("--quorums", type=int, nargs="+", default=[0])
-    register.add_argument("--socket", help="where aggregators reach this operator (default: grpc.listen)")
+    register.add_argument(
+        "--socket",
+        help="where aggregators reach this operator, grpc://host:port (grpcs:// with TLS); default: grpc.listen "
+        "unless it binds every interface",
+    )
     register.add_argument("--allocate-wad", type=int, help="allocate this fraction (1e18 = all) of stake first")
     register.add_argument(
         "--replace",

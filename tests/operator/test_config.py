@@ -85,3 +85,25 @@ def test_device_is_one_of_three_and_reaches_the_engine_loader(monkeypatch: pytes
     config = parse_config({**example(), "device": "cpu", "threads": 3})
     assert app._default_loader(Path("models/x"), config) is engine
     assert seen == {"path": Path("models/x"), "threads": 3, "device": "cpu"}
+
+
+def test_the_registered_socket_is_never_a_wildcard_and_its_scheme_matches_the_server(tmp_path: Path) -> None:
+    """`register` without --socket used to publish grpc.listen as is: the example's 0.0.0.0:50051
+    sends every aggregator to its own host, and a TLS server got a plaintext socket."""
+    from avs.errors import InvalidInputError
+    from avs_operator.cli import get_public_socket
+    from avs_operator.config import GrpcConfig
+
+    for listen in ("0.0.0.0:50051", "[::]:50051", ":50051"):
+        with pytest.raises(InvalidInputError, match="binds every interface"):
+            get_public_socket(None, GrpcConfig(listen=listen))
+    assert get_public_socket(None, GrpcConfig(listen="10.0.0.5:50051")) == "grpc://10.0.0.5:50051"
+    assert get_public_socket("op.example:50051", GrpcConfig()) == "op.example:50051"
+    (tmp_path / "c.pem").write_text("cert")
+    (tmp_path / "k.pem").write_text("key")
+    tls = GrpcConfig(listen="10.0.0.5:50051", tls_cert_file=tmp_path / "c.pem", tls_key_file=tmp_path / "k.pem")
+    assert get_public_socket(None, tls) == "grpcs://10.0.0.5:50051"
+    with pytest.raises(InvalidInputError, match="serves TLS"):
+        get_public_socket("grpc://op.example:50051", tls)
+    with pytest.raises(InvalidInputError, match="asks for TLS"):
+        get_public_socket("grpcs://op.example:50051", GrpcConfig())

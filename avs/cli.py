@@ -451,6 +451,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         on_chain = verify_on_chain(certificate, task_manager, from_block=deployment.start_block)
         result["on_chain_ok"] = on_chain
         ok = ok and on_chain
+        if on_chain:  # then its non-signers are the certified ones: count the stake they left out
+            from avs.chain.client import Web3AvsClient
+            from avs.client import check_stakes_on_chain
+
+            shares, problems = check_stakes_on_chain(certificate, Web3AvsClient(w3, deployment), args.min_share_bps)
+            result["on_chain_stake_shares"] = {str(q): share for q, share in shares.items()}
+            result["problems"] = [*check.problems, *problems]
+            ok = ok and not problems
+    elif args.min_share_bps:
+        print("no --rpc-url: the stake shares are the aggregator's word, not checked on chain", file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0 if ok else 1
 
@@ -511,7 +521,12 @@ def add_requester_commands(commands: Any) -> None:
     verify.add_argument(
         "--rpc-url", help="also check verifyLeaf on that deployment's task manager (needs --deployment)"
     )
-    verify.add_argument("--min-share-bps", type=int, default=0, help="fail below this signed stake share")
+    verify.add_argument(
+        "--min-share-bps",
+        type=int_in(0, 10_000),
+        default=0,
+        help="fail below this signed stake share per quorum (counted on chain with --rpc-url)",
+    )
     verify.set_defaults(func=cmd_verify)
 
 

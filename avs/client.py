@@ -27,8 +27,10 @@ not signers, and the stake shares name exactly the batch's quorums. With ``domai
 and task manager you trust) the certificate must be for that deployment, and with ``request_hash``
 for that request: without them anyone can make a self-consistent certificate with their own keys
 on their own "task manager". That the keys were the registered operators with the stated stake is
-what the chain certified: ``verify_on_chain`` asks your deployment's task manager's ``verifyLeaf``
-(the stake shares in the certificate are the aggregator's word until then).
+what the chain certified: ``verify_on_chain`` asks your deployment's task manager's ``verifyLeaf``,
+which proves the task manager's own threshold was met; the stake shares the certificate states are
+the aggregator's word until ``check_stakes_on_chain`` counts them from the registry's history at the
+reference block (``Web3AvsClient.get_signed_stakes``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TypedDict, Unpack
+from typing import Protocol, TypedDict, Unpack
 
 import grpc
 from eth_abi.packed import encode_packed
@@ -70,7 +72,7 @@ from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 from avs.rpc.operator.v1 import operator_pb2 as op
-from avs.types import Bytes32
+from avs.types import Bytes32, OperatorId
 
 logger = logging.getLogger(__name__)
 
@@ -589,3 +591,37 @@ def _certified_by_event(certificate: ag.Certificate, task_manager: object, from_
         return False
     leaf = BatchLeaf(bytes(certificate.request_hash), bytes(certificate.output_hash))
     return verify_merkle_proof(event.leaves_root, leaf, [bytes(p) for p in certificate.merkle_proof])
+
+
+class SignedStakeReader(Protocol):
+    def get_signed_stakes(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> dict[int, tuple[int, int]]: ...
+
+
+def check_stakes_on_chain(
+    certificate: ag.Certificate, reader: SignedStakeReader, min_share_bps: int = 0
+) -> tuple[dict[int, float], list[str]]:
+    """Each quorum's signed share as the registry recorded it at the reference block (the
+    certificate's stake figures are the aggregator's word; ``verifyLeaf`` proves only the task
+    manager's own threshold), and what is wrong: a stated figure the chain does not have, a share
+    under ``min_share_bps``. Run it after ``verify_on_chain``: the non-signers are the certified ones
+    only if the signatory record hash is."""
+    header = certificate.batch_header
+    non_signers = [OperatorId(bytes(i)) for i in certificate.non_signer_ids]
+    stakes = reader.get_signed_stakes(header.reference_block, bytes(header.quorum_numbers), non_signers)
+    stated = {q.quorum_number: (q.signed_stake, q.total_stake) for q in certificate.quorum_stakes}
+    shares: dict[int, float] = {}
+    problems: list[str] = []
+    for quorum, (signed, total) in stakes.items():
+        shares[quorum] = signed / total if total else 0.0
+        if stated.get(quorum) != (str(signed), str(total)):
+            problems.append(
+                f"quorum {quorum}: the certificate states {'/'.join(stated.get(quorum, ('none',)))} signed, "
+                f"the chain has {signed}/{total}"
+            )
+        if shares[quorum] * 10_000 < min_share_bps:
+            problems.append(
+                f"quorum {quorum} signed {shares[quorum]:.2%} on chain, below the {min_share_bps / 100:.2f}% asked"
+            )
+    return shares, problems

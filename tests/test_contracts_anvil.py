@@ -30,7 +30,7 @@ from avs.crypto.curve import G1Point
 from avs.devnet import ANVIL_KEY_0, CONTRACTS, Anvil, deploy_contracts, restake
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import BatchHeader
-from avs.types import Address
+from avs.types import Address, OperatorId
 
 STAKE = 10 * 10**18
 QUORUMS = b"\x00"
@@ -301,3 +301,40 @@ def test_a_send_not_mined_in_time_is_a_clear_error_naming_its_transaction(devnet
         devnet.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
         devnet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     assert devnet.client.is_certified(header, compute_signatory_record_hash(header.reference_block, []))
+
+
+def test_signed_stake_shares_are_counted_on_chain_not_taken_from_the_certificate(devnet: Devnet) -> None:
+    """verifyLeaf proves only the task manager's threshold: a certificate stating a larger signed
+    share than its non-signers left (found by a review: `avs verify --min-share-bps` passed one
+    signed by a quarter of the stake) is caught by counting the registry's stakes at its block."""
+    from avs.client import check_stakes_on_chain
+    from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+    from avs.rpc.operator.v1 import operator_pb2 as op
+
+    header = _header(devnet, 41)
+    non_signers = tuple(sorted(devnet.operators[:1], key=lambda o: o.keys.operator_id))
+    devnet.client.certify_batch(header, _certificate(devnet, header, non_signers))
+    ids = [OperatorId(o.keys.operator_id) for o in non_signers]
+    stakes = devnet.client.get_signed_stakes(header.reference_block, QUORUMS, ids)
+    signed, total = stakes[0]
+    assert total > 0 and signed * 4 == total * 3  # four equal stakes, one did not sign
+    assert devnet.client.get_signed_stakes(header.reference_block, QUORUMS, []) == {0: (total, total)}
+
+    def certificate(stated_signed: int) -> ag.Certificate:
+        return ag.Certificate(
+            batch_header=op.BatchHeader(
+                batch_index=41,
+                leaves_root=header.leaves_root,
+                reference_block=header.reference_block,
+                quorum_numbers=QUORUMS,
+            ),
+            non_signer_ids=ids,
+            quorum_stakes=[ag.QuorumStake(quorum_number=0, signed_stake=str(stated_signed), total_stake=str(total))],
+        )
+
+    shares, problems = check_stakes_on_chain(certificate(signed), devnet.client, min_share_bps=6667)
+    assert shares == {0: 0.75} and problems == []
+    _, problems = check_stakes_on_chain(certificate(total), devnet.client, min_share_bps=6667)
+    assert problems == [f"quorum 0: the certificate states {total}/{total} signed, the chain has {signed}/{total}"]
+    _, problems = check_stakes_on_chain(certificate(signed), devnet.client, min_share_bps=8000)
+    assert problems == ["quorum 0 signed 75.00% on chain, below the 80.00% asked"]

@@ -263,6 +263,30 @@ class Web3AvsClient:
             non_signer_stake_indices=tuple(tuple(row) for row in raw[3]),
         )
 
+    def get_signed_stakes(
+        self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]
+    ) -> dict[int, tuple[int, int]]:
+        """Each quorum's (signed, total) stake at ``reference_block`` as ``checkSignatures`` counts
+        it: the quorum's total less the stake of each non-signer that was a member of it then."""
+        ids = list(non_signer_ids)
+        indices = self.get_check_signatures_indices(reference_block, quorum_numbers, ids)
+        registry = self.registry.functions
+        bitmaps = [
+            int(self._call(registry.getQuorumBitmapAtBlockNumberByIndex(operator_id, reference_block, index)))
+            for operator_id, index in zip(ids, indices.non_signer_quorum_bitmap_indices, strict=True)
+        ]
+        stakes: dict[int, tuple[int, int]] = {}
+        for i, quorum in enumerate(quorum_numbers):
+            total_index = indices.total_stake_indices[i]
+            total = int(self._call(registry.getTotalStakeAtBlockNumberFromIndex(quorum, reference_block, total_index)))
+            members = [operator_id for operator_id, bitmap in zip(ids, bitmaps, strict=True) if bitmap >> quorum & 1]
+            missing = sum(
+                int(self._call(registry.getStakeAtBlockNumberAndIndex(quorum, reference_block, operator_id, index)))
+                for operator_id, index in zip(members, indices.non_signer_stake_indices[i], strict=True)
+            )
+            stakes[quorum] = (total - missing, total)
+        return stakes
+
     def get_threshold_bps(self) -> int:
         """The task manager's ``config().thresholdBps``: the stake share every certificate needs."""
         return int(self._call(self.task_manager.functions.config())[0])

@@ -6,6 +6,7 @@ its requester paid; and ``avs request --insure`` run as a user runs it. A tiny m
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from avs import demo
 from avs.chain.abi import load_abi
 from avs.chain.faults import ChallengeStatus, CoverageStatus
 from avs.chain.insurance import Web3CoverageReader
-from avs.client import certificate_from_json, verify_certificate, verify_on_chain
+from avs.client import certificate_from_json, certificate_to_json, verify_certificate, verify_on_chain
 from avs.devnet import Devnet, ServiceProcess
 from avs.messages import Domain
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -218,6 +219,16 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
     )
     assert coverage.status == CoverageStatus.ACTIVE and coverage.beneficiary == requester.address
     assert coverage.amount == 25 * 10**17
+    verify = [sys.executable, "-m", "avs.cli", "verify", "--deployment", str(devnet.deployment_file)]
+    verify += ["--rpc-url", devnet.anvil.url, "--min-share-bps", "6667"]
+    checked = subprocess.run([*verify, str(tmp_path / "cert.json")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    stated = {str(q.quorum_number): int(q.signed_stake) / int(q.total_stake) for q in certificate.quorum_stakes}
+    assert json.loads(checked.stdout)["on_chain_stake_shares"] == stated  # counted on chain, as stated
+    certificate.quorum_stakes[0].total_stake = str(int(certificate.quorum_stakes[0].total_stake) - 1)
+    (tmp_path / "inflated.json").write_text(certificate_to_json(certificate))
+    inflated = subprocess.run([*verify, str(tmp_path / "inflated.json")], capture_output=True, text=True)
+    assert inflated.returncode == 1 and "the chain has" in inflated.stdout, inflated.stdout + inflated.stderr
     command = [sys.executable, "-m", "avs.cli", "claim", "0x" + bytes(certificate.request_hash).hex()]
     command += ["--requester-key-env", "REQUESTER_SECRET", "--deployment", str(devnet.deployment_file)]
     claim = subprocess.run(

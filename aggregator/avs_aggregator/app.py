@@ -184,7 +184,10 @@ class PipelineRunner:
             for index in self.pipeline.active_batch_indices():
                 if self._stopped.is_set():
                     return
-                self.pipeline.advance_batch(index)
+                try:
+                    self.pipeline.advance_batch(index)
+                except Exception:  # one failing batch must not hold back the batches after it
+                    logger.exception("batch step failed; will retry", extra={"batch_index": index})
             self._update_gauges()
             self._stopped.wait(POLL_SECONDS)
 

@@ -777,7 +777,11 @@ class Pipeline:
         started = time.monotonic()
         stage = "sign_batch" if batch.state == BatchState.SIGNING else "certify"
         try:
-            if batch.state == BatchState.SIGNING:
+            if batch.state == BatchState.SIGNING and self._is_stale(batch.reference_block):
+                # Not certifiable any more (a long outage): and its operator set may be state a
+                # full node has pruned, which would fail this batch's every signing round.
+                self._abandon_stale(batch)
+            elif batch.state == BatchState.SIGNING:
                 self._sign_batch(batch)
             elif not self._submit_batch(batch):
                 return False  # waiting for the chain

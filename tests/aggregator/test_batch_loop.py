@@ -1,0 +1,82 @@
+"""The batch loop over a node that has pruned old state (found by a review helper): a batch left
+SIGNING by a long outage used to fail its every signing round (its operator set could not be read)
+and, failing first in every pass, held back every later batch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from avs_aggregator.app import PipelineRunner
+from avs_aggregator.pipeline import Pipeline, PipelineSettings
+from avs_aggregator.store import BatchState, RequestState, Store
+from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
+
+STATE_KEPT_BLOCKS = 128  # a full node's recent state; older reads fail
+
+
+class PrunedNode(FakeNetwork):
+    def __init__(self, *args: object, broken: set[int] | None = None) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.broken = broken or set()
+
+    def get_operator_set(self, reference_block: int):  # type: ignore[no-untyped-def]
+        if reference_block < self.block - STATE_KEPT_BLOCKS or reference_block in self.broken:
+            raise ValueError(f"missing trie node (state of block {reference_block} pruned)")
+        return super().get_operator_set(reference_block)
+
+
+def _wait_certified(store: Store, request_hash: bytes, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        row = store.get_request(request_hash)
+        if row is not None and row.state == RequestState.CERTIFIED:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not certified: {row.state if row else None}")
+
+
+def test_a_batch_signing_since_before_an_outage_is_abandoned_and_later_batches_go_on(tmp_path: Path) -> None:
+    network = PrunedNode([{0: 100}, {0: 100}, {0: 100}])
+    store = Store(f"sqlite:///{tmp_path / 'agg.sqlite'}")
+    pipeline = Pipeline(DOMAIN, store, network, network, network, PipelineSettings(workers=2, batch_max_latency=0.0))
+    first_request = pipeline.submit(make_envelope(1))
+    while pipeline.advance_request(first_request):
+        pass
+    [first] = pipeline.form_batches(force=True)  # the aggregator stops here, the batch SIGNING
+    network.block += 500  # and is back 500 blocks later
+    later_request = pipeline.submit(make_envelope(2))
+    runner = PipelineRunner(pipeline, 2)
+    runner.start()
+    try:
+        _wait_certified(store, later_request)
+        _wait_certified(store, first_request)  # re-batched under a fresh reference block
+    finally:
+        runner.stop(timeout=5)
+        pipeline.close()
+    abandoned = store.get_batch(first)
+    assert abandoned is not None and abandoned.state == BatchState.ABANDONED
+
+
+def test_a_batch_whose_step_keeps_failing_does_not_hold_back_later_ones(tmp_path: Path) -> None:
+    network = PrunedNode([{0: 100}, {0: 100}, {0: 100}])
+    store = Store(f"sqlite:///{tmp_path / 'agg.sqlite'}")
+    pipeline = Pipeline(DOMAIN, store, network, network, network, PipelineSettings(workers=2, batch_max_latency=0.0))
+    first_request = pipeline.submit(make_envelope(1))
+    while pipeline.advance_request(first_request):
+        pass
+    [first] = pipeline.form_batches(force=True)
+    batch = store.get_batch(first)
+    assert batch is not None
+    network.broken = {batch.reference_block}  # this batch's reads fail, not yet stale
+    network.block += 1
+    later_request = pipeline.submit(make_envelope(2))
+    runner = PipelineRunner(pipeline, 2)
+    runner.start()
+    try:
+        _wait_certified(store, later_request)
+    finally:
+        runner.stop(timeout=5)
+        pipeline.close()
+    failing = store.get_batch(first)
+    assert failing is not None and failing.state == BatchState.SIGNING

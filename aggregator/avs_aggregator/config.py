@@ -93,7 +93,8 @@ class LeaderConfig(_Section):
     enabled: bool | None = None  # None: on for a server database (PostgreSQL), off for SQLite
     lease_seconds: float = Field(default=15.0, gt=0, le=600)  # a standby takes over this long after
     renew_seconds: float | None = Field(default=None, gt=0)  # default lease_seconds / 3
-    holder_id: str | None = Field(default=None, min_length=1, max_length=128)  # default host:grpc-port/pid
+    # default host:grpc-port/pid; the lease row adds a 17-character per-process token (String(128))
+    holder_id: str | None = Field(default=None, min_length=1, max_length=110)
 
     @model_validator(mode="after")
     def _check(self) -> LeaderConfig:

@@ -15,11 +15,16 @@ least ``ttl - interval`` seconds: the time the demoted leader has to stop. ``Lea
 says, by the local clock, whether the lease we last renewed is still ours: the guard in front of
 every transaction (``avs_aggregator.app.LeaderOnlySender``). The expiry uses the aggregators'
 clocks: keep ``ttl`` well above their skew (NTP keeps it in milliseconds; the default ttl is 15 s).
+
+The row holds ``holder#token``, a random token per ``LeaderLease``: two aggregators given the same
+holder id (a load balancer's name, or ``hostname:port/pid`` alike in two containers) would
+otherwise both "renew" one lease and both lead.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +52,8 @@ class LeaderLease:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.holder = holder
+        self.holder = holder  # the name others are told (a standby names the leader)
+        self._owner = f"{holder}#{secrets.token_hex(8)}"  # what the row holds: this process's alone
         self.ttl = ttl
         self.name = name
         self.clock = clock
@@ -63,12 +69,12 @@ class LeaderLease:
                     update(LeaseRow)
                     .where(
                         LeaseRow.name == self.name,
-                        (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now),
+                        (LeaseRow.holder == self._owner) | (LeaseRow.expires_at < now),
                     )
                     .values(
                         expires_at=now + self.ttl,
-                        term=case((LeaseRow.holder == self.holder, LeaseRow.term), else_=LeaseRow.term + 1),
-                        holder=self.holder,
+                        term=case((LeaseRow.holder == self._owner, LeaseRow.term), else_=LeaseRow.term + 1),
+                        holder=self._owner,
                     )
                     .execution_options(synchronize_session=False)
                 )
@@ -76,13 +82,19 @@ class LeaderLease:
                     self.term = s.scalar(select(LeaseRow.term).where(LeaseRow.name == self.name))
                     self.held_until = now + self.ttl
                     return True
-                if s.get(LeaseRow, self.name) is not None:  # held by someone else, not expired
+                held = s.get(LeaseRow, self.name)
+                if held is not None:  # held by someone else, not expired
+                    if _holder_name(held.holder) == self.holder:
+                        logger.error(
+                            "another aggregator holds the leader lease under this holder id: give each its own",
+                            extra={"holder": self.holder},
+                        )
                     self.term = self.held_until = None
                     return False
             try:
                 with self.store.session() as s:
                     s.execute(
-                        insert(LeaseRow).values(name=self.name, holder=self.holder, expires_at=now + self.ttl, term=1)
+                        insert(LeaseRow).values(name=self.name, holder=self._owner, expires_at=now + self.ttl, term=1)
                     )
                 self.term, self.held_until = 1, now + self.ttl
                 return True
@@ -100,7 +112,7 @@ class LeaderLease:
         with self.store.session() as s:
             s.execute(
                 update(LeaseRow)
-                .where(LeaseRow.name == self.name, LeaseRow.holder == self.holder)
+                .where(LeaseRow.name == self.name, LeaseRow.holder == self._owner)
                 .values(expires_at=0.0)
                 .execution_options(synchronize_session=False)
             )
@@ -110,7 +122,12 @@ class LeaderLease:
         """(holder, expires_at, term) of the lease, or None before anyone took it."""
         with self.store.session() as s:
             row = s.get(LeaseRow, self.name)
-            return None if row is None else (row.holder, row.expires_at, row.term)
+            return None if row is None else (_holder_name(row.holder), row.expires_at, row.term)
+
+
+def _holder_name(owner: str) -> str:
+    """The holder id in a lease row's ``holder#token``."""
+    return owner.rpartition("#")[0] or owner
 
 
 class LeaderElector:

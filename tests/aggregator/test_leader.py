@@ -86,3 +86,21 @@ def test_racing_aggregators_elect_exactly_one(db: str) -> None:
     assert sum(results.values()) == 1
     for s in stores:
         s.close()
+
+
+def test_two_aggregators_with_the_same_holder_id_never_both_lead(db: str) -> None:
+    """The lease was keyed on the holder id alone: a second aggregator given the same id (a load
+    balancer's name, or hostname:port/pid alike in two containers) "renewed" the first one's lease
+    and both led, both passing the sender's fence (found by a review helper)."""
+    store, clock = Store(db), Clock()
+    a = LeaderLease(store, "aggregator:50060/1", ttl=15, clock=clock)
+    b = LeaderLease(Store(db), "aggregator:50060/1", ttl=15, clock=clock)
+    assert a.try_acquire()
+    assert not b.try_acquire() and not b.is_held()
+    clock.now += 10
+    assert a.try_acquire() and not b.try_acquire()
+    assert a.get_holder() == ("aggregator:50060/1", clock.now + 15, 1)  # others see the id, not the token
+    b.release()  # releases nothing of a's
+    assert not b.try_acquire() and a.is_held()
+    b.store.close()
+    store.close()

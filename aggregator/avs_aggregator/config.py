@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path
+from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path, split_host_port
 from avs.config import Section as _Section
 
 __all__ = ["AggregatorConfig", "AggregatorSecrets", "ConfigError", "load_config", "parse_config"]
@@ -35,6 +35,10 @@ class KeysConfig(_Section):
     ecdsa_keystore: Path  # the aggregator's key: signs operator calls and certifyBatch
     # PEM roots for operators registered with a grpcs:// socket (TLS); unset: the system's roots
     operator_tls_ca_file: Path | None = None
+
+
+QUORUM_COUNT = 192  # the registry's uint192 quorum bitmap
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ModelConfig(_Section):
@@ -62,6 +66,15 @@ class PolicyConfig(_Section):
     max_chat_chars: int = Field(default=64 * 1024, gt=0)
     max_new_tokens: int = Field(default=512, gt=0)
 
+    @field_validator("quorums", "default_quorums")
+    @classmethod
+    def _check_quorums(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= q < QUORUM_COUNT for q in value):
+            raise ValueError(f"quorum numbers are 0 to {QUORUM_COUNT - 1}")
+        if len(set(value)) != len(value):
+            raise ValueError("a quorum is listed twice")
+        return sorted(value)
+
     @model_validator(mode="after")
     def _check(self) -> PolicyConfig:
         if not set(self.default_quorums) <= set(self.quorums):
@@ -81,7 +94,7 @@ class DeadlinesConfig(_Section):
 class BatchConfig(_Section):
     max_size: int = Field(default=16, gt=0, le=4096)
     max_latency_seconds: float = Field(default=2.0, ge=0)
-    first_index: int = Field(default=1, ge=0)
+    first_index: int = Field(default=1, ge=0, lt=2**63)  # the batches table's BigInteger
     max_reference_age_blocks: int = Field(default=100, gt=0)  # used only where the chain's cannot be read
     sign_rounds: int = Field(default=3, ge=1, le=32)  # SignBatch rounds while the signers fall short
     sign_backoff_seconds: float = Field(default=1.0, ge=0, le=3600)  # before round 2, doubled after
@@ -120,6 +133,30 @@ class AggregatorConfig(_Section):
     leader: LeaderConfig = LeaderConfig()
     workers: int = Field(default=8, gt=0, le=256)
     log_level: str = "INFO"
+
+    @field_validator("grpc_listen", "metrics_listen", "health_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        try:
+            split_host_port(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[ModelConfig]) -> list[ModelConfig]:
+        for what, keys in (("name", [m.name for m in value]), ("model_id", [m.model_id for m in value])):
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"two models have the same {what}")
+        return value
 
     def is_leader_election_enabled(self) -> bool:
         """``leader.enabled``, or by default: on for a shared (server) database, off for SQLite."""

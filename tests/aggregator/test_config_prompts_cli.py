@@ -31,6 +31,18 @@ def test_example_config_parses_and_resolves_paths() -> None:
         ({"batch": {"max_size": 0}}, "batch.max_size"),
         ({"models": [{"name": "m", "model_id": "0x12"}]}, "models.0.model_id"),
         ({"surprise": 1}, "surprise"),
+        # accepted before (found by a review helper), each failing later: intake refusing every
+        # request, a traceback at start, or an overflow at the first batch
+        ({"policy": {"default_quorums": [0, 0]}}, "policy.default_quorums"),
+        ({"policy": {"quorums": [300]}}, "policy.quorums"),
+        ({"policy": {"quorums": [-1]}}, "policy.quorums"),
+        ({"log_level": "VERBOSE"}, "log_level"),
+        ({"batch": {"first_index": 2**63}}, "batch.first_index"),
+        ({"grpc_listen": "nonsense"}, "grpc_listen"),
+        (
+            {"models": [{"name": "a", "model_id": "0x" + "00" * 32}, {"name": "b", "model_id": "0x" + "00" * 32}]},
+            "models",
+        ),
     ],
 )
 def test_config_errors_name_the_field(patch: dict[str, object], field: str) -> None:

@@ -15,19 +15,53 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
+
+# Any constant: PostgreSQL's advisory lock that makes one process migrate at a time.
+MIGRATION_LOCK_KEY = 0x6176735F6D6967  # "avs_mig"
 
 
 def upgrade_database(engine: Engine, migrations: Path) -> None:
-    """``alembic upgrade head`` on ``engine``'s database with the revisions in ``migrations``."""
+    """``alembic upgrade head`` on ``engine``'s database with the revisions in ``migrations``, in
+    one transaction that holds the database's write lock: a crash rolls every step back with its
+    version stamp (on SQLite too, whose driver otherwise runs DDL outside the transaction and left a
+    half-applied revision that no later start could apply), and two processes that open the
+    database together (a leader and a standby) migrate one after the other, the second finding
+    nothing to do (before, one of them crashed on "table alembic_version already exists")."""
     config = Config()
     config.set_main_option("script_location", str(migrations))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    migrating = _serial_sqlite_engine(engine) if _is_sqlite_file(engine) else engine
+    try:
+        with migrating.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        if migrating is not engine:
+            migrating.dispose()
+
+
+def _is_sqlite_file(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+
+def _serial_sqlite_engine(engine: Engine) -> Engine:
+    """A one-off engine on ``engine``'s SQLite file whose transactions are the database's own:
+    pysqlite leaves BEGIN to us (so DDL is inside the transaction) and BEGIN IMMEDIATE takes the
+    write lock at once (a second migrating process waits for it, up to the 30 s timeout)."""
+    serial = create_engine(engine.url, connect_args={"timeout": 30}, poolclass=NullPool)
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        _sqlite_pragmas(dbapi_connection, record)
+        dbapi_connection.isolation_level = None
+
+    event.listen(serial, "connect", on_connect)
+    event.listen(serial, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    return serial
 
 
 def create_database_engine(url: str) -> Engine:

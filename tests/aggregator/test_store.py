@@ -171,3 +171,63 @@ def test_a_rejection_proof_outcome_is_written_only_over_the_attempt_it_read(db: 
     row = store.get_rejection(rejection_id)
     assert (row.state, row.tx_hash, row.error) == ("PROVEN", b"\4" * 32, None)
     store.close()
+
+
+def test_a_migration_interrupted_midway_rolls_back_and_runs_again(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite the driver ran DDL outside the transaction: a process killed inside 0006 (after its
+    ALTER, before the version stamp) left a column no later start could add again ("duplicate
+    column name: state"), so the aggregator never started again (found by a review helper)."""
+    from alembic.operations import Operations
+
+    from avs_aggregator.database import upgrade_database
+
+    engine = create_database_engine(db)
+    config = Config()
+    config.set_main_option("script_location", str(aggregator_store.MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+
+    def killed(self: Operations, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("killed mid-migration")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Operations, "execute", killed)  # 0006 runs an UPDATE after its ALTER
+        with pytest.raises(KeyboardInterrupt):
+            upgrade_database(engine, aggregator_store.MIGRATIONS)
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
+    engine.dispose()
+    Store(db).close()  # upgrades to head
+
+
+CONCURRENT_OPEN = """
+import sys, time
+from avs_aggregator.store import Store
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+Store(sys.argv[1]).close()
+print("OK")
+"""
+
+
+def test_two_processes_opening_a_fresh_database_together_both_start(db: str) -> None:
+    """A leader and a standby started together both ran `upgrade head`: one crashed on "table
+    alembic_version already exists" (SQLite) or a unique violation (PostgreSQL)."""
+    import subprocess
+    import sys
+    import time
+
+    start = str(time.time() + 3)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_OPEN, db, start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [process.communicate(timeout=120) for process in processes]
+    assert [out.strip() for out, _ in outcomes] == ["OK", "OK"], [err[-500:] for _, err in outcomes]

@@ -145,16 +145,22 @@ PREPARED_FIELDS_AS_ASKED = (
 )
 
 
-def _check_prepared(asked: ag.SubmitRequest, answered: ag.PreparedRequest) -> None:
-    """The prepared request is the one asked for: an aggregator must not have coverage bought for,
-    or the requester sign, another prompt, budget or seed. (A prompt hash it computed is checked
-    against the chat by every operator before any compute.)"""
-    want, got = asked.request, answered.request
+def _changed_fields(want: op.InferenceRequest, got: op.InferenceRequest) -> list[str]:
+    """The fields of ``got`` other than in ``want``: every one the requester chooses, and the model id
+    and prompt hash where ``want`` gives them (the aggregator fills them in otherwise)."""
     changed = [name for name in PREPARED_FIELDS_AS_ASKED if getattr(want, name) != getattr(got, name)]
     if want.model_id and want.model_id != got.model_id:
         changed.append("model_id")
     if want.prompt_hash and want.prompt_hash != got.prompt_hash:
         changed.append("prompt_hash")
+    return changed
+
+
+def _check_prepared(asked: ag.SubmitRequest, answered: ag.PreparedRequest) -> None:
+    """The prepared request is the one asked for: an aggregator must not have coverage bought for,
+    or the requester sign, another prompt, budget or seed. (A prompt hash it computed is checked
+    against the chat by every operator before any compute.)"""
+    changed = _changed_fields(asked.request, answered.request)
     if asked.quorum_numbers and asked.quorum_numbers != answered.quorum_numbers:
         changed.append("quorum_numbers")
     if asked.threshold_bps and asked.threshold_bps != answered.threshold_bps:
@@ -183,13 +189,7 @@ def check_certified_as_sent(sent: op.InferenceRequest, status: ag.RequestStatus)
     the model id and prompt hash when it gave them), and the status's output tokens are the certified
     ones; raises ``InvalidInputError`` otherwise. ``AggregatorClient.wait`` runs it for the requests
     its client submitted."""
-    certified = status.certificate.request
-    changed = [name for name in PREPARED_FIELDS_AS_ASKED if getattr(sent, name) != getattr(certified, name)]
-    changed += [
-        name
-        for name in ("model_id", "prompt_hash")
-        if getattr(sent, name) and getattr(sent, name) != getattr(certified, name)
-    ]
+    changed = _changed_fields(sent, status.certificate.request)
     if changed:
         raise InvalidInputError(
             f"the aggregator certified another request than the one sent (changed: {', '.join(changed)})"

@@ -26,6 +26,16 @@ class PrunedNode(FakeNetwork):
         return super().get_operator_set(reference_block)
 
 
+def _one_request_accepted(tmp_path: Path) -> tuple[PrunedNode, Store, Pipeline, bytes]:
+    network = PrunedNode([{0: 100}, {0: 100}, {0: 100}])
+    store = Store(f"sqlite:///{tmp_path / 'agg.sqlite'}")
+    pipeline = Pipeline(DOMAIN, store, network, network, network, PipelineSettings(workers=2, batch_max_latency=0.0))
+    request_hash = pipeline.submit(make_envelope(1))
+    while pipeline.advance_request(request_hash):
+        pass
+    return network, store, pipeline, request_hash
+
+
 def _wait_certified(store: Store, request_hash: bytes, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -37,12 +47,7 @@ def _wait_certified(store: Store, request_hash: bytes, seconds: float = 20.0) ->
 
 
 def test_a_batch_signing_since_before_an_outage_is_abandoned_and_later_batches_go_on(tmp_path: Path) -> None:
-    network = PrunedNode([{0: 100}, {0: 100}, {0: 100}])
-    store = Store(f"sqlite:///{tmp_path / 'agg.sqlite'}")
-    pipeline = Pipeline(DOMAIN, store, network, network, network, PipelineSettings(workers=2, batch_max_latency=0.0))
-    first_request = pipeline.submit(make_envelope(1))
-    while pipeline.advance_request(first_request):
-        pass
+    network, store, pipeline, first_request = _one_request_accepted(tmp_path)
     [first] = pipeline.form_batches(force=True)  # the aggregator stops here, the batch SIGNING
     network.block += 500  # and is back 500 blocks later
     later_request = pipeline.submit(make_envelope(2))
@@ -59,12 +64,7 @@ def test_a_batch_signing_since_before_an_outage_is_abandoned_and_later_batches_g
 
 
 def test_a_batch_whose_step_keeps_failing_does_not_hold_back_later_ones(tmp_path: Path) -> None:
-    network = PrunedNode([{0: 100}, {0: 100}, {0: 100}])
-    store = Store(f"sqlite:///{tmp_path / 'agg.sqlite'}")
-    pipeline = Pipeline(DOMAIN, store, network, network, network, PipelineSettings(workers=2, batch_max_latency=0.0))
-    first_request = pipeline.submit(make_envelope(1))
-    while pipeline.advance_request(first_request):
-        pass
+    network, store, pipeline, _ = _one_request_accepted(tmp_path)
     [first] = pipeline.form_batches(force=True)
     batch = store.get_batch(first)
     assert batch is not None

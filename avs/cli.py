@@ -24,6 +24,7 @@ from avs.crypto.backends import get_backend
 from avs.errors import AvsError, InvalidInputError, KeystoreError
 
 if TYPE_CHECKING:
+    from avs.chain.deployment import Deployment
     from avs.messages import Domain
 
 DEFAULT_PASSWORD_ENV = "AVS_KEYSTORE_PASSWORD"
@@ -238,8 +239,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     (and save) the certificate."""
     import grpc
 
+    from avs.chain.deployment import load_deployment
     from avs.client import AggregatorClient, certificate_to_json, get_state_name, verify_certificate
-    from avs.messages import is_same_address
+    from avs.messages import Domain, is_same_address
 
     secret = load_requester_key(args)
     requester = Account.from_key(secret).address if secret is not None else args.requester
@@ -254,7 +256,8 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.parent.is_dir():  # found out before paying for anything
         raise InvalidInputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
     decode = load_decoder(args.tokenizer) if args.tokenizer is not None else None
-    domain = load_domain(args.deployment) if args.deployment is not None else None
+    deployment = load_deployment(args.deployment) if args.deployment is not None else None
+    domain = Domain(deployment.chain_id, deployment.task_manager) if deployment is not None else None
     quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
     fields = {
         "requester": requester,
@@ -271,7 +274,8 @@ def cmd_request(args: argparse.Namespace) -> int:
             if secret is None:
                 request_hash = client.submit(messages, **fields)
             else:
-                request_hash = _submit_signed(args, client, messages, fields, secret)
+                assert deployment is not None and domain is not None  # checked above
+                request_hash = _submit_signed(args, client, messages, fields, secret, deployment, domain)
         except grpc.RpcError as exc:
             raise _refused(exc) from None
         print(f"request 0x{request_hash.hex()}", file=sys.stderr)
@@ -300,14 +304,6 @@ def cmd_request(args: argparse.Namespace) -> int:
             print(certificate_to_json(certificate))
             raise InvalidInputError(f"could not write --out {args.out} ({exc}); the certificate is on stdout") from exc
     return 0 if check.ok else 1
-
-
-def load_domain(path: Path) -> Domain:
-    from avs.chain.deployment import load_deployment
-    from avs.messages import Domain
-
-    deployment = load_deployment(path)
-    return Domain(deployment.chain_id, deployment.task_manager)
 
 
 def load_decoder(folder: Path) -> Callable[[list[int]], str]:
@@ -340,17 +336,19 @@ def get_certified_text(certificate: Any, decode: Callable[[list[int]], str] | No
 
 
 def _submit_signed(
-    args: argparse.Namespace, client: Any, messages: list[dict[str, str]], fields: dict[str, Any], secret: bytes
+    args: argparse.Namespace,
+    client: Any,
+    messages: list[dict[str, str]],
+    fields: dict[str, Any],
+    secret: bytes,
+    deployment: Deployment,
+    domain: Domain,
 ) -> bytes:
     """Prepare the request, buy its coverage first with ``--insure``, then submit it signed."""
     from web3 import Web3
 
-    from avs.chain.deployment import load_deployment
     from avs.chain.insurance import InsuranceBuyer
-    from avs.messages import Domain
 
-    deployment = load_deployment(args.deployment)
-    domain = Domain(deployment.chain_id, deployment.task_manager)
     prepared = client.prepare(messages, domain=domain, **fields)  # checked before any coverage is bought
     if args.insure is not None:
         w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))

@@ -8,6 +8,8 @@ Each store's schema is owned by its own Alembic revisions, run to head when the 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,8 +100,23 @@ class Database:
         self.engine.dispose()
 
 
+# Switching a file to WAL needs it to itself, and SQLite answers "database is locked" at once, without
+# the connection's busy timeout, while another connection holds a lock on it (two processes opening a
+# fresh file together): the switch is tried again for up to this long.
+WAL_SWITCH_SECONDS = 30.0
+WAL_SWITCH_POLL_SECONDS = 0.05
+
+
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_SWITCH_POLL_SECONDS)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()

@@ -231,3 +231,19 @@ def test_two_processes_opening_a_fresh_database_together_both_start(db: str) -> 
     ]
     outcomes = [process.communicate(timeout=120) for process in processes]
     assert [out.strip() for out, _ in outcomes] == ["OK", "OK"], [err[-500:] for _, err in outcomes]
+
+
+def test_opening_a_fresh_file_another_connection_holds_waits_for_it(tmp_path: Path) -> None:
+    """SQLite refuses the switch to WAL at once ("database is locked", no busy timeout) while another
+    connection holds the file: two processes opening a fresh database together failed so in CI."""
+    path = tmp_path / "aggregator.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE elsewhere (x INTEGER)")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        Store(f"sqlite:///{path}").close()
+    finally:
+        release.join()
+        holder.close()

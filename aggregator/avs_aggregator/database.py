@@ -17,10 +17,25 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import Text, create_engine, event, text
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.types import TypeDecorator
+
+
+class PortableText(TypeDecorator[str]):
+    """Text from outside (an operator's output text, an error holding a peer's message) stored the
+    same on every database: PostgreSQL refuses the NUL character in text, so one operator returning
+    it made every write of its request fail, and the request was retried forever with the same
+    primary. NUL is stored as U+FFFD; the signed data (token ids, hashes) is never text."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "\ufffd") if value is not None else None
+
 
 # Any constant: PostgreSQL's advisory lock that makes one process migrate at a time.
 MIGRATION_LOCK_KEY = 0x6176735F6D6967  # "avs_mig"

@@ -33,6 +33,7 @@ from avs.crypto.curve import G1Point
 from avs.errors import UnavailableError
 from avs.messages import Attestation, Verdict
 from avs.types import OperatorId
+from avs_aggregator.database import PortableText
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +81,7 @@ class EquivocationMixin:
     evidence: Mapped[str] = mapped_column(Text)  # JSON: the two signed attestations
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(PortableText, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

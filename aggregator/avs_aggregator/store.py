@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, fu
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from avs_aggregator.database import Database
+from avs_aggregator.database import Database, PortableText
 from avs_aggregator.evidence import AttestationMixin, EquivocationMixin, ProofState
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -63,11 +63,11 @@ class RequestRow(Base):
     reference_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     primary_id: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     output_ids: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of ints
-    output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_text: Mapped[str | None] = mapped_column(PortableText, nullable=True)
     output_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     primary_signature: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON [x, y] hex
     batch_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(PortableText, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -90,7 +90,7 @@ class BatchRow(Base):
     certified_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)  # of certified_block
     confirmed_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # head when found deep enough
     gas_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(PortableText, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     sign_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # rounds short of stake
@@ -110,7 +110,7 @@ class RejectionRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True, default=ProofState.PENDING)  # ProofState
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(PortableText, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
 
 

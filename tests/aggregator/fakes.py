@@ -62,7 +62,7 @@ class FakeOperator:
     stakes: dict[int, int]
     behaviour: str = (
         "honest"  # honest | down | sign_down | cheat | accept_all | bad_batch_signature | wrong_output_hash
-        # | mislabelled_output_hash | too_many_tokens | huge_text | verify_down_once
+        # | mislabelled_output_hash | too_many_tokens | huge_text | nul_text | nul_error | verify_down_once
     )
     signed_batches: list[int] = field(default_factory=list)
     refuses_leaves: set[bytes] = field(default_factory=set)  # request hashes it will not sign a batch over
@@ -120,6 +120,8 @@ class FakeNetwork:
         self.calls.append(("generate", operator.operator_id))
         if op.behaviour == "down":
             raise ConnectionError("operator down")
+        if op.behaviour == "nul_error":  # gRPC passes a NUL in an error's details through to str(exc)
+            raise ConnectionError("details = \"operator\x00down\"")
         request_hash = compute_request_hash(DOMAIN, envelope.request)
         tokens = canonical_tokens(envelope.request)
         if op.behaviour == "cheat":
@@ -132,7 +134,7 @@ class FakeNetwork:
             output_hash = signed_hash = OutputHash(keccak(text="wrong"))
         if op.behaviour == "mislabelled_output_hash":  # signs the right output, reports another hash
             output_hash = OutputHash(keccak(text="wrong"))
-        text = "x" * 100_000 if op.behaviour == "huge_text" else "text"
+        text = {"huge_text": "x" * 100_000, "nul_text": "te\x00xt"}.get(op.behaviour, "text")
         return GenerateReply(tokens, text, output_hash, op.attest(request_hash, signed_hash, Verdict.ACCEPT))
 
     def verify(

@@ -131,6 +131,25 @@ def test_a_minority_reject_cannot_reject_an_honest_primary(db: str) -> None:
     pipeline.close()
 
 
+@pytest.mark.parametrize("behaviour", ["nul_text", "nul_error"])
+def test_a_nul_character_from_an_operator_is_stored_on_every_database(db: str, behaviour: str) -> None:
+    """PostgreSQL refuses NUL in text: a primary's output text or error holding one made every write
+    of the request fail, and the same primary was asked again forever. Now NUL is stored as U+FFFD."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    primary = network.operators[0]
+    primary.behaviour = behaviour
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(find_envelope_with_primary(network, primary.keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED, row
+    if behaviour == "nul_text":  # its output, certified; only the unsigned text lost the NUL
+        assert row.primary_id == primary.keys.operator_id and row.output_text == "te\ufffdxt"
+    else:  # the next primary answered; the first one's error is kept
+        assert row.attempt == 1 and row.error is not None and "operator\ufffddown" in row.error
+    pipeline.close()
+
+
 def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes) -> RequestEnvelope:
     operator_set = network.get_operator_set(network.block - 1)
     for nonce in range(500):

@@ -20,11 +20,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from avs_aggregator.database import Database
+from avs_aggregator.database import Database, PortableText
 from avs_aggregator.evidence import AttestationMixin, EquivocationMixin
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -62,7 +62,7 @@ class FindingRow(Base):
     request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: the leaves were unavailable
     output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     verdict: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: could not be checked
-    detail: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[str] = mapped_column(PortableText, default="")
     challenge_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     challenge_tx: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
@@ -86,7 +86,7 @@ class PendingCheckRow(Base):
     signatory_record_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     block: Mapped[int] = mapped_column(BigInteger)  # the BatchCertified event's
     attempts: Mapped[int] = mapped_column(Integer)
-    error: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(PortableText)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -106,7 +106,7 @@ class ChallengeRow(Base):
     reference_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # of its certificate
     close_tx: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)  # resolve or expire
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # escalation rounds without a certificate
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(PortableText, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

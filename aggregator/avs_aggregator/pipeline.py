@@ -39,7 +39,7 @@ from typing import Any
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import SignedAttestation
 from avs.crypto.curve import G1Point, G2Point
-from avs.errors import InvalidInputError, OverloadedError
+from avs.errors import InvalidInputError, OverloadedError, UnavailableError
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import (
     Attestation,
@@ -558,6 +558,12 @@ class Pipeline:
                 return 0
             try:
                 return self._send_rejection(rejection_id, operator_set, max_attempts)
+            except (OSError, UnavailableError) as exc:
+                # A chain read while rebuilding the proof failed (the node down, a lost lease): like an
+                # outage while sending, it stays PENDING with no attempt counted. Giving up here let a
+                # cheating primary escape its slash over one failed read.
+                logger.warning("rejected-output proof not sent yet", extra={"error": str(exc)})
+                return 0
             except Exception as exc:  # a bug or a corrupt row: recorded, and the proof is not retried
                 logger.exception("rejected-output proof failed", extra={"error": str(exc)})
                 self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=str(exc)[:2000])

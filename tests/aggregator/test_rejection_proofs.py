@@ -198,3 +198,41 @@ def test_a_failure_that_is_not_an_outage_counts_and_gives_up_after_the_attempts(
     assert rejection.state == ProofState.FAILED and rejection.attempts == 10
     assert "panic" in (rejection.error or "") and reporter.sent == []
     pipeline.close()
+
+
+class BlippingNode(FakeNetwork):
+    """A node whose reads the proof is rebuilt from fail once each, when armed."""
+
+    def __init__(self, stakes: Sequence[dict[int, int]]) -> None:
+        super().__init__(stakes)
+        self.blips = {"reference_block": 0, "threshold": 0}
+
+    def _blip(self, read: str) -> None:
+        if self.blips[read]:
+            self.blips[read] -= 1
+            raise ConnectionError(f"node unreachable while reading the {read}")
+
+    def get_reference_block(self) -> tuple[int, bytes]:
+        self._blip("reference_block")
+        return super().get_reference_block()
+
+    def get_threshold_bps(self) -> int:  # a ThresholdReader, as the Web3 chain writer is
+        self._blip("threshold")
+        return 6667
+
+
+@pytest.mark.parametrize("read", ["reference_block", "threshold"])
+def test_a_failed_read_while_rebuilding_a_proof_does_not_give_it_up(db: str, read: str) -> None:
+    """A chain read of the rebuild (a fresh reference block for a stale proof, the threshold) that
+    failed once marked a genuine proof FAILED for good: the cheating primary was never slashed."""
+    network = BlippingNode([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    reporter = FlakyRejectionReporter([ConnectionError("node down")])  # the outage: stays PENDING
+    pipeline, request_hash, cheater = reject_once(network, db, reporter)
+    network.block += SETTINGS.max_reference_age + 10  # the outage outlasted its reference block
+    network.blips[read] = 1
+    assert pipeline.process_evidence() == 0
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PENDING and rejection.attempts == 0, rejection.error
+    assert pipeline.process_evidence() == 1  # the node answers again
+    assert [sent[0] for sent in reporter.sent] == [cheater]
+    pipeline.close()

@@ -121,7 +121,7 @@ class FakeNetwork:
         if op.behaviour == "down":
             raise ConnectionError("operator down")
         if op.behaviour == "nul_error":  # gRPC passes a NUL in an error's details through to str(exc)
-            raise ConnectionError("details = \"operator\x00down\"")
+            raise ConnectionError('details = "operator\x00down"')
         request_hash = compute_request_hash(DOMAIN, envelope.request)
         tokens = canonical_tokens(envelope.request)
         if op.behaviour == "cheat":

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +26,23 @@ from avs.errors import AvsError, InvalidInputError, KeystoreError
 
 if TYPE_CHECKING:
     from avs.chain.deployment import Deployment
+    from avs.client import PreparedRequest
     from avs.messages import Domain
 
 DEFAULT_PASSWORD_ENV = "AVS_KEYSTORE_PASSWORD"
 KEYS_DIR_ENV = "AVS_KEYS_DIR"
 
 
+REQUESTS_DIR_ENV = "AVS_REQUESTS_DIR"
+
+
 def default_keys_dir() -> Path:
     return Path(os.environ.get(KEYS_DIR_ENV, Path.home() / ".avs" / "keys"))
+
+
+def default_requests_dir() -> Path:
+    """Where ``avs request --insure`` saves each request before paying for its coverage."""
+    return Path(os.environ.get(REQUESTS_DIR_ENV, Path.home() / ".avs" / "requests"))
 
 
 def read_password(env_name: str, *, confirm: bool) -> str:
@@ -249,8 +259,11 @@ def cmd_request(args: argparse.Namespace) -> int:
         raise InvalidInputError("name the requester: --requester 0xADDRESS, or its key with --requester-key")
     if args.requester and not is_same_address(requester, args.requester):
         raise InvalidInputError(f"--requester {args.requester} is not the address of the requester key ({requester})")
-    if args.insure is not None and secret is None:
-        raise InvalidInputError("--insure needs the requester's key (--requester-key or --requester-key-env)")
+    _check_request_source(args)
+    if (args.insure is not None or args.resume is not None) and secret is None:
+        raise InvalidInputError(
+            "--insure and --resume need the requester's key (--requester-key or --requester-key-env)"
+        )
     if secret is not None and not args.deployment:
         raise InvalidInputError("a signed or insured request needs --deployment (the AVS's deployment JSON)")
     if args.out is not None and not args.out.parent.is_dir():  # found out before paying for anything
@@ -275,7 +288,17 @@ def cmd_request(args: argparse.Namespace) -> int:
                 request_hash = client.submit(messages, **fields)
             else:
                 assert deployment is not None and domain is not None  # checked above
-                request_hash = _submit_signed(args, client, messages, fields, secret, deployment, domain)
+                coverage: CoveragePlan | None
+                if args.resume is not None:
+                    prepared, coverage = load_saved_request(args.resume, domain)
+                    if not is_same_address(prepared.request.requester, requester):
+                        raise InvalidInputError(
+                            f"--resume {args.resume} is a request of {prepared.request.requester}, not of {requester}"
+                        )
+                else:
+                    prepared = client.prepare(messages, domain=domain, **fields)  # checked before paying anything
+                    coverage = _plan_coverage(args, prepared)
+                request_hash = _submit_signed(args, client, prepared, coverage, secret, deployment, domain)
         except grpc.RpcError as exc:
             raise _refused(exc) from None
         print(f"request 0x{request_hash.hex()}", file=sys.stderr)
@@ -335,40 +358,122 @@ def get_certified_text(certificate: Any, decode: Callable[[list[int]], str] | No
     return text
 
 
+def _check_request_source(args: argparse.Namespace) -> None:
+    """A new request (a prompt and ``--model``) or a saved one (``--resume``), not both."""
+    if args.resume is None:
+        if args.prompt is None or not args.model:
+            raise InvalidInputError("give the prompt and --model (or --resume a saved insured request)")
+        return
+    given = [flag for flag, value in (("a prompt", args.prompt), ("--insure", args.insure)) if value is not None]
+    if given:
+        dropped = " and ".join(given)
+        raise InvalidInputError(f"--resume takes the request and its coverage from the file; drop {dropped}")
+
+
+@dataclass(frozen=True, slots=True)
+class CoveragePlan:
+    """The coverage an insured request is submitted with: ``amount`` wei against ``quorum``."""
+
+    amount: int
+    quorum: int
+
+
+def _plan_coverage(args: argparse.Namespace, prepared: PreparedRequest) -> CoveragePlan | None:
+    if args.insure is None:
+        return None
+    quorum = args.insure_quorum if args.insure_quorum is not None else prepared.quorums[0]
+    if quorum not in prepared.quorums:
+        wanted = list(prepared.quorums)
+        raise InvalidInputError(f"--insure-quorum {quorum} is not one of the request's quorums {wanted}")
+    return CoveragePlan(parse_token_amount(args.insure), quorum)
+
+
+def save_request(folder: Path, prepared: PreparedRequest, coverage: CoveragePlan) -> Path:
+    """Write the prepared request and the coverage to buy for it to ``folder/0xHASH.json`` (only
+    the owner may read it: it holds the prompt), replacing any earlier copy whole."""
+    from avs.client import prepared_to_json
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"0x{prepared.request_hash.hex()}.json"
+    saved = {
+        "coverage": {"amount_wei": str(coverage.amount), "quorum": coverage.quorum},
+        "prepared": json.loads(prepared_to_json(prepared)),
+    }
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(saved, indent=2) + "\n")
+    partial.chmod(0o600)
+    partial.replace(path)
+    return path
+
+
+def load_saved_request(path: Path, domain: Domain) -> tuple[PreparedRequest, CoveragePlan]:
+    """A request saved by ``save_request``, checked against ``domain`` (the deployment's)."""
+    from avs.client import prepared_from_json
+
+    try:
+        saved = json.loads(path.read_text())
+        coverage = CoveragePlan(int(saved["coverage"]["amount_wei"]), int(saved["coverage"]["quorum"]))
+        prepared = prepared_from_json(json.dumps(saved["prepared"]), domain)
+    except OSError as exc:
+        raise InvalidInputError(f"--resume {path}: cannot read it ({exc.strerror or exc})") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"--resume {path}: not a request saved by avs request --insure ({exc})") from exc
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--resume {path}: {exc}") from exc
+    if coverage.quorum not in prepared.quorums or not 0 < coverage.amount < 2**96:
+        raise InvalidInputError(f"--resume {path}: its coverage does not fit its request")
+    return prepared, coverage
+
+
 def _submit_signed(
     args: argparse.Namespace,
     client: Any,
-    messages: list[dict[str, str]],
-    fields: dict[str, Any],
+    prepared: PreparedRequest,
+    coverage: CoveragePlan | None,
     secret: bytes,
     deployment: Deployment,
     domain: Domain,
 ) -> bytes:
-    """Prepare the request, buy its coverage first with ``--insure``, then submit it signed."""
+    """Buy the prepared request's coverage first (saving the request beforehand), then submit it
+    signed by the requester."""
+    if coverage is not None:
+        if args.resume is None:
+            path = save_request(args.request_dir, prepared, coverage)
+            print(f"saved the request to {path} (if this stops, run again with --resume {path})", file=sys.stderr)
+        _insure(args, prepared, coverage, secret, deployment)
+    return bytes(client.submit_prepared(prepared, domain=domain, requester_key=secret, insured=coverage is not None))
+
+
+def _insure(
+    args: argparse.Namespace, prepared: PreparedRequest, coverage: CoveragePlan, secret: bytes, deployment: Deployment
+) -> None:
+    """Buy ``coverage`` for the request; on ``--resume``, unless it was bought already."""
     from web3 import Web3
 
-    from avs.chain.insurance import InsuranceBuyer
+    from avs.chain.faults import CoverageStatus
+    from avs.chain.insurance import InsuranceBuyer, InsuranceError, compute_coverage_problem
 
-    prepared = client.prepare(messages, domain=domain, **fields)  # checked before any coverage is bought
-    if args.insure is not None:
-        w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
-        if w3.eth.chain_id != deployment.chain_id:
-            raise InvalidInputError(f"{args.rpc_url} is not chain {deployment.chain_id} of {args.deployment}")
-        buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
-        quorum = args.insure_quorum if args.insure_quorum is not None else prepared.quorums[0]
-        if quorum not in prepared.quorums:
-            raise InvalidInputError(
-                f"--insure-quorum {quorum} is not one of the request's quorums {list(prepared.quorums)}"
-            )
-        amount = parse_token_amount(args.insure)
-        print(f"insuring request 0x{prepared.request_hash.hex()} for {format_tokens(amount)} tokens", file=sys.stderr)
-        purchase = buyer.buy(prepared.request, quorum, amount)
-        print(
-            f"  coverage bought against quorum {purchase.quorum_number}: premium {format_tokens(purchase.premium)} "
-            f"tokens, active until block {purchase.expires_at_block} (tx 0x{purchase.tx_hash.hex()})",
-            file=sys.stderr,
-        )
-    return bytes(client.submit_prepared(prepared, domain=domain, requester_key=secret, insured=args.insure is not None))
+    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+    if w3.eth.chain_id != deployment.chain_id:
+        raise InvalidInputError(f"{args.rpc_url} is not chain {deployment.chain_id} of {args.deployment}")
+    buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+    request_hash = "0x" + prepared.request_hash.hex()
+    if args.resume is not None:
+        bought = buyer.get_coverage(prepared.request_hash)
+        if bought.status != CoverageStatus.NONE:
+            problem = compute_coverage_problem(bought, buyer.account.address, prepared.quorums, w3.eth.block_number)
+            if problem is not None:
+                raise InsuranceError(f"request {request_hash} cannot be resumed insured: {problem}")
+            print(f"request {request_hash} is insured already (until block {bought.expires_at_block})", file=sys.stderr)
+            return
+        buyer.check_nothing_pending()
+    print(f"insuring request {request_hash} for {format_tokens(coverage.amount)} tokens", file=sys.stderr)
+    purchase = buyer.buy(prepared.request, coverage.quorum, coverage.amount)
+    print(
+        f"  coverage bought against quorum {purchase.quorum_number}: premium {format_tokens(purchase.premium)} "
+        f"tokens, active until block {purchase.expires_at_block} (tx 0x{purchase.tx_hash.hex()})",
+        file=sys.stderr,
+    )
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
@@ -477,9 +582,9 @@ def add_requester_key_options(parser: argparse.ArgumentParser) -> None:
 
 def add_requester_commands(commands: Any) -> None:
     request = commands.add_parser("request", help="ask an aggregator for a certified completion")
-    request.add_argument("prompt")
+    request.add_argument("prompt", nargs="?", help="the user message (not with --resume)")
     request.add_argument("--aggregator", default="127.0.0.1:50060", help="the aggregator's gRPC host:port")
-    request.add_argument("--model", required=True, help="model name (the aggregator's ListModels)")
+    request.add_argument("--model", help="model name (the aggregator's ListModels); needed unless --resume")
     request.add_argument("--requester", help="your 0x address (default: the address of --requester-key)")
     request.add_argument("--quorum", type=int_in(0, 255), action="append", help="quorum number (repeatable)")
     request.add_argument("--threshold", type=int_in(0, 10_000), default=0, help="stake share per quorum, basis points")
@@ -498,6 +603,19 @@ def add_requester_commands(commands: Any) -> None:
     insurance.add_argument("--insure", metavar="AMOUNT", help="buy this much coverage (tokens of the pool's asset)")
     insurance.add_argument(
         "--insure-quorum", type=int_in(0, 255), help="the quorum to insure against (default: the first)"
+    )
+    insurance.add_argument(
+        "--request-dir",
+        type=Path,
+        default=default_requests_dir(),
+        help=f"where an insured request is saved before its coverage is bought (default ${REQUESTS_DIR_ENV} or "
+        "~/.avs/requests)",
+    )
+    insurance.add_argument(
+        "--resume",
+        type=Path,
+        metavar="FILE",
+        help="submit a saved insured request again (its coverage is bought unless it was), e.g. after a timeout",
     )
     insurance.add_argument(
         "--deployment", type=Path, help="the AVS's deployment JSON (the certificate must be for its chain)"

@@ -293,14 +293,7 @@ class AggregatorClient:
         message = self._build(messages, requester=requester, **fields)
         response: ag.PreparedRequest = self._stub.Prepare(message, timeout=self._timeout)
         _check_prepared(message, response)
-        envelope = convert.request_from_proto(response.request)
-        prepared = PreparedRequest(
-            envelope.request,
-            response.request,
-            bytes(response.request_hash),
-            bytes(response.quorum_numbers),
-            response.threshold_bps,
-        )
+        prepared = _read_prepared(response)
         if domain is not None:
             _check_prepared_hash(prepared, domain)
         return prepared
@@ -431,6 +424,44 @@ def _raise_unless_retryable(exc: grpc.RpcError) -> None:
 
 
 # --- certificates ---------------------------------------------------------------------
+
+
+def _read_prepared(response: ag.PreparedRequest) -> PreparedRequest:
+    envelope = convert.request_from_proto(response.request)
+    return PreparedRequest(
+        envelope.request,
+        response.request,
+        bytes(response.request_hash),
+        bytes(response.quorum_numbers),
+        response.threshold_bps,
+    )
+
+
+def prepared_to_json(prepared: PreparedRequest) -> str:
+    """The prepared request as protobuf's canonical JSON of ``PreparedRequest`` (what an insured
+    requester keeps to resume a submission); ``prepared_from_json`` reads it back."""
+    message = ag.PreparedRequest(
+        request=prepared.message,
+        request_hash=prepared.request_hash,
+        quorum_numbers=prepared.quorums,
+        threshold_bps=prepared.threshold_bps,
+    )
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
+
+
+def prepared_from_json(text: str, domain: Domain) -> PreparedRequest:
+    """A prepared request saved by ``prepared_to_json``, refused unless its hash is the digest of its
+    request under ``domain`` (an edited or another deployment's file is never signed)."""
+    try:
+        prepared = _read_prepared(json_format.Parse(text, ag.PreparedRequest()))
+    except (json_format.ParseError, AvsError) as exc:
+        raise InvalidInputError(f"not a prepared request: {exc}") from exc
+    if compute_request_hash(domain, prepared.request) != prepared.request_hash:
+        raise InvalidInputError(
+            "the saved request hash is not the digest of its request under this deployment (edited, or saved for"
+            " another deployment)"
+        )
+    return prepared
 
 
 def certificate_to_json(certificate: ag.Certificate) -> str:

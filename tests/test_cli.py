@@ -99,7 +99,8 @@ def test_service_binaries_report_their_version() -> None:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--insure", "1", "--requester", "0x" + "ab" * 20], {}, "--insure needs the requester's key"),
+        (["--insure", "1", "--requester", "0x" + "ab" * 20], {}, "--insure and --resume need the requester's key"),
+        (["--resume", "saved.json", "--requester", "0x" + "ab" * 20], {}, "from the file; drop a prompt"),
         (["--requester-key-env", "NOT_SET_ANYWHERE"], {}, "$NOT_SET_ANYWHERE is not set"),
         (["--requester-key-env", "REQ"], {"REQ": "0x1234"}, "$REQ does not hold an ECDSA secret key"),
         (
@@ -139,6 +140,23 @@ def test_request_key_and_insurance_options_are_checked_before_any_call(
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
     assert "11" * 32 not in out.stdout + out.stderr  # the secret is never echoed
+
+
+def test_a_request_needs_a_prompt_and_a_model_unless_resumed() -> None:
+    for args in ([], ["hi"], ["--model", "m"]):
+        out = run("request", *args, "--requester", "0x" + "ab" * 20, "--aggregator", "127.0.0.1:1")
+        assert out.returncode == 2 and "give the prompt and --model" in out.stderr, out.stderr
+    out = run(
+        "request",
+        "--resume",
+        "saved.json",
+        "--insure",
+        "1",
+        "--requester-key-env",
+        "REQ",
+        env={"REQ": "0x" + "11" * 32},
+    )
+    assert out.returncode == 2 and "drop --insure" in out.stderr, out.stderr
 
 
 def test_request_reads_the_requester_keystore_and_never_prints_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -150,3 +151,94 @@ def test_the_intake_accepts_an_insured_request_only_once_covered(
     assert "no coverage" in str(info.value.details())
     InsuranceBuyer(devnet.w3, devnet.deployment, account).buy(prepared.request, prepared.quorums[0], TOKENS)
     assert intake.submit_prepared(prepared, domain=domain, requester_key=key, insured=True) == prepared.request_hash
+
+
+def _resume(devnet: Devnet, intake_url: str, deployment_file: Path, saved: Path, key: bytes) -> tuple[int, str]:  # noqa: F811
+    """``avs request --resume`` in this process (its wait times out: this intake certifies nothing)."""
+    import contextlib
+    import io
+
+    from avs.cli import main
+
+    rpc_url = devnet.w3.provider.endpoint_uri  # type: ignore[attr-defined]
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        patch.setenv("REQUESTER_SECRET", "0x" + key.hex())
+        args = ["request", "--resume", str(saved), "--aggregator", intake_url, "--timeout", "0.5"]
+        code = main(
+            [
+                *args,
+                "--requester-key-env",
+                "REQUESTER_SECRET",
+                "--deployment",
+                str(deployment_file),
+                "--rpc-url",
+                rpc_url,
+            ]
+        )
+    return code, stderr.getvalue()
+
+
+def test_an_insured_request_saved_before_paying_is_resumed_without_buying_twice(
+    devnet: Devnet,  # noqa: F811
+    intake: AggregatorClient,
+    tmp_path: Path,
+) -> None:
+    """``avs request --insure`` saves the prepared request before buying its coverage; ``--resume``
+    buys it only if no coverage was bought, refuses while a transaction of the requester is still
+    pending (a purchase whose receipt timed out), and submits the same request again."""
+    import dataclasses
+    import json
+
+    from avs.cli import CoveragePlan, load_saved_request, save_request
+
+    account = _requester(devnet, TOKENS)
+    domain: Domain = devnet.client.get_domain()
+    deployment_file = tmp_path / "deployment.json"
+    deployment_file.write_text(json.dumps(dataclasses.asdict(devnet.deployment)))
+    prepared = intake.prepare(
+        [{"role": "user", "content": "hi"}],
+        requester=account.address,
+        model="tiny",
+        prompt_hash=PROMPT_HASH,
+        max_tokens=8,
+    )
+    saved = save_request(tmp_path / "requests", prepared, CoveragePlan(TOKENS // 2, prepared.quorums[0]))
+    assert saved.name == f"0x{prepared.request_hash.hex()}.json" and saved.stat().st_mode & 0o077 == 0
+    assert load_saved_request(saved, domain) == (prepared, CoveragePlan(TOKENS // 2, 0))
+    url = intake._channel._channel.target().decode()  # type: ignore[attr-defined]
+    buyer = InsuranceBuyer(devnet.w3, devnet.deployment, account)
+    key = bytes(account.key)
+
+    # A transaction of the requester not mined yet: resuming now could race it.
+    devnet.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    nonce = devnet.w3.eth.get_transaction_count(account.address)
+    tx: dict[str, Any] = {"to": account.address, "value": 0, "gas": 21_000, "nonce": nonce}
+    tx |= {"gasPrice": devnet.w3.eth.gas_price, "chainId": domain.chain_id}
+    try:
+        devnet.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+        code, err = _resume(devnet, url, deployment_file, saved, key)
+    finally:
+        devnet.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        devnet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert code == 2 and "not mined yet" in err, err
+    assert buyer.get_coverage(prepared.request_hash).status == CoverageStatus.NONE
+
+    code, err = _resume(devnet, url, deployment_file, saved, key)
+    assert "coverage bought against quorum 0" in err and "did not" not in err, err
+    coverage = buyer.get_coverage(prepared.request_hash)
+    assert coverage.status == CoverageStatus.ACTIVE and coverage.amount == TOKENS // 2
+    assert bytes(intake.get_status(prepared.request_hash).request_hash) == prepared.request_hash  # submitted
+    balance = buyer.get_balance()
+
+    code, err = _resume(devnet, url, deployment_file, saved, key)
+    assert "is insured already" in err and "coverage bought" not in err, err
+    assert buyer.get_balance() == balance  # no second premium
+
+    other = _requester(devnet, 0)
+    code, err = _resume(devnet, url, deployment_file, saved, bytes(other.key))
+    assert code == 2 and f"is a request of {account.address}" in err, err
+    assert '"max_tokens": 8,' in saved.read_text()
+    saved.write_text(saved.read_text().replace('"max_tokens": 8,', '"max_tokens": 9,'))
+    code, err = _resume(devnet, url, deployment_file, saved, key)
+    assert code == 2 and "not the digest of its request under this deployment" in err, err

@@ -171,6 +171,22 @@ class InsuranceBuyer:
     def get_available(self, quorum_number: int) -> int:
         return int(self.client._call(self.pool.functions.availableCoverage(quorum_number)))
 
+    def get_coverage(self, request_hash: bytes) -> Coverage:
+        return self.reader.get_coverage(request_hash)
+
+    def check_nothing_pending(self) -> None:
+        """Refuse while a transaction of this requester is sent but not mined (a purchase whose
+        receipt timed out, say): buying again then would race it, and one of the two would revert
+        ``CoverageExists`` after paying its gas."""
+        eth = self.client.w3.eth
+        mined = int(eth.get_transaction_count(self.account.address, "latest"))
+        sent = int(eth.get_transaction_count(self.account.address, "pending"))
+        if sent > mined:
+            raise InsuranceError(
+                f"{sent - mined} transaction(s) of {self.account.address} are not mined yet (from nonce {mined}):"
+                " wait until they are mined or dropped, then resume"
+            )
+
     def approve_premium(self, amount: int) -> None:
         """Approve the premium of ``amount`` of coverage ahead of ``buy`` (which then sends one
         transaction instead of two)."""

@@ -202,8 +202,13 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
     requester = demo.fund(devnet, 10**18)
     secret = "0x" + bytes(requester.key).hex()
     tokenizer = str(devnet.model_dir)  # the certified tokens are decoded here, not taken from the aggregator
+    saved = tmp_path / "requests"
     out = _cli(
-        devnet, tmp_path, secret, "--insure", "2.5", "--out", str(tmp_path / "cert.json"), "--tokenizer", tokenizer
+        devnet,
+        tmp_path,
+        secret,
+        *("--insure", "2.5", "--request-dir", str(saved)),
+        *("--out", str(tmp_path / "cert.json"), "--tokenizer", tokenizer),
     )
     assert out.returncode == 0, out.stderr
     assert secret[2:] not in out.stdout + out.stderr
@@ -211,6 +216,9 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
     assert "CERTIFIED" in out.stderr and "offline check: OK" in out.stderr
     certificate = certificate_from_json((tmp_path / "cert.json").read_text())
     assert certificate.request.requester == requester.address
+    # Saved before the coverage was paid for: `--resume` submits that request again if this stops.
+    resume_file = saved / f"0x{bytes(certificate.request_hash).hex()}.json"
+    assert f"saved the request to {resume_file}" in out.stderr and resume_file.exists()
     decoded = Tokenizer.from_file(str(devnet.model_dir / "tokenizer.json")).decode(list(certificate.output_token_ids))
     assert out.stdout.startswith(decoded) and "not the certified tokens' decoding" not in out.stderr
     assert devnet.anvil is not None

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import grpc
 from eth_account import Account
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from avs.chain.insurance import CoverageReader, compute_coverage_problem
 from avs.errors import (
@@ -43,6 +43,7 @@ from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 from avs.rpc.common.v1 import bn254_pb2
+from avs.rpc.health import BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.status import ErrorToStatusInterceptor
 from avs_aggregator.pipeline import Pipeline, g1_from_json, g2_from_json
@@ -359,16 +360,15 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
 
 def build_server(
     servicer: AggregatorServicer, listen: str, max_workers: int = 32
-) -> tuple[grpc.Server, int, health.HealthServicer]:
+) -> tuple[grpc.Server, int, BoundedHealthServicer]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="intake"),
         interceptors=[ErrorToStatusInterceptor()],
         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
     ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    health_servicer = health.HealthServicer()
+    health_servicer = BoundedHealthServicer((SERVICE_NAME,))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set_serving(True)
     return server, port, health_servicer

@@ -78,16 +78,50 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+# The project's own services; the others (health, reflection) are grpcio's, left as they are: their
+# handlers carry grpcio's flags (a non-blocking health Watch), which a wrapper would drop, leaving
+# each Watch stream holding a worker thread for as long as its client liked.
+OWN_METHODS_PREFIX = "/avs."
+
+
+class _Undecodable:
+    """A request whose bytes are not the method's message (e.g. a string field that is not UTF-8)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` answering ``_Undecodable`` instead of raising: grpcio answers a raising one
+    with INTERNAL and logs a traceback per call, which any client could fill the log with."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return _Undecodable(error)
+
+    return parse
+
+
+def _check_decoded(request: Any, context: grpc.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, shorten_details(f"malformed request: {request.error}"))
+
+
 class ErrorToStatusInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None:
-            return None
         method = details.method
+        if handler is None or not method.startswith(OWN_METHODS_PREFIX):
+            return handler
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                _check_decoded(request, context)
                 try:
                     return inner(request, context)
                 except Exception as error:
@@ -96,12 +130,13 @@ class ErrorToStatusInterceptor(grpc.ServerInterceptor):
                     _abort(context, error, method)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                unary_unary, _lenient(handler.request_deserializer), handler.response_serializer
             )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                _check_decoded(request, context)
                 try:
                     yield from inner_stream(request, context)
                 except Exception as error:
@@ -110,7 +145,7 @@ class ErrorToStatusInterceptor(grpc.ServerInterceptor):
                     _abort(context, error, method)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                unary_stream, _lenient(handler.request_deserializer), handler.response_serializer
             )
         return handler
 

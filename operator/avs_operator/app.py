@@ -35,7 +35,6 @@ from avs_operator.server import (
     OperatorServicer,
     build_grpc_server,
     new_health_servicer,
-    set_serving,
 )
 from avs_operator.slashing_protection import SlashingProtection
 
@@ -100,7 +99,7 @@ class OperatorApp:
         self.core.ready.set()
         if self.config.chain.deployment_file is not None:
             threading.Thread(target=self._refresh_stakes, name="stakes", daemon=True).start()
-        set_serving(self._health, True)
+        self._health.set_serving(True)
         self.metrics.set_ready(True)
         logger.info("serving", extra={"models": list(self._model_states)})
 
@@ -173,7 +172,7 @@ class OperatorApp:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        set_serving(self._health, False)
+        self._health.set_serving(False)
         self.metrics.set_ready(False)
         if hasattr(self, "core"):
             self.core.ready.clear()

@@ -17,7 +17,7 @@ from concurrent import futures
 from contextlib import contextmanager
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from avs import __version__
@@ -25,6 +25,7 @@ from avs.calls import CallAuthenticator
 from avs.errors import InferenceError, OverloadedError
 from avs.rpc import convert
 from avs.rpc.common.v1 import bn254_pb2
+from avs.rpc.health import BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.operator.v1 import operator_pb2_grpc as op_grpc
 from avs.rpc.status import ErrorToStatusInterceptor, get_status_code
@@ -163,7 +164,7 @@ class OperatorServicer(op_grpc.OperatorServiceServicer):
 
 
 def build_grpc_server(
-    servicer: OperatorServicer, config: GrpcConfig, health_servicer: health.HealthServicer
+    servicer: OperatorServicer, config: GrpcConfig, health_servicer: BoundedHealthServicer
 ) -> tuple[grpc.Server, int]:
     """A started-but-not-serving server: returns it and the bound port (``:0`` picks one)."""
     if (config.tls_cert_file is None) != (config.tls_key_file is None):  # GrpcConfig refuses it too
@@ -197,15 +198,6 @@ def build_grpc_server(
     return server, port
 
 
-def new_health_servicer() -> health.HealthServicer:
-    """Health checking, NOT_SERVING until the models are loaded and warmed up."""
-    servicer = health.HealthServicer()
-    for name in ("", SERVICE_NAME):
-        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    return servicer
-
-
-def set_serving(servicer: health.HealthServicer, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE_NAME):
-        servicer.set(name, status)
+def new_health_servicer() -> BoundedHealthServicer:
+    """Health checking, NOT_SERVING until the models are loaded and warmed up (``set_serving``)."""
+    return BoundedHealthServicer((SERVICE_NAME,))

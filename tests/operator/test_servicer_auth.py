@@ -4,12 +4,16 @@ the largest legitimate call with room to spare; TLS is both files or neither, ne
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from eth_account import Account
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from avs.calls import CallAuth, CallAuthenticator, sign_call
@@ -17,10 +21,18 @@ from avs.crypto import bls
 from avs.errors import AuthenticationError
 from avs.messages import Domain
 from avs.rpc import convert
+from avs.rpc.health import MAX_HEALTH_WATCHERS, BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
+from avs.rpc.operator.v1 import operator_pb2_grpc as op_grpc
 from avs_operator.config import ConfigError, GrpcConfig, LimitsConfig, parse_config
 from avs_operator.metrics import OperatorMetrics
-from avs_operator.server import ConcurrencyLimiter, OperatorServicer, build_grpc_server, new_health_servicer
+from avs_operator.server import (
+    SERVICE_NAME,
+    ConcurrencyLimiter,
+    OperatorServicer,
+    build_grpc_server,
+    new_health_servicer,
+)
 
 DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
 AGGREGATOR = Account.from_key(b"\x0a" * 32)
@@ -161,3 +173,83 @@ def test_the_server_never_falls_back_to_plaintext_for_half_a_tls_configuration()
     half = GrpcConfig.model_construct(**{**GrpcConfig().model_dump(), "tls_cert_file": Path("/nonexistent/cert.pem")})
     with pytest.raises(ConfigError, match="refusing to fall back to plaintext"):
         build_grpc_server(servicer(), half, new_health_servicer())
+
+
+@contextlib.contextmanager
+def serve(health: BoundedHealthServicer) -> Iterator[grpc.Channel]:
+    """The operator's gRPC server on loopback (default limits: 4 calls at once, 8 worker threads)."""
+    server, port = build_grpc_server(servicer(), GrpcConfig(listen="127.0.0.1:0"), health)
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel
+    server.stop(None)
+
+
+@pytest.fixture
+def served() -> Iterator[grpc.Channel]:
+    with serve(new_health_servicer()) as channel:
+        yield channel
+
+
+def _get_info_code(channel: grpc.Channel) -> grpc.StatusCode:
+    try:
+        op_grpc.OperatorServiceStub(channel).GetInfo(op.GetInfoRequest(), timeout=3)  # type: ignore[no-untyped-call]
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_health_watchers_hold_no_worker_thread() -> None:
+    """Health.Watch wrapped by the error interceptor lost grpcio's non-blocking flag: 8 streams from
+    a client without credentials held every worker thread, and real calls timed out."""
+    with serve(BoundedHealthServicer([SERVICE_NAME], max_watchers=16)) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        streams = [health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME)) for _ in range(16)]
+        assert all(next(s).status == health_pb2.HealthCheckResponse.NOT_SERVING for s in streams)
+        assert _get_info_code(channel) == grpc.StatusCode.UNAUTHENTICATED  # answered, not DEADLINE_EXCEEDED
+        for stream in streams:
+            stream.cancel()
+
+
+def test_health_watchers_are_bounded_and_only_for_the_servers_services(served: grpc.Channel) -> None:
+    """Unknown service names were kept for good (a megabyte each) and watchers had no bound (each
+    holds one of the server's RPC slots)."""
+    health = health_pb2_grpc.HealthStub(served)
+    watch = health_pb2.HealthCheckRequest(service="")
+    streams = [health.Watch(watch) for _ in range(MAX_HEALTH_WATCHERS)]
+    assert [next(s).status for s in streams] == [health_pb2.HealthCheckResponse.NOT_SERVING] * MAX_HEALTH_WATCHERS
+    with pytest.raises(grpc.RpcError) as full:
+        next(health.Watch(watch, timeout=3))
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    more = [health.Watch(watch) for _ in range(8)]  # refused at once, holding nothing
+    assert _get_info_code(served) == grpc.StatusCode.UNAUTHENTICATED  # answered, not DEADLINE_EXCEEDED
+    for stream in streams + more:
+        stream.cancel()
+    with pytest.raises(grpc.RpcError) as unknown:
+        next(health.Watch(health_pb2.HealthCheckRequest(service="x" * 100_000), timeout=3))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    deadline = time.monotonic() + 5  # cancelled streams give their places back
+    while time.monotonic() < deadline:
+        try:
+            assert next(health.Watch(watch, timeout=3)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            time.sleep(0.05)
+    else:
+        raise AssertionError("the cancelled watchers were never released")
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument_not_internal(served: grpc.Channel) -> None:
+    """A string field that is not UTF-8 failed in grpcio's deserializer: INTERNAL and a logged
+    traceback per call, which any client could fill the log with."""
+
+    def field(number: int, payload: bytes) -> bytes:  # protobuf's length-delimited field
+        return bytes([(number << 3) | 2, len(payload)]) + payload
+
+    body = field(2, field(11, field(1, b"user") + field(2, b"\xff\xfe")))  # request.messages[0].content
+    call = served.unary_unary("/avs.operator.v1.OperatorService/Generate")
+    with pytest.raises(grpc.RpcError) as info:
+        call(body, timeout=3)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in str(info.value.details())

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -195,7 +196,8 @@ def _get_info_code(channel: grpc.Channel) -> grpc.StatusCode:
     try:
         op_grpc.OperatorServiceStub(channel).GetInfo(op.GetInfoRequest(), timeout=3)  # type: ignore[no-untyped-call]
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
+        code: grpc.StatusCode = exc.code()
+        return code
     return grpc.StatusCode.OK
 
 
@@ -203,7 +205,7 @@ def test_health_watchers_hold_no_worker_thread() -> None:
     """Health.Watch wrapped by the error interceptor lost grpcio's non-blocking flag: 8 streams from
     a client without credentials held every worker thread, and real calls timed out."""
     with serve(BoundedHealthServicer([SERVICE_NAME], max_watchers=16)) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs do not declare Watch
         streams = [health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME)) for _ in range(16)]
         assert all(next(s).status == health_pb2.HealthCheckResponse.NOT_SERVING for s in streams)
         assert _get_info_code(channel) == grpc.StatusCode.UNAUTHENTICATED  # answered, not DEADLINE_EXCEEDED
@@ -214,7 +216,7 @@ def test_health_watchers_hold_no_worker_thread() -> None:
 def test_health_watchers_are_bounded_and_only_for_the_servers_services(served: grpc.Channel) -> None:
     """Unknown service names were kept for good (a megabyte each) and watchers had no bound (each
     holds one of the server's RPC slots)."""
-    health = health_pb2_grpc.HealthStub(served)
+    health: Any = health_pb2_grpc.HealthStub(served)
     watch = health_pb2.HealthCheckRequest(service="")
     streams = [health.Watch(watch) for _ in range(MAX_HEALTH_WATCHERS)]
     assert [next(s).status for s in streams] == [health_pb2.HealthCheckResponse.NOT_SERVING] * MAX_HEALTH_WATCHERS
@@ -248,7 +250,7 @@ def test_a_request_that_does_not_parse_is_invalid_argument_not_internal(served: 
         return bytes([(number << 3) | 2, len(payload)]) + payload
 
     body = field(2, field(11, field(1, b"user") + field(2, b"\xff\xfe")))  # request.messages[0].content
-    call = served.unary_unary("/avs.operator.v1.OperatorService/Generate")
+    call: Any = served.unary_unary("/avs.operator.v1.OperatorService/Generate")
     with pytest.raises(grpc.RpcError) as info:
         call(body, timeout=3)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

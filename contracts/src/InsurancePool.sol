@@ -154,6 +154,10 @@ contract InsurancePool is IInsurancePool, Ownable {
     }
 
     /// @inheritdoc IInsurancePool
+    /// @dev Only the beneficiary: a request may be a leaf of several batches, with other outputs, and
+    ///      only its requester knows which one it was given. Anyone else could end the coverage on a
+    ///      final batch with the right output while the batch with the wrong output the requester got
+    ///      was still open to challenge, and that fraud then paid nothing; others wait for `expireCoverage`.
     function expireCoverageOnFinalBatch(
         AvsMessages.BatchHeader calldata header,
         bytes32 signatoryRecordHash,
@@ -162,6 +166,7 @@ contract InsurancePool is IInsurancePool, Ownable {
         bytes32[] calldata proof
     ) external {
         Coverage storage c = _requireExpirable(requestHash);
+        if (msg.sender != c.beneficiary) revert NotRequester();
         if (!taskManager.isBatchFinal(header.batchIndex)) revert BatchNotFinal(header.batchIndex);
         if (!taskManager.verifyLeaf(header, signatoryRecordHash, requestHash, outputHash, proof)) {
             revert LeafNotCertified();

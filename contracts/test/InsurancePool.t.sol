@@ -169,17 +169,22 @@ contract ExpireCoverageTest is PoolFixture {
 }
 
 contract ExpireCoverageOnFinalBatchTest is PoolFixture {
+    address internal constant STRANGER = address(0xBAD);
+
     function test_expireCoverageOnFinalBatch() public {
         _buy(10 ether);
         _certifyInsured();
         vm.roll(block.number + 50);
+        vm.prank(REQUESTER);
         pool.expireCoverageOnFinalBatch(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
         vm.assertTrue(pool.getCoverage(requestHash).status == IInsurancePoolTypes.CoverageStatus.Expired, "expired");
+        vm.assertEq(pool.outstandingCoverage(0), 0, "capacity released");
     }
 
     function test_expireCoverageOnFinalBatch_RevertWhen_NotFinal() public {
         _buy(10 ether);
         _certifyInsured();
+        vm.prank(REQUESTER);
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.BatchNotFinal.selector, uint64(5)));
         pool.expireCoverageOnFinalBatch(insuredBatch, insuredRecord, requestHash, "bad", insuredProof);
     }
@@ -188,8 +193,29 @@ contract ExpireCoverageOnFinalBatchTest is PoolFixture {
         _buy(10 ether);
         _certifyInsured();
         vm.roll(block.number + 50);
+        vm.prank(REQUESTER);
         vm.expectRevert(IInsurancePoolErrors.LeafNotCertified.selector);
         pool.expireCoverageOnFinalBatch(insuredBatch, insuredRecord, requestHash, "good", insuredProof);
+    }
+
+    /// @dev Batch 5 holds the request with the right output and is final; batch 6, certified within
+    ///      the term, holds it with the wrong output the requester was given. Anyone could end the
+    ///      coverage on batch 5 before batch 6 was challenged, and the upheld fraud then paid nothing.
+    function test_expireCoverageOnFinalBatch_RevertWhen_NotTheBeneficiary_FraudInAnotherBatchPaid() public {
+        _buy(10 ether);
+        vm.roll(block.number + 1);
+        (AvsMessages.BatchHeader memory good, bytes32 goodRecord, bytes32[] memory goodProof) =
+            _certifyLeaf(5, requestHash, "good", _none());
+        vm.roll(block.number + WINDOW + 1);
+        vm.assertTrue(taskManager.isBatchFinal(5), "batch 5 final");
+        (insuredBatch, insuredRecord, insuredProof) = _certifyLeaf(6, requestHash, "bad", _none());
+        vm.roll(block.number + 1);
+        vm.prank(STRANGER);
+        vm.expectRevert(IInsurancePoolErrors.NotRequester.selector);
+        pool.expireCoverageOnFinalBatch(good, goodRecord, requestHash, "good", goodProof);
+        _challengeAndUphold(_none());
+        vm.prank(REQUESTER);
+        vm.assertEq(pool.claim(requestHash), 10 ether, "paid");
     }
 }
 

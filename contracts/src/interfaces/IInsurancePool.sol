@@ -127,7 +127,8 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
     ///         request is open. Permissionless.
     function expireCoverage(bytes32 requestHash) external;
 
-    /// @notice Expires active coverage of a request that is a leaf of a final batch (no open challenge).
+    /// @notice Expires active coverage of a request that is a leaf of a final batch (no open challenge);
+    ///         only its beneficiary (the requester), who knows which batch its output came from.
     function expireCoverageOnFinalBatch(
         AvsMessages.BatchHeader calldata header,
         bytes32 signatoryRecordHash,

@@ -26,6 +26,7 @@ from avs.errors import AvsError, InvalidInputError, KeystoreError
 
 if TYPE_CHECKING:
     from avs.chain.deployment import Deployment
+    from avs.chain.insurance import InsuranceBuyer
     from avs.client import PreparedRequest
     from avs.messages import Domain
 
@@ -282,13 +283,13 @@ def cmd_request(args: argparse.Namespace) -> int:
         "threshold_bps": args.threshold,
     }
     messages = [{"role": "user", "content": args.prompt}]
+    coverage: CoveragePlan | None = None
     with AggregatorClient(args.aggregator) as client:
         try:
             if secret is None:
                 request_hash = client.submit(messages, **fields)
             else:
                 assert deployment is not None and domain is not None  # checked above
-                coverage: CoveragePlan | None
                 if args.resume is not None:
                     prepared, coverage = load_saved_request(args.resume, domain)
                     if not is_same_address(prepared.request.requester, requester):
@@ -326,7 +327,15 @@ def cmd_request(args: argparse.Namespace) -> int:
         except OSError as exc:  # the certificate is not lost: it goes to stdout instead
             print(certificate_to_json(certificate))
             raise InvalidInputError(f"could not write --out {args.out} ({exc}); the certificate is on stdout") from exc
-    return 0 if check.ok else 1
+    if coverage is None:
+        return 0 if check.ok else 1
+    assert deployment is not None and secret is not None  # an insured request is a signed one
+    uninsured = _check_insured(args, deployment, secret, certificate)
+    for problem in uninsured:
+        print(problem, file=sys.stderr)
+    if not uninsured:
+        print("insured: a fraud proven in this batch pays the coverage", file=sys.stderr)
+    return 0 if check.ok and not uninsured else 1
 
 
 def load_decoder(folder: Path) -> Callable[[list[int]], str]:
@@ -444,19 +453,37 @@ def _submit_signed(
     return bytes(client.submit_prepared(prepared, domain=domain, requester_key=secret, insured=coverage is not None))
 
 
-def _insure(
-    args: argparse.Namespace, prepared: PreparedRequest, coverage: CoveragePlan, secret: bytes, deployment: Deployment
-) -> None:
-    """Buy ``coverage`` for the request; on ``--resume``, unless it was bought already."""
+def _open_buyer(args: argparse.Namespace, deployment: Deployment, secret: bytes) -> InsuranceBuyer:
     from web3 import Web3
 
-    from avs.chain.faults import CoverageStatus
-    from avs.chain.insurance import InsuranceBuyer, InsuranceError, compute_coverage_problem
+    from avs.chain.insurance import InsuranceBuyer
 
     w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
     if w3.eth.chain_id != deployment.chain_id:
         raise InvalidInputError(f"{args.rpc_url} is not chain {deployment.chain_id} of {args.deployment}")
-    buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+    return InsuranceBuyer(w3, deployment, Account.from_key(secret))
+
+
+def _check_insured(args: argparse.Namespace, deployment: Deployment, secret: bytes, certificate: Any) -> list[str]:
+    """What would keep a fraud proven in the certificate's batch from paying the coverage."""
+    header = certificate.batch_header
+    buyer = _open_buyer(args, deployment, secret)
+    problems = buyer.check_certificate_insured(
+        bytes(certificate.request_hash), header.batch_index, bytes(header.quorum_numbers)
+    )
+    return [f"not insured: {problem}" for problem in problems]
+
+
+def _insure(
+    args: argparse.Namespace, prepared: PreparedRequest, coverage: CoveragePlan, secret: bytes, deployment: Deployment
+) -> None:
+    """Buy ``coverage`` for the request; on ``--resume``, unless it was bought already."""
+
+    from avs.chain.faults import CoverageStatus
+    from avs.chain.insurance import InsuranceError, compute_coverage_problem
+
+    buyer = _open_buyer(args, deployment, secret)
+    w3 = buyer.client.w3
     request_hash = "0x" + prepared.request_hash.hex()
     if args.resume is not None:
         bought = buyer.get_coverage(prepared.request_hash)

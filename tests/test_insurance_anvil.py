@@ -18,7 +18,13 @@ from web3 import Web3
 from avs.chain.abi import load_abi
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import CoverageStatus
-from avs.chain.insurance import InsuranceBuyer, InsuranceError, Web3CoverageReader, compute_coverage_problem
+from avs.chain.insurance import (
+    InsuranceBuyer,
+    InsuranceError,
+    Web3CoverageReader,
+    compute_coverage_problem,
+    compute_payout_problems,
+)
 from avs.client import AggregatorClient
 from avs.messages import Domain, InferenceRequest, compute_request_hash, compute_stop_sequences_hash
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
@@ -242,3 +248,33 @@ def test_an_insured_request_saved_before_paying_is_resumed_without_buying_twice(
     saved.write_text(saved.read_text().replace('"max_tokens": 8,', '"max_tokens": 9,'))
     code, err = _resume(devnet, url, deployment_file, saved, key)
     assert code == 2 and "not the digest of its request under this deployment" in err, err
+
+
+def test_a_certificate_is_checked_against_what_its_coverage_pays_for(devnet: Devnet) -> None:  # noqa: F811
+    """A fraud pays the coverage only in a batch of its quorum certified after the purchase and
+    within the term; the request commits to none of these, so the requester checks its certificate's
+    batch (read on chain) against the coverage."""
+    from tests.test_contracts_anvil import _certificate, _header
+
+    account = _requester(devnet, TOKENS)
+    buyer = InsuranceBuyer(devnet.w3, devnet.deployment, account)
+    before = _header(devnet, 700)
+    devnet.client.certify_batch(before, _certificate(devnet, before, ()))
+    request = _request(account.address, 70)
+    purchase = buyer.buy(request, 0, TOKENS)
+    devnet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    after = _header(devnet, 701)
+    devnet.client.certify_batch(after, _certificate(devnet, after, ()))
+    assert buyer.check_certificate_insured(purchase.request_hash, 701, b"\x00") == []
+    [other_quorum] = buyer.check_certificate_insured(purchase.request_hash, 701, b"\x01")
+    assert "quorums [1], the coverage against quorum 0" in other_quorum
+    [too_early] = buyer.check_certificate_insured(purchase.request_hash, 700, b"\x00")
+    assert "not after the block that bought the coverage" in too_early
+    [unknown] = buyer.check_certificate_insured(purchase.request_hash, 702, b"\x00")
+    assert "no certification record" in unknown
+    coverage = buyer.get_coverage(purchase.request_hash)
+    late = compute_payout_problems(coverage, 0, b"\x00", coverage.expires_at_block + 1)
+    assert late == [
+        f"the batch was certified in block {coverage.expires_at_block + 1}, after the coverage's term"
+        f" (block {coverage.expires_at_block})"
+    ]

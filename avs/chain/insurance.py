@@ -122,6 +122,26 @@ def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes,
     return None
 
 
+def compute_payout_problems(
+    coverage: Coverage, bought_at_block: int, batch_quorums: bytes, certified_block: int
+) -> list[str]:
+    """Why a fraud proven in this certified batch would not pay ``coverage`` (``recordFraud``'s
+    rule): the batch must be of the coverage's quorum, certified after the block that bought it and
+    within its term. The request commits to none of these, so an aggregator could deliver an output
+    of a batch that no coverage pays for; ``avs request --insure`` checks its certificate with this."""
+    problems = []
+    if coverage.quorum_number not in batch_quorums:
+        problems.append(
+            f"the batch is of quorums {list(batch_quorums)}, the coverage against quorum {coverage.quorum_number}"
+        )
+    certified = f"the batch was certified in block {certified_block}"
+    if certified_block <= bought_at_block:
+        problems.append(f"{certified}, not after the block that bought the coverage ({bought_at_block})")
+    if certified_block > coverage.expires_at_block:
+        problems.append(f"{certified}, after the coverage's term (block {coverage.expires_at_block})")
+    return problems
+
+
 class Web3CoverageReader:
     """``CoverageReader`` over web3.py."""
 
@@ -173,6 +193,16 @@ class InsuranceBuyer:
 
     def get_coverage(self, request_hash: bytes) -> Coverage:
         return self.reader.get_coverage(request_hash)
+
+    def check_certificate_insured(self, request_hash: bytes, batch_index: int, batch_quorums: bytes) -> list[str]:
+        """``compute_payout_problems`` for the request's coverage and its certified batch, both read
+        from the chain (the task manager's record of the batch: the aggregator's word is not taken)."""
+        coverage = self.get_coverage(request_hash)
+        bought_at = int(self.client._call(self.pool.functions.coverageBoughtAt(request_hash)))
+        certified_block = self.client.get_certified_block(batch_index)
+        if certified_block == 0:
+            return [f"batch {batch_index} has no certification record on chain (not certified, or its slot reused)"]
+        return compute_payout_problems(coverage, bought_at, batch_quorums, certified_block)
 
     def check_nothing_pending(self) -> None:
         """Refuse while a transaction of this requester is sent but not mined (a purchase whose

@@ -214,6 +214,7 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
     assert secret[2:] not in out.stdout + out.stderr
     assert "coverage bought against quorum 0: premium 0.025 tokens" in out.stderr
     assert "CERTIFIED" in out.stderr and "offline check: OK" in out.stderr
+    assert "insured: a fraud proven in this batch pays the coverage" in out.stderr  # its batch, checked on chain
     certificate = certificate_from_json((tmp_path / "cert.json").read_text())
     assert certificate.request.requester == requester.address
     # Saved before the coverage was paid for: `--resume` submits that request again if this stops.

@@ -155,8 +155,7 @@ class OperatorApp:
                 )
                 address = client.registry.functions.getOperatorFromId(self.core.operator_id).call()
                 status = get_operator_status(client, address)
-                for quorum, stake in status.stake.items():
-                    self.metrics.registered_stakes.labels(str(quorum), f"quorum {quorum}").set(stake)
+                self.metrics.set_registered_stakes(status.stake)
             except Exception:
                 logger.warning("could not read registered stakes", exc_info=True)
             self._stopped.wait(STAKE_REFRESH_SECONDS)

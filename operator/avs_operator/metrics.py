@@ -6,9 +6,12 @@ units; labels stay few. ``eigen_rpc_request_*`` count the gRPC calls this node s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 AVS_NAME = "verifiable-inference"
+SIGNATURE_KINDS = ("attestation", "batch")  # the label ``kind`` of signatures and refusals
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -65,6 +68,21 @@ class OperatorMetrics:
             registry=registry,
         )
         self.performance_score.labels(AVS_NAME).set(0)
+        # Counters an alert takes increase() of exist at 0 from the start: a series first seen at 1
+        # has no increase, and the first refusal of a process would not alert.
+        for kind in SIGNATURE_KINDS:
+            self.signatures.labels(kind)
+            self.refusals.labels(kind)
+        self._stake_quorums: set[int] = set()
+
+    def set_registered_stakes(self, stakes: Mapping[int, int]) -> None:
+        """``eigen_registered_stakes`` of the quorums the operator is in now: a quorum it left (ejected,
+        churned out, deregistered) is removed, not left showing its old stake."""
+        for quorum in self._stake_quorums - stakes.keys():
+            self.registered_stakes.remove(str(quorum), f"quorum {quorum}")
+        for quorum, stake in stakes.items():
+            self.registered_stakes.labels(str(quorum), f"quorum {quorum}").set(stake)
+        self._stake_quorums = set(stakes)
 
     def set_identity(self, operator_id: bytes, chain_id: int, task_manager: str) -> None:
         full = "0x" + operator_id.hex()

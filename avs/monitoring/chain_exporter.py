@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, Protocol
@@ -36,8 +36,9 @@ from web3 import Web3
 
 from avs.chain.abi import load_abi
 from avs.chain.deployment import Deployment, load_deployment
-from avs.errors import AvsError, InvalidInputError
+from avs.errors import InvalidInputError
 from avs.httpserver import start_metrics_server
+from avs.logs import redact_urls
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +417,26 @@ class Web3ChainStateReader:
     def _logs(self, contract: Any, event: str, from_block: int, to_block: int) -> list[Any]:
         if contract is None:
             return []
-        return list(contract.events[event]().get_logs(from_block=from_block, to_block=to_block))
+        reader = contract.events[event]()
+        return get_logs_splitting(
+            lambda lo, hi: list(reader.get_logs(from_block=lo, to_block=hi)), from_block, to_block
+        )
+
+
+def get_logs_splitting(fetch: Callable[[int, int], list[Any]], from_block: int, to_block: int) -> list[Any]:
+    """``fetch(from_block, to_block)``, the range halved while the node refuses it: providers cap
+    ``eth_getLogs`` by blocks or by results, some below ``--log-chunk-blocks``. The node unreachable
+    (``OSError``), or a single block refused, is raised."""
+    try:
+        return fetch(from_block, to_block)
+    except OSError:
+        raise
+    except Exception:
+        if from_block >= to_block:
+            raise
+        middle = (from_block + to_block) // 2
+        logger.info("eth_getLogs range refused; halving it", extra={"from_block": from_block, "to_block": to_block})
+        return get_logs_splitting(fetch, from_block, middle) + get_logs_splitting(fetch, middle + 1, to_block)
 
 
 def compute_event_totals(
@@ -479,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_REORG_DEPTH,
         help=f"blocks below the head whose events are read again on every poll (default {DEFAULT_REORG_DEPTH})",
     )
+    parser.add_argument(
+        "--log-chunk-blocks",
+        type=int,
+        default=LOG_CHUNK_BLOCKS,
+        help=f"blocks per eth_getLogs request (default {LOG_CHUNK_BLOCKS}; a refused range is halved)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -490,8 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_json_logging(args.log_level)
     try:
         return serve(args)
-    except (AvsError, OSError) as exc:
-        print(f"chain-exporter: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, whatever failed at start; the URL's secrets kept out of it
+        print(f"chain-exporter: {redact_urls(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -501,8 +527,14 @@ def serve(args: argparse.Namespace) -> int:
     deployment = load_deployment(Path(args.deployment))
     host, port = split_listen(args.listen)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+    if (chain_id := int(w3.eth.chain_id)) != deployment.chain_id:  # same addresses on two chains are common
+        raise InvalidInputError(
+            f"{redact_urls(args.rpc_url)} is chain {chain_id}, the deployment {args.deployment} is for chain"
+            f" {deployment.chain_id}"
+        )
     start = args.start_block if args.start_block is not None else deployment.start_block
-    exporter = ChainExporter(Web3ChainStateReader(w3, deployment), start, reorg_depth=args.reorg_depth)
+    reader = Web3ChainStateReader(w3, deployment)
+    exporter = ChainExporter(reader, start, chunk_blocks=args.log_chunk_blocks, reorg_depth=args.reorg_depth)
     exporter.process_poll()  # fail fast on a wrong RPC URL or deployment
     registry = CollectorRegistry()
     registry.register(ChainCollector(exporter))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from avs.devnet import Anvil
 from avs.errors import InvalidInputError
 from avs.monitoring.chain_exporter import (
     ChainCollector,
@@ -22,6 +23,7 @@ from avs.monitoring.chain_exporter import (
     compute_block_ranges,
     compute_event_totals,
     compute_quorum_numbers,
+    get_logs_splitting,
 )
 
 TOKEN = 10**18
@@ -131,10 +133,11 @@ def test_pure_helpers() -> None:
 
 
 def test_cli_refuses_a_bad_deployment_or_rpc_cleanly(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "avs.monitoring.chain_exporter", "--rpc-url", "http://127.0.0.1:1"]
+    """One line, never a traceback, and never the RPC URL's path (providers put API keys there)."""
+    command = [sys.executable, "-m", "avs.monitoring.chain_exporter", "--rpc-url", "http://127.0.0.1:1/v3/SECRETKEY"]
     missing = subprocess.run([*command, "--deployment", str(tmp_path / "none.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "chain-exporter:" in missing.stderr and "Traceback" not in missing.stderr
-    deployment: dict[str, object] = {"chain_id": 31337, "start_block": 0}
+    deployment: dict[str, object] = {"chain_id": 1, "start_block": 0}
     deployment |= {key: "0x" + "11" * 20 for key in ("deployer", "aggregator", "allocation_manager")}
     deployment |= {key: "0x" + "22" * 20 for key in ("delegation_manager", "strategy", "stake_token")}
     deployment |= {key: "0x" + "33" * 20 for key in ("operator_registry", "model_registry", "task_manager")}
@@ -143,6 +146,50 @@ def test_cli_refuses_a_bad_deployment_or_rpc_cleanly(tmp_path: Path) -> None:
         [*command, "--deployment", str(tmp_path / "deployment.json")], capture_output=True, text=True
     )
     assert no_rpc.returncode == 2 and "chain-exporter:" in no_rpc.stderr and "Traceback" not in no_rpc.stderr
+    assert "SECRETKEY" not in no_rpc.stderr, no_rpc.stderr
+    chain = Anvil()  # chain 31337, while the deployment says chain 1
+    try:
+        url = chain.url.replace("://", "://user:SECRETKEY@")  # anvil answers 404 on a path, not on user info
+        wrong = [sys.executable, "-m", "avs.monitoring.chain_exporter", "--rpc-url", url]
+        other = subprocess.run(
+            [*wrong, "--deployment", str(tmp_path / "deployment.json")], capture_output=True, text=True
+        )
+    finally:
+        chain.stop()
+    assert other.returncode == 2 and "is chain 31337, the deployment" in other.stderr, other.stderr
+    assert "SECRETKEY" not in other.stderr and "Traceback" not in other.stderr
+
+
+def test_a_log_range_the_node_refuses_is_halved_until_it_answers() -> None:
+    """Providers cap eth_getLogs below the default chunk: the exporter failed every poll for good."""
+    calls: list[tuple[int, int]] = []
+
+    def capped(lo: int, hi: int) -> list[int]:
+        calls.append((lo, hi))
+        if hi - lo + 1 > 1_000:
+            raise ValueError("query exceeds max block range 1000")
+        return [block for block in range(lo, hi + 1) if block % 997 == 0]
+
+    assert get_logs_splitting(capped, 0, 4_999) == [block for block in range(5_000) if block % 997 == 0]
+    assert len(calls) < 20
+
+    def broken(lo: int, hi: int) -> list[int]:  # refused at any size: raised after one path down
+        calls.append((lo, hi))
+        raise ValueError("execution reverted")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="execution reverted"):
+        get_logs_splitting(broken, 0, 4_999)
+    assert len(calls) <= 14 and calls[-1][0] == calls[-1][1]
+
+    def unreachable(lo: int, hi: int) -> list[int]:  # the node down: no point splitting
+        calls.append((lo, hi))
+        raise ConnectionError("connection refused")
+
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        get_logs_splitting(unreachable, 0, 4_999)
+    assert calls == [(0, 4_999)]
 
 
 def test_a_failure_in_a_long_scan_keeps_the_chunks_already_read() -> None:

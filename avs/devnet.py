@@ -209,6 +209,11 @@ def create_operator(
     }
     config_path = home / "operator.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    # What `avs-operator slashing-protection init` does on an operator's first start (`run` refuses to
+    # start without a history).
+    from avs_operator.slashing_protection import SlashingProtection
+
+    SlashingProtection(str(config["slashing_protection_url"])).close()
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     restake(w3, deployment, account, stake)
     client = Web3AvsClient(w3, deployment, account)

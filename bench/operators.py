@@ -46,6 +46,7 @@ def start_operator_app(
         parse_config(config),
         OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
         engine_loader=lambda path, config: engine,
+        create_slashing_protection=True,  # a fresh operator for each run
     )
     app.start()
     return app

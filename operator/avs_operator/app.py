@@ -56,8 +56,17 @@ class Ports:
 
 
 class OperatorApp:
-    def __init__(self, config: OperatorConfig, secrets: OperatorSecrets, engine_loader: EngineLoader = _default_loader):
+    def __init__(
+        self,
+        config: OperatorConfig,
+        secrets: OperatorSecrets,
+        engine_loader: EngineLoader = _default_loader,
+        create_slashing_protection: bool = False,
+    ):
+        """``create_slashing_protection``: make an empty history if there is none (tests and fresh
+        devnets); ``avs-operator run`` refuses to start without one."""
         self.config = config
+        self._create_protection = create_slashing_protection
         self._secrets = secrets
         self._load_engine = engine_loader
         self.ports = Ports()
@@ -77,7 +86,7 @@ class OperatorApp:
             raise InvalidInputError("set OPERATOR_BLS_KEY_PASSWORD to unlock the BLS keystore")
         key_pair = keystore.load_bls_keystore(self.config.keys.bls_keystore, password.get_secret_value())
         domain = Domain(self.config.chain.chain_id, self.config.chain.task_manager)
-        protection = SlashingProtection(self.config.slashing_protection_url)
+        protection = SlashingProtection(self.config.slashing_protection_url, create=self._create_protection)
         self._closers.append(protection.close)
         self._start_http()
         self.core = OperatorCore(domain, key_pair, self.engines, protection, self.metrics, self.config.limits)

@@ -5,6 +5,7 @@
                           [--replace QUORUM=ADDRESS]
     avs-operator deregister --config operator.yaml [--quorums 0]
     avs-operator status --config operator.yaml [--address 0x...]
+    avs-operator slashing-protection init --config operator.yaml     the empty history, on the first start
     avs-operator slashing-protection export --config operator.yaml > history.json
     avs-operator slashing-protection import --config operator.yaml history.json
     avs-operator keys ...                        the key commands of ``avs keys``
@@ -35,7 +36,7 @@ from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.cli import main as avs_main
 from avs.crypto.bls import KeyPair
-from avs.errors import AvsError, InvalidInputError
+from avs.errors import AvsError, InvalidInputError, SlashingProtectionError
 from avs.logs import configure_json_logging
 from avs_operator.config import ConfigError, GrpcConfig, OperatorConfig, load_config, load_secrets
 from avs_operator.slashing_protection import SlashingProtection
@@ -80,8 +81,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protection_init(args: argparse.Namespace) -> int:
+    """Create the empty history of an operator that never signed (``run`` refuses to start without one)."""
+    url = load_config(args.config).slashing_protection_url
+    try:
+        SlashingProtection(url, create=False).close()
+    except SlashingProtectionError:
+        SlashingProtection(url).close()
+        print(json.dumps({"created": True}))
+        return 0
+    raise InvalidInputError("the slashing protection history exists already; nothing was changed")
+
+
 def cmd_protection_export(args: argparse.Namespace) -> int:
-    protection = SlashingProtection(load_config(args.config).slashing_protection_url)
+    protection = SlashingProtection(load_config(args.config).slashing_protection_url, create=False)
     print(json.dumps(protection.export_records(), indent=2))
     return 0
 
@@ -226,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     protection = commands.add_parser("slashing-protection", help="export or import the signing history")
     sub = protection.add_subparsers(dest="protection_command", required=True)
+    init = sub.add_parser("init", help="create the empty history of an operator that never signed (first start)")
+    init.add_argument("--config", type=Path, required=True)
+    init.set_defaults(func=cmd_protection_init)
     export = sub.add_parser("export", help="print the history as JSON")
     export.add_argument("--config", type=Path, required=True)
     export.set_defaults(func=cmd_protection_export)

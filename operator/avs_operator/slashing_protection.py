@@ -36,6 +36,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     create_engine,
+    inspect,
     select,
 )
 from sqlalchemy.engine import URL, Engine, make_url
@@ -123,14 +124,31 @@ def is_in_memory_sqlite(url: URL) -> bool:
     return database in ("", ":memory:") or database.startswith("file::memory:") or url.query.get("mode") == "memory"
 
 
+def _missing_history(url: str) -> str:
+    where = make_url(url).render_as_string(hide_password=True)
+    return (
+        f"no slashing protection history at {where}: check slashing_protection_url; on this operator's first"
+        " start run `avs-operator slashing-protection init`, or `import` the history exported where it ran before"
+    )
+
+
 class SlashingProtection:
     """The operator's signing history. Thread-safe: every check-and-record is one transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """The history at ``url``; with ``create=False`` (how ``avs-operator run`` opens it) a missing
+        database is refused, not made empty: a mistyped URL, a new volume or a new machine would
+        otherwise start with no history, and sign what the old one may have signed the opposite of."""
         parsed = check_database_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        is_sqlite = parsed.get_backend_name() == "sqlite" and parsed.database
+        if is_sqlite and not create and not Path(parsed.database or "").exists():
+            raise SlashingProtectionError(_missing_history(url))
+        if is_sqlite:
+            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
         self._engine: Engine = create_engine(url, future=True)
+        if not create and not inspect(self._engine).has_table(AttestationRecord.__tablename__):
+            self._engine.dispose()
+            raise SlashingProtectionError(_missing_history(url))
         _Base.metadata.create_all(self._engine)
         try:  # create_all adds no index to a table made before the index existed
             ONE_ACCEPT_PER_REQUEST.create(self._engine, checkfirst=True)

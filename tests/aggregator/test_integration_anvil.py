@@ -115,6 +115,7 @@ def start_operator(workdir: Path, model: Path, cache: Path, deployment: Deployme
         engine_loader=lambda path, config: load_engine(
             path, threads=config.threads, device=config.device, cache_dir=cache
         ),
+        create_slashing_protection=True,  # a fresh operator
     )
     app.start()
     return app

@@ -71,6 +71,7 @@ def start(workdir: Path, model: Path, cache: Path) -> Running:
         engine_loader=lambda path, config: load_engine(
             path, threads=config.threads, device=config.device, cache_dir=cache
         ),
+        create_slashing_protection=True,  # a fresh operator
     )
     app.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{app.ports.grpc}")

@@ -53,6 +53,7 @@ def start_app(workdir: Path, model: Path, **grpc_overrides: object) -> OperatorA
         engine_loader=lambda path, config: load_engine(
             path, threads=config.threads, device=config.device, cache_dir=workdir / "cache"
         ),
+        create_slashing_protection=True,  # a fresh operator
     )
     app.start()
     return app
@@ -163,7 +164,17 @@ def test_the_binary_stops_cleanly_on_sigterm_and_logs_json_without_secrets(model
     config = make_config(tmp_path, model_dir)
     (tmp_path / "operator.yaml").write_text(yaml.safe_dump(config))
     env = {"OPERATOR_BLS_KEY_PASSWORD": PASSWORD, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    args = [sys.executable, "-m", "avs_operator.cli", "run", "--config", str(tmp_path / "operator.yaml")]
+    cli = [sys.executable, "-m", "avs_operator.cli"]
+    args = [*cli, "run", "--config", str(tmp_path / "operator.yaml")]
+    # No history yet: `run` refuses (a mistyped URL or a new volume would start with none), until `init`.
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "no slashing protection history" in refused.stderr, refused.stderr
+    init = [*cli, "slashing-protection", "init", "--config", str(tmp_path / "operator.yaml")]
+    assert json.loads(subprocess.run(init, env=env, capture_output=True, text=True, check=True).stdout) == {
+        "created": True
+    }
+    again = subprocess.run(init, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "exists already" in again.stderr
     process = ServiceProcess("operator", args, env, tmp_path)
     try:
         ready = process.wait_ready(timeout=120)

@@ -17,6 +17,7 @@ from avs.errors import InvalidInputError, SlashingProtectionError
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
 from avs_operator.slashing_protection import SlashingProtection
+from tests.aggregator.conftest import create_postgres_database, postgres_server  # noqa: F401  (fixture)
 
 DOMAIN = keccak(text="domain A")
 OTHER_DOMAIN = keccak(text="domain B")
@@ -176,3 +177,20 @@ def test_an_in_memory_database_is_refused_at_once(url: str) -> None:
 def test_a_url_that_is_not_a_database_url_is_a_clear_error() -> None:
     with pytest.raises(InvalidInputError, match="not a SQLAlchemy URL"):
         SlashingProtection("protection.sqlite")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_missing_history_is_refused_unless_created(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """``avs-operator run`` opens the history with ``create=False``: a mistyped URL or a new volume no
+    longer starts an operator with no history (it could sign the opposite of what it signed before)."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'nested' / 'protection.sqlite'}"
+    else:
+        url = create_postgres_database(request.getfixturevalue("postgres_server"))
+    with pytest.raises(SlashingProtectionError, match="no slashing protection history"):
+        SlashingProtection(url, create=False)
+    assert not (tmp_path / "nested").exists()  # nothing made on the way
+    SlashingProtection(url).close()  # `slashing-protection init`
+    SlashingProtection(url, create=False).close()

@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PASSWORD_ENV = "AVS_KEYSTORE_PASSWORD"
 KEYS_DIR_ENV = "AVS_KEYS_DIR"
-
-
 REQUESTS_DIR_ENV = "AVS_REQUESTS_DIR"
 
 
@@ -283,13 +281,14 @@ def cmd_request(args: argparse.Namespace) -> int:
         "threshold_bps": args.threshold,
     }
     messages = [{"role": "user", "content": args.prompt}]
-    coverage: CoveragePlan | None = None
+    buyer: InsuranceBuyer | None = None
     with AggregatorClient(args.aggregator) as client:
         try:
             if secret is None:
                 request_hash = client.submit(messages, **fields)
             else:
                 assert deployment is not None and domain is not None  # checked above
+                coverage: CoveragePlan | None
                 if args.resume is not None:
                     prepared, coverage = load_saved_request(args.resume, domain)
                     if not is_same_address(prepared.request.requester, requester):
@@ -299,7 +298,13 @@ def cmd_request(args: argparse.Namespace) -> int:
                 else:
                     prepared = client.prepare(messages, domain=domain, **fields)  # checked before paying anything
                     coverage = _plan_coverage(args, prepared)
-                request_hash = _submit_signed(args, client, prepared, coverage, secret, deployment, domain)
+                if coverage is not None:  # bought first (the request saved beforehand), then submitted insured
+                    buyer = _open_buyer(args, deployment, secret)
+                    _insure(args, prepared, coverage, buyer)
+                submitted = client.submit_prepared(
+                    prepared, domain=domain, requester_key=secret, insured=buyer is not None
+                )
+                request_hash = bytes(submitted)
         except grpc.RpcError as exc:
             raise _refused(exc) from None
         print(f"request 0x{request_hash.hex()}", file=sys.stderr)
@@ -327,10 +332,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         except OSError as exc:  # the certificate is not lost: it goes to stdout instead
             print(certificate_to_json(certificate))
             raise InvalidInputError(f"could not write --out {args.out} ({exc}); the certificate is on stdout") from exc
-    if coverage is None:
+    if buyer is None:
         return 0 if check.ok else 1
-    assert deployment is not None and secret is not None  # an insured request is a signed one
-    uninsured = _check_insured(args, deployment, secret, certificate)
+    uninsured = _check_insured(buyer, certificate)
     for problem in uninsured:
         print(problem, file=sys.stderr)
     if not uninsured:
@@ -434,25 +438,6 @@ def load_saved_request(path: Path, domain: Domain) -> tuple[PreparedRequest, Cov
     return prepared, coverage
 
 
-def _submit_signed(
-    args: argparse.Namespace,
-    client: Any,
-    prepared: PreparedRequest,
-    coverage: CoveragePlan | None,
-    secret: bytes,
-    deployment: Deployment,
-    domain: Domain,
-) -> bytes:
-    """Buy the prepared request's coverage first (saving the request beforehand), then submit it
-    signed by the requester."""
-    if coverage is not None:
-        if args.resume is None:
-            path = save_request(args.request_dir, prepared, coverage)
-            print(f"saved the request to {path} (if this stops, run again with --resume {path})", file=sys.stderr)
-        _insure(args, prepared, coverage, secret, deployment)
-    return bytes(client.submit_prepared(prepared, domain=domain, requester_key=secret, insured=coverage is not None))
-
-
 def _open_buyer(args: argparse.Namespace, deployment: Deployment, secret: bytes) -> InsuranceBuyer:
     from web3 import Web3
 
@@ -464,28 +449,27 @@ def _open_buyer(args: argparse.Namespace, deployment: Deployment, secret: bytes)
     return InsuranceBuyer(w3, deployment, Account.from_key(secret))
 
 
-def _check_insured(args: argparse.Namespace, deployment: Deployment, secret: bytes, certificate: Any) -> list[str]:
+def _check_insured(buyer: InsuranceBuyer, certificate: Any) -> list[str]:
     """What would keep a fraud proven in the certificate's batch from paying the coverage."""
     header = certificate.batch_header
-    buyer = _open_buyer(args, deployment, secret)
     problems = buyer.check_certificate_insured(
         bytes(certificate.request_hash), header.batch_index, bytes(header.quorum_numbers)
     )
     return [f"not insured: {problem}" for problem in problems]
 
 
-def _insure(
-    args: argparse.Namespace, prepared: PreparedRequest, coverage: CoveragePlan, secret: bytes, deployment: Deployment
-) -> None:
-    """Buy ``coverage`` for the request; on ``--resume``, unless it was bought already."""
-
+def _insure(args: argparse.Namespace, prepared: PreparedRequest, coverage: CoveragePlan, buyer: InsuranceBuyer) -> None:
+    """Buy ``coverage`` for the request, saving the request first; on ``--resume``, unless it was
+    bought already."""
     from avs.chain.faults import CoverageStatus
     from avs.chain.insurance import InsuranceError, compute_coverage_problem
 
-    buyer = _open_buyer(args, deployment, secret)
     w3 = buyer.client.w3
     request_hash = "0x" + prepared.request_hash.hex()
-    if args.resume is not None:
+    if args.resume is None:
+        path = save_request(args.request_dir, prepared, coverage)
+        print(f"saved the request to {path} (if this stops, run again with --resume {path})", file=sys.stderr)
+    else:
         bought = buyer.get_coverage(prepared.request_hash)
         if bought.status != CoverageStatus.NONE:
             problem = compute_coverage_problem(bought, buyer.account.address, prepared.quorums, w3.eth.block_number)

@@ -36,10 +36,10 @@ from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.cli import main as avs_main
 from avs.crypto.bls import KeyPair
-from avs.errors import AvsError, InvalidInputError, SlashingProtectionError
+from avs.errors import AvsError, InvalidInputError
 from avs.logs import configure_json_logging
 from avs_operator.config import ConfigError, GrpcConfig, OperatorConfig, load_config, load_secrets
-from avs_operator.slashing_protection import SlashingProtection
+from avs_operator.slashing_protection import SlashingProtection, has_history
 
 
 def quiet_progress_bars() -> None:
@@ -84,13 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_protection_init(args: argparse.Namespace) -> int:
     """Create the empty history of an operator that never signed (``run`` refuses to start without one)."""
     url = load_config(args.config).slashing_protection_url
-    try:
-        SlashingProtection(url, create=False).close()
-    except SlashingProtectionError:
-        SlashingProtection(url).close()
-        print(json.dumps({"created": True}))
-        return 0
-    raise InvalidInputError("the slashing protection history exists already; nothing was changed")
+    if has_history(url):
+        raise InvalidInputError("the slashing protection history exists already; nothing was changed")
+    SlashingProtection(url).close()
+    print(json.dumps({"created": True}))
+    return 0
 
 
 def cmd_protection_export(args: argparse.Namespace) -> int:

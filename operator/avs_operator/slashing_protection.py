@@ -124,6 +124,19 @@ def is_in_memory_sqlite(url: URL) -> bool:
     return database in ("", ":memory:") or database.startswith("file::memory:") or url.query.get("mode") == "memory"
 
 
+def has_history(url: str) -> bool:
+    """Whether ``url`` holds a slashing protection history (its tables), creating nothing: SQLite
+    would make a missing file just by connecting."""
+    parsed = check_database_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        return False
+    engine = create_engine(url, future=True)
+    try:
+        return inspect(engine).has_table(AttestationRecord.__tablename__)
+    finally:
+        engine.dispose()
+
+
 def _missing_history(url: str) -> str:
     where = make_url(url).render_as_string(hide_password=True)
     return (
@@ -139,16 +152,12 @@ class SlashingProtection:
         """The history at ``url``; with ``create=False`` (how ``avs-operator run`` opens it) a missing
         database is refused, not made empty: a mistyped URL, a new volume or a new machine would
         otherwise start with no history, and sign what the old one may have signed the opposite of."""
+        if not create and not has_history(url):
+            raise SlashingProtectionError(_missing_history(url))
         parsed = check_database_url(url)
-        is_sqlite = parsed.get_backend_name() == "sqlite" and parsed.database
-        if is_sqlite and not create and not Path(parsed.database or "").exists():
-            raise SlashingProtectionError(_missing_history(url))
-        if is_sqlite:
-            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine: Engine = create_engine(url, future=True)
-        if not create and not inspect(self._engine).has_table(AttestationRecord.__tablename__):
-            self._engine.dispose()
-            raise SlashingProtectionError(_missing_history(url))
         _Base.metadata.create_all(self._engine)
         try:  # create_all adds no index to a table made before the index existed
             ONE_ACCEPT_PER_REQUEST.create(self._engine, checkfirst=True)

@@ -86,3 +86,7 @@ class OverloadedError(AvsError):
 
 class DeadlineExceededError(AvsError, TimeoutError):
     """The caller's deadline passed before the work could finish."""
+
+
+class CancelledError(AvsError):
+    """The caller cancelled the call (or went away) before the work could finish."""

@@ -16,6 +16,7 @@ import grpc
 from avs.errors import (
     AuthenticationError,
     AvsError,
+    CancelledError,
     ContextLimitError,
     DeadlineExceededError,
     InferenceError,
@@ -47,6 +48,7 @@ STATUS_BY_ERROR: tuple[tuple[type[AvsError], grpc.StatusCode], ...] = (
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (InferenceError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (CancelledError, grpc.StatusCode.CANCELLED),
 )
 
 

@@ -8,6 +8,8 @@ stop sequences that do not match their hash, budgets beyond the profile or this 
 The caller's deadline is checked before the engine is waited for, bounds that wait (a call queued
 behind another gives up when its deadline passes), and is checked again once the engine is this
 call's and before anything is recorded or signed: a late call never signs what nobody will receive.
+Generation also checks, at every token, that the caller is still there: a client that cancels (or
+disconnects) frees the engine at once instead of holding it for up to ``max_tokens`` more tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 
 from avs.crypto import bls
 from avs.crypto.curve import G1Point
-from avs.errors import ContextLimitError, DeadlineExceededError, InvalidInputError
+from avs.errors import CancelledError, ContextLimitError, DeadlineExceededError, InvalidInputError
 from avs.inference.engine import EngineRegistry, FinishReason, InferenceEngine, Verification
 from avs.inference.params import SamplingParams
 from avs.merkle import BatchLeaf, compute_merkle_tree
@@ -40,10 +42,15 @@ from avs_operator.metrics import OperatorMetrics
 from avs_operator.slashing_protection import SlashingProtection
 
 DEADLINE_PASSED = "the caller's deadline passed"
+CALLER_GONE = "the caller cancelled the call"
 
 
-class Deadline(Protocol):
+class Caller(Protocol):
+    """The call being served (a ``grpc.ServicerContext``): its deadline and whether it is still waiting."""
+
     def time_remaining(self) -> float | None: ...
+
+    def is_active(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +150,14 @@ class OperatorCore:
 
     # --- generation (as the primary) ------------------------------------------------------
 
-    def stream(self, prepared: PreparedRequest, deadline: Deadline | None = None) -> Iterator[int | GenerateResult]:
+    def stream(self, prepared: PreparedRequest, caller: Caller | None = None) -> Iterator[int | GenerateResult]:
         """Yield token ids as they are produced, then the signed ``GenerateResult``."""
         tokens: list[int] = []
         finish: FinishReason | None = None
         started = self._clock()
-        with self._engine_turn(deadline):
+        with self._engine_turn(caller):
             for event in prepared.engine.stream(prepared.prompt_ids, prepared.params):
-                _check_deadline(deadline)
+                _check_caller(caller)
                 tokens.append(event.token_id)
                 finish = event.finish_reason
                 yield event.token_id
@@ -159,13 +166,13 @@ class OperatorCore:
         if finish is None:  # pragma: no cover - the engine always ends with a finish reason
             raise InvalidInputError("generation ended without a finish reason")
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, tokens)
-        _check_deadline(deadline)
+        _check_caller(caller)
         signed = self._attest(Attestation(prepared.request_hash, output_hash, Verdict.ACCEPT))
         text = prepared.engine.decode(tokens)
         yield GenerateResult(tuple(tokens), text, output_hash, prepared.engine.profile_hash, finish, signed)
 
-    def generate(self, prepared: PreparedRequest, deadline: Deadline | None = None) -> GenerateResult:
-        for item in self.stream(prepared, deadline):
+    def generate(self, prepared: PreparedRequest, caller: Caller | None = None) -> GenerateResult:
+        for item in self.stream(prepared, caller):
             if isinstance(item, GenerateResult):
                 return item
         raise AssertionError("stream ended without a result")  # pragma: no cover
@@ -173,7 +180,7 @@ class OperatorCore:
     # --- verification ---------------------------------------------------------------------
 
     def verify(
-        self, prepared: PreparedRequest, output_ids: Sequence[int], deadline: Deadline | None = None
+        self, prepared: PreparedRequest, output_ids: Sequence[int], caller: Caller | None = None
     ) -> VerifyResult:
         # Longer than any output this node would generate: refused before the copy, the hash and the
         # signature it would otherwise cost (a 4 MB message holds ~4M one-byte ids).
@@ -183,21 +190,21 @@ class OperatorCore:
             )
         output_ids = list(output_ids)
         started = self._clock()
-        with self._engine_turn(deadline):
+        with self._engine_turn(caller):
             verification = prepared.engine.verify(prepared.prompt_ids, list(output_ids), prepared.params)
         self._metrics.inference_seconds.labels("prefill").observe(self._clock() - started)
         verdict = Verdict.ACCEPT if verification.accepted else Verdict.REJECT
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, output_ids)
-        _check_deadline(deadline)
+        _check_caller(caller)
         signed = self._attest(Attestation(prepared.request_hash, output_hash, verdict))
         self._metrics.verdicts.labels(self.model_name(prepared.engine), verdict.name).inc()  # signed, not refused
         return VerifyResult(verification, signed)
 
     @contextmanager
-    def _engine_turn(self, deadline: Deadline | None) -> Iterator[None]:
-        """Hold the engine, waiting for it at most until ``deadline``, which is checked again once held."""
-        _check_deadline(deadline)
-        remaining = None if deadline is None else deadline.time_remaining()
+    def _engine_turn(self, caller: Caller | None) -> Iterator[None]:
+        """Hold the engine, waiting for it at most until the caller's deadline, which is checked again once held."""
+        _check_caller(caller)
+        remaining = None if caller is None else caller.time_remaining()
         # gRPC answers a call without a deadline with a huge time_remaining (~9e18 s), which
         # Lock.acquire refuses (OverflowError): anything beyond its maximum is no deadline.
         if remaining is not None and remaining >= threading.TIMEOUT_MAX:
@@ -205,7 +212,7 @@ class OperatorCore:
         if not self._engine_lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0)):
             raise DeadlineExceededError(DEADLINE_PASSED)
         try:
-            _check_deadline(deadline)
+            _check_caller(caller)
             yield
         finally:
             self._engine_lock.release()
@@ -238,9 +245,12 @@ class OperatorCore:
         return digest, signature
 
 
-def _check_deadline(deadline: Deadline | None) -> None:
-    if deadline is None:
+def _check_caller(caller: Caller | None) -> None:
+    """Raise if the caller's deadline passed or the caller cancelled: nobody would receive the result."""
+    if caller is None:
         return
-    remaining = deadline.time_remaining()
+    remaining = caller.time_remaining()
     if remaining is not None and remaining <= 0:
         raise DeadlineExceededError(DEADLINE_PASSED)
+    if not caller.is_active():
+        raise CancelledError(CALLER_GONE)

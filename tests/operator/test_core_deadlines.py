@@ -1,5 +1,6 @@
 """A call whose deadline passes while it waits for the engine, or while the engine works for it, gives
-up with DEADLINE_EXCEEDED: no prefill or generation after the deadline, and nothing recorded or signed."""
+up with DEADLINE_EXCEEDED: no prefill or generation after the deadline, and nothing recorded or signed.
+A generation whose caller cancels stops at the next token (CANCELLED) and frees the engine."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avs.crypto import bls
-from avs.errors import DeadlineExceededError, SlashingProtectionError
+from avs.errors import CancelledError, DeadlineExceededError, SlashingProtectionError
 from avs.inference.engine import FinishReason, StreamEvent, Verification
 from avs.inference.params import SamplingParams
 from avs.messages import (
@@ -39,6 +40,9 @@ class Deadline:
     def time_remaining(self) -> float:
         return self.at - time.monotonic()
 
+    def is_active(self) -> bool:
+        return True
+
 
 class PassesOnceWorkStarts:
     """A deadline still open when the call checks it before the work, passed once the engine has started."""
@@ -48,6 +52,23 @@ class PassesOnceWorkStarts:
 
     def time_remaining(self) -> float:
         return -1.0 if self.engine.started.is_set() else 30.0
+
+    def is_active(self) -> bool:
+        return True
+
+
+class CancelsAfter:
+    """A caller without a deadline that cancels once ``tokens`` tokens have been produced."""
+
+    def __init__(self, engine: EndlessEngine, tokens: int) -> None:
+        self.engine = engine
+        self.tokens = tokens
+
+    def time_remaining(self) -> None:
+        return None
+
+    def is_active(self) -> bool:
+        return self.engine.produced < self.tokens
 
 
 class GatedEngine:
@@ -78,6 +99,24 @@ class GatedEngine:
         return compute_output_hash(InferenceOutput(request_hash, self.profile_hash, tuple(ids)))
 
 
+class EndlessEngine:
+    """Produces a token after another until ``limit``, counting them."""
+
+    profile_hash = b"\x01" * 32
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.produced = 0
+
+    def stream(self, prompt: Any, params: Any) -> Iterator[StreamEvent]:
+        while self.produced < self.limit:
+            self.produced += 1
+            yield StreamEvent(self.produced - 1, 5, FinishReason.LENGTH if self.produced == self.limit else None)
+
+    def compute_output_hash(self, request_hash: bytes, ids: Any) -> bytes:
+        return compute_output_hash(InferenceOutput(request_hash, self.profile_hash, tuple(ids)))
+
+
 def make_core(tmp_path: Path) -> tuple[OperatorCore, SlashingProtection]:
     protection = SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}")
     core = OperatorCore(
@@ -91,7 +130,7 @@ def make_core(tmp_path: Path) -> tuple[OperatorCore, SlashingProtection]:
     return core, protection
 
 
-def prepared(engine: GatedEngine, nonce: int) -> PreparedRequest:
+def prepared(engine: GatedEngine | EndlessEngine, nonce: int) -> PreparedRequest:
     request = InferenceRequest(
         b"\x01" * 32, b"\x02" * 32, 0, 0, 1_000_000, 0, 8, compute_stop_sequences_hash([]), "0x" + "ab" * 20, nonce
     )
@@ -194,4 +233,20 @@ def test_a_verdict_refused_by_slashing_protection_is_not_counted_as_signed(tmp_p
         core.verify(request, [6], Deadline(30))  # ACCEPT of a second output for the request
     counted = core._metrics.verdicts.labels("0x" + engine.profile_hash.hex()[:8], "ACCEPT")._value.get()
     assert counted == 1
+    protection.close()
+
+
+@pytest.mark.parametrize("call", ["generate", "stream"])
+def test_a_cancelled_generation_stops_at_the_next_token_and_frees_the_engine(tmp_path: Path, call: str) -> None:
+    core, protection = make_core(tmp_path)
+    engine = EndlessEngine()
+    request = prepared(engine, 9)
+    with pytest.raises(CancelledError, match="cancelled"):
+        if call == "generate":
+            core.generate(request, CancelsAfter(engine, 3))
+        else:
+            list(core.stream(request, CancelsAfter(engine, 3)))
+    assert engine.produced == 3  # not the 10,000 it would have run to
+    assert protection.get_attestations(DOMAIN.separator, request.request_hash) == []
+    assert core._engine_lock.acquire(blocking=False)  # the next call gets the engine
     protection.close()

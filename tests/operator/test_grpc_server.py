@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from avs.messages import (
     InferenceRequest,
     Verdict,
     compute_digest,
+    compute_request_hash,
     compute_stop_sequences_hash,
 )
 from avs.rpc import convert
@@ -311,3 +313,25 @@ def test_slashing_protection_survives_a_restart(model_dir: Path, tmp_path: Path)
     finally:
         second.channel.close()
         second.app.stop(1)
+
+
+def test_a_generation_the_client_cancels_is_abandoned_not_finished(running: Running) -> None:
+    """A unary Generate whose client cancels while it waits for the engine never runs: the server
+    sees the call is no longer active and ends it CANCELLED instead of generating and signing."""
+    client, stub = running.client, running.client._stub
+    requests = running.app.metrics.rpc_requests
+    before = requests.labels("Generate", "CANCELLED")._value.get()
+    call = envelope(running, "cancelled while queued", nonce=50)
+    with running.app.core._engine_lock:  # an earlier call holds the engine
+        pending = stub.Generate.future(
+            client.sign("Generate", op.GenerateRequest(request=convert.request_to_proto(call)))
+        )
+        time.sleep(0.3)  # the call reaches the server and waits for the engine
+        pending.cancel()
+        time.sleep(0.5)  # the cancellation reaches the server
+    deadline = time.monotonic() + 10
+    while requests.labels("Generate", "CANCELLED")._value.get() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert requests.labels("Generate", "CANCELLED")._value.get() == before + 1
+    request_hash = compute_request_hash(DOMAIN, call.request)
+    assert running.app.core._protection.get_attestations(DOMAIN.separator, request_hash) == []

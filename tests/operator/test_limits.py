@@ -14,20 +14,24 @@ from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avs.errors import DeadlineExceededError, OverloadedError
+from avs.errors import CancelledError, DeadlineExceededError, OverloadedError
 from avs.messages import Attestation, Verdict
 from avs.rpc.status import MAX_DETAILS_CHARS, get_status_code, shorten_details
-from avs_operator.core import _check_deadline
+from avs_operator.core import _check_caller
 from avs_operator.server import ConcurrencyLimiter
 from avs_operator.slashing_protection import SlashingProtection
 
 
 class FixedDeadline:
-    def __init__(self, remaining: float | None) -> None:
+    def __init__(self, remaining: float | None, active: bool = True) -> None:
         self.remaining = remaining
+        self.active = active
 
     def time_remaining(self) -> float | None:
         return self.remaining
+
+    def is_active(self) -> bool:
+        return self.active
 
 
 def test_the_limiter_refuses_beyond_its_slots() -> None:
@@ -40,13 +44,16 @@ def test_the_limiter_refuses_beyond_its_slots() -> None:
         pass
 
 
-def test_a_passed_deadline_stops_work() -> None:
-    _check_deadline(None)
-    _check_deadline(FixedDeadline(None))
-    _check_deadline(FixedDeadline(1.0))
+def test_a_passed_deadline_or_a_cancelled_call_stops_work() -> None:
+    _check_caller(None)
+    _check_caller(FixedDeadline(None))
+    _check_caller(FixedDeadline(1.0))
     with pytest.raises(DeadlineExceededError) as late:
-        _check_deadline(FixedDeadline(0.0))
+        _check_caller(FixedDeadline(0.0))
     assert get_status_code(late.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(CancelledError) as gone:
+        _check_caller(FixedDeadline(None, active=False))
+    assert get_status_code(gone.value) == grpc.StatusCode.CANCELLED
 
 
 def test_slashing_protection_export_and_import_commands(tmp_path: Path) -> None:

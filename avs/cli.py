@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from eth_account import Account
 
 from avs import __version__, keystore
+from avs.config import RPC_URL_ENV, default_rpc_url
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.errors import AvsError, InvalidInputError, KeystoreError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 DEFAULT_PASSWORD_ENV = "AVS_KEYSTORE_PASSWORD"
 KEYS_DIR_ENV = "AVS_KEYS_DIR"
 REQUESTS_DIR_ENV = "AVS_REQUESTS_DIR"
+LOCAL_RPC_URL = "http://127.0.0.1:8545"
 
 
 def default_keys_dir() -> Path:
@@ -579,6 +581,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def add_rpc_url_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, purpose: str) -> None:
+    default = default_rpc_url(LOCAL_RPC_URL)
+    parser.add_argument("--rpc-url", default=default, help=f"{purpose} (default ${RPC_URL_ENV}, else {LOCAL_RPC_URL})")
+
+
 def add_requester_key_options(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_argument_group("requester key (ECDSA; never printed)")
     keys.add_argument("--requester-key", help="a keystore name in --keys-dir, or a keystore file's path")
@@ -631,13 +638,13 @@ def add_requester_commands(commands: Any) -> None:
     insurance.add_argument(
         "--deployment", type=Path, help="the AVS's deployment JSON (the certificate must be for its chain)"
     )
-    insurance.add_argument("--rpc-url", default="http://127.0.0.1:8545", help="an RPC endpoint of that chain")
+    add_rpc_url_option(insurance, "an RPC endpoint of that chain")
     add_requester_key_options(request)
     request.set_defaults(func=cmd_request)
     claim = commands.add_parser("claim", help="collect the insurance payout of a request proven wrong")
     claim.add_argument("request_hash", help="0x request hash")
     claim.add_argument("--deployment", type=Path, required=True, help="the AVS's deployment JSON")
-    claim.add_argument("--rpc-url", default="http://127.0.0.1:8545")
+    add_rpc_url_option(claim, "an RPC endpoint of the deployment's chain")
     add_requester_key_options(claim)
     claim.set_defaults(func=cmd_claim)
     verify = commands.add_parser("verify", help="verify a certificate JSON offline (and on-chain with --rpc-url)")

@@ -4,6 +4,7 @@ the field. Each binary defines its own typed tree (``avs_operator.config``, ``av
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from sqlalchemy.engine import make_url
 from avs.errors import InvalidInputError
 
 MAX_CONFIG_BYTES = 1 << 20
+RPC_URL_ENV = "ETH_RPC_URL"  # Foundry's name for it: cast and forge read the same variable
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -74,3 +76,9 @@ def split_host_port(listen: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ConfigError(f"listen address {listen!r} must be host:port")
     return host, int(port)
+
+
+def default_rpc_url(fallback: str | None = None) -> str | None:
+    """``$ETH_RPC_URL``, else ``fallback``: a URL holding an API key need not be on a command line,
+    where every user of the machine can read it (``ps``, ``/proc/PID/cmdline``)."""
+    return os.environ.get(RPC_URL_ENV) or fallback

@@ -216,3 +216,16 @@ def test_verify_with_a_missing_or_broken_deployment_or_certificate_is_one_clear_
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     out = run("verify", str(tmp_path / "binary.json"))
     assert out.returncode == 2 and "cannot read" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_request_and_claim_take_the_rpc_url_from_eth_rpc_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RPC URL holding an API key can stay out of argv (readable by every user in ps)."""
+    from avs.cli import LOCAL_RPC_URL, build_parser
+
+    claim = ["claim", "0x" + "11" * 32, "--deployment", "deployment.json"]
+    monkeypatch.delenv("ETH_RPC_URL", raising=False)
+    assert build_parser().parse_args(claim).rpc_url == LOCAL_RPC_URL
+    monkeypatch.setenv("ETH_RPC_URL", "https://rpc.example.invalid/v3/KEY")
+    for args in (claim, ["request", "hi", "--model", "m"]):
+        assert build_parser().parse_args(args).rpc_url == "https://rpc.example.invalid/v3/KEY"
+    assert build_parser().parse_args([*claim, "--rpc-url", "http://other:8545"]).rpc_url == "http://other:8545"

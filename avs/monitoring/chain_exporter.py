@@ -36,6 +36,7 @@ from web3 import Web3
 
 from avs.chain.abi import load_abi
 from avs.chain.deployment import Deployment, load_deployment
+from avs.config import RPC_URL_ENV, default_rpc_url
 from avs.errors import InvalidInputError
 from avs.httpserver import start_metrics_server
 from avs.logs import redact_urls
@@ -488,7 +489,11 @@ def run_poll_loop(exporter: ChainExporter, poll_seconds: float, stopped: threadi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m avs.monitoring.chain_exporter", description=__doc__.split("\n")[0])
-    parser.add_argument("--rpc-url", required=True, help="Ethereum JSON-RPC endpoint")
+    parser.add_argument(
+        "--rpc-url",
+        default=default_rpc_url(),
+        help=f"Ethereum JSON-RPC endpoint (default ${RPC_URL_ENV}, which keeps an API key out of ps)",
+    )
     parser.add_argument("--deployment", required=True, help="deployment JSON written by contracts/script/Deploy.s.sol")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port of /metrics (default {DEFAULT_LISTEN})")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
@@ -512,7 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from avs.logs import configure_json_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.rpc_url:
+        parser.error(f"--rpc-url or ${RPC_URL_ENV} is required")
     configure_json_logging(args.log_level)
     try:
         return serve(args)

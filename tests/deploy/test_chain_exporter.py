@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -154,10 +155,25 @@ def test_cli_refuses_a_bad_deployment_or_rpc_cleanly(tmp_path: Path) -> None:
         other = subprocess.run(
             [*wrong, "--deployment", str(tmp_path / "deployment.json")], capture_output=True, text=True
         )
+        # The URL from $ETH_RPC_URL instead of argv, where any user of the machine could read it.
+        from_env = subprocess.run(
+            [sys.executable, "-m", "avs.monitoring.chain_exporter", "--deployment", str(tmp_path / "deployment.json")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ETH_RPC_URL": url},
+        )
     finally:
         chain.stop()
-    assert other.returncode == 2 and "is chain 31337, the deployment" in other.stderr, other.stderr
-    assert "SECRETKEY" not in other.stderr and "Traceback" not in other.stderr
+    for run in (other, from_env):
+        assert run.returncode == 2 and "is chain 31337, the deployment" in run.stderr, run.stderr
+        assert "SECRETKEY" not in run.stderr and "Traceback" not in run.stderr
+    no_url = subprocess.run(
+        [sys.executable, "-m", "avs.monitoring.chain_exporter", "--deployment", str(tmp_path / "deployment.json")],
+        capture_output=True,
+        text=True,
+        env={key: value for key, value in os.environ.items() if key != "ETH_RPC_URL"},
+    )
+    assert no_url.returncode == 2 and "--rpc-url or $ETH_RPC_URL is required" in no_url.stderr
 
 
 def test_a_log_range_the_node_refuses_is_halved_until_it_answers() -> None:

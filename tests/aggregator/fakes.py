@@ -252,10 +252,16 @@ class FakeFaultManager:
     checking certificates and batch signers like the contract does."""
 
     def __init__(
-        self, network: FakeNetwork, escalation_quorums: bytes = b"\x00", threshold_bps: int = 8000, window: int = 10
+        self,
+        network: FakeNetwork,
+        escalation_quorums: bytes = b"\x00",
+        threshold_bps: int = 8000,
+        window: int = 10,
+        challenge_window: int | None = None,  # blocks after certification a leaf can be challenged (None: any)
     ) -> None:
         self.network = network
         self.config = EscalationConfig(escalation_quorums, threshold_bps, window)
+        self.challenge_window = challenge_window
         self.challenges: dict[int, Challenge] = {}
         self.leaves: dict[tuple[int, bytes, bytes], int] = {}
         self.slashed: dict[int, tuple[bytes, ...]] = {}  # challenge id -> slashed signer ids
@@ -274,6 +280,9 @@ class FakeFaultManager:
         self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
     ) -> OpenedChallenge:
         self.calls.append("challenge")
+        window = self.challenge_window
+        if window is not None and self.network.block > self.network.certified[header.batch_index][0] + window:
+            raise ContractRevertError("ChallengeWindowClosed", (header.batch_index,))
         key = (header.batch_index, leaf[0], leaf[1])
         previous = self.leaves.get(key)
         if previous is not None and self.challenges[previous].status != ChallengeStatus.EXPIRED:

@@ -410,13 +410,14 @@ def test_a_challenge_still_in_the_mempool_is_adopted_and_resolved_once_mined(tmp
     network.block = 500
     manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
     challenger, _, store = make_challenger(db, pipeline, network, manager)
-    assert challenger.poll() == []  # the receipt wait timed out: the leaf stays pending
-    [finding] = challenger.poll()  # sent again: the pending state reverts LeafAlreadyChallenged
-    assert finding.detail == "already challenged" and finding.challenge_id is None  # its id is a guess
+    assert challenger.poll() == []  # the receipt wait timed out: the leaf stays marked "to challenge"
+    assert challenger.poll() == []  # sent again: the pending state reverts LeafAlreadyChallenged (a guess)
     assert store.list_challenges() == [] and len(store.list_sent_challenges()) == 1
+    assert store.list_findings() == [] and store.list_pending_checks() == []
     manager.mine()
     network.block += 1
-    assert challenger.poll() == []  # the mined state names it: recorded and resolved (the leaf has its finding)
+    [finding] = challenger.poll()  # the mined state names it: recorded and resolved
+    assert finding.detail == "challenged (adopted from the chain)" and finding.challenge_id == 1
     assert [c.challenge_id for c in store.list_challenges()] == [1] and store.list_sent_challenges() == []
     assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
     assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
@@ -504,16 +505,16 @@ def test_a_reject_the_escalation_quorum_overrules_costs_no_bond(tmp_path: Path) 
     colluded.close()
 
 
-def test_a_timed_out_challenge_is_resolved_once_mined_even_if_the_leafs_check_gives_up(tmp_path: Path, db: str) -> None:
-    """The receipt wait times out, then the leaf's retries cannot reach the aggregator until they run
-    out: the leaf ends unchecked, but the marked send is adopted from the chain once mined."""
+def test_a_timed_out_challenge_is_not_checked_again_and_is_resolved_once_mined(tmp_path: Path, db: str) -> None:
+    """The receipt wait times out, then the aggregator is unreachable: the REJECT was decided, so the
+    leaf is neither checked again nor given up unchecked; the marked send is adopted once mined."""
     pipeline, network = colluded_pipeline(tmp_path)
     manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
-    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    checker = Checker(Verdict.REJECT)
+    challenger, _, store = make_challenger(db, pipeline, network, manager, checker)
     challenger.check_attempts = 2
-    assert challenger.poll() == []  # timed out: one attempt, the leaf pending, the send marked
-    [pending] = store.list_pending_checks()
-    assert pending.attempts == 1  # counted once, not once for the send and once for its failure
+    assert challenger.poll() == []  # timed out: the send marked, the leaf no longer pending
+    assert store.list_pending_checks() == [] and len(store.list_sent_challenges()) == 1
     feed = challenger.leaves
     assert isinstance(feed, Feed)
 
@@ -521,12 +522,13 @@ def test_a_timed_out_challenge_is_resolved_once_mined_even_if_the_leafs_check_gi
         raise ConnectionError("aggregator down")
 
     feed.get_certificate = unreachable  # type: ignore[method-assign]
-    [given_up] = challenger.poll()
-    assert given_up.verdict is None and "unchecked after 2 attempts" in given_up.detail
-    assert store.list_pending_checks() == [] and len(store.list_sent_challenges()) == 1
+    for _ in range(3):
+        assert challenger.poll() == []
+    assert len(checker.checked) == 1 and store.list_findings() == []
     manager.mine()
     network.block += 1
-    assert challenger.poll() == []  # adopted (the leaf already has its finding), then resolved
+    [adopted] = challenger.poll()
+    assert adopted.detail == "challenged (adopted from the chain)" and adopted.challenge_id == 1
     assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(1, ChallengeState.UPHELD)]
     assert store.list_sent_challenges() == []
     pipeline.close()
@@ -540,9 +542,8 @@ def test_a_guessed_challenge_id_is_not_taken_for_ours(tmp_path: Path, db: str) -
     manager = MempoolFaultManager(network, escalation_quorums=b"\x01")
     challenger, _, store = make_challenger(db, pipeline, network, manager)
     challenger.poll()
-    [finding] = challenger.poll()
-    assert finding.detail == "already challenged" and finding.challenge_id is None
-    assert manager.in_mempool is not None
+    assert challenger.poll() == []  # resent: LeafAlreadyChallenged(1) on the pending state, not taken
+    assert store.list_challenges() == [] and manager.in_mempool is not None
     header = manager.in_mempool[0]
     FakeFaultManager.challenge(manager, header, b"", (b"\x07" * 32, b"\x08" * 32), [])  # theirs: id 1
     manager.mine()  # ours: id 2
@@ -553,19 +554,60 @@ def test_a_guessed_challenge_id_is_not_taken_for_ours(tmp_path: Path, db: str) -
     pipeline.close()
 
 
-def test_a_sent_challenge_the_chain_never_shows_is_forgotten_once_deep(tmp_path: Path, db: str) -> None:
+class FailingSends(FakeFaultManager):
+    """The first ``failures`` challenge transactions fail without reaching the chain (RPC down, the
+    bond token short: reverts the challenger cannot decode, or a timeout that dropped the transaction)."""
+
+    failures = 0
+
+    def challenge(
+        self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
+    ) -> OpenedChallenge:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("https://rpc.example.invalid/v3/SECRETKEY unreachable")
+        return super().challenge(header, signatory_record_hash, leaf, proof)
+
+
+def test_a_challenge_that_fails_to_send_is_sent_again_for_as_long_as_the_window_is_open(
+    tmp_path: Path, db: str
+) -> None:
+    """More failed sends than ``check_attempts``: a decided REJECT is not given up while the chain's
+    challenge window is open, and the operators are not asked again."""
     pipeline, network = colluded_pipeline(tmp_path)
-    manager = MempoolFaultManager(network, escalation_quorums=b"\x01")  # never mined here
+    manager = FailingSends(network, escalation_quorums=b"\x01", challenge_window=10_000)
+    manager.failures = 12
+    checker = Checker(Verdict.REJECT)
+    challenger, _, store = make_challenger(db, pipeline, network, manager, checker)
+    challenger.check_attempts = 3
+    for _ in range(12):
+        assert challenger.poll() == []
+        network.block += 1
+    [finding] = challenger.poll()
+    assert finding.detail == "challenged" and finding.challenge_id == 1
+    assert len(checker.checked) == 1 and store.list_sent_challenges() == []
+    network.block += 5  # the escalation certificate is for a reference block from the challenge's on
+    challenger.poll()
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+def test_a_challenge_not_sent_before_the_window_closes_is_refused_for_good(tmp_path: Path, db: str) -> None:
+    """A mark never shown by the chain (a transaction dropped from the mempool) is sent again; once the
+    window has closed the chain refuses it, and only then the leaf is given up."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FailingSends(network, escalation_quorums=b"\x01", challenge_window=5)
+    manager.failures = 1_000
     challenger, _, store = make_challenger(db, pipeline, network, manager)
-    challenger.poll()
-    challenger.poll()
-    [sent] = store.list_sent_challenges()
-    network.block = sent.sent_block + CHALLENGE_GONE_DEPTH
-    challenger.poll()
-    assert len(store.list_sent_challenges()) == 1  # still possibly in the mempool
-    network.block += 1
-    challenger.poll()
-    assert store.list_sent_challenges() == [] and store.list_challenges() == []
+    while network.block <= network.certified[1][0] + 5:
+        assert challenger.poll() == [] and len(store.list_sent_challenges()) == 1
+        network.block += 1
+    manager.failures = 0
+    [finding] = challenger.poll()
+    assert finding.verdict == Verdict.REJECT and "challenge refused" in finding.detail
+    assert "ChallengeWindowClosed" in finding.detail
+    assert store.list_sent_challenges() == [] and store.list_pending_checks() == [] and manager.challenges == {}
+    assert challenger.poll() == []
     pipeline.close()
 
 
@@ -630,4 +672,29 @@ def test_a_crash_while_checking_a_deferred_batchs_leaves_keeps_them_pending(tmp_
     again = Challenger(feed, feed, Checker(Verdict.ACCEPT), manager, store, sample_rate=1.0)
     assert sorted(f.request_hash for f in again.poll()) == sorted(leaves)
     assert store.list_pending_checks() == []
+    pipeline.close()
+
+
+def test_errors_kept_in_the_database_hold_no_rpc_url_secret(tmp_path: Path, db: str) -> None:
+    """The store is backed up and read by more people than the key's owner: an RPC URL's path, where
+    providers put API keys, is cut from the errors it keeps, as from the logs."""
+    pipeline, network = certified_pipeline(tmp_path, 1)
+    challenger, _, store = make_challenger(db, pipeline, network, FakeFaultManager(network))
+    challenger.check_attempts = 2
+
+    class Unreachable:
+        def get_batch_requests(self, batch_index: int) -> list[bytes]:
+            raise ConnectionError("HTTPSConnectionPool(host='rpc.example.io'): https://rpc.example.io/v3/SECRETKEY")
+
+        def get_certificate(self, request_hash: bytes) -> ag.Certificate:
+            raise AssertionError("no leaves, no certificates")
+
+    challenger.leaves = Unreachable()
+    assert challenger.poll() == []
+    [pending] = store.list_pending_checks()
+    assert "rpc.example.io" in pending.error and "SECRETKEY" not in pending.error
+    [given_up] = challenger.poll()
+    assert "unchecked after 2 attempts" in given_up.detail
+    [stored] = store.list_findings()
+    assert "rpc.example.io/..." in stored.detail and "SECRETKEY" not in stored.detail
     pipeline.close()

@@ -17,9 +17,14 @@ Everything it decides is in its ``ChallengerStore`` before it moves on: the next
 (advanced after each batch), one finding per leaf, the leaves to retry, each challenge it opened.
 Killed anywhere and restarted, it re-scans at most the batch it was in, skips leaves it already has
 findings for, retries the unfinished ones, never opens a second challenge of a leaf it has one for,
-and goes on resolving the open ones. Each challenge send is marked before its transaction, so a
-challenge mined after a receipt timeout or a crash is adopted from the chain's
-``latestChallengeOfLeaf`` (never from the guess in a revert estimated on the pending state).
+and goes on resolving the open ones.
+
+A REJECT the escalation quorum upholds is a decision, not a check to retry: the leaf is marked "to
+challenge" before its transaction and stays marked until the chain shows the challenge (adopted from
+``latestChallengeOfLeaf``, never from the guess in a revert estimated on the pending state) or
+refuses it for good (``ChallengeWindowClosed``, ``LeafNotCertified``). A send that fails otherwise
+(RPC down, receipt timeout, the bond short) is sent again at every poll until then, however long the
+challenge window, and without asking the operators again.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from avs.chain.client import ContractRevertError
 from avs.chain.faults import Challenge, ChallengeStatus
 from avs.client import verify_certificate
 from avs.errors import UnavailableError
+from avs.logs import redact_urls
 from avs.messages import BatchHeader, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -48,10 +54,11 @@ from avs_aggregator.challenger.store import (
 from avs_aggregator.ports import OperatorInfo, OperatorSet
 
 logger = logging.getLogger(__name__)
-# A challenge the chain does not show is given up only this many blocks after it was opened or sent
-# (before that, a lagging RPC node, a transaction still in the mempool, or a reorg that will
-# include it again).
+# A challenge the chain does not show is given up only this many blocks after it was opened
+# (before that, a lagging RPC node or a reorg that will include it again).
 CHALLENGE_GONE_DEPTH = 64
+# Reverts after which sending the challenge again can never succeed: the leaf's challenge is given up.
+FINAL_CHALLENGE_REVERTS = frozenset({"ChallengeWindowClosed", "LeafNotCertified"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +254,11 @@ class Challenger:
         return [finding_from_row(row) for row in self.store.list_findings()]
 
     def poll(self) -> list[Finding]:
-        """Retry the unfinished checks, process the batches certified since the last poll, then move
-        the open challenges on (also when the scan failed); returns the new findings."""
+        """Send again the challenges not on chain yet, retry the unfinished checks, process the batches
+        certified since the last poll, then move the open challenges on (also when the scan failed);
+        returns the new findings."""
         try:
-            return self.adopt_sent_challenges() + self.retry_pending() + self.scan()
+            return self.advance_sent_challenges() + self.retry_pending() + self.scan()
         finally:
             if self.resolver is not None:
                 self.resolver.advance_all()
@@ -305,12 +313,13 @@ class Challenger:
             finding = self.process_leaf(batch, request_hash)
         except Exception as exc:  # this leaf only: the others are checked, it is retried
             output_hash = exc.output_hash if isinstance(exc, LeafCheckIncomplete) else b""
-            extra = {"batch_index": index, "request": "0x" + request_hash.hex(), "error": str(exc)}
+            extra = {"batch_index": index, "request": "0x" + request_hash.hex(), "error": redact_urls(str(exc))}
             logger.warning("leaf not checked; retrying at the next poll", extra=extra)
             return self._defer(batch, request_hash, output_hash, str(exc))
-        self._record(finding)
-        self.store.remove_pending_check(index, request_hash)
-        return [finding]
+        if finding is not None:
+            self._record(finding)
+        self.store.remove_pending_check(index, request_hash)  # checked; a challenge not sent yet is marked
+        return [] if finding is None else [finding]
 
     def _defer(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> list[Finding]:
         """Keep the leaf (or batch) for the next poll; after ``check_attempts``, record it unchecked."""
@@ -341,10 +350,11 @@ class Challenger:
             quorum_numbers=header.quorum_numbers,
             signatory_record_hash=batch.signatory_record_hash,
             block=batch.block,
-            error=problem[:2000],
+            error=redact_urls(problem)[:2000],
         )
 
-    def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding:
+    def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding | None:
+        """The leaf's finding; None when it is to be challenged and the challenge is not on chain yet."""
         index = batch.header.batch_index
         certificate = self.leaves.get_certificate(request_hash)
         if not certificate.request_hash:  # the chain saw the batch before the aggregator recorded it
@@ -373,84 +383,104 @@ class Challenger:
                 return Finding(index, request_hash, output_hash, Verdict.ACCEPT, detail)
         return self._send_challenge(batch, certificate, verdict)
 
-    def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate, verdict: Verdict) -> Finding:
-        """``FaultManager.challenge`` for the certified leaf. The send is marked first: a challenge
-        whose receipt wait times out (or whose challenger is killed after the transaction) is
-        adopted once mined (``adopt_sent_challenges``), whatever becomes of the leaf's check. An
-        error other than a revert leaves the leaf to be checked (and sent) again."""
-        assert self.escalator is not None
-        index = batch.header.batch_index
-        request_hash, output_hash = bytes(certificate.request_hash), bytes(certificate.output_hash)
+    def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate, verdict: Verdict) -> Finding | None:
+        """Mark the leaf "to challenge", then send ``FaultManager.challenge`` (``_attempt_challenge``).
+        The mark comes first: a challenge mined after a receipt timeout or a crash is adopted."""
         sent = SentChallengeRow(
-            batch_index=index,
-            request_hash=request_hash,
-            output_hash=output_hash,
+            batch_index=batch.header.batch_index,
+            request_hash=bytes(certificate.request_hash),
+            output_hash=bytes(certificate.output_hash),
             certificate=certificate.SerializeToString(deterministic=True),
             sent_block=self.feed.get_block_number(),
         )
         self.store.mark_challenge_sent(sent)
-        proof = [bytes(p) for p in certificate.merkle_proof]
+        return self._attempt_challenge(sent, verdict)
+
+    def _attempt_challenge(self, sent: SentChallengeRow, verdict: Verdict = Verdict.REJECT) -> Finding | None:
+        """Send the marked leaf's challenge. Its finding once the chain opened the challenge or refused
+        it for good; None while the mark stays, to be looked up and sent again at the next poll."""
+        assert self.escalator is not None
+        certificate = ag.Certificate.FromString(sent.certificate)
+        header = convert.batch_header_from_proto(certificate.batch_header)
+        index, leaf = sent.batch_index, (sent.request_hash, sent.output_hash)
+        extra = {"batch_index": index, "request": "0x" + sent.request_hash.hex()}
         try:
             opened = self.escalator.challenge(
-                batch.header, batch.signatory_record_hash, (request_hash, output_hash), proof
+                header, bytes(certificate.signatory_record_hash), leaf, [bytes(p) for p in certificate.merkle_proof]
             )
         except ContractRevertError as exc:
+            if exc.name in FINAL_CHALLENGE_REVERTS:
+                self.store.unmark_challenge_sent(*_leaf_key(sent))
+                logger.warning("challenge refused", extra={**extra, "error": str(exc)})
+                return Finding(index, *leaf, verdict, f"challenge refused: {exc}")
             if exc.name == "LeafAlreadyChallenged":
                 # Someone's mined challenge, or ours still in the mempool: the id in a revert estimated
-                # on the pending state is only a guess, so the challenge is read from the mined state
-                # (now, or at a later poll while the mark stays).
-                challenge_id = self._adopt_sent(sent)
-                return Finding(index, request_hash, output_hash, verdict, "already challenged", None, challenge_id)
-            self.store.unmark_challenge_sent(index, request_hash, output_hash)
-            logger.warning("challenge refused", extra={"batch_index": index, "error": str(exc)})
-            return Finding(index, request_hash, output_hash, verdict, f"challenge refused: {exc}")
+                # on the pending state is only a guess, so it is read from the mined state, now or later.
+                challenge_id = self._lookup_sent_quietly(sent)
+                if challenge_id is not None:
+                    return Finding(index, *leaf, verdict, "already challenged", None, challenge_id)
+            logger.warning(
+                "challenge not opened; sending it again at the next poll", extra={**extra, "error": str(exc)}
+            )
+            return None
+        except Exception as exc:  # RPC down, receipt timeout: the mark stays, and the window decides
+            logger.warning(
+                "challenge not sent; sending it again at the next poll", extra={**extra, "error": redact_urls(str(exc))}
+            )
+            return None
         self._adopt(opened.challenge_id, certificate, opened.opened_block, opened.tx_hash)
-        self.store.unmark_challenge_sent(index, request_hash, output_hash)
-        logger.warning(
-            "leaf escalated",
-            extra={"batch_index": index, "request": "0x" + request_hash.hex(), "challenge_id": opened.challenge_id},
-        )
-        return Finding(index, request_hash, output_hash, verdict, "challenged", opened.tx_hash, opened.challenge_id)
+        self.store.unmark_challenge_sent(*_leaf_key(sent))
+        logger.warning("leaf escalated", extra={**extra, "challenge_id": opened.challenge_id})
+        return Finding(index, *leaf, verdict, "challenged", opened.tx_hash, opened.challenge_id)
 
-    def adopt_sent_challenges(self) -> list[Finding]:
-        """Record the challenges sent but not recorded that the chain now shows (a finding for a leaf
-        that has none yet), and forget a send the chain still does not show ``CHALLENGE_GONE_DEPTH``
-        blocks later (never mined: the leaf's own retries send it again while it is pending)."""
+    def advance_sent_challenges(self) -> list[Finding]:
+        """Each leaf marked "to challenge": adopt its challenge once the chain shows it, else send the
+        challenge again (refused for good once the window closed); a finding for a leaf that has none."""
         found: list[Finding] = []
         for sent in self.store.list_sent_challenges():
             try:
-                challenge_id = self._adopt_sent(sent)
+                challenge_id = self._lookup_sent_quietly(sent)
+                if challenge_id is not None:
+                    detail = "challenged (adopted from the chain)"
+                    finding: Finding | None = Finding(
+                        sent.batch_index, *_leaf_key(sent)[1:], Verdict.REJECT, detail, None, challenge_id
+                    )
+                else:
+                    finding = self._attempt_challenge(sent)
             except Exception as exc:  # the chain is unreachable: next poll
-                logger.warning(
-                    "sent challenge not looked up", extra={"batch_index": sent.batch_index, "error": str(exc)}
-                )
+                extra = {"batch_index": sent.batch_index, "error": redact_urls(str(exc))}
+                logger.warning("challenge to send not looked up", extra=extra)
                 continue
-            if challenge_id is not None and not self.store.has_finding(sent.batch_index, sent.request_hash):
-                detail = "challenged (adopted from the chain)"
-                finding = Finding(
-                    sent.batch_index, sent.request_hash, sent.output_hash, Verdict.REJECT, detail, None, challenge_id
-                )
+            if finding is not None and not self.store.has_finding(sent.batch_index, sent.request_hash):
                 found.append(self._record(finding))
                 self.store.remove_pending_check(sent.batch_index, sent.request_hash)
         return found
 
-    def _adopt_sent(self, sent: SentChallengeRow) -> int | None:
-        """The leaf's challenge from the mined state, recorded and its mark removed; None while the
-        chain shows none opened since the send (the mark is dropped once that is deep)."""
+    def _lookup_sent_quietly(self, sent: SentChallengeRow) -> int | None:
+        """``_lookup_sent``, None when the chain cannot be read: the mark stays for the next poll."""
+        try:
+            return self._lookup_sent(sent)
+        except Exception as exc:
+            logger.warning(
+                "challenge not looked up", extra={"batch_index": sent.batch_index, "error": redact_urls(str(exc))}
+            )
+            return None
+
+    def _lookup_sent(self, sent: SentChallengeRow) -> int | None:
+        """The marked leaf's challenge from the mined state, recorded and its mark removed; None while
+        the chain shows none opened since the mark."""
         assert self.escalator is not None
-        challenge_id = self.escalator.find_leaf_challenge(sent.batch_index, sent.request_hash, sent.output_hash)
-        if challenge_id:
-            on_chain = self.escalator.get_challenge(challenge_id)
-            # latestChallengeOfLeaf may still name an earlier challenge that expired (the leaf can be
-            # challenged again); ours, once mined, opens after the block the send was marked at.
-            if on_chain.status != ChallengeStatus.EXPIRED or on_chain.opened_block >= sent.sent_block:
-                self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), on_chain.opened_block)
-                self.store.unmark_challenge_sent(sent.batch_index, sent.request_hash, sent.output_hash)
-                return challenge_id
-        if self.feed.get_block_number() > sent.sent_block + CHALLENGE_GONE_DEPTH:
-            logger.warning("a sent challenge never reached the chain", extra={"batch_index": sent.batch_index})
-            self.store.unmark_challenge_sent(sent.batch_index, sent.request_hash, sent.output_hash)
-        return None
+        challenge_id = self.escalator.find_leaf_challenge(*_leaf_key(sent))
+        if not challenge_id:
+            return None
+        on_chain = self.escalator.get_challenge(challenge_id)
+        # latestChallengeOfLeaf may still name an earlier challenge that expired (the leaf can be
+        # challenged again); ours, once mined, opens after the block the send was marked at.
+        if on_chain.status == ChallengeStatus.EXPIRED and on_chain.opened_block < sent.sent_block:
+            return None
+        self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), on_chain.opened_block)
+        self.store.unmark_challenge_sent(*_leaf_key(sent))
+        return challenge_id
 
     def _adopt(
         self, challenge_id: int, certificate: ag.Certificate, opened_block: int, open_tx: bytes | None = None
@@ -479,7 +509,7 @@ class Challenger:
                 request_hash=finding.request_hash,
                 output_hash=finding.output_hash,
                 verdict=None if finding.verdict is None else int(finding.verdict),
-                detail=finding.detail,
+                detail=redact_urls(finding.detail),  # an RPC error's URL may hold an API key
                 challenge_id=finding.challenge_id,
                 challenge_tx=finding.challenge_tx,
             )
@@ -496,6 +526,10 @@ class Challenger:
             return "the certificate's signatory record hash is not the certified one"
         check = verify_certificate(certificate)
         return "; ".join(check.problems)
+
+
+def _leaf_key(sent: SentChallengeRow) -> tuple[int, bytes, bytes]:
+    return sent.batch_index, sent.request_hash, sent.output_hash
 
 
 def describe_check(check: LeafCheck) -> str:

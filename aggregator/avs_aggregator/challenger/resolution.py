@@ -37,6 +37,7 @@ from typing import Protocol
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, ChallengeStatus, PendingSlashing, SignedAttestation
 from avs.crypto.curve import G1Point
+from avs.logs import redact_urls
 from avs.messages import Attestation, Domain, Verdict, compute_digest
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -176,7 +177,7 @@ class Resolver:
                 state = self.advance(row)
             except Exception as exc:  # the chain or the operators are unreachable: next poll
                 logger.warning("challenge not advanced", extra={"challenge_id": row.challenge_id, "error": str(exc)})
-                self.store.update_challenge(row.challenge_id, error=str(exc)[:2000])
+                self.store.update_challenge(row.challenge_id, error=redact_urls(str(exc))[:2000])
                 continue
             if state != ChallengeState.OPEN:
                 ended.append(self.store.get_challenge(row.challenge_id) or row)
@@ -370,6 +371,6 @@ class Resolver:
         state = STATE_OF_STATUS.get(on_chain.status, ChallengeState.OPEN)
         if state == ChallengeState.UPHELD:
             self._finish_slashing(row)
-        self.store.update_challenge(row.challenge_id, state=state, error=str(exc)[:2000])
+        self.store.update_challenge(row.challenge_id, state=state, error=redact_urls(str(exc))[:2000])
         logger.warning("challenge transaction reverted", extra={"challenge_id": row.challenge_id, "error": str(exc)})
         return state

@@ -340,10 +340,12 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         if batch is None:
             raise NotFoundError("no batch with this index")
         assert batch is not None
+        leaves = self._pipeline.get_batch_leaves(batch)
         info = ag.BatchInfo(
             header=convert.batch_header_to_proto(self._pipeline.get_header(batch)),
             state=batch.state,
-            request_hashes=load_hex_list(batch.request_hashes),
+            request_hashes=[leaf.request_hash for leaf in leaves],
+            output_hashes=[leaf.output_hash for leaf in leaves],  # a watcher rebuilds the certified root
             tx_hash=batch.tx_hash or b"",
             certified_block=batch.certified_block or 0,
         )

@@ -14,6 +14,7 @@ import pytest
 
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import ChallengeStatus, SignedAttestation
+from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH, CertifiedBatch, Challenger, OpenedChallenge
@@ -27,7 +28,7 @@ from avs_aggregator.challenger.store import (
 from avs_aggregator.evidence import EvidenceBook, ProofState
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.server import build_status
-from avs_aggregator.store import BatchState, Store, load_hex_list
+from avs_aggregator.store import BatchState, Store
 from tests.aggregator.fakes import DOMAIN, FakeFaultManager, FakeNetwork, make_envelope
 from tests.aggregator.test_pipeline import SETTINGS
 
@@ -48,14 +49,14 @@ class Feed:
                 batch = self.pipeline.store.get_batch(index)
                 assert batch is not None
                 header = self.pipeline.get_header(batch)
-                certificate = self.get_certificate(self.get_batch_requests(index)[0])
+                certificate = self.get_certificate(Feed.get_batch_leaves(self, index)[0].request_hash)
                 batches.append(CertifiedBatch(header, bytes(certificate.signatory_record_hash), block))
         return batches
 
-    def get_batch_requests(self, batch_index: int) -> list[bytes]:
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
         batch = self.pipeline.store.get_batch(batch_index)
         assert batch is not None
-        return load_hex_list(batch.request_hashes)
+        return self.pipeline.get_batch_leaves(batch)
 
     def get_certificate(self, request_hash: bytes) -> ag.Certificate:
         row = self.pipeline.store.get_request(request_hash)
@@ -646,10 +647,10 @@ class LeavesDownFeed(Feed):
         finally:
             self.down = down
 
-    def get_batch_requests(self, batch_index: int) -> list[bytes]:
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
         if self.down:
             raise ConnectionError("aggregator down")
-        return super().get_batch_requests(batch_index)
+        return super().get_batch_leaves(batch_index)
 
 
 def test_a_crash_while_checking_a_deferred_batchs_leaves_keeps_them_pending(tmp_path: Path, db: str) -> None:
@@ -667,7 +668,7 @@ def test_a_crash_while_checking_a_deferred_batchs_leaves_keeps_them_pending(tmp_
     crashing = Challenger(feed, feed, Crashing(Verdict.ACCEPT), manager, store, sample_rate=1.0)
     with pytest.raises(KeyboardInterrupt):
         crashing.poll()
-    leaves = feed.get_batch_requests(1)
+    leaves = [leaf.request_hash for leaf in feed.get_batch_leaves(1)]
     assert {row.request_hash for row in store.list_pending_checks()} == set(leaves)
     again = Challenger(feed, feed, Checker(Verdict.ACCEPT), manager, store, sample_rate=1.0)
     assert sorted(f.request_hash for f in again.poll()) == sorted(leaves)
@@ -683,7 +684,7 @@ def test_errors_kept_in_the_database_hold_no_rpc_url_secret(tmp_path: Path, db: 
     challenger.check_attempts = 2
 
     class Unreachable:
-        def get_batch_requests(self, batch_index: int) -> list[bytes]:
+        def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
             raise ConnectionError("HTTPSConnectionPool(host='rpc.example.io'): https://rpc.example.io/v3/SECRETKEY")
 
         def get_certificate(self, request_hash: bytes) -> ag.Certificate:
@@ -697,4 +698,33 @@ def test_errors_kept_in_the_database_hold_no_rpc_url_secret(tmp_path: Path, db: 
     assert "unchecked after 2 attempts" in given_up.detail
     [stored] = store.list_findings()
     assert "rpc.example.io/..." in stored.detail and "SECRETKEY" not in stored.detail
+    pipeline.close()
+
+
+class LyingLeaves(Feed):
+    """The watched aggregator answers GetBatch with a list that is not the certified one."""
+
+    def __init__(self, pipeline: Pipeline, network: FakeNetwork, lie: str) -> None:
+        super().__init__(pipeline, network)
+        self.lie = lie
+
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
+        leaves = super().get_batch_leaves(batch_index)
+        return [] if self.lie == "empty" else leaves[1:]
+
+
+@pytest.mark.parametrize("lie", ["empty", "one left out"])
+def test_a_leaf_list_that_does_not_build_the_certified_root_is_a_finding(tmp_path: Path, lie: str) -> None:
+    """Leaving a wrong output out of GetBatch's answer would keep it from being sampled: the list must
+    rebuild the root the chain certified, else the batch is reported, not taken as checked."""
+    pipeline, network = certified_pipeline(tmp_path, 3)
+    feed, checker = LyingLeaves(pipeline, network, lie), Checker(Verdict.ACCEPT)
+    store = ChallengerStore("sqlite://")
+    challenger = Challenger(feed, feed, checker, None, store, sample_rate=1.0, start_block=0)
+    [finding] = challenger.poll()
+    assert finding.verdict is None and finding.request_hash == b""
+    assert "do not build the certified leaves root" in finding.detail
+    assert checker.checked == [] and store.list_pending_checks() == []
+    challenger.store.set_next_block(0)  # a re-scan (a restart) reports it once
+    assert challenger.poll() == [] and len(store.list_findings()) == 1
     pipeline.close()

@@ -76,7 +76,7 @@ def cheated_pipeline(tmp_path: Path) -> tuple[Pipeline, FakeNetwork]:
 def get_certificate(pipeline: Pipeline, network: FakeNetwork) -> ag.Certificate:
     feed = Feed(pipeline, network)
     [batch] = feed.get_certified_batches(0, network.block)
-    return feed.get_certificate(feed.get_batch_requests(batch.header.batch_index)[0])
+    return feed.get_certificate(feed.get_batch_leaves(batch.header.batch_index)[0].request_hash)
 
 
 def checking_challenger(
@@ -231,7 +231,7 @@ def test_one_leaf_that_cannot_be_checked_does_not_stop_the_others(tmp_path: Path
     pipeline, network = certified_pipeline(tmp_path, 3)
     feed = Feed(pipeline, network)
     [batch] = feed.get_certified_batches(0, network.block)
-    first = feed.get_batch_requests(batch.header.batch_index)[0]
+    first = feed.get_batch_leaves(batch.header.batch_index)[0].request_hash
     checker = Flaky({first})
     challenger = Challenger(feed, feed, checker, None, ChallengerStore("sqlite://"), sample_rate=1.0, start_block=0)
     findings = challenger.poll()

@@ -69,7 +69,7 @@ from avs_aggregator.ports import GenerateReply, OperatorInfo, VerifyReply
 from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.server import build_status
-from avs_aggregator.store import BatchState, Store, load_hex_list
+from avs_aggregator.store import BatchState, Store
 from avs_aggregator.txsender import SenderSettings, SentTransaction, TransactionSender
 from avs_operator.app import OperatorApp
 from avs_operator.config import OperatorSecrets
@@ -592,11 +592,11 @@ class PipelineLeaves:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
-    def get_batch_requests(self, batch_index: int) -> list[bytes]:
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
         batch = self.pipeline.store.get_batch(batch_index)
         if batch is None:
             raise LookupError(f"batch {batch_index} is not this aggregator's")
-        return load_hex_list(batch.request_hashes)
+        return self.pipeline.get_batch_leaves(batch)
 
     def get_certificate(self, request_hash: bytes) -> ag.Certificate:
         row = self.pipeline.store.get_request(request_hash)

@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from avs.client import AggregatorClient, verify_certificate
+from avs.merkle import compute_merkle_tree
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs_aggregator.app import AggregatorApp, LeaderOnlySender, Role
+from avs_aggregator.challenger.chain import AggregatorLeafSource
 from avs_aggregator.store import BatchState, load_hex_list
 from tests.aggregator.conftest import create_postgres_database
 from tests.aggregator.test_integration_anvil import REQUESTER, Devnet, devnet, start_aggregator, submit
@@ -84,6 +86,8 @@ def test_standby_serves_reads_refuses_intake_and_takes_over(
             status = to_b.wait(first, timeout=60)  # WatchStatus on the standby, from the shared database
             assert verify_certificate(status.certificate).ok
             assert first in to_b.get_batch(status.batch_index).request_hashes
+            leaves = AggregatorLeafSource(to_b).get_batch_leaves(status.batch_index)  # the challenger's view
+            assert compute_merkle_tree(leaves).root == bytes(status.certificate.batch_header.leaves_root)
 
             # a stops forming batches (its requests wait ACCEPTED), then loses its database
             monkeypatch.setattr(a.pipeline, "form_batches", lambda force=False: [])

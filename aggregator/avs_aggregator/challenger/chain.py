@@ -20,6 +20,8 @@ from avs.chain.abi import load_abi
 from avs.chain.client import LOG_CHUNK_BLOCKS, CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
 from avs.chain.faults import BatchSigners, Challenge, PendingSlashing, SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
+from avs.errors import InvalidInputError
+from avs.merkle import BatchLeaf
 from avs.messages import BatchHeader, Domain, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -74,8 +76,13 @@ class AggregatorLeafSource:
     def __init__(self, client: AggregatorClient) -> None:
         self.client = client
 
-    def get_batch_requests(self, batch_index: int) -> list[bytes]:
-        return [bytes(h) for h in self.client.get_batch(batch_index).request_hashes]
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
+        info = self.client.get_batch(batch_index)
+        if len(info.request_hashes) != len(info.output_hashes):
+            raise InvalidInputError(
+                f"the aggregator lists {len(info.request_hashes)} requests and {len(info.output_hashes)} outputs"
+            )
+        return [BatchLeaf(bytes(r), bytes(o)) for r, o in zip(info.request_hashes, info.output_hashes, strict=True)]
 
     def get_certificate(self, request_hash: bytes) -> ag.Certificate:
         return self.client.get_status(request_hash).certificate

@@ -40,6 +40,7 @@ from avs.chain.faults import Challenge, ChallengeStatus
 from avs.client import verify_certificate
 from avs.errors import UnavailableError
 from avs.logs import redact_urls
+from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import BatchHeader, Verdict
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -73,7 +74,7 @@ class CertifiedBatch:
 @dataclass(frozen=True, slots=True)
 class Finding:
     batch_index: int
-    request_hash: bytes  # empty when the batch's leaves could not be fetched
+    request_hash: bytes  # empty: about the whole batch (its leaves unavailable, or not the certified ones)
     output_hash: bytes
     verdict: Verdict | None  # None: could not be checked
     detail: str = ""
@@ -171,7 +172,9 @@ class BatchFeed(Protocol):
 
 
 class LeafSource(Protocol):
-    def get_batch_requests(self, batch_index: int) -> list[bytes]: ...
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
+        """The batch's leaves, from its aggregator (checked against the certified root: it is watched)."""
+        ...
 
     def get_certificate(self, request_hash: bytes) -> ag.Certificate: ...
 
@@ -290,11 +293,19 @@ class Challenger:
     def process_batch(self, batch: CertifiedBatch) -> list[Finding]:
         index = batch.header.batch_index
         try:
-            request_hashes = self.leaves.get_batch_requests(index)
+            leaves = self.leaves.get_batch_leaves(index)
         except Exception as exc:  # another aggregator's batch, or the aggregator is down
             logger.warning("cannot fetch the batch's leaves", extra={"batch_index": index, "error": str(exc)})
             return self._defer(batch, b"", b"", f"leaves unavailable: {exc}")
-        sampled = [h for h in request_hashes if self.rng.random() < self.sample_rate]
+        if not leaves or compute_merkle_tree(leaves).root != batch.header.leaves_root:
+            # A list that leaves out (or makes up) a leaf would keep a wrong output from being sampled.
+            problem = f"the aggregator's {len(leaves)} leaves do not build the certified leaves root"
+            logger.warning("batch leaves do not match the chain", extra={"batch_index": index, "problem": problem})
+            self.store.remove_pending_check(index, b"")
+            if self.store.has_finding(index, b""):  # a re-scan after a restart
+                return []
+            return [self._record(Finding(index, b"", b"", None, problem))]
+        sampled = [leaf.request_hash for leaf in leaves if self.rng.random() < self.sample_rate]
         # The sampled leaves replace the batch's pending row in one write: a crash while checking
         # them finds them pending at the next start, not a batch that is neither pending nor checked.
         self.store.add_pending_checks([self._pending_row(batch, h, b"", "sampled") for h in sampled], index)

@@ -59,7 +59,7 @@ class FindingRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     batch_index: Mapped[int] = mapped_column(BigInteger, index=True)
-    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: the leaves were unavailable
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: about the whole batch
     output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     verdict: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: could not be checked
     detail: Mapped[str] = mapped_column(PortableText, default="")

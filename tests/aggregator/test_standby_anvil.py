@@ -86,8 +86,8 @@ def test_standby_serves_reads_refuses_intake_and_takes_over(
             status = to_b.wait(first, timeout=60)  # WatchStatus on the standby, from the shared database
             assert verify_certificate(status.certificate).ok
             assert first in to_b.get_batch(status.batch_index).request_hashes
-            leaves = AggregatorLeafSource(to_b).get_batch_leaves(status.batch_index)  # the challenger's view
-            assert compute_merkle_tree(leaves).root == bytes(status.certificate.batch_header.leaves_root)
+            watched = AggregatorLeafSource(to_b).get_batch_leaves(status.batch_index)  # the challenger's view
+            assert compute_merkle_tree(watched).root == bytes(status.certificate.batch_header.leaves_root)
 
             # a stops forming batches (its requests wait ACCEPTED), then loses its database
             monkeypatch.setattr(a.pipeline, "form_batches", lambda force=False: [])

@@ -728,3 +728,46 @@ def test_a_leaf_list_that_does_not_build_the_certified_root_is_a_finding(tmp_pat
     challenger.store.set_next_block(0)  # a re-scan (a restart) reports it once
     assert challenger.poll() == [] and len(store.list_findings()) == 1
     pipeline.close()
+
+
+class SlowChecker:
+    """REJECTs the first leaf it sees; every other leaf's check takes a block (a slow operator)."""
+
+    def __init__(self, network: FakeNetwork) -> None:
+        self.network = network
+        self.first: bytes | None = None
+
+    def check(self, certificate: ag.Certificate) -> Verdict:
+        request_hash = bytes(certificate.request_hash)
+        if self.first in (None, request_hash):
+            self.first = request_hash
+            return Verdict.REJECT
+        self.network.block += 1
+        return Verdict.ACCEPT
+
+
+def test_a_long_poll_moves_the_open_challenges_on_between_leaves(tmp_path: Path, db: str) -> None:
+    """A big batch checked leaf by leaf takes longer than the resolution window: the open challenge is
+    resolved in the middle of the poll, not expired at its end."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=10)
+    store = ChallengerStore(db)
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    feed = Feed(pipeline, network)
+    clock = lambda: 12.0 * network.block  # noqa: E731  # 12 s blocks
+    challenger = Challenger(
+        feed, feed, SlowChecker(network), manager, store, resolver, sample_rate=1.0, start_block=0, clock=clock
+    )
+    [finding] = challenger.poll()
+    assert finding.detail == "challenged"
+    for operator in network.operators[:3]:
+        operator.behaviour = "honest"
+    network.block += 1
+    for i in range(12):  # certified meanwhile: 12 blocks of checks, beyond the 10-block window
+        pipeline.submit(make_envelope(100 + i, f"more {i}"))
+    pipeline.run_until_idle()
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()

@@ -21,7 +21,13 @@ from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.challenger import app as challenger_app
 from avs_aggregator.challenger import cli as challenger_cli
-from avs_aggregator.challenger.app import ChallengerApp, ChallengerConfig, ChallengerSecrets, load_challenger_config
+from avs_aggregator.challenger.app import (
+    ChallengerApp,
+    ChallengerConfig,
+    ChallengerSecrets,
+    EndedChallenges,
+    load_challenger_config,
+)
 from avs_aggregator.challenger.chain import OperatorLeafChecker
 from avs_aggregator.challenger.core import (
     Challenger,
@@ -269,12 +275,15 @@ def test_the_daemons_poll_resolves_and_counts_even_when_the_scan_fails(tmp_path:
     manager = FakeFaultManager(network, escalation_quorums=b"\x01")
     store = ChallengerStore("sqlite://")
     feed = Feed(pipeline, network)
-    challenger = Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, sample_rate=1.0, start_block=0)
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    advancer = EndedChallenges(resolver)  # as ChallengerApp.start wires them
+    challenger = Challenger(
+        feed, feed, Checker(Verdict.REJECT), manager, store, advancer, sample_rate=1.0, start_block=0
+    )
     config = ChallengerConfig(deployment_file=tmp_path / "d.json", ecdsa_keystore=tmp_path / "k.json")
     app = ChallengerApp(config, ChallengerSecrets())
-    app.store, app.challenger = store, challenger
+    app.store, app.challenger, app.resolver, app._advancer = store, challenger, resolver, advancer
     app.evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, None, store.clock)
-    app.resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
     app.poll_once()
     assert manager.get_challenge(1).status == ChallengeStatus.OPEN
     challenger.feed = BrokenFeed(pipeline, network)
@@ -282,7 +291,7 @@ def test_the_daemons_poll_resolves_and_counts_even_when_the_scan_fails(tmp_path:
     app.poll_once()  # the scan fails; the challenge is resolved all the same
     assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
     assert app.metrics.challenges_closed.labels("upheld")._value.get() == 1
-    app.resolver.close()
+    resolver.close()
     pipeline.close()
 
 

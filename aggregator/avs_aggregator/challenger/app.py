@@ -135,6 +135,23 @@ class ChallengerMetrics:
         self.open_challenges.set(still_open)
 
 
+class EndedChallenges:
+    """The resolver as the challenger's ``ChallengeAdvancer``, keeping what ended for the metrics."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self._ended: list[ChallengeRow] = []
+
+    def advance_all(self) -> list[ChallengeRow]:
+        ended = self.resolver.advance_all()
+        self._ended += ended
+        return ended
+
+    def take_ended(self) -> list[ChallengeRow]:
+        ended, self._ended = self._ended, []
+        return ended
+
+
 class ChallengerApp:
     def __init__(self, config: ChallengerConfig, secrets: ChallengerSecrets) -> None:
         self.config = config
@@ -177,9 +194,11 @@ class ChallengerApp:
             self.store.clock,
         )
         self.resolver: Resolver | None = None
+        self._advancer: EndedChallenges | None = None
         if self.config.resolve:
             timeout = self.config.verify_seconds
             self.resolver = Resolver(domain, self.store, chain, reader, caller, timeout, self.evidence)
+            self._advancer = EndedChallenges(self.resolver)
             self._closers.append(self.resolver.close)
         checker = OperatorLeafChecker(
             reader, caller, self.config.verify_seconds, evidence=self.evidence, checkers=self.config.checkers
@@ -191,7 +210,7 @@ class ChallengerApp:
             checker,
             chain if self.config.escalate else None,
             self.store,
-            resolver=None,  # advanced in the loop, to count what ended
+            resolver=self._advancer,  # also between leaves of a long poll; what ended is counted
             sample_rate=self.config.sample_rate,
             start_block=self.config.start_block,
             check_attempts=self.config.check_attempts,
@@ -212,8 +231,9 @@ class ChallengerApp:
             self._stopped.wait(self.config.poll_seconds)
 
     def poll_once(self) -> None:
-        """One poll: scan and check, then resolve, then report evidence and metrics, each step on its
-        own (the chain or the aggregator unreachable for one does not stop the others)."""
+        """One poll: scan and check (moving the open challenges on between leaves and at the end),
+        then report evidence and metrics, each step on its own (the chain or the aggregator
+        unreachable for one does not stop the others)."""
         findings: list[Finding] = []
         try:
             if self.keeper is not None:  # before resolving: an escalation certificate needs fresh stakes
@@ -224,11 +244,7 @@ class ChallengerApp:
             findings = self.challenger.poll()
         except Exception:
             logger.exception("challenger scan failed; retrying at the next poll")
-        closed: list[ChallengeRow] = []
-        try:
-            closed = self.resolver.advance_all() if self.resolver is not None else []
-        except Exception:
-            logger.exception("resolving the open challenges failed; retrying at the next poll")
+        closed = self._advancer.take_ended() if self._advancer is not None else []
         try:
             self.evidence.report_pending()
         except Exception:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,6 +59,8 @@ logger = logging.getLogger(__name__)
 # A challenge the chain does not show is given up only this many blocks after it was opened
 # (before that, a lagging RPC node or a reorg that will include it again).
 CHALLENGE_GONE_DEPTH = 64
+# Open challenges are moved on at least this often, also in the middle of a poll's leaf checks.
+RESOLVE_EVERY_SECONDS = 30.0
 # Reverts after which sending the challenge again can never succeed: the leaf's challenge is given up.
 FINAL_CHALLENGE_REVERTS = frozenset({"ChallengeWindowClosed", "LeafNotCertified"})
 
@@ -229,6 +232,8 @@ class Challenger:
         check_attempts: int = 10,
         confirm: Callable[[ag.Certificate], tuple[Verdict | None, str]] | None = None,
         confirmations: int = 0,
+        resolve_every_seconds: float = RESOLVE_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.feed = feed
         # Blocks on top of a BatchCertified event before it is scanned: a scanned block is never
@@ -243,6 +248,9 @@ class Challenger:
         self.sample_rate = sample_rate
         self.rng = rng or random.Random()
         self.check_attempts = check_attempts
+        self.resolve_every_seconds = resolve_every_seconds
+        self.clock = clock
+        self._resolved_at = clock()
         if store.get_next_block() is None:  # a fresh database: start where told, else at the head
             store.set_next_block(start_block if start_block is not None else feed.get_block_number() + 1)
 
@@ -263,8 +271,18 @@ class Challenger:
         try:
             return self.advance_sent_challenges() + self.retry_pending() + self.scan()
         finally:
-            if self.resolver is not None:
-                self.resolver.advance_all()
+            self._advance_challenges()
+
+    def _advance_challenges(self) -> None:
+        if self.resolver is not None:
+            self._resolved_at = self.clock()
+            self.resolver.advance_all()
+
+    def _advance_challenges_if_due(self) -> None:
+        """Between leaves: a long poll (a big batch, a backlog after downtime, slow operators) must
+        not keep the open challenges past their resolution window, which would let them expire."""
+        if self.clock() - self._resolved_at >= self.resolve_every_seconds:
+            self._advance_challenges()
 
     def scan(self) -> list[Finding]:
         to_block = self.feed.get_block_number() - self.confirmations
@@ -316,6 +334,7 @@ class Challenger:
 
     def check_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> list[Finding]:
         """``process_leaf`` and its finding, or, when it could not finish, the leaf kept for a retry."""
+        self._advance_challenges_if_due()
         index = batch.header.batch_index
         if self.store.has_finding(index, request_hash):  # seen before a restart
             self.store.remove_pending_check(index, request_hash)

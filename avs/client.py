@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +55,7 @@ from avs.chain.client import find_batch_certified
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.crypto.curve import G1Point, G2Point
-from avs.errors import AvsError, DeadlineExceededError, InvalidInputError
+from avs.errors import AvsError, DeadlineExceededError, InvalidInputError, UntrustedAnswerError
 from avs.merkle import BatchLeaf, verify_merkle_proof
 from avs.messages import (
     MAX_QUORUMS,
@@ -187,17 +188,17 @@ def _check_answered_hash(response: ag.SubmitResponse, digest: bytes) -> bytes:
 def check_certified_as_sent(sent: op.InferenceRequest, status: ag.RequestStatus) -> None:
     """The certified request is the one sent (every field the requester chose, the nonce included, and
     the model id and prompt hash when it gave them), and the status's output tokens are the certified
-    ones; raises ``InvalidInputError`` otherwise. ``AggregatorClient.wait`` runs it for the requests
+    ones; raises ``UntrustedAnswerError`` otherwise. ``AggregatorClient.wait`` runs it for the requests
     its client submitted."""
     changed = _changed_fields(sent, status.certificate.request)
     if changed:
-        raise InvalidInputError(
+        raise UntrustedAnswerError(
             f"the aggregator certified another request than the one sent (changed: {', '.join(changed)})"
         )
     if bytes(status.certificate.request_hash) != bytes(status.request_hash):
-        raise InvalidInputError("the certificate is for another request than the status")
+        raise UntrustedAnswerError("the certificate is for another request than the status")
     if list(status.output_token_ids) != list(status.certificate.output_token_ids):
-        raise InvalidInputError("the status's output tokens are not the certified ones")
+        raise UntrustedAnswerError("the status's output tokens are not the certified ones")
 
 
 # How many submitted requests a client remembers to check their certificates against in ``wait``.
@@ -209,12 +210,16 @@ class AggregatorClient:
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ag_grpc.AggregatorServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
+        # Sent requests until their wait ends (then their certificate was checked against them): only
+        # the waits in flight and ones abandoned are kept, so a busy client never evicts a live one.
         self._sent: OrderedDict[bytes, op.InferenceRequest] = OrderedDict()
+        self._sent_lock = threading.Lock()  # a gateway submits and waits from many threads
 
     def _remember(self, request_hash: bytes, request: op.InferenceRequest) -> bytes:
-        self._sent[request_hash] = request
-        while len(self._sent) > MAX_REMEMBERED_REQUESTS:
-            self._sent.popitem(last=False)
+        with self._sent_lock:
+            self._sent[request_hash] = request
+            while len(self._sent) > MAX_REMEMBERED_REQUESTS:
+                self._sent.popitem(last=False)
         return request_hash
 
     def close(self) -> None:
@@ -340,10 +345,11 @@ class AggregatorClient:
     ) -> ag.RequestStatus:
         """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``). For a
         request this client submitted, the certificate must be for the request sent, with the
-        status's tokens (``check_certified_as_sent``; ``InvalidInputError`` otherwise).
+        status's tokens (``check_certified_as_sent``; ``UntrustedAnswerError`` otherwise).
 
         Watches the status stream; when the stream breaks (the aggregator restarted, the network
-        dropped), it reconnects with exponential backoff, asking ``GetStatus`` meanwhile, until
+        dropped) or is refused (RESOURCE_EXHAUSTED: the aggregator's watch slots are taken), it
+        reconnects with exponential backoff, asking ``GetStatus`` meanwhile, until
         ``timeout`` seconds have passed (``DeadlineExceededError``). ``on_progress`` sees each
         (state, attempt) once, however many reconnections there were."""
         deadline = time.monotonic() + timeout
@@ -357,7 +363,10 @@ class AggregatorClient:
                     if follower.see(status):
                         return self._finish(request_hash, status)
             except grpc.RpcError as exc:
-                _raise_unless_retryable(exc)
+                # A busy aggregator (its WatchStatus streams all taken) says to poll GetStatus: the
+                # request is submitted and goes on, so it is followed, never given up (and resent).
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    _raise_unless_retryable(exc)
             logger.info("the status stream broke; reconnecting", extra={"delay_seconds": delay})
             time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
@@ -374,7 +383,8 @@ class AggregatorClient:
             raise RequestFailedError(status.error or "the request failed")
         if bytes(status.request_hash) != bytes(request_hash):
             raise InvalidInputError("the aggregator answered the status of another request")
-        sent = self._sent.get(bytes(request_hash))
+        with self._sent_lock:
+            sent = self._sent.pop(bytes(request_hash), None)
         if sent is not None:
             check_certified_as_sent(sent, status)
         return status

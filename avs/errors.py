@@ -14,6 +14,11 @@ class InvalidInputError(AvsError, ValueError):
     """Input that fails validation: wrong length, out of range, malformed."""
 
 
+class UntrustedAnswerError(InvalidInputError):
+    """A party we rely on (the aggregator) answered something it cannot have honestly: a certificate
+    of another request than the one sent, tokens that are not the certified ones."""
+
+
 class InvalidPointError(InvalidInputError):
     """A curve point that is malformed, off the curve, in the wrong subgroup, or the identity."""
 

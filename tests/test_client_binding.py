@@ -12,7 +12,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from avs.client import AggregatorClient
-from avs.errors import InvalidInputError
+from avs.errors import InvalidInputError, UntrustedAnswerError
 from avs.messages import Domain, compute_request_hash
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -133,3 +133,23 @@ def test_status_tokens_other_than_the_certified_ones_are_refused(
     request_hash = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
     with pytest.raises(InvalidInputError, match="not the certified ones"):
         client.wait(request_hash, timeout=10)
+
+
+def test_the_check_is_not_skipped_however_many_requests_were_sent_meanwhile(
+    served: tuple[CertifyingAggregator, AggregatorClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client remembers a bounded number of sent requests; the ones whose wait has ended are let go,
+    so a busy gateway never drops (and silently stops checking) a request still being waited for."""
+    import avs.client
+
+    monkeypatch.setattr(avs.client, "MAX_REMEMBERED_REQUESTS", 8)
+    aggregator, client = served
+    aggregator.other_request = True
+    ours = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
+    tampered = aggregator.certified
+    aggregator.other_request = False
+    for _ in range(20):  # served while ours is still being certified
+        client.wait(client.submit(CHAT, requester=REQUESTER.address, model="tiny"), timeout=10)
+    aggregator.certified = tampered
+    with pytest.raises(UntrustedAnswerError, match=r"certified another request .*changed: nonce, messages"):
+        client.wait(ours, timeout=10)

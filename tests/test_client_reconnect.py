@@ -152,3 +152,27 @@ def test_wait_does_not_retry_an_answer() -> None:
     finally:
         server.stop(grace=None).wait()
     assert servicer.watch_calls == 2
+
+
+class BusyAggregator(ScriptedAggregator):
+    """Every WatchStatus slot taken (the aggregator's ``max_watches``): the stream is refused."""
+
+    def WatchStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
+        self.watch_calls += 1
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "16 WatchStatus streams are open already; poll GetStatus")
+        yield from ()
+
+
+def test_a_busy_aggregator_is_polled_not_given_up() -> None:
+    """The request is submitted and goes on: refused a status stream, the client polls GetStatus
+    (an error here would make a gateway's caller retry, submitting and paying for it again)."""
+    servicer = BusyAggregator(ag.REQUEST_STATE_VERIFYING)
+    server, port = serve(servicer)
+    try:
+        with AggregatorClient(f"127.0.0.1:{port}") as client:
+            threading.Timer(1.0, servicer.set_state, (ag.REQUEST_STATE_CERTIFIED,)).start()
+            status = client.wait(REQUEST_HASH, timeout=20)
+    finally:
+        server.stop(grace=None).wait()
+    assert status.state == ag.REQUEST_STATE_CERTIFIED
+    assert servicer.watch_calls >= 1 and servicer.get_calls >= 1

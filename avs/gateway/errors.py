@@ -7,7 +7,7 @@ it becomes a 500 with a generic message, and the server logs the details.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -20,6 +20,7 @@ from avs.errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    UntrustedAnswerError,
 )
 
 INVALID_REQUEST = "invalid_request_error"
@@ -53,6 +54,16 @@ class PayloadTooLargeError(InvalidInputError):
     """A request body over the gateway's size limit."""
 
 
+class SubmittedRequestError(AvsError):
+    """Anything that went wrong once the request was submitted: the aggregator may still certify it,
+    so the caller must follow it at ``follow_url``, not send it again (a retry is a new, paid inference)."""
+
+    def __init__(self, follow_url: str, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.follow_url = follow_url
+        self.cause = cause
+
+
 class RouteNotFoundError(AvsError, LookupError):
     """A path this gateway does not serve."""
 
@@ -70,6 +81,7 @@ class ApiError:
     type: str
     param: str | None = None
     code: str | None = None
+    retry: bool = True  # False: the request was submitted, a retry would submit (and pay for) another
 
     def to_json(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -83,6 +95,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str | None],
     (RouteNotFoundError, 404, INVALID_REQUEST, None, "unknown_url"),
     (MethodNotAllowedError, 405, INVALID_REQUEST, None, "method_not_allowed"),
     (ContextLimitError, 400, INVALID_REQUEST, "messages", "context_length_exceeded"),
+    (UntrustedAnswerError, 502, SERVER_ERROR, None, "certificate_mismatch"),  # the aggregator's fault
     (InvalidInputError, 400, INVALID_REQUEST, None, None),
     (OverloadedError, 429, "rate_limit_error", None, "aggregator_busy"),
     (RequestFailedError, 502, SERVER_ERROR, None, "not_certified"),
@@ -104,6 +117,10 @@ INTERNAL = ApiError(500, "internal error in the gateway", SERVER_ERROR, None, "i
 
 def compute_api_error(error: BaseException) -> ApiError:
     """The HTTP status and OpenAI error body for ``error`` (``INTERNAL`` for an unexpected one)."""
+    if isinstance(error, SubmittedRequestError):
+        cause = compute_api_error(error.cause)
+        message = f"{cause.message}; the request was submitted: follow it at {error.follow_url}"
+        return replace(cause, message=message, retry=False)
     if isinstance(error, grpc.RpcError):
         return _compute_grpc_error(error)
     for error_type, status, kind, param, code in ERROR_TABLE:

@@ -255,7 +255,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if not self._body_read:
             self._discard_body()
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
-        if error.status in NO_RETRY_STATUSES:
+        if error.status in NO_RETRY_STATUSES or not error.retry:
             headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
         self._send_json(error.status, error.to_json(), headers)
 

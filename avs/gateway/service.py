@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 from avs.client import FINAL_STATES, RequestStatus
-from avs.errors import DeadlineExceededError, InvalidInputError, ModelNotFoundError
+from avs.errors import InvalidInputError, ModelNotFoundError
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
+from avs.gateway.errors import SubmittedRequestError
 from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
@@ -97,26 +99,21 @@ class GatewayService:
         logger.info("submitted", extra={"request_hash": "0x" + request_hash.hex(), "model": job.model})
         return request_hash
 
-    def _wait(self, request_hash: bytes, on_progress: Callable[[RequestStatus], None] | None) -> RequestStatus:
-        try:
-            return self._intake.wait(request_hash, self._config.request_timeout_seconds, on_progress)
-        except DeadlineExceededError as exc:
-            url = api.VERIFICATION_PATH + "0x" + request_hash.hex()
-            raise DeadlineExceededError(f"{exc}; follow it at {url}") from exc
-
     def complete(self, job: CompletionJob) -> dict[str, object]:
         """Submit, wait until certified, answer the completion with its certificate."""
-        status = self._wait(self._submit(job), None)
-        return api.build_completion(job, status, int(self._clock()))
+        request_hash = self._submit(job)
+        with _submitted(request_hash):
+            status = self._intake.wait(request_hash, self._config.request_timeout_seconds, None)
+            return api.build_completion(job, status, int(self._clock()))
 
     def stream(self, job: CompletionJob, emit: Emit) -> None:
         """Submit, then ``emit`` the chunks; errors before the first ``emit`` are the caller's to answer."""
         request_hash = self._submit(job)
-        created = int(self._clock())
-        streamer = _Streamer(job, created, emit)
-        streamer.start(request_hash)
-        final = self._wait(request_hash, streamer.on_status)
-        streamer.finish(final)
+        with _submitted(request_hash):
+            streamer = _Streamer(job, int(self._clock()), emit)
+            streamer.start(request_hash)
+            final = self._intake.wait(request_hash, self._config.request_timeout_seconds, streamer.on_status)
+            streamer.finish(final)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -139,6 +136,16 @@ class GatewayService:
             raise InvalidInputError("a request hash is 0x and 64 hex digits") from exc
         status = self._intake.get_status(request_hash)
         return {"object": "verification", **api.build_verification(status)}
+
+
+@contextmanager
+def _submitted(request_hash: bytes) -> Iterator[None]:
+    """Errors from here on are ``SubmittedRequestError``: answered with where to follow the request,
+    and a "do not retry" to the SDKs (each retry would submit, and pay for, another inference)."""
+    try:
+        yield
+    except Exception as exc:
+        raise SubmittedRequestError(api.VERIFICATION_PATH + "0x" + request_hash.hex(), exc) from exc
 
 
 class _Streamer:

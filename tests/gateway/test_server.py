@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avs.errors import DeadlineExceededError
+from avs.errors import DeadlineExceededError, OverloadedError, UntrustedAnswerError
 from avs.gateway import cli
 from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
@@ -492,3 +492,39 @@ def test_refusals_of_the_http_layer_itself_are_json_too(server: GatewayServer) -
     assert head.startswith(b"HTTP/1.1 431") and b"application/json" in head
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert raw(server, "GET", "/health")[0] == 200
+
+
+class BusyAfterSubmitIntake(FakeIntake):
+    """Submitted, then the aggregator answers RESOURCE_EXHAUSTED (429 before the request was sent)."""
+
+    def wait(self, request_hash: bytes, timeout: float, on_progress: Any) -> Any:
+        raise OverloadedError("the aggregator is serving its limit; retry later")
+
+
+@pytest.mark.parametrize(
+    ("intake", "status", "code"),
+    [
+        (BusyAfterSubmitIntake(), 429, "aggregator_busy"),
+        (FakeIntake(fail_with=UntrustedAnswerError("the aggregator certified another request")), 502, None),
+    ],
+)
+def test_any_error_after_the_submission_says_where_to_follow_it_and_not_to_retry(
+    intake: FakeIntake, status: int, code: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDKs retry a 429 by default, and each retry would submit (and pay for) a new inference; an
+    aggregator that certified another request than the one sent is its fault (502), never the user's."""
+    gateway = start(intake)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="unused")  # 2 retries
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == status
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        error = refused.value.body
+        assert isinstance(error, dict) and f"follow it at /v1/verification/0x{REQUEST_HASH.hex()}" in error["message"]
+        assert error["code"] == (code or "certificate_mismatch")
+        assert len(intake.submitted) == 1
+    finally:
+        gateway.stop()
+    if status == 502:
+        assert any(r.levelname == "ERROR" and "request failed" in r.getMessage() for r in caplog.records)

@@ -31,7 +31,14 @@ from avs.inference.commitment import (
 )
 from avs.inference.decoding import compute_margins, select_token
 from avs.inference.params import ChatMessage, SamplingParams, compute_prompt_hash, parse_chat_messages
-from avs.inference.profile import ModelProfile, get_eos_ids, get_tokenizer_hashes, load_profile, load_tokenizer
+from avs.inference.profile import (
+    ModelProfile,
+    get_eos_ids,
+    get_max_context,
+    get_tokenizer_hashes,
+    load_profile,
+    load_tokenizer,
+)
 from avs.messages import InferenceOutput, compute_output_hash
 from avs.types import Bytes32, OutputHash
 
@@ -388,6 +395,12 @@ def load_engine(
     if not folder.is_dir():
         raise ModelNotFoundError(f"model folder {folder} does not exist")
     profile = profile if profile is not None else load_profile(folder)
+    if profile.max_context > (model_context := get_max_context(folder)):
+        # Positions past the model's table fail mid-generation (an IndexError; on CUDA a broken context).
+        raise ModelMismatchError(
+            f"the profile's max_context {profile.max_context} exceeds the context of the model in {folder}"
+            f" ({model_context})"
+        )
     choice = choose_device(profile, count_parameters(folder), threads, dtype, device)  # bad options: before hashing
     _refuse_uncommitted_weight_files(folder)
     commitment = get_weights_commitment(folder, cache_dir if cache_dir is not None else get_default_cache_dir())

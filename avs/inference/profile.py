@@ -157,6 +157,9 @@ def build_profile(
     """Compute the profile of a local model folder (what its owner registers on-chain)."""
     from avs.inference.commitment import get_weights_commitment
 
+    model_context = get_max_context(Path(folder))
+    if max_context is not None and max_context > model_context:
+        raise InvalidInputError(f"max_context {max_context} exceeds the model's own context of {model_context}")
     commitment = get_weights_commitment(Path(folder), cache_dir)
     tokenizer_hash, chat_template_hash = get_tokenizer_hashes(Path(folder), load_tokenizer(Path(folder)))
     return ModelProfile(
@@ -165,7 +168,7 @@ def build_profile(
         chat_template_hash=chat_template_hash,
         dtype=dtype,
         tolerance_micro=round(delta * DELTA_SCALE),
-        max_context=max_context if max_context is not None else get_max_context(Path(folder)),
+        max_context=max_context if max_context is not None else model_context,
         max_new_tokens=max_new_tokens,
     )
 

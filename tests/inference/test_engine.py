@@ -518,3 +518,18 @@ def test_infinite_logits_give_no_token_and_no_verdict(
         tiny_engine.generate(ids, params)
     with pytest.raises(InferenceError, match=r"\+inf"):
         tiny_engine.generate_batch([ids, ids[1:]], [params, params])
+
+
+def test_a_profile_promising_more_context_than_the_model_has_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Past the model's position table generation fails midway (IndexError; on CUDA a broken context
+    for every later request), after the request was accepted: refused when the profile is built or
+    loaded instead."""
+    import dataclasses
+
+    with pytest.raises(InvalidInputError, match="exceeds the model's own context of 256"):
+        build_profile(tiny_model_dir, dtype="float32", delta=0.01, max_new_tokens=64, max_context=512)
+    stretched = dataclasses.replace(load_profile(tiny_model_dir), max_context=512)
+    with pytest.raises(ModelMismatchError, match=r"max_context 512 exceeds the context .* \(256\)"):
+        load_engine(tiny_model_dir, stretched, cache_dir=tmp_path / "cache")
+    shorter = build_profile(tiny_model_dir, dtype="float32", delta=0.01, max_new_tokens=64, max_context=128)
+    assert shorter.max_context == 128

@@ -262,6 +262,7 @@ class AggregatorApp:
                 bump_percent=config.chain.bump_percent,
                 max_bumps=config.chain.max_bumps,
                 confirmations=config.chain.confirmations,
+                max_fee_per_gas=round(config.chain.max_fee_gwei * 10**9),
             ),
             self.is_leader,
         )

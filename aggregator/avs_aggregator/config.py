@@ -27,6 +27,7 @@ class ChainConfig(_Section):
     receipt_timeout_seconds: float = Field(default=30.0, gt=0)  # then the fees are bumped
     bump_percent: int = Field(default=25, ge=10, le=500)
     max_bumps: int = Field(default=5, ge=0, le=50)
+    max_fee_gwei: float = Field(default=1000.0, gt=0)  # no version's fee cap or tip goes above it
     refresh_stakes: bool = True  # the leader sends updateOperatorsForQuorum before stakes go stale
     eject_understaked: bool = True  # ... then ejectUnderstaked for zero-stake members (needs refresh_stakes)
 

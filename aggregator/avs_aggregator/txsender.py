@@ -6,8 +6,14 @@
   re-sent with fees raised by ``bump_percent`` and the fee cap at least the market's (at most
   ``max_bumps`` times); a receipt of *any* of the sent versions ends the wait. A version the node
   refuses because its fee cap is below the base fee (underpriced) is re-priced at once. A nonce
-  given up unmined is still in the mempool: the next send takes that nonce over (fees above its
-  last version), so the given-up call cannot be mined later beside its re-send on another nonce.
+  given up unmined is still in the mempool: the next send takes that nonce over (fees a minimal
+  replacement step above its last version), so the given-up call cannot be mined later beside its
+  re-send on another nonce. So does a fresh sender (a restart, a new leader) with transactions of
+  its key pending that it did not send: it starts at the lowest unmined nonce instead of queueing
+  behind one that may never be mined.
+- **A fee ceiling**: no version's fee cap (or tip) goes above ``max_fee_per_gas``, however many
+  bumps and give-ups: when nothing mines for a while, fees would otherwise compound without bound
+  and be paid in full once the chain moves.
 - **A fence** (``_check_may_broadcast``, a subclass's): asked before every broadcast, fee bumps
   included, under the lock, so a send waiting for the lock or bumping fees stops once its
   aggregator is demoted.
@@ -77,6 +83,10 @@ class SenderSettings:
     max_reorg_resends: int = 3
     max_retries: int = 3
     poll_seconds: float = 0.25
+    max_fee_per_gas: int = 1_000 * 10**9  # wei (1,000 gwei): the most any version offers
+
+
+REPLACEMENT_PERCENT = 12  # what a replacement of a pending transaction needs at least (10% on geth/anvil)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +133,12 @@ class TransactionSender:
 
     def _nonce(self) -> int:
         pending = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")))
+        if self._next_nonce is None and self._given_up is None:
+            mined = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest")))
+            if mined < pending:  # pending transactions this sender did not send (an earlier process's)
+                logger.warning("taking over a pending transaction of this key", extra={"nonce": mined})
+                return mined
+            return pending
         if self._given_up is not None:
             given_up = int(self._given_up["nonce"])
             mined = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest")))
@@ -139,7 +155,7 @@ class TransactionSender:
         """``tx`` with fees above the given-up version of its nonce, so that it replaces it."""
         if self._given_up is None or int(self._given_up["nonce"]) != int(tx["nonce"]):
             return tx
-        above = self._bumped(self._given_up)
+        above = self._bumped(self._given_up, REPLACEMENT_PERCENT)
         return {**tx, **{k: max(int(tx.get(k, 0)), int(above[k])) for k in FEE_KEYS if k in above and k in tx}}
 
     def send(self, fn: ContractFunction) -> SentTransaction:
@@ -158,7 +174,8 @@ class TransactionSender:
         self._check_may_broadcast()
         nonce = self._nonce()
         params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
-        tx: dict[str, Any] = self._over_given_up(dict(self._retry(lambda: self.client.build_transaction(fn, params))))
+        built = dict(self._retry(lambda: self.client.build_transaction(fn, params)))
+        tx: dict[str, Any] = self._capped(self._over_given_up(built))
         sent: list[bytes] = []
         raw = b""
         receipt = None
@@ -206,11 +223,17 @@ class TransactionSender:
             bytes(receipt["transactionHash"]), int(receipt["blockNumber"]), int(receipt["gasUsed"]), len(sent) - 1
         )
 
-    def _bumped(self, tx: dict[str, Any]) -> dict[str, Any]:
-        """Every fee raised by ``bump_percent`` (a replacement needs >= 10% more), and the fee cap at
-        least what a fresh transaction would get now (twice the latest base fee plus the tip): after
-        a base-fee jump, fixed-percent bumps alone could stay below it for many rounds."""
-        factor = 100 + self.settings.bump_percent
+    def _capped(self, tx: dict[str, Any]) -> dict[str, Any]:
+        """``tx`` with no fee above ``max_fee_per_gas``."""
+        ceiling = self.settings.max_fee_per_gas
+        return {**tx, **{key: min(int(tx[key]), ceiling) for key in FEE_KEYS if key in tx}}
+
+    def _bumped(self, tx: dict[str, Any], percent: int | None = None) -> dict[str, Any]:
+        """Every fee raised by ``percent`` (default ``bump_percent``; a replacement needs >= 10% more),
+        and the fee cap at least what a fresh transaction would get now (twice the latest base fee
+        plus the tip): after a base-fee jump, fixed-percent bumps alone could stay below it for many
+        rounds. Never above ``max_fee_per_gas`` (the node then keeps the earlier version)."""
+        factor = 100 + (self.settings.bump_percent if percent is None else percent)
         bumped = dict(tx)
         for key in FEE_KEYS:
             if key in bumped:
@@ -219,7 +242,7 @@ class TransactionSender:
             base_fee = int(self._retry(lambda: self.w3.eth.get_block("latest")).get("baseFeePerGas", 0))
             market = 2 * base_fee + int(bumped.get("maxPriorityFeePerGas", 0))
             bumped["maxFeePerGas"] = max(int(bumped["maxFeePerGas"]), market)
-        return bumped
+        return self._capped(bumped)
 
     def _broadcast(self, raw: bytes) -> bytes:
         try:

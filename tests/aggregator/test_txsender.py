@@ -220,3 +220,29 @@ def test_a_transaction_a_reorg_moved_to_another_block_is_confirmed_there() -> No
     node.get_transaction_receipt = moved  # type: ignore[method-assign]
     sent = sender.send(cast(Any, None))
     assert sent.block_number == 12 and [nonce for nonce, _ in node.broadcasts] == [7, 7]
+
+
+def test_a_fresh_sender_takes_over_a_pending_transaction_it_did_not_send() -> None:
+    """An earlier process (or a demoted leader) left nonce 7 pending, its fee cap now below the base
+    fee: a restarted sender queueing on nonce 8 behind it would never be mined."""
+    client = ScriptedClient()
+    client.node.pending = {7}  # in the mempool, never to be mined at its price
+    sent = make_sender(client).send(cast(Any, None))
+    assert client.node.broadcasts == [(7, 2 * 10**9)] and sent.bumps == 0
+    assert client.node.mined_nonce == 8
+
+
+def test_fees_never_go_above_the_ceiling_however_many_bumps_and_give_ups() -> None:
+    """Nothing mines for a while: each give-up's takeover and every bump would compound the fees
+    (x3.8 per send by default), to be paid in full once the chain moves."""
+    client = ScriptedClient()
+    client.node.mine = False
+    ceiling = 5 * 10**9
+    settings = SenderSettings(receipt_timeout=0, max_bumps=5, poll_seconds=0, max_fee_per_gas=ceiling)
+    sender = make_sender(client, settings)
+    for _ in range(4):
+        with pytest.raises(TransactionFailedError, match="not mined"):
+            sender.send(cast(Any, None))
+    fees = [fee for _, fee in client.node.broadcasts]
+    assert max(fees) == ceiling and all(fee <= ceiling for fee in fees)
+    assert {nonce for nonce, _ in client.node.broadcasts} == {7}  # every send took the stuck nonce over

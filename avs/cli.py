@@ -24,6 +24,7 @@ from avs.config import RPC_URL_ENV, default_rpc_url
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.errors import AvsError, InvalidInputError, KeystoreError
+from avs.logs import redact_urls
 
 if TYPE_CHECKING:
     from avs.chain.deployment import Deployment
@@ -447,7 +448,7 @@ def _open_buyer(args: argparse.Namespace, deployment: Deployment, secret: bytes)
 
     w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
     if w3.eth.chain_id != deployment.chain_id:
-        raise InvalidInputError(f"{args.rpc_url} is not chain {deployment.chain_id} of {args.deployment}")
+        raise InvalidInputError(f"{redact_urls(args.rpc_url)} is not chain {deployment.chain_id} of {args.deployment}")
     return InsuranceBuyer(w3, deployment, Account.from_key(secret))
 
 
@@ -556,7 +557,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from web3 import Web3
 
         from avs.chain.abi import load_abi
-        from avs.logs import redact_urls
 
         w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
         if w3.eth.chain_id != deployment.chain_id:
@@ -710,15 +710,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(prog: str, args: argparse.Namespace) -> int:
+    """``args.func(args)``; a refusal, or a failure of the chain or its RPC (a node unreachable, a
+    revert web3 could not decode, funds short), is one line with exit status 2, never a traceback,
+    with URL paths cut from it (providers put API keys there)."""
+    from requests import RequestException
+    from web3.exceptions import Web3Exception
+
     try:
         return int(args.func(args))
     except AvsError as exc:
-        print(f"avs: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {redact_urls(str(exc))}", file=sys.stderr)
+    except (Web3Exception, RequestException, OSError) as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("avs", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from avs.chain.insurance import Web3CoverageReader
 from avs.config import split_host_port
 from avs.errors import InvalidInputError
 from avs.httpserver import BoundedHTTPServer, start_metrics_server
+from avs.logs import redact_urls
 from avs.messages import Domain
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
 from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
@@ -246,7 +247,7 @@ class AggregatorApp:
 
         w3 = Web3(Web3.HTTPProvider(config.chain.rpc_url, request_kwargs={"timeout": 30}))
         if w3.eth.chain_id != deployment.chain_id:
-            raise InvalidInputError(f"{config.chain.rpc_url} is not chain {deployment.chain_id}")
+            raise InvalidInputError(f"{redact_urls(config.chain.rpc_url)} is not chain {deployment.chain_id}")
         client = Web3AvsClient(w3, deployment, account)
         domain = Domain(deployment.chain_id, deployment.task_manager)
         self.store = Store(config.database_url)

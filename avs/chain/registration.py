@@ -89,6 +89,7 @@ def register_operator(
     if allocate_wad is not None and not 0 < allocate_wad <= 10**18:
         raise InvalidInputError("allocate_wad must be in (0, 1e18]")
     sets = _check_quorums(quorums)
+    _check_bls_key(client, account.address, key_pair.operator_id)
     _check_replacements(client, sets, replace or {})
     allocation, delegation = _contracts(client)
     registry = client.deployment.operator_registry
@@ -108,6 +109,23 @@ def register_operator(
         client.transact(allocation.functions.registerForOperatorSets(account.address, (registry, sets, data)), account)
     )
     return sent
+
+
+def _check_bls_key(client: Web3AvsClient, address: str, operator_id: bytes) -> None:
+    """Before any transaction: the registry keeps an operator's first BLS key for good, and a key
+    belongs to one operator. Registering again with another key would succeed with the old one still
+    on chain (the daemon, signing with the new one, would never find itself); a key another operator
+    holds would be refused only at the last transaction, after the EigenLayer ones."""
+    registry = client.registry.functions
+    registered = bytes(registry.getOperatorId(address).call())
+    if registered != bytes(32) and registered != bytes(operator_id):
+        raise InvalidInputError(
+            f"{address} is registered with the BLS key of operator id 0x{registered.hex()}, not this key's"
+            f" 0x{bytes(operator_id).hex()}: the registry keeps an operator's first key; use that keystore"
+        )
+    holder = str(registry.getOperatorFromId(operator_id).call())
+    if int(holder, 16) != 0 and holder.lower() != address.lower():
+        raise InvalidInputError(f"this BLS key is registered to another operator, {holder}")
 
 
 def _check_replacements(client: Web3AvsClient, sets: list[int], replace: Mapping[int, str]) -> None:

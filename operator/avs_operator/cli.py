@@ -35,8 +35,9 @@ from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.cli import main as avs_main
+from avs.cli import run_command
 from avs.crypto.bls import KeyPair
-from avs.errors import AvsError, InvalidInputError
+from avs.errors import InvalidInputError
 from avs.logs import configure_json_logging
 from avs_operator.config import ConfigError, GrpcConfig, OperatorConfig, load_config, load_secrets
 from avs_operator.slashing_protection import SlashingProtection, has_history
@@ -271,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     deregister.set_defaults(func=cmd_deregister)
     status = commands.add_parser("status", help="registration, stake per quorum and health")
     status.add_argument("--config", type=Path, required=True)
-    status.add_argument("--address", help="another operator's address (default: this operator's ECDSA key)")
+    status.add_argument(
+        "--address", type=parse_address, help="another operator's address (default: this operator's ECDSA key)"
+    )
     status.set_defaults(func=cmd_status)
 
     commands.add_parser("keys", help="key commands (same as `avs keys`)", add_help=False)
@@ -279,16 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_address(text: str) -> str:
+    if not is_address(text):
+        raise argparse.ArgumentTypeError(f"{text[:64]!r} is not a 0x address")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in {"keys", "version"}:
         return avs_main(args_list)
-    args = build_parser().parse_args(args_list)
-    try:
-        return int(args.func(args))
-    except AvsError as exc:
-        print(f"avs-operator: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("avs-operator", build_parser().parse_args(args_list))
 
 
 if __name__ == "__main__":

@@ -266,3 +266,55 @@ def test_the_daemon_reports_its_registered_stake(
         assert expected in text
     finally:
         app.stop(1)
+
+
+def test_chain_failures_and_bad_addresses_are_one_line_without_the_rpc_secret(tmp_path: Path) -> None:
+    """An unreachable node (or a revert web3 could not decode) was a traceback holding the RPC URL,
+    whose path is where providers put API keys; a malformed --address was one too."""
+    deployment: dict[str, object] = {"chain_id": 31337, "start_block": 0}
+    deployment |= {key: "0x" + "11" * 20 for key in ("deployer", "aggregator", "allocation_manager")}
+    deployment |= {key: "0x" + "22" * 20 for key in ("delegation_manager", "strategy", "stake_token")}
+    deployment |= {key: "0x" + "33" * 20 for key in ("operator_registry", "model_registry", "task_manager")}
+    (tmp_path / "deployment.json").write_text(json.dumps(deployment))
+    config = {
+        "chain": {
+            "chain_id": 31337,
+            "task_manager": "0x" + "33" * 20,
+            "rpc_url": "http://127.0.0.1:1/v3/SECRETKEY",
+            "deployment_file": "deployment.json",
+        },
+        "keys": {"bls_keystore": "op.bls.key.json"},
+        "models": [{"name": "tiny", "path": "model"}],
+        "auth": {"authorised_aggregators": ["0x70997970C51812dc3A010C7d01b50e0d17dc79C8"]},
+    }
+    (tmp_path / "operator.yaml").write_text(yaml.safe_dump(config))
+    cfg = str(tmp_path / "operator.yaml")
+    address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    down = run_cli("status", "--config", cfg, "--address", address, env={})
+    assert down.returncode == 2 and down.stderr.startswith("avs-operator: error:"), down.stderr
+    assert "Traceback" not in down.stderr and "SECRETKEY" not in down.stderr and "ConnectionError" in down.stderr
+    for bad in ("0x1234", "not-an-address"):
+        refused = run_cli("status", "--config", cfg, "--address", bad, env={})
+        assert refused.returncode == 2 and "is not a 0x address" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+def test_a_changed_or_borrowed_bls_key_is_refused_before_any_transaction(
+    anvil: str,  # noqa: F811
+    deployment: Deployment,
+) -> None:
+    """The registry keeps an operator's first key (a second registration with another key succeeded,
+    the daemon then signing with a key the chain does not know), and a key belongs to one operator
+    (refused only at the last transaction, after registerAsOperator and modifyAllocations)."""
+    from avs.chain.registration import register_operator
+
+    w3 = Web3(Web3.HTTPProvider(anvil))
+    first, second = _staked_operator(w3, deployment), _staked_operator(w3, deployment)
+    first.register([0], 10**18)
+    other_key = bls.compute_key_pair(bls.generate_secret_key())
+    nonces = [w3.eth.get_transaction_count(o.address) for o in (first, second)]
+    with pytest.raises(InvalidInputError, match="registry keeps an operator's first key"):
+        register_operator(first.client, first.account, other_key, "op:1", [1], 10**18)
+    with pytest.raises(InvalidInputError, match="registered to another operator"):
+        register_operator(second.client, second.account, first.keys, "op:1", [0], 10**18)
+    assert [w3.eth.get_transaction_count(o.address) for o in (first, second)] == nonces

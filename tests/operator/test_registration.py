@@ -312,9 +312,9 @@ def test_a_changed_or_borrowed_bls_key_is_refused_before_any_transaction(
     first, second = _staked_operator(w3, deployment), _staked_operator(w3, deployment)
     first.register([0], 10**18)
     other_key = bls.compute_key_pair(bls.generate_secret_key())
-    nonces = [w3.eth.get_transaction_count(o.address) for o in (first, second)]
+    nonces = [w3.eth.get_transaction_count(o.account.address) for o in (first, second)]
     with pytest.raises(InvalidInputError, match="registry keeps an operator's first key"):
         register_operator(first.client, first.account, other_key, "op:1", [1], 10**18)
     with pytest.raises(InvalidInputError, match="registered to another operator"):
         register_operator(second.client, second.account, first.keys, "op:1", [0], 10**18)
-    assert [w3.eth.get_transaction_count(o.address) for o in (first, second)] == nonces
+    assert [w3.eth.get_transaction_count(o.account.address) for o in (first, second)] == nonces

@@ -192,7 +192,9 @@ class TransactionSender:
                 sent.append(self._broadcast(raw))
             except _NonceTooLow:
                 # One of this send's versions was mined (take its receipt), or another transaction was.
-                receipt = self._wait_for_any(sent, self.settings.poll_seconds) if sent else None
+                # A receipt can lag the node that refused the nonce (a load-balanced provider): it is
+                # waited for as long as any receipt, or the same call would be sent again on a new nonce.
+                receipt = self._wait_for_any(sent, self.settings.receipt_timeout) if sent else None
                 if receipt is not None:
                     break
                 raise _NonceTaken({"nonce": nonce}) from None

@@ -246,3 +246,40 @@ def test_fees_never_go_above_the_ceiling_however_many_bumps_and_give_ups() -> No
     fees = [fee for _, fee in client.node.broadcasts]
     assert max(fees) == ceiling and all(fee <= ceiling for fee in fees)
     assert {nonce for nonce, _ in client.node.broadcasts} == {7}  # every send took the stuck nonce over
+
+
+def test_a_version_mined_while_its_receipt_lags_is_not_sent_again_on_another_nonce() -> None:
+    """ "Nonce too low" to a fee bump, and the receipts come from a backend a few reads behind: the
+    send waits for its versions' receipts, instead of taking the nonce for someone else's and
+    executing the same call a second time on the next one."""
+    client = ScriptedClient()
+    node = client.node
+    node.mine = False
+    ticks = iter(range(10**6))
+    settings = SenderSettings(receipt_timeout=5, max_bumps=2, poll_seconds=0)
+    sender = TransactionSender(
+        cast(Web3AvsClient, client), ACCOUNT, settings, sleep=lambda _: None, clock=lambda: next(ticks)
+    )
+    original_send, original_receipt = node.send_raw_transaction, node.get_transaction_receipt
+    hashes: list[bytes] = []
+    lagging = {"reads": 0}
+
+    def first_version_mined_before_the_bump(raw: bytes) -> bytes:
+        if hashes and hashes[0] not in node.receipts:
+            receipt = {"transactionHash": hashes[0], "blockNumber": 11, "blockHash": b"A" * 32, "status": 1}
+            node.receipts[hashes[0]] = {**receipt, "gasUsed": 21_000}
+            node.mined_nonce, node.pending = 8, set()
+        hashes.append(original_send(raw))
+        return hashes[-1]
+
+    def lagging_receipt(tx_hash: bytes) -> dict[str, Any]:
+        if bytes(tx_hash) in node.receipts and lagging["reads"] < 3:
+            lagging["reads"] += 1
+            raise TransactionNotFound("not on this backend yet")
+        return original_receipt(tx_hash)
+
+    node.send_raw_transaction = first_version_mined_before_the_bump  # type: ignore[method-assign]
+    node.get_transaction_receipt = lagging_receipt  # type: ignore[method-assign]
+    sent = sender.send(cast(Any, None))
+    assert sent.tx_hash == hashes[0]
+    assert [nonce for nonce, _ in node.broadcasts] == [7, 7]  # never on nonce 8

@@ -219,6 +219,9 @@ class TransactionSender:
         except _FeeCapTooLow as exc:  # dropped by a reorg, and its fee cap is now below the base fee
             self._next_nonce = None  # the nonce is free again: the next send takes it
             raise TransactionFailedError(f"dropped by a reorg and refused again: {exc}") from exc
+        except TransactionFailedError:  # dropped by a reorg, re-broadcast and not mined again (yet)
+            self._next_nonce, self._given_up = None, tx  # the next send takes the nonce over
+            raise
         if int(receipt["status"]) != 1:
             raise TransactionFailedError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} failed")
         return SentTransaction(

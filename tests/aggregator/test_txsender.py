@@ -283,3 +283,28 @@ def test_a_version_mined_while_its_receipt_lags_is_not_sent_again_on_another_non
     sent = sender.send(cast(Any, None))
     assert sent.tx_hash == hashes[0]
     assert [nonce for nonce, _ in node.broadcasts] == [7, 7]  # never on nonce 8
+
+
+def test_a_reorged_transaction_not_mined_again_is_taken_over_by_the_next_send() -> None:
+    """Re-broadcast after a reorg and still in the mempool when the send gives up: a next send on the
+    following nonce would queue behind it, and the given-up call could be mined beside its retry."""
+    client = ScriptedClient()
+    node = client.node
+    sender = make_sender(client, SenderSettings(confirmations=2, poll_seconds=0, receipt_timeout=0, max_bumps=1))
+    reads = {"count": 0}
+    original = node.get_transaction_receipt
+
+    def reorged(tx_hash: bytes) -> dict[str, Any]:
+        reads["count"] += 1
+        if reads["count"] == 2:  # the confirmation's re-read: the block is gone, the re-broadcast stays pending
+            node.receipts.clear()
+            node.mined_nonce, node.mine = 7, False
+            raise TransactionNotFound("reorged")
+        return original(tx_hash)
+
+    node.get_transaction_receipt = reorged  # type: ignore[method-assign]
+    with pytest.raises(TransactionFailedError, match="not mined again"):
+        sender.send(cast(Any, None))
+    node.get_transaction_receipt, node.mine = original, True  # type: ignore[method-assign]
+    sender.send(cast(Any, None))
+    assert node.broadcasts[-1][0] == 7 and node.mined_nonce == 8

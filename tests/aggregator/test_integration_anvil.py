@@ -455,6 +455,13 @@ def _rpc(devnet: Devnet, method: str, *params: object) -> object:
     return devnet.anvil.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
 
 
+def _pending_fees(devnet: Devnet) -> list[int]:
+    """maxFeePerGas of the aggregator account's transactions in anvil's pool."""
+    pending = _rpc(devnet, "txpool_content")["result"]["pending"]  # type: ignore[index]
+    mine = next((txs for sender, txs in pending.items() if sender.lower() == AGGREGATOR.address.lower()), {})
+    return [int(tx["maxFeePerGas"], 16) for tx in mine.values()]
+
+
 def _mint_fn(devnet: Devnet, to: str) -> ContractFunction:
     token = devnet.anvil.w3.eth.contract(
         address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken")
@@ -470,9 +477,13 @@ def test_sender_bumps_fees_of_a_stuck_transaction(devnet: Devnet, caplog: pytest
         thread = threading.Thread(target=lambda: result.append(sender.send(_mint_fn(devnet, REQUESTER))))
         thread.start()
         deadline = time.monotonic() + 30  # nothing is mined meanwhile: the sender re-sends with higher fees
-        while "bumping fees" not in caplog.text:
+        first_fee = None
+        # Mined only once the bumped version is in the pool (the log line comes before its broadcast).
+        while first_fee is None or max(_pending_fees(devnet), default=0) <= first_fee:
             assert thread.is_alive() and time.monotonic() < deadline, "the sender never bumped its fees"
+            first_fee = first_fee or max(_pending_fees(devnet), default=None)
             time.sleep(0.05)
+        assert "bumping fees" in caplog.text
         _rpc(devnet, "evm_mine")
         thread.join(10)
     finally:

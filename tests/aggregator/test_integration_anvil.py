@@ -458,8 +458,10 @@ def _rpc(devnet: Devnet, method: str, *params: object) -> object:
 def _pending_fees(devnet: Devnet) -> list[int]:
     """maxFeePerGas of the aggregator account's transactions in anvil's pool."""
     pending = _rpc(devnet, "txpool_content")["result"]["pending"]  # type: ignore[index]
-    mine = next((txs for sender, txs in pending.items() if sender.lower() == AGGREGATOR.address.lower()), {})
-    return [int(tx["maxFeePerGas"], 16) for tx in mine.values()]
+    ours: dict[str, dict[str, str]] = next(
+        (txs for sender, txs in pending.items() if sender.lower() == AGGREGATOR.address.lower()), {}
+    )
+    return [int(tx["maxFeePerGas"], 16) for tx in ours.values()]
 
 
 def _mint_fn(devnet: Devnet, to: str) -> ContractFunction:

@@ -309,7 +309,8 @@ def test_the_values_are_the_chain_and_the_traffic(devnet: Monitored) -> None:
     assert value('sum(avs_aggregator_operator_calls_total{call="generate", outcome="ok"})') == 2
     operators_answering = next(p for p in DASHBOARDS["aggregator"].panels if p.title == "Operators answering (5m)")
     _wait("the second request's calls in rate()", lambda: value(operators_answering.queries[0].expr) == 1)
-    assert value('avs_signing_refusals_total{kind="batch"}') == 1
+    # The series exists from the operator's start (at 0): the scrape after the refusal is waited for.
+    _wait("the refused SignBatch scraped", lambda: value('avs_signing_refusals_total{kind="batch"}') == 1)
     assert value('eigen_performance_score{operator="op-1"}') == 100
 
 

@@ -133,20 +133,16 @@ class TransactionSender:
 
     def _nonce(self) -> int:
         pending = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")))
-        if self._next_nonce is None and self._given_up is None:
-            mined = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest")))
-            if mined < pending:  # pending transactions this sender did not send (an earlier process's)
-                logger.warning("taking over a pending transaction of this key", extra={"nonce": mined})
-                return mined
-            return pending
-        if self._given_up is not None:
-            given_up = int(self._given_up["nonce"])
-            mined = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest")))
-            if mined <= given_up:
-                # Still unmined: take it over (or fill a gap below it, which the pending count names).
-                return min(pending, given_up)
-            self._given_up = None
-        return pending if self._next_nonce is None else max(pending, self._next_nonce)
+        if self._next_nonce is not None:  # the last send was mined (``_given_up`` is None then)
+            return max(pending, self._next_nonce)
+        mined = int(self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest")))
+        if self._given_up is not None and mined <= int(self._given_up["nonce"]):
+            # Still unmined: take it over (or fill a gap below it, which the pending count names).
+            return min(pending, int(self._given_up["nonce"]))
+        self._given_up = None
+        if mined < pending:  # pending transactions this sender did not send (an earlier process's)
+            logger.warning("taking over a pending transaction of this key", extra={"nonce": mined})
+        return mined
 
     def _check_may_broadcast(self) -> None:
         """Raise to stop before a broadcast (``LeaderOnlySender``: the lease is gone)."""

@@ -107,7 +107,19 @@ def test_a_nonce_given_up_unmined_is_taken_over_by_the_next_send() -> None:
     assert client.node.broadcasts[-1][0] == 8  # mined: back to the next nonce
 
 
-def test_a_reorged_transaction_refused_for_its_fee_cap_leaves_no_nonce_gap() -> None:
+@pytest.mark.parametrize(
+    ("after_the_reorg", "failure"),
+    [
+        # re-broadcast refused: its fee cap is now below the base fee
+        ({"refuse": "max fee per gas less than block base fee"}, "refused again"),
+        # re-broadcast and still in the mempool when the send gives up: a next send on the following
+        # nonce would queue behind it, and the given-up call could be mined beside its retry
+        ({"mine": False}, "not mined again"),
+    ],
+)
+def test_a_reorged_transaction_not_mined_again_leaves_its_nonce_to_the_next_send(
+    after_the_reorg: dict[str, Any], failure: str
+) -> None:
     client = ScriptedClient()
     node = client.node
     sender = make_sender(client, SenderSettings(confirmations=2, poll_seconds=0, receipt_timeout=0, max_bumps=1))
@@ -116,16 +128,18 @@ def test_a_reorged_transaction_refused_for_its_fee_cap_leaves_no_nonce_gap() -> 
 
     def reorged(tx_hash: bytes) -> dict[str, Any]:
         reads["count"] += 1
-        if reads["count"] == 2:  # the confirmation's re-read: the block is gone, the fee cap now too low
+        if reads["count"] == 2:  # the confirmation's re-read: the block is gone
             node.receipts.clear()
-            node.mined_nonce, node.refuse = 7, "max fee per gas less than block base fee"
+            node.mined_nonce = 7
+            for name, value in after_the_reorg.items():
+                setattr(node, name, value)
             raise TransactionNotFound("reorged")
         return original(tx_hash)
 
     node.get_transaction_receipt = reorged  # type: ignore[method-assign]
-    with pytest.raises(TransactionFailedError, match="refused again"):
+    with pytest.raises(TransactionFailedError, match=failure):
         sender.send(cast(Any, None))
-    node.get_transaction_receipt, node.refuse = original, None  # type: ignore[method-assign]
+    node.get_transaction_receipt, node.refuse, node.mine = original, None, True  # type: ignore[method-assign]
     sender.send(cast(Any, None))
     assert node.broadcasts[-1][0] == 7 and node.mined_nonce == 8
 
@@ -283,28 +297,3 @@ def test_a_version_mined_while_its_receipt_lags_is_not_sent_again_on_another_non
     sent = sender.send(cast(Any, None))
     assert sent.tx_hash == hashes[0]
     assert [nonce for nonce, _ in node.broadcasts] == [7, 7]  # never on nonce 8
-
-
-def test_a_reorged_transaction_not_mined_again_is_taken_over_by_the_next_send() -> None:
-    """Re-broadcast after a reorg and still in the mempool when the send gives up: a next send on the
-    following nonce would queue behind it, and the given-up call could be mined beside its retry."""
-    client = ScriptedClient()
-    node = client.node
-    sender = make_sender(client, SenderSettings(confirmations=2, poll_seconds=0, receipt_timeout=0, max_bumps=1))
-    reads = {"count": 0}
-    original = node.get_transaction_receipt
-
-    def reorged(tx_hash: bytes) -> dict[str, Any]:
-        reads["count"] += 1
-        if reads["count"] == 2:  # the confirmation's re-read: the block is gone, the re-broadcast stays pending
-            node.receipts.clear()
-            node.mined_nonce, node.mine = 7, False
-            raise TransactionNotFound("reorged")
-        return original(tx_hash)
-
-    node.get_transaction_receipt = reorged  # type: ignore[method-assign]
-    with pytest.raises(TransactionFailedError, match="not mined again"):
-        sender.send(cast(Any, None))
-    node.get_transaction_receipt, node.mine = original, True  # type: ignore[method-assign]
-    sender.send(cast(Any, None))
-    assert node.broadcasts[-1][0] == 7 and node.mined_nonce == 8

@@ -411,9 +411,9 @@ class Challenger:
                 logger.warning("a REJECT the escalation quorum overrules; not challenged", extra={"shares": shares})
                 detail = f"minority REJECT overruled ({shares})"
                 return Finding(index, request_hash, output_hash, Verdict.ACCEPT, detail)
-        return self._send_challenge(batch, certificate, verdict)
+        return self._send_challenge(batch, certificate)
 
-    def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate, verdict: Verdict) -> Finding | None:
+    def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate) -> Finding | None:
         """Mark the leaf "to challenge", then send ``FaultManager.challenge`` (``_attempt_challenge``).
         The mark comes first: a challenge mined after a receipt timeout or a crash is adopted."""
         sent = SentChallengeRow(
@@ -424,9 +424,9 @@ class Challenger:
             sent_block=self.feed.get_block_number(),
         )
         self.store.mark_challenge_sent(sent)
-        return self._attempt_challenge(sent, verdict)
+        return self._attempt_challenge(sent)
 
-    def _attempt_challenge(self, sent: SentChallengeRow, verdict: Verdict = Verdict.REJECT) -> Finding | None:
+    def _attempt_challenge(self, sent: SentChallengeRow) -> Finding | None:
         """Send the marked leaf's challenge. Its finding once the chain opened the challenge or refused
         it for good; None while the mark stays, to be looked up and sent again at the next poll."""
         assert self.escalator is not None
@@ -442,13 +442,13 @@ class Challenger:
             if exc.name in FINAL_CHALLENGE_REVERTS:
                 self.store.unmark_challenge_sent(*_leaf_key(sent))
                 logger.warning("challenge refused", extra={**extra, "error": str(exc)})
-                return Finding(index, *leaf, verdict, f"challenge refused: {exc}")
+                return Finding(index, *leaf, Verdict.REJECT, f"challenge refused: {exc}")
             if exc.name == "LeafAlreadyChallenged":
                 # Someone's mined challenge, or ours still in the mempool: the id in a revert estimated
                 # on the pending state is only a guess, so it is read from the mined state, now or later.
                 challenge_id = self._lookup_sent_quietly(sent)
                 if challenge_id is not None:
-                    return Finding(index, *leaf, verdict, "already challenged", None, challenge_id)
+                    return Finding(index, *leaf, Verdict.REJECT, "already challenged", None, challenge_id)
             logger.warning(
                 "challenge not opened; sending it again at the next poll", extra={**extra, "error": str(exc)}
             )
@@ -461,7 +461,7 @@ class Challenger:
         self._adopt(opened.challenge_id, certificate, opened.opened_block, opened.tx_hash)
         self.store.unmark_challenge_sent(*_leaf_key(sent))
         logger.warning("leaf escalated", extra={**extra, "challenge_id": opened.challenge_id})
-        return Finding(index, *leaf, verdict, "challenged", opened.tx_hash, opened.challenge_id)
+        return Finding(index, *leaf, Verdict.REJECT, "challenged", opened.tx_hash, opened.challenge_id)
 
     def advance_sent_challenges(self) -> list[Finding]:
         """Each leaf marked "to challenge": adopt its challenge once the chain shows it, else send the
@@ -472,8 +472,9 @@ class Challenger:
                 challenge_id = self._lookup_sent_quietly(sent)
                 if challenge_id is not None:
                     detail = "challenged (adopted from the chain)"
+                    leaf = (sent.request_hash, sent.output_hash)
                     finding: Finding | None = Finding(
-                        sent.batch_index, *_leaf_key(sent)[1:], Verdict.REJECT, detail, None, challenge_id
+                        sent.batch_index, *leaf, Verdict.REJECT, detail, None, challenge_id
                     )
                 else:
                     finding = self._attempt_challenge(sent)

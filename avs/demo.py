@@ -159,8 +159,8 @@ def find_nonce_for_primary(
     aggregator's reference block is the latest but one when it picks: ``blocks_before_submit`` says
     how many blocks will be mined before the request is submitted (at most 1: that block's
     reference must already exist)."""
+    from avs.prompts import PromptEncoder
     from avs_aggregator.chain import Web3OperatorSetReader
-    from avs_aggregator.prompts import PromptEncoder
     from avs_aggregator.protocol import select_primary
 
     assert devnet.anvil is not None and 0 <= blocks_before_submit <= 1

@@ -166,7 +166,7 @@ class StaticNetwork:
 
 
 def make_envelopes(model_dir: Path, model_id: bytes, count: int, salt: int) -> list[RequestEnvelope]:
-    from avs_aggregator.prompts import PromptEncoder
+    from avs.prompts import PromptEncoder
 
     encoder = PromptEncoder(model_dir)
     envelopes = []

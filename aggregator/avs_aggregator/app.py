@@ -47,6 +47,7 @@ from avs.errors import InvalidInputError
 from avs.httpserver import BoundedHTTPServer, start_metrics_server
 from avs.logs import redact_urls
 from avs.messages import Domain
+from avs.prompts import PromptEncoder
 from avs_aggregator.chain import Web3ChainWriter, Web3OperatorSetReader, Web3RejectionReporter
 from avs_aggregator.config import AggregatorConfig, AggregatorSecrets
 from avs_aggregator.keeper import StakeKeeper
@@ -54,7 +55,6 @@ from avs_aggregator.leader import LeaderElector, LeaderLease, NotLeaderError
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.operators import GrpcOperatorCaller
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
-from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.server import SERVICE_NAME, AggregatorServicer, IntakeLimits, ServedModel, build_server
 from avs_aggregator.store import RequestState, Store
 from avs_aggregator.txsender import SenderSettings, SentTransaction, TransactionSender

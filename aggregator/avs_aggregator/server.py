@@ -39,6 +39,7 @@ from avs.errors import (
 from avs.inference.params import SamplingParams, compute_prompt_hash, parse_chat_messages
 from avs.merkle import compute_merkle_tree
 from avs.messages import compute_request_hash, compute_stop_sequences_hash, is_same_address
+from avs.prompts import PromptEncoder
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
@@ -47,7 +48,6 @@ from avs.rpc.health import BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.status import ErrorToStatusInterceptor
 from avs_aggregator.pipeline import Pipeline, g1_from_json, g2_from_json
-from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.protocol import compute_signatory_record_hash
 from avs_aggregator.store import FINAL_REQUEST_STATES, RequestRow, RequestState, load_hex_list
 
@@ -306,8 +306,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         model = self._models.get(bytes(op.InferenceRequest.FromString(row.envelope).model_id))
         if model is None or model.encoder is None:
             return None
-        tokenizer = model.encoder.tokenizer
-        return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+        return model.encoder.decode
 
     def GetStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> ag.RequestStatus:
         row = self._row(request)

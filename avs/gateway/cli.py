@@ -1,6 +1,7 @@
 """``avs-gateway``: the OpenAI-compatible HTTP gateway in front of an aggregator.
 
-    avs-gateway --aggregator 127.0.0.1:50060 --listen 127.0.0.1:8080 --requester 0xYourAddress
+    avs-gateway --aggregator 127.0.0.1:50060 --listen 127.0.0.1:8080 --requester 0xYourAddress \
+        --model-dir models/smollm2-135m --deployment deployment.json
 
 Every flag also reads from ``AVS_GATEWAY_<NAME>`` (flags win); API keys only from
 ``AVS_GATEWAY_API_KEYS`` (comma-separated). Logs are JSON on stderr; one ``{"event": "ready", ...}``
@@ -17,14 +18,18 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
+from avs.chain.deployment import load_deployment
 from avs.client import AggregatorClient
 from avs.errors import AvsError
-from avs.gateway.config import load_config, parse_host_port
+from avs.gateway.config import GatewayConfig, load_config, parse_host_port
+from avs.gateway.models import load_local_models
 from avs.gateway.server import GatewayServer
-from avs.gateway.service import GatewayService
+from avs.gateway.service import GatewayService, build_certificate_checker
 from avs.logs import configure_json_logging
+from avs.messages import Domain
 
 logger = logging.getLogger("avs.gateway")
 
@@ -36,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregator", help="the aggregator's intake gRPC host:port (default 127.0.0.1:50060)")
     parser.add_argument("--listen", help="HTTP host:port to listen on (default 127.0.0.1:8080; port 0: any)")
     parser.add_argument("--requester", help="0x address put in every request as its requester")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        action="append",
+        dest="model_dirs",
+        help="a prepared model folder (avs_profile.json + tokenizer files) to serve (repeatable; at least one)",
+    )
+    parser.add_argument(
+        "--deployment", type=Path, help="the AVS's deployment JSON: certificates must be for its chain and task manager"
+    )
     parser.add_argument("--quorum", type=int, action="append", dest="quorums", help="quorum number (repeatable)")
     parser.add_argument("--threshold-bps", type=int, help="stake share wanted per quorum (0: the aggregator's)")
     parser.add_argument("--default-max-tokens", type=int, help="max_tokens when a request omits it (128)")
@@ -46,13 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_service(client: AggregatorClient, config: GatewayConfig) -> GatewayService:
+    """The service with its models' tokenizers and a certificate check bound to the deployment, if given."""
+    domain = None
+    if config.deployment is not None:
+        deployment = load_deployment(config.deployment)
+        domain = Domain(deployment.chain_id, deployment.task_manager)
+    checker = build_certificate_checker(domain, config.threshold_bps)
+    return GatewayService(client, config, load_local_models(config.model_dirs), checker)
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(**vars(args))
     configure_json_logging(config.log_level)
     host, port = parse_host_port(config.listen)
     stopped = threading.Event()
     with AggregatorClient(config.aggregator) as client:
-        server = GatewayServer(GatewayService(client, config), host, port, config.get_api_keys(), config.max_body_bytes)
+        server = GatewayServer(build_service(client, config), host, port, config.get_api_keys(), config.max_body_bytes)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             logger.info("stopping", extra={"signal": signal.Signals(signum).name})

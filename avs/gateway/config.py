@@ -6,6 +6,7 @@ a ``SecretStr``); none set means no authentication. Errors name the field.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
@@ -26,6 +27,12 @@ class GatewayConfig(BaseSettings):
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC host:port
     listen: str = "127.0.0.1:8080"  # port 0: a free port
     requester: str  # the 0x address put in every InferenceRequest
+    # Prepared model folders (avs_profile.json + tokenizer files): the models served, their prompt
+    # hashes computed and their certified tokens decoded here (avs.gateway.models).
+    model_dirs: list[Path] = Field(min_length=1)
+    # The AVS's deployment JSON: certificates must be of its chain and task manager. Unset: they are
+    # checked (signature, Merkle proof, stake shares) but could be of another deployment.
+    deployment: Path | None = None
     api_keys: SecretStr | None = None  # comma-separated Bearer keys; unset: no authentication
     quorums: list[int] = Field(default=[])  # empty: the aggregator's default quorums
     threshold_bps: int = Field(default=0, ge=0, le=10_000)  # 0: the aggregator's default

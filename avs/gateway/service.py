@@ -4,6 +4,11 @@
 Non-streamed answers come when the request is certified (or failed). Streamed answers send a
 chunk at every state change, the output once the quorum has accepted it (never the primary's
 unverified output), and a last chunk with the finish reason and the certificate.
+
+Nothing the aggregator says is shown unchecked: the request goes out with the model id and prompt
+hash computed here (``avs.gateway.models``), the text is decoded here from the output token ids,
+and the final certificate must verify (``CertificateChecker``) for the request sent, whose
+tokens ``AggregatorClient.wait`` has checked are the status's.
 """
 
 from __future__ import annotations
@@ -15,17 +20,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from avs.client import FINAL_STATES, RequestStatus
-from avs.errors import InvalidInputError, ModelNotFoundError
+from avs.client import FINAL_STATES, RequestStatus, verify_certificate
+from avs.errors import InvalidInputError, ModelNotFoundError, UntrustedAnswerError
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
 from avs.gateway.errors import SubmittedRequestError
+from avs.gateway.models import TextCodec
 from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
+from avs.inference.params import compute_prompt_hash
+from avs.messages import Domain
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, object]], None]
+# A certificate and the request hash it must be for -> the problems found (none: it verifies).
+CertificateChecker = Callable[[ag.Certificate, bytes], Sequence[str]]
 REQUEST_HASH_HEX_CHARS = 64
 
 
@@ -37,7 +47,8 @@ class Intake(Protocol):
         messages: Sequence[Mapping[str, str]],
         *,
         requester: str,
-        model: str,
+        model_id: bytes,
+        prompt_hash: bytes,
         max_tokens: int,
         temperature_milli: int,
         top_p_micro: int,
@@ -54,10 +65,28 @@ class Intake(Protocol):
     def get_status(self, request_hash: bytes) -> RequestStatus: ...
 
 
+def build_certificate_checker(domain: Domain | None, min_share_bps: int) -> CertificateChecker:
+    """``verify_certificate`` for the request sent, under ``domain`` when the deployment is known."""
+
+    def check(certificate: ag.Certificate, request_hash: bytes) -> Sequence[str]:
+        return verify_certificate(certificate, min_share_bps, domain, request_hash).problems
+
+    return check
+
+
 class GatewayService:
-    def __init__(self, intake: Intake, config: GatewayConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        config: GatewayConfig,
+        models: Mapping[bytes, TextCodec],
+        check_certificate: CertificateChecker,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._intake = intake
         self._config = config
+        self._models = dict(models)
+        self._check_certificate = check_certificate
         self._clock = clock
         self._started = int(clock())
 
@@ -73,21 +102,29 @@ class GatewayService:
             return api.parse_chat_request(body, defaults)
         return api.parse_completion_request(body, defaults)
 
-    def _resolve_model(self, name: str) -> str:
+    def _resolve_model(self, name: str) -> tuple[bytes, TextCodec]:
+        """The model id and local tokenizer of a name (or 0x id) the aggregator serves."""
         models = self._intake.list_models()
-        if name in models:
-            return name
-        for model, model_id in models.items():
-            if name.lower() == "0x" + model_id.hex():
-                return model
-        raise ModelNotFoundError(f"the model '{name}' does not exist here; GET /v1/models lists the served ones")
+        model_id = models.get(name)
+        if model_id is None:
+            model_id = next((mid for mid in models.values() if name.lower() == "0x" + mid.hex()), None)
+        if model_id is None:
+            raise ModelNotFoundError(f"the model '{name}' does not exist here; GET /v1/models lists the served ones")
+        codec = self._models.get(model_id)
+        if codec is None:
+            raise ModelNotFoundError(f"the model '{name}' is not served by this gateway (it has no --model-dir for it)")
+        return model_id, codec
 
-    def _submit(self, job: CompletionJob) -> bytes:
+    def _submit(self, job: CompletionJob) -> _Submitted:
         sampling = job.sampling
+        model_id, codec = self._resolve_model(job.model)
+        messages = [{"role": m.role, "content": m.content} for m in job.messages]
+        prompt_ids = codec.encode_chat(messages)  # bad messages: InvalidInputError, a 400
         request_hash = self._intake.submit(
-            [{"role": m.role, "content": m.content} for m in job.messages],
+            messages,
             requester=self._config.requester,
-            model=self._resolve_model(job.model),
+            model_id=model_id,
+            prompt_hash=compute_prompt_hash(prompt_ids),
             max_tokens=sampling.max_tokens,
             temperature_milli=sampling.temperature_milli,
             top_p_micro=sampling.top_p_micro,
@@ -97,31 +134,46 @@ class GatewayService:
             threshold_bps=self._config.threshold_bps,
         )
         logger.info("submitted", extra={"request_hash": "0x" + request_hash.hex(), "model": job.model})
-        return request_hash
+        return _Submitted(request_hash, codec, len(prompt_ids))
+
+    def _certified(self, sent: _Submitted, status: RequestStatus) -> RequestStatus:
+        """The final status, its text decoded here, once its certificate verifies for the request sent."""
+        problems = self._check_certificate(status.certificate, sent.request_hash)
+        if problems:
+            raise UntrustedAnswerError(f"the certificate does not verify: {'; '.join(problems)}")
+        return sent.localize(status)
 
     def complete(self, job: CompletionJob) -> dict[str, object]:
         """Submit, wait until certified, answer the completion with its certificate."""
-        request_hash = self._submit(job)
-        with _submitted(request_hash):
-            status = self._intake.wait(request_hash, self._config.request_timeout_seconds, None)
-            return api.build_completion(job, status, int(self._clock()))
+        sent = self._submit(job)
+        with _submitted(sent.request_hash):
+            status = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, None)
+            return api.build_completion(job, self._certified(sent, status), int(self._clock()))
 
     def stream(self, job: CompletionJob, emit: Emit) -> None:
         """Submit, then ``emit`` the chunks; errors before the first ``emit`` are the caller's to answer."""
-        request_hash = self._submit(job)
-        with _submitted(request_hash):
+        sent = self._submit(job)
+        with _submitted(sent.request_hash):
             streamer = _Streamer(job, int(self._clock()), emit)
-            streamer.start(request_hash)
-            final = self._intake.wait(request_hash, self._config.request_timeout_seconds, streamer.on_status)
-            streamer.finish(final)
+            streamer.start(sent.request_hash)
+
+            def on_status(status: RequestStatus) -> None:
+                streamer.on_status(sent.localize(status))
+
+            final = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, on_status)
+            streamer.finish(self._certified(sent, final))
 
     # --- reads -------------------------------------------------------------------------
 
+    def _served_models(self) -> dict[str, bytes]:
+        """The aggregator's models this gateway has the tokenizer of."""
+        return {name: mid for name, mid in self._intake.list_models().items() if mid in self._models}
+
     def list_models(self) -> dict[str, object]:
-        return api.build_model_list(self._intake.list_models(), self._started)
+        return api.build_model_list(self._served_models(), self._started)
 
     def get_model(self, name: str) -> dict[str, object]:
-        models = self._intake.list_models()
+        models = self._served_models()
         if name not in models:
             raise ModelNotFoundError(f"the model '{name}' does not exist here")
         return api.build_model(name, models[name], self._started)
@@ -135,7 +187,29 @@ class GatewayService:
         except ValueError as exc:
             raise InvalidInputError("a request hash is 0x and 64 hex digits") from exc
         status = self._intake.get_status(request_hash)
+        codec = self._models.get(bytes(status.certificate.request.model_id))
+        if codec is not None:  # the certificate's text, decoded here (another model's stays the aggregator's)
+            status.certificate.output_text = codec.decode(status.certificate.output_token_ids)
         return {"object": "verification", **api.build_verification(status)}
+
+
+class _Submitted:
+    """A request sent: its hash, its model's tokenizer and its prompt's length, counted here."""
+
+    def __init__(self, request_hash: bytes, codec: TextCodec, prompt_tokens: int) -> None:
+        self.request_hash = request_hash
+        self._codec = codec
+        self._prompt_tokens = prompt_tokens
+
+    def localize(self, status: RequestStatus) -> RequestStatus:
+        """A copy of ``status`` with the text decoded here from its token ids and the prompt counted here."""
+        local = RequestStatus()
+        local.CopyFrom(status)
+        local.output_text = self._codec.decode(local.output_token_ids)
+        local.prompt_tokens = self._prompt_tokens
+        if local.HasField("certificate"):
+            local.certificate.output_text = self._codec.decode(local.certificate.output_token_ids)
+        return local
 
 
 @contextmanager

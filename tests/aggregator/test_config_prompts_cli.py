@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from avs.prompts import PromptEncoder
 from avs_aggregator.cli import main
 from avs_aggregator.config import ConfigError, load_config, parse_config
-from avs_aggregator.prompts import PromptEncoder
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "aggregator" / "aggregator.example.yaml"
 

@@ -52,6 +52,7 @@ from avs.messages import (
     compute_request_hash,
     compute_stop_sequences_hash,
 )
+from avs.prompts import PromptEncoder
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.convert import RequestEnvelope
 from avs.types import OutputHash
@@ -66,7 +67,6 @@ from avs_aggregator.config import AggregatorSecrets, parse_config
 from avs_aggregator.operators import GrpcOperatorCaller
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
 from avs_aggregator.ports import GenerateReply, OperatorInfo, VerifyReply
-from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.server import build_status
 from avs_aggregator.store import BatchState, Store

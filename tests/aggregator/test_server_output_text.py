@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from avs.prompts import PromptEncoder
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
-from avs_aggregator.prompts import PromptEncoder
 from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_status
 from avs_aggregator.store import RequestState, Store
 from tests.aggregator.fakes import DOMAIN, MODEL_ID, FakeNetwork, make_envelope

@@ -1,4 +1,5 @@
-"""A fake aggregator intake for the gateway's unit tests: scripted statuses, recorded submits."""
+"""A fake aggregator intake for the gateway's unit tests (scripted statuses, recorded submits) and a
+fake tokenizer for its model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import grpc
 
 from avs.client import RequestFailedError, RequestStatus
+from avs.errors import InvalidInputError
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
 MODEL = "tiny"
@@ -43,6 +45,7 @@ def make_status(state: int, text: str = OUTPUT_TEXT, ids: Sequence[int] = OUTPUT
         certificate = status.certificate
         certificate.chain_id = 31337
         certificate.request_hash = REQUEST_HASH
+        certificate.request.model_id = MODEL_ID
         certificate.output_token_ids.extend(ids)
         certificate.output_text = text
         certificate.tx_hash = b"\x02" * 32
@@ -70,9 +73,10 @@ class FakeIntake:
     submit_error: Exception | None = None
     fail_with: Exception | None = None
     submitted: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, bytes] = field(default_factory=lambda: {MODEL: MODEL_ID})
 
     def list_models(self) -> dict[str, bytes]:
-        return {MODEL: MODEL_ID}
+        return dict(self.models)
 
     def submit(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> bytes:
         if self.submit_error is not None:
@@ -96,6 +100,22 @@ class FakeIntake:
         if request_hash != REQUEST_HASH:
             raise FakeRpcError(grpc.StatusCode.NOT_FOUND, "no request with this hash")
         return make_status(ag.REQUEST_STATE_CERTIFIED, self.text, self.ids)
+
+
+@dataclass
+class FakeCodec:
+    """The model's tokenizer: ``texts`` maps output ids to their text; a prompt is a token per
+    character of its messages (refused if one holds ``<|special|>``)."""
+
+    texts: Mapping[tuple[int, ...], str]
+
+    def encode_chat(self, messages: Sequence[Any]) -> tuple[int, ...]:
+        if any("<|special|>" in m["content"] for m in messages):
+            raise InvalidInputError("a chat message contains a special token of the model's tokenizer")
+        return tuple(ord(c) for m in messages for c in m["content"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.texts[tuple(token_ids)] if token_ids else ""
 
 
 def failing_intake() -> FakeIntake:

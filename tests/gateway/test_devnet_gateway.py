@@ -18,11 +18,11 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from avs.client import AggregatorClient, certificate_from_json, verify_certificate
 from avs.devnet import Devnet, ServiceProcess, get_free_port
+from avs.gateway.cli import build_service
 from avs.gateway.config import load_config
 from avs.gateway.server import GatewayServer
-from avs.gateway.service import GatewayService
 from avs.inference.params import compute_prompt_hash
-from avs_aggregator.prompts import PromptEncoder
+from avs.prompts import PromptEncoder
 from tests.inference.conftest import build_tiny_model
 
 API_KEY = "sk-devnet-test"
@@ -38,14 +38,25 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     network.stop()
 
 
+def start_gateway(devnet: Devnet, intake: AggregatorClient, deployment: Path) -> GatewayServer:
+    """The gateway as ``avs-gateway --model-dir MODEL --deployment DEPLOYMENT`` builds it."""
+    config = load_config(
+        aggregator=devnet.aggregator_url,
+        requester=Account.create().address,
+        model_dirs=[devnet.model_dir],
+        deployment=deployment,
+        threshold_bps=6667,
+        request_timeout_seconds=120,
+    )
+    server = GatewayServer(build_service(intake, config), "127.0.0.1", 0, (API_KEY,))
+    server.start()
+    return server
+
+
 @pytest.fixture(scope="module")
 def gateway(devnet: Devnet) -> Iterator[GatewayServer]:
-    config = load_config(
-        aggregator=devnet.aggregator_url, requester=Account.create().address, request_timeout_seconds=120
-    )
-    with AggregatorClient(config.aggregator) as intake:
-        server = GatewayServer(GatewayService(intake, config), "127.0.0.1", 0, (API_KEY,))
-        server.start()
+    with AggregatorClient(devnet.aggregator_url) as intake:
+        server = start_gateway(devnet, intake, devnet.deployment_file)
         yield server
         server.stop()
 
@@ -125,10 +136,28 @@ def test_the_aggregator_refusal_reaches_the_client(client: openai.OpenAI, model:
         client.completions.create(model=model, prompt="x", max_tokens=100_000)
 
 
+def test_a_certificate_of_another_deployment_is_refused(devnet: Devnet, model: str, tmp_path: Path) -> None:
+    """The real check: a gateway told of another deployment (here, another chain) refuses the
+    certificate the devnet's aggregator sends (502), though every signature in it verifies."""
+    deployment = json.loads(devnet.deployment_file.read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**deployment, "chain_id": 1}))
+    with AggregatorClient(devnet.aggregator_url) as intake:
+        server = start_gateway(devnet, intake, tmp_path / "other.json")
+        try:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key=API_KEY, max_retries=0)
+            with pytest.raises(openai.APIStatusError) as refused:
+                client.chat.completions.create(model=model, messages=QUESTION, max_tokens=3, temperature=0)
+        finally:
+            server.stop()
+    assert refused.value.status_code == 502 and "not 1 / " in refused.value.message
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "certificate_mismatch"
+
+
 def test_the_binary_serves_and_stops_on_sigterm(devnet: Devnet, tmp_path: Path) -> None:
     port = get_free_port()
     args = [sys.executable, "-m", "avs.gateway.cli", "--aggregator", devnet.aggregator_url]
     args += ["--listen", f"127.0.0.1:{port}", "--requester", Account.create().address]
+    args += ["--model-dir", str(devnet.model_dir), "--deployment", str(devnet.deployment_file)]
     process = ServiceProcess("gateway", args, {**os.environ, "AVS_GATEWAY_API_KEYS": API_KEY}, tmp_path)
     try:
         ready = process.wait_ready(timeout=30)

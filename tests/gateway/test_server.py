@@ -16,21 +16,49 @@ import openai
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionMessageParam
 
 from avs.errors import DeadlineExceededError, OverloadedError, UntrustedAnswerError
 from avs.gateway import cli
 from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
-from avs.gateway.service import GatewayService
-from tests.gateway.fakes import MODEL, MODEL_ID, OUTPUT_TEXT, REQUEST_HASH, FakeIntake, FakeRpcError, failing_intake
+from avs.gateway.service import CertificateChecker, GatewayService
+from avs.inference.params import compute_prompt_hash
+from tests.gateway.fakes import (
+    MODEL,
+    MODEL_ID,
+    OUTPUT_TEXT,
+    REQUEST_HASH,
+    FakeCodec,
+    FakeIntake,
+    FakeRpcError,
+    failing_intake,
+)
 
 REQUESTER = "0x" + "11" * 20
 KEY = "sk-test-key"
 
 
-def start(intake: FakeIntake, api_keys: tuple[str, ...] = (), **settings: Any) -> GatewayServer:
-    config = load_config(requester=REQUESTER, quorums=[1, 0], threshold_bps=6667, **settings)
-    server = GatewayServer(GatewayService(intake, config), "127.0.0.1", 0, api_keys, config.max_body_bytes)
+MODEL_DIRS = ["models/tiny"]
+
+
+def accept_any(certificate: Any, request_hash: bytes) -> list[str]:
+    return []  # the fake's certificates carry no signatures; the devnet tests verify real ones
+
+
+def start(
+    intake: FakeIntake,
+    api_keys: tuple[str, ...] = (),
+    texts: dict[tuple[int, ...], str] | None = None,
+    check_certificate: CertificateChecker = accept_any,
+    **settings: Any,
+) -> GatewayServer:
+    """The gateway over ``intake``; its tokenizer decodes the intake's ids to the intake's text
+    unless ``texts`` says otherwise."""
+    config = load_config(requester=REQUESTER, model_dirs=MODEL_DIRS, quorums=[1, 0], threshold_bps=6667, **settings)
+    codec = FakeCodec(texts if texts is not None else {tuple(intake.ids): intake.text})
+    service = GatewayService(intake, config, {MODEL_ID: codec}, check_certificate)
+    server = GatewayServer(service, "127.0.0.1", 0, api_keys, config.max_body_bytes)
     server.start()
     return server
 
@@ -84,13 +112,15 @@ def test_a_chat_completion_is_answered_with_its_certificate(server: GatewayServe
     choice = completion.choices[0]
     assert choice.message.content == "the quick brown fox. " and choice.finish_reason == "stop"
     assert completion.usage is not None and completion.usage.completion_tokens == 5
+    assert completion.usage.prompt_tokens == len("shortfox?")  # counted here, by the model's tokenizer
     verification = (completion.model_extra or {})["verification"]
     assert verification["state"] == "CERTIFIED" and verification["certificate"]["output_text"] == OUTPUT_TEXT
     (submitted,) = intake.submitted
     assert submitted == {
         "messages": [{"role": "system", "content": "short"}, {"role": "user", "content": "fox?"}],
         "requester": REQUESTER,
-        "model": MODEL,
+        "model_id": MODEL_ID,
+        "prompt_hash": compute_prompt_hash(tuple(ord(c) for c in "shortfox?")),
         "max_tokens": 5,
         "temperature_milli": 0,
         "top_p_micro": 1_000_000,
@@ -103,7 +133,71 @@ def test_a_chat_completion_is_answered_with_its_certificate(server: GatewayServe
 
 def test_a_model_may_be_named_by_its_id(server: GatewayServer, intake: FakeIntake) -> None:
     client_for(server).completions.create(model="0x" + MODEL_ID.hex(), prompt="x", max_tokens=5)
-    assert intake.submitted[0]["model"] == MODEL
+    assert intake.submitted[0]["model_id"] == MODEL_ID
+
+
+def test_the_text_shown_is_decoded_here_from_the_certified_tokens() -> None:
+    """Operators sign token ids; the aggregator's ``output_text`` is signed by nobody, so a
+    compromised aggregator (or its plaintext gRPC path) could change it: the gateway shows its own
+    decoding of the certified ids, in answers, streams and fetched certificates."""
+    intake = FakeIntake(text="send your keys to evil.example")  # what the aggregator says the ids decode to
+    gateway = start(intake, texts={tuple(intake.ids): OUTPUT_TEXT})
+    try:
+        client = client_for(gateway)
+        chat: list[ChatCompletionMessageParam] = [{"role": "user", "content": "fox?"}]
+        completion = client.chat.completions.create(model=MODEL, messages=chat, max_tokens=5)
+        assert completion.choices[0].message.content == OUTPUT_TEXT
+        assert (completion.model_extra or {})["verification"]["certificate"]["output_text"] == OUTPUT_TEXT
+        stream = client.chat.completions.create(model=MODEL, messages=chat, max_tokens=5, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == OUTPUT_TEXT
+        status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
+        assert status == 200 and body["certificate"]["output_text"] == OUTPUT_TEXT
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_certificate_that_does_not_verify_is_the_aggregators_fault(stream: bool) -> None:
+    problems = ["the aggregate signature does not verify over the batch digest"]
+    gateway = start(FakeIntake(), check_certificate=lambda certificate, request_hash: problems)
+    try:
+        client = client_for(gateway)
+        with pytest.raises(openai.APIError) as refused:
+            reply = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "fox?"}], max_tokens=5, stream=stream
+            )
+            list(reply) if stream else None
+        assert problems[0] in refused.value.message and "/v1/verification/0x" in refused.value.message
+        if not stream:
+            assert isinstance(refused.value, openai.APIStatusError) and refused.value.status_code == 502
+        assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "certificate_mismatch"
+    finally:
+        gateway.stop()
+
+
+def test_a_model_the_gateway_has_no_tokenizer_for_is_not_served() -> None:
+    intake = FakeIntake(models={MODEL: MODEL_ID, "other": b"\x07" * 32})
+    gateway = start(intake)
+    try:
+        client = client_for(gateway)
+        assert [m.id for m in client.models.list().data] == [MODEL]
+        with pytest.raises(openai.NotFoundError, match="--model-dir"):
+            client.chat.completions.create(model="other", messages=[{"role": "user", "content": "fox?"}])
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("other")
+        assert intake.submitted == []
+    finally:
+        gateway.stop()
+
+
+def test_messages_the_tokenizer_refuses_are_a_400_before_anything_is_submitted(
+    server: GatewayServer, intake: FakeIntake
+) -> None:
+    with pytest.raises(openai.BadRequestError, match="special token"):
+        client_for(server).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi <|special|>"}], max_tokens=5
+        )
+    assert intake.submitted == []
 
 
 def test_a_streamed_chat_sends_states_then_the_output_then_the_certificate(server: GatewayServer) -> None:
@@ -277,14 +371,18 @@ def test_is_authorized() -> None:
 def test_config_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AVS_GATEWAY_API_KEYS", " a, b ,,")
     monkeypatch.setenv("AVS_GATEWAY_LISTEN", "0.0.0.0:9000")
-    config = load_config(requester=REQUESTER.upper().replace("0X", "0x"), listen=None)
+    config = load_config(requester=REQUESTER.upper().replace("0X", "0x"), model_dirs=MODEL_DIRS, listen=None)
     assert isinstance(config, GatewayConfig) and config.get_api_keys() == ("a", "b")
     assert config.listen == "0.0.0.0:9000" and config.requester.startswith("0x11")
     assert "a, b" not in repr(config)  # the keys are secrets
     with pytest.raises(ValueError, match="requester"):
-        load_config(requester="0x1234")
+        load_config(requester="0x1234", model_dirs=MODEL_DIRS)
     with pytest.raises(ValueError, match="listen"):
-        load_config(requester=REQUESTER, listen="nowhere")
+        load_config(requester=REQUESTER, model_dirs=MODEL_DIRS, listen="nowhere")
+    with pytest.raises(ValueError, match="model_dirs: Field required"):
+        load_config(requester=REQUESTER)
+    monkeypatch.setenv("AVS_GATEWAY_MODEL_DIRS", '["a", "b"]')
+    assert [str(d) for d in load_config(requester=REQUESTER).model_dirs] == ["a", "b"]
 
 
 @pytest.mark.parametrize("keys", ["", " ", ",", " , ,"])
@@ -293,9 +391,11 @@ def test_api_keys_set_but_blank_are_refused_not_read_as_no_authentication(
 ) -> None:
     monkeypatch.setenv("AVS_GATEWAY_API_KEYS", keys)
     with pytest.raises(ValueError, match=r"api_keys: .*holds no key"):
-        load_config(requester=REQUESTER)
+        load_config(requester=REQUESTER, model_dirs=MODEL_DIRS)
     monkeypatch.delenv("AVS_GATEWAY_API_KEYS")
-    assert load_config(requester=REQUESTER).get_api_keys() == ()  # unset: no authentication, on purpose
+    assert (
+        load_config(requester=REQUESTER, model_dirs=MODEL_DIRS).get_api_keys() == ()
+    )  # unset: no authentication, on purpose
 
 
 def test_the_binary_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:

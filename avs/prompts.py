@@ -1,4 +1,5 @@
-"""Prompt hashes without torch: the model's tokenizer (``tokenizers``) and chat template (jinja2).
+"""Prompt hashes and output text without torch: the model's tokenizer (``tokenizers``) and chat
+template (jinja2), for the aggregator's intake and the gateway.
 
 The engine computes ``compute_prompt_hash(apply_chat_template(messages, add_generation_prompt=True))``
 with transformers, which imports torch. The aggregator must not, so this module renders the chat
@@ -87,3 +88,8 @@ class PromptEncoder:
 
     def compute_prompt_hash(self, messages: Sequence[Any]) -> Bytes32:
         return compute_prompt_hash(self.encode_chat(messages))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of output tokens as every operator's engine has it (``InferenceEngine.decode``:
+        tokenizer.json's own decode, special tokens left out)."""
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))

@@ -18,13 +18,15 @@ leaf, challenges that one and resolves the challenge with the escalation quorum'
 certificate (the escalated-fraud path: ``FaultManager.resolveChallenge`` slashes the batch's signers
 into the pool and ``InsurancePool.recordFraud`` makes the coverage claimable), and the requester
 claims its payout. Every process is stopped at the end, on errors and on Ctrl-C (paused ones are
-resumed first). The chain exporter and, when installed, Prometheus scrape every process
+resumed first); the temp folder goes after a run whose checks all passed, and is kept with its
+logs otherwise (``--workdir``: always kept). The chain exporter and, when installed, Prometheus scrape every process
 (``deploy/prometheus``). ``--keep`` (``make devnet``) keeps the devnet up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import tempfile
@@ -544,18 +546,24 @@ def main(argv: list[str] | None = None) -> int:
         ok = show_certificate(devnet, run_request(devnet, QUESTION, args.max_tokens))
         ok = run_attack(devnet, CHEATER) and ok
         ok = is_paid(run_insured_fraud(devnet, CHEATER)) and ok
+        say("\n== Every check passed" if ok else "\n== A check FAILED (above)")
         if args.keep:
             say("\nThe devnet keeps running; Ctrl-C stops it.")
             signal.pause()
-        return 0 if ok else 1
+        status = 0 if ok else 1
     except KeyboardInterrupt:
         say("\ninterrupted")
-        return 130
+        status = 130
     finally:
         for close in reversed(closers):
             close()
         devnet.stop()
         say(f"== Stopped every process ({time.monotonic() - started:.0f}s in all)")
+    if args.workdir is None and status == 0:  # a temp folder of a passing run: keys, databases, a cheap model
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"   kept {workdir} (configs, logs, databases)")
+    return status
 
 
 if __name__ == "__main__":

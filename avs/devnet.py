@@ -66,7 +66,11 @@ class Anvil:
             args += ["--block-time", str(block_time)]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 30}))
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C or SIGTERM while waiting: nobody holds this object to stop it
+            self.stop()
+            raise
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -78,7 +82,6 @@ class Anvil:
                 return
             except Exception:
                 time.sleep(0.1)
-        self.stop()
         raise DevnetError("anvil did not answer within 20 s")
 
     def is_running(self) -> bool:
@@ -372,9 +375,9 @@ class Devnet:
             )
         self.anvil.mine(2)  # the registrations lie before any reference block
         on_step(f"starting {len(self.operators)} operator processes (loading {self.model_dir.name})")
-        started = [self._start_operator(op) for op in self.operators]
-        self.processes.extend(started)
-        for process in started:
+        for operator in self.operators:  # each kept as it starts: stop() reaps them if a later one fails
+            self.processes.append(self._start_operator(operator))
+        for process in self.processes:
             process.wait_ready()
         on_step("starting the aggregator")
         self._start_aggregator()

@@ -150,3 +150,21 @@ def test_e2e_stage_split_from_prometheus_text() -> None:
 def test_aggregator_scale_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert aggregator_scale.main(["--quick", "--no-record"]) == 0
     assert "requests/s" in capsys.readouterr().out
+
+
+def get_benchmark(section: str) -> str:
+    """The script behind a ``results.json`` run: a script's modes and machines record under sections
+    of their own (a timing-only inference run, the overhead-only quorum run, a GPU rerun)."""
+    if section.startswith("inference_devices"):
+        return "inference_devices"
+    return {"inference_timing": "inference", "operator_overhead": "quorum"}.get(section, section)
+
+
+def test_no_two_benchmarks_record_the_same_top_level_figure() -> None:
+    """Else the later run silently replaces, at the top level, the other's figure the README cites."""
+    document = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results.json").read_text())
+    writers: dict[str, set[str]] = {}
+    for section, run in document["runs"].items():
+        for key in set(run) - {"measured_at", "machine", "python"}:
+            writers.setdefault(key, set()).add(get_benchmark(section))
+    assert {key: names for key, names in writers.items() if len(names) > 1} == {}

@@ -42,6 +42,9 @@ from avs.inference.rng import GUMBEL_MAX, compute_gumbel, compute_gumbel_at
 from avs.messages import TOP_P_ONE
 
 MASS_SLACK = 1e-9  # rounding room for the relaxed top-p sets: outer a bit larger, inner a bit smaller
+# Sampled outputs are judged this many positions at a time: 64 rows of a 49k vocabulary in float64,
+# sorted with their ids, are about 75 MiB; a whole 512-token output at once peaked above 2 GiB.
+MARGIN_CHUNK_ROWS = 64
 
 TensorPair = tuple[torch.Tensor, torch.Tensor]
 
@@ -233,9 +236,10 @@ def _is_inner(
     return inner
 
 
-def _best_full_rows(z: torch.Tensor, seed: int, temperature: float) -> torch.Tensor:
+def _best_full_rows(z: torch.Tensor, seed: int, temperature: float, positions: torch.Tensor) -> torch.Tensor:
     """Row-wise max of ``z + T * g`` over the whole vocabulary (no filters and too little to prune)."""
-    best = [(z[i] + temperature * compute_noise(seed, i, z.shape[-1])).max() for i in range(z.shape[0])]
+    rows = zip(z, positions.tolist(), strict=True)
+    best = [(row + temperature * compute_noise(seed, position, z.shape[-1])).max() for row, position in rows]
     return torch.stack(best) if best else z.new_zeros(0)
 
 
@@ -246,37 +250,55 @@ def _best_scores(
     head: TensorPair | None,
     params: SamplingParams,
     delta: float,
+    positions: torch.Tensor,
 ) -> torch.Tensor:
     """Row-wise best perturbed score over the rivals: the inner set, the proposed token (logit
     ``z_tok``, score ``own``) and every token more than ``delta`` above it."""
     bounds, table = _top_k_bounds(head, params), _top_p_table(head, params)
     values, ids, valid = _rival_candidates(z, own, head, bounds, delta, params.temperature * GUMBEL_MAX)
     if head is None and 2 * values.shape[-1] > z.shape[-1]:  # per-token noise would cost more than whole rows
-        return _best_full_rows(z, params.seed, params.temperature)
+        return _best_full_rows(z, params.seed, params.temperature, positions)
     # Tokens above z_tok + delta are in ``values``: with top-k they rank above the k-th logit
     # whenever the token is in the outer set (else its margin is -inf anyway).
     above = values > (z_tok + delta)[:, None]
     rivals = (valid & _is_inner(values, bounds, table, params, delta)) | above
     cand_rows, cand_cols = torch.nonzero(rivals, as_tuple=True)
     cand_tokens = ids[cand_rows, cand_cols]
-    scores = values[cand_rows, cand_cols] + params.temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
+    noise = compute_noise_at(params.seed, positions[cand_rows], cand_tokens)
+    scores = values[cand_rows, cand_cols] + params.temperature * noise
     return own.scatter_reduce(0, cand_rows, scores, reduce="amax")  # the proposed token always competes
 
 
 def compute_margins(logits: torch.Tensor, tokens: list[int], params: SamplingParams, delta: float) -> list[float]:
     """Margins of every position of an output; ``logits[i]`` is the row that predicts ``tokens[i]``.
 
-    All positions at once, and noise only for tokens that could outscore the proposed one
-    (``_rival_candidates``): the same margins as evaluating every token of every row.
+    ``MARGIN_CHUNK_ROWS`` positions at a time (a sampled row's working set is a few float64 copies of
+    the vocabulary, sorted: all of a long output at once would take gigabytes), and noise only for
+    tokens that could outscore the proposed one (``_rival_candidates``): the same margins as
+    evaluating every token of every row.
     """
+    if params.is_greedy:
+        z = logits.to(torch.float64)
+        z_tok = z[torch.arange(z.shape[0]), torch.tensor(tokens, dtype=torch.long)]
+        return (z_tok - z.max(dim=1).values).tolist()
+    margins: list[float] = []
+    for start in range(0, len(tokens), MARGIN_CHUNK_ROWS):
+        stop = start + MARGIN_CHUNK_ROWS
+        margins += _compute_sampled_margins(logits[start:stop], tokens[start:stop], params, delta, start)
+    return margins
+
+
+def _compute_sampled_margins(
+    logits: torch.Tensor, tokens: list[int], params: SamplingParams, delta: float, first_position: int
+) -> list[float]:
+    """``compute_margins`` of consecutive positions from ``first_position`` (the noise's position)."""
     z = logits.to(torch.float64)
     rows, index = torch.arange(z.shape[0]), torch.tensor(tokens, dtype=torch.long)
+    positions = rows + first_position
     z_tok = z[rows, index]
-    if params.is_greedy:
-        return (z_tok - z.max(dim=1).values).tolist()
-    own = z_tok + params.temperature * compute_noise_at(params.seed, rows, index)
+    own = z_tok + params.temperature * compute_noise_at(params.seed, positions, index)
     head = _sorted_head(z, params)
-    best = _best_scores(z, z_tok, own, head, params, delta)
+    best = _best_scores(z, z_tok, own, head, params, delta, positions)
     outer_table = _outer_top_p_table(z, head, _top_p_table(head, params), params, delta)
     outer = _is_outer(z_tok, _top_k_bounds(head, params), outer_table, params, delta)
     return torch.where(outer, own - best, torch.full_like(own, -math.inf)).tolist()

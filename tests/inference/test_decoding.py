@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ pytest.importorskip("torch")
 
 import torch
 
+from avs.inference import decoding
 from avs.inference.decoding import (
     compute_kept_mask,
     compute_margins,
@@ -152,6 +154,18 @@ def test_fast_margins_equal_the_full_vocabulary_reference(
 ) -> None:
     z, tokens, params, delta = case
     assert compute_margins(z, tokens, params, delta) == compute_margins_reference(z, tokens, params, delta)
+
+
+@settings(max_examples=200, deadline=None)
+@given(margin_cases(), st.integers(1, 4))
+def test_margins_judged_in_chunks_of_positions_equal_the_reference(
+    case: tuple[torch.Tensor, list[int], SamplingParams, float], chunk_rows: int
+) -> None:
+    """A long output is judged ``MARGIN_CHUNK_ROWS`` positions at a time; each chunk's noise is keyed
+    by the absolute position, so the margins are the whole output's."""
+    z, tokens, params, delta = case
+    with patch.object(decoding, "MARGIN_CHUNK_ROWS", chunk_rows):
+        assert compute_margins(z, tokens, params, delta) == compute_margins_reference(z, tokens, params, delta)
 
 
 def test_pruning_path_matches_the_reference_on_a_large_vocabulary() -> None:

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 from sqlalchemy import Float, Integer, LargeBinary, String, Text, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
+from web3.exceptions import Web3RPCError
 
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import SignedAttestation
@@ -95,6 +96,10 @@ class EquivocationReporter(Protocol):
 
 # Tries of one fault proof that reached the chain (or failed otherwise) before it is given up.
 MAX_PROOF_ATTEMPTS = 10
+# The chain unreachable (OSError), this aggregator no longer the leader (UnavailableError), or the node
+# answering a JSON-RPC error (a rate limit, "header not found", "missing trie node"): a proof waits,
+# without counting an attempt, rather than letting a cheater escape over a node's bad minute.
+TRANSIENT_CHAIN_ERRORS: tuple[type[Exception], ...] = (OSError, UnavailableError, Web3RPCError)
 # Reverts after which sending the same proof again cannot succeed.
 FINAL_REVERTS = frozenset({"NotConflicting", "InvalidAttestationSignature", "UnknownOperator", "NotSlashable"})
 
@@ -328,8 +333,8 @@ def send_proof(
 
     PROVEN when it lands or the chain already has it (``FaultAlreadySlashed``); FAILED on a revert in
     ``final_reverts`` or after ``max_attempts``; otherwise it stays PENDING and is sent again later.
-    The chain unreachable or this aggregator no longer the leader (``OSError``, ``UnavailableError``)
-    keeps it PENDING without counting an attempt, so that a long outage does not give it up and the
+    ``TRANSIENT_CHAIN_ERRORS`` (the chain unreachable or erring, this aggregator no longer the leader)
+    keep it PENDING without counting an attempt, so that a long outage does not give it up and the
     next leader sends it; any other failure counts as an attempt."""
     values: dict[str, object] = {}
     try:
@@ -344,7 +349,7 @@ def send_proof(
             values["error"] = str(exc)[:2000]
             if exc.name in final_reverts or attempts + 1 >= max_attempts:
                 values["state"] = ProofState.FAILED
-    except (OSError, UnavailableError) as exc:
+    except TRANSIENT_CHAIN_ERRORS as exc:
         logger.warning(f"could not prove the {what} yet", extra={"error": str(exc)})
         return {"error": str(exc)[:2000]}
     except Exception as exc:

@@ -39,7 +39,7 @@ from typing import Any
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import SignedAttestation
 from avs.crypto.curve import G1Point, G2Point
-from avs.errors import InvalidInputError, OverloadedError, UnavailableError
+from avs.errors import InvalidInputError, OverloadedError
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import (
     Attestation,
@@ -58,6 +58,7 @@ from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
 from avs_aggregator.evidence import (
     MAX_PROOF_ATTEMPTS,
+    TRANSIENT_CHAIN_ERRORS,
     EquivocationReporter,
     EvidenceBook,
     InFlight,
@@ -352,13 +353,16 @@ class Pipeline:
     def _verify(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
         assert row.output_hash is not None and row.primary_id is not None
-        excluded = set(load_hex_list(row.excluded))
-        # An operator that equivocated on this request is neither asked nor counted, either way.
+        # An operator that equivocated on this request, or whose output for it the quorum rejected,
+        # is neither asked nor counted. A primary that merely failed (busy, late, down: ``excluded``
+        # keeps it from being the primary again) still verifies: leaving its stake out could fail a
+        # request that the rest of the quorum accepts.
         equivocators = self.evidence.find_equivocators(row.request_hash)
+        rejected = {r.primary_id for r in self.store.list_rejections(row.request_hash)}
         verifiers = [
             o
             for o in operator_set.in_quorums(row.quorum_numbers)
-            if o.operator_id != row.primary_id and o.operator_id not in excluded | equivocators
+            if o.operator_id != row.primary_id and o.operator_id not in rejected | equivocators
         ]
         # A later round asks only the verifiers without a checked attestation on this output yet.
         recorded = self.evidence.find_attestations(row.request_hash, row.output_hash) if row.verify_rounds else {}
@@ -421,7 +425,9 @@ class Pipeline:
         floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
         if tally.is_rejected(floor) and tally.is_rejected(self._rejection_threshold()):
             self._reject(row, operator_set, reject_signatures)
-        elif tally.is_accepted(row.threshold_bps):
+        elif tally.is_accepted(row.threshold_bps) and tally.is_accepted(self._chain_threshold()):
+            # The chain's threshold too (read only now): an output accepted below it could never be
+            # signed into a batch, and would cost its batch-mates their signing rounds.
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
         elif unanswered and self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
             self._verify_again(row, len(unanswered))
@@ -523,7 +529,7 @@ class Pipeline:
         logger.warning("output rejected", extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id)})
         if self.reporter is not None:
             self._report_rejection(rejection_id, operator_set)
-        self._retry(row, "the quorum rejected the primary's output", count_as_rejection=True)
+        self._retry(row, "the quorum rejected the primary's output")
 
     def report_pending_rejections(self, max_attempts: int = MAX_PROOF_ATTEMPTS) -> int:
         """Send the rejected-output proofs still PENDING: not sent yet after a restart, the chain was
@@ -558,10 +564,10 @@ class Pipeline:
                 return 0
             try:
                 return self._send_rejection(rejection_id, operator_set, max_attempts)
-            except (OSError, UnavailableError) as exc:
-                # A chain read while rebuilding the proof failed (the node down, a lost lease): like an
-                # outage while sending, it stays PENDING with no attempt counted. Giving up here let a
-                # cheating primary escape its slash over one failed read.
+            except TRANSIENT_CHAIN_ERRORS as exc:
+                # A chain read while rebuilding the proof failed (the node down or erring, a lost lease):
+                # like an outage while sending, it stays PENDING with no attempt counted. Giving up here
+                # let a cheating primary escape its slash over one failed read.
                 logger.warning("rejected-output proof not sent yet", extra={"error": str(exc)})
                 return 0
             except Exception as exc:  # a bug or a corrupt row: recorded, and the proof is not retried
@@ -632,7 +638,7 @@ class Pipeline:
             return 0
         return 1 if values.get("state") == ProofState.PROVEN else 0
 
-    def _retry(self, row: RequestRow, reason: str, count_as_rejection: bool = False) -> None:
+    def _retry(self, row: RequestRow, reason: str) -> None:
         excluded = load_hex_list(row.excluded)
         if row.primary_id is not None and row.primary_id not in excluded:
             excluded.append(row.primary_id)

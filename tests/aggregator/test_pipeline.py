@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
-from avs.errors import InvalidInputError
+from avs.errors import InvalidInputError, OverloadedError
 from avs.messages import BatchHeader, compute_request_hash
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
@@ -65,6 +65,34 @@ def test_down_operator_is_excluded_and_stake_still_suffices(db: str) -> None:
     assert states == {RequestState.CERTIFIED}
     batch = pipeline.store.get_batch(1)
     assert batch is not None and network.operators[0].keys.operator_id.hex() in (batch.certificate or "")
+    pipeline.close()
+
+
+class BusyOnceNetwork(FakeNetwork):
+    """Operators in ``busy`` refuse their next Generate (RESOURCE_EXHAUSTED), then serve again."""
+
+    busy: set[bytes]
+
+    def generate(self, operator: Any, envelope: RequestEnvelope, timeout: float) -> Any:
+        if operator.operator_id in self.busy:
+            self.busy.discard(operator.operator_id)
+            raise OverloadedError("this operator is serving its limit of 4 requests; retry later")
+        return super().generate(operator, envelope, timeout)
+
+
+def test_a_primary_that_was_busy_once_still_verifies_the_retry(db: str) -> None:
+    """A busy primary is not asked to generate again, but its stake must still count as a verifier:
+    with stakes 40/30/20/10, leaving alice's 40% out fails a request every operator accepts."""
+    network = BusyOnceNetwork([{0: 400}, {0: 300}, {0: 200}, {0: 100}])
+    alice = network.operators[0].keys.operator_id
+    network.busy = {alice}
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(find_envelope_with_primary(network, alice))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
+    assert row.attempt == 1 and row.primary_id != alice and load_hex_list(row.excluded) == [alice]
+    assert network.calls.count(("verify", alice)) == 1
     pipeline.close()
 
 
@@ -516,6 +544,22 @@ def test_batches_are_signed_to_the_on_chain_threshold(db: str) -> None:
     again = pipeline.submit(make_envelope(12))
     pipeline.run_until_idle()
     assert pipeline.store.get_request(again).state == RequestState.CERTIFIED  # type: ignore[union-attr]
+    pipeline.close()
+
+
+def test_an_output_is_accepted_only_at_the_on_chain_threshold(db: str) -> None:
+    """90% of the stake ACCEPTs (one verifier down): the request asked 6667 bps, but the contract now
+    checks 9500, so no batch could be certified with it. It is not accepted (and batched with
+    others, costing them signing rounds): it gets another round, then fails."""
+    network = RaisedThresholdNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[0].behaviour = "down"
+    envelope = find_envelope_with_primary(network, network.operators[2].keys.operator_id)
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(envelope)
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.FAILED and "not enough stake verified" in (row.error or "")
+    assert pipeline.store.get_batch(1) is None and network.certify_calls == []
     pipeline.close()
 
 

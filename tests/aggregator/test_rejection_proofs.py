@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 from eth_utils import keccak
+from web3.exceptions import Web3RPCError
 
 from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
 from avs.crypto.curve import G1Point
@@ -99,9 +100,10 @@ def test_reverts_settle_a_proof_or_count_an_attempt(db: str, revert: str, state:
     pipeline.close()
 
 
-def test_an_unreachable_chain_keeps_the_proof_pending_without_using_up_attempts(db: str) -> None:
+@pytest.mark.parametrize("outage", [ConnectionError("node down"), Web3RPCError("rate limit exceeded")])
+def test_an_unreachable_chain_keeps_the_proof_pending_without_using_up_attempts(db: str, outage: Exception) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
-    reporter = FlakyRejectionReporter([ConnectionError("node down")] * 12)
+    reporter = FlakyRejectionReporter([outage] * 12)
     pipeline, request_hash, _ = reject_once(network, db, reporter)
     for _ in range(11):  # more tries than max_attempts: a long outage must not give the proof up
         assert pipeline.process_evidence() == 0
@@ -203,14 +205,15 @@ def test_a_failure_that_is_not_an_outage_counts_and_gives_up_after_the_attempts(
 class BlippingNode(FakeNetwork):
     """A node whose reads the proof is rebuilt from fail once each, when armed."""
 
-    def __init__(self, stakes: Sequence[dict[int, int]]) -> None:
+    def __init__(self, stakes: Sequence[dict[int, int]], error: type[Exception] = ConnectionError) -> None:
         super().__init__(stakes)
         self.blips = {"reference_block": 0, "threshold": 0}
+        self.error = error
 
     def _blip(self, read: str) -> None:
         if self.blips[read]:
             self.blips[read] -= 1
-            raise ConnectionError(f"node unreachable while reading the {read}")
+            raise self.error(f"the node failed reading the {read}")
 
     def get_reference_block(self) -> tuple[int, bytes]:
         self._blip("reference_block")
@@ -221,11 +224,12 @@ class BlippingNode(FakeNetwork):
         return 6667
 
 
+@pytest.mark.parametrize("error", [ConnectionError, Web3RPCError])  # unreachable; a JSON-RPC error (rate limit)
 @pytest.mark.parametrize("read", ["reference_block", "threshold"])
-def test_a_failed_read_while_rebuilding_a_proof_does_not_give_it_up(db: str, read: str) -> None:
+def test_a_failed_read_while_rebuilding_a_proof_does_not_give_it_up(db: str, read: str, error: type[Exception]) -> None:
     """A chain read of the rebuild (a fresh reference block for a stale proof, the threshold) that
     failed once marked a genuine proof FAILED for good: the cheating primary was never slashed."""
-    network = BlippingNode([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    network = BlippingNode([{0: 10}, {0: 30}, {0: 30}, {0: 30}], error)
     reporter = FlakyRejectionReporter([ConnectionError("node down")])  # the outage: stays PENDING
     pipeline, request_hash, cheater = reject_once(network, db, reporter)
     network.block += SETTINGS.max_reference_age + 10  # the outage outlasted its reference block

@@ -31,10 +31,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import SignedAttestation
@@ -129,6 +129,17 @@ MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
 
 SIGN_CALL_THREADS = 64
+# Verify calls of every request in flight: enough threads that a call seldom waits in the queue (its
+# wait counts against the round's deadline), created only as needed.
+VERIFY_CALL_THREADS = 256
+# How long past an operator call's own deadline its round waits for the answer to arrive.
+CALL_GRACE_SECONDS = 5.0
+# How long a round waits for the other answers once those in decide it (a batch's signers hold its
+# threshold; a verification is settled): a hung operator costs this, not the whole deadline, and a
+# prompt one still counts (its signature in the certificate, its attestation as evidence).
+STRAGGLER_SECONDS = 1.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +185,30 @@ def g2_from_json(value: Sequence[str]) -> G2Point:
     return G2Point(*(int(v, 16) for v in value))
 
 
+def gather_calls(
+    calls: Mapping[Future[T], OperatorInfo],
+    timeout: float,
+    on_answer: Callable[[OperatorInfo, Future[T]], None],
+    is_settled: Callable[[], bool],
+) -> None:
+    """Wait for a round of operator calls (each with its own ``timeout``) within one deadline for the
+    round; ``on_answer`` sees each call as it ends. Once ``is_settled()``, the calls still out get
+    ``STRAGGLER_SECONDS`` more. Calls still queued at the end are cancelled; one running ends at its
+    own gRPC deadline, its answer unused."""
+    deadline = time.monotonic() + timeout + CALL_GRACE_SECONDS
+    pending = set(calls)
+    while pending:
+        if is_settled():
+            deadline = min(deadline, time.monotonic() + STRAGGLER_SECONDS)
+        done, pending = wait(pending, timeout=max(deadline - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
+        if not done:
+            break
+        for future in done:
+            on_answer(calls[future], future)
+    for future in pending:
+        future.cancel()
+
+
 def envelope_from_row(row: RequestRow) -> convert.RequestEnvelope:
     message = op.InferenceRequest()
     message.ParseFromString(row.envelope)
@@ -204,7 +239,9 @@ class Pipeline:
         self.reporter = reporter
         self.clock = clock
         self.changed = threading.Condition()
-        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="operator-call")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(settings.workers, VERIFY_CALL_THREADS), thread_name_prefix="operator-call"
+        )
         # SignBatch calls have their own threads: queued behind Verify calls (up to verify_timeout
         # each) they outlived the round's wait and healthy batches were abandoned. One batch is
         # signed at a time, so this many operators are asked at once.
@@ -370,7 +407,10 @@ class Pipeline:
             o.operator_id: recorded[o.operator_id] for o in verifiers if o.operator_id in recorded
         }
         asked = [o for o in verifiers if o.operator_id not in recorded]
-        checked = self._ask_verifiers(row, operator_set, asked)
+        known = {i: signed.attestation.verdict for i, signed in answers.items()}
+        if row.primary_id not in equivocators:
+            known[row.primary_id] = Verdict.ACCEPT
+        checked = self._ask_verifiers(row, operator_set, asked, self._settles(row, operator_set, known, asked))
         if self._record_attestations(checked):  # one transaction for the round; it found equivocators
             equivocators = self.evidence.find_equivocators(row.request_hash)
         answers |= {i: signed for i, signed in checked if i not in equivocators}
@@ -381,28 +421,53 @@ class Pipeline:
         unanswered = [o.operator_id for o in asked if o.operator_id not in verdicts.keys() | equivocators]
         self._decide(row, operator_set, verdicts, reject_signatures, unanswered)
 
+    def _settles(
+        self, row: RequestRow, operator_set: OperatorSet, known: dict[bytes, Verdict], asked: Sequence[OperatorInfo]
+    ) -> Callable[[dict[bytes, Verdict]], bool]:
+        """Whether the replies so far decide the round: ACCEPT reaches the request's threshold and no
+        provable REJECT is possible even if every verifier still out rejects. Then the round stops
+        waiting, so that a slow or hung operator with little stake does not hold up every request."""
+        floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
+
+        def settles(replies: dict[bytes, Verdict]) -> bool:
+            verdicts = known | replies
+            if not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts).is_accepted(row.threshold_bps):
+                return False
+            out = dict.fromkeys((o.operator_id for o in asked if o.operator_id not in replies), Verdict.REJECT)
+            return not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts | out).is_rejected(floor)
+
+        return settles
+
     def _ask_verifiers(
-        self, row: RequestRow, operator_set: OperatorSet, asked: Sequence[OperatorInfo]
+        self,
+        row: RequestRow,
+        operator_set: OperatorSet,
+        asked: Sequence[OperatorInfo],
+        settles: Callable[[dict[bytes, Verdict]], bool],
     ) -> list[tuple[bytes, SignedAttestation]]:
         """One verification round on ``asked``, in parallel: the attestations of the output whose
-        signatures verify. A verifier that is down, late, answers another output or signs badly has
-        not answered."""
+        signatures verify. A verifier that is down, late (one deadline for the whole round), answers
+        another output or signs badly has not answered. Once the replies so far ``settles`` the round,
+        the rest get ``STRAGGLER_SECONDS`` more (the replies are counted before their signatures are
+        checked: a bad one leaves the tally short, and the verifiers not waited for are asked in
+        another round)."""
         assert row.output_hash is not None
         envelope = envelope_from_row(row)
         output_ids = tuple(json.loads(row.output_ids or "[]"))
-        futures = {
-            o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.settings.verify_timeout)
-            for o in asked
-        }
+        timeout = self.settings.verify_timeout
+        owners = {self._pool.submit(self.caller.verify, o, envelope, output_ids, timeout): o for o in asked}
         replies: dict[bytes, VerifyReply] = {}
-        for o in asked:
+
+        def on_answer(operator: OperatorInfo, answer: Future[VerifyReply]) -> None:
             try:
-                reply = futures[o.operator_id].result(timeout=self.settings.verify_timeout + 5)
+                reply = answer.result()
                 if reply.output_hash != row.output_hash:
                     raise InvalidInputError("the verifier attested another output hash")
-                replies[o.operator_id] = reply
+                replies[operator.operator_id] = reply
             except Exception as exc:
-                self._verifier_failed(row, o, exc)
+                self._verifier_failed(row, operator, exc)
+
+        gather_calls(owners, timeout, on_answer, lambda: settles({i: r.verdict for i, r in replies.items()}))
         checked = self._check_verify_signatures(row, operator_set, replies)
         for operator_id, signed in checked:
             self._operator_outcome(operator_set.get(operator_id), "verify", signed.attestation.verdict.name.lower())
@@ -838,27 +903,11 @@ class Pipeline:
         header = self.get_header(batch)
         leaves = self.get_batch_leaves(batch)
         digest = compute_digest(self.domain, header)
-        members = operator_set.in_quorums(batch.quorum_numbers)
-        futures = {
-            o.operator_id: self._sign_pool.submit(self.caller.sign_batch, o, header, leaves, self.settings.sign_timeout)
-            for o in members
-        }
-        signatures: dict[bytes, G1Point] = {}
-        for o in members:
-            try:
-                signatures[o.operator_id] = futures[o.operator_id].result(timeout=self.settings.sign_timeout + 5)
-                self._operator_outcome(o, "sign_batch", "ok")
-            except Exception as exc:
-                self._operator_outcome(o, "sign_batch", "error")
-                logger.info(
-                    "operator did not sign the batch", extra={"batch_index": batch.batch_index, "error": str(exc)}
-                )
-        for future in futures.values():
-            future.cancel()  # calls still queued (more members than threads) are not made after the round
+        threshold = self._batch_threshold(batch)
+        signatures = self._collect_batch_signatures(batch, operator_set, header, leaves, threshold)
         aggregate, invalid = protocol.compute_checked_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
         for bad in invalid:
             self._operator_outcome(operator_set.get(bad), "sign_batch", "bad_signature")
-        threshold = self._batch_threshold(batch)
         if aggregate is None or not aggregate.tally.is_accepted(threshold):
             self._signers_short(batch, aggregate, operator_set, threshold)
             return
@@ -875,6 +924,35 @@ class Pipeline:
         if self.metrics is not None:
             for q in aggregate.tally.quorums:
                 self.metrics.signed_stake_ratio.labels(str(q.quorum)).set(q.accept_stake / max(q.total_stake, 1))
+
+    def _collect_batch_signatures(
+        self, batch: BatchRow, operator_set: OperatorSet, header: BatchHeader, leaves: Any, threshold: int
+    ) -> dict[bytes, G1Point]:
+        """Every member's SignBatch in parallel, within one deadline for the round. Once the signers so
+        far hold ``threshold`` (their signatures not checked yet), the rest get
+        ``STRAGGLER_SECONDS`` more: a slow or hung operator with little stake does not hold every
+        batch for the whole deadline, and a prompt one still makes it into the certificate."""
+        members = operator_set.in_quorums(batch.quorum_numbers)
+        timeout = self.settings.sign_timeout
+        owners = {self._sign_pool.submit(self.caller.sign_batch, o, header, leaves, timeout): o for o in members}
+        signatures: dict[bytes, G1Point] = {}
+
+        def on_answer(operator: OperatorInfo, answer: Future[G1Point]) -> None:
+            try:
+                signatures[operator.operator_id] = answer.result()
+                self._operator_outcome(operator, "sign_batch", "ok")
+            except Exception as exc:
+                self._operator_outcome(operator, "sign_batch", "error")
+                logger.info(
+                    "operator did not sign the batch", extra={"batch_index": batch.batch_index, "error": str(exc)}
+                )
+
+        def holds_threshold() -> bool:
+            signed = dict.fromkeys(signatures, Verdict.ACCEPT)
+            return protocol.compute_tally(operator_set, batch.quorum_numbers, signed).is_accepted(threshold)
+
+        gather_calls(owners, timeout, on_answer, holds_threshold)
+        return signatures
 
     def _signers_short(
         self, batch: BatchRow, aggregate: protocol.Aggregate | None, operator_set: OperatorSet, threshold: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -144,6 +145,9 @@ class FakeNetwork:
         self.calls.append(("verify", operator.operator_id))
         if op.behaviour == "down":
             raise ConnectionError("operator down")
+        if op.behaviour == "hung":  # accepts the connection, never answers: the call's deadline ends it
+            time.sleep(timeout)
+            raise TimeoutError("deadline exceeded")
         if op.behaviour == "verify_down_once":  # missed one verification (a deadline, a blip), then honest
             op.behaviour = "honest"
             raise TimeoutError("deadline exceeded")
@@ -164,6 +168,9 @@ class FakeNetwork:
         self.calls.append(("sign_batch", operator.operator_id))
         if op.behaviour in ("down", "sign_down"):
             raise ConnectionError("operator down")
+        if op.behaviour == "hung":
+            time.sleep(timeout)
+            raise TimeoutError("deadline exceeded")
         if any(leaf.request_hash in op.refuses_leaves for leaf in leaves):
             raise ConnectionError("slashing protection: did not accept a leaf")
         assert compute_merkle_tree(leaves).root == header.leaves_root

@@ -17,7 +17,7 @@ from avs.errors import InvalidInputError, OverloadedError
 from avs.messages import BatchHeader, compute_request_hash
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
-from avs_aggregator.pipeline import MAX_REBATCHES, Pipeline, PipelineError, PipelineSettings
+from avs_aggregator.pipeline import MAX_REBATCHES, STRAGGLER_SECONDS, Pipeline, PipelineError, PipelineSettings
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestRow, RequestState, StaleRowError, Store, load_hex_list
 from avs_aggregator.txsender import TransactionFailedError
@@ -93,6 +93,25 @@ def test_a_primary_that_was_busy_once_still_verifies_the_retry(db: str) -> None:
     assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
     assert row.attempt == 1 and row.primary_id != alice and load_hex_list(row.excluded) == [alice]
     assert network.calls.count(("verify", alice)) == 1
+    pipeline.close()
+
+
+def test_hung_operators_with_little_stake_do_not_hold_up_requests_or_batches(db: str) -> None:
+    """Two 5% operators accept connections and never answer (their calls end at the 3 s deadline).
+    Once the others' answers decide a verification round (or a batch's signers hold its threshold),
+    the round waits only ``STRAGGLER_SECONDS`` more; before, each hung call added its own
+    deadline plus grace (16 s for two), and every batch waited out the whole signing deadline."""
+    network = FakeNetwork([{0: 400}, {0: 300}, {0: 200}, {0: 50}, {0: 50}])
+    network.operators[3].behaviour = network.operators[4].behaviour = "hung"
+    settings = dataclasses.replace(SETTINGS, verify_timeout=3.0, sign_timeout=3.0, batch_max_size=1)
+    pipeline = make_pipeline(network, db, settings)
+    started = time.monotonic()
+    request_hash = pipeline.submit(find_envelope_with_primary(network, network.operators[0].keys.operator_id))
+    pipeline.run_until_idle()
+    elapsed = time.monotonic() - started
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED
+    assert elapsed < 2 * STRAGGLER_SECONDS + 2.0, elapsed  # one verification round and one batch, 3 s each before
     pipeline.close()
 
 

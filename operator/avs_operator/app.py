@@ -2,9 +2,11 @@
 
 Order at start: slashing protection, keys, metrics and node API, the gRPC server answering
 health checks with NOT_SERVING, then the models (checked against their profiles) and a warm-up
-pass; only then SERVING. At stop (SIGTERM): NOT_SERVING first, then in-flight calls get a grace
-period to finish. A signature is recorded before it is returned, so stopping at any point never
-leaves one unrecorded. The daemon never writes to the chain (registration is a CLI command).
+pass; only then SERVING. A SIGTERM only requests the stop: ``start`` gives up between its steps
+(between models too), and the main thread stops. At stop: NOT_SERVING first (gRPC health and the
+node API's services), then in-flight calls get a grace period to finish. A signature is recorded
+before it is returned, so stopping at any point never leaves one unrecorded. The daemon never
+writes to the chain (registration is a CLI command).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def _default_loader(path: Path, config: OperatorConfig) -> InferenceEngine:
     return load_engine(path, threads=config.threads, device=config.device)
 
 
+class _StopRequested(Exception):
+    """A stop was requested while ``start`` was building: it gives up at the next step."""
+
+
 @dataclass
 class Ports:
     grpc: int = 0
@@ -75,12 +81,32 @@ class OperatorApp:
         self.engines = EngineRegistry()
         self._model_states: dict[str, ServiceStatus] = {m.name: ServiceStatus.INITIALIZING for m in config.models}
         self._health = new_health_servicer()
+        self._stop_requested = threading.Event()  # SIGTERM: set by the handler, acted on by the main thread
         self._stopped = threading.Event()
         self._closers: list[Callable[[], Any]] = []
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (a signal handler's part): ``start`` gives up at its next step, and
+        ``wait`` returns; ``stop`` does the work."""
+        self._stop_requested.set()
+
+    def _checkpoint(self) -> None:
+        if self._stop_requested.is_set():
+            raise _StopRequested
+
+    def start(self) -> bool:
+        """Build and start everything; False if a stop was requested meanwhile (then ``stop`` closes
+        what was built, and nothing says SERVING)."""
+        try:
+            self._start()
+        except _StopRequested:
+            logger.info("stop requested while starting")
+            return False
+        return True
+
+    def _start(self) -> None:
         password = self._secrets.bls_key_password
         if password is None:
             raise InvalidInputError("set OPERATOR_BLS_KEY_PASSWORD to unlock the BLS keystore")
@@ -88,6 +114,7 @@ class OperatorApp:
         domain = Domain(self.config.chain.chain_id, self.config.chain.task_manager)
         protection = SlashingProtection(self.config.slashing_protection_url, create=self._create_protection)
         self._closers.append(protection.close)
+        self._checkpoint()
         self._start_http()
         self.core = OperatorCore(domain, key_pair, self.engines, protection, self.metrics, self.config.limits)
         self.metrics.set_identity(key_pair.operator_id, domain.chain_id, domain.verifying_contract)
@@ -100,11 +127,14 @@ class OperatorApp:
             ConcurrencyLimiter(self.config.grpc.max_concurrent_requests),
             self.metrics,
         )
+        self._checkpoint()
         self._grpc, self.ports.grpc = build_grpc_server(servicer, self.config.grpc, self._health)
         self._grpc.start()
         logger.info("grpc listening", extra={"port": self.ports.grpc, "operator_id": "0x" + key_pair.operator_id.hex()})
         for model in self.config.models:
+            self._checkpoint()  # a model can take minutes to load: a SIGTERM is acted on between them
             self.core.add_model(model.name, self._load_model(model.name, model.path, model.profile_hash))
+        self._checkpoint()
         self.core.ready.set()
         if self.config.chain.deployment_file is not None:
             threading.Thread(target=self._refresh_stakes, name="stakes", daemon=True).start()
@@ -149,6 +179,7 @@ class OperatorApp:
         host, port = split_host_port(self.config.metrics.listen)
         metrics_server, _ = start_metrics_server(host, port, self.registry)
         self.ports.metrics = int(metrics_server.server_address[1])
+        self._closers.append(metrics_server.server_close)  # the port, once the serving loop has ended
         self._closers.append(metrics_server.shutdown)
 
     def _refresh_stakes(self) -> None:
@@ -176,19 +207,25 @@ class OperatorApp:
         ]
 
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """NOT_SERVING, let in-flight calls finish for ``grace_seconds``, then close everything."""
-        if self._stopped.is_set():
-            return
+        """NOT_SERVING (gRPC health, the node API's services, the ready metric), let in-flight calls
+        finish for ``grace_seconds``, then close everything. Again after a stop that came while
+        ``start`` was still building, it closes what was built since."""
+        self._stop_requested.set()
+        first = not self._stopped.is_set()
         self._stopped.set()
         self._health.set_serving(False)
         self.metrics.set_ready(False)
+        self._model_states.update(dict.fromkeys(self._model_states, ServiceStatus.DOWN))
         if hasattr(self, "core"):
             self.core.ready.clear()
-        if hasattr(self, "_grpc"):
-            self._grpc.stop(grace_seconds).wait()
-        for close in reversed(self._closers):
-            close()
-        logger.info("stopped")
+        grpc_server = self.__dict__.pop("_grpc", None)
+        if grpc_server is not None:
+            grpc_server.stop(grace_seconds).wait()
+        while self._closers:
+            self._closers.pop()()
+        if first:
+            logger.info("stopped")
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Until a stop is requested (``request_stop``, ``stop``)."""
+        self._stop_requested.wait()

@@ -59,12 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = OperatorApp(load_config(args.config), load_secrets())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        app.stop(args.grace_seconds)
+        app.request_stop()  # the main thread stops it: a handler running inside start() must not
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        app.start()
+        if not app.start():
+            return 0
         print(
             json.dumps(
                 {

@@ -172,6 +172,9 @@ def build_grpc_server(
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        # grpcio sets SO_REUSEPORT by default: a second process (a stale one still draining, a copy
+        # with another slashing-protection database) would bind the same port and get half the calls.
+        ("grpc.so_reuseport", 0),
     ]
     # Extra workers past the limit answer RESOURCE_EXHAUSTED quickly instead of queueing.
     workers = futures.ThreadPoolExecutor(max_workers=config.max_concurrent_requests + 4, thread_name_prefix="grpc")
@@ -188,13 +191,18 @@ def build_grpc_server(
     if config.reflection:
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
+    credentials = None
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         credentials = grpc.ssl_server_credentials(
             [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
         )
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:  # grpcio's "Failed to bind to address": in use, or not an address here
+        raise ConfigError(f"grpc.listen {config.listen!r}: cannot listen there (in use, or no such address)") from exc
     return server, port
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ from avs.rpc.operator_client import OperatorClient
 from avs_aggregator.operators import GrpcOperatorCaller
 from avs_aggregator.ports import OperatorInfo
 from avs_operator.app import OperatorApp
-from avs_operator.config import OperatorSecrets, parse_config
+from avs_operator.config import ConfigError, OperatorSecrets, parse_config
+from avs_operator.node_api import ServiceStatus
 from tests.inference.conftest import build_tiny_model
 from tests.operator.test_grpc_server import AGGREGATOR, DOMAIN, PASSWORD, envelope, make_config, start
 
@@ -190,3 +192,54 @@ def test_the_binary_stops_cleanly_on_sigterm_and_logs_json_without_secrets(model
     expected_device = "cuda:0" if torch.cuda.is_available() else "cpu"  # no `device` in the config
     assert (loaded["model"], loaded["device"], loaded["dtype"]) == ("tiny", expected_device, "float32")
     assert PASSWORD not in process.log_path.read_text() + process.stdout_path.read_text()
+
+
+def is_bound(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_a_stop_requested_while_models_load_leaves_nothing_serving_or_bound(model_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM's handler only requests the stop: ``start`` gives up before the next step (here, with
+    the model loaded, before SERVING), and ``stop`` closes what was built, every port included.
+    Before, the handler's stop ran inside ``start``, which went on to say SERVING afterwards."""
+    new_keystore(tmp_path)
+    app: OperatorApp
+
+    def load_then_sigterm(path: Path, config: Any) -> Any:
+        engine = load_engine(path, threads=config.threads, device=config.device, cache_dir=tmp_path / "cache")
+        app.request_stop()  # what the SIGTERM handler does, while start() is loading the models
+        return engine
+
+    app = OperatorApp(
+        parse_config(make_config(tmp_path, model_dir)),
+        OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
+        engine_loader=load_then_sigterm,
+        create_slashing_protection=True,
+    )
+    assert app.start() is False
+    ports = (app.ports.grpc, app.ports.node_api, app.ports.metrics)
+    assert all(ports) and not app.core.ready.is_set()
+    app.wait()  # returns at once: the stop was requested
+    app.stop(1)
+    assert [s.status for s in app._services()] == [ServiceStatus.DOWN]
+    assert not any(is_bound(port) for port in ports), ports  # the metrics port too (it used to stay bound)
+
+
+def test_a_second_operator_cannot_share_the_grpc_port(model_dir: Path, tmp_path: Path) -> None:
+    """grpcio binds with SO_REUSEPORT by default: a second process on the port (a stale one draining,
+    a copy with another slashing-protection database) got half of the calls. Now it cannot start."""
+    new_keystore(tmp_path)
+    first = start_app(tmp_path, model_dir)
+    try:
+        second = tmp_path / "second"
+        second.mkdir()
+        new_keystore(second)
+        with pytest.raises(ConfigError, match="cannot listen there"):
+            start_app(second, model_dir, listen=f"127.0.0.1:{first.ports.grpc}")
+    finally:
+        first.stop(1)

@@ -70,11 +70,14 @@ def resolve_database_url(url: str, base: Path) -> str:
     return parsed.set(database=str(absolute)).render_as_string(hide_password=False)
 
 
+MAX_PORT = 65535
+
+
 def split_host_port(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:9092"`` -> ``("127.0.0.1", 9092)``; ``ConfigError`` otherwise."""
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"listen address {listen!r} must be host:port")
+    if not host or not port.isdigit() or int(port) > MAX_PORT:
+        raise ConfigError(f"listen address {listen!r} must be host:port, the port in 0-{MAX_PORT}")
     return host, int(port)
 
 

@@ -8,13 +8,22 @@ See ``operator/operator.example.yaml`` for every field with its meaning.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path
+from avs.config import (
+    MAX_PORT,
+    ConfigError,
+    parse_model,
+    read_yaml,
+    resolve_database_url,
+    resolve_path,
+    split_host_port,
+)
 from avs.config import Section as _Section
 from avs.errors import InvalidInputError
 from avs.messages import checksum
@@ -44,6 +53,24 @@ class KeysConfig(_Section):
     ecdsa_keystore: Path | None = None
 
 
+def _grpc_listen(value: str) -> str:
+    """host:port, as gRPC takes it: ``[::]:50051`` for IPv6, ``:50051`` for every interface."""
+    _, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > MAX_PORT:
+        raise ValueError(f"listen address {value!r} must be host:port, the port in 0-{MAX_PORT}")
+    return value
+
+
+def _ipv4_listen(value: str) -> str:
+    try:
+        host, _ = split_host_port(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if ":" in host or host.startswith("["):
+        raise ValueError("the HTTP endpoints listen on IPv4 only: use 0.0.0.0 (every interface) or an IPv4 address")
+    return value
+
+
 class GrpcConfig(_Section):
     listen: str = "0.0.0.0:50051"
     # 1 MiB holds the largest call this node accepts with room to spare: a 64K-character chat
@@ -53,6 +80,8 @@ class GrpcConfig(_Section):
     reflection: bool = False
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+
+    _check_listen = field_validator("listen")(_grpc_listen)
 
     @model_validator(mode="after")
     def _check_tls(self) -> GrpcConfig:
@@ -66,16 +95,19 @@ class GrpcConfig(_Section):
 class HttpConfig(_Section):
     listen: str
 
+    _check_listen = field_validator("listen")(_ipv4_listen)
+
 
 class ModelConfig(_Section):
-    name: str = Field(min_length=1, max_length=128)
+    # The node API's service id is "model-<name>", a URL path segment: letters, digits, ".", "_", "-".
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     path: Path
     profile_hash: str | None = None  # the on-chain profile; the engine refuses other weights
 
     @field_validator("profile_hash")
     @classmethod
     def _check_profile_hash(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) != 66 or not value.startswith("0x")):
+        if value is not None and re.fullmatch(r"0x[0-9a-fA-F]{64}", value) is None:
             raise ValueError("must be a 0x-prefixed 32-byte hex string")
         return value
 
@@ -109,6 +141,20 @@ class OperatorConfig(_Section):
     threads: int | None = Field(default=None, gt=0)
     device: Literal["cpu", "cuda", "auto"] | None = None  # None: CUDA when present, else CPU
     node_name: str = "avs-operator"
+
+    @model_validator(mode="after")
+    def _check_distinct(self) -> OperatorConfig:
+        """One name and folder per model (the node API keys services by name; a folder listed twice
+        would be loaded twice), and one port per server (unless 0: any free one)."""
+        for what, values in (("name", [m.name for m in self.models]), ("path", [m.path for m in self.models])):
+            if len(set(values)) != len(values):
+                raise ValueError(f"models: two entries have the same {what}")
+        listens = {"grpc": self.grpc.listen, "node_api": self.node_api.listen, "metrics": self.metrics.listen}
+        ports = [(name, int(listen.rpartition(":")[2])) for name, listen in listens.items()]
+        taken = [name for name, port in ports if port and [p for _, p in ports].count(port) > 1]
+        if taken:
+            raise ValueError(f"{' and '.join(taken)} listen on the same port")
+        return self
 
     @field_validator("slashing_protection_url")
     @classmethod

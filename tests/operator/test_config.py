@@ -35,6 +35,9 @@ def test_the_documented_example_is_valid_and_paths_resolve_next_to_it() -> None:
         (("chain", "chain_id"), -1, "chain.chain_id"),
         (("auth", "authorised_aggregators"), [], "auth.authorised_aggregators"),
         (("chain", "unknown_field"), 1, "chain.unknown_field"),
+        (("grpc", "listen"), "not an address", "grpc.listen"),
+        (("node_api", "listen"), "0.0.0.0:99999", "node_api.listen"),
+        (("metrics", "listen"), "[::]:9092", "metrics.listen"),  # the HTTP servers are IPv4 only
     ],
 )
 def test_errors_name_the_field(path: tuple[str, str], value: object, field: str) -> None:
@@ -44,6 +47,29 @@ def test_errors_name_the_field(path: tuple[str, str], value: object, field: str)
     section[path[1]] = value
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_config(data)
+
+
+def test_models_and_ports_are_checked_when_the_config_is_read_not_after_the_key_is_unlocked() -> None:
+    """Before, these passed validation and failed late: after the keystore was decrypted and the
+    database opened (a traceback for a port in use twice), or after a model's full load (a hash
+    that is not hex), or never (a second model of the same name hid the first in the node API)."""
+    models = example()["models"]
+    assert isinstance(models, list)
+    cases: dict[str, dict[str, object]] = {
+        "models.0.name": {"models": [{**models[0], "name": "my model"}]},  # not a URL path segment
+        "models.0.profile_hash": {"models": [{**models[0], "profile_hash": "0x" + "zz" * 32}]},
+        "same name": {"models": [models[0], {**models[0], "path": "/elsewhere"}]},
+        "same path": {"models": [models[0], {**models[0], "name": "other"}]},
+        "node_api and metrics listen on the same port": {
+            "node_api": {"listen": "127.0.0.1:9100"},
+            "metrics": {"listen": "0.0.0.0:9100"},
+        },
+    }
+    for message, change in cases.items():
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            parse_config({**example(), **change})
+    ports_zero = {"node_api": {"listen": "127.0.0.1:0"}, "metrics": {"listen": "127.0.0.1:0"}}
+    assert parse_config({**example(), **ports_zero}).metrics.listen == "127.0.0.1:0"  # 0: any free port, each
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "not a url"])

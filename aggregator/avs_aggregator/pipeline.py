@@ -328,9 +328,29 @@ class Pipeline:
         self._notify()
         return True
 
-    def _operator_set(self, row: RequestRow) -> OperatorSet:
+    def _operator_set(self, row: RequestRow) -> OperatorSet | None:
+        """The operator set at the request's reference block; None if that block went stale and its
+        state cannot be read any more (a node that keeps recent state only, after an outage): the
+        request then moves to a fresh block instead of failing the same read forever."""
         assert row.reference_block is not None
-        return self.reader.get_operator_set(row.reference_block)
+        try:
+            return self.reader.get_operator_set(row.reference_block)
+        except Exception:
+            if not self._is_stale(row.reference_block):
+                raise  # an outage: the step is tried again
+        reason = f"reference block {row.reference_block} went stale before the request was decided"
+        logger.warning("moving the request to a fresh reference block", extra={"request": _hex(row.request_hash)})
+        if row.state == RequestState.GENERATING:  # the primary is picked again, at a fresh block
+            self._set_state(row, RequestState.RECEIVED, primary_id=None, error=reason)
+        else:  # attestations are bound to no block: the output is verified and counted at a fresh one
+            self.store.update_request(
+                row.request_hash,
+                expect=(row.state, row.attempt),
+                expect_verify_rounds=row.verify_rounds,
+                reference_block=self.reader.get_reference_block()[0],
+                error=reason,
+            )
+        return None
 
     def _pick_primary(self, row: RequestRow) -> None:
         reference_block, _ = self.reader.get_reference_block()
@@ -345,6 +365,8 @@ class Pipeline:
 
     def _generate(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
+        if operator_set is None:
+            return
         primary = operator_set.get(row.primary_id or b"")
         envelope = envelope_from_row(row)
         if primary is None:
@@ -389,6 +411,8 @@ class Pipeline:
 
     def _verify(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
+        if operator_set is None:
+            return
         assert row.output_hash is not None and row.primary_id is not None
         # An operator that equivocated on this request, or whose output for it the quorum rejected,
         # is neither asked nor counted. A primary that merely failed (busy, late, down: ``excluded``

@@ -18,6 +18,7 @@ from avs.messages import BatchHeader, compute_request_hash
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.metrics import AggregatorMetrics
 from avs_aggregator.pipeline import MAX_REBATCHES, STRAGGLER_SECONDS, Pipeline, PipelineError, PipelineSettings
+from avs_aggregator.ports import OperatorSet
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestRow, RequestState, StaleRowError, Store, load_hex_list
 from avs_aggregator.txsender import TransactionFailedError
@@ -112,6 +113,36 @@ def test_hung_operators_with_little_stake_do_not_hold_up_requests_or_batches(db:
     row = pipeline.store.get_request(request_hash)
     assert row is not None and row.state == RequestState.CERTIFIED
     assert elapsed < 2 * STRAGGLER_SECONDS + 2.0, elapsed  # one verification round and one batch, 3 s each before
+    pipeline.close()
+
+
+class PrunedStateNetwork(FakeNetwork):
+    """A node that keeps the state of its last 128 blocks only (geth's default)."""
+
+    def get_operator_set(self, reference_block: int) -> OperatorSet:
+        if reference_block < self.block - 128:
+            raise ValueError("missing trie node")
+        return super().get_operator_set(reference_block)
+
+
+@pytest.mark.parametrize("steps", [1, 2], ids=["generating", "verifying"])
+def test_a_request_whose_reference_block_went_stale_moves_to_a_fresh_one(db: str, steps: int) -> None:
+    """After an outage longer than the node's state window, every step of a request in flight failed
+    to read its reference block's operators, for ever (retried each second, holding a pending slot).
+    Now a generating request picks its primary again at a fresh block; a verifying one is counted
+    at a fresh block (attestations are bound to none)."""
+    network = PrunedStateNetwork([{0: 25}] * 4)
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(make_envelope(1))
+    for _ in range(steps):
+        pipeline.advance_request(request_hash)
+    before = pipeline.store.get_request(request_hash)
+    assert before is not None and before.state == (RequestState.GENERATING, RequestState.VERIFYING)[steps - 1]
+    network.block += 500  # the aggregator was down
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 0
+    assert row.reference_block is not None and row.reference_block > network.block - 128
     pipeline.close()
 
 

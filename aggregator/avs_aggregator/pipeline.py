@@ -796,16 +796,18 @@ class Pipeline:
     def _form(self, force: bool, created: list[int]) -> None:
         """Batches the ACCEPTED requests that are due, appending each new index to ``created``."""
         accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
-        groups: dict[bytes, list[RequestRow]] = {}
+        # By quorums and threshold: a batch is signed to the highest threshold of its requests, so one
+        # request asking 100% would hold its batch-mates to it (their signing rounds, their rebatches).
+        groups: dict[tuple[bytes, int], list[RequestRow]] = {}
         for row in accepted:
             if (row.rebatched or 0) >= MAX_REBATCHES:
                 self._fail(row, f"batched {row.rebatched} times and never certified")
             elif row.rebatched:  # its last batch fell short of the threshold: a batch of its own
                 created.append(self._create_batch(row.quorum_numbers, [row]))
             else:
-                groups.setdefault(row.quorum_numbers, []).append(row)
+                groups.setdefault((row.quorum_numbers, row.threshold_bps), []).append(row)
         now = self.clock()
-        for quorums, rows in groups.items():
+        for (quorums, _), rows in groups.items():
             while rows:
                 oldest = min(r.accepted_at or now for r in rows)
                 full = len(rows) >= self.settings.batch_max_size

@@ -368,6 +368,25 @@ def test_a_store_failure_while_recording_evidence_is_not_blamed_on_the_operators
     pipeline.close()
 
 
+def test_requests_asking_different_thresholds_go_into_different_batches(db: str) -> None:
+    """A batch is signed to its highest threshold: one request asking 100% batched with others held
+    them to it, and one operator missing SignBatch then cost them every signing round and a rebatch."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
+    network.operators[0].behaviour = "sign_down"  # 90% sign: enough for 6667, not for 10000
+    settings = dataclasses.replace(SETTINGS, max_threshold_bps=10_000, sign_rounds=1)
+    pipeline = make_pipeline(network, db, settings)
+    normal = [pipeline.submit(make_envelope(i, f"p{i}")) for i in range(3)]
+    strict = pipeline.submit(make_envelope(9, "strict"), threshold_bps=10_000)
+    pipeline.run_until_idle()
+    rows = {h: pipeline.store.get_request(h) for h in [*normal, strict]}
+    assert all(
+        r is not None and r.state == RequestState.CERTIFIED and not r.rebatched for h, r in rows.items() if h in normal
+    )
+    assert len({r.batch_index for h, r in rows.items() if h in normal and r is not None}) == 1
+    assert rows[strict] is not None and rows[strict].state == RequestState.FAILED  # type: ignore[union-attr]
+    pipeline.close()
+
+
 def test_bad_batch_signature_is_dropped(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "bad_batch_signature"

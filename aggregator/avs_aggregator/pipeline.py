@@ -209,6 +209,19 @@ def gather_calls(
         future.cancel()
 
 
+def _check_same_submission(row: RequestRow, envelope: convert.RequestEnvelope, quorums: bytes, threshold: int) -> None:
+    """A request is accepted once: submitting it again answers its hash, unless the second submission
+    asks other quorums or another threshold, or carries other messages (none of which the hash
+    covers): those are refused, not silently dropped."""
+    if (row.quorum_numbers, row.threshold_bps) != (quorums, threshold):
+        raise PipelineError(
+            f"this request was submitted already, with quorums {list(row.quorum_numbers)} and threshold "
+            f"{row.threshold_bps} bps; a new request (another nonce) can ask for others"
+        )
+    if convert.request_to_proto(envelope).SerializeToString(deterministic=True) != row.envelope:
+        raise PipelineError("this request was submitted already, with other messages or stop sequences")
+
+
 def envelope_from_row(row: RequestRow) -> convert.RequestEnvelope:
     message = op.InferenceRequest()
     message.ParseFromString(row.envelope)
@@ -286,7 +299,9 @@ class Pipeline:
         ``prompt_tokens`` is its chat-templated prompt's length when the intake tokenized it."""
         quorums, threshold = self.check_request_policy(quorums, threshold_bps)
         request_hash = compute_request_hash(self.domain, envelope.request)
-        if self.store.get_request(request_hash) is not None:
+        existing = self.store.get_request(request_hash)
+        if existing is not None:
+            _check_same_submission(existing, envelope, quorums, threshold)
             return request_hash
         if self.store.count_requests(PENDING_REQUEST_STATES) >= self.settings.max_pending:
             raise OverloadedError("too many requests pending; retry later")

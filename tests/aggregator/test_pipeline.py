@@ -56,6 +56,21 @@ def test_policy_limits_are_enforced(db: str) -> None:
     pipeline.close()
 
 
+def test_a_request_submitted_again_with_other_settings_or_messages_is_refused(db: str) -> None:
+    """The request hash covers neither the quorums, the threshold nor the messages: a second submit
+    asking others used to answer the same hash and silently keep the first's (a requester wanting
+    100% got 66.67%; a squatter's garbage messages stayed the request's)."""
+    pipeline = make_pipeline(FakeNetwork([{0: 1}]), db)
+    envelope = make_envelope(1)
+    request_hash = pipeline.submit(envelope, threshold_bps=6667)
+    assert pipeline.submit(envelope) == request_hash  # the same again (the default threshold is 6667)
+    with pytest.raises(PipelineError, match="threshold 6667"):
+        pipeline.submit(envelope, threshold_bps=9000)
+    with pytest.raises(PipelineError, match="other messages"):
+        pipeline.submit(dataclasses.replace(envelope, messages=({"role": "user", "content": "garbage"},)))
+    pipeline.close()
+
+
 def test_down_operator_is_excluded_and_stake_still_suffices(db: str) -> None:
     network = FakeNetwork([{0: 10}, {0: 30}, {0: 60}])
     network.operators[0].behaviour = "down"

@@ -85,7 +85,7 @@ OPERATORS = Dashboard(
         Panel(
             "gRPC requests by method and code",
             _q(
-                f"sum by (instance, method, code) (rate(eigen_rpc_request_total{{{OP}}}[{RATE}]))",
+                f"sum by (instance, method, code) (rate(avs_grpc_requests_total{{{OP}}}[{RATE}]))",
                 "{{instance}} {{method}} {{code}}",
             ),
             unit="reqps",
@@ -94,7 +94,7 @@ OPERATORS = Dashboard(
             "gRPC latency p95",
             _q(
                 "histogram_quantile(0.95, sum by (le, method) "
-                f"(rate(eigen_rpc_request_duration_seconds_bucket{{{OP}}}[{RATE}])))",
+                f"(rate(avs_grpc_request_duration_seconds_bucket{{{OP}}}[{RATE}])))",
                 "{{method}}",
             ),
             unit="s",

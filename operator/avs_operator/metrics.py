@@ -1,7 +1,9 @@
 """The operator's Prometheus metrics, behind one object with the registry passed in.
 
 EigenLayer node-spec metrics (``eigen_*``) plus the AVS's own (``avs_*``). Names carry their
-units; labels stay few. ``eigen_rpc_request_*`` count the gRPC calls this node serves.
+units; labels stay few. ``avs_grpc_request*`` count the gRPC calls this node serves (the spec's
+``eigen_rpc_request_*`` are the node's calls to its Ethereum client, labelled by client version:
+another thing, not exported here).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ class OperatorMetrics:
             registry=registry,
         )
         self.rpc_requests = Counter(
-            "eigen_rpc_request_total",
+            "avs_grpc_requests_total",
             "gRPC requests served, by method and status code",
             ["method", "code"],
             registry=registry,
         )
         self.rpc_duration = Histogram(
-            "eigen_rpc_request_duration_seconds",
+            "avs_grpc_request_duration_seconds",
             "gRPC request duration",
             ["method"],
             buckets=_STAGE_BUCKETS,

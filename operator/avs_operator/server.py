@@ -5,7 +5,7 @@ concurrency limit (RESOURCE_EXHAUSTED), then ``OperatorCore``. Its cheap half co
 payload is even hashed: a call with no 65-byte signature, or stamped outside the time window, is
 refused without copying, serialising or hashing its (up to ``max_message_bytes``) payload.
 Errors become status codes in ``avs.rpc.status``; every call is counted in
-``eigen_rpc_request_total`` by method and code.
+``avs_grpc_requests_total`` by method and code.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def test_the_values_are_the_chain_and_the_traffic(devnet: Monitored) -> None:
     assert value("avs_chain_premiums_tokens_total") > 0
     assert value('avs_chain_coverage_outstanding_tokens{quorum="0"}') == 1.0
     assert value("avs_chain_insurance_pool_balance_tokens") > 0
-    assert value('sum(eigen_rpc_request_total{method="Generate", code="OK"})') >= 2  # aggregator's + ours
+    assert value('sum(avs_grpc_requests_total{method="Generate", code="OK"})') >= 2  # aggregator's + ours
     _wait(
         "the chain and the aggregator to agree on batches",
         lambda: value("avs_chain_batches_certified_total") == value("avs_aggregator_batches_certified_total") >= 1,

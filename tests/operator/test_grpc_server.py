@@ -283,8 +283,8 @@ def test_node_api_and_metrics_over_http(running: Running) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{running.app.ports.metrics}/metrics") as response:
         text = response.read().decode()
     assert 'eigen_performance_score{avs_name="verifiable-inference"} 100.0' in text
-    assert 'eigen_rpc_request_total{code="OK",method="Generate"}' in text
-    assert 'eigen_rpc_request_total{code="UNAUTHENTICATED",method="Generate"}' in text
+    assert 'avs_grpc_requests_total{code="OK",method="Generate"}' in text
+    assert 'avs_grpc_requests_total{code="UNAUTHENTICATED",method="Generate"}' in text
     assert "avs_tokens_generated_total" in text and 'avs_signatures_total{kind="attestation"}' in text
     operator_id = "0x" + running.key_pair.operator_id.hex()
     assert (

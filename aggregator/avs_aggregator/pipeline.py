@@ -190,11 +190,12 @@ def gather_calls(
     timeout: float,
     on_answer: Callable[[OperatorInfo, Future[T]], None],
     is_settled: Callable[[], bool],
-) -> None:
+) -> list[OperatorInfo]:
     """Wait for a round of operator calls (each with its own ``timeout``) within one deadline for the
     round; ``on_answer`` sees each call as it ends. Once ``is_settled()``, the calls still out get
-    ``STRAGGLER_SECONDS`` more. Calls still queued at the end are cancelled; one running ends at its
-    own gRPC deadline, its answer unused."""
+    ``STRAGGLER_SECONDS`` more. Returns the operators whose calls were still out at the end (the
+    caller counts them as not answering): a queued call is cancelled, a running one ends at its own
+    gRPC deadline, its answer unused."""
     deadline = time.monotonic() + timeout + CALL_GRACE_SECONDS
     pending = set(calls)
     while pending:
@@ -207,6 +208,7 @@ def gather_calls(
             on_answer(calls[future], future)
     for future in pending:
         future.cancel()
+    return [calls[future] for future in pending]
 
 
 def _check_same_submission(row: RequestRow, envelope: convert.RequestEnvelope, quorums: bytes, threshold: int) -> None:
@@ -318,6 +320,10 @@ class Pipeline:
         if self.store.add_request(row):
             self._count(RequestState.RECEIVED)
             self._notify()
+        else:  # a concurrent submit of the same hash stored it first: the same check as above
+            stored = self.store.get_request(request_hash)
+            if stored is not None:
+                _check_same_submission(stored, envelope, quorums, threshold)
         return request_hash
 
     # --- requests ----------------------------------------------------------------------
@@ -449,7 +455,11 @@ class Pipeline:
         known = {i: signed.attestation.verdict for i, signed in answers.items()}
         if row.primary_id not in equivocators:
             known[row.primary_id] = Verdict.ACCEPT
-        checked = self._ask_verifiers(row, operator_set, asked, self._settles(row, operator_set, known, asked))
+        # The chain's threshold too, read once before any operator is asked (a failed read then costs
+        # no verification): an output accepted below it could never be signed into a batch.
+        accept_threshold = max(row.threshold_bps, self._chain_threshold())
+        settles = self._settles(row, operator_set, known, asked, accept_threshold)
+        checked = self._ask_verifiers(row, operator_set, asked, settles)
         if self._record_attestations(checked):  # one transaction for the round; it found equivocators
             equivocators = self.evidence.find_equivocators(row.request_hash)
         answers |= {i: signed for i, signed in checked if i not in equivocators}
@@ -458,19 +468,24 @@ class Pipeline:
             verdicts[row.primary_id] = Verdict.ACCEPT
         reject_signatures = {i: s.signature for i, s in answers.items() if s.attestation.verdict == Verdict.REJECT}
         unanswered = [o.operator_id for o in asked if o.operator_id not in verdicts.keys() | equivocators]
-        self._decide(row, operator_set, verdicts, reject_signatures, unanswered)
+        self._decide(row, operator_set, verdicts, reject_signatures, unanswered, accept_threshold)
 
     def _settles(
-        self, row: RequestRow, operator_set: OperatorSet, known: dict[bytes, Verdict], asked: Sequence[OperatorInfo]
+        self,
+        row: RequestRow,
+        operator_set: OperatorSet,
+        known: dict[bytes, Verdict],
+        asked: Sequence[OperatorInfo],
+        accept_threshold: int,
     ) -> Callable[[dict[bytes, Verdict]], bool]:
-        """Whether the replies so far decide the round: ACCEPT reaches the request's threshold and no
+        """Whether the checked replies so far decide the round: ACCEPT reaches ``accept_threshold`` and no
         provable REJECT is possible even if every verifier still out rejects. Then the round stops
         waiting, so that a slow or hung operator with little stake does not hold up every request."""
         floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
 
         def settles(replies: dict[bytes, Verdict]) -> bool:
             verdicts = known | replies
-            if not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts).is_accepted(row.threshold_bps):
+            if not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts).is_accepted(accept_threshold):
                 return False
             out = dict.fromkeys((o.operator_id for o in asked if o.operator_id not in replies), Verdict.REJECT)
             return not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts | out).is_rejected(floor)
@@ -486,31 +501,43 @@ class Pipeline:
     ) -> list[tuple[bytes, SignedAttestation]]:
         """One verification round on ``asked``, in parallel: the attestations of the output whose
         signatures verify. A verifier that is down, late (one deadline for the whole round), answers
-        another output or signs badly has not answered. Once the replies so far ``settles`` the round,
-        the rest get ``STRAGGLER_SECONDS`` more (the replies are counted before their signatures are
-        checked: a bad one leaves the tally short, and the verifiers not waited for are asked in
-        another round)."""
+        another output or signs badly has not answered. Once the replies so far ``settles`` the round
+        (counting only replies whose signatures were checked: a fast bad signature must not cut off
+        a slower honest verifier), the rest get ``STRAGGLER_SECONDS`` more."""
         assert row.output_hash is not None
         envelope = envelope_from_row(row)
         output_ids = tuple(json.loads(row.output_ids or "[]"))
         timeout = self.settings.verify_timeout
         owners = {self._pool.submit(self.caller.verify, o, envelope, output_ids, timeout): o for o in asked}
-        replies: dict[bytes, VerifyReply] = {}
+        unchecked: dict[bytes, VerifyReply] = {}
+        checked: dict[bytes, SignedAttestation] = {}
 
         def on_answer(operator: OperatorInfo, answer: Future[VerifyReply]) -> None:
             try:
                 reply = answer.result()
                 if reply.output_hash != row.output_hash:
                     raise InvalidInputError("the verifier attested another output hash")
-                replies[operator.operator_id] = reply
+                unchecked[operator.operator_id] = reply
             except Exception as exc:
                 self._verifier_failed(row, operator, exc)
 
-        gather_calls(owners, timeout, on_answer, lambda: settles({i: r.verdict for i, r in replies.items()}))
-        checked = self._check_verify_signatures(row, operator_set, replies)
-        for operator_id, signed in checked:
+        def check_signatures() -> None:  # one batch check for the replies come in since the last
+            checked.update(self._check_verify_signatures(row, operator_set, unchecked))
+            unchecked.clear()
+
+        def is_settled() -> bool:
+            so_far = {i: s.attestation.verdict for i, s in checked.items()}
+            if not unchecked or not settles(so_far | {i: r.verdict for i, r in unchecked.items()}):
+                return settles(so_far)
+            check_signatures()
+            return settles({i: s.attestation.verdict for i, s in checked.items()})
+
+        for operator in gather_calls(owners, timeout, on_answer, is_settled):
+            self._verifier_failed(row, operator, TimeoutError("no answer by the end of the round"))
+        check_signatures()
+        for operator_id, signed in checked.items():
             self._operator_outcome(operator_set.get(operator_id), "verify", signed.attestation.verdict.name.lower())
-        return checked
+        return list(checked.items())
 
     def _decide(
         self,
@@ -519,19 +546,19 @@ class Pipeline:
         verdicts: dict[bytes, Verdict],
         reject_signatures: dict[bytes, G1Point],
         unanswered: Sequence[bytes],
+        accept_threshold: int,
     ) -> None:
-        """Rejected, accepted, another round, or failed, from the verdicts counted so far."""
+        """Rejected, accepted (at ``accept_threshold``: the request's and the chain's), another round,
+        or failed, from the verdicts counted so far."""
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
         # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
-        # The config's floor first: the chain's threshold (one call) is only read for a rejection.
+        # The config's floor first: the chain's threshold is read again only for a rejection.
         floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
         if tally.is_rejected(floor) and tally.is_rejected(self._rejection_threshold()):
             self._reject(row, operator_set, reject_signatures)
-        elif tally.is_accepted(row.threshold_bps) and tally.is_accepted(self._chain_threshold()):
-            # The chain's threshold too (read only now): an output accepted below it could never be
-            # signed into a batch, and would cost its batch-mates their signing rounds.
+        elif tally.is_accepted(accept_threshold):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
         elif unanswered and self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
             self._verify_again(row, len(unanswered))
@@ -945,7 +972,7 @@ class Pipeline:
         leaves = self.get_batch_leaves(batch)
         digest = compute_digest(self.domain, header)
         threshold = self._batch_threshold(batch)
-        signatures = self._collect_batch_signatures(batch, operator_set, header, leaves, threshold)
+        signatures = self._collect_batch_signatures(batch, operator_set, header, leaves, digest, threshold)
         aggregate, invalid = protocol.compute_checked_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
         for bad in invalid:
             self._operator_outcome(operator_set.get(bad), "sign_batch", "bad_signature")
@@ -967,12 +994,19 @@ class Pipeline:
                 self.metrics.signed_stake_ratio.labels(str(q.quorum)).set(q.accept_stake / max(q.total_stake, 1))
 
     def _collect_batch_signatures(
-        self, batch: BatchRow, operator_set: OperatorSet, header: BatchHeader, leaves: Any, threshold: int
+        self,
+        batch: BatchRow,
+        operator_set: OperatorSet,
+        header: BatchHeader,
+        leaves: Sequence[BatchLeaf],
+        digest: bytes,
+        threshold: int,
     ) -> dict[bytes, G1Point]:
         """Every member's SignBatch in parallel, within one deadline for the round. Once the signers so
-        far hold ``threshold`` (their signatures not checked yet), the rest get
-        ``STRAGGLER_SECONDS`` more: a slow or hung operator with little stake does not hold every
-        batch for the whole deadline, and a prompt one still makes it into the certificate."""
+        far hold ``threshold`` with signatures that verify (a fast bad one must not cut off a slower
+        honest signer), the rest get ``STRAGGLER_SECONDS`` more: a slow or hung operator with little
+        stake does not hold every batch for the whole deadline, and a prompt one still makes it into
+        the certificate."""
         members = operator_set.in_quorums(batch.quorum_numbers)
         timeout = self.settings.sign_timeout
         owners = {self._sign_pool.submit(self.caller.sign_batch, o, header, leaves, timeout): o for o in members}
@@ -984,15 +1018,18 @@ class Pipeline:
                 self._operator_outcome(operator, "sign_batch", "ok")
             except Exception as exc:
                 self._operator_outcome(operator, "sign_batch", "error")
-                logger.info(
-                    "operator did not sign the batch", extra={"batch_index": batch.batch_index, "error": str(exc)}
-                )
+                extra = {"batch_index": batch.batch_index, "error": str(exc)}
+                logger.info("operator did not sign the batch", extra=extra)
 
         def holds_threshold() -> bool:
             signed = dict.fromkeys(signatures, Verdict.ACCEPT)
-            return protocol.compute_tally(operator_set, batch.quorum_numbers, signed).is_accepted(threshold)
+            if not protocol.compute_tally(operator_set, batch.quorum_numbers, signed).is_accepted(threshold):
+                return False
+            aggregate, _ = protocol.compute_checked_aggregate(operator_set, batch.quorum_numbers, digest, signatures)
+            return aggregate is not None and aggregate.tally.is_accepted(threshold)
 
-        gather_calls(owners, timeout, on_answer, holds_threshold)
+        for operator in gather_calls(owners, timeout, on_answer, holds_threshold):
+            self._operator_outcome(operator, "sign_batch", "error")
         return signatures
 
     def _signers_short(

@@ -148,6 +148,8 @@ class FakeNetwork:
         if op.behaviour == "hung":  # accepts the connection, never answers: the call's deadline ends it
             time.sleep(timeout)
             raise TimeoutError("deadline exceeded")
+        if op.behaviour == "slow":  # an honest verifier on slower hardware
+            time.sleep(2.0)
         if op.behaviour == "verify_down_once":  # missed one verification (a deadline, a blip), then honest
             op.behaviour = "honest"
             raise TimeoutError("deadline exceeded")
@@ -157,7 +159,7 @@ class FakeNetwork:
         verdict = Verdict.ACCEPT if honest == (op.behaviour != "cheat") else Verdict.REJECT
         if op.behaviour == "accept_all":  # signs ACCEPT of anything: equivocates across retries
             verdict = Verdict.ACCEPT
-        if op.behaviour == "bad_verify_signature":  # claims ACCEPT, signs the REJECT digest
+        if op.behaviour in ("bad_verify_signature", "fast_bad_verify_signature"):  # claims ACCEPT, signs REJECT
             return VerifyReply(output_hash, Verdict.ACCEPT, op.attest(request_hash, output_hash, Verdict.REJECT))
         return VerifyReply(output_hash, verdict, op.attest(request_hash, output_hash, verdict))
 

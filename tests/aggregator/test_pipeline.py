@@ -131,6 +131,48 @@ def test_hung_operators_with_little_stake_do_not_hold_up_requests_or_batches(db:
     pipeline.close()
 
 
+@pytest.mark.parametrize("raised_threshold", [False, True])
+def test_a_fast_bad_signature_or_a_raised_chain_threshold_does_not_cut_off_a_slower_honest_verifier(
+    db: str, raised_threshold: bool
+) -> None:
+    """A round stops waiting once its answers settle it. Counted before their signatures were
+    checked, a fast ACCEPT signed over the wrong digest (30%) settled it with the 40% primary, cut off
+    the honest 2 s verifier (30%), then was dropped: 40%, failed, every round. Counted against the
+    request's threshold only, 90% settled a round the chain's 9500 bps could not accept, and the
+    slow 10% verifier was cut off in every round."""
+    if raised_threshold:
+        network: FakeNetwork = RaisedThresholdNetwork([{0: 600}, {0: 300}, {0: 100}])
+    else:
+        network = FakeNetwork([{0: 400}, {0: 300}, {0: 300}])
+        network.operators[1].behaviour = "fast_bad_verify_signature"
+    network.operators[2].behaviour = "slow"
+    settings = dataclasses.replace(SETTINGS, verify_timeout=10.0)
+    pipeline = make_pipeline(network, db, settings)
+    request_hash = pipeline.submit(find_envelope_with_primary(network, network.operators[0].keys.operator_id))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
+    assert network.calls.count(("verify", network.operators[2].keys.operator_id)) == 1  # waited for in round 1
+    pipeline.close()
+
+
+def test_calls_cut_off_at_the_end_of_a_round_count_as_errors(db: str) -> None:
+    """Else a hung operator shows no failed call at all, and the signing-rate alert never fires for it."""
+    network = FakeNetwork([{0: 400}, {0: 300}, {0: 200}, {0: 100}])
+    network.operators[3].behaviour = "hung"
+    settings = dataclasses.replace(SETTINGS, verify_timeout=3.0, sign_timeout=3.0, batch_max_size=1)
+    registry = CollectorRegistry()
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, settings, AggregatorMetrics(registry))
+    request_hash = pipeline.submit(find_envelope_with_primary(network, network.operators[0].keys.operator_id))
+    pipeline.run_until_idle()
+    assert pipeline.store.get_request(request_hash).state == RequestState.CERTIFIED  # type: ignore[union-attr]
+    hung = "0x" + network.operators[3].keys.operator_id.hex()[:8]
+    for call in ("verify", "sign_batch"):
+        labels = {"operator": hung, "call": call, "outcome": "error"}
+        assert registry.get_sample_value("avs_aggregator_operator_calls_total", labels) == 1.0, call
+    pipeline.close()
+
+
 class PrunedStateNetwork(FakeNetwork):
     """A node that keeps the state of its last 128 blocks only (geth's default)."""
 

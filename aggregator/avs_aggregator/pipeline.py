@@ -211,6 +211,16 @@ def gather_calls(
     return [calls[future] for future in pending]
 
 
+def _count_verdicts(
+    answers: Mapping[bytes, SignedAttestation], primary_id: bytes, equivocators: set[bytes]
+) -> dict[bytes, Verdict]:
+    """The verifiers' checked verdicts, and the primary's ACCEPT unless it equivocated."""
+    verdicts = {i: signed.attestation.verdict for i, signed in answers.items()}
+    if primary_id not in equivocators:
+        verdicts[primary_id] = Verdict.ACCEPT
+    return verdicts
+
+
 def _check_same_submission(row: RequestRow, envelope: convert.RequestEnvelope, quorums: bytes, threshold: int) -> None:
     """A request is accepted once: submitting it again answers its hash, unless the second submission
     asks other quorums or another threshold, or carries other messages (none of which the hash
@@ -452,9 +462,7 @@ class Pipeline:
             o.operator_id: recorded[o.operator_id] for o in verifiers if o.operator_id in recorded
         }
         asked = [o for o in verifiers if o.operator_id not in recorded]
-        known = {i: signed.attestation.verdict for i, signed in answers.items()}
-        if row.primary_id not in equivocators:
-            known[row.primary_id] = Verdict.ACCEPT
+        known = _count_verdicts(answers, row.primary_id, equivocators)
         # The chain's threshold too, read once before any operator is asked (a failed read then costs
         # no verification): an output accepted below it could never be signed into a batch.
         accept_threshold = max(row.threshold_bps, self._chain_threshold())
@@ -463,9 +471,7 @@ class Pipeline:
         if self._record_attestations(checked):  # one transaction for the round; it found equivocators
             equivocators = self.evidence.find_equivocators(row.request_hash)
         answers |= {i: signed for i, signed in checked if i not in equivocators}
-        verdicts = {i: signed.attestation.verdict for i, signed in answers.items()}
-        if row.primary_id not in equivocators:
-            verdicts[row.primary_id] = Verdict.ACCEPT
+        verdicts = _count_verdicts(answers, row.primary_id, equivocators)
         reject_signatures = {i: s.signature for i, s in answers.items() if s.attestation.verdict == Verdict.REJECT}
         unanswered = [o.operator_id for o in asked if o.operator_id not in verdicts.keys() | equivocators]
         self._decide(row, operator_set, verdicts, reject_signatures, unanswered, accept_threshold)
@@ -481,7 +487,7 @@ class Pipeline:
         """Whether the checked replies so far decide the round: ACCEPT reaches ``accept_threshold`` and no
         provable REJECT is possible even if every verifier still out rejects. Then the round stops
         waiting, so that a slow or hung operator with little stake does not hold up every request."""
-        floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
+        floor = self._rejection_floor()
 
         def settles(replies: dict[bytes, Verdict]) -> bool:
             verdicts = known | replies
@@ -525,12 +531,14 @@ class Pipeline:
             checked.update(self._check_verify_signatures(row, operator_set, unchecked))
             unchecked.clear()
 
+        def checked_verdicts() -> dict[bytes, Verdict]:
+            return {i: signed.attestation.verdict for i, signed in checked.items()}
+
         def is_settled() -> bool:
-            so_far = {i: s.attestation.verdict for i, s in checked.items()}
-            if not unchecked or not settles(so_far | {i: r.verdict for i, r in unchecked.items()}):
-                return settles(so_far)
-            check_signatures()
-            return settles({i: s.attestation.verdict for i, s in checked.items()})
+            # The new replies' signatures are checked (one batch) once they would settle the round.
+            if unchecked and settles(checked_verdicts() | {i: r.verdict for i, r in unchecked.items()}):
+                check_signatures()
+            return settles(checked_verdicts())
 
         for operator in gather_calls(owners, timeout, on_answer, is_settled):
             self._verifier_failed(row, operator, TimeoutError("no answer by the end of the round"))
@@ -555,7 +563,7 @@ class Pipeline:
         # low requested threshold: an output could reach its requested ACCEPT share while most of
         # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
         # The config's floor first: the chain's threshold is read again only for a rejection.
-        floor = max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
+        floor = self._rejection_floor()
         if tally.is_rejected(floor) and tally.is_rejected(self._rejection_threshold()):
             self._reject(row, operator_set, reject_signatures)
         elif tally.is_accepted(accept_threshold):
@@ -943,6 +951,11 @@ class Pipeline:
         if isinstance(self.writer, ThresholdReader):
             return max(self.settings.min_threshold_bps, self.writer.get_threshold_bps())
         return self.settings.min_threshold_bps
+
+    def _rejection_floor(self) -> int:
+        """The least a provable rejection needs, known without the chain: the config's threshold and
+        more than half the stake (``_rejection_threshold`` adds the chain's)."""
+        return max(self.settings.min_threshold_bps, protocol.MIN_REJECTION_THRESHOLD_BPS)
 
     def _rejection_threshold(self) -> int:
         """What ``FaultManager.proveRejectedOutput`` needs: the threshold, and more than half the stake."""

@@ -304,8 +304,8 @@ def build_verification(status: RequestStatus) -> dict[str, object]:
 
 
 def build_usage(status: RequestStatus) -> dict[str, int]:
-    """Completion tokens are the certified output's; prompt tokens are what the aggregator's intake
-    counted in the chat-templated prompt (0 when it has no tokenizer for the model)."""
+    """Completion tokens are the certified output's; prompt tokens are the status's ``prompt_tokens``
+    (the gateway counts them itself: ``GatewayService`` puts its own count there)."""
     completion = len(status.output_token_ids)
     prompt = status.prompt_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from avs import __version__, keystore
@@ -83,6 +84,7 @@ class OperatorApp:
         self._health = new_health_servicer()
         self._stop_requested = threading.Event()  # SIGTERM: set by the handler, acted on by the main thread
         self._stopped = threading.Event()
+        self._grpc: grpc.Server | None = None
         self._closers: list[Callable[[], Any]] = []
 
     # --- lifecycle --------------------------------------------------------------------
@@ -218,8 +220,8 @@ class OperatorApp:
         self._model_states.update(dict.fromkeys(self._model_states, ServiceStatus.DOWN))
         if hasattr(self, "core"):
             self.core.ready.clear()
-        grpc_server = self.__dict__.pop("_grpc", None)
-        if grpc_server is not None:
+        if self._grpc is not None:
+            grpc_server, self._grpc = self._grpc, None
             grpc_server.stop(grace_seconds).wait()
         while self._closers:
             self._closers.pop()()

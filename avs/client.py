@@ -40,10 +40,11 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack
 
 import grpc
 from eth_abi.packed import encode_packed
@@ -55,7 +56,7 @@ from avs.chain.client import find_batch_certified
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.crypto.curve import G1Point, G2Point
-from avs.errors import AvsError, DeadlineExceededError, InvalidInputError, UntrustedAnswerError
+from avs.errors import AvsError, CancelledError, DeadlineExceededError, InvalidInputError, UntrustedAnswerError
 from avs.merkle import BatchLeaf, verify_merkle_proof
 from avs.messages import (
     MAX_QUORUMS,
@@ -342,6 +343,7 @@ class AggregatorClient:
         request_hash: bytes,
         timeout: float = 600.0,
         on_progress: Callable[[ag.RequestStatus], None] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> ag.RequestStatus:
         """Follow the request until CERTIFIED (returned) or FAILED (``RequestFailedError``). For a
         request this client submitted, the certificate must be for the request sent, with the
@@ -351,27 +353,38 @@ class AggregatorClient:
         dropped) or is refused (RESOURCE_EXHAUSTED: the aggregator's watch slots are taken), it
         reconnects with exponential backoff, asking ``GetStatus`` meanwhile, until
         ``timeout`` seconds have passed (``DeadlineExceededError``). ``on_progress`` sees each
-        (state, attempt) once, however many reconnections there were."""
+        (state, attempt) once, however many reconnections there were. ``cancellation.cancel()``,
+        from another thread, ends the wait at once with ``CancelledError`` (the request goes on)."""
         deadline = time.monotonic() + timeout
         follower = _StatusFollower(on_progress)
+        cancellation = cancellation or Cancellation()
         delay = RECONNECT_INITIAL_SECONDS
         query = ag.GetStatusRequest(request_hash=request_hash)
         while True:
             try:
-                for status in self._stub.WatchStatus(query, timeout=_remaining(deadline, timeout)):
-                    delay = RECONNECT_INITIAL_SECONDS
-                    if follower.see(status):
-                        return self._finish(request_hash, status)
+                stream = self._stub.WatchStatus(query, timeout=_remaining(deadline, timeout))
+                with cancellation.cancelling(stream):
+                    for status in stream:
+                        delay = RECONNECT_INITIAL_SECONDS
+                        if follower.see(status):
+                            return self._finish(request_hash, status)
             except grpc.RpcError as exc:
+                cancellation.raise_if_cancelled(request_hash)
                 # A busy aggregator (its WatchStatus streams all taken) says to poll GetStatus: the
                 # request is submitted and goes on, so it is followed, never given up (and resent).
                 if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     _raise_unless_retryable(exc)
             logger.info("the status stream broke; reconnecting", extra={"delay_seconds": delay})
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            cancellation.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            cancellation.raise_if_cancelled(request_hash)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             try:
-                status = self._stub.GetStatus(query, timeout=min(self._timeout, _remaining(deadline, timeout)))
+                call = self._stub.GetStatus.future(query, timeout=min(self._timeout, _remaining(deadline, timeout)))
+                with cancellation.cancelling(call):
+                    status = call.result()
+            except grpc.FutureCancelledError:
+                cancellation.raise_if_cancelled(request_hash)
+                raise
             except grpc.RpcError as exc:
                 _raise_unless_retryable(exc)
                 continue
@@ -401,6 +414,48 @@ CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
 )
+
+
+class Cancellation:
+    """Ends an ``AggregatorClient.wait`` from another thread (a gateway whose HTTP client went away):
+    ``cancel()`` cancels the status stream the wait is reading, so it returns at once, not at the
+    next status change, and raises ``CancelledError``. The request itself goes on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._stream: grpc.Future[Any] | None = None
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @contextmanager
+    def cancelling(self, stream: grpc.Future[Any]) -> Iterator[None]:
+        """``cancel()`` cancels ``stream`` while in this block (at once if it already was called)."""
+        with self._lock:
+            self._stream = stream
+        if self.cancelled:
+            stream.cancel()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._stream = None
+
+    def sleep(self, seconds: float) -> None:
+        self._cancelled.wait(seconds)
+
+    def raise_if_cancelled(self, request_hash: bytes) -> None:
+        if self.cancelled:
+            raise CancelledError(f"stopped following request 0x{request_hash.hex()} (it goes on)")
 
 
 class _StatusFollower:

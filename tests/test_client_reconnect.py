@@ -11,8 +11,8 @@ from concurrent import futures
 import grpc
 import pytest
 
-from avs.client import AggregatorClient, RequestFailedError, get_state_name
-from avs.errors import DeadlineExceededError
+from avs.client import AggregatorClient, Cancellation, RequestFailedError, get_state_name
+from avs.errors import CancelledError, DeadlineExceededError
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 
@@ -176,3 +176,37 @@ def test_a_busy_aggregator_is_polled_not_given_up() -> None:
         server.stop(grace=None).wait()
     assert status.state == ag.REQUEST_STATE_CERTIFIED
     assert servicer.watch_calls >= 1 and servicer.get_calls >= 1
+
+
+class SlowPolledAggregator(BusyAggregator):
+    """Refuses the stream, and takes 10 s to answer a poll."""
+
+    def GetStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> ag.RequestStatus:
+        time.sleep(10)
+        return super().GetStatus(request, context)
+
+
+@pytest.mark.parametrize(
+    "aggregator", [ScriptedAggregator, BusyAggregator, SlowPolledAggregator], ids=["streaming", "polled", "in-a-poll"]
+)
+def test_a_cancelled_wait_ends_at_once_and_closes_its_stream(aggregator: type[ScriptedAggregator]) -> None:
+    """A gateway whose HTTP client went away cancels its wait: it ends at once, not at the next
+    status change (minutes, while an output is generated), whether it is reading the status stream
+    or backing off between polls; the aggregator sees the stream closed."""
+    servicer = aggregator(ag.REQUEST_STATE_GENERATING)
+    server, port = serve(servicer)
+    cancellation = Cancellation()
+    seen: list[int] = []
+    try:
+        with AggregatorClient(f"127.0.0.1:{port}") as client:
+            threading.Timer(1.0, cancellation.cancel).start()
+            started = time.monotonic()
+            with pytest.raises(CancelledError, match="0x" + REQUEST_HASH.hex()):
+                client.wait(REQUEST_HASH, 30, lambda s: seen.append(s.state), cancellation=cancellation)
+            elapsed = time.monotonic() - started
+            with pytest.raises(CancelledError):  # cancelled before it starts: no status is read
+                client.wait(REQUEST_HASH, timeout=30, cancellation=cancellation)
+    finally:
+        server.stop(grace=None).wait()
+    assert 0.9 <= elapsed < 2.0
+    assert seen == ([] if aggregator is SlowPolledAggregator else [ag.REQUEST_STATE_GENERATING])

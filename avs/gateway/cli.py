@@ -24,7 +24,7 @@ from types import FrameType
 from avs.chain.deployment import load_deployment
 from avs.client import AggregatorClient
 from avs.errors import AvsError
-from avs.gateway.config import GatewayConfig, load_config, parse_host_port
+from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.models import load_local_models
 from avs.gateway.server import GatewayServer
 from avs.gateway.service import GatewayService, build_certificate_checker
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-temperature", type=float, help="temperature when a request omits it (1.0)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (1 MiB)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_seconds", help="seconds to certify")
+    parser.add_argument("--max-in-flight", type=int, help="completions followed at once, in all (192)")
+    parser.add_argument("--max-in-flight-per-key", type=int, help="completions in flight per API key (32)")
     parser.add_argument("--log-level", help="INFO, DEBUG, ...")
     return parser
 
@@ -74,10 +76,9 @@ def build_service(client: AggregatorClient, config: GatewayConfig) -> GatewaySer
 def run(args: argparse.Namespace) -> int:
     config = load_config(**vars(args))
     configure_json_logging(config.log_level)
-    host, port = parse_host_port(config.listen)
     stopped = threading.Event()
     with AggregatorClient(config.aggregator) as client:
-        server = GatewayServer(build_service(client, config), host, port, config.get_api_keys(), config.max_body_bytes)
+        server = GatewayServer(build_service(client, config), config)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             logger.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         server.start()
-        url = f"http://{host}:{server.port}/v1"
+        url = f"http://{server.host}:{server.port}/v1"
         auth = bool(config.get_api_keys())
         logger.info("listening", extra={"url": url, "aggregator": config.aggregator, "auth": auth})
         print(json.dumps({"event": "ready", "url": url, "aggregator": config.aggregator}), flush=True)

@@ -64,6 +64,11 @@ class SubmittedRequestError(AvsError):
         self.cause = cause
 
 
+class TooManyRequestsError(AvsError):
+    """Over the gateway's own cap of completions in flight (in all, or the caller's): nothing was
+    submitted, so a retry later is safe."""
+
+
 class RouteNotFoundError(AvsError, LookupError):
     """A path this gateway does not serve."""
 
@@ -97,6 +102,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str | None],
     (ContextLimitError, 400, INVALID_REQUEST, "messages", "context_length_exceeded"),
     (UntrustedAnswerError, 502, SERVER_ERROR, None, "certificate_mismatch"),  # the aggregator's fault
     (InvalidInputError, 400, INVALID_REQUEST, None, None),
+    (TooManyRequestsError, 429, "rate_limit_error", None, "too_many_requests"),
     (OverloadedError, 429, "rate_limit_error", None, "aggregator_busy"),
     (RequestFailedError, 502, SERVER_ERROR, None, "not_certified"),
     (DeadlineExceededError, 504, SERVER_ERROR, None, "certification_timeout"),

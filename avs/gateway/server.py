@@ -14,12 +14,17 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 
-from avs.errors import AuthenticationError, AvsError, InvalidInputError
+from avs.client import Cancellation
+from avs.errors import AuthenticationError, AvsError, CancelledError, InvalidInputError
+from avs.gateway.admission import Admission
+from avs.gateway.config import GatewayConfig, parse_host_port
+from avs.gateway.disconnects import DisconnectWatcher
 from avs.gateway.errors import (
     INVALID_REQUEST,
     ApiError,
@@ -41,6 +46,8 @@ DRAIN_LIMIT_BYTES = 16 << 20  # a refused body up to this size is read and dropp
 # The request was submitted (and may still be certified): the openai SDKs retry 502 and 504 by
 # default, and each retry would submit a new request, another inference.
 NO_RETRY_STATUSES = frozenset({502, 504})
+RETRY_AFTER_SECONDS = 1  # a 429 of the gateway's own caps: nothing was submitted
+SPARE_CONNECTIONS = 64
 MAX_JSON_DEPTH = 64  # OpenAI's bodies nest 4-5 deep
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
 # A string and its closing quote, or the rest of the body when it never closes. Possessive: a
@@ -71,27 +78,37 @@ def parse_content_length(text: str | None) -> int | None:
 
 
 class _HttpServer(BoundedHTTPServer):
-    def __init__(
-        self, address: tuple[str, int], service: GatewayService, api_keys: tuple[str, ...], max_body_bytes: int
-    ) -> None:
-        super().__init__(address, GatewayHandler)
+    def __init__(self, service: GatewayService, config: GatewayConfig) -> None:
+        # Connections beyond the completions in flight: for /health, /v1/models, verifications and
+        # idle kept-alive connections, so that a busy gateway still answers them.
+        max_connections = config.max_in_flight + SPARE_CONNECTIONS
+        super().__init__(parse_host_port(config.listen), GatewayHandler, max_connections=max_connections)
         self.service = service
-        self.api_keys = api_keys
-        self.max_body_bytes = max_body_bytes
+        self.api_keys = config.get_api_keys()
+        self.max_body_bytes = config.max_body_bytes
+        self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key)
+        self.disconnects = DisconnectWatcher()
 
     def handle_error(self, request: object, client_address: object) -> None:
         logger.debug("connection error", exc_info=True, extra={"client": str(client_address)})
 
 
-def is_authorized(header: str | None, api_keys: tuple[str, ...]) -> bool:
-    """``Authorization: Bearer <key>`` with one of ``api_keys`` (no keys configured: always)."""
+def identify_caller(header: str | None, api_keys: tuple[str, ...]) -> str | None:
+    """Who calls: ``"key N"`` for ``Authorization: Bearer <the Nth of api_keys>``, ``""`` when no keys
+    are configured, None when the header names no key (not authorized). Never the key itself."""
     if not api_keys:
-        return True
+        return ""
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return False
+        return None
     given = token.strip().encode()
-    return any(hmac.compare_digest(given, key.encode()) for key in api_keys)
+    matches = [hmac.compare_digest(given, key.encode()) for key in api_keys]  # each compared: no timing by index
+    return f"key {matches.index(True)}" if any(matches) else None
+
+
+def is_authorized(header: str | None, api_keys: tuple[str, ...]) -> bool:
+    """``Authorization: Bearer <key>`` with one of ``api_keys`` (no keys configured: always)."""
+    return identify_caller(header, api_keys) is not None
 
 
 class GatewayHandler(BaseHTTPRequestHandler):
@@ -128,11 +145,14 @@ class GatewayHandler(BaseHTTPRequestHandler):
             # request on this connection (smuggled past a proxy), so it is the last one.
             self.close_connection = True
         try:
-            if self._path.startswith("/v1/") and not is_authorized(
-                self.headers.get("Authorization"), self.server.api_keys
-            ):
+            caller = identify_caller(self.headers.get("Authorization"), self.server.api_keys)
+            if self._path.startswith("/v1/") and caller is None:
                 raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
+            self._caller = caller or f"address {self.client_address[0]}"
             route()
+        except CancelledError as exc:  # the client closed its connection: no one to answer
+            self.close_connection = True
+            logger.info("the client went away; its request goes on", extra={"detail": str(exc)})
         except AvsError as exc:  # before TimeoutError: a certification deadline is one (504, not a stall)
             self._send_error(exc)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -161,11 +181,19 @@ class GatewayHandler(BaseHTTPRequestHandler):
             raise RouteNotFoundError(f"unknown URL: {self.command} {self._path}")
         service = self.server.service
         job = service.parse(kind, self._read_json())
-        if job.stream:
-            service.stream(job, self._send_event)
-            self._end_stream()
-        else:
-            self._send_json(200, service.complete(job))
+        with self.server.admission.admit(self._caller), self._following() as cancellation:
+            if job.stream:
+                service.stream(job, self._send_event, cancellation)
+                self._end_stream()
+            else:
+                self._send_json(200, service.complete(job, cancellation))
+
+    @contextmanager
+    def _following(self) -> Iterator[Cancellation]:
+        """A cancellation for the wait, cancelled if the client closes its connection meanwhile."""
+        cancellation = Cancellation()
+        with self.server.disconnects.watching(self.connection, cancellation.cancel):
+            yield cancellation
 
     # --- bodies ------------------------------------------------------------------------
 
@@ -255,6 +283,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if not self._body_read:
             self._discard_body()
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+        if error.status == 429 and error.retry:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if error.status in NO_RETRY_STATUSES or not error.retry:
             headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
         self._send_json(error.status, error.to_json(), headers)
@@ -275,18 +305,20 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
 
 class GatewayServer:
-    """The HTTP server on its own thread: ``start()``, ``port``, ``stop()``."""
+    """The HTTP server on its own thread, listening on ``config.listen``: ``start()``, ``port``, ``stop()``."""
 
-    def __init__(
-        self,
-        service: GatewayService,
-        host: str,
-        port: int,
-        api_keys: tuple[str, ...] = (),
-        max_body_bytes: int = 1 << 20,
-    ) -> None:
-        self._http = _HttpServer((host, port), service, api_keys, max_body_bytes)
+    def __init__(self, service: GatewayService, config: GatewayConfig) -> None:
+        self._http = _HttpServer(service, config)
         self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        return str(self._http.server_address[0])
+
+    @property
+    def in_flight(self) -> int:
+        """Completions being followed now."""
+        return self._http.admission.in_flight
 
     @property
     def port(self) -> int:
@@ -305,3 +337,4 @@ class GatewayServer:
             self._thread.join()
             self._thread = None
         self._http.server_close()
+        self._http.disconnects.close()

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from avs.client import FINAL_STATES, RequestStatus, verify_certificate
-from avs.errors import InvalidInputError, ModelNotFoundError, UntrustedAnswerError
+from avs.client import FINAL_STATES, Cancellation, RequestStatus, verify_certificate
+from avs.errors import CancelledError, InvalidInputError, ModelNotFoundError, UntrustedAnswerError
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
 from avs.gateway.errors import SubmittedRequestError
@@ -59,7 +59,11 @@ class Intake(Protocol):
     ) -> bytes: ...
 
     def wait(
-        self, request_hash: bytes, timeout: float, on_progress: Callable[[RequestStatus], None] | None
+        self,
+        request_hash: bytes,
+        timeout: float,
+        on_progress: Callable[[RequestStatus], None] | None,
+        cancellation: Cancellation | None,
     ) -> RequestStatus: ...
 
     def get_status(self, request_hash: bytes) -> RequestStatus: ...
@@ -143,14 +147,15 @@ class GatewayService:
             raise UntrustedAnswerError(f"the certificate does not verify: {'; '.join(problems)}")
         return sent.localize(status)
 
-    def complete(self, job: CompletionJob) -> dict[str, object]:
-        """Submit, wait until certified, answer the completion with its certificate."""
+    def complete(self, job: CompletionJob, cancellation: Cancellation | None = None) -> dict[str, object]:
+        """Submit, wait until certified, answer the completion with its certificate. A cancelled
+        wait (the client went away) raises ``CancelledError``; the request goes on."""
         sent = self._submit(job)
         with _submitted(sent.request_hash):
-            status = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, None)
+            status = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, None, cancellation)
             return api.build_completion(job, self._certified(sent, status), int(self._clock()))
 
-    def stream(self, job: CompletionJob, emit: Emit) -> None:
+    def stream(self, job: CompletionJob, emit: Emit, cancellation: Cancellation | None = None) -> None:
         """Submit, then ``emit`` the chunks; errors before the first ``emit`` are the caller's to answer."""
         sent = self._submit(job)
         with _submitted(sent.request_hash):
@@ -160,7 +165,7 @@ class GatewayService:
             def on_status(status: RequestStatus) -> None:
                 streamer.on_status(sent.localize(status))
 
-            final = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, on_status)
+            final = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, on_status, cancellation)
             streamer.finish(self._certified(sent, final))
 
     # --- reads -------------------------------------------------------------------------
@@ -215,9 +220,12 @@ class _Submitted:
 @contextmanager
 def _submitted(request_hash: bytes) -> Iterator[None]:
     """Errors from here on are ``SubmittedRequestError``: answered with where to follow the request,
-    and a "do not retry" to the SDKs (each retry would submit, and pay for, another inference)."""
+    and a "do not retry" to the SDKs (each retry would submit, and pay for, another inference).
+    A cancelled wait is not one: there is no one left to answer."""
     try:
         yield
+    except CancelledError:
+        raise
     except Exception as exc:
         raise SubmittedRequestError(api.VERIFICATION_PATH + "0x" + request_hash.hex(), exc) from exc
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from avs.client import RequestFailedError, RequestStatus
+from avs.client import Cancellation, RequestFailedError, RequestStatus
 from avs.errors import InvalidInputError
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
@@ -85,7 +85,11 @@ class FakeIntake:
         return REQUEST_HASH
 
     def wait(
-        self, request_hash: bytes, timeout: float, on_progress: Callable[[RequestStatus], None] | None
+        self,
+        request_hash: bytes,
+        timeout: float,
+        on_progress: Callable[[RequestStatus], None] | None,
+        cancellation: Cancellation | None = None,
     ) -> RequestStatus:
         status = make_status(ag.REQUEST_STATE_RECEIVED)
         for state in self.states:

@@ -5,8 +5,11 @@ aggregator, and the official ``openai`` client. Also the ``avs-gateway`` binary 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +50,10 @@ def start_gateway(devnet: Devnet, intake: AggregatorClient, deployment: Path) ->
         deployment=deployment,
         threshold_bps=6667,
         request_timeout_seconds=120,
+        listen="127.0.0.1:0",
+        api_keys=API_KEY,
     )
-    server = GatewayServer(build_service(intake, config), "127.0.0.1", 0, (API_KEY,))
+    server = GatewayServer(build_service(intake, config), config)
     server.start()
     return server
 
@@ -119,13 +124,42 @@ def test_a_text_completion(client: openai.OpenAI, model: str) -> None:
 
 def test_the_certificate_can_be_fetched_later(client: openai.OpenAI, gateway: GatewayServer, model: str) -> None:
     completion = client.completions.create(model=model, prompt="hello world", max_tokens=3, temperature=0)
-    url = (completion.model_extra or {})["verification"]["certificate_url"]
+    body = fetch(gateway, (completion.model_extra or {})["verification"]["certificate_url"])
+    certificate = body["certificate"]
+    assert body["state"] == "CERTIFIED" and isinstance(certificate, dict)
+    assert certificate["output_text"] == completion.choices[0].text
+
+
+def test_a_client_that_goes_away_is_let_go_and_its_request_still_certified(
+    gateway: GatewayServer, model: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A streamed request whose client closes after the first chunk: the gateway stops following it
+    at once (its wait on the real status stream cancelled), and the aggregator certifies it anyway."""
+    caplog.set_level(logging.INFO, logger="avs.gateway")
+    body = json.dumps({"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "stream": True})
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body.encode())
+        reply = b""
+        while b"\n\ndata: " not in reply and b"\r\n\r\ndata: " not in reply:
+            reply += sock.recv(4096)
+    url = json.loads(reply.split(b"data: ", 1)[1].split(b"\n\n", 1)[0])["verification"]["certificate_url"]
+    deadline = time.monotonic() + 60
+    while (state := fetch(gateway, url)["state"]) != "CERTIFIED":
+        assert time.monotonic() < deadline and state != "FAILED", state
+        time.sleep(0.2)
+    assert gateway.in_flight == 0
+    assert any("went away" in r.getMessage() for r in caplog.records)
+
+
+def fetch(gateway: GatewayServer, path: str) -> dict[str, object]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{gateway.port}{url}", headers={"Authorization": f"Bearer {API_KEY}"}
+        f"http://127.0.0.1:{gateway.port}{path}", headers={"Authorization": f"Bearer {API_KEY}"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        body = json.loads(response.read())
-    assert body["state"] == "CERTIFIED" and body["certificate"]["output_text"] == completion.choices[0].text
+        body: dict[str, object] = json.loads(response.read())
+    return body
 
 
 def test_the_aggregator_refusal_reaches_the_client(client: openai.OpenAI, model: str) -> None:

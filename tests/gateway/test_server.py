@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -24,6 +27,7 @@ from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
 from avs.gateway.service import CertificateChecker, GatewayService
 from avs.inference.params import compute_prompt_hash
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.gateway.fakes import (
     MODEL,
     MODEL_ID,
@@ -33,6 +37,7 @@ from tests.gateway.fakes import (
     FakeIntake,
     FakeRpcError,
     failing_intake,
+    make_status,
 )
 
 REQUESTER = "0x" + "11" * 20
@@ -55,10 +60,18 @@ def start(
 ) -> GatewayServer:
     """The gateway over ``intake``; its tokenizer decodes the intake's ids to the intake's text
     unless ``texts`` says otherwise."""
-    config = load_config(requester=REQUESTER, model_dirs=MODEL_DIRS, quorums=[1, 0], threshold_bps=6667, **settings)
+    config = load_config(
+        requester=REQUESTER,
+        model_dirs=MODEL_DIRS,
+        quorums=[1, 0],
+        threshold_bps=6667,
+        listen="127.0.0.1:0",
+        api_keys=",".join(api_keys) or None,
+        **settings,
+    )
     codec = FakeCodec(texts if texts is not None else {tuple(intake.ids): intake.text})
     service = GatewayService(intake, config, {MODEL_ID: codec}, check_certificate)
-    server = GatewayServer(service, "127.0.0.1", 0, api_keys, config.max_body_bytes)
+    server = GatewayServer(service, config)
     server.start()
     return server
 
@@ -552,7 +565,7 @@ def test_a_body_in_another_encoding_than_utf8_is_refused_before_parsing(server: 
 
 
 class UncertifiedIntake(FakeIntake):
-    def wait(self, request_hash: bytes, timeout: float, on_progress: Any) -> Any:
+    def wait(self, request_hash: bytes, timeout: float, on_progress: Any, cancellation: Any = None) -> Any:
         raise DeadlineExceededError(f"the request was not certified within {timeout} s")
 
 
@@ -597,7 +610,7 @@ def test_refusals_of_the_http_layer_itself_are_json_too(server: GatewayServer) -
 class BusyAfterSubmitIntake(FakeIntake):
     """Submitted, then the aggregator answers RESOURCE_EXHAUSTED (429 before the request was sent)."""
 
-    def wait(self, request_hash: bytes, timeout: float, on_progress: Any) -> Any:
+    def wait(self, request_hash: bytes, timeout: float, on_progress: Any, cancellation: Any = None) -> Any:
         raise OverloadedError("the aggregator is serving its limit; retry later")
 
 
@@ -628,3 +641,81 @@ def test_any_error_after_the_submission_says_where_to_follow_it_and_not_to_retry
         gateway.stop()
     if status == 502:
         assert any(r.levelname == "ERROR" and "request failed" in r.getMessage() for r in caplog.records)
+
+
+class HeldIntake(FakeIntake):
+    """``wait`` holds until ``release`` is set (then certifies) or its wait is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.cancelled: list[bytes] = []
+
+    def wait(self, request_hash: bytes, timeout: float, on_progress: Any, cancellation: Any = None) -> Any:
+        if on_progress is not None:
+            on_progress(make_status(ag.REQUEST_STATE_GENERATING))
+        while not self.release.wait(0.02):
+            if cancellation is not None and cancellation.cancelled:
+                self.cancelled.append(request_hash)
+                cancellation.raise_if_cancelled(request_hash)
+        return super().wait(request_hash, timeout, on_progress)
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_frees_its_slot_at_once(stream: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that gave up (its own timeout, a killed process) held its thread and connection until
+    the request ended, up to 540 s; now its wait is cancelled when its connection closes (the request
+    goes on at the aggregator) and its slot serves the next client."""
+    caplog.set_level(logging.INFO, logger="avs.gateway")
+    intake = HeldIntake()
+    gateway = start(intake, max_in_flight=1)
+    try:
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall(head.encode() + body)
+            wait_for(lambda: len(intake.submitted) == 1)
+        wait_for(lambda: intake.cancelled == [REQUEST_HASH], timeout=3)
+        wait_for(lambda: any("went away" in r.getMessage() for r in caplog.records))
+        intake.release.set()
+        answer = client_for(gateway).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == OUTPUT_TEXT  # the one slot was free again
+    finally:
+        intake.release.set()
+        gateway.stop()
+
+
+def test_completions_in_flight_are_capped_per_key_and_in_all() -> None:
+    """One API key could take every connection (and /health with them); a request over a cap is a 429
+    before anything is submitted, so the SDK's retry after Retry-After is safe."""
+    keys = (KEY, "other", "third")
+    intake = HeldIntake()
+    gateway = start(intake, api_keys=keys, max_in_flight=2, max_in_flight_per_key=1)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    pool = futures.ThreadPoolExecutor(2)
+    try:
+        held = []
+        caps = ((KEY, KEY, "you have 1 completions in flight"), ("other", "third", "following 2"))
+        for holder, refused_key, cap in caps:
+            create = client_for(gateway, holder).chat.completions.create
+            held.append(pool.submit(create, model=MODEL, messages=messages))
+            wait_for(lambda: len(intake.submitted) == len(held))
+            with pytest.raises(openai.RateLimitError, match=cap) as refused:
+                client_for(gateway, refused_key).chat.completions.create(model=MODEL, messages=messages)
+            assert refused.value.code == "too_many_requests" and refused.value.response.headers["Retry-After"] == "1"
+        assert len(intake.submitted) == 2  # nothing submitted for the refused ones
+        assert raw(gateway, "GET", "/health")[0] == 200
+        intake.release.set()
+        assert [f.result(10).choices[0].message.content for f in held] == [OUTPUT_TEXT] * 2
+        client_for(gateway, KEY).chat.completions.create(model=MODEL, messages=messages)  # its slot is back
+    finally:
+        intake.release.set()
+        pool.shutdown()
+        gateway.stop()

@@ -119,7 +119,7 @@ class ChainSnapshot:
     quorums: tuple[QuorumState, ...]
     pool: PoolState | None
     challenge_bonds: int | None
-    totals: EventTotals
+    totals: EventTotals | None  # None until the events are scanned up to a head (counters left out)
     last_batch_timestamp: int | None
 
 
@@ -189,8 +189,24 @@ class ChainExporter:
         self.poll_errors = 0
         self.last_poll_timestamp: float | None = None
 
-    def process_poll(self, now: float | None = None) -> ChainSnapshot:
+    def process_state(self) -> int:
+        """Read the state at the latest block (stake, operators, pool, bonds) and serve it with the
+        counters of the last good scan: a failing or long event scan does not freeze it. Answers the
+        block read."""
         block, timestamp = self._reader.get_latest_block()
+        quorums = self._reader.get_quorums(block)
+        pool = self._reader.get_pool(block)
+        bonds = self._reader.get_challenge_bonds(block)
+        with self._lock:
+            last = self.snapshot
+            totals = None if last is None else last.totals
+            last_batch = None if last is None else last.last_batch_timestamp
+            self.snapshot = ChainSnapshot(block, timestamp, quorums, pool, bonds, totals, last_batch)
+        return block
+
+    def process_poll(self, now: float | None = None) -> ChainSnapshot:
+        """``process_state``, then scan the events up to its block and serve the counters too."""
+        block = self.process_state()
         settled = self._totals
         for lo, hi in compute_block_ranges(self._next_block, block - self._reorg_depth, self._chunk):
             settled = settled.add(self._reader.get_event_totals(lo, hi))
@@ -205,16 +221,9 @@ class ChainExporter:
             last = totals.last_batch_block
             self._last_batch_timestamp = None if last is None else self._reader.get_block_timestamp(last)
             self._last_batch_block = last
-        snapshot = ChainSnapshot(
-            block=block,
-            block_timestamp=timestamp,
-            quorums=self._reader.get_quorums(block),
-            pool=self._reader.get_pool(block),
-            challenge_bonds=self._reader.get_challenge_bonds(block),
-            totals=totals,
-            last_batch_timestamp=self._last_batch_timestamp,
-        )
         with self._lock:
+            assert self.snapshot is not None  # process_state set it
+            snapshot = replace(self.snapshot, totals=totals, last_batch_timestamp=self._last_batch_timestamp)
             self._served = totals
             self.snapshot = snapshot
             self.last_poll_timestamp = time.time() if now is None else now
@@ -252,7 +261,6 @@ def _tokens(amount: int, decimals: int) -> float:
 
 def compute_metric_families(snapshot: ChainSnapshot, decimals: int) -> list[Metric]:
     """The Prometheus families of one snapshot (pure)."""
-    totals = snapshot.totals
     out: list[Metric] = [
         GaugeMetricFamily("avs_chain_block_number", "Latest block read", value=snapshot.block),
         GaugeMetricFamily(
@@ -276,6 +284,23 @@ def compute_metric_families(snapshot: ChainSnapshot, decimals: int) -> list[Metr
         outstanding.add_metric(label, _tokens(state.coverage_outstanding, decimals))
         available.add_metric(label, _tokens(state.coverage_available, decimals))
     out += [stake, operators, outstanding, available]
+    if snapshot.totals is not None:
+        out += compute_counter_families(snapshot, snapshot.totals, decimals)
+    if snapshot.pool is not None:
+        out += compute_pool_families(snapshot.pool, decimals)
+    if snapshot.challenge_bonds is not None:
+        out.append(
+            GaugeMetricFamily(
+                "avs_chain_challenge_bonds_tokens",
+                "Bonds locked in open challenges",
+                value=_tokens(snapshot.challenge_bonds, decimals),
+            )
+        )
+    return out
+
+
+def compute_counter_families(snapshot: ChainSnapshot, totals: EventTotals, decimals: int) -> list[Metric]:
+    """The event counters (and the last batch's time), once the events are scanned."""
     slashings = CounterMetricFamily(
         "avs_chain_operator_slashings", "OperatorSlashed events of the fault manager", labels=["quorum"]
     )
@@ -296,7 +321,7 @@ def compute_metric_families(snapshot: ChainSnapshot, decimals: int) -> list[Metr
     for quorum in sorted({*(s.quorum for s in snapshot.quorums), *totals.ejections, *totals.churns}):
         ejections.add_metric([str(quorum)], totals.ejections.get(quorum, 0))
         churns.add_metric([str(quorum)], totals.churns.get(quorum, 0))
-    out += [slashings, slashed, ejections, churns]
+    out: list[Metric] = [slashings, slashed, ejections, churns]
     out += [
         CounterMetricFamily("avs_chain_batches_certified", "BatchCertified events", value=totals.batches_certified),
         CounterMetricFamily(
@@ -318,33 +343,27 @@ def compute_metric_families(snapshot: ChainSnapshot, decimals: int) -> list[Metr
                 value=snapshot.last_batch_timestamp,
             )
         )
-    if snapshot.pool is not None:
-        out += [
-            GaugeMetricFamily(
-                "avs_chain_insurance_pool_balance_tokens",
-                "Stake-token balance of the insurance pool",
-                value=_tokens(snapshot.pool.balance, decimals),
-            ),
-            GaugeMetricFamily(
-                "avs_chain_insurance_pool_free_balance_tokens",
-                "Pool balance not owed to claimants",
-                value=_tokens(snapshot.pool.free_balance, decimals),
-            ),
-            GaugeMetricFamily(
-                "avs_chain_insurance_claimable_tokens",
-                "Claims proven and not yet paid",
-                value=_tokens(snapshot.pool.total_claimable, decimals),
-            ),
-        ]
-    if snapshot.challenge_bonds is not None:
-        out.append(
-            GaugeMetricFamily(
-                "avs_chain_challenge_bonds_tokens",
-                "Bonds locked in open challenges",
-                value=_tokens(snapshot.challenge_bonds, decimals),
-            )
-        )
     return out
+
+
+def compute_pool_families(pool: PoolState, decimals: int) -> list[Metric]:
+    return [
+        GaugeMetricFamily(
+            "avs_chain_insurance_pool_balance_tokens",
+            "Stake-token balance of the insurance pool",
+            value=_tokens(pool.balance, decimals),
+        ),
+        GaugeMetricFamily(
+            "avs_chain_insurance_pool_free_balance_tokens",
+            "Pool balance not owed to claimants",
+            value=_tokens(pool.free_balance, decimals),
+        ),
+        GaugeMetricFamily(
+            "avs_chain_insurance_claimable_tokens",
+            "Claims proven and not yet paid",
+            value=_tokens(pool.total_claimable, decimals),
+        ),
+    ]
 
 
 class Web3ChainStateReader:
@@ -543,7 +562,9 @@ def serve(args: argparse.Namespace) -> int:
     start = args.start_block if args.start_block is not None else deployment.start_block
     reader = Web3ChainStateReader(w3, deployment)
     exporter = ChainExporter(reader, start, chunk_blocks=args.log_chunk_blocks, reorg_depth=args.reorg_depth)
-    exporter.process_poll()  # fail fast on a wrong RPC URL or deployment
+    # Fail fast on a wrong RPC URL or deployment; the event scan (from the deployment's block, long on
+    # a long chain) is the poll loop's, which retries it and keeps each chunk read.
+    exporter.process_state()
     registry = CollectorRegistry()
     registry.register(ChainCollector(exporter))
     server, thread = start_metrics_server(host, port, registry)

@@ -237,6 +237,42 @@ def test_a_failure_in_a_long_scan_keeps_the_chunks_already_read() -> None:
     assert samples["avs_chain_exporter_poll_errors_total"] == 1
 
 
+def test_the_state_is_served_fresh_while_the_event_scan_fails() -> None:
+    """The state was read only after a good event scan: an eth_getLogs the node kept refusing froze
+    every stake, pool and bond gauge at its old value. Before the first good scan, the counters are
+    left out (a counter starting at 0 and jumping would read as an increase)."""
+
+    @dataclass
+    class LogsDown(FakeChain):
+        stake: int = 100 * TOKEN
+        logs_down: bool = True
+
+        def get_quorums(self, block: int) -> tuple[QuorumState, ...]:
+            return (QuorumState(0, self.stake, 3, 0, 0),)
+
+        def get_event_totals(self, from_block: int, to_block: int) -> EventTotals:
+            if self.logs_down:
+                raise ConnectionError("eth_getLogs: 429 Too Many Requests")
+            return super().get_event_totals(from_block, to_block)
+
+    chain = LogsDown(block=20, events={3: EventTotals(batches_certified=1, last_batch_block=3)})
+    exporter = ChainExporter(chain, start_block=2, chunk_blocks=4, reorg_depth=0)
+    with pytest.raises(ConnectionError):
+        exporter.process_poll()
+    samples = _scrape(exporter)
+    assert samples['avs_chain_quorum_stake_tokens{quorum="0"}'] == 100.0 and samples["avs_chain_block_number"] == 20
+    assert "avs_chain_batches_certified_total" not in samples
+    chain.logs_down = False
+    exporter.process_poll()
+    chain.logs_down, chain.stake, chain.block = True, 90 * TOKEN, 25  # slashed meanwhile; the logs fail again
+    with pytest.raises(ConnectionError):
+        exporter.process_poll()
+    samples = _scrape(exporter)
+    assert samples['avs_chain_quorum_stake_tokens{quorum="0"}'] == 90.0 and samples["avs_chain_block_number"] == 25
+    assert samples["avs_chain_batches_certified_total"] == 1  # the last good scan's
+    assert samples["avs_chain_last_batch_certified_timestamp_seconds"] == 1_003
+
+
 def test_a_reorg_within_the_depth_counts_a_moved_event_once_and_counters_never_go_down() -> None:
     chain = FakeChain(block=20, events={5: EventTotals(batches_certified=1, last_batch_block=5)})
     chain.events[18] = EventTotals(batches_certified=1, last_batch_block=18, slashings={0: 1}, slashed_shares={0: 9})

@@ -321,7 +321,7 @@ def cmd_request(args: argparse.Namespace) -> int:
             raise _refused(exc) from None
     certificate = status.certificate
     # For this request (the client checked it is the one sent) and, with --deployment, on that chain.
-    check = verify_certificate(certificate, domain=domain, request_hash=request_hash)
+    check = verify_certificate(certificate, args.threshold, domain=domain, request_hash=request_hash)
     print(get_certified_text(certificate, decode))
     shares = ", ".join(f"quorum {q}: {share:.1%}" for q, share in sorted(check.stake_shares.items()))
     print(
@@ -454,11 +454,7 @@ def _open_buyer(args: argparse.Namespace, deployment: Deployment, secret: bytes)
 
 def _check_insured(buyer: InsuranceBuyer, certificate: Any) -> list[str]:
     """What would keep a fraud proven in the certificate's batch from paying the coverage."""
-    header = certificate.batch_header
-    problems = buyer.check_certificate_insured(
-        bytes(certificate.request_hash), header.batch_index, bytes(header.quorum_numbers)
-    )
-    return [f"not insured: {problem}" for problem in problems]
+    return [f"not insured: {problem}" for problem in buyer.check_certificate_insured(certificate)]
 
 
 def _insure(args: argparse.Namespace, prepared: PreparedRequest, coverage: CoveragePlan, buyer: InsuranceBuyer) -> None:

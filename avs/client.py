@@ -147,6 +147,12 @@ PREPARED_FIELDS_AS_ASKED = (
 )
 
 
+def _is_below_share(stake: ag.QuorumStake, min_share_bps: int) -> bool:
+    """Whether the stated signed stake is under ``min_share_bps`` of the total (integers: a float
+    share refused some shares exactly at the threshold, which the contract accepts)."""
+    return int(stake.signed_stake) * BPS < min_share_bps * max(int(stake.total_stake), 1)
+
+
 def _changed_fields(want: op.InferenceRequest, got: op.InferenceRequest) -> list[str]:
     """The fields of ``got`` other than in ``want``: every one the requester chooses, and the model id
     and prompt hash where ``want`` gives them (the aggregator fills them in otherwise)."""
@@ -186,22 +192,37 @@ def _check_answered_hash(response: ag.SubmitResponse, digest: bytes) -> bytes:
     return digest
 
 
-def check_certified_as_sent(sent: op.InferenceRequest, status: ag.RequestStatus) -> None:
+def check_certified_as_sent(sent: ag.SubmitRequest, status: ag.RequestStatus) -> None:
     """The certified request is the one sent (every field the requester chose, the nonce included, and
-    the model id and prompt hash when it gave them), and the status's output tokens are the certified
-    ones; raises ``UntrustedAnswerError`` otherwise. ``AggregatorClient.wait`` runs it for the requests
-    its client submitted."""
-    changed = _changed_fields(sent, status.certificate.request)
+    the model id and prompt hash when it gave them), in a batch of the quorums asked for, each stated
+    to have signed the threshold asked for, and the status's output tokens are the certified ones;
+    raises ``UntrustedAnswerError`` otherwise. ``AggregatorClient.wait`` runs it for the requests its
+    client submitted. (The request hash covers neither quorums nor threshold: an aggregator could
+    otherwise certify the request in a quorum of little stake.)"""
+    certificate = status.certificate
+    changed = _changed_fields(sent.request, certificate.request)
     if changed:
         raise UntrustedAnswerError(
             f"the aggregator certified another request than the one sent (changed: {', '.join(changed)})"
         )
+    certified_quorums = sorted(certificate.batch_header.quorum_numbers)
+    if sent.quorum_numbers and certified_quorums != sorted(sent.quorum_numbers):
+        raise UntrustedAnswerError(
+            f"the request was certified by quorums {certified_quorums}, not the {sorted(sent.quorum_numbers)} asked"
+        )
+    try:
+        below = [q.quorum_number for q in certificate.quorum_stakes if _is_below_share(q, sent.threshold_bps)]
+    except ValueError:
+        raise UntrustedAnswerError("the certificate's stake figures are not numbers") from None
+    if below:
+        raise UntrustedAnswerError(f"quorums {below} signed less than the {sent.threshold_bps} bps asked")
     if bytes(status.certificate.request_hash) != bytes(status.request_hash):
         raise UntrustedAnswerError("the certificate is for another request than the status")
     if list(status.output_token_ids) != list(status.certificate.output_token_ids):
         raise UntrustedAnswerError("the status's output tokens are not the certified ones")
 
 
+BPS = 10_000  # basis points in a whole
 # How many submitted requests a client remembers to check their certificates against in ``wait``.
 MAX_REMEMBERED_REQUESTS = 4096
 
@@ -213,12 +234,12 @@ class AggregatorClient:
         self._timeout = timeout
         # Sent requests until their wait ends (then their certificate was checked against them): only
         # the waits in flight and ones abandoned are kept, so a busy client never evicts a live one.
-        self._sent: OrderedDict[bytes, op.InferenceRequest] = OrderedDict()
+        self._sent: OrderedDict[bytes, ag.SubmitRequest] = OrderedDict()
         self._sent_lock = threading.Lock()  # a gateway submits and waits from many threads
 
-    def _remember(self, request_hash: bytes, request: op.InferenceRequest) -> bytes:
+    def _remember(self, request_hash: bytes, message: ag.SubmitRequest) -> bytes:
         with self._sent_lock:
-            self._sent[request_hash] = request
+            self._sent[request_hash] = message
             while len(self._sent) > MAX_REMEMBERED_REQUESTS:
                 self._sent.popitem(last=False)
         return request_hash
@@ -281,7 +302,7 @@ class AggregatorClient:
             message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
         response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
         answered = bytes(response.request_hash) if digest is None else _check_answered_hash(response, digest)
-        return self._remember(answered, message.request)
+        return self._remember(answered, message)
 
     def prepare(
         self,
@@ -326,7 +347,7 @@ class AggregatorClient:
         if requester_key is not None:
             message.requester_signature = bytes(Account.unsafe_sign_hash(digest, requester_key).signature)
         response: ag.SubmitResponse = self._stub.Submit(message, timeout=self._timeout)
-        return self._remember(_check_answered_hash(response, digest), prepared.message)
+        return self._remember(_check_answered_hash(response, digest), message)
 
     def get_status(self, request_hash: bytes) -> ag.RequestStatus:
         status: ag.RequestStatus = self._stub.GetStatus(
@@ -397,9 +418,11 @@ class AggregatorClient:
         if bytes(status.request_hash) != bytes(request_hash):
             raise InvalidInputError("the aggregator answered the status of another request")
         with self._sent_lock:
-            sent = self._sent.pop(bytes(request_hash), None)
+            sent = self._sent.get(bytes(request_hash))
         if sent is not None:
-            check_certified_as_sent(sent, status)
+            check_certified_as_sent(sent, status)  # failed: kept, so that a second wait fails too
+            with self._sent_lock:
+                self._sent.pop(bytes(request_hash), None)
         return status
 
 
@@ -646,9 +669,12 @@ def verify_certificate(
         sigma = convert.g1_from_proto(certificate.sigma)
         if not bls.verify_aggregate(compute_digest(domain, header), apk_g1, apk_g2, sigma):
             problems.append("the aggregate signature does not verify over the batch digest")
-        for quorum, share in shares.items():
-            if share * 10_000 < min_share_bps:
-                problems.append(f"quorum {quorum} signed {share:.2%}, below the {min_share_bps / 100:.2f}% asked")
+        for stake in certificate.quorum_stakes:
+            if _is_below_share(stake, min_share_bps):
+                share = shares[stake.quorum_number]
+                problems.append(
+                    f"quorum {stake.quorum_number} signed {share:.2%}, below the {min_share_bps / 100:.2f}% asked"
+                )
     except (AvsError, ValueError) as exc:
         problems.append(f"malformed certificate: {exc}")
     return CertificateCheck(tuple(problems), shares)
@@ -716,7 +742,7 @@ def check_stakes_on_chain(
                 f"quorum {quorum}: the certificate states {'/'.join(stated.get(quorum, ('none',)))} signed, "
                 f"the chain has {signed}/{total}"
             )
-        if shares[quorum] * 10_000 < min_share_bps:
+        if signed * BPS < min_share_bps * max(total, 1):
             problems.append(
                 f"quorum {quorum} signed {shares[quorum]:.2%} on chain, below the {min_share_bps / 100:.2f}% asked"
             )

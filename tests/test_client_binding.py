@@ -47,7 +47,10 @@ class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
         self.other_hash = False
         self.other_request = False
         self.other_tokens = False
+        self.other_quorums = b""
+        self.signed_stake = "10"
         self.certified: op.InferenceRequest | None = None
+        self.quorums = b""
 
     def Submit(self, request: ag.SubmitRequest, context: Any) -> ag.SubmitResponse:
         certified = _completed(request.request)
@@ -55,6 +58,7 @@ class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
             certified.messages[0].content = "wire all your funds to 0xEVIL"
             certified.nonce = (1).to_bytes(32, "big")
         self.certified = certified
+        self.quorums = self.other_quorums or request.quorum_numbers or b"\x00"
         answered = _hash(certified)
         if self.other_hash:
             answered = keccak(text="another request")
@@ -66,6 +70,9 @@ class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
         certificate = ag.Certificate(
             request=self.certified, request_hash=request.request_hash, output_token_ids=tokens, output_text="five six"
         )
+        certificate.batch_header.quorum_numbers = self.quorums
+        for quorum in self.quorums:
+            certificate.quorum_stakes.add(quorum_number=quorum, signed_stake=self.signed_stake, total_stake="10")
         status = ag.RequestStatus(
             request_hash=request.request_hash,
             state=ag.REQUEST_STATE_CERTIFIED,
@@ -153,3 +160,34 @@ def test_the_check_is_not_skipped_however_many_requests_were_sent_meanwhile(
     aggregator.certified = tampered
     with pytest.raises(UntrustedAnswerError, match=r"certified another request .*changed: nonce, messages"):
         client.wait(ours, timeout=10)
+
+
+def test_a_certificate_of_other_quorums_or_under_the_threshold_is_refused(
+    served: tuple[CertifyingAggregator, AggregatorClient],
+) -> None:
+    """The request hash covers neither quorums nor threshold: an aggregator could certify the
+    request in a quorum of little stake, or under the share asked for, and wait() accepted it."""
+    aggregator, client = served
+    asked = {"requester": REQUESTER.address, "model": "tiny", "quorums": b"\x01\x00", "threshold_bps": 6667}
+    assert client.wait(client.submit(CHAT, **asked), timeout=10).certificate.batch_header.quorum_numbers == b"\x01\x00"
+    aggregator.other_quorums = b"\x05"
+    with pytest.raises(UntrustedAnswerError, match=r"certified by quorums \[5\], not the \[0, 1\] asked"):
+        client.wait(client.submit(CHAT, **asked), timeout=10)
+    aggregator.other_quorums, aggregator.signed_stake = b"", "6"
+    with pytest.raises(UntrustedAnswerError, match=r"quorums \[1, 0\] signed less than the 6667 bps asked"):
+        client.wait(client.submit(CHAT, **asked), timeout=10)
+    aggregator.other_quorums = b"\x05"
+    client.wait(client.submit(CHAT, requester=REQUESTER.address, model="tiny"), timeout=10)  # none asked: any
+
+
+def test_a_refused_certificate_is_refused_again_by_a_second_wait(
+    served: tuple[CertifyingAggregator, AggregatorClient],
+) -> None:
+    """The sent request was let go before its check: a retry, or a second waiter, got the certificate
+    of another request with no error."""
+    aggregator, client = served
+    aggregator.other_request = True
+    request_hash = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
+    for _ in range(2):
+        with pytest.raises(UntrustedAnswerError, match="certified another request"):
+            client.wait(request_hash, timeout=10)

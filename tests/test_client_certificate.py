@@ -96,3 +96,17 @@ def test_too_many_signers_are_refused_before_their_keys_are_parsed() -> None:
     check = verify_certificate(forged, domain=DOMAIN)
     assert time.monotonic() - started < 5
     assert f"the certificate lists 4098 signers; at most {MAX_CERTIFICATE_SIGNERS}" in check.problems
+
+
+def test_a_share_exactly_at_the_threshold_passes_as_on_chain() -> None:
+    """The contract compares integers (signed * 10,000 >= total * bps); a float share refused some
+    shares exactly at the threshold."""
+    signed, total = 2050316543369560420829243, 5172342440387387539932500  # exactly 39.64%
+    cert = certificate()
+    for stake in cert.quorum_stakes:
+        stake.signed_stake, stake.total_stake = str(signed), str(total)
+    assert verify_certificate(cert, min_share_bps=3964, domain=DOMAIN).ok
+    cert.quorum_stakes[1].signed_stake = str(signed - 1)
+    assert verify_certificate(cert, min_share_bps=3964, domain=DOMAIN).problems == (
+        "quorum 1 signed 39.64%, below the 39.64% asked",
+    )

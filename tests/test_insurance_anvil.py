@@ -5,6 +5,7 @@ one clear error."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ from avs.chain.insurance import (
     compute_coverage_problem,
     compute_payout_problems,
 )
-from avs.client import AggregatorClient
-from avs.messages import Domain, InferenceRequest, compute_request_hash, compute_stop_sequences_hash
+from avs.client import AggregatorClient, compute_signatory_record_hash
+from avs.merkle import BatchLeaf, compute_merkle_tree
+from avs.messages import BatchHeader, Domain, InferenceRequest, compute_request_hash, compute_stop_sequences_hash
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+from avs.rpc.operator.v1 import operator_pb2 as op
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
 from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
 from avs_aggregator.store import Store
@@ -38,6 +42,28 @@ MODEL_ID = Web3.keccak(text="model")
 PROMPT_HASH = Web3.keccak(text="prompt")
 COVERAGE_TERM = 1000  # Deploy.s.sol default
 THRESHOLD_BPS, FRAUD_WAD, CHALLENGER_REWARD_BPS = 6667, 5 * 10**17, 1000  # Deploy.s.sol defaults
+
+
+def _certify_leaf(devnet: Devnet, batch_index: int, request_hash: bytes) -> ag.Certificate:  # noqa: F811
+    """Certify a batch holding ``request_hash`` (with a made-up output) on chain; its leaf's certificate."""
+    from tests.test_contracts_anvil import QUORUMS, _certificate
+
+    leaves = [BatchLeaf(request_hash, Web3.keccak(text="output")), BatchLeaf(Web3.keccak(text="other"), b"\x01" * 32)]
+    tree = compute_merkle_tree(leaves)
+    header = BatchHeader(batch_index, tree.root, devnet.w3.eth.block_number - 1, QUORUMS)
+    devnet.client.certify_batch(header, _certificate(devnet, header, ()))
+    return ag.Certificate(
+        request_hash=request_hash,
+        output_hash=leaves[0].output_hash,
+        batch_header=op.BatchHeader(
+            batch_index=batch_index,
+            leaves_root=tree.root,
+            reference_block=header.reference_block,
+            quorum_numbers=QUORUMS,
+        ),
+        merkle_proof=tree.get_proof(0),
+        signatory_record_hash=compute_signatory_record_hash(header.reference_block, []),
+    )
 
 
 def _request(requester: str, nonce: int) -> InferenceRequest:
@@ -95,6 +121,24 @@ def test_coverage_that_cannot_be_bought_is_one_clear_error(devnet: Devnet) -> No
         buyer.buy(_request(rich.address, 2), 0, available + 1)
     with pytest.raises(InsuranceError, match="the request's requester is"):
         buyer.buy(_request(poor.address, 3), 0, TOKENS)  # someone else's request
+
+
+def test_coverage_too_short_for_the_aggregator_to_take_is_not_bought(devnet: Devnet) -> None:  # noqa: F811
+    """The aggregator refuses an insured request with under MIN_COVERAGE_BLOCKS_LEFT blocks of
+    coverage left; a pool whose term is about that short sold coverage no request could use (the
+    premium kept)."""
+    account = _requester(devnet, TOKENS)
+    buyer = InsuranceBuyer(devnet.w3, devnet.deployment, account)
+    terms = buyer.get_terms()
+    set_config = buyer.pool.functions.setConfig
+    devnet.client.transact(set_config((terms.premium_bps, terms.coverage_cap_bps, terms.challenger_reward_bps, 36)))
+    try:
+        with pytest.raises(InsuranceError, match=r"coverage term is 36 blocks.* at least 40"):
+            buyer.buy(_request(account.address, 8), 0, TOKENS)
+    finally:
+        devnet.client.transact(set_config(dataclasses.astuple(terms)[1:]))
+    assert buyer.get_balance() == TOKENS  # nothing paid, nothing approved
+    assert buyer.get_terms() == terms
 
 
 def test_coverage_expires_after_its_term(devnet: Devnet) -> None:  # noqa: F811
@@ -253,25 +297,30 @@ def test_an_insured_request_saved_before_paying_is_resumed_without_buying_twice(
 def test_a_certificate_is_checked_against_what_its_coverage_pays_for(devnet: Devnet) -> None:  # noqa: F811
     """A fraud pays the coverage only in a batch of its quorum certified after the purchase and
     within the term; the request commits to none of these, so the requester checks its certificate's
-    batch (read on chain) against the coverage."""
-    from tests.test_contracts_anvil import _certificate, _header
-
+    batch against the coverage, and that the chain certified the leaf there at all: a certificate
+    the aggregator made up, naming a batch certified in the term, is not insured."""
     account = _requester(devnet, TOKENS)
     buyer = InsuranceBuyer(devnet.w3, devnet.deployment, account)
-    before = _header(devnet, 700)
-    devnet.client.certify_batch(before, _certificate(devnet, before, ()))
     request = _request(account.address, 70)
+    request_hash = compute_request_hash(devnet.client.get_domain(), request)
+    before = _certify_leaf(devnet, 700, request_hash)
     purchase = buyer.buy(request, 0, TOKENS)
+    assert purchase.request_hash == request_hash
     devnet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    after = _header(devnet, 701)
-    devnet.client.certify_batch(after, _certificate(devnet, after, ()))
-    assert buyer.check_certificate_insured(purchase.request_hash, 701, b"\x00") == []
-    [other_quorum] = buyer.check_certificate_insured(purchase.request_hash, 701, b"\x01")
-    assert "quorums [1], the coverage against quorum 0" in other_quorum
-    [too_early] = buyer.check_certificate_insured(purchase.request_hash, 700, b"\x00")
+    after = _certify_leaf(devnet, 701, request_hash)
+    assert buyer.check_certificate_insured(after) == []
+    [too_early] = buyer.check_certificate_insured(before)
     assert "not after the block that bought the coverage" in too_early
-    [unknown] = buyer.check_certificate_insured(purchase.request_hash, 702, b"\x00")
-    assert "no certification record" in unknown
+    for field, value in (("output_hash", Web3.keccak(text="made up")), ("quorum_numbers", b"\x01")):
+        forged = ag.Certificate()
+        forged.CopyFrom(after)
+        setattr(forged.batch_header if field == "quorum_numbers" else forged, field, value)
+        assert buyer.check_certificate_insured(forged) == [
+            "the chain did not certify this certificate's output in batch 701"
+        ]
+    forged.CopyFrom(after)
+    forged.batch_header.batch_index = 702
+    assert "did not certify" in buyer.check_certificate_insured(forged)[0]
     coverage = buyer.get_coverage(purchase.request_hash)
     late = compute_payout_problems(coverage, 0, b"\x00", coverage.expires_at_block + 1)
     assert late == [

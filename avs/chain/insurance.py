@@ -28,8 +28,10 @@ from avs.chain.abi import DEFAULT_OUT_DIR, load_abi
 from avs.chain.client import ContractRevertError, Web3AvsClient
 from avs.chain.deployment import Deployment
 from avs.chain.faults import Coverage, CoverageStatus, encode_inference_request
+from avs.client import verify_on_chain
 from avs.errors import AvsError
 from avs.messages import InferenceRequest, is_same_address
+from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.types import Address
 
 BPS = 10_000
@@ -95,6 +97,9 @@ def describe_revert(error: ContractRevertError) -> str:
 # generation, verification, batching and certification (seconds on the devnet, a few blocks on
 # mainnet; more after retries).
 MIN_COVERAGE_BLOCKS_LEFT = 32
+# Blocks between buying coverage and the aggregator's check of the insured submit: a pool term
+# below MIN_COVERAGE_BLOCKS_LEFT plus these sells coverage that no request could be submitted with.
+PURCHASE_TO_SUBMIT_BLOCKS = 8
 
 
 def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes, block_number: int) -> str | None:
@@ -194,15 +199,22 @@ class InsuranceBuyer:
     def get_coverage(self, request_hash: bytes) -> Coverage:
         return self.reader.get_coverage(request_hash)
 
-    def check_certificate_insured(self, request_hash: bytes, batch_index: int, batch_quorums: bytes) -> list[str]:
-        """``compute_payout_problems`` for the request's coverage and its certified batch, both read
-        from the chain (the task manager's record of the batch: the aggregator's word is not taken)."""
+    def check_certificate_insured(self, certificate: ag.Certificate) -> list[str]:
+        """``compute_payout_problems`` for the request's coverage and the batch of its certificate
+        (an ``ag.Certificate``). The aggregator's word is not taken: the chain must have certified
+        the certificate's leaf in that batch (``verify_on_chain``: the header's quorums with it), and
+        the coverage and the batch's certified block are read from the chain. Otherwise an aggregator
+        could name any batch certified in the coverage's term for an output no fraud proof can reach."""
+        header = certificate.batch_header
+        request_hash = bytes(certificate.request_hash)
+        if not verify_on_chain(certificate, self.client.task_manager, self.client.deployment.start_block):
+            return [f"the chain did not certify this certificate's output in batch {header.batch_index}"]
         coverage = self.get_coverage(request_hash)
         bought_at = int(self.client._call(self.pool.functions.coverageBoughtAt(request_hash)))
-        certified_block = self.client.get_certified_block(batch_index)
+        certified_block = self.client.get_certified_block(header.batch_index)
         if certified_block == 0:
-            return [f"batch {batch_index} has no certification record on chain (not certified, or its slot reused)"]
-        return compute_payout_problems(coverage, bought_at, batch_quorums, certified_block)
+            return [f"batch {header.batch_index} has no certification record on chain (its slot was reused)"]
+        return compute_payout_problems(coverage, bought_at, bytes(header.quorum_numbers), certified_block)
 
     def check_nothing_pending(self) -> None:
         """Refuse while a transaction of this requester is sent but not mined (a purchase whose
@@ -237,6 +249,13 @@ class InsuranceBuyer:
         if amount <= 0:
             raise InsuranceError("the coverage amount must be positive")
         terms = self.get_terms()
+        shortest = MIN_COVERAGE_BLOCKS_LEFT + PURCHASE_TO_SUBMIT_BLOCKS
+        if terms.coverage_term_blocks < shortest:
+            raise InsuranceError(
+                f"the pool's coverage term is {terms.coverage_term_blocks} blocks: an aggregator takes an insured"
+                f" request only with at least {MIN_COVERAGE_BLOCKS_LEFT} blocks of coverage left, so coverage is"
+                f" bought only for a term of at least {shortest} blocks"
+            )
         available = self.get_available(quorum_number)
         if amount > available:
             raise InsuranceError(

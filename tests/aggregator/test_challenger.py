@@ -382,7 +382,13 @@ def test_a_challenge_the_chain_does_not_show_is_kept_until_its_block_is_deep(tmp
     assert store.get_challenge(row.challenge_id).state == ChallengeState.OPEN  # type: ignore[union-attr]
     network.block = row.opened_block + CHALLENGE_GONE_DEPTH
     [gone] = resolver.advance_all()
-    assert gone.state == ChallengeState.EXPIRED and gone.error == "not on-chain"
+    assert gone.state == ChallengeState.EXPIRED and (gone.error or "").startswith("not on-chain; the leaf's")
+    [mark] = store.list_sent_challenges()  # the fraud is still there: its leaf is to be challenged again
+    assert (mark.batch_index, mark.request_hash, mark.output_hash) == (
+        row.batch_index,
+        row.request_hash,
+        row.output_hash,
+    )
     pipeline.close()
 
 
@@ -433,6 +439,54 @@ def test_a_challenge_id_that_names_another_leaf_is_not_resolved_as_ours(tmp_path
     manager.challenges[row.challenge_id] = dataclasses.replace(other, request_hash=b"\x07" * 32)  # after a reorg
     [ended] = resolver.advance_all()
     assert ended.state == ChallengeState.EXPIRED and "another leaf" in (ended.error or "")
+    assert [m.request_hash for m in store.list_sent_challenges()] == [row.request_hash]
+    pipeline.close()
+
+
+def _challenger_of(
+    pipeline: Pipeline, network: FakeNetwork, manager: FakeFaultManager, store: ChallengerStore, resolver: Resolver
+) -> Challenger:
+    feed = Feed(pipeline, network)
+    return Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, resolver, sample_rate=1.0, start_block=0)
+
+
+def test_our_challenge_renumbered_by_a_reorg_is_found_and_resolved_under_its_new_id(tmp_path: Path, db: str) -> None:
+    """A reorg mines someone's challenge of another leaf first (id 1) and ours, with our bond, as 2.
+    The challenger gave row 1 up and never resolved or expired 2: the fraud went unpunished."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [row] = store.list_challenges()
+    ours = manager.challenges[row.challenge_id]
+    manager.challenges[1] = dataclasses.replace(ours, request_hash=b"\x07" * 32, challenger="0x" + "ee" * 20)
+    manager.challenges[2] = ours
+    manager.leaves[(ours.batch_index, ours.request_hash, ours.output_hash)] = 2
+    challenger = _challenger_of(pipeline, network, manager, store, resolver)
+    for _ in range(3):
+        challenger.poll()
+        network.block += 1
+    assert manager.get_challenge(2).status == ChallengeStatus.UPHELD
+    assert manager.get_challenge(1).status == ChallengeStatus.OPEN  # not ours: left alone
+    states = [(c.challenge_id, c.state) for c in store.list_challenges()]
+    assert states == [(1, ChallengeState.EXPIRED), (2, ChallengeState.UPHELD)]
+    assert store.list_sent_challenges() == []
+    pipeline.close()
+
+
+def test_a_challenge_id_a_reorg_gave_to_another_challenge_of_ours_is_recorded_for_it(tmp_path: Path, db: str) -> None:
+    """A reorg drops our challenge for good; its leaf is challenged again, and the chain gives that
+    challenge the same id: its row was kept as the old, expired one, and the new challenge was
+    never resolved."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [row] = store.list_challenges()
+    manager.challenges.clear()
+    manager.leaves.clear()
+    network.block = row.opened_block + CHALLENGE_GONE_DEPTH
+    resolver.advance_all()
+    challenger = _challenger_of(pipeline, network, manager, store, resolver)
+    for _ in range(3):
+        challenger.poll()
+        network.block += 1
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD  # sent again, as id 1, and resolved
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(1, ChallengeState.UPHELD)]
     pipeline.close()
 
 
@@ -770,4 +824,22 @@ def test_a_long_poll_moves_the_open_challenges_on_between_leaves(tmp_path: Path,
     challenger.poll()
     assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
     assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+def test_a_challenge_adopted_under_an_id_recorded_for_another_leaf_replaces_it(tmp_path: Path, db: str) -> None:
+    """After a reorg the chain names another leaf's challenge with an id the store holds for an open
+    one: the new one is recorded (it was dropped: add_challenge refused it) and the old leaf's
+    challenge is looked up again."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [row] = store.list_challenges()
+    challenger = _challenger_of(pipeline, network, manager, store, resolver)
+    other = ag.Certificate(request_hash=b"\x07" * 32, output_hash=b"\x08" * 32)
+    other.batch_header.batch_index = row.batch_index
+    challenger._adopt(row.challenge_id, other, row.opened_block + 3)
+    [adopted] = store.list_challenges()
+    assert (adopted.challenge_id, adopted.request_hash, adopted.state) == (row.challenge_id, b"\x07" * 32, "OPEN")
+    assert [m.request_hash for m in store.list_sent_challenges()] == [row.request_hash]
+    challenger._adopt(row.challenge_id, other, row.opened_block + 3)  # again: the same challenge, kept
+    assert [c.opened_block for c in store.list_challenges()] == [row.opened_block + 3]
     pipeline.close()

@@ -517,20 +517,29 @@ class Challenger:
         self, challenge_id: int, certificate: ag.Certificate, opened_block: int, open_tx: bytes | None = None
     ) -> None:
         """Record challenge ``challenge_id`` of ``certificate``'s leaf as OPEN: the resolver records
-        how it ended, finishing the slashing of one that someone else upheld halfway."""
-        self.store.add_challenge(
-            ChallengeRow(
-                challenge_id=challenge_id,
-                state=ChallengeState.OPEN,
-                batch_index=certificate.batch_header.batch_index,
-                request_hash=bytes(certificate.request_hash),
-                output_hash=bytes(certificate.output_hash),
-                certificate=certificate.SerializeToString(deterministic=True),
-                opened_block=opened_block,
-                open_tx=open_tx,
-                attempts=0,
-            )
+        how it ended, finishing the slashing of one that someone else upheld halfway. A row of the
+        id for another challenge (another leaf, or one a reorg dropped) is from before a reorg that
+        gave the id to this one: replaced (its leaf, if its challenge was still open, looked up again)."""
+        row = ChallengeRow(
+            challenge_id=challenge_id,
+            state=ChallengeState.OPEN,
+            batch_index=certificate.batch_header.batch_index,
+            request_hash=bytes(certificate.request_hash),
+            output_hash=bytes(certificate.output_hash),
+            certificate=certificate.SerializeToString(deterministic=True),
+            opened_block=opened_block,
+            open_tx=open_tx,
+            attempts=0,
         )
+        if self.store.add_challenge(row):
+            return
+        recorded = self.store.get_challenge(challenge_id)
+        if recorded is None or _is_same_challenge(recorded, row):
+            return  # this challenge is recorded already
+        if recorded.state == ChallengeState.OPEN:
+            reason = "the challenge id names another leaf now (a reorg); the leaf's challenge is looked up again"
+            self.store.requeue_challenge(challenge_id, reason, max(recorded.opened_block - CHALLENGE_GONE_DEPTH, 0))
+        self.store.replace_challenge(row)
 
     def _record(self, finding: Finding) -> Finding:
         """Write ``finding`` (final: the leaf is not checked again)."""
@@ -557,6 +566,15 @@ class Challenger:
             return "the certificate's signatory record hash is not the certified one"
         check = verify_certificate(certificate)
         return "; ".join(check.problems)
+
+
+def _is_same_challenge(recorded: ChallengeRow, row: ChallengeRow) -> bool:
+    """Whether ``row`` is the challenge ``recorded`` already is: the same leaf, and unless it was
+    given up, the same one (a leaf given up after a reorg can be challenged again under the same id)."""
+    leaf = (recorded.batch_index, bytes(recorded.request_hash), bytes(recorded.output_hash))
+    if leaf != (row.batch_index, bytes(row.request_hash), bytes(row.output_hash)):
+        return False
+    return recorded.state != ChallengeState.EXPIRED or recorded.opened_block == row.opened_block
 
 
 def _leaf_key(sent: SentChallengeRow) -> tuple[int, bytes, bytes]:

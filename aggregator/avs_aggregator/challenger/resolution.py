@@ -183,6 +183,15 @@ class Resolver:
                 ended.append(self.store.get_challenge(row.challenge_id) or row)
         return ended
 
+    def _requeue(self, row: ChallengeRow, reason: str) -> ChallengeState:
+        """A reorg took the challenge away from its id: the fraud is still there, so the leaf goes back
+        to "to challenge", where its challenge is adopted under the id the chain gives it now (with our
+        bond in it), or sent again while the window is open."""
+        reason += "; the leaf's challenge is looked up again"
+        self.store.requeue_challenge(row.challenge_id, reason, max(row.opened_block - CHALLENGE_GONE_DEPTH, 0))
+        logger.warning("challenge lost to a reorg", extra={"challenge_id": row.challenge_id, "error": reason})
+        return ChallengeState.EXPIRED
+
     def advance(self, row: ChallengeRow) -> ChallengeState:
         on_chain = self.chain.get_challenge(row.challenge_id)
         state = STATE_OF_STATUS.get(on_chain.status)
@@ -190,16 +199,13 @@ class Resolver:
             if self.chain.get_block_number() < row.opened_block + CHALLENGE_GONE_DEPTH:
                 self.store.update_challenge(row.challenge_id, error="not on-chain (yet); checked again")
                 return ChallengeState.OPEN
-            self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error="not on-chain")
-            return ChallengeState.EXPIRED
+            return self._requeue(row, "not on-chain")
         if (on_chain.request_hash, on_chain.output_hash, on_chain.batch_index) != (
             bytes(row.request_hash),
             bytes(row.output_hash),
             row.batch_index,
         ):  # after a reorg the id may name another leaf's challenge: never resolve that one as ours
-            error = "the challenge id names another leaf now (a reorg); not ours to resolve"
-            self.store.update_challenge(row.challenge_id, state=ChallengeState.EXPIRED, error=error)
-            return ChallengeState.EXPIRED
+            return self._requeue(row, "the challenge id names another leaf now (a reorg); not ours to resolve")
         if state == ChallengeState.UPHELD:
             self._finish_slashing(row)
         if state != ChallengeState.OPEN:

@@ -271,6 +271,41 @@ class ChallengerStore(Database):
                 setattr(row, key, value)
             row.updated_at = self.clock()
 
+    def requeue_challenge(self, challenge_id: int, reason: str, look_back_to: int) -> None:
+        """Stop taking challenge ``challenge_id`` for its leaf's (a reorg dropped it, or gave its id to
+        another challenge): the row ends EXPIRED with ``reason`` and the leaf is marked "to challenge"
+        again, so that its challenge is adopted under its new id, or sent again while the window is
+        open. An expired challenge of the leaf opened before ``look_back_to`` is not taken for it."""
+        with self.session() as s:
+            row = s.get(ChallengeRow, challenge_id)
+            if row is None:
+                raise KeyError(challenge_id)
+            now = self.clock()
+            row.state, row.error, row.updated_at = str(ChallengeState.EXPIRED), reason, now
+            marked = select(SentChallengeRow.id).where(
+                SentChallengeRow.batch_index == row.batch_index,
+                SentChallengeRow.request_hash == row.request_hash,
+                SentChallengeRow.output_hash == row.output_hash,
+            )
+            if s.scalars(marked.limit(1)).first() is None:
+                mark = SentChallengeRow(
+                    batch_index=row.batch_index,
+                    request_hash=row.request_hash,
+                    output_hash=row.output_hash,
+                    certificate=row.certificate,
+                    sent_block=look_back_to,
+                )
+                mark.created_at = mark.updated_at = now
+                s.add(mark)
+
+    def replace_challenge(self, row: ChallengeRow) -> None:
+        """Record ``row`` in place of the row its id has (of another leaf: an id a reorg reassigned)."""
+        with self.session() as s:
+            s.execute(delete(ChallengeRow).where(ChallengeRow.challenge_id == row.challenge_id))
+            s.flush()
+            row.created_at = row.updated_at = self.clock()
+            s.add(row)
+
     def list_challenges(self, states: Sequence[ChallengeState] | None = None) -> list[ChallengeRow]:
         with self.session() as s:
             query = select(ChallengeRow).order_by(ChallengeRow.challenge_id)

@@ -38,6 +38,7 @@ from avs_aggregator.challenger.core import (
 )
 from avs_aggregator.challenger.resolution import Resolver
 from avs_aggregator.challenger.store import AttestationRow, ChallengerStore, ChallengeState, EquivocationRow
+from avs_aggregator.config import ConfigError
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.ports import OperatorInfo, VerifyReply
@@ -311,6 +312,14 @@ def test_a_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path, m
     assert config.database_url == f"sqlite:///{folder.resolve()}/own.sqlite"
     for url in (f"sqlite:///{tmp_path}/abs.sqlite", "sqlite://", "postgresql+psycopg://u@db:5432/challenger"):
         assert load_challenger_config(write_config(folder, database_url=url)).database_url == url
+
+
+def test_escalating_without_resolving_is_refused(tmp_path: Path) -> None:
+    """Without the resolver, one operator's REJECT opened a challenge with no confirmation by the
+    escalation quorum, never expired: the bond locked, or taken by whoever resolved it ACCEPT."""
+    with pytest.raises(ConfigError, match="escalate needs resolve"):
+        load_challenger_config(write_config(tmp_path, escalate=True, resolve=False))
+    assert not load_challenger_config(write_config(tmp_path, escalate=False, resolve=False)).escalate
 
 
 class StubApp:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avs import keystore
@@ -73,6 +73,15 @@ class ChallengerConfig(BaseModel):
     start_block: int | None = None  # first run only (then the database's position); default: the head
     metrics_listen: str = "0.0.0.0:9097"
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_escalation_is_resolved(self) -> ChallengerConfig:
+        # Without the resolver a challenge is opened on one operator's REJECT with no confirmation
+        # by the escalation quorum, and never expired: the bond stays locked, or goes to whoever
+        # resolves it with an ACCEPT certificate.
+        if self.escalate and not self.resolve:
+            raise ValueError("escalate needs resolve (a challenge opened must be confirmed, resolved or expired)")
+        return self
 
 
 class ChallengerSecrets(BaseSettings):

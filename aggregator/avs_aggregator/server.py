@@ -203,6 +203,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         """The validated, completed request and its prompt's token count (None without a tokenizer)."""
         if not message.HasField("request"):
             raise InvalidInputError("request is required")
+        convert.check_request_counts(message.request)  # before the copy and the walks below
         model = self._resolve_model(message)
         request = op.InferenceRequest()
         request.CopyFrom(message.request)

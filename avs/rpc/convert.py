@@ -91,11 +91,17 @@ class RequestEnvelope:
     stop_sequences: tuple[str, ...]
 
 
-def request_from_proto(message: op.InferenceRequest) -> RequestEnvelope:
+def check_request_counts(message: op.InferenceRequest) -> None:
+    """The chat's and the stop sequences' counts, checked before anything walks them: an empty chat
+    message is 2 bytes on the wire, so a 4 MiB request holds 2 million of them."""
     if len(message.messages) > MAX_CHAT_MESSAGES:
         raise EncodingError(f"at most {MAX_CHAT_MESSAGES} chat messages")
     if len(message.stop_sequences) > MAX_STOP_SEQUENCES:
         raise EncodingError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+
+
+def request_from_proto(message: op.InferenceRequest) -> RequestEnvelope:
+    check_request_counts(message)
     request = InferenceRequest(
         model_id=_bytes32("model_id", message.model_id),
         prompt_hash=_bytes32("prompt_hash", message.prompt_hash),

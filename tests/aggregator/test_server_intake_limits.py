@@ -4,6 +4,7 @@ before anything is stored, and WatchStatus streams cannot take every intake thre
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,3 +146,21 @@ def test_get_batch_of_any_uint64_index_is_not_found(intake: Intake, index: int) 
     with pytest.raises(grpc.RpcError) as info:
         intake.stub.GetBatch(ag.GetBatchRequest(batch_index=index))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("method", ["Submit", "Prepare"])
+def test_a_chat_of_many_empty_messages_is_refused_before_it_is_walked(intake: Intake, method: str) -> None:
+    """An empty chat message is 2 bytes on the wire: one 4 MiB call held 2 million of them, and the
+    intake copied the request and made a dict per message (590 MB) before the count was checked."""
+    request = _request()
+    request.request.messages.extend([op.ChatMessage()] * 500_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            getattr(intake.stub, method)(request, timeout=30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {convert.MAX_CHAT_MESSAGES} chat messages" in (refused.value.details() or "")
+    assert peak < 32 << 20, f"{peak >> 20} MiB of Python objects for a refused request"

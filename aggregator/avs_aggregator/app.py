@@ -43,7 +43,7 @@ from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
 from avs.chain.insurance import Web3CoverageReader
 from avs.config import split_host_port
-from avs.errors import InvalidInputError
+from avs.errors import InvalidInputError, UnavailableError
 from avs.httpserver import BoundedHTTPServer, start_metrics_server
 from avs.logs import redact_urls
 from avs.messages import Domain
@@ -228,6 +228,7 @@ class AggregatorApp:
         self.ports = Ports()
         self._closers: list[Callable[[], Any]] = []
         self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
         self.ready = threading.Event()
         self.role = Role.STANDBY
         self.runner: PipelineRunner | None = None
@@ -235,7 +236,9 @@ class AggregatorApp:
         self.keeper: StakeKeeper | None = None
         self._role_lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Build and start everything; False if a stop was requested meanwhile (``request_stop``,
+        from a signal handler): it gives up between steps, and ``stop`` closes what was built."""
         config = self.config
         password = self._secrets.ecdsa_key_password
         if password is None:
@@ -246,8 +249,14 @@ class AggregatorApp:
         from web3 import Web3
 
         w3 = Web3(Web3.HTTPProvider(config.chain.rpc_url, request_kwargs={"timeout": 30}))
-        if w3.eth.chain_id != deployment.chain_id:
+        try:
+            chain_id = w3.eth.chain_id
+        except Exception as exc:  # the node's URL (an API key in its path) is in requests' message
+            raise UnavailableError(f"the RPC node cannot be read: {redact_urls(str(exc))}") from None
+        if chain_id != deployment.chain_id:
             raise InvalidInputError(f"{redact_urls(config.chain.rpc_url)} is not chain {deployment.chain_id}")
+        if self._stop_requested.is_set():
+            return False
         client = Web3AvsClient(w3, deployment, account)
         domain = Domain(deployment.chain_id, deployment.task_manager)
         self.store = Store(config.database_url)
@@ -296,9 +305,13 @@ class AggregatorApp:
         coverage = Web3CoverageReader(w3, deployment.insurance_pool) if deployment.insurance_pool else None
         limits = IntakeLimits(config.policy.max_chat_chars, config.policy.max_new_tokens)
         servicer = AggregatorServicer(self.pipeline, models, limits, coverage, gate=self)
+        if self._stop_requested.is_set():
+            return False
         self._start_http()
         self._grpc, self.ports.grpc, self._health = build_server(servicer, config.grpc_listen)
         self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._stop_requested.is_set():
+            return False
         self._start_leadership()
         self._grpc.start()
         self.ready.set()
@@ -312,6 +325,7 @@ class AggregatorApp:
                 "holder": self.elector.lease.holder if self.elector else None,
             },
         )
+        return True
 
     # --- leadership ----------------------------------------------------------------------
 
@@ -380,7 +394,7 @@ class AggregatorApp:
         host, port = split_host_port(self.config.metrics_listen)
         metrics_server, _ = start_metrics_server(host, port, self.registry)
         self.ports.metrics = int(metrics_server.server_address[1])
-        self._closers.append(metrics_server.shutdown)
+        self._closers.append(lambda: _close_server(metrics_server))
         app = self
 
         class Health(BaseHTTPRequestHandler):
@@ -404,7 +418,7 @@ class AggregatorApp:
         server = BoundedHTTPServer((host, port), Health)
         self.ports.health = int(server.server_address[1])
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-        self._closers.append(server.shutdown)
+        self._closers.append(lambda: _close_server(server))
 
     def get_health(self, leader_only: bool = False) -> tuple[int, dict[str, str]]:
         """``/health``: 200 while serving, whatever the role (a standby serves the reads), 503 while
@@ -416,10 +430,16 @@ class AggregatorApp:
         ok = serving and (self.is_leader() if leader_only else True)
         return (200 if ok else 503), body
 
+    def request_stop(self) -> None:
+        """Ask for a stop: a signal handler's part. ``stop`` itself runs on the main thread once
+        ``start`` has returned (in a handler it could wait on a lock the interrupted code holds)."""
+        self._stop_requested.set()
+
     def stop(self, grace_seconds: float = 10.0) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._stop_requested.set()
         self.ready.clear()
         if hasattr(self, "_health"):
             self._health.enter_graceful_shutdown()
@@ -439,4 +459,12 @@ class AggregatorApp:
         logger.info("aggregator stopped")
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Until a stop is requested (or done)."""
+        self._stop_requested.wait()
+
+
+def _close_server(server: BoundedHTTPServer) -> None:
+    """Stop serving and release the port (``shutdown`` alone leaves it bound: probes hang, a restart
+    on the same port fails)."""
+    server.shutdown()
+    server.server_close()

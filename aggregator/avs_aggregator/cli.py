@@ -32,16 +32,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("stopping", extra={"signal": signal.Signals(signum).name})
-        app.stop()
+        app.request_stop()  # stop() runs below, on this thread, once start() has returned
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        app.start()
-    except BaseException:
-        app.stop(1)
-        raise
-    app.wait()
+        if app.start():
+            app.wait()
+    finally:
+        app.stop()
     return 0
 
 

@@ -96,3 +96,33 @@ def test_the_aggregator_and_the_sdk_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unreachable_rpc_is_one_line_without_its_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests' error holds the URL's path, where providers put the API key: it was a traceback on
+    stderr, past the logs' redaction, and exit status 1."""
+    import json
+
+    import yaml
+
+    from avs import keystore
+
+    deployment: dict[str, object] = {"chain_id": 31337, "start_block": 0}
+    deployment |= {key: "0x" + "11" * 20 for key in ("deployer", "aggregator", "allocation_manager")}
+    deployment |= {key: "0x" + "22" * 20 for key in ("delegation_manager", "strategy", "stake_token")}
+    deployment |= {key: "0x" + "33" * 20 for key in ("operator_registry", "model_registry", "task_manager")}
+    (tmp_path / "deployment.json").write_text(json.dumps(deployment))
+    keystore.save_ecdsa_keystore(tmp_path / "key.json", b"\x01" * 32, "pw", 1 << 12)
+    config = {
+        "chain": {"rpc_url": "http://127.0.0.1:1/v3/SECRETKEY", "deployment_file": "deployment.json"},
+        "keys": {"ecdsa_keystore": "key.json"},
+        "models": [{"name": "tiny", "model_id": "0x" + "ab" * 32}],
+        "database_url": "sqlite://",
+    }
+    (tmp_path / "aggregator.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("AGGREGATOR_ECDSA_KEY_PASSWORD", "pw")
+    assert main(["run", "--config", str(tmp_path / "aggregator.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "SECRETKEY" not in err and "the RPC node cannot be read" in err

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -153,8 +154,9 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         anvil.stop()
 
 
-def start_aggregator(devnet: Devnet, db: Path | str, **overrides: object) -> AggregatorApp:
-    """An aggregator on ``db`` (a SQLite file, or any database URL); ``overrides``: config keys."""
+def start_aggregator(devnet: Devnet, db: Path | str, start: bool = True, **overrides: object) -> AggregatorApp:
+    """An aggregator on ``db`` (a SQLite file, or any database URL), started unless ``start`` is
+    False; ``overrides``: config keys."""
     key_file = devnet.workdir / "aggregator.key.json"
     if not key_file.exists():
         keystore.save_ecdsa_keystore(key_file, bytes.fromhex(ANVIL_KEY_0[2:]), PASSWORD, 1 << 12)
@@ -175,8 +177,40 @@ def start_aggregator(devnet: Devnet, db: Path | str, **overrides: object) -> Agg
         }
     )
     app = AggregatorApp(config, AggregatorSecrets(ecdsa_key_password=PASSWORD))  # type: ignore[arg-type]
-    app.start()
+    if start:
+        app.start()
     return app
+
+
+def test_a_stop_requested_while_starting_gives_up_and_a_stop_releases_the_ports(
+    devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while starting ran stop() inside start(), which went on to serve after "aggregator
+    stopped" (with leader election, it took the lease and never released it); the signal handler
+    now only requests the stop. And stop() left the metrics and health ports bound, answering
+    nothing: probes hung and a restart on the same port failed."""
+    import avs_aggregator.app as app_module
+
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite", start=False)
+    servicer = app_module.AggregatorServicer  # type: ignore[attr-defined]
+
+    def servicer_then_sigterm(*args: object, **kwargs: object) -> object:
+        app.request_stop()  # what the SIGTERM handler does, arriving mid-start
+        return servicer(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app_module, "AggregatorServicer", servicer_then_sigterm)
+    assert app.start() is False
+    app.wait()  # returns: the stop was requested
+    app.stop(1)
+    assert (app.ports.grpc, app.ports.metrics, app.ports.health) == (0, 0, 0) and app.runner is None
+    monkeypatch.undo()
+
+    app = start_aggregator(devnet, tmp_path / "agg.sqlite")
+    ports = (app.ports.metrics, app.ports.health)
+    app.stop(1)
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def submit(client: AggregatorClient, text: str, nonce: int, **kwargs: object) -> bytes:

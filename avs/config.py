@@ -24,9 +24,10 @@ class ConfigError(InvalidInputError):
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors (a typo must not silently fall back to a default)."""
+    """A config section: unknown keys are errors (a typo must not silently fall back to a default),
+    and so are ``.inf`` and ``.nan`` (YAML takes them for floats; they crash, or hang, far later)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def format_validation_error(error: ValidationError) -> str:

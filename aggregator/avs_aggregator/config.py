@@ -17,6 +17,10 @@ from avs.config import Section as _Section
 
 __all__ = ["AggregatorConfig", "AggregatorSecrets", "ConfigError", "load_config", "parse_config"]
 
+# The longest deadline or wait a config may set: gRPC refuses a deadline of 1e10 s or more at once
+# (every call would fail DEADLINE_EXCEEDED), and an hour is past any sane step.
+MAX_WAIT_SECONDS = 3600.0
+
 
 class ChainConfig(_Section):
     rpc_url: str = "http://127.0.0.1:8545"
@@ -24,10 +28,10 @@ class ChainConfig(_Section):
     reference_lag_blocks: int = Field(default=1, ge=1, le=64)  # reference block = latest - lag
     prove_rejections: bool = True  # proveRejectedOutput when a quorum rejects; proveEquivocation on conflicts
     confirmations: int = Field(default=0, ge=0, le=64)  # blocks on top before a transaction counts
-    receipt_timeout_seconds: float = Field(default=30.0, gt=0)  # then the fees are bumped
+    receipt_timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)  # then the fees are bumped
     bump_percent: int = Field(default=25, ge=10, le=500)
     max_bumps: int = Field(default=5, ge=0, le=50)
-    max_fee_gwei: float = Field(default=1000.0, gt=0)  # no version's fee cap or tip goes above it
+    max_fee_gwei: float = Field(default=1000.0, ge=1e-9)  # no version's fee cap or tip goes above it (>= 1 wei)
     refresh_stakes: bool = True  # the leader sends updateOperatorsForQuorum before stakes go stale
     eject_understaked: bool = True  # ... then ejectUnderstaked for zero-stake members (needs refresh_stakes)
 
@@ -86,15 +90,15 @@ class PolicyConfig(_Section):
 
 
 class DeadlinesConfig(_Section):
-    generate_seconds: float = Field(default=120.0, gt=0)
-    verify_seconds: float = Field(default=60.0, gt=0)
+    generate_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
+    verify_seconds: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
     verify_rounds: int = Field(default=2, ge=1, le=8)  # while verifiers that did not answer leave it short
-    sign_batch_seconds: float = Field(default=30.0, gt=0)
+    sign_batch_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
 
 
 class BatchConfig(_Section):
     max_size: int = Field(default=16, gt=0, le=4096)
-    max_latency_seconds: float = Field(default=2.0, ge=0)
+    max_latency_seconds: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)
     first_index: int = Field(default=1, ge=0, lt=2**63)  # the batches table's BigInteger
     max_reference_age_blocks: int = Field(default=100, gt=0)  # used only where the chain's cannot be read
     sign_rounds: int = Field(default=3, ge=1, le=32)  # SignBatch rounds while the signers fall short

@@ -43,6 +43,13 @@ def test_example_config_parses_and_resolves_paths() -> None:
             {"models": [{"name": "a", "model_id": "0x" + "00" * 32}, {"name": "b", "model_id": "0x" + "00" * 32}]},
             "models",
         ),
+        # YAML's .inf and huge values: an OverflowError at start, a fee cap of 0 (nothing mined), a
+        # gRPC deadline refused at once (every call DEADLINE_EXCEEDED)
+        ({"chain": {"deployment_file": "d.json", "max_fee_gwei": float("inf")}}, "chain.max_fee_gwei"),
+        ({"chain": {"deployment_file": "d.json", "max_fee_gwei": 1e-12}}, "chain.max_fee_gwei"),
+        ({"deadlines": {"verify_seconds": 1e10}}, "deadlines.verify_seconds"),
+        ({"deadlines": {"generate_seconds": float("nan")}}, "deadlines.generate_seconds"),
+        ({"chain": {"deployment_file": "d.json", "receipt_timeout_seconds": float("inf")}}, "chain.receipt_timeout"),
     ],
 )
 def test_config_errors_name_the_field(patch: dict[str, object], field: str) -> None:

@@ -188,22 +188,26 @@ def load_requester_key(args: argparse.Namespace) -> bytes | None:
     return keystore.load_ecdsa_keystore(path, read_password(args.password_env, confirm=False))
 
 
-def parse_token_amount(text: str, decimals: int = 18) -> int:
+def parse_token_amount(text: str, decimals: int) -> int:
     """``"2"``, ``"0.5"`` (tokens) or ``"1500000000000000000wei"`` -> base units."""
     from decimal import Decimal, InvalidOperation
 
-    try:
-        if text.endswith("wei"):
+    not_an_amount = InvalidInputError(f"--insure must be an amount of tokens (e.g. 2 or 0.5), got {text!r}")
+    if text.endswith("wei"):
+        try:
             value = int(text.removesuffix("wei"))
-        else:
+        except ValueError:
+            raise not_an_amount from None
+    else:
+        try:
             scaled = Decimal(text) * (Decimal(10) ** decimals)
-            if not scaled.is_finite() or scaled.adjusted() >= 78:  # 2^256 has 78 digits
-                raise InvalidInputError(f"--insure must be a finite amount of tokens below 2^256 wei, got {text!r}")
-            if scaled != scaled.to_integral_value():
-                raise InvalidInputError(f"--insure {text}: more than {decimals} decimals")
-            value = int(scaled)
-    except (InvalidOperation, ValueError) as exc:
-        raise InvalidInputError(f"--insure must be an amount of tokens (e.g. 2 or 0.5), got {text!r}") from exc
+        except InvalidOperation:
+            raise not_an_amount from None
+        if not scaled.is_finite() or scaled.adjusted() >= 78:  # 2^256 has 78 digits
+            raise InvalidInputError(f"--insure must be a finite amount of tokens below 2^256 wei, got {text!r}")
+        if scaled != scaled.to_integral_value():
+            raise InvalidInputError(f"--insure {text}: more than {decimals} decimals")
+        value = int(scaled)
     if not 0 < value < 2**256:
         raise InvalidInputError("--insure must be positive and below 2^256 wei")
     return value
@@ -232,7 +236,7 @@ def float_in(low: float, high: float) -> Any:
     return _number_in(float, "a number", low, high)
 
 
-def format_tokens(amount: int, decimals: int = 18) -> str:
+def format_tokens(amount: int, decimals: int) -> str:
     from decimal import Decimal
 
     return f"{Decimal(amount) / (Decimal(10) ** decimals):f}".rstrip("0").rstrip(".") or "0"
@@ -300,9 +304,11 @@ def cmd_request(args: argparse.Namespace) -> int:
                         )
                 else:
                     prepared = client.prepare(messages, domain=domain, **fields)  # checked before paying anything
-                    coverage = _plan_coverage(args, prepared)
+                    if args.insure is not None:
+                        buyer = _open_buyer(args, deployment, secret)
+                    coverage = _plan_coverage(args, prepared, buyer)
                 if coverage is not None:  # bought first (the request saved beforehand), then submitted insured
-                    buyer = _open_buyer(args, deployment, secret)
+                    buyer = buyer or _open_buyer(args, deployment, secret)
                     _insure(args, prepared, coverage, buyer)
                 submitted = client.submit_prepared(
                     prepared, domain=domain, requester_key=secret, insured=buyer is not None
@@ -394,14 +400,18 @@ class CoveragePlan:
     quorum: int
 
 
-def _plan_coverage(args: argparse.Namespace, prepared: PreparedRequest) -> CoveragePlan | None:
-    if args.insure is None:
+def _plan_coverage(
+    args: argparse.Namespace, prepared: PreparedRequest, buyer: InsuranceBuyer | None
+) -> CoveragePlan | None:
+    """``--insure`` in the pool asset's base units (its own decimals: 2 tokens of a 6-decimal token
+    are 2,000,000, not 2e18)."""
+    if args.insure is None or buyer is None:
         return None
     quorum = args.insure_quorum if args.insure_quorum is not None else prepared.quorums[0]
     if quorum not in prepared.quorums:
         wanted = list(prepared.quorums)
         raise InvalidInputError(f"--insure-quorum {quorum} is not one of the request's quorums {wanted}")
-    return CoveragePlan(parse_token_amount(args.insure), quorum)
+    return CoveragePlan(parse_token_amount(args.insure, buyer.get_decimals()), quorum)
 
 
 def save_request(folder: Path, prepared: PreparedRequest, coverage: CoveragePlan) -> Path:
@@ -477,10 +487,12 @@ def _insure(args: argparse.Namespace, prepared: PreparedRequest, coverage: Cover
             print(f"request {request_hash} is insured already (until block {bought.expires_at_block})", file=sys.stderr)
             return
         buyer.check_nothing_pending()
-    print(f"insuring request {request_hash} for {format_tokens(coverage.amount)} tokens", file=sys.stderr)
+    decimals = buyer.get_decimals()
+    print(f"insuring request {request_hash} for {format_tokens(coverage.amount, decimals)} tokens", file=sys.stderr)
     purchase = buyer.buy(prepared.request, coverage.quorum, coverage.amount)
     print(
-        f"  coverage bought against quorum {purchase.quorum_number}: premium {format_tokens(purchase.premium)} "
+        f"  coverage bought against quorum {purchase.quorum_number}: "
+        f"premium {format_tokens(purchase.premium, decimals)} "
         f"tokens, active until block {purchase.expires_at_block} (tx 0x{purchase.tx_hash.hex()})",
         file=sys.stderr,
     )

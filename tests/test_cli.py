@@ -175,7 +175,18 @@ def test_insurance_amounts_that_are_not_token_amounts_are_clear_errors(text: str
     from avs.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="--insure"):
-        parse_token_amount(text)
+        parse_token_amount(text, 18)
+
+
+def test_insurance_amounts_are_in_the_pool_assets_own_decimals() -> None:
+    """2 tokens of a 6-decimal asset (USDC-like) were read as 2e18 base units: a premium of 2e16,
+    10^10 times the one meant, paid if the balance held it."""
+    from avs.cli import format_tokens, parse_token_amount
+
+    assert parse_token_amount("2", 6) == 2_000_000 and parse_token_amount("2.5", 18) == 25 * 10**17
+    assert format_tokens(2_500_000, 6) == "2.5" and format_tokens(20_000, 6) == "0.02"
+    with pytest.raises(ValueError, match="more than 6 decimals"):
+        parse_token_amount("0.0000001", 6)
 
 
 def test_request_prints_the_certified_tokens_decoded_with_the_given_tokenizer(

@@ -193,6 +193,10 @@ class InsuranceBuyer:
         address = Web3.to_checksum_address(owner or self.account.address)
         return int(token.functions.balanceOf(address).call())
 
+    def get_decimals(self) -> int:
+        """The pool asset's decimals: what a whole token is in base units (6 for a USDC-like token)."""
+        return int(self._asset(self.get_terms()).functions.decimals().call())
+
     def get_available(self, quorum_number: int) -> int:
         return int(self.client._call(self.pool.functions.availableCoverage(quorum_number)))
 

@@ -843,28 +843,3 @@ def test_a_challenge_adopted_under_an_id_recorded_for_another_leaf_replaces_it(t
     challenger._adopt(row.challenge_id, other, row.opened_block + 3)  # again: the same challenge, kept
     assert [c.opened_block for c in store.list_challenges()] == [row.opened_block + 3]
     pipeline.close()
-
-
-def test_a_reject_is_resolved_when_the_node_has_pruned_the_batchs_reference_block(tmp_path: Path, db: str) -> None:
-    """A full node keeps 128 blocks of state; a REJECT may be resolved up to 250 blocks after the
-    batch's reference block. The batch's signers are the certificate's (the contract checks them
-    against the registry's history), not read from the state at the reference block."""
-    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
-    [row] = store.list_challenges()
-    reference_block = ag.Certificate.FromString(row.certificate).batch_header.reference_block
-
-    class PrunedNode:  # the challenger's node keeps the state of the blocks after the batch's only
-        def __getattr__(self, name: str) -> Any:
-            return getattr(network, name)
-
-        def get_operator_set(self, block: int) -> Any:
-            if block <= reference_block:
-                raise ValueError(f"missing trie node: state at block {block} is pruned")
-            return network.get_operator_set(block)
-
-    resolver.reader = PrunedNode()
-    network.block += 2  # escalation certificates are made from the challenge's block on
-    ended = resolver.advance_all()
-    assert [e.state for e in ended] == [ChallengeState.UPHELD], store.get_challenge(row.challenge_id).error  # type: ignore[union-attr]
-    assert manager.get_challenge(row.challenge_id).status == ChallengeStatus.UPHELD
-    pipeline.close()

@@ -33,7 +33,7 @@ from avs_aggregator.challenger.core import (
     LeafCheck,
     OpenedChallenge,
     compute_checker_order,
-    find_signer_ids,
+    compute_signer_ids,
 )
 from avs_aggregator.challenger.resolution import EscalationConfig, is_valid_leaf_reply
 from avs_aggregator.evidence import EvidenceBook
@@ -131,7 +131,8 @@ class OperatorLeafChecker:
 
     def check(self, certificate: ag.Certificate) -> LeafCheck:
         header = convert.batch_header_from_proto(certificate.batch_header)
-        signer_ids = find_signer_ids(certificate, self.reader)
+        at_batch = self.reader.get_operator_set(header.reference_block)
+        signer_ids = compute_signer_ids(at_batch, header.quorum_numbers, {bytes(i) for i in certificate.non_signer_ids})
         reference_block, _ = self.reader.get_reference_block()
         operators = self.reader.get_operator_set(reference_block).in_quorums(header.quorum_numbers)
         order = compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng)

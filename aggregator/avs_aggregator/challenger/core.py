@@ -53,7 +53,7 @@ from avs_aggregator.challenger.store import (
     PendingCheckRow,
     SentChallengeRow,
 )
-from avs_aggregator.ports import OperatorInfo, OperatorSetReader
+from avs_aggregator.ports import OperatorInfo, OperatorSet
 
 logger = logging.getLogger(__name__)
 # A challenge the chain does not show is given up only this many blocks after it was opened
@@ -141,20 +141,11 @@ def compute_leaf_check(result: LeafCheck | Verdict) -> LeafCheck:
     return LeafCheck((CheckerAnswer(b"", False, result),), has_independent=True)
 
 
-def find_signer_ids(certificate: ag.Certificate, reader: OperatorSetReader) -> frozenset[bytes]:
-    """A certified batch's signers: its quorums' operators at its reference block less its non-signers.
-
-    They are the certificate's signer list (its aggregate signature verifies against their keys, and
-    the chain's record binds the non-signers; the contract checks the two make up each quorum at the
-    reference block). Only a certificate without the list needs the state at the reference block,
-    up to 250 blocks back when a REJECT is resolved: a full node has pruned it (it keeps 128)."""
-    non_signers = {bytes(i) for i in certificate.non_signer_ids}
-    listed = {bytes(s.public_key.operator_id) for s in certificate.signers}
-    if listed:
-        return frozenset(listed - non_signers)
-    header = certificate.batch_header
-    members = reader.get_operator_set(header.reference_block).in_quorums(bytes(header.quorum_numbers))
-    return frozenset(o.operator_id for o in members if o.operator_id not in non_signers)
+def compute_signer_ids(
+    operator_set: OperatorSet, quorums: bytes, non_signer_ids: Collection[bytes]
+) -> frozenset[bytes]:
+    """A certified batch's signers: its quorums' operators at its reference block less its non-signers."""
+    return frozenset(o.operator_id for o in operator_set.in_quorums(quorums) if o.operator_id not in non_signer_ids)
 
 
 def compute_checker_order(

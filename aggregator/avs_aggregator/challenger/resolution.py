@@ -43,7 +43,7 @@ from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.types import OperatorId
 from avs_aggregator import protocol
-from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH, find_signer_ids
+from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader, VerifyReply
@@ -290,12 +290,13 @@ class Resolver:
 
     def get_batch_signers(self, certificate: ag.Certificate) -> BatchSigners:
         """The certified batch's signers (``IFaultManagerTypes.BatchSigners``): its quorums' operators
-        at its reference block less the certified non-signers (``find_signer_ids``: not the state at
-        the reference block, which a full node has pruned by then), both ascending, with history
-        indices read from the registry at the latest block."""
+        at its reference block less the certified non-signers, both ascending, with history indices."""
         header = convert.batch_header_from_proto(certificate.batch_header)
         non_signers = tuple(OperatorId(bytes(i)) for i in certificate.non_signer_ids)
-        signers = tuple(OperatorId(i) for i in sorted(find_signer_ids(certificate, self.reader)))
+        operator_set = self.reader.get_operator_set(header.reference_block)
+        signers = tuple(
+            o.operator_id for o in operator_set.in_quorums(header.quorum_numbers) if o.operator_id not in non_signers
+        )
         signer_indices = self.chain.get_check_signatures_indices(header.reference_block, header.quorum_numbers, signers)
         non_signer_bitmap_indices: tuple[int, ...] = ()
         if non_signers:

@@ -25,15 +25,19 @@ class Admission:
         self._by_caller: dict[str, int] = {}
 
     @contextmanager
-    def admit(self, caller: str) -> Iterator[None]:
-        """Hold one of ``caller``'s slots for the block, or raise ``TooManyRequestsError``."""
+    def admit(self, caller: str | None) -> Iterator[None]:
+        """Hold one of ``caller``'s slots for the block, or raise ``TooManyRequestsError``. Without
+        API keys the caller is ``""`` and only the total cap applies (behind a proxy every client
+        has the proxy's address, so a cap per address would be the whole gateway's)."""
+        caller = caller or ""
+        per_caller = self.max_in_flight_per_caller if caller else self.max_in_flight
         with self._lock:
             if self._in_flight >= self.max_in_flight:
                 raise TooManyRequestsError(
                     f"the gateway is following {self._in_flight} completions, its most; retry shortly"
                 )
             held = self._by_caller.get(caller, 0)
-            if held >= self.max_in_flight_per_caller:
+            if held >= per_caller:
                 raise TooManyRequestsError(
                     f"you have {held} completions in flight, the most one caller may; retry when one ends"
                 )

@@ -42,8 +42,8 @@ class GatewayConfig(BaseSettings):
     # Submit to certified; below the openai SDK's 600 s read timeout, so that a client gets the 504
     # (which says not to retry) instead of timing out and retrying: each retry is a new inference.
     request_timeout_seconds: float = Field(default=540.0, gt=0)
-    # Completions followed at once (avs.gateway.admission): in all, and per API key (per client
-    # address when there are no keys). Over either: 429, before anything is submitted.
+    # Completions followed at once (avs.gateway.admission): in all, and per API key (without keys,
+    # only the total). Over either: 429, before anything is submitted.
     max_in_flight: int = Field(default=192, ge=1, le=4096)
     max_in_flight_per_key: int = Field(default=32, ge=1)
     log_level: str = "INFO"

@@ -39,13 +39,19 @@ class DisconnectWatcher:
 
     @contextlib.contextmanager
     def watching(self, sock: socket.socket, on_close: Callable[[], None]) -> Iterator[None]:
+        # The watcher's own descriptor, non-blocking (the handler's socket has a timeout, which a
+        # peek would wait out), closed here under the lock: never closed or reused under the watcher.
+        own = sock.dup()
+        own.setblocking(False)
         with self._lock:
-            self._selector.register(sock, selectors.EVENT_READ, on_close)
+            self._selector.register(own, selectors.EVENT_READ, on_close)
         try:
             yield
         finally:
-            with self._lock, contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(sock)
+            with self._lock:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(own)
+                own.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -57,20 +63,24 @@ class DisconnectWatcher:
             if not self._selector.get_map():
                 self._closed.wait(SELECT_SECONDS)  # epoll with nothing registered would return at once
                 continue
-            for key, _ in self._selector.select(SELECT_SECONDS):
-                self._check(key)
+            try:
+                for key, _ in self._selector.select(SELECT_SECONDS):
+                    self._check(key)
+            except Exception:  # one socket's trouble must not end the watching of the others
+                logger.exception("watching for disconnects failed; going on")
+                self._closed.wait(SELECT_SECONDS)
 
     def _check(self, key: selectors.SelectorKey) -> None:
         sock: socket.socket = key.fileobj  # type: ignore[assignment]
-        try:
-            gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return  # readable a moment ago, nothing to read now
-        except OSError:
-            gone = True  # reset by the peer
-        with self._lock:
-            if self._selector.get_map().get(sock) is not key:
-                return  # its request ended meanwhile
+        with self._lock:  # the request may have ended meanwhile, its descriptor closed
+            if sock.fileno() < 0 or self._selector.get_map().get(sock) is not key:
+                return
+            try:
+                gone = sock.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                return  # readable a moment ago, nothing to read now
+            except OSError:
+                gone = True  # reset by the peer
             self._selector.unregister(sock)  # closed: once; bytes sent: left for the handler to read
         if gone:
             try:

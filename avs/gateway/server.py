@@ -148,7 +148,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             caller = identify_caller(self.headers.get("Authorization"), self.server.api_keys)
             if self._path.startswith("/v1/") and caller is None:
                 raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
-            self._caller = caller or f"address {self.client_address[0]}"
+            self._caller = caller
             route()
         except CancelledError as exc:  # the client closed its connection: no one to answer
             self.close_connection = True

@@ -719,3 +719,49 @@ def test_completions_in_flight_are_capped_per_key_and_in_all() -> None:
         intake.release.set()
         pool.shutdown()
         gateway.stop()
+
+
+def test_without_api_keys_only_the_total_cap_applies() -> None:
+    """Behind a proxy every client has the proxy's address: a cap per address was the gateway's."""
+    from avs.gateway.admission import Admission
+    from avs.gateway.errors import TooManyRequestsError
+
+    admission = Admission(max_in_flight=3, max_in_flight_per_caller=1)
+    full = pytest.raises(TooManyRequestsError, match="following 3 completions")
+    with admission.admit(""), admission.admit(""), admission.admit(None), full, admission.admit(""):
+        pass
+    over = pytest.raises(TooManyRequestsError, match="you have 1")
+    with admission.admit("key 0"), over, admission.admit("key 0"):
+        pass
+    assert admission.in_flight == 0
+
+
+def test_the_disconnect_watcher_outlives_a_failing_callback_and_sockets_with_timeouts() -> None:
+    """The watcher peeks on its own non-blocking copy of each socket (a handler's socket has a
+    timeout, which a peek waited out, blocking every other watch), and one failure does not end it."""
+    from avs.gateway.disconnects import DisconnectWatcher
+
+    watcher = DisconnectWatcher()
+    gone: list[str] = []
+
+    def fail() -> None:
+        gone.append("first")
+        raise RuntimeError("a callback that fails")
+
+    try:
+        for name, callback in (("first", fail), ("second", lambda: gone.append("second"))):
+            ours, theirs = socket.socketpair()
+            ours.settimeout(30)
+            with ours, watcher.watching(ours, callback):
+                theirs.close()
+                wait_for(lambda name=name: name in gone, timeout=3)
+        ours, theirs = socket.socketpair()
+        ours.settimeout(30)
+        with ours, theirs, watcher.watching(ours, lambda: gone.append("third")):
+            theirs.sendall(b"GET /health HTTP/1.1\r\n")  # bytes, not a close: left for the handler
+            time.sleep(0.5)
+            assert ours.recv(64).startswith(b"GET")
+    finally:
+        started = time.monotonic()
+        watcher.close()
+    assert gone == ["first", "second"] and time.monotonic() - started < 2

@@ -569,12 +569,13 @@ class Challenger:
 
 
 def _is_same_challenge(recorded: ChallengeRow, row: ChallengeRow) -> bool:
-    """Whether ``row`` is the challenge ``recorded`` already is: the same leaf, and unless it was
-    given up, the same one (a leaf given up after a reorg can be challenged again under the same id)."""
+    """Whether ``row`` is the challenge ``recorded`` already is: the same leaf, not given up. A row
+    given up (EXPIRED: after a reorg, or a lagging node that showed nothing) is replaced by the one
+    the chain names now; if that one has ended too, the resolver records it so at its next read."""
     leaf = (recorded.batch_index, bytes(recorded.request_hash), bytes(recorded.output_hash))
     if leaf != (row.batch_index, bytes(row.request_hash), bytes(row.output_hash)):
         return False
-    return recorded.state != ChallengeState.EXPIRED or recorded.opened_block == row.opened_block
+    return recorded.state != ChallengeState.EXPIRED
 
 
 def _leaf_key(sent: SentChallengeRow) -> tuple[int, bytes, bytes]:

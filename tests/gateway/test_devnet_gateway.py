@@ -5,7 +5,6 @@ aggregator, and the official ``openai`` client. Also the ``avs-gateway`` binary 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sys
@@ -130,12 +129,11 @@ def test_the_certificate_can_be_fetched_later(client: openai.OpenAI, gateway: Ga
     assert certificate["output_text"] == completion.choices[0].text
 
 
-def test_a_client_that_goes_away_is_let_go_and_its_request_still_certified(
-    gateway: GatewayServer, model: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A streamed request whose client closes after the first chunk: the gateway stops following it
-    at once (its wait on the real status stream cancelled), and the aggregator certifies it anyway."""
-    caplog.set_level(logging.INFO, logger="avs.gateway")
+def test_a_client_that_goes_away_is_let_go_and_its_request_still_certified(gateway: GatewayServer, model: str) -> None:
+    """A streamed request whose client closes after the first chunk: the gateway lets it go (its wait
+    on the real status stream cancelled, or its next chunk refused: which comes first is a race on a
+    fast devnet; the fake intake's test pins the cancellation), holds nothing, and the aggregator
+    certifies the request anyway."""
     body = json.dumps({"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "stream": True})
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
     head += f"Content-Length: {len(body)}\r\n\r\n"
@@ -149,8 +147,10 @@ def test_a_client_that_goes_away_is_let_go_and_its_request_still_certified(
     while (state := fetch(gateway, url)["state"]) != "CERTIFIED":
         assert time.monotonic() < deadline and state != "FAILED", state
         time.sleep(0.2)
-    assert gateway.in_flight == 0
-    assert any("went away" in r.getMessage() for r in caplog.records)
+    deadline = time.monotonic() + 10
+    while gateway.in_flight:
+        assert time.monotonic() < deadline, "the gateway still follows a request its client left"
+        time.sleep(0.05)
 
 
 def fetch(gateway: GatewayServer, path: str) -> dict[str, object]:

@@ -59,6 +59,7 @@ from avs.crypto.curve import G1Point, G2Point
 from avs.errors import AvsError, CancelledError, DeadlineExceededError, InvalidInputError, UntrustedAnswerError
 from avs.merkle import BatchLeaf, verify_merkle_proof
 from avs.messages import (
+    BPS,
     MAX_QUORUMS,
     TOP_P_ONE,
     Domain,
@@ -147,10 +148,14 @@ PREPARED_FIELDS_AS_ASKED = (
 )
 
 
-def _is_below_share(stake: ag.QuorumStake, min_share_bps: int) -> bool:
-    """Whether the stated signed stake is under ``min_share_bps`` of the total (integers: a float
-    share refused some shares exactly at the threshold, which the contract accepts)."""
-    return int(stake.signed_stake) * BPS < min_share_bps * max(int(stake.total_stake), 1)
+def _is_below_share(signed: int, total: int, min_share_bps: int) -> bool:
+    """Whether ``signed`` is under ``min_share_bps`` of ``total`` (integers: a float share refused
+    some shares exactly at the threshold, which the contract accepts)."""
+    return signed * BPS < min_share_bps * max(total, 1)
+
+
+def _is_stated_below(stake: ag.QuorumStake, min_share_bps: int) -> bool:
+    return _is_below_share(int(stake.signed_stake), int(stake.total_stake), min_share_bps)
 
 
 def _changed_fields(want: op.InferenceRequest, got: op.InferenceRequest) -> list[str]:
@@ -211,7 +216,7 @@ def check_certified_as_sent(sent: ag.SubmitRequest, status: ag.RequestStatus) ->
             f"the request was certified by quorums {certified_quorums}, not the {sorted(sent.quorum_numbers)} asked"
         )
     try:
-        below = [q.quorum_number for q in certificate.quorum_stakes if _is_below_share(q, sent.threshold_bps)]
+        below = [q.quorum_number for q in certificate.quorum_stakes if _is_stated_below(q, sent.threshold_bps)]
     except ValueError:
         raise UntrustedAnswerError("the certificate's stake figures are not numbers") from None
     if below:
@@ -222,7 +227,6 @@ def check_certified_as_sent(sent: ag.SubmitRequest, status: ag.RequestStatus) ->
         raise UntrustedAnswerError("the status's output tokens are not the certified ones")
 
 
-BPS = 10_000  # basis points in a whole
 # How many submitted requests a client remembers to check their certificates against in ``wait``.
 MAX_REMEMBERED_REQUESTS = 4096
 
@@ -670,7 +674,7 @@ def verify_certificate(
         if not bls.verify_aggregate(compute_digest(domain, header), apk_g1, apk_g2, sigma):
             problems.append("the aggregate signature does not verify over the batch digest")
         for stake in certificate.quorum_stakes:
-            if _is_below_share(stake, min_share_bps):
+            if _is_stated_below(stake, min_share_bps):
                 share = shares[stake.quorum_number]
                 problems.append(
                     f"quorum {stake.quorum_number} signed {share:.2%}, below the {min_share_bps / 100:.2f}% asked"
@@ -742,7 +746,7 @@ def check_stakes_on_chain(
                 f"quorum {quorum}: the certificate states {'/'.join(stated.get(quorum, ('none',)))} signed, "
                 f"the chain has {signed}/{total}"
             )
-        if signed * BPS < min_share_bps * max(total, 1):
+        if _is_below_share(signed, total, min_share_bps):
             problems.append(
                 f"quorum {quorum} signed {shares[quorum]:.2%} on chain, below the {min_share_bps / 100:.2f}% asked"
             )

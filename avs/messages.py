@@ -45,6 +45,7 @@ TYPE_STRINGS = {
 }
 
 MAX_QUORUMS = 192  # EigenLayer's quorum bitmap width
+BPS = 10_000  # basis points in a whole: thresholds, shares and premiums are in them
 TOP_P_ONE = 1_000_000  # topPMicro of 1.0: nucleus filtering off
 
 

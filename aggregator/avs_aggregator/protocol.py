@@ -24,11 +24,10 @@ from avs.client import compute_signatory_record_hash as compute_signatory_record
 from avs.crypto import bls
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import InvalidInputError
-from avs.messages import Attestation, Domain, Verdict, compute_digest
+from avs.messages import BPS, Attestation, Domain, Verdict, compute_digest
 from avs.types import OperatorId
 from avs_aggregator.ports import OperatorInfo, OperatorSet
 
-BPS = 10_000
 VerdictMap = Mapping[OperatorId, Verdict] | Mapping[bytes, Verdict]
 SignatureMap = Mapping[OperatorId, G1Point] | Mapping[bytes, G1Point]
 

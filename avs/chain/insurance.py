@@ -30,11 +30,9 @@ from avs.chain.deployment import Deployment
 from avs.chain.faults import Coverage, CoverageStatus, encode_inference_request
 from avs.client import verify_on_chain
 from avs.errors import AvsError
-from avs.messages import InferenceRequest, is_same_address
+from avs.messages import BPS, InferenceRequest, is_same_address
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.types import Address
-
-BPS = 10_000
 
 
 class InsuranceError(AvsError):
@@ -178,6 +176,7 @@ class InsuranceBuyer:
             address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool", out_dir)
         )
         self.reader = Web3CoverageReader(w3, deployment.insurance_pool, out_dir)
+        self._decimals: int | None = None
 
     def get_terms(self) -> PoolTerms:
         premium, cap, reward, term = self.client._call(self.pool.functions.config())
@@ -194,8 +193,11 @@ class InsuranceBuyer:
         return int(token.functions.balanceOf(address).call())
 
     def get_decimals(self) -> int:
-        """The pool asset's decimals: what a whole token is in base units (6 for a USDC-like token)."""
-        return int(self._asset(self.get_terms()).functions.decimals().call())
+        """The pool asset's decimals: what a whole token is in base units (6 for a USDC-like token).
+        Read once: the asset never changes."""
+        if self._decimals is None:
+            self._decimals = int(self._asset(self.get_terms()).functions.decimals().call())
+        return self._decimals
 
     def get_available(self, quorum_number: int) -> int:
         return int(self.client._call(self.pool.functions.availableCoverage(quorum_number)))

@@ -537,8 +537,8 @@ class Challenger:
         if recorded is None or _is_same_challenge(recorded, row):
             return  # this challenge is recorded already
         if recorded.state == ChallengeState.OPEN:
-            reason = "the challenge id names another leaf now (a reorg); the leaf's challenge is looked up again"
-            self.store.requeue_challenge(challenge_id, reason, max(recorded.opened_block - CHALLENGE_GONE_DEPTH, 0))
+            reason = "the challenge id names another leaf now (a reorg)"
+            self.store.requeue_challenge(challenge_id, reason, CHALLENGE_GONE_DEPTH)
         self.store.replace_challenge(row)
 
     def _record(self, finding: Finding) -> Finding:

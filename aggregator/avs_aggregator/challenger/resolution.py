@@ -187,8 +187,7 @@ class Resolver:
         """A reorg took the challenge away from its id: the fraud is still there, so the leaf goes back
         to "to challenge", where its challenge is adopted under the id the chain gives it now (with our
         bond in it), or sent again while the window is open."""
-        reason += "; the leaf's challenge is looked up again"
-        self.store.requeue_challenge(row.challenge_id, reason, max(row.opened_block - CHALLENGE_GONE_DEPTH, 0))
+        self.store.requeue_challenge(row.challenge_id, reason, CHALLENGE_GONE_DEPTH)
         logger.warning("challenge lost to a reorg", extra={"challenge_id": row.challenge_id, "error": reason})
         return ChallengeState.EXPIRED
 

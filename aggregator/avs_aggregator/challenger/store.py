@@ -271,17 +271,19 @@ class ChallengerStore(Database):
                 setattr(row, key, value)
             row.updated_at = self.clock()
 
-    def requeue_challenge(self, challenge_id: int, reason: str, look_back_to: int) -> None:
+    def requeue_challenge(self, challenge_id: int, reason: str, look_back_blocks: int) -> None:
         """Stop taking challenge ``challenge_id`` for its leaf's (a reorg dropped it, or gave its id to
         another challenge): the row ends EXPIRED with ``reason`` and the leaf is marked "to challenge"
         again, so that its challenge is adopted under its new id, or sent again while the window is
-        open. An expired challenge of the leaf opened before ``look_back_to`` is not taken for it."""
+        open. An expired challenge of the leaf opened more than ``look_back_blocks`` before this one
+        is not taken for it."""
         with self.session() as s:
             row = s.get(ChallengeRow, challenge_id)
             if row is None:
                 raise KeyError(challenge_id)
             now = self.clock()
-            row.state, row.error, row.updated_at = str(ChallengeState.EXPIRED), reason, now
+            row.state, row.updated_at = str(ChallengeState.EXPIRED), now
+            row.error = reason + "; the leaf's challenge is looked up again"
             marked = select(SentChallengeRow.id).where(
                 SentChallengeRow.batch_index == row.batch_index,
                 SentChallengeRow.request_hash == row.request_hash,
@@ -293,7 +295,7 @@ class ChallengerStore(Database):
                     request_hash=row.request_hash,
                     output_hash=row.output_hash,
                     certificate=row.certificate,
-                    sent_block=look_back_to,
+                    sent_block=max(row.opened_block - look_back_blocks, 0),
                 )
                 mark.created_at = mark.updated_at = now
                 s.add(mark)

@@ -56,14 +56,19 @@ def get_free_port() -> int:
 
 
 class Anvil:
-    """An anvil process on a free port (or ``port``); ``stop()`` always reaps it."""
+    """An anvil process on a free port (or ``port``); ``stop()`` always reaps it. ``kept_states``:
+    keep only that many recent blocks' state, as a full (not archive) node does."""
 
-    def __init__(self, port: int | None = None, block_time: float | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, block_time: float | None = None, kept_states: int | None = None
+    ) -> None:
         self.port = port or get_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(ANVIL), "--port", str(self.port), "--silent"]
         if block_time is not None:
             args += ["--block-time", str(block_time)]
+        if kept_states is not None:
+            args += ["--prune-history", str(kept_states)]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 30}))
         try:

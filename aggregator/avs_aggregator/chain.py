@@ -37,6 +37,7 @@ MAX_QUORUM_BITS = 192
 CACHE_SIZE = 64
 LOG_CHUNK_BLOCKS = 10_000
 REORG_RESCAN_BLOCKS = 128
+HISTORY_READ_CHUNK = 256  # operator ids per getQuorumBitmapsAtBlockNumber call (eth_call gas caps)
 
 
 class Web3OperatorSetReader:
@@ -68,6 +69,28 @@ class Web3OperatorSetReader:
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
             return operator_set
+
+    def get_quorum_members(self, block: int, quorum_numbers: bytes) -> frozenset[OperatorId]:
+        """The operators in any of ``quorum_numbers`` at ``block``, from the registry's history read
+        at the latest block (``getQuorumBitmapsAtBlockNumber``): however old ``block`` is, no archive
+        state is needed (a full node keeps 128 blocks; the challenger resolves batches from further
+        back). Checked against the registry's count of each quorum then, so an operator the event
+        scan missed fails the read rather than passing for a non-member."""
+        with self._lock:
+            self._scan(block)
+            known = sorted(self._known)
+        registry = self.client.registry.functions
+        bitmaps: list[int] = []
+        for start in range(0, len(known), HISTORY_READ_CHUNK):
+            chunk = known[start : start + HISTORY_READ_CHUNK]
+            bitmaps += [int(b) for b in registry.getQuorumBitmapsAtBlockNumber(chunk, block).call()]
+        for quorum in quorum_numbers:
+            found = sum(1 for bitmap in bitmaps if bitmap >> quorum & 1)
+            expected = int(registry.getOperatorCountAtBlockNumber(quorum, block).call())
+            if found != expected:
+                raise RuntimeError(f"found {found} operators of quorum {quorum} at block {block}, expected {expected}")
+        in_quorums = [any(bitmap >> q & 1 for q in quorum_numbers) for bitmap in bitmaps]
+        return frozenset(OperatorId(i) for i, member in zip(known, in_quorums, strict=True) if member)
 
     def _scan(self, to_block: int) -> None:
         event = self.client.registry.events.OperatorRegistered

@@ -79,6 +79,14 @@ class OperatorSetReader(Protocol):
     def get_operator_set(self, reference_block: int) -> OperatorSet: ...
 
 
+class MembersReader(OperatorSetReader, Protocol):
+    """What the challenger reads: also a past block's quorum members, without archive state."""
+
+    def get_quorum_members(self, block: int, quorum_numbers: bytes) -> frozenset[OperatorId]:
+        """The operators in any of ``quorum_numbers`` at ``block``, however old ``block`` is."""
+        ...
+
+
 class OperatorCaller(Protocol):
     """The operator API. Every method raises on failure (down, slow, refused)."""
 

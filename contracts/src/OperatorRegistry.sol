@@ -443,6 +443,24 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     }
 
     /// @inheritdoc IOperatorRegistry
+    function getQuorumBitmapsAtBlockNumber(bytes32[] calldata operatorIds, uint32 blockNumber)
+        external
+        view
+        returns (uint192[] memory bitmaps)
+    {
+        bitmaps = new uint192[](operatorIds.length);
+        for (uint256 j; j < operatorIds.length; ++j) {
+            QuorumBitmapUpdate[] storage h = _bitmapHistory[operatorIds[j]];
+            for (uint256 i = h.length; i > 0; --i) {
+                if (h[i - 1].updateBlockNumber <= blockNumber) {
+                    bitmaps[j] = h[i - 1].quorumBitmap;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// @inheritdoc IOperatorRegistry
     function getOperatorCountAtBlockNumber(uint8 quorumNumber, uint32 blockNumber) external view returns (uint32) {
         CountUpdate[] storage h = _countHistory[quorumNumber];
         for (uint256 i = h.length; i > 0; --i) {

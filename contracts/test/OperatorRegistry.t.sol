@@ -162,6 +162,35 @@ contract DeregisterOperatorTest is AvsFixture {
         vm.assertGe(nextBlock, sameBlock + 60_000, "new history slots in the next block");
     }
 
+    /// @dev A past block's members read later from the history (the challenger on a full node):
+    ///      0 before registering and after leaving, the bitmap in between, 0 for an unknown id.
+    function testFuzz_getQuorumBitmapsAtBlockNumber_FollowsTheHistory(uint8 gap1, uint8 gap2, uint32 at) public {
+        vm.roll(block.number + 1);
+        uint32 first = uint32(block.number);
+        _register(1, 5 ether, hex"00");
+        vm.roll(block.number + 1 + gap1);
+        uint32 second = uint32(block.number);
+        _register(2, 6 ether, hex"00");
+        vm.roll(block.number + 1 + gap2);
+        uint32 left = uint32(block.number);
+        _deregister(1);
+        vm.roll(block.number + 5);
+        at = uint32(bound(at, 0, block.number));
+        bytes32[] memory ids = new bytes32[](3);
+        ids[0] = BN254.hashG1Point(_g1(1));
+        ids[1] = BN254.hashG1Point(_g1(2));
+        ids[2] = keccak256("never registered");
+        uint192[] memory bitmaps = registry.getQuorumBitmapsAtBlockNumber(ids, at);
+        vm.assertEq(bitmaps.length, 3, "one per id");
+        vm.assertEq(bitmaps[0], at >= first && at < left ? 1 : 0, "left later");
+        vm.assertEq(bitmaps[1], at >= second ? 1 : 0, "joined later");
+        vm.assertEq(bitmaps[2], 0, "unknown");
+        if (at >= first) {
+            uint256 members = (at < left ? 1 : 0) + (at >= second ? 1 : 0);
+            vm.assertEq(registry.getOperatorCountAtBlockNumber(0, at), members, "agrees with the count history");
+        }
+    }
+
     function _deregister(uint256 sk) internal returns (uint256 gasUsed) {
         uint32[] memory ids = new uint32[](1);
         vm.prank(_operator(sk));

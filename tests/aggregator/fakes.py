@@ -114,6 +114,9 @@ class FakeNetwork:
                 totals[q] = totals.get(q, 0) + s
         return OperatorSet(reference_block, keccak((reference_block + 1).to_bytes(8, "big")), tuple(infos), totals)
 
+    def get_quorum_members(self, block: int, quorum_numbers: bytes) -> frozenset[OperatorId]:
+        return frozenset(o.operator_id for o in self.get_operator_set(block).in_quorums(quorum_numbers))
+
     # --- OperatorCaller -----------------------------------------------------------------
 
     def generate(self, operator: OperatorInfo, envelope: RequestEnvelope, timeout: float) -> GenerateReply:

@@ -42,6 +42,7 @@ class Chain:
     client: Web3AvsClient
     domain: Domain
     servers: list[FakeOperatorServer]
+    accounts: list[LocalAccount]  # the operators' EigenLayer accounts, as servers
 
     def rpc(self, method: str, *params: object) -> object:
         response = self.anvil.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
@@ -54,10 +55,14 @@ class Chain:
 
 
 @contextlib.contextmanager
-def start_chain(workdir: Path, settings: dict[str, str] | None = None) -> Iterator[Chain]:
-    """``settings``: Deploy.s.sol's environment (e.g. MAX_STAKE_AGE)."""
-    anvil = Anvil()
+def start_chain(
+    workdir: Path, settings: dict[str, str] | None = None, kept_states: int | None = None
+) -> Iterator[Chain]:
+    """``settings``: Deploy.s.sol's environment (e.g. MAX_STAKE_AGE); ``kept_states``: anvil keeps
+    only that many recent blocks' state (a full node, not an archive node)."""
+    anvil = Anvil(kept_states=kept_states)
     servers: list[FakeOperatorServer] = []
+    accounts: list[LocalAccount] = []
     try:
         out = CONTRACTS / "deployments" / f"pytest-resilience-{os.getpid()}-{anvil.port}.json"
         try:
@@ -72,10 +77,11 @@ def start_chain(workdir: Path, settings: dict[str, str] | None = None) -> Iterat
             server = FakeOperatorServer(keys, domain)
             servers.append(server)
             account: LocalAccount = Account.create()
+            accounts.append(account)
             restake(anvil.w3, deployment, account, stake)
             register_operator(client, account, keys, server.socket, [0], allocate_wad=10**18)
         anvil.mine(2)
-        yield Chain(anvil, deployment, workdir / "deployment.json", client, domain, servers)
+        yield Chain(anvil, deployment, workdir / "deployment.json", client, domain, servers, accounts)
     finally:
         for server in servers:
             server.stop()

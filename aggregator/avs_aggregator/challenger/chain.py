@@ -33,11 +33,10 @@ from avs_aggregator.challenger.core import (
     LeafCheck,
     OpenedChallenge,
     compute_checker_order,
-    compute_signer_ids,
 )
 from avs_aggregator.challenger.resolution import EscalationConfig, is_valid_leaf_reply
 from avs_aggregator.evidence import EvidenceBook
-from avs_aggregator.ports import OperatorInfo, OperatorSetReader, VerifyReply
+from avs_aggregator.ports import MembersReader, OperatorInfo, VerifyReply
 
 MAX_UINT256 = 2**256 - 1
 
@@ -111,7 +110,7 @@ class OperatorLeafChecker:
 
     def __init__(
         self,
-        reader: OperatorSetReader,
+        reader: MembersReader,
         caller: VerifyCaller,
         timeout: float = 60.0,
         seed: int | None = None,
@@ -131,8 +130,8 @@ class OperatorLeafChecker:
 
     def check(self, certificate: ag.Certificate) -> LeafCheck:
         header = convert.batch_header_from_proto(certificate.batch_header)
-        at_batch = self.reader.get_operator_set(header.reference_block)
-        signer_ids = compute_signer_ids(at_batch, header.quorum_numbers, {bytes(i) for i in certificate.non_signer_ids})
+        members = self.reader.get_quorum_members(header.reference_block, header.quorum_numbers)
+        signer_ids = frozenset(members - {bytes(i) for i in certificate.non_signer_ids})
         reference_block, _ = self.reader.get_reference_block()
         operators = self.reader.get_operator_set(reference_block).in_quorums(header.quorum_numbers)
         order = compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng)

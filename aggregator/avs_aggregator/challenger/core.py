@@ -53,7 +53,7 @@ from avs_aggregator.challenger.store import (
     PendingCheckRow,
     SentChallengeRow,
 )
-from avs_aggregator.ports import OperatorInfo, OperatorSet
+from avs_aggregator.ports import OperatorInfo
 
 logger = logging.getLogger(__name__)
 # A challenge the chain does not show is given up only this many blocks after it was opened
@@ -139,13 +139,6 @@ def compute_leaf_check(result: LeafCheck | Verdict) -> LeafCheck:
     if isinstance(result, LeafCheck):
         return result
     return LeafCheck((CheckerAnswer(b"", False, result),), has_independent=True)
-
-
-def compute_signer_ids(
-    operator_set: OperatorSet, quorums: bytes, non_signer_ids: Collection[bytes]
-) -> frozenset[bytes]:
-    """A certified batch's signers: its quorums' operators at its reference block less its non-signers."""
-    return frozenset(o.operator_id for o in operator_set.in_quorums(quorums) if o.operator_id not in non_signer_ids)
 
 
 def compute_checker_order(

@@ -15,7 +15,8 @@ For an open challenge of leaf (requestHash, outputHash) of batch B:
    aggregated like a batch certificate (``protocol.compute_checked_aggregate``).
 6. ``resolveChallenge(challengeId, verdict, referenceBlock, certificate, signers)``. For REJECT,
    ``signers`` are B's signers: the operators of B's quorums at B's reference block less its
-   certified non-signers (from the leaf's certificate), with history indices. REJECT slashes them,
+   certified non-signers (from the leaf's certificate), with history indices; the members are read
+   from the registry's history at the latest block, so no archive node is needed. REJECT slashes them,
    returns the bond and rewards the challenger; ACCEPT gives the bond to the insurance pool.
 7. REJECT slashes at most ``maxSlashesPerCall`` (signer, quorum) pairs per transaction: while
    ``getPendingSlashing`` says signers are left, ``continueSlashing`` with the same signers. The row
@@ -46,7 +47,7 @@ from avs_aggregator import protocol
 from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.evidence import EvidenceBook
-from avs_aggregator.ports import OperatorCaller, OperatorInfo, OperatorSet, OperatorSetReader, VerifyReply
+from avs_aggregator.ports import MembersReader, OperatorCaller, OperatorInfo, OperatorSet, VerifyReply
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Resolver:
         domain: Domain,
         store: ChallengerStore,
         chain: ChallengeChain,
-        reader: OperatorSetReader,
+        reader: MembersReader,
         caller: OperatorCaller,
         verify_timeout: float = 60.0,
         evidence: EvidenceBook | None = None,
@@ -289,13 +290,13 @@ class Resolver:
 
     def get_batch_signers(self, certificate: ag.Certificate) -> BatchSigners:
         """The certified batch's signers (``IFaultManagerTypes.BatchSigners``): its quorums' operators
-        at its reference block less the certified non-signers, both ascending, with history indices."""
+        at its reference block less the certified non-signers, both ascending, with history indices.
+        The members come from the registry's history, so a batch older than a full node's state
+        still resolves."""
         header = convert.batch_header_from_proto(certificate.batch_header)
         non_signers = tuple(OperatorId(bytes(i)) for i in certificate.non_signer_ids)
-        operator_set = self.reader.get_operator_set(header.reference_block)
-        signers = tuple(
-            o.operator_id for o in operator_set.in_quorums(header.quorum_numbers) if o.operator_id not in non_signers
-        )
+        members = self.reader.get_quorum_members(header.reference_block, header.quorum_numbers)
+        signers = tuple(sorted(members.difference(non_signers)))
         signer_indices = self.chain.get_check_signatures_indices(header.reference_block, header.quorum_numbers, signers)
         non_signer_bitmap_indices: tuple[int, ...] = ()
         if non_signers:

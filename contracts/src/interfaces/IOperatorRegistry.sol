@@ -183,6 +183,14 @@ interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, 
         view
         returns (uint192);
 
+    /// @notice The quorum bitmaps of `operatorIds` at `blockNumber`, 0 for an id not registered then
+    ///         (or never). From the history, so a past block's members are read at the latest
+    ///         block: a challenger resolving an old batch needs no archive node.
+    function getQuorumBitmapsAtBlockNumber(bytes32[] calldata operatorIds, uint32 blockNumber)
+        external
+        view
+        returns (uint192[] memory bitmaps);
+
     /// @notice How many operators `quorumNumber` had at `blockNumber` (not before its creation).
     function getOperatorCountAtBlockNumber(uint8 quorumNumber, uint32 blockNumber) external view returns (uint32);
 

@@ -22,7 +22,8 @@ class GatewayConfigError(InvalidInputError):
 
 
 class GatewayConfig(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AVS_GATEWAY_", extra="forbid", frozen=True)
+    # .inf / nan refused: an infinite request timeout would hold a slot for ever
+    model_config = SettingsConfigDict(env_prefix="AVS_GATEWAY_", extra="forbid", frozen=True, allow_inf_nan=False)
 
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC host:port
     listen: str = "127.0.0.1:8080"  # port 0: a free port
@@ -41,7 +42,7 @@ class GatewayConfig(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # Submit to certified; below the openai SDK's 600 s read timeout, so that a client gets the 504
     # (which says not to retry) instead of timing out and retrying: each retry is a new inference.
-    request_timeout_seconds: float = Field(default=540.0, gt=0)
+    request_timeout_seconds: float = Field(default=540.0, gt=0, le=3600)
     # Completions followed at once (avs.gateway.admission): in all, and per API key (without keys,
     # only the total). Over either: 429, before anything is submitted.
     max_in_flight: int = Field(default=192, ge=1, le=4096)

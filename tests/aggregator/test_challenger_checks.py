@@ -314,6 +314,22 @@ def test_a_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path, m
         assert load_challenger_config(write_config(folder, database_url=url)).database_url == url
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("poll_seconds", float("inf")),
+        ("verify_seconds", float("nan")),
+        ("poll_seconds", 1e10),
+        ("sample_rate", float("nan")),
+    ],
+)
+def test_infinite_or_huge_waits_are_refused(tmp_path: Path, key: str, value: float) -> None:
+    """YAML reads ``.inf`` as a float: ``poll_seconds: .inf`` made ``Event.wait`` raise
+    ``OverflowError`` at the first poll, long after start."""
+    with pytest.raises(ConfigError, match=key):
+        load_challenger_config(write_config(tmp_path, **{key: value}))
+
+
 def test_escalating_without_resolving_is_refused(tmp_path: Path) -> None:
     """Without the resolver, one operator's REJECT opened a challenge with no confirmation by the
     escalation quorum, never expired: the bond locked, or taken by whoever resolved it ACCEPT."""

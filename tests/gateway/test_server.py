@@ -411,6 +411,14 @@ def test_api_keys_set_but_blank_are_refused_not_read_as_no_authentication(
     )  # unset: no authentication, on purpose
 
 
+@pytest.mark.parametrize("timeout", ["inf", "nan", "1e9"])
+def test_an_endless_request_timeout_is_refused(timeout: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--request-timeout inf`` held a slot for as long as the aggregator never answered."""
+    args = ["--requester", REQUESTER, "--listen", "127.0.0.1:0", "--request-timeout", timeout]
+    assert cli.main([*args, *(a for d in MODEL_DIRS for a in ("--model-dir", d))]) == 2
+    assert "request_timeout_seconds" in capsys.readouterr().err
+
+
 def test_the_binary_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--requester", "0x1234", "--listen", "127.0.0.1:0"]) == 2
     assert "requester" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avs import keystore
@@ -23,7 +23,7 @@ from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
 from avs.client import AggregatorClient
-from avs.config import resolve_database_url, split_host_port
+from avs.config import Section, resolve_database_url, split_host_port
 from avs.errors import InvalidInputError
 from avs.httpserver import start_metrics_server
 from avs.messages import Domain
@@ -38,7 +38,7 @@ from avs_aggregator.challenger.store import (
     ChallengeState,
     EquivocationRow,
 )
-from avs_aggregator.config import ConfigError
+from avs_aggregator.config import MAX_WAIT_SECONDS, ConfigError
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.keeper import StakeKeeper
 from avs_aggregator.operators import GrpcOperatorCaller
@@ -47,9 +47,7 @@ from avs_aggregator.txsender import TransactionSender
 logger = logging.getLogger(__name__)
 
 
-class ChallengerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ChallengerConfig(Section):
     rpc_url: str = "http://127.0.0.1:8545"
     deployment_file: Path
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC (GetBatch, GetStatus)
@@ -68,8 +66,8 @@ class ChallengerConfig(BaseModel):
     database_url: str = "sqlite:///challenger-data/challenger.sqlite"
     reference_lag_blocks: int = Field(default=1, ge=1)  # escalation certificates at latest - lag
     confirmations: int = Field(default=0, ge=0, le=64)  # blocks on top of a BatchCertified event before it is read
-    poll_seconds: float = Field(default=5.0, gt=0)
-    verify_seconds: float = Field(default=60.0, gt=0)
+    poll_seconds: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
+    verify_seconds: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
     start_block: int | None = None  # first run only (then the database's position); default: the head
     metrics_listen: str = "0.0.0.0:9097"
     log_level: str = "INFO"

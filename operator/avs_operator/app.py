@@ -114,7 +114,9 @@ class OperatorApp:
             raise InvalidInputError("set OPERATOR_BLS_KEY_PASSWORD to unlock the BLS keystore")
         key_pair = keystore.load_bls_keystore(self.config.keys.bls_keystore, password.get_secret_value())
         domain = Domain(self.config.chain.chain_id, self.config.chain.task_manager)
-        protection = SlashingProtection(self.config.slashing_protection_url, create=self._create_protection)
+        protection = SlashingProtection(
+            self.config.slashing_protection_url, create=self._create_protection, operator_id=key_pair.operator_id
+        )
         self._closers.append(protection.close)
         self._checkpoint()
         self._start_http()

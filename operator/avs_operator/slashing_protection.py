@@ -16,6 +16,11 @@ URL otherwise, but never an in-memory SQLite database (``sqlite://``, ``sqlite:/
 ``mode=memory``): its history would end with the process, and each pooled connection would see
 its own empty database. ``export_records``/``import_records`` move the history to a new machine; an import
 refuses anything that conflicts with what is already here.
+
+A history belongs to one BLS key: its metadata row records the operator id that first signed with it
+(``run`` binds it on its first start), and opening it for another key is refused. Two keys sharing
+one history would each sign with none of their own past on record. The row also holds the schema
+version: a database written by a newer release is refused rather than half understood.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ from sqlalchemy import (
     create_engine,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from avs.errors import InvalidInputError, SlashingProtectionError
@@ -48,6 +54,9 @@ from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
 
 INTERCHANGE_VERSION = "1"
+# 1: attestations and batch signatures; 2: the metadata row (schema version, operator id). A
+# version-1 database gets the row when it is opened (nothing else changed).
+SCHEMA_VERSION = 2
 
 
 class _Base(DeclarativeBase):
@@ -99,6 +108,17 @@ class BatchRecord(_Base):
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class MetadataRecord(_Base):
+    """One row (id 1): the schema version, and the operator id this history belongs to (None until
+    a key first opens it: ``slashing-protection init`` needs no key)."""
+
+    __tablename__ = "protection_metadata"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schema_version: Mapped[int] = mapped_column(Integer)
+    operator_id: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -133,8 +153,16 @@ def has_history(url: str) -> bool:
     engine = create_engine(url, future=True)
     try:
         return inspect(engine).has_table(AttestationRecord.__tablename__)
+    except DatabaseError as exc:
+        raise _unusable(parsed, exc) from exc
     finally:
         engine.dispose()
+
+
+def _unusable(url: URL, exc: DatabaseError) -> SlashingProtectionError:
+    """Not a database, another program's tables, a server refusing: said with the URL (no password)."""
+    where = url.render_as_string(hide_password=True)
+    return SlashingProtectionError(f"cannot use {where} as a slashing protection history: {exc.orig}")
 
 
 def _missing_history(url: str) -> str:
@@ -148,16 +176,30 @@ def _missing_history(url: str) -> str:
 class SlashingProtection:
     """The operator's signing history. Thread-safe: every check-and-record is one transaction."""
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, operator_id: bytes | None = None) -> None:
         """The history at ``url``; with ``create=False`` (how ``avs-operator run`` opens it) a missing
         database is refused, not made empty: a mistyped URL, a new volume or a new machine would
-        otherwise start with no history, and sign what the old one may have signed the opposite of."""
+        otherwise start with no history, and sign what the old one may have signed the opposite of.
+        ``operator_id`` (the loaded BLS key's): the history must be this key's, or nobody's yet (then
+        it becomes this key's)."""
         if not create and not has_history(url):
             raise SlashingProtectionError(_missing_history(url))
         parsed = check_database_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine: Engine = create_engine(url, future=True)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._lock = threading.Lock()
+        try:
+            self._open(operator_id)
+        except DatabaseError as exc:
+            self._engine.dispose()
+            raise _unusable(parsed, exc) from exc
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def _open(self, operator_id: bytes | None) -> None:
         _Base.metadata.create_all(self._engine)
         try:  # create_all adds no index to a table made before the index existed
             ONE_ACCEPT_PER_REQUEST.create(self._engine, checkfirst=True)
@@ -165,8 +207,43 @@ class SlashingProtection:
             raise SlashingProtectionError(
                 "the slashing protection database already holds two ACCEPTs of different outputs for one request"
             ) from exc
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        self._lock = threading.Lock()
+        try:
+            with self._sessions.begin() as session:
+                self._check_metadata(session, operator_id)
+        except IntegrityError:  # another process made the metadata row meanwhile: read theirs
+            with self._sessions.begin() as session:
+                self._check_metadata(session, operator_id)
+
+    def _check_metadata(self, session: Session, operator_id: bytes | None) -> None:
+        metadata = session.get(MetadataRecord, 1)
+        if metadata is None:  # new, or written before the metadata row (schema version 1)
+            metadata = MetadataRecord(id=1, schema_version=SCHEMA_VERSION, operator_id=None)
+            session.add(metadata)
+            session.flush()
+        if metadata.schema_version > SCHEMA_VERSION:
+            raise SlashingProtectionError(
+                f"the slashing protection history was written by a newer release (schema {metadata.schema_version},"
+                f" this one knows up to {SCHEMA_VERSION}): run that release, or export there and import here"
+            )
+        if operator_id is None:
+            return
+        # Conditional, then read back: of two keys binding one new history at once, one is refused.
+        unbound = (MetadataRecord.id == 1) & MetadataRecord.operator_id.is_(None)
+        session.execute(update(MetadataRecord).where(unbound).values(operator_id=operator_id))
+        owner = session.scalar(select(MetadataRecord.operator_id).where(MetadataRecord.id == 1))
+        if owner != operator_id:
+            raise SlashingProtectionError(
+                f"this slashing protection history belongs to operator 0x{(owner or b'').hex()}, not to the"
+                f" loaded BLS key's 0x{operator_id.hex()}: check slashing_protection_url and keys.bls_keystore"
+                " (each key needs its own history)"
+            )
+
+    @property
+    def operator_id(self) -> bytes | None:
+        """The operator id this history belongs to; None until a key opened it."""
+        with self._sessions() as session:
+            metadata = session.get(MetadataRecord, 1)
+            return metadata.operator_id if metadata is not None else None
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -291,8 +368,11 @@ class SlashingProtection:
         with self._sessions() as session:
             attestations = session.scalars(select(AttestationRecord).order_by(AttestationRecord.id)).all()
             batches = session.scalars(select(BatchRecord).order_by(BatchRecord.id)).all()
+            metadata = session.get(MetadataRecord, 1)
+            operator_id = metadata.operator_id if metadata is not None else None
             return {
                 "interchange_format_version": INTERCHANGE_VERSION,
+                "operator_id": "0x" + operator_id.hex() if operator_id is not None else None,
                 "attestations": [
                     {
                         "domain_separator": "0x" + a.domain_separator.hex(),
@@ -315,9 +395,12 @@ class SlashingProtection:
             }
 
     def import_records(self, document: Any) -> tuple[int, int]:
-        """Merge an export; all or nothing. Returns (attestations, batches) read."""
-        attestations, batches = _parse_interchange(document)
+        """Merge an export; all or nothing. Returns (attestations, batches) read. An export that names
+        its operator (from this release on) goes only into that operator's history, or into one that
+        belongs to nobody yet (which then becomes that operator's)."""
+        operator_id, attestations, batches = _parse_interchange(document)
         with self._transaction() as session:
+            self._check_metadata(session, operator_id)
             for separator, attestation in attestations:
                 self._record_attestation(session, separator, attestation)
             for separator, header in batches:
@@ -334,9 +417,29 @@ def _hex32(value: Any, name: str) -> bytes:
         raise InvalidInputError(f"{name} is not hex") from exc
 
 
-def _parse_interchange(document: Any) -> tuple[list[tuple[bytes, Attestation]], list[tuple[bytes, BatchHeader]]]:
+def _uint(value: Any, name: str) -> int:
+    """An exported integer: a decimal string (or an int); 1.5 or true would be silently truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdecimal():
+        raise InvalidInputError(f"{name} must be a non-negative integer, as a decimal string")
+    return int(value)
+
+
+INTERCHANGE_KEYS = {"interchange_format_version", "operator_id", "attestations", "batches"}
+
+
+def _parse_interchange(
+    document: Any,
+) -> tuple[bytes | None, list[tuple[bytes, Attestation]], list[tuple[bytes, BatchHeader]]]:
     if not isinstance(document, dict) or document.get("interchange_format_version") != INTERCHANGE_VERSION:
         raise InvalidInputError(f"not a slashing-protection export (version {INTERCHANGE_VERSION} expected)")
+    unknown = sorted(set(document) - INTERCHANGE_KEYS)
+    if unknown:  # a misspelt section would import nothing and still pass for a history
+        raise InvalidInputError(f"unknown keys in the slashing-protection export: {', '.join(unknown)}")
+    for section in ("attestations", "batches"):
+        if not isinstance(document.get(section), list):
+            raise InvalidInputError(f"the slashing-protection export has no {section} list")
+    raw_id = document.get("operator_id")
+    operator_id = None if raw_id is None else _hex32(raw_id, "operator_id")
     try:
         attestations = [
             (
@@ -347,20 +450,20 @@ def _parse_interchange(document: Any) -> tuple[list[tuple[bytes, Attestation]], 
                     Verdict[item["verdict"]],
                 ),
             )
-            for item in document.get("attestations", [])
+            for item in document["attestations"]
         ]
         batches = [
             (
                 _hex32(item["domain_separator"], "domain_separator"),
                 BatchHeader(
-                    int(item["batch_index"]),
+                    _uint(item["batch_index"], "batch_index"),
                     _hex32(item["leaves_root"], "leaves_root"),
-                    int(item["reference_block"]),
+                    _uint(item["reference_block"], "reference_block"),
                     bytes.fromhex(str(item["quorum_numbers"]).removeprefix("0x")),
                 ),
             )
-            for item in document.get("batches", [])
+            for item in document["batches"]
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidInputError(f"malformed slashing-protection export: {exc!r}") from exc
-    return attestations, batches
+    return operator_id, attestations, batches

@@ -162,7 +162,7 @@ def test_oversized_messages_are_refused(model_dir: Path, tmp_path: Path) -> None
 
 
 def test_the_binary_stops_cleanly_on_sigterm_and_logs_json_without_secrets(model_dir: Path, tmp_path: Path) -> None:
-    new_keystore(tmp_path)
+    first_key = new_keystore(tmp_path)
     config = make_config(tmp_path, model_dir)
     (tmp_path / "operator.yaml").write_text(yaml.safe_dump(config))
     env = {"OPERATOR_BLS_KEY_PASSWORD": PASSWORD, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
@@ -192,6 +192,14 @@ def test_the_binary_stops_cleanly_on_sigterm_and_logs_json_without_secrets(model
     expected_device = "cuda:0" if torch.cuda.is_available() else "cpu"  # no `device` in the config
     assert (loaded["model"], loaded["device"], loaded["dtype"]) == ("tiny", expected_device, "float32")
     assert PASSWORD not in process.log_path.read_text() + process.stdout_path.read_text()
+    # The history is now this key's: another key on the same config (a swapped volume, a second
+    # operator's config in the same folder) is refused before it signs anything.
+    (tmp_path / "op.bls.key.json").unlink()
+    other_key = new_keystore(tmp_path)
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert f"belongs to operator 0x{first_key.operator_id.hex()}" in refused.stderr
+    assert f"0x{other_key.operator_id.hex()}" in refused.stderr
 
 
 def is_bound(port: int) -> bool:

@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 from avs.errors import InvalidInputError, SlashingProtectionError
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
-from avs_operator.slashing_protection import SlashingProtection
+from avs_operator.slashing_protection import SCHEMA_VERSION, MetadataRecord, SlashingProtection
 from tests.aggregator.conftest import create_postgres_database, postgres_server  # noqa: F401  (fixture)
 
 DOMAIN = keccak(text="domain A")
 OTHER_DOMAIN = keccak(text="domain B")
 R1, R2, O1, O2 = (keccak(text=t) for t in ("r1", "r2", "o1", "o2"))
+KEY_A, KEY_B = keccak(text="operator A"), keccak(text="operator B")
 
 
 def database(path: Path) -> SlashingProtection:
@@ -93,13 +94,116 @@ def test_export_import_moves_history_and_refuses_conflicts(tmp_path: Path) -> No
     assert conflicting.export_records()["batches"] == []  # all or nothing
 
 
+BATCH = {
+    "domain_separator": "0x" + DOMAIN.hex(),
+    "batch_index": "3",
+    "leaves_root": "0x" + O1.hex(),
+    "reference_block": "10",
+    "quorum_numbers": "0x00",
+}
+
+
 @pytest.mark.parametrize(
     "document",
-    [None, [], {"interchange_format_version": "2"}, {"interchange_format_version": "1", "attestations": [{}]}],
+    [
+        None,
+        [],
+        {"interchange_format_version": "2"},
+        {"interchange_format_version": "1", "attestations": [{}], "batches": []},
+        # a misspelt or missing section imported nothing, and the new history then passed for one
+        {"interchange_format_version": "1", "attestation": [], "batches": []},
+        {"interchange_format_version": "1", "attestations": []},
+        {"interchange_format_version": "1", "attestations": {}, "batches": []},
+        # 1.5 was read as batch 1, true as 1
+        {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "batch_index": 1.5}]},
+        {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "reference_block": True}]},
+        {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "batch_index": "-1"}]},
+        {"interchange_format_version": "1", "operator_id": "0x12", "attestations": [], "batches": []},
+    ],
 )
 def test_malformed_imports_are_clear_errors(tmp_path: Path, document: object) -> None:
+    db = database(tmp_path)
     with pytest.raises(InvalidInputError):
-        database(tmp_path).import_records(document)
+        db.import_records(document)
+    assert db.export_records()["batches"] == []
+
+
+def test_a_history_belongs_to_one_key(tmp_path: Path) -> None:
+    """Two keys on one history would each sign with none of their own past on record (a swapped
+    volume, two configs whose relative default URL is the same file)."""
+    url = f"sqlite:///{tmp_path / 'protection.sqlite'}"
+    SlashingProtection(url).close()  # `slashing-protection init`: nobody's yet
+    first = SlashingProtection(url, operator_id=KEY_A)  # the first `run` binds it
+    assert first.operator_id == KEY_A
+    first.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    first.close()
+    with pytest.raises(SlashingProtectionError, match=f"belongs to operator 0x{KEY_A.hex()}"):
+        SlashingProtection(url, operator_id=KEY_B)
+    again = SlashingProtection(url, operator_id=KEY_A)
+    with pytest.raises(SlashingProtectionError, match="already attested"):
+        again.record_attestation(DOMAIN, Attestation(R1, O2, Verdict.ACCEPT))
+    again.close()
+
+
+def test_two_keys_binding_one_new_history_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B read the row while it was nobody's, A bound it first: B's binding is conditional, so B is
+    refused rather than taking A's history over."""
+    url = f"sqlite:///{tmp_path / 'protection.sqlite'}"
+    SlashingProtection(url).close()
+    SlashingProtection(url, operator_id=KEY_A).close()
+    stale = MetadataRecord(id=1, schema_version=SCHEMA_VERSION, operator_id=None)
+    monkeypatch.setattr(Session, "get", lambda self, *args, **kwargs: stale)
+    with pytest.raises(SlashingProtectionError, match=f"belongs to operator 0x{KEY_A.hex()}"):
+        SlashingProtection(url, operator_id=KEY_B)
+    monkeypatch.undo()
+    assert SlashingProtection(url).operator_id == KEY_A
+
+
+def test_an_export_goes_only_into_its_own_key_s_history(tmp_path: Path) -> None:
+    old = SlashingProtection(f"sqlite:///{tmp_path / 'old.sqlite'}", operator_id=KEY_A)
+    old.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    exported = json.loads(json.dumps(old.export_records()))
+    assert exported["operator_id"] == "0x" + KEY_A.hex()
+
+    others = SlashingProtection(f"sqlite:///{tmp_path / 'others.sqlite'}", operator_id=KEY_B)
+    with pytest.raises(SlashingProtectionError, match="belongs to operator"):
+        others.import_records(exported)
+    assert others.get_attestations(DOMAIN, R1) == []
+
+    new_machine = database(tmp_path / "new")  # `import` on a new machine: no key loaded
+    assert new_machine.import_records(exported) == (1, 0)
+    assert new_machine.operator_id == KEY_A  # so the wrong key's `run` is refused there too
+    unnamed = {**exported, "operator_id": None}  # an export from before the operator id was kept
+    assert database(tmp_path / "older").import_records(unnamed) == (1, 0)
+
+
+def test_a_version_1_history_is_upgraded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'protection.sqlite'}"
+    db = SlashingProtection(url)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    db.close()
+    engine = create_engine(url)
+    with engine.begin() as connection:  # as written before the metadata row existed
+        connection.execute(text("DROP TABLE protection_metadata"))
+    upgraded = SlashingProtection(url, create=False, operator_id=KEY_A)
+    assert upgraded.operator_id == KEY_A and upgraded.get_attestations(DOMAIN, R1)
+    upgraded.close()
+    with engine.begin() as connection:  # a later release's database, downgraded
+        connection.execute(text("UPDATE protection_metadata SET schema_version = 99"))
+    with pytest.raises(SlashingProtectionError, match="newer release"):
+        SlashingProtection(url, create=False, operator_id=KEY_A)
+
+
+@pytest.mark.parametrize("contents", [b"this is not a database" * 100, None])
+def test_a_file_that_is_no_history_is_a_clear_error(tmp_path: Path, contents: bytes | None) -> None:
+    path = tmp_path / "protection.sqlite"
+    if contents is None:  # another program's database with a table of the same name
+        with create_engine(f"sqlite:///{path}").begin() as connection:
+            connection.execute(text("CREATE TABLE attestations (x INTEGER)"))
+    else:
+        path.write_bytes(contents)
+    with pytest.raises(SlashingProtectionError, match=f"cannot use sqlite:///{path} as a slashing protection"):
+        SlashingProtection(f"sqlite:///{path}", create=False, operator_id=KEY_A)
 
 
 @given(st.lists(st.tuples(st.sampled_from([R1, R2]), st.sampled_from([O1, O2]), st.sampled_from(list(Verdict)))))

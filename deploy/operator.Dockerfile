@@ -10,7 +10,9 @@ COPY operator ./operator
 COPY aggregator ./aggregator
 COPY proto ./proto
 # The gRPC modules are generated from proto/ (git-ignored, as `make proto` does) before the install.
-RUN pip install --no-cache-dir torch==2.13.0 'grpcio-tools>=1.66' \
+# torch from PyTorch's CPU index: PyPI's Linux wheel is the CUDA build (gigabytes of libraries).
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install --no-cache-dir 'grpcio-tools>=1.66' \
     && python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. $(find proto -name '*.proto') \
     && find avs/rpc -mindepth 1 -type d -not -name __pycache__ -exec touch {}/__init__.py \; \
     && pip install --no-cache-dir '.[operator]'

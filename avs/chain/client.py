@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from eth_abi import encode
@@ -20,7 +19,7 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, TimeExhausted
 from web3.types import Nonce, TxParams
 
-from avs.chain.abi import DEFAULT_OUT_DIR, compute_error_selectors, decode_custom_error, load_abi
+from avs.chain.abi import compute_error_selectors, decode_custom_error, load_abi
 from avs.chain.deployment import Deployment
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import AvsError
@@ -222,21 +221,19 @@ class Web3AvsClient:
     ``sender``, when set, sends every transaction of the client's own account (``transact`` without
     another account), so that a long-running service gets fee bumps instead of a bare 30 s wait."""
 
-    def __init__(
-        self, w3: Web3, deployment: Deployment, account: LocalAccount | None = None, out_dir: Path = DEFAULT_OUT_DIR
-    ) -> None:
+    def __init__(self, w3: Web3, deployment: Deployment, account: LocalAccount | None = None) -> None:
         self.w3 = w3
         self.deployment = deployment
         self.account = account
         self.sender: TransactionSink | None = None
         self.receipt_timeout = RECEIPT_TIMEOUT_SECONDS  # a plain send's wait for its receipt
         self.registry = w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry", out_dir)
+            address=Web3.to_checksum_address(deployment.operator_registry), abi=load_abi("OperatorRegistry")
         )
         self.task_manager = w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.task_manager), abi=load_abi("InferenceTaskManager", out_dir)
+            address=Web3.to_checksum_address(deployment.task_manager), abi=load_abi("InferenceTaskManager")
         )
-        self._errors = compute_error_selectors(load_abi(name, out_dir) for name in _ERROR_SOURCES)
+        self._errors = compute_error_selectors(load_abi(name) for name in _ERROR_SOURCES)
 
     # --- reads -------------------------------------------------------------------------
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from avs.chain.abi import DEFAULT_OUT_DIR, load_abi
+from avs.chain.abi import load_abi
 from avs.chain.client import (
     NonSignerStakesAndSignature,
     Web3AvsClient,
@@ -189,16 +188,16 @@ class InsuranceClient(Protocol):
 class Web3FaultClient:
     """``FaultProver`` and ``InsuranceClient`` over web3.py, sending through ``avs`` (its account)."""
 
-    def __init__(self, avs: Web3AvsClient, out_dir: Path = DEFAULT_OUT_DIR) -> None:
+    def __init__(self, avs: Web3AvsClient) -> None:
         deployment = avs.deployment
         if deployment.fault_manager is None or deployment.insurance_pool is None:
             raise AvsError("the deployment has no fault manager / insurance pool")
         self.avs = avs
         self.fault_manager = avs.w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.fault_manager), abi=load_abi("FaultManager", out_dir)
+            address=Web3.to_checksum_address(deployment.fault_manager), abi=load_abi("FaultManager")
         )
         self.pool = avs.w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool", out_dir)
+            address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool")
         )
 
     # --- reads -------------------------------------------------------------------------

@@ -16,7 +16,6 @@ of the request's quorums.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from eth_account.signers.local import LocalAccount
@@ -24,7 +23,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
-from avs.chain.abi import DEFAULT_OUT_DIR, load_abi
+from avs.chain.abi import load_abi
 from avs.chain.client import ContractRevertError, Web3AvsClient
 from avs.chain.deployment import Deployment
 from avs.chain.faults import Coverage, CoverageStatus, encode_inference_request
@@ -148,11 +147,9 @@ def compute_payout_problems(
 class Web3CoverageReader:
     """``CoverageReader`` over web3.py."""
 
-    def __init__(self, w3: Web3, insurance_pool: str, out_dir: Path = DEFAULT_OUT_DIR) -> None:
+    def __init__(self, w3: Web3, insurance_pool: str) -> None:
         self.w3 = w3
-        self.pool = w3.eth.contract(
-            address=Web3.to_checksum_address(insurance_pool), abi=load_abi("InsurancePool", out_dir)
-        )
+        self.pool = w3.eth.contract(address=Web3.to_checksum_address(insurance_pool), abi=load_abi("InsurancePool"))
 
     def get_coverage(self, request_hash: bytes) -> Coverage:
         raw = self.pool.functions.getCoverage(request_hash).call()
@@ -165,17 +162,15 @@ class Web3CoverageReader:
 class InsuranceBuyer:
     """A requester's side of the pool: terms, buying coverage, claiming, balances (web3.py)."""
 
-    def __init__(
-        self, w3: Web3, deployment: Deployment, account: LocalAccount, out_dir: Path = DEFAULT_OUT_DIR
-    ) -> None:
+    def __init__(self, w3: Web3, deployment: Deployment, account: LocalAccount) -> None:
         if deployment.insurance_pool is None:
             raise InsuranceError("the deployment has no insurance pool")
-        self.client = Web3AvsClient(w3, deployment, account, out_dir)
+        self.client = Web3AvsClient(w3, deployment, account)
         self.account = account
         self.pool = w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool", out_dir)
+            address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool")
         )
-        self.reader = Web3CoverageReader(w3, deployment.insurance_pool, out_dir)
+        self.reader = Web3CoverageReader(w3, deployment.insurance_pool)
         self._decimals: int | None = None
 
     def get_terms(self) -> PoolTerms:

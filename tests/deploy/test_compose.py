@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|PRIVATE|TOKEN|_KEY\b|MNEMONIC", re.IGNORECASE)
 ENV_REFERENCE = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(:?[?-][^}]*)?\}$")
 
@@ -75,3 +77,20 @@ def test_grafana_gets_the_prometheus_url_the_datasource_reads() -> None:
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "${PROMETHEUS_URL}"
     assert _environment(_services()["grafana"])["PROMETHEUS_URL"] == "http://prometheus:9090"
+
+
+def test_local_secrets_are_neither_committed_nor_sent_to_the_image_build() -> None:
+    """The operator's config, keys, models and deployment (./operator/...) and the passwords
+    (deploy/.env) are the user's: git must not pick them up, nor `docker build` (whose context is the
+    repository: `COPY operator` also took a local operator/operator.yaml and its signing history)."""
+    volumes = [str(v) for v in _services()["operator"]["volumes"]]  # type: ignore[attr-defined]
+    local = [f"deploy/{v.split(':')[0].removeprefix('./')}" for v in volumes if v.startswith("./operator/")]
+    assert "deploy/operator/deployment.json" in local  # chain.deployment_file: /config/deployment.json
+    private = [*local, "deploy/.env", "operator/operator.yaml", "operator/operator-data/protection.sqlite"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *private], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert sorted(ignored) == sorted(private)
+    dockerignore = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for path in private:
+        assert any(path == entry or path.startswith(entry + "/") for entry in dockerignore), path

@@ -16,7 +16,7 @@ from avs.rpc.operator_client import OperatorClient
 from avs.types import OutputHash
 from avs_aggregator.ports import GenerateReply, OperatorInfo, VerifyReply
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = convert.OPERATOR_MAX_MESSAGE_BYTES
 
 
 def socket_to_target(socket: str) -> str:

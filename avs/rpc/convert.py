@@ -58,6 +58,9 @@ def g2_from_proto(message: pb.G2Point) -> G2Point:
 MAX_CHAT_MESSAGES = 256
 MAX_STOP_SEQUENCES = 8
 MAX_BATCH_LEAVES = 4096
+# The largest operator reply an aggregator (or challenger) receives, and so the most an operator's
+# grpc.max_message_bytes may be.
+OPERATOR_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _bytes32(name: str, data: bytes) -> bytes:

@@ -120,7 +120,15 @@ class OperatorApp:
         self._closers.append(protection.close)
         self._checkpoint()
         self._start_http()
-        self.core = OperatorCore(domain, key_pair, self.engines, protection, self.metrics, self.config.limits)
+        self.core = OperatorCore(
+            domain,
+            key_pair,
+            self.engines,
+            protection,
+            self.metrics,
+            self.config.limits,
+            max_reply_bytes=self.config.grpc.max_message_bytes,
+        )
         self.metrics.set_identity(key_pair.operator_id, domain.chain_id, domain.verifying_contract)
         authenticator = CallAuthenticator(
             domain, key_pair.operator_id, self.config.auth.authorised_aggregators, self.config.auth.window_ms

@@ -26,7 +26,9 @@ from avs.config import (
 )
 from avs.config import Section as _Section
 from avs.errors import InvalidInputError
+from avs.inference.params import MAX_STOP_SEQUENCE_CHARS
 from avs.messages import checksum
+from avs.rpc.convert import MAX_BATCH_LEAVES, MAX_CHAT_MESSAGES, MAX_STOP_SEQUENCES, OPERATOR_MAX_MESSAGE_BYTES
 from avs_operator.slashing_protection import check_database_url
 
 __all__ = ["ConfigError", "OperatorConfig", "OperatorSecrets", "load_config", "load_secrets", "parse_config"]
@@ -74,8 +76,9 @@ def _ipv4_listen(value: str) -> str:
 class GrpcConfig(_Section):
     listen: str = "0.0.0.0:50051"
     # 1 MiB holds the largest call this node accepts with room to spare: a 64K-character chat
-    # (~270 KB at 4 bytes a character), a 4096-leaf SignBatch (~290 KB), and their replies.
-    max_message_bytes: int = Field(default=1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    # (~270 KB at 4 bytes a character), a 4096-leaf SignBatch (~290 KB), and their replies. At least
+    # what the limits allow (compute_largest_call_bytes), at most what aggregators receive.
+    max_message_bytes: int = Field(default=1024 * 1024, gt=0, le=OPERATOR_MAX_MESSAGE_BYTES)
     max_concurrent_requests: int = Field(default=4, gt=0, le=1024)
     reflection: bool = False
     tls_cert_file: Path | None = None
@@ -118,6 +121,23 @@ class LimitsConfig(_Section):
     max_chat_chars: int = Field(default=64 * 1024, gt=0)
 
 
+# What the wire costs, rounded up (tests/operator/test_config.py checks them against real messages).
+UTF8_BYTES_PER_CHAR = 4
+TOKEN_ID_BYTES = 6  # a uint32 varint (5) and its share of the packed field's length
+CHAT_MESSAGE_BYTES = 32  # a chat message's role, tags and lengths, besides its content
+STOP_SEQUENCE_BYTES = UTF8_BYTES_PER_CHAR * MAX_STOP_SEQUENCE_CHARS + 8
+BATCH_LEAF_BYTES = 72  # two 32-byte hashes with their tags and lengths
+CALL_ENVELOPE_BYTES = 4096  # the request's fixed fields, the caller's signature, the batch header
+
+
+def compute_largest_call_bytes(limits: LimitsConfig) -> int:
+    """The largest request the limits let through: a Verify of the longest chat with every stop
+    sequence and the longest output, or a SignBatch of the most leaves."""
+    chat = UTF8_BYTES_PER_CHAR * limits.max_chat_chars + CHAT_MESSAGE_BYTES * MAX_CHAT_MESSAGES
+    verify = chat + STOP_SEQUENCE_BYTES * MAX_STOP_SEQUENCES + TOKEN_ID_BYTES * limits.max_new_tokens
+    return max(verify, BATCH_LEAF_BYTES * MAX_BATCH_LEAVES) + CALL_ENVELOPE_BYTES
+
+
 class AuthConfig(_Section):
     authorised_aggregators: list[str] = Field(min_length=1)
     window_ms: int = Field(default=30_000, gt=0, le=600_000)
@@ -154,6 +174,20 @@ class OperatorConfig(_Section):
         taken = [name for name, port in ports if port and [p for _, p in ports].count(port) > 1]
         if taken:
             raise ValueError(f"{' and '.join(taken)} listen on the same port")
+        return self
+
+    @model_validator(mode="after")
+    def _check_calls_fit(self) -> OperatorConfig:
+        """A call the limits accept must fit in one gRPC message: gRPC refuses a bigger one with
+        RESOURCE_EXHAUSTED, which callers read as "overloaded, retry"."""
+        largest = compute_largest_call_bytes(self.limits)
+        if largest > self.grpc.max_message_bytes:
+            raise ValueError(
+                f"grpc.max_message_bytes {self.grpc.max_message_bytes} is below the largest call the limits"
+                f" accept (~{largest} bytes: limits.max_chat_chars at 4 bytes a character, limits.max_new_tokens"
+                f" output ids to verify, a {MAX_BATCH_LEAVES}-leaf SignBatch): raise it (at most"
+                f" {OPERATOR_MAX_MESSAGE_BYTES}) or lower the limits"
+            )
         return self
 
     @field_validator("slashing_protection_url")

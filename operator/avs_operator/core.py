@@ -37,7 +37,7 @@ from avs.messages import (
     compute_request_hash,
 )
 from avs.types import OutputHash, RequestHash
-from avs_operator.config import LimitsConfig
+from avs_operator.config import TOKEN_ID_BYTES, LimitsConfig
 from avs_operator.metrics import OperatorMetrics
 from avs_operator.slashing_protection import SlashingProtection
 
@@ -79,6 +79,9 @@ class GenerateResult:
     attestation: SignedAttestation
 
 
+REPLY_ENVELOPE_BYTES = 1024  # a Generate reply besides its ids and text: hashes, finish reason, signature
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     verification: Verification
@@ -96,7 +99,10 @@ class OperatorCore:
         limits: LimitsConfig,
         model_names: dict[bytes, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_reply_bytes: int | None = None,
     ) -> None:
+        """``max_reply_bytes``: grpc.max_message_bytes; a generated output whose reply would not fit
+        is refused before it is signed."""
         self.domain = domain
         self.key_pair = key_pair
         self.engines = engines
@@ -104,6 +110,7 @@ class OperatorCore:
         self._metrics = metrics
         self._limits = limits
         self._clock = clock
+        self._max_reply_bytes = max_reply_bytes
         self._model_names = dict(model_names or {})
         self.ready = threading.Event()  # set once every configured model is loaded and warm
         self._engine_lock = threading.Lock()  # one forward pass at a time: CPU threads are shared
@@ -166,10 +173,24 @@ class OperatorCore:
         if finish is None:  # pragma: no cover - the engine always ends with a finish reason
             raise InvalidInputError("generation ended without a finish reason")
         output_hash = prepared.engine.compute_output_hash(prepared.request_hash, tokens)
+        text = prepared.engine.decode(tokens)
+        self._check_reply_fits(tokens, text)
         _check_caller(caller)
         signed = self._attest(Attestation(prepared.request_hash, output_hash, Verdict.ACCEPT))
-        text = prepared.engine.decode(tokens)
         yield GenerateResult(tuple(tokens), text, output_hash, prepared.engine.profile_hash, finish, signed)
+
+    def _check_reply_fits(self, tokens: Sequence[int], text: str) -> None:
+        """gRPC would fail to send a reply over its message limit after the attestation was signed and
+        recorded, with RESOURCE_EXHAUSTED, which callers read as "overloaded, retry"."""
+        if self._max_reply_bytes is None:
+            return
+        text_bytes = len(text.encode("utf-8", "surrogatepass"))
+        size = TOKEN_ID_BYTES * len(tokens) + text_bytes + REPLY_ENVELOPE_BYTES
+        if size > self._max_reply_bytes:
+            raise ContextLimitError(
+                f"the output ({len(tokens)} tokens, {text_bytes} bytes of text) does not fit in one reply of"
+                f" {self._max_reply_bytes} bytes (grpc.max_message_bytes); it was not signed"
+            )
 
     def generate(self, prepared: PreparedRequest, caller: Caller | None = None) -> GenerateResult:
         for item in self.stream(prepared, caller):

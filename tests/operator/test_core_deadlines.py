@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avs.crypto import bls
-from avs.errors import CancelledError, DeadlineExceededError, SlashingProtectionError
+from avs.errors import CancelledError, ContextLimitError, DeadlineExceededError, SlashingProtectionError
 from avs.inference.engine import FinishReason, StreamEvent, Verification
 from avs.inference.params import SamplingParams
 from avs.messages import (
@@ -117,7 +117,7 @@ class EndlessEngine:
         return compute_output_hash(InferenceOutput(request_hash, self.profile_hash, tuple(ids)))
 
 
-def make_core(tmp_path: Path) -> tuple[OperatorCore, SlashingProtection]:
+def make_core(tmp_path: Path, max_reply_bytes: int | None = None) -> tuple[OperatorCore, SlashingProtection]:
     protection = SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}")
     core = OperatorCore(
         DOMAIN,
@@ -126,8 +126,30 @@ def make_core(tmp_path: Path) -> tuple[OperatorCore, SlashingProtection]:
         protection,
         OperatorMetrics(CollectorRegistry()),
         LimitsConfig(),
+        max_reply_bytes=max_reply_bytes,
     )
     return core, protection
+
+
+class WordyEngine(EndlessEngine):
+    """Eight tokens of 100 bytes of text each."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=8)
+
+    def decode(self, ids: Any) -> str:
+        return "\u00f1" * 50 * len(ids)
+
+
+def test_an_output_whose_reply_would_not_fit_is_refused_before_it_is_signed(tmp_path: Path) -> None:
+    """gRPC failed to send it (RESOURCE_EXHAUSTED, "overloaded") after it was signed and recorded."""
+    core, protection = make_core(tmp_path, max_reply_bytes=1024 + 800)
+    with pytest.raises(ContextLimitError, match="8 tokens, 800 bytes of text"):
+        core.generate(prepared(WordyEngine(), nonce=1))
+    assert protection.export_records()["attestations"] == []
+    roomy, roomy_protection = make_core(tmp_path / "roomy", max_reply_bytes=1024 + 800 + 6 * 8)
+    assert roomy.generate(prepared(WordyEngine(), nonce=1)).text == "\u00f1" * 400
+    assert len(roomy_protection.export_records()["attestations"]) == 1
 
 
 def prepared(engine: GatedEngine | EndlessEngine, nonce: int) -> PreparedRequest:

@@ -148,12 +148,14 @@ def test_reflection_only_behind_its_flag(model_dir: Path, tmp_path: Path) -> Non
 
 def test_oversized_messages_are_refused(model_dir: Path, tmp_path: Path) -> None:
     pair = new_keystore(tmp_path)
-    app = start_app(tmp_path, model_dir, max_message_bytes=2048)
+    app = start_app(tmp_path, model_dir, max_message_bytes=320_000)  # the least the default limits allow
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{app.ports.grpc}", options=[("grpc.max_send_message_length", -1)]
+        ) as channel:
             client = OperatorClient(channel, DOMAIN, pair.operator_id, AGGREGATOR.key)
             running = type("R", (), {"engine": next(iter(app.engines._engines.values()))})()
-            big = envelope(running, "x" * 4096, nonce=1)
+            big = envelope(running, "x" * 400_000, nonce=1)
             with pytest.raises(grpc.RpcError) as refused:
                 client.generate(big)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

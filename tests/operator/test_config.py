@@ -8,9 +8,7 @@ from typing import cast
 import pytest
 import yaml
 
-from avs.inference.params import MAX_STOP_SEQUENCE_CHARS
-from avs.rpc.convert import MAX_BATCH_LEAVES, MAX_CHAT_MESSAGES, MAX_STOP_SEQUENCES, OPERATOR_MAX_MESSAGE_BYTES
-from avs.rpc.operator.v1 import operator_pb2 as op
+from avs.rpc.convert import OPERATOR_MAX_MESSAGE_BYTES
 from avs_operator.config import (
     ConfigError,
     LimitsConfig,
@@ -169,31 +167,3 @@ def test_calls_the_limits_accept_must_fit_in_one_message(
     if enough <= OPERATOR_MAX_MESSAGE_BYTES:  # the limits fit once the message limit is raised to them
         fitted = parse_config({**data, "grpc": {**grpc, "max_message_bytes": enough}, "limits": limits_section})
         assert fitted.grpc.max_message_bytes == enough
-
-
-def test_the_largest_call_estimate_covers_the_real_messages() -> None:
-    """The wire costs in config.py, against the largest Verify and SignBatch the limits let through."""
-    limits = LimitsConfig(max_chat_chars=100_000, max_new_tokens=20_000)  # the Verify is the largest
-    chunk = limits.max_chat_chars // MAX_CHAT_MESSAGES
-    messages = [op.ChatMessage(role="assistant", content="\U0001f600" * chunk) for _ in range(MAX_CHAT_MESSAGES)]
-    request = op.InferenceRequest(
-        model_id=b"\xff" * 32,
-        prompt_hash=b"\xff" * 32,
-        temperature_milli=2**32 - 1,
-        top_k=2**32 - 1,
-        top_p_micro=2**32 - 1,
-        seed=2**64 - 1,
-        max_tokens=2**32 - 1,
-        stop_sequences_hash=b"\xff" * 32,
-        requester="0x" + "ab" * 20,
-        nonce=b"\xff" * 32,
-        messages=messages,
-        stop_sequences=["\U0001f600" * MAX_STOP_SEQUENCE_CHARS] * MAX_STOP_SEQUENCES,
-    )
-    auth = op.CallAuth(issued_at_ms=2**64 - 1, signature=b"\xff" * 65)
-    verify = op.VerifyRequest(request=request, output_token_ids=[2**32 - 1] * limits.max_new_tokens, auth=auth)
-    leaves = [op.BatchLeaf(request_hash=b"\xff" * 32, output_hash=b"\xff" * 32)] * MAX_BATCH_LEAVES
-    header = op.BatchHeader(batch_index=2**64 - 1, leaves_root=b"\xff" * 32, reference_block=2**32 - 1)
-    sign_batch = op.SignBatchRequest(header=header, leaves=leaves, auth=auth)
-    assert sign_batch.ByteSize() <= compute_largest_call_bytes(LimitsConfig(max_chat_chars=1, max_new_tokens=1))
-    assert verify.ByteSize() <= compute_largest_call_bytes(limits) < 1.1 * verify.ByteSize()

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from eth_account import Account
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -25,7 +26,7 @@ from avs.rpc import convert
 from avs.rpc.health import MAX_HEALTH_WATCHERS, BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.operator.v1 import operator_pb2_grpc as op_grpc
-from avs_operator.config import ConfigError, GrpcConfig, LimitsConfig, parse_config
+from avs_operator.config import ConfigError, GrpcConfig, LimitsConfig, compute_largest_call_bytes, parse_config
 from avs_operator.metrics import OperatorMetrics
 from avs_operator.server import (
     SERVICE_NAME,
@@ -112,13 +113,10 @@ def test_a_well_formed_call_is_hashed_once_and_served(hashed: list[int]) -> None
     assert hashed == [1]
 
 
-def test_the_default_message_limit_holds_the_largest_legitimate_calls() -> None:
-    """1 MiB, and the largest call a node with the default limits accepts fits in under 3/4 of it:
-    a chat of max_chat_chars 4-byte characters over the most messages, with every stop sequence,
-    a proposed output of the most tokens, a SignBatch of the most leaves, and a Generate reply."""
-    limit = GrpcConfig().max_message_bytes
-    assert limit == 1 << 20
-    limits = LimitsConfig()
+def largest_calls(limits: LimitsConfig) -> dict[str, Message]:
+    """The largest calls a node with ``limits`` accepts: a chat of max_chat_chars 4-byte characters
+    over the most messages, with every stop sequence, a proposed output of the most tokens, a
+    SignBatch of the most leaves, and a Generate reply."""
     per_message = limits.max_chat_chars // convert.MAX_CHAT_MESSAGES
     request = op.InferenceRequest(
         model_id=b"\xff" * 32,
@@ -146,13 +144,29 @@ def test_the_default_message_limit_holds_the_largest_legitimate_calls() -> None:
         profile_hash=b"\xff" * 32,
         finish_reason="length",
     )
-    calls = {
+    return {
         "Verify": op.VerifyRequest(request=request, auth=auth, output_token_ids=[2**32 - 1] * limits.max_new_tokens),
         "SignBatch": op.SignBatchRequest(header=header, leaves=[leaf] * convert.MAX_BATCH_LEAVES, auth=auth),
         "Generate reply": reply,
     }
-    for name, message in calls.items():
+
+
+def test_the_default_message_limit_holds_the_largest_legitimate_calls() -> None:
+    """1 MiB, and the largest call a node with the default limits accepts fits in under 3/4 of it."""
+    limit = GrpcConfig().max_message_bytes
+    assert limit == 1 << 20
+    for name, message in largest_calls(LimitsConfig()).items():
         assert message.ByteSize() < 0.75 * limit, name
+
+
+def test_the_config_s_largest_call_estimate_covers_the_real_messages() -> None:
+    """``compute_largest_call_bytes`` (what grpc.max_message_bytes is checked against) is at least
+    the real largest Verify and SignBatch, and not far above."""
+    limits = LimitsConfig(max_chat_chars=100_000, max_new_tokens=20_000)  # the Verify is the largest
+    calls = largest_calls(limits)
+    smallest = compute_largest_call_bytes(LimitsConfig(max_chat_chars=1, max_new_tokens=1))
+    assert calls["SignBatch"].ByteSize() <= smallest < 1.1 * calls["SignBatch"].ByteSize()
+    assert calls["Verify"].ByteSize() <= compute_largest_call_bytes(limits) < 1.1 * calls["Verify"].ByteSize()
 
 
 def test_half_a_tls_configuration_is_a_config_error() -> None:

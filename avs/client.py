@@ -437,6 +437,9 @@ RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
 )
 CHANNEL_OPTIONS = (
+    # gRPC's default is 4 MiB; a certified status can be larger (the aggregator's policy keeps it
+    # within INTAKE_MAX_REPLY_BYTES)
+    ("grpc.max_receive_message_length", convert.INTAKE_MAX_REPLY_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),

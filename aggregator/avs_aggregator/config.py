@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path, split_host_port
 from avs.config import Section as _Section
+from avs.rpc import convert
 
 __all__ = ["AggregatorConfig", "AggregatorSecrets", "ConfigError", "load_config", "parse_config"]
 
@@ -60,6 +61,18 @@ class ModelConfig(_Section):
         return value.lower()
 
 
+# A certified status besides its chat and output: the certificate's signer keys (~240 bytes each:
+# room for about 4,000 operators), proof, hashes, stakes.
+STATUS_OVERHEAD_BYTES = 1024 * 1024 + 64 * 1024
+
+
+def compute_largest_status_bytes(max_chat_chars: int, max_new_tokens: int) -> int:
+    """A certified status of the longest chat and output: the output's ids and text are in it twice
+    (the status and its certificate)."""
+    output = 2 * (convert.TOKEN_ID_BYTES + convert.MAX_TEXT_BYTES_PER_TOKEN) * max_new_tokens
+    return convert.compute_largest_chat_bytes(max_chat_chars) + output + STATUS_OVERHEAD_BYTES
+
+
 class PolicyConfig(_Section):
     quorums: list[int] = Field(default=[0], min_length=1)  # quorums served
     default_quorums: list[int] = Field(default=[0], min_length=1)
@@ -86,6 +99,19 @@ class PolicyConfig(_Section):
             raise ValueError("default_quorums must be among quorums")
         if not self.min_threshold_bps <= self.default_threshold_bps <= self.max_threshold_bps:
             raise ValueError("default_threshold_bps must be within [min_threshold_bps, max_threshold_bps]")
+        # Past these, a valid Submit or its status would not fit in one message: gRPC's
+        # RESOURCE_EXHAUSTED, which clients read as "overloaded, retry".
+        if convert.compute_largest_chat_bytes(self.max_chat_chars) + 4096 > convert.INTAKE_MAX_REQUEST_BYTES:
+            raise ValueError(
+                f"max_chat_chars {self.max_chat_chars}: a Submit of that many characters (4 bytes each) would not"
+                f" fit in the intake's {convert.INTAKE_MAX_REQUEST_BYTES}-byte messages"
+            )
+        status = compute_largest_status_bytes(self.max_chat_chars, self.max_new_tokens)
+        if status > convert.INTAKE_MAX_REPLY_BYTES:
+            raise ValueError(
+                f"max_new_tokens {self.max_new_tokens} with max_chat_chars {self.max_chat_chars}: a certified status"
+                f" could take ~{status} bytes, over the {convert.INTAKE_MAX_REPLY_BYTES} a client receives"
+            )
         return self
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import grpc
 
 from avs.crypto.curve import G1Point
+from avs.errors import InvalidInputError
 from avs.merkle import BatchLeaf
 from avs.messages import BatchHeader, Domain
 from avs.rpc import convert
@@ -70,6 +71,9 @@ class GrpcOperatorCaller:
 
     def generate(self, operator: OperatorInfo, envelope: RequestEnvelope, timeout: float) -> GenerateReply:
         response = self._client(operator).generate(envelope, timeout=timeout)
+        count, asked = len(response.output_token_ids), envelope.request.max_tokens
+        if count > asked:  # before copying up to 16 MiB of ids
+            raise InvalidInputError(f"the primary returned {count} tokens for max_tokens {asked}")
         return GenerateReply(
             token_ids=tuple(int(t) for t in response.output_token_ids),
             text=response.text,

@@ -124,8 +124,6 @@ REBATCH_REVERTS = frozenset({"InvalidQuorumApkHash", "InvalidHistoryIndex", "Thr
 MAX_REBATCHES = 3
 # Chain reads at most per new batch to find a free index (galloping with a ring: 2^64 in 64 reads).
 MAX_INDEX_SKIPS = 64
-# A vocabulary's longest token decodes to a few dozen characters; the primary's text is refused far above.
-MAX_OUTPUT_TEXT_CHARS_PER_TOKEN = 256
 
 
 SIGN_CALL_THREADS = 64
@@ -430,7 +428,8 @@ class Pipeline:
             raise InvalidInputError(
                 f"the primary returned {len(reply.token_ids)} tokens for max_tokens {envelope.request.max_tokens}"
             )
-        if len(reply.text) > MAX_OUTPUT_TEXT_CHARS_PER_TOKEN * len(reply.token_ids):
+        # In bytes: 256 four-byte characters a token made a 512-token status 1 MB of text (twice)
+        if len(reply.text.encode("utf-8", "surrogatepass")) > convert.MAX_TEXT_BYTES_PER_TOKEN * len(reply.token_ids):
             raise InvalidInputError("the primary's text is far longer than its tokens can decode to")
         expected = compute_output_hash(InferenceOutput(row.request_hash, envelope.request.model_id, reply.token_ids))
         if reply.output_hash != expected:

@@ -366,7 +366,10 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="intake"),
         interceptors=[ErrorToStatusInterceptor()],
-        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", convert.INTAKE_MAX_REQUEST_BYTES),
+            ("grpc.max_send_message_length", convert.INTAKE_MAX_REPLY_BYTES),
+        ],
     )
     ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = BoundedHealthServicer((SERVICE_NAME,))

@@ -16,6 +16,7 @@ from avs.calls import CallAuth
 from avs.crypto.bls import parse_g2
 from avs.crypto.curve import G1Point, G2Point, parse_g1
 from avs.errors import EncodingError
+from avs.inference.params import MAX_STOP_SEQUENCE_CHARS
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, InferenceRequest, Verdict
 from avs.rpc.common.v1 import bn254_pb2 as pb
@@ -61,6 +62,26 @@ MAX_BATCH_LEAVES = 4096
 # The largest operator reply an aggregator (or challenger) receives, and so the most an operator's
 # grpc.max_message_bytes may be.
 OPERATOR_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The aggregator's intake: the largest request it receives (a Submit of a long chat), and the largest
+# reply it sends and the SDK receives (a certified status: the chat, the output twice, the signers'
+# keys; the aggregator's policy is checked to fit in it).
+INTAKE_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+INTAKE_MAX_REPLY_BYTES = 16 * 1024 * 1024
+# A vocabulary's longest token decodes to a few dozen bytes; a primary's text is refused far above.
+MAX_TEXT_BYTES_PER_TOKEN = 256
+# What the wire costs, rounded up, for the configs' message-size checks (checked against real
+# messages in tests/operator/test_servicer_auth.py).
+TOKEN_ID_BYTES = 6  # a uint32 varint (5) and its share of the packed field's length
+_UTF8_BYTES_PER_CHAR = 4
+_CHAT_MESSAGE_BYTES = 32  # a chat message's role, tags and lengths, besides its content
+_STOP_SEQUENCE_BYTES = _UTF8_BYTES_PER_CHAR * MAX_STOP_SEQUENCE_CHARS + 8
+
+
+def compute_largest_chat_bytes(max_chat_chars: int) -> int:
+    """The most a request's chat (``max_chat_chars`` characters over the most messages) and stop
+    sequences take on the wire."""
+    chat = _UTF8_BYTES_PER_CHAR * max_chat_chars + _CHAT_MESSAGE_BYTES * MAX_CHAT_MESSAGES
+    return chat + _STOP_SEQUENCE_BYTES * MAX_STOP_SEQUENCES
 
 
 def _bytes32(name: str, data: bytes) -> bytes:

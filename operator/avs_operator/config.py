@@ -26,9 +26,13 @@ from avs.config import (
 )
 from avs.config import Section as _Section
 from avs.errors import InvalidInputError
-from avs.inference.params import MAX_STOP_SEQUENCE_CHARS
 from avs.messages import checksum
-from avs.rpc.convert import MAX_BATCH_LEAVES, MAX_CHAT_MESSAGES, MAX_STOP_SEQUENCES, OPERATOR_MAX_MESSAGE_BYTES
+from avs.rpc.convert import (
+    MAX_BATCH_LEAVES,
+    OPERATOR_MAX_MESSAGE_BYTES,
+    TOKEN_ID_BYTES,
+    compute_largest_chat_bytes,
+)
 from avs_operator.slashing_protection import check_database_url
 
 __all__ = ["ConfigError", "OperatorConfig", "OperatorSecrets", "load_config", "load_secrets", "parse_config"]
@@ -121,11 +125,6 @@ class LimitsConfig(_Section):
     max_chat_chars: int = Field(default=64 * 1024, gt=0)
 
 
-# What the wire costs, rounded up (tests/operator/test_config.py checks them against real messages).
-UTF8_BYTES_PER_CHAR = 4
-TOKEN_ID_BYTES = 6  # a uint32 varint (5) and its share of the packed field's length
-CHAT_MESSAGE_BYTES = 32  # a chat message's role, tags and lengths, besides its content
-STOP_SEQUENCE_BYTES = UTF8_BYTES_PER_CHAR * MAX_STOP_SEQUENCE_CHARS + 8
 BATCH_LEAF_BYTES = 72  # two 32-byte hashes with their tags and lengths
 CALL_ENVELOPE_BYTES = 4096  # the request's fixed fields, the caller's signature, the batch header
 
@@ -133,8 +132,7 @@ CALL_ENVELOPE_BYTES = 4096  # the request's fixed fields, the caller's signature
 def compute_largest_call_bytes(limits: LimitsConfig) -> int:
     """The largest request the limits let through: a Verify of the longest chat with every stop
     sequence and the longest output, or a SignBatch of the most leaves."""
-    chat = UTF8_BYTES_PER_CHAR * limits.max_chat_chars + CHAT_MESSAGE_BYTES * MAX_CHAT_MESSAGES
-    verify = chat + STOP_SEQUENCE_BYTES * MAX_STOP_SEQUENCES + TOKEN_ID_BYTES * limits.max_new_tokens
+    verify = compute_largest_chat_bytes(limits.max_chat_chars) + TOKEN_ID_BYTES * limits.max_new_tokens
     return max(verify, BATCH_LEAF_BYTES * MAX_BATCH_LEAVES) + CALL_ENVELOPE_BYTES
 
 

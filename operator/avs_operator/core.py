@@ -36,8 +36,9 @@ from avs.messages import (
     compute_digest,
     compute_request_hash,
 )
+from avs.rpc import convert
 from avs.types import OutputHash, RequestHash
-from avs_operator.config import TOKEN_ID_BYTES, LimitsConfig
+from avs_operator.config import LimitsConfig
 from avs_operator.metrics import OperatorMetrics
 from avs_operator.slashing_protection import SlashingProtection
 
@@ -185,7 +186,7 @@ class OperatorCore:
         if self._max_reply_bytes is None:
             return
         text_bytes = len(text.encode("utf-8", "surrogatepass"))
-        size = TOKEN_ID_BYTES * len(tokens) + text_bytes + REPLY_ENVELOPE_BYTES
+        size = convert.TOKEN_ID_BYTES * len(tokens) + text_bytes + REPLY_ENVELOPE_BYTES
         if size > self._max_reply_bytes:
             raise ContextLimitError(
                 f"the output ({len(tokens)} tokens, {text_bytes} bytes of text) does not fit in one reply of"

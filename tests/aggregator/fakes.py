@@ -63,7 +63,8 @@ class FakeOperator:
     stakes: dict[int, int]
     behaviour: str = (
         "honest"  # honest | down | sign_down | cheat | accept_all | bad_batch_signature | wrong_output_hash
-        # | mislabelled_output_hash | too_many_tokens | huge_text | nul_text | nul_error | verify_down_once
+        # | mislabelled_output_hash | too_many_tokens | huge_text | wide_text | nul_text | nul_error
+        # | verify_down_once
     )
     signed_batches: list[int] = field(default_factory=list)
     refuses_leaves: set[bytes] = field(default_factory=set)  # request hashes it will not sign a batch over
@@ -138,7 +139,8 @@ class FakeNetwork:
             output_hash = signed_hash = OutputHash(keccak(text="wrong"))
         if op.behaviour == "mislabelled_output_hash":  # signs the right output, reports another hash
             output_hash = OutputHash(keccak(text="wrong"))
-        text = {"huge_text": "x" * 100_000, "nul_text": "te\x00xt"}.get(op.behaviour, "text")
+        wide = "\U0001f600" * 65 * len(tokens)  # 260 bytes a token, in 65 characters
+        text = {"huge_text": "x" * 100_000, "wide_text": wide, "nul_text": "te\x00xt"}.get(op.behaviour, "text")
         return GenerateReply(tokens, text, output_hash, op.attest(request_hash, signed_hash, Verdict.ACCEPT))
 
     def verify(

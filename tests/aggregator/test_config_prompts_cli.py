@@ -50,6 +50,10 @@ def test_example_config_parses_and_resolves_paths() -> None:
         ({"deadlines": {"verify_seconds": 1e10}}, "deadlines.verify_seconds"),
         ({"deadlines": {"generate_seconds": float("nan")}}, "deadlines.generate_seconds"),
         ({"chain": {"deployment_file": "d.json", "receipt_timeout_seconds": float("inf")}}, "chain.receipt_timeout"),
+        # a valid Submit or its certified status would not fit in one gRPC message (RESOURCE_EXHAUSTED,
+        # which clients read as "overloaded")
+        ({"policy": {"max_chat_chars": 2_000_000}}, "policy: Value error, max_chat_chars 2000000"),
+        ({"policy": {"max_new_tokens": 40_000}}, "policy: Value error, max_new_tokens 40000"),
     ],
 )
 def test_config_errors_name_the_field(patch: dict[str, object], field: str) -> None:

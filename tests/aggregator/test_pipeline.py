@@ -479,10 +479,11 @@ def test_wrong_output_hash_from_primary_is_retried(db: str, behaviour: str) -> N
     pipeline.close()
 
 
-@pytest.mark.parametrize("behaviour", ["too_many_tokens", "huge_text"])
+@pytest.mark.parametrize("behaviour", ["too_many_tokens", "huge_text", "wide_text"])
 def test_an_oversized_primary_reply_is_refused_before_it_is_stored(db: str, behaviour: str) -> None:
-    """More tokens than max_tokens (correctly hashed and signed) or text far longer than the tokens:
-    a failed primary, never stored nor sent to the verifiers."""
+    """More tokens than max_tokens (correctly hashed and signed) or text far longer than the tokens
+    (in bytes: 65 four-byte characters a token passed a count of characters, making a status of a
+    long output too big for a client): a failed primary, never stored nor sent to the verifiers."""
     network = FakeNetwork([{0: 50}, {0: 50}])
     for operator in network.operators:
         operator.behaviour = behaviour

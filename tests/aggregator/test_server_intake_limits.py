@@ -3,6 +3,7 @@ before anything is stored, and WatchStatus streams cannot take every intake thre
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from avs.client import AggregatorClient
 from avs.messages import compute_request_hash, compute_stop_sequences_hash
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -164,3 +166,27 @@ def test_a_chat_of_many_empty_messages_is_refused_before_it_is_walked(intake: In
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"at most {convert.MAX_CHAT_MESSAGES} chat messages" in (refused.value.details() or "")
     assert peak < 32 << 20, f"{peak >> 20} MiB of Python objects for a refused request"
+
+
+def test_a_status_over_grpc_s_default_4_mib_reaches_the_sdk(tmp_path: Path) -> None:
+    """The longest output the policy allows (20,000 tokens of 256 bytes) makes a status over 5 MB:
+    the SDK's channel refused it (RESOURCE_EXHAUSTED, "overloaded, retry") at gRPC's 4 MiB default."""
+    tokens = 20_000
+    network = FakeNetwork([{0: 100}])
+    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{tmp_path / 'agg.sqlite'}"), network, network, network)
+    servicer = AggregatorServicer(pipeline, {MODEL_ID: ServedModel("m", MODEL_ID)}, IntakeLimits(max_new_tokens=tokens))
+    server, port, _ = build_server(servicer, "127.0.0.1:0")
+    server.start()
+    client = AggregatorClient(f"127.0.0.1:{port}")
+    try:
+        request_hash = bytes(client._stub.Submit(_request(max_tokens=tokens)).request_hash)  # as it was sent
+        text = "\U0001f600" * (convert.MAX_TEXT_BYTES_PER_TOKEN // 4 * tokens)  # what a primary may send
+        pipeline.store.update_request(
+            request_hash, state=RequestState.VERIFYING, output_ids=json.dumps([5] * tokens), output_text=text
+        )
+        status = client.get_status(request_hash)
+        assert status.ByteSize() > 5_000_000 and status.output_text == text
+    finally:
+        client.close()
+        server.stop(None).wait()
+        pipeline.close()

@@ -4,6 +4,7 @@ forge builds from the contracts now (``make abis`` writes them)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,12 +33,28 @@ def test_an_unknown_contract_is_a_clear_error() -> None:
 
 def test_an_installed_wheel_reads_its_abis_without_the_repository(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    had_build_folder = (ROOT / "build").exists()
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(wheels),
+                str(ROOT),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    finally:  # setuptools builds in the tree
+        if not had_build_folder:
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     (wheel,) = wheels.glob("*.whl")
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)

@@ -54,6 +54,7 @@ from avs.messages import (
 )
 from avs.rpc import convert
 from avs.rpc.operator.v1 import operator_pb2 as op
+from avs.rpc.status import describe_call_error
 from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
 from avs_aggregator.evidence import (
@@ -406,8 +407,9 @@ class Pipeline:
             signed = self._check_generate(row, envelope, primary, reply)
         except Exception as exc:
             self._operator_outcome(primary, "generate", "error")
-            logger.warning("primary failed", extra={"request": _hex(row.request_hash), "error": str(exc)})
-            self._retry(row, f"primary 0x{primary.operator_id.hex()[:8]} failed: {exc}")
+            error = describe_call_error(exc)
+            logger.warning("primary failed", extra={"request": _hex(row.request_hash), "error": error})
+            self._retry(row, f"primary 0x{primary.operator_id.hex()[:8]} failed: {error}")
             return
         self._operator_outcome(primary, "generate", "ok")
         self._record_attestations([(primary.operator_id, signed)])  # a store error is ours, not the primary's

@@ -194,6 +194,8 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
                 if model.name == message.model_name:
                     return model
             raise ModelNotFoundError(f"no model named {message.model_name!r} is served")
+        if len(message.request.model_id) != 32:
+            raise InvalidInputError(f"model_id must be 32 bytes, not {len(message.request.model_id)}")
         found = self._models.get(bytes(message.request.model_id))
         if found is None:
             raise ModelNotFoundError("no model with this id is served (ListModels lists them)")
@@ -268,8 +270,8 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         if request.requester_signature:
             try:
                 signer = Account._recover_hash(digest, signature=bytes(request.requester_signature))
-            except Exception as exc:
-                raise AuthenticationError("the requester signature is malformed") from exc
+            except Exception as exc:  # INVALID_ARGUMENT: malformed; UNAUTHENTICATED is for a wrong signer
+                raise InvalidInputError("the requester signature is malformed (65 bytes r || s || v)") from exc
             if not is_same_address(signer, envelope.request.requester):
                 raise AuthenticationError("the requester signature is not by the request's requester")
         if request.insured and self._pipeline.store.get_request(digest) is None:
@@ -298,6 +300,8 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise PreconditionFailedError(problem)
 
     def _row(self, request: ag.GetStatusRequest) -> RequestRow:
+        if len(request.request_hash) != 32:  # malformed, not merely unknown
+            raise InvalidInputError(f"request_hash must be 32 bytes, not {len(request.request_hash)}")
         row = self._pipeline.store.get_request(bytes(request.request_hash))
         if row is None:
             raise NotFoundError("no request with this hash")

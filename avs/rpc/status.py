@@ -72,6 +72,15 @@ def shorten_details(message: str) -> str:
     return message[: MAX_DETAILS_CHARS - len(suffix)] + suffix
 
 
+def describe_call_error(error: BaseException) -> str:
+    """A failed call as one line: a gRPC error as its code and details (its str() spans lines and
+    carries the peer's address and a debug string, which end up in a requester's status), else
+    ``str(error)``."""
+    if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
     code = get_status_code(error)
     if isinstance(error, AvsError):

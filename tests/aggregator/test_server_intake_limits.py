@@ -143,6 +143,27 @@ def test_a_requester_signature_holds_however_the_address_is_spelled(
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_malformed_hashes_and_signatures_are_invalid_arguments_not_unknown_or_unauthenticated(
+    intake: Intake,
+) -> None:
+    """The proto promises INVALID_ARGUMENT for malformed input: a wrong-length hash said NOT_FOUND
+    (as if it were merely unknown) and a signature of the wrong shape UNAUTHENTICATED."""
+    calls: dict[str, Callable[[], object]] = {
+        "GetStatus": lambda: intake.stub.GetStatus(ag.GetStatusRequest(request_hash=b"\x01" * 31)),
+        "Submit model_id": lambda: intake.stub.Submit(_request(model_id=b"\x01" * 33)),
+        "Submit signature": lambda: intake.stub.Submit(
+            ag.SubmitRequest(request=_request().request, requester_signature=b"\x01" * 64)
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+    with pytest.raises(grpc.RpcError) as unknown:  # well formed and unknown: still NOT_FOUND
+        intake.stub.GetStatus(ag.GetStatusRequest(request_hash=b"\x01" * 32))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 @pytest.mark.parametrize("index", [2**63 - 1, 2**63, 2**64 - 1])
 def test_get_batch_of_any_uint64_index_is_not_found(intake: Intake, index: int) -> None:
     with pytest.raises(grpc.RpcError) as info:

@@ -93,7 +93,7 @@ vectors: setup ## regenerate tests/vectors/*.json from the Python definitions
 	$(PY) -m avs.vectors
 
 bench: setup ## every benchmark; figures go to bench/results.json (tables in docs/performance.md)
-	$(PY) -m bench.bls
+	$$(command -v taskset >/dev/null && echo taskset -c 0) $(PY) -m bench.bls  # one core, as the README's table
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference --prompts 50 --cheat-prompts 50 --max-new-tokens 64
 	HF_HUB_OFFLINE=1 $(PY) -m bench.decoding
 	HF_HUB_OFFLINE=1 $(PY) -m bench.logit_drift

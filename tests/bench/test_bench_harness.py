@@ -12,6 +12,7 @@ import torch
 from eth_utils import keccak
 
 from avs.crypto import bls
+from avs.crypto.curve import FP_MODULUS
 from bench import aggregator_scale, decoding, e2e, gas, inference_devices, logit_drift, quorum
 from bench import bls as bls_bench
 from tests.inference.conftest import build_tiny_model
@@ -197,3 +198,15 @@ def test_the_bls_bench_hashes_each_message_afresh_unless_told_not_to(monkeypatch
 
     assert hashes(fresh=True) >= 3  # the warm-up and every timed call (at least two)
     assert hashes(fresh=False) <= 1  # the warm-up's hash serves every call
+
+
+def test_gas_bench_counts_the_hash_tries_the_contract_makes() -> None:
+    """The expected gas per inference weighs the one-try gas by the mean tries of random digests:
+    the count must be the hash's (x found = h mod p + tries - 1)."""
+    for i in range(50):
+        digest = keccak(text=f"digest {i}")
+        x = bls.compute_hash_to_g1(digest).x
+        assert x == (int.from_bytes(digest, "big") + gas.count_hash_tries(digest) - 1) % FP_MODULUS
+    assert 1.5 < gas.compute_mean_tries(400) < 2.5  # half of all x give a square: ~2 on average
+    assert gas.compute_gas_per_try([(1, 100), (2, 4_600), (1, 102), (3, 9_000)]) == 4_499
+    assert gas.compute_gas_per_try([(1, 100), (1, 102)]) is None

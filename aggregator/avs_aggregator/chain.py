@@ -80,13 +80,15 @@ class Web3OperatorSetReader:
             self._scan(block)
             known = sorted(self._known)
         registry = self.client.registry.functions
+        head = int(self.w3.eth.block_number)  # every read at one block: nodes behind a balancer may differ
         bitmaps: list[int] = []
         for start in range(0, len(known), HISTORY_READ_CHUNK):
             chunk = known[start : start + HISTORY_READ_CHUNK]
-            bitmaps += [int(b) for b in registry.getQuorumBitmapsAtBlockNumber(chunk, block).call()]
+            read = registry.getQuorumBitmapsAtBlockNumber(chunk, block).call(block_identifier=head)
+            bitmaps += [int(b) for b in read]
         for quorum in quorum_numbers:
             found = sum(1 for bitmap in bitmaps if bitmap >> quorum & 1)
-            expected = int(registry.getOperatorCountAtBlockNumber(quorum, block).call())
+            expected = int(registry.getOperatorCountAtBlockNumber(quorum, block).call(block_identifier=head))
             if found != expected:
                 raise RuntimeError(f"found {found} operators of quorum {quorum} at block {block}, expected {expected}")
         in_quorums = [any(bitmap >> q & 1 for q in quorum_numbers) for bitmap in bitmaps]

@@ -191,7 +191,10 @@ class SlashingProtection:
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._lock = threading.Lock()
         try:
-            self._open(operator_id)
+            try:
+                self._open(operator_id)
+            except DatabaseError:  # another process creating the tables at the same moment: once more
+                self._open(operator_id)
         except DatabaseError as exc:
             self._engine.dispose()
             raise _unusable(parsed, exc) from exc
@@ -200,6 +203,9 @@ class SlashingProtection:
             raise
 
     def _open(self, operator_id: bytes | None) -> None:
+        if inspect(self._engine).has_table(MetadataRecord.__tablename__):  # a newer release's: touch nothing
+            with self._sessions() as session:
+                self._check_schema_version(session.get(MetadataRecord, 1))
         _Base.metadata.create_all(self._engine)
         try:  # create_all adds no index to a table made before the index existed
             ONE_ACCEPT_PER_REQUEST.create(self._engine, checkfirst=True)
@@ -220,11 +226,7 @@ class SlashingProtection:
             metadata = MetadataRecord(id=1, schema_version=SCHEMA_VERSION, operator_id=None)
             session.add(metadata)
             session.flush()
-        if metadata.schema_version > SCHEMA_VERSION:
-            raise SlashingProtectionError(
-                f"the slashing protection history was written by a newer release (schema {metadata.schema_version},"
-                f" this one knows up to {SCHEMA_VERSION}): run that release, or export there and import here"
-            )
+        self._check_schema_version(metadata)
         if operator_id is None:
             return
         # Conditional, then read back: of two keys binding one new history at once, one is refused.
@@ -236,6 +238,14 @@ class SlashingProtection:
                 f"this slashing protection history belongs to operator 0x{(owner or b'').hex()}, not to the"
                 f" loaded BLS key's 0x{operator_id.hex()}: check slashing_protection_url and keys.bls_keystore"
                 " (each key needs its own history)"
+            )
+
+    @staticmethod
+    def _check_schema_version(metadata: MetadataRecord | None) -> None:
+        if metadata is not None and metadata.schema_version > SCHEMA_VERSION:
+            raise SlashingProtectionError(
+                f"the slashing protection history was written by a newer release (schema {metadata.schema_version},"
+                f" this one knows up to {SCHEMA_VERSION}): run that release, or export there and import here"
             )
 
     @property
@@ -419,7 +429,12 @@ def _hex32(value: Any, name: str) -> bytes:
 
 def _uint(value: Any, name: str) -> int:
     """An exported integer: a decimal string (or an int); 1.5 or true would be silently truncated."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdecimal():
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or not str(value).isascii()
+        or not str(value).isdigit()
+    ):
         raise InvalidInputError(f"{name} must be a non-negative integer, as a decimal string")
     return int(value)
 

@@ -11,12 +11,13 @@ from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from avs.errors import InvalidInputError, SlashingProtectionError
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
-from avs_operator.slashing_protection import SCHEMA_VERSION, MetadataRecord, SlashingProtection
+from avs_operator.slashing_protection import SCHEMA_VERSION, MetadataRecord, SlashingProtection, _Base
 from tests.aggregator.conftest import create_postgres_database, postgres_server  # noqa: F401  (fixture)
 
 DOMAIN = keccak(text="domain A")
@@ -118,6 +119,7 @@ BATCH = {
         {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "batch_index": 1.5}]},
         {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "reference_block": True}]},
         {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "batch_index": "-1"}]},
+        {"interchange_format_version": "1", "attestations": [], "batches": [{**BATCH, "batch_index": "\u0661\u0662"}]},
         {"interchange_format_version": "1", "operator_id": "0x12", "attestations": [], "batches": []},
     ],
 )
@@ -188,10 +190,32 @@ def test_a_version_1_history_is_upgraded_and_a_newer_one_refused(tmp_path: Path)
     upgraded = SlashingProtection(url, create=False, operator_id=KEY_A)
     assert upgraded.operator_id == KEY_A and upgraded.get_attestations(DOMAIN, R1)
     upgraded.close()
-    with engine.begin() as connection:  # a later release's database, downgraded
+    with engine.begin() as connection:  # a later release's database (say, it moved the batches), downgraded
         connection.execute(text("UPDATE protection_metadata SET schema_version = 99"))
+        connection.execute(text("DROP TABLE batch_signatures"))
     with pytest.raises(SlashingProtectionError, match="newer release"):
         SlashingProtection(url, create=False, operator_id=KEY_A)
+    assert not inspect(engine).has_table("batch_signatures")  # refused before anything was written
+
+
+def test_another_process_creating_the_tables_at_the_same_moment_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes opening a new (or version-1) history at once: one's CREATE TABLE fails with
+    "already exists" (seen on SQLite and PostgreSQL by a review helper); the second try sees the
+    tables and opens it."""
+    real = _Base.metadata.create_all
+    calls: list[int] = []
+
+    def racing(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("CREATE TABLE protection_metadata", {}, Exception("table already exists"))
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_Base.metadata, "create_all", racing)
+    db = SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}", operator_id=KEY_A)
+    assert db.operator_id == KEY_A and len(calls) == 2
 
 
 @pytest.mark.parametrize("contents", [b"this is not a database" * 100, None])

@@ -123,6 +123,29 @@ def test_coverage_that_cannot_be_bought_is_one_clear_error(devnet: Devnet) -> No
         buyer.buy(_request(poor.address, 3), 0, TOKENS)  # someone else's request
 
 
+def test_a_premium_spent_between_the_check_and_the_purchase_is_one_clear_error(
+    devnet: Devnet,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The balance moved after buy() checked it (another wallet of the requester spent it): the
+    token's own revert (ERC20InsufficientBalance) escaped as web3's raw ContractCustomError."""
+    account = _requester(devnet, TOKENS)
+    buyer = InsuranceBuyer(devnet.w3, devnet.deployment, account)
+    token = devnet.w3.eth.contract(
+        address=Web3.to_checksum_address(devnet.deployment.stake_token), abi=load_abi("TestToken")
+    )
+    send = buyer.client.transact
+
+    def spend_first(fn: Any, account_: Any = None) -> bytes:
+        if fn.fn_name == "approve":  # between the balance check and buyCoverage
+            send(token.functions.transfer(Account.create().address, TOKENS))
+        return send(fn, account_)
+
+    monkeypatch.setattr(buyer.client, "transact", spend_first)
+    with pytest.raises(InsuranceError, match="ERC20InsufficientBalance"):
+        buyer.buy(_request(account.address, 11), 0, TOKENS)
+
+
 def test_coverage_too_short_for_the_aggregator_to_take_is_not_bought(devnet: Devnet) -> None:  # noqa: F811
     """The aggregator refuses an insured request with under MIN_COVERAGE_BLOCKS_LEFT blocks of
     coverage left; a pool whose term is about that short sold coverage no request could use (the

@@ -33,6 +33,7 @@ _ERROR_SOURCES = (
     "QuorumBitmaps",
     "FaultManager",
     "InsurancePool",
+    "ERC20",  # the pool's asset and the stake token (OpenZeppelin's custom errors)
 )
 _G1_ABI = "(uint256,uint256)"
 _G2_ABI = "(uint256[2],uint256[2])"

@@ -21,6 +21,7 @@ from typing import Protocol
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from avs.chain.abi import load_abi
@@ -237,7 +238,7 @@ class InsuranceBuyer:
         premium = compute_premium(amount, terms.premium_bps)
         try:
             self.client.transact(self._asset(terms).functions.approve(self.pool.address, premium))
-        except AvsError as exc:
+        except (AvsError, ContractLogicError) as exc:
             raise InsuranceError(f"the premium ({premium} of {terms.asset}) cannot be approved: {exc}") from exc
 
     def buy(self, request: InferenceRequest, quorum_number: int, amount: int) -> CoveragePurchase:
@@ -277,6 +278,8 @@ class InsuranceBuyer:
             tx_hash = self.client.transact(fn)
         except ContractRevertError as exc:
             raise InsuranceError(f"InsurancePool.buyCoverage refused: {describe_revert(exc)}") from exc
+        except ContractLogicError as exc:  # an asset that reverts with a string (no custom error)
+            raise InsuranceError(f"buying coverage was refused: {exc}") from exc
         except AvsError as exc:
             raise InsuranceError(f"buying coverage failed: {exc}") from exc
         receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]

@@ -20,7 +20,8 @@ spikes of a shared machine; the summed-seconds ratios are kept as ``*_summed``).
 
 Operator overhead: a greedy ``Generate`` over real gRPC to an in-process ``OperatorApp`` (signed
 call, authentication, SQLite slashing protection, BLS-signed attestation) against
-``model.generate`` of the same model object, prompt and token count. The engine-level figure
+``model.generate`` of the same model object, prompt and token count: the median of paired
+per-run ratios over every prompt three times, after a warm-up call. The engine-level figure
 (``InferenceEngine.generate`` against ``model.generate``) is ``quorum_bench_engine_overhead_ratio``
 (``bench.inference`` records its own ``engine_overhead_ratio``; neither overwrites the other).
 """
@@ -224,40 +225,63 @@ def make_envelope(engine: InferenceEngine, text: str, nonce: int, max_tokens: in
     return convert.RequestEnvelope(request, messages, ())
 
 
-def measure_overhead(engine: InferenceEngine, texts: Sequence[str], max_tokens: int) -> dict[str, Any]:
-    """gRPC ``Generate`` and ``InferenceEngine.generate`` against ``model.generate``, interleaved."""
+OVERHEAD_REPEATS = 3
+
+
+def compute_paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """The median of per-run ratios, each against the baseline run next to it (a load spike on a
+    shared machine then moves one pair, not the whole figure)."""
+    return round(statistics.median(n / d for n, d in zip(numerator, denominator, strict=True)), 4)
+
+
+def measure_overhead(
+    engine: InferenceEngine, texts: Sequence[str], max_tokens: int, repeats: int = OVERHEAD_REPEATS
+) -> dict[str, Any]:
+    """gRPC ``Generate`` and ``InferenceEngine.generate`` against ``model.generate``, interleaved:
+    every prompt ``repeats`` times, the order alternating, each path warmed up first (the first
+    gRPC call pays channel set-up, the first SQLite write the file's creation)."""
     greedy = SamplingParams(max_tokens=max_tokens)
     seconds: dict[str, list[float]] = {"grpc": [], "engine": [], "plain": []}
-    agree = grpc_is_engine = 0
+    agree = grpc_is_engine = runs = 0
     with tempfile.TemporaryDirectory() as folder, running_operator(engine, Path(folder)) as client:
+        client.generate(make_envelope(engine, texts[0], nonce=999, max_tokens=4))  # warm-up, not timed
         for i, text in enumerate(texts):
             prompt = engine.encode_chat([{"role": "user", "content": text}]).token_ids
             n = len(engine.generate(prompt, greedy).token_ids)  # the token count every column produces
-            order = ["grpc", "engine", "plain"] if i % 2 == 0 else ["plain", "engine", "grpc"]
-            outputs: dict[str, list[int]] = {}
-            for name in order:
-                if name == "grpc":
-                    envelope = make_envelope(engine, text, nonce=1000 + i, max_tokens=n)
-                    response, s = timed(partial(client.generate, envelope))
-                    outputs[name] = list(response.output_token_ids)
-                elif name == "engine":
-                    generation, s = timed(partial(engine.generate, prompt, SamplingParams(max_tokens=n)))
-                    outputs[name] = list(generation.token_ids)
-                else:
-                    outputs[name], s = timed(partial(plain_generate, engine, prompt, greedy, n))
-                seconds[name].append(s)
-            agree += int(outputs["grpc"] == outputs["plain"] == outputs["engine"])
-            grpc_is_engine += int(outputs["grpc"] == outputs["engine"])
-            print(f"  [{i + 1}/{len(texts)}] {n} tokens: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()))
+            for repeat in range(repeats):
+                run = i * repeats + repeat
+                order = ["grpc", "engine", "plain"] if run % 2 == 0 else ["plain", "engine", "grpc"]
+                outputs: dict[str, list[int]] = {}
+                for name in order:
+                    if name == "grpc":  # a new nonce each time: a new request for the operator
+                        envelope = make_envelope(engine, text, nonce=1000 + run, max_tokens=n)
+                        response, s = timed(partial(client.generate, envelope))
+                        outputs[name] = list(response.output_token_ids)
+                    elif name == "engine":
+                        generation, s = timed(partial(engine.generate, prompt, SamplingParams(max_tokens=n)))
+                        outputs[name] = list(generation.token_ids)
+                    else:
+                        outputs[name], s = timed(partial(plain_generate, engine, prompt, greedy, n))
+                    seconds[name].append(s)
+                agree += int(outputs["grpc"] == outputs["plain"] == outputs["engine"])
+                grpc_is_engine += int(outputs["grpc"] == outputs["engine"])
+                runs += 1
+            last = ", ".join(f"{k} {statistics.median(v[-repeats:]):.2f}s" for k, v in seconds.items())
+            print(f"  [{i + 1}/{len(texts)}] {n} tokens, median of {repeats}: {last}")
     return {
-        "operator_overhead_ratio": compute_ratio(seconds["grpc"], seconds["plain"]),
-        "quorum_bench_engine_overhead_ratio": compute_ratio(seconds["engine"], seconds["plain"]),
+        "operator_overhead_ratio": compute_paired_ratio(seconds["grpc"], seconds["plain"]),
+        "quorum_bench_engine_overhead_ratio": compute_paired_ratio(seconds["engine"], seconds["plain"]),
         "operator_overhead_details": {
             "prompts": len(texts),
-            "same_tokens_all_three": f"{agree}/{len(texts)}",
-            "grpc_same_tokens_as_engine": f"{grpc_is_engine}/{len(texts)}",
-            "seconds_mean": {k: round(sum(v) / len(v), 3) for k, v in seconds.items()},
-            "grpc_minus_engine_seconds_mean": round((sum(seconds["grpc"]) - sum(seconds["engine"])) / len(texts), 4),
+            "repeats": repeats,
+            "ratio": "median over every run of its gRPC (or engine) seconds over the plain run next to it",
+            "operator_overhead_ratio_summed": compute_ratio(seconds["grpc"], seconds["plain"]),
+            "same_tokens_all_three": f"{agree}/{runs}",
+            "grpc_same_tokens_as_engine": f"{grpc_is_engine}/{runs}",
+            "seconds_median": {k: round(statistics.median(v), 3) for k, v in seconds.items()},
+            "grpc_minus_engine_seconds_median": round(
+                statistics.median(g - e for g, e in zip(seconds["grpc"], seconds["engine"], strict=True)), 4
+            ),
         },
     }
 

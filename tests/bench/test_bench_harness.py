@@ -38,6 +38,13 @@ def test_quorum_cost_counts_one_generation_and_q_minus_one_verifications() -> No
     assert summary["quorum3_over_one_generation"] == pytest.approx(1.2)
 
 
+def test_the_operator_overhead_is_a_median_of_paired_ratios() -> None:
+    """One slow baseline run (a load spike) moves one pair, not the figure; the summed ratio moves."""
+    grpc_seconds, plain_seconds = [1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 5.0]
+    assert quorum.compute_paired_ratio(grpc_seconds, plain_seconds) == 1.0
+    assert quorum.compute_ratio(grpc_seconds, plain_seconds) == pytest.approx(5 / 9, abs=1e-4)
+
+
 def test_quorum_quick_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert quorum.main(["--model", str(tiny_model), "--quick", "--threads", "1", "--no-record"]) == 0
     out = capsys.readouterr().out

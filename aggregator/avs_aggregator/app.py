@@ -18,6 +18,7 @@ lease so a standby takes over at its next try.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -120,12 +121,31 @@ class LeaderOnlySender(TransactionSender):
             raise NotLeaderError("this aggregator does not hold the leader lease; the leader sends this transaction")
 
 
+@dataclass(frozen=True)
+class Retention:
+    """Finished requests and batches are deleted ``keep_seconds`` after they last changed, checked
+    every ``every_seconds`` (``Store.prune_finished``)."""
+
+    keep_seconds: float
+    every_seconds: float = 3600.0
+
+
 class PipelineRunner:
     """Drives a ``Pipeline`` on threads until ``stop()``."""
 
-    def __init__(self, pipeline: Pipeline, workers: int, keeper: StakeKeeper | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        workers: int,
+        keeper: StakeKeeper | None = None,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.pipeline = pipeline
         self.keeper = keeper
+        self.retention = retention
+        self._clock = clock
+        self._next_prune = 0.0  # the first batch-loop tick prunes
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="request")
         self._inflight: set[bytes] = set()
         self._lock = threading.Lock()
@@ -190,7 +210,21 @@ class PipelineRunner:
                 except Exception:  # one failing batch must not hold back the batches after it
                     logger.exception("batch step failed; will retry", extra={"batch_index": index})
             self._update_gauges()
+            self._prune()
             self._stopped.wait(POLL_SECONDS)
+
+    def _prune(self) -> None:
+        """Deletes what the retention lets go, a bounded transaction at a time, between batch steps;
+        a failure is logged and tried again at the next check."""
+        if self.retention is None or self._clock() < self._next_prune:
+            return
+        self._next_prune = self._clock() + self.retention.every_seconds
+        before = self._clock() - self.retention.keep_seconds
+        try:
+            while not self._stopped.is_set() and (counts := self.pipeline.store.prune_finished(before)):
+                logger.info("pruned finished rows", extra=dataclasses.asdict(counts))
+        except Exception as exc:
+            logger.warning("pruning failed; retrying at the next check", extra={"error": str(exc)})
 
     def _keep_stakes(self) -> None:
         """Refreshes the registry's stakes before certificates would find them stale (the first
@@ -366,11 +400,15 @@ class AggregatorApp:
             return f"this aggregator ({own}) is a standby and no aggregator holds the leader lease now; retry shortly"
         return f"this aggregator ({own}) is a standby; the leader is {holder[0]} (term {holder[2]}): submit there"
 
+    def _retention(self) -> Retention | None:
+        hours = self.config.retention.keep_finished_hours
+        return Retention(keep_seconds=hours * 3600) if hours else None
+
     def _on_elected(self, term: int) -> None:
         with self._role_lock:
             if self._stopped.is_set():
                 return
-            self.runner = PipelineRunner(self.pipeline, self.config.workers, self.keeper)
+            self.runner = PipelineRunner(self.pipeline, self.config.workers, self.keeper, self._retention())
             self.runner.start()
             self.role = Role.LEADER
             self.metrics.leader.set(1)

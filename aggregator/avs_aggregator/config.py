@@ -150,6 +150,22 @@ class LeaderConfig(_Section):
         return self.lease_seconds / 3 if self.renew_seconds is None else self.renew_seconds
 
 
+class RetentionConfig(_Section):
+    # Finished requests (certified in a confirmed batch, or failed) and their batches are deleted
+    # this long after they last changed: GetStatus and GetBatch then answer NOT_FOUND, and a
+    # request resubmitted after it is taken as new. 0 keeps everything. Keep them longer than the
+    # challenge window and the insurance coverage term (challengers read batches and certificates
+    # here), and than clients may come back for a status.
+    keep_finished_hours: float = Field(default=168.0, ge=0, le=24 * 3650)
+
+    @field_validator("keep_finished_hours")
+    @classmethod
+    def _check_keep(cls, value: float) -> float:
+        if 0 < value < 24:
+            raise ValueError("keep finished requests 24 hours at least (or 0: for ever)")
+        return value
+
+
 class AggregatorConfig(_Section):
     chain: ChainConfig
     keys: KeysConfig
@@ -162,6 +178,7 @@ class AggregatorConfig(_Section):
     deadlines: DeadlinesConfig = DeadlinesConfig()
     batch: BatchConfig = BatchConfig()
     leader: LeaderConfig = LeaderConfig()
+    retention: RetentionConfig = RetentionConfig()
     workers: int = Field(default=8, gt=0, le=256)
     log_level: str = "INFO"
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, func, select, update
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -179,6 +180,25 @@ def _claimed_batch(s: Session, batch_index: int, expect_state: str | None, now: 
     return row
 
 
+PRUNE_BATCH_ROWS = 1000  # requests (and batches) deleted per transaction: short write locks
+
+
+@dataclass
+class PruneCounts:
+    requests: int = 0
+    attestations: int = 0
+    rejections: int = 0
+    batches: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.requests or self.batches)
+
+
+def _delete(s: Session, model: type[Base], condition: Any) -> int:
+    result = s.execute(delete(model).where(condition).execution_options(synchronize_session=False))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 class Store(Database):
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url, MIGRATIONS)
@@ -324,6 +344,51 @@ class Store(Database):
         with self.session() as s:
             highest = s.scalar(select(func.max(BatchRow.batch_index)))
             return max(start, (highest or 0) + 1 if highest is not None else start)
+
+    # --- retention -----------------------------------------------------------------------
+
+    def prune_finished(self, before: float, limit: int = PRUNE_BATCH_ROWS) -> PruneCounts:
+        """Delete what is finished and last changed before ``before``: FAILED requests, CERTIFIED
+        ones whose batch is confirmed, with their checked attestations and settled rejection proofs
+        (a request with a proof still PENDING is kept), then the confirmed or ABANDONED batches no
+        request refers to any more. At most ``limit`` requests and batches per call, each call one
+        transaction. Equivocation records are kept."""
+        confirmed = (BatchRow.state == str(BatchState.CERTIFIED)) & BatchRow.confirmed_block.is_not(None)
+        with self.session() as s:
+            pending_proof = select(RejectionRow.request_hash).where(RejectionRow.state == str(ProofState.PENDING))
+            confirmed_batches = select(BatchRow.batch_index).where(confirmed)
+            failed = RequestRow.state == str(RequestState.FAILED)
+            certified = (RequestRow.state == str(RequestState.CERTIFIED)) & RequestRow.batch_index.in_(
+                confirmed_batches
+            )
+            requests = list(
+                s.scalars(
+                    select(RequestRow.request_hash)
+                    .where(
+                        failed | certified,
+                        RequestRow.updated_at < before,
+                        RequestRow.request_hash.not_in(pending_proof),
+                    )
+                    .limit(limit)
+                )
+            )
+            counts = PruneCounts()
+            if requests:
+                counts.attestations = _delete(s, AttestationRow, AttestationRow.request_hash.in_(requests))
+                counts.rejections = _delete(s, RejectionRow, RejectionRow.request_hash.in_(requests))
+                counts.requests = _delete(s, RequestRow, RequestRow.request_hash.in_(requests))
+            referenced = select(RequestRow.batch_index).where(RequestRow.batch_index.is_not(None))
+            batches = list(
+                s.scalars(
+                    select(BatchRow.batch_index)
+                    .where(confirmed | (BatchRow.state == str(BatchState.ABANDONED)), BatchRow.updated_at < before)
+                    .where(BatchRow.batch_index.not_in(referenced))
+                    .limit(limit)
+                )
+            )
+            if batches:
+                counts.batches = _delete(s, BatchRow, BatchRow.batch_index.in_(batches))
+            return counts
 
     # --- rejections ----------------------------------------------------------------------
 

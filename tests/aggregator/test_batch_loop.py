@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from avs_aggregator.app import PipelineRunner
+from avs_aggregator.app import PipelineRunner, Retention
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
 from avs_aggregator.store import BatchState, RequestState, Store
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
@@ -80,3 +80,32 @@ def test_a_batch_whose_step_keeps_failing_does_not_hold_back_later_ones(tmp_path
         pipeline.close()
     failing = store.get_batch(first)
     assert failing is not None and failing.state == BatchState.SIGNING
+
+
+def test_the_batch_loop_prunes_what_the_retention_lets_go(tmp_path: Path) -> None:
+    """Finished requests were never deleted: the database grew with every request for ever."""
+    network, store, pipeline, request_hash = _one_request_accepted(tmp_path)
+    later = [0.0]
+    retention = Retention(keep_seconds=3600.0, every_seconds=0.0)
+    runner = PipelineRunner(pipeline, 2, retention=retention, clock=lambda: time.time() + later[0])
+    runner.start()
+    try:
+        _wait_certified(store, request_hash)
+        row = store.get_request(request_hash)
+        assert row is not None and row.batch_index is not None
+        batch_index = row.batch_index
+        network.block += 2  # the certification is confirmed (a reorg could still reopen it before)
+        deadline = time.monotonic() + 10
+        while (batch := store.get_batch(batch_index)) and batch.confirmed_block is None:
+            assert time.monotonic() < deadline, "never confirmed"
+            time.sleep(0.1)
+        time.sleep(1.0)  # several ticks within the hour: nothing goes
+        assert store.get_request(request_hash) is not None and store.get_batch(batch_index) is not None
+        later[0] = 7200.0  # two hours on
+        deadline = time.monotonic() + 10
+        while store.get_request(request_hash) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        runner.stop(timeout=5)
+        pipeline.close()
+    assert store.get_request(request_hash) is None and store.get_batch(batch_index) is None

@@ -54,6 +54,8 @@ def test_example_config_parses_and_resolves_paths() -> None:
         # which clients read as "overloaded")
         ({"policy": {"max_chat_chars": 2_000_000}}, "policy: Value error, max_chat_chars 2000000"),
         ({"policy": {"max_new_tokens": 40_000}}, "policy: Value error, max_new_tokens 40000"),
+        # pruned within the hour: challengers and clients would find nothing
+        ({"retention": {"keep_finished_hours": 1}}, "retention.keep_finished_hours"),
     ],
 )
 def test_config_errors_name_the_field(patch: dict[str, object], field: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_settings import BaseSettings
 from sqlalchemy.engine import make_url
 
 from avs.errors import InvalidInputError
@@ -21,6 +22,37 @@ Model = TypeVar("Model", bound=BaseModel)
 
 class ConfigError(InvalidInputError):
     """A configuration file or environment that is missing, unreadable or invalid."""
+
+
+class EnvSecrets(BaseSettings):
+    """Passwords and keys from the environment: ``VAR``, or ``VAR_FILE`` naming a file that holds
+    the value (Docker and Kubernetes secrets: then the value is in no process environment that
+    ``docker inspect`` or ``/proc/*/environ`` shows). Values passed to the constructor win."""
+
+    def __init__(self, **values: Any) -> None:
+        prefix = str(self.model_config.get("env_prefix", ""))
+        fields = type(self).model_fields
+        secrets = [name for name, field in fields.items() if "SecretStr" in str(field.annotation)]
+        super().__init__(**{**read_secret_files(prefix, secrets), **values})
+
+
+def read_secret_files(prefix: str, fields: list[str]) -> dict[str, str]:
+    """``{field: value}`` for each ``<PREFIX><FIELD>_FILE`` set in the environment (the file's text
+    without its final newline); ``ConfigError`` if the variable itself is set too, or the file
+    cannot be read."""
+    found = {}
+    for name in fields:
+        variable = f"{prefix}{name}".upper()
+        path = os.environ.get(f"{variable}_FILE")
+        if path is None:
+            continue
+        if os.environ.get(variable) is not None:
+            raise ConfigError(f"set {variable} or {variable}_FILE, not both")
+        try:
+            found[name] = Path(path).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{variable}_FILE: cannot read {path}: {exc}") from None
+    return found
 
 
 class Section(BaseModel):

@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from avs.config import ConfigError, parse_model, read_yaml, resolve_database_url, resolve_path, split_host_port
+from avs.config import (
+    ConfigError,
+    EnvSecrets,
+    parse_model,
+    read_yaml,
+    resolve_database_url,
+    resolve_path,
+    split_host_port,
+)
 from avs.config import Section as _Section
 from avs.rpc import convert
 
@@ -213,7 +221,7 @@ class AggregatorConfig(_Section):
         return not self.database_url.startswith("sqlite")
 
 
-class AggregatorSecrets(BaseSettings):
+class AggregatorSecrets(EnvSecrets):
     model_config = SettingsConfigDict(env_prefix="AGGREGATOR_", extra="ignore")
 
     ecdsa_key_password: SecretStr | None = None

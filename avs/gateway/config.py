@@ -11,8 +11,9 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from avs.config import EnvSecrets
 from avs.errors import InvalidInputError
 from avs.messages import MAX_QUORUMS
 
@@ -21,7 +22,7 @@ class GatewayConfigError(InvalidInputError):
     """Flags or environment that do not make a valid gateway configuration."""
 
 
-class GatewayConfig(BaseSettings):
+class GatewayConfig(EnvSecrets):
     # .inf / nan refused: an infinite request timeout would hold a slot for ever
     model_config = SettingsConfigDict(env_prefix="AVS_GATEWAY_", extra="forbid", frozen=True, allow_inf_nan=False)
 

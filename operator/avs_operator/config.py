@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from avs.config import (
     MAX_PORT,
     ConfigError,
+    EnvSecrets,
     parse_model,
     read_yaml,
     resolve_database_url,
@@ -198,7 +199,7 @@ class OperatorConfig(_Section):
         return value
 
 
-class OperatorSecrets(BaseSettings):
+class OperatorSecrets(EnvSecrets):
     """Keystore passwords, from the environment only."""
 
     model_config = SettingsConfigDict(env_prefix="OPERATOR_", extra="ignore")

@@ -47,9 +47,19 @@ def test_services_and_ports() -> None:
 
 
 def test_no_secret_inline() -> None:
+    """A password is a file under /run/secrets (a Docker secret: in no container's environment,
+    which `docker inspect` shows), or at least a reference to the environment of `docker compose`."""
+    secrets = _compose()["secrets"]
+    assert isinstance(secrets, dict)
     for name, service in _services().items():
         for key, value in _environment(service).items():
-            if SECRET_WORDS.search(key):
+            if not SECRET_WORDS.search(key):
+                continue
+            if key.endswith("_FILE"):
+                secret = value.removeprefix("/run/secrets/")
+                assert value.startswith("/run/secrets/") and secret in service["secrets"], f"{name}.{key}"  # type: ignore[operator]
+                assert str(secrets[secret]["file"]).startswith("./operator/secrets/"), secret  # git-ignored
+            else:
                 assert ENV_REFERENCE.match(value), f"{name}.{key} must come from the environment, not the file"
     text = (DEPLOY / "docker-compose.operator.yml").read_text()
     assert not re.search(r"0x[0-9a-fA-F]{64}", text), "a private key is written in the compose file"
@@ -86,7 +96,8 @@ def test_local_secrets_are_neither_committed_nor_sent_to_the_image_build() -> No
     volumes = [str(v) for v in _services()["operator"]["volumes"]]  # type: ignore[attr-defined]
     local = [f"deploy/{v.split(':')[0].removeprefix('./')}" for v in volumes if v.startswith("./operator/")]
     assert "deploy/operator/deployment.json" in local  # chain.deployment_file: /config/deployment.json
-    private = [*local, "deploy/.env", "operator/operator.yaml", "operator/operator-data/protection.sqlite"]
+    secrets = [f"deploy/{v['file'].removeprefix('./')}" for v in _compose()["secrets"].values()]  # type: ignore[attr-defined]
+    private = [*local, *secrets, "deploy/.env", "operator/operator.yaml", "operator/operator-data/protection.sqlite"]
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", *private], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.split()

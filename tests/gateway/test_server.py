@@ -773,3 +773,11 @@ def test_the_disconnect_watcher_outlives_a_failing_callback_and_sockets_with_tim
         started = time.monotonic()
         watcher.close()
     assert gone == ["first", "second"] and time.monotonic() - started < 2
+
+
+def test_api_keys_may_come_from_a_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "api_keys"
+    keys.write_text("alpha,beta\n")
+    monkeypatch.delenv("AVS_GATEWAY_API_KEYS", raising=False)
+    monkeypatch.setenv("AVS_GATEWAY_API_KEYS_FILE", str(keys))
+    assert load_config(requester=REQUESTER, model_dirs=MODEL_DIRS).get_api_keys() == ("alpha", "beta")

@@ -167,3 +167,21 @@ def test_calls_the_limits_accept_must_fit_in_one_message(
     if enough <= OPERATOR_MAX_MESSAGE_BYTES:  # the limits fit once the message limit is raised to them
         fitted = parse_config({**data, "grpc": {**grpc, "max_message_bytes": enough}, "limits": limits_section})
         assert fitted.grpc.max_message_bytes == enough
+
+
+def test_a_password_may_come_from_the_file_var_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker and Kubernetes secrets are files: a password given as VAR sits in the container's
+    environment, which `docker inspect` shows."""
+    secret = tmp_path / "bls_key_password"
+    secret.write_text("correct horse\n")
+    monkeypatch.delenv("OPERATOR_BLS_KEY_PASSWORD", raising=False)
+    monkeypatch.setenv("OPERATOR_BLS_KEY_PASSWORD_FILE", str(secret))
+    password = load_secrets().bls_key_password
+    assert password is not None and password.get_secret_value() == "correct horse"
+    monkeypatch.setenv("OPERATOR_BLS_KEY_PASSWORD", "another")
+    with pytest.raises(ConfigError, match="OPERATOR_BLS_KEY_PASSWORD or OPERATOR_BLS_KEY_PASSWORD_FILE, not both"):
+        load_secrets()
+    monkeypatch.delenv("OPERATOR_BLS_KEY_PASSWORD")
+    monkeypatch.setenv("OPERATOR_BLS_KEY_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="OPERATOR_BLS_KEY_PASSWORD_FILE: cannot read"):
+        load_secrets()

@@ -16,14 +16,14 @@ import yaml
 from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
 from avs.client import AggregatorClient
-from avs.config import Section, resolve_database_url, split_host_port
+from avs.config import EnvSecrets, Section, resolve_database_url, split_host_port
 from avs.errors import InvalidInputError
 from avs.httpserver import start_metrics_server
 from avs.messages import Domain
@@ -82,7 +82,7 @@ class ChallengerConfig(Section):
         return self
 
 
-class ChallengerSecrets(BaseSettings):
+class ChallengerSecrets(EnvSecrets):
     model_config = SettingsConfigDict(env_prefix="CHALLENGER_", extra="ignore")
 
     ecdsa_key_password: SecretStr | None = None

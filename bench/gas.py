@@ -74,17 +74,10 @@ def compute_leaves(batch_index: int, size: int) -> list[BatchLeaf]:
 
 
 def count_hash_tries(digest: bytes) -> int:
-    """How many x the try-and-increment hash to G1 (``BN254.hashToG1``) tests for ``digest``."""
-    x, tries = int.from_bytes(digest, "big") % FP_MODULUS, 1
-    while not is_square(x):
-        x, tries = (x + 1) % FP_MODULUS, tries + 1
-    return tries
-
-
-def is_square(x: int) -> bool:
-    """Whether x^3 + 3 has a square root mod p (Euler's criterion)."""
-    beta = (pow(x, 3, FP_MODULUS) + 3) % FP_MODULUS
-    return beta == 0 or pow(beta, (FP_MODULUS - 1) // 2, FP_MODULUS) == 1
+    """How many x the try-and-increment hash to G1 (``BN254.hashToG1``) tests for ``digest``: the
+    x it stops at, counted from h mod p."""
+    start = int.from_bytes(digest, "big") % FP_MODULUS
+    return (bls.compute_hash_to_g1(digest).x - start) % FP_MODULUS + 1
 
 
 def compute_mean_tries(samples: int, label: str = "digest") -> float:

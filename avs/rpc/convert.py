@@ -75,6 +75,7 @@ TOKEN_ID_BYTES = 6  # a uint32 varint (5) and its share of the packed field's le
 _UTF8_BYTES_PER_CHAR = 4
 _CHAT_MESSAGE_BYTES = 32  # a chat message's role, tags and lengths, besides its content
 _STOP_SEQUENCE_BYTES = _UTF8_BYTES_PER_CHAR * MAX_STOP_SEQUENCE_CHARS + 8
+CALL_ENVELOPE_BYTES = 4096  # a call besides its chat, ids or leaves: fixed fields, signatures, headers
 
 
 def compute_largest_chat_bytes(max_chat_chars: int) -> int:

@@ -29,6 +29,7 @@ from avs.config import Section as _Section
 from avs.errors import InvalidInputError
 from avs.messages import checksum
 from avs.rpc.convert import (
+    CALL_ENVELOPE_BYTES,
     MAX_BATCH_LEAVES,
     OPERATOR_MAX_MESSAGE_BYTES,
     TOKEN_ID_BYTES,
@@ -127,7 +128,6 @@ class LimitsConfig(_Section):
 
 
 BATCH_LEAF_BYTES = 72  # two 32-byte hashes with their tags and lengths
-CALL_ENVELOPE_BYTES = 4096  # the request's fixed fields, the caller's signature, the batch header
 
 
 def compute_largest_call_bytes(limits: LimitsConfig) -> int:

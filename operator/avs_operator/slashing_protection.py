@@ -193,7 +193,7 @@ class SlashingProtection:
         try:
             try:
                 self._open(operator_id)
-            except DatabaseError:  # another process creating the tables at the same moment: once more
+            except DatabaseError:  # another process creating the tables or the metadata row: once more
                 self._open(operator_id)
         except DatabaseError as exc:
             self._engine.dispose()
@@ -213,12 +213,8 @@ class SlashingProtection:
             raise SlashingProtectionError(
                 "the slashing protection database already holds two ACCEPTs of different outputs for one request"
             ) from exc
-        try:
-            with self._sessions.begin() as session:
-                self._check_metadata(session, operator_id)
-        except IntegrityError:  # another process made the metadata row meanwhile: read theirs
-            with self._sessions.begin() as session:
-                self._check_metadata(session, operator_id)
+        with self._sessions.begin() as session:
+            self._check_metadata(session, operator_id)
 
     def _check_metadata(self, session: Session, operator_id: bytes | None) -> None:
         metadata = session.get(MetadataRecord, 1)

@@ -131,7 +131,7 @@ class OperatorLeafChecker:
     def check(self, certificate: ag.Certificate) -> LeafCheck:
         header = convert.batch_header_from_proto(certificate.batch_header)
         members = self.reader.get_quorum_members(header.reference_block, header.quorum_numbers)
-        signer_ids = frozenset(members - {bytes(i) for i in certificate.non_signer_ids})
+        signer_ids = members - {bytes(i) for i in certificate.non_signer_ids}
         reference_block, _ = self.reader.get_reference_block()
         operators = self.reader.get_operator_set(reference_block).in_quorums(header.quorum_numbers)
         order = compute_checker_order(operators, signer_ids, header.quorum_numbers, self._rng)

@@ -8,6 +8,9 @@ Every generated token costs one forward step of the model plus one ``select_toke
 the mean ``select_token`` time over real SmolLM2 logit rows and its ratio to the mean decode step
 measured in the same process (a greedy generation's time per token). On a GPU the step is much
 shorter while the host work stays, so the ratio there is larger.
+
+It also times the stop-sequence check per token at several output lengths: the engine's scanner
+(``avs.inference.stops``) against the rule it implements, decoding the whole output at every token.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from avs.inference.decoding import select_token
 from avs.inference.engine import load_engine
 from avs.inference.params import SamplingParams
+from avs.inference.stops import StopScanner
 from bench.inference import PROMPTS
 from bench.results import report_results
 
@@ -59,8 +63,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         per_setting[name] = {"select_token_us": round(seconds * 1e6, 1), "over_decode_step": round(seconds / step, 4)}
         print(f"{name:30} {seconds * 1e6:9.1f} us per token  {seconds / step:7.2%} of a decode step", flush=True)
     print(f"decode step (greedy generation / token): {step * 1e3:.1f} ms, {logits.shape[0]} logit rows", flush=True)
+    stop_check = time_stop_check(engine, _long_output(engine, prompts))
     return {
         "decoding_rule_over_decode_step": per_setting,
+        "stop_check_us_per_token": stop_check,
         "decoding_rule_details": {
             "decode_step_ms": round(step * 1e3, 2),
             "rows": int(logits.shape[0]),
@@ -68,6 +74,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average": list(os.getloadavg()),
         },
     }
+
+
+STOP_CHECK_LENGTHS = (512, 4096, 16384)
+
+
+def _long_output(engine: Any, prompts: list[tuple[int, ...]]) -> list[int]:
+    """Real output text, repeated to the longest length (the stop never occurs in it)."""
+    tokens = [t for prompt in prompts for t in engine.generate(prompt, SamplingParams(max_tokens=128)).token_ids]
+    tokens = [t for t in tokens if t not in engine.eos_ids]
+    return (tokens * (max(STOP_CHECK_LENGTHS) // len(tokens) + 1))[: max(STOP_CHECK_LENGTHS)]
+
+
+def time_stop_check(engine: Any, output: list[int]) -> dict[str, dict[str, float]]:
+    """Microseconds per token to check one stop sequence over outputs of each length: the scanner
+    against decoding the whole output at every token (the rule's definition)."""
+    stops = ("\n\nUser:",)
+    figures = {}
+    for length in STOP_CHECK_LENGTHS:
+        ids = output[:length]
+        start = time.perf_counter()
+        scanner = engine.stop_scanner(SamplingParams(stop_sequences=stops))
+        assert not any(scanner.push(t) for t in ids)
+        fast = (time.perf_counter() - start) / length
+        start = time.perf_counter()
+        whole = StopScanner(stops, None, engine.decode)  # no table: decodes the whole output each token
+        assert not any(whole.push(t) for t in ids)
+        slow = (time.perf_counter() - start) / length
+        figures[str(length)] = {"scanner_us": round(fast * 1e6, 2), "whole_decode_us": round(slow * 1e6, 1)}
+        print(
+            f"stop check at {length:6} tokens: {fast * 1e6:7.2f} us per token, whole decode {slow * 1e6:9.1f} us "
+            f"({slow / fast:,.0f}x)",
+            flush=True,
+        )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from avs.inference.profile import (
     load_profile,
     load_tokenizer,
 )
+from avs.inference.stops import ByteLevelTable, StopScanner
 from avs.messages import InferenceOutput, compute_output_hash
 from avs.types import Bytes32, OutputHash
 
@@ -155,6 +156,7 @@ class InferenceEngine:
         # token itself (a forged end of turn or system turn), so chat messages may not contain it.
         special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
         self._control_texts = sorted(t for t in special | set(tokenizer.all_special_tokens) if t)
+        self._byte_table = ByteLevelTable.from_backend(tokenizer.backend_tokenizer, self.vocab_size)
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -210,10 +212,11 @@ class InferenceEngine:
             raise InferenceError(f"model forward failed: {exc}") from exc
         return out.logits[:, -1].to(device="cpu", dtype=torch.float64), getattr(out, self._cache_arg)
 
-    def _finish_reason(self, output: list[int], params: SamplingParams) -> FinishReason | None:
+    def _finish_reason(self, output: Sequence[int], params: SamplingParams, stopped: bool) -> FinishReason | None:
+        """Why ``output`` ends here, if it does; ``stopped``: its text holds a stop sequence."""
         if output[-1] in self.eos_ids:
             return FinishReason.EOS
-        if params.stop_sequences and self._has_stop(output, params):
+        if stopped:
             return FinishReason.STOP
         if len(output) >= params.max_tokens:
             return FinishReason.LENGTH
@@ -227,9 +230,10 @@ class InferenceEngine:
         that the profile does not commit to, so two operators could disagree on a stop or a text."""
         return str(self.tokenizer.backend_tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
-    def _has_stop(self, output: Sequence[int], params: SamplingParams) -> bool:
-        text = self.decode(output)
-        return any(stop in text for stop in params.stop_sequences)
+    def stop_scanner(self, params: SamplingParams) -> StopScanner:
+        """Says, token by token, whether the decoded output so far holds one of ``params``' stop
+        sequences (in linear time for a byte-level tokenizer; see ``avs.inference.stops``)."""
+        return StopScanner(params.stop_sequences, self._byte_table, self.decode)
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[StreamEvent]:
         """Yield the output tokens one at a time; the last event carries the finish reason."""
@@ -241,10 +245,11 @@ class InferenceEngine:
 
         logits, cache = self._forward(torch.tensor([prompt_ids]), DynamicCache(), logits_to_keep=1)
         output: list[int] = []
+        stops = self.stop_scanner(params)
         while True:
             token = select_token(_require_judgeable(logits[0]), params, len(output))
             output.append(token)
-            finish = self._finish_reason(output, params)
+            finish = self._finish_reason(output, params, stops.push(token))
             yield StreamEvent(len(output) - 1, token, finish)
             if finish is not None:
                 return
@@ -275,13 +280,15 @@ class InferenceEngine:
             ids, DynamicCache(), attention_mask=mask, position_ids=positions, logits_to_keep=1
         )
         outputs: list[list[int]] = [[] for _ in prompts]
+        stops = [self.stop_scanner(p) for p in params]
         finished: list[FinishReason | None] = [None] * len(prompts)
         while True:
             step = []
             for row, p in enumerate(params):
                 if finished[row] is None:
-                    outputs[row].append(select_token(_require_judgeable(logits[row]), p, len(outputs[row])))
-                    finished[row] = self._finish_reason(outputs[row], p)
+                    token = select_token(_require_judgeable(logits[row]), p, len(outputs[row]))
+                    outputs[row].append(token)
+                    finished[row] = self._finish_reason(outputs[row], p, stops[row].push(token))
                 step.append(outputs[row][-1] if finished[row] is None else self.pad_id)
             if all(f is not None for f in finished):
                 return [Generation(tuple(o), f) for o, f in zip(outputs, finished, strict=True) if f is not None]
@@ -314,12 +321,17 @@ class InferenceEngine:
         for i, token in enumerate(output_ids):
             if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < self.vocab_size:
                 return Failure.BAD_TOKEN_ID, i
-        for i in range(len(output_ids) - 1):
-            if output_ids[i] in self.eos_ids:
+        stops = self.stop_scanner(params)
+        stopped = False
+        for i, token in enumerate(output_ids):
+            stopped = stops.push(token)
+            if i == len(output_ids) - 1:
+                break
+            if token in self.eos_ids:
                 return Failure.EOS_NOT_LAST, i
-            if params.stop_sequences and self._has_stop(output_ids[: i + 1], params):
+            if stopped:
                 return Failure.STOP_NOT_LAST, i
-        if self._finish_reason(list(output_ids), params) is None:
+        if self._finish_reason(output_ids, params, stopped) is None:
             return Failure.STOPPED_EARLY, len(output_ids) - 1
         return None
 

@@ -381,6 +381,11 @@ def test_committed_files_that_transformers_would_not_load_are_refused(tiny_model
         load_engine(folder, cache_dir=tmp_path / "cache")
 
 
+def _says_stop(engine: InferenceEngine, output: list[int], params: SamplingParams) -> list[bool]:
+    scanner = engine.stop_scanner(params)
+    return [scanner.push(token) for token in output]
+
+
 def test_stop_rules_do_not_depend_on_uncommitted_decode_flags(
     tiny_model_dir: Path, tiny_engine: InferenceEngine, tmp_path: Path
 ) -> None:
@@ -399,7 +404,7 @@ def test_stop_rules_do_not_depend_on_uncommitted_decode_flags(
     params = SamplingParams(temperature_milli=700, max_tokens=16, stop_sequences=(" .",))
     for end in range(1, len(output) + 1):
         assert other.check_rules(output[:end], params) == tiny_engine.check_rules(output[:end], params)
-        assert other._finish_reason(output[:end], params) == tiny_engine._finish_reason(output[:end], params)
+        assert _says_stop(other, output[:end], params) == _says_stop(tiny_engine, output[:end], params)
     assert tiny_engine.check_rules(output, params) is not None  # the stop is seen, and by both
     assert other.decode(output) == tiny_engine.decode(output) == "a . b"  # the text operators return
 

@@ -109,7 +109,7 @@ class PolicyConfig(_Section):
             raise ValueError("default_threshold_bps must be within [min_threshold_bps, max_threshold_bps]")
         # Past these, a valid Submit or its status would not fit in one message: gRPC's
         # RESOURCE_EXHAUSTED, which clients read as "overloaded, retry".
-        submit = convert.compute_largest_chat_bytes(self.max_chat_chars) + convert.CALL_ENVELOPE_BYTES
+        submit = convert.compute_largest_submit_bytes(self.max_chat_chars)
         if submit > convert.INTAKE_MAX_REQUEST_BYTES:
             raise ValueError(
                 f"max_chat_chars {self.max_chat_chars}: a Submit of that many characters (4 bytes each) would not"

@@ -183,6 +183,10 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         self._gate = gate  # None: always takes requests (a lone aggregator)
         self._watch_slots = threading.BoundedSemaphore(limits.max_watches)
 
+    @property
+    def max_chat_chars(self) -> int:
+        return self._limits.max_chat_chars
+
     def _check_intake(self) -> None:
         refusal = None if self._gate is None else self._gate.get_intake_refusal()
         if refusal is not None:
@@ -367,11 +371,14 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
 def build_server(
     servicer: AggregatorServicer, listen: str, max_workers: int = 32
 ) -> tuple[grpc.Server, int, BoundedHealthServicer]:
+    # Receive no more than the largest valid Submit: parsing costs memory before any check runs (a
+    # 4 MiB message of empty chat messages is ~100 MiB of Python objects, on every intake thread).
+    receive = min(convert.INTAKE_MAX_REQUEST_BYTES, convert.compute_largest_submit_bytes(servicer.max_chat_chars))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="intake"),
         interceptors=[ErrorToStatusInterceptor()],
         options=[
-            ("grpc.max_receive_message_length", convert.INTAKE_MAX_REQUEST_BYTES),
+            ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", convert.INTAKE_MAX_REPLY_BYTES),
         ],
     )

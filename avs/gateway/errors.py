@@ -22,6 +22,7 @@ from avs.errors import (
     OverloadedError,
     UntrustedAnswerError,
 )
+from avs.rpc.status import is_message_too_large
 
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
@@ -143,6 +144,9 @@ def _get_code(error: BaseException, default: str | None) -> str | None:
 def _compute_grpc_error(error: grpc.RpcError) -> ApiError:
     code = _call_or_none(error, "code")  # the channel's RpcErrors are also grpc.Call objects
     details = _call_or_none(error, "details")
+    if is_message_too_large(error):  # RESOURCE_EXHAUSTED too, but no retry will ever fit
+        message = f"the request is larger than the aggregator accepts ({details}): shorten the chat"
+        return ApiError(413, message, INVALID_REQUEST, "messages", "request_too_large")
     row = GRPC_TABLE.get(code, GRPC_DEFAULT) if isinstance(code, grpc.StatusCode) else GRPC_DEFAULT
     status, kind, api_code, pass_details = row
     if pass_details and isinstance(details, str) and details:

@@ -85,6 +85,12 @@ def compute_largest_chat_bytes(max_chat_chars: int) -> int:
     return chat + _STOP_SEQUENCE_BYTES * MAX_STOP_SEQUENCES
 
 
+def compute_largest_submit_bytes(max_chat_chars: int) -> int:
+    """The most a valid Submit or Prepare of an intake that takes ``max_chat_chars`` characters
+    takes on the wire: what the intake receives (a larger message is refused before it is parsed)."""
+    return compute_largest_chat_bytes(max_chat_chars) + CALL_ENVELOPE_BYTES
+
+
 def _bytes32(name: str, data: bytes) -> bytes:
     if len(data) != 32:
         raise EncodingError(f"{name} must be 32 bytes, got {len(data)}")

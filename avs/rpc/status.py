@@ -8,6 +8,7 @@ status with the error's message (never a code inside a message string). Anything
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,6 +71,22 @@ def shorten_details(message: str) -> str:
         return message
     suffix = f"... ({len(message)} characters)"
     return message[: MAX_DETAILS_CHARS - len(suffix)] + suffix
+
+
+# gRPC refuses a message over the receiver's (or the sender's) size limit with RESOURCE_EXHAUSTED,
+# the code of an overload; only its details tell "too large, never retry" from "busy, retry".
+# ("SERVER: Received message larger than max (276545 vs. 276544)", the prefix missing in some versions)
+_TOO_LARGE_DETAILS = re.compile(r"(SERVER: |CLIENT: )?(Received|Sent) message larger than max \(")
+
+
+def is_message_too_large(error: BaseException) -> bool:
+    """``error`` is gRPC's refusal of a message over a size limit."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)  # a channel's errors are Calls
+    if not (isinstance(error, grpc.RpcError) and callable(code) and callable(details)):
+        return False
+    text = details()
+    too_large = isinstance(text, str) and _TOO_LARGE_DETAILS.match(text) is not None
+    return code() == grpc.StatusCode.RESOURCE_EXHAUSTED and too_large
 
 
 def describe_call_error(error: BaseException) -> str:

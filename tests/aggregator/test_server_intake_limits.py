@@ -17,6 +17,8 @@ from eth_account import Account
 from eth_utils import keccak
 
 from avs.client import AggregatorClient
+from avs.gateway.errors import compute_api_error
+from avs.inference.params import MAX_STOP_SEQUENCE_CHARS
 from avs.messages import compute_request_hash, compute_stop_sequences_hash
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
@@ -176,7 +178,7 @@ def test_a_chat_of_many_empty_messages_is_refused_before_it_is_walked(intake: In
     """An empty chat message is 2 bytes on the wire: one 4 MiB call held 2 million of them, and the
     intake copied the request and made a dict per message (590 MB) before the count was checked."""
     request = _request()
-    request.request.messages.extend([op.ChatMessage()] * 500_000)
+    request.request.messages.extend([op.ChatMessage()] * 100_000)  # 200 KB: under the receive limit
     tracemalloc.start()
     try:
         with pytest.raises(grpc.RpcError) as refused:
@@ -211,3 +213,47 @@ def test_a_status_over_grpc_s_default_4_mib_reaches_the_sdk(tmp_path: Path) -> N
         client.close()
         server.stop(None).wait()
         pipeline.close()
+
+
+def _with_chat(message: ag.SubmitRequest, chat: list[op.ChatMessage]) -> ag.SubmitRequest:
+    del message.request.messages[:]
+    message.request.messages.extend(chat)
+    return message
+
+
+def _largest_submit(max_chat_chars: int) -> ag.SubmitRequest:
+    """A valid Submit as large as ``max_chat_chars`` allows: that many 4-byte characters over the
+    most messages, every stop sequence at its longest, every field at its widest."""
+    per_message, extra = divmod(max_chat_chars, convert.MAX_CHAT_MESSAGES)
+    messages = [op.ChatMessage(role="user", content="\U0001f600" * per_message)] * convert.MAX_CHAT_MESSAGES
+    messages[-1] = op.ChatMessage(role="user", content="\U0001f600" * (per_message + extra))
+    stops = ("\U0001f600" * MAX_STOP_SEQUENCE_CHARS,) * convert.MAX_STOP_SEQUENCES
+    message = _with_chat(_request(stops=stops, seed=2**64 - 1, top_k=2**32 - 1, max_tokens=64), messages)
+    message.requester_signature = b"\xff" * 65
+    message.model_name = "m" * 128
+    message.quorum_numbers = bytes(range(192))
+    message.threshold_bps = 2**32 - 1
+    message.insured = True
+    return message
+
+
+def test_the_intake_receives_the_largest_valid_submit_and_nothing_larger(intake: Intake) -> None:
+    """The receive limit is the largest Submit the policy allows: a larger one is refused by gRPC
+    before it is parsed (it would only be refused after, at some memory per message)."""
+    largest = _largest_submit(IntakeLimits().max_chat_chars)
+    limit = convert.compute_largest_submit_bytes(IntakeLimits().max_chat_chars)
+    assert largest.ByteSize() <= limit < 1.1 * largest.ByteSize()
+    for method in ("Submit", "Prepare"):
+        with pytest.raises(grpc.RpcError) as refused:  # parsed and checked: refused for its fields
+            getattr(intake.stub, method)(largest, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        too_large = _largest_submit(IntakeLimits().max_chat_chars)
+        too_large.request.messages[0].content += "x" * (limit - largest.ByteSize() + 1)
+        with pytest.raises(grpc.RpcError) as refused:
+            getattr(intake.stub, method)(too_large, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in str(refused.value.details())
+        assert compute_api_error(refused.value).status == 413  # the gateway: too large, not "busy, retry"
+    chat = list(_largest_submit(IntakeLimits().max_chat_chars).request.messages)
+    reply = intake.stub.Submit(_with_chat(_request(max_tokens=64), chat), timeout=30)
+    assert intake.pipeline.store.get_request(bytes(reply.request_hash)) is not None

@@ -197,6 +197,11 @@ def test_completion_objects_carry_usage_and_verification() -> None:
         (FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be at most 512"), 400, None),
         (FakeRpcError(grpc.StatusCode.NOT_FOUND, "no model"), 404, "not_found"),
         (FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy"), 429, "aggregator_busy"),
+        (
+            FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 8)"),
+            413,
+            "request_too_large",
+        ),
         (FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connect failed 10.0.0.1"), 503, "aggregator_unavailable"),
         (FakeRpcError(grpc.StatusCode.INTERNAL, "boom"), 502, "aggregator_error"),
         (RuntimeError("bug"), 500, "internal_error"),

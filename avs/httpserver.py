@@ -25,7 +25,12 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_SOCKET_TIMEOUT_SECONDS = 60.0
 DEFAULT_HEAD_TIMEOUT_SECONDS = 10.0
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0  # 1 MiB at 35 kB/s
-_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_BUSY_BODY = b'{"error": {"message": "too many connections", "type": "server_error", "param": null, "code": "busy"}}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY)
+    + _BUSY_BODY
+)
 
 
 class _HeadDeadline:
@@ -112,6 +117,9 @@ def read_body(handler: BaseHTTPRequestHandler, length: int) -> bytes:
 
 class BoundedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog (the standard library's is 5): past it the kernel drops a connect, and the
+    # client sends it again a second later, so a burst of new clients waited ~1 s each.
+    request_queue_size = 1024
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ connection past the cap is answered 503 at once."""
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import time
@@ -193,3 +194,35 @@ def test_the_metrics_server_serves_the_registry_with_the_same_limits() -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_a_refused_connection_gets_a_json_503(server: BoundedHTTPServer) -> None:
+    port = int(server.server_address[1])
+    silent = socket.create_connection(("127.0.0.1", port))  # takes the one slot
+    time.sleep(0.1)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert (response.status, response.getheader("Content-Type")) == (503, "application/json")
+        assert json.loads(response.read())["error"]["message"] == "too many connections"
+    finally:
+        connection.close()
+        silent.close()
+
+
+def test_a_burst_of_connects_is_queued_by_the_kernel_not_dropped() -> None:
+    """With the standard library's backlog of 5, connects past it while the server was busy were
+    dropped and retried by the client a second later. Nothing accepts here: every connect must
+    still complete from the kernel's queue."""
+    bounded = BoundedHTTPServer(("127.0.0.1", 0), _Ok)
+    port = int(bounded.server_address[1])
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=3))
+    finally:
+        for client in clients:
+            client.close()
+        bounded.server_close()
+    assert len(clients) == 64

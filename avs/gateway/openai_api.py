@@ -155,7 +155,8 @@ def parse_openai_messages(raw: object) -> tuple[ChatMessage, ...]:
         param = f"messages[{index}]"
         if not isinstance(message, dict):
             raise RequestParameterError(f"{param} must be an object", param=param)
-        extra = set(message) - MESSAGE_KEYS
+        # A reply sent back as history carries its empty fields ("refusal": null, "tool_calls": []).
+        extra = {key for key in set(message) - MESSAGE_KEYS if message[key] not in (None, [])}
         if extra:
             raise UnsupportedParameterError(f"{param} has unsupported fields: {sorted(extra)}", param=param)
         role = message.get("role")

@@ -133,7 +133,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     @property
     def _path(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/") or "/"
+        # No path yet when the standard library refuses the request line itself (send_error).
+        return getattr(self, "path", "").split("?", 1)[0].rstrip("/") or "/"
 
     def _handle(self, route: Callable[[], None]) -> None:
         self._stream_started = False
@@ -293,6 +294,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
         """The standard library's own refusals (a malformed request line, a header line over 64 KiB,
         too many headers) as OpenAI's error JSON too; the connection is closed."""
         self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":  # an unparsed line: no head was sent
+            self.request_version = self.protocol_version
         self._send_json(code, ApiError(code, message or explain or "bad request", INVALID_REQUEST).to_json())
 
     # --- logs --------------------------------------------------------------------------

@@ -101,7 +101,12 @@ def test_messages_map_roles_and_text_parts() -> None:
         ({"messages": [{"role": "assistant", "content": "x"}]}, RequestParameterError, "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, UnsupportedParameterError, "messages[0].role"),
         ({"messages": [{"role": "user", "content": None}]}, UnsupportedParameterError, "messages[0].content"),
-        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, UnsupportedParameterError, "messages[0]"),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": [{"id": "c"}]}]},
+            UnsupportedParameterError,
+            "messages[0]",
+        ),
+        ({"messages": [{"role": "user", "content": "x", "refusal": "no"}]}, UnsupportedParameterError, "messages[0]"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             UnsupportedParameterError,

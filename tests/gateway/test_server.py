@@ -112,6 +112,18 @@ def test_models_are_the_aggregators(server: GatewayServer) -> None:
         client.models.retrieve("gpt-4")
 
 
+def test_a_reply_sent_back_as_history_is_taken(server: GatewayServer, intake: FakeIntake) -> None:
+    """The openai client's multi-turn pattern: the previous reply's message (with "refusal": null,
+    and every empty field when dumped) goes back into the next request's messages."""
+    client = client_for(server)
+    first = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "fox?"}])
+    reply = first.choices[0].message
+    for sent_back in (reply, reply.model_dump(), {"role": "assistant", "content": "a", "tool_calls": []}):
+        history: list[Any] = [{"role": "user", "content": "fox?"}, sent_back, {"role": "user", "content": "more"}]
+        assert client.chat.completions.create(model=MODEL, messages=history).choices[0].message.content
+        assert intake.submitted[-1]["messages"][1]["role"] == "assistant"
+
+
 def test_a_chat_completion_is_answered_with_its_certificate(server: GatewayServer, intake: FakeIntake) -> None:
     completion = client_for(server).chat.completions.create(
         model=MODEL,
@@ -613,6 +625,23 @@ def test_refusals_of_the_http_layer_itself_are_json_too(server: GatewayServer) -
     assert head.startswith(b"HTTP/1.1 431") and b"application/json" in head
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert raw(server, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [(b"GARBAGE", 400), (b"GET / HTTP/2.0", 505), (b"GET /" + b"a" * 70_000 + b" HTTP/1.1", 414)],
+)
+def test_a_refused_request_line_is_answered_in_json(server: GatewayServer, line: bytes, status: int) -> None:
+    """The standard library refuses these before the request has a path: logging the refusal read
+    the missing path and dropped the connection without a reply."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(line + b"\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode() and b"application/json" in head, reply[:200]
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
 class BusyAfterSubmitIntake(FakeIntake):

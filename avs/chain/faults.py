@@ -79,6 +79,7 @@ class Challenge:
     batch_index: int
     opened_block: int
     status: ChallengeStatus
+    resolution_window: int  # blocks after opened_block it may be resolved in (fixed when it was opened)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,8 @@ class Web3FaultClient:
 
     def get_challenge(self, challenge_id: int) -> Challenge:
         raw = self.avs._call(self.fault_manager.functions.getChallenge(challenge_id))
-        return Challenge(raw[0], raw[1], bytes(raw[2]), bytes(raw[3]), raw[4], raw[5], ChallengeStatus(raw[6]))
+        status = ChallengeStatus(raw[6])
+        return Challenge(raw[0], raw[1], bytes(raw[2]), bytes(raw[3]), raw[4], raw[5], status, int(raw[8]))
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing:
         raw = self.avs._call(self.fault_manager.functions.getPendingSlashing(challenge_id))

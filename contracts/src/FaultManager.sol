@@ -19,9 +19,10 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///         fraud), each slashing through `OperatorRegistry.slashOperator` ->
 ///         `AllocationManager.slashOperator` on the quorums' redistributing operator sets, whose
 ///         recipient is the insurance pool.
-/// @dev Every fault has an id; a fault id is slashed at most once:
+/// @dev Every fault has an id; a fault id is slashed at most once (a rejected output once per quorum):
 ///      - equivocation: ("EQUIVOCATION", operatorId, requestHash), slashed in every quorum that can slash it;
-///      - rejected output: ("REJECTED_OUTPUT", operatorId, requestHash), in the certificate's quorums;
+///      - rejected output: ("REJECTED_OUTPUT", operatorId, requestHash), in the certificate's quorums not
+///        slashed for it yet (marked as keccak256(abi.encode(faultId, quorumNumber)));
 ///      - escalated fraud: ("BATCH_FRAUD", operatorId, batchIndex), in the batch's quorums: fraud in
 ///        several leaves of one batch slashes each signer once (later upheld challenges of that batch
 ///        still pay their requesters and challengers).
@@ -64,8 +65,13 @@ contract FaultManager is IFaultManager, Ownable {
     /// @notice The latest challenge of each leaf keccak256(batchIndex, requestHash, outputHash).
     mapping(bytes32 => uint256) public latestChallengeOfLeaf;
 
+    /// @notice Shares slashed for fraud in each batch, by all its upheld challenges.
+    mapping(uint64 => uint256) public batchSlashedShares;
+
     mapping(uint256 => Challenge) private _challenges;
     mapping(uint256 => PendingSlashing) private _pendingSlashing;
+    /// @dev The part of `batchSlashedShares` the insurance pool has been told of.
+    mapping(uint64 => uint256) private _batchSharesRecorded;
 
     /// @param registry_ The operator registry (which must list this contract as a slasher).
     /// @param taskManager_ The task manager.
@@ -146,15 +152,24 @@ contract FaultManager is IFaultManager, Ownable {
         AvsMessages.Attestation calldata att = accept.attestation;
         if (att.verdict != AvsMessages.Verdict.Accept) revert InvalidVerdict();
         faultId = keccak256(abi.encode(REJECTED_OUTPUT, operatorId, att.requestHash));
-        if (isFaultSlashed[faultId]) revert FaultAlreadySlashed(faultId);
+        // Each quorum's majority judges the operator's stake in that quorum only, so a proof slashes
+        // the certificate's quorums not yet slashed for this fault: one by a small quorum cannot use
+        // the fault up and spare the stake in the others.
+        uint256 mask = QuorumBitmaps.orderedToBitmap(quorumNumbers);
+        for (uint8 q; mask >> q != 0; ++q) {
+            if (mask.has(q) && isFaultSlashed[_quorumFaultId(faultId, q)]) mask &= ~(uint256(1) << q);
+        }
+        if (mask == 0) revert FaultAlreadySlashed(faultId);
         _verifyOperatorSignature(operatorId, accept);
         (uint16 thresholdBps,,) = taskManager.config();
         if (thresholdBps < MIN_REJECTION_THRESHOLD_BPS) thresholdBps = MIN_REJECTION_THRESHOLD_BPS;
         bytes32 rejectDigest = _digest(att.requestHash, att.outputHash, AvsMessages.Verdict.Reject);
         _checkCertificate(rejectDigest, quorumNumbers, referenceBlock, certificate, thresholdBps);
         isFaultSlashed[faultId] = true;
+        for (uint8 q; mask >> q != 0; ++q) {
+            if (mask.has(q)) isFaultSlashed[_quorumFaultId(faultId, q)] = true;
+        }
         emit RejectedOutputProven(faultId, operatorId, att.requestHash, att.outputHash);
-        uint256 mask = QuorumBitmaps.orderedToBitmap(quorumNumbers);
         if (_slash(faultId, operatorId, mask, config.rejectedOutputWad) == type(uint256).max) {
             revert NotSlashable(operatorId);
         }
@@ -194,6 +209,7 @@ contract FaultManager is IFaultManager, Ownable {
             uint32(block.number),
             ChallengeStatus.Open,
             certifiedBlock,
+            config.resolutionWindowBlocks,
             AvsMessages.batchCommitment(AvsMessages.hash(header), signatoryRecordHash)
         );
         latestChallengeOfLeaf[leafKey] = challengeId;
@@ -214,7 +230,7 @@ contract FaultManager is IFaultManager, Ownable {
         Challenge storage c = _challenges[challengeId];
         if (c.status != ChallengeStatus.Open) revert ChallengeNotOpen(challengeId);
         Config memory cfg = config;
-        if (block.number > uint256(c.openedBlock) + cfg.resolutionWindowBlocks) revert ChallengeExpired(challengeId);
+        if (block.number > uint256(c.openedBlock) + c.resolutionWindowBlocks) revert ChallengeExpired(challengeId);
         if (referenceBlock < c.openedBlock) revert ReferenceBlockBeforeChallenge(referenceBlock);
         if (verdict == AvsMessages.Verdict.None) revert InvalidVerdict();
         _checkCertificate(
@@ -260,7 +276,7 @@ contract FaultManager is IFaultManager, Ownable {
     function expireChallenge(uint256 challengeId) external {
         Challenge storage c = _challenges[challengeId];
         if (c.status != ChallengeStatus.Open) revert ChallengeNotOpen(challengeId);
-        if (block.number <= uint256(c.openedBlock) + config.resolutionWindowBlocks) {
+        if (block.number <= uint256(c.openedBlock) + c.resolutionWindowBlocks) {
             revert ChallengeNotExpired(challengeId);
         }
         --openChallenges[c.requestHash];
@@ -292,6 +308,11 @@ contract FaultManager is IFaultManager, Ownable {
     /*//////////////////////////////////////////////////////////////
                                 internals
     //////////////////////////////////////////////////////////////*/
+
+    /// @dev The key that marks fault `faultId` as slashed in quorum `quorumNumber`.
+    function _quorumFaultId(bytes32 faultId, uint8 quorumNumber) private pure returns (bytes32) {
+        return keccak256(abi.encode(faultId, quorumNumber));
+    }
 
     function _digest(bytes32 requestHash, bytes32 outputHash, AvsMessages.Verdict verdict)
         private
@@ -375,6 +396,7 @@ contract FaultManager is IFaultManager, Ownable {
     ) private {
         bool resumed = p.signersHash != 0;
         uint256 mask = resumed ? QuorumBitmaps.orderedToBitmap(s.header.quorumNumbers) : 0;
+        uint256 sharesBefore = p.slashedShares;
         uint256 budget = config.maxSlashesPerCall;
         uint256 next = p.nextSigner;
         for (uint256 used; next < p.signerCount; ++next) {
@@ -389,6 +411,7 @@ contract FaultManager is IFaultManager, Ownable {
             uint256 slashed = _slash(faultId, s.signerIds[next], bitmap, p.fraudWad);
             if (slashed != type(uint256).max) p.slashedShares += slashed;
         }
+        batchSlashedShares[c.batchIndex] += p.slashedShares - sharesBefore;
         if (next < p.signerCount) {
             if (!resumed) p.signersHash = _signersHash(s);
             p.nextSigner = uint32(next);
@@ -403,7 +426,9 @@ contract FaultManager is IFaultManager, Ownable {
 
     /// @dev Ends upheld challenge `c` of a batch of `quorums`: its request is no longer under
     ///      challenge, the pool records the fraud (coverage claimable, the challenger's reward on
-    ///      `slashedShares`).
+    ///      `slashedShares`). The pool's payout budget for the batch gets every share slashed in the
+    ///      batch since it was last told, also by other challenges of the batch still slashing: a
+    ///      challenge that closes first, its signers mostly slashed by a sibling, pays in full.
     function _closeUpheld(
         uint256 challengeId,
         Challenge storage c,
@@ -411,8 +436,11 @@ contract FaultManager is IFaultManager, Ownable {
         uint256 slashedShares
     ) private {
         --openChallenges[c.requestHash];
+        uint256 batchShares = batchSlashedShares[h.batchIndex];
+        uint256 newBatchShares = batchShares - _batchSharesRecorded[h.batchIndex];
+        _batchSharesRecorded[h.batchIndex] = batchShares;
         (, uint256 reward) = pool.recordFraud(
-            c.requestHash, h.batchIndex, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedShares
+            c.requestHash, h.batchIndex, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedShares, newBatchShares
         );
         emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
     }

@@ -181,34 +181,52 @@ contract InsurancePool is IInsurancePool, Ownable {
         bytes calldata quorumNumbers,
         uint32 certifiedBlock,
         address challenger,
-        uint256 slashedShares
+        uint256 slashedShares,
+        uint256 newBatchShares
     ) external returns (uint256 payout, uint256 reward) {
         if (msg.sender != address(faultManager)) revert OnlyFaultManager();
         fraudProven[requestHash] = true;
-        uint256 free = freeBalance();
+        uint256 budget = batchPayoutBudget[batchIndex] + _lessRewards(newBatchShares);
+        payout = _makeClaimable(requestHash, quorumNumbers, certifiedBlock, budget);
+        batchPayoutBudget[batchIndex] = budget - payout;
         reward = slashedShares * config.challengerRewardBps / 10_000;
-        uint256 budget = batchPayoutBudget[batchIndex] + slashedShares - reward;
-        Coverage storage c = _coverage[requestHash];
-        bool covered = c.status == CoverageStatus.Active
-            && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber);
-        if (covered && (coverageBoughtAt[requestHash] >= certifiedBlock || certifiedBlock > c.expiresAtBlock)) {
-            // bought once the output was certified (insurance after the fact), or certified after
-            // the term (`expireCoverage` may have ended it already: it must not depend on who is first)
-            _expire(requestHash, c);
-        } else if (covered) {
-            payout = c.amount < free ? c.amount : free;
-            if (payout > budget) payout = budget;
-            budget -= payout;
-            c.status = CoverageStatus.Claimable;
-            c.payout = uint96(payout);
-            outstandingCoverage[c.quorumNumber] -= c.amount;
-            totalClaimable += payout;
-            free -= payout;
-        }
-        batchPayoutBudget[batchIndex] = budget;
+        uint256 free = freeBalance(); // the payout is reserved already
         if (reward > free) reward = free;
         emit FraudRecorded(requestHash, challenger, payout, reward);
         if (reward != 0) asset.safeTransfer(challenger, reward);
+    }
+
+    /// @dev Active coverage of `requestHash` against one of `quorumNumbers` becomes claimable, for
+    ///      its amount up to the free balance and `budget`, unless it was bought once the output was
+    ///      certified or its term ended before; returns the payout.
+    function _makeClaimable(bytes32 requestHash, bytes calldata quorumNumbers, uint32 certifiedBlock, uint256 budget)
+        private
+        returns (uint256 payout)
+    {
+        Coverage storage c = _coverage[requestHash];
+        bool covered = c.status == CoverageStatus.Active
+            && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber);
+        if (!covered) return 0;
+        if (coverageBoughtAt[requestHash] >= certifiedBlock || certifiedBlock > c.expiresAtBlock) {
+            // bought once the output was certified (insurance after the fact), or certified after
+            // the term (`expireCoverage` may have ended it already: it must not depend on who is first)
+            _expire(requestHash, c);
+            return 0;
+        }
+        uint256 free = freeBalance();
+        payout = c.amount < free ? c.amount : free;
+        if (payout > budget) payout = budget;
+        c.status = CoverageStatus.Claimable;
+        c.payout = uint96(payout);
+        outstandingCoverage[c.quorumNumber] -= c.amount;
+        totalClaimable += payout;
+    }
+
+    /// @dev `shares` less the challengers' reward on them, rounded up: each share's reward is set
+    ///      aside when it reaches a batch's budget (the reward itself is paid on each challenge's own
+    ///      shares, maybe later), so that payouts and rewards never add up to more than the slash.
+    function _lessRewards(uint256 shares) private view returns (uint256) {
+        return shares - (shares * config.challengerRewardBps + 9_999) / 10_000;
     }
 
     /// @inheritdoc IInsurancePool

@@ -302,8 +302,17 @@ abstract contract ChallengeFixture is FaultFixture {
         internal
         returns (uint256 first, uint256 second, IFaultManagerTypes.BatchSigners memory s)
     {
-        bytes32 leafA = AvsMessages.leafHash("req", "out");
-        bytes32 leafB = AvsMessages.leafHash("req2", "out2");
+        return _challengeTwoLeaves([bytes32("req"), "out", "req2", "out2"]);
+    }
+
+    /// @dev Batch 1 (quorum 0, everyone signs) with leaves (l[0], l[1]) and (l[2], l[3]) as
+    ///      (request, output), both challenged in that order.
+    function _challengeTwoLeaves(bytes32[4] memory l)
+        internal
+        returns (uint256 first, uint256 second, IFaultManagerTypes.BatchSigners memory s)
+    {
+        bytes32 leafA = AvsMessages.leafHash(l[0], l[1]);
+        bytes32 leafB = AvsMessages.leafHash(l[2], l[3]);
         bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
         AvsMessages.BatchHeader memory h = _header(1, root, hex"00");
         taskManager.certifyBatch(h, _sigs(h, _none()));
@@ -312,10 +321,10 @@ abstract contract ChallengeFixture is FaultFixture {
         bytes32[] memory proof = new bytes32[](1);
         proof[0] = leafB;
         vm.prank(CHALLENGER);
-        first = faults.challenge(h, rec, "req", "out", proof);
+        first = faults.challenge(h, rec, l[0], l[1], proof);
         proof[0] = leafA;
         vm.prank(CHALLENGER);
-        second = faults.challenge(h, rec, "req2", "out2", proof);
+        second = faults.challenge(h, rec, l[2], l[3], proof);
         vm.roll(block.number + 1);
         s = _batchSigners(h, _none());
     }

@@ -262,7 +262,7 @@ contract RecordFraudTest is PoolFixture {
 
     function test_recordFraud_RevertWhen_NotFaultManager() public {
         vm.expectRevert(IInsurancePoolErrors.OnlyFaultManager.selector);
-        pool.recordFraud(requestHash, 5, hex"00", 0, CHALLENGER, 1 ether);
+        pool.recordFraud(requestHash, 5, hex"00", 0, CHALLENGER, 1 ether, 1 ether);
     }
 
     function test_recordFraud_CoverageClaimable() public {

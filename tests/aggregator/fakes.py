@@ -303,7 +303,14 @@ class FakeFaultManager:
             raise ContractRevertError("LeafAlreadyChallenged", (previous,))
         challenge_id = len(self.challenges) + 1
         self.challenges[challenge_id] = Challenge(
-            "0x" + "cc" * 20, 10**18, leaf[0], leaf[1], header.batch_index, self.network.block, ChallengeStatus.OPEN
+            "0x" + "cc" * 20,
+            10**18,
+            leaf[0],
+            leaf[1],
+            header.batch_index,
+            self.network.block,
+            ChallengeStatus.OPEN,
+            self.config.resolution_window,
         )
         self.leaves[key] = challenge_id
         tx = keccak(b"challenge" + challenge_id.to_bytes(8, "big"))
@@ -312,7 +319,9 @@ class FakeFaultManager:
         return OpenedChallenge(challenge_id, self.network.block, tx)
 
     def get_challenge(self, challenge_id: int) -> Challenge:
-        return self.challenges.get(challenge_id, Challenge("0x" + "00" * 20, 0, b"", b"", 0, 0, ChallengeStatus.NONE))
+        return self.challenges.get(
+            challenge_id, Challenge("0x" + "00" * 20, 0, b"", b"", 0, 0, ChallengeStatus.NONE, 0)
+        )
 
     def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
         return self.leaves.get((batch_index, request_hash, output_hash), 0)
@@ -342,7 +351,7 @@ class FakeFaultManager:
         c = self.challenges[challenge_id]
         if c.status != ChallengeStatus.OPEN:
             raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
-        if self.network.block > c.opened_block + self.config.resolution_window:
+        if self.network.block > c.opened_block + c.resolution_window:
             raise ContractRevertError("ChallengeExpired", (challenge_id,))
         if reference_block < c.opened_block:
             raise ContractRevertError("ReferenceBlockBeforeChallenge", (reference_block,))
@@ -408,7 +417,7 @@ class FakeFaultManager:
         c = self.challenges[challenge_id]
         if c.status != ChallengeStatus.OPEN:
             raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
-        if self.network.block <= c.opened_block + self.config.resolution_window:
+        if self.network.block <= c.opened_block + c.resolution_window:
             raise ContractRevertError("ChallengeNotExpired", (challenge_id,))
         self.challenges[challenge_id] = dataclasses.replace(c, status=ChallengeStatus.EXPIRED)
         return keccak(b"expire" + challenge_id.to_bytes(8, "big"))

@@ -3,7 +3,8 @@
 For an open challenge of leaf (requestHash, outputHash) of batch B:
 
 1. Read the challenge on-chain. Ended (by anyone, or by us before a crash) -> record how it ended.
-2. Past ``openedBlock + resolutionWindowBlocks`` -> ``expireChallenge`` (the bond comes back).
+2. Past ``openedBlock +`` the challenge's own ``resolutionWindowBlocks`` (copied when it opened) ->
+   ``expireChallenge`` (the bond comes back).
 3. Otherwise pick a reference block (the reader's ``latest - lag``); it must be at or after the
    challenge's ``openedBlock`` (the contract refuses older ones), so wait a block if it is not.
 4. Ask every operator of the escalation quorums (``FaultManager.escalationQuorumNumbers``) at that
@@ -212,7 +213,7 @@ class Resolver:
             self.store.update_challenge(row.challenge_id, state=state, error=None)
             return state
         opened = on_chain.opened_block
-        if self.chain.get_block_number() > opened + self.config.resolution_window:
+        if self.chain.get_block_number() > opened + on_chain.resolution_window:
             return self._expire(row)
         reference_block, _ = self.reader.get_reference_block()
         if reference_block < opened:  # the certificate must be from the challenge's block on

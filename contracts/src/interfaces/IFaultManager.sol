@@ -61,6 +61,7 @@ interface IFaultManagerTypes {
         uint32 openedBlock;
         ChallengeStatus status;
         uint32 certifiedBlock;
+        uint32 resolutionWindowBlocks; // the config's when the challenge was opened: governance cannot shorten it
         bytes32 batchCommitment;
     }
 
@@ -209,7 +210,9 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
     /// @notice Slashes primary `operatorId`, which signed `accept` (verdict ACCEPT), given a certificate of
     ///         REJECT for the same (request, output) by `quorumNumbers` at `referenceBlock` that meets
     ///         the task manager's threshold and more than half of each quorum's stake
-    ///         (`MIN_REJECTION_THRESHOLD_BPS`).
+    ///         (`MIN_REJECTION_THRESHOLD_BPS`). Slashes in those of `quorumNumbers` not slashed for this
+    ///         fault yet (each quorum's majority judges the stake in that quorum); reverts with
+    ///         `FaultAlreadySlashed` when there is none.
     /// @return faultId keccak256(abi.encode("REJECTED_OUTPUT", operatorId, requestHash)).
     function proveRejectedOutput(
         bytes32 operatorId,

@@ -139,7 +139,9 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
 
     /// @notice Records fraud proven on `requestHash` in batch `batchIndex` of `quorumNumbers`
     ///         certified in block `certifiedBlock`, whose resolution slashed `slashedShares` (fault
-    ///         manager only): coverage against one of those quorums, bought before that block and with
+    ///         manager only); `newBatchShares` were slashed in the batch since the last call for it (by
+    ///         this challenge and others of the batch) and go to its budget less the challengers' share:
+    ///         coverage against one of those quorums, bought before that block and with
     ///         `certifiedBlock` <= its `expiresAtBlock`, becomes claimable (up to the free balance and
     ///         to what the batch's frauds slashed and have not paid out yet, `batchPayoutBudget`);
     ///         coverage bought once the wrong output was certified for all to see, or whose term ended
@@ -151,7 +153,8 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
         bytes calldata quorumNumbers,
         uint32 certifiedBlock,
         address challenger,
-        uint256 slashedShares
+        uint256 slashedShares,
+        uint256 newBatchShares
     ) external returns (uint256 payout, uint256 reward);
 
     /// @notice Pays claimable coverage of `requestHash` to its beneficiary, once.

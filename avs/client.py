@@ -233,6 +233,9 @@ MAX_REMEMBERED_REQUESTS = 4096
 
 class AggregatorClient:
     def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
+        """A client of the aggregator at ``target`` (plaintext gRPC). ``channel`` replaces the one it
+        would open (TLS, say): build it with ``CHANNEL_OPTIONS`` among its options, or a certified
+        status over gRPC's 4 MiB default is refused (RESOURCE_EXHAUSTED)."""
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ag_grpc.AggregatorServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout

@@ -407,6 +407,8 @@ def load_engine(
     if not folder.is_dir():
         raise ModelNotFoundError(f"model folder {folder} does not exist")
     profile = profile if profile is not None else load_profile(folder)
+    if profile.tolerance_micro == 0:  # see build_profile: honest operators would reject each other
+        raise ModelMismatchError("the model profile's tolerance is 0: no two machines would agree on every output")
     if profile.max_context > (model_context := get_max_context(folder)):
         # Positions past the model's table fail mid-generation (an IndexError; on CUDA a broken context).
         raise ModelMismatchError(

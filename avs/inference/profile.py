@@ -11,6 +11,7 @@ change them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +157,11 @@ def build_profile(
 ) -> ModelProfile:
     """Compute the profile of a local model folder (what its owner registers on-chain)."""
     from avs.inference.commitment import get_weights_commitment
+
+    if not (isinstance(delta, int | float) and math.isfinite(delta) and round(delta * DELTA_SCALE) >= 1):
+        # Even fp32 on two machines differs in the last bits (libm's log in the sampling noise, the
+        # order of a matmul's sums): with no tolerance honest operators would reject each other.
+        raise InvalidInputError(f"the tolerance (delta) must be a finite number of at least 1e-6 logits, not {delta!r}")
 
     model_context = get_max_context(Path(folder))
     if max_context is not None and max_context > model_context:

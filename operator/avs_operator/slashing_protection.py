@@ -275,7 +275,7 @@ class SlashingProtection:
 
     def _record_attestation(self, session: Session, domain_separator: bytes, attestation: Attestation) -> None:
         previous = [
-            Attestation(r.request_hash, r.output_hash, Verdict(r.verdict))
+            Attestation(r.request_hash, r.output_hash, _stored_verdict(r.verdict))
             for r in session.scalars(
                 select(AttestationRecord).where(
                     AttestationRecord.domain_separator == domain_separator,
@@ -311,7 +311,7 @@ class SlashingProtection:
                 )
                 .order_by(AttestationRecord.id)
             )
-            return [Attestation(r.request_hash, r.output_hash, Verdict(r.verdict)) for r in records]
+            return [Attestation(r.request_hash, r.output_hash, _stored_verdict(r.verdict)) for r in records]
 
     # --- batches ----------------------------------------------------------------------
 
@@ -384,7 +384,7 @@ class SlashingProtection:
                         "domain_separator": "0x" + a.domain_separator.hex(),
                         "request_hash": "0x" + a.request_hash.hex(),
                         "output_hash": "0x" + a.output_hash.hex(),
-                        "verdict": Verdict(a.verdict).name,
+                        "verdict": _stored_verdict(a.verdict).name,
                     }
                     for a in attestations
                 ],
@@ -412,6 +412,17 @@ class SlashingProtection:
             for separator, header in batches:
                 self._record_batch(session, separator, header)
         return len(attestations), len(batches)
+
+
+def _stored_verdict(value: int) -> Verdict:
+    """A verdict read back from the history; one outside the enum is a corrupt (or foreign) row."""
+    try:
+        return Verdict(value)
+    except ValueError:
+        raise SlashingProtectionError(
+            f"the slashing protection history holds an attestation with verdict {value!r}, which no release"
+            " writes: the database is corrupt or was edited; restore it from a backup or an export"
+        ) from None
 
 
 def _hex32(value: Any, name: str) -> bytes:

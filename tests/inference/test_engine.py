@@ -538,3 +538,16 @@ def test_a_profile_promising_more_context_than_the_model_has_is_refused(tiny_mod
         load_engine(tiny_model_dir, stretched, cache_dir=tmp_path / "cache")
     shorter = build_profile(tiny_model_dir, dtype="float32", delta=0.01, max_new_tokens=64, max_context=128)
     assert shorter.max_context == 128
+
+
+@pytest.mark.parametrize("delta", [0, 0.0000004, -0.5, math.nan, math.inf])
+def test_a_profile_without_tolerance_is_refused(tiny_model_dir: Path, tmp_path: Path, delta: float) -> None:
+    """fp32 on two machines differs in the last bits: a tolerance that rounds to 0 micro-logits would
+    have honest operators reject each other. Refused when the profile is built, and when loaded."""
+    import dataclasses
+
+    with pytest.raises(InvalidInputError, match="tolerance"):
+        build_profile(tiny_model_dir, dtype="float32", delta=delta, max_new_tokens=64)
+    none = dataclasses.replace(load_profile(tiny_model_dir), tolerance_micro=0)
+    with pytest.raises(ModelMismatchError, match="tolerance is 0"):
+        load_engine(tiny_model_dir, none, cache_dir=tmp_path / "cache")

@@ -322,3 +322,20 @@ def test_a_missing_history_is_refused_unless_created(
     assert not (tmp_path / "nested").exists()  # nothing made on the way
     SlashingProtection(url).close()  # `slashing-protection init`
     SlashingProtection(url, create=False).close()
+
+
+def test_a_stored_verdict_no_release_writes_is_a_clear_error(tmp_path: Path) -> None:
+    """A row edited by hand (or a corrupt file) with verdict 7: every read names the history, not a
+    raw ValueError from the enum."""
+    db = database(tmp_path)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    with Session(create_engine(f"sqlite:///{tmp_path / 'protection.sqlite'}")) as session, session.begin():
+        session.execute(text("UPDATE attestations SET verdict = 7"))
+    reads = [
+        lambda: db.get_attestations(DOMAIN, R1),
+        lambda: db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.REJECT)),
+        db.export_records,
+    ]
+    for read in reads:
+        with pytest.raises(SlashingProtectionError, match="verdict 7, which no release writes"):
+            read()

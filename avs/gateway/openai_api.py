@@ -94,6 +94,7 @@ class CompletionJob:
     sampling: SamplingParams
     stream: bool = False
     include_usage: bool = False
+    nonce: int | None = None  # None: a random one (each POST a new request); see GatewayService.parse
 
 
 # --- requests -----------------------------------------------------------------------------

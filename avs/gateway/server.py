@@ -49,6 +49,7 @@ NO_RETRY_STATUSES = frozenset({502, 504})
 RETRY_AFTER_SECONDS = 1  # a 429 of the gateway's own caps: nothing was submitted
 SPARE_CONNECTIONS = 64
 MAX_JSON_DEPTH = 64  # OpenAI's bodies nest 4-5 deep
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
 # A string and its closing quote, or the rest of the body when it never closes. Possessive: a
 # backtracking pattern retried from every quote of '"' + '\\"' * n costs O(n^2) (minutes per MiB).
@@ -181,13 +182,24 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if kind is None:
             raise RouteNotFoundError(f"unknown URL: {self.command} {self._path}")
         service = self.server.service
-        job = service.parse(kind, self._read_json())
+        job = service.parse(kind, self._read_json(), self._idempotency_scope())
         with self.server.admission.admit(self._caller), self._following() as cancellation:
             if job.stream:
                 service.stream(job, self._send_event, cancellation)
                 self._end_stream()
             else:
                 self._send_json(200, service.complete(job, cancellation))
+
+    def _idempotency_scope(self) -> bytes | None:
+        """The caller and its ``Idempotency-Key`` header (1 to 255 visible ASCII characters), or None."""
+        key = self.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not all("!" <= c <= "~" for c in key):
+            raise InvalidInputError(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+            )
+        return (self._caller or "").encode() + b"\0" + key.encode()
 
     @contextmanager
     def _following(self) -> Iterator[Cancellation]:

@@ -13,12 +13,15 @@ tokens ``AggregatorClient.wait`` has checked are the status's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
+
+from eth_utils import keccak
 
 from avs.client import FINAL_STATES, Cancellation, RequestStatus, verify_certificate
 from avs.errors import CancelledError, InvalidInputError, ModelNotFoundError, UntrustedAnswerError
@@ -53,6 +56,7 @@ class Intake(Protocol):
         temperature_milli: int,
         top_p_micro: int,
         seed: int,
+        nonce: int | None,
         stop_sequences: Sequence[str],
         quorums: bytes,
         threshold_bps: int,
@@ -96,15 +100,21 @@ class GatewayService:
 
     # --- requests ----------------------------------------------------------------------
 
-    def parse(self, kind: JobKind, body: object) -> CompletionJob:
+    def parse(self, kind: JobKind, body: object, idempotency: bytes | None = None) -> CompletionJob:
+        """The job of a request body. ``idempotency`` (the caller and its ``Idempotency-Key``, hashed)
+        fixes the nonce and the default seed: the same body under the same key is the same request,
+        so a retry after a client timeout follows the request already sent instead of paying again."""
+        seed = secrets.randbits(63) if idempotency is None else _derive(b"seed", idempotency) >> 193
         defaults = RequestDefaults(
             max_tokens=self._config.default_max_tokens,
             temperature=self._config.default_temperature,
-            seed=secrets.randbits(63),  # an omitted seed is random, as with OpenAI; the certificate holds it
+            seed=seed,  # an omitted seed is random, as with OpenAI; the certificate holds it
         )
         if kind is JobKind.CHAT:
-            return api.parse_chat_request(body, defaults)
-        return api.parse_completion_request(body, defaults)
+            job = api.parse_chat_request(body, defaults)
+        else:
+            job = api.parse_completion_request(body, defaults)
+        return job if idempotency is None else dataclasses.replace(job, nonce=_derive(b"nonce", idempotency))
 
     def _resolve_model(self, name: str) -> tuple[bytes, TextCodec]:
         """The model id and local tokenizer of a name (or 0x id) the aggregator serves."""
@@ -133,6 +143,7 @@ class GatewayService:
             temperature_milli=sampling.temperature_milli,
             top_p_micro=sampling.top_p_micro,
             seed=sampling.seed,
+            nonce=job.nonce,
             stop_sequences=list(sampling.stop_sequences),
             quorums=bytes(self._config.quorums),
             threshold_bps=self._config.threshold_bps,
@@ -196,6 +207,11 @@ class GatewayService:
         if codec is not None:  # the certificate's text, decoded here (another model's stays the aggregator's)
             status.certificate.output_text = codec.decode(status.certificate.output_token_ids)
         return {"object": "verification", **api.build_verification(status)}
+
+
+def _derive(purpose: bytes, idempotency: bytes) -> int:
+    """A 256-bit integer for ``purpose`` from an idempotency scope."""
+    return int.from_bytes(keccak(purpose + b"\0" + idempotency), "big")
 
 
 class _Submitted:

@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 from eth_account import Account
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from avs.client import AggregatorClient, certificate_from_json, verify_certificate
 from avs.devnet import Devnet, ServiceProcess, get_free_port
@@ -119,6 +119,20 @@ def test_a_text_completion(client: openai.OpenAI, model: str) -> None:
     verification = (completion.model_extra or {})["verification"]
     assert completion.object == "text_completion"
     assert completion.choices[0].text == verification["certificate"]["output_text"]
+
+
+def test_a_retry_under_one_idempotency_key_is_the_request_already_sent(client: openai.OpenAI, model: str) -> None:
+    """The aggregator takes the second POST's request hash as the request it has: one inference,
+    one certificate, for a client whose first wait timed out."""
+
+    def ask(key: str) -> ChatCompletion:
+        return client.chat.completions.create(
+            model=model, messages=QUESTION, max_tokens=4, temperature=0.7, extra_headers={"Idempotency-Key": key}
+        )
+
+    first, again, other = ask("retry-1"), ask("retry-1"), ask("retry-2")
+    assert first.id == again.id != other.id
+    assert (first.model_extra or {})["verification"] == (again.model_extra or {})["verification"]
 
 
 def test_the_certificate_can_be_fetched_later(client: openai.OpenAI, gateway: GatewayServer, model: str) -> None:

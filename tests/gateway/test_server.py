@@ -150,10 +150,53 @@ def test_a_chat_completion_is_answered_with_its_certificate(server: GatewayServe
         "temperature_milli": 0,
         "top_p_micro": 1_000_000,
         "seed": 9,
+        "nonce": None,
         "stop_sequences": ["jumps"],
         "quorums": b"\x00\x01",
         "threshold_bps": 6667,
     }
+
+
+def test_an_idempotency_key_makes_a_retry_the_same_request(server: GatewayServer, intake: FakeIntake) -> None:
+    """A client that timed out and retries (the SDK's default) paid for a new request each time: a
+    new random nonce and seed. Under one Idempotency-Key the same body is the same request (the
+    aggregator takes a request hash it has as the one it has); another key, or none, is another."""
+    client = client_for(server)
+    chat: list[ChatCompletionMessageParam] = [{"role": "user", "content": "fox?"}]
+
+    def post(key: str | None, **fields: Any) -> dict[str, Any]:
+        headers = {} if key is None else {"Idempotency-Key": key}
+        client.chat.completions.create(model=MODEL, messages=chat, extra_headers=headers, **fields)
+        return intake.submitted[-1]
+
+    first, retry, other, plain = post("k-1"), post("k-1"), post("k-2"), post(None)
+    assert first == retry and isinstance(first["nonce"], int) and 0 <= first["seed"] < 2**63
+    assert other["nonce"] != first["nonce"] and other["seed"] != first["seed"]
+    assert plain["nonce"] is None  # the client draws a random one
+    assert post("k-1", seed=5)["nonce"] == first["nonce"]  # the body decides the rest of the request
+    for bad in ("", "a b", "é", "x" * 256):
+        status, body = raw(
+            server,
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({"model": MODEL, "messages": chat}).encode(),
+            **{"Idempotency-Key": bad},
+        )
+        assert status == 400 and "Idempotency-Key" in body["error"]["message"], bad
+
+
+def test_idempotency_keys_are_per_api_key(intake: FakeIntake) -> None:
+    gateway = start(intake, api_keys=("key-a", "key-b"))
+    try:
+        nonces = []
+        for api_key in ("key-a", "key-b"):
+            client_for(gateway, api_key).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "fox?"}], extra_headers={"Idempotency-Key": "k"}
+            )
+            nonces.append(intake.submitted[-1]["nonce"])
+        assert nonces[0] != nonces[1]
+    finally:
+        gateway.stop()
 
 
 def test_a_model_may_be_named_by_its_id(server: GatewayServer, intake: FakeIntake) -> None:

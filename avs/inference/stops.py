@@ -14,8 +14,9 @@ decoder starts a fresh character there and reads ``s`` back (and, the other way,
 the ``len(s) - 1`` before them.
 
 ``ByteLevelTable.from_backend`` builds each token's bytes and checks them against the backend's own
-decode of every token; a tokenizer of another kind, or one that fails the check, or a stop
-sequence holding U+FFFD, falls back to decoding the whole prefix.
+decoder: every byte that can be part of a character, within a character, and every token's text; a
+tokenizer of another kind, or one that fails the check, or a stop sequence holding U+FFFD, falls
+back to decoding the whole prefix.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def _byte_level_chars() -> dict[str, int]:
     return chars
 
 
+def _decodes_every_character_byte(decoder: Any, chars: dict[str, int]) -> bool:
+    """The decoder reads ``chars`` as their bytes, checked where each byte that can be part of a
+    character is (a lone byte past ASCII decodes to U+FFFD whatever it is, so the vocabulary's single
+    tokens cannot tell two such bytes apart). C0, C1 and F5-FF are never in a character, nor in a
+    stop sequence: how they are mapped does not matter."""
+    samples = [bytes([b]) for b in range(0x80)]
+    samples += [bytes([0xC2, b]) for b in range(0x80, 0xC0)]  # every continuation byte
+    samples += [bytes([lead, 0x80]) for lead in range(0xC2, 0xE0)]
+    samples += [bytes([lead, 0xA0 if lead == 0xE0 else 0x80, 0x80]) for lead in range(0xE0, 0xF0)]
+    samples += [bytes([lead, 0x90 if lead == 0xF0 else 0x80, 0x80, 0x80]) for lead in range(0xF0, 0xF5)]
+    text = b"".join(samples)
+    to_char = {b: c for c, b in chars.items()}
+    return str(decoder.decode(["".join(to_char[b] for b in text)])) == text.decode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class ByteLevelTable:
     """Each token id's bytes in the decoded text (empty for a special token, which decode leaves out)."""
@@ -54,6 +70,8 @@ class ByteLevelTable:
         if not isinstance(backend.decoder, decoders.ByteLevel):
             return None
         chars = _byte_level_chars()
+        if not _decodes_every_character_byte(backend.decoder, chars):
+            return None
         special = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
         table: list[bytes] = []
         for token_id in range(vocab_size):

@@ -131,3 +131,22 @@ def test_a_table_that_disagrees_with_the_backend_is_not_used(tiny_backend: Any) 
 def test_no_stop_sequences_never_stop(tiny_backend: Any) -> None:
     table = ByteLevelTable.from_backend(tiny_backend, tiny_backend.get_vocab_size())
     assert _scan(StopScanner([], table, _decode(tiny_backend)), [1, 2, 3]) is None
+
+
+@pytest.mark.parametrize("swap", [(0x80, 0x81), (0xE2, 0xE3), (0x41, 0x42)])
+def test_a_byte_map_that_differs_from_the_decoder_s_is_not_used(
+    tiny_backend: Any, monkeypatch: pytest.MonkeyPatch, swap: tuple[int, int]
+) -> None:
+    """Two bytes past ASCII swapped: every single token still decodes the same (to U+FFFD), so only
+    a check of whole characters sees it. With the swapped map "…" (E2 80 A6) would not be found."""
+    import avs.inference.stops as stops
+
+    real = stops._byte_level_chars()
+
+    def swapped() -> dict[str, int]:
+        a, b = swap
+        return {c: {a: b, b: a}.get(byte, byte) for c, byte in real.items()}
+
+    assert ByteLevelTable.from_backend(tiny_backend, tiny_backend.get_vocab_size()) is not None
+    monkeypatch.setattr(stops, "_byte_level_chars", swapped)
+    assert ByteLevelTable.from_backend(tiny_backend, tiny_backend.get_vocab_size()) is None

@@ -66,6 +66,8 @@ contract InsurancePool is IInsurancePool, Ownable {
     /// @notice What each batch's recorded fraud slashed, less the challengers' rewards and the
     ///         payouts already granted on it: the most its other insured requests can still be paid.
     mapping(uint64 => uint256) public batchPayoutBudget;
+    /// @notice What a batch's recorded frauds set aside for challenger rewards and did not pay yet.
+    mapping(uint64 => uint256) public batchRewardReserve;
 
     /// @param asset_ The stake token.
     /// @param registry_ The operator registry.
@@ -186,12 +188,11 @@ contract InsurancePool is IInsurancePool, Ownable {
     ) external returns (uint256 payout, uint256 reward) {
         if (msg.sender != address(faultManager)) revert OnlyFaultManager();
         fraudProven[requestHash] = true;
-        uint256 budget = batchPayoutBudget[batchIndex] + _lessRewards(newBatchShares);
+        uint256 rewardShare = (newBatchShares * config.challengerRewardBps + 9_999) / 10_000; // rounded up
+        uint256 budget = batchPayoutBudget[batchIndex] + newBatchShares - rewardShare;
         payout = _makeClaimable(requestHash, quorumNumbers, certifiedBlock, budget);
         batchPayoutBudget[batchIndex] = budget - payout;
-        reward = slashedShares * config.challengerRewardBps / 10_000;
-        uint256 free = freeBalance(); // the payout is reserved already
-        if (reward > free) reward = free;
+        reward = _takeReward(batchIndex, slashedShares, rewardShare);
         emit FraudRecorded(requestHash, challenger, payout, reward);
         if (reward != 0) asset.safeTransfer(challenger, reward);
     }
@@ -222,11 +223,21 @@ contract InsurancePool is IInsurancePool, Ownable {
         totalClaimable += payout;
     }
 
-    /// @dev `shares` less the challengers' reward on them, rounded up: each share's reward is set
-    ///      aside when it reaches a batch's budget (the reward itself is paid on each challenge's own
-    ///      shares, maybe later), so that payouts and rewards never add up to more than the slash.
-    function _lessRewards(uint256 shares) private view returns (uint256) {
-        return shares - (shares * config.challengerRewardBps + 9_999) / 10_000;
+    /// @dev The challenger's reward on its challenge's `slashedShares`, from what the batch's reports
+    ///      set aside for rewards (`batchRewardReserve`, to which `rewardShare` is added first): a
+    ///      share's reward is set aside when the share is reported, maybe by a sibling challenge
+    ///      before this one closes, and a reward raised by governance in between must not be paid
+    ///      from other money. Up to the free balance too.
+    function _takeReward(uint64 batchIndex, uint256 slashedShares, uint256 rewardShare)
+        private
+        returns (uint256 reward)
+    {
+        uint256 reserve = batchRewardReserve[batchIndex] + rewardShare;
+        reward = slashedShares * config.challengerRewardBps / 10_000;
+        if (reward > reserve) reward = reserve;
+        uint256 free = freeBalance(); // the payout is reserved already
+        if (reward > free) reward = free;
+        batchRewardReserve[batchIndex] = reserve - reward;
     }
 
     /// @inheritdoc IInsurancePool

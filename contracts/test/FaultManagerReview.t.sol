@@ -83,6 +83,26 @@ contract FaultManagerReviewTest is ChallengeFixture {
         vm.assertLe(token.balanceOf(address(pool)), poolBefore + slashed, "slash in");
     }
 
+    /// A reward raised by governance between a share's report (by the sibling that closed first) and
+    /// the close of the challenge that slashed it was paid from other money in the pool: the rewards
+    /// come from what the batch's reports set aside (`batchRewardReserve`).
+    function test_splitSlashing_ARaisedRewardIsNotPaidFromOtherMoney() public {
+        (, uint256 otherChallenge, uint256 insuredChallenge, IFaultManagerTypes.BatchSigners memory s) =
+            _certifyTwoFrauds();
+        token.mint(address(pool), 1000 ether); // other money: premiums, other batches
+        uint256 challengerBefore = token.balanceOf(CHALLENGER);
+        _setMaxSlashes(6);
+        _reject(otherChallenge, "reqX", "outX", s);
+        _reject(insuredChallenge, insuredRequest, "bad", s); // the budget is told of all 8 signers
+        uint256 payout = pool.getCoverage(insuredRequest).payout;
+        pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 10_000, 10_000)); // every slashed share to the challenger
+        faults.continueSlashing(otherChallenge, s);
+        uint256 rewards = token.balanceOf(CHALLENGER) - challengerBefore - 2 * BOND;
+        uint256 slashed = faults.batchSlashedShares(1);
+        vm.assertLe(payout + rewards, slashed, "payouts + rewards within the batch's slash");
+        vm.assertEq(pool.batchRewardReserve(1), 0, "the reserve is spent");
+    }
+
     /// Lowering the resolution window let anyone expire challenges already open (bond back, nobody
     /// slashed). A challenge keeps the window it was opened with.
     function test_resolutionWindow_AChallengeKeepsTheWindowItWasOpenedWith() public {

@@ -326,6 +326,9 @@ class FakeFaultManager:
     def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
         return self.leaves.get((batch_index, request_hash, output_hash), 0)
 
+    def get_challenge_window(self) -> int:
+        return self.challenge_window if self.challenge_window is not None else 2**32
+
     # --- ChallengeChain -----------------------------------------------------------------
 
     def get_block_number(self) -> int:

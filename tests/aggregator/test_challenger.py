@@ -381,8 +381,10 @@ def test_a_challenge_the_chain_does_not_show_is_kept_until_its_block_is_deep(tmp
     assert resolver.advance_all() == []
     assert store.get_challenge(row.challenge_id).state == ChallengeState.OPEN  # type: ignore[union-attr]
     network.block = row.opened_block + CHALLENGE_GONE_DEPTH
-    [gone] = resolver.advance_all()
-    assert gone.state == ChallengeState.EXPIRED and (gone.error or "").startswith("not on-chain; the leaf's")
+    assert resolver.advance_all() == []  # given up, not ended: the leaf's challenge goes on
+    gone = store.get_challenge(row.challenge_id)
+    assert gone is not None and gone.state == ChallengeState.EXPIRED
+    assert (gone.error or "").startswith("not on-chain; the leaf's")
     [mark] = store.list_sent_challenges()  # the fraud is still there: its leaf is to be challenged again
     assert (mark.batch_index, mark.request_hash, mark.output_hash) == (
         row.batch_index,
@@ -437,8 +439,10 @@ def test_a_challenge_id_that_names_another_leaf_is_not_resolved_as_ours(tmp_path
     [row] = store.list_challenges()
     other = manager.challenges[row.challenge_id]
     manager.challenges[row.challenge_id] = dataclasses.replace(other, request_hash=b"\x07" * 32)  # after a reorg
-    [ended] = resolver.advance_all()
-    assert ended.state == ChallengeState.EXPIRED and "another leaf" in (ended.error or "")
+    assert resolver.advance_all() == []
+    given_up = store.get_challenge(row.challenge_id)
+    assert given_up is not None and given_up.state == ChallengeState.EXPIRED
+    assert "another leaf" in (given_up.error or "")
     assert [m.request_hash for m in store.list_sent_challenges()] == [row.request_hash]
     pipeline.close()
 
@@ -842,4 +846,75 @@ def test_a_challenge_adopted_under_an_id_recorded_for_another_leaf_replaces_it(t
     assert [m.request_hash for m in store.list_sent_challenges()] == [row.request_hash]
     challenger._adopt(row.challenge_id, other, row.opened_block + 3)  # again: the same challenge, kept
     assert [c.opened_block for c in store.list_challenges()] == [row.opened_block + 3]
+    pipeline.close()
+
+
+def test_a_requeued_challenge_is_not_taken_for_an_older_expired_one_of_its_leaf(tmp_path: Path, db: str) -> None:
+    """Someone's challenge of the leaf expired (a 2-block resolution window), then ours opened. A
+    reorg drops ours, and latestChallengeOfLeaf names theirs again: adopting that dead challenge
+    left the fraud unchallenged. Ours is sent again and upheld."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=2)
+    feed = Feed(pipeline, network)
+    someone = ChallengerStore("sqlite://")
+    Challenger(feed, feed, Checker(Verdict.REJECT), manager, someone, None, sample_rate=1.0, start_block=0).poll()
+    network.block += 3
+    manager.expire_challenge(1)
+    _, resolver, store = make_challenger(db, pipeline, network, manager)
+    Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, None, sample_rate=1.0, start_block=0).poll()
+    [ours] = store.list_challenges()
+    assert ours.challenge_id == 2
+    del manager.challenges[2]  # the reorg
+    manager.leaves[(ours.batch_index, ours.request_hash, ours.output_hash)] = 1
+    network.block = ours.opened_block + CHALLENGE_GONE_DEPTH
+    challenger = _challenger_of(pipeline, network, manager, store, resolver)
+    for _ in range(3):
+        challenger.poll()
+        network.block += 1
+    assert manager.calls.count("challenge") == 3  # theirs, ours, ours again
+    assert manager.get_challenge(2).status == ChallengeStatus.UPHELD
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(2, ChallengeState.UPHELD)]
+    pipeline.close()
+
+
+def test_a_leafs_finding_names_the_challenge_opened_again_after_a_reorg(tmp_path: Path, db: str) -> None:
+    """A reorg drops our challenge and gives its id to someone's challenge of another leaf: the leaf
+    is challenged again, as id 2, and its finding names that challenge, not the id it lost."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [before] = store.list_findings()
+    ours = manager.challenges[1]
+    assert before.challenge_id == 1 and before.challenge_tx
+    manager.challenges[1] = dataclasses.replace(ours, request_hash=b"\x07" * 32)
+    del manager.leaves[(ours.batch_index, ours.request_hash, ours.output_hash)]
+    challenger = _challenger_of(pipeline, network, manager, store, resolver)
+    for _ in range(3):
+        challenger.poll()
+        network.block += 1
+    assert manager.get_challenge(2).status == ChallengeStatus.UPHELD
+    [after] = store.list_findings()
+    assert after.challenge_id == 2 and after.challenge_tx not in (None, before.challenge_tx)
+    assert after.detail == "challenged"
+    pipeline.close()
+
+
+def test_batches_past_their_challenge_window_are_not_checked_while_escalating(tmp_path: Path, db: str) -> None:
+    """Back from a downtime: batch 1 can no longer be challenged, batch 2 still can. Checking batch
+    1's leaves first spent the time batch 2 had left; it is recorded as such, unchecked."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    network.block += 50
+    pipeline.submit(make_envelope(1, "leaf 1"))
+    pipeline.run_until_idle()
+    assert sorted(network.certified) == [1, 2]
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", challenge_window=30)
+    checker = Checker(Verdict.REJECT)
+    challenger, _, store = make_challenger(db, pipeline, network, manager, checker)
+    findings = challenger.poll()
+    [late_leaf] = Feed.get_batch_leaves(Feed(pipeline, network), 2)
+    assert checker.checked == [late_leaf.request_hash]
+    assert [(f.batch_index, f.request_hash, f.verdict) for f in findings] == [
+        (1, b"", None),
+        (2, late_leaf.request_hash, Verdict.REJECT),
+    ]
+    assert "challenge window closed" in findings[0].detail and findings[1].detail == "challenged"
+    assert store.list_pending_checks() == []
     pipeline.close()

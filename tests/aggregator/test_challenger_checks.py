@@ -296,6 +296,39 @@ def test_the_daemons_poll_resolves_and_counts_even_when_the_scan_fails(tmp_path:
     pipeline.close()
 
 
+def test_a_requeued_challenge_is_counted_once_with_how_it_ended(tmp_path: Path) -> None:
+    """A reorg drops our challenge; its leaf is challenged again and upheld. The metrics counted the
+    row given up as an expired challenge besides the upheld one: one challenge, opened and upheld."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    store = ChallengerStore("sqlite://")
+    feed = Feed(pipeline, network)
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    advancer = EndedChallenges(resolver)
+    challenger = Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, None, sample_rate=1.0, start_block=0)
+    config = ChallengerConfig(deployment_file=tmp_path / "d.json", ecdsa_keystore=tmp_path / "k.json")
+    app = ChallengerApp(config, ChallengerSecrets())
+    app.store, app.challenger, app.resolver, app._advancer = store, challenger, resolver, advancer
+    app.evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, None, store.clock)
+    app.keeper = None
+    app.poll_once()  # opened, not resolved yet
+    [row] = store.list_challenges()
+    manager.challenges.clear()  # a reorg drops it
+    manager.leaves.clear()
+    network.block = row.opened_block + 64
+    challenger.resolver = advancer
+    for _ in range(4):
+        app.poll_once()
+        network.block += 1
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    metrics = app.metrics
+    assert metrics.challenges._value.get() == 1
+    closed = {state: metrics.challenges_closed.labels(state)._value.get() for state in ("upheld", "expired")}
+    assert closed == {"upheld": 1, "expired": 0}
+    resolver.close()
+    pipeline.close()
+
+
 def write_config(folder: Path, **extra: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "challenger.yaml"

@@ -219,6 +219,10 @@ class Web3Escalator:
         key = keccak(abi_encode(["uint64", "bytes32", "bytes32"], [batch_index, request_hash, output_hash]))
         return int(self.faults.fault_manager.functions.latestChallengeOfLeaf(key).call())
 
+    def get_challenge_window(self) -> int:
+        """The task manager's ``config().challengeWindowBlocks``, read at every call (governance may change it)."""
+        return int(self.faults.avs.task_manager.functions.config().call()[2])
+
     def get_block_number(self) -> int:
         return int(self.faults.avs.w3.eth.block_number)
 

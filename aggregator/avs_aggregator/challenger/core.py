@@ -63,6 +63,8 @@ CHALLENGE_GONE_DEPTH = 64
 RESOLVE_EVERY_SECONDS = 30.0
 # Reverts after which sending the challenge again can never succeed: the leaf's challenge is given up.
 FINAL_CHALLENGE_REVERTS = frozenset({"ChallengeWindowClosed", "LeafNotCertified"})
+# The finding of a leaf (or batch) not checked because it can no longer be challenged.
+WINDOW_CLOSED = "not checked: its challenge window closed first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,11 @@ class Escalator(Protocol):
         """The latest challenge of the leaf in the mined state (``latestChallengeOfLeaf``); 0 if none."""
         ...
 
+    def get_challenge_window(self) -> int:
+        """Blocks after its certification a batch's leaves can be challenged (the task manager's
+        ``challengeWindowBlocks``)."""
+        ...
+
 
 class ChallengeAdvancer(Protocol):
     """What moves open challenges on (``resolution.Resolver``)."""
@@ -303,6 +310,11 @@ class Challenger:
 
     def process_batch(self, batch: CertifiedBatch) -> list[Finding]:
         index = batch.header.batch_index
+        if self._is_past_challenge_window(batch):
+            self.store.remove_pending_check(index, b"")
+            if self.store.has_finding(index, b""):  # a re-scan after a restart
+                return []
+            return [self._record(Finding(index, b"", b"", None, WINDOW_CLOSED))]
         try:
             leaves = self.leaves.get_batch_leaves(index)
         except Exception as exc:  # another aggregator's batch, or the aggregator is down
@@ -379,6 +391,8 @@ class Challenger:
     def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding | None:
         """The leaf's finding; None when it is to be challenged and the challenge is not on chain yet."""
         index = batch.header.batch_index
+        if self._is_past_challenge_window(batch):
+            return Finding(index, request_hash, b"", None, WINDOW_CLOSED)
         certificate = self.leaves.get_certificate(request_hash)
         if not certificate.request_hash:  # the chain saw the batch before the aggregator recorded it
             raise LeafCheckIncomplete("the aggregator has no certificate for the leaf yet", b"")
@@ -405,6 +419,18 @@ class Challenger:
                 detail = f"minority REJECT overruled ({shares})"
                 return Finding(index, request_hash, output_hash, Verdict.ACCEPT, detail)
         return self._send_challenge(batch, certificate)
+
+    def _is_past_challenge_window(self, batch: CertifiedBatch) -> bool:
+        """Whether the chain would refuse a challenge of the batch now (``ChallengeWindowClosed``).
+        Such a batch is not checked while escalating: after a downtime, its checks would spend the time
+        left to the batches that can still be challenged. False if the chain cannot tell now."""
+        if self.escalator is None:
+            return False
+        try:
+            return self.feed.get_block_number() > batch.block + self.escalator.get_challenge_window()
+        except Exception as exc:
+            logger.warning("challenge window not read", extra={"error": redact_urls(str(exc))})
+            return False
 
     def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate) -> Finding | None:
         """Mark the leaf "to challenge", then send ``FaultManager.challenge`` (``_attempt_challenge``).
@@ -475,7 +501,11 @@ class Challenger:
                 extra = {"batch_index": sent.batch_index, "error": redact_urls(str(exc))}
                 logger.warning("challenge to send not looked up", extra=extra)
                 continue
-            if finding is not None and not self.store.has_finding(sent.batch_index, sent.request_hash):
+            if finding is None:
+                continue
+            if self.store.has_finding(sent.batch_index, sent.request_hash):  # its challenge was lost to a reorg
+                self.store.update_finding_challenge(_finding_row(finding))  # not a new finding
+            else:
                 found.append(self._record(finding))
                 self.store.remove_pending_check(sent.batch_index, sent.request_hash)
         return found
@@ -492,15 +522,15 @@ class Challenger:
 
     def _lookup_sent(self, sent: SentChallengeRow) -> int | None:
         """The marked leaf's challenge from the mined state, recorded and its mark removed; None while
-        the chain shows none opened since the mark."""
+        the chain shows none that is not expired (an expired one is never adopted)."""
         assert self.escalator is not None
         challenge_id = self.escalator.find_leaf_challenge(*_leaf_key(sent))
         if not challenge_id:
             return None
         on_chain = self.escalator.get_challenge(challenge_id)
-        # latestChallengeOfLeaf may still name an earlier challenge that expired (the leaf can be
-        # challenged again); ours, once mined, opens after the block the send was marked at.
-        if on_chain.status == ChallengeStatus.EXPIRED and on_chain.opened_block < sent.sent_block:
+        # latestChallengeOfLeaf may name an earlier challenge that expired (someone's, or ours before
+        # a reorg): it is dead and does not stand in the way of a new one, so ours is sent instead.
+        if on_chain.status == ChallengeStatus.EXPIRED:
             return None
         self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), on_chain.opened_block)
         self.store.unmark_challenge_sent(*_leaf_key(sent))
@@ -531,22 +561,12 @@ class Challenger:
             return  # this challenge is recorded already
         if recorded.state == ChallengeState.OPEN:
             reason = "the challenge id names another leaf now (a reorg)"
-            self.store.requeue_challenge(challenge_id, reason, CHALLENGE_GONE_DEPTH)
+            self.store.requeue_challenge(challenge_id, reason)
         self.store.replace_challenge(row)
 
     def _record(self, finding: Finding) -> Finding:
         """Write ``finding`` (final: the leaf is not checked again)."""
-        self.store.add_finding(
-            FindingRow(
-                batch_index=finding.batch_index,
-                request_hash=finding.request_hash,
-                output_hash=finding.output_hash,
-                verdict=None if finding.verdict is None else int(finding.verdict),
-                detail=redact_urls(finding.detail),  # an RPC error's URL may hold an API key
-                challenge_id=finding.challenge_id,
-                challenge_tx=finding.challenge_tx,
-            )
-        )
+        self.store.add_finding(_finding_row(finding))
         return finding
 
     @staticmethod
@@ -559,6 +579,18 @@ class Challenger:
             return "the certificate's signatory record hash is not the certified one"
         check = verify_certificate(certificate)
         return "; ".join(check.problems)
+
+
+def _finding_row(finding: Finding) -> FindingRow:
+    return FindingRow(
+        batch_index=finding.batch_index,
+        request_hash=finding.request_hash,
+        output_hash=finding.output_hash,
+        verdict=None if finding.verdict is None else int(finding.verdict),
+        detail=redact_urls(finding.detail),  # an RPC error's URL may hold an API key
+        challenge_id=finding.challenge_id,
+        challenge_tx=finding.challenge_tx,
+    )
 
 
 def _is_same_challenge(recorded: ChallengeRow, row: ChallengeRow) -> bool:

@@ -171,7 +171,8 @@ class Resolver:
         return self._config
 
     def advance_all(self) -> list[ChallengeRow]:
-        """One step for every open challenge; returns the ones that ended in this call."""
+        """One step for every open challenge; returns the ones that ended in this call (not one given
+        up to a reorg: its leaf's challenge goes on, under the id the chain gives it or sent again)."""
         self._config = None  # read once per poll: governance may change quorums, threshold or window
         ended = []
         for row in self.store.list_challenges([ChallengeState.OPEN]):
@@ -181,32 +182,35 @@ class Resolver:
                 logger.warning("challenge not advanced", extra={"challenge_id": row.challenge_id, "error": str(exc)})
                 self.store.update_challenge(row.challenge_id, error=redact_urls(str(exc))[:2000])
                 continue
-            if state != ChallengeState.OPEN:
+            if state is not None and state != ChallengeState.OPEN:
                 ended.append(self.store.get_challenge(row.challenge_id) or row)
         return ended
 
-    def _requeue(self, row: ChallengeRow, reason: str) -> ChallengeState:
+    def _requeue(self, row: ChallengeRow, reason: str) -> None:
         """A reorg took the challenge away from its id: the fraud is still there, so the leaf goes back
         to "to challenge", where its challenge is adopted under the id the chain gives it now (with our
-        bond in it), or sent again while the window is open."""
-        self.store.requeue_challenge(row.challenge_id, reason, CHALLENGE_GONE_DEPTH)
+        bond in it), or sent again while the window is open. The row ends EXPIRED, but the leaf's
+        challenge did not end (``advance`` returns None: not counted as ended)."""
+        self.store.requeue_challenge(row.challenge_id, reason)
         logger.warning("challenge lost to a reorg", extra={"challenge_id": row.challenge_id, "error": reason})
-        return ChallengeState.EXPIRED
 
-    def advance(self, row: ChallengeRow) -> ChallengeState:
+    def advance(self, row: ChallengeRow) -> ChallengeState | None:
+        """One step for ``row``: its state after it, or None when it was given up to a reorg."""
         on_chain = self.chain.get_challenge(row.challenge_id)
         state = STATE_OF_STATUS.get(on_chain.status)
         if state is None:  # not on-chain: a lagging node, or a reorg; given up only once deep
             if self.chain.get_block_number() < row.opened_block + CHALLENGE_GONE_DEPTH:
                 self.store.update_challenge(row.challenge_id, error="not on-chain (yet); checked again")
                 return ChallengeState.OPEN
-            return self._requeue(row, "not on-chain")
+            self._requeue(row, "not on-chain")
+            return None
         if (on_chain.request_hash, on_chain.output_hash, on_chain.batch_index) != (
             bytes(row.request_hash),
             bytes(row.output_hash),
             row.batch_index,
         ):  # after a reorg the id may name another leaf's challenge: never resolve that one as ours
-            return self._requeue(row, "the challenge id names another leaf now (a reorg); not ours to resolve")
+            self._requeue(row, "the challenge id names another leaf now (a reorg); not ours to resolve")
+            return None
         if state == ChallengeState.UPHELD:
             self._finish_slashing(row)
         if state != ChallengeState.OPEN:

@@ -172,6 +172,17 @@ class ChallengerStore(Database):
             row.created_at = self.clock()
             s.add(row)
 
+    def update_finding_challenge(self, finding: FindingRow) -> None:
+        """Give the leaf's finding ``finding``'s challenge (id, transaction) and detail: its challenge
+        was opened again (the one it named was lost to a reorg)."""
+        with self.session() as s:
+            query = select(FindingRow).where(
+                FindingRow.batch_index == finding.batch_index, FindingRow.request_hash == finding.request_hash
+            )
+            for row in s.scalars(query):
+                row.challenge_id, row.challenge_tx = finding.challenge_id, finding.challenge_tx
+                row.detail = finding.detail
+
     def list_findings(self) -> list[FindingRow]:
         with self.session() as s:
             return list(s.scalars(select(FindingRow).order_by(FindingRow.id)))
@@ -271,12 +282,11 @@ class ChallengerStore(Database):
                 setattr(row, key, value)
             row.updated_at = self.clock()
 
-    def requeue_challenge(self, challenge_id: int, reason: str, look_back_blocks: int) -> None:
+    def requeue_challenge(self, challenge_id: int, reason: str) -> None:
         """Stop taking challenge ``challenge_id`` for its leaf's (a reorg dropped it, or gave its id to
         another challenge): the row ends EXPIRED with ``reason`` and the leaf is marked "to challenge"
         again, so that its challenge is adopted under its new id, or sent again while the window is
-        open. An expired challenge of the leaf opened more than ``look_back_blocks`` before this one
-        is not taken for it."""
+        open."""
         with self.session() as s:
             row = s.get(ChallengeRow, challenge_id)
             if row is None:
@@ -295,7 +305,7 @@ class ChallengerStore(Database):
                     request_hash=row.request_hash,
                     output_hash=row.output_hash,
                     certificate=row.certificate,
-                    sent_block=max(row.opened_block - look_back_blocks, 0),
+                    sent_block=row.opened_block,
                 )
                 mark.created_at = mark.updated_at = now
                 s.add(mark)

@@ -239,10 +239,11 @@ def _build_job(
     if stream not in (None, True, False):
         raise RequestParameterError("'stream' must be a boolean", param="stream")
     temperature = _parse_number(fields, "temperature", 0.0, MAX_TEMPERATURE_MILLI / 1000, defaults.temperature)
+    # top_p 0 keeps only the most likely token, as OpenAI takes it: the smallest nucleus, 1e-6.
     top_p = _parse_number(fields, "top_p", 0.0, 1.0, 1.0)
-    if top_p == 0:
-        raise RequestParameterError("'top_p' must be above 0", param="top_p")
-    seed = _parse_int(fields, "seed", 0, UINT64_LIMIT - 1)
+    # OpenAI's seed is a signed 64-bit integer (some clients send -1): a negative one is its 64 bits.
+    seed = _parse_int(fields, "seed", -(2**63), UINT64_LIMIT - 1)
+    seed = None if seed is None else seed % UINT64_LIMIT
     try:
         sampling = SamplingParams(
             temperature_milli=round(temperature * 1000),

@@ -300,6 +300,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if error.status in NO_RETRY_STATUSES or not error.retry:
             headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
+        if error.status == 405:  # the methods the path answers (RFC 9110 requires the header)
+            headers["Allow"] = "POST" if self._path in POST_ROUTES else "GET"
         self._send_json(error.status, error.to_json(), headers)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

@@ -32,6 +32,14 @@ def chat(**fields: Any) -> api.CompletionJob:
     return api.parse_chat_request({"model": "tiny", "messages": HI, **fields}, DEFAULTS)
 
 
+def test_openai_s_edge_values_of_top_p_and_seed_are_taken() -> None:
+    """top_p 0 (only the most likely token) and a signed 64-bit seed, as OpenAI's API takes them."""
+    assert chat(top_p=0).sampling.top_p_micro == 1
+    assert chat(seed=-1).sampling.seed == 2**64 - 1
+    assert chat(seed=-(2**63)).sampling.seed == 2**63
+    assert chat(seed=2**64 - 1).sampling.seed == 2**64 - 1
+
+
 def test_chat_parameters_map_to_the_request_units() -> None:
     job = chat(max_tokens=16, temperature=0.7, top_p=0.9, seed=5, stop="\n", stream=True)
     assert job.kind is JobKind.CHAT and job.model == "tiny" and job.stream and not job.include_usage
@@ -91,8 +99,9 @@ def test_messages_map_roles_and_text_parts() -> None:
         ({"max_tokens": 4, "max_completion_tokens": 5}, RequestParameterError, "max_completion_tokens"),
         ({"temperature": -0.1}, RequestParameterError, "temperature"),
         ({"temperature": True}, RequestParameterError, "temperature"),
-        ({"top_p": 0}, RequestParameterError, "top_p"),
-        ({"seed": -1}, RequestParameterError, "seed"),
+        ({"top_p": -0.1}, RequestParameterError, "top_p"),
+        ({"seed": -(2**63) - 1}, RequestParameterError, "seed"),
+        ({"seed": 2**64}, RequestParameterError, "seed"),
         ({"stop": ["x"] * 9}, RequestParameterError, "stop"),
         ({"stop": 3}, RequestParameterError, "stop"),
         ({"stream": "yes"}, RequestParameterError, "stream"),

@@ -651,11 +651,16 @@ def test_a_certification_timeout_is_a_504_not_a_dropped_connection() -> None:
 
 
 def test_refusals_of_the_http_layer_itself_are_json_too(server: GatewayServer) -> None:
-    for method in ("HEAD", "OPTIONS"):
+    for method, path, allow in (
+        ("HEAD", "/v1/models", "GET"),
+        ("OPTIONS", "/v1/models", "GET"),
+        ("GET", "/v1/completions", "POST"),
+    ):
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        connection.request(method, "/v1/models")
+        connection.request(method, path)
         response = connection.getresponse()
         assert response.status == 405 and response.getheader("Content-Type") == "application/json"
+        assert response.getheader("Allow") == allow
         body = response.read()
         assert body == b"" if method == "HEAD" else json.loads(body)["error"]["type"] == "invalid_request_error"
         connection.close()

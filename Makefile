@@ -111,7 +111,7 @@ gpu-check-wheels: setup ## for a lent GPU machine: the wheels its image lacks (.
 
 bench-quick: setup ## the benchmarks in a short mode, nothing recorded (bench.bls and bench.inference only run in full)
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quorum --quick --no-record
-	HF_HUB_OFFLINE=1 $(PY) -m bench.decoding --prompts 1 --tokens 8 --no-record
+	HF_HUB_OFFLINE=1 $(PY) -m bench.decoding --prompts 1 --tokens 8 --stop-lengths 512 --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.logit_drift --prompts 1 --max-new-tokens 8 --no-record
 	$(PY) -m bench.gas --quick --no-record
 	HF_HUB_OFFLINE=1 $(PY) -m bench.e2e --quick --no-record

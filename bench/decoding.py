@@ -1,7 +1,7 @@
 """Host cost of the canonical decoding rule per generated token, against one model decode step.
 
     python -m bench.decoding [--model models/smollm2-135m] [--prompts 3] [--tokens 64] [--threads 2]
-                             [--no-record]
+                             [--stop-lengths 512,4096,16384] [--no-record]
 
 Every generated token costs one forward step of the model plus one ``select_token`` on the host
 (float64 logits, the filters, the counter-based Gumbel noise). This prints, per sampling setting,
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         per_setting[name] = {"select_token_us": round(seconds * 1e6, 1), "over_decode_step": round(seconds / step, 4)}
         print(f"{name:30} {seconds * 1e6:9.1f} us per token  {seconds / step:7.2%} of a decode step", flush=True)
     print(f"decode step (greedy generation / token): {step * 1e3:.1f} ms, {logits.shape[0]} logit rows", flush=True)
-    stop_check = time_stop_check(engine, _long_output(engine, prompts))
+    stop_check = time_stop_check(engine, _long_output(engine, prompts, max(args.stop_lengths)), args.stop_lengths)
     return {
         "decoding_rule_over_decode_step": per_setting,
         "stop_check_us_per_token": stop_check,
@@ -79,19 +79,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 STOP_CHECK_LENGTHS = (512, 4096, 16384)
 
 
-def _long_output(engine: Any, prompts: list[tuple[int, ...]]) -> list[int]:
-    """Real output text, repeated to the longest length (the stop never occurs in it)."""
-    tokens = [t for prompt in prompts for t in engine.generate(prompt, SamplingParams(max_tokens=128)).token_ids]
-    tokens = [t for t in tokens if t not in engine.eos_ids]
-    return (tokens * (max(STOP_CHECK_LENGTHS) // len(tokens) + 1))[: max(STOP_CHECK_LENGTHS)]
+def _long_output(engine: Any, prompts: list[tuple[int, ...]], length: int) -> list[int]:
+    """Real output text, repeated to ``length`` tokens (the stop never occurs in it)."""
+    params = SamplingParams(max_tokens=min(128, engine.profile.max_new_tokens))
+    tokens = [t for prompt in prompts for t in engine.generate(prompt, params).token_ids]
+    tokens = [t for t in tokens if t not in engine.eos_ids] or list(prompts[0])  # a model that only said EOS
+    return (tokens * (length // len(tokens) + 1))[:length]
 
 
-def time_stop_check(engine: Any, output: list[int]) -> dict[str, dict[str, float]]:
+def time_stop_check(engine: Any, output: list[int], lengths: tuple[int, ...]) -> dict[str, dict[str, float]]:
     """Microseconds per token to check one stop sequence over outputs of each length: the scanner
     against decoding the whole output at every token (the rule's definition)."""
     stops = ("\n\nUser:",)
     figures = {}
-    for length in STOP_CHECK_LENGTHS:
+    for length in lengths:
         ids = output[:length]
         start = time.perf_counter()
         scanner = engine.stop_scanner(SamplingParams(stop_sequences=stops))
@@ -116,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (the logit rows)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--stop-lengths",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=STOP_CHECK_LENGTHS,
+        help="output lengths the stop check is timed at (comma-separated)",
+    )
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)
     report_results("decoding", run(args), record=not args.no_record)

@@ -52,12 +52,15 @@ def test_quorum_quick_on_the_tiny_model(tiny_model: Path, capsys: pytest.Capture
 
 
 def test_decoding_rule_cost_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--model", str(tiny_model), "--prompts", "1", "--tokens", "4", "--threads", "1", "--no-record"]
-    assert decoding.main(argv) == 0
+    argv = ["--model", str(tiny_model), "--prompts", "1", "--tokens", "4", "--threads", "1", "--stop-lengths", "8,64"]
+    assert decoding.main([*argv, "--no-record"]) == 0
     out = capsys.readouterr().out
     figures = json.loads(out[out.index("{") :])
     assert set(figures["decoding_rule_over_decode_step"]) == set(decoding.SETTINGS)
     assert all(v["select_token_us"] > 0 for v in figures["decoding_rule_over_decode_step"].values())
+    stop_check = figures["stop_check_us_per_token"]
+    assert set(stop_check) == {"8", "64"}
+    assert all(v["scanner_us"] > 0 and v["whole_decode_us"] > 0 for v in stop_check.values())
 
 
 def test_logit_drift_measures_gap_changes() -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
@@ -50,6 +51,9 @@ RETRY_AFTER_SECONDS = 1  # a 429 of the gateway's own caps: nothing was submitte
 SPARE_CONNECTIONS = 64
 MAX_JSON_DEPTH = 64  # OpenAI's bodies nest 4-5 deep
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+# A stream quiet for this long gets an SSE comment line (clients skip it): proxies cut a connection
+# that sends nothing for their read timeout (nginx: 60 s) while a long output is generated.
+SSE_KEEPALIVE_SECONDS = 15.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
 # A string and its closing quote, or the rest of the body when it never closes. Possessive: a
 # backtracking pattern retried from every quote of '"' + '\\"' * n costs O(n^2) (minutes per MiB).
@@ -139,6 +143,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _handle(self, route: Callable[[], None]) -> None:
         self._stream_started = False
+        self._stream_lock = threading.Lock()
+        self._last_write = time.monotonic()
         self._body_read = False
         if self.command != "POST" and (
             (parse_content_length(self.headers.get("Content-Length")) or 0) > 0 or self._framing_problem() is not None
@@ -185,8 +191,9 @@ class GatewayHandler(BaseHTTPRequestHandler):
         job = service.parse(kind, self._read_json(), self._idempotency_scope())
         with self.server.admission.admit(self._caller), self._following() as cancellation:
             if job.stream:
-                service.stream(job, self._send_event, cancellation)
-                self._end_stream()
+                with self._keeping_alive():
+                    service.stream(job, self._send_event, cancellation)
+                    self._end_stream()
             else:
                 self._send_json(200, service.complete(job, cancellation))
 
@@ -271,20 +278,51 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _send_event(self, data: dict[str, object]) -> None:
-        if not self._stream_started:
-            self._stream_started = True
-            self.close_connection = True  # the stream ends when the connection closes
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-        self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
-        self.wfile.flush()
+        with self._stream_lock:
+            if not self._stream_started:
+                self._stream_started = True
+                self.close_connection = True  # the stream ends when the connection closes
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+                self.send_header("Connection", "close")
+                self.end_headers()
+            self._write_stream(b"data: " + json.dumps(data).encode() + b"\n\n")
 
     def _end_stream(self) -> None:
-        self.wfile.write(b"data: [DONE]\n\n")
+        with self._stream_lock:
+            self._write_stream(b"data: [DONE]\n\n")
+
+    def _write_stream(self, data: bytes) -> None:
+        self.wfile.write(data)
         self.wfile.flush()
+        self._last_write = time.monotonic()
+
+    @contextmanager
+    def _keeping_alive(self) -> Iterator[None]:
+        """While the body runs, a started stream quiet for ``SSE_KEEPALIVE_SECONDS`` gets a comment."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(SSE_KEEPALIVE_SECONDS / 4):
+                with self._stream_lock:
+                    if done.is_set() or not self._stream_started:
+                        continue
+                    if time.monotonic() - self._last_write < SSE_KEEPALIVE_SECONDS:
+                        continue
+                    try:
+                        self._write_stream(b": keep-alive\n\n")
+                    except OSError:  # the client is gone: the request's own writes find out too
+                        return
+
+        thread = threading.Thread(target=beat, name="sse-keepalive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _send_error(self, exc: Exception) -> None:
         error = compute_api_error(exc)

@@ -858,3 +858,47 @@ def test_api_keys_may_come_from_a_file(tmp_path: Any, monkeypatch: pytest.Monkey
     monkeypatch.delenv("AVS_GATEWAY_API_KEYS", raising=False)
     monkeypatch.setenv("AVS_GATEWAY_API_KEYS_FILE", str(keys))
     assert load_config(requester=REQUESTER, model_dirs=MODEL_DIRS).get_api_keys() == ("alpha", "beta")
+
+
+class SlowIntake(FakeIntake):
+    """Each status change comes ``pause`` seconds after the last (a long generation)."""
+
+    pause: float = 0.6
+
+    def wait(self, request_hash: bytes, timeout: float, on_progress: Any, cancellation: Any = None) -> Any:
+        def slowly(status: Any) -> None:
+            time.sleep(self.pause)
+            if on_progress is not None:
+                on_progress(status)
+
+        return super().wait(request_hash, timeout, slowly, cancellation)
+
+
+def test_a_quiet_stream_gets_keep_alive_comments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy cuts a connection that sends nothing for its read timeout (nginx: 60 s) while a long
+    output is generated: a quiet stream sends an SSE comment, which clients skip."""
+    import avs.gateway.server as server_module
+
+    monkeypatch.setattr(server_module, "SSE_KEEPALIVE_SECONDS", 0.2)
+    gateway = start(SlowIntake())
+    try:
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "fox?"}], "stream": True})
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(body)
+                + body.encode()
+            )
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, events = reply.partition(b"\r\n\r\n")
+        assert b"X-Accel-Buffering: no" in head
+        assert b"\n\n: keep-alive\n\n" in events and events.endswith(b"data: [DONE]\n\n")
+        stream = client_for(gateway).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "fox?"}], stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text == OUTPUT_TEXT  # the comments are skipped by the client
+    finally:
+        gateway.stop()

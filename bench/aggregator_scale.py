@@ -51,7 +51,7 @@ from avs.rpc.convert import RequestEnvelope
 from avs.types import OperatorId
 from avs_aggregator.ports import OperatorInfo, OperatorSet
 from bench.operators import CALLER_KEY, DOMAIN, start_operator_app
-from bench.results import record_results
+from bench.results import report_results
 
 STAKE = 10**18
 MAX_TOKENS = 8
@@ -323,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": MAX_TOKENS,
         "by_operators": {str(k): v for k, v in results.items()},
     }
-    if not args.no_record:
-        record_results("aggregator_scale", figures)
-        print("recorded in bench/results.json")
+    report_results("aggregator_scale", figures, record=not args.no_record)
     return 0
 
 

@@ -50,7 +50,7 @@ from avs.crypto.curve import FP_MODULUS
 from avs.devnet import ANVIL_KEY_0, Anvil, deploy_contracts, restake
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import BatchHeader
-from bench.results import record_results
+from bench.results import report_results
 
 BATCH_SIZES = (1, 8, 64, 256)
 EXPECTED_TRIES_SAMPLES = 20_000
@@ -273,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": repeats,
         },
     }
-    if not args.no_record:
-        record_results("gas", figures)
-        print("recorded in bench/results.json")
+    report_results("gas", figures, record=not args.no_record)
     return 0
 
 

@@ -46,7 +46,7 @@ import torch
 
 from avs.inference.engine import InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
-from bench.results import record_results
+from bench.results import report_results
 
 T = TypeVar("T")
 QUORUMS = (3, 5)
@@ -362,8 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = run(args)
     if args.only_overhead:
         print(f"operator gRPC Generate {figures['operator_overhead_ratio']:.3f}x model.generate")
-        if not args.no_record:
-            record_results("operator_overhead", figures)
+        report_results("operator_overhead", figures, record=not args.no_record)
         return 0
     details = figures["quorum_details"]["all"]
     print(f"{'per certified inference':<34}{'x model.generate':>18}{'x our generate':>16}")
@@ -373,9 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'{q} re-runs':<34}{details[f'rerun{q}_cost_ratio']:>18.3f}{float(q):>16.3f}")
     print(f"{'operator gRPC Generate':<34}{figures['operator_overhead_ratio']:>18.3f}")
     print(f"{'engine generate':<34}{figures['quorum_bench_engine_overhead_ratio']:>18.3f}")
-    if not args.no_record:
-        record_results("quorum", figures)
-        print("recorded in bench/results.json")
+    report_results("quorum", figures, record=not args.no_record)
     return 0
 
 

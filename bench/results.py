@@ -31,3 +31,4 @@ def report_results(section: str, figures: dict[str, Any], record: bool = True) -
     print(json.dumps(figures, indent=2))
     if record:
         record_results(section, figures)
+        print("recorded in bench/results.json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -45,10 +46,23 @@ def test_the_operator_overhead_is_a_median_of_paired_ratios() -> None:
     assert quorum.compute_ratio(grpc_seconds, plain_seconds) == pytest.approx(5 / 9, abs=1e-4)
 
 
+def printed_figures(out: str) -> dict[str, Any]:
+    """The figures a benchmark printed last (``report_results``: an indented JSON object)."""
+    figures: dict[str, Any] = json.loads(out[out.rindex("\n{") + 1 :])
+    return figures
+
+
 def test_quorum_quick_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert quorum.main(["--model", str(tiny_model), "--quick", "--threads", "1", "--no-record"]) == 0
     out = capsys.readouterr().out
     assert "quorum of 3" in out and "operator gRPC Generate" in out
+    figures = printed_figures(out)
+    details = figures["quorum_details"]["all"]
+    # One generation and q - 1 prefills: more operators cost more, and less than q generations.
+    assert 0 < details["quorum3_cost_ratio"] < details["quorum5_cost_ratio"]
+    assert details["quorum3_cost_ratio"] < details["rerun3_cost_ratio"]
+    assert details["quorum3_over_one_generation"] < 3
+    assert figures["operator_overhead_ratio"] > 0
 
 
 def test_decoding_rule_cost_on_the_tiny_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,7 +154,12 @@ def test_gas_table_divides_by_batch_size_and_compares_with_batches_of_one() -> N
 @pytest.mark.skipif(not ANVIL.exists(), reason="anvil is not installed (make setup)")
 def test_gas_quick_on_anvil(capsys: pytest.CaptureFixture[str]) -> None:
     assert gas.main(["--quick", "--no-record"]) == 0
-    assert "gas/inference" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gas/inference" in out
+    figures = printed_figures(out)
+    # A batch of 64 costs each inference a small share of a batch of one's certification.
+    assert 0 < figures["gas_per_inference_batch64"] < figures["gas_per_task_response_baseline"] / 10
+    assert figures["gas_batch64_saving_over_per_task"] > 10
 
 
 def test_e2e_stage_split_from_prometheus_text() -> None:
@@ -164,7 +183,12 @@ def test_e2e_stage_split_from_prometheus_text() -> None:
 
 def test_aggregator_scale_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert aggregator_scale.main(["--quick", "--no-record"]) == 0
-    assert "requests/s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "requests/s" in out
+    figures = printed_figures(out)
+    assert figures["aggregator_requests_per_s_3_operators"] > 0
+    row = figures["aggregator_scale_details"]["by_operators"]["3"]
+    assert row["aggregator_cpu_s_per_request"] > 0 and row["aggregator_rss_mb"] > 0
 
 
 def get_benchmark(section: str) -> str:

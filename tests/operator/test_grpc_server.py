@@ -326,7 +326,12 @@ def test_a_generation_the_client_cancels_is_abandoned_not_finished(running: Runn
         pending = stub.Generate.future(
             client.sign("Generate", op.GenerateRequest(request=convert.request_to_proto(call)))
         )
-        time.sleep(0.3)  # the call reaches the server and waits for the engine
+        in_flight = running.app.metrics.in_flight
+        deadline = time.monotonic() + 10
+        while in_flight._value.get() < 1 and time.monotonic() < deadline:  # the server has the call
+            time.sleep(0.02)
+        assert in_flight._value.get() >= 1
+        time.sleep(0.1)  # from the interceptor to the engine wait
         pending.cancel()
         time.sleep(0.5)  # the cancellation reaches the server
     deadline = time.monotonic() + 10

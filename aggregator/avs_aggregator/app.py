@@ -112,9 +112,9 @@ class LeaderOnlySender(TransactionSender):
         super().__init__(client, account, settings)
         self._may_send = may_send
 
-    def send(self, fn: ContractFunction) -> SentTransaction:
+    def send(self, fn: ContractFunction, *, confirm: bool = True) -> SentTransaction:
         self._check_may_broadcast()  # before waiting for the lock too
-        return super().send(fn)
+        return super().send(fn, confirm=confirm)
 
     def _check_may_broadcast(self) -> None:
         if not self._may_send():

@@ -159,7 +159,7 @@ class Web3ChainWriter:
         apk = bls.aggregate_g1(signatures.quorum_apks)
         if self.client.is_key_pair_verified(apk, signatures.apk_g2):
             return
-        self.client.transact(self.client.verify_key_pair_function(apk, signatures.apk_g2))
+        self.client.transact(self.client.verify_key_pair_function(apk, signatures.apk_g2), confirm=False)
 
     def get_block_hash(self, block_number: int) -> bytes | None:
         try:

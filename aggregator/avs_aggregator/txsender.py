@@ -154,11 +154,14 @@ class TransactionSender:
         above = self._bumped(self._given_up, REPLACEMENT_PERCENT)
         return {**tx, **{k: max(int(tx.get(k, 0)), int(above[k])) for k in FEE_KEYS if k in above and k in tx}}
 
-    def send(self, fn: ContractFunction) -> SentTransaction:
+    def send(self, fn: ContractFunction, *, confirm: bool = True) -> SentTransaction:
+        """Sends ``fn`` and waits for its receipt, then (``confirm``) for ``confirmations`` blocks on
+        top of it. ``confirm=False`` is for a transaction whose loss in a reorg costs nothing but
+        sending it again (``verifyKeyPair``): waiting would only delay what follows it."""
         with self._lock:
             for _ in range(self.settings.max_retries):
                 try:
-                    return self._send_on_one_nonce(fn)
+                    return self._send_on_one_nonce(fn, confirm)
                 except _NonceTaken as exc:
                     logger.warning("nonce taken by another transaction; sending on a fresh one", extra=exc.args[0])
                     self._next_nonce, self._given_up = None, None
@@ -166,7 +169,7 @@ class TransactionSender:
                 f"every nonce tried was taken by other transactions ({self.settings.max_retries})"
             )
 
-    def _send_on_one_nonce(self, fn: ContractFunction) -> SentTransaction:
+    def _send_on_one_nonce(self, fn: ContractFunction, confirm: bool) -> SentTransaction:
         self._check_may_broadcast()
         nonce = self._nonce()
         params: TxParams = {"from": self.account.address, "nonce": Nonce(nonce)}
@@ -211,7 +214,8 @@ class TransactionSender:
             raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
         self._next_nonce, self._given_up = nonce + 1, None
         try:
-            receipt = self._confirm(receipt, raw)
+            if confirm:
+                receipt = self._confirm(receipt, raw)
         except _FeeCapTooLow as exc:  # dropped by a reorg, and its fee cap is now below the base fee
             self._next_nonce = None  # the nonce is free again: the next send takes it
             raise TransactionFailedError(f"dropped by a reorg and refused again: {exc}") from exc

@@ -213,7 +213,7 @@ class TransactionSink(Protocol):
     """What sends a contract call for the client's account and waits for it (the aggregator's
     ``TransactionSender``: nonces, fee bumps, confirmations)."""
 
-    def send(self, fn: ContractFunction) -> MinedTransaction: ...
+    def send(self, fn: ContractFunction, *, confirm: bool = True) -> MinedTransaction: ...
 
 
 class Web3AvsClient:
@@ -333,16 +333,19 @@ class Web3AvsClient:
         """The ``verifyKeyPair(apk, apkG2)`` transaction (for a ``transact`` or a transaction sender)."""
         return self.task_manager.functions.verifyKeyPair(encode_g1(apk), encode_g2(apk_g2))
 
-    def transact(self, fn: ContractFunction, account: LocalAccount | None = None) -> bytes:
+    def transact(self, fn: ContractFunction, account: LocalAccount | None = None, *, confirm: bool = True) -> bytes:
         """Sends ``fn`` from ``account`` (default: the client's) and waits for a successful receipt."""
-        return self.send(fn, account).tx_hash
+        return self.send(fn, account, confirm=confirm).tx_hash
 
-    def send(self, fn: ContractFunction, account: LocalAccount | None = None) -> MinedTransaction:
+    def send(
+        self, fn: ContractFunction, account: LocalAccount | None = None, *, confirm: bool = True
+    ) -> MinedTransaction:
         """``transact``, returning the gas used too. The client's own transactions go through
-        ``sender`` when one is set; otherwise (and for another ``account``) a plain send and a wait of
-        ``receipt_timeout`` seconds for its receipt (``TransactionPendingError`` past it)."""
+        ``sender`` when one is set (``confirm=False``: without its wait for confirmations);
+        otherwise (and for another ``account``) a plain send and a wait of ``receipt_timeout``
+        seconds for its receipt (``TransactionPendingError`` past it)."""
         if self.sender is not None and account is None:
-            return self.sender.send(fn)
+            return self.sender.send(fn, confirm=confirm)
         sender = account or self.account
         if sender is None:
             raise AvsError("this client has no account to send transactions from")

@@ -297,3 +297,15 @@ def test_a_version_mined_while_its_receipt_lags_is_not_sent_again_on_another_non
     sent = sender.send(cast(Any, None))
     assert sent.tx_hash == hashes[0]
     assert [nonce for nonce, _ in node.broadcasts] == [7, 7]  # never on nonce 8
+
+
+def test_a_send_without_confirmation_returns_at_its_receipt() -> None:
+    """``confirm=False`` (verifyKeyPair): no wait for ``confirmations`` blocks on top, which on a
+    chain that mines only on demand would hold the certificate behind it until someone mines."""
+    client = ScriptedClient()
+    sender = make_sender(client, SenderSettings(confirmations=5, poll_seconds=0, receipt_timeout=0))
+    head = client.node.head
+    sender.send(cast(Any, None), confirm=False)
+    assert client.node.head == head  # the chain's height was never read
+    sender.send(cast(Any, None))
+    assert client.node.head >= head + 5  # the default waits for its confirmations

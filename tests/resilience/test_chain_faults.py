@@ -167,9 +167,9 @@ def test_a_client_with_a_sender_sends_its_own_transactions_through_it(chain: Cha
     class Counting(TransactionSender):
         sent = 0
 
-        def send(self, fn: Any) -> Any:
+        def send(self, fn: Any, *, confirm: bool = True) -> Any:
             Counting.sent += 1
-            return super().send(fn)
+            return super().send(fn, confirm=confirm)
 
     client = Web3AvsClient(chain.anvil.w3, chain.deployment, AGGREGATOR)
     client.sender = Counting(client, AGGREGATOR, SenderSettings(receipt_timeout=5.0, poll_seconds=0.05))

@@ -495,7 +495,8 @@ class Pipeline:
             if not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts).is_accepted(accept_threshold):
                 return False
             out = dict.fromkeys((o.operator_id for o in asked if o.operator_id not in replies), Verdict.REJECT)
-            return not protocol.compute_tally(operator_set, row.quorum_numbers, verdicts | out).is_rejected(floor)
+            worst = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts | out)
+            return not worst.rejecting_quorums(floor)
 
         return settles
 
@@ -563,10 +564,15 @@ class Pipeline:
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
         # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
+        # One quorum is enough: its majority proves the output wrong for the stake in that quorum
+        # (the contract slashes the quorums of the certificate), whatever the other quorums said.
         # The config's floor first: the chain's threshold is read again only for a rejection.
         floor = self._rejection_floor()
-        if tally.is_rejected(floor) and tally.is_rejected(self._rejection_threshold()):
-            self._reject(row, operator_set, reject_signatures)
+        rejecting = tally.rejecting_quorums(floor)
+        if rejecting:
+            rejecting = tally.rejecting_quorums(max(floor, self._rejection_threshold()))
+        if rejecting:
+            self._reject(row, operator_set, reject_signatures, rejecting)
         elif tally.is_accepted(accept_threshold):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
         elif unanswered and self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
@@ -595,7 +601,7 @@ class Pipeline:
             operator_set, quorums, verdicts | dict.fromkeys(unanswered, Verdict.REJECT)
         )
         # The local floor, not the chain's (possibly higher) threshold: at worst one round too many.
-        return if_accepted.is_accepted(row.threshold_bps) or if_rejected.is_rejected(rejection_floor)
+        return if_accepted.is_accepted(row.threshold_bps) or bool(if_rejected.rejecting_quorums(rejection_floor))
 
     def _fail_verification(self, row: RequestRow, tally: protocol.Tally) -> None:
         shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
@@ -648,11 +654,15 @@ class Pipeline:
             self.metrics.equivocations.inc(equivocations)
         return equivocations
 
-    def _reject(self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point]) -> None:
+    def _reject(
+        self, row: RequestRow, operator_set: OperatorSet, signatures: dict[bytes, G1Point], quorums: bytes
+    ) -> None:
+        """``quorums``: those whose majority rejected the output (the proof's certificate)."""
         assert row.output_hash is not None and row.primary_id is not None and row.reference_block is not None
         evidence: dict[str, Any] = {
             "primary_signature": json.loads(row.primary_signature or "null"),
             "reject_signatures": {_hex(k): g1_to_json(v) for k, v in signatures.items()},
+            "quorum_numbers": quorums.hex(),
         }
         rejection_id = self.store.add_rejection(
             RejectionRow(
@@ -666,10 +676,14 @@ class Pipeline:
         )
         if self.metrics is not None:
             self.metrics.rejections.inc()
-        logger.warning("output rejected", extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id)})
+        named = ", ".join(str(q) for q in quorums)
+        logger.warning(
+            "output rejected",
+            extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id), "quorums": named},
+        )
         if self.reporter is not None:
             self._report_rejection(rejection_id, operator_set)
-        self._retry(row, "the quorum rejected the primary's output")
+        self._retry(row, f"quorum {named} rejected the primary's output")
 
     def report_pending_rejections(self, max_attempts: int = MAX_PROOF_ATTEMPTS) -> int:
         """Send the rejected-output proofs still PENDING: not sent yet after a restart, the chain was
@@ -740,30 +754,24 @@ class Pipeline:
         elif operator_set is None:
             operator_set = self.reader.get_operator_set(reference_block)
         signatures = {bytes.fromhex(k[2:]): g1_from_json(v) for k, v in evidence["reject_signatures"].items()}
-        digest = compute_digest(self.domain, Attestation(rejection.request_hash, rejection.output_hash, Verdict.REJECT))
-        aggregate, _ = protocol.compute_checked_aggregate(operator_set, request.quorum_numbers, digest, signatures)
+        # Rows written before the quorums were recorded were rejected by every quorum of the request.
+        quorums = bytes.fromhex(evidence.get("quorum_numbers", request.quorum_numbers.hex()))
+        aggregate, error = self._rejection_aggregate(rejection, operator_set, quorums, signatures, reference_block)
         if aggregate is None:
-            self.store.update_rejection(
-                rejection_id, state=ProofState.FAILED, error="the REJECT signatures do not aggregate"
-            )
-            return 0
-        threshold = self._rejection_threshold()
-        if not aggregate.tally.is_accepted(threshold):
-            shares = ", ".join(f"quorum {q.quorum}: {q.accept_stake}/{q.total_stake}" for q in aggregate.tally.quorums)
-            error = f"the REJECT signers hold {shares} at block {reference_block}, below {threshold} bps"
             self.store.update_rejection(rejection_id, state=ProofState.FAILED, error=error)
             return 0
+        proven_quorums = bytes(q.quorum for q in aggregate.tally.quorums)
 
         def send() -> bytes:
             indices = self.writer.get_check_signatures_indices(
-                reference_block, request.quorum_numbers, aggregate.non_signer_ids
+                reference_block, proven_quorums, aggregate.non_signer_ids
             )
             return reporter.report_rejected_output(
                 OperatorId(rejection.primary_id),
                 rejection.request_hash,
                 rejection.output_hash,
                 g1_from_json(evidence["primary_signature"]),
-                request.quorum_numbers,
+                proven_quorums,
                 reference_block,
                 aggregate.to_signatures(indices),
             )
@@ -777,6 +785,30 @@ class Pipeline:
             )
             return 0
         return 1 if values.get("state") == ProofState.PROVEN else 0
+
+    def _rejection_aggregate(
+        self,
+        rejection: RejectionRow,
+        operator_set: OperatorSet,
+        quorums: bytes,
+        signatures: dict[bytes, G1Point],
+        reference_block: int,
+    ) -> tuple[protocol.Aggregate | None, str]:
+        """The REJECT certificate over those of ``quorums`` where the signers reach the chain's
+        rejection threshold at ``reference_block`` (a proof rebuilt at a fresh block proves the
+        quorums still carried there), or None and why not."""
+        digest = compute_digest(self.domain, Attestation(rejection.request_hash, rejection.output_hash, Verdict.REJECT))
+        aggregate, _ = protocol.compute_checked_aggregate(operator_set, quorums, digest, signatures)
+        if aggregate is None:
+            return None, "the REJECT signatures do not aggregate"
+        threshold = self._rejection_threshold()
+        carried = aggregate.tally.signing_quorums(threshold)
+        if not carried:
+            shares = ", ".join(f"quorum {q.quorum}: {q.accept_stake}/{q.total_stake}" for q in aggregate.tally.quorums)
+            return None, f"the REJECT signers hold {shares} at block {reference_block}, below {threshold} bps"
+        if carried != quorums:  # the same valid signatures, fewer quorums: it aggregates
+            aggregate, _ = protocol.compute_checked_aggregate(operator_set, carried, digest, signatures)
+        return aggregate, ""
 
     def _retry(self, row: RequestRow, reason: str) -> None:
         excluded = load_hex_list(row.excluded)

@@ -98,6 +98,15 @@ class Tally:
         """REJECT reached the threshold in every quorum: a rejection certificate can be made."""
         return all(q.is_met(q.reject_stake, threshold_bps) for q in self.quorums)
 
+    def rejecting_quorums(self, threshold_bps: int) -> bytes:
+        """The quorums (in order) whose REJECT stake reached the threshold: each can prove the output
+        wrong on its own (``proveRejectedOutput`` slashes the quorums of its certificate)."""
+        return bytes(q.quorum for q in self.quorums if q.is_met(q.reject_stake, threshold_bps))
+
+    def signing_quorums(self, threshold_bps: int) -> bytes:
+        """The quorums (in order) whose signing (``accept``) stake reached the threshold."""
+        return bytes(q.quorum for q in self.quorums if q.is_met(q.accept_stake, threshold_bps))
+
 
 def compute_tally(operator_set: OperatorSet, quorums: bytes, verdicts: VerdictMap) -> Tally:
     """ACCEPT and REJECT stake per quorum at the operator set's reference block."""

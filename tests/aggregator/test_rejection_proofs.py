@@ -4,6 +4,7 @@ whichever aggregator leads then; reverts settle it (proven, or failed for good).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -12,14 +13,19 @@ from web3.exceptions import Web3RPCError
 
 from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
 from avs.crypto.curve import G1Point
+from avs.messages import compute_request_hash
+from avs.rpc.convert import RequestEnvelope
 from avs.types import OperatorId
 from avs_aggregator.evidence import ProofState
 from avs_aggregator.leader import NotLeaderError
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.ports import OperatorSet
+from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import RequestState, Store
-from tests.aggregator.fakes import DOMAIN, FakeNetwork
+from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 from tests.aggregator.test_pipeline import SETTINGS, find_envelope_with_primary
+
+TWO_QUORUMS = dataclasses.replace(SETTINGS, allowed_quorums=frozenset({0, 1}))
 
 
 class FlakyRejectionReporter:
@@ -28,6 +34,7 @@ class FlakyRejectionReporter:
     def __init__(self, failures: Sequence[Exception] = ()) -> None:
         self.failures = list(failures)
         self.sent: list[tuple[bytes, bytes, bytes, int]] = []
+        self.quorums: list[bytes] = []  # each sent proof's quorum numbers
 
     def report_rejected_output(
         self,
@@ -42,6 +49,7 @@ class FlakyRejectionReporter:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append((bytes(primary), request_hash, output_hash, reference_block))
+        self.quorums.append(quorum_numbers)
         return keccak(b"proveRejectedOutput" + request_hash)
 
 
@@ -239,4 +247,59 @@ def test_a_failed_read_while_rebuilding_a_proof_does_not_give_it_up(db: str, rea
     assert rejection.state == ProofState.PENDING and rejection.attempts == 0, rejection.error
     assert pipeline.process_evidence() == 1  # the node answers again
     assert [sent[0] for sent in reporter.sent] == [cheater]
+    pipeline.close()
+
+
+def envelope_with_primary_in_two_quorums(network: FakeNetwork, operator_id: bytes) -> RequestEnvelope:
+    operator_set = network.get_operator_set(network.block - 1)
+    for nonce in range(500):
+        envelope = make_envelope(nonce, "which primary, two quorums")
+        request_hash = compute_request_hash(DOMAIN, envelope.request)
+        if select_primary(operator_set, b"\x00\x01", request_hash, 0).operator_id == operator_id:
+            return envelope
+    raise AssertionError("no nonce makes this operator the first primary")
+
+
+def reject_in_two_quorums(
+    network: FakeNetwork, db: str, reporter: FlakyRejectionReporter
+) -> tuple[Pipeline, bytes, bytes]:
+    """Operator 0, in quorums 0 and 1, is the primary of a request over both, and cheats."""
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, TWO_QUORUMS, reporter=reporter)
+    envelope = envelope_with_primary_in_two_quorums(network, cheater.keys.operator_id)
+    request_hash = pipeline.submit(envelope, quorums=b"\x00\x01")
+    pipeline.run_until_idle()
+    return pipeline, request_hash, cheater.keys.operator_id
+
+
+def test_a_rejection_by_one_quorums_majority_is_proven_in_that_quorum(db: str) -> None:
+    """Quorum 0's majority rejects the primary's output; quorum 1 is the primary and an ally that
+    accepts anything. The output was neither rejected in every quorum nor accepted, so the request
+    failed and the cheater kept its stake; now it is slashed in quorum 0 and the request retried."""
+    network = FakeNetwork([{0: 10, 1: 10}, {0: 45}, {0: 45}, {1: 90}])
+    network.operators[3].behaviour = "accept_all"
+    reporter = FlakyRejectionReporter()
+    pipeline, request_hash, cheater = reject_in_two_quorums(network, db, reporter)
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.primary_id == cheater and rejection.state == ProofState.PROVEN
+    assert reporter.quorums == [b"\x00"]  # quorum 1 did not reject: its stake is not judged
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.attempt >= 1 and row.primary_id != cheater
+    pipeline.close()
+
+
+def test_a_late_proof_proves_the_quorums_its_signers_still_carry(db: str) -> None:
+    """Both quorums rejected; rebuilt at a fresh block after quorum 1's REJECT signer left, the proof
+    slashes in quorum 0 (it failed outright before, and the cheater kept its stake in both)."""
+    network = FakeNetwork([{0: 10, 1: 10}, {0: 45}, {0: 45}, {1: 90}])
+    reporter = FlakyRejectionReporter([ConnectionError("node down")])
+    pipeline, request_hash, cheater = reject_in_two_quorums(network, db, reporter)
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.PENDING
+    network.block += SETTINGS.max_reference_age + 10
+    network.operators[3].stakes = {}  # quorum 1's REJECT signer deregistered meanwhile
+    network.by_id(cheater).stakes = {0: 10, 1: 100}
+    assert pipeline.process_evidence() == 1
+    assert [sent[0] for sent in reporter.sent] == [cheater] and reporter.quorums == [b"\x00"]
     pipeline.close()

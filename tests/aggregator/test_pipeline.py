@@ -285,12 +285,12 @@ def test_a_nul_character_from_an_operator_is_stored_on_every_database(db: str, b
     pipeline.close()
 
 
-def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes) -> RequestEnvelope:
+def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes, quorums: bytes = b"\x00") -> RequestEnvelope:
     operator_set = network.get_operator_set(network.block - 1)
     for nonce in range(500):
         envelope = make_envelope(nonce, "which primary")
         request_hash = compute_request_hash(DOMAIN, envelope.request)
-        if select_primary(operator_set, b"\x00", request_hash, 0).operator_id == operator_id:
+        if select_primary(operator_set, quorums, request_hash, 0).operator_id == operator_id:
             return envelope
     raise AssertionError("no nonce makes this operator the first primary")
 

@@ -13,16 +13,13 @@ from web3.exceptions import Web3RPCError
 
 from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
 from avs.crypto.curve import G1Point
-from avs.messages import compute_request_hash
-from avs.rpc.convert import RequestEnvelope
 from avs.types import OperatorId
 from avs_aggregator.evidence import ProofState
 from avs_aggregator.leader import NotLeaderError
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.ports import OperatorSet
-from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import RequestState, Store
-from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
+from tests.aggregator.fakes import DOMAIN, FakeNetwork
 from tests.aggregator.test_pipeline import SETTINGS, find_envelope_with_primary
 
 TWO_QUORUMS = dataclasses.replace(SETTINGS, allowed_quorums=frozenset({0, 1}))
@@ -250,16 +247,6 @@ def test_a_failed_read_while_rebuilding_a_proof_does_not_give_it_up(db: str, rea
     pipeline.close()
 
 
-def envelope_with_primary_in_two_quorums(network: FakeNetwork, operator_id: bytes) -> RequestEnvelope:
-    operator_set = network.get_operator_set(network.block - 1)
-    for nonce in range(500):
-        envelope = make_envelope(nonce, "which primary, two quorums")
-        request_hash = compute_request_hash(DOMAIN, envelope.request)
-        if select_primary(operator_set, b"\x00\x01", request_hash, 0).operator_id == operator_id:
-            return envelope
-    raise AssertionError("no nonce makes this operator the first primary")
-
-
 def reject_in_two_quorums(
     network: FakeNetwork, db: str, reporter: FlakyRejectionReporter
 ) -> tuple[Pipeline, bytes, bytes]:
@@ -267,7 +254,7 @@ def reject_in_two_quorums(
     cheater = network.operators[0]
     cheater.behaviour = "cheat"
     pipeline = Pipeline(DOMAIN, Store(db), network, network, network, TWO_QUORUMS, reporter=reporter)
-    envelope = envelope_with_primary_in_two_quorums(network, cheater.keys.operator_id)
+    envelope = find_envelope_with_primary(network, cheater.keys.operator_id, b"\x00\x01")
     request_hash = pipeline.submit(envelope, quorums=b"\x00\x01")
     pipeline.run_until_idle()
     return pipeline, request_hash, cheater.keys.operator_id

@@ -5,7 +5,9 @@ Errors are ``AvsError``s mapped to status codes by ``avs.rpc.status.ErrorToStatu
 an unknown request hash is NOT_FOUND. A request submitted as ``insured`` whose coverage in the
 insurance pool is missing, expired, someone else's or against another quorum is FAILED_PRECONDITION
 (the coverage is read through an injected ``avs.chain.insurance.CoverageReader``); a chain that
-cannot be read for that check is UNAVAILABLE.
+cannot be read for that check is UNAVAILABLE. Submitted again as ``insured`` (a retry), a stored
+request's coverage may be in any state, but it must be its own (bought, by its requester, against
+one of its quorums): an insured retry of a request first sent uninsured is checked too.
 
 A standby aggregator (several on one database, ``avs_aggregator.leader``) serves the reads
 (GetStatus, WatchStatus, GetBatch, ListModels) from the shared database and refuses Submit and
@@ -26,7 +28,7 @@ import grpc
 from eth_account import Account
 from grpc_health.v1 import health_pb2_grpc
 
-from avs.chain.insurance import CoverageReader, compute_coverage_problem
+from avs.chain.insurance import CoverageReader, compute_coverage_holder_problem, compute_coverage_problem
 from avs.errors import (
     AuthenticationError,
     InvalidInputError,
@@ -278,9 +280,16 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
                 raise InvalidInputError("the requester signature is malformed (65 bytes r || s || v)") from exc
             if not is_same_address(signer, envelope.request.requester):
                 raise AuthenticationError("the requester signature is not by the request's requester")
-        if request.insured and self._pipeline.store.get_request(digest) is None:
-            quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
-            self._check_coverage(digest, envelope.request.requester, quorums)
+        if request.insured:
+            stored = self._pipeline.store.get_request(digest)
+            if stored is None:
+                quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
+                self._check_coverage(digest, envelope.request.requester, quorums)
+            else:
+                # Submitted again (a retry): its coverage may have moved on since (expired after the
+                # certificate, claimable after a fraud), but it must be the request's. An insured
+                # retry of a request first sent uninsured, with no coverage, was answered as accepted.
+                self._check_coverage(digest, envelope.request.requester, stored.quorum_numbers, holder_only=True)
         request_hash = self._pipeline.submit(
             envelope, bytes(request.quorum_numbers), request.threshold_bps, prompt_tokens=prompt_tokens
         )
@@ -288,7 +297,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         state = STATE_TO_PROTO[RequestState(row.state)] if row else ag.REQUEST_STATE_RECEIVED
         return ag.SubmitResponse(request_hash=request_hash, state=state)
 
-    def _check_coverage(self, request_hash: bytes, requester: str, quorums: bytes) -> None:
+    def _check_coverage(self, request_hash: bytes, requester: str, quorums: bytes, holder_only: bool = False) -> None:
         if self._coverage is None:
             raise PreconditionFailedError(
                 "this aggregator cannot check insurance (its deployment has no insurance pool)"
@@ -299,7 +308,10 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         except Exception as exc:
             logger.exception("coverage read failed", extra={"request": "0x" + request_hash.hex()})
             raise UnavailableError("the insurance pool could not be read; retry later") from exc
-        problem = compute_coverage_problem(coverage, requester, quorums, block)
+        if holder_only:
+            problem = compute_coverage_holder_problem(coverage, requester, quorums)
+        else:
+            problem = compute_coverage_problem(coverage, requester, quorums, block)
         if problem is not None:
             raise PreconditionFailedError(problem)
 

@@ -103,8 +103,9 @@ PURCHASE_TO_SUBMIT_BLOCKS = 8
 def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes, block_number: int) -> str | None:
     """Why ``coverage`` does not insure a request of ``requester`` certified by ``quorums`` at
     ``block_number``; None when it does."""
-    if coverage.status == CoverageStatus.NONE:
-        return "the request has no coverage in the insurance pool (buy it for the request hash from Prepare)"
+    problem = compute_coverage_holder_problem(coverage, requester, quorums)
+    if problem is not None:
+        return problem
     if coverage.status == CoverageStatus.EXPIRED or (
         coverage.status == CoverageStatus.ACTIVE and block_number > coverage.expires_at_block
     ):
@@ -117,6 +118,14 @@ def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes,
             f"the request's coverage ends at block {coverage.expires_at_block}, {left} blocks from now: too soon"
             f" to certify the request within it (at least {MIN_COVERAGE_BLOCKS_LEFT})"
         )
+    return None
+
+
+def compute_coverage_holder_problem(coverage: Coverage, requester: str, quorums: bytes) -> str | None:
+    """Why ``coverage`` was never this request's (none bought, another holder, another quorum);
+    None when it is, whatever its state now (active, expired, claimed...)."""
+    if coverage.status == CoverageStatus.NONE:
+        return "the request has no coverage in the insurance pool (buy it for the request hash from Prepare)"
     if not is_same_address(coverage.beneficiary, requester):
         return f"the request's coverage is held by {coverage.beneficiary}, not by its requester {requester}"
     if coverage.quorum_number not in quorums:

@@ -130,6 +130,32 @@ def test_an_insured_request_with_active_coverage_is_accepted(intake: Intake) -> 
     ("coverage", "message"),
     [
         (None, "has no coverage in the insurance pool"),
+        (_coverage(holder="0x" + "77" * 20), "not by its requester"),
+        (_coverage(quorum=1), "against quorum 1, not one of its quorums [0]"),
+    ],
+)
+def test_an_insured_retry_of_a_request_sent_uninsured_is_checked(
+    intake: Intake, coverage: Coverage | None, message: str
+) -> None:
+    """The check ran only for a request not stored yet: sent uninsured, then again as insured, it
+    was answered as accepted with no coverage (the requester believing itself insured)."""
+    prepared = _prepare(intake.client)
+    assert intake.client.submit_prepared(prepared, domain=DOMAIN) == prepared.request_hash
+    if coverage is not None:
+        intake.coverage.coverages[prepared.request_hash] = coverage
+    with pytest.raises(grpc.RpcError) as info:
+        intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert message in str(info.value.details())
+    assert intake.pipeline.store.get_request(prepared.request_hash) is not None  # the request is kept
+    intake.coverage.coverages[prepared.request_hash] = _coverage(CoverageStatus.EXPIRED)  # its own, moved on
+    assert intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True) == prepared.request_hash
+
+
+@pytest.mark.parametrize(
+    ("coverage", "message"),
+    [
+        (None, "has no coverage in the insurance pool"),
         (
             _coverage(holder="0x" + "77" * 20),
             "held by 0x7777777777777777777777777777777777777777, not by its requester",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_utils import keccak
 
 from avs.chain.client import ContractRevertError
 from avs.chain.faults import ChallengeStatus, SignedAttestation
@@ -917,4 +918,117 @@ def test_batches_past_their_challenge_window_are_not_checked_while_escalating(tm
     ]
     assert "challenge window closed" in findings[0].detail and findings[1].detail == "challenged"
     assert store.list_pending_checks() == []
+    pipeline.close()
+
+
+def test_an_open_challenge_past_its_resolution_window_is_expired_not_adopted(tmp_path: Path, db: str) -> None:
+    """Someone's challenge of the leaf was never resolved nor expired, and is past its resolution
+    window: it can only expire now. Adopting it left the fraud unpunished (the resolver expired it
+    and the leaf was done); the contract refuses a new challenge of the leaf while it is open, so the
+    challenger expires it, then opens its own, which is upheld."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=2)
+    feed = Feed(pipeline, network)
+    someone = ChallengerStore("sqlite://")
+    Challenger(feed, feed, Checker(Verdict.REJECT), manager, someone, None, sample_rate=1.0, start_block=0).poll()
+    network.block += 3  # theirs is still OPEN on chain, past openedBlock + resolutionWindowBlocks
+    assert manager.get_challenge(1).status == ChallengeStatus.OPEN
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    for _ in range(3):
+        challenger.poll()
+        network.block += 1
+    assert manager.get_challenge(1).status == ChallengeStatus.EXPIRED
+    assert manager.get_challenge(2).status == ChallengeStatus.UPHELD
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(2, ChallengeState.UPHELD)]
+    [finding] = store.list_findings()
+    assert finding.challenge_id == 2 and finding.detail == "challenged"
+    assert store.list_sent_challenges() == [] and store.list_pending_checks() == []
+    pipeline.close()
+
+
+def test_a_requeued_leaf_is_not_given_a_stale_open_challenge(tmp_path: Path, db: str) -> None:
+    """The same through the "to challenge" mark: a reorg drops ours and latestChallengeOfLeaf names
+    someone's open challenge past its resolution window. It is expired, and ours is sent again."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [ours] = store.list_challenges()
+    theirs = dataclasses.replace(manager.challenges[1], challenger="0x" + "ee" * 20, opened_block=1)
+    manager.challenges = {5: theirs}  # the reorg: only their stale, still OPEN, challenge of the leaf
+    manager.leaves[(ours.batch_index, ours.request_hash, ours.output_hash)] = 5
+    network.block = ours.opened_block + CHALLENGE_GONE_DEPTH
+    resolver.advance_all()  # ours is given up; its leaf is marked "to challenge" again
+    assert len(store.list_sent_challenges()) == 1
+    challenger = _challenger_of(pipeline, network, manager, store, resolver)
+    for _ in range(3):
+        challenger.poll()
+        network.block += 1
+    assert manager.get_challenge(5).status == ChallengeStatus.EXPIRED
+    assert manager.get_challenge(2).status == ChallengeStatus.UPHELD  # ours, sent again
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [
+        (1, ChallengeState.EXPIRED),  # ours, given up to the reorg
+        (2, ChallengeState.UPHELD),
+    ]
+    assert [f.challenge_id for f in store.list_findings()] == [2]
+    pipeline.close()
+
+
+def test_a_challenge_adopted_after_a_crash_names_its_transaction(tmp_path: Path, db: str) -> None:
+    """The finding of a challenge adopted from the chain names the transaction that opened it (its
+    ChallengeOpened log), and so does its challenge row."""
+    pipeline, network, manager = _crash_after_the_challenge(tmp_path, db)
+    mined = keccak(b"challenge" + (1).to_bytes(8, "big"))  # FakeFaultManager's transaction of challenge 1
+    looked_up: list[tuple[int, int]] = []
+
+    def find_challenge_tx(challenge_id: int, opened_block: int) -> bytes | None:
+        looked_up.append((challenge_id, opened_block))
+        return keccak(b"challenge" + challenge_id.to_bytes(8, "big"))
+
+    again, _, store = make_challenger(db, pipeline, network, manager)
+    again.find_challenge_tx = find_challenge_tx
+    [finding] = again.poll()
+    assert finding.detail == "challenged (adopted from the chain)" and finding.challenge_id == 1
+    assert finding.challenge_tx == mined and looked_up == [(1, manager.get_challenge(1).opened_block)]
+    [stored] = store.list_findings()
+    assert stored.challenge_tx == mined
+    [row] = store.list_challenges()
+    assert row.open_tx == mined and row.state == ChallengeState.UPHELD
+    pipeline.close()
+
+
+def test_a_challenge_transaction_not_found_does_not_stop_the_adoption(tmp_path: Path, db: str) -> None:
+    pipeline, network, manager = _crash_after_the_challenge(tmp_path, db)
+
+    def unreachable(challenge_id: int, opened_block: int) -> bytes | None:
+        raise ConnectionError("https://rpc.example.invalid/v3/SECRETKEY unreachable")
+
+    again, _, store = make_challenger(db, pipeline, network, manager)
+    again.find_challenge_tx = unreachable
+    [finding] = again.poll()
+    assert finding.challenge_id == 1 and finding.challenge_tx is None  # recorded without it
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.UPHELD]
+    pipeline.close()
+
+
+class CountingWindowReads(FakeFaultManager):
+    window_reads = 0
+
+    def get_challenge_window(self) -> int:
+        self.window_reads += 1
+        return super().get_challenge_window()
+
+
+def test_the_challenge_window_is_read_once_per_poll(tmp_path: Path, db: str) -> None:
+    """Every batch and leaf is checked against the challenge window; the task manager's config is
+    read once per poll, not with an RPC call each."""
+    pipeline, network = certified_pipeline(tmp_path, 3)
+    network.block += 1
+    for i in range(3):
+        pipeline.submit(make_envelope(10 + i, f"more {i}"))
+    pipeline.run_until_idle()
+    assert len(network.certified) >= 2
+    manager = CountingWindowReads(network, challenge_window=10_000)
+    challenger, _, _ = make_challenger(db, pipeline, network, manager, Checker(Verdict.ACCEPT))
+    assert len(challenger.poll()) == 6
+    assert manager.window_reads == 1
+    challenger.poll()
+    assert manager.window_reads <= 2  # read again at the next poll (governance may change it)
     pipeline.close()

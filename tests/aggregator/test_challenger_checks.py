@@ -395,3 +395,74 @@ def test_the_cli_prints_a_ready_line_once_watching(
     assert challenger_cli.main(["run", "--config", str(write_config(tmp_path))]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines == [{"event": "ready", "metrics_port": 9123, "next_block": 42}]
+
+
+def _app_over(tmp_path: Path, challenger: Challenger, resolver: Resolver, store: ChallengerStore) -> ChallengerApp:
+    """A ``ChallengerApp`` around ``challenger`` and its resolver, as ``ChallengerApp.start`` wires them."""
+    advancer = EndedChallenges(resolver)
+    challenger.resolver = advancer
+    config = ChallengerConfig(deployment_file=tmp_path / "d.json", ecdsa_keystore=tmp_path / "k.json")
+    app = ChallengerApp(config, ChallengerSecrets())
+    app.store, app.challenger, app.resolver, app._advancer = store, challenger, resolver, advancer
+    app.evidence = EvidenceBook(store.session, AttestationRow, EquivocationRow, None, store.clock)
+    app.keeper = None
+    return app
+
+
+def _counts(app: ChallengerApp) -> tuple[float, dict[str, float]]:
+    metrics = app.metrics
+    states = ("upheld", "dismissed", "expired", "lost")
+    return metrics.challenges._value.get(), {s: metrics.challenges_closed.labels(s)._value.get() for s in states}
+
+
+def test_a_requeued_challenge_refused_for_good_is_counted_lost(tmp_path: Path) -> None:
+    """A reorg drops our challenge after the challenge window closed: sent again, it is refused
+    (ChallengeWindowClosed). It was counted opened and never closed; it is counted closed, lost."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", challenge_window=10)
+    store = ChallengerStore("sqlite://")
+    feed = Feed(pipeline, network)
+    resolver = Resolver(DOMAIN, store, manager, network, network, verify_timeout=5)
+    challenger = Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, None, sample_rate=1.0, start_block=0)
+    app = _app_over(tmp_path, challenger, resolver, store)
+    challenger.resolver = None
+    app.poll_once()  # opened, not resolved yet
+    [row] = store.list_challenges()
+    manager.challenges.clear()  # a reorg drops it
+    manager.leaves.clear()
+    network.block = row.opened_block + 64  # past the challenge window too
+    challenger.resolver = app._advancer
+    for _ in range(3):
+        app.poll_once()
+        network.block += 1
+    [finding] = store.list_findings()
+    assert "ChallengeWindowClosed" in finding.detail and finding.challenge_id is None
+    assert store.list_sent_challenges() == [] and manager.challenges == {}
+    assert _counts(app) == (1, {"upheld": 0, "dismissed": 0, "expired": 0, "lost": 1})
+    assert app.metrics.open_challenges._value.get() == 0
+    resolver.close()
+    pipeline.close()
+
+
+def test_a_challenge_adopted_after_a_crash_is_counted_opened(tmp_path: Path) -> None:
+    """Killed after its challenge was mined, before its database write: the restarted challenger
+    adopts the challenge and resolves it. It was counted closed (upheld) and never opened."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01")
+    manager.crash_after_challenge = True
+    db = f"sqlite:///{tmp_path}/challenger.sqlite"
+    first, _, store = make_challenger(db, pipeline, network, manager)
+    with pytest.raises(KeyboardInterrupt):
+        first.poll()
+    store.close()
+    manager.crash_after_challenge = False
+    network.block += 1
+    again, resolver, store = make_challenger(db, pipeline, network, manager)
+    app = _app_over(tmp_path, again, resolver, store)
+    app.poll_once()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    [finding] = store.list_findings()
+    assert finding.detail == "challenged (adopted from the chain)"
+    assert _counts(app) == (1, {"upheld": 1, "dismissed": 0, "expired": 0, "lost": 0})
+    resolver.close()
+    pipeline.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +120,14 @@ class ChallengerMetrics:
         self.leaves_checked = Counter(
             "avs_challenger_leaves_checked_total", "Leaves re-verified, by verdict", ["verdict"], registry=registry
         )
-        self.challenges = Counter("avs_challenger_challenges_total", "Challenges opened", registry=registry)
+        self.challenges = Counter(
+            "avs_challenger_challenges_total",
+            "Challenges opened, or adopted from the chain (one per leaf)",
+            registry=registry,
+        )
         self.challenges_closed = Counter(
             "avs_challenger_challenges_closed_total",
-            "Challenges ended, by how (upheld, dismissed, expired)",
+            "Challenges ended, by how (upheld, dismissed, expired; lost: given up to a reorg, then refused)",
             ["state"],
             registry=registry,
         )
@@ -132,13 +137,22 @@ class ChallengerMetrics:
             "avs_challenger_pending_checks", "Leaves (or batches) not checked yet, retried", registry=registry
         )
 
-    def record(self, findings: list[Finding], closed: list[ChallengeRow], still_open: int) -> None:
+    def record(
+        self, findings: list[Finding], closed: list[ChallengeRow], still_open: int, lost: Sequence[Finding] = ()
+    ) -> None:
+        """``findings``: new this poll; ``closed``: the challenges that ended (``Resolver``); ``lost``: the
+        leaves whose challenge, given up to a reorg, was then refused (``take_lost_challenges``)."""
         for finding in findings:
             self.leaves_checked.labels(finding.verdict.name.lower() if finding.verdict else "unchecked").inc()
-            if finding.challenge_tx:
+            # Every finding naming a challenge counts, not only those with our transaction: one adopted
+            # from the chain (after a crash, a receipt timeout, or someone else's) is resolved and
+            # counted closed like the others, so it is counted opened too.
+            if finding.challenge_id is not None:
                 self.challenges.inc()
         for row in closed:
             self.challenges_closed.labels(row.state.lower()).inc()
+        if lost:
+            self.challenges_closed.labels("lost").inc(len(lost))
         self.open_challenges.set(still_open)
 
 
@@ -223,6 +237,7 @@ class ChallengerApp:
             check_attempts=self.config.check_attempts,
             confirm=self.resolver.predict_verdict if self.resolver is not None else None,
             confirmations=self.config.confirmations,
+            find_challenge_tx=chain.find_challenge_tx,
         )
         host, port = split_host_port(self.config.metrics_listen)
         server, _ = start_metrics_server(host, port, self.registry)
@@ -252,13 +267,14 @@ class ChallengerApp:
         except Exception:
             logger.exception("challenger scan failed; retrying at the next poll")
         closed = self._advancer.take_ended() if self._advancer is not None else []
+        lost = self.challenger.take_lost_challenges()
         try:
             self.evidence.report_pending()
         except Exception:
             logger.exception("reporting equivocations failed; retrying at the next poll")
         try:
             still_open = len(self.store.list_challenges([ChallengeState.OPEN]))
-            self.metrics.record(findings, closed, still_open)
+            self.metrics.record(findings, closed, still_open, lost)
             self.metrics.pending_checks.set(len(self.store.list_pending_checks()))
             self.metrics.last_block.set(self.challenger.next_block - 1)
         except Exception:

@@ -220,8 +220,21 @@ class Web3Escalator:
         return int(self.faults.fault_manager.functions.latestChallengeOfLeaf(key).call())
 
     def get_challenge_window(self) -> int:
-        """The task manager's ``config().challengeWindowBlocks``, read at every call (governance may change it)."""
+        """The task manager's ``config().challengeWindowBlocks``, read from the chain at every call (the
+        challenger asks once per poll): governance may change it."""
         return int(self.faults.avs.task_manager.functions.config().call()[2])
+
+    def find_challenge_tx(self, challenge_id: int, opened_block: int) -> bytes | None:
+        """The transaction that opened challenge ``challenge_id``: its ``ChallengeOpened`` log (the id
+        is an indexed topic) in block ``opened_block``, one ``eth_getLogs``; None if not there."""
+        event = self.faults.fault_manager.events.ChallengeOpened
+        logs = event.get_logs(
+            argument_filters={"challengeId": challenge_id}, from_block=opened_block, to_block=opened_block
+        )
+        for log in logs:
+            if int(log["args"]["challengeId"]) == challenge_id:
+                return bytes(log["transactionHash"])
+        return None
 
     def get_block_number(self) -> int:
         return int(self.faults.avs.w3.eth.block_number)

@@ -21,7 +21,8 @@ and goes on resolving the open ones.
 
 A REJECT the escalation quorum upholds is a decision, not a check to retry: the leaf is marked "to
 challenge" before its transaction and stays marked until the chain shows the challenge (adopted from
-``latestChallengeOfLeaf``, never from the guess in a revert estimated on the pending state) or
+``latestChallengeOfLeaf``, never from the guess in a revert estimated on the pending state, nor one
+past its resolution window: that one is expired and ours sent) or
 refuses it for good (``ChallengeWindowClosed``, ``LeafNotCertified``). A send that fails otherwise
 (RPC down, receipt timeout, the bond short) is sent again at every poll until then, however long the
 challenge window, and without asking the operators again.
@@ -203,6 +204,11 @@ class Escalator(Protocol):
         ``challengeWindowBlocks``)."""
         ...
 
+    def expire_challenge(self, challenge_id: int) -> bytes:
+        """Send ``expireChallenge`` (anyone may, once the challenge is past its resolution window;
+        the bond goes back to whoever opened it). Raises ``ContractRevertError``."""
+        ...
+
 
 class ChallengeAdvancer(Protocol):
     """What moves open challenges on (``resolution.Resolver``)."""
@@ -234,6 +240,7 @@ class Challenger:
         confirmations: int = 0,
         resolve_every_seconds: float = RESOLVE_EVERY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        find_challenge_tx: Callable[[int, int], bytes | None] | None = None,
     ) -> None:
         self.feed = feed
         # Blocks on top of a BatchCertified event before it is scanned: a scanned block is never
@@ -251,6 +258,14 @@ class Challenger:
         self.resolve_every_seconds = resolve_every_seconds
         self.clock = clock
         self._resolved_at = clock()
+        # The transaction that opened challenge (id, opened block), for one adopted from the chain
+        # (``Web3Escalator.find_challenge_tx``: its ChallengeOpened log); None: not looked up.
+        self.find_challenge_tx = find_challenge_tx
+        # The task manager's challengeWindowBlocks, read once per poll (``_get_challenge_window``).
+        self._challenge_window: int | None = None
+        # Leaves whose challenge was given up to a reorg and then refused for good when sent again:
+        # ended without an outcome, for the metrics (``take_lost_challenges``).
+        self._lost_challenges: list[Finding] = []
         if store.get_next_block() is None:  # a fresh database: start where told, else at the head
             store.set_next_block(start_block if start_block is not None else feed.get_block_number() + 1)
 
@@ -268,10 +283,17 @@ class Challenger:
         """Send again the challenges not on chain yet, retry the unfinished checks, process the batches
         certified since the last poll, then move the open challenges on (also when the scan failed);
         returns the new findings."""
+        self._challenge_window = None  # read again once this poll needs it: governance may change it
         try:
             return self.advance_sent_challenges() + self.retry_pending() + self.scan()
         finally:
             self._advance_challenges()
+
+    def take_lost_challenges(self) -> list[Finding]:
+        """The leaves whose challenge ended lost since the last call: given up to a reorg (not counted
+        as ended then), then refused for good when sent again (the finding of each, updated)."""
+        lost, self._lost_challenges = self._lost_challenges, []
+        return lost
 
     def _advance_challenges(self) -> None:
         if self.resolver is not None:
@@ -409,7 +431,8 @@ class Challenger:
             return Finding(index, request_hash, output_hash, verdict)
         existing = self.store.find_challenge(index, request_hash, output_hash)
         if existing is not None:
-            return Finding(index, request_hash, output_hash, verdict, "already challenged", None, existing.challenge_id)
+            detail, tx = "already challenged", existing.open_tx
+            return Finding(index, request_hash, output_hash, verdict, detail, tx, existing.challenge_id)
         if self.confirm is not None:
             predicted, shares = self.confirm(certificate)
             if predicted is None:  # the escalation quorum cannot decide now (operators down): later
@@ -427,10 +450,19 @@ class Challenger:
         if self.escalator is None:
             return False
         try:
-            return self.feed.get_block_number() > batch.block + self.escalator.get_challenge_window()
+            return self.feed.get_block_number() > batch.block + self._get_challenge_window()
         except Exception as exc:
             logger.warning("challenge window not read", extra={"error": redact_urls(str(exc))})
             return False
+
+    def _get_challenge_window(self) -> int:
+        """The task manager's ``challengeWindowBlocks``, read once per poll (``poll`` forgets it), not
+        for every batch and leaf: a config call each is an RPC round trip for a value governance
+        seldom changes. The head is still read at each check: a long poll moves it on."""
+        assert self.escalator is not None
+        if self._challenge_window is None:
+            self._challenge_window = self.escalator.get_challenge_window()
+        return self._challenge_window
 
     def _send_challenge(self, batch: CertifiedBatch, certificate: ag.Certificate) -> Finding | None:
         """Mark the leaf "to challenge", then send ``FaultManager.challenge`` (``_attempt_challenge``).
@@ -465,9 +497,9 @@ class Challenger:
             if exc.name == "LeafAlreadyChallenged":
                 # Someone's mined challenge, or ours still in the mempool: the id in a revert estimated
                 # on the pending state is only a guess, so it is read from the mined state, now or later.
-                challenge_id = self._lookup_sent_quietly(sent)
-                if challenge_id is not None:
-                    return Finding(index, *leaf, Verdict.REJECT, "already challenged", None, challenge_id)
+                adopted = self._lookup_sent_quietly(sent)
+                if adopted is not None:
+                    return Finding(index, *leaf, Verdict.REJECT, "already challenged", adopted[1], adopted[0])
             logger.warning(
                 "challenge not opened; sending it again at the next poll", extra={**extra, "error": str(exc)}
             )
@@ -488,12 +520,14 @@ class Challenger:
         found: list[Finding] = []
         for sent in self.store.list_sent_challenges():
             try:
-                challenge_id = self._lookup_sent_quietly(sent)
-                if challenge_id is not None:
+                adopted = self._lookup_sent_quietly(sent)
+                if adopted is not None:
+                    # After a crash or a receipt timeout: the finding names the transaction that opened
+                    # it (from its ChallengeOpened log; None when that could not be read).
                     detail = "challenged (adopted from the chain)"
                     leaf = (sent.request_hash, sent.output_hash)
                     finding: Finding | None = Finding(
-                        sent.batch_index, *leaf, Verdict.REJECT, detail, None, challenge_id
+                        sent.batch_index, *leaf, Verdict.REJECT, detail, adopted[1], adopted[0]
                     )
                 else:
                     finding = self._attempt_challenge(sent)
@@ -505,12 +539,17 @@ class Challenger:
                 continue
             if self.store.has_finding(sent.batch_index, sent.request_hash):  # its challenge was lost to a reorg
                 self.store.update_finding_challenge(_finding_row(finding))  # not a new finding
+                if finding.challenge_id is None:
+                    # Refused for good (ChallengeWindowClosed, LeafNotCertified): the leaf's challenge,
+                    # counted as opened when it first was and not as ended when a reorg took it,
+                    # ends here, without an outcome; counted so, the opened ones all end.
+                    self._lost_challenges.append(finding)
             else:
                 found.append(self._record(finding))
                 self.store.remove_pending_check(sent.batch_index, sent.request_hash)
         return found
 
-    def _lookup_sent_quietly(self, sent: SentChallengeRow) -> int | None:
+    def _lookup_sent_quietly(self, sent: SentChallengeRow) -> tuple[int, bytes | None] | None:
         """``_lookup_sent``, None when the chain cannot be read: the mark stays for the next poll."""
         try:
             return self._lookup_sent(sent)
@@ -520,9 +559,10 @@ class Challenger:
             )
             return None
 
-    def _lookup_sent(self, sent: SentChallengeRow) -> int | None:
-        """The marked leaf's challenge from the mined state, recorded and its mark removed; None while
-        the chain shows none that is not expired (an expired one is never adopted)."""
+    def _lookup_sent(self, sent: SentChallengeRow) -> tuple[int, bytes | None] | None:
+        """The marked leaf's challenge from the mined state, recorded and its mark removed: its id and
+        opening transaction (None if not found). None while the chain shows none that can still
+        end in our favour (an expired one, or an open one past its resolution window, is never adopted)."""
         assert self.escalator is not None
         challenge_id = self.escalator.find_leaf_challenge(*_leaf_key(sent))
         if not challenge_id:
@@ -532,9 +572,43 @@ class Challenger:
         # a reorg): it is dead and does not stand in the way of a new one, so ours is sent instead.
         if on_chain.status == ChallengeStatus.EXPIRED:
             return None
-        self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), on_chain.opened_block)
+        if on_chain.status == ChallengeStatus.OPEN and (
+            self.feed.get_block_number() > on_chain.opened_block + on_chain.resolution_window
+        ):
+            # Open but past its own resolution window: it can no longer be resolved, only expired, so
+            # adopting it would leave the fraud unpunished. The contract refuses a new challenge of
+            # the leaf (LeafAlreadyChallenged) until it is expired: expire it (anyone may; the bond
+            # goes back to its challenger) and send ours while the challenge window allows it.
+            self._expire_stale(challenge_id)
+            return None
+        open_tx = self._find_challenge_tx_quietly(challenge_id, on_chain.opened_block)
+        self._adopt(challenge_id, ag.Certificate.FromString(sent.certificate), on_chain.opened_block, open_tx)
         self.store.unmark_challenge_sent(*_leaf_key(sent))
-        return challenge_id
+        return challenge_id, open_tx
+
+    def _expire_stale(self, challenge_id: int) -> None:
+        """``expireChallenge`` for a challenge past its resolution window that stands in the way of
+        ours; a revert (someone expired it first, or the node is a block behind) is left to the next
+        lookup."""
+        assert self.escalator is not None
+        extra: dict[str, object] = {"challenge_id": challenge_id}
+        try:
+            self.escalator.expire_challenge(challenge_id)
+            logger.warning("stale challenge of the leaf expired, to challenge it", extra=extra)
+        except ContractRevertError as exc:
+            logger.warning("stale challenge not expired", extra={**extra, "error": str(exc)})
+
+    def _find_challenge_tx_quietly(self, challenge_id: int, opened_block: int) -> bytes | None:
+        """The transaction that opened the challenge, or None (no finder, or the log not read: the
+        challenge is adopted all the same)."""
+        if self.find_challenge_tx is None:
+            return None
+        try:
+            return self.find_challenge_tx(challenge_id, opened_block)
+        except Exception as exc:
+            extra = {"challenge_id": challenge_id, "error": redact_urls(str(exc))}
+            logger.warning("challenge transaction not looked up", extra=extra)
+            return None
 
     def _adopt(
         self, challenge_id: int, certificate: ag.Certificate, opened_block: int, open_tx: bytes | None = None

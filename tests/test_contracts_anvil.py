@@ -338,3 +338,27 @@ def test_signed_stake_shares_are_counted_on_chain_not_taken_from_the_certificate
     assert problems == [f"quorum 0: the certificate states {total}/{total} signed, the chain has {signed}/{total}"]
     _, problems = check_stakes_on_chain(certificate(signed), devnet.client, min_share_bps=8000)
     assert problems == ["quorum 0 signed 75.00% on chain, below the 80.00% asked"]
+
+
+def test_the_challenge_deadline_read_once_matches_the_contracts(devnet: Devnet) -> None:
+    """``ChallengeWindow.deadline`` (the challenger reads the window once per poll) gives the task
+    manager's ``challengeDeadline`` for every block, through lowerings and a raise of the window."""
+    client, w3 = devnet.client, devnet.w3
+    threshold, max_age, original = client.task_manager.functions.config().call()
+
+    def set_window(blocks: int) -> None:
+        client.transact(client.task_manager.functions.setConfig((threshold, max_age, blocks)))
+        w3.provider.make_request("anvil_mine", [hex(7)])  # type: ignore[arg-type]
+
+    try:
+        for blocks in (original // 2, original * 3, 5, 2, 40):
+            set_window(blocks)
+            window = client.get_challenge_window()
+            assert window.blocks == blocks
+            head = w3.eth.block_number
+            for certified in range(max(0, head - original - 20), head + 30, 3):
+                expected = client.task_manager.functions.challengeDeadline(certified).call()
+                assert window.deadline(certified) == expected, (blocks, certified)
+        assert client.get_challenge_window().kept_blocks > 0  # a lowering was recorded
+    finally:
+        set_window(original)

@@ -204,6 +204,24 @@ class MinedTransaction(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengeWindow:
+    """The task manager's challenge window: ``config().challengeWindowBlocks`` and the record of its
+    last lowering (``loweredWindow()``), which batches certified up to then keep."""
+
+    blocks: int
+    kept_blocks: int = 0
+    lowered_at: int = 0
+
+    def deadline(self, certified_block: int) -> int:
+        """The last block in which a batch certified in ``certified_block`` can be challenged: the
+        contract's ``challengeDeadline`` (``_deadline``), the same rule read once for many batches."""
+        deadline = certified_block + self.blocks
+        if self.kept_blocks > self.blocks:
+            deadline = max(deadline, min(certified_block, self.lowered_at) + self.kept_blocks)
+        return deadline
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     tx_hash: bytes
     gas_used: int
@@ -293,6 +311,12 @@ class Web3AvsClient:
         """The task manager's ``config().maxReferenceAge``: certificates and fault proofs whose reference
         block is older than this many blocks are refused (``StaleReferenceBlock``)."""
         return int(self._call(self.task_manager.functions.config())[1])
+
+    def get_challenge_window(self) -> ChallengeWindow:
+        """The task manager's challenge window with its lowering record (two calls): governance may
+        change it, so read it again rather than keep it."""
+        kept, lowered_at = self._call(self.task_manager.functions.loweredWindow())
+        return ChallengeWindow(int(self._call(self.task_manager.functions.config())[2]), int(kept), int(lowered_at))
 
     def get_batch_digest(self, header: BatchHeader) -> bytes:
         return bytes(self._call(self.task_manager.functions.batchDigest(encode_batch_header(header))))

@@ -190,9 +190,10 @@ contract FaultManager is IFaultManager, Ownable {
         if (!taskManager.verifyLeaf(header, signatoryRecordHash, requestHash, outputHash, proof)) {
             revert LeafNotCertified();
         }
-        (,, uint32 window) = taskManager.config();
         uint32 certifiedBlock = taskManager.getBatch(header.batchIndex).certifiedBlock;
-        if (block.number > uint256(certifiedBlock) + window) revert ChallengeWindowClosed(header.batchIndex);
+        if (block.number > taskManager.challengeDeadline(certifiedBlock)) {
+            revert ChallengeWindowClosed(header.batchIndex);
+        }
         bytes32 leafKey = keccak256(abi.encode(header.batchIndex, requestHash, outputHash));
         uint256 previous = latestChallengeOfLeaf[leafKey];
         if (previous != 0 && _challenges[previous].status != ChallengeStatus.Expired) {

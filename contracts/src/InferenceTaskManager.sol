@@ -23,14 +23,19 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     /// @notice Governance parameters.
     Config public config;
 
-    /// @dev An aggregator's permission with a copy of what certifyBatch needs of `config`, packed
-    ///      in one slot (a nested struct would start a second one): certifyBatch reads one cold slot
-    ///      instead of two (2,100 gas less); `setConfig` refreshes every copy.
+    /// @inheritdoc IInferenceTaskManager
+    LoweredWindow public loweredWindow;
+
+    /// @dev An aggregator's permission with a copy of what certifyBatch needs of `config` and
+    ///      `loweredWindow`, packed in one slot (a nested struct would start a second one): certifyBatch
+    ///      reads one cold slot instead of three; `setConfig` refreshes every copy.
     struct AggregatorEntry {
         bool allowed;
         uint16 thresholdBps;
         uint32 maxReferenceAge;
         uint32 challengeWindowBlocks;
+        uint32 keptWindowBlocks;
+        uint32 windowLoweredAt;
     }
 
     mapping(address => AggregatorEntry) private _aggregators;
@@ -63,8 +68,10 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     /// @notice Authorises or revokes an aggregator.
     function setAggregator(address aggregator, bool allowed) external onlyOwner {
         if (_aggregators[aggregator].thresholdBps == 0) _aggregatorList.push(aggregator); // first time
-        Config memory c = config;
-        _aggregators[aggregator] = AggregatorEntry(allowed, c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
+        (Config memory c, LoweredWindow memory w) = (config, loweredWindow);
+        _aggregators[aggregator] = AggregatorEntry(
+            allowed, c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks, w.keptBlocks, w.loweredAt
+        );
         emit AggregatorSet(aggregator, allowed);
     }
 
@@ -86,7 +93,7 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
         if (!aggregator.allowed) revert OnlyAggregator();
         (uint64 slot, uint32 epoch) = _ringSlot(header.batchIndex);
         BatchRecord storage record = _batches[slot];
-        _requireSlotFree(header.batchIndex, record, epoch, aggregator.challengeWindowBlocks);
+        _requireSlotFree(header.batchIndex, record, epoch, aggregator);
         if (uint256(header.referenceBlock) + aggregator.maxReferenceAge < block.number) {
             revert StaleReferenceBlock(header.referenceBlock);
         }
@@ -127,7 +134,13 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     /// @inheritdoc IInferenceTaskManager
     function isBatchFinal(uint64 batchIndex) external view returns (bool) {
         uint32 at = getBatch(batchIndex).certifiedBlock;
-        return at != 0 && block.number > uint256(at) + config.challengeWindowBlocks;
+        return at != 0 && block.number > challengeDeadline(at);
+    }
+
+    /// @inheritdoc IInferenceTaskManager
+    function challengeDeadline(uint32 certifiedBlock) public view returns (uint256) {
+        LoweredWindow memory w = loweredWindow;
+        return _deadline(certifiedBlock, config.challengeWindowBlocks, w.keptBlocks, w.loweredAt);
     }
 
     /// @inheritdoc IInferenceTaskManager
@@ -181,12 +194,32 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
 
     /// @dev `held` (the slot's record) may be replaced by `batchIndex` (of `epoch`): the slot is
     ///      empty, or holds a lower index whose batch is final.
-    function _requireSlotFree(uint64 batchIndex, BatchRecord storage held, uint32 epoch, uint32 window) private view {
+    function _requireSlotFree(uint64 batchIndex, BatchRecord storage held, uint32 epoch, AggregatorEntry memory copy)
+        private
+        view
+    {
         (uint32 at, uint32 heldEpoch) = (held.certifiedBlock, held.ringEpoch);
         if (at == 0) return;
         if (heldEpoch == epoch) revert BatchAlreadyCertified(batchIndex);
         if (heldEpoch > epoch) revert BatchIndexSuperseded(batchIndex);
-        if (block.number <= uint256(at) + window) revert BatchSlotNotFinal(batchIndex);
+        if (block.number <= _deadline(at, copy.challengeWindowBlocks, copy.keptWindowBlocks, copy.windowLoweredAt)) {
+            revert BatchSlotNotFinal(batchIndex);
+        }
+    }
+
+    /// @dev `challengeDeadline` from the window and the lowering record: a batch certified up to
+    ///      the lowering keeps the kept window, and none is final before those are (the deadline is
+    ///      the latest of any batch certified by `at`, so it never goes down as `at` grows).
+    function _deadline(uint32 at, uint32 window, uint32 kept, uint32 loweredAt)
+        private
+        pure
+        returns (uint256 deadline)
+    {
+        deadline = uint256(at) + window;
+        if (kept > window) {
+            uint256 before = uint256(at < loweredAt ? at : loweredAt) + kept;
+            if (before > deadline) deadline = before;
+        }
     }
 
     function _commitment(bytes32 structHash, bytes32 signatoryRecordHash) private pure returns (bytes24) {
@@ -195,11 +228,21 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
 
     function _setConfig(Config memory c) private {
         if (c.thresholdBps == 0 || c.thresholdBps > 10_000) revert InvalidThreshold();
+        uint32 current = config.challengeWindowBlocks;
+        LoweredWindow memory w = loweredWindow;
+        if (c.challengeWindowBlocks < current) {
+            // Batches certified up to now keep the longest window any of them may still be in:
+            // the current one, or the one kept at an earlier lowering if its batches are not final.
+            uint32 kept = current;
+            if (w.keptBlocks > kept && block.number <= uint256(w.loweredAt) + w.keptBlocks) kept = w.keptBlocks;
+            w = LoweredWindow(kept, uint32(block.number));
+            loweredWindow = w;
+        }
         config = c;
         for (uint256 i; i < _aggregatorList.length; ++i) {
             AggregatorEntry storage e = _aggregators[_aggregatorList[i]];
-            (e.thresholdBps, e.maxReferenceAge, e.challengeWindowBlocks) =
-            (c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
+            (e.thresholdBps, e.maxReferenceAge, e.challengeWindowBlocks, e.keptWindowBlocks, e.windowLoweredAt) =
+            (c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks, w.keptBlocks, w.loweredAt);
         }
         emit ConfigSet(c.thresholdBps, c.maxReferenceAge, c.challengeWindowBlocks);
     }

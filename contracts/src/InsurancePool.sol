@@ -142,16 +142,16 @@ contract InsurancePool is IInsurancePool, Ownable {
 
     /// @inheritdoc IInsurancePool
     /// @dev The coverage insures a certification of its request in a block up to `expiresAtBlock`
-    ///      (`recordFraud`); such a batch can be challenged up to `expiresAtBlock` +
-    ///      `challengeWindowBlocks` (`FaultManager.challenge`: block.number <= certifiedBlock +
-    ///      window, both read from the task manager's current config), so only after that block is
-    ///      every batch that the coverage could pay for final, and a challenge opened in its window
-    ///      holds the expiry off (`openChallenges`) until it ends. `maxReferenceAge` plays no part:
-    ///      the window runs from the certified block, whatever the reference block.
+    ///      (`recordFraud`); such a batch can be challenged up to the task manager's
+    ///      `challengeDeadline(certifiedBlock)` (`FaultManager.challenge`), and
+    ///      `challengeDeadline(expiresAtBlock)` is the latest of those of every batch certified up
+    ///      to `expiresAtBlock`, so only after it is every batch that the
+    ///      coverage could pay for final, and a challenge opened in its window holds the expiry off
+    ///      (`openChallenges`) until it ends. `maxReferenceAge` plays no part: the window runs from
+    ///      the certified block, whatever the reference block.
     function expireCoverage(bytes32 requestHash) external {
         Coverage storage c = _requireExpirable(requestHash);
-        (,, uint32 challengeWindow) = taskManager.config();
-        if (block.number <= uint256(c.expiresAtBlock) + challengeWindow) revert CoverageNotExpired(requestHash);
+        if (block.number <= taskManager.challengeDeadline(c.expiresAtBlock)) revert CoverageNotExpired(requestHash);
         _expire(requestHash, c);
     }
 

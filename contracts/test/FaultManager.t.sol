@@ -356,6 +356,13 @@ contract ChallengeTest is ChallengeFixture {
         _challenge();
     }
 
+    /// @dev The window was read live: lowering it closed the challenges of batches still in theirs.
+    function test_challenge_ALoweredWindowStillAdmitsBatchesCertifiedBefore() public {
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 5));
+        vm.roll(block.number + 48); // the last block of the window the batch was certified under
+        _challenge();
+    }
+
     function test_challenge_RevertWhen_AlreadyChallenged() public {
         _challenge();
         vm.expectRevert(abi.encodeWithSelector(IFaultManagerErrors.LeafAlreadyChallenged.selector, uint256(1)));

@@ -101,7 +101,11 @@ contract CertifyBatchTest is CertifyFixture {
         (IBLSSignatureChecker.QuorumStakeTotals memory t,) =
             taskManager.checkSignatures(taskManager.batchDigest(h), h.quorumNumbers, h.referenceBlock, p);
         // quorum 0: stakes 10..80 halved for 1..4 (allocated half to each quorum)
-        vm.assertEq(t.totalStakeForQuorum[0], 5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether, "total q0");
+        vm.assertEq(
+            t.totalStakeForQuorum[0],
+            5 ether + 10 ether + 15 ether + 20 ether + 50 ether + 60 ether + 70 ether + 80 ether,
+            "total q0"
+        );
         vm.assertEq(t.signedStakeForQuorum[0], t.totalStakeForQuorum[0] - 10 ether - 70 ether, "signed q0");
         vm.assertEq(t.totalStakeForQuorum[1], 50 ether, "total q1");
         vm.assertEq(t.signedStakeForQuorum[1], 40 ether, "signed q1");
@@ -304,6 +308,65 @@ contract IsBatchFinalTest is CertifyFixture {
         vm.assertTrue(taskManager.isBatchFinal(0), "final");
         vm.assertFalse(taskManager.isBatchFinal(1), "uncertified");
     }
+
+    /// @dev Lowering the window keeps it for the batches certified before (read live, it made them
+    ///      final at once), and for those certified after until the earlier ones are final.
+    function test_isBatchFinal_ALoweredWindowKeepsTheBatchesCertifiedBefore() public {
+        uint256 start = block.number;
+        _certify(0, keccak256("root"), hex"00", _none()); // window 50
+        vm.roll(start + 10);
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 5));
+        vm.roll(start + 20);
+        _certify(1, keccak256("root1"), hex"00", _none());
+        vm.assertEq(taskManager.challengeDeadline(uint32(start)), start + 50, "kept for the batch before");
+        vm.assertEq(taskManager.challengeDeadline(uint32(start + 20)), start + 60, "until the earlier ones are final");
+        vm.assertEq(taskManager.challengeDeadline(uint32(start + 70)), start + 75, "then the new window");
+        vm.roll(start + 50);
+        vm.assertFalse(taskManager.isBatchFinal(0), "last block of its window");
+        vm.roll(start + 51);
+        vm.assertTrue(taskManager.isBatchFinal(0), "final");
+        vm.assertFalse(taskManager.isBatchFinal(1), "not before the batch before it");
+        vm.roll(start + 61);
+        vm.assertTrue(taskManager.isBatchFinal(1), "final");
+    }
+}
+
+/// @notice Whatever governance does to the window, a batch keeps the window it was certified under.
+contract ChallengeDeadlineTest is CertifyFixture {
+    /// @dev Eight changes of the window at random gaps; after each, every block's batches (certified
+    ///      before or after a change in that block) still have at least the window in force then,
+    ///      and the deadline never goes down as the certified block grows.
+    function testFuzz_challengeDeadline_NeverShortensAWindow(uint8[8] memory gaps, uint8[8] memory windows) public {
+        uint256[] memory certifiedAt = new uint256[](17);
+        uint256[] memory window = new uint256[](17);
+        (certifiedAt[0], window[0]) = (block.number, 50);
+        for (uint256 i; i < 8; ++i) {
+            vm.roll(block.number + bound(gaps[i], 0, 40));
+            (,, uint32 before) = taskManager.config();
+            uint32 next = uint32(bound(windows[i], 1, 120));
+            taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, next));
+            (certifiedAt[2 * i + 1], window[2 * i + 1]) = (block.number, before); // certified before the change
+            (certifiedAt[2 * i + 2], window[2 * i + 2]) = (block.number, next); // and after it, same block
+            for (uint256 j; j <= 2 * i + 2; ++j) {
+                uint256 end = certifiedAt[j] + window[j];
+                if (block.number <= end) {
+                    vm.assertGe(taskManager.challengeDeadline(uint32(certifiedAt[j])), end, "a window shortened");
+                }
+            }
+        }
+        uint256 last;
+        for (uint256 b = certifiedAt[0]; b <= block.number + 200; ++b) {
+            uint256 deadline = taskManager.challengeDeadline(uint32(b));
+            vm.assertGe(deadline, last, "not monotonic");
+            last = deadline;
+        }
+    }
+
+    function test_challengeDeadline_WithoutALoweringIsTheCurrentWindow() public {
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 80)); // raised
+        vm.assertEq(taskManager.challengeDeadline(uint32(block.number)), block.number + 80, "raised window");
+        vm.assertEq(taskManager.challengeDeadline(7), 87, "for an older batch too");
+    }
 }
 
 /// @dev A ring of 4 batch record slots: indices 1, 5, 9, ... share slot 1.
@@ -364,6 +427,15 @@ contract BatchRecordRingTest is RingFixture {
         vm.roll(block.number + WINDOW + 1);
         _expectCertifyRevert(5, abi.encodeWithSelector(IInferenceTaskManager.BatchSlotNotFinal.selector, uint64(5)));
         vm.roll(block.number + 30);
+        _certifyIndex(5);
+    }
+
+    function test_ring_ALoweredWindowKeepsTheSlotOfABatchCertifiedBefore() public {
+        _certifyIndex(1);
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 5));
+        vm.roll(block.number + WINDOW); // past the new window, within batch 1's
+        _expectCertifyRevert(5, abi.encodeWithSelector(IInferenceTaskManager.BatchSlotNotFinal.selector, uint64(5)));
+        vm.roll(block.number + 1);
         _certifyIndex(5);
     }
 

@@ -378,6 +378,24 @@ contract ExpireCoverageAfterWindowTest is PoolFixture {
         vm.assertEq(pool.outstandingCoverage(0), 0, "released");
     }
 
+    /// @dev Lowering the window after the term does not let a signer of a bad batch certified in
+    ///      the term expire the coverage before that batch's window (the one it was certified
+    ///      under) is over.
+    function test_expireCoverage_ALoweredWindowKeepsTheBatchesOfTheTermChallengeable() public {
+        _buy(90 ether);
+        uint256 end = _end();
+        _certifyAt(end - 5);
+        vm.roll(end + 1);
+        taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, 1));
+        vm.roll(end + 10);
+        vm.prank(address(0xBAD));
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.CoverageNotExpired.selector, requestHash));
+        pool.expireCoverage(requestHash);
+        vm.roll(end - 5 + WINDOW);
+        _challengeAndUphold(_none());
+        vm.assertEq(pool.claim(requestHash), 90 ether, "the insured requester is paid");
+    }
+
     /// @dev The window is the task manager's current one, as `FaultManager.challenge` reads it.
     function test_expireCoverage_FollowsTheTaskManagersChallengeWindow() public {
         _buy(10 ether);

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from eth_utils import keccak
 
-from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
+from avs.chain.client import ChallengeWindow, CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import BatchSigners, Challenge, ChallengeStatus, PendingSlashing, SignedAttestation
 from avs.crypto import bls
 from avs.crypto.curve import G1_IDENTITY, G1Point, negate_g1
@@ -276,6 +276,7 @@ class FakeFaultManager:
         self.network = network
         self.config = EscalationConfig(escalation_quorums, threshold_bps, window)
         self.challenge_window = challenge_window
+        self.lowered_window = (0, 0)  # loweredWindow(): (kept blocks, lowered at)
         self.challenges: dict[int, Challenge] = {}
         self.leaves: dict[tuple[int, bytes, bytes], int] = {}
         self.slashed: dict[int, tuple[bytes, ...]] = {}  # challenge id -> slashed signer ids
@@ -294,8 +295,8 @@ class FakeFaultManager:
         self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
     ) -> OpenedChallenge:
         self.calls.append("challenge")
-        window = self.challenge_window
-        if window is not None and self.network.block > self.network.certified[header.batch_index][0] + window:
+        deadline = self.get_challenge_window().deadline(self.network.certified[header.batch_index][0])
+        if self.network.block > deadline:
             raise ContractRevertError("ChallengeWindowClosed", (header.batch_index,))
         key = (header.batch_index, leaf[0], leaf[1])
         previous = self.leaves.get(key)
@@ -326,8 +327,9 @@ class FakeFaultManager:
     def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
         return self.leaves.get((batch_index, request_hash, output_hash), 0)
 
-    def get_challenge_window(self) -> int:
-        return self.challenge_window if self.challenge_window is not None else 2**32
+    def get_challenge_window(self) -> ChallengeWindow:
+        blocks = self.challenge_window if self.challenge_window is not None else 2**32
+        return ChallengeWindow(blocks, *self.lowered_window)
 
     # --- ChallengeChain -----------------------------------------------------------------
 

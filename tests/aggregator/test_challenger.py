@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from eth_utils import keccak
 
-from avs.chain.client import ContractRevertError
+from avs.chain.client import ChallengeWindow, ContractRevertError
 from avs.chain.faults import ChallengeStatus, SignedAttestation
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
@@ -921,6 +921,24 @@ def test_batches_past_their_challenge_window_are_not_checked_while_escalating(tm
     pipeline.close()
 
 
+def test_a_batch_certified_before_the_window_was_lowered_is_still_checked(tmp_path: Path, db: str) -> None:
+    """Batch 1 was certified under a 100-block window, lowered to 30 since: it keeps its window on
+    chain (``challengeDeadline``), so it is checked and challenged, not skipped as closed."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    network.block += 50
+    pipeline.submit(make_envelope(1, "leaf 1"))
+    pipeline.run_until_idle()
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", challenge_window=30)
+    manager.lowered_window = (100, network.certified[1][0] + 1)
+    challenger, _, _ = make_challenger(db, pipeline, network, manager, Checker(Verdict.REJECT))
+    findings = challenger.poll()
+    assert [(f.batch_index, f.verdict, f.detail) for f in findings] == [
+        (1, Verdict.REJECT, "challenged"),
+        (2, Verdict.REJECT, "challenged"),
+    ]
+    pipeline.close()
+
+
 def test_an_open_challenge_past_its_resolution_window_is_expired_not_adopted(tmp_path: Path, db: str) -> None:
     """Someone's challenge of the leaf was never resolved nor expired, and is past its resolution
     window: it can only expire now. Adopting it left the fraud unpunished (the resolver expired it
@@ -1011,7 +1029,7 @@ def test_a_challenge_transaction_not_found_does_not_stop_the_adoption(tmp_path: 
 class CountingWindowReads(FakeFaultManager):
     window_reads = 0
 
-    def get_challenge_window(self) -> int:
+    def get_challenge_window(self) -> ChallengeWindow:
         self.window_reads += 1
         return super().get_challenge_window()
 

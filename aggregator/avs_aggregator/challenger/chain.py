@@ -17,7 +17,13 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from avs.chain.abi import load_abi
-from avs.chain.client import LOG_CHUNK_BLOCKS, CheckSignaturesIndices, NonSignerStakesAndSignature, Web3AvsClient
+from avs.chain.client import (
+    LOG_CHUNK_BLOCKS,
+    ChallengeWindow,
+    CheckSignaturesIndices,
+    NonSignerStakesAndSignature,
+    Web3AvsClient,
+)
 from avs.chain.faults import BatchSigners, Challenge, PendingSlashing, SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
 from avs.errors import InvalidInputError
@@ -219,10 +225,10 @@ class Web3Escalator:
         key = keccak(abi_encode(["uint64", "bytes32", "bytes32"], [batch_index, request_hash, output_hash]))
         return int(self.faults.fault_manager.functions.latestChallengeOfLeaf(key).call())
 
-    def get_challenge_window(self) -> int:
-        """The task manager's ``config().challengeWindowBlocks``, read from the chain at every call (the
-        challenger asks once per poll): governance may change it."""
-        return int(self.faults.avs.task_manager.functions.config().call()[2])
+    def get_challenge_window(self) -> ChallengeWindow:
+        """The task manager's challenge window, read from the chain at every call (the challenger asks
+        once per poll): governance may change it."""
+        return self.faults.avs.get_challenge_window()
 
     def find_challenge_tx(self, challenge_id: int, opened_block: int) -> bytes | None:
         """The transaction that opened challenge ``challenge_id``: its ``ChallengeOpened`` log (the id

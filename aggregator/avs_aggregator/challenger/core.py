@@ -37,7 +37,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from avs.chain.client import ContractRevertError
+from avs.chain.client import ChallengeWindow, ContractRevertError
 from avs.chain.faults import Challenge, ChallengeStatus
 from avs.client import verify_certificate
 from avs.errors import UnavailableError
@@ -199,9 +199,9 @@ class Escalator(Protocol):
         """The latest challenge of the leaf in the mined state (``latestChallengeOfLeaf``); 0 if none."""
         ...
 
-    def get_challenge_window(self) -> int:
-        """Blocks after its certification a batch's leaves can be challenged (the task manager's
-        ``challengeWindowBlocks``)."""
+    def get_challenge_window(self) -> ChallengeWindow:
+        """The task manager's challenge window (``challengeWindowBlocks`` and the record of its last
+        lowering): ``deadline(certified_block)`` is the last block a batch's leaves can be challenged."""
         ...
 
     def expire_challenge(self, challenge_id: int) -> bytes:
@@ -262,7 +262,7 @@ class Challenger:
         # (``Web3Escalator.find_challenge_tx``: its ChallengeOpened log); None: not looked up.
         self.find_challenge_tx = find_challenge_tx
         # The task manager's challengeWindowBlocks, read once per poll (``_get_challenge_window``).
-        self._challenge_window: int | None = None
+        self._challenge_window: ChallengeWindow | None = None
         # Leaves whose challenge was given up to a reorg and then refused for good when sent again:
         # ended without an outcome, for the metrics (``take_lost_challenges``).
         self._lost_challenges: list[Finding] = []
@@ -450,13 +450,13 @@ class Challenger:
         if self.escalator is None:
             return False
         try:
-            return self.feed.get_block_number() > batch.block + self._get_challenge_window()
+            return self.feed.get_block_number() > self._get_challenge_window().deadline(batch.block)
         except Exception as exc:
             logger.warning("challenge window not read", extra={"error": redact_urls(str(exc))})
             return False
 
-    def _get_challenge_window(self) -> int:
-        """The task manager's ``challengeWindowBlocks``, read once per poll (``poll`` forgets it), not
+    def _get_challenge_window(self) -> ChallengeWindow:
+        """The task manager's challenge window, read once per poll (``poll`` forgets it), not
         for every batch and leaf: a config call each is an RPC round trip for a value governance
         seldom changes. The head is still read at each check: a long poll moves it on."""
         assert self.escalator is not None

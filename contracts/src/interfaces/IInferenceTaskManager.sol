@@ -14,6 +14,15 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
         uint32 challengeWindowBlocks;
     }
 
+    /// @notice The window before its last lowering (the longest still in force for some batch) and
+    ///         the block it was lowered in: batches certified up to then keep it
+    ///         (`challengeDeadline`). Read live, a lowered window made batches final at once that
+    ///         were still in theirs (challenges refused, coverage expired early). Zero: never lowered.
+    struct LoweredWindow {
+        uint32 keptBlocks;
+        uint32 loweredAt;
+    }
+
     /// @notice What is stored per certified batch (one slot): a 24-byte commitment to
     ///         (batch struct hash, signatory record hash), the block it was certified in, and the
     ///         batch's ring epoch (`batchIndex / recordRing`; 0 when every record is kept).
@@ -70,8 +79,19 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
         bytes32[] calldata proof
     ) external view returns (bool);
 
-    /// @notice Whether batch `batchIndex` is certified and its challenge window is over.
+    /// @notice Whether batch `batchIndex` is certified and its challenge window is over
+    ///         (`block.number > challengeDeadline(certifiedBlock)`).
     function isBatchFinal(uint64 batchIndex) external view returns (bool);
+
+    /// @notice The last block in which a batch certified in block `certifiedBlock` (or before it)
+    ///         can be challenged: `certifiedBlock + challengeWindowBlocks`, except that lowering the
+    ///         window shortens it for no batch already certified: those keep the longer window,
+    ///         and until they are final, so do the batches certified after the change.
+    function challengeDeadline(uint32 certifiedBlock) external view returns (uint256);
+
+    /// @notice The record of the last lowering of the challenge window (`LoweredWindow`), which
+    ///         with `config` gives `challengeDeadline` of every block (off-chain readers).
+    function loweredWindow() external view returns (uint32 keptBlocks, uint32 loweredAt);
 
     /// @notice The record of batch `batchIndex`: zero if it is not certified, or if its ring slot
     ///         was reused by a later batch once it was final (then the `BatchCertified` event is

@@ -34,7 +34,7 @@ interface IInsurancePoolTypes {
 
     /// @notice Coverage of one request. `expiresAtBlock`: the last block whose certification of the
     ///         request the coverage pays for (its term); `expireCoverage` ends it only after
-    ///         `expiresAtBlock` + the task manager's `challengeWindowBlocks`.
+    ///         the task manager's `challengeDeadline(expiresAtBlock)`.
     struct Coverage {
         address beneficiary;
         uint8 quorumNumber;
@@ -122,7 +122,7 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
         returns (bytes32 requestHash, uint256 premium);
 
     /// @notice Expires active coverage (premium kept) once its term and the challenge window after it
-    ///         are over: block.number > `expiresAtBlock` + the task manager's `challengeWindowBlocks`,
+    ///         are over: block.number > the task manager's `challengeDeadline(expiresAtBlock)`,
     ///         when every batch certified within the term is final; never while a challenge on the
     ///         request is open. Permissionless.
     function expireCoverage(bytes32 requestHash) external;

@@ -664,26 +664,36 @@ class Pipeline:
             "reject_signatures": {_hex(k): g1_to_json(v) for k, v in signatures.items()},
             "quorum_numbers": quorums.hex(),
         }
-        rejection_id = self.store.add_rejection(
-            RejectionRow(
-                request_hash=row.request_hash,
-                attempt=row.attempt,
-                primary_id=row.primary_id,
-                output_hash=row.output_hash,
-                reference_block=row.reference_block,
-                evidence=json.dumps(evidence),
-            )
-        )
-        if self.metrics is not None:
-            self.metrics.rejections.inc()
         named = ", ".join(str(q) for q in quorums)
-        logger.warning(
-            "output rejected",
-            extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id), "quorums": named},
-        )
-        if self.reporter is not None:
-            self._report_rejection(rejection_id, operator_set)
+        if not self._is_rejection_recorded(row):
+            rejection_id = self.store.add_rejection(
+                RejectionRow(
+                    request_hash=row.request_hash,
+                    attempt=row.attempt,
+                    primary_id=row.primary_id,
+                    output_hash=row.output_hash,
+                    reference_block=row.reference_block,
+                    evidence=json.dumps(evidence),
+                )
+            )
+            if self.metrics is not None:
+                self.metrics.rejections.inc()
+            logger.warning(
+                "output rejected",
+                extra={"request": _hex(row.request_hash), "primary": _hex(row.primary_id), "quorums": named},
+            )
+            if self.reporter is not None:
+                self._report_rejection(rejection_id, operator_set)
         self._retry(row, f"quorum {named} rejected the primary's output")
+
+    def _is_rejection_recorded(self, row: RequestRow) -> bool:
+        """Whether this attempt's output is rejected already: a crash after the rejection was written
+        and before the retry verifies the same output again (its proof, if still PENDING, is sent by
+        ``report_pending_rejections``). The rejection is recorded, counted and proven once."""
+        return any(
+            r.attempt == row.attempt and r.primary_id == row.primary_id and r.output_hash == row.output_hash
+            for r in self.store.list_rejections(row.request_hash)
+        )
 
     def report_pending_rejections(self, max_attempts: int = MAX_PROOF_ATTEMPTS) -> int:
         """Send the rejected-output proofs still PENDING: not sent yet after a restart, the chain was

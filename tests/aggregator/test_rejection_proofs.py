@@ -18,7 +18,7 @@ from avs_aggregator.evidence import ProofState
 from avs_aggregator.leader import NotLeaderError
 from avs_aggregator.pipeline import Pipeline
 from avs_aggregator.ports import OperatorSet
-from avs_aggregator.store import RequestState, Store
+from avs_aggregator.store import RequestRow, RequestState, Store
 from tests.aggregator.fakes import DOMAIN, FakeNetwork
 from tests.aggregator.test_pipeline import SETTINGS, find_envelope_with_primary
 
@@ -290,3 +290,32 @@ def test_a_late_proof_proves_the_quorums_its_signers_still_carry(db: str) -> Non
     assert pipeline.process_evidence() == 1
     assert [sent[0] for sent in reporter.sent] == [cheater] and reporter.quorums == [b"\x00"]
     pipeline.close()
+
+
+class CrashBeforeRetry(Pipeline):
+    """Stops (as a crash would) after the rejection is written, before the request is retried."""
+
+    def _retry(self, row: RequestRow, reason: str) -> None:
+        raise SystemExit("crash")
+
+
+def test_a_crash_between_the_rejection_and_the_retry_records_it_once(db: str) -> None:
+    """After the restart the same output is verified and rejected again: it was a second rejection
+    row (counted twice, a second proof sent for the same fault)."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    reporter = FlakyRejectionReporter()
+    crashing = CrashBeforeRetry(DOMAIN, Store(db), network, network, network, SETTINGS, reporter=reporter)
+    request_hash = crashing.submit(find_envelope_with_primary(network, cheater.keys.operator_id))
+    with pytest.raises(SystemExit):
+        crashing.run_until_idle()
+    crashing.close()
+    restarted = Pipeline(DOMAIN, Store(db), network, network, network, SETTINGS, reporter=reporter)
+    restarted.run_until_idle()
+    row = restarted.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 1
+    [rejection] = restarted.store.list_rejections(request_hash)
+    assert rejection.primary_id == cheater.keys.operator_id and rejection.state == ProofState.PROVEN
+    assert len(reporter.sent) == 1
+    restarted.close()

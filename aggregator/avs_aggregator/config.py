@@ -82,7 +82,9 @@ def compute_largest_status_bytes(max_chat_chars: int, max_new_tokens: int) -> in
 
 
 class PolicyConfig(_Section):
-    quorums: list[int] = Field(default=[0], min_length=1)  # quorums served
+    # Quorums served. Security setting: one quorum's majority REJECT slashes a primary, so each must
+    # hold enough stake to be trusted with an honest majority (docs/aggregator.md, step 5).
+    quorums: list[int] = Field(default=[0], min_length=1)
     default_quorums: list[int] = Field(default=[0], min_length=1)
     default_threshold_bps: int = Field(default=6667, gt=0, le=10_000)
     min_threshold_bps: int = Field(default=6667, gt=0, le=10_000)  # >= the task manager's thresholdBps

@@ -563,9 +563,10 @@ class Pipeline:
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
-        # the stake rejects it. A minority's REJECT cannot slash the primary (nor can it on-chain).
-        # One quorum is enough: its majority proves the output wrong for the stake in that quorum
-        # (the contract slashes the quorums of the certificate), whatever the other quorums said.
+        # the stake rejects it. A REJECT by a minority of every quorum cannot slash the primary (nor
+        # can it on-chain). One quorum is enough: its majority proves the output wrong for the stake
+        # in that quorum (the contract slashes the quorums of the certificate), whatever the other
+        # quorums said; so every allowed quorum is trusted to have an honest majority (docs).
         # The config's floor first: the chain's threshold is read again only for a rejection.
         floor = self._rejection_floor()
         rejecting = tally.rejecting_quorums(floor)

@@ -313,10 +313,13 @@ class Web3AvsClient:
         return int(self._call(self.task_manager.functions.config())[1])
 
     def get_challenge_window(self) -> ChallengeWindow:
-        """The task manager's challenge window with its lowering record (two calls): governance may
-        change it, so read it again rather than keep it."""
-        kept, lowered_at = self._call(self.task_manager.functions.loweredWindow())
-        return ChallengeWindow(int(self._call(self.task_manager.functions.config())[2]), int(kept), int(lowered_at))
+        """The task manager's challenge window with its lowering record: governance may change it, so
+        read it again rather than keep it. Both calls read one block, so a lowering mined between
+        them cannot pair the new window with the old record (deadlines earlier than the contract's)."""
+        block = self.w3.eth.block_number
+        kept, lowered_at = self._guard(lambda: self.task_manager.functions.loweredWindow().call(block_identifier=block))
+        config = self._guard(lambda: self.task_manager.functions.config().call(block_identifier=block))
+        return ChallengeWindow(int(config[2]), int(kept), int(lowered_at))
 
     def get_batch_digest(self, header: BatchHeader) -> bytes:
         return bytes(self._call(self.task_manager.functions.batchDigest(encode_batch_header(header))))

@@ -337,20 +337,23 @@ contract ChallengeDeadlineTest is CertifyFixture {
     ///      before or after a change in that block) still have at least the window in force then,
     ///      and the deadline never goes down as the certified block grows.
     function testFuzz_challengeDeadline_NeverShortensAWindow(uint8[8] memory gaps, uint8[8] memory windows) public {
+        // The promise: the deadline challengeDeadline gave a batch in the block it was certified.
         uint256[] memory certifiedAt = new uint256[](17);
-        uint256[] memory window = new uint256[](17);
-        (certifiedAt[0], window[0]) = (block.number, 50);
+        uint256[] memory promised = new uint256[](17);
+        (certifiedAt[0], promised[0]) = (block.number, taskManager.challengeDeadline(uint32(block.number)));
         for (uint256 i; i < 8; ++i) {
             vm.roll(block.number + bound(gaps[i], 0, 40));
-            (,, uint32 before) = taskManager.config();
             uint32 next = uint32(bound(windows[i], 1, 120));
+            uint256 now_ = block.number;
+            (certifiedAt[2 * i + 1], promised[2 * i + 1]) = (now_, taskManager.challengeDeadline(uint32(now_))); // before the change
             taskManager.setConfig(IInferenceTaskManager.Config(6667, 100, next));
-            (certifiedAt[2 * i + 1], window[2 * i + 1]) = (block.number, before); // certified before the change
-            (certifiedAt[2 * i + 2], window[2 * i + 2]) = (block.number, next); // and after it, same block
+            (certifiedAt[2 * i + 2], promised[2 * i + 2]) = (now_, taskManager.challengeDeadline(uint32(now_))); // after, same block
+            vm.assertGe(promised[2 * i + 2], now_ + next, "shorter than the window");
             for (uint256 j; j <= 2 * i + 2; ++j) {
-                uint256 end = certifiedAt[j] + window[j];
-                if (block.number <= end) {
-                    vm.assertGe(taskManager.challengeDeadline(uint32(certifiedAt[j])), end, "a window shortened");
+                if (now_ <= promised[j]) {
+                    vm.assertGe(
+                        taskManager.challengeDeadline(uint32(certifiedAt[j])), promised[j], "a window shortened"
+                    );
                 }
             }
         }

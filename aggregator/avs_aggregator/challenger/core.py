@@ -573,9 +573,10 @@ class Challenger:
         if on_chain.status == ChallengeStatus.EXPIRED:
             return None
         if on_chain.status == ChallengeStatus.OPEN and (
-            self.feed.get_block_number() > on_chain.opened_block + on_chain.resolution_window
+            self.feed.get_block_number() >= on_chain.opened_block + on_chain.resolution_window
         ):
-            # Open but past its own resolution window: it can no longer be resolved, only expired, so
+            # Open but at the end of its own resolution window (the next block is past it: resolving
+            # reverts, expiring works): it can no longer be resolved, only expired, so
             # adopting it would leave the fraud unpunished. The contract refuses a new challenge of
             # the leaf (LeafAlreadyChallenged) until it is expired: expire it (anyone may; the bond
             # goes back to its challenger) and send ours while the challenge window allows it.

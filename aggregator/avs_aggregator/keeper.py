@@ -10,11 +10,12 @@ that fails (an operator registering in the same block changes the count) has the
 retried, and it refreshes at once at start when a quorum is already stale. ``maxStakeAgeBlocks`` = 0
 (no freshness bound) needs no refresh.
 
-With ``eject_understaked``, a refresh is followed by the permissionless
-``OperatorRegistry.ejectUnderstaked(operator, quorum)`` for each member whose refreshed stake is zero
-(below the quorum's minimum): such a member has no say in certificates but holds one of the quorum's
-``maxOperatorCount`` places. The contract re-reads the stake, so a member that has topped up since
-is not ejected (its transaction reverts and is logged).
+With ``eject_understaked``, every full refresh of a quorum's stakes (ours, or anyone's: another
+party's keeper, the challenger's, refreshing first must not starve ejection) is followed by the
+permissionless ``OperatorRegistry.ejectUnderstaked(operator, quorum)`` for each member whose
+refreshed stake is zero (below the quorum's minimum): such a member has no say in certificates but
+holds one of the quorum's ``maxOperatorCount`` places. The contract re-reads the stake, so a member
+that has topped up since is not ejected (its transaction reverts and is logged).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class StakeKeeper:
         self.eject_understaked = eject_understaked
         self._next_block = 0  # no chain reads before this block ...
         self._next_time = float("-inf")  # ... or this time
+        self._ejection_scanned: dict[int, int] = {}  # quorum -> the refresh (its block) scanned for ejections
 
     def tick(self) -> list[int]:
         """Refreshes the quorums that are due; returns them."""
@@ -99,6 +101,9 @@ class StakeKeeper:
                 else:
                     refreshed.append(quorum)
                     due = head + 1 + margin
+            elif self.eject_understaked and self._ejection_scanned.get(quorum) != last:
+                self._eject_quietly(quorum, head)  # someone else refreshed it (or we just started)
+                self._ejection_scanned[quorum] = last
             next_due = due if next_due is None else min(next_due, due)
         self._next_block = next_due if next_due is not None else head + margin
         return refreshed
@@ -112,11 +117,16 @@ class StakeKeeper:
             raise RuntimeError(f"{found}, expected {expected}")
         logger.info("refreshing quorum stakes", extra={"quorum": quorum, "operators": len(members), "block": block})
         self.send(self.client.registry.functions.updateOperatorsForQuorum(quorum, members))
-        if self.eject_understaked:
-            try:  # on the stakes the refresh just recorded; the refresh itself stands whatever happens
-                self.eject(quorum, int(self.client.w3.eth.block_number))
-            except Exception as exc:
-                logger.warning("ejections failed", extra={"quorum": quorum, "error": str(exc)})
+        if self.eject_understaked:  # on the stakes the refresh just recorded
+            self._eject_quietly(quorum, int(self.client.w3.eth.block_number))
+            self._ejection_scanned[quorum] = int(self.client.registry.functions.quorumUpdateBlockNumber(quorum).call())
+
+    def _eject_quietly(self, quorum: int, block: int) -> None:
+        """``eject``, logged rather than raised: a refresh stands whatever happens to the ejections."""
+        try:
+            self.eject(quorum, block)
+        except Exception as exc:
+            logger.warning("ejections failed", extra={"quorum": quorum, "error": str(exc)})
 
     def eject(self, quorum: int, block: int) -> list[str]:
         """``ejectUnderstaked`` for (at most ``MAX_EJECTIONS_PER_REFRESH`` of) the members recorded with

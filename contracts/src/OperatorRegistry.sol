@@ -297,7 +297,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     ///         is recorded as zero) but would hold one of the quorum's `maxOperatorCount` places for
     ///         good, keeping staked operators out. It leaves through the AllocationManager, as if it
     ///         had deregistered itself: stays slashable for the deallocation delay, and may join again
-    ///         with enough stake.
+    ///         with enough stake once that delay has passed (the AllocationManager refuses it before).
     function ejectUnderstaked(address operator, uint8 quorumNumber) external {
         _requireQuorum(quorumNumber);
         bytes32 id = _memberId(operator, quorumNumber);

@@ -110,3 +110,31 @@ def test_ejections_are_capped_per_refresh_and_skipped_without_a_minimum() -> Non
     assert len(keeper.eject(0, registry.head)) == MAX_EJECTIONS_PER_REFRESH == len(sent)  # the rest next time
     registry.minimum = 0  # nobody is below a minimum of zero (the contract would revert every one)
     assert keeper.eject(0, registry.head) == [] and len(sent) == MAX_EJECTIONS_PER_REFRESH
+
+
+def test_a_refresh_by_someone_else_is_followed_by_ejections_once() -> None:
+    """Another party (the challenger's keeper, anyone) refreshes quorum 0 first, every time: the
+    keeper is never due itself, yet the members that refresh recorded at zero are ejected, once per
+    refresh."""
+    registry = FakeRegistry(last={0: 95, 1: 100}, members=3)  # neither quorum is due
+    network = FakeNetwork([{0: 10}, {0: 0}, {0: 0}])
+    client: Any = SimpleNamespace(w3=SimpleNamespace(eth=registry), registry=registry)
+    registry.block_number = registry.head  # type: ignore[attr-defined]
+    sent: list[Any] = []
+
+    class Reader:
+        def get_operator_set(self, block: int) -> OperatorSet:
+            return network.get_operator_set(block)
+
+    keeper = StakeKeeper(client, Reader(), sent.append, recheck_seconds=0.0, eject_understaked=True)
+    assert keeper.tick() == []  # nothing refreshed by us ...
+    assert [fn[0] for fn in sent] == ["eject", "eject"]  # ... but the stakes recorded at 95 are acted on
+    sent.clear()
+    registry.head += 1
+    registry.block_number = registry.head  # type: ignore[attr-defined]
+    assert keeper.tick() == [] and sent == []  # the same refresh is not scanned twice
+    registry.last[0] = registry.head  # someone refreshes again
+    registry.head += 1
+    registry.block_number = registry.head  # type: ignore[attr-defined]
+    keeper.tick()
+    assert [fn[0] for fn in sent] == ["eject", "eject"]

@@ -295,8 +295,14 @@ class AggregatorApp:
         domain = Domain(deployment.chain_id, deployment.task_manager)
         self.store = Store(config.database_url)
         self._closers.append(self.store.close)
-        ca_file = config.keys.operator_tls_ca_file
-        caller = GrpcOperatorCaller(domain, key, ca_file.read_bytes() if ca_file is not None else None)
+        keys = config.keys
+        caller = GrpcOperatorCaller.from_files(
+            domain,
+            key,
+            keys.operator_tls_ca_file,
+            keys.operator_tls_client_cert_file,
+            keys.operator_tls_client_key_file,
+        )
         self._closers.append(caller.close)
         sender = LeaderOnlySender(
             client,

@@ -30,6 +30,14 @@ __all__ = ["AggregatorConfig", "AggregatorSecrets", "ConfigError", "load_config"
 # (every call would fail DEADLINE_EXCEEDED), and an hour is past any sane step.
 MAX_WAIT_SECONDS = 3600.0
 
+# The PEM files for calling operators: roots for grpcs:// sockets, and the client pair for mTLS.
+TLS_FILES = ("operator_tls_ca_file", "operator_tls_client_cert_file", "operator_tls_client_key_file")
+
+
+def check_client_certificate_pair(cert_file: Path | None, key_file: Path | None) -> None:
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("operator_tls_client_cert_file and operator_tls_client_key_file go together (mutual TLS)")
+
 
 class ChainConfig(_Section):
     rpc_url: str = "http://127.0.0.1:8545"
@@ -49,6 +57,14 @@ class KeysConfig(_Section):
     ecdsa_keystore: Path  # the aggregator's key: signs operator calls and certifyBatch
     # PEM roots for operators registered with a grpcs:// socket (TLS); unset: the system's roots
     operator_tls_ca_file: Path | None = None
+    # The client certificate (PEM) shown to operators that require mutual TLS; both or neither
+    operator_tls_client_cert_file: Path | None = None
+    operator_tls_client_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_client_pair(self) -> KeysConfig:
+        check_client_certificate_pair(self.operator_tls_client_cert_file, self.operator_tls_client_key_file)
+        return self
 
 
 QUORUM_COUNT = 192  # the registry's uint192 quorum bitmap
@@ -251,9 +267,7 @@ def load_config(path: Path) -> AggregatorConfig:
             "keys": config.keys.model_copy(
                 update={
                     "ecdsa_keystore": resolve(config.keys.ecdsa_keystore),
-                    "operator_tls_ca_file": resolve(config.keys.operator_tls_ca_file)
-                    if config.keys.operator_tls_ca_file
-                    else None,
+                    **{name: resolve(getattr(config.keys, name)) for name in TLS_FILES if getattr(config.keys, name)},
                 }
             ),
             "models": models,

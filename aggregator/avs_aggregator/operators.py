@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
@@ -31,14 +32,38 @@ def socket_to_target(socket: str) -> str:
 class GrpcOperatorCaller:
     """An operator whose registered socket is ``grpcs://host:port`` is called over TLS, its
     certificate checked against ``tls_root_certificates`` (PEM; None: the system's roots); a
-    ``grpc://`` (or bare) socket in plaintext. Either way every call is signed."""
+    ``grpc://`` (or bare) socket in plaintext. Either way every call is signed. With
+    ``tls_client_certificate`` (PEM key, PEM chain) it is shown to TLS operators that ask for one
+    (mutual TLS, the operator's ``grpc.tls_client_ca_file``)."""
 
-    def __init__(self, domain: Domain, caller_key: bytes, tls_root_certificates: bytes | None = None) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        caller_key: bytes,
+        tls_root_certificates: bytes | None = None,
+        tls_client_certificate: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self._domain = domain
         self._key = caller_key
         self._tls_roots = tls_root_certificates
+        self._tls_client = tls_client_certificate
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+
+    @classmethod
+    def from_files(
+        cls,
+        domain: Domain,
+        caller_key: bytes,
+        ca_file: Path | None,
+        client_cert_file: Path | None = None,
+        client_key_file: Path | None = None,
+    ) -> GrpcOperatorCaller:
+        """The configured PEM files read (the config checks the client pair goes together)."""
+        client = None
+        if client_cert_file is not None and client_key_file is not None:
+            client = (client_key_file.read_bytes(), client_cert_file.read_bytes())
+        return cls(domain, caller_key, ca_file.read_bytes() if ca_file is not None else None, client)
 
     @property
     def domain(self) -> Domain:
@@ -56,7 +81,8 @@ class GrpcOperatorCaller:
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ]
                 if tls:
-                    credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_roots)
+                    key_pem, chain_pem = self._tls_client or (None, None)
+                    credentials = grpc.ssl_channel_credentials(self._tls_roots, key_pem, chain_pem)
                     channel = grpc.secure_channel(target, credentials, options=options)
                 else:
                     channel = grpc.insecure_channel(target, options=options)

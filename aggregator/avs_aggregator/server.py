@@ -46,7 +46,7 @@ from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
 from avs.rpc.common.v1 import bn254_pb2
-from avs.rpc.health import BoundedHealthServicer
+from avs.rpc.health import CONNECTION_LIMIT_OPTIONS, BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.status import ErrorToStatusInterceptor
 from avs_aggregator.pipeline import Pipeline, g1_from_json, g2_from_json
@@ -392,6 +392,7 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", convert.INTAKE_MAX_REPLY_BYTES),
+            *CONNECTION_LIMIT_OPTIONS,
         ],
     )
     ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -89,6 +89,10 @@ class GrpcConfig(_Section):
     reflection: bool = False
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Mutual TLS: only callers with a client certificate signed by these roots (the aggregators' and
+    # challengers') get a connection. Every call is signed anyway, but an unauthenticated peer could
+    # hold the server's threads with calls it never finishes sending (docs/operator.md, "Exposure").
+    tls_client_ca_file: Path | None = None
 
     _check_listen = field_validator("listen")(_grpc_listen)
 
@@ -98,6 +102,8 @@ class GrpcConfig(_Section):
             raise ValueError(
                 "tls_cert_file and tls_key_file go together: set both to serve TLS, neither to serve plaintext"
             )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs TLS: set tls_cert_file and tls_key_file too")
         return self
 
 
@@ -228,11 +234,15 @@ def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
         }
     )
     models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
+    tls_files = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    grpc = config.grpc.model_copy(
+        update={name: resolve(getattr(config.grpc, name)) for name in tls_files if getattr(config.grpc, name)}
+    )
     deployment = config.chain.deployment_file
     chain = config.chain.model_copy(update={"deployment_file": resolve(deployment) if deployment else None})
     protection = resolve_database_url(config.slashing_protection_url, base)
     return config.model_copy(
-        update={"keys": keys, "models": models, "chain": chain, "slashing_protection_url": protection}
+        update={"keys": keys, "models": models, "grpc": grpc, "chain": chain, "slashing_protection_url": protection}
     )
 
 

@@ -25,7 +25,7 @@ from avs.calls import CallAuthenticator
 from avs.errors import InferenceError, OverloadedError
 from avs.rpc import convert
 from avs.rpc.common.v1 import bn254_pb2
-from avs.rpc.health import BoundedHealthServicer
+from avs.rpc.health import CONNECTION_LIMIT_OPTIONS, BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.operator.v1 import operator_pb2_grpc as op_grpc
 from avs.rpc.status import ErrorToStatusInterceptor, get_status_code
@@ -175,6 +175,7 @@ def build_grpc_server(
         # grpcio sets SO_REUSEPORT by default: a second process (a stale one still draining, a copy
         # with another slashing-protection database) would bind the same port and get half the calls.
         ("grpc.so_reuseport", 0),
+        *CONNECTION_LIMIT_OPTIONS,
     ]
     # Extra workers past the limit answer RESOURCE_EXHAUSTED quickly instead of queueing.
     workers = futures.ThreadPoolExecutor(max_workers=config.max_concurrent_requests + 4, thread_name_prefix="grpc")
@@ -193,8 +194,11 @@ def build_grpc_server(
         reflection.enable_server_reflection(names, server)
     credentials = None
     if config.tls_cert_file is not None and config.tls_key_file is not None:
+        client_ca = config.tls_client_ca_file
         credentials = grpc.ssl_server_credentials(
-            [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
+            [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+            require_client_auth=client_ca is not None,
         )
     try:
         if credentials is not None:

@@ -466,3 +466,12 @@ def test_a_challenge_adopted_after_a_crash_is_counted_opened(tmp_path: Path) -> 
     assert _counts(app) == (1, {"upheld": 1, "dismissed": 0, "expired": 0, "lost": 0})
     resolver.close()
     pipeline.close()
+
+
+def test_a_client_certificate_for_mutual_tls_is_a_pair_relative_to_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="operator_tls_client_cert_file and operator_tls_client_key_file go together"):
+        load_challenger_config(write_config(tmp_path, operator_tls_client_key_file="tls/challenger.key"))
+    pair = {"operator_tls_client_cert_file": "tls/challenger.crt", "operator_tls_client_key_file": "tls/challenger.key"}
+    config = load_challenger_config(write_config(tmp_path, **pair))
+    assert config.operator_tls_client_cert_file == (tmp_path / "tls/challenger.crt").resolve()
+    assert config.operator_tls_client_key_file == (tmp_path / "tls/challenger.key").resolve()

@@ -56,6 +56,11 @@ def test_example_config_parses_and_resolves_paths() -> None:
         ({"policy": {"max_new_tokens": 40_000}}, "policy: Value error, max_new_tokens 40000"),
         # pruned within the hour: challengers and clients would find nothing
         ({"retention": {"keep_finished_hours": 1}}, "retention.keep_finished_hours"),
+        # half a client certificate for mutual TLS: every call to an operator asking for one fails
+        (
+            {"keys": {"ecdsa_keystore": "k.json", "operator_tls_client_cert_file": "c.pem"}},
+            "keys: Value error, operator_tls_client_cert_file and operator_tls_client_key_file go together",
+        ),
     ],
 )
 def test_config_errors_name_the_field(patch: dict[str, object], field: str) -> None:

@@ -36,6 +36,19 @@ def test_the_documented_example_is_valid_and_paths_resolve_next_to_it() -> None:
     assert config.slashing_protection_url.startswith(f"sqlite:///{EXAMPLE.parent.resolve()}/")
 
 
+def test_tls_files_resolve_next_to_the_config(tmp_path: Path) -> None:
+    data = example()
+    tls = {"tls_cert_file": "tls/server.crt", "tls_key_file": "tls/server.key", "tls_client_ca_file": "tls/ca.pem"}
+    data["grpc"] = {**cast(dict[str, object], data["grpc"]), **tls}
+    path = tmp_path / "etc" / "operator.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data))
+    grpc = load_config(path).grpc
+    assert [grpc.tls_cert_file, grpc.tls_key_file, grpc.tls_client_ca_file] == [
+        (path.parent / name).resolve() for name in tls.values()
+    ]
+
+
 @pytest.mark.parametrize(
     ("path", "value", "field"),
     [

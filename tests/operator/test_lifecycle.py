@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from avs_aggregator.ports import OperatorInfo
 from avs_operator.app import OperatorApp
 from avs_operator.config import ConfigError, OperatorSecrets, parse_config
 from avs_operator.node_api import ServiceStatus
+from avs_operator.server import SERVICE_NAME
 from tests.inference.conftest import build_tiny_model
 from tests.operator.test_grpc_server import AGGREGATOR, DOMAIN, PASSWORD, envelope, make_config, start
 
@@ -61,31 +64,18 @@ def start_app(workdir: Path, model: Path, **grpc_overrides: object) -> OperatorA
     return app
 
 
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (its own root) and its key: (cert, key)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
+    subprocess.run([*command, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 @needs_openssl
 def test_tls_when_configured(model_dir: Path, tmp_path: Path) -> None:
-    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path, "server")
     pair = new_keystore(tmp_path)
     app = start_app(tmp_path, model_dir, tls_cert_file=str(cert), tls_key_file=str(key), listen="localhost:0")
     try:
@@ -117,6 +107,67 @@ def test_tls_when_configured(model_dir: Path, tmp_path: Path) -> None:
             untrusting.close()
     finally:
         app.stop(1)
+
+
+@needs_openssl
+def test_mutual_tls_admits_only_callers_with_a_client_certificate(model_dir: Path, tmp_path: Path) -> None:
+    """With ``grpc.tls_client_ca_file`` only a caller showing a certificate of those roots gets a
+    connection: one without a certificate, or with another one, cannot even open a call, so it
+    cannot hold the server's threads with calls it never finishes sending."""
+    server_cert, server_key = self_signed(tmp_path, "server")
+    client_cert, client_key = self_signed(tmp_path, "aggregator")
+    other_cert, other_key = self_signed(tmp_path, "stranger")
+    pair = new_keystore(tmp_path)
+    app = start_app(
+        tmp_path,
+        model_dir,
+        tls_cert_file=str(server_cert),
+        tls_key_file=str(server_key),
+        tls_client_ca_file=str(client_cert),
+        listen="localhost:0",
+    )
+    target = f"localhost:{app.ports.grpc}"
+    operator = OperatorInfo(
+        pair.operator_id, AGGREGATOR.address, pair.pubkey_g1, pair.pubkey_g2, f"grpcs://{target}", {0: 1}
+    )
+    key = bytes(AGGREGATOR.key)
+    admitted = GrpcOperatorCaller.from_files(DOMAIN, key, server_cert, client_cert, client_key)
+    strangers = [
+        GrpcOperatorCaller.from_files(DOMAIN, key, server_cert),
+        GrpcOperatorCaller.from_files(DOMAIN, key, server_cert, other_cert, other_key),
+    ]
+    # More unfinished calls than the server has threads (max_concurrent_requests + 4), from a
+    # stranger: the request message never comes.
+    release = threading.Event()
+
+    def never_sent() -> Iterator[bytes]:
+        release.wait()
+        yield b""
+
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(server_cert.read_bytes()))
+    get_info: Any = channel.stream_unary(f"/{SERVICE_NAME}/GetInfo")
+    hanging: list[Any] = [get_info.future(never_sent()) for _ in range(12)]
+    try:
+        assert admitted._client(operator).get_info(timeout=5).operator_id == pair.operator_id
+        for stranger in strangers:
+            with pytest.raises(grpc.RpcError) as refused:
+                stranger._client(operator).get_info(timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        for call in hanging:
+            assert call.exception(timeout=5).code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        release.set()
+        channel.close()
+        for caller in (admitted, *strangers):
+            caller.close()
+        app.stop(1)
+
+
+def test_a_client_ca_without_tls_is_a_config_error(tmp_path: Path) -> None:
+    config = make_config(tmp_path, tmp_path)
+    config["grpc"] = {"tls_client_ca_file": "clients.pem"}
+    with pytest.raises(ConfigError, match=r"tls_client_ca_file needs TLS"):
+        parse_config(config)
 
 
 def list_services(port: int) -> list[str] | grpc.StatusCode:

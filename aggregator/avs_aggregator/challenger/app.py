@@ -39,7 +39,7 @@ from avs_aggregator.challenger.store import (
     ChallengeState,
     EquivocationRow,
 )
-from avs_aggregator.config import MAX_WAIT_SECONDS, ConfigError
+from avs_aggregator.config import MAX_WAIT_SECONDS, TLS_FILES, ConfigError, check_client_certificate_pair
 from avs_aggregator.evidence import EvidenceBook
 from avs_aggregator.keeper import StakeKeeper
 from avs_aggregator.operators import GrpcOperatorCaller
@@ -54,6 +54,9 @@ class ChallengerConfig(Section):
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC (GetBatch, GetStatus)
     ecdsa_keystore: Path
     operator_tls_ca_file: Path | None = None  # PEM roots for operators with a grpcs:// socket
+    # The client certificate (PEM) shown to operators that require mutual TLS; both or neither
+    operator_tls_client_cert_file: Path | None = None
+    operator_tls_client_key_file: Path | None = None
     # Keep the registry's stakes fresh itself (updateOperatorsForQuorum): escalation certificates are
     # refused on stale stakes, and the challenger must not depend on the aggregator for that.
     refresh_stakes: bool = True
@@ -80,6 +83,7 @@ class ChallengerConfig(Section):
         # resolves it with an ACCEPT certificate.
         if self.escalate and not self.resolve:
             raise ValueError("escalate needs resolve (a challenge opened must be confirmed, resolved or expired)")
+        check_client_certificate_pair(self.operator_tls_client_cert_file, self.operator_tls_client_key_file)
         return self
 
 
@@ -109,7 +113,7 @@ def load_challenger_config(path: Path) -> ChallengerConfig:
         update={
             "deployment_file": resolve(config.deployment_file),
             "ecdsa_keystore": resolve(config.ecdsa_keystore),
-            "operator_tls_ca_file": resolve(config.operator_tls_ca_file) if config.operator_tls_ca_file else None,
+            **{name: resolve(getattr(config, name)) for name in TLS_FILES if getattr(config, name)},
             "database_url": resolve_database_url(config.database_url, path.parent),
         }
     )
@@ -198,8 +202,10 @@ class ChallengerApp:
         # the mempool is replaced, not left there while the challenge window runs out.
         client.sender = TransactionSender(client, account)
         domain = Domain(deployment.chain_id, deployment.task_manager)
-        ca_file = self.config.operator_tls_ca_file
-        caller = GrpcOperatorCaller(domain, key, ca_file.read_bytes() if ca_file is not None else None)
+        c = self.config
+        caller = GrpcOperatorCaller.from_files(
+            domain, key, c.operator_tls_ca_file, c.operator_tls_client_cert_file, c.operator_tls_client_key_file
+        )
         aggregator = AggregatorClient(self.config.aggregator)
         self._closers += [caller.close, aggregator.close]
         self.store = ChallengerStore(self.config.database_url)

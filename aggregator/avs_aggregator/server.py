@@ -286,10 +286,12 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
                 quorums, _ = self._pipeline.check_request_policy(bytes(request.quorum_numbers), request.threshold_bps)
                 self._check_coverage(digest, envelope.request.requester, quorums)
             else:
-                # Submitted again (a retry): its coverage may have moved on since (expired after the
-                # certificate, claimable after a fraud), but it must be the request's. An insured
-                # retry of a request first sent uninsured, with no coverage, was answered as accepted.
-                self._check_coverage(digest, envelope.request.requester, stored.quorum_numbers, holder_only=True)
+                # Submitted again (a retry). Once final its coverage may have moved on (expired after
+                # the certificate, claimable after a fraud), but it must be the request's; still in
+                # flight, it must be able to insure it yet. An insured retry of a request first sent
+                # uninsured, with no coverage, was answered as accepted.
+                final = stored.state in FINAL_REQUEST_STATES
+                self._check_coverage(digest, envelope.request.requester, stored.quorum_numbers, holder_only=final)
         request_hash = self._pipeline.submit(
             envelope, bytes(request.quorum_numbers), request.threshold_bps, prompt_tokens=prompt_tokens
         )

@@ -19,7 +19,7 @@ from avs.errors import InvalidInputError
 from avs.messages import compute_request_hash
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
 from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
-from avs_aggregator.store import Store
+from avs_aggregator.store import RequestState, Store
 from tests.aggregator.fakes import DOMAIN, MODEL_ID, FakeNetwork
 
 REQUESTER = Account.from_key(keccak(text="insured requester"))
@@ -121,8 +121,13 @@ def test_an_insured_request_with_active_coverage_is_accepted(intake: Intake) -> 
     assert request_hash == prepared.request_hash
     row = intake.pipeline.store.get_request(request_hash)
     assert row is not None and row.quorum_numbers == b"\x00" and row.threshold_bps == 6667
-    # Submitting it again answers the same hash, even once the coverage has moved on.
+    # Submitting it again answers the same hash, even once the coverage has moved on after the
+    # certificate (a fraud recorded against it); in flight, coverage that can no longer pay is refused.
     intake.coverage.coverages[prepared.request_hash] = _coverage(CoverageStatus.CLAIMABLE)
+    with pytest.raises(grpc.RpcError) as refused:
+        intake.client.submit_prepared(prepared, domain=DOMAIN, requester_key=bytes(REQUESTER.key), insured=True)
+    assert "is claimable, not active" in str(refused.value.details())
+    intake.pipeline.store.update_request(request_hash, state=RequestState.CERTIFIED)
     assert intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True) == request_hash
 
 
@@ -148,7 +153,11 @@ def test_an_insured_retry_of_a_request_sent_uninsured_is_checked(
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert message in str(info.value.details())
     assert intake.pipeline.store.get_request(prepared.request_hash) is not None  # the request is kept
-    intake.coverage.coverages[prepared.request_hash] = _coverage(CoverageStatus.EXPIRED)  # its own, moved on
+    intake.coverage.coverages[prepared.request_hash] = _coverage(CoverageStatus.EXPIRED)  # its own, but expired
+    with pytest.raises(grpc.RpcError) as expired:  # while the request is in flight: it cannot insure it
+        intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True)
+    assert "expired at block" in str(expired.value.details())
+    intake.pipeline.store.update_request(prepared.request_hash, state=RequestState.FAILED)  # final: moved on
     assert intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True) == prepared.request_hash
 
 

@@ -81,6 +81,9 @@ class OperatorServicer(op_grpc.OperatorServiceServicer):
         except Exception as error:
             code = get_status_code(error)
             raise
+        except GeneratorExit:  # a stream closed between two tokens: its client cancelled or went away
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             self._metrics.in_flight.dec()
             self._metrics.rpc_requests.labels(method, code.name).inc()

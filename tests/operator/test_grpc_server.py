@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -313,6 +315,35 @@ def test_slashing_protection_survives_a_restart(model_dir: Path, tmp_path: Path)
     finally:
         second.channel.close()
         second.app.stop(1)
+
+
+def test_a_stream_the_client_cancels_between_tokens_is_counted_cancelled(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GenerateStream cancelled while the server is between two tokens ends with the generator
+    closed (GeneratorExit, not an Exception): it was counted OK."""
+    client, stub = running.client, running.client._stub
+    requests = running.app.metrics.rpc_requests
+    before = {code: requests.labels("GenerateStream", code)._value.get() for code in ("OK", "CANCELLED")}
+    cancelled = threading.Event()
+    stream = running.app.core.stream
+
+    def slow_stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for i, item in enumerate(stream(*args, **kwargs)):
+            if i == 1:
+                cancelled.wait(10)  # the client cancels after the first token
+            yield item
+
+    monkeypatch.setattr(running.app.core, "stream", slow_stream)
+    call = stub.GenerateStream(client.sign("GenerateStream", op.GenerateRequest(request=request_proto(running, 60))))
+    assert next(call).token_id >= 0
+    call.cancel()
+    cancelled.set()
+    deadline = time.monotonic() + 10
+    while requests.labels("GenerateStream", "CANCELLED")._value.get() == before["CANCELLED"]:
+        assert time.monotonic() < deadline, "the cancelled stream was not counted CANCELLED"
+        time.sleep(0.05)
+    assert requests.labels("GenerateStream", "OK")._value.get() == before["OK"]
 
 
 def test_a_generation_the_client_cancels_is_abandoned_not_finished(running: Running) -> None:

@@ -106,6 +106,8 @@ class SamplingParams:
             if not isinstance(stop, str) or not 0 < len(stop) <= MAX_STOP_SEQUENCE_CHARS:
                 raise InvalidInputError(f"each stop sequence must be a string of 1 to {MAX_STOP_SEQUENCE_CHARS} chars")
             _require_utf8("a stop sequence", stop)
+            if "\ufffd" in stop:  # it matches half a character: only the quadratic whole-output check finds it
+                raise InvalidInputError("a stop sequence may not hold U+FFFD, the replacement character")
 
     @property
     def temperature(self) -> float:

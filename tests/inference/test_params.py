@@ -84,7 +84,7 @@ def test_params_from_request_check_the_stop_sequences() -> None:
         SamplingParams.from_request(request, ["END"])
 
 
-@pytest.mark.parametrize("stops", [("\ud800",), (1,), ("",), ("x" * 65,)])
+@pytest.mark.parametrize("stops", [("\ud800",), (1,), ("",), ("x" * 65,), ("end\ufffd",)])
 def test_malformed_stop_sequences_are_refused_before_they_are_hashed(stops: tuple[Any, ...]) -> None:
     with pytest.raises(InvalidInputError, match="stop sequence"):
         SamplingParams.from_request(_request(b"\x00" * 32), stops)

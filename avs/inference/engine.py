@@ -45,6 +45,17 @@ from avs.types import Bytes32, OutputHash
 
 logger = logging.getLogger(__name__)
 
+
+def _forward_failed(exc: RuntimeError) -> InferenceError:
+    """The caller's error: what kind of failure, not torch's text (device names, paths, shapes,
+    internal state go to the operator's log only)."""
+    detail = str(exc)
+    logger.error("model forward failed", extra={"error": detail[:2000]})
+    if "out of memory" in detail.lower():
+        return InferenceError("model forward failed: out of device memory")
+    return InferenceError("model forward failed (a device or runtime error; details in the operator's log)")
+
+
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_CPU_THREADS = 2
 
@@ -209,7 +220,7 @@ class InferenceEngine:
             kwargs[self._cache_arg] = cache
             out = self.model(input_ids=input_ids.to(self.input_device), use_cache=True, **kwargs)
         except RuntimeError as exc:  # out of memory, device errors
-            raise InferenceError(f"model forward failed: {exc}") from exc
+            raise _forward_failed(exc) from exc
         return out.logits[:, -1].to(device="cpu", dtype=torch.float64), getattr(out, self._cache_arg)
 
     def _finish_reason(self, output: Sequence[int], params: SamplingParams, stopped: bool) -> FinishReason | None:
@@ -308,7 +319,7 @@ class InferenceEngine:
         try:
             out = self.model(input_ids=ids, use_cache=False, logits_to_keep=len(output_ids))
         except RuntimeError as exc:
-            raise InferenceError(f"model forward failed: {exc}") from exc
+            raise _forward_failed(exc) from exc
         logits: torch.Tensor = out.logits[0].to(device="cpu", dtype=torch.float64)
         return logits
 

@@ -171,6 +171,38 @@ def test_stop_and_length_rules(tiny_engine: InferenceEngine) -> None:
     assert not tiny_engine.verify(ids, [*honest[:2], eos], params).accepted  # an EOS the model did not choose
 
 
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        ("CUDA error: illegal memory access at /opt/private/kernels.cu:12", "details in the operator's log"),
+        ("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total)", "out of device memory"),
+    ],
+)
+def test_a_forward_failure_tells_the_caller_its_kind_not_torchs_text(
+    tiny_engine: InferenceEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    raised: str,
+    said: str,
+) -> None:
+    """Torch's message (paths, devices, the machine's memory) went to the caller in the error's
+    details; it goes to the operator's log only."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(raised)
+
+    monkeypatch.setattr(tiny_engine, "model", broken)
+    ids = prompt_ids(tiny_engine)
+    for run in (
+        lambda: tiny_engine.generate(ids, SamplingParams(max_tokens=2)),
+        lambda: tiny_engine.compute_prefill_logits(ids, [1, 2]),
+    ):
+        with pytest.raises(InferenceError) as info:
+            run()
+        assert said in str(info.value) and "GiB" not in str(info.value) and "/opt" not in str(info.value)
+    assert [getattr(r, "error", None) for r in caplog.records if r.message == "model forward failed"] == [raised] * 2
+
+
 def test_stop_sequences_end_generation_and_are_checked(tiny_engine: InferenceEngine) -> None:
     ids = prompt_ids(tiny_engine)
     free = tiny_engine.generate(ids, SamplingParams(max_tokens=24)).token_ids

@@ -561,6 +561,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
             _requireQuorum(q);
             bitmap |= uint192(1 << q);
         }
+        if (bitmap == 0) revert NoOperatorSets();
     }
 
     function _registerPubkey(address operator, PubkeyRegistrationParams memory p) private returns (bytes32 id) {

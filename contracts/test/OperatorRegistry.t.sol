@@ -104,6 +104,20 @@ contract RegisterOperatorTest is AvsFixture {
     function _ids0() internal pure returns (uint32[] memory ids) {
         ids = new uint32[](1);
     }
+
+    /// @dev No operator set named: nothing to join or leave, and no bitmap history entry pushed.
+    function test_registerAndDeregister_RevertWhen_NoOperatorSets() public {
+        _register(1, 5 ether, hex"00");
+        uint32[] memory none = new uint32[](0);
+        bytes memory data = _registrationData(1, _operator(1));
+        vm.startPrank(address(core));
+        vm.expectRevert(IOperatorRegistryErrors.NoOperatorSets.selector);
+        registry.registerOperator(_operator(1), address(registry), none, data);
+        vm.expectRevert(IOperatorRegistryErrors.NoOperatorSets.selector);
+        registry.deregisterOperator(_operator(1), address(registry), none);
+        vm.stopPrank();
+        vm.assertEq(registry.getCurrentQuorumBitmap(BN254.hashG1Point(_g1(1))), 1, "still in quorum 0");
+    }
 }
 
 contract DeregisterOperatorTest is AvsFixture {

@@ -77,6 +77,9 @@ interface IOperatorRegistryErrors {
     error QuorumAlreadyExists(uint8 quorumNumber);
     /// @notice A quorum number above 191.
     error InvalidQuorumNumber(uint32 operatorSetId);
+    /// @notice A registration or deregistration naming no operator set (it would only grow the
+    ///         operator's bitmap history).
+    error NoOperatorSets();
     /// @notice The operator is already registered for the quorum.
     error AlreadyRegisteredForQuorum(uint8 quorumNumber);
     /// @notice The operator is not registered for the quorum.

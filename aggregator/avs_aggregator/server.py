@@ -28,7 +28,12 @@ import grpc
 from eth_account import Account
 from grpc_health.v1 import health_pb2_grpc
 
-from avs.chain.insurance import CoverageReader, compute_coverage_holder_problem, compute_coverage_problem
+from avs.chain.insurance import (
+    MIN_COVERAGE_BLOCKS_LEFT,
+    CoverageReader,
+    compute_coverage_holder_problem,
+    compute_coverage_problem,
+)
 from avs.errors import (
     AuthenticationError,
     InvalidInputError,
@@ -288,10 +293,12 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             else:
                 # Submitted again (a retry). Once final its coverage may have moved on (expired after
                 # the certificate, claimable after a fraud), but it must be the request's; still in
-                # flight, it must be able to insure it yet. An insured retry of a request first sent
-                # uninsured, with no coverage, was answered as accepted.
+                # flight, it must still be active (no margin: the request is on its way). An insured
+                # retry of a request first sent uninsured, with no coverage, was answered as accepted.
                 final = stored.state in FINAL_REQUEST_STATES
-                self._check_coverage(digest, envelope.request.requester, stored.quorum_numbers, holder_only=final)
+                self._check_coverage(
+                    digest, envelope.request.requester, stored.quorum_numbers, holder_only=final, min_blocks_left=0
+                )
         request_hash = self._pipeline.submit(
             envelope, bytes(request.quorum_numbers), request.threshold_bps, prompt_tokens=prompt_tokens
         )
@@ -299,7 +306,14 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         state = STATE_TO_PROTO[RequestState(row.state)] if row else ag.REQUEST_STATE_RECEIVED
         return ag.SubmitResponse(request_hash=request_hash, state=state)
 
-    def _check_coverage(self, request_hash: bytes, requester: str, quorums: bytes, holder_only: bool = False) -> None:
+    def _check_coverage(
+        self,
+        request_hash: bytes,
+        requester: str,
+        quorums: bytes,
+        holder_only: bool = False,
+        min_blocks_left: int = MIN_COVERAGE_BLOCKS_LEFT,
+    ) -> None:
         if self._coverage is None:
             raise PreconditionFailedError(
                 "this aggregator cannot check insurance (its deployment has no insurance pool)"
@@ -313,7 +327,7 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         if holder_only:
             problem = compute_coverage_holder_problem(coverage, requester, quorums)
         else:
-            problem = compute_coverage_problem(coverage, requester, quorums, block)
+            problem = compute_coverage_problem(coverage, requester, quorums, block, min_blocks_left)
         if problem is not None:
             raise PreconditionFailedError(problem)
 

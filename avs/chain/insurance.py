@@ -100,9 +100,16 @@ MIN_COVERAGE_BLOCKS_LEFT = 32
 PURCHASE_TO_SUBMIT_BLOCKS = 8
 
 
-def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes, block_number: int) -> str | None:
+def compute_coverage_problem(
+    coverage: Coverage,
+    requester: str,
+    quorums: bytes,
+    block_number: int,
+    min_blocks_left: int = MIN_COVERAGE_BLOCKS_LEFT,
+) -> str | None:
     """Why ``coverage`` does not insure a request of ``requester`` certified by ``quorums`` at
-    ``block_number``; None when it does."""
+    ``block_number``; None when it does. ``min_blocks_left``: the term a new request needs left to be
+    certified within it (0 for one already taken: it is on its way)."""
     problem = compute_coverage_holder_problem(coverage, requester, quorums)
     if problem is not None:
         return problem
@@ -113,7 +120,7 @@ def compute_coverage_problem(coverage: Coverage, requester: str, quorums: bytes,
     if coverage.status != CoverageStatus.ACTIVE:
         return f"the request's coverage is {coverage.status.name.lower()}, not active"
     left = coverage.expires_at_block - block_number
-    if left < MIN_COVERAGE_BLOCKS_LEFT:
+    if left < min_blocks_left:
         return (
             f"the request's coverage ends at block {coverage.expires_at_block}, {left} blocks from now: too soon"
             f" to certify the request within it (at least {MIN_COVERAGE_BLOCKS_LEFT})"

@@ -157,6 +157,10 @@ def test_an_insured_retry_of_a_request_sent_uninsured_is_checked(
     with pytest.raises(grpc.RpcError) as expired:  # while the request is in flight: it cannot insure it
         intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True)
     assert "expired at block" in str(expired.value.details())
+    # Active with only a few blocks left: a new request is refused (too soon to certify it within the
+    # term), the retry of one already on its way is not.
+    intake.coverage.coverages[prepared.request_hash] = _coverage(expires=BLOCK + 5)
+    assert intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True) == prepared.request_hash
     intake.pipeline.store.update_request(prepared.request_hash, state=RequestState.FAILED)  # final: moved on
     assert intake.client.submit_prepared(prepared, domain=DOMAIN, insured=True) == prepared.request_hash
 

@@ -101,8 +101,11 @@ class StakeKeeper:
                 else:
                     refreshed.append(quorum)
                     due = head + 1 + margin
-            elif self.eject_understaked and self._ejection_scanned.get(quorum) != last:
-                self._eject_quietly(quorum, head)  # someone else refreshed it (or we just started)
+                    last = int(registry.quorumUpdateBlockNumber(quorum).call())  # ours, just mined
+            # After every refresh, ours or anyone else's (or the last one before we started):
+            # a scan that failed (the node erring) is tried again at the next tick.
+            unscanned = self.eject_understaked and self._ejection_scanned.get(quorum) != last
+            if unscanned and self._eject_quietly(quorum, int(self.client.w3.eth.block_number)):
                 self._ejection_scanned[quorum] = last
             next_due = due if next_due is None else min(next_due, due)
         self._next_block = next_due if next_due is not None else head + margin
@@ -117,16 +120,16 @@ class StakeKeeper:
             raise RuntimeError(f"{found}, expected {expected}")
         logger.info("refreshing quorum stakes", extra={"quorum": quorum, "operators": len(members), "block": block})
         self.send(self.client.registry.functions.updateOperatorsForQuorum(quorum, members))
-        if self.eject_understaked:  # on the stakes the refresh just recorded
-            self._eject_quietly(quorum, int(self.client.w3.eth.block_number))
-            self._ejection_scanned[quorum] = int(self.client.registry.functions.quorumUpdateBlockNumber(quorum).call())
 
-    def _eject_quietly(self, quorum: int, block: int) -> None:
-        """``eject``, logged rather than raised: a refresh stands whatever happens to the ejections."""
+    def _eject_quietly(self, quorum: int, block: int) -> bool:
+        """``eject``, logged rather than raised (a refresh stands whatever happens to the ejections);
+        False when the scan itself failed."""
         try:
             self.eject(quorum, block)
         except Exception as exc:
             logger.warning("ejections failed", extra={"quorum": quorum, "error": str(exc)})
+            return False
+        return True
 
     def eject(self, quorum: int, block: int) -> list[str]:
         """``ejectUnderstaked`` for (at most ``MAX_EJECTIONS_PER_REFRESH`` of) the members recorded with

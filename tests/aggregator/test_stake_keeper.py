@@ -92,7 +92,8 @@ def test_members_with_zero_stake_are_ejected_after_a_refresh_and_one_failure_doe
     assert [fn[2] for fn in sent[1:]] == understaked  # the second was still sent after the first failed
     assert keeper.eject(0, registry.head) == understaked[1:]  # what it returns: those ejected
     sent.clear()
-    StakeKeeper(client, Reader(), send, recheck_seconds=0.0).refresh(0, registry.head)
+    registry.last[0] = 0  # due again
+    StakeKeeper(client, Reader(), send, recheck_seconds=0.0).tick()
     assert [fn[0] for fn in sent] == ["update"]  # no ejections unless asked for
 
 
@@ -136,5 +137,18 @@ def test_a_refresh_by_someone_else_is_followed_by_ejections_once() -> None:
     registry.last[0] = registry.head  # someone refreshes again
     registry.head += 1
     registry.block_number = registry.head  # type: ignore[attr-defined]
+    reads_fail = [True]
+    real_read = network.get_operator_set
+
+    def flaky(block: int) -> OperatorSet:
+        if reads_fail.pop(0) if reads_fail else False:
+            raise ConnectionError("node erring")
+        return real_read(block)
+
+    network.get_operator_set = flaky  # type: ignore[method-assign, assignment]
     keeper.tick()
-    assert [fn[0] for fn in sent] == ["eject", "eject"]
+    assert sent == []  # the scan failed: this refresh is not marked scanned ...
+    registry.head += 1
+    registry.block_number = registry.head  # type: ignore[attr-defined]
+    keeper.tick()
+    assert [fn[0] for fn in sent] == ["eject", "eject"]  # ... and is scanned at the next tick

@@ -50,7 +50,7 @@ def _forward_failed(exc: RuntimeError) -> InferenceError:
     """The caller's error: what kind of failure, not torch's text (device names, paths, shapes,
     internal state go to the operator's log only)."""
     detail = str(exc)
-    logger.error("model forward failed", extra={"error": detail[:2000]})
+    logger.error("model forward failed", extra={"error": detail[:2000]}, exc_info=exc)
     if "out of memory" in detail.lower():
         return InferenceError("model forward failed: out of device memory")
     return InferenceError("model forward failed (a device or runtime error; details in the operator's log)")

@@ -16,7 +16,8 @@ the ``len(s) - 1`` before them.
 ``ByteLevelTable.from_backend`` builds each token's bytes and checks them against the backend's own
 decoder: every byte that can be part of a character, within a character, and every token's text; a
 tokenizer of another kind, or one that fails the check, or a stop sequence holding U+FFFD, falls
-back to decoding the whole prefix.
+back to decoding the whole prefix (requests cannot carry such a stop: ``SamplingParams`` refuses
+it, since only this quadratic decode finds it; the fallback serves direct callers).
 """
 
 from __future__ import annotations

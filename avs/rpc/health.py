@@ -23,13 +23,14 @@ MAX_HEALTH_WATCHERS = 4
 # grpcio's sync server gives a call a thread before its request has arrived, so a peer that never
 # finishes sending holds one until its connection goes. These bound that: a vanished peer (no FIN)
 # is found by keepalive within about 80 s and its calls cancelled; any connection is closed after an
-# hour, its calls given 10 minutes more to finish. A live slow caller is kept out only by mTLS or a
-# firewall (operators: grpc.tls_client_ca_file) or a proxy in front (the aggregator's intake).
+# hour, its calls given an hour more to finish (the longest deadline a config may set: a Generate
+# started just before must not be cut). A live slow caller is kept out only by mTLS or a firewall
+# (operators: grpc.tls_client_ca_file) or a proxy in front (the aggregator's intake).
 CONNECTION_LIMIT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.max_connection_age_ms", 3_600_000),
-    ("grpc.max_connection_age_grace_ms", 600_000),
+    ("grpc.max_connection_age_grace_ms", 3_600_000),
 ]
 
 

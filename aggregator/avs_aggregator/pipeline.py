@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import SignedAttestation
 from avs.crypto.curve import G1Point, G2Point
-from avs.errors import InvalidInputError, OverloadedError
+from avs.errors import InvalidInputError, OverloadedError, PreconditionFailedError
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import (
     Attestation,
@@ -87,6 +87,7 @@ from avs_aggregator.store import (
     BatchRow,
     BatchState,
     EquivocationRow,
+    PrunedRequestRow,
     RejectionRow,
     RequestRow,
     RequestState,
@@ -233,6 +234,12 @@ def _check_same_submission(row: RequestRow, envelope: convert.RequestEnvelope, q
         raise PipelineError("this request was submitted already, with other messages or stop sequences")
 
 
+def describe_pruned(row: PrunedRequestRow) -> str:
+    """What is known of a request whose record retention deleted."""
+    done = f"was certified in batch {row.batch_index}" if row.state == RequestState.CERTIFIED else "failed"
+    return f"this request {done}; its record was deleted (retention.keep_finished_hours)"
+
+
 def envelope_from_row(row: RequestRow) -> convert.RequestEnvelope:
     message = op.InferenceRequest()
     message.ParseFromString(row.envelope)
@@ -314,6 +321,9 @@ class Pipeline:
         if existing is not None:
             _check_same_submission(existing, envelope, quorums, threshold)
             return request_hash
+        pruned = self.store.get_pruned_request(request_hash)
+        if pruned is not None:  # finished long ago: taking it again would run and certify it twice
+            raise PreconditionFailedError(f"{describe_pruned(pruned)}; a new request needs another nonce")
         if self.store.count_requests(PENDING_REQUEST_STATES) >= self.settings.max_pending:
             raise OverloadedError("too many requests pending; retry later")
         row = RequestRow(

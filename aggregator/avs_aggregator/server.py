@@ -54,7 +54,7 @@ from avs.rpc.common.v1 import bn254_pb2
 from avs.rpc.health import CONNECTION_LIMIT_OPTIONS, BoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs.rpc.status import ErrorToStatusInterceptor
-from avs_aggregator.pipeline import Pipeline, g1_from_json, g2_from_json
+from avs_aggregator.pipeline import Pipeline, describe_pruned, g1_from_json, g2_from_json
 from avs_aggregator.protocol import compute_signatory_record_hash
 from avs_aggregator.store import FINAL_REQUEST_STATES, RequestRow, RequestState, load_hex_list
 
@@ -336,7 +336,8 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
             raise InvalidInputError(f"request_hash must be 32 bytes, not {len(request.request_hash)}")
         row = self._pipeline.store.get_request(bytes(request.request_hash))
         if row is None:
-            raise NotFoundError("no request with this hash")
+            pruned = self._pipeline.store.get_pruned_request(bytes(request.request_hash))
+            raise NotFoundError("no request with this hash" if pruned is None else describe_pruned(pruned))
         return row
 
     def _decoder(self, row: RequestRow) -> Decoder | None:

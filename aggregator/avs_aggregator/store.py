@@ -115,6 +115,18 @@ class RejectionRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class PrunedRequestRow(Base):
+    """What retention leaves of a finished request: enough to refuse it if it is submitted again
+    (it would be generated, verified and certified a second time) and to say why it is not found."""
+
+    __tablename__ = "pruned_requests"
+
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # CERTIFIED or FAILED
+    batch_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pruned_at: Mapped[float] = mapped_column(Float)
+
+
 class LeaseRow(Base):
     """The leader lease of ``avs_aggregator.leader`` (one row per lease name)."""
 
@@ -221,6 +233,10 @@ class Store(Database):
     def get_request(self, request_hash: bytes) -> RequestRow | None:
         with self.session() as s:
             return s.get(RequestRow, request_hash)
+
+    def get_pruned_request(self, request_hash: bytes) -> PrunedRequestRow | None:
+        with self.session() as s:
+            return s.get(PrunedRequestRow, request_hash)
 
     def update_request(
         self,
@@ -352,7 +368,8 @@ class Store(Database):
         ones whose batch is confirmed, with their checked attestations and settled rejection proofs
         (a request with a proof still PENDING is kept), then the confirmed or ABANDONED batches no
         request refers to any more. At most ``limit`` requests and batches per call, each call one
-        transaction. Equivocation records are kept."""
+        transaction. Each request pruned leaves a ``PrunedRequestRow`` (its hash, final state and
+        batch: tens of bytes, kept for good). Equivocation records are kept."""
         confirmed = (BatchRow.state == str(BatchState.CERTIFIED)) & BatchRow.confirmed_block.is_not(None)
         with self.session() as s:
             pending_proof = select(RejectionRow.request_hash).where(RejectionRow.state == str(ProofState.PENDING))
@@ -361,19 +378,23 @@ class Store(Database):
             certified = (RequestRow.state == str(RequestState.CERTIFIED)) & RequestRow.batch_index.in_(
                 confirmed_batches
             )
-            requests = list(
-                s.scalars(
-                    select(RequestRow.request_hash)
-                    .where(
-                        failed | certified,
-                        RequestRow.updated_at < before,
-                        RequestRow.request_hash.not_in(pending_proof),
-                    )
-                    .limit(limit)
+            finished = s.execute(
+                select(RequestRow.request_hash, RequestRow.state, RequestRow.batch_index)
+                .where(
+                    failed | certified,
+                    RequestRow.updated_at < before,
+                    RequestRow.request_hash.not_in(pending_proof),
                 )
-            )
+                .limit(limit)
+            ).all()
+            requests = [r.request_hash for r in finished]
             counts = PruneCounts()
             if requests:
+                now = self.clock()
+                s.add_all(
+                    PrunedRequestRow(request_hash=h, state=state, batch_index=index, pruned_at=now)
+                    for h, state, index in finished
+                )
                 counts.attestations = _delete(s, AttestationRow, AttestationRow.request_hash.in_(requests))
                 counts.rejections = _delete(s, RejectionRow, RejectionRow.request_hash.in_(requests))
                 counts.requests = _delete(s, RequestRow, RequestRow.request_hash.in_(requests))

@@ -4,6 +4,12 @@ unconfirmed or owed a proof stays."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
 from avs_aggregator.evidence import ProofState
 from avs_aggregator.store import (
     AttestationRow,
@@ -14,6 +20,8 @@ from avs_aggregator.store import (
     RequestState,
     Store,
 )
+from tests.aggregator.fakes import DOMAIN
+from tests.aggregator.test_server_insurance import _prepare, _serve
 from tests.aggregator.test_store import _request_row
 
 
@@ -105,6 +113,38 @@ def test_finished_rows_older_than_the_cutoff_go_and_nothing_else(db: str) -> Non
         assert [a.request_hash for a in s.query(AttestationRow)] == [_hash("in flight")]
     assert not store.prune_finished(before=1.0)  # nothing left to prune
     store.close()
+
+
+def test_each_pruned_request_leaves_its_final_state_and_batch(db: str) -> None:
+    store = Store(db)
+    _fill(store)
+    store.prune_finished(before=1.0)
+    certified, failed = store.get_pruned_request(_hash("certified")), store.get_pruned_request(_hash("failed"))
+    assert certified is not None and (certified.state, certified.batch_index) == (RequestState.CERTIFIED, 1)
+    assert failed is not None and (failed.state, failed.batch_index) == (RequestState.FAILED, None)
+    assert store.get_pruned_request(_hash("in flight")) is None and store.get_pruned_request(_hash("nobody")) is None
+    store.close()
+
+
+def test_a_pruned_request_submitted_again_is_refused_and_its_status_says_why(tmp_path: Path) -> None:
+    """Through the intake: once its record is deleted, the same request was taken as new, generated,
+    verified and certified a second time; GetStatus answered a bare NOT_FOUND."""
+    for intake in _serve(tmp_path, None):
+        prepared = _prepare(intake.client)
+        request_hash = intake.client.submit_prepared(prepared, domain=DOMAIN)
+        store = intake.pipeline.store
+        store.update_request(request_hash, state=RequestState.FAILED, error="no operator answered")
+        assert store.prune_finished(before=time.time() + 1).requests == 1
+        with pytest.raises(grpc.RpcError) as status:
+            intake.client.get_status(request_hash)
+        assert status.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "this request failed; its record was deleted" in str(status.value.details())
+        with pytest.raises(grpc.RpcError) as again:
+            intake.client.submit_prepared(prepared, domain=DOMAIN)
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "a new request needs another nonce" in str(again.value.details())
+        assert store.get_request(request_hash) is None  # not taken again
+        assert intake.client.submit_prepared(_prepare(intake.client, nonce=2), domain=DOMAIN) != request_hash
 
 
 def test_pruning_goes_in_bounded_transactions(db: str) -> None:

@@ -391,6 +391,9 @@ class Store(Database):
             counts = PruneCounts()
             if requests:
                 now = self.clock()
+                # One left by an earlier pruning of the same hash (taken again by an older release
+                # sharing the database) is replaced, not a key conflict failing every pruning after.
+                _delete(s, PrunedRequestRow, PrunedRequestRow.request_hash.in_(requests))
                 s.add_all(
                     PrunedRequestRow(request_hash=h, state=state, batch_index=index, pruned_at=now)
                     for h, state, index in finished

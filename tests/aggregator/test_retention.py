@@ -123,6 +123,9 @@ def test_each_pruned_request_leaves_its_final_state_and_batch(db: str) -> None:
     assert certified is not None and (certified.state, certified.batch_index) == (RequestState.CERTIFIED, 1)
     assert failed is not None and (failed.state, failed.batch_index) == (RequestState.FAILED, None)
     assert store.get_pruned_request(_hash("in flight")) is None and store.get_pruned_request(_hash("nobody")) is None
+    with store.session() as s:  # the same hash taken again (an older release sharing the database)
+        s.add(_request("failed", RequestState.FAILED))
+    assert store.prune_finished(before=1.0).requests == 1  # replaces its record, no key conflict
     store.close()
 
 

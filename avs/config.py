@@ -5,6 +5,7 @@ the field. Each binary defines its own typed tree (``avs_operator.config``, ``av
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +90,12 @@ def read_yaml(path: Path) -> Any:
 def resolve_path(path: Path, base: Path) -> Path:
     """``path`` relative to the config file's folder ``base`` (absolute paths unchanged)."""
     return path if path.is_absolute() else (base / path.expanduser()).resolve()
+
+
+def resolve_optional_paths(section: Any, names: Sequence[str], base: Path) -> dict[str, Path]:
+    """``section``'s path fields among ``names`` that are set, each ``resolve_path``-ed: a
+    ``model_copy(update=...)`` for optional files (TLS certificates and keys)."""
+    return {name: resolve_path(getattr(section, name), base) for name in names if getattr(section, name)}
 
 
 def resolve_database_url(url: str, base: Path) -> str:

@@ -18,6 +18,7 @@ from avs.config import (
     parse_model,
     read_yaml,
     resolve_database_url,
+    resolve_optional_paths,
     resolve_path,
     split_host_port,
 )
@@ -267,7 +268,7 @@ def load_config(path: Path) -> AggregatorConfig:
             "keys": config.keys.model_copy(
                 update={
                     "ecdsa_keystore": resolve(config.keys.ecdsa_keystore),
-                    **{name: resolve(getattr(config.keys, name)) for name in TLS_FILES if getattr(config.keys, name)},
+                    **resolve_optional_paths(config.keys, TLS_FILES, path.parent),
                 }
             ),
             "models": models,

@@ -101,7 +101,8 @@ class StakeKeeper:
                 else:
                     refreshed.append(quorum)
                     due = head + 1 + margin
-                    last = int(registry.quorumUpdateBlockNumber(quorum).call())  # ours, just mined
+                    if self.eject_understaked:
+                        last = int(registry.quorumUpdateBlockNumber(quorum).call())  # ours, just mined
             # After every refresh, ours or anyone else's (or the last one before we started):
             # a scan that failed (the node erring) is tried again at the next tick.
             unscanned = self.eject_understaked and self._ejection_scanned.get(quorum) != last

@@ -123,7 +123,7 @@ def compute_coverage_problem(
     if left < min_blocks_left:
         return (
             f"the request's coverage ends at block {coverage.expires_at_block}, {left} blocks from now: too soon"
-            f" to certify the request within it (at least {MIN_COVERAGE_BLOCKS_LEFT})"
+            f" to certify the request within it (at least {min_blocks_left})"
         )
     return None
 

@@ -22,6 +22,7 @@ from avs.config import (
     parse_model,
     read_yaml,
     resolve_database_url,
+    resolve_optional_paths,
     resolve_path,
     split_host_port,
 )
@@ -235,9 +236,7 @@ def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
     )
     models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
     tls_files = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
-    grpc = config.grpc.model_copy(
-        update={name: resolve(getattr(config.grpc, name)) for name in tls_files if getattr(config.grpc, name)}
-    )
+    grpc = config.grpc.model_copy(update=resolve_optional_paths(config.grpc, tls_files, base))
     deployment = config.chain.deployment_file
     chain = config.chain.model_copy(update={"deployment_file": resolve(deployment) if deployment else None})
     protection = resolve_database_url(config.slashing_protection_url, base)

@@ -24,7 +24,14 @@ from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
 from avs.client import AggregatorClient
-from avs.config import EnvSecrets, Section, resolve_database_url, split_host_port
+from avs.config import (
+    EnvSecrets,
+    Section,
+    resolve_database_url,
+    resolve_optional_paths,
+    resolve_path,
+    split_host_port,
+)
 from avs.errors import InvalidInputError
 from avs.httpserver import start_metrics_server
 from avs.messages import Domain
@@ -106,14 +113,11 @@ def load_challenger_config(path: Path) -> ChallengerConfig:
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid challenger config: {fields}") from None
 
-    def resolve(p: Path) -> Path:
-        return p if p.is_absolute() else (path.parent / p.expanduser()).resolve()
-
     return config.model_copy(
         update={
-            "deployment_file": resolve(config.deployment_file),
-            "ecdsa_keystore": resolve(config.ecdsa_keystore),
-            **{name: resolve(getattr(config, name)) for name in TLS_FILES if getattr(config, name)},
+            "deployment_file": resolve_path(config.deployment_file, path.parent),
+            "ecdsa_keystore": resolve_path(config.ecdsa_keystore, path.parent),
+            **resolve_optional_paths(config, TLS_FILES, path.parent),
             "database_url": resolve_database_url(config.database_url, path.parent),
         }
     )

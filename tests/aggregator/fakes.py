@@ -289,14 +289,21 @@ class FakeFaultManager:
         self.calls: list[str] = []
         self.crash_after_challenge = False
 
+    def _next_block(self) -> int:
+        """A transaction sent now runs in the next block, and mines it when it succeeds (anvil's
+        automine; a revert is caught by the gas estimate and sends nothing): a check made at the head
+        is one block stale when the transaction runs."""
+        return self.network.block + 1
+
     # --- Escalator ----------------------------------------------------------------------
 
     def challenge(
         self, header: BatchHeader, signatory_record_hash: bytes, leaf: tuple[bytes, bytes], proof: Sequence[bytes]
     ) -> OpenedChallenge:
         self.calls.append("challenge")
+        mined_block = self._next_block()
         deadline = self.get_challenge_window().deadline(self.network.certified[header.batch_index][0])
-        if self.network.block > deadline:
+        if mined_block > deadline:
             raise ContractRevertError("ChallengeWindowClosed", (header.batch_index,))
         key = (header.batch_index, leaf[0], leaf[1])
         previous = self.leaves.get(key)
@@ -309,15 +316,16 @@ class FakeFaultManager:
             leaf[0],
             leaf[1],
             header.batch_index,
-            self.network.block,
+            mined_block,
             ChallengeStatus.OPEN,
             self.config.resolution_window,
         )
         self.leaves[key] = challenge_id
+        self.network.block = mined_block
         tx = keccak(b"challenge" + challenge_id.to_bytes(8, "big"))
         if self.crash_after_challenge:
             raise KeyboardInterrupt("crash after the challenge was mined")
-        return OpenedChallenge(challenge_id, self.network.block, tx)
+        return OpenedChallenge(challenge_id, mined_block, tx)
 
     def get_challenge(self, challenge_id: int) -> Challenge:
         return self.challenges.get(
@@ -353,10 +361,11 @@ class FakeFaultManager:
         signers: BatchSigners,
     ) -> bytes:
         self.calls.append("resolve")
+        mined_block = self._next_block()
         c = self.challenges[challenge_id]
         if c.status != ChallengeStatus.OPEN:
             raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
-        if self.network.block > c.opened_block + c.resolution_window:
+        if mined_block > c.opened_block + c.resolution_window:
             raise ContractRevertError("ChallengeExpired", (challenge_id,))
         if reference_block < c.opened_block:
             raise ContractRevertError("ReferenceBlockBeforeChallenge", (reference_block,))
@@ -376,6 +385,7 @@ class FakeFaultManager:
             self.pending[challenge_id] = (signers, 0)
             status = ChallengeStatus.UPHELD
         self.challenges[challenge_id] = dataclasses.replace(c, status=status)
+        self.network.block = mined_block
         if status == ChallengeStatus.UPHELD:
             self._slash_next(challenge_id)
         if self.front_run_resolve:
@@ -419,12 +429,14 @@ class FakeFaultManager:
 
     def expire_challenge(self, challenge_id: int) -> bytes:
         self.calls.append("expire")
+        mined_block = self._next_block()
         c = self.challenges[challenge_id]
         if c.status != ChallengeStatus.OPEN:
             raise ContractRevertError("ChallengeNotOpen", (challenge_id,))
-        if self.network.block <= c.opened_block + c.resolution_window:
+        if mined_block <= c.opened_block + c.resolution_window:
             raise ContractRevertError("ChallengeNotExpired", (challenge_id,))
         self.challenges[challenge_id] = dataclasses.replace(c, status=ChallengeStatus.EXPIRED)
+        self.network.block = mined_block
         return keccak(b"expire" + challenge_id.to_bytes(8, "big"))
 
     # --- EquivocationReporter -----------------------------------------------------------

@@ -211,13 +211,14 @@ def test_escalation_quorum_rejects_and_the_batch_signers_are_slashed(tmp_path: P
     # the reference block (head - 1) is before the challenge's block: it waits for the next block
     assert manager.get_challenge(1).status == ChallengeStatus.OPEN and "resolve" not in manager.calls
     network.block += 1
+    reference_block = network.block - 1  # the resolve mines a block: read the reference before it
     challenger.poll()
     assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
     colluders = tuple(sorted(op.keys.operator_id for op in network.operators[:3]))
     assert manager.slashed[1] == colluders  # every signer of the batch, nobody else
     [row] = store.list_challenges()
     assert row.state == ChallengeState.UPHELD and row.verdict == int(Verdict.REJECT) and row.close_tx
-    assert row.reference_block == network.block - 1 and row.batch_index == batch.batch_index
+    assert row.reference_block == reference_block and row.batch_index == batch.batch_index
     pipeline.close()
 
 
@@ -293,13 +294,14 @@ def test_without_an_escalation_certificate_the_challenge_expires_after_the_windo
     manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=5)
     challenger, _, store = make_challenger(db, pipeline, network, manager)
     challenger.poll()
-    for _ in range(5):
+    opened_block = manager.get_challenge(1).opened_block
+    while network.block < opened_block + 4:  # up to the window's last block but one: resolvable
         network.block += 1
         challenger.poll()
         assert manager.get_challenge(1).status == ChallengeStatus.OPEN  # within the window: not expired
     [row] = store.list_challenges()
-    assert row.attempts >= 4 and "no escalation certificate" in (row.error or "")
-    network.block += 1
+    assert row.attempts >= 3 and "no escalation certificate" in (row.error or "")
+    network.block += 1  # the last block: an expire sent now runs past the window
     challenger.poll()
     assert manager.get_challenge(1).status == ChallengeStatus.EXPIRED
     assert [c.state for c in store.list_challenges()] == [ChallengeState.EXPIRED] and "resolve" not in manager.calls
@@ -371,6 +373,27 @@ def _opened_not_resolved(
     feed = Feed(pipeline, network)
     Challenger(feed, feed, Checker(Verdict.REJECT), manager, store, None, sample_rate=1.0, start_block=0).poll()
     return pipeline, network, manager, resolver, store
+
+
+@pytest.mark.parametrize("blocks_left", [0, 1])
+def test_the_resolver_expires_at_the_last_block_of_the_window_and_resolves_before_it(
+    tmp_path: Path, db: str, blocks_left: int
+) -> None:
+    """A transaction sent at head H runs in block H + 1. At the window's last block (H ==
+    openedBlock + resolutionWindowBlocks) a resolve would run past it and revert ChallengeExpired (a
+    wasted certificate round): the resolver expires it instead. A block before, it still resolves."""
+    pipeline, network, manager, resolver, store = _opened_not_resolved(db, tmp_path)
+    [row] = store.list_challenges()
+    opened = manager.get_challenge(row.challenge_id)
+    network.block = opened.opened_block + opened.resolution_window - blocks_left
+    resolver.advance_all()
+    if blocks_left == 0:
+        assert manager.get_challenge(row.challenge_id).status == ChallengeStatus.EXPIRED
+        assert "resolve" not in manager.calls
+    else:
+        assert manager.get_challenge(row.challenge_id).status == ChallengeStatus.UPHELD
+    assert store.get_challenge(row.challenge_id).error is None  # type: ignore[union-attr]
+    pipeline.close()
 
 
 def test_a_challenge_the_chain_does_not_show_is_kept_until_its_block_is_deep(tmp_path: Path, db: str) -> None:
@@ -961,6 +984,33 @@ def test_an_open_challenge_past_its_resolution_window_is_expired_not_adopted(tmp
     [finding] = store.list_findings()
     assert finding.challenge_id == 2 and finding.detail == "challenged"
     assert store.list_sent_challenges() == [] and store.list_pending_checks() == []
+    pipeline.close()
+
+
+@pytest.mark.parametrize("blocks_left", [0, 1])
+def test_someones_open_challenge_is_adopted_up_to_the_last_block_of_its_window(
+    tmp_path: Path, db: str, blocks_left: int
+) -> None:
+    """At the last block of its resolution window someone's open challenge can only be expired (a
+    resolve sent then runs a block later, past it): expired, and ours opened. A block before, it is
+    adopted and resolved in time."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=3)
+    feed = Feed(pipeline, network)
+    someone = ChallengerStore("sqlite://")
+    Challenger(feed, feed, Checker(Verdict.REJECT), manager, someone, None, sample_rate=1.0, start_block=0).poll()
+    theirs = manager.get_challenge(1)
+    network.block = theirs.opened_block + theirs.resolution_window - blocks_left
+    challenger, _, _ = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    if blocks_left == 0:
+        assert manager.get_challenge(1).status == ChallengeStatus.EXPIRED and "resolve" not in manager.calls
+        for _ in range(2):  # ours is sent at the next poll and resolved once its block is referenced
+            network.block += 1
+            challenger.poll()
+        assert manager.get_challenge(2).status == ChallengeStatus.UPHELD
+    else:
+        assert manager.get_challenge(1).status == ChallengeStatus.UPHELD and 2 not in manager.challenges
     pipeline.close()
 
 

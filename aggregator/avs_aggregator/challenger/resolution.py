@@ -3,8 +3,9 @@
 For an open challenge of leaf (requestHash, outputHash) of batch B:
 
 1. Read the challenge on-chain. Ended (by anyone, or by us before a crash) -> record how it ended.
-2. Past ``openedBlock +`` the challenge's own ``resolutionWindowBlocks`` (copied when it opened) ->
-   ``expireChallenge`` (the bond comes back).
+2. At or past ``openedBlock +`` the challenge's own ``resolutionWindowBlocks`` (copied when it
+   opened) -> ``expireChallenge`` (the bond comes back): a transaction sent at the head runs in the
+   next block, past the window.
 3. Otherwise pick a reference block (the reader's ``latest - lag``); it must be at or after the
    challenge's ``openedBlock`` (the contract refuses older ones), so wait a block if it is not.
 4. Ask every operator of the escalation quorums (``FaultManager.escalationQuorumNumbers``) at that
@@ -217,7 +218,9 @@ class Resolver:
             self.store.update_challenge(row.challenge_id, state=state, error=None)
             return state
         opened = on_chain.opened_block
-        if self.chain.get_block_number() > opened + on_chain.resolution_window:
+        # A transaction sent now runs in the next block: at the window's last block a resolve would
+        # revert ChallengeExpired, while an expire is already valid.
+        if self.chain.get_block_number() >= opened + on_chain.resolution_window:
             return self._expire(row)
         reference_block, _ = self.reader.get_reference_block()
         if reference_block < opened:  # the certificate must be from the challenge's block on

@@ -16,13 +16,14 @@ Prepare with UNAVAILABLE, naming the current leader if known: the ``IntakeGate``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent import futures
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from eth_account import Account
@@ -50,10 +51,11 @@ from avs.prompts import PromptEncoder
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
+from avs.rpc.aio import ThreadedAioServer
 from avs.rpc.common.v1 import bn254_pb2
-from avs.rpc.health import CONNECTION_LIMIT_OPTIONS, BoundedHealthServicer
+from avs.rpc.health import CONNECTION_LIMIT_OPTIONS, AioBoundedHealthServicer
 from avs.rpc.operator.v1 import operator_pb2 as op
-from avs.rpc.status import ErrorToStatusInterceptor
+from avs.rpc.status import AioErrorToStatusInterceptor
 from avs_aggregator.pipeline import Pipeline, describe_pruned, g1_from_json, g2_from_json
 from avs_aggregator.protocol import compute_signatory_record_hash
 from avs_aggregator.store import FINAL_REQUEST_STATES, RequestRow, RequestState, load_hex_list
@@ -84,8 +86,8 @@ class ServedModel:
 class IntakeLimits:
     max_chat_chars: int = 64 * 1024
     max_new_tokens: int = 512
-    # Each open WatchStatus stream holds an intake thread until its request is final: at most half
-    # of build_server's 32, so that watchers never starve Submit and GetStatus.
+    # Open WatchStatus streams (each a watch thread while it looks for a change); beyond it, clients
+    # are told to poll GetStatus.
     max_watches: int = 16
 
 
@@ -189,6 +191,8 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         self._coverage = coverage  # None: insured requests are refused (no insurance pool to read)
         self._gate = gate  # None: always takes requests (a lone aggregator)
         self._watch_slots = threading.BoundedSemaphore(limits.max_watches)
+        # WatchStatus streams wait on the loop; each look (a wait for a change, a read) takes one of these.
+        self._watch_threads = ThreadPoolExecutor(max_workers=limits.max_watches, thread_name_prefix="watch")
 
     @property
     def max_chat_chars(self) -> int:
@@ -350,26 +354,39 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         row = self._row(request)
         return build_status(self._pipeline, row, self._decoder(row))
 
-    def WatchStatus(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
+    async def WatchStatus(
+        self, request: ag.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[ag.RequestStatus]:
+        """The request's status, then each change until it is final. Runs on the server's loop: the
+        stream holds no intake thread while it waits, only a watch thread for each look."""
         if not self._watch_slots.acquire(blocking=False):
             raise OverloadedError(
                 f"{self._limits.max_watches} WatchStatus streams are open already; retry later or poll GetStatus"
             )
+        loop = asyncio.get_running_loop()
         try:
-            yield from self._watch(request, context)
+            last: tuple[str, int] | None = None
+            while True:
+                change = await loop.run_in_executor(self._watch_threads, self._look, request, last)
+                if change is not None:
+                    last, status = change
+                    yield status
+                if last is not None and last[0] in FINAL_REQUEST_STATES:
+                    return
         finally:
             self._watch_slots.release()
 
-    def _watch(self, request: ag.GetStatusRequest, context: grpc.ServicerContext) -> Iterator[ag.RequestStatus]:
-        last: tuple[str, int] | None = None
-        while context.is_active():
-            row = self._row(request)
-            if (row.state, row.attempt) != last:
-                last = (row.state, row.attempt)
-                yield build_status(self._pipeline, row, self._decoder(row))
-            if row.state in FINAL_REQUEST_STATES:
-                return
+    def _look(
+        self, request: ag.GetStatusRequest, last: tuple[str, int] | None
+    ) -> tuple[tuple[str, int], ag.RequestStatus] | None:
+        """The request's status if it moved on from ``last`` (waiting up to WATCH_POLL_SECONDS for a
+        change first, unless it is the first look); None if it did not."""
+        if last is not None:
             self._pipeline.wait_for_change(WATCH_POLL_SECONDS)
+        row = self._row(request)
+        if (row.state, row.attempt) == last:
+            return None
+        return (row.state, row.attempt), build_status(self._pipeline, row, self._decoder(row))
 
     def GetBatch(self, request: ag.GetBatchRequest, context: grpc.ServicerContext) -> ag.BatchInfo:
         # Beyond the store's signed 64-bit column no batch can exist (and the query would overflow).
@@ -399,22 +416,27 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
 
 def build_server(
     servicer: AggregatorServicer, listen: str, max_workers: int = 32
-) -> tuple[grpc.Server, int, BoundedHealthServicer]:
+) -> tuple[ThreadedAioServer, int, AioBoundedHealthServicer]:
+    """The intake on a ``grpc.aio`` server (``avs.rpc.aio``): the port is public, and a call waits for
+    its request on the event loop, so clients that never finish sending cannot take the
+    ``max_workers`` threads that serve complete requests."""
     # Receive no more than the largest valid Submit: parsing costs memory before any check runs (a
     # 4 MiB message of empty chat messages is ~100 MiB of Python objects, on every intake thread).
     receive = min(convert.INTAKE_MAX_REQUEST_BYTES, convert.compute_largest_submit_bytes(servicer.max_chat_chars))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="intake"),
-        interceptors=[ErrorToStatusInterceptor()],
+    server = ThreadedAioServer(
+        max_workers=max_workers,
+        thread_name="intake",
+        interceptors=[AioErrorToStatusInterceptor()],
         options=[
             ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", convert.INTAKE_MAX_REPLY_BYTES),
             *CONNECTION_LIMIT_OPTIONS,
         ],
     )
-    ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    health_servicer = BoundedHealthServicer((SERVICE_NAME,))
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server.server)  # type: ignore[no-untyped-call]
+    health_servicer = AioBoundedHealthServicer((SERVICE_NAME,))
+    health_servicer.attach(server.loop)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server.server)
     port = server.add_insecure_port(listen)
     health_servicer.set_serving(True)
     return server, port, health_servicer

@@ -7,9 +7,10 @@ status with the error's message (never a code inside a message string). Anything
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -98,12 +99,16 @@ def describe_call_error(error: BaseException) -> str:
     return str(error)
 
 
-def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
-    code = get_status_code(error)
+def _status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status a call that raised ``error`` ends with; anything unexpected is logged, not shown."""
     if isinstance(error, AvsError):
-        context.abort(code, shorten_details(str(error)))
-    logger.exception("unexpected error in %s", method)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        return get_status_code(error), shorten_details(str(error))
+    logger.error("unexpected error in %s", method, exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    context.abort(*_status_of(error, method))
 
 
 # The project's own services; the others (health, reflection) are grpcio's, left as they are: their
@@ -134,50 +139,82 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
+def _malformed(request: _Undecodable) -> str:
+    return shorten_details(f"malformed request: {request.error}")
+
+
 def _check_decoded(request: Any, context: grpc.ServicerContext) -> None:
     if isinstance(request, _Undecodable):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, shorten_details(f"malformed request: {request.error}"))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(request))
+
+
+def wrap_own_handler(handler: Any, method: str) -> Any:
+    """``handler`` of one of the project's methods answering its errors with their status codes (and
+    undecodable requests with INVALID_ARGUMENT); grpcio's own services are left as they are. Plain
+    handlers may run on a sync server or as a ``grpc.aio`` server's sync handlers; an ``async`` stream
+    handler runs on a ``grpc.aio`` server's loop."""
+    if handler is None or not method.startswith(OWN_METHODS_PREFIX):
+        return handler
+    deserializer = _lenient(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            _check_decoded(request, context)
+            try:
+                return inner(request, context)
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                _abort(context, error, method)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, handler.response_serializer)
+    if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+        inner_async = handler.unary_stream
+
+        async def unary_stream_async(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(request))
+            try:
+                async for response in inner_async(request, context):
+                    yield response
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                await context.abort(*_status_of(error, method))
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream_async, deserializer, handler.response_serializer)
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            _check_decoded(request, context)
+            try:
+                yield from inner_stream(request, context)
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                _abort(context, error, method)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, handler.response_serializer)
+    return handler
 
 
 class ErrorToStatusInterceptor(grpc.ServerInterceptor):
+    """``wrap_own_handler`` for grpcio's sync server."""
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
-        method = details.method
-        if handler is None or not method.startswith(OWN_METHODS_PREFIX):
-            return handler
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+        return wrap_own_handler(continuation(details), details.method)
 
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-                _check_decoded(request, context)
-                try:
-                    return inner(request, context)
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    _abort(context, error, method)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, _lenient(handler.request_deserializer), handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+class AioErrorToStatusInterceptor(grpc.aio.ServerInterceptor):
+    """``wrap_own_handler`` for a ``grpc.aio`` server (``avs.rpc.aio``)."""
 
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                _check_decoded(request, context)
-                try:
-                    yield from inner_stream(request, context)
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    _abort(context, error, method)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, _lenient(handler.request_deserializer), handler.response_serializer
-            )
-        return handler
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        return wrap_own_handler(await continuation(details), details.method)
 
 
 def _is_abort(error: Exception) -> bool:
-    # grpc's context.abort() raises a bare ``Exception()`` after setting the status; let it through.
-    return type(error) is Exception
+    # The sync server's context.abort() raises a bare ``Exception()`` after setting the status, a
+    # grpc.aio server's (of a sync or an async handler) an AbortError: let them through.
+    return type(error) is Exception or isinstance(error, grpc.aio.AbortError)

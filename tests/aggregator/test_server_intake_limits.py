@@ -4,6 +4,7 @@ before anything is stored, and WatchStatus streams cannot take every intake thre
 from __future__ import annotations
 
 import json
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from eth_account import Account
 from eth_utils import keccak
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avs.client import AggregatorClient
 from avs.gateway.errors import compute_api_error
@@ -23,19 +25,22 @@ from avs.messages import compute_request_hash, compute_stop_sequences_hash
 from avs.rpc import convert
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.aggregator.v1 import aggregator_pb2_grpc as ag_grpc
+from avs.rpc.health import MAX_HEALTH_WATCHERS
 from avs.rpc.operator.v1 import operator_pb2 as op
 from avs_aggregator.pipeline import Pipeline, PipelineSettings
-from avs_aggregator.server import AggregatorServicer, IntakeLimits, ServedModel, build_server
+from avs_aggregator.server import SERVICE_NAME, AggregatorServicer, IntakeLimits, ServedModel, build_server
 from avs_aggregator.store import RequestState, Store
 from tests.aggregator.fakes import DOMAIN, MODEL_ID, FakeNetwork
 
 WATCHES = 2
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 @dataclass
 class Intake:
     stub: Any
     pipeline: Pipeline
+    target: str
 
 
 @pytest.fixture
@@ -49,7 +54,8 @@ def intake(tmp_path: Path) -> Iterator[Intake]:
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Intake(ag_grpc.AggregatorServiceStub(channel), pipeline)  # type: ignore[no-untyped-call]
+        stub = ag_grpc.AggregatorServiceStub(channel)  # type: ignore[no-untyped-call]
+        yield Intake(stub, pipeline, f"127.0.0.1:{port}")
     finally:
         channel.close()
         server.stop(None).wait()
@@ -99,6 +105,32 @@ def test_a_valid_request_with_stop_sequences_is_taken(intake: Intake) -> None:
     reply = intake.stub.Submit(_request(stops=("\n\n", "s" * 64)))
     row = intake.pipeline.store.get_request(bytes(reply.request_hash))
     assert row is not None and row.state == RequestState.RECEIVED
+
+
+def test_calls_that_never_finish_sending_do_not_stall_the_intake(intake: Intake) -> None:
+    """The intake's port is public. A client opens far more calls than the intake has threads
+    (WATCHES + 2) and never sends their requests: complete requests are still served, and once the
+    client lets go its calls end as usual. (grpcio's sync server gave each unfinished call a thread:
+    it then answered no one.)"""
+    release = threading.Event()
+
+    def never_sent() -> Iterator[bytes]:
+        release.wait()
+        yield ag.GetStatusRequest(request_hash=b"\1" * 32).SerializeToString()
+
+    channel = grpc.insecure_channel(intake.target)
+    get_status: Any = channel.stream_unary(f"/{SERVICE_NAME}/GetStatus")
+    hanging = [get_status.future(never_sent(), timeout=30) for _ in range(3 * (WATCHES + 2))]
+    try:
+        time.sleep(0.5)  # the calls have reached the server
+        assert not any(call.done() for call in hanging)
+        reply = intake.stub.Submit(_request(), timeout=5)
+        assert intake.stub.GetStatus(ag.GetStatusRequest(request_hash=reply.request_hash), timeout=5).state
+    finally:
+        release.set()
+    for call in hanging:  # an unknown request hash: answered NOT_FOUND, the calls were never lost
+        assert call.exception(timeout=10).code() == grpc.StatusCode.NOT_FOUND
+    channel.close()
 
 
 def test_watch_streams_are_capped_and_leave_threads_for_submit_and_status(intake: Intake) -> None:
@@ -257,3 +289,41 @@ def test_the_intake_receives_the_largest_valid_submit_and_nothing_larger(intake:
     chat = list(_largest_submit(IntakeLimits().max_chat_chars).request.messages)
     reply = intake.stub.Submit(_with_chat(_request(max_tokens=64), chat), timeout=30)
     assert intake.pipeline.store.get_request(bytes(reply.request_hash)) is not None
+
+
+def test_the_intakes_health_is_bounded_and_watches_see_changes(tmp_path: Path) -> None:
+    """The intake's health service (on the grpc.aio server): Check and Watch answer only the names
+    the server set, at most MAX_HEALTH_WATCHERS streams, and a watch sees a status set from another
+    thread (the leader election's)."""
+    pipeline = Pipeline(DOMAIN, Store("sqlite://"), *(FakeNetwork([{0: 100}]),) * 3, PipelineSettings())
+    servicer = AggregatorServicer(pipeline, {}, IntakeLimits())
+    server, port, health_servicer = build_server(servicer, "127.0.0.1:0", max_workers=2)
+    health_servicer.set("leader", health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs do not declare Watch
+    watches: list[Any] = []
+    try:
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status == SERVING
+        for name in ("unknown", "x" * 100_000):
+            with pytest.raises(grpc.RpcError) as unknown:
+                next(health.Watch(health_pb2.HealthCheckRequest(service=name), timeout=5))
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service="leader")) for _ in range(MAX_HEALTH_WATCHERS)]
+        assert [next(w).status for w in watches] == [health_pb2.HealthCheckResponse.NOT_SERVING] * len(watches)
+        with pytest.raises(grpc.RpcError) as full:
+            next(health.Watch(health_pb2.HealthCheckRequest(service="leader"), timeout=5))
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health_servicer.set("leader", SERVING)  # from this thread, not the server's loop
+        assert [next(w).status for w in watches] == [SERVING] * len(watches)
+        health_servicer.enter_graceful_shutdown()
+        assert next(watches[0]).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        health_servicer.set("leader", SERVING)  # ignored once shutting down
+        assert health.Check(health_pb2.HealthCheckRequest(service="leader"), timeout=5).status != SERVING
+    finally:
+        for watch in watches:
+            watch.cancel()
+        channel.close()
+        assert server.stop(None).wait(10)
+        assert server.stop(None).is_set()  # a second stop answers at once
+        pipeline.close()

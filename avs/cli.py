@@ -533,7 +533,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a certificate JSON offline for ``--deployment``'s chain and task manager, and with
     ``--rpc-url`` also with that task manager's verifyLeaf."""
     from avs.chain.deployment import load_deployment
-    from avs.client import certificate_from_json, verify_certificate, verify_on_chain
+    from avs.client import certificate_from_json, check_on_chain, verify_certificate
     from avs.messages import Domain
 
     if args.rpc_url and args.deployment is None:
@@ -564,25 +564,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.rpc_url and deployment is not None:
         from web3 import Web3
 
-        from avs.chain.abi import load_abi
-
         w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
         if w3.eth.chain_id != deployment.chain_id:
             raise InvalidInputError(f"{redact_urls(args.rpc_url)} is not chain {deployment.chain_id}")
-        task_manager = w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.task_manager), abi=load_abi("InferenceTaskManager")
-        )
-        on_chain = verify_on_chain(certificate, task_manager, from_block=deployment.start_block)
-        result["on_chain_ok"] = on_chain
-        ok = ok and on_chain
-        if on_chain:  # then its non-signers are the certified ones: count the stake they left out
-            from avs.chain.client import Web3AvsClient
-            from avs.client import check_stakes_on_chain
-
-            shares, problems = check_stakes_on_chain(certificate, Web3AvsClient(w3, deployment), args.min_share_bps)
-            result["on_chain_stake_shares"] = {str(q): share for q, share in shares.items()}
-            result["problems"] = [*check.problems, *problems]
-            ok = ok and not problems
+        on_chain = check_on_chain(certificate, w3, deployment, args.min_share_bps)
+        result["on_chain_ok"] = on_chain.certified
+        if on_chain.certified:
+            result["on_chain_stake_shares"] = {str(q): share for q, share in on_chain.stake_shares.items()}
+            result["problems"] = [*check.problems, *on_chain.problems]
+        ok = ok and on_chain.ok
     elif args.min_share_bps:
         print("no --rpc-url: the stake shares are the aggregator's word, not checked on chain", file=sys.stderr)
     print(json.dumps(result, indent=2))

@@ -154,7 +154,19 @@ def _is_below_share(signed: int, total: int, min_share_bps: int) -> bool:
     return signed * BPS < min_share_bps * max(total, 1)
 
 
+def _stated_stake_problem(stake: ag.QuorumStake) -> str | None:
+    """Why a quorum's stated stake figures cannot be a share (no total stake, a negative figure, more
+    signed than the total), or None. A share of nothing proves nothing, whatever the threshold."""
+    signed, total = int(stake.signed_stake), int(stake.total_stake)
+    if total <= 0 or not 0 <= signed <= total:
+        return f"quorum {stake.quorum_number} states {signed} signed of {total} in all: not a share of stake"
+    return None
+
+
 def _is_stated_below(stake: ag.QuorumStake, min_share_bps: int) -> bool:
+    """Whether a stated quorum share is below ``min_share_bps`` (figures that are no share count as below)."""
+    if _stated_stake_problem(stake) is not None:
+        return True
     return _is_below_share(int(stake.signed_stake), int(stake.total_stake), min_share_bps)
 
 
@@ -227,6 +239,34 @@ def check_certified_as_sent(sent: ag.SubmitRequest, status: ag.RequestStatus) ->
         raise UntrustedAnswerError("the status's output tokens are not the certified ones")
 
 
+def build_submit_request(
+    messages: Sequence[Mapping[str, str]], *, requester: str, **fields: Unpack[RequestFields]
+) -> ag.SubmitRequest:
+    """The ``Submit`` message of a request (what ``AggregatorClient.submit`` sends, unsigned): a caller
+    that keeps it can check a certificate against it (``check_certified_as_sent``)."""
+    model, model_id = fields.get("model", ""), fields.get("model_id", b"")
+    nonce = fields.get("nonce")
+    if not model and not model_id:
+        raise InvalidInputError("name a model (model=...) or give its id (model_id=...)")
+    stop_sequences = list(fields.get("stop_sequences", ()))
+    request = op.InferenceRequest(
+        model_id=model_id,
+        prompt_hash=fields.get("prompt_hash", b""),
+        temperature_milli=fields.get("temperature_milli", 0),
+        top_k=fields.get("top_k", 0),
+        top_p_micro=fields.get("top_p_micro", TOP_P_ONE),
+        seed=fields.get("seed", 0),
+        max_tokens=fields.get("max_tokens", 64),
+        stop_sequences_hash=compute_stop_sequences_hash(stop_sequences),
+        requester=requester,
+        nonce=(secrets.randbits(256) if nonce is None else nonce).to_bytes(32, "big"),
+        messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+        stop_sequences=stop_sequences,
+    )
+    quorums, threshold_bps = fields.get("quorums", b""), fields.get("threshold_bps", 0)
+    return ag.SubmitRequest(request=request, model_name=model, quorum_numbers=quorums, threshold_bps=threshold_bps)
+
+
 # How many submitted requests a client remembers to check their certificates against in ``wait``.
 MAX_REMEMBERED_REQUESTS = 4096
 
@@ -264,31 +304,6 @@ class AggregatorClient:
         response: ag.ListModelsResponse = self._stub.ListModels(ag.ListModelsRequest(), timeout=self._timeout)
         return {m.name: bytes(m.model_id) for m in response.models}
 
-    def _build(
-        self, messages: Sequence[Mapping[str, str]], *, requester: str, **fields: Unpack[RequestFields]
-    ) -> ag.SubmitRequest:
-        model, model_id = fields.get("model", ""), fields.get("model_id", b"")
-        nonce = fields.get("nonce")
-        if not model and not model_id:
-            raise InvalidInputError("name a model (model=...) or give its id (model_id=...)")
-        stop_sequences = list(fields.get("stop_sequences", ()))
-        request = op.InferenceRequest(
-            model_id=model_id,
-            prompt_hash=fields.get("prompt_hash", b""),
-            temperature_milli=fields.get("temperature_milli", 0),
-            top_k=fields.get("top_k", 0),
-            top_p_micro=fields.get("top_p_micro", TOP_P_ONE),
-            seed=fields.get("seed", 0),
-            max_tokens=fields.get("max_tokens", 64),
-            stop_sequences_hash=compute_stop_sequences_hash(stop_sequences),
-            requester=requester,
-            nonce=(secrets.randbits(256) if nonce is None else nonce).to_bytes(32, "big"),
-            messages=[op.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-            stop_sequences=stop_sequences,
-        )
-        quorums, threshold_bps = fields.get("quorums", b""), fields.get("threshold_bps", 0)
-        return ag.SubmitRequest(request=request, model_name=model, quorum_numbers=quorums, threshold_bps=threshold_bps)
-
     def submit(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -300,7 +315,7 @@ class AggregatorClient:
     ) -> bytes:
         """Submit; returns the request hash. With ``requester_key`` (and ``domain``), the request is
         signed by the requester; the aggregator then checks that signature."""
-        message = self._build(messages, requester=requester, **fields)
+        message = build_submit_request(messages, requester=requester, **fields)
         digest = None
         if requester_key is not None:
             if domain is None or not fields.get("model_id") or not fields.get("prompt_hash"):
@@ -324,7 +339,7 @@ class AggregatorClient:
         coverage for before ``submit_prepared``. Refused unless every field asked for comes back
         unchanged, and, with ``domain``, unless the hash is the request's digest: check both
         before paying for coverage."""
-        message = self._build(messages, requester=requester, **fields)
+        message = build_submit_request(messages, requester=requester, **fields)
         response: ag.PreparedRequest = self._stub.Prepare(message, timeout=self._timeout)
         _check_prepared(message, response)
         prepared = _read_prepared(response)
@@ -421,6 +436,8 @@ class AggregatorClient:
 
     def _finish(self, request_hash: bytes, status: ag.RequestStatus) -> ag.RequestStatus:
         if status.state == ag.REQUEST_STATE_FAILED:
+            with self._sent_lock:  # final: an aggregator failing requests must not evict live ones
+                self._sent.pop(bytes(request_hash), None)
             raise RequestFailedError(status.error or "the request failed")
         if bytes(status.request_hash) != bytes(request_hash):
             raise InvalidInputError("the aggregator answered the status of another request")
@@ -658,6 +675,8 @@ def verify_certificate(
         request_hash = compute_request_hash(domain, request)
         if request_hash != certificate.request_hash:
             problems.append("the request hash is not the digest of the request")
+        if compute_stop_sequences_hash(list(certificate.request.stop_sequences)) != request.stop_sequences_hash:
+            problems.append("the stop sequences are not the ones the request commits to")
         output = InferenceOutput(request_hash, request.model_id, tuple(int(t) for t in certificate.output_token_ids))
         output_hash = compute_output_hash(output)
         if output_hash != certificate.output_hash:
@@ -680,7 +699,10 @@ def verify_certificate(
         if not bls.verify_aggregate(compute_digest(domain, header), apk_g1, apk_g2, sigma):
             problems.append("the aggregate signature does not verify over the batch digest")
         for stake in certificate.quorum_stakes:
-            if _is_stated_below(stake, min_share_bps):
+            impossible = _stated_stake_problem(stake)
+            if impossible is not None:
+                problems.append(impossible)
+            elif _is_stated_below(stake, min_share_bps):
                 share = shares[stake.quorum_number]
                 problems.append(
                     f"quorum {stake.quorum_number} signed {share:.2%}, below the {min_share_bps / 100:.2f}% asked"
@@ -757,3 +779,34 @@ def check_stakes_on_chain(
                 f"quorum {quorum} signed {shares[quorum]:.2%} on chain, below the {min_share_bps / 100:.2f}% asked"
             )
     return shares, problems
+
+
+@dataclass(frozen=True, slots=True)
+class OnChainCheck:
+    certified: bool  # verifyLeaf (or the BatchCertified event of a batch whose ring slot moved on)
+    stake_shares: dict[int, float]  # quorum -> signed share as the registry recorded it (when certified)
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.certified and not self.problems
+
+
+def check_on_chain(certificate: ag.Certificate, w3: Any, deployment: Any, min_share_bps: int = 0) -> OnChainCheck:
+    """What the chain says of ``certificate`` on ``deployment`` (the one you trust; ``w3`` a web3 of
+    its chain): whether its task manager certified the leaf, and each quorum's signed share at the
+    reference block, the stated figures checked against it. The offline check cannot tell a
+    certificate signed with keys that are not the operators' (an aggregator's own, listed under the
+    operators' ids): the chain checked the signers against the registry. Chain errors raise."""
+    from web3 import Web3
+
+    from avs.chain.abi import load_abi
+    from avs.chain.client import Web3AvsClient
+
+    address = Web3.to_checksum_address(deployment.task_manager)
+    task_manager = w3.eth.contract(address=address, abi=load_abi("InferenceTaskManager"))
+    if not verify_on_chain(certificate, task_manager, from_block=deployment.start_block):
+        return OnChainCheck(False, {}, ("the chain has not certified this leaf (verifyLeaf)",))
+    # certified: its non-signers are the certified ones, so the stake they left out can be counted
+    shares, problems = check_stakes_on_chain(certificate, Web3AvsClient(w3, deployment), min_share_bps)
+    return OnChainCheck(True, shares, tuple(problems))

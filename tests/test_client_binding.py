@@ -11,7 +11,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
-from avs.client import AggregatorClient
+from avs.client import AggregatorClient, RequestFailedError
 from avs.errors import InvalidInputError, UntrustedAnswerError
 from avs.messages import Domain, compute_request_hash
 from avs.rpc import convert
@@ -51,6 +51,7 @@ class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
         self.signed_stake = "10"
         self.certified: op.InferenceRequest | None = None
         self.quorums = b""
+        self.fail = False  # answer FAILED
 
     def Submit(self, request: ag.SubmitRequest, context: Any) -> ag.SubmitResponse:
         certified = _completed(request.request)
@@ -66,6 +67,9 @@ class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
 
     def WatchStatus(self, request: ag.GetStatusRequest, context: Any) -> Iterator[ag.RequestStatus]:
         assert self.certified is not None
+        if self.fail:
+            yield ag.RequestStatus(request_hash=request.request_hash, state=ag.REQUEST_STATE_FAILED, error="no")
+            return
         tokens = [5, 6, 7]
         certificate = ag.Certificate(
             request=self.certified, request_hash=request.request_hash, output_token_ids=tokens, output_text="five six"
@@ -158,6 +162,27 @@ def test_the_check_is_not_skipped_however_many_requests_were_sent_meanwhile(
     for _ in range(20):  # served while ours is still being certified
         client.wait(client.submit(CHAT, requester=REQUESTER.address, model="tiny"), timeout=10)
     aggregator.certified = tampered
+    with pytest.raises(UntrustedAnswerError, match=r"certified another request .*changed: nonce, messages"):
+        client.wait(ours, timeout=10)
+
+
+def test_failed_requests_do_not_push_a_live_one_out_of_the_clients_memory(
+    served: tuple[CertifyingAggregator, AggregatorClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aggregator that fails many requests quickly must not make the client forget one still being
+    certified (and skip its check): a FAILED request is final, so it is let go like a certified one."""
+    import avs.client
+
+    monkeypatch.setattr(avs.client, "MAX_REMEMBERED_REQUESTS", 8)
+    aggregator, client = served
+    aggregator.other_request = True
+    ours = client.submit(CHAT, requester=REQUESTER.address, model="tiny")
+    tampered = aggregator.certified
+    aggregator.other_request, aggregator.fail = False, True
+    for _ in range(20):
+        with pytest.raises(RequestFailedError):
+            client.wait(client.submit(CHAT, requester=REQUESTER.address, model="tiny"), timeout=10)
+    aggregator.certified, aggregator.fail = tampered, False
     with pytest.raises(UntrustedAnswerError, match=r"certified another request .*changed: nonce, messages"):
         client.wait(ours, timeout=10)
 

@@ -27,23 +27,24 @@ QUORUMS = b"\x00\x01"  # two quorums: a signer in both has multiplicity 2
 KEYS = [bls.compute_key_pair(bls.SecretKey(s)) for s in (11, 12)]
 
 
-def certificate(multiplicities: tuple[int, ...] = (2, 1)) -> ag.Certificate:
-    """A valid certificate signed by ``KEYS``, each counted ``multiplicities[i]`` times."""
+def certificate(multiplicities: tuple[int, ...] = (2, 1), domain: Domain = DOMAIN) -> ag.Certificate:
+    """A valid certificate signed by ``KEYS``, each counted ``multiplicities[i]`` times, for ``domain``
+    (self-made: no chain has seen these keys; what only the on-chain check can tell)."""
     request = InferenceRequest(
         b"\x01" * 32, b"\x02" * 32, 0, 0, 1_000_000, 0, 8, compute_stop_sequences_hash([]), "0x" + "ab" * 20, 1
     )
-    request_hash = compute_request_hash(DOMAIN, request)
+    request_hash = compute_request_hash(domain, request)
     tokens = (5, 6, 7)
     output_hash = compute_output_hash(InferenceOutput(request_hash, request.model_id, tokens))
     tree = compute_merkle_tree([BatchLeaf(request_hash, output_hash)])
     header = BatchHeader(3, tree.root, 100, QUORUMS)
-    digest = compute_digest(DOMAIN, header)
+    digest = compute_digest(domain, header)
     weighted = [k for k, m in zip(KEYS, multiplicities, strict=True) for _ in range(m)]
     sigma = bls.aggregate_g1([bls.sign(k.secret, digest) for k in weighted])
     apk_g2 = bls.aggregate_g2([k.pubkey_g2 for k in weighted])
     return ag.Certificate(
-        chain_id=DOMAIN.chain_id,
-        task_manager=DOMAIN.verifying_contract,
+        chain_id=domain.chain_id,
+        task_manager=domain.verifying_contract,
         request=convert.request_to_proto(convert.RequestEnvelope(request, (), ())),
         request_hash=request_hash,
         output_token_ids=list(tokens),
@@ -109,4 +110,25 @@ def test_a_share_exactly_at_the_threshold_passes_as_on_chain() -> None:
     cert.quorum_stakes[1].signed_stake = str(signed - 1)
     assert verify_certificate(cert, min_share_bps=3964, domain=DOMAIN).problems == (
         "quorum 1 signed 39.64%, below the 39.64% asked",
+    )
+
+
+def test_stake_figures_that_are_no_share_fail_whatever_the_threshold() -> None:
+    """An aggregator states the signed and total stake; 5 signed of 0, more signed than the total or
+    a negative figure passed any threshold (the share was computed over max(total, 1))."""
+    for signed, total in (("5", "0"), ("0", "0"), ("7", "6"), ("-1", "6")):
+        cert = certificate()
+        cert.quorum_stakes[0].signed_stake, cert.quorum_stakes[0].total_stake = signed, total
+        for threshold in (0, 6667, 10_000):
+            check = verify_certificate(cert, min_share_bps=threshold, domain=DOMAIN)
+            assert check.problems == (f"quorum 0 states {signed} signed of {total} in all: not a share of stake",)
+
+
+def test_stop_sequences_must_be_the_ones_the_request_commits_to() -> None:
+    """The stop sequences travel beside the request, which holds only their hash: edited ones (what a
+    reader of the certificate takes as the request's) fail the check."""
+    cert = certificate()
+    cert.request.stop_sequences.append("\n\n")
+    assert verify_certificate(cert, domain=DOMAIN).problems == (
+        "the stop sequences are not the ones the request commits to",
     )

@@ -27,7 +27,7 @@ from avs.errors import AvsError
 from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.models import load_local_models
 from avs.gateway.server import GatewayServer
-from avs.gateway.service import GatewayService, build_certificate_checker
+from avs.gateway.service import ChainCheck, GatewayService, build_certificate_checker, connect_chain_check
 from avs.logs import configure_json_logging
 from avs.messages import Domain
 
@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--deployment", type=Path, help="the AVS's deployment JSON: certificates must be for its chain and task manager"
     )
+    parser.add_argument(
+        "--rpc-url",
+        help="an RPC endpoint of the deployment's chain: certificates must also be certified on-chain "
+        "(needs --deployment; or AVS_GATEWAY_RPC_URL, which keeps an API key off the command line)",
+    )
     parser.add_argument("--quorum", type=int, action="append", dest="quorums", help="quorum number (repeatable)")
     parser.add_argument("--threshold-bps", type=int, help="stake share wanted per quorum (0: the aggregator's)")
     parser.add_argument("--default-max-tokens", type=int, help="max_tokens when a request omits it (128)")
@@ -64,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_service(client: AggregatorClient, config: GatewayConfig) -> GatewayService:
-    """The service with its models' tokenizers and a certificate check bound to the deployment, if given."""
+    """The service with its models' tokenizers and a certificate check bound to the deployment, if
+    given, and to its chain with ``rpc_url``."""
     domain = None
+    chain: ChainCheck | None = None
     if config.deployment is not None:
         deployment = load_deployment(config.deployment)
         domain = Domain(deployment.chain_id, deployment.task_manager)
-    checker = build_certificate_checker(domain, config.threshold_bps)
+        if config.rpc_url is not None:
+            chain = connect_chain_check(config.rpc_url.get_secret_value(), deployment, config.threshold_bps)
+    checker = build_certificate_checker(domain, config.threshold_bps, chain)
     return GatewayService(client, config, load_local_models(config.model_dirs), checker)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from avs.config import EnvSecrets
@@ -35,6 +35,11 @@ class GatewayConfig(EnvSecrets):
     # The AVS's deployment JSON: certificates must be of its chain and task manager. Unset: they are
     # checked (signature, Merkle proof, stake shares) but could be of another deployment.
     deployment: Path | None = None
+    # An RPC endpoint of the deployment's chain (needs ``deployment``): each certificate must also be
+    # certified on-chain (verifyLeaf) with the stake shares the registry recorded. Without it the
+    # checks are offline, and a certificate signed with keys that are not the operators' passes them.
+    # A secret: a provider URL often holds an API key.
+    rpc_url: SecretStr | None = None
     api_keys: SecretStr | None = None  # comma-separated Bearer keys; unset: no authentication
     quorums: list[int] = Field(default=[])  # empty: the aggregator's default quorums
     threshold_bps: int = Field(default=0, ge=0, le=10_000)  # 0: the aggregator's default
@@ -77,6 +82,12 @@ class GatewayConfig(EnvSecrets):
     def _check_host_port(cls, value: str) -> str:
         parse_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_rpc_url_has_deployment(self) -> GatewayConfig:
+        if self.rpc_url is not None and self.deployment is None:
+            raise ValueError("rpc_url needs deployment: verifyLeaf must run on the deployment you trust")
+        return self
 
     def get_api_keys(self) -> tuple[str, ...]:
         if self.api_keys is None:

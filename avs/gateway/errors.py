@@ -20,6 +20,7 @@ from avs.errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    UnavailableError,
     UntrustedAnswerError,
 )
 from avs.rpc.status import is_message_too_large
@@ -107,6 +108,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str | None],
     (OverloadedError, 429, "rate_limit_error", None, "aggregator_busy"),
     (RequestFailedError, 502, SERVER_ERROR, None, "not_certified"),
     (DeadlineExceededError, 504, SERVER_ERROR, None, "certification_timeout"),
+    (UnavailableError, 503, SERVER_ERROR, None, "chain_unavailable"),  # --rpc-url could not be read
 )
 
 # The aggregator's status codes (see aggregator.proto): (HTTP status, type, code, pass the details on)

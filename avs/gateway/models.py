@@ -14,6 +14,7 @@ weights are not needed. Its tokenizer and chat template must be the ones the pro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,12 +45,25 @@ def load_local_model(folder: Path) -> tuple[bytes, PromptEncoder]:
     return profile.compute_hash(), PromptEncoder(folder)
 
 
-def load_local_models(folders: Sequence[Path]) -> dict[bytes, TextCodec]:
-    """The tokenizers by model id; two folders of one model are refused (a likely typo)."""
-    models: dict[bytes, TextCodec] = {}
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """A model the gateway serves: its id (the profile hash) and its tokenizer."""
+
+    model_id: bytes
+    codec: TextCodec
+
+
+def load_local_models(folders: Sequence[Path]) -> dict[str, LocalModel]:
+    """The served models by name, each named after its folder: the name a user asks for is bound to
+    a model id here, never by the aggregator (whose ``ListModels`` could map a name to a cheaper
+    model). Two folders of one model or of one name are refused (a likely typo)."""
+    models: dict[str, LocalModel] = {}
     for folder in folders:
         model_id, encoder = load_local_model(folder)
-        if model_id in models:
+        name = Path(folder).resolve().name
+        if any(m.model_id == model_id for m in models.values()):
             raise InvalidInputError(f"{folder} is a model already given (model id 0x{model_id.hex()})")
-        models[model_id] = encoder
+        if name in models:
+            raise InvalidInputError(f"two model folders are named {name!r}: the folder's name is the model's name")
+        models[name] = LocalModel(model_id, encoder)
     return models

@@ -7,8 +7,10 @@ unverified output), and a last chunk with the finish reason and the certificate.
 
 Nothing the aggregator says is shown unchecked: the request goes out with the model id and prompt
 hash computed here (``avs.gateway.models``), the text is decoded here from the output token ids,
-and the final certificate must verify (``CertificateChecker``) for the request sent, whose
-tokens ``AggregatorClient.wait`` has checked are the status's.
+the final certificate must be for the request sent, every field as sent, its nonce included
+(``check_certified_as_sent``, against the message kept here), and verify (``CertificateChecker``);
+a streamed output must be the certified one. Model names are the local folders' names
+(``avs.gateway.models``): the aggregator's ``ListModels`` only says which ids it serves.
 """
 
 from __future__ import annotations
@@ -19,18 +21,35 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from eth_utils import keccak
+from web3.exceptions import Web3Exception
 
-from avs.client import FINAL_STATES, Cancellation, RequestStatus, verify_certificate
-from avs.errors import CancelledError, InvalidInputError, ModelNotFoundError, UntrustedAnswerError
+from avs.chain.deployment import Deployment
+from avs.client import (
+    FINAL_STATES,
+    Cancellation,
+    RequestStatus,
+    build_submit_request,
+    check_certified_as_sent,
+    check_on_chain,
+    verify_certificate,
+)
+from avs.errors import (
+    CancelledError,
+    InvalidInputError,
+    ModelNotFoundError,
+    UnavailableError,
+    UntrustedAnswerError,
+)
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
 from avs.gateway.errors import SubmittedRequestError
-from avs.gateway.models import TextCodec
+from avs.gateway.models import LocalModel, TextCodec
 from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
 from avs.inference.params import compute_prompt_hash
+from avs.logs import redact_urls
 from avs.messages import Domain
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
@@ -40,6 +59,7 @@ Emit = Callable[[dict[str, object]], None]
 # A certificate and the request hash it must be for -> the problems found (none: it verifies).
 CertificateChecker = Callable[[ag.Certificate, bytes], Sequence[str]]
 REQUEST_HASH_HEX_CHARS = 64
+CHAIN_TIMEOUT_SECONDS = 30
 
 
 class Intake(Protocol):
@@ -73,11 +93,45 @@ class Intake(Protocol):
     def get_status(self, request_hash: bytes) -> RequestStatus: ...
 
 
-def build_certificate_checker(domain: Domain | None, min_share_bps: int) -> CertificateChecker:
-    """``verify_certificate`` for the request sent, under ``domain`` when the deployment is known."""
+# A certificate that verifies offline -> what the chain finds wrong with it (none: certified there).
+ChainCheck = Callable[[ag.Certificate], Sequence[str]]
+
+
+def build_certificate_checker(
+    domain: Domain | None, min_share_bps: int, chain: ChainCheck | None = None
+) -> CertificateChecker:
+    """``verify_certificate`` for the request sent, under ``domain`` when the deployment is known;
+    then, with ``chain``, the on-chain check (only of a certificate that verifies offline)."""
 
     def check(certificate: ag.Certificate, request_hash: bytes) -> Sequence[str]:
-        return verify_certificate(certificate, min_share_bps, domain, request_hash).problems
+        problems = verify_certificate(certificate, min_share_bps, domain, request_hash).problems
+        if problems or chain is None:
+            return problems
+        return chain(certificate)
+
+    return check
+
+
+def connect_chain_check(rpc_url: str, deployment: Deployment, min_share_bps: int) -> ChainCheck:
+    """The on-chain check over ``rpc_url`` (refused at once unless it serves the deployment's chain).
+    A node that cannot answer is ``UnavailableError`` (503): not the aggregator's fault."""
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": CHAIN_TIMEOUT_SECONDS}))
+    try:
+        chain_id = w3.eth.chain_id
+    except Exception as exc:
+        raise UnavailableError(f"cannot reach {redact_urls(rpc_url)}: {redact_urls(str(exc))}") from None
+    if chain_id != deployment.chain_id:
+        where = redact_urls(rpc_url)
+        raise InvalidInputError(f"{where} is chain {chain_id}, not the deployment's {deployment.chain_id}")
+
+    def check(certificate: ag.Certificate) -> Sequence[str]:
+        try:
+            return check_on_chain(certificate, w3, deployment, min_share_bps).problems
+        except (OSError, Web3Exception, ValueError) as exc:
+            logger.warning("on-chain check failed", extra={"error": redact_urls(str(exc))})
+            raise UnavailableError("the chain could not be read to check the certificate; retry later") from None
 
     return check
 
@@ -87,13 +141,14 @@ class GatewayService:
         self,
         intake: Intake,
         config: GatewayConfig,
-        models: Mapping[bytes, TextCodec],
+        models: Mapping[str, LocalModel],
         check_certificate: CertificateChecker,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._intake = intake
         self._config = config
         self._models = dict(models)
+        self._codecs = {m.model_id: m.codec for m in models.values()}
         self._check_certificate = check_certificate
         self._clock = clock
         self._started = int(clock())
@@ -116,43 +171,45 @@ class GatewayService:
             job = api.parse_completion_request(body, defaults)
         return job if idempotency is None else dataclasses.replace(job, nonce=_derive(b"nonce", idempotency))
 
-    def _resolve_model(self, name: str) -> tuple[bytes, TextCodec]:
-        """The model id and local tokenizer of a name (or 0x id) the aggregator serves."""
-        models = self._intake.list_models()
-        model_id = models.get(name)
-        if model_id is None:
-            model_id = next((mid for mid in models.values() if name.lower() == "0x" + mid.hex()), None)
-        if model_id is None:
+    def _resolve_model(self, name: str) -> LocalModel:
+        """The local model of a name (a --model-dir folder's name, or its 0x id) the aggregator serves."""
+        model = self._models.get(name)
+        if model is None:
+            model = next((m for m in self._models.values() if name.lower() == "0x" + m.model_id.hex()), None)
+        if model is None:
             raise ModelNotFoundError(f"the model '{name}' does not exist here; GET /v1/models lists the served ones")
-        codec = self._models.get(model_id)
-        if codec is None:
-            raise ModelNotFoundError(f"the model '{name}' is not served by this gateway (it has no --model-dir for it)")
-        return model_id, codec
+        if model.model_id not in self._intake.list_models().values():
+            raise ModelNotFoundError(f"the model '{name}' is not served by the aggregator now")
+        return model
 
     def _submit(self, job: CompletionJob) -> _Submitted:
         sampling = job.sampling
-        model_id, codec = self._resolve_model(job.model)
+        model = self._resolve_model(job.model)
         messages = [{"role": m.role, "content": m.content} for m in job.messages]
-        prompt_ids = codec.encode_chat(messages)  # bad messages: InvalidInputError, a 400
-        request_hash = self._intake.submit(
-            messages,
-            requester=self._config.requester,
-            model_id=model_id,
-            prompt_hash=compute_prompt_hash(prompt_ids),
-            max_tokens=sampling.max_tokens,
-            temperature_milli=sampling.temperature_milli,
-            top_p_micro=sampling.top_p_micro,
-            seed=sampling.seed,
-            nonce=job.nonce,
-            stop_sequences=list(sampling.stop_sequences),
-            quorums=bytes(self._config.quorums),
-            threshold_bps=self._config.threshold_bps,
-        )
+        prompt_ids = model.codec.encode_chat(messages)  # bad messages: InvalidInputError, a 400
+        fields: dict[str, Any] = {
+            "requester": self._config.requester,
+            "model_id": model.model_id,
+            "prompt_hash": compute_prompt_hash(prompt_ids),
+            "max_tokens": sampling.max_tokens,
+            "temperature_milli": sampling.temperature_milli,
+            "top_p_micro": sampling.top_p_micro,
+            "seed": sampling.seed,
+            # chosen here, so that the request kept to check the certificate is the one sent
+            "nonce": secrets.randbits(256) if job.nonce is None else job.nonce,
+            "stop_sequences": list(sampling.stop_sequences),
+            "quorums": bytes(self._config.quorums),
+            "threshold_bps": self._config.threshold_bps,
+        }
+        message = build_submit_request(messages, **fields)
+        request_hash = self._intake.submit(messages, **fields)
         logger.info("submitted", extra={"request_hash": "0x" + request_hash.hex(), "model": job.model})
-        return _Submitted(request_hash, codec, len(prompt_ids))
+        return _Submitted(request_hash, message, model.codec, len(prompt_ids))
 
     def _certified(self, sent: _Submitted, status: RequestStatus) -> RequestStatus:
-        """The final status, its text decoded here, once its certificate verifies for the request sent."""
+        """The final status, its text decoded here, once its certificate is for the request sent, as
+        sent, and verifies."""
+        check_certified_as_sent(sent.message, status)  # UntrustedAnswerError: a 502
         problems = self._check_certificate(status.certificate, sent.request_hash)
         if problems:
             raise UntrustedAnswerError(f"the certificate does not verify: {'; '.join(problems)}")
@@ -182,8 +239,9 @@ class GatewayService:
     # --- reads -------------------------------------------------------------------------
 
     def _served_models(self) -> dict[str, bytes]:
-        """The aggregator's models this gateway has the tokenizer of."""
-        return {name: mid for name, mid in self._intake.list_models().items() if mid in self._models}
+        """This gateway's models (by folder name) that the aggregator serves now."""
+        served = set(self._intake.list_models().values())
+        return {name: m.model_id for name, m in self._models.items() if m.model_id in served}
 
     def list_models(self) -> dict[str, object]:
         return api.build_model_list(self._served_models(), self._started)
@@ -203,10 +261,16 @@ class GatewayService:
         except ValueError as exc:
             raise InvalidInputError("a request hash is 0x and 64 hex digits") from exc
         status = self._intake.get_status(request_hash)
-        codec = self._models.get(bytes(status.certificate.request.model_id))
+        if bytes(status.request_hash) != request_hash:
+            raise UntrustedAnswerError("the aggregator answered the status of another request")
+        codec = self._codecs.get(bytes(status.certificate.request.model_id))
         if codec is not None:  # the certificate's text, decoded here (another model's stays the aggregator's)
             status.certificate.output_text = codec.decode(status.certificate.output_token_ids)
-        return {"object": "verification", **api.build_verification(status)}
+        checked: dict[str, object] = {"verified": None, "problems": []}
+        if status.state == ag.REQUEST_STATE_CERTIFIED:  # the same checks as an answer's certificate
+            problems = list(self._check_certificate(status.certificate, request_hash))
+            checked = {"verified": not problems, "problems": problems}
+        return {"object": "verification", **api.build_verification(status), **checked}
 
 
 def _derive(purpose: bytes, idempotency: bytes) -> int:
@@ -215,10 +279,12 @@ def _derive(purpose: bytes, idempotency: bytes) -> int:
 
 
 class _Submitted:
-    """A request sent: its hash, its model's tokenizer and its prompt's length, counted here."""
+    """A request sent: its hash, the message sent, its model's tokenizer and its prompt's length,
+    counted here."""
 
-    def __init__(self, request_hash: bytes, codec: TextCodec, prompt_tokens: int) -> None:
+    def __init__(self, request_hash: bytes, message: ag.SubmitRequest, codec: TextCodec, prompt_tokens: int) -> None:
         self.request_hash = request_hash
+        self.message = message
         self._codec = codec
         self._prompt_tokens = prompt_tokens
 
@@ -254,7 +320,7 @@ class _Streamer:
         self._created = created
         self._emit = emit
         self._last_state: tuple[int, int] | None = None
-        self._sent_output = False
+        self._streamed_ids: list[int] | None = None  # the output streamed, once accepted
 
     def start(self, request_hash: bytes) -> None:
         status = RequestStatus(request_hash=request_hash, state=ag.REQUEST_STATE_RECEIVED)
@@ -265,19 +331,24 @@ class _Streamer:
         if (status.state, status.attempt) == self._last_state or status.state in FINAL_STATES:
             return  # the final state is finish()'s
         self._last_state = (status.state, status.attempt)
-        if api.is_output_accepted(status) and not self._sent_output:
+        if api.is_output_accepted(status) and self._streamed_ids is None:
             self._send_output(status)
         self._emit(api.build_chunk(self._job, status, self._created))
 
     def _send_output(self, status: RequestStatus) -> None:
-        self._sent_output = True
+        self._streamed_ids = list(status.output_token_ids)
         text = api.compute_visible_text(status.output_text, self._job.sampling.stop_sequences)
         for piece in api.compute_text_pieces(text):
             self._emit(api.build_chunk(self._job, status, self._created, content=piece, verification=False))
 
     def finish(self, status: RequestStatus) -> None:
-        if not self._sent_output:
+        """The end of a certified answer (its certificate checked): the output if not streamed yet."""
+        if self._streamed_ids is None:
             self._send_output(status)
+        elif self._streamed_ids != list(status.output_token_ids):
+            # The aggregator streamed one output as accepted and certified another: the text shown is
+            # not what the certificate proves, so the stream ends with an error, not a finish reason.
+            raise UntrustedAnswerError("the certified output is not the one streamed as accepted")
         finish = api.compute_finish_reason(status.output_text, len(status.output_token_ids), self._job.sampling)
         self._emit(api.build_chunk(self._job, status, self._created, finish_reason=finish))
         if self._job.include_usage:

@@ -3,13 +3,14 @@ fake tokenizer for its model."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from avs.client import Cancellation, RequestFailedError, RequestStatus
+from avs.client import Cancellation, RequestFailedError, RequestStatus, build_submit_request
 from avs.errors import InvalidInputError
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 
@@ -33,7 +34,10 @@ class FakeRpcError(grpc.RpcError):
         return self._details
 
 
-def make_status(state: int, text: str = OUTPUT_TEXT, ids: Sequence[int] = OUTPUT_IDS) -> RequestStatus:
+def make_status(
+    state: int, text: str = OUTPUT_TEXT, ids: Sequence[int] = OUTPUT_IDS, sent: ag.SubmitRequest | None = None
+) -> RequestStatus:
+    """A status in ``state``; certified, its certificate is for ``sent`` (the request as submitted)."""
     status = RequestStatus(request_hash=REQUEST_HASH, state=state)  # type: ignore[arg-type]
     if state >= ag.REQUEST_STATE_VERIFYING:
         status.output_token_ids.extend(ids)
@@ -46,6 +50,9 @@ def make_status(state: int, text: str = OUTPUT_TEXT, ids: Sequence[int] = OUTPUT
         certificate.chain_id = 31337
         certificate.request_hash = REQUEST_HASH
         certificate.request.model_id = MODEL_ID
+        if sent is not None:
+            certificate.request.CopyFrom(sent.request)
+            certificate.batch_header.quorum_numbers = sent.quorum_numbers
         certificate.output_token_ids.extend(ids)
         certificate.output_text = text
         certificate.tx_hash = b"\x02" * 32
@@ -65,7 +72,8 @@ STATES = (
 
 @dataclass
 class FakeIntake:
-    """``submit`` records its arguments; ``wait`` plays ``states`` (or raises ``fail_with``)."""
+    """``submit`` records its arguments; ``wait`` plays ``states`` (or raises ``fail_with``), and
+    certifies the last request submitted, as submitted."""
 
     text: str = OUTPUT_TEXT
     ids: Sequence[int] = tuple(OUTPUT_IDS)
@@ -74,6 +82,11 @@ class FakeIntake:
     fail_with: Exception | None = None
     submitted: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, bytes] = field(default_factory=lambda: {MODEL: MODEL_ID})
+    sent: ag.SubmitRequest | None = None  # the last request submitted
+    # each gateway thread's own (a thread submits, then waits): concurrent requests certified as sent
+    sent_by_thread: dict[int, ag.SubmitRequest] = field(default_factory=dict)
+    accepted_ids: Sequence[int] | None = None  # the output of the statuses before CERTIFIED, if not ``ids``
+    edit_certified: Callable[[RequestStatus], None] | None = None  # a dishonest aggregator's edit
 
     def list_models(self) -> dict[str, bytes]:
         return dict(self.models)
@@ -82,6 +95,7 @@ class FakeIntake:
         if self.submit_error is not None:
             raise self.submit_error
         self.submitted.append({"messages": [dict(m) for m in messages], **kwargs})
+        self.sent = self.sent_by_thread[threading.get_ident()] = build_submit_request(messages, **kwargs)
         return REQUEST_HASH
 
     def wait(
@@ -95,7 +109,7 @@ class FakeIntake:
         for state in self.states:
             if self.fail_with is not None and state == ag.REQUEST_STATE_ACCEPTED:
                 raise self.fail_with
-            status = make_status(state, self.text, self.ids)
+            status = self._status(state)
             if on_progress is not None:
                 on_progress(status)
         return status
@@ -103,7 +117,15 @@ class FakeIntake:
     def get_status(self, request_hash: bytes) -> RequestStatus:
         if request_hash != REQUEST_HASH:
             raise FakeRpcError(grpc.StatusCode.NOT_FOUND, "no request with this hash")
-        return make_status(ag.REQUEST_STATE_CERTIFIED, self.text, self.ids)
+        return self._status(ag.REQUEST_STATE_CERTIFIED)
+
+    def _status(self, state: int) -> RequestStatus:
+        certified = state == ag.REQUEST_STATE_CERTIFIED
+        ids = self.ids if certified or self.accepted_ids is None else self.accepted_ids
+        status = make_status(state, self.text, ids, self.sent_by_thread.get(threading.get_ident(), self.sent))
+        if certified and self.edit_certified is not None:
+            self.edit_certified(status)
+        return status
 
 
 @dataclass

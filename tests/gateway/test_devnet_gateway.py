@@ -18,14 +18,18 @@ import pytest
 from eth_account import Account
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
+from avs.chain.deployment import load_deployment
 from avs.client import AggregatorClient, certificate_from_json, verify_certificate
 from avs.devnet import Devnet, ServiceProcess, get_free_port
 from avs.gateway.cli import build_service
 from avs.gateway.config import load_config
 from avs.gateway.server import GatewayServer
+from avs.gateway.service import build_certificate_checker, connect_chain_check
 from avs.inference.params import compute_prompt_hash
+from avs.messages import Domain
 from avs.prompts import PromptEncoder
 from tests.inference.conftest import build_tiny_model
+from tests.test_client_certificate import certificate as self_made_certificate
 
 API_KEY = "sk-devnet-test"
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "the quick brown fox"}]
@@ -40,9 +44,12 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     network.stop()
 
 
-def start_gateway(devnet: Devnet, intake: AggregatorClient, deployment: Path) -> GatewayServer:
-    """The gateway as ``avs-gateway --model-dir MODEL --deployment DEPLOYMENT`` builds it."""
+def start_gateway(
+    devnet: Devnet, intake: AggregatorClient, deployment: Path, rpc_url: str | None = None
+) -> GatewayServer:
+    """The gateway as ``avs-gateway --model-dir MODEL --deployment DEPLOYMENT [--rpc-url URL]`` builds it."""
     config = load_config(
+        rpc_url=rpc_url,
         aggregator=devnet.aggregator_url,
         requester=Account.create().address,
         model_dirs=[devnet.model_dir],
@@ -199,6 +206,32 @@ def test_a_certificate_of_another_deployment_is_refused(devnet: Devnet, model: s
             server.stop()
     assert refused.value.status_code == 502 and "not 1 / " in refused.value.message
     assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "certificate_mismatch"
+
+
+def test_with_rpc_url_certificates_are_checked_on_chain(devnet: Devnet, model: str) -> None:
+    """Offline, a certificate is checked against itself: one an aggregator signed with its own keys
+    (listed as the operators') passes. With ``rpc_url`` the gateway also asks the chain: the honest
+    completion's leaf was certified there, the self-made certificate's was not."""
+    assert devnet.anvil is not None
+    deployment = load_deployment(devnet.deployment_file)
+    forged = self_made_certificate(domain=Domain(deployment.chain_id, deployment.task_manager))
+    offline = build_certificate_checker(Domain(deployment.chain_id, deployment.task_manager), 6667)
+    assert offline(forged, bytes(forged.request_hash)) == ()
+    on_chain = connect_chain_check(devnet.anvil.url, deployment, 6667)
+    assert list(on_chain(forged)) == ["the chain has not certified this leaf (verifyLeaf)"]
+    with AggregatorClient(devnet.aggregator_url) as intake:
+        server = start_gateway(devnet, intake, devnet.deployment_file, rpc_url=devnet.anvil.url)
+        try:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key=API_KEY, max_retries=0)
+            completion = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=3, temperature=0)
+        finally:
+            server.stop()
+    certificate = certificate_from_json(json.dumps((completion.model_extra or {})["verification"]["certificate"]))
+    assert list(on_chain(certificate)) == []
+    stake = certificate.quorum_stakes[0]
+    stake.total_stake = str(int(stake.total_stake) + 1)  # a figure the registry does not have
+    (problem,) = on_chain(certificate)
+    assert f"quorum {stake.quorum_number}: the certificate states" in problem and "the chain has" in problem
 
 
 def test_the_binary_serves_and_stops_on_sigterm(devnet: Devnet, tmp_path: Path) -> None:

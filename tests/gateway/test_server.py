@@ -21,9 +21,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 
+from avs.client import RequestStatus
 from avs.errors import DeadlineExceededError, OverloadedError, UntrustedAnswerError
 from avs.gateway import cli
 from avs.gateway.config import GatewayConfig, load_config
+from avs.gateway.models import LocalModel
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
 from avs.gateway.service import CertificateChecker, GatewayService
 from avs.inference.params import compute_prompt_hash
@@ -31,6 +33,7 @@ from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.gateway.fakes import (
     MODEL,
     MODEL_ID,
+    OUTPUT_IDS,
     OUTPUT_TEXT,
     REQUEST_HASH,
     FakeCodec,
@@ -70,7 +73,7 @@ def start(
         **settings,
     )
     codec = FakeCodec(texts if texts is not None else {tuple(intake.ids): intake.text})
-    service = GatewayService(intake, config, {MODEL_ID: codec}, check_certificate)
+    service = GatewayService(intake, config, {MODEL: LocalModel(MODEL_ID, codec)}, check_certificate)
     server = GatewayServer(service, config)
     server.start()
     return server
@@ -150,7 +153,7 @@ def test_a_chat_completion_is_answered_with_its_certificate(server: GatewayServe
         "temperature_milli": 0,
         "top_p_micro": 1_000_000,
         "seed": 9,
-        "nonce": None,
+        "nonce": submitted["nonce"],  # drawn here (see the idempotency test)
         "stop_sequences": ["jumps"],
         "quorums": b"\x00\x01",
         "threshold_bps": 6667,
@@ -172,7 +175,8 @@ def test_an_idempotency_key_makes_a_retry_the_same_request(server: GatewayServer
     first, retry, other, plain = post("k-1"), post("k-1"), post("k-2"), post(None)
     assert first == retry and isinstance(first["nonce"], int) and 0 <= first["seed"] < 2**63
     assert other["nonce"] != first["nonce"] and other["seed"] != first["seed"]
-    assert plain["nonce"] is None  # the client draws a random one
+    # without a key the gateway draws a random one (kept, with the rest, to check the certificate)
+    assert isinstance(plain["nonce"], int) and plain["nonce"] not in (first["nonce"], other["nonce"])
     assert post("k-1", seed=5)["nonce"] == first["nonce"]  # the body decides the rest of the request
     for bad in ("", "a b", "é", "x" * 256):
         status, body = raw(
@@ -224,21 +228,26 @@ def test_the_text_shown_is_decoded_here_from_the_certified_tokens() -> None:
         gateway.stop()
 
 
+def _refused_mismatch(gateway: GatewayServer, stream: bool) -> openai.APIError:
+    """A chat completion (streamed or not) that the gateway refuses as ``certificate_mismatch``."""
+    with pytest.raises(openai.APIError) as refused:
+        reply = client_for(gateway).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "fox?"}], max_tokens=5, stream=stream
+        )
+        list(reply) if stream else None
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "certificate_mismatch"
+    return refused.value
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_certificate_that_does_not_verify_is_the_aggregators_fault(stream: bool) -> None:
     problems = ["the aggregate signature does not verify over the batch digest"]
     gateway = start(FakeIntake(), check_certificate=lambda certificate, request_hash: problems)
     try:
-        client = client_for(gateway)
-        with pytest.raises(openai.APIError) as refused:
-            reply = client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "fox?"}], max_tokens=5, stream=stream
-            )
-            list(reply) if stream else None
-        assert problems[0] in refused.value.message and "/v1/verification/0x" in refused.value.message
+        refused = _refused_mismatch(gateway, stream)
+        assert problems[0] in refused.message and "/v1/verification/0x" in refused.message
         if not stream:
-            assert isinstance(refused.value, openai.APIStatusError) and refused.value.status_code == 502
-        assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "certificate_mismatch"
+            assert isinstance(refused, openai.APIStatusError) and refused.status_code == 502
     finally:
         gateway.stop()
 
@@ -249,7 +258,7 @@ def test_a_model_the_gateway_has_no_tokenizer_for_is_not_served() -> None:
     try:
         client = client_for(gateway)
         assert [m.id for m in client.models.list().data] == [MODEL]
-        with pytest.raises(openai.NotFoundError, match="--model-dir"):
+        with pytest.raises(openai.NotFoundError, match="does not exist here"):
             client.chat.completions.create(model="other", messages=[{"role": "user", "content": "fox?"}])
         with pytest.raises(openai.NotFoundError):
             client.models.retrieve("other")
@@ -266,6 +275,78 @@ def test_messages_the_tokenizer_refuses_are_a_400_before_anything_is_submitted(
             model=MODEL, messages=[{"role": "user", "content": "hi <|special|>"}], max_tokens=5
         )
     assert intake.submitted == []
+
+
+def test_a_name_means_the_local_folders_model_whatever_the_aggregator_calls_it() -> None:
+    """The aggregator names its models, and could name a cheap one after the one asked for: a name
+    is bound to a model id by the gateway's own folders; the aggregator only says which it serves."""
+    cheap = b"\x07" * 32
+    intake = FakeIntake(models={MODEL: cheap, "the-real-one": MODEL_ID})
+    gateway = start(intake)
+    try:
+        client = client_for(gateway)
+        assert [m.id for m in client.models.list().data] == [MODEL]
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "fox?"}])
+        assert intake.submitted[-1]["model_id"] == MODEL_ID
+        intake.models = {MODEL: cheap}  # the aggregator stopped serving the gateway's model
+        assert client.models.list().data == []
+        with pytest.raises(openai.NotFoundError, match="not served by the aggregator"):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "fox?"}])
+        assert len(intake.submitted) == 1
+    finally:
+        gateway.stop()
+
+
+def _with_another_nonce(status: RequestStatus) -> None:
+    status.certificate.request.nonce = b"\x01" * 32
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_certificate_for_another_request_than_the_one_sent_is_refused(stream: bool) -> None:
+    """The gateway keeps the request it sent (the nonce it drew included) and checks the certificate
+    against it itself, not relying on the client library's bounded memory of sent requests."""
+    gateway = start(FakeIntake(edit_certified=_with_another_nonce))
+    try:
+        refused = _refused_mismatch(gateway, stream)
+        assert "another request than the one sent (changed: nonce)" in refused.message
+    finally:
+        gateway.stop()
+
+
+def test_a_stream_whose_certified_output_is_not_the_accepted_one_ends_in_an_error() -> None:
+    """The output is streamed when the quorum accepts it; an aggregator that certifies another one
+    afterwards gets no finish reason: the stream ends with certificate_mismatch."""
+    gateway = start(FakeIntake(accepted_ids=(1, 2, 3)), texts={(1, 2, 3): "shown", tuple(OUTPUT_IDS): OUTPUT_TEXT})
+    try:
+        stream = client_for(gateway).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "fox?"}], max_tokens=5, stream=True
+        )
+        chunks: list[Any] = []
+        with pytest.raises(openai.APIError, match="not the one streamed") as refused:
+            chunks.extend(stream)
+        assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "certificate_mismatch"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "shown"
+        assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
+    finally:
+        gateway.stop()
+
+
+def test_the_verification_url_says_whether_the_certificate_verifies() -> None:
+    problems = ["the aggregate signature does not verify over the batch digest"]
+    intake = FakeIntake()
+    gateway = start(intake, check_certificate=lambda certificate, request_hash: problems)
+    try:
+        status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
+        assert status == 200 and body["state"] == "CERTIFIED"
+        assert body["verified"] is False and body["problems"] == problems
+        problems.clear()
+        status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
+        assert body["verified"] is True and body["problems"] == []
+        intake.get_status = lambda request_hash: make_status(ag.REQUEST_STATE_CERTIFIED)  # type: ignore[method-assign]
+        status, body = raw(gateway, "GET", "/v1/verification/0x" + "cd" * 32)  # answered with another's
+        assert status == 502 and body["error"]["code"] == "certificate_mismatch"
+    finally:
+        gateway.stop()
 
 
 def test_a_streamed_chat_sends_states_then_the_output_then_the_certificate(server: GatewayServer) -> None:
@@ -451,6 +532,11 @@ def test_config_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
         load_config(requester=REQUESTER)
     monkeypatch.setenv("AVS_GATEWAY_MODEL_DIRS", '["a", "b"]')
     assert [str(d) for d in load_config(requester=REQUESTER).model_dirs] == ["a", "b"]
+    with pytest.raises(ValueError, match="rpc_url needs deployment"):  # verifyLeaf on which deployment?
+        load_config(requester=REQUESTER, rpc_url="http://127.0.0.1:8545")
+    monkeypatch.setenv("AVS_GATEWAY_RPC_URL", "https://rpc.example.invalid/v3/SECRET-KEY")
+    config = load_config(requester=REQUESTER, deployment="deployment.json")
+    assert config.rpc_url is not None and "SECRET-KEY" not in repr(config)  # a provider URL holds a key
 
 
 @pytest.mark.parametrize("keys", ["", " ", ",", " , ,"])

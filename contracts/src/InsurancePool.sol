@@ -199,7 +199,9 @@ contract InsurancePool is IInsurancePool, Ownable {
 
     /// @dev Active coverage of `requestHash` against one of `quorumNumbers` becomes claimable, for
     ///      its amount up to the free balance and `budget`, unless it was bought once the output was
-    ///      certified or its term ended before; returns the payout.
+    ///      certified or its term ended before; returns the payout. A fraud in a batch the coverage
+    ///      does not pay for leaves it as it is: another batch of the request, within the term, may
+    ///      be under challenge still, and the payout must not depend on which is resolved first.
     function _makeClaimable(bytes32 requestHash, bytes calldata quorumNumbers, uint32 certifiedBlock, uint256 budget)
         private
         returns (uint256 payout)
@@ -209,9 +211,9 @@ contract InsurancePool is IInsurancePool, Ownable {
             && uint256(QuorumBitmaps.orderedToBitmap(quorumNumbers)).has(c.quorumNumber);
         if (!covered) return 0;
         if (coverageBoughtAt[requestHash] >= certifiedBlock || certifiedBlock > c.expiresAtBlock) {
-            // bought once the output was certified (insurance after the fact), or certified after
-            // the term (`expireCoverage` may have ended it already: it must not depend on who is first)
-            _expire(requestHash, c);
+            // bought once this output was certified (insurance after the fact), or certified after
+            // the term: not paid, and the coverage ends by its term (`expireCoverage`) as if this
+            // batch had not been
             return 0;
         }
         uint256 free = freeBalance();

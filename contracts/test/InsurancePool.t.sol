@@ -238,7 +238,8 @@ contract RecordFraudTest is PoolFixture {
     }
 
     /// @dev Coverage bought once the batch was certified (its output visible to the requester) is
-    ///      insurance after the fact: the fraud expires it, premium kept, nothing paid.
+    ///      insurance after the fact: nothing paid for that batch's fraud; the coverage stays as it
+    ///      was (premium kept) and ends by its term.
     function test_recordFraud_CoverageBoughtAfterTheBatchIsNotPaid() public {
         _certifyInsured();
         _buy(90 ether); // the wrong output is certified and public already
@@ -253,11 +254,14 @@ contract RecordFraudTest is PoolFixture {
             faults.continueSlashing(id, s);
         }
         IInsurancePoolTypes.Coverage memory c = pool.getCoverage(requestHash);
-        vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Expired, "expired, not claimable");
+        vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Active, "not claimable");
+        vm.assertEq(c.payout, 0, "nothing paid");
         vm.assertEq(pool.totalClaimable(), 0, "nothing reserved");
-        vm.assertEq(pool.outstandingCoverage(0), 0, "no longer outstanding");
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.NothingToClaim.selector, requestHash));
         pool.claim(requestHash);
+        vm.roll(c.expiresAtBlock + WINDOW + 1);
+        pool.expireCoverage(requestHash);
+        vm.assertEq(pool.outstandingCoverage(0), 0, "ended by its term");
     }
 
     function test_recordFraud_RevertWhen_NotFaultManager() public {
@@ -417,9 +421,11 @@ contract ExpireCoverageAfterWindowTest is PoolFixture {
         vm.roll(end + 2);
         _challengeAndUphold(_none());
         IInsurancePoolTypes.Coverage memory c = pool.getCoverage(requestHash);
-        vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Expired, "expired, not claimable");
+        vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Active, "not claimable");
         vm.assertEq(c.payout, 0, "nothing paid");
         vm.assertEq(pool.totalClaimable(), 0, "nothing reserved");
+        vm.roll(end + 1_000); // its term is over, and every batch of the term final
+        pool.expireCoverage(requestHash);
         vm.assertEq(pool.outstandingCoverage(0), 0, "no longer outstanding");
     }
 
@@ -615,3 +621,78 @@ contract CoverageTermConfigTest is PoolFixture {
     }
 }
 
+/// @dev A request certified in two batches, both frauds upheld, one of them in a batch the coverage
+///      does not pay for (certified before the purchase, or after the term): the insured batch's fraud
+///      is paid whichever challenge is resolved first (it used to be nothing when the other came first).
+contract RecordFraudOrderTest is PoolFixture {
+    struct Leaf {
+        AvsMessages.BatchHeader h;
+        bytes32 rec;
+        bytes32[] proof;
+        bytes32 out;
+        uint256 id;
+    }
+
+    function _certified(uint64 batchIndex, bytes32 out) internal returns (Leaf memory l) {
+        l.out = out;
+        (l.h, l.rec, l.proof) = _certifyLeaf(batchIndex, requestHash, out, _none());
+    }
+
+    function _open(Leaf memory l) internal {
+        vm.prank(CHALLENGER);
+        l.id = faults.challenge(l.h, l.rec, requestHash, l.out, l.proof);
+    }
+
+    function _uphold(Leaf memory l) internal {
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest(requestHash, l.out, AvsMessages.Verdict.Reject), hex"0001", _none());
+        faults.resolveChallenge(
+            l.id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, _batchSigners(l.h, _none())
+        );
+    }
+
+    function _payoutAfter(Leaf memory first, Leaf memory second) internal returns (uint256) {
+        _open(first);
+        _open(second);
+        vm.roll(block.number + 1);
+        _uphold(first);
+        vm.assertTrue(
+            pool.getCoverage(requestHash).status == IInsurancePoolTypes.CoverageStatus.Active
+                || pool.getCoverage(requestHash).status == IInsurancePoolTypes.CoverageStatus.Claimable,
+            "not ended while a challenge of its request is open"
+        );
+        _uphold(second);
+        return pool.getCoverage(requestHash).payout;
+    }
+
+    function _boughtBetween(bool uninsuredFirst) internal returns (uint256) {
+        Leaf memory before = _certified(5, "bad0");
+        vm.roll(block.number + 1);
+        _buy(50 ether);
+        vm.roll(block.number + 1);
+        Leaf memory insured = _certified(6, "bad1");
+        vm.roll(block.number + 1);
+        return uninsuredFirst ? _payoutAfter(before, insured) : _payoutAfter(insured, before);
+    }
+
+    function test_recordFraud_AnEarlierBatchResolvedFirstDoesNotEndTheCoverage() public {
+        vm.assertEq(_boughtBetween(true), 50 ether, "uninsured batch first");
+        vm.prank(REQUESTER);
+        vm.assertEq(pool.claim(requestHash), 50 ether, "claimed");
+    }
+
+    function test_recordFraud_TheInsuredBatchResolvedFirstIsPaid() public {
+        vm.assertEq(_boughtBetween(false), 50 ether, "insured batch first");
+    }
+
+    function test_recordFraud_ABatchAfterTheTermResolvedFirstDoesNotEndTheCoverage() public {
+        _buy(50 ether);
+        uint256 end = pool.getCoverage(requestHash).expiresAtBlock;
+        vm.roll(end);
+        Leaf memory inTerm = _certified(6, "bad1");
+        vm.roll(end + 1);
+        Leaf memory late = _certified(7, "bad2");
+        vm.roll(end + 2);
+        vm.assertEq(_payoutAfter(late, inTerm), 50 ether, "in-term fraud paid");
+    }
+}

@@ -145,8 +145,9 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
     ///         `certifiedBlock` <= its `expiresAtBlock`, becomes claimable (up to the free balance and
     ///         to what the batch's frauds slashed and have not paid out yet, `batchPayoutBudget`);
     ///         coverage bought once the wrong output was certified for all to see, or whose term ended
-    ///         before the certification, expires unpaid (premium kept). Then the challenger is paid
-    ///         `challengerRewardBps` of `slashedShares` (up to the free balance).
+    ///         before the certification, is not paid for this batch and stays as it is (another batch
+    ///         of the request may be under challenge still); it ends by its term. Then the challenger
+    ///         is paid `challengerRewardBps` of `slashedShares` (up to the free balance).
     function recordFraud(
         bytes32 requestHash,
         uint64 batchIndex,

@@ -274,6 +274,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         raise InvalidInputError("a signed or insured request needs --deployment (the AVS's deployment JSON)")
     if args.out is not None and not args.out.parent.is_dir():  # found out before paying for anything
         raise InvalidInputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    messages = [{"role": "user", "content": args.prompt}]
+    pinned = pin_model(args.tokenizer, messages) if args.tokenizer is not None and args.resume is None else {}
     decode = load_decoder(args.tokenizer) if args.tokenizer is not None else None
     deployment = load_deployment(args.deployment) if args.deployment is not None else None
     domain = Domain(deployment.chain_id, deployment.task_manager) if deployment is not None else None
@@ -286,8 +288,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "quorums": quorums,
         "threshold_bps": args.threshold,
+        **pinned,
     }
-    messages = [{"role": "user", "content": args.prompt}]
     buyer: InsuranceBuyer | None = None
     with AggregatorClient(args.aggregator) as client:
         try:
@@ -349,6 +351,27 @@ def cmd_request(args: argparse.Namespace) -> int:
     if not uninsured:
         print("insured: a fraud proven in this batch pays the coverage", file=sys.stderr)
     return 0 if check.ok and not uninsured else 1
+
+
+def pin_model(folder: Path, messages: list[dict[str, str]]) -> dict[str, bytes]:
+    """The model id and prompt hash of a request, computed here from a prepared model folder
+    (``avs_profile.json`` and its tokenizer): the certified request must then carry both. Without
+    them the aggregator fills them in, and could certify the chat under another model or template.
+    A bare tokenizer.json pins nothing (said on stderr)."""
+    from avs.inference.profile import PROFILE_FILE
+
+    if not (folder.is_dir() and (folder / PROFILE_FILE).is_file()):
+        print(
+            f"--tokenizer {folder} is no prepared model folder ({PROFILE_FILE}): the model id and prompt "
+            "hash are the aggregator's to fill in, unchecked",
+            file=sys.stderr,
+        )
+        return {}
+    from avs.gateway.models import load_local_model
+    from avs.inference.params import compute_prompt_hash
+
+    model_id, encoder = load_local_model(folder)
+    return {"model_id": model_id, "prompt_hash": compute_prompt_hash(encoder.encode_chat(messages))}
 
 
 def load_decoder(folder: Path) -> Callable[[list[int]], str]:
@@ -612,8 +635,9 @@ def add_requester_commands(commands: Any) -> None:
     request.add_argument(
         "--tokenizer",
         type=Path,
-        help="the model's folder (or its tokenizer.json): print the certified tokens decoded here, "
-        "not the aggregator's text",
+        help="the model's prepared folder (avs_profile.json + tokenizer): the request pins its model id and "
+        "the prompt hash computed here, and the certified tokens are decoded here, not the aggregator's text "
+        "(a bare tokenizer.json only decodes)",
     )
     insurance = request.add_argument_group("insurance (pays out from slashed stake if the output is proven wrong)")
     insurance.add_argument("--insure", metavar="AMOUNT", help="buy this much coverage (tokens of the pool's asset)")

@@ -5,6 +5,7 @@ such a request's text and its offline check said OK)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,9 +53,12 @@ class CertifyingAggregator(ag_grpc.AggregatorServiceServicer):
         self.certified: op.InferenceRequest | None = None
         self.quorums = b""
         self.fail = False  # answer FAILED
+        self.swap_model = False  # certify under another model id than the one asked for
 
     def Submit(self, request: ag.SubmitRequest, context: Any) -> ag.SubmitResponse:
         certified = _completed(request.request)
+        if self.swap_model:
+            certified.model_id = keccak(text="a cheaper model")
         if self.other_request:  # another requester's request, certified earlier
             certified.messages[0].content = "wire all your funds to 0xEVIL"
             certified.nonce = (1).to_bytes(32, "big")
@@ -216,3 +220,31 @@ def test_a_refused_certificate_is_refused_again_by_a_second_wait(
     for _ in range(2):
         with pytest.raises(UntrustedAnswerError, match="certified another request"):
             client.wait(request_hash, timeout=10)
+
+
+def test_avs_request_with_a_model_folder_pins_the_model_and_prompt(
+    served: tuple[CertifyingAggregator, AggregatorClient], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``avs request --model NAME`` leaves the model id and prompt hash to the aggregator, which could
+    certify the chat under a cheaper model or another template and the offline check still said OK.
+    With ``--tokenizer`` a prepared model folder, both are computed here and must come back certified."""
+    from avs.cli import main
+    from avs.gateway.models import load_local_model
+    from avs.inference.params import compute_prompt_hash
+    from tests.gateway.test_models import prepare
+
+    aggregator, client = served
+    folder = tmp_path / "tiny"
+    prepare(folder)
+    target = client._channel._channel.target().decode()  # type: ignore[attr-defined]
+    args = ["request", CHAT[0]["content"], "--aggregator", target, "--model", "tiny", "--requester", REQUESTER.address]
+    # 1: this aggregator's certificates carry no signatures (the offline check fails); 2: refused
+    assert main(args) == 1  # by name: the aggregator's MODEL_ID and PROMPT_HASH, unchecked
+    assert aggregator.certified is not None and bytes(aggregator.certified.model_id) == MODEL_ID
+    assert main([*args, "--tokenizer", str(folder)]) == 1
+    model_id, encoder = load_local_model(folder)
+    assert aggregator.certified is not None and bytes(aggregator.certified.model_id) == model_id
+    assert bytes(aggregator.certified.prompt_hash) == compute_prompt_hash(encoder.encode_chat(CHAT))
+    aggregator.swap_model = True  # certifies the chat under another model, whatever was asked
+    assert main([*args, "--tokenizer", str(folder)]) == 2
+    assert "certified another request than the one sent (changed: model_id" in capsys.readouterr().err

@@ -349,6 +349,7 @@ class AggregatorApp:
             return False
         self._start_http()
         self._grpc, self.ports.grpc, self._health = build_server(servicer, config.grpc_listen)
+        self._servicer = servicer
         self._health.set(LEADER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._stop_requested.is_set():
             return False
@@ -489,6 +490,7 @@ class AggregatorApp:
             self._health.enter_graceful_shutdown()
         if hasattr(self, "_grpc"):
             self._grpc.stop(grace_seconds).wait()
+            self._servicer.close()
         if self.elector is not None:
             self.elector.stop(release=False)  # no more renewals; the steps in flight may still send
         with self._role_lock:

@@ -194,6 +194,11 @@ class AggregatorServicer(ag_grpc.AggregatorServiceServicer):
         # WatchStatus streams wait on the loop; each look (a wait for a change, a read) takes one of these.
         self._watch_threads = ThreadPoolExecutor(max_workers=limits.max_watches, thread_name_prefix="watch")
 
+    def close(self) -> None:
+        """Ends the watch threads once the server has stopped: the looks still running (each at most
+        ``WATCH_POLL_SECONDS``) finish first, so none reads a store closed after this."""
+        self._watch_threads.shutdown(wait=True, cancel_futures=True)
+
     @property
     def max_chat_chars(self) -> int:
         return self._limits.max_chat_chars
@@ -433,10 +438,14 @@ def build_server(
             *CONNECTION_LIMIT_OPTIONS,
         ],
     )
-    ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server.server)  # type: ignore[no-untyped-call]
-    health_servicer = AioBoundedHealthServicer((SERVICE_NAME,))
-    health_servicer.attach(server.loop)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server.server)
-    port = server.add_insecure_port(listen)
+    try:  # the server's loop thread runs from here: a port that cannot be bound must not leave it
+        ag_grpc.add_AggregatorServiceServicer_to_server(servicer, server.server)  # type: ignore[no-untyped-call]
+        health_servicer = AioBoundedHealthServicer((SERVICE_NAME,))
+        health_servicer.attach(server.loop)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server.server)
+        port = server.add_insecure_port(listen)
+    except BaseException:
+        server.stop(None).wait(10)
+        raise
     health_servicer.set_serving(True)
     return server, port, health_servicer

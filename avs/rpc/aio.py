@@ -17,6 +17,7 @@ counts calls from their arrival, so unfinished calls would fill it just the same
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,10 +72,19 @@ class ThreadedAioServer:
             self._loop.close()
 
     def _await(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable`` run on the loop; refused once ``stop`` was called (scheduled then, it could
+        land after the loop's last sweep of its tasks and never finish: its caller would wait for ever)."""
+
         async def wrapped() -> T:
             return await awaitable
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result()
+        with self._stop_lock:
+            if self._stopped is not None:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
+                raise RuntimeError("the server is stopping or stopped")
+            future = asyncio.run_coroutine_threadsafe(wrapped(), self._loop)
+        return future.result()
 
     def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` run on the server's loop (aio objects are not thread-safe)."""
@@ -92,7 +102,8 @@ class ThreadedAioServer:
 
     def stop(self, grace: float | None) -> threading.Event:
         """Refuse new calls, cancel those still running after ``grace`` seconds; the event is set once
-        they are done and the loop has stopped."""
+        the server has stopped and its loop has ended (a sync handler still running on a worker thread
+        then may finish later: threads cannot be cancelled)."""
         with self._stop_lock:
             if self._stopped is not None:  # stopping already: the same event
                 return self._stopped

@@ -100,6 +100,9 @@ class AioBoundedHealthServicer(health_pb2_grpc.HealthServicer):
             if self._shutting_down:
                 return
             self._status[service] = status
+        self._notify()
+
+    def _notify(self) -> None:
         loop = self._loop
         if loop is not None:
             try:
@@ -113,13 +116,14 @@ class AioBoundedHealthServicer(health_pb2_grpc.HealthServicer):
             self.set(name, status)
 
     def enter_graceful_shutdown(self) -> None:
-        """Every name NOT_SERVING for good (later ``set`` calls are ignored)."""
-        with self._lock:
-            names = list(self._status)
-        for name in names:
-            self.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        """Every name NOT_SERVING for good (later ``set`` calls are ignored): one step under the lock,
+        so a ``set(SERVING)`` from another thread (a leader elected while the app stops) cannot land
+        between the two and stick."""
         with self._lock:
             self._shutting_down = True
+            for name in self._status:
+                self._status[name] = health_pb2.HealthCheckResponse.NOT_SERVING
+        self._notify()
 
     def _wake_watchers(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

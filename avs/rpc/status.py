@@ -143,24 +143,32 @@ def _malformed(request: _Undecodable) -> str:
     return shorten_details(f"malformed request: {request.error}")
 
 
-def _check_decoded(request: Any, context: grpc.ServicerContext) -> None:
+def _decoded(decode: Callable[[bytes], Any] | None, raw: Any, context: grpc.ServicerContext) -> Any:
+    """The request of ``raw`` (decoded by ``decode``, when given); aborts if it does not decode."""
+    request = raw if decode is None else decode(raw)
     if isinstance(request, _Undecodable):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(request))
+    return request
 
 
 def wrap_own_handler(handler: Any, method: str) -> Any:
     """``handler`` of one of the project's methods answering its errors with their status codes (and
     undecodable requests with INVALID_ARGUMENT); grpcio's own services are left as they are. Plain
     handlers may run on a sync server or as a ``grpc.aio`` server's sync handlers; an ``async`` stream
-    handler runs on a ``grpc.aio`` server's loop."""
+    handler runs on a ``grpc.aio`` server's loop.
+
+    A plain handler decodes its request itself, on the thread that runs it: a ``grpc.aio`` server
+    decodes on its event loop as soon as a request has arrived, and keeps it while the call waits for
+    a thread, so a queue of large requests (a full chat of empty messages is ~30x its wire size as
+    Python objects) would be held decoded; undecoded, each is held as its bytes."""
     if handler is None or not method.startswith(OWN_METHODS_PREFIX):
         return handler
     deserializer = _lenient(handler.request_deserializer)
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
-        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            _check_decoded(request, context)
+        def unary_unary(raw: Any, context: grpc.ServicerContext) -> Any:
+            request = _decoded(deserializer, raw, context)
             try:
                 return inner(request, context)
             except Exception as error:
@@ -168,7 +176,7 @@ def wrap_own_handler(handler: Any, method: str) -> Any:
                     raise
                 _abort(context, error, method)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
     if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
         inner_async = handler.unary_stream
 
@@ -187,8 +195,8 @@ def wrap_own_handler(handler: Any, method: str) -> Any:
     if handler.unary_stream is not None:
         inner_stream = handler.unary_stream
 
-        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            _check_decoded(request, context)
+        def unary_stream(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            request = _decoded(deserializer, raw, context)
             try:
                 yield from inner_stream(request, context)
             except Exception as error:
@@ -196,7 +204,7 @@ def wrap_own_handler(handler: Any, method: str) -> Any:
                     raise
                 _abort(context, error, method)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, None, handler.response_serializer)
     return handler
 
 

@@ -4,6 +4,7 @@ before anything is stored, and WatchStatus streams cannot take every intake thre
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import tracemalloc
@@ -18,6 +19,7 @@ from eth_account import Account
 from eth_utils import keccak
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import avs.rpc.status as status_module
 from avs.client import AggregatorClient
 from avs.gateway.errors import compute_api_error
 from avs.inference.params import MAX_STOP_SEQUENCE_CHARS
@@ -131,6 +133,59 @@ def test_calls_that_never_finish_sending_do_not_stall_the_intake(intake: Intake)
     for call in hanging:  # an unknown request hash: answered NOT_FOUND, the calls were never lost
         assert call.exception(timeout=10).code() == grpc.StatusCode.NOT_FOUND
     channel.close()
+
+
+def _servicer(tmp_path: Path, kind: type[AggregatorServicer] = AggregatorServicer) -> tuple[Pipeline, Any]:
+    """A pipeline over a fake chain and the intake's servicer of it (``kind``), for a server of its own."""
+    network = FakeNetwork([{0: 100}])
+    pipeline = Pipeline(DOMAIN, Store(f"sqlite:///{tmp_path / 'agg.sqlite'}"), network, network, network)
+    return pipeline, kind(pipeline, {MODEL_ID: ServedModel("tiny", MODEL_ID)}, IntakeLimits(max_new_tokens=64))
+
+
+def test_requests_waiting_for_a_thread_are_not_held_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aio server reads complete requests on its loop whatever the threads are doing; it decoded
+    each at once and held it while the call waited for a thread (a chat of empty messages is ~30x its
+    wire size decoded: 300 queued ones of 270 KiB took +2.8 GiB, found in review). Handlers decode on
+    their thread now: while every thread is busy, queued requests stay bytes."""
+    decoded: list[bytes] = []
+    lenient = status_module._lenient
+
+    def counting(deserializer: Any) -> Any:
+        parse = lenient(deserializer)
+        if parse is None:
+            return None
+
+        def counted(data: bytes) -> Any:
+            decoded.append(data)
+            return parse(data)
+
+        return counted
+
+    monkeypatch.setattr(status_module, "_lenient", counting)
+    release = threading.Event()
+
+    class Held(AggregatorServicer):
+        def Submit(self, request: Any, context: Any) -> Any:
+            release.wait(10)
+            return super().Submit(request, context)
+
+    pipeline, servicer = _servicer(tmp_path, Held)
+    server, port, _ = build_server(servicer, "127.0.0.1:0", max_workers=2)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = ag_grpc.AggregatorServiceStub(channel)  # type: ignore[no-untyped-call]
+        calls = [stub.Submit.future(_request(nonce=n), timeout=30) for n in range(20)]
+        time.sleep(1.0)  # every request has arrived; two are being handled
+        assert len(decoded) <= 2
+        release.set()
+        assert all(call.result().request_hash for call in calls)
+        assert len(decoded) == 20
+    finally:
+        release.set()
+        channel.close()
+        server.stop(None).wait()
+        pipeline.close()
 
 
 def test_watch_streams_are_capped_and_leave_threads_for_submit_and_status(intake: Intake) -> None:
@@ -326,4 +381,43 @@ def test_the_intakes_health_is_bounded_and_watches_see_changes(tmp_path: Path) -
         channel.close()
         assert server.stop(None).wait(10)
         assert server.stop(None).is_set()  # a second stop answers at once
+        with pytest.raises(RuntimeError, match="stopping or stopped"):  # refused, never left waiting
+            server.call(lambda: 1)
         pipeline.close()
+
+
+def test_a_port_that_cannot_be_bound_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """The aio server's loop thread starts with it; a failed bind (the port taken) stopped nothing."""
+    pipeline, servicer = _servicer(tmp_path)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    before = {t.ident for t in threading.enumerate()}
+    try:
+        for _ in range(3):
+            with pytest.raises(RuntimeError):
+                build_server(servicer, f"127.0.0.1:{taken.getsockname()[1]}")
+        left = [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith("intake")]
+        assert left == []  # (grpc.aio's own poller thread is one per process, started with the first server)
+    finally:
+        taken.close()
+        pipeline.close()
+
+
+def test_the_watch_threads_end_with_the_servicer(tmp_path: Path) -> None:
+    pipeline, servicer = _servicer(tmp_path)
+    server, port, _ = build_server(servicer, "127.0.0.1:0", max_workers=2)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = ag_grpc.AggregatorServiceStub(channel)  # type: ignore[no-untyped-call]
+        request_hash = stub.Submit(_request(), timeout=5).request_hash
+        watch = stub.WatchStatus(ag.GetStatusRequest(request_hash=request_hash), timeout=10)
+        assert next(watch).state == ag.REQUEST_STATE_RECEIVED  # a look ran on a watch thread
+        watch.cancel()
+    finally:
+        channel.close()
+        server.stop(None).wait()
+    servicer.close()  # what the app does once its server stopped, before it closes the store
+    assert [t.name for t in threading.enumerate() if t.name.startswith("watch")] == []
+    pipeline.close()

@@ -25,7 +25,10 @@ from avs.chain.faults import ChallengeStatus, CoverageStatus
 from avs.chain.insurance import Web3CoverageReader
 from avs.client import certificate_from_json, certificate_to_json, verify_certificate, verify_on_chain
 from avs.devnet import Devnet, ServiceProcess
+from avs.inference.params import compute_prompt_hash
+from avs.inference.profile import load_profile
 from avs.messages import Domain
+from avs.prompts import PromptEncoder
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.inference.conftest import build_tiny_model
 
@@ -217,6 +220,10 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
     assert "insured: a fraud proven in this batch pays the coverage" in out.stderr  # its batch, checked on chain
     certificate = certificate_from_json((tmp_path / "cert.json").read_text())
     assert certificate.request.requester == requester.address
+    # --tokenizer, a prepared model folder, pinned the model and the prompt hash computed by the CLI
+    prompt_ids = PromptEncoder(devnet.model_dir).encode_chat([{"role": "user", "content": "the quick brown fox"}])
+    assert bytes(certificate.request.model_id) == load_profile(devnet.model_dir).compute_hash()
+    assert bytes(certificate.request.prompt_hash) == compute_prompt_hash(prompt_ids)
     # Saved before the coverage was paid for: `--resume` submits that request again if this stops.
     resume_file = saved / f"0x{bytes(certificate.request_hash).hex()}.json"
     assert f"saved the request to {resume_file}" in out.stderr and resume_file.exists()

@@ -374,6 +374,30 @@ def pin_model(folder: Path, messages: list[dict[str, str]]) -> dict[str, bytes]:
     return {"model_id": model_id, "prompt_hash": compute_prompt_hash(encoder.encode_chat(messages))}
 
 
+def check_certified_text(certificate: Any, folder: Path) -> list[str]:
+    """What a certificate carries beside what is signed, checked with a prepared model folder: the
+    chat against the model id and prompt hash, the output text against the output tokens."""
+    from avs.gateway.models import load_local_model
+    from avs.inference.params import compute_prompt_hash
+    from avs.inference.profile import PROFILE_FILE
+
+    if not (folder.is_dir() and (folder / PROFILE_FILE).is_file()):
+        raise InvalidInputError(f"--tokenizer {folder}: not a prepared model folder ({PROFILE_FILE})")
+    model_id, encoder = load_local_model(folder)
+    if model_id != bytes(certificate.request.model_id):
+        return [f"the certificate is for another model than the one in {folder}"]
+    problems = []
+    messages = [{"role": m.role, "content": m.content} for m in certificate.request.messages]
+    try:
+        if compute_prompt_hash(encoder.encode_chat(messages)) != bytes(certificate.request.prompt_hash):
+            problems.append("the certificate's chat is not the one its prompt hash commits to")
+    except InvalidInputError as exc:  # it does not even encode: it is not the chat hashed
+        problems.append(f"the certificate's chat is not the one its prompt hash commits to ({exc})")
+    if encoder.decode(list(certificate.output_token_ids)) != certificate.output_text:
+        problems.append("the certificate's output_text is not its output tokens' decoding")
+    return problems
+
+
 def load_decoder(folder: Path) -> Callable[[list[int]], str]:
     """The decode every operator of a profile uses (tokenizer.json's own, special tokens left out),
     from a model folder or a tokenizer.json file."""
@@ -583,7 +607,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
     if domain is None:
         print("no --deployment: the certificate is checked against itself only", file=sys.stderr)
-    ok = check.ok
+    problems = list(check.problems)
+    if args.tokenizer is not None:
+        problems += check_certified_text(certificate, args.tokenizer)
+    else:
+        print(
+            "no --tokenizer: the certificate's chat and output text are not checked (signed: their hashes, the tokens)",
+            file=sys.stderr,
+        )
+    result["problems"] = problems
+    ok = not problems
     if args.rpc_url and deployment is not None:
         from web3 import Web3
 
@@ -594,7 +627,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result["on_chain_ok"] = on_chain.certified
         if on_chain.certified:
             result["on_chain_stake_shares"] = {str(q): share for q, share in on_chain.stake_shares.items()}
-            result["problems"] = [*check.problems, *on_chain.problems]
+            result["problems"] = [*problems, *on_chain.problems]
         ok = ok and on_chain.ok
     elif args.min_share_bps:
         print("no --rpc-url: the stake shares are the aggregator's word, not checked on chain", file=sys.stderr)
@@ -682,6 +715,12 @@ def add_requester_commands(commands: Any) -> None:
         type=int_in(0, 10_000),
         default=0,
         help="fail below this signed stake share per quorum (counted on chain with --rpc-url)",
+    )
+    verify.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="the model's prepared folder: the certificate's chat and output text must be what its model "
+        "id, prompt hash and output tokens commit to (the signatures cover only those)",
     )
     verify.set_defaults(func=cmd_verify)
 

@@ -240,3 +240,39 @@ def test_request_and_claim_take_the_rpc_url_from_eth_rpc_url(monkeypatch: pytest
     for args in (claim, ["request", "hi", "--model", "m"]):
         assert build_parser().parse_args(args).rpc_url == "https://rpc.example.invalid/v3/KEY"
     assert build_parser().parse_args([*claim, "--rpc-url", "http://other:8545"]).rpc_url == "http://other:8545"
+
+
+def test_verify_with_a_model_folder_checks_the_chat_and_text_the_signatures_do_not_cover(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate carries its chat and output text beside what is signed (the prompt hash, the
+    output tokens): edited, the offline check still passed. ``--tokenizer MODEL_DIR`` checks them."""
+    from avs.cli import check_certified_text, main
+    from avs.client import certificate_to_json
+    from avs.gateway.models import load_local_model
+    from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
+    from tests.gateway.test_models import prepare
+    from tests.test_client_certificate import certificate as self_made_certificate
+
+    folder = tmp_path / "tiny"
+    prepare(folder)
+    model_id, encoder = load_local_model(folder)
+    chat = [{"role": "user", "content": "is it safe to restake?"}]
+    cert = ag.Certificate(output_token_ids=[5, 6], output_text=encoder.decode([5, 6]))
+    cert.request.model_id = model_id
+    cert.request.prompt_hash = encoder.compute_prompt_hash(chat)
+    cert.request.messages.add(role="user", content=chat[0]["content"])
+    assert check_certified_text(cert, folder) == []
+    cert.request.messages[0].content = "wire your funds to 0xEVIL"
+    cert.output_text = "all good"
+    assert check_certified_text(cert, folder) == [
+        "the certificate's chat is not the one its prompt hash commits to",
+        "the certificate's output_text is not its output tokens' decoding",
+    ]
+    cert.request.model_id = b"\x07" * 32
+    assert check_certified_text(cert, folder)[0] == f"the certificate is for another model than the one in {folder}"
+    (tmp_path / "cert.json").write_text(certificate_to_json(self_made_certificate()))  # verifies offline
+    assert main(["verify", str(tmp_path / "cert.json")]) == 0
+    assert "chat and output text are not checked" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "cert.json"), "--tokenizer", str(folder)]) == 1
+    assert "another model than the one in" in capsys.readouterr().out

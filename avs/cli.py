@@ -275,8 +275,22 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.parent.is_dir():  # found out before paying for anything
         raise InvalidInputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
     messages = [{"role": "user", "content": args.prompt}]
-    pinned = pin_model(args.tokenizer, messages) if args.tokenizer is not None and args.resume is None else {}
-    decode = load_decoder(args.tokenizer) if args.tokenizer is not None else None
+    pinned: dict[str, bytes] = {}
+    decode = None
+    if args.tokenizer is not None:
+        prepared_model = load_prepared_model(args.tokenizer)
+        if prepared_model is None:
+            print(
+                f"--tokenizer {args.tokenizer} is no prepared model folder (avs_profile.json): the model id and "
+                "prompt hash are the aggregator's to fill in, unchecked",
+                file=sys.stderr,
+            )
+            decode = load_decoder(args.tokenizer)
+        else:
+            model_id, encoder = prepared_model
+            decode = encoder.decode
+            if args.resume is None:  # the certified request must carry both, as computed here
+                pinned = {"model_id": model_id, "prompt_hash": encoder.compute_prompt_hash(messages)}
     deployment = load_deployment(args.deployment) if args.deployment is not None else None
     domain = Domain(deployment.chain_id, deployment.task_manager) if deployment is not None else None
     quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
@@ -353,43 +367,33 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0 if check.ok and not uninsured else 1
 
 
-def pin_model(folder: Path, messages: list[dict[str, str]]) -> dict[str, bytes]:
-    """The model id and prompt hash of a request, computed here from a prepared model folder
-    (``avs_profile.json`` and its tokenizer): the certified request must then carry both. Without
-    them the aggregator fills them in, and could certify the chat under another model or template.
-    A bare tokenizer.json pins nothing (said on stderr)."""
+def load_prepared_model(folder: Path) -> tuple[bytes, Any] | None:
+    """(model id, ``PromptEncoder``) of a prepared model folder (``avs_profile.json`` and its
+    tokenizer), or None for any other folder or file. Pinning the model id and prompt hash binds a
+    certificate to them: otherwise the aggregator fills them in, and could certify the chat under
+    another model or template."""
     from avs.inference.profile import PROFILE_FILE
 
     if not (folder.is_dir() and (folder / PROFILE_FILE).is_file()):
-        print(
-            f"--tokenizer {folder} is no prepared model folder ({PROFILE_FILE}): the model id and prompt "
-            "hash are the aggregator's to fill in, unchecked",
-            file=sys.stderr,
-        )
-        return {}
+        return None
     from avs.gateway.models import load_local_model
-    from avs.inference.params import compute_prompt_hash
 
-    model_id, encoder = load_local_model(folder)
-    return {"model_id": model_id, "prompt_hash": compute_prompt_hash(encoder.encode_chat(messages))}
+    return load_local_model(folder)
 
 
 def check_certified_text(certificate: Any, folder: Path) -> list[str]:
     """What a certificate carries beside what is signed, checked with a prepared model folder: the
     chat against the model id and prompt hash, the output text against the output tokens."""
-    from avs.gateway.models import load_local_model
-    from avs.inference.params import compute_prompt_hash
-    from avs.inference.profile import PROFILE_FILE
-
-    if not (folder.is_dir() and (folder / PROFILE_FILE).is_file()):
-        raise InvalidInputError(f"--tokenizer {folder}: not a prepared model folder ({PROFILE_FILE})")
-    model_id, encoder = load_local_model(folder)
+    prepared_model = load_prepared_model(folder)
+    if prepared_model is None:
+        raise InvalidInputError(f"--tokenizer {folder}: not a prepared model folder (avs_profile.json)")
+    model_id, encoder = prepared_model
     if model_id != bytes(certificate.request.model_id):
         return [f"the certificate is for another model than the one in {folder}"]
     problems = []
     messages = [{"role": m.role, "content": m.content} for m in certificate.request.messages]
     try:
-        if compute_prompt_hash(encoder.encode_chat(messages)) != bytes(certificate.request.prompt_hash):
+        if encoder.compute_prompt_hash(messages) != bytes(certificate.request.prompt_hash):
             problems.append("the certificate's chat is not the one its prompt hash commits to")
     except InvalidInputError as exc:  # it does not even encode: it is not the chat hashed
         problems.append(f"the certificate's chat is not the one its prompt hash commits to ({exc})")

@@ -702,7 +702,7 @@ def verify_certificate(
             impossible = _stated_stake_problem(stake)
             if impossible is not None:
                 problems.append(impossible)
-            elif _is_stated_below(stake, min_share_bps):
+            elif _is_below_share(int(stake.signed_stake), int(stake.total_stake), min_share_bps):
                 share = shares[stake.quorum_number]
                 problems.append(
                     f"quorum {stake.quorum_number} signed {share:.2%}, below the {min_share_bps / 100:.2f}% asked"

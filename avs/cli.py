@@ -24,12 +24,14 @@ from avs.config import RPC_URL_ENV, default_rpc_url
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.errors import AvsError, InvalidInputError, KeystoreError
+from avs.inference.params import compute_prompt_hash
 from avs.logs import redact_urls
 
 if TYPE_CHECKING:
     from avs.chain.deployment import Deployment
     from avs.chain.insurance import InsuranceBuyer
     from avs.client import PreparedRequest
+    from avs.gateway.models import LocalModel
     from avs.messages import Domain
 
 DEFAULT_PASSWORD_ENV = "AVS_KEYSTORE_PASSWORD"
@@ -287,10 +289,10 @@ def cmd_request(args: argparse.Namespace) -> int:
             )
             decode = load_decoder(args.tokenizer)
         else:
-            model_id, encoder = prepared_model
-            decode = encoder.decode
+            decode = prepared_model.codec.decode
             if args.resume is None:  # the certified request must carry both, as computed here
-                pinned = {"model_id": model_id, "prompt_hash": encoder.compute_prompt_hash(messages)}
+                prompt_hash = compute_prompt_hash(prepared_model.codec.encode_chat(messages))
+                pinned = {"model_id": prepared_model.model_id, "prompt_hash": prompt_hash}
     deployment = load_deployment(args.deployment) if args.deployment is not None else None
     domain = Domain(deployment.chain_id, deployment.task_manager) if deployment is not None else None
     quorums = bytes(sorted(set(args.quorum))) if args.quorum else b""
@@ -344,7 +346,11 @@ def cmd_request(args: argparse.Namespace) -> int:
     certificate = status.certificate
     # For this request (the client checked it is the one sent) and, with --deployment, on that chain.
     check = verify_certificate(certificate, args.threshold, domain=domain, request_hash=request_hash)
-    print(get_certified_text(certificate, decode))
+    text = get_certified_text(certificate, decode)
+    if check.ok:
+        print(text)
+    else:  # stdout carries verified output only (a script reading it must not take this as such)
+        print(f"offline check FAILED, this output is NOT verified:\n{text}", file=sys.stderr)
     shares = ", ".join(f"quorum {q}: {share:.1%}" for q, share in sorted(check.stake_shares.items()))
     print(
         f"certified in batch {certificate.batch_header.batch_index} (tx 0x{certificate.tx_hash.hex()}), "
@@ -367,11 +373,11 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0 if check.ok and not uninsured else 1
 
 
-def load_prepared_model(folder: Path) -> tuple[bytes, Any] | None:
-    """(model id, ``PromptEncoder``) of a prepared model folder (``avs_profile.json`` and its
-    tokenizer), or None for any other folder or file. Pinning the model id and prompt hash binds a
-    certificate to them: otherwise the aggregator fills them in, and could certify the chat under
-    another model or template."""
+def load_prepared_model(folder: Path) -> LocalModel | None:
+    """The model id and tokenizer (``avs.gateway.models.LocalModel``) of a prepared model folder
+    (``avs_profile.json`` and its tokenizer), or None for any other folder or file. Pinning the model
+    id and prompt hash binds a certificate to them: otherwise the aggregator fills them in, and could
+    certify the chat under another model or template."""
     from avs.inference.profile import PROFILE_FILE
 
     if not (folder.is_dir() and (folder / PROFILE_FILE).is_file()):
@@ -387,13 +393,13 @@ def check_certified_text(certificate: Any, folder: Path) -> list[str]:
     prepared_model = load_prepared_model(folder)
     if prepared_model is None:
         raise InvalidInputError(f"--tokenizer {folder}: not a prepared model folder (avs_profile.json)")
-    model_id, encoder = prepared_model
+    model_id, encoder = prepared_model.model_id, prepared_model.codec
     if model_id != bytes(certificate.request.model_id):
         return [f"the certificate is for another model than the one in {folder}"]
     problems = []
     messages = [{"role": m.role, "content": m.content} for m in certificate.request.messages]
     try:
-        if encoder.compute_prompt_hash(messages) != bytes(certificate.request.prompt_hash):
+        if compute_prompt_hash(encoder.encode_chat(messages)) != bytes(certificate.request.prompt_hash):
             problems.append("the certificate's chat is not the one its prompt hash commits to")
     except InvalidInputError as exc:  # it does not even encode: it is not the chat hashed
         problems.append(f"the certificate's chat is not the one its prompt hash commits to ({exc})")

@@ -250,17 +250,19 @@ def test_verify_with_a_model_folder_checks_the_chat_and_text_the_signatures_do_n
     from avs.cli import check_certified_text, main
     from avs.client import certificate_to_json
     from avs.gateway.models import load_local_model
+    from avs.inference.params import compute_prompt_hash
     from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
     from tests.gateway.test_models import prepare
     from tests.test_client_certificate import certificate as self_made_certificate
 
     folder = tmp_path / "tiny"
     prepare(folder)
-    model_id, encoder = load_local_model(folder)
+    model = load_local_model(folder)
+    model_id, encoder = model.model_id, model.codec
     chat = [{"role": "user", "content": "is it safe to restake?"}]
     cert = ag.Certificate(output_token_ids=[5, 6], output_text=encoder.decode([5, 6]))
     cert.request.model_id = model_id
-    cert.request.prompt_hash = encoder.compute_prompt_hash(chat)
+    cert.request.prompt_hash = compute_prompt_hash(encoder.encode_chat(chat))
     cert.request.messages.add(role="user", content=chat[0]["content"])
     assert check_certified_text(cert, folder) == []
     cert.request.messages[0].content = "wire your funds to 0xEVIL"

@@ -241,8 +241,11 @@ def test_avs_request_with_a_model_folder_pins_the_model_and_prompt(
     # 1: this aggregator's certificates carry no signatures (the offline check fails); 2: refused
     assert main(args) == 1  # by name: the aggregator's MODEL_ID and PROMPT_HASH, unchecked
     assert aggregator.certified is not None and bytes(aggregator.certified.model_id) == MODEL_ID
+    printed = capsys.readouterr()  # a failed check: stdout carries verified output only
+    assert printed.out == "" and "offline check FAILED, this output is NOT verified" in printed.err
     assert main([*args, "--tokenizer", str(folder)]) == 1
-    model_id, encoder = load_local_model(folder)
+    model = load_local_model(folder)
+    model_id, encoder = model.model_id, model.codec
     assert aggregator.certified is not None and bytes(aggregator.certified.model_id) == model_id
     assert bytes(aggregator.certified.prompt_hash) == compute_prompt_hash(encoder.encode_chat(CHAT))
     aggregator.swap_model = True  # certifies the chat under another model, whatever was asked

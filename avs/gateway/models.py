@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from avs.errors import InvalidInputError, ModelMismatchError, ModelNotFoundError
-from avs.inference.profile import get_tokenizer_hashes, load_profile, load_tokenizer
+from avs.inference.profile import get_eos_ids, get_tokenizer_hashes, load_profile, load_tokenizer
 from avs.prompts import PromptEncoder
 
 
@@ -31,26 +31,30 @@ class TextCodec(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
 
-def load_local_model(folder: Path) -> tuple[bytes, PromptEncoder]:
-    """(model id, tokenizer) of a prepared model folder; raises if its tokenizer is not the profile's."""
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """A model the gateway serves: its id (the profile hash), its tokenizer and its end-of-sequence
+    ids (an output ending with one stopped there, whatever its length)."""
+
+    model_id: bytes
+    codec: TextCodec
+    eos_ids: frozenset[int]
+
+
+def load_local_model(folder: Path) -> LocalModel:
+    """The model of a prepared model folder; raises if its tokenizer is not the profile's."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelNotFoundError(f"the model folder {folder} does not exist")
     profile = load_profile(folder)
-    tokenizer_hash, chat_template_hash = get_tokenizer_hashes(folder, load_tokenizer(folder))
+    tokenizer = load_tokenizer(folder)
+    tokenizer_hash, chat_template_hash = get_tokenizer_hashes(folder, tokenizer)
     if tokenizer_hash != profile.tokenizer_hash:
         raise ModelMismatchError(f"the tokenizer in {folder} is not the one its avs_profile.json commits to")
     if chat_template_hash != profile.chat_template_hash:
         raise ModelMismatchError(f"the chat template in {folder} is not the one its avs_profile.json commits to")
-    return profile.compute_hash(), PromptEncoder(folder)
-
-
-@dataclass(frozen=True, slots=True)
-class LocalModel:
-    """A model the gateway serves: its id (the profile hash) and its tokenizer."""
-
-    model_id: bytes
-    codec: TextCodec
+    # the tokenizer hash commits to the end-of-sequence ids too
+    return LocalModel(profile.compute_hash(), PromptEncoder(folder), frozenset(get_eos_ids(folder, tokenizer)))
 
 
 def load_local_models(folders: Sequence[Path]) -> dict[str, LocalModel]:
@@ -59,11 +63,11 @@ def load_local_models(folders: Sequence[Path]) -> dict[str, LocalModel]:
     model). Two folders of one model or of one name are refused (a likely typo)."""
     models: dict[str, LocalModel] = {}
     for folder in folders:
-        model_id, encoder = load_local_model(folder)
+        model = load_local_model(folder)
         name = Path(folder).resolve().name
-        if any(m.model_id == model_id for m in models.values()):
-            raise InvalidInputError(f"{folder} is a model already given (model id 0x{model_id.hex()})")
+        if any(m.model_id == model.model_id for m in models.values()):
+            raise InvalidInputError(f"{folder} is a model already given (model id 0x{model.model_id.hex()})")
         if name in models:
             raise InvalidInputError(f"two model folders are named {name!r}: the folder's name is the model's name")
-        models[name] = LocalModel(model_id, encoder)
+        models[name] = model
     return models

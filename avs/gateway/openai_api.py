@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -272,11 +272,14 @@ def compute_visible_text(text: str, stop_sequences: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def compute_finish_reason(text: str, token_count: int, sampling: SamplingParams) -> str:
-    """``stop`` (end of text or a stop sequence) or ``length`` (the token budget ran out)."""
-    if any(stop in text for stop in sampling.stop_sequences):
+def compute_finish_reason(
+    text: str, token_ids: Sequence[int], sampling: SamplingParams, eos_ids: Collection[int]
+) -> str:
+    """``stop`` (an end-of-sequence token or a stop sequence ended the output, even as its last
+    allowed token) or ``length`` (the token budget ran out first)."""
+    if (token_ids and token_ids[-1] in eos_ids) or any(stop in text for stop in sampling.stop_sequences):
         return "stop"
-    return "length" if token_count >= sampling.max_tokens else "stop"
+    return "length" if len(token_ids) >= sampling.max_tokens else "stop"
 
 
 def compute_text_pieces(text: str) -> list[str]:
@@ -314,10 +317,12 @@ def build_usage(status: RequestStatus) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def build_completion(job: CompletionJob, status: RequestStatus, created: int) -> dict[str, object]:
+def build_completion(
+    job: CompletionJob, status: RequestStatus, created: int, eos_ids: Collection[int]
+) -> dict[str, object]:
     """The non-streamed response: ``chat.completion`` or ``text_completion``."""
     text = compute_visible_text(status.output_text, job.sampling.stop_sequences)
-    finish = compute_finish_reason(status.output_text, len(status.output_token_ids), job.sampling)
+    finish = compute_finish_reason(status.output_text, status.output_token_ids, job.sampling, eos_ids)
     if job.kind is JobKind.CHAT:
         choice: dict[str, object] = {
             "index": 0,

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ from avs.errors import (
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
 from avs.gateway.errors import SubmittedRequestError
-from avs.gateway.models import LocalModel, TextCodec
+from avs.gateway.models import LocalModel
 from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
 from avs.inference.params import compute_prompt_hash
 from avs.logs import redact_urls
@@ -204,7 +204,7 @@ class GatewayService:
         message = build_submit_request(messages, **fields)
         request_hash = self._intake.submit(messages, **fields)
         logger.info("submitted", extra={"request_hash": "0x" + request_hash.hex(), "model": job.model})
-        return _Submitted(request_hash, message, model.codec, len(prompt_ids))
+        return _Submitted(request_hash, message, model, len(prompt_ids))
 
     def _certified(self, sent: _Submitted, status: RequestStatus) -> RequestStatus:
         """The final status, its text decoded here, once its certificate is for the request sent, as
@@ -221,13 +221,13 @@ class GatewayService:
         sent = self._submit(job)
         with _submitted(sent.request_hash):
             status = self._intake.wait(sent.request_hash, self._config.request_timeout_seconds, None, cancellation)
-            return api.build_completion(job, self._certified(sent, status), int(self._clock()))
+            return api.build_completion(job, self._certified(sent, status), int(self._clock()), sent.model.eos_ids)
 
     def stream(self, job: CompletionJob, emit: Emit, cancellation: Cancellation | None = None) -> None:
         """Submit, then ``emit`` the chunks; errors before the first ``emit`` are the caller's to answer."""
         sent = self._submit(job)
         with _submitted(sent.request_hash):
-            streamer = _Streamer(job, int(self._clock()), emit)
+            streamer = _Streamer(job, int(self._clock()), emit, sent.model.eos_ids)
             streamer.start(sent.request_hash)
 
             def on_status(status: RequestStatus) -> None:
@@ -279,23 +279,22 @@ def _derive(purpose: bytes, idempotency: bytes) -> int:
 
 
 class _Submitted:
-    """A request sent: its hash, the message sent, its model's tokenizer and its prompt's length,
-    counted here."""
+    """A request sent: its hash, the message sent, its model and its prompt's length, counted here."""
 
-    def __init__(self, request_hash: bytes, message: ag.SubmitRequest, codec: TextCodec, prompt_tokens: int) -> None:
+    def __init__(self, request_hash: bytes, message: ag.SubmitRequest, model: LocalModel, prompt_tokens: int) -> None:
         self.request_hash = request_hash
         self.message = message
-        self._codec = codec
+        self.model = model
         self._prompt_tokens = prompt_tokens
 
     def localize(self, status: RequestStatus) -> RequestStatus:
         """A copy of ``status`` with the text decoded here from its token ids and the prompt counted here."""
         local = RequestStatus()
         local.CopyFrom(status)
-        local.output_text = self._codec.decode(local.output_token_ids)
+        local.output_text = self.model.codec.decode(local.output_token_ids)
         local.prompt_tokens = self._prompt_tokens
         if local.HasField("certificate"):
-            local.certificate.output_text = self._codec.decode(local.certificate.output_token_ids)
+            local.certificate.output_text = self.model.codec.decode(local.certificate.output_token_ids)
         return local
 
 
@@ -315,10 +314,11 @@ def _submitted(request_hash: bytes) -> Iterator[None]:
 class _Streamer:
     """The chunks of one streamed answer, in order: role, status changes, the output, the end."""
 
-    def __init__(self, job: CompletionJob, created: int, emit: Emit) -> None:
+    def __init__(self, job: CompletionJob, created: int, emit: Emit, eos_ids: Collection[int]) -> None:
         self._job = job
         self._created = created
         self._emit = emit
+        self._eos_ids = eos_ids
         self._last_state: tuple[int, int] | None = None
         self._streamed_ids: list[int] | None = None  # the output streamed, once accepted
 
@@ -349,7 +349,8 @@ class _Streamer:
             # The aggregator streamed one output as accepted and certified another: the text shown is
             # not what the certificate proves, so the stream ends with an error, not a finish reason.
             raise UntrustedAnswerError("the certified output is not the one streamed as accepted")
-        finish = api.compute_finish_reason(status.output_text, len(status.output_token_ids), self._job.sampling)
+        sampling = self._job.sampling
+        finish = api.compute_finish_reason(status.output_text, status.output_token_ids, sampling, self._eos_ids)
         self._emit(api.build_chunk(self._job, status, self._created, finish_reason=finish))
         if self._job.include_usage:
             self._emit(api.build_usage_chunk(self._job, status, self._created))

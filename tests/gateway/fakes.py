@@ -19,6 +19,7 @@ MODEL_ID = bytes(range(32))
 REQUEST_HASH = bytes([0xAB]) * 32
 OUTPUT_TEXT = "the quick brown fox. jumps"
 OUTPUT_IDS = [5, 6, 7, 8, 9]
+EOS_ID = 2  # the model's end-of-sequence token
 
 
 class FakeRpcError(grpc.RpcError):

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -23,6 +24,7 @@ from avs.client import AggregatorClient, certificate_from_json, verify_certifica
 from avs.devnet import Devnet, ServiceProcess, get_free_port
 from avs.gateway.cli import build_service
 from avs.gateway.config import load_config
+from avs.gateway.models import load_local_model
 from avs.gateway.server import GatewayServer
 from avs.gateway.service import build_certificate_checker, connect_chain_check
 from avs.inference.params import compute_prompt_hash
@@ -98,7 +100,7 @@ def test_a_chat_completion_comes_with_a_certificate_that_verifies(
     assert completion.id == "chatcmpl-" + certificate.request_hash.hex()
     assert "0x" + certificate.request_hash.hex() == verification["request_hash"]
     assert completion.choices[0].message.content == certificate.output_text
-    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.choices[0].finish_reason == expected_finish(certificate, devnet)
     assert completion.usage is not None and completion.usage.completion_tokens == len(certificate.output_token_ids)
     prompt_ids = PromptEncoder(devnet.model_dir).encode_chat(QUESTION)
     assert completion.usage.prompt_tokens == len(prompt_ids) and compute_prompt_hash(prompt_ids) == bytes(
@@ -109,13 +111,20 @@ def test_a_chat_completion_comes_with_a_certificate_that_verifies(
     assert [(m.role, m.content) for m in certificate.request.messages] == [("user", "the quick brown fox")]
 
 
-def test_a_streamed_chat_ends_with_the_certificate(client: openai.OpenAI, model: str) -> None:
+def expected_finish(certificate: Any, devnet: Devnet) -> str:
+    """What OpenAI says of the certified output: cut by max_tokens, or ended by the model."""
+    ids = list(certificate.output_token_ids)
+    cut = len(ids) == certificate.request.max_tokens and ids[-1] not in load_local_model(devnet.model_dir).eos_ids
+    return "length" if cut else "stop"
+
+
+def test_a_streamed_chat_ends_with_the_certificate(client: openai.OpenAI, model: str, devnet: Devnet) -> None:
     stream = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=6, temperature=0, stream=True)
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     final = chunks[-1]
-    assert final.choices[0].finish_reason in ("stop", "length")
     certificate = certificate_from_json(json.dumps((final.model_extra or {})["verification"]["certificate"]))
+    assert final.choices[0].finish_reason == expected_finish(certificate, devnet)
     assert text == certificate.output_text and verify_certificate(certificate).ok
     states = [(c.model_extra or {}).get("verification", {}).get("state") for c in chunks]
     assert "CERTIFIED" in states and states.index("CERTIFIED") == len(chunks) - 1

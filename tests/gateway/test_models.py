@@ -34,7 +34,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_model_id_is_the_profile_hash_and_the_prompt_is_the_chat_template(folder: Path) -> None:
-    model_id, encoder = load_local_model(folder)
+    model = load_local_model(folder)
+    model_id, encoder = model.model_id, model.codec
+    assert model.eos_ids and load_tokenizer(folder).eos_token_id in model.eos_ids
     profile_hash = bytes.fromhex(json.loads((folder / "avs_profile.json").read_text())["profile_hash"])
     assert model_id == profile_hash
     tokenizer = load_tokenizer(folder)
@@ -48,7 +50,7 @@ def test_the_model_id_is_the_profile_hash_and_the_prompt_is_the_chat_template(fo
 @given(ids=st.lists(st.integers(0, 319), max_size=40))
 def test_decoding_is_the_operators_engines(folder: Path, ids: list[int]) -> None:
     """``InferenceEngine.decode``: tokenizer.json's own decode, special tokens left out."""
-    _, encoder = load_local_model(folder)
+    encoder = load_local_model(folder).codec
     engine_decode = load_tokenizer(folder).backend_tokenizer.decode(ids, skip_special_tokens=True)
     assert encoder.decode(ids) == engine_decode
 

@@ -160,9 +160,13 @@ def test_a_completion_prompt_is_one_user_message() -> None:
 
 def test_finish_reason_and_visible_text() -> None:
     sampling = SamplingParams(max_tokens=4, stop_sequences=("\n\n", "END"))
-    assert api.compute_finish_reason("abc", 4, sampling) == "length"
-    assert api.compute_finish_reason("abc", 3, sampling) == "stop"
-    assert api.compute_finish_reason("ab END", 4, sampling) == "stop"
+    eos = {2}
+    assert api.compute_finish_reason("abc", [7, 8, 9, 10], sampling, eos) == "length"
+    assert api.compute_finish_reason("abc", [7, 8, 2], sampling, eos) == "stop"
+    assert api.compute_finish_reason("ab END", [7, 8, 9, 10], sampling, eos) == "stop"
+    # the end-of-sequence token as the last one allowed: the model stopped, the budget did not cut it
+    assert api.compute_finish_reason("abc", [7, 8, 9, 2], sampling, eos) == "stop"
+    assert api.compute_finish_reason("abc", [7, 8, 9, 2], sampling, set()) == "length"
     assert api.compute_visible_text("one END two\n\nthree", sampling.stop_sequences) == "one "
     assert api.compute_visible_text("no stop", sampling.stop_sequences) == "no stop"
 
@@ -188,12 +192,12 @@ def test_verification_before_and_after_certification() -> None:
 
 def test_completion_objects_carry_usage_and_verification() -> None:
     job = chat(max_tokens=5)
-    body = api.build_completion(job, make_status(ag.REQUEST_STATE_CERTIFIED), created=1)
+    body = api.build_completion(job, make_status(ag.REQUEST_STATE_CERTIFIED), created=1, eos_ids={2})
     assert body["object"] == "chat.completion" and body["id"] == "chatcmpl-" + REQUEST_HASH.hex()
     assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 5, "total_tokens": 5}  # no tokenizer
     status = make_status(ag.REQUEST_STATE_CERTIFIED)
     status.prompt_tokens = 17  # what the aggregator's intake counted
-    counted = api.build_completion(job, status, created=1)
+    counted = api.build_completion(job, status, created=1, eos_ids={2})
     assert counted["usage"] == {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22}
     choices = body["choices"]
     assert isinstance(choices, list) and len(choices) == 1

@@ -31,6 +31,7 @@ from avs.gateway.service import CertificateChecker, GatewayService
 from avs.inference.params import compute_prompt_hash
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from tests.gateway.fakes import (
+    EOS_ID,
     MODEL,
     MODEL_ID,
     OUTPUT_IDS,
@@ -73,7 +74,8 @@ def start(
         **settings,
     )
     codec = FakeCodec(texts if texts is not None else {tuple(intake.ids): intake.text})
-    service = GatewayService(intake, config, {MODEL: LocalModel(MODEL_ID, codec)}, check_certificate)
+    models = {MODEL: LocalModel(MODEL_ID, codec, frozenset({EOS_ID}))}
+    service = GatewayService(intake, config, models, check_certificate)
     server = GatewayServer(service, config)
     server.start()
     return server
@@ -370,6 +372,26 @@ def test_a_streamed_chat_sends_states_then_the_output_then_the_certificate(serve
     assert final.choices[0].finish_reason == "length"
     assert (final.model_extra or {})["verification"]["certificate"]["tx_hash"]
     assert not usage.choices and usage.usage is not None and usage.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_output_ended_by_its_last_allowed_token_finished_by_stop(stream: bool) -> None:
+    """End of sequence as the max_tokens-th token: the model stopped (OpenAI says ``stop``); the same
+    length without it was cut (``length``)."""
+    for ids, expected in (([5, 6, EOS_ID], "stop"), ([5, 6, 7], "length")):
+        intake = FakeIntake(ids=ids)
+        server = start(intake)
+        try:
+            chat = client_for(server).chat.completions
+            question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "fox?"}]
+            if stream:
+                chunks = list(chat.create(model=MODEL, messages=question, max_tokens=3, stream=True))
+                finish = chunks[-1].choices[0].finish_reason
+            else:
+                finish = chat.create(model=MODEL, messages=question, max_tokens=3).choices[0].finish_reason
+        finally:
+            server.stop()
+        assert finish == expected, ids
 
 
 def test_a_streamed_completion(server: GatewayServer) -> None:

@@ -115,8 +115,11 @@ def test_the_checker_asks_the_operators_that_did_not_sign_the_batch(tmp_path: Pa
     pipeline.close()
 
 
-def test_the_order_is_non_signers_then_signers_each_stake_weighted() -> None:
-    network = FakeNetwork([{0: 1}, {0: 1000}, {0: 50}, {0: 50}, {0: 0, 1: 5}])
+@pytest.mark.parametrize("unit", [1, 10**18])
+def test_the_order_is_non_signers_then_signers_each_stake_weighted(unit: int) -> None:
+    """Also with stakes in wei (``unit``), as on chain: there u ** (1 / w) was 1.0 for everyone, and
+    the lowest operator id was always asked first (an id is cheap to grind)."""
+    network = FakeNetwork([{0: 1 * unit}, {0: 1000 * unit}, {0: 50 * unit}, {0: 50 * unit}, {0: 0, 1: 5 * unit}])
     infos = [op.info for op in network.operators]
     signers = {infos[2].operator_id, infos[3].operator_id}
     firsts = []

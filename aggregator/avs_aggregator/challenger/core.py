@@ -31,6 +31,7 @@ challenge window, and without asking the operators again.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -148,12 +149,16 @@ def compute_checker_order(
     operators: Sequence[OperatorInfo], signer_ids: Collection[bytes], quorums: bytes, rng: random.Random
 ) -> tuple[OperatorInfo, ...]:
     """Who to ask, in order: the operators that did not sign the batch, then its signers, each group
-    in a stake-weighted random order (Efraimidis-Spirakis keys; no stake in ``quorums``: last)."""
+    in a stake-weighted random order (Efraimidis-Spirakis keys; no stake in ``quorums``: last).
+
+    The key u ** (1 / w) is taken as its logarithm, log(u) / w: stakes are in wei, and u ** (1 / w)
+    rounds to 1.0 for every w above ~1e17, which left the order to the (ascending id) input order,
+    so an operator could grind a low id and always be asked first."""
 
     def key(operator: OperatorInfo) -> float:
         weight = sum(operator.stakes.get(q, 0) for q in quorums)
-        draw = rng.random()
-        return draw ** (1 / weight) if weight > 0 else -1.0
+        draw = 1.0 - rng.random()  # in (0, 1]: log(0) is undefined
+        return math.log(draw) / weight if weight > 0 else -math.inf
 
     def shuffled(group: list[OperatorInfo]) -> list[OperatorInfo]:
         keys = {o.operator_id: key(o) for o in group}

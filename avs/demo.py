@@ -256,7 +256,7 @@ class ClosedChallenge:
     opened_block: int
     resolved_by: str  # who sent the transaction that closed it
     status: ChallengeStatus
-    slashed_shares: int
+    slashed_amount: int
     challenger_reward: int
     closed_block: int
 
@@ -434,14 +434,14 @@ def compute_closed_challenge(opened: EventData, closed: EventData, resolved_by: 
         opened_block=int(opened["blockNumber"]),
         resolved_by=resolved_by,
         status=ChallengeStatus(closed["args"]["status"]),
-        slashed_shares=int(closed["args"]["slashedShares"]),
+        slashed_amount=int(closed["args"]["slashedAmount"]),
         challenger_reward=int(closed["args"]["challengerReward"]),
         closed_block=int(closed["blockNumber"]),
     )
 
 
 def show_resolution(cheater: str, challenge: ClosedChallenge, before: Balances, after: Balances) -> None:
-    slashed = challenge.slashed_shares
+    slashed = challenge.slashed_amount
     say(
         f"   challenge #{challenge.challenge_id}: {challenge.status.name}; {cheater}, the batch's signer, is slashed "
         f"{tokens(slashed)} tokens ({slashed / before.cheater_stake:.0%} of his stake: the fault manager's fraudWad)"

@@ -93,7 +93,7 @@ class PendingSlashing:
     fraud_wad: int
     progress_block: int  # the last call that slashed; governance may abandon only ``stall_blocks`` after it
     stall_blocks: int  # the resolution window when the challenge was upheld
-    slashed_shares: int
+    slashed_amount: int
 
     @property
     def is_pending(self) -> bool:

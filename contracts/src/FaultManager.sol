@@ -8,7 +8,10 @@ import {BN254} from "./libraries/BN254.sol";
 import {BLSSignatures} from "./libraries/BLSSignatures.sol";
 import {AvsMessages} from "./libraries/AvsMessages.sol";
 import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
+import {StrategyOrder} from "./libraries/StrategyOrder.sol";
 import {IOperatorRegistry} from "./interfaces/IOperatorRegistry.sol";
+import {IStrategy} from "./interfaces/eigenlayer/IStrategy.sol";
+import {IAllocationManager, OperatorSet} from "./interfaces/eigenlayer/IAllocationManager.sol";
 import {IBLSSignatureChecker} from "./interfaces/IBLSSignatureChecker.sol";
 import {IFaultManager} from "./interfaces/IFaultManager.sol";
 import {IInsurancePool} from "./interfaces/IInsurancePool.sol";
@@ -65,13 +68,17 @@ contract FaultManager is IFaultManager, Ownable {
     /// @notice The latest challenge of each leaf keccak256(batchIndex, requestHash, outputHash).
     mapping(bytes32 => uint256) public latestChallengeOfLeaf;
 
-    /// @notice Shares slashed for fraud in each batch, by all its upheld challenges.
-    mapping(uint64 => uint256) public batchSlashedShares;
+    /// @notice What fraud in each batch slashed, by all its upheld challenges, valued in the pool's
+    ///         asset (`_slash`).
+    mapping(uint64 => uint256) public batchSlashedAmount;
 
     mapping(uint256 => Challenge) private _challenges;
     mapping(uint256 => PendingSlashing) private _pendingSlashing;
-    /// @dev The part of `batchSlashedShares` the insurance pool has been told of.
-    mapping(uint64 => uint256) private _batchSharesRecorded;
+    /// @dev The part of `batchSlashedAmount` the insurance pool has been told of.
+    mapping(uint64 => uint256) private _batchAmountRecorded;
+    /// @dev The pool's asset and the registry's AllocationManager, read once (`_assetValue`).
+    IERC20 private immutable _poolAsset;
+    IAllocationManager private immutable _allocationManager;
 
     /// @param registry_ The operator registry (which must list this contract as a slasher).
     /// @param taskManager_ The task manager.
@@ -93,6 +100,8 @@ contract FaultManager is IFaultManager, Ownable {
         taskManager = taskManager_;
         pool = pool_;
         bondToken = bondToken_;
+        _poolAsset = pool_.asset();
+        _allocationManager = registry_.allocationManager();
         _setConfig(config_, escalationQuorumNumbers_);
     }
 
@@ -270,7 +279,7 @@ contract FaultManager is IFaultManager, Ownable {
         if (block.number <= abandonableAfter) revert SlashingNotStalled(challengeId, abandonableAfter);
         emit SlashingAbandoned(challengeId, p.nextSigner, p.signerCount);
         delete _pendingSlashing[challengeId];
-        _closeUpheld(challengeId, _challenges[challengeId], signers.header, p.slashedShares);
+        _closeUpheld(challengeId, _challenges[challengeId], signers.header, p.slashedAmount);
     }
 
     /// @inheritdoc IFaultManager
@@ -362,8 +371,8 @@ contract FaultManager is IFaultManager, Ownable {
 
     /// @dev Slashes `operatorId` by `wad` in each quorum of `mask` whose operator set can still slash
     ///      it (`isOperatorSlashable`: an operator that deregistered after its fault stays slashable
-    ///      for EigenLayer's `DEALLOCATION_DELAY`); returns the shares slashed, or type(uint256).max
-    ///      if no such quorum can.
+    ///      for EigenLayer's `DEALLOCATION_DELAY`); returns what the slash is worth in the pool's asset
+    ///      (`_assetValue`), or type(uint256).max if no such quorum can.
     function _slash(bytes32 faultId, bytes32 operatorId, uint256 mask, uint64 wad) private returns (uint256 total) {
         uint256 bitmap = mask & registry.quorumBitmap();
         address operator = registry.getOperatorFromId(operatorId);
@@ -376,10 +385,27 @@ contract FaultManager is IFaultManager, Ownable {
             for (uint256 i; i < shares.length; ++i) {
                 sum += shares[i];
             }
-            total += sum;
+            total += _assetValue(q, shares);
             emit OperatorSlashed(faultId, operatorId, q, wad, sum);
         }
         if (!slashable) return type(uint256).max;
+    }
+
+    /// @dev What `shares` slashed from quorum `q`'s strategies (in `StrategyOrder`) are worth in the
+    ///      pool's asset: a strategy's shares at its rate (`sharesToUnderlyingView`; an LST strategy's
+    ///      share is not one token), nothing for a strategy of another token (the pool receives that
+    ///      token, which pays no claim until governance converts it: `recoverToken`). Payout budgets
+    ///      and challenger rewards are counted in this value, so they never exceed what the slash
+    ///      brings the pool in its asset.
+    function _assetValue(uint8 q, uint256[] memory shares) private view returns (uint256 value) {
+        IStrategy[] memory strategies = StrategyOrder.sortAscending(
+            _allocationManager.getStrategiesInOperatorSet(OperatorSet(address(registry), q))
+        );
+        for (uint256 i; i < shares.length && i < strategies.length; ++i) {
+            if (shares[i] != 0 && strategies[i].underlyingToken() == _poolAsset) {
+                value += strategies[i].sharesToUnderlyingView(shares[i]);
+            }
+        }
     }
 
     /// @dev Slashes the signers of upheld challenge `c` from `p.nextSigner` on, `p.fraudWad` each,
@@ -397,7 +423,7 @@ contract FaultManager is IFaultManager, Ownable {
     ) private {
         bool resumed = p.signersHash != 0;
         uint256 mask = resumed ? QuorumBitmaps.orderedToBitmap(s.header.quorumNumbers) : 0;
-        uint256 sharesBefore = p.slashedShares;
+        uint256 amountBefore = p.slashedAmount;
         uint256 budget = config.maxSlashesPerCall;
         uint256 next = p.nextSigner;
         for (uint256 used; next < p.signerCount; ++next) {
@@ -410,9 +436,9 @@ contract FaultManager is IFaultManager, Ownable {
             used += slashes;
             isFaultSlashed[faultId] = true;
             uint256 slashed = _slash(faultId, s.signerIds[next], bitmap, p.fraudWad);
-            if (slashed != type(uint256).max) p.slashedShares += slashed;
+            if (slashed != type(uint256).max) p.slashedAmount += slashed;
         }
-        batchSlashedShares[c.batchIndex] += p.slashedShares - sharesBefore;
+        batchSlashedAmount[c.batchIndex] += p.slashedAmount - amountBefore;
         if (next < p.signerCount) {
             if (!resumed) p.signersHash = _signersHash(s);
             p.nextSigner = uint32(next);
@@ -422,28 +448,28 @@ contract FaultManager is IFaultManager, Ownable {
             return;
         }
         if (resumed) delete _pendingSlashing[challengeId];
-        _closeUpheld(challengeId, c, s.header, p.slashedShares);
+        _closeUpheld(challengeId, c, s.header, p.slashedAmount);
     }
 
     /// @dev Ends upheld challenge `c` of a batch of `quorums`: its request is no longer under
     ///      challenge, the pool records the fraud (coverage claimable, the challenger's reward on
-    ///      `slashedShares`). The pool's payout budget for the batch gets every share slashed in the
+    ///      `slashedAmount`). The pool's payout budget for the batch gets everything slashed in the
     ///      batch since it was last told, also by other challenges of the batch still slashing: a
     ///      challenge that closes first, its signers mostly slashed by a sibling, pays in full.
     function _closeUpheld(
         uint256 challengeId,
         Challenge storage c,
         AvsMessages.BatchHeader calldata h,
-        uint256 slashedShares
+        uint256 slashedAmount
     ) private {
         --openChallenges[c.requestHash];
-        uint256 batchShares = batchSlashedShares[h.batchIndex];
-        uint256 newBatchShares = batchShares - _batchSharesRecorded[h.batchIndex];
-        _batchSharesRecorded[h.batchIndex] = batchShares;
+        uint256 batchAmount = batchSlashedAmount[h.batchIndex];
+        uint256 newBatchAmount = batchAmount - _batchAmountRecorded[h.batchIndex];
+        _batchAmountRecorded[h.batchIndex] = batchAmount;
         (, uint256 reward) = pool.recordFraud(
-            c.requestHash, h.batchIndex, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedShares, newBatchShares
+            c.requestHash, h.batchIndex, h.quorumNumbers, c.certifiedBlock, c.challenger, slashedAmount, newBatchAmount
         );
-        emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedShares, reward);
+        emit ChallengeClosed(challengeId, ChallengeStatus.Upheld, slashedAmount, reward);
     }
 
     /// @dev The pending slashing of `challengeId`, which must exist and be bound to `signers`.

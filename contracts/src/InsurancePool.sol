@@ -27,7 +27,9 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///        the free balance, balance - totalClaimable, when fraud is recorded; the requester first,
 ///        then the challenger);
 ///      - no profit from one's own fraud: the payouts of one fraudulent batch plus the challengers'
-///        rewards are at most what its fraud slashed (`batchPayoutBudget`), so colluding requester,
+///        rewards are at most what its fraud slashed, valued in `asset` (`batchPayoutBudget`; the
+///        fault manager values slashed shares at their strategy's rate, and shares of a strategy of
+///        another token at nothing), so colluding requester,
 ///        signers and challenger cannot take other money of the pool, even when the quorum's stake
 ///        fell between the purchase and the batch (the cap then over-sold: payouts are cut to the
 ///        budget, in the order the batch's frauds are recorded);
@@ -183,16 +185,16 @@ contract InsurancePool is IInsurancePool, Ownable {
         bytes calldata quorumNumbers,
         uint32 certifiedBlock,
         address challenger,
-        uint256 slashedShares,
-        uint256 newBatchShares
+        uint256 slashedAmount,
+        uint256 newBatchAmount
     ) external returns (uint256 payout, uint256 reward) {
         if (msg.sender != address(faultManager)) revert OnlyFaultManager();
         fraudProven[requestHash] = true;
-        uint256 rewardShare = (newBatchShares * config.challengerRewardBps + 9_999) / 10_000; // rounded up
-        uint256 budget = batchPayoutBudget[batchIndex] + newBatchShares - rewardShare;
+        uint256 rewardShare = (newBatchAmount * config.challengerRewardBps + 9_999) / 10_000; // rounded up
+        uint256 budget = batchPayoutBudget[batchIndex] + newBatchAmount - rewardShare;
         payout = _makeClaimable(requestHash, quorumNumbers, certifiedBlock, budget);
         batchPayoutBudget[batchIndex] = budget - payout;
-        reward = _takeReward(batchIndex, slashedShares, rewardShare);
+        reward = _takeReward(batchIndex, slashedAmount, rewardShare);
         emit FraudRecorded(requestHash, challenger, payout, reward);
         if (reward != 0) asset.safeTransfer(challenger, reward);
     }
@@ -225,17 +227,17 @@ contract InsurancePool is IInsurancePool, Ownable {
         totalClaimable += payout;
     }
 
-    /// @dev The challenger's reward on its challenge's `slashedShares`, from what the batch's reports
+    /// @dev The challenger's reward on its challenge's `slashedAmount`, from what the batch's reports
     ///      set aside for rewards (`batchRewardReserve`, to which `rewardShare` is added first): a
-    ///      share's reward is set aside when the share is reported, maybe by a sibling challenge
+    ///      slash's reward is set aside when the slash is reported, maybe by a sibling challenge
     ///      before this one closes, and a reward raised by governance in between must not be paid
     ///      from other money. Up to the free balance too.
-    function _takeReward(uint64 batchIndex, uint256 slashedShares, uint256 rewardShare)
+    function _takeReward(uint64 batchIndex, uint256 slashedAmount, uint256 rewardShare)
         private
         returns (uint256 reward)
     {
         uint256 reserve = batchRewardReserve[batchIndex] + rewardShare;
-        reward = slashedShares * config.challengerRewardBps / 10_000;
+        reward = slashedAmount * config.challengerRewardBps / 10_000;
         if (reward > reserve) reward = reserve;
         uint256 free = freeBalance(); // the payout is reserved already
         if (reward > free) reward = free;
@@ -274,6 +276,9 @@ contract InsurancePool is IInsurancePool, Ownable {
     ///      of rounding), of which the pool pays the challenger `challengerRewardBps`. Every payout
     ///      of the batch's requests covered against the quorum comes out of the coverage outstanding
     ///      against it, so capping that at the rest keeps payouts + reward within the slash.
+    ///      Stake is counted in strategy shares, read as units of `asset`: exact for a strategy of the
+    ///      asset at one share a token; with another rate or another token in the quorum the cap is
+    ///      an estimate, and a payout beyond what the slash is worth in `asset` is cut to it (budget).
     function coverageCap(uint8 quorumNumber) public view returns (uint256) {
         IFaultManager faults = faultManager;
         if (address(faults) == address(0)) return 0; // nothing slashes yet

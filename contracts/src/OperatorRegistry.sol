@@ -5,6 +5,7 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {BN254} from "./libraries/BN254.sol";
 import {BLSSignatures} from "./libraries/BLSSignatures.sol";
 import {QuorumBitmaps} from "./libraries/QuorumBitmaps.sol";
+import {StrategyOrder} from "./libraries/StrategyOrder.sol";
 import {IStrategy} from "./interfaces/eigenlayer/IStrategy.sol";
 import {IAVSRegistrar} from "./interfaces/eigenlayer/IAVSRegistrar.sol";
 import {IAllocationManager, IAllocationManagerTypes, OperatorSet} from "./interfaces/eigenlayer/IAllocationManager.sol";
@@ -315,7 +316,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     {
         if (!isSlasher[msg.sender]) revert OnlySlasher();
         OperatorSet memory set = OperatorSet(address(this), quorumNumber);
-        IStrategy[] memory strategies = _sorted(allocationManager.getStrategiesInOperatorSet(set));
+        IStrategy[] memory strategies = StrategyOrder.sortAscending(allocationManager.getStrategiesInOperatorSet(set));
         uint256[] memory wads = new uint256[](strategies.length);
         for (uint256 i; i < wads.length; ++i) {
             wads[i] = wad;
@@ -780,18 +781,5 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
             if (h[i - 1].updateBlockNumber <= blockNumber) return i - 1;
         }
         revert BlockBeforeHistory();
-    }
-
-    function _sorted(IStrategy[] memory a) private pure returns (IStrategy[] memory) {
-        for (uint256 i = 1; i < a.length; ++i) {
-            IStrategy key = a[i];
-            uint256 j = i;
-            while (j > 0 && address(a[j - 1]) > address(key)) {
-                a[j] = a[j - 1];
-                --j;
-            }
-            a[j] = key;
-        }
-        return a;
     }
 }

@@ -597,7 +597,7 @@ contract ContinueSlashingTest is ChallengeFixture {
         IFaultManagerTypes.PendingSlashing memory p = faults.getPendingSlashing(id);
         vm.assertEq(p.nextSigner, 3, "next");
         vm.assertEq(p.signerCount, SIGNERS, "count");
-        vm.assertEq(p.slashedShares, halves, "shares slashed so far");
+        vm.assertEq(p.slashedAmount, halves, "shares slashed so far");
     }
 
     function test_continueSlashing_FinishesLikeOneCall() public {
@@ -711,7 +711,7 @@ contract ContinueSlashingTest is ChallengeFixture {
         _setMaxSlashes(3); // 8 signers: the first resolution stops after 3
         uint32 ref = uint32(block.number - 1);
         faults.resolveChallenge(first, AvsMessages.Verdict.Reject, ref, _escalation(AvsMessages.Verdict.Reject), s);
-        uint256 firstShares = faults.getPendingSlashing(first).slashedShares;
+        uint256 firstShares = faults.getPendingSlashing(first).slashedAmount;
         _setMaxSlashes(64);
         IBLSSignatureChecker.NonSignerStakesAndSignature memory cert2 =
             _cert(_verdictDigest("req2", "out2", AvsMessages.Verdict.Reject), hex"0001", _none());
@@ -734,7 +734,7 @@ contract ContinueSlashingTest is ChallengeFixture {
         _setMaxSlashes(3);
         uint256 id = _challenge();
         IFaultManagerTypes.BatchSigners memory s = _resolveReject(id);
-        uint256 shares = faults.getPendingSlashing(id).slashedShares;
+        uint256 shares = faults.getPendingSlashing(id).slashedAmount;
         vm.roll(block.number + RESOLUTION_WINDOW + 1);
         vm.prank(CHALLENGER);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, CHALLENGER));

@@ -67,18 +67,16 @@ contract FaultManagerReviewTest is ChallengeFixture {
         uint256 poolBefore = token.balanceOf(address(pool));
         _setMaxSlashes(6);
         _reject(otherChallenge, "reqX", "outX", s); // 6 of the 8 signers, then pending
-        uint256 slashedByOther = faults.batchSlashedShares(1);
+        uint256 slashedByOther = faults.batchSlashedAmount(1);
         _reject(insuredChallenge, insuredRequest, "bad", s); // the last 2, and closes
         IInsurancePoolTypes.Coverage memory c = pool.getCoverage(insuredRequest);
         vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Claimable, "claimable");
         vm.assertEq(c.payout, amount, "paid in full");
-        vm.assertGt(slashedByOther, faults.batchSlashedShares(1) - slashedByOther, "mostly the sibling's slash");
+        vm.assertGt(slashedByOther, faults.batchSlashedAmount(1) - slashedByOther, "mostly the sibling's slash");
         faults.continueSlashing(otherChallenge, s);
-        vm.assertTrue(
-            faults.getChallenge(otherChallenge).status == IFaultManagerTypes.ChallengeStatus.Upheld, "upheld"
-        );
+        vm.assertTrue(faults.getChallenge(otherChallenge).status == IFaultManagerTypes.ChallengeStatus.Upheld, "upheld");
         vm.assertEq(pool.claim(insuredRequest), amount, "claimed");
-        uint256 slashed = faults.batchSlashedShares(1);
+        uint256 slashed = faults.batchSlashedAmount(1);
         vm.assertGe(token.balanceOf(address(pool)) + amount, poolBefore, "never more than the slash out");
         vm.assertLe(token.balanceOf(address(pool)), poolBefore + slashed, "slash in");
     }
@@ -98,7 +96,7 @@ contract FaultManagerReviewTest is ChallengeFixture {
         pool.setConfig(IInsurancePoolTypes.Config(100, 5_000, 10_000, 10_000)); // every slashed share to the challenger
         faults.continueSlashing(otherChallenge, s);
         uint256 rewards = token.balanceOf(CHALLENGER) - challengerBefore - 2 * BOND;
-        uint256 slashed = faults.batchSlashedShares(1);
+        uint256 slashed = faults.batchSlashedAmount(1);
         vm.assertLe(payout + rewards, slashed, "payouts + rewards within the batch's slash");
         vm.assertEq(pool.batchRewardReserve(1), 0, "the reserve is spent");
     }

@@ -169,7 +169,7 @@ def test_an_insured_requester_is_paid_from_the_slashed_stake(
     before, after = outcome.before, outcome.after_resolution
     slashed = before.cheater_stake - after.cheater_stake
     assert after.cheater_stake == before.cheater_stake // 2 == 40 * 10**18  # 100, 80 after the attack, 40
-    assert challenge.slashed_shares == slashed
+    assert challenge.slashed_amount == slashed  # valued in the stake token: one token a share locally
     assert challenge.challenger_reward == slashed // 10 == 4 * 10**18  # CHALLENGER_REWARD_BPS 1000
     assert before.challenger == challenge.bond  # the bond, locked when it challenged, back now
     assert after.challenger - before.challenger == challenge.challenger_reward

@@ -16,7 +16,12 @@ contract LocalStrategy is IStrategy {
     }
 
     /// @inheritdoc IStrategy
-    function underlyingToken() external view returns (IERC20) {
+    function underlyingToken() external view virtual returns (IERC20) {
         return _token;
+    }
+
+    /// @inheritdoc IStrategy
+    function sharesToUnderlyingView(uint256 amountShares) external view virtual returns (uint256) {
+        return amountShares;
     }
 }

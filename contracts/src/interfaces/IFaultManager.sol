@@ -76,7 +76,8 @@ interface IFaultManagerTypes {
     /// @param stallBlocks `config.resolutionWindowBlocks` when the challenge was upheld: governance
     ///        may abandon the slashing only once nobody moved it on for more than that many blocks
     ///        after `progressBlock` (kept, so that lowering the window later does not shorten it).
-    /// @param slashedShares Shares slashed so far (the challenger's reward is paid on the total).
+    /// @param slashedAmount What the slashes so far are worth in the insurance pool's asset (the
+    ///        challenger's reward is paid on the total).
     struct PendingSlashing {
         bytes32 signersHash;
         uint32 nextSigner;
@@ -84,7 +85,7 @@ interface IFaultManagerTypes {
         uint64 fraudWad;
         uint32 progressBlock;
         uint32 stallBlocks;
-        uint256 slashedShares;
+        uint256 slashedAmount;
     }
 
     /// @notice Who signed a certified batch, for slashing them after an upheld challenge.
@@ -184,7 +185,7 @@ interface IFaultManagerEvents {
     event ChallengeClosed(
         uint256 indexed challengeId,
         IFaultManagerTypes.ChallengeStatus status,
-        uint256 slashedShares,
+        uint256 slashedAmount,
         uint256 challengerReward
     );
     /// @notice Emitted when an upheld challenge's slashing stops at `maxSlashesPerCall`:

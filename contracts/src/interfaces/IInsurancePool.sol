@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.27;
 
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {AvsMessages} from "../libraries/AvsMessages.sol";
 
 /// @title IInsurancePoolTypes
@@ -115,6 +116,9 @@ interface IInsurancePoolEvents {
 ///         operator sets, which sells per-request coverage capped by the slashable stake of a quorum
 ///         and pays it out after an upheld fraud challenge.
 interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsurancePoolEvents {
+    /// @notice The token of premiums, payouts and slashed stake.
+    function asset() external view returns (IERC20);
+
     /// @notice Buys `amount` of coverage of `request` (caller must be its requester) against
     ///         `quorumNumber`, paying the premium in `asset`.
     function buyCoverage(AvsMessages.InferenceRequest calldata request, uint8 quorumNumber, uint96 amount)
@@ -138,24 +142,25 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
     ) external;
 
     /// @notice Records fraud proven on `requestHash` in batch `batchIndex` of `quorumNumbers`
-    ///         certified in block `certifiedBlock`, whose resolution slashed `slashedShares` (fault
-    ///         manager only); `newBatchShares` were slashed in the batch since the last call for it (by
-    ///         this challenge and others of the batch) and go to its budget less the challengers' share:
+    ///         certified in block `certifiedBlock`, whose resolution slashed `slashedAmount` (fault
+    ///         manager only; amounts are slashed stake valued in `asset`); `newBatchAmount` was slashed
+    ///         in the batch since the last call for it (by this challenge and others of the batch) and
+    ///         goes to its budget less the challengers' share:
     ///         coverage against one of those quorums, bought before that block and with
     ///         `certifiedBlock` <= its `expiresAtBlock`, becomes claimable (up to the free balance and
     ///         to what the batch's frauds slashed and have not paid out yet, `batchPayoutBudget`);
     ///         coverage bought once the wrong output was certified for all to see, or whose term ended
     ///         before the certification, is not paid for this batch and stays as it is (another batch
     ///         of the request may be under challenge still); it ends by its term. Then the challenger
-    ///         is paid `challengerRewardBps` of `slashedShares` (up to the free balance).
+    ///         is paid `challengerRewardBps` of `slashedAmount` (up to the free balance).
     function recordFraud(
         bytes32 requestHash,
         uint64 batchIndex,
         bytes calldata quorumNumbers,
         uint32 certifiedBlock,
         address challenger,
-        uint256 slashedShares,
-        uint256 newBatchShares
+        uint256 slashedAmount,
+        uint256 newBatchAmount
     ) external returns (uint256 payout, uint256 reward);
 
     /// @notice Pays claimable coverage of `requestHash` to its beneficiary, once.

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.27;
 
 import {BN254} from "../libraries/BN254.sol";
+import {IAllocationManager} from "./eigenlayer/IAllocationManager.sol";
 
 /// @title IOperatorRegistryTypes
 interface IOperatorRegistryTypes {
@@ -174,6 +175,9 @@ interface IOperatorRegistryEvents {
 ///         BLS keys with proof of possession, sockets, and the block-indexed histories of quorum
 ///         membership, stake and aggregate keys that signature checks read.
 interface IOperatorRegistry is IOperatorRegistryTypes, IOperatorRegistryErrors, IOperatorRegistryEvents {
+    /// @notice EigenLayer's AllocationManager (the local core on devnets).
+    function allocationManager() external view returns (IAllocationManager);
+
     /// @notice The operator id (keccak of the G1 key) of `operator`, zero if none.
     function getOperatorId(address operator) external view returns (bytes32);
 

@@ -46,7 +46,7 @@ abstract contract AvsFixture is Test {
         g2Table = vm.readFile(string.concat(vm.projectRoot(), "/test/fixtures/g2_multiples.json"));
         core = new LocalRestakingCore(DEALLOCATION_DELAY_BLOCKS);
         token = new TestToken("Stake", "STK");
-        strategy = new LocalStrategy(token);
+        strategy = _newStrategy(token);
         core.addStrategy(strategy);
         registry = new OperatorRegistry(core, core, address(this));
         registry.setStakeFreshness(STAKE_LOOKAHEAD_BLOCKS, MAX_STAKE_AGE_BLOCKS);
@@ -60,6 +60,11 @@ abstract contract AvsFixture is Test {
         strategies[0] = strategy;
         registry.createQuorum(0, IOperatorRegistryTypes.QuorumConfig(32, MIN_STAKE), strategies);
         registry.createQuorum(1, IOperatorRegistryTypes.QuorumConfig(32, MIN_STAKE), strategies);
+    }
+
+    /// @dev The strategy of both quorums, over the stake token.
+    function _newStrategy(TestToken stakeToken) internal virtual returns (LocalStrategy) {
+        return new LocalStrategy(stakeToken);
     }
 
     /// @dev The task manager's batch record ring: none (every record kept) unless a test says so.

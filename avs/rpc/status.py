@@ -172,7 +172,7 @@ def wrap_own_handler(handler: Any, method: str) -> Any:
             try:
                 return inner(request, context)
             except Exception as error:
-                if _is_abort(error):
+                if _is_abort(error, context):
                     raise
                 _abort(context, error, method)
 
@@ -187,7 +187,7 @@ def wrap_own_handler(handler: Any, method: str) -> Any:
                 async for response in inner_async(request, context):
                     yield response
             except Exception as error:
-                if _is_abort(error):
+                if _is_abort(error, context):
                     raise
                 await context.abort(*_status_of(error, method))
 
@@ -200,7 +200,7 @@ def wrap_own_handler(handler: Any, method: str) -> Any:
             try:
                 yield from inner_stream(request, context)
             except Exception as error:
-                if _is_abort(error):
+                if _is_abort(error, context):
                     raise
                 _abort(context, error, method)
 
@@ -222,7 +222,12 @@ class AioErrorToStatusInterceptor(grpc.aio.ServerInterceptor):
         return wrap_own_handler(await continuation(details), details.method)
 
 
-def _is_abort(error: Exception) -> bool:
-    # The sync server's context.abort() raises a bare ``Exception()`` after setting the status, a
-    # grpc.aio server's (of a sync or an async handler) an AbortError: let them through.
-    return type(error) is Exception or isinstance(error, grpc.aio.AbortError)
+def _is_abort(error: Exception, context: Any) -> bool:
+    """``error`` is ``context.abort()``'s, to let through: a grpc.aio server's (of a sync or an async
+    handler) raises an AbortError; the sync server's a bare ``Exception()`` after setting the status
+    code. A bare ``Exception`` with no code set is a handler's bug, answered INTERNAL and logged like
+    any other (let through, grpc answered it UNKNOWN, and our log had no line of it)."""
+    if isinstance(error, grpc.aio.AbortError):
+        return True
+    code = getattr(context, "code", None)  # grpc.aio's context of a sync handler has none (nor needs it)
+    return type(error) is Exception and code is not None and code() is not None

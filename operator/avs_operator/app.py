@@ -1,8 +1,9 @@
 """The operator daemon's lifecycle: start, warm up, serve, stop cleanly.
 
-Order at start: slashing protection, keys, metrics and node API, the gRPC server answering
-health checks with NOT_SERVING, then the models (checked against their profiles) and a warm-up
-pass; only then SERVING. A SIGTERM only requests the stop: ``start`` gives up between its steps
+Order at start: the config's chain against its deployment file (when set), slashing protection,
+keys, metrics and node API, the gRPC server answering health checks with NOT_SERVING, then the
+models (checked against their profiles) and a warm-up pass; only then SERVING, and only then are
+the node API's services Up. A SIGTERM only requests the stop: ``start`` gives up between its steps
 (between models too), and the main thread stops. At stop: NOT_SERVING first (gRPC health and the
 node API's services), then in-flight calls get a grace period to finish. A signature is recorded
 before it is returned, so stopping at any point never leaves one unrecorded. The daemon never
@@ -23,13 +24,14 @@ from prometheus_client import CollectorRegistry
 
 from avs import __version__, keystore
 from avs.calls import CallAuthenticator
+from avs.chain.deployment import Deployment
 from avs.config import split_host_port
 from avs.errors import InvalidInputError, ModelMismatchError
 from avs.httpserver import start_metrics_server
 from avs.inference.engine import EngineRegistry, InferenceEngine, load_engine
 from avs.inference.params import SamplingParams
 from avs.messages import Domain
-from avs_operator.config import OperatorConfig, OperatorSecrets
+from avs_operator.config import OperatorConfig, OperatorSecrets, load_checked_deployment
 from avs_operator.core import OperatorCore
 from avs_operator.metrics import OperatorMetrics
 from avs_operator.node_api import NodeApiServer, ServiceState, ServiceStatus
@@ -109,6 +111,9 @@ class OperatorApp:
         return True
 
     def _start(self) -> None:
+        # Before anything else: a stale chain_id/task_manager would have every signature made in a
+        # domain the contracts reject, while health says SERVING.
+        deployment = load_checked_deployment(self.config.chain) if self.config.chain.deployment_file else None
         password = self._secrets.bls_key_password
         if password is None:
             raise InvalidInputError("set OPERATOR_BLS_KEY_PASSWORD to unlock the BLS keystore")
@@ -148,8 +153,11 @@ class OperatorApp:
             self.core.add_model(model.name, self._load_model(model.name, model.path, model.profile_hash))
         self._checkpoint()
         self.core.ready.set()
-        if self.config.chain.deployment_file is not None:
-            threading.Thread(target=self._refresh_stakes, name="stakes", daemon=True).start()
+        # Up only now, all together: a model loaded while the next one still loads is refused
+        # ("still loading"), so the node API must not call it Up before the daemon serves it.
+        self._model_states.update(dict.fromkeys(self._model_states, ServiceStatus.UP))
+        if deployment is not None:
+            threading.Thread(target=self._refresh_stakes, args=(deployment,), name="stakes", daemon=True).start()
         self._health.set_serving(True)
         self.metrics.set_ready(True)
         logger.info("serving", extra={"models": list(self._model_states)})
@@ -168,7 +176,6 @@ class OperatorApp:
             )
         )
         self.engines.add(engine)
-        self._model_states[name] = ServiceStatus.UP
         # Which device and dtype serve the model: CUDA is taken when present, so say which was.
         dtype = str(engine.model.dtype).removeprefix("torch.")
         logger.info(
@@ -194,17 +201,13 @@ class OperatorApp:
         self._closers.append(metrics_server.server_close)  # the port, once the serving loop has ended
         self._closers.append(metrics_server.shutdown)
 
-    def _refresh_stakes(self) -> None:
+    def _refresh_stakes(self, deployment: Deployment) -> None:
         """Read this operator's registered stake per quorum for ``eigen_registered_stakes`` (read-only)."""
-        from avs.chain.deployment import load_deployment
         from avs.chain.registration import get_operator_status, load_client
 
-        assert self.config.chain.deployment_file is not None
         while not self._stopped.is_set():
             try:
-                client = load_client(
-                    self.config.chain.rpc_url, load_deployment(self.config.chain.deployment_file), None
-                )
+                client = load_client(self.config.chain.rpc_url, deployment, None)
                 address = client.registry.functions.getOperatorFromId(self.core.operator_id).call()
                 status = get_operator_status(client, address)
                 self.metrics.set_registered_stakes(status.stake)

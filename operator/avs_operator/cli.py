@@ -3,6 +3,7 @@
     avs-operator run --config operator.yaml      serve (stops cleanly on SIGTERM / Ctrl-C)
     avs-operator register --config operator.yaml [--quorums 0] [--socket host:port] [--allocate-wad N]
                           [--replace QUORUM=ADDRESS]
+    avs-operator update-socket --config operator.yaml [--socket grpc://host:port]
     avs-operator deregister --config operator.yaml [--quorums 0]
     avs-operator status --config operator.yaml [--address 0x...]
     avs-operator slashing-protection init --config operator.yaml     the empty history, on the first start
@@ -18,12 +19,15 @@ Secrets come only from the environment: ``OPERATOR_BLS_KEY_PASSWORD`` (and
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import re
 import signal
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -33,13 +37,20 @@ from eth_utils import is_address
 
 from avs import keystore
 from avs.chain.client import Web3AvsClient
-from avs.chain.deployment import load_deployment
 from avs.cli import main as avs_main
 from avs.cli import run_command
+from avs.config import MAX_PORT
 from avs.crypto.bls import KeyPair
 from avs.errors import InvalidInputError
 from avs.logs import configure_json_logging
-from avs_operator.config import ConfigError, GrpcConfig, OperatorConfig, load_config, load_secrets
+from avs_operator.config import (
+    ConfigError,
+    GrpcConfig,
+    OperatorConfig,
+    load_checked_deployment,
+    load_config,
+    load_secrets,
+)
 from avs_operator.slashing_protection import SlashingProtection, has_history
 
 
@@ -113,11 +124,7 @@ def cmd_protection_import(args: argparse.Namespace) -> int:
 def _chain_client(config: OperatorConfig, with_account: bool) -> tuple[Web3AvsClient, LocalAccount | None]:
     from avs.chain.registration import load_client
 
-    if config.chain.deployment_file is None:
-        raise ConfigError("chain.deployment_file: required for on-chain commands")
-    deployment = load_deployment(config.chain.deployment_file)
-    if (deployment.chain_id, deployment.task_manager) != (config.chain.chain_id, config.chain.task_manager):
-        raise ConfigError("chain: chain_id/task_manager differ from the deployment file's")
+    deployment = load_checked_deployment(config.chain)
     account = None
     if with_account:
         if config.keys.ecdsa_keystore is None:
@@ -145,36 +152,104 @@ def _replacement(text: str) -> tuple[int, str]:
     return int(quorum), member
 
 
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+WILDCARD_HOSTS = frozenset({"", "*"})  # and every unspecified IP address (0.0.0.0, ::)
+SOCKET_SCHEMES = ("grpc://", "grpcs://")  # what aggregators dial: TLS for grpcs://, plaintext otherwise
+# anvil's chain id: the devnet's operators and aggregator all run on one machine, so there a loopback
+# socket is the right one; on any other chain it would send every aggregator to its own host.
+DEVNET_CHAIN_ID = 31337
+# A DNS name (underscores too: Docker service names have them) or an IPv4 address.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
 
 
-def get_public_socket(given: str | None, grpc: GrpcConfig) -> str:
+@dataclass(frozen=True, slots=True)
+class OperatorSocket:
+    scheme: str  # "grpc://", "grpcs://", or "" (plaintext)
+    host: str  # a name, an IPv4 address, or an IPv6 address in brackets
+    port: int
+
+
+def parse_socket(socket: str) -> OperatorSocket:
+    """``[grpc://|grpcs://]host:port``, the socket aggregators and challengers dial (they strip the
+    scheme and hand gRPC ``host:port``); ``InvalidInputError`` for anything else."""
+    scheme = next((prefix for prefix in SOCKET_SCHEMES if socket.startswith(prefix)), "")
+    host, sep, port = socket[len(scheme) :].rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()):
+        raise InvalidInputError(f"socket {socket!r} must be [grpc://|grpcs://]host:port")
+    if not 0 < int(port) <= MAX_PORT:
+        raise InvalidInputError(
+            f"socket {socket!r}: the port must be in 1-{MAX_PORT} (0 means any free port, which aggregators"
+            " cannot know)"
+        )
+    if host not in WILDCARD_HOSTS and not _is_host(host):
+        raise InvalidInputError(f"socket {socket!r}: {host!r} is not a host name or IP address")
+    return OperatorSocket(scheme, host, int(port))
+
+
+def _is_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        return _ip_address(host) is not None and ":" in host
+    return _HOST_NAME.fullmatch(host) is not None and len(host) <= 253
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
+def is_wildcard_host(host: str) -> bool:
+    address = _ip_address(host)
+    return host in WILDCARD_HOSTS or (address is not None and address.is_unspecified)
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8, ::1 (an IPv4-mapped one too)."""
+    address = _ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or (address is not None and address.is_loopback)
+
+
+def get_public_socket(given: str | None, grpc: GrpcConfig, chain_id: int) -> str:
     """The socket registered on-chain, where aggregators dial: ``given`` (``--socket``), or
     ``grpc.listen`` unless it binds every interface (0.0.0.0 would send aggregators to their own
-    host). Its scheme must match the server: ``grpcs://`` with TLS, ``grpc://`` (or none) without."""
+    host). Its scheme must match the server: ``grpcs://`` with TLS, ``grpc://`` (or none) without.
+    A loopback host is refused too, except on the devnet (``DEVNET_CHAIN_ID``), whose processes share
+    one machine."""
     tls = grpc.tls_cert_file is not None
     if given is None:
-        host = grpc.listen.rpartition(":")[0]
-        if host in WILDCARD_HOSTS:
-            raise InvalidInputError(
-                f"grpc.listen {grpc.listen} binds every interface: give the address aggregators dial, "
-                "--socket host:port"
-            )
-        return ("grpcs://" if tls else "grpc://") + grpc.listen
-    if tls and not given.startswith("grpcs://"):
-        raise InvalidInputError(f"the gRPC server serves TLS: register --socket grpcs://host:port, not {given}")
-    if not tls and given.startswith("grpcs://"):
-        raise InvalidInputError(f"--socket {given} asks for TLS, but grpc.tls_cert_file is not set")
-    return given
+        socket, named = ("grpcs://" if tls else "grpc://") + grpc.listen, f"grpc.listen {grpc.listen}"
+    else:
+        socket, named = given, f"--socket {given}"
+        if tls and not given.startswith("grpcs://"):
+            raise InvalidInputError(f"the gRPC server serves TLS: --socket grpcs://host:port, not {given}")
+        if not tls and given.startswith("grpcs://"):
+            raise InvalidInputError(f"--socket {given} asks for TLS, but grpc.tls_cert_file is not set")
+    parsed = parse_socket(socket)
+    if is_wildcard_host(parsed.host):
+        verb = "binds" if given is None else "names"
+        raise InvalidInputError(
+            f"{named} {verb} every interface, not an address aggregators can dial: give the one they dial,"
+            " --socket host:port"
+        )
+    if is_loopback_host(parsed.host) and chain_id != DEVNET_CHAIN_ID:
+        raise InvalidInputError(
+            f"{named} is this machine's loopback address: aggregators would dial their own host. Give the"
+            f" address they reach this operator at, --socket host:port (loopback only on the devnet, chain"
+            f" {DEVNET_CHAIN_ID})"
+        )
+    return socket
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     from avs.chain.registration import register_operator
 
     config = load_config(args.config)
+    socket = get_public_socket(args.socket, config.grpc, config.chain.chain_id)  # before keys and RPC
     client, account = _chain_client(config, with_account=True)
     assert account is not None
-    socket = get_public_socket(args.socket, config.grpc)
     replace = dict(args.replace or [])
     hashes = register_operator(client, account, _bls_keys(config), socket, args.quorums, args.allocate_wad, replace)
     print(
@@ -188,6 +263,29 @@ def cmd_register(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_update_socket(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    socket = get_public_socket(args.socket, config.grpc, config.chain.chain_id)
+    client, account = _chain_client(config, with_account=True)
+    assert account is not None
+    tx = send_socket_update(client, account, socket)
+    print(json.dumps({"operator": account.address, "socket": socket, "transaction": "0x" + tx.hex()}))
+    return 0
+
+
+def send_socket_update(client: Web3AvsClient, account: LocalAccount, socket: str) -> bytes:
+    """``OperatorRegistry.updateSocket``: where aggregators dial this operator from now on. An address
+    the registry does not know is refused before the transaction (the registry would revert it)."""
+    from avs.chain.registration import MAX_SOCKET_CHARS
+
+    if not 0 < len(socket) <= MAX_SOCKET_CHARS:
+        raise InvalidInputError(f"socket must be 1 to {MAX_SOCKET_CHARS} characters")
+    registry = client.registry.functions
+    if not any(bytes(registry.getOperatorId(account.address).call())):
+        raise InvalidInputError(f"{account.address} is not registered with the AVS: run `avs-operator register`")
+    return client.transact(registry.updateSocket(socket), account)
 
 
 def cmd_deregister(args: argparse.Namespace) -> int:
@@ -267,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="in a full quorum, take this member's place (churn, within the quorum's limits); repeatable",
     )
     register.set_defaults(func=cmd_register)
+    update_socket = commands.add_parser(
+        "update-socket", help="change the socket registered on-chain, where aggregators dial (sends a transaction)"
+    )
+    update_socket.add_argument("--config", type=Path, required=True)
+    update_socket.add_argument(
+        "--socket", help="grpc://host:port (grpcs:// with TLS); default: grpc.listen unless it binds every interface"
+    )
+    update_socket.set_defaults(func=cmd_update_socket)
     deregister = commands.add_parser("deregister", help="leave the AVS's operator sets (sends a transaction)")
     deregister.add_argument("--config", type=Path, required=True)
     deregister.add_argument("--quorums", type=int, nargs="+", default=[0])

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from avs.chain.deployment import Deployment, load_deployment
 from avs.config import (
     MAX_PORT,
     ConfigError,
@@ -38,7 +39,15 @@ from avs.rpc.convert import (
 )
 from avs_operator.slashing_protection import check_database_url
 
-__all__ = ["ConfigError", "OperatorConfig", "OperatorSecrets", "load_config", "load_secrets", "parse_config"]
+__all__ = [
+    "ConfigError",
+    "OperatorConfig",
+    "OperatorSecrets",
+    "load_checked_deployment",
+    "load_config",
+    "load_secrets",
+    "parse_config",
+]
 
 
 def _address(value: str) -> str:
@@ -52,7 +61,9 @@ class ChainConfig(_Section):
     chain_id: int = Field(gt=0)
     task_manager: str  # the EIP-712 verifying contract of every signed message
     rpc_url: str = "http://127.0.0.1:8545"
-    deployment_file: Path | None = None  # the contracts' addresses, for register/deregister/status
+    # The contracts' addresses: for register/deregister/status, and for `run` to read this operator's
+    # registered stake. Both check that chain_id and task_manager are the deployment's.
+    deployment_file: Path | None = None
 
     _check_task_manager = field_validator("task_manager")(_address)
 
@@ -247,3 +258,19 @@ def _resolve_paths(config: OperatorConfig, base: Path) -> OperatorConfig:
 
 def load_secrets() -> OperatorSecrets:
     return OperatorSecrets()
+
+
+def load_checked_deployment(chain: ChainConfig) -> Deployment:
+    """The contracts of ``chain.deployment_file``, refused (``ConfigError``) unless its chain id and task
+    manager are ``chain``'s: a config left behind by a redeploy would sign every message in the old
+    contract's EIP-712 domain, which the new contracts reject, while looking healthy."""
+    if chain.deployment_file is None:
+        raise ConfigError("chain.deployment_file: required for on-chain commands")
+    deployment = load_deployment(chain.deployment_file)
+    if (deployment.chain_id, deployment.task_manager) != (chain.chain_id, chain.task_manager):
+        raise ConfigError(
+            f"chain: chain_id/task_manager ({chain.chain_id}, {chain.task_manager}) differ from the deployment"
+            f" file's ({deployment.chain_id}, {deployment.task_manager}, {chain.deployment_file}): update them"
+            " to the deployment the operator is registered with"
+        )
+    return deployment

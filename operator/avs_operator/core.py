@@ -7,7 +7,8 @@ stop sequences that do not match their hash, budgets beyond the profile or this 
 
 The caller's deadline is checked before the engine is waited for, bounds that wait (a call queued
 behind another gives up when its deadline passes), and is checked again once the engine is this
-call's and before anything is recorded or signed: a late call never signs what nobody will receive.
+call's and before anything is recorded or signed: a late call never signs what nobody will receive
+(a ``SignBatch`` too: checked after its leaves are hashed, before its header is recorded).
 Generation also checks, at every token, that the caller is still there: a client that cancels (or
 disconnects) frees the engine at once instead of holding it for up to ``max_tokens`` more tokens.
 """
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 from avs.crypto import bls
 from avs.crypto.curve import G1Point
-from avs.errors import CancelledError, ContextLimitError, DeadlineExceededError, InvalidInputError
+from avs.errors import CancelledError, ContextLimitError, DeadlineExceededError, InvalidInputError, UnavailableError
 from avs.inference.engine import EngineRegistry, FinishReason, InferenceEngine, Verification
 from avs.inference.params import SamplingParams
 from avs.merkle import BatchLeaf, compute_merkle_tree
@@ -242,29 +243,38 @@ class OperatorCore:
     # --- signing --------------------------------------------------------------------------
 
     def _attest(self, attestation: Attestation) -> SignedAttestation:
-        try:
+        with self._counting_refusals("attestation"):
             self._protection.record_attestation(self.domain.separator, attestation)
-        except Exception:
-            self._metrics.refusals.labels("attestation").inc()
-            raise
         digest = compute_digest(self.domain, attestation)
         signature = bls.sign(self.key_pair.secret, digest)
         self._metrics.signatures.labels("attestation").inc()
         return SignedAttestation(attestation, digest, signature)
 
-    def sign_batch(self, header: BatchHeader, leaves: Sequence[BatchLeaf]) -> tuple[bytes, G1Point]:
+    def sign_batch(
+        self, header: BatchHeader, leaves: Sequence[BatchLeaf], caller: Caller | None = None
+    ) -> tuple[bytes, G1Point]:
         """Sign ``header`` if ``leaves`` build its root and every leaf is an accepted output."""
         if compute_merkle_tree(leaves).root != header.leaves_root:
             raise InvalidInputError("the leaves do not build the header's leaves_root")
-        try:
+        _check_caller(caller)  # a batch recorded for a caller that gave up would bind its index for nothing
+        with self._counting_refusals("batch"):
             self._protection.record_batch(self.domain.separator, header, leaves)
-        except Exception:
-            self._metrics.refusals.labels("batch").inc()
-            raise
         digest = compute_digest(self.domain, header)
         signature = bls.sign(self.key_pair.secret, digest)
         self._metrics.signatures.labels("batch").inc()
         return digest, signature
+
+    @contextmanager
+    def _counting_refusals(self, kind: str) -> Iterator[None]:
+        """Count what slashing protection refuses in ``avs_signing_refusals_total``; a history busy or
+        unreachable (``UnavailableError``: nothing recorded, retry) refused nothing."""
+        try:
+            yield
+        except UnavailableError:
+            raise
+        except Exception:
+            self._metrics.refusals.labels(kind).inc()
+            raise
 
 
 def _check_caller(caller: Caller | None) -> None:

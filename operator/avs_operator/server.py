@@ -143,7 +143,7 @@ class OperatorServicer(op_grpc.OperatorServiceServicer):
         with self._call("SignBatch", request):
             header = convert.batch_header_from_proto(request.header)
             leaves = convert.leaves_from_proto(request.leaves)
-            digest, signature = self._core.sign_batch(header, leaves)
+            digest, signature = self._core.sign_batch(header, leaves, context)
             return op.SignBatchResponse(
                 signature=convert.signature_to_proto(digest, signature), operator_id=self._core.operator_id
             )

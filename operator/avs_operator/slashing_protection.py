@@ -15,7 +15,10 @@ contracts never collide. SQLite by default (a file next to the operator's data),
 URL otherwise, but never an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``,
 ``mode=memory``): its history would end with the process, and each pooled connection would see
 its own empty database. ``export_records``/``import_records`` move the history to a new machine; an import
-refuses anything that conflicts with what is already here.
+refuses anything that conflicts with what is already here, and writes in short transactions so a daemon
+running on the same history keeps signing meanwhile (``import_records``). A database that is busy past its
+timeout or unreachable is ``UnavailableError`` (gRPC UNAVAILABLE, retry): nothing was recorded, so
+nothing is signed, and nothing was refused either.
 
 A history belongs to one BLS key: its metadata row records the operator id that first signed with it
 (``run`` binds it on its first start), and opening it for another key is refused. Two keys sharing
@@ -25,12 +28,14 @@ version: a database written by a newer release is refused rather than half under
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -46,12 +51,19 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from avs.errors import InvalidInputError, SlashingProtectionError
+from avs.errors import InvalidInputError, SlashingProtectionError, UnavailableError
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
+
+logger = logging.getLogger(__name__)
+
+_Item = TypeVar("_Item")
+_Key = TypeVar("_Key")
+_Entry = TypeVar("_Entry")
 
 INTERCHANGE_VERSION = "1"
 # 1: attestations and batch signatures; 2: the metadata row (schema version, operator id). A
@@ -93,6 +105,21 @@ ONE_ACCEPT_PER_REQUEST = Index(
 # The batch index column is a signed 64-bit integer (SQLite and PostgreSQL alike); the contract's
 # uint64 indices count up from 1, so the upper half is never reached by an honest aggregator.
 MAX_BATCH_INDEX = 2**63 - 1
+
+# The database busy past its timeout (SQLite waits 5 s for another process's write lock), or not
+# reachable (a server down, the connection pool exhausted): nothing was recorded, so nothing is
+# signed and the caller may retry. Neither a refusal nor a bug, so neither FAILED_PRECONDITION nor
+# INTERNAL.
+UNREACHABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError)
+
+# An import writes this many records per transaction, then pauses, so a daemon signing on the same
+# history waits for one chunk's write (well under a second), never for the whole import: SQLite
+# has one writer at a time, and the daemon would give up after its 5 s busy timeout. The pause
+# outlasts SQLite's busy handler's longest sleep (100 ms), so a waiting daemon gets the lock.
+IMPORT_CHUNK_ROWS = 2000
+IMPORT_PAUSE_SECONDS = 0.15
+# Keys looked up per query (one IN list; old SQLite builds allow 999 variables in a statement).
+LOOKUP_KEYS = 500
 
 
 class BatchRecord(_Base):
@@ -228,13 +255,7 @@ class SlashingProtection:
         # Conditional, then read back: of two keys binding one new history at once, one is refused.
         unbound = (MetadataRecord.id == 1) & MetadataRecord.operator_id.is_(None)
         session.execute(update(MetadataRecord).where(unbound).values(operator_id=operator_id))
-        owner = session.scalar(select(MetadataRecord.operator_id).where(MetadataRecord.id == 1))
-        if owner != operator_id:
-            raise SlashingProtectionError(
-                f"this slashing protection history belongs to operator 0x{(owner or b'').hex()}, not to the"
-                f" loaded BLS key's 0x{operator_id.hex()}: check slashing_protection_url and keys.bls_keystore"
-                " (each key needs its own history)"
-            )
+        _check_owner(session.scalar(select(MetadataRecord.operator_id).where(MetadataRecord.id == 1)), operator_id)
 
     @staticmethod
     def _check_schema_version(metadata: MetadataRecord | None) -> None:
@@ -256,7 +277,7 @@ class SlashingProtection:
         # One check-and-record at a time in this process; the unique constraints are the last
         # line against another process writing the same database.
         try:
-            with self._lock, self._sessions.begin() as session:
+            with _unavailable_if_unreachable(), self._lock, self._sessions.begin() as session:
                 yield session
         except IntegrityError as exc:  # another process recorded a conflicting signature meanwhile
             raise SlashingProtectionError(
@@ -271,34 +292,42 @@ class SlashingProtection:
     def record_attestation(self, domain_separator: bytes, attestation: Attestation) -> None:
         """Allow signing ``attestation``; raises ``SlashingProtectionError`` if it conflicts."""
         with self._transaction() as session:
-            self._record_attestation(session, domain_separator, attestation)
+            self._record_attestations(session, [(domain_separator, attestation)])
 
-    def _record_attestation(self, session: Session, domain_separator: bytes, attestation: Attestation) -> None:
-        previous = [
-            Attestation(r.request_hash, r.output_hash, _stored_verdict(r.verdict))
-            for r in session.scalars(
-                select(AttestationRecord).where(
-                    AttestationRecord.domain_separator == domain_separator,
-                    AttestationRecord.request_hash == attestation.request_hash,
-                )
-            )
-        ]
-        for signed in previous:
-            if signed.is_conflicting(attestation):
-                raise SlashingProtectionError(
-                    f"refusing to sign: request 0x{attestation.request_hash.hex()} was already attested "
-                    f"{signed.verdict.name} for output 0x{signed.output_hash.hex()}"
-                )
-        if attestation not in previous:
+    def _record_attestations(self, session: Session, entries: Sequence[tuple[bytes, Attestation]]) -> None:
+        """Add the ``(domain separator, attestation)`` entries not yet on record; ``SlashingProtectionError``
+        at the first that conflicts with the history or with an earlier entry."""
+        for separator, attestation in _select_new_attestations(
+            self._get_signed_attestations(session, entries), entries
+        ):
             session.add(
                 AttestationRecord(
-                    domain_separator=domain_separator,
+                    domain_separator=separator,
                     request_hash=attestation.request_hash,
                     output_hash=attestation.output_hash,
                     verdict=int(attestation.verdict),
                     signed_at=_now(),
                 )
             )
+
+    @staticmethod
+    def _get_signed_attestations(
+        session: Session, entries: Iterable[tuple[bytes, Attestation]]
+    ) -> dict[tuple[bytes, bytes], list[Attestation]]:
+        """What the history holds for the requests of ``entries``, by (domain separator, request hash),
+        oldest first."""
+        signed: dict[tuple[bytes, bytes], list[Attestation]] = {}
+        for separator, request_hashes in _keys_by_domain(entries, lambda a: a.request_hash).items():
+            for chunk in _chunked(request_hashes, LOOKUP_KEYS):
+                records = session.scalars(
+                    select(AttestationRecord)
+                    .where(AttestationRecord.domain_separator == separator, AttestationRecord.request_hash.in_(chunk))
+                    .order_by(AttestationRecord.id)
+                )
+                for r in records:
+                    stored = Attestation(r.request_hash, r.output_hash, _stored_verdict(r.verdict))
+                    signed.setdefault((separator, r.request_hash), []).append(stored)
+        return signed
 
     def get_attestations(self, domain_separator: bytes, request_hash: bytes) -> list[Attestation]:
         """Everything this operator signed for one request, oldest first."""
@@ -319,7 +348,7 @@ class SlashingProtection:
         """Allow signing ``header`` over ``leaves`` (whose root the caller has checked)."""
         with self._transaction() as session:
             self._check_leaves_accepted(session, domain_separator, leaves)
-            self._record_batch(session, domain_separator, header)
+            self._record_batches(session, [(domain_separator, header)])
 
     def _check_leaves_accepted(self, session: Session, domain_separator: bytes, leaves: Sequence[BatchLeaf]) -> None:
         for leaf in leaves:
@@ -337,20 +366,14 @@ class SlashingProtection:
                     f"0x{leaf.output_hash.hex()} for request 0x{leaf.request_hash.hex()}"
                 )
 
-    def _record_batch(self, session: Session, domain_separator: bytes, header: BatchHeader) -> None:
-        if header.batch_index > MAX_BATCH_INDEX:
-            raise InvalidInputError(
-                f"batch index {header.batch_index} is beyond what slashing protection records (2^63 - 1)"
-            )
-        existing = session.scalar(
-            select(BatchRecord).where(
-                BatchRecord.domain_separator == domain_separator, BatchRecord.batch_index == header.batch_index
-            )
-        )
-        if existing is None:
+    def _record_batches(self, session: Session, entries: Sequence[tuple[bytes, BatchHeader]]) -> None:
+        """Add the ``(domain separator, header)`` entries not yet on record; ``SlashingProtectionError``
+        at the first whose index holds (or an earlier entry gave it) another header."""
+        _check_batch_indices(entries)
+        for separator, header in _select_new_batches(self._get_signed_batches(session, entries), entries):
             session.add(
                 BatchRecord(
-                    domain_separator=domain_separator,
+                    domain_separator=separator,
                     batch_index=header.batch_index,
                     leaves_root=header.leaves_root,
                     reference_block=header.reference_block,
@@ -358,14 +381,26 @@ class SlashingProtection:
                     signed_at=_now(),
                 )
             )
-            return
-        signed = BatchHeader(
-            existing.batch_index, existing.leaves_root, existing.reference_block, bytes.fromhex(existing.quorum_numbers)
-        )
-        if signed != header:
-            raise SlashingProtectionError(
-                f"refusing to sign: batch {header.batch_index} was already signed with another header"
-            )
+
+    @staticmethod
+    def _get_signed_batches(
+        session: Session, entries: Iterable[tuple[bytes, BatchHeader]]
+    ) -> dict[tuple[bytes, int], BatchHeader]:
+        """The headers the history holds for the batch indices of ``entries``, by (domain separator, index)."""
+        signed: dict[tuple[bytes, int], BatchHeader] = {}
+        for separator, indices in _keys_by_domain(entries, lambda h: h.batch_index).items():
+            for chunk in _chunked(indices, LOOKUP_KEYS):
+                records = session.scalars(
+                    select(BatchRecord).where(
+                        BatchRecord.domain_separator == separator, BatchRecord.batch_index.in_(chunk)
+                    )
+                )
+                for r in records:
+                    stored = BatchHeader(
+                        r.batch_index, r.leaves_root, r.reference_block, bytes.fromhex(r.quorum_numbers)
+                    )
+                    signed[(separator, r.batch_index)] = stored
+        return signed
 
     # --- interchange ------------------------------------------------------------------
 
@@ -401,17 +436,141 @@ class SlashingProtection:
             }
 
     def import_records(self, document: Any) -> tuple[int, int]:
-        """Merge an export; all or nothing. Returns (attestations, batches) read. An export that names
-        its operator (from this release on) goes only into that operator's history, or into one that
-        belongs to nobody yet (which then becomes that operator's)."""
+        """Merge an export. Returns (attestations, batches) read. An export that names its operator (from
+        this release on) goes only into that operator's history, or into one that belongs to nobody yet
+        (which then becomes that operator's).
+
+        All or nothing against the history as it is when the import starts: every entry is checked
+        (against the history and the export's other entries) before anything is written. Then the
+        records are written ``IMPORT_CHUNK_ROWS`` to a transaction, so a daemon running on this history
+        waits for one chunk, not the whole import, to record its own signatures. Each chunk is checked
+        again as it is written, so no conflicting record is ever written: a conflict with what was
+        signed meanwhile (the daemon signing during the import) stops the import there. The chunks
+        written before stay, and that is safe: each record is of a signature this operator made (here
+        or where the export comes from), a record only ever adds refusals, and importing the file
+        again writes the rest (identical records are skipped). The same holds if the import is killed
+        part way."""
         operator_id, attestations, batches = _parse_interchange(document)
+        self._check_importable(operator_id, attestations, batches)
         with self._transaction() as session:
-            self._check_metadata(session, operator_id)
-            for separator, attestation in attestations:
-                self._record_attestation(session, separator, attestation)
-            for separator, header in batches:
-                self._record_batch(session, separator, header)
+            self._check_metadata(session, operator_id)  # an unowned history becomes the export's operator's
+        try:
+            self._write_in_chunks(attestations, self._record_attestations)
+            self._write_in_chunks(batches, self._record_batches)
+        except (SlashingProtectionError, UnavailableError) as exc:
+            raise type(exc)(
+                f"the import stopped part way: {exc}. The records it wrote before stay (each is a signature this"
+                " operator made: keeping them only adds refusals); import the file again to write the rest"
+            ) from exc
         return len(attestations), len(batches)
+
+    def _check_importable(
+        self,
+        operator_id: bytes | None,
+        attestations: Sequence[tuple[bytes, Attestation]],
+        batches: Sequence[tuple[bytes, BatchHeader]],
+    ) -> None:
+        """Refuse an import that conflicts with the history or with itself, writing nothing: only reads,
+        which keep no write lock from the daemon."""
+        _check_batch_indices(batches)
+        with _unavailable_if_unreachable(), self._sessions() as session:
+            metadata = session.get(MetadataRecord, 1)
+            self._check_schema_version(metadata)
+            if operator_id is not None and metadata is not None and metadata.operator_id is not None:
+                _check_owner(metadata.operator_id, operator_id)
+            _select_new_attestations(self._get_signed_attestations(session, attestations), attestations)
+            _select_new_batches(self._get_signed_batches(session, batches), batches)
+
+    def _write_in_chunks(self, entries: Sequence[_Entry], record: Callable[[Session, Sequence[_Entry]], None]) -> None:
+        """``record`` each chunk of ``entries`` in its own transaction, pausing between two so a waiting
+        writer (the daemon) gets the database."""
+        for number, chunk in enumerate(_chunked(entries, IMPORT_CHUNK_ROWS)):
+            if number:
+                time.sleep(IMPORT_PAUSE_SECONDS)
+            with self._transaction() as session:
+                record(session, chunk)
+
+
+@contextmanager
+def _unavailable_if_unreachable() -> Iterator[None]:
+    """The database busy past its timeout or unreachable, as ``UnavailableError`` (UNREACHABLE_ERRORS)."""
+    try:
+        yield
+    except UNREACHABLE_ERRORS as exc:
+        cause = getattr(exc, "orig", None) or exc
+        logger.warning("slashing protection history unavailable", extra={"error": str(cause)})
+        raise UnavailableError(
+            f"the slashing protection history is busy or unreachable ({cause}): nothing was recorded or"
+            " signed; retry shortly (another process, such as an import, may be writing it)"
+        ) from exc
+
+
+def _check_owner(owner: bytes | None, operator_id: bytes) -> None:
+    if owner != operator_id:
+        raise SlashingProtectionError(
+            f"this slashing protection history belongs to operator 0x{(owner or b'').hex()}, not to the"
+            f" loaded BLS key's 0x{operator_id.hex()}: check slashing_protection_url and keys.bls_keystore"
+            " (each key needs its own history)"
+        )
+
+
+def _select_new_attestations(
+    signed: dict[tuple[bytes, bytes], list[Attestation]], entries: Iterable[tuple[bytes, Attestation]]
+) -> list[tuple[bytes, Attestation]]:
+    """The entries not in ``signed`` yet, each added to it as it goes (so an entry is checked against
+    the earlier ones too); ``SlashingProtectionError`` at the first that conflicts."""
+    new = []
+    for separator, attestation in entries:
+        previous = signed.setdefault((separator, attestation.request_hash), [])
+        for earlier in previous:
+            if earlier.is_conflicting(attestation):
+                raise SlashingProtectionError(
+                    f"refusing to sign: request 0x{attestation.request_hash.hex()} was already attested "
+                    f"{earlier.verdict.name} for output 0x{earlier.output_hash.hex()}"
+                )
+        if attestation not in previous:
+            previous.append(attestation)
+            new.append((separator, attestation))
+    return new
+
+
+def _select_new_batches(
+    signed: dict[tuple[bytes, int], BatchHeader], entries: Iterable[tuple[bytes, BatchHeader]]
+) -> list[tuple[bytes, BatchHeader]]:
+    """The entries not in ``signed`` yet, each added to it as it goes; ``SlashingProtectionError`` at
+    the first whose index already has another header."""
+    new = []
+    for separator, header in entries:
+        existing = signed.get((separator, header.batch_index))
+        if existing is None:
+            signed[(separator, header.batch_index)] = header
+            new.append((separator, header))
+        elif existing != header:
+            raise SlashingProtectionError(
+                f"refusing to sign: batch {header.batch_index} was already signed with another header"
+            )
+    return new
+
+
+def _check_batch_indices(entries: Iterable[tuple[bytes, BatchHeader]]) -> None:
+    for _, header in entries:
+        if header.batch_index > MAX_BATCH_INDEX:
+            raise InvalidInputError(
+                f"batch index {header.batch_index} is beyond what slashing protection records (2^63 - 1)"
+            )
+
+
+def _keys_by_domain(entries: Iterable[tuple[bytes, _Item]], key: Callable[[_Item], _Key]) -> dict[bytes, list[_Key]]:
+    """The distinct ``key`` of the entries' items, by domain separator, in order of appearance."""
+    grouped: dict[bytes, dict[_Key, None]] = {}
+    for separator, item in entries:
+        grouped.setdefault(separator, {})[key(item)] = None
+    return {separator: list(keys) for separator, keys in grouped.items()}
+
+
+def _chunked(items: Sequence[_Item], size: int) -> Iterator[Sequence[_Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _stored_verdict(value: int) -> Verdict:

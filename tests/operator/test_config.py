@@ -144,17 +144,69 @@ def test_the_registered_socket_is_never_a_wildcard_and_its_scheme_matches_the_se
 
     for listen in ("0.0.0.0:50051", "[::]:50051", ":50051"):
         with pytest.raises(InvalidInputError, match="binds every interface"):
-            get_public_socket(None, GrpcConfig(listen=listen))
-    assert get_public_socket(None, GrpcConfig(listen="10.0.0.5:50051")) == "grpc://10.0.0.5:50051"
-    assert get_public_socket("op.example:50051", GrpcConfig()) == "op.example:50051"
+            get_public_socket(None, GrpcConfig(listen=listen), MAINNET)
+    assert get_public_socket(None, GrpcConfig(listen="10.0.0.5:50051"), MAINNET) == "grpc://10.0.0.5:50051"
+    assert get_public_socket("op.example:50051", GrpcConfig(), MAINNET) == "op.example:50051"
     (tmp_path / "c.pem").write_text("cert")
     (tmp_path / "k.pem").write_text("key")
     tls = GrpcConfig(listen="10.0.0.5:50051", tls_cert_file=tmp_path / "c.pem", tls_key_file=tmp_path / "k.pem")
-    assert get_public_socket(None, tls) == "grpcs://10.0.0.5:50051"
+    assert get_public_socket(None, tls, MAINNET) == "grpcs://10.0.0.5:50051"
     with pytest.raises(InvalidInputError, match="serves TLS"):
-        get_public_socket("grpc://op.example:50051", tls)
+        get_public_socket("grpc://op.example:50051", tls, MAINNET)
     with pytest.raises(InvalidInputError, match="asks for TLS"):
-        get_public_socket("grpcs://op.example:50051", GrpcConfig())
+        get_public_socket("grpcs://op.example:50051", GrpcConfig(), MAINNET)
+
+
+MAINNET, DEVNET = 1, 31337
+
+
+@pytest.mark.parametrize(
+    ("listen", "given", "message"),
+    [
+        ("10.0.0.5:0", None, "port must be in 1-65535"),  # any free port: aggregators cannot know it
+        ("0.0.0.0:50051", "op.example.com:0", "port must be in 1-65535"),
+        ("0.0.0.0:50051", "op.example.com:65536", "port must be in 1-65535"),
+        ("0.0.0.0:50051", "grpc://op.example.com", r"must be \[grpc://\|grpcs://\]host:port"),
+        ("0.0.0.0:50051", "op.example.com:50051/v1", "must be"),
+        ("0.0.0.0:50051", "https://op.example.com:443", "not a host name"),  # aggregators dial it in plaintext
+        ("0.0.0.0:50051", "garbage with spaces:1", "not a host name"),
+        ("0.0.0.0:50051", "::1:50051", "not a host name"),  # IPv6 goes in brackets
+        ("0.0.0.0:50051", "grpc://0.0.0.0:50051", "names every interface"),
+        ("0.0.0.0:50051", "[::]:50051", "names every interface"),
+        ("127.0.0.1:50051", None, "loopback"),
+        ("localhost:50051", None, "loopback"),
+        ("0.0.0.0:50051", "grpc://127.0.0.2:50051", "loopback"),
+        ("0.0.0.0:50051", "[::1]:50051", "loopback"),
+        ("0.0.0.0:50051", "[::ffff:127.0.0.1]:50051", "loopback"),
+    ],
+)
+def test_a_socket_aggregators_could_not_dial_is_refused(listen: str, given: str | None, message: str) -> None:
+    """Only a wildcard grpc.listen was refused: port 0, a loopback host, or a --socket that was no
+    host:port at all went on-chain, where every aggregator then failed to reach the operator."""
+    from avs.errors import InvalidInputError
+    from avs_operator.cli import get_public_socket
+    from avs_operator.config import GrpcConfig
+
+    with pytest.raises(InvalidInputError, match=message):
+        get_public_socket(given, GrpcConfig(listen=listen), MAINNET)
+
+
+@pytest.mark.parametrize(
+    ("listen", "given", "chain_id", "socket"),
+    [
+        ("127.0.0.1:50051", None, DEVNET, "grpc://127.0.0.1:50051"),  # the devnet's operators share one host
+        ("0.0.0.0:50051", "localhost:50051", DEVNET, "localhost:50051"),
+        ("0.0.0.0:50051", "grpc://op-1.example.com:50051", MAINNET, "grpc://op-1.example.com:50051"),
+        ("0.0.0.0:50051", "operator_1:50051", MAINNET, "operator_1:50051"),  # a Docker service name
+        ("[2001:db8::5]:50051", None, MAINNET, "grpc://[2001:db8::5]:50051"),
+        ("0.0.0.0:50051", "203.0.113.7:1", MAINNET, "203.0.113.7:1"),
+    ],
+)
+def test_a_dialable_socket_is_registered_as_given(listen: str, given: str | None, chain_id: int, socket: str) -> None:
+    from avs_operator.cli import get_public_socket
+    from avs_operator.config import GrpcConfig
+
+    assert get_public_socket(given, GrpcConfig(listen=listen), chain_id) == socket
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ A generation whose caller cancels stops at the next token (CANCELLED) and frees 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +15,18 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avs.crypto import bls
-from avs.errors import CancelledError, ContextLimitError, DeadlineExceededError, SlashingProtectionError
+from avs.errors import (
+    CancelledError,
+    ContextLimitError,
+    DeadlineExceededError,
+    SlashingProtectionError,
+    UnavailableError,
+)
 from avs.inference.engine import FinishReason, StreamEvent, Verification
 from avs.inference.params import SamplingParams
+from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import (
+    BatchHeader,
     Domain,
     InferenceOutput,
     InferenceRequest,
@@ -117,8 +126,10 @@ class EndlessEngine:
         return compute_output_hash(InferenceOutput(request_hash, self.profile_hash, tuple(ids)))
 
 
-def make_core(tmp_path: Path, max_reply_bytes: int | None = None) -> tuple[OperatorCore, SlashingProtection]:
-    protection = SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}")
+def make_core(
+    tmp_path: Path, max_reply_bytes: int | None = None, busy_timeout: float = 5.0
+) -> tuple[OperatorCore, SlashingProtection]:
+    protection = SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}?timeout={busy_timeout}")
     core = OperatorCore(
         DOMAIN,
         bls.compute_key_pair(bls.SecretKey(7)),
@@ -271,4 +282,60 @@ def test_a_cancelled_generation_stops_at_the_next_token_and_frees_the_engine(tmp
     assert engine.produced == 3  # not the 10,000 it would have run to
     assert protection.get_attestations(DOMAIN.separator, request.request_hash) == []
     assert core._engine_lock.acquire(blocking=False)  # the next call gets the engine
+    protection.close()
+
+
+def refusals(core: OperatorCore, kind: str) -> float:
+    return float(core._metrics.refusals.labels(kind)._value.get())
+
+
+def test_a_busy_history_is_unavailable_and_no_signing_refusal(tmp_path: Path) -> None:
+    """Another process holding the history's write lock (an import) past the busy timeout: the call
+    ends UNAVAILABLE (retry), and avs_signing_refusals_total, which counts what slashing protection
+    refused, stays 0 (it counted these, and the call ended INTERNAL)."""
+    core, protection = make_core(tmp_path, busy_timeout=0.2)
+    engine = GatedEngine()
+    engine.release.set()
+    accepted = core.verify(prepared(engine, 1), [5], Deadline(30)).attestation.attestation
+    leaves = [BatchLeaf(accepted.request_hash, accepted.output_hash)]
+    header = BatchHeader(1, compute_merkle_tree(leaves).root, 10, b"\x00")
+    holder = sqlite3.connect(tmp_path / "protection.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(UnavailableError):
+            core.verify(prepared(engine, 2), [5], Deadline(30))
+        with pytest.raises(UnavailableError):
+            core.sign_batch(header, leaves)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (refusals(core, "attestation"), refusals(core, "batch")) == (0, 0)
+    core.sign_batch(header, leaves)  # free again: signs
+    protection.close()
+
+
+class Cancelled:
+    def time_remaining(self) -> None:
+        return None
+
+    def is_active(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(("caller", "error"), [(Deadline(-1), DeadlineExceededError), (Cancelled(), CancelledError)])
+def test_a_sign_batch_whose_caller_gave_up_records_and_signs_nothing(
+    tmp_path: Path, caller: Any, error: type[Exception]
+) -> None:
+    """SignBatch never looked at its caller: one whose deadline passed (or who cancelled) while it
+    waited for the history still had its header recorded and signed, binding the index for nobody."""
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    engine.release.set()
+    accepted = core.verify(prepared(engine, 1), [5], Deadline(30)).attestation.attestation
+    leaves = [BatchLeaf(accepted.request_hash, accepted.output_hash)]
+    header = BatchHeader(1, compute_merkle_tree(leaves).root, 10, b"\x00")
+    with pytest.raises(error):
+        core.sign_batch(header, leaves, caller)
+    assert protection.export_records()["batches"] == []
+    assert core._metrics.signatures.labels("batch")._value.get() == 0
     protection.close()

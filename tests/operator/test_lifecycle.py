@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -26,12 +27,13 @@ from avs.inference.engine import load_engine
 from avs.rpc.operator_client import OperatorClient
 from avs_aggregator.operators import GrpcOperatorCaller
 from avs_aggregator.ports import OperatorInfo
-from avs_operator.app import OperatorApp
+from avs_operator.app import OperatorApp, Ports
 from avs_operator.config import ConfigError, OperatorSecrets, parse_config
 from avs_operator.node_api import ServiceStatus
 from avs_operator.server import SERVICE_NAME
 from tests.inference.conftest import build_tiny_model
 from tests.operator.test_grpc_server import AGGREGATOR, DOMAIN, PASSWORD, envelope, make_config, start
+from tests.operator.test_node_api import get
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -304,3 +306,86 @@ def test_a_second_operator_cannot_share_the_grpc_port(model_dir: Path, tmp_path:
             start_app(second, model_dir, listen=f"127.0.0.1:{first.ports.grpc}")
     finally:
         first.stop(1)
+
+
+class StubEngine:
+    """What start() touches of an engine: its profile, a warm-up token, its device and dtype."""
+
+    def __init__(self, tag: int) -> None:
+        self.profile_hash = bytes([tag]) * 32
+        self.model = SimpleNamespace(dtype="float32")
+        self.input_device = "cpu"
+
+    def encode_chat(self, messages: Any) -> Any:
+        return SimpleNamespace(token_ids=(1,))
+
+    def stream(self, ids: Any, params: Any) -> Iterator[Any]:
+        yield SimpleNamespace(token_id=1, finish_reason="length")
+
+
+def two_model_config(workdir: Path) -> dict[str, Any]:
+    config = make_config(workdir, workdir / "a")
+    config["models"] = [{"name": "a", "path": str(workdir / "a")}, {"name": "b", "path": str(workdir / "b")}]
+    return config
+
+
+def test_the_node_api_says_up_only_once_the_daemon_serves(tmp_path: Path) -> None:
+    """A model was reported Up (its service health 200, node health 206) as soon as it was loaded,
+    while the daemon refused every call ("still loading") until the last model was."""
+    new_keystore(tmp_path)
+    loading_b, release_b = threading.Event(), threading.Event()
+
+    def slow_second_model(path: Path, config: Any) -> Any:
+        if path.name == "b":
+            loading_b.set()
+            assert release_b.wait(30)
+        return StubEngine(1 if path.name == "a" else 2)
+
+    app = OperatorApp(
+        parse_config(two_model_config(tmp_path)),
+        OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
+        engine_loader=slow_second_model,
+        create_slashing_protection=True,
+    )
+    starting = threading.Thread(target=app.start)
+    starting.start()
+    try:
+        assert loading_b.wait(30)  # model a is loaded, b is loading: nothing is served yet
+        assert not app.core.ready.is_set()
+        assert get(app.ports.node_api, "/eigen/node/services/model-a/health")[0] == 503
+        assert get(app.ports.node_api, "/eigen/node/health")[0] == 503
+    finally:
+        release_b.set()
+        starting.join()
+    try:
+        assert app.core.ready.is_set()
+        assert [s.status for s in app._services()] == [ServiceStatus.UP, ServiceStatus.UP]
+        assert get(app.ports.node_api, "/eigen/node/health")[0] == 200
+    finally:
+        app.stop(1)
+
+
+def test_run_refuses_a_chain_that_is_not_its_deployment_file_s(tmp_path: Path) -> None:
+    """`run` never compared chain_id/task_manager with deployment_file (register and status do): left
+    behind by a redeploy, it signed everything in the old contract's domain while saying SERVING."""
+    new_keystore(tmp_path)
+    deployment: dict[str, object] = {"chain_id": DOMAIN.chain_id, "start_block": 0}
+    deployment |= {key: "0x" + "11" * 20 for key in ("deployer", "aggregator", "allocation_manager", "strategy")}
+    deployment |= {key: "0x" + "22" * 20 for key in ("delegation_manager", "stake_token", "operator_registry")}
+    deployment |= {"model_registry": "0x" + "33" * 20, "task_manager": "0x" + "44" * 20}  # redeployed
+    (tmp_path / "deployment.json").write_text(json.dumps(deployment))
+    config = two_model_config(tmp_path)
+    config["chain"] = {**config["chain"], "deployment_file": str(tmp_path / "deployment.json")}
+    app = OperatorApp(
+        parse_config(config),
+        OperatorSecrets(bls_key_password=PASSWORD),  # type: ignore[arg-type]
+        engine_loader=lambda path, config: StubEngine(1 if path.name == "a" else 2),  # type: ignore[arg-type,return-value]
+        create_slashing_protection=True,
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"chain_id/task_manager .* differ from the deployment file's"):
+            app.start()
+        assert app.ports == Ports()  # refused before anything listened
+        assert not (tmp_path / "protection.sqlite").exists()
+    finally:
+        app.stop(1)

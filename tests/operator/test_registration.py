@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -108,6 +109,12 @@ def test_register_status_deregister(anvil: str, deployment: Deployment, tmp_path
     keys = keystore.load_bls_keystore(tmp_path / "op.bls.key.json", BLS_PASSWORD)
     assert status["operator_id"] == "0x" + keys.operator_id.hex()
 
+    # A loopback socket: refused elsewhere, right on the devnet's chain (31337), whose processes share a host.
+    moved = run_cli("update-socket", "--config", cfg, "--socket", "grpc://127.0.0.1:50052", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["socket"] == "grpc://127.0.0.1:50052"
+    assert json.loads(run_cli("status", "--config", cfg, env=env).stdout)["socket"] == "grpc://127.0.0.1:50052"
+
     deregistered = run_cli("deregister", "--config", cfg, env=env)
     assert deregistered.returncode == 0, deregistered.stderr
     assert json.loads(run_cli("status", "--config", cfg, env=env).stdout)["quorums"] == []
@@ -121,8 +128,11 @@ def test_on_chain_commands_need_a_deployment_and_keys(tmp_path: Path) -> None:
         "auth": {"authorised_aggregators": ["0x70997970C51812dc3A010C7d01b50e0d17dc79C8"]},
     }
     (tmp_path / "operator.yaml").write_text(yaml.safe_dump(config))
-    out = run_cli("register", "--config", str(tmp_path / "operator.yaml"), env={})
+    out = run_cli("register", "--config", str(tmp_path / "operator.yaml"), "--socket", "op.example:50051", env={})
     assert out.returncode == 2 and "chain.deployment_file" in out.stderr
+    # The socket is checked first, before any key or RPC: here a wildcard, which nobody can dial.
+    out = run_cli("update-socket", "--config", str(tmp_path / "operator.yaml"), "--socket", "0.0.0.0:1", env={})
+    assert out.returncode == 2 and "names every interface" in out.stderr, out.stderr
     for bad in (
         "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
         "zero=0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
@@ -318,3 +328,19 @@ def test_a_changed_or_borrowed_bls_key_is_refused_before_any_transaction(
     with pytest.raises(InvalidInputError, match="registered to another operator"):
         register_operator(second.client, second.account, first.keys, "op:1", [0], 10**18)
     assert [w3.eth.get_transaction_count(o.account.address) for o in (first, second)] == nonces
+
+
+def test_update_socket_refuses_an_unregistered_operator_before_any_transaction() -> None:
+    """OperatorRegistry.updateSocket reverts for an address it does not know: said before sending."""
+    from avs_operator.cli import send_socket_update
+
+    sent: list[object] = []
+    functions = SimpleNamespace(
+        getOperatorId=lambda address: SimpleNamespace(call=lambda: bytes(32)),
+        updateSocket=lambda socket: ("updateSocket", socket),
+    )
+    client = SimpleNamespace(registry=SimpleNamespace(functions=functions), transact=lambda *call: sent.append(call))
+    account = SimpleNamespace(address="0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
+    with pytest.raises(InvalidInputError, match="is not registered with the AVS"):
+        send_socket_update(client, account, "grpc://op.example:50051")  # type: ignore[arg-type]
+    assert sent == []

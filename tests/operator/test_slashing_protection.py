@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import tempfile
 from pathlib import Path
 
+import grpc
 import pytest
 from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from avs.errors import InvalidInputError, SlashingProtectionError
+from avs.errors import InvalidInputError, SlashingProtectionError, UnavailableError
 from avs.merkle import BatchLeaf
 from avs.messages import Attestation, BatchHeader, Verdict
+from avs.rpc.status import get_status_code
+from avs_operator import slashing_protection
 from avs_operator.slashing_protection import SCHEMA_VERSION, MetadataRecord, SlashingProtection, _Base
 from tests.aggregator.conftest import create_postgres_database, postgres_server  # noqa: F401  (fixture)
 
@@ -339,3 +343,122 @@ def test_a_stored_verdict_no_release_writes_is_a_clear_error(tmp_path: Path) -> 
     for read in reads:
         with pytest.raises(SlashingProtectionError, match="verdict 7, which no release writes"):
             read()
+
+
+# --- a busy history, and imports while the daemon runs ----------------------------------------
+
+
+def export_of(attestations: list[tuple[bytes, bytes, Verdict]]) -> dict[str, object]:
+    return {
+        "interchange_format_version": "1",
+        "operator_id": None,
+        "attestations": [
+            {
+                "domain_separator": "0x" + DOMAIN.hex(),
+                "request_hash": "0x" + request.hex(),
+                "output_hash": "0x" + output.hex(),
+                "verdict": verdict.name,
+            }
+            for request, output, verdict in attestations
+        ],
+        "batches": [],
+    }
+
+
+REQUESTS = [keccak(text=f"imported request {i}") for i in range(10)]
+
+
+def test_a_history_another_process_holds_is_unavailable_not_an_internal_error(tmp_path: Path) -> None:
+    """An import (or any process) holding SQLite's write lock past the busy timeout made signing fail
+    with sqlalchemy's OperationalError: gRPC INTERNAL and an "unexpected error" traceback, after the
+    inference was done. It is UNAVAILABLE (retry): nothing was recorded, so nothing was signed."""
+    path = tmp_path / "protection.sqlite"
+    db = SlashingProtection(f"sqlite:///{path}?timeout=0.2")
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # what a long write transaction in another process holds
+    try:
+        with pytest.raises(UnavailableError, match="busy or unreachable") as refused:
+            db.record_attestation(DOMAIN, Attestation(R2, O2, Verdict.ACCEPT))
+        assert get_status_code(refused.value) == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(UnavailableError):
+            db.record_batch(DOMAIN, BatchHeader(1, keccak(text="root"), 10, b"\x00"), [BatchLeaf(R1, O1)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    db.record_attestation(DOMAIN, Attestation(R2, O2, Verdict.ACCEPT))  # free again: signs
+
+
+def test_an_import_writes_in_chunks_and_the_daemon_signs_between_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import was one transaction holding SQLite's write lock throughout (100k attestations: ~36 s),
+    and the daemon's signatures failed after its 5 s busy timeout. Now the daemon records its own
+    between two chunks, while the import is still under way."""
+    monkeypatch.setattr(slashing_protection, "IMPORT_CHUNK_ROWS", 3)
+    monkeypatch.setattr(slashing_protection, "IMPORT_PAUSE_SECONDS", 0.0)
+    url = f"sqlite:///{tmp_path / 'protection.sqlite'}?timeout=1"
+    daemon, importer = SlashingProtection(url, operator_id=KEY_A), SlashingProtection(url)
+    imported_at_each_commit: list[int] = []
+
+    def daemon_signs(session: Session) -> None:
+        daemon.record_attestation(
+            DOMAIN, Attestation(keccak(text=f"live {len(imported_at_each_commit)}"), O1, Verdict.ACCEPT)
+        )
+        imported_at_each_commit.append(sum(bool(daemon.get_attestations(DOMAIN, r)) for r in REQUESTS))
+
+    event.listen(importer._sessions, "after_commit", daemon_signs)
+    assert importer.import_records(export_of([(r, O1, Verdict.ACCEPT) for r in REQUESTS])) == (10, 0)
+    assert imported_at_each_commit == [0, 3, 6, 9, 10]  # the operator binding, then four chunks
+    assert len(daemon.export_records()["attestations"]) == 10 + 5
+
+
+def test_a_conflict_signed_during_an_import_stops_it_and_what_it_wrote_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk is checked again as it is written: the daemon accepting another output of a request
+    the export accepts, between two chunks, stops the import at that chunk. The chunks written before
+    stay (records of signatures made: they only add refusals); the conflicting one is never written."""
+    monkeypatch.setattr(slashing_protection, "IMPORT_CHUNK_ROWS", 2)
+    monkeypatch.setattr(slashing_protection, "IMPORT_PAUSE_SECONDS", 0.0)
+    url = f"sqlite:///{tmp_path / 'protection.sqlite'}"
+    daemon, importer = SlashingProtection(url, operator_id=KEY_A), SlashingProtection(url)
+    commits: list[int] = []
+
+    def daemon_signs_the_other_output(session: Session) -> None:
+        commits.append(1)
+        if len(commits) == 2:  # the operator binding, then the first chunk
+            daemon.record_attestation(DOMAIN, Attestation(REQUESTS[5], O2, Verdict.ACCEPT))
+
+    event.listen(importer._sessions, "after_commit", daemon_signs_the_other_output)
+    with pytest.raises(SlashingProtectionError, match=r"import stopped part way.*already attested ACCEPT"):
+        importer.import_records(export_of([(r, O1, Verdict.ACCEPT) for r in REQUESTS[:6]]))
+    assert [bool(daemon.get_attestations(DOMAIN, r)) for r in REQUESTS[:5]] == [True] * 4 + [False]
+    assert daemon.get_attestations(DOMAIN, REQUESTS[5]) == [Attestation(REQUESTS[5], O2, Verdict.ACCEPT)]
+
+
+@pytest.mark.parametrize(
+    "conflict",
+    [
+        [(R1, O2, Verdict.ACCEPT)],  # with the history: it accepted O1 for R1
+        [(R2, O1, Verdict.ACCEPT), (R2, O2, Verdict.ACCEPT)],  # within the export itself
+        [(R2, O1, Verdict.ACCEPT), (R2, O1, Verdict.REJECT)],
+    ],
+)
+def test_an_import_that_conflicts_writes_nothing_however_many_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conflict: list[tuple[bytes, bytes, Verdict]]
+) -> None:
+    """Checked whole before the first chunk is written: all or nothing, as when it was one transaction."""
+    monkeypatch.setattr(slashing_protection, "IMPORT_CHUNK_ROWS", 1)
+    db = database(tmp_path)
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    with pytest.raises(SlashingProtectionError, match="already attested"):
+        db.import_records(export_of([(r, O1, Verdict.REJECT) for r in REQUESTS] + conflict))
+    assert len(db.export_records()["attestations"]) == 1
+    two_headers = {
+        **export_of([]),
+        "batches": [BATCH, {**BATCH, "leaves_root": "0x" + O2.hex()}, {**BATCH, "batch_index": "4"}],
+    }
+    with pytest.raises(SlashingProtectionError, match="another header"):
+        db.import_records(two_headers)
+    assert db.export_records()["batches"] == []

@@ -339,6 +339,9 @@ class FakeFaultManager:
         blocks = self.challenge_window if self.challenge_window is not None else 2**32
         return ChallengeWindow(blocks, *self.lowered_window)
 
+    def get_certified_block(self, batch_index: int) -> int:
+        return self.network.certified.get(batch_index, (0, b""))[0]
+
     # --- ChallengeChain -----------------------------------------------------------------
 
     def get_block_number(self) -> int:

@@ -15,10 +15,18 @@ from eth_utils import keccak
 
 from avs.chain.client import ChallengeWindow, ContractRevertError
 from avs.chain.faults import ChallengeStatus, SignedAttestation
-from avs.merkle import BatchLeaf
+from avs.client import CertificateCheck
+from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import Attestation, BatchHeader, Verdict
 from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
-from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH, CertifiedBatch, Challenger, OpenedChallenge
+from avs_aggregator.challenger import core
+from avs_aggregator.challenger.core import (
+    CHALLENGE_GONE_DEPTH,
+    OTHER_OUTPUT,
+    CertifiedBatch,
+    Challenger,
+    OpenedChallenge,
+)
 from avs_aggregator.challenger.resolution import Resolver
 from avs_aggregator.challenger.store import (
     AttestationRow,
@@ -1102,4 +1110,136 @@ def test_the_challenge_window_is_read_once_per_poll(tmp_path: Path, db: str) -> 
     pipeline.run_until_idle()
     assert len(challenger.poll()) == 1
     assert manager.window_reads == 2  # read again at the next poll (governance may change it)
+    pipeline.close()
+
+
+REQUEST, GOOD, BAD, ELSE = (keccak(text=name) for name in ("R", "good", "bad", "else"))
+
+
+class TwiceCertified:
+    """``BatchFeed`` and ``LeafSource`` of one batch whose tree holds two outputs of one request,
+    (R, good) and (R, bad), and one other leaf; GetStatus(R) answers (R, good)'s certificate."""
+
+    leaves = (BatchLeaf(REQUEST, GOOD), BatchLeaf(ELSE, ELSE), BatchLeaf(REQUEST, BAD))
+    header = BatchHeader(7, compute_merkle_tree(leaves).root, 90, b"\x00")
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def get_block_number(self) -> int:
+        return 100
+
+    def get_certified_batches(self, from_block: int, to_block: int) -> list[CertifiedBatch]:
+        return [CertifiedBatch(self.header, b"\x11" * 32, 95)] if from_block <= 95 <= to_block else []
+
+    def get_batch_leaves(self, batch_index: int) -> list[BatchLeaf]:
+        return list(self.leaves)
+
+    def get_certificate(self, request_hash: bytes) -> ag.Certificate:
+        if self.down:
+            raise ConnectionError("the aggregator is down")
+        certificate = ag.Certificate(request_hash=REQUEST, output_hash=GOOD, signatory_record_hash=b"\x11" * 32)
+        certificate.batch_header.batch_index, certificate.batch_header.leaves_root = 7, self.header.leaves_root
+        certificate.batch_header.reference_block, certificate.batch_header.quorum_numbers = 90, b"\x00"
+        certificate.merkle_proof.extend(compute_merkle_tree(self.leaves).get_proof(0))
+        return certificate
+
+
+class OutputChecker:
+    """Rejects the bad output; records the outputs it was asked about."""
+
+    def __init__(self) -> None:
+        self.outputs: list[bytes] = []
+
+    def check(self, certificate: ag.Certificate) -> Verdict:
+        self.outputs.append(bytes(certificate.output_hash))
+        return Verdict.REJECT if bytes(certificate.output_hash) == BAD else Verdict.ACCEPT
+
+
+@pytest.fixture
+def genuine_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The colluding signers really signed the batch: its certificates verify offline."""
+    monkeypatch.setattr(core, "verify_certificate", lambda certificate: CertificateCheck((), {}))
+
+
+@pytest.mark.usefixtures("genuine_certificates")
+def test_every_output_certified_for_one_request_is_looked_at(db: str) -> None:
+    """GetStatus answers one certificate per request: the challenger sampled request hashes, so it
+    checked (R, good) and never looked at the certified (R, bad), which the chain lets anyone
+    challenge. Every leaf of such a request is sampled (here at a sample rate of 0); the one the
+    certificate is not for cannot be re-verified (its tokens are not to be had): reported, not
+    accepted."""
+    source, checker, store = TwiceCertified(), OutputChecker(), ChallengerStore(db)
+    challenger = Challenger(source, source, checker, None, store, sample_rate=0.0, start_block=0)
+    findings = challenger.poll()
+    assert [(f.request_hash, f.output_hash, f.verdict) for f in findings] == [
+        (REQUEST, GOOD, Verdict.ACCEPT),
+        (REQUEST, BAD, None),
+    ]
+    assert findings[1].detail == OTHER_OUTPUT and checker.outputs == [GOOD]
+    challenger.store.set_next_block(0)  # a re-scan finds each leaf's finding: nothing new
+    assert challenger.poll() == [] and store.list_pending_checks() == []
+    store.close()
+
+
+@pytest.mark.usefixtures("genuine_certificates")
+def test_both_outputs_of_a_request_wait_for_a_retry(db: str) -> None:
+    """Pending checks are kept per leaf (migration c0004; it was one per (batch, request)): with the
+    aggregator down, (R, good) and (R, bad) both wait for the next poll, each with its own attempts."""
+    source, checker, store = TwiceCertified(), OutputChecker(), ChallengerStore(db)
+    challenger = Challenger(source, source, checker, None, store, sample_rate=0.0, start_block=0)
+    source.down = True
+    assert challenger.poll() == []
+    assert sorted((r.output_hash, r.attempts) for r in store.list_pending_checks()) == sorted([(GOOD, 1), (BAD, 1)])
+    source.down = False
+    findings = challenger.poll()
+    assert sorted((f.output_hash, f.verdict is None) for f in findings) == sorted([(GOOD, False), (BAD, True)])
+    assert store.list_pending_checks() == [] and len(store.list_findings()) == 2
+    store.close()
+
+
+def test_a_challenge_a_reorg_dropped_is_sent_again_within_the_challenge_window(tmp_path: Path, db: str) -> None:
+    """A reorg drops our challenge and the chain names none for its leaf. The resolver waited
+    CHALLENGE_GONE_DEPTH (64) blocks before handing the leaf back, past the deployed 50-block
+    challenge window: the challenge sent again was always refused. Sending it again at once risks no
+    bond (ours still pending would make the gas estimate revert LeafAlreadyChallenged)."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=100, challenge_window=50)
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    [finding] = challenger.poll()
+    deadline = manager.get_challenge_window().deadline(network.certified[finding.batch_index][0])
+    manager.challenges.clear()  # a reorg dropped the challenge transaction
+    manager.leaves.clear()
+    while not manager.challenges and network.block < deadline:
+        network.block += 1
+        challenger.poll()
+    assert manager.challenges, "not sent again while the challenge window was open"
+    for _ in range(2):
+        network.block += 1
+        challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
+    assert [(c.challenge_id, c.state) for c in store.list_challenges()] == [(1, ChallengeState.UPHELD)]
+    assert store.list_sent_challenges() == []
+    pipeline.close()
+
+
+def test_a_dropped_challenge_past_the_challenge_window_is_waited_for(tmp_path: Path, db: str) -> None:
+    """Past the batch's challenge window a challenge sent again would be refused for good, so the
+    leaf is not handed back early: a challenge the reorg's chain mines again is still resolved."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", window=100, challenge_window=5)
+    challenger, _, store = make_challenger(db, pipeline, network, manager)
+    challenger.poll()
+    dropped = dict(manager.challenges), dict(manager.leaves)
+    manager.challenges.clear()  # a reorg dropped the challenge transaction
+    manager.leaves.clear()
+    network.block += 10
+    challenger.poll()
+    assert [c.state for c in store.list_challenges()] == [ChallengeState.OPEN]
+    assert store.list_sent_challenges() == [] and "challenge" not in manager.calls[1:]
+    manager.challenges.update(dropped[0])  # mined again
+    manager.leaves.update(dropped[1])
+    network.block += 1
+    challenger.poll()
+    assert manager.get_challenge(1).status == ChallengeStatus.UPHELD
     pipeline.close()

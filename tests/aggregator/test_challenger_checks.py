@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from avs.rpc.aggregator.v1 import aggregator_pb2 as ag
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.challenger import app as challenger_app
 from avs_aggregator.challenger import cli as challenger_cli
+from avs_aggregator.challenger import resolution
 from avs_aggregator.challenger.app import (
     ChallengerApp,
     ChallengerConfig,
@@ -252,6 +254,55 @@ def test_one_leaf_that_cannot_be_checked_does_not_stop_the_others(tmp_path: Path
     [finding] = challenger.poll()
     assert finding.request_hash == first and finding.verdict == Verdict.ACCEPT
     assert challenger.store.list_pending_checks() == [] and len(challenger.findings) == 3
+    pipeline.close()
+
+
+VERIFY_TIMEOUT = 1.0
+
+
+def _hung_members(tmp_path: Path) -> tuple[Pipeline, FakeNetwork, ag.Certificate]:
+    """A certified leaf, then 24 of the 32 operators take a Verify call and never answer (each until
+    its timeout)."""
+    network = FakeNetwork([{0: 10}] * 32)
+    pipeline, _ = certified_pipeline(tmp_path, 1, network)
+    certificate = get_certificate(pipeline, network)
+    for op in network.operators[8:]:
+        op.behaviour = "hung"
+    return pipeline, network, certificate
+
+
+def _time_round(resolver: Resolver, certificate: ag.Certificate) -> tuple[float, str]:
+    """One escalation round (``predict_verdict``): its time and the stake shares it saw."""
+    started = time.monotonic()
+    _, shares = resolver.predict_verdict(certificate)
+    elapsed = time.monotonic() - started
+    resolver.close()
+    return elapsed, shares
+
+
+def test_an_escalation_round_with_hung_members_costs_one_verify_timeout(tmp_path: Path) -> None:
+    """Eight threads asked 32 members: 24 hung ones cost three verify_timeouts a round (each round:
+    the confirmation before a challenge, and every open challenge at every poll)."""
+    pipeline, network, certificate = _hung_members(tmp_path)
+    store = ChallengerStore("sqlite://")
+    resolver = Resolver(DOMAIN, store, FakeFaultManager(network), network, network, VERIFY_TIMEOUT)
+    elapsed, shares = _time_round(resolver, certificate)
+    assert elapsed < 2 * VERIFY_TIMEOUT
+    assert shares == "quorum 0: accept 80 reject 0 of 320"  # the 8 that answered count
+    pipeline.close()
+
+
+def test_an_escalation_round_ends_at_its_deadline_whatever_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fewer threads than members (more than the threads allow for): the round still ends one
+    verify_timeout (and its grace) after it began; the calls still queued then do not count."""
+    monkeypatch.setattr(resolution, "CALL_GRACE_SECONDS", 0.2, raising=False)
+    pipeline, network, certificate = _hung_members(tmp_path)
+    store = ChallengerStore("sqlite://")
+    resolver = Resolver(DOMAIN, store, FakeFaultManager(network), network, network, VERIFY_TIMEOUT, workers=8)
+    elapsed, _ = _time_round(resolver, certificate)
+    assert elapsed < 2 * VERIFY_TIMEOUT
     pipeline.close()
 
 

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 import avs_aggregator.store as aggregator_store
 from avs_aggregator.challenger import store as challenger_store
@@ -93,15 +93,59 @@ def test_challenger_store_keeps_its_position_and_challenges(db: str) -> None:
     again.close()
 
 
+def _upgrade(connection: Connection, migrations: Path, revision: str) -> None:
+    """The database of ``connection`` upgraded to ``revision`` of ``migrations`` (a test's old state)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def test_upgrading_c0004_keeps_the_pending_checks(db: str) -> None:
+    """c0004 moves pending checks to a table keyed by the whole leaf: the rows pending before stay,
+    and a second output of a request can then be pending beside the first."""
+    engine = create_database_engine(db)
+    with engine.begin() as connection:
+        _upgrade(connection, challenger_store.MIGRATIONS, "c0003")
+        connection.execute(
+            text(
+                "INSERT INTO challenger_pending_checks (batch_index, request_hash, output_hash, leaves_root,"
+                " reference_block, quorum_numbers, signatory_record_hash, block, attempts, error, created_at,"
+                " updated_at) VALUES (7, :r, :o, :root, 90, :q, :rec, 95, 3, 'down', 1, 2)"
+            ),
+            {"r": b"\x01" * 32, "o": b"\x02" * 32, "root": b"\x03" * 32, "q": b"\x00", "rec": b"\x04" * 32},
+        )
+    engine.dispose()
+    store = ChallengerStore(db)  # upgrades to head
+    [kept] = store.list_pending_checks()
+    assert (kept.batch_index, kept.request_hash, kept.output_hash, kept.attempts) == (7, b"\x01" * 32, b"\x02" * 32, 3)
+    other = challenger_store.PendingCheckRow(
+        **{
+            c: getattr(kept, c)
+            for c in (
+                "batch_index",
+                "request_hash",
+                "leaves_root",
+                "reference_block",
+                "quorum_numbers",
+                "signatory_record_hash",
+                "block",
+            )
+        },
+        output_hash=b"\x05" * 32,
+        error="sampled",
+    )
+    assert store.process_pending_check(other) == 1
+    assert sorted(r.output_hash for r in store.list_pending_checks()) == [b"\x02" * 32, b"\x05" * 32]
+    store.close()
+
+
 def test_upgrading_0006_settles_old_rejection_rows_by_what_they_hold(db: str) -> None:
     """Rows from before proof states: sent -> PROVEN; no primary signature -> FAILED (nothing to
     prove); failed or never sent -> PENDING (tried again)."""
     engine = create_database_engine(db)
-    config = Config()
-    config.set_main_option("script_location", str(Path(aggregator_store.__file__).parent / "migrations"))
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0005")
+        _upgrade(connection, aggregator_store.MIGRATIONS, "0005")
     rows = [  # (tx_hash, error, evidence)
         (b"\x01" * 32, None, '{"primary_signature": ["0x1", "0x2"], "reject_signatures": {}}'),
         (None, None, '{"primary_signature": null, "reject_signatures": {}}'),
@@ -182,11 +226,8 @@ def test_a_migration_interrupted_midway_rolls_back_and_runs_again(db: str, monke
     from avs_aggregator.database import upgrade_database
 
     engine = create_database_engine(db)
-    config = Config()
-    config.set_main_option("script_location", str(aggregator_store.MIGRATIONS))
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0005")
+        _upgrade(connection, aggregator_store.MIGRATIONS, "0005")
 
     def killed(self: Operations, *args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed mid-migration")

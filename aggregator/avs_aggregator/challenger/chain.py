@@ -230,6 +230,10 @@ class Web3Escalator:
         once per poll): governance may change it."""
         return self.faults.avs.get_challenge_window()
 
+    def get_certified_block(self, batch_index: int) -> int:
+        """The block the batch was certified in (``getBatch``); 0 if it is not certified."""
+        return self.faults.avs.get_certified_block(batch_index)
+
     def find_challenge_tx(self, challenge_id: int, opened_block: int) -> bytes | None:
         """The transaction that opened challenge ``challenge_id``: its ``ChallengeOpened`` log (the id
         is an indexed topic) in block ``opened_block``, one ``eth_getLogs``; None if not there."""

@@ -5,13 +5,16 @@ its end (``resolution.Resolver``: the escalation quorum's certificate and ``reso
 ``expireChallenge`` after the resolution window).
 
 For each ``BatchCertified`` event it fetches the batch's leaves and each sampled leaf's certificate
-from the aggregator, checks that the certificate matches what was certified on-chain (header,
-signatory record hash, Merkle proof), and asks operators to verify the output (``LeafChecker``:
-operators that did not sign the batch first). A validly signed REJECT opens a challenge. An ACCEPT
-is final when an operator that did not sign the batch gave it, or when every operator of the
-batch's quorums signed it; a check that got no answer, or only the signers' ACCEPT while others
-exist, is retried at the next polls (``check_attempts`` in all), as is a leaf whose check failed
-(the aggregator or the chain unreachable): one leaf never stops the others.
+from the aggregator (every leaf of a request the batch holds more than once is sampled: the
+aggregator has one certificate per request), checks that the certificate matches what was certified
+on-chain (header, signatory record hash, Merkle proof) and is for the leaf's output (another output
+of the request cannot be re-verified: reported unchecked, never accepted), and asks operators to
+verify the output (``LeafChecker``: operators that did not sign the batch first). A validly signed
+REJECT opens a challenge. An ACCEPT is final when an operator that did not sign the batch gave it,
+or when every operator of the batch's quorums signed it; a check that got no answer, or only the
+signers' ACCEPT while others exist, is retried at the next polls (``check_attempts`` in all), as
+is a leaf whose check failed (the aggregator or the chain unreachable): one leaf never stops the
+others.
 
 Everything it decides is in its ``ChallengerStore`` before it moves on: the next block to scan
 (advanced after each batch), one finding per leaf, the leaves to retry, each challenge it opened.
@@ -34,6 +37,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,8 +62,9 @@ from avs_aggregator.challenger.store import (
 from avs_aggregator.ports import OperatorInfo
 
 logger = logging.getLogger(__name__)
-# A challenge the chain does not show is given up only this many blocks after it was opened
-# (before that, a lagging RPC node or a reorg that will include it again).
+# A challenge the chain does not show is given up at the latest this many blocks after it was opened
+# (a lagging RPC node, or a reorg that will include it again); earlier while the chain names no
+# challenge of its leaf and a new one can still be mined in the batch's window (``Resolver._is_gone``).
 CHALLENGE_GONE_DEPTH = 64
 # Open challenges are moved on at least this often, also in the middle of a poll's leaf checks.
 RESOLVE_EVERY_SECONDS = 30.0
@@ -67,6 +72,9 @@ RESOLVE_EVERY_SECONDS = 30.0
 FINAL_CHALLENGE_REVERTS = frozenset({"ChallengeWindowClosed", "LeafNotCertified"})
 # The finding of a leaf (or batch) not checked because it can no longer be challenged.
 WINDOW_CLOSED = "not checked: its challenge window closed first"
+# The finding of a leaf whose request the aggregator certifies with another output (GetStatus has one
+# certificate per request): the leaf's output tokens are not to be had, so it cannot be re-verified.
+OTHER_OUTPUT = "not checked: the aggregator's certificate of its request is for another output"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +125,6 @@ class LeafCheck:
 class LeafCheckIncomplete(UnavailableError):
     """The leaf could not be checked this time (nobody answered, or only its signers accepted it)."""
 
-    def __init__(self, message: str, output_hash: bytes = b"") -> None:
-        super().__init__(message)
-        self.output_hash = output_hash
-
 
 def compute_check_verdict(check: LeafCheck) -> Verdict | None:
     """REJECT if any operator validly rejected the output, else ACCEPT if any accepted it."""
@@ -143,6 +147,16 @@ def compute_leaf_check(result: LeafCheck | Verdict) -> LeafCheck:
     if isinstance(result, LeafCheck):
         return result
     return LeafCheck((CheckerAnswer(b"", False, result),), has_independent=True)
+
+
+def compute_sample(leaves: Sequence[BatchLeaf], sample_rate: float, rng: random.Random) -> list[BatchLeaf]:
+    """The leaves to check, each once: a ``sample_rate`` share drawn at random, and every leaf of a
+    request the batch holds with more than one output. GetStatus answers one certificate per request,
+    so a tree certified with (R, good) and (R, bad) would show only (R, good), and the certified
+    (R, bad) would never be looked at; an honest aggregator batches a request once."""
+    distinct = list(dict.fromkeys(leaves))
+    outputs = Counter(leaf.request_hash for leaf in distinct)
+    return [leaf for leaf in distinct if outputs[leaf.request_hash] > 1 or rng.random() < sample_rate]
 
 
 def compute_checker_order(
@@ -330,7 +344,7 @@ class Challenger:
             header = BatchHeader(row.batch_index, row.leaves_root, row.reference_block, row.quorum_numbers)
             batch = CertifiedBatch(header, row.signatory_record_hash, row.block)
             if row.request_hash:
-                found += self.check_leaf(batch, row.request_hash)
+                found += self.check_leaf(batch, row.request_hash, row.output_hash)
             else:
                 found += self.process_batch(batch)
         return found
@@ -338,8 +352,8 @@ class Challenger:
     def process_batch(self, batch: CertifiedBatch) -> list[Finding]:
         index = batch.header.batch_index
         if self._is_past_challenge_window(batch):
-            self.store.remove_pending_check(index, b"")
-            if self.store.has_finding(index, b""):  # a re-scan after a restart
+            self.store.remove_pending_check(index, b"", b"")
+            if self.store.has_finding(index, b"", b""):  # a re-scan after a restart
                 return []
             return [self._record(Finding(index, b"", b"", None, WINDOW_CLOSED))]
         try:
@@ -351,49 +365,48 @@ class Challenger:
             # A list that leaves out (or makes up) a leaf would keep a wrong output from being sampled.
             problem = f"the aggregator's {len(leaves)} leaves do not build the certified leaves root"
             logger.warning("batch leaves do not match the chain", extra={"batch_index": index, "problem": problem})
-            self.store.remove_pending_check(index, b"")
-            if self.store.has_finding(index, b""):  # a re-scan after a restart
+            self.store.remove_pending_check(index, b"", b"")
+            if self.store.has_finding(index, b"", b""):  # a re-scan after a restart
                 return []
             return [self._record(Finding(index, b"", b"", None, problem))]
-        sampled = [leaf.request_hash for leaf in leaves if self.rng.random() < self.sample_rate]
+        sampled = compute_sample(leaves, self.sample_rate, self.rng)
         # The sampled leaves replace the batch's pending row in one write: a crash while checking
         # them finds them pending at the next start, not a batch that is neither pending nor checked.
-        self.store.add_pending_checks([self._pending_row(batch, h, b"", "sampled") for h in sampled], index)
+        rows = [self._pending_row(batch, leaf.request_hash, leaf.output_hash, "sampled") for leaf in sampled]
+        self.store.add_pending_checks(rows, index)
         found: list[Finding] = []
-        for request_hash in sampled:
-            found += self.check_leaf(batch, request_hash)
+        for leaf in sampled:
+            found += self.check_leaf(batch, leaf.request_hash, leaf.output_hash)
         return found
 
-    def check_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> list[Finding]:
+    def check_leaf(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes) -> list[Finding]:
         """``process_leaf`` and its finding, or, when it could not finish, the leaf kept for a retry."""
         self._advance_challenges_if_due()
         index = batch.header.batch_index
-        if self.store.has_finding(index, request_hash):  # seen before a restart
-            self.store.remove_pending_check(index, request_hash)
+        if self.store.has_finding(index, request_hash, output_hash):  # seen before a restart
+            self.store.remove_pending_check(index, request_hash, output_hash)
             return []
         try:
-            finding = self.process_leaf(batch, request_hash)
+            finding = self.process_leaf(batch, request_hash, output_hash)
         except Exception as exc:  # this leaf only: the others are checked, it is retried
-            output_hash = exc.output_hash if isinstance(exc, LeafCheckIncomplete) else b""
             extra = {"batch_index": index, "request": "0x" + request_hash.hex(), "error": redact_urls(str(exc))}
             logger.warning("leaf not checked; retrying at the next poll", extra=extra)
             return self._defer(batch, request_hash, output_hash, str(exc))
         if finding is not None:
             self._record(finding)
-        self.store.remove_pending_check(index, request_hash)  # checked; a challenge not sent yet is marked
+        # Checked: no longer pending (a challenge not sent yet is marked "to challenge").
+        self.store.remove_pending_check(index, request_hash, output_hash)
         return [] if finding is None else [finding]
 
     def _defer(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> list[Finding]:
         """Keep the leaf (or batch) for the next poll; after ``check_attempts``, record it unchecked."""
-        header = batch.header
+        index = batch.header.batch_index
         attempts = self._keep_pending(batch, request_hash, output_hash, problem)
         if attempts < self.check_attempts:
             return []
-        finding = Finding(
-            header.batch_index, request_hash, output_hash, None, f"unchecked after {attempts} attempts: {problem}"
-        )
-        self._record(finding)
-        self.store.remove_pending_check(header.batch_index, request_hash)
+        detail = f"unchecked after {attempts} attempts: {problem}"
+        finding = self._record(Finding(index, request_hash, output_hash, None, detail))
+        self.store.remove_pending_check(index, request_hash, output_hash)
         return [finding]
 
     def _keep_pending(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes, problem: str) -> int:
@@ -415,23 +428,28 @@ class Challenger:
             error=redact_urls(problem)[:2000],
         )
 
-    def process_leaf(self, batch: CertifiedBatch, request_hash: bytes) -> Finding | None:
+    def process_leaf(self, batch: CertifiedBatch, request_hash: bytes, output_hash: bytes) -> Finding | None:
         """The leaf's finding; None when it is to be challenged and the challenge is not on chain yet."""
         index = batch.header.batch_index
         if self._is_past_challenge_window(batch):
-            return Finding(index, request_hash, b"", None, WINDOW_CLOSED)
+            return Finding(index, request_hash, output_hash, None, WINDOW_CLOSED)
         certificate = self.leaves.get_certificate(request_hash)
         if not certificate.request_hash:  # the chain saw the batch before the aggregator recorded it
-            raise LeafCheckIncomplete("the aggregator has no certificate for the leaf yet", b"")
-        output_hash = bytes(certificate.output_hash)
+            raise LeafCheckIncomplete("the aggregator has no certificate for the leaf yet")
+        # A leaf pending from before leaves were kept with their output has none: the certificate's
+        # output is taken for it, as it was then.
+        output_hash = output_hash or bytes(certificate.output_hash)
         problem = self._check_against_chain(batch, certificate, request_hash)
         if problem:
             logger.warning("certificate does not match the chain", extra={"batch_index": index, "problem": problem})
             return Finding(index, request_hash, output_hash, None, problem)
+        if bytes(certificate.output_hash) != output_hash:  # another leaf's output: never checked in its place
+            logger.warning("the certificate is for another output of the request", extra={"batch_index": index})
+            return Finding(index, request_hash, output_hash, None, OTHER_OUTPUT)
         check = compute_leaf_check(self.checker.check(certificate))
         verdict = compute_check_verdict(check)
         if verdict is None or not is_final_check(check):
-            raise LeafCheckIncomplete(describe_check(check), output_hash)
+            raise LeafCheckIncomplete(describe_check(check))
         if verdict == Verdict.ACCEPT or self.escalator is None:
             return Finding(index, request_hash, output_hash, verdict)
         existing = self.store.find_challenge(index, request_hash, output_hash)
@@ -441,7 +459,7 @@ class Challenger:
         if self.confirm is not None:
             predicted, shares = self.confirm(certificate)
             if predicted is None:  # the escalation quorum cannot decide now (operators down): later
-                raise LeafCheckIncomplete(f"a REJECT, but no escalation verdict yet ({shares})", output_hash)
+                raise LeafCheckIncomplete(f"a REJECT, but no escalation verdict yet ({shares})")
             if predicted == Verdict.ACCEPT:  # a lone or minority REJECT: a challenge would lose the bond
                 logger.warning("a REJECT the escalation quorum overrules; not challenged", extra={"shares": shares})
                 detail = f"minority REJECT overruled ({shares})"
@@ -542,7 +560,7 @@ class Challenger:
                 continue
             if finding is None:
                 continue
-            if self.store.has_finding(sent.batch_index, sent.request_hash):  # its challenge was lost to a reorg
+            if self.store.has_finding(*_leaf_key(sent)):  # its challenge was lost to a reorg
                 self.store.update_finding_challenge(_finding_row(finding))  # not a new finding
                 if finding.challenge_id is None:
                     # Refused for good (ChallengeWindowClosed, LeafNotCertified): the leaf's challenge,
@@ -551,7 +569,7 @@ class Challenger:
                     self._lost_challenges.append(finding)
             else:
                 found.append(self._record(finding))
-                self.store.remove_pending_check(sent.batch_index, sent.request_hash)
+                self.store.remove_pending_check(*_leaf_key(sent))
         return found
 
     def _lookup_sent_quietly(self, sent: SentChallengeRow) -> tuple[int, bytes | None] | None:

@@ -10,8 +10,9 @@ For an open challenge of leaf (requestHash, outputHash) of batch B:
    challenge's ``openedBlock`` (the contract refuses older ones), so wait a block if it is not.
 4. Ask every operator of the escalation quorums (``FaultManager.escalationQuorumNumbers``) at that
    block to verify the request/output by prefill (their Verify RPC: a BLS-signed
-   ``Attestation(requestHash, outputHash, verdict)``); a down, slow or badly signing operator does
-   not count. Signed attestations go to the evidence book (equivocations).
+   ``Attestation(requestHash, outputHash, verdict)``), all at once and within one deadline for the
+   round; a down, slow or badly signing operator does not count. Signed attestations go to the
+   evidence book (equivocations).
 5. Tally ACCEPT and REJECT stake per escalation quorum (``protocol.compute_tally``); the verdict that
    reaches ``escalationThresholdBps`` in every quorum (``protocol.select_certified_verdict``) is
    aggregated like a batch certificate (``protocol.compute_checked_aggregate``).
@@ -33,11 +34,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
-from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
+from avs.chain.client import ChallengeWindow, CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import EMPTY_SIGNERS, BatchSigners, Challenge, ChallengeStatus, PendingSlashing, SignedAttestation
 from avs.crypto.curve import G1Point
 from avs.logs import redact_urls
@@ -49,9 +50,16 @@ from avs_aggregator import protocol
 from avs_aggregator.challenger.core import CHALLENGE_GONE_DEPTH
 from avs_aggregator.challenger.store import ChallengeRow, ChallengerStore, ChallengeState
 from avs_aggregator.evidence import EvidenceBook
+from avs_aggregator.pipeline import CALL_GRACE_SECONDS
 from avs_aggregator.ports import MembersReader, OperatorCaller, OperatorInfo, OperatorSet, VerifyReply
 
 logger = logging.getLogger(__name__)
+
+# Threads for an escalation round's Verify calls, created as needed: one per member, so that members
+# that take the call and never answer each hold their own thread, not the others' turn (8 threads made
+# 24 hung members cost three verify_timeouts a round). Deploy.s.sol caps a quorum at 64 operators
+# (maxOperatorCount): this is four full escalation quorums. The round's one deadline bounds it anyway.
+ESCALATION_CALL_THREADS = 256
 
 
 STATE_OF_STATUS = {
@@ -94,6 +102,16 @@ class ChallengeChain(Protocol):
         ...
 
     def expire_challenge(self, challenge_id: int) -> bytes: ...
+
+    def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
+        """The latest challenge of the leaf in the mined state (``latestChallengeOfLeaf``); 0 if none."""
+        ...
+
+    def get_challenge_window(self) -> ChallengeWindow: ...
+
+    def get_certified_block(self, batch_index: int) -> int:
+        """The block the batch was certified in (``getBatch``); 0 if it is not certified."""
+        ...
 
     def get_pending_slashing(self, challenge_id: int) -> PendingSlashing: ...
 
@@ -150,7 +168,7 @@ class Resolver:
         caller: OperatorCaller,
         verify_timeout: float = 60.0,
         evidence: EvidenceBook | None = None,
-        workers: int = 8,
+        workers: int = ESCALATION_CALL_THREADS,
     ) -> None:
         self.domain = domain
         self.store = store
@@ -199,8 +217,8 @@ class Resolver:
         """One step for ``row``: its state after it, or None when it was given up to a reorg."""
         on_chain = self.chain.get_challenge(row.challenge_id)
         state = STATE_OF_STATUS.get(on_chain.status)
-        if state is None:  # not on-chain: a lagging node, or a reorg; given up only once deep
-            if self.chain.get_block_number() < row.opened_block + CHALLENGE_GONE_DEPTH:
+        if state is None:  # not on-chain: a lagging node, or a reorg
+            if not self._is_gone(row):
                 self.store.update_challenge(row.challenge_id, error="not on-chain (yet); checked again")
                 return ChallengeState.OPEN
             self._requeue(row, "not on-chain")
@@ -229,6 +247,32 @@ class Resolver:
         if escalation is None:
             return ChallengeState.OPEN
         return self._resolve(row, escalation)
+
+    def _is_gone(self, row: ChallengeRow) -> bool:
+        """Whether our challenge, which the chain does not show, is given up now: its leaf goes back to
+        "to challenge", where the challenge the chain names for the leaf is adopted, or ours sent
+        again. Once the node is at our challenge's block, that is as soon as the chain names another
+        live challenge of the leaf (a reorg renumbered ours), or while a challenge sent now can still
+        be mined in the batch's window: sending again risks no bond (ours still pending makes the gas
+        estimate revert ``LeafAlreadyChallenged``), while waiting ``CHALLENGE_GONE_DEPTH`` blocks
+        outlasted the deployed 50-block window. Otherwise only that deep: given up then, a challenge
+        a reorg mines again would go unresolved."""
+        head = self.chain.get_block_number()
+        if head >= row.opened_block + CHALLENGE_GONE_DEPTH:
+            return True
+        if head < row.opened_block:  # the node is behind the block our receipt came from
+            return False
+        latest = self.chain.find_leaf_challenge(row.batch_index, bytes(row.request_hash), bytes(row.output_hash))
+        if latest == row.challenge_id:  # the node names it after all: reads answered at different heights
+            return False
+        if latest and self.chain.get_challenge(latest).status != ChallengeStatus.EXPIRED:
+            return True
+        return self._is_challenge_window_open(row.batch_index, head)
+
+    def _is_challenge_window_open(self, batch_index: int, head: int) -> bool:
+        """Whether a challenge of the batch sent now (it runs in the next block) is in its window."""
+        certified_block = self.chain.get_certified_block(batch_index)
+        return certified_block != 0 and head < self.chain.get_challenge_window().deadline(certified_block)
 
     def collect_certificate(self, row: ChallengeRow, reference_block: int) -> EscalationCertificate | None:
         """Ask the escalation quorums to verify the leaf; the certificate of the verdict that
@@ -282,19 +326,35 @@ class Resolver:
             o.operator_id: self._pool.submit(self.caller.verify, o, envelope, output_ids, self.verify_timeout)
             for o in members
         }
+        # One deadline for the whole round, not one per call in turn: the calls run at once, so hung
+        # members cost one verify_timeout together. A call still out then does not count: a queued one
+        # is cancelled, a running one ends at its own gRPC deadline, its answer unused.
+        _, late = wait(futures.values(), timeout=self.verify_timeout + CALL_GRACE_SECONDS)
+        for future in late:
+            future.cancel()
         verdicts: dict[bytes, Verdict] = {}
         signatures: dict[Verdict, dict[bytes, G1Point]] = {Verdict.ACCEPT: {}, Verdict.REJECT: {}}
         for operator in members:
-            try:
-                reply = futures[operator.operator_id].result(timeout=self.verify_timeout + 5)
-            except Exception as exc:
-                logger.info("escalation verifier failed", extra={"about": label, "error": str(exc)})
-                continue
-            if not is_valid_leaf_reply(self.domain, operator, certificate, reply, self.evidence):
-                continue
-            verdicts[operator.operator_id] = reply.verdict
-            signatures[reply.verdict][operator.operator_id] = reply.signature
+            reply = self._get_valid_reply(operator, futures[operator.operator_id], certificate, label)
+            if reply is not None:
+                verdicts[operator.operator_id] = reply.verdict
+                signatures[reply.verdict][operator.operator_id] = reply.signature
         return verdicts, signatures
+
+    def _get_valid_reply(
+        self, operator: OperatorInfo, future: Future[VerifyReply], certificate: ag.Certificate, label: str
+    ) -> VerifyReply | None:
+        """The operator's answer if it came within the round and is its validly signed verdict on the output."""
+        if not future.done() or future.cancelled():  # still out at the round's deadline
+            return None
+        try:
+            reply = future.result()
+        except Exception as exc:  # down, refused, its own deadline
+            logger.info("escalation verifier failed", extra={"about": label, "error": str(exc)})
+            return None
+        if not is_valid_leaf_reply(self.domain, operator, certificate, reply, self.evidence):
+            return None
+        return reply
 
     def get_batch_signers(self, certificate: ag.Certificate) -> BatchSigners:
         """The certified batch's signers (``IFaultManagerTypes.BatchSigners``): its quorums' operators

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, UniqueConstraint, delete, select
+from sqlalchemy import BigInteger, Float, Integer, LargeBinary, Select, String, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,15 +71,17 @@ class FindingRow(Base):
 class PendingCheckRow(Base):
     """A sampled leaf (or, with an empty ``request_hash``, a whole batch whose leaves could not be
     fetched) that is not checked yet: retried at each poll until ``check_attempts``. It keeps the
-    certified batch as the ``BatchCertified`` event named it."""
+    certified batch as the ``BatchCertified`` event named it. One per leaf (batch, request, output):
+    a batch that certifies two outputs of one request has both checked (migration c0004)."""
 
-    __tablename__ = "challenger_pending_checks"
-    __table_args__ = (UniqueConstraint("batch_index", "request_hash"),)
+    __tablename__ = "challenger_pending_leaves"
+    __table_args__ = (UniqueConstraint("batch_index", "request_hash", "output_hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     batch_index: Mapped[int] = mapped_column(BigInteger)
     request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: the batch's leaves
-    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # empty: not known yet
+    # The leaf's; empty for the batch's row, or a leaf's row from before rows were kept with it.
+    output_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     leaves_root: Mapped[bytes] = mapped_column(LargeBinary(32))
     reference_block: Mapped[int] = mapped_column(BigInteger)
     quorum_numbers: Mapped[bytes] = mapped_column(LargeBinary)
@@ -138,6 +140,15 @@ class EquivocationRow(EquivocationMixin, Base):
     __tablename__ = "challenger_equivocations"
 
 
+def _pending_leaf(row: PendingCheckRow) -> Select[PendingCheckRow]:
+    """The pending row of ``row``'s leaf (at most one: the table's unique key)."""
+    return select(PendingCheckRow).where(
+        PendingCheckRow.batch_index == row.batch_index,
+        PendingCheckRow.request_hash == row.request_hash,
+        PendingCheckRow.output_hash == row.output_hash,
+    )
+
+
 class ChallengerStore(Database):
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url, MIGRATIONS)
@@ -160,11 +171,16 @@ class ChallengerStore(Database):
 
     # --- findings ------------------------------------------------------------------------
 
-    def has_finding(self, batch_index: int, request_hash: bytes) -> bool:
+    def has_finding(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> bool:
+        """Whether the leaf (empty hashes: the batch) has a finding. An empty output hash, asked or
+        found, stands for any output of the request: rows written before findings were kept per leaf
+        (a request was then checked once per batch) have none."""
         with self.session() as s:
             query = select(FindingRow.id).where(
                 FindingRow.batch_index == batch_index, FindingRow.request_hash == request_hash
             )
+            if output_hash:
+                query = query.where(FindingRow.output_hash.in_([output_hash, b""]))
             return s.scalar(query.limit(1)) is not None
 
     def add_finding(self, row: FindingRow) -> None:
@@ -177,7 +193,9 @@ class ChallengerStore(Database):
         was opened again (the one it named was lost to a reorg)."""
         with self.session() as s:
             query = select(FindingRow).where(
-                FindingRow.batch_index == finding.batch_index, FindingRow.request_hash == finding.request_hash
+                FindingRow.batch_index == finding.batch_index,
+                FindingRow.request_hash == finding.request_hash,
+                FindingRow.output_hash == finding.output_hash,
             )
             for row in s.scalars(query):
                 row.challenge_id, row.challenge_tx = finding.challenge_id, finding.challenge_tx
@@ -190,13 +208,10 @@ class ChallengerStore(Database):
     # --- checks to retry -----------------------------------------------------------------
 
     def process_pending_check(self, row: PendingCheckRow) -> int:
-        """Insert ``row`` (attempts 1) or count one more attempt of that leaf (with ``row``'s error and
-        output hash when it has one); returns the attempts so far."""
+        """Insert ``row`` (attempts 1) or count one more attempt of its leaf (with ``row``'s error);
+        returns the attempts so far."""
         with self.session() as s:
-            query = select(PendingCheckRow).where(
-                PendingCheckRow.batch_index == row.batch_index, PendingCheckRow.request_hash == row.request_hash
-            )
-            existing = s.scalars(query.limit(1)).first()
+            existing = s.scalars(_pending_leaf(row).limit(1)).first()
             now = self.clock()
             if existing is None:
                 row.attempts, row.created_at, row.updated_at = 1, now, now
@@ -204,7 +219,6 @@ class ChallengerStore(Database):
                 return 1
             existing.attempts += 1
             existing.error = row.error
-            existing.output_hash = row.output_hash or existing.output_hash
             existing.updated_at = now
             return existing.attempts
 
@@ -215,10 +229,7 @@ class ChallengerStore(Database):
         with self.session() as s:
             now = self.clock()
             for row in rows:
-                query = select(PendingCheckRow.id).where(
-                    PendingCheckRow.batch_index == row.batch_index, PendingCheckRow.request_hash == row.request_hash
-                )
-                if s.scalar(query.limit(1)) is None:
+                if s.scalars(_pending_leaf(row).limit(1)).first() is None:
                     row.attempts, row.created_at, row.updated_at = 0, now, now
                     s.add(row)
             if replacing_batch is not None:
@@ -232,11 +243,14 @@ class ChallengerStore(Database):
         with self.session() as s:
             return list(s.scalars(select(PendingCheckRow).order_by(PendingCheckRow.id)))
 
-    def remove_pending_check(self, batch_index: int, request_hash: bytes) -> None:
+    def remove_pending_check(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> None:
+        """Remove the leaf's pending row (empty hashes: the batch's own), not another leaf's of its request."""
         with self.session() as s:
             s.execute(
                 delete(PendingCheckRow).where(
-                    PendingCheckRow.batch_index == batch_index, PendingCheckRow.request_hash == request_hash
+                    PendingCheckRow.batch_index == batch_index,
+                    PendingCheckRow.request_hash == request_hash,
+                    PendingCheckRow.output_hash == output_hash,
                 )
             )
 

@@ -87,9 +87,18 @@ def _with_head_deadline(handler: type[BaseHTTPRequestHandler], seconds: float) -
 
         def parse_request(self) -> bool:
             try:
-                return bool(super().parse_request())
+                parsed = bool(super().parse_request())
             finally:
                 self._end_head()
+            if parsed and (self.headers.defects or self.headers.get_payload()):
+                # A malformed header line ("X-Pad : 1", whitespace before the colon) ends the
+                # standard library's header parsing there, silently: every header after it, a
+                # Content-Length or Authorization among them, was dropped, and a body served as the
+                # next request. RFC 9112 5.1: refuse it with 400, and close.
+                self.close_connection = True
+                self.send_error(400, "malformed header line")
+                return False
+            return parsed
 
         def _end_head(self) -> None:
             self._head_deadline.at = None

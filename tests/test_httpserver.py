@@ -226,3 +226,16 @@ def test_a_burst_of_connects_is_queued_by_the_kernel_not_dropped() -> None:
             client.close()
         bounded.server_close()
     assert len(clients) == 64
+
+
+def test_a_malformed_header_line_is_refused_and_its_connection_closed(server: BoundedHTTPServer) -> None:
+    """The standard library stops reading headers at "Name : value" (whitespace before the colon)
+    and drops the rest silently (a Content-Length, an Authorization): RFC 9112 says 400. Every
+    server built on BoundedHTTPServer (gateway, node API, metrics) refuses it."""
+    connection = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad : 1\r\nContent-Length: 18\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    connection.close()
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.") == 1

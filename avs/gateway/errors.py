@@ -66,6 +66,16 @@ class SubmittedRequestError(AvsError):
         self.cause = cause
 
 
+class MaybeSubmittedError(AvsError):
+    """A Submit that failed in a way that may have come after the aggregator took the request (the
+    connection reset, a deadline passed): a retry without an ``Idempotency-Key`` would draw a new
+    nonce, another paid inference, so it is answered with no retry."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class TooManyRequestsError(AvsError):
     """Over the gateway's own cap of completions in flight (in all, or the caller's): nothing was
     submitted, so a retry later is safe."""
@@ -129,6 +139,13 @@ def compute_api_error(error: BaseException) -> ApiError:
     if isinstance(error, SubmittedRequestError):
         cause = compute_api_error(error.cause)
         message = f"{cause.message}; the request was submitted: follow it at {error.follow_url}"
+        return replace(cause, message=message, retry=False)
+    if isinstance(error, MaybeSubmittedError):
+        cause = compute_api_error(error.cause)
+        message = (
+            f"{cause.message}; the request may have reached the aggregator, so it is not to be sent again as"
+            " it is (another paid inference): send it with an Idempotency-Key to retry safely"
+        )
         return replace(cause, message=message, retry=False)
     if isinstance(error, grpc.RpcError):
         return _compute_grpc_error(error)

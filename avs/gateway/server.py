@@ -219,11 +219,15 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _framing_problem(self) -> str | None:
         """Why the body's end is ambiguous (a proxy could frame it otherwise), or None: any
-        Transfer-Encoding ("gzip, chunked", "Chunked "), or more than one Content-Length."""
+        Transfer-Encoding ("gzip, chunked", "Chunked "), more than one Content-Length, or one that is
+        not a plain decimal number ("71, 71", which a proxy may take as 71, was read as no body and
+        the body served as the next request)."""
         if "Transfer-Encoding" in self.headers:
             return "send the body with a Content-Length (Transfer-Encoding bodies are not read)"
         if len(self.headers.get_all("Content-Length") or []) > 1:
             return "send one Content-Length header"
+        if parse_content_length(self.headers.get("Content-Length")) is None:
+            return "Content-Length must be a non-negative integer"
         return None
 
     def _read_json(self) -> object:
@@ -231,10 +235,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if problem is not None:
             self.close_connection = True
             raise InvalidInputError(problem)
-        length = parse_content_length(self.headers.get("Content-Length"))
-        if length is None:
-            self.close_connection = True
-            raise InvalidInputError("Content-Length must be a non-negative integer")
+        length = parse_content_length(self.headers.get("Content-Length")) or 0  # a number: no framing problem
         if length > self.server.max_body_bytes:
             raise PayloadTooLargeError(f"the body has {length} bytes; at most {self.server.max_body_bytes}")
         body = read_body(self, length)  # within the server's body_timeout in all

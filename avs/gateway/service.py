@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+import grpc
 from eth_utils import keccak
 from web3.exceptions import Web3Exception
 
@@ -45,7 +46,7 @@ from avs.errors import (
 )
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
-from avs.gateway.errors import SubmittedRequestError
+from avs.gateway.errors import MaybeSubmittedError, SubmittedRequestError
 from avs.gateway.models import LocalModel
 from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
 from avs.inference.params import compute_prompt_hash
@@ -60,6 +61,12 @@ Emit = Callable[[dict[str, object]], None]
 CertificateChecker = Callable[[ag.Certificate, bytes], Sequence[str]]
 REQUEST_HASH_HEX_CHARS = 64
 CHAIN_TIMEOUT_SECONDS = 30
+# A Submit that failed with one of these may have reached the aggregator first (a connection reset,
+# a restart, a deadline): sent again after each delay with the same message, so the same nonce and
+# the same request (the aggregator answers a repeat with the request it has), never left to the
+# client, whose retry would draw a new nonce (another paid inference) unless it sent an Idempotency-Key.
+AMBIGUOUS_SUBMIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+SUBMIT_RETRY_DELAYS_SECONDS = (0.5, 1.5)
 
 
 class Intake(Protocol):
@@ -202,9 +209,28 @@ class GatewayService:
             "threshold_bps": self._config.threshold_bps,
         }
         message = build_submit_request(messages, **fields)
-        request_hash = self._intake.submit(messages, **fields)
+        request_hash = self._send(messages, fields, idempotent=job.nonce is not None)
         logger.info("submitted", extra={"request_hash": "0x" + request_hash.hex(), "model": job.model})
         return _Submitted(request_hash, message, model, len(prompt_ids))
+
+    def _send(self, messages: list[dict[str, str]], fields: dict[str, Any], idempotent: bool) -> bytes:
+        """``Intake.submit``, again with the same fields after a failure that may have come after the
+        aggregator took the request (``AMBIGUOUS_SUBMIT_CODES``); if every try fails so, a request
+        without an Idempotency-Key is answered with no retry (``MaybeSubmittedError``)."""
+        for delay in (*SUBMIT_RETRY_DELAYS_SECONDS, None):
+            try:
+                return self._intake.submit(messages, **fields)
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None  # a channel's are Calls
+                if code not in AMBIGUOUS_SUBMIT_CODES:
+                    raise
+                if delay is None:
+                    if idempotent:  # the client's retry sends this very request (the key fixes its nonce)
+                        raise
+                    raise MaybeSubmittedError(exc) from exc
+                logger.warning("submit failed; sending the same request again", extra={"code": code.name})
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last try returns or raises")
 
     def _certified(self, sent: _Submitted, status: RequestStatus) -> RequestStatus:
         """The final status, its text decoded here, once its certificate is for the request sent, as

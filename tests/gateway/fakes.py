@@ -88,6 +88,8 @@ class FakeIntake:
     sent_by_thread: dict[int, ag.SubmitRequest] = field(default_factory=dict)
     accepted_ids: Sequence[int] | None = None  # the output of the statuses before CERTIFIED, if not ``ids``
     edit_certified: Callable[[RequestStatus], None] | None = None  # a dishonest aggregator's edit
+    # Submits that take the request, then fail UNAVAILABLE (the reply lost: a reset, a restart)
+    lost_replies: int = 0
 
     def list_models(self) -> dict[str, bytes]:
         return dict(self.models)
@@ -97,6 +99,9 @@ class FakeIntake:
             raise self.submit_error
         self.submitted.append({"messages": [dict(m) for m in messages], **kwargs})
         self.sent = self.sent_by_thread[threading.get_ident()] = build_submit_request(messages, **kwargs)
+        if self.lost_replies > 0:
+            self.lost_replies -= 1
+            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")
         return REQUEST_HASH
 
     def wait(

@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from avs.client import RequestStatus
 from avs.errors import DeadlineExceededError, OverloadedError, UntrustedAnswerError
 from avs.gateway import cli
+from avs.gateway import service as gateway_service
 from avs.gateway.config import GatewayConfig, load_config
 from avs.gateway.models import LocalModel
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
@@ -503,6 +504,47 @@ def test_aggregator_errors_map_to_statuses() -> None:
         gateway.stop()
 
 
+@pytest.fixture
+def quick_submit_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_service, "SUBMIT_RETRY_DELAYS_SECONDS", (0.0, 0.0))
+
+
+@pytest.mark.usefixtures("quick_submit_retries")
+def test_a_submit_whose_reply_was_lost_is_sent_again_as_the_same_request() -> None:
+    """A Submit can fail UNAVAILABLE after the aggregator took the request: the gateway sends the
+    same message again (the same nonce: the same request), not a new one."""
+    intake = FakeIntake(lost_replies=1)
+    gateway = start(intake)
+    try:
+        assert client_for(gateway).completions.create(model=MODEL, prompt="x").choices[0].text == OUTPUT_TEXT
+    finally:
+        gateway.stop()
+    assert len(intake.submitted) == 2 and intake.submitted[0] == intake.submitted[1]
+
+
+@pytest.mark.usefixtures("quick_submit_retries")
+def test_a_submit_that_may_have_arrived_is_not_retried_by_the_sdk_with_a_new_nonce() -> None:
+    """Found in review: the 503 invited the openai SDK's two retries, each a new nonce, so up to three
+    paid inferences. Now the gateway's own tries send one request; without an Idempotency-Key the
+    503 says not to retry, with one (the key fixes the nonce) a retry is the same request."""
+    intake = FakeIntake(lost_replies=99)
+    gateway = start(intake)
+    try:
+        with pytest.raises(openai.InternalServerError) as failed:
+            openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="unused").completions.create(
+                model=MODEL, prompt="x"
+            )  # the SDK's default two retries
+        assert failed.value.status_code == 503 and failed.value.response.headers["x-should-retry"] == "false"
+        assert "Idempotency-Key" in failed.value.message
+        assert len(intake.submitted) == 3 and len({s["nonce"] for s in intake.submitted}) == 1
+        keyed = client_for(gateway).with_options(max_retries=0)
+        with pytest.raises(openai.InternalServerError) as retriable:
+            keyed.completions.create(model=MODEL, prompt="x", extra_headers={"Idempotency-Key": "k1"})
+        assert "x-should-retry" not in retriable.value.response.headers
+    finally:
+        gateway.stop()
+
+
 def test_api_keys_are_checked() -> None:
     gateway = start(FakeIntake(), api_keys=(KEY, "other"))
     try:
@@ -702,6 +744,37 @@ def test_a_post_framed_two_ways_is_refused_and_its_connection_closed(
         answer += chunk
     connection.close()
     assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1
+    assert intake.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("request_line", "framing"),
+    [
+        # a Content-Length that is no plain number (a proxy may take "71, 71" as 71): read as no body
+        (b"GET /health", b"Content-Length: %d, %d\r\n"),
+        (b"POST /nothing", b"Content-Length: %d, %d\r\n"),
+        (b"PUT /v1/models", b"Content-Length: +%d\r\n"),  # refused before its body is read: 405
+        # whitespace before a colon: the standard library stopped reading headers there, silently
+        (b"GET /health", b"X-Pad : 1\r\nContent-Length: %d\r\n"),
+        (b"POST /v1/chat/completions", b"X-Pad : 1\r\nContent-Length: %d\r\n"),
+    ],
+)
+def test_a_body_whose_end_is_unclear_is_never_read_as_the_next_request(
+    server: GatewayServer, intake: FakeIntake, request_line: bytes, framing: bytes
+) -> None:
+    """Found in review: both were read as a body of 0 bytes on a kept-alive connection, so the body
+    was served as a second request (two answers to what a proxy sees as one request)."""
+    hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
+    inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    lengths = (len(inner),) * framing.count(b"%d")
+    head = request_line + b" HTTP/1.1\r\nHost: x\r\n" + framing % lengths + b"\r\n"
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.sendall(head + inner)
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    connection.close()
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[:300]
     assert intake.submitted == []
 
 

@@ -669,17 +669,23 @@ def test_json_depth_is_linear_on_adversarial_strings() -> None:
     assert done.stdout.strip() == str([depth for _, depth in ADVERSARIAL_BODIES])
 
 
+def exchange(server: GatewayServer, data: bytes) -> bytes:
+    """Everything the gateway answers ``data`` sent raw on one connection, until it closes it."""
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.sendall(data)
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    connection.close()
+    return answer
+
+
 def test_a_body_sent_with_a_get_is_not_taken_for_the_next_request(server: GatewayServer, intake: FakeIntake) -> None:
     """Bytes after a GET's head are its body, never a request of their own (smuggled past a proxy
     that reads them as the GET's body): the GET is answered and the connection closed."""
     hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
     inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
-    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner))
-    answer = b""
-    while chunk := connection.recv(65536):
-        answer += chunk
-    connection.close()
+    answer = exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner))
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1
     assert b"Connection: close" in answer
     assert intake.submitted == []
@@ -737,12 +743,7 @@ def test_a_post_framed_two_ways_is_refused_and_its_connection_closed(
     inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
     body = b"{}" + inner
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n" % (len(body), framing)
-    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    connection.sendall(head + body)
-    answer = b""
-    while chunk := connection.recv(65536):
-        answer += chunk
-    connection.close()
+    answer = exchange(server, head + body)
     assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1
     assert intake.submitted == []
 
@@ -768,12 +769,7 @@ def test_a_body_whose_end_is_unclear_is_never_read_as_the_next_request(
     inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
     lengths = (len(inner),) * framing.count(b"%d")
     head = request_line + b" HTTP/1.1\r\nHost: x\r\n" + framing % lengths + b"\r\n"
-    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    connection.sendall(head + inner)
-    answer = b""
-    while chunk := connection.recv(65536):
-        answer += chunk
-    connection.close()
+    answer = exchange(server, head + inner)
     assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[:300]
     assert intake.submitted == []
 

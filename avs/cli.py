@@ -586,6 +586,25 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_deployment(args: argparse.Namespace) -> int:
+    """Read a deployment's parameters and check the bounds between its contracts
+    (``avs.chain.governance``); exit 1 when one is broken."""
+    from dataclasses import asdict
+
+    from avs.chain.deployment import load_deployment
+    from avs.chain.governance import check_parameters, read_parameters
+    from avs.chain.registration import load_client
+
+    client = load_client(args.rpc_url, load_deployment(args.deployment), None)  # refuses another chain
+    parameters = read_parameters(client.w3, client.deployment)
+    problems = check_parameters(parameters)
+    report = {**asdict(parameters), "fault_window": parameters.fault_window, "problems": problems}
+    print(json.dumps(report, indent=2))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a certificate JSON offline for ``--deployment``'s chain and task manager, and with
     ``--rpc-url`` also with that task manager's verifyLeaf."""
@@ -712,6 +731,12 @@ def add_requester_commands(commands: Any) -> None:
     add_rpc_url_option(claim, "an RPC endpoint of the deployment's chain")
     add_requester_key_options(claim)
     claim.set_defaults(func=cmd_claim)
+    check = commands.add_parser(
+        "check-deployment", help="check the bounds between a deployment's contracts' parameters, on its chain"
+    )
+    check.add_argument("--deployment", type=Path, required=True, help="the AVS's deployment JSON")
+    add_rpc_url_option(check, "an RPC endpoint of the deployment's chain")
+    check.set_defaults(func=cmd_check_deployment)
     verify = commands.add_parser("verify", help="verify a certificate JSON offline (and on-chain with --rpc-url)")
     verify.add_argument("certificate", type=Path)
     verify.add_argument(

@@ -42,6 +42,7 @@ from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
+from avs.chain.governance import warn_if_unsound
 from avs.chain.insurance import Web3CoverageReader
 from avs.config import split_host_port
 from avs.errors import InvalidInputError, UnavailableError
@@ -289,6 +290,7 @@ class AggregatorApp:
             raise UnavailableError(f"the RPC node cannot be read: {redact_urls(str(exc))}") from None
         if chain_id != deployment.chain_id:
             raise InvalidInputError(f"{redact_urls(config.chain.rpc_url)} is not chain {deployment.chain_id}")
+        warn_if_unsound(w3, deployment)  # bounds governance may have broken since the deployment
         if self._stop_requested.is_set():
             return False
         client = Web3AvsClient(w3, deployment, account)

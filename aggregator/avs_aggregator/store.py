@@ -369,7 +369,8 @@ class Store(Database):
         (a request with a proof still PENDING is kept), then the confirmed or ABANDONED batches no
         request refers to any more. At most ``limit`` requests and batches per call, each call one
         transaction. Each request pruned leaves a ``PrunedRequestRow`` (its hash, final state and
-        batch: tens of bytes, kept for good). Equivocation records are kept."""
+        batch: tens of bytes, kept for good). Equivocation records are kept, and so is the batch with
+        the highest index (the next index follows it)."""
         confirmed = (BatchRow.state == str(BatchState.CERTIFIED)) & BatchRow.confirmed_block.is_not(None)
         with self.session() as s:
             pending_proof = select(RejectionRow.request_hash).where(RejectionRow.state == str(ProofState.PENDING))
@@ -402,11 +403,15 @@ class Store(Database):
                 counts.rejections = _delete(s, RejectionRow, RejectionRow.request_hash.in_(requests))
                 counts.requests = _delete(s, RequestRow, RequestRow.request_hash.in_(requests))
             referenced = select(RequestRow.batch_index).where(RequestRow.batch_index.is_not(None))
+            # The highest batch stays: it is the record of the indices used (``get_next_batch_index``).
+            # Pruned, the next index started over, and an index abandoned after operators signed it was
+            # formed again with another header, which their slashing protection refuses for good.
+            highest = select(func.max(BatchRow.batch_index)).scalar_subquery()
             batches = list(
                 s.scalars(
                     select(BatchRow.batch_index)
                     .where(confirmed | (BatchRow.state == str(BatchState.ABANDONED)), BatchRow.updated_at < before)
-                    .where(BatchRow.batch_index.not_in(referenced))
+                    .where(BatchRow.batch_index.not_in(referenced), BatchRow.batch_index < highest)
                     .limit(limit)
                 )
             )

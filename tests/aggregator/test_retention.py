@@ -115,6 +115,20 @@ def test_finished_rows_older_than_the_cutoff_go_and_nothing_else(db: str) -> Non
     store.close()
 
 
+def test_the_highest_batch_is_kept_so_no_index_is_formed_twice(db: str) -> None:
+    """Found in review: with every batch pruned the next index started over at the first one, and an
+    index abandoned after operators had signed it was formed again with another header, which their
+    slashing protection refuses: the batch fell short and its requests failed, every operator healthy."""
+    store = Store(db)
+    with store.session() as s:
+        s.add_all([_batch(1, BatchState.ABANDONED), _batch(2, BatchState.CERTIFIED, confirmed=True)])
+    assert store.prune_finished(before=1.0).batches == 1
+    assert [b.batch_index for b in store.list_batches(list(BatchState))] == [2]
+    assert store.get_next_batch_index(1) == 3
+    assert not store.prune_finished(before=1.0)
+    store.close()
+
+
 def test_each_pruned_request_leaves_its_final_state_and_batch(db: str) -> None:
     store = Store(db)
     _fill(store)

@@ -148,7 +148,10 @@ class Web3ChainWriter:
     def certify_batch(self, header: BatchHeader, signatures: NonSignerStakesAndSignature) -> tuple[bytes, int]:
         self._verify_full_key_pair(signatures)
         fn = self.client.task_manager.functions.certifyBatch(encode_batch_header(header), encode_signatures(signatures))
-        sent = self.client.send(fn)
+        # Its receipt only: the pipeline waits for the confirmations itself (``_confirm_batch``, which
+        # certifies the batch again if a reorg drops it) without holding the batch thread or the
+        # sender, which every other transaction needs, for ``confirmations`` blocks per batch.
+        sent = self.client.send(fn, confirm=False)
         return sent.tx_hash, sent.gas_used
 
     def _verify_full_key_pair(self, signatures: NonSignerStakesAndSignature) -> None:

@@ -108,4 +108,34 @@ def test_the_batch_loop_prunes_what_the_retention_lets_go(tmp_path: Path) -> Non
     finally:
         runner.stop(timeout=5)
         pipeline.close()
-    assert store.get_request(request_hash) is None and store.get_batch(batch_index) is None
+    assert store.get_request(request_hash) is None
+    assert store.get_batch(batch_index) is not None  # the highest batch stays: the next index follows it
+
+
+def test_certify_batch_waits_for_its_receipt_not_for_the_confirmations() -> None:
+    """Found in review: sent with the sender's wait for ``confirmations`` blocks, each batch held the
+    batch thread and the sender (every other transaction waits for it) that long, one batch after
+    the other; the pipeline waits for the confirmations itself (``_confirm_batch``)."""
+    from types import SimpleNamespace
+
+    from avs.chain.client import CheckSignaturesIndices, NonSignerStakesAndSignature
+    from avs.crypto.curve import G1Point, G2Point
+    from avs.messages import BatchHeader
+    from avs_aggregator.chain import Web3ChainWriter
+
+    sent: list[tuple[object, bool]] = []
+
+    class Client:
+        task_manager = SimpleNamespace(functions=SimpleNamespace(certifyBatch=lambda header, sigs: "certifyBatch"))
+
+        def send(self, fn: object, account: object = None, *, confirm: bool = True) -> SimpleNamespace:
+            sent.append((fn, confirm))
+            return SimpleNamespace(tx_hash=b"\x01" * 32, gas_used=150_000)
+
+    one = G1Point(1, 2)
+    signatures = NonSignerStakesAndSignature(
+        (one,), (one,), G2Point(1, 2, 3, 4), one, CheckSignaturesIndices((0,), (0,), (0,), ((0,),))
+    )
+    writer = Web3ChainWriter(Client())  # type: ignore[arg-type]
+    assert writer.certify_batch(BatchHeader(1, b"\x00" * 32, 10, b"\x00"), signatures) == (b"\x01" * 32, 150_000)
+    assert sent == [("certifyBatch", False)]

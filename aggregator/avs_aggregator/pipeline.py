@@ -899,7 +899,7 @@ class Pipeline:
 
     def _form(self, force: bool, created: list[int]) -> None:
         """Batches the ACCEPTED requests that are due, appending each new index to ``created``."""
-        accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000)
+        accepted = self.store.list_requests([RequestState.ACCEPTED], limit=100_000, payload=False)
         # By quorums and threshold: a batch is signed to the highest threshold of its requests, so one
         # request asking 100% would hold its batch-mates to it (their signing rounds, their rebatches).
         groups: dict[tuple[bytes, int], list[RequestRow]] = {}
@@ -1302,7 +1302,7 @@ class Pipeline:
     # --- driving -----------------------------------------------------------------------
 
     def active_request_hashes(self) -> list[bytes]:
-        return [r.request_hash for r in self.store.list_requests(ACTIVE_REQUEST_STATES)]
+        return self.store.list_request_hashes(ACTIVE_REQUEST_STATES)
 
     def active_batch_indices(self) -> list[int]:
         """Batches still moving: signing, submitting, and certified ones still confirming."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, LargeBinary, String, Text, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
 from avs_aggregator.database import Database, PortableText
 from avs_aggregator.evidence import AttestationMixin, EquivocationMixin, ProofState
@@ -74,6 +74,12 @@ class RequestRow(Base):
     accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rebatched: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # batches given up
     verify_rounds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # of the current output
+
+
+# The request columns that can be large (a chat of up to ~256 KiB, an output and its token ids): the
+# polling loops read many rows at every tick and need none of them (a client filling the queue with
+# large chats made each tick read hundreds of MB; found in review).
+PAYLOAD_COLUMNS = (RequestRow.envelope, RequestRow.output_text, RequestRow.output_ids)
 
 
 class BatchRow(Base):
@@ -263,7 +269,12 @@ class Store(Database):
             row.updated_at = self.clock()
             return row
 
-    def list_requests(self, states: Sequence[RequestState], limit: int = 1000) -> list[RequestRow]:
+    def list_requests(
+        self, states: Sequence[RequestState], limit: int = 1000, *, payload: bool = True
+    ) -> list[RequestRow]:
+        """The requests in ``states``, oldest first; ``payload=False`` leaves out the columns that can
+        be large (``PAYLOAD_COLUMNS``: reading one raises), for loops over many rows that need only
+        the small fields."""
         with self.session() as s:
             query = (
                 select(RequestRow)
@@ -271,7 +282,20 @@ class Store(Database):
                 .order_by(RequestRow.created_at)
                 .limit(limit)
             )
+            if not payload:
+                query = query.options(*(defer(column, raiseload=True) for column in PAYLOAD_COLUMNS))
             return list(s.scalars(query))
+
+    def list_request_hashes(self, states: Sequence[RequestState], limit: int = 1000) -> list[bytes]:
+        """The hashes of ``list_requests`` (only that column is read)."""
+        with self.session() as s:
+            query = (
+                select(RequestRow.request_hash)
+                .where(RequestRow.state.in_([str(st) for st in states]))
+                .order_by(RequestRow.created_at)
+                .limit(limit)
+            )
+            return [bytes(h) for h in s.scalars(query)]
 
     def count_requests(self, states: Sequence[RequestState]) -> int:
         with self.session() as s:

@@ -27,6 +27,7 @@ and the contract refuses a second certification, so no batch is certified twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -35,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import grpc
 
 from avs.chain.client import CheckSignaturesIndices, ContractRevertError, NonSignerStakesAndSignature
 from avs.chain.faults import SignedAttestation
@@ -163,6 +166,9 @@ class PipelineSettings:
     verify_rounds: int = 2  # Verify rounds for an output whose verdicts fall short because verifiers did not answer
     sign_rounds: int = 3  # SignBatch rounds for a batch whose signers fall short of the threshold
     sign_backoff: float = 1.0  # seconds before the second round, doubled for each further one
+    # A primary whose Generate timed out or could not be reached is not picked again for this long,
+    # for any request (``_pick_primary``): each pick would hold a request worker for generate_timeout.
+    primary_bench_seconds: float = 60.0
 
 
 class PipelineError(InvalidInputError):
@@ -282,6 +288,7 @@ class Pipeline:
         self._batch_lock = threading.Lock()
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
+        self._benched: dict[bytes, float] = {}  # operator id -> until when it is not picked as primary
         self._sending = InFlight()  # rejection proofs being sent now (a worker and the retry tick)
         if equivocation_reporter is None and isinstance(reporter, EquivocationReporter):
             equivocation_reporter = reporter  # Web3RejectionReporter proves both
@@ -395,13 +402,35 @@ class Pipeline:
     def _pick_primary(self, row: RequestRow) -> None:
         reference_block, _ = self.reader.get_reference_block()
         operator_set = self.reader.get_operator_set(reference_block)
-        excluded = set(load_hex_list(row.excluded))
+        excluded = load_hex_list(row.excluded)
+        benched = sorted(self._benched_primaries() - set(excluded))
+        select = functools.partial(protocol.select_primary, operator_set, row.quorum_numbers, row.request_hash)
         try:
-            primary = protocol.select_primary(operator_set, row.quorum_numbers, row.request_hash, row.attempt, excluded)
+            try:
+                primary = select(row.attempt, {*excluded, *benched})
+            except protocol.NoOperatorError:  # no one else: a benched operator may have recovered
+                benched = []
+                primary = select(row.attempt, set(excluded))
         except protocol.NoOperatorError as exc:
             self._fail(row, f"{exc}; last error: {row.error}" if row.error else str(exc))
             return
-        self._set_state(row, RequestState.GENERATING, primary_id=primary.operator_id, reference_block=reference_block)
+        # The benched ones join the request's excluded list: its primary stays derivable from the row.
+        values = {"excluded": dump_hex_list([*excluded, *benched])} if benched else {}
+        self._set_state(
+            row, RequestState.GENERATING, primary_id=primary.operator_id, reference_block=reference_block, **values
+        )
+
+    def _benched_primaries(self) -> set[bytes]:
+        now = self.clock()
+        with self._responding_lock:
+            return {operator_id for operator_id, until in self._benched.items() if until > now}
+
+    def _bench(self, primary: OperatorInfo, error: BaseException) -> None:
+        """Bench a primary that hung or was unreachable (not one that refused this request)."""
+        code = error.code() if isinstance(error, grpc.Call) else None
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE) or isinstance(error, OSError):
+            with self._responding_lock:
+                self._benched[bytes(primary.operator_id)] = self.clock() + self.settings.primary_bench_seconds
 
     def _generate(self, row: RequestRow) -> None:
         operator_set = self._operator_set(row)
@@ -417,6 +446,7 @@ class Pipeline:
             signed = self._check_generate(row, envelope, primary, reply)
         except Exception as exc:
             self._operator_outcome(primary, "generate", "error")
+            self._bench(primary, exc)
             error = describe_call_error(exc)
             logger.warning("primary failed", extra={"request": _hex(row.request_hash), "error": error})
             self._retry(row, f"primary 0x{primary.operator_id.hex()[:8]} failed: {error}")

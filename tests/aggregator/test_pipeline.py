@@ -285,6 +285,43 @@ def test_a_nul_character_from_an_operator_is_stored_on_every_database(db: str, b
     pipeline.close()
 
 
+def test_a_primary_that_timed_out_is_not_picked_again_for_a_while(db: str) -> None:
+    """Found in review: a primary that accepts the call and never answers held a request worker for
+    generate_timeout every time it was picked, in proportion to its stake, and eight such picks held
+    every worker. After a timeout it is benched for primary_bench_seconds (for every request), and
+    the requests it would have served record it as excluded (their primary stays derivable)."""
+    network = FakeNetwork([{0: 25}] * 4)
+    hung = network.operators[0]
+    hung.behaviour = "down"  # the call fails as a timeout or a refused connection does
+    now = [1000.0]
+    settings = dataclasses.replace(SETTINGS, primary_bench_seconds=60.0)
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, settings, clock=lambda: now[0])
+    operator_set = network.get_operator_set(network.block - 1)
+
+    def picks_hung_first(nonce: int) -> bool:
+        request_hash = compute_request_hash(DOMAIN, make_envelope(nonce, "which primary").request)
+        return select_primary(operator_set, b"\x00", request_hash, 0).operator_id == hung.keys.operator_id
+
+    first, second, third = [n for n in range(500) if picks_hung_first(n)][:3]
+
+    def generate_calls() -> int:
+        return [op for call, op in network.calls if call == "generate"].count(hung.keys.operator_id)
+
+    pipeline.submit(make_envelope(first, "which primary"))
+    pipeline.run_until_idle()
+    assert generate_calls() == 1
+    request_hash = pipeline.submit(make_envelope(second, "which primary"))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 0
+    assert generate_calls() == 1 and hung.keys.operator_id.hex() in (row.excluded or "")
+    now[0] += 61.0  # the bench is over: picked again
+    pipeline.submit(make_envelope(third, "which primary"))
+    pipeline.run_until_idle()
+    assert generate_calls() == 2
+    pipeline.close()
+
+
 def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes, quorums: bytes = b"\x00") -> RequestEnvelope:
     operator_set = network.get_operator_set(network.block - 1)
     for nonce in range(500):

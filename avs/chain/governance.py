@@ -25,6 +25,7 @@ from web3 import Web3
 
 from avs.chain.abi import load_abi
 from avs.chain.deployment import Deployment
+from avs.errors import InvalidInputError
 from avs.logs import redact_urls
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _same(a: str, b: str) -> bool:
 def read_parameters(w3: Web3, deployment: Deployment) -> DeploymentParameters:
     """The parameters of ``deployment`` at the latest block (it must have its fault manager and pool)."""
     if deployment.fault_manager is None or deployment.insurance_pool is None:
-        raise ValueError("the deployment names no fault manager or insurance pool")
+        raise InvalidInputError("the deployment names no fault manager or insurance pool: nothing to check")
 
     def contract(address: str, name: str) -> Any:
         return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_abi(name))

@@ -402,23 +402,21 @@ class Pipeline:
     def _pick_primary(self, row: RequestRow) -> None:
         reference_block, _ = self.reader.get_reference_block()
         operator_set = self.reader.get_operator_set(reference_block)
-        excluded = load_hex_list(row.excluded)
-        benched = sorted(self._benched_primaries() - set(excluded))
+        excluded = set(load_hex_list(row.excluded))
+        benched = self._benched_primaries() - excluded
         select = functools.partial(protocol.select_primary, operator_set, row.quorum_numbers, row.request_hash)
         try:
             try:
-                primary = select(row.attempt, {*excluded, *benched})
+                primary = select(row.attempt, excluded | benched)
             except protocol.NoOperatorError:  # no one else: a benched operator may have recovered
-                benched = []
-                primary = select(row.attempt, set(excluded))
+                primary = select(row.attempt, excluded)
         except protocol.NoOperatorError as exc:
             self._fail(row, f"{exc}; last error: {row.error}" if row.error else str(exc))
             return
-        # The benched ones join the request's excluded list: its primary stays derivable from the row.
-        values = {"excluded": dump_hex_list([*excluded, *benched])} if benched else {}
-        self._set_state(
-            row, RequestState.GENERATING, primary_id=primary.operator_id, reference_block=reference_block, **values
-        )
+        if benched:  # not in the request's excluded list: a bench ends, an exclusion does not
+            skipped = sorted("0x" + o.hex()[:8] for o in benched)
+            logger.info("benched primaries skipped", extra={"request": _hex(row.request_hash), "benched": skipped})
+        self._set_state(row, RequestState.GENERATING, primary_id=primary.operator_id, reference_block=reference_block)
 
     def _benched_primaries(self) -> set[bytes]:
         now = self.clock()

@@ -123,7 +123,7 @@ class FakeNetwork:
     def generate(self, operator: OperatorInfo, envelope: RequestEnvelope, timeout: float) -> GenerateReply:
         op = self.by_id(operator.operator_id)
         self.calls.append(("generate", operator.operator_id))
-        if op.behaviour == "down":
+        if op.behaviour in ("down", "generate_down"):  # generate_down: verifies and signs honestly
             raise ConnectionError("operator down")
         if op.behaviour == "nul_error":  # gRPC passes a NUL in an error's details through to str(exc)
             raise ConnectionError('details = "operator\x00down"')

@@ -288,8 +288,9 @@ def test_a_nul_character_from_an_operator_is_stored_on_every_database(db: str, b
 def test_a_primary_that_timed_out_is_not_picked_again_for_a_while(db: str) -> None:
     """Found in review: a primary that accepts the call and never answers held a request worker for
     generate_timeout every time it was picked, in proportion to its stake, and eight such picks held
-    every worker. After a timeout it is benched for primary_bench_seconds (for every request), and
-    the requests it would have served record it as excluded (their primary stays derivable)."""
+    every worker. After a timeout it is benched for primary_bench_seconds (for every request); a
+    bench ends, so it is not written into the requests' excluded lists (a review of the first fix:
+    excluded for good, it left a request with no primary while it was healthy again)."""
     network = FakeNetwork([{0: 25}] * 4)
     hung = network.operators[0]
     hung.behaviour = "down"  # the call fails as a timeout or a refused connection does
@@ -314,12 +315,39 @@ def test_a_primary_that_timed_out_is_not_picked_again_for_a_while(db: str) -> No
     pipeline.run_until_idle()
     row = pipeline.store.get_request(request_hash)
     assert row is not None and row.state == RequestState.CERTIFIED and row.attempt == 0
-    assert generate_calls() == 1 and hung.keys.operator_id.hex() in (row.excluded or "")
+    assert generate_calls() == 1 and hung.keys.operator_id.hex() not in (row.excluded or "")
     now[0] += 61.0  # the bench is over: picked again
     pipeline.submit(make_envelope(third, "which primary"))
     pipeline.run_until_idle()
     assert generate_calls() == 2
     pipeline.close()
+
+
+def test_a_bench_that_ended_leaves_the_operator_a_primary_for_requests_picked_meanwhile(db: str) -> None:
+    """Three operators: A benched by another request, then healthy again; B and C fail this request's
+    Generate, each call taking past A's bench. A, untried, must still be its primary."""
+    network = FakeNetwork([{0: 30}, {0: 30}, {0: 40}])
+    a, b, c = network.operators
+    now = [1000.0]
+    settings = dataclasses.replace(SETTINGS, primary_bench_seconds=60.0, max_attempts=3)
+    pipeline = Pipeline(DOMAIN, Store(db), network, network, network, settings, clock=lambda: now[0])
+    a.behaviour = "generate_down"
+    pipeline.submit(find_envelope_with_primary(network, a.keys.operator_id))
+    pipeline.run_until_idle()  # A fails once: benched
+    a.behaviour = "honest"
+    b.behaviour = c.behaviour = "generate_down"
+    original_generate = network.generate
+
+    def slow_generate(*args: Any, **kwargs: Any) -> Any:
+        now[0] += 61.0  # every call outlasts a bench
+        return original_generate(*args, **kwargs)
+
+    network.generate = slow_generate  # type: ignore[method-assign]
+    request_hash = pipeline.submit(make_envelope(500, "after the bench"))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    pipeline.close()
+    assert row is not None and row.state == RequestState.CERTIFIED and row.primary_id == a.keys.operator_id
 
 
 def find_envelope_with_primary(network: FakeNetwork, operator_id: bytes, quorums: bytes = b"\x00") -> RequestEnvelope:

@@ -43,6 +43,8 @@ contract FaultManager is IFaultManager, Ownable {
     ///         manager's (possibly lower) certification threshold: otherwise a small minority could
     ///         slash an honest primary by rejecting its correct output.
     uint16 public constant MIN_REJECTION_THRESHOLD_BPS = 5_001;
+    /// @notice Gas each strategy view of a slash's valuation may use (`_assetValue`).
+    uint256 public constant VALUATION_GAS = 100_000;
 
     /// @notice The operator registry (keys, histories, slashing).
     IOperatorRegistry public immutable registry;
@@ -396,15 +398,27 @@ contract FaultManager is IFaultManager, Ownable {
     ///      share is not one token), nothing for a strategy of another token (the pool receives that
     ///      token, which pays no claim until governance converts it: `recoverToken`). Payout budgets
     ///      and challenger rewards are counted in this value, so they never exceed what the slash
-    ///      brings the pool in its asset.
+    ///      brings the pool in its asset. A strategy whose views revert (a paused or upgraded LST) or
+    ///      run past `VALUATION_GAS` counts nothing: the slash itself must never fail on them.
     function _assetValue(uint8 q, uint256[] memory shares) private view returns (uint256 value) {
         IStrategy[] memory strategies = StrategyOrder.sortAscending(
             _allocationManager.getStrategiesInOperatorSet(OperatorSet(address(registry), q))
         );
         for (uint256 i; i < shares.length && i < strategies.length; ++i) {
-            if (shares[i] != 0 && strategies[i].underlyingToken() == _poolAsset) {
-                value += strategies[i].sharesToUnderlyingView(shares[i]);
-            }
+            if (shares[i] != 0) value += _valueOf(strategies[i], shares[i]);
+        }
+    }
+
+    function _valueOf(IStrategy strategy, uint256 shares) private view returns (uint256) {
+        try strategy.underlyingToken{gas: VALUATION_GAS}() returns (IERC20 token) {
+            if (token != _poolAsset) return 0;
+        } catch {
+            return 0;
+        }
+        try strategy.sharesToUnderlyingView{gas: VALUATION_GAS}(shares) returns (uint256 amount) {
+            return amount;
+        } catch {
+            return 0;
         }
     }
 

@@ -7,6 +7,7 @@ import {LocalStrategy} from "../src/core/LocalStrategy.sol";
 import {TestToken} from "../src/tokens/TestToken.sol";
 import {AvsMessages} from "../src/libraries/AvsMessages.sol";
 import {IInsurancePoolTypes} from "../src/interfaces/IInsurancePool.sol";
+import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
 
 /// @notice Payout budgets and challenger rewards count slashed stake at what it is worth in the pool's
@@ -61,6 +62,17 @@ contract SlashValueTest is ChallengeFixture {
         vm.assertTrue(c.status == IInsurancePoolTypes.CoverageStatus.Claimable, "the fraud is recorded");
         vm.assertEq(c.payout, 0, "nothing of the pool's other money");
         vm.assertEq(token.balanceOf(CHALLENGER), challengerBefore, "bond back, no reward");
+    }
+
+    /// A strategy whose views revert (a paused LST) blocked every slash once the fault manager read
+    /// them (a review of the valuation): it counts nothing, and the slash goes through.
+    function test_resolveChallenge_AStrategyWhoseViewsRevertCountsNothingAndTheSlashGoesOn() public {
+        uint96 stakeBefore = registry.getCurrentStake(_id(7), 0);
+        _rateStrategy().setBroken(true);
+        uint256 id = _insureAndReject(1 ether);
+        vm.assertTrue(faults.getChallenge(id).status == IFaultManagerTypes.ChallengeStatus.Upheld, "upheld");
+        vm.assertEq(registry.getCurrentStake(_id(7), 0), stakeBefore / 2, "slashed all the same");
+        vm.assertEq(faults.batchSlashedAmount(1), 0, "valued at nothing");
     }
 
     function test_resolveChallenge_OneTokenAShareIsPaidAsBefore() public {

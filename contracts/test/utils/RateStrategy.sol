@@ -13,6 +13,7 @@ contract RateStrategy is LocalStrategy {
     uint256 public denominator = 1;
     IERC20 private immutable _real;
     IERC20 private _reported;
+    bool public broken; // its views revert, as a paused LST's may
 
     constructor(IERC20 token) LocalStrategy(token) {
         _real = token;
@@ -26,11 +27,17 @@ contract RateStrategy is LocalStrategy {
         _reported = token;
     }
 
+    function setBroken(bool broken_) external {
+        broken = broken_;
+    }
+
     function underlyingToken() external view override returns (IERC20) {
+        require(!broken, "paused");
         return address(_reported) != address(0) ? _reported : _real;
     }
 
     function sharesToUnderlyingView(uint256 amountShares) external view override returns (uint256) {
+        require(!broken, "paused");
         return amountShares * numerator / denominator;
     }
 }

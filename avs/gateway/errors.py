@@ -67,9 +67,8 @@ class SubmittedRequestError(AvsError):
 
 
 class MaybeSubmittedError(AvsError):
-    """A Submit that failed in a way that may have come after the aggregator took the request (the
-    connection reset, a deadline passed): a retry without an ``Idempotency-Key`` would draw a new
-    nonce, another paid inference, so it is answered with no retry."""
+    """A Submit past its deadline: the aggregator most likely took the request, and a retry without an
+    ``Idempotency-Key`` would draw a new nonce, another paid inference, so it is answered with no retry."""
 
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))

@@ -61,11 +61,11 @@ Emit = Callable[[dict[str, object]], None]
 CertificateChecker = Callable[[ag.Certificate, bytes], Sequence[str]]
 REQUEST_HASH_HEX_CHARS = 64
 CHAIN_TIMEOUT_SECONDS = 30
-# A Submit that failed with one of these may have reached the aggregator first (a connection reset,
-# a restart, a deadline): sent again after each delay with the same message, so the same nonce and
-# the same request (the aggregator answers a repeat with the request it has), never left to the
-# client, whose retry would draw a new nonce (another paid inference) unless it sent an Idempotency-Key.
-AMBIGUOUS_SUBMIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A Submit that failed UNAVAILABLE may have reached the aggregator first (a connection reset after it
+# took the request): it is sent again after each delay with the same message, so the same nonce and
+# the same request (the aggregator answers a repeat with the request it has), before the client's
+# retry would draw a new nonce (another paid inference). UNAVAILABLE is also a refusal before anything
+# was stored (a standby, a refused connection), so the last one is still answered as retriable.
 SUBMIT_RETRY_DELAYS_SECONDS = (0.5, 1.5)
 
 
@@ -214,21 +214,19 @@ class GatewayService:
         return _Submitted(request_hash, message, model, len(prompt_ids))
 
     def _send(self, messages: list[dict[str, str]], fields: dict[str, Any], idempotent: bool) -> bytes:
-        """``Intake.submit``, again with the same fields after a failure that may have come after the
-        aggregator took the request (``AMBIGUOUS_SUBMIT_CODES``); if every try fails so, a request
-        without an Idempotency-Key is answered with no retry (``MaybeSubmittedError``)."""
+        """``Intake.submit``, again with the same fields after an UNAVAILABLE (``SUBMIT_RETRY_DELAYS_SECONDS``).
+        A Submit past its deadline was most likely taken and is still being stored: without an
+        Idempotency-Key it is answered with no retry (``MaybeSubmittedError``), not sent again."""
         for delay in (*SUBMIT_RETRY_DELAYS_SECONDS, None):
             try:
                 return self._intake.submit(messages, **fields)
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None  # a channel's are Calls
-                if code not in AMBIGUOUS_SUBMIT_CODES:
-                    raise
-                if delay is None:
-                    if idempotent:  # the client's retry sends this very request (the key fixes its nonce)
-                        raise
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
                     raise MaybeSubmittedError(exc) from exc
-                logger.warning("submit failed; sending the same request again", extra={"code": code.name})
+                if code != grpc.StatusCode.UNAVAILABLE or delay is None:
+                    raise
+                logger.warning("submit unavailable; sending the same request again", extra={"delay": delay})
                 time.sleep(delay)
         raise AssertionError("unreachable: the last try returns or raises")
 

@@ -88,8 +88,9 @@ class FakeIntake:
     sent_by_thread: dict[int, ag.SubmitRequest] = field(default_factory=dict)
     accepted_ids: Sequence[int] | None = None  # the output of the statuses before CERTIFIED, if not ``ids``
     edit_certified: Callable[[RequestStatus], None] | None = None  # a dishonest aggregator's edit
-    # Submits that take the request, then fail UNAVAILABLE (the reply lost: a reset, a restart)
+    # Submits that take the request, then fail with ``lost_reply_code`` (the reply lost: a reset, a deadline)
     lost_replies: int = 0
+    lost_reply_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
     def list_models(self) -> dict[str, bytes]:
         return dict(self.models)
@@ -101,7 +102,7 @@ class FakeIntake:
         self.sent = self.sent_by_thread[threading.get_ident()] = build_submit_request(messages, **kwargs)
         if self.lost_replies > 0:
             self.lost_replies -= 1
-            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")
+            raise FakeRpcError(self.lost_reply_code, "the reply was lost")
         return REQUEST_HASH
 
     def wait(

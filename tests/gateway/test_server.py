@@ -523,24 +523,34 @@ def test_a_submit_whose_reply_was_lost_is_sent_again_as_the_same_request() -> No
 
 
 @pytest.mark.usefixtures("quick_submit_retries")
-def test_a_submit_that_may_have_arrived_is_not_retried_by_the_sdk_with_a_new_nonce() -> None:
-    """Found in review: the 503 invited the openai SDK's two retries, each a new nonce, so up to three
-    paid inferences. Now the gateway's own tries send one request; without an Idempotency-Key the
-    503 says not to retry, with one (the key fixes the nonce) a retry is the same request."""
-    intake = FakeIntake(lost_replies=99)
+def test_a_submit_past_its_deadline_is_not_retried_by_the_sdk_with_a_new_nonce() -> None:
+    """A Submit past its deadline was most likely taken: the openai SDK's two retries would each draw
+    a new nonce (three paid inferences): the 504 says not to retry, and how to retry safely."""
+    intake = FakeIntake(lost_replies=99, lost_reply_code=grpc.StatusCode.DEADLINE_EXCEEDED)
     gateway = start(intake)
     try:
         with pytest.raises(openai.InternalServerError) as failed:
             openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="unused").completions.create(
                 model=MODEL, prompt="x"
             )  # the SDK's default two retries
-        assert failed.value.status_code == 503 and failed.value.response.headers["x-should-retry"] == "false"
-        assert "Idempotency-Key" in failed.value.message
+        assert failed.value.status_code == 504 and failed.value.response.headers["x-should-retry"] == "false"
+        assert "Idempotency-Key" in failed.value.message and len(intake.submitted) == 1
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.usefixtures("quick_submit_retries")
+def test_an_aggregator_unavailable_throughout_is_retriable() -> None:
+    """UNAVAILABLE is also a refusal before anything was stored (a standby during a failover, a refused
+    connection): after the gateway's own tries of the same request the 503 stays retriable (a review
+    of the first fix, which told the SDKs not to retry through a failover)."""
+    intake = FakeIntake(lost_replies=99)
+    gateway = start(intake)
+    try:
+        with pytest.raises(openai.InternalServerError) as failed:
+            client_for(gateway).completions.create(model=MODEL, prompt="x")
+        assert failed.value.status_code == 503 and "x-should-retry" not in failed.value.response.headers
         assert len(intake.submitted) == 3 and len({s["nonce"] for s in intake.submitted}) == 1
-        keyed = client_for(gateway).with_options(max_retries=0)
-        with pytest.raises(openai.InternalServerError) as retriable:
-            keyed.completions.create(model=MODEL, prompt="x", extra_headers={"Idempotency-Key": "k1"})
-        assert "x-should-retry" not in retriable.value.response.headers
     finally:
         gateway.stop()
 

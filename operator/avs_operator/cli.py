@@ -158,7 +158,9 @@ SOCKET_SCHEMES = ("grpc://", "grpcs://")  # what aggregators dial: TLS for grpcs
 # socket is the right one; on any other chain it would send every aggregator to its own host.
 DEVNET_CHAIN_ID = 31337
 # A DNS name (underscores too: Docker service names have them) or an IPv4 address.
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+# A DNS label starts and ends with a letter, digit (or underscore), hyphens only inside.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,8 @@ def parse_socket(socket: str) -> OperatorSocket:
 def _is_host(host: str) -> bool:
     if host.startswith("[") and host.endswith("]"):
         return _ip_address(host) is not None and ":" in host
+    if host.replace(".", "").isdigit():  # all digits: an IPv4 address or nothing (999.1.1.1, 1.2.3)
+        return _ip_address(host) is not None
     return _HOST_NAME.fullmatch(host) is not None and len(host) <= 253
 
 

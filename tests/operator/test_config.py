@@ -178,6 +178,8 @@ MAINNET, DEVNET = 1, 31337
         ("0.0.0.0:50051", "grpc://127.0.0.2:50051", "loopback"),
         ("0.0.0.0:50051", "[::1]:50051", "loopback"),
         ("0.0.0.0:50051", "[::ffff:127.0.0.1]:50051", "loopback"),
+        ("0.0.0.0:50051", "999.1.1.1:50051", "not a host name"),  # digits only: an IPv4 address or nothing
+        ("0.0.0.0:50051", "-bad-.example.com:50051", "not a host name"),  # a label starts and ends alphanumeric
     ],
 )
 def test_a_socket_aggregators_could_not_dial_is_refused(listen: str, given: str | None, message: str) -> None:

@@ -399,7 +399,9 @@ contract FaultManager is IFaultManager, Ownable {
     ///      token, which pays no claim until governance converts it: `recoverToken`). Payout budgets
     ///      and challenger rewards are counted in this value, so they never exceed what the slash
     ///      brings the pool in its asset. A strategy whose views revert (a paused or upgraded LST) or
-    ///      run past `VALUATION_GAS` counts nothing: the slash itself must never fail on them.
+    ///      run past `VALUATION_GAS` counts nothing: the slash itself must never fail on them. (Return
+    ///      data that does not decode still reverts, as Solidity's try does not catch it: the set's
+    ///      strategies are EigenLayer's, whose views return what their interface says.)
     function _assetValue(uint8 q, uint256[] memory shares) private view returns (uint256 value) {
         IStrategy[] memory strategies = StrategyOrder.sortAscending(
             _allocationManager.getStrategiesInOperatorSet(OperatorSet(address(registry), q))

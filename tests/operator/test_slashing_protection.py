@@ -389,16 +389,24 @@ def test_a_history_another_process_holds_is_unavailable_not_an_internal_error(tm
     db.record_attestation(DOMAIN, Attestation(R2, O2, Verdict.ACCEPT))  # free again: signs
 
 
+def _daemon_and_importer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int, url_options: str = ""
+) -> tuple[SlashingProtection, SlashingProtection]:
+    """A running daemon's history and an importer on the same SQLite file, importing ``chunk_rows``
+    records a transaction with no pause between chunks."""
+    monkeypatch.setattr(slashing_protection, "IMPORT_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(slashing_protection, "IMPORT_PAUSE_SECONDS", 0.0)
+    url = f"sqlite:///{tmp_path / 'protection.sqlite'}{url_options}"
+    return SlashingProtection(url, operator_id=KEY_A), SlashingProtection(url)
+
+
 def test_an_import_writes_in_chunks_and_the_daemon_signs_between_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An import was one transaction holding SQLite's write lock throughout (100k attestations: ~36 s),
     and the daemon's signatures failed after its 5 s busy timeout. Now the daemon records its own
     between two chunks, while the import is still under way."""
-    monkeypatch.setattr(slashing_protection, "IMPORT_CHUNK_ROWS", 3)
-    monkeypatch.setattr(slashing_protection, "IMPORT_PAUSE_SECONDS", 0.0)
-    url = f"sqlite:///{tmp_path / 'protection.sqlite'}?timeout=1"
-    daemon, importer = SlashingProtection(url, operator_id=KEY_A), SlashingProtection(url)
+    daemon, importer = _daemon_and_importer(tmp_path, monkeypatch, chunk_rows=3, url_options="?timeout=1")
     imported_at_each_commit: list[int] = []
 
     def daemon_signs(session: Session) -> None:
@@ -419,10 +427,7 @@ def test_a_conflict_signed_during_an_import_stops_it_and_what_it_wrote_stays(
     """Each chunk is checked again as it is written: the daemon accepting another output of a request
     the export accepts, between two chunks, stops the import at that chunk. The chunks written before
     stay (records of signatures made: they only add refusals); the conflicting one is never written."""
-    monkeypatch.setattr(slashing_protection, "IMPORT_CHUNK_ROWS", 2)
-    monkeypatch.setattr(slashing_protection, "IMPORT_PAUSE_SECONDS", 0.0)
-    url = f"sqlite:///{tmp_path / 'protection.sqlite'}"
-    daemon, importer = SlashingProtection(url, operator_id=KEY_A), SlashingProtection(url)
+    daemon, importer = _daemon_and_importer(tmp_path, monkeypatch, chunk_rows=2)
     commits: list[int] = []
 
     def daemon_signs_the_other_output(session: Session) -> None:

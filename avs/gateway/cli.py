@@ -21,13 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import CollectorRegistry
+
 from avs.chain.deployment import load_deployment
 from avs.client import AggregatorClient
 from avs.errors import AvsError
-from avs.gateway.config import GatewayConfig, load_config
+from avs.gateway.config import GatewayConfig, load_config, parse_host_port
+from avs.gateway.metrics import GatewayMetrics
 from avs.gateway.models import load_local_models
 from avs.gateway.server import GatewayServer
 from avs.gateway.service import ChainCheck, GatewayService, build_certificate_checker, connect_chain_check
+from avs.httpserver import start_metrics_server
 from avs.logs import configure_json_logging
 from avs.messages import Domain
 
@@ -40,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--aggregator", help="the aggregator's intake gRPC host:port (default 127.0.0.1:50060)")
     parser.add_argument("--listen", help="HTTP host:port to listen on (default 127.0.0.1:8080; port 0: any)")
+    parser.add_argument(
+        "--metrics-listen", help="host:port for Prometheus /metrics (default: none; the deploy configs use :9099)"
+    )
     parser.add_argument("--requester", help="0x address put in every request as its requester")
     parser.add_argument(
         "--model-dir",
@@ -68,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_service(client: AggregatorClient, config: GatewayConfig) -> GatewayService:
+def build_service(
+    client: AggregatorClient, config: GatewayConfig, metrics: GatewayMetrics | None = None
+) -> GatewayService:
     """The service with its models' tokenizers and a certificate check bound to the deployment, if
     given, and to its chain with ``rpc_url``."""
     domain = None
@@ -79,7 +88,7 @@ def build_service(client: AggregatorClient, config: GatewayConfig) -> GatewaySer
         if config.rpc_url is not None:
             chain = connect_chain_check(config.rpc_url.get_secret_value(), deployment, config.threshold_bps)
     checker = build_certificate_checker(domain, config.threshold_bps, chain)
-    return GatewayService(client, config, load_local_models(config.model_dirs), checker)
+    return GatewayService(client, config, load_local_models(config.model_dirs), checker, metrics=metrics)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +96,13 @@ def run(args: argparse.Namespace) -> int:
     configure_json_logging(config.log_level)
     stopped = threading.Event()
     with AggregatorClient(config.aggregator) as client:
-        server = GatewayServer(build_service(client, config), config)
+        metrics, metrics_server, metrics_url = None, None, None
+        if config.metrics_listen is not None:
+            metrics = GatewayMetrics(CollectorRegistry())
+            host, port = parse_host_port(config.metrics_listen)
+            metrics_server, _ = start_metrics_server(host, port, metrics.registry)
+            metrics_url = f"http://{config.metrics_listen.rpartition(':')[0]}:{metrics_server.server_port}/metrics"
+        server = GatewayServer(build_service(client, config, metrics), config, metrics)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             logger.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -99,10 +114,16 @@ def run(args: argparse.Namespace) -> int:
         url = f"http://{server.host}:{server.port}/v1"
         auth = bool(config.get_api_keys())
         logger.info("listening", extra={"url": url, "aggregator": config.aggregator, "auth": auth})
-        print(json.dumps({"event": "ready", "url": url, "aggregator": config.aggregator}), flush=True)
+        ready = {"event": "ready", "url": url, "aggregator": config.aggregator}
+        if metrics_url is not None:
+            ready["metrics"] = metrics_url
+        print(json.dumps(ready), flush=True)
         while not stopped.wait(1.0):
             pass
         server.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     return 0
 
 

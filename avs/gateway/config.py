@@ -28,6 +28,8 @@ class GatewayConfig(EnvSecrets):
 
     aggregator: str = "127.0.0.1:50060"  # the aggregator's intake gRPC host:port
     listen: str = "127.0.0.1:8080"  # port 0: a free port
+    # Prometheus /metrics on a port of its own (avs.gateway.metrics); unset: no metrics served
+    metrics_listen: str | None = None
     requester: str  # the 0x address put in every InferenceRequest
     # Prepared model folders (avs_profile.json + tokenizer files): the models served, their prompt
     # hashes computed and their certified tokens decoded here (avs.gateway.models).
@@ -77,10 +79,11 @@ class GatewayConfig(EnvSecrets):
             raise ValueError("is set but holds no key; unset it to serve without authentication")
         return value
 
-    @field_validator("listen", "aggregator")
+    @field_validator("listen", "aggregator", "metrics_listen")
     @classmethod
-    def _check_host_port(cls, value: str) -> str:
-        parse_host_port(value)
+    def _check_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value)
         return value
 
     @model_validator(mode="after")

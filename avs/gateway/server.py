@@ -34,6 +34,7 @@ from avs.gateway.errors import (
     RouteNotFoundError,
     compute_api_error,
 )
+from avs.gateway.metrics import COMPLETION_ROUTES, GatewayMetrics, classify_outcome, classify_route
 from avs.gateway.openai_api import VERIFICATION_PATH, JobKind
 from avs.gateway.service import GatewayService
 from avs.httpserver import BoundedHTTPServer, read_body
@@ -83,7 +84,7 @@ def parse_content_length(text: str | None) -> int | None:
 
 
 class _HttpServer(BoundedHTTPServer):
-    def __init__(self, service: GatewayService, config: GatewayConfig) -> None:
+    def __init__(self, service: GatewayService, config: GatewayConfig, metrics: GatewayMetrics | None) -> None:
         # Connections beyond the completions in flight: for /health, /v1/models, verifications and
         # idle kept-alive connections, so that a busy gateway still answers them.
         max_connections = config.max_in_flight + SPARE_CONNECTIONS
@@ -93,6 +94,9 @@ class _HttpServer(BoundedHTTPServer):
         self.max_body_bytes = config.max_body_bytes
         self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key)
         self.disconnects = DisconnectWatcher()
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.follow_in_flight(lambda: self.admission.in_flight)
 
     def handle_error(self, request: object, client_address: object) -> None:
         logger.debug("connection error", exc_info=True, extra={"client": str(client_address)})
@@ -187,6 +191,23 @@ class GatewayHandler(BaseHTTPRequestHandler):
         kind = POST_ROUTES.get(self._path)
         if kind is None:
             raise RouteNotFoundError(f"unknown URL: {self.command} {self._path}")
+        metrics = self.server.metrics
+        if metrics is None:
+            self._complete(kind)
+            return
+        route, started, error = COMPLETION_ROUTES[kind], time.monotonic(), None
+        try:
+            self._complete(kind)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            outcome = classify_outcome(error)
+            metrics.completions.labels(route, outcome).inc()
+            if error is None:
+                metrics.completion_seconds.labels(route).observe(time.monotonic() - started)
+
+    def _complete(self, kind: JobKind) -> None:
         service = self.server.service
         job = service.parse(kind, self._read_json(), self._idempotency_scope())
         with self.server.admission.admit(self._caller), self._following() as cancellation:
@@ -354,7 +375,11 @@ class GatewayHandler(BaseHTTPRequestHandler):
     # --- logs --------------------------------------------------------------------------
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # send_response's hook: once per response (a stream's 200 when it starts)
         logger.info("http", extra={"method": self.command, "path": self._path, "status": code})
+        if self.server.metrics is not None:
+            status = str(int(code)) if isinstance(code, int) else str(code)  # an HTTPStatus is an int
+            self.server.metrics.responses.labels(classify_route(self._path), status).inc()
 
     def log_message(self, format: str, *args: object) -> None:
         logger.debug(format, *args)
@@ -363,8 +388,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
 class GatewayServer:
     """The HTTP server on its own thread, listening on ``config.listen``: ``start()``, ``port``, ``stop()``."""
 
-    def __init__(self, service: GatewayService, config: GatewayConfig) -> None:
-        self._http = _HttpServer(service, config)
+    def __init__(self, service: GatewayService, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
+        self._http = _HttpServer(service, config, metrics)
         self._thread: threading.Thread | None = None
 
     @property

@@ -47,6 +47,7 @@ from avs.errors import (
 from avs.gateway import openai_api as api
 from avs.gateway.config import GatewayConfig
 from avs.gateway.errors import MaybeSubmittedError, SubmittedRequestError
+from avs.gateway.metrics import GatewayMetrics
 from avs.gateway.models import LocalModel
 from avs.gateway.openai_api import CompletionJob, JobKind, RequestDefaults
 from avs.inference.params import compute_prompt_hash
@@ -151,6 +152,7 @@ class GatewayService:
         models: Mapping[str, LocalModel],
         check_certificate: CertificateChecker,
         clock: Callable[[], float] = time.time,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._intake = intake
         self._config = config
@@ -158,6 +160,7 @@ class GatewayService:
         self._codecs = {m.model_id: m.codec for m in models.values()}
         self._check_certificate = check_certificate
         self._clock = clock
+        self._metrics = metrics
         self._started = int(clock())
 
     # --- requests ----------------------------------------------------------------------
@@ -237,6 +240,8 @@ class GatewayService:
         problems = self._check_certificate(status.certificate, sent.request_hash)
         if problems:
             raise UntrustedAnswerError(f"the certificate does not verify: {'; '.join(problems)}")
+        if self._metrics is not None:
+            self._metrics.record_tokens(sent.prompt_tokens, len(status.certificate.output_token_ids))
         return sent.localize(status)
 
     def complete(self, job: CompletionJob, cancellation: Cancellation | None = None) -> dict[str, object]:
@@ -309,14 +314,14 @@ class _Submitted:
         self.request_hash = request_hash
         self.message = message
         self.model = model
-        self._prompt_tokens = prompt_tokens
+        self.prompt_tokens = prompt_tokens
 
     def localize(self, status: RequestStatus) -> RequestStatus:
         """A copy of ``status`` with the text decoded here from its token ids and the prompt counted here."""
         local = RequestStatus()
         local.CopyFrom(status)
         local.output_text = self.model.codec.decode(local.output_token_ids)
-        local.prompt_tokens = self._prompt_tokens
+        local.prompt_tokens = self.prompt_tokens
         if local.HasField("certificate"):
             local.certificate.output_text = self.model.codec.decode(local.certificate.output_token_ids)
         return local

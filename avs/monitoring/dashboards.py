@@ -326,7 +326,63 @@ ECONOMICS = Dashboard(
     ),
 )
 
-DASHBOARDS = {"operators": OPERATORS, "aggregator": AGGREGATOR, "economics": ECONOMICS}
+GATEWAY = Dashboard(
+    uid="avs-gateway",
+    title="AVS gateway",
+    description="The OpenAI-compatible gateway (avs.gateway): completions by outcome, time to a certified "
+    "answer, tokens, HTTP answers. Scraped from its --metrics-listen port.",
+    panels=(
+        Panel("Gateway up", _q('up{job="gateway"}', "{{instance}}"), "stat", width=6),
+        Panel("Completions in flight", _q("sum(avs_gateway_completions_in_flight)", "in flight"), "stat", width=6),
+        Panel(
+            "Certified completions (1h)",
+            _q('sum(increase(avs_gateway_completions_total{outcome="ok"}[1h]))', "completions"),
+            "stat",
+            width=6,
+        ),
+        Panel(
+            "Certificates refused (1h)",
+            _q('sum(increase(avs_gateway_completions_total{outcome="certificate_mismatch"}[1h]))', "refused"),
+            "stat",
+            description="Certified completions whose certificate did not verify at the gateway "
+            "(alert AvsGatewayCertificateMismatch): the aggregator answered a certificate that is not "
+            "for the request sent, or a forged one.",
+            width=6,
+        ),
+        Panel(
+            "Completions by outcome",
+            _q(f"sum by (route, outcome) (rate(avs_gateway_completions_total[{RATE}]))", "{{route}} {{outcome}}"),
+            unit="reqps",
+        ),
+        Panel(
+            "Time to a certified answer",
+            (
+                Query(
+                    f"histogram_quantile(0.5, sum by (le) (rate(avs_gateway_completion_seconds_bucket[{RATE}])))",
+                    "p50",
+                ),
+                Query(
+                    f"histogram_quantile(0.95, sum by (le) (rate(avs_gateway_completion_seconds_bucket[{RATE}])))",
+                    "p95",
+                ),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "HTTP answers by code",
+            _q(f"sum by (route, code) (rate(avs_gateway_http_responses_total[{RATE}]))", "{{route}} {{code}}"),
+            unit="reqps",
+        ),
+        Panel(
+            "Tokens of certified completions",
+            _q(f"sum by (kind) (rate(avs_gateway_tokens_total[{RATE}]))", "{{kind}}"),
+            unit="short",
+            description="Tokens per second: the prompts (counted at the gateway) and the certified outputs.",
+        ),
+    ),
+)
+
+DASHBOARDS = {"operators": OPERATORS, "aggregator": AGGREGATOR, "economics": ECONOMICS, "gateway": GATEWAY}
 
 
 def compute_promql(expr: str, rate_interval: str = "1m") -> str:

@@ -27,6 +27,7 @@ class ScrapeJob(StrEnum):
     AGGREGATOR = "aggregator"
     CHALLENGER = "challenger"
     CHAIN_EXPORTER = "chain_exporter"
+    GATEWAY = "gateway"
 
 
 # Documented default metrics ports (host:port of each component's /metrics).
@@ -35,6 +36,7 @@ DEFAULT_METRICS_PORTS: Mapping[ScrapeJob, int] = {
     ScrapeJob.AGGREGATOR: 9095,
     ScrapeJob.CHALLENGER: 9097,
     ScrapeJob.CHAIN_EXPORTER: 9098,
+    ScrapeJob.GATEWAY: 9099,
 }
 
 

@@ -18,14 +18,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import openai
 import pytest
 import yaml
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from prometheus_client import CollectorRegistry
 from web3 import Web3
 
 from avs.chain.abi import load_abi
@@ -35,6 +38,11 @@ from avs.chain.faults import SignedAttestation, Web3FaultClient
 from avs.client import AggregatorClient
 from avs.crypto import bls
 from avs.devnet import ANVIL_KEY_0, DEVNET_PASSWORD, Devnet, DevnetOperator, ServiceProcess, get_free_port
+from avs.gateway.cli import build_service
+from avs.gateway.config import load_config
+from avs.gateway.metrics import GatewayMetrics
+from avs.gateway.server import GatewayServer
+from avs.httpserver import start_metrics_server
 from avs.merkle import BatchLeaf, compute_merkle_tree
 from avs.messages import (
     Attestation,
@@ -94,15 +102,33 @@ def _is_http_ok(url: str) -> bool:
         return False
 
 
-def _request_through_the_aggregator(devnet: Devnet, content: str) -> None:
-    with AggregatorClient(devnet.aggregator_url) as client:
-        request_hash = client.submit(
-            [{"role": "user", "content": content}],
-            requester=Account.from_key(ANVIL_KEY_0).address,
-            model=devnet.model_dir.name,
-            max_tokens=8,
-        )
-        client.wait(request_hash, timeout=60)
+@contextmanager
+def _gateway(devnet: Devnet) -> Iterator[tuple[GatewayServer, int]]:
+    """The gateway in front of the devnet's aggregator, with its /metrics on a port of its own."""
+    config = load_config(
+        aggregator=devnet.aggregator_url,
+        requester=Account.from_key(ANVIL_KEY_0).address,
+        model_dirs=[devnet.model_dir],
+        deployment=devnet.deployment_file,
+        listen="127.0.0.1:0",
+        request_timeout_seconds=60,
+    )
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics_server, _ = start_metrics_server("127.0.0.1", 0, metrics.registry)
+    with AggregatorClient(devnet.aggregator_url) as intake:
+        server = GatewayServer(build_service(intake, config, metrics), config, metrics)
+        server.start()
+        try:
+            yield server, metrics_server.server_port
+        finally:
+            server.stop()
+            metrics_server.shutdown()
+            metrics_server.server_close()
+
+
+def _request_through_the_gateway(gateway: GatewayServer, model: str, content: str) -> None:
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="unused", max_retries=0)
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], max_tokens=8)
 
 
 def _send_operator_traffic(node: DevnetOperator, model_dir: Path, deployment: Deployment) -> None:
@@ -209,24 +235,30 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         logs = net.workdir / "logs"
         challenger, challenger_port = _start_challenger(net, logs)
         stoppers.append(challenger.stop)
+        gateway_stack = ExitStack()
+        stoppers.append(gateway_stack.close)
+        gateway, gateway_metrics_port = gateway_stack.enter_context(_gateway(net))
         targets = {
             ScrapeJob.OPERATORS: [
                 ScrapeTarget(f"127.0.0.1:{op.metrics_port}", {"operator": op.name}) for op in net.operators
             ],
             ScrapeJob.AGGREGATOR: [ScrapeTarget(f"127.0.0.1:{net.aggregator_ports['metrics']}")],
             ScrapeJob.CHALLENGER: [ScrapeTarget(f"127.0.0.1:{challenger_port}")],
+            ScrapeJob.GATEWAY: [ScrapeTarget(f"127.0.0.1:{gateway_metrics_port}")],
         }
         stack = start_monitoring(work, net.anvil.url, net.deployment_file, targets, "1s", poll_seconds=0.5)
         stoppers.append(stack.stop)
         prometheus = stack.prometheus
         assert prometheus is not None
-        _wait("every target up", lambda: len(prometheus.query("up == 1").result) == 4)
+        _wait("every target up", lambda: len(prometheus.query("up == 1").result) == 5)
         _wait("the slashing counter at 0", lambda: _has_data(prometheus, "avs_chain_operator_slashings_total"))
 
         # Two requests, the second after a scrape of the first, so that rate() sees counters grow.
-        _request_through_the_aggregator(net, "hello world")
+        model = net.model_dir.name
+        _request_through_the_gateway(gateway, model, "hello world")
         _wait("a scrape of the first request", lambda: _has_data(prometheus, "avs_aggregator_operator_calls_total"))
-        _request_through_the_aggregator(net, "operators sign the same output hash")
+        _wait("the gateway's", lambda: _has_data(prometheus, 'avs_gateway_completions_total{outcome="ok"} > 0'))
+        _request_through_the_gateway(gateway, model, "operators sign the same output hash")
         _send_operator_traffic(net.operators[0], model_dir, net.deployment)
         _buy_coverage(net.anvil.w3, net.deployment)
         _prove_equivocation(net.anvil.w3, net.deployment, net.operators[0])
@@ -246,7 +278,7 @@ def _all_queries() -> list[tuple[str, str, str]]:
 
 def test_targets_are_scraped_and_rules_loaded(devnet: Monitored) -> None:
     targets = devnet.prometheus.get_active_targets()
-    assert {t["labels"]["job"] for t in targets} == {"operators", "aggregator", "challenger", "chain_exporter"}
+    assert {t["labels"]["job"] for t in targets} == {job.value for job in ScrapeJob}
     # scrape_timeout is the 1 s scrape interval: one scrape of a busy process may time out; a target
     # that is really down stays down for the whole wait.
     _wait(

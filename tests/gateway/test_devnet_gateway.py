@@ -18,6 +18,7 @@ import openai
 import pytest
 from eth_account import Account
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from prometheus_client.parser import text_string_to_metric_families
 
 from avs.chain.deployment import load_deployment
 from avs.client import AggregatorClient, certificate_from_json, verify_certificate
@@ -243,19 +244,37 @@ def test_with_rpc_url_certificates_are_checked_on_chain(devnet: Devnet, model: s
     assert f"quorum {stake.quorum_number}: the certificate states" in problem and "the chain has" in problem
 
 
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus' view of a /metrics endpoint: (sample name, labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    families = text_string_to_metric_families(text)
+    return {(s.name, frozenset(s.labels.items())): s.value for family in families for s in family.samples}
+
+
 def test_the_binary_serves_and_stops_on_sigterm(devnet: Devnet, tmp_path: Path) -> None:
     port = get_free_port()
     args = [sys.executable, "-m", "avs.gateway.cli", "--aggregator", devnet.aggregator_url]
     args += ["--listen", f"127.0.0.1:{port}", "--requester", Account.create().address]
     args += ["--model-dir", str(devnet.model_dir), "--deployment", str(devnet.deployment_file)]
+    args += ["--metrics-listen", "127.0.0.1:0", "--request-timeout", "120"]
     process = ServiceProcess("gateway", args, {**os.environ, "AVS_GATEWAY_API_KEYS": API_KEY}, tmp_path)
     try:
         ready = process.wait_ready(timeout=30)
         assert ready["url"] == f"http://127.0.0.1:{port}/v1"
-        client = openai.OpenAI(base_url=str(ready["url"]), api_key=API_KEY, max_retries=0)
+        client = openai.OpenAI(base_url=str(ready["url"]), api_key=API_KEY, max_retries=0, timeout=120)
         assert [m.id for m in client.models.list().data] == [devnet.model_dir.name]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=str(ready["url"]), api_key="wrong", max_retries=0).models.list()
+        completion = client.chat.completions.create(model=devnet.model_dir.name, messages=QUESTION, max_tokens=4)
+        assert completion.usage is not None
+        metrics = scrape(str(ready["metrics"]))
+        assert metrics[("avs_gateway_completions_total", frozenset({("route", "chat"), ("outcome", "ok")}))] == 1
+        assert metrics[("avs_gateway_tokens_total", frozenset({("kind", "completion")}))] == (
+            completion.usage.completion_tokens
+        )
+        assert metrics[("avs_gateway_http_responses_total", frozenset({("route", "models"), ("code", "401")}))] == 1
+        assert metrics[("avs_gateway_completions_in_flight", frozenset())] == 0
     finally:
         process.stop(timeout=10)
     assert process.process.returncode == 0

@@ -26,6 +26,7 @@ from avs.errors import DeadlineExceededError, OverloadedError, UntrustedAnswerEr
 from avs.gateway import cli
 from avs.gateway import service as gateway_service
 from avs.gateway.config import GatewayConfig, load_config
+from avs.gateway.metrics import GatewayMetrics
 from avs.gateway.models import LocalModel
 from avs.gateway.server import MAX_JSON_DEPTH, GatewayServer, compute_json_depth, is_authorized
 from avs.gateway.service import CertificateChecker, GatewayService
@@ -61,6 +62,7 @@ def start(
     api_keys: tuple[str, ...] = (),
     texts: dict[tuple[int, ...], str] | None = None,
     check_certificate: CertificateChecker = accept_any,
+    metrics: GatewayMetrics | None = None,
     **settings: Any,
 ) -> GatewayServer:
     """The gateway over ``intake``; its tokenizer decodes the intake's ids to the intake's text
@@ -76,8 +78,8 @@ def start(
     )
     codec = FakeCodec(texts if texts is not None else {tuple(intake.ids): intake.text})
     models = {MODEL: LocalModel(MODEL_ID, codec, frozenset({EOS_ID}))}
-    service = GatewayService(intake, config, models, check_certificate)
-    server = GatewayServer(service, config)
+    service = GatewayService(intake, config, models, check_certificate, metrics=metrics)
+    server = GatewayServer(service, config, metrics)
     server.start()
     return server
 

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avs.crypto.backends import Bn254Backend, get_backend, load_backend
-from avs.crypto.curve import FR_MODULUS, G1_GENERATOR, G2_GENERATOR, is_on_curve_g1, is_on_curve_g2, negate_g1
+from avs.crypto.curve import (
+    FP_MODULUS,
+    FR_MODULUS,
+    G1_GENERATOR,
+    G2_GENERATOR,
+    G1Point,
+    is_on_curve_g1,
+    is_on_curve_g2,
+    negate_g1,
+)
 from tests.helpers import find_twist_point_outside_subgroup
 
 scalars = st.integers(min_value=0, max_value=2**256 - 1)
@@ -72,6 +81,28 @@ def test_identity_handling(backend: Bn254Backend) -> None:
     assert backend.g2_mul(G2_GENERATOR, 0).is_identity()
     assert backend.g1_multi_mul([], []).is_identity()
     assert backend.pairing_product_is_one([])
+
+
+def test_the_fast_backend_refuses_a_coordinate_past_the_field_modulus() -> None:
+    """Found in review: mcl took (x + p, y) for (x, y) where py_ecc kept x + p, so the two backends
+    answered differently for a point no parser had checked."""
+    point = FAST.g1_mul(G1_GENERATOR, 7)
+    for unreduced in (G1Point(point.x + FP_MODULUS, point.y), G1Point(point.x, point.y + FP_MODULUS)):
+        with pytest.raises(ValueError, match="field modulus"):
+            FAST.g1_add(unreduced, point)
+
+
+def test_falling_back_to_py_ecc_is_logged() -> None:
+    script = (
+        "import logging; logging.basicConfig(level=logging.WARNING)\n"
+        "from avs.crypto import backends\n"
+        "backends.load_backend = (lambda name, real=backends.load_backend: "
+        "real(name) if name == 'py_ecc' else (_ for _ in ()).throw(backends.BackendUnavailableError('no mcl')))\n"
+        "assert backends.get_backend().name == 'py_ecc'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "mcl unavailable (no mcl); using py_ecc" in result.stderr
 
 
 FIRST_USE_FROM_MANY_THREADS = """

@@ -14,6 +14,7 @@ the reference otherwise; ``AVS_BLS_BACKEND=py_ecc|mcl`` forces a choice.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,8 @@ from typing import Protocol
 
 from avs.crypto.curve import G1Point, G2Point
 from avs.errors import BackendUnavailableError
+
+logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "AVS_BLS_BACKEND"
 BACKEND_NAMES = ("mcl", "py_ecc")
@@ -122,5 +125,7 @@ def _pick_default_backend() -> Bn254Backend:
         return load_backend(forced)
     try:
         return load_backend("mcl")
-    except BackendUnavailableError:
+    except BackendUnavailableError as exc:
+        # An operator on py_ecc signs ~300x slower (and in variable time): say so once, at load.
+        logger.warning("mcl unavailable (%s); using py_ecc, about 300x slower", exc)
         return load_backend("py_ecc")

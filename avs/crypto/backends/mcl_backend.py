@@ -13,7 +13,7 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
-from avs.crypto.curve import FR_MODULUS, G1_GENERATOR, G1_IDENTITY, G2_IDENTITY, G1Point, G2Point
+from avs.crypto.curve import FP_MODULUS, FR_MODULUS, G1_GENERATOR, G1_IDENTITY, G2_IDENTITY, G1Point, G2Point
 from avs.errors import BackendUnavailableError
 
 MCL_BN_SNARK1 = 4  # mcl's id for Ethereum's BN254 (alt_bn128)
@@ -85,10 +85,13 @@ class MclBackend:
 
     def _g1(self, point: G1Point) -> Any:
         # Written field by field: mcl's G1 setStr re-checks the point at ~60 us, which would
-        # dominate a verification. Callers have already checked the point is on the curve.
+        # dominate a verification. Callers have already checked the point is on the curve; the
+        # range is checked here (mcl would reduce x + p to x, py_ecc keeps it: the backends differ).
         out = _G1()
         if point.is_identity():
             return out  # z = 0 is mcl's identity
+        if point.x >= FP_MODULUS or point.y >= FP_MODULUS:
+            raise ValueError("a G1 coordinate is not below the field modulus")
         base = ctypes.addressof(out)
         self._lib.mclBnFp_setLittleEndian(ctypes.c_void_p(base), point.x.to_bytes(32, "little"), 32)
         self._lib.mclBnFp_setLittleEndian(ctypes.c_void_p(base + _FP_BYTES), point.y.to_bytes(32, "little"), 32)

@@ -556,7 +556,10 @@ def _insure(args: argparse.Namespace, prepared: PreparedRequest, coverage: Cover
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
-    """Collect the payout of an insured request after fraud on it was proven."""
+    """Collect the payout of an insured request after fraud on it was proven: prints what this
+    claim paid and what of the payout stays owed (the pool pays an owed payout once it holds the
+    money, e.g. once the slash is cleared to it after EigenLayer's slash resolution delay; claim
+    again then)."""
     from web3 import Web3
 
     from avs.chain.deployment import load_deployment
@@ -570,16 +573,41 @@ def cmd_claim(args: argparse.Namespace) -> int:
     buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
     request_hash = parse_message_hash(args.request_hash)
     before = buyer.get_balance()
-    paid = buyer.claim(request_hash)
+    result = buyer.claim_payout(request_hash)
     after = buyer.get_balance()
     print(
         json.dumps(
             {
                 "request_hash": "0x" + request_hash.hex(),
-                "paid": str(paid),
+                "paid": str(result.paid),
+                "still_owed": str(result.still_owed),
                 "balance_before": str(before),
                 "balance_after": str(after),
             },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_claim_reward(args: argparse.Namespace) -> int:
+    """Collect the challenger rewards the insurance pool owes to the key's address (rewards it could
+    not pay when the fraud was recorded): prints what was paid and what stays owed."""
+    from web3 import Web3
+
+    from avs.chain.deployment import load_deployment
+    from avs.chain.insurance import InsuranceBuyer
+
+    secret = load_requester_key(args)
+    if secret is None:
+        raise InvalidInputError("claiming a reward needs the challenger's key (--key or --key-env)")
+    deployment = load_deployment(args.deployment)
+    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+    claimer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+    result = claimer.claim_reward()
+    print(
+        json.dumps(
+            {"challenger": result.challenger, "paid": str(result.paid), "still_owed": str(result.still_owed)},
             indent=2,
         )
     )
@@ -731,6 +759,21 @@ def add_requester_commands(commands: Any) -> None:
     add_rpc_url_option(claim, "an RPC endpoint of the deployment's chain")
     add_requester_key_options(claim)
     claim.set_defaults(func=cmd_claim)
+    reward = commands.add_parser(
+        "claim-reward", help="collect challenger rewards the insurance pool owes (paid later than the fraud)"
+    )
+    reward.add_argument("--deployment", type=Path, required=True, help="the AVS's deployment JSON")
+    add_rpc_url_option(reward, "an RPC endpoint of the deployment's chain")
+    keys = reward.add_argument_group("challenger key (ECDSA; never printed)")
+    keys.add_argument("--key", dest="requester_key", help="a keystore name in --keys-dir, or a keystore file's path")
+    keys.add_argument("--key-env", dest="requester_key_env", help="environment variable holding a 0x-hex secret key")
+    keys.add_argument(
+        "--keys-dir", type=Path, default=default_keys_dir(), help=f"default ${KEYS_DIR_ENV} or ~/.avs/keys"
+    )
+    keys.add_argument(
+        "--password-env", default=DEFAULT_PASSWORD_ENV, help="environment variable holding the keystore password"
+    )
+    reward.set_defaults(func=cmd_claim_reward)
     check = commands.add_parser(
         "check-deployment", help="check the bounds between a deployment's contracts' parameters, on its chain"
     )

@@ -278,3 +278,41 @@ def test_verify_with_a_model_folder_checks_the_chat_and_text_the_signatures_do_n
     assert "chat and output text are not checked" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "cert.json"), "--tokenizer", str(folder)]) == 1
     assert "another model than the one in" in capsys.readouterr().out
+
+
+def test_claim_prints_what_was_paid_and_what_stays_owed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A payout the pool cannot fund yet (its slash not cleared to it) is paid in parts: ``avs claim``
+    says what this claim paid and what stays owed; ``avs claim-reward`` does the same for a challenger."""
+    from types import SimpleNamespace
+
+    import avs.chain.deployment
+    import avs.chain.insurance
+    from avs.cli import main
+
+    class FakeBuyer:
+        def __init__(self, w3: object, deployment: object, account: object) -> None:
+            self.balance = 10
+
+        def get_balance(self) -> int:
+            return self.balance
+
+        def claim_payout(self, request_hash: bytes) -> object:
+            self.balance += 4
+            return SimpleNamespace(paid=4, still_owed=6)
+
+        def claim_reward(self) -> object:
+            return SimpleNamespace(challenger="0xC4A11", paid=1, still_owed=2)
+
+    monkeypatch.setattr(avs.chain.insurance, "InsuranceBuyer", FakeBuyer)
+    monkeypatch.setattr(avs.chain.deployment, "load_deployment", lambda path: None)
+    monkeypatch.setenv("CLAIM_KEY", "0x" + "11" * 32)
+    common = ["--deployment", str(tmp_path / "d.json"), "--rpc-url", "http://127.0.0.1:1"]
+    assert main(["claim", "0x" + "22" * 32, *common, "--requester-key-env", "CLAIM_KEY"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["paid"], printed["still_owed"], printed["balance_after"]) == ("4", "6", "14")
+    assert main(["claim-reward", *common, "--key-env", "CLAIM_KEY"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"challenger": "0xC4A11", "paid": "1", "still_owed": "2"}
+    assert main(["claim-reward", *common]) == 2  # no key
+    assert "needs the challenger's key" in capsys.readouterr().err

@@ -350,3 +350,85 @@ def test_a_certificate_is_checked_against_what_its_coverage_pays_for(devnet: Dev
         f"the batch was certified in block {coverage.expires_at_block + 1}, after the coverage's term"
         f" (block {coverage.expires_at_block})"
     ]
+
+
+def test_a_payout_owed_until_the_slash_is_cleared_is_claimed_in_parts(devnet: Devnet) -> None:  # noqa: F811
+    """EigenLayer since v1.13 clears a slash to the pool only a slash resolution delay after it: with
+    the local core's delay set, the fraud is recorded with the pool empty, so the payout and the
+    challenger's reward are owed. A claim then pays what the pool holds and says what stays owed
+    (``ClaimResult``); once the slash is cleared the rest is paid, and the challenger's reward too."""
+    from avs.chain.faults import Web3FaultClient
+    from avs.messages import Attestation, Verdict, compute_digest
+    from tests.test_contracts_anvil import QUORUMS
+    from tests.test_faults_anvil import _batch_signers, _quorum_certificate
+
+    w3, client, deployment = devnet.w3, devnet.client, devnet.deployment
+    core = w3.eth.contract(
+        address=Web3.to_checksum_address(deployment.allocation_manager), abi=load_abi("LocalRestakingCore")
+    )
+    pool = w3.eth.contract(
+        address=Web3.to_checksum_address(deployment.insurance_pool or ""), abi=load_abi("InsurancePool")
+    )
+    token = w3.eth.contract(address=Web3.to_checksum_address(deployment.stake_token), abi=load_abi("TestToken"))
+    quorum0 = (Web3.to_checksum_address(deployment.operator_registry), 0)
+    faults = Web3FaultClient(client)
+    account = _requester(devnet, TOKENS)
+    buyer = InsuranceBuyer(w3, deployment, account)
+    challenger = InsuranceBuyer(w3, deployment, client.account)  # type: ignore[arg-type]  # the deployer challenges
+    request = _request(account.address, 90)
+    request_hash = compute_request_hash(client.get_domain(), request)
+    amount = TOKENS
+    buyer.buy(request, 0, amount)
+    client.transact(core.functions.setSlashResolutionDelay(5))
+    try:
+        client.transact(pool.functions.withdrawSurplus(client.account.address, pool.functions.freeBalance().call()))  # type: ignore[union-attr]
+        assert token.functions.balanceOf(pool.address).call() == 0  # nothing else to pay from
+
+        certificate = _certify_leaf(devnet, 900, request_hash)
+        batch = certificate.batch_header
+        header = BatchHeader(batch.batch_index, batch.leaves_root, batch.reference_block, QUORUMS)
+        record = Web3.keccak(header.reference_block.to_bytes(4, "big"))
+        client.transact(token.functions.mint(client.account.address, 10**19))  # type: ignore[union-attr]
+        client.transact(token.functions.approve(deployment.fault_manager, 10**19))
+        faults.challenge(header, record, (request_hash, certificate.output_hash), list(certificate.merkle_proof))
+        challenge_id = faults.get_challenge_count()
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        reference = w3.eth.block_number - 1
+        reject = compute_digest(client.get_domain(), Attestation(request_hash, certificate.output_hash, Verdict.REJECT))
+        slashes_before = int(core.functions.getSlashCount(quorum0).call())
+        faults.resolve_challenge(
+            challenge_id,
+            Verdict.REJECT,
+            reference,
+            _quorum_certificate(devnet, reject, reference),
+            _batch_signers(devnet, header, list(devnet.operators)),
+        )
+        slashes_after = int(core.functions.getSlashCount(quorum0).call())
+        assert slashes_after > slashes_before
+        assert token.functions.balanceOf(pool.address).call() == 0  # the slash is not cleared yet
+        assert buyer.get_coverage(request_hash).status == CoverageStatus.CLAIMABLE
+        assert buyer.get_payout_owed(request_hash) == amount
+        reward = challenger.get_reward_owed()
+        assert reward > 0
+
+        with pytest.raises(InsuranceError, match=rf"claim again later \(ClaimNotFunded\); {amount} owed"):
+            buyer.claim_payout(request_hash)
+
+        client.transact(token.functions.mint(pool.address, amount * 2 // 5))  # some money arrives (a premium)
+        first = buyer.claim_payout(request_hash)
+        assert (first.paid, first.still_owed) == (amount * 2 // 5, amount - amount * 2 // 5)
+        assert buyer.get_coverage(request_hash).status == CoverageStatus.CLAIMABLE
+
+        for _ in range(5):  # the slash resolution delay
+            w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        for slash_id in range(slashes_before + 1, slashes_after + 1):
+            client.transact(core.functions.clearBurnOrRedistributableShares(quorum0, slash_id))
+        second = buyer.claim_payout(request_hash)
+        assert (second.paid, second.still_owed) == (amount - first.paid, 0)
+        assert buyer.get_coverage(request_hash).status == CoverageStatus.CLAIMED
+        paid = challenger.claim_reward()
+        assert (paid.paid, paid.still_owed) == (reward, 0)
+        with pytest.raises(InsuranceError, match=r"\(NoRewardOwed\)"):
+            challenger.claim_reward()
+    finally:
+        client.transact(core.functions.setSlashResolutionDelay(0))

@@ -3,8 +3,12 @@
 A requester insures one request (by its EIP-712 request hash) against one quorum, paying a premium
 in the pool's asset (the stake token). ``buy_coverage`` approves the premium and calls
 ``InsurancePool.buyCoverage`` from the requester's own key (the contract insists that the caller is
-the request's requester); ``claim_coverage`` collects a payout once fraud on the request has been
+the request's requester); ``claim_payout`` collects a payout once fraud on the request has been
 proven (an upheld escalated challenge, ``FaultManager.resolveChallenge`` -> ``recordFraud``).
+A payout the pool could not fund when the fraud was recorded (on EigenLayer with a slash resolution
+delay the slashed tokens arrive only when the slash is cleared, days later) is owed: a claim pays
+what the pool holds and says what stays owed, and a later claim pays the rest. A challenger collects
+a reward owed to it the same way (``claim_reward``).
 
 The aggregator refuses a request submitted as insured unless ``compute_coverage_problem`` finds
 nothing wrong with what a ``CoverageReader`` reads: active, at least ``MIN_COVERAGE_BLOCKS_LEFT``
@@ -59,6 +63,27 @@ class PoolTerms:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What one ``InsurancePool.claim`` paid, and what of the payout stays owed (claim again once the
+    pool holds it: 0 when the coverage is now fully paid)."""
+
+    request_hash: bytes
+    paid: int
+    still_owed: int
+    tx_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RewardClaim:
+    """What one ``InsurancePool.claimReward`` paid the challenger, and what stays owed to it."""
+
+    challenger: Address
+    paid: int
+    still_owed: int
+    tx_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class CoveragePurchase:
     request_hash: bytes
     quorum_number: int
@@ -82,6 +107,11 @@ _REVERT_REASONS = {
     "ZeroCoverage": "the coverage amount is zero",
     "NothingToClaim": "nothing is claimable for the request (no upheld challenge on it)",
     "AlreadyClaimed": "the coverage was already claimed",
+    "ClaimNotFunded": "the payout is owed and the pool holds nothing to pay it with yet (the slash that funds it"
+    " is not cleared to the pool yet?): claim again later",
+    "NoRewardOwed": "no challenger reward is owed to this address",
+    "RewardNotFunded": "the reward is owed and the pool holds nothing to pay it with yet (the slash that funds it"
+    " is not cleared to the pool yet?): claim again later",
 }
 
 
@@ -311,11 +341,53 @@ class InsuranceBuyer:
         )
 
     def claim(self, request_hash: bytes) -> int:
-        """Collect claimable coverage (paid to the requester); answers the amount paid."""
+        """Collect claimable coverage (paid to the requester); answers the amount this call paid
+        (``claim_payout`` also says what stays owed)."""
+        return self.claim_payout(request_hash).paid
+
+    def claim_payout(self, request_hash: bytes) -> ClaimResult:
+        """Collect claimable coverage (paid to the requester): what this call paid and what stays
+        owed, from the receipt's ``Claimed`` and ``PayoutOwed`` events. Part of a payout stays owed
+        when the pool does not hold it yet; claim again later for the rest."""
         try:
             tx_hash = self.client.transact(self.pool.functions.claim(request_hash))
         except ContractRevertError as exc:
-            raise InsuranceError(f"InsurancePool.claim refused: {describe_revert(exc)}") from exc
+            raise InsuranceError(f"InsurancePool.claim refused: {describe_revert(exc)}{_owed_note(exc)}") from exc
         receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         (event,) = self.pool.events.Claimed().process_receipt(receipt, errors=DISCARD)
-        return int(event["args"]["amount"])
+        owed = self.pool.events.PayoutOwed().process_receipt(receipt, errors=DISCARD)
+        still_owed = int(owed[-1]["args"]["owed"]) if owed else 0
+        return ClaimResult(request_hash, int(event["args"]["amount"]), still_owed, tx_hash)
+
+    def get_payout_owed(self, request_hash: bytes) -> int:
+        """The part of the request's payout that is owed (not funded yet)."""
+        return int(self.client._call(self.pool.functions.payoutOwed(request_hash)))
+
+    def get_reward_owed(self, challenger: str | None = None) -> int:
+        """Challenger rewards owed to ``challenger`` (default: this account), not paid yet."""
+        address = Web3.to_checksum_address(challenger or self.account.address)
+        return int(self.client._call(self.pool.functions.rewardOwed(address)))
+
+    def claim_reward(self) -> RewardClaim:
+        """Collect challenger rewards owed to this account (``InsurancePool.claimReward``): what this
+        call paid and what stays owed, from the receipt's ``RewardClaimed`` event."""
+        try:
+            tx_hash = self.client.transact(self.pool.functions.claimReward())
+        except ContractRevertError as exc:
+            raise InsuranceError(f"InsurancePool.claimReward refused: {describe_revert(exc)}{_owed_note(exc)}") from exc
+        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        (event,) = self.pool.events.RewardClaimed().process_receipt(receipt, errors=DISCARD)
+        args = event["args"]
+        return RewardClaim(
+            Address(Web3.to_checksum_address(self.account.address)),
+            int(args["amount"]),
+            int(args["stillOwed"]),
+            tx_hash,
+        )
+
+
+def _owed_note(error: ContractRevertError) -> str:
+    """The amount owed that a ``ClaimNotFunded`` or ``RewardNotFunded`` revert carries, in words."""
+    if error.name in ("ClaimNotFunded", "RewardNotFunded") and len(error.args_) == 2:
+        return f"; {int(error.args_[1])} owed"
+    return ""

@@ -63,6 +63,7 @@ class PoolState:
     balance: int  # the pool's stake-token balance, base units
     free_balance: int
     total_claimable: int
+    total_owed: int = 0  # payouts and rewards owed and not funded yet (``totalOwed``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +364,11 @@ def compute_pool_families(pool: PoolState, decimals: int) -> list[Metric]:
             "Claims proven and not yet paid",
             value=_tokens(pool.total_claimable, decimals),
         ),
+        GaugeMetricFamily(
+            "avs_chain_insurance_owed_tokens",
+            "Payouts and challenger rewards owed and not funded yet (e.g. until a slash is cleared to the pool)",
+            value=_tokens(pool.total_owed, decimals),
+        ),
     ]
 
 
@@ -417,6 +423,7 @@ class Web3ChainStateReader:
             balance=int(self._token.functions.balanceOf(self._pool.address).call(block_identifier=block)),
             free_balance=int(pool.freeBalance().call(block_identifier=block)),
             total_claimable=int(pool.totalClaimable().call(block_identifier=block)),
+            total_owed=int(pool.totalOwed().call(block_identifier=block)),
         )
 
     def get_challenge_bonds(self, block: int) -> int | None:

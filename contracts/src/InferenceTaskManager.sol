@@ -17,7 +17,11 @@ import {IInferenceTaskManager} from "./interfaces/IInferenceTaskManager.sol";
 ///      batch's `verifyLeaf`/`isCertified`/`getBatch` answer as for an uncertified one, and its
 ///      `BatchCertified` event is the record. A challenge keeps what its resolution needs, so
 ///      nothing open depends on a reusable slot. A batch index is still certified at most once: a
-///      slot only moves to a higher index (`BatchIndexSuperseded` for a lower one). `recordRing`
+///      slot only moves to a higher index (`BatchIndexSuperseded` for a lower one), by at most
+///      `MAX_EPOCH_STEP` epochs at a time (`BatchIndexTooFar`): a slot at the last of its 2^32
+///      epochs could never move on, so an aggregator that could jump there would stop the ring for
+///      good (one certification per slot), while an honest aggregator, numbering its batches one
+///      after another, moves a slot one epoch at a time (two past an index it abandoned). `recordRing`
 ///      0 keeps every record for ever, in its own slot.
 contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Ownable {
     /// @notice Governance parameters.
@@ -44,6 +48,9 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
 
     /// @notice Slots of the batch record ring (0: no ring, every batch keeps its record).
     uint64 public immutable recordRing;
+    /// @notice The most epochs a ring slot moves forward at one certification (`BatchIndexTooFar`):
+    ///         running through the 2^32 epochs then takes 2^16 certifications per slot.
+    uint32 public constant MAX_EPOCH_STEP = 1 << 16;
 
     /// @dev Keyed by ring slot (by batch index when `recordRing` is 0).
     mapping(uint64 => BatchRecord) private _batches;
@@ -193,12 +200,14 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
     }
 
     /// @dev `held` (the slot's record) may be replaced by `batchIndex` (of `epoch`): the slot is
-    ///      empty, or holds a lower index whose batch is final.
+    ///      empty, or holds a lower index whose batch is final; either way at most `MAX_EPOCH_STEP`
+    ///      epochs ahead.
     function _requireSlotFree(uint64 batchIndex, BatchRecord storage held, uint32 epoch, AggregatorEntry memory copy)
         private
         view
     {
         (uint32 at, uint32 heldEpoch) = (held.certifiedBlock, held.ringEpoch);
+        if (epoch > uint256(heldEpoch) + MAX_EPOCH_STEP) revert BatchIndexTooFar(batchIndex); // an empty slot: epoch 0
         if (at == 0) return;
         if (heldEpoch == epoch) revert BatchAlreadyCertified(batchIndex);
         if (heldEpoch > epoch) revert BatchIndexSuperseded(batchIndex);
@@ -228,6 +237,7 @@ contract InferenceTaskManager is IInferenceTaskManager, BLSSignatureChecker, Own
 
     function _setConfig(Config memory c) private {
         if (c.thresholdBps == 0 || c.thresholdBps > 10_000) revert InvalidThreshold();
+        if (c.maxReferenceAge == 0 || c.challengeWindowBlocks == 0) revert InvalidConfig();
         uint32 current = config.challengeWindowBlocks;
         LoweredWindow memory w = loweredWindow;
         if (c.challengeWindowBlocks < current) {

@@ -21,21 +21,29 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///         `coverageCapBps` of its current total slashable stake), so what is sold is backed by
 ///         stake that fraud would slash. After an upheld fraud challenge on the request (in a batch
 ///         signed by that quorum, certified within the coverage's term) the coverage becomes
-///         claimable, once.
+///         claimable. A payout or reward the pool cannot fund when the fraud is recorded is owed
+///         and paid later (`claim`, `claimReward`): on EigenLayer with a slash resolution delay
+///         (v1.13, ELIP-016) the slashed tokens reach the pool only when the slash is cleared, days
+///         after the resolution.
 /// @dev Money rules:
-///      - solvency: the balance never falls below `totalClaimable` (payouts and rewards are capped by
-///        the free balance, balance - totalClaimable, when fraud is recorded; the requester first,
-///        then the challenger);
+///      - solvency: the balance never falls below `totalClaimable` (what fraud entitles a payout or
+///        reward to is reserved or sent only up to the free balance, balance - totalClaimable -
+///        totalOwed, when fraud is recorded, the requester first, then the challenger; the rest is
+///        owed, `totalOwed`, and paid only from the balance above `totalClaimable`);
+///      - owed before free: `freeBalance` leaves out what is owed, so governance cannot withdraw it
+///        and a fraud recorded later reserves nothing of it (it is owed in turn); owed payouts and
+///        rewards are paid, first come first served, as money arrives;
 ///      - no profit from one's own fraud: the payouts of one fraudulent batch plus the challengers'
 ///        rewards are at most what its fraud slashed, valued in `asset` (`batchPayoutBudget`; the
 ///        fault manager values slashed shares at their strategy's rate, and shares of a strategy of
 ///        another token at nothing), so colluding requester,
 ///        signers and challenger cannot take other money of the pool, even when the quorum's stake
 ///        fell between the purchase and the batch (the cap then over-sold: payouts are cut to the
-///        budget, in the order the batch's frauds are recorded);
-///      - coverage ends exactly once: Claimable -> Claimed, or Expired (premium kept) when its term
-///        and the challenge window after it are over or its request is a leaf of a final batch,
-///        never while a challenge on it is open;
+///        budget, in the order the batch's frauds are recorded); entitlements count whether funded
+///        now or owed;
+///      - coverage ends exactly once: Claimable -> Claimed (once its payout is fully paid, over one
+///        claim or several), or Expired (premium kept) when its term and the challenge window after
+///        it are over or its request is a leaf of a final batch, never while a challenge on it is open;
 ///      - the cap is checked at purchase against the stake and parameters of then; a later fall of
 ///        stake (or change of threshold, fraudWad or reward) does not cancel coverage already sold.
 contract InsurancePool is IInsurancePool, Ownable {
@@ -70,6 +78,15 @@ contract InsurancePool is IInsurancePool, Ownable {
     mapping(uint64 => uint256) public batchPayoutBudget;
     /// @notice What a batch's recorded frauds set aside for challenger rewards and did not pay yet.
     mapping(uint64 => uint256) public batchRewardReserve;
+    /// @notice Sum of payouts and rewards owed and not funded yet (`payoutOwed`, `rewardOwed`): left
+    ///         out of the free balance, paid by `claim` and `claimReward` as money arrives.
+    uint256 public totalOwed;
+    /// @notice The part of each coverage's payout that is owed (not funded yet).
+    mapping(bytes32 => uint256) public payoutOwed;
+    /// @notice What each coverage's claims paid so far (of `payout`).
+    mapping(bytes32 => uint256) public payoutPaid;
+    /// @notice Rewards owed to each challenger (not funded yet).
+    mapping(address => uint256) public rewardOwed;
 
     /// @param asset_ The stake token.
     /// @param registry_ The operator registry.
@@ -101,7 +118,7 @@ contract InsurancePool is IInsurancePool, Ownable {
         _setConfig(config_);
     }
 
-    /// @notice Withdraws `amount` of the free balance (balance - totalClaimable) to `to`.
+    /// @notice Withdraws `amount` of the free balance (balance - totalClaimable - totalOwed) to `to`.
     function withdrawSurplus(address to, uint256 amount) external onlyOwner {
         uint256 free = freeBalance();
         if (amount > free) revert InsufficientSurplus(amount, free);
@@ -195,13 +212,22 @@ contract InsurancePool is IInsurancePool, Ownable {
         payout = _makeClaimable(requestHash, quorumNumbers, certifiedBlock, budget);
         batchPayoutBudget[batchIndex] = budget - payout;
         reward = _takeReward(batchIndex, slashedAmount, rewardShare);
+        uint256 free = freeBalance(); // the payout is reserved already
+        uint256 sent = reward < free ? reward : free;
+        uint256 owed = reward - sent;
+        if (owed != 0) {
+            rewardOwed[challenger] += owed;
+            totalOwed += owed;
+            emit RewardOwed(challenger, requestHash, owed);
+        }
         emit FraudRecorded(requestHash, challenger, payout, reward);
-        if (reward != 0) asset.safeTransfer(challenger, reward);
+        if (sent != 0) asset.safeTransfer(challenger, sent);
     }
 
     /// @dev Active coverage of `requestHash` against one of `quorumNumbers` becomes claimable, for
-    ///      its amount up to the free balance and `budget`, unless it was bought once the output was
-    ///      certified or its term ended before; returns the payout. A fraud in a batch the coverage
+    ///      its amount up to `budget` (what the free balance covers is reserved, the rest owed),
+    ///      unless it was bought once the output was certified or its term ended before; returns the
+    ///      payout. A fraud in a batch the coverage
     ///      does not pay for leaves it as it is: another batch of the request, within the term, may
     ///      be under challenge still, and the payout must not depend on which is resolved first.
     function _makeClaimable(bytes32 requestHash, bytes calldata quorumNumbers, uint32 certifiedBlock, uint256 budget)
@@ -218,20 +244,25 @@ contract InsurancePool is IInsurancePool, Ownable {
             // batch had not been
             return 0;
         }
+        payout = c.amount < budget ? c.amount : budget;
         uint256 free = freeBalance();
-        payout = c.amount < free ? c.amount : free;
-        if (payout > budget) payout = budget;
+        uint256 owed = payout > free ? payout - free : 0;
         c.status = CoverageStatus.Claimable;
         c.payout = uint96(payout);
         outstandingCoverage[c.quorumNumber] -= c.amount;
-        totalClaimable += payout;
+        totalClaimable += payout - owed;
+        if (owed != 0) {
+            payoutOwed[requestHash] = owed;
+            totalOwed += owed;
+            emit PayoutOwed(requestHash, owed);
+        }
     }
 
     /// @dev The challenger's reward on its challenge's `slashedAmount`, from what the batch's reports
     ///      set aside for rewards (`batchRewardReserve`, to which `rewardShare` is added first): a
     ///      slash's reward is set aside when the slash is reported, maybe by a sibling challenge
     ///      before this one closes, and a reward raised by governance in between must not be paid
-    ///      from other money. Up to the free balance too.
+    ///      from other money. Sent now or owed (`recordFraud`).
     function _takeReward(uint64 batchIndex, uint256 slashedAmount, uint256 rewardShare)
         private
         returns (uint256 reward)
@@ -239,8 +270,6 @@ contract InsurancePool is IInsurancePool, Ownable {
         uint256 reserve = batchRewardReserve[batchIndex] + rewardShare;
         reward = slashedAmount * config.challengerRewardBps / 10_000;
         if (reward > reserve) reward = reserve;
-        uint256 free = freeBalance(); // the payout is reserved already
-        if (reward > free) reward = free;
         batchRewardReserve[batchIndex] = reserve - reward;
     }
 
@@ -249,11 +278,38 @@ contract InsurancePool is IInsurancePool, Ownable {
         Coverage storage c = _coverage[requestHash];
         if (c.status == CoverageStatus.Claimed) revert AlreadyClaimed(requestHash);
         if (c.status != CoverageStatus.Claimable) revert NothingToClaim(requestHash);
-        c.status = CoverageStatus.Claimed;
-        amount = c.payout;
-        totalClaimable -= amount;
+        uint256 owed = payoutOwed[requestHash];
+        uint256 paid = payoutPaid[requestHash];
+        uint256 reserved = c.payout - paid - owed; // 0 after the first claim
+        uint256 late = 0;
+        if (owed != 0) {
+            uint256 unreserved = _unreservedBalance();
+            late = owed < unreserved ? owed : unreserved;
+            if (reserved + late == 0) revert ClaimNotFunded(requestHash, owed);
+            owed -= late;
+            payoutOwed[requestHash] = owed;
+            totalOwed -= late;
+        }
+        amount = reserved + late;
+        totalClaimable -= reserved;
+        if (owed == 0) c.status = CoverageStatus.Claimed;
+        if (amount != 0) payoutPaid[requestHash] = paid + amount;
         emit Claimed(requestHash, c.beneficiary, amount);
+        if (owed != 0) emit PayoutOwed(requestHash, owed);
         if (amount != 0) asset.safeTransfer(c.beneficiary, amount);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function claimReward() external returns (uint256 amount) {
+        uint256 owed = rewardOwed[msg.sender];
+        if (owed == 0) revert NoRewardOwed(msg.sender);
+        uint256 unreserved = _unreservedBalance();
+        amount = owed < unreserved ? owed : unreserved;
+        if (amount == 0) revert RewardNotFunded(msg.sender, owed);
+        rewardOwed[msg.sender] = owed - amount;
+        totalOwed -= amount;
+        emit RewardClaimed(msg.sender, amount, owed - amount);
+        asset.safeTransfer(msg.sender, amount);
     }
 
     /// @inheritdoc IInsurancePool
@@ -292,9 +348,20 @@ contract InsurancePool is IInsurancePool, Ownable {
         return cap < governanceCap ? cap : governanceCap;
     }
 
-    /// @notice The balance not reserved for claims.
+    /// @notice The balance neither reserved for claims nor owed: balance - totalClaimable - totalOwed,
+    ///         0 while what is owed exceeds what is not reserved.
     function freeBalance() public view returns (uint256) {
-        return asset.balanceOf(address(this)) - totalClaimable;
+        uint256 unreserved = _unreservedBalance();
+        return unreserved > totalOwed ? unreserved - totalOwed : 0;
+    }
+
+    /// @dev The balance not reserved for claims (balance - totalClaimable), what owed payouts and
+    ///      rewards are paid from; 0 if the balance fell below what is reserved (an asset whose
+    ///      balances rebase down): a checked subtraction there would revert every `recordFraud`, so
+    ///      that no challenge could be upheld until someone topped the pool up.
+    function _unreservedBalance() private view returns (uint256) {
+        uint256 balance = asset.balanceOf(address(this));
+        return balance > totalClaimable ? balance - totalClaimable : 0;
     }
 
     function _requireExpirable(bytes32 requestHash) private view returns (Coverage storage c) {

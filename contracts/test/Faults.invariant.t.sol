@@ -9,6 +9,7 @@ import {InsurancePool} from "../src/InsurancePool.sol";
 import {TestToken} from "../src/tokens/TestToken.sol";
 import {IFaultManagerTypes} from "../src/interfaces/IFaultManager.sol";
 import {IBLSSignatureChecker} from "../src/interfaces/IBLSSignatureChecker.sol";
+import {OperatorSet} from "../src/interfaces/eigenlayer/IAllocationManager.sol";
 
 /// @dev Drives every money path (equivocation slashes, challenges resolved either way or expired,
 ///      coverage bought, claimed and expired) on the fixture's deployment, with ghost accounting.
@@ -18,6 +19,7 @@ contract FaultsHandler is PoolFixture {
     bool public doubleSlash;
     bool public capExceeded;
     uint256 public paidClaims;
+    uint256 public paidRewards;
     mapping(bytes32 => bool) internal _slashed;
     uint256[] internal _open;
     /// @dev Upheld challenges whose signers are not all slashed yet.
@@ -98,6 +100,33 @@ contract FaultsHandler is PoolFixture {
         try pool.expireCoverage(h) {} catch {}
     }
 
+    function claimReward() external {
+        vm.prank(CHALLENGER);
+        try pool.claimReward() returns (uint256 amount) {
+            paidRewards += amount;
+        } catch {}
+    }
+
+    /// @dev Clears every slash of both quorums that can be cleared (anyone may).
+    function clearSlashes() external {
+        for (uint32 q; q < 2; ++q) {
+            OperatorSet memory set = OperatorSet(address(registry), q);
+            uint256 count = core.getSlashCount(set);
+            for (uint256 id = 1; id <= count; ++id) {
+                try core.clearBurnOrRedistributableShares(set, id) {} catch {}
+            }
+        }
+    }
+
+    /// @dev Payouts owed (the requests the handler insures, and the challenged one) plus rewards owed.
+    function sumOwed() external view returns (uint256 sum) {
+        sum = pool.rewardOwed(CHALLENGER) + pool.payoutOwed("req");
+        for (uint256 nonce; nonce < 4; ++nonce) {
+            (, bytes32 h) = _request(nonce);
+            sum += pool.payoutOwed(h);
+        }
+    }
+
     function faultsAddress() external view returns (address) {
         return address(faults);
     }
@@ -116,8 +145,17 @@ contract FaultsHandler is PoolFixture {
     }
 }
 
+/// @dev The handler on a core with a slash resolution delay (EigenLayer since v1.13): slashed tokens
+///      reach the pool only when `clearSlashes` runs after the delay, so rewards are owed meanwhile.
+contract FaultsDelayedHandler is FaultsHandler {
+    constructor() {
+        core.setSlashResolutionDelay(30);
+    }
+}
+
 /// @notice Money paths: bonds are conserved (held == open bonds == in - out), the pool stays
-///         solvent (balance >= claims reserved), a fault is never slashed twice, and outstanding
+///         solvent (balance >= claims reserved) and owes exactly what its owed payouts and rewards
+///         add up to, outside its free balance, a fault is never slashed twice, and outstanding
 ///         coverage never exceeds the cap at purchase, and a request stays under challenge until an
 ///         upheld challenge on it has slashed every signer (over several calls at `maxSlashesPerCall` 3).
 /// forge-config: default.invariant.runs = 16
@@ -130,7 +168,11 @@ contract FaultsInvariantTest is Test {
     FaultsHandler internal handler;
 
     function setUp() public {
-        handler = new FaultsHandler();
+        handler = _newHandler();
+    }
+
+    function _newHandler() internal virtual returns (FaultsHandler) {
+        return new FaultsHandler();
     }
 
     struct FuzzSelector {
@@ -150,7 +192,7 @@ contract FaultsInvariantTest is Test {
 
     /// @dev Only the handler's actions (not the fixture's setUp and helpers).
     function targetSelectors() public view returns (FuzzSelector[] memory t) {
-        bytes4[] memory s = new bytes4[](7);
+        bytes4[] memory s = new bytes4[](9);
         s[0] = FaultsHandler.equivocate.selector;
         s[1] = FaultsHandler.challenge.selector;
         s[2] = FaultsHandler.resolve.selector;
@@ -158,6 +200,8 @@ contract FaultsInvariantTest is Test {
         s[4] = FaultsHandler.buy.selector;
         s[5] = FaultsHandler.claimOrExpire.selector;
         s[6] = FaultsHandler.continueSlashing.selector;
+        s[7] = FaultsHandler.claimReward.selector;
+        s[8] = FaultsHandler.clearSlashes.selector;
         t = new FuzzSelector[](1);
         t[0] = FuzzSelector(address(handler), s);
     }
@@ -173,6 +217,15 @@ contract FaultsInvariantTest is Test {
     function invariant_poolSolvent() public view {
         InsurancePool pool = _pool();
         vm.assertGe(pool.asset().balanceOf(address(pool)), pool.totalClaimable(), "balance >= claimable");
+    }
+
+    /// @dev What is owed is the sum of the owed payouts and rewards, and never free.
+    function invariant_poolOwesWhatItRecords() public view {
+        InsurancePool pool = _pool();
+        vm.assertEq(pool.totalOwed(), handler.sumOwed(), "totalOwed == sum owed");
+        uint256 balance = pool.asset().balanceOf(address(pool));
+        uint256 held = pool.totalClaimable() + pool.totalOwed();
+        vm.assertEq(pool.freeBalance(), balance > held ? balance - held : 0, "free = balance - claimable - owed");
     }
 
     /// @dev A request stays under challenge until its upheld challenge has slashed every signer.
@@ -197,6 +250,19 @@ contract FaultsInvariantTest is Test {
     }
 }
 
+/// @notice The same money rules with a slash resolution delay: rewards owed until the slash is cleared.
+/// forge-config: default.invariant.runs = 16
+/// forge-config: default.invariant.depth = 24
+/// forge-config: default.invariant.fail-on-revert = true
+/// forge-config: deep.invariant.runs = 128
+/// forge-config: deep.invariant.depth = 64
+/// forge-config: deep.invariant.fail-on-revert = true
+contract FaultsDelayedInvariantTest is FaultsInvariantTest {
+    function _newHandler() internal override returns (FaultsHandler) {
+        return new FaultsDelayedHandler();
+    }
+}
+
 contract FaultsHandlerSmokeTest is Test {
     function test_handler_actionsSucceed() public {
         FaultsHandler h = new FaultsHandler();
@@ -210,5 +276,24 @@ contract FaultsHandlerSmokeTest is Test {
         vm.assertEq(h.unfinishedChallenges(), 0, "slashing done");
         h.claimOrExpire(1);
         vm.assertEq(h.bondsIn(), h.bondsOut(), "bond in and out");
+    }
+
+    function test_delayedHandler_RewardOwedUntilTheSlashIsCleared() public {
+        FaultsHandler h = new FaultsDelayedHandler();
+        InsurancePool pool = InsurancePool(h.poolAddress());
+        h.challenge();
+        h.resolve(true);
+        h.continueSlashing();
+        h.continueSlashing();
+        uint256 owed = h.sumOwed();
+        vm.assertGt(owed, 0, "the reward is owed");
+        vm.assertEq(pool.totalOwed(), owed, "recorded");
+        h.claimReward();
+        vm.assertEq(h.paidRewards(), 0, "nothing to pay it with");
+        h.expire(31);
+        h.clearSlashes();
+        h.claimReward();
+        vm.assertEq(h.paidRewards(), owed, "paid once cleared");
+        vm.assertEq(pool.totalOwed(), 0, "nothing owed");
     }
 }

@@ -294,6 +294,25 @@ contract ClaimTest is PoolFixture {
         pool.claim(requestHash);
     }
 
+    /// @dev Found in review: with the balance below `totalClaimable` (an asset rebased down) the
+    ///      checked subtraction reverted every `recordFraud`, so no other fraud could be upheld.
+    function test_recordFraud_WhenTheBalanceFellBelowWhatIsReserved() public {
+        _buy(90 ether);
+        _upholdFraud();
+        uint256 reserved = pool.totalClaimable();
+        vm.mockCall(address(token), abi.encodeCall(token.balanceOf, (address(pool))), abi.encode(reserved - 1));
+        vm.assertEq(pool.freeBalance(), 0, "nothing free");
+        vm.prank(address(faults));
+        (uint256 payout, uint256 reward) =
+            pool.recordFraud(keccak256("another request"), 9, hex"00", 1, CHALLENGER, 10 ether, 10 ether);
+        vm.assertEq(payout, 0, "no coverage on it");
+        vm.assertEq(reward, 1 ether, "the reward, owed");
+        vm.assertEq(pool.rewardOwed(CHALLENGER), 1 ether, "owed, not sent");
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.RewardNotFunded.selector, CHALLENGER, 1 ether));
+        vm.prank(CHALLENGER);
+        pool.claimReward();
+    }
+
     function test_claim_RevertWhen_NoFraud() public {
         _buy(90 ether);
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.NothingToClaim.selector, requestHash));

@@ -27,7 +27,9 @@ import {IStrategyManager} from "../interfaces/eigenlayer/IStrategyManager.sol";
 ///        not escape its slashing, and cannot register for that set again until then;
 ///      - as in EigenLayer, a slash only marks the slashed shares (per operator set, slash id and
 ///        strategy); the permissionless `clearBurnOrRedistributableShares` then sends their tokens to
-///        the set's redistribution recipient (or the burn address); operator shares fall by the
+///        the set's redistribution recipient (or the burn address), as on EigenLayer since v1.13
+///        (slash resolution delay, ELIP-016) only `slashResolutionDelayBlocks` after the slash
+///        (0 by default: at once, as before v1.13); operator shares fall by the
 ///        slashed amount; a staker's deposit shares are kept only to delegate them (there are no
 ///        withdrawals, and a delegated staker's shares are not reduced by its operator's slashes);
 ///      - the AVS (or operator) itself must call: there is no PermissionController/appointees.
@@ -45,6 +47,8 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
     event StrategyAdded(IStrategy strategy);
     /// @notice Slashed tokens left the core for `recipient`.
     event SlashedFundsSent(IStrategy strategy, address recipient, uint256 amount);
+    /// @notice The slash resolution delay for slashes from now on.
+    event SlashResolutionDelaySet(uint32 blocks);
 
     /// @notice The strategy is not whitelisted, or `token` is not its underlying token.
     error InvalidStrategy();
@@ -52,6 +56,9 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
     error ZeroAmount();
     /// @notice The address is already an operator or is delegated.
     error AlreadyDelegated();
+    /// @notice Slash `slashId`'s shares can be cleared only from block `clearableAtBlock` on (the
+    ///         slash resolution delay).
+    error SlashNotResolved(uint256 slashId, uint256 clearableAtBlock);
 
     struct SetInfo {
         bool exists;
@@ -104,11 +111,30 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
     ///      slash order, and the shares of each.
     mapping(bytes32 => mapping(uint256 => IStrategy[])) private _slashStrategies;
     mapping(bytes32 => mapping(uint256 => mapping(IStrategy => uint256))) private _slashShares;
+    /// @notice Blocks after a slash before its shares can be cleared (EigenLayer v1.13's slash
+    ///         resolution delay, `SLASH_RESOLUTION_DELAY_BLOCKS`: 50,400 blocks, ~7 days, on
+    ///         mainnet); 0 (the default): at once. Each slash keeps the delay of its block.
+    uint32 public slashResolutionDelayBlocks;
+    /// @dev The first block a slash's shares can be cleared in, per operator set key and slash id
+    ///      (0: at once; set only for slashes made with a delay).
+    mapping(bytes32 => mapping(uint256 => uint256)) private _clearableAt;
 
     /// @param deallocationDelay `DEALLOCATION_DELAY`; an AVS's fault windows must fit inside it.
     constructor(uint32 deallocationDelay) {
         owner = msg.sender;
         DEALLOCATION_DELAY = deallocationDelay;
+    }
+
+    /// @notice Sets the slash resolution delay for slashes from now on (the core's deployer only).
+    function setSlashResolutionDelay(uint32 blocks) external {
+        if (msg.sender != owner) revert InvalidCaller();
+        slashResolutionDelayBlocks = blocks;
+        emit SlashResolutionDelaySet(blocks);
+    }
+
+    /// @notice The first block in which slash `slashId` of `operatorSet` can be cleared.
+    function slashClearableAt(OperatorSet calldata operatorSet, uint256 slashId) external view returns (uint256) {
+        return _clearableAt[_key(operatorSet)][slashId];
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -337,6 +363,8 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
         if (!info.exists) revert InvalidOperatorSet();
         if (!_isSlashable(params.operator, key)) revert OperatorNotSlashable();
         slashId = ++info.slashCount;
+        uint32 delay = slashResolutionDelayBlocks;
+        if (delay != 0) _clearableAt[key][slashId] = block.number + delay;
         shares = new uint256[](params.strategies.length);
         for (uint256 i; i < params.strategies.length; ++i) {
             IStrategy s = params.strategies[i];
@@ -354,11 +382,13 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
     }
 
     /// @inheritdoc IStrategyManager
+    /// @dev Reverts `SlashNotResolved` before the slash resolution delay is over.
     function clearBurnOrRedistributableShares(OperatorSet calldata operatorSet, uint256 slashId)
         external
         returns (uint256[] memory amounts)
     {
         bytes32 key = _key(operatorSet);
+        _requireResolved(key, slashId);
         IStrategy[] memory strategies = _slashStrategies[key][slashId];
         amounts = new uint256[](strategies.length);
         for (uint256 i; i < strategies.length; ++i) {
@@ -373,7 +403,9 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
         uint256 slashId,
         IStrategy strategy
     ) external returns (uint256) {
-        return _clear(operatorSet, _key(operatorSet), slashId, strategy);
+        bytes32 key = _key(operatorSet);
+        _requireResolved(key, slashId);
+        return _clear(operatorSet, key, slashId, strategy);
     }
 
     /// @inheritdoc IStrategyManager
@@ -455,11 +487,11 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
     }
 
     /// @inheritdoc IAllocationManager
-    function getAllocatedStake(OperatorSet memory operatorSet, address[] memory operators, IStrategy[] memory strategies)
-        public
-        view
-        returns (uint256[][] memory slashableStake)
-    {
+    function getAllocatedStake(
+        OperatorSet memory operatorSet,
+        address[] memory operators,
+        IStrategy[] memory strategies
+    ) public view returns (uint256[][] memory slashableStake) {
         bytes32 key = _key(operatorSet);
         slashableStake = new uint256[][](operators.length);
         for (uint256 i; i < operators.length; ++i) {
@@ -638,6 +670,11 @@ contract LocalRestakingCore is IAllocationManager, IDelegationManager, IStrategy
         emit BurnOrRedistributableSharesDecreased(set, slashId, s, amount);
         emit SlashedFundsSent(s, recipient, amount);
         s.underlyingToken().safeTransfer(recipient, amount);
+    }
+
+    function _requireResolved(bytes32 key, uint256 slashId) private view {
+        uint256 at = _clearableAt[key][slashId];
+        if (block.number < at) revert SlashNotResolved(slashId, at);
     }
 
     function _mulWadUp(uint64 magnitude, uint256 wad) private pure returns (uint64) {

@@ -42,6 +42,8 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
     error BatchSlotNotFinal(uint64 batchIndex);
     /// @notice `batchIndex / recordRing` does not fit the record's 32-bit epoch.
     error BatchIndexTooLarge(uint64 batchIndex);
+    /// @notice `batchIndex`'s ring epoch is more than `MAX_EPOCH_STEP` past the epoch its slot holds.
+    error BatchIndexTooFar(uint64 batchIndex);
     /// @notice The batch index is not certified.
     error BatchNotCertified(uint64 batchIndex);
     /// @notice The reference block is older than `maxReferenceAge` blocks.
@@ -50,6 +52,9 @@ interface IInferenceTaskManager is IBLSSignatureChecker {
     error ThresholdNotMet(uint8 quorumNumber, uint96 signedStake, uint96 totalStake);
     /// @notice A threshold above 100% or zero.
     error InvalidThreshold();
+    /// @notice A zero `maxReferenceAge` (no reference block could ever be recent enough) or a zero
+    ///         challenge window (no batch could be challenged).
+    error InvalidConfig();
     /// @notice The given header or signatory record does not match the certified batch.
     error BatchMismatch();
 

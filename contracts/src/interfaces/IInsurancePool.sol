@@ -35,7 +35,8 @@ interface IInsurancePoolTypes {
 
     /// @notice Coverage of one request. `expiresAtBlock`: the last block whose certification of the
     ///         request the coverage pays for (its term); `expireCoverage` ends it only after
-    ///         the task manager's `challengeDeadline(expiresAtBlock)`.
+    ///         the task manager's `challengeDeadline(expiresAtBlock)`. `payout`: what an upheld fraud
+    ///         entitles it to (0 until then), funded now or owed (`payoutOwed`, `payoutPaid`).
     struct Coverage {
         address beneficiary;
         uint8 quorumNumber;
@@ -76,6 +77,13 @@ interface IInsurancePoolErrors {
     error AlreadyClaimed(bytes32 requestHash);
     /// @notice Nothing is claimable for the request.
     error NothingToClaim(bytes32 requestHash);
+    /// @notice The coverage's payout is owed (`owed` of it) and the pool holds nothing unreserved to
+    ///         pay it with yet (e.g. the batch's slashed tokens are not cleared to the pool yet).
+    error ClaimNotFunded(bytes32 requestHash, uint256 owed);
+    /// @notice No reward is owed to the caller.
+    error NoRewardOwed(address challenger);
+    /// @notice The caller is owed `owed` of rewards and the pool holds nothing unreserved to pay it with yet.
+    error RewardNotFunded(address challenger, uint256 owed);
     /// @notice The withdrawal exceeds the pool's free balance.
     error InsufficientSurplus(uint256 requested, uint256 available);
     /// @notice A configuration value out of range.
@@ -97,10 +105,19 @@ interface IInsurancePoolEvents {
     );
     /// @notice Emitted when coverage expires (premium kept).
     event CoverageExpired(bytes32 indexed requestHash);
-    /// @notice Emitted when fraud on a request is recorded.
+    /// @notice Emitted when fraud on a request is recorded: the coverage's payout and the challenger's
+    ///         reward it is entitled to, funded now or owed (`PayoutOwed`, `RewardOwed`).
     event FraudRecorded(bytes32 indexed requestHash, address indexed challenger, uint256 payout, uint256 reward);
-    /// @notice Emitted when a claim is paid.
+    /// @notice Emitted when `owed` of the coverage's payout stays owed (not funded yet), when fraud is
+    ///         recorded and after a claim that paid part of it: the amount still owed in all.
+    event PayoutOwed(bytes32 indexed requestHash, uint256 owed);
+    /// @notice Emitted when `amount` of a challenger's reward on fraud on `requestHash` is owed, not
+    ///         paid (added to `rewardOwed(challenger)`).
+    event RewardOwed(address indexed challenger, bytes32 indexed requestHash, uint256 amount);
+    /// @notice Emitted when a claim pays `amount` (all of the payout, or part while `PayoutOwed` follows).
     event Claimed(bytes32 indexed requestHash, address indexed beneficiary, uint256 amount);
+    /// @notice Emitted when a challenger collects `amount` of its owed rewards; `stillOwed` remains.
+    event RewardClaimed(address indexed challenger, uint256 amount, uint256 stillOwed);
     /// @notice Emitted when governance withdraws surplus.
     event SurplusWithdrawn(address indexed to, uint256 amount);
     /// @notice Emitted when governance sends a token other than the asset out of the pool.
@@ -152,7 +169,15 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
     ///         coverage bought once the wrong output was certified for all to see, or whose term ended
     ///         before the certification, is not paid for this batch and stays as it is (another batch
     ///         of the request may be under challenge still); it ends by its term. Then the challenger
-    ///         is paid `challengerRewardBps` of `slashedAmount` (up to the free balance).
+    ///         is paid `challengerRewardBps` of `slashedAmount` (up to what the batch set aside for
+    ///         rewards, `batchRewardReserve`).
+    ///         The payout and the reward are entitlements, not cut by the pool's money: of each, what
+    ///         the free balance covers now is reserved (payout) or sent (reward), the requester first;
+    ///         the rest is owed (`payoutOwed`, `rewardOwed`, in `totalOwed`) and paid by `claim` and
+    ///         `claimReward` once the pool holds it (on EigenLayer with a slash resolution delay the
+    ///         slashed tokens arrive only when the slash is cleared, after the delay).
+    /// @return payout The coverage's payout (0 when it does not pay for this batch).
+    /// @return reward The challenger's reward, sent now or owed.
     function recordFraud(
         bytes32 requestHash,
         uint64 batchIndex,
@@ -163,8 +188,18 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
         uint256 newBatchAmount
     ) external returns (uint256 payout, uint256 reward);
 
-    /// @notice Pays claimable coverage of `requestHash` to its beneficiary, once.
+    /// @notice Pays claimable coverage of `requestHash` to its beneficiary: its reserved part and as much
+    ///         of its owed part as the pool's unreserved balance (balance - totalClaimable) covers now.
+    ///         The coverage stays Claimable while part of it is owed (claim again later), Claimed once
+    ///         fully paid; reverts `ClaimNotFunded` when it would pay nothing. Permissionless.
+    /// @return amount What this call paid.
     function claim(bytes32 requestHash) external returns (uint256 amount);
+
+    /// @notice Pays the caller as much of the rewards owed to it (`rewardOwed`) as the pool's
+    ///         unreserved balance covers now; reverts `NoRewardOwed` or `RewardNotFunded` when it
+    ///         would pay nothing.
+    /// @return amount What this call paid.
+    function claimReward() external returns (uint256 amount);
 
     /// @notice Coverage of `requestHash`.
     function getCoverage(bytes32 requestHash) external view returns (Coverage memory);

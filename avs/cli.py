@@ -347,16 +347,21 @@ def cmd_request(args: argparse.Namespace) -> int:
     # For this request (the client checked it is the one sent) and, with --deployment, on that chain.
     check = verify_certificate(certificate, args.threshold, domain=domain, request_hash=request_hash)
     text = get_certified_text(certificate, decode)
-    if check.ok:
-        print(text)
-    else:  # stdout carries verified output only (a script reading it must not take this as such)
-        print(f"offline check FAILED, this output is NOT verified:\n{text}", file=sys.stderr)
     shares = ", ".join(f"quorum {q}: {share:.1%}" for q, share in sorted(check.stake_shares.items()))
     print(
-        f"certified in batch {certificate.batch_header.batch_index} (tx 0x{certificate.tx_hash.hex()}), "
-        f"{len(certificate.signers)} signers, {shares}; offline check: {'OK' if check.ok else check.problems}",
+        f"certified in batch {certificate.batch_header.batch_index} (tx 0x{certificate.tx_hash.hex()}, the "
+        f"aggregator's word), {len(certificate.signers)} signers, {shares}; offline check: "
+        f"{'OK' if check.ok else check.problems}",
         file=sys.stderr,
     )
+    unverified = list(check.problems)
+    if check.ok:
+        unverified += check_request_certificate(args, certificate, deployment, decode is not None)
+    if not unverified:
+        print(text)
+    else:  # stdout carries verified output only (a script reading it must not take this as such)
+        reasons = "".join(f"\n  - {reason}" for reason in unverified)
+        print(f"this output is NOT verified:{reasons}\n{text}", file=sys.stderr)
     if args.out is not None:
         try:
             args.out.write_text(certificate_to_json(certificate))
@@ -364,13 +369,47 @@ def cmd_request(args: argparse.Namespace) -> int:
             print(certificate_to_json(certificate))
             raise InvalidInputError(f"could not write --out {args.out} ({exc}); the certificate is on stdout") from exc
     if buyer is None:
-        return 0 if check.ok else 1
+        return 0 if not unverified else 1
     uninsured = _check_insured(buyer, certificate)
     for problem in uninsured:
         print(problem, file=sys.stderr)
     if not uninsured:
         print("insured: a fraud proven in this batch pays the coverage", file=sys.stderr)
-    return 0 if check.ok and not uninsured else 1
+    return 0 if not unverified and not uninsured else 1
+
+
+def check_request_certificate(
+    args: argparse.Namespace, certificate: Any, deployment: Deployment | None, decoded_here: bool
+) -> list[str]:
+    """Why a certificate that passed the offline check is still not verified here: the offline check
+    takes the signers' keys from the certificate itself, so only the chain (``--deployment``, read at
+    ``--rpc-url``: verifyLeaf, the registry's stakes, an upheld challenge) tells the operators'
+    signatures from the aggregator's own; and the text is the aggregator's unless decoded here."""
+    reasons = []
+    if deployment is None:
+        reasons.append("no --deployment: the certificate was checked against itself only (any chain, any keys)")
+    else:
+        from web3 import Web3
+        from web3.exceptions import Web3Exception
+
+        from avs.client import check_on_chain
+
+        url = redact_urls(args.rpc_url)
+        try:
+            w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+            if w3.eth.chain_id != deployment.chain_id:
+                reasons.append(f"{url} is not chain {deployment.chain_id}: the certificate was not checked on chain")
+            else:
+                on_chain = check_on_chain(certificate, w3, deployment, args.threshold)
+                reasons += [f"on chain: {problem}" for problem in on_chain.problems]
+                if on_chain.ok:
+                    print(f"on-chain check at {url}: OK (leaf certified, stakes counted)", file=sys.stderr)
+        except (OSError, Web3Exception, ValueError) as exc:  # not verified, not a crash (the certificate is kept)
+            error = redact_urls(str(exc))[:200]
+            reasons.append(f"the chain could not be read at {url} ({error}): the certificate was not checked on chain")
+    if not decoded_here:
+        reasons.append("no --tokenizer: the text is the aggregator's decoding of the certified tokens")
+    return reasons
 
 
 def load_prepared_model(folder: Path) -> LocalModel | None:
@@ -682,9 +721,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{redact_urls(args.rpc_url)} is not chain {deployment.chain_id}")
         on_chain = check_on_chain(certificate, w3, deployment, args.min_share_bps)
         result["on_chain_ok"] = on_chain.certified
+        result["problems"] = [*problems, *on_chain.problems]
         if on_chain.certified:
             result["on_chain_stake_shares"] = {str(q): share for q, share in on_chain.stake_shares.items()}
-            result["problems"] = [*problems, *on_chain.problems]
+            # final: past the challenge window; challenge: the leaf's latest (an upheld one is a problem)
+            result["final"] = on_chain.final
+            result["challenge"] = on_chain.challenge
+            if not on_chain.final:
+                print("not final yet: a challenge can still take the certification back", file=sys.stderr)
         ok = ok and on_chain.ok
     elif args.min_share_bps:
         print("no --rpc-url: the stake shares are the aggregator's word, not checked on chain", file=sys.stderr)

@@ -781,11 +781,21 @@ def check_stakes_on_chain(
     return shares, problems
 
 
+# IFaultManager.ChallengeStatus, by value
+CHALLENGE_STATUSES = ("none", "open", "upheld", "dismissed", "expired")
+
+
 @dataclass(frozen=True, slots=True)
 class OnChainCheck:
     certified: bool  # verifyLeaf (or the BatchCertified event of a batch whose ring slot moved on)
     stake_shares: dict[int, float]  # quorum -> signed share as the registry recorded it (when certified)
     problems: tuple[str, ...]
+    # Past its challenge window (isBatchFinal): until then a reorg or an upheld challenge can still
+    # take the certification back.
+    final: bool = False
+    # The leaf's latest challenge (FaultManager.latestChallengeOfLeaf): one of CHALLENGE_STATUSES;
+    # "unknown" when the deployment names no fault manager. "upheld" is a problem: proven fraud.
+    challenge: str = "none"
 
     @property
     def ok(self) -> bool:
@@ -795,7 +805,9 @@ class OnChainCheck:
 def check_on_chain(certificate: ag.Certificate, w3: Any, deployment: Any, min_share_bps: int = 0) -> OnChainCheck:
     """What the chain says of ``certificate`` on ``deployment`` (the one you trust; ``w3`` a web3 of
     its chain): whether its task manager certified the leaf, and each quorum's signed share at the
-    reference block, the stated figures checked against it. The offline check cannot tell a
+    reference block, the stated figures checked against it; whether the batch is final, and what
+    became of a challenge of the leaf (an upheld one is a problem: the escalation quorum certified
+    REJECT, and the task manager's record of the leaf stays). The offline check cannot tell a
     certificate signed with keys that are not the operators' (an aggregator's own, listed under the
     operators' ids): the chain checked the signers against the registry. Chain errors raise."""
     from web3 import Web3
@@ -809,4 +821,35 @@ def check_on_chain(certificate: ag.Certificate, w3: Any, deployment: Any, min_sh
         return OnChainCheck(False, {}, ("the chain has not certified this leaf (verifyLeaf)",))
     # certified: its non-signers are the certified ones, so the stake they left out can be counted
     shares, problems = check_stakes_on_chain(certificate, Web3AvsClient(w3, deployment), min_share_bps)
-    return OnChainCheck(True, shares, tuple(problems))
+    challenge = read_leaf_challenge(certificate, w3, deployment)
+    if challenge == "upheld":
+        problems.append("a challenge of this leaf was upheld: the escalation quorum certified REJECT (proven fraud)")
+    index = certificate.batch_header.batch_index
+    held, _ = task_manager.functions.getRingSlot(index).call()
+    final = int(held) > index or bool(task_manager.functions.isBatchFinal(index).call())  # a moved-on slot: final
+    return OnChainCheck(True, shares, tuple(problems), final, challenge)
+
+
+def read_leaf_challenge(certificate: ag.Certificate, w3: Any, deployment: Any) -> str:
+    """The status of the certificate's leaf's latest challenge (``CHALLENGE_STATUSES``), "unknown"
+    without a fault manager in ``deployment``. A leaf is challenged again only once the previous
+    challenge expired, so the latest one says it all."""
+    if getattr(deployment, "fault_manager", None) is None:
+        return "unknown"
+    from eth_abi import encode
+    from web3 import Web3
+
+    from avs.chain.abi import load_abi
+
+    address = Web3.to_checksum_address(deployment.fault_manager)
+    faults = w3.eth.contract(address=address, abi=load_abi("FaultManager"))
+    key = keccak(
+        encode(
+            ["uint64", "bytes32", "bytes32"],
+            [certificate.batch_header.batch_index, bytes(certificate.request_hash), bytes(certificate.output_hash)],
+        )
+    )
+    challenge_id = int(faults.functions.latestChallengeOfLeaf(key).call())
+    if challenge_id == 0:
+        return "none"
+    return CHALLENGE_STATUSES[int(faults.functions.getChallenge(challenge_id).call()[6])]

@@ -23,7 +23,13 @@ from avs import demo
 from avs.chain.abi import load_abi
 from avs.chain.faults import ChallengeStatus, CoverageStatus
 from avs.chain.insurance import Web3CoverageReader
-from avs.client import certificate_from_json, certificate_to_json, verify_certificate, verify_on_chain
+from avs.client import (
+    certificate_from_json,
+    certificate_to_json,
+    check_on_chain,
+    verify_certificate,
+    verify_on_chain,
+)
 from avs.devnet import Devnet, ServiceProcess
 from avs.inference.params import compute_prompt_hash
 from avs.inference.profile import load_profile
@@ -163,6 +169,10 @@ def test_an_insured_requester_is_paid_from_the_slashed_stake(
     assert challenge.batch_index == certificate.batch_header.batch_index
     assert challenge.opened_block > certificate.certified_block and challenge.closed_block > challenge.opened_block
     assert challenge.bond == devnet.get_challenge_bond()
+    # what `avs verify --rpc-url` and the gateway's --rpc-url check read now: certified, yet proven fraud
+    checked = check_on_chain(certificate, w3, devnet.deployment, demo.INSURED_THRESHOLD_BPS)
+    assert checked.certified and checked.challenge == "upheld" and not checked.ok
+    assert [p for p in checked.problems if "upheld" in p]
 
     # Slashing: FRAUD_WAD (half) of dave's stake at the resolution; the challenger's reward (10%) and
     # its bond back; the rest into the pool.
@@ -240,7 +250,9 @@ def test_avs_request_insure_buys_coverage_and_is_certified(devnet: Devnet, tmp_p
     checked = subprocess.run([*verify, str(tmp_path / "cert.json")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     stated = {str(q.quorum_number): int(q.signed_stake) / int(q.total_stake) for q in certificate.quorum_stakes}
-    assert json.loads(checked.stdout)["on_chain_stake_shares"] == stated  # counted on chain, as stated
+    verified = json.loads(checked.stdout)
+    assert verified["on_chain_stake_shares"] == stated  # counted on chain, as stated
+    assert (verified["challenge"], verified["final"]) == ("none", False)  # within its challenge window
     certificate.quorum_stakes[0].total_stake = str(int(certificate.quorum_stakes[0].total_stake) - 1)
     (tmp_path / "inflated.json").write_text(certificate_to_json(certificate))
     inflated = subprocess.run([*verify, str(tmp_path / "inflated.json")], capture_output=True, text=True)

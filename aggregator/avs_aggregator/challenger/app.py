@@ -39,6 +39,7 @@ from avs_aggregator.chain import Web3OperatorSetReader
 from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafChecker, Web3BatchFeed, Web3Escalator
 from avs_aggregator.challenger.core import Challenger, Finding
 from avs_aggregator.challenger.resolution import Resolver
+from avs_aggregator.challenger.rewards import RewardCollector, Web3RewardPool
 from avs_aggregator.challenger.store import (
     AttestationRow,
     ChallengeRow,
@@ -190,6 +191,7 @@ class ChallengerApp:
         self._stopped = threading.Event()
         self._closers: list[Any] = []
         self.metrics_port = 0
+        self.rewards: RewardCollector | None = None  # with an insurance pool in the deployment (start)
 
     def start(self) -> None:
         password = self._secrets.ecdsa_key_password
@@ -217,6 +219,8 @@ class ChallengerApp:
         chain = Web3Escalator(Web3FaultClient(client))
         reader = Web3OperatorSetReader(client, self.config.reference_lag_blocks)
         self.keeper = StakeKeeper(client, reader, client.transact) if self.config.refresh_stakes else None
+        pool = deployment.insurance_pool
+        self.rewards = RewardCollector(Web3RewardPool(client, pool)) if pool is not None else None
         self.evidence = EvidenceBook(
             self.store.session,
             AttestationRow,
@@ -282,6 +286,11 @@ class ChallengerApp:
             self.evidence.report_pending()
         except Exception:
             logger.exception("reporting equivocations failed; retrying at the next poll")
+        try:
+            if self.rewards is not None:  # rewards the pool could not pay when the fraud was recorded
+                self.rewards.tick()
+        except Exception:
+            logger.exception("collecting the challenger's owed reward failed; retrying at the next poll")
         try:
             still_open = len(self.store.list_challenges([ChallengeState.OPEN]))
             self.metrics.record(findings, closed, still_open, lost)

@@ -1,0 +1,73 @@
+"""Collecting the challenger's rewards that the insurance pool owes it.
+
+An upheld challenge rewards its challenger at once only up to what the pool holds: on EigenLayer
+with a slash resolution delay (v1.13) the slashed tokens reach the pool days after the resolution,
+and the rest of the reward is owed (``InsurancePool.rewardOwed``; docs/contracts.md). At each poll
+the challenger asks ``claimReward`` for it once something is owed; a pool that holds nothing to pay
+with yet answers ``RewardNotFunded`` at the gas estimate (no transaction is sent), and the next
+poll asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from web3 import Web3
+from web3.logs import DISCARD
+
+from avs.chain.abi import load_abi
+from avs.chain.client import ContractRevertError, Web3AvsClient
+
+logger = logging.getLogger(__name__)
+
+
+class RewardPool(Protocol):
+    def get_reward_owed(self) -> int: ...
+
+    def claim_reward(self) -> int: ...  # what the call paid; ContractRevertError when it cannot
+
+
+class RewardCollector:
+    """``tick()`` once a poll: claims what the pool owes this challenger, if anything; answers the
+    amount paid (0 when nothing is owed or the pool cannot pay yet)."""
+
+    def __init__(self, pool: RewardPool) -> None:
+        self._pool = pool
+
+    def tick(self) -> int:
+        owed = self._pool.get_reward_owed()
+        if owed == 0:
+            return 0
+        try:
+            paid = self._pool.claim_reward()
+        except ContractRevertError as exc:
+            if exc.name != "RewardNotFunded":
+                raise
+            logger.info("challenger reward owed; the pool cannot pay it yet", extra={"owed": str(owed)})
+            return 0
+        logger.info("challenger reward collected", extra={"paid": str(paid), "still_owed": str(owed - paid)})
+        return paid
+
+
+class Web3RewardPool:
+    """``RewardPool`` on the deployment's insurance pool, from the challenger's own client (its
+    transaction sender keeps the nonces of every challenger transaction)."""
+
+    def __init__(self, client: Web3AvsClient, pool_address: str) -> None:
+        if client.account is None:
+            raise ValueError("the challenger's client needs its account")
+        self._client = client
+        self._address = Web3.to_checksum_address(client.account.address)
+        self._pool = client.w3.eth.contract(
+            address=Web3.to_checksum_address(pool_address), abi=load_abi("InsurancePool")
+        )
+
+    def get_reward_owed(self) -> int:
+        return int(self._client._call(self._pool.functions.rewardOwed(self._address)))
+
+    def claim_reward(self) -> int:
+        tx_hash = self._client.transact(self._pool.functions.claimReward())
+        receipt = self._client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        (event,) = self._pool.events.RewardClaimed().process_receipt(receipt, errors=DISCARD)
+        return int(event["args"]["amount"])

@@ -66,14 +66,14 @@ def read_password(env_name: str, *, confirm: bool) -> str:
     return password
 
 
-def parse_message_hash(text: str) -> bytes:
+def parse_message_hash(text: str, name: str = "--message-hash") -> bytes:
     value = text[2:] if text.startswith(("0x", "0X")) else text
     try:
         data = bytes.fromhex(value)
     except ValueError as exc:
-        raise InvalidInputError("--message-hash must be hex") from exc
+        raise InvalidInputError(f"{name} must be hex") from exc
     if len(data) != 32:
-        raise InvalidInputError("--message-hash must be 32 bytes (64 hex digits)")
+        raise InvalidInputError(f"{name} must be 32 bytes (64 hex digits)")
     return data
 
 
@@ -691,7 +691,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     certificate = certificate_from_json(text)
     deployment = load_deployment(args.deployment) if args.deployment is not None else None
     domain = Domain(deployment.chain_id, deployment.task_manager) if deployment is not None else None
-    check = verify_certificate(certificate, min_share_bps=args.min_share_bps, domain=domain)
+    request_hash = parse_message_hash(args.request_hash, "--request-hash") if args.request_hash else None
+    check = verify_certificate(certificate, min_share_bps=args.min_share_bps, domain=domain, request_hash=request_hash)
     result: dict[str, object] = {
         "request_hash": "0x" + certificate.request_hash.hex(),
         "output_hash": "0x" + certificate.output_hash.hex(),
@@ -699,6 +700,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "stake_shares": {str(q): s for q, s in check.stake_shares.items()},
         "offline_ok": check.ok,
         "deployment_checked": domain is not None,
+        "request_checked": request_hash is not None,
         "problems": list(check.problems),
     }
     if domain is None:
@@ -831,6 +833,9 @@ def add_requester_commands(commands: Any) -> None:
     )
     verify.add_argument(
         "--rpc-url", help="also check verifyLeaf on that deployment's task manager (needs --deployment)"
+    )
+    verify.add_argument(
+        "--request-hash", help="0x hash of the request you sent (avs request prints it): the certificate must be for it"
     )
     verify.add_argument(
         "--min-share-bps",

@@ -278,6 +278,12 @@ def test_verify_with_a_model_folder_checks_the_chat_and_text_the_signatures_do_n
     assert "chat and output text are not checked" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "cert.json"), "--tokenizer", str(folder)]) == 1
     assert "another model than the one in" in capsys.readouterr().out
+    # bound to the request sent: the certificate of another request is refused
+    mine = "0x" + bytes(self_made_certificate().request_hash).hex()
+    assert main(["verify", str(tmp_path / "cert.json"), "--request-hash", mine]) == 0
+    assert json.loads(capsys.readouterr().out)["request_checked"] is True
+    assert main(["verify", str(tmp_path / "cert.json"), "--request-hash", "0x" + "77" * 32]) == 1
+    assert "the certificate is for another request" in capsys.readouterr().out
 
 
 def test_claim_prints_what_was_paid_and_what_stays_owed(

@@ -4,25 +4,59 @@ Each completion holds a connection and a thread until it is certified (seconds t
 a cap per caller, one API key could take every connection; without a total below the server's
 connection cap, ``/health`` and ``/v1/models`` would be refused too (503) while the gateway is
 merely busy. A request over a cap is refused before anything is submitted (429, with Retry-After:
-retrying it costs nothing).
+retrying it costs nothing). Each completion is also a paid inference: ``rate_per_minute`` caps how
+many a caller starts a minute (a token bucket per caller, a minute's worth of burst), and the 429
+says when the next one is allowed.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from avs.gateway.errors import TooManyRequestsError
 
 
+class RateLimiter:
+    """A token bucket per caller: ``per_minute`` tokens, refilled continuously; not thread-safe (the
+    admission's lock guards it). Callers are API key indices (or ``""``): a bounded set."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = float(per_minute)
+        self._per_second = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, at)
+
+    def wait_seconds(self, caller: str) -> float:
+        """0 when ``caller`` may start one now, else the seconds until it may."""
+        tokens = self._tokens(caller)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._per_second
+
+    def take(self, caller: str) -> None:
+        self._buckets[caller] = (self._tokens(caller) - 1.0, self._clock())
+
+    def _tokens(self, caller: str) -> float:
+        tokens, at = self._buckets.get(caller, (self._capacity, self._clock()))
+        return min(self._capacity, tokens + (self._clock() - at) * self._per_second)
+
+
 class Admission:
-    def __init__(self, max_in_flight: int, max_in_flight_per_caller: int) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_in_flight_per_caller: int,
+        rate_per_minute: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_caller = max_in_flight_per_caller
         self._lock = threading.Lock()
         self._in_flight = 0
         self._by_caller: dict[str, int] = {}
+        self._rate = RateLimiter(rate_per_minute, clock) if rate_per_minute else None
 
     @contextmanager
     def admit(self, caller: str | None) -> Iterator[None]:
@@ -41,6 +75,14 @@ class Admission:
                 raise TooManyRequestsError(
                     f"you have {held} completions in flight, the most one caller may; retry when one ends"
                 )
+            if self._rate is not None:
+                wait = self._rate.wait_seconds(caller)
+                if wait > 0:
+                    raise TooManyRequestsError(
+                        f"over the rate of completions allowed per minute; the next in {wait:.1f} s",
+                        retry_after=math.ceil(wait),
+                    )
+                self._rate.take(caller)
             self._in_flight += 1
             self._by_caller[caller] = held + 1
         try:

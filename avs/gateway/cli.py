@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_seconds", help="seconds to certify")
     parser.add_argument("--max-in-flight", type=int, help="completions followed at once, in all (192)")
     parser.add_argument("--max-in-flight-per-key", type=int, help="completions in flight per API key (32)")
+    parser.add_argument(
+        "--rate-limit-per-minute", type=int, help="completions started per minute per API key (without keys: in all; 0)"
+    )
     parser.add_argument("--log-level", help="INFO, DEBUG, ...")
     return parser
 

@@ -55,6 +55,9 @@ class GatewayConfig(EnvSecrets):
     # only the total). Over either: 429, before anything is submitted.
     max_in_flight: int = Field(default=192, ge=1, le=4096)
     max_in_flight_per_key: int = Field(default=32, ge=1)
+    # Completions a caller may start per minute (per API key; without keys, in all); 0: no limit.
+    # Over it: 429 with the seconds until the next one in Retry-After (avs.gateway.admission).
+    rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)
     log_level: str = "INFO"
 
     @field_validator("requester")

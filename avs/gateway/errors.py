@@ -76,8 +76,12 @@ class MaybeSubmittedError(AvsError):
 
 
 class TooManyRequestsError(AvsError):
-    """Over the gateway's own cap of completions in flight (in all, or the caller's): nothing was
-    submitted, so a retry later is safe."""
+    """Over the gateway's own cap of completions in flight (in all, or the caller's) or its rate per
+    caller: nothing was submitted, so a retry later is safe, after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RouteNotFoundError(AvsError, LookupError):

@@ -92,7 +92,7 @@ class _HttpServer(BoundedHTTPServer):
         self.service = service
         self.api_keys = config.get_api_keys()
         self.max_body_bytes = config.max_body_bytes
-        self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key)
+        self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key, config.rate_limit_per_minute)
         self.disconnects = DisconnectWatcher()
         self.metrics = metrics
         if metrics is not None:
@@ -357,7 +357,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self._discard_body()
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
         if error.status == 429 and error.retry:
-            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            headers["Retry-After"] = str(getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
         if error.status in NO_RETRY_STATUSES or not error.retry:
             headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
         if error.status == 405:  # the methods the path answers (RFC 9110 requires the header)

@@ -1010,6 +1010,51 @@ def test_without_api_keys_only_the_total_cap_applies() -> None:
     assert admission.in_flight == 0
 
 
+def test_completions_started_per_minute_are_capped_per_key(intake: FakeIntake) -> None:
+    """Each completion is a paid inference: over --rate-limit-per-minute a key gets a 429 (nothing
+    submitted) whose Retry-After says when its next one is allowed; another key is not held back."""
+    gateway = start(intake, api_keys=(KEY, "other"), rate_limit_per_minute=2)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    try:
+        for _ in range(2):
+            client_for(gateway, KEY).chat.completions.create(model=MODEL, messages=messages)
+        with pytest.raises(openai.RateLimitError, match="per minute") as refused:
+            client_for(gateway, KEY).chat.completions.create(model=MODEL, messages=messages)
+        assert refused.value.code == "too_many_requests"
+        assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 30  # a token every 30 s
+        assert len(intake.submitted) == 2
+        client_for(gateway, "other").chat.completions.create(model=MODEL, messages=messages)
+    finally:
+        gateway.stop()
+
+
+def test_the_rate_limit_refills_over_time() -> None:
+    from avs.gateway.admission import Admission
+    from avs.gateway.errors import TooManyRequestsError
+
+    now = [0.0]
+    admission = Admission(max_in_flight=10, max_in_flight_per_caller=10, rate_per_minute=6, clock=lambda: now[0])
+    for _ in range(6):  # a minute's worth at once
+        with admission.admit("key 0"):
+            pass
+    with pytest.raises(TooManyRequestsError) as refused, admission.admit("key 0"):
+        pass
+    assert refused.value.retry_after == 10  # one every 10 s
+    now[0] = 9.0
+    with pytest.raises(TooManyRequestsError) as refused, admission.admit("key 0"):
+        pass
+    assert refused.value.retry_after == 1
+    now[0] = 10.0
+    with admission.admit("key 0"):
+        pass
+    now[0] = 1_000.0  # idle for long: back to a minute's worth, no more
+    for _ in range(6):
+        with admission.admit("key 0"):
+            pass
+    with pytest.raises(TooManyRequestsError), admission.admit("key 0"):
+        pass
+
+
 def test_the_disconnect_watcher_outlives_a_failing_callback_and_sockets_with_timeouts() -> None:
     """The watcher peeks on its own non-blocking copy of each socket (a handler's socket has a
     timeout, which a peek waited out, blocking every other watch), and one failure does not end it."""

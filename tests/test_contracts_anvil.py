@@ -362,3 +362,17 @@ def test_the_challenge_deadline_read_once_matches_the_contracts(devnet: Devnet) 
         assert client.get_challenge_window().kept_blocks > 0  # a lowering was recorded
     finally:
         set_window(original)
+
+
+def test_the_aggregator_refuses_a_first_batch_index_the_ring_cannot_take(devnet: Devnet) -> None:
+    """Found in review: with ``batch.first_index`` past ``recordRing x (MAX_EPOCH_STEP + 1)`` every
+    batch reverted ``BatchIndexTooFar`` and failed; the aggregator refuses to start with it."""
+    from avs.errors import InvalidInputError
+    from avs_aggregator.app import check_first_batch_index
+
+    functions = devnet.client.task_manager.functions
+    ring, step = int(functions.recordRing().call()), int(functions.MAX_EPOCH_STEP().call())
+    assert (ring, step) == (8192, 1 << 16)
+    check_first_batch_index(devnet.client, ring * (step + 1) - 1)
+    with pytest.raises(InvalidInputError, match=f"at most {ring * (step + 1) - 1}"):
+        check_first_batch_index(devnet.client, ring * (step + 1))

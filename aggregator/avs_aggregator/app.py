@@ -254,6 +254,22 @@ class Ports:
     health: int = 0
 
 
+def check_first_batch_index(client: Web3AvsClient, first_index: int) -> None:
+    """Refuses a ``batch.first_index`` that the task manager's record ring cannot take in an empty
+    slot: a slot moves at most ``MAX_EPOCH_STEP`` ring epochs a certification (an empty one counts
+    as epoch 0), so every batch from such an index would revert ``BatchIndexTooFar`` and fail."""
+    functions = client.task_manager.functions
+    ring = int(functions.recordRing().call())
+    if ring == 0:
+        return
+    step = int(functions.MAX_EPOCH_STEP().call())
+    if first_index // ring > step:
+        raise InvalidInputError(
+            f"batch.first_index {first_index} is more than MAX_EPOCH_STEP ({step}) ring epochs past an empty "
+            f"slot of the task manager's record ring ({ring} slots): at most {ring * (step + 1) - 1}"
+        )
+
+
 class AggregatorApp:
     def __init__(self, config: AggregatorConfig, secrets: AggregatorSecrets) -> None:
         self.config = config
@@ -294,6 +310,7 @@ class AggregatorApp:
         if self._stop_requested.is_set():
             return False
         client = Web3AvsClient(w3, deployment, account)
+        check_first_batch_index(client, config.batch.first_index)
         domain = Domain(deployment.chain_id, deployment.task_manager)
         self.store = Store(config.database_url)
         self._closers.append(self.store.close)

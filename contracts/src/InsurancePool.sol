@@ -31,8 +31,9 @@ import {InferenceTaskManager} from "./InferenceTaskManager.sol";
 ///        totalOwed, when fraud is recorded, the requester first, then the challenger; the rest is
 ///        owed, `totalOwed`, and paid only from the balance above `totalClaimable`);
 ///      - owed before free: `freeBalance` leaves out what is owed, so governance cannot withdraw it
-///        and a fraud recorded later reserves nothing of it (it is owed in turn); owed payouts and
-///        rewards are paid, first come first served, as money arrives;
+///        and a fraud recorded later reserves nothing of it (it is owed in turn); owed payouts are
+///        paid, first come first served, as money arrives, and owed rewards only from what is left
+///        once every owed payout is funded (insured requesters first, as at recording);
 ///      - no profit from one's own fraud: the payouts of one fraudulent batch plus the challengers'
 ///        rewards are at most what its fraud slashed, valued in `asset` (`batchPayoutBudget`; the
 ///        fault manager values slashed shares at their strategy's rate, and shares of a strategy of
@@ -87,6 +88,8 @@ contract InsurancePool is IInsurancePool, Ownable {
     mapping(bytes32 => uint256) public payoutPaid;
     /// @notice Rewards owed to each challenger (not funded yet).
     mapping(address => uint256) public rewardOwed;
+    /// @notice Sum of `rewardOwed` (the rest of `totalOwed` is owed payouts, paid first).
+    uint256 public totalRewardsOwed;
 
     /// @param asset_ The stake token.
     /// @param registry_ The operator registry.
@@ -218,6 +221,7 @@ contract InsurancePool is IInsurancePool, Ownable {
         if (owed != 0) {
             rewardOwed[challenger] += owed;
             totalOwed += owed;
+            totalRewardsOwed += owed;
             emit RewardOwed(challenger, requestHash, owed);
         }
         emit FraudRecorded(requestHash, challenger, payout, reward);
@@ -303,13 +307,22 @@ contract InsurancePool is IInsurancePool, Ownable {
     function claimReward() external returns (uint256 amount) {
         uint256 owed = rewardOwed[msg.sender];
         if (owed == 0) revert NoRewardOwed(msg.sender);
-        uint256 unreserved = _unreservedBalance();
-        amount = owed < unreserved ? owed : unreserved;
+        amount = rewardClaimable(msg.sender);
         if (amount == 0) revert RewardNotFunded(msg.sender, owed);
         rewardOwed[msg.sender] = owed - amount;
         totalOwed -= amount;
+        totalRewardsOwed -= amount;
         emit RewardClaimed(msg.sender, amount, owed - amount);
         asset.safeTransfer(msg.sender, amount);
+    }
+
+    /// @inheritdoc IInsurancePool
+    function rewardClaimable(address challenger) public view returns (uint256) {
+        uint256 owedPayouts = totalOwed - totalRewardsOwed;
+        uint256 unreserved = _unreservedBalance();
+        uint256 available = unreserved > owedPayouts ? unreserved - owedPayouts : 0;
+        uint256 owed = rewardOwed[challenger];
+        return owed < available ? owed : available;
     }
 
     /// @inheritdoc IInsurancePool

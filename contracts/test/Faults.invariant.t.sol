@@ -223,6 +223,9 @@ contract FaultsInvariantTest is Test {
     function invariant_poolOwesWhatItRecords() public view {
         InsurancePool pool = _pool();
         vm.assertEq(pool.totalOwed(), handler.sumOwed(), "totalOwed == sum owed");
+        address challenger = address(0xC4A11); // FaultFixture's CHALLENGER, the only one
+        vm.assertEq(pool.totalRewardsOwed(), pool.rewardOwed(challenger), "rewards owed == the challenger's");
+        vm.assertLe(pool.rewardClaimable(challenger), pool.rewardOwed(challenger), "never more than owed");
         uint256 balance = pool.asset().balanceOf(address(pool));
         uint256 held = pool.totalClaimable() + pool.totalOwed();
         vm.assertEq(pool.freeBalance(), balance > held ? balance - held : 0, "free = balance - claimable - owed");

@@ -202,16 +202,16 @@ contract OwedPayoutsTest is PoolFixture {
         vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.ClaimNotFunded.selector, requestHash, 60 ether));
         pool.claim(requestHash);
 
-        // The challenger collects part of its reward as money arrives too.
+        // Money arriving while a payout is owed is the requester's: the challenger's reward waits.
         token.mint(address(pool), 1 ether);
-        vm.expectEmit();
-        emit IInsurancePoolEvents.RewardClaimed(CHALLENGER, 1 ether, reward - 1 ether);
+        vm.assertEq(pool.rewardClaimable(CHALLENGER), 0, "payouts first");
+        vm.expectRevert(abi.encodeWithSelector(IInsurancePoolErrors.RewardNotFunded.selector, CHALLENGER, reward));
         vm.prank(CHALLENGER);
         pool.claimReward();
-        vm.assertEq(pool.rewardOwed(CHALLENGER), reward - 1 ether, "reward partly paid");
 
         vm.roll(block.number + DELAY);
         _clear(slashedBefore + 1, _slashCount());
+        vm.assertEq(pool.rewardClaimable(CHALLENGER), reward, "the slash covers both");
         uint256 before = token.balanceOf(REQUESTER);
         vm.assertEq(pool.claim(requestHash), 60 ether, "the rest");
         vm.assertEq(token.balanceOf(REQUESTER), before + 60 ether, "paid");

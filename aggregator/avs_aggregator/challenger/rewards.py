@@ -3,9 +3,9 @@
 An upheld challenge rewards its challenger at once only up to what the pool holds: on EigenLayer
 with a slash resolution delay (v1.13) the slashed tokens reach the pool days after the resolution,
 and the rest of the reward is owed (``InsurancePool.rewardOwed``; docs/contracts.md). At each poll
-the challenger asks ``claimReward`` for it once something is owed; a pool that holds nothing to pay
-with yet answers ``RewardNotFunded`` at the gas estimate (no transaction is sent), and the next
-poll asks again.
+the challenger reads what it is owed and what the pool could pay it now (``rewardClaimable``: owed
+rewards come after every owed payout to insured requesters), and sends ``claimReward`` once the
+whole of it can be paid: one transaction per reward, not one per premium that trickles in.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ logger = logging.getLogger(__name__)
 class RewardPool(Protocol):
     def get_reward_owed(self) -> int: ...
 
+    def get_reward_claimable(self) -> int: ...
+
     def claim_reward(self) -> int: ...  # what the call paid; ContractRevertError when it cannot
 
 
 class RewardCollector:
-    """``tick()`` once a poll: claims what the pool owes this challenger, if anything; answers the
-    amount paid (0 when nothing is owed or the pool cannot pay yet)."""
+    """``tick()`` once a poll: claims what the pool owes this challenger once it can pay all of it;
+    answers the amount paid (0 when nothing is owed or the pool cannot pay it all yet)."""
 
     def __init__(self, pool: RewardPool) -> None:
         self._pool = pool
@@ -38,6 +40,9 @@ class RewardCollector:
     def tick(self) -> int:
         owed = self._pool.get_reward_owed()
         if owed == 0:
+            return 0
+        if self._pool.get_reward_claimable() < owed:
+            logger.debug("challenger reward owed; the pool cannot pay all of it yet", extra={"owed": str(owed)})
             return 0
         try:
             paid = self._pool.claim_reward()
@@ -65,6 +70,9 @@ class Web3RewardPool:
 
     def get_reward_owed(self) -> int:
         return int(self._client._call(self._pool.functions.rewardOwed(self._address)))
+
+    def get_reward_claimable(self) -> int:
+        return int(self._client._call(self._pool.functions.rewardClaimable(self._address)))
 
     def claim_reward(self) -> int:
         tx_hash = self._client.transact(self._pool.functions.claimReward())

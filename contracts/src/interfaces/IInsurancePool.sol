@@ -195,11 +195,17 @@ interface IInsurancePool is IInsurancePoolTypes, IInsurancePoolErrors, IInsuranc
     /// @return amount What this call paid.
     function claim(bytes32 requestHash) external returns (uint256 amount);
 
-    /// @notice Pays the caller as much of the rewards owed to it (`rewardOwed`) as the pool's
-    ///         unreserved balance covers now; reverts `NoRewardOwed` or `RewardNotFunded` when it
-    ///         would pay nothing.
+    /// @notice Pays the caller as much of the rewards owed to it (`rewardOwed`) as
+    ///         `rewardClaimable` says; reverts `NoRewardOwed` or `RewardNotFunded` when it would pay
+    ///         nothing.
     /// @return amount What this call paid.
     function claimReward() external returns (uint256 amount);
+
+    /// @notice What `claimReward` would pay `challenger` now: its owed rewards, up to the pool's
+    ///         unreserved balance (balance - totalClaimable) less every owed payout (insured
+    ///         requesters are paid first: found in review, a challenger's daemon claiming at each
+    ///         poll took money that arrived before the requester claimed).
+    function rewardClaimable(address challenger) external view returns (uint256);
 
     /// @notice Coverage of `requestHash`.
     function getCoverage(bytes32 requestHash) external view returns (Coverage memory);

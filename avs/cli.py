@@ -23,7 +23,7 @@ from avs import __version__, keystore
 from avs.config import RPC_URL_ENV, default_rpc_url
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
-from avs.errors import AvsError, InvalidInputError, KeystoreError
+from avs.errors import AvsError, InvalidInputError, KeystoreError, UnavailableError
 from avs.inference.params import compute_prompt_hash
 from avs.logs import redact_urls
 
@@ -404,7 +404,7 @@ def check_request_certificate(
                 reasons += [f"on chain: {problem}" for problem in on_chain.problems]
                 if on_chain.ok:
                     print(f"on-chain check at {url}: OK (leaf certified, stakes counted)", file=sys.stderr)
-        except (OSError, Web3Exception, ValueError) as exc:  # not verified, not a crash (the certificate is kept)
+        except (OSError, Web3Exception, ValueError, UnavailableError) as exc:  # not verified, not a crash
             error = redact_urls(str(exc))[:200]
             reasons.append(f"the chain could not be read at {url} ({error}): the certificate was not checked on chain")
     if not decoded_here:

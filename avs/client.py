@@ -56,7 +56,14 @@ from avs.chain.client import find_batch_certified
 from avs.crypto import bls
 from avs.crypto.backends import get_backend
 from avs.crypto.curve import G1Point, G2Point
-from avs.errors import AvsError, CancelledError, DeadlineExceededError, InvalidInputError, UntrustedAnswerError
+from avs.errors import (
+    AvsError,
+    CancelledError,
+    DeadlineExceededError,
+    InvalidInputError,
+    UnavailableError,
+    UntrustedAnswerError,
+)
 from avs.merkle import BatchLeaf, verify_merkle_proof
 from avs.messages import (
     BPS,
@@ -809,7 +816,9 @@ def check_on_chain(certificate: ag.Certificate, w3: Any, deployment: Any, min_sh
     became of a challenge of the leaf (an upheld one is a problem: the escalation quorum certified
     REJECT, and the task manager's record of the leaf stays). The offline check cannot tell a
     certificate signed with keys that are not the operators' (an aggregator's own, listed under the
-    operators' ids): the chain checked the signers against the registry. Chain errors raise."""
+    operators' ids): the chain checked the signers against the registry. Chain errors raise, and so
+    does a node still behind the certificate's block (``UnavailableError``: a lagging node is no
+    proof the leaf was never certified)."""
     from web3 import Web3
 
     from avs.chain.abi import load_abi
@@ -818,6 +827,12 @@ def check_on_chain(certificate: ag.Certificate, w3: Any, deployment: Any, min_sh
     address = Web3.to_checksum_address(deployment.task_manager)
     task_manager = w3.eth.contract(address=address, abi=load_abi("InferenceTaskManager"))
     if not verify_on_chain(certificate, task_manager, from_block=deployment.start_block):
+        head = int(w3.eth.block_number)
+        if head < certificate.certified_block:  # a node behind the aggregator's: no answer yet, not a "no"
+            raise UnavailableError(
+                f"the chain node is at block {head}, before the certificate's block {certificate.certified_block}:"
+                " ask again once it has caught up"
+            )
         return OnChainCheck(False, {}, ("the chain has not certified this leaf (verifyLeaf)",))
     # certified: its non-signers are the certified ones, so the stake they left out can be counted
     shares, problems = check_stakes_on_chain(certificate, Web3AvsClient(w3, deployment), min_share_bps)

@@ -84,8 +84,9 @@ def test_identity_handling(backend: Bn254Backend) -> None:
 
 
 def test_the_fast_backend_refuses_a_coordinate_past_the_field_modulus() -> None:
-    """Found in review: mcl took (x + p, y) for (x, y) where py_ecc kept x + p, so the two backends
-    answered differently for a point no parser had checked."""
+    """Found in review: for (x + p, y), which py_ecc reduces to (x, y), mcl computed with another
+    point, so the two backends answered differently for a point no parser had checked. mcl refuses
+    it now (every parser of network input refuses it before)."""
     point = FAST.g1_mul(G1_GENERATOR, 7)
     for unreduced in (G1Point(point.x + FP_MODULUS, point.y), G1Point(point.x, point.y + FP_MODULUS)):
         with pytest.raises(ValueError, match="field modulus"):

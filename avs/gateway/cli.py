@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregator", help="the aggregator's intake gRPC host:port (default 127.0.0.1:50060)")
     parser.add_argument("--listen", help="HTTP host:port to listen on (default 127.0.0.1:8080; port 0: any)")
     parser.add_argument(
-        "--metrics-listen", help="host:port for Prometheus /metrics (default: none; the deploy configs use :9099)"
+        "--metrics-listen", help="host:port for Prometheus /metrics (default: none; 9099 by convention)"
     )
     parser.add_argument("--requester", help="0x address put in every request as its requester")
     parser.add_argument(

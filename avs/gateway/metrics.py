@@ -14,7 +14,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from avs.errors import AvsError, CancelledError
-from avs.gateway.errors import compute_api_error
+from avs.gateway.errors import SubmittedRequestError, compute_api_error
 from avs.gateway.openai_api import VERIFICATION_PATH, JobKind
 
 COMPLETION_ROUTES = {JobKind.CHAT: "chat", JobKind.TEXT: "completions"}
@@ -49,6 +49,8 @@ def classify_outcome(error: BaseException | None) -> str:
     (else the type) of the OpenAI error answered for ``error``."""
     if error is None:
         return OUTCOME_OK
+    if isinstance(error, SubmittedRequestError):  # a stream's write failed once submitted: the cause says
+        error = error.cause
     if isinstance(error, CancelledError) or (isinstance(error, SOCKET_ERRORS) and not isinstance(error, AvsError)):
         return OUTCOME_CLIENT_GONE
     answered = compute_api_error(error)
@@ -82,7 +84,7 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "avs_gateway_tokens",
-            "Tokens of the certified completions answered, by kind (prompt, completion)",
+            "Tokens of the certified completions (checked here), by kind (prompt, completion)",
             ["kind"],
             registry=registry,
         )

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from avs.chain.deployment import load_deployment
 from avs.client import AggregatorClient, certificate_from_json, verify_certificate
 from avs.devnet import Devnet, ServiceProcess, get_free_port
+from avs.errors import UnavailableError
 from avs.gateway.cli import build_service
 from avs.gateway.config import load_config
 from avs.gateway.models import load_local_model
@@ -229,6 +230,10 @@ def test_with_rpc_url_certificates_are_checked_on_chain(devnet: Devnet, model: s
     assert offline(forged, bytes(forged.request_hash)) == ()
     on_chain = connect_chain_check(devnet.anvil.url, deployment, 6667)
     assert list(on_chain(forged)) == ["the chain has not certified this leaf (verifyLeaf)"]
+    # a node behind the certificate's block cannot say "not certified" yet: a 503, not a mismatch
+    forged.certified_block = devnet.anvil.w3.eth.block_number + 1_000
+    with pytest.raises(UnavailableError, match="before the certificate's block"):
+        on_chain(forged)
     with AggregatorClient(devnet.aggregator_url) as intake:
         server = start_gateway(devnet, intake, devnet.deployment_file, rpc_url=devnet.anvil.url)
         try:

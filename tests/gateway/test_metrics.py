@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from avs.client import RequestStatus
 from avs.errors import CancelledError, DeadlineExceededError
 from avs.gateway.config import GatewayConfigError, load_config
+from avs.gateway.errors import SubmittedRequestError
 from avs.gateway.metrics import ROUTES, GatewayMetrics, classify_outcome, classify_route
 from avs.gateway.server import GatewayServer
 from tests.gateway.fakes import MODEL, OUTPUT_IDS, FakeIntake
@@ -118,6 +119,10 @@ def test_outcomes() -> None:
     assert classify_outcome(CancelledError("went away")) == "client_gone"
     assert classify_outcome(BrokenPipeError()) == "client_gone"
     assert classify_outcome(TimeoutError("socket stalled")) == "client_gone"
+    # a stream's write failing once the request was submitted comes wrapped (from the review of the day)
+    follow = "/v1/verification/0x" + "ab" * 32
+    assert classify_outcome(SubmittedRequestError(follow, BrokenPipeError())) == "client_gone"
+    assert classify_outcome(SubmittedRequestError(follow, DeadlineExceededError("late"))) == "certification_timeout"
     # a certification deadline is answered (504): not a client that went away
     assert classify_outcome(DeadlineExceededError("not certified in time")) not in ("client_gone", "ok")
 

@@ -86,7 +86,7 @@ class MclBackend:
     def _g1(self, point: G1Point) -> Any:
         # Written field by field: mcl's G1 setStr re-checks the point at ~60 us, which would
         # dominate a verification. Callers have already checked the point is on the curve; the
-        # range is checked here (mcl would reduce x + p to x, py_ecc keeps it: the backends differ).
+        # range is checked here: mcl took x + p for another point than py_ecc, which reduces it mod p.
         out = _G1()
         if point.is_identity():
             return out  # z = 0 is mcl's identity

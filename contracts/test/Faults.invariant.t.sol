@@ -24,6 +24,10 @@ contract FaultsHandler is PoolFixture {
     uint256[] internal _open;
     /// @dev Upheld challenges whose signers are not all slashed yet.
     uint256[] internal _slashing;
+    /// @dev Requests insured and then proven wrong by `insuredFraud`.
+    bytes32[] internal _insured;
+    uint256 internal _nextNonce = 100;
+    uint64 internal _nextBatch = 1_000;
 
     constructor() {
         setUp();
@@ -107,6 +111,89 @@ contract FaultsHandler is PoolFixture {
         } catch {}
     }
 
+    /// @dev One insured fraud end to end: coverage bought on a new request, the request certified with
+    ///      a wrong output in a new batch a block later, challenged, upheld and every signer slashed,
+    ///      so that the payout is recorded (reserved, or owed with a slash resolution delay). A
+    ///      resolution that fails (stakes gone stale, say) lets the challenge expire: its bond back.
+    function insuredFraud(uint96 amount) external {
+        uint256 available = pool.availableCoverage(0);
+        if (available == 0) return;
+        (AvsMessages.InferenceRequest memory r, bytes32 h) = _request(_nextNonce++);
+        vm.prank(REQUESTER);
+        try pool.buyCoverage(r, 0, uint96(bound(amount, 1, available))) {}
+        catch {
+            return;
+        }
+        _insured.push(h);
+        vm.roll(block.number + 1);
+        try this.certifyInsured(_nextBatch++, h) returns (
+            AvsMessages.BatchHeader memory header, bytes32 rec, bytes32[] memory proof
+        ) {
+            vm.roll(block.number + 1);
+            vm.prank(CHALLENGER);
+            try faults.challenge(header, rec, h, "bad", proof) returns (uint256 id) {
+                bondsIn += BOND;
+                _upholdOrExpire(id, header, h);
+            } catch {}
+        } catch {}
+    }
+
+    function _upholdOrExpire(uint256 id, AvsMessages.BatchHeader memory header, bytes32 h) internal {
+        vm.roll(block.number + 1);
+        IBLSSignatureChecker.NonSignerStakesAndSignature memory cert =
+            _cert(_verdictDigest(h, "bad", AvsMessages.Verdict.Reject), hex"0001", _none());
+        IFaultManagerTypes.BatchSigners memory s = _batchSigners(header, _none());
+        try faults.resolveChallenge(id, AvsMessages.Verdict.Reject, uint32(block.number - 1), cert, s) {
+            bondsOut += BOND;
+            while (faults.getPendingSlashing(id).signersHash != 0) {
+                try faults.continueSlashing(id, s) {}
+                catch {
+                    return;
+                }
+            }
+        } catch {
+            (,,,, uint32 window,,) = faults.config();
+            vm.roll(block.number + window + 1);
+            faults.expireChallenge(id);
+            bondsOut += BOND;
+        }
+    }
+
+    /// @dev `_certifyLeaf` as an external call of the handler (the task manager's aggregator), so
+    ///      that a refused certification can be caught.
+    function certifyInsured(uint64 index, bytes32 h)
+        external
+        returns (AvsMessages.BatchHeader memory header, bytes32 rec, bytes32[] memory proof)
+    {
+        return _certifyLeaf(index, h, "bad", _none());
+    }
+
+    function claimInsured(uint8 i) external {
+        if (_insured.length == 0) return;
+        try pool.claim(_insured[i % _insured.length]) returns (uint256 amount) {
+            paidClaims += amount;
+        } catch {}
+    }
+
+    /// @dev Each insured request's claims paid plus what stays owed is at most its payout, and its
+    ///      payout at most its coverage.
+    function payoutsWithinEntitlement() external view returns (bool) {
+        for (uint256 i; i < _insured.length; ++i) {
+            bytes32 h = _insured[i];
+            uint256 payout = pool.getCoverage(h).payout;
+            if (pool.payoutPaid(h) + pool.payoutOwed(h) > payout || payout > pool.getCoverage(h).amount) return false;
+        }
+        return true;
+    }
+
+    function insuredCount() external view returns (uint256) {
+        return _insured.length;
+    }
+
+    function insuredHash(uint256 i) external view returns (bytes32) {
+        return _insured[i];
+    }
+
     /// @dev Clears every slash of both quorums that can be cleared (anyone may).
     function clearSlashes() external {
         for (uint32 q; q < 2; ++q) {
@@ -124,6 +211,9 @@ contract FaultsHandler is PoolFixture {
         for (uint256 nonce; nonce < 4; ++nonce) {
             (, bytes32 h) = _request(nonce);
             sum += pool.payoutOwed(h);
+        }
+        for (uint256 i; i < _insured.length; ++i) {
+            sum += pool.payoutOwed(_insured[i]);
         }
     }
 
@@ -192,7 +282,7 @@ contract FaultsInvariantTest is Test {
 
     /// @dev Only the handler's actions (not the fixture's setUp and helpers).
     function targetSelectors() public view returns (FuzzSelector[] memory t) {
-        bytes4[] memory s = new bytes4[](9);
+        bytes4[] memory s = new bytes4[](11);
         s[0] = FaultsHandler.equivocate.selector;
         s[1] = FaultsHandler.challenge.selector;
         s[2] = FaultsHandler.resolve.selector;
@@ -202,6 +292,8 @@ contract FaultsInvariantTest is Test {
         s[6] = FaultsHandler.continueSlashing.selector;
         s[7] = FaultsHandler.claimReward.selector;
         s[8] = FaultsHandler.clearSlashes.selector;
+        s[9] = FaultsHandler.insuredFraud.selector;
+        s[10] = FaultsHandler.claimInsured.selector;
         t = new FuzzSelector[](1);
         t[0] = FuzzSelector(address(handler), s);
     }
@@ -234,6 +326,10 @@ contract FaultsInvariantTest is Test {
     /// @dev A request stays under challenge until its upheld challenge has slashed every signer.
     function invariant_requestUnderChallengeUntilSlashingEnds() public view {
         vm.assertEq(_faults().openChallenges("req"), handler.unfinishedChallenges(), "open + slashing");
+    }
+
+    function invariant_payoutsWithinEntitlement() public view {
+        vm.assertTrue(handler.payoutsWithinEntitlement(), "paid + owed <= payout <= coverage");
     }
 
     function invariant_neverSlashedTwice() public view {
@@ -279,6 +375,33 @@ contract FaultsHandlerSmokeTest is Test {
         vm.assertEq(h.unfinishedChallenges(), 0, "slashing done");
         h.claimOrExpire(1);
         vm.assertEq(h.bondsIn(), h.bondsOut(), "bond in and out");
+    }
+
+    function test_handler_insuredFraudPaysItsPayout() public {
+        FaultsHandler h = new FaultsHandler();
+        InsurancePool pool = InsurancePool(h.poolAddress());
+        h.insuredFraud(10 ether);
+        vm.assertEq(h.insuredCount(), 1, "insured");
+        bytes32 req = h.insuredHash(0);
+        uint256 amount = pool.getCoverage(req).amount; // about 10 ether (the handler bounds it)
+        vm.assertEq(pool.getCoverage(req).payout, amount, "payout recorded");
+        h.claimInsured(0);
+        vm.assertEq(h.paidClaims(), amount, "paid");
+        vm.assertEq(h.bondsIn(), h.bondsOut(), "bond back");
+    }
+
+    function test_delayedHandler_InsuredPayoutOwedUntilTheSlashIsCleared() public {
+        FaultsHandler h = new FaultsDelayedHandler();
+        InsurancePool pool = InsurancePool(h.poolAddress());
+        h.insuredFraud(10 ether);
+        bytes32 req = h.insuredHash(0);
+        vm.assertGt(pool.payoutOwed(req), 0, "owed: the slash is not cleared");
+        vm.assertEq(h.sumOwed(), pool.totalOwed(), "counted");
+        h.expire(31);
+        h.clearSlashes();
+        h.claimInsured(0);
+        vm.assertEq(pool.payoutOwed(req), 0, "paid once cleared");
+        vm.assertEq(pool.payoutPaid(req), pool.getCoverage(req).amount, "in full");
     }
 
     function test_delayedHandler_RewardOwedUntilTheSlashIsCleared() public {

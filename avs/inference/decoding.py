@@ -26,8 +26,11 @@ Position ``i`` passes iff the proposed token is in the outer set and its perturb
 least ``max(perturbed score over rivals) - delta``, the *rivals* being the inner set, the token
 itself, and every token whose logit is more than ``delta`` above the token's: the filters keep
 tokens in logit order, so if the proposed token survived, those did too, whatever the error. The
-*margin* is that difference (``<= 0``; ``0`` when the token is the verifier's own choice; ``-inf``
-if filtered out).
+best score is also at least the *boundary floor* (``_boundary_floor``): every generator within the
+tolerance keeps at least ``n`` tokens, so a near-tied group at the top-k/top-p edge, none of whose
+tokens is surely kept on its own, still holds survivors whose best score the proposed one must
+reach. The *margin* is that difference (``<= 0``; ``0`` when the token is the verifier's own
+choice; ``-inf`` if filtered out).
 """
 
 from __future__ import annotations
@@ -197,6 +200,12 @@ def _is_outer(
     return outer
 
 
+def _score_reach_floor(own: torch.Tensor, reach: float) -> torch.Tensor:
+    """Row-wise: a token with a logit below this never outscores ``own`` (its score is at most ``z + reach``),
+    taken a hair low to absorb rounding."""
+    return own - reach - 1e-9 * (1.0 + own.abs() + reach)
+
+
 def _rival_candidates(
     z: torch.Tensor, own: torch.Tensor, head: TensorPair | None, bounds: TensorPair | None, delta: float, reach: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,7 +216,7 @@ def _rival_candidates(
     with top-k only the top k can be inner, and only those above ``z_(k+1) + delta``. The bounds
     are taken a hair low to absorb rounding: a superset is harmless, the inner test follows.
     """
-    lower = own - reach - 1e-9 * (1.0 + own.abs() + reach)
+    lower = _score_reach_floor(own, reach)
     if bounds is not None:
         values, ids = head[0][:, :-1], head[1][:, :-1]  # type: ignore[index]
         lower = torch.maximum(lower, bounds[1] + delta)
@@ -236,6 +245,96 @@ def _is_inner(
     return inner
 
 
+def _least_kept_count(head: TensorPair, table: TensorPair | None, params: SamplingParams, delta: float) -> torch.Tensor:
+    """Row-wise ``n``: every generator within the tolerance keeps at least its ``n`` highest logits.
+
+    With top-k only, ``n = k``. With top-p the generator keeps its ``j``-th token (in its own order)
+    whenever its top ``j - 1`` tokens hold mass ``< p`` over its top-k survivors. Its ``i``-th largest
+    logit is within ``delta/2`` of ours (order statistics move by no more than the logits), and its
+    survivors include its top k (all tokens without top-k), so the odds of its top ``j`` against its
+    ranks ``j+1..k`` are at most ``e^(delta/T)`` times ours: its mass is at most ``_greatest_mass`` of
+    our ``cdf[j]`` (the table over exactly our top k). So it keeps at least the first ``j`` whose
+    ``cdf[j]`` may reach ``p``: ``cdf[j] >= _least_mass(p)``, taken ``MASS_SLACK`` low (a smaller
+    ``n`` is always safe).
+    """
+    values = head[0]
+    if table is None:
+        return torch.full(values.shape[:-1], params.top_k, dtype=torch.long)
+    z_desc, cdf = table
+    threshold = _least_mass(torch.tensor(params.top_p, dtype=torch.float64), params, delta) - MASS_SLACK
+    count = torch.searchsorted(cdf, threshold.expand(cdf.shape[0], 1).contiguous(), side="left")[:, 0]
+    return count.clamp(1, z_desc.shape[-1])
+
+
+def _boundary_floor(
+    z: torch.Tensor,
+    own: torch.Tensor,
+    head: TensorPair,
+    table: TensorPair | None,
+    params: SamplingParams,
+    delta: float,
+    positions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise (floor, ``z_(n+1)``): every generator within the tolerance picks a token whose score here
+    is at least ``floor - delta`` (``-inf`` where the rule gives nothing). Found in review (2026-11-29):
+    near-tied tokens at the filters' edge may each be cut alone, but not all of them at once.
+
+    Why. Every such generator keeps its own top ``n`` tokens (``_least_kept_count``): a set ``S`` of
+    ``n`` tokens with ``min_S z' >= max_(not S) z'``, so ``min_S z >= max_(not S) z - delta`` in our
+    logits. ``S`` holds every token of ``I = {z > z_(n+1) + delta}`` (were one left out, it and the
+    ``n`` tokens of ``S`` would all lie above ``z_(n+1)``: ``n + 1`` tokens) and lies inside
+    ``O = {z >= z_(n) - delta}`` (a member below that would force every token at or above ``z_(n)``,
+    ``n`` of them, into ``S`` beside it). So ``S`` holds ``m = n - |I|`` tokens of the band ``O - I``,
+    and the generator's choice outscores, in its own scores, the best of them, so at least the
+    ``m``-th lowest of the band's scores in its own. An order statistic of a set of scores moves by
+    no more than the scores (``delta/2``), so the choice's score here is at least the ``m``-th lowest
+    band score here minus ``delta``: the floor. ``I`` itself is surely kept: the caller adds its
+    tokens to the rivals (``z_(n+1)`` is returned for that). Honest choices keep margin 0: with no
+    error, ``S`` is our own top ``n``, and our choice outscores its ``m`` band tokens.
+    (Relaxed, not exact: the ``m`` lowest band scores may belong to band tokens more than ``delta``
+    apart, which no single ``S`` holds together; that only lowers the floor.)
+
+    Band tokens with a logit below ``own - T * GUMBEL_MAX`` score below ``own``: they count as
+    ``-inf``, which keeps ``max(own, floor)`` exact and draws noise only near the top.
+    """
+    rows = torch.arange(z.shape[0])
+    n = _least_kept_count(head, table, params, delta)
+    values, ids = head
+    padded = torch.cat([values, values.new_full((values.shape[0], 1), -math.inf)], -1)
+    z_next = padded[rows, n]
+    floor, ceiling = padded[rows, n - 1] - delta, z_next + delta  # the band: floor <= z <= ceiling
+    m = n - torch.searchsorted(-values, -ceiling[:, None], side="left")[:, 0]  # n - |I|; I lies in the top n
+    # Tokens at or above the floor, as (row, logit, id): from the head, or from the whole row where the
+    # band may reach past the head (top-k: the (k+1)-th logit within delta of the floor).
+    width = int(torch.searchsorted(-values, -floor[:, None], side="right").max())
+    at_rows, at_cols = torch.nonzero(values[:, :width] >= floor[:, None], as_tuple=True)
+    at_values, at_ids = values[at_rows, at_cols], ids[at_rows, at_cols]
+    if values.shape[-1] < z.shape[-1]:
+        wide = torch.nonzero(values[:, -1] >= floor).flatten()
+        if wide.numel() > 0:
+            keep, whole = ~torch.isin(at_rows, wide), z[wide]
+            wide_rows, wide_ids = torch.nonzero(whole >= floor[wide, None], as_tuple=True)
+            at_rows = torch.cat([at_rows[keep], wide[wide_rows]])
+            at_values = torch.cat([at_values[keep], whole[wide_rows, wide_ids]])
+            at_ids = torch.cat([at_ids[keep], wide_ids])
+    band = at_values <= ceiling[at_rows]
+    scored = band & (at_values >= _score_reach_floor(own, params.temperature * GUMBEL_MAX)[at_rows])
+    band_rows, band_values = at_rows[scored], at_values[scored]
+    noise = compute_noise_at(params.seed, positions[band_rows], at_ids[scored])
+    scores = band_values + params.temperature * noise
+    # The m-th lowest band score of each row; unscored band tokens are the lowest (below own).
+    rank = m - torch.bincount(at_rows[band & ~scored], minlength=z.shape[0])  # its place among the row's scored, from 1
+    lowest = torch.full_like(own, -math.inf)
+    if scores.numel() > 0:
+        by_score = torch.argsort(scores, stable=True)
+        by_row = by_score[torch.argsort(band_rows[by_score], stable=True)]  # row by row, each ascending
+        counts = torch.bincount(band_rows, minlength=z.shape[0])
+        start = torch.cumsum(counts, 0) - counts
+        picked = scores[by_row][(start + rank - 1).clamp(0, scores.numel() - 1)]
+        lowest = torch.where(rank >= 1, picked, lowest)
+    return torch.where(m >= 1, lowest, torch.full_like(lowest, -math.inf)), z_next
+
+
 def _best_full_rows(z: torch.Tensor, seed: int, temperature: float, positions: torch.Tensor) -> torch.Tensor:
     """Row-wise max of ``z + T * g`` over the whole vocabulary (no filters and too little to prune)."""
     rows = zip(z, positions.tolist(), strict=True)
@@ -253,7 +352,8 @@ def _best_scores(
     positions: torch.Tensor,
 ) -> torch.Tensor:
     """Row-wise best perturbed score over the rivals: the inner set, the proposed token (logit
-    ``z_tok``, score ``own``) and every token more than ``delta`` above it."""
+    ``z_tok``, score ``own``), every token more than ``delta`` above it, the tokens above
+    ``z_(n+1) + delta`` and the boundary floor (``_boundary_floor``)."""
     bounds, table = _top_k_bounds(head, params), _top_p_table(head, params)
     values, ids, valid = _rival_candidates(z, own, head, bounds, delta, params.temperature * GUMBEL_MAX)
     if head is None and 2 * values.shape[-1] > z.shape[-1]:  # per-token noise would cost more than whole rows
@@ -262,11 +362,16 @@ def _best_scores(
     # whenever the token is in the outer set (else its margin is -inf anyway).
     above = values > (z_tok + delta)[:, None]
     rivals = (valid & _is_inner(values, bounds, table, params, delta)) | above
+    floor = None
+    if head is not None:  # filters: the top n are kept whatever the error, so are the tokens above z_(n+1) + delta
+        floor, z_next = _boundary_floor(z, own, head, table, params, delta, positions)
+        rivals |= valid & (values > (z_next + delta)[:, None])  # with top-k, n <= k: all among ``values``
     cand_rows, cand_cols = torch.nonzero(rivals, as_tuple=True)
     cand_tokens = ids[cand_rows, cand_cols]
     noise = compute_noise_at(params.seed, positions[cand_rows], cand_tokens)
     scores = values[cand_rows, cand_cols] + params.temperature * noise
-    return own.scatter_reduce(0, cand_rows, scores, reduce="amax")  # the proposed token always competes
+    best = own.scatter_reduce(0, cand_rows, scores, reduce="amax")  # the proposed token always competes
+    return best if floor is None else torch.maximum(best, floor)
 
 
 def compute_margins(logits: torch.Tensor, tokens: list[int], params: SamplingParams, delta: float) -> list[float]:

@@ -82,11 +82,42 @@ def compute_margins_reference(
     outer, inner = _relaxed_masks(z, params, delta)
     inner[rows, index] = True
     inner |= z > (z[rows, index] + delta)[:, None]  # kept whenever the token was: filters keep logit order
+    kept_count = _least_kept_counts(z, params, delta)
+    z_sorted = torch.cat([torch.sort(z, -1, descending=True).values, z.new_full((n, 1), -math.inf)], -1)
+    z_n, z_next = z_sorted[rows, kept_count - 1][:, None], z_sorted[rows, kept_count][:, None]
+    surely_top = z > z_next + delta  # in every generator's top n
+    inner |= surely_top
     cand_rows, cand_tokens = torch.nonzero(inner, as_tuple=True)
     scores = z[cand_rows, cand_tokens] + temperature * compute_noise_at(params.seed, cand_rows, cand_tokens)
     best = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, cand_rows, scores, reduce="amax")
+    # The boundary floor: every generator keeps m = n - |surely_top| tokens of the band, so its choice
+    # reaches the m-th lowest band score (up to delta).
+    all_scores = z + temperature * torch.stack([compute_noise(params.seed, i, vocab) for i in range(n)])
+    band = (z >= z_n - delta) & ~surely_top
+    for i in range(n):
+        m = int(kept_count[i]) - int(surely_top[i].sum())
+        if m >= 1:
+            best[i] = torch.maximum(best[i], torch.sort(all_scores[i][band[i]]).values[m - 1])
     margins = torch.where(outer[rows, index], own - best, torch.full_like(own, -math.inf))
     return margins.tolist()
+
+
+def _least_kept_counts(z: torch.Tensor, params: SamplingParams, delta: float) -> torch.Tensor:
+    """Row-wise n: every generator within the tolerance keeps its own top n (k with top-k only; with
+    top-p, the first j whose mass over our top k may reach p once its odds grow by e^(delta/T))."""
+    vocab = z.shape[-1]
+    survivors = params.top_k if 0 < params.top_k < vocab else vocab
+    if params.top_p_micro >= TOP_P_ONE:
+        return torch.full((z.shape[0],), survivors, dtype=torch.long)
+    cdf = _survivor_cdf(torch.topk(z, survivors, dim=-1, sorted=True).values, params.temperature)
+    p = params.top_p
+    factor = math.exp(min(delta / params.temperature, 700.0))
+    reachable = p / (p + factor * (1.0 - p)) - MASS_SLACK  # cdf[j] >= this: its greatest mass may reach p
+    counts = [
+        next((j for j in range(1, survivors + 1) if float(cdf[i, j]) >= reachable), survivors)
+        for i in range(z.shape[0])
+    ]
+    return torch.tensor(counts, dtype=torch.long)
 
 
 def compute_kept_mask_reference(z: torch.Tensor, params: SamplingParams) -> torch.Tensor:

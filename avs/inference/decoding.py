@@ -194,10 +194,26 @@ def _is_outer(
         # in exact arithmetic implies it here (a token exactly delta below the k-th logit passes).
         outer &= z_tok >= bounds[0] - delta
     if table is not None:
-        z_desc, cdf = table
-        mass = _mass_above(z_desc, cdf, (z_tok + delta)[:, None])[:, 0]
-        outer &= _least_mass(mass, params, delta) < params.top_p + MASS_SLACK
+        # In log-odds: the generator's least odds of the mass above z_tok + delta are ours / e^(delta/T),
+        # and the token survived iff they may be below p / (1 - p). From masses, 1 - mass rounds to 0
+        # once the rest is below ~1e-16 of the whole (delta/T above ~33, a bf16 profile's 0.5 at T 0.015),
+        # and an honest token was refused (found in review, 2026-11-29).
+        z_desc = table[0]
+        count = torch.searchsorted(-z_desc, -(z_tok + delta)[:, None], side="left")[:, 0]  # z > z_tok + delta
+        least = _log_odds_above(z_desc, count, params.temperature) - delta / params.temperature
+        limit = math.log(params.top_p / (1.0 - params.top_p))
+        outer &= least < limit + MASS_SLACK * (1.0 + abs(limit) + least.abs().nan_to_num(posinf=0.0, neginf=0.0))
     return outer
+
+
+def _log_odds_above(z_desc: torch.Tensor, count: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-wise log(mass of the first ``count`` over the mass of the rest) of ``softmax(z_desc / T)``,
+    from log-sums (no ``1 - mass``): ``-inf`` with nothing above, ``+inf`` with nothing below."""
+    scaled = z_desc / temperature
+    none = torch.full_like(scaled[:, :1], -math.inf)
+    head = torch.cat([none, torch.logcumsumexp(scaled, -1)], -1)  # head[j]: log-sum of the first j
+    tail = torch.cat([torch.logcumsumexp(scaled.flip(-1), -1).flip(-1), none], -1)  # tail[j]: from j on
+    return head.gather(-1, count[:, None])[:, 0] - tail.gather(-1, count[:, None])[:, 0]
 
 
 def _score_reach_floor(own: torch.Tensor, reach: float) -> torch.Tensor:

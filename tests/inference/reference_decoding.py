@@ -40,9 +40,6 @@ def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tup
         # within e^(±delta/T): the generator's mass lies between these two.
         factor = math.exp(min(delta / params.temperature, 700.0))
 
-        def least(m: torch.Tensor) -> torch.Tensor:
-            return m / (m + factor * (1 - m))
-
         def greatest(m: torch.Tensor) -> torch.Tensor:
             return factor * m / (factor * m + 1 - m)
 
@@ -54,8 +51,15 @@ def _relaxed_masks(z: torch.Tensor, params: SamplingParams, delta: float) -> tup
                 wide = torch.sort(z[row][z[row] >= kth - delta], descending=True).values
             else:
                 wide = z_desc[row]
-            wide_cdf = _survivor_cdf(wide, params.temperature)
-            outer[row] &= least(_mass_above(wide, wide_cdf, z[row] + delta)) < params.top_p + MASS_SLACK
+            # token by token, in log-odds (from masses, 1 - mass rounds to 0 at large delta/T)
+            scaled = wide / params.temperature
+            limit = math.log(params.top_p / (1.0 - params.top_p))
+            for token in range(vocab):
+                above = wide > z[row, token] + delta
+                log_odds = torch.logsumexp(scaled[above], 0) - torch.logsumexp(scaled[~above], 0)
+                least_odds = float(log_odds) - delta / params.temperature
+                slack = MASS_SLACK * (1.0 + abs(limit) + (abs(least_odds) if math.isfinite(least_odds) else 0.0))
+                outer[row, token] &= least_odds < limit + slack
         if delta > 0:  # the mass strictly above z - delta includes the token itself: take it out
             below = torch.minimum(z - delta, torch.nextafter(z, torch.full_like(z, -math.inf)))
             own = torch.exp(z / params.temperature - torch.logsumexp(z_desc / params.temperature, -1, keepdim=True))

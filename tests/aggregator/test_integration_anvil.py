@@ -375,9 +375,17 @@ def test_cli_request_and_verify(devnet: Devnet, tmp_path: Path, capsys: pytest.C
     try:
         out = tmp_path / "certificate.json"
         args = ["request", "hello from the cli", "--aggregator", f"127.0.0.1:{app.ports.grpc}", "--model", "tiny"]
-        assert main([*args, "--requester", REQUESTER, "--max-tokens", "4", "--out", str(out)]) == 0
-        assert "CERTIFIED" in capsys.readouterr().err
+        args += ["--requester", REQUESTER, "--max-tokens", "4", "--out", str(out)]
         deployment = str(devnet.workdir / "deployment.json")
+        # stdout only once verified: certified on the deployment's chain and decoded here
+        assert main(args) == 1
+        printed = capsys.readouterr()
+        assert "CERTIFIED" in printed.err and printed.out == "" and out.exists()
+        assert "no --deployment" in printed.err and "no --tokenizer" in printed.err
+        verified = ["--deployment", deployment, "--rpc-url", devnet.anvil.url, "--tokenizer", str(devnet.model_dir)]
+        assert main([*args, *verified]) == 0
+        printed = capsys.readouterr()
+        assert printed.out.strip() and "on-chain check at" in printed.err and "NOT verified" not in printed.err
         on_chain = ["--deployment", deployment, "--rpc-url", devnet.anvil.url, "--min-share-bps", "6667"]
         assert main(["verify", str(out), *on_chain]) == 0
         result = json.loads(capsys.readouterr().out)

@@ -599,17 +599,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
     claim paid and what of the payout stays owed (the pool pays an owed payout once it holds the
     money, e.g. once the slash is cleared to it after EigenLayer's slash resolution delay; claim
     again then)."""
-    from web3 import Web3
-
-    from avs.chain.deployment import load_deployment
-    from avs.chain.insurance import InsuranceBuyer
-
-    secret = load_requester_key(args)
-    if secret is None:
-        raise InvalidInputError("claiming needs the requester's key (--requester-key or --requester-key-env)")
-    deployment = load_deployment(args.deployment)
-    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
-    buyer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+    buyer = _open_pool_account(args, "claiming needs the requester's key (--requester-key or --requester-key-env)")
     request_hash = parse_message_hash(args.request_hash)
     before = buyer.get_balance()
     result = buyer.claim_payout(request_hash)
@@ -632,17 +622,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
 def cmd_claim_reward(args: argparse.Namespace) -> int:
     """Collect the challenger rewards the insurance pool owes to the key's address (rewards it could
     not pay when the fraud was recorded): prints what was paid and what stays owed."""
-    from web3 import Web3
-
-    from avs.chain.deployment import load_deployment
-    from avs.chain.insurance import InsuranceBuyer
-
-    secret = load_requester_key(args)
-    if secret is None:
-        raise InvalidInputError("claiming a reward needs the challenger's key (--key or --key-env)")
-    deployment = load_deployment(args.deployment)
-    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
-    claimer = InsuranceBuyer(w3, deployment, Account.from_key(secret))
+    claimer = _open_pool_account(args, "claiming a reward needs the challenger's key (--key or --key-env)")
     result = claimer.claim_reward()
     print(
         json.dumps(
@@ -651,6 +631,21 @@ def cmd_claim_reward(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _open_pool_account(args: argparse.Namespace, missing_key: str) -> InsuranceBuyer:
+    """The insurance pool of ``--deployment`` at ``--rpc-url``, as the account of the key options."""
+    from web3 import Web3
+
+    from avs.chain.deployment import load_deployment
+    from avs.chain.insurance import InsuranceBuyer
+
+    secret = load_requester_key(args)
+    if secret is None:
+        raise InvalidInputError(missing_key)
+    deployment = load_deployment(args.deployment)
+    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+    return InsuranceBuyer(w3, deployment, Account.from_key(secret))
 
 
 def cmd_check_deployment(args: argparse.Namespace) -> int:

@@ -788,7 +788,7 @@ def check_stakes_on_chain(
     return shares, problems
 
 
-# IFaultManager.ChallengeStatus, by value
+# IFaultManager.ChallengeStatus, by value (avs.chain.faults.ChallengeStatus, lower case)
 CHALLENGE_STATUSES = ("none", "open", "upheld", "dismissed", "expired")
 
 
@@ -849,22 +849,16 @@ def read_leaf_challenge(certificate: ag.Certificate, w3: Any, deployment: Any) -
     """The status of the certificate's leaf's latest challenge (``CHALLENGE_STATUSES``), "unknown"
     without a fault manager in ``deployment``. A leaf is challenged again only once the previous
     challenge expired, so the latest one says it all."""
-    if getattr(deployment, "fault_manager", None) is None:
+    if getattr(deployment, "fault_manager", None) is None or getattr(deployment, "insurance_pool", None) is None:
         return "unknown"
-    from eth_abi import encode
-    from web3 import Web3
+    from avs.chain.client import Web3AvsClient
+    from avs.chain.faults import Web3FaultClient
 
-    from avs.chain.abi import load_abi
-
-    address = Web3.to_checksum_address(deployment.fault_manager)
-    faults = w3.eth.contract(address=address, abi=load_abi("FaultManager"))
-    key = keccak(
-        encode(
-            ["uint64", "bytes32", "bytes32"],
-            [certificate.batch_header.batch_index, bytes(certificate.request_hash), bytes(certificate.output_hash)],
-        )
+    faults = Web3FaultClient(Web3AvsClient(w3, deployment))
+    index, request_hash, output_hash = (
+        certificate.batch_header.batch_index,
+        certificate.request_hash,
+        certificate.output_hash,
     )
-    challenge_id = int(faults.functions.latestChallengeOfLeaf(key).call())
-    if challenge_id == 0:
-        return "none"
-    return CHALLENGE_STATUSES[int(faults.functions.getChallenge(challenge_id).call()[6])]
+    challenge_id = faults.find_leaf_challenge(index, bytes(request_hash), bytes(output_hash))
+    return "none" if challenge_id == 0 else faults.get_challenge(challenge_id).status.name.lower()

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
 
+from eth_abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 from web3 import Web3
 
 from avs.chain.abi import load_abi
@@ -209,6 +211,11 @@ class Web3FaultClient:
 
     def is_fault_slashed(self, fault_id: bytes) -> bool:
         return bool(self.avs._call(self.fault_manager.functions.isFaultSlashed(fault_id)))
+
+    def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
+        """``latestChallengeOfLeaf[keccak256(abi.encode(batchIndex, requestHash, outputHash))]`` (0: none)."""
+        key = keccak(abi_encode(["uint64", "bytes32", "bytes32"], [batch_index, request_hash, output_hash]))
+        return int(self.avs._call(self.fault_manager.functions.latestChallengeOfLeaf(key)))
 
     def get_challenge(self, challenge_id: int) -> Challenge:
         raw = self.avs._call(self.fault_manager.functions.getChallenge(challenge_id))

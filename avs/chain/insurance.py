@@ -20,7 +20,7 @@ of the request's quorums.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -349,11 +349,7 @@ class InsuranceBuyer:
         """Collect claimable coverage (paid to the requester): what this call paid and what stays
         owed, from the receipt's ``Claimed`` and ``PayoutOwed`` events. Part of a payout stays owed
         when the pool does not hold it yet; claim again later for the rest."""
-        try:
-            tx_hash = self.client.transact(self.pool.functions.claim(request_hash))
-        except ContractRevertError as exc:
-            raise InsuranceError(f"InsurancePool.claim refused: {describe_revert(exc)}{_owed_note(exc)}") from exc
-        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        tx_hash, receipt = self._send_claim(self.pool.functions.claim(request_hash), "claim")
         (event,) = self.pool.events.Claimed().process_receipt(receipt, errors=DISCARD)
         owed = self.pool.events.PayoutOwed().process_receipt(receipt, errors=DISCARD)
         still_owed = int(owed[-1]["args"]["owed"]) if owed else 0
@@ -371,11 +367,7 @@ class InsuranceBuyer:
     def claim_reward(self) -> RewardClaim:
         """Collect challenger rewards owed to this account (``InsurancePool.claimReward``): what this
         call paid and what stays owed, from the receipt's ``RewardClaimed`` event."""
-        try:
-            tx_hash = self.client.transact(self.pool.functions.claimReward())
-        except ContractRevertError as exc:
-            raise InsuranceError(f"InsurancePool.claimReward refused: {describe_revert(exc)}{_owed_note(exc)}") from exc
-        receipt = self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        tx_hash, receipt = self._send_claim(self.pool.functions.claimReward(), "claimReward")
         (event,) = self.pool.events.RewardClaimed().process_receipt(receipt, errors=DISCARD)
         args = event["args"]
         return RewardClaim(
@@ -384,6 +376,15 @@ class InsuranceBuyer:
             int(args["stillOwed"]),
             tx_hash,
         )
+
+    def _send_claim(self, fn: Any, name: str) -> tuple[bytes, Any]:
+        """Sends a claim of the pool; its transaction hash and receipt. A refusal is an
+        ``InsuranceError`` in words, with the amount owed when the pool cannot pay it yet."""
+        try:
+            tx_hash = self.client.transact(fn)
+        except ContractRevertError as exc:
+            raise InsuranceError(f"InsurancePool.{name} refused: {describe_revert(exc)}{_owed_note(exc)}") from exc
+        return tx_hash, self.client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
 
 
 def _owed_note(error: ContractRevertError) -> str:

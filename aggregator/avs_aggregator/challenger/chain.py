@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.logs import DISCARD
@@ -221,9 +219,7 @@ class Web3Escalator:
         return self.faults.get_challenge(challenge_id)
 
     def find_leaf_challenge(self, batch_index: int, request_hash: bytes, output_hash: bytes) -> int:
-        """``latestChallengeOfLeaf[keccak256(abi.encode(batchIndex, requestHash, outputHash))]`` (0: none)."""
-        key = keccak(abi_encode(["uint64", "bytes32", "bytes32"], [batch_index, request_hash, output_hash]))
-        return int(self.faults.fault_manager.functions.latestChallengeOfLeaf(key).call())
+        return self.faults.find_leaf_challenge(batch_index, request_hash, output_hash)
 
     def get_challenge_window(self) -> ChallengeWindow:
         """The task manager's challenge window, read from the chain at every call (the challenger asks

@@ -58,6 +58,14 @@ def _q(expr: str, legend: str = "") -> tuple[Query, ...]:
     return (Query(expr, legend),)
 
 
+def _median_and_p95(histogram: str) -> tuple[Query, ...]:
+    """p50 and p95 of a histogram over all its series (``histogram`` without ``_bucket``)."""
+    return tuple(
+        Query(f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))", legend)
+        for q, legend in (("0.5", "p50"), ("0.95", "p95"))
+    )
+
+
 OP = 'instance=~"$instance"'
 
 OPERATORS = Dashboard(
@@ -173,15 +181,7 @@ AGGREGATOR = Dashboard(
         Panel("Requests in each state", _q("sum by (state) (avs_aggregator_requests_in_state)", "{{state}}")),
         Panel(
             "Submit to certificate",
-            (
-                Query(
-                    f"histogram_quantile(0.5, sum by (le) (rate(avs_aggregator_request_seconds_bucket[{RATE}])))", "p50"
-                ),
-                Query(
-                    f"histogram_quantile(0.95, sum by (le) (rate(avs_aggregator_request_seconds_bucket[{RATE}])))",
-                    "p95",
-                ),
-            ),
+            _median_and_p95("avs_aggregator_request_seconds"),
             unit="s",
         ),
         Panel(
@@ -356,16 +356,7 @@ GATEWAY = Dashboard(
         ),
         Panel(
             "Time to a certified answer",
-            (
-                Query(
-                    f"histogram_quantile(0.5, sum by (le) (rate(avs_gateway_completion_seconds_bucket[{RATE}])))",
-                    "p50",
-                ),
-                Query(
-                    f"histogram_quantile(0.95, sum by (le) (rate(avs_gateway_completion_seconds_bucket[{RATE}])))",
-                    "p95",
-                ),
-            ),
+            _median_and_p95("avs_gateway_completion_seconds"),
             unit="s",
         ),
         Panel(

@@ -414,7 +414,7 @@ def test_a_payout_owed_until_the_slash_is_cleared_is_claimed_in_parts(devnet: De
 
         with pytest.raises(InsuranceError, match=rf"claim again later \(ClaimNotFunded\); {amount} owed"):
             buyer.claim_payout(request_hash)
-        collector = RewardCollector(Web3RewardPool(client, deployment.insurance_pool or ""))  # the challenger's
+        collector = RewardCollector(Web3RewardPool(InsuranceBuyer(w3, deployment, challenger.account, client=client)))
         assert collector.tick() == 0  # nothing to pay it with: nothing sent, asked again next poll
 
         client.transact(token.functions.mint(pool.address, amount * 2 // 5))  # some money arrives (a premium)

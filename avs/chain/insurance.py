@@ -209,10 +209,14 @@ class Web3CoverageReader:
 class InsuranceBuyer:
     """A requester's side of the pool: terms, buying coverage, claiming, balances (web3.py)."""
 
-    def __init__(self, w3: Web3, deployment: Deployment, account: LocalAccount) -> None:
+    def __init__(
+        self, w3: Web3, deployment: Deployment, account: LocalAccount, client: Web3AvsClient | None = None
+    ) -> None:
+        """``client``: an existing client of ``account`` to send through (the challenger's, whose
+        transaction sender keeps the nonces of all its transactions); by default a new one."""
         if deployment.insurance_pool is None:
             raise InsuranceError("the deployment has no insurance pool")
-        self.client = Web3AvsClient(w3, deployment, account)
+        self.client = client or Web3AvsClient(w3, deployment, account)
         self.account = account
         self.pool = w3.eth.contract(
             address=Web3.to_checksum_address(deployment.insurance_pool), abi=load_abi("InsurancePool")
@@ -363,6 +367,11 @@ class InsuranceBuyer:
         """Challenger rewards owed to ``challenger`` (default: this account), not paid yet."""
         address = Web3.to_checksum_address(challenger or self.account.address)
         return int(self.client._call(self.pool.functions.rewardOwed(address)))
+
+    def get_reward_claimable(self, challenger: str | None = None) -> int:
+        """What ``claimReward`` would pay ``challenger`` (default: this account) now."""
+        address = Web3.to_checksum_address(challenger or self.account.address)
+        return int(self.client._call(self.pool.functions.rewardClaimable(address)))
 
     def claim_reward(self) -> RewardClaim:
         """Collect challenger rewards owed to this account (``InsurancePool.claimReward``): what this

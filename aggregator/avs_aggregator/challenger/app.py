@@ -23,6 +23,7 @@ from avs import keystore
 from avs.chain.client import Web3AvsClient
 from avs.chain.deployment import load_deployment
 from avs.chain.faults import Web3FaultClient
+from avs.chain.insurance import InsuranceBuyer
 from avs.client import AggregatorClient
 from avs.config import (
     EnvSecrets,
@@ -219,8 +220,8 @@ class ChallengerApp:
         chain = Web3Escalator(Web3FaultClient(client))
         reader = Web3OperatorSetReader(client, self.config.reference_lag_blocks)
         self.keeper = StakeKeeper(client, reader, client.transact) if self.config.refresh_stakes else None
-        pool = deployment.insurance_pool
-        self.rewards = RewardCollector(Web3RewardPool(client, pool)) if pool is not None else None
+        if deployment.insurance_pool is not None:
+            self.rewards = RewardCollector(Web3RewardPool(InsuranceBuyer(w3, deployment, account, client=client)))
         self.evidence = EvidenceBook(
             self.store.session,
             AttestationRow,

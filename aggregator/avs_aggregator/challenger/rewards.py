@@ -13,11 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from web3 import Web3
-from web3.logs import DISCARD
-
-from avs.chain.abi import load_abi
-from avs.chain.client import ContractRevertError, Web3AvsClient
+from avs.chain.client import ContractRevertError
+from avs.chain.insurance import InsuranceBuyer, InsuranceError
 
 logger = logging.getLogger(__name__)
 
@@ -56,26 +53,23 @@ class RewardCollector:
 
 
 class Web3RewardPool:
-    """``RewardPool`` on the deployment's insurance pool, from the challenger's own client (its
-    transaction sender keeps the nonces of every challenger transaction)."""
+    """``RewardPool`` on the deployment's insurance pool through an ``InsuranceBuyer`` of the
+    challenger's own client (its transaction sender keeps the nonces of every challenger
+    transaction); a refusal is the contract's revert."""
 
-    def __init__(self, client: Web3AvsClient, pool_address: str) -> None:
-        if client.account is None:
-            raise ValueError("the challenger's client needs its account")
-        self._client = client
-        self._address = Web3.to_checksum_address(client.account.address)
-        self._pool = client.w3.eth.contract(
-            address=Web3.to_checksum_address(pool_address), abi=load_abi("InsurancePool")
-        )
+    def __init__(self, pool: InsuranceBuyer) -> None:
+        self._pool = pool
 
     def get_reward_owed(self) -> int:
-        return int(self._client._call(self._pool.functions.rewardOwed(self._address)))
+        return self._pool.get_reward_owed()
 
     def get_reward_claimable(self) -> int:
-        return int(self._client._call(self._pool.functions.rewardClaimable(self._address)))
+        return self._pool.get_reward_claimable()
 
     def claim_reward(self) -> int:
-        tx_hash = self._client.transact(self._pool.functions.claimReward())
-        receipt = self._client.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        (event,) = self._pool.events.RewardClaimed().process_receipt(receipt, errors=DISCARD)
-        return int(event["args"]["amount"])
+        try:
+            return self._pool.claim_reward().paid
+        except InsuranceError as exc:
+            if isinstance(exc.__cause__, ContractRevertError):
+                raise exc.__cause__ from None
+            raise

@@ -840,8 +840,9 @@ def check_on_chain(certificate: ag.Certificate, w3: Any, deployment: Any, min_sh
     if challenge == "upheld":
         problems.append("a challenge of this leaf was upheld: the escalation quorum certified REJECT (proven fraud)")
     index = certificate.batch_header.batch_index
-    held, _ = task_manager.functions.getRingSlot(index).call()
-    final = int(held) > index or bool(task_manager.functions.isBatchFinal(index).call())  # a moved-on slot: final
+    # final, or its ring slot moved on (which only a final batch's does; isBatchFinal then knows it no more)
+    functions = task_manager.functions
+    final = bool(functions.isBatchFinal(index).call()) or int(functions.getRingSlot(index).call()[0]) > index
     return OnChainCheck(True, shares, tuple(problems), final, challenge)
 
 

@@ -273,8 +273,11 @@ def test_the_binary_serves_and_stops_on_sigterm(devnet: Devnet, tmp_path: Path) 
             openai.OpenAI(base_url=str(ready["url"]), api_key="wrong", max_retries=0).models.list()
         completion = client.chat.completions.create(model=devnet.model_dir.name, messages=QUESTION, max_tokens=4)
         assert completion.usage is not None
-        metrics = scrape(str(ready["metrics"]))
-        assert metrics[("avs_gateway_completions_total", frozenset({("route", "chat"), ("outcome", "ok")}))] == 1
+        ok = ("avs_gateway_completions_total", frozenset({("route", "chat"), ("outcome", "ok")}))
+        deadline = time.monotonic() + 10  # counted once its answer is sent: the client may read it a moment before
+        while (metrics := scrape(str(ready["metrics"])))[ok] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metrics[ok] == 1
         assert metrics[("avs_gateway_tokens_total", frozenset({("kind", "completion")}))] == (
             completion.usage.completion_tokens
         )

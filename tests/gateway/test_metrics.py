@@ -18,7 +18,7 @@ from avs.gateway.errors import SubmittedRequestError
 from avs.gateway.metrics import ROUTES, GatewayMetrics, classify_outcome, classify_route
 from avs.gateway.server import GatewayServer
 from tests.gateway.fakes import MODEL, OUTPUT_IDS, FakeIntake
-from tests.gateway.test_server import REQUESTER, client_for, raw, start
+from tests.gateway.test_server import REQUESTER, client_for, raw, start, wait_for
 
 QUESTION = "fox?"
 
@@ -60,6 +60,8 @@ def test_a_certified_completion_is_counted_with_its_tokens_and_time(
 ) -> None:
     ask(server)
     ask(server, stream=True)
+    # a completion is counted once its answer is sent: the client may read it a moment before
+    wait_for(lambda: sample(metrics, "avs_gateway_completion_seconds_count", route="chat") == 2)
     assert sample(metrics, "avs_gateway_completions_total", route="chat", outcome="ok") == 2
     assert sample(metrics, "avs_gateway_completion_seconds_count", route="chat") == 2
     assert sample(metrics, "avs_gateway_http_responses_total", route="chat", code="200") == 2
@@ -73,6 +75,7 @@ def test_a_certificate_that_does_not_verify_is_its_own_outcome(metrics: GatewayM
     try:
         with pytest.raises(openai.InternalServerError):
             ask(gateway)
+        wait_for(lambda: sample(metrics, "avs_gateway_completions_total", route="chat", outcome="certificate_mismatch"))
     finally:
         gateway.stop()
     assert sample(metrics, "avs_gateway_completions_total", route="chat", outcome="certificate_mismatch") == 1
@@ -87,6 +90,9 @@ def test_refusals_are_counted_by_code_and_paths_are_never_labels(
 ) -> None:
     status, _ = raw(server, "POST", "/v1/completions", b"{not json", **{"Content-Type": "application/json"})
     assert status == 400
+    wait_for(
+        lambda: sample(metrics, "avs_gateway_completions_total", route="completions", outcome="invalid_request_error")
+    )
     assert sample(metrics, "avs_gateway_completions_total", route="completions", outcome="invalid_request_error") == 1
     assert raw(server, "GET", "/v1/../../secret-path-42")[0] == 404
     assert raw(server, "GET", "/v1/verification/0x" + "ab" * 32)[0] == 200
@@ -108,6 +114,7 @@ def test_the_in_flight_gauge_reads_the_completions_being_followed(intake: FakeIn
     gateway = start(intake, metrics=metrics)
     try:
         ask(gateway)
+        wait_for(lambda: sample(metrics, "avs_gateway_completions_in_flight") == 0)  # let go just after answering
     finally:
         gateway.stop()
     assert seen == [1.0]

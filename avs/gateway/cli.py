@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate-limit-per-minute", type=int, help="completions started per minute per API key (without keys: in all; 0)"
     )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        help="a web page origin allowed to call from a browser, as https://app.example, or * for any (repeatable)",
+    )
     parser.add_argument("--log-level", help="INFO, DEBUG, ...")
     return parser
 

@@ -6,6 +6,7 @@ a ``SecretStr``); none set means no authentication. Errors name the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from pydantic_settings import SettingsConfigDict
 from avs.config import EnvSecrets
 from avs.errors import InvalidInputError
 from avs.messages import MAX_QUORUMS
+
+# What a browser sends in its Origin header: a scheme, a host and an optional port, nothing after.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class GatewayConfigError(InvalidInputError):
@@ -58,6 +62,9 @@ class GatewayConfig(EnvSecrets):
     # Completions a caller may start per minute (per API key; without keys, in all); 0: no limit.
     # Over it: 429 with the seconds until the next one in Retry-After (avs.gateway.admission).
     rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)
+    # Web pages allowed to call the API from a browser (CORS): origins as "https://app.example",
+    # or "*" for any page. Empty: no CORS headers, and a browser refuses every cross-origin call.
+    cors_origins: list[str] = Field(default=[], max_length=64)
     log_level: str = "INFO"
 
     @field_validator("requester")
@@ -80,6 +87,16 @@ class GatewayConfig(EnvSecrets):
         # Set but blank ("", " ", ","): a typo must not switch authentication off.
         if value is not None and not any(k.strip() for k in value.get_secret_value().split(",")):
             raise ValueError("is set but holds no key; unset it to serve without authentication")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] (no path, no trailing slash), or *"
+                )
         return value
 
     @field_validator("listen", "aggregator", "metrics_listen")

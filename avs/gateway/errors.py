@@ -20,6 +20,7 @@ from avs.errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    PermissionDeniedError,
     UnavailableError,
     UntrustedAnswerError,
 )
@@ -110,6 +111,7 @@ class ApiError:
 # Most specific first: the first matching class wins. (class, HTTP status, type, default param, default code)
 ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str | None], ...] = (
     (AuthenticationError, 401, INVALID_REQUEST, None, "invalid_api_key"),
+    (PermissionDeniedError, 403, INVALID_REQUEST, None, "origin_not_allowed"),  # a CORS preflight
     (PayloadTooLargeError, 413, INVALID_REQUEST, None, "request_too_large"),
     (ModelNotFoundError, 404, INVALID_REQUEST, "model", "model_not_found"),
     (RouteNotFoundError, 404, INVALID_REQUEST, None, "unknown_url"),

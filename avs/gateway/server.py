@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 import numpy as np
 
 from avs.client import Cancellation
-from avs.errors import AuthenticationError, AvsError, CancelledError, InvalidInputError
+from avs.errors import AuthenticationError, AvsError, CancelledError, InvalidInputError, PermissionDeniedError
 from avs.gateway.admission import Admission
 from avs.gateway.config import GatewayConfig, parse_host_port
 from avs.gateway.disconnects import DisconnectWatcher
@@ -55,6 +55,13 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 # A stream quiet for this long gets an SSE comment line (clients skip it): proxies cut a connection
 # that sends nothing for their read timeout (nginx: 60 s) while a long output is generated.
 SSE_KEEPALIVE_SECONDS = 15.0
+# CORS (--cors-origin): how long a browser may reuse a preflight's answer, the headers a page's script
+# may read (the retry advice of an error), and the request headers a preflight may ask for (the
+# openai SDKs add their own x-stainless-* ones): a list of header names, echoed back when allowed.
+CORS_MAX_AGE_SECONDS = 600
+CORS_EXPOSED_HEADERS = "Retry-After, x-should-retry"
+MAX_CORS_REQUEST_HEADERS_CHARS = 4096
+_HEADER_NAMES = re.compile(r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*)*")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
 # A string and its closing quote, or the rest of the body when it never closes. Possessive: a
 # backtracking pattern retried from every quote of '"' + '\\"' * n costs O(n^2) (minutes per MiB).
@@ -92,6 +99,7 @@ class _HttpServer(BoundedHTTPServer):
         self.service = service
         self.api_keys = config.get_api_keys()
         self.max_body_bytes = config.max_body_bytes
+        self.cors_origins = frozenset(origin.lower() for origin in config.cors_origins)
         self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key, config.rate_limit_per_minute)
         self.disconnects = DisconnectWatcher()
         self.metrics = metrics
@@ -135,10 +143,74 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._handle(self._raise_not_allowed)
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
+    def do_OPTIONS(self) -> None:
+        self._handle(self._preflight if self._is_preflight() else self._raise_not_allowed)
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = _not_allowed
 
     def _raise_not_allowed(self) -> None:
         raise MethodNotAllowedError(f"{self.command} is not allowed on {self._path}")
+
+    def _route_method(self) -> str | None:
+        """The one method the path answers, or None for a path this gateway does not serve."""
+        path = self._path
+        if path in POST_ROUTES:
+            return "POST"
+        if path in (HEALTH_PATH, MODELS_PATH) or path.startswith((MODELS_PATH + "/", VERIFICATION_PATH)):
+            return "GET"
+        return None
+
+    # --- CORS --------------------------------------------------------------------------
+
+    def _is_preflight(self) -> bool:
+        """A browser's CORS preflight (OPTIONS with Origin and Access-Control-Request-Method), when
+        the gateway serves browsers at all (``--cors-origin``): it carries no API key."""
+        return (
+            self.command == "OPTIONS"
+            and bool(self.server.cors_origins)
+            and "Origin" in self.headers
+            and "Access-Control-Request-Method" in self.headers
+        )
+
+    def _allowed_origin(self) -> str | None:
+        """Access-Control-Allow-Origin for this request: ``*`` when any page may call, the request's
+        Origin when it is listed, else None (no CORS headers: the browser keeps the answer from the page)."""
+        headers = getattr(self, "headers", None)  # none yet when the request line itself is refused
+        origin = headers.get("Origin") if headers is not None else None
+        if origin is None or not self.server.cors_origins:
+            return None
+        if "*" in self.server.cors_origins:
+            return "*"
+        return origin if origin.lower() in self.server.cors_origins else None
+
+    def _preflight(self) -> None:
+        method = self._route_method()
+        if method is None:
+            raise RouteNotFoundError(f"unknown URL: {self.command} {self._path}")
+        if self._allowed_origin() is None:
+            raise PermissionDeniedError(f"the origin {self.headers['Origin']!r} is not allowed (--cors-origin)")
+        asked = self.headers.get("Access-Control-Request-Headers", "")
+        if len(asked) > MAX_CORS_REQUEST_HEADERS_CHARS or (asked and not _HEADER_NAMES.fullmatch(asked)):
+            raise InvalidInputError("Access-Control-Request-Headers must be a list of header names")
+        self.send_response(204)
+        self.send_header("Access-Control-Allow-Methods", method)
+        if asked:  # Bearer keys, not cookies, authenticate: no header a page asks for is a risk
+            self.send_header("Access-Control-Allow-Headers", ", ".join(h.strip() for h in asked.split(",")))
+        self.send_header("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS))
+        self.send_header("Content-Length", "0")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def end_headers(self) -> None:
+        """Every answer (JSON, a stream, an error) carries the CORS headers when its Origin is allowed."""
+        origin = self._allowed_origin()
+        if origin is not None:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
+        if self.server.cors_origins and "*" not in self.server.cors_origins:
+            self.send_header("Vary", "Origin")  # a cache must not hand one origin's answer to another
+        super().end_headers()
 
     @property
     def _path(self) -> str:
@@ -158,7 +230,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         try:
             caller = identify_caller(self.headers.get("Authorization"), self.server.api_keys)
-            if self._path.startswith("/v1/") and caller is None:
+            if self._path.startswith("/v1/") and caller is None and not self._is_preflight():
                 raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
             self._caller = caller
             route()
@@ -361,7 +433,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if error.status in NO_RETRY_STATUSES or not error.retry:
             headers["x-should-retry"] = "false"  # what the openai SDKs obey instead of their own retry rule
         if error.status == 405:  # the methods the path answers (RFC 9110 requires the header)
-            headers["Allow"] = "POST" if self._path in POST_ROUTES else "GET"
+            headers["Allow"] = self._route_method() or "GET"
         self._send_json(error.status, error.to_json(), headers)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

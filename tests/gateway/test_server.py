@@ -1136,3 +1136,106 @@ def test_a_quiet_stream_gets_keep_alive_comments(monkeypatch: pytest.MonkeyPatch
         assert text == OUTPUT_TEXT  # the comments are skipped by the client
     finally:
         gateway.stop()
+
+
+APP = "https://app.example"
+CHAT_BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def http_exchange(
+    server: GatewayServer, method: str, path: str, body: bytes | None = None, /, **headers: str
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request on its own connection: the status, the headers and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def preflight(server: GatewayServer, path: str, origin: str, asked: str = "authorization, content-type") -> Any:
+    return http_exchange(
+        server,
+        "OPTIONS",
+        path,
+        Origin=origin,
+        **{"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked},
+    )
+
+
+def test_cors_lets_a_listed_page_call_with_its_key(intake: FakeIntake) -> None:
+    gateway = start(intake, api_keys=(KEY,), cors_origins=[APP, "http://localhost:3000"])
+    try:
+        # The preflight carries no key; the openai SDK's own headers are allowed too.
+        status, headers, body = preflight(gateway, "/v1/chat/completions", APP, "Authorization, x-stainless-os")
+        assert (status, body) == (204, b"")
+        assert headers["Access-Control-Allow-Origin"] == APP and headers["Vary"] == "Origin"
+        assert headers["Access-Control-Allow-Methods"] == "POST"
+        assert headers["Access-Control-Allow-Headers"] == "Authorization, x-stainless-os"
+        assert headers["Access-Control-Max-Age"] == "600"
+        assert preflight(gateway, "/v1/models", "http://LOCALHOST:3000")[1]["Access-Control-Allow-Methods"] == "GET"
+
+        auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", "Origin": APP}
+        status, headers, body = http_exchange(gateway, "POST", "/v1/chat/completions", CHAT_BODY, **auth)
+        assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == OUTPUT_TEXT
+        assert headers["Access-Control-Allow-Origin"] == APP
+        assert "x-should-retry" in headers["Access-Control-Expose-Headers"]
+
+        streamed = json.dumps({**json.loads(CHAT_BODY), "stream": True}).encode()
+        status, headers, body = http_exchange(gateway, "POST", "/v1/chat/completions", streamed, **auth)
+        assert status == 200 and headers["Content-Type"] == "text/event-stream" and body.endswith(b"[DONE]\n\n")
+        assert headers["Access-Control-Allow-Origin"] == APP
+
+        # An error reaches the page too (it can show why), and a key is still needed.
+        status, headers, body = http_exchange(gateway, "GET", "/v1/models", Origin=APP)
+        assert status == 401 and headers["Access-Control-Allow-Origin"] == APP
+        assert json.loads(body)["error"]["code"] == "invalid_api_key"
+    finally:
+        gateway.stop()
+
+
+def test_cors_refuses_other_pages_and_never_skips_the_key(intake: FakeIntake) -> None:
+    gateway = start(intake, api_keys=(KEY,), cors_origins=[APP])
+    try:
+        status, headers, body = preflight(gateway, "/v1/chat/completions", "https://evil.example")
+        assert status == 403 and json.loads(body)["error"]["code"] == "origin_not_allowed"
+        assert "Access-Control-Allow-Origin" not in headers
+        status, headers, _ = http_exchange(gateway, "GET", "/health", Origin="https://app.example.evil")
+        assert status == 200 and "Access-Control-Allow-Origin" not in headers and headers["Vary"] == "Origin"
+
+        assert preflight(gateway, "/v1/nowhere", APP)[0] == 404
+        assert preflight(gateway, "/v1/chat/completions", APP, "authorization\r\n\tx: y")[0] == 400
+        assert preflight(gateway, "/v1/chat/completions", APP, "a" * 5000)[0] == 400
+        # The preflight's headers on another method are no way around the key.
+        sneaky = {"Origin": APP, "Access-Control-Request-Method": "GET"}
+        assert http_exchange(gateway, "GET", "/v1/models", **sneaky)[0] == 401
+        # An OPTIONS that is no preflight is refused as before.
+        key = {"Authorization": f"Bearer {KEY}"}
+        status, headers, _ = http_exchange(gateway, "OPTIONS", "/v1/chat/completions", Origin=APP, **key)
+        assert status == 405 and headers["Allow"] == "POST"
+    finally:
+        gateway.stop()
+
+
+def test_cors_any_origin_and_none_configured(intake: FakeIntake, server: GatewayServer) -> None:
+    gateway = start(intake, cors_origins=["*"])
+    try:
+        status, headers, _ = preflight(gateway, "/v1/completions", "https://anyone.example")
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in headers
+        status, headers, _ = http_exchange(gateway, "GET", "/v1/models", Origin="null")  # a sandboxed page
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        gateway.stop()
+    # Not configured: no CORS header anywhere, and a preflight is a 405 (the browser refuses the call).
+    status, headers, _ = preflight(server, "/v1/chat/completions", APP)
+    assert status == 405 and "Access-Control-Allow-Origin" not in headers
+    status, headers, _ = http_exchange(server, "GET", "/v1/models", Origin=APP)
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers and "Vary" not in headers
+
+
+@pytest.mark.parametrize("origin", ["https://app.example/", "app.example", "https://app.example/x", "ftp://a", ""])
+def test_cors_origins_must_be_origins(origin: str) -> None:
+    with pytest.raises(ValueError, match="is not an origin"):
+        load_config(requester=REQUESTER, model_dirs=MODEL_DIRS, cors_origins=[origin])

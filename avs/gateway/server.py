@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
+from eth_utils import keccak
 
 from avs.client import Cancellation
 from avs.errors import AuthenticationError, AvsError, CancelledError, InvalidInputError, PermissionDeniedError
@@ -82,6 +83,14 @@ def compute_json_depth(body: bytes) -> int:
     codes = np.frombuffer(brackets, dtype=np.uint8)
     steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
     return int(np.cumsum(steps).max())
+
+
+def compute_request_key(idempotency_scope: bytes | None, body: object) -> bytes | None:
+    """What names an idempotent request for the rate limit: its scope (caller and Idempotency-Key) and
+    its body's JSON, keys sorted (the same request, whatever the whitespace); None without a key."""
+    if idempotency_scope is None:
+        return None
+    return keccak(idempotency_scope + b"\0" + json.dumps(body, sort_keys=True).encode())
 
 
 def parse_content_length(text: str | None) -> int | None:
@@ -281,8 +290,12 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _complete(self, kind: JobKind) -> None:
         service = self.server.service
-        job = service.parse(kind, self._read_json(), self._idempotency_scope())
-        with self.server.admission.admit(self._caller), self._following() as cancellation:
+        body, scope = self._read_json(), self._idempotency_scope()
+        job = service.parse(kind, body, scope)
+        with (
+            self.server.admission.admit(self._caller, compute_request_key(scope, body)),
+            self._following() as cancellation,
+        ):
             if job.stream:
                 with self._keeping_alive():
                     service.stream(job, self._send_event, cancellation)

@@ -1028,6 +1028,52 @@ def test_completions_started_per_minute_are_capped_per_key(intake: FakeIntake) -
         gateway.stop()
 
 
+def test_a_retry_under_its_idempotency_key_is_not_charged_again(intake: FakeIntake) -> None:
+    """The same body under the same Idempotency-Key is the request already paid for (its retry after
+    a dropped connection follows it): no second token. Another body under that key, or the same body
+    under another key, is another inference and is charged."""
+    gateway = start(intake, api_keys=(KEY,), rate_limit_per_minute=1)
+    client = client_for(gateway, KEY)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    try:
+        for _ in range(3):
+            client.chat.completions.create(model=MODEL, messages=messages, extra_headers={"Idempotency-Key": "k1"})
+        assert len({r["nonce"] for r in intake.submitted}) == 1  # one request, sent three times
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=5, extra_headers={"Idempotency-Key": "k1"}
+            )
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MODEL, messages=messages, extra_headers={"Idempotency-Key": "k2"})
+    finally:
+        gateway.stop()
+
+
+def test_charged_requests_are_remembered_for_an_hour_and_boundedly() -> None:
+    from avs.gateway import admission as module
+    from avs.gateway.errors import TooManyRequestsError
+
+    now = [0.0]
+    admission = module.Admission(max_in_flight=10, max_in_flight_per_caller=10, rate_per_minute=1, clock=lambda: now[0])
+    with admission.admit("key 0", b"r1"):
+        pass
+    with admission.admit("key 0", b"r1"):  # a repeat, whatever the bucket holds
+        pass
+    with pytest.raises(TooManyRequestsError), admission.admit("key 0", b"r2"):
+        pass
+    with pytest.raises(TooManyRequestsError), admission.admit("key 0"):  # no key: never a repeat
+        pass
+    now[0] = module.REPEAT_MEMORY_SECONDS + 1  # forgotten, and the bucket is full again
+    with admission.admit("key 0", b"r2"):
+        pass
+    with pytest.raises(TooManyRequestsError), admission.admit("key 0", b"r1"):
+        pass
+    limiter = module.RateLimiter(1_000_000)
+    for i in range(module.MAX_REMEMBERED_REQUESTS + 1):
+        limiter.take("", i.to_bytes(4, "big"))
+    assert not limiter.is_repeat((0).to_bytes(4, "big")) and limiter.is_repeat((1).to_bytes(4, "big"))
+
+
 def test_the_rate_limit_refills_over_time() -> None:
     from avs.gateway.admission import Admission
     from avs.gateway.errors import TooManyRequestsError

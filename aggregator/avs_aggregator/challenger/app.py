@@ -80,6 +80,9 @@ class ChallengerConfig(Section):
     reference_lag_blocks: int = Field(default=1, ge=1)  # escalation certificates at latest - lag
     confirmations: int = Field(default=0, ge=0, le=64)  # blocks on top of a BatchCertified event before it is read
     poll_seconds: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
+    # An owed reward is claimed once the pool can pay all of it, or the part it can pay once that
+    # part has waited this long (0: any part at once; challenger/rewards.py)
+    reward_partial_after_seconds: float = Field(default=86_400.0, ge=0, le=30 * 86_400)
     verify_seconds: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
     start_block: int | None = None  # first run only (then the database's position); default: the head
     metrics_listen: str = "0.0.0.0:9097"
@@ -221,7 +224,8 @@ class ChallengerApp:
         reader = Web3OperatorSetReader(client, self.config.reference_lag_blocks)
         self.keeper = StakeKeeper(client, reader, client.transact) if self.config.refresh_stakes else None
         if deployment.insurance_pool is not None:
-            self.rewards = RewardCollector(Web3RewardPool(InsuranceBuyer(w3, deployment, account, client=client)))
+            pool = Web3RewardPool(InsuranceBuyer(w3, deployment, account, client=client))
+            self.rewards = RewardCollector(pool, self.config.reward_partial_after_seconds)
         self.evidence = EvidenceBook(
             self.store.session,
             AttestationRow,

@@ -41,6 +41,7 @@ from avs_aggregator.challenger.chain import AggregatorLeafSource, OperatorLeafCh
 from avs_aggregator.challenger.core import Challenger, Finding
 from avs_aggregator.challenger.resolution import Resolver
 from avs_aggregator.challenger.rewards import RewardCollector, Web3RewardPool
+from avs_aggregator.challenger.slashes import SlashClearer, Web3SlashChain
 from avs_aggregator.challenger.store import (
     AttestationRow,
     ChallengeRow,
@@ -75,6 +76,10 @@ class ChallengerConfig(Section):
     escalate: bool = True  # open a challenge (locks the bond) for a leaf found wrong
     resolve: bool = True  # collect the escalation quorum's certificate, resolveChallenge / expireChallenge
     prove_equivocations: bool = True  # proveEquivocation for conflicting attestations it sees
+    # clearBurnOrRedistributableShares for slashes the registry could not clear to the pool
+    # (SlashedFundsNotCleared; EigenLayer's slash resolution delay), once they can be (challenger/slashes.py)
+    clear_slashes: bool = True
+    slash_lookback_blocks: int = Field(default=100_000, ge=1)  # events read again at a start
     # scan position, findings, challenges; a relative SQLite path is relative to the config file
     database_url: str = "sqlite:///challenger-data/challenger.sqlite"
     reference_lag_blocks: int = Field(default=1, ge=1)  # escalation certificates at latest - lag
@@ -149,6 +154,16 @@ class ChallengerMetrics:
         self.pending_checks = Gauge(
             "avs_challenger_pending_checks", "Leaves (or batches) not checked yet, retried", registry=registry
         )
+        self.slashes_not_cleared = Gauge(
+            "avs_challenger_slashes_not_cleared",
+            "Slashes whose funds have not reached the insurance pool yet (SlashedFundsNotCleared, not cleared since)",
+            registry=registry,
+        )
+        self.slashes_cleared = Counter(
+            "avs_challenger_slashes_cleared_total",
+            "Slashes this challenger cleared to the insurance pool (clearBurnOrRedistributableShares)",
+            registry=registry,
+        )
 
     def record(
         self, findings: list[Finding], closed: list[ChallengeRow], still_open: int, lost: Sequence[Finding] = ()
@@ -196,6 +211,7 @@ class ChallengerApp:
         self._closers: list[Any] = []
         self.metrics_port = 0
         self.rewards: RewardCollector | None = None  # with an insurance pool in the deployment (start)
+        self.slashes: SlashClearer | None = None  # with a strategy manager in the deployment (start)
 
     def start(self) -> None:
         password = self._secrets.ecdsa_key_password
@@ -226,6 +242,9 @@ class ChallengerApp:
         if deployment.insurance_pool is not None:
             pool = Web3RewardPool(InsuranceBuyer(w3, deployment, account, client=client))
             self.rewards = RewardCollector(pool, self.config.reward_partial_after_seconds)
+        if deployment.strategy_manager is not None and self.config.clear_slashes:
+            slash_chain = Web3SlashChain(client, deployment.strategy_manager)
+            self.slashes = SlashClearer(slash_chain, self.config.slash_lookback_blocks, self.config.confirmations)
         self.evidence = EvidenceBook(
             self.store.session,
             AttestationRow,
@@ -291,6 +310,12 @@ class ChallengerApp:
             self.evidence.report_pending()
         except Exception:
             logger.exception("reporting equivocations failed; retrying at the next poll")
+        try:
+            if self.slashes is not None:  # before the rewards: a slash cleared may fund them
+                self.metrics.slashes_cleared.inc(self.slashes.tick())
+                self.metrics.slashes_not_cleared.set(self.slashes.pending)
+        except Exception:
+            logger.exception("clearing slashed funds to the pool failed; retrying at the next poll")
         try:
             if self.rewards is not None:  # rewards the pool could not pay when the fraud was recorded
                 self.rewards.tick()

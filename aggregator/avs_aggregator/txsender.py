@@ -8,9 +8,11 @@
   refuses because its fee cap is below the base fee (underpriced) is re-priced at once. A nonce
   given up unmined is still in the mempool: the next send takes that nonce over (fees a minimal
   replacement step above its last version), so the given-up call cannot be mined later beside its
-  re-send on another nonce. So does a fresh sender (a restart, a new leader) with transactions of
-  its key pending that it did not send: it starts at the lowest unmined nonce instead of queueing
-  behind one that may never be mined.
+  re-send on another nonce. A send that raises once a version is broadcast (an RPC error while
+  waiting for its receipt, the fence, a refused fee bump) leaves its nonce to the next send the same
+  way. So does a fresh sender (a restart, a new leader) with transactions of its key pending that
+  it did not send: it starts at the lowest unmined nonce instead of queueing behind one that may
+  never be mined.
 - **A fee ceiling**: no version's fee cap (or tip) goes above ``max_fee_per_gas``, however many
   bumps and give-ups: when nothing mines for a while, fees would otherwise compound without bound
   and be paid in full once the chain moves.
@@ -114,7 +116,9 @@ class TransactionSender:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_nonce: int | None = None
-        self._given_up: dict[str, Any] | None = None  # the last version of a nonce given up unmined
+        # The last version broadcast of a nonce left unmined (given up, or its send raised): the next
+        # send takes that nonce over. ``_next_nonce`` is None while one is outstanding.
+        self._given_up: dict[str, Any] | None = None
 
     def _retry(self, action: Callable[[], Any]) -> Any:
         delay = 0.2
@@ -180,15 +184,11 @@ class TransactionSender:
         receipt = None
         for bump in range(self.settings.max_bumps + 1):
             if bump:
-                try:
-                    self._check_may_broadcast()
-                except Exception:
-                    self._next_nonce, self._given_up = None, tx  # the versions sent may still be mined
-                    raise
+                self._check_may_broadcast()
                 tx = self._bumped(tx)
             raw = bytes(self.account.sign_transaction(tx).raw_transaction)
             try:
-                sent.append(self._broadcast(raw))
+                sent.append(self._broadcast_version(raw, tx))
             except _NonceTooLow:
                 # One of this send's versions was mined (take its receipt), or another transaction was.
                 # A receipt can lag the node that refused the nonce (a load-balanced provider): it is
@@ -212,16 +212,16 @@ class TransactionSender:
             # the next send takes this nonce over, or fills the gap, rather than queueing behind.
             self._next_nonce, self._given_up = None, tx
             raise TransactionFailedError(f"nonce {nonce} not mined after {self.settings.max_bumps} fee bumps")
-        self._next_nonce, self._given_up = nonce + 1, None
         try:
             if confirm:
                 receipt = self._confirm(receipt, raw)
         except _FeeCapTooLow as exc:  # dropped by a reorg, and its fee cap is now below the base fee
-            self._next_nonce = None  # the nonce is free again: the next send takes it
+            self._next_nonce, self._given_up = None, None  # the nonce is free again: the next send takes it
             raise TransactionFailedError(f"dropped by a reorg and refused again: {exc}") from exc
-        except TransactionFailedError:  # dropped by a reorg, re-broadcast and not mined again (yet)
-            self._next_nonce, self._given_up = None, tx  # the next send takes the nonce over
+        except Exception:  # dropped by a reorg and not mined again (yet), or an RPC error meanwhile
+            self._next_nonce, self._given_up = None, tx  # the next send takes the nonce over if unmined
             raise
+        self._next_nonce, self._given_up = nonce + 1, None
         if int(receipt["status"]) != 1:
             raise TransactionFailedError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} failed")
         return SentTransaction(
@@ -248,6 +248,21 @@ class TransactionSender:
             market = 2 * base_fee + int(bumped.get("maxPriorityFeePerGas", 0))
             bumped["maxFeePerGas"] = max(int(bumped["maxFeePerGas"]), market)
         return self._capped(bumped)
+
+    def _broadcast_version(self, raw: bytes, tx: dict[str, Any]) -> bytes:
+        """Broadcasts ``raw`` (``tx`` signed) and, once the node may hold it, records its nonce as
+        outstanding until a receipt is seen: whatever ends the send early (an RPC error while waiting
+        for the receipt or reading the base fee, the fence, a refused fee bump), the next send takes
+        that nonce over instead of queueing behind it on the next one. A version the node refused
+        outright is not recorded: the version recorded before it is the one in the mempool, and
+        outbidding a refused one would raise fees at every refusal (``insufficient funds``)."""
+        try:
+            tx_hash = self._broadcast(raw)
+        except (ConnectionError, TimeoutError, OSError):
+            self._next_nonce, self._given_up = None, tx  # it may have reached the node all the same
+            raise
+        self._next_nonce, self._given_up = None, tx
+        return tx_hash
 
     def _broadcast(self, raw: bytes) -> bytes:
         try:

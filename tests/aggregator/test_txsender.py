@@ -4,6 +4,7 @@ tests/resilience.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -309,3 +310,74 @@ def test_a_send_without_confirmation_returns_at_its_receipt() -> None:
     assert client.node.head == head  # the chain's height was never read
     sender.send(cast(Any, None))
     assert client.node.head >= head + 5  # the default waits for its confirmations
+
+
+def _unreachable(*_: Any) -> Any:
+    raise ConnectionError("node restarting")
+
+
+def _break_receipt_reads(node: ScriptedNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node, "get_transaction_receipt", _unreachable)
+
+
+def _break_base_fee_reads(node: ScriptedNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node, "get_block", _unreachable)  # read by the first fee bump
+
+
+def _rate_limit_fee_bumps(node: ScriptedNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = node.send_raw_transaction
+
+    def first_accepted_then_limited(raw: bytes) -> bytes:
+        if node.pending:  # the first version is in the mempool: its fee bump is refused
+            raise ValueError("rate limit exceeded")
+        return original(raw)
+
+    monkeypatch.setattr(node, "send_raw_transaction", first_accepted_then_limited)
+
+
+@pytest.mark.parametrize(
+    ("break_node", "error"),
+    [
+        (_break_receipt_reads, ConnectionError),
+        (_break_base_fee_reads, ConnectionError),
+        (_rate_limit_fee_bumps, ValueError),
+    ],
+)
+def test_a_send_that_raises_after_its_broadcast_leaves_its_nonce_to_the_next_send(
+    break_node: Callable[[ScriptedNode, pytest.MonkeyPatch], None],
+    error: type[Exception],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The send raised with its transaction in the mempool. Forgetting it, the next send queued on
+    the nonce above it, and every later give-up was taken over there: the forgotten one stayed
+    pending, stuck or mined later beside a re-send of the same call."""
+    client = ScriptedClient()
+    node = client.node
+    sender = make_sender(client)
+    sender.send(cast(Any, None))  # nonce 7 mined: the sender counts from 8 on its own
+    node.mine = False
+    break_node(node, monkeypatch)
+    with pytest.raises(error):
+        sender.send(cast(Any, None))
+    stuck_fee = max(fee for nonce, fee in node.broadcasts if nonce == 8)
+    monkeypatch.undo()
+    node.mine = True
+    sender.send(cast(Any, None))
+    nonce, fee = node.broadcasts[-1]
+    assert nonce == 8 and fee > stuck_fee  # replaced, not queued behind
+    assert node.pending == set() and node.mined_nonce == 9
+
+
+def test_a_version_refused_outright_does_not_raise_the_next_sends_fees() -> None:
+    """Nothing of it is in the mempool ("insufficient funds"): outbidding it would raise fees at each
+    refusal, and with them the balance the next send needs."""
+    client = ScriptedClient()
+    sender = make_sender(client)
+    sender.send(cast(Any, None))
+    client.node.refuse = "insufficient funds for gas * price + value"
+    for _ in range(3):
+        with pytest.raises(ValueError, match="insufficient funds"):
+            sender.send(cast(Any, None))
+    client.node.refuse = None
+    sender.send(cast(Any, None))
+    assert client.node.broadcasts[-1] == (8, 2 * 10**9) and client.node.mined_nonce == 9

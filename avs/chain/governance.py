@@ -30,6 +30,8 @@ from avs.logs import redact_urls
 
 logger = logging.getLogger(__name__)
 
+MIN_ESCALATION_THRESHOLD_BPS = 5_001  # FaultManager.MIN_REJECTION_THRESHOLD_BPS: a majority
+
 
 @dataclass(frozen=True, slots=True)
 class DeploymentParameters:
@@ -76,6 +78,11 @@ def check_parameters(p: DeploymentParameters) -> list[str]:
         problems.append(
             f"the escalation threshold ({p.escalation_threshold_bps} bps) is below the certification threshold"
             f" ({p.threshold_bps} bps): a weaker certificate could overrule a batch's"
+        )
+    if p.escalation_threshold_bps < MIN_ESCALATION_THRESHOLD_BPS:
+        problems.append(
+            f"the escalation threshold ({p.escalation_threshold_bps} bps) is below a majority: challenges are"
+            f" resolved at {MIN_ESCALATION_THRESHOLD_BPS} bps (FaultManager.escalationThresholdBps)"
         )
     if not p.fault_manager_is_slasher:
         problems.append(f"the fault manager {p.fault_manager} is not a slasher of the registry: no fault is slashed")

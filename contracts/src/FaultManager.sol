@@ -250,7 +250,7 @@ contract FaultManager is IFaultManager, Ownable {
             escalationQuorumNumbers,
             referenceBlock,
             certificate,
-            cfg.escalationThresholdBps
+            _escalationThresholdBps(cfg)
         );
         totalBonds -= c.bond;
         if (verdict == AvsMessages.Verdict.Accept) {
@@ -264,7 +264,7 @@ contract FaultManager is IFaultManager, Ownable {
         uint256[] memory refBitmaps = _checkSigners(c, signers);
         if (c.bond != 0) bondToken.safeTransfer(c.challenger, c.bond);
         PendingSlashing memory start =
-            PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0, cfg.resolutionWindowBlocks, 0);
+            PendingSlashing(0, 0, uint32(signers.signerIds.length), cfg.fraudWad, 0, c.resolutionWindowBlocks, 0);
         _slashSigners(challengeId, c, signers, start, refBitmaps);
     }
 
@@ -578,6 +578,22 @@ contract FaultManager is IFaultManager, Ownable {
         returns (uint256)
     {
         return uint256(registry.getQuorumBitmapAtBlockNumberByIndex(id, h.referenceBlock, bitmapIndex)) & mask;
+    }
+
+    /// @inheritdoc IFaultManager
+    function escalationThresholdBps() external view returns (uint16) {
+        return _escalationThresholdBps(config);
+    }
+
+    /// @dev Checked when a challenge is resolved, not only at `setConfig`: the task manager's batch
+    ///      threshold may be raised after it (a batch certified at a higher bar must not be judged at
+    ///      a lower one), and below a majority valid ACCEPT and REJECT certificates of one leaf can both
+    ///      exist, the first one mined deciding whether every signer is slashed.
+    function _escalationThresholdBps(Config memory cfg) private view returns (uint16 thresholdBps) {
+        (uint16 batchBps,,) = taskManager.config();
+        thresholdBps = cfg.escalationThresholdBps;
+        if (thresholdBps < batchBps) thresholdBps = batchBps;
+        if (thresholdBps < MIN_REJECTION_THRESHOLD_BPS) thresholdBps = MIN_REJECTION_THRESHOLD_BPS;
     }
 
     function _setConfig(Config memory c, bytes memory escalationQuorums) private {

@@ -251,7 +251,8 @@ class Web3Escalator:
         config = manager.config().call()
         return EscalationConfig(
             quorum_numbers=bytes(manager.escalationQuorumNumbers().call()),
-            threshold_bps=int(config[3]),
+            # what resolveChallenge checks: the configured share, raised to the batch threshold and a majority
+            threshold_bps=int(manager.escalationThresholdBps().call()),
             resolution_window=int(config[4]),
         )
 

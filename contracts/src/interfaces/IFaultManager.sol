@@ -73,9 +73,10 @@ interface IFaultManagerTypes {
     /// @param fraudWad `config.fraudWad` when the challenge was upheld: every signer of the batch is
     ///        slashed the same, whatever governance sets in between.
     /// @param progressBlock The block of the last call that slashed (resolution or continuation).
-    /// @param stallBlocks `config.resolutionWindowBlocks` when the challenge was upheld: governance
-    ///        may abandon the slashing only once nobody moved it on for more than that many blocks
-    ///        after `progressBlock` (kept, so that lowering the window later does not shorten it).
+    /// @param stallBlocks The upheld challenge's own resolution window (`config.resolutionWindowBlocks`
+    ///        when it was opened): governance may abandon the slashing only once nobody moved it on
+    ///        for more than that many blocks after `progressBlock` (a window lowered after the
+    ///        challenge opened does not shorten it).
     /// @param slashedAmount What the slashes so far are worth in the insurance pool's asset (the
     ///        challenger's reward is paid on the total).
     struct PendingSlashing {
@@ -286,6 +287,11 @@ interface IFaultManager is IFaultManagerTypes, IFaultManagerErrors, IFaultManage
 
     /// @notice Number of open challenges on leaves of `requestHash`.
     function openChallenges(bytes32 requestHash) external view returns (uint256);
+
+    /// @notice The stake share, in bps of each escalation quorum, that a certificate resolving a
+    ///         challenge needs now: `config.escalationThresholdBps`, raised to the task manager's
+    ///         batch threshold and to `MIN_REJECTION_THRESHOLD_BPS` (a majority) when below either.
+    function escalationThresholdBps() external view returns (uint16);
 
     /// @notice Governance parameters (the public getter of `Config config`, one value per field).
     function config()

@@ -952,6 +952,20 @@ def test_batches_past_their_challenge_window_are_not_checked_while_escalating(tm
     pipeline.close()
 
 
+def test_a_batch_at_its_last_challengeable_block_is_closed_for_a_challenge_sent_now(tmp_path: Path, db: str) -> None:
+    """A transaction sent at head H runs in block H + 1: at H == the batch's challenge deadline the
+    chain would refuse the challenge, so the batch is recorded closed, not checked for nothing."""
+    pipeline, network = colluded_pipeline(tmp_path)
+    manager = FakeFaultManager(network, escalation_quorums=b"\x01", challenge_window=30)
+    network.block = manager.get_challenge_window().deadline(network.certified[1][0])
+    checker = Checker(Verdict.REJECT)
+    challenger, _, _ = make_challenger(db, pipeline, network, manager, checker)
+    [finding] = challenger.poll()
+    assert finding.verdict is None and "challenge window closed" in finding.detail
+    assert checker.checked == []
+    pipeline.close()
+
+
 def test_a_batch_certified_before_the_window_was_lowered_is_still_checked(tmp_path: Path, db: str) -> None:
     """Batch 1 was certified under a 100-block window, lowered to 30 since: it keeps its window on
     chain (``challengeDeadline``), so it is checked and challenged, not skipped as closed."""

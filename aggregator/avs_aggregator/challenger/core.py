@@ -473,7 +473,9 @@ class Challenger:
         if self.escalator is None:
             return False
         try:
-            return self.feed.get_block_number() > self._get_challenge_window().deadline(batch.block)
+            # A transaction sent at head H runs in block H + 1 at the earliest: at H == the deadline
+            # the chain already refuses it (``block.number > challengeDeadline``).
+            return self.feed.get_block_number() >= self._get_challenge_window().deadline(batch.block)
         except Exception as exc:
             logger.warning("challenge window not read", extra={"error": redact_urls(str(exc))})
             return False

@@ -24,7 +24,13 @@ from typing import Any, Protocol
 
 from avs.crypto import bls
 from avs.crypto.curve import G1Point
-from avs.errors import CancelledError, ContextLimitError, DeadlineExceededError, InvalidInputError, UnavailableError
+from avs.errors import (
+    CancelledError,
+    ContextLimitError,
+    DeadlineExceededError,
+    InvalidInputError,
+    SlashingProtectionError,
+)
 from avs.inference.engine import EngineRegistry, FinishReason, InferenceEngine, Verification
 from avs.inference.params import SamplingParams
 from avs.merkle import BatchLeaf, compute_merkle_tree
@@ -41,7 +47,7 @@ from avs.rpc import convert
 from avs.types import OutputHash, RequestHash
 from avs_operator.config import LimitsConfig
 from avs_operator.metrics import OperatorMetrics
-from avs_operator.slashing_protection import SlashingProtection
+from avs_operator.slashing_protection import SlashingProtection, check_batch_index
 
 DEADLINE_PASSED = "the caller's deadline passed"
 CALLER_GONE = "the caller cancelled the call"
@@ -254,6 +260,7 @@ class OperatorCore:
         self, header: BatchHeader, leaves: Sequence[BatchLeaf], caller: Caller | None = None
     ) -> tuple[bytes, G1Point]:
         """Sign ``header`` if ``leaves`` build its root and every leaf is an accepted output."""
+        check_batch_index(header)  # bad input (INVALID_ARGUMENT), before any hashing or protection work
         if compute_merkle_tree(leaves).root != header.leaves_root:
             raise InvalidInputError("the leaves do not build the header's leaves_root")
         _check_caller(caller)  # a batch recorded for a caller that gave up would bind its index for nothing
@@ -266,13 +273,12 @@ class OperatorCore:
 
     @contextmanager
     def _counting_refusals(self, kind: str) -> Iterator[None]:
-        """Count what slashing protection refuses in ``avs_signing_refusals_total``; a history busy or
-        unreachable (``UnavailableError``: nothing recorded, retry) refused nothing."""
+        """Count what slashing protection refuses (``SlashingProtectionError``) in
+        ``avs_signing_refusals_total``, which pages someone; a history busy or unreachable
+        (``UnavailableError``: nothing recorded, retry), bad input or a bug refused nothing."""
         try:
             yield
-        except UnavailableError:
-            raise
-        except Exception:
+        except SlashingProtectionError:
             self._metrics.refusals.labels(kind).inc()
             raise
 

@@ -18,7 +18,9 @@ its own empty database. ``export_records``/``import_records`` move the history t
 refuses anything that conflicts with what is already here, and writes in short transactions so a daemon
 running on the same history keeps signing meanwhile (``import_records``). A database that is busy past its
 timeout or unreachable is ``UnavailableError`` (gRPC UNAVAILABLE, retry): nothing was recorded, so
-nothing is signed, and nothing was refused either.
+nothing is signed, and nothing was refused either. A PostgreSQL server that hangs rather than refusing is
+unreachable too, once its timeouts pass (``POSTGRES_CONNECT_ARGS``), and so is this process's lock on the
+history when another thread holds it past ``LOCK_WAIT_SECONDS``.
 
 A history belongs to one BLS key: its metadata row records the operator id that first signed with it
 (``run`` binds it on its first start), and opening it for another key is refused. Two keys sharing
@@ -121,6 +123,25 @@ IMPORT_PAUSE_SECONDS = 0.15
 # Keys looked up per query (one IN list; old SQLite builds allow 999 variables in a statement).
 LOOKUP_KEYS = 500
 
+# A PostgreSQL server that hangs (a network partition, a stuck server, a lock held by another client)
+# would hang every signature, each waiting behind the one before for this process's lock. Bounded
+# here, so such a server is unreachable (UNAVAILABLE) within seconds: a connection is given up after
+# connect_timeout, a dead peer is noticed by TCP keepalives (idle + interval x count), a statement or
+# a row lock runs at most 10 s, and a pooled connection is pinged before use (pool_pre_ping). Passed
+# to libpq (psycopg, psycopg2) unless the URL sets the same parameter itself.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,  # seconds (libpq's minimum is 2)
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "options": "-c statement_timeout=10000 -c lock_timeout=10000",  # ms
+}
+LIBPQ_DRIVERS = ("psycopg", "psycopg2")
+# The longest a check-and-record waits for another thread's (each holds the lock for one short
+# transaction, or as long as the timeouts above allow when the server hangs): past it, UNAVAILABLE.
+LOCK_WAIT_SECONDS = 15.0
+
 
 class BatchRecord(_Base):
     __tablename__ = "batch_signatures"
@@ -177,13 +198,29 @@ def has_history(url: str) -> bool:
     parsed = check_database_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
         return False
-    engine = create_engine(url, future=True)
+    engine = _create_engine(parsed)
     try:
         return inspect(engine).has_table(AttestationRecord.__tablename__)
     except DatabaseError as exc:
         raise _unusable(parsed, exc) from exc
     finally:
         engine.dispose()
+
+
+def _create_engine(url: URL) -> Engine:
+    return create_engine(url, future=True, **get_engine_options(url))
+
+
+def get_engine_options(url: URL) -> dict[str, Any]:
+    """``create_engine`` options for the history at ``url``: for PostgreSQL, the timeouts that make a
+    hanging server unreachable (``POSTGRES_CONNECT_ARGS``, each unless the URL sets it) and a ping
+    before a pooled connection is used; none for SQLite (its busy timeout is in the URL)."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_driver_name() in LIBPQ_DRIVERS:
+        options["connect_args"] = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in url.query}
+    return options
 
 
 def _unusable(url: URL, exc: DatabaseError) -> SlashingProtectionError:
@@ -214,7 +251,7 @@ class SlashingProtection:
         parsed = check_database_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine: Engine = create_engine(url, future=True)
+        self._engine: Engine = _create_engine(parsed)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._lock = threading.Lock()
         try:
@@ -277,12 +314,26 @@ class SlashingProtection:
         # One check-and-record at a time in this process; the unique constraints are the last
         # line against another process writing the same database.
         try:
-            with _unavailable_if_unreachable(), self._lock, self._sessions.begin() as session:
+            with _unavailable_if_unreachable(), self._locked(), self._sessions.begin() as session:
                 yield session
         except IntegrityError as exc:  # another process recorded a conflicting signature meanwhile
             raise SlashingProtectionError(
                 f"refusing to sign: a conflicting record was written concurrently ({exc.orig})"
             ) from exc
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold this process's lock on the history, waiting at most ``LOCK_WAIT_SECONDS``."""
+        if not self._lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            logger.warning("slashing protection history busy in this process", extra={"waited": LOCK_WAIT_SECONDS})
+            raise UnavailableError(
+                f"the slashing protection history stayed busy in this process for {LOCK_WAIT_SECONDS:g} s"
+                " (a slow or hanging database): nothing was recorded or signed; retry shortly"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -345,26 +396,37 @@ class SlashingProtection:
     # --- batches ----------------------------------------------------------------------
 
     def record_batch(self, domain_separator: bytes, header: BatchHeader, leaves: Sequence[BatchLeaf]) -> None:
-        """Allow signing ``header`` over ``leaves`` (whose root the caller has checked)."""
+        """Allow signing ``header`` over ``leaves`` (whose root the caller has checked): ``InvalidInputError``
+        for an index beyond the record, ``SlashingProtectionError`` for a leaf this operator did not accept
+        or an index already signed with another header.
+
+        The leaves (up to thousands) are looked up before the lock is taken, ``LOOKUP_KEYS`` to a query,
+        so a large batch holds up no other signature: a leaf found accepted stays accepted (no record is
+        ever deleted or changed). Only the header's check and record runs under the lock."""
+        check_batch_index(header)
+        with _unavailable_if_unreachable(), self._sessions() as session:
+            accepted = self._get_accepted_leaves(session, domain_separator, leaves)
+        _check_leaves_accepted(accepted, leaves)
         with self._transaction() as session:
-            self._check_leaves_accepted(session, domain_separator, leaves)
             self._record_batches(session, [(domain_separator, header)])
 
-    def _check_leaves_accepted(self, session: Session, domain_separator: bytes, leaves: Sequence[BatchLeaf]) -> None:
-        for leaf in leaves:
-            accepted = session.scalar(
-                select(AttestationRecord.id).where(
+    @staticmethod
+    def _get_accepted_leaves(
+        session: Session, domain_separator: bytes, leaves: Sequence[BatchLeaf]
+    ) -> set[tuple[bytes, bytes]]:
+        """The (request hash, output hash) pairs this operator accepted, among the requests of ``leaves``."""
+        accepted: set[tuple[bytes, bytes]] = set()
+        request_hashes = list(dict.fromkeys(leaf.request_hash for leaf in leaves))
+        for chunk in _chunked(request_hashes, LOOKUP_KEYS):
+            rows = session.execute(
+                select(AttestationRecord.request_hash, AttestationRecord.output_hash).where(
                     AttestationRecord.domain_separator == domain_separator,
-                    AttestationRecord.request_hash == leaf.request_hash,
-                    AttestationRecord.output_hash == leaf.output_hash,
+                    AttestationRecord.request_hash.in_(chunk),
                     AttestationRecord.verdict == int(Verdict.ACCEPT),
                 )
             )
-            if accepted is None:
-                raise SlashingProtectionError(
-                    f"refusing to sign the batch: this operator did not accept output "
-                    f"0x{leaf.output_hash.hex()} for request 0x{leaf.request_hash.hex()}"
-                )
+            accepted.update((request_hash, output_hash) for request_hash, output_hash in rows)
+        return accepted
 
     def _record_batches(self, session: Session, entries: Sequence[tuple[bytes, BatchHeader]]) -> None:
         """Add the ``(domain separator, header)`` entries not yet on record; ``SlashingProtectionError``
@@ -552,12 +614,26 @@ def _select_new_batches(
     return new
 
 
+def _check_leaves_accepted(accepted: set[tuple[bytes, bytes]], leaves: Iterable[BatchLeaf]) -> None:
+    for leaf in leaves:
+        if (leaf.request_hash, leaf.output_hash) not in accepted:
+            raise SlashingProtectionError(
+                f"refusing to sign the batch: this operator did not accept output "
+                f"0x{leaf.output_hash.hex()} for request 0x{leaf.request_hash.hex()}"
+            )
+
+
+def check_batch_index(header: BatchHeader) -> None:
+    """``InvalidInputError`` for a batch index the history cannot record (bad input, not a refusal)."""
+    if header.batch_index > MAX_BATCH_INDEX:
+        raise InvalidInputError(
+            f"batch index {header.batch_index} is beyond what slashing protection records (2^63 - 1)"
+        )
+
+
 def _check_batch_indices(entries: Iterable[tuple[bytes, BatchHeader]]) -> None:
     for _, header in entries:
-        if header.batch_index > MAX_BATCH_INDEX:
-            raise InvalidInputError(
-                f"batch index {header.batch_index} is beyond what slashing protection records (2^63 - 1)"
-            )
+        check_batch_index(header)
 
 
 def _keys_by_domain(entries: Iterable[tuple[bytes, _Item]], key: Callable[[_Item], _Key]) -> dict[bytes, list[_Key]]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +20,7 @@ from avs.errors import (
     CancelledError,
     ContextLimitError,
     DeadlineExceededError,
+    InvalidInputError,
     SlashingProtectionError,
     UnavailableError,
 )
@@ -34,6 +36,7 @@ from avs.messages import (
     compute_request_hash,
     compute_stop_sequences_hash,
 )
+from avs.rpc.status import get_status_code
 from avs_operator.config import LimitsConfig
 from avs_operator.core import OperatorCore, PreparedRequest
 from avs_operator.metrics import OperatorMetrics
@@ -338,4 +341,50 @@ def test_a_sign_batch_whose_caller_gave_up_records_and_signs_nothing(
         core.sign_batch(header, leaves, caller)
     assert protection.export_records()["batches"] == []
     assert core._metrics.signatures.labels("batch")._value.get() == 0
+    protection.close()
+
+
+@pytest.mark.parametrize("leaf_accepted", [True, False])
+def test_a_batch_index_beyond_the_record_is_invalid_input_and_no_refusal(tmp_path: Path, leaf_accepted: bool) -> None:
+    """A SignBatch at index 2^63 was counted in avs_signing_refusals_total{kind="batch"} (the critical
+    alert AvsSigningRefused fires on it) although it is bad input; over a leaf not accepted it even ended
+    FAILED_PRECONDITION. The index is checked first: INVALID_ARGUMENT, and no refusal counted."""
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    engine.release.set()
+    accepted = core.verify(prepared(engine, 1), [5], Deadline(30)).attestation.attestation
+    leaves = [BatchLeaf(accepted.request_hash, accepted.output_hash if leaf_accepted else b"\x09" * 32)]
+    root = compute_merkle_tree(leaves).root
+    with pytest.raises(InvalidInputError, match="beyond what slashing protection records") as refused:
+        core.sign_batch(BatchHeader(2**63, root, 10, b"\x00"), leaves)
+    assert get_status_code(refused.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusals(core, "batch") == 0
+    assert protection.export_records()["batches"] == []
+    if not leaf_accepted:  # what slashing protection does refuse is still counted
+        with pytest.raises(SlashingProtectionError, match="did not accept"):
+            core.sign_batch(BatchHeader(1, root, 10, b"\x00"), leaves)
+        assert refusals(core, "batch") == 1
+    protection.close()
+
+
+def test_only_what_slashing_protection_refuses_is_counted_as_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug or any other error on the way (here a RuntimeError) is no refusal: it would page someone
+    for a slashing-protection refusal that never happened."""
+    core, protection = make_core(tmp_path)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(protection, "record_attestation", broken)
+    monkeypatch.setattr(protection, "record_batch", broken)
+    engine = GatedEngine()
+    engine.release.set()
+    with pytest.raises(RuntimeError):
+        core.verify(prepared(engine, 1), [5], Deadline(30))
+    leaves = [BatchLeaf(b"\x01" * 32, b"\x02" * 32)]
+    with pytest.raises(RuntimeError):
+        core.sign_batch(BatchHeader(1, compute_merkle_tree(leaves).root, 10, b"\x00"), leaves)
+    assert (refusals(core, "attestation"), refusals(core, "batch")) == (0, 0)
     protection.close()

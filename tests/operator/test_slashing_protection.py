@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 
 import grpc
@@ -467,3 +469,117 @@ def test_an_import_that_conflicts_writes_nothing_however_many_chunks(
     with pytest.raises(SlashingProtectionError, match="another header"):
         db.import_records(two_headers)
     assert db.export_records()["batches"] == []
+
+
+# --- a large batch, a hanging PostgreSQL server -------------------------------------------------
+
+
+def test_a_batch_s_leaves_are_looked_up_in_chunks_before_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SignBatch of 4096 leaves ran one SELECT per leaf while holding the history's lock (~0.7 s on
+    SQLite, seconds on PostgreSQL), and every other signature waited meanwhile. The leaves are looked up
+    ``LOOKUP_KEYS`` to a query before the lock is taken; only the header's record is under it."""
+    monkeypatch.setattr(slashing_protection, "LOOKUP_KEYS", 4)
+    db = database(tmp_path)
+    db.import_records(export_of([(r, O1, Verdict.ACCEPT) for r in REQUESTS]))
+    leaves = [BatchLeaf(r, O1) for r in REQUESTS]
+    statements: list[tuple[str, bool]] = []
+
+    def note(connection: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append((statement, db._lock.locked()))
+
+    event.listen(db._engine, "before_cursor_execute", note)
+    db.record_batch(DOMAIN, BatchHeader(1, keccak(text="root"), 10, b"\x00"), leaves + leaves[:2])
+    assert [locked for statement, locked in statements if "FROM attestations" in statement] == [False] * 3
+    assert [locked for statement, locked in statements if "INSERT INTO batch_signatures" in statement] == [True]
+    for unaccepted in (BatchLeaf(REQUESTS[9], O2), BatchLeaf(R1, O1)):  # in the last chunk: still refused
+        with pytest.raises(SlashingProtectionError, match="did not accept"):
+            db.record_batch(DOMAIN, BatchHeader(2, keccak(text="root 2"), 10, b"\x00"), [*leaves[:9], unaccepted])
+    assert [b["batch_index"] for b in db.export_records()["batches"]] == ["1"]
+
+
+def test_a_postgresql_history_is_opened_with_timeouts_and_sqlite_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connect_timeout, keepalives, statement_timeout or pool_pre_ping: a PostgreSQL server that hangs
+    rather than refusing hung the operator, where UNAVAILABLE is promised. (No server needed: the engine
+    is a SQLite stand-in; what is checked is how it is asked for.)"""
+    asked: list[dict[str, object]] = []
+
+    def create_engine_spy(url: object, **options: object) -> object:
+        asked.append(options)
+        return create_engine(f"sqlite:///{tmp_path / 'stand-in.sqlite'}", future=True)
+
+    monkeypatch.setattr(slashing_protection, "create_engine", create_engine_spy)
+    SlashingProtection("postgresql+psycopg://operator@db.example/history").close()
+    SlashingProtection("postgresql+psycopg://operator@db.example/history?connect_timeout=30").close()
+    SlashingProtection(f"sqlite:///{tmp_path / 'protection.sqlite'}").close()
+    default, url_sets_its_own, sqlite = asked
+    assert default["pool_pre_ping"] is True
+    connect_args = default["connect_args"]
+    assert isinstance(connect_args, dict)
+    assert connect_args["connect_timeout"] == 5
+    assert connect_args["keepalives"] == 1
+    assert "statement_timeout=10000" in connect_args["options"]
+    assert "lock_timeout=10000" in connect_args["options"]
+    assert "connect_timeout" not in url_sets_its_own["connect_args"]  # type: ignore[operator]
+    assert sqlite == {"future": True}
+
+
+def test_a_postgresql_server_that_hangs_is_unavailable_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection and never answers (what a stuck server or a half-open network
+    path looks like): the call ends UNAVAILABLE after connect_timeout, instead of waiting for ever."""
+    pytest.importorskip("psycopg")
+    quick = {"connect_timeout": 2, "keepalives": 1}  # libpq's shortest connect_timeout
+    monkeypatch.setattr(slashing_protection, "POSTGRES_CONNECT_ARGS", quick, raising=False)
+    monkeypatch.setattr(SlashingProtection, "_open", lambda self, operator_id: None)  # nothing answers to open it
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshake; nobody ever reads
+    port = silent.getsockname()[1]
+    db = SlashingProtection(f"postgresql+psycopg://operator@127.0.0.1:{port}/history?sslmode=disable")
+    outcome: list[BaseException] = []
+
+    def sign() -> None:
+        try:
+            db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    signer = threading.Thread(target=sign, daemon=True)
+    signer.start()
+    try:
+        signer.join(20)
+        assert not signer.is_alive(), "still waiting for a server that never answers"
+    finally:
+        silent.close()  # lets a hung connection go
+        signer.join(10)
+        db.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], UnavailableError)
+    assert get_status_code(outcome[0]) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_history_busy_in_this_process_past_the_lock_wait_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's transaction holding the history (a hanging server, up to its timeouts): a call
+    waits at most ``LOCK_WAIT_SECONDS``, then ends UNAVAILABLE, instead of queueing without end."""
+    monkeypatch.setattr(slashing_protection, "LOCK_WAIT_SECONDS", 0.2, raising=False)
+    db = database(tmp_path)
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db._lock:
+            held.set()
+            done.wait(3)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    try:
+        with pytest.raises(UnavailableError, match="busy in this process"):
+            db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))
+    finally:
+        done.set()
+        holder.join()
+    assert db.get_attestations(DOMAIN, R1) == []  # nothing recorded
+    db.record_attestation(DOMAIN, Attestation(R1, O1, Verdict.ACCEPT))  # free again: signs

@@ -148,6 +148,10 @@ class DeadlinesConfig(_Section):
     verify_seconds: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
     verify_rounds: int = Field(default=2, ge=1, le=8)  # while verifiers that did not answer leave it short
     sign_batch_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+    # An operator answering busy (at its concurrency limit) is asked again after busy_backoff_seconds,
+    # using no attempt and no verification round, for up to busy_wait_seconds; then busy is a failure.
+    busy_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
+    busy_wait_seconds: float = Field(default=60.0, ge=0, le=MAX_WAIT_SECONDS)
 
 
 class BatchConfig(_Section):

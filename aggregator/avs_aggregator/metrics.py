@@ -56,7 +56,7 @@ class AggregatorMetrics:
         )
         self.operator_calls = Counter(
             "avs_aggregator_operator_calls_total",
-            "Calls to operators by outcome (ok, accept, reject, error, bad_signature)",
+            "Calls to operators by outcome (ok, accept, reject, busy, error, bad_signature)",
             ["operator", "call", "outcome"],
             registry=registry,
         )

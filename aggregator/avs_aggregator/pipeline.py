@@ -57,7 +57,7 @@ from avs.messages import (
 )
 from avs.rpc import convert
 from avs.rpc.operator.v1 import operator_pb2 as op
-from avs.rpc.status import describe_call_error
+from avs.rpc.status import describe_call_error, is_message_too_large
 from avs.types import OperatorId, RequestHash
 from avs_aggregator import protocol
 from avs_aggregator.evidence import (
@@ -169,10 +169,29 @@ class PipelineSettings:
     # A primary whose Generate timed out or could not be reached is not picked again for this long,
     # for any request (``_pick_primary``): each pick would hold a request worker for generate_timeout.
     primary_bench_seconds: float = 60.0
+    # An operator at its concurrency limit answers busy (RESOURCE_EXHAUSTED) having computed nothing:
+    # the request asks again after ``busy_backoff`` seconds, without using an attempt or a verification
+    # round, for up to ``busy_wait`` seconds from the first busy answer; then busy is a failure as any.
+    busy_backoff: float = 0.5
+    busy_wait: float = 60.0
 
 
 class PipelineError(InvalidInputError):
     """A request the pipeline refuses (quorums or threshold outside the AVS's limits)."""
+
+
+def is_operator_busy(error: BaseException) -> bool:
+    """An operator's "busy, retry later": at its concurrency limit (RESOURCE_EXHAUSTED, not a message
+    over a size limit), it computed nothing."""
+    if isinstance(error, OverloadedError):
+        return True
+    code = getattr(error, "code", None)  # a channel's RpcErrors are grpc.Call objects
+    return (
+        isinstance(error, grpc.RpcError)
+        and callable(code)
+        and code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and not is_message_too_large(error)
+    )
 
 
 def g1_to_json(point: G1Point) -> list[str]:
@@ -289,6 +308,8 @@ class Pipeline:
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
         self._benched: dict[bytes, float] = {}  # operator id -> until when it is not picked as primary
+        # request hash -> (its first busy answer, not stepped again before): ``_wait_for_busy``
+        self._busy: dict[bytes, tuple[float, float]] = {}
         self._sending = InFlight()  # rejection proofs being sent now (a worker and the retry tick)
         if equivocation_reporter is None and isinstance(reporter, EquivocationReporter):
             equivocation_reporter = reporter  # Web3RejectionReporter proves both
@@ -356,6 +377,8 @@ class Pipeline:
 
     def advance_request(self, request_hash: bytes) -> bool:
         """Run one step of the request's state machine; False if there was nothing to do."""
+        if self._is_backing_off(request_hash):
+            return False
         row = self.store.get_request(request_hash)
         if row is None or row.state not in ACTIVE_REQUEST_STATES:
             return False
@@ -423,6 +446,23 @@ class Pipeline:
         with self._responding_lock:
             return {operator_id for operator_id, until in self._benched.items() if until > now}
 
+    def _wait_for_busy(self, row: RequestRow) -> bool:
+        """An operator answered busy: the request's next step waits ``busy_backoff`` (the operator's
+        calls in progress end meanwhile), for up to ``busy_wait`` from its first busy answer; False
+        once that has passed (then busy counts as a failure)."""
+        now = self.clock()
+        with self._responding_lock:
+            first, _ = self._busy.get(row.request_hash, (now, now))
+            if now - first >= self.settings.busy_wait:
+                return False
+            self._busy[row.request_hash] = (first, now + self.settings.busy_backoff)
+        return True
+
+    def _is_backing_off(self, request_hash: bytes) -> bool:
+        with self._responding_lock:
+            entry = self._busy.get(request_hash)
+        return entry is not None and self.clock() < entry[1]
+
     def _bench(self, primary: OperatorInfo, error: BaseException) -> None:
         """Bench a primary that hung or was unreachable (not one that refused this request)."""
         code = error.code() if isinstance(error, grpc.Call) else None
@@ -443,6 +483,10 @@ class Pipeline:
             reply = self.caller.generate(primary, envelope, self.settings.generate_timeout)
             signed = self._check_generate(row, envelope, primary, reply)
         except Exception as exc:
+            if is_operator_busy(exc) and self._wait_for_busy(row):
+                self._operator_outcome(primary, "generate", "busy")
+                logger.info("primary busy; asking it again shortly", extra={"request": _hex(row.request_hash)})
+                return
             self._operator_outcome(primary, "generate", "error")
             self._bench(primary, exc)
             error = describe_call_error(exc)
@@ -485,7 +529,7 @@ class Pipeline:
             return
         assert row.output_hash is not None and row.primary_id is not None
         # An operator that equivocated on this request, or whose output for it the quorum rejected,
-        # is neither asked nor counted. A primary that merely failed (busy, late, down: ``excluded``
+        # is neither asked nor counted. A primary that merely failed (late, down, busy too long: ``excluded``
         # keeps it from being the primary again) still verifies: leaving its stake out could fail a
         # request that the rest of the quorum accepts.
         equivocators = self.evidence.find_equivocators(row.request_hash)
@@ -506,14 +550,15 @@ class Pipeline:
         # no verification): an output accepted below it could never be signed into a batch.
         accept_threshold = max(row.threshold_bps, self._chain_threshold())
         settles = self._settles(row, operator_set, known, asked, accept_threshold)
-        checked = self._ask_verifiers(row, operator_set, asked, settles)
+        busy: set[bytes] = set()
+        checked = self._ask_verifiers(row, operator_set, asked, settles, busy)
         if self._record_attestations(checked):  # one transaction for the round; it found equivocators
             equivocators = self.evidence.find_equivocators(row.request_hash)
         answers |= {i: signed for i, signed in checked if i not in equivocators}
         verdicts = _count_verdicts(answers, row.primary_id, equivocators)
         reject_signatures = {i: s.signature for i, s in answers.items() if s.attestation.verdict == Verdict.REJECT}
         unanswered = [o.operator_id for o in asked if o.operator_id not in verdicts.keys() | equivocators]
-        self._decide(row, operator_set, verdicts, reject_signatures, unanswered, accept_threshold)
+        self._decide(row, operator_set, verdicts, reject_signatures, unanswered, accept_threshold, busy)
 
     def _settles(
         self,
@@ -544,12 +589,14 @@ class Pipeline:
         operator_set: OperatorSet,
         asked: Sequence[OperatorInfo],
         settles: Callable[[dict[bytes, Verdict]], bool],
+        busy: set[bytes],
     ) -> list[tuple[bytes, SignedAttestation]]:
         """One verification round on ``asked``, in parallel: the attestations of the output whose
         signatures verify. A verifier that is down, late (one deadline for the whole round), answers
         another output or signs badly has not answered. Once the replies so far ``settles`` the round
         (counting only replies whose signatures were checked: a fast bad signature must not cut off
-        a slower honest verifier), the rest get ``STRAGGLER_SECONDS`` more."""
+        a slower honest verifier), the rest get ``STRAGGLER_SECONDS`` more. The verifiers that answered
+        busy are added to ``busy``."""
         assert row.output_hash is not None
         envelope = envelope_from_row(row)
         output_ids = tuple(json.loads(row.output_ids or "[]"))
@@ -565,6 +612,8 @@ class Pipeline:
                     raise InvalidInputError("the verifier attested another output hash")
                 unchecked[operator.operator_id] = reply
             except Exception as exc:
+                if is_operator_busy(exc):
+                    busy.add(operator.operator_id)
                 self._verifier_failed(row, operator, exc)
 
         def check_signatures() -> None:  # one batch check for the replies come in since the last
@@ -595,9 +644,10 @@ class Pipeline:
         reject_signatures: dict[bytes, G1Point],
         unanswered: Sequence[bytes],
         accept_threshold: int,
+        busy: set[bytes],
     ) -> None:
         """Rejected, accepted (at ``accept_threshold``: the request's and the chain's), another round,
-        or failed, from the verdicts counted so far."""
+        or failed, from the verdicts counted so far (``busy``: the verifiers that answered busy)."""
         tally = protocol.compute_tally(operator_set, row.quorum_numbers, verdicts)
         # A provable rejection (a majority of the stake, and at least the AVS minimum) wins over a
         # low requested threshold: an output could reach its requested ACCEPT share while most of
@@ -614,7 +664,9 @@ class Pipeline:
             self._reject(row, operator_set, reject_signatures, rejecting)
         elif tally.is_accepted(accept_threshold):
             self._set_state(row, RequestState.ACCEPTED, accepted_at=self.clock())
-        elif unanswered and self._is_worth_another_round(row, operator_set, verdicts, unanswered, floor):
+        elif unanswered and self._is_worth_another_round(
+            row, operator_set, verdicts, unanswered, floor, busy=bool(busy.intersection(unanswered))
+        ):
             self._verify_again(row, len(unanswered))
         else:
             self._fail_verification(row, tally)
@@ -626,12 +678,12 @@ class Pipeline:
         verdicts: dict[bytes, Verdict],
         unanswered: Sequence[bytes],
         rejection_floor: int,
+        busy: bool = False,
     ) -> bool:
-        """Rounds are left, and the verifiers that gave no valid answer hold enough stake to carry
-        the output either way (were they all to ACCEPT, or all to REJECT): otherwise another round
-        would only delay the failure."""
-        if row.verify_rounds + 1 >= self.settings.verify_rounds:
-            return False
+        """The verifiers that gave no valid answer hold enough stake to carry the output either way
+        (were they all to ACCEPT, or all to REJECT): otherwise another round would only delay the
+        failure; and rounds are left, or some of them answered busy (asked again after a backoff,
+        whatever the rounds, within ``busy_wait``)."""
         quorums = row.quorum_numbers
         if_accepted = protocol.compute_tally(
             operator_set, quorums, verdicts | dict.fromkeys(unanswered, Verdict.ACCEPT)
@@ -640,7 +692,11 @@ class Pipeline:
             operator_set, quorums, verdicts | dict.fromkeys(unanswered, Verdict.REJECT)
         )
         # The local floor, not the chain's (possibly higher) threshold: at worst one round too many.
-        return if_accepted.is_accepted(row.threshold_bps) or bool(if_rejected.rejecting_quorums(rejection_floor))
+        if not (if_accepted.is_accepted(row.threshold_bps) or if_rejected.rejecting_quorums(rejection_floor)):
+            return False
+        if busy and self._wait_for_busy(row):
+            return True
+        return row.verify_rounds + 1 < self.settings.verify_rounds
 
     def _fail_verification(self, row: RequestRow, tally: protocol.Tally) -> None:
         shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)
@@ -682,7 +738,7 @@ class Pipeline:
         return checked
 
     def _verifier_failed(self, row: RequestRow, operator: OperatorInfo | None, error: Exception) -> None:
-        self._operator_outcome(operator, "verify", "error")
+        self._operator_outcome(operator, "verify", "busy" if is_operator_busy(error) else "error")
         logger.info("verifier failed", extra={"request": _hex(row.request_hash), "error": str(error)})
 
     def _record_attestations(self, checked: Sequence[tuple[bytes, SignedAttestation]]) -> int:
@@ -894,6 +950,8 @@ class Pipeline:
             state=state,
             **values,
         )
+        with self._responding_lock:  # a busy wait ends with the state it was in
+            self._busy.pop(row.request_hash, None)
         row.state, row.attempt = state, values.get("attempt", row.attempt)
         row.verify_rounds = values.get("verify_rounds", row.verify_rounds)
         self._count(state)

@@ -218,7 +218,7 @@ AGGREGATOR = Dashboard(
             _q(
                 "sum by (operator) (rate(avs_aggregator_operator_calls_total"
                 f'{{outcome=~"ok|accept|reject"}}[{RATE}])) / sum by (operator) '
-                f"(rate(avs_aggregator_operator_calls_total[{RATE}]))",
+                f'(rate(avs_aggregator_operator_calls_total{{outcome!="busy"}}[{RATE}]))',
                 "{{operator}}",
             ),
             unit="percentunit",

@@ -24,7 +24,7 @@ from avs_aggregator.store import BatchState, RequestRow, RequestState, StaleRowE
 from avs_aggregator.txsender import TransactionFailedError
 from tests.aggregator.fakes import DOMAIN, FakeNetwork, make_envelope
 
-SETTINGS = PipelineSettings(batch_max_size=4, batch_max_latency=0.0, max_attempts=3, workers=4)
+SETTINGS = PipelineSettings(batch_max_size=4, batch_max_latency=0.0, max_attempts=3, workers=4, busy_backoff=0.0)
 
 
 def make_pipeline(network: FakeNetwork, db: str, settings: PipelineSettings = SETTINGS) -> Pipeline:
@@ -96,9 +96,10 @@ class BusyOnceNetwork(FakeNetwork):
         return super().generate(operator, envelope, timeout)
 
 
-def test_a_primary_that_was_busy_once_still_verifies_the_retry(db: str) -> None:
-    """A busy primary is not asked to generate again, but its stake must still count as a verifier:
-    with stakes 40/30/20/10, leaving alice's 40% out fails a request every operator accepts."""
+def test_a_busy_primary_is_asked_again_without_using_an_attempt(db: str) -> None:
+    """A busy answer (the operator at its concurrency limit) computed nothing: the same primary is
+    asked again after ``busy_backoff``, no attempt used and nobody excluded (under load every
+    operator is busy in turn, and each busy answer used up an attempt until requests failed)."""
     network = BusyOnceNetwork([{0: 400}, {0: 300}, {0: 200}, {0: 100}])
     alice = network.operators[0].keys.operator_id
     network.busy = {alice}
@@ -107,8 +108,79 @@ def test_a_primary_that_was_busy_once_still_verifies_the_retry(db: str) -> None:
     pipeline.run_until_idle()
     row = pipeline.store.get_request(request_hash)
     assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
+    assert row.attempt == 0 and row.primary_id == alice and load_hex_list(row.excluded) == []
+    assert network.busy == set() and network.calls.count(("generate", alice)) == 1  # refused, then served
+    pipeline.close()
+
+
+def test_a_primary_busy_past_the_busy_wait_is_a_failed_primary(db: str) -> None:
+    """Busy for longer than ``busy_wait``: the next busy answer counts as a failure, and the busy
+    primary's stake still counts as a verifier (stakes 40/30/20/10: leaving alice's 40% out would
+    fail a request every operator accepts)."""
+    network = BusyOnceNetwork([{0: 400}, {0: 300}, {0: 200}, {0: 100}])
+    alice = network.operators[0].keys.operator_id
+    network.busy = {alice}
+    pipeline = make_pipeline(network, db, dataclasses.replace(SETTINGS, busy_wait=0.0))
+    request_hash = pipeline.submit(find_envelope_with_primary(network, alice))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
     assert row.attempt == 1 and row.primary_id != alice and load_hex_list(row.excluded) == [alice]
     assert network.calls.count(("verify", alice)) == 1
+    pipeline.close()
+
+
+class BusyVerifiersNetwork(FakeNetwork):
+    """Operators in ``busy`` refuse Verify calls until ``refusals`` were refused in all, then serve."""
+
+    busy: set[bytes]
+    lock: threading.Lock
+    refusals: int = 5
+
+    def verify(self, operator: Any, envelope: RequestEnvelope, output_ids: Any, timeout: float) -> Any:
+        with self.lock:
+            refused = operator.operator_id in self.busy and self.refusals > 0
+            self.refusals -= refused
+        if refused:
+            raise OverloadedError("this operator is serving its limit of 4 requests; retry later")
+        return super().verify(operator, envelope, output_ids, timeout)
+
+
+def test_busy_verifiers_are_asked_again_past_the_verification_rounds(db: str) -> None:
+    """Bob and carol (half the stake) busy for three rounds (more than ``verify_rounds``): the
+    request waits for them, a backoff between rounds, instead of failing "not enough stake verified"."""
+    network = BusyVerifiersNetwork([{0: 400}, {0: 300}, {0: 200}, {0: 100}])
+    network.lock = threading.Lock()
+    alice, bob, carol = (o.keys.operator_id for o in network.operators[:3])
+    network.busy = {bob, carol}
+    pipeline = make_pipeline(network, db, dataclasses.replace(SETTINGS, verify_rounds=2))
+    request_hash = pipeline.submit(find_envelope_with_primary(network, alice))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
+    assert row.attempt == 0 and network.refusals == 0 and network.calls.count(("verify", bob)) == 1
+    assert row.verify_rounds >= 2  # past the rounds allowed
+    pipeline.close()
+
+
+def test_a_busy_answer_backs_the_request_off() -> None:
+    """Between busy answers the request is not stepped (it returns at once: the runner comes back)."""
+    now = [100.0]
+    network = BusyOnceNetwork([{0: 400}, {0: 300}])
+    alice = network.operators[0].keys.operator_id
+    network.busy = {alice}
+    settings = dataclasses.replace(SETTINGS, busy_backoff=2.0)
+    pipeline = Pipeline(DOMAIN, Store("sqlite://"), network, network, network, settings, clock=lambda: now[0])
+    request_hash = pipeline.submit(find_envelope_with_primary(network, alice))
+    while pipeline.advance_request(request_hash):
+        pass
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.GENERATING and network.busy == set()  # refused once
+    now[0] += 1.9
+    assert not pipeline.advance_request(request_hash) and network.calls.count(("generate", alice)) == 0
+    now[0] += 0.1
+    assert pipeline.advance_request(request_hash)
+    assert network.calls.count(("generate", alice)) == 1
     pipeline.close()
 
 

@@ -202,7 +202,10 @@ class PipelineRunner:
     def _batch_loop(self) -> None:
         while not self._stopped.is_set():
             self._keep_stakes()
-            self.pipeline.form_batches()
+            try:
+                self.pipeline.form_batches()
+            except Exception as exc:  # a chain read failing: the batches formed already still move on
+                logger.warning("forming batches failed; will retry", extra={"error": redact_urls(str(exc))})
             for index in self.pipeline.active_batch_indices():
                 if self._stopped.is_set():
                     return

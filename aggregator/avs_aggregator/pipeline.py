@@ -176,6 +176,9 @@ class PipelineSettings:
     busy_wait: float = 60.0
 
 
+NO_PROOFS = "rejection proofs are off (prove_rejections: false, or no fault manager in the deployment)"
+
+
 class PipelineError(InvalidInputError):
     """A request the pipeline refuses (quorums or threshold outside the AVS's limits)."""
 
@@ -769,6 +772,8 @@ class Pipeline:
                     output_hash=row.output_hash,
                     reference_block=row.reference_block,
                     evidence=json.dumps(evidence),
+                    # No reporter, no proof: settled at once (a PENDING one would keep the request from pruning)
+                    **({} if self.reporter is not None else {"state": ProofState.FAILED, "error": NO_PROOFS}),
                 )
             )
             if self.metrics is not None:

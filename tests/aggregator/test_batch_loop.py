@@ -139,3 +139,21 @@ def test_certify_batch_waits_for_its_receipt_not_for_the_confirmations() -> None
     writer = Web3ChainWriter(Client())  # type: ignore[arg-type]
     assert writer.certify_batch(BatchHeader(1, b"\x00" * 32, 10, b"\x00"), signatures) == (b"\x01" * 32, 150_000)
     assert sent == [("certifyBatch", False)]
+
+
+def test_a_failure_to_form_batches_does_not_stop_the_batches_already_formed(tmp_path: Path) -> None:
+    """Forming new batches reads the chain (a reference block, the first free index): while that
+    fails, the batches formed already are still signed, submitted and confirmed."""
+    network, store, pipeline, request_hash = _one_request_accepted(tmp_path)
+    pipeline.form_batches(force=True)
+
+    def broken_form_batches(force: bool = False) -> list[int]:
+        raise ConnectionError("the node is unreachable for this call")
+
+    pipeline.form_batches = broken_form_batches  # type: ignore[method-assign]
+    runner = PipelineRunner(pipeline, 2)
+    runner.start()
+    try:
+        _wait_certified(store, request_hash, seconds=10.0)
+    finally:
+        runner.stop(timeout=5)

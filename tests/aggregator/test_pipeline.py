@@ -16,8 +16,16 @@ from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
 from avs.errors import InvalidInputError, OverloadedError
 from avs.messages import BatchHeader, compute_request_hash
 from avs.rpc.convert import RequestEnvelope
+from avs_aggregator.evidence import ProofState
 from avs_aggregator.metrics import AggregatorMetrics
-from avs_aggregator.pipeline import MAX_REBATCHES, STRAGGLER_SECONDS, Pipeline, PipelineError, PipelineSettings
+from avs_aggregator.pipeline import (
+    MAX_REBATCHES,
+    NO_PROOFS,
+    STRAGGLER_SECONDS,
+    Pipeline,
+    PipelineError,
+    PipelineSettings,
+)
 from avs_aggregator.ports import OperatorSet
 from avs_aggregator.protocol import select_primary
 from avs_aggregator.store import BatchState, RequestRow, RequestState, StaleRowError, Store, load_hex_list
@@ -301,6 +309,27 @@ def test_cheating_primary_is_rejected_recorded_and_retried(db: str) -> None:
     assert [r.primary_id for r in rejections] == [cheater.keys.operator_id]
     # the cheater is not asked to verify the retry (its ACCEPT of the old output would conflict)
     assert network.calls.count(("verify", cheater.keys.operator_id)) == 0
+    pipeline.close()
+
+
+def test_without_rejection_proofs_a_rejection_is_settled_and_its_request_can_be_pruned(db: str) -> None:
+    """No reporter (``prove_rejections: false``, or no fault manager): a rejection left PENDING kept
+    its request, attestations and rejection from retention for ever."""
+    network = FakeNetwork([{0: 10}, {0: 30}, {0: 30}, {0: 30}])
+    cheater = network.operators[0]
+    cheater.behaviour = "cheat"
+    pipeline = make_pipeline(network, db)
+    request_hash = pipeline.submit(find_envelope_with_primary(network, cheater.keys.operator_id))
+    pipeline.run_until_idle()
+    network.block += 5  # the batch's certification confirmed
+    pipeline.run_until_idle()
+    [rejection] = pipeline.store.list_rejections(request_hash)
+    assert rejection.state == ProofState.FAILED and rejection.error == NO_PROOFS
+    assert pipeline.report_pending_rejections() == 0
+    while pipeline.store.prune_finished(time.time() + 10):
+        pass
+    assert pipeline.store.get_request(request_hash) is None
+    assert pipeline.store.list_rejections(request_hash) == []
     pipeline.close()
 
 

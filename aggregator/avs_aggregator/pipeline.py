@@ -258,7 +258,8 @@ def _check_same_submission(row: RequestRow, envelope: convert.RequestEnvelope, q
             f"this request was submitted already, with quorums {list(row.quorum_numbers)} and threshold "
             f"{row.threshold_bps} bps; a new request (another nonce) can ask for others"
         )
-    if convert.request_to_proto(envelope).SerializeToString(deterministic=True) != row.envelope:
+    stored = envelope_from_row(row)  # its request is this one (the same hash), maybe spelled otherwise
+    if (stored.messages, stored.stop_sequences) != (envelope.messages, envelope.stop_sequences):
         raise PipelineError("this request was submitted already, with other messages or stop sequences")
 
 

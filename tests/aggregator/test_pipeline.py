@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from avs.chain.client import ContractRevertError, NonSignerStakesAndSignature
 from avs.errors import InvalidInputError, OverloadedError
-from avs.messages import BatchHeader, compute_request_hash
+from avs.messages import BatchHeader, checksum, compute_request_hash
 from avs.rpc.convert import RequestEnvelope
 from avs_aggregator.evidence import ProofState
 from avs_aggregator.metrics import AggregatorMetrics
@@ -309,6 +309,23 @@ def test_cheating_primary_is_rejected_recorded_and_retried(db: str) -> None:
     assert [r.primary_id for r in rejections] == [cheater.keys.operator_id]
     # the cheater is not asked to verify the retry (its ACCEPT of the old output would conflict)
     assert network.calls.count(("verify", cheater.keys.operator_id)) == 0
+    pipeline.close()
+
+
+def test_a_request_submitted_again_is_the_same_request_whatever_its_address_spelling(db: str) -> None:
+    """The hash reads the requester's address, not its spelling: the same request sent again with
+    the address checksummed answers its hash (it was refused as "other messages"); other messages
+    under the same hash are still refused."""
+    network = FakeNetwork([{0: 10}])
+    pipeline = make_pipeline(network, db)
+    envelope = make_envelope(1)
+    request_hash = pipeline.submit(envelope)
+    checksummed = dataclasses.replace(envelope.request, requester=checksum(envelope.request.requester))
+    assert checksummed.requester != envelope.request.requester
+    assert pipeline.submit(dataclasses.replace(envelope, request=checksummed)) == request_hash
+    other_chat = dataclasses.replace(envelope, messages=({"role": "user", "content": "something else"},))
+    with pytest.raises(PipelineError, match="other messages"):
+        pipeline.submit(other_chat)
     pipeline.close()
 
 

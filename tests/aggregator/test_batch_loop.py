@@ -144,7 +144,7 @@ def test_certify_batch_waits_for_its_receipt_not_for_the_confirmations() -> None
 def test_a_failure_to_form_batches_does_not_stop_the_batches_already_formed(tmp_path: Path) -> None:
     """Forming new batches reads the chain (a reference block, the first free index): while that
     fails, the batches formed already are still signed, submitted and confirmed."""
-    network, store, pipeline, request_hash = _one_request_accepted(tmp_path)
+    _, store, pipeline, request_hash = _one_request_accepted(tmp_path)
     pipeline.form_batches(force=True)
 
     def broken_form_batches(force: bool = False) -> list[int]:

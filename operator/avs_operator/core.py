@@ -169,8 +169,7 @@ class OperatorCore:
         """Yield token ids as they are produced, then the signed ``GenerateResult``."""
         tokens: list[int] = []
         finish: FinishReason | None = None
-        started = self._clock()
-        with self._engine_turn(caller):
+        with self._engine_turn(caller) as started:
             for event in prepared.engine.stream(prepared.prompt_ids, prepared.params):
                 _check_caller(caller)
                 tokens.append(event.token_id)
@@ -218,8 +217,7 @@ class OperatorCore:
                 f"the output has {len(output_ids)} tokens; this node verifies at most {self._limits.max_new_tokens}"
             )
         output_ids = list(output_ids)
-        started = self._clock()
-        with self._engine_turn(caller):
+        with self._engine_turn(caller) as started:
             verification = prepared.engine.verify(prepared.prompt_ids, list(output_ids), prepared.params)
         self._metrics.inference_seconds.labels("prefill").observe(self._clock() - started)
         verdict = Verdict.ACCEPT if verification.accepted else Verdict.REJECT
@@ -230,8 +228,10 @@ class OperatorCore:
         return VerifyResult(verification, signed)
 
     @contextmanager
-    def _engine_turn(self, caller: Caller | None) -> Iterator[None]:
-        """Hold the engine, waiting for it at most until the caller's deadline, which is checked again once held."""
+    def _engine_turn(self, caller: Caller | None) -> Iterator[float]:
+        """Hold the engine, waiting for it at most until the caller's deadline, which is checked again
+        once held; yields when it was taken (the stage's time starts there: the wait is ``engine_wait``)."""
+        asked = self._clock()
         _check_caller(caller)
         remaining = None if caller is None else caller.time_remaining()
         # gRPC answers a call without a deadline with a huge time_remaining (~9e18 s), which
@@ -241,8 +241,10 @@ class OperatorCore:
         if not self._engine_lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0)):
             raise DeadlineExceededError(DEADLINE_PASSED)
         try:
+            held = self._clock()
+            self._metrics.inference_seconds.labels("engine_wait").observe(held - asked)
             _check_caller(caller)
-            yield
+            yield held
         finally:
             self._engine_lock.release()
 

@@ -388,3 +388,22 @@ def test_only_what_slashing_protection_refuses_is_counted_as_a_refusal(
         core.sign_batch(BatchHeader(1, compute_merkle_tree(leaves).root, 10, b"\x00"), leaves)
     assert (refusals(core, "attestation"), refusals(core, "batch")) == (0, 0)
     protection.close()
+
+
+def test_the_wait_for_the_engine_is_timed_apart_from_the_prefill(tmp_path: Path) -> None:
+    """A verify queued behind another one: its prefill time is its own work, not the queue (a p95
+    panel of prefill times showed queueing); the wait goes to the ``engine_wait`` stage."""
+    core, protection = make_core(tmp_path)
+    engine = GatedEngine()
+    first = threading.Thread(target=core.verify, args=(prepared(engine, 5), [5], None))
+    first.start()
+    assert engine.started.wait(5)
+    threading.Timer(0.5, engine.release.set).start()  # the first holds the engine 0.5 s
+    core.verify(prepared(engine, 6), [5], Deadline(30))
+    first.join()
+    registry = core._metrics.registry
+    prefill = registry.get_sample_value("avs_inference_seconds_sum", {"stage": "prefill"}) or 0.0
+    waited = registry.get_sample_value("avs_inference_seconds_sum", {"stage": "engine_wait"}) or 0.0
+    assert registry.get_sample_value("avs_inference_seconds_count", {"stage": "engine_wait"}) == 2
+    assert waited >= 0.4 and prefill < 0.65  # the first's 0.5 s of work once; the second's wait apart
+    protection.close()

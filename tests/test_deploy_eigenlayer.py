@@ -144,6 +144,17 @@ def test_fault_windows_longer_than_the_deallocation_delay_are_refused(chain: Anv
     assert registry.functions.maxStakeAgeBlocks().call() == 1
 
 
+def test_the_local_core_can_be_deployed_with_a_slash_resolution_delay(chain: Anvil, tmp_path: Path) -> None:
+    """SLASH_RESOLUTION_DELAY rehearses EigenLayer v1.13 on the devnet: slashed funds reach the pool
+    only that many blocks after the slash (payouts and rewards owed meanwhile); unset, at once."""
+    for settings, expected in (({"SLASH_RESOLUTION_DELAY": "20"}, 20), ({}, 0)):
+        deployment = deploy_contracts(chain.url, tmp_path / f"delay-{expected}.json", settings)
+        core = chain.w3.eth.contract(
+            address=Web3.to_checksum_address(deployment.allocation_manager), abi=load_abi("LocalRestakingCore")
+        )
+        assert core.functions.slashResolutionDelayBlocks().call() == expected
+
+
 def test_the_example_environment_names_only_what_the_script_reads() -> None:
     script = (Path(__file__).resolve().parent.parent / "contracts" / "script" / "Deploy.s.sol").read_text()
     example = Path(__file__).resolve().parent.parent / "deploy" / "eigenlayer.env.example"

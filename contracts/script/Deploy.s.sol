@@ -51,7 +51,9 @@ interface VmEnv {
 ///      CHALLENGER_REWARD_BPS (1000), COVERAGE_TERM (1000 blocks; coverage expires by its term only
 ///      CHALLENGE_WINDOW blocks after it), AVS_METADATA_URI.
 ///      `run()` only: DEALLOCATION_DELAY (100800 blocks, mainnet's; the local core's window in which
-///      a deregistered operator stays slashable). Both refuse to deploy when MAX_REFERENCE_AGE +
+///      a deregistered operator stays slashable), SLASH_RESOLUTION_DELAY (0 blocks: slashed funds
+///      reach the pool in the slashing transaction; set it to rehearse EigenLayer v1.13's delay,
+///      during which payouts and challenger rewards are owed and the challenger clears the slash). Both refuse to deploy when MAX_REFERENCE_AGE +
 ///      CHALLENGE_WINDOW + RESOLUTION_WINDOW exceeds the core's DEALLOCATION_DELAY.
 ///      Stake freshness (OperatorRegistry.setStakeFreshness): STAKE_LOOKAHEAD (L, default: the core's
 ///      DEALLOCATION_DELAY) and MAX_STAKE_AGE (S, default: DEALLOCATION_DELAY - W, where W =
@@ -86,6 +88,9 @@ contract Deploy is Test {
         TestToken token = new TestToken("AVS Test Stake", "tSTAKE");
         LocalStrategy strategy = new LocalStrategy(token);
         local.addStrategy(strategy);
+        // EigenLayer since v1.13 clears a slash only a delay after it (0: at once, as before it)
+        uint256 slashDelay = vm.envOr("SLASH_RESOLUTION_DELAY", uint256(0));
+        if (slashDelay != 0) local.setSlashResolutionDelay(uint32(slashDelay));
         vm.stopBroadcast();
         IStrategy[] memory strategies = new IStrategy[](1);
         strategies[0] = strategy;

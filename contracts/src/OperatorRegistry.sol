@@ -43,6 +43,12 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     using QuorumBitmaps for uint256;
 
     uint16 private constant BIPS = 10_000;
+    /// @notice The most members a quorum may have (`QuorumConfig.maxOperatorCount`).
+    uint32 public constant MAX_QUORUM_OPERATORS = 1024;
+    /// @notice The most weight one operator counts for: a quorum's total (a uint96, as checkSignatures
+    ///         reads it) then cannot overflow, which reverted every refresh, registration and slash of
+    ///         the quorum (a token with a huge raw supply). ~7.7e25 base units: 77M tokens of 18 decimals.
+    uint96 public constant MAX_OPERATOR_WEIGHT = type(uint96).max / MAX_QUORUM_OPERATORS;
 
     /// @notice EigenLayer's AllocationManager (the local core on devnets).
     IAllocationManager public immutable allocationManager;
@@ -155,6 +161,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         if (quorumNumber >= 192) revert InvalidQuorumNumber(quorumNumber);
         if (uint256(quorumBitmap).has(quorumNumber)) revert QuorumAlreadyExists(quorumNumber);
         if (redistributionRecipient == address(0)) revert RecipientNotSet();
+        _checkQuorumConfig(config);
         quorumBitmap |= uint192(1 << quorumNumber);
         quorumConfig[quorumNumber] = config;
         IAllocationManagerTypes.CreateSetParams[] memory params = new IAllocationManagerTypes.CreateSetParams[](1);
@@ -172,8 +179,15 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     /// @notice Changes a quorum's limits (applies to registrations and stake updates from now on).
     function setQuorumConfig(uint8 quorumNumber, QuorumConfig calldata config) external onlyOwner {
         _requireQuorum(quorumNumber);
+        _checkQuorumConfig(config);
         quorumConfig[quorumNumber] = config;
         emit QuorumConfigSet(quorumNumber, config.maxOperatorCount, config.minimumStake);
+    }
+
+    function _checkQuorumConfig(QuorumConfig calldata config) private pure {
+        if (config.maxOperatorCount > MAX_QUORUM_OPERATORS) {
+            revert MaxOperatorCountTooHigh(config.maxOperatorCount, MAX_QUORUM_OPERATORS);
+        }
     }
 
     /// @notice Sets a quorum's churn limits (`ChurnConfig`; both zero turns churn off).
@@ -723,7 +737,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     }
 
     /// @dev The operator's minimum slashable stake in `set` `stakeLookAheadBlocks` ahead: what a
-    ///      deallocation taking effect before then will not take away.
+    ///      deallocation taking effect before then will not take away; at most `MAX_OPERATOR_WEIGHT`.
     function _weightIn(address operator, OperatorSet memory set, IStrategy[] memory strategies)
         private
         view
@@ -739,7 +753,7 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         for (uint256 i; i < strategies.length; ++i) {
             total += stakes[0][i];
         }
-        return total > type(uint96).max ? type(uint96).max : uint96(total);
+        return total > MAX_OPERATOR_WEIGHT ? MAX_OPERATOR_WEIGHT : uint96(total);
     }
 
     function _checkCovers(uint32 fromBlock, uint32 nextBlock, uint32 blockNumber) private pure {

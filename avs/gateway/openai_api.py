@@ -296,11 +296,14 @@ def build_verification(status: RequestStatus) -> dict[str, object]:
     certified = status.state == ag.REQUEST_STATE_CERTIFIED
     batched = status.state in (ag.REQUEST_STATE_BATCHED, ag.REQUEST_STATE_CERTIFIED)
     certificate = status.certificate
+    # Once certified, the output and batch are the certificate's (the checked ones), not the status's
+    output_hash = certificate.output_hash if certified else status.output_hash
+    batch_index = certificate.batch_header.batch_index if certified else status.batch_index
     return {
         "request_hash": _hex(status.request_hash),
         "state": get_state_name(status.state),
-        "output_hash": _hex(status.output_hash),
-        "batch_index": status.batch_index if batched else None,
+        "output_hash": _hex(output_hash),
+        "batch_index": batch_index if batched else None,
         "tx_hash": _hex(certificate.tx_hash) if certified else None,
         "certified_block": certificate.certified_block if certified else None,
         "error": status.error or None,

@@ -292,14 +292,34 @@ class GatewayService:
         status = self._intake.get_status(request_hash)
         if bytes(status.request_hash) != request_hash:
             raise UntrustedAnswerError("the aggregator answered the status of another request")
-        codec = self._codecs.get(bytes(status.certificate.request.model_id))
-        if codec is not None:  # the certificate's text, decoded here (another model's stays the aggregator's)
-            status.certificate.output_text = codec.decode(status.certificate.output_token_ids)
         checked: dict[str, object] = {"verified": None, "problems": []}
         if status.state == ag.REQUEST_STATE_CERTIFIED:  # the same checks as an answer's certificate
-            problems = list(self._check_certificate(status.certificate, request_hash))
+            problems = self._check_shown_text(status.certificate)
+            problems += self._check_certificate(status.certificate, request_hash)
             checked = {"verified": not problems, "problems": problems}
         return {"object": "verification", **api.build_verification(status), **checked}
+
+    def _check_shown_text(self, certificate: ag.Certificate) -> list[str]:
+        """What a verification shows beside the certificate that its signatures do not cover: the
+        chat (the request commits to the hash of its templated prompt) and the output text (to its
+        token ids). With the model here the text is decoded here and the chat must template to the
+        certified prompt hash; without it neither can be checked, so neither is shown. The
+        aggregator could otherwise show any chat or text beside ``verified: true``."""
+        request = certificate.request
+        codec = self._codecs.get(bytes(request.model_id))
+        if codec is None:
+            del request.messages[:]
+            certificate.output_text = ""
+            return []
+        certificate.output_text = codec.decode(certificate.output_token_ids)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            prompt_hash = compute_prompt_hash(codec.encode_chat(messages))
+        except InvalidInputError as exc:
+            return [f"the certificate's chat cannot be templated here: {exc}"]
+        if prompt_hash != bytes(request.prompt_hash):
+            return ["the certificate's chat is not the one its prompt hash commits to"]
+        return []
 
 
 def _derive(purpose: bytes, idempotency: bytes) -> int:

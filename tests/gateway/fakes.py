@@ -56,6 +56,8 @@ def make_status(
             certificate.batch_header.quorum_numbers = sent.quorum_numbers
         certificate.output_token_ids.extend(ids)
         certificate.output_text = text
+        certificate.output_hash = status.output_hash
+        certificate.batch_header.batch_index = status.batch_index
         certificate.tx_hash = b"\x02" * 32
         certificate.certified_block = 42
     return status

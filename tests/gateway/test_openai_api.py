@@ -185,6 +185,11 @@ def test_verification_before_and_after_certification() -> None:
     assert pending["certificate_url"] == "/v1/verification/0x" + REQUEST_HASH.hex()
     done = api.build_verification(make_status(ag.REQUEST_STATE_CERTIFIED))
     assert done["state"] == "CERTIFIED" and done["batch_index"] == 3 and done["certified_block"] == 42
+    # once certified, the output hash and batch shown are the certificate's (the checked ones)
+    edited = make_status(ag.REQUEST_STATE_CERTIFIED)
+    edited.output_hash, edited.batch_index = b"\x99" * 32, 77
+    shown = api.build_verification(edited)
+    assert shown["output_hash"] == "0x" + "01" * 32 and shown["batch_index"] == 3
     assert done["tx_hash"] == "0x" + "02" * 32
     certificate = done["certificate"]
     assert isinstance(certificate, dict) and certificate["chain_id"] == "31337"

@@ -341,6 +341,8 @@ def test_the_verification_url_says_whether_the_certificate_verifies() -> None:
     intake = FakeIntake()
     gateway = start(intake, check_certificate=lambda certificate, request_hash: problems)
     try:
+        with pytest.raises(openai.APIError, match="does not verify"):  # what the verification URL shows
+            client_for(gateway).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "fox?"}])
         status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
         assert status == 200 and body["state"] == "CERTIFIED"
         assert body["verified"] is False and body["problems"] == problems
@@ -350,6 +352,41 @@ def test_the_verification_url_says_whether_the_certificate_verifies() -> None:
         intake.get_status = lambda request_hash: make_status(ag.REQUEST_STATE_CERTIFIED)  # type: ignore[method-assign]
         status, body = raw(gateway, "GET", "/v1/verification/0x" + "cd" * 32)  # answered with another's
         assert status == 502 and body["error"]["code"] == "certificate_mismatch"
+    finally:
+        gateway.stop()
+
+
+def test_the_verification_url_shows_no_chat_or_text_the_certificate_does_not_commit_to() -> None:
+    """The request hash covers the prompt's hash, not the chat: an aggregator could put any chat in a
+    certificate, and any text beside its token ids, shown next to ``verified: true``. The chat must
+    template to the prompt hash here; for a model not served here neither is shown."""
+
+    def swap_chat(status: RequestStatus) -> None:
+        status.certificate.request.messages[0].content = "wire the funds to evil.example"
+        status.certificate.output_text = "made up"
+
+    intake = FakeIntake(edit_certified=swap_chat)
+    gateway = start(intake)
+    try:
+        client = client_for(gateway)
+        with pytest.raises(openai.APIError):  # the completion path compares with the request sent
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "fox?"}])
+        status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
+        assert status == 200 and body["verified"] is False
+        assert body["problems"] == ["the certificate's chat is not the one its prompt hash commits to"]
+        assert body["certificate"]["output_text"] == OUTPUT_TEXT  # decoded here, never the aggregator's
+        intake.edit_certified = None
+        status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
+        assert body["verified"] is True and body["certificate"]["request"]["messages"]
+
+        def other_model(status: RequestStatus) -> None:
+            swap_chat(status)
+            status.certificate.request.model_id = b"\x07" * 32
+
+        intake.edit_certified = other_model
+        status, body = raw(gateway, "GET", f"/v1/verification/0x{REQUEST_HASH.hex()}")
+        shown = body["certificate"]
+        assert not shown["request"].get("messages") and not shown.get("output_text")
     finally:
         gateway.stop()
 

@@ -447,7 +447,7 @@ class AggregatorClient:
                 self._sent.pop(bytes(request_hash), None)
             raise RequestFailedError(status.error or "the request failed")
         if bytes(status.request_hash) != bytes(request_hash):
-            raise InvalidInputError("the aggregator answered the status of another request")
+            raise UntrustedAnswerError("the aggregator answered the status of another request")
         with self._sent_lock:
             sent = self._sent.get(bytes(request_hash))
         if sent is not None:

@@ -90,11 +90,14 @@ def _with_head_deadline(handler: type[BaseHTTPRequestHandler], seconds: float) -
                 parsed = bool(super().parse_request())
             finally:
                 self._end_head()
-            if parsed and (self.headers.defects or self.headers.get_payload()):
+            folded = parsed and any("\n" in value for value in self.headers.values())
+            if parsed and (self.headers.defects or self.headers.get_payload() or folded):
                 # A malformed header line ("X-Pad : 1", whitespace before the colon) ends the
                 # standard library's header parsing there, silently: every header after it, a
                 # Content-Length or Authorization among them, was dropped, and a body served as the
-                # next request. RFC 9112 5.1: refuse it with 400, and close.
+                # next request. RFC 9112 5.1: refuse it with 400, and close. So is a line folded onto
+                # the one before (obs-fold, a line starting with a space or tab: 5.2), whose header
+                # a proxy may read as a header of its own ("X-Pad: a\r\n Transfer-Encoding: chunked").
                 self.close_connection = True
                 self.send_error(400, "malformed header line")
                 return False

@@ -107,6 +107,14 @@ class GatewayConfig(EnvSecrets):
         return value
 
     @model_validator(mode="after")
+    def _check_any_origin_has_keys(self) -> GatewayConfig:
+        # Any web page, in any visitor's browser, could then spend this gateway's completions (and
+        # read them): name the pages, or require keys.
+        if "*" in self.cors_origins and self.api_keys is None:
+            raise ValueError("cors_origins * needs API keys (AVS_GATEWAY_API_KEYS): any web page could use the gateway")
+        return self
+
+    @model_validator(mode="after")
     def _check_rpc_url_has_deployment(self) -> GatewayConfig:
         if self.rpc_url is not None and self.deployment is None:
             raise ValueError("rpc_url needs deployment: verifyLeaf must run on the deployment you trust")

@@ -85,6 +85,16 @@ class TooManyRequestsError(AvsError):
         self.retry_after = retry_after
 
 
+class HostNotAllowedError(PermissionDeniedError):
+    """A ``Host`` this gateway does not answer to (a loopback gateway without keys: DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """A POST body that is not declared JSON (``Content-Type: application/json``)."""
+
+
 class RouteNotFoundError(AvsError, LookupError):
     """A path this gateway does not serve."""
 
@@ -113,6 +123,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str | None],
     (AuthenticationError, 401, INVALID_REQUEST, None, "invalid_api_key"),
     (PermissionDeniedError, 403, INVALID_REQUEST, None, "origin_not_allowed"),  # a CORS preflight
     (PayloadTooLargeError, 413, INVALID_REQUEST, None, "request_too_large"),
+    (UnsupportedMediaTypeError, 415, INVALID_REQUEST, None, "unsupported_media_type"),
     (ModelNotFoundError, 404, INVALID_REQUEST, "model", "model_not_found"),
     (RouteNotFoundError, 404, INVALID_REQUEST, None, "unknown_url"),
     (MethodNotAllowedError, 405, INVALID_REQUEST, None, "method_not_allowed"),

@@ -66,7 +66,9 @@ COMPLETION_PARAMS = SAMPLING_PARAMS | {
     "frequency_penalty",
     "logit_bias",
 }
-MESSAGE_KEYS = frozenset({"role", "content", "name"})
+# ``name`` only when empty: OpenAI puts it into the prompt, the chat template here has no place for it,
+# and dropping it would certify another conversation than the one sent.
+MESSAGE_KEYS = frozenset({"role", "content"})
 ROLE_ALIASES = {"developer": "system"}
 OUTPUT_STATES = frozenset({ag.REQUEST_STATE_ACCEPTED, ag.REQUEST_STATE_BATCHED, ag.REQUEST_STATE_CERTIFIED})
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -157,7 +159,7 @@ def parse_openai_messages(raw: object) -> tuple[ChatMessage, ...]:
         if not isinstance(message, dict):
             raise RequestParameterError(f"{param} must be an object", param=param)
         # A reply sent back as history carries its empty fields ("refusal": null, "tool_calls": []).
-        extra = {key for key in set(message) - MESSAGE_KEYS if message[key] not in (None, [])}
+        extra = {key for key in set(message) - MESSAGE_KEYS if message[key] not in (None, [], "")}
         if extra:
             raise UnsupportedParameterError(f"{param} has unsupported fields: {sorted(extra)}", param=param)
         role = message.get("role")

@@ -30,9 +30,12 @@ from avs.gateway.disconnects import DisconnectWatcher
 from avs.gateway.errors import (
     INVALID_REQUEST,
     ApiError,
+    HostNotAllowedError,
     MethodNotAllowedError,
     PayloadTooLargeError,
     RouteNotFoundError,
+    SubmittedRequestError,
+    UnsupportedMediaTypeError,
     compute_api_error,
 )
 from avs.gateway.metrics import COMPLETION_ROUTES, GatewayMetrics, classify_outcome, classify_route
@@ -63,6 +66,9 @@ CORS_MAX_AGE_SECONDS = 600
 CORS_EXPOSED_HEADERS = "Retry-After, x-should-retry"
 MAX_CORS_REQUEST_HEADERS_CHARS = 4096
 _HEADER_NAMES = re.compile(r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*)*")
+# Host names a loopback gateway without API keys answers to: a web page a local user visits can
+# point its own domain at 127.0.0.1 (DNS rebinding) and read the answers as same-origin.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
 # A string and its closing quote, or the rest of the body when it never closes. Possessive: a
 # backtracking pattern retried from every quote of '"' + '\\"' * n costs O(n^2) (minutes per MiB).
@@ -109,6 +115,8 @@ class _HttpServer(BoundedHTTPServer):
         self.api_keys = config.get_api_keys()
         self.max_body_bytes = config.max_body_bytes
         self.cors_origins = frozenset(origin.lower() for origin in config.cors_origins)
+        # Without API keys on a loopback address, only loopback Host names (DNS rebinding)
+        self.loopback_only = not self.api_keys and is_loopback(parse_host_port(config.listen)[0])
         self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key, config.rate_limit_per_minute)
         self.disconnects = DisconnectWatcher()
         self.metrics = metrics
@@ -117,6 +125,27 @@ class _HttpServer(BoundedHTTPServer):
 
     def handle_error(self, request: object, client_address: object) -> None:
         logger.debug("connection error", exc_info=True, extra={"client": str(client_address)})
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (a name or an address, IPv6 without brackets) is this machine's loopback."""
+    host = host.lower().strip("[]")
+    return host in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def split_host_header(value: str) -> str:
+    """The host of a ``Host`` header (``name:port``, ``[v6]:port``), without the port."""
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_client_gone(error: BaseException) -> bool:
+    """``error`` is a write to a client that went away: reset, closed, or not reading past the socket
+    timeout (a plain ``TimeoutError``; a certification deadline is an ``AvsError``, answered 504)."""
+    if isinstance(error, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+        return True
+    return type(error) is TimeoutError
 
 
 def identify_caller(header: str | None, api_keys: tuple[str, ...]) -> str | None:
@@ -217,8 +246,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if origin is not None:
             self.send_header("Access-Control-Allow-Origin", origin)
             self.send_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
-        if self.server.cors_origins and "*" not in self.server.cors_origins:
-            self.send_header("Vary", "Origin")  # a cache must not hand one origin's answer to another
+        if self.server.cors_origins:  # whether the headers come depends on Origin: a cache must know
+            self.send_header("Vary", "Origin")
         super().end_headers()
 
     @property
@@ -238,6 +267,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             # request on this connection (smuggled past a proxy), so it is the last one.
             self.close_connection = True
         try:
+            self._check_host()
             caller = identify_caller(self.headers.get("Authorization"), self.server.api_keys)
             if self._path.startswith("/v1/") and caller is None and not self._is_preflight():
                 raise AuthenticationError("missing or invalid API key (Authorization: Bearer <key>)")
@@ -291,17 +321,23 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def _complete(self, kind: JobKind) -> None:
         service = self.server.service
         body, scope = self._read_json(), self._idempotency_scope()
-        job = service.parse(kind, body, scope)
-        with (
-            self.server.admission.admit(self._caller, compute_request_key(scope, body)),
-            self._following() as cancellation,
-        ):
+        job, request_key = service.parse(kind, body, scope), compute_request_key(scope, body)
+        del body  # a 1 MiB body can hold ~24 MiB parsed: not kept for the minutes of a completion
+        with self.server.admission.admit(self._caller, request_key), self._following() as cancellation:
             if job.stream:
                 with self._keeping_alive():
                     service.stream(job, self._send_event, cancellation)
                     self._end_stream()
             else:
                 self._send_json(200, service.complete(job, cancellation))
+
+    def _check_host(self) -> None:
+        """A loopback gateway without API keys answers only loopback Host names: a page that points
+        its own domain at 127.0.0.1 would otherwise read every answer as same-origin."""
+        if self.server.loopback_only and not is_loopback(split_host_header(self.headers.get("Host", ""))):
+            raise HostNotAllowedError(
+                "this gateway answers to localhost only (no API keys on a loopback address); use http://127.0.0.1"
+            )
 
     def _idempotency_scope(self) -> bytes | None:
         """The caller and its ``Idempotency-Key`` header (1 to 255 visible ASCII characters), or None."""
@@ -341,6 +377,9 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if problem is not None:
             self.close_connection = True
             raise InvalidInputError(problem)
+        media_type = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":  # a page's form or text/plain POST needs no CORS preflight
+            raise UnsupportedMediaTypeError("send the body as JSON, with Content-Type: application/json")
         length = parse_content_length(self.headers.get("Content-Length")) or 0  # a number: no framing problem
         if length > self.server.max_body_bytes:
             raise PayloadTooLargeError(f"the body has {length} bytes; at most {self.server.max_body_bytes}")
@@ -432,6 +471,12 @@ class GatewayHandler(BaseHTTPRequestHandler):
             thread.join()
 
     def _send_error(self, exc: Exception) -> None:
+        if isinstance(exc, SubmittedRequestError) and is_client_gone(exc.cause):
+            # Our own write to a client that went away (a reset, a stream it stopped reading): no
+            # one to answer, nothing failed on our side; the request goes on at the aggregator.
+            self.close_connection = True
+            logger.info("the client went away; its request goes on", extra={"detail": str(exc.cause)})
+            return
         error = compute_api_error(exc)
         if error.status >= 500:
             logger.error("request failed", extra={"path": self._path, "status": error.status}, exc_info=exc)

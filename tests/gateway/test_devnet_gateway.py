@@ -168,6 +168,7 @@ def test_a_client_that_goes_away_is_let_go_and_its_request_still_certified(gatew
     certifies the request anyway."""
     body = json.dumps({"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "stream": True})
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+    head += "Content-Type: application/json\r\n"
     head += f"Content-Length: {len(body)}\r\n\r\n"
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
         sock.sendall(head.encode() + body.encode())

@@ -72,13 +72,20 @@ def test_messages_map_roles_and_text_parts() -> None:
                 {
                     "role": "user",
                     "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-                    "name": "x",
+                    "name": "",
                 },
             ],
         },
         DEFAULTS,
     )
     assert [(m.role, m.content) for m in job.messages] == [("system", "be brief"), ("user", "ab")]
+
+
+def test_a_named_participant_is_refused_not_dropped() -> None:
+    """OpenAI puts ``name`` into the prompt; dropping it would certify another conversation."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi", "name": "alice"}]}
+    with pytest.raises(UnsupportedParameterError, match=r"unsupported fields: \['name'\]"):
+        api.parse_chat_request(body, DEFAULTS)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import http.client
 import json
 import logging
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ from tests.gateway.fakes import (
 
 REQUESTER = "0x" + "11" * 20
 KEY = "sk-test-key"
+POST_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
 
 
 MODEL_DIRS = ["models/tiny"]
@@ -101,6 +103,8 @@ def client_for(server: GatewayServer, api_key: str = "unused") -> openai.OpenAI:
 
 
 def raw(server: GatewayServer, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, Any]:
+    if method == "POST":
+        headers = {"Content-Type": "application/json", **headers}
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         connection.request(method, path, body=body, headers=headers)
@@ -495,7 +499,7 @@ def test_a_body_over_the_limit_is_refused_and_the_connection_stays_usable() -> N
     try:
         body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 4096}]}).encode()
         connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-        connection.request("POST", "/v1/chat/completions", body=body)
+        connection.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
         response = connection.getresponse()
         assert response.status == 413 and json.loads(response.read())["error"]["code"] == "request_too_large"
         connection.request("GET", "/health")
@@ -733,8 +737,10 @@ def test_a_body_sent_with_a_get_is_not_taken_for_the_next_request(server: Gatewa
     """Bytes after a GET's head are its body, never a request of their own (smuggled past a proxy
     that reads them as the GET's body): the GET is answered and the connection closed."""
     hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
-    inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
-    answer = exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner))
+    inner = POST_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    answer = exchange(
+        server, b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner)
+    )
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1
     assert b"Connection: close" in answer
     assert intake.submitted == []
@@ -745,7 +751,7 @@ def test_a_body_sent_too_slowly_is_cut_off_and_the_gateway_lives_on(intake: Fake
     gateway._http.body_timeout = 1.0
     try:
         dribbler = socket.create_connection(("127.0.0.1", gateway.port))
-        dribbler.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        dribbler.sendall(POST_HEAD + b"Content-Length: 1000\r\n\r\n{")
         started = time.monotonic()
         with pytest.raises(OSError):  # a byte every 0.2 s, inside the 60 s socket timeout, for 10 s
             while time.monotonic() - started < 10:
@@ -789,9 +795,9 @@ def test_a_post_framed_two_ways_is_refused_and_its_connection_closed(
     """A proxy and the gateway must not disagree on where a body ends: any Transfer-Encoding, or two
     Content-Lengths, is refused, and nothing after the head is read as another request."""
     hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
-    inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    inner = POST_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
     body = b"{}" + inner
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n" % (len(body), framing)
+    head = POST_HEAD + b"Content-Length: %d\r\n%s\r\n" % (len(body), framing)
     answer = exchange(server, head + body)
     assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1
     assert intake.submitted == []
@@ -815,9 +821,9 @@ def test_a_body_whose_end_is_unclear_is_never_read_as_the_next_request(
     """Found in review: both were read as a body of 0 bytes on a kept-alive connection, so the body
     was served as a second request (two answers to what a proxy sees as one request)."""
     hidden = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "smuggled"}]}).encode()
-    inner = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    inner = POST_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
     lengths = (len(inner),) * framing.count(b"%d")
-    head = request_line + b" HTTP/1.1\r\nHost: x\r\n" + framing % lengths + b"\r\n"
+    head = request_line + b" HTTP/1.1\r\nHost: localhost\r\n" + framing % lengths + b"\r\n"
     answer = exchange(server, head + inner)
     assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[:300]
     assert intake.submitted == []
@@ -830,7 +836,7 @@ def test_a_refused_request_with_a_slow_body_is_cut_off_too(intake: FakeIntake, m
     gateway._http.body_timeout = 1.0
     try:
         dribbler = socket.create_connection(("127.0.0.1", gateway.port))
-        dribbler.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode())
+        dribbler.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n".encode())
         started = time.monotonic()
         with pytest.raises(OSError):  # a byte every 0.2 s for up to 10 s
             while time.monotonic() - started < 10:
@@ -990,7 +996,7 @@ def test_a_client_that_goes_away_frees_its_slot_at_once(stream: bool, caplog: py
     try:
         body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-            head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = POST_HEAD.decode() + f"Content-Length: {len(body)}\r\n\r\n"
             sock.sendall(head.encode() + body)
             wait_for(lambda: len(intake.submitted) == 1)
         wait_for(lambda: intake.cancelled == [REQUEST_HASH], timeout=3)
@@ -1202,7 +1208,7 @@ def test_a_quiet_stream_gets_keep_alive_comments(monkeypatch: pytest.MonkeyPatch
         body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "fox?"}], "stream": True})
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 + b"Content-Length: %d\r\n\r\n" % len(body)
                 + body.encode()
             )
@@ -1303,11 +1309,14 @@ def test_cors_refuses_other_pages_and_never_skips_the_key(intake: FakeIntake) ->
 
 
 def test_cors_any_origin_and_none_configured(intake: FakeIntake, server: GatewayServer) -> None:
-    gateway = start(intake, cors_origins=["*"])
+    with pytest.raises(ValueError, match=r"cors_origins \* needs API keys"):
+        start(intake, cors_origins=["*"])
+    gateway = start(intake, api_keys=(KEY,), cors_origins=["*"])
     try:
         status, headers, _ = preflight(gateway, "/v1/completions", "https://anyone.example")
-        assert status == 204 and headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in headers
-        status, headers, _ = http_exchange(gateway, "GET", "/v1/models", Origin="null")  # a sandboxed page
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "*" and headers["Vary"] == "Origin"
+        key = {"Authorization": f"Bearer {KEY}"}
+        status, headers, _ = http_exchange(gateway, "GET", "/v1/models", Origin="null", **key)  # a sandboxed page
         assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
     finally:
         gateway.stop()
@@ -1322,3 +1331,54 @@ def test_cors_any_origin_and_none_configured(intake: FakeIntake, server: Gateway
 def test_cors_origins_must_be_origins(origin: str) -> None:
     with pytest.raises(ValueError, match="is not an origin"):
         load_config(requester=REQUESTER, model_dirs=MODEL_DIRS, cors_origins=[origin])
+
+
+def test_a_post_must_declare_json(server: GatewayServer) -> None:
+    """A page's form or text/plain POST needs no CORS preflight: a body not declared JSON is refused
+    (415) before it is read as a request, so no web page can start a paid completion that way."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for media_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+        status, answer = raw(server, "POST", "/v1/chat/completions", body, **{"Content-Type": media_type})
+        assert status == 415 and answer["error"]["code"] == "unsupported_media_type", media_type
+    status, _ = raw(server, "POST", "/v1/chat/completions", body, **{"Content-Type": "Application/JSON; charset=utf-8"})
+    assert status == 200
+
+
+def test_a_loopback_gateway_without_keys_answers_loopback_host_names_only(intake: FakeIntake) -> None:
+    """DNS rebinding: a page points its own domain at 127.0.0.1 and reads the answers as same-origin.
+    Without keys on a loopback address only localhost names are answered; with keys, or on another
+    address (behind a proxy, under its public name), any Host is."""
+    unkeyed = start(intake)
+    keyed = start(intake, api_keys=(KEY,))
+    try:
+        for host in ("localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:9", "[::1]:80", "LOCALHOST"):
+            assert http_exchange(unkeyed, "GET", "/health", Host=host)[0] == 200, host
+        for host in ("rebind.evil.example", "rebind.evil.example:8080", "10.0.0.1", ""):
+            status, _, body = http_exchange(unkeyed, "GET", "/v1/models", Host=host)
+            assert status == 403 and json.loads(body)["error"]["code"] == "host_not_allowed", host
+        key = {"Authorization": f"Bearer {KEY}"}
+        assert http_exchange(keyed, "GET", "/v1/models", Host="gateway.example", **key)[0] == 200
+    finally:
+        unkeyed.stop()
+        keyed.stop()
+
+
+def test_a_client_gone_mid_stream_is_no_server_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Our write to a reset connection failed: logged as the client going away, not a 500 with a
+    traceback (and no error event written to the dead socket)."""
+    intake = SlowIntake()
+    intake.pause = 0.3
+    gateway = start(intake)
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    try:
+        with caplog.at_level(logging.INFO, logger="avs.gateway.server"):
+            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+            sock.sendall(POST_HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            assert sock.recv(300).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+            sock.close()
+            wait_for(lambda: any("went away" in r.getMessage() for r in caplog.records), timeout=10)
+            time.sleep(0.5)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        gateway.stop()

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cors_origins",
         help="a web page origin allowed to call from a browser, as https://app.example, or * for any (repeatable)",
     )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        dest="shutdown_grace_seconds",
+        help="seconds a stop waits for the completions in flight to be answered (30)",
+    )
     parser.add_argument("--log-level", help="INFO, DEBUG, ...")
     return parser
 
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(ready), flush=True)
         while not stopped.wait(1.0):
             pass
-        server.stop()
+        server.stop(config.shutdown_grace_seconds)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

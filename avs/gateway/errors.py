@@ -95,6 +95,10 @@ class UnsupportedMediaTypeError(InvalidInputError):
     """A POST body that is not declared JSON (``Content-Type: application/json``)."""
 
 
+class ShuttingDownError(AvsError):
+    """The gateway is stopping: no new completion is taken (nothing submitted: retry elsewhere or later)."""
+
+
 class RouteNotFoundError(AvsError, LookupError):
     """A path this gateway does not serve."""
 
@@ -135,6 +139,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str | None],
     (RequestFailedError, 502, SERVER_ERROR, None, "not_certified"),
     (DeadlineExceededError, 504, SERVER_ERROR, None, "certification_timeout"),
     (UnavailableError, 503, SERVER_ERROR, None, "chain_unavailable"),  # --rpc-url could not be read
+    (ShuttingDownError, 503, SERVER_ERROR, None, "shutting_down"),
 )
 
 # The aggregator's status codes (see aggregator.proto): (HTTP status, type, code, pass the details on)

@@ -34,6 +34,7 @@ from avs.gateway.errors import (
     MethodNotAllowedError,
     PayloadTooLargeError,
     RouteNotFoundError,
+    ShuttingDownError,
     SubmittedRequestError,
     UnsupportedMediaTypeError,
     compute_api_error,
@@ -119,6 +120,7 @@ class _HttpServer(BoundedHTTPServer):
         self.loopback_only = not self.api_keys and is_loopback(parse_host_port(config.listen)[0])
         self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key, config.rate_limit_per_minute)
         self.disconnects = DisconnectWatcher()
+        self.draining = False  # stopping: no new completion is taken
         self.metrics = metrics
         if metrics is not None:
             metrics.follow_in_flight(lambda: self.admission.in_flight)
@@ -323,6 +325,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
         body, scope = self._read_json(), self._idempotency_scope()
         job, request_key = service.parse(kind, body, scope), compute_request_key(scope, body)
         del body  # a 1 MiB body can hold ~24 MiB parsed: not kept for the minutes of a completion
+        if self.server.draining:
+            raise ShuttingDownError("the gateway is stopping; nothing was submitted, send the request again shortly")
         with self.server.admission.admit(self._caller, request_key), self._following() as cancellation:
             if job.stream:
                 with self._keeping_alive():
@@ -542,10 +546,19 @@ class GatewayServer:
         )
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop accepting connections and taking completions, wait up to ``grace_seconds`` for those
+        in flight to be answered (one cut off is retried by the SDKs as a new, paid inference), then
+        close."""
+        self._http.draining = True
         if self._thread is not None:
             self._http.shutdown()
             self._thread.join()
             self._thread = None
+        deadline = time.monotonic() + grace_seconds
+        while self._http.admission.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._http.admission.in_flight:
+            logger.warning("stopping with completions in flight", extra={"in_flight": self._http.admission.in_flight})
         self._http.server_close()
         self._http.disconnects.close()

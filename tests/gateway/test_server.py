@@ -1382,3 +1382,31 @@ def test_a_client_gone_mid_stream_is_no_server_error(caplog: pytest.LogCaptureFi
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         gateway.stop()
+
+
+def test_a_stop_waits_for_the_completions_in_flight() -> None:
+    """SIGTERM mid-completion: the answer still comes (cut off, the SDKs would retry it as a new paid
+    inference); meanwhile no new completion is taken (503, nothing submitted)."""
+    intake = SlowIntake()
+    intake.pause = 0.3
+    gateway = start(intake)
+    answers: list[Any] = []
+    client = client_for(gateway)
+    chat: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    caller = threading.Thread(target=lambda: answers.append(client.chat.completions.create(model=MODEL, messages=chat)))
+    caller.start()
+    wait_for(lambda: gateway.in_flight == 1)
+    stopper = threading.Thread(target=gateway.stop, args=(10.0,))
+    stopper.start()
+    wait_for(lambda: gateway._http.draining)
+    caller.join(timeout=10)
+    stopper.join(timeout=10)
+    assert answers and answers[0].choices[0].message.content == OUTPUT_TEXT
+    assert len(intake.submitted) == 1
+
+
+def test_a_draining_gateway_takes_no_new_completion(server: GatewayServer, intake: FakeIntake) -> None:
+    server._http.draining = True
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, answer = raw(server, "POST", "/v1/chat/completions", body)
+    assert status == 503 and answer["error"]["code"] == "shutting_down" and intake.submitted == []

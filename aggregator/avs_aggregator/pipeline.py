@@ -1050,11 +1050,13 @@ class Pipeline:
         return index  # certifyBatch will tell (the batch is then formed again, further on)
 
     def get_batch_leaves(self, batch: BatchRow) -> list[BatchLeaf]:
+        request_hashes = load_hex_list(batch.request_hashes)
+        outputs = self.store.get_output_hashes(request_hashes)
         leaves = []
-        for request_hash in load_hex_list(batch.request_hashes):
-            row = self.store.get_request(request_hash)
-            assert row is not None and row.output_hash is not None
-            leaves.append(BatchLeaf(request_hash, row.output_hash))
+        for request_hash in request_hashes:
+            output_hash = outputs.get(request_hash)
+            assert output_hash is not None, "a batched request keeps its output"
+            leaves.append(BatchLeaf(request_hash, output_hash))
         return leaves
 
     @staticmethod

@@ -26,6 +26,9 @@ from avs_aggregator.evidence import AttestationMixin, EquivocationMixin, ProofSt
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+LOOKUP_CHUNK = 500  # keys per IN list (old SQLite builds allow 999 variables in a statement)
+
+
 class RequestState(StrEnum):
     RECEIVED = "RECEIVED"
     GENERATING = "GENERATING"
@@ -239,6 +242,19 @@ class Store(Database):
     def get_request(self, request_hash: bytes) -> RequestRow | None:
         with self.session() as s:
             return s.get(RequestRow, request_hash)
+
+    def get_output_hashes(self, request_hashes: Sequence[bytes]) -> dict[bytes, bytes | None]:
+        """The output hash of each request found (two columns: a request's row holds its chat, up to
+        hundreds of KiB, which a batch's leaves do not need), a bounded IN list per query."""
+        found: dict[bytes, bytes | None] = {}
+        with self.session() as s:
+            for start in range(0, len(request_hashes), LOOKUP_CHUNK):
+                chunk = list(request_hashes[start : start + LOOKUP_CHUNK])
+                query = select(RequestRow.request_hash, RequestRow.output_hash).where(
+                    RequestRow.request_hash.in_(chunk)
+                )
+                found.update((bytes(h), None if o is None else bytes(o)) for h, o in s.execute(query))
+        return found
 
     def get_pruned_request(self, request_hash: bytes) -> PrunedRequestRow | None:
         with self.session() as s:

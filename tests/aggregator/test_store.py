@@ -307,3 +307,19 @@ def test_the_polling_loops_read_no_chat_or_output(db: str) -> None:
     [whole] = store.list_requests([RequestState.ACCEPTED])
     assert len(whole.envelope) == 200_000
     store.close()
+
+
+def test_output_hashes_are_read_in_chunks_without_the_chats(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's leaves need two columns of each request, not its row (which holds its chat)."""
+    from avs_aggregator import store as store_module
+
+    monkeypatch.setattr(store_module, "LOOKUP_CHUNK", 2)
+    store = Store(db)
+    hashes = [bytes([i]) * 32 for i in range(1, 6)]
+    for i, request_hash in enumerate(hashes):
+        row = _request_row(request_hash, RequestState.ACCEPTED)
+        row.output_hash = None if i == 0 else bytes([0x40 + i]) * 32
+        assert store.add_request(row)
+    found = store.get_output_hashes([*hashes, b"\xee" * 32])
+    assert found == {h: (None if i == 0 else bytes([0x40 + i]) * 32) for i, h in enumerate(hashes)}
+    store.close()

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a web page origin allowed to call from a browser, as https://app.example, or * for any (repeatable)",
     )
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        help="a Host name answered besides localhost by a keyless gateway on a loopback address (repeatable)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         dest="shutdown_grace_seconds",

@@ -65,6 +65,9 @@ class GatewayConfig(EnvSecrets):
     # Web pages allowed to call the API from a browser (CORS): origins as "https://app.example",
     # or "*" for any page. Empty: no CORS headers, and a browser refuses every cross-origin call.
     cors_origins: list[str] = Field(default=[], max_length=64)
+    # A keyless gateway on a loopback address answers loopback Host names only (DNS rebinding); these
+    # names too: the public name a reverse proxy on this machine forwards (nginx $host, Caddy, Traefik)
+    allowed_hosts: list[str] = Field(default=[], max_length=64)
     # On SIGTERM the gateway stops taking completions and waits up to this long for those in flight
     # to be answered (an answer cut off is retried by the SDKs: another paid inference).
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)

@@ -10,6 +10,7 @@ raises it as an ``APIError``).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -67,9 +68,6 @@ CORS_MAX_AGE_SECONDS = 600
 CORS_EXPOSED_HEADERS = "Retry-After, x-should-retry"
 MAX_CORS_REQUEST_HEADERS_CHARS = 4096
 _HEADER_NAMES = re.compile(r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*)*")
-# Host names a loopback gateway without API keys answers to: a web page a local user visits can
-# point its own domain at 127.0.0.1 (DNS rebinding) and read the answers as same-origin.
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only (str.isdigit also takes "²")
 # A string and its closing quote, or the rest of the body when it never closes. Possessive: a
 # backtracking pattern retried from every quote of '"' + '\\"' * n costs O(n^2) (minutes per MiB).
@@ -118,6 +116,7 @@ class _HttpServer(BoundedHTTPServer):
         self.cors_origins = frozenset(origin.lower() for origin in config.cors_origins)
         # Without API keys on a loopback address, only loopback Host names (DNS rebinding)
         self.loopback_only = not self.api_keys and is_loopback(parse_host_port(config.listen)[0])
+        self.allowed_hosts = frozenset(host.lower() for host in config.allowed_hosts)
         self.admission = Admission(config.max_in_flight, config.max_in_flight_per_key, config.rate_limit_per_minute)
         self.disconnects = DisconnectWatcher()
         self.draining = False  # stopping: no new completion is taken
@@ -130,9 +129,15 @@ class _HttpServer(BoundedHTTPServer):
 
 
 def is_loopback(host: str) -> bool:
-    """``host`` (a name or an address, IPv6 without brackets) is this machine's loopback."""
+    """``host`` (a name or an address, IPv6 without brackets) is this machine's loopback: ``localhost``
+    or a loopback address (a name such as ``127.attacker.example`` is neither)."""
     host = host.lower().strip("[]")
-    return host in LOOPBACK_NAMES or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_host_header(value: str) -> str:
@@ -287,8 +292,10 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _route_get(self) -> None:
         path = self._path
-        if path == HEALTH_PATH:
-            self._send_json(200, {"status": "ok"})
+        if path == HEALTH_PATH:  # a load balancer stops sending here while the gateway drains
+            self._send_json(
+                503 if self.server.draining else 200, {"status": "stopping" if self.server.draining else "ok"}
+            )
         elif path == MODELS_PATH:
             self._send_json(200, self.server.service.list_models())
         elif path.startswith(MODELS_PATH + "/"):
@@ -338,9 +345,11 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def _check_host(self) -> None:
         """A loopback gateway without API keys answers only loopback Host names: a page that points
         its own domain at 127.0.0.1 would otherwise read every answer as same-origin."""
-        if self.server.loopback_only and not is_loopback(split_host_header(self.headers.get("Host", ""))):
+        host = split_host_header(self.headers.get("Host", "")).lower()
+        if self.server.loopback_only and not (is_loopback(host) or host in self.server.allowed_hosts):
             raise HostNotAllowedError(
-                "this gateway answers to localhost only (no API keys on a loopback address); use http://127.0.0.1"
+                "this gateway answers to localhost only (no API keys on a loopback address; --allowed-host names"
+                " others); use http://127.0.0.1"
             )
 
     def _idempotency_scope(self) -> bytes | None:
@@ -555,6 +564,7 @@ class GatewayServer:
             self._http.shutdown()
             self._thread.join()
             self._thread = None
+        self._http.socket.close()  # new connections are refused now, not left in the backlog
         deadline = time.monotonic() + grace_seconds
         while self._http.admission.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1351,9 +1351,9 @@ def test_a_loopback_gateway_without_keys_answers_loopback_host_names_only(intake
     unkeyed = start(intake)
     keyed = start(intake, api_keys=(KEY,))
     try:
-        for host in ("localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:9", "[::1]:80", "LOCALHOST"):
+        for host in ("localhost", "localhost:8080", "127.0.0.1", "127.0.0.2:9", "[::1]:80", "LOCALHOST", "[0:0::1]"):
             assert http_exchange(unkeyed, "GET", "/health", Host=host)[0] == 200, host
-        for host in ("rebind.evil.example", "rebind.evil.example:8080", "10.0.0.1", ""):
+        for host in ("rebind.evil.example", "rebind.evil.example:8080", "10.0.0.1", "", "127.evil.example:8080"):
             status, _, body = http_exchange(unkeyed, "GET", "/v1/models", Host=host)
             assert status == 403 and json.loads(body)["error"]["code"] == "host_not_allowed", host
         key = {"Authorization": f"Bearer {KEY}"}
@@ -1361,6 +1361,12 @@ def test_a_loopback_gateway_without_keys_answers_loopback_host_names_only(intake
     finally:
         unkeyed.stop()
         keyed.stop()
+    proxied = start(intake, allowed_hosts=["Gateway.Example"])  # behind a proxy that forwards Host
+    try:
+        assert http_exchange(proxied, "GET", "/v1/models", Host="gateway.example:443")[0] == 200
+        assert http_exchange(proxied, "GET", "/v1/models", Host="other.example")[0] == 403
+    finally:
+        proxied.stop()
 
 
 def test_a_client_gone_mid_stream_is_no_server_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -1384,6 +1390,14 @@ def test_a_client_gone_mid_stream_is_no_server_error(caplog: pytest.LogCaptureFi
         gateway.stop()
 
 
+def is_refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 def test_a_stop_waits_for_the_completions_in_flight() -> None:
     """SIGTERM mid-completion: the answer still comes (cut off, the SDKs would retry it as a new paid
     inference); meanwhile no new completion is taken (503, nothing submitted)."""
@@ -1399,6 +1413,7 @@ def test_a_stop_waits_for_the_completions_in_flight() -> None:
     stopper = threading.Thread(target=gateway.stop, args=(10.0,))
     stopper.start()
     wait_for(lambda: gateway._http.draining)
+    wait_for(lambda: is_refused(gateway.port), timeout=3)  # the listening socket closed: not queued
     caller.join(timeout=10)
     stopper.join(timeout=10)
     assert answers and answers[0].choices[0].message.content == OUTPUT_TEXT
@@ -1407,6 +1422,7 @@ def test_a_stop_waits_for_the_completions_in_flight() -> None:
 
 def test_a_draining_gateway_takes_no_new_completion(server: GatewayServer, intake: FakeIntake) -> None:
     server._http.draining = True
+    assert raw(server, "GET", "/health") == (503, {"status": "stopping"})
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
     status, answer = raw(server, "POST", "/v1/chat/completions", body)
     assert status == 503 and answer["error"]["code"] == "shutting_down" and intake.submitted == []

@@ -54,8 +54,8 @@ test: setup lint test-python test-contracts ## run every test: lint, pytest, for
 test-python: setup ## pytest: unit, property, integration (anvil, gRPC), end to end (devnet), resilience
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-test-contracts: setup ## forge build and forge test (reads tests/vectors)
-	cd contracts && $(FORGE) test
+test-contracts: setup ## forge build (every contract within EIP-170's 24,576 bytes) and forge test (reads tests/vectors)
+	cd contracts && $(FORGE) build --sizes > /dev/null && $(FORGE) test
 
 test-contracts-deep: setup ## forge test with the deep profile (4,096 fuzz runs, invariants 256 x 128)
 	cd contracts && FOUNDRY_PROFILE=deep $(FORGE) test

@@ -43,12 +43,13 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     using QuorumBitmaps for uint256;
 
     uint16 private constant BIPS = 10_000;
-    /// @notice The most members a quorum may have (`QuorumConfig.maxOperatorCount`).
-    uint32 public constant MAX_QUORUM_OPERATORS = 1024;
+    /// @notice The most members a quorum may have, whatever its `QuorumConfig.maxOperatorCount` (set
+    ///         it at most this: a quorum this full takes no newcomer, churn neither).
+    uint32 internal constant MAX_QUORUM_OPERATORS = 1024;
     /// @notice The most weight one operator counts for: a quorum's total (a uint96, as checkSignatures
     ///         reads it) then cannot overflow, which reverted every refresh, registration and slash of
     ///         the quorum (a token with a huge raw supply). ~7.7e25 base units: 77M tokens of 18 decimals.
-    uint96 public constant MAX_OPERATOR_WEIGHT = type(uint96).max / MAX_QUORUM_OPERATORS;
+    uint96 internal constant MAX_OPERATOR_WEIGHT = type(uint96).max / MAX_QUORUM_OPERATORS;
 
     /// @notice EigenLayer's AllocationManager (the local core on devnets).
     IAllocationManager public immutable allocationManager;
@@ -161,7 +162,6 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
         if (quorumNumber >= 192) revert InvalidQuorumNumber(quorumNumber);
         if (uint256(quorumBitmap).has(quorumNumber)) revert QuorumAlreadyExists(quorumNumber);
         if (redistributionRecipient == address(0)) revert RecipientNotSet();
-        _checkQuorumConfig(config);
         quorumBitmap |= uint192(1 << quorumNumber);
         quorumConfig[quorumNumber] = config;
         IAllocationManagerTypes.CreateSetParams[] memory params = new IAllocationManagerTypes.CreateSetParams[](1);
@@ -179,15 +179,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
     /// @notice Changes a quorum's limits (applies to registrations and stake updates from now on).
     function setQuorumConfig(uint8 quorumNumber, QuorumConfig calldata config) external onlyOwner {
         _requireQuorum(quorumNumber);
-        _checkQuorumConfig(config);
         quorumConfig[quorumNumber] = config;
         emit QuorumConfigSet(quorumNumber, config.maxOperatorCount, config.minimumStake);
-    }
-
-    function _checkQuorumConfig(QuorumConfig calldata config) private pure {
-        if (config.maxOperatorCount > MAX_QUORUM_OPERATORS) {
-            revert MaxOperatorCountTooHigh(config.maxOperatorCount, MAX_QUORUM_OPERATORS);
-        }
     }
 
     /// @notice Sets a quorum's churn limits (`ChurnConfig`; both zero turns churn off).
@@ -599,7 +592,8 @@ contract OperatorRegistry is IOperatorRegistry, IAVSRegistrar, Ownable {
 
     function _joinQuorum(address operator, bytes32 id, uint8 q) private {
         QuorumConfig memory cfg = quorumConfig[q];
-        if (operatorCount[q] >= cfg.maxOperatorCount) revert MaxOperatorsReached(q);
+        uint32 count = operatorCount[q];
+        if (count >= cfg.maxOperatorCount || count >= MAX_QUORUM_OPERATORS) revert MaxOperatorsReached(q);
         uint96 stake = _weight(operator, q);
         if (stake < cfg.minimumStake) revert InsufficientStake(q, stake, cfg.minimumStake);
         _recordCount(q, ++operatorCount[q]);

@@ -89,8 +89,6 @@ interface IOperatorRegistryErrors {
     error InsufficientStake(uint8 quorumNumber, uint96 stake, uint96 minimumStake);
     /// @notice The quorum is full.
     error MaxOperatorsReached(uint8 quorumNumber);
-    /// @notice A quorum's `maxOperatorCount` above `MAX_QUORUM_OPERATORS`.
-    error MaxOperatorCountTooHigh(uint32 maxOperatorCount, uint32 limit);
     /// @notice The proof of possession of the BLS key is wrong.
     error InvalidProofOfPossession();
     /// @notice The BLS key is zero or off the curve.

@@ -70,6 +70,7 @@ interface Vm {
     function startBroadcast(uint256 privateKey) external;
     function stopBroadcast() external;
     function getBlockNumber() external view returns (uint256 height);
+    function store(address target, bytes32 slot, bytes32 value) external;
     function snapshotState() external returns (uint256 snapshotId);
     function revertToState(uint256 snapshotId) external returns (bool success);
 

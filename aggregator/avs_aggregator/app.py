@@ -206,6 +206,7 @@ class PipelineRunner:
                 self.pipeline.form_batches()
             except Exception as exc:  # a chain read failing: the batches formed already still move on
                 logger.warning("forming batches failed; will retry", extra={"error": redact_urls(str(exc))})
+                self._stopped.wait(1.0)  # as a failing loop pass did: no log line every poll
             for index in self.pipeline.active_batch_indices():
                 if self._stopped.is_set():
                     return

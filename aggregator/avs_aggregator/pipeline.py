@@ -183,6 +183,17 @@ class PipelineError(InvalidInputError):
     """A request the pipeline refuses (quorums or threshold outside the AVS's limits)."""
 
 
+@dataclass
+class BusyWait:
+    """A request waiting on busy operators: since when, its last busy answer, when its next step may
+    run, and how many verification rounds busy verifiers left short (not counted as rounds)."""
+
+    first: float
+    last: float = 0.0
+    not_before: float = 0.0
+    rounds: int = 0
+
+
 def is_operator_busy(error: BaseException) -> bool:
     """An operator's "busy, retry later": at its concurrency limit (RESOURCE_EXHAUSTED, not a message
     over a size limit), it computed nothing."""
@@ -312,8 +323,7 @@ class Pipeline:
         self._responding: dict[bytes, bool] = {}  # operator id -> answered its last call
         self._responding_lock = threading.Lock()
         self._benched: dict[bytes, float] = {}  # operator id -> until when it is not picked as primary
-        # request hash -> (its first busy answer, not stepped again before): ``_wait_for_busy``
-        self._busy: dict[bytes, tuple[float, float]] = {}
+        self._busy: dict[bytes, BusyWait] = {}  # request hash -> its wait on busy operators
         self._sending = InFlight()  # rejection proofs being sent now (a worker and the retry tick)
         if equivocation_reporter is None and isinstance(reporter, EquivocationReporter):
             equivocation_reporter = reporter  # Web3RejectionReporter proves both
@@ -450,22 +460,38 @@ class Pipeline:
         with self._responding_lock:
             return {operator_id for operator_id, until in self._benched.items() if until > now}
 
-    def _wait_for_busy(self, row: RequestRow) -> bool:
+    def _wait_for_busy(self, row: RequestRow, verify_round: bool = False) -> bool:
         """An operator answered busy: the request's next step waits ``busy_backoff`` (the operator's
         calls in progress end meanwhile), for up to ``busy_wait`` from its first busy answer; False
-        once that has passed (then busy counts as a failure)."""
+        once that has passed (then busy counts as a failure). ``verify_round``: the round to run
+        again is one that busy verifiers left short, not counted against ``verify_rounds``."""
         now = self.clock()
         with self._responding_lock:
-            first, _ = self._busy.get(row.request_hash, (now, now))
-            if now - first >= self.settings.busy_wait:
+            self._forget_stale_busy_waits(now)
+            wait = self._busy.get(row.request_hash) or BusyWait(first=now)
+            if now - wait.first >= self.settings.busy_wait:
                 return False
-            self._busy[row.request_hash] = (first, now + self.settings.busy_backoff)
+            wait.last, wait.not_before = now, now + self.settings.busy_backoff
+            wait.rounds += verify_round
+            self._busy[row.request_hash] = wait
         return True
+
+    def _forget_stale_busy_waits(self, now: float) -> None:
+        """Waits whose request moved on by another path (another process, a stale reference block),
+        or was left by a demoted leader, are forgotten once quiet for ``busy_wait``."""
+        stale = [h for h, wait in self._busy.items() if now - wait.last > self.settings.busy_wait]
+        for request_hash in stale:
+            del self._busy[request_hash]
+
+    def _busy_rounds(self, request_hash: bytes) -> int:
+        with self._responding_lock:
+            wait = self._busy.get(request_hash)
+        return wait.rounds if wait is not None else 0
 
     def _is_backing_off(self, request_hash: bytes) -> bool:
         with self._responding_lock:
-            entry = self._busy.get(request_hash)
-        return entry is not None and self.clock() < entry[1]
+            wait = self._busy.get(request_hash)
+        return wait is not None and self.clock() < wait.not_before
 
     def _bench(self, primary: OperatorInfo, error: BaseException) -> None:
         """Bench a primary that hung or was unreachable (not one that refused this request)."""
@@ -698,9 +724,9 @@ class Pipeline:
         # The local floor, not the chain's (possibly higher) threshold: at worst one round too many.
         if not (if_accepted.is_accepted(row.threshold_bps) or if_rejected.rejecting_quorums(rejection_floor)):
             return False
-        if busy and self._wait_for_busy(row):
+        if busy and self._wait_for_busy(row, verify_round=True):
             return True
-        return row.verify_rounds + 1 < self.settings.verify_rounds
+        return row.verify_rounds - self._busy_rounds(row.request_hash) + 1 < self.settings.verify_rounds
 
     def _fail_verification(self, row: RequestRow, tally: protocol.Tally) -> None:
         shares = ", ".join(f"quorum {q.quorum}: accept {q.accept_stake}/{q.total_stake}" for q in tally.quorums)

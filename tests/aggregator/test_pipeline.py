@@ -171,6 +171,38 @@ def test_busy_verifiers_are_asked_again_past_the_verification_rounds(db: str) ->
     pipeline.close()
 
 
+class BusyThenMissedOnce(FakeNetwork):
+    """``bob`` answers his first Verify busy, misses the next (a blip), then answers."""
+
+    bob: bytes
+    lock: threading.Lock
+    seen: dict[bytes, int]
+
+    def verify(self, operator: Any, envelope: RequestEnvelope, output_ids: Any, timeout: float) -> Any:
+        with self.lock:
+            calls = self.seen[operator.operator_id] = self.seen.get(operator.operator_id, 0) + 1
+        if operator.operator_id == self.bob and calls == 1:
+            raise OverloadedError("this operator is serving its limit of 4 requests; retry later")
+        if operator.operator_id == self.bob and calls == 2:
+            raise TimeoutError("no answer by the end of the round")
+        return super().verify(operator, envelope, output_ids, timeout)
+
+
+def test_a_round_busy_verifiers_left_short_is_not_counted_as_a_round(db: str) -> None:
+    """Bob (40%) busy, then missing once: the busy round is not one of ``verify_rounds``, so the
+    missed one is still retried, as it is without the busy answer (a review found it FAILED)."""
+    network = BusyThenMissedOnce([{0: 400}, {0: 400}, {0: 100}, {0: 100}])
+    network.lock, network.seen = threading.Lock(), {}
+    alice, network.bob = (o.keys.operator_id for o in network.operators[:2])
+    pipeline = make_pipeline(network, db, dataclasses.replace(SETTINGS, verify_rounds=2))
+    request_hash = pipeline.submit(find_envelope_with_primary(network, alice))
+    pipeline.run_until_idle()
+    row = pipeline.store.get_request(request_hash)
+    assert row is not None and row.state == RequestState.CERTIFIED, row.error if row else None
+    assert network.seen[network.bob] == 3
+    pipeline.close()
+
+
 def test_a_busy_answer_backs_the_request_off() -> None:
     """Between busy answers the request is not stepped (it returns at once: the runner comes back)."""
     now = [100.0]

@@ -8,10 +8,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 from web3.logs import DISCARD
 
 from avs.chain.abi import load_abi
@@ -251,10 +252,19 @@ class Web3Escalator:
         config = manager.config().call()
         return EscalationConfig(
             quorum_numbers=bytes(manager.escalationQuorumNumbers().call()),
-            # what resolveChallenge checks: the configured share, raised to the batch threshold and a majority
-            threshold_bps=int(manager.escalationThresholdBps().call()),
+            threshold_bps=self._get_escalation_threshold(manager, int(config[3])),
             resolution_window=int(config[4]),
         )
+
+    @staticmethod
+    def _get_escalation_threshold(manager: Any, configured: int) -> int:
+        """What ``resolveChallenge`` checks: the configured share raised to the batch threshold and a
+        majority (``escalationThresholdBps()``); a FaultManager deployed before that view resolves at
+        the configured share."""
+        try:
+            return int(manager.escalationThresholdBps().call())
+        except (ContractLogicError, BadFunctionCallOutput):
+            return configured
 
     def get_check_signatures_indices(
         self, reference_block: int, quorum_numbers: bytes, non_signer_ids: Sequence[OperatorId]

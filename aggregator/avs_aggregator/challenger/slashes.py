@@ -140,9 +140,12 @@ class Web3SlashChain:
         return sent
 
     def _would_succeed(self, fn: Any) -> bool:
+        """The call, simulated, would send some tokens: it does not revert (SlashNotResolved, a token
+        whose transfer reverts) and returns an amount above 0 (a StrategyManager that answers 0 within
+        the delay rather than reverting would otherwise get a transaction every poll)."""
         sender = self._client.account
         try:
-            fn.call({"from": sender.address} if sender is not None else {})
-        except Exception:  # a revert (SlashNotResolved, a token whose transfer reverts): asked again next poll
+            sent = fn.call({"from": sender.address} if sender is not None else {})
+        except Exception:  # asked again next poll
             return False
-        return True
+        return (sum(int(a) for a in sent) if isinstance(sent, (list, tuple)) else int(sent)) > 0

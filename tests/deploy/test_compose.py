@@ -38,7 +38,7 @@ def test_services_and_ports() -> None:
     services = _services()
     assert set(services) == {"operator", "prometheus", "grafana"}
     ports = {name: [str(p) for p in service.get("ports", [])] for name, service in services.items()}  # type: ignore[attr-defined]
-    grpc_port = "${OPERATOR_GRPC_BIND:-0.0.0.0}:50051:50051"  # Docker bypasses ufw: the bind is the filter
+    grpc_port = "${OPERATOR_GRPC_BIND:+${OPERATOR_GRPC_BIND}:}50051:50051"  # unset: IPv4 and IPv6 (0.0.0.0: v4 only)
     assert grpc_port in ports["operator"]  # gRPC for the aggregators: the only port that may be public
     assert "127.0.0.1:9091:9091" in ports["operator"] and "127.0.0.1:9092:9092" in ports["operator"]
     for name, published in ports.items():

@@ -254,8 +254,11 @@ class TransactionSender:
         outstanding until a receipt is seen: whatever ends the send early (an RPC error while waiting
         for the receipt or reading the base fee, the fence, a refused fee bump), the next send takes
         that nonce over instead of queueing behind it on the next one. A version the node refused
-        outright is not recorded: the version recorded before it is the one in the mempool, and
-        outbidding a refused one would raise fees at every refusal (``insufficient funds``)."""
+        with an error is not recorded: the version recorded before it is the one in the mempool, and
+        outbidding a refused one would raise fees at every refusal (``insufficient funds``). The
+        benign answers ``_broadcast`` takes as sent ("already known", "replacement underpriced")
+        are recorded: the next send then bids a step above a version that may not be in the
+        mempool, a little more than needed."""
         try:
             tx_hash = self._broadcast(raw)
         except (ConnectionError, TimeoutError, OSError):
